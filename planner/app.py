@@ -1,0 +1,25 @@
+"""The typer application object and the consoles every command shares.
+
+Results go to stdout (``out``); progress, warnings and logs to stderr (``err``),
+so ``--json`` output is exactly one JSON document on stdout (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="ppplan",
+    help="Auto-parallel 3D configuration planner for large-transformer training.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr."""
+    err.print(f"warning: {message}", markup=False)

@@ -1,0 +1,59 @@
+"""``ppplan`` entry point: registers the commands and maps errors to exit codes.
+
+Exit codes (DESIGN.md): 0 success; 1 no feasible plan or a failed run; 2 bad
+input, reported as one ``error:`` line on stderr with no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from costmodels.errors import InfeasibleError, PlanError
+from planner.app import app
+
+# Each module registers its commands on ``app`` when imported.
+from planner import cmd_plan  # noqa: F401,E402  search, evaluate, explain, schema
+from planner import cmd_simulate  # noqa: F401,E402  simulate
+from planner import cmd_launch  # noqa: F401,E402  launch, compare
+from planner import cmd_profile  # noqa: F401,E402  profile, profile-comm
+from planner import cmd_trust  # noqa: F401,E402  validate, calibrate, regress
+
+
+def _error(message: str, code: int) -> int:
+    first = str(message).strip().splitlines()[0] if str(message).strip() else "invalid input"
+    print(f"error: {first}", file=sys.stderr)
+    return code
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return the exit code (used by ``main`` and the tests)."""
+    command = typer_main_command()
+    try:
+        result = command.main(args=argv, prog_name="ppplan", standalone_mode=False)
+    except PlanError as exc:
+        return _error(str(exc), 2)
+    except InfeasibleError as exc:
+        return _error(str(exc), 1)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        return _error("aborted", 130)
+    except click.UsageError as exc:
+        return _error(exc.format_message(), 2)
+    except click.ClickException as exc:
+        return _error(exc.format_message(), 2)
+    except KeyboardInterrupt:
+        return _error("interrupted", 130)
+    return int(result) if isinstance(result, int) else 0
+
+
+def typer_main_command() -> click.Command:
+    import typer.main
+
+    return typer.main.get_command(app)
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))

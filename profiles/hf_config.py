@@ -1,0 +1,119 @@
+"""Hugging Face ``config.json`` -> ``ModelSpec``.
+
+Key aliases follow the model families' own configuration classes (llama, mistral,
+qwen2, gpt2, gpt_neox, bloom, falcon). Keys that Hugging Face defaults are
+optional with the same default; a missing key without one is an error naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from costmodels.errors import PlanError
+from profiles.schema import ModelSpec
+
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "num_layers": ("num_hidden_layers", "n_layer", "num_layers"),
+    "hidden_size": ("hidden_size", "n_embd", "d_model"),
+    "num_attention_heads": ("num_attention_heads", "n_head", "num_heads"),
+    "vocab_size": ("vocab_size",),
+    "seq_len": ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length"),
+}
+
+_SWIGLU_TYPES = {"llama", "mistral", "qwen2", "qwen3", "mixtral", "gemma"}
+
+
+def _first(config: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        if config.get(key) is not None:
+            return config[key]
+    return None
+
+
+def _require(config: dict[str, Any], field: str, source: str) -> Any:
+    value = _first(config, _ALIASES[field])
+    if value is None:
+        names = " or ".join(repr(k) for k in _ALIASES[field])
+        raise PlanError(f"{source}: Hugging Face config is missing {names} (needed for {field})")
+    return value
+
+
+def _kv_heads(config: dict[str, Any], heads: int) -> int:
+    if config.get("num_key_value_heads") is not None:
+        return int(config["num_key_value_heads"])
+    if config.get("multi_query") and not config.get("new_decoder_architecture"):
+        return 1  # falcon-7b style multi-query attention
+    if config.get("num_kv_heads") is not None:  # falcon new_decoder_architecture
+        return int(config["num_kv_heads"])
+    return heads
+
+
+def _activation(config: dict[str, Any], model_type: str) -> str:
+    act = str(config.get("hidden_act") or config.get("activation_function") or "").lower()
+    if model_type in _SWIGLU_TYPES or act in {"silu", "swish", "swiglu"}:
+        return "swiglu"
+    return "gelu"
+
+
+def _ffn(config: dict[str, Any], hidden: int, model_type: str) -> int:
+    for key in ("intermediate_size", "n_inner", "ffn_hidden_size", "ffn_dim"):
+        if config.get(key) is not None:
+            return int(config[key])
+    if model_type in _SWIGLU_TYPES:
+        raise PlanError(f"Hugging Face {model_type} config is missing 'intermediate_size'")
+    return 4 * hidden  # gpt2 n_inner=None, bloom, falcon: 4h
+
+
+def _position_embedding(config: dict[str, Any], model_type: str, activation: str) -> str:
+    if model_type == "bloom" or config.get("alibi"):
+        return "alibi"
+    if model_type in {"gpt2", "opt"}:
+        return "learned"
+    if model_type in {"gpt_neox", "falcon"} or activation == "swiglu":
+        return "rope"
+    return "learned"
+
+
+def model_from_hf_config(config: dict[str, Any], name: str, source: str = "config.json") -> ModelSpec:
+    """Build a ``ModelSpec`` from a Hugging Face config dict."""
+    model_type = str(config.get("model_type", "")).lower()
+    hidden = int(_require(config, "hidden_size", source))
+    heads = int(_require(config, "num_attention_heads", source))
+    activation = _activation(config, model_type)
+    seq_len = _first(config, _ALIASES["seq_len"])
+    if seq_len is None:
+        if model_type in {"bloom", "falcon"}:
+            seq_len = 2048  # trained context; ALiBi/RoPE configs carry no position table size
+        else:
+            _require(config, "seq_len", source)
+    tied_default = model_type not in {"gpt_neox"}
+    position = _position_embedding(config, model_type, activation)
+    try:
+        return ModelSpec(
+            name=name,
+            num_layers=int(_require(config, "num_layers", source)),
+            hidden_size=hidden,
+            num_attention_heads=heads,
+            num_key_value_heads=_kv_heads(config, heads),
+            ffn_hidden_size=_ffn(config, hidden, model_type),
+            vocab_size=int(_require(config, "vocab_size", source)),
+            seq_len=int(seq_len),
+            activation=activation,
+            tie_embeddings=bool(config.get("tie_word_embeddings", tied_default)),
+            norm="rmsnorm" if activation == "swiglu" else "layernorm",
+            position_embedding=position,
+            linear_bias=bool(config.get("bias", config.get("attention_bias", activation == "gelu"))),
+        )
+    except ValueError as exc:
+        if isinstance(exc, PlanError):
+            raise
+        raise PlanError(f"{source}: {_first_error(exc)}") from None
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        loc = ".".join(str(p) for p in first.get("loc", ()))
+        return f"{loc}: {first.get('msg', '')}".strip(": ")
+    return str(exc)

@@ -1,0 +1,101 @@
+"""Load model and cluster specs from preset names, our YAML/JSON, or an HF config.json.
+
+Every failure is a ``PlanError`` with one readable line: a missing file, a
+malformed document, an unknown key, a bad value, or an unknown preset with the
+closest preset names suggested.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from costmodels.errors import PlanError
+from profiles.hf_config import _first_error, model_from_hf_config
+from profiles.schema import ClusterSpec, ModelSpec
+
+PRESET_DIR = Path(__file__).parent
+T = TypeVar("T", bound=BaseModel)
+
+
+def preset_names(kind: str) -> list[str]:
+    """Sorted preset names of ``kind`` ("models" or "clusters")."""
+    return sorted(p.stem for p in (PRESET_DIR / kind).glob("*.yaml"))
+
+
+def read_document(path: Path) -> Any:
+    """Parse a YAML or JSON file (JSON is YAML) into Python data."""
+    if not path.is_file():
+        raise PlanError(f"file not found: {path}")
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PlanError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", getattr(exc, "lineno", None))
+        where = f" (line {line + 1 if hasattr(exc, 'problem_mark') else line})" if line is not None else ""
+        raise PlanError(f"malformed {path.suffix.lstrip('.') or 'YAML'} in {path}{where}") from None
+
+
+def validate_as(cls: type[T], data: Any, source: str) -> T:
+    """Validate ``data`` as ``cls``; the first problem becomes a one-line ``PlanError``."""
+    if not isinstance(data, dict):
+        raise PlanError(f"{source}: expected a mapping of keys, got {type(data).__name__}")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise PlanError(f"{source}: unknown key '{loc}'") from None
+        if first["type"] == "missing":
+            raise PlanError(f"{source}: missing key '{loc}'") from None
+        raise PlanError(f"{source}: {loc}: {first['msg']}") from None
+    except ValueError as exc:
+        raise PlanError(f"{source}: {_first_error(exc)}") from None
+
+
+def _unknown_preset(kind: str, name: str) -> PlanError:
+    names = preset_names(kind)
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; presets: {', '.join(names)}"
+    noun = kind.rstrip("s")
+    return PlanError(f"unknown {noun} preset '{name}' (and no such file){hint}")
+
+
+def _resolve(kind: str, spec: str) -> Path:
+    path = Path(spec)
+    if path.suffix in {".yaml", ".yml", ".json"} or path.exists():
+        return path
+    preset = PRESET_DIR / kind / f"{spec}.yaml"
+    if preset.is_file():
+        return preset
+    raise _unknown_preset(kind, spec)
+
+
+def _is_hf_config(data: Any) -> bool:
+    return isinstance(data, dict) and ("model_type" in data or "architectures" in data or "n_embd" in data)
+
+
+def load_model(spec: str) -> ModelSpec:
+    """A model preset name, our YAML/JSON, or a Hugging Face config.json."""
+    path = _resolve("models", spec)
+    data = read_document(path)
+    if _is_hf_config(data):
+        name = data.get("_name_or_path") or path.parent.name or path.stem
+        return model_from_hf_config(data, name=str(name), source=str(path))
+    return validate_as(ModelSpec, data, str(path))
+
+
+def load_cluster(spec: str) -> ClusterSpec:
+    """A cluster preset name or our YAML."""
+    return validate_as(ClusterSpec, read_document(_resolve("clusters", spec)), str(_resolve("clusters", spec)))
