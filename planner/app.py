@@ -23,3 +23,8 @@ err = Console(stderr=True, highlight=False)
 def warn(message: str) -> None:
     """A one-line warning on stderr."""
     err.print(f"warning: {message}", markup=False)
+
+
+@app.callback()
+def _root() -> None:
+    """Auto-parallel 3D configuration planner for large-transformer training."""

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import sys
 
-import click
-
 from costmodels.errors import InfeasibleError, PlanError
 from planner.app import app
 
@@ -36,20 +34,21 @@ def run(argv: list[str] | None = None) -> int:
         return _error(str(exc), 2)
     except InfeasibleError as exc:
         return _error(str(exc), 1)
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
-        return _error("aborted", 130)
-    except click.UsageError as exc:
-        return _error(exc.format_message(), 2)
-    except click.ClickException as exc:
-        return _error(exc.format_message(), 2)
     except KeyboardInterrupt:
         return _error("interrupted", 130)
+    except Exception as exc:  # typer's vendored click signals, matched by shape
+        kind = type(exc).__name__
+        if kind == "Exit":
+            return int(getattr(exc, "exit_code", 0))
+        if kind == "Abort":
+            return _error("aborted", 130)
+        if hasattr(exc, "format_message"):
+            return _error(exc.format_message(), 2)
+        raise
     return int(result) if isinstance(result, int) else 0
 
 
-def typer_main_command() -> click.Command:
+def typer_main_command():  # noqa: ANN201 (typer's vendored click type)
     import typer.main
 
     return typer.main.get_command(app)
