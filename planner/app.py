@@ -16,7 +16,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False, soft_wrap=True)
+_stdout_probe = Console()
+# Piped output (CI logs, files) gets a wide fixed width so tables are not squeezed to 80 columns.
+out = Console(highlight=False, width=None if _stdout_probe.is_terminal else 200)
 err = Console(stderr=True, highlight=False)
 
 

@@ -1,0 +1,284 @@
+"""``estimate(model, cluster, train, config) -> Estimate``: one configuration, priced.
+
+Step time = the pipeline makespan over the schedule's exact action list
+(``costmodels.pipeline.price_pipeline``) with per-stage F/B/W times and p2p,
+plus the exposed part of data-parallel gradient traffic, the optimizer step
+and a fixed per-step overhead. Memory is per pipeline rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from costmodels.comm import all_reduce_s, link_for, p2p_s, reduce_scatter_s
+from costmodels.compute import memory_bound_time_s, peak_flops
+from costmodels.flops import hardware_flops_per_iteration, model_flops_per_iteration, parameter_counts
+from costmodels.layer_costs import ZERO_PASS, LayerTimes, PassTimes, RooflineTimes, bytes_per_element
+from costmodels.memory import (
+    GIB,
+    ActivationVariant,
+    embedding_activation_bytes,
+    head_activation_bytes,
+    layer_activation_bytes,
+    stage_params,
+    static_memory,
+)
+from costmodels.pipeline import PipelineResult, StageTimes, price_pipeline
+from costmodels.rank_grid import RankCoord, RankGrid, stage_to_rank
+from profiles.schema import Breakdown, ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
+
+GRAD_REDUCE_BYTES = 4  # gradients are reduced in fp32 (Megatron's --accumulate-allreduce-grads-in-fp32 default for bf16)
+ADAM_STEP_BYTES_PER_PARAM = 30  # read fp32 param, grad, m, v; write param, m, v and the low-precision copy
+DP_BUCKET_PARAMS = 40_000_000  # Megatron-LM DDP bucket size
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """What one virtual stage holds and costs."""
+
+    index: int
+    rank: int
+    num_layers: int
+    has_embedding: bool
+    has_head: bool
+    recompute: str
+    times: PassTimes
+    params: float
+    activation_bytes: float
+
+
+def _stage_plan(
+    model: ModelSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes | None, j: int, n: int
+) -> StagePlan:
+    """Virtual stage ``j`` holding ``n`` layers (plus the embedding on the first stage and the
+    head on the last); ``layers=None`` skips the times (memory-only callers)."""
+    variant = ActivationVariant.runtime(train.precision)
+    s, b, tp, sp = train.seq_len, cfg.mbs, cfg.tp, cfg.sequence_parallel
+    first, last = j == 0, j == cfg.num_stages - 1
+    kind = cfg.recompute_of_stage(j)
+    times = layers.transformer(tp, b, s, sp, kind).scaled(n) if layers else ZERO_PASS
+    act = n * layer_activation_bytes(model, s, b, tp, sp, kind, variant)
+    if first:
+        times = times.plus(layers.embedding(tp, b, s, sp)) if layers else times
+        act += embedding_activation_bytes(model, s, b, tp, sp, variant)
+    if last:
+        times = times.plus(layers.head(tp, b, s, sp)) if layers else times
+        act += head_activation_bytes(model, s, b, tp, sp, variant)
+    return StagePlan(
+        index=j,
+        rank=stage_to_rank(j, cfg.pp, cfg.v, cfg.schedule),
+        num_layers=n,
+        has_embedding=first,
+        has_head=last,
+        recompute=kind,
+        times=times,
+        params=stage_params(model, n, first, last, tp),
+        activation_bytes=act,
+    )
+
+
+def _stage_plans(model: ModelSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes) -> list[StagePlan]:
+    return [_stage_plan(model, train, cfg, layers, j, n) for j, n in enumerate(cfg.stage_layers)]
+
+
+def rank_memory_if_uniform_gib(
+    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
+    rank: int, layers_per_stage: int, inflight_stage_microbatches: float,
+) -> float:
+    """Peak GiB of pipeline ``rank`` if each of its stages held ``layers_per_stage`` layers and
+    ``inflight_stage_microbatches`` stage-microbatches were alive (affine in the layer count;
+    the search derives per-rank layer caps from it)."""
+    plans = [
+        _stage_plan(model, train, cfg, None, j, layers_per_stage)
+        for j in range(cfg.num_stages)
+        if stage_to_rank(j, cfg.pp, cfg.v, cfg.schedule) == rank
+    ]
+    peak = inflight_stage_microbatches * max(st.activation_bytes for st in plans)
+    return sum(_rank_memory_gib(model, cluster, train, cfg, plans, peak).values())
+
+
+def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig) -> tuple[float, ...]:
+    """Boundary activation transfer between consecutive virtual stages (Megatron's scatter-gather
+    optimisation sends s·b·h/t per TP rank)."""
+    grid = RankGrid(cfg.tp, cfg.pp, cfg.dp)
+    num_bytes = bytes_per_element(train.precision) * train.seq_len * cfg.mbs * model.hidden_size / cfg.tp
+    times = []
+    for j in range(cfg.num_stages - 1):
+        a = grid.rank(RankCoord(0, stage_to_rank(j, cfg.pp, cfg.v, cfg.schedule), 0))
+        b = grid.rank(RankCoord(0, stage_to_rank(j + 1, cfg.pp, cfg.v, cfg.schedule), 0))
+        crosses = a // cluster.gpus_per_node != b // cluster.gpus_per_node
+        times.append(0.0 if a == b else p2p_s(num_bytes, link_for(cluster, crosses)))
+    return tuple(times)
+
+
+def _zero_per_microbatch_s(cfg: ParallelConfig, params: float, link, precision: str) -> tuple[float, float]:  # noqa: ANN001
+    """(forward, backward) extra traffic per microbatch for ZeRO-2/3 under gradient
+    accumulation: ZeRO-3 gathers weights for F and for B and reduce-scatters gradients
+    every microbatch; ZeRO-2 reduce-scatters gradients every microbatch (Rajbhandari et al. 2020)."""
+    w = bytes_per_element(precision)
+    rs = reduce_scatter_s(params * GRAD_REDUCE_BYTES, cfg.dp, link)
+    ag = reduce_scatter_s(params * w, cfg.dp, link)
+    if cfg.zero == 3:
+        return ag, ag + rs
+    if cfg.zero == 2:
+        return 0.0, rs
+    return 0.0, 0.0
+
+
+def stage_times(
+    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes | None = None
+) -> StageTimes:
+    """Per-virtual-stage times for the simulator (what ``ppplan simulate plan.json`` runs)."""
+    return _pipeline_inputs(model, cluster, train, cfg, layers or RooflineTimes(model, cluster, train.precision))[1]
+
+
+def _dp_link(cluster: ClusterSpec, cfg: ParallelConfig):  # noqa: ANN202
+    grid = RankGrid(cfg.tp, cfg.pp, cfg.dp)
+    return link_for(cluster, grid.spans_nodes(grid.dp_group(0, 0), cluster.gpus_per_node))
+
+
+def _pipeline_inputs(
+    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes
+) -> tuple[list[StagePlan], StageTimes]:
+    plans = _stage_plans(model, train, cfg, layers)
+    link = _dp_link(cluster, cfg)
+    fwd, bwd_in, bwd_w = [], [], []
+    for st in plans:
+        extra_f, extra_b = _zero_per_microbatch_s(cfg, st.params, link, train.precision)
+        # per-microbatch ZeRO traffic overlaps with that microbatch's compute; only the excess shows
+        fwd.append(st.times.forward_s + max(0.0, extra_f - st.times.forward_s))
+        bwd_in.append(st.times.backward_input_s + max(0.0, extra_b - st.times.backward_input_s - st.times.backward_weight_s))
+        bwd_w.append(st.times.backward_weight_s)
+    times = StageTimes(
+        forward_s=tuple(fwd),
+        backward_input_s=tuple(bwd_in),
+        backward_weight_s=tuple(bwd_w),
+        activation_bytes=tuple(st.activation_bytes for st in plans),
+        p2p_s=_p2p_times(model, cluster, train, cfg),
+    )
+    return plans, times
+
+
+def _dp_exposed_s(cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, rank_plans: list[StagePlan]) -> float:
+    """Gradient all-reduce (ZeRO-0) or reduce-scatter + parameter all-gather (ZeRO-1) once per
+    step, overlapped with the last microbatch's backward and the first forward (Megatron's
+    --overlap-grad-reduce / --overlap-param-gather); only the excess is exposed."""
+    if cfg.dp == 1 or cfg.zero >= 2:
+        return 0.0
+    link = _dp_link(cluster, cfg)
+    params = sum(st.params for st in rank_plans)
+    backward_window = sum(st.times.backward_input_s + st.times.backward_weight_s for st in rank_plans)
+    forward_window = sum(st.times.forward_s for st in rank_plans)
+    if cfg.zero == 0:
+        return max(0.0, all_reduce_s(params * GRAD_REDUCE_BYTES, cfg.dp, link) - backward_window)
+    rs = reduce_scatter_s(params * GRAD_REDUCE_BYTES, cfg.dp, link)
+    ag = reduce_scatter_s(params * bytes_per_element(train.precision), cfg.dp, link)
+    return max(0.0, rs - backward_window) + max(0.0, ag - forward_window)
+
+
+def _largest_unit_params(model: ModelSpec, tp: int, rank_plans: list[StagePlan]) -> float:
+    """Largest block FSDP gathers at once: a transformer layer, or the embedding/head matrix."""
+    unit = parameter_counts(model).per_layer / tp
+    if any(st.has_embedding or st.has_head for st in rank_plans):
+        unit = max(unit, model.vocab_size * model.hidden_size / tp)
+    return unit
+
+
+def _rank_memory_gib(
+    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
+    rank_plans: list[StagePlan], activation_peak: float,
+) -> dict[str, float]:
+    """Per-rank memory in GiB by category: static state under ZeRO, activations of the
+    microbatches in flight (from the schedule), the largest transient working tensor,
+    p2p and DP bucket buffers, allocator fragmentation and the runtime's own reserve."""
+    params = sum(st.params for st in rank_plans)
+    static = static_memory(params, train.precision, cfg.dp, cfg.zero)
+    p = bytes_per_element(train.precision)
+    tokens = train.seq_len * cfg.mbs
+    # ZeRO-3: the current and the prefetched unsharded block
+    gathered = 2 * _largest_unit_params(model, cfg.tp, rank_plans) * p if cfg.zero == 3 else 0.0
+    # transient: the MLP intermediate (or the fp32 logits on the head stage) and its gradient
+    transient = 2 * p * tokens * model.ffn_size / cfg.tp
+    if any(st.has_head for st in rank_plans):
+        transient = max(transient, 2 * 4 * tokens * model.vocab_size / cfg.tp)
+    p2p_buffers = 4 * p * tokens * model.hidden_size / cfg.tp if cfg.pp > 1 else 0.0
+    dp_buckets = 2.0 * min(params, DP_BUCKET_PARAMS) * GRAD_REDUCE_BYTES if cfg.dp > 1 else 0.0
+    allocated = {
+        "weights": static.weights_bytes + gathered,
+        "gradients": static.gradients_bytes,
+        "optimizer": static.optimizer_bytes,
+        "activations": activation_peak,
+        "transient": transient,
+        "comm_buffers": p2p_buffers + dp_buckets,
+    }
+    allocated["fragmentation"] = sum(allocated.values()) * cluster.allocator_fragmentation
+    out = {k: v / GIB for k, v in allocated.items()}
+    out["runtime_reserved"] = cluster.runtime_reserved_gib
+    return out
+
+
+def memory_limit_gib(cluster: ClusterSpec) -> float:
+    """HBM the fit check allows: capacity less the documented safety margin."""
+    return cluster.gpu.memory_gib * (1.0 - cluster.memory_safety_margin)
+
+
+def _breakdown(
+    cfg: ParallelConfig, cluster: ClusterSpec, plans: list[StagePlan], result: PipelineResult,
+    dp_s: float, optimizer_s: float, p2p: tuple[float, ...],
+) -> Breakdown:
+    busiest = max(range(cfg.pp), key=lambda r: result.busy_s[r])
+    mine = [st for st in plans if st.rank == busiest]
+    m = cfg.num_microbatches
+    tp_comm = m * sum(st.times.tp_comm_s for st in mine)
+    recompute = m * sum(st.times.recompute_s for st in mine)
+    compute = m * sum(st.times.total_s for st in mine) - tp_comm - recompute
+    return Breakdown(
+        compute_s=compute,
+        recompute_s=recompute,
+        tp_comm_s=tp_comm,
+        pp_comm_s=2 * sum(p2p),
+        dp_comm_s=dp_s,
+        bubble_s=result.makespan_s * result.bubble_fraction,
+        optimizer_s=optimizer_s,
+        overhead_s=cluster.efficiency.step_overhead_s,
+    )
+
+
+def estimate(
+    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes | None = None
+) -> Estimate:
+    """Price one configuration (the rules are checked by the caller: ``costmodels.rules``)."""
+    layers = layers or RooflineTimes(model, cluster, train.precision)
+    plans, times = _pipeline_inputs(model, cluster, train, cfg, layers)
+    result = price_pipeline(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, times)
+    per_rank = [[st for st in plans if st.rank == r] for r in range(cfg.pp)]
+    dp_s = max(_dp_exposed_s(cluster, train, cfg, mine) for mine in per_rank)
+    opt_params = max(sum(st.params for st in mine) for mine in per_rank) / (cfg.dp if cfg.zero >= 1 else 1)
+    optimizer_s = memory_bound_time_s(cluster, opt_params * ADAM_STEP_BYTES_PER_PARAM)
+    step = result.makespan_s + dp_s + optimizer_s + cluster.efficiency.step_overhead_s
+    memory = [
+        _rank_memory_gib(model, cluster, train, cfg, per_rank[r], result.peak_activation_bytes[r]) for r in range(cfg.pp)
+    ]
+    peak = [round(sum(m.values()), 4) for m in memory]
+    gpus = cfg.tp * cfg.pp * cfg.dp
+    all_layers = [cfg.recompute_of_stage(st.index) for st in plans for _ in range(st.num_layers)]
+    model_flops = model_flops_per_iteration(model, train.global_batch, train.seq_len)
+    hw_flops = hardware_flops_per_iteration(model, train.global_batch, train.seq_len, all_layers)
+    peak_tflops = peak_flops(cluster, train.precision) / 1e12
+    model_tflops = model_flops / step / gpus / 1e12
+    hw_tflops = hw_flops / step / gpus / 1e12
+    limit = memory_limit_gib(cluster)
+    return Estimate(
+        step_time_s=step,
+        tokens_per_s=train.global_batch * train.seq_len / step,
+        model_tflops_per_gpu=model_tflops,
+        hw_tflops_per_gpu=hw_tflops,
+        mfu=model_tflops / peak_tflops,
+        hfu=hw_tflops / peak_tflops,
+        bubble_fraction=result.bubble_fraction,
+        peak_memory_gib=peak,
+        memory_limit_gib=limit,
+        fits=max(peak) <= limit,
+        breakdown=_breakdown(cfg, cluster, plans, result, dp_s, optimizer_s, times.p2p_s),
+        memory_breakdown_gib=[{k: round(v, 4) for k, v in m.items()} for m in memory],
+    )

@@ -1,0 +1,148 @@
+"""Memory per pipeline rank: weights, gradients, optimizer states, activations.
+
+Activations follow Korthikanti et al. 2022, "Reducing Activation Recomputation
+in Large Transformer Models", Sec. 4 and Table 2, term by term, generalised to
+GQA (K and V of ``kv_dim``), SwiGLU and fp32. With the reference variant
+(2-byte activations, 1-byte dropout masks, no fused attention, GELU MLP) one
+layer stores ``s·b·h·(34 + 5·a·s/h)`` bytes without tensor parallelism,
+``s·b·h·(10 + 24/t + 5·a·s/(h·t))`` with TP, ``s·b·h/t·(34 + 5·a·s/h)`` with
+sequence parallelism, ``34·s·b·h/t`` with SP and selective recomputation, and
+``2·s·b·h`` (``/t`` with SP) with full recomputation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from costmodels.flops import parameter_counts
+from profiles.schema import ModelSpec
+
+GIB = 1024**3
+MIXED_PRECISION_ADAM_BYTES_PER_PARAM = 16  # ZeRO paper (Rajbhandari et al. 2020) Sec. 3.1: 2 + 2 + 12
+
+
+@dataclass(frozen=True)
+class ActivationVariant:
+    """What the runtime actually stores.
+
+    ``korthikanti()`` is the paper's setting (fp16/bf16, dropout, unfused
+    attention, Megatron's GELU MLP); ``runtime()`` is ppplan's torch runtime
+    (no dropout, SDPA/flash attention storing only the log-sum-exp, eager
+    SwiGLU storing gate, silu(gate), up and their product).
+    """
+
+    bytes_per_element: int = 2
+    dropout: bool = True
+    flash_attention: bool = False
+    swiglu_saved_ffn_tensors: int = 4
+
+    @staticmethod
+    def korthikanti() -> "ActivationVariant":
+        return ActivationVariant(bytes_per_element=2, dropout=True, flash_attention=False)
+
+    @staticmethod
+    def runtime(precision: str) -> "ActivationVariant":
+        return ActivationVariant(bytes_per_element=4 if precision == "fp32" else 2, dropout=False, flash_attention=True)
+
+
+def layer_activation_bytes(
+    model: ModelSpec,
+    seq_len: int,
+    mbs: int,
+    tp: int,
+    sequence_parallel: bool,
+    recompute: str,
+    variant: ActivationVariant,
+) -> float:
+    """Bytes one transformer layer keeps for backward, per microbatch, per TP rank."""
+    s, b, h, a = seq_len, mbs, model.hidden_size, model.num_attention_heads
+    p = variant.bytes_per_element
+    sbh = s * b * h
+    replicated_div = tp if sequence_parallel else 1
+    if recompute == "full":
+        return p * sbh / replicated_div  # the layer input only
+    mask = 1 if variant.dropout else 0
+    # LayerNorm inputs (2), QKV input, MLP input, two dropout masks: replicated across TP without SP.
+    replicated = 4 * p * sbh + 2 * mask * sbh
+    ffn_tensors = 2 if model.activation == "gelu" else variant.swiglu_saved_ffn_tensors
+    sharded = (
+        p * s * b * (h + model.kv_dim)  # Q and K
+        + p * s * b * model.kv_dim  # V
+        + p * sbh  # attention output = output-projection input
+        + ffn_tensors * p * s * b * model.ffn_size
+    )
+    if variant.flash_attention:
+        scores = 4.0 * a * s * b  # fp32 log-sum-exp per head and token
+    else:
+        scores = (p + (mask + p if variant.dropout else 0)) * a * s * s * b  # softmax out, mask, dropout out
+    if recompute == "selective" and not variant.flash_attention:
+        scores = 0.0
+    return replicated / replicated_div + (sharded + scores) / tp
+
+
+def head_activation_bytes(
+    model: ModelSpec, seq_len: int, mbs: int, tp: int, sequence_parallel: bool, variant: ActivationVariant
+) -> float:
+    """Final norm input, logits input, and the fp32 softmax (plus logits) of the vocab-parallel loss."""
+    tokens = seq_len * mbs
+    p = variant.bytes_per_element
+    norm_in = p * tokens * model.hidden_size / (tp if sequence_parallel else 1)
+    logits_in = p * tokens * model.hidden_size
+    logits = (4 + p) * tokens * model.vocab_size / tp
+    return norm_in + logits_in + logits
+
+
+def embedding_activation_bytes(model: ModelSpec, seq_len: int, mbs: int, tp: int, sequence_parallel: bool, variant: ActivationVariant) -> float:
+    """Token ids (int64) and the embedding-dropout mask (Korthikanti Sec. 4.3)."""
+    tokens = seq_len * mbs
+    mask = tokens * model.hidden_size / (tp if sequence_parallel else 1) if variant.dropout else 0
+    return 8.0 * tokens + mask
+
+
+@dataclass(frozen=True)
+class StaticMemory:
+    """Per-rank bytes that do not depend on microbatches in flight."""
+
+    weights_bytes: float
+    gradients_bytes: float
+    optimizer_bytes: float
+
+
+def state_bytes_per_param(precision: str) -> tuple[int, int, int]:
+    """(weights, gradients, optimizer) bytes per parameter for Adam.
+
+    Mixed precision: 2 + 2 + 12 (fp32 master, m, v) = 16 (ZeRO paper Sec. 3.1);
+    fp32: 4 + 4 + 8 (m, v) = 16.
+    """
+    if precision == "fp32":
+        return 4, 4, 8
+    return 2, 2, 12
+
+
+def static_memory(num_params_on_rank: float, precision: str, dp: int, zero: int) -> StaticMemory:
+    """Weights, gradients and optimizer state under ZeRO stage ``zero`` (Rajbhandari et al. 2020, Fig. 1)."""
+    w, g, o = state_bytes_per_param(precision)
+    return StaticMemory(
+        weights_bytes=num_params_on_rank * w / (dp if zero >= 3 else 1),
+        gradients_bytes=num_params_on_rank * g / (dp if zero >= 2 else 1),
+        optimizer_bytes=num_params_on_rank * o / (dp if zero >= 1 else 1),
+    )
+
+
+def stage_params(model: ModelSpec, num_layers: int, has_embedding: bool, has_head: bool, tp: int) -> float:
+    """Parameters a virtual stage holds per TP rank (vocab-parallel embedding and head).
+
+    With tied embeddings and more than one pipeline stage the last stage keeps
+    its own copy of the embedding matrix for the logits (Megatron-LM's
+    ``shared_embedding``), so both ends pay for it.
+    """
+    counts = parameter_counts(model)
+    vocab_matrix = model.vocab_size * model.hidden_size
+    total = num_layers * counts.per_layer
+    if has_embedding:
+        total += counts.embedding
+    if has_head:
+        total += counts.final_norm + counts.head
+        if model.tie_embeddings and not has_embedding:
+            total += vocab_matrix
+    return total / tp

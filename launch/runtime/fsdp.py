@@ -1,0 +1,54 @@
+"""Data parallelism and ZeRO with FSDP2 ``fully_shard`` (one group per
+transformer layer, plus the stage root for embedding / head / norms).
+
+How ``zero`` (Rajbhandari et al. 2020) maps onto FSDP2:
+
+=====  ===============================================  ===================================
+zero   FSDP2 call                                       what is sharded over dp
+=====  ===============================================  ===================================
+0      ``fully_shard`` on the 2-D mesh (dp_replicate =  nothing: HSDP with one shard is
+       dp, dp_shard = 1), ``reshard_after_forward=      DDP; gradients all-reduced once
+       False``                                          per step
+1, 2   ``fully_shard`` over dp,                         optimizer states and gradients;
+       ``reshard_after_forward=False``                  parameters gathered for forward
+                                                        and kept through backward
+3      ``fully_shard`` over dp,                         parameters too: freed after
+       ``reshard_after_forward=True``                   forward, re-gathered in backward
+=====  ===============================================  ===================================
+
+FSDP2 has no optimizer-only sharding, so zero 1 runs as zero 2 (gradients
+sharded as well): it never uses more memory than zero 1 is priced at and moves
+the same bytes (reduce-scatter + all-gather = one all-reduce). Under pipeline
+parallelism torch's schedules keep gradients unsharded while microbatches
+accumulate and reduce-scatter them once after the last backward of the step.
+Gradients are averaged over dp (FSDP's default divide factor), so with the
+pipeline's division by the microbatch count the result is the gradient of the
+mean loss over the global batch.
+"""
+
+from __future__ import annotations
+
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import fully_shard
+
+from launch.runtime.model import StageModule
+
+
+def zero_policy(zero: int) -> tuple[tuple[str, ...], bool]:
+    """(mesh dims to shard/replicate over, reshard_after_forward) for ``zero``."""
+    if zero == 0:
+        return ("dp_replicate", "dp_shard"), False
+    if zero in (1, 2):
+        return ("dp_shard",), False
+    if zero == 3:
+        return ("dp_shard",), True
+    raise ValueError(f"zero must be 0-3, got {zero}")
+
+
+def apply_data_parallel(stage: StageModule, mesh: DeviceMesh, zero: int) -> None:
+    """Wrap each layer, then the stage, with ``fully_shard`` per ``zero_policy``."""
+    dims, reshard = zero_policy(zero)
+    dp_mesh = mesh[dims] if len(dims) > 1 else mesh[dims[0]]
+    for layer in stage.layers.values():
+        fully_shard(layer, mesh=dp_mesh, reshard_after_forward=reshard)
+    fully_shard(stage, mesh=dp_mesh, reshard_after_forward=reshard)

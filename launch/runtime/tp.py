@@ -1,0 +1,87 @@
+"""Tensor parallelism with DTensor (Megatron-LM's split, Shoeybi et al. 2019, Sec. 3).
+
+Per layer: q/k/v and the first MLP projections are column-parallel (heads and
+ffn split over tp ranks), the attention output and the second MLP projection
+row-parallel. The token embedding is vocabulary-parallel (row-wise) and the
+logits column-parallel over the vocabulary, gathered back before the loss.
+
+With ``sequence_parallel`` (Korthikanti et al. 2022, Sec. 4.2) the norms run on
+sequence shards: activations between layers (and between pipeline stages) are
+``[batch, seq / tp, hidden]`` local shards; the all-reduces become an
+all-gather before the column-parallel projections and a reduce-scatter after
+the row-parallel ones. Without it, activations are replicated on the tp ranks.
+"""
+
+from __future__ import annotations
+
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    PrepareModuleOutput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
+
+from launch.runtime.model import StageModule, TransformerLayer
+
+
+def _activation_layout(sequence_parallel: bool) -> Shard | Replicate:
+    return Shard(1) if sequence_parallel else Replicate()
+
+
+def layer_plan(sequence_parallel: bool) -> dict[str, object]:
+    """The parallel style of each submodule of a ``TransformerLayer``."""
+    between = _activation_layout(sequence_parallel)
+    plan: dict[str, object] = {
+        "attention.wq": ColwiseParallel(),
+        "attention.wk": ColwiseParallel(),
+        "attention.wv": ColwiseParallel(),
+        "attention.wo": RowwiseParallel(output_layouts=between),
+        "feed_forward.w1": ColwiseParallel(),
+        "feed_forward.w2": RowwiseParallel(output_layouts=between),
+    }
+    if sequence_parallel:
+        plan.update(
+            {
+                "attention_norm": SequenceParallel(),
+                "attention": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+                "ffn_norm": SequenceParallel(),
+                "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+            }
+        )
+    return plan
+
+
+def _add_w3(plan: dict[str, object], layer: TransformerLayer) -> dict[str, object]:
+    if layer.feed_forward.w3 is not None:
+        plan = {**plan, "feed_forward.w3": ColwiseParallel()}
+    return plan
+
+
+def apply_tensor_parallel(stage: StageModule, tp_mesh: DeviceMesh, sequence_parallel: bool) -> None:
+    """Shard ``stage`` in place over ``tp_mesh``; re-ties a shared embedding/logits weight."""
+    between = _activation_layout(sequence_parallel)
+    for layer in stage.layers.values():
+        parallelize_module(layer, tp_mesh, _add_w3(layer_plan(sequence_parallel), layer))
+    if stage.embedding is not None:
+        plan: dict[str, object] = {"tok": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())}
+        parallelize_module(stage.embedding, tp_mesh, plan)
+        if sequence_parallel:
+            # positions are added on the full sequence, then each rank keeps its shard
+            parallelize_module(
+                stage.embedding,
+                tp_mesh,
+                PrepareModuleOutput(output_layouts=Replicate(), desired_output_layouts=between, use_local_output=True),
+            )
+    if stage.head is not None:
+        head_plan: dict[str, object] = {
+            "proj": ColwiseParallel(input_layouts=between, output_layouts=Replicate(), use_local_output=True)
+        }
+        if sequence_parallel:
+            head_plan["norm"] = SequenceParallel()
+        parallelize_module(stage.head, tp_mesh, head_plan)
+    if stage.tied:
+        stage.tie_embeddings()

@@ -1,0 +1,96 @@
+"""The search space: every (tp, pp, dp, mbs, M, v, schedule, recompute, sp, zero)
+the runtime rules accept (``costmodels.rules``), in a canonical order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+from costmodels.rules import LOOPED_SCHEDULES, V_SCHEDULES, schedule_violations
+from profiles.schema import ModelSpec, TrainSpec
+
+DEFAULT_SCHEDULES: tuple[str, ...] = ("1f1b", "interleaved-1f1b", "gpipe")
+RECOMPUTE_KINDS: tuple[str, ...] = ("none", "selective", "full")
+MAX_MBS = 16
+MAX_V = 8
+
+
+@dataclass(frozen=True, order=True)
+class Candidate:
+    """One point of the space, before cut points are chosen. Field order is the canonical
+    tie-break order (smaller degrees, then cheaper options, first)."""
+
+    tp: int
+    pp: int
+    dp: int
+    mbs: int
+    v: int
+    schedule: str
+    recompute: str
+    sequence_parallel: bool
+    zero: int
+    num_microbatches: int
+
+    def label(self) -> str:
+        sp = "+sp" if self.sequence_parallel else ""
+        return (f"tp={self.tp}{sp} pp={self.pp} dp={self.dp} mbs={self.mbs} M={self.num_microbatches} "
+                f"v={self.v} {self.schedule} recompute={self.recompute} zero={self.zero}")
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def tp_degrees(model: ModelSpec, gpus: int, gpus_per_node: int, allow_cross_node_tp: bool) -> list[int]:
+    """TP degrees dividing the GPUs, heads, kv-heads and FFN; inside a node unless asked."""
+    limit = gpus if allow_cross_node_tp else min(gpus, gpus_per_node)
+    return [
+        t for t in divisors(gpus)
+        if t <= limit and model.num_attention_heads % t == 0 and model.kv_heads % t == 0 and model.ffn_size % t == 0
+    ]
+
+
+def _v_options(schedule: str, pp: int, num_layers: int) -> list[int]:
+    if pp == 1:
+        return [1] if schedule == "1f1b" else []
+    if schedule in LOOPED_SCHEDULES:
+        return [v for v in range(2, MAX_V + 1) if pp * v <= num_layers]
+    if schedule in V_SCHEDULES:
+        return [2] if 2 * pp <= num_layers else []
+    return [1]
+
+
+def enumerate_candidates(
+    model: ModelSpec,
+    train: TrainSpec,
+    gpus: int,
+    gpus_per_node: int,
+    schedules: tuple[str, ...] = DEFAULT_SCHEDULES,
+    allow_cross_node_tp: bool = False,
+) -> Iterator[Candidate]:
+    """All legal candidates under the torch runtime's rules."""
+    for tp in tp_degrees(model, gpus, gpus_per_node, allow_cross_node_tp):
+        for pp in divisors(gpus // tp):
+            if pp > model.num_layers:
+                continue
+            dp = gpus // (tp * pp)
+            if train.global_batch % dp:
+                continue
+            for mbs in divisors(train.global_batch // dp):
+                if mbs > MAX_MBS:
+                    break
+                m = train.global_batch // (dp * mbs)
+                yield from _pipeline_options(model, tp, pp, dp, mbs, m, schedules)
+
+
+def _pipeline_options(
+    model: ModelSpec, tp: int, pp: int, dp: int, mbs: int, m: int, schedules: tuple[str, ...]
+) -> Iterator[Candidate]:
+    for schedule in schedules:
+        for v in _v_options(schedule, pp, model.num_layers):
+            if pp > 1 and schedule_violations(schedule, pp, v, m):
+                continue
+            for recompute in RECOMPUTE_KINDS:
+                for sp in (False, True) if tp > 1 else (False,):
+                    for zero in range(4) if dp > 1 else (0,):
+                        yield Candidate(tp, pp, dp, mbs, v, schedule, recompute, sp, zero, m)
