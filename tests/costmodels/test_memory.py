@@ -1,0 +1,78 @@
+"""Activation memory reproduces Korthikanti et al. 2022 Table 2 exactly; static memory per ZeRO stage."""
+
+import pytest
+
+from costmodels.memory import ActivationVariant, layer_activation_bytes, static_memory
+from profiles.loader import load_model
+
+REF = ActivationVariant.korthikanti()
+
+
+@pytest.fixture(params=["gpt3-175b", "gpt3-1.7b", "gpt-1t"])
+def gpt(request):
+    return load_model(request.param)
+
+
+def _sbh(m, b):
+    return m.seq_len * b * m.hidden_size
+
+
+def test_no_parallelism_is_34_plus_5as_over_h(gpt):
+    s, h, a, b = gpt.seq_len, gpt.hidden_size, gpt.num_attention_heads, 2
+    expected = _sbh(gpt, b) * (34 + 5 * a * s / h)
+    assert layer_activation_bytes(gpt, s, b, 1, False, "none", REF) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("t", [2, 4, 8])
+def test_tensor_parallel(gpt, t):
+    s, h, a, b = gpt.seq_len, gpt.hidden_size, gpt.num_attention_heads, 1
+    expected = _sbh(gpt, b) * (10 + 24 / t + 5 * a * s / (h * t))
+    assert layer_activation_bytes(gpt, s, b, t, False, "none", REF) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("t", [2, 8])
+def test_sequence_parallel(gpt, t):
+    s, h, a, b = gpt.seq_len, gpt.hidden_size, gpt.num_attention_heads, 1
+    expected = _sbh(gpt, b) / t * (34 + 5 * a * s / h)
+    assert layer_activation_bytes(gpt, s, b, t, True, "none", REF) == pytest.approx(expected, rel=1e-12)
+
+
+def test_sequence_parallel_with_selective_recompute_is_34_sbh_over_t(gpt):
+    t, b = 8, 1
+    expected = 34 * _sbh(gpt, b) / t
+    assert layer_activation_bytes(gpt, gpt.seq_len, b, t, True, "selective", REF) == pytest.approx(expected, rel=1e-12)
+
+
+def test_tensor_parallel_with_selective_recompute_drops_attention_terms(gpt):
+    t, b = 4, 1
+    expected = _sbh(gpt, b) * (10 + 24 / t)
+    assert layer_activation_bytes(gpt, gpt.seq_len, b, t, False, "selective", REF) == pytest.approx(expected, rel=1e-12)
+
+
+def test_full_recompute_keeps_the_layer_input(gpt):
+    b = 4
+    assert layer_activation_bytes(gpt, gpt.seq_len, b, 8, False, "full", REF) == 2 * _sbh(gpt, b)
+    assert layer_activation_bytes(gpt, gpt.seq_len, b, 8, True, "full", REF) == 2 * _sbh(gpt, b) / 8
+
+
+def test_runtime_variant_fp32_flash_no_dropout_by_hand():
+    m = load_model("tiny-gpt")  # h=256, a=8, ffn=1024, s=128
+    s, b, h, a, f = 128, 2, 256, 8, 1024
+    # 4 replicated fp32 tensors of sbh, Q/K/V/out (4 sbh), two ffn tensors, fp32 lse per head
+    expected = 4 * 4 * s * b * h + 4 * 4 * s * b * h + 2 * 4 * s * b * f + 4 * a * s * b
+    assert layer_activation_bytes(m, s, b, 1, False, "none", ActivationVariant.runtime("fp32")) == expected
+
+
+def test_gqa_shrinks_k_and_v():
+    m = load_model("tiny-llama")  # 8 heads, 4 kv heads, head_dim 32 -> kv_dim 128
+    v = ActivationVariant.runtime("bf16")
+    full_kv = m.model_copy(update={"num_key_value_heads": 8})
+    diff = layer_activation_bytes(full_kv, 128, 1, 1, False, "none", v) - layer_activation_bytes(m, 128, 1, 1, False, "none", v)
+    assert diff == 2 * 128 * (256 - 128) * 2  # K and V, bf16
+
+
+@pytest.mark.parametrize("zero, expected_per_param", [(0, 16), (1, 4 + 12 / 8), (2, 2 + 14 / 8), (3, 16 / 8)])
+def test_mixed_precision_adam_16_bytes_divided_per_zero_stage(zero, expected_per_param):
+    st = static_memory(1e9, "bf16", dp=8, zero=zero)
+    total = st.weights_bytes + st.gradients_bytes + st.optimizer_bytes
+    assert total == pytest.approx(1e9 * expected_per_param)
