@@ -9,8 +9,9 @@ and a fixed per-step overhead. Memory is per pipeline rank.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
-from costmodels.comm import all_reduce_s, link_for, p2p_s, reduce_scatter_s
+from costmodels.comm import all_gather_s, all_reduce_s, link_for, p2p_s, reduce_scatter_s
 from costmodels.compute import memory_bound_time_s, peak_flops
 from costmodels.flops import hardware_flops_per_iteration, model_flops_per_iteration, parameter_counts
 from costmodels.layer_costs import ZERO_PASS, LayerTimes, PassTimes, RooflineTimes, bytes_per_element
@@ -23,10 +24,12 @@ from costmodels.memory import (
     stage_params,
     static_memory,
 )
-from costmodels.pipeline import PipelineResult, StageTimes, price_pipeline
+from costmodels.pipeline import PipelineResult, StageTimes, price_actions, price_pipeline
+from costmodels.schedules import schedule_of
 from costmodels.rank_grid import RankCoord, RankGrid, stage_to_rank
 from profiles.schema import Breakdown, ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
 
+PipelinePricer = Callable[[str, int, int, int, StageTimes], PipelineResult]
 GRAD_REDUCE_BYTES = 4  # gradients are reduced in fp32 (Megatron's --accumulate-allreduce-grads-in-fp32 default for bf16)
 ADAM_STEP_BYTES_PER_PARAM = 30  # read fp32 param, grad, m, v; write param, m, v and the low-precision copy
 DP_BUCKET_PARAMS = 40_000_000  # Megatron-LM DDP bucket size
@@ -112,17 +115,14 @@ def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: Pa
 
 
 def _zero_per_microbatch_s(cfg: ParallelConfig, params: float, link, precision: str) -> tuple[float, float]:  # noqa: ANN001
-    """(forward, backward) extra traffic per microbatch for ZeRO-2/3 under gradient
-    accumulation: ZeRO-3 gathers weights for F and for B and reduce-scatters gradients
-    every microbatch; ZeRO-2 reduce-scatters gradients every microbatch (Rajbhandari et al. 2020)."""
-    w = bytes_per_element(precision)
-    rs = reduce_scatter_s(params * GRAD_REDUCE_BYTES, cfg.dp, link)
-    ag = reduce_scatter_s(params * w, cfg.dp, link)
-    if cfg.zero == 3:
-        return ag, ag + rs
-    if cfg.zero == 2:
-        return 0.0, rs
-    return 0.0, 0.0
+    """(forward, backward) parameter all-gather per microbatch under ZeRO-3: FSDP2 with
+    ``reshard_after_forward=True`` frees the gathered weights after each forward and
+    gathers them again for the backward (Rajbhandari et al. 2020, Sec. 5.3). Gradients are
+    reduce-scattered once per step in every stage (``_dp_exposed_s``)."""
+    if cfg.zero != 3:
+        return 0.0, 0.0
+    ag = all_gather_s(params * bytes_per_element(precision), cfg.dp, link)
+    return ag, ag
 
 
 def stage_times(
@@ -160,20 +160,28 @@ def _pipeline_inputs(
 
 
 def _dp_exposed_s(cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, rank_plans: list[StagePlan]) -> float:
-    """Gradient all-reduce (ZeRO-0) or reduce-scatter + parameter all-gather (ZeRO-1) once per
-    step, overlapped with the last microbatch's backward and the first forward (Megatron's
-    --overlap-grad-reduce / --overlap-param-gather); only the excess is exposed."""
-    if cfg.dp == 1 or cfg.zero >= 2:
+    """Once-per-step data-parallel traffic, overlapped with the last microbatch's backward
+    (gradients) and the first forward (parameters), as Megatron's --overlap-grad-reduce /
+    --overlap-param-gather and FSDP2's prefetching do; only the excess is exposed.
+
+    ZeRO-0: one all-reduce of the gradients. ZeRO-1/2 (FSDP2 without resharding after
+    forward): reduce-scatter of gradients plus one all-gather of parameters. ZeRO-3:
+    the reduce-scatter only (its gathers are per microbatch, ``_zero_per_microbatch_s``).
+    """
+    if cfg.dp == 1:
         return 0.0
     link = _dp_link(cluster, cfg)
     params = sum(st.params for st in rank_plans)
     backward_window = sum(st.times.backward_input_s + st.times.backward_weight_s for st in rank_plans)
     forward_window = sum(st.times.forward_s for st in rank_plans)
+    grads = params * GRAD_REDUCE_BYTES
     if cfg.zero == 0:
-        return max(0.0, all_reduce_s(params * GRAD_REDUCE_BYTES, cfg.dp, link) - backward_window)
-    rs = reduce_scatter_s(params * GRAD_REDUCE_BYTES, cfg.dp, link)
-    ag = reduce_scatter_s(params * bytes_per_element(train.precision), cfg.dp, link)
-    return max(0.0, rs - backward_window) + max(0.0, ag - forward_window)
+        return max(0.0, all_reduce_s(grads, cfg.dp, link) - backward_window)
+    exposed = max(0.0, reduce_scatter_s(grads, cfg.dp, link) - backward_window)
+    if cfg.zero in (1, 2):
+        gather = all_gather_s(params * bytes_per_element(train.precision), cfg.dp, link)
+        exposed += max(0.0, gather - forward_window)
+    return exposed
 
 
 def _largest_unit_params(model: ModelSpec, tp: int, rank_plans: list[StagePlan]) -> float:
@@ -192,7 +200,7 @@ def _rank_memory_gib(
     microbatches in flight (from the schedule), the largest transient working tensor,
     p2p and DP bucket buffers, allocator fragmentation and the runtime's own reserve."""
     params = sum(st.params for st in rank_plans)
-    static = static_memory(params, train.precision, cfg.dp, cfg.zero)
+    static = static_memory(params, train.precision, cfg.dp, cfg.zero, gradients_sharded=False)
     p = bytes_per_element(train.precision)
     tokens = train.seq_len * cfg.mbs
     # ZeRO-3: the current and the prefetched unsharded block
@@ -245,12 +253,20 @@ def _breakdown(
 
 
 def estimate(
-    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes | None = None
+    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes | None = None,
+    pricer: PipelinePricer = price_pipeline,
 ) -> Estimate:
-    """Price one configuration (the rules are checked by the caller: ``costmodels.rules``)."""
+    """Price one configuration (the rules are checked by the caller: ``costmodels.rules``).
+
+    ``pricer`` is the event simulator over the exact action list; the search passes the
+    closed-form screen (``costmodels.pipeline_approx``) only to rank candidates."""
     layers = layers or RooflineTimes(model, cluster, train.precision)
     plans, times = _pipeline_inputs(model, cluster, train, cfg, layers)
-    result = price_pipeline(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, times)
+    if cfg.schedule == "custom":
+        schedule = schedule_of("custom", cfg.pp, cfg.v, cfg.num_microbatches, cfg.schedule_csv)
+        result = price_actions(schedule, times)
+    else:
+        result = pricer(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, times)
     per_rank = [[st for st in plans if st.rank == r] for r in range(cfg.pp)]
     dp_s = max(_dp_exposed_s(cluster, train, cfg, mine) for mine in per_rank)
     opt_params = max(sum(st.params for st in mine) for mine in per_rank) / (cfg.dp if cfg.zero >= 1 else 1)

@@ -28,21 +28,30 @@ class ActivationVariant:
     ``korthikanti()`` is the paper's setting (fp16/bf16, dropout, unfused
     attention, Megatron's GELU MLP); ``runtime()`` is ppplan's torch runtime
     (no dropout, SDPA/flash attention storing only the log-sum-exp, eager
-    SwiGLU storing gate, silu(gate), up and their product).
+    SwiGLU storing gate, silu(gate), up and their product). Off CUDA, torch's
+    RMSNorm is the composite x·rsqrt(mean(x²)+eps)·w, whose product with the
+    weight also keeps the normalised input (one more s·b·h per norm, measured
+    by ``ppplan profile``); CUDA runs the fused kernel (input and 1/rms only).
     """
 
     bytes_per_element: int = 2
     dropout: bool = True
     flash_attention: bool = False
     swiglu_saved_ffn_tensors: int = 4
+    rmsnorm_saves_normalized: bool = False
 
     @staticmethod
     def korthikanti() -> "ActivationVariant":
         return ActivationVariant(bytes_per_element=2, dropout=True, flash_attention=False)
 
     @staticmethod
-    def runtime(precision: str) -> "ActivationVariant":
-        return ActivationVariant(bytes_per_element=4 if precision == "fp32" else 2, dropout=False, flash_attention=True)
+    def runtime(precision: str, device: str = "cuda") -> "ActivationVariant":
+        return ActivationVariant(
+            bytes_per_element=4 if precision == "fp32" else 2,
+            dropout=False,
+            flash_attention=True,
+            rmsnorm_saves_normalized=device != "cuda",
+        )
 
 
 def layer_activation_bytes(
@@ -64,6 +73,8 @@ def layer_activation_bytes(
     mask = 1 if variant.dropout else 0
     # LayerNorm inputs (2), QKV input, MLP input, two dropout masks: replicated across TP without SP.
     replicated = 4 * p * sbh + 2 * mask * sbh
+    if variant.rmsnorm_saves_normalized and model.norm == "rmsnorm":
+        replicated += 2 * p * sbh  # each composite RMSNorm's normalised input
     ffn_tensors = 2 if model.activation == "gelu" else variant.swiglu_saved_ffn_tensors
     sharded = (
         p * s * b * (h + model.kv_dim)  # Q and K
@@ -119,12 +130,21 @@ def state_bytes_per_param(precision: str) -> tuple[int, int, int]:
     return 2, 2, 12
 
 
-def static_memory(num_params_on_rank: float, precision: str, dp: int, zero: int) -> StaticMemory:
-    """Weights, gradients and optimizer state under ZeRO stage ``zero`` (Rajbhandari et al. 2020, Fig. 1)."""
+def static_memory(
+    num_params_on_rank: float, precision: str, dp: int, zero: int, gradients_sharded: bool | None = None
+) -> StaticMemory:
+    """Weights, gradients and optimizer state under ZeRO stage ``zero`` (Rajbhandari et al. 2020, Fig. 1).
+
+    ``gradients_sharded=None`` is the paper's ZeRO-2/3 (gradients divided by dp).
+    ppplan's torch runtime passes ``False``: torch.distributed.pipelining turns
+    FSDP2's gradient sync off until the last microbatch, so gradients accumulate
+    unsharded and are reduce-scattered once per step (launch/runtime/fsdp.py).
+    """
     w, g, o = state_bytes_per_param(precision)
+    shard_grads = zero >= 2 if gradients_sharded is None else gradients_sharded
     return StaticMemory(
         weights_bytes=num_params_on_rank * w / (dp if zero >= 3 else 1),
-        gradients_bytes=num_params_on_rank * g / (dp if zero >= 2 else 1),
+        gradients_bytes=num_params_on_rank * g / (dp if shard_grads else 1),
         optimizer_bytes=num_params_on_rank * o / (dp if zero >= 1 else 1),
     )
 

@@ -2,16 +2,17 @@
 
 ``price_pipeline`` takes per-virtual-stage times and activation sizes and
 returns makespan, bubble fraction and per-rank in-flight microbatches and
-activation peaks. This first version is analytic (closed forms for uniform
-stages, Narayanan et al. SC21 Sec. 2.2); the schedule engine replaces its body
-with the event simulator over the exact action list, keeping the signature.
+activation peaks, by running the event simulator (``costmodels.simulator``)
+over the schedule's exact action lists (``costmodels.schedules``): uneven
+stages, first/last-stage extras and p2p time are all priced there.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from costmodels.rank_grid import stage_to_rank
+from costmodels.schedules import Schedule, generate_schedule
+from costmodels.simulator import SimulationResult, simulate
 
 
 @dataclass(frozen=True)
@@ -47,48 +48,32 @@ class PipelineResult:
     peak_activation_bytes: tuple[float, ...]
 
 
-def _analytic_inflight(schedule: str, rank: int, pp: int, v: int, num_microbatches: int) -> int:
-    """Stage-microbatches whose activations rank ``rank`` holds at peak (closed forms).
-
-    GPipe holds all M; 1F1B holds pp - rank (Narayanan et al. 2021, Sec. 2.2.1);
-    Megatron's interleaved warm-up holds (pp - rank - 1) * 2 + (v - 1) * pp + 1
-    stage-microbatches (megatron/core/pipeline_parallel/schedules.py).
-    """
-    m = num_microbatches
-    if schedule == "gpipe" or pp == 1 and schedule != "1f1b":
-        return m * v
-    if v == 1:
-        return min(pp - rank, m)
-    return min((pp - rank - 1) * 2 + (v - 1) * pp + 1, m * v)
-
-
 def price_pipeline(schedule: str, pp: int, v: int, num_microbatches: int, times: StageTimes) -> PipelineResult:
-    """Analytic pricing: the slowest chunk sets the steady state, the sum of
-    chunk times along the pipe sets fill and drain.
+    """Simulate schedule ``schedule``'s exact per-rank action lists with ``times``.
 
-    For uniform stages with no p2p this is exactly (M + P - 1)(F + B) for
-    1F1B/GPipe and (v M + P - 1)(f + b) for interleaved, bubble (P - 1)/(v M + P - 1).
+    The action lists come from ``costmodels.schedules.generate_schedule`` (cached
+    per (schedule, pp, v, M)); schedules without a B/W split (gpipe, 1f1b,
+    interleaved-1f1b, looped-bfs) run one full backward of B + W. Uniform stages
+    and no p2p give 1F1B's (M + P - 1)(F + B + W) makespan and (P - 1)/(M + P - 1)
+    bubble, interleaved's (P - 1)/(v M + P - 1) when M % P == 0 (Narayanan et al.
+    SC21, Sec. 2.2). Raises ``PlanError`` when the shape breaks the schedule's rules.
     """
-    m = num_microbatches
-    stages = times.num_stages
-    chunk = [times.forward_s[j] + times.backward_input_s[j] + times.backward_weight_s[j] for j in range(stages)]
-    rank_work = [0.0] * pp
-    for j in range(stages):
-        rank_work[stage_to_rank(j, pp, v, schedule)] += chunk[j]
-    slowest_rank = max(rank_work)
-    p2p = 2 * sum(times.p2p_s)
-    if v == 1:
-        makespan = (m - 1) * slowest_rank + sum(chunk) + p2p
-    else:
-        makespan = m * slowest_rank + (pp - 1) * slowest_rank / v + p2p
-    busy = tuple(m * w for w in rank_work)
-    idle = tuple(max(0.0, makespan - b) for b in busy)
-    bubble = sum((makespan - b) / makespan for b in busy) / pp
-    inflight = []
-    act_peak = []
-    for r in range(pp):
-        n = _analytic_inflight(schedule, r, pp, v, m)
-        inflight.append(n)
-        own = [times.activation_bytes[j] for j in range(stages) if stage_to_rank(j, pp, v, schedule) == r]
-        act_peak.append(n * max(own))
-    return PipelineResult(makespan, bubble, busy, idle, tuple(inflight), tuple(act_peak))
+    result = simulate(generate_schedule(schedule, pp, v, num_microbatches), times)
+    return to_pipeline_result(result)
+
+
+def price_actions(schedule: Schedule, times: StageTimes) -> PipelineResult:
+    """Simulate an explicit action list (a ``custom`` schedule carried by the plan)."""
+    return to_pipeline_result(simulate(schedule, times))
+
+
+def to_pipeline_result(result: SimulationResult) -> PipelineResult:
+    """The cost model's view of a simulation."""
+    return PipelineResult(
+        makespan_s=result.makespan_s,
+        bubble_fraction=result.bubble_fraction,
+        busy_s=result.busy_s,
+        idle_s=result.idle_s,
+        peak_inflight_microbatches=result.peak_inflight_microbatches,
+        peak_activation_bytes=result.peak_activation_bytes,
+    )

@@ -7,11 +7,12 @@ runtime (``torch``: our launcher on torch.distributed.pipelining; ``megatron``:
 Megatron-LM); each message says how to fix the input.
 
 Sources: torch 2.13 ``torch/distributed/pipelining/schedules.py`` (Schedule1F1B
-needs n_microbatches >= stages; interleaved schedules need
-n_microbatches % max(1, n_microbatches // pp) == 0; ZBV and DualPipeV need
-exactly two stages per rank in V placement; DualPipeV needs n_microbatches >=
-2 * pp) and Megatron-LM's ``--num-layers-per-virtual-pipeline-stage`` checks
-(interleaving needs the microbatch count to be a multiple of pp).
+needs n_microbatches >= stages; Interleaved1F1B and InterleavedZeroBubble need
+n_microbatches % max(1, n_microbatches // pp) == 0, LoopedBFS does not; ZBV and
+DualPipeV need exactly two stages per rank in V placement; DualPipeV needs
+n_microbatches >= 2 * pp; ZBV accepts any n_microbatches) and Megatron-LM's
+``--num-layers-per-virtual-pipeline-stage`` checks (interleaving needs the
+microbatch count to be a multiple of pp).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ TARGETS: tuple[str, ...] = ("torch", "megatron")
 
 SINGLE_STAGE_SCHEDULES = frozenset({"gpipe", "1f1b", "zb-h1", "zb-h2"})
 LOOPED_SCHEDULES = frozenset({"interleaved-1f1b", "looped-bfs", "interleaved-zb"})
+# torch's depth-first looped schedules group microbatches in rounds of max(1, M // pp).
+ROUNDS_SCHEDULES = frozenset({"interleaved-1f1b", "interleaved-zb"})
 V_SCHEDULES = frozenset({"zbv", "dualpipev"})
 SPLIT_BACKWARD_SCHEDULES = frozenset({"zb-h1", "zb-h2", "interleaved-zb", "zbv", "dualpipev"})
 SIMULATED_ONLY_SCHEDULES = frozenset({"chimera"})
@@ -44,6 +47,37 @@ def interleaved_rounds(num_microbatches: int, pp: int) -> int:
     return max(1, num_microbatches // pp)
 
 
+def schedule_shape_violations(schedule: str, pp: int, v: int, num_microbatches: int) -> list[str]:
+    """What the schedule itself needs of (pp, v, M), whatever the target; empty when it can be built.
+
+    Checked against torch 2.13 by constructing every schedule class over a grid
+    of (pp, v, M): Schedule1F1B raises for M < pp; ScheduleInterleaved1F1B and
+    ScheduleInterleavedZeroBubble raise unless M % max(1, M // pp) == 0;
+    ScheduleLoopedBFS, ScheduleGPipe and ScheduleZBVZeroBubble accept any M
+    (ZB-V pads to 2 pp - 1 microbatches and drops the padding); ScheduleDualPipeV
+    raises for M < 2 pp (its stage count). zb-h1 and zb-h2 run through the CSV
+    runtime, which needs nothing of M.
+    """
+    problems: list[str] = []
+    m = num_microbatches
+    if schedule in SINGLE_STAGE_SCHEDULES | SIMULATED_ONLY_SCHEDULES and v != 1:
+        problems.append(f"schedule '{schedule}' places one stage per rank: use --v 1 or an interleaved schedule")
+    if schedule in LOOPED_SCHEDULES and v < 2:
+        problems.append(f"schedule '{schedule}' needs v >= 2 virtual stages per rank (got v={v}); use 1f1b for v=1")
+    if schedule in V_SCHEDULES and v != 2:
+        problems.append(f"schedule '{schedule}' needs exactly two stages per rank in V placement: use --v 2")
+    if pp > 1 and schedule == "1f1b" and m < pp:
+        problems.append(f"schedule '1f1b' needs at least pp={pp} microbatches (got {m}): raise the global batch or lower mbs/dp")
+    if schedule == "dualpipev" and m < 2 * pp:
+        problems.append(f"schedule 'dualpipev' needs at least 2*pp={2 * pp} microbatches (got {m}): raise the global batch or lower mbs/dp")
+    if schedule in ROUNDS_SCHEDULES and pp > 1 and m % interleaved_rounds(m, pp):
+        problems.append(
+            f"schedule '{schedule}' in torch needs num_microbatches ({m}) to be a multiple of "
+            f"max(1, M // pp) = {interleaved_rounds(m, pp)}; pick M from the multiples of pp or M <= pp"
+        )
+    return problems
+
+
 def schedule_violations(schedule: str, pp: int, v: int, num_microbatches: int, target: Target = "torch") -> list[str]:
     """Why ``schedule`` cannot run with this (pp, v, M) on ``target``; empty when it can."""
     problems: list[str] = []
@@ -52,25 +86,9 @@ def schedule_violations(schedule: str, pp: int, v: int, num_microbatches: int, t
         problems.append(f"schedule '{schedule}' is simulated only (no runtime yet); pick another schedule to launch")
     elif schedule not in RUNNABLE_SCHEDULES[target]:
         problems.append(f"schedule '{schedule}' cannot run on {target}; use one of {sorted(RUNNABLE_SCHEDULES[target])}")
-    if schedule in SINGLE_STAGE_SCHEDULES and v != 1:
-        problems.append(f"schedule '{schedule}' places one stage per rank: use --v 1 or an interleaved schedule")
-    if schedule in LOOPED_SCHEDULES and v < 2:
-        problems.append(f"schedule '{schedule}' needs v >= 2 virtual stages per rank (got v={v}); use 1f1b for v=1")
-    if schedule in V_SCHEDULES and v != 2:
-        problems.append(f"schedule '{schedule}' needs exactly two stages per rank in V placement: use --v 2")
-    if pp > 1 and schedule in {"1f1b", "zb-h1", "zb-h2"} and m < pp:
-        problems.append(f"schedule '{schedule}' needs at least pp={pp} microbatches (got {m}): raise the global batch or lower mbs/dp")
-    if schedule == "dualpipev" and m < 2 * pp:
-        problems.append(f"schedule 'dualpipev' needs at least 2*pp={2 * pp} microbatches (got {m})")
-    if schedule in LOOPED_SCHEDULES and pp > 1:
-        rounds = interleaved_rounds(m, pp)
-        if target == "torch" and m % rounds:
-            problems.append(
-                f"schedule '{schedule}' in torch needs num_microbatches ({m}) to be a multiple of "
-                f"max(1, M // pp) = {rounds}; pick M from the multiples of pp or M <= pp"
-            )
-        if target == "megatron" and m % pp:
-            problems.append(f"interleaved 1F1B in Megatron-LM needs num_microbatches ({m}) to be a multiple of pp ({pp})")
+    problems += schedule_shape_violations(schedule, pp, v, m)
+    if schedule in LOOPED_SCHEDULES and pp > 1 and target == "megatron" and m % pp:
+        problems.append(f"interleaved 1F1B in Megatron-LM needs num_microbatches ({m}) to be a multiple of pp ({pp})")
     return problems
 
 
@@ -108,6 +126,22 @@ def _stage_violations(model: ModelSpec, cfg: ParallelConfig) -> list[str]:
     return problems
 
 
+def zero_violations(zero: int, pp: int, schedule: str, target: Target = "torch") -> list[str]:
+    """ZeRO stages the target cannot run with this pipeline."""
+    if zero > MAX_ZERO[target]:
+        return [f"zero={zero} is not available on {target} (max {MAX_ZERO[target]})"]
+    if target == "torch" and zero == 3 and pp > 1 and schedule in SPLIT_BACKWARD_SCHEDULES:
+        # Found by the launcher's loss-match tests (torch 2.13): FSDP2 with
+        # reshard_after_forward=True frees the gathered weights after each
+        # forward, and a deferred weight-gradient pass (W) runs outside any
+        # module hook that would re-gather them, so its gradients are wrong.
+        return [
+            f"zero=3 cannot run with the split-backward schedule '{schedule}' on torch "
+            "(FSDP2 frees the gathered weights before the deferred W pass): use --zero 2 or a schedule without split backward"
+        ]
+    return []
+
+
 def config_violations(
     model: ModelSpec, train: TrainSpec, gpus: int, cfg: ParallelConfig, target: Target = "torch"
 ) -> list[str]:
@@ -117,9 +151,29 @@ def config_violations(
         problems.append(f"pp=1 has no pipeline: use schedule 1f1b (got '{cfg.schedule}')")
     elif cfg.pp > 1:
         problems += schedule_violations(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, target)
-    if cfg.zero > MAX_ZERO[target]:
-        problems.append(f"zero={cfg.zero} is not available on {target} (max {MAX_ZERO[target]})")
+    problems += zero_violations(cfg.zero, cfg.pp, cfg.schedule, target)
+    if cfg.schedule == "custom" and cfg.schedule_csv is None:
+        problems.append("schedule 'custom' needs its action list in the plan (config.schedule_csv): "
+                        "make one with `ppplan simulate plan.json --custom-out custom.json`")
+    elif cfg.schedule != "custom" and cfg.schedule_csv is not None:
+        problems.append(f"config.schedule_csv is only for schedule 'custom' (the plan says '{cfg.schedule}')")
     return problems
+
+
+RUNNABLE_PRECISIONS: dict[str, frozenset[str]] = {
+    "torch": frozenset({"fp32", "bf16"}),
+    "megatron": frozenset({"fp32", "bf16", "fp16", "fp8"}),
+}
+
+
+def precision_violations(precision: str, target: Target = "torch") -> list[str]:
+    """Why ``precision`` cannot run on ``target`` (the launcher's runtime has no fp16
+    loss scaling and no fp8 GEMMs); kept out of ``config_violations`` so the search
+    still plans fp16/fp8 for targets that run them (emit Megatron-LM)."""
+    if precision in RUNNABLE_PRECISIONS[target]:
+        return []
+    runnable = ", ".join(sorted(RUNNABLE_PRECISIONS[target]))
+    return [f"precision '{precision}' cannot run on {target} (runs {runnable}): plan with --precision bf16, or emit a config for Megatron-LM"]
 
 
 def check_config(model: ModelSpec, train: TrainSpec, gpus: int, cfg: ParallelConfig, target: Target = "torch") -> None:

@@ -1,11 +1,13 @@
 """Branch-and-bound search over the space, with optimal stage cut points per candidate.
 
 1. Every legal candidate gets a cheap lower bound on its step time (perfectly
-   balanced stages, the schedule's fill/drain with uniform stages).
+   balanced stages, the schedule's unavoidable fill/drain).
 2. Candidates are visited in bound order; each gets per-rank layer caps from its
-   memory limit, then the min–max cut points (``planner.cutpoints``), then a
-   full estimate over the schedule's action list.
-3. The visit stops when the next bound cannot beat the k-th best plan.
+   memory limit, then the min–max cut points (``planner.cutpoints``, the inner
+   loop), then a closed-form screen (``costmodels.pipeline_approx``).
+3. The visit stops when the next bound cannot beat the ``screen``-th best screen.
+4. The survivors are priced by the event simulator over the exact action list
+   (time and per-rank memory) and ranked by that alone.
 Deterministic: every ordering breaks ties by the candidate's canonical tuple.
 """
 
@@ -13,14 +15,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Callable
 
 from costmodels.compute import memory_bound_time_s
 from costmodels.estimate import ADAM_STEP_BYTES_PER_PARAM, estimate, memory_limit_gib, rank_memory_if_uniform_gib
 from costmodels.layer_costs import LayerTimes, RooflineTimes
 from costmodels.memory import stage_params
-from costmodels.pipeline import StageTimes, price_pipeline
+from costmodels.errors import PlanError
+from costmodels.pipeline_approx import approximate_inflight, approximate_pipeline, fill_fraction
 from costmodels.rank_grid import stage_to_rank
 from planner.cutpoints import split_affine, uniform_split
 from planner.space import DEFAULT_SCHEDULES, Candidate, enumerate_candidates
@@ -57,12 +59,9 @@ def config_for(cand: Candidate, stage_layers: list[int]) -> ParallelConfig:
     )
 
 
-@lru_cache(maxsize=4096)
 def inflight_stage_microbatches(schedule: str, pp: int, v: int, num_microbatches: int) -> tuple[float, ...]:
-    """Peak stage-microbatches alive per rank, from the schedule itself (uniform unit stages)."""
-    n = pp * v
-    unit = StageTimes((1.0,) * n, (1.0,) * n, (1.0,) * n, (1.0,) * n, (0.0,) * (n - 1))
-    return price_pipeline(schedule, pp, v, num_microbatches, unit).peak_activation_bytes
+    """Stage-microbatches alive at each rank's peak (closed forms; the simulator checks the kept plans)."""
+    return tuple(approximate_inflight(schedule, r, pp, v, num_microbatches) for r in range(pp))
 
 
 class Searcher:
@@ -83,7 +82,7 @@ class Searcher:
         """Balanced stages and uniform fill/drain: M·W/P·(1 + (P−1)/(v·M)) plus the optimizer."""
         layer, emb, head = self.work_per_microbatch(c)
         total = self.model.num_layers * layer + emb + head
-        fill = (c.pp - 1) / (c.v * c.num_microbatches)
+        fill = fill_fraction(c.schedule, c.pp, c.v, c.num_microbatches)
         params = stage_params(self.model, math.ceil(self.model.num_layers / c.pp), False, False, c.tp)
         opt = memory_bound_time_s(self.cluster, params / (c.dp if c.zero else 1) * ADAM_STEP_BYTES_PER_PARAM)
         return c.num_microbatches * total / c.pp * (1 + fill) + opt + self.cluster.efficiency.step_overhead_s
@@ -115,8 +114,14 @@ class Searcher:
         return list(split.layers) if split else None
 
     def score(self, c: Candidate, stage_layers: list[int]) -> Scored:
+        """Exact: the event simulator over the schedule's action list."""
         cfg = config_for(c, stage_layers)
         return Scored(c, cfg, estimate(self.model, self.cluster, self.train, cfg, self.layers))
+
+    def screen(self, c: Candidate, stage_layers: list[int]) -> Scored:
+        """Closed-form pipeline pricing, for ranking only."""
+        cfg = config_for(c, stage_layers)
+        return Scored(c, cfg, estimate(self.model, self.cluster, self.train, cfg, self.layers, approximate_pipeline))
 
 
 def search(
@@ -135,27 +140,38 @@ def search(
     cands = list(enumerate_candidates(model, train, gpus, cluster.gpus_per_node, schedules, allow_cross_node_tp))
     bounded = sorted((searcher.lower_bound_s(c), c) for c in cands)
     result = SearchResult(best=[], closest=None, candidates=len(cands))
+    keep = screen_size(top_k)
+    screened: list[Scored] = []
     for i, (bound, cand) in enumerate(bounded):
         if progress and i % 256 == 0:
             progress(i, len(bounded))
-        if len(result.best) >= top_k and bound >= result.best[-1].estimate.step_time_s:
+        if len(screened) >= keep and bound >= screened[-1].estimate.step_time_s:
             result.pruned_by_bound = len(bounded) - i
             break
         layers_split = searcher.cut_points(cand)
         if layers_split is None:
             result.rejected_memory += 1
             continue
-        scored = searcher.score(cand, layers_split)
+        scored = searcher.screen(cand, layers_split)
         result.evaluated += 1
         if not scored.estimate.fits:
             result.rejected_memory += 1
             continue
-        result.best = sorted(result.best + [scored], key=lambda s: s.key)[:top_k]
+        screened = sorted(screened + [scored], key=lambda s: s.key)[:keep]
     if progress:
         progress(len(bounded), len(bounded))
+    exact = [searcher.score(s.candidate, s.config.stage_layers) for s in screened]
+    result.rejected_memory += sum(1 for s in exact if not s.estimate.fits)
+    result.best = sorted((s for s in exact if s.estimate.fits), key=lambda s: s.key)[:top_k]
     if not result.best:
         result.closest = closest_plan(searcher, cands)
     return result
+
+
+def screen_size(top_k: int) -> int:
+    """How many screened plans the simulator re-prices: enough that the closed form's
+    error (a few percent against the simulator) rarely changes the top k."""
+    return max(3 * top_k, 12)
 
 
 def closest_plan(searcher: Searcher, cands: list[Candidate]) -> Scored | None:

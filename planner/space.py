@@ -6,10 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
-from costmodels.rules import LOOPED_SCHEDULES, V_SCHEDULES, schedule_violations
+from costmodels.rules import LOOPED_SCHEDULES, V_SCHEDULES, schedule_violations, zero_violations
 from profiles.schema import ModelSpec, TrainSpec
 
-DEFAULT_SCHEDULES: tuple[str, ...] = ("1f1b", "interleaved-1f1b", "gpipe")
+DEFAULT_SCHEDULES: tuple[str, ...] = (
+    "1f1b", "interleaved-1f1b", "gpipe", "looped-bfs", "zb-h1", "zb-h2", "interleaved-zb", "zbv", "dualpipev",
+)
+# ZeRO-2 is not searched: on the torch runtime gradients accumulate unsharded across
+# microbatches (costmodels.memory.static_memory), so it costs exactly what ZeRO-1 does.
+SEARCHED_ZERO: tuple[int, ...] = (0, 1, 3)
 RECOMPUTE_KINDS: tuple[str, ...] = ("none", "selective", "full")
 MAX_MBS = 16
 MAX_V = 8
@@ -92,5 +97,6 @@ def _pipeline_options(
                 continue
             for recompute in RECOMPUTE_KINDS:
                 for sp in (False, True) if tp > 1 else (False,):
-                    for zero in range(4) if dp > 1 else (0,):
-                        yield Candidate(tp, pp, dp, mbs, v, schedule, recompute, sp, zero, m)
+                    for zero in SEARCHED_ZERO if dp > 1 else (0,):
+                        if not zero_violations(zero, pp, schedule):
+                            yield Candidate(tp, pp, dp, mbs, v, schedule, recompute, sp, zero, m)

@@ -192,6 +192,11 @@ class ParallelConfig(_Strict):
     sequence_parallel: bool = False
     zero: int = Field(default=0, ge=0, le=3)
     stage_layers: list[PositiveInt]
+    schedule_csv: str | None = Field(
+        default=None,
+        description="schedule 'custom' only: the action list in torch's pipeline CSV format, the exact "
+        "order the simulator priced and the runtime executes",
+    )
 
     @property
     def num_stages(self) -> int:

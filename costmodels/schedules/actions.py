@@ -59,6 +59,14 @@ class Schedule:
     num_microbatches: int
     ranks: tuple[tuple[Action, ...], ...]
 
+    def __hash__(self) -> int:
+        """Hash once: the simulator caches graphs per schedule and the lists can be long."""
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash((self.name, self.pp, self.v, self.num_microbatches, self.ranks))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
     @property
     def num_stages(self) -> int:
         return self.pp * self.v

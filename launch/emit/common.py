@@ -35,6 +35,8 @@ class EmitOptions:
     ``megatron_layout``: allow ``--pipeline-model-parallel-layout`` (Megatron-LM
     core >= 0.13) for cuts that first/last-stage flags cannot express; with
     False the closest first/last split is emitted with a warning.
+    ``custom_schedule_csv``: the CSV a ``custom`` schedule's search exported
+    (a custom action list is not generated from its name).
     """
 
     nnodes: int | None = None
@@ -45,6 +47,7 @@ class EmitOptions:
     runtime_module: str = DEFAULT_RUNTIME_MODULE
     lr: float = 1e-3
     megatron_layout: bool = True
+    custom_schedule_csv: str | Path | None = None
 
 
 @dataclass(frozen=True)
@@ -210,7 +213,8 @@ def shell_command(argv: list[str], indent: str = "    ") -> str:
     i = 0
     while i < len(argv):
         token = _quote(argv[i])
-        if argv[i].startswith("-") and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+        takes_value = argv[i].startswith("-") and "=" not in argv[i]
+        if takes_value and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
             token += " " + _quote(argv[i + 1])
             i += 1
         parts.append(token)

@@ -10,8 +10,8 @@ GPUs those workers use (left out on CPU clusters).
 
 from __future__ import annotations
 
-from launch.emit.common import EmitContext, Rendered, check_torch_rules, comment_block, dq_escape, header_lines, shell_command
-from launch.emit.torchrun import plan_json, runtime_args, torchrun_launcher_args
+from launch.emit.common import EmitContext, Rendered, check_torch_rules, comment_block, header_lines, shell_command
+from launch.emit.torchrun import runtime_args, script_files, script_variables, torchrun_launcher_args
 
 
 def sbatch_directives(ctx: EmitContext) -> list[str]:
@@ -31,9 +31,13 @@ def sbatch_directives(ctx: EmitContext) -> list[str]:
 def render_slurm(ctx: EmitContext) -> Rendered:
     """``ppplan.sbatch`` (submit with ``sbatch``) and the ``plan.json`` it reads."""
     check_torch_rules(ctx.plan)
+    rendered, csv_ref = script_files(ctx)
     layout = ctx.layout
     head = header_lines(ctx.plan, "SLURM batch script for the ppplan runtime", [])
-    head += [f"{layout.nnodes} node(s) x {layout.nproc_per_node} ranks = world size {layout.world_size}"]
+    head += [
+        f"{layout.nnodes} node(s) x {layout.nproc_per_node} ranks = world size {layout.world_size}",
+        "PLAN, METRICS (and SCHEDULE_CSV) must be on a filesystem every node sees",
+    ]
     launcher = torchrun_launcher_args(layout, '"${HEAD_NODE}:${MASTER_PORT}"', rdzv_id='"${SLURM_JOB_ID}"')
     srun = ["srun", f"--nodes={layout.nnodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     text = (
@@ -44,7 +48,7 @@ def render_slurm(ctx: EmitContext) -> Rendered:
         + "set -euo pipefail\n"
         + 'HEAD_NODE="$(scontrol show hostnames "${SLURM_JOB_NODELIST}" | head -n 1)"\n'
         + f'MASTER_PORT="${{MASTER_PORT:-{ctx.options.master_port}}}"\n'
-        + f'PLAN="${{PLAN:-{dq_escape(str(ctx.plan_path))}}}"\n'
-        + shell_command(srun + launcher + runtime_args(ctx, '"${PLAN}"'))
+        + script_variables(ctx, csv_ref)
+        + shell_command(srun + launcher + runtime_args(ctx, '"${PLAN}"', '"${METRICS}"', csv_ref))
     )
-    return Rendered(files={"ppplan.sbatch": text, "plan.json": plan_json(ctx)}, executable={"ppplan.sbatch"})
+    return rendered.merge(Rendered(files={"ppplan.sbatch": text}, executable={"ppplan.sbatch"}))

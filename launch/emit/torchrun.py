@@ -21,6 +21,7 @@ from launch.emit.common import (
     header_lines,
     shell_command,
 )
+from launch.emit.csv import CSV_NAME, render_csv
 
 RDZV_ID = "ppplan"
 
@@ -37,43 +38,68 @@ def torchrun_launcher_args(layout: NodeLayout, endpoint: str, rdzv_id: str = RDZ
     ]  # fmt: skip
 
 
-def runtime_args(ctx: EmitContext, plan_file: str) -> list[str]:
-    """``-m <runtime module> --plan ...``: the ppplan runtime's entry point and its options."""
-    argv = ["-m", ctx.options.runtime_module, "--plan", plan_file]
+def runtime_args(ctx: EmitContext, plan_file: str, metrics_file: str, schedule_csv: str | None = None) -> list[str]:
+    """``-m <runtime module> --plan ... --metrics ...`` (``launch/runtime/train.py``'s options)."""
+    argv = ["-m", ctx.options.runtime_module, "--plan", plan_file, "--metrics", metrics_file]
     if ctx.options.steps is not None:
         argv += ["--steps", str(ctx.options.steps)]
-    if ctx.options.metrics is not None:
-        argv += ["--metrics", ctx.options.metrics]
+    if schedule_csv is not None:
+        argv += ["--schedule-csv", schedule_csv]
     return argv
 
 
-def torchrun_command(ctx: EmitContext, endpoint: str = "127.0.0.1:29500", plan_file: str | None = None) -> list[str]:
-    """The full argv (for ``ppplan launch --dry-run`` and the script below)."""
-    plan = plan_file if plan_file is not None else str(ctx.plan_path)
-    return torchrun_launcher_args(ctx.layout, endpoint) + runtime_args(ctx, plan)
+def default_metrics(ctx: EmitContext) -> str:
+    return ctx.options.metrics or str(ctx.out_dir.resolve() / "metrics.jsonl")
+
+
+def torchrun_command(ctx: EmitContext, endpoint: str = "127.0.0.1:29500") -> list[str]:
+    """The full argv with concrete paths (for ``ppplan launch --dry-run``)."""
+    csv_file = str(ctx.out_dir.resolve() / CSV_NAME) if ctx.cfg.schedule == "custom" else None
+    runtime = runtime_args(ctx, str(ctx.plan_path), default_metrics(ctx), csv_file)
+    return torchrun_launcher_args(ctx.layout, endpoint) + runtime
+
+
+def script_files(ctx: EmitContext) -> tuple[Rendered, str | None]:
+    """``plan.json`` (and ``schedule.csv`` for a custom schedule) beside the script; the CSV's shell reference."""
+    files = Rendered(files={"plan.json": plan_json(ctx)})
+    if ctx.cfg.schedule != "custom":
+        return files, None
+    return files.merge(render_csv(ctx)), '"${SCHEDULE_CSV}"'
+
+
+def script_variables(ctx: EmitContext, csv_ref: str | None) -> str:
+    """Shell variables for the paths the runtime reads and writes (overridable from the environment)."""
+    lines = [
+        f'PLAN="${{PLAN:-{dq_escape(str(ctx.plan_path))}}}"',
+        f'METRICS="${{METRICS:-{dq_escape(default_metrics(ctx))}}}"',
+    ]
+    if csv_ref is not None:
+        lines.append(f'SCHEDULE_CSV="${{SCHEDULE_CSV:-{dq_escape(str(ctx.out_dir.resolve() / CSV_NAME))}}}"')
+    return "".join(line + "\n" for line in lines)
 
 
 def render_torchrun(ctx: EmitContext) -> Rendered:
     """``torchrun.sh`` (run it on every node with MASTER_ADDR = node 0) and the ``plan.json`` it reads."""
     check_torch_rules(ctx.plan)
+    rendered, csv_ref = script_files(ctx)
     layout = ctx.layout
     head = header_lines(ctx.plan, "torchrun launch script for the ppplan runtime", [])
     head += [
         f"run this same script on each of the {layout.nnodes} node(s); {layout.nproc_per_node} ranks per node",
         "MASTER_ADDR: node 0's address (default 127.0.0.1); MASTER_PORT: a free port on it",
     ]
-    argv = torchrun_command(ctx, endpoint='"${MASTER_ADDR}:${MASTER_PORT}"', plan_file='"${PLAN}"')
+    launcher = torchrun_launcher_args(layout, '"${MASTER_ADDR}:${MASTER_PORT}"')
     text = (
         "#!/usr/bin/env bash\n"
         + comment_block(head)
         + "set -euo pipefail\n"
         + 'MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"\n'
         + f'MASTER_PORT="${{MASTER_PORT:-{ctx.options.master_port}}}"\n'
-        + f'PLAN="${{PLAN:-{dq_escape(str(ctx.plan_path))}}}"\n'
+        + script_variables(ctx, csv_ref)
         + "exec "
-        + shell_command(argv)
+        + shell_command(launcher + runtime_args(ctx, '"${PLAN}"', '"${METRICS}"', csv_ref))
     )
-    return Rendered(files={"torchrun.sh": text, "plan.json": plan_json(ctx)}, executable={"torchrun.sh"})
+    return rendered.merge(Rendered(files={"torchrun.sh": text}, executable={"torchrun.sh"}))
 
 
 def plan_json(ctx: EmitContext) -> str:

@@ -6,8 +6,6 @@ step is the mean cross-entropy over every token of the global batch).
 
 from __future__ import annotations
 
-import torch
-
 from launch.runtime.data import SyntheticTokens
 from launch.runtime.model import build_full_model, lm_loss
 from launch.runtime.optim import DEFAULT_LR, build_optimizer

@@ -76,3 +76,10 @@ def test_mixed_precision_adam_16_bytes_divided_per_zero_stage(zero, expected_per
     st = static_memory(1e9, "bf16", dp=8, zero=zero)
     total = st.weights_bytes + st.gradients_bytes + st.optimizer_bytes
     assert total == pytest.approx(1e9 * expected_per_param)
+
+
+@pytest.mark.parametrize("zero, expected_per_param", [(0, 16), (1, 4 + 12 / 8), (2, 4 + 12 / 8), (3, 2 + 14 / 8)])
+def test_torch_runtime_accumulates_unsharded_gradients(zero, expected_per_param):
+    st = static_memory(1e9, "bf16", dp=8, zero=zero, gradients_sharded=False)
+    total = st.weights_bytes + st.gradients_bytes + st.optimizer_bytes
+    assert total == pytest.approx(1e9 * expected_per_param)

@@ -1,0 +1,325 @@
+"""Event simulator: prices a schedule's exact per-rank action lists.
+
+Model (the one torch's pipeline runtime executes): every rank runs its actions
+in list order, one at a time; an action starts when the rank is free and its
+input has arrived. A forward on stage ``s`` needs the forward of stage
+``s - 1`` plus the p2p time of boundary ``s - 1``; a B or full backward on
+stage ``s`` needs the B/BW of stage ``s + 1`` plus the p2p time of boundary
+``s`` (on the last stage, its own forward). Neighbouring stages on the same rank
+(the tip of a V) hand over locally with no p2p time, as torch does. Sends do
+not occupy the compute stream; links have no contention.
+
+Durations per virtual stage: F, B (input gradient), W (weight gradient), and a
+full backward costs B + W. Activations of a microbatch on a stage are held from
+the start of its F to the end of its W (or full backward).
+
+Definitions (DESIGN.md): per rank ``busy`` = compute time; ``idle`` = gaps
+between the rank's first action's start and its last action's end (the
+zero-bubble paper's bubble); ``bubble_fraction`` = mean over ranks of
+(makespan - busy) / makespan; ``peak_inflight_microbatches`` = most
+microbatches whose forward is done and weight gradient not yet done, counted
+per (microbatch, stage) pair when a rank holds several stages.
+
+Speed: the dependency graph of a schedule is built once (cached) and sorted
+into topological levels; pricing a set of stage times is then one vectorised
+numpy step per level (``bench/simulator_speed.py`` prints the timings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from costmodels.errors import PlanError
+from costmodels.schedules.actions import (
+    BACKWARD_INPUT,
+    BACKWARD_WEIGHT,
+    FORWARD,
+    FULL_BACKWARD,
+    GRAD_SENDING_KINDS,
+    RELEASING_KINDS,
+    Action,
+    Schedule,
+)
+
+if TYPE_CHECKING:
+    from costmodels.pipeline import StageTimes
+
+KIND_CODE = {FORWARD: 0, BACKWARD_INPUT: 1, BACKWARD_WEIGHT: 2, FULL_BACKWARD: 3}
+# Below this many actions a plain Python loop beats per-level numpy calls.
+SMALL_GRAPH_ACTIONS = 3000
+
+
+@dataclass(frozen=True)
+class ScheduleGraph:
+    """A schedule's dependency graph with nodes numbered in topological-level order.
+
+    ``prev[i]``/``dep[i]`` are the node before ``i`` on its rank and the node on
+    another stage it waits for (``num_nodes`` = none: a sentinel that ends at 0);
+    ``boundary[i]`` indexes the p2p time the dependency pays (``num_stages - 1``
+    = a zero entry: no p2p). ``rank_major[k]`` is the node of the k-th action when
+    the ranks' lists are concatenated; ``rank_starts`` where each rank begins.
+    """
+
+    num_nodes: int
+    kind_code: np.ndarray
+    stage: np.ndarray
+    rank: np.ndarray
+    prev: np.ndarray
+    dep: np.ndarray
+    boundary: np.ndarray
+    level_bounds: tuple[int, ...]
+    rank_major: np.ndarray
+    rank_starts: np.ndarray
+    peak_inflight: tuple[int, ...]
+
+
+def _keys(schedule: Schedule) -> tuple[list[int], list[int]]:
+    """Integer keys, rank-major: what each action provides and what it waits for (-1: nothing).
+
+    A forward provides (F, m, s); a B or full backward provides the gradient (G, m, s). A
+    forward on stage s waits for (F, m, s - 1); a B/BW waits for (G, m, s + 1), or for its own
+    forward on the last stage; a W only for its own B, which its rank runs earlier."""
+    stages, m = schedule.num_stages, schedule.num_microbatches
+    last = stages - 1
+
+    def key(kind: int, mb: int, stage: int) -> int:
+        return (kind * m + mb) * stages + stage
+
+    provides, needs = [], []
+    for actions in schedule.ranks:
+        for a in actions:
+            if a.kind == FORWARD:
+                provides.append(key(0, a.microbatch, a.stage))
+                needs.append(key(0, a.microbatch, a.stage - 1) if a.stage else -1)
+            elif a.kind in GRAD_SENDING_KINDS:
+                provides.append(key(1, a.microbatch, a.stage))
+                needs.append(key(0, a.microbatch, last) if a.stage == last else key(1, a.microbatch, a.stage + 1))
+            else:
+                provides.append(-1)
+                needs.append(-1)
+    return provides, needs
+
+
+def _topological_levels(schedule: Schedule, needs: list[int], provides: list[int]) -> tuple[list[int], list[int]]:
+    """Walk the ranks as torch's lowering does, placing an action once its dependency is
+    placed; returns each action's level and the rank-major index of its dependency (-1: none).
+    Raises ``PlanError`` when the lists deadlock."""
+    lengths = [len(r) for r in schedule.ranks]
+    offsets = [sum(lengths[:r]) for r in range(len(lengths))]
+    heads = list(offsets)
+    ends = [o + n for o, n in zip(offsets, lengths)]
+    where: dict[int, int] = {}
+    level = [0] * sum(lengths)
+    dep = [-1] * len(level)
+    remaining = len(level)
+    while remaining:
+        progress = False
+        for r in range(len(lengths)):
+            g = heads[r]
+            while g < ends[r]:
+                need = needs[g]
+                lvl = level[g - 1] + 1 if g > offsets[r] else 0
+                if need >= 0:
+                    d = where.get(need)
+                    if d is None:
+                        break
+                    dep[g] = d
+                    lvl = max(lvl, level[d] + 1)
+                level[g] = lvl
+                if provides[g] >= 0:
+                    where[provides[g]] = g
+                g += 1
+            progress |= g != heads[r]
+            remaining -= g - heads[r]
+            heads[r] = g
+        if not progress:
+            stuck = [f"rank {r} at {schedule.ranks[r][heads[r] - offsets[r]]}" for r in range(len(lengths)) if heads[r] < ends[r]]
+            raise PlanError(f"schedule '{schedule.name}' deadlocks: {', '.join(stuck[:4])} wait for each other")
+    return level, dep
+
+
+def _peak_inflight(schedule: Schedule) -> tuple[int, ...]:
+    """Most microbatch-stages a rank holds at once; depends on the order only."""
+    peaks = []
+    for actions in schedule.ranks:
+        held = peak = 0
+        for action in actions:
+            if action.kind == FORWARD:
+                held += 1
+                peak = max(peak, held)
+            elif action.kind in RELEASING_KINDS:
+                held -= 1
+        peaks.append(peak)
+    return tuple(peaks)
+
+
+@lru_cache(maxsize=256)
+def schedule_graph(schedule: Schedule) -> ScheduleGraph:
+    """Build (once per schedule) the level-ordered dependency graph the simulator runs on."""
+    provides, needs = _keys(schedule)
+    level, dep_rm = _topological_levels(schedule, needs, provides)
+    n = len(level)
+    lengths = np.array([len(r) for r in schedule.ranks])
+    rank_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    rank_rm = np.repeat(np.arange(schedule.pp), lengths)
+    flat = [a for r in schedule.ranks for a in r]
+    kind_rm = np.array([KIND_CODE[a.kind] for a in flat], dtype=np.int64)
+    stage_rm = np.array([a.stage for a in flat], dtype=np.int64)
+    order = np.argsort(np.array(level), kind="stable")  # node -> rank-major index
+    node_of = np.empty(n + 1, dtype=np.int64)
+    node_of[order] = np.arange(n)
+    node_of[n] = n  # sentinel: "no predecessor" maps to the zero-time node
+    prev_rm = np.arange(n) - 1
+    prev_rm[rank_starts] = -1
+    dep_rm = np.array(dep_rm, dtype=np.int64)
+    has_dep = dep_rm >= 0
+    cross = has_dep & (rank_rm[np.where(has_dep, dep_rm, 0)] != rank_rm)
+    boundary_rm = np.where(cross, np.minimum(stage_rm, stage_rm[np.where(has_dep, dep_rm, 0)]), schedule.num_stages - 1)
+    sorted_levels = np.array(level)[order]
+    bounds = [0, *(np.flatnonzero(np.diff(sorted_levels)) + 1).tolist(), n]
+    return ScheduleGraph(
+        num_nodes=n, kind_code=kind_rm[order], stage=stage_rm[order], rank=rank_rm[order],
+        prev=node_of[np.where(prev_rm >= 0, prev_rm, n)][order], dep=node_of[np.where(has_dep, dep_rm, n)][order],
+        boundary=boundary_rm[order], level_bounds=tuple(bounds), rank_major=node_of[:n],
+        rank_starts=rank_starts, peak_inflight=_peak_inflight(schedule),
+    )
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """Simulated timing of one schedule; per-rank tuples are indexed by pipeline rank.
+
+    ``start_s``/``end_s`` give every action's times with the ranks' lists
+    concatenated in order (rank 0's actions first); use ``rank_timeline``.
+    """
+
+    schedule: Schedule
+    makespan_s: float
+    busy_s: tuple[float, ...]
+    idle_s: tuple[float, ...]
+    bubble_fraction: float
+    peak_inflight_microbatches: tuple[int, ...]
+    peak_activation_bytes: tuple[float, ...]
+    start_s: np.ndarray
+    end_s: np.ndarray
+    activation_bytes: tuple[float, ...]
+
+    def rank_timeline(self, rank: int) -> list[tuple[Action, float, float]]:
+        """(action, start_s, end_s) for each action of ``rank`` in execution order."""
+        offset = sum(len(a) for a in self.schedule.ranks[:rank])
+        return [
+            (action, float(self.start_s[offset + i]), float(self.end_s[offset + i]))
+            for i, action in enumerate(self.schedule.ranks[rank])
+        ]
+
+    def memory_timeline(self, rank: int) -> list[tuple[float, float]]:
+        """(time_s, activation bytes held) after each change on ``rank``: a forward adds its
+        stage's bytes at its start, a W or full backward frees them at its end."""
+        events: list[tuple[float, int, float]] = []
+        for action, start, end in self.rank_timeline(rank):
+            size = self.activation_bytes[action.stage]
+            if action.kind == FORWARD:
+                events.append((start, 1, size))
+            elif action.kind in RELEASING_KINDS:
+                events.append((end, 0, -size))
+        events.sort()
+        held, timeline = 0.0, []
+        for time_s, _, delta in events:
+            held += delta
+            timeline.append((time_s, held))
+        return timeline
+
+
+def _duration_table(times: StageTimes) -> np.ndarray:
+    """Rows F, B, W, BW (= B + W) by virtual stage, in seconds."""
+    f = np.asarray(times.forward_s, dtype=float)
+    b = np.asarray(times.backward_input_s, dtype=float)
+    w = np.asarray(times.backward_weight_s, dtype=float)
+    return np.stack([f, b, w, b + w])
+
+
+def _check_times(schedule: Schedule, times: StageTimes) -> None:
+    stages = schedule.num_stages
+    lengths = {
+        "forward_s": len(times.forward_s),
+        "backward_input_s": len(times.backward_input_s),
+        "backward_weight_s": len(times.backward_weight_s),
+        "activation_bytes": len(times.activation_bytes),
+    }
+    for name, n in lengths.items():
+        if n != stages:
+            raise PlanError(f"stage times: {name} has {n} entries but the schedule has {stages} stages (pp*v)")
+    if len(times.p2p_s) != stages - 1:
+        raise PlanError(f"stage times: p2p_s has {len(times.p2p_s)} entries, expected {stages - 1} (one per stage boundary)")
+    values = [*times.forward_s, *times.backward_input_s, *times.backward_weight_s, *times.p2p_s]
+    if any(not np.isfinite(x) or x < 0 for x in values):
+        raise PlanError("stage times must be finite and non-negative seconds")
+
+
+def _end_times(graph: ScheduleGraph, duration: np.ndarray, comm: np.ndarray) -> np.ndarray:
+    """Earliest end time of every node (longest path), one level at a time."""
+    n = graph.num_nodes
+    end = np.zeros(n + 1)
+    bounds = graph.level_bounds
+    if n < SMALL_GRAPH_ACTIONS:
+        ends, prev, dep = [0.0] * (n + 1), graph.prev.tolist(), graph.dep.tolist()
+        dur, lag = duration.tolist(), comm.tolist()
+        for i in range(n):
+            a, b = ends[prev[i]], ends[dep[i]] + lag[i]
+            ends[i] = (a if a > b else b) + dur[i]
+        end[:] = ends
+        return end
+    prev, dep = graph.prev, graph.dep
+    for k in range(len(bounds) - 1):
+        lo, hi = bounds[k], bounds[k + 1]
+        end[lo:hi] = np.maximum(end[prev[lo:hi]], end[dep[lo:hi]] + comm[lo:hi]) + duration[lo:hi]
+    return end
+
+
+def _peak_bytes(graph: ScheduleGraph, activation_bytes: np.ndarray, pp: int) -> tuple[float, ...]:
+    """Per-rank peak of held activation bytes: a running sum over each rank's order."""
+    nodes = graph.rank_major
+    kind = graph.kind_code[nodes]
+    releases = (kind == KIND_CODE[BACKWARD_WEIGHT]) | (kind == KIND_CODE[FULL_BACKWARD])
+    sign = np.where(kind == KIND_CODE[FORWARD], 1.0, np.where(releases, -1.0, 0.0))
+    running = np.cumsum(sign * activation_bytes[graph.stage[nodes]])
+    base = np.concatenate([[0.0], running])[graph.rank_starts]
+    peaks = np.maximum.reduceat(running, graph.rank_starts) - base
+    return tuple(float(max(0.0, x)) for x in peaks[:pp])
+
+
+def simulate(schedule: Schedule, times: StageTimes) -> SimulationResult:
+    """Run ``schedule`` with per-stage ``times``; see the module docstring for the model."""
+    _check_times(schedule, times)
+    graph = schedule_graph(schedule)
+    table = _duration_table(times)
+    duration = table[graph.kind_code, graph.stage]
+    comm = np.append(np.asarray(times.p2p_s, dtype=float), 0.0)[graph.boundary]
+    end = _end_times(graph, duration, comm)[:-1]
+    start = end - duration
+    order = graph.rank_major
+    start_rm, end_rm = start[order], end[order]
+    pp = schedule.pp
+    busy = np.bincount(graph.rank, weights=duration, minlength=pp)
+    last = np.append(graph.rank_starts[1:], len(order)) - 1
+    first_start, last_end = start_rm[graph.rank_starts], end_rm[last]
+    makespan = float(end.max()) if len(end) else 0.0
+    idle = np.maximum(0.0, last_end - first_start - busy)
+    bubble = float(np.mean((makespan - busy) / makespan)) if makespan > 0 else 0.0
+    act = np.asarray(times.activation_bytes, dtype=float)
+    return SimulationResult(
+        schedule=schedule,
+        makespan_s=makespan,
+        busy_s=tuple(float(x) for x in busy),
+        idle_s=tuple(float(x) for x in idle),
+        bubble_fraction=bubble,
+        peak_inflight_microbatches=graph.peak_inflight,
+        peak_activation_bytes=_peak_bytes(graph, act, pp),
+        start_s=start_rm,
+        end_s=end_rm,
+        activation_bytes=tuple(float(x) for x in act),
+    )

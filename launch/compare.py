@@ -1,0 +1,99 @@
+"""Predicted vs measured, per pipeline stage: ``ppplan compare metrics.jsonl plan.json``.
+
+Measured step time is the median over steps after the first (step 0 pays
+shape inference, process-group warm-up and allocator growth; with a single
+step it is all there is). Measured memory is the stage's largest
+``peak_memory_gib``. Errors are ``100 * (predicted - measured) / measured``:
+positive when the plan over-predicts.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from costmodels.errors import PlanError
+from profiles.schema import Plan
+
+REQUIRED_KEYS = ("step", "rank", "stage", "loss", "step_time_s", "peak_memory_gib")
+
+
+@dataclass(frozen=True)
+class StageComparison:
+    stage: int
+    rank: int
+    steps: int
+    predicted_step_time_s: float
+    measured_step_time_s: float
+    step_time_error_pct: float | None
+    predicted_peak_memory_gib: float
+    measured_peak_memory_gib: float
+    memory_error_pct: float | None
+    last_loss: float | None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Metrics lines of ``path``; a malformed line is a ``PlanError`` naming it."""
+    if not path.is_file():
+        raise PlanError(f"metrics file not found: {path}")
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise PlanError(f"{path}:{number}: not a JSON line") from None
+        missing = [key for key in REQUIRED_KEYS if key not in record]
+        if missing:
+            raise PlanError(f"{path}:{number}: missing key '{missing[0]}' (is this a ppplan launch metrics file?)")
+        records.append(record)
+    if not records:
+        raise PlanError(f"{path} holds no metrics lines: run ppplan launch --metrics {path} first")
+    return records
+
+
+def _error_pct(predicted: float, measured: float) -> float | None:
+    return 100.0 * (predicted - measured) / measured if measured > 0 else None
+
+
+def measured_step_time_s(times_s: list[float]) -> float:
+    """Median step time, leaving out step 0 when later steps exist."""
+    return statistics.median(times_s[1:] if len(times_s) > 1 else times_s)
+
+
+def compare(records: list[dict], plan: Plan) -> list[StageComparison]:
+    """One row per pipeline stage present in ``records``, in stage order."""
+    predicted_memory = plan.estimate.peak_memory_gib
+    rows = []
+    for stage in sorted({r["stage"] for r in records}):
+        if not 0 <= stage < plan.config.pp:
+            raise PlanError(
+                f"metrics hold pipeline stage {stage} but the plan has pp={plan.config.pp}: compare with the plan that was launched"
+            )
+        lines = sorted((r for r in records if r["stage"] == stage), key=lambda r: r["step"])
+        measured_s = measured_step_time_s([r["step_time_s"] for r in lines])
+        measured_gib = max(r["peak_memory_gib"] for r in lines)
+        predicted_gib = predicted_memory[stage] if stage < len(predicted_memory) else 0.0
+        losses = [r["loss"] for r in lines if r["loss"] is not None]
+        rows.append(
+            StageComparison(
+                stage=stage,
+                rank=lines[0]["rank"],
+                steps=len(lines),
+                predicted_step_time_s=plan.estimate.step_time_s,
+                measured_step_time_s=measured_s,
+                step_time_error_pct=_error_pct(plan.estimate.step_time_s, measured_s),
+                predicted_peak_memory_gib=predicted_gib,
+                measured_peak_memory_gib=measured_gib,
+                memory_error_pct=_error_pct(predicted_gib, measured_gib),
+                last_loss=losses[-1] if losses else None,
+            )
+        )
+    return rows
+
+
+def comparison_json(rows: list[StageComparison]) -> dict:
+    return {"per_stage": [asdict(row) for row in rows]}

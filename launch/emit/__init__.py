@@ -1,0 +1,119 @@
+"""Emitters: a plan as files for other launchers (``ppplan launch --emit TARGET --out-dir D``).
+
+Targets: ``torchrun`` (shell script for the ppplan runtime), ``slurm`` (sbatch
+script), ``megatron`` (Megatron-LM ``pretrain_gpt.py`` arguments), ``torchtitan``
+(TOML job config) and ``csv`` (the pipeline schedule in torch's CSV format).
+
+``render`` is pure (file texts + warnings); ``emit`` creates ``out_dir``, writes
+each file atomically (a temporary file in the same directory, then
+``os.replace``, so a reader never sees half a file) and reports the warnings:
+where a target cannot express the plan, the closest faithful config is written
+and each difference is a one-line warning, on stderr and in the file's header.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from costmodels.errors import PlanError
+from launch.emit.common import EmitOptions, Rendered, make_context
+from profiles.schema import Plan
+
+TARGETS: tuple[str, ...] = ("torchrun", "slurm", "megatron", "torchtitan", "csv")
+
+__all__ = ["TARGETS", "EmitOptions", "Rendered", "emit", "render"]
+
+
+def _renderer(target: str) -> Callable:
+    """The render function of ``target`` (imported lazily: one module per target)."""
+    if target == "torchrun":
+        from launch.emit.torchrun import render_torchrun as fn
+    elif target == "slurm":
+        from launch.emit.slurm import render_slurm as fn
+    elif target == "megatron":
+        from launch.emit.megatron import render_megatron as fn
+    elif target == "torchtitan":
+        from launch.emit.torchtitan import render_torchtitan as fn
+    elif target == "csv":
+        from launch.emit.csv import render_csv as fn
+    else:
+        raise PlanError(f"unknown emit target '{target}': use one of {', '.join(TARGETS)}")
+    return fn
+
+
+def render(plan: Plan, target: str, out_dir: Path, options: EmitOptions | None = None) -> Rendered:
+    """The files ``target`` would write into ``out_dir`` for ``plan``, and the warnings (no I/O)."""
+    render_fn = _renderer(target)
+    ctx, warnings = make_context(plan, Path(out_dir), options or EmitOptions())
+    rendered = render_fn(ctx)
+    rendered.warnings = warnings + [w for w in rendered.warnings if w not in warnings]
+    return rendered
+
+
+def emit(
+    plan: Plan,
+    target: str,
+    out_dir: str | Path,
+    *,
+    nnodes: int | None = None,
+    gpus_per_node: int | None = None,
+    options: EmitOptions | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Write ``target``'s files for ``plan`` into ``out_dir`` (created); return their paths.
+
+    Each warning goes to ``on_warning`` (default: ``planner.app.warn``, one line
+    on stderr). ``nnodes``/``gpus_per_node`` override ``options``. Raises
+    ``PlanError`` for input that cannot be emitted (unknown target, a plan the
+    ppplan runtime refuses for torchrun/slurm, an unwritable ``out_dir``).
+    """
+    base = options or EmitOptions()
+    overrides = {k: v for k, v in {"nnodes": nnodes, "gpus_per_node": gpus_per_node}.items() if v is not None}
+    opts = dataclasses.replace(base, **overrides)
+    out = Path(out_dir)
+    rendered = render(plan, target, out, opts)
+    _make_dir(out)
+    paths = [_write_atomic(out / name, text, name in rendered.executable) for name, text in rendered.files.items()]
+    report = on_warning if on_warning is not None else _default_warn()
+    for warning in rendered.warnings:
+        report(warning)
+    return paths
+
+
+def _default_warn() -> Callable[[str], None]:
+    from planner.app import warn
+
+    return warn
+
+
+def _make_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise PlanError(f"--out-dir {out} exists and is not a directory: pick another path") from None
+    except OSError as exc:
+        raise PlanError(f"cannot create --out-dir {out}: {exc.strerror}; pick a writable directory") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise PlanError(f"--out-dir {out} is not writable: pick a writable directory or fix its permissions")
+
+
+def _write_atomic(path: Path, text: str, executable: bool) -> Path:
+    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``."""
+    tmp_name = None
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o755 if executable else 0o644)
+        os.replace(tmp_name, path)
+    except OSError as exc:
+        if tmp_name is not None and os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise PlanError(f"cannot write {path}: {exc.strerror}; pick a writable --out-dir") from None
+    return path

@@ -1,0 +1,134 @@
+"""Megatron-LM's ways of cutting layers into pipeline stages, and the closest one to a plan.
+
+Sources (NVIDIA/Megatron-LM at d98e8a6, 2026-08-22):
+- ``megatron/core/transformer/transformer_block.py`` ``get_num_layers_to_build``:
+  without flags every pipeline rank gets ``num_layers / pp`` layers; with
+  ``--decoder-first-pipeline-num-layers`` / ``--decoder-last-pipeline-num-layers``
+  the first / last rank gets that many and the other ranks share the rest
+  equally; with virtual stages each rank's count is split equally over its
+  ``v`` chunks. Virtual stage ``j`` (pipeline order) lives on rank ``j % pp``.
+- ``megatron/training/arguments.py``: ``--num-layers-per-virtual-pipeline-stage``
+  cannot be combined with first/last counts (use
+  ``--num-virtual-stages-per-pipeline-rank``); at most one of those two and
+  ``--pipeline-model-parallel-layout`` may be set.
+- ``megatron/core/transformer/pipeline_parallel_layer_layout.py``
+  (``--pipeline-model-parallel-layout``, core >= 0.13): stages separated by
+  ``|`` in virtual-stage order, ``E`` embedding, ``t`` a transformer layer,
+  ``L`` the loss, ``t*3`` repeats; any cut is expressible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Arg = tuple[str, "str | None"]
+
+
+@dataclass(frozen=True)
+class FirstLast:
+    """Layers on the first rank, each middle rank and the last rank (totals over the rank's chunks)."""
+
+    first: int
+    middle: int
+    last: int
+
+
+def stage_layers_of(split: FirstLast, pp: int, v: int) -> list[int]:
+    """Layers per virtual stage (pipeline order) that Megatron builds for ``split``."""
+    per_rank = [split.first] + [split.middle] * (pp - 2) + [split.last] if pp > 1 else [split.first]
+    return [per_rank[j % pp] // v for j in range(pp * v)]
+
+
+def first_last_of(stage_layers: list[int], pp: int, v: int) -> FirstLast | None:
+    """The first/middle/last split equal to ``stage_layers``, or None when it has another shape."""
+    by_rank = [[stage_layers[j] for j in range(r, pp * v, pp)] for r in range(pp)]
+    if any(len(set(chunks)) != 1 for chunks in by_rank):
+        return None
+    totals = [sum(chunks) for chunks in by_rank]
+    middle = totals[1:-1]
+    if len(set(middle)) > 1:
+        return None
+    mid = middle[0] if middle else totals[0]
+    return FirstLast(totals[0], mid, totals[-1])
+
+
+def first_last_args(split: FirstLast, pp: int, v: int) -> list[Arg]:
+    """Flags for ``split``: first/last counts where they differ from the middle, then the virtual-stage count."""
+    args: list[Arg] = []
+    uniform = split.first == split.middle == split.last
+    if not uniform:
+        both = pp == 2
+        if both or split.first != split.middle:
+            args.append(("--decoder-first-pipeline-num-layers", str(split.first)))
+        if both or split.last != split.middle:
+            args.append(("--decoder-last-pipeline-num-layers", str(split.last)))
+    if v > 1:
+        if uniform:
+            args.append(("--num-layers-per-virtual-pipeline-stage", str(split.middle // v)))
+        else:
+            args.append(("--num-virtual-stages-per-pipeline-rank", str(v)))
+    return args
+
+
+def layout_string(stage_layers: list[int]) -> str:
+    """``--pipeline-model-parallel-layout`` for ``stage_layers``: ``Et*3|t*3|...|t*2L``."""
+    stages = [("t" if n == 1 else f"t*{n}") for n in stage_layers]
+    stages[0] = "E" + stages[0]
+    stages[-1] = stages[-1] + "L"
+    return "|".join(stages)
+
+
+def closest_first_last(stage_layers: list[int], pp: int, v: int) -> FirstLast | None:
+    """The first/last split nearest to ``stage_layers`` (least total layer moves, then least max stage).
+
+    Every chunk keeps at least one layer, as the plan's stages do.
+    """
+    total = sum(stage_layers)
+    best: tuple[tuple[int, int], FirstLast] | None = None
+    for first in range(v, total + 1, v):
+        for last in range(v, total - first + 1, v):
+            split = _split_with(first, last, total, pp, v)
+            if split is None:
+                continue
+            emitted = stage_layers_of(split, pp, v)
+            score = (sum(abs(a - b) for a, b in zip(emitted, stage_layers)), max(emitted))
+            if best is None or score < best[0]:
+                best = (score, split)
+    return best[1] if best else None
+
+
+def _split_with(first: int, last: int, total: int, pp: int, v: int) -> FirstLast | None:
+    if pp == 1:
+        return FirstLast(total, total, total) if first == last == total else None
+    if pp == 2:
+        return FirstLast(first, first, last) if first + last == total else None
+    rest = total - first - last
+    if rest < (pp - 2) * v or rest % ((pp - 2) * v):
+        return None
+    return FirstLast(first, rest // (pp - 2), last)
+
+
+def pipeline_args(stage_layers: list[int], pp: int, v: int, allow_layout: bool) -> tuple[list[Arg], list[int], list[str]]:
+    """Megatron flags for the plan's cut, the stage layers they produce, and warnings when they differ."""
+    if pp == 1:
+        return [], list(stage_layers), []
+    exact = first_last_of(stage_layers, pp, v)
+    if exact is not None:
+        return first_last_args(exact, pp, v), list(stage_layers), []
+    if allow_layout:
+        return [("--pipeline-model-parallel-layout", layout_string(stage_layers))], list(stage_layers), []
+    closest = closest_first_last(stage_layers, pp, v)
+    if closest is None:
+        warning = (
+            f"no first/last-stage split of Megatron-LM reproduces or approximates stage_layers {stage_layers} "
+            "(layer counts do not divide); emitted --pipeline-model-parallel-layout, which needs Megatron-LM core >= 0.13"
+        )
+        return [("--pipeline-model-parallel-layout", layout_string(stage_layers))], list(stage_layers), [warning]
+    emitted = stage_layers_of(closest, pp, v)
+    warning = (
+        f"Megatron-LM's first/last-stage flags give the first and last pipeline rank their own layer counts and "
+        f"every other rank the same count (each rank's count split equally over its {v} virtual stage(s)); the "
+        f"plan's stage_layers {stage_layers} are not of that shape, so the closest split {emitted} was emitted: "
+        "stage times and per-rank memory differ from the plan (allow --pipeline-model-parallel-layout for the exact cut)"
+    )
+    return first_last_args(closest, pp, v), emitted, [warning]

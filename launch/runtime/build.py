@@ -1,0 +1,119 @@
+"""Assemble one rank's share of a plan: stage modules, TP, FSDP, pipeline schedule, optimizer.
+
+Order follows torchtitan: build the stage's pieces (only this rank's layers,
+seeded per piece), set recompute per stage, apply tensor parallelism, then
+data parallelism, then wrap the stages in the pipeline schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+
+from costmodels.rank_grid import RankCoord
+from launch.runtime.fsdp import apply_data_parallel
+from launch.runtime.layout import StageLayout, grid_of, local_stages, loss_pipeline_rank
+from launch.runtime.model import StageModule, build_stage_module, lm_loss
+from launch.runtime.optim import build_optimizer
+from launch.runtime.parallel import Groups, build_groups, build_mesh
+from launch.runtime.pp import build_schedule, build_stages
+from launch.runtime.tp import apply_tensor_parallel
+from profiles.schema import Plan
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16}
+
+
+@dataclass
+class Runtime:
+    """Everything one rank needs to run training steps of a plan."""
+
+    plan: Plan
+    rank: int
+    coord: RankCoord
+    device: torch.device
+    layouts: list[StageLayout]
+    modules: dict[int, StageModule]
+    schedule: object
+    optimizer: torch.optim.Optimizer
+    groups: Groups
+
+    @property
+    def has_first_stage(self) -> bool:
+        return any(lay.has_embedding for lay in self.layouts)
+
+    @property
+    def has_loss(self) -> bool:
+        return self.coord.pp == loss_pipeline_rank(self.plan.config)
+
+
+def _build_module(plan: Plan, layout: StageLayout, seed: int, device: torch.device) -> StageModule:
+    cfg = plan.config
+    module = build_stage_module(
+        plan.model, layout.first_layer, layout.num_layers, layout.has_embedding, layout.has_head, seed
+    ).to(device)
+    for layer in module.layers.values():
+        layer.set_recompute(cfg.recompute_of_stage(layout.stage))
+    module.autocast_dtype = AUTOCAST_DTYPES.get(plan.train.precision)
+    return module
+
+
+def build_runtime(plan: Plan, device: torch.device, seed: int, lr: float, custom_csv: str | None = None) -> Runtime:
+    """Build this rank's stages of ``plan`` (collective: every rank calls it)."""
+    cfg = plan.config
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if world != cfg.tp * cfg.pp * cfg.dp:
+        raise ValueError(
+            f"the plan needs tp*pp*dp = {cfg.tp * cfg.pp * cfg.dp} ranks but torchrun started {world}: "
+            "launch it with ppplan launch, or fix --nnodes/--nproc-per-node"
+        )
+    coord = grid_of(cfg).coord(rank)
+    mesh = build_mesh(cfg, device)
+    groups = build_groups(plan.model, cfg, rank)
+    layouts = local_stages(cfg, coord.pp)
+    modules: dict[int, StageModule] = {}
+    for layout in layouts:
+        module = _build_module(plan, layout, seed, device)
+        if cfg.tp > 1:
+            apply_tensor_parallel(module, mesh["tp"], cfg.sequence_parallel)
+        if cfg.dp > 1:
+            apply_data_parallel(module, mesh, cfg.zero)
+        modules[layout.stage] = module
+    stages = build_stages(modules, layouts, cfg.num_stages, device, mesh["pp"].get_group())
+    schedule = build_schedule(cfg, stages, lm_loss, custom_csv)
+    params = [p for m in modules.values() for p in m.parameters()]
+    return Runtime(plan, rank, coord, device, layouts, modules, schedule, build_optimizer(params, lr), groups)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def _tied_copies(rt: Runtime) -> list[torch.nn.Parameter]:
+    """This rank's untied copies of a tied embedding/logits weight."""
+    copies: list[torch.nn.Parameter] = []
+    for module in rt.modules.values():
+        if module.tied:
+            continue
+        if module.embedding is not None:
+            copies.append(module.embedding.tok.weight)
+        if module.head is not None:
+            copies.append(module.head.proj.weight)
+    return copies
+
+
+@torch.no_grad()
+def sync_tied_gradients(rt: Runtime) -> None:
+    """Sum the gradients of the copies of a tied weight so they take the same
+    update (Megatron-LM's embedding all-reduce between first and last stage)."""
+    if not rt.plan.model.tie_embeddings:
+        return
+    copies = [p for p in _tied_copies(rt) if p.grad is not None]
+    if len(copies) == 2:
+        total = _local(copies[0].grad) + _local(copies[1].grad)
+        for p in copies:
+            _local(p.grad).copy_(total)
+    elif len(copies) == 1 and rt.groups.tied is not None:
+        dist.all_reduce(_local(copies[0].grad), group=rt.groups.tied)

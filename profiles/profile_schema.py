@@ -1,0 +1,168 @@
+"""Schemas of measured profiles: per-layer times and memory (``ppplan profile``) and
+collective timings with their alpha–beta fits (``ppplan profile-comm``).
+
+Same conventions as ``profiles/schema.py``: pydantic v2, frozen, ``extra="forbid"``,
+units in field names (``_s``, ``_bytes``, ``_us``, ``_gbs``). A profile holds no
+timestamps or paths, only what was measured and on what hardware.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt
+
+from profiles.schema import ModelSpec, Precision, RecomputeKind
+
+PROFILE_SCHEMA_VERSION = 1
+COMM_PROFILE_SCHEMA_VERSION = 1
+
+LayerKind = Literal["embedding", "transformer", "head"]
+LAYER_KINDS: tuple[str, ...] = LayerKind.__args__  # type: ignore[attr-defined]
+Collective = Literal["all_reduce", "reduce_scatter", "all_gather", "p2p"]
+COLLECTIVES: tuple[str, ...] = Collective.__args__  # type: ignore[attr-defined]
+Tier = Literal["intra_node", "inter_node"]
+
+# The ModelSpec fields that decide what one transformer layer, the embedding and the
+# head compute. ``name``, ``num_layers`` and ``seq_len`` are left out on purpose: a
+# profile is per layer, and the sequence length is a measured axis (interpolated).
+SHAPE_FIELDS: tuple[str, ...] = (
+    "hidden_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "ffn_hidden_size",
+    "vocab_size",
+    "activation",
+    "norm",
+    "position_embedding",
+    "linear_bias",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def model_shape_hash(model: ModelSpec) -> str:
+    """First 16 hex digits of the SHA-256 of the shape fields (``SHAPE_FIELDS``) as sorted JSON."""
+    shape = {key: getattr(model, key) for key in SHAPE_FIELDS}
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class HardwareFingerprint(_Strict):
+    """What the measurements were taken on; a profile only prices the same device."""
+
+    device_kind: Literal["cpu", "cuda"]
+    device_name: str = Field(description="torch's CUDA device name, or 'cpu'")
+    torch_version: str
+    cuda_version: str | None = None
+    driver_version: str | None = None
+    cpu_model: str
+    num_threads: PositiveInt = Field(description="torch intra-op threads used while timing")
+
+
+class LayerProfile(_Strict):
+    """One layer kind at one shape: per-microbatch times (median over repeats, with the
+    inter-quartile range as spread) and memory.
+
+    ``backward_input_s`` is the gradient with respect to the layer's input only (B),
+    ``backward_weight_s`` the gradient with respect to its weights only (W), as the
+    zero-bubble schedules split them (Qi et al. 2023); with recompute, B includes the
+    re-run forward. ``backward_s`` is the unsplit backward (B and W in one call); under
+    full recompute torch's split W re-runs the forward once per parameter group, so
+    B + W exceeds it there. ``activation_bytes`` are the bytes autograd keeps for backward
+    (distinct storages, parameters excluded); ``transient_peak_bytes`` the peak of bytes
+    live during F, B and W above the level before F, less ``activation_bytes`` (the
+    working memory on top of the stored activations; null where it was not measured).
+    """
+
+    kind: LayerKind
+    tp: PositiveInt
+    mbs: PositiveInt
+    seq_len: PositiveInt
+    recompute: RecomputeKind = "none"
+    precision: Precision
+    forward_s: NonNegativeFloat
+    forward_iqr_s: NonNegativeFloat
+    backward_input_s: NonNegativeFloat
+    backward_input_iqr_s: NonNegativeFloat
+    backward_weight_s: NonNegativeFloat
+    backward_weight_iqr_s: NonNegativeFloat
+    backward_s: NonNegativeFloat = Field(description="B and W in one autograd call, as schedules without a split backward run them")
+    backward_iqr_s: NonNegativeFloat
+    repeats: PositiveInt
+    activation_bytes: NonNegativeInt
+    parameter_bytes: NonNegativeInt
+    transient_peak_bytes: NonNegativeInt | None = None
+    tp_comm_included: bool = Field(
+        default=False, description="timed in a real TP group: F and B include the TP collectives and DTensor overhead"
+    )
+
+    @property
+    def key(self) -> tuple[str, int, int, int, str, str]:
+        return (self.kind, self.tp, self.mbs, self.seq_len, self.recompute, self.precision)
+
+
+class ProfileFile(_Strict):
+    """``ppplan profile`` output: the layers of one model shape measured on one device."""
+
+    schema_version: int = PROFILE_SCHEMA_VERSION
+    model: ModelSpec
+    model_shape_hash: str
+    precision: Precision
+    cluster: str | None = Field(default=None, description="the cluster preset this profile stands for, if given")
+    hardware: HardwareFingerprint
+    warmup_iterations: NonNegativeInt
+    timer: Literal["wall", "thread_cpu"] = Field(
+        default="wall", description="wall clock, or the timing thread's CPU time (one CPU thread; immune to other processes)"
+    )
+    approximation: list[str] = Field(default_factory=list, description="how the measurement differs from what runs")
+    layers: list[LayerProfile]
+
+
+class CollectiveMeasurement(_Strict):
+    """One collective at one message size: ``size_bytes`` is the all-reduce buffer, the
+    reduce-scatter input, the all-gather output, or the p2p message (the conventions of
+    ``costmodels.comm``)."""
+
+    collective: Collective
+    group_size: PositiveInt
+    size_bytes: PositiveInt
+    median_s: NonNegativeFloat
+    iqr_s: NonNegativeFloat
+    repeats: PositiveInt
+
+
+class AlphaBetaFit(_Strict):
+    """Least-squares alpha–beta fit (relative residuals) of the ring cost formulas."""
+
+    latency_us: NonNegativeFloat
+    bandwidth_gbs: float = Field(gt=0, description="per-rank one-direction bandwidth, 1e9 bytes/s")
+    rms_relative_error: NonNegativeFloat
+    num_points: PositiveInt
+
+
+class TierFit(_Strict):
+    """One network tier: a fit over every collective (the link the planner uses) and one per collective."""
+
+    tier: Tier
+    group_size: PositiveInt
+    overall: AlphaBetaFit
+    per_collective: dict[str, AlphaBetaFit]
+
+
+class CommProfile(_Strict):
+    """``ppplan profile-comm`` output."""
+
+    schema_version: int = COMM_PROFILE_SCHEMA_VERSION
+    backend: Literal["gloo", "nccl"]
+    nproc: PositiveInt
+    nnodes: PositiveInt = 1
+    hardware: HardwareFingerprint
+    measurements: list[CollectiveMeasurement]
+    tiers: list[TierFit]
+
+    def tier(self, name: str) -> TierFit | None:
+        return next((t for t in self.tiers if t.tier == name), None)

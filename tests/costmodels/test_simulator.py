@@ -1,0 +1,184 @@
+"""Event simulator against hand-derived pipeline formulas.
+
+Uniform stages, no p2p, times F (forward), B, W per stage chunk:
+- 1F1B makespan (M + P - 1)(F + B + W), bubble (P - 1)/(M + P - 1) (Narayanan et al. SC21, Sec. 2.2);
+- interleaved with v chunks: bubble (P - 1)/(v M + P - 1) when M % P == 0;
+- GPipe holds M microbatches on every rank, 1F1B holds P - k on rank k;
+- ZB-H1 (F = B = W = T): makespan (3M + P - 1) T, rank k idles (P - 1 - k) T, a third of
+  1F1B's 3 (P - 1 - k) T; ZB-H2: no idle between a rank's first and last action (Qi et al. 2024).
+Tolerances: these are exact identities of the model, checked to 1e-9 relative; with p2p time
+c > 0, ZB-H2's idle stays within 2 (P - 1 - k) c.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from costmodels.errors import PlanError
+from costmodels.pipeline import StageTimes, price_pipeline
+from costmodels.schedules import Action, Schedule, generate_schedule
+from costmodels.simulator import SMALL_GRAPH_ACTIONS, simulate
+
+
+def uniform(stages: int, f: float, b: float, w: float = 0.0, p2p: float = 0.0) -> StageTimes:
+    return StageTimes((f,) * stages, (b,) * stages, (w,) * stages, (1.0,) * stages, (p2p,) * (stages - 1))
+
+
+@pytest.mark.parametrize(("pp", "m"), [(2, 2), (4, 4), (4, 8), (4, 13), (8, 32), (16, 64)])
+@pytest.mark.parametrize(("f", "b", "w"), [(1.0, 2.0, 0.0), (1.0, 1.0, 1.0), (0.3, 0.5, 0.25)])
+def test_1f1b_makespan_and_bubble_are_exact(pp: int, m: int, f: float, b: float, w: float) -> None:
+    result = price_pipeline("1f1b", pp, 1, m, uniform(pp, f, b, w))
+    assert result.makespan_s == pytest.approx((m + pp - 1) * (f + b + w), rel=1e-12)
+    assert result.bubble_fraction == pytest.approx((pp - 1) / (m + pp - 1), rel=1e-12)
+    assert result.busy_s == pytest.approx([m * (f + b + w)] * pp)
+
+
+@pytest.mark.parametrize(("pp", "v", "m"), [(2, 2, 2), (2, 3, 4), (4, 2, 4), (4, 2, 8), (4, 3, 16), (8, 2, 16), (8, 4, 32)])
+def test_interleaved_bubble_when_microbatches_fill_rounds(pp: int, v: int, m: int) -> None:
+    f, b = 0.5, 1.0
+    result = price_pipeline("interleaved-1f1b", pp, v, m, uniform(pp * v, f, b))
+    assert result.bubble_fraction == pytest.approx((pp - 1) / (v * m + pp - 1), rel=1e-12)
+    assert result.makespan_s == pytest.approx((v * m + pp - 1) * (f + b), rel=1e-12)
+
+
+@pytest.mark.parametrize(("pp", "m"), [(4, 8), (8, 8), (8, 24)])
+def test_gpipe_holds_every_microbatch_and_1f1b_holds_p_minus_k(pp: int, m: int) -> None:
+    times = uniform(pp, 1.0, 2.0)
+    gpipe = price_pipeline("gpipe", pp, 1, m, times)
+    assert gpipe.peak_inflight_microbatches == (m,) * pp
+    one_f = price_pipeline("1f1b", pp, 1, m, times)
+    assert one_f.peak_inflight_microbatches == tuple(pp - k for k in range(pp))
+    assert one_f.peak_activation_bytes == tuple(float(pp - k) for k in range(pp))
+
+
+@pytest.mark.parametrize(("pp", "m"), [(4, 8), (4, 12), (8, 24), (8, 64), (16, 48)])
+def test_zb_h1_idles_a_third_of_1f1b(pp: int, m: int) -> None:
+    t = 1.0
+    h1 = price_pipeline("zb-h1", pp, 1, m, uniform(pp, t, t, t))
+    one_f = price_pipeline("1f1b", pp, 1, m, uniform(pp, t, t, t))
+    assert h1.makespan_s == pytest.approx((3 * m + pp - 1) * t, rel=1e-12)
+    for k in range(pp):
+        assert h1.idle_s[k] == pytest.approx((pp - 1 - k) * t, abs=1e-9)
+        assert one_f.idle_s[k] == pytest.approx(3 * (pp - 1 - k) * t, abs=1e-9)
+    assert h1.peak_inflight_microbatches == (pp,) * pp  # 1F1B's peak (rank 0): the paper's p M_B
+
+
+@pytest.mark.parametrize(("pp", "m"), [(4, 7), (4, 12), (8, 15), (8, 24), (16, 48)])
+def test_zb_h2_has_no_idle_between_first_and_last_action(pp: int, m: int) -> None:
+    t = 2.0
+    h2 = price_pipeline("zb-h2", pp, 1, m, uniform(pp, t, t, t))
+    assert max(h2.idle_s) == pytest.approx(0.0, abs=1e-9)
+    assert h2.makespan_s == pytest.approx((3 * m + pp - 1) * t, rel=1e-12)
+    assert h2.peak_inflight_microbatches == (2 * pp - 1,) * pp  # the paper's (2p - 1) M_B
+
+
+def test_zb_h2_idle_with_p2p_stays_within_two_hops_per_downstream_rank() -> None:
+    pp, m, c = 8, 24, 0.01
+    h2 = price_pipeline("zb-h2", pp, 1, m, uniform(pp, 1.0, 1.0, 1.0, p2p=c))
+    for k in range(pp):
+        assert h2.idle_s[k] <= 2 * (pp - 1 - k) * c + 1e-9
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+@pytest.mark.parametrize("kind", ["forward", "backward"])
+def test_perturbed_stage_moves_makespan_along_the_critical_path(stage: int, kind: str) -> None:
+    """1F1B, P = 4, M = 8, uniform F = 1, B = 2, no p2p. Slowing stage j by delta makes it the
+    bottleneck; the critical path then takes microbatch 0's pass through stage j once in the
+    fill, then stage j's M - (P - j) steady-state passes back to back (its other warm-up
+    passes have slack while it waits for the first backward). So the makespan grows by
+    (M - P + j + 1) delta, for a forward or a backward perturbation alike."""
+    pp, m, delta = 4, 8, 0.25
+    f, b = [1.0] * pp, [2.0] * pp
+    (f if kind == "forward" else b)[stage] += delta
+    base = price_pipeline("1f1b", pp, 1, m, uniform(pp, 1.0, 2.0)).makespan_s
+    slow = price_pipeline("1f1b", pp, 1, m, StageTimes(tuple(f), tuple(b), (0.0,) * pp, (1.0,) * pp, (0.0,) * 3))
+    assert slow.makespan_s - base == pytest.approx((m - pp + stage + 1) * delta, rel=1e-12)
+
+
+def test_last_stage_extra_time_adds_once_per_microbatch() -> None:
+    """A heavier last stage (logits) is 1F1B's bottleneck: it runs all 2M passes back to back
+    after the first input arrives, so makespan = (P - 1) F + M (F_last + B_last) + (P - 1) B."""
+    pp, m = 4, 8
+    f, b = (1.0, 1.0, 1.0, 1.5), (2.0, 2.0, 2.0, 3.0)
+    result = price_pipeline("1f1b", pp, 1, m, StageTimes(f, b, (0.0,) * pp, (1.0,) * pp, (0.0,) * 3))
+    assert result.makespan_s == pytest.approx(3 * 1.0 + m * 4.5 + 3 * 2.0)
+
+
+def test_p2p_time_is_free_between_stages_on_the_same_rank() -> None:
+    """ZB-V's stages pp - 1 and pp sit on the last rank (torch hands over locally), so
+    the p2p entry of that boundary never delays anything."""
+    pp, m = 4, 8
+    stages = 2 * pp
+    base = uniform(stages, 1.0, 1.0, 1.0, p2p=0.1)
+    p2p = list(base.p2p_s)
+    p2p[pp - 1] = 50.0
+    changed = StageTimes(base.forward_s, base.backward_input_s, base.backward_weight_s, base.activation_bytes, tuple(p2p))
+    assert price_pipeline("zbv", pp, 2, m, changed).makespan_s == price_pipeline("zbv", pp, 2, m, base).makespan_s
+
+
+def reference_makespan(schedule: Schedule, times: StageTimes) -> float:
+    """A slow, obviously-correct simulator: repeatedly start any rank's next action whose input
+    is done; a hop between two stages of the same rank costs no p2p time."""
+    done: dict[tuple[str, int, int], float] = {}
+    done_on: dict[tuple[str, int, int], int] = {}
+    heads, free = [0] * schedule.pp, [0.0] * schedule.pp
+    dur = {"F": times.forward_s, "B": times.backward_input_s, "W": times.backward_weight_s}
+    while any(h < len(r) for h, r in zip(heads, schedule.ranks)):
+        for r, actions in enumerate(schedule.ranks):
+            if heads[r] == len(actions):
+                continue
+            a = actions[heads[r]]
+            s = a.stage
+            if a.kind == "F":
+                need, hop = (("F", a.microbatch, s - 1), s - 1) if s else (None, None)
+            elif a.kind in ("B", "BW"):
+                last = s == schedule.num_stages - 1
+                need, hop = (("F", a.microbatch, s), None) if last else (("G", a.microbatch, s + 1), s)
+            else:
+                need, hop = None, None
+            if need is not None and need not in done:
+                continue
+            remote = hop is not None and done_on[need] != r
+            ready = done.get(need, 0.0) + (times.p2p_s[hop] if remote else 0.0)
+            d = dur["B"][s] + dur["W"][s] if a.kind == "BW" else dur[a.kind][s]
+            free[r] = max(free[r], ready) + d
+            key = ("G" if a.kind in ("B", "BW") else a.kind, a.microbatch, s)
+            done[key], done_on[key] = free[r], r
+            heads[r] += 1
+    return max(free)
+
+
+@pytest.mark.parametrize(("name", "pp", "v", "m"), [("1f1b", 8, 1, 256), ("interleaved-1f1b", 8, 2, 96), ("zbv", 6, 2, 120),
+                                                    ("dualpipev", 4, 2, 16), ("chimera", 4, 1, 8), ("zb-h2", 5, 1, 11)])
+def test_vectorised_simulator_matches_a_reference(name: str, pp: int, v: int, m: int) -> None:
+    stages = pp * v
+    f = tuple(1.0 + 0.13 * ((3 * j) % 5) for j in range(stages))
+    times = StageTimes(f, tuple(1.7 * x for x in f), tuple(0.6 * x for x in f), (1.0,) * stages,
+                       tuple(0.05 * (j % 3) for j in range(stages - 1)))
+    schedule = generate_schedule(name, pp, v, m)
+    assert simulate(schedule, times).makespan_s == pytest.approx(reference_makespan(schedule, times), rel=1e-12)
+    if name == "1f1b":
+        assert schedule.num_actions > SMALL_GRAPH_ACTIONS  # the per-level numpy path is exercised
+
+
+def test_memory_timeline_peaks_at_the_in_flight_peak() -> None:
+    pp, m = 4, 8
+    times = StageTimes((1.0,) * pp, (1.0,) * pp, (1.0,) * pp, (3.0, 2.0, 2.0, 5.0), (0.0,) * 3)
+    result = simulate(generate_schedule("zb-h2", pp, 1, m), times)
+    for rank in range(pp):
+        peak = max(held for _, held in result.memory_timeline(rank))
+        assert peak == result.peak_activation_bytes[rank] == result.peak_inflight_microbatches[rank] * times.activation_bytes[rank]
+        assert result.memory_timeline(rank)[-1][1] == 0.0
+
+
+def test_deadlocking_order_is_rejected() -> None:
+    """Rank 0 waits for microbatch 1's gradient before sending microbatch 1's activation."""
+    rank0 = (Action("F", 0, 0), Action("BW", 1, 0), Action("F", 1, 0), Action("BW", 0, 0))
+    rank1 = (Action("F", 0, 1), Action("BW", 0, 1), Action("F", 1, 1), Action("BW", 1, 1))
+    with pytest.raises(PlanError, match="deadlocks"):
+        simulate(Schedule("custom", 2, 1, 2, (rank0, rank1)), uniform(2, 1.0, 1.0))
+
+
+def test_stage_times_of_the_wrong_length_are_rejected() -> None:
+    with pytest.raises(PlanError, match="forward_s has 3 entries"):
+        price_pipeline("1f1b", 4, 1, 8, uniform(3, 1.0, 1.0))
