@@ -27,6 +27,7 @@ from costmodels.memory import (
 from costmodels.pipeline import PipelineResult, StageTimes, price_actions, price_pipeline
 from costmodels.schedules import schedule_of
 from costmodels.rank_grid import RankCoord, RankGrid, stage_to_rank
+from costmodels.rules import SPLIT_BACKWARD_SCHEDULES
 from profiles.schema import Breakdown, ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
 
 PipelinePricer = Callable[[str, int, int, int, StageTimes], PipelineResult]
@@ -50,12 +51,17 @@ class StagePlan:
     activation_bytes: float
 
 
+def activation_variant(cluster: ClusterSpec, train: TrainSpec) -> ActivationVariant:
+    """What ppplan's runtime stores on this cluster's device (a "cpu" GPU name means CPU)."""
+    return ActivationVariant.runtime(train.precision, device="cpu" if cluster.gpu.name == "cpu" else "cuda")
+
+
 def _stage_plan(
-    model: ModelSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes | None, j: int, n: int
+    model: ModelSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes | None, j: int, n: int,
+    variant: ActivationVariant,
 ) -> StagePlan:
     """Virtual stage ``j`` holding ``n`` layers (plus the embedding on the first stage and the
     head on the last); ``layers=None`` skips the times (memory-only callers)."""
-    variant = ActivationVariant.runtime(train.precision)
     s, b, tp, sp = train.seq_len, cfg.mbs, cfg.tp, cfg.sequence_parallel
     first, last = j == 0, j == cfg.num_stages - 1
     kind = cfg.recompute_of_stage(j)
@@ -80,8 +86,11 @@ def _stage_plan(
     )
 
 
-def _stage_plans(model: ModelSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes) -> list[StagePlan]:
-    return [_stage_plan(model, train, cfg, layers, j, n) for j, n in enumerate(cfg.stage_layers)]
+def _stage_plans(
+    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes
+) -> list[StagePlan]:
+    variant = activation_variant(cluster, train)
+    return [_stage_plan(model, train, cfg, layers, j, n, variant) for j, n in enumerate(cfg.stage_layers)]
 
 
 def rank_memory_if_uniform_gib(
@@ -92,7 +101,7 @@ def rank_memory_if_uniform_gib(
     ``inflight_stage_microbatches`` stage-microbatches were alive (affine in the layer count;
     the search derives per-rank layer caps from it)."""
     plans = [
-        _stage_plan(model, train, cfg, None, j, layers_per_stage)
+        _stage_plan(model, train, cfg, None, j, layers_per_stage, activation_variant(cluster, train))
         for j in range(cfg.num_stages)
         if stage_to_rank(j, cfg.pp, cfg.v, cfg.schedule) == rank
     ]
@@ -140,15 +149,22 @@ def _dp_link(cluster: ClusterSpec, cfg: ParallelConfig):  # noqa: ANN202
 def _pipeline_inputs(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes
 ) -> tuple[list[StagePlan], StageTimes]:
-    plans = _stage_plans(model, train, cfg, layers)
+    plans = _stage_plans(model, cluster, train, cfg, layers)
     link = _dp_link(cluster, cfg)
     fwd, bwd_in, bwd_w = [], [], []
     for st in plans:
         extra_f, extra_b = _zero_per_microbatch_s(cfg, st.params, link, train.precision)
         # per-microbatch ZeRO traffic overlaps with that microbatch's compute; only the excess shows
-        fwd.append(st.times.forward_s + max(0.0, extra_f - st.times.forward_s))
-        bwd_in.append(st.times.backward_input_s + max(0.0, extra_b - st.times.backward_input_s - st.times.backward_weight_s))
+        # (all of it where the cores that compute also move the bytes: comm_overlaps_compute)
+        hide_f, hide_b = (st.times.forward_s, st.times.backward_input_s + st.times.backward_weight_s) if comm_overlaps_compute(cluster) else (0.0, 0.0)
+        fwd.append(st.times.forward_s + max(0.0, extra_f - hide_f))
+        bwd_in.append(st.times.backward_input_s + max(0.0, extra_b - hide_b))
         bwd_w.append(st.times.backward_weight_s)
+    if cfg.schedule in SPLIT_BACKWARD_SCHEDULES | {"custom"}:
+        # torch's first stage has no input gradient to send: its B is empty and the whole
+        # backward runs as W (torch.distributed.pipelining, measured by the profiler)
+        bwd_w[0] += bwd_in[0]
+        bwd_in[0] = 0.0
     times = StageTimes(
         forward_s=tuple(fwd),
         backward_input_s=tuple(bwd_in),
@@ -157,6 +173,16 @@ def _pipeline_inputs(
         p2p_s=_p2p_times(model, cluster, train, cfg),
     )
     return plans, times
+
+
+def comm_overlaps_compute(cluster: ClusterSpec) -> bool:
+    """Whether data-parallel traffic can hide behind compute: yes on accelerators (a copy
+    engine / NIC moves the bytes while the SMs compute); no on a CPU node
+    (``concurrent_ranks_per_node`` set), where gloo's loopback copies and reductions run on
+    the same cores as the compute, and FSDP2 reduces synchronously in its post-backward hook
+    (torch.profiler on cpu-local: ``FSDP::post_backward_reduce`` 4-10 ms per layer inside the
+    step, nothing running beside it)."""
+    return cluster.concurrent_ranks_per_node is None
 
 
 def _dp_exposed_s(cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, rank_plans: list[StagePlan]) -> float:
@@ -174,6 +200,8 @@ def _dp_exposed_s(cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, r
     params = sum(st.params for st in rank_plans)
     backward_window = sum(st.times.backward_input_s + st.times.backward_weight_s for st in rank_plans)
     forward_window = sum(st.times.forward_s for st in rank_plans)
+    if not comm_overlaps_compute(cluster):
+        backward_window = forward_window = 0.0
     grads = params * GRAD_REDUCE_BYTES
     if cfg.zero == 0:
         return max(0.0, all_reduce_s(grads, cfg.dp, link) - backward_window)
@@ -225,6 +253,36 @@ def _rank_memory_gib(
     return out
 
 
+def timeshared_compute_s(
+    cluster: ClusterSpec, cfg: ParallelConfig, busy_s: tuple[float, ...], tail_s: list[float]
+) -> float:
+    """Work bound of a node whose ranks time-share fewer cores (0 when every rank has its own device).
+
+    A node runs ``n = min(world, gpus_per_node)`` ranks, but only ``C =
+    concurrent_ranks_per_node`` of them compute at full speed at once (CPU cores; torchrun
+    runs one OMP thread per process, and Linux shares a core fairly among the ranks that
+    want it). Work is conserved, so the node needs at least its ranks' total compute
+    (simulated busy time plus the optimizer step and exposed data-parallel traffic,
+    ``tail_s``, per pipeline rank, in full-speed seconds)
+    divided by ``C``. Layer times are those of one TP group alone on the node (a TP group
+    larger than ``C`` already time-shares: ``RooflineTimes`` and a ``--tp-group`` profile
+    include it), so a TP group's rank counts ``min(tp, C) / tp`` of a core. The pipeline
+    simulation at full speed is the other lower bound; the estimate takes the larger:
+    exact when the node is saturated (more ranks than cores, short bubble) or when it is
+    not (no more ranks than cores), and optimistic in between (processor sharing over the
+    bubble is not simulated).
+    """
+    cores = cluster.concurrent_ranks_per_node
+    if cores is None:
+        return 0.0
+    grid = RankGrid(cfg.tp, cfg.pp, cfg.dp)
+    on_node = range(min(grid.world_size, cluster.gpus_per_node))
+    work_s = sum(busy_s[grid.coord(r).pp] + tail_s[grid.coord(r).pp] for r in on_node)
+    # to the picosecond: plans with the same work (pp4 and pp2 x dp2) tie exactly, whatever the
+    # summation order, and the search's canonical tie-break decides between them
+    return round(work_s * min(cfg.tp, cores) / cfg.tp / cores, 12)
+
+
 def memory_limit_gib(cluster: ClusterSpec) -> float:
     """HBM the fit check allows: capacity less the documented safety margin."""
     return cluster.gpu.memory_gib * (1.0 - cluster.memory_safety_margin)
@@ -268,10 +326,17 @@ def estimate(
     else:
         result = pricer(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, times)
     per_rank = [[st for st in plans if st.rank == r] for r in range(cfg.pp)]
-    dp_s = max(_dp_exposed_s(cluster, train, cfg, mine) for mine in per_rank)
-    opt_params = max(sum(st.params for st in mine) for mine in per_rank) / (cfg.dp if cfg.zero >= 1 else 1)
-    optimizer_s = memory_bound_time_s(cluster, opt_params * ADAM_STEP_BYTES_PER_PARAM)
-    step = result.makespan_s + dp_s + optimizer_s + cluster.efficiency.step_overhead_s
+    rank_dp_s = [_dp_exposed_s(cluster, train, cfg, mine) for mine in per_rank]
+    dp_s = max(rank_dp_s)
+    opt_share = cfg.dp if cfg.zero >= 1 else 1
+    rank_optimizer_s = [
+        memory_bound_time_s(cluster, sum(st.params for st in mine) / opt_share * ADAM_STEP_BYTES_PER_PARAM)
+        for mine in per_rank
+    ]
+    optimizer_s = max(rank_optimizer_s)
+    rank_tail_s = [opt + dp for opt, dp in zip(rank_optimizer_s, rank_dp_s)]
+    compute_s = max(result.makespan_s + optimizer_s + dp_s, timeshared_compute_s(cluster, cfg, result.busy_s, rank_tail_s))
+    step = compute_s + cluster.efficiency.step_overhead_s
     memory = [
         _rank_memory_gib(model, cluster, train, cfg, per_rank[r], result.peak_activation_bytes[r]) for r in range(cfg.pp)
     ]

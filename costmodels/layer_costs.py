@@ -64,8 +64,21 @@ def bytes_per_element(precision: str) -> int:
     return 4 if non_gemm_precision(precision) == "fp32" else 2
 
 
+def tp_group_timeshare(cluster: ClusterSpec, tp: int) -> float:
+    """Slowdown of a TP group running alone on a node that computes only
+    ``concurrent_ranks_per_node`` (C) ranks at full speed: its ``min(tp, gpus_per_node)``
+    ranks on the node work in lockstep, compute and CPU-driven (gloo) collectives
+    alike, so they share C cores: ``max(1, ranks / C)``. 1 when every rank has its own
+    device (C unset). A ``--tp-group`` profile measures this directly."""
+    cores = cluster.concurrent_ranks_per_node
+    if cores is None:
+        return 1.0
+    return max(1.0, min(tp, cluster.gpus_per_node) / cores)
+
+
 class RooflineTimes:
-    """Analytic layer times from the cluster's peaks and efficiency curve."""
+    """Analytic layer times from the cluster's peaks and efficiency curve (for one TP
+    group alone on its node: ``tp_group_timeshare``)."""
 
     def __init__(self, model: ModelSpec, cluster: ClusterSpec, precision: str) -> None:
         self.model = model
@@ -74,9 +87,17 @@ class RooflineTimes:
         self.p = bytes_per_element(precision)
         self.tp_link_intra = link_for(cluster, crosses_nodes=False)
         self.tp_link_inter = link_for(cluster, crosses_nodes=True)
-        self.transformer = lru_cache(maxsize=None)(self._transformer)  # type: ignore[method-assign]
-        self.head = lru_cache(maxsize=None)(self._head)  # type: ignore[method-assign]
-        self.embedding = lru_cache(maxsize=None)(self._embedding)  # type: ignore[method-assign]
+        self.transformer = lru_cache(maxsize=None)(self._timeshared(self._transformer))  # type: ignore[method-assign]
+        self.head = lru_cache(maxsize=None)(self._timeshared(self._head))  # type: ignore[method-assign]
+        self.embedding = lru_cache(maxsize=None)(self._timeshared(self._embedding))  # type: ignore[method-assign]
+
+    def _timeshared(self, pass_times):  # noqa: ANN001, ANN202
+        """Scale a layer's passes by ``tp_group_timeshare`` (1 on GPU clusters)."""
+
+        def timed(tp: int, *args: object) -> PassTimes:
+            return pass_times(tp, *args).scaled(tp_group_timeshare(self.cluster, tp))
+
+        return timed
 
     def _tp_link(self, tp: int):  # noqa: ANN202
         return self.tp_link_intra if tp <= self.cluster.gpus_per_node else self.tp_link_inter
@@ -129,15 +150,17 @@ class RooflineTimes:
         return PassTimes(lookup + comm, 0.0, grad, tp_comm_s=comm)
 
     def _head(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool) -> PassTimes:
-        """Final norm, logits GEMM (vocab-parallel) and cross-entropy over V/t logits in fp32."""
+        """Final norm, column-parallel logits GEMM over V/t, then the loss as ppplan's runtime
+        runs it: the logits gathered to the full vocabulary on every TP rank and a fp32
+        cross-entropy over all V (what the profiler measures)."""
         tokens, h, v = seq_len * mbs, self.model.hidden_size, self.model.vocab_size
         c, p = self.cluster, self.p
         logits = gemm_time_s(c, self.precision, tokens, v / tp, h)
         norm = memory_bound_time_s(c, 2 * p * tokens * h / (tp if sequence_parallel else 1))
-        loss = memory_bound_time_s(c, 4 * (4 + p) * tokens * v / tp)
+        loss = memory_bound_time_s(c, 4 * (4 + p) * tokens * v)
         link = self._tp_link(tp)
         gather = all_reduce_s(p * tokens * h, tp, link) / 2 if sequence_parallel else 0.0
-        loss_comm = 3 * 2 * (tp - 1) * link.latency_s if tp > 1 else 0.0
+        loss_comm = all_reduce_s(p * tokens * v, tp, link) / 2 if tp > 1 else 0.0  # all-gather of the logits
         forward = norm + gather + logits + loss + loss_comm
         backward_input = logits + loss + norm + gather
         return PassTimes(forward, backward_input, logits, tp_comm_s=2 * gather + loss_comm)

@@ -39,6 +39,7 @@ class ActivationVariant:
     flash_attention: bool = False
     swiglu_saved_ffn_tensors: int = 4
     rmsnorm_saves_normalized: bool = False
+    vocab_parallel_loss: bool = True
 
     @staticmethod
     def korthikanti() -> "ActivationVariant":
@@ -51,6 +52,7 @@ class ActivationVariant:
             dropout=False,
             flash_attention=True,
             rmsnorm_saves_normalized=device != "cuda",
+            vocab_parallel_loss=False,
         )
 
 
@@ -94,20 +96,28 @@ def layer_activation_bytes(
 def head_activation_bytes(
     model: ModelSpec, seq_len: int, mbs: int, tp: int, sequence_parallel: bool, variant: ActivationVariant
 ) -> float:
-    """Final norm input, logits input, and the fp32 softmax (plus logits) of the vocab-parallel loss."""
+    """Final norm input, logits input, and what the loss keeps for backward.
+
+    Megatron's vocab-parallel cross-entropy keeps the fp32 softmax and the logits
+    over V/t per rank (``vocab_parallel_loss``); ppplan's torch runtime gathers the
+    logits to the full vocabulary and keeps only the fp32 log-softmax (4·s·b·V per
+    rank, measured with saved-tensor hooks by the profiler)."""
     tokens = seq_len * mbs
     p = variant.bytes_per_element
     norm_in = p * tokens * model.hidden_size / (tp if sequence_parallel else 1)
     logits_in = p * tokens * model.hidden_size
-    logits = (4 + p) * tokens * model.vocab_size / tp
+    if variant.vocab_parallel_loss:
+        logits = (4 + p) * tokens * model.vocab_size / tp
+    else:
+        logits = 4 * tokens * model.vocab_size
     return norm_in + logits_in + logits
 
 
 def embedding_activation_bytes(model: ModelSpec, seq_len: int, mbs: int, tp: int, sequence_parallel: bool, variant: ActivationVariant) -> float:
-    """Token ids (int64) and the embedding-dropout mask (Korthikanti Sec. 4.3)."""
+    """Token and position ids (int64) and the embedding-dropout mask (Korthikanti Sec. 4.3)."""
     tokens = seq_len * mbs
     mask = tokens * model.hidden_size / (tp if sequence_parallel else 1) if variant.dropout else 0
-    return 8.0 * tokens + mask
+    return 8.0 * tokens + 8.0 * seq_len + mask
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,19 @@ def zero_violations(zero: int, pp: int, schedule: str, target: Target = "torch")
     return []
 
 
+def recompute_violations(recompute: str | list[str], pp: int, schedule: str, target: Target = "torch") -> list[str]:
+    """Recomputation the target cannot run well with this schedule."""
+    kinds = set(recompute) if isinstance(recompute, list) else {recompute}
+    if target == "torch" and "full" in kinds and pp > 1 and schedule in SPLIT_BACKWARD_SCHEDULES | {"custom"}:
+        # Measured by the profiler (torch 2.13): the split weight-gradient pass re-runs a
+        # checkpointed layer's forward once per parameter group (~10x the unsplit W).
+        return [
+            f"full recompute with the split-backward schedule '{schedule}' re-runs each layer's forward once per "
+            "parameter group in torch's W pass: use --recompute selective|none or a schedule without split backward"
+        ]
+    return []
+
+
 def config_violations(
     model: ModelSpec, train: TrainSpec, gpus: int, cfg: ParallelConfig, target: Target = "torch"
 ) -> list[str]:
@@ -152,6 +165,7 @@ def config_violations(
     elif cfg.pp > 1:
         problems += schedule_violations(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, target)
     problems += zero_violations(cfg.zero, cfg.pp, cfg.schedule, target)
+    problems += recompute_violations(cfg.recompute, cfg.pp, cfg.schedule, target)
     if cfg.schedule == "custom" and cfg.schedule_csv is None:
         problems.append("schedule 'custom' needs its action list in the plan (config.schedule_csv): "
                         "make one with `ppplan simulate plan.json --custom-out custom.json`")

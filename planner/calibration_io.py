@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import statistics
-import tempfile
 from pathlib import Path
 
 import yaml
 
 from costmodels.errors import PlanError
+from profiles.files import write_atomic  # noqa: F401  (used by calibrate and regress)
 from costmodels.rules import config_violations
 from planner.calibration import MeasuredRun
 from planner.cutpoints import uniform_split
@@ -184,14 +183,3 @@ def cluster_yaml(cluster: ClusterSpec) -> str:
     return f"# Written by `ppplan calibrate`; the provenance block says from which runs.\n{body}"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

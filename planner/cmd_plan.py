@@ -13,7 +13,7 @@ from costmodels.errors import InfeasibleError, PlanError
 from costmodels.estimate import estimate
 from costmodels.layer_costs import LayerTimes
 from costmodels.rules import check_config
-from planner.app import app, err, out
+from planner.app import app, err, out, warn
 from planner.cutpoints import uniform_split
 from planner.explain import binding_constraints, candidate_of, nearest_alternatives, rationale
 from planner.render import memory_table, plan_json, plans_table, write_atomic
@@ -49,14 +49,12 @@ def resolve_train(model: ModelSpec, cluster: ClusterSpec, global_batch: int, seq
 
 def load_layers(profile: Optional[Path], comm_profile: Optional[Path], model: ModelSpec, cluster: ClusterSpec,
                 train: TrainSpec, allow_mismatch: bool) -> LayerTimes | None:
-    """A measured profile replaces the roofline when given."""
-    if profile is None:
-        if comm_profile is not None:
-            raise PlanError("--comm-profile needs --profile")
+    """Measured layer times (and/or a measured link) replace the roofline when given."""
+    if profile is None and comm_profile is None:
         return None
     from profiles.profile_times import load_layer_times
 
-    return load_layer_times(profile, comm_profile, model, cluster, train, allow_mismatch)
+    return load_layer_times(profile, comm_profile, model, cluster, train, allow_mismatch, warn=warn)
 
 
 def _parse_schedules(text: str | None) -> tuple[str, ...]:

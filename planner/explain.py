@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from costmodels.rules import schedule_violations
 from planner.search import Candidate, Scored, Searcher
-from planner.space import RECOMPUTE_KINDS, divisors
+from planner.space import RECOMPUTE_KINDS
 from profiles.schema import Estimate, ParallelConfig
 
 

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
-from costmodels.errors import PlanError
+from profiles.files import write_atomic  # noqa: F401  (re-exported for the commands)
 from profiles.schema import Estimate, ParallelConfig, Plan
 
 
@@ -62,25 +59,6 @@ def memory_table(est: Estimate) -> Table:
 def plan_json(plan: Plan) -> str:
     """Canonical plan text: no timestamps, timings or paths, so identical inputs give identical bytes."""
     return plan.model_dump_json(indent=2) + "\n"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace``: never half-written."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise PlanError(f"cannot write {path}: directory {directory} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise PlanError(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise PlanError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def dumps(data: Any) -> str:

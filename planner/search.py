@@ -21,7 +21,6 @@ from costmodels.compute import memory_bound_time_s
 from costmodels.estimate import ADAM_STEP_BYTES_PER_PARAM, estimate, memory_limit_gib, rank_memory_if_uniform_gib
 from costmodels.layer_costs import LayerTimes, RooflineTimes
 from costmodels.memory import stage_params
-from costmodels.errors import PlanError
 from costmodels.pipeline_approx import approximate_inflight, approximate_pipeline, fill_fraction
 from costmodels.rank_grid import stage_to_rank
 from planner.cutpoints import split_affine, uniform_split

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
-from costmodels.rules import LOOPED_SCHEDULES, V_SCHEDULES, schedule_violations, zero_violations
+from costmodels.rules import LOOPED_SCHEDULES, V_SCHEDULES, recompute_violations, schedule_violations, zero_violations
 from profiles.schema import ModelSpec, TrainSpec
 
 DEFAULT_SCHEDULES: tuple[str, ...] = (
@@ -96,6 +96,8 @@ def _pipeline_options(
             if pp > 1 and schedule_violations(schedule, pp, v, m):
                 continue
             for recompute in RECOMPUTE_KINDS:
+                if recompute_violations(recompute, pp, schedule):
+                    continue
                 for sp in (False, True) if tp > 1 else (False,):
                     for zero in SEARCHED_ZERO if dp > 1 else (0,):
                         if not zero_violations(zero, pp, schedule):

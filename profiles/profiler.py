@@ -19,16 +19,15 @@ lazily here, and only in ``profiles.profiler_*`` and ``launch.runtime``.
 
 from __future__ import annotations
 
-import os
 import platform
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from costmodels.errors import PlanError
+from profiles.files import check_writable, write_atomic  # noqa: F401  (used by the profile commands)
 from profiles.profile_schema import HardwareFingerprint, LayerProfile, ProfileFile, model_shape_hash
 from profiles.schema import ModelSpec
 
@@ -91,33 +90,6 @@ def grid(model: ModelSpec, settings: ProfileSettings) -> list[Any]:
                 points += [GridPoint("transformer", tp, mbs, seq, rc) for rc in settings.recomputes]
                 points.append(GridPoint("head", tp, mbs, seq))
     return points
-
-
-def check_writable(path: Path) -> None:
-    """Fail before measuring when ``path`` cannot be written (a PlanError, CLI exit 2)."""
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise PlanError(f"--out {path} is a directory: give a file name")
-    if not parent.is_dir():
-        raise PlanError(f"cannot write {path}: directory {parent} does not exist")
-    try:
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", delete=True):
-            pass
-    except OSError as exc:
-        raise PlanError(f"cannot write {path}: {exc.strerror}") from None
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a temporary file in the same directory, then rename: a reader never sees half a file."""
-    check_writable(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _torch() -> Any:

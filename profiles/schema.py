@@ -159,6 +159,12 @@ class ClusterSpec(_Strict):
     memory_safety_margin: float = Field(
         default=0.0, ge=0, lt=1, description="fraction of HBM the fit check keeps free"
     )
+    concurrent_ranks_per_node: PositiveFloat | None = Field(
+        default=None,
+        description="ranks of one node that can compute at full speed at the same time (CPU cores, for gloo "
+        "ranks running one thread each); more ranks time-share them (costmodels.estimate). None: every rank "
+        "has its own accelerator",
+    )
     provenance: dict[str, str] | None = None
 
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from costmodels.errors import PlanError
+from profiles.files import write_atomic
 from launch.emit.common import EmitOptions, Rendered, make_context
 from profiles.schema import Plan
 
@@ -102,18 +102,5 @@ def _make_dir(out: Path) -> None:
 
 
 def _write_atomic(path: Path, text: str, executable: bool) -> Path:
-    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``."""
-    tmp_name = None
-    try:
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o755 if executable else 0o644)
-        os.replace(tmp_name, path)
-    except OSError as exc:
-        if tmp_name is not None and os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise PlanError(f"cannot write {path}: {exc.strerror}; pick a writable --out-dir") from None
-    return path
+    """Atomic write (``profiles.files``) with the script bit for executables."""
+    return write_atomic(path, text, mode=0o755 if executable else 0o644)

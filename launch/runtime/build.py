@@ -91,6 +91,16 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
+def _align_grad_placement(param: torch.nn.Parameter) -> None:
+    """DTensor autograd may leave a gradient in another layout than its parameter (the
+    vocab-parallel embedding's backward yields a replicated gradient of a row-sharded
+    weight); bring it back to the parameter's layout so both tied copies hold the same
+    local shard before they are summed."""
+    grad = param.grad
+    if isinstance(grad, DTensor) and isinstance(param, DTensor) and grad.placements != param.placements:
+        param.grad = grad.redistribute(param.device_mesh, param.placements)
+
+
 def _tied_copies(rt: Runtime) -> list[torch.nn.Parameter]:
     """This rank's untied copies of a tied embedding/logits weight."""
     copies: list[torch.nn.Parameter] = []
@@ -111,6 +121,8 @@ def sync_tied_gradients(rt: Runtime) -> None:
     if not rt.plan.model.tie_embeddings:
         return
     copies = [p for p in _tied_copies(rt) if p.grad is not None]
+    for p in copies:
+        _align_grad_placement(p)
     if len(copies) == 2:
         total = _local(copies[0].grad) + _local(copies[1].grad)
         for p in copies:

@@ -68,15 +68,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def core_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal softmax(QK^T/sqrt(d))V on [batch, heads, seq, head_dim]; kv heads repeated for GQA.
+    """Causal softmax(QK^T/sqrt(d))V on [batch, heads, seq, head_dim]; GQA without
+    materialising repeated K and V (``enable_gqa``), so backward keeps them at kv_dim as
+    the cost model counts.
 
     This is the part "selective" recompute re-runs (Korthikanti et al. 2022, Sec. 5).
     """
-    repeats = q.shape[1] // k.shape[1]
-    if repeats > 1:
-        k = k.repeat_interleave(repeats, dim=1)
-        v = v.repeat_interleave(repeats, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
 
 
 class Attention(nn.Module):

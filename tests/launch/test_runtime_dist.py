@@ -37,7 +37,7 @@ GROUPS: dict[int, dict[str, Plan]] = {
     2: {
         "(1,2,1) interleaved-1f1b v=2, tiny-llama": make_plan("tiny-llama", pp=2, v=2, schedule="interleaved-1f1b", global_batch=4),
         "(1,2,1) zbv, recompute per stage": make_plan(
-            pp=2, v=2, schedule="zbv", global_batch=4, recompute=["selective", "full", "none", "full"]
+            pp=2, v=2, schedule="zbv", global_batch=4, recompute=["selective", "none", "selective", "none"]
         ),
         "(1,2,1) zb-h1 via CSV runtime, tiny-llama": make_plan("tiny-llama", pp=2, schedule="zb-h1", global_batch=4),
         "(1,2,1) custom action list in the plan (zb-h2 order)": make_plan(pp=2, schedule="custom", global_batch=4),
@@ -45,6 +45,8 @@ GROUPS: dict[int, dict[str, Plan]] = {
     4: {
         "(1,4,1) 1f1b cuts [1,3,3,1], tiny-llama": make_plan("tiny-llama", pp=4, stage_layers=[1, 3, 3, 1], global_batch=4),
         "(1,2,2) 1f1b zero 3": make_plan(pp=2, dp=2, zero=3, global_batch=4),
+        # tied embedding split over pipeline ends under TP without FSDP (the gradient comes back replicated)
+        "(2,2,1) 1f1b tied embeddings, tp without sp": make_plan(tp=2, pp=2, global_batch=4),
     },
     8: {
         "(2,2,2) 1f1b, sequence parallel, zero 1": make_plan(tp=2, pp=2, dp=2, sequence_parallel=True, zero=1, global_batch=4),

@@ -85,7 +85,7 @@ def _write_csv(path: Path, runs: list[MeasuredRun]) -> None:
 
 
 def test_cli_fits_csv_runs_and_writes_a_loadable_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    runs_csv, out = tmp_path / "runs.csv", tmp_path / "out" / "calibrated.yaml"
+    runs_csv, out = tmp_path / "runs.csv", tmp_path / "calibrated.yaml"  # --out never creates folders (profiles.files)
     _write_csv(runs_csv, synthetic_runs())
     code = run(["calibrate", str(runs_csv), "--cluster", CLUSTER, "--out", str(out), "--folds", "3", "--json"])
     captured = capsys.readouterr()

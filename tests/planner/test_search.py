@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from costmodels.estimate import estimate
 from planner.cli import run

@@ -112,7 +112,7 @@ def test_plan_file_is_simulated_with_the_cost_models_stage_times(tmp_path: Path,
     assert [r["peak_inflight_microbatches"] for r in doc["per_rank"]] == list(expected.peak_inflight_microbatches)
 
 
-def uneven_ms(forward_ms: tuple[float, ...]) -> "StageTimes":
+def uneven_ms(forward_ms: tuple[float, ...]) -> "StageTimes":  # noqa: F821 (imported below)
     from costmodels.pipeline import StageTimes
 
     f = tuple(x * 1e-3 for x in forward_ms)
