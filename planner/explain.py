@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from costmodels.rules import schedule_violations
+from costmodels.rules import recompute_violations, schedule_violations, zero_violations
 from planner.search import Candidate, Scored, Searcher
-from planner.space import RECOMPUTE_KINDS
+from planner.space import RECOMPUTE_KINDS, SEARCHED_ZERO
 from profiles.schema import Estimate, ParallelConfig
 
 
@@ -82,7 +82,7 @@ def _neighbours(c: Candidate, gpus: int, global_batch: int, heads: int) -> list[
     if c.tp > 1:
         out.append(replace(c, sequence_parallel=not c.sequence_parallel))
     if c.dp > 1:
-        out += [replace(c, zero=z) for z in range(4) if z != c.zero]
+        out += [replace(c, zero=z) for z in SEARCHED_ZERO if z != c.zero]
     if c.pp > 1:
         if c.v > 1:
             out.append(replace(c, schedule="1f1b", v=1))
@@ -90,7 +90,11 @@ def _neighbours(c: Candidate, gpus: int, global_batch: int, heads: int) -> list[
         else:
             out.append(replace(c, schedule="interleaved-1f1b", v=2))
             out.append(replace(c, schedule="gpipe" if c.schedule != "gpipe" else "1f1b"))
-    return [n for n in out if n.pp == 1 or not schedule_violations(n.schedule, n.pp, n.v, n.num_microbatches)]
+    return [
+        n for n in out
+        if (n.pp == 1 or not schedule_violations(n.schedule, n.pp, n.v, n.num_microbatches))
+        and not zero_violations(n.zero, n.pp, n.schedule) and not recompute_violations(n.recompute, n.pp, n.schedule)
+    ]
 
 
 def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6) -> list[Alternative]:
@@ -118,8 +122,10 @@ def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6) -> 
 
 
 def _why_slower(win: Estimate, other: Estimate, delta_pct: float) -> str:
-    if delta_pct <= 0:
-        return f"{-delta_pct:.1f}% faster but not chosen (tie-break or outside the top-k)"
+    if abs(delta_pct) < 0.05:
+        return "ties on step time; the canonical order (smaller degrees, cheaper options first) decides"
+    if delta_pct < 0:
+        return f"{-delta_pct:.1f}% faster but not chosen (outside the screened set)"
     diffs = {
         "bubble": other.breakdown.bubble_s - win.breakdown.bubble_s,
         "TP communication": other.breakdown.tp_comm_s - win.breakdown.tp_comm_s,
