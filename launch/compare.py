@@ -9,12 +9,12 @@ positive when the plan over-predicts.
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from costmodels.errors import PlanError
+from profiles.files import read_metrics_jsonl
 from profiles.schema import Plan
 
 REQUIRED_KEYS = ("step", "rank", "stage", "loss", "step_time_s", "peak_memory_gib")
@@ -36,23 +36,7 @@ class StageComparison:
 
 def read_metrics(path: Path) -> list[dict]:
     """Metrics lines of ``path``; a malformed line is a ``PlanError`` naming it."""
-    if not path.is_file():
-        raise PlanError(f"metrics file not found: {path}")
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise PlanError(f"{path}:{number}: not a JSON line") from None
-        missing = [key for key in REQUIRED_KEYS if key not in record]
-        if missing:
-            raise PlanError(f"{path}:{number}: missing key '{missing[0]}' (is this a ppplan launch metrics file?)")
-        records.append(record)
-    if not records:
-        raise PlanError(f"{path} holds no metrics lines: run ppplan launch --metrics {path} first")
-    return records
+    return read_metrics_jsonl(path, REQUIRED_KEYS)
 
 
 def _error_pct(predicted: float, measured: float) -> float | None:

@@ -25,14 +25,13 @@ temporary file and an atomic rename.
 from __future__ import annotations
 
 import csv
-import json
 import statistics
 from pathlib import Path
 
 import yaml
 
 from costmodels.errors import PlanError
-from profiles.files import write_atomic  # noqa: F401  (used by calibrate and regress)
+from profiles.files import read_metrics_jsonl, write_atomic  # noqa: F401  (write_atomic: used by calibrate and regress)
 from costmodels.rules import config_violations
 from planner.calibration import MeasuredRun
 from planner.cutpoints import uniform_split
@@ -49,22 +48,7 @@ def default_precision(cluster: ClusterSpec) -> str:
 
 
 def read_metrics_lines(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise PlanError(f"file not found: {path}")
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise PlanError(f"{path}:{number}: not a JSON line") from None
-        if not isinstance(record, dict) or "step_time_s" not in record or "step" not in record:
-            raise PlanError(f"{path}:{number}: a metrics line needs 'step' and 'step_time_s'")
-        records.append(record)
-    if not records:
-        raise PlanError(f"{path}: no metrics lines")
-    return records
+    return read_metrics_jsonl(path, ("step", "step_time_s"))
 
 
 def measured_step_time_s(records: list[dict]) -> float:

@@ -5,6 +5,7 @@ configs, timelines) goes through here; failures are one-line ``PlanError``s."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -46,3 +47,26 @@ def write_atomic(path: Path, text: str, mode: int | None = None) -> Path:
             Path(tmp).unlink(missing_ok=True)
         raise PlanError(f"cannot write {path}: {exc.strerror}") from None
     return path
+
+
+def read_metrics_jsonl(path: Path, required_keys: tuple[str, ...]) -> list[dict]:
+    """The JSON lines of a ``ppplan launch`` metrics file, each holding ``required_keys``;
+    a missing file, a malformed line or a missing key is a ``PlanError`` naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise PlanError(f"metrics file not found: {path}")
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise PlanError(f"{path}:{number}: not a JSON line") from None
+        missing = [key for key in required_keys if not isinstance(record, dict) or key not in record]
+        if missing:
+            raise PlanError(f"{path}:{number}: missing key '{missing[0]}' (is this a ppplan launch metrics file?)")
+        records.append(record)
+    if not records:
+        raise PlanError(f"{path} holds no metrics lines: run ppplan launch --metrics {path} first")
+    return records
