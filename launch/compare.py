@@ -39,6 +39,15 @@ def read_metrics(path: Path) -> list[dict]:
     return read_metrics_jsonl(path, REQUIRED_KEYS)
 
 
+def measurable_peak_memory_gib(plan: Plan) -> list[float]:
+    """The plan's per-rank peak as the runtime can measure it: without the memory held
+    before the plan starts (``runtime_reserved_gib``: CUDA context and NCCL buffers outside
+    the caching allocator on GPU; torch and gloo's resident set on CPU), which neither
+    ``max_memory_reserved`` nor the RSS growth the CPU runtime reports includes."""
+    reserved = plan.cluster.runtime_reserved_gib
+    return [max(0.0, peak - reserved) for peak in plan.estimate.peak_memory_gib]
+
+
 def _error_pct(predicted: float, measured: float) -> float | None:
     return 100.0 * (predicted - measured) / measured if measured > 0 else None
 
@@ -50,7 +59,7 @@ def measured_step_time_s(times_s: list[float]) -> float:
 
 def compare(records: list[dict], plan: Plan) -> list[StageComparison]:
     """One row per pipeline stage present in ``records``, in stage order."""
-    predicted_memory = plan.estimate.peak_memory_gib
+    predicted_memory = measurable_peak_memory_gib(plan)
     rows = []
     for stage in sorted({r["stage"] for r in records}):
         if not 0 <= stage < plan.config.pp:

@@ -88,7 +88,10 @@ def metrics_record(
     predicted_step_time_s: float,
     predicted_peak_memory_gib: float,
 ) -> dict[str, Any]:
-    """One metrics line; ``stage`` is the pipeline rank, ``loss`` is None off the loss stage."""
+    """One metrics line; ``stage`` is the pipeline rank, ``loss`` is None off the loss stage.
+
+    ``predicted_peak_memory_gib`` is like-for-like with ``peak_memory_gib``: the plan's peak
+    less ``runtime_reserved_gib`` (``launch.compare.measurable_peak_memory_gib``)."""
     return {
         "step": step,
         "rank": rank,

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from launch.compare import measurable_peak_memory_gib
 from launch.launcher import check_plan
 from launch.runtime.build import Runtime, build_runtime, sync_tied_gradients
 from launch.runtime.data import SyntheticTokens, dp_slice
@@ -111,7 +112,7 @@ def run_plan(
     rt = build_runtime(plan, device, seed, lr, custom_csv)
     data = SyntheticTokens(plan.model.vocab_size, plan.train.seq_len, seed)
     tokens_per_step = plan.train.global_batch * plan.train.seq_len
-    predicted_memory = plan.estimate.peak_memory_gib
+    predicted_memory = measurable_peak_memory_gib(plan)  # like-for-like with PeakMemory
     for step in range(steps):
         _maybe_inject_failure(rt.rank, step)
         dist.barrier()
