@@ -33,6 +33,11 @@ def peak_flops(cluster: ClusterSpec, precision: str) -> float:
     return value * 1e12
 
 
+def default_precision(cluster: ClusterSpec) -> str:
+    """DESIGN.md: bf16 when the cluster's GPU lists a bf16 peak, else fp32."""
+    return "bf16" if cluster.gpu.peak_tflops.bf16 else "fp32"
+
+
 def non_gemm_precision(precision: str) -> str:
     """fp8 runs GEMMs at fp8 and everything else in bf16 (DESIGN.md)."""
     return "bf16" if precision == FP8_GEMM_PRECISION else precision

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from costmodels.compute import default_precision
 from costmodels.errors import PlanError
 from profiles.files import read_metrics_jsonl, write_atomic  # noqa: F401  (write_atomic: used by calibrate and regress)
 from costmodels.rules import config_violations
@@ -40,11 +41,6 @@ from profiles.schema import ClusterSpec, ParallelConfig, Plan, TrainSpec
 
 CSV_REQUIRED = ("run", "model", "global_batch", "seq_len", "tp", "pp", "dp", "mbs", "step_time_s")
 TRUE_WORDS = frozenset({"1", "true", "yes", "y"})
-
-
-def default_precision(cluster: ClusterSpec) -> str:
-    """DESIGN.md: bf16 when the cluster lists it, else fp32."""
-    return "bf16" if cluster.gpu.peak_tflops.bf16 else "fp32"
 
 
 def read_metrics_lines(path: Path) -> list[dict]:

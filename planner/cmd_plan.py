@@ -10,6 +10,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn
 
 from costmodels.errors import InfeasibleError, PlanError
+from costmodels.compute import default_precision, peak_flops
 from costmodels.estimate import estimate
 from costmodels.layer_costs import LayerTimes
 from costmodels.rules import check_config
@@ -38,12 +39,10 @@ JsonOpt = typer.Option(False, "--json", help="one JSON document on stdout")
 def resolve_train(model: ModelSpec, cluster: ClusterSpec, global_batch: int, seq_len: int | None, precision: str | None) -> TrainSpec:
     """Defaults of DESIGN.md: the model's seq_len; bf16 if the cluster lists it, else fp32."""
     if precision is None:
-        precision = "bf16" if cluster.gpu.peak_tflops.bf16 else "fp32"
+        precision = default_precision(cluster)
     if precision not in {"bf16", "fp16", "fp32", "fp8"}:
         raise PlanError(f"unknown precision '{precision}': use bf16, fp16, fp32 or fp8")
-    if getattr(cluster.gpu.peak_tflops, precision) is None:
-        listed = [k for k, v in cluster.gpu.peak_tflops.model_dump().items() if v]
-        raise PlanError(f"cluster '{cluster.name}' has no {precision} peak; use --precision {'|'.join(listed)}")
+    peak_flops(cluster, precision)  # raises PlanError naming the precisions the GPU has
     return TrainSpec(global_batch=global_batch, seq_len=seq_len or model.seq_len, precision=precision)
 
 
@@ -96,7 +95,7 @@ def search_cmd(
         task = bar.add_task("search", total=None)
         result = search(model_spec, cluster_spec, train, gpus, top_k, names, allow_cross_node_tp, layers,
                         progress=lambda done, total: bar.update(task, completed=done, total=total))
-    searcher = Searcher(model_spec, cluster_spec, train, gpus, layers)
+    searcher = result.searcher
     if not result.best:
         _report_infeasible(result.closest, model_spec, cluster_spec, train, gpus, as_json)
     runner_up = result.best[1] if len(result.best) > 1 else None

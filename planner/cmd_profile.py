@@ -15,6 +15,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from costmodels.compute import default_precision
 from costmodels.errors import PlanError
 from planner.app import app, err, out
 from profiles.loader import load_cluster, load_model
@@ -36,7 +37,7 @@ def parse_ints(text: str, option: str) -> tuple[int, ...]:
 
 def _default_precision(device: str, cluster_spec) -> str:  # noqa: ANN001
     if cluster_spec is not None:
-        return "bf16" if cluster_spec.gpu.peak_tflops.bf16 else "fp32"
+        return default_precision(cluster_spec)
     return "bf16" if device == "cuda" else "fp32"
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 
 from costmodels.rules import recompute_violations, schedule_violations, zero_violations
 from planner.search import Candidate, Scored, Searcher
-from planner.space import RECOMPUTE_KINDS, SEARCHED_ZERO
-from profiles.schema import Estimate, ParallelConfig
+from planner.space import RECOMPUTE_KINDS, SEARCHED_ZERO, tp_splits_model
+from profiles.schema import Estimate, ModelSpec, ParallelConfig
 
 
 @dataclass(frozen=True)
@@ -55,11 +55,11 @@ def binding_constraints(est: Estimate) -> list[str]:
     return lines
 
 
-def _neighbours(c: Candidate, gpus: int, global_batch: int, heads: int) -> list[Candidate]:
+def _neighbours(c: Candidate, gpus: int, global_batch: int, model: ModelSpec) -> list[Candidate]:
     out: list[Candidate] = []
 
     def with_degrees(tp: int, pp: int) -> None:
-        if gpus % (tp * pp) or heads % tp:
+        if gpus % (tp * pp) or not tp_splits_model(model, tp):
             return
         dp = gpus // (tp * pp)
         if global_batch % (dp * c.mbs):
@@ -101,8 +101,7 @@ def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6) -> 
     """Single-axis neighbours of the winner, priced with their own best cut points."""
     base = winner.estimate.step_time_s
     alts: list[tuple[float, Alternative]] = []
-    for n in sorted(set(_neighbours(winner.candidate, searcher.gpus, searcher.train.global_batch,
-                                     searcher.model.num_attention_heads))):
+    for n in sorted(set(_neighbours(winner.candidate, searcher.gpus, searcher.train.global_batch, searcher.model))):
         if n.pp * n.v > searcher.model.num_layers or n.pp > searcher.model.num_layers:
             continue
         split = searcher.cut_points(n)

@@ -43,6 +43,7 @@ class Scored:
 class SearchResult:
     best: list[Scored]
     closest: Scored | None
+    searcher: "Searcher | None" = None  # the one that priced these plans (its layer-time caches are warm)
     candidates: int = 0
     evaluated: int = 0
     pruned_by_bound: int = 0
@@ -138,7 +139,7 @@ def search(
     searcher = Searcher(model, cluster, train, gpus, layers)
     cands = list(enumerate_candidates(model, train, gpus, cluster.gpus_per_node, schedules, allow_cross_node_tp))
     bounded = sorted((searcher.lower_bound_s(c), c) for c in cands)
-    result = SearchResult(best=[], closest=None, candidates=len(cands))
+    result = SearchResult(best=[], closest=None, candidates=len(cands), searcher=searcher)
     keep = screen_size(top_k)
     screened: list[Scored] = []
     for i, (bound, cand) in enumerate(bounded):

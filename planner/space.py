@@ -46,13 +46,15 @@ def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+def tp_splits_model(model: ModelSpec, tp: int) -> bool:
+    """Heads, kv-heads and the FFN all divide evenly over ``tp`` ranks (costmodels.rules)."""
+    return model.num_attention_heads % tp == 0 and model.kv_heads % tp == 0 and model.ffn_size % tp == 0
+
+
 def tp_degrees(model: ModelSpec, gpus: int, gpus_per_node: int, allow_cross_node_tp: bool) -> list[int]:
     """TP degrees dividing the GPUs, heads, kv-heads and FFN; inside a node unless asked."""
     limit = gpus if allow_cross_node_tp else min(gpus, gpus_per_node)
-    return [
-        t for t in divisors(gpus)
-        if t <= limit and model.num_attention_heads % t == 0 and model.kv_heads % t == 0 and model.ffn_size % t == 0
-    ]
+    return [t for t in divisors(gpus) if t <= limit and tp_splits_model(model, t)]
 
 
 def _v_options(schedule: str, pp: int, num_layers: int) -> list[int]:

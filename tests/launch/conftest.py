@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from planner.cutpoints import uniform_split
 from profiles.loader import load_cluster, load_model
 from profiles.schema import Breakdown, Estimate, ParallelConfig, Plan, TrainSpec
 
@@ -22,11 +23,6 @@ def dummy_estimate(pp: int) -> Estimate:
         bubble_fraction=0.1, peak_memory_gib=[1.0] * pp, memory_limit_gib=80.0, fits=True,
         breakdown=Breakdown(**zero), memory_breakdown_gib=[],
     )  # fmt: skip
-
-
-def uniform_layers(num_layers: int, stages: int) -> list[int]:
-    base, extra = divmod(num_layers, stages)
-    return [base + (1 if j < extra else 0) for j in range(stages)]
 
 
 def make_plan(
@@ -50,7 +46,7 @@ def make_plan(
     batch = global_batch or m * dp * mbs
     cfg = ParallelConfig(
         tp=tp, pp=pp, dp=dp, v=v, mbs=mbs, num_microbatches=m,
-        stage_layers=stage_layers or uniform_layers(spec.num_layers, pp * v), **config,
+        stage_layers=stage_layers or uniform_split(spec.num_layers, pp * v), **config,
     )  # fmt: skip
     train = TrainSpec(global_batch=batch, seq_len=spec.seq_len, precision=precision)
     return Plan(

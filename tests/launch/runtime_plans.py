@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from planner.cutpoints import uniform_split
 from profiles.loader import load_cluster, load_model
 from profiles.schema import Breakdown, Estimate, ParallelConfig, Plan, TrainSpec
 
@@ -56,8 +57,7 @@ def make_plan(
     spec = load_model(model)
     stages = pp * v
     if stage_layers is None:
-        base, extra = divmod(spec.num_layers, stages)
-        stage_layers = [base + (1 if i < extra else 0) for i in range(stages)]
+        stage_layers = uniform_split(spec.num_layers, stages)
     batch = global_batch if global_batch is not None else mbs * dp * max(pp, 2)
     config = ParallelConfig(
         tp=tp, pp=pp, dp=dp, v=v, mbs=mbs, num_microbatches=batch // (mbs * dp), schedule=schedule,
