@@ -19,6 +19,9 @@ from profiles.schema import ModelSpec
 Stats = dict[str, tuple[float, float]]
 
 
+GROUP_ATTEMPTS = 3
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -65,6 +68,7 @@ def _worker(rank: int, tp: int, port: int, model: ModelSpec, points: list, opts:
             stats = time_case(case, opts["warmup"], opts["repeats"], sync, time.perf_counter, barrier=dist.barrier)
             if rank == 0:
                 queue.put((index, stats))
+        dist.barrier()  # no rank tears gloo down while a peer still has traffic in flight
     finally:
         dist.destroy_process_group()
 
@@ -73,7 +77,23 @@ def time_in_tp_group(
     model: ModelSpec, tp: int, points: list, opts: dict[str, Any], done: Callable[[int, Stats], None]
 ) -> None:
     """Time ``points`` (``(index, GridPoint)`` pairs, all of degree ``tp``) in a group of ``tp``
-    processes; ``done(index, stats)`` as each finishes."""
-    spawn_and_collect(
-        _worker, (tp, free_port(), model, points, opts), tp, lambda item: done(*item), f"profiling in a TP group of {tp}"
-    )
+    processes; ``done(index, stats)`` as each finishes.
+
+    gloo on CPU now and then kills a worker with SIGABRT ("terminate called without an
+    active exception", about 1 run in 10 here); a group killed by a signal is started again
+    for the points it had not reported, up to ``GROUP_ATTEMPTS`` times. A Python exception
+    in a worker is not retried."""
+    pending = dict(points)
+
+    def record(item: tuple[int, Stats]) -> None:
+        pending.pop(item[0], None)
+        done(*item)
+
+    what = f"profiling in a TP group of {tp}"
+    for attempt in range(1, GROUP_ATTEMPTS + 1):
+        try:
+            spawn_and_collect(_worker, (tp, free_port(), model, sorted(pending.items()), opts), tp, record, what)
+            return
+        except InfeasibleError as exc:
+            if "terminated with signal" not in str(exc) or attempt == GROUP_ATTEMPTS or not pending:
+                raise
