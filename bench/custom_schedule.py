@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import time
 
-from costmodels.pipeline import StageTimes
-from planner.custom_schedule import search_custom_schedule
+from costmodels.simulator import StageTimes
+from planner.search.custom_schedule import search_custom_schedule
 
 CASES = {
     "A pp=4 M=8 F=(1,1.5,1,1)": ((1.0, 1.5, 1.0, 1.0), 8),

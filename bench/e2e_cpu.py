@@ -90,7 +90,7 @@ QUIET_WAIT_S = 10.0
 
 
 def run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
+    return subprocess.run(argv, capture_output=True, text=True, **kwargs)
 
 
 def cpu_sample() -> tuple[float, float, float]:
@@ -226,7 +226,7 @@ def main() -> None:
               f"{'meas peak GiB':>13} {'mem err %':>9} {'above start %':>13} {'other cores':>11}  reps (s)")
     print(header)
     print("-" * len(header))
-    for spec, est, reserved, m in rows:
+    for spec, est, _reserved, m in rows:
         if m.failure:
             print(f"{spec.name:<28} {est['step_time_s']:>11.3f} {'failed':>11}  {m.failure}")
             continue
@@ -237,7 +237,7 @@ def main() -> None:
             above_err = error_pct(pred - base_gib, meas) if meas > 0 else float("nan")
             if worst is None or total_err < worst[2]:
                 worst = (pred, meas + base_gib, total_err, above_err)
-        pred_gib, meas_gib, mem_err, above_err = worst  # type: ignore[misc]
+        pred_gib, meas_gib, mem_err, above_err = worst
         reps = " ".join(f"{x:.3f}" for x in m.rep_step_s)
         print(f"{spec.name:<28} {est['step_time_s']:>11.3f} {m.step_s:>11.3f} {error_pct(est['step_time_s'], m.step_s):>+7.1f} "
               f"{pred_gib:>13.3f} {meas_gib:>13.3f} {mem_err:>+9.1f} {above_err:>+13.1f} {m.other_cores:>11.2f}  {reps}")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 
 from costmodels.estimate import estimate
-from planner.cutpoints import uniform_split
-from planner.search import search
+from costmodels.layout import uniform_split
+from planner.search.branch_and_bound import search
 from profiles.loader import load_cluster, load_model
 from profiles.schema import ParallelConfig, TrainSpec
 

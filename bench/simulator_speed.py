@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import time
 
-from costmodels.pipeline import StageTimes
-from costmodels.schedules import generate_schedule
-from costmodels.simulator import schedule_graph, simulate
+from costmodels.schedules.generate import generate_schedule
+from costmodels.simulator import StageTimes, schedule_graph, simulate
 
 CASES = (("1f1b", 64, 1, 512, 20.0), ("interleaved-1f1b", 64, 4, 512, 100.0), ("zb-h1", 64, 1, 512, None),
          ("zbv", 64, 2, 512, None))
@@ -26,7 +25,7 @@ def uneven_times(num_stages: int, seed: int) -> StageTimes:
     return StageTimes(f, tuple(2 * x for x in f), f, tuple(1e6 for _ in f), tuple(1e-5 for _ in f[1:]))
 
 
-def best_ms(fn, repeats: int) -> float:  # noqa: ANN001
+def best_ms(fn, repeats: int) -> float:
     best = float("inf")
     for i in range(repeats):
         t0 = time.perf_counter()
@@ -42,7 +41,7 @@ def main() -> None:
         schedule = generate_schedule(name, pp, v, m)
         schedule_graph(schedule)
         cold_ms = (time.perf_counter() - t0) * 1e3
-        warm_ms = best_ms(lambda i: simulate(schedule, uneven_times(pp * v, i)), repeats=7)
+        warm_ms = best_ms(lambda i, s=schedule, n=pp * v: simulate(s, uneven_times(n, i)), repeats=7)
         target = f"{target_ms:.0f}" if target_ms else "-"
         print(f"{name:18s} {pp:3d} {v:2d} {m:4d} {schedule.num_actions:8d} {cold_ms:8.0f} {warm_ms:8.1f} {target:>7s}")
 

@@ -18,7 +18,7 @@ the embedding and the head. p2p is the cost model's alpha-beta time for s b h bf
 (NVLink inside an 8-GPU node, InfiniBand across nodes). Schedules: 1F1B -> ``1f1b``; 1F1B-I -> ``interleaved-1f1b``
 with one layer per chunk (embedding and head chunks alone); ZB-1p / ZB-2p -> the paper's
 automatic schedule under a p / 2p microbatch memory cap, for which we run our own searched
-order (``planner.custom_schedule``, greedy + shipped orders, no CP-SAT) under the same cap.
+order (``planner.search.custom_schedule``, greedy + shipped orders, no CP-SAT) under the same cap.
 
 Run: python bench/zb_table5.py
 """
@@ -32,14 +32,13 @@ from pathlib import Path
 
 from costmodels.comm import link_for, p2p_s
 from costmodels.layer_costs import RooflineTimes
-from costmodels.pipeline import StageTimes
-from costmodels.schedules import generate_schedule
-from costmodels.simulator import SimulationResult, simulate
-from planner.custom_schedule import search_custom_schedule
-from profiles.loader import load_cluster
+from costmodels.schedules.generate import generate_schedule
+from costmodels.simulator import SimulationResult, StageTimes, simulate
+from planner.search.custom_schedule import search_custom_schedule
+from profiles.loader import PUBLIC_RUNS_CSV, load_cluster
 from profiles.schema import ModelSpec
 
-CSV_PATH = Path(__file__).resolve().parent.parent / "profiles" / "calibration" / "public_runs.csv"
+CSV_PATH = PUBLIC_RUNS_CSV
 ASSUMED_VOCAB = 50257
 RATE = re.compile(r"bubble_rate\(Table5[^)]*\)=([0-9.]+)")
 

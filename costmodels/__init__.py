@@ -1,5 +1,5 @@
-"""Pure cost models: FLOPs, memory, communication, compute time, pipeline schedules.
+"""Pricing as pure functions: FLOPs, memory, communication, compute, the schedule registry and
+generators, the event simulator, the runtime rules, ``estimate``.
 
-Nothing here imports torch, ortools, typer or rich, and nothing does I/O, so the
-search stays fast and installs light (see DESIGN.md).
-"""
+Imports only ``profiles``; no torch, ortools, typer or rich, and no I/O, so search stays
+fast and installs light (DESIGN.md)."""

@@ -30,7 +30,7 @@ def link_for(cluster: ClusterSpec, crosses_nodes: bool) -> Link:
         tier, eff = cluster.inter_node, cluster.efficiency.inter_node_collective
     else:
         tier, eff = cluster.intra_node, cluster.efficiency.intra_node_collective
-    return Link(bandwidth_bytes_per_s=tier.bandwidth_gbs * 1e9 * eff, latency_s=tier.latency_us * US)
+    return Link(bandwidth_bytes_per_s=bandwidth_bytes_per_s(tier.bandwidth_gbs) * eff, latency_s=tier.latency_us * US)
 
 
 def all_reduce_s(num_bytes: float, group_size: int, link: Link) -> float:
@@ -61,6 +61,11 @@ def p2p_s(num_bytes: float, link: Link) -> float:
     return link.latency_s + num_bytes / link.bandwidth_bytes_per_s
 
 
+def bandwidth_bytes_per_s(bandwidth_gbs: float) -> float:
+    """GB/s (1e9 bytes per second, the cluster and profile files' unit) to bytes per second."""
+    return bandwidth_gbs * 1e9
+
+
 def tp_layer_comm_s(tokens: int, hidden: int, bytes_per_element: int, tp: int, link: Link) -> float:
     """Tensor-parallel traffic of one transformer layer in one direction (forward or backward).
 
@@ -70,3 +75,21 @@ def tp_layer_comm_s(tokens: int, hidden: int, bytes_per_element: int, tp: int, l
     (Korthikanti et al. 2022, Sec. 4.2.2), so the time is the same.
     """
     return 2 * all_reduce_s(tokens * hidden * bytes_per_element, tp, link)
+
+
+def embedding_tp_comm_s(tokens: int, hidden: int, bytes_per_element: int, tp: int, sequence_parallel: bool, link: Link) -> float:
+    """The vocab-parallel embedding's all-reduce of s·b·h in the forward (a reduce-scatter of the
+    same buffer with sequence parallelism: half the time; Korthikanti et al. 2022, Sec. 4.2.2)."""
+    return all_reduce_s(bytes_per_element * tokens * hidden, tp, link) / (2 if sequence_parallel else 1)
+
+
+def sequence_parallel_gather_s(tokens: int, hidden: int, bytes_per_element: int, tp: int, link: Link) -> float:
+    """With sequence parallelism, the all-gather of the s·b·h activations before a column-parallel
+    GEMM (and the matching reduce-scatter of their gradient): half an all-reduce."""
+    return all_reduce_s(bytes_per_element * tokens * hidden, tp, link) / 2
+
+
+def logits_gather_s(tokens: int, vocab: int, bytes_per_element: int, tp: int, link: Link) -> float:
+    """All-gather of the vocab-parallel logits to the full vocabulary on every TP rank, as ppplan's
+    runtime computes its loss (its backward is a local slice: no traffic)."""
+    return all_reduce_s(bytes_per_element * tokens * vocab, tp, link) / 2 if tp > 1 else 0.0

@@ -17,6 +17,8 @@ rotary) is bound by HBM bandwidth at ``hbm`` efficiency.
 
 from __future__ import annotations
 
+from costmodels.comm import bandwidth_bytes_per_s
+from profiles.errors import PlanError
 from profiles.schema import ClusterSpec
 
 FP8_GEMM_PRECISION = "fp8"
@@ -26,8 +28,6 @@ def peak_flops(cluster: ClusterSpec, precision: str) -> float:
     """Dense peak in FLOP/s for ``precision``; fp8 GEMMs use the fp8 peak (Transformer Engine)."""
     value = getattr(cluster.gpu.peak_tflops, precision)
     if value is None:
-        from costmodels.errors import PlanError
-
         listed = [k for k, v in cluster.gpu.peak_tflops.model_dump().items() if v]
         raise PlanError(f"cluster '{cluster.name}' has no {precision} peak; use --precision {'|'.join(listed)}")
     return value * 1e12
@@ -61,4 +61,4 @@ def attention_time_s(cluster: ClusterSpec, precision: str, flops: float) -> floa
 
 def memory_bound_time_s(cluster: ClusterSpec, num_bytes: float) -> float:
     """Element-wise kernels: bytes read + written over achievable HBM bandwidth."""
-    return num_bytes / (cluster.gpu.hbm_bandwidth_gbs * 1e9 * cluster.efficiency.hbm)
+    return num_bytes / (bandwidth_bytes_per_s(cluster.gpu.hbm_bandwidth_gbs) * cluster.efficiency.hbm)

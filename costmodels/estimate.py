@@ -15,6 +15,7 @@ from costmodels.comm import all_gather_s, all_reduce_s, link_for, p2p_s, reduce_
 from costmodels.compute import memory_bound_time_s, peak_flops
 from costmodels.flops import hardware_flops_per_iteration, model_flops_per_iteration, parameter_counts
 from costmodels.layer_costs import ZERO_PASS, LayerTimes, PassTimes, RooflineTimes, bytes_per_element
+from costmodels.layout import StageLayout, layouts_of, stage_layouts
 from costmodels.memory import (
     GIB,
     ActivationVariant,
@@ -24,31 +25,38 @@ from costmodels.memory import (
     stage_params,
     static_memory,
 )
-from costmodels.pipeline import PipelineResult, StageTimes, price_actions, price_pipeline
-from costmodels.schedules import schedule_of
+from costmodels.pipeline import PipelineResult, price_actions, price_pipeline
 from costmodels.rank_grid import RankCoord, RankGrid, stage_to_rank
-from costmodels.rules import SPLIT_BACKWARD_SCHEDULES
+from costmodels.schedules.generate import schedule_of
+from costmodels.schedules.registry import schedule_spec
+from costmodels.simulator import StageTimes
 from profiles.schema import Breakdown, ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
 
 PipelinePricer = Callable[[str, int, int, int, StageTimes], PipelineResult]
 GRAD_REDUCE_BYTES = 4  # gradients are reduced in fp32 (Megatron's --accumulate-allreduce-grads-in-fp32 default for bf16)
-ADAM_STEP_BYTES_PER_PARAM = 30  # read fp32 param, grad, m, v; write param, m, v and the low-precision copy
-DP_BUCKET_PARAMS = 40_000_000  # Megatron-LM DDP bucket size
+# AdamW step traffic: read fp32 param, grad, m, v (16 B); write param, m, v (12 B) and the 2-byte copy
+ADAM_STEP_BYTES_PER_PARAM = 30
+DP_BUCKET_PARAMS = 40_000_000  # Megatron-LM DDP bucket size (megatron/core/distributed, bucket_size default 40M)
+# Buffer counts (each a multiple of one buffer's bytes):
+ZERO3_GATHERED_UNITS = 2  # FSDP2 with resharding: the unit in use and the one prefetched (torch FSDP2 implicit prefetch)
+TRANSIENT_COPIES = 2  # the widest activation (MLP intermediate, or fp32 logits) and its gradient, alive together in backward
+P2P_BUFFERS = 4  # torch PipelineStage: forward receive and send, backward receive and send of the boundary tensor
+DP_BUCKETS_IN_FLIGHT = 2  # one bucket being reduced while the next fills (double buffering)
 
 
 @dataclass(frozen=True)
 class StagePlan:
-    """What one virtual stage holds and costs."""
+    """What one virtual stage (``costmodels.layout.StageLayout``, as the runtime builds it) costs."""
 
-    index: int
-    rank: int
-    num_layers: int
-    has_embedding: bool
-    has_head: bool
+    layout: StageLayout
     recompute: str
     times: PassTimes
     params: float
     activation_bytes: float
+
+    @property
+    def rank(self) -> int:
+        return self.layout.pipeline_rank
 
 
 def activation_variant(cluster: ClusterSpec, train: TrainSpec) -> ActivationVariant:
@@ -57,14 +65,14 @@ def activation_variant(cluster: ClusterSpec, train: TrainSpec) -> ActivationVari
 
 
 def _stage_plan(
-    model: ModelSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes | None, j: int, n: int,
+    model: ModelSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes | None, layout: StageLayout,
     variant: ActivationVariant,
 ) -> StagePlan:
-    """Virtual stage ``j`` holding ``n`` layers (plus the embedding on the first stage and the
+    """The stage's times and memory (its layers, plus the embedding on the first stage and the
     head on the last); ``layers=None`` skips the times (memory-only callers)."""
     s, b, tp, sp = train.seq_len, cfg.mbs, cfg.tp, cfg.sequence_parallel
-    first, last = j == 0, j == cfg.num_stages - 1
-    kind = cfg.recompute_of_stage(j)
+    n, first, last = layout.num_layers, layout.has_embedding, layout.has_head
+    kind = cfg.recompute_of_stage(layout.stage)
     times = layers.transformer(tp, b, s, sp, kind).scaled(n) if layers else ZERO_PASS
     act = n * layer_activation_bytes(model, s, b, tp, sp, kind, variant)
     if first:
@@ -74,11 +82,7 @@ def _stage_plan(
         times = times.plus(layers.head(tp, b, s, sp)) if layers else times
         act += head_activation_bytes(model, s, b, tp, sp, variant)
     return StagePlan(
-        index=j,
-        rank=stage_to_rank(j, cfg.pp, cfg.v, cfg.schedule),
-        num_layers=n,
-        has_embedding=first,
-        has_head=last,
+        layout=layout,
         recompute=kind,
         times=times,
         params=stage_params(model, n, first, last, tp),
@@ -90,7 +94,7 @@ def _stage_plans(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes
 ) -> list[StagePlan]:
     variant = activation_variant(cluster, train)
-    return [_stage_plan(model, train, cfg, layers, j, n, variant) for j, n in enumerate(cfg.stage_layers)]
+    return [_stage_plan(model, train, cfg, layers, layout, variant) for layout in stage_layouts(cfg)]
 
 
 def rank_memory_if_uniform_gib(
@@ -100,10 +104,11 @@ def rank_memory_if_uniform_gib(
     """Peak GiB of pipeline ``rank`` if each of its stages held ``layers_per_stage`` layers and
     ``inflight_stage_microbatches`` stage-microbatches were alive (affine in the layer count;
     the search derives per-rank layer caps from it)."""
+    variant = activation_variant(cluster, train)
     plans = [
-        _stage_plan(model, train, cfg, None, j, layers_per_stage, activation_variant(cluster, train))
-        for j in range(cfg.num_stages)
-        if stage_to_rank(j, cfg.pp, cfg.v, cfg.schedule) == rank
+        _stage_plan(model, train, cfg, None, layout, variant)
+        for layout in layouts_of([layers_per_stage] * cfg.num_stages, cfg.pp, cfg.v, cfg.schedule)
+        if layout.pipeline_rank == rank
     ]
     peak = inflight_stage_microbatches * max(st.activation_bytes for st in plans)
     return sum(_rank_memory_gib(model, cluster, train, cfg, plans, peak).values())
@@ -123,7 +128,7 @@ def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: Pa
     return tuple(times)
 
 
-def _zero_per_microbatch_s(cfg: ParallelConfig, params: float, link, precision: str) -> tuple[float, float]:  # noqa: ANN001
+def _zero_per_microbatch_s(cfg: ParallelConfig, params: float, link, precision: str) -> tuple[float, float]:
     """(forward, backward) parameter all-gather per microbatch under ZeRO-3: FSDP2 with
     ``reshard_after_forward=True`` frees the gathered weights after each forward and
     gathers them again for the backward (Rajbhandari et al. 2020, Sec. 5.3). Gradients are
@@ -141,7 +146,7 @@ def stage_times(
     return _pipeline_inputs(model, cluster, train, cfg, layers or RooflineTimes(model, cluster, train.precision))[1]
 
 
-def _dp_link(cluster: ClusterSpec, cfg: ParallelConfig):  # noqa: ANN202
+def _dp_link(cluster: ClusterSpec, cfg: ParallelConfig):
     grid = RankGrid(cfg.tp, cfg.pp, cfg.dp)
     return link_for(cluster, grid.spans_nodes(grid.dp_group(0, 0), cluster.gpus_per_node))
 
@@ -160,7 +165,7 @@ def _pipeline_inputs(
         fwd.append(st.times.forward_s + max(0.0, extra_f - hide_f))
         bwd_in.append(st.times.backward_input_s + max(0.0, extra_b - hide_b))
         bwd_w.append(st.times.backward_weight_s)
-    if cfg.schedule in SPLIT_BACKWARD_SCHEDULES | {"custom"}:
+    if schedule_spec(cfg.schedule).split_backward:
         # torch's first stage has no input gradient to send: its B is empty and the whole
         # backward runs as W (torch.distributed.pipelining, measured by the profiler)
         bwd_w[0] += bwd_in[0]
@@ -215,7 +220,7 @@ def _dp_exposed_s(cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, r
 def _largest_unit_params(model: ModelSpec, tp: int, rank_plans: list[StagePlan]) -> float:
     """Largest block FSDP gathers at once: a transformer layer, or the embedding/head matrix."""
     unit = parameter_counts(model).per_layer / tp
-    if any(st.has_embedding or st.has_head for st in rank_plans):
+    if any(st.layout.has_embedding or st.layout.has_head for st in rank_plans):
         unit = max(unit, model.vocab_size * model.hidden_size / tp)
     return unit
 
@@ -232,13 +237,13 @@ def _rank_memory_gib(
     p = bytes_per_element(train.precision)
     tokens = train.seq_len * cfg.mbs
     # ZeRO-3: the current and the prefetched unsharded block
-    gathered = 2 * _largest_unit_params(model, cfg.tp, rank_plans) * p if cfg.zero == 3 else 0.0
+    gathered = ZERO3_GATHERED_UNITS * _largest_unit_params(model, cfg.tp, rank_plans) * p if cfg.zero == 3 else 0.0
     # transient: the MLP intermediate (or the fp32 logits on the head stage) and its gradient
-    transient = 2 * p * tokens * model.ffn_size / cfg.tp
-    if any(st.has_head for st in rank_plans):
-        transient = max(transient, 2 * 4 * tokens * model.vocab_size / cfg.tp)
-    p2p_buffers = 4 * p * tokens * model.hidden_size / cfg.tp if cfg.pp > 1 else 0.0
-    dp_buckets = 2.0 * min(params, DP_BUCKET_PARAMS) * GRAD_REDUCE_BYTES if cfg.dp > 1 else 0.0
+    transient = TRANSIENT_COPIES * p * tokens * model.ffn_size / cfg.tp
+    if any(st.layout.has_head for st in rank_plans):
+        transient = max(transient, TRANSIENT_COPIES * 4 * tokens * model.vocab_size / cfg.tp)
+    p2p_buffers = P2P_BUFFERS * p * tokens * model.hidden_size / cfg.tp if cfg.pp > 1 else 0.0
+    dp_buckets = float(DP_BUCKETS_IN_FLIGHT) * min(params, DP_BUCKET_PARAMS) * GRAD_REDUCE_BYTES if cfg.dp > 1 else 0.0
     allocated = {
         "weights": static.weights_bytes + gathered,
         "gradients": static.gradients_bytes,
@@ -342,7 +347,7 @@ def estimate(
     ]
     peak = [round(sum(m.values()), 4) for m in memory]
     gpus = cfg.tp * cfg.pp * cfg.dp
-    all_layers = [cfg.recompute_of_stage(st.index) for st in plans for _ in range(st.num_layers)]
+    all_layers = [st.recompute for st in plans for _ in range(st.layout.num_layers)]
     model_flops = model_flops_per_iteration(model, train.global_batch, train.seq_len)
     hw_flops = hardware_flops_per_iteration(model, train.global_batch, train.seq_len, all_layers)
     peak_tflops = peak_flops(cluster, train.precision) / 1e12

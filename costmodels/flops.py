@@ -98,5 +98,5 @@ def parameter_counts(model: ModelSpec) -> ParameterCounts:
 
 def sc21_parameter_count(model: ModelSpec) -> float:
     """SC21 Table 1: P = 12·l·h²·(1 + 13/(12h) + (V + s)/(12·l·h))."""
-    l, h = model.num_layers, model.hidden_size
-    return 12 * l * h * h * (1 + 13 / (12 * h) + (model.vocab_size + model.seq_len) / (12 * l * h))
+    layers, h = model.num_layers, model.hidden_size
+    return 12 * layers * h * h * (1 + 13 / (12 * h) + (model.vocab_size + model.seq_len) / (12 * layers * h))

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
 
-from costmodels.comm import all_reduce_s, link_for, tp_layer_comm_s
+from costmodels.comm import (
+    Link,
+    embedding_tp_comm_s,
+    link_for,
+    logits_gather_s,
+    sequence_parallel_gather_s,
+    tp_layer_comm_s,
+)
 from costmodels.compute import attention_time_s, gemm_time_s, memory_bound_time_s, non_gemm_precision
 from costmodels.flops import transformer_layer_forward_flops
 from profiles.schema import ClusterSpec, ModelSpec
@@ -76,31 +83,66 @@ def tp_group_timeshare(cluster: ClusterSpec, tp: int) -> float:
     return max(1.0, min(tp, cluster.gpus_per_node) / cores)
 
 
+def tp_comm_passes(
+    model: ModelSpec, kind: str, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str,
+    bytes_per_elem: int, link: Link,
+) -> PassTimes:
+    """The tensor-parallel communication of one layer of ``kind``, alone: what ``RooflineTimes``
+    puts into F and B, and what a measured profile of sharded shapes lacks (one pricing of
+    each collective, ``costmodels.comm``).
+
+    Transformer layer: two all-reduces of s·b·h per pass (``tp_layer_comm_s``), once more
+    in B under full recompute. Embedding: the vocab-parallel all-reduce in F. Head: with SP
+    the all-gather of the final-norm output in F and its reduce-scatter in B, plus the
+    all-gather of the logits in F (``logits_gather_s``).
+    """
+    if tp <= 1:
+        return ZERO_PASS
+    tokens, h = seq_len * mbs, model.hidden_size
+    if kind == "transformer":
+        comm = tp_layer_comm_s(tokens, h, bytes_per_elem, tp, link)
+        extra = comm if recompute == "full" else 0.0
+        return PassTimes(comm, comm + extra, 0.0, tp_comm_s=2 * comm + extra, recompute_s=extra)
+    if kind == "embedding":
+        comm = embedding_tp_comm_s(tokens, h, bytes_per_elem, tp, sequence_parallel, link)
+        return PassTimes(comm, 0.0, 0.0, tp_comm_s=comm)
+    gather = sequence_parallel_gather_s(tokens, h, bytes_per_elem, tp, link) if sequence_parallel else 0.0
+    loss_comm = logits_gather_s(tokens, model.vocab_size, bytes_per_elem, tp, link)
+    return PassTimes(gather + loss_comm, gather, 0.0, tp_comm_s=2 * gather + loss_comm)
+
+
 class RooflineTimes:
     """Analytic layer times from the cluster's peaks and efficiency curve (for one TP
-    group alone on its node: ``tp_group_timeshare``)."""
+    group alone on its node: ``tp_group_timeshare``). ``tp_links`` (intra-node,
+    inter-node) replaces the cluster file's links, e.g. with those ``ppplan
+    profile-comm`` measured."""
 
-    def __init__(self, model: ModelSpec, cluster: ClusterSpec, precision: str) -> None:
+    def __init__(
+        self, model: ModelSpec, cluster: ClusterSpec, precision: str, tp_links: tuple[Link, Link] | None = None
+    ) -> None:
         self.model = model
         self.cluster = cluster
         self.precision = precision
         self.p = bytes_per_element(precision)
-        self.tp_link_intra = link_for(cluster, crosses_nodes=False)
-        self.tp_link_inter = link_for(cluster, crosses_nodes=True)
-        self.transformer = lru_cache(maxsize=None)(self._timeshared(self._transformer))  # type: ignore[method-assign]
-        self.head = lru_cache(maxsize=None)(self._timeshared(self._head))  # type: ignore[method-assign]
-        self.embedding = lru_cache(maxsize=None)(self._timeshared(self._embedding))  # type: ignore[method-assign]
+        self.tp_link_intra, self.tp_link_inter = tp_links or (link_for(cluster, False), link_for(cluster, True))
+        self._transformer_cached = lru_cache(maxsize=None)(self._transformer)
+        self._head_cached = lru_cache(maxsize=None)(self._head)
+        self._embedding_cached = lru_cache(maxsize=None)(self._embedding)
 
-    def _timeshared(self, pass_times):  # noqa: ANN001, ANN202
-        """Scale a layer's passes by ``tp_group_timeshare`` (1 on GPU clusters)."""
+    def transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str) -> PassTimes:
+        return self._transformer_cached(tp, mbs, seq_len, sequence_parallel, recompute)
 
-        def timed(tp: int, *args: object) -> PassTimes:
-            return pass_times(tp, *args).scaled(tp_group_timeshare(self.cluster, tp))
+    def embedding(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool) -> PassTimes:
+        return self._embedding_cached(tp, mbs, seq_len, sequence_parallel)
 
-        return timed
+    def head(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool) -> PassTimes:
+        return self._head_cached(tp, mbs, seq_len, sequence_parallel)
 
-    def _tp_link(self, tp: int):  # noqa: ANN202
+    def _tp_link(self, tp: int) -> Link:
         return self.tp_link_intra if tp <= self.cluster.gpus_per_node else self.tp_link_inter
+
+    def _comm(self, kind: str, tp: int, mbs: int, seq_len: int, sp: bool, recompute: str = "none") -> PassTimes:
+        return tp_comm_passes(self.model, kind, tp, mbs, seq_len, sp, recompute, self.p, self._tp_link(tp))
 
     def _gemms_s(self, tokens: int, tp: int) -> float:
         """Forward GEMMs of one layer on one TP rank (column-parallel QKV/fc1, row-parallel out/fc2)."""
@@ -126,18 +168,28 @@ class RooflineTimes:
         return hidden_rw + act_rw + rotary
 
     def _transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str) -> PassTimes:
+        """F: the GEMMs, the attention core, element-wise work and TP communication. B: the
+        GEMMs again (input gradients), the attention backward at 2.5x its forward FLOPs
+        (FlashAttention-2's count: five GEMM-like products against two, Dao 2023, Sec. 3.1.2
+        and its benchmark's FLOP formula), element-wise work twice, TP communication, and the
+        recomputed forward (all of it for full recompute, the attention core for selective).
+        W: the weight-gradient GEMMs."""
         tokens = seq_len * mbs
         c = self.cluster
         gemm = self._gemms_s(tokens, tp)
         attn_fwd = attention_time_s(c, self.precision, transformer_layer_forward_flops(self.model, seq_len, mbs).attention / tp)
         elem = memory_bound_time_s(c, self._elementwise_bytes(tokens, tp, sequence_parallel))
-        comm = tp_layer_comm_s(tokens, self.model.hidden_size, self.p, tp, self._tp_link(tp))
+        comm_passes = self._comm("transformer", tp, mbs, seq_len, sequence_parallel, recompute)
+        comm = comm_passes.forward_s
         forward = gemm + attn_fwd + elem + comm
         redo = {"full": forward, "selective": attn_fwd}.get(recompute, 0.0)
         backward_input = gemm + 2.5 * attn_fwd + 2 * elem + comm + redo
         backward_weight = gemm
-        tp_comm = 2 * comm + (comm if recompute == "full" else 0.0)
-        return PassTimes(forward, backward_input, backward_weight, tp_comm, redo)
+        return self._timeshared(tp, PassTimes(forward, backward_input, backward_weight, comm_passes.tp_comm_s, redo))
+
+    def _timeshared(self, tp: int, passes: PassTimes) -> PassTimes:
+        """Scale a layer's passes by ``tp_group_timeshare`` (1 on GPU clusters)."""
+        return passes.scaled(tp_group_timeshare(self.cluster, tp))
 
     def _embedding(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool) -> PassTimes:
         """Vocab-parallel lookup (gather), its all-reduce (reduce-scatter with SP), and the
@@ -145,9 +197,9 @@ class RooflineTimes:
         tokens, h, p = seq_len * mbs, self.model.hidden_size, self.p
         c = self.cluster
         lookup = memory_bound_time_s(c, 2 * p * tokens * h)
-        comm = all_reduce_s(p * tokens * h, tp, self._tp_link(tp)) / (2 if sequence_parallel else 1)
+        comm = self._comm("embedding", tp, mbs, seq_len, sequence_parallel).forward_s
         grad = memory_bound_time_s(c, 3 * p * tokens * h)
-        return PassTimes(lookup + comm, 0.0, grad, tp_comm_s=comm)
+        return self._timeshared(tp, PassTimes(lookup + comm, 0.0, grad, tp_comm_s=comm))
 
     def _head(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool) -> PassTimes:
         """Final norm, column-parallel logits GEMM over V/t, then the loss as ppplan's runtime
@@ -159,8 +211,8 @@ class RooflineTimes:
         norm = memory_bound_time_s(c, 2 * p * tokens * h / (tp if sequence_parallel else 1))
         loss = memory_bound_time_s(c, 4 * (4 + p) * tokens * v)
         link = self._tp_link(tp)
-        gather = all_reduce_s(p * tokens * h, tp, link) / 2 if sequence_parallel else 0.0
-        loss_comm = all_reduce_s(p * tokens * v, tp, link) / 2 if tp > 1 else 0.0  # all-gather of the logits
+        gather = sequence_parallel_gather_s(tokens, h, p, tp, link) if sequence_parallel else 0.0
+        loss_comm = logits_gather_s(tokens, v, p, tp, link)
         forward = norm + gather + logits + loss + loss_comm
         backward_input = logits + loss + norm + gather
-        return PassTimes(forward, backward_input, logits, tp_comm_s=2 * gather + loss_comm)
+        return self._timeshared(tp, PassTimes(forward, backward_input, logits, tp_comm_s=2 * gather + loss_comm))

@@ -18,7 +18,6 @@ from costmodels.flops import parameter_counts
 from profiles.schema import ModelSpec
 
 GIB = 1024**3
-MIXED_PRECISION_ADAM_BYTES_PER_PARAM = 16  # ZeRO paper (Rajbhandari et al. 2020) Sec. 3.1: 2 + 2 + 12
 
 
 @dataclass(frozen=True)

@@ -11,29 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from costmodels.schedules import Schedule, generate_schedule
-from costmodels.simulator import SimulationResult, simulate
-
-
-@dataclass(frozen=True)
-class StageTimes:
-    """Per virtual stage, per microbatch (index = virtual stage in pipeline order).
-
-    ``p2p_s[j]`` is the time to move the boundary activation (or its gradient)
-    from stage j to stage j+1; it has ``len(forward_s) - 1`` entries.
-    ``activation_bytes[j]`` is held from a microbatch's F on stage j until its
-    W (or its full backward when the schedule does not split B and W).
-    """
-
-    forward_s: tuple[float, ...]
-    backward_input_s: tuple[float, ...]
-    backward_weight_s: tuple[float, ...]
-    activation_bytes: tuple[float, ...]
-    p2p_s: tuple[float, ...]
-
-    @property
-    def num_stages(self) -> int:
-        return len(self.forward_s)
+from costmodels.schedules.actions import Schedule
+from costmodels.schedules.generate import generate_schedule
+from costmodels.simulator import SimulationResult, StageTimes, simulate
 
 
 @dataclass(frozen=True)

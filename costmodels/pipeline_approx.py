@@ -11,15 +11,15 @@ exact action list, which alone decides the result.
 
 from __future__ import annotations
 
-from costmodels.pipeline import PipelineResult, StageTimes
+from costmodels.pipeline import PipelineResult
 from costmodels.rank_grid import stage_to_rank
-
-ZERO_BUBBLE_SCHEDULES = frozenset({"zb-h1", "zb-h2", "interleaved-zb", "zbv", "dualpipev"})
+from costmodels.schedules.registry import SPLIT_BACKWARD_SCHEDULES
+from costmodels.simulator import StageTimes
 
 
 def fill_fraction(schedule: str, pp: int, v: int, num_microbatches: int) -> float:
     """Lower-bound bubble factor f in makespan >= M·W/P·(1 + f) for balanced stages."""
-    if schedule in ZERO_BUBBLE_SCHEDULES or pp == 1:
+    if schedule in SPLIT_BACKWARD_SCHEDULES or pp == 1:
         return 0.0
     return (pp - 1) / (v * num_microbatches)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-V_SHAPE_SCHEDULES = frozenset({"zbv", "dualpipev"})
+from costmodels.schedules.registry import schedule_spec
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def stage_to_rank(stage: int, pp: int, v: int, schedule: str) -> int:
     num_stages = pp * v
     if not 0 <= stage < num_stages:
         raise ValueError(f"stage {stage} outside {num_stages} stages")
-    if schedule in V_SHAPE_SCHEDULES:
+    if schedule_spec(schedule).placement == "v":
         return stage if stage < pp else 2 * pp - 1 - stage
     return stage % pp
 

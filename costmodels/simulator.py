@@ -29,11 +29,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from costmodels.errors import PlanError
 from costmodels.schedules.actions import (
     BACKWARD_INPUT,
     BACKWARD_WEIGHT,
@@ -44,13 +42,32 @@ from costmodels.schedules.actions import (
     Action,
     Schedule,
 )
-
-if TYPE_CHECKING:
-    from costmodels.pipeline import StageTimes
+from profiles.errors import PlanError
 
 KIND_CODE = {FORWARD: 0, BACKWARD_INPUT: 1, BACKWARD_WEIGHT: 2, FULL_BACKWARD: 3}
 # Below this many actions a plain Python loop beats per-level numpy calls.
 SMALL_GRAPH_ACTIONS = 3000
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """Per virtual stage, per microbatch (index = virtual stage in pipeline order).
+
+    ``p2p_s[j]`` is the time to move the boundary activation (or its gradient)
+    from stage j to stage j+1; it has ``len(forward_s) - 1`` entries.
+    ``activation_bytes[j]`` is held from a microbatch's F on stage j until its
+    W (or its full backward when the schedule does not split B and W).
+    """
+
+    forward_s: tuple[float, ...]
+    backward_input_s: tuple[float, ...]
+    backward_weight_s: tuple[float, ...]
+    activation_bytes: tuple[float, ...]
+    p2p_s: tuple[float, ...]
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.forward_s)
 
 
 @dataclass(frozen=True)

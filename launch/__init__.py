@@ -1,2 +1,4 @@
-"""Launch a plan: emitters (torchrun, SLURM, Megatron-LM, torchtitan, pipeline CSV)
-and the torch runtime (``launch.runtime``). Torch is imported only by the runtime."""
+"""Everything that touches devices: the torch runtime (``runtime``), the profiler (``profiler``),
+the emitters (``emit``, no torch), the launcher and predicted-vs-measured comparison.
+
+Never imports ``planner``; reports warnings through ``logging`` or a callback."""

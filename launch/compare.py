@@ -13,7 +13,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from costmodels.errors import PlanError
+from profiles.errors import PlanError
 from profiles.files import read_metrics_jsonl
 from profiles.schema import Plan
 

@@ -28,9 +28,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from costmodels.errors import PlanError
 from costmodels.rules import check_config, precision_violations
+from costmodels.schedules.torch_csv import parse_torch_csv
 from launch.emit.common import node_layout
+from profiles.errors import PlanError
 from profiles.schema import Plan
 
 RUNTIME_MODULE = "launch.runtime.train"
@@ -72,7 +73,6 @@ def check_plan(plan: Plan, schedule_csv: Path | None = None) -> None:
 
 
 def _check_custom_csv(plan: Plan, schedule_csv: Path | None) -> None:
-    from costmodels.schedule_csv import parse_torch_csv
 
     if schedule_csv is None:
         return  # the plan carries its action list (config.schedule_csv), checked by the rules

@@ -1,2 +1,3 @@
-"""Search space, stage-cut dynamic programming, CP-SAT refinement, ranking,
-explanation and the ``ppplan`` CLI. Never imports torch at module import time."""
+"""The top layer: the search (``search``), the trust loop (``trust``) and the command line (``cli``).
+
+Never imports torch, even lazily: device checks live in ``launch`` (DESIGN.md, Packages)."""

@@ -1,4 +1,3 @@
-"""Schemas, presets, Hugging Face ingestion, the profiler and the regression suite.
+"""What describes a job: core types and errors, presets (models, clusters), readers, shipped data.
 
-Importing this package never imports torch (the profiler imports it lazily).
-"""
+The bottom layer: imports nothing else of ppplan, and no torch (DESIGN.md, Packages)."""

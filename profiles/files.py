@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from costmodels.errors import PlanError
+from profiles.errors import PlanError
 
 
 def check_writable(path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from costmodels.errors import PlanError
+from profiles.errors import PlanError
 from profiles.schema import ModelSpec
 
 _ALIASES: dict[str, tuple[str, ...]] = {

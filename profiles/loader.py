@@ -1,4 +1,5 @@
-"""Load model and cluster specs from preset names, our YAML/JSON, or an HF config.json.
+"""Readers: model and cluster specs (preset names, our YAML/JSON, an HF config.json), plan files,
+and measured profiles.
 
 Every failure is a ``PlanError`` with one readable line: a missing file, a
 malformed document, an unknown key, a bad value, or an unknown preset with the
@@ -15,11 +16,14 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from costmodels.errors import PlanError
+from profiles.errors import PlanError
 from profiles.hf_config import _first_error, model_from_hf_config
-from profiles.schema import ClusterSpec, ModelSpec
+from profiles.profile_schema import COMM_PROFILE_SCHEMA_VERSION, PROFILE_SCHEMA_VERSION, CommProfile, ProfileFile
+from profiles.schema import ClusterSpec, ModelSpec, Plan
 
 PRESET_DIR = Path(__file__).parent
+PUBLIC_RUNS_CSV = PRESET_DIR / "calibration" / "public_runs.csv"
+REGRESSION_DIR = PRESET_DIR / "regression"
 T = TypeVar("T", bound=BaseModel)
 
 
@@ -99,3 +103,33 @@ def load_model(spec: str) -> ModelSpec:
 def load_cluster(spec: str) -> ClusterSpec:
     """A cluster preset name or our YAML."""
     return validate_as(ClusterSpec, read_document(_resolve("clusters", spec)), str(_resolve("clusters", spec)))
+
+
+def load_plan(path: str | Path) -> Plan:
+    """A plan file (``ppplan search --out``), or a one-line ``PlanError``."""
+    return validate_as(Plan, read_document(Path(path)), str(path))
+
+
+def read_profile(path: str | Path) -> ProfileFile:
+    """A ``ppplan profile`` file, or a one-line ``PlanError``."""
+    path = Path(path)
+    data = read_document(path)
+    if isinstance(data, dict) and "measurements" in data and "layers" not in data:
+        raise PlanError(f"{path} is a communication profile (ppplan profile-comm); pass it as --comm-profile")
+    if isinstance(data, dict) and data.get("schema_version", PROFILE_SCHEMA_VERSION) != PROFILE_SCHEMA_VERSION:
+        raise PlanError(f"{path}: schema_version {data['schema_version']}, this ppplan reads {PROFILE_SCHEMA_VERSION}: re-run ppplan profile")
+    profile = validate_as(ProfileFile, data, str(path))
+    if not profile.layers:
+        raise PlanError(f"{path}: the profile has no layer measurements")
+    return profile
+
+
+def read_comm_profile(path: str | Path) -> CommProfile:
+    """A ``ppplan profile-comm`` file, or a one-line ``PlanError``."""
+    path = Path(path)
+    data = read_document(path)
+    if isinstance(data, dict) and "layers" in data and "measurements" not in data:
+        raise PlanError(f"{path} is a layer profile (ppplan profile); pass it as --profile")
+    if isinstance(data, dict) and data.get("schema_version", COMM_PROFILE_SCHEMA_VERSION) != COMM_PROFILE_SCHEMA_VERSION:
+        raise PlanError(f"{path}: schema_version {data['schema_version']}, this ppplan reads {COMM_PROFILE_SCHEMA_VERSION}: re-run ppplan profile-comm")
+    return validate_as(CommProfile, data, str(path))

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt
 
-from profiles.schema import ModelSpec, Precision, RecomputeKind
+from profiles.schema import ModelSpec, Precision, RecomputeKind, StrictModel
 
 PROFILE_SCHEMA_VERSION = 1
 COMM_PROFILE_SCHEMA_VERSION = 1
 
 LayerKind = Literal["embedding", "transformer", "head"]
-LAYER_KINDS: tuple[str, ...] = LayerKind.__args__  # type: ignore[attr-defined]
+LAYER_KINDS: tuple[str, ...] = get_args(LayerKind)
 Collective = Literal["all_reduce", "reduce_scatter", "all_gather", "p2p"]
-COLLECTIVES: tuple[str, ...] = Collective.__args__  # type: ignore[attr-defined]
+COLLECTIVES: tuple[str, ...] = get_args(Collective)
 Tier = Literal["intra_node", "inter_node"]
 
 # The ModelSpec fields that decide what one transformer layer, the embedding and the
@@ -41,17 +41,13 @@ SHAPE_FIELDS: tuple[str, ...] = (
 )
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 def model_shape_hash(model: ModelSpec) -> str:
     """First 16 hex digits of the SHA-256 of the shape fields (``SHAPE_FIELDS``) as sorted JSON."""
     shape = {key: getattr(model, key) for key in SHAPE_FIELDS}
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class HardwareFingerprint(_Strict):
+class HardwareFingerprint(StrictModel):
     """What the measurements were taken on; a profile only prices the same device."""
 
     device_kind: Literal["cpu", "cuda"]
@@ -63,7 +59,7 @@ class HardwareFingerprint(_Strict):
     num_threads: PositiveInt = Field(description="torch intra-op threads used while timing")
 
 
-class LayerProfile(_Strict):
+class LayerProfile(StrictModel):
     """One layer kind at one shape: per-microbatch times (median over repeats, with the
     inter-quartile range as spread) and memory.
 
@@ -105,7 +101,7 @@ class LayerProfile(_Strict):
         return (self.kind, self.tp, self.mbs, self.seq_len, self.recompute, self.precision)
 
 
-class ProfileFile(_Strict):
+class ProfileFile(StrictModel):
     """``ppplan profile`` output: the layers of one model shape measured on one device."""
 
     schema_version: int = PROFILE_SCHEMA_VERSION
@@ -122,7 +118,7 @@ class ProfileFile(_Strict):
     layers: list[LayerProfile]
 
 
-class CollectiveMeasurement(_Strict):
+class CollectiveMeasurement(StrictModel):
     """One collective at one message size: ``size_bytes`` is the all-reduce buffer, the
     reduce-scatter input, the all-gather output, or the p2p message (the conventions of
     ``costmodels.comm``)."""
@@ -135,7 +131,7 @@ class CollectiveMeasurement(_Strict):
     repeats: PositiveInt
 
 
-class AlphaBetaFit(_Strict):
+class AlphaBetaFit(StrictModel):
     """Least-squares alpha–beta fit (relative residuals) of the ring cost formulas."""
 
     latency_us: NonNegativeFloat
@@ -144,7 +140,7 @@ class AlphaBetaFit(_Strict):
     num_points: PositiveInt
 
 
-class TierFit(_Strict):
+class TierFit(StrictModel):
     """One network tier: a fit over every collective (the link the planner uses) and one per collective."""
 
     tier: Tier
@@ -153,7 +149,7 @@ class TierFit(_Strict):
     per_collective: dict[str, AlphaBetaFit]
 
 
-class CommProfile(_Strict):
+class CommProfile(StrictModel):
     """``ppplan profile-comm`` output."""
 
     schema_version: int = COMM_PROFILE_SCHEMA_VERSION

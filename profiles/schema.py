@@ -9,7 +9,7 @@ DESIGN.md fields always loads.
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
@@ -31,14 +31,16 @@ ScheduleName = Literal[
     "chimera",
     "custom",
 ]
-SCHEDULE_NAMES: tuple[str, ...] = ScheduleName.__args__  # type: ignore[attr-defined]
+SCHEDULE_NAMES: tuple[str, ...] = get_args(ScheduleName)
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """The base of every file type ppplan reads: frozen, and an unknown key is an error."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     """Shape of a decoder-only transformer.
 
     ``norm`` and ``position_embedding`` default from ``activation`` (gelu: GPT
@@ -103,7 +105,7 @@ class ModelSpec(_Strict):
         return self.kv_heads * self.head_dim
 
 
-class PeakTflops(_Strict):
+class PeakTflops(StrictModel):
     """Dense (no sparsity) tensor-core peaks; only the precisions the GPU has."""
 
     fp32: PositiveFloat | None = None
@@ -113,21 +115,21 @@ class PeakTflops(_Strict):
     fp8: PositiveFloat | None = None
 
 
-class GpuSpec(_Strict):
+class GpuSpec(StrictModel):
     name: str
     memory_gib: PositiveFloat
     peak_tflops: PeakTflops
     hbm_bandwidth_gbs: PositiveFloat
 
 
-class LinkSpec(_Strict):
+class LinkSpec(StrictModel):
     """One network tier: per-GPU, one-direction bandwidth in GB/s (1e9 B) and latency."""
 
     bandwidth_gbs: PositiveFloat
     latency_us: float = Field(ge=0)
 
 
-class Efficiency(_Strict):
+class Efficiency(StrictModel):
     """Achievable fractions of the peaks; defaults are a-priori, documented in costmodels/compute.py.
 
     ``gemm_max`` is the large-GEMM fraction of dense peak and ``gemm_half_dim``
@@ -143,7 +145,7 @@ class Efficiency(_Strict):
     step_overhead_s: float = Field(default=0.0, ge=0)
 
 
-class ClusterSpec(_Strict):
+class ClusterSpec(StrictModel):
     name: str
     gpu: GpuSpec
     gpus_per_node: PositiveInt
@@ -168,7 +170,7 @@ class ClusterSpec(_Strict):
     provenance: dict[str, str] | None = None
 
 
-class TrainSpec(_Strict):
+class TrainSpec(StrictModel):
     global_batch: PositiveInt
     seq_len: PositiveInt
     precision: Precision = "bf16"
@@ -177,7 +179,7 @@ class TrainSpec(_Strict):
 Recompute = Union[RecomputeKind, list[RecomputeKind]]
 
 
-class ParallelConfig(_Strict):
+class ParallelConfig(StrictModel):
     """One 3D-parallel configuration.
 
     ``stage_layers[j]`` is the number of transformer layers of virtual stage
@@ -208,6 +210,11 @@ class ParallelConfig(_Strict):
     def num_stages(self) -> int:
         return self.pp * self.v
 
+    @property
+    def world_size(self) -> int:
+        """Ranks the configuration runs on: tp · pp · dp."""
+        return self.tp * self.pp * self.dp
+
     def recompute_of_stage(self, stage: int) -> RecomputeKind:
         if isinstance(self.recompute, list):
             return self.recompute[stage]
@@ -221,7 +228,7 @@ class ParallelConfig(_Strict):
         return self.recompute
 
 
-class Breakdown(_Strict):
+class Breakdown(StrictModel):
     """Step time split; the parts need not sum to the step (overlap)."""
 
     compute_s: float
@@ -234,7 +241,7 @@ class Breakdown(_Strict):
     overhead_s: float
 
 
-class Estimate(_Strict):
+class Estimate(StrictModel):
     step_time_s: float
     tokens_per_s: float
     model_tflops_per_gpu: float
@@ -249,7 +256,7 @@ class Estimate(_Strict):
     memory_breakdown_gib: list[dict[str, float]]
 
 
-class Plan(_Strict):
+class Plan(StrictModel):
     schema_version: int = SCHEMA_VERSION
     model: ModelSpec
     cluster: ClusterSpec

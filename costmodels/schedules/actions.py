@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from costmodels.errors import PlanError
+from profiles.errors import PlanError
 
 FORWARD = "F"
 BACKWARD_INPUT = "B"

@@ -129,7 +129,7 @@ def zbv_rank(rank: int, pp: int, num_microbatches: int) -> list[Action]:
     return [a for a in order if a.microbatch < num_microbatches]
 
 
-def _zbv_cooldown(rank: int, pp: int, s0: int, s1: int, count: dict[str, int], put) -> None:  # noqa: ANN001
+def _zbv_cooldown(rank: int, pp: int, s0: int, s1: int, count: dict[str, int], put) -> None:
     """ZB-V cool-down: B passes first, the deferred W passes of chunk 1 then chunk 0 last."""
     count["w0"], count["w1"] = count["b0"], count["b1"]
     for _ in range(rank):

@@ -14,13 +14,14 @@ and each difference is a one-line warning, on stderr and in the file's header.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
-from costmodels.errors import PlanError
-from profiles.files import write_atomic
 from launch.emit.common import EmitOptions, Rendered, make_context
+from profiles.errors import PlanError
+from profiles.files import write_atomic
 from profiles.schema import Plan
 
 TARGETS: tuple[str, ...] = ("torchrun", "slurm", "megatron", "torchtitan", "csv")
@@ -66,8 +67,8 @@ def emit(
 ) -> list[Path]:
     """Write ``target``'s files for ``plan`` into ``out_dir`` (created); return their paths.
 
-    Each warning goes to ``on_warning`` (default: ``planner.app.warn``, one line
-    on stderr). ``nnodes``/``gpus_per_node`` override ``options``. Raises
+    Each warning goes to ``on_warning`` (default: the ``logging`` module; the CLI
+    passes its one-line stderr warning). ``nnodes``/``gpus_per_node`` override ``options``. Raises
     ``PlanError`` for input that cannot be emitted (unknown target, a plan the
     ppplan runtime refuses for torchrun/slurm, an unwritable ``out_dir``).
     """
@@ -78,16 +79,10 @@ def emit(
     rendered = render(plan, target, out, opts)
     _make_dir(out)
     paths = [_write_atomic(out / name, text, name in rendered.executable) for name, text in rendered.files.items()]
-    report = on_warning if on_warning is not None else _default_warn()
+    report = on_warning if on_warning is not None else logging.getLogger(__name__).warning
     for warning in rendered.warnings:
         report(warning)
     return paths
-
-
-def _default_warn() -> Callable[[str], None]:
-    from planner.app import warn
-
-    return warn
 
 
 def _make_dir(out: Path) -> None:

@@ -13,8 +13,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from costmodels.errors import PlanError
 from costmodels.rules import Target, config_violations
+from profiles.errors import PlanError
 from profiles.schema import ParallelConfig, Plan, RecomputeKind
 
 DEFAULT_RUNTIME_MODULE = "launch.runtime.train"
@@ -167,10 +167,6 @@ def recompute_warning(cfg: ParallelConfig, target_name: str) -> list[str]:
         f"{cfg.recompute} became '{chosen}' everywhere, so stages {changed} recompute more than planned "
         f"(slower steps, less activation memory)"
     ]
-
-
-def uniform_recompute(cfg: ParallelConfig) -> ParallelConfig:
-    return cfg.model_copy(update={"recompute": strongest_recompute(cfg)})
 
 
 def rule_warnings(plan: Plan, emitted: ParallelConfig, target: Target, target_name: str) -> list[str]:

@@ -5,7 +5,7 @@ microbatch 0, ``I`` backward-input, ``W`` backward-weight, ``B`` full
 backward), the format ``torch.distributed.pipelining.schedules.
 _PipelineScheduleRuntime._load_csv`` reads (torch 2.13). The actions come from
 the same generator the simulator prices (``costmodels.schedules``), formatted
-by ``costmodels.schedule_csv.format_torch_csv``. A ``custom`` schedule is not
+by ``costmodels.schedules.torch_csv.format_torch_csv``. A ``custom`` schedule is not
 generated from its name: the CSV its search exported is copied
 (``EmitOptions.custom_schedule_csv``).
 """
@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from costmodels.errors import PlanError
+from costmodels.schedules.generate import generate_schedule
+from costmodels.schedules.torch_csv import format_torch_csv, parse_torch_csv
 from launch.emit.common import EmitContext, Rendered
+from profiles.errors import PlanError
 from profiles.schema import ParallelConfig
 
 CSV_NAME = "schedule.csv"
@@ -23,11 +25,6 @@ CSV_NAME = "schedule.csv"
 
 def generated_csv(cfg: ParallelConfig) -> str:
     """``format_torch_csv(generate_schedule(...))`` for the plan's schedule, pp, v and microbatches."""
-    try:
-        from costmodels.schedule_csv import format_torch_csv
-        from costmodels.schedules import generate_schedule
-    except ImportError as exc:
-        raise PlanError(f"cannot write the schedule CSV: the schedule engine is not installed ({exc})") from None
     schedule = generate_schedule(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches)
     return format_torch_csv(schedule)
 
@@ -38,8 +35,6 @@ def copied_csv(path: Path, cfg: ParallelConfig) -> str:
         text = path.read_text()
     except OSError as exc:
         raise PlanError(f"cannot read the custom schedule CSV {path}: {exc.strerror}") from None
-    from costmodels.schedule_csv import parse_torch_csv
-
     schedule = parse_torch_csv(text)
     found, planned = (schedule.pp, schedule.v, schedule.num_microbatches), (cfg.pp, cfg.v, cfg.num_microbatches)
     if found != planned:

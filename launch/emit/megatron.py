@@ -16,6 +16,7 @@ config with a warning, and the planner's Megatron rules
 
 from __future__ import annotations
 
+from costmodels.schedules.registry import runnable_on, schedule_spec
 from launch.emit.common import (
     EmitContext,
     Rendered,
@@ -30,17 +31,16 @@ from launch.emit.megatron_cuts import Arg, pipeline_args
 from launch.emit.torchrun import torchrun_launcher_args
 from profiles.schema import ModelSpec, ParallelConfig, Plan
 
-MEGATRON_SCHEDULES = frozenset({"1f1b", "interleaved-1f1b"})
 VOCAB_PAD_CANDIDATES = (128, 64, 32, 16, 8, 4, 2, 1)
 
 
 def megatron_schedule(cfg: ParallelConfig) -> tuple[str, list[str]]:
     """The Megatron-LM schedule closest to the plan's (same v), with a warning when it differs."""
     target = "1f1b" if cfg.v == 1 else "interleaved-1f1b"
-    if cfg.pp == 1 or cfg.schedule in MEGATRON_SCHEDULES:
+    if cfg.pp == 1 or cfg.schedule in runnable_on("megatron"):
         return cfg.schedule if cfg.pp > 1 else "1f1b", []
     placement = ""
-    if cfg.schedule in {"zbv", "dualpipev"}:
+    if schedule_spec(cfg.schedule).placement == "v":
         placement = " and Megatron places virtual stages round-robin (loop), not in a V"
     return target, [
         f"Megatron-LM has no '{cfg.schedule}' schedule; emitted {target} with v={cfg.v}{placement}: "

@@ -22,6 +22,7 @@ listed in ``launch/options/torchtitan_keys.txt``. How torchtitan reads them
 
 from __future__ import annotations
 
+from costmodels.schedules.registry import schedule_spec
 from launch.emit.common import (
     EmitContext,
     Rendered,
@@ -35,16 +36,6 @@ from launch.emit.csv import CSV_NAME, render_csv
 from launch.emit.toml_writer import TomlValue, toml_document
 from profiles.schema import ModelSpec, ParallelConfig, Plan
 
-TORCHTITAN_SCHEDULES: dict[str, str] = {
-    "gpipe": "GPipe",
-    "1f1b": "1F1B",
-    "interleaved-1f1b": "Interleaved1F1B",
-    "looped-bfs": "LoopedBFS",
-    "interleaved-zb": "InterleavedZeroBubble",
-    "zbv": "ZBVZeroBubble",
-    "dualpipev": "DualPipeV",
-}
-CSV_SCHEDULES = frozenset({"zb-h1", "zb-h2", "custom"})
 # torchtitan/models/llama3/__init__.py llama3_args at 238fa99:
 # (hidden, layers, heads, kv heads, FFN hidden after the ffn_dim_multiplier / multiple_of rounding, vocab)
 LLAMA3_FLAVORS: dict[tuple[int, int, int, int, int, int], str] = {
@@ -67,11 +58,12 @@ def stage_module_names(stage_layers: list[int]) -> list[list[str]]:
 
 def schedule_entries(cfg: ParallelConfig, csv_path: str) -> tuple[dict[str, TomlValue], list[str]]:
     """``pipeline_parallel_schedule`` (+ CSV); chimera has no runtime, so it becomes the same-v torch schedule."""
-    if cfg.schedule in CSV_SCHEDULES:
+    spec = schedule_spec(cfg.schedule)
+    if spec.torch_csv:
         name = "PipelineScheduleSingle" if cfg.v == 1 else "PipelineScheduleMulti"
         return {"pipeline_parallel_schedule": name, "pipeline_parallel_schedule_csv": csv_path}, []
-    if cfg.schedule in TORCHTITAN_SCHEDULES:
-        return {"pipeline_parallel_schedule": TORCHTITAN_SCHEDULES[cfg.schedule]}, []
+    if spec.torchtitan_name:
+        return {"pipeline_parallel_schedule": spec.torchtitan_name}, []
     closest = "1F1B" if cfg.v == 1 else "Interleaved1F1B"
     return {"pipeline_parallel_schedule": closest}, [
         f"torchtitan cannot run schedule '{cfg.schedule}'; emitted {closest} with v={cfg.v}: "
@@ -204,7 +196,7 @@ def torchtitan_tables(ctx: EmitContext) -> tuple[dict[str, dict[str, TomlValue]]
     tables.update(precision)
     warnings += parallel_warnings + recompute_warnings + precision_warnings
     emitted = cfg.model_copy(update={"recompute": strongest_recompute(cfg)})
-    if cfg.pp > 1 and cfg.schedule not in TORCHTITAN_SCHEDULES and cfg.schedule not in CSV_SCHEDULES:
+    if cfg.pp > 1 and not schedule_spec(cfg.schedule).torch_class and not schedule_spec(cfg.schedule).torch_csv:
         emitted = emitted.model_copy(update={"schedule": "1f1b" if cfg.v == 1 else "interleaved-1f1b"})
     return tables, warnings + rule_warnings(plan, emitted, "torch", "torchtitan")
 
@@ -215,6 +207,6 @@ def render_torchtitan(ctx: EmitContext) -> Rendered:
     what = "torchtitan job config (run: torchtitan/train.py --job.config_file torchtitan.toml)"
     head = header_lines(ctx.plan, what, warnings)
     rendered = Rendered(files={"torchtitan.toml": comment_block(head) + "\n" + toml_document(tables)}, warnings=warnings)
-    if ctx.cfg.pp > 1 and ctx.cfg.schedule in CSV_SCHEDULES:
+    if ctx.cfg.pp > 1 and schedule_spec(ctx.cfg.schedule).torch_csv:
         rendered.merge(render_csv(ctx))
     return rendered

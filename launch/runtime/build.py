@@ -13,9 +13,10 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
+from costmodels.layout import StageLayout, local_stages, loss_pipeline_rank
 from costmodels.rank_grid import RankCoord
 from launch.runtime.fsdp import apply_data_parallel
-from launch.runtime.layout import StageLayout, grid_of, local_stages, loss_pipeline_rank
+from launch.runtime.layout import grid_of
 from launch.runtime.model import StageModule, build_stage_module, lm_loss
 from launch.runtime.optim import build_optimizer
 from launch.runtime.parallel import Groups, build_groups, build_mesh

@@ -24,17 +24,6 @@ from typing import Any
 import torch
 
 GIB = 2**30
-METRIC_KEYS = (
-    "step",
-    "rank",
-    "stage",
-    "loss",
-    "step_time_s",
-    "tokens_per_s",
-    "peak_memory_gib",
-    "predicted_step_time_s",
-    "predicted_peak_memory_gib",
-)
 
 
 def append_line(path: Path, record: dict[str, Any]) -> None:

@@ -22,21 +22,12 @@ import torch.distributed as dist
 from torch.distributed.pipelining import PipelineStage
 from torch.distributed.pipelining import schedules as torch_schedules
 
-from launch.runtime.layout import StageLayout
+from costmodels.layout import StageLayout
+from costmodels.schedules.generate import generate_schedule
+from costmodels.schedules.registry import runnable_on, schedule_spec
+from costmodels.schedules.torch_csv import format_torch_csv
 from launch.runtime.model import StageModule
 from profiles.schema import ParallelConfig
-
-TORCH_SCHEDULE_CLASSES: dict[str, str] = {
-    "gpipe": "ScheduleGPipe",
-    "1f1b": "Schedule1F1B",
-    "interleaved-1f1b": "ScheduleInterleaved1F1B",
-    "looped-bfs": "ScheduleLoopedBFS",
-    "interleaved-zb": "ScheduleInterleavedZeroBubble",
-    "zbv": "ScheduleZBVZeroBubble",
-    "dualpipev": "ScheduleDualPipeV",
-}
-CSV_SCHEDULES = frozenset({"zb-h1", "zb-h2", "custom"})
-SINGLE_STAGE_CLASSES = frozenset({"ScheduleGPipe", "Schedule1F1B"})
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -56,9 +47,6 @@ def schedule_csv_text(cfg: ParallelConfig, custom_csv: str | None = None) -> str
         if text is None:
             raise ValueError("schedule 'custom' needs its action list: the plan's config.schedule_csv or --schedule-csv FILE")
         return text
-    from costmodels.schedule_csv import format_torch_csv
-    from costmodels.schedules import generate_schedule
-
     return format_torch_csv(generate_schedule(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches))
 
 
@@ -77,13 +65,13 @@ def build_schedule(
     cfg: ParallelConfig, stages: list[PipelineStage], loss_fn: LossFn, custom_csv: str | None = None
 ) -> torch_schedules._PipelineSchedule:
     """The torch schedule object that runs the plan's schedule over ``stages``."""
-    if cfg.schedule in CSV_SCHEDULES:
+    spec = schedule_spec(cfg.schedule)
+    if spec.torch_csv:
         return _csv_schedule(cfg, stages, loss_fn, custom_csv)
-    if cfg.schedule not in TORCH_SCHEDULE_CLASSES:
-        raise ValueError(f"schedule '{cfg.schedule}' has no runtime; pick one of {sorted(TORCH_SCHEDULE_CLASSES)}")
-    class_name = TORCH_SCHEDULE_CLASSES[cfg.schedule]
-    schedule_class = getattr(torch_schedules, class_name)
-    if class_name in SINGLE_STAGE_CLASSES:
+    if spec.torch_class is None:
+        raise ValueError(f"schedule '{cfg.schedule}' has no runtime; pick one of {sorted(runnable_on('torch'))}")
+    schedule_class = getattr(torch_schedules, spec.torch_class)
+    if spec.stages_per_rank == "one":
         (stage,) = stages
         return schedule_class(stage, cfg.num_microbatches, loss_fn=loss_fn, scale_grads=True)
     return schedule_class(stages, cfg.num_microbatches, loss_fn=loss_fn, scale_grads=True)

@@ -15,7 +15,6 @@ torchrun then stops every other rank. ``PPPLAN_FAIL_RANK=R`` (and optionally
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import threading
@@ -36,7 +35,7 @@ from launch.runtime.layout import writes_metrics
 from launch.runtime.metrics import PeakMemory, append_line, metrics_record
 from launch.runtime.optim import DEFAULT_LR
 from launch.runtime.parallel import init_distributed
-from profiles.loader import validate_as
+from profiles.loader import load_plan
 from profiles.schema import Plan
 
 FAIL_RANK_ENV = "PPPLAN_FAIL_RANK"
@@ -60,10 +59,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if len(args.plan) != len(args.metrics):
         parser.error("give one --metrics per --plan")
     return args
-
-
-def load_plan(path: str) -> Plan:
-    return validate_as(Plan, json.loads(Path(path).read_text()), path)
 
 
 def _maybe_inject_failure(rank: int, step: int) -> None:
@@ -92,7 +87,7 @@ def train_step(rt: Runtime, data: SyntheticTokens, step: int) -> float | None:
     losses: list[torch.Tensor] = []
     args = (inputs,) if rt.has_first_stage else ()
     target = targets if rt.has_loss else None
-    rt.schedule.step(*args, target=target, losses=losses)  # type: ignore[attr-defined]
+    rt.schedule.step(*args, target=target, losses=losses)
     sync_tied_gradients(rt)
     rt.optimizer.step()
     rt.optimizer.zero_grad(set_to_none=True)

@@ -35,13 +35,13 @@ MODEL = ModelSpec(name="t", num_layers=8, hidden_size=256, num_attention_heads=8
 class UnitLayers:
     """Every transformer layer takes F = B = W = 1 s; the embedding and the head are free."""
 
-    def transformer(self, tp, mbs, seq_len, sequence_parallel, recompute):  # noqa: ANN001, ANN201
+    def transformer(self, tp, mbs, seq_len, sequence_parallel, recompute):
         return PassTimes(1.0, 1.0, 1.0)
 
-    def embedding(self, tp, mbs, seq_len, sequence_parallel):  # noqa: ANN001, ANN201
+    def embedding(self, tp, mbs, seq_len, sequence_parallel):
         return ZERO_PASS
 
-    def head(self, tp, mbs, seq_len, sequence_parallel):  # noqa: ANN001, ANN201
+    def head(self, tp, mbs, seq_len, sequence_parallel):
         return ZERO_PASS
 
 

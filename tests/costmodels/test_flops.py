@@ -17,17 +17,17 @@ SC21_MODELS = ["gpt3-1.7b", "gpt3-3.6b", "gpt3-7.5b", "gpt3-18b", "gpt3-39b", "g
 @pytest.mark.parametrize("name", SC21_MODELS)
 def test_hardware_flops_match_sc21_formula_with_full_recompute(name):
     m = load_model(name)
-    batch, s, l, h, v = 512, m.seq_len, m.num_layers, m.hidden_size, m.vocab_size
-    paper = 96 * batch * s * l * h * h * (1 + s / (6 * h) + v / (16 * l * h))
-    ours = hardware_flops_per_iteration(m, batch, s, ["full"] * l)
+    batch, s, layers, h, v = 512, m.seq_len, m.num_layers, m.hidden_size, m.vocab_size
+    paper = 96 * batch * s * layers * h * h * (1 + s / (6 * h) + v / (16 * layers * h))
+    ours = hardware_flops_per_iteration(m, batch, s, ["full"] * layers)
     assert ours == pytest.approx(paper, rel=1e-3)
 
 
 @pytest.mark.parametrize("name", SC21_MODELS)
 def test_model_flops_match_72_blsh2_form_without_recompute(name):
     m = load_model(name)
-    batch, s, l, h, v = 8, m.seq_len, m.num_layers, m.hidden_size, m.vocab_size
-    paper = 72 * batch * s * l * h * h * (1 + s / (6 * h) + v / (12 * l * h))
+    batch, s, layers, h, v = 8, m.seq_len, m.num_layers, m.hidden_size, m.vocab_size
+    paper = 72 * batch * s * layers * h * h * (1 + s / (6 * h) + v / (12 * layers * h))
     assert model_flops_per_iteration(m, batch, s) == pytest.approx(paper, rel=1e-9)
 
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import pytest
 
-from costmodels.errors import PlanError
-from costmodels.pipeline import StageTimes, price_pipeline
-from costmodels.schedules import Action, Schedule, generate_schedule
-from costmodels.simulator import SMALL_GRAPH_ACTIONS, simulate
+from costmodels.pipeline import price_pipeline
+from costmodels.schedules.actions import Action, Schedule
+from costmodels.schedules.generate import generate_schedule
+from costmodels.simulator import SMALL_GRAPH_ACTIONS, StageTimes, simulate
+from profiles.errors import PlanError
 
 
 def uniform(stages: int, f: float, b: float, w: float = 0.0, p2p: float = 0.0) -> StageTimes:

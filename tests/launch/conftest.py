@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from planner.cutpoints import uniform_split
+from costmodels.layout import uniform_split
 from profiles.loader import load_cluster, load_model
 from profiles.schema import Breakdown, Estimate, ParallelConfig, Plan, TrainSpec
 

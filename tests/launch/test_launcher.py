@@ -12,8 +12,8 @@ import pytest
 
 from launch.compare import compare, measured_step_time_s, read_metrics
 from launch.launcher import LaunchOptions, first_failure, torchrun_command
-from planner.cli import run
-from tests.launch.runtime_plans import make_plan, write_plan
+from planner.cli.main import run
+from tests.launch.runtime.runtime_plans import make_plan, write_plan
 
 
 def _argv_value(argv: list[str], flag: str) -> str:

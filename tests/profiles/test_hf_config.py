@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from costmodels.errors import PlanError
+from profiles.errors import PlanError
 from profiles.loader import load_model
 
 CONFIGS = {

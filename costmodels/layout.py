@@ -1,0 +1,73 @@
+"""Where things sit in the pipeline: the one stage-layout type.
+
+A ``StageLayout`` is one virtual stage: the transformer layers it holds, whether
+it holds the embedding (the first stage) and the final norm + logits + loss (the
+last stage), and the pipeline rank that runs it (the schedule's placement,
+``costmodels.rank_grid.stage_to_rank``). The estimate prices these stages and
+the runtime builds exactly these modules, so the two never disagree on where
+the embedding and the head go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from costmodels.rank_grid import stage_to_rank, stages_of_rank
+from profiles.schema import ParallelConfig
+
+
+@dataclass(frozen=True)
+class StageLayout:
+    """One virtual stage: layers ``[first_layer, first_layer + num_layers)`` and its extras."""
+
+    stage: int
+    first_layer: int
+    num_layers: int
+    has_embedding: bool
+    has_head: bool
+    pipeline_rank: int
+
+
+def layouts_of(stage_layers: list[int], pp: int, v: int, schedule: str) -> list[StageLayout]:
+    """Every virtual stage in pipeline order for ``stage_layers`` (embedding on the first stage,
+    final norm + logits + loss on the last)."""
+    layouts: list[StageLayout] = []
+    first = 0
+    last_stage = len(stage_layers) - 1
+    for stage, count in enumerate(stage_layers):
+        layouts.append(
+            StageLayout(
+                stage=stage,
+                first_layer=first,
+                num_layers=count,
+                has_embedding=stage == 0,
+                has_head=stage == last_stage,
+                pipeline_rank=stage_to_rank(stage, pp, v, schedule),
+            )
+        )
+        first += count
+    return layouts
+
+
+def stage_layouts(cfg: ParallelConfig) -> list[StageLayout]:
+    """The plan's virtual stages in pipeline order (from ``cfg.stage_layers``)."""
+    return layouts_of(cfg.stage_layers, cfg.pp, cfg.v, cfg.schedule)
+
+
+def local_stages(cfg: ParallelConfig, pipeline_rank: int) -> list[StageLayout]:
+    """The virtual stages pipeline rank ``pipeline_rank`` holds, in stage order."""
+    layouts = stage_layouts(cfg)
+    return [layouts[s] for s in stages_of_rank(pipeline_rank, cfg.pp, cfg.v, cfg.schedule)]
+
+
+def loss_pipeline_rank(cfg: ParallelConfig) -> int:
+    """The pipeline rank that computes the loss (holds the last virtual stage;
+    rank 0 for the V-shaped ZBV / DualPipeV placement)."""
+    return stage_to_rank(cfg.num_stages - 1, cfg.pp, cfg.v, cfg.schedule)
+
+
+def uniform_split(num_layers: int, stages: int) -> list[int]:
+    """Megatron-LM's default: layers spread as evenly as possible, the extra ones on the
+    earliest stages."""
+    base, extra = divmod(num_layers, stages)
+    return [base + (1 if j < extra else 0) for j in range(stages)]

@@ -1,0 +1,312 @@
+"""Measured layer times: a ``LayerTimes`` (``costmodels.layer_costs``) backed by a profile
+(read by ``profiles.loader.read_profile``).
+
+``ProfiledTimes`` answers ``transformer / embedding / head(tp, mbs, seq_len, ...)`` from
+``ppplan profile`` measurements: the measured medians where the shape was measured,
+otherwise nested one-dimensional interpolation, log-log between the two bracketing
+measured points, first over ``mbs``, then ``seq_len``, then ``tp`` (a time that
+scales as a power of the size, as GEMM time does with tokens and with 1/tp, is
+interpolated exactly). Outside the measured range it extrapolates from the nearest
+two points with the log-log slope clamped to a physical range (never superlinear in
+mbs, never slower with more TP), or with the ideal slope (linear in tokens, 1/tp)
+when only one point exists, and says so once per distinct case.
+
+Tensor-parallel communication is not in a measurement of sharded shapes on one device,
+so it is added from the alpha–beta model exactly where ``RooflineTimes`` puts it, over
+the cluster's link or, when given, the link fitted by ``ppplan profile-comm``. Degrees
+timed in a real TP group (``ppplan profile --tp-group``) already contain it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable, Iterable
+
+from costmodels.comm import US, Link, bandwidth_bytes_per_s, link_for
+from costmodels.layer_costs import LayerTimes, PassTimes, RooflineTimes, bytes_per_element, tp_comm_passes
+from profiles.errors import PlanError
+from profiles.profile_schema import (
+    SHAPE_FIELDS,
+    CommProfile,
+    HardwareFingerprint,
+    LayerProfile,
+    ProfileFile,
+    model_shape_hash,
+)
+from profiles.schema import ClusterSpec, ModelSpec, TrainSpec
+
+Warn = Callable[[str], None]
+PASS_FIELDS = ("forward_s", "backward_input_s", "backward_weight_s")
+# (ideal slope with one point, lowest and highest slope allowed when extrapolating) per axis
+AXIS_SLOPES: dict[str, tuple[float, float, float]] = {
+    "mbs": (1.0, 0.0, 1.0),
+    "seq_len": (1.0, 0.0, 2.0),
+    "tp": (-1.0, -1.0, 0.0),
+}
+
+
+@dataclass(frozen=True)
+class Interpolated:
+    value: float
+    extrapolated: bool
+
+
+def interpolate_loglog(points: Iterable[tuple[float, float]], x: float, axis: str) -> Interpolated:
+    """``y(x)`` from measured ``(x_i, y_i)``: exact, log-log between the bracketing pair
+    (linear when a bracketing ``y`` is 0), or extrapolated from the nearest two points
+    with the slope clamped to ``AXIS_SLOPES[axis]``."""
+    pts = sorted(dict(points).items())
+    if not pts:
+        raise ValueError("no points to interpolate")
+    for xi, yi in pts:
+        if xi == x:
+            return Interpolated(yi, False)
+    below = [p for p in pts if p[0] < x]
+    above = [p for p in pts if p[0] > x]
+    if below and above:
+        (x0, y0), (x1, y1) = below[-1], above[0]
+        if y0 <= 0 or y1 <= 0:
+            return Interpolated(y0 + (y1 - y0) * (x - x0) / (x1 - x0), False)
+        t = math.log(x / x0) / math.log(x1 / x0)
+        return Interpolated(math.exp(math.log(y0) + t * math.log(y1 / y0)), False)
+    ideal, low, high = AXIS_SLOPES[axis]
+    near = above[:2] if above else below[-2:][::-1]
+    x0, y0 = near[0]
+    slope = ideal
+    if len(near) == 2 and near[0][1] > 0 and near[1][1] > 0:
+        (xa, ya), (xb, yb) = near
+        slope = min(high, max(low, math.log(yb / ya) / math.log(xb / xa)))
+    return Interpolated(y0 * (x / x0) ** slope, True)
+
+
+def _describe(values: Iterable[int]) -> str:
+    return ",".join(str(v) for v in sorted(set(values)))
+
+
+class ProfiledTimes:
+    """``LayerTimes`` from a profile file (see the module docstring)."""
+
+    def __init__(
+        self,
+        profile: ProfileFile,
+        model: ModelSpec,
+        cluster: ClusterSpec,
+        train: TrainSpec,
+        allow_mismatch: bool = False,
+        comm: CommProfile | None = None,
+        warn: Warn | None = None,
+    ) -> None:
+        problems = profile_mismatches(profile, model, cluster, train) + comm_mismatches(comm, cluster)
+        self._warn = warn or _log_warning
+        self._said: set[str] = set()
+        if problems and not allow_mismatch:
+            raise PlanError(f"{problems[0]}; re-run `ppplan profile` for this model and device, or pass --allow-mismatch")
+        for problem in problems:
+            self.note(f"{problem} (used anyway: --allow-mismatch)")
+        self.profile, self.model, self.cluster, self.train = profile, model, cluster, train
+        self.tp_link_intra = comm_link(comm, "intra_node") or link_for(cluster, crosses_nodes=False)
+        self.tp_link_inter = comm_link(comm, "inter_node") or link_for(cluster, crosses_nodes=True)
+        self.p = bytes_per_element(train.precision)
+        self._entries: dict[tuple[str, str], list[LayerProfile]] = {}
+        self._measured_tps = {e.tp for e in profile.layers}
+        self._group_tps = {e.tp for e in profile.layers if e.tp_comm_included}
+        for entry in profile.layers:
+            self._entries.setdefault((entry.kind, entry.recompute), []).append(entry)
+        self._transformer_cached = lru_cache(maxsize=None)(self._transformer)
+        self._embedding_cached = lru_cache(maxsize=None)(self._embedding)
+        self._head_cached = lru_cache(maxsize=None)(self._head)
+
+    def transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str) -> PassTimes:
+        return self._transformer_cached(tp, mbs, seq_len, sequence_parallel, recompute)
+
+    def embedding(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool) -> PassTimes:
+        return self._embedding_cached(tp, mbs, seq_len, sequence_parallel)
+
+    def head(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool) -> PassTimes:
+        return self._head_cached(tp, mbs, seq_len, sequence_parallel)
+
+    def note(self, message: str, key: str | None = None) -> None:
+        """Warn once per distinct ``key`` (default: the message itself)."""
+        if (key or message) not in self._said:
+            self._said.add(key or message)
+            self._warn(message)
+
+    # -- measured compute -------------------------------------------------------------
+
+    def measured(self, kind: str, recompute: str, tp: int, mbs: int, seq_len: int, field: str) -> float:
+        """One measured quantity of ``kind`` at (tp, mbs, seq_len), interpolated where not measured."""
+        entries = self._entries.get((kind, recompute))
+        if not entries:
+            raise PlanError(f"profile has no {kind} measurements with recompute '{recompute}'; re-run `ppplan profile`")
+        at_tp: dict[int, float] = {}
+        outside: dict[str, set[int]] = {}
+        for tp_i in sorted({e.tp for e in entries}):
+            rows = [e for e in entries if e.tp == tp_i]
+            at_seq: dict[int, float] = {}
+            for seq_i in sorted({e.seq_len for e in rows}):
+                pts = [(e.mbs, float(getattr(e, field))) for e in rows if e.seq_len == seq_i]
+                got = interpolate_loglog(pts, mbs, "mbs")
+                at_seq[seq_i] = got.value
+                if got.extrapolated:
+                    outside.setdefault("mbs", set()).update(p[0] for p in pts)
+            got = interpolate_loglog(at_seq.items(), seq_len, "seq_len")
+            at_tp[tp_i] = got.value
+            if got.extrapolated:
+                outside.setdefault("seq_len", set()).update(at_seq)
+        got = interpolate_loglog(at_tp.items(), tp, "tp")
+        if got.extrapolated:
+            outside["tp"] = set(at_tp)
+        asked = {"mbs": mbs, "seq_len": seq_len, "tp": tp}
+        for axis, measured in outside.items():
+            self.note(f"profile: {kind} {axis}={asked[axis]} is outside the measured {axis} {_describe(measured)}; extrapolating")
+        return got.value
+
+    def _passes(self, kind: str, recompute: str, tp: int, mbs: int, seq_len: int) -> PassTimes:
+        f, b, w = (self.measured(kind, recompute, tp, mbs, seq_len, field) for field in PASS_FIELDS)
+        return PassTimes(f, b, w)
+
+    def _compute(self, tp: int, mbs: int, seq_len: int, recompute: str) -> PassTimes:
+        """Measured transformer-layer F/B/W; ``recompute_s`` is B(recompute) - B(none)."""
+        base = self._passes("transformer", "none", tp, mbs, seq_len)
+        if recompute == "none":
+            return base
+        if ("transformer", recompute) not in self._entries:
+            self.note(f"profile has no recompute '{recompute}' measurements; adding the measured forward to B")
+            redo = base.forward_s if recompute == "full" else 0.0
+            return PassTimes(base.forward_s, base.backward_input_s + redo, base.backward_weight_s, 0.0, redo)
+        got = self._passes("transformer", recompute, tp, mbs, seq_len)
+        redo = max(0.0, got.backward_input_s - base.backward_input_s)
+        weight = got.backward_weight_s
+        if recompute == "full":
+            # W as the unsplit backward runs it; torch's split W re-runs the forward per parameter group
+            unsplit = self.measured("transformer", "full", tp, mbs, seq_len, "backward_s")
+            weight = max(0.0, unsplit - got.backward_input_s)
+            if got.backward_weight_s > 1.5 * weight + got.forward_s:
+                self.note(
+                    f"profile: under full recompute torch's split backward-weight took {got.backward_weight_s * 1e3:.3g} ms "
+                    f"per layer against {weight * 1e3:.3g} ms unsplit (a re-run forward per parameter group); "
+                    "zero-bubble schedules with full recompute will run slower than priced",
+                    key="split W under full recompute",
+                )
+        return PassTimes(got.forward_s, got.backward_input_s, weight, 0.0, redo)
+
+    # -- LayerTimes ---------------------------------------------------------------------
+
+    def _link(self, tp: int) -> Link:
+        return self.tp_link_intra if tp <= self.cluster.gpus_per_node else self.tp_link_inter
+
+    def _with_comm(self, measured: PassTimes, kind: str, tp: int, mbs: int, seq_len: int, sp: bool, recompute: str) -> PassTimes:
+        """Add the modelled TP communication, unless the profile timed this degree in a real TP
+        group (then it is inside F and B and only labelled, for the breakdown)."""
+        comm = tp_comm_passes(self.model, kind, tp, mbs, seq_len, sp, recompute, self.p, self._link(tp))
+        if tp in self._group_tps or (self._group_tps and tp not in self._measured_tps):
+            inside = min(comm.tp_comm_s, measured.forward_s + measured.backward_input_s)
+            return PassTimes(measured.forward_s, measured.backward_input_s, measured.backward_weight_s, inside, measured.recompute_s)
+        return measured.plus(comm)
+
+    def _transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str) -> PassTimes:
+        measured = self._compute(tp, mbs, seq_len, recompute)
+        return self._with_comm(measured, "transformer", tp, mbs, seq_len, sequence_parallel, recompute)
+
+    def _embedding(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool) -> PassTimes:
+        measured = self._passes("embedding", "none", tp, mbs, seq_len)
+        return self._with_comm(measured, "embedding", tp, mbs, seq_len, sequence_parallel, "none")
+
+    def _head(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool) -> PassTimes:
+        measured = self._passes("head", "none", tp, mbs, seq_len)
+        return self._with_comm(measured, "head", tp, mbs, seq_len, sequence_parallel, "none")
+
+    def activation_bytes(self, kind: str, tp: int, mbs: int, seq_len: int, recompute: str = "none") -> float:
+        """Measured bytes kept for backward (interpolated like the times)."""
+        return self.measured(kind, recompute, tp, mbs, seq_len, "activation_bytes")
+
+
+# -- checks -------------------------------------------------------------------------------
+
+
+def device_matches(hardware: HardwareFingerprint, cluster: ClusterSpec) -> bool:
+    """A CPU profile prices a CPU cluster (``gpu.name: cpu``); a CUDA profile a cluster whose
+    GPU family (the part of ``gpu.name`` before the first '-', e.g. H100) is in the device name."""
+    if cluster.gpu.name.lower() == "cpu":
+        return hardware.device_kind == "cpu"
+    family = cluster.gpu.name.split("-")[0].lower()
+    return hardware.device_kind == "cuda" and family in hardware.device_name.lower()
+
+
+def _shape_difference(a: ModelSpec, b: ModelSpec) -> str:
+    diffs = [f"{k} {getattr(a, k)} vs {getattr(b, k)}" for k in SHAPE_FIELDS if getattr(a, k) != getattr(b, k)]
+    return ", ".join(diffs) or "shape hash differs"
+
+
+def profile_mismatches(profile: ProfileFile, model: ModelSpec, cluster: ClusterSpec, train: TrainSpec) -> list[str]:
+    """Why ``profile`` does not describe this model on this cluster at this precision."""
+    problems = []
+    if profile.model_shape_hash != model_shape_hash(model):
+        problems.append(
+            f"profile was measured for model '{profile.model.name}', another shape than '{model.name}' "
+            f"({_shape_difference(profile.model, model)})"
+        )
+    if not device_matches(profile.hardware, cluster):
+        problems.append(
+            f"profile was measured on {profile.hardware.device_kind} '{profile.hardware.device_name}', "
+            f"not on cluster '{cluster.name}' ({cluster.gpu.name})"
+        )
+    if profile.precision != train.precision:
+        problems.append(f"profile was measured in {profile.precision}, the plan runs in {train.precision}")
+    return problems
+
+
+def comm_mismatches(comm: CommProfile | None, cluster: ClusterSpec) -> list[str]:
+    if comm is None:
+        return []
+    wants_cpu = cluster.gpu.name.lower() == "cpu"
+    if wants_cpu != (comm.backend == "gloo"):
+        return [f"comm profile was measured with {comm.backend}, which cluster '{cluster.name}' does not use"]
+    return []
+
+
+def comm_link(comm: CommProfile | None, tier: str) -> Link | None:
+    """The tier's overall alpha–beta fit as a ``Link``, or None when not measured."""
+    fit = comm.tier(tier) if comm else None
+    if fit is None:
+        return None
+    return Link(bandwidth_bytes_per_s=bandwidth_bytes_per_s(fit.overall.bandwidth_gbs), latency_s=fit.overall.latency_us * US)
+
+
+# -- loading ------------------------------------------------------------------------------
+
+
+def _log_warning(message: str) -> None:
+    logging.getLogger(__name__).warning(message)
+
+
+def layer_times_for(
+    profile: ProfileFile | None,
+    comm: CommProfile | None,
+    model: ModelSpec,
+    cluster: ClusterSpec,
+    train: TrainSpec,
+    allow_mismatch: bool = False,
+    warn: Warn | None = None,
+) -> LayerTimes:
+    """The ``LayerTimes`` for a measured layer profile and/or a measured collective profile
+    (either may be None; files are read by ``profiles.loader``).
+
+    Raises ``PlanError`` (CLI exit 2) for a profile of another model shape, device or
+    precision unless ``allow_mismatch`` (then it warns). ``warn`` receives one-line
+    warnings (default: the ``logging`` module).
+    """
+    if profile is None:
+        if comm is None:
+            return RooflineTimes(model, cluster, train.precision)
+        problems = comm_mismatches(comm, cluster)
+        if problems and not allow_mismatch:
+            raise PlanError(f"{problems[0]}; re-run `ppplan profile-comm` with its backend, or pass --allow-mismatch")
+        for problem in problems:
+            (warn or _log_warning)(f"{problem} (used anyway: --allow-mismatch)")
+        links = (comm_link(comm, "intra_node") or link_for(cluster, False), comm_link(comm, "inter_node") or link_for(cluster, True))
+        return RooflineTimes(model, cluster, train.precision, tp_links=links)
+    return ProfiledTimes(profile, model, cluster, train, allow_mismatch, comm, warn)

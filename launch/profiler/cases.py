@@ -1,0 +1,265 @@
+"""The pieces ``ppplan profile`` measures, and how it times and sizes them (torch).
+
+A case is one layer kind at one (tp, mbs, seq_len, recompute), built from the
+runtime's own code (``launch.runtime.model``) inside a ``StageModule`` the way the
+runtime builds a stage: fp32 weights, ``torch.autocast`` for bf16 plans
+(``launch.runtime.build.AUTOCAST_DTYPES``), recompute set per layer. TP > 1 is either
+the shapes one TP rank holds, on one device (``sharded_stage``), or the runtime's
+DTensor plan over a real TP group (``launch.runtime.tp.apply_tensor_parallel``).
+
+Passes, split as torch's zero-bubble pipeline stages split them
+(``torch.distributed.pipelining._backward``, Qi et al. 2023, Sec. 2): F; B = the
+gradient with respect to the input only (``stage_backward_input``); W = the gradient
+with respect to the weights only (``stage_backward_weight``); and, after a second F,
+the unsplit backward (B and W in one autograd call, what schedules without a split
+run). Under full recompute torch's split W runs one autograd call per parameter group
+and non-reentrant checkpointing re-runs the layer's forward in each.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from launch.runtime import model as runtime_model
+from launch.runtime.build import AUTOCAST_DTYPES
+from profiles.schema import ModelSpec
+
+Clock = Callable[[], float]
+INPUT_SEED = 1234
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    kind: str
+    tp: int
+    mbs: int
+    seq_len: int
+    recompute: str = "none"
+
+    @property
+    def label(self) -> str:
+        extra = f" recompute={self.recompute}" if self.kind == "transformer" else ""
+        return f"{self.kind} tp={self.tp} mbs={self.mbs} seq={self.seq_len}{extra}"
+
+
+@dataclass
+class Case:
+    """One grid point on its device: the stage, its trainable parameters, inputs and F."""
+
+    stage: Any
+    params: list[Any]
+    inputs: list[Any]
+    forward: Callable[..., Any]
+    output_grad: Any = None
+
+
+def _sharded_linear(linear: Any, tp: int, split: str) -> Any:
+    """A Linear of one TP rank's shape: output split (column-parallel) or input split (row-parallel)."""
+    fan_in = linear.in_features // (tp if split == "in" else 1)
+    fan_out = linear.out_features // (tp if split == "out" else 1)
+    new = torch.nn.Linear(fan_in, fan_out, bias=linear.bias is not None)
+    with torch.no_grad():
+        torch.nn.init.normal_(new.weight, 0.0, runtime_model.INIT_STD)
+        if new.bias is not None:
+            new.bias.zero_()
+    return new
+
+
+def build_stage(model: ModelSpec, kind: str) -> Any:
+    """A ``StageModule`` holding only the piece ``kind`` (unsharded)."""
+    if kind == "embedding":
+        return runtime_model.StageModule(runtime_model.build_embedding(model), {}, None)
+    if kind == "head":
+        return runtime_model.StageModule(None, {}, runtime_model.build_head(model))
+    return runtime_model.StageModule(None, {0: runtime_model.build_layer(model, 0)}, None)
+
+
+def shard_in_place(stage: Any, model: ModelSpec, tp: int) -> None:
+    """Give ``stage`` the shapes one TP rank holds in Megatron's split (``launch/runtime/tp.py``):
+    column-parallel q/k/v and fc1 (w1, w3), row-parallel wo and fc2, vocab-parallel embedding and logits."""
+    if tp == 1:
+        return
+    vocab_shard = -(-model.vocab_size // tp)
+    for layer in stage.layers.values():
+        attn, ffn = layer.attention, layer.feed_forward
+        attn.wq, attn.wk, attn.wv = (_sharded_linear(m, tp, "out") for m in (attn.wq, attn.wk, attn.wv))
+        attn.wo = _sharded_linear(attn.wo, tp, "in")
+        ffn.w1 = _sharded_linear(ffn.w1, tp, "out")
+        ffn.w3 = _sharded_linear(ffn.w3, tp, "out") if ffn.w3 is not None else None
+        ffn.w2 = _sharded_linear(ffn.w2, tp, "in")
+    if stage.embedding is not None:
+        stage.embedding.tok = torch.nn.Embedding(vocab_shard, model.hidden_size)
+    if stage.head is not None:
+        stage.head.proj = torch.nn.Linear(model.hidden_size, vocab_shard, bias=False)
+
+
+def _head_loss(stage: Any, tp: int, gather: bool, targets: Any) -> Callable[[Any], Any]:
+    """Head forward and loss as the runtime runs them: logits column-parallel over the vocabulary,
+    gathered back to the full vocabulary before the cross-entropy (on one device the gather is a copy)."""
+
+    def forward(x: Any) -> Any:
+        logits = stage(x)
+        if gather and tp > 1:
+            logits = torch.cat([logits] * tp, dim=-1)
+        return runtime_model.lm_loss(logits, targets)
+
+    return forward
+
+
+def make_case(
+    model: ModelSpec, point: GridPoint, precision: str, device: str, tp_mesh: Any = None
+) -> Case:
+    """Build ``point`` on ``device``: sharded shapes on one device, or the runtime's TP plan on ``tp_mesh``."""
+    spec = model if point.seq_len <= model.seq_len else model.model_copy(update={"seq_len": point.seq_len})
+    stage = build_stage(spec, point.kind)
+    for layer in stage.layers.values():
+        layer.set_recompute(point.recompute)
+    if tp_mesh is None:
+        shard_in_place(stage, spec, point.tp)
+    stage = stage.to(device)
+    if tp_mesh is not None:
+        from launch.runtime.tp import apply_tensor_parallel
+
+        apply_tensor_parallel(stage, tp_mesh, sequence_parallel=False)
+    stage.autocast_dtype = AUTOCAST_DTYPES.get(precision)
+    params = [p for p in stage.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.zeros_like(p)  # the runtime accumulates into existing gradients
+    gen = torch.Generator().manual_seed(INPUT_SEED)
+    shape = (point.mbs, point.seq_len)
+    vocab = model.vocab_size if tp_mesh is not None else -(-model.vocab_size // point.tp)
+    tokens = torch.randint(0, vocab, shape, generator=gen).to(device)
+    hidden = (torch.randn(*shape, model.hidden_size, generator=gen) * 0.5).to(device)
+    grad = (torch.randn(*shape, model.hidden_size, generator=gen) * 1e-3).to(device)
+    if point.kind == "embedding":
+        return Case(stage, params, [tokens], stage, grad)
+    if point.kind == "head":
+        return Case(stage, params, [hidden], _head_loss(stage, point.tp, tp_mesh is None, tokens))
+    return Case(stage, params, [hidden], stage, grad)
+
+
+def _fresh_inputs(case: Case) -> list[Any]:
+    return [x.detach().requires_grad_() if x.is_floating_point() else x for x in case.inputs]
+
+
+def run_split(case: Case, sync: Callable[[], None], clock: Clock = time.perf_counter) -> tuple[float, float, float]:
+    """One F, B, W of ``case``: seconds of each."""
+    from torch.distributed.pipelining._backward import stage_backward_input, stage_backward_weight
+
+    inputs = _fresh_inputs(case)
+    grads = None if case.output_grad is None else [case.output_grad]
+    sync()
+    t0 = clock()
+    out = case.forward(*inputs)
+    sync()
+    t1 = clock()
+    if any(x.requires_grad for x in inputs):
+        _, groups = stage_backward_input([out], grads, inputs, case.params)
+        sync()
+        t2 = clock()
+        stage_backward_weight(case.params, groups)
+    else:  # token ids have no gradient: torch's first stage runs its whole backward as W
+        t2 = t1
+        torch.autograd.backward([out], grads)
+    sync()
+    return t1 - t0, t2 - t1, clock() - t2
+
+
+def run_unsplit(case: Case, sync: Callable[[], None], clock: Clock = time.perf_counter) -> float:
+    """One F, then B and W in one autograd call: seconds of the backward."""
+    inputs = _fresh_inputs(case)
+    out = case.forward(*inputs)
+    sync()
+    start = clock()
+    torch.autograd.backward([out], None if case.output_grad is None else [case.output_grad])
+    sync()
+    return clock() - start
+
+
+def sample(case: Case, sync: Callable[[], None], clock: Clock, barrier: Callable[[], None] = lambda: None) -> tuple[float, ...]:
+    """One timed iteration: (F, B, W, unsplit backward) seconds (``barrier`` lines up a TP group first)."""
+    barrier()
+    split = run_split(case, sync, clock)
+    barrier()
+    return split + (run_unsplit(case, sync, clock),)
+
+
+def summarize(samples: list[tuple[float, ...]]) -> dict[str, tuple[float, float]]:
+    """Median and inter-quartile range of each pass over the timed iterations."""
+    stats = {}
+    for k, name in enumerate(("forward", "backward_input", "backward_weight", "backward")):
+        q25, q50, q75 = np.percentile([s[k] for s in samples], [25, 50, 75])
+        stats[name] = (float(q50), float(q75 - q25))
+    return stats
+
+
+def time_case(
+    case: Case, warmup: int, repeats: int, sync: Callable[[], None], clock: Clock, barrier: Callable[[], None] = lambda: None
+) -> dict[str, tuple[float, float]]:
+    """``summarize`` of ``repeats`` iterations after ``warmup`` untimed ones."""
+    samples = [sample(case, sync, clock, barrier) for _ in range(warmup + repeats)]
+    return summarize(samples[warmup:])
+
+
+def saved_activation_bytes(case: Case) -> int:
+    """Bytes of the distinct storages autograd saves in one forward, parameters excluded
+    (``saved_tensors_hooks``; under autocast this includes the low-precision weight copies)."""
+    param_ptrs = {p.untyped_storage().data_ptr() for p in case.params}
+    saved: dict[int, int] = {}
+
+    def pack(t: Any) -> Any:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in param_ptrs:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    inputs = _fresh_inputs(case)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = case.forward(*inputs)
+    del out
+    return sum(saved.values())
+
+
+def live_bytes_peak(case: Case, device: str) -> int:
+    """Peak bytes live during one F, B and W above the level before F: the CUDA allocator's
+    peak on GPU; on CPU a dispatch mode that adds each new output storage and drops it when
+    torch frees it (storages keep their Python object, so a finalizer sees the free)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run_split(case, torch.cuda.synchronize)
+        return int(torch.cuda.max_memory_allocated() - base)
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    state = {"live": 0, "peak": 0}
+    tracked: set[int] = set()
+
+    def release(key: int, nbytes: int) -> None:
+        tracked.discard(key)
+        state["live"] -= nbytes
+
+    class LiveBytes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    storage = t.untyped_storage()
+                    key = storage.data_ptr()
+                    if key and key not in tracked:
+                        tracked.add(key)
+                        state["live"] += storage.nbytes()
+                        state["peak"] = max(state["peak"], state["live"])
+                        weakref.finalize(storage, release, key, storage.nbytes())
+            return out
+
+    with LiveBytes():
+        run_split(case, lambda: None)
+    return state["peak"]

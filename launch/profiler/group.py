@@ -1,0 +1,99 @@
+"""Time layers in a real tensor-parallel group (``ppplan profile --tp-group``).
+
+For each TP degree t > 1, t processes (spawned here; gloo on CPU, NCCL on t GPUs)
+build every grid point of that degree with the runtime's DTensor plan
+(``launch.runtime.tp``) and time it after a barrier; rank 0 reports. The times then
+include the TP collectives and the DTensor overhead that sharded shapes on one device
+leave out. Wall clock: waiting for a collective is part of the time.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any, Callable
+
+from profiles.errors import InfeasibleError
+from profiles.schema import ModelSpec
+
+Stats = dict[str, tuple[float, float]]
+
+
+GROUP_ATTEMPTS = 3
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def spawn_and_collect(worker: Callable[..., None], args: tuple, nprocs: int, on_item: Callable[[Any], None], what: str) -> None:
+    """Run ``worker(rank, *args, queue)`` in ``nprocs`` spawned processes and pass every item
+    they put on the queue to ``on_item`` as it arrives; a worker failure is an ``InfeasibleError``."""
+    import torch.multiprocessing as mp
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    context = mp.start_processes(worker, args=(*args, queue), nprocs=nprocs, join=False, start_method="spawn")
+
+    def drain() -> None:
+        while not queue.empty():
+            on_item(queue.get())
+
+    try:
+        while not context.join(timeout=0.2):
+            drain()
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+        raise InfeasibleError(f"{what} failed: {str(exc).strip().splitlines()[-1]}") from None
+    drain()
+
+
+def _worker(rank: int, tp: int, port: int, model: ModelSpec, points: list, opts: dict[str, Any], queue: Any) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from launch.profiler.cases import make_case, time_case
+
+    torch.set_num_threads(opts["threads"] or 1)
+    cuda = opts["device"] == "cuda"
+    if cuda:
+        torch.cuda.set_device(rank)
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=tp)
+    try:
+        mesh = init_device_mesh("cuda" if cuda else "cpu", (tp,))
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        for index, point in points:
+            case = make_case(model, point, opts["precision"], f"cuda:{rank}" if cuda else "cpu", tp_mesh=mesh)
+            stats = time_case(case, opts["warmup"], opts["repeats"], sync, time.perf_counter, barrier=dist.barrier)
+            if rank == 0:
+                queue.put((index, stats))
+        dist.barrier()  # no rank tears gloo down while a peer still has traffic in flight
+    finally:
+        dist.destroy_process_group()
+
+
+def time_in_tp_group(
+    model: ModelSpec, tp: int, points: list, opts: dict[str, Any], done: Callable[[int, Stats], None]
+) -> None:
+    """Time ``points`` (``(index, GridPoint)`` pairs, all of degree ``tp``) in a group of ``tp``
+    processes; ``done(index, stats)`` as each finishes.
+
+    gloo on CPU now and then kills a worker with SIGABRT ("terminate called without an
+    active exception", about 1 run in 10 here); a group killed by a signal is started again
+    for the points it had not reported, up to ``GROUP_ATTEMPTS`` times. A Python exception
+    in a worker is not retried."""
+    pending = dict(points)
+
+    def record(item: tuple[int, Stats]) -> None:
+        pending.pop(item[0], None)
+        done(*item)
+
+    what = f"profiling in a TP group of {tp}"
+    for attempt in range(1, GROUP_ATTEMPTS + 1):
+        try:
+            spawn_and_collect(_worker, (tp, free_port(), model, sorted(pending.items()), opts), tp, record, what)
+            return
+        except InfeasibleError as exc:
+            if "terminated with signal" not in str(exc) or attempt == GROUP_ATTEMPTS or not pending:
+                raise

@@ -1,0 +1,281 @@
+"""``ppplan profile``: time and size the runtime's own layers on this machine.
+
+For each layer kind (embedding, transformer layer, final norm + logits + loss) and
+each (tp, mbs, seq_len, recompute) of the grid, after ``warmup`` untimed iterations,
+``repeats`` iterations time F, B (input gradient only), W (weight gradient only) and
+the unsplit backward (``launch.profiler.cases``); the file holds medians with the
+inter-quartile range. Memory, in an untimed pass: parameter bytes; activation bytes
+= distinct storages autograd saves for backward (``saved_tensors_hooks``, parameters
+excluded; the same count on CPU and GPU); transient peak = peak bytes live during
+F, B and W above the level before F, less the activations (CUDA allocator on GPU, a
+storage-tracking dispatch mode on CPU).
+
+TP > 1 is timed as the TP-sharded shapes on one device (an approximation the file
+states: no TP communication, no DTensor overhead; the planner adds the communication
+from the alpha–beta model), or with ``tp_group`` in a real TP group of processes
+running the runtime's DTensor plan (``launch.profiler.group``). torch is imported
+lazily here, and only in ``profiles.profiler_*`` and ``launch.runtime``.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from costmodels.memory import ActivationVariant, layer_activation_bytes
+from costmodels.rules import tp_violations
+from profiles.errors import PlanError
+from profiles.profile_schema import HardwareFingerprint, LayerProfile, ProfileFile, model_shape_hash
+from profiles.schema import ModelSpec
+
+PRECISIONS = ("fp32", "bf16")  # what the runtime runs: fp32, or fp32 weights under bf16 autocast
+RECOMPUTE_KINDS = ("none", "selective", "full")
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """What to measure: every ``tp`` x ``seq_len`` x ``mbs`` (x ``recompute`` for transformer layers)."""
+
+    device: str = "cpu"
+    tps: tuple[int, ...] = (1, 2, 4)
+    mbss: tuple[int, ...] = (1, 2, 4)
+    seq_lens: tuple[int, ...] = ()
+    recomputes: tuple[str, ...] = RECOMPUTE_KINDS
+    precision: str = "fp32"
+    warmup: int = 2
+    repeats: int = 7
+    num_threads: int | None = None
+    tp_group: bool = False
+    cluster: str | None = None
+
+    @property
+    def threads(self) -> int | None:
+        """Intra-op threads: as given, else 1 on CPU (torchrun's OMP_NUM_THREADS=1 per process), else torch's."""
+        return self.num_threads or (1 if self.device == "cpu" else None)
+
+    @property
+    def timer(self) -> str:
+        """Thread CPU time on one CPU thread (other processes on a shared machine do not inflate it);
+        wall time otherwise, and in a TP group (waiting for a collective is part of the time)."""
+        return "thread_cpu" if self.device == "cpu" and self.threads == 1 and not self.tp_group else "wall"
+
+
+def check_settings(model: ModelSpec, settings: ProfileSettings) -> None:
+    """Reject what cannot be profiled, with the fix in the message (no torch needed)."""
+    if settings.precision not in PRECISIONS:
+        raise PlanError(f"cannot profile precision '{settings.precision}': the runtime runs {' or '.join(PRECISIONS)}")
+    for tp in settings.tps:
+        problems = tp_violations(model, tp)
+        if problems:
+            raise PlanError(f"--{problems[0]}")
+    bad = [r for r in settings.recomputes if r not in RECOMPUTE_KINDS]
+    if bad or not settings.recomputes:
+        raise PlanError(f"unknown recompute '{bad[0] if bad else ''}': use {'|'.join(RECOMPUTE_KINDS)}")
+    if settings.warmup < 0 or settings.repeats < 2:
+        raise PlanError("--repeats must be at least 2 and --warmup at least 0")
+
+
+def grid(model: ModelSpec, settings: ProfileSettings) -> list[Any]:
+    """Every measurement: per (tp, seq, mbs) the embedding, the layer with each recompute kind, the head."""
+    from launch.profiler.cases import GridPoint
+
+    points = []
+    for tp in settings.tps:
+        for seq in settings.seq_lens or (model.seq_len,):
+            for mbs in settings.mbss:
+                points.append(GridPoint("embedding", tp, mbs, seq))
+                points += [GridPoint("transformer", tp, mbs, seq, rc) for rc in settings.recomputes]
+                points.append(GridPoint("head", tp, mbs, seq))
+    return points
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise PlanError("profiling needs torch: pip install -e .[runtime]") from None
+    return torch
+
+
+def check_device(device: str, processes: int = 1) -> None:
+    """``cpu`` or ``cuda`` with CUDA present (and ``processes`` GPUs for a TP group)."""
+    if device not in ("cpu", "cuda"):
+        raise PlanError(f"unknown device '{device}': use cpu or cuda")
+    torch = _torch()
+    if device == "cuda" and not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise PlanError(f"--device cuda but CUDA is not available ({why}, torch {torch.__version__}); use --device cpu")
+    if device == "cuda" and torch.cuda.device_count() < processes:
+        raise PlanError(f"--tp-group with tp={processes} needs {processes} GPUs, {torch.cuda.device_count()} visible")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _driver_version() -> str | None:
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else None
+
+
+def hardware_fingerprint(device: str) -> HardwareFingerprint:
+    torch = _torch()
+    cuda = device == "cuda"
+    return HardwareFingerprint(
+        device_kind="cuda" if cuda else "cpu",
+        device_name=torch.cuda.get_device_name(0) if cuda else "cpu",
+        torch_version=torch.__version__,
+        cuda_version=torch.version.cuda,
+        driver_version=_driver_version() if cuda else None,
+        cpu_model=_cpu_model(),
+        num_threads=torch.get_num_threads(),
+    )
+
+
+def approximation_notes(settings: ProfileSettings, threads: int) -> list[str]:
+    notes = [
+        "B and W split as torch.distributed.pipelining's zero-bubble stages split them; "
+        "the embedding has no input gradient, so its whole backward is W",
+        "sequence parallelism is not profiled: SP plans use these times (norms and residuals unsharded)",
+    ]
+    if settings.tp_group:
+        notes.append("tp > 1 timed in a real TP group of processes on this machine with the runtime's DTensor plan: "
+                     "F and B include the TP collectives (tp_comm_included); memory from the sharded shapes on one device")
+    else:
+        notes += [
+            "tp > 1: the TP-sharded shapes of one rank timed on one device; no TP communication "
+            "(the planner adds it from the alpha-beta model or the comm profile) and no DTensor overhead",
+            "tp > 1 head: vocab/tp logits copied tp times to the full vocabulary (the runtime all-gathers them) before the loss",
+        ]
+    if settings.device == "cpu":
+        notes.append(f"CPU, {threads} intra-op thread(s) per process; torchrun sets OMP_NUM_THREADS=1 for several processes")
+    if settings.timer == "thread_cpu":
+        notes.append("timed in thread CPU time (one thread): the uncontended time, not inflated by other processes")
+    return notes
+
+
+def _entry(point: Any, precision: str, stats: dict[str, tuple[float, float]], memory: tuple[int, int, int], repeats: int, in_group: bool) -> LayerProfile:
+    activation, parameters, peak = memory
+    return LayerProfile(
+        kind=point.kind, tp=point.tp, mbs=point.mbs, seq_len=point.seq_len, recompute=point.recompute, precision=precision,
+        forward_s=stats["forward"][0], forward_iqr_s=stats["forward"][1],
+        backward_input_s=stats["backward_input"][0], backward_input_iqr_s=stats["backward_input"][1],
+        backward_weight_s=stats["backward_weight"][0], backward_weight_iqr_s=stats["backward_weight"][1],
+        backward_s=stats["backward"][0], backward_iqr_s=stats["backward"][1],
+        repeats=repeats, activation_bytes=activation, parameter_bytes=parameters,
+        transient_peak_bytes=max(0, peak - activation), tp_comm_included=in_group,
+    )  # fmt: skip
+
+
+def _memory_of(case: Any, device: str) -> tuple[int, int, int]:
+    from launch.profiler import cases
+
+    activation = cases.saved_activation_bytes(case)
+    parameters = sum(p.numel() * p.element_size() for p in case.params)
+    return activation, parameters, cases.live_bytes_peak(case, device)
+
+
+def interleaves(model: ModelSpec, settings: ProfileSettings) -> bool:
+    """Time CPU points round-robin (one iteration of each per round) so that every point samples
+    the run's background load alike, when all cases fit in memory at once (< 2 GiB by the cost
+    model's activation formula, twice for the gradients)."""
+
+    if settings.timer != "thread_cpu":
+        return False
+    variant = ActivationVariant.runtime(settings.precision, device="cpu")
+    total = sum(2 * layer_activation_bytes(model, p.seq_len, p.mbs, p.tp, False, "none", variant) for p in grid(model, settings))
+    return total < 2 * 2**30
+
+
+def num_steps(model: ModelSpec, settings: ProfileSettings) -> int:
+    """How many times ``profile_model`` calls ``progress``."""
+    points = grid(model, settings)
+    if interleaves(model, settings):
+        return len(points) + settings.warmup + settings.repeats
+    return len(points) + (sum(p.tp > 1 for p in points) if settings.tp_group else 0)
+
+
+def _time_round_robin(built: dict[int, Any], settings: ProfileSettings, clock: Any, say: Callable[[str], None]) -> dict[int, dict]:
+    from launch.profiler import cases
+
+    rounds = settings.warmup + settings.repeats
+    samples: dict[int, list] = {i: [] for i in built}
+    for round_ in range(rounds):
+        say(f"round {round_ + 1} of {rounds} over {len(built)} points")
+        for index, case in built.items():
+            row = cases.sample(case, lambda: None, clock)
+            if round_ >= settings.warmup:
+                samples[index].append(row)
+    return {i: cases.summarize(rows) for i, rows in samples.items()}
+
+
+def profile_model(model: ModelSpec, settings: ProfileSettings, progress: Callable[[str], None] | None = None) -> ProfileFile:
+    """Measure every grid point into a ``ProfileFile``; ``progress(label)`` once per step (``num_steps``)."""
+    from launch.profiler import cases
+
+    check_settings(model, settings)
+    check_device(settings.device, max(settings.tps) if settings.tp_group else 1)
+    torch = _torch()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    say = progress or (lambda label: None)
+    points = grid(model, settings)
+    sync = torch.cuda.synchronize if settings.device == "cuda" else (lambda: None)
+    clock = time.thread_time if settings.timer == "thread_cpu" else time.perf_counter
+    together = interleaves(model, settings)
+    results: dict[int, tuple[dict, tuple[int, int, int]]] = {}
+    built: dict[int, Any] = {}
+    for index, point in enumerate(points):
+        in_group = settings.tp_group and point.tp > 1
+        say(point.label + (" (memory)" if in_group or together else ""))
+        case = cases.make_case(model, point, settings.precision, settings.device)
+        stats = {} if in_group or together else cases.time_case(case, settings.warmup, settings.repeats, sync, clock)
+        results[index] = (stats, _memory_of(case, settings.device))
+        if together:
+            built[index] = case
+    if together:
+        timed = _time_round_robin(built, settings, clock, say)
+        results = {i: (timed[i], memory) for i, (_, memory) in results.items()}
+    if settings.tp_group:
+        _time_groups(model, settings, points, results, progress)
+    hardware = hardware_fingerprint(settings.device)
+    entries = [
+        _entry(p, settings.precision, results[i][0], results[i][1], settings.repeats, settings.tp_group and p.tp > 1)
+        for i, p in enumerate(points)
+    ]
+    return ProfileFile(
+        model=model, model_shape_hash=model_shape_hash(model), precision=settings.precision,
+        cluster=settings.cluster, hardware=hardware, warmup_iterations=settings.warmup, timer=settings.timer,
+        approximation=approximation_notes(settings, hardware.num_threads), layers=entries,
+    )
+
+
+def _time_groups(model: ModelSpec, settings: ProfileSettings, points: list, results: dict, progress: Callable | None) -> None:
+    """Fill in the times of every tp > 1 point from a real TP group of that degree."""
+    from launch.profiler.group import time_in_tp_group
+
+    opts = {"device": settings.device, "precision": settings.precision, "warmup": settings.warmup,
+            "repeats": settings.repeats, "threads": settings.threads}  # fmt: skip
+
+    def done(index: int, stats: dict) -> None:
+        results[index] = (stats, results[index][1])
+        if progress:
+            progress(points[index].label + " (TP group)")
+
+    for tp in sorted({p.tp for p in points if p.tp > 1}):
+        time_in_tp_group(model, tp, [(i, p) for i, p in enumerate(points) if p.tp == tp], opts, done)

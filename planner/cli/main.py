@@ -1,0 +1,60 @@
+"""``ppplan`` entry point: registers the commands and maps errors to exit codes.
+
+Exit codes (DESIGN.md): 0 success; 1 no feasible plan or a failed run; 2 bad
+input, reported as one ``error:`` line on stderr with no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# Each module registers its commands on ``app`` when imported.
+from planner.cli import (
+    explain,  # noqa: F401  registers explain, schema
+    launch,  # noqa: F401  registers launch, compare
+    profile,  # noqa: F401  registers profile, profile-comm
+    search,  # noqa: F401  registers search, evaluate
+    simulate,  # noqa: F401  registers simulate
+    trust,  # noqa: F401  registers validate, calibrate, regress
+)
+from planner.cli.app import app
+from profiles.errors import InfeasibleError, PlanError
+
+
+def _error(message: str, code: int) -> int:
+    first = str(message).strip().splitlines()[0] if str(message).strip() else "invalid input"
+    print(f"error: {first}", file=sys.stderr)
+    return code
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return the exit code (used by ``main`` and the tests)."""
+    command = typer_main_command()
+    try:
+        result = command.main(args=argv, prog_name="ppplan", standalone_mode=False)
+    except PlanError as exc:
+        return _error(str(exc), 2)
+    except InfeasibleError as exc:
+        return _error(str(exc), 1)
+    except KeyboardInterrupt:
+        return _error("interrupted", 130)
+    except Exception as exc:  # typer's vendored click signals, matched by shape
+        kind = type(exc).__name__
+        if kind == "Exit":
+            return int(getattr(exc, "exit_code", 0))
+        if kind == "Abort":
+            return _error("aborted", 130)
+        if hasattr(exc, "format_message"):
+            return _error(exc.format_message(), 2)
+        raise
+    return int(result) if isinstance(result, int) else 0
+
+
+def typer_main_command():
+    import typer.main
+
+    return typer.main.get_command(app)
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))

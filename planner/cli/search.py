@@ -1,0 +1,206 @@
+"""``ppplan search`` and ``ppplan evaluate``, and the options and defaults they share."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn
+
+from costmodels.compute import default_precision, peak_flops
+from costmodels.estimate import estimate
+from costmodels.layer_costs import LayerTimes
+from costmodels.layout import uniform_split
+from costmodels.profile_times import layer_times_for
+from costmodels.rules import check_config
+from planner.cli.app import app, err, out, warn
+from planner.cli.render import memory_table, plan_json, plans_table
+from planner.search.branch_and_bound import Scored, search
+from planner.search.explain import binding_constraints, rationale
+from planner.search.space import DEFAULT_SCHEDULES
+from profiles.errors import InfeasibleError, PlanError
+from profiles.files import write_atomic
+from profiles.loader import load_cluster, load_model, read_comm_profile, read_profile
+from profiles.schema import SCHEDULE_NAMES, ClusterSpec, ModelSpec, ParallelConfig, Plan, TrainSpec
+
+ModelOpt = typer.Option(..., "--model", help="preset name, our YAML/JSON, or a Hugging Face config.json")
+ClusterOpt = typer.Option(..., "--cluster", help="preset name or YAML")
+GpusOpt = typer.Option(..., "--gpus", min=1, help="total GPUs")
+BatchOpt = typer.Option(..., "--global-batch", min=1, help="sequences per step")
+SeqOpt = typer.Option(None, "--seq-len", min=1, help="default: the model's seq_len")
+PrecisionOpt = typer.Option(None, "--precision", help="bf16|fp16|fp32|fp8 (default bf16 if the GPU has it, else fp32)")
+ProfileOpt = typer.Option(None, "--profile", help="measured layer profile (ppplan profile)")
+CommProfileOpt = typer.Option(None, "--comm-profile", help="measured collectives (ppplan profile-comm)")
+MismatchOpt = typer.Option(False, "--allow-mismatch", help="use a profile taken for another shape or device")
+OutOpt = typer.Option(None, "--out", help="write the plan file here")
+JsonOpt = typer.Option(False, "--json", help="one JSON document on stdout")
+
+
+def resolve_train(model: ModelSpec, cluster: ClusterSpec, global_batch: int, seq_len: int | None, precision: str | None) -> TrainSpec:
+    """Defaults of DESIGN.md: the model's seq_len; bf16 if the cluster lists it, else fp32."""
+    if precision is None:
+        precision = default_precision(cluster)
+    if precision not in {"bf16", "fp16", "fp32", "fp8"}:
+        raise PlanError(f"unknown precision '{precision}': use bf16, fp16, fp32 or fp8")
+    peak_flops(cluster, precision)  # raises PlanError naming the precisions the GPU has
+    return TrainSpec(global_batch=global_batch, seq_len=seq_len or model.seq_len, precision=precision)
+
+
+def load_layers(profile: Optional[Path], comm_profile: Optional[Path], model: ModelSpec, cluster: ClusterSpec,
+                train: TrainSpec, allow_mismatch: bool) -> LayerTimes | None:
+    """Measured layer times (and/or a measured link) replace the roofline when given."""
+    if profile is None and comm_profile is None:
+        return None
+    comm = read_comm_profile(comm_profile) if comm_profile else None
+    measured = read_profile(profile) if profile else None
+    return layer_times_for(measured, comm, model, cluster, train, allow_mismatch, warn=warn)
+
+
+def _parse_schedules(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return DEFAULT_SCHEDULES
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    for name in names:
+        if name not in SCHEDULE_NAMES:
+            raise PlanError(f"unknown schedule '{name}': choose from {', '.join(SCHEDULE_NAMES)}")
+        if name in {"chimera", "custom"}:
+            raise PlanError(f"schedule '{name}' is not searched (chimera is simulated only; custom comes from a plan)")
+    return names
+
+
+def _plan(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, scored: Scored, lines: list[str]) -> Plan:
+    return Plan(model=model, cluster=cluster, train=train, config=scored.config, estimate=scored.estimate, rationale=lines)
+
+
+def _progress():
+    return Progress(TextColumn("searching"), BarColumn(), TextColumn("{task.completed}/{task.total} candidates"),
+                    console=err, transient=True, disable=not err.is_terminal)
+
+
+@app.command("search")
+def search_cmd(
+    model: str = ModelOpt, cluster: str = ClusterOpt, gpus: int = GpusOpt, global_batch: int = BatchOpt,
+    seq_len: Optional[int] = SeqOpt, precision: Optional[str] = PrecisionOpt,
+    top_k: int = typer.Option(5, "--top-k", min=1), schedules: Optional[str] = typer.Option(None, "--schedules", help="comma list"),
+    allow_cross_node_tp: bool = typer.Option(False, "--allow-cross-node-tp"),
+    profile: Optional[Path] = ProfileOpt, comm_profile: Optional[Path] = CommProfileOpt, allow_mismatch: bool = MismatchOpt,
+    out_path: Optional[Path] = OutOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Find the fastest plans that fit in memory."""
+    model_spec, cluster_spec = load_model(model), load_cluster(cluster)
+    train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision)
+    names = _parse_schedules(schedules)
+    layers = load_layers(profile, comm_profile, model_spec, cluster_spec, train, allow_mismatch)
+    with _progress() as bar:
+        task = bar.add_task("search", total=None)
+        result = search(model_spec, cluster_spec, train, gpus, top_k, names, allow_cross_node_tp, layers,
+                        progress=lambda done, total: bar.update(task, completed=done, total=total))
+    searcher = result.searcher
+    if not result.best:
+        _report_infeasible(result.closest, model_spec, cluster_spec, train, gpus, as_json)
+    runner_up = result.best[1] if len(result.best) > 1 else None
+    plans = [_plan(model_spec, cluster_spec, train, s, rationale(searcher, s, runner_up) if i == 0 else [])
+             for i, s in enumerate(result.best)]
+    if out_path:
+        write_atomic(out_path, plan_json(plans[0]))
+    if as_json:
+        out.print_json(json.dumps([json.loads(p.model_dump_json()) for p in plans]))
+        return
+    title = (f"{model_spec.name} on {gpus} x {cluster_spec.gpu.name}, global batch {global_batch}, seq {train.seq_len}, "
+             f"{train.precision}: {result.candidates} candidates, {result.evaluated} priced with cut points, "
+             f"{result.pruned_by_bound} pruned by bound")
+    out.print(plans_table([(p.config, p.estimate) for p in plans], title))
+    for line in plans[0].rationale:
+        out.print(f"  {line}", markup=False)
+    if out_path:
+        out.print(f"wrote {out_path}", markup=False)
+
+
+def _report_infeasible(closest: Scored | None, model: ModelSpec, cluster: ClusterSpec, train: TrainSpec,
+                       gpus: int, as_json: bool) -> None:
+    if closest is None:
+        raise InfeasibleError(f"no legal configuration of {model.name} on {gpus} GPUs with global batch {train.global_batch}")
+    est = closest.estimate
+    worst = max(est.peak_memory_gib)
+    rank = est.peak_memory_gib.index(worst)
+    if as_json:
+        plan = _plan(model, cluster, train, closest, binding_constraints(est))
+        out.print_json(json.dumps([json.loads(plan.model_dump_json())]))
+    else:
+        out.print(plans_table([(closest.config, est)], "No plan fits; the closest one:"))
+        out.print(memory_table(est))
+    raise InfeasibleError(
+        f"no plan fits in {est.memory_limit_gib:.1f} GiB per GPU; closest: {closest.candidate.label()} "
+        f"needs {worst:.1f} GiB on pipeline rank {rank} (over by {worst - est.memory_limit_gib:.1f} GiB)"
+    )
+
+
+def _parse_recompute(text: str, stages: int) -> str | list[str]:
+    kinds = [k.strip() for k in text.split(",")]
+    for k in kinds:
+        if k not in {"none", "selective", "full"}:
+            raise PlanError(f"unknown recompute '{k}': use none, selective or full (or one per stage, comma separated)")
+    if len(kinds) == 1:
+        return kinds[0]
+    if len(kinds) != stages:
+        raise PlanError(f"--recompute lists {len(kinds)} stages but pp*v = {stages}")
+    return kinds
+
+
+def _parse_stage_layers(text: str | None, num_layers: int, stages: int) -> list[int]:
+    if not text:
+        if num_layers < stages:
+            raise PlanError(f"{num_layers} layers cannot fill pp*v = {stages} stages: lower --pp or --v")
+        return uniform_split(num_layers, stages)
+    try:
+        layers = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise PlanError(f"--stage-layers must be comma-separated integers, got '{text}'") from None
+    if any(n < 1 for n in layers):
+        raise PlanError("--stage-layers entries must be >= 1")
+    return layers
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: str = ModelOpt, cluster: str = ClusterOpt, gpus: int = GpusOpt, global_batch: int = BatchOpt,
+    tp: int = typer.Option(..., "--tp", min=1), pp: int = typer.Option(..., "--pp", min=1),
+    mbs: int = typer.Option(..., "--mbs", min=1), v: int = typer.Option(1, "--v", min=1),
+    schedule: str = typer.Option("1f1b", "--schedule"), recompute: str = typer.Option("none", "--recompute"),
+    sequence_parallel: bool = typer.Option(False, "--sequence-parallel"), zero: int = typer.Option(0, "--zero", min=0, max=3),
+    stage_layers: Optional[str] = typer.Option(None, "--stage-layers", help="layers per virtual stage, e.g. 5,6,6,5"),
+    seq_len: Optional[int] = SeqOpt, precision: Optional[str] = PrecisionOpt,
+    profile: Optional[Path] = ProfileOpt, comm_profile: Optional[Path] = CommProfileOpt, allow_mismatch: bool = MismatchOpt,
+    out_path: Optional[Path] = OutOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Price one fixed configuration (uniform cut points unless --stage-layers)."""
+    model_spec, cluster_spec = load_model(model), load_cluster(cluster)
+    train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision)
+    if schedule not in SCHEDULE_NAMES:
+        raise PlanError(f"unknown schedule '{schedule}': choose from {', '.join(SCHEDULE_NAMES)}")
+    if gpus % (tp * pp):
+        raise PlanError(f"--gpus {gpus} is not divisible by tp*pp = {tp * pp}: pick degrees whose product divides the GPUs")
+    dp = gpus // (tp * pp)
+    if global_batch % (dp * mbs):
+        raise PlanError(f"global batch {global_batch} is not divisible by dp*mbs = {dp}*{mbs}: change the batch, --mbs or the degrees")
+    cfg = ParallelConfig(
+        tp=tp, pp=pp, dp=dp, v=v, mbs=mbs, num_microbatches=global_batch // (dp * mbs), schedule=schedule,
+        recompute=_parse_recompute(recompute, pp * v), sequence_parallel=sequence_parallel, zero=zero,
+        stage_layers=_parse_stage_layers(stage_layers, model_spec.num_layers, pp * v),
+    )
+    check_config(model_spec, train, gpus, cfg)
+    layers = load_layers(profile, comm_profile, model_spec, cluster_spec, train, allow_mismatch)
+    est = estimate(model_spec, cluster_spec, train, cfg, layers)
+    plan = Plan(model=model_spec, cluster=cluster_spec, train=train, config=cfg, estimate=est,
+                rationale=binding_constraints(est))
+    if out_path:
+        write_atomic(out_path, plan_json(plan))
+    if as_json:
+        out.print_json(json.dumps({"config": json.loads(cfg.model_dump_json()), "estimate": json.loads(est.model_dump_json())}))
+        return
+    out.print(plans_table([(cfg, est)], f"{model_spec.name} on {gpus} x {cluster_spec.gpu.name}"))
+    out.print(memory_table(est))
+    for line in plan.rationale:
+        out.print(f"  {line}", markup=False)

@@ -1,0 +1,228 @@
+"""``ppplan validate``, ``ppplan calibrate`` and ``ppplan regress``: the trust loop.
+
+    ppplan validate [--runs public_runs.csv] [--no-fit] [--json]
+    ppplan calibrate RUNS... --cluster C [--plan P]... [--out calibrated.yaml] [--terms a,b] [--folds K] [--json]
+    ppplan regress [--update] [--suite DIR] [--case PATTERN] [--json]
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from planner.cli.app import app, err, out, warn
+from planner.trust.calibration import FIT_TERMS, TERM_BOUNDS, CalibrationReport, calibrate_runs, error_pct, with_efficiency
+from planner.trust.calibration_io import cluster_yaml, read_runs
+from planner.trust.published_runs import DEFAULT_RUNS_CSV
+from planner.trust.regress import DEFAULT_SUITE, CaseResult
+from planner.trust.regress import regress as run_regress
+from planner.trust.validation import VALIDATION_FIT_TERMS, ValidationReport
+from planner.trust.validation import validate as run_validate
+from profiles.errors import PlanError
+from profiles.files import write_atomic
+from profiles.loader import load_cluster
+
+
+def _fit_note(report: ValidationReport) -> str:
+    if not report.fit_terms:
+        return "no constants fitted: mape_pct and mape_pct_fitted are both the a-priori figure"
+    fitted = ", ".join(f"{k}={v:.3f}" for k, v in report.fitted_terms.items())
+    return (f"mape_pct is held-out (leave-one-source-out fit of {', '.join(report.fit_terms)}); "
+            f"mape_pct_fitted is in-sample ({fitted} fitted to all rows)")
+
+
+def _print_validation(report: ValidationReport) -> None:
+    rows = Table(title="Published runs: predicted vs measured", title_justify="left")
+    for col in ("run", "source", "metric", "measured", "a priori", "err %", "held-out", "err %", "fitted", "err %"):
+        rows.add_column(col, justify="left" if col in ("run", "source", "metric") else "right")
+    for r in report.results:
+        rows.add_row(
+            r.row.run, r.row.source, r.row.metric, f"{r.row.measured:.4g}",
+            f"{r.apriori:.4g}", f"{r.error('apriori'):+.1f}", f"{r.heldout:.4g}", f"{r.error('heldout'):+.1f}",
+            f"{r.fitted:.4g}", f"{r.error('fitted'):+.1f}",
+        )
+    out.print(rows)
+    summary = Table(title="MAPE % per source", title_justify="left")
+    for col in ("source", "rows", "a priori", "held-out (mape_pct)", "fitted (mape_pct_fitted)"):
+        summary.add_column(col, justify="left" if col == "source" else "right")
+    mapes = {which: report.mape(which) for which in ("apriori", "heldout", "fitted")}
+    for source, value in mapes["heldout"]["per_source"].items():
+        count = sum(1 for r in report.results if r.row.source == source)
+        summary.add_row(source, str(count), f"{mapes['apriori']['per_source'][source]:.1f}",
+                        f"{value:.1f}", f"{mapes['fitted']['per_source'][source]:.1f}")
+    summary.add_row("overall", str(len(report.results)), f"{mapes['apriori']['overall']:.1f}",
+                    f"{mapes['heldout']['overall']:.1f}", f"{mapes['fitted']['overall']:.1f}")
+    out.print(summary)
+    out.print(_fit_note(report), markup=False)
+    if report.skipped:
+        skipped = Table(title=f"Skipped rows ({len(report.skipped)})", title_justify="left")
+        skipped.add_column("run")
+        skipped.add_column("reason")
+        for s in report.skipped:
+            skipped.add_row(s.run, s.reason)
+        out.print(skipped)
+
+
+@app.command()
+def validate(
+    runs: Path = typer.Option(DEFAULT_RUNS_CSV, "--runs", help="published runs CSV (columns: profiles/calibration/README.md)"),
+    no_fit: bool = typer.Option(False, "--no-fit", help="a-priori constants only (no leave-one-source-out fit)"),
+    json_out: bool = typer.Option(False, "--json", help="print the DESIGN.md validate document"),
+) -> None:
+    """Price every published run with a complete configuration and compare with its measurement."""
+    report = run_validate(runs, () if no_fit else VALIDATION_FIT_TERMS)
+    if not report.results:
+        raise PlanError(f"no row of {runs} has a complete configuration to price")
+    if json_out:
+        err.print(f"note: {_fit_note(report)}", markup=False, soft_wrap=True)
+        out.print_json(json.dumps(report.to_json()))
+    else:
+        _print_validation(report)
+
+
+def _terms(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [n for n in names if n not in TERM_BOUNDS]
+    if unknown or not names:
+        raise PlanError(f"unknown efficiency term(s) {', '.join(unknown) or '(none)'}; use some of {', '.join(TERM_BOUNDS)}")
+    return names
+
+
+def _provenance(report: CalibrationReport, sources: list[Path], base: str) -> dict[str, str]:
+    fit = report.fit
+    prov = {
+        "calibrated_by": "ppplan calibrate",
+        "base_cluster": base,
+        "date": datetime.date.today().isoformat(),
+        "sources": ", ".join(str(p) for p in sources),
+        "runs": ", ".join(fit.runs),
+        "fitted_terms": ", ".join(f"{k}={v:.4g} (was {fit.start[k]:.4g})" for k, v in fit.terms.items()),
+        "fit_rms_log_error": f"{fit.rms_log_error_before:.4f} before, {fit.rms_log_error_after:.4f} after (in-sample)",
+        "in_sample_mape_pct": f"{report.mape(report.apriori_s):.2f} before, {report.mape(report.fitted_s):.2f} after",
+    }
+    if report.heldout_s is not None:
+        prov["heldout_mape_pct"] = (f"{report.mape(report.apriori_s):.2f} before, {report.mape(report.heldout_s):.2f} "
+                                    f"after ({report.folds}-fold cross-validation)")
+    return prov
+
+
+def _calibration_json(report: CalibrationReport) -> dict:
+    heldout = report.heldout_s
+    return {
+        "terms": {k: {"before": report.fit.start[k], "after": v} for k, v in report.fit.terms.items()},
+        "mape_pct": {
+            "in_sample": {"before": report.mape(report.apriori_s), "after": report.mape(report.fitted_s)},
+            "heldout": None if heldout is None else {"before": report.mape(report.apriori_s), "after": report.mape(heldout),
+                                                     "folds": report.folds},
+        },
+        "runs": [
+            {"run": run, "measured_step_time_s": measured, "apriori_s": report.apriori_s[run],
+             "fitted_s": report.fitted_s[run], "heldout_s": None if heldout is None else heldout[run]}
+            for run, measured in report.measured_s.items()
+        ],
+    }
+
+
+def _print_calibration(report: CalibrationReport) -> None:
+    table = Table(title="Step time (s): measured vs predicted", title_justify="left")
+    for col in ("run", "measured", "a priori", "err %", "held-out", "err %", "fitted", "err %"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for run, measured in report.measured_s.items():
+        held = report.heldout_s[run] if report.heldout_s else None
+        table.add_row(
+            run, f"{measured:.4g}", f"{report.apriori_s[run]:.4g}", f"{error_pct(report.apriori_s[run], measured):+.1f}",
+            "-" if held is None else f"{held:.4g}", "-" if held is None else f"{error_pct(held, measured):+.1f}",
+            f"{report.fitted_s[run]:.4g}", f"{error_pct(report.fitted_s[run], measured):+.1f}",
+        )
+    out.print(table)
+    terms = Table(title="Efficiency terms", title_justify="left")
+    for col in ("term", "before", "after"):
+        terms.add_column(col, justify="left" if col == "term" else "right")
+    for k, v in report.fit.terms.items():
+        terms.add_row(k, f"{report.fit.start[k]:.4g}", f"{v:.4g}")
+    out.print(terms)
+    before = report.mape(report.apriori_s)
+    if report.heldout_s is not None:
+        out.print(f"held-out MAPE ({report.folds}-fold): {before:.2f} % before -> {report.mape(report.heldout_s):.2f} % after")
+    else:
+        out.print("held-out MAPE: needs at least two runs")
+    out.print(f"in-sample MAPE: {before:.2f} % before -> {report.mape(report.fitted_s):.2f} % after")
+
+
+@app.command()
+def calibrate(
+    runs: List[Path] = typer.Argument(..., help="metrics JSONL files from `ppplan launch` and/or runs CSV files"),
+    cluster: str = typer.Option(..., "--cluster", help="cluster preset or YAML whose efficiency terms are fitted"),
+    plan: List[Path] = typer.Option([], "--plan", help="plan.json of the metrics files (one for all, or one each)"),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="write the calibrated cluster YAML here"),
+    terms: str = typer.Option(",".join(FIT_TERMS), "--terms", help="efficiency terms to fit, comma-separated"),
+    folds: int = typer.Option(5, "--folds", min=2, help="K of the K-fold held-out error"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Fit a cluster's efficiency terms to measured step times; report held-out error before/after."""
+    base = load_cluster(cluster)
+    measured, warnings = read_runs(list(runs), list(plan), base)
+    for message in warnings:
+        warn(message)
+    report = calibrate_runs(measured, _terms(terms), folds)
+    if out_path is not None:
+        rounded = {k: float(f"{v:.6g}") for k, v in report.fit.terms.items()}
+        calibrated = with_efficiency(base, rounded).model_copy(
+            update={"name": f"{base.name}-calibrated", "provenance": _provenance(report, list(runs), base.name)}
+        )
+        write_atomic(out_path, cluster_yaml(calibrated))
+        load_cluster(str(out_path))  # what we wrote must load back
+        err.print(f"wrote {out_path}", markup=False)
+    if json_out:
+        out.print_json(json.dumps(_calibration_json(report)))
+    else:
+        _print_calibration(report)
+
+
+def _print_regress(results: list[CaseResult], seconds: float) -> None:
+    table = Table(title="Regression suite", title_justify="left")
+    for col in ("case", "status", "plan (tp/pp/dp/v/mbs schedule recompute)", "step s", "MFU", "search s"):
+        table.add_column(col, justify="right" if col in ("step s", "MFU", "search s") else "left")
+    for r in results:
+        c = r.current.config
+        label = f"{c['tp']}/{c['pp']}/{c['dp']}/{c['v']}/{c['mbs']} {c['schedule']} {c['recompute']}"
+        table.add_row(r.name, r.status, label, f"{r.current.step_time_s:.4g}", f"{r.current.mfu:.3f}", f"{r.seconds:.1f}")
+    out.print(table)
+    for r in results:
+        if r.status == "pass":
+            continue
+        out.print(f"{r.status.upper()} {r.name} ({r.path.name}):", markup=False)
+        for line in r.diffs or ["figures moved within tolerance; golden refreshed"]:
+            out.print(f"  {line}", markup=False)
+    failed = sum(r.status == "fail" for r in results)
+    out.print(f"{len(results)} cases, {failed} failed, {seconds:.1f} s")
+
+
+@app.command()
+def regress(
+    update: bool = typer.Option(False, "--update", help="rewrite the golden values from the current model"),
+    suite: Path = typer.Option(DEFAULT_SUITE, "--suite", help="folder of regression case YAML files"),
+    case: Optional[str] = typer.Option(None, "--case", help="only cases whose file name matches (glob)"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Re-run the golden regression cases; exit 1 with a diff when a plan or figure moved."""
+    start = time.perf_counter()
+    results = run_regress(suite, update, case)
+    seconds = time.perf_counter() - start
+    if json_out:
+        out.print_json(json.dumps({
+            "passed": all(r.status != "fail" for r in results),
+            "seconds": round(seconds, 2),
+            "cases": [{"case": r.name, "file": r.path.name, "status": r.status, "diffs": r.diffs,
+                       "seconds": round(r.seconds, 2)} for r in results],
+        }))
+    else:
+        _print_regress(results, seconds)
+    if any(r.status == "fail" for r in results):
+        raise typer.Exit(1)

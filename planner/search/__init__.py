@@ -1,0 +1,1 @@
+"""The search: the space, stage cut points, branch and bound, explanations, custom schedules."""

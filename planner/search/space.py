@@ -1,0 +1,108 @@
+"""The search space: every (tp, pp, dp, mbs, M, v, schedule, recompute, sp, zero)
+the runtime rules accept (``costmodels.rules``), in a canonical order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+from costmodels.rules import recompute_violations, schedule_violations, tp_violations, zero_violations
+from costmodels.schedules.registry import schedule_spec
+from profiles.schema import ModelSpec, TrainSpec
+
+DEFAULT_SCHEDULES: tuple[str, ...] = (
+    "1f1b", "interleaved-1f1b", "gpipe", "looped-bfs", "zb-h1", "zb-h2", "interleaved-zb", "zbv", "dualpipev",
+)
+# ZeRO-2 is not searched: on the torch runtime gradients accumulate unsharded across
+# microbatches (costmodels.memory.static_memory), so it costs exactly what ZeRO-1 does.
+SEARCHED_ZERO: tuple[int, ...] = (0, 1, 3)
+RECOMPUTE_KINDS: tuple[str, ...] = ("none", "selective", "full")
+# Caps of the enumerated space. Megatron-LM's SC21 paper sweeps microbatch sizes 1-16 (Narayanan
+# et al. 2021, Sec. 5.5, Fig. 16) and larger ones only grow activation memory once s·b saturates
+# the GEMMs; v beyond 8 adds a p2p hop per stage for a bubble already below (P-1)/(8M).
+# Measured: with MAX_MBS = 64 and MAX_V = 16 none of the 14 `ppplan regress` picks changes
+# (2026-12-02; gpt3-18b's pick sits at mbs 16 because its 16 sequences per replica allow no more).
+MAX_MBS = 16
+MAX_V = 8
+
+
+@dataclass(frozen=True, order=True)
+class Candidate:
+    """One point of the space, before cut points are chosen. Field order is the canonical
+    tie-break order (smaller degrees, then cheaper options, first)."""
+
+    tp: int
+    pp: int
+    dp: int
+    mbs: int
+    v: int
+    schedule: str
+    recompute: str
+    sequence_parallel: bool
+    zero: int
+    num_microbatches: int
+
+    def label(self) -> str:
+        sp = "+sp" if self.sequence_parallel else ""
+        return (f"tp={self.tp}{sp} pp={self.pp} dp={self.dp} mbs={self.mbs} M={self.num_microbatches} "
+                f"v={self.v} {self.schedule} recompute={self.recompute} zero={self.zero}")
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def tp_degrees(model: ModelSpec, gpus: int, gpus_per_node: int, allow_cross_node_tp: bool) -> list[int]:
+    """TP degrees dividing the GPUs, heads, kv-heads and FFN; inside a node unless asked."""
+    limit = gpus if allow_cross_node_tp else min(gpus, gpus_per_node)
+    return [t for t in divisors(gpus) if t <= limit and not tp_violations(model, t)]
+
+
+def _v_options(schedule: str, pp: int, num_layers: int) -> list[int]:
+    if pp == 1:
+        return [1] if schedule == "1f1b" else []
+    stages_per_rank = schedule_spec(schedule).stages_per_rank
+    if stages_per_rank == "looped":
+        return [v for v in range(2, MAX_V + 1) if pp * v <= num_layers]
+    if stages_per_rank == "two":
+        return [2] if 2 * pp <= num_layers else []
+    return [1]
+
+
+def enumerate_candidates(
+    model: ModelSpec,
+    train: TrainSpec,
+    gpus: int,
+    gpus_per_node: int,
+    schedules: tuple[str, ...] = DEFAULT_SCHEDULES,
+    allow_cross_node_tp: bool = False,
+) -> Iterator[Candidate]:
+    """All legal candidates under the torch runtime's rules."""
+    for tp in tp_degrees(model, gpus, gpus_per_node, allow_cross_node_tp):
+        for pp in divisors(gpus // tp):
+            if pp > model.num_layers:
+                continue
+            dp = gpus // (tp * pp)
+            if train.global_batch % dp:
+                continue
+            for mbs in divisors(train.global_batch // dp):
+                if mbs > MAX_MBS:
+                    break
+                m = train.global_batch // (dp * mbs)
+                yield from _pipeline_options(model, tp, pp, dp, mbs, m, schedules)
+
+
+def _pipeline_options(
+    model: ModelSpec, tp: int, pp: int, dp: int, mbs: int, m: int, schedules: tuple[str, ...]
+) -> Iterator[Candidate]:
+    for schedule in schedules:
+        for v in _v_options(schedule, pp, model.num_layers):
+            if pp > 1 and schedule_violations(schedule, pp, v, m):
+                continue
+            for recompute in RECOMPUTE_KINDS:
+                if recompute_violations(recompute, pp, schedule):
+                    continue
+                for sp in (False, True) if tp > 1 else (False,):
+                    for zero in SEARCHED_ZERO if dp > 1 else (0,):
+                        if not zero_violations(zero, pp, schedule):
+                            yield Candidate(tp, pp, dp, mbs, v, schedule, recompute, sp, zero, m)

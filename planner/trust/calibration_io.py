@@ -1,0 +1,165 @@
+"""Inputs and output of ``ppplan calibrate``.
+
+Runs come from two kinds of file:
+
+- ``ppplan launch`` metrics (``*.jsonl``): one line per step from each pipeline
+  stage's first rank (DESIGN.md metrics line). The configuration is the plan
+  the run executed, given with ``--plan`` (one plan for every metrics file, or
+  one per metrics file in the same order). The measured step time is the
+  median over steps of the slowest stage's ``step_time_s``, leaving out step 0
+  (warm-up) when there are more; the measured memory is the largest
+  ``peak_memory_gib``.
+- External runs (``*.csv``), one row per run. Required columns: ``run, model,
+  global_batch, seq_len, tp, pp, dp, mbs, step_time_s``; optional: ``precision``
+  (default: bf16 if the cluster lists it, else fp32), ``v`` (1), ``schedule``
+  (1f1b, or interleaved-1f1b when v > 1), ``recompute`` (none),
+  ``sequence_parallel`` (false), ``zero`` (0), ``stage_layers`` (uniform;
+  layers per virtual stage separated by spaces or ``;``), ``peak_memory_gib``,
+  ``gpus`` (checked against tp·pp·dp), ``cluster`` (informational). ``model``
+  is a preset name or a path (relative paths are tried next to the CSV).
+
+The calibrated cluster is written as YAML with a ``provenance`` block, through a
+temporary file and an atomic rename.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+
+import yaml
+
+from costmodels.compute import default_precision
+from costmodels.layout import uniform_split
+from costmodels.rules import config_violations
+from planner.trust.calibration import MeasuredRun
+from profiles.errors import PlanError
+from profiles.files import read_metrics_jsonl
+from profiles.loader import load_model, read_document, validate_as
+from profiles.schema import ClusterSpec, ParallelConfig, Plan, TrainSpec
+
+CSV_REQUIRED = ("run", "model", "global_batch", "seq_len", "tp", "pp", "dp", "mbs", "step_time_s")
+TRUE_WORDS = frozenset({"1", "true", "yes", "y"})
+
+
+def read_metrics_lines(path: Path) -> list[dict]:
+    return read_metrics_jsonl(path, ("step", "step_time_s"))
+
+
+def measured_step_time_s(records: list[dict]) -> float:
+    """Median over steps (step 0 left out when later steps exist) of the slowest stage."""
+    per_step: dict[int, float] = {}
+    for rec in records:
+        per_step[int(rec["step"])] = max(per_step.get(int(rec["step"]), 0.0), float(rec["step_time_s"]))
+    steps = sorted(per_step)
+    kept = steps[1:] if len(steps) > 1 else steps
+    return statistics.median(per_step[s] for s in kept)
+
+
+def metrics_run(path: Path, plan_path: Path, cluster: ClusterSpec) -> tuple[MeasuredRun, list[str]]:
+    """One launch run: its metrics file and the plan it ran."""
+    records = read_metrics_lines(path)
+    plan = validate_as(Plan, read_document(plan_path), str(plan_path))
+    warnings = []
+    if plan.cluster.name != cluster.name:
+        warnings.append(f"{path}: plan was made for cluster '{plan.cluster.name}', fitted as '{cluster.name}'")
+    memory = [float(r["peak_memory_gib"]) for r in records if r.get("peak_memory_gib") is not None]
+    run = MeasuredRun(
+        run=path.stem, group=path.stem, model=plan.model, cluster=cluster, train=plan.train,
+        config=plan.config, step_time_s=measured_step_time_s(records),
+        peak_memory_gib=max(memory) if memory else None,
+    )
+    return run, warnings
+
+
+def _cell(row: dict[str, str], key: str, default: str = "") -> str:
+    return (row.get(key) or default).strip()
+
+
+def _model_for(spec: str, csv_dir: Path):
+    beside = csv_dir / spec
+    return load_model(str(beside) if not Path(spec).is_absolute() and beside.exists() else spec)
+
+
+def _csv_run(row: dict[str, str], where: str, csv_dir: Path, cluster: ClusterSpec) -> MeasuredRun:
+    missing = [k for k in CSV_REQUIRED if not _cell(row, k)]
+    if missing:
+        raise PlanError(f"{where}: missing column value(s) {', '.join(missing)}")
+    try:
+        ints = {k: int(_cell(row, k)) for k in ("global_batch", "seq_len", "tp", "pp", "dp", "mbs")}
+        v, zero = int(_cell(row, "v", "1")), int(_cell(row, "zero", "0"))
+        step = float(_cell(row, "step_time_s"))
+        memory = float(_cell(row, "peak_memory_gib")) if _cell(row, "peak_memory_gib") else None
+        layers_text = _cell(row, "stage_layers").replace(";", " ").split()
+        stage_layers = [int(x) for x in layers_text]
+    except ValueError as exc:
+        raise PlanError(f"{where}: {exc}") from None
+    model = _model_for(_cell(row, "model"), csv_dir)
+    num_stages = ints["pp"] * v
+    cfg = ParallelConfig(
+        tp=ints["tp"], pp=ints["pp"], dp=ints["dp"], v=v, mbs=ints["mbs"],
+        num_microbatches=max(1, ints["global_batch"] // (ints["dp"] * ints["mbs"])),
+        schedule=_cell(row, "schedule", "interleaved-1f1b" if v > 1 else "1f1b"),
+        recompute=_cell(row, "recompute", "none"),
+        sequence_parallel=_cell(row, "sequence_parallel", "false").lower() in TRUE_WORDS,
+        zero=zero, stage_layers=stage_layers or uniform_split(model.num_layers, num_stages),
+    )
+    train = TrainSpec(global_batch=ints["global_batch"], seq_len=ints["seq_len"],
+                      precision=_cell(row, "precision", default_precision(cluster)))
+    gpus = int(_cell(row, "gpus", str(ints["tp"] * ints["pp"] * ints["dp"])))
+    problems = config_violations(model, train, gpus, cfg)
+    if problems:
+        raise PlanError(f"{where}: {problems[0]}")
+    if step <= 0:
+        raise PlanError(f"{where}: step_time_s must be positive")
+    return MeasuredRun(_cell(row, "run"), _cell(row, "run"), model, cluster, train, cfg, step, memory)
+
+
+def csv_runs(path: Path, cluster: ClusterSpec) -> tuple[list[MeasuredRun], list[str]]:
+    if not path.is_file():
+        raise PlanError(f"file not found: {path}")
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    runs, warnings = [], []
+    for number, row in enumerate(rows, start=2):
+        where = f"{path}:{number}"
+        try:
+            runs.append(_csv_run(row, where, path.parent, cluster))
+        except (ValueError, TypeError) as exc:  # pydantic errors are ValueErrors
+            raise PlanError(exc if isinstance(exc, PlanError) else f"{where}: {str(exc).splitlines()[0]}") from None
+        named = _cell(row, "cluster")
+        if named and named != cluster.name:
+            warnings.append(f"{where}: run on cluster '{named}', fitted as '{cluster.name}'")
+    return runs, warnings
+
+
+def read_runs(paths: list[Path], plans: list[Path], cluster: ClusterSpec) -> tuple[list[MeasuredRun], list[str]]:
+    """Every run in ``paths`` (CSV files, or metrics JSONL files paired with ``plans``)."""
+    metrics = [p for p in paths if p.suffix.lower() != ".csv"]
+    if metrics and len(plans) not in (1, len(metrics)):
+        raise PlanError(f"{len(metrics)} metrics file(s) need one --plan for all or one --plan each (got {len(plans)})")
+    runs, warnings = [], []
+    for path in paths:
+        if path.suffix.lower() == ".csv":
+            more, notes = csv_runs(path, cluster)
+            runs += more
+        else:
+            plan = plans[0] if len(plans) == 1 else plans[metrics.index(path)]
+            run, notes = metrics_run(path, plan, cluster)
+            runs.append(run)
+        warnings += notes
+    names = [r.run for r in runs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise PlanError(f"run names must be unique; repeated: {', '.join(duplicates)}")
+    if not runs:
+        raise PlanError("no runs to calibrate from")
+    return runs, warnings
+
+
+def cluster_yaml(cluster: ClusterSpec) -> str:
+    body = yaml.safe_dump(cluster.model_dump(mode="json", exclude_none=True), sort_keys=False, width=100)
+    return f"# Written by `ppplan calibrate`; the provenance block says from which runs.\n{body}"
+
+

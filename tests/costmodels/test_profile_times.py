@@ -1,0 +1,250 @@
+"""``ProfiledTimes``: measured layer times for the planner (no torch needed).
+
+Profiles here are written by hand so every expected number can be derived on paper.
+"""
+
+import math
+
+import pytest
+
+from costmodels.comm import Link, link_for, tp_layer_comm_s
+from costmodels.estimate import estimate
+from costmodels.layer_costs import RooflineTimes
+from costmodels.profile_times import ProfiledTimes, interpolate_loglog, layer_times_for
+from planner.cli.main import run
+from profiles.errors import PlanError
+from profiles.loader import load_cluster, load_model, read_comm_profile, read_profile
+from profiles.profile_schema import (
+    AlphaBetaFit,
+    CommProfile,
+    HardwareFingerprint,
+    LayerProfile,
+    ProfileFile,
+    TierFit,
+    model_shape_hash,
+)
+from profiles.schema import ParallelConfig, TrainSpec
+
+
+def load_layer_times(profile_path, comm_path, model, cluster, train, allow_mismatch, warn=None):
+    """What ``--profile`` / ``--comm-profile`` do: read the files (profiles.loader), build the times."""
+    profile = read_profile(profile_path) if profile_path else None
+    comm = read_comm_profile(comm_path) if comm_path else None
+    return layer_times_for(profile, comm, model, cluster, train, allow_mismatch, warn)
+
+
+CPU = HardwareFingerprint(device_kind="cpu", device_name="cpu", torch_version="2.13.0", cpu_model="test", num_threads=1)
+MS = 1e-3
+
+
+def _entry(kind, tp, mbs, recompute="none", seq_len=128, f=1.0, b=2.0, w=1.5, bw=None, act=1000):
+    """Times in ms that scale linearly with tokens and as 1/tp (a perfectly efficient layer)."""
+    scale = mbs * seq_len / 128 / tp
+    return LayerProfile(
+        kind=kind, tp=tp, mbs=mbs, seq_len=seq_len, recompute=recompute, precision="fp32",
+        forward_s=f * scale * MS, forward_iqr_s=0.0, backward_input_s=b * scale * MS, backward_input_iqr_s=0.0,
+        backward_weight_s=w * scale * MS, backward_weight_iqr_s=0.0,
+        backward_s=(bw if bw is not None else b + w) * scale * MS, backward_iqr_s=0.0,
+        repeats=5, activation_bytes=int(act * scale), parameter_bytes=4, transient_peak_bytes=0,
+    )
+
+
+def _profile(model_name="tiny-gpt", tps=(1, 2), mbss=(1, 4), hardware=CPU, precision="fp32"):
+    model = load_model(model_name)
+    layers = []
+    for tp in tps:
+        for mbs in mbss:
+            layers.append(_entry("embedding", tp, mbs, b=0.0, w=0.2, f=0.1))
+            layers.append(_entry("transformer", tp, mbs))
+            layers.append(_entry("transformer", tp, mbs, "selective", b=2.5))
+            # split W re-runs the forward per parameter group; unsplit backward = recompute + B + W
+            layers.append(_entry("transformer", tp, mbs, "full", b=3.0, w=9.0, bw=4.5))
+            layers.append(_entry("head", tp, mbs, f=0.5, b=0.6, w=0.4))
+    return ProfileFile(
+        model=model, model_shape_hash=model_shape_hash(model), precision=precision, hardware=hardware,
+        warmup_iterations=1, layers=layers,
+    )
+
+
+@pytest.fixture
+def env():
+    return load_model("tiny-gpt"), load_cluster("cpu-local"), TrainSpec(global_batch=8, seq_len=128, precision="fp32")
+
+
+def _times(env, warnings=None, **kw):
+    model, cluster, train = env
+    return ProfiledTimes(kw.pop("profile", _profile()), model, cluster, train, warn=(warnings.append if warnings is not None else None), **kw)
+
+
+# -- interpolation ---------------------------------------------------------------------------
+
+
+def test_loglog_interpolation_is_exact_for_power_laws():
+    assert interpolate_loglog([(1, 2.0), (4, 8.0)], 2, "mbs").value == pytest.approx(4.0)  # y = 2x
+    assert interpolate_loglog([(1, 1.0), (4, 16.0)], 2, "seq_len").value == pytest.approx(4.0)  # y = x^2
+    got = interpolate_loglog([(1, 2.0), (4, 8.0)], 4, "mbs")
+    assert got.value == 8.0 and not got.extrapolated
+
+
+def test_interpolation_is_linear_when_a_bracketing_value_is_zero():
+    assert interpolate_loglog([(1, 0.0), (3, 2.0)], 2, "mbs").value == pytest.approx(1.0)
+
+
+def test_extrapolation_uses_the_nearest_slope_clamped_per_axis():
+    up = interpolate_loglog([(1, 1.0), (2, 2.0)], 8, "mbs")
+    assert up.extrapolated and up.value == pytest.approx(8.0)
+    # a superlinear measured slope (2) is clamped to linear in mbs
+    assert interpolate_loglog([(1, 1.0), (2, 4.0)], 4, "mbs").value == pytest.approx(8.0)
+    # tp: slope log(6/10)/log 2 from the two nearest points
+    slope = math.log(0.6) / math.log(2)
+    assert interpolate_loglog([(1, 10.0), (2, 6.0)], 4, "tp").value == pytest.approx(6.0 * 2**slope)
+    # one point: the ideal slope (1/tp)
+    assert interpolate_loglog([(1, 10.0)], 4, "tp").value == pytest.approx(2.5)
+    # more TP never makes a layer slower
+    assert interpolate_loglog([(1, 10.0), (2, 12.0)], 4, "tp").value == pytest.approx(12.0)
+
+
+# -- ProfiledTimes -----------------------------------------------------------------------------
+
+
+def test_measured_shapes_return_the_medians(env):
+    t = _times(env).transformer(1, 4, 128, False, "none")
+    assert (t.forward_s, t.backward_input_s, t.backward_weight_s) == pytest.approx((4 * MS, 8 * MS, 6 * MS))
+    assert t.tp_comm_s == 0.0 and t.recompute_s == 0.0
+
+
+def test_mbs_seq_and_tp_between_measured_points_are_interpolated(env):
+    warnings = []
+    times = _times(env, warnings)
+    assert times.transformer(1, 2, 128, False, "none").forward_s == pytest.approx(2 * MS)
+    assert times.head(2, 2, 128, False).backward_input_s == pytest.approx(0.6 * MS)
+    assert warnings == []
+
+
+def test_extrapolation_is_priced_and_said_once(env):
+    warnings = []
+    times = _times(env, warnings)
+    assert times.transformer(1, 8, 128, False, "none").forward_s == pytest.approx(8 * MS)
+    times.transformer(1, 8, 128, False, "selective")
+    assert times.transformer(1, 1, 256, False, "none").forward_s == pytest.approx(2 * MS)  # linear in tokens
+    # tp=4 from tp 1,2 (slope -1), compute only; comm added on top
+    model, cluster, train = env
+    t4 = times.transformer(4, 1, 128, False, "none")
+    comm = tp_layer_comm_s(128, model.hidden_size, 4, 4, link_for(cluster, False))
+    assert t4.forward_s == pytest.approx(0.25 * MS + comm)
+    assert len([w for w in warnings if "mbs=8" in w]) == 1
+    assert any("seq_len=256" in w for w in warnings) and any("tp=4" in w for w in warnings)
+
+
+def test_tp_comm_is_added_where_the_roofline_puts_it(env):
+    model, cluster, train = env
+    comm = tp_layer_comm_s(2 * 128, model.hidden_size, 4, 2, link_for(cluster, False))
+    t = _times(env).transformer(2, 2, 128, False, "full")
+    roof = RooflineTimes(model, cluster, "fp32").transformer(2, 2, 128, False, "full")
+    assert t.tp_comm_s == pytest.approx(3 * comm) == pytest.approx(roof.tp_comm_s)
+    assert t.forward_s == pytest.approx(1 * MS + comm)
+
+
+def test_recompute_prices_the_unsplit_backward_and_the_extra_b(env):
+    warnings = []
+    t = _times(env, warnings).transformer(1, 1, 128, False, "full")
+    # B(full) - B(none) = 1 ms recompute; W = unsplit backward 4.5 - B 3.0
+    assert t.recompute_s == pytest.approx(1 * MS)
+    assert t.backward_weight_s == pytest.approx(1.5 * MS)
+    assert any("split backward-weight" in w for w in warnings)
+    sel = _times(env).transformer(1, 1, 128, False, "selective")
+    assert sel.recompute_s == pytest.approx(0.5 * MS) and sel.backward_weight_s == pytest.approx(1.5 * MS)
+
+
+def test_comm_profile_link_replaces_the_cluster_link(env):
+    model, cluster, train = env
+    fit = AlphaBetaFit(latency_us=100.0, bandwidth_gbs=0.5, rms_relative_error=0.0, num_points=4)
+    comm = CommProfile(backend="gloo", nproc=2, hardware=CPU, measurements=[],
+                       tiers=[TierFit(tier="intra_node", group_size=2, overall=fit, per_collective={})])
+    t = _times(env, comm=comm).transformer(2, 1, 128, False, "none")
+    expected = tp_layer_comm_s(128, model.hidden_size, 4, 2, Link(0.5e9, 100e-6))
+    assert t.tp_comm_s == pytest.approx(2 * expected)
+    roof = layer_times_for(None, comm, model, cluster, train)
+    assert isinstance(roof, RooflineTimes)
+    base = RooflineTimes(model, cluster, "fp32").transformer(2, 1, 128, False, "none")
+    assert roof.transformer(2, 1, 128, False, "none").tp_comm_s == pytest.approx(2 * expected)
+    assert roof.transformer(2, 1, 128, False, "none").total_s - base.total_s == pytest.approx(2 * expected - base.tp_comm_s)
+
+
+def test_estimate_with_a_profile_is_the_sum_of_measured_passes_on_one_stage(env):
+    model, cluster, train = env
+    times = _times(env)
+    cfg = ParallelConfig(tp=1, pp=1, dp=1, mbs=4, num_microbatches=2, stage_layers=[8])
+    est = estimate(model, cluster, train, cfg, layers=times)
+    per_microbatch = 8 * times.transformer(1, 4, 128, False, "none").total_s + times.embedding(1, 4, 128, False).total_s + times.head(1, 4, 128, False).total_s
+    assert est.step_time_s - est.breakdown.optimizer_s - est.breakdown.overhead_s == pytest.approx(2 * per_microbatch)
+
+
+# -- loading and mismatches ----------------------------------------------------------------------
+
+
+def _write(tmp_path, profile, name="p.json"):
+    path = tmp_path / name
+    path.write_text(profile.model_dump_json())
+    return path
+
+
+def test_load_layer_times_reads_a_matching_profile(env, tmp_path):
+    model, cluster, train = env
+    times = load_layer_times(_write(tmp_path, _profile()), None, model, cluster, train, False)
+    assert isinstance(times, ProfiledTimes)
+    assert isinstance(load_layer_times(None, None, model, cluster, train, False), RooflineTimes)
+
+
+@pytest.mark.parametrize("case", ["model shape", "device", "precision"])
+def test_mismatched_profile_is_an_error_unless_allowed(env, tmp_path, case):
+    model, cluster, train = env
+    if case == "model shape":
+        path = _write(tmp_path, _profile("tiny-llama"))
+    elif case == "device":
+        cluster = load_cluster("dgx-h100")
+        path = _write(tmp_path, _profile())
+    else:
+        path = _write(tmp_path, _profile(precision="bf16"))
+    with pytest.raises(PlanError, match="--allow-mismatch"):
+        load_layer_times(path, None, model, cluster, train, False)
+    warnings = []
+    load_layer_times(path, None, model, cluster, train, True, warn=warnings.append)
+    assert len(warnings) == 1 and "--allow-mismatch" in warnings[0]
+
+
+def test_a_cuda_profile_matches_its_gpu_family(env, tmp_path):
+    model, _, _ = env
+    h100 = HardwareFingerprint(device_kind="cuda", device_name="NVIDIA H100 80GB HBM3", torch_version="2.13.0",
+                               cuda_version="12.8", cpu_model="x", num_threads=8)
+    path = _write(tmp_path, _profile(hardware=h100, precision="bf16"))
+    train = TrainSpec(global_batch=8, seq_len=128, precision="bf16")
+    assert isinstance(load_layer_times(path, None, model, load_cluster("dgx-h100"), train, False), ProfiledTimes)
+    with pytest.raises(PlanError, match="dgx-a100-80g"):
+        load_layer_times(path, None, model, load_cluster("dgx-a100-80g"), train, False)
+
+
+def test_files_of_the_wrong_kind_are_named(env, tmp_path):
+    model, cluster, train = env
+    comm = CommProfile(backend="gloo", nproc=2, hardware=CPU, measurements=[], tiers=[])
+    comm_path = _write(tmp_path, comm, "comm.json")
+    with pytest.raises(PlanError, match="--comm-profile"):
+        load_layer_times(comm_path, None, model, cluster, train, False)
+    with pytest.raises(PlanError, match="--profile"):
+        load_layer_times(None, _write(tmp_path, _profile()), model, cluster, train, False)
+    (tmp_path / "bad.json").write_text('{"schema_version": 1, "layers": [], "extra": 1}')
+    with pytest.raises(PlanError):
+        load_layer_times(tmp_path / "bad.json", None, model, cluster, train, False)
+
+
+EVALUATE = ["evaluate", "--model", "tiny-llama", "--cluster", "cpu-local", "--gpus", "2", "--global-batch", "8",
+            "--tp", "1", "--pp", "2", "--mbs", "1"]
+
+
+def test_cli_mismatched_profile_exits_2_with_one_error_line(tmp_path, capsys):
+    argv = EVALUATE + ["--profile", str(_write(tmp_path, _profile("tiny-gpt")))]
+    code = run(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "tiny-gpt" in lines[0], err
+    assert run(argv + ["--allow-mismatch", "--json"]) == 0

@@ -1,0 +1,105 @@
+"""The runtime rules (``costmodels.rules``): each rule fires on the smallest case that breaks it,
+says how to fix it, and stays silent on a legal configuration."""
+
+from __future__ import annotations
+
+import pytest
+
+from costmodels.rules import (
+    check_config,
+    config_violations,
+    precision_violations,
+    recompute_violations,
+    schedule_violations,
+    tp_violations,
+    zero_violations,
+)
+from profiles.errors import PlanError
+from profiles.loader import load_model
+from profiles.schema import ParallelConfig, TrainSpec
+
+LLAMA = load_model("tiny-llama")  # 8 layers, 8 heads, 4 kv heads, FFN 704 = 2^6 * 11
+TRAIN = TrainSpec(global_batch=8, seq_len=128, precision="fp32")
+
+
+def cfg(**update: object) -> ParallelConfig:
+    base = dict(tp=1, pp=2, dp=2, mbs=1, num_microbatches=4, schedule="1f1b", stage_layers=[4, 4])
+    base.update(update)
+    return ParallelConfig(**base)
+
+
+def test_a_legal_configuration_has_no_violations() -> None:
+    assert config_violations(LLAMA, TRAIN, 4, cfg()) == []
+    check_config(LLAMA, TRAIN, 4, cfg())
+
+
+@pytest.mark.parametrize(
+    "tp, fragment",
+    [(3, "num_attention_heads=8"), (8, "num_key_value_heads=4"), (1, None), (2, None), (4, None)],
+)
+def test_tp_must_divide_heads_kv_heads_and_ffn(tp: int, fragment: str | None) -> None:
+    problems = tp_violations(LLAMA, tp)
+    assert (fragment in problems[0]) if fragment else problems == []
+
+
+def test_ffn_divisibility_is_its_own_rule() -> None:
+    wide = LLAMA.model_copy(update={"num_attention_heads": 16, "num_key_value_heads": 16, "ffn_hidden_size": 700})
+    assert any("ffn_hidden_size=700" in p for p in tp_violations(wide, 8))
+
+
+@pytest.mark.parametrize(
+    "gpus, update, fragment",
+    [
+        (8, {}, "pick degrees whose product is 8"),
+        (4, {"mbs": 3, "num_microbatches": 1}, "not divisible by dp*mbs"),
+        (4, {"num_microbatches": 3}, "num_microbatches 3 != global_batch/(dp*mbs) = 4"),
+        (4, {"sequence_parallel": True}, "sequence parallel needs tp > 1"),
+        (4, {"stage_layers": [4, 3]}, "sum to 7"),
+        (4, {"stage_layers": [2, 2, 4]}, "3 entries but pp*v = 2"),
+        (4, {"recompute": ["none", "full", "none"]}, "recompute lists 3 stages"),
+        (2, {"pp": 1, "dp": 2, "schedule": "zb-h1", "stage_layers": [8]}, "pp=1 has no pipeline"),
+        (4, {"schedule_csv": "0F0\n"}, "only for schedule 'custom'"),
+        (4, {"schedule": "custom"}, "needs its action list"),
+    ],
+)
+def test_each_rule_names_the_problem(gpus: int, update: dict, fragment: str) -> None:
+    problems = config_violations(LLAMA, TRAIN, gpus, cfg(**update))
+    assert any(fragment in p for p in problems), problems
+    with pytest.raises(PlanError):
+        check_config(LLAMA, TRAIN, gpus, cfg(**update))
+
+
+def test_more_stages_than_layers() -> None:
+    problems = config_violations(LLAMA, TRAIN, 4, cfg(pp=4, dp=1, v=4, num_microbatches=8, schedule="interleaved-1f1b",
+                                                        stage_layers=[1] * 16))
+    assert problems[0] == "8 layers cannot fill pp*v = 16 stages: lower pp or v"
+
+
+def test_schedules_by_target() -> None:
+    assert schedule_violations("zbv", 2, 2, 4, "torch") == []
+    assert "cannot run on megatron" in schedule_violations("zbv", 2, 2, 4, "megatron")[0]
+    assert "simulated only" in schedule_violations("chimera", 2, 1, 4)[0]
+    # Megatron-LM's interleaving needs M % pp == 0; torch's needs M % max(1, M // pp) == 0
+    assert schedule_violations("interleaved-1f1b", 4, 2, 6, "megatron")[-1].endswith("multiple of pp (4)")
+    assert schedule_violations("interleaved-1f1b", 4, 2, 3, "torch") == []
+
+
+def test_zero_rules() -> None:
+    assert zero_violations(3, 2, "1f1b") == []
+    assert "deferred W pass" in zero_violations(3, 2, "zb-h1")[0]
+    assert zero_violations(3, 1, "zb-h1") == []  # no pipeline: no deferred W
+    assert "max 1" in zero_violations(3, 2, "1f1b", "megatron")[0]
+
+
+def test_full_recompute_with_split_backward_is_refused_on_torch_only() -> None:
+    assert "once per parameter group" in recompute_violations("full", 2, "zbv")[0]
+    assert "once per parameter group" in recompute_violations(["none", "full"], 2, "custom")[0]
+    assert recompute_violations("selective", 2, "zbv") == []
+    assert recompute_violations("full", 2, "1f1b") == []
+    assert recompute_violations("full", 2, "zbv", "megatron") == []
+
+
+def test_precision_by_target() -> None:
+    assert precision_violations("bf16") == [] and precision_violations("fp32") == []
+    assert "Megatron-LM" in precision_violations("fp16")[0]
+    assert precision_violations("fp8", "megatron") == []

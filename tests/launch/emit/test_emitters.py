@@ -1,0 +1,400 @@
+"""Emitters: option names against the allow-lists, round trips, scripts, atomic writes.
+
+Expected values are derived by hand from the plans and the targets' documented
+rules (Megatron-LM ``get_num_layers_to_build``, torchtitan's
+``module_fqns_per_model_part``, torchrun/SLURM node counts).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import launch.emit as emit_pkg
+from launch.emit import EmitOptions, emit, render
+from launch.emit.common import node_layout
+from planner.cli.main import run
+from profiles.errors import PlanError
+from profiles.schema import Plan
+from tests.launch.emit.megatron_argparse import (
+    OPTIONS_DIR,
+    load_allowlist,
+    megatron_plan_view,
+    parse_megatron_args,
+    parse_torchrun_command,
+    parse_torchtitan_toml,
+    toml_keys,
+    torchtitan_plan_view,
+)
+
+MakePlan = Callable[..., Plan]
+OUT = Path("/nonexistent/out")  # render() never touches the disk
+
+# (plan kwargs) -> a spread of what the emitters must handle
+PLANS = {
+    "uniform": dict(tp=2, pp=2, dp=2, global_batch=8),
+    "uneven-first-last": dict(pp=4, stage_layers=[1, 3, 3, 1], global_batch=8),
+    "uneven-middle": dict(pp=4, stage_layers=[2, 3, 2, 1], global_batch=8),
+    "interleaved": dict(pp=4, v=2, global_batch=8, schedule="interleaved-1f1b"),
+    "zbv": dict(pp=2, v=2, dp=2, global_batch=8, schedule="zbv", zero=3),
+    "llama-gqa-fp8": dict(model="tiny-llama", tp=2, pp=2, global_batch=4, precision="fp8", recompute="full", sequence_parallel=True),
+    "mixed-recompute": dict(pp=2, global_batch=4, recompute=["full", "none"], zero=1, dp=2),
+}
+
+
+def megatron_text(plan: Plan, **options: object) -> str:
+    return render(plan, "megatron", OUT, EmitOptions(**options)).files["megatron_args.txt"]
+
+
+def torchtitan_doc(plan: Plan, **options: object) -> dict:
+    return parse_torchtitan_toml(render(plan, "torchtitan", OUT, EmitOptions(**options)).files["torchtitan.toml"])
+
+
+# --- option names ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_megatron_flags_are_in_the_allowlist(build_plan: MakePlan, name: str) -> None:
+    allowed = load_allowlist("megatron_args.txt")
+    args = parse_megatron_args(megatron_text(build_plan(**PLANS[name])))
+    for flag, value in args.items():
+        assert flag in allowed, f"{flag} is not a Megatron-LM option in launch/options/megatron_args.txt"
+        if allowed[flag] is not None:
+            assert value in allowed[flag], f"{flag} {value} not in {allowed[flag]}"
+
+
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_torchtitan_keys_are_in_the_allowlist(build_plan: MakePlan, name: str) -> None:
+    allowed = load_allowlist("torchtitan_keys.txt")
+    doc = torchtitan_doc(build_plan(**PLANS[name]))
+    for key in toml_keys(doc):
+        assert key in allowed, f"{key} is not a torchtitan key in launch/options/torchtitan_keys.txt"
+        value = doc
+        for part in key.split("."):
+            value = value[part]
+        if allowed[key] is not None:
+            assert all(v in allowed[key] for v in (value if isinstance(value, list) else [value])), (key, value)
+
+
+def test_allowlists_name_their_source() -> None:
+    for name in ("megatron_args.txt", "torchtitan_keys.txt"):
+        header = (OPTIONS_DIR / name).read_text()
+        assert "Source:" in header and "commit" in header
+
+
+# --- Megatron-LM round trips ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["uniform", "uneven-first-last", "uneven-middle", "interleaved"])
+def test_megatron_round_trip(build_plan: MakePlan, name: str) -> None:
+    plan = build_plan(**PLANS[name])
+    rendered = render(plan, "megatron", OUT)
+    world = plan.config.tp * plan.config.pp * plan.config.dp
+    view = megatron_plan_view(parse_megatron_args(rendered.files["megatron.sh"]), world_size=world)
+    cfg = plan.config
+    assert (view["tp"], view["pp"], view["v"], view["mbs"]) == (cfg.tp, cfg.pp, cfg.v, cfg.mbs)
+    assert view["dp"] == cfg.dp
+    assert view["global_batch"] == plan.train.global_batch
+    assert view["schedule"] == cfg.schedule
+    assert view["stage_layers"] == cfg.stage_layers
+    assert rendered.warnings == []
+
+
+def test_megatron_uneven_first_last_uses_first_last_flags(build_plan: MakePlan) -> None:
+    args = parse_megatron_args(megatron_text(build_plan(**PLANS["uneven-first-last"])))
+    assert args["--decoder-first-pipeline-num-layers"] == "1"
+    assert args["--decoder-last-pipeline-num-layers"] == "1"
+    assert "--pipeline-model-parallel-layout" not in args
+
+
+def test_megatron_uneven_middle_is_exact_with_a_layout(build_plan: MakePlan) -> None:
+    args = parse_megatron_args(megatron_text(build_plan(**PLANS["uneven-middle"])))
+    assert args["--pipeline-model-parallel-layout"] == "Et*2|t*3|t*2|tL"
+
+
+def test_megatron_uneven_middle_without_layout_warns_and_emits_the_closest_split(build_plan: MakePlan) -> None:
+    plan = build_plan(**PLANS["uneven-middle"])
+    rendered = render(plan, "megatron", OUT, EmitOptions(megatron_layout=False))
+    view = megatron_plan_view(parse_megatron_args(rendered.files["megatron_args.txt"]))
+    # [2,3,2,1] is 2 layer moves from both [2,2,2,2] and [1,3,3,1]; the lower max stage wins.
+    assert view["stage_layers"] == [2, 2, 2, 2]
+    assert len(rendered.warnings) == 1 and "[2, 3, 2, 1]" in rendered.warnings[0] and "[2, 2, 2, 2]" in rendered.warnings[0]
+    assert "warning: " in rendered.files["megatron_args.txt"]
+
+
+def test_megatron_interleaved_uneven_first_last_uses_virtual_stage_count(build_plan: MakePlan) -> None:
+    # llama3-8b: 32 layers, pp 4, v 2: rank 0 holds 3+3, middle ranks 4+4, the last rank 5+5.
+    plan = build_plan("llama3-8b", pp=4, v=2, global_batch=8, schedule="interleaved-1f1b", stage_layers=[3, 4, 4, 5] * 2)
+    rendered = render(plan, "megatron", OUT)
+    args = parse_megatron_args(rendered.files["megatron_args.txt"])
+    assert (args["--decoder-first-pipeline-num-layers"], args["--decoder-last-pipeline-num-layers"]) == ("6", "10")
+    assert args["--num-virtual-stages-per-pipeline-rank"] == "2"
+    assert "--num-layers-per-virtual-pipeline-stage" not in args
+    assert megatron_plan_view(args)["stage_layers"] == [3, 4, 4, 5, 3, 4, 4, 5]
+    assert rendered.warnings == []
+
+
+def test_megatron_gpt3_175b_command(build_plan: MakePlan) -> None:
+    """SC21 Table 1's 175B row at tp 8, pp 12 with two virtual stages: 96 / (12 * 2) = 4 layers per virtual stage."""
+    plan = build_plan("gpt3-175b", tp=8, pp=12, dp=8, v=2, global_batch=1536, schedule="interleaved-1f1b",
+                     recompute="selective", sequence_parallel=True, zero=1)  # fmt: skip
+    args = parse_megatron_args(megatron_text(plan))
+    expected = {
+        "--tensor-model-parallel-size": "8", "--pipeline-model-parallel-size": "12",
+        "--num-layers-per-virtual-pipeline-stage": "4", "--micro-batch-size": "1", "--global-batch-size": "1536",
+        "--sequence-parallel": True, "--recompute-granularity": "selective", "--use-distributed-optimizer": True,
+        "--bf16": True, "--num-layers": "96", "--hidden-size": "12288", "--num-attention-heads": "96",
+        "--ffn-hidden-size": "49152", "--seq-length": "2048", "--vocab-size": "51200",
+    }  # fmt: skip
+    assert {k: args[k] for k in expected} == expected
+    assert "--untie-embeddings-and-output-weights" not in args and "--swiglu" not in args
+
+
+def test_megatron_llama_shape_and_precision_flags(build_plan: MakePlan) -> None:
+    args = parse_megatron_args(megatron_text(build_plan(**PLANS["llama-gqa-fp8"])))
+    assert args["--group-query-attention"] is True and args["--num-query-groups"] == "4"
+    assert args["--swiglu"] is True and args["--normalization"] == "RMSNorm"
+    assert args["--position-embedding-type"] == "rope" and args["--disable-bias-linear"] is True
+    assert (args["--bf16"], args["--fp8-format"]) == (True, "hybrid")
+    assert (args["--recompute-granularity"], args["--recompute-method"], args["--recompute-num-layers"]) == ("full", "uniform", "1")
+
+
+@pytest.mark.parametrize(
+    ("plan_kwargs", "needle"),
+    [
+        (PLANS["zbv"], "no 'zbv' schedule"),
+        (PLANS["zbv"], "ZeRO-1"),
+        (PLANS["mixed-recompute"], "['full', 'none']"),
+        (dict(model="bloom-176b", pp=2, global_batch=2), "ALiBi"),
+        (dict(pp=4, v=2, global_batch=10, schedule="interleaved-1f1b"), "multiple of pp"),
+    ],
+)
+def test_megatron_warns_about_what_it_cannot_express(build_plan: MakePlan, plan_kwargs: dict, needle: str) -> None:
+    rendered = render(build_plan(**plan_kwargs), "megatron", OUT)
+    assert any(needle in w for w in rendered.warnings), rendered.warnings
+
+
+# --- torchtitan round trips -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["uniform", "uneven-middle", "interleaved", "zbv"])
+def test_torchtitan_round_trip(build_plan: MakePlan, name: str) -> None:
+    plan = build_plan(**PLANS[name])
+    view = torchtitan_plan_view(torchtitan_doc(plan))
+    cfg = plan.config
+    assert (view["tp"], view["pp"], view["dp"], view["v"], view["mbs"]) == (cfg.tp, cfg.pp, cfg.dp, cfg.v, cfg.mbs)
+    assert view["global_batch"] == plan.train.global_batch
+    assert view["num_microbatches"] == cfg.num_microbatches
+    assert view["schedule"] == cfg.schedule
+    assert view["stage_layers"] == cfg.stage_layers
+
+
+def test_torchtitan_zbv_names_and_modules(build_plan: MakePlan) -> None:
+    doc = torchtitan_doc(build_plan(**PLANS["zbv"]))
+    par = doc["parallelism"]
+    assert par["pipeline_parallel_schedule"] == "ZBVZeroBubble"
+    assert par["fsdp_reshard_after_forward"] == "always"  # zero 3
+    assert par["module_fqns_per_model_part"][0][:2] == ["tok_embeddings", "layers.0"]
+    assert par["module_fqns_per_model_part"][-1][-2:] == ["norm", "output"]
+
+
+def test_torchtitan_custom_schedule_points_at_the_csv(build_plan: MakePlan, tmp_path: Path) -> None:
+    actions = "0F0,0F1,0B0,0B1\n1F0,1B0,1F1,1B1\n"
+    plan = build_plan(pp=2, global_batch=2, schedule="custom", schedule_csv=actions)  # the plan carries its order
+    out = tmp_path / "out"
+    paths = emit(plan, "torchtitan", out, on_warning=lambda w: None)
+    assert sorted(p.name for p in paths) == ["schedule.csv", "torchtitan.toml"]
+    doc = parse_torchtitan_toml((out / "torchtitan.toml").read_text())
+    view = torchtitan_plan_view(doc)
+    assert view["schedule"] == "csv" and Path(view["schedule_csv"]) == (out / "schedule.csv").resolve()
+    assert (out / "schedule.csv").read_text() == actions
+    assert doc["parallelism"]["pipeline_parallel_schedule"] == "PipelineScheduleSingle"  # one stage per rank
+
+
+def test_custom_schedule_without_its_csv_is_a_clear_error(build_plan: MakePlan, tmp_path: Path) -> None:
+    plan = build_plan(pp=2, global_batch=2, schedule="custom")
+    with pytest.raises(PlanError, match="custom_schedule_csv"):
+        render(plan, "csv", OUT)
+    other = tmp_path / "other.csv"
+    other.write_text("0F0,0B0\n1F0,1B0\n")  # one microbatch, the plan has two
+    with pytest.raises(PlanError, match=r"\(pp, v, M\) = \(2, 1, 1\) but the plan has \(2, 1, 2\)"):
+        render(plan, "csv", OUT, EmitOptions(custom_schedule_csv=other))
+
+
+@pytest.mark.parametrize("schedule", ["zb-h1", "1f1b"])
+def test_csv_target_writes_the_generated_schedule(build_plan: MakePlan, schedule: str) -> None:
+    from costmodels.schedules.generate import generate_schedule
+    from costmodels.schedules.torch_csv import parse_torch_csv
+
+    text = render(build_plan(pp=4, global_batch=8, schedule=schedule), "csv", OUT).files["schedule.csv"]
+    rows = [row.split(",") for row in text.splitlines()]
+    assert len(rows) == 4  # one row per pipeline rank
+    # every rank runs F, then B (1F1B) or I + W (ZB-H1), for each of the 8 microbatches
+    assert all(len(row) == 8 * (2 if schedule == "1f1b" else 3) for row in rows)
+    assert rows[0][0] == "0F0"
+    assert parse_torch_csv(text, schedule).ranks == generate_schedule(schedule, 4, 1, 8).ranks
+
+
+def test_torchtitan_zb_h1_writes_its_csv(build_plan: MakePlan) -> None:
+    rendered = render(build_plan(pp=2, global_batch=4, schedule="zb-h1"), "torchtitan", OUT)
+    assert set(rendered.files) == {"torchtitan.toml", "schedule.csv"}
+    par = parse_torchtitan_toml(rendered.files["torchtitan.toml"])["parallelism"]
+    assert par["pipeline_parallel_schedule_csv"].endswith("schedule.csv")
+
+
+@pytest.mark.parametrize(
+    ("plan_kwargs", "needle"),
+    [
+        (dict(tp=2, pp=2, global_batch=2), "sequence parallel"),
+        (PLANS["mixed-recompute"], "zero=1"),
+        (dict(tp=2, pp=2, global_batch=2, sequence_parallel=True), "float32"),
+        (dict(pp=2, global_batch=2, recompute="selective"), "per-op"),
+        (dict(pp=2, global_batch=2, schedule="chimera"), "cannot run schedule 'chimera'"),
+        (dict(pp=2, global_batch=2), "register flavor 'tiny-gpt'"),
+    ],
+)
+def test_torchtitan_warns_about_what_it_cannot_express(build_plan: MakePlan, plan_kwargs: dict, needle: str) -> None:
+    rendered = render(build_plan(**plan_kwargs), "torchtitan", OUT)
+    assert any(needle in w for w in rendered.warnings), rendered.warnings
+
+
+def test_torchtitan_names_a_shipped_flavor_for_llama3_70b(build_plan: MakePlan) -> None:
+    plan = build_plan("llama3-70b", tp=8, pp=4, dp=2, global_batch=64, recompute="full", sequence_parallel=True, zero=3)
+    rendered = render(plan, "torchtitan", OUT)
+    doc = parse_torchtitan_toml(rendered.files["torchtitan.toml"])
+    assert doc["model"] == {"name": "llama3", "flavor": "70B"}
+    assert (doc["training"]["local_batch_size"], doc["parallelism"]["pipeline_parallel_microbatch_size"]) == (32, 1)
+    assert rendered.warnings == []
+
+
+# --- torchrun and SLURM -----------------------------------------------------------------------
+
+
+def test_torchrun_line_has_the_plans_process_counts(build_plan: MakePlan) -> None:
+    plan = build_plan("tiny-gpt", "cpu-local", tp=2, pp=2, global_batch=4, precision="fp32")
+    script = render(plan, "torchrun", OUT, EmitOptions(steps=3)).files["torchrun.sh"]
+    flags = parse_torchrun_command(script)
+    assert (flags["--nnodes"], flags["--nproc-per-node"], flags["--rdzv-backend"]) == ("1", "4", "c10d")
+    assert "-m launch.runtime.train" in script and "--steps 3" in script
+
+
+def test_torchrun_custom_schedule_passes_its_csv(build_plan: MakePlan, tmp_path: Path) -> None:
+    actions = "0F0,0F1,0B0,0B1\n1F0,1B0,1F1,1B1\n"
+    out = tmp_path / "out"
+    options = EmitOptions(metrics="m.jsonl")
+    plan = build_plan(pp=2, global_batch=2, schedule="custom", schedule_csv=actions)
+    paths = emit(plan, "torchrun", out, options=options)
+    assert (out / "schedule.csv").read_text() == actions
+    assert sorted(p.name for p in paths) == ["plan.json", "schedule.csv", "torchrun.sh"]
+    script = (out / "torchrun.sh").read_text()
+    assert '--schedule-csv "${SCHEDULE_CSV}"' in script and f"{(out / 'schedule.csv').resolve()}" in script
+    assert 'METRICS="${METRICS:-m.jsonl}"' in script and '--metrics "${METRICS}"' in script
+
+
+def test_torchrun_multi_node_and_nnodes_override(build_plan: MakePlan) -> None:
+    plan = build_plan("gpt3-175b", tp=8, pp=4, dp=1, global_batch=8)  # 32 GPUs on 8-GPU nodes
+    flags = parse_torchrun_command(render(plan, "torchrun", OUT).files["torchrun.sh"])
+    assert (flags["--nnodes"], flags["--nproc-per-node"]) == ("4", "8")
+    rendered = render(plan, "torchrun", OUT, EmitOptions(nnodes=8))
+    assert parse_torchrun_command(rendered.files["torchrun.sh"])["--nproc-per-node"] == "4"
+    assert any("TP groups of 8 now span nodes" in w for w in rendered.warnings)
+
+
+def test_slurm_script_counts_and_syntax(build_plan: MakePlan, tmp_path: Path) -> None:
+    plan = build_plan("gpt3-175b", tp=8, pp=2, dp=1, global_batch=4)  # 16 GPUs = 2 nodes x 8
+    paths = emit(plan, "slurm", tmp_path, on_warning=lambda w: None)
+    script = (tmp_path / "ppplan.sbatch").read_text()
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8"):
+        assert line in script
+    assert "scontrol show hostnames" in script
+    flags = parse_torchrun_command(script)
+    assert (flags["--nnodes"], flags["--nproc-per-node"]) == ("2", "8")
+    assert {p.name for p in paths} == {"ppplan.sbatch", "plan.json"}
+    assert subprocess.run(["bash", "-n", str(tmp_path / "ppplan.sbatch")], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("target", ["torchrun", "megatron"])
+def test_shell_scripts_parse(build_plan: MakePlan, tmp_path: Path, target: str) -> None:
+    paths = emit(build_plan(**PLANS["uneven-middle"]), target, tmp_path, on_warning=lambda w: None)
+    for path in paths:
+        if path.suffix == ".sh":
+            result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+            assert result.returncode == 0, result.stderr
+
+
+def test_scripts_refuse_plans_the_runtime_cannot_run(build_plan: MakePlan) -> None:
+    with pytest.raises(PlanError, match="simulated only"):
+        render(build_plan(pp=2, global_batch=2, schedule="chimera"), "torchrun", OUT)
+
+
+def test_node_layout() -> None:
+    assert node_layout(12, 8) == node_layout(12, 8, nnodes=2)  # 2 nodes x 6 ranks
+    assert node_layout(12, 8).nproc_per_node == 6
+    with pytest.raises(PlanError, match="does not split 12 ranks evenly"):
+        node_layout(12, 8, nnodes=5)
+    with pytest.raises(PlanError, match="use --nnodes 2 or more"):
+        node_layout(12, 8, nnodes=1)
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def test_emit_writes_atomically_into_a_fresh_out_dir(build_plan: MakePlan, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    replaced: list[tuple[str, str]] = []
+    real_replace = os.replace
+
+    def recording_replace(src: str, dst: str) -> None:
+        assert not Path(dst).exists()  # the final name appears only by the rename
+        replaced.append((str(src), str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(emit_pkg.os, "replace", recording_replace)
+    out = tmp_path / "a" / "b"
+    paths = emit(build_plan(**PLANS["uniform"]), "megatron", out, on_warning=lambda w: None)
+    assert sorted(os.listdir(out)) == ["megatron.sh", "megatron_args.txt"]  # no temporary files left
+    assert {dst for _, dst in replaced} == {str(p) for p in paths}
+    assert all(Path(src).parent == out and Path(src).name.startswith(".") for src, _ in replaced)
+    assert os.access(out / "megatron.sh", os.X_OK) and not os.access(out / "megatron_args.txt", os.X_OK)
+
+
+def test_unwritable_out_dir_is_a_plan_error(build_plan: MakePlan, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(PlanError, match="cannot create --out-dir .*pick a writable directory"):
+        emit(build_plan(), "torchrun", blocker / "out", on_warning=lambda w: None)
+    with pytest.raises(PlanError, match="exists and is not a directory"):
+        emit(build_plan(), "torchrun", blocker, on_warning=lambda w: None)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through directory permissions")
+def test_read_only_out_dir_is_a_plan_error(build_plan: MakePlan, tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(PlanError, match="not writable"):
+        emit(build_plan(), "torchrun", locked, on_warning=lambda w: None)
+
+
+def test_warnings_go_to_logging_by_default(build_plan: MakePlan, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A library reports through ``logging`` (or the caller's callback), never through a console."""
+    emit(build_plan(**PLANS["zbv"]), "megatron", tmp_path)
+    assert capsys.readouterr().out == ""
+    assert any("Megatron-LM has no 'zbv' schedule" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+def test_cli_prints_emit_warnings_as_one_line_each_on_stderr(build_plan: MakePlan, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(build_plan(**PLANS["zbv"]).model_dump_json())
+    assert run(["launch", str(plan_path), "--emit", "megatron", "--out-dir", str(tmp_path / "out")]) == 0
+    assert "warning: Megatron-LM has no 'zbv' schedule" in capsys.readouterr().err
+
+
+def test_unknown_target_is_a_plan_error(build_plan: MakePlan) -> None:
+    with pytest.raises(PlanError, match="unknown emit target 'deepspeed'"):
+        render(build_plan(), "deepspeed", OUT)
+

@@ -1,0 +1,163 @@
+"""``ppplan profile``: the runtime's layers timed and sized on CPU.
+
+Activation bytes are checked against the cost model's runtime variant (what the
+planner prices) and parameter bytes against the analytic counts; times are checked
+for structure (B = 0 for the embedding, recompute adds to B), never for speed.
+"""
+
+import json
+
+import pytest
+import torch
+
+from costmodels.flops import parameter_counts
+from costmodels.memory import ActivationVariant, layer_activation_bytes
+from launch.profiler.cases import GridPoint, make_case, saved_activation_bytes
+from launch.profiler.layers import ProfileSettings, interleaves, num_steps, profile_model
+from planner.cli.main import run
+from profiles.loader import load_model, read_profile
+from profiles.profile_schema import ProfileFile, model_shape_hash
+
+CPU = ActivationVariant.runtime("fp32", device="cpu")
+FAST = dict(warmup=1, repeats=2)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+SMALL = ProfileSettings(tps=(1, 2), mbss=(1, 2), recomputes=("none", "full"), **FAST)
+STEPS: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def small_profile() -> ProfileFile:
+    return profile_model(load_model("tiny-gpt"), SMALL, STEPS.append)
+
+
+def test_progress_is_called_once_per_counted_step(small_profile):
+    assert interleaves(load_model("tiny-gpt"), SMALL)  # small CPU grids are timed round-robin
+    assert len(STEPS) == num_steps(load_model("tiny-gpt"), SMALL) == 16 + 3
+    assert not interleaves(load_model("gpt3-1.7b"), ProfileSettings())  # too big to hold every case at once
+
+
+def _saved(name: str, tp: int, mbs: int, recompute: str) -> int:
+    case = make_case(load_model(name), GridPoint("transformer", tp, mbs, 128, recompute), "fp32", "cpu")
+    return saved_activation_bytes(case)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt", "tiny-llama"])
+@pytest.mark.parametrize("tp", [1, 2])
+@pytest.mark.parametrize("recompute", ["none", "selective", "full"])
+def test_saved_activations_match_the_runtime_formula_within_10_pct(name, tp, recompute):
+    model = load_model(name)
+    measured = _saved(name, tp, 2, recompute)
+    formula = layer_activation_bytes(model, 128, 2, tp, False, recompute, CPU)
+    assert measured == pytest.approx(formula, rel=0.10)
+
+
+def test_gpt_layer_saves_exactly_the_formula_plus_norm_statistics():
+    # the formula leaves out LayerNorm's fp32 mean and 1/std per token (2 norms x 2 x 4 B x s x b)
+    s, b = 128, 2
+    assert _saved("tiny-gpt", 1, b, "none") - layer_activation_bytes(load_model("tiny-gpt"), s, b, 1, False, "none", CPU) == 2 * 2 * 4 * s * b
+
+
+def test_full_recompute_keeps_only_the_layer_input():
+    assert _saved("tiny-llama", 1, 2, "full") == 4 * 128 * 2 * 256
+
+
+def test_grid_covers_every_kind_tp_mbs_and_recompute(small_profile):
+    keys = {(e.kind, e.tp, e.mbs, e.recompute) for e in small_profile.layers}
+    assert len(small_profile.layers) == len(keys) == 2 * 2 * (1 + 2 + 1)
+    assert {e.kind for e in small_profile.layers} == {"embedding", "transformer", "head"}
+    assert small_profile.model_shape_hash == model_shape_hash(load_model("tiny-gpt"))
+    assert small_profile.hardware.device_kind == "cpu" and small_profile.hardware.num_threads == 1
+    assert small_profile.timer == "thread_cpu"
+    assert any("sharded" in note for note in small_profile.approximation)
+
+
+def test_pass_times_have_the_zero_bubble_structure(small_profile):
+    for e in small_profile.layers:
+        assert e.forward_s > 0 and e.backward_weight_s > 0 and e.backward_s > 0
+        assert (e.backward_input_s == 0) == (e.kind == "embedding")  # no input gradient for token ids
+    by_key = {(e.kind, e.tp, e.mbs, e.recompute): e for e in small_profile.layers}
+    for tp in (1, 2):
+        for mbs in (1, 2):
+            none, full = by_key["transformer", tp, mbs, "none"], by_key["transformer", tp, mbs, "full"]
+            assert full.activation_bytes < none.activation_bytes / 10
+            # torch's split W re-runs the checkpointed forward once per parameter group
+            assert full.backward_weight_s > full.backward_s
+
+
+def test_parameter_bytes_are_the_analytic_counts(small_profile):
+    model = load_model("tiny-gpt")
+    layer = next(e for e in small_profile.layers if e.kind == "transformer" and e.tp == 1)
+    assert layer.parameter_bytes == 4 * parameter_counts(model).per_layer
+    h, f = model.hidden_size, model.ffn_size
+    # tp=2: column-parallel weights and biases halve; row-parallel weights halve, their biases and the norms stay
+    sharded = (4 * h * h + 2 * h * f) // 2 + 3 * h // 2 + f // 2 + 2 * h + 2 * 2 * h
+    layer2 = next(e for e in small_profile.layers if e.kind == "transformer" and e.tp == 2)
+    assert layer2.parameter_bytes == 4 * sharded
+
+
+def test_profile_file_round_trip(small_profile, tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(small_profile.model_dump_json(indent=2))
+    assert read_profile(path) == small_profile
+
+
+def test_cli_writes_the_profile_and_a_table(tmp_path, capsys):
+    out = tmp_path / "p.json"
+    argv = ["profile", "--model", "tiny-llama", "--tp", "1,2", "--mbs", "1", "--recompute", "none", "--repeats", "2", "--warmup", "0", "--out", str(out)]
+    assert run(argv) == 0
+    data = json.loads(out.read_text())
+    assert [(e["kind"], e["tp"]) for e in data["layers"]] == [(k, tp) for tp in (1, 2) for k in ("embedding", "transformer", "head")]
+    assert data["precision"] == "fp32" and data["model"]["name"] == "tiny-llama"
+    assert "wrote" in capsys.readouterr().out
+    assert not [p for p in tmp_path.iterdir() if p.name != "p.json"]  # no temporary file left
+
+
+BAD = {
+    "unknown device": ["--device", "tpu"],
+    "tp not dividing heads": ["--tp", "3"],
+    "unknown recompute": ["--recompute", "some"],
+    "fp8": ["--precision", "fp8"],
+    "bad mbs list": ["--mbs", "1,x"],
+    "unknown model": ["--model", "tiny-gtp"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD) + ["cuda without cuda", "missing out dir", "out is a directory"])
+def test_bad_input_exits_2_with_one_error_line(name, tmp_path, capsys):
+    argv = ["profile", "--model", "tiny-gpt", "--out", str(tmp_path / "p.json")]
+    if name in BAD:
+        argv += BAD[name]
+    elif name == "cuda without cuda":
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is available here")
+        argv += ["--device", "cuda"]
+    elif name == "missing out dir":
+        argv[-1] = str(tmp_path / "no" / "such" / "p.json")
+    else:
+        argv[-1] = str(tmp_path)
+    code = run(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+
+
+@pytest.mark.dist
+def test_tp_group_times_the_runtime_dtensor_layers(tmp_path):
+    settings = ProfileSettings(tps=(1, 2), mbss=(1,), recomputes=("none",), tp_group=True, **FAST)
+    profile = profile_model(load_model("tiny-gpt"), settings)
+    assert profile.timer == "wall"
+    for e in profile.layers:
+        assert e.tp_comm_included == (e.tp == 2)
+        assert e.forward_s > 0 and e.backward_s > 0
+    sharded = next(e for e in profile.layers if e.kind == "transformer" and e.tp == 2)
+    assert sharded.activation_bytes == _saved("tiny-gpt", 2, 1, "none")  # memory from the sharded shapes

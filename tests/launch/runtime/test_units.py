@@ -1,0 +1,124 @@
+"""Runtime pieces without processes: rank grid vs mesh, stage layout, model pieces, data.
+
+Expected values are derived by hand from the rank-grid formula
+rank = (pp * dp + dp_idx) * tp + tp_idx and the plans' stage_layers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from costmodels.layout import local_stages, loss_pipeline_rank, stage_layouts
+from costmodels.rank_grid import RankCoord
+from launch.runtime.data import BRANCHING, SyntheticTokens, dp_slice
+from launch.runtime.layout import grid_of, metrics_ranks, tied_embedding_pairs
+from launch.runtime.model import build_full_model, build_stage_module, lm_loss
+from launch.runtime.parallel import dp_split, mesh_ranks
+from launch.runtime.reference import reference_losses
+from tests.launch.runtime.runtime_plans import make_plan
+
+
+@pytest.mark.parametrize("zero", [0, 3])
+def test_mesh_groups_are_the_rank_grid_groups(zero: int) -> None:
+    cfg = make_plan(tp=2, pp=2, dp=2, zero=zero).config
+    grid = grid_of(cfg)
+    mesh = mesh_ranks(grid, dp_split(cfg)[0]).reshape(cfg.pp, cfg.dp, cfg.tp)
+    for p in range(cfg.pp):
+        for d in range(cfg.dp):
+            assert mesh[p, d, :].tolist() == grid.tp_group(d, p)
+        for t in range(cfg.tp):
+            assert mesh[p, :, t].tolist() == grid.dp_group(p, t)
+    for d in range(cfg.dp):
+        for t in range(cfg.tp):
+            assert mesh[:, d, t].tolist() == grid.pp_group(d, t)
+    # hand-derived: (pp=1, dp=0, tp=1) -> (1*2 + 0)*2 + 1 = 5
+    assert grid.rank(RankCoord(dp=0, pp=1, tp=1)) == 5 == int(mesh[1, 0, 1])
+
+
+def test_uneven_stage_layouts() -> None:
+    cfg = make_plan(pp=4, stage_layers=[1, 3, 3, 1], global_batch=4).config
+    layouts = stage_layouts(cfg)
+    assert [(s.first_layer, s.num_layers) for s in layouts] == [(0, 1), (1, 3), (4, 3), (7, 1)]
+    assert [s.has_embedding for s in layouts] == [True, False, False, False]
+    assert [s.has_head for s in layouts] == [False, False, False, True]
+
+
+def test_v_placement_puts_loss_on_rank_zero() -> None:
+    cfg = make_plan(pp=2, v=2, schedule="zbv", global_batch=4).config
+    assert [s.pipeline_rank for s in stage_layouts(cfg)] == [0, 1, 1, 0]
+    assert [s.stage for s in local_stages(cfg, 0)] == [0, 3]
+    assert loss_pipeline_rank(cfg) == 0
+    looped = make_plan(pp=2, v=2, schedule="interleaved-1f1b", global_batch=4).config
+    assert [s.pipeline_rank for s in stage_layouts(looped)] == [0, 1, 0, 1]
+    assert loss_pipeline_rank(looped) == 1
+
+
+def test_tied_embedding_pairs_and_metric_ranks() -> None:
+    plan = make_plan(tp=2, pp=2, dp=2)
+    # embedding on pp rank 0, logits on pp rank 1: pair (dp, 0, tp) with (dp, 1, tp)
+    assert tied_embedding_pairs(plan.model, plan.config) == [(0, 4), (1, 5), (2, 6), (3, 7)]
+    assert metrics_ranks(plan.config) == [0, 4]
+    zbv = make_plan(pp=2, v=2, schedule="zbv", global_batch=4)
+    assert tied_embedding_pairs(zbv.model, zbv.config) == []  # both copies on pp rank 0
+    llama = make_plan("tiny-llama", pp=2)
+    assert tied_embedding_pairs(llama.model, llama.config) == []  # untied
+
+
+@pytest.mark.parametrize("model", ["tiny-gpt", "tiny-llama"])
+def test_stage_chain_equals_full_model(model: str) -> None:
+    plan = make_plan(model, pp=4, stage_layers=[1, 3, 3, 1], global_batch=4)
+    full = build_full_model(plan.model, seed=3)
+    tokens = torch.randint(0, plan.model.vocab_size, (2, 16))
+    x = tokens
+    for lay in stage_layouts(plan.config):
+        stage = build_stage_module(plan.model, lay.first_layer, lay.num_layers, lay.has_embedding, lay.has_head, seed=3)
+        x = stage(x)
+    torch.testing.assert_close(x, full(tokens), rtol=0, atol=0)
+
+
+def test_tied_and_untied_parameter_counts() -> None:
+    gpt = make_plan("tiny-gpt").model
+    llama = make_plan("tiny-llama").model
+    h, v, s, f = 256, 1024, 128, 1024
+    gpt_layer = 4 * h * h + 4 * h + 2 * h * f + f + h + 4 * h  # qkvo + biases, mlp + biases, two LayerNorms
+    assert sum(p.numel() for p in build_full_model(gpt).parameters()) == v * h + s * h + 8 * gpt_layer + 2 * h
+    kv = 4 * 32
+    llama_layer = 2 * h * h + 2 * h * kv + 3 * h * 704 + 2 * h  # q, o, k, v, SwiGLU, two RMSNorms
+    assert sum(p.numel() for p in build_full_model(llama).parameters()) == 2 * v * h + 8 * llama_layer + h
+
+
+@pytest.mark.parametrize("kind", ["selective", "full"])
+def test_recompute_keeps_gradients(kind: str) -> None:
+    spec = make_plan("tiny-llama").model
+    tokens = torch.randint(0, spec.vocab_size, (2, 16))
+    grads = []
+    for recompute in ("none", kind):
+        net = build_full_model(spec)
+        for layer in net.layers.values():
+            layer.set_recompute(recompute)
+        lm_loss(net(tokens[:, :-1]), tokens[:, 1:]).backward()
+        grads.append(net.layers["0"].attention.wq.weight.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_data_is_deterministic_and_sliced_by_dp() -> None:
+    data = SyntheticTokens(vocab_size=1024, seq_len=32, seed=0)
+    inputs, targets = data.global_batch(step=2, global_batch=8)
+    again, _ = data.global_batch(step=2, global_batch=8)
+    assert torch.equal(inputs, again)
+    assert torch.equal(inputs[:, 1:], targets[:, :-1])
+    assert torch.equal(dp_slice(inputs, 4, 3), inputs[6:8])
+    table = data.successor_table()
+    follows = table[inputs[:, :-1].reshape(-1)]
+    assert (follows == inputs[:, 1:].reshape(-1, 1)).any(dim=1).all()  # every token is a listed successor
+    assert math.log(BRANCHING) < math.log(1024)
+
+
+def test_reference_loss_starts_near_uniform_and_falls() -> None:
+    plan = make_plan("tiny-gpt", global_batch=8, seq_len=32)
+    losses = reference_losses(plan.model, plan.train, steps=4)
+    assert abs(losses[0] - math.log(1024)) < 0.2
+    assert losses[-1] < losses[0] - 0.3

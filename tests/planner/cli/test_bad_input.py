@@ -1,0 +1,85 @@
+"""Bad input: exit 2 and exactly one ``error:`` line on stderr, no traceback."""
+
+import json
+
+import pytest
+
+from planner.cli.main import run
+
+BASE = ["--cluster", "dgx-a100-80g", "--global-batch", "64"]
+EVAL = ["evaluate", "--model", "gpt3-1.7b", "--cluster", "dgx-a100-80g", "--gpus", "16", "--global-batch", "64"]
+
+
+def _files(tmp_path):
+    (tmp_path / "bad.yaml").write_text("name: x\nnum_layers: [1, 2\n")
+    (tmp_path / "extra.yaml").write_text(
+        "name: x\nnum_layers: 2\nhidden_size: 64\nnum_attention_heads: 4\nvocab_size: 100\nseq_len: 32\nnum_layerz: 3\n")
+    (tmp_path / "neg.yaml").write_text(
+        "name: x\nnum_layers: -2\nhidden_size: 64\nnum_attention_heads: 4\nvocab_size: 100\nseq_len: 32\n")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
+                                                      "vocab_size": 100, "intermediate_size": 128,
+                                                      "max_position_embeddings": 64}))
+    (tmp_path / "plan.json").write_text("{not json")
+
+
+CASES = {
+    "gpus not divisible by tp*pp": EVAL[:6] + ["--gpus", "12", "--global-batch", "64", "--tp", "8", "--pp", "1", "--mbs", "1"],
+    "tp not dividing heads": ["evaluate", "--model", "gpt3-1.7b", "--cluster", "dgx-a100-80g", "--gpus", "16",
+                              "--global-batch", "64", "--tp", "16", "--pp", "1", "--mbs", "1"],
+    "unknown model preset": ["search", "--model", "gpt3-175", "--gpus", "8"] + BASE,
+    "unknown cluster preset": ["search", "--model", "gpt3-1.7b", "--cluster", "dgx-a100", "--gpus", "8", "--global-batch", "64"],
+    "malformed yaml": ["search", "--model", "{tmp}/bad.yaml", "--gpus", "8"] + BASE,
+    "unknown yaml key": ["search", "--model", "{tmp}/extra.yaml", "--gpus", "8"] + BASE,
+    "negative number in yaml": ["search", "--model", "{tmp}/neg.yaml", "--gpus", "8"] + BASE,
+    "zero gpus": ["search", "--model", "gpt3-1.7b", "--gpus", "0"] + BASE,
+    "negative global batch": ["search", "--model", "gpt3-1.7b", "--cluster", "dgx-a100-80g", "--gpus", "8", "--global-batch", "-4"],
+    "hf config missing key": ["search", "--model", "{tmp}/config.json", "--gpus", "8"] + BASE,
+    "global batch not divisible": EVAL[:8] + ["--global-batch", "10", "--tp", "1", "--pp", "1", "--mbs", "4"],
+    "pp larger than layers": ["evaluate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "16",
+                              "--global-batch", "64", "--tp", "1", "--pp", "16", "--mbs", "1"],
+    "missing model file": ["search", "--model", "{tmp}/nope.yaml", "--gpus", "8"] + BASE,
+    "unknown schedule": EVAL + ["--tp", "1", "--pp", "2", "--mbs", "1", "--schedule", "pipedream"],
+    "unknown schedule in search": ["search", "--model", "gpt3-1.7b", "--gpus", "8", "--schedules", "1f1b,foo"] + BASE,
+    "precision the gpu lacks": ["search", "--model", "gpt3-1.7b", "--gpus", "8", "--precision", "fp8"] + BASE,
+    "interleaved with v=1": EVAL + ["--tp", "1", "--pp", "2", "--mbs", "1", "--schedule", "interleaved-1f1b"],
+    "1f1b with fewer microbatches than stages": EVAL[:8] + ["--global-batch", "16", "--tp", "1", "--pp", "8", "--mbs", "8"],
+    "stage layers not summing": EVAL + ["--tp", "1", "--pp", "2", "--mbs", "1", "--stage-layers", "10,10"],
+    "stage layers not integers": EVAL + ["--tp", "1", "--pp", "2", "--mbs", "1", "--stage-layers", "a,b"],
+    "unknown recompute": EVAL + ["--tp", "1", "--pp", "2", "--mbs", "1", "--recompute", "some"],
+    "sequence parallel without tp": EVAL + ["--tp", "1", "--pp", "2", "--mbs", "1", "--sequence-parallel"],
+    "malformed plan file": ["explain", "{tmp}/plan.json"],
+    "missing plan file": ["explain", "{tmp}/missing.json"],
+    "unknown option": ["search", "--model", "gpt3-1.7b", "--gpus", "8", "--frobnicate"] + BASE,
+    "out dir missing": ["search", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "2", "--global-batch", "4", "--out", "{tmp}/no/such/dir/p.json"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_exits_2_with_one_error_line(name, tmp_path, capsys):
+    _files(tmp_path)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in CASES[name]]
+    code = run(argv)
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert code == 2, (name, captured.err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_unknown_preset_suggests_close_names(capsys):
+    assert run(["search", "--model", "gpt3-175", "--gpus", "8"] + BASE) == 2
+    assert "gpt3-175b" in capsys.readouterr().err
+
+
+def test_hf_missing_key_is_named(tmp_path, capsys):
+    _files(tmp_path)
+    assert run(["search", "--model", str(tmp_path / "config.json"), "--gpus", "8"] + BASE) == 2
+    assert "num_hidden_layers" in capsys.readouterr().err
+
+
+def test_no_partial_plan_file_left_on_failure(tmp_path):
+    out = tmp_path / "plan.json"
+    assert run(["search", "--model", "llama3-405b", "--cluster", "dgx-a100-80g", "--gpus", "8", "--global-batch", "16",
+                "--out", str(out)]) == 1
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,93 @@
+"""Search quality and determinism on shipped presets."""
+
+import json
+
+from costmodels.estimate import estimate
+from costmodels.layout import uniform_split
+from planner.cli.main import run
+from planner.search.branch_and_bound import search
+from profiles.loader import load_cluster, load_model
+from profiles.schema import ParallelConfig, TrainSpec
+
+
+def test_gpt_1t_best_plan_beats_megatrons_own_config():
+    m, c = load_model("gpt-1t"), load_cluster("dgx-a100-80g")
+    train = TrainSpec(global_batch=3072, seq_len=2048)
+    result = search(m, c, train, 3072, top_k=1)
+    megatron = ParallelConfig(tp=8, pp=64, dp=6, mbs=1, num_microbatches=512, schedule="1f1b", recompute="full",
+                              stage_layers=uniform_split(128, 64))
+    baseline = estimate(m, c, train, megatron)
+    assert baseline.fits
+    best = result.best[0].estimate
+    assert best.fits and best.step_time_s <= baseline.step_time_s
+
+
+def test_search_respects_memory_and_rules_on_tiny_model():
+    m, c = load_model("tiny-gpt"), load_cluster("cpu-local")
+    result = search(m, c, TrainSpec(global_batch=8, seq_len=128, precision="fp32"), 4, top_k=3)
+    assert len(result.best) == 3
+    for s in result.best:
+        cfg = s.config
+        assert cfg.tp * cfg.pp * cfg.dp == 4 and sum(cfg.stage_layers) == 8 and s.estimate.fits
+    times = [s.estimate.step_time_s for s in result.best]
+    assert times == sorted(times)
+
+
+def test_identical_inputs_give_byte_identical_plan(tmp_path, capsys):
+    args = ["search", "--model", "gpt3-7.5b", "--cluster", "dgx-h100", "--gpus", "64", "--global-batch", "256"]
+    assert run(args + ["--out", str(tmp_path / "a.json")]) == 0
+    assert run(args + ["--out", str(tmp_path / "b.json")]) == 0
+    a, b = (tmp_path / "a.json").read_bytes(), (tmp_path / "b.json").read_bytes()
+    assert a == b
+    plan = json.loads(a)
+    assert plan["schema_version"] == 1 and plan["estimate"]["fits"]
+
+
+def test_search_json_is_a_list_of_plans(capsys):
+    assert run(["search", "--model", "tiny-llama", "--cluster", "cpu-local", "--gpus", "4", "--global-batch", "8",
+                "--top-k", "2", "--json"]) == 0
+    plans = json.loads(capsys.readouterr().out)
+    assert len(plans) == 2 and {"config", "estimate"} <= set(plans[0])
+    assert plans[0]["estimate"]["step_time_s"] <= plans[1]["estimate"]["step_time_s"]
+
+
+def test_infeasible_exits_1_with_closest_plan(capsys):
+    code = run(["search", "--model", "llama3-405b", "--cluster", "dgx-a100-80g", "--gpus", "8", "--global-batch", "16"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "closest" in captured.err and "GiB" in captured.err
+    assert "OOM" in captured.out
+
+
+def test_evaluate_json_fields_and_plan_out(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    code = run(["evaluate", "--model", "gpt3-175b", "--cluster", "dgx-a100-80g", "--gpus", "1024", "--global-batch", "1536",
+                "--tp", "8", "--pp", "16", "--mbs", "1", "--v", "2", "--schedule", "interleaved-1f1b", "--recompute", "full",
+                "--json", "--out", str(out)])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    est = doc["estimate"]
+    for key in ("step_time_s", "tokens_per_s", "model_tflops_per_gpu", "hw_tflops_per_gpu", "mfu", "hfu",
+                "bubble_fraction", "peak_memory_gib", "fits", "breakdown"):
+        assert key in est
+    assert len(est["peak_memory_gib"]) == 16
+    assert 0 < est["mfu"] < est["hfu"] < 1
+    assert doc["config"]["stage_layers"] == [3] * 32
+    assert json.loads(out.read_text())["config"]["dp"] == 8
+
+
+def test_evaluate_that_does_not_fit_still_prices(capsys):
+    code = run(["evaluate", "--model", "gpt3-175b", "--cluster", "dgx-a100-40g", "--gpus", "8", "--global-batch", "8",
+                "--tp", "8", "--pp", "1", "--mbs", "1", "--json"])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["estimate"]["fits"] is False
+
+
+def test_explain_names_binding_and_alternatives(tmp_path, capsys):
+    plan = tmp_path / "p.json"
+    assert run(["search", "--model", "gpt3-1.7b", "--cluster", "dgx-a100-80g", "--gpus", "32", "--global-batch", "512",
+                "--out", str(plan)]) == 0
+    capsys.readouterr()
+    assert run(["explain", str(plan)]) == 0
+    text = capsys.readouterr().out
+    assert "What binds" in text and "Nearest alternatives" in text and "slower" in text
