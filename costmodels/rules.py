@@ -1,47 +1,43 @@
 """Runtime rules: the one place that says which configurations can run.
 
 The search enumerates only configurations these rules accept, and the launcher
-checks a plan with the same functions before it starts a process, so the
-planner never prices something the runtime refuses. Rules can differ per target
-runtime (``torch``: our launcher on torch.distributed.pipelining; ``megatron``:
-Megatron-LM); each message says how to fix the input.
-
-What each schedule needs of (pp, v, M) and which runtimes run it are the
-schedule registry's facts (``costmodels.schedules.registry``, with its torch
-sources); this module adds the rules of the model, the degrees, ZeRO and
-recomputation, and Megatron-LM's ``--num-layers-per-virtual-pipeline-stage``
-check (interleaving needs the microbatch count to be a multiple of pp).
+and the emitters check a plan with the same functions, so the planner never
+prices something its stack refuses. The stack (``profiles.stack_schema.StackSpec``,
+presets in ``profiles/stacks/``) says which schedules, virtual stages, cut
+layouts, recompute kinds, ZeRO stages and precisions it runs; what each schedule
+needs of (pp, v, M) is the schedule registry's fact
+(``costmodels.schedules.registry``, with its torch sources). Each message says
+how to fix the input.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
-from costmodels.schedules.registry import (
-    LOOPED_SCHEDULES,
-    runnable_on,
-    schedule_spec,
-    shape_violations,
-)
+from costmodels.layout import first_last_of, uniform_split
+from costmodels.schedules.registry import LOOPED_SCHEDULES, schedule_spec, shape_violations
 from profiles.errors import PlanError
 from profiles.schema import ModelSpec, ParallelConfig, TrainSpec
-
-Target = Literal["torch", "megatron"]
-TARGETS: tuple[str, ...] = ("torch", "megatron")
-MAX_ZERO: dict[str, int] = {"torch": 3, "megatron": 1}
+from profiles.stack_schema import StackSpec
 
 
-def schedule_violations(schedule: str, pp: int, v: int, num_microbatches: int, target: Target = "torch") -> list[str]:
-    """Why ``schedule`` cannot run with this (pp, v, M) on ``target``; empty when it can."""
+def schedule_violations(schedule: str, pp: int, v: int, num_microbatches: int, stack: StackSpec) -> list[str]:
+    """Why ``schedule`` cannot run with this (pp, v, M) on ``stack``; empty when it can: the
+    schedule's own shape rules (registry) and the stack's."""
+    return shape_violations(schedule, pp, v, num_microbatches) + _stack_schedule_violations(schedule, pp, v, num_microbatches, stack)
+
+
+def _stack_schedule_violations(schedule: str, pp: int, v: int, m: int, stack: StackSpec) -> list[str]:
     problems: list[str] = []
-    m = num_microbatches
     if schedule_spec(schedule).simulated_only:
         problems.append(f"schedule '{schedule}' is simulated only (no runtime yet); pick another schedule to launch")
-    elif schedule not in runnable_on(target):
-        problems.append(f"schedule '{schedule}' cannot run on {target}; use one of {sorted(runnable_on(target))}")
-    problems += shape_violations(schedule, pp, v, m)
-    if schedule in LOOPED_SCHEDULES and pp > 1 and target == "megatron" and m % pp:
-        problems.append(f"interleaved 1F1B in Megatron-LM needs num_microbatches ({m}) to be a multiple of pp ({pp})")
+    elif schedule not in stack.schedules:
+        problems.append(f"schedule '{schedule}' is not run by stack '{stack.name}'; use one of {', '.join(stack.schedules)}")
+    if v > stack.max_virtual_stages:
+        problems.append(f"v={v} virtual stages per rank is above stack '{stack.name}''s {stack.max_virtual_stages}")
+    if schedule in LOOPED_SCHEDULES and pp > 1:
+        if pp < stack.interleaved_min_pp:
+            problems.append(f"interleaving on stack '{stack.name}' needs pp >= {stack.interleaved_min_pp} (got {pp})")
+        if stack.interleaved_microbatches == "multiple-of-pp" and m % pp:
+            problems.append(f"interleaved 1F1B on stack '{stack.name}' needs num_microbatches ({m}) to be a multiple of pp ({pp})")
     return problems
 
 
@@ -61,7 +57,8 @@ def tp_violations(model: ModelSpec, tp: int) -> list[str]:
 def _degree_violations(model: ModelSpec, train: TrainSpec, gpus: int, cfg: ParallelConfig) -> list[str]:
     problems: list[str] = []
     if cfg.world_size != gpus:
-        problems.append(f"tp*pp*dp = {cfg.tp}*{cfg.pp}*{cfg.dp} = {cfg.world_size} but there are {gpus} GPUs: pick degrees whose product is {gpus}")
+        problems.append(f"tp*cp*pp*dp = {cfg.tp}*{cfg.cp}*{cfg.pp}*{cfg.dp} = {cfg.world_size} but there are {gpus} GPUs: "
+                        f"pick degrees whose product is {gpus}")
     problems += tp_violations(model, cfg.tp)
     if train.global_batch % (cfg.dp * cfg.mbs):
         problems.append(f"global batch {train.global_batch} is not divisible by dp*mbs = {cfg.dp}*{cfg.mbs}: change the batch, dp or mbs")
@@ -87,11 +84,11 @@ def _stage_violations(model: ModelSpec, cfg: ParallelConfig) -> list[str]:
     return problems
 
 
-def zero_violations(zero: int, pp: int, schedule: str, target: Target = "torch") -> list[str]:
-    """ZeRO stages the target cannot run with this pipeline."""
-    if zero > MAX_ZERO[target]:
-        return [f"zero={zero} is not available on {target} (max {MAX_ZERO[target]})"]
-    if target == "torch" and zero == 3 and pp > 1 and schedule_spec(schedule).split_backward:
+def zero_violations(zero: int, pp: int, schedule: str, stack: StackSpec) -> list[str]:
+    """ZeRO stages the stack cannot run with this pipeline."""
+    if zero not in stack.zero:
+        return [f"zero={zero} is not run by stack '{stack.name}' (runs {', '.join(map(str, stack.zero))})"]
+    if stack.pipeline_runtime == "torch" and zero == 3 and pp > 1 and schedule_spec(schedule).split_backward:
         # Found by the launcher's loss-match tests (torch 2.13): FSDP2 with
         # reshard_after_forward=True frees the gathered weights after each
         # forward, and a deferred weight-gradient pass (W) runs outside any
@@ -103,10 +100,15 @@ def zero_violations(zero: int, pp: int, schedule: str, target: Target = "torch")
     return []
 
 
-def recompute_violations(recompute: str | list[str], pp: int, schedule: str, target: Target = "torch") -> list[str]:
-    """Recomputation the target cannot run well with this schedule."""
+def recompute_violations(recompute: str | list[str], pp: int, schedule: str, stack: StackSpec) -> list[str]:
+    """Recomputation the stack cannot run (or cannot run well) with this schedule."""
     kinds = set(recompute) if isinstance(recompute, list) else {recompute}
-    if target == "torch" and "full" in kinds and pp > 1 and schedule_spec(schedule).split_backward:
+    missing = sorted(kinds - set(stack.recompute))
+    if missing:
+        return [f"recompute '{missing[0]}' is not run by stack '{stack.name}' (runs {', '.join(stack.recompute)})"]
+    if len(kinds) > 1 and not stack.recompute_per_stage:
+        return [f"stack '{stack.name}' applies one recompute kind to every stage: use one of {', '.join(sorted(kinds))}"]
+    if stack.pipeline_runtime == "torch" and "full" in kinds and pp > 1 and schedule_spec(schedule).split_backward:
         # Measured by the profiler (torch 2.13): the split weight-gradient pass re-runs a
         # checkpointed layer's forward once per parameter group (~10x the unsplit W).
         return [
@@ -116,17 +118,37 @@ def recompute_violations(recompute: str | list[str], pp: int, schedule: str, tar
     return []
 
 
-def config_violations(
-    model: ModelSpec, train: TrainSpec, gpus: int, cfg: ParallelConfig, target: Target = "torch"
-) -> list[str]:
-    """Every reason ``cfg`` cannot run on ``target``; empty when it can."""
+def layout_violations(stage_layers: list[int], pp: int, v: int, stack: StackSpec) -> list[str]:
+    """Cut layouts the stack cannot express (``StackSpec.cut_layouts``)."""
+    if stack.cut_layouts == "uniform" and stage_layers != uniform_split(sum(stage_layers), len(stage_layers)):
+        return [f"stack '{stack.name}' splits layers uniformly only: stage_layers {stage_layers} are uneven"]
+    if stack.cut_layouts == "uniform" and sum(stage_layers) % len(stage_layers):
+        return [f"stack '{stack.name}' needs num_layers ({sum(stage_layers)}) divisible by pp*v = {len(stage_layers)}"]
+    if stack.cut_layouts == "first-last" and first_last_of(stage_layers, pp, v) is None:
+        return [f"stack '{stack.name}' gives the first and last rank their own layer counts and every other rank the "
+                f"same, split equally over its virtual stages: stage_layers {stage_layers} are not of that shape"]
+    return []
+
+
+def parallelism_violations(cfg: ParallelConfig, stack: StackSpec) -> list[str]:
+    """Sequence, context and expert parallelism the stack does not have."""
+    problems: list[str] = []
+    if cfg.sequence_parallel and not stack.sequence_parallel:
+        problems.append(f"stack '{stack.name}' has no sequence parallelism: drop --sequence-parallel")
+    if cfg.cp > 1 and not stack.context_parallel:
+        problems.append(f"stack '{stack.name}' has no context parallelism: use cp=1 or another stack")
+    if cfg.ep > 1 and not stack.expert_parallel:
+        problems.append(f"stack '{stack.name}' has no expert parallelism: use ep=1 or another stack")
+    return problems
+
+
+def structural_violations(model: ModelSpec, train: TrainSpec, gpus: int, cfg: ParallelConfig) -> list[str]:
+    """The rules of any stack: degrees, batch, stages and the schedule's own shape (registry)."""
     problems = _degree_violations(model, train, gpus, cfg) + _stage_violations(model, cfg)
     if cfg.pp == 1 and cfg.schedule not in {"1f1b", "gpipe"}:
         problems.append(f"pp=1 has no pipeline: use schedule 1f1b (got '{cfg.schedule}')")
     elif cfg.pp > 1:
-        problems += schedule_violations(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, target)
-    problems += zero_violations(cfg.zero, cfg.pp, cfg.schedule, target)
-    problems += recompute_violations(cfg.recompute, cfg.pp, cfg.schedule, target)
+        problems += shape_violations(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches)
     if cfg.schedule == "custom" and cfg.schedule_csv is None:
         problems.append("schedule 'custom' needs its action list in the plan (config.schedule_csv): "
                         "make one with `ppplan simulate plan.json --custom-out custom.json`")
@@ -135,24 +157,34 @@ def config_violations(
     return problems
 
 
-RUNNABLE_PRECISIONS: dict[str, frozenset[str]] = {
-    "torch": frozenset({"fp32", "bf16"}),
-    "megatron": frozenset({"fp32", "bf16", "fp16", "fp8"}),
-}
+def config_violations(model: ModelSpec, train: TrainSpec, gpus: int, cfg: ParallelConfig, stack: StackSpec) -> list[str]:
+    """Every reason ``cfg`` cannot run on ``stack``; empty when it can."""
+    problems: list[str] = []
+    if cfg.stack != stack.name:
+        problems.append(f"the configuration is for stack '{cfg.stack}', checked against '{stack.name}'")
+    problems += structural_violations(model, train, gpus, cfg)
+    if cfg.pp > 1:
+        problems += _stack_schedule_violations(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, stack)
+    if len(cfg.stage_layers) == cfg.num_stages:
+        problems += layout_violations(cfg.stage_layers, cfg.pp, cfg.v, stack)
+    problems += zero_violations(cfg.zero, cfg.pp, cfg.schedule, stack)
+    problems += recompute_violations(cfg.recompute, cfg.pp, cfg.schedule, stack)
+    problems += parallelism_violations(cfg, stack)
+    problems += precision_violations(train.precision, stack)
+    return problems
 
 
-def precision_violations(precision: str, target: Target = "torch") -> list[str]:
-    """Why ``precision`` cannot run on ``target`` (the launcher's runtime has no fp16
-    loss scaling and no fp8 GEMMs); kept out of ``config_violations`` so the search
-    still plans fp16/fp8 for targets that run them (emit Megatron-LM)."""
-    if precision in RUNNABLE_PRECISIONS[target]:
+def precision_violations(precision: str, stack: StackSpec) -> list[str]:
+    """Why ``precision`` cannot run on ``stack`` (ppplan's runtime has no fp16 loss scaling and
+    no fp8 GEMMs; Megatron-LM and torchtitan run them)."""
+    if precision in stack.precisions:
         return []
-    runnable = ", ".join(sorted(RUNNABLE_PRECISIONS[target]))
-    return [f"precision '{precision}' cannot run on {target} (runs {runnable}): plan with --precision bf16, or emit a config for Megatron-LM"]
+    return [f"precision '{precision}' is not run by stack '{stack.name}' (runs {', '.join(stack.precisions)}): "
+            "plan with another --precision or --stack"]
 
 
-def check_config(model: ModelSpec, train: TrainSpec, gpus: int, cfg: ParallelConfig, target: Target = "torch") -> None:
+def check_config(model: ModelSpec, train: TrainSpec, gpus: int, cfg: ParallelConfig, stack: StackSpec) -> None:
     """Raise ``PlanError`` with the first violated rule."""
-    problems = config_violations(model, train, gpus, cfg, target)
+    problems = config_violations(model, train, gpus, cfg, stack)
     if problems:
         raise PlanError(problems[0])

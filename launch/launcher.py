@@ -28,10 +28,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from costmodels.rules import check_config, precision_violations
+from costmodels.rules import check_config
 from costmodels.schedules.torch_csv import parse_torch_csv
 from launch.emit.common import node_layout
 from profiles.errors import PlanError
+from profiles.loader import DEFAULT_STACK, load_stack
 from profiles.schema import Plan
 
 RUNTIME_MODULE = "launch.runtime.train"
@@ -53,17 +54,15 @@ class LaunchOptions:
     seed: int = 0
 
 
-def world_size(plan: Plan) -> int:
-    cfg = plan.config
-    return cfg.tp * cfg.pp * cfg.dp
-
-
 def check_plan(plan: Plan, schedule_csv: Path | None = None) -> None:
-    """The runtime rules (``costmodels.rules``, target torch); ``PlanError`` says how to fix it."""
-    check_config(plan.model, plan.train, world_size(plan), plan.config, target="torch")
-    problems = precision_violations(plan.train.precision, "torch")
-    if problems:
-        raise PlanError(problems[0])
+    """The runtime rules of ppplan's own stack (``costmodels.rules``, ``ppplan-torch``);
+    ``PlanError`` says how to fix it."""
+    if plan.config.stack != DEFAULT_STACK:
+        raise PlanError(
+            f"the plan is for stack '{plan.config.stack}'; ppplan launch runs '{DEFAULT_STACK}' plans: emit it with "
+            f"--emit {load_stack(plan.config.stack).emit}, or re-plan with --stack {DEFAULT_STACK}"
+        )
+    check_config(plan.model, plan.train, plan.config.world_size, plan.config, load_stack(DEFAULT_STACK))
     if plan.train.seq_len > plan.model.seq_len and plan.model.position_embedding == "learned":
         raise PlanError(
             f"seq_len {plan.train.seq_len} exceeds the model's {plan.model.seq_len} learned positions: lower --seq-len"
@@ -88,7 +87,7 @@ def _check_custom_csv(plan: Plan, schedule_csv: Path | None) -> None:
 
 
 def _rendezvous_args(plan: Plan, opts: LaunchOptions) -> list[str]:
-    layout = node_layout(world_size(plan), plan.cluster.gpus_per_node, opts.nnodes)
+    layout = node_layout(plan.config.world_size, plan.cluster.gpus_per_node, opts.nnodes)
     sizes = ["--nnodes", str(layout.nnodes), "--nproc-per-node", str(layout.nproc_per_node)]
     if layout.nnodes == 1 and opts.master_addr is None and opts.master_port is None:
         return ["--standalone", *sizes]

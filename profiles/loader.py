@@ -20,6 +20,7 @@ from profiles.errors import PlanError
 from profiles.hf_config import _first_error, model_from_hf_config
 from profiles.profile_schema import COMM_PROFILE_SCHEMA_VERSION, PROFILE_SCHEMA_VERSION, CommProfile, ProfileFile
 from profiles.schema import ClusterSpec, ModelSpec, Plan
+from profiles.stack_schema import StackSpec
 
 PRESET_DIR = Path(__file__).parent
 PUBLIC_RUNS_CSV = PRESET_DIR / "calibration" / "public_runs.csv"
@@ -27,8 +28,11 @@ REGRESSION_DIR = PRESET_DIR / "regression"
 T = TypeVar("T", bound=BaseModel)
 
 
+DEFAULT_STACK = "ppplan-torch"
+
+
 def preset_names(kind: str) -> list[str]:
-    """Sorted preset names of ``kind`` ("models" or "clusters")."""
+    """Sorted preset names of ``kind`` ("models", "clusters" or "stacks")."""
     return sorted(p.stem for p in (PRESET_DIR / kind).glob("*.yaml"))
 
 
@@ -103,6 +107,14 @@ def load_model(spec: str) -> ModelSpec:
 def load_cluster(spec: str) -> ClusterSpec:
     """A cluster preset name or our YAML."""
     return validate_as(ClusterSpec, read_document(_resolve("clusters", spec)), str(_resolve("clusters", spec)))
+
+
+def load_stack(spec: str = DEFAULT_STACK) -> StackSpec:
+    """A stack preset name (``profiles/stacks/``) or our YAML; an unknown name lists the presets."""
+    path = Path(spec)
+    if path.suffix not in {".yaml", ".yml", ".json"} and not (PRESET_DIR / "stacks" / f"{spec}.yaml").is_file():
+        raise PlanError(f"unknown stack '{spec}': use one of {', '.join(preset_names('stacks'))} (or a stack YAML file)")
+    return validate_as(StackSpec, read_document(_resolve("stacks", spec)), str(_resolve("stacks", spec)))
 
 
 def load_plan(path: str | Path) -> Plan:

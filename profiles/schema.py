@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -45,6 +45,17 @@ class ModelSpec(StrictModel):
 
     ``norm`` and ``position_embedding`` default from ``activation`` (gelu: GPT
     style LayerNorm + learned positions; swiglu: Llama style RMSNorm + RoPE).
+    ``head_dim`` defaults to hidden / heads (Qwen3 and others set it apart).
+
+    Mixture of experts (all unset: a dense model): ``num_experts`` routed experts of
+    FFN size ``moe_ffn_hidden_size`` (default ``ffn_hidden_size``), ``experts_per_token``
+    of them per token, ``num_shared_experts`` always-on experts (their FFN size in
+    total ``shared_expert_ffn_hidden_size``, default ``num_shared_experts`` ×
+    ``moe_ffn_hidden_size``), and ``first_dense_layers`` dense layers (FFN
+    ``ffn_hidden_size``) before the MoE ones. Multi-head latent attention (DeepSeek-V2/V3,
+    set by ``kv_lora_rank``): queries through a ``q_lora_rank`` bottleneck (none when
+    unset), keys and values through a ``kv_lora_rank`` one, per-head query/key dims
+    ``qk_nope_head_dim`` + ``qk_rope_head_dim`` and value dim ``v_head_dim``.
     """
 
     name: str
@@ -62,6 +73,18 @@ class ModelSpec(StrictModel):
     linear_bias: bool | None = Field(
         default=None, description="biases on linear layers; default true for gelu (GPT), false for swiglu (Llama)"
     )
+    head_dim: PositiveInt | None = None
+    num_experts: PositiveInt | None = None
+    experts_per_token: PositiveInt | None = None
+    moe_ffn_hidden_size: PositiveInt | None = None
+    num_shared_experts: NonNegativeInt = 0
+    shared_expert_ffn_hidden_size: NonNegativeInt | None = None
+    first_dense_layers: NonNegativeInt = 0
+    q_lora_rank: PositiveInt | None = None
+    kv_lora_rank: PositiveInt | None = None
+    qk_nope_head_dim: PositiveInt | None = None
+    qk_rope_head_dim: PositiveInt | None = None
+    v_head_dim: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "ModelSpec":
@@ -76,17 +99,51 @@ class ModelSpec(StrictModel):
         for key, value in fill.items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
-                f"{self.num_attention_heads}"
-            )
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError(
+                    f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                    f"{self.num_attention_heads} (set head_dim for a model whose heads are sized apart)"
+                )
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        self._check_moe()
+        self._check_mla()
         if self.num_attention_heads % self.kv_heads:
             raise ValueError(
                 f"num_attention_heads {self.num_attention_heads} is not a multiple of "
                 f"num_key_value_heads {self.kv_heads}"
             )
         return self
+
+    def _check_moe(self) -> None:
+        moe_keys = ("experts_per_token", "moe_ffn_hidden_size", "shared_expert_ffn_hidden_size")
+        if self.num_experts is None:
+            given = [k for k in moe_keys if getattr(self, k) is not None]
+            given += [k for k in ("num_shared_experts", "first_dense_layers") if getattr(self, k)]
+            if given:
+                raise ValueError(f"{given[0]} is set but num_experts is not: set num_experts for a mixture-of-experts model")
+            return
+        if self.experts_per_token is None:
+            raise ValueError("num_experts is set but experts_per_token (the router's top-k) is not")
+        if self.experts_per_token > self.num_experts:
+            raise ValueError(f"experts_per_token {self.experts_per_token} is above num_experts {self.num_experts}")
+        if self.first_dense_layers >= self.num_layers:
+            raise ValueError(f"first_dense_layers {self.first_dense_layers} leaves no MoE layer of {self.num_layers}")
+        if self.moe_ffn_hidden_size is None:
+            object.__setattr__(self, "moe_ffn_hidden_size", self.ffn_hidden_size)
+        if self.shared_expert_ffn_hidden_size is None:
+            object.__setattr__(self, "shared_expert_ffn_hidden_size", self.num_shared_experts * self.moe_ffn_hidden_size)
+
+    def _check_mla(self) -> None:
+        dims = ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+        if self.kv_lora_rank is None:
+            given = [k for k in ("q_lora_rank", *dims) if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{given[0]} is set but kv_lora_rank is not: multi-head latent attention needs kv_lora_rank")
+            return
+        missing = [k for k in dims if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"multi-head latent attention (kv_lora_rank set) needs {missing[0]}")
 
     @property
     def kv_heads(self) -> int:
@@ -97,12 +154,25 @@ class ModelSpec(StrictModel):
         return self.ffn_hidden_size or 4 * self.hidden_size
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+    def q_dim(self) -> int:
+        """Width of the attention's query (and output-projection input): heads x head_dim."""
+        return self.num_attention_heads * self.head_dim
 
     @property
     def kv_dim(self) -> int:
         return self.kv_heads * self.head_dim
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts is not None
+
+    @property
+    def num_moe_layers(self) -> int:
+        return self.num_layers - self.first_dense_layers if self.is_moe else 0
+
+    @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank is not None
 
 
 class PeakTflops(StrictModel):
@@ -189,7 +259,10 @@ class ParallelConfig(StrictModel):
     (``costmodels.rank_grid.stage_to_rank``).
     """
 
+    stack: str = Field(default="ppplan-torch", description="the software stack the plan runs on (profiles/stacks/)")
     tp: PositiveInt
+    cp: PositiveInt = Field(default=1, description="context parallel: the sequence split over cp ranks")
+    ep: PositiveInt = Field(default=1, description="expert parallel: experts split over ep ranks of the dp x cp ranks")
     pp: PositiveInt
     dp: PositiveInt
     v: PositiveInt = 1
@@ -212,8 +285,8 @@ class ParallelConfig(StrictModel):
 
     @property
     def world_size(self) -> int:
-        """Ranks the configuration runs on: tp · pp · dp."""
-        return self.tp * self.pp * self.dp
+        """Ranks the configuration runs on: tp · cp · pp · dp (ep folds into dp · cp)."""
+        return self.tp * self.cp * self.pp * self.dp
 
     def recompute_of_stage(self, stage: int) -> RecomputeKind:
         if isinstance(self.recompute, list):
@@ -229,7 +302,8 @@ class ParallelConfig(StrictModel):
 
 
 class Breakdown(StrictModel):
-    """Step time split; the parts need not sum to the step (overlap)."""
+    """Step time split of the busiest pipeline rank. ``overlapped`` holds time hidden behind
+    compute, by term (seconds), reported apart from the exposed parts."""
 
     compute_s: float
     recompute_s: float
@@ -239,6 +313,9 @@ class Breakdown(StrictModel):
     bubble_s: float
     optimizer_s: float
     overhead_s: float
+    cp_comm_s: float = 0.0
+    ep_comm_s: float = 0.0
+    overlapped: dict[str, float] = {}
 
 
 class Estimate(StrictModel):
@@ -254,6 +331,20 @@ class Estimate(StrictModel):
     fits: bool
     breakdown: Breakdown
     memory_breakdown_gib: list[dict[str, float]]
+    params_total: float | None = Field(default=None, description="parameters of the model (count)")
+    params_active: float | None = Field(default=None, description="parameters one token passes through (= total if dense)")
+    error_band_pct: float | None = Field(
+        default=None, description="held-out error of this stack and GPU class from `ppplan validate`, percent"
+    )
+
+
+class Alternative(StrictModel):
+    """A rejected plan near the chosen one, and why it lost."""
+
+    config: ParallelConfig
+    step_time_s: float | None
+    delta_pct: float | None
+    reason: str
 
 
 class Plan(StrictModel):
@@ -264,3 +355,4 @@ class Plan(StrictModel):
     config: ParallelConfig
     estimate: Estimate
     rationale: list[str] = []
+    alternatives: list[Alternative] = []

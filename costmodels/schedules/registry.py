@@ -7,7 +7,8 @@ runtimes run it and how (a ``torch.distributed.pipelining`` class, or our action
 list through torch's pipeline-CSV runtime), and the generator of its per-rank
 action lists. The runtime rules (``costmodels.rules``), the rank grid, the
 closed-form screen, the simulator, the runtime (``launch.runtime.pp``) and the
-emitters all read these entries; a new schedule is one entry here (plus its
+emitters all read these entries (which stacks offer a schedule is the stack
+file's fact, ``profiles/stacks/``); a new schedule is one entry here (plus its
 generator), and one name in ``profiles.schema.ScheduleName`` (the plan file's
 contract, tested equal to this table's keys).
 
@@ -19,8 +20,7 @@ need exactly two stages per rank in V placement; ScheduleDualPipeV needs
 n_microbatches >= 2 * pp; ScheduleGPipe, ScheduleLoopedBFS and
 ScheduleZBVZeroBubble accept any count), checked by constructing every class
 over a grid of (pp, v, M); torchtitan's ``pipeline_parallel_schedule`` names
-(the torch class name without ``Schedule``); Megatron-LM runs 1F1B and
-interleaved 1F1B only (``megatron/core/pipeline_parallel/schedules.py``).
+(the torch class name without ``Schedule``).
 """
 
 from __future__ import annotations
@@ -54,9 +54,10 @@ class ScheduleSpec:
     ``two`` (exactly two, V placement) or ``any`` (a custom list: read off its CSV). ``min_microbatches_per_rank``: the
     schedule needs M >= k·pp (0: no minimum). ``rounds_rule``: torch groups
     microbatches in rounds of max(1, M // pp) and needs M to be a multiple of
-    that. ``targets``: the runtimes that execute it (``torch``: ppplan's launcher;
-    ``megatron``: Megatron-LM). ``torch_class`` / ``torch_csv``: how ppplan's
-    runtime runs it. ``generator``: the per-rank action lists (None for
+    that. ``simulated_only``: no runtime executes it (chimera runs two model
+    replicas per rank). ``torch_class`` / ``torch_csv``: how torch (ppplan's runtime,
+    torchtitan) runs it; which stacks offer it is each stack's fact
+    (``profiles/stacks/*.yaml``). ``generator``: the per-rank action lists (None for
     ``custom``, whose list the plan carries).
     """
 
@@ -66,15 +67,10 @@ class ScheduleSpec:
     split_backward: bool
     min_microbatches_per_rank: int
     rounds_rule: bool
-    targets: frozenset[str]
+    simulated_only: bool
     torch_class: str | None
     torch_csv: bool
     generator: RankLists | None
-
-    @property
-    def simulated_only(self) -> bool:
-        """No runtime executes it (chimera runs two model replicas per rank)."""
-        return not self.targets
 
     @property
     def torchtitan_name(self) -> str | None:
@@ -86,34 +82,31 @@ def _per_rank(rank_list: Callable[[int, int, int, int], list[Action]]) -> RankLi
     return lambda pp, v, m: [rank_list(r, pp, v, m) for r in range(pp)]
 
 
-TORCH = frozenset({"torch"})
-TORCH_AND_MEGATRON = frozenset({"torch", "megatron"})
-
 SCHEDULES: dict[str, ScheduleSpec] = {
     s.name: s
     for s in (
-        ScheduleSpec("gpipe", "loop", "one", False, 0, False, TORCH, "ScheduleGPipe", False,
+        ScheduleSpec("gpipe", "loop", "one", False, 0, False, False, "ScheduleGPipe", False,
                      _per_rank(lambda r, pp, v, m: gpipe_rank(r, pp, m))),
-        ScheduleSpec("1f1b", "loop", "one", False, 1, False, TORCH_AND_MEGATRON, "Schedule1F1B", False,
+        ScheduleSpec("1f1b", "loop", "one", False, 1, False, False, "Schedule1F1B", False,
                      _per_rank(lambda r, pp, v, m: one_f_one_b_rank(r, pp, m))),
-        ScheduleSpec("interleaved-1f1b", "loop", "looped", False, 0, True, TORCH_AND_MEGATRON,
+        ScheduleSpec("interleaved-1f1b", "loop", "looped", False, 0, True, False,
                      "ScheduleInterleaved1F1B", False,
                      _per_rank(lambda r, pp, v, m: interleaved_rank(r, pp, v, m, zero_bubble=False))),
-        ScheduleSpec("looped-bfs", "loop", "looped", False, 0, False, TORCH, "ScheduleLoopedBFS", False,
+        ScheduleSpec("looped-bfs", "loop", "looped", False, 0, False, False, "ScheduleLoopedBFS", False,
                      _per_rank(looped_bfs_rank)),
-        ScheduleSpec("zb-h1", "loop", "one", True, 0, False, TORCH, None, True,
+        ScheduleSpec("zb-h1", "loop", "one", True, 0, False, False, None, True,
                      _per_rank(lambda r, pp, v, m: zb_h1_rank(r, pp, m))),
-        ScheduleSpec("zb-h2", "loop", "one", True, 0, False, TORCH, None, True,
+        ScheduleSpec("zb-h2", "loop", "one", True, 0, False, False, None, True,
                      _per_rank(lambda r, pp, v, m: zb_h2_rank(r, pp, m))),
-        ScheduleSpec("interleaved-zb", "loop", "looped", True, 0, True, TORCH, "ScheduleInterleavedZeroBubble", False,
+        ScheduleSpec("interleaved-zb", "loop", "looped", True, 0, True, False, "ScheduleInterleavedZeroBubble", False,
                      _per_rank(lambda r, pp, v, m: interleaved_rank(r, pp, v, m, zero_bubble=True))),
-        ScheduleSpec("zbv", "v", "two", True, 0, False, TORCH, "ScheduleZBVZeroBubble", False,
+        ScheduleSpec("zbv", "v", "two", True, 0, False, False, "ScheduleZBVZeroBubble", False,
                      _per_rank(lambda r, pp, v, m: zbv_rank(r, pp, m))),
-        ScheduleSpec("dualpipev", "v", "two", True, 2, False, TORCH, "ScheduleDualPipeV", False,
+        ScheduleSpec("dualpipev", "v", "two", True, 2, False, False, "ScheduleDualPipeV", False,
                      _per_rank(lambda r, pp, v, m: dualpipev_rank(r, pp, m))),
-        ScheduleSpec("chimera", "loop", "one", False, 0, False, frozenset(), None, False,
+        ScheduleSpec("chimera", "loop", "one", False, 0, False, True, None, False,
                      lambda pp, v, m: chimera_ranks(pp, m)),
-        ScheduleSpec("custom", "loop", "any", True, 0, False, TORCH, None, True, None),
+        ScheduleSpec("custom", "loop", "any", True, 0, False, False, None, True, None),
     )
 }
 
@@ -128,11 +121,6 @@ SIMULATED_ONLY_SCHEDULES = frozenset(n for n, s in SCHEDULES.items() if s.simula
 def schedule_spec(name: str) -> ScheduleSpec:
     """The registry entry of ``name`` (``KeyError`` for a name the plan schema would refuse)."""
     return SCHEDULES[name]
-
-
-def runnable_on(target: str) -> frozenset[str]:
-    """Schedules that ``target`` executes."""
-    return frozenset(n for n, s in SCHEDULES.items() if target in s.targets)
 
 
 def interleaved_rounds(num_microbatches: int, pp: int) -> int:

@@ -13,8 +13,9 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from costmodels.rules import Target, config_violations
+from costmodels.rules import config_violations
 from profiles.errors import PlanError
+from profiles.loader import DEFAULT_STACK, load_stack
 from profiles.schema import ParallelConfig, Plan, RecomputeKind
 
 DEFAULT_RUNTIME_MODULE = "launch.runtime.train"
@@ -101,10 +102,6 @@ class Rendered:
         return self
 
 
-def world_size(cfg: ParallelConfig) -> int:
-    return cfg.tp * cfg.pp * cfg.dp
-
-
 def node_layout(world: int, gpus_per_node: int, nnodes: int | None = None) -> NodeLayout:
     """Spread ``world`` ranks over nodes evenly (torchrun starts the same count on every node).
 
@@ -145,7 +142,7 @@ def layout_warnings(layout: NodeLayout, cfg: ParallelConfig) -> list[str]:
 def make_context(plan: Plan, out_dir: Path, options: EmitOptions) -> tuple[EmitContext, list[str]]:
     """The render context and the node-layout warnings."""
     gpus = options.gpus_per_node or plan.cluster.gpus_per_node
-    layout = node_layout(world_size(plan.config), gpus, options.nnodes)
+    layout = node_layout(plan.config.world_size, gpus, options.nnodes)
     return EmitContext(plan, options, out_dir, layout), layout_warnings(layout, plan.config)
 
 
@@ -169,15 +166,17 @@ def recompute_warning(cfg: ParallelConfig, target_name: str) -> list[str]:
     ]
 
 
-def rule_warnings(plan: Plan, emitted: ParallelConfig, target: Target, target_name: str) -> list[str]:
-    """The planner's runtime rules (``costmodels.rules``) applied to the config actually emitted."""
-    problems = config_violations(plan.model, plan.train, world_size(emitted), emitted, target)
+def rule_warnings(plan: Plan, emitted: ParallelConfig, stack: str, target_name: str) -> list[str]:
+    """The runtime rules (``costmodels.rules``) of ``stack`` applied to the config actually emitted."""
+    emitted = emitted.model_copy(update={"stack": stack})
+    problems = config_violations(plan.model, plan.train, emitted.world_size, emitted, load_stack(stack))
     return [f"{target_name} will refuse the emitted config: {problem}" for problem in problems]
 
 
 def check_torch_rules(plan: Plan) -> None:
     """Scripts for the ppplan runtime are only written for plans it accepts (as ``ppplan launch`` checks)."""
-    problems = config_violations(plan.model, plan.train, world_size(plan.config), plan.config, "torch")
+    cfg = plan.config.model_copy(update={"stack": DEFAULT_STACK})
+    problems = config_violations(plan.model, plan.train, cfg.world_size, cfg, load_stack(DEFAULT_STACK))
     if problems:
         raise PlanError(f"the ppplan runtime cannot run this plan: {problems[0]}")
 

@@ -16,7 +16,7 @@ config with a warning, and the planner's Megatron rules
 
 from __future__ import annotations
 
-from costmodels.schedules.registry import runnable_on, schedule_spec
+from costmodels.schedules.registry import schedule_spec
 from launch.emit.common import (
     EmitContext,
     Rendered,
@@ -29,6 +29,7 @@ from launch.emit.common import (
 )
 from launch.emit.megatron_cuts import Arg, pipeline_args
 from launch.emit.torchrun import torchrun_launcher_args
+from profiles.loader import load_stack
 from profiles.schema import ModelSpec, ParallelConfig, Plan
 
 VOCAB_PAD_CANDIDATES = (128, 64, 32, 16, 8, 4, 2, 1)
@@ -37,7 +38,7 @@ VOCAB_PAD_CANDIDATES = (128, 64, 32, 16, 8, 4, 2, 1)
 def megatron_schedule(cfg: ParallelConfig) -> tuple[str, list[str]]:
     """The Megatron-LM schedule closest to the plan's (same v), with a warning when it differs."""
     target = "1f1b" if cfg.v == 1 else "interleaved-1f1b"
-    if cfg.pp == 1 or cfg.schedule in runnable_on("megatron"):
+    if cfg.pp == 1 or cfg.schedule in load_stack("megatron-core").schedules:
         return cfg.schedule if cfg.pp > 1 else "1f1b", []
     placement = ""
     if schedule_spec(cfg.schedule).placement == "v":
@@ -158,7 +159,7 @@ def megatron_args(plan: Plan, *, steps: int, lr: float, allow_layout: bool = Tru
         }
     )
     warnings += cut_warnings + recompute_warning(cfg, "Megatron-LM") + zero_warnings + shape_warnings + vocab_warnings
-    warnings += rule_warnings(plan, emitted, "megatron", "Megatron-LM")
+    warnings += rule_warnings(plan, emitted, "megatron-core", "Megatron-LM")
     return args, warnings
 
 

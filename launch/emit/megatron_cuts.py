@@ -19,37 +19,9 @@ Sources (NVIDIA/Megatron-LM at d98e8a6, 2026-08-22):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from costmodels.layout import FirstLast, first_last_of, stage_layers_of
 
 Arg = tuple[str, "str | None"]
-
-
-@dataclass(frozen=True)
-class FirstLast:
-    """Layers on the first rank, each middle rank and the last rank (totals over the rank's chunks)."""
-
-    first: int
-    middle: int
-    last: int
-
-
-def stage_layers_of(split: FirstLast, pp: int, v: int) -> list[int]:
-    """Layers per virtual stage (pipeline order) that Megatron builds for ``split``."""
-    per_rank = [split.first] + [split.middle] * (pp - 2) + [split.last] if pp > 1 else [split.first]
-    return [per_rank[j % pp] // v for j in range(pp * v)]
-
-
-def first_last_of(stage_layers: list[int], pp: int, v: int) -> FirstLast | None:
-    """The first/middle/last split equal to ``stage_layers``, or None when it has another shape."""
-    by_rank = [[stage_layers[j] for j in range(r, pp * v, pp)] for r in range(pp)]
-    if any(len(set(chunks)) != 1 for chunks in by_rank):
-        return None
-    totals = [sum(chunks) for chunks in by_rank]
-    middle = totals[1:-1]
-    if len(set(middle)) > 1:
-        return None
-    mid = middle[0] if middle else totals[0]
-    return FirstLast(totals[0], mid, totals[-1])
 
 
 def first_last_args(split: FirstLast, pp: int, v: int) -> list[Arg]:

@@ -198,7 +198,7 @@ def torchtitan_tables(ctx: EmitContext) -> tuple[dict[str, dict[str, TomlValue]]
     emitted = cfg.model_copy(update={"recompute": strongest_recompute(cfg)})
     if cfg.pp > 1 and not schedule_spec(cfg.schedule).torch_class and not schedule_spec(cfg.schedule).torch_csv:
         emitted = emitted.model_copy(update={"schedule": "1f1b" if cfg.v == 1 else "interleaved-1f1b"})
-    return tables, warnings + rule_warnings(plan, emitted, "torch", "torchtitan")
+    return tables, warnings + rule_warnings(plan, emitted, "torchtitan", "torchtitan")
 
 
 def render_torchtitan(ctx: EmitContext) -> Rendered:

@@ -24,7 +24,7 @@ from torch.distributed.pipelining import schedules as torch_schedules
 
 from costmodels.layout import StageLayout
 from costmodels.schedules.generate import generate_schedule
-from costmodels.schedules.registry import runnable_on, schedule_spec
+from costmodels.schedules.registry import SCHEDULES, schedule_spec
 from costmodels.schedules.torch_csv import format_torch_csv
 from launch.runtime.model import StageModule
 from profiles.schema import ParallelConfig
@@ -69,7 +69,7 @@ def build_schedule(
     if spec.torch_csv:
         return _csv_schedule(cfg, stages, loss_fn, custom_csv)
     if spec.torch_class is None:
-        raise ValueError(f"schedule '{cfg.schedule}' has no runtime; pick one of {sorted(runnable_on('torch'))}")
+        raise ValueError(f"schedule '{cfg.schedule}' has no runtime; pick one of {sorted(n for n, s in SCHEDULES.items() if s.torch_class or s.torch_csv)}")
     schedule_class = getattr(torch_schedules, spec.torch_class)
     if spec.stages_per_rank == "one":
         (stage,) = stages

@@ -26,8 +26,10 @@ def explain_cmd(plan_path: Path = typer.Argument(..., help="plan.json")) -> None
     for line in binding_constraints(est):
         out.print(f"  {line}", markup=False)
     out.print("Time breakdown (busiest pipeline rank):")
-    for name, seconds in est.breakdown.model_dump().items():
+    for name, seconds in est.breakdown.model_dump(exclude={"overlapped"}).items():
         out.print(f"  {name:<14} {seconds:10.3f} s  {100 * seconds / est.step_time_s:5.1f}%", markup=False)
+    for name, seconds in est.breakdown.overlapped.items():
+        out.print(f"  {name:<14} {seconds:10.3f} s  hidden behind compute", markup=False)
     out.print(memory_table(est))
     if cfg.recompute_label == "mixed":
         return

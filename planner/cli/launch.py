@@ -22,7 +22,6 @@ from launch.launcher import (
     prepare_metrics,
     run_torchrun,
     torchrun_command,
-    world_size,
 )
 from planner.cli.app import app, out, warn
 from profiles.errors import PlanError
@@ -83,12 +82,12 @@ def launch_cmd(
         print(format_command(argv))  # plain: rich would wrap a long command
         return
     prepare_metrics(metrics)
-    print(f"launching {world_size(plan)} ranks: {format_command(argv)}", file=sys.stderr, flush=True)
+    print(f"launching {plan.config.world_size} ranks: {format_command(argv)}", file=sys.stderr, flush=True)
     result = run_torchrun(argv)
     if result.returncode:
         print(f"error: {result.failure}", file=sys.stderr, flush=True)
         raise typer.Exit(1)
-    out.print(f"ran {steps} steps on {world_size(plan)} ranks: {_loss_summary(metrics)}; metrics in {metrics}", markup=False)
+    out.print(f"ran {steps} steps on {plan.config.world_size} ranks: {_loss_summary(metrics)}; metrics in {metrics}", markup=False)
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -14,7 +14,7 @@ from costmodels.estimate import estimate
 from costmodels.layer_costs import LayerTimes
 from costmodels.layout import uniform_split
 from costmodels.profile_times import layer_times_for
-from costmodels.rules import check_config
+from costmodels.rules import check_config, precision_violations
 from planner.cli.app import app, err, out, warn
 from planner.cli.render import memory_table, plan_json, plans_table
 from planner.search.branch_and_bound import Scored, search
@@ -22,8 +22,9 @@ from planner.search.explain import binding_constraints, rationale
 from planner.search.space import DEFAULT_SCHEDULES
 from profiles.errors import InfeasibleError, PlanError
 from profiles.files import write_atomic
-from profiles.loader import load_cluster, load_model, read_comm_profile, read_profile
+from profiles.loader import DEFAULT_STACK, load_cluster, load_model, load_stack, read_comm_profile, read_profile
 from profiles.schema import SCHEDULE_NAMES, ClusterSpec, ModelSpec, ParallelConfig, Plan, TrainSpec
+from profiles.stack_schema import StackSpec
 
 ModelOpt = typer.Option(..., "--model", help="preset name, our YAML/JSON, or a Hugging Face config.json")
 ClusterOpt = typer.Option(..., "--cluster", help="preset name or YAML")
@@ -35,16 +36,25 @@ ProfileOpt = typer.Option(None, "--profile", help="measured layer profile (pppla
 CommProfileOpt = typer.Option(None, "--comm-profile", help="measured collectives (ppplan profile-comm)")
 MismatchOpt = typer.Option(False, "--allow-mismatch", help="use a profile taken for another shape or device")
 OutOpt = typer.Option(None, "--out", help="write the plan file here")
+StackOpt = typer.Option(DEFAULT_STACK, "--stack", help="the software stack the plan runs on (profiles/stacks/: "
+                        "ppplan-torch, megatron-core, megatron-lm-2021, torchtitan) or a stack YAML")
 JsonOpt = typer.Option(False, "--json", help="one JSON document on stdout")
 
 
-def resolve_train(model: ModelSpec, cluster: ClusterSpec, global_batch: int, seq_len: int | None, precision: str | None) -> TrainSpec:
-    """Defaults of DESIGN.md: the model's seq_len; bf16 if the cluster lists it, else fp32."""
+def resolve_train(
+    model: ModelSpec, cluster: ClusterSpec, global_batch: int, seq_len: int | None, precision: str | None,
+    stack: StackSpec | None = None,
+) -> TrainSpec:
+    """Defaults of DESIGN.md: the model's seq_len; bf16 if the cluster lists it, else fp32; a
+    precision the stack does not run is bad input."""
     if precision is None:
         precision = default_precision(cluster)
     if precision not in {"bf16", "fp16", "fp32", "fp8"}:
         raise PlanError(f"unknown precision '{precision}': use bf16, fp16, fp32 or fp8")
     peak_flops(cluster, precision)  # raises PlanError naming the precisions the GPU has
+    problems = precision_violations(precision, stack) if stack else []
+    if problems:
+        raise PlanError(problems[0])
     return TrainSpec(global_batch=global_batch, seq_len=seq_len or model.seq_len, precision=precision)
 
 
@@ -86,17 +96,17 @@ def search_cmd(
     top_k: int = typer.Option(5, "--top-k", min=1), schedules: Optional[str] = typer.Option(None, "--schedules", help="comma list"),
     allow_cross_node_tp: bool = typer.Option(False, "--allow-cross-node-tp"),
     profile: Optional[Path] = ProfileOpt, comm_profile: Optional[Path] = CommProfileOpt, allow_mismatch: bool = MismatchOpt,
-    out_path: Optional[Path] = OutOpt, as_json: bool = JsonOpt,
+    out_path: Optional[Path] = OutOpt, as_json: bool = JsonOpt, stack: str = StackOpt,
 ) -> None:
     """Find the fastest plans that fit in memory."""
-    model_spec, cluster_spec = load_model(model), load_cluster(cluster)
-    train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision)
+    model_spec, cluster_spec, stack_spec = load_model(model), load_cluster(cluster), load_stack(stack)
+    train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision, stack_spec)
     names = _parse_schedules(schedules)
     layers = load_layers(profile, comm_profile, model_spec, cluster_spec, train, allow_mismatch)
     with _progress() as bar:
         task = bar.add_task("search", total=None)
         result = search(model_spec, cluster_spec, train, gpus, top_k, names, allow_cross_node_tp, layers,
-                        progress=lambda done, total: bar.update(task, completed=done, total=total))
+                        progress=lambda done, total: bar.update(task, completed=done, total=total), stack=stack_spec)
     searcher = result.searcher
     if not result.best:
         _report_infeasible(result.closest, model_spec, cluster_spec, train, gpus, as_json)
@@ -173,11 +183,11 @@ def evaluate_cmd(
     stage_layers: Optional[str] = typer.Option(None, "--stage-layers", help="layers per virtual stage, e.g. 5,6,6,5"),
     seq_len: Optional[int] = SeqOpt, precision: Optional[str] = PrecisionOpt,
     profile: Optional[Path] = ProfileOpt, comm_profile: Optional[Path] = CommProfileOpt, allow_mismatch: bool = MismatchOpt,
-    out_path: Optional[Path] = OutOpt, as_json: bool = JsonOpt,
+    out_path: Optional[Path] = OutOpt, as_json: bool = JsonOpt, stack: str = StackOpt,
 ) -> None:
     """Price one fixed configuration (uniform cut points unless --stage-layers)."""
-    model_spec, cluster_spec = load_model(model), load_cluster(cluster)
-    train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision)
+    model_spec, cluster_spec, stack_spec = load_model(model), load_cluster(cluster), load_stack(stack)
+    train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision, stack_spec)
     if schedule not in SCHEDULE_NAMES:
         raise PlanError(f"unknown schedule '{schedule}': choose from {', '.join(SCHEDULE_NAMES)}")
     if gpus % (tp * pp):
@@ -186,11 +196,11 @@ def evaluate_cmd(
     if global_batch % (dp * mbs):
         raise PlanError(f"global batch {global_batch} is not divisible by dp*mbs = {dp}*{mbs}: change the batch, --mbs or the degrees")
     cfg = ParallelConfig(
-        tp=tp, pp=pp, dp=dp, v=v, mbs=mbs, num_microbatches=global_batch // (dp * mbs), schedule=schedule,
+        stack=stack_spec.name, tp=tp, pp=pp, dp=dp, v=v, mbs=mbs, num_microbatches=global_batch // (dp * mbs), schedule=schedule,
         recompute=_parse_recompute(recompute, pp * v), sequence_parallel=sequence_parallel, zero=zero,
         stage_layers=_parse_stage_layers(stage_layers, model_spec.num_layers, pp * v),
     )
-    check_config(model_spec, train, gpus, cfg)
+    check_config(model_spec, train, gpus, cfg, stack_spec)
     layers = load_layers(profile, comm_profile, model_spec, cluster_spec, train, allow_mismatch)
     est = estimate(model_spec, cluster_spec, train, cfg, layers)
     plan = Plan(model=model_spec, cluster=cluster_spec, train=train, config=cfg, estimate=est,

@@ -26,7 +26,9 @@ from costmodels.pipeline_approx import approximate_inflight, approximate_pipelin
 from costmodels.rank_grid import stage_to_rank
 from planner.search.cutpoints import split_affine
 from planner.search.space import DEFAULT_SCHEDULES, Candidate, enumerate_candidates
+from profiles.loader import DEFAULT_STACK, load_stack
 from profiles.schema import ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
+from profiles.stack_schema import StackSpec
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,9 @@ class SearchResult:
     rejected: list[tuple[Candidate, str]] = field(default_factory=list)
 
 
-def config_for(cand: Candidate, stage_layers: list[int]) -> ParallelConfig:
+def config_for(cand: Candidate, stage_layers: list[int], stack: str = DEFAULT_STACK) -> ParallelConfig:
     return ParallelConfig(
-        tp=cand.tp, pp=cand.pp, dp=cand.dp, v=cand.v, mbs=cand.mbs, num_microbatches=cand.num_microbatches,
+        stack=stack, tp=cand.tp, pp=cand.pp, dp=cand.dp, v=cand.v, mbs=cand.mbs, num_microbatches=cand.num_microbatches,
         schedule=cand.schedule, recompute=cand.recompute, sequence_parallel=cand.sequence_parallel,
         zero=cand.zero, stage_layers=stage_layers,
     )
@@ -66,10 +68,17 @@ def inflight_stage_microbatches(schedule: str, pp: int, v: int, num_microbatches
 
 
 class Searcher:
-    def __init__(self, model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, gpus: int, layers: LayerTimes | None = None):
+    def __init__(
+        self, model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, gpus: int, layers: LayerTimes | None = None,
+        stack: StackSpec | None = None,
+    ):
         self.model, self.cluster, self.train, self.gpus = model, cluster, train, gpus
         self.layers = layers or RooflineTimes(model, cluster, train.precision)
         self.limit_gib = memory_limit_gib(cluster)
+        self.stack = stack or load_stack()
+
+    def config(self, c: Candidate, stage_layers: list[int]) -> ParallelConfig:
+        return config_for(c, stage_layers, self.stack.name)
 
     def work_per_microbatch(self, c: Candidate) -> tuple[float, float, float]:
         """(per-layer, embedding, head) F+B+W seconds per microbatch."""
@@ -90,7 +99,7 @@ class Searcher:
 
     def layer_caps(self, c: Candidate) -> list[int] | None:
         """Most layers each virtual stage may hold so that its rank fits (affine memory in n)."""
-        cfg = config_for(c, uniform_split(self.model.num_layers, c.pp * c.v))
+        cfg = self.config(c, uniform_split(self.model.num_layers, c.pp * c.v))
         inflight = inflight_stage_microbatches(c.schedule, c.pp, c.v, c.num_microbatches)
         caps_by_rank = []
         for r in range(c.pp):
@@ -103,9 +112,14 @@ class Searcher:
         return [caps_by_rank[stage_to_rank(j, c.pp, c.v, c.schedule)] for j in range(c.pp * c.v)]
 
     def cut_points(self, c: Candidate) -> list[int] | None:
+        """The min-max cut points under the memory caps; the uniform split where the stack cuts
+        only uniformly (``StackSpec.cut_layouts``), if it fits."""
         caps = self.layer_caps(c)
         if caps is None:
             return None
+        if self.stack.cut_layouts != "any":
+            uniform = uniform_split(self.model.num_layers, c.pp * c.v)
+            return uniform if all(n <= cap for n, cap in zip(uniform, caps)) else None
         layer, emb, head = self.work_per_microbatch(c)
         stages = c.pp * c.v
         extras = [0.0] * stages
@@ -116,12 +130,12 @@ class Searcher:
 
     def score(self, c: Candidate, stage_layers: list[int]) -> Scored:
         """Exact: the event simulator over the schedule's action list."""
-        cfg = config_for(c, stage_layers)
+        cfg = self.config(c, stage_layers)
         return Scored(c, cfg, estimate(self.model, self.cluster, self.train, cfg, self.layers))
 
     def screen(self, c: Candidate, stage_layers: list[int]) -> Scored:
         """Closed-form pipeline pricing, for ranking only."""
-        cfg = config_for(c, stage_layers)
+        cfg = self.config(c, stage_layers)
         return Scored(c, cfg, estimate(self.model, self.cluster, self.train, cfg, self.layers, approximate_pipeline))
 
 
@@ -135,10 +149,12 @@ def search(
     allow_cross_node_tp: bool = False,
     layers: LayerTimes | None = None,
     progress: Callable[[int, int], None] | None = None,
+    stack: StackSpec | None = None,
 ) -> SearchResult:
-    """Top-k plans that fit, best first; ``closest`` is the least-overflowing plan when none fits."""
-    searcher = Searcher(model, cluster, train, gpus, layers)
-    cands = list(enumerate_candidates(model, train, gpus, cluster.gpus_per_node, schedules, allow_cross_node_tp))
+    """Top-k plans that fit on ``stack`` (default ``ppplan-torch``), best first; ``closest`` is the
+    least-overflowing plan when none fits."""
+    searcher = Searcher(model, cluster, train, gpus, layers, stack)
+    cands = list(enumerate_candidates(model, train, gpus, cluster.gpus_per_node, schedules, allow_cross_node_tp, searcher.stack))
     bounded = sorted((searcher.lower_bound_s(c), c) for c in cands)
     result = SearchResult(best=[], closest=None, candidates=len(cands), searcher=searcher)
     keep = screen_size(top_k)
@@ -179,7 +195,7 @@ def closest_plan(searcher: Searcher, cands: list[Candidate]) -> Scored | None:
     """The candidate whose uniform split needs the least memory (what to show when nothing fits)."""
     def need(c: Candidate) -> tuple[float, Candidate]:
         n = math.ceil(searcher.model.num_layers / (c.pp * c.v))
-        cfg = config_for(c, uniform_split(searcher.model.num_layers, c.pp * c.v))
+        cfg = searcher.config(c, uniform_split(searcher.model.num_layers, c.pp * c.v))
         inflight = inflight_stage_microbatches(c.schedule, c.pp, c.v, c.num_microbatches)
         worst = max(
             rank_memory_if_uniform_gib(searcher.model, searcher.cluster, searcher.train, cfg, r, n, inflight[r])

@@ -33,7 +33,7 @@ from profiles.errors import PlanError
 
 # the runnable one-stage-per-rank schedules, in registry order: what a custom order must beat
 SHIPPED_SINGLE_STAGE = tuple(
-    n for n, s in SCHEDULES.items() if s.stages_per_rank == "one" and s.targets and s.generator is not None
+    n for n, s in SCHEDULES.items() if s.stages_per_rank == "one" and not s.simulated_only and s.generator is not None
 )
 CP_SAT_SEED = 20240101
 CP_SAT_DETERMINISTIC_S = 10.0

@@ -14,6 +14,7 @@ from costmodels.rules import recompute_violations, schedule_violations, tp_viola
 from planner.search.branch_and_bound import Candidate, Scored, Searcher
 from planner.search.space import RECOMPUTE_KINDS, SEARCHED_ZERO
 from profiles.schema import Estimate, ModelSpec, ParallelConfig
+from profiles.stack_schema import StackSpec
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def binding_constraints(est: Estimate) -> list[str]:
     return lines
 
 
-def _neighbours(c: Candidate, gpus: int, global_batch: int, model: ModelSpec) -> list[Candidate]:
+def _neighbours(c: Candidate, gpus: int, global_batch: int, model: ModelSpec, stack: StackSpec) -> list[Candidate]:
     out: list[Candidate] = []
 
     def with_degrees(tp: int, pp: int) -> None:
@@ -92,8 +93,9 @@ def _neighbours(c: Candidate, gpus: int, global_batch: int, model: ModelSpec) ->
             out.append(replace(c, schedule="gpipe" if c.schedule != "gpipe" else "1f1b"))
     return [
         n for n in out
-        if (n.pp == 1 or not schedule_violations(n.schedule, n.pp, n.v, n.num_microbatches))
-        and not zero_violations(n.zero, n.pp, n.schedule) and not recompute_violations(n.recompute, n.pp, n.schedule)
+        if (n.pp == 1 or not schedule_violations(n.schedule, n.pp, n.v, n.num_microbatches, stack))
+        and not zero_violations(n.zero, n.pp, n.schedule, stack) and not recompute_violations(n.recompute, n.pp, n.schedule, stack)
+        and not (n.sequence_parallel and not stack.sequence_parallel)
     ]
 
 
@@ -101,7 +103,7 @@ def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6) -> 
     """Single-axis neighbours of the winner, priced with their own best cut points."""
     base = winner.estimate.step_time_s
     alts: list[tuple[float, Alternative]] = []
-    for n in sorted(set(_neighbours(winner.candidate, searcher.gpus, searcher.train.global_batch, searcher.model))):
+    for n in sorted(set(_neighbours(winner.candidate, searcher.gpus, searcher.train.global_batch, searcher.model, searcher.stack))):
         if n.pp * n.v > searcher.model.num_layers or n.pp > searcher.model.num_layers:
             continue
         split = searcher.cut_points(n)

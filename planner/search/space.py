@@ -8,7 +8,9 @@ from typing import Iterator
 
 from costmodels.rules import recompute_violations, schedule_violations, tp_violations, zero_violations
 from costmodels.schedules.registry import schedule_spec
+from profiles.loader import load_stack
 from profiles.schema import ModelSpec, TrainSpec
+from profiles.stack_schema import StackSpec
 
 DEFAULT_SCHEDULES: tuple[str, ...] = (
     "1f1b", "interleaved-1f1b", "gpipe", "looped-bfs", "zb-h1", "zb-h2", "interleaved-zb", "zbv", "dualpipev",
@@ -58,12 +60,12 @@ def tp_degrees(model: ModelSpec, gpus: int, gpus_per_node: int, allow_cross_node
     return [t for t in divisors(gpus) if t <= limit and not tp_violations(model, t)]
 
 
-def _v_options(schedule: str, pp: int, num_layers: int) -> list[int]:
+def _v_options(schedule: str, pp: int, num_layers: int, stack: StackSpec) -> list[int]:
     if pp == 1:
         return [1] if schedule == "1f1b" else []
     stages_per_rank = schedule_spec(schedule).stages_per_rank
     if stages_per_rank == "looped":
-        return [v for v in range(2, MAX_V + 1) if pp * v <= num_layers]
+        return [v for v in range(2, min(MAX_V, stack.max_virtual_stages) + 1) if pp * v <= num_layers]
     if stages_per_rank == "two":
         return [2] if 2 * pp <= num_layers else []
     return [1]
@@ -76,8 +78,11 @@ def enumerate_candidates(
     gpus_per_node: int,
     schedules: tuple[str, ...] = DEFAULT_SCHEDULES,
     allow_cross_node_tp: bool = False,
+    stack: StackSpec | None = None,
 ) -> Iterator[Candidate]:
-    """All legal candidates under the torch runtime's rules."""
+    """All legal candidates under ``stack``'s rules (default: ppplan's runtime, ``ppplan-torch``)."""
+    stack = stack or load_stack()
+    schedules = tuple(s for s in schedules if s in stack.schedules)
     for tp in tp_degrees(model, gpus, gpus_per_node, allow_cross_node_tp):
         for pp in divisors(gpus // tp):
             if pp > model.num_layers:
@@ -89,20 +94,24 @@ def enumerate_candidates(
                 if mbs > MAX_MBS:
                     break
                 m = train.global_batch // (dp * mbs)
-                yield from _pipeline_options(model, tp, pp, dp, mbs, m, schedules)
+                yield from _pipeline_options(model, tp, pp, dp, mbs, m, schedules, stack)
 
 
 def _pipeline_options(
-    model: ModelSpec, tp: int, pp: int, dp: int, mbs: int, m: int, schedules: tuple[str, ...]
+    model: ModelSpec, tp: int, pp: int, dp: int, mbs: int, m: int, schedules: tuple[str, ...], stack: StackSpec
 ) -> Iterator[Candidate]:
+    sp_options = (False, True) if tp > 1 and stack.sequence_parallel else (False,)
+    zero_options = tuple(z for z in SEARCHED_ZERO if z in stack.zero) if dp > 1 else (0,)
     for schedule in schedules:
-        for v in _v_options(schedule, pp, model.num_layers):
-            if pp > 1 and schedule_violations(schedule, pp, v, m):
+        for v in _v_options(schedule, pp, model.num_layers, stack):
+            if pp > 1 and schedule_violations(schedule, pp, v, m, stack):
+                continue
+            if stack.cut_layouts == "uniform" and model.num_layers % (pp * v):
                 continue
             for recompute in RECOMPUTE_KINDS:
-                if recompute_violations(recompute, pp, schedule):
+                if recompute_violations(recompute, pp, schedule, stack):
                     continue
-                for sp in (False, True) if tp > 1 else (False,):
-                    for zero in SEARCHED_ZERO if dp > 1 else (0,):
-                        if not zero_violations(zero, pp, schedule):
+                for sp in sp_options:
+                    for zero in zero_options:
+                        if not zero_violations(zero, pp, schedule, stack):
                             yield Candidate(tp, pp, dp, mbs, v, schedule, recompute, sp, zero, m)

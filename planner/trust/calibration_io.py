@@ -32,7 +32,7 @@ import yaml
 
 from costmodels.compute import default_precision
 from costmodels.layout import uniform_split
-from costmodels.rules import config_violations
+from costmodels.rules import structural_violations
 from planner.trust.calibration import MeasuredRun
 from profiles.errors import PlanError
 from profiles.files import read_metrics_jsonl
@@ -108,7 +108,7 @@ def _csv_run(row: dict[str, str], where: str, csv_dir: Path, cluster: ClusterSpe
     train = TrainSpec(global_batch=ints["global_batch"], seq_len=ints["seq_len"],
                       precision=_cell(row, "precision", default_precision(cluster)))
     gpus = int(_cell(row, "gpus", str(ints["tp"] * ints["pp"] * ints["dp"])))
-    problems = config_violations(model, train, gpus, cfg)
+    problems = structural_violations(model, train, gpus, cfg)
     if problems:
         raise PlanError(f"{where}: {problems[0]}")
     if step <= 0:

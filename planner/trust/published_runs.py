@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from costmodels.layout import uniform_split
-from costmodels.rules import config_violations
+from costmodels.rules import structural_violations
 from profiles.errors import PlanError
 from profiles.loader import PUBLIC_RUNS_CSV, load_cluster
 from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec
@@ -296,7 +296,7 @@ def _priced(row: dict[str, str], f: _Fields) -> PublishedRow:
     precision = _precision(row, assumptions)
     cfg = _config(row, f, assumptions)
     train = TrainSpec(global_batch=f.global_batch, seq_len=f.ints["seq_len"], precision=precision)
-    problems = config_violations(model, train, f.ints["n_gpus"], cfg)
+    problems = structural_violations(model, train, f.ints["n_gpus"], cfg)
     if problems:
         raise PlanError(problems[0])
     assumptions.append(f"cluster preset {f.preset} for '{row['gpu'].strip()}'")

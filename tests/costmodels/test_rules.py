@@ -8,6 +8,7 @@ import pytest
 from costmodels.rules import (
     check_config,
     config_violations,
+    layout_violations,
     precision_violations,
     recompute_violations,
     schedule_violations,
@@ -15,9 +16,12 @@ from costmodels.rules import (
     zero_violations,
 )
 from profiles.errors import PlanError
-from profiles.loader import load_model
+from profiles.loader import load_model, load_stack
 from profiles.schema import ParallelConfig, TrainSpec
 
+TORCH = load_stack("ppplan-torch")
+MEGATRON = load_stack("megatron-core")
+MEGATRON_2021 = load_stack("megatron-lm-2021")
 LLAMA = load_model("tiny-llama")  # 8 layers, 8 heads, 4 kv heads, FFN 704 = 2^6 * 11
 TRAIN = TrainSpec(global_batch=8, seq_len=128, precision="fp32")
 
@@ -29,8 +33,8 @@ def cfg(**update: object) -> ParallelConfig:
 
 
 def test_a_legal_configuration_has_no_violations() -> None:
-    assert config_violations(LLAMA, TRAIN, 4, cfg()) == []
-    check_config(LLAMA, TRAIN, 4, cfg())
+    assert config_violations(LLAMA, TRAIN, 4, cfg(), TORCH) == []
+    check_config(LLAMA, TRAIN, 4, cfg(), TORCH)
 
 
 @pytest.mark.parametrize(
@@ -63,43 +67,64 @@ def test_ffn_divisibility_is_its_own_rule() -> None:
     ],
 )
 def test_each_rule_names_the_problem(gpus: int, update: dict, fragment: str) -> None:
-    problems = config_violations(LLAMA, TRAIN, gpus, cfg(**update))
+    problems = config_violations(LLAMA, TRAIN, gpus, cfg(**update), TORCH)
     assert any(fragment in p for p in problems), problems
     with pytest.raises(PlanError):
-        check_config(LLAMA, TRAIN, gpus, cfg(**update))
+        check_config(LLAMA, TRAIN, gpus, cfg(**update), TORCH)
 
 
 def test_more_stages_than_layers() -> None:
     problems = config_violations(LLAMA, TRAIN, 4, cfg(pp=4, dp=1, v=4, num_microbatches=8, schedule="interleaved-1f1b",
-                                                        stage_layers=[1] * 16))
+                                                        stage_layers=[1] * 16), TORCH)
     assert problems[0] == "8 layers cannot fill pp*v = 16 stages: lower pp or v"
 
 
-def test_schedules_by_target() -> None:
-    assert schedule_violations("zbv", 2, 2, 4, "torch") == []
-    assert "cannot run on megatron" in schedule_violations("zbv", 2, 2, 4, "megatron")[0]
-    assert "simulated only" in schedule_violations("chimera", 2, 1, 4)[0]
+def test_schedules_by_stack() -> None:
+    assert schedule_violations("zbv", 2, 2, 4, TORCH) == []
+    assert "not run by stack 'megatron-core'" in schedule_violations("zbv", 2, 2, 4, MEGATRON)[0]
+    assert "simulated only" in schedule_violations("chimera", 2, 1, 4, TORCH)[0]
     # Megatron-LM's interleaving needs M % pp == 0; torch's needs M % max(1, M // pp) == 0
-    assert schedule_violations("interleaved-1f1b", 4, 2, 6, "megatron")[-1].endswith("multiple of pp (4)")
-    assert schedule_violations("interleaved-1f1b", 4, 2, 3, "torch") == []
+    assert schedule_violations("interleaved-1f1b", 4, 2, 6, MEGATRON)[-1].endswith("multiple of pp (4)")
+    assert schedule_violations("interleaved-1f1b", 4, 2, 3, TORCH) == []
+    # Megatron-LM of 2021 interleaves only with pp > 2
+    assert "needs pp >= 3" in schedule_violations("interleaved-1f1b", 2, 2, 4, MEGATRON_2021)[0]
+    assert "above stack" in schedule_violations("interleaved-1f1b", 2, 9, 4, TORCH)[0]
+
+
+def test_layouts_by_stack() -> None:
+    assert layout_violations([3, 5], 2, 1, TORCH) == []
+    assert "uniformly only" in layout_violations([3, 5], 2, 1, MEGATRON_2021)[0]
+    assert layout_violations([4, 4], 2, 1, MEGATRON_2021) == []
+    first_last = TORCH.model_copy(update={"name": "fl", "cut_layouts": "first-last"})
+    assert layout_violations([2, 3, 3, 2], 4, 1, first_last) == []  # first 2, middle 3, last 2
+    assert layout_violations([2, 3, 4, 1], 4, 1, first_last)  # middle ranks differ
+
+
+def test_stack_mismatch_and_parallelism() -> None:
+    assert "checked against 'megatron-core'" in config_violations(LLAMA, TRAIN, 4, cfg(), MEGATRON)[0]
+    no_sp = TORCH.model_copy(update={"sequence_parallel": False})
+    assert "no sequence parallelism" in config_violations(LLAMA, TRAIN, 4, cfg(tp=2, pp=1, dp=2, num_microbatches=4,
+                                                                              stage_layers=[8], sequence_parallel=True), no_sp)[0]
 
 
 def test_zero_rules() -> None:
-    assert zero_violations(3, 2, "1f1b") == []
-    assert "deferred W pass" in zero_violations(3, 2, "zb-h1")[0]
-    assert zero_violations(3, 1, "zb-h1") == []  # no pipeline: no deferred W
-    assert "max 1" in zero_violations(3, 2, "1f1b", "megatron")[0]
+    assert zero_violations(3, 2, "1f1b", TORCH) == []
+    assert "deferred W pass" in zero_violations(3, 2, "zb-h1", TORCH)[0]
+    assert zero_violations(3, 1, "zb-h1", TORCH) == []  # no pipeline: no deferred W
+    assert "runs 0, 1" in zero_violations(3, 2, "1f1b", MEGATRON)[0]
 
 
 def test_full_recompute_with_split_backward_is_refused_on_torch_only() -> None:
-    assert "once per parameter group" in recompute_violations("full", 2, "zbv")[0]
-    assert "once per parameter group" in recompute_violations(["none", "full"], 2, "custom")[0]
-    assert recompute_violations("selective", 2, "zbv") == []
-    assert recompute_violations("full", 2, "1f1b") == []
-    assert recompute_violations("full", 2, "zbv", "megatron") == []
+    assert "once per parameter group" in recompute_violations("full", 2, "zbv", TORCH)[0]
+    assert "once per parameter group" in recompute_violations(["none", "full"], 2, "custom", TORCH)[0]
+    assert recompute_violations("selective", 2, "zbv", TORCH) == []
+    assert recompute_violations("full", 2, "1f1b", TORCH) == []
+    megatron_with_zbv = MEGATRON.model_copy(update={"schedules": ["zbv"]})
+    assert recompute_violations("full", 2, "zbv", megatron_with_zbv) == []
+    assert "one recompute kind" in recompute_violations(["none", "full"], 2, "1f1b", MEGATRON)[0]
 
 
-def test_precision_by_target() -> None:
-    assert precision_violations("bf16") == [] and precision_violations("fp32") == []
-    assert "Megatron-LM" in precision_violations("fp16")[0]
-    assert precision_violations("fp8", "megatron") == []
+def test_precision_by_stack() -> None:
+    assert precision_violations("bf16", TORCH) == [] and precision_violations("fp32", TORCH) == []
+    assert "not run by stack 'ppplan-torch'" in precision_violations("fp16", TORCH)[0]
+    assert precision_violations("fp8", MEGATRON) == []

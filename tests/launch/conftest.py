@@ -17,7 +17,7 @@ from profiles.schema import Breakdown, Estimate, ParallelConfig, Plan, TrainSpec
 
 
 def dummy_estimate(pp: int) -> Estimate:
-    zero = dict.fromkeys(Breakdown.model_fields, 0.0)
+    zero = {k: 0.0 for k, f in Breakdown.model_fields.items() if f.annotation is float}
     return Estimate(
         step_time_s=1.0, tokens_per_s=1.0, model_tflops_per_gpu=1.0, hw_tflops_per_gpu=1.0, mfu=0.5, hfu=0.5,
         bubble_fraction=0.1, peak_memory_gib=[1.0] * pp, memory_limit_gib=80.0, fits=True,

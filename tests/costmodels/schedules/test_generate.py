@@ -13,6 +13,7 @@ from costmodels.schedules.generate import generate_schedule
 from costmodels.schedules.registry import GENERATED_SCHEDULES, SPLIT_BACKWARD_SCHEDULES, shape_violations
 from costmodels.schedules.torch_csv import format_torch_csv, parse_torch_csv
 from profiles.errors import PlanError
+from profiles.loader import load_stack
 
 V_OF = {"interleaved-1f1b": 2, "looped-bfs": 2, "interleaved-zb": 2, "zbv": 2, "dualpipev": 2}
 RUNNABLE = [n for n in GENERATED_SCHEDULES if n != "chimera"]
@@ -92,7 +93,7 @@ def test_shapes_the_runtime_rejects_raise_plan_error_saying_how_to_fix(name: str
 
 @pytest.mark.parametrize(("name", "pp", "v", "m"), [("looped-bfs", 4, 2, 9), ("zbv", 4, 2, 3), ("zb-h1", 4, 1, 2), ("zb-h2", 8, 1, 5), ("gpipe", 4, 1, 1)])
 def test_shapes_the_runtime_accepts_are_generated(name: str, pp: int, v: int, m: int) -> None:
-    assert not schedule_violations(name, pp, v, m, "torch")
+    assert not schedule_violations(name, pp, v, m, load_stack("ppplan-torch"))
     assert generate_schedule(name, pp, v, m).num_microbatches == m
 
 
@@ -104,7 +105,7 @@ def test_unknown_and_custom_names_are_plan_errors() -> None:
 
 
 def test_chimera_is_simulated_only() -> None:
-    assert any("simulated only" in p for p in schedule_violations("chimera", 4, 1, 8, "torch"))
+    assert any("simulated only" in p for p in schedule_violations("chimera", 4, 1, 8, load_stack("ppplan-torch")))
     with pytest.raises(PlanError, match="no torch runtime"):
         format_torch_csv(generate_schedule("chimera", 4, 1, 8))
 

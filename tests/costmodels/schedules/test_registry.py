@@ -13,8 +13,8 @@ from costmodels.schedules.registry import (
     SIMULATED_ONLY_SCHEDULES,
     SPLIT_BACKWARD_SCHEDULES,
     V_SCHEDULES,
-    runnable_on,
 )
+from profiles.loader import load_stack, preset_names
 from profiles.schema import SCHEDULE_NAMES
 
 torch_schedules = pytest.importorskip("torch.distributed.pipelining.schedules")
@@ -30,8 +30,8 @@ def test_derived_sets() -> None:
     assert LOOPED_SCHEDULES == {"interleaved-1f1b", "looped-bfs", "interleaved-zb"}
     assert SIMULATED_ONLY_SCHEDULES == {"chimera"}
     assert set(GENERATED_SCHEDULES) == set(SCHEDULE_NAMES) - {"custom"}
-    assert runnable_on("megatron") == {"1f1b", "interleaved-1f1b"}
-    assert runnable_on("torch") == set(SCHEDULE_NAMES) - {"chimera"}
+    torch_run = {n for n, s in SCHEDULES.items() if s.torch_class or s.torch_csv}
+    assert torch_run == set(SCHEDULE_NAMES) - {"chimera"}
 
 
 @pytest.mark.parametrize("name", [n for n, s in SCHEDULES.items() if s.torch_class])
@@ -41,9 +41,21 @@ def test_torch_classes_exist_and_torchtitan_names_follow_them(name: str) -> None
     assert spec.torchtitan_name == spec.torch_class.removeprefix("Schedule")
 
 
+@pytest.mark.parametrize("stack_name", preset_names("stacks"))
+def test_stacks_offer_only_schedules_their_pipeline_engine_runs(stack_name: str) -> None:
+    stack = load_stack(stack_name)
+    for name in stack.schedules:
+        spec = SCHEDULES[name]
+        assert not spec.simulated_only, name
+        if stack.pipeline_runtime == "torch":
+            assert spec.torch_class or spec.torch_csv, name
+        else:  # Megatron-LM's engine: 1F1B and interleaved 1F1B only
+            assert name in {"1f1b", "interleaved-1f1b"}, name
+
+
 def test_every_runnable_schedule_runs_one_way() -> None:
     for name, spec in SCHEDULES.items():
-        if spec.targets and "torch" in spec.targets:
+        if not spec.simulated_only:
             assert (spec.torch_class is None) == spec.torch_csv, name
 
 

@@ -11,7 +11,7 @@ from profiles.schema import Breakdown, Estimate, ParallelConfig, Plan, TrainSpec
 
 
 def fake_estimate(pp: int, step_time_s: float = 1.0, memory_gib: float = 0.5) -> Estimate:
-    zero = dict.fromkeys(Breakdown.model_fields, 0.0)
+    zero = {k: 0.0 for k, f in Breakdown.model_fields.items() if f.annotation is float}
     return Estimate(
         step_time_s=step_time_s,
         tokens_per_s=1.0,
