@@ -30,10 +30,11 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from launch.compare import measurable_peak_memory_gib
 from launch.launcher import check_plan
 from launch.runtime.build import Runtime, build_runtime, sync_tied_gradients
+from launch.runtime.checks import apply_gradient_mutations, save_tensors, stage_tensors
 from launch.runtime.data import SyntheticTokens, dp_slice
 from launch.runtime.layout import writes_metrics
 from launch.runtime.metrics import PeakMemory, append_line, metrics_record
-from launch.runtime.optim import DEFAULT_LR
+from launch.runtime.optim import DEFAULT_LR, SGD_CHECK_LR
 from launch.runtime.parallel import init_distributed
 from profiles.loader import load_plan
 from profiles.schema import Plan
@@ -55,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=DEFAULT_LR)
     parser.add_argument("--schedule-csv", default=None, help="action list of a 'custom' plan (torch pipeline CSV)")
+    parser.add_argument(
+        "--check-dir", default=None, help="also run each plan's first step with plain SGD and save gradients and weights here"
+    )
     args = parser.parse_args(argv)
     if len(args.plan) != len(args.metrics):
         parser.error("give one --metrics per --plan")
@@ -77,9 +81,9 @@ def _step_loss(rt: Runtime, losses: list[torch.Tensor]) -> float | None:
     return float(local)
 
 
-def train_step(rt: Runtime, data: SyntheticTokens, step: int) -> float | None:
-    """One optimizer step: pipeline forward/backward over the microbatches, tied-weight
-    gradient sum, AdamW. Returns the global-batch loss on the loss stage."""
+def forward_backward(rt: Runtime, data: SyntheticTokens, step: int) -> list[torch.Tensor]:
+    """The pipeline's forward and backward over this step's microbatches, then the tied-weight
+    gradient sum: every gradient of the step is in place. Returns the loss stage's microbatch losses."""
     cfg, train = rt.plan.config, rt.plan.train
     inputs, targets = data.global_batch(step, train.global_batch)
     inputs = dp_slice(inputs, cfg.dp, rt.coord.dp).to(rt.device)
@@ -89,9 +93,30 @@ def train_step(rt: Runtime, data: SyntheticTokens, step: int) -> float | None:
     target = targets if rt.has_loss else None
     rt.schedule.step(*args, target=target, losses=losses)
     sync_tied_gradients(rt)
+    return losses
+
+
+def train_step(rt: Runtime, data: SyntheticTokens, step: int) -> float | None:
+    """One optimizer step: pipeline forward/backward over the microbatches, tied-weight
+    gradient sum, AdamW. Returns the global-batch loss on the loss stage."""
+    losses = forward_backward(rt, data, step)
     rt.optimizer.step()
     rt.optimizer.zero_grad(set_to_none=True)
     return _step_loss(rt, losses)
+
+
+def first_step_check(plan: Plan, device: torch.device, seed: int, out_dir: Path, custom_csv: str | None = None) -> None:
+    """Step 0 with plain SGD: save each parameter's full gradient and its weight after the
+    update (``checks.py``; the tests compare them with ``reference.reference_first_step``)."""
+    rt = build_runtime(plan, device, seed, SGD_CHECK_LR, custom_csv, optimizer="sgd")
+    data = SyntheticTokens(plan.model.vocab_size, plan.train.seq_len, seed)
+    dist.barrier()
+    forward_backward(rt, data, 0)
+    apply_gradient_mutations(rt.modules)
+    save_tensors(rt.coord, out_dir, "grad", stage_tensors(rt.modules, "grad"))
+    rt.optimizer.step()
+    save_tensors(rt.coord, out_dir, "param", stage_tensors(rt.modules, "param"))
+    dist.barrier()
 
 
 def _sync_device(device: torch.device) -> None:
@@ -174,8 +199,10 @@ def main(argv: list[str] | None = None) -> None:
             check_plan(plan, csv_path)  # the same runtime rules ppplan launch checks
         custom_csv = csv_path.read_text() if csv_path else None
         device = init_distributed()
-        for plan, metrics_path in zip(plans, args.metrics):
+        for index, (plan, metrics_path) in enumerate(zip(plans, args.metrics)):
             run_plan(plan, args.steps, Path(metrics_path), device, args.seed, args.lr, custom_csv)
+            if args.check_dir:
+                first_step_check(plan, device, args.seed, Path(args.check_dir) / f"plan{index}", custom_csv)
     except BaseException as exc:
         report_failure(exc)
         raise
