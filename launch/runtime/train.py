@@ -6,9 +6,10 @@ from each pipeline rank's first rank. Several ``--plan/--metrics`` pairs run
 one after the other in the same processes (the tests use this to pay the
 process start-up once).
 
-Failure handling: an exception on any rank is written to
-``$PPPLAN_FAILURE_DIR/rank<R>.json`` (what the launcher reports) and re-raised;
-torchrun then stops every other rank. ``PPPLAN_FAIL_RANK=R`` (and optionally
+Failure handling (``launch/job_files.py``): an exception on any rank is written to
+``$PPPLAN_JOB_DIR/rank<R>.json`` (what the launcher reports) and re-raised;
+torchrun then stops every other rank. A rank dies with its torchrun (parent-death
+signal and a watchdog that also beats ``rank<R>.alive``, ``lifecycle.py``). ``PPPLAN_FAIL_RANK=R`` (and optionally
 ``PPPLAN_FAIL_STEP=S``, default 1) injects a failure on global rank R at step S.
 """
 
@@ -16,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-import threading
 import time
 import traceback
 import warnings
@@ -28,11 +29,13 @@ import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from launch.compare import measurable_peak_memory_gib
+from launch.job_files import JOB_DIR_ENV, TORCHRUN_PID_ENV, failure_record_path
 from launch.launcher import check_plan
 from launch.runtime.build import Runtime, build_runtime, sync_tied_gradients
 from launch.runtime.checks import apply_gradient_mutations, save_tensors, stage_tensors
 from launch.runtime.data import SyntheticTokens, dp_slice
 from launch.runtime.layout import writes_metrics
+from launch.runtime.lifecycle import die_with_parent, parent_from_env, start_watchdog
 from launch.runtime.metrics import PeakMemory, append_line, metrics_record
 from launch.runtime.optim import DEFAULT_LR, SGD_CHECK_LR
 from launch.runtime.parallel import init_distributed
@@ -41,7 +44,6 @@ from profiles.schema import Plan
 
 FAIL_RANK_ENV = "PPPLAN_FAIL_RANK"
 FAIL_STEP_ENV = "PPPLAN_FAIL_STEP"
-FAILURE_DIR_ENV = "PPPLAN_FAILURE_DIR"
 
 
 class InjectedFailure(RuntimeError):
@@ -159,25 +161,12 @@ def run_plan(
 def report_failure(exc: BaseException) -> None:
     """Say on stderr which rank failed and why, and leave a record for the launcher."""
     rank = int(os.environ.get("RANK", "-1"))
-    reason = f"{type(exc).__name__}: {exc}"
+    reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
     print(f"[ppplan rank {rank}] failed: {reason}", file=sys.stderr, flush=True)
-    failure_dir = os.environ.get(FAILURE_DIR_ENV)
-    if failure_dir:
+    job_dir = os.environ.get(JOB_DIR_ENV)
+    if job_dir:
         entry = {"rank": rank, "error": reason, "time": time.time(), "traceback": traceback.format_exc(limit=8)}
-        append_line(Path(failure_dir) / f"rank{rank}.json", entry)
-
-
-def start_parent_watchdog(poll_s: float = 1.0) -> None:
-    """Exit this rank if its torchrun parent dies (e.g. SIGKILL), so no rank outlives the job."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_s)
-        print(f"[ppplan rank {os.environ.get('RANK', '?')}] torchrun is gone: exiting", file=sys.stderr, flush=True)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="ppplan-parent-watchdog", daemon=True).start()
+        append_line(failure_record_path(Path(job_dir), rank), entry)
 
 
 def _quiet_known_warnings() -> None:
@@ -189,8 +178,10 @@ def _quiet_known_warnings() -> None:
 
 @record
 def main(argv: list[str] | None = None) -> None:
+    die_with_parent(signal.SIGKILL, parent_from_env(TORCHRUN_PID_ENV))
     args = parse_args(argv)
-    start_parent_watchdog()
+    job_dir = os.environ.get(JOB_DIR_ENV)
+    start_watchdog(int(os.environ.get("RANK", "0")), Path(job_dir) if job_dir else None)
     _quiet_known_warnings()
     try:
         csv_path = Path(args.schedule_csv) if args.schedule_csv else None
