@@ -25,13 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from costmodels.rules import check_config
+from costmodels.rules import check_plan as check_plan_rules
 from costmodels.schedules.torch_csv import parse_torch_csv
 from launch.devices import check_devices
 from launch.emit.common import node_layout
 from launch.job import JobOptions, LaunchResult, run_job
 from launch.progress import ProgressTracker, StepProgress
 from profiles.errors import PlanError
+from profiles.files import read_text
 from profiles.loader import DEFAULT_STACK, load_stack
 from profiles.schema import Plan
 
@@ -71,22 +72,17 @@ def check_plan(plan: Plan, schedule_csv: Path | None = None) -> None:
             f"the plan is for stack '{plan.config.stack}'; ppplan launch runs '{DEFAULT_STACK}' plans: emit it with "
             f"--emit {load_stack(plan.config.stack).emit}, or re-plan with --stack {DEFAULT_STACK}"
         )
-    check_config(plan.model, plan.train, plan.config.world_size, plan.config, load_stack(DEFAULT_STACK))
-    if plan.train.seq_len > plan.model.seq_len and plan.model.position_embedding == "learned":
-        raise PlanError(
-            f"seq_len {plan.train.seq_len} exceeds the model's {plan.model.seq_len} learned positions: lower --seq-len"
-        )
+    check_plan_rules(plan, load_stack(DEFAULT_STACK))
+    if schedule_csv is not None and plan.config.schedule != "custom":
+        raise PlanError(f"--schedule-csv is for a 'custom' plan; this plan runs '{plan.config.schedule}': drop --schedule-csv")
     if plan.config.schedule == "custom":
         _check_custom_csv(plan, schedule_csv)
 
 
 def _check_custom_csv(plan: Plan, schedule_csv: Path | None) -> None:
-
     if schedule_csv is None:
         return  # the plan carries its action list (config.schedule_csv), checked by the rules
-    if not schedule_csv.is_file():
-        raise PlanError(f"--schedule-csv {schedule_csv} not found")
-    schedule = parse_torch_csv(schedule_csv.read_text())
+    schedule = parse_torch_csv(read_text(schedule_csv, "--schedule-csv"))
     cfg = plan.config
     if (schedule.pp, schedule.v, schedule.num_microbatches) != (cfg.pp, cfg.v, cfg.num_microbatches):
         raise PlanError(

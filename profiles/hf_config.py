@@ -38,13 +38,36 @@ def _require(config: dict[str, Any], field: str, source: str) -> Any:
     return value
 
 
-def _kv_heads(config: dict[str, Any], heads: int) -> int:
+def _count(value: Any, key: str, source: str) -> int:
+    """An integer as Hugging Face writes counts; a float (even 8.0), a bool, a string or a
+    non-finite number is bad input naming the key (``ModelSpec`` then checks its range)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PlanError(f"{source}: '{key}' must be an integer, got {value!r}")
+    return value
+
+
+def _require_count(config: dict[str, Any], field: str, source: str) -> int:
+    value = _require(config, field, source)
+    key = next(k for k in _ALIASES[field] if config.get(k) is not None)
+    return _count(value, key, source)
+
+
+def _flag(config: dict[str, Any], key: str, default: bool, source: str) -> bool:
+    value = config.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise PlanError(f"{source}: '{key}' must be true or false, got {value!r}")
+    return value
+
+
+def _kv_heads(config: dict[str, Any], heads: int, source: str) -> int:
     if config.get("num_key_value_heads") is not None:
-        return int(config["num_key_value_heads"])
+        return _count(config["num_key_value_heads"], "num_key_value_heads", source)
     if config.get("multi_query") and not config.get("new_decoder_architecture"):
         return 1  # falcon-7b style multi-query attention
     if config.get("num_kv_heads") is not None:  # falcon new_decoder_architecture
-        return int(config["num_kv_heads"])
+        return _count(config["num_kv_heads"], "num_kv_heads", source)
     return heads
 
 
@@ -55,10 +78,10 @@ def _activation(config: dict[str, Any], model_type: str) -> str:
     return "gelu"
 
 
-def _ffn(config: dict[str, Any], hidden: int, model_type: str) -> int:
+def _ffn(config: dict[str, Any], hidden: int, model_type: str, source: str) -> int:
     for key in ("intermediate_size", "n_inner", "ffn_hidden_size", "ffn_dim"):
         if config.get(key) is not None:
-            return int(config[key])
+            return _count(config[key], key, source)
     if model_type in _SWIGLU_TYPES:
         raise PlanError(f"Hugging Face {model_type} config is missing 'intermediate_size'")
     return 4 * hidden  # gpt2 n_inner=None, bloom, falcon: 4h
@@ -77,8 +100,8 @@ def _position_embedding(config: dict[str, Any], model_type: str, activation: str
 def model_from_hf_config(config: dict[str, Any], name: str, source: str = "config.json") -> ModelSpec:
     """Build a ``ModelSpec`` from a Hugging Face config dict."""
     model_type = str(config.get("model_type", "")).lower()
-    hidden = int(_require(config, "hidden_size", source))
-    heads = int(_require(config, "num_attention_heads", source))
+    hidden = _require_count(config, "hidden_size", source)
+    heads = _require_count(config, "num_attention_heads", source)
     activation = _activation(config, model_type)
     seq_len = _first(config, _ALIASES["seq_len"])
     if seq_len is None:
@@ -86,23 +109,25 @@ def model_from_hf_config(config: dict[str, Any], name: str, source: str = "confi
             seq_len = 2048  # trained context; ALiBi/RoPE configs carry no position table size
         else:
             _require(config, "seq_len", source)
+    else:
+        seq_len = _require_count(config, "seq_len", source)
     tied_default = model_type not in {"gpt_neox"}
     position = _position_embedding(config, model_type, activation)
     try:
         return ModelSpec(
             name=name,
-            num_layers=int(_require(config, "num_layers", source)),
+            num_layers=_require_count(config, "num_layers", source),
             hidden_size=hidden,
             num_attention_heads=heads,
-            num_key_value_heads=_kv_heads(config, heads),
-            ffn_hidden_size=_ffn(config, hidden, model_type),
-            vocab_size=int(_require(config, "vocab_size", source)),
-            seq_len=int(seq_len),
+            num_key_value_heads=_kv_heads(config, heads, source),
+            ffn_hidden_size=_ffn(config, hidden, model_type, source),
+            vocab_size=_require_count(config, "vocab_size", source),
+            seq_len=seq_len,
             activation=activation,
-            tie_embeddings=bool(config.get("tie_word_embeddings", tied_default)),
+            tie_embeddings=_flag(config, "tie_word_embeddings", tied_default, source),
             norm="rmsnorm" if activation == "swiglu" else "layernorm",
             position_embedding=position,
-            linear_bias=bool(config.get("bias", config.get("attention_bias", activation == "gelu"))),
+            linear_bias=_flag(config, "bias" if "bias" in config else "attention_bias", activation == "gelu", source),
         )
     except ValueError as exc:
         if isinstance(exc, PlanError):
@@ -115,5 +140,5 @@ def _first_error(exc: ValueError) -> str:
     if callable(errors):
         first = errors()[0]
         loc = ".".join(str(p) for p in first.get("loc", ()))
-        return f"{loc}: {first.get('msg', '')}".strip(": ")
+        return f"{loc}: {first.get('msg', '').removeprefix('Value error, ')}".strip(": ")
     return str(exc)

@@ -14,7 +14,8 @@ from typing import Literal, get_args
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt
 
-from profiles.schema import ModelSpec, Precision, RecomputeKind, StrictModel
+from profiles.limits import MAX_COMM_BYTES, MAX_GLOBAL_BATCH, MAX_GPUS, MAX_SEQ_LEN
+from profiles.schema import ModelSpec, Precision, RecomputeKind, StrictModel, count
 
 PROFILE_SCHEMA_VERSION = 1
 COMM_PROFILE_SCHEMA_VERSION = 1
@@ -75,9 +76,9 @@ class LayerProfile(StrictModel):
     """
 
     kind: LayerKind
-    tp: PositiveInt
-    mbs: PositiveInt
-    seq_len: PositiveInt
+    tp: count(MAX_GPUS)
+    mbs: count(MAX_GLOBAL_BATCH)
+    seq_len: count(MAX_SEQ_LEN)
     recompute: RecomputeKind = "none"
     precision: Precision
     forward_s: NonNegativeFloat
@@ -124,8 +125,8 @@ class CollectiveMeasurement(StrictModel):
     ``costmodels.comm``)."""
 
     collective: Collective
-    group_size: PositiveInt
-    size_bytes: PositiveInt
+    group_size: count(MAX_GPUS)
+    size_bytes: count(MAX_COMM_BYTES)
     median_s: NonNegativeFloat
     iqr_s: NonNegativeFloat
     repeats: PositiveInt

@@ -9,6 +9,8 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
+from profiles.errors import PlanError
+
 app = typer.Typer(
     name="ppplan",
     help="Auto-parallel 3D configuration planner for large-transformer training.",
@@ -20,6 +22,15 @@ _stdout_probe = Console()
 # Piped output (CI logs, files) gets a wide fixed width so tables are not squeezed to 80 columns.
 out = Console(highlight=False, width=None if _stdout_probe.is_terminal else 200)
 err = Console(stderr=True, highlight=False)
+
+
+def comma_list(text: str, option: str) -> list[str]:
+    """The entries of a comma list option; an empty entry (``1f1b,,gpipe``, a trailing comma)
+    is bad input (DESIGN.md, CLI contract)."""
+    entries = [part.strip() for part in text.split(",")]
+    if not text.strip() or any(not e for e in entries):
+        raise PlanError(f"{option} '{text}' has an empty entry: separate values with single commas")
+    return entries
 
 
 def warn(message: str) -> None:

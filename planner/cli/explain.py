@@ -8,17 +8,17 @@ from pathlib import Path
 import typer
 
 from planner.cli.app import app, out
+from planner.cli.plans import load_checked_plan
 from planner.cli.render import memory_table, plans_table
 from planner.search.branch_and_bound import Scored, Searcher
 from planner.search.explain import binding_constraints, candidate_of, nearest_alternatives
-from profiles.loader import load_plan
 from profiles.schema import Plan
 
 
 @app.command("explain")
 def explain_cmd(plan_path: Path = typer.Argument(..., help="plan.json")) -> None:
     """Why this plan: what binds, the time breakdown, and the nearest rejected alternatives."""
-    plan = load_plan(plan_path)
+    plan = load_checked_plan(plan_path)
     est, cfg = plan.estimate, plan.config
     gpus = cfg.tp * cfg.pp * cfg.dp
     out.print(plans_table([(cfg, est)], f"{plan.model.name} on {gpus} x {plan.cluster.gpu.name}"))

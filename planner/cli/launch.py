@@ -19,6 +19,7 @@ from launch.job import JobInterrupted
 from launch.launcher import LaunchOptions, check_plan, format_command, launch_plan, torchrun_command
 from launch.progress import StepProgress
 from planner.cli.app import app, err, out, warn
+from planner.cli.plans import load_checked_plan
 from profiles.errors import PlanError
 from profiles.loader import load_plan
 from profiles.schema import Plan
@@ -140,7 +141,7 @@ def compare_cmd(
     as_json: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
 ) -> None:
     """Predicted vs measured step time and peak memory, per pipeline stage."""
-    plan = load_plan(plan_path)
+    plan = load_checked_plan(plan_path)
     rows = compare(read_metrics(metrics_path), plan)
     if as_json:
         print(json.dumps(comparison_json(rows)))

@@ -15,22 +15,23 @@ from costmodels.layer_costs import LayerTimes
 from costmodels.layout import uniform_split
 from costmodels.profile_times import layer_times_for
 from costmodels.rules import check_config, precision_violations
-from planner.cli.app import app, err, out, warn
+from planner.cli.app import app, comma_list, err, out, warn
 from planner.cli.render import memory_table, plan_json, plans_table
 from planner.search.branch_and_bound import Scored, search
 from planner.search.explain import binding_constraints, rationale
 from planner.search.space import DEFAULT_SCHEDULES
 from profiles.errors import InfeasibleError, PlanError
-from profiles.files import write_atomic
-from profiles.loader import DEFAULT_STACK, load_cluster, load_model, load_stack, read_comm_profile, read_profile
+from profiles.files import check_outputs, write_atomic
+from profiles.limits import MAX_GLOBAL_BATCH, MAX_GPUS, MAX_LAYERS, MAX_SEQ_LEN, MAX_TOP_K
+from profiles.loader import DEFAULT_STACK, load_cluster, load_model, load_stack, read_comm_profile, read_profile, validate_as
 from profiles.schema import SCHEDULE_NAMES, ClusterSpec, ModelSpec, ParallelConfig, Plan, TrainSpec
 from profiles.stack_schema import StackSpec
 
 ModelOpt = typer.Option(..., "--model", help="preset name, our YAML/JSON, or a Hugging Face config.json")
 ClusterOpt = typer.Option(..., "--cluster", help="preset name or YAML")
-GpusOpt = typer.Option(..., "--gpus", min=1, help="total GPUs")
-BatchOpt = typer.Option(..., "--global-batch", min=1, help="sequences per step")
-SeqOpt = typer.Option(None, "--seq-len", min=1, help="default: the model's seq_len")
+GpusOpt = typer.Option(..., "--gpus", min=1, max=MAX_GPUS, help="total GPUs")
+BatchOpt = typer.Option(..., "--global-batch", min=1, max=MAX_GLOBAL_BATCH, help="sequences per step")
+SeqOpt = typer.Option(None, "--seq-len", min=1, max=MAX_SEQ_LEN, help="default: the model's seq_len")
 PrecisionOpt = typer.Option(None, "--precision", help="bf16|fp16|fp32|fp8 (default bf16 if the GPU has it, else fp32)")
 ProfileOpt = typer.Option(None, "--profile", help="measured layer profile (ppplan profile)")
 CommProfileOpt = typer.Option(None, "--comm-profile", help="measured collectives (ppplan profile-comm)")
@@ -71,7 +72,7 @@ def load_layers(profile: Optional[Path], comm_profile: Optional[Path], model: Mo
 def _parse_schedules(text: str | None) -> tuple[str, ...]:
     if not text:
         return DEFAULT_SCHEDULES
-    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    names = tuple(comma_list(text, "--schedules"))
     for name in names:
         if name not in SCHEDULE_NAMES:
             raise PlanError(f"unknown schedule '{name}': choose from {', '.join(SCHEDULE_NAMES)}")
@@ -93,12 +94,13 @@ def _progress():
 def search_cmd(
     model: str = ModelOpt, cluster: str = ClusterOpt, gpus: int = GpusOpt, global_batch: int = BatchOpt,
     seq_len: Optional[int] = SeqOpt, precision: Optional[str] = PrecisionOpt,
-    top_k: int = typer.Option(5, "--top-k", min=1), schedules: Optional[str] = typer.Option(None, "--schedules", help="comma list"),
+    top_k: int = typer.Option(5, "--top-k", min=1, max=MAX_TOP_K), schedules: Optional[str] = typer.Option(None, "--schedules", help="comma list"),
     allow_cross_node_tp: bool = typer.Option(False, "--allow-cross-node-tp"),
     profile: Optional[Path] = ProfileOpt, comm_profile: Optional[Path] = CommProfileOpt, allow_mismatch: bool = MismatchOpt,
     out_path: Optional[Path] = OutOpt, as_json: bool = JsonOpt, stack: str = StackOpt,
 ) -> None:
     """Find the fastest plans that fit in memory."""
+    check_outputs(out_path)
     model_spec, cluster_spec, stack_spec = load_model(model), load_cluster(cluster), load_stack(stack)
     train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision, stack_spec)
     names = _parse_schedules(schedules)
@@ -176,8 +178,8 @@ def _parse_stage_layers(text: str | None, num_layers: int, stages: int) -> list[
 @app.command("evaluate")
 def evaluate_cmd(
     model: str = ModelOpt, cluster: str = ClusterOpt, gpus: int = GpusOpt, global_batch: int = BatchOpt,
-    tp: int = typer.Option(..., "--tp", min=1), pp: int = typer.Option(..., "--pp", min=1),
-    mbs: int = typer.Option(..., "--mbs", min=1), v: int = typer.Option(1, "--v", min=1),
+    tp: int = typer.Option(..., "--tp", min=1, max=MAX_GPUS), pp: int = typer.Option(..., "--pp", min=1, max=MAX_GPUS),
+    mbs: int = typer.Option(..., "--mbs", min=1, max=MAX_GLOBAL_BATCH), v: int = typer.Option(1, "--v", min=1, max=MAX_LAYERS),
     schedule: str = typer.Option("1f1b", "--schedule"), recompute: str = typer.Option("none", "--recompute"),
     sequence_parallel: bool = typer.Option(False, "--sequence-parallel"), zero: int = typer.Option(0, "--zero", min=0, max=3),
     stage_layers: Optional[str] = typer.Option(None, "--stage-layers", help="layers per virtual stage, e.g. 5,6,6,5"),
@@ -186,6 +188,7 @@ def evaluate_cmd(
     out_path: Optional[Path] = OutOpt, as_json: bool = JsonOpt, stack: str = StackOpt,
 ) -> None:
     """Price one fixed configuration (uniform cut points unless --stage-layers)."""
+    check_outputs(out_path)
     model_spec, cluster_spec, stack_spec = load_model(model), load_cluster(cluster), load_stack(stack)
     train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision, stack_spec)
     if schedule not in SCHEDULE_NAMES:
@@ -195,11 +198,11 @@ def evaluate_cmd(
     dp = gpus // (tp * pp)
     if global_batch % (dp * mbs):
         raise PlanError(f"global batch {global_batch} is not divisible by dp*mbs = {dp}*{mbs}: change the batch, --mbs or the degrees")
-    cfg = ParallelConfig(
+    cfg = validate_as(ParallelConfig, dict(
         stack=stack_spec.name, tp=tp, pp=pp, dp=dp, v=v, mbs=mbs, num_microbatches=global_batch // (dp * mbs), schedule=schedule,
         recompute=_parse_recompute(recompute, pp * v), sequence_parallel=sequence_parallel, zero=zero,
         stage_layers=_parse_stage_layers(stage_layers, model_spec.num_layers, pp * v),
-    )
+    ), "the configuration")  # fmt: skip
     check_config(model_spec, train, gpus, cfg, stack_spec)
     layers = load_layers(profile, comm_profile, model_spec, cluster_spec, train, allow_mismatch)
     est = estimate(model_spec, cluster_spec, train, cfg, layers)

@@ -16,7 +16,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from planner.cli.app import app, err, out, warn
+from planner.cli.app import app, comma_list, err, out, warn
 from planner.trust.calibration import FIT_TERMS, TERM_BOUNDS, CalibrationReport, calibrate_runs, error_pct, with_efficiency
 from planner.trust.calibration_io import cluster_yaml, read_runs
 from planner.trust.published_runs import DEFAULT_RUNS_CSV
@@ -25,7 +25,7 @@ from planner.trust.regress import regress as run_regress
 from planner.trust.validation import VALIDATION_FIT_TERMS, ValidationReport
 from planner.trust.validation import validate as run_validate
 from profiles.errors import PlanError
-from profiles.files import write_atomic
+from profiles.files import check_outputs, write_atomic
 from profiles.loader import load_cluster
 
 
@@ -87,7 +87,7 @@ def validate(
 
 
 def _terms(text: str) -> tuple[str, ...]:
-    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    names = tuple(comma_list(text, "--terms"))
     unknown = [n for n in names if n not in TERM_BOUNDS]
     if unknown or not names:
         raise PlanError(f"unknown efficiency term(s) {', '.join(unknown) or '(none)'}; use some of {', '.join(TERM_BOUNDS)}")
@@ -162,15 +162,17 @@ def calibrate(
     plan: List[Path] = typer.Option([], "--plan", help="plan.json of the metrics files (one for all, or one each)"),
     out_path: Optional[Path] = typer.Option(None, "--out", help="write the calibrated cluster YAML here"),
     terms: str = typer.Option(",".join(FIT_TERMS), "--terms", help="efficiency terms to fit, comma-separated"),
-    folds: int = typer.Option(5, "--folds", min=2, help="K of the K-fold held-out error"),
+    folds: int = typer.Option(5, "--folds", min=2, max=1000, help="K of the K-fold held-out error"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Fit a cluster's efficiency terms to measured step times; report held-out error before/after."""
+    check_outputs(out_path)
     base = load_cluster(cluster)
+    names = _terms(terms)
     measured, warnings = read_runs(list(runs), list(plan), base)
-    for message in warnings:
+    report = calibrate_runs(measured, names, folds)
+    for message in warnings:  # after every check: bad input is one error line with no warning before it
         warn(message)
-    report = calibrate_runs(measured, _terms(terms), folds)
     if out_path is not None:
         rounded = {k: float(f"{v:.6g}") for k, v in report.fit.terms.items()}
         calibrated = with_efficiency(base, rounded).model_copy(
