@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from costmodels.comm import all_gather_s, all_reduce_s, link_for, p2p_s, reduce_scatter_s
+from costmodels.comm import Link, all_gather_s, all_reduce_s, link_for, p2p_s, reduce_scatter_s
 from costmodels.compute import memory_bound_time_s, peak_flops
 from costmodels.flops import hardware_flops_per_iteration, model_flops_per_iteration, parameter_counts
 from costmodels.layer_costs import ZERO_PASS, LayerTimes, PassTimes, RooflineTimes, bytes_per_element
@@ -27,6 +27,14 @@ from costmodels.memory import (
 )
 from costmodels.pipeline import PipelineResult, price_actions, price_pipeline
 from costmodels.rank_grid import RankCoord, RankGrid, stage_to_rank
+from costmodels.runtime_costs import (
+    NO_RUNTIME_COSTS,
+    RuntimeCosts,
+    optimizer_temp_bytes,
+    recompute_working_bytes,
+    runtime_costs_of,
+    with_host_overhead,
+)
 from costmodels.schedules.generate import schedule_of
 from costmodels.schedules.registry import schedule_spec
 from costmodels.simulator import StageTimes
@@ -114,9 +122,12 @@ def rank_memory_if_uniform_gib(
     return sum(_rank_memory_gib(model, cluster, train, cfg, plans, peak).values())
 
 
-def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig) -> tuple[float, ...]:
+def _p2p_times(
+    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, costs: RuntimeCosts = NO_RUNTIME_COSTS
+) -> tuple[float, ...]:
     """Boundary activation transfer between consecutive virtual stages (Megatron's scatter-gather
-    optimisation sends s·b·h/t per TP rank)."""
+    optimisation sends s·b·h/t per TP rank); inside a node over the measured p2p link when
+    ``profile-comm`` gave one (``costmodels.runtime_costs``)."""
     grid = RankGrid(cfg.tp, cfg.pp, cfg.dp)
     num_bytes = bytes_per_element(train.precision) * train.seq_len * cfg.mbs * model.hidden_size / cfg.tp
     times = []
@@ -124,11 +135,12 @@ def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: Pa
         a = grid.rank(RankCoord(0, stage_to_rank(j, cfg.pp, cfg.v, cfg.schedule), 0))
         b = grid.rank(RankCoord(0, stage_to_rank(j + 1, cfg.pp, cfg.v, cfg.schedule), 0))
         crosses = a // cluster.gpus_per_node != b // cluster.gpus_per_node
-        times.append(0.0 if a == b else p2p_s(num_bytes, link_for(cluster, crosses)))
+        link = costs.p2p_link if costs.p2p_link is not None and not crosses else link_for(cluster, crosses)
+        times.append(0.0 if a == b else p2p_s(num_bytes, link))
     return tuple(times)
 
 
-def _zero_per_microbatch_s(cfg: ParallelConfig, params: float, link, precision: str) -> tuple[float, float]:
+def _zero_per_microbatch_s(cfg: ParallelConfig, params: float, link: Link, precision: str) -> tuple[float, float]:
     """(forward, backward) parameter all-gather per microbatch under ZeRO-3: FSDP2 with
     ``reshard_after_forward=True`` frees the gathered weights after each forward and
     gathers them again for the backward (Rajbhandari et al. 2020, Sec. 5.3). Gradients are
@@ -146,16 +158,19 @@ def stage_times(
     return _pipeline_inputs(model, cluster, train, cfg, layers or RooflineTimes(model, cluster, train.precision))[1]
 
 
-def _dp_link(cluster: ClusterSpec, cfg: ParallelConfig):
+def _dp_link(cluster: ClusterSpec, cfg: ParallelConfig, measured: Link | None = None) -> Link:
+    """The data-parallel group's link: the measured one of its collective inside a node, else the tier's."""
     grid = RankGrid(cfg.tp, cfg.pp, cfg.dp)
-    return link_for(cluster, grid.spans_nodes(grid.dp_group(0, 0), cluster.gpus_per_node))
+    crosses = grid.spans_nodes(grid.dp_group(0, 0), cluster.gpus_per_node)
+    return measured if measured is not None and not crosses else link_for(cluster, crosses)
 
 
 def _pipeline_inputs(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes
 ) -> tuple[list[StagePlan], StageTimes]:
     plans = _stage_plans(model, cluster, train, cfg, layers)
-    link = _dp_link(cluster, cfg)
+    costs = runtime_costs_of(layers, cluster)
+    link = _dp_link(cluster, cfg, costs.all_gather_link)
     fwd, bwd_in, bwd_w = [], [], []
     for st in plans:
         extra_f, extra_b = _zero_per_microbatch_s(cfg, st.params, link, train.precision)
@@ -165,17 +180,19 @@ def _pipeline_inputs(
         fwd.append(st.times.forward_s + max(0.0, extra_f - hide_f))
         bwd_in.append(st.times.backward_input_s + max(0.0, extra_b - hide_b))
         bwd_w.append(st.times.backward_weight_s)
-    if schedule_spec(cfg.schedule).split_backward:
+    split = schedule_spec(cfg.schedule).split_backward
+    if split:
         # torch's first stage has no input gradient to send: its B is empty and the whole
         # backward runs as W (torch.distributed.pipelining, measured by the profiler)
         bwd_w[0] += bwd_in[0]
         bwd_in[0] = 0.0
+    fwd, bwd_in, bwd_w = with_host_overhead(fwd, bwd_in, bwd_w, split, costs.host_overhead_per_action_s)
     times = StageTimes(
         forward_s=tuple(fwd),
         backward_input_s=tuple(bwd_in),
         backward_weight_s=tuple(bwd_w),
         activation_bytes=tuple(st.activation_bytes for st in plans),
-        p2p_s=_p2p_times(model, cluster, train, cfg),
+        p2p_s=_p2p_times(model, cluster, train, cfg, costs),
     )
     return plans, times
 
@@ -190,7 +207,9 @@ def comm_overlaps_compute(cluster: ClusterSpec) -> bool:
     return cluster.concurrent_ranks_per_node is None
 
 
-def _dp_exposed_s(cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, rank_plans: list[StagePlan]) -> float:
+def _dp_exposed_s(
+    cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, rank_plans: list[StagePlan], costs: RuntimeCosts = NO_RUNTIME_COSTS
+) -> float:
     """Once-per-step data-parallel traffic, overlapped with the last microbatch's backward
     (gradients) and the first forward (parameters), as Megatron's --overlap-grad-reduce /
     --overlap-param-gather and FSDP2's prefetching do; only the excess is exposed.
@@ -201,7 +220,6 @@ def _dp_exposed_s(cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, r
     """
     if cfg.dp == 1:
         return 0.0
-    link = _dp_link(cluster, cfg)
     params = sum(st.params for st in rank_plans)
     backward_window = sum(st.times.backward_input_s + st.times.backward_weight_s for st in rank_plans)
     forward_window = sum(st.times.forward_s for st in rank_plans)
@@ -209,10 +227,10 @@ def _dp_exposed_s(cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, r
         backward_window = forward_window = 0.0
     grads = params * GRAD_REDUCE_BYTES
     if cfg.zero == 0:
-        return max(0.0, all_reduce_s(grads, cfg.dp, link) - backward_window)
-    exposed = max(0.0, reduce_scatter_s(grads, cfg.dp, link) - backward_window)
+        return max(0.0, all_reduce_s(grads, cfg.dp, _dp_link(cluster, cfg, costs.all_reduce_link)) - backward_window)
+    exposed = max(0.0, reduce_scatter_s(grads, cfg.dp, _dp_link(cluster, cfg, costs.reduce_scatter_link)) - backward_window)
     if cfg.zero in (1, 2):
-        gather = all_gather_s(params * bytes_per_element(train.precision), cfg.dp, link)
+        gather = all_gather_s(params * bytes_per_element(train.precision), cfg.dp, _dp_link(cluster, cfg, costs.all_gather_link))
         exposed += max(0.0, gather - forward_window)
     return exposed
 
@@ -252,6 +270,15 @@ def _rank_memory_gib(
         "transient": transient,
         "comm_buffers": p2p_buffers + dp_buckets,
     }
+    optimizer_temp = optimizer_temp_bytes(cluster, params / (cfg.dp if cfg.zero >= 1 else 1))
+    if optimizer_temp:
+        allocated["optimizer_temp"] = optimizer_temp
+    if any(st.recompute == "full" for st in rank_plans):
+        variant = activation_variant(cluster, train)
+        layer = [layer_activation_bytes(model, train.seq_len, cfg.mbs, cfg.tp, cfg.sequence_parallel, k, variant) for k in ("none", "full")]
+        working = recompute_working_bytes(cluster, *layer)
+        if working:
+            allocated["recompute_working"] = working
     allocated["fragmentation"] = sum(allocated.values()) * cluster.allocator_fragmentation
     out = {k: v / GIB for k, v in allocated.items()}
     out["runtime_reserved"] = cluster.runtime_reserved_gib
@@ -331,7 +358,7 @@ def estimate(
     else:
         result = pricer(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, times)
     per_rank = [[st for st in plans if st.rank == r] for r in range(cfg.pp)]
-    rank_dp_s = [_dp_exposed_s(cluster, train, cfg, mine) for mine in per_rank]
+    rank_dp_s = [_dp_exposed_s(cluster, train, cfg, mine, runtime_costs_of(layers, cluster)) for mine in per_rank]
     dp_s = max(rank_dp_s)
     opt_share = cfg.dp if cfg.zero >= 1 else 1
     rank_optimizer_s = [

@@ -102,6 +102,16 @@ class LayerProfile(StrictModel):
         return (self.kind, self.tp, self.mbs, self.seq_len, self.recompute, self.precision)
 
 
+class RuntimeMeasurement(StrictModel):
+    """What the runtime adds around the layers, measured by ``ppplan profile``
+    (``launch/profiler/runtime.py``; priced by ``costmodels.runtime_costs``)."""
+
+    pipeline_action_overhead_s: NonNegativeFloat = Field(
+        description="host time torch.distributed.pipelining adds to one F or B action (median)"
+    )
+    pipeline_action_overhead_iqr_s: NonNegativeFloat = 0.0
+
+
 class ProfileFile(StrictModel):
     """``ppplan profile`` output: the layers of one model shape measured on one device."""
 
@@ -117,6 +127,7 @@ class ProfileFile(StrictModel):
     )
     approximation: list[str] = Field(default_factory=list, description="how the measurement differs from what runs")
     layers: list[LayerProfile]
+    runtime: RuntimeMeasurement | None = Field(default=None, description="the runtime's own costs around the layers")
 
 
 class CollectiveMeasurement(StrictModel):

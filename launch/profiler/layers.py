@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from costmodels.memory import ActivationVariant, layer_activation_bytes
 from costmodels.rules import tp_violations
+from launch.profiler.runtime import pipeline_action_overhead
 from profiles.errors import PlanError
 from profiles.profile_schema import HardwareFingerprint, LayerProfile, ProfileFile, model_shape_hash
 from profiles.schema import ModelSpec
@@ -205,9 +206,10 @@ def interleaves(model: ModelSpec, settings: ProfileSettings) -> bool:
 def num_steps(model: ModelSpec, settings: ProfileSettings) -> int:
     """How many times ``profile_model`` calls ``progress``."""
     points = grid(model, settings)
+    runtime = 1 if settings.device == "cpu" else 0  # the pipeline action overhead (launch/profiler/runtime.py)
     if interleaves(model, settings):
-        return len(points) + settings.warmup + settings.repeats
-    return len(points) + (sum(p.tp > 1 for p in points) if settings.tp_group else 0)
+        return len(points) + settings.warmup + settings.repeats + runtime
+    return len(points) + (sum(p.tp > 1 for p in points) if settings.tp_group else 0) + runtime
 
 
 def _time_round_robin(built: dict[int, Any], settings: ProfileSettings, clock: Any, say: Callable[[str], None]) -> dict[int, dict]:
@@ -253,6 +255,11 @@ def profile_model(model: ModelSpec, settings: ProfileSettings, progress: Callabl
         results = {i: (timed[i], memory) for i, (_, memory) in results.items()}
     if settings.tp_group:
         _time_groups(model, settings, points, results, progress)
+    runtime = None
+    if settings.device == "cpu":  # on a GPU the host runs ahead of the kernels: nothing to add (costmodels.runtime_costs)
+        say("runtime: pipeline action overhead")
+        mbs, seq = min(settings.mbss), points[0].seq_len
+        runtime = pipeline_action_overhead(model, mbs, seq, settings.warmup, settings.repeats, clock)
     hardware = hardware_fingerprint(settings.device)
     entries = [
         _entry(p, settings.precision, results[i][0], results[i][1], settings.repeats, settings.tp_group and p.tp > 1)
@@ -261,7 +268,7 @@ def profile_model(model: ModelSpec, settings: ProfileSettings, progress: Callabl
     return ProfileFile(
         model=model, model_shape_hash=model_shape_hash(model), precision=settings.precision,
         cluster=settings.cluster, hardware=hardware, warmup_iterations=settings.warmup, timer=settings.timer,
-        approximation=approximation_notes(settings, hardware.num_threads), layers=entries,
+        approximation=approximation_notes(settings, hardware.num_threads), layers=entries, runtime=runtime,
     )
 
 

@@ -199,5 +199,8 @@ def test_ctrl_c_while_the_commands_import_is_one_line_and_130() -> None:
         _, err = proc.communicate(timeout=60)
         if proc.returncode == 0:
             continue  # finished before the signal: nothing to check at this delay
+        if proc.returncode == -signal.SIGINT:  # before the interpreter installed its handler: silent
+            assert err == "", err
+            continue
         assert proc.returncode == 130, err
         assert "Traceback" not in err and err.strip().splitlines() == ["error: interrupted"], err

@@ -1,0 +1,109 @@
+"""What ppplan's runtime costs beyond the layers' own F/B/W, as measured on the machine
+(``ppplan profile`` and ``ppplan profile-comm``), for the estimate to price.
+
+- Collectives and p2p by their own measured fits: ``profile-comm`` fits an alpha-beta
+  link per collective (``CommProfile.tiers[].per_collective``). The cluster file keeps one
+  link per tier; on gloo the collectives differ by 3x and more (cpu-local, measured:
+  all-reduce 214 us / 1.4 GB/s, reduce-scatter 400-480 us / 0.35-0.55 GB/s, p2p
+  110-170 us / 3.0-3.2 GB/s), so ZeRO's reduce-scatter and all-gather and the pipeline's
+  p2p are priced with their own fits when a comm profile is given.
+- Host overhead per pipeline action: what torch.distributed.pipelining adds to each F,
+  B and W action (building the action's inputs, autograd bookkeeping, the schedule's
+  Python), measured by ``ppplan profile`` (``ProfileFile.runtime``). Only where the host
+  runs the compute (CPU ranks): on a GPU the host issues the next kernels while the
+  device runs, and the overhead hides.
+- Full recomputation's working set: the backward of a fully recomputed layer re-runs its
+  forward and holds that layer's whole activation set (what "none" would keep) until its
+  backward ends; on CPU the heap keeps those pages, so the set adds to the rank's peak.
+- The optimizer's step temporary: torch's foreach AdamW (``torch/optim/adam.py``,
+  ``_multi_tensor_adam``: ``exp_avg_sq_sqrt = torch._foreach_sqrt(device_exp_avg_sqs)``)
+  allocates one fp32 tensor per parameter it updates. On CPU, glibc's heap keeps the
+  pages of freed activations, so that temporary adds to the resident peak instead of
+  reusing them (a caching GPU allocator reuses them: no term there).
+
+``runtime_costs_of(layers, cluster)`` is the one place the estimate asks; a ``LayerTimes``
+carries its measured costs as ``.runtime`` (``costmodels.profile_times``), the roofline none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from costmodels.comm import US, Link, bandwidth_bytes_per_s
+from profiles.profile_schema import CommProfile
+from profiles.schema import ClusterSpec
+
+OPTIMIZER_TEMP_BYTES_PER_PARAM = 4  # one fp32 value per updated parameter (foreach AdamW's sqrt temporary)
+
+
+@dataclass(frozen=True)
+class RuntimeCosts:
+    """Measured costs of the runtime around the layers (module docstring); ``None`` links mean
+    the cluster file's tier link."""
+
+    host_overhead_per_action_s: float = 0.0
+    p2p_link: Link | None = None
+    all_reduce_link: Link | None = None
+    reduce_scatter_link: Link | None = None
+    all_gather_link: Link | None = None
+
+
+NO_RUNTIME_COSTS = RuntimeCosts()
+
+
+def is_cpu(cluster: ClusterSpec) -> bool:
+    """Ranks are CPU processes (the cluster's device is named ``cpu``, as cpu-local's is)."""
+    return cluster.gpu.name.lower() == "cpu"
+
+
+def _fit_link(comm: CommProfile | None, collective: str) -> Link | None:
+    """The intra-node fit of one collective (ranks of one CPU node: where a comm profile runs)."""
+    tier = comm.tier("intra_node") if comm else None
+    fit = tier.per_collective.get(collective) if tier else None
+    if fit is None:
+        return None
+    return Link(bandwidth_bytes_per_s=bandwidth_bytes_per_s(fit.bandwidth_gbs), latency_s=fit.latency_us * US)
+
+
+def measured_runtime_costs(comm: CommProfile | None, host_overhead_per_action_s: float = 0.0) -> RuntimeCosts:
+    """The runtime costs a comm profile and a layer profile's runtime block measured."""
+    return RuntimeCosts(
+        host_overhead_per_action_s=host_overhead_per_action_s,
+        p2p_link=_fit_link(comm, "p2p"),
+        all_reduce_link=_fit_link(comm, "all_reduce"),
+        reduce_scatter_link=_fit_link(comm, "reduce_scatter"),
+        all_gather_link=_fit_link(comm, "all_gather"),
+    )
+
+
+def runtime_costs_of(layers: object, cluster: ClusterSpec) -> RuntimeCosts:
+    """What the estimate prices for ``layers`` on ``cluster``: the measured costs the layer
+    times carry; host overhead only on CPU ranks (module docstring)."""
+    costs = getattr(layers, "runtime", None) or NO_RUNTIME_COSTS
+    if not is_cpu(cluster) and costs.host_overhead_per_action_s:
+        costs = RuntimeCosts(0.0, costs.p2p_link, costs.all_reduce_link, costs.reduce_scatter_link, costs.all_gather_link)
+    return costs
+
+
+def optimizer_temp_bytes(cluster: ClusterSpec, optimizer_params: float) -> float:
+    """Resident bytes of the optimizer step's temporary on CPU ranks (module docstring); 0 on GPUs."""
+    return OPTIMIZER_TEMP_BYTES_PER_PARAM * optimizer_params if is_cpu(cluster) else 0.0
+
+
+def with_host_overhead(
+    forward_s: list[float], backward_input_s: list[float], backward_weight_s: list[float], split_backward: bool, overhead_s: float
+) -> tuple[list[float], list[float], list[float]]:
+    """Each stage's F, B and (with a split backward) W action plus the host overhead of one action."""
+    if overhead_s <= 0:
+        return forward_s, backward_input_s, backward_weight_s
+    w_extra = overhead_s if split_backward else 0.0
+    return (
+        [f + overhead_s for f in forward_s],
+        [b + overhead_s for b in backward_input_s],
+        [w + w_extra for w in backward_weight_s],
+    )
+
+
+def recompute_working_bytes(cluster: ClusterSpec, layer_bytes_none: float, layer_bytes_full: float) -> float:
+    """Resident bytes of one fully recomputed layer's re-run forward on CPU ranks (module docstring)."""
+    return max(0.0, layer_bytes_none - layer_bytes_full) if is_cpu(cluster) else 0.0
