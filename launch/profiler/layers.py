@@ -19,6 +19,7 @@ lazily here, and only in ``profiles.profiler_*`` and ``launch.runtime``.
 
 from __future__ import annotations
 
+import logging
 import platform
 import subprocess
 import time
@@ -226,8 +227,12 @@ def _time_round_robin(built: dict[int, Any], settings: ProfileSettings, clock: A
     return {i: cases.summarize(rows) for i, rows in samples.items()}
 
 
-def profile_model(model: ModelSpec, settings: ProfileSettings, progress: Callable[[str], None] | None = None) -> ProfileFile:
-    """Measure every grid point into a ``ProfileFile``; ``progress(label)`` once per step (``num_steps``)."""
+def profile_model(
+    model: ModelSpec, settings: ProfileSettings, progress: Callable[[str], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> ProfileFile:
+    """Measure every grid point into a ``ProfileFile``; ``progress(label)`` once per step (``num_steps``);
+    ``on_warning`` hears of a TP group restarted after a gloo abort (also kept in the profile's notes)."""
     from launch.profiler import cases
 
     check_settings(model, settings)
@@ -253,8 +258,14 @@ def profile_model(model: ModelSpec, settings: ProfileSettings, progress: Callabl
     if together:
         timed = _time_round_robin(built, settings, clock, say)
         results = {i: (timed[i], memory) for i, (_, memory) in results.items()}
+    retries: list[str] = []
+
+    def retried(message: str) -> None:
+        retries.append(message)
+        (on_warning or logging.getLogger(__name__).warning)(message)
+
     if settings.tp_group:
-        _time_groups(model, settings, points, results, progress)
+        _time_groups(model, settings, points, results, progress, retried)
     runtime = None
     if settings.device == "cpu":  # on a GPU the host runs ahead of the kernels: nothing to add (costmodels.runtime_costs)
         say("runtime: pipeline action overhead")
@@ -268,11 +279,14 @@ def profile_model(model: ModelSpec, settings: ProfileSettings, progress: Callabl
     return ProfileFile(
         model=model, model_shape_hash=model_shape_hash(model), precision=settings.precision,
         cluster=settings.cluster, hardware=hardware, warmup_iterations=settings.warmup, timer=settings.timer,
-        approximation=approximation_notes(settings, hardware.num_threads), layers=entries, runtime=runtime,
+        approximation=approximation_notes(settings, hardware.num_threads) + retries, layers=entries, runtime=runtime,
     )
 
 
-def _time_groups(model: ModelSpec, settings: ProfileSettings, points: list, results: dict, progress: Callable | None) -> None:
+def _time_groups(
+    model: ModelSpec, settings: ProfileSettings, points: list, results: dict, progress: Callable | None,
+    on_retry: Callable[[str], None] | None = None,
+) -> None:
     """Fill in the times of every tp > 1 point from a real TP group of that degree."""
     from launch.profiler.group import time_in_tp_group
 
@@ -285,4 +299,4 @@ def _time_groups(model: ModelSpec, settings: ProfileSettings, points: list, resu
             progress(points[index].label + " (TP group)")
 
     for tp in sorted({p.tp for p in points if p.tp > 1}):
-        time_in_tp_group(model, tp, [(i, p) for i, p in enumerate(points) if p.tp == tp], opts, done)
+        time_in_tp_group(model, tp, [(i, p) for i, p in enumerate(points) if p.tp == tp], opts, done, on_retry)

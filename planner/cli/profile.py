@@ -17,7 +17,7 @@ from rich.table import Table
 
 from costmodels.compute import default_precision
 from costmodels.rules import tp_violations
-from planner.cli.app import app, comma_list, err, out
+from planner.cli.app import app, comma_list, err, out, warn
 from profiles.errors import PlanError
 from profiles.files import check_writable, write_atomic
 from profiles.limits import MAX_COMM_BYTES, MAX_COMM_PROCESSES, MAX_PROFILE_REPEATS
@@ -106,7 +106,9 @@ def profile(
     start = time.perf_counter()
     with _progress() as bar:
         task = bar.add_task("profiling", total=profiler.num_steps(spec, settings))
-        result = profiler.profile_model(spec, settings, lambda label: bar.update(task, description=label, advance=1))
+        result = profiler.profile_model(
+            spec, settings, lambda label: bar.update(task, description=label, advance=1), on_warning=warn
+        )
     write_atomic(out_path, result.model_dump_json(indent=2) + "\n")
     out.print(_summary(result))
     out.print(f"wrote {out_path}: {len(result.layers)} measurements in {time.perf_counter() - start:.1f} s", markup=False)
