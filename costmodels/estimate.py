@@ -30,6 +30,7 @@ from costmodels.rank_grid import RankCoord, RankGrid, stage_to_rank
 from costmodels.runtime_costs import (
     NO_RUNTIME_COSTS,
     RuntimeCosts,
+    fsdp_host_s,
     optimizer_temp_bytes,
     recompute_working_bytes,
     runtime_costs_of,
@@ -217,9 +218,17 @@ def _dp_exposed_s(
     ZeRO-0: one all-reduce of the gradients. ZeRO-1/2 (FSDP2 without resharding after
     forward): reduce-scatter of gradients plus one all-gather of parameters. ZeRO-3:
     the reduce-scatter only (its gathers are per microbatch, ``_zero_per_microbatch_s``).
+    On CPU ranks FSDP2's own host work comes on top (``costmodels.runtime_costs.fsdp_host_s``).
     """
     if cfg.dp == 1:
         return 0.0
+    host = fsdp_host_s(costs, cfg.dp, sum(st.layout.num_layers for st in rank_plans), len(rank_plans))
+    return host + _dp_comm_exposed_s(cluster, train, cfg, rank_plans, costs)
+
+
+def _dp_comm_exposed_s(
+    cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, rank_plans: list[StagePlan], costs: RuntimeCosts
+) -> float:
     params = sum(st.params for st in rank_plans)
     backward_window = sum(st.times.backward_input_s + st.times.backward_weight_s for st in rank_plans)
     forward_window = sum(st.times.forward_s for st in rank_plans)

@@ -111,8 +111,7 @@ class ProfiledTimes:
         self.tp_link_intra = comm_link(comm, "intra_node") or link_for(cluster, crosses_nodes=False)
         self.tp_link_inter = comm_link(comm, "inter_node") or link_for(cluster, crosses_nodes=True)
         self.p = bytes_per_element(train.precision)
-        overhead_s = profile.runtime.pipeline_action_overhead_s if profile.runtime else 0.0
-        self.runtime = measured_runtime_costs(comm, overhead_s)  # costmodels.runtime_costs
+        self.runtime = measured_runtime_costs(comm, profile.runtime)  # costmodels.runtime_costs
         self._entries: dict[tuple[str, str], list[LayerProfile]] = {}
         self._measured_tps = {e.tp for e in profile.layers}
         self._group_tps = {e.tp for e in profile.layers if e.tp_comm_included}

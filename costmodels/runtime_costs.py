@@ -15,6 +15,10 @@
 - Full recomputation's working set: the backward of a fully recomputed layer re-runs its
   forward and holds that layer's whole activation set (what "none" would keep) until its
   backward ends; on CPU the heap keeps those pages, so the set adds to the rank's peak.
+- FSDP2's host work per wrapped unit and step (copy-in/copy-out of parameters and
+  gradients, its hooks), measured by ``ppplan profile`` per layer; the runtime wraps each
+  layer and each stage root (``launch/runtime/fsdp.py``). On CPU ranks it runs on the
+  cores that compute, once per step, whenever dp > 1.
 - The optimizer's step temporary: torch's foreach AdamW (``torch/optim/adam.py``,
   ``_multi_tensor_adam``: ``exp_avg_sq_sqrt = torch._foreach_sqrt(device_exp_avg_sqs)``)
   allocates one fp32 tensor per parameter it updates. On CPU, glibc's heap keeps the
@@ -27,10 +31,10 @@ carries its measured costs as ``.runtime`` (``costmodels.profile_times``), the r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from costmodels.comm import US, Link, bandwidth_bytes_per_s
-from profiles.profile_schema import CommProfile
+from profiles.profile_schema import CommProfile, RuntimeMeasurement
 from profiles.schema import ClusterSpec
 
 OPTIMIZER_TEMP_BYTES_PER_PARAM = 4  # one fp32 value per updated parameter (foreach AdamW's sqrt temporary)
@@ -42,6 +46,7 @@ class RuntimeCosts:
     the cluster file's tier link."""
 
     host_overhead_per_action_s: float = 0.0
+    fsdp_overhead_per_unit_step_s: float = 0.0
     p2p_link: Link | None = None
     all_reduce_link: Link | None = None
     reduce_scatter_link: Link | None = None
@@ -65,10 +70,11 @@ def _fit_link(comm: CommProfile | None, collective: str) -> Link | None:
     return Link(bandwidth_bytes_per_s=bandwidth_bytes_per_s(fit.bandwidth_gbs), latency_s=fit.latency_us * US)
 
 
-def measured_runtime_costs(comm: CommProfile | None, host_overhead_per_action_s: float = 0.0) -> RuntimeCosts:
+def measured_runtime_costs(comm: CommProfile | None, runtime: RuntimeMeasurement | None = None) -> RuntimeCosts:
     """The runtime costs a comm profile and a layer profile's runtime block measured."""
     return RuntimeCosts(
-        host_overhead_per_action_s=host_overhead_per_action_s,
+        host_overhead_per_action_s=runtime.pipeline_action_overhead_s if runtime else 0.0,
+        fsdp_overhead_per_unit_step_s=runtime.fsdp_overhead_per_layer_step_s if runtime else 0.0,
         p2p_link=_fit_link(comm, "p2p"),
         all_reduce_link=_fit_link(comm, "all_reduce"),
         reduce_scatter_link=_fit_link(comm, "reduce_scatter"),
@@ -80,8 +86,8 @@ def runtime_costs_of(layers: object, cluster: ClusterSpec) -> RuntimeCosts:
     """What the estimate prices for ``layers`` on ``cluster``: the measured costs the layer
     times carry; host overhead only on CPU ranks (module docstring)."""
     costs = getattr(layers, "runtime", None) or NO_RUNTIME_COSTS
-    if not is_cpu(cluster) and costs.host_overhead_per_action_s:
-        costs = RuntimeCosts(0.0, costs.p2p_link, costs.all_reduce_link, costs.reduce_scatter_link, costs.all_gather_link)
+    if not is_cpu(cluster):
+        costs = replace(costs, host_overhead_per_action_s=0.0, fsdp_overhead_per_unit_step_s=0.0)
     return costs
 
 
@@ -107,3 +113,10 @@ def with_host_overhead(
 def recompute_working_bytes(cluster: ClusterSpec, layer_bytes_none: float, layer_bytes_full: float) -> float:
     """Resident bytes of one fully recomputed layer's re-run forward on CPU ranks (module docstring)."""
     return max(0.0, layer_bytes_none - layer_bytes_full) if is_cpu(cluster) else 0.0
+
+
+def fsdp_host_s(costs: RuntimeCosts, dp: int, layers_on_rank: int, stages_on_rank: int) -> float:
+    """FSDP2's host time per step on a rank (module docstring): one unit per layer and per stage root."""
+    if dp <= 1:
+        return 0.0
+    return costs.fsdp_overhead_per_unit_step_s * (layers_on_rank + stages_on_rank)

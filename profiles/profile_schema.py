@@ -110,6 +110,10 @@ class RuntimeMeasurement(StrictModel):
         description="host time torch.distributed.pipelining adds to one F or B action (median)"
     )
     pipeline_action_overhead_iqr_s: NonNegativeFloat = 0.0
+    fsdp_overhead_per_layer_step_s: NonNegativeFloat = Field(
+        default=0.0, description="host time FSDP2 adds per wrapped layer and optimizer step (copies, hooks), median"
+    )
+    fsdp_overhead_per_layer_step_iqr_s: NonNegativeFloat = 0.0
 
 
 class ProfileFile(StrictModel):

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from costmodels.memory import ActivationVariant, layer_activation_bytes
 from costmodels.rules import tp_violations
-from launch.profiler.runtime import pipeline_action_overhead
+from launch.profiler.runtime import runtime_overheads
 from profiles.errors import PlanError
 from profiles.profile_schema import HardwareFingerprint, LayerProfile, ProfileFile, model_shape_hash
 from profiles.schema import ModelSpec
@@ -207,7 +207,7 @@ def interleaves(model: ModelSpec, settings: ProfileSettings) -> bool:
 def num_steps(model: ModelSpec, settings: ProfileSettings) -> int:
     """How many times ``profile_model`` calls ``progress``."""
     points = grid(model, settings)
-    runtime = 1 if settings.device == "cpu" else 0  # the pipeline action overhead (launch/profiler/runtime.py)
+    runtime = 1 if settings.device == "cpu" else 0  # the runtime's overheads (launch/profiler/runtime.py)
     if interleaves(model, settings):
         return len(points) + settings.warmup + settings.repeats + runtime
     return len(points) + (sum(p.tp > 1 for p in points) if settings.tp_group else 0) + runtime
@@ -268,9 +268,9 @@ def profile_model(
         _time_groups(model, settings, points, results, progress, retried)
     runtime = None
     if settings.device == "cpu":  # on a GPU the host runs ahead of the kernels: nothing to add (costmodels.runtime_costs)
-        say("runtime: pipeline action overhead")
+        say("runtime: pipeline action and FSDP overheads")
         mbs, seq = min(settings.mbss), points[0].seq_len
-        runtime = pipeline_action_overhead(model, mbs, seq, settings.warmup, settings.repeats, clock)
+        runtime = runtime_overheads(model, mbs, seq, settings.warmup, settings.repeats, clock)
     hardware = hardware_fingerprint(settings.device)
     entries = [
         _entry(p, settings.precision, results[i][0], results[i][1], settings.repeats, settings.tp_group and p.tp > 1)
