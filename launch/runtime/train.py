@@ -198,6 +198,12 @@ def main(argv: list[str] | None = None) -> None:
         report_failure(exc)
         raise
     dist.destroy_process_group()
+    # Every metrics line is on disk (os.write); skip interpreter finalization, where a gloo
+    # worker thread still freeing a DTensor collective's tensors can abort the process
+    # (launch.profiler.group.exit_without_finalizing: the cause, from a core dump).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
