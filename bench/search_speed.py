@@ -11,7 +11,7 @@ import time
 from costmodels.estimate import estimate
 from costmodels.layout import uniform_split
 from planner.search.branch_and_bound import search
-from profiles.loader import load_cluster, load_model
+from profiles.loader import load_cluster, load_model, load_stack
 from profiles.schema import ParallelConfig, TrainSpec
 
 CASES = [
@@ -35,7 +35,7 @@ def main() -> None:
         if model_name == "gpt-1t":
             megatron = ParallelConfig(tp=8, pp=64, dp=6, mbs=1, num_microbatches=512, schedule="1f1b",
                                       recompute="full", stage_layers=uniform_split(128, 64))
-            base = estimate(model, cluster, train, megatron)
+            base = estimate(model, cluster, train, megatron, stack=load_stack(megatron.stack))
             print(f"  Megatron's config (TP 8, PP 64, mbs 1, full recompute): step {base.step_time_s:.2f} s "
                   f"MFU {100 * base.mfu:.1f}%; best is {100 * (1 - best.estimate.step_time_s / base.step_time_s):.1f}% faster")
 

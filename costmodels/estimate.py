@@ -1,9 +1,16 @@
-"""``estimate(model, cluster, train, config) -> Estimate``: one configuration, priced.
+"""``estimate(model, cluster, train, config, stack=...) -> Estimate``: one configuration, priced.
 
-Step time = the pipeline makespan over the schedule's exact action list
-(``costmodels.pipeline.price_pipeline``) with per-stage F/B/W times and p2p,
-plus the exposed part of data-parallel gradient traffic, the optimizer step
-and a fixed per-step overhead. Memory is per pipeline rank.
+Per virtual stage, the F/B/W times of its layers (``costmodels.layer_costs``: the stack's
+operators by roofline, or a measured profile) plus what the stack's runtime adds to each
+pipeline action: ZeRO-3 parameter gathers beyond what compute hides, blocking p2p sends,
+and a fixed overhead per action (``_stage_costs``). The event simulator runs the schedule's
+exact action list over them (``costmodels.pipeline.price_pipeline``); the data-parallel
+traffic each rank leaves exposed (``costmodels.data_parallel``), the optimizer step and a
+per-step overhead complete the step, composed explicitly with a breakdown whose exposed
+parts add up to it (``costmodels.step_time``). Memory is per pipeline rank.
+
+The stack (``StackSpec``) decides kernels, overlaps and overheads; ``stack=None`` prices the
+schema's defaults (``StackKernels()``, ``NEUTRAL_OVERLAP``): callers that plan for a stack pass it.
 """
 
 from __future__ import annotations
@@ -11,10 +18,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from costmodels.comm import all_gather_s, all_reduce_s, link_for, p2p_s, reduce_scatter_s
+from costmodels.comm import GroupPlacement, Network, collective_s, network_for
 from costmodels.compute import memory_bound_time_s, peak_flops
+from costmodels.data_parallel import (
+    RankSync,
+    bucket_params,
+    comm_overlaps_compute,
+    dp_placement,
+    grad_reduce_bytes_per_param,
+    rank_sync,
+    zero3_gather_s,
+)
 from costmodels.flops import hardware_flops_per_iteration, model_flops_per_iteration, parameter_counts
-from costmodels.layer_costs import ZERO_PASS, LayerTimes, PassTimes, RooflineTimes, bytes_per_element
+from costmodels.layer_costs import ZERO_PASS, LayerTimes, PassTimes, RooflineTimes, bytes_per_element, runs_on_cpu
 from costmodels.layout import StageLayout, layouts_of, stage_layouts
 from costmodels.memory import (
     GIB,
@@ -26,17 +42,23 @@ from costmodels.memory import (
     static_memory,
 )
 from costmodels.pipeline import PipelineResult, price_actions, price_pipeline
-from costmodels.rank_grid import RankCoord, RankGrid, stage_to_rank
+from costmodels.rank_grid import RankCoord, RankGrid
 from costmodels.schedules.generate import schedule_of
 from costmodels.schedules.registry import schedule_spec
 from costmodels.simulator import StageTimes
-from profiles.schema import Breakdown, ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
+from costmodels.step_time import RankWork, compose_step
+from profiles.schema import ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
+from profiles.stack_schema import StackKernels, StackOverlap, StackSpec
+
+__all__ = ["comm_overlaps_compute", "estimate", "stage_times", "rank_memory_if_uniform_gib", "memory_limit_gib"]
 
 PipelinePricer = Callable[[str, int, int, int, StageTimes], PipelineResult]
-GRAD_REDUCE_BYTES = 4  # gradients are reduced in fp32 (Megatron's --accumulate-allreduce-grads-in-fp32 default for bf16)
-# AdamW step traffic: read fp32 param, grad, m, v (16 B); write param, m, v (12 B) and the 2-byte copy
+# AdamW step traffic per parameter, one fused multi-tensor kernel: read the fp32 weight, gradient,
+# m and v (16 B), write weight, m and v (12 B) and the 2-byte copy the forward uses.
 ADAM_STEP_BYTES_PER_PARAM = 30
-DP_BUCKET_PARAMS = 40_000_000  # Megatron-LM DDP bucket size (megatron/core/distributed, bucket_size default 40M)
+# No stack given: DP gradients reduced in buckets during the last backward (the schema's
+# defaults for everything else: parameter gather overlapped, TP and p2p exposed, no overhead).
+NEUTRAL_OVERLAP = StackOverlap(dp_grad_reduce="bucketed")
 # Buffer counts (each a multiple of one buffer's bytes):
 ZERO3_GATHERED_UNITS = 2  # FSDP2 with resharding: the unit in use and the one prefetched (torch FSDP2 implicit prefetch)
 TRANSIENT_COPIES = 2  # the widest activation (MLP intermediate, or fp32 logits) and its gradient, alive together in backward
@@ -59,9 +81,10 @@ class StagePlan:
         return self.layout.pipeline_rank
 
 
-def activation_variant(cluster: ClusterSpec, train: TrainSpec) -> ActivationVariant:
-    """What ppplan's runtime stores on this cluster's device (a "cpu" GPU name means CPU)."""
-    return ActivationVariant.runtime(train.precision, device="cpu" if cluster.gpu.name == "cpu" else "cuda")
+def activation_variant(cluster: ClusterSpec, train: TrainSpec, kernels: StackKernels | None = None) -> ActivationVariant:
+    """What the stack's runtime stores on this cluster's device (a "cpu" GPU name means CPU)."""
+    device = "cpu" if runs_on_cpu(cluster) else "cuda"
+    return ActivationVariant.for_stack(kernels or StackKernels(), train.precision, device)
 
 
 def _stage_plan(
@@ -90,81 +113,113 @@ def _stage_plan(
     )
 
 
-def _stage_plans(
-    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes
-) -> list[StagePlan]:
-    variant = activation_variant(cluster, train)
-    return [_stage_plan(model, train, cfg, layers, layout, variant) for layout in stage_layouts(cfg)]
-
-
 def rank_memory_if_uniform_gib(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
-    rank: int, layers_per_stage: int, inflight_stage_microbatches: float,
+    rank: int, layers_per_stage: int, inflight_stage_microbatches: float, stack: StackSpec | None = None,
 ) -> float:
     """Peak GiB of pipeline ``rank`` if each of its stages held ``layers_per_stage`` layers and
     ``inflight_stage_microbatches`` stage-microbatches were alive (affine in the layer count;
     the search derives per-rank layer caps from it)."""
-    variant = activation_variant(cluster, train)
+    variant = activation_variant(cluster, train, stack.kernels if stack else None)
     plans = [
         _stage_plan(model, train, cfg, None, layout, variant)
         for layout in layouts_of([layers_per_stage] * cfg.num_stages, cfg.pp, cfg.v, cfg.schedule)
         if layout.pipeline_rank == rank
     ]
     peak = inflight_stage_microbatches * max(st.activation_bytes for st in plans)
-    return sum(_rank_memory_gib(model, cluster, train, cfg, plans, peak).values())
+    overlap = stack.overlap if stack else NEUTRAL_OVERLAP
+    return sum(_rank_memory_gib(model, cluster, train, cfg, plans, peak, overlap).values())
 
 
-def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig) -> tuple[float, ...]:
+def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, network: Network) -> tuple[float, ...]:
     """Boundary activation transfer between consecutive virtual stages (Megatron's scatter-gather
-    optimisation sends s·b·h/t per TP rank)."""
+    optimisation sends s·b·h/t per TP rank); every rank of a stage on a node sends at once."""
     grid = RankGrid(cfg.tp, cfg.pp, cfg.dp)
     num_bytes = bytes_per_element(train.precision) * train.seq_len * cfg.mbs * model.hidden_size / cfg.tp
+    senders = min(cluster.gpus_per_node, cfg.tp * cfg.dp)
+    layouts = stage_layouts(cfg)
     times = []
-    for j in range(cfg.num_stages - 1):
-        a = grid.rank(RankCoord(0, stage_to_rank(j, cfg.pp, cfg.v, cfg.schedule), 0))
-        b = grid.rank(RankCoord(0, stage_to_rank(j + 1, cfg.pp, cfg.v, cfg.schedule), 0))
+    for layout, following in zip(layouts, layouts[1:]):
+        a = grid.rank(RankCoord(0, layout.pipeline_rank, 0))
+        b = grid.rank(RankCoord(0, following.pipeline_rank, 0))
+        if a == b:
+            times.append(0.0)
+            continue
         crosses = a // cluster.gpus_per_node != b // cluster.gpus_per_node
-        times.append(0.0 if a == b else p2p_s(num_bytes, link_for(cluster, crosses)))
+        placement = GroupPlacement(size=2, ranks_per_node=1 if crosses else 2, nodes=2 if crosses else 1, node_senders=senders)
+        times.append(collective_s("p2p", num_bytes, placement, network))
     return tuple(times)
 
 
-def _zero_per_microbatch_s(cfg: ParallelConfig, params: float, link, precision: str) -> tuple[float, float]:
-    """(forward, backward) parameter all-gather per microbatch under ZeRO-3: FSDP2 with
-    ``reshard_after_forward=True`` frees the gathered weights after each forward and
-    gathers them again for the backward (Rajbhandari et al. 2020, Sec. 5.3). Gradients are
-    reduce-scattered once per step in every stage (``_dp_exposed_s``)."""
-    if cfg.zero != 3:
-        return 0.0, 0.0
-    ag = all_gather_s(params * bytes_per_element(precision), cfg.dp, link)
-    return ag, ag
+def action_overhead_s(cluster: ClusterSpec, overlap: StackOverlap) -> float:
+    """Fixed seconds per pipeline action: the GPU family's (fitted) plus the stack's host cost."""
+    return cluster.efficiency.action_overhead_s + overlap.host_overhead_per_action_s
+
+
+def _stage_costs(
+    cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, plans: list[StagePlan], overlap: StackOverlap,
+    network: Network, p2p: tuple[float, ...],
+) -> tuple[list[PassTimes], list[dict[str, float]]]:
+    """Each stage's per-microbatch passes as its actions run them, with what they hide.
+
+    ZeRO-3: the stage's parameters are all-gathered for F and again for B; the gather
+    overlaps that pass's compute (FSDP2 prefetch) where comm overlaps compute, and only the
+    excess shows. Blocking p2p (``overlap.p2p == "exposed"``): F holds the rank for its send
+    to the next stage, B for its send to the previous one. Every action pays the fixed
+    per-action overhead (W only where the schedule splits the backward)."""
+    overhead = action_overhead_s(cluster, overlap)
+    split = schedule_spec(cfg.schedule).split_backward
+    p = bytes_per_element(train.precision)
+    costs, hidden = [], []
+    for j, st in enumerate(plans):
+        t = st.times
+        f, b, w = t.forward_s, t.backward_input_s, t.backward_weight_s
+        dp_in_actions, hides = 0.0, {}
+        if cfg.zero == 3 and cfg.dp > 1:
+            gather = zero3_gather_s(st.params, p, dp_placement(cluster, cfg, st.rank), network)
+            hide_f, hide_b = (f, b + w) if comm_overlaps_compute(cluster) else (0.0, 0.0)
+            extra_f, extra_b = max(0.0, gather - hide_f), max(0.0, gather - hide_b)
+            f, b, dp_in_actions = f + extra_f, b + extra_b, extra_f + extra_b
+            hides["zero3_gather_s"] = 2 * gather - dp_in_actions
+        send_f = p2p[j] if j < len(p2p) else 0.0
+        send_b = p2p[j - 1] if j > 0 else 0.0
+        pp_in_actions = 0.0
+        if overlap.p2p == "exposed":
+            f, b, pp_in_actions = f + send_f, b + send_b, send_f + send_b
+        else:
+            hides["pp_comm_s"] = send_f + send_b
+        actions = 3 if split else 2
+        f, b, w = f + overhead, b + overhead, w + (overhead if split else 0.0)
+        costs.append(PassTimes(
+            f, b, w, tp_comm_s=t.tp_comm_s, recompute_s=t.recompute_s, dp_comm_s=t.dp_comm_s + dp_in_actions,
+            pp_comm_s=t.pp_comm_s + pp_in_actions, overhead_s=t.overhead_s + actions * overhead,
+            overlapped_tp_comm_s=t.overlapped_tp_comm_s,
+        ))
+        hidden.append(hides)
+    return costs, hidden
 
 
 def stage_times(
-    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes | None = None
+    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes | None = None,
+    stack: StackSpec | None = None,
 ) -> StageTimes:
     """Per-virtual-stage times for the simulator (what ``ppplan simulate plan.json`` runs)."""
-    return _pipeline_inputs(model, cluster, train, cfg, layers or RooflineTimes(model, cluster, train.precision))[1]
-
-
-def _dp_link(cluster: ClusterSpec, cfg: ParallelConfig):
-    grid = RankGrid(cfg.tp, cfg.pp, cfg.dp)
-    return link_for(cluster, grid.spans_nodes(grid.dp_group(0, 0), cluster.gpus_per_node))
+    layers = layers or RooflineTimes(model, cluster, train.precision, stack=stack)
+    overlap = stack.overlap if stack else NEUTRAL_OVERLAP
+    return _pipeline_inputs(model, cluster, train, cfg, layers, stack, overlap, network_for(cluster))[2]
 
 
 def _pipeline_inputs(
-    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes
-) -> tuple[list[StagePlan], StageTimes]:
-    plans = _stage_plans(model, cluster, train, cfg, layers)
-    link = _dp_link(cluster, cfg)
-    fwd, bwd_in, bwd_w = [], [], []
-    for st in plans:
-        extra_f, extra_b = _zero_per_microbatch_s(cfg, st.params, link, train.precision)
-        # per-microbatch ZeRO traffic overlaps with that microbatch's compute; only the excess shows
-        # (all of it where the cores that compute also move the bytes: comm_overlaps_compute)
-        hide_f, hide_b = (st.times.forward_s, st.times.backward_input_s + st.times.backward_weight_s) if comm_overlaps_compute(cluster) else (0.0, 0.0)
-        fwd.append(st.times.forward_s + max(0.0, extra_f - hide_f))
-        bwd_in.append(st.times.backward_input_s + max(0.0, extra_b - hide_b))
-        bwd_w.append(st.times.backward_weight_s)
+    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes,
+    stack: StackSpec | None, overlap: StackOverlap, network: Network,
+) -> tuple[list[StagePlan], list[PassTimes], StageTimes, list[dict[str, float]]]:
+    variant = activation_variant(cluster, train, stack.kernels if stack else None)
+    plans = [_stage_plan(model, train, cfg, layers, layout, variant) for layout in stage_layouts(cfg)]
+    p2p = _p2p_times(model, cluster, train, cfg, network)
+    costs, hidden = _stage_costs(cfg, cluster, train, plans, overlap, network, p2p)
+    fwd = [c.forward_s for c in costs]
+    bwd_in = [c.backward_input_s for c in costs]
+    bwd_w = [c.backward_weight_s for c in costs]
     if schedule_spec(cfg.schedule).split_backward:
         # torch's first stage has no input gradient to send: its B is empty and the whole
         # backward runs as W (torch.distributed.pipelining, measured by the profiler)
@@ -175,46 +230,9 @@ def _pipeline_inputs(
         backward_input_s=tuple(bwd_in),
         backward_weight_s=tuple(bwd_w),
         activation_bytes=tuple(st.activation_bytes for st in plans),
-        p2p_s=_p2p_times(model, cluster, train, cfg),
+        p2p_s=tuple(0.0 for _ in p2p) if overlap.p2p == "exposed" else p2p,
     )
-    return plans, times
-
-
-def comm_overlaps_compute(cluster: ClusterSpec) -> bool:
-    """Whether data-parallel traffic can hide behind compute: yes on accelerators (a copy
-    engine / NIC moves the bytes while the SMs compute); no on a CPU node
-    (``concurrent_ranks_per_node`` set), where gloo's loopback copies and reductions run on
-    the same cores as the compute, and FSDP2 reduces synchronously in its post-backward hook
-    (torch.profiler on cpu-local: ``FSDP::post_backward_reduce`` 4-10 ms per layer inside the
-    step, nothing running beside it)."""
-    return cluster.concurrent_ranks_per_node is None
-
-
-def _dp_exposed_s(cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, rank_plans: list[StagePlan]) -> float:
-    """Once-per-step data-parallel traffic, overlapped with the last microbatch's backward
-    (gradients) and the first forward (parameters), as Megatron's --overlap-grad-reduce /
-    --overlap-param-gather and FSDP2's prefetching do; only the excess is exposed.
-
-    ZeRO-0: one all-reduce of the gradients. ZeRO-1/2 (FSDP2 without resharding after
-    forward): reduce-scatter of gradients plus one all-gather of parameters. ZeRO-3:
-    the reduce-scatter only (its gathers are per microbatch, ``_zero_per_microbatch_s``).
-    """
-    if cfg.dp == 1:
-        return 0.0
-    link = _dp_link(cluster, cfg)
-    params = sum(st.params for st in rank_plans)
-    backward_window = sum(st.times.backward_input_s + st.times.backward_weight_s for st in rank_plans)
-    forward_window = sum(st.times.forward_s for st in rank_plans)
-    if not comm_overlaps_compute(cluster):
-        backward_window = forward_window = 0.0
-    grads = params * GRAD_REDUCE_BYTES
-    if cfg.zero == 0:
-        return max(0.0, all_reduce_s(grads, cfg.dp, link) - backward_window)
-    exposed = max(0.0, reduce_scatter_s(grads, cfg.dp, link) - backward_window)
-    if cfg.zero in (1, 2):
-        gather = all_gather_s(params * bytes_per_element(train.precision), cfg.dp, link)
-        exposed += max(0.0, gather - forward_window)
-    return exposed
+    return plans, costs, times, hidden
 
 
 def _largest_unit_params(model: ModelSpec, tp: int, rank_plans: list[StagePlan]) -> float:
@@ -227,7 +245,7 @@ def _largest_unit_params(model: ModelSpec, tp: int, rank_plans: list[StagePlan])
 
 def _rank_memory_gib(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
-    rank_plans: list[StagePlan], activation_peak: float,
+    rank_plans: list[StagePlan], activation_peak: float, overlap: StackOverlap,
 ) -> dict[str, float]:
     """Per-rank memory in GiB by category: static state under ZeRO, activations of the
     microbatches in flight (from the schedule), the largest transient working tensor,
@@ -243,7 +261,8 @@ def _rank_memory_gib(
     if any(st.layout.has_head for st in rank_plans):
         transient = max(transient, TRANSIENT_COPIES * 4 * tokens * model.vocab_size / cfg.tp)
     p2p_buffers = P2P_BUFFERS * p * tokens * model.hidden_size / cfg.tp if cfg.pp > 1 else 0.0
-    dp_buckets = float(DP_BUCKETS_IN_FLIGHT) * min(params, DP_BUCKET_PARAMS) * GRAD_REDUCE_BYTES if cfg.dp > 1 else 0.0
+    bucket = min(params, bucket_params(overlap, cfg.dp))
+    dp_buckets = DP_BUCKETS_IN_FLIGHT * bucket * grad_reduce_bytes_per_param(train.precision) if cfg.dp > 1 else 0.0
     allocated = {
         "weights": static.weights_bytes + gathered,
         "gradients": static.gradients_bytes,
@@ -293,57 +312,62 @@ def memory_limit_gib(cluster: ClusterSpec) -> float:
     return cluster.gpu.memory_gib * (1.0 - cluster.memory_safety_margin)
 
 
-def _breakdown(
-    cfg: ParallelConfig, cluster: ClusterSpec, plans: list[StagePlan], result: PipelineResult,
-    dp_s: float, optimizer_s: float, p2p: tuple[float, ...],
-) -> Breakdown:
-    busiest = max(range(cfg.pp), key=lambda r: result.busy_s[r])
-    mine = [st for st in plans if st.rank == busiest]
-    m = cfg.num_microbatches
-    tp_comm = m * sum(st.times.tp_comm_s for st in mine)
-    recompute = m * sum(st.times.recompute_s for st in mine)
-    compute = m * sum(st.times.total_s for st in mine) - tp_comm - recompute
-    return Breakdown(
-        compute_s=compute,
-        recompute_s=recompute,
-        tp_comm_s=tp_comm,
-        pp_comm_s=2 * sum(p2p),
-        dp_comm_s=dp_s,
-        bubble_s=result.makespan_s * result.bubble_fraction,
-        optimizer_s=optimizer_s,
-        overhead_s=cluster.efficiency.step_overhead_s,
-    )
+def _sum_passes(items: list[PassTimes]) -> PassTimes:
+    total = ZERO_PASS
+    for item in items:
+        total = total.plus(item)
+    return total
+
+
+def _rank_work(
+    cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, overlap: StackOverlap, network: Network,
+    plans: list[StagePlan], costs: list[PassTimes], hidden: list[dict[str, float]], rank: int,
+) -> RankWork:
+    """Pipeline rank ``rank``'s passes, hidden time, DP traffic (windows: its last microbatch's
+    backward, its first microbatch's forward) and optimizer step (ZeRO >= 1: its 1/dp shard)."""
+    mine = [j for j, st in enumerate(plans) if st.rank == rank]
+    passes = _sum_passes([costs[j] for j in mine])
+    hides: dict[str, float] = {}
+    for j in mine:
+        for key, value in hidden[j].items():
+            hides[key] = hides.get(key, 0.0) + value
+    params = sum(plans[j].params for j in mine)
+    sync = RankSync()
+    if cfg.dp > 1:
+        sync = rank_sync(cluster, cfg, overlap, network, rank, params, bytes_per_element(train.precision),
+                         grad_reduce_bytes_per_param(train.precision),
+                         backward_window_s=passes.backward_input_s + passes.backward_weight_s,
+                         forward_window_s=passes.forward_s)
+    shard = cfg.dp if cfg.zero >= 1 else 1
+    optimizer = memory_bound_time_s(cluster, params / shard * ADAM_STEP_BYTES_PER_PARAM)
+    return RankWork(passes=passes, hidden=hides, sync=sync, optimizer_s=optimizer)
 
 
 def estimate(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes | None = None,
-    pricer: PipelinePricer = price_pipeline,
+    pricer: PipelinePricer = price_pipeline, stack: StackSpec | None = None,
 ) -> Estimate:
-    """Price one configuration (the rules are checked by the caller: ``costmodels.rules``).
+    """Price one configuration on ``stack`` (the rules are checked by the caller: ``costmodels.rules``).
 
     ``pricer`` is the event simulator over the exact action list; the search passes the
     closed-form screen (``costmodels.pipeline_approx``) only to rank candidates."""
-    layers = layers or RooflineTimes(model, cluster, train.precision)
-    plans, times = _pipeline_inputs(model, cluster, train, cfg, layers)
+    overlap = stack.overlap if stack else NEUTRAL_OVERLAP
+    layers = layers or RooflineTimes(model, cluster, train.precision, stack=stack)
+    network = network_for(cluster)
+    plans, costs, times, hidden = _pipeline_inputs(model, cluster, train, cfg, layers, stack, overlap, network)
     if cfg.schedule == "custom":
         schedule = schedule_of("custom", cfg.pp, cfg.v, cfg.num_microbatches, cfg.schedule_csv)
         result = price_actions(schedule, times)
     else:
         result = pricer(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, times)
+    ranks = [_rank_work(cluster, train, cfg, overlap, network, plans, costs, hidden, r) for r in range(cfg.pp)]
+    tails = [w.optimizer_s + w.sync.grad_reduce_exposed_s + w.sync.param_gather_exposed_s for w in ranks]
+    timeshared = timeshared_compute_s(cluster, cfg, result.busy_s, tails)
+    step = compose_step(result, ranks, cfg.num_microbatches, cluster.efficiency.step_overhead_s, timeshared)
     per_rank = [[st for st in plans if st.rank == r] for r in range(cfg.pp)]
-    rank_dp_s = [_dp_exposed_s(cluster, train, cfg, mine) for mine in per_rank]
-    dp_s = max(rank_dp_s)
-    opt_share = cfg.dp if cfg.zero >= 1 else 1
-    rank_optimizer_s = [
-        memory_bound_time_s(cluster, sum(st.params for st in mine) / opt_share * ADAM_STEP_BYTES_PER_PARAM)
-        for mine in per_rank
-    ]
-    optimizer_s = max(rank_optimizer_s)
-    rank_tail_s = [opt + dp for opt, dp in zip(rank_optimizer_s, rank_dp_s)]
-    compute_s = max(result.makespan_s + optimizer_s + dp_s, timeshared_compute_s(cluster, cfg, result.busy_s, rank_tail_s))
-    step = compute_s + cluster.efficiency.step_overhead_s
     memory = [
-        _rank_memory_gib(model, cluster, train, cfg, per_rank[r], result.peak_activation_bytes[r]) for r in range(cfg.pp)
+        _rank_memory_gib(model, cluster, train, cfg, per_rank[r], result.peak_activation_bytes[r], overlap)
+        for r in range(cfg.pp)
     ]
     peak = [round(sum(m.values()), 4) for m in memory]
     gpus = cfg.tp * cfg.pp * cfg.dp
@@ -351,12 +375,12 @@ def estimate(
     model_flops = model_flops_per_iteration(model, train.global_batch, train.seq_len)
     hw_flops = hardware_flops_per_iteration(model, train.global_batch, train.seq_len, all_layers)
     peak_tflops = peak_flops(cluster, train.precision) / 1e12
-    model_tflops = model_flops / step / gpus / 1e12
-    hw_tflops = hw_flops / step / gpus / 1e12
+    model_tflops = model_flops / step.step_s / gpus / 1e12
+    hw_tflops = hw_flops / step.step_s / gpus / 1e12
     limit = memory_limit_gib(cluster)
     return Estimate(
-        step_time_s=step,
-        tokens_per_s=train.global_batch * train.seq_len / step,
+        step_time_s=step.step_s,
+        tokens_per_s=train.global_batch * train.seq_len / step.step_s,
         model_tflops_per_gpu=model_tflops,
         hw_tflops_per_gpu=hw_tflops,
         mfu=model_tflops / peak_tflops,
@@ -365,6 +389,6 @@ def estimate(
         peak_memory_gib=peak,
         memory_limit_gib=limit,
         fits=max(peak) <= limit,
-        breakdown=_breakdown(cfg, cluster, plans, result, dp_s, optimizer_s, times.p2p_s),
+        breakdown=step.breakdown,
         memory_breakdown_gib=[{k: round(v, 4) for k, v in m.items()} for m in memory],
     )

@@ -18,7 +18,9 @@ from costmodels.simulator import SimulationResult, StageTimes, simulate
 
 @dataclass(frozen=True)
 class PipelineResult:
-    """Simulator outputs; ``per rank`` lists are indexed by pipeline rank (DESIGN.md)."""
+    """Simulator outputs; ``per rank`` lists are indexed by pipeline rank (DESIGN.md).
+    ``rank_start_s``/``rank_end_s``: when each rank's first action starts and its last ends
+    (empty from a pricer that does not know: read as 0 and the makespan, ``rank_span_s``)."""
 
     makespan_s: float
     bubble_fraction: float
@@ -26,6 +28,14 @@ class PipelineResult:
     idle_s: tuple[float, ...]
     peak_inflight_microbatches: tuple[int, ...]
     peak_activation_bytes: tuple[float, ...]
+    rank_start_s: tuple[float, ...] = ()
+    rank_end_s: tuple[float, ...] = ()
+
+    def rank_span_s(self, rank: int) -> tuple[float, float]:
+        """(first start, last end) of ``rank``."""
+        if not self.rank_end_s:
+            return 0.0, self.makespan_s
+        return self.rank_start_s[rank], self.rank_end_s[rank]
 
 
 def price_pipeline(schedule: str, pp: int, v: int, num_microbatches: int, times: StageTimes) -> PipelineResult:
@@ -49,6 +59,11 @@ def price_actions(schedule: Schedule, times: StageTimes) -> PipelineResult:
 
 def to_pipeline_result(result: SimulationResult) -> PipelineResult:
     """The cost model's view of a simulation."""
+    starts, ends, offset = [], [], 0
+    for actions in result.schedule.ranks:
+        starts.append(float(result.start_s[offset]) if actions else 0.0)
+        ends.append(float(result.end_s[offset + len(actions) - 1]) if actions else 0.0)
+        offset += len(actions)
     return PipelineResult(
         makespan_s=result.makespan_s,
         bubble_fraction=result.bubble_fraction,
@@ -56,4 +71,6 @@ def to_pipeline_result(result: SimulationResult) -> PipelineResult:
         idle_s=result.idle_s,
         peak_inflight_microbatches=result.peak_inflight_microbatches,
         peak_activation_bytes=result.peak_activation_bytes,
+        rank_start_s=tuple(starts),
+        rank_end_s=tuple(ends),
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, model_validator
 
 from profiles.schema import Precision, RecomputeKind, ScheduleName, StrictModel
 
@@ -41,6 +41,10 @@ class StackOverlap(StrictModel):
         "after_backward: one reduction once the whole backward is done"
     )
     dp_bucket_params: PositiveInt = 40_000_000
+    dp_bucket_params_per_dp_rank: NonNegativeInt = Field(
+        default=0, description="buckets grow to at least this many parameters per data-parallel rank "
+        "(Megatron-Core: max(40M, 1M x dp x cp))",
+    )
     param_gather: Literal["overlapped", "after_step"] = "overlapped"
     tp_comm: Literal["exposed", "overlapped"] = "exposed"
     p2p: Literal["exposed", "overlapped"] = "exposed"

@@ -59,13 +59,13 @@ def resolve_train(
 
 
 def load_layers(profile: Optional[Path], comm_profile: Optional[Path], model: ModelSpec, cluster: ClusterSpec,
-                train: TrainSpec, allow_mismatch: bool) -> LayerTimes | None:
+                train: TrainSpec, allow_mismatch: bool, stack: StackSpec | None = None) -> LayerTimes | None:
     """Measured layer times (and/or a measured link) replace the roofline when given."""
     if profile is None and comm_profile is None:
         return None
     comm = read_comm_profile(comm_profile) if comm_profile else None
     measured = read_profile(profile) if profile else None
-    return layer_times_for(measured, comm, model, cluster, train, allow_mismatch, warn=warn)
+    return layer_times_for(measured, comm, model, cluster, train, allow_mismatch, warn=warn, stack=stack)
 
 
 def _parse_schedules(text: str | None) -> tuple[str, ...]:
@@ -102,7 +102,7 @@ def search_cmd(
     model_spec, cluster_spec, stack_spec = load_model(model), load_cluster(cluster), load_stack(stack)
     train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision, stack_spec)
     names = _parse_schedules(schedules)
-    layers = load_layers(profile, comm_profile, model_spec, cluster_spec, train, allow_mismatch)
+    layers = load_layers(profile, comm_profile, model_spec, cluster_spec, train, allow_mismatch, stack_spec)
     with _progress() as bar:
         task = bar.add_task("search", total=None)
         result = search(model_spec, cluster_spec, train, gpus, top_k, names, allow_cross_node_tp, layers,
@@ -201,8 +201,8 @@ def evaluate_cmd(
         stage_layers=_parse_stage_layers(stage_layers, model_spec.num_layers, pp * v),
     )
     check_config(model_spec, train, gpus, cfg, stack_spec)
-    layers = load_layers(profile, comm_profile, model_spec, cluster_spec, train, allow_mismatch)
-    est = estimate(model_spec, cluster_spec, train, cfg, layers)
+    layers = load_layers(profile, comm_profile, model_spec, cluster_spec, train, allow_mismatch, stack_spec)
+    est = estimate(model_spec, cluster_spec, train, cfg, layers, stack=stack_spec)
     plan = Plan(model=model_spec, cluster=cluster_spec, train=train, config=cfg, estimate=est,
                 rationale=binding_constraints(est))
     if out_path:

@@ -35,7 +35,7 @@ from planner.cli.timeline import ascii_timeline, chrome_trace_json, svg_timeline
 from planner.search.custom_schedule import search_custom_schedule
 from profiles.errors import PlanError
 from profiles.files import write_atomic
-from profiles.loader import load_plan
+from profiles.loader import load_plan, load_stack
 from profiles.schema import Plan
 
 
@@ -80,7 +80,7 @@ def plan_case(plan_path: Path) -> tuple[Schedule, StageTimes]:
 
     plan = load_plan(plan_path)
     cfg = plan.config
-    times = stage_times(plan.model, plan.cluster, plan.train, cfg)
+    times = stage_times(plan.model, plan.cluster, plan.train, cfg, stack=load_stack(cfg.stack))
     return schedule_of(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, cfg.schedule_csv), times
 
 
@@ -106,10 +106,11 @@ def write_custom_plan(plan_path: Path, out_path: Path) -> str:
     cfg = plan.config
     if cfg.v != 1:
         raise PlanError(f"custom schedules are searched for one stage per rank; the plan has v={cfg.v}")
-    times = stage_times(plan.model, plan.cluster, plan.train, cfg)
+    stack = load_stack(cfg.stack)
+    times = stage_times(plan.model, plan.cluster, plan.train, cfg, stack=stack)
     found = search_custom_schedule(times, cfg.pp, cfg.num_microbatches, inflight_caps(plan, times))
     custom_cfg = cfg.model_copy(update={"schedule": "custom", "schedule_csv": format_torch_csv(found.schedule)})
-    est = estimate(plan.model, plan.cluster, plan.train, custom_cfg)
+    est = estimate(plan.model, plan.cluster, plan.train, custom_cfg, stack=stack)
     summary = (f"custom order ({found.method}): pipeline {found.makespan_s:.4f} s vs best shipped "
                f"{found.baseline_name} {found.baseline_makespan_s:.4f} s ({100 * found.gain:+.2f}%)")
     new = plan.model_copy(update={"config": custom_cfg, "estimate": est, "rationale": [summary, *plan.rationale]})

@@ -73,9 +73,9 @@ class Searcher:
         stack: StackSpec | None = None,
     ):
         self.model, self.cluster, self.train, self.gpus = model, cluster, train, gpus
-        self.layers = layers or RooflineTimes(model, cluster, train.precision)
-        self.limit_gib = memory_limit_gib(cluster)
         self.stack = stack or load_stack()
+        self.layers = layers or RooflineTimes(model, cluster, train.precision, stack=self.stack)
+        self.limit_gib = memory_limit_gib(cluster)
 
     def config(self, c: Candidate, stage_layers: list[int]) -> ParallelConfig:
         return config_for(c, stage_layers, self.stack.name)
@@ -103,8 +103,8 @@ class Searcher:
         inflight = inflight_stage_microbatches(c.schedule, c.pp, c.v, c.num_microbatches)
         caps_by_rank = []
         for r in range(c.pp):
-            m1 = rank_memory_if_uniform_gib(self.model, self.cluster, self.train, cfg, r, 1, inflight[r])
-            m2 = rank_memory_if_uniform_gib(self.model, self.cluster, self.train, cfg, r, 2, inflight[r])
+            m1 = rank_memory_if_uniform_gib(self.model, self.cluster, self.train, cfg, r, 1, inflight[r], self.stack)
+            m2 = rank_memory_if_uniform_gib(self.model, self.cluster, self.train, cfg, r, 2, inflight[r], self.stack)
             if m1 > self.limit_gib:
                 return None
             slope = m2 - m1
@@ -131,12 +131,13 @@ class Searcher:
     def score(self, c: Candidate, stage_layers: list[int]) -> Scored:
         """Exact: the event simulator over the schedule's action list."""
         cfg = self.config(c, stage_layers)
-        return Scored(c, cfg, estimate(self.model, self.cluster, self.train, cfg, self.layers))
+        return Scored(c, cfg, estimate(self.model, self.cluster, self.train, cfg, self.layers, stack=self.stack))
 
     def screen(self, c: Candidate, stage_layers: list[int]) -> Scored:
         """Closed-form pipeline pricing, for ranking only."""
         cfg = self.config(c, stage_layers)
-        return Scored(c, cfg, estimate(self.model, self.cluster, self.train, cfg, self.layers, approximate_pipeline))
+        return Scored(c, cfg, estimate(self.model, self.cluster, self.train, cfg, self.layers, approximate_pipeline,
+                                       stack=self.stack))
 
 
 def search(
@@ -198,7 +199,7 @@ def closest_plan(searcher: Searcher, cands: list[Candidate]) -> Scored | None:
         cfg = searcher.config(c, uniform_split(searcher.model.num_layers, c.pp * c.v))
         inflight = inflight_stage_microbatches(c.schedule, c.pp, c.v, c.num_microbatches)
         worst = max(
-            rank_memory_if_uniform_gib(searcher.model, searcher.cluster, searcher.train, cfg, r, n, inflight[r])
+            rank_memory_if_uniform_gib(searcher.model, searcher.cluster, searcher.train, cfg, r, n, inflight[r], searcher.stack)
             for r in range(c.pp)
         )
         return worst, c
