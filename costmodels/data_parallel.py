@@ -7,22 +7,26 @@ instead (``zero3_gather_s``). The group is hierarchical over the node boundary
 (``costmodels.comm.collective_s``) and shares its nodes' NICs with the other DP groups of
 the same stage, which reduce at the same time.
 
-How much is exposed is the stack's (``StackSpec.overlap``):
+The collectives of a rank run one after another on one communication stream, beside the
+compute (``_reduce_queue``, ``_gather_queue``). When each virtual stage's may start is the
+stack's (``StackSpec.overlap``), from the simulated times of the stage's actions:
 
 - ``dp_grad_reduce: bucketed`` (Megatron-Core ``--overlap-grad-reduce``): buckets of
-  ``max(dp_bucket_params, dp_bucket_params_per_dp_rank * dp)`` parameters are reduced as
-  the last microbatch's backward produces them; the last bucket cannot overlap, and
-  whatever does not fit in that backward shows: ``min(R, max(R_last, R - backward))``.
-- ``dp_grad_reduce: after_backward`` (Megatron-LM 2021 ``allreduce_gradients`` after the
-  schedule; torch pipelining's REDUCE_GRAD after the stage's last backward): all of it, from
-  the end of the rank's last action (a rank that finishes before the pipeline drains reduces
-  while the others still compute: ``costmodels.step_time``).
-- ``param_gather: overlapped`` (``--overlap-param-gather``, FSDP2 prefetch): the gather
-  streams under the next step's first forward, the first bucket exposed; ``after_step``
-  (Megatron-LM 2022 distributed optimizer): all of it.
+  ``max(dp_bucket_params, dp_bucket_params_per_dp_rank * dp)`` parameters leave as the
+  stage's last backward produces them (one model chunk after another under interleaving),
+  so the reduce may start when that backward starts and its last bucket when it ends;
+- ``dp_grad_reduce: after_backward`` (torch pipelining's REDUCE_GRAD after a stage's last
+  backward): when the stage's last backward ends;
+- ``dp_grad_reduce: after_schedule`` (Megatron-LM 2021 ``allreduce_gradients`` after the
+  whole schedule; DeepSpeed's final ReduceGrads): when the rank's last action ends.
 
-On a node whose cores both compute and move the bytes (``comm_overlaps_compute`` false)
-nothing hides.
+Whatever the queue has not finished when the rank's last action ends is exposed. The
+parameter gather (ZeRO-1/2) opens the next step: ``param_gather: overlapped``
+(``--overlap-param-gather``, FSDP2 prefetch) streams stage by stage from the step's start,
+each stage needing its first bucket when its first forward starts and the rest by that
+forward's end; ``after_step`` (Megatron-LM 2022 distributed optimizer) gathers everything
+before the step. On a node whose cores both compute and move the bytes
+(``comm_overlaps_compute`` false) nothing hides: all of it is exposed.
 """
 
 from __future__ import annotations
@@ -72,9 +76,23 @@ def zero3_gather_s(params: float, bytes_per_element: int, placement: GroupPlacem
 
 
 @dataclass(frozen=True)
+class StageWindow:
+    """A virtual stage of the rank as the simulation ran it: its parameters (per TP rank), when
+    its first forward starts and how long one forward takes, when its last backward ends and
+    how long that backward (B + W) takes."""
+
+    params: float
+    first_forward_s: float
+    forward_s: float
+    last_backward_end_s: float
+    backward_s: float
+
+
+@dataclass(frozen=True)
 class RankSync:
     """Once-per-step data-parallel traffic of one pipeline rank (seconds): the gradient reduce
-    and the parameter gather, each in total and the part its stack leaves exposed."""
+    and the parameter gather, each in total and the part its stack leaves exposed (the
+    reduce after the rank's last action, the gather as a delay of the step's start)."""
 
     grad_reduce_s: float = 0.0
     grad_reduce_exposed_s: float = 0.0
@@ -82,36 +100,64 @@ class RankSync:
     param_gather_exposed_s: float = 0.0
 
 
-def _exposed_s(total_s: float, first_or_last_bucket_s: float, window_s: float) -> float:
-    """Bucketed overlap: all but one bucket can hide in ``window_s``."""
-    return min(total_s, max(first_or_last_bucket_s, total_s - window_s))
+@dataclass(frozen=True)
+class _Transfer:
+    earliest_s: float  # may start
+    last_piece_s: float  # its last bucket may start
+    total_s: float
+    last_bucket_s: float
+
+
+def _reduce_queue(transfers: list[_Transfer]) -> float:
+    """When one stream that runs ``transfers`` in order finishes."""
+    clock = 0.0
+    for t in sorted(transfers, key=lambda t: (t.last_piece_s, t.earliest_s)):
+        start = max(clock, t.earliest_s)
+        clock = max(start + t.total_s, t.last_piece_s + t.last_bucket_s)
+    return clock
+
+
+def _gather_delay_s(stages: list[StageWindow], gathers: list[tuple[float, float]]) -> float:
+    """How long the step's start waits for gathers streamed from time 0 in first-forward order:
+    each stage needs its first bucket when its first forward starts and all of it by its end."""
+    clock, delay = 0.0, 0.0
+    for st, (total, first) in sorted(zip(stages, gathers), key=lambda x: x[0].first_forward_s):
+        late_first = clock + first - st.first_forward_s
+        clock += total
+        delay = max(delay, late_first, clock - (st.first_forward_s + st.forward_s))
+    return delay
 
 
 def rank_sync(
     cluster: ClusterSpec, cfg: ParallelConfig, overlap: StackOverlap, network: Network, pipeline_rank: int,
-    params: float, precision_bytes: int, grad_bytes: int, backward_window_s: float, forward_window_s: float,
+    stages: list[StageWindow], rank_end_s: float, precision_bytes: int, grad_bytes: int,
 ) -> RankSync:
     """The rank's gradient reduce and parameter gather, and what of them ``overlap`` exposes
-    (module docstring). ``params`` are the rank's parameters per TP rank; the windows are its
-    last microbatch's backward and its first microbatch's forward."""
-    if cfg.dp == 1:
+    (module docstring)."""
+    if cfg.dp == 1 or not stages:
         return RankSync()
-    if not comm_overlaps_compute(cluster):
-        backward_window_s = forward_window_s = 0.0
     placement = dp_placement(cluster, cfg, pipeline_rank)
-    bucket = min(params, bucket_params(overlap, cfg.dp))
+    bucket = bucket_params(overlap, cfg.dp)
     kind: Collective = "all_reduce" if cfg.zero == 0 else "reduce_scatter"
-    reduce_s = collective_s(kind, params * grad_bytes, placement, network)
-    if overlap.dp_grad_reduce == "bucketed":
-        reduce_exposed = _exposed_s(reduce_s, collective_s(kind, bucket * grad_bytes, placement, network), backward_window_s)
-    else:
-        reduce_exposed = reduce_s
+    hides = comm_overlaps_compute(cluster)
+    transfers = []
+    for st in stages:
+        total = collective_s(kind, st.params * grad_bytes, placement, network)
+        last = collective_s(kind, min(st.params, bucket) * grad_bytes, placement, network)
+        if not hides or overlap.dp_grad_reduce == "after_schedule":
+            transfers.append(_Transfer(rank_end_s, rank_end_s, total, total))
+        elif overlap.dp_grad_reduce == "after_backward":
+            transfers.append(_Transfer(st.last_backward_end_s, st.last_backward_end_s, total, total))
+        else:
+            start = st.last_backward_end_s - st.backward_s
+            transfers.append(_Transfer(start, st.last_backward_end_s, total, last))
+    reduce_s = sum(t.total_s for t in transfers)
+    reduce_exposed = max(0.0, _reduce_queue(transfers) - rank_end_s)
     if cfg.zero not in (1, 2):
         return RankSync(reduce_s, reduce_exposed)
-    gather_s = collective_s("all_gather", params * precision_bytes, placement, network)
-    if overlap.param_gather == "overlapped":
-        first = collective_s("all_gather", bucket * precision_bytes, placement, network)
-        gather_exposed = _exposed_s(gather_s, first, forward_window_s)
-    else:
-        gather_exposed = gather_s
-    return RankSync(reduce_s, reduce_exposed, gather_s, gather_exposed)
+    gathers = [(collective_s("all_gather", st.params * precision_bytes, placement, network),
+                collective_s("all_gather", min(st.params, bucket) * precision_bytes, placement, network)) for st in stages]
+    gather_s = sum(total for total, _ in gathers)
+    if not hides or overlap.param_gather == "after_step":
+        return RankSync(reduce_s, reduce_exposed, gather_s, gather_s)
+    return RankSync(reduce_s, reduce_exposed, gather_s, _gather_delay_s(stages, gathers))

@@ -22,6 +22,7 @@ from costmodels.comm import GroupPlacement, Network, collective_s, network_for
 from costmodels.compute import memory_bound_time_s, peak_flops
 from costmodels.data_parallel import (
     RankSync,
+    StageWindow,
     bucket_params,
     comm_overlaps_compute,
     dp_placement,
@@ -321,10 +322,10 @@ def _sum_passes(items: list[PassTimes]) -> PassTimes:
 
 def _rank_work(
     cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, overlap: StackOverlap, network: Network,
-    plans: list[StagePlan], costs: list[PassTimes], hidden: list[dict[str, float]], rank: int,
+    plans: list[StagePlan], costs: list[PassTimes], hidden: list[dict[str, float]], result: PipelineResult, rank: int,
 ) -> RankWork:
-    """Pipeline rank ``rank``'s passes, hidden time, DP traffic (windows: its last microbatch's
-    backward, its first microbatch's forward) and optimizer step (ZeRO >= 1: its 1/dp shard)."""
+    """Pipeline rank ``rank``'s passes, hidden time, DP traffic (over its stages' simulated
+    windows, ``costmodels.data_parallel``) and optimizer step (ZeRO >= 1: its 1/dp shard)."""
     mine = [j for j, st in enumerate(plans) if st.rank == rank]
     passes = _sum_passes([costs[j] for j in mine])
     hides: dict[str, float] = {}
@@ -334,10 +335,13 @@ def _rank_work(
     params = sum(plans[j].params for j in mine)
     sync = RankSync()
     if cfg.dp > 1:
-        sync = rank_sync(cluster, cfg, overlap, network, rank, params, bytes_per_element(train.precision),
-                         grad_reduce_bytes_per_param(train.precision),
-                         backward_window_s=passes.backward_input_s + passes.backward_weight_s,
-                         forward_window_s=passes.forward_s)
+        windows = []
+        for j in mine:
+            first_forward, last_backward = result.stage_span_s(j, rank)
+            windows.append(StageWindow(plans[j].params, first_forward, costs[j].forward_s, last_backward,
+                                       costs[j].backward_input_s + costs[j].backward_weight_s))
+        sync = rank_sync(cluster, cfg, overlap, network, rank, windows, result.rank_span_s(rank)[1],
+                         bytes_per_element(train.precision), grad_reduce_bytes_per_param(train.precision))
     shard = cfg.dp if cfg.zero >= 1 else 1
     optimizer = memory_bound_time_s(cluster, params / shard * ADAM_STEP_BYTES_PER_PARAM)
     return RankWork(passes=passes, hidden=hides, sync=sync, optimizer_s=optimizer)
@@ -360,7 +364,7 @@ def estimate(
         result = price_actions(schedule, times)
     else:
         result = pricer(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, times)
-    ranks = [_rank_work(cluster, train, cfg, overlap, network, plans, costs, hidden, r) for r in range(cfg.pp)]
+    ranks = [_rank_work(cluster, train, cfg, overlap, network, plans, costs, hidden, result, r) for r in range(cfg.pp)]
     tails = [w.optimizer_s + w.sync.grad_reduce_exposed_s + w.sync.param_gather_exposed_s for w in ranks]
     timeshared = timeshared_compute_s(cluster, cfg, result.busy_s, tails)
     step = compose_step(result, ranks, cfg.num_microbatches, cluster.efficiency.step_overhead_s, timeshared)

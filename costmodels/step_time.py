@@ -9,8 +9,9 @@ step and a fixed per-step overhead:
 
     step = max_r(end_r + reduce_exposed_r) + max_r(optimizer_r) + gather_delay + step_overhead
 
-``gather_delay`` = max_r(gather_exposed_r - start_r): a rank whose first action waits for the
-pipeline to fill gathers in that wait. Where ranks time-share a node's cores the work bound
+``gather_delay`` = max_r(gather_exposed_r): how long the step's start waits for parameters
+(``costmodels.data_parallel``: a stage's first forward that starts late leaves its gather
+time). Where ranks time-share a node's cores the work bound
 (``costmodels.estimate.timeshared_compute_s``) may exceed the pipeline's: the step is the larger.
 
 The breakdown is the critical rank's (the one whose reduce finishes last):
@@ -58,7 +59,7 @@ def compose_step(
     spans = [result.rank_span_s(r) for r in range(len(ranks))]
     ready = [end + work.sync.grad_reduce_exposed_s for (_, end), work in zip(spans, ranks)]
     critical = max(range(len(ranks)), key=lambda r: (ready[r], -r))
-    gather_delay = max(max(0.0, work.sync.param_gather_exposed_s - start) for (start, _), work in zip(spans, ranks))
+    gather_delay = max(work.sync.param_gather_exposed_s for work in ranks)
     optimizer_s = max(work.optimizer_s for work in ranks)
     core_s = ready[critical] + optimizer_s + gather_delay
     surplus = max(0.0, timeshared_s - core_s)

@@ -36,9 +36,10 @@ class StackKernels(StrictModel):
 class StackOverlap(StrictModel):
     """What the stack overlaps with compute, and its fixed costs."""
 
-    dp_grad_reduce: Literal["bucketed", "after_backward"] = Field(
-        description="bucketed: reduced during the last microbatch's backward, the last bucket exposed; "
-        "after_backward: one reduction once the whole backward is done"
+    dp_grad_reduce: Literal["bucketed", "after_backward", "after_schedule"] = Field(
+        description="bucketed: each stage's gradients reduced in buckets during its last backward, the last "
+        "bucket exposed; after_backward: each stage's once its backward is done (torch's REDUCE_GRAD); "
+        "after_schedule: all of a rank's once its whole schedule is done (Megatron-LM 2021, DeepSpeed)"
     )
     dp_bucket_params: PositiveInt = 40_000_000
     dp_bucket_params_per_dp_rank: NonNegativeInt = Field(

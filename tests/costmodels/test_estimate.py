@@ -220,7 +220,7 @@ def test_action_overhead_is_paid_per_pipeline_action() -> None:
 
 
 @pytest.mark.parametrize("schedule", ["1f1b", "gpipe", "zb-h1", "zb-h2", "interleaved-1f1b", "zbv"])
-@pytest.mark.parametrize("dp_grad_reduce", ["bucketed", "after_backward"])
+@pytest.mark.parametrize("dp_grad_reduce", ["bucketed", "after_backward", "after_schedule"])
 def test_exposed_parts_add_up_to_the_step(schedule: str, dp_grad_reduce: str) -> None:
     cluster = gpu_cluster(bandwidth_gbs=0.01, latency_us=10.0, action_overhead_s=1e-3)
     v = 2 if schedule in {"interleaved-1f1b", "zbv"} else 1
