@@ -100,7 +100,7 @@ def _qwen_first_dense_layers(config: dict[str, Any], model_type: str, num_layers
     ``ModelSpec`` holds leading dense layers only."""
     step = int(config.get("decoder_sparse_step", 1) or 1)
     if step != 1:
-        raise PlanError(f"{model_type} decoder_sparse_step {step} makes every {step}-th layer MoE: "
+        raise PlanError(f"{model_type} decoder_sparse_step {step} makes one layer in {step} MoE: "
                         "ppplan models leading dense layers only (first_dense_layers)")  # fmt: skip
     dense = sorted(int(i) for i in config.get("mlp_only_layers") or [])
     if dense != list(range(len(dense))) or len(dense) >= num_layers:
