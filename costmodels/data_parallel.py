@@ -59,8 +59,8 @@ def comm_overlaps_compute(cluster: ClusterSpec) -> bool:
 def dp_placement(cluster: ClusterSpec, cfg: ParallelConfig, pipeline_rank: int) -> GroupPlacement:
     """The DP group of (pipeline rank, tp rank 0) on the rank grid; every rank of a node it spans
     belongs to a DP group of the same stage that reduces at the same time (they share the NICs)."""
-    grid = RankGrid(cfg.tp, cfg.pp, cfg.dp)
-    senders = min(cluster.gpus_per_node, cfg.tp * cfg.dp)
+    grid = RankGrid(cfg.tp, cfg.pp, cfg.dp, cfg.cp)
+    senders = min(cluster.gpus_per_node, cfg.tp * cfg.cp * cfg.dp)
     return placement_of(grid.dp_group(pipeline_rank, 0), cluster.gpus_per_node, senders)
 
 

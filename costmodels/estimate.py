@@ -42,6 +42,7 @@ from costmodels.memory import (
     stage_params,
     static_memory,
 )
+from costmodels.params import model_parameters
 from costmodels.pipeline import PipelineResult, price_actions, price_pipeline
 from costmodels.rank_grid import RankCoord, RankGrid
 from costmodels.schedules.generate import schedule_of
@@ -135,9 +136,9 @@ def rank_memory_if_uniform_gib(
 def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, network: Network) -> tuple[float, ...]:
     """Boundary activation transfer between consecutive virtual stages (Megatron's scatter-gather
     optimisation sends s·b·h/t per TP rank); every rank of a stage on a node sends at once."""
-    grid = RankGrid(cfg.tp, cfg.pp, cfg.dp)
+    grid = RankGrid(cfg.tp, cfg.pp, cfg.dp, cfg.cp)
     num_bytes = bytes_per_element(train.precision) * train.seq_len * cfg.mbs * model.hidden_size / cfg.tp
-    senders = min(cluster.gpus_per_node, cfg.tp * cfg.dp)
+    senders = min(cluster.gpus_per_node, cfg.tp * cfg.cp * cfg.dp)
     layouts = stage_layouts(cfg)
     times = []
     for layout, following in zip(layouts, layouts[1:]):
@@ -300,7 +301,7 @@ def timeshared_compute_s(
     cores = cluster.concurrent_ranks_per_node
     if cores is None:
         return 0.0
-    grid = RankGrid(cfg.tp, cfg.pp, cfg.dp)
+    grid = RankGrid(cfg.tp, cfg.pp, cfg.dp, cfg.cp)
     on_node = range(min(grid.world_size, cluster.gpus_per_node))
     work_s = sum(busy_s[grid.coord(r).pp] + tail_s[grid.coord(r).pp] for r in on_node)
     # to the picosecond: plans with the same work (pp4 and pp2 x dp2) tie exactly, whatever the
@@ -382,6 +383,7 @@ def estimate(
     model_tflops = model_flops / step.step_s / gpus / 1e12
     hw_tflops = hw_flops / step.step_s / gpus / 1e12
     limit = memory_limit_gib(cluster)
+    parameters = model_parameters(model)
     return Estimate(
         step_time_s=step.step_s,
         tokens_per_s=train.global_batch * train.seq_len / step.step_s,
@@ -395,4 +397,6 @@ def estimate(
         fits=max(peak) <= limit,
         breakdown=step.breakdown,
         memory_breakdown_gib=[{k: round(v, 4) for k, v in m.items()} for m in memory],
+        params_total=float(parameters.total),
+        params_active=float(parameters.active),
     )
