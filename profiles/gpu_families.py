@@ -24,11 +24,11 @@ class FamilyConstants(StrictModel):
     """The six fitted constants (units and meaning: ``profiles.schema.Efficiency``)."""
 
     gemm_max: float = Field(gt=0, le=1)
-    gemm_half_dim: float = Field(ge=0)
+    gemm_half_dim: float = Field(ge=0, allow_inf_nan=False)
     hbm: float = Field(gt=0, le=1)
     intra_node_collective: float = Field(gt=0, le=1)
     inter_node_collective: float = Field(gt=0, le=1)
-    action_overhead_s: float = Field(ge=0)
+    action_overhead_s: float = Field(ge=0, allow_inf_nan=False)
 
 
 class FamilyFit(StrictModel):

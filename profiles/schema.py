@@ -232,13 +232,13 @@ class Efficiency(StrictModel):
     """
 
     gemm_max: float = Field(default=0.80, gt=0, le=1)
-    gemm_half_dim: float = Field(default=96.0, ge=0)
+    gemm_half_dim: float = Field(default=96.0, ge=0, allow_inf_nan=False)
     hbm: float = Field(default=0.80, gt=0, le=1)
     intra_node_collective: float = Field(default=0.80, gt=0, le=1)
     inter_node_collective: float = Field(default=0.80, gt=0, le=1)
-    action_overhead_s: float = Field(default=0.0, ge=0)
+    action_overhead_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     attention_max: float | None = Field(default=None, gt=0, le=1)
-    step_overhead_s: float = Field(default=0.0, ge=0)
+    step_overhead_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
 
 
 class ClusterSpec(StrictModel):
@@ -257,7 +257,7 @@ class ClusterSpec(StrictModel):
     intra_node: LinkSpec
     inter_node: LinkSpec
     nics_per_node: PositiveInt | None = None
-    nic_bandwidth_gbit_s: PositiveFloat | None = None
+    nic_bandwidth_gbit_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     efficiency: Efficiency = Efficiency()
     runtime_reserved_gib: float = Field(
         default=1.0, ge=0, description="HBM held outside the allocator: CUDA context, NCCL buffers"

@@ -127,3 +127,15 @@ def test_every_cluster_preset_loads() -> None:
     for name in preset_names("clusters"):
         assert load_cluster(name).efficiency.gemm_max > 0
     assert read_document(GPU_FAMILIES_YAML)["schema_version"] == 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("nics_per_node: 4\nnic_bandwidth_gbit_s: .inf\n", "finite"),
+    ("nics_per_node: 0\nnic_bandwidth_gbit_s: 200\n", "greater than 0"),
+    ("efficiency: {action_overhead_s: .inf}\n", "finite"),
+    ("efficiency: {gemm_max: 1.5}\n", "less than or equal to 1"),
+    ("efficiency: {gemm_speed: 0.5}\n", "unknown key"),
+])
+def test_bad_network_or_efficiency_values_are_refused(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(PlanError, match=message):
+        load_cluster(_write(tmp_path, LEGACY_A100 + extra))
