@@ -106,11 +106,10 @@ def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6) -> 
     for n in sorted(set(_neighbours(winner.candidate, searcher.gpus, searcher.train.global_batch, searcher.model, searcher.stack))):
         if n.pp * n.v > searcher.model.num_layers or n.pp > searcher.model.num_layers:
             continue
-        split = searcher.cut_points(n)
-        if split is None:
-            alts.append((float("inf"), Alternative(n.label(), None, "does not fit in memory on any cut")))
+        scored = searcher.price(n)
+        if scored is None:
             continue
-        est = searcher.score(n, split).estimate
+        est = scored.estimate
         if not est.fits:
             worst = max(est.peak_memory_gib)
             alts.append((float("inf"), Alternative(n.label(), est.step_time_s,
