@@ -23,6 +23,11 @@ WASTE_BUBBLE_FRACTION = 0.5  # more than half of the step idle in the pipeline
 WASTE_MFU_SHARE = 1 / 3  # MFU under a third of what the same GPUs reach on the same layers when busy
 
 
+def _g3(value: float) -> str:
+    """Three significant digits, trailing zeros kept (67.0, 0.553, 143): the text people read."""
+    return f"{value:#.3g}".rstrip(".") if abs(value) < 1e5 else f"{value:.3g}"
+
+
 def candidate_of(cfg: ParallelConfig) -> Candidate:
     return Candidate(cfg.tp, cfg.pp, cfg.dp, cfg.mbs, cfg.v, cfg.schedule, cfg.recompute_label,
                      cfg.sequence_parallel, cfg.zero, cfg.num_microbatches)
@@ -39,9 +44,9 @@ def binding_constraints(est: Estimate) -> list[str]:
     rank = est.peak_memory_gib.index(worst)
     headroom = 1 - worst / est.memory_limit_gib
     if headroom < 0:
-        lines.append(f"memory: does not fit, rank {rank} needs {worst:.3g} GiB > {est.memory_limit_gib:.3g} GiB")
+        lines.append(f"memory: does not fit, rank {rank} needs {_g3(worst)} GiB > {_g3(est.memory_limit_gib)} GiB")
     elif headroom < 0.10:
-        lines.append(f"memory binds: rank {rank} uses {worst:.3g} of {est.memory_limit_gib:.3g} GiB ({100 * headroom:.0f}% free)")
+        lines.append(f"memory binds: rank {rank} uses {_g3(worst)} of {_g3(est.memory_limit_gib)} GiB ({100 * headroom:.0f}% free)")
     b = est.breakdown
     step = est.step_time_s
     shares = {
@@ -53,7 +58,7 @@ def binding_constraints(est: Estimate) -> list[str]:
     }
     for name, seconds in sorted(shares.items(), key=lambda kv: -kv[1]):
         if seconds / step >= 0.05:
-            lines.append(f"{name}: {seconds:.3g} s ({100 * seconds / step:.0f}% of the step)")
+            lines.append(f"{name}: {_g3(seconds)} s ({100 * seconds / step:.0f}% of the step)")
     if not lines:
         lines.append("compute binds: no overhead above 5% of the step")
     return lines
@@ -72,13 +77,13 @@ def waste_warnings(cfg: ParallelConfig, est: Estimate, global_batch: int) -> lis
             "them busy (or use fewer GPUs)"
         )
     if est.bubble_fraction > WASTE_BUBBLE_FRACTION:
-        warnings.append(f"the pipeline bubble is {100 * est.bubble_fraction:.3g}% of the step: the GPUs idle more than "
+        warnings.append(f"the pipeline bubble is {_g3(100 * est.bubble_fraction)}% of the step: the GPUs idle more than "
                         "they compute (more microbatches per replica, or fewer pipeline stages, shrink it)")
     busy = est.breakdown.compute_s
     if busy > 0:
         ceiling = est.mfu * est.step_time_s / busy
         if est.mfu < WASTE_MFU_SHARE * ceiling:
-            warnings.append(f"MFU {100 * est.mfu:.3g}% is under a third of the {100 * ceiling:.3g}% these GPUs reach on "
+            warnings.append(f"MFU {_g3(100 * est.mfu)}% is under a third of the {_g3(100 * ceiling)}% these GPUs reach on "
                             "this model's layers while computing: most of the step is spent waiting")
     return warnings
 
@@ -145,7 +150,7 @@ def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6) -> 
         delta = 100 * (est.step_time_s / base - 1)
         if not est.fits:
             worst = max(est.peak_memory_gib)
-            reason = f"does not fit: {worst:.3g} GiB > {est.memory_limit_gib:.3g} GiB"
+            reason = f"does not fit: {_g3(worst)} GiB > {_g3(est.memory_limit_gib)} GiB"
             alts.append((float("inf"), Alternative(config=scored.config, step_time_s=est.step_time_s, delta_pct=delta,
                                                    reason=reason)))
             continue
@@ -170,7 +175,7 @@ def _why_slower(win: Estimate, other: Estimate, delta_pct: float, cfg: ParallelC
     if delta_pct < 0:
         if -delta_pct <= 100 * TOLERANCE:
             return f"{-delta_pct:.2g}% faster, within the search's {100 * TOLERANCE:.2g}% tolerance"
-        return f"{-delta_pct:.3g}% faster: {_outside_space(cfg, searcher)}"
+        return f"{_g3(-delta_pct)}% faster: {_outside_space(cfg, searcher)}"
     diffs = {
         "bubble": other.breakdown.bubble_s - win.breakdown.bubble_s,
         "TP communication": other.breakdown.tp_comm_s - win.breakdown.tp_comm_s,
@@ -179,7 +184,7 @@ def _why_slower(win: Estimate, other: Estimate, delta_pct: float, cfg: ParallelC
         "compute efficiency": other.breakdown.compute_s - win.breakdown.compute_s,
     }
     name, seconds = max(diffs.items(), key=lambda kv: kv[1])
-    return f"{delta_pct:.3g}% slower, mostly {name} (+{seconds:.3g} s)"
+    return f"{_g3(delta_pct)}% slower, mostly {name} (+{_g3(seconds)} s)"
 
 
 def rationale(winner: Scored, runner_up: Scored | None, alternatives: list[Alternative]) -> list[str]:
