@@ -24,6 +24,7 @@ from launch.emit.common import (
     shell_command,
     strongest_recompute,
 )
+from launch.emit.experts import megatron_model_args, megatron_parallel_args
 from launch.emit.megatron_cuts import Arg, pipeline_args
 from launch.emit.torchrun import torchrun_launcher_args
 from profiles.loader import load_stack
@@ -145,10 +146,12 @@ def megatron_args(plan: Plan, *, steps: int, lr: float, allow_layout: bool = Tru
     cuts, _, cut_warnings = pipeline_args(cfg.stage_layers, cfg.pp, cfg.v, allow_layout)
     shape, shape_warnings = model_args(plan.model, plan.train.seq_len)
     vocab, vocab_warnings = vocab_args(plan.model, cfg.tp)
-    args = parallel_args(cfg, plan.train.global_batch) + cuts + recompute_args(cfg) + zero_args(cfg)
-    args += overlap_args(cfg, stack) + kernel_args(stack) + precision_args(plan.train.precision) + shape + vocab
+    expert_context, expert_warnings, _ = megatron_parallel_args(cfg)
+    args = parallel_args(cfg, plan.train.global_batch) + expert_context + cuts + recompute_args(cfg) + zero_args(cfg)
+    args += overlap_args(cfg, stack) + kernel_args(stack) + precision_args(plan.train.precision) + shape
+    args += megatron_model_args(plan.model) + vocab
     args += [("--mock-data", None), ("--train-iters", str(steps)), ("--lr", f"{lr:g}"), ("--log-interval", "1")]
-    return args, cut_warnings + shape_warnings + vocab_warnings
+    return args, expert_warnings + cut_warnings + shape_warnings + vocab_warnings
 
 
 def megatron_2022_args(plan: Plan, *, steps: int, lr: float) -> tuple[list[Arg], list[str]]:
@@ -191,6 +194,7 @@ def era_model_warnings(model: ModelSpec) -> list[str]:
         ("rotary or ALiBi positions", model.position_embedding != "learned"),
         ("grouped-query attention", model.kv_heads != model.num_attention_heads),
         ("untied embeddings", not model.tie_embeddings), ("linear layers without biases", not model.linear_bias),
+        ("mixture of experts", model.is_moe), ("multi-head latent attention", model.is_mla),
     ) if present]  # fmt: skip
     if not missing:
         return []

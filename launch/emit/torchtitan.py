@@ -31,6 +31,7 @@ from launch.emit.common import (
     strongest_recompute,
 )
 from launch.emit.csv import CSV_NAME, render_csv
+from launch.emit.experts import torchtitan_moe_model, torchtitan_parallel_entries
 from launch.emit.toml_writer import TomlValue, toml_document
 from profiles.loader import load_stack
 from profiles.schema import ModelSpec, ParallelConfig, Plan
@@ -118,6 +119,8 @@ def recompute_entries(cfg: ParallelConfig) -> tuple[dict[str, TomlValue], list[s
 
 def model_entries(model: ModelSpec) -> tuple[dict[str, TomlValue], list[str]]:
     """torchtitan defines shapes in code (``llama3_args``); name a matching flavor or say what to register."""
+    if model.is_moe:
+        return torchtitan_moe_model(model)
     key = (model.hidden_size, model.num_layers, model.num_attention_heads, model.kv_heads, model.ffn_size, model.vocab_size)
     llama_style = model.activation == "swiglu" and model.norm == "rmsnorm" and model.position_embedding == "rope"
     warnings = []
@@ -149,7 +152,7 @@ def parallelism_entries(ctx: EmitContext) -> tuple[dict[str, TomlValue], list[st
         entries.update(schedule_entries(cfg, str(ctx.out_dir.resolve() / CSV_NAME)))
         entries["pipeline_parallel_microbatch_size"] = cfg.mbs
         entries["module_fqns_per_model_part"] = stage_module_names(cfg.stage_layers)
-    entries["context_parallel_degree"] = 1
+    entries.update(torchtitan_parallel_entries(ctx.plan.model, cfg))
     entries["disable_loss_parallel"] = not load_stack(cfg.stack).kernels.vocab_parallel_loss
     if cfg.tp > 1 and not cfg.sequence_parallel:
         warnings.append(
