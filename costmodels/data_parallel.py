@@ -130,10 +130,12 @@ def _gather_delay_s(stages: list[StageWindow], gathers: list[tuple[float, float]
 
 def rank_sync(
     cluster: ClusterSpec, cfg: ParallelConfig, overlap: StackOverlap, network: Network, pipeline_rank: int,
-    stages: list[StageWindow], rank_end_s: float, precision_bytes: int, grad_bytes: int,
+    stages: list[StageWindow], rank_end_s: float, precision_bytes: int, grad_bytes: int, timing_known: bool = True,
 ) -> RankSync:
     """The rank's gradient reduce and parameter gather, and what of them ``overlap`` exposes
-    (module docstring)."""
+    (module docstring). Without the stages' simulated times (``timing_known`` false: a pricer
+    that bounds the pipeline instead of simulating it) the exposed parts are lower bounds
+    (``_exposed_floor``)."""
     if cfg.dp == 1 or not stages:
         return RankSync()
     placement = dp_placement(cluster, cfg, pipeline_rank)
@@ -153,11 +155,27 @@ def rank_sync(
             transfers.append(_Transfer(start, st.last_backward_end_s, total, last))
     reduce_s = sum(t.total_s for t in transfers)
     reduce_exposed = max(0.0, _reduce_queue(transfers) - rank_end_s)
-    if cfg.zero not in (1, 2):
-        return RankSync(reduce_s, reduce_exposed)
     gathers = [(collective_s("all_gather", st.params * precision_bytes, placement, network),
                 collective_s("all_gather", min(st.params, bucket) * precision_bytes, placement, network)) for st in stages]
-    gather_s = sum(total for total, _ in gathers)
+    gather_s = sum(total for total, _ in gathers) if cfg.zero in (1, 2) else 0.0
     if not hides or overlap.param_gather == "after_step":
-        return RankSync(reduce_s, reduce_exposed, gather_s, gather_s)
-    return RankSync(reduce_s, reduce_exposed, gather_s, _gather_delay_s(stages, gathers))
+        gather_exposed = gather_s
+    elif timing_known:
+        gather_exposed = _gather_delay_s(stages, gathers) if gather_s else 0.0
+    else:
+        gather_exposed = _gather_floor_s(stages, gathers, pipeline_rank) if gather_s else 0.0
+    if not timing_known and hides and overlap.dp_grad_reduce != "after_schedule":
+        reduce_exposed = min(t.last_bucket_s for t in transfers)
+    return RankSync(reduce_s, reduce_exposed, gather_s, gather_exposed)
+
+
+def _gather_floor_s(stages: list[StageWindow], gathers: list[tuple[float, float]], pipeline_rank: int) -> float:
+    """A lower bound of the gather delay without simulated times: pipeline rank 0 runs stage 0's
+    first forward at time 0, so it waits for that stage's first bucket and for all of its
+    gather beyond that forward; any other rank may start late enough to wait for nothing.
+    (A rank's last action is a backward of one of its stages, so its reduce exposes at
+    least that stage's last bucket: ``rank_sync`` takes the smallest over its stages.)"""
+    if pipeline_rank != 0:
+        return 0.0
+    total, first = gathers[0]
+    return max(0.0, first, total - stages[0].forward_s)

@@ -342,7 +342,8 @@ def _rank_work(
             windows.append(StageWindow(plans[j].params, first_forward, costs[j].forward_s, last_backward,
                                        costs[j].backward_input_s + costs[j].backward_weight_s))
         sync = rank_sync(cluster, cfg, overlap, network, rank, windows, result.rank_span_s(rank)[1],
-                         bytes_per_element(train.precision), grad_reduce_bytes_per_param(train.precision))
+                         bytes_per_element(train.precision), grad_reduce_bytes_per_param(train.precision),
+                         timing_known=bool(result.stage_last_backward_s))
     shard = cfg.dp if cfg.zero >= 1 else 1
     optimizer = memory_bound_time_s(cluster, params / shard * ADAM_STEP_BYTES_PER_PARAM)
     return RankWork(passes=passes, hidden=hides, sync=sync, optimizer_s=optimizer)

@@ -14,6 +14,11 @@ step and a fixed per-step overhead:
 time). Where ranks time-share a node's cores the work bound
 (``costmodels.estimate.timeshared_compute_s``) may exceed the pipeline's: the step is the larger.
 
+A pricer that bounds the pipeline rather than simulating it (no per-rank times:
+``costmodels.pipeline_bound``) gets a lower bound of the step: the makespan bound plus the
+smallest exposed reduce of any rank and the lower bounds of the exposed traffic
+(``costmodels.data_parallel.rank_sync``), never more than the simulated step.
+
 The breakdown is the critical rank's (the one whose reduce finishes last):
 compute + recompute + tp_comm + pp_comm + dp_comm + bubble + optimizer + overhead = step
 exactly, where compute is the rank's busy time less what its actions spend on recompute, TP
@@ -57,8 +62,14 @@ def compose_step(
 ) -> StepTime:
     """The step time and its breakdown (module docstring)."""
     spans = [result.rank_span_s(r) for r in range(len(ranks))]
-    ready = [end + work.sync.grad_reduce_exposed_s for (_, end), work in zip(spans, ranks)]
-    critical = max(range(len(ranks)), key=lambda r: (ready[r], -r))
+    if result.rank_end_s:
+        ready = [end + work.sync.grad_reduce_exposed_s for (_, end), work in zip(spans, ranks)]
+        critical = max(range(len(ranks)), key=lambda r: (ready[r], -r))
+    else:
+        # a bounding pricer: every rank is taken to end with the makespan (bound), and only the
+        # smallest exposed reduce counts: the rank that really ends last exposes at least that
+        critical = min(range(len(ranks)), key=lambda r: (ranks[r].sync.grad_reduce_exposed_s, r))
+        ready = [result.makespan_s + ranks[critical].sync.grad_reduce_exposed_s] * len(ranks)
     gather_delay = max(work.sync.param_gather_exposed_s for work in ranks)
     optimizer_s = max(work.optimizer_s for work in ranks)
     core_s = ready[critical] + optimizer_s + gather_delay
