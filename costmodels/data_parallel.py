@@ -32,6 +32,7 @@ before the step. On a node whose cores both compute and move the bytes
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from costmodels.comm import Collective, GroupPlacement, Network, collective_s, placement_of
 from costmodels.rank_grid import RankGrid
@@ -59,9 +60,13 @@ def comm_overlaps_compute(cluster: ClusterSpec) -> bool:
 def dp_placement(cluster: ClusterSpec, cfg: ParallelConfig, pipeline_rank: int) -> GroupPlacement:
     """The DP group of (pipeline rank, tp rank 0) on the rank grid; every rank of a node it spans
     belongs to a DP group of the same stage that reduces at the same time (they share the NICs)."""
-    grid = RankGrid(cfg.tp, cfg.pp, cfg.dp, cfg.cp)
-    senders = min(cluster.gpus_per_node, cfg.tp * cfg.cp * cfg.dp)
-    return placement_of(grid.dp_group(pipeline_rank, 0), cluster.gpus_per_node, senders)
+    return _dp_placement(cfg.tp, cfg.pp, cfg.dp, cfg.cp, cluster.gpus_per_node, pipeline_rank)
+
+
+@lru_cache(maxsize=4096)
+def _dp_placement(tp: int, pp: int, dp: int, cp: int, gpus_per_node: int, pipeline_rank: int) -> GroupPlacement:
+    grid = RankGrid(tp, pp, dp, cp)
+    return placement_of(grid.dp_group(pipeline_rank, 0), gpus_per_node, min(gpus_per_node, tp * cp * dp))
 
 
 def bucket_params(overlap: StackOverlap, dp: int) -> float:
