@@ -24,7 +24,10 @@ compute + recompute + tp_comm + pp_comm + dp_comm + bubble + optimizer + overhea
 exactly, where compute is the rank's busy time less what its actions spend on recompute, TP
 communication, ZeRO-3 gathers, blocking p2p and per-action overhead (plus any time-sharing
 surplus), and bubble is its idle time up to its last action's end. Time hidden behind compute
-is reported apart in ``overlapped``.
+is reported apart in ``overlapped`` (seconds per step, only the terms that hide something):
+``dp_comm_s`` (gradient reduce), ``param_gather_s`` (ZeRO-1/2 gather), ``zero3_gather_s``
+(ZeRO-3 per-microbatch gathers), ``tp_comm_s`` (TP collectives under the GEMMs), ``pp_comm_s``
+(non-blocking p2p sends: their delays on the receivers are in the bubble).
 """
 
 from __future__ import annotations
