@@ -1,20 +1,40 @@
-"""Communication time by the alpha–beta model, per network tier.
+"""Communication time: alpha–beta collectives, hierarchical over the node boundary.
 
-Ring collectives (Thakur, Rabenseifner & Gropp 2005; Patarasuk & Yuan 2009):
-an all-reduce of n bytes over g ranks moves 2(g−1)/g·n bytes per rank in
-2(g−1) steps; reduce-scatter and all-gather move (g−1)/g·n in g−1 steps. A
-point-to-point send costs α + n/β. β is the cluster file's per-GPU,
-one-direction bandwidth of the slowest tier the group crosses, scaled by the
-achievable collective efficiency.
+One tier (every rank of the group on one node, or one rank per node): ring collectives
+(Thakur, Rabenseifner & Gropp 2005; Patarasuk & Yuan 2009) — an all-reduce of n bytes over
+g ranks moves 2(g−1)/g·n bytes per rank in 2(g−1) steps; reduce-scatter and all-gather move
+(g−1)/g·n in g−1 steps; a point-to-point send costs α + n/β.
+
+A group that spans N nodes with L of its ranks on each (``GroupPlacement``) runs
+hierarchically, intra-node then inter-node: an all-reduce is a reduce-scatter among the L
+local ranks over NVLink, an all-reduce of each rank's 1/L shard among the N nodes (the L
+shards in parallel, each over its own NIC path), and an all-gather among the L local ranks
+(the two-level algorithm of Jia et al. 2018, "Highly Scalable Deep Learning Training System
+with Mixed-Precision", Sec. 3.3; NCCL's rings and trees move the same bytes per tier). NCCL
+cuts the buffer into chunks that stream through both tiers at once, so the slower tier's
+bandwidth term bounds the time while every step's latency adds; this is why NCCL's measured
+multi-node all-reduce bus bandwidth approaches the node's total NIC rate rather than one
+GPU's (nccl-tests PERFORMANCE.md: busbw = algbw · 2(n−1)/n).
+
+Node egress (``ClusterSpec.node_egress_gbs``: NICs per node × NIC rate) is shared by the
+node's ranks that send across nodes at the same time (``node_senders``): each gets
+min(its own injection rate ``inter_node.bandwidth_gbs``, egress / senders). Collective
+efficiencies (``intra_node_collective``, ``inter_node_collective``, the GPU family's) scale
+each tier's bandwidth. ``collective_s`` prices every collective; the helpers below it name
+the tensor-parallel ones.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 from profiles.schema import ClusterSpec
 
 US = 1e-6
+FP32_BYTES = 4
+Collective = Literal["all_reduce", "reduce_scatter", "all_gather", "p2p"]
 
 
 @dataclass(frozen=True)
@@ -25,40 +45,39 @@ class Link:
     latency_s: float
 
 
-def link_for(cluster: ClusterSpec, crosses_nodes: bool) -> Link:
-    if crosses_nodes:
-        tier, eff = cluster.inter_node, cluster.efficiency.inter_node_collective
-    else:
-        tier, eff = cluster.intra_node, cluster.efficiency.intra_node_collective
-    return Link(bandwidth_bytes_per_s=bandwidth_bytes_per_s(tier.bandwidth_gbs) * eff, latency_s=tier.latency_us * US)
+@dataclass(frozen=True)
+class Network:
+    """What a rank sees: its NVLink tier, its own path into the network, and its node's NICs.
+
+    ``inter`` is one GPU's injection rate (its NIC in a rail-optimised node);
+    ``node_egress_bytes_per_s`` all NICs of the node together, shared by its senders."""
+
+    intra: Link
+    inter: Link
+    node_egress_bytes_per_s: float
+    gpus_per_node: int
+    # measured intra-node links per collective (``ppplan profile-comm``, ``costmodels.runtime_costs``)
+    intra_by_collective: tuple[tuple[str, Link], ...] = ()
+
+    def intra_for(self, kind: str) -> Link:
+        """The intra-node link a collective of ``kind`` runs at: its measured one, else ``intra``."""
+        return next((link for name, link in self.intra_by_collective if name == kind), self.intra)
 
 
-def all_reduce_s(num_bytes: float, group_size: int, link: Link) -> float:
-    """Ring all-reduce: 2(g−1)·α + 2(g−1)/g · n/β."""
-    if group_size <= 1 or num_bytes <= 0:
-        return 0.0
-    g = group_size
-    return 2 * (g - 1) * link.latency_s + 2 * (g - 1) / g * num_bytes / link.bandwidth_bytes_per_s
+@dataclass(frozen=True)
+class GroupPlacement:
+    """Where a process group's ranks sit: ``size`` ranks, at most ``ranks_per_node`` (L) of them
+    on each of the ``nodes`` (N) it spans, and ``node_senders`` ranks of one node that send
+    across nodes at the same time (all groups of that kind run together)."""
 
+    size: int
+    ranks_per_node: int
+    nodes: int
+    node_senders: int
 
-def reduce_scatter_s(num_bytes: float, group_size: int, link: Link) -> float:
-    """Ring reduce-scatter of an ``num_bytes`` buffer: (g−1)·α + (g−1)/g · n/β."""
-    if group_size <= 1 or num_bytes <= 0:
-        return 0.0
-    g = group_size
-    return (g - 1) * link.latency_s + (g - 1) / g * num_bytes / link.bandwidth_bytes_per_s
-
-
-def all_gather_s(num_bytes: float, group_size: int, link: Link) -> float:
-    """Ring all-gather producing ``num_bytes`` per rank; same cost as reduce-scatter."""
-    return reduce_scatter_s(num_bytes, group_size, link)
-
-
-def p2p_s(num_bytes: float, link: Link) -> float:
-    """One point-to-point transfer: α + n/β."""
-    if num_bytes <= 0:
-        return 0.0
-    return link.latency_s + num_bytes / link.bandwidth_bytes_per_s
+    @property
+    def crosses_nodes(self) -> bool:
+        return self.nodes > 1
 
 
 def bandwidth_bytes_per_s(bandwidth_gbs: float) -> float:
@@ -66,7 +85,95 @@ def bandwidth_bytes_per_s(bandwidth_gbs: float) -> float:
     return bandwidth_gbs * 1e9
 
 
-def tp_layer_comm_s(tokens: int, hidden: int, bytes_per_element: int, tp: int, link: Link) -> float:
+def link_for(cluster: ClusterSpec, crosses_nodes: bool) -> Link:
+    """One GPU's link of a tier, scaled by the family's collective efficiency of that tier."""
+    if crosses_nodes:
+        tier, eff = cluster.inter_node, cluster.efficiency.inter_node_collective
+    else:
+        tier, eff = cluster.intra_node, cluster.efficiency.intra_node_collective
+    return Link(bandwidth_bytes_per_s=bandwidth_bytes_per_s(tier.bandwidth_gbs) * eff, latency_s=tier.latency_us * US)
+
+
+def network_for(cluster: ClusterSpec, links: tuple[Link, Link] | None = None) -> Network:
+    """The cluster's network; ``links`` (intra, inter), e.g. measured by ``ppplan profile-comm``,
+    replace the cluster file's per-GPU links (the node's egress stays the file's)."""
+    intra, inter = links or (link_for(cluster, False), link_for(cluster, True))
+    egress = bandwidth_bytes_per_s(cluster.node_egress_gbs) * cluster.efficiency.inter_node_collective
+    return Network(intra=intra, inter=inter, node_egress_bytes_per_s=egress, gpus_per_node=cluster.gpus_per_node)
+
+
+def placement_of(ranks: list[int], gpus_per_node: int, node_senders: int) -> GroupPlacement:
+    """The placement of a group of global ranks on nodes of ``gpus_per_node`` consecutive ranks."""
+    per_node: dict[int, int] = {}
+    for rank in ranks:
+        per_node[rank // gpus_per_node] = per_node.get(rank // gpus_per_node, 0) + 1
+    return GroupPlacement(size=len(ranks), ranks_per_node=max(per_node.values()), nodes=len(per_node),
+                          node_senders=node_senders)
+
+
+def contiguous_placement(size: int, gpus_per_node: int) -> GroupPlacement:
+    """A group of ``size`` consecutive ranks (a TP group) on full nodes: every rank of a node it
+    spans sends across nodes at once."""
+    local = min(size, gpus_per_node)
+    return GroupPlacement(size=size, ranks_per_node=local, nodes=math.ceil(size / gpus_per_node),
+                          node_senders=gpus_per_node)
+
+
+def inter_node_rate(network: Network, placement: GroupPlacement) -> float:
+    """Bytes/s one rank moves across nodes: its own path, or its share of the node's NICs."""
+    return min(network.inter.bandwidth_bytes_per_s, network.node_egress_bytes_per_s / max(1, placement.node_senders))
+
+
+def _ring_steps(kind: Collective, group: int) -> tuple[float, float]:
+    """(latency steps, fraction of the buffer moved per rank) of a ring collective over ``group`` ranks."""
+    if group <= 1:
+        return 0.0, 0.0
+    if kind == "all_reduce":
+        return 2.0 * (group - 1), 2.0 * (group - 1) / group
+    return float(group - 1), (group - 1) / group
+
+
+def collective_s(kind: Collective, num_bytes: float, placement: GroupPlacement, network: Network) -> float:
+    """Seconds of one collective of ``num_bytes`` (the buffer each rank holds: the all-reduced
+    tensor, the reduce-scatter's input, the all-gather's output, the p2p message).
+
+    Within a node: the ring at the NVLink rate. Across nodes: the intra-node ring over the
+    L local ranks and the inter-node ring over the N nodes on each rank's 1/L shard, the
+    slower tier's bandwidth term bounding the time and every step's latency added (see the
+    module docstring). p2p: α + n/β of the tier it crosses."""
+    if num_bytes <= 0:
+        return 0.0
+    intra = network.intra_for(kind)
+    if kind == "p2p":
+        if placement.crosses_nodes:
+            return network.inter.latency_s + num_bytes / inter_node_rate(network, placement)
+        return intra.latency_s + num_bytes / intra.bandwidth_bytes_per_s
+    if placement.size <= 1:
+        return 0.0
+    local_steps, local_fraction = _ring_steps(kind, placement.ranks_per_node)
+    if not placement.crosses_nodes:
+        return local_steps * intra.latency_s + local_fraction * num_bytes / intra.bandwidth_bytes_per_s
+    node_steps, node_fraction = _ring_steps(kind, placement.nodes)
+    intra_s = local_fraction * num_bytes / intra.bandwidth_bytes_per_s
+    inter_s = node_fraction * num_bytes / placement.ranks_per_node / inter_node_rate(network, placement)
+    latency_s = local_steps * intra.latency_s + node_steps * network.inter.latency_s
+    return latency_s + max(intra_s, inter_s)
+
+
+# -- one tier (measured links, CPU profiles) ---------------------------------------------------
+
+
+def ring_s(kind: Collective, num_bytes: float, group_size: int, link: Link) -> float:
+    """A ring collective over ``group_size`` ranks on one ``link``: ``collective_s`` for a group
+    inside one node whose NVLink tier is ``link``."""
+    network = Network(intra=link, inter=link, node_egress_bytes_per_s=link.bandwidth_bytes_per_s, gpus_per_node=group_size)
+    return collective_s(kind, num_bytes, GroupPlacement(group_size, group_size, 1, group_size), network)
+
+
+# -- tensor-parallel collectives of one layer (Megatron-LM's placement) -------------------------
+
+
+def tp_layer_comm_s(tokens: int, hidden: int, bytes_per_element: int, tp: int, network: Network) -> float:
     """Tensor-parallel traffic of one transformer layer in one direction (forward or backward).
 
     Megatron's layer needs two all-reduces of the s·b·h activations per pass
@@ -74,22 +181,36 @@ def tp_layer_comm_s(tokens: int, hidden: int, bytes_per_element: int, tp: int, l
     reduce-scatter plus an all-gather of the same total volume
     (Korthikanti et al. 2022, Sec. 4.2.2), so the time is the same.
     """
-    return 2 * all_reduce_s(tokens * hidden * bytes_per_element, tp, link)
+    placement = contiguous_placement(tp, network.gpus_per_node)
+    return 2 * collective_s("all_reduce", tokens * hidden * bytes_per_element, placement, network)
 
 
-def embedding_tp_comm_s(tokens: int, hidden: int, bytes_per_element: int, tp: int, sequence_parallel: bool, link: Link) -> float:
+def embedding_tp_comm_s(tokens: int, hidden: int, bytes_per_element: int, tp: int, sequence_parallel: bool,
+                        network: Network) -> float:
     """The vocab-parallel embedding's all-reduce of s·b·h in the forward (a reduce-scatter of the
-    same buffer with sequence parallelism: half the time; Korthikanti et al. 2022, Sec. 4.2.2)."""
-    return all_reduce_s(bytes_per_element * tokens * hidden, tp, link) / (2 if sequence_parallel else 1)
+    same buffer with sequence parallelism; Korthikanti et al. 2022, Sec. 4.2.2)."""
+    placement = contiguous_placement(tp, network.gpus_per_node)
+    kind: Collective = "reduce_scatter" if sequence_parallel else "all_reduce"
+    return collective_s(kind, bytes_per_element * tokens * hidden, placement, network)
 
 
-def sequence_parallel_gather_s(tokens: int, hidden: int, bytes_per_element: int, tp: int, link: Link) -> float:
+def sequence_parallel_gather_s(tokens: int, hidden: int, bytes_per_element: int, tp: int, network: Network) -> float:
     """With sequence parallelism, the all-gather of the s·b·h activations before a column-parallel
-    GEMM (and the matching reduce-scatter of their gradient): half an all-reduce."""
-    return all_reduce_s(bytes_per_element * tokens * hidden, tp, link) / 2
+    GEMM (and the matching reduce-scatter of their gradient)."""
+    placement = contiguous_placement(tp, network.gpus_per_node)
+    return collective_s("all_gather", bytes_per_element * tokens * hidden, placement, network)
 
 
-def logits_gather_s(tokens: int, vocab: int, bytes_per_element: int, tp: int, link: Link) -> float:
-    """All-gather of the vocab-parallel logits to the full vocabulary on every TP rank, as ppplan's
-    runtime computes its loss (its backward is a local slice: no traffic)."""
-    return all_reduce_s(bytes_per_element * tokens * vocab, tp, link) / 2 if tp > 1 else 0.0
+def logits_gather_s(tokens: int, vocab: int, bytes_per_element: int, tp: int, network: Network) -> float:
+    """All-gather of the vocab-parallel logits to the full vocabulary on every TP rank, as a stack
+    without a vocab-parallel loss computes it (its backward is a local slice: no traffic)."""
+    placement = contiguous_placement(tp, network.gpus_per_node)
+    return collective_s("all_gather", bytes_per_element * tokens * vocab, placement, network)
+
+
+def vocab_parallel_loss_comm_s(tokens: int, tp: int, network: Network) -> float:
+    """Megatron's vocab-parallel cross-entropy: three all-reduces of one fp32 value per token
+    (the logits' max, the sum of exponentials, the target logit; Megatron-LM
+    ``mpu/cross_entropy.py``)."""
+    placement = contiguous_placement(tp, network.gpus_per_node)
+    return 3 * collective_s("all_reduce", FP32_BYTES * tokens, placement, network)

@@ -1,27 +1,35 @@
-"""Compute time by a roofline with an efficiency curve for small GEMMs.
+"""Operator time by roofline (``costmodels.operators`` lists what runs).
 
-A GEMM of ``flops`` FLOPs whose smallest dimension is ``d`` runs at
-``peak · gemm_max · d / (d + gemm_half_dim)``: tensor-core GEMMs saturate
-once every dimension is a few hundred wide and fall off roughly
-hyperbolically below that (tile quantisation and wave quantisation; NVIDIA
-"Matrix Multiplication Background User's Guide", and the GEMM throughput
-curves in Narayanan et al. SC21, Fig. 8). The default constants are a
-priori, not fitted to any published run: ``gemm_max = 0.80`` is the fraction
-of dense peak cuBLAS reaches on large bf16 GEMMs on A100/H100 (NVIDIA's
-published cuBLAS benchmarks), and ``gemm_half_dim = 96`` puts a 1,024-wide
-GEMM at 91 % of that and a 128-wide one at 57 %. Fused attention runs at
-``attention_max`` of peak (FlashAttention-2 paper, Dao 2023: 50–73 % forward,
-lower backward). Element-wise work (norms, activations, residual adds,
-rotary) is bound by HBM bandwidth at ``hbm`` efficiency.
+- GEMM: ``2·m·n·k`` FLOPs at ``peak · gemm_max · d / (d + gemm_half_dim)`` where ``d`` is
+  its smallest dimension: tensor-core GEMMs saturate once every dimension is a few hundred
+  wide and fall off roughly hyperbolically below that (tile and wave quantization; NVIDIA
+  "Matrix Multiplication Background User's Guide", and the GEMM throughput curves in
+  Narayanan et al. SC21, Fig. 8). Never faster than its operands and result moving through
+  HBM (the memory roof: a skinny GEMM, like the unfused attention's QKᵀ with k = head dim,
+  is bound by bytes).
+- Flash attention: a fused kernel whose inner products run on the tensor cores like a GEMM;
+  FlashAttention-2 reaches 50-73 % of A100 peak, approaching the efficiency of GEMMs
+  (Dao 2023, abstract). Its forward runs at ``gemm_max`` times the ratio of FA2's forward
+  with its softmax to the same kernel with the softmax removed (68 % vs 83 % of the
+  clock-adjusted A100 peak, non-causal, head dim 128: 0.82; liangan1/GPU_travel
+  performance/flash-attn/README.md), and its backward at 0.7 of the forward's rate
+  (flash-attention's own benchmark: 0.66-0.77 across head dims and masks, e.g. apache/tvm
+  tl_doc/flash_perf.md, RTX 4090, head dim 128: 124.6 vs 169.3 TFLOP/s non-causal,
+  99.2 vs 151.2 causal). A GPU family that measured its kernel states ``attention_max``.
+- Memory-bound kernels: bytes read and written over ``hbm`` of the HBM bandwidth.
 """
 
 from __future__ import annotations
 
 from costmodels.comm import bandwidth_bytes_per_s
+from costmodels.operators import FlashAttention, Gemm, MemoryBound, Operator
 from profiles.errors import PlanError
 from profiles.schema import ClusterSpec
 
 FP8_GEMM_PRECISION = "fp8"
+FLASH_FORWARD_FRACTION_OF_GEMM = 0.82  # FA2 forward with / without its softmax on A100 (module docstring)
+FLASH_BACKWARD_RATE_RATIO = 0.7  # FA2 backward's FLOP rate over its forward's (module docstring)
+GEMM_OPERAND_BYTES = {"fp8": 1, "bf16": 2, "fp16": 2, "fp32": 4}
 
 
 def peak_flops(cluster: ClusterSpec, precision: str) -> float:
@@ -48,17 +56,53 @@ def gemm_efficiency(cluster: ClusterSpec, min_dim: float) -> float:
     return eff.gemm_max * min_dim / (min_dim + eff.gemm_half_dim)
 
 
+def gemm_bytes(gemm: Gemm, precision: str) -> float:
+    """HBM bytes of a GEMM: both operands in the GEMM precision, the result in the activation one."""
+    operand, result = GEMM_OPERAND_BYTES[precision], GEMM_OPERAND_BYTES[non_gemm_precision(precision)]
+    return gemm.batch * (operand * (gemm.m * gemm.k + gemm.k * gemm.n) + result * gemm.m * gemm.n)
+
+
+def gemm_op_time_s(cluster: ClusterSpec, precision: str, gemm: Gemm) -> float:
+    """The slower of the compute roof (efficiency of the smallest dimension) and the memory roof."""
+    compute = gemm.flops / (peak_flops(cluster, precision) * gemm_efficiency(cluster, min(gemm.m, gemm.n, gemm.k)))
+    return max(compute, memory_bound_time_s(cluster, gemm_bytes(gemm, precision)))
+
+
 def gemm_time_s(cluster: ClusterSpec, precision: str, m: float, n: float, k: float) -> float:
-    """Time of an (m × k) · (k × n) GEMM: 2·m·n·k FLOPs at the efficiency of its smallest dimension."""
-    flops = 2.0 * m * n * k
-    return flops / (peak_flops(cluster, precision) * gemm_efficiency(cluster, min(m, n, k)))
+    """Time of an (m × k) · (k × n) GEMM (``gemm_op_time_s``)."""
+    return gemm_op_time_s(cluster, precision, Gemm("gemm", m, n, k))
 
 
-def attention_time_s(cluster: ClusterSpec, precision: str, flops: float) -> float:
-    """Fused attention core (QKᵀ, softmax, AV) at ``attention_max`` of the non-GEMM precision peak."""
-    return flops / (peak_flops(cluster, non_gemm_precision(precision)) * cluster.efficiency.attention_max)
+def flash_attention_efficiency(cluster: ClusterSpec, backward: bool) -> float:
+    """Fraction of the (non-GEMM precision) peak a flash attention kernel reaches on the FLOPs
+    it executes: the family's measured ``attention_max``, or ``gemm_max`` times FA2's
+    softmax ratio; the backward at ``FLASH_BACKWARD_RATE_RATIO`` of that."""
+    eff = cluster.efficiency
+    forward = eff.attention_max if eff.attention_max is not None else eff.gemm_max * FLASH_FORWARD_FRACTION_OF_GEMM
+    return forward * (FLASH_BACKWARD_RATE_RATIO if backward else 1.0)
+
+
+def attention_time_s(cluster: ClusterSpec, precision: str, attention: FlashAttention) -> float:
+    """A flash attention kernel's executed FLOPs at ``flash_attention_efficiency``."""
+    peak = peak_flops(cluster, non_gemm_precision(precision))
+    return attention.flops / (peak * flash_attention_efficiency(cluster, attention.backward))
 
 
 def memory_bound_time_s(cluster: ClusterSpec, num_bytes: float) -> float:
     """Element-wise kernels: bytes read + written over achievable HBM bandwidth."""
     return num_bytes / (bandwidth_bytes_per_s(cluster.gpu.hbm_bandwidth_gbs) * cluster.efficiency.hbm)
+
+
+def operator_time_s(cluster: ClusterSpec, precision: str, op: Operator) -> float:
+    """Seconds of one operator by its kind (see the module docstring)."""
+    if isinstance(op, Gemm):
+        return gemm_op_time_s(cluster, precision, op)
+    if isinstance(op, FlashAttention):
+        return attention_time_s(cluster, precision, op)
+    if isinstance(op, MemoryBound):
+        return memory_bound_time_s(cluster, op.bytes)
+    raise TypeError(f"unknown operator {op!r}")
+
+
+def operators_time_s(cluster: ClusterSpec, precision: str, ops: tuple[Operator, ...]) -> float:
+    return sum(operator_time_s(cluster, precision, op) for op in ops)

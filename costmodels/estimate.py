@@ -1,20 +1,37 @@
-"""``estimate(model, cluster, train, config) -> Estimate``: one configuration, priced.
+"""``estimate(model, cluster, train, config, stack=...) -> Estimate``: one configuration, priced.
 
-Step time = the pipeline makespan over the schedule's exact action list
-(``costmodels.pipeline.price_pipeline``) with per-stage F/B/W times and p2p,
-plus the exposed part of data-parallel gradient traffic, the optimizer step
-and a fixed per-step overhead. Memory is per pipeline rank.
+Per virtual stage, the F/B/W times of its layers (``costmodels.layer_costs``: the stack's
+operators by roofline, or a measured profile) plus what the stack's runtime adds to each
+pipeline action: ZeRO-3 parameter gathers beyond what compute hides, blocking p2p sends,
+and a fixed overhead per action (``_stage_costs``). The event simulator runs the schedule's
+exact action list over them (``costmodels.pipeline.price_pipeline``); the data-parallel
+traffic each rank leaves exposed (``costmodels.data_parallel``), the optimizer step and a
+per-step overhead complete the step, composed explicitly with a breakdown whose exposed
+parts add up to it (``costmodels.step_time``). Memory is per pipeline rank.
+
+The stack (``StackSpec``) decides kernels, overlaps and overheads; ``stack=None`` prices the
+schema's defaults (``StackKernels()``, ``NEUTRAL_OVERLAP``): callers that plan for a stack pass it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
-from costmodels.comm import Link, all_gather_s, all_reduce_s, link_for, p2p_s, reduce_scatter_s
+from costmodels.comm import GroupPlacement, Network, collective_s, network_for
 from costmodels.compute import memory_bound_time_s, peak_flops
+from costmodels.data_parallel import (
+    RankSync,
+    StageWindow,
+    bucket_params,
+    comm_overlaps_compute,
+    dp_placement,
+    grad_reduce_bytes_per_param,
+    rank_sync,
+    zero3_gather_s,
+)
 from costmodels.flops import hardware_flops_per_iteration, model_flops_per_iteration, parameter_counts
-from costmodels.layer_costs import ZERO_PASS, LayerTimes, PassTimes, RooflineTimes, bytes_per_element
+from costmodels.layer_costs import ZERO_PASS, LayerTimes, PassTimes, RooflineTimes, bytes_per_element, runs_on_cpu
 from costmodels.layout import StageLayout, layouts_of, stage_layouts
 from costmodels.memory import (
     GIB,
@@ -25,8 +42,9 @@ from costmodels.memory import (
     stage_params,
     static_memory,
 )
+from costmodels.params import model_parameters
 from costmodels.pipeline import PipelineResult, price_actions, price_pipeline
-from costmodels.rank_grid import RankCoord, RankGrid, stage_to_rank
+from costmodels.rank_grid import RankCoord, RankGrid
 from costmodels.runtime_costs import (
     NO_RUNTIME_COSTS,
     RuntimeCosts,
@@ -34,18 +52,24 @@ from costmodels.runtime_costs import (
     optimizer_temp_bytes,
     recompute_working_bytes,
     runtime_costs_of,
-    with_host_overhead,
+    with_measured_links,
 )
 from costmodels.schedules.generate import schedule_of
 from costmodels.schedules.registry import schedule_spec
 from costmodels.simulator import StageTimes
-from profiles.schema import Breakdown, ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
+from costmodels.step_time import RankWork, compose_step
+from profiles.schema import ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
+from profiles.stack_schema import StackKernels, StackOverlap, StackSpec
+
+__all__ = ["comm_overlaps_compute", "estimate", "stage_times", "rank_memory_if_uniform_gib", "memory_limit_gib"]
 
 PipelinePricer = Callable[[str, int, int, int, StageTimes], PipelineResult]
-GRAD_REDUCE_BYTES = 4  # gradients are reduced in fp32 (Megatron's --accumulate-allreduce-grads-in-fp32 default for bf16)
-# AdamW step traffic: read fp32 param, grad, m, v (16 B); write param, m, v (12 B) and the 2-byte copy
+# AdamW step traffic per parameter, one fused multi-tensor kernel: read the fp32 weight, gradient,
+# m and v (16 B), write weight, m and v (12 B) and the 2-byte copy the forward uses.
 ADAM_STEP_BYTES_PER_PARAM = 30
-DP_BUCKET_PARAMS = 40_000_000  # Megatron-LM DDP bucket size (megatron/core/distributed, bucket_size default 40M)
+# No stack given: DP gradients reduced in buckets during the last backward (the schema's
+# defaults for everything else: parameter gather overlapped, TP and p2p exposed, no overhead).
+NEUTRAL_OVERLAP = StackOverlap(dp_grad_reduce="bucketed")
 # Buffer counts (each a multiple of one buffer's bytes):
 ZERO3_GATHERED_UNITS = 2  # FSDP2 with resharding: the unit in use and the one prefetched (torch FSDP2 implicit prefetch)
 TRANSIENT_COPIES = 2  # the widest activation (MLP intermediate, or fp32 logits) and its gradient, alive together in backward
@@ -68,9 +92,10 @@ class StagePlan:
         return self.layout.pipeline_rank
 
 
-def activation_variant(cluster: ClusterSpec, train: TrainSpec) -> ActivationVariant:
-    """What ppplan's runtime stores on this cluster's device (a "cpu" GPU name means CPU)."""
-    return ActivationVariant.runtime(train.precision, device="cpu" if cluster.gpu.name == "cpu" else "cuda")
+def activation_variant(cluster: ClusterSpec, train: TrainSpec, kernels: StackKernels | None = None) -> ActivationVariant:
+    """What the stack's runtime stores on this cluster's device (a "cpu" GPU name means CPU)."""
+    device = "cpu" if runs_on_cpu(cluster) else "cuda"
+    return ActivationVariant.for_stack(kernels or StackKernels(), train.precision, device)
 
 
 def _stage_plan(
@@ -99,149 +124,129 @@ def _stage_plan(
     )
 
 
-def _stage_plans(
-    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes
-) -> list[StagePlan]:
-    variant = activation_variant(cluster, train)
-    return [_stage_plan(model, train, cfg, layers, layout, variant) for layout in stage_layouts(cfg)]
-
-
 def rank_memory_if_uniform_gib(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
-    rank: int, layers_per_stage: int, inflight_stage_microbatches: float,
+    rank: int, layers_per_stage: int, inflight_stage_microbatches: float, stack: StackSpec | None = None,
 ) -> float:
     """Peak GiB of pipeline ``rank`` if each of its stages held ``layers_per_stage`` layers and
     ``inflight_stage_microbatches`` stage-microbatches were alive (affine in the layer count;
     the search derives per-rank layer caps from it)."""
-    variant = activation_variant(cluster, train)
+    variant = activation_variant(cluster, train, stack.kernels if stack else None)
     plans = [
         _stage_plan(model, train, cfg, None, layout, variant)
         for layout in layouts_of([layers_per_stage] * cfg.num_stages, cfg.pp, cfg.v, cfg.schedule)
         if layout.pipeline_rank == rank
     ]
     peak = inflight_stage_microbatches * max(st.activation_bytes for st in plans)
-    return sum(_rank_memory_gib(model, cluster, train, cfg, plans, peak).values())
+    overlap = stack.overlap if stack else NEUTRAL_OVERLAP
+    return sum(_rank_memory_gib(model, cluster, train, cfg, plans, peak, overlap, variant).values())
 
 
-def _p2p_times(
-    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, costs: RuntimeCosts = NO_RUNTIME_COSTS
-) -> tuple[float, ...]:
+def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, network: Network) -> tuple[float, ...]:
     """Boundary activation transfer between consecutive virtual stages (Megatron's scatter-gather
-    optimisation sends s·b·h/t per TP rank); inside a node over the measured p2p link when
-    ``profile-comm`` gave one (``costmodels.runtime_costs``)."""
-    grid = RankGrid(cfg.tp, cfg.pp, cfg.dp)
+    optimisation sends s·b·h/t per TP rank); every rank of a stage on a node sends at once."""
+    grid = RankGrid(cfg.tp, cfg.pp, cfg.dp, cfg.cp)
     num_bytes = bytes_per_element(train.precision) * train.seq_len * cfg.mbs * model.hidden_size / cfg.tp
+    senders = min(cluster.gpus_per_node, cfg.tp * cfg.cp * cfg.dp)
+    layouts = stage_layouts(cfg)
     times = []
-    for j in range(cfg.num_stages - 1):
-        a = grid.rank(RankCoord(0, stage_to_rank(j, cfg.pp, cfg.v, cfg.schedule), 0))
-        b = grid.rank(RankCoord(0, stage_to_rank(j + 1, cfg.pp, cfg.v, cfg.schedule), 0))
+    for layout, following in zip(layouts, layouts[1:]):
+        a = grid.rank(RankCoord(0, layout.pipeline_rank, 0))
+        b = grid.rank(RankCoord(0, following.pipeline_rank, 0))
+        if a == b:
+            times.append(0.0)
+            continue
         crosses = a // cluster.gpus_per_node != b // cluster.gpus_per_node
-        link = costs.p2p_link if costs.p2p_link is not None and not crosses else link_for(cluster, crosses)
-        times.append(0.0 if a == b else p2p_s(num_bytes, link))
+        placement = GroupPlacement(size=2, ranks_per_node=1 if crosses else 2, nodes=2 if crosses else 1, node_senders=senders)
+        times.append(collective_s("p2p", num_bytes, placement, network))
     return tuple(times)
 
 
-def _zero_per_microbatch_s(cfg: ParallelConfig, params: float, link: Link, precision: str) -> tuple[float, float]:
-    """(forward, backward) parameter all-gather per microbatch under ZeRO-3: FSDP2 with
-    ``reshard_after_forward=True`` frees the gathered weights after each forward and
-    gathers them again for the backward (Rajbhandari et al. 2020, Sec. 5.3). Gradients are
-    reduce-scattered once per step in every stage (``_dp_exposed_s``)."""
-    if cfg.zero != 3:
-        return 0.0, 0.0
-    ag = all_gather_s(params * bytes_per_element(precision), cfg.dp, link)
-    return ag, ag
+def action_overhead_s(cluster: ClusterSpec, overlap: StackOverlap, costs: RuntimeCosts = NO_RUNTIME_COSTS) -> float:
+    """Fixed seconds per pipeline action: the GPU family's (fitted) plus the stack's host cost, or
+    the host cost ``ppplan profile`` measured for this machine (``costmodels.runtime_costs``)."""
+    host = overlap.host_overhead_per_action_s if costs.host_overhead_per_action_s is None else costs.host_overhead_per_action_s
+    return cluster.efficiency.action_overhead_s + host
+
+
+def _stage_costs(
+    cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, plans: list[StagePlan], overlap: StackOverlap,
+    network: Network, p2p: tuple[float, ...], runtime: RuntimeCosts = NO_RUNTIME_COSTS,
+) -> tuple[list[PassTimes], list[dict[str, float]]]:
+    """Each stage's per-microbatch passes as its actions run them, with what they hide.
+
+    ZeRO-3: the stage's parameters are all-gathered for F and again for B; the gather
+    overlaps that pass's compute (FSDP2 prefetch) where comm overlaps compute, and only the
+    excess shows. Blocking p2p (``overlap.p2p == "exposed"``): F holds the rank for its send
+    to the next stage, B for its send to the previous one. Every action pays the fixed
+    per-action overhead (W only where the schedule splits the backward)."""
+    overhead = action_overhead_s(cluster, overlap, runtime)
+    split = schedule_spec(cfg.schedule).split_backward
+    p = bytes_per_element(train.precision)
+    costs, hidden = [], []
+    for j, st in enumerate(plans):
+        t = st.times
+        f, b, w = t.forward_s, t.backward_input_s, t.backward_weight_s
+        dp_in_actions, hides = 0.0, {}
+        if cfg.zero == 3 and cfg.dp > 1:
+            gather = zero3_gather_s(st.params, p, dp_placement(cluster, cfg, st.rank), network)
+            hide_f, hide_b = (f, b + w) if comm_overlaps_compute(cluster) else (0.0, 0.0)
+            extra_f, extra_b = max(0.0, gather - hide_f), max(0.0, gather - hide_b)
+            f, b, dp_in_actions = f + extra_f, b + extra_b, extra_f + extra_b
+            hides["zero3_gather_s"] = 2 * gather - dp_in_actions
+        send_f = p2p[j] if j < len(p2p) else 0.0
+        send_b = p2p[j - 1] if j > 0 else 0.0
+        pp_in_actions = 0.0
+        if overlap.p2p == "exposed":
+            f, b, pp_in_actions = f + send_f, b + send_b, send_f + send_b
+        else:
+            hides["pp_comm_s"] = send_f + send_b
+        actions = 3 if split else 2
+        f, b, w = f + overhead, b + overhead, w + (overhead if split else 0.0)
+        costs.append(PassTimes(
+            f, b, w, tp_comm_s=t.tp_comm_s, recompute_s=t.recompute_s, dp_comm_s=t.dp_comm_s + dp_in_actions,
+            pp_comm_s=t.pp_comm_s + pp_in_actions, overhead_s=t.overhead_s + actions * overhead,
+            overlapped_tp_comm_s=t.overlapped_tp_comm_s,
+        ))
+        hidden.append(hides)
+    return costs, hidden
 
 
 def stage_times(
-    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes | None = None
+    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes | None = None,
+    stack: StackSpec | None = None,
 ) -> StageTimes:
     """Per-virtual-stage times for the simulator (what ``ppplan simulate plan.json`` runs)."""
-    return _pipeline_inputs(model, cluster, train, cfg, layers or RooflineTimes(model, cluster, train.precision))[1]
-
-
-def _dp_link(cluster: ClusterSpec, cfg: ParallelConfig, measured: Link | None = None) -> Link:
-    """The data-parallel group's link: the measured one of its collective inside a node, else the tier's."""
-    grid = RankGrid(cfg.tp, cfg.pp, cfg.dp)
-    crosses = grid.spans_nodes(grid.dp_group(0, 0), cluster.gpus_per_node)
-    return measured if measured is not None and not crosses else link_for(cluster, crosses)
+    layers = layers or RooflineTimes(model, cluster, train.precision, stack=stack)
+    overlap = stack.overlap if stack else NEUTRAL_OVERLAP
+    network = with_measured_links(network_for(cluster), runtime_costs_of(layers, cluster))
+    return _pipeline_inputs(model, cluster, train, cfg, layers, stack, overlap, network)[2]
 
 
 def _pipeline_inputs(
-    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes
-) -> tuple[list[StagePlan], StageTimes]:
-    plans = _stage_plans(model, cluster, train, cfg, layers)
-    costs = runtime_costs_of(layers, cluster)
-    link = _dp_link(cluster, cfg, costs.all_gather_link)
-    fwd, bwd_in, bwd_w = [], [], []
-    for st in plans:
-        extra_f, extra_b = _zero_per_microbatch_s(cfg, st.params, link, train.precision)
-        # per-microbatch ZeRO traffic overlaps with that microbatch's compute; only the excess shows
-        # (all of it where the cores that compute also move the bytes: comm_overlaps_compute)
-        hide_f, hide_b = (st.times.forward_s, st.times.backward_input_s + st.times.backward_weight_s) if comm_overlaps_compute(cluster) else (0.0, 0.0)
-        fwd.append(st.times.forward_s + max(0.0, extra_f - hide_f))
-        bwd_in.append(st.times.backward_input_s + max(0.0, extra_b - hide_b))
-        bwd_w.append(st.times.backward_weight_s)
-    split = schedule_spec(cfg.schedule).split_backward
-    if split:
+    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes,
+    stack: StackSpec | None, overlap: StackOverlap, network: Network,
+) -> tuple[list[StagePlan], list[PassTimes], StageTimes, list[dict[str, float]]]:
+    variant = activation_variant(cluster, train, stack.kernels if stack else None)
+    plans = [_stage_plan(model, train, cfg, layers, layout, variant) for layout in stage_layouts(cfg)]
+    p2p = _p2p_times(model, cluster, train, cfg, network)
+    costs, hidden = _stage_costs(cfg, cluster, train, plans, overlap, network, p2p, runtime_costs_of(layers, cluster))
+    fwd = [c.forward_s for c in costs]
+    bwd_in = [c.backward_input_s for c in costs]
+    bwd_w = [c.backward_weight_s for c in costs]
+    if schedule_spec(cfg.schedule).split_backward:
         # torch's first stage has no input gradient to send: its B is empty and the whole
         # backward runs as W (torch.distributed.pipelining, measured by the profiler)
         bwd_w[0] += bwd_in[0]
         bwd_in[0] = 0.0
-    fwd, bwd_in, bwd_w = with_host_overhead(fwd, bwd_in, bwd_w, split, costs.host_overhead_per_action_s)
     times = StageTimes(
         forward_s=tuple(fwd),
         backward_input_s=tuple(bwd_in),
         backward_weight_s=tuple(bwd_w),
         activation_bytes=tuple(st.activation_bytes for st in plans),
-        p2p_s=_p2p_times(model, cluster, train, cfg, costs),
+        p2p_s=tuple(0.0 for _ in p2p) if overlap.p2p == "exposed" else p2p,
     )
-    return plans, times
-
-
-def comm_overlaps_compute(cluster: ClusterSpec) -> bool:
-    """Whether data-parallel traffic can hide behind compute: yes on accelerators (a copy
-    engine / NIC moves the bytes while the SMs compute); no on a CPU node
-    (``concurrent_ranks_per_node`` set), where gloo's loopback copies and reductions run on
-    the same cores as the compute, and FSDP2 reduces synchronously in its post-backward hook
-    (torch.profiler on cpu-local: ``FSDP::post_backward_reduce`` 4-10 ms per layer inside the
-    step, nothing running beside it)."""
-    return cluster.concurrent_ranks_per_node is None
-
-
-def _dp_exposed_s(
-    cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, rank_plans: list[StagePlan], costs: RuntimeCosts = NO_RUNTIME_COSTS
-) -> float:
-    """Once-per-step data-parallel traffic, overlapped with the last microbatch's backward
-    (gradients) and the first forward (parameters), as Megatron's --overlap-grad-reduce /
-    --overlap-param-gather and FSDP2's prefetching do; only the excess is exposed.
-
-    ZeRO-0: one all-reduce of the gradients. ZeRO-1/2 (FSDP2 without resharding after
-    forward): reduce-scatter of gradients plus one all-gather of parameters. ZeRO-3:
-    the reduce-scatter only (its gathers are per microbatch, ``_zero_per_microbatch_s``).
-    On CPU ranks FSDP2's own host work comes on top (``costmodels.runtime_costs.fsdp_host_s``).
-    """
-    if cfg.dp == 1:
-        return 0.0
-    host = fsdp_host_s(costs, cfg.dp, sum(st.layout.num_layers for st in rank_plans), len(rank_plans))
-    return host + _dp_comm_exposed_s(cluster, train, cfg, rank_plans, costs)
-
-
-def _dp_comm_exposed_s(
-    cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, rank_plans: list[StagePlan], costs: RuntimeCosts
-) -> float:
-    params = sum(st.params for st in rank_plans)
-    backward_window = sum(st.times.backward_input_s + st.times.backward_weight_s for st in rank_plans)
-    forward_window = sum(st.times.forward_s for st in rank_plans)
-    if not comm_overlaps_compute(cluster):
-        backward_window = forward_window = 0.0
-    grads = params * GRAD_REDUCE_BYTES
-    if cfg.zero == 0:
-        return max(0.0, all_reduce_s(grads, cfg.dp, _dp_link(cluster, cfg, costs.all_reduce_link)) - backward_window)
-    exposed = max(0.0, reduce_scatter_s(grads, cfg.dp, _dp_link(cluster, cfg, costs.reduce_scatter_link)) - backward_window)
-    if cfg.zero in (1, 2):
-        gather = all_gather_s(params * bytes_per_element(train.precision), cfg.dp, _dp_link(cluster, cfg, costs.all_gather_link))
-        exposed += max(0.0, gather - forward_window)
-    return exposed
+    return plans, costs, times, hidden
 
 
 def _largest_unit_params(model: ModelSpec, tp: int, rank_plans: list[StagePlan]) -> float:
@@ -254,7 +259,7 @@ def _largest_unit_params(model: ModelSpec, tp: int, rank_plans: list[StagePlan])
 
 def _rank_memory_gib(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
-    rank_plans: list[StagePlan], activation_peak: float,
+    rank_plans: list[StagePlan], activation_peak: float, overlap: StackOverlap, variant: ActivationVariant,
 ) -> dict[str, float]:
     """Per-rank memory in GiB by category: static state under ZeRO, activations of the
     microbatches in flight (from the schedule), the largest transient working tensor,
@@ -270,7 +275,8 @@ def _rank_memory_gib(
     if any(st.layout.has_head for st in rank_plans):
         transient = max(transient, TRANSIENT_COPIES * 4 * tokens * model.vocab_size / cfg.tp)
     p2p_buffers = P2P_BUFFERS * p * tokens * model.hidden_size / cfg.tp if cfg.pp > 1 else 0.0
-    dp_buckets = float(DP_BUCKETS_IN_FLIGHT) * min(params, DP_BUCKET_PARAMS) * GRAD_REDUCE_BYTES if cfg.dp > 1 else 0.0
+    bucket = min(params, bucket_params(overlap, cfg.dp))
+    dp_buckets = DP_BUCKETS_IN_FLIGHT * bucket * grad_reduce_bytes_per_param(train.precision) if cfg.dp > 1 else 0.0
     allocated = {
         "weights": static.weights_bytes + gathered,
         "gradients": static.gradients_bytes,
@@ -279,19 +285,29 @@ def _rank_memory_gib(
         "transient": transient,
         "comm_buffers": p2p_buffers + dp_buckets,
     }
-    optimizer_temp = optimizer_temp_bytes(cluster, params / (cfg.dp if cfg.zero >= 1 else 1))
-    if optimizer_temp:
-        allocated["optimizer_temp"] = optimizer_temp
-    if any(st.recompute == "full" for st in rank_plans):
-        variant = activation_variant(cluster, train)
-        layer = [layer_activation_bytes(model, train.seq_len, cfg.mbs, cfg.tp, cfg.sequence_parallel, k, variant) for k in ("none", "full")]
-        working = recompute_working_bytes(cluster, *layer)
-        if working:
-            allocated["recompute_working"] = working
+    allocated.update(_cpu_heap_terms(model, cluster, train, cfg, rank_plans, params, variant))
     allocated["fragmentation"] = sum(allocated.values()) * cluster.allocator_fragmentation
     out = {k: v / GIB for k, v in allocated.items()}
     out["runtime_reserved"] = cluster.runtime_reserved_gib
     return out
+
+
+def _cpu_heap_terms(
+    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, rank_plans: list[StagePlan],
+    params: float, variant: ActivationVariant,
+) -> dict[str, float]:
+    """What glibc's heap keeps on CPU ranks on top (``costmodels.runtime_costs``): foreach AdamW's
+    temporary over the rank's optimizer shard, and full recompute's re-run layer; none on GPUs."""
+    terms: dict[str, float] = {}
+    temp = optimizer_temp_bytes(cluster, params / (cfg.dp if cfg.zero >= 1 else 1))
+    if temp:
+        terms["optimizer_temp"] = temp
+    if any(st.recompute == "full" for st in rank_plans):
+        layer = [layer_activation_bytes(model, train.seq_len, cfg.mbs, cfg.tp, cfg.sequence_parallel, k, variant) for k in ("none", "full")]
+        working = recompute_working_bytes(cluster, *layer)
+        if working:
+            terms["recompute_working"] = working
+    return terms
 
 
 def timeshared_compute_s(
@@ -316,7 +332,7 @@ def timeshared_compute_s(
     cores = cluster.concurrent_ranks_per_node
     if cores is None:
         return 0.0
-    grid = RankGrid(cfg.tp, cfg.pp, cfg.dp)
+    grid = RankGrid(cfg.tp, cfg.pp, cfg.dp, cfg.cp)
     on_node = range(min(grid.world_size, cluster.gpus_per_node))
     work_s = sum(busy_s[grid.coord(r).pp] + tail_s[grid.coord(r).pp] for r in on_node)
     # to the picosecond: plans with the same work (pp4 and pp2 x dp2) tie exactly, whatever the
@@ -329,57 +345,72 @@ def memory_limit_gib(cluster: ClusterSpec) -> float:
     return cluster.gpu.memory_gib * (1.0 - cluster.memory_safety_margin)
 
 
-def _breakdown(
-    cfg: ParallelConfig, cluster: ClusterSpec, plans: list[StagePlan], result: PipelineResult,
-    dp_s: float, optimizer_s: float, p2p: tuple[float, ...],
-) -> Breakdown:
-    busiest = max(range(cfg.pp), key=lambda r: result.busy_s[r])
-    mine = [st for st in plans if st.rank == busiest]
-    m = cfg.num_microbatches
-    tp_comm = m * sum(st.times.tp_comm_s for st in mine)
-    recompute = m * sum(st.times.recompute_s for st in mine)
-    compute = m * sum(st.times.total_s for st in mine) - tp_comm - recompute
-    return Breakdown(
-        compute_s=compute,
-        recompute_s=recompute,
-        tp_comm_s=tp_comm,
-        pp_comm_s=2 * sum(p2p),
-        dp_comm_s=dp_s,
-        bubble_s=result.makespan_s * result.bubble_fraction,
-        optimizer_s=optimizer_s,
-        overhead_s=cluster.efficiency.step_overhead_s,
-    )
+def _sum_passes(items: list[PassTimes]) -> PassTimes:
+    total = ZERO_PASS
+    for item in items:
+        total = total.plus(item)
+    return total
+
+
+def _rank_work(
+    cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, overlap: StackOverlap, network: Network,
+    plans: list[StagePlan], costs: list[PassTimes], hidden: list[dict[str, float]], result: PipelineResult, rank: int,
+    runtime: RuntimeCosts = NO_RUNTIME_COSTS,
+) -> RankWork:
+    """Pipeline rank ``rank``'s passes, hidden time, DP traffic (over its stages' simulated
+    windows, ``costmodels.data_parallel``) and optimizer step (ZeRO >= 1: its 1/dp shard)."""
+    mine = [j for j, st in enumerate(plans) if st.rank == rank]
+    passes = _sum_passes([costs[j] for j in mine])
+    hides: dict[str, float] = {}
+    for j in mine:
+        for key, value in hidden[j].items():
+            hides[key] = hides.get(key, 0.0) + value
+    params = sum(plans[j].params for j in mine)
+    sync = RankSync()
+    if cfg.dp > 1:
+        windows = []
+        for j in mine:
+            first_forward, last_backward = result.stage_span_s(j, rank)
+            windows.append(StageWindow(plans[j].params, first_forward, costs[j].forward_s, last_backward,
+                                       costs[j].backward_input_s + costs[j].backward_weight_s))
+        sync = rank_sync(cluster, cfg, overlap, network, rank, windows, result.rank_span_s(rank)[1],
+                         bytes_per_element(train.precision), grad_reduce_bytes_per_param(train.precision),
+                         timing_known=bool(result.stage_last_backward_s))
+        host = fsdp_host_s(runtime, cfg.dp, sum(plans[j].layout.num_layers for j in mine), len(mine))
+        if host:  # FSDP2's copies and hooks on the cores that compute (CPU ranks), after the backward
+            sync = replace(sync, grad_reduce_s=sync.grad_reduce_s + host, grad_reduce_exposed_s=sync.grad_reduce_exposed_s + host)
+    shard = cfg.dp if cfg.zero >= 1 else 1
+    optimizer = memory_bound_time_s(cluster, params / shard * ADAM_STEP_BYTES_PER_PARAM)
+    return RankWork(passes=passes, hidden=hides, sync=sync, optimizer_s=optimizer)
 
 
 def estimate(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes | None = None,
-    pricer: PipelinePricer = price_pipeline,
+    pricer: PipelinePricer = price_pipeline, stack: StackSpec | None = None,
 ) -> Estimate:
-    """Price one configuration (the rules are checked by the caller: ``costmodels.rules``).
+    """Price one configuration on ``stack`` (the rules are checked by the caller: ``costmodels.rules``).
 
     ``pricer`` is the event simulator over the exact action list; the search passes the
     closed-form screen (``costmodels.pipeline_approx``) only to rank candidates."""
-    layers = layers or RooflineTimes(model, cluster, train.precision)
-    plans, times = _pipeline_inputs(model, cluster, train, cfg, layers)
+    overlap = stack.overlap if stack else NEUTRAL_OVERLAP
+    layers = layers or RooflineTimes(model, cluster, train.precision, stack=stack)
+    runtime = runtime_costs_of(layers, cluster)
+    network = with_measured_links(network_for(cluster), runtime)
+    plans, costs, times, hidden = _pipeline_inputs(model, cluster, train, cfg, layers, stack, overlap, network)
     if cfg.schedule == "custom":
         schedule = schedule_of("custom", cfg.pp, cfg.v, cfg.num_microbatches, cfg.schedule_csv)
         result = price_actions(schedule, times)
     else:
         result = pricer(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, times)
+    ranks = [_rank_work(cluster, train, cfg, overlap, network, plans, costs, hidden, result, r, runtime) for r in range(cfg.pp)]
+    tails = [w.optimizer_s + w.sync.grad_reduce_exposed_s + w.sync.param_gather_exposed_s for w in ranks]
+    timeshared = timeshared_compute_s(cluster, cfg, result.busy_s, tails)
+    step = compose_step(result, ranks, cfg.num_microbatches, cluster.efficiency.step_overhead_s, timeshared)
     per_rank = [[st for st in plans if st.rank == r] for r in range(cfg.pp)]
-    rank_dp_s = [_dp_exposed_s(cluster, train, cfg, mine, runtime_costs_of(layers, cluster)) for mine in per_rank]
-    dp_s = max(rank_dp_s)
-    opt_share = cfg.dp if cfg.zero >= 1 else 1
-    rank_optimizer_s = [
-        memory_bound_time_s(cluster, sum(st.params for st in mine) / opt_share * ADAM_STEP_BYTES_PER_PARAM)
-        for mine in per_rank
-    ]
-    optimizer_s = max(rank_optimizer_s)
-    rank_tail_s = [opt + dp for opt, dp in zip(rank_optimizer_s, rank_dp_s)]
-    compute_s = max(result.makespan_s + optimizer_s + dp_s, timeshared_compute_s(cluster, cfg, result.busy_s, rank_tail_s))
-    step = compute_s + cluster.efficiency.step_overhead_s
+    variant = activation_variant(cluster, train, stack.kernels if stack else None)
     memory = [
-        _rank_memory_gib(model, cluster, train, cfg, per_rank[r], result.peak_activation_bytes[r]) for r in range(cfg.pp)
+        _rank_memory_gib(model, cluster, train, cfg, per_rank[r], result.peak_activation_bytes[r], overlap, variant)
+        for r in range(cfg.pp)
     ]
     peak = [round(sum(m.values()), 4) for m in memory]
     gpus = cfg.tp * cfg.pp * cfg.dp
@@ -387,12 +418,13 @@ def estimate(
     model_flops = model_flops_per_iteration(model, train.global_batch, train.seq_len)
     hw_flops = hardware_flops_per_iteration(model, train.global_batch, train.seq_len, all_layers)
     peak_tflops = peak_flops(cluster, train.precision) / 1e12
-    model_tflops = model_flops / step / gpus / 1e12
-    hw_tflops = hw_flops / step / gpus / 1e12
+    model_tflops = model_flops / step.step_s / gpus / 1e12
+    hw_tflops = hw_flops / step.step_s / gpus / 1e12
     limit = memory_limit_gib(cluster)
+    parameters = model_parameters(model)
     return Estimate(
-        step_time_s=step,
-        tokens_per_s=train.global_batch * train.seq_len / step,
+        step_time_s=step.step_s,
+        tokens_per_s=train.global_batch * train.seq_len / step.step_s,
         model_tflops_per_gpu=model_tflops,
         hw_tflops_per_gpu=hw_tflops,
         mfu=model_tflops / peak_tflops,
@@ -401,6 +433,8 @@ def estimate(
         peak_memory_gib=peak,
         memory_limit_gib=limit,
         fits=max(peak) <= limit,
-        breakdown=_breakdown(cfg, cluster, plans, result, dp_s, optimizer_s, times.p2p_s),
+        breakdown=step.breakdown,
         memory_breakdown_gib=[{k: round(v, 4) for k, v in m.items()} for m in memory],
+        params_total=float(parameters.total),
+        params_active=float(parameters.active),
     )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from costmodels.flops import parameter_counts
 from profiles.schema import ModelSpec
+from profiles.stack_schema import StackKernels
 
 GIB = 1024**3
 
@@ -52,6 +53,22 @@ class ActivationVariant:
             flash_attention=True,
             rmsnorm_saves_normalized=device != "cuda",
             vocab_parallel_loss=False,
+        )
+
+    @staticmethod
+    def for_stack(kernels: StackKernels, precision: str, device: str = "cuda") -> "ActivationVariant":
+        """What a stack's kernels keep (``StackSpec.kernels``): dropout masks when it runs
+        dropout, the s² scores of unfused attention or flash's log-sum-exp, SwiGLU's gate and up
+        plus its output when fused (3 FFN-wide tensors) or also silu(gate) when eager (4), the
+        composite RMSNorm's normalised input off CUDA without a fused norm, and the loss over
+        vocabulary shards or gathered logits. ppplan-torch's kernels give ``runtime()``."""
+        return ActivationVariant(
+            bytes_per_element=4 if precision == "fp32" else 2,
+            dropout=kernels.dropout,
+            flash_attention=kernels.attention == "flash",
+            swiglu_saved_ffn_tensors=3 if kernels.fused_activation else 4,
+            rmsnorm_saves_normalized=device != "cuda" and not kernels.fused_norm,
+            vocab_parallel_loss=kernels.vocab_parallel_loss,
         )
 
 

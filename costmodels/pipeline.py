@@ -10,15 +10,23 @@ stages, first/last-stage extras and p2p time are all priced there.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
-from costmodels.schedules.actions import Schedule
+import numpy as np
+
+from costmodels.schedules.actions import FORWARD, RELEASING_KINDS, Schedule
 from costmodels.schedules.generate import generate_schedule
 from costmodels.simulator import SimulationResult, StageTimes, simulate
 
 
 @dataclass(frozen=True)
 class PipelineResult:
-    """Simulator outputs; ``per rank`` lists are indexed by pipeline rank (DESIGN.md)."""
+    """Simulator outputs; ``per rank`` lists are indexed by pipeline rank (DESIGN.md).
+    ``rank_start_s``/``rank_end_s``: when each rank's first action starts and its last ends;
+    ``stage_first_forward_s``/``stage_last_backward_s``, per virtual stage, when its first
+    forward starts and its last W (or full backward) ends: its parameters are needed from
+    the one and its gradients final at the other. Empty from a pricer that does not know
+    (read as 0 and the makespan: ``rank_span_s``, ``stage_span_s``)."""
 
     makespan_s: float
     bubble_fraction: float
@@ -26,6 +34,22 @@ class PipelineResult:
     idle_s: tuple[float, ...]
     peak_inflight_microbatches: tuple[int, ...]
     peak_activation_bytes: tuple[float, ...]
+    rank_start_s: tuple[float, ...] = ()
+    rank_end_s: tuple[float, ...] = ()
+    stage_first_forward_s: tuple[float, ...] = ()
+    stage_last_backward_s: tuple[float, ...] = ()
+
+    def rank_span_s(self, rank: int) -> tuple[float, float]:
+        """(first start, last end) of ``rank``."""
+        if not self.rank_end_s:
+            return 0.0, self.makespan_s
+        return self.rank_start_s[rank], self.rank_end_s[rank]
+
+    def stage_span_s(self, stage: int, rank: int) -> tuple[float, float]:
+        """(first forward start, last backward end) of virtual ``stage`` held by ``rank``."""
+        if not self.stage_last_backward_s:
+            return self.rank_span_s(rank)
+        return self.stage_first_forward_s[stage], self.stage_last_backward_s[stage]
 
 
 def price_pipeline(schedule: str, pp: int, v: int, num_microbatches: int, times: StageTimes) -> PipelineResult:
@@ -47,8 +71,28 @@ def price_actions(schedule: Schedule, times: StageTimes) -> PipelineResult:
     return to_pipeline_result(simulate(schedule, times))
 
 
+@lru_cache(maxsize=256)
+def _action_arrays(schedule: Schedule) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rank-major (stage, is forward, is releasing) per action, and where each rank's list starts."""
+    flat = [a for actions in schedule.ranks for a in actions]
+    stage = np.array([a.stage for a in flat], dtype=np.int64)
+    forward = np.array([a.kind == FORWARD for a in flat], dtype=bool)
+    releasing = np.array([a.kind in RELEASING_KINDS for a in flat], dtype=bool)
+    starts = np.concatenate([[0], np.cumsum([len(r) for r in schedule.ranks])[:-1]]).astype(np.int64)
+    return stage, forward, releasing, starts
+
+
 def to_pipeline_result(result: SimulationResult) -> PipelineResult:
     """The cost model's view of a simulation."""
+    stage, forward, releasing, first = _action_arrays(result.schedule)
+    lengths = [len(r) for r in result.schedule.ranks]
+    starts = [float(result.start_s[i]) if n else 0.0 for i, n in zip(first, lengths)]
+    ends = [float(result.end_s[i + n - 1]) if n else 0.0 for i, n in zip(first, lengths)]
+    stages = result.schedule.num_stages
+    first_forward = np.full(stages, np.inf)
+    np.minimum.at(first_forward, stage[forward], result.start_s[forward])
+    last_backward = np.zeros(stages)
+    np.maximum.at(last_backward, stage[releasing], result.end_s[releasing])
     return PipelineResult(
         makespan_s=result.makespan_s,
         bubble_fraction=result.bubble_fraction,
@@ -56,4 +100,8 @@ def to_pipeline_result(result: SimulationResult) -> PipelineResult:
         idle_s=result.idle_s,
         peak_inflight_microbatches=result.peak_inflight_microbatches,
         peak_activation_bytes=result.peak_activation_bytes,
+        rank_start_s=tuple(starts),
+        rank_end_s=tuple(ends),
+        stage_first_forward_s=tuple(float(x) for x in first_forward),
+        stage_last_backward_s=tuple(float(x) for x in last_backward),
     )

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Iterable
 
-from costmodels.comm import US, Link, bandwidth_bytes_per_s, link_for
+from costmodels.comm import US, Link, bandwidth_bytes_per_s, link_for, network_for
 from costmodels.layer_costs import LayerTimes, PassTimes, RooflineTimes, bytes_per_element, tp_comm_passes
 from costmodels.runtime_costs import measured_runtime_costs
 from profiles.errors import PlanError
@@ -38,6 +38,7 @@ from profiles.profile_schema import (
     model_shape_hash,
 )
 from profiles.schema import ClusterSpec, ModelSpec, TrainSpec
+from profiles.stack_schema import StackSpec
 
 Warn = Callable[[str], None]
 PASS_FIELDS = ("forward_s", "backward_input_s", "backward_weight_s")
@@ -110,6 +111,7 @@ class ProfiledTimes:
         self.profile, self.model, self.cluster, self.train = profile, model, cluster, train
         self.tp_link_intra = comm_link(comm, "intra_node") or link_for(cluster, crosses_nodes=False)
         self.tp_link_inter = comm_link(comm, "inter_node") or link_for(cluster, crosses_nodes=True)
+        self.network = network_for(cluster, (self.tp_link_intra, self.tp_link_inter))
         self.p = bytes_per_element(train.precision)
         self.runtime = measured_runtime_costs(comm, profile.runtime)  # costmodels.runtime_costs
         self._entries: dict[tuple[str, str], list[LayerProfile]] = {}
@@ -197,13 +199,11 @@ class ProfiledTimes:
 
     # -- LayerTimes ---------------------------------------------------------------------
 
-    def _link(self, tp: int) -> Link:
-        return self.tp_link_intra if tp <= self.cluster.gpus_per_node else self.tp_link_inter
-
     def _with_comm(self, measured: PassTimes, kind: str, tp: int, mbs: int, seq_len: int, sp: bool, recompute: str) -> PassTimes:
         """Add the modelled TP communication, unless the profile timed this degree in a real TP
         group (then it is inside F and B and only labelled, for the breakdown)."""
-        comm = tp_comm_passes(self.model, kind, tp, mbs, seq_len, sp, recompute, self.p, self._link(tp))
+        # the profile times ppplan's runtime, whose loss gathers the logits (no vocab-parallel loss)
+        comm = tp_comm_passes(self.model, kind, tp, mbs, seq_len, sp, recompute, self.p, self.network, False)
         if tp in self._group_tps or (self._group_tps and tp not in self._measured_tps):
             inside = min(comm.tp_comm_s, measured.forward_s + measured.backward_input_s)
             return PassTimes(measured.forward_s, measured.backward_input_s, measured.backward_weight_s, inside, measured.recompute_s)
@@ -293,24 +293,25 @@ def layer_times_for(
     train: TrainSpec,
     allow_mismatch: bool = False,
     warn: Warn | None = None,
+    stack: StackSpec | None = None,
 ) -> LayerTimes:
     """The ``LayerTimes`` for a measured layer profile and/or a measured collective profile
     (either may be None; files are read by ``profiles.loader``).
 
     Raises ``PlanError`` (CLI exit 2) for a profile of another model shape, device or
     precision unless ``allow_mismatch`` (then it warns). ``warn`` receives one-line
-    warnings (default: the ``logging`` module).
+    warnings (default: the ``logging`` module). ``stack`` gives the roofline its kernels.
     """
     if profile is None:
         if comm is None:
-            return RooflineTimes(model, cluster, train.precision)
+            return RooflineTimes(model, cluster, train.precision, stack=stack)
         problems = comm_mismatches(comm, cluster)
         if problems and not allow_mismatch:
             raise PlanError(f"{problems[0]}; re-run `ppplan profile-comm` with its backend, or pass --allow-mismatch")
         for problem in problems:
             (warn or _log_warning)(f"{problem} (used anyway: --allow-mismatch)")
         links = (comm_link(comm, "intra_node") or link_for(cluster, False), comm_link(comm, "inter_node") or link_for(cluster, True))
-        roofline = RooflineTimes(model, cluster, train.precision, tp_links=links)
+        roofline = RooflineTimes(model, cluster, train.precision, tp_links=links, stack=stack)
         roofline.runtime = measured_runtime_costs(comm)  # costmodels.runtime_costs
         return roofline
     return ProfiledTimes(profile, model, cluster, train, allow_mismatch, comm, warn)

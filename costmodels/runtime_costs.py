@@ -9,8 +9,9 @@
   p2p are priced with their own fits when a comm profile is given.
 - Host overhead per pipeline action: what torch.distributed.pipelining adds to each F,
   B and W action (building the action's inputs, autograd bookkeeping, the schedule's
-  Python), measured by ``ppplan profile`` (``ProfileFile.runtime``). Only where the host
-  runs the compute (CPU ranks): on a GPU the host issues the next kernels while the
+  Python), measured by ``ppplan profile`` (``ProfileFile.runtime``); it replaces the stack's
+  a-priori ``host_overhead_per_action_s`` in ``estimate.action_overhead_s``. Only where the
+  host runs the compute (CPU ranks): on a GPU the host issues the next kernels while the
   device runs, and the overhead hides.
 - Full recomputation's working set: the backward of a fully recomputed layer re-runs its
   forward and holds that layer's whole activation set (what "none" would keep) until its
@@ -33,7 +34,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from costmodels.comm import US, Link, bandwidth_bytes_per_s
+from costmodels.comm import US, Link, Network, bandwidth_bytes_per_s
+from costmodels.layer_costs import runs_on_cpu
 from profiles.profile_schema import CommProfile, RuntimeMeasurement
 from profiles.schema import ClusterSpec
 
@@ -45,7 +47,7 @@ class RuntimeCosts:
     """Measured costs of the runtime around the layers (module docstring); ``None`` links mean
     the cluster file's tier link."""
 
-    host_overhead_per_action_s: float = 0.0
+    host_overhead_per_action_s: float | None = None  # None: not measured (the stack's figure applies)
     fsdp_overhead_per_unit_step_s: float = 0.0
     p2p_link: Link | None = None
     all_reduce_link: Link | None = None
@@ -54,11 +56,6 @@ class RuntimeCosts:
 
 
 NO_RUNTIME_COSTS = RuntimeCosts()
-
-
-def is_cpu(cluster: ClusterSpec) -> bool:
-    """Ranks are CPU processes (the cluster's device is named ``cpu``, as cpu-local's is)."""
-    return cluster.gpu.name.lower() == "cpu"
 
 
 def _fit_link(comm: CommProfile | None, collective: str) -> Link | None:
@@ -73,7 +70,7 @@ def _fit_link(comm: CommProfile | None, collective: str) -> Link | None:
 def measured_runtime_costs(comm: CommProfile | None, runtime: RuntimeMeasurement | None = None) -> RuntimeCosts:
     """The runtime costs a comm profile and a layer profile's runtime block measured."""
     return RuntimeCosts(
-        host_overhead_per_action_s=runtime.pipeline_action_overhead_s if runtime else 0.0,
+        host_overhead_per_action_s=runtime.pipeline_action_overhead_s if runtime else None,
         fsdp_overhead_per_unit_step_s=runtime.fsdp_overhead_per_layer_step_s if runtime else 0.0,
         p2p_link=_fit_link(comm, "p2p"),
         all_reduce_link=_fit_link(comm, "all_reduce"),
@@ -86,33 +83,27 @@ def runtime_costs_of(layers: object, cluster: ClusterSpec) -> RuntimeCosts:
     """What the estimate prices for ``layers`` on ``cluster``: the measured costs the layer
     times carry; host overhead only on CPU ranks (module docstring)."""
     costs = getattr(layers, "runtime", None) or NO_RUNTIME_COSTS
-    if not is_cpu(cluster):
-        costs = replace(costs, host_overhead_per_action_s=0.0, fsdp_overhead_per_unit_step_s=0.0)
+    if not runs_on_cpu(cluster):
+        costs = replace(costs, host_overhead_per_action_s=None, fsdp_overhead_per_unit_step_s=0.0)
     return costs
+
+
+def with_measured_links(network: Network, costs: RuntimeCosts) -> Network:
+    """``network`` with the intra-node collectives and p2p at their measured links, where measured."""
+    measured = {"p2p": costs.p2p_link, "all_reduce": costs.all_reduce_link, "reduce_scatter": costs.reduce_scatter_link,
+                "all_gather": costs.all_gather_link}  # fmt: skip
+    pairs = tuple((kind, link) for kind, link in measured.items() if link is not None)
+    return replace(network, intra_by_collective=pairs) if pairs else network
 
 
 def optimizer_temp_bytes(cluster: ClusterSpec, optimizer_params: float) -> float:
     """Resident bytes of the optimizer step's temporary on CPU ranks (module docstring); 0 on GPUs."""
-    return OPTIMIZER_TEMP_BYTES_PER_PARAM * optimizer_params if is_cpu(cluster) else 0.0
-
-
-def with_host_overhead(
-    forward_s: list[float], backward_input_s: list[float], backward_weight_s: list[float], split_backward: bool, overhead_s: float
-) -> tuple[list[float], list[float], list[float]]:
-    """Each stage's F, B and (with a split backward) W action plus the host overhead of one action."""
-    if overhead_s <= 0:
-        return forward_s, backward_input_s, backward_weight_s
-    w_extra = overhead_s if split_backward else 0.0
-    return (
-        [f + overhead_s for f in forward_s],
-        [b + overhead_s for b in backward_input_s],
-        [w + w_extra for w in backward_weight_s],
-    )
+    return OPTIMIZER_TEMP_BYTES_PER_PARAM * optimizer_params if runs_on_cpu(cluster) else 0.0
 
 
 def recompute_working_bytes(cluster: ClusterSpec, layer_bytes_none: float, layer_bytes_full: float) -> float:
     """Resident bytes of one fully recomputed layer's re-run forward on CPU ranks (module docstring)."""
-    return max(0.0, layer_bytes_none - layer_bytes_full) if is_cpu(cluster) else 0.0
+    return max(0.0, layer_bytes_none - layer_bytes_full) if runs_on_cpu(cluster) else 0.0
 
 
 def fsdp_host_s(costs: RuntimeCosts, dp: int, layers_on_rank: int, stages_on_rank: int) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from profiles.errors import PlanError
 from profiles.files import read_text
+from profiles.gpu_families import GpuFamilies, with_family_constants
 from profiles.hf_config import _first_error, model_from_hf_config
 from profiles.profile_schema import COMM_PROFILE_SCHEMA_VERSION, PROFILE_SCHEMA_VERSION, CommProfile, ProfileFile
 from profiles.schema import ClusterSpec, ModelSpec, Plan
@@ -26,6 +28,7 @@ from profiles.stack_schema import StackSpec
 PRESET_DIR = Path(__file__).parent
 PUBLIC_RUNS_CSV = PRESET_DIR / "calibration" / "public_runs.csv"
 REGRESSION_DIR = PRESET_DIR / "regression"
+GPU_FAMILIES_YAML = PRESET_DIR / "gpu_families.yaml"
 T = TypeVar("T", bound=BaseModel)
 
 
@@ -93,6 +96,14 @@ def _is_hf_config(data: Any) -> bool:
     return isinstance(data, dict) and ("model_type" in data or "architectures" in data or "n_embd" in data)
 
 
+def is_hf_config(spec: str) -> bool:
+    """Whether ``--model spec`` names a Hugging Face ``config.json`` (not a preset or our YAML)."""
+    path = Path(spec)
+    if path.suffix != ".json" or not path.is_file():
+        return False
+    return _is_hf_config(read_document(path))
+
+
 def load_model(spec: str) -> ModelSpec:
     """A model preset name, our YAML/JSON, or a Hugging Face config.json."""
     path = _resolve("models", spec)
@@ -104,8 +115,17 @@ def load_model(spec: str) -> ModelSpec:
 
 
 def load_cluster(spec: str) -> ClusterSpec:
-    """A cluster preset name or our YAML."""
-    return validate_as(ClusterSpec, read_document(_resolve("clusters", spec)), str(_resolve("clusters", spec)))
+    """A cluster preset name or our YAML, with its GPU family's constants for every efficiency
+    field the file does not set (``profiles.gpu_families``)."""
+    path = _resolve("clusters", spec)
+    cluster = validate_as(ClusterSpec, read_document(path), str(path))
+    return with_family_constants(cluster, load_gpu_families().family_of(cluster.gpu.name))
+
+
+@lru_cache(maxsize=4)
+def load_gpu_families(path: Path = GPU_FAMILIES_YAML) -> GpuFamilies:
+    """The GPU families file (``profiles/gpu_families.yaml``), read once."""
+    return validate_as(GpuFamilies, read_document(path), str(path))
 
 
 def load_stack(spec: str = DEFAULT_STACK) -> StackSpec:

@@ -14,6 +14,7 @@ from typing import Annotated, Literal, Union, get_args
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
 
 from profiles.limits import (
+    MAX_ACTION_TIME_S,
     MAX_BANDWIDTH_GBS,
     MAX_EXPERTS,
     MAX_GLOBAL_BATCH,
@@ -32,12 +33,14 @@ from profiles.limits import (
 )
 
 SCHEMA_VERSION = 1
+BITS_PER_BYTE = 8
 
 
 def count(cap: int, minimum: int = 1) -> type[int]:
     """An integer count in [minimum, cap] (``profiles/limits.py``); with the strict base,
     a bool or a float (even 8.0) is refused."""
-    return Annotated[int, Field(ge=minimum, le=cap)]  # type: ignore[return-value]
+    bound = {"gt": 0} if minimum == 1 else {"ge": minimum}  # pydantic's PositiveInt wording for counts from 1
+    return Annotated[int, Field(le=cap, **bound)]  # type: ignore[return-value]
 
 
 def bounded(low: float, high: float) -> type[float]:
@@ -230,28 +233,64 @@ class LinkSpec(StrictModel):
     latency_us: float = Field(ge=0, le=MAX_LATENCY_US)
 
 
-class Efficiency(StrictModel):
-    """Achievable fractions of the peaks; defaults are a-priori, documented in costmodels/compute.py.
+# The six constants a GPU family is fitted by (profiles/gpu_families.yaml documents each one).
+FAMILY_CONSTANTS: tuple[str, ...] = (
+    "gemm_max",
+    "gemm_half_dim",
+    "hbm",
+    "intra_node_collective",
+    "inter_node_collective",
+    "action_overhead_s",
+)
 
-    ``gemm_max`` is the large-GEMM fraction of dense peak and ``gemm_half_dim``
-    the GEMM dimension at which half of it is reached (the small-GEMM drop).
+
+class Efficiency(StrictModel):
+    """Achievable fractions of the peaks and fixed overheads (costmodels/compute.py, comm.py).
+
+    The first six fields are a GPU family's fitted constants (``FAMILY_CONSTANTS``; a-priori
+    values with their sources and fitted values with their provenance live in
+    ``profiles/gpu_families.yaml``): ``gemm_max`` the large-GEMM fraction of dense peak,
+    ``gemm_half_dim`` the GEMM dimension at which half of it is reached (the knee), ``hbm``
+    the memory-bound kernels' fraction of HBM bandwidth, ``intra_node_collective`` and
+    ``inter_node_collective`` the collectives' fraction of the NVLink and network bandwidth,
+    ``action_overhead_s`` the fixed cost of one pipeline action (F, B or W of a microbatch on a
+    stage). A cluster file that sets none of them gets its GPU family's values
+    (``profiles.loader.load_cluster``); one that sets some keeps those. The defaults here are
+    the ``generic`` family's, for clusters built in code.
+
+    Not fitted: ``attention_max``, the fused (flash) attention forward's fraction of dense peak
+    on the FLOPs it executes, is a cited or measured figure (None: derived from ``gemm_max``,
+    ``costmodels.compute.flash_attention_efficiency``); ``step_overhead_s`` a fixed time per
+    step (0 unless a file sets it).
     """
 
     gemm_max: float = Field(default=0.80, gt=0, le=1)
-    gemm_half_dim: float = Field(default=96.0, ge=0, le=MAX_WIDTH)
-    attention_max: float = Field(default=0.55, gt=0, le=1)
+    gemm_half_dim: float = Field(default=96.0, ge=0, le=MAX_WIDTH, allow_inf_nan=False)
     hbm: float = Field(default=0.80, gt=0, le=1)
     intra_node_collective: float = Field(default=0.80, gt=0, le=1)
     inter_node_collective: float = Field(default=0.80, gt=0, le=1)
-    step_overhead_s: float = Field(default=0.0, ge=0, le=3600.0)
+    action_overhead_s: float = Field(default=0.0, ge=0, le=MAX_ACTION_TIME_S, allow_inf_nan=False)
+    attention_max: float | None = Field(default=None, gt=0, le=1)
+    step_overhead_s: float = Field(default=0.0, ge=0, le=MAX_ACTION_TIME_S, allow_inf_nan=False)
 
 
 class ClusterSpec(StrictModel):
+    """A cluster of identical nodes. Bandwidths are per GPU and one direction (GB/s).
+
+    ``nics_per_node`` network cards of ``nic_bandwidth_gbit_s`` each (Gb/s, one direction, as
+    NIC datasheets state it) carry every byte that leaves a node, shared by the node's GPUs
+    (``costmodels.comm``); ``inter_node.bandwidth_gbs`` stays the most one GPU can inject. A
+    file without them gets one NIC per GPU at ``inter_node.bandwidth_gbs`` (the node's egress
+    is then ``gpus_per_node x inter_node.bandwidth_gbs``, what files before them meant).
+    """
+
     name: str
     gpu: GpuSpec
     gpus_per_node: count(MAX_GPUS)
     intra_node: LinkSpec
     inter_node: LinkSpec
+    nics_per_node: count(MAX_GPUS) | None = None
+    nic_bandwidth_gbit_s: float | None = Field(default=None, gt=0, le=8 * MAX_BANDWIDTH_GBS, allow_inf_nan=False)
     efficiency: Efficiency = Efficiency()
     runtime_reserved_gib: float = Field(
         default=1.0, ge=0, le=MAX_MEMORY_GIB, description="HBM held outside the allocator: CUDA context, NCCL buffers"
@@ -269,6 +308,19 @@ class ClusterSpec(StrictModel):
         "has its own accelerator",
     )
     provenance: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _check_nics(self) -> "ClusterSpec":
+        if (self.nics_per_node is None) != (self.nic_bandwidth_gbit_s is None):
+            raise ValueError("nics_per_node and nic_bandwidth_gbit_s go together: set both or neither")
+        return self
+
+    @property
+    def node_egress_gbs(self) -> float:
+        """GB/s (one direction) all of a node's NICs move out of it together."""
+        if self.nics_per_node is None or self.nic_bandwidth_gbit_s is None:
+            return self.gpus_per_node * self.inter_node.bandwidth_gbs
+        return self.nics_per_node * self.nic_bandwidth_gbit_s / BITS_PER_BYTE
 
 
 class TrainSpec(StrictModel):

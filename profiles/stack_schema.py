@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, model_validator
 
 from profiles.schema import Precision, RecomputeKind, ScheduleName, StrictModel
 
@@ -36,11 +36,16 @@ class StackKernels(StrictModel):
 class StackOverlap(StrictModel):
     """What the stack overlaps with compute, and its fixed costs."""
 
-    dp_grad_reduce: Literal["bucketed", "after_backward"] = Field(
-        description="bucketed: reduced during the last microbatch's backward, the last bucket exposed; "
-        "after_backward: one reduction once the whole backward is done"
+    dp_grad_reduce: Literal["bucketed", "after_backward", "after_schedule"] = Field(
+        description="bucketed: each stage's gradients reduced in buckets during its last backward, the last "
+        "bucket exposed; after_backward: each stage's once its backward is done (torch's REDUCE_GRAD); "
+        "after_schedule: all of a rank's once its whole schedule is done (Megatron-LM 2021, DeepSpeed)"
     )
     dp_bucket_params: PositiveInt = 40_000_000
+    dp_bucket_params_per_dp_rank: NonNegativeInt = Field(
+        default=0, description="buckets grow to at least this many parameters per data-parallel rank "
+        "(Megatron-Core: max(40M, 1M x dp x cp))",
+    )
     param_gather: Literal["overlapped", "after_step"] = "overlapped"
     tp_comm: Literal["exposed", "overlapped"] = "exposed"
     p2p: Literal["exposed", "overlapped"] = "exposed"
@@ -77,6 +82,23 @@ class StackSpec(StrictModel):
     sequence_parallel: bool = True
     context_parallel: bool = False
     expert_parallel: bool = False
+    moe: bool = Field(default=False, description="runs mixture-of-experts layers (router, routed and shared experts)")
+    multi_latent_attention: bool = Field(default=False, description="runs DeepSeek's multi-head latent attention")
+    cp_sequence_multiple: Literal["2cp", "2cp_tp"] = Field(
+        default="2cp",
+        description="with cp > 1 the sequence splits into 2*cp chunks for causal load balance (2cp: seq % (2 cp) == 0, "
+        "Megatron-Core; 2cp_tp: seq % (2 cp tp) == 0, torchtitan's CP with sequence-parallel TP)",
+    )
+    ep_folding: Literal["dp_cp", "fsdp_dp_cp"] = Field(
+        default="dp_cp",
+        description="which ranks expert parallelism is carved out of, experts being TP-sharded like the dense MLP "
+        "(expert TP = tp): dp_cp: ep divides dp*cp (Megatron-Core's parallel folding); fsdp_dp_cp: the same out of "
+        "FSDP's dp_shard*cp, so it needs a sharded data-parallel mesh (zero >= 1, torchtitan)",
+    )
+    ep_needs_sequence_parallel: bool = Field(
+        default=False, description="ep > 1 with tp > 1 requires sequence parallelism (Megatron-Core)"
+    )
+    ep_fp16: bool = Field(default=True, description="expert parallelism runs in fp16 (Megatron-Core: no)")
     kernels: StackKernels = StackKernels()
     overlap: StackOverlap
 

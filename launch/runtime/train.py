@@ -33,6 +33,7 @@ from launch.job_files import JOB_DIR_ENV, TORCHRUN_PID_ENV, failure_record_path
 from launch.launcher import check_plan
 from launch.runtime.build import Runtime, build_runtime, sync_tied_gradients
 from launch.runtime.checks import apply_gradient_mutations, save_tensors, stage_tensors
+from launch.runtime.cp import context_slice
 from launch.runtime.data import SyntheticTokens, dp_slice
 from launch.runtime.layout import writes_metrics
 from launch.runtime.lifecycle import die_with_parent, parent_from_env, start_watchdog
@@ -73,13 +74,13 @@ def _maybe_inject_failure(rank: int, step: int) -> None:
 
 
 def _step_loss(rt: Runtime, losses: list[torch.Tensor]) -> float | None:
-    """Mean loss over the global batch: mean over microbatches, then over dp replicas."""
+    """Mean loss over the global batch: mean over microbatches, then over the dp x cp ranks."""
     if not rt.has_loss:
         return None
     local = torch.stack([loss.detach().float() for loss in losses]).mean()
     if rt.groups.dp is not None:
         dist.all_reduce(local, group=rt.groups.dp)
-        local = local / rt.plan.config.dp
+        local = local / (rt.plan.config.dp * rt.plan.config.cp)
     return float(local)
 
 
@@ -88,8 +89,8 @@ def forward_backward(rt: Runtime, data: SyntheticTokens, step: int) -> list[torc
     gradient sum: every gradient of the step is in place. Returns the loss stage's microbatch losses."""
     cfg, train = rt.plan.config, rt.plan.train
     inputs, targets = data.global_batch(step, train.global_batch)
-    inputs = dp_slice(inputs, cfg.dp, rt.coord.dp).to(rt.device)
-    targets = dp_slice(targets, cfg.dp, rt.coord.dp).to(rt.device)
+    inputs = context_slice(dp_slice(inputs, cfg.dp, rt.coord.dp), cfg.cp, rt.coord.cp).to(rt.device)
+    targets = context_slice(dp_slice(targets, cfg.dp, rt.coord.dp), cfg.cp, rt.coord.cp).to(rt.device)
     losses: list[torch.Tensor] = []
     args = (inputs,) if rt.has_first_stage else ()
     target = targets if rt.has_loss else None
@@ -110,6 +111,9 @@ def train_step(rt: Runtime, data: SyntheticTokens, step: int) -> float | None:
 def first_step_check(plan: Plan, device: torch.device, seed: int, out_dir: Path, custom_csv: str | None = None) -> None:
     """Step 0 with plain SGD: save each parameter's full gradient and its weight after the
     update (``checks.py``; the tests compare them with ``reference.reference_first_step``)."""
+    if plan.config.ep > 1:
+        raise ValueError("first-step checks gather DTensor shards; expert-parallel experts are local tensors: "
+                         "bench/ep_cp_grad_match.py checks those")  # fmt: skip
     rt = build_runtime(plan, device, seed, SGD_CHECK_LR, custom_csv, optimizer="sgd")
     data = SyntheticTokens(plan.model.vocab_size, plan.train.seq_len, seed)
     dist.barrier()

@@ -20,7 +20,7 @@ from launch.launcher import LaunchOptions, check_plan, format_command, launch_pl
 from launch.progress import StepProgress
 from planner.cli.app import app, err, out, warn
 from planner.cli.plans import load_checked_plan
-from profiles.errors import PlanError
+from profiles.errors import InfeasibleError, PlanError
 from profiles.loader import load_plan
 from profiles.schema import Plan
 
@@ -39,6 +39,19 @@ def _emit(plan: Plan, target: str, out_dir: Optional[Path], opts: LaunchOptions)
     )
     for path in emit(plan, target, out_dir, options=options, on_warning=warn):
         out.print(str(path), markup=False)
+
+
+def _refuse_unfit(plan: Plan, what: str) -> None:
+    """A plan predicted not to fit is neither run nor emitted (exit 1) unless --force."""
+    est = plan.estimate
+    if est.fits:
+        return
+    worst = max(est.peak_memory_gib)
+    rank = est.peak_memory_gib.index(worst)
+    raise InfeasibleError(
+        f"the plan does not fit: pipeline rank {rank} needs {worst:.3g} GiB of {est.memory_limit_gib:.3g} GiB "
+        f"(over by {worst - est.memory_limit_gib:.3g} GiB); re-plan, or add --force to {what} it anyway"
+    )
 
 
 def _loss_summary(metrics: Path) -> str:
@@ -77,9 +90,12 @@ def launch_cmd(
         None, min=1.0, max=86400.0, help="end the job when a rank makes no progress this long (default 60 on gloo, 600 on NCCL)"
     ),
     seed: int = typer.Option(0, hidden=True, help="model-init and data seed"),
+    force: bool = typer.Option(False, "--force", help="launch or emit a plan predicted not to fit in memory"),
 ) -> None:
     """Run a plan with torchrun on the ppplan runtime (or --emit configs for other launchers)."""
     plan = load_plan(plan_path)
+    if not force:
+        _refuse_unfit(plan, "emit" if emit is not None else "launch")
     opts = LaunchOptions(
         steps=steps, metrics=metrics, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr,
         master_port=master_port, schedule_csv=schedule_csv, seed=seed, overwrite=overwrite,
@@ -92,6 +108,7 @@ def launch_cmd(
         check_plan(plan, schedule_csv)
         print(format_command(torchrun_command(plan, plan_path, opts)))  # plain: rich would wrap a long command
         return
+
     def on_start(argv: list[str]) -> None:
         print(f"launching {plan.config.world_size} ranks: {format_command(argv)}", file=sys.stderr, flush=True)
 

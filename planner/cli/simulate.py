@@ -32,12 +32,13 @@ from costmodels.schedules.torch_csv import format_torch_csv
 from costmodels.simulator import SimulationResult, StageTimes, simulate
 from planner.cli.app import app, err, out
 from planner.cli.plans import load_checked_plan
-from planner.cli.render import plan_json
+from planner.cli.render import plan_json, sig3
 from planner.cli.timeline import ascii_timeline, chrome_trace_json, svg_timeline, timeline_title
 from planner.search.custom_schedule import search_custom_schedule
 from profiles.errors import PlanError
 from profiles.files import check_outputs, write_atomic
 from profiles.limits import MAX_ACTION_TIME_S, MAX_GPUS
+from profiles.loader import load_stack
 from profiles.schema import Plan
 
 
@@ -88,7 +89,7 @@ def plan_case(plan_path: Path) -> tuple[Schedule, StageTimes]:
 
     plan = load_checked_plan(plan_path)
     cfg = plan.config
-    times = stage_times(plan.model, plan.cluster, plan.train, cfg)
+    times = stage_times(plan.model, plan.cluster, plan.train, cfg, stack=load_stack(cfg.stack))
     return schedule_of(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, cfg.schedule_csv), times
 
 
@@ -114,12 +115,13 @@ def write_custom_plan(plan_path: Path, out_path: Path) -> str:
     cfg = plan.config
     if cfg.v != 1:
         raise PlanError(f"custom schedules are searched for one stage per rank; the plan has v={cfg.v}")
-    times = stage_times(plan.model, plan.cluster, plan.train, cfg)
+    stack = load_stack(cfg.stack)
+    times = stage_times(plan.model, plan.cluster, plan.train, cfg, stack=stack)
     found = search_custom_schedule(times, cfg.pp, cfg.num_microbatches, inflight_caps(plan, times))
     custom_cfg = cfg.model_copy(update={"schedule": "custom", "schedule_csv": format_torch_csv(found.schedule)})
-    est = estimate(plan.model, plan.cluster, plan.train, custom_cfg)
-    summary = (f"custom order ({found.method}): pipeline {found.makespan_s:.4f} s vs best shipped "
-               f"{found.baseline_name} {found.baseline_makespan_s:.4f} s ({100 * found.gain:+.2f}%)")
+    est = estimate(plan.model, plan.cluster, plan.train, custom_cfg, stack=stack)
+    summary = (f"custom order ({found.method}): pipeline {found.makespan_s:.3g} s vs best shipped "
+               f"{found.baseline_name} {found.baseline_makespan_s:.3g} s ({100 * found.gain:+.3g}%)")
     new = plan.model_copy(update={"config": custom_cfg, "estimate": est, "rationale": [summary, *plan.rationale]})
     write_atomic(out_path, plan_json(new))
     return summary
@@ -142,7 +144,7 @@ def _rank_table(result: SimulationResult) -> Table:
     for header in ("rank", "busy", "idle", "busy/makespan", "peak in-flight"):
         table.add_column(header, justify="right")
     for rank, (busy, idle, peak) in enumerate(zip(result.busy_s, result.idle_s, result.peak_inflight_microbatches)):
-        table.add_row(str(rank), f"{busy:.6g}", f"{idle:.6g}", f"{busy / result.makespan_s:.3f}", str(peak))
+        table.add_row(str(rank), sig3(busy), sig3(idle), sig3(busy / result.makespan_s), str(peak))
     return table
 
 

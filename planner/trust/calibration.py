@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from costmodels.estimate import estimate
+from profiles.loader import load_stack
 from profiles.schema import ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
 
 FIT_TERMS: tuple[str, ...] = (
@@ -94,7 +95,7 @@ def with_efficiency(cluster: ClusterSpec, terms: dict[str, float]) -> ClusterSpe
 
 
 def estimate_with(run: MeasuredRun, terms: dict[str, float]) -> Estimate:
-    return estimate(run.model, with_efficiency(run.cluster, terms), run.train, run.config)
+    return estimate(run.model, with_efficiency(run.cluster, terms), run.train, run.config, stack=load_stack(run.config.stack))
 
 
 def log_errors(runs: list[MeasuredRun], terms: dict[str, float]) -> np.ndarray:

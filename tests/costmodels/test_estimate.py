@@ -1,26 +1,30 @@
 """``estimate(...)``: one configuration priced, checked against hand-derived numbers.
 
 Layer times come from a stub (every transformer layer F = B = W = 1 s, embedding and head
-free), so every figure below follows from the schedule, the cluster file and the formulas
-cited in ``costmodels/estimate.py``.
+free), so every figure below follows from the schedule, the cluster file, the stack's
+overlaps and the formulas cited in ``costmodels/estimate.py``, ``data_parallel.py`` and
+``step_time.py``.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from costmodels.comm import all_reduce_s, link_for
+from costmodels.comm import GroupPlacement, collective_s, network_for
 from costmodels.compute import memory_bound_time_s
-from costmodels.estimate import ADAM_STEP_BYTES_PER_PARAM, GRAD_REDUCE_BYTES, estimate, memory_limit_gib, stage_times
+from costmodels.estimate import ADAM_STEP_BYTES_PER_PARAM, estimate, memory_limit_gib, stage_times
 from costmodels.layer_costs import ZERO_PASS, PassTimes
 from costmodels.memory import GIB, stage_params
+from costmodels.step_time import exposed_sum_s
 from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec
+from profiles.stack_schema import StackOverlap
 
 MODEL = ModelSpec(name="t", num_layers=8, hidden_size=256, num_attention_heads=8, vocab_size=1024, seq_len=128)
 TRAIN = TrainSpec(global_batch=8, seq_len=128, precision="fp32")
+FP32_GRAD_BYTES = 4
 
 
-def gpu_cluster(bandwidth_gbs: float = 1e12, latency_us: float = 0.0, margin: float = 0.0) -> ClusterSpec:
+def gpu_cluster(bandwidth_gbs: float = 1e12, latency_us: float = 0.0, margin: float = 0.0, **efficiency) -> ClusterSpec:
     """An accelerator cluster (comm overlaps compute) with the given links and a 16 GiB GPU."""
     return ClusterSpec(
         name="test",
@@ -29,6 +33,7 @@ def gpu_cluster(bandwidth_gbs: float = 1e12, latency_us: float = 0.0, margin: fl
         intra_node={"bandwidth_gbs": bandwidth_gbs, "latency_us": latency_us},
         inter_node={"bandwidth_gbs": bandwidth_gbs, "latency_us": latency_us},
         memory_safety_margin=margin,
+        efficiency=efficiency,
     )
 
 
@@ -45,6 +50,14 @@ class UnitLayers:
         return ZERO_PASS
 
 
+class Stack:
+    """Just the overlaps of a stack (the stub layers make its kernels irrelevant)."""
+
+    def __init__(self, **overlap) -> None:
+        self.overlap = StackOverlap(**{"dp_grad_reduce": "bucketed", **overlap})
+        self.kernels = None
+
+
 def config(pp: int, dp: int, m: int, schedule: str = "1f1b", zero: int = 0) -> ParallelConfig:
     return ParallelConfig(tp=1, pp=pp, dp=dp, mbs=1, num_microbatches=m, schedule=schedule, zero=zero,
                           stage_layers=[8 // pp] * pp)
@@ -52,6 +65,10 @@ def config(pp: int, dp: int, m: int, schedule: str = "1f1b", zero: int = 0) -> P
 
 def optimizer_s(cluster: ClusterSpec, params: float) -> float:
     return memory_bound_time_s(cluster, params * ADAM_STEP_BYTES_PER_PARAM)
+
+
+def intra_node(size: int) -> GroupPlacement:
+    return GroupPlacement(size=size, ranks_per_node=size, nodes=1, node_senders=size)
 
 
 def test_one_stage_is_m_times_the_layer_work_plus_the_optimizer() -> None:
@@ -73,7 +90,10 @@ def test_1f1b_pipeline_makespan_and_bubble() -> None:
     last_rank_params = stage_params(MODEL, 2, False, True, 1)
     assert est.bubble_fraction == pytest.approx(3 / 11)
     assert est.step_time_s == pytest.approx(66.0 + optimizer_s(cluster, max(first_rank_params, last_rank_params)))
-    assert est.breakdown.bubble_s == pytest.approx(66.0 * 3 / 11)
+    # the critical rank (rank 0, whose last backward ends the pipeline) waits 3 x 6 s in all:
+    # 3 x 2 s before its first F and 3 x 4 s in the drain's gaps
+    assert est.breakdown.bubble_s == pytest.approx(18.0)
+    assert est.breakdown.compute_s == pytest.approx(48.0)
 
 
 def test_split_backward_moves_the_first_stage_backward_into_w() -> None:
@@ -85,19 +105,131 @@ def test_split_backward_moves_the_first_stage_backward_into_w() -> None:
     assert plain.backward_input_s == (2.0, 2.0, 2.0, 2.0)
 
 
-def test_data_parallel_all_reduce_hides_behind_the_last_backward_and_shows_its_excess() -> None:
-    """ZeRO-0: one all-reduce of the fp32 gradients, overlapped with the last microbatch's
-    backward (B + W of every layer on the rank: 8 layers x 2 s = 16 s); only the excess shows."""
+@pytest.mark.parametrize("bandwidth_gbs", [1e3, 1e-3])
+def test_bucketed_reduce_hides_all_but_one_bucket_behind_the_last_backward(bandwidth_gbs: float) -> None:
+    """ZeRO-0, one stage, dp = 2 inside a node: the all-reduce of the fp32 gradients overlaps the
+    last microbatch's backward (B + W of 8 layers = 16 s); the last bucket (Megatron's 40M
+    parameters: here the whole model, 1 bucket) cannot, so the whole reduce shows when it is
+    one bucket, and with 2 buckets of 1/2 each the excess over 16 s or one bucket shows."""
+    cluster = gpu_cluster(bandwidth_gbs=bandwidth_gbs, latency_us=5.0)
+    network = network_for(cluster)
     params = stage_params(MODEL, 8, True, True, 1)
-    for bandwidth_gbs in (1e3, 1e-3):
-        cluster = gpu_cluster(bandwidth_gbs=bandwidth_gbs, latency_us=5.0)
-        link = link_for(cluster, crosses_nodes=False)
-        exposed = max(0.0, all_reduce_s(params * GRAD_REDUCE_BYTES, 2, link) - 16.0)
-        est = estimate(MODEL, cluster, TrainSpec(global_batch=16, seq_len=128, precision="fp32"),
-                       config(pp=1, dp=2, m=8), UnitLayers())
-        assert est.breakdown.dp_comm_s == pytest.approx(exposed)
-        assert est.step_time_s == pytest.approx(192.0 + exposed + optimizer_s(cluster, params))
-    assert exposed > 0  # the slow link really exposes traffic
+    train = TrainSpec(global_batch=16, seq_len=128, precision="fp32")
+    reduce_s = collective_s("all_reduce", params * FP32_GRAD_BYTES, intra_node(2), network)
+    one_bucket = estimate(MODEL, cluster, train, config(pp=1, dp=2, m=8), UnitLayers(), stack=Stack())
+    assert one_bucket.breakdown.dp_comm_s == pytest.approx(reduce_s)
+    half = params / 2
+    two_buckets = estimate(MODEL, cluster, train, config(pp=1, dp=2, m=8), UnitLayers(),
+                           stack=Stack(dp_bucket_params=int(half) + 1))
+    last_bucket_s = collective_s("all_reduce", (int(half) + 1) * FP32_GRAD_BYTES, intra_node(2), network)
+    exposed = min(reduce_s, max(last_bucket_s, reduce_s - 16.0))
+    assert two_buckets.breakdown.dp_comm_s == pytest.approx(exposed)
+    assert two_buckets.step_time_s == pytest.approx(192.0 + exposed + optimizer_s(cluster, params))
+    assert two_buckets.breakdown.overlapped.get("dp_comm_s", 0.0) == pytest.approx(reduce_s - exposed)
+
+
+def test_reduce_after_backward_is_all_exposed() -> None:
+    cluster = gpu_cluster(bandwidth_gbs=1e-3, latency_us=5.0)
+    params = stage_params(MODEL, 8, True, True, 1)
+    train = TrainSpec(global_batch=16, seq_len=128, precision="fp32")
+    reduce_s = collective_s("all_reduce", params * FP32_GRAD_BYTES, intra_node(2), network_for(cluster))
+    est = estimate(MODEL, cluster, train, config(pp=1, dp=2, m=8), UnitLayers(), stack=Stack(dp_grad_reduce="after_backward"))
+    assert est.breakdown.dp_comm_s == pytest.approx(reduce_s)
+    assert est.step_time_s == pytest.approx(192.0 + reduce_s + optimizer_s(cluster, params))
+
+
+def test_a_rank_that_ends_early_reduces_while_the_pipeline_drains() -> None:
+    """1F1B, pp = 2, M = 4, F = 4, B + W = 8 s per stage: (M + P - 1) x 12 = 60 s; rank 1's last
+    backward ends at 52 s, rank 0's at 60 s. Reducing after the backward, rank 1's reduce is
+    hidden by the drain (52 + r1 < 60 + r0); rank 0's is exposed in full and sets the step.
+    Two GPUs a node: the DP pairs are inside a node (slow link), the p2p crosses nodes (fast)."""
+    cluster = ClusterSpec.model_validate({**gpu_cluster(bandwidth_gbs=0.01, latency_us=0.0).model_dump(), "gpus_per_node": 2,
+                                          "inter_node": {"bandwidth_gbs": 1e12, "latency_us": 0.0}})
+    train = TrainSpec(global_batch=8, seq_len=128, precision="fp32")
+    cfg = config(pp=2, dp=2, m=4)
+    est = estimate(MODEL, cluster, train, cfg, UnitLayers(), stack=Stack(dp_grad_reduce="after_backward"))
+    p0, p1 = stage_params(MODEL, 4, True, False, 1), stage_params(MODEL, 4, False, True, 1)
+    r0 = collective_s("all_reduce", p0 * FP32_GRAD_BYTES, intra_node(2), network_for(cluster))
+    r1 = collective_s("all_reduce", p1 * FP32_GRAD_BYTES, intra_node(2), network_for(cluster))
+    assert r1 > 1.0 and 52.0 + r1 < 60.0 + r0
+    opt = max(optimizer_s(cluster, p0), optimizer_s(cluster, p1))
+    assert est.step_time_s == pytest.approx(60.0 + r0 + opt)
+    assert est.breakdown.dp_comm_s == pytest.approx(r0)
+
+
+def test_zero1_parameter_gather_after_the_step_or_under_the_first_forward() -> None:
+    """ZeRO-1, one stage: reduce-scatter of the fp32 gradients, then the all-gather of the fp32
+    weights, all exposed after the step, or all but its first bucket hidden under the first
+    forward (8 s) when overlapped."""
+    cluster = gpu_cluster(bandwidth_gbs=1e-3, latency_us=0.0)
+    network = network_for(cluster)
+    params = stage_params(MODEL, 8, True, True, 1)
+    train = TrainSpec(global_batch=16, seq_len=128, precision="fp32")
+    reduce_s = collective_s("reduce_scatter", params * FP32_GRAD_BYTES, intra_node(2), network)
+    gather_s = collective_s("all_gather", params * 4, intra_node(2), network)
+    after = estimate(MODEL, cluster, train, config(pp=1, dp=2, m=8, zero=1), UnitLayers(),
+                     stack=Stack(dp_grad_reduce="after_backward", param_gather="after_step"))
+    assert after.breakdown.dp_comm_s == pytest.approx(reduce_s + gather_s)
+    overlapped = estimate(MODEL, cluster, train, config(pp=1, dp=2, m=8, zero=1), UnitLayers(),
+                          stack=Stack(dp_grad_reduce="after_backward", param_gather="overlapped"))
+    # one bucket (the default 40M > params): nothing hides
+    assert overlapped.breakdown.dp_comm_s == pytest.approx(reduce_s + gather_s)
+    bucket = int(params / 4) + 1
+    four = estimate(MODEL, cluster, train, config(pp=1, dp=2, m=8, zero=1), UnitLayers(),
+                    stack=Stack(dp_grad_reduce="after_backward", param_gather="overlapped", dp_bucket_params=bucket))
+    first_s = collective_s("all_gather", bucket * 4, intra_node(2), network)
+    assert four.breakdown.dp_comm_s == pytest.approx(reduce_s + max(first_s, gather_s - 8.0))
+
+
+def test_blocking_p2p_holds_the_sender_and_overlapped_p2p_delays_the_receiver() -> None:
+    """1F1B, pp = 2, M = 2, 4 layers a stage (F = 4, B + W = 8 s), a 1 s send each way.
+
+    Exposed (blocking): stage 0's F = 5 and stage 1's B + W = 9, no delay on the edges. Rank 0
+    runs F [0, 5], F [5, 10]; rank 1 F [5, 9], BW [9, 18], F [18, 22], BW [22, 31]; rank 0
+    BW [18, 26], BW [31, 39]: 39 s. Overlapped: the send delays the receiver by 1 s and holds
+    no one. Rank 0 F [0, 4], [4, 8]; rank 1 F [5, 9], BW [9, 17], F [17, 21], BW [21, 29];
+    rank 0 BW [18, 26], [30, 38]: 38 s."""
+    p2p_bytes = 4 * 128 * 256  # fp32 s·b·h
+    slow = gpu_cluster(bandwidth_gbs=p2p_bytes / 1e9 / 0.8, latency_us=0.0)  # 1 s per send at the 0.8 collective efficiency
+    cfg = ParallelConfig(tp=1, pp=2, dp=1, mbs=1, num_microbatches=2, stage_layers=[4, 4])
+    train = TrainSpec(global_batch=2, seq_len=128, precision="fp32")
+    times = stage_times(MODEL, slow, train, cfg, UnitLayers(), stack=Stack(p2p="exposed"))
+    assert times.forward_s == pytest.approx((5.0, 4.0)) and times.p2p_s == (0.0,)
+    assert times.backward_input_s == pytest.approx((4.0, 5.0))
+    opt = max(optimizer_s(slow, stage_params(MODEL, 4, True, False, 1)), optimizer_s(slow, stage_params(MODEL, 4, False, True, 1)))
+    exposed = estimate(MODEL, slow, train, cfg, UnitLayers(), stack=Stack(p2p="exposed"))
+    overlapped = estimate(MODEL, slow, train, cfg, UnitLayers(), stack=Stack(p2p="overlapped"))
+    assert exposed.step_time_s == pytest.approx(39.0 + opt)
+    assert overlapped.step_time_s == pytest.approx(38.0 + opt)
+    assert exposed.breakdown.pp_comm_s == pytest.approx(2.0)  # rank 0's two forward sends
+    assert overlapped.breakdown.pp_comm_s == 0.0 and overlapped.breakdown.overlapped["pp_comm_s"] == pytest.approx(2.0)
+
+
+def test_action_overhead_is_paid_per_pipeline_action() -> None:
+    """1 ms per action from the GPU family plus 2 ms from the stack: one stage, 8 microbatches,
+    F and a full backward (B and W in one action, 1F1B): 16 actions x 3 ms."""
+    cluster = gpu_cluster(action_overhead_s=1e-3)
+    est = estimate(MODEL, cluster, TRAIN, config(pp=1, dp=1, m=8), UnitLayers(), stack=Stack(host_overhead_per_action_s=2e-3))
+    params = stage_params(MODEL, 8, True, True, 1)
+    assert est.step_time_s == pytest.approx(192.0 + 16 * 3e-3 + optimizer_s(cluster, params))
+    assert est.breakdown.overhead_s == pytest.approx(16 * 3e-3)
+    # zero-bubble schedules split the backward: three actions per microbatch and stage
+    split = estimate(MODEL, cluster, TRAIN, config(pp=1, dp=1, m=8, schedule="gpipe"), UnitLayers(),
+                     stack=Stack(host_overhead_per_action_s=2e-3))
+    assert split.breakdown.overhead_s == pytest.approx(16 * 3e-3)
+
+
+@pytest.mark.parametrize("schedule", ["1f1b", "gpipe", "zb-h1", "zb-h2", "interleaved-1f1b", "zbv"])
+@pytest.mark.parametrize("dp_grad_reduce", ["bucketed", "after_backward", "after_schedule"])
+def test_exposed_parts_add_up_to_the_step(schedule: str, dp_grad_reduce: str) -> None:
+    cluster = gpu_cluster(bandwidth_gbs=0.01, latency_us=10.0, action_overhead_s=1e-3)
+    v = 2 if schedule in {"interleaved-1f1b", "zbv"} else 1
+    cfg = ParallelConfig(tp=1, pp=2, dp=2, v=v, mbs=1, num_microbatches=4, schedule=schedule, zero=1,
+                         stage_layers=[8 // (2 * v)] * (2 * v))
+    train = TrainSpec(global_batch=8, seq_len=128, precision="fp32")
+    est = estimate(MODEL, cluster, train, cfg, UnitLayers(), stack=Stack(dp_grad_reduce=dp_grad_reduce))
+    assert exposed_sum_s(est.breakdown) == pytest.approx(est.step_time_s, rel=1e-12)
+    assert est.breakdown.bubble_s >= 0 and est.breakdown.compute_s > 0
 
 
 def test_memory_per_rank_is_the_sum_of_its_categories_and_fits_against_the_margin() -> None:
@@ -120,3 +252,15 @@ def test_mfu_is_model_flops_over_peak() -> None:
     est = estimate(MODEL, gpu_cluster(), TRAIN, config(pp=1, dp=1, m=8), UnitLayers())
     assert est.mfu == pytest.approx(est.model_tflops_per_gpu / 100.0)
     assert est.tokens_per_s == pytest.approx(8 * 128 / est.step_time_s)
+
+
+def test_estimate_reports_total_and_active_parameters() -> None:
+    """Dense (GPT style: tied embedding, learned positions, SC21's 12h² + 13h per layer, final LayerNorm): equal;
+    MoE: total less active is the experts a token does not use."""
+    dense = estimate(MODEL, gpu_cluster(), TRAIN, config(2, 1, 4), UnitLayers())
+    h, v, s = 256, 1024, 128
+    assert dense.params_total == dense.params_active == v * h + s * h + 8 * (12 * h * h + 13 * h) + 2 * h
+    moe = MODEL.model_copy(update={"num_experts": 8, "experts_per_token": 2, "moe_ffn_hidden_size": 512})
+    priced = estimate(moe, gpu_cluster(), TRAIN, config(2, 1, 4), UnitLayers())
+    expert = 2 * h * 512 + 512 + h  # GELU MLP with biases
+    assert priced.params_total - priced.params_active == 8 * 6 * expert  # 6 of 8 experts idle per token, 8 layers

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from costmodels.comm import Link, link_for, tp_layer_comm_s
+from costmodels.comm import Link, link_for, network_for, tp_layer_comm_s
 from costmodels.estimate import estimate
 from costmodels.layer_costs import RooflineTimes
 from costmodels.profile_times import ProfiledTimes, interpolate_loglog, layer_times_for
@@ -130,7 +130,7 @@ def test_extrapolation_is_priced_and_said_once(env):
     # tp=4 from tp 1,2 (slope -1), compute only; comm added on top
     model, cluster, train = env
     t4 = times.transformer(4, 1, 128, False, "none")
-    comm = tp_layer_comm_s(128, model.hidden_size, 4, 4, link_for(cluster, False))
+    comm = tp_layer_comm_s(128, model.hidden_size, 4, 4, network_for(cluster))
     assert t4.forward_s == pytest.approx(0.25 * MS + comm)
     assert len([w for w in warnings if "mbs=8" in w]) == 1
     assert any("seq_len=256" in w for w in warnings) and any("tp=4" in w for w in warnings)
@@ -138,7 +138,7 @@ def test_extrapolation_is_priced_and_said_once(env):
 
 def test_tp_comm_is_added_where_the_roofline_puts_it(env):
     model, cluster, train = env
-    comm = tp_layer_comm_s(2 * 128, model.hidden_size, 4, 2, link_for(cluster, False))
+    comm = tp_layer_comm_s(2 * 128, model.hidden_size, 4, 2, network_for(cluster))
     t = _times(env).transformer(2, 2, 128, False, "full")
     roof = RooflineTimes(model, cluster, "fp32").transformer(2, 2, 128, False, "full")
     assert t.tp_comm_s == pytest.approx(3 * comm) == pytest.approx(roof.tp_comm_s)
@@ -162,7 +162,7 @@ def test_comm_profile_link_replaces_the_cluster_link(env):
     comm = CommProfile(backend="gloo", nproc=2, hardware=CPU, measurements=[],
                        tiers=[TierFit(tier="intra_node", group_size=2, overall=fit, per_collective={})])
     t = _times(env, comm=comm).transformer(2, 1, 128, False, "none")
-    expected = tp_layer_comm_s(128, model.hidden_size, 4, 2, Link(0.5e9, 100e-6))
+    expected = tp_layer_comm_s(128, model.hidden_size, 4, 2, network_for(cluster, (Link(0.5e9, 100e-6), link_for(cluster, True))))
     assert t.tp_comm_s == pytest.approx(2 * expected)
     roof = layer_times_for(None, comm, model, cluster, train)
     assert isinstance(roof, RooflineTimes)

@@ -58,6 +58,9 @@ BAD_PLANS = {
     "fp16 has no runtime": (dict(pp=2, precision="fp16"), "precision 'fp16'"),
     "too few microbatches for 1f1b": (dict(pp=4, global_batch=2), "at least pp=4 microbatches"),
     "custom schedule without its CSV": (dict(pp=2, schedule="custom", schedule_csv=None), "schedule_csv"),
+    "ep not dividing the experts": (dict(model="tiny-moe", dp=3, ep=3, global_batch=3), "ep=3 does not divide num_experts=8"),
+    "ep on a dense model": (dict(dp=2, ep=2), "ep=2 needs a mixture-of-experts model"),
+    "cp not splitting the sequence in 2cp chunks": (dict(model="tiny-llama", cp=3, global_batch=2), "divisible by 2*cp = 6"),
 }
 
 
@@ -125,7 +128,7 @@ def test_compare_cli_json_and_bad_metrics(tmp_path: Path, capsys: pytest.Capture
 def test_emit_goes_through_the_emitters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plan_path = write_plan(make_plan(pp=2), tmp_path / "plan.json")
     out_dir = tmp_path / "out"
-    assert run(["launch", str(plan_path), "--emit", "megatron", "--out-dir", str(out_dir)]) == 0
+    assert run(["launch", str(plan_path), "--emit", "torchrun", "--out-dir", str(out_dir)]) == 0
     written = {Path(line).name for line in capsys.readouterr().out.split()}
     assert written and written == {p.name for p in out_dir.iterdir()}
     assert run(["launch", str(plan_path), "--emit", "slurm"]) == 2

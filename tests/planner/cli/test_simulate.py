@@ -105,10 +105,13 @@ def test_plan_file_is_simulated_with_the_cost_models_stage_times(tmp_path: Path,
     doc = run_json(["simulate", str(plan)], capsys)
     from costmodels.estimate import stage_times
     from costmodels.pipeline import price_pipeline
+    from profiles.loader import load_stack
     from profiles.schema import Plan
 
     p = Plan.model_validate_json(plan.read_text())
-    expected = price_pipeline("zb-h1", 4, 1, p.config.num_microbatches, stage_times(p.model, p.cluster, p.train, p.config))
+    stack = load_stack(p.config.stack)  # the plan's stack decides its kernels and overlaps
+    expected = price_pipeline("zb-h1", 4, 1, p.config.num_microbatches,
+                              stage_times(p.model, p.cluster, p.train, p.config, stack=stack))
     assert doc["makespan"] == pytest.approx(expected.makespan_s)
     assert [r["peak_inflight_microbatches"] for r in doc["per_rank"]] == list(expected.peak_inflight_microbatches)
 

@@ -1,0 +1,186 @@
+"""Data-parallel traffic of one pipeline rank and how much of it its stack hides.
+
+Once per step a rank reduces its gradients over its DP group (an all-reduce, or a
+reduce-scatter under ZeRO >= 1) and, under ZeRO-1/2, gathers its updated parameters back
+(Rajbhandari et al. 2020, Sec. 5); under ZeRO-3 the parameters are gathered per microbatch
+instead (``zero3_gather_s``). The group is hierarchical over the node boundary
+(``costmodels.comm.collective_s``) and shares its nodes' NICs with the other DP groups of
+the same stage, which reduce at the same time.
+
+The collectives of a rank run one after another on one communication stream, beside the
+compute (``_reduce_queue``, ``_gather_queue``). When each virtual stage's may start is the
+stack's (``StackSpec.overlap``), from the simulated times of the stage's actions:
+
+- ``dp_grad_reduce: bucketed`` (Megatron-Core ``--overlap-grad-reduce``): buckets of
+  ``max(dp_bucket_params, dp_bucket_params_per_dp_rank * dp)`` parameters leave as the
+  stage's last backward produces them (one model chunk after another under interleaving),
+  so the reduce may start when that backward starts and its last bucket when it ends;
+- ``dp_grad_reduce: after_backward`` (torch pipelining's REDUCE_GRAD after a stage's last
+  backward): when the stage's last backward ends;
+- ``dp_grad_reduce: after_schedule`` (Megatron-LM 2021 ``allreduce_gradients`` after the
+  whole schedule; DeepSpeed's final ReduceGrads): when the rank's last action ends.
+
+Whatever the queue has not finished when the rank's last action ends is exposed. The
+parameter gather (ZeRO-1/2) opens the next step: ``param_gather: overlapped``
+(``--overlap-param-gather``, FSDP2 prefetch) streams stage by stage from the step's start,
+each stage needing its first bucket when its first forward starts and the rest by that
+forward's end; ``after_step`` (Megatron-LM 2022 distributed optimizer) gathers everything
+before the step. On a node whose cores both compute and move the bytes
+(``comm_overlaps_compute`` false) nothing hides: all of it is exposed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from costmodels.comm import Collective, GroupPlacement, Network, collective_s, placement_of
+from costmodels.rank_grid import RankGrid
+from profiles.schema import ClusterSpec, ParallelConfig
+from profiles.stack_schema import StackOverlap
+
+
+def grad_reduce_bytes_per_param(precision: str) -> int:
+    """Gradients are reduced in fp32 (Megatron-LM sets ``accumulate_allreduce_grads_in_fp32`` for
+    bf16, megatron/training/arguments.py; FSDP2's ``reduce_dtype`` fp32 in torchtitan), in fp16
+    for fp16 runs (Megatron's default without that flag)."""
+    return 2 if precision == "fp16" else 4
+
+
+def comm_overlaps_compute(cluster: ClusterSpec) -> bool:
+    """Whether data-parallel traffic can hide behind compute: yes on accelerators (a copy
+    engine / NIC moves the bytes while the SMs compute); no on a CPU node
+    (``concurrent_ranks_per_node`` set), where gloo's loopback copies and reductions run on
+    the same cores as the compute, and FSDP2 reduces synchronously in its post-backward hook
+    (torch.profiler on cpu-local: ``FSDP::post_backward_reduce`` 4-10 ms per layer inside the
+    step, nothing running beside it)."""
+    return cluster.concurrent_ranks_per_node is None
+
+
+def dp_placement(cluster: ClusterSpec, cfg: ParallelConfig, pipeline_rank: int) -> GroupPlacement:
+    """The DP group of (pipeline rank, tp rank 0) on the rank grid; every rank of a node it spans
+    belongs to a DP group of the same stage that reduces at the same time (they share the NICs)."""
+    return _dp_placement(cfg.tp, cfg.pp, cfg.dp, cfg.cp, cluster.gpus_per_node, pipeline_rank)
+
+
+@lru_cache(maxsize=4096)
+def _dp_placement(tp: int, pp: int, dp: int, cp: int, gpus_per_node: int, pipeline_rank: int) -> GroupPlacement:
+    grid = RankGrid(tp, pp, dp, cp)
+    return placement_of(grid.dp_group(pipeline_rank, 0), gpus_per_node, min(gpus_per_node, tp * cp * dp))
+
+
+def bucket_params(overlap: StackOverlap, dp: int) -> float:
+    """Parameters per DP bucket (Megatron-Core: max(40M, 1M x dp x cp), training.py get_model)."""
+    return float(max(overlap.dp_bucket_params, overlap.dp_bucket_params_per_dp_rank * dp))
+
+
+def zero3_gather_s(params: float, bytes_per_element: int, placement: GroupPlacement, network: Network) -> float:
+    """One all-gather of a stage's ZeRO-3 parameters (per microbatch in F, again in B: FSDP2 with
+    ``reshard_after_forward=True`` frees them after each forward; Rajbhandari et al. 2020, Sec. 5.3)."""
+    return collective_s("all_gather", params * bytes_per_element, placement, network)
+
+
+@dataclass(frozen=True)
+class StageWindow:
+    """A virtual stage of the rank as the simulation ran it: its parameters (per TP rank), when
+    its first forward starts and how long one forward takes, when its last backward ends and
+    how long that backward (B + W) takes."""
+
+    params: float
+    first_forward_s: float
+    forward_s: float
+    last_backward_end_s: float
+    backward_s: float
+
+
+@dataclass(frozen=True)
+class RankSync:
+    """Once-per-step data-parallel traffic of one pipeline rank (seconds): the gradient reduce
+    and the parameter gather, each in total and the part its stack leaves exposed (the
+    reduce after the rank's last action, the gather as a delay of the step's start)."""
+
+    grad_reduce_s: float = 0.0
+    grad_reduce_exposed_s: float = 0.0
+    param_gather_s: float = 0.0
+    param_gather_exposed_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Transfer:
+    earliest_s: float  # may start
+    last_piece_s: float  # its last bucket may start
+    total_s: float
+    last_bucket_s: float
+
+
+def _reduce_queue(transfers: list[_Transfer]) -> float:
+    """When one stream that runs ``transfers`` in order finishes."""
+    clock = 0.0
+    for t in sorted(transfers, key=lambda t: (t.last_piece_s, t.earliest_s)):
+        start = max(clock, t.earliest_s)
+        clock = max(start + t.total_s, t.last_piece_s + t.last_bucket_s)
+    return clock
+
+
+def _gather_delay_s(stages: list[StageWindow], gathers: list[tuple[float, float]]) -> float:
+    """How long the step's start waits for gathers streamed from time 0 in first-forward order:
+    each stage needs its first bucket when its first forward starts and all of it by its end."""
+    clock, delay = 0.0, 0.0
+    for st, (total, first) in sorted(zip(stages, gathers), key=lambda x: x[0].first_forward_s):
+        late_first = clock + first - st.first_forward_s
+        clock += total
+        delay = max(delay, late_first, clock - (st.first_forward_s + st.forward_s))
+    return delay
+
+
+def rank_sync(
+    cluster: ClusterSpec, cfg: ParallelConfig, overlap: StackOverlap, network: Network, pipeline_rank: int,
+    stages: list[StageWindow], rank_end_s: float, precision_bytes: int, grad_bytes: int, timing_known: bool = True,
+) -> RankSync:
+    """The rank's gradient reduce and parameter gather, and what of them ``overlap`` exposes
+    (module docstring). Without the stages' simulated times (``timing_known`` false: a pricer
+    that bounds the pipeline instead of simulating it) the exposed parts are lower bounds
+    (``_exposed_floor``)."""
+    if cfg.dp == 1 or not stages:
+        return RankSync()
+    placement = dp_placement(cluster, cfg, pipeline_rank)
+    bucket = bucket_params(overlap, cfg.dp)
+    kind: Collective = "all_reduce" if cfg.zero == 0 else "reduce_scatter"
+    hides = comm_overlaps_compute(cluster)
+    transfers = []
+    for st in stages:
+        total = collective_s(kind, st.params * grad_bytes, placement, network)
+        last = collective_s(kind, min(st.params, bucket) * grad_bytes, placement, network)
+        if not hides or overlap.dp_grad_reduce == "after_schedule":
+            transfers.append(_Transfer(rank_end_s, rank_end_s, total, total))
+        elif overlap.dp_grad_reduce == "after_backward":
+            transfers.append(_Transfer(st.last_backward_end_s, st.last_backward_end_s, total, total))
+        else:
+            start = st.last_backward_end_s - st.backward_s
+            transfers.append(_Transfer(start, st.last_backward_end_s, total, last))
+    reduce_s = sum(t.total_s for t in transfers)
+    reduce_exposed = max(0.0, _reduce_queue(transfers) - rank_end_s)
+    gathers = [(collective_s("all_gather", st.params * precision_bytes, placement, network),
+                collective_s("all_gather", min(st.params, bucket) * precision_bytes, placement, network)) for st in stages]
+    gather_s = sum(total for total, _ in gathers) if cfg.zero in (1, 2) else 0.0
+    if not hides or overlap.param_gather == "after_step":
+        gather_exposed = gather_s
+    elif timing_known:
+        gather_exposed = _gather_delay_s(stages, gathers) if gather_s else 0.0
+    else:
+        gather_exposed = _gather_floor_s(stages, gathers, pipeline_rank) if gather_s else 0.0
+    if not timing_known and hides and overlap.dp_grad_reduce != "after_schedule":
+        reduce_exposed = min(t.last_bucket_s for t in transfers)
+    return RankSync(reduce_s, reduce_exposed, gather_s, gather_exposed)
+
+
+def _gather_floor_s(stages: list[StageWindow], gathers: list[tuple[float, float]], pipeline_rank: int) -> float:
+    """A lower bound of the gather delay without simulated times: pipeline rank 0 runs stage 0's
+    first forward at time 0, so it waits for that stage's first bucket and for all of its
+    gather beyond that forward; any other rank may start late enough to wait for nothing.
+    (A rank's last action is a backward of one of its stages, so its reduce exposes at
+    least that stage's last bucket: ``rank_sync`` takes the smallest over its stages.)"""
+    if pipeline_rank != 0:
+        return 0.0
+    total, first = gathers[0]
+    return max(0.0, first, total - stages[0].forward_s)

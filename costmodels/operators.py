@@ -1,0 +1,295 @@
+"""Each layer as the list of operators its stack runs, with their FLOPs and bytes (pure data).
+
+Three kinds of operator, priced by ``costmodels.compute.operator_time_s``:
+
+- ``Gemm(m, n, k, batch)``: 2·batch·m·n·k FLOPs on the tensor cores (efficiency by shape);
+- ``FlashAttention(flops)``: a fused attention kernel on the FLOPs it executes (a causal
+  kernel skips the blocks above the diagonal: half of QKᵀ and AV);
+- ``MemoryBound(bytes)``: element-wise or reduction kernels priced by the bytes they read and
+  write, counted as "accesses" of one tensor (a read or a write of every element).
+
+A layer's operators come in passes (``LayerOps``): forward (F), backward-input (B: input
+gradients, the attention backward, element-wise backward), backward-weight (W: the weight
+gradients), and the forward operators recomputation re-runs inside B. Per TP rank and per
+microbatch; the tensor-parallel collectives are priced apart (``costmodels.layer_costs``).
+
+Which kernels run and how they are fused is the stack's (``StackSpec.kernels``): flash or
+unfused attention (Megatron-LM 2021: ``baddbmm`` QKᵀ, a scale-mask-softmax kernel, dropout on
+the probabilities, ``bmm`` with V), fused or eager norms, activations and rotary, dropout,
+a vocab-parallel or a gathered cross-entropy, fused or not. The access counts per kernel are
+stated where each operator is built.
+
+Extending: a mixture-of-experts layer replaces ``_mlp`` with its router GEMM, the expert GEMMs
+(``Gemm`` with ``batch`` = local experts and ``m`` = tokens routed to each) and its
+permutation copies (``MemoryBound``), and adds its all-to-all next to the TP collectives;
+context parallelism divides ``LayerShape.seq_len`` for the GEMMs and makes the attention
+core a ring of blocks (several ``FlashAttention`` operators) with its p2p apart. Neither needs a
+change to the operator types or to their pricing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from profiles.schema import ModelSpec
+from profiles.stack_schema import StackKernels
+
+MASK_BYTES = 1  # dropout keeps a 1-byte mask per element (Korthikanti et al. 2022, Sec. 4.1)
+FP32_BYTES = 4
+# FlashAttention-2's FLOP convention: the backward runs five matrix products to the forward's two
+# (dQ, dK, dV, dP and the recomputed S), 2.5x the forward's FLOPs (Dao 2023, Sec. 3.1.2; the
+# benchmark formula in Dao-AILab/flash-attention benchmarks/benchmark_flash_attention.py).
+FLASH_BACKWARD_FLOPS_RATIO = 2.5
+CAUSAL_EXECUTED_FRACTION = 0.5  # a causal flash kernel skips the blocks above the diagonal (same benchmark: FLOPs / 2)
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """A (batched) matrix product: ``batch`` products of (m × k) · (k × n)."""
+
+    name: str
+    m: float
+    n: float
+    k: float
+    batch: float = 1.0
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.batch * self.m * self.n * self.k
+
+
+@dataclass(frozen=True)
+class FlashAttention:
+    """A fused attention kernel: ``flops`` executed (causal half counted), ``backward`` for its
+    backward kernel."""
+
+    name: str
+    flops: float
+    backward: bool = False
+
+
+@dataclass(frozen=True)
+class MemoryBound:
+    """A kernel bound by HBM traffic: ``bytes`` read plus written."""
+
+    name: str
+    bytes: float
+
+
+Operator = Union[Gemm, FlashAttention, MemoryBound]
+
+
+@dataclass(frozen=True)
+class LayerOps:
+    """One layer's operators per pass; ``recompute`` is what recomputation re-runs inside B."""
+
+    forward: tuple[Operator, ...] = ()
+    backward_input: tuple[Operator, ...] = ()
+    backward_weight: tuple[Operator, ...] = ()
+    recompute: tuple[Operator, ...] = ()
+
+    def plus(self, other: "LayerOps") -> "LayerOps":
+        return LayerOps(self.forward + other.forward, self.backward_input + other.backward_input,
+                        self.backward_weight + other.backward_weight, self.recompute + other.recompute)
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """What a layer's operators depend on besides the model and the stack's kernels.
+
+    ``bytes_per_element``: activations (2 for bf16/fp16 and fp8 runs, 4 for fp32);
+    ``composite_rmsnorm``: torch's RMSNorm as the composite x·rsqrt(mean(x²)+eps)·w (off CUDA
+    there is no fused kernel; ``costmodels.memory.ActivationVariant`` says the same)."""
+
+    tp: int
+    mbs: int
+    seq_len: int
+    sequence_parallel: bool
+    recompute: str
+    bytes_per_element: int
+    composite_rmsnorm: bool = False
+
+    @property
+    def tokens(self) -> int:
+        return self.seq_len * self.mbs
+
+    @property
+    def replicated_tokens(self) -> float:
+        """Tokens of the layer's replicated region (norms, residuals, dropout) on one TP rank:
+        all of them, or 1/tp with sequence parallelism (Korthikanti et al. 2022, Sec. 4.2.2)."""
+        return self.tokens / self.tp if self.sequence_parallel else float(self.tokens)
+
+
+# -- building blocks ------------------------------------------------------------------------
+
+
+def linear(name: str, tokens: float, in_features: float, out_features: float) -> LayerOps:
+    """y = x·Wᵀ: F (tokens × in)·(in × out); B the input gradient (tokens × out)·(out × in);
+    W the weight gradient (in × tokens)·(tokens × out)."""
+    return LayerOps(
+        forward=(Gemm(name, tokens, out_features, in_features),),
+        backward_input=(Gemm(f"{name}.dgrad", tokens, in_features, out_features),),
+        backward_weight=(Gemm(f"{name}.wgrad", in_features, out_features, tokens),),
+    )
+
+
+def norm(name: str, elements: float, p: int, composite: bool) -> LayerOps:
+    """LayerNorm or RMSNorm. One kernel (fused, or torch's native LayerNorm): F reads x and
+    writes y (2 accesses), B reads dy and x and writes dx (3). Torch's composite RMSNorm:
+    x², mean, ·rsqrt, ·w, each reading and writing (7 accesses; the mean writes one value
+    per token), and autograd's backward of each, twice that (14)."""
+    forward, backward = (7, 14) if composite else (2, 3)
+    return LayerOps(forward=(MemoryBound(name, forward * p * elements),),
+                    backward_input=(MemoryBound(f"{name}.bwd", backward * p * elements),))
+
+
+def rotary(elements: float, p: int, fused: bool) -> LayerOps:
+    """Rotary embedding of Q and K (Su et al. 2021). Fused (Megatron-Core's, TE's): read and
+    write once (2 accesses of p bytes). Eager fp32 composite (torchtitan's and Llama's
+    reference ``apply_rotary_emb``: upcast, complex multiply, downcast): p + 4 + 4 + 4 + 4 + p
+    bytes per element. The backward is the same rotation with −θ, the same traffic."""
+    per_element = 2 * p if fused else 2 * p + 4 * FP32_BYTES
+    return LayerOps(forward=(MemoryBound("rope", per_element * elements),),
+                    backward_input=(MemoryBound("rope.bwd", per_element * elements),))
+
+
+def residual(name: str, elements: float, p: int, dropout: bool, fused: bool) -> LayerOps:
+    """x + f(x), with dropout on f(x) when the stack runs it. The add reads two tensors and
+    writes one (3 accesses); its backward sums the gradients of the two branches (3). Dropout
+    fused into the add (Megatron's bias-dropout-add): + one 1-byte mask written, + p + 1 in
+    the backward (read the gradient and the mask, write one); eager dropout: a kernel of its
+    own, 2p + 1 each way."""
+    forward = 3 * p * elements
+    backward = 3 * p * elements
+    if dropout:
+        forward += (MASK_BYTES if fused else 2 * p + MASK_BYTES) * elements
+        backward += (2 * p + MASK_BYTES) * elements
+    return LayerOps(forward=(MemoryBound(name, forward),), backward_input=(MemoryBound(f"{name}.bwd", backward),))
+
+
+def activation(elements: float, p: int, swiglu: bool, fused: bool) -> LayerOps:
+    """The MLP's activation on the per-rank FFN width. GELU (fused with its bias or not, one
+    kernel): F 2 accesses, B 3. SwiGLU fused (Megatron's bias-SwiGLU, TE): F reads gate and
+    up and writes one (3), B reads dy, gate and up and writes two (5); eager silu(gate)·up:
+    F 2 + 3 = 5, B (mul's 5) + (silu's 3) = 8."""
+    if not swiglu:
+        forward, backward = 2, 3
+    else:
+        forward, backward = (3, 5) if fused else (5, 8)
+    return LayerOps(forward=(MemoryBound("act", forward * p * elements),),
+                    backward_input=(MemoryBound("act.bwd", backward * p * elements),))
+
+
+def flash_attention(flops_full: float) -> LayerOps:
+    """A causal flash attention kernel on ``flops_full`` (QKᵀ and AV counted in full, SC21's
+    convention): it executes half, and its backward 2.5x that (FlashAttention-2)."""
+    executed = flops_full * CAUSAL_EXECUTED_FRACTION
+    core = FlashAttention("attn.core", executed)
+    return LayerOps(forward=(core,), backward_input=(FlashAttention("attn.core.bwd", FLASH_BACKWARD_FLOPS_RATIO * executed, True),),
+                    recompute=(core,))
+
+
+def unfused_attention(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
+    """Megatron-LM's 2021 ``CoreAttention``: per (microbatch, head) a ``baddbmm`` QKᵀ (s × d)·(d × s)
+    over all s² scores (no causal skip, the 1/√d scale inside it), a scale-mask-softmax over
+    the scores (fused ``FusedScaleMaskSoftmax``: F 2 accesses, B 3; eager mask + softmax: F 4,
+    B 5), dropout on the probabilities (2p + 1 each way, when the stack runs dropout), and
+    ``bmm`` with V (s × s)·(s × d). Backward: dP = dO·Vᵀ, dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q
+    (Megatron-LM ``megatron/model/transformer.py`` @ v2.6)."""
+    s, d, p = shape.seq_len, model.head_dim, shape.bytes_per_element
+    heads = shape.mbs * model.num_attention_heads / shape.tp
+    scores = heads * s * s
+    softmax_f, softmax_b = (2, 3) if kernels.fused_softmax else (4, 5)
+    forward: list[Operator] = [Gemm("attn.qk", s, s, d, heads), MemoryBound("attn.softmax", softmax_f * p * scores)]
+    backward: list[Operator] = [Gemm("attn.av.dgrad_p", s, s, d, heads), Gemm("attn.av.dgrad_v", s, d, s, heads)]
+    if kernels.dropout:
+        forward.append(MemoryBound("attn.dropout", (2 * p + MASK_BYTES) * scores))
+        backward.append(MemoryBound("attn.dropout.bwd", (2 * p + MASK_BYTES) * scores))
+    forward.append(Gemm("attn.av", s, d, s, heads))
+    backward += [MemoryBound("attn.softmax.bwd", softmax_b * p * scores),
+                 Gemm("attn.qk.dgrad_q", s, d, s, heads), Gemm("attn.qk.dgrad_k", s, d, s, heads)]
+    return LayerOps(forward=tuple(forward), backward_input=tuple(backward), recompute=tuple(forward))
+
+
+def cross_entropy(tokens: float, vocab_per_rank: float, p: int, kernels: StackKernels) -> LayerOps:
+    """The loss over ``vocab_per_rank`` logits per token (V/t with a vocab-parallel loss, all V
+    when the logits are gathered first).
+
+    Fused (one kernel): F reads the logits (p), B reads them and writes their gradient (2p).
+    Megatron's vocab-parallel cross-entropy on ``logits.float()`` (Megatron-LM
+    ``mpu/cross_entropy.py``): cast (p + 4), max (4), subtract (8), exp (8), sum (4), divide into
+    the softmax it keeps (8): p + 36 bytes per logit; B: scale the kept softmax (8) and cast
+    back (4 + p). Torch's ``F.cross_entropy(logits.float())`` on gathered logits: cast
+    (p + 4), log-softmax (8), F p + 12; B: the NLL gradient (4), the log-softmax backward
+    (12), the cast back (4 + p): p + 20."""
+    logits = tokens * vocab_per_rank
+    if kernels.fused_cross_entropy:
+        forward, backward = p, 2 * p
+    elif kernels.vocab_parallel_loss:
+        forward, backward = p + 9 * FP32_BYTES, p + 3 * FP32_BYTES
+    else:
+        forward, backward = p + 3 * FP32_BYTES, p + 5 * FP32_BYTES
+    return LayerOps(forward=(MemoryBound("loss", forward * logits),),
+                    backward_input=(MemoryBound("loss.bwd", backward * logits),))
+
+
+# -- the layers ----------------------------------------------------------------------------
+
+
+def _attention(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
+    t, tp, p = shape.tokens, shape.tp, shape.bytes_per_element
+    h, q, kv = model.hidden_size, model.q_dim, model.kv_dim
+    ops = norm("attn.norm", shape.replicated_tokens * h, p, shape.composite_rmsnorm and model.norm == "rmsnorm")
+    ops = ops.plus(linear("attn.qkv", t, h, (q + 2 * kv) / tp))
+    if model.position_embedding == "rope":
+        ops = ops.plus(rotary(t * (q + kv) / tp, p, kernels.fused_rope))
+    if kernels.attention == "flash":
+        ops = ops.plus(flash_attention(4.0 * shape.mbs * shape.seq_len * shape.seq_len * q / tp))
+    else:
+        ops = ops.plus(unfused_attention(model, shape, kernels))
+    ops = ops.plus(linear("attn.out", t, q / tp, h))
+    return ops.plus(residual("attn.residual", shape.replicated_tokens * h, p, kernels.dropout, kernels.fused_activation))
+
+
+def _mlp(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
+    t, tp, p = shape.tokens, shape.tp, shape.bytes_per_element
+    h, f = model.hidden_size, model.ffn_size
+    swiglu = model.activation == "swiglu"
+    ops = norm("mlp.norm", shape.replicated_tokens * h, p, shape.composite_rmsnorm and model.norm == "rmsnorm")
+    ops = ops.plus(linear("mlp.fc1", t, h, (2 if swiglu else 1) * f / tp))
+    ops = ops.plus(activation(t * f / tp, p, swiglu, kernels.fused_activation))
+    ops = ops.plus(linear("mlp.fc2", t, f / tp, h))
+    return ops.plus(residual("mlp.residual", shape.replicated_tokens * h, p, kernels.dropout, kernels.fused_activation))
+
+
+def transformer_layer_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
+    """One transformer layer (pre-norm: attention block, then MLP block). Recomputation: full
+    re-runs every forward operator inside B; selective re-runs the attention core
+    (Korthikanti et al. 2022, Sec. 5)."""
+    ops = _attention(model, shape, kernels).plus(_mlp(model, shape, kernels))
+    redo = {"full": ops.forward, "selective": ops.recompute}.get(shape.recompute, ())
+    return LayerOps(ops.forward, ops.backward_input, ops.backward_weight, redo)
+
+
+def embedding_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
+    """Token lookup (read the rows, write s·b·h: 2 accesses), learned positions added (3), the
+    embedding dropout (Korthikanti et al. 2022, Sec. 4.3; 2p + 1 each way), and the weight
+    gradient's scatter-add into the table (read the gradient and the rows, write the rows: 3)."""
+    t, h, p = shape.tokens, model.hidden_size, shape.bytes_per_element
+    forward: list[Operator] = [MemoryBound("embed.lookup", 2 * p * t * h)]
+    weight: list[Operator] = [MemoryBound("embed.wgrad", 3 * p * t * h)]
+    if model.position_embedding == "learned":
+        forward.append(MemoryBound("embed.positions", 3 * p * t * h))
+    if kernels.dropout:
+        forward.append(MemoryBound("embed.dropout", (2 * p + MASK_BYTES) * shape.replicated_tokens * h))
+    return LayerOps(forward=tuple(forward), backward_weight=tuple(weight))
+
+
+def head_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
+    """Final norm, the column-parallel logits GEMM over V/t, and the loss (``cross_entropy``)."""
+    t, h, p, tp = shape.tokens, model.hidden_size, shape.bytes_per_element, shape.tp
+    vocab = model.vocab_size
+    ops = norm("head.norm", shape.replicated_tokens * h, p, shape.composite_rmsnorm and model.norm == "rmsnorm")
+    ops = ops.plus(linear("head.logits", t, h, vocab / tp))
+    return ops.plus(cross_entropy(t, vocab / tp if kernels.vocab_parallel_loss else vocab, p, kernels))

@@ -1,0 +1,82 @@
+"""``costmodels.compute``: operators priced by roofline, by hand.
+
+A100-like test GPU: 312 TFLOP/s bf16, 2,000 GB/s HBM; family constants gemm_max 0.8,
+gemm_half_dim 96, hbm 0.8 unless a test says otherwise.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from costmodels.compute import (
+    FLASH_BACKWARD_RATE_RATIO,
+    FLASH_FORWARD_FRACTION_OF_GEMM,
+    flash_attention_efficiency,
+    gemm_bytes,
+    operator_time_s,
+)
+from costmodels.operators import FlashAttention, Gemm, MemoryBound
+from profiles.schema import ClusterSpec
+
+PEAK = 312e12
+HBM = 2000e9
+
+
+def gpu(**efficiency) -> ClusterSpec:
+    return ClusterSpec(
+        name="test",
+        gpu={"name": "TEST", "memory_gib": 80, "peak_tflops": {"bf16": 312, "fp8": 624}, "hbm_bandwidth_gbs": 2000},
+        gpus_per_node=8,
+        intra_node={"bandwidth_gbs": 300, "latency_us": 8},
+        inter_node={"bandwidth_gbs": 25, "latency_us": 15},
+        efficiency=efficiency,
+    )
+
+
+def test_a_large_gemm_runs_at_the_ceiling_times_the_knee_of_its_smallest_dimension() -> None:
+    gemm = Gemm("g", 4096, 8192, 1024)
+    efficiency = 0.8 * 1024 / (1024 + 96)
+    assert operator_time_s(gpu(), "bf16", gemm) == pytest.approx(2 * 4096 * 8192 * 1024 / (PEAK * efficiency))
+
+
+def test_a_skinny_gemm_is_bound_by_its_bytes() -> None:
+    """(4096 x 8) · (8 x 4096) in bf16: 268 MFLOP at 0.8·8/104 of peak = 14.0 us; its 33.6 MB
+    result (plus 131 KB of operands) at 0.8 x 2,000 GB/s = 21.1 us: the memory roof binds."""
+    gemm = Gemm("skinny", 4096, 4096, 8)
+    compute = gemm.flops / (PEAK * 0.8 * 8 / (8 + 96))
+    memory = 2 * (4096 * 8 + 8 * 4096 + 4096 * 4096) / (0.8 * HBM)
+    assert gemm_bytes(gemm, "bf16") == 2 * (4096 * 8 + 8 * 4096 + 4096 * 4096)
+    assert memory > compute
+    assert operator_time_s(gpu(), "bf16", gemm) == pytest.approx(memory)
+
+
+def test_fp8_gemms_read_one_byte_operands_and_run_at_the_fp8_peak() -> None:
+    gemm = Gemm("g", 4096, 4096, 4096)
+    assert gemm_bytes(gemm, "fp8") == 2 * 4096 * 4096 * 1 + 4096 * 4096 * 2
+    assert operator_time_s(gpu(), "fp8", gemm) == pytest.approx(gemm.flops / (624e12 * 0.8 * 4096 / (4096 + 96)))
+
+
+def test_batched_gemm_counts_every_product() -> None:
+    gemm = Gemm("bmm", 2048, 2048, 64, batch=8)
+    assert gemm.flops == 2 * 8 * 2048 * 2048 * 64
+    compute = gemm.flops / (PEAK * 0.8 * 64 / (64 + 96))
+    memory = 8 * 2 * (2048 * 64 * 2 + 2048 * 2048) / (0.8 * HBM)
+    assert operator_time_s(gpu(), "bf16", gemm) == pytest.approx(max(compute, memory))
+
+
+def test_flash_attention_runs_at_the_gemm_ceiling_times_the_cited_ratio() -> None:
+    assert flash_attention_efficiency(gpu(), backward=False) == pytest.approx(0.8 * FLASH_FORWARD_FRACTION_OF_GEMM)
+    assert flash_attention_efficiency(gpu(), backward=True) == pytest.approx(0.8 * 0.82 * FLASH_BACKWARD_RATE_RATIO)
+    assert (FLASH_FORWARD_FRACTION_OF_GEMM, FLASH_BACKWARD_RATE_RATIO) == (0.82, 0.7)
+    fwd = FlashAttention("a", 1e12)
+    assert operator_time_s(gpu(), "bf16", fwd) == pytest.approx(1e12 / (PEAK * 0.8 * 0.82))
+    # fp8 runs attention in bf16 (DESIGN.md: fp8 is for GEMMs)
+    assert operator_time_s(gpu(), "fp8", fwd) == operator_time_s(gpu(), "bf16", fwd)
+    # a family that measured its kernel states attention_max, which replaces the derivation
+    measured = gpu(attention_max=0.5)
+    assert operator_time_s(measured, "bf16", FlashAttention("b", 1e12, backward=True)) == pytest.approx(1e12 / (PEAK * 0.5 * 0.7))
+
+
+def test_memory_bound_kernels_move_their_bytes_at_the_family_fraction_of_hbm() -> None:
+    assert operator_time_s(gpu(), "bf16", MemoryBound("m", 1.6e9)) == pytest.approx(1.6e9 / (0.8 * HBM))
+    assert operator_time_s(gpu(hbm=0.5), "bf16", MemoryBound("m", 1e9)) == pytest.approx(1e-3)

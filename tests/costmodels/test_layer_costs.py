@@ -1,0 +1,60 @@
+"""``costmodels.layer_costs.RooflineTimes``: a layer's passes are its operators' times plus its
+TP collectives, exposed or hidden behind the GEMMs as the stack says."""
+
+from __future__ import annotations
+
+import pytest
+
+from costmodels.comm import network_for, tp_layer_comm_s
+from costmodels.compute import operators_time_s
+from costmodels.layer_costs import RooflineTimes
+from costmodels.operators import Gemm
+from profiles.loader import load_cluster, load_model, load_stack
+
+MODEL = load_model("gpt3-1.7b")
+CLUSTER = load_cluster("dgx-a100-80g")
+
+
+def test_passes_are_the_operator_times_plus_the_tp_collectives() -> None:
+    stack = load_stack("megatron-core")
+    roof = RooflineTimes(MODEL, CLUSTER, "bf16", stack=stack)
+    ops = roof.operators("transformer", 2, 1, 2048, False, "selective")
+    comm = tp_layer_comm_s(2048, MODEL.hidden_size, 2, 2, network_for(CLUSTER))
+    got = roof.transformer(2, 1, 2048, False, "selective")
+    redo = operators_time_s(CLUSTER, "bf16", ops.recompute)
+    assert got.forward_s == pytest.approx(operators_time_s(CLUSTER, "bf16", ops.forward) + comm)
+    assert got.backward_input_s == pytest.approx(operators_time_s(CLUSTER, "bf16", ops.backward_input) + redo + comm)
+    assert got.backward_weight_s == pytest.approx(operators_time_s(CLUSTER, "bf16", ops.backward_weight))
+    assert got.tp_comm_s == pytest.approx(2 * comm) and got.recompute_s == pytest.approx(redo)
+
+
+def test_full_recompute_reruns_the_forward_and_its_collectives() -> None:
+    roof = RooflineTimes(MODEL, CLUSTER, "bf16", stack=load_stack("megatron-core"))
+    none, full = roof.transformer(2, 1, 2048, False, "none"), roof.transformer(2, 1, 2048, False, "full")
+    comm = tp_layer_comm_s(2048, MODEL.hidden_size, 2, 2, network_for(CLUSTER))
+    assert full.recompute_s == pytest.approx(none.forward_s - comm)  # the forward's compute
+    assert full.tp_comm_s == pytest.approx(3 * comm)  # F, B and the recomputed forward's
+    assert full.backward_input_s == pytest.approx(none.backward_input_s + none.forward_s)
+
+
+def test_tp_communication_overlapped_with_the_gemms_shows_only_its_excess() -> None:
+    """A stack that overlaps TP communication (TE userbuffers): per pass, what the pass's GEMMs
+    cannot hide; here the GEMMs are longer, so nothing shows and all of it is reported hidden."""
+    exposed_stack = load_stack("megatron-core")
+    overlapped_stack = exposed_stack.model_copy(update={"overlap": exposed_stack.overlap.model_copy(update={"tp_comm": "overlapped"})})
+    exposed = RooflineTimes(MODEL, CLUSTER, "bf16", stack=exposed_stack).transformer(2, 1, 2048, False, "none")
+    hidden = RooflineTimes(MODEL, CLUSTER, "bf16", stack=overlapped_stack)
+    got = hidden.transformer(2, 1, 2048, False, "none")
+    ops = hidden.operators("transformer", 2, 1, 2048, False)
+    gemm_f = operators_time_s(CLUSTER, "bf16", tuple(op for op in ops.forward if isinstance(op, Gemm)))
+    comm = exposed.tp_comm_s / 2
+    assert gemm_f > comm
+    assert got.tp_comm_s == 0.0 and got.overlapped_tp_comm_s == pytest.approx(2 * comm)
+    assert got.total_s == pytest.approx(exposed.total_s - 2 * comm)
+
+
+def test_each_shape_is_priced_once() -> None:
+    roof = RooflineTimes(MODEL, CLUSTER, "bf16", stack=load_stack("ppplan-torch"))
+    first = roof.transformer(1, 2, 2048, False, "none")
+    assert roof.transformer(1, 2, 2048, False, "none") is first
+    assert roof.operators("transformer", 1, 2, 2048, False, "none") is roof.operators("transformer", 1, 2, 2048, False, "none")

@@ -1,0 +1,131 @@
+"""The same configuration priced on each stack preset differs exactly by what the stacks run.
+
+GPT-style model (LayerNorm, learned positions, GELU), 4 layers, h = 1024, 16 heads, V = 32,000,
+s = 2,048; tp = 2, pp = 1, dp = 2 inside one node, mbs = 1, M = 4, bf16, on an A100-like test
+cluster (efficiencies 1 for collectives so the numbers stay readable).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from costmodels.comm import GroupPlacement, collective_s, network_for
+from costmodels.compute import gemm_op_time_s, memory_bound_time_s, operator_time_s
+from costmodels.estimate import estimate
+from costmodels.layer_costs import RooflineTimes
+from costmodels.memory import stage_params
+from costmodels.operators import FlashAttention, Gemm
+from costmodels.step_time import exposed_sum_s
+from profiles.loader import load_model, load_stack, preset_names
+from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec
+
+GPT = ModelSpec(name="gpt", num_layers=4, hidden_size=1024, num_attention_heads=16, vocab_size=32000, seq_len=2048)
+TRAIN = TrainSpec(global_batch=8, seq_len=2048, precision="bf16")
+S, H, A, D, TP, P, M = 2048, 1024, 16, 64, 2, 2, 4
+
+
+def a100(nvlink_gbs: float = 300) -> ClusterSpec:
+    return ClusterSpec(
+        name="test-a100",
+        gpu={"name": "TEST-A100", "memory_gib": 80, "peak_tflops": {"bf16": 312}, "hbm_bandwidth_gbs": 2039},
+        gpus_per_node=8,
+        intra_node={"bandwidth_gbs": nvlink_gbs, "latency_us": 8},
+        inter_node={"bandwidth_gbs": 25, "latency_us": 15},
+        efficiency={"intra_node_collective": 1.0, "inter_node_collective": 1.0},
+    )
+
+
+def config(stack: str) -> ParallelConfig:
+    return ParallelConfig(stack=stack, tp=TP, pp=1, dp=2, mbs=1, num_microbatches=M, stage_layers=[GPT.num_layers])
+
+
+def test_megatron_2021_and_megatron_core_differ_by_unfused_attention_dropout_and_the_exposed_reduce() -> None:
+    """Per layer and microbatch, megatron-lm-2021 runs instead of one flash kernel (F: s²·h/tp x 2
+    executed FLOPs; B: 2.5x) the unfused core: QKᵀ and AV as batched GEMMs over b·a/tp = 8 heads,
+    the fused softmax over the 8·s² scores (2p F, 3p B) and dropout on them ((2p + 1) each way);
+    and dropout fused into both residual adds (+1 B F, +(2p + 1) B per element of s·h), plus the
+    embedding's dropout ((2p + 1)·s·h in F). Its gradients are reduced after the schedule instead
+    of in buckets during the last backward. Everything else (GEMMs, norms, GELU, loss, TP
+    collectives, optimizer) is the same, so the step times differ by exactly that. A 2 GB/s link
+    makes the reduce (170 MB of fp32 gradients) longer than the last backward it may hide in."""
+    c = a100(nvlink_gbs=2)
+    heads, scores, sh = A // TP, (A // TP) * S * S, S * H
+    qk, av = Gemm("qk", S, S, D, heads), Gemm("av", S, D, S, heads)
+    unfused_f = (gemm_op_time_s(c, "bf16", qk) + gemm_op_time_s(c, "bf16", av)
+                 + memory_bound_time_s(c, 2 * P * scores + (2 * P + 1) * scores))
+    # dP = dO·Vᵀ (s, s, d); dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q (s, d, s)
+    unfused_b = (gemm_op_time_s(c, "bf16", Gemm("", S, S, D, heads)) + 3 * gemm_op_time_s(c, "bf16", Gemm("", S, D, S, heads))
+                 + memory_bound_time_s(c, 3 * P * scores + (2 * P + 1) * scores))
+    flash = 4 * S * S * H / TP / 2
+    flash_f = operator_time_s(c, "bf16", FlashAttention("f", flash))
+    flash_b = operator_time_s(c, "bf16", FlashAttention("b", 2.5 * flash, backward=True))
+    dropout_f = memory_bound_time_s(c, 2 * 1 * sh)
+    dropout_b = memory_bound_time_s(c, 2 * (2 * P + 1) * sh)
+    delta_layer = (unfused_f - flash_f + dropout_f) + (unfused_b - flash_b + dropout_b)
+    delta_embedding = memory_bound_time_s(c, (2 * P + 1) * sh)
+
+    old, new = load_stack("megatron-lm-2021"), load_stack("megatron-core")
+    r_old = RooflineTimes(GPT, c, "bf16", stack=old).transformer(TP, 1, S, False, "none")
+    r_new = RooflineTimes(GPT, c, "bf16", stack=new).transformer(TP, 1, S, False, "none")
+    assert r_old.total_s - r_new.total_s == pytest.approx(delta_layer, rel=1e-9)
+    assert r_old.tp_comm_s == r_new.tp_comm_s and r_old.backward_weight_s == r_new.backward_weight_s
+
+    e_old = estimate(GPT, c, TRAIN, config("megatron-lm-2021"), stack=old)
+    e_new = estimate(GPT, c, TRAIN, config("megatron-core"), stack=new)
+    # the reduce: all-reduce of the rank's fp32 gradients over 2 ranks in the node; megatron-core
+    # splits them into 40M-parameter buckets (one bucket here), whose last cannot hide
+    params = stage_params(GPT, 4, True, True, TP)
+    pair = GroupPlacement(2, 2, 1, 2)
+    reduce_s = collective_s("all_reduce", params * 4, pair, network_for(c))
+    last_bucket_s = collective_s("all_reduce", min(params, 40e6) * 4, pair, network_for(c))
+    roof = RooflineTimes(GPT, c, "bf16", stack=new)
+    ends = [roof.embedding(TP, 1, S, False), roof.head(TP, 1, S, False)]
+    backward_s = 4 * (r_new.backward_input_s + r_new.backward_weight_s) + sum(x.backward_input_s + x.backward_weight_s for x in ends)
+    exposed_new = min(reduce_s, max(last_bucket_s, reduce_s - backward_s))
+    assert e_old.breakdown.dp_comm_s == pytest.approx(reduce_s)
+    assert e_new.breakdown.dp_comm_s == pytest.approx(exposed_new)
+    assert exposed_new == pytest.approx(last_bucket_s) and last_bucket_s < reduce_s  # all but the last 40M-parameter bucket hides
+    expected = M * (4 * delta_layer + delta_embedding) + reduce_s - exposed_new
+    assert e_old.step_time_s - e_new.step_time_s == pytest.approx(expected, rel=1e-6)
+    # the activations megatron-lm-2021 keeps: the s² scores, the softmax output's dropout mask and
+    # output, the residual and embedding dropout masks (Korthikanti et al. 2022, Table 2)
+    assert e_old.peak_memory_gib[0] > e_new.peak_memory_gib[0]
+
+
+@pytest.mark.parametrize("stack_name", preset_names("stacks"))
+@pytest.mark.parametrize("model_name", ["gpt3-1.7b", "llama3-8b"])
+def test_each_preset_composes_its_step_from_its_exposed_parts(stack_name: str, model_name: str) -> None:
+    stack = load_stack(stack_name)
+    model = load_model(model_name)
+    pp = 2
+    schedule = "interleaved-1f1b" if "interleaved-1f1b" in stack.schedules else "1f1b"
+    v = 2
+    layers = model.num_layers // (pp * v)
+    cfg = ParallelConfig(stack=stack_name, tp=2, pp=pp, dp=4, v=v, mbs=1, num_microbatches=8, schedule=schedule,
+                         zero=1, sequence_parallel=True, recompute="selective", stage_layers=[layers] * (pp * v))
+    cluster = a100().model_copy(update={"gpus_per_node": 4})
+    train = TrainSpec(global_batch=32, seq_len=2048, precision="bf16")
+    est = estimate(model, cluster, train, cfg, stack=stack)
+    assert exposed_sum_s(est.breakdown) == pytest.approx(est.step_time_s, rel=1e-12)
+    assert min(est.breakdown.compute_s, est.breakdown.bubble_s, est.breakdown.dp_comm_s) >= 0
+
+
+def test_each_preset_prices_its_own_kernels() -> None:
+    """The loss: ppplan-torch gathers the logits to all V on every TP rank (an all-gather, then
+    torch's fp32 cross-entropy over V), Megatron-Core and torchtitan compute it over V/tp shards;
+    SwiGLU: eager in ppplan-torch and torchtitan, fused in Megatron-Core."""
+    c = a100()
+    llama = load_model("llama3-8b")
+    head = {name: RooflineTimes(llama, c, "bf16", stack=load_stack(name)).operators("head", 2, 1, 2048, False)
+            for name in ("ppplan-torch", "torchtitan", "megatron-core")}
+    loss_elements = {name: [op for op in ops.forward if op.name == "loss"][0].bytes for name, ops in head.items()}
+    v = llama.vocab_size
+    assert loss_elements["ppplan-torch"] == pytest.approx((2 + 12) * 2048 * v)
+    assert loss_elements["megatron-core"] == pytest.approx((2 + 36) * 2048 * v / 2)
+    assert loss_elements["torchtitan"] == loss_elements["megatron-core"]
+    act = {name: [op for op in RooflineTimes(llama, c, "bf16", stack=load_stack(name)).operators(
+        "transformer", 2, 1, 2048, False).forward if op.name == "act"][0].bytes for name in head}
+    assert act["ppplan-torch"] == act["torchtitan"] == pytest.approx(5 / 3 * act["megatron-core"])
+    torch_head = RooflineTimes(llama, c, "bf16", stack=load_stack("ppplan-torch")).head(2, 1, 2048, False)
+    core_head = RooflineTimes(llama, c, "bf16", stack=load_stack("megatron-core")).head(2, 1, 2048, False)
+    assert torch_head.tp_comm_s > 10 * core_head.tp_comm_s  # gathering 2048 x 128k logits vs three floats a token
