@@ -114,6 +114,8 @@ def _first_step_errors(plan: Plan, check_dir: Path) -> tuple[dict[str, float], d
 @pytest.mark.parametrize(("world", "name"), CASES, ids=[name for _, name in CASES])
 def test_first_step_gradients_and_sgd_weights_match_reference(world: int, name: str, group_losses) -> None:
     plan = GROUPS[world][name]
+    if plan.config.ep > 1:
+        pytest.skip("expert-parallel experts are rank-local tensors: test_grad_match_dist.py compares their gradients")
     grads, weights = _first_step_errors(plan, group_losses(world)[name][1])
     expected_names = set(reference_first_step(plan.model, plan.train).gradients)
     assert expected_names <= set(grads)  # every parameter of the model was compared
