@@ -56,6 +56,12 @@ class Network:
     inter: Link
     node_egress_bytes_per_s: float
     gpus_per_node: int
+    # measured intra-node links per collective (``ppplan profile-comm``, ``costmodels.runtime_costs``)
+    intra_by_collective: tuple[tuple[str, Link], ...] = ()
+
+    def intra_for(self, kind: str) -> Link:
+        """The intra-node link a collective of ``kind`` runs at: its measured one, else ``intra``."""
+        return next((link for name, link in self.intra_by_collective if name == kind), self.intra)
 
 
 @dataclass(frozen=True)
@@ -137,19 +143,20 @@ def collective_s(kind: Collective, num_bytes: float, placement: GroupPlacement, 
     module docstring). p2p: α + n/β of the tier it crosses."""
     if num_bytes <= 0:
         return 0.0
+    intra = network.intra_for(kind)
     if kind == "p2p":
         if placement.crosses_nodes:
             return network.inter.latency_s + num_bytes / inter_node_rate(network, placement)
-        return network.intra.latency_s + num_bytes / network.intra.bandwidth_bytes_per_s
+        return intra.latency_s + num_bytes / intra.bandwidth_bytes_per_s
     if placement.size <= 1:
         return 0.0
     local_steps, local_fraction = _ring_steps(kind, placement.ranks_per_node)
     if not placement.crosses_nodes:
-        return local_steps * network.intra.latency_s + local_fraction * num_bytes / network.intra.bandwidth_bytes_per_s
+        return local_steps * intra.latency_s + local_fraction * num_bytes / intra.bandwidth_bytes_per_s
     node_steps, node_fraction = _ring_steps(kind, placement.nodes)
-    intra_s = local_fraction * num_bytes / network.intra.bandwidth_bytes_per_s
+    intra_s = local_fraction * num_bytes / intra.bandwidth_bytes_per_s
     inter_s = node_fraction * num_bytes / placement.ranks_per_node / inter_node_rate(network, placement)
-    latency_s = local_steps * network.intra.latency_s + node_steps * network.inter.latency_s
+    latency_s = local_steps * intra.latency_s + node_steps * network.inter.latency_s
     return latency_s + max(intra_s, inter_s)
 
 

@@ -15,7 +15,7 @@ schema's defaults (``StackKernels()``, ``NEUTRAL_OVERLAP``): callers that plan f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from costmodels.comm import GroupPlacement, Network, collective_s, network_for
@@ -45,6 +45,15 @@ from costmodels.memory import (
 from costmodels.params import model_parameters
 from costmodels.pipeline import PipelineResult, price_actions, price_pipeline
 from costmodels.rank_grid import RankCoord, RankGrid
+from costmodels.runtime_costs import (
+    NO_RUNTIME_COSTS,
+    RuntimeCosts,
+    fsdp_host_s,
+    optimizer_temp_bytes,
+    recompute_working_bytes,
+    runtime_costs_of,
+    with_measured_links,
+)
 from costmodels.schedules.generate import schedule_of
 from costmodels.schedules.registry import schedule_spec
 from costmodels.simulator import StageTimes
@@ -130,7 +139,7 @@ def rank_memory_if_uniform_gib(
     ]
     peak = inflight_stage_microbatches * max(st.activation_bytes for st in plans)
     overlap = stack.overlap if stack else NEUTRAL_OVERLAP
-    return sum(_rank_memory_gib(model, cluster, train, cfg, plans, peak, overlap).values())
+    return sum(_rank_memory_gib(model, cluster, train, cfg, plans, peak, overlap, variant).values())
 
 
 def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, network: Network) -> tuple[float, ...]:
@@ -153,14 +162,16 @@ def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: Pa
     return tuple(times)
 
 
-def action_overhead_s(cluster: ClusterSpec, overlap: StackOverlap) -> float:
-    """Fixed seconds per pipeline action: the GPU family's (fitted) plus the stack's host cost."""
-    return cluster.efficiency.action_overhead_s + overlap.host_overhead_per_action_s
+def action_overhead_s(cluster: ClusterSpec, overlap: StackOverlap, costs: RuntimeCosts = NO_RUNTIME_COSTS) -> float:
+    """Fixed seconds per pipeline action: the GPU family's (fitted) plus the stack's host cost, or
+    the host cost ``ppplan profile`` measured for this machine (``costmodels.runtime_costs``)."""
+    host = overlap.host_overhead_per_action_s if costs.host_overhead_per_action_s is None else costs.host_overhead_per_action_s
+    return cluster.efficiency.action_overhead_s + host
 
 
 def _stage_costs(
     cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, plans: list[StagePlan], overlap: StackOverlap,
-    network: Network, p2p: tuple[float, ...],
+    network: Network, p2p: tuple[float, ...], runtime: RuntimeCosts = NO_RUNTIME_COSTS,
 ) -> tuple[list[PassTimes], list[dict[str, float]]]:
     """Each stage's per-microbatch passes as its actions run them, with what they hide.
 
@@ -169,7 +180,7 @@ def _stage_costs(
     excess shows. Blocking p2p (``overlap.p2p == "exposed"``): F holds the rank for its send
     to the next stage, B for its send to the previous one. Every action pays the fixed
     per-action overhead (W only where the schedule splits the backward)."""
-    overhead = action_overhead_s(cluster, overlap)
+    overhead = action_overhead_s(cluster, overlap, runtime)
     split = schedule_spec(cfg.schedule).split_backward
     p = bytes_per_element(train.precision)
     costs, hidden = [], []
@@ -208,7 +219,8 @@ def stage_times(
     """Per-virtual-stage times for the simulator (what ``ppplan simulate plan.json`` runs)."""
     layers = layers or RooflineTimes(model, cluster, train.precision, stack=stack)
     overlap = stack.overlap if stack else NEUTRAL_OVERLAP
-    return _pipeline_inputs(model, cluster, train, cfg, layers, stack, overlap, network_for(cluster))[2]
+    network = with_measured_links(network_for(cluster), runtime_costs_of(layers, cluster))
+    return _pipeline_inputs(model, cluster, train, cfg, layers, stack, overlap, network)[2]
 
 
 def _pipeline_inputs(
@@ -218,7 +230,7 @@ def _pipeline_inputs(
     variant = activation_variant(cluster, train, stack.kernels if stack else None)
     plans = [_stage_plan(model, train, cfg, layers, layout, variant) for layout in stage_layouts(cfg)]
     p2p = _p2p_times(model, cluster, train, cfg, network)
-    costs, hidden = _stage_costs(cfg, cluster, train, plans, overlap, network, p2p)
+    costs, hidden = _stage_costs(cfg, cluster, train, plans, overlap, network, p2p, runtime_costs_of(layers, cluster))
     fwd = [c.forward_s for c in costs]
     bwd_in = [c.backward_input_s for c in costs]
     bwd_w = [c.backward_weight_s for c in costs]
@@ -247,7 +259,7 @@ def _largest_unit_params(model: ModelSpec, tp: int, rank_plans: list[StagePlan])
 
 def _rank_memory_gib(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
-    rank_plans: list[StagePlan], activation_peak: float, overlap: StackOverlap,
+    rank_plans: list[StagePlan], activation_peak: float, overlap: StackOverlap, variant: ActivationVariant,
 ) -> dict[str, float]:
     """Per-rank memory in GiB by category: static state under ZeRO, activations of the
     microbatches in flight (from the schedule), the largest transient working tensor,
@@ -273,10 +285,29 @@ def _rank_memory_gib(
         "transient": transient,
         "comm_buffers": p2p_buffers + dp_buckets,
     }
+    allocated.update(_cpu_heap_terms(model, cluster, train, cfg, rank_plans, params, variant))
     allocated["fragmentation"] = sum(allocated.values()) * cluster.allocator_fragmentation
     out = {k: v / GIB for k, v in allocated.items()}
     out["runtime_reserved"] = cluster.runtime_reserved_gib
     return out
+
+
+def _cpu_heap_terms(
+    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, rank_plans: list[StagePlan],
+    params: float, variant: ActivationVariant,
+) -> dict[str, float]:
+    """What glibc's heap keeps on CPU ranks on top (``costmodels.runtime_costs``): foreach AdamW's
+    temporary over the rank's optimizer shard, and full recompute's re-run layer; none on GPUs."""
+    terms: dict[str, float] = {}
+    temp = optimizer_temp_bytes(cluster, params / (cfg.dp if cfg.zero >= 1 else 1))
+    if temp:
+        terms["optimizer_temp"] = temp
+    if any(st.recompute == "full" for st in rank_plans):
+        layer = [layer_activation_bytes(model, train.seq_len, cfg.mbs, cfg.tp, cfg.sequence_parallel, k, variant) for k in ("none", "full")]
+        working = recompute_working_bytes(cluster, *layer)
+        if working:
+            terms["recompute_working"] = working
+    return terms
 
 
 def timeshared_compute_s(
@@ -324,6 +355,7 @@ def _sum_passes(items: list[PassTimes]) -> PassTimes:
 def _rank_work(
     cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, overlap: StackOverlap, network: Network,
     plans: list[StagePlan], costs: list[PassTimes], hidden: list[dict[str, float]], result: PipelineResult, rank: int,
+    runtime: RuntimeCosts = NO_RUNTIME_COSTS,
 ) -> RankWork:
     """Pipeline rank ``rank``'s passes, hidden time, DP traffic (over its stages' simulated
     windows, ``costmodels.data_parallel``) and optimizer step (ZeRO >= 1: its 1/dp shard)."""
@@ -344,6 +376,9 @@ def _rank_work(
         sync = rank_sync(cluster, cfg, overlap, network, rank, windows, result.rank_span_s(rank)[1],
                          bytes_per_element(train.precision), grad_reduce_bytes_per_param(train.precision),
                          timing_known=bool(result.stage_last_backward_s))
+        host = fsdp_host_s(runtime, cfg.dp, sum(plans[j].layout.num_layers for j in mine), len(mine))
+        if host:  # FSDP2's copies and hooks on the cores that compute (CPU ranks), after the backward
+            sync = replace(sync, grad_reduce_s=sync.grad_reduce_s + host, grad_reduce_exposed_s=sync.grad_reduce_exposed_s + host)
     shard = cfg.dp if cfg.zero >= 1 else 1
     optimizer = memory_bound_time_s(cluster, params / shard * ADAM_STEP_BYTES_PER_PARAM)
     return RankWork(passes=passes, hidden=hides, sync=sync, optimizer_s=optimizer)
@@ -359,20 +394,22 @@ def estimate(
     closed-form screen (``costmodels.pipeline_approx``) only to rank candidates."""
     overlap = stack.overlap if stack else NEUTRAL_OVERLAP
     layers = layers or RooflineTimes(model, cluster, train.precision, stack=stack)
-    network = network_for(cluster)
+    runtime = runtime_costs_of(layers, cluster)
+    network = with_measured_links(network_for(cluster), runtime)
     plans, costs, times, hidden = _pipeline_inputs(model, cluster, train, cfg, layers, stack, overlap, network)
     if cfg.schedule == "custom":
         schedule = schedule_of("custom", cfg.pp, cfg.v, cfg.num_microbatches, cfg.schedule_csv)
         result = price_actions(schedule, times)
     else:
         result = pricer(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, times)
-    ranks = [_rank_work(cluster, train, cfg, overlap, network, plans, costs, hidden, result, r) for r in range(cfg.pp)]
+    ranks = [_rank_work(cluster, train, cfg, overlap, network, plans, costs, hidden, result, r, runtime) for r in range(cfg.pp)]
     tails = [w.optimizer_s + w.sync.grad_reduce_exposed_s + w.sync.param_gather_exposed_s for w in ranks]
     timeshared = timeshared_compute_s(cluster, cfg, result.busy_s, tails)
     step = compose_step(result, ranks, cfg.num_microbatches, cluster.efficiency.step_overhead_s, timeshared)
     per_rank = [[st for st in plans if st.rank == r] for r in range(cfg.pp)]
+    variant = activation_variant(cluster, train, stack.kernels if stack else None)
     memory = [
-        _rank_memory_gib(model, cluster, train, cfg, per_rank[r], result.peak_activation_bytes[r], overlap)
+        _rank_memory_gib(model, cluster, train, cfg, per_rank[r], result.peak_activation_bytes[r], overlap, variant)
         for r in range(cfg.pp)
     ]
     peak = [round(sum(m.values()), 4) for m in memory]

@@ -27,6 +27,7 @@ from typing import Callable, Iterable
 
 from costmodels.comm import US, Link, bandwidth_bytes_per_s, link_for, network_for
 from costmodels.layer_costs import LayerTimes, PassTimes, RooflineTimes, bytes_per_element, tp_comm_passes
+from costmodels.runtime_costs import measured_runtime_costs
 from profiles.errors import PlanError
 from profiles.profile_schema import (
     SHAPE_FIELDS,
@@ -112,6 +113,7 @@ class ProfiledTimes:
         self.tp_link_inter = comm_link(comm, "inter_node") or link_for(cluster, crosses_nodes=True)
         self.network = network_for(cluster, (self.tp_link_intra, self.tp_link_inter))
         self.p = bytes_per_element(train.precision)
+        self.runtime = measured_runtime_costs(comm, profile.runtime)  # costmodels.runtime_costs
         self._entries: dict[tuple[str, str], list[LayerProfile]] = {}
         self._measured_tps = {e.tp for e in profile.layers}
         self._group_tps = {e.tp for e in profile.layers if e.tp_comm_included}
@@ -309,5 +311,7 @@ def layer_times_for(
         for problem in problems:
             (warn or _log_warning)(f"{problem} (used anyway: --allow-mismatch)")
         links = (comm_link(comm, "intra_node") or link_for(cluster, False), comm_link(comm, "inter_node") or link_for(cluster, True))
-        return RooflineTimes(model, cluster, train.precision, tp_links=links, stack=stack)
+        roofline = RooflineTimes(model, cluster, train.precision, tp_links=links, stack=stack)
+        roofline.runtime = measured_runtime_costs(comm)  # costmodels.runtime_costs
+        return roofline
     return ProfiledTimes(profile, model, cluster, train, allow_mismatch, comm, warn)

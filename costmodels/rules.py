@@ -15,7 +15,8 @@ from __future__ import annotations
 from costmodels.layout import first_last_of, uniform_split
 from costmodels.schedules.registry import LOOPED_SCHEDULES, schedule_spec, shape_violations
 from profiles.errors import PlanError
-from profiles.schema import ModelSpec, ParallelConfig, TrainSpec
+from profiles.limits import MAX_MICROBATCHES, MAX_STAGE_MICROBATCHES
+from profiles.schema import ModelSpec, ParallelConfig, Plan, TrainSpec
 from profiles.stack_schema import StackSpec
 
 
@@ -203,10 +204,22 @@ def model_support_violations(model: ModelSpec, stack: StackSpec) -> list[str]:
     return problems
 
 
+def size_violations(num_stages: int, num_microbatches: int) -> list[str]:
+    """Pipelines too large to simulate (``profiles/limits.py``: the action list grows with
+    stages x microbatches)."""
+    if num_microbatches > MAX_MICROBATCHES:
+        return [f"{num_microbatches} microbatches is above the cap of {MAX_MICROBATCHES:,}: raise mbs or dp, or lower the global batch"]
+    if num_stages * num_microbatches > MAX_STAGE_MICROBATCHES:
+        return [f"pp*v x microbatches = {num_stages} x {num_microbatches} is above the cap of {MAX_STAGE_MICROBATCHES:,} "
+                "(the simulated action list would take minutes): fewer stages or microbatches"]
+    return []
+
+
 def structural_violations(model: ModelSpec, train: TrainSpec, gpus: int, cfg: ParallelConfig) -> list[str]:
     """The rules of any stack: degrees, batch, stages and the schedule's own shape (registry)."""
     problems = _degree_violations(model, train, gpus, cfg) + expert_context_violations(model, train, cfg)
     problems += _stage_violations(model, cfg)
+    problems += size_violations(cfg.num_stages, cfg.num_microbatches)
     if cfg.pp == 1 and cfg.schedule not in {"1f1b", "gpipe"}:
         problems.append(f"pp=1 has no pipeline: use schedule 1f1b (got '{cfg.schedule}')")
     elif cfg.pp > 1:
@@ -251,3 +264,13 @@ def check_config(model: ModelSpec, train: TrainSpec, gpus: int, cfg: ParallelCon
     problems = config_violations(model, train, gpus, cfg, stack)
     if problems:
         raise PlanError(problems[0])
+
+
+def check_plan(plan: Plan, stack: StackSpec) -> None:
+    """A plan file against the rules of ``stack``: what ``launch``, ``explain`` and ``simulate``
+    all check before they use a plan (``PlanError`` with the first problem)."""
+    check_config(plan.model, plan.train, plan.config.world_size, plan.config, stack)
+    if plan.train.seq_len > plan.model.seq_len and plan.model.position_embedding == "learned":
+        raise PlanError(
+            f"seq_len {plan.train.seq_len} exceeds the model's {plan.model.seq_len} learned positions: lower --seq-len"
+        )

@@ -6,38 +6,40 @@ otherwise torchrun's static rendezvous at ``--master-addr:--master-port`` with
 an explicit ``--node-rank``, so global rank = node_rank * nproc_per_node +
 local rank, the order the rank grid (``costmodels.rank_grid``) assumes.
 
-Failure handling: torchrun (``--max-restarts 0``) stops every rank as soon as
-one exits non-zero (it polls every 0.1 s); the failing rank writes
-``rank<R>.json`` into a per-job directory (``PPPLAN_FAILURE_DIR``) and the
-launcher reports the first one as the reason (exit 1). Collectives time out
-after ``PPPLAN_PG_TIMEOUT_S`` (default 180 s) so a rank never waits forever
-for a dead peer, and each worker exits when its torchrun parent disappears.
-Ctrl-C sends SIGINT to torchrun (which stops its workers), then SIGTERM and
-SIGKILL if it does not exit in time.
+torchrun is torch's own launcher run through ``launch.runtime.torchrun`` (the same
+arguments; it dies with ``ppplan launch`` and records how each failed rank exited).
+Failure handling: torchrun (``--max-restarts 0``) stops every rank as soon as one
+exits non-zero (it polls every 0.1 s). ``launch/job.py`` owns the job: signals,
+hangs (``hang_timeout_s``, default 60 s on gloo), stopping every process, and the
+rank that failed first. Before anything starts, the plan is checked against the
+runtime rules and this machine's devices (``launch/devices.py``), and the metrics
+path is checked (an existing file is kept unless ``overwrite``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
-import signal
-import subprocess
 import sys
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from costmodels.rules import check_config
+from costmodels.rules import check_plan as check_plan_rules
 from costmodels.schedules.torch_csv import parse_torch_csv
+from launch.devices import check_devices
 from launch.emit.common import node_layout
+from launch.job import JobOptions, LaunchResult, run_job
+from launch.progress import ProgressTracker, StepProgress
 from profiles.errors import PlanError
+from profiles.files import read_text
 from profiles.loader import DEFAULT_STACK, load_stack
 from profiles.schema import Plan
 
 RUNTIME_MODULE = "launch.runtime.train"
-FAILURE_DIR_ENV = "PPPLAN_FAILURE_DIR"
-STOP_GRACE_S = 10.0
+TORCHRUN_MODULE = "launch.runtime.torchrun"
+# hang timeout per backend: gloo 60 s (issue 14); NCCL torch's default process-group timeout (10 min)
+DEFAULT_HANG_TIMEOUT_S = {"gloo": 60.0, "nccl": 600.0}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +54,14 @@ class LaunchOptions:
     master_port: int | None = None
     schedule_csv: Path | None = None
     seed: int = 0
+    overwrite: bool = False
+    hang_timeout_s: float | None = None
+
+    def hang_timeout_for(self, plan: Plan) -> float:
+        """``hang_timeout_s``, or the default of the plan's backend (gloo on a CPU cluster)."""
+        if self.hang_timeout_s is not None:
+            return self.hang_timeout_s
+        return DEFAULT_HANG_TIMEOUT_S["gloo" if plan.cluster.gpu.name == "cpu" else "nccl"]
 
 
 def check_plan(plan: Plan, schedule_csv: Path | None = None) -> None:
@@ -62,22 +72,17 @@ def check_plan(plan: Plan, schedule_csv: Path | None = None) -> None:
             f"the plan is for stack '{plan.config.stack}'; ppplan launch runs '{DEFAULT_STACK}' plans: emit it with "
             f"--emit {load_stack(plan.config.stack).emit}, or re-plan with --stack {DEFAULT_STACK}"
         )
-    check_config(plan.model, plan.train, plan.config.world_size, plan.config, load_stack(DEFAULT_STACK))
-    if plan.train.seq_len > plan.model.seq_len and plan.model.position_embedding == "learned":
-        raise PlanError(
-            f"seq_len {plan.train.seq_len} exceeds the model's {plan.model.seq_len} learned positions: lower --seq-len"
-        )
+    check_plan_rules(plan, load_stack(DEFAULT_STACK))
+    if schedule_csv is not None and plan.config.schedule != "custom":
+        raise PlanError(f"--schedule-csv is for a 'custom' plan; this plan runs '{plan.config.schedule}': drop --schedule-csv")
     if plan.config.schedule == "custom":
         _check_custom_csv(plan, schedule_csv)
 
 
 def _check_custom_csv(plan: Plan, schedule_csv: Path | None) -> None:
-
     if schedule_csv is None:
         return  # the plan carries its action list (config.schedule_csv), checked by the rules
-    if not schedule_csv.is_file():
-        raise PlanError(f"--schedule-csv {schedule_csv} not found")
-    schedule = parse_torch_csv(schedule_csv.read_text())
+    schedule = parse_torch_csv(read_text(schedule_csv, "--schedule-csv"))
     cfg = plan.config
     if (schedule.pp, schedule.v, schedule.num_microbatches) != (cfg.pp, cfg.v, cfg.num_microbatches):
         raise PlanError(
@@ -108,8 +113,9 @@ def _rendezvous_args(plan: Plan, opts: LaunchOptions) -> list[str]:
 
 
 def torchrun_command(plan: Plan, plan_path: Path, opts: LaunchOptions, python: str = sys.executable) -> list[str]:
-    """The exact argv ``ppplan launch`` runs (``python -m torch.distributed.run`` is torchrun)."""
-    argv = [python, "-m", "torch.distributed.run", *_rendezvous_args(plan, opts), "--max-restarts", "0"]
+    """The exact argv ``ppplan launch`` runs: torchrun (``torch.distributed.run``) through
+    ``launch.runtime.torchrun``, which adds only the job ownership of ``launch/job.py``."""
+    argv = [python, "-m", TORCHRUN_MODULE, *_rendezvous_args(plan, opts), "--max-restarts", "0"]
     argv += ["-m", RUNTIME_MODULE, "--plan", str(plan_path.resolve()), "--metrics", str(opts.metrics.resolve())]
     argv += ["--steps", str(opts.steps), "--seed", str(opts.seed)]
     if opts.schedule_csv is not None:
@@ -121,67 +127,48 @@ def format_command(argv: list[str]) -> str:
     return shlex.join(argv)
 
 
-@dataclass(frozen=True)
-class LaunchResult:
-    """How the job ended: ``returncode`` 0 on success; ``failure`` names the rank and reason otherwise."""
-
-    returncode: int
-    failure: str | None
-
-
-def first_failure(failure_dir: Path) -> str | None:
-    """'rank R: <error>' of the earliest failure record, plus how many other ranks failed."""
-    records = []
-    for path in failure_dir.glob("rank*.json"):
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    if not records:
-        return None
-    records.sort(key=lambda r: r.get("time", 0.0))
-    first = records[0]
-    others = sorted({r["rank"] for r in records[1:]} - {first["rank"]})
-    tail = f" (then ranks {others} failed too)" if others else ""
-    return f"rank {first['rank']} failed: {first['error']}{tail}"
+def check_metrics_path(path: Path, overwrite: bool) -> None:
+    """Refuse to touch an existing metrics file unless ``overwrite`` (a failed run must not
+    destroy earlier results), and a path that cannot be written; writes nothing."""
+    if path.is_dir():
+        raise PlanError(f"--metrics {path} is a directory: give a file path")
+    if path.exists() and not overwrite:
+        raise PlanError(f"--metrics {path} exists: pass --overwrite to replace it, or pick another path")
+    parent = path.parent if str(path.parent) else Path(".")
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise PlanError(f"cannot write --metrics {path}: {existing} is not a writable directory")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PlanError(f"cannot write --metrics {path}: permission denied")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGINT torchrun (it stops its workers), then SIGTERM, then SIGKILL its process group."""
-    for sig, wait_s in ((signal.SIGINT, STOP_GRACE_S), (signal.SIGTERM, STOP_GRACE_S / 2), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def run_torchrun(argv: list[str], env: dict[str, str] | None = None) -> LaunchResult:
-    """Run the job, inheriting stdout/stderr; Ctrl-C stops every rank and re-raises."""
-    with tempfile.TemporaryDirectory(prefix="ppplan-failures-") as failure_dir:
-        job_env = {**os.environ, **(env or {}), FAILURE_DIR_ENV: failure_dir}
-        proc = subprocess.Popen(argv, env=job_env, start_new_session=True)
-        try:
-            returncode = proc.wait()
-        except KeyboardInterrupt:
-            print("interrupted: stopping every rank", file=sys.stderr, flush=True)
-            _stop(proc)
-            raise
-        failure = first_failure(Path(failure_dir)) if returncode else None
-    if returncode and failure is None:
-        failure = f"torchrun exited with code {returncode} (no rank reported an exception; see the log above)"
-    return LaunchResult(returncode, failure)
-
-
-def prepare_metrics(path: Path) -> None:
-    """Start a fresh metrics file (the runtime appends a line per step and rank)."""
+def start_metrics(path: Path) -> None:
+    """Create (or empty, when ``--overwrite`` allowed it) the metrics file the ranks append to."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("")
     except OSError as exc:
         raise PlanError(f"cannot write --metrics {path}: {exc.strerror}; pick a writable path") from None
+
+
+def prepare_launch(plan: Plan, plan_path: Path, opts: LaunchOptions) -> list[str]:
+    """Every check that can fail before a process starts (exit 2), then the torchrun argv."""
+    check_plan(plan, opts.schedule_csv)
+    argv = torchrun_command(plan, plan_path, opts)
+    check_devices(plan, node_layout(plan.config.world_size, plan.cluster.gpus_per_node, opts.nnodes))
+    check_metrics_path(opts.metrics, opts.overwrite)
+    return argv
+
+
+def launch_plan(
+    plan: Plan, plan_path: Path, opts: LaunchOptions, on_step: Callable[[StepProgress], None] | None = None,
+    on_start: Callable[[list[str]], None] | None = None,
+) -> LaunchResult:
+    """Check (``PlanError`` before anything is written or started), start and watch the job;
+    ``on_start`` gets the argv just before it starts, ``on_step`` each completed step."""
+    argv = prepare_launch(plan, plan_path, opts)
+    start_metrics(opts.metrics)
+    if on_start is not None:
+        on_start(argv)
+    job = JobOptions(hang_timeout_s=opts.hang_timeout_for(plan), on_step=on_step)
+    return run_job(argv, job, metrics=opts.metrics, tracker=ProgressTracker(plan))

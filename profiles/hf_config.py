@@ -42,13 +42,36 @@ def _require(config: dict[str, Any], field: str, source: str) -> Any:
     return value
 
 
-def _kv_heads(config: dict[str, Any], heads: int) -> int:
+def _count(value: Any, key: str, source: str) -> int:
+    """An integer as Hugging Face writes counts; a float (even 8.0), a bool, a string or a
+    non-finite number is bad input naming the key (``ModelSpec`` then checks its range)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PlanError(f"{source}: '{key}' must be an integer, got {value!r}")
+    return value
+
+
+def _require_count(config: dict[str, Any], field: str, source: str) -> int:
+    value = _require(config, field, source)
+    key = next(k for k in _ALIASES[field] if config.get(k) is not None)
+    return _count(value, key, source)
+
+
+def _flag(config: dict[str, Any], key: str, default: bool, source: str) -> bool:
+    value = config.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise PlanError(f"{source}: '{key}' must be true or false, got {value!r}")
+    return value
+
+
+def _kv_heads(config: dict[str, Any], heads: int, source: str) -> int:
     if config.get("num_key_value_heads") is not None:
-        return int(config["num_key_value_heads"])
+        return _count(config["num_key_value_heads"], "num_key_value_heads", source)
     if config.get("multi_query") and not config.get("new_decoder_architecture"):
         return 1  # falcon-7b style multi-query attention
     if config.get("num_kv_heads") is not None:  # falcon new_decoder_architecture
-        return int(config["num_kv_heads"])
+        return _count(config["num_kv_heads"], "num_kv_heads", source)
     return heads
 
 
@@ -59,10 +82,10 @@ def _activation(config: dict[str, Any], model_type: str) -> str:
     return "gelu"
 
 
-def _ffn(config: dict[str, Any], hidden: int, model_type: str) -> int:
+def _ffn(config: dict[str, Any], hidden: int, model_type: str, source: str) -> int:
     for key in ("intermediate_size", "n_inner", "ffn_hidden_size", "ffn_dim"):
         if config.get(key) is not None:
-            return int(config[key])
+            return _count(config[key], key, source)
     if model_type in _SWIGLU_TYPES:
         raise PlanError(f"Hugging Face {model_type} config is missing 'intermediate_size'")
     return 4 * hidden  # gpt2 n_inner=None, bloom, falcon: 4h
@@ -84,8 +107,8 @@ def model_from_hf_config(config: dict[str, Any], name: str, source: str = "confi
     unsupported = unsupported_reason(config, model_type)
     if unsupported:
         raise PlanError(f"{source}: {unsupported}")
-    hidden = int(_require(config, "hidden_size", source))
-    heads = int(_require(config, "num_attention_heads", source))
+    hidden = _require_count(config, "hidden_size", source)
+    heads = _require_count(config, "num_attention_heads", source)
     activation = _activation(config, model_type)
     seq_len = _first(config, _ALIASES["seq_len"])
     if seq_len is None:
@@ -93,30 +116,32 @@ def model_from_hf_config(config: dict[str, Any], name: str, source: str = "confi
             seq_len = 2048  # trained context; ALiBi/RoPE configs carry no position table size
         else:
             _require(config, "seq_len", source)
+    else:
+        seq_len = _require_count(config, "seq_len", source)
     tied_default = model_type not in {"gpt_neox"}
     position = _position_embedding(config, model_type, activation)
-    num_layers = int(_require(config, "num_layers", source))
+    num_layers = _require_count(config, "num_layers", source)
     try:
         extra = moe_fields(config, model_type, num_layers)
     except PlanError as exc:
         raise PlanError(f"{source}: {exc}") from None
     if not extra.get("kv_lora_rank") and config.get("head_dim") is not None:
-        extra["head_dim"] = int(config["head_dim"])  # Qwen3 and others size heads apart from hidden / heads
+        extra["head_dim"] = _count(config["head_dim"], "head_dim", source)  # Qwen3 and others size heads apart from hidden / heads
     try:
         return ModelSpec(
             name=name,
             num_layers=num_layers,
             hidden_size=hidden,
             num_attention_heads=heads,
-            num_key_value_heads=_kv_heads(config, heads),
-            ffn_hidden_size=_ffn(config, hidden, model_type),
-            vocab_size=int(_require(config, "vocab_size", source)),
-            seq_len=int(seq_len),
+            num_key_value_heads=_kv_heads(config, heads, source),
+            ffn_hidden_size=_ffn(config, hidden, model_type, source),
+            vocab_size=_require_count(config, "vocab_size", source),
+            seq_len=seq_len,
             activation=activation,
-            tie_embeddings=bool(config.get("tie_word_embeddings", tied_default)),
+            tie_embeddings=_flag(config, "tie_word_embeddings", tied_default, source),
             norm="rmsnorm" if activation == "swiglu" else "layernorm",
             position_embedding=position,
-            linear_bias=bool(config.get("bias", config.get("attention_bias", activation == "gelu"))),
+            linear_bias=_flag(config, "bias" if "bias" in config else "attention_bias", activation == "gelu", source),
             **extra,
         )
     except ValueError as exc:
@@ -130,5 +155,5 @@ def _first_error(exc: ValueError) -> str:
     if callable(errors):
         first = errors()[0]
         loc = ".".join(str(p) for p in first.get("loc", ()))
-        return f"{loc}: {first.get('msg', '')}".strip(": ")
+        return f"{loc}: {first.get('msg', '').removeprefix('Value error, ')}".strip(": ")
     return str(exc)

@@ -82,6 +82,13 @@ def unsupported_reason(config: dict[str, Any], model_type: str) -> str | None:
     return None
 
 
+def _int(value: Any, key: str) -> int:
+    """A count as the config writes it: an integer, not a float (even 8.0), bool or string."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PlanError(f"'{key}' must be an integer, got {value!r}")
+    return value
+
+
 def _need(config: dict[str, Any], key: str, model_type: str, why: str) -> Any:
     if key not in config:
         raise PlanError(f"Hugging Face {model_type} config is missing '{key}' ({why})")
@@ -92,17 +99,17 @@ def _top_k(config: dict[str, Any], model_type: str) -> int:
     value = config.get("num_experts_per_tok", TOP_K_DEFAULT[model_type])
     if value is None:
         raise PlanError(f"Hugging Face {model_type} config is missing 'num_experts_per_tok' (the router's top-k; no default)")
-    return int(value)
+    return _int(value, "num_experts_per_tok")
 
 
 def _qwen_first_dense_layers(config: dict[str, Any], model_type: str, num_layers: int) -> int:
     """Qwen's layer i is MoE iff i not in mlp_only_layers and (i + 1) % decoder_sparse_step == 0;
     ``ModelSpec`` holds leading dense layers only."""
-    step = int(config.get("decoder_sparse_step", 1) or 1)
+    step = _int(config.get("decoder_sparse_step", 1) or 1, "decoder_sparse_step")
     if step != 1:
         raise PlanError(f"{model_type} decoder_sparse_step {step} makes one layer in {step} MoE: "
                         "ppplan models leading dense layers only (first_dense_layers)")  # fmt: skip
-    dense = sorted(int(i) for i in config.get("mlp_only_layers") or [])
+    dense = sorted(_int(i, "mlp_only_layers") for i in config.get("mlp_only_layers") or [])
     if dense != list(range(len(dense))) or len(dense) >= num_layers:
         raise PlanError(f"{model_type} mlp_only_layers {dense} are not a run of leading layers: "
                         "ppplan models leading dense layers only (first_dense_layers)")  # fmt: skip
@@ -111,25 +118,25 @@ def _qwen_first_dense_layers(config: dict[str, Any], model_type: str, num_layers
 
 def _mixtral(config: dict[str, Any]) -> dict[str, Any]:
     experts = _need(config, "num_local_experts", "mixtral", "the number of experts")
-    return {"num_experts": int(experts), "experts_per_token": _top_k(config, "mixtral"),
-            "moe_ffn_hidden_size": int(_need(config, "intermediate_size", "mixtral", "the expert FFN size"))}  # fmt: skip
+    return {"num_experts": _int(experts, "num_local_experts"), "experts_per_token": _top_k(config, "mixtral"),
+            "moe_ffn_hidden_size": _int(_need(config, "intermediate_size", "mixtral", "the expert FFN size"), "intermediate_size")}  # fmt: skip
 
 
 def _qwen(config: dict[str, Any], model_type: str, num_layers: int) -> dict[str, Any]:
     fields = {
-        "num_experts": int(_need(config, "num_experts", model_type, "the number of routed experts")),
+        "num_experts": _int(_need(config, "num_experts", model_type, "the number of routed experts"), "num_experts"),
         "experts_per_token": _top_k(config, model_type),
-        "moe_ffn_hidden_size": int(_need(config, "moe_intermediate_size", model_type, "the expert FFN size")),
+        "moe_ffn_hidden_size": _int(_need(config, "moe_intermediate_size", model_type, "the expert FFN size"), "moe_intermediate_size"),
         "first_dense_layers": _qwen_first_dense_layers(config, model_type, num_layers),
     }
     if model_type == "qwen2_moe":
-        shared = int(_need(config, "shared_expert_intermediate_size", model_type, "the shared expert's FFN size") or 0)
+        shared = _int(_need(config, "shared_expert_intermediate_size", model_type, "the shared expert's FFN size") or 0, "shared_expert_intermediate_size")
         fields |= {"num_shared_experts": 1 if shared else 0, "shared_expert_ffn_hidden_size": shared}
     return fields
 
 
 def _deepseek(config: dict[str, Any], model_type: str) -> dict[str, Any]:
-    freq = int(config.get("moe_layer_freq", 1) or 1)
+    freq = _int(config.get("moe_layer_freq", 1) or 1, "moe_layer_freq")
     if freq != 1:
         raise PlanError(f"{model_type} moe_layer_freq {freq} interleaves dense and MoE layers: "
                         "ppplan models leading dense layers only (first_dense_layers)")  # fmt: skip
@@ -144,10 +151,10 @@ def _deepseek(config: dict[str, Any], model_type: str) -> dict[str, Any]:
         "v_head_dim": ("v_head_dim", "the MLA per-head value size"),
     }
     fields: dict[str, Any] = {field: _need(config, key, model_type, why) for field, (key, why) in sizing.items()}
-    fields = {k: (int(v) if v is not None else None) for k, v in fields.items()}
+    fields = {k: (_int(v, sizing[k][0]) if v is not None else None) for k, v in fields.items()}
     fields["num_shared_experts"] = fields["num_shared_experts"] or 0
     fields["experts_per_token"] = _top_k(config, model_type)
-    fields["first_dense_layers"] = int(config.get("first_k_dense_replace", FIRST_DENSE_DEFAULT[model_type]) or 0)
+    fields["first_dense_layers"] = _int(config.get("first_k_dense_replace", FIRST_DENSE_DEFAULT[model_type]) or 0, "first_k_dense_replace")
     return fields
 
 

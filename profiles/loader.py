@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from profiles.errors import PlanError
+from profiles.files import read_text
 from profiles.gpu_families import GpuFamilies, with_family_constants
 from profiles.hf_config import _first_error, model_from_hf_config
 from profiles.profile_schema import COMM_PROFILE_SCHEMA_VERSION, PROFILE_SCHEMA_VERSION, CommProfile, ProfileFile
@@ -41,16 +42,13 @@ def preset_names(kind: str) -> list[str]:
 
 def read_document(path: Path) -> Any:
     """Parse a YAML or JSON file (JSON is YAML) into Python data."""
-    if not path.is_file():
-        raise PlanError(f"file not found: {path}")
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise PlanError(f"cannot read {path}: {exc.strerror}") from None
+    text = read_text(path)
     try:
         if path.suffix == ".json":
             return json.loads(text)
         return yaml.safe_load(text)
+    except RecursionError:
+        raise PlanError(f"{path} nests too deeply to be a ppplan file") from None
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", getattr(exc, "lineno", None))
         where = f" (line {line + 1 if hasattr(exc, 'problem_mark') else line})" if line is not None else ""
@@ -70,7 +68,8 @@ def validate_as(cls: type[T], data: Any, source: str) -> T:
             raise PlanError(f"{source}: unknown key '{loc}'") from None
         if first["type"] == "missing":
             raise PlanError(f"{source}: missing key '{loc}'") from None
-        raise PlanError(f"{source}: {loc}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise PlanError(f"{source}: {loc}: {message}" if loc else f"{source}: {message}") from None
     except ValueError as exc:
         raise PlanError(f"{source}: {_first_error(exc)}") from None
 

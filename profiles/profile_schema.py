@@ -14,7 +14,8 @@ from typing import Literal, get_args
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt
 
-from profiles.schema import ModelSpec, Precision, RecomputeKind, StrictModel
+from profiles.limits import MAX_COMM_BYTES, MAX_GLOBAL_BATCH, MAX_GPUS, MAX_SEQ_LEN
+from profiles.schema import ModelSpec, Precision, RecomputeKind, StrictModel, count
 
 PROFILE_SCHEMA_VERSION = 1
 COMM_PROFILE_SCHEMA_VERSION = 1
@@ -75,9 +76,9 @@ class LayerProfile(StrictModel):
     """
 
     kind: LayerKind
-    tp: PositiveInt
-    mbs: PositiveInt
-    seq_len: PositiveInt
+    tp: count(MAX_GPUS)
+    mbs: count(MAX_GLOBAL_BATCH)
+    seq_len: count(MAX_SEQ_LEN)
     recompute: RecomputeKind = "none"
     precision: Precision
     forward_s: NonNegativeFloat
@@ -101,6 +102,20 @@ class LayerProfile(StrictModel):
         return (self.kind, self.tp, self.mbs, self.seq_len, self.recompute, self.precision)
 
 
+class RuntimeMeasurement(StrictModel):
+    """What the runtime adds around the layers, measured by ``ppplan profile``
+    (``launch/profiler/runtime.py``; priced by ``costmodels.runtime_costs``)."""
+
+    pipeline_action_overhead_s: NonNegativeFloat = Field(
+        description="host time torch.distributed.pipelining adds to one F or B action (median)"
+    )
+    pipeline_action_overhead_iqr_s: NonNegativeFloat = 0.0
+    fsdp_overhead_per_layer_step_s: NonNegativeFloat = Field(
+        default=0.0, description="host time FSDP2 adds per wrapped layer and optimizer step (copies, hooks), median"
+    )
+    fsdp_overhead_per_layer_step_iqr_s: NonNegativeFloat = 0.0
+
+
 class ProfileFile(StrictModel):
     """``ppplan profile`` output: the layers of one model shape measured on one device."""
 
@@ -116,6 +131,7 @@ class ProfileFile(StrictModel):
     )
     approximation: list[str] = Field(default_factory=list, description="how the measurement differs from what runs")
     layers: list[LayerProfile]
+    runtime: RuntimeMeasurement | None = Field(default=None, description="the runtime's own costs around the layers")
 
 
 class CollectiveMeasurement(StrictModel):
@@ -124,8 +140,8 @@ class CollectiveMeasurement(StrictModel):
     ``costmodels.comm``)."""
 
     collective: Collective
-    group_size: PositiveInt
-    size_bytes: PositiveInt
+    group_size: count(MAX_GPUS)
+    size_bytes: count(MAX_COMM_BYTES)
     median_s: NonNegativeFloat
     iqr_s: NonNegativeFloat
     repeats: PositiveInt

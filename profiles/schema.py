@@ -9,12 +9,43 @@ DESIGN.md fields always loads.
 
 from __future__ import annotations
 
-from typing import Literal, Union, get_args
+from typing import Annotated, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
+
+from profiles.limits import (
+    MAX_ACTION_TIME_S,
+    MAX_BANDWIDTH_GBS,
+    MAX_EXPERTS,
+    MAX_GLOBAL_BATCH,
+    MAX_GPUS,
+    MAX_HEADS,
+    MAX_LATENCY_US,
+    MAX_LAYERS,
+    MAX_MEMORY_GIB,
+    MAX_MICROBATCHES,
+    MAX_SEQ_LEN,
+    MAX_TFLOPS,
+    MAX_VOCAB,
+    MAX_WIDTH,
+    MIN_BANDWIDTH_GBS,
+    MIN_TFLOPS,
+)
 
 SCHEMA_VERSION = 1
 BITS_PER_BYTE = 8
+
+
+def count(cap: int, minimum: int = 1) -> type[int]:
+    """An integer count in [minimum, cap] (``profiles/limits.py``); with the strict base,
+    a bool or a float (even 8.0) is refused."""
+    bound = {"gt": 0} if minimum == 1 else {"ge": minimum}  # pydantic's PositiveInt wording for counts from 1
+    return Annotated[int, Field(le=cap, **bound)]  # type: ignore[return-value]
+
+
+def bounded(low: float, high: float) -> type[float]:
+    """A finite float in [low, high]."""
+    return Annotated[float, Field(ge=low, le=high)]  # type: ignore[return-value]
 
 Activation = Literal["gelu", "swiglu"]
 Precision = Literal["bf16", "fp16", "fp32", "fp8"]
@@ -36,9 +67,11 @@ SCHEDULE_NAMES: tuple[str, ...] = get_args(ScheduleName)
 
 
 class StrictModel(BaseModel):
-    """The base of every file type ppplan reads: frozen, and an unknown key is an error."""
+    """The base of every file type ppplan reads: frozen; an unknown key, a non-finite number,
+    and a bool, float or string where a number of another type goes are errors (strict mode:
+    ``true`` or ``8.0`` is not a layer count)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ModelSpec(StrictModel):
@@ -60,13 +93,13 @@ class ModelSpec(StrictModel):
     """
 
     name: str
-    num_layers: PositiveInt
-    hidden_size: PositiveInt
-    num_attention_heads: PositiveInt
-    num_key_value_heads: PositiveInt | None = None
-    ffn_hidden_size: PositiveInt | None = None
-    vocab_size: PositiveInt
-    seq_len: PositiveInt
+    num_layers: count(MAX_LAYERS)
+    hidden_size: count(MAX_WIDTH)
+    num_attention_heads: count(MAX_HEADS)
+    num_key_value_heads: count(MAX_HEADS) | None = None
+    ffn_hidden_size: count(MAX_WIDTH) | None = None
+    vocab_size: count(MAX_VOCAB)
+    seq_len: count(MAX_SEQ_LEN)
     activation: Activation = "gelu"
     tie_embeddings: bool = True
     norm: Literal["layernorm", "rmsnorm"] | None = None
@@ -74,18 +107,18 @@ class ModelSpec(StrictModel):
     linear_bias: bool | None = Field(
         default=None, description="biases on linear layers; default true for gelu (GPT), false for swiglu (Llama)"
     )
-    head_dim: PositiveInt | None = None
-    num_experts: PositiveInt | None = None
-    experts_per_token: PositiveInt | None = None
-    moe_ffn_hidden_size: PositiveInt | None = None
-    num_shared_experts: NonNegativeInt = 0
-    shared_expert_ffn_hidden_size: NonNegativeInt | None = None
-    first_dense_layers: NonNegativeInt = 0
-    q_lora_rank: PositiveInt | None = None
-    kv_lora_rank: PositiveInt | None = None
-    qk_nope_head_dim: PositiveInt | None = None
-    qk_rope_head_dim: PositiveInt | None = None
-    v_head_dim: PositiveInt | None = None
+    head_dim: count(MAX_WIDTH) | None = None
+    num_experts: count(MAX_EXPERTS) | None = None
+    experts_per_token: count(MAX_EXPERTS) | None = None
+    moe_ffn_hidden_size: count(MAX_WIDTH) | None = None
+    num_shared_experts: count(MAX_EXPERTS, 0) = 0
+    shared_expert_ffn_hidden_size: count(MAX_WIDTH * MAX_EXPERTS, 0) | None = None
+    first_dense_layers: count(MAX_LAYERS, 0) = 0
+    q_lora_rank: count(MAX_WIDTH) | None = None
+    kv_lora_rank: count(MAX_WIDTH) | None = None
+    qk_nope_head_dim: count(MAX_WIDTH) | None = None
+    qk_rope_head_dim: count(MAX_WIDTH) | None = None
+    v_head_dim: count(MAX_WIDTH) | None = None
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "ModelSpec":
@@ -179,25 +212,25 @@ class ModelSpec(StrictModel):
 class PeakTflops(StrictModel):
     """Dense (no sparsity) tensor-core peaks; only the precisions the GPU has."""
 
-    fp32: PositiveFloat | None = None
-    tf32: PositiveFloat | None = None
-    bf16: PositiveFloat | None = None
-    fp16: PositiveFloat | None = None
-    fp8: PositiveFloat | None = None
+    fp32: bounded(MIN_TFLOPS, MAX_TFLOPS) | None = None
+    tf32: bounded(MIN_TFLOPS, MAX_TFLOPS) | None = None
+    bf16: bounded(MIN_TFLOPS, MAX_TFLOPS) | None = None
+    fp16: bounded(MIN_TFLOPS, MAX_TFLOPS) | None = None
+    fp8: bounded(MIN_TFLOPS, MAX_TFLOPS) | None = None
 
 
 class GpuSpec(StrictModel):
     name: str
-    memory_gib: PositiveFloat
+    memory_gib: Annotated[PositiveFloat, Field(le=MAX_MEMORY_GIB)]
     peak_tflops: PeakTflops
-    hbm_bandwidth_gbs: PositiveFloat
+    hbm_bandwidth_gbs: bounded(MIN_BANDWIDTH_GBS, MAX_BANDWIDTH_GBS)
 
 
 class LinkSpec(StrictModel):
     """One network tier: per-GPU, one-direction bandwidth in GB/s (1e9 B) and latency."""
 
-    bandwidth_gbs: PositiveFloat
-    latency_us: float = Field(ge=0)
+    bandwidth_gbs: bounded(MIN_BANDWIDTH_GBS, MAX_BANDWIDTH_GBS)
+    latency_us: float = Field(ge=0, le=MAX_LATENCY_US)
 
 
 # The six constants a GPU family is fitted by (profiles/gpu_families.yaml documents each one).
@@ -232,13 +265,13 @@ class Efficiency(StrictModel):
     """
 
     gemm_max: float = Field(default=0.80, gt=0, le=1)
-    gemm_half_dim: float = Field(default=96.0, ge=0, allow_inf_nan=False)
+    gemm_half_dim: float = Field(default=96.0, ge=0, le=MAX_WIDTH, allow_inf_nan=False)
     hbm: float = Field(default=0.80, gt=0, le=1)
     intra_node_collective: float = Field(default=0.80, gt=0, le=1)
     inter_node_collective: float = Field(default=0.80, gt=0, le=1)
-    action_overhead_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    action_overhead_s: float = Field(default=0.0, ge=0, le=MAX_ACTION_TIME_S, allow_inf_nan=False)
     attention_max: float | None = Field(default=None, gt=0, le=1)
-    step_overhead_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    step_overhead_s: float = Field(default=0.0, ge=0, le=MAX_ACTION_TIME_S, allow_inf_nan=False)
 
 
 class ClusterSpec(StrictModel):
@@ -253,14 +286,14 @@ class ClusterSpec(StrictModel):
 
     name: str
     gpu: GpuSpec
-    gpus_per_node: PositiveInt
+    gpus_per_node: count(MAX_GPUS)
     intra_node: LinkSpec
     inter_node: LinkSpec
-    nics_per_node: PositiveInt | None = None
-    nic_bandwidth_gbit_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    nics_per_node: count(MAX_GPUS) | None = None
+    nic_bandwidth_gbit_s: float | None = Field(default=None, gt=0, le=8 * MAX_BANDWIDTH_GBS, allow_inf_nan=False)
     efficiency: Efficiency = Efficiency()
     runtime_reserved_gib: float = Field(
-        default=1.0, ge=0, description="HBM held outside the allocator: CUDA context, NCCL buffers"
+        default=1.0, ge=0, le=MAX_MEMORY_GIB, description="HBM held outside the allocator: CUDA context, NCCL buffers"
     )
     allocator_fragmentation: float = Field(
         default=0.08, ge=0, lt=1, description="fraction of allocated bytes lost to the caching allocator"
@@ -268,7 +301,7 @@ class ClusterSpec(StrictModel):
     memory_safety_margin: float = Field(
         default=0.0, ge=0, lt=1, description="fraction of HBM the fit check keeps free"
     )
-    concurrent_ranks_per_node: PositiveFloat | None = Field(
+    concurrent_ranks_per_node: Annotated[PositiveFloat, Field(le=MAX_GPUS)] | None = Field(
         default=None,
         description="ranks of one node that can compute at full speed at the same time (CPU cores, for gloo "
         "ranks running one thread each); more ranks time-share them (costmodels.estimate). None: every rank "
@@ -291,8 +324,8 @@ class ClusterSpec(StrictModel):
 
 
 class TrainSpec(StrictModel):
-    global_batch: PositiveInt
-    seq_len: PositiveInt
+    global_batch: count(MAX_GLOBAL_BATCH)
+    seq_len: count(MAX_SEQ_LEN)
     precision: Precision = "bf16"
 
 
@@ -310,19 +343,19 @@ class ParallelConfig(StrictModel):
     """
 
     stack: str = Field(default="ppplan-torch", description="the software stack the plan runs on (profiles/stacks/)")
-    tp: PositiveInt
-    cp: PositiveInt = Field(default=1, description="context parallel: the sequence split over cp ranks")
-    ep: PositiveInt = Field(default=1, description="expert parallel: experts split over ep ranks of the dp x cp ranks")
-    pp: PositiveInt
-    dp: PositiveInt
-    v: PositiveInt = 1
-    mbs: PositiveInt
-    num_microbatches: PositiveInt
+    tp: count(MAX_GPUS)
+    cp: count(MAX_GPUS) = Field(default=1, description="context parallel: the sequence split over cp ranks")
+    ep: count(MAX_GPUS) = Field(default=1, description="expert parallel: experts split over ep ranks of the dp x cp ranks")
+    pp: count(MAX_GPUS)
+    dp: count(MAX_GPUS)
+    v: count(MAX_LAYERS) = 1
+    mbs: count(MAX_GLOBAL_BATCH)
+    num_microbatches: count(MAX_MICROBATCHES)
     schedule: ScheduleName = "1f1b"
     recompute: Recompute = "none"
     sequence_parallel: bool = False
     zero: int = Field(default=0, ge=0, le=3)
-    stage_layers: list[PositiveInt]
+    stage_layers: Annotated[list[count(MAX_LAYERS)], Field(min_length=1, max_length=MAX_LAYERS)]
     schedule_csv: str | None = Field(
         default=None,
         description="schedule 'custom' only: the action list in torch's pipeline CSV format, the exact "
@@ -406,3 +439,16 @@ class Plan(StrictModel):
     estimate: Estimate
     rationale: list[str] = []
     alternatives: list[Alternative] = []
+
+    @model_validator(mode="after")
+    def _check(self) -> "Plan":
+        if self.schema_version != SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {self.schema_version}: this ppplan reads plan files of version {SCHEMA_VERSION}; "
+                "re-run ppplan search or evaluate --out"
+            )
+        if len(self.estimate.peak_memory_gib) != self.config.pp:
+            raise ValueError(
+                f"estimate.peak_memory_gib lists {len(self.estimate.peak_memory_gib)} ranks but the plan has pp={self.config.pp}"
+            )
+        return self

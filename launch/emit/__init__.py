@@ -24,7 +24,7 @@ from pathlib import Path
 
 from launch.emit.common import EmitOptions, Rendered, check_stack, make_context
 from profiles.errors import PlanError
-from profiles.files import write_atomic
+from profiles.files import write_folder_atomic
 from profiles.schema import Plan
 
 TARGETS: tuple[str, ...] = ("torchrun", "slurm", "megatron", "torchtitan", "csv")
@@ -95,25 +95,20 @@ def emit(
     opts = dataclasses.replace(base, **overrides)
     out = Path(out_dir)
     rendered = render(plan, target, out, opts)
-    _make_dir(out)
-    paths = [_write_atomic(out / name, text, name in rendered.executable) for name, text in rendered.files.items()]
+    check_out_dir(out)
+    files = {name: (text, 0o755 if name in rendered.executable else 0o644) for name, text in rendered.files.items()}
+    paths = write_folder_atomic(out, files)
     report = on_warning if on_warning is not None else logging.getLogger(__name__).warning
     for warning in rendered.warnings:
         report(warning)
     return paths
 
 
-def _make_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise PlanError(f"--out-dir {out} exists and is not a directory: pick another path") from None
-    except OSError as exc:
-        raise PlanError(f"cannot create --out-dir {out}: {exc.strerror}; pick a writable directory") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise PlanError(f"--out-dir {out} is not writable: pick a writable directory or fix its permissions")
+def check_out_dir(out: Path) -> None:
+    """``--out-dir`` must be a writable directory or creatable (checked before any work)."""
+    if out.exists() and not out.is_dir():
+        raise PlanError(f"--out-dir {out} exists and is not a directory: pick another path")
+    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise PlanError(f"--out-dir {out}: {existing} is not a writable directory; pick a writable directory")
 
-
-def _write_atomic(path: Path, text: str, executable: bool) -> Path:
-    """Atomic write (``profiles.files``) with the script bit for executables."""
-    return write_atomic(path, text, mode=0o755 if executable else 0o644)

@@ -18,6 +18,7 @@ from costmodels.schedules.generate import generate_schedule
 from costmodels.schedules.torch_csv import format_torch_csv, parse_torch_csv
 from launch.emit.common import EmitContext, Rendered
 from profiles.errors import PlanError
+from profiles.files import read_text
 from profiles.schema import ParallelConfig
 
 CSV_NAME = "schedule.csv"
@@ -31,10 +32,7 @@ def generated_csv(cfg: ParallelConfig) -> str:
 
 def copied_csv(path: Path, cfg: ParallelConfig) -> str:
     """The exported CSV of a ``custom`` schedule, checked (``parse_torch_csv``) to fit the plan's pp, v and M."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise PlanError(f"cannot read the custom schedule CSV {path}: {exc.strerror}") from None
+    text = read_text(path, "custom schedule CSV")
     schedule = parse_torch_csv(text)
     found, planned = (schedule.pp, schedule.v, schedule.num_microbatches), (cfg.pp, cfg.v, cfg.num_microbatches)
     if found != planned:

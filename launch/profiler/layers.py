@@ -19,6 +19,7 @@ lazily here, and only in ``profiles.profiler_*`` and ``launch.runtime``.
 
 from __future__ import annotations
 
+import logging
 import platform
 import subprocess
 import time
@@ -28,6 +29,7 @@ from typing import Any, Callable
 
 from costmodels.memory import ActivationVariant, layer_activation_bytes
 from costmodels.rules import tp_violations
+from launch.profiler.runtime import runtime_overheads
 from profiles.errors import PlanError
 from profiles.profile_schema import HardwareFingerprint, LayerProfile, ProfileFile, model_shape_hash
 from profiles.schema import ModelSpec
@@ -208,9 +210,10 @@ def interleaves(model: ModelSpec, settings: ProfileSettings) -> bool:
 def num_steps(model: ModelSpec, settings: ProfileSettings) -> int:
     """How many times ``profile_model`` calls ``progress``."""
     points = grid(model, settings)
+    runtime = 1 if settings.device == "cpu" else 0  # the runtime's overheads (launch/profiler/runtime.py)
     if interleaves(model, settings):
-        return len(points) + settings.warmup + settings.repeats
-    return len(points) + (sum(p.tp > 1 for p in points) if settings.tp_group else 0)
+        return len(points) + settings.warmup + settings.repeats + runtime
+    return len(points) + (sum(p.tp > 1 for p in points) if settings.tp_group else 0) + runtime
 
 
 def _time_round_robin(built: dict[int, Any], settings: ProfileSettings, clock: Any, say: Callable[[str], None]) -> dict[int, dict]:
@@ -227,8 +230,12 @@ def _time_round_robin(built: dict[int, Any], settings: ProfileSettings, clock: A
     return {i: cases.summarize(rows) for i, rows in samples.items()}
 
 
-def profile_model(model: ModelSpec, settings: ProfileSettings, progress: Callable[[str], None] | None = None) -> ProfileFile:
-    """Measure every grid point into a ``ProfileFile``; ``progress(label)`` once per step (``num_steps``)."""
+def profile_model(
+    model: ModelSpec, settings: ProfileSettings, progress: Callable[[str], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> ProfileFile:
+    """Measure every grid point into a ``ProfileFile``; ``progress(label)`` once per step (``num_steps``);
+    ``on_warning`` hears of a TP group restarted after a gloo abort (also kept in the profile's notes)."""
     from launch.profiler import cases
 
     check_settings(model, settings)
@@ -254,8 +261,19 @@ def profile_model(model: ModelSpec, settings: ProfileSettings, progress: Callabl
     if together:
         timed = _time_round_robin(built, settings, clock, say)
         results = {i: (timed[i], memory) for i, (_, memory) in results.items()}
+    retries: list[str] = []
+
+    def retried(message: str) -> None:
+        retries.append(message)
+        (on_warning or logging.getLogger(__name__).warning)(message)
+
     if settings.tp_group:
-        _time_groups(model, settings, points, results, progress)
+        _time_groups(model, settings, points, results, progress, retried)
+    runtime = None
+    if settings.device == "cpu":  # on a GPU the host runs ahead of the kernels: nothing to add (costmodels.runtime_costs)
+        say("runtime: pipeline action and FSDP overheads")
+        mbs, seq = min(settings.mbss), points[0].seq_len
+        runtime = runtime_overheads(model, mbs, seq, settings.warmup, settings.repeats, clock)
     hardware = hardware_fingerprint(settings.device)
     entries = [
         _entry(p, settings.precision, results[i][0], results[i][1], settings.repeats, settings.tp_group and p.tp > 1)
@@ -264,11 +282,14 @@ def profile_model(model: ModelSpec, settings: ProfileSettings, progress: Callabl
     return ProfileFile(
         model=model, model_shape_hash=model_shape_hash(model), precision=settings.precision,
         cluster=settings.cluster, hardware=hardware, warmup_iterations=settings.warmup, timer=settings.timer,
-        approximation=approximation_notes(settings, hardware.num_threads), layers=entries,
+        approximation=approximation_notes(settings, hardware.num_threads) + retries, layers=entries, runtime=runtime,
     )
 
 
-def _time_groups(model: ModelSpec, settings: ProfileSettings, points: list, results: dict, progress: Callable | None) -> None:
+def _time_groups(
+    model: ModelSpec, settings: ProfileSettings, points: list, results: dict, progress: Callable | None,
+    on_retry: Callable[[str], None] | None = None,
+) -> None:
     """Fill in the times of every tp > 1 point from a real TP group of that degree."""
     from launch.profiler.group import time_in_tp_group
 
@@ -281,4 +302,4 @@ def _time_groups(model: ModelSpec, settings: ProfileSettings, points: list, resu
             progress(points[index].label + " (TP group)")
 
     for tp in sorted({p.tp for p in points if p.tp > 1}):
-        time_in_tp_group(model, tp, [(i, p) for i, p in enumerate(points) if p.tp == tp], opts, done)
+        time_in_tp_group(model, tp, [(i, p) for i, p in enumerate(points) if p.tp == tp], opts, done, on_retry)

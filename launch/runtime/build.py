@@ -17,6 +17,7 @@ from torch.distributed.tensor import DTensor
 
 from costmodels.layout import StageLayout, local_stages, loss_pipeline_rank
 from costmodels.rank_grid import RankCoord
+from launch.runtime.checks import apply_build_mutations
 from launch.runtime.cp import ContextParallel
 from launch.runtime.fsdp import apply_data_parallel
 from launch.runtime.layout import grid_of
@@ -84,8 +85,11 @@ def _join_groups(module: StageModule, plan: Plan, coord: RankCoord, mesh: Device
             layer.feed_forward.set_parallel(expert_groups, coord.tp, cfg.tp)
 
 
-def build_runtime(plan: Plan, device: torch.device, seed: int, lr: float, custom_csv: str | None = None) -> Runtime:
-    """Build this rank's stages of ``plan`` (collective: every rank calls it)."""
+def build_runtime(
+    plan: Plan, device: torch.device, seed: int, lr: float, custom_csv: str | None = None, optimizer: str = "adamw"
+) -> Runtime:
+    """Build this rank's stages of ``plan`` (collective: every rank calls it); ``optimizer``
+    is AdamW for training, plain SGD for the first-step checks (``checks.py``)."""
     cfg = plan.config
     rank, world = dist.get_rank(), dist.get_world_size()
     if world != cfg.world_size:
@@ -108,10 +112,11 @@ def build_runtime(plan: Plan, device: torch.device, seed: int, lr: float, custom
         if cfg.dp * cfg.cp > 1:
             apply_data_parallel(module, mesh, cfg.zero, expert_mesh)
         modules[layout.stage] = module
+    apply_build_mutations(modules)
     stages = build_stages(modules, layouts, cfg.num_stages, device, mesh["pp"].get_group())
     schedule = build_schedule(cfg, stages, lm_loss, custom_csv)
     params = [p for m in modules.values() for p in m.parameters()]
-    return Runtime(plan, rank, coord, device, layouts, modules, schedule, build_optimizer(params, lr), groups)
+    return Runtime(plan, rank, coord, device, layouts, modules, schedule, build_optimizer(params, lr, optimizer), groups)
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:

@@ -20,17 +20,22 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 
 from costmodels.rank_grid import RankGrid
+from launch.job_files import PG_TIMEOUT_ENV
 from launch.runtime.layout import grid_of, tied_embedding_pairs
 from profiles.schema import ModelSpec, ParallelConfig
 
 MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "tp")
 EXPERT_MESH_DIMS = ("pp", "edp_replicate", "edp_shard", "ep", "tp")
-DEFAULT_PG_TIMEOUT_S = 180.0
+# A rank stuck waiting for a dead or stopped peer raises after this. gloo: 60 s, far above
+# any collective of a CPU plan (ppplan launch --hang-timeout-s); NCCL: torch's own default
+# (torch.distributed.constants.default_pg_nccl_timeout, 10 minutes).
+DEFAULT_PG_TIMEOUT_S = {"gloo": 60.0, "nccl": 600.0}
 
 
-def pg_timeout_s() -> float:
-    """Collective timeout: a rank stuck waiting for a dead peer raises after this."""
-    return float(os.environ.get("PPPLAN_PG_TIMEOUT_S", DEFAULT_PG_TIMEOUT_S))
+def pg_timeout_s(backend: str) -> float:
+    """Collective timeout of ``backend``: ``$PPPLAN_PG_TIMEOUT_S`` (set by ppplan launch) or the default."""
+    value = os.environ.get(PG_TIMEOUT_ENV)
+    return float(value) if value else DEFAULT_PG_TIMEOUT_S[backend]
 
 
 def init_distributed() -> torch.device:
@@ -43,7 +48,7 @@ def init_distributed() -> torch.device:
         device = torch.device("cpu")
         backend = "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=timedelta(seconds=pg_timeout_s()))
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=pg_timeout_s(backend)))
     return device
 
 

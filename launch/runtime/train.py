@@ -6,9 +6,10 @@ from each pipeline rank's first rank. Several ``--plan/--metrics`` pairs run
 one after the other in the same processes (the tests use this to pay the
 process start-up once).
 
-Failure handling: an exception on any rank is written to
-``$PPPLAN_FAILURE_DIR/rank<R>.json`` (what the launcher reports) and re-raised;
-torchrun then stops every other rank. ``PPPLAN_FAIL_RANK=R`` (and optionally
+Failure handling (``launch/job_files.py``): an exception on any rank is written to
+``$PPPLAN_JOB_DIR/rank<R>.json`` (what the launcher reports) and re-raised;
+torchrun then stops every other rank. A rank dies with its torchrun (parent-death
+signal and a watchdog that also beats ``rank<R>.alive``, ``lifecycle.py``). ``PPPLAN_FAIL_RANK=R`` (and optionally
 ``PPPLAN_FAIL_STEP=S``, default 1) injects a failure on global rank R at step S.
 """
 
@@ -16,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-import threading
 import time
 import traceback
 import warnings
@@ -28,20 +29,22 @@ import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from launch.compare import measurable_peak_memory_gib
+from launch.job_files import JOB_DIR_ENV, TORCHRUN_PID_ENV, failure_record_path
 from launch.launcher import check_plan
 from launch.runtime.build import Runtime, build_runtime, sync_tied_gradients
+from launch.runtime.checks import apply_gradient_mutations, save_tensors, stage_tensors
 from launch.runtime.cp import context_slice
 from launch.runtime.data import SyntheticTokens, dp_slice
 from launch.runtime.layout import writes_metrics
+from launch.runtime.lifecycle import die_with_parent, parent_from_env, start_watchdog
 from launch.runtime.metrics import PeakMemory, append_line, metrics_record
-from launch.runtime.optim import DEFAULT_LR
+from launch.runtime.optim import DEFAULT_LR, SGD_CHECK_LR
 from launch.runtime.parallel import init_distributed
 from profiles.loader import load_plan
 from profiles.schema import Plan
 
 FAIL_RANK_ENV = "PPPLAN_FAIL_RANK"
 FAIL_STEP_ENV = "PPPLAN_FAIL_STEP"
-FAILURE_DIR_ENV = "PPPLAN_FAILURE_DIR"
 
 
 class InjectedFailure(RuntimeError):
@@ -56,6 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=DEFAULT_LR)
     parser.add_argument("--schedule-csv", default=None, help="action list of a 'custom' plan (torch pipeline CSV)")
+    parser.add_argument(
+        "--check-dir", default=None, help="also run each plan's first step with plain SGD and save gradients and weights here"
+    )
     args = parser.parse_args(argv)
     if len(args.plan) != len(args.metrics):
         parser.error("give one --metrics per --plan")
@@ -78,9 +84,9 @@ def _step_loss(rt: Runtime, losses: list[torch.Tensor]) -> float | None:
     return float(local)
 
 
-def train_step(rt: Runtime, data: SyntheticTokens, step: int) -> float | None:
-    """One optimizer step: pipeline forward/backward over the microbatches, tied-weight
-    gradient sum, AdamW. Returns the global-batch loss on the loss stage."""
+def forward_backward(rt: Runtime, data: SyntheticTokens, step: int) -> list[torch.Tensor]:
+    """The pipeline's forward and backward over this step's microbatches, then the tied-weight
+    gradient sum: every gradient of the step is in place. Returns the loss stage's microbatch losses."""
     cfg, train = rt.plan.config, rt.plan.train
     inputs, targets = data.global_batch(step, train.global_batch)
     inputs = context_slice(dp_slice(inputs, cfg.dp, rt.coord.dp), cfg.cp, rt.coord.cp).to(rt.device)
@@ -90,9 +96,32 @@ def train_step(rt: Runtime, data: SyntheticTokens, step: int) -> float | None:
     target = targets if rt.has_loss else None
     rt.schedule.step(*args, target=target, losses=losses)
     sync_tied_gradients(rt)
+    return losses
+
+
+def train_step(rt: Runtime, data: SyntheticTokens, step: int) -> float | None:
+    """One optimizer step: pipeline forward/backward over the microbatches, tied-weight
+    gradient sum, AdamW. Returns the global-batch loss on the loss stage."""
+    losses = forward_backward(rt, data, step)
     rt.optimizer.step()
     rt.optimizer.zero_grad(set_to_none=True)
     return _step_loss(rt, losses)
+
+
+def first_step_check(plan: Plan, device: torch.device, seed: int, out_dir: Path, custom_csv: str | None = None) -> None:
+    """Step 0 with plain SGD: save each parameter's full gradient and its weight after the
+    update (``checks.py``; the tests compare them with ``reference.reference_first_step``)."""
+    if plan.config.ep > 1:
+        return  # experts are local tensors, not DTensor shards: tests/launch/runtime/test_grad_match_dist.py checks them
+    rt = build_runtime(plan, device, seed, SGD_CHECK_LR, custom_csv, optimizer="sgd")
+    data = SyntheticTokens(plan.model.vocab_size, plan.train.seq_len, seed)
+    dist.barrier()
+    forward_backward(rt, data, 0)
+    apply_gradient_mutations(rt.modules)
+    save_tensors(rt.coord, out_dir, "grad", stage_tensors(rt.modules, "grad"))
+    rt.optimizer.step()
+    save_tensors(rt.coord, out_dir, "param", stage_tensors(rt.modules, "param"))
+    dist.barrier()
 
 
 def _sync_device(device: torch.device) -> None:
@@ -135,25 +164,12 @@ def run_plan(
 def report_failure(exc: BaseException) -> None:
     """Say on stderr which rank failed and why, and leave a record for the launcher."""
     rank = int(os.environ.get("RANK", "-1"))
-    reason = f"{type(exc).__name__}: {exc}"
+    reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
     print(f"[ppplan rank {rank}] failed: {reason}", file=sys.stderr, flush=True)
-    failure_dir = os.environ.get(FAILURE_DIR_ENV)
-    if failure_dir:
+    job_dir = os.environ.get(JOB_DIR_ENV)
+    if job_dir:
         entry = {"rank": rank, "error": reason, "time": time.time(), "traceback": traceback.format_exc(limit=8)}
-        append_line(Path(failure_dir) / f"rank{rank}.json", entry)
-
-
-def start_parent_watchdog(poll_s: float = 1.0) -> None:
-    """Exit this rank if its torchrun parent dies (e.g. SIGKILL), so no rank outlives the job."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_s)
-        print(f"[ppplan rank {os.environ.get('RANK', '?')}] torchrun is gone: exiting", file=sys.stderr, flush=True)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="ppplan-parent-watchdog", daemon=True).start()
+        append_line(failure_record_path(Path(job_dir), rank), entry)
 
 
 def _quiet_known_warnings() -> None:
@@ -165,8 +181,10 @@ def _quiet_known_warnings() -> None:
 
 @record
 def main(argv: list[str] | None = None) -> None:
+    die_with_parent(signal.SIGKILL, parent_from_env(TORCHRUN_PID_ENV))
     args = parse_args(argv)
-    start_parent_watchdog()
+    job_dir = os.environ.get(JOB_DIR_ENV)
+    start_watchdog(int(os.environ.get("RANK", "0")), Path(job_dir) if job_dir else None)
     _quiet_known_warnings()
     try:
         csv_path = Path(args.schedule_csv) if args.schedule_csv else None
@@ -175,12 +193,20 @@ def main(argv: list[str] | None = None) -> None:
             check_plan(plan, csv_path)  # the same runtime rules ppplan launch checks
         custom_csv = csv_path.read_text() if csv_path else None
         device = init_distributed()
-        for plan, metrics_path in zip(plans, args.metrics):
+        for index, (plan, metrics_path) in enumerate(zip(plans, args.metrics)):
             run_plan(plan, args.steps, Path(metrics_path), device, args.seed, args.lr, custom_csv)
+            if args.check_dir:
+                first_step_check(plan, device, args.seed, Path(args.check_dir) / f"plan{index}", custom_csv)
     except BaseException as exc:
         report_failure(exc)
         raise
     dist.destroy_process_group()
+    # Every metrics line is on disk (os.write); skip interpreter finalization, where a gloo
+    # worker thread still freeing a DTensor collective's tensors can abort the process
+    # (launch.profiler.group.exit_without_finalizing: the cause, from a core dump).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

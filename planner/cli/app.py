@@ -13,6 +13,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from profiles.errors import PlanError
+
 PIPED_WIDTH = 120  # columns of piped human output (the issue's readability target for logs)
 
 app = typer.Typer(
@@ -25,6 +27,15 @@ app = typer.Typer(
 _stdout_probe = Console()
 out = Console(highlight=False, width=None if _stdout_probe.is_terminal else PIPED_WIDTH)
 err = Console(stderr=True, highlight=False)
+
+
+def comma_list(text: str, option: str) -> list[str]:
+    """The entries of a comma list option; an empty entry (``1f1b,,gpipe``, a trailing comma)
+    is bad input (DESIGN.md, CLI contract)."""
+    entries = [part.strip() for part in text.split(",")]
+    if not text.strip() or any(not e for e in entries):
+        raise PlanError(f"{option} '{text}' has an empty entry: separate values with single commas")
+    return entries
 
 
 def warn(message: str) -> None:

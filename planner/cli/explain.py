@@ -8,10 +8,11 @@ from pathlib import Path
 import typer
 
 from planner.cli.app import app, out, warn
+from planner.cli.plans import load_checked_plan
 from planner.cli.render import memory_table, plans_table, seconds, sig3
 from planner.search.branch_and_bound import Scored, Searcher
 from planner.search.explain import binding_constraints, candidate_of, config_label, nearest_alternatives, waste_warnings
-from profiles.loader import load_plan, load_stack
+from profiles.loader import load_stack
 from profiles.schema import Breakdown, Estimate, Plan
 
 # The breakdown's terms in the order a step spends them, and how explain names them.
@@ -43,7 +44,7 @@ def breakdown_lines(est: Estimate) -> list[str]:
 @app.command("explain")
 def explain_cmd(plan_path: Path = typer.Argument(..., help="plan.json")) -> None:
     """Why this plan: what binds, the time breakdown, and the nearest rejected alternatives."""
-    plan = load_plan(plan_path)
+    plan = load_checked_plan(plan_path)
     est, cfg = plan.estimate, plan.config
     gpus = cfg.tp * cfg.pp * cfg.dp
     for warning in waste_warnings(cfg, est, plan.train.global_batch):

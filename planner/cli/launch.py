@@ -15,15 +15,11 @@ import typer
 from rich.table import Table
 
 from launch.compare import compare, comparison_json, read_metrics
-from launch.launcher import (
-    LaunchOptions,
-    check_plan,
-    format_command,
-    prepare_metrics,
-    run_torchrun,
-    torchrun_command,
-)
-from planner.cli.app import app, out, warn
+from launch.job import JobInterrupted
+from launch.launcher import LaunchOptions, check_plan, format_command, launch_plan, torchrun_command
+from launch.progress import StepProgress
+from planner.cli.app import app, err, out, warn
+from planner.cli.plans import load_checked_plan
 from profiles.errors import InfeasibleError, PlanError
 from profiles.loader import load_plan
 from profiles.schema import Plan
@@ -65,19 +61,34 @@ def _loss_summary(metrics: Path) -> str:
     return f"loss {losses[0]:.4f} -> {losses[-1]:.4f}"
 
 
+def progress_line(p: StepProgress, steps: int) -> str:
+    """One step of the run, as the launcher reports it (measured, then predicted)."""
+    loss = "-" if p.loss is None else f"{p.loss:.4f}"
+    step_err = 100.0 * (p.predicted_step_time_s - p.step_time_s) / p.step_time_s if p.step_time_s > 0 else 0.0
+    return (
+        f"step {p.step + 1}/{steps}  loss {loss}  {p.tokens_per_s:,.0f} tokens/s  MFU {100 * p.mfu:.1f}%  "
+        f"step {p.step_time_s:.3f} s (pred {p.predicted_step_time_s:.3f}, {step_err:+.0f}%)  "
+        f"peak {p.peak_memory_gib:.3f} GiB (pred {p.predicted_peak_memory_gib:.3f})"
+    )
+
+
 @app.command("launch")
 def launch_cmd(
     plan_path: Path = typer.Argument(..., help="plan.json from search or evaluate --out"),
-    steps: int = typer.Option(10, min=1, help="optimizer steps to run"),
+    steps: int = typer.Option(10, min=1, max=10**6, help="optimizer steps to run"),
     metrics: Path = typer.Option(Path("metrics.jsonl"), help="metrics JSONL (one line per step and pipeline stage)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --metrics file"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the exact torchrun command; run and write nothing"),
-    nnodes: Optional[int] = typer.Option(None, min=1, help="nodes (default: as few as hold the plan's GPUs)"),
-    node_rank: Optional[int] = typer.Option(None, min=0, help="this node's rank (multi-node)"),
+    nnodes: Optional[int] = typer.Option(None, min=1, max=2**20, help="nodes (default: as few as hold the plan's GPUs)"),
+    node_rank: Optional[int] = typer.Option(None, min=0, max=2**20, help="this node's rank (multi-node)"),
     master_addr: Optional[str] = typer.Option(None, help="node 0's address (multi-node)"),
     master_port: Optional[int] = typer.Option(None, min=1, max=65535, help="rendezvous port on node 0"),
     schedule_csv: Optional[Path] = typer.Option(None, help="action list (torch pipeline CSV) of a 'custom' plan"),
     emit: Optional[str] = typer.Option(None, help="torchrun|slurm|megatron|torchtitan|csv: write configs instead of running"),
     out_dir: Optional[Path] = typer.Option(None, help="where --emit writes"),
+    hang_timeout_s: Optional[float] = typer.Option(
+        None, min=1.0, max=86400.0, help="end the job when a rank makes no progress this long (default 60 on gloo, 600 on NCCL)"
+    ),
     seed: int = typer.Option(0, hidden=True, help="model-init and data seed"),
     force: bool = typer.Option(False, "--force", help="launch or emit a plan predicted not to fit in memory"),
 ) -> None:
@@ -87,23 +98,39 @@ def launch_cmd(
         _refuse_unfit(plan, "emit" if emit is not None else "launch")
     opts = LaunchOptions(
         steps=steps, metrics=metrics, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr,
-        master_port=master_port, schedule_csv=schedule_csv, seed=seed,
+        master_port=master_port, schedule_csv=schedule_csv, seed=seed, overwrite=overwrite,
+        hang_timeout_s=hang_timeout_s,
     )  # fmt: skip
     if emit is not None:
         _emit(plan, emit, out_dir, opts)
         return
-    check_plan(plan, schedule_csv)
-    argv = torchrun_command(plan, plan_path, opts)
     if dry_run:
-        print(format_command(argv))  # plain: rich would wrap a long command
+        check_plan(plan, schedule_csv)
+        print(format_command(torchrun_command(plan, plan_path, opts)))  # plain: rich would wrap a long command
         return
-    prepare_metrics(metrics)
-    print(f"launching {plan.config.world_size} ranks: {format_command(argv)}", file=sys.stderr, flush=True)
-    result = run_torchrun(argv)
+
+    def on_start(argv: list[str]) -> None:
+        print(f"launching {plan.config.world_size} ranks: {format_command(argv)}", file=sys.stderr, flush=True)
+
+    def on_step(progress: StepProgress) -> None:
+        err.print(progress_line(progress, steps), markup=False, soft_wrap=True)
+
+    try:
+        result = launch_plan(plan, plan_path, opts, on_step=on_step, on_start=on_start)
+    except JobInterrupted as exc:
+        print(f"error: interrupted by {exc}: every rank of the job was stopped", file=sys.stderr, flush=True)
+        raise typer.Exit(exc.exit_code) from None
     if result.returncode:
         print(f"error: {result.failure}", file=sys.stderr, flush=True)
         raise typer.Exit(1)
+    rows = compare(read_metrics(metrics), plan)
+    out.print(comparison_table(rows, _compare_title(plan)))
     out.print(f"ran {steps} steps on {plan.config.world_size} ranks: {_loss_summary(metrics)}; metrics in {metrics}", markup=False)
+
+
+def _compare_title(plan: Plan) -> str:
+    cfg = plan.config
+    return f"{plan.model.name}: tp={cfg.tp} pp={cfg.pp} dp={cfg.dp} {cfg.schedule} (error = (pred - meas) / meas)"
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -131,11 +158,9 @@ def compare_cmd(
     as_json: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
 ) -> None:
     """Predicted vs measured step time and peak memory, per pipeline stage."""
-    plan = load_plan(plan_path)
+    plan = load_checked_plan(plan_path)
     rows = compare(read_metrics(metrics_path), plan)
     if as_json:
         print(json.dumps(comparison_json(rows)))
         return
-    cfg = plan.config
-    title = f"{plan.model.name}: tp={cfg.tp} pp={cfg.pp} dp={cfg.dp} {cfg.schedule} (error = (pred - meas) / meas)"
-    out.print(comparison_table(rows, title))
+    out.print(comparison_table(rows, _compare_title(plan)))

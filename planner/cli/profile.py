@@ -17,9 +17,10 @@ from rich.table import Table
 
 from costmodels.compute import default_precision
 from costmodels.rules import tp_violations
-from planner.cli.app import app, err, out
+from planner.cli.app import app, comma_list, err, out, warn
 from profiles.errors import PlanError
 from profiles.files import check_writable, write_atomic
+from profiles.limits import MAX_COMM_BYTES, MAX_COMM_PROCESSES, MAX_PROFILE_REPEATS
 from profiles.loader import load_cluster, load_model
 from profiles.profile_schema import ProfileFile
 
@@ -29,7 +30,7 @@ DEFAULT_TPS = (1, 2, 4)
 def parse_ints(text: str, option: str) -> tuple[int, ...]:
     """'1,2,4' -> (1, 2, 4); every value a positive integer."""
     try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
+        values = tuple(int(part) for part in comma_list(text, option))
     except ValueError:
         raise PlanError(f"{option} takes comma-separated integers, got '{text}'") from None
     if not values or min(values) < 1:
@@ -74,12 +75,15 @@ def profile(
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32|bf16 [default: bf16 where the cluster (or a GPU) has it, else fp32]"),
     cluster: Optional[str] = typer.Option(None, "--cluster", help="the cluster this profile stands for (recorded; sets the default precision)"),
     recompute: str = typer.Option("none,selective,full", "--recompute", help="recompute kinds to time transformer layers with"),
-    warmup: int = typer.Option(2, "--warmup", help="untimed iterations per measurement"),
-    repeats: int = typer.Option(7, "--repeats", help="timed iterations per measurement (median and IQR)"),
+    warmup: int = typer.Option(2, "--warmup", min=0, max=MAX_PROFILE_REPEATS, help="untimed iterations per measurement"),
+    repeats: int = typer.Option(7, "--repeats", min=1, max=MAX_PROFILE_REPEATS, help="timed iterations per measurement (median and IQR)"),
     tp_group: bool = typer.Option(
         False, "--tp-group", help="time tp > 1 in a real TP group of processes (the runtime's DTensor plan; includes TP communication)"
     ),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads [default: 1 on cpu, as each torchrun process runs; torch's on cuda]"),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=1, max=MAX_COMM_PROCESSES,
+        help="torch intra-op threads [default: 1 on cpu, as each torchrun process runs; torch's on cuda]",
+    ),
 ) -> None:
     """Time forward, backward-input and backward-weight of each layer kind and size its memory."""
     from launch.profiler import layers as profiler
@@ -92,7 +96,7 @@ def profile(
     settings = profiler.ProfileSettings(
         device=device, tps=tps, mbss=parse_ints(mbs, "--mbs"),
         seq_lens=parse_ints(seq_len, "--seq-len") if seq_len else (),
-        recomputes=tuple(r.strip() for r in recompute.split(",") if r.strip()),
+        recomputes=tuple(comma_list(recompute, "--recompute")),
         precision=precision or _default_precision(device, cluster_spec),
         warmup=warmup, repeats=repeats, num_threads=threads, tp_group=tp_group, cluster=cluster_spec.name if cluster_spec else None,
     )
@@ -102,7 +106,9 @@ def profile(
     start = time.perf_counter()
     with _progress() as bar:
         task = bar.add_task("profiling", total=profiler.num_steps(spec, settings))
-        result = profiler.profile_model(spec, settings, lambda label: bar.update(task, description=label, advance=1))
+        result = profiler.profile_model(
+            spec, settings, lambda label: bar.update(task, description=label, advance=1), on_warning=warn
+        )
     write_atomic(out_path, result.model_dump_json(indent=2) + "\n")
     out.print(_summary(result))
     out.print(f"wrote {out_path}: {len(result.layers)} measurements in {time.perf_counter() - start:.1f} s", markup=False)
@@ -111,12 +117,12 @@ def profile(
 @app.command("profile-comm")
 def profile_comm(
     out_path: Path = typer.Option(..., "--out", help="comm profile to write (JSON)"),
-    nproc: int = typer.Option(2, "--nproc", help="processes (ranks) in the group"),
+    nproc: int = typer.Option(2, "--nproc", max=MAX_COMM_PROCESSES, help="processes (ranks) in the group"),
     backend: str = typer.Option("gloo", "--backend", help="gloo or nccl"),
     min_bytes: str = typer.Option("1KiB", "--min-bytes", help="smallest message"),
     max_bytes: str = typer.Option("256MiB", "--max-bytes", help="largest message (lower it for short CPU runs)"),
-    warmup: int = typer.Option(1, "--warmup", help="untimed repetitions per size"),
-    repeats: int = typer.Option(5, "--repeats", help="timed repetitions per size (fewer once a size took 1 s)"),
+    warmup: int = typer.Option(1, "--warmup", min=0, max=MAX_PROFILE_REPEATS, help="untimed repetitions per size"),
+    repeats: int = typer.Option(5, "--repeats", min=1, max=MAX_PROFILE_REPEATS, help="timed repetitions per size (fewer once a size took 1 s)"),
 ) -> None:
     """Time all-reduce, reduce-scatter, all-gather and p2p between local processes; fit alpha-beta."""
     from launch.profiler import comm as comm_profiler
@@ -125,6 +131,8 @@ def profile_comm(
         nproc=nproc, backend=backend, min_bytes=comm_profiler.parse_bytes(min_bytes),
         max_bytes=comm_profiler.parse_bytes(max_bytes), warmup=warmup, repeats=repeats,
     )
+    if settings.max_bytes > MAX_COMM_BYTES:
+        raise PlanError(f"--max-bytes {max_bytes} is above the cap of {MAX_COMM_BYTES // 2**30} GiB")
     comm_profiler.message_sizes(settings.min_bytes, settings.max_bytes)
     check_writable(out_path)
     comm_profiler.check_comm_settings(settings)

@@ -15,13 +15,14 @@ from costmodels.layer_costs import LayerTimes
 from costmodels.layout import uniform_split
 from costmodels.profile_times import layer_times_for
 from costmodels.rules import check_config, precision_violations
-from planner.cli.app import app, err, note, out, warn
+from planner.cli.app import app, comma_list, err, note, out, warn
 from planner.cli.render import memory_table, plan_json, plans_table, sig3
 from planner.search.branch_and_bound import Scored, SearchResult, search
 from planner.search.explain import binding_constraints, nearest_alternatives, rationale, waste_warnings
 from planner.search.space import DEFAULT_SCHEDULES, RECOMPUTE_KINDS
 from profiles.errors import InfeasibleError, PlanError
-from profiles.files import write_atomic
+from profiles.files import check_outputs, write_atomic
+from profiles.limits import MAX_GLOBAL_BATCH, MAX_GPUS, MAX_LAYERS, MAX_SEQ_LEN, MAX_TOP_K
 from profiles.loader import (
     DEFAULT_STACK,
     is_hf_config,
@@ -31,6 +32,7 @@ from profiles.loader import (
     preset_names,
     read_comm_profile,
     read_profile,
+    validate_as,
 )
 from profiles.schema import SCHEDULE_NAMES, ClusterSpec, ModelSpec, ParallelConfig, Plan, TrainSpec
 from profiles.stack_schema import StackSpec
@@ -43,9 +45,9 @@ HF_DEFAULT_SEQ_LEN = 4096
 
 ModelOpt = typer.Option(..., "--model", help="preset name (profiles/models/), our YAML/JSON, or a Hugging Face config.json")
 ClusterOpt = typer.Option(..., "--cluster", help="preset name (profiles/clusters/) or YAML")
-GpusOpt = typer.Option(..., "--gpus", min=1, help="total GPUs")
-BatchOpt = typer.Option(..., "--global-batch", min=1, help="sequences per step")
-SeqOpt = typer.Option(None, "--seq-len", min=1,
+GpusOpt = typer.Option(..., "--gpus", min=1, max=MAX_GPUS, help="total GPUs")
+BatchOpt = typer.Option(..., "--global-batch", min=1, max=MAX_GLOBAL_BATCH, help="sequences per step")
+SeqOpt = typer.Option(None, "--seq-len", min=1, max=MAX_SEQ_LEN,
                       help=f"default: the model's seq_len; for a Hugging Face config min({HF_DEFAULT_SEQ_LEN}, max_position_embeddings)")
 PrecisionOpt = typer.Option(None, "--precision", help=f"one of {', '.join(PRECISIONS)} (default bf16 if the GPU has it, else fp32)")
 ProfileOpt = typer.Option(None, "--profile", help="measured layer profile (ppplan profile)")
@@ -94,7 +96,7 @@ def load_layers(profile: Optional[Path], comm_profile: Optional[Path], model: Mo
 def _parse_schedules(text: str | None) -> tuple[str, ...]:
     if not text:
         return DEFAULT_SCHEDULES
-    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    names = tuple(comma_list(text, "--schedules"))
     for name in names:
         if name not in SCHEDULE_NAMES:
             raise PlanError(f"unknown schedule '{name}': choose from {', '.join(DEFAULT_SCHEDULES)}")
@@ -133,7 +135,7 @@ def _title(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, gpus: int, 
 def search_cmd(
     model: str = ModelOpt, cluster: str = ClusterOpt, gpus: int = GpusOpt, global_batch: int = BatchOpt,
     seq_len: Optional[int] = SeqOpt, precision: Optional[str] = PrecisionOpt,
-    top_k: int = typer.Option(5, "--top-k", min=1, help="plans to return"),
+    top_k: int = typer.Option(5, "--top-k", min=1, max=MAX_TOP_K, help="plans to return"),
     schedules: Optional[str] = typer.Option(None, "--schedules", help=f"comma list of {', '.join(DEFAULT_SCHEDULES)} "
                                             "(default: all the stack runs)"),
     allow_cross_node_tp: bool = typer.Option(False, "--allow-cross-node-tp", help="also try TP groups larger than a node"),
@@ -141,6 +143,7 @@ def search_cmd(
     out_path: Optional[Path] = OutOpt, as_json: bool = JsonOpt, stack: str = StackOpt,
 ) -> None:
     """Find the fastest plans that fit in memory (exact under the simulated price, within 0.5 %)."""
+    check_outputs(out_path)
     model_spec, cluster_spec, stack_spec = load_model(model), load_cluster(cluster), load_stack(stack)
     train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision, stack_spec, is_hf_config(model))
     names = _parse_schedules(schedules)
@@ -218,8 +221,8 @@ def _parse_stage_layers(text: str | None, num_layers: int, stages: int) -> list[
 @app.command("evaluate")
 def evaluate_cmd(
     model: str = ModelOpt, cluster: str = ClusterOpt, gpus: int = GpusOpt, global_batch: int = BatchOpt,
-    tp: int = typer.Option(..., "--tp", min=1), pp: int = typer.Option(..., "--pp", min=1),
-    mbs: int = typer.Option(..., "--mbs", min=1), v: int = typer.Option(1, "--v", min=1),
+    tp: int = typer.Option(..., "--tp", min=1, max=MAX_GPUS), pp: int = typer.Option(..., "--pp", min=1, max=MAX_GPUS),
+    mbs: int = typer.Option(..., "--mbs", min=1, max=MAX_GLOBAL_BATCH), v: int = typer.Option(1, "--v", min=1, max=MAX_LAYERS),
     schedule: str = typer.Option("1f1b", "--schedule", help=f"one of {', '.join(SCHEDULE_NAMES)}"),
     recompute: str = typer.Option("none", "--recompute", help=RECOMPUTE_HELP),
     sequence_parallel: bool = typer.Option(False, "--sequence-parallel"),
@@ -230,6 +233,7 @@ def evaluate_cmd(
     out_path: Optional[Path] = OutOpt, as_json: bool = JsonOpt, stack: str = StackOpt,
 ) -> None:
     """Price one fixed configuration (uniform cut points unless --stage-layers)."""
+    check_outputs(out_path)
     model_spec, cluster_spec, stack_spec = load_model(model), load_cluster(cluster), load_stack(stack)
     train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision, stack_spec, is_hf_config(model))
     if schedule not in SCHEDULE_NAMES:
@@ -239,11 +243,11 @@ def evaluate_cmd(
     dp = gpus // (tp * pp)
     if global_batch % (dp * mbs):
         raise PlanError(f"global batch {global_batch} is not divisible by dp*mbs = {dp}*{mbs}: change the batch, --mbs or the degrees")
-    cfg = ParallelConfig(
+    cfg = validate_as(ParallelConfig, dict(
         stack=stack_spec.name, tp=tp, pp=pp, dp=dp, v=v, mbs=mbs, num_microbatches=global_batch // (dp * mbs), schedule=schedule,
         recompute=_parse_recompute(recompute, pp * v), sequence_parallel=sequence_parallel, zero=zero,
         stage_layers=_parse_stage_layers(stage_layers, model_spec.num_layers, pp * v),
-    )
+    ), "the configuration")  # fmt: skip
     check_config(model_spec, train, gpus, cfg, stack_spec)
     layers = load_layers(profile, comm_profile, model_spec, cluster_spec, train, allow_mismatch, stack_spec)
     est = estimate(model_spec, cluster_spec, train, cfg, layers, stack=stack_spec)

@@ -24,25 +24,28 @@ import typer
 from rich.table import Table
 
 from costmodels.memory import GIB
+from costmodels.rules import size_violations
 from costmodels.schedules.actions import Schedule
 from costmodels.schedules.generate import generate_schedule, schedule_of
 from costmodels.schedules.registry import GENERATED_SCHEDULES, SPLIT_BACKWARD_SCHEDULES, V_SCHEDULES
 from costmodels.schedules.torch_csv import format_torch_csv
 from costmodels.simulator import SimulationResult, StageTimes, simulate
 from planner.cli.app import app, err, out
+from planner.cli.plans import load_checked_plan
 from planner.cli.render import plan_json, sig3
 from planner.cli.timeline import ascii_timeline, chrome_trace_json, svg_timeline, timeline_title
 from planner.search.custom_schedule import search_custom_schedule
 from profiles.errors import PlanError
-from profiles.files import write_atomic
-from profiles.loader import load_plan, load_stack
+from profiles.files import check_outputs, write_atomic
+from profiles.limits import MAX_ACTION_TIME_S, MAX_GPUS
+from profiles.loader import load_stack
 from profiles.schema import Plan
 
 
 def _positive(name: str, value: float | None, allow_zero: bool = False) -> float:
-    if value is None or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    if value is None or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero) or value > MAX_ACTION_TIME_S:
         bound = ">= 0" if allow_zero else "> 0"
-        raise PlanError(f"{name} must be a finite number of seconds {bound} (got {value})")
+        raise PlanError(f"{name} must be a finite number of seconds {bound} and <= {MAX_ACTION_TIME_S:g} (got {value})")
     return value
 
 
@@ -59,6 +62,9 @@ def synthetic_case(
         raise PlanError(f"unknown schedule '{schedule}': use one of {', '.join(GENERATED_SCHEDULES)}")
     if pp < 1 or num_microbatches < 1 or (v is not None and v < 1):
         raise PlanError("--pp, --num-microbatches and --v must be positive integers")
+    if pp > MAX_GPUS:
+        raise PlanError(f"--pp {pp} is above the cap of {MAX_GPUS:,} pipeline ranks")
+
     if w_time is None and schedule in SPLIT_BACKWARD_SCHEDULES:
         raise PlanError(
             f"schedule '{schedule}' splits the backward into B and W: give --w-time "
@@ -68,6 +74,9 @@ def synthetic_case(
     w = _positive("--w-time", w_time, allow_zero=True) if w_time is not None else 0.0
     c = _positive("--p2p-time", p2p_time, allow_zero=True)
     stages_per_rank = v if v is not None else (2 if schedule in V_SCHEDULES else 1)
+    problems = size_violations(pp * stages_per_rank, num_microbatches)
+    if problems:
+        raise PlanError(problems[0])
     sched = generate_schedule(schedule, pp, stages_per_rank, num_microbatches)
     stages = sched.num_stages
     times = StageTimes((f,) * stages, (b,) * stages, (w,) * stages, (1.0,) * stages, (c,) * (stages - 1))
@@ -78,7 +87,7 @@ def plan_case(plan_path: Path) -> tuple[Schedule, StageTimes]:
     """The plan's schedule and its per-stage times from the cost model."""
     from costmodels.estimate import stage_times
 
-    plan = load_plan(plan_path)
+    plan = load_checked_plan(plan_path)
     cfg = plan.config
     times = stage_times(plan.model, plan.cluster, plan.train, cfg, stack=load_stack(cfg.stack))
     return schedule_of(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, cfg.schedule_csv), times
@@ -102,7 +111,7 @@ def write_custom_plan(plan_path: Path, out_path: Path) -> str:
     and write the plan again with schedule 'custom' and that order; returns a summary line."""
     from costmodels.estimate import estimate, stage_times
 
-    plan = load_plan(plan_path)
+    plan = load_checked_plan(plan_path)
     cfg = plan.config
     if cfg.v != 1:
         raise PlanError(f"custom schedules are searched for one stage per rank; the plan has v={cfg.v}")
@@ -172,9 +181,12 @@ def simulate_cmd(
     synthetic = [schedule, pp, num_microbatches, v, f_time, b_time, w_time]
     if plan is not None and (any(x is not None for x in synthetic) or p2p_time != 0.0):
         raise PlanError("give either a plan file or the synthetic options (--schedule, --pp, ...), not both")
+    if custom_out is not None and plan is None:
+        raise PlanError("--custom-out needs a plan file")
+    check_outputs(custom_out, trace, svg)
+    if plan is not None:
+        load_checked_plan(plan)  # bad input before any output is written
     if custom_out is not None:
-        if plan is None:
-            raise PlanError("--custom-out needs a plan file")
         summary = write_custom_plan(plan, custom_out)
         plan = custom_out
         err.print(summary, markup=False)
@@ -183,10 +195,10 @@ def simulate_cmd(
     else:
         sched, times = synthetic_case(schedule, pp, num_microbatches, v, f_time, b_time, w_time, p2p_time)
     result = simulate(sched, times)
-    if trace is not None:
-        write_atomic(trace, chrome_trace_json(result))
-    if svg is not None:
-        write_atomic(svg, svg_timeline(result, timeline_title(result)))
+    rendered = {trace: chrome_trace_json(result) if trace else "", svg: svg_timeline(result, timeline_title(result)) if svg else ""}
+    for path, text in rendered.items():
+        if path is not None:
+            write_atomic(path, text)
     if as_json:
         out.print_json(json.dumps(result_json(result)))
         return

@@ -3,12 +3,15 @@
     ppplan validate [--runs public_runs.csv] [--no-fit] [--json]
     ppplan calibrate RUNS... --cluster C [--plan P]... [--out calibrated.yaml] [--terms a,b] [--folds K] [--json]
     ppplan regress [--update] [--suite DIR] [--case PATTERN] [--json]
+    ppplan tune --model M --cluster C --gpus N --global-batch B [--top-k 3] [--steps N] [--out P] [--cluster-out Y]
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -16,17 +19,27 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from planner.cli.app import app, err, out, warn
+from launch.emit import check_out_dir
+from launch.job import JobInterrupted
+from launch.progress import StepProgress
+from planner.cli.app import app, comma_list, err, out, warn
+from planner.cli.launch import progress_line
+from planner.cli.render import plan_json
+from planner.cli.search import BatchOpt, ClusterOpt, GpusOpt, ModelOpt, PrecisionOpt, SeqOpt, StackOpt, resolve_train
 from planner.trust.calibration import FIT_TERMS, TERM_BOUNDS, CalibrationReport, calibrate_runs, error_pct, with_efficiency
 from planner.trust.calibration_io import cluster_yaml, read_runs
 from planner.trust.published_runs import DEFAULT_RUNS_CSV
 from planner.trust.regress import DEFAULT_SUITE, CaseResult
 from planner.trust.regress import regress as run_regress
+from planner.trust.tune import DEFAULT_STEPS, DEFAULT_TOP_K, TuneOptions, TuneResult
+from planner.trust.tune import tune as run_tune
 from planner.trust.validation import VALIDATION_FIT_TERMS, ValidationReport
 from planner.trust.validation import validate as run_validate
 from profiles.errors import PlanError
-from profiles.files import write_atomic
-from profiles.loader import load_cluster
+from profiles.files import check_outputs, write_atomic
+from profiles.limits import MAX_STEPS
+from profiles.loader import load_cluster, load_model, load_stack
+from profiles.schema import Plan
 
 
 def _fit_note(report: ValidationReport) -> str:
@@ -87,7 +100,7 @@ def validate(
 
 
 def _terms(text: str) -> tuple[str, ...]:
-    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    names = tuple(comma_list(text, "--terms"))
     unknown = [n for n in names if n not in TERM_BOUNDS]
     if unknown or not names:
         raise PlanError(f"unknown efficiency term(s) {', '.join(unknown) or '(none)'}; use some of {', '.join(TERM_BOUNDS)}")
@@ -162,15 +175,17 @@ def calibrate(
     plan: List[Path] = typer.Option([], "--plan", help="plan.json of the metrics files (one for all, or one each)"),
     out_path: Optional[Path] = typer.Option(None, "--out", help="write the calibrated cluster YAML here"),
     terms: str = typer.Option(",".join(FIT_TERMS), "--terms", help="efficiency terms to fit, comma-separated"),
-    folds: int = typer.Option(5, "--folds", min=2, help="K of the K-fold held-out error"),
+    folds: int = typer.Option(5, "--folds", min=2, max=1000, help="K of the K-fold held-out error"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Fit a cluster's efficiency terms to measured step times; report held-out error before/after."""
+    check_outputs(out_path)
     base = load_cluster(cluster)
+    names = _terms(terms)
     measured, warnings = read_runs(list(runs), list(plan), base)
-    for message in warnings:
+    report = calibrate_runs(measured, names, folds)
+    for message in warnings:  # after every check: bad input is one error line with no warning before it
         warn(message)
-    report = calibrate_runs(measured, _terms(terms), folds)
     if out_path is not None:
         rounded = {k: float(f"{v:.6g}") for k, v in report.fit.terms.items()}
         calibrated = with_efficiency(base, rounded).model_copy(
@@ -226,3 +241,90 @@ def regress(
         _print_regress(results, seconds)
     if any(r.status == "fail" for r in results):
         raise typer.Exit(1)
+
+
+def _tune_table(result: TuneResult) -> Table:
+    table = Table(title="tune: the search's top plans, run (error = (pred - meas) / meas)", title_justify="left")
+    for col in ("#", "plan", "pred s", "meas s", "err %", "calibrated s", "err %", "meas peak GiB", ""):
+        table.add_column(col, justify="left" if col in ("plan", "") else "right")
+    for t in result.trials:
+        c = t.plan.config
+        label = f"tp{c.tp} pp{c.pp} dp{c.dp} v{c.v} mbs{c.mbs} {c.schedule} {c.recompute_label} zero{c.zero}"
+        if t.failure:
+            table.add_row(str(t.index), label, f"{t.predicted_step_time_s:.4f}", "failed", "", "", "", "", t.failure[:60])
+            continue
+        table.add_row(
+            str(t.index), label, f"{t.predicted_step_time_s:.4f}", f"{t.measured_step_time_s:.4f}",
+            f"{error_pct(t.predicted_step_time_s, t.measured_step_time_s):+.1f}", f"{t.calibrated_step_time_s:.4f}",
+            f"{error_pct(t.calibrated_step_time_s, t.measured_step_time_s):+.1f}", f"{t.measured_peak_memory_gib:.3f}",
+            "winner" if t.index == result.winner.index else "",
+        )  # fmt: skip
+    return table
+
+
+def _tune_json(result: TuneResult) -> dict:
+    return {
+        "winner": result.winner.index,
+        "measured_ranking": result.measured_ranking,
+        "calibrated_ranking": result.calibrated_ranking,
+        "calibrated_terms": result.report.fit.terms,
+        "trials": [
+            {"index": t.index, "config": json.loads(t.plan.config.model_dump_json()), "predicted_step_time_s": t.predicted_step_time_s,
+             "measured_step_time_s": t.measured_step_time_s, "calibrated_step_time_s": t.calibrated_step_time_s,
+             "measured_peak_memory_gib": t.measured_peak_memory_gib, "failure": t.failure, "metrics": str(t.metrics_path)}
+            for t in result.trials
+        ],
+    }  # fmt: skip
+
+
+@app.command()
+def tune(
+    model: str = ModelOpt, cluster: str = ClusterOpt, gpus: int = GpusOpt, global_batch: int = BatchOpt,
+    seq_len: Optional[int] = SeqOpt, precision: Optional[str] = PrecisionOpt, stack: str = StackOpt,
+    schedules: Optional[str] = typer.Option(None, "--schedules", help="comma list"),
+    top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", min=1, max=64, help="plans to run"),
+    steps: int = typer.Option(DEFAULT_STEPS, "--steps", min=2, max=MAX_STEPS, help="steps per plan (the first is warm-up)"),
+    out_path: Path = typer.Option(Path("tuned.json"), "--out", help="the winning plan, priced with the calibrated cluster"),
+    cluster_out: Optional[Path] = typer.Option(None, "--cluster-out", help="calibrated cluster YAML [default: <cluster>-calibrated.yaml]"),
+    metrics_dir: Optional[Path] = typer.Option(None, "--metrics-dir", help="keep each trial's plan and metrics here"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace trial files already in --metrics-dir"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Run the search's top-k plans for a few steps, calibrate from what they measured, re-rank,
+    and write the measured-fastest plan and the calibrated cluster."""
+    model_spec, cluster_spec, stack_spec = load_model(model), load_cluster(cluster), load_stack(stack)
+    cluster_out = cluster_out or Path(f"{cluster_spec.name}-calibrated.yaml")
+    check_outputs(out_path, cluster_out)
+    train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision, stack_spec)
+    names = tuple(comma_list(schedules, "--schedules")) if schedules else None
+    with tempfile.TemporaryDirectory(prefix="ppplan-tune-") as tmp:
+        work = metrics_dir or Path(tmp)
+        if metrics_dir is not None:
+            check_out_dir(metrics_dir)
+            metrics_dir.mkdir(parents=True, exist_ok=True)
+
+        def on_trial(index: int, total: int, plan: Plan) -> None:
+            c = plan.config
+            err.print(f"trial {index + 1}/{total}: tp{c.tp} pp{c.pp} dp{c.dp} {c.schedule} (predicted "
+                      f"{plan.estimate.step_time_s:.4f} s/step)", markup=False)  # fmt: skip
+
+        def on_step(progress: StepProgress) -> None:
+            err.print(progress_line(progress, steps), markup=False, soft_wrap=True)
+
+        opts = TuneOptions(top_k=top_k, steps=steps, work_dir=work, overwrite=overwrite, schedules=names, stack=stack_spec,
+                           on_trial=on_trial, on_step=on_step)  # fmt: skip
+        try:
+            result = run_tune(model_spec, cluster_spec, train, gpus, opts)
+        except JobInterrupted as exc:
+            print(f"error: interrupted by {exc}: every rank of the job was stopped", file=sys.stderr, flush=True)
+            raise typer.Exit(exc.exit_code) from None
+        write_atomic(out_path, plan_json(result.winner_plan))
+        write_atomic(cluster_out, cluster_yaml(result.calibrated_cluster))
+    if json_out:
+        out.print_json(json.dumps(_tune_json(result)))
+        return
+    out.print(_tune_table(result))
+    agree = "yes" if result.calibrated_ranking == result.measured_ranking else "no"
+    out.print(f"measured ranking {result.measured_ranking}; calibrated model's ranking {result.calibrated_ranking} (agree: {agree})",
+              markup=False)  # fmt: skip
+    out.print(f"wrote {out_path} (trial {result.winner.index}) and {cluster_out}", markup=False)

@@ -3,10 +3,11 @@ the runtime rules accept (``costmodels.rules``), in a canonical order."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
-from costmodels.rules import recompute_violations, schedule_violations, tp_violations, zero_violations
+from costmodels.rules import recompute_violations, schedule_violations, size_violations, tp_violations, zero_violations
 from costmodels.schedules.registry import schedule_spec
 from profiles.loader import load_stack
 from profiles.schema import ModelSpec, TrainSpec
@@ -51,7 +52,9 @@ class Candidate:
 
 
 def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """The divisors of ``n`` in increasing order, in O(sqrt(n)) (n is up to 2^30 sequences)."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return small + [n // d for d in reversed(small) if d * d != n]
 
 
 def tp_degrees(model: ModelSpec, gpus: int, gpus_per_node: int, allow_cross_node_tp: bool) -> list[int]:
@@ -94,6 +97,8 @@ def enumerate_candidates(
                 if mbs > MAX_MBS:
                     break
                 m = train.global_batch // (dp * mbs)
+                if size_violations(pp, m):
+                    continue  # far more microbatches than any plan runs (profiles/limits.py)
                 yield from _pipeline_options(model, tp, pp, dp, mbs, m, schedules, stack)
 
 
@@ -104,7 +109,7 @@ def _pipeline_options(
     zero_options = tuple(z for z in SEARCHED_ZERO if z in stack.zero) if dp > 1 else (0,)
     for schedule in schedules:
         for v in _v_options(schedule, pp, model.num_layers, stack):
-            if pp > 1 and schedule_violations(schedule, pp, v, m, stack):
+            if (pp > 1 and schedule_violations(schedule, pp, v, m, stack)) or size_violations(pp * v, m):
                 continue
             if stack.cut_layouts == "uniform" and model.num_layers % (pp * v):
                 continue

@@ -25,6 +25,8 @@ temporary file and an atomic rename.
 from __future__ import annotations
 
 import csv
+import io
+import math
 import statistics
 from pathlib import Path
 
@@ -35,7 +37,8 @@ from costmodels.layout import uniform_split
 from costmodels.rules import structural_violations
 from planner.trust.calibration import MeasuredRun
 from profiles.errors import PlanError
-from profiles.files import read_metrics_jsonl
+from profiles.files import read_metrics_jsonl, read_text
+from profiles.hf_config import _first_error
 from profiles.loader import load_model, read_document, validate_as
 from profiles.schema import ClusterSpec, ParallelConfig, Plan, TrainSpec
 
@@ -95,6 +98,10 @@ def _csv_run(row: dict[str, str], where: str, csv_dir: Path, cluster: ClusterSpe
         stage_layers = [int(x) for x in layers_text]
     except ValueError as exc:
         raise PlanError(f"{where}: {exc}") from None
+    if not math.isfinite(step) or (memory is not None and not math.isfinite(memory)):
+        raise PlanError(f"{where}: step_time_s and peak_memory_gib must be finite numbers")
+    if memory is not None and memory < 0:
+        raise PlanError(f"{where}: peak_memory_gib must not be negative")
     model = _model_for(_cell(row, "model"), csv_dir)
     num_stages = ints["pp"] * v
     cfg = ParallelConfig(
@@ -117,17 +124,17 @@ def _csv_run(row: dict[str, str], where: str, csv_dir: Path, cluster: ClusterSpe
 
 
 def csv_runs(path: Path, cluster: ClusterSpec) -> tuple[list[MeasuredRun], list[str]]:
-    if not path.is_file():
-        raise PlanError(f"file not found: {path}")
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        rows = list(csv.DictReader(io.StringIO(read_text(path, "runs CSV"), newline="")))
+    except csv.Error as exc:
+        raise PlanError(f"{path}: not a CSV file ({exc})") from None
     runs, warnings = [], []
     for number, row in enumerate(rows, start=2):
         where = f"{path}:{number}"
         try:
             runs.append(_csv_run(row, where, path.parent, cluster))
         except (ValueError, TypeError) as exc:  # pydantic errors are ValueErrors
-            raise PlanError(exc if isinstance(exc, PlanError) else f"{where}: {str(exc).splitlines()[0]}") from None
+            raise PlanError(exc if isinstance(exc, PlanError) else f"{where}: {_first_error(exc)}") from None
         named = _cell(row, "cluster")
         if named and named != cluster.name:
             warnings.append(f"{where}: run on cluster '{named}', fitted as '{cluster.name}'")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from launch.compare import compare, measured_step_time_s, read_metrics
-from launch.launcher import LaunchOptions, first_failure, torchrun_command
+from launch.launcher import TORCHRUN_MODULE, LaunchOptions, torchrun_command
 from planner.cli.main import run
 from tests.launch.runtime.runtime_plans import make_plan, write_plan
 
@@ -23,7 +23,7 @@ def _argv_value(argv: list[str], flag: str) -> str:
 def test_single_node_command_is_standalone(tmp_path: Path) -> None:
     plan = make_plan(tp=2, pp=2, dp=1)
     argv = torchrun_command(plan, tmp_path / "plan.json", LaunchOptions(steps=3, metrics=tmp_path / "m.jsonl"))
-    assert argv[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert argv[:3] == [sys.executable, "-m", TORCHRUN_MODULE]
     assert "--standalone" in argv
     assert _argv_value(argv, "--nproc-per-node") == "4"
     assert _argv_value(argv, "--nnodes") == "1"
@@ -125,13 +125,6 @@ def test_compare_cli_json_and_bad_metrics(tmp_path: Path, capsys: pytest.Capture
     assert run(["compare", str(tmp_path / "bad.jsonl"), str(plan_path)]) == 2
 
 
-def test_first_failure_names_the_earliest_rank(tmp_path: Path) -> None:
-    (tmp_path / "rank0.json").write_text(json.dumps({"rank": 0, "error": "RuntimeError: peer closed", "time": 2.0}) + "\n")
-    (tmp_path / "rank3.json").write_text(json.dumps({"rank": 3, "error": "ValueError: boom", "time": 1.0}) + "\n")
-    assert first_failure(tmp_path) == "rank 3 failed: ValueError: boom (then ranks [0] failed too)"
-    assert first_failure(tmp_path / "nothing") is None
-
-
 def test_emit_goes_through_the_emitters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plan_path = write_plan(make_plan(pp=2), tmp_path / "plan.json")
     out_dir = tmp_path / "out"
@@ -140,3 +133,20 @@ def test_emit_goes_through_the_emitters(tmp_path: Path, capsys: pytest.CaptureFi
     assert written and written == {p.name for p in out_dir.iterdir()}
     assert run(["launch", str(plan_path), "--emit", "slurm"]) == 2
     assert "--out-dir" in capsys.readouterr().err
+
+
+def test_existing_metrics_file_is_kept_without_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan_path = write_plan(make_plan(pp=2), tmp_path / "plan.json")
+    metrics = tmp_path / "m.jsonl"
+    metrics.write_text("earlier results\n")
+    assert run(["launch", str(plan_path), "--metrics", str(metrics)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --metrics") and "--overwrite" in err[0]
+    assert metrics.read_text() == "earlier results\n"
+    assert run(["launch", str(plan_path), "--metrics", str(tmp_path)]) == 2  # a directory
+    assert "is a directory" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert run(["launch", str(plan_path), "--metrics", str(blocker / "m.jsonl")]) == 2  # under a file
+    assert "not a writable directory" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "m.jsonl", "plan.json"]

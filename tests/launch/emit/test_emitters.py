@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-import launch.emit as emit_pkg
+import profiles.files as files_module
 from launch.emit import EmitOptions, emit, render
 from launch.emit.common import node_layout
 from planner.cli.main import run
@@ -402,27 +402,30 @@ def test_node_layout() -> None:
 
 
 def test_emit_writes_atomically_into_a_fresh_out_dir(build_plan: MakePlan, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    replaced: list[tuple[str, str]] = []
-    real_replace = os.replace
+    """A fresh --out-dir appears in one rename of a staging folder holding every file."""
+    renamed: list[tuple[Path, Path, list[str]]] = []
+    real_rename = os.rename
 
-    def recording_replace(src: str, dst: str) -> None:
+    def recording_rename(src: str, dst: str) -> None:
         assert not Path(dst).exists()  # the final name appears only by the rename
-        replaced.append((str(src), str(dst)))
-        real_replace(src, dst)
+        renamed.append((Path(src), Path(dst), sorted(os.listdir(src))))
+        real_rename(src, dst)
 
-    monkeypatch.setattr(emit_pkg.os, "replace", recording_replace)
+    monkeypatch.setattr(files_module.os, "rename", recording_rename)
     out = tmp_path / "a" / "b"
     paths = emit(build_plan(**MEGATRON_PLANS["uniform"]), "megatron", out, on_warning=lambda w: None)
-    assert sorted(os.listdir(out)) == ["megatron.sh", "megatron_args.txt"]  # no temporary files left
-    assert {dst for _, dst in replaced} == {str(p) for p in paths}
-    assert all(Path(src).parent == out and Path(src).name.startswith(".") for src, _ in replaced)
+    assert sorted(os.listdir(out)) == ["megatron.sh", "megatron_args.txt"]
+    assert len(renamed) == 1 and renamed[0][1] == out and renamed[0][2] == ["megatron.sh", "megatron_args.txt"]
+    assert renamed[0][0].parent == out.parent and renamed[0][0].name.startswith(".")
+    assert sorted(os.listdir(out.parent)) == ["b"]  # no staging folder left
+    assert {str(p) for p in paths} == {str(out / "megatron.sh"), str(out / "megatron_args.txt")}
     assert os.access(out / "megatron.sh", os.X_OK) and not os.access(out / "megatron_args.txt", os.X_OK)
 
 
 def test_unwritable_out_dir_is_a_plan_error(build_plan: MakePlan, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(PlanError, match="cannot create --out-dir .*pick a writable directory"):
+    with pytest.raises(PlanError, match="--out-dir .* is not a writable directory; pick a writable directory"):
         emit(build_plan(), "torchrun", blocker / "out", on_warning=lambda w: None)
     with pytest.raises(PlanError, match="exists and is not a directory"):
         emit(build_plan(), "torchrun", blocker, on_warning=lambda w: None)

@@ -41,7 +41,12 @@ def small_profile() -> ProfileFile:
 
 def test_progress_is_called_once_per_counted_step(small_profile):
     assert interleaves(load_model("tiny-gpt"), SMALL)  # small CPU grids are timed round-robin
-    assert len(STEPS) == num_steps(load_model("tiny-gpt"), SMALL) == 16 + 3
+    # 16 grid points, warmup + repeats rounds, and the runtime's pipeline action overhead
+    assert len(STEPS) == num_steps(load_model("tiny-gpt"), SMALL) == 16 + 3 + 1
+    assert STEPS[-1] == "runtime: pipeline action and FSDP overheads"
+    runtime = small_profile.runtime
+    assert runtime is not None and 0.0 <= runtime.pipeline_action_overhead_s < 0.05  # well under a layer's F+B
+    assert 0.0 <= runtime.fsdp_overhead_per_layer_step_s < 0.5
     assert not interleaves(load_model("gpt3-1.7b"), ProfileSettings())  # too big to hold every case at once
 
 

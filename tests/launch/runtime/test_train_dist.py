@@ -1,6 +1,7 @@
 """Multi-process runs (gloo, fp32, fixed seed): the runtime reproduces a
-single-process reference, search -> launch works end to end, and failures and
-Ctrl-C stop the whole job.
+single-process reference (losses over 3 AdamW steps, and every parameter's
+gradient and plain-SGD weight after the first step), search -> launch works end
+to end, and failures and Ctrl-C stop the whole job.
 
 Several plans of the same world size run in one torchrun job
 (``launch.runtime.train`` takes repeated ``--plan/--metrics``), so process
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from launch.runtime.reference import reference_losses
+from launch.runtime.checks import load_tensors, relative_errors
+from launch.runtime.reference import reference_first_step, reference_losses
 from planner.cli.main import run
 from profiles.schema import Plan
 from tests.launch.runtime.runtime_plans import make_plan, write_plan
@@ -30,6 +32,9 @@ pytestmark = pytest.mark.dist
 
 STEPS = 3
 REL_TOL = 1e-4
+# fp32 gradients summed in another order (microbatches, dp replicas, TP partial sums) agree to
+# ~1e-6 (measured: worst 2e-6); a scale error (a dp sum, a halved embedding) is >= 0.5
+FIRST_STEP_REL_TOL = 1e-5
 PPPLAN = [sys.executable, "-c", "from planner.cli.main import main; main()"]
 
 # world size -> {name: plan}; the five configurations of issue 5 plus CSV-runtime schedules.
@@ -73,15 +78,16 @@ def _losses(metrics: Path) -> list[float]:
 def group_losses(tmp_path_factory: pytest.TempPathFactory):
     """Runs each world size's plans once (lazily) and returns their losses by name."""
     @lru_cache(maxsize=None)
-    def losses_of(world: int) -> dict[str, list[float]]:
+    def losses_of(world: int) -> dict[str, tuple[list[float], Path]]:
         tmp = tmp_path_factory.mktemp(f"world{world}")
-        args, metrics = ["--steps", str(STEPS)], {}  # the custom plan carries its action list
+        # the custom plan carries its action list; --check-dir adds each plan's SGD first step
+        args, metrics = ["--steps", str(STEPS), "--check-dir", str(tmp / "check")], {}
         for i, (name, plan) in enumerate(GROUPS[world].items()):
             metrics[name] = tmp / f"m{i}.jsonl"
             args += ["--plan", str(write_plan(plan, tmp / f"plan{i}.json")), "--metrics", str(metrics[name])]
         done = _torchrun(world, args)
         assert done.returncode == 0, done.stderr[-4000:]
-        return {name: _losses(path) for name, path in metrics.items()}
+        return {name: (_losses(path), tmp / "check" / f"plan{i}") for i, (name, path) in enumerate(metrics.items())}
 
     return losses_of
 
@@ -90,10 +96,60 @@ def group_losses(tmp_path_factory: pytest.TempPathFactory):
 def test_losses_match_single_process_reference(world: int, name: str, group_losses) -> None:
     plan = GROUPS[world][name]
     expected = reference_losses(plan.model, plan.train, STEPS)
-    got = group_losses(world)[name]
+    got = group_losses(world)[name][0]
     assert len(got) == STEPS
     errors = [abs(g - e) / abs(e) for g, e in zip(got, expected)]
     assert max(errors) < REL_TOL, f"{name}: got {got}, reference {expected}"
+
+
+def _first_step_errors(plan: Plan, check_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-parameter relative errors of (gradients, weights after one SGD step) against the reference."""
+    ref = reference_first_step(plan.model, plan.train)
+    tied = plan.model.tie_embeddings
+    grads = relative_errors(load_tensors(check_dir, "grad"), ref.gradients, tied)
+    weights = relative_errors(load_tensors(check_dir, "param"), ref.weights, tied)
+    return grads, weights
+
+
+@pytest.mark.parametrize(("world", "name"), CASES, ids=[name for _, name in CASES])
+def test_first_step_gradients_and_sgd_weights_match_reference(world: int, name: str, group_losses) -> None:
+    plan = GROUPS[world][name]
+    if plan.config.ep > 1:
+        pytest.skip("expert-parallel experts are rank-local tensors: test_grad_match_dist.py compares their gradients")
+    grads, weights = _first_step_errors(plan, group_losses(world)[name][1])
+    expected_names = set(reference_first_step(plan.model, plan.train).gradients)
+    assert expected_names <= set(grads)  # every parameter of the model was compared
+    worst_grad, worst_weight = max(grads.items(), key=lambda kv: kv[1]), max(weights.items(), key=lambda kv: kv[1])
+    print(f"{name}: {len(grads)} tensors, worst gradient {worst_grad[1]:.2e} ({worst_grad[0]}), "
+          f"worst SGD weight {worst_weight[1]:.2e} ({worst_weight[0]})")  # fmt: skip
+    assert worst_grad[1] <= FIRST_STEP_REL_TOL, f"{name}: gradient of {worst_grad[0]} off by {worst_grad[1]:.2e}"
+    assert worst_weight[1] <= FIRST_STEP_REL_TOL, f"{name}: SGD weight {worst_weight[0]} off by {worst_weight[1]:.2e}"
+
+
+def test_first_step_check_catches_scale_mutations(tmp_path: Path) -> None:
+    """Mutation test: a data-parallel sum instead of a mean doubles every gradient the dp
+    replicas reduce; a halved embedding gradient halves one tensor. Both must fail the check
+    (while AdamW losses would still match to ~1e-6)."""
+    plans = {"dp2": make_plan(dp=2, global_batch=4), "pp2": make_plan(pp=2, global_batch=4)}
+    args = ["--steps", "1", "--check-dir", str(tmp_path / "check")]
+    for i, plan in enumerate(plans.values()):
+        args += ["--plan", str(write_plan(plan, tmp_path / f"plan{i}.json")), "--metrics", str(tmp_path / f"m{i}.jsonl")]
+    done = _torchrun(2, args, env={"PPPLAN_MUTATE": "dp-sum,embedding-half"})
+    assert done.returncode == 0, done.stderr[-4000:]
+    dp2_grads, dp2_weights = _first_step_errors(plans["dp2"], tmp_path / "check" / "plan0")
+    pp2_grads, _ = _first_step_errors(plans["pp2"], tmp_path / "check" / "plan1")
+    # dp2: summed over 2 replicas -> twice the mean on every tensor but the (tied) token
+    # embedding, halved back to the mean; the check fails on the model's big tensors
+    failing = {n for n, e in dp2_grads.items() if e > FIRST_STEP_REL_TOL}
+    assert {"layers.0.attention.wq.weight", "layers.7.feed_forward.w2.weight", "head.norm.weight"} <= failing
+    assert "embedding.tok.weight" not in failing
+    ref = reference_first_step(plans["dp2"].model, plans["dp2"].train).gradients
+    doubled = {n: (g if n == "embedding.tok.weight" else 2 * g) for n, g in ref.items()}
+    got = load_tensors(tmp_path / "check" / "plan0", "grad")
+    assert max(relative_errors(got, doubled, tied=True).values()) <= FIRST_STEP_REL_TOL  # exactly a sum
+    assert max(dp2_weights.values()) > 0.1  # the SGD weights see it too
+    # pp2 (dp = 1): only the halved embedding gradient fails, by exactly 0.5
+    assert {n: round(e, 4) for n, e in pp2_grads.items() if e > FIRST_STEP_REL_TOL} == {"embedding.tok.weight": 0.5}
 
 
 def test_search_then_launch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

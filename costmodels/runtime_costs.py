@@ -1,0 +1,113 @@
+"""What ppplan's runtime costs beyond the layers' own F/B/W, as measured on the machine
+(``ppplan profile`` and ``ppplan profile-comm``), for the estimate to price.
+
+- Collectives and p2p by their own measured fits: ``profile-comm`` fits an alpha-beta
+  link per collective (``CommProfile.tiers[].per_collective``). The cluster file keeps one
+  link per tier; on gloo the collectives differ by 3x and more (cpu-local, measured:
+  all-reduce 214 us / 1.4 GB/s, reduce-scatter 400-480 us / 0.35-0.55 GB/s, p2p
+  110-170 us / 3.0-3.2 GB/s), so ZeRO's reduce-scatter and all-gather and the pipeline's
+  p2p are priced with their own fits when a comm profile is given.
+- Host overhead per pipeline action: what torch.distributed.pipelining adds to each F,
+  B and W action (building the action's inputs, autograd bookkeeping, the schedule's
+  Python), measured by ``ppplan profile`` (``ProfileFile.runtime``); it replaces the stack's
+  a-priori ``host_overhead_per_action_s`` in ``estimate.action_overhead_s``. Only where the
+  host runs the compute (CPU ranks): on a GPU the host issues the next kernels while the
+  device runs, and the overhead hides.
+- Full recomputation's working set: the backward of a fully recomputed layer re-runs its
+  forward and holds that layer's whole activation set (what "none" would keep) until its
+  backward ends; on CPU the heap keeps those pages, so the set adds to the rank's peak.
+- FSDP2's host work per wrapped unit and step (copy-in/copy-out of parameters and
+  gradients, its hooks), measured by ``ppplan profile`` per layer; the runtime wraps each
+  layer and each stage root (``launch/runtime/fsdp.py``). On CPU ranks it runs on the
+  cores that compute, once per step, whenever dp > 1.
+- The optimizer's step temporary: torch's foreach AdamW (``torch/optim/adam.py``,
+  ``_multi_tensor_adam``: ``exp_avg_sq_sqrt = torch._foreach_sqrt(device_exp_avg_sqs)``)
+  allocates one fp32 tensor per parameter it updates. On CPU, glibc's heap keeps the
+  pages of freed activations, so that temporary adds to the resident peak instead of
+  reusing them (a caching GPU allocator reuses them: no term there).
+
+``runtime_costs_of(layers, cluster)`` is the one place the estimate asks; a ``LayerTimes``
+carries its measured costs as ``.runtime`` (``costmodels.profile_times``), the roofline none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from costmodels.comm import US, Link, Network, bandwidth_bytes_per_s
+from costmodels.layer_costs import runs_on_cpu
+from profiles.profile_schema import CommProfile, RuntimeMeasurement
+from profiles.schema import ClusterSpec
+
+OPTIMIZER_TEMP_BYTES_PER_PARAM = 4  # one fp32 value per updated parameter (foreach AdamW's sqrt temporary)
+
+
+@dataclass(frozen=True)
+class RuntimeCosts:
+    """Measured costs of the runtime around the layers (module docstring); ``None`` links mean
+    the cluster file's tier link."""
+
+    host_overhead_per_action_s: float | None = None  # None: not measured (the stack's figure applies)
+    fsdp_overhead_per_unit_step_s: float = 0.0
+    p2p_link: Link | None = None
+    all_reduce_link: Link | None = None
+    reduce_scatter_link: Link | None = None
+    all_gather_link: Link | None = None
+
+
+NO_RUNTIME_COSTS = RuntimeCosts()
+
+
+def _fit_link(comm: CommProfile | None, collective: str) -> Link | None:
+    """The intra-node fit of one collective (ranks of one CPU node: where a comm profile runs)."""
+    tier = comm.tier("intra_node") if comm else None
+    fit = tier.per_collective.get(collective) if tier else None
+    if fit is None:
+        return None
+    return Link(bandwidth_bytes_per_s=bandwidth_bytes_per_s(fit.bandwidth_gbs), latency_s=fit.latency_us * US)
+
+
+def measured_runtime_costs(comm: CommProfile | None, runtime: RuntimeMeasurement | None = None) -> RuntimeCosts:
+    """The runtime costs a comm profile and a layer profile's runtime block measured."""
+    return RuntimeCosts(
+        host_overhead_per_action_s=runtime.pipeline_action_overhead_s if runtime else None,
+        fsdp_overhead_per_unit_step_s=runtime.fsdp_overhead_per_layer_step_s if runtime else 0.0,
+        p2p_link=_fit_link(comm, "p2p"),
+        all_reduce_link=_fit_link(comm, "all_reduce"),
+        reduce_scatter_link=_fit_link(comm, "reduce_scatter"),
+        all_gather_link=_fit_link(comm, "all_gather"),
+    )
+
+
+def runtime_costs_of(layers: object, cluster: ClusterSpec) -> RuntimeCosts:
+    """What the estimate prices for ``layers`` on ``cluster``: the measured costs the layer
+    times carry; host overhead only on CPU ranks (module docstring)."""
+    costs = getattr(layers, "runtime", None) or NO_RUNTIME_COSTS
+    if not runs_on_cpu(cluster):
+        costs = replace(costs, host_overhead_per_action_s=None, fsdp_overhead_per_unit_step_s=0.0)
+    return costs
+
+
+def with_measured_links(network: Network, costs: RuntimeCosts) -> Network:
+    """``network`` with the intra-node collectives and p2p at their measured links, where measured."""
+    measured = {"p2p": costs.p2p_link, "all_reduce": costs.all_reduce_link, "reduce_scatter": costs.reduce_scatter_link,
+                "all_gather": costs.all_gather_link}  # fmt: skip
+    pairs = tuple((kind, link) for kind, link in measured.items() if link is not None)
+    return replace(network, intra_by_collective=pairs) if pairs else network
+
+
+def optimizer_temp_bytes(cluster: ClusterSpec, optimizer_params: float) -> float:
+    """Resident bytes of the optimizer step's temporary on CPU ranks (module docstring); 0 on GPUs."""
+    return OPTIMIZER_TEMP_BYTES_PER_PARAM * optimizer_params if runs_on_cpu(cluster) else 0.0
+
+
+def recompute_working_bytes(cluster: ClusterSpec, layer_bytes_none: float, layer_bytes_full: float) -> float:
+    """Resident bytes of one fully recomputed layer's re-run forward on CPU ranks (module docstring)."""
+    return max(0.0, layer_bytes_none - layer_bytes_full) if runs_on_cpu(cluster) else 0.0
+
+
+def fsdp_host_s(costs: RuntimeCosts, dp: int, layers_on_rank: int, stages_on_rank: int) -> float:
+    """FSDP2's host time per step on a rank (module docstring): one unit per layer and per stage root."""
+    if dp <= 1:
+        return 0.0
+    return costs.fsdp_overhead_per_unit_step_s * (layers_on_rank + stages_on_rank)

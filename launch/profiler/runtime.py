@@ -1,0 +1,126 @@
+"""The runtime's own costs around the layers (``ppplan profile``, ``ProfileFile.runtime``).
+
+One process joins a one-rank gloo group and builds stages of the model with the
+runtime's own pieces (``launch.runtime.model``, ``launch.runtime.fsdp``); medians of
+``repeats`` interleaved rounds after ``warmup``, with the profile's clock.
+
+- Host overhead per pipeline action: ``M`` microbatches of forward and backward of a
+  one-layer stage, called directly and through torch.distributed.pipelining's
+  ``Schedule1F1B`` over a ``PipelineStage`` (what ``ppplan launch`` runs,
+  ``launch/runtime/pp.py``); the difference over the 2·M actions. With one rank there is
+  no p2p: transfers are priced by the p2p link (``ppplan profile-comm``).
+- FSDP host overhead per layer and step: the same schedule over a ``FSDP_LAYERS``-layer
+  stage wrapped as the runtime wraps it for ZeRO-0 (``apply_data_parallel``: each layer,
+  then the stage, on a one-rank (replicate, shard) mesh), less the unwrapped stage, per
+  layer. FSDP2's copy-in/copy-out of parameters and gradients and its hooks run on the
+  host whatever the group size; the collectives themselves are priced by the measured
+  links (``ppplan profile-comm``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from profiles.profile_schema import RuntimeMeasurement
+from profiles.schema import ModelSpec
+
+ACTION_MICROBATCHES = 8
+FSDP_LAYERS = 2
+FSDP_MICROBATCHES = 4
+
+
+def _mse(out, target):
+    return ((out - target) ** 2).mean()
+
+
+
+def _median_iqr(values: list[float]) -> tuple[float, float]:
+    quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return max(0.0, statistics.median(values)), max(0.0, quartiles[2] - quartiles[0])
+
+
+def runtime_overheads(
+    model: ModelSpec, mbs: int, seq_len: int, warmup: int, repeats: int, clock: Callable[[], float]
+) -> RuntimeMeasurement:
+    """See the module docstring; must run in a process with no process group yet."""
+    import torch.distributed as dist
+
+    with tempfile.TemporaryDirectory(prefix="ppplan-profile-") as tmp:
+        dist.init_process_group("gloo", store=dist.FileStore(str(Path(tmp) / "store"), 1), rank=0, world_size=1)
+        try:
+            action = _action_overhead(model, mbs, seq_len, warmup, repeats, clock)
+            fsdp = _fsdp_overhead(model, mbs, seq_len, warmup, repeats, clock)
+        finally:
+            dist.destroy_process_group()
+    return RuntimeMeasurement(
+        pipeline_action_overhead_s=action[0], pipeline_action_overhead_iqr_s=action[1],
+        fsdp_overhead_per_layer_step_s=fsdp[0], fsdp_overhead_per_layer_step_iqr_s=fsdp[1],
+    )  # fmt: skip
+
+
+def _schedule(module, microbatches: int):
+    import torch
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B
+
+    return Schedule1F1B(PipelineStage(module, 0, 1, torch.device("cpu")), microbatches, loss_fn=_mse, scale_grads=True)
+
+
+def _inputs(model: ModelSpec, rows: int, seq_len: int):
+    import torch
+
+    return torch.randn(rows, seq_len, model.hidden_size), torch.randn(rows, seq_len, model.hidden_size)
+
+
+def _paired(first: Callable[[], float], second: Callable[[], float], warmup: int, repeats: int, per: float) -> tuple[float, float]:
+    """Median (and IQR) of (second - first) / per over ``repeats`` interleaved rounds."""
+    for _ in range(max(1, warmup)):
+        first(), second()
+    return _median_iqr([(second() - first()) / per for _ in range(repeats)])
+
+
+def _timer(run: Callable[[], None], clock: Callable[[], float]) -> Callable[[], float]:
+    def timed() -> float:
+        start = clock()
+        run()
+        return clock() - start
+
+    return timed
+
+
+def _action_overhead(model: ModelSpec, mbs: int, seq_len: int, warmup: int, repeats: int, clock) -> tuple[float, float]:
+    from launch.runtime.model import build_stage_module
+
+    m = ACTION_MICROBATCHES
+    module = build_stage_module(model, 0, 1, False, False, 0)
+    inputs, targets = _inputs(model, mbs * m, seq_len)
+    schedule = _schedule(module, m)
+
+    def direct() -> None:
+        for x, t in zip(inputs.chunk(m), targets.chunk(m)):
+            (_mse(module(x), t) / m).backward()
+
+    return _paired(_timer(direct, clock), _timer(lambda: schedule.step(inputs, target=targets), clock), warmup, repeats, 2 * m)
+
+
+def _fsdp_overhead(model: ModelSpec, mbs: int, seq_len: int, warmup: int, repeats: int, clock) -> tuple[float, float]:
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from launch.runtime.fsdp import apply_data_parallel
+    from launch.runtime.model import build_stage_module
+    from launch.runtime.parallel import MESH_DIMS
+
+    m = FSDP_MICROBATCHES
+    inputs, targets = _inputs(model, mbs * m, seq_len)
+    plain = _schedule(build_stage_module(model, 0, FSDP_LAYERS, False, False, 0), m)
+    wrapped_module = build_stage_module(model, 0, FSDP_LAYERS, False, False, 0)
+    mesh = init_device_mesh("cpu", (1, 1, 1, 1), mesh_dim_names=MESH_DIMS)
+    apply_data_parallel(wrapped_module, mesh, zero=0)
+    wrapped = _schedule(wrapped_module, m)
+    return _paired(
+        _timer(lambda: plain.step(inputs, target=targets), clock),
+        _timer(lambda: wrapped.step(inputs, target=targets), clock),
+        warmup, repeats, FSDP_LAYERS,
+    )  # fmt: skip

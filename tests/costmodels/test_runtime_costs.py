@@ -1,0 +1,99 @@
+"""``costmodels/runtime_costs.py``: the runtime's measured costs around the layers, priced on CPU
+ranks only (host overhead, FSDP host work, the heap's optimizer temporary and recompute working
+set) and the measured links wherever given. Expected values are hand-derived."""
+
+from __future__ import annotations
+
+import pytest
+
+from costmodels.comm import Link
+from costmodels.estimate import estimate
+from costmodels.layer_costs import ZERO_PASS, PassTimes
+from costmodels.runtime_costs import (
+    OPTIMIZER_TEMP_BYTES_PER_PARAM,
+    RuntimeCosts,
+    fsdp_host_s,
+    optimizer_temp_bytes,
+    runtime_costs_of,
+)
+from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec
+
+MODEL = ModelSpec(name="t", num_layers=8, hidden_size=256, num_attention_heads=8, vocab_size=1024, seq_len=128)
+TRAIN = TrainSpec(global_batch=4, seq_len=128, precision="fp32")
+
+
+def cluster(device: str) -> ClusterSpec:
+    """Free links, no time-sharing: only what the runtime costs add shows."""
+    return ClusterSpec(
+        name="t", gpu={"name": device, "memory_gib": 64, "peak_tflops": {"fp32": 0.1}, "hbm_bandwidth_gbs": 1e12},
+        gpus_per_node=8, intra_node={"bandwidth_gbs": 1e12, "latency_us": 0}, inter_node={"bandwidth_gbs": 1e12, "latency_us": 0},
+    )  # fmt: skip
+
+
+class UnitLayers:
+    """Every layer: F = B = W = 1 s; embedding and head free; carries ``runtime``."""
+
+    def __init__(self, runtime: RuntimeCosts | None = None) -> None:
+        self.runtime = runtime
+
+    def transformer(self, tp, mbs, seq_len, sequence_parallel, recompute):
+        return PassTimes(1.0, 1.0, 1.0)
+
+    def embedding(self, tp, mbs, seq_len, sequence_parallel):
+        return ZERO_PASS
+
+    def head(self, tp, mbs, seq_len, sequence_parallel):
+        return ZERO_PASS
+
+
+def config(pp: int, dp: int = 1, schedule: str = "1f1b", zero: int = 0) -> ParallelConfig:
+    m = TRAIN.global_batch // dp
+    return ParallelConfig(tp=1, pp=pp, dp=dp, mbs=1, num_microbatches=m, schedule=schedule, zero=zero,
+                          stage_layers=[8 // pp] * pp)  # fmt: skip
+
+
+def test_host_overhead_lengthens_a_cpu_pipeline_and_not_a_gpu_one() -> None:
+    # 1F1B, pp=2, M=4, each stage 4 layers: F = 4 s, B(+W) = 8 s -> makespan (M + P - 1)(F + B) = 5 x 12 = 60 s;
+    # 0.1 s per action adds 0.2 s per (F, B) pair: 5 x 12.2 = 61 s
+    cfg = config(pp=2)
+    costs = RuntimeCosts(host_overhead_per_action_s=0.1)
+    base = estimate(MODEL, cluster("cpu"), TRAIN, cfg, UnitLayers()).step_time_s
+    assert base == pytest.approx(60.0)
+    assert estimate(MODEL, cluster("cpu"), TRAIN, cfg, UnitLayers(costs)).step_time_s == pytest.approx(61.0)
+    assert estimate(MODEL, cluster("H100"), TRAIN, cfg, UnitLayers(costs)).step_time_s == pytest.approx(60.0)
+    assert runtime_costs_of(UnitLayers(costs), cluster("H100")).host_overhead_per_action_s is None
+
+
+def test_fsdp_host_work_per_unit_and_step() -> None:
+    costs = RuntimeCosts(fsdp_overhead_per_unit_step_s=0.01)
+    assert fsdp_host_s(costs, dp=1, layers_on_rank=8, stages_on_rank=1) == 0.0
+    assert fsdp_host_s(costs, dp=2, layers_on_rank=8, stages_on_rank=1) == pytest.approx(0.09)  # 8 layers + the root
+    # pp=1 dp=2, M=2: 2 x (8 + 16) = 48 s of layers, free links, +0.09 s of FSDP host work on CPU only
+    cfg = config(pp=1, dp=2)
+    assert estimate(MODEL, cluster("cpu"), TRAIN, cfg, UnitLayers(costs)).step_time_s == pytest.approx(48.09)
+    assert estimate(MODEL, cluster("H100"), TRAIN, cfg, UnitLayers(costs)).step_time_s == pytest.approx(48.0)
+
+
+def test_measured_p2p_link_prices_the_pipeline_transfers() -> None:
+    # boundary tensor 128 x 256 x 4 B = 131072 B over 1 MB/s + 1 ms = c = 0.132072 s per send; sends
+    # block the sender (the default overlap: p2p exposed), so stage 0's F and stage 1's B take c longer.
+    # 1F1B pp=2, M=4, F = 4 s, B = 8 s, by hand: rank 0 runs F0 F1 B0 F2 B1 F3 B2 B3 and ends B3 at
+    # 60 + 5c (its F0, F1, F2, F3 and rank 1's B3 are on the critical path)
+    cfg = config(pp=2)
+    slow = RuntimeCosts(p2p_link=Link(bandwidth_bytes_per_s=1e6, latency_s=1e-3))
+    base = estimate(MODEL, cluster("cpu"), TRAIN, cfg, UnitLayers()).step_time_s
+    with_p2p = estimate(MODEL, cluster("cpu"), TRAIN, cfg, UnitLayers(slow)).step_time_s
+    assert with_p2p - base == pytest.approx(5 * 0.132072, rel=1e-6)
+
+
+def test_cpu_memory_terms() -> None:
+    assert optimizer_temp_bytes(cluster("cpu"), 1e6) == OPTIMIZER_TEMP_BYTES_PER_PARAM * 1e6 == 4e6
+    assert optimizer_temp_bytes(cluster("H100"), 1e6) == 0.0
+    cpu = estimate(MODEL, cluster("cpu"), TRAIN, config(pp=1, dp=2, zero=1), UnitLayers()).memory_breakdown_gib[0]
+    gpu = estimate(MODEL, cluster("H100"), TRAIN, config(pp=1, dp=2, zero=1), UnitLayers()).memory_breakdown_gib[0]
+    # the temporary covers the optimizer's own shard (zero 1: params / dp): a quarter of Adam's m + v of that shard
+    assert cpu["optimizer_temp"] == pytest.approx(cpu["optimizer"] / 2, rel=1e-3)
+    assert "optimizer_temp" not in gpu
+    full = ParallelConfig(**{**config(pp=1).model_dump(), "recompute": "full"})
+    assert estimate(MODEL, cluster("cpu"), TRAIN, full, UnitLayers()).memory_breakdown_gib[0]["recompute_working"] > 0
+    assert "recompute_working" not in estimate(MODEL, cluster("H100"), TRAIN, full, UnitLayers()).memory_breakdown_gib[0]
