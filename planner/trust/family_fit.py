@@ -1,0 +1,188 @@
+"""The constants of one GPU family, fitted to published runs, and their held-out fits.
+
+Six constants per family (``FAMILY_TERMS``, the cluster's ``Efficiency`` fields):
+the GEMM ceiling and knee (``gemm_max``, ``gemm_half_dim``), the memory-bound
+efficiency (``hbm``), the collective efficiency of each network tier and a fixed
+per-step overhead. Everything else in the cost model is a stated fact or formula.
+
+The estimate is affine in the *coordinates* ``x = (1/gemm_max, gemm_half_dim/gemm_max,
+1/hbm, 1/intra, 1/inter, overhead)`` wherever the critical path of the pipeline and
+the overlap terms stay the same: a GEMM takes ``flops/peak · (1/gemm_max +
+(gemm_half_dim/gemm_max)/d)`` (``costmodels.compute``), element-wise work
+``bytes/bandwidth · 1/hbm``, a collective ``α + bytes/bandwidth · 1/efficiency``
+(``costmodels.comm``), and the simulator adds durations along paths. So a row is
+linearised by one exact estimate plus one per coordinate (forward differences, the
+slope of the piece the row sits on); least squares on log step time (relative error)
+is then solved on the linearised rows by Levenberg–Marquardt
+(``planner.trust.calibration``), the rows are linearised again at the new constants,
+and this repeats until the constants stop moving (Gauss–Newton with exact
+re-linearisation). Every reported figure is an exact estimate at the fitted constants,
+never the linear model.
+
+Held-out: for each source of the family, the same least squares over the family's
+rows from every *other* source (``fit_family``), reusing the final linearisation.
+A family with a single source is not fitted (nothing could hold it out): it keeps its
+a-priori constants.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.trust.calibration import PRIOR_WEIGHT, MeasuredRun, estimate_with, levenberg_marquardt
+
+FAMILY_TERMS: tuple[str, ...] = (
+    "gemm_max",
+    "gemm_half_dim",
+    "hbm",
+    "intra_node_collective",
+    "inter_node_collective",
+    "step_overhead_s",
+)
+# Physical range of each constant; a fit that ends on a bound says the cost model lacks structure
+# there (reported with the constants, never widened to absorb it).
+FAMILY_BOUNDS: dict[str, tuple[float, float]] = {
+    # fraction of dense peak a large GEMM reaches: NVIDIA's cuBLAS figures put large bf16 GEMMs at 75-90 %
+    # of peak on A100/H100, fp8 lower; 0.4 leaves room for fp8, 0.95 for the best shapes
+    "gemm_max": (0.4, 0.95),
+    # the smallest GEMM dimension at which efficiency halves (tile/wave quantisation, costmodels.compute)
+    "gemm_half_dim": (0.0, 1024.0),
+    # fraction of HBM bandwidth memory-bound kernels reach: STREAM-like kernels reach 80-93 % on A100/H100
+    "hbm": (0.5, 1.0),
+    # NCCL bus bandwidth over link bandwidth: nccl-tests reach 70-90 % on NVLink and InfiniBand
+    "intra_node_collective": (0.3, 1.0),
+    "inter_node_collective": (0.3, 1.0),
+    # host-side fixed cost per step (data loader, logging, launch): above a second it is a stall
+    "step_overhead_s": (0.0, 1.0),
+}
+MAX_ROUNDS = 3  # re-linearisations; the constants settle in two or three (PL model, exact on its piece)
+CONVERGED_UNIT_STEP = 2e-3  # constants moved less than this (in [0, 1] box units) since the last linearisation
+MIN_SOURCES = 2  # a family is fitted only when a source can be held out against another
+RELATIVE_STEP = 1e-3  # forward-difference step of each coordinate, relative to its value
+ABSOLUTE_STEP = 1e-3  # ... for a coordinate at zero (gemm_half_dim/gemm_max, overhead in seconds)
+SMALLEST_STEP_FRACTION = 1e-3  # the linear model is floored at this fraction of the exact time (stays positive)
+
+
+def coordinates(terms: dict[str, float]) -> np.ndarray:
+    """The six constants -> the coordinates the estimate is affine in (module docstring)."""
+    gm = terms["gemm_max"]
+    return np.array([1.0 / gm, terms["gemm_half_dim"] / gm, 1.0 / terms["hbm"], 1.0 / terms["intra_node_collective"],
+                     1.0 / terms["inter_node_collective"], terms["step_overhead_s"]])
+
+
+def constants(x: np.ndarray) -> dict[str, float]:
+    """Inverse of ``coordinates``."""
+    gm = 1.0 / x[0]
+    return {"gemm_max": gm, "gemm_half_dim": x[1] * gm, "hbm": 1.0 / x[2], "intra_node_collective": 1.0 / x[3],
+            "inter_node_collective": 1.0 / x[4], "step_overhead_s": x[5]}
+
+
+@dataclass(frozen=True)
+class Linearisation:
+    """A run's exact step time at ``x0`` and its slope along each coordinate."""
+
+    step_time_s: float
+    x0: np.ndarray
+    slope: np.ndarray
+
+    def at(self, x: np.ndarray) -> float:
+        return max(self.step_time_s + float(self.slope @ (x - self.x0)), SMALLEST_STEP_FRACTION * self.step_time_s)
+
+
+def linearise(run: MeasuredRun, terms: dict[str, float]) -> Linearisation:
+    """One exact estimate at ``terms`` and one per coordinate, each stepped upwards (lower
+    efficiency), so every probe is a valid cluster."""
+    x0 = coordinates(terms)
+    base = estimate_with(run, terms).step_time_s
+    slope = np.empty(x0.size)
+    for k in range(x0.size):
+        step = RELATIVE_STEP * x0[k] if x0[k] > 0 else ABSOLUTE_STEP
+        probe = x0.copy()
+        probe[k] += step
+        slope[k] = (estimate_with(run, constants(probe)).step_time_s - base) / step
+    return Linearisation(base, x0, slope)
+
+
+@dataclass(frozen=True)
+class _Box:
+    """The six constants scaled to [0, 1] within their physical bounds."""
+
+    lo: np.ndarray
+    span: np.ndarray
+
+    @classmethod
+    def physical(cls) -> "_Box":
+        bounds = [FAMILY_BOUNDS[n] for n in FAMILY_TERMS]
+        return cls(np.array([b[0] for b in bounds]), np.array([b[1] - b[0] for b in bounds]))
+
+    def unit(self, terms: dict[str, float]) -> np.ndarray:
+        return np.clip((np.array([terms[n] for n in FAMILY_TERMS]) - self.lo) / self.span, 0.0, 1.0)
+
+    def terms(self, u: np.ndarray) -> dict[str, float]:
+        return {n: float(self.lo[i] + u[i] * self.span[i]) for i, n in enumerate(FAMILY_TERMS)}
+
+
+def fit_linearised(
+    runs: list[MeasuredRun], lines: dict[str, Linearisation], start: dict[str, float], prior: dict[str, float],
+    box: _Box,
+) -> dict[str, float]:
+    """Least squares on log step time of the linearised ``runs``, from ``start``, with the weak
+    ridge towards ``prior`` of ``planner.trust.calibration`` (a term the runs cannot see stays
+    near its a-priori value)."""
+    measured = np.log([r.step_time_s for r in runs])
+    u_prior = box.unit(prior)
+    weight = math.sqrt(PRIOR_WEIGHT)
+
+    def residuals(u: np.ndarray) -> np.ndarray:
+        x = coordinates(box.terms(u))
+        predicted = np.log([lines[r.run].at(x) for r in runs])
+        return np.concatenate([predicted - measured, weight * (u - u_prior)])
+
+    u, _ = levenberg_marquardt(residuals, box.unit(start), 50)
+    return box.terms(u)
+
+
+@dataclass(frozen=True)
+class FamilyFit:
+    """In-sample constants of a GPU family, the held-out constants per source (None: no other
+    source on this family, a-priori constants used), and how the fit went (``rounds``: exact
+    linearisations, 0 when the family was not fitted)."""
+
+    family: str
+    prior: dict[str, float]
+    terms: dict[str, float]
+    heldout_terms: dict[str, dict[str, float] | None]
+    rounds: int
+    runs: tuple[str, ...]
+
+
+def at_bounds(terms: dict[str, float]) -> list[str]:
+    """The constants that ended on a physical bound (``FAMILY_BOUNDS``)."""
+    return [n for n in FAMILY_TERMS if min(abs(terms[n] - b) for b in FAMILY_BOUNDS[n]) < 1e-6 * max(1.0, FAMILY_BOUNDS[n][1])]
+
+
+def fit_family(family: str, runs: list[MeasuredRun], prior: dict[str, float]) -> FamilyFit:
+    """Fit the family's constants to ``runs`` (grouped by ``MeasuredRun.group``, the source) in
+    sample and leave-one-source-out (module docstring). With fewer than ``MIN_SOURCES`` sources
+    nothing could check the fit, so the family keeps its a-priori constants."""
+    sources = sorted({r.group for r in runs})
+    if len(sources) < MIN_SOURCES:
+        return FamilyFit(family, dict(prior), dict(prior), {s: None for s in sources}, 0, tuple(r.run for r in runs))
+    box = _Box.physical()
+    center, rounds = dict(prior), 0
+    lines: dict[str, Linearisation] = {}
+    while rounds < MAX_ROUNDS:
+        rounds += 1
+        lines = {r.run: linearise(r, center) for r in runs}
+        fitted = fit_linearised(runs, lines, center, prior, box)
+        moved = float(np.max(np.abs(box.unit(fitted) - box.unit(center))))
+        center = fitted
+        if moved < CONVERGED_UNIT_STEP:
+            break
+    heldout: dict[str, dict[str, float] | None] = {}
+    for source in sources:
+        heldout[source] = fit_linearised([r for r in runs if r.group != source], lines, center, prior, box)
+    return FamilyFit(family, dict(prior), center, heldout, rounds, tuple(r.run for r in runs))
