@@ -1,7 +1,7 @@
 """Zero-bubble paper Table 5 bubble rates vs our simulator (Qi et al., ICLR 2024).
 
-Rows: ``profiles/calibration/public_runs.csv`` entries whose ``other_metric`` holds
-``bubble_rate(Table5, ...)`` (4 models x 3 microbatch counts x {1F1B, 1F1B-I, ZB-1p, ZB-2p}).
+Rows: ``profiles/calibration/public_runs.csv`` entries whose ``notes`` hold
+``bubble_rate_theoretical=`` and the paper's schedule name (4 models x 3 microbatch counts x {1F1B, 1F1B-I, ZB-1p, ZB-2p}).
 
 Metric: the paper's bubble rate, (cost - m (T_F + T_B + T_W)) / cost with cost the longest
 stage span (first start to last end); with our uneven stages the busiest rank's work plays
@@ -40,7 +40,8 @@ from profiles.schema import ModelSpec
 
 CSV_PATH = PUBLIC_RUNS_CSV
 ASSUMED_VOCAB = 50257
-RATE = re.compile(r"bubble_rate\(Table5[^)]*\)=([0-9.]+)")
+RATE = re.compile(r"bubble_rate_theoretical=([0-9.]+)")
+PAPER_SCHEDULE = re.compile(r"schedule as named in paper: ([\w-]+)")
 
 
 @dataclass(frozen=True)
@@ -58,17 +59,18 @@ def read_rows(path: Path) -> list[Row]:
     rows = []
     with path.open(newline="") as fh:
         for rec in csv.DictReader(fh):
-            match = RATE.search(rec["other_metric"])
-            if not match:
+            match = RATE.search(rec["notes"])
+            named = PAPER_SCHEDULE.search(rec["notes"])
+            if not match or not named:
                 continue
             model = ModelSpec(
                 name=rec["run"], num_layers=int(rec["layers"]), hidden_size=int(rec["hidden"]),
                 num_attention_heads=int(rec["heads"]), ffn_hidden_size=int(rec["ffn_hidden"]),
                 vocab_size=int(rec["vocab"] or ASSUMED_VOCAB), seq_len=int(rec["seq_len"]), activation="gelu",
             )
-            mbs = int(rec["micro_batch_size"])
+            mbs = int(rec["mbs"])
             rows.append(Row(rec["run"], model, int(rec["pp"]), int(rec["global_batch"]) // mbs, mbs,
-                            rec["schedule"], float(match.group(1))))
+                            named.group(1), float(match.group(1))))
     return rows
 
 

@@ -20,10 +20,11 @@ from planner.cli.render import memory_table, plan_json, plans_table
 from planner.search.branch_and_bound import Scored, search
 from planner.search.explain import binding_constraints, rationale
 from planner.search.space import DEFAULT_SCHEDULES
+from planner.trust.error_bands import with_error_band
 from profiles.errors import InfeasibleError, PlanError
 from profiles.files import write_atomic
 from profiles.loader import DEFAULT_STACK, load_cluster, load_model, load_stack, read_comm_profile, read_profile
-from profiles.schema import SCHEDULE_NAMES, ClusterSpec, ModelSpec, ParallelConfig, Plan, TrainSpec
+from profiles.schema import SCHEDULE_NAMES, ClusterSpec, Estimate, ModelSpec, ParallelConfig, Plan, TrainSpec
 from profiles.stack_schema import StackSpec
 
 ModelOpt = typer.Option(..., "--model", help="preset name, our YAML/JSON, or a Hugging Face config.json")
@@ -80,8 +81,16 @@ def _parse_schedules(text: str | None) -> tuple[str, ...]:
     return names
 
 
-def _plan(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, scored: Scored, lines: list[str]) -> Plan:
-    return Plan(model=model, cluster=cluster, train=train, config=scored.config, estimate=scored.estimate, rationale=lines)
+def _banded(est: Estimate, stack: str, cluster: ClusterSpec, profile: Optional[Path]) -> Estimate:
+    """The estimate with the held-out error band of its stack and GPU family (``ppplan validate``);
+    a measured profile replaces the roofline the band describes, so it gets none."""
+    return est if profile is not None else with_error_band(est, stack, cluster)
+
+
+def _plan(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, scored: Scored, lines: list[str],
+          profile: Optional[Path] = None) -> Plan:
+    est = _banded(scored.estimate, scored.config.stack, cluster, profile)
+    return Plan(model=model, cluster=cluster, train=train, config=scored.config, estimate=est, rationale=lines)
 
 
 def _progress():
@@ -111,7 +120,7 @@ def search_cmd(
     if not result.best:
         _report_infeasible(result.closest, model_spec, cluster_spec, train, gpus, as_json)
     runner_up = result.best[1] if len(result.best) > 1 else None
-    plans = [_plan(model_spec, cluster_spec, train, s, rationale(searcher, s, runner_up) if i == 0 else [])
+    plans = [_plan(model_spec, cluster_spec, train, s, rationale(searcher, s, runner_up) if i == 0 else [], profile)
              for i, s in enumerate(result.best)]
     if out_path:
         write_atomic(out_path, plan_json(plans[0]))
@@ -202,7 +211,7 @@ def evaluate_cmd(
     )
     check_config(model_spec, train, gpus, cfg, stack_spec)
     layers = load_layers(profile, comm_profile, model_spec, cluster_spec, train, allow_mismatch)
-    est = estimate(model_spec, cluster_spec, train, cfg, layers)
+    est = _banded(estimate(model_spec, cluster_spec, train, cfg, layers), cfg.stack, cluster_spec, profile)
     plan = Plan(model=model_spec, cluster=cluster_spec, train=train, config=cfg, estimate=est,
                 rationale=binding_constraints(est))
     if out_path:

@@ -22,14 +22,7 @@ from planner.cli.app import app, err, out
 from planner.trust.accuracy import grouped
 from planner.trust.error_bands import CALIBRATION_DIR, write_tables
 from planner.trust.published_runs import DEFAULT_RUNS_CSV
-from planner.trust.validation import (
-    TARGET_MEMORY_UNDER_PCT,
-    TARGET_OVERALL_MAPE_PCT,
-    TARGET_SOURCE_MAPE_PCT,
-    TARGET_SOURCE_MIN_ROWS,
-    TARGET_SWEEP_RHO,
-    ValidationReport,
-)
+from planner.trust.validation import ValidationReport, target_lines
 from planner.trust.validation import validate as run_validate
 from planner.trust.validation_plot import plot_validation
 from profiles.errors import PlanError
@@ -116,26 +109,6 @@ def _skipped_table(report: ValidationReport) -> Table:
     for (source, reason), count in sorted(counts.items()):
         table.add_row(source, str(count), reason)
     return table
-
-
-def target_lines(report: ValidationReport) -> list[str]:
-    """Each issue-12 target, met or not, with the measured figure."""
-    mape = report.mape("heldout")
-    lines = [f"overall held-out MAPE {mape['overall']:.1f} % (target <= {TARGET_OVERALL_MAPE_PCT:g} %)"]
-    counts = {s: len(rs) for s, rs in grouped(report.priced, lambda r: r.row.source).items()}
-    over = [f"{s} {v:.1f}" for s, v in mape["per_source"].items()
-            if counts[s] >= TARGET_SOURCE_MIN_ROWS and v > TARGET_SOURCE_MAPE_PCT]
-    lines.append(f"sources with >= {TARGET_SOURCE_MIN_ROWS} rows above {TARGET_SOURCE_MAPE_PCT:g} %: {', '.join(over) or 'none'}")
-    low = [s for s in report.sweeps() if s.rho is not None and s.rho < TARGET_SWEEP_RHO]
-    lines.append(f"sweeps with rho < {TARGET_SWEEP_RHO:g}: {len(low)} of {len(report.sweeps())}")
-    under = [r for r in report.memory() if r.memory_under_pct is not None and r.memory_under_pct > TARGET_MEMORY_UNDER_PCT]
-    lines.append(f"rows with memory under-predicted by more than {TARGET_MEMORY_UNDER_PCT:g} %: {len(under)} of "
-                 f"{sum(1 for r in report.memory() if r.memory_under_pct is not None)}")
-    lines.append(f"out-of-memory rows called feasible: {sum(1 for r in report.memory() if r.row.oom and r.predicted_fits)} of "
-                 f"{sum(1 for r in report.memory() if r.row.oom)}")
-    lines.append(f"rows that ran but are called infeasible: {sum(1 for r in report.priced if not r.predicted_fits)} of "
-                 f"{len(report.priced)} (not a target; a planner would reject these configurations)")
-    return lines
 
 
 def _print_report(report: ValidationReport) -> None:

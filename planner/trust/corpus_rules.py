@@ -14,6 +14,8 @@ own source. Held-out error is leave-one-*source*-out in this sense.
 
 from __future__ import annotations
 
+import re
+
 # (source_id prefix, independent source). Anything else is its own source.
 SOURCE_FAMILIES: tuple[tuple[str, str], ...] = (
     ("nemo-perf-", "nemo-perf"),  # NVIDIA NeMo / Megatron-Bridge performance summaries, every release
@@ -60,9 +62,29 @@ STACK_OF_ROW: dict[str, tuple[str, str | None]] = {
                   "the backward) priced as the megatron-lm-2021 stack"),
 }
 
+# What a row's notes say that the cost model does not price, as (regular expression on the
+# lower-cased notes, the assumption it becomes).
+NOTE_ASSUMPTIONS: tuple[tuple[str, str], ...] = (
+    (r"activation cpu offload \d+ layers", "activation CPU offload (recipe) not modelled: activation memory over-predicted, "
+     "offload traffic not priced"),
+    (r"bnb 8-bit", "bitsandbytes 8-bit Adam states priced as 16 B/param mixed-precision Adam (memory over-predicted)"),
+    (r"tp comm overlap=true|--tp-comm-overlap", "TP communication overlap (--tp-comm-overlap) priced exposed, as the stack "
+     "preset runs it"),
+    (r"partition 'type:transformer\|embedding'", "DeepSpeed's partition giving the embeddings their own pipeline slots "
+     "priced as a uniform split of the transformer layers"),
+    (r"mxfp8|blockwise", "MXFP8 / blockwise FP8 priced as FP8 (same fp8 peak)"),
+    (r"torch\.compile", "torch.compile fusions not modelled (element-wise work priced unfused)"),
+)
+
 GPT2_VOCAB = 50_257  # GPT-2 BPE (Radford et al. 2019), the tokenizer of Megatron-LM's GPT examples
 MEGATRON_VOCAB_DIVISOR = 128  # Megatron-LM --make-vocab-size-divisible-by default (padded to a multiple of 128 x tp)
 GPT2_TOKENIZER_FAMILIES = ("gpt3", "gpt-like")
+
+
+def note_assumptions(notes: str) -> list[str]:
+    """The assumptions a row's notes imply (``NOTE_ASSUMPTIONS``)."""
+    text = notes.lower()
+    return [assumption for pattern, assumption in NOTE_ASSUMPTIONS if re.search(pattern, text)]
 
 
 def independent_source(source_id: str) -> str:

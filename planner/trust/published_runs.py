@@ -34,6 +34,7 @@ from planner.trust.corpus_rules import (
     default_vocab,
     default_zero,
     independent_source,
+    note_assumptions,
 )
 from profiles.errors import PlanError
 from profiles.loader import PUBLIC_RUNS_CSV, load_cluster
@@ -337,6 +338,9 @@ def parse_row(row: dict[str, str], line: int = 2) -> PublishedRow | SkippedRow:
     stack_note = STACK_OF_ROW[f.text("stack")][1]
     if stack_note:
         assumptions.append(stack_note)
+    assumptions += note_assumptions(f.text("notes"))
+    if f.text("derived"):
+        assumptions.append(f"corpus: {f.text('derived')}")
     model = _model(f, parsed, assumptions)
     config = _config(f, parsed, assumptions) if model is not None else None
     peak = f.number("peak_memory_gib")

@@ -277,3 +277,23 @@ def _result(row: PublishedRow, apriori: Estimate, run: MeasuredRun | None, fit: 
     else:
         heldout, basis = _prediction(row, estimate_with(run, heldout_terms)), f"{family} fit without {row.source}"
     return RowResult(row, family, first, heldout, fitted, run.step_time_s, basis, memory, apriori.fits)
+
+
+def target_lines(report: ValidationReport) -> list[str]:
+    """Each issue-12 target, met or not, with the measured figure."""
+    mape = report.mape("heldout")
+    lines = [f"overall held-out MAPE {mape['overall']:.1f} % (target <= {TARGET_OVERALL_MAPE_PCT:g} %)"]
+    counts = {s: len(rs) for s, rs in grouped(report.priced, lambda r: r.row.source).items()}
+    over = [f"{s} {v:.1f}" for s, v in mape["per_source"].items()
+            if counts[s] >= TARGET_SOURCE_MIN_ROWS and v > TARGET_SOURCE_MAPE_PCT]
+    lines.append(f"sources with >= {TARGET_SOURCE_MIN_ROWS} rows above {TARGET_SOURCE_MAPE_PCT:g} %: {', '.join(over) or 'none'}")
+    low = [s for s in report.sweeps() if s.rho is not None and s.rho < TARGET_SWEEP_RHO]
+    lines.append(f"sweeps with rho < {TARGET_SWEEP_RHO:g}: {len(low)} of {len(report.sweeps())}")
+    under = [r for r in report.memory() if r.memory_under_pct is not None and r.memory_under_pct > TARGET_MEMORY_UNDER_PCT]
+    lines.append(f"rows with memory under-predicted by more than {TARGET_MEMORY_UNDER_PCT:g} %: {len(under)} of "
+                 f"{sum(1 for r in report.memory() if r.memory_under_pct is not None)}")
+    lines.append(f"out-of-memory rows called feasible: {sum(1 for r in report.memory() if r.row.oom and r.predicted_fits)} of "
+                 f"{sum(1 for r in report.memory() if r.row.oom)}")
+    lines.append(f"rows that ran but are called infeasible: {sum(1 for r in report.priced if not r.predicted_fits)} of "
+                 f"{len(report.priced)} (not a target; a planner would reject these configurations)")
+    return lines
