@@ -71,8 +71,9 @@ def write_tables(report: ValidationReport, corpus: Path, directory: Path = CALIB
     bands = bands_of(report).model_dump()
     constants = {"families": report.family_summary()}
     paths = [Path(directory) / ERROR_BANDS_NAME, Path(directory) / FITTED_CONSTANTS_NAME]
-    for path, doc in zip(paths, (bands, constants)):
-        write_atomic(path, header + yaml.safe_dump(doc, sort_keys=True, width=160))
+    texts = [header + yaml.safe_dump(doc, sort_keys=True, width=160) for doc in (bands, constants)]  # both or neither
+    for path, text in zip(paths, texts):
+        write_atomic(path, text)
     return paths
 
 

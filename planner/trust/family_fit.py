@@ -58,11 +58,15 @@ FAMILY_BOUNDS: dict[str, tuple[float, float]] = {
     # host-side fixed cost per step (data loader, logging, launch): above a second it is a stall
     "step_overhead_s": (0.0, 1.0),
 }
-MAX_ROUNDS = 3  # re-linearisations; the constants settle in two or three (PL model, exact on its piece)
-CONVERGED_UNIT_STEP = 2e-3  # constants moved less than this (in [0, 1] box units) since the last linearisation
+MAX_ROUNDS = 4  # exact linearisations per fit; the constants settle in two or three (PL model, exact on its piece)
+BACKTRACKS = 4  # halvings of a step that does not lower the exact objective
+LM_ITERATIONS = 200  # on the linear model (cheap): enough to converge from the a-priori start
+# A step shorter than this (in [0, 1] box units: 0.0055 of gemm_max, 10 of gemm_half_dim) ends the fit
+CONVERGED_UNIT_STEP = 1e-2
 MIN_SOURCES = 2  # a family is fitted only when a source can be held out against another
 RELATIVE_STEP = 1e-3  # forward-difference step of each coordinate, relative to its value
 ABSOLUTE_STEP = 1e-3  # ... for a coordinate at zero (gemm_half_dim/gemm_max, overhead in seconds)
+INTER_NODE_COORDINATE, OVERHEAD_COORDINATE = 4, 5  # positions in ``coordinates``
 SMALLEST_STEP_FRACTION = 1e-3  # the linear model is floored at this fraction of the exact time (stays positive)
 
 
@@ -75,9 +79,10 @@ def coordinates(terms: dict[str, float]) -> np.ndarray:
 
 def constants(x: np.ndarray) -> dict[str, float]:
     """Inverse of ``coordinates``."""
-    gm = 1.0 / x[0]
-    return {"gemm_max": gm, "gemm_half_dim": x[1] * gm, "hbm": 1.0 / x[2], "intra_node_collective": 1.0 / x[3],
-            "inter_node_collective": 1.0 / x[4], "step_overhead_s": x[5]}
+    gm = 1.0 / float(x[0])
+    return {"gemm_max": gm, "gemm_half_dim": float(x[1]) * gm, "hbm": 1.0 / float(x[2]),
+            "intra_node_collective": 1.0 / float(x[3]), "inter_node_collective": 1.0 / float(x[4]),
+            "step_overhead_s": float(x[5])}
 
 
 @dataclass(frozen=True)
@@ -92,13 +97,27 @@ class Linearisation:
         return max(self.step_time_s + float(self.slope @ (x - self.x0)), SMALLEST_STEP_FRACTION * self.step_time_s)
 
 
-def linearise(run: MeasuredRun, terms: dict[str, float]) -> Linearisation:
-    """One exact estimate at ``terms`` and one per coordinate, each stepped upwards (lower
+def _known_slopes(run: MeasuredRun) -> dict[int, float]:
+    """Slopes that need no probe: the per-step overhead is added once to the step time
+    (``costmodels.estimate``), and a run inside one node never uses the inter-node tier."""
+    known = {OVERHEAD_COORDINATE: 1.0}
+    if run.gpus <= run.cluster.gpus_per_node:
+        known[INTER_NODE_COORDINATE] = 0.0
+    return known
+
+
+def linearise(run: MeasuredRun, terms: dict[str, float], step_time_s: float | None = None) -> Linearisation:
+    """One exact estimate at ``terms`` (``step_time_s`` when already known) and one per
+    coordinate whose slope is not known (``_known_slopes``), each stepped upwards (lower
     efficiency), so every probe is a valid cluster."""
     x0 = coordinates(terms)
-    base = estimate_with(run, terms).step_time_s
+    base = estimate_with(run, terms).step_time_s if step_time_s is None else step_time_s
     slope = np.empty(x0.size)
+    known = _known_slopes(run)
     for k in range(x0.size):
+        if k in known:
+            slope[k] = known[k]
+            continue
         step = RELATIVE_STEP * x0[k] if x0[k] > 0 else ABSOLUTE_STEP
         probe = x0.copy()
         probe[k] += step
@@ -126,30 +145,69 @@ class _Box:
 
 
 def fit_linearised(
-    runs: list[MeasuredRun], lines: dict[str, Linearisation], start: dict[str, float], prior: dict[str, float],
-    box: _Box,
+    runs: list[MeasuredRun], lines: dict[str, Linearisation], prior: dict[str, float], box: _Box,
+    prior_weight: float = PRIOR_WEIGHT,
 ) -> dict[str, float]:
-    """Least squares on log step time of the linearised ``runs``, from ``start``, with the weak
-    ridge towards ``prior`` of ``planner.trust.calibration`` (a term the runs cannot see stays
-    near its a-priori value)."""
+    """Least squares on log step time of the linearised ``runs``, started from the a-priori
+    constants, with the weak ridge towards them of ``planner.trust.calibration`` (a term the
+    runs cannot see stays near its a-priori value)."""
     measured = np.log([r.step_time_s for r in runs])
     u_prior = box.unit(prior)
-    weight = math.sqrt(PRIOR_WEIGHT)
+    weight = math.sqrt(prior_weight)
 
     def residuals(u: np.ndarray) -> np.ndarray:
         x = coordinates(box.terms(u))
         predicted = np.log([lines[r.run].at(x) for r in runs])
         return np.concatenate([predicted - measured, weight * (u - u_prior)])
 
-    u, _ = levenberg_marquardt(residuals, box.unit(start), 50)
+    u, _ = levenberg_marquardt(residuals, u_prior, LM_ITERATIONS)
     return box.terms(u)
+
+
+def _log_cost(runs: list[MeasuredRun], step_times_s: dict[str, float]) -> float:
+    """The fit's objective at exact step times: the sum of squared log errors."""
+    return float(sum(math.log(step_times_s[r.run] / r.step_time_s) ** 2 for r in runs))
+
+
+def gauss_newton(
+    runs: list[MeasuredRun], prior: dict[str, float], box: _Box, lines: dict[str, Linearisation] | None = None,
+    prior_weight: float = PRIOR_WEIGHT,
+) -> tuple[dict[str, float], dict[str, Linearisation], int]:
+    """Fit on linearisations, then check the step on the exact estimates: accepted when it lowers
+    the exact objective, else halved (``BACKTRACKS`` times at most; the estimate is piecewise
+    linear, so a step across a kink can overshoot). Re-linearise at the accepted constants and
+    repeat until a step moves less than ``CONVERGED_UNIT_STEP``. ``lines`` (linearised elsewhere,
+    e.g. the in-sample fit for a held-out one) saves the first round. Returns (constants, the
+    last linearisations, exact linearisation rounds)."""
+    rounds = 0
+    if lines is None:
+        lines, rounds = {r.run: linearise(r, prior) for r in runs}, 1
+    center = constants(next(iter(lines.values())).x0)
+    cost = _log_cost(runs, {r.run: lines[r.run].step_time_s for r in runs})
+    while True:
+        target = box.unit(fit_linearised(runs, lines, prior, box, prior_weight))
+        start = box.unit(center)
+        for _ in range(BACKTRACKS + 1):
+            candidate = box.terms(target)
+            exact = {r.run: estimate_with(r, candidate).step_time_s for r in runs}
+            if _log_cost(runs, exact) <= cost:
+                break
+            target = (start + target) / 2.0
+        else:
+            return center, lines, rounds  # no step lowers the exact objective: a (kinked) minimum
+        moved = float(np.max(np.abs(target - start)))
+        center, cost = candidate, _log_cost(runs, exact)
+        if moved < CONVERGED_UNIT_STEP or rounds >= MAX_ROUNDS:
+            return center, lines, rounds
+        lines = {r.run: linearise(r, center, exact[r.run]) for r in runs}
+        rounds += 1
 
 
 @dataclass(frozen=True)
 class FamilyFit:
     """In-sample constants of a GPU family, the held-out constants per source (None: no other
     source on this family, a-priori constants used), and how the fit went (``rounds``: exact
-    linearisations, 0 when the family was not fitted)."""
+    linearisations over the in-sample and held-out fits, 0 when the family was not fitted)."""
 
     family: str
     prior: dict[str, float]
@@ -164,25 +222,22 @@ def at_bounds(terms: dict[str, float]) -> list[str]:
     return [n for n in FAMILY_TERMS if min(abs(terms[n] - b) for b in FAMILY_BOUNDS[n]) < 1e-6 * max(1.0, FAMILY_BOUNDS[n][1])]
 
 
-def fit_family(family: str, runs: list[MeasuredRun], prior: dict[str, float]) -> FamilyFit:
+def fit_family(family: str, runs: list[MeasuredRun], prior: dict[str, float], prior_weight: float = PRIOR_WEIGHT) -> FamilyFit:
     """Fit the family's constants to ``runs`` (grouped by ``MeasuredRun.group``, the source) in
     sample and leave-one-source-out (module docstring). With fewer than ``MIN_SOURCES`` sources
-    nothing could check the fit, so the family keeps its a-priori constants."""
+    nothing could check the fit, so the family keeps its a-priori constants.
+
+    A held-out fit sees only its training runs: it starts from the in-sample linearisations of
+    those runs and re-linearises them at its own constants until they settle, so its result
+    depends on the held-out source only within ``CONVERGED_UNIT_STEP``."""
     sources = sorted({r.group for r in runs})
     if len(sources) < MIN_SOURCES:
         return FamilyFit(family, dict(prior), dict(prior), {s: None for s in sources}, 0, tuple(r.run for r in runs))
     box = _Box.physical()
-    center, rounds = dict(prior), 0
-    lines: dict[str, Linearisation] = {}
-    while rounds < MAX_ROUNDS:
-        rounds += 1
-        lines = {r.run: linearise(r, center) for r in runs}
-        fitted = fit_linearised(runs, lines, center, prior, box)
-        moved = float(np.max(np.abs(box.unit(fitted) - box.unit(center))))
-        center = fitted
-        if moved < CONVERGED_UNIT_STEP:
-            break
+    terms, lines, rounds = gauss_newton(runs, prior, box, prior_weight=prior_weight)
     heldout: dict[str, dict[str, float] | None] = {}
     for source in sources:
-        heldout[source] = fit_linearised([r for r in runs if r.group != source], lines, center, prior, box)
-    return FamilyFit(family, dict(prior), center, heldout, rounds, tuple(r.run for r in runs))
+        train = [r for r in runs if r.group != source]
+        heldout[source], _, extra = gauss_newton(train, prior, box, {r.run: lines[r.run] for r in train}, prior_weight)
+        rounds += extra
+    return FamilyFit(family, dict(prior), terms, heldout, rounds, tuple(r.run for r in runs))
