@@ -25,6 +25,7 @@ from costmodels.memory import (
     stage_params,
     static_memory,
 )
+from costmodels.params import model_parameters
 from costmodels.pipeline import PipelineResult, price_actions, price_pipeline
 from costmodels.rank_grid import RankCoord, RankGrid, stage_to_rank
 from costmodels.schedules.generate import schedule_of
@@ -354,6 +355,7 @@ def estimate(
     model_tflops = model_flops / step / gpus / 1e12
     hw_tflops = hw_flops / step / gpus / 1e12
     limit = memory_limit_gib(cluster)
+    parameters = model_parameters(model)
     return Estimate(
         step_time_s=step,
         tokens_per_s=train.global_batch * train.seq_len / step,
@@ -367,4 +369,6 @@ def estimate(
         fits=max(peak) <= limit,
         breakdown=_breakdown(cfg, cluster, plans, result, dp_s, optimizer_s, times.p2p_s),
         memory_breakdown_gib=[{k: round(v, 4) for k, v in m.items()} for m in memory],
+        params_total=float(parameters.total),
+        params_active=float(parameters.active),
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from costmodels.params import model_parameters
 from profiles.schema import ModelSpec
 
 
@@ -30,10 +31,11 @@ class LayerForwardFlops:
 
 
 def layer_gemm_params(model: ModelSpec) -> int:
-    """Weights of the layer's GEMMs: Q, K, V, output projection and the MLP (GQA and SwiGLU aware)."""
-    h, kv, f = model.hidden_size, model.kv_dim, model.ffn_size
+    """Weights of the layer's GEMMs: Q, K, V, output projection and the MLP (GQA and SwiGLU aware;
+    the query and output projections are h x heads·head_dim, which is h x h unless head_dim is set apart)."""
+    h, q, kv, f = model.hidden_size, model.q_dim, model.kv_dim, model.ffn_size
     mlp_mats = 3 if model.activation == "swiglu" else 2
-    return h * (h + 2 * kv) + h * h + mlp_mats * h * f
+    return h * (q + 2 * kv) + q * h + mlp_mats * h * f
 
 
 def transformer_layer_forward_flops(model: ModelSpec, seq_len: int, mbs: int) -> LayerForwardFlops:
@@ -85,15 +87,15 @@ class ParameterCounts:
 
 
 def parameter_counts(model: ModelSpec) -> ParameterCounts:
-    """Parameters by component. GPT style: 12h² + 13h per layer with biases and two
-    LayerNorms (SC21 Table 1 formula); Llama style: no biases, RMSNorm weights only."""
-    h = model.hidden_size
-    norm = 2 * h if model.norm == "layernorm" else h
-    biases = (h + 2 * model.kv_dim) + h + (2 if model.activation == "swiglu" else 1) * model.ffn_size + h
-    per_layer = layer_gemm_params(model) + 2 * norm + (biases if model.linear_bias else 0)
-    embedding = model.vocab_size * h + (model.seq_len * h if model.position_embedding == "learned" else 0)
-    head = 0 if model.tie_embeddings else model.vocab_size * h
-    return ParameterCounts(embedding=embedding, per_layer=per_layer, final_norm=norm, head=head)
+    """Parameters by component (``costmodels.params``). GPT style: 12h² + 13h per layer with biases
+    and two LayerNorms (SC21 Table 1 formula); Llama style: no biases, RMSNorm weights only.
+
+    For a mixture-of-experts model ``per_layer`` is the largest layer, an MoE layer holding every
+    routed expert (no expert parallelism): an upper bound for each layer's weights until the
+    cost model places experts per rank."""
+    parts = model_parameters(model)
+    per_layer = max(parts.dense_layer if parts.num_dense_layers else 0, parts.moe_layer)
+    return ParameterCounts(embedding=parts.embedding, per_layer=per_layer, final_norm=parts.final_norm, head=parts.head)
 
 
 def sc21_parameter_count(model: ModelSpec) -> float:

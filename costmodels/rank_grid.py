@@ -1,11 +1,15 @@
-"""The one rank grid: which global rank is which (dp, pp, tp) coordinate, and
-which pipeline rank holds which virtual stage.
+"""The one rank grid: which global rank is which (dp, cp, pp, tp) coordinate, which
+ranks form the expert-parallel groups, and which pipeline rank holds which virtual stage.
 
-Order is Megatron-LM's and torchtitan's mesh ("pp", "dp", "tp"): tp varies
-fastest, then dp, then pp, so a TP group is ``tp`` consecutive ranks (inside a
-node when ``tp`` divides the GPUs per node) and pipeline neighbours are
-``tp * dp`` ranks apart. The cost model, the simulator and the launcher all use
-these functions; nothing else computes a rank.
+Order is Megatron-LM's ("tp-cp-ep-dp-pp", ``megatron/core/parallel_state.py``) and
+torchtitan's mesh ("pp", "dp", "cp", "tp"): tp varies fastest, then cp, then dp, then
+pp, so a TP group is ``tp`` consecutive ranks (inside a node when ``tp`` divides the GPUs
+per node) and pipeline neighbours are ``tp * cp * dp`` ranks apart. Expert parallelism
+folds into the data x context ranks (Megatron-Core's parallel folding with expert TP =
+tp): with ``j = dp * cp_size + cp`` the flattened data-context index, an expert-parallel
+group is ``ep`` consecutive values of ``j`` and the expert-data-parallel group (ranks
+holding the same experts) the values of ``j`` equal modulo ``ep``. The cost model, the
+simulator and the launcher all use these functions; nothing else computes a rank.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ class RankCoord:
     dp: int
     pp: int
     tp: int
+    cp: int = 0
 
 
 @dataclass(frozen=True)
@@ -27,30 +32,48 @@ class RankGrid:
     tp: int
     pp: int
     dp: int
+    cp: int = 1
 
     @property
     def world_size(self) -> int:
-        return self.tp * self.pp * self.dp
+        return self.tp * self.cp * self.pp * self.dp
 
     def rank(self, coord: RankCoord) -> int:
-        return (coord.pp * self.dp + coord.dp) * self.tp + coord.tp
+        return ((coord.pp * self.dp + coord.dp) * self.cp + coord.cp) * self.tp + coord.tp
 
     def coord(self, rank: int) -> RankCoord:
         if not 0 <= rank < self.world_size:
             raise ValueError(f"rank {rank} outside a world of {self.world_size}")
         tp_idx = rank % self.tp
-        dp_idx = (rank // self.tp) % self.dp
-        pp_idx = rank // (self.tp * self.dp)
-        return RankCoord(dp=dp_idx, pp=pp_idx, tp=tp_idx)
+        cp_idx = (rank // self.tp) % self.cp
+        dp_idx = (rank // (self.tp * self.cp)) % self.dp
+        pp_idx = rank // (self.tp * self.cp * self.dp)
+        return RankCoord(dp=dp_idx, pp=pp_idx, tp=tp_idx, cp=cp_idx)
 
-    def tp_group(self, dp: int, pp: int) -> list[int]:
-        return [self.rank(RankCoord(dp, pp, t)) for t in range(self.tp)]
+    def tp_group(self, dp: int, pp: int, cp: int = 0) -> list[int]:
+        return [self.rank(RankCoord(dp, pp, t, cp)) for t in range(self.tp)]
 
-    def dp_group(self, pp: int, tp: int) -> list[int]:
-        return [self.rank(RankCoord(d, pp, tp)) for d in range(self.dp)]
+    def dp_group(self, pp: int, tp: int, cp: int = 0) -> list[int]:
+        return [self.rank(RankCoord(d, pp, tp, cp)) for d in range(self.dp)]
 
-    def pp_group(self, dp: int, tp: int) -> list[int]:
-        return [self.rank(RankCoord(dp, p, tp)) for p in range(self.pp)]
+    def cp_group(self, dp: int, pp: int, tp: int) -> list[int]:
+        return [self.rank(RankCoord(dp, pp, tp, c)) for c in range(self.cp)]
+
+    def pp_group(self, dp: int, tp: int, cp: int = 0) -> list[int]:
+        return [self.rank(RankCoord(dp, p, tp, cp)) for p in range(self.pp)]
+
+    def data_context_group(self, pp: int, tp: int) -> list[int]:
+        """The dp x cp ranks of one (pp, tp): gradients of dense weights are averaged over them
+        (torchtitan's ``dp_shard_cp`` mesh), ordered by the flattened index ``j = dp * cp_size + cp``."""
+        return [self.rank(RankCoord(j // self.cp, pp, tp, j % self.cp)) for j in range(self.dp * self.cp)]
+
+    def ep_group(self, pp: int, tp: int, block: int, ep: int) -> list[int]:
+        """Expert-parallel group ``block`` of size ``ep``: consecutive ranks of ``data_context_group``."""
+        return self.data_context_group(pp, tp)[block * ep : (block + 1) * ep]
+
+    def edp_group(self, pp: int, tp: int, position: int, ep: int) -> list[int]:
+        """The ranks holding the same experts as position ``position`` of each expert-parallel group."""
+        return self.data_context_group(pp, tp)[position::ep]
 
     def spans_nodes(self, group: list[int], gpus_per_node: int) -> bool:
         """True when a process group crosses a node boundary."""

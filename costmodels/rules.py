@@ -43,14 +43,39 @@ def _stack_schedule_violations(schedule: str, pp: int, v: int, m: int, stack: St
 
 def tp_violations(model: ModelSpec, tp: int) -> list[str]:
     """Why ``tp`` ranks cannot split the model's heads, kv-heads and FFN evenly (Megatron-LM's
-    column/row-parallel layers shard each of them over the TP group); empty when they can."""
+    column/row-parallel layers shard each of them over the TP group; experts are TP-sharded the
+    same way, expert TP = tp, Megatron-Core's default); empty when they can."""
     problems: list[str] = []
     if model.num_attention_heads % tp:
         problems.append(f"tp={tp} does not divide num_attention_heads={model.num_attention_heads}: pick tp from its divisors")
-    if model.kv_heads % tp:
+    if model.kv_heads % tp and not model.is_mla:
         problems.append(f"tp={tp} does not divide num_key_value_heads={model.kv_heads}: pick tp from its divisors")
-    if model.ffn_size % tp:
+    if model.ffn_size % tp and model.num_moe_layers < model.num_layers:
         problems.append(f"tp={tp} does not divide ffn_hidden_size={model.ffn_size}")
+    if model.is_moe:
+        for name in ("moe_ffn_hidden_size", "shared_expert_ffn_hidden_size"):
+            if getattr(model, name) % tp:
+                problems.append(f"tp={tp} does not divide {name}={getattr(model, name)} (experts are TP-sharded like the dense MLP)")
+    return problems
+
+
+def expert_context_violations(model: ModelSpec, train: TrainSpec, cfg: ParallelConfig) -> list[str]:
+    """Expert and context parallelism any stack needs: experts split evenly over ep ranks carved out
+    of the dp x cp ranks (Megatron-Core's parallel folding with expert TP = tp), and the sequence in
+    2*cp equal chunks, rank i holding chunks i and 2cp-1-i for causal load balance (Megatron-Core
+    validate_args: seq_length % (2 cp) == 0)."""
+    problems: list[str] = []
+    if cfg.ep > 1:
+        if not model.is_moe:
+            problems.append(f"ep={cfg.ep} needs a mixture-of-experts model ({model.name} is dense): use ep=1")
+        elif model.num_experts % cfg.ep:
+            problems.append(f"ep={cfg.ep} does not divide num_experts={model.num_experts}: pick ep from its divisors")
+        if (cfg.dp * cfg.cp) % cfg.ep:
+            problems.append(f"ep={cfg.ep} does not divide dp*cp = {cfg.dp}*{cfg.cp}: expert-parallel ranks are carved out of "
+                            "the data- and context-parallel ranks")  # fmt: skip
+    if cfg.cp > 1 and train.seq_len % (2 * cfg.cp):
+        problems.append(f"cp={cfg.cp} needs the sequence ({train.seq_len}) divisible by 2*cp = {2 * cfg.cp} "
+                        "(two chunks per rank for causal load balance)")  # fmt: skip
     return problems
 
 
@@ -130,8 +155,8 @@ def layout_violations(stage_layers: list[int], pp: int, v: int, stack: StackSpec
     return []
 
 
-def parallelism_violations(cfg: ParallelConfig, stack: StackSpec) -> list[str]:
-    """Sequence, context and expert parallelism the stack does not have."""
+def parallelism_violations(cfg: ParallelConfig, stack: StackSpec, train: TrainSpec | None = None) -> list[str]:
+    """Sequence, context and expert parallelism the stack does not have, or not in this form."""
     problems: list[str] = []
     if cfg.sequence_parallel and not stack.sequence_parallel:
         problems.append(f"stack '{stack.name}' has no sequence parallelism: drop --sequence-parallel")
@@ -139,12 +164,49 @@ def parallelism_violations(cfg: ParallelConfig, stack: StackSpec) -> list[str]:
         problems.append(f"stack '{stack.name}' has no context parallelism: use cp=1 or another stack")
     if cfg.ep > 1 and not stack.expert_parallel:
         problems.append(f"stack '{stack.name}' has no expert parallelism: use ep=1 or another stack")
+    problems += _stack_cp_violations(cfg, stack, train) + _stack_ep_violations(cfg, stack, train)
+    return problems
+
+
+def _stack_cp_violations(cfg: ParallelConfig, stack: StackSpec, train: TrainSpec | None) -> list[str]:
+    if cfg.cp == 1 or not stack.context_parallel or train is None or stack.cp_sequence_multiple != "2cp_tp":
+        return []
+    multiple = 2 * cfg.cp * cfg.tp
+    if train.seq_len % multiple:
+        return [f"stack '{stack.name}' needs the sequence ({train.seq_len}) divisible by 2*cp*tp = {multiple} with cp > 1"]
+    return []
+
+
+def _stack_ep_violations(cfg: ParallelConfig, stack: StackSpec, train: TrainSpec | None) -> list[str]:
+    if cfg.ep == 1 or not stack.expert_parallel:
+        return []
+    problems: list[str] = []
+    if stack.ep_folding == "fsdp_dp_cp" and cfg.zero == 0 and cfg.dp > 1:
+        problems.append(f"stack '{stack.name}' carves expert parallelism out of FSDP's dp_shard x cp ranks: "
+                        "use zero >= 1 with ep > 1")  # fmt: skip
+    if stack.ep_needs_sequence_parallel and cfg.tp > 1 and not cfg.sequence_parallel:
+        problems.append(f"stack '{stack.name}' needs sequence parallelism with expert and tensor parallelism: "
+                        "add --sequence-parallel")  # fmt: skip
+    if not stack.ep_fp16 and train is not None and train.precision == "fp16":
+        problems.append(f"stack '{stack.name}' runs expert parallelism without fp16: use bf16")
+    return problems
+
+
+def model_support_violations(model: ModelSpec, stack: StackSpec) -> list[str]:
+    """Layers of ``model`` the stack does not run (mixture of experts, multi-head latent attention)."""
+    problems: list[str] = []
+    if model.is_moe and not stack.moe:
+        problems.append(f"stack '{stack.name}' has no mixture-of-experts layers ({model.name} has {model.num_experts} experts): "
+                        "use another stack")  # fmt: skip
+    if model.is_mla and not stack.multi_latent_attention:
+        problems.append(f"stack '{stack.name}' has no multi-head latent attention ({model.name} uses it): use another stack")
     return problems
 
 
 def structural_violations(model: ModelSpec, train: TrainSpec, gpus: int, cfg: ParallelConfig) -> list[str]:
     """The rules of any stack: degrees, batch, stages and the schedule's own shape (registry)."""
-    problems = _degree_violations(model, train, gpus, cfg) + _stage_violations(model, cfg)
+    problems = _degree_violations(model, train, gpus, cfg) + expert_context_violations(model, train, cfg)
+    problems += _stage_violations(model, cfg)
     if cfg.pp == 1 and cfg.schedule not in {"1f1b", "gpipe"}:
         problems.append(f"pp=1 has no pipeline: use schedule 1f1b (got '{cfg.schedule}')")
     elif cfg.pp > 1:
@@ -169,7 +231,8 @@ def config_violations(model: ModelSpec, train: TrainSpec, gpus: int, cfg: Parall
         problems += layout_violations(cfg.stage_layers, cfg.pp, cfg.v, stack)
     problems += zero_violations(cfg.zero, cfg.pp, cfg.schedule, stack)
     problems += recompute_violations(cfg.recompute, cfg.pp, cfg.schedule, stack)
-    problems += parallelism_violations(cfg, stack)
+    problems += parallelism_violations(cfg, stack, train)
+    problems += model_support_violations(model, stack)
     problems += precision_violations(train.precision, stack)
     return problems
 

@@ -1,8 +1,11 @@
 """Hugging Face ``config.json`` -> ``ModelSpec``.
 
 Key aliases follow the model families' own configuration classes (llama, mistral,
-qwen2, gpt2, gpt_neox, bloom, falcon). Keys that Hugging Face defaults are
-optional with the same default; a missing key without one is an error naming it.
+qwen2, qwen3, gpt2, gpt_neox, bloom, falcon; the mixture-of-experts families mixtral,
+qwen2_moe, qwen3_moe, deepseek_v2/v3 through ``hf_moe``). Keys that Hugging Face
+defaults are optional with the same default; a missing key without one is an error
+naming it. A config of hybrid layers or with expert keys of a family not read is
+refused (``hf_moe.unsupported_reason``), never planned as a dense model.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from profiles.errors import PlanError
+from profiles.hf_moe import moe_fields, unsupported_reason
 from profiles.schema import ModelSpec
 
 _ALIASES: dict[str, tuple[str, ...]] = {
@@ -20,7 +24,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "seq_len": ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length"),
 }
 
-_SWIGLU_TYPES = {"llama", "mistral", "qwen2", "qwen3", "mixtral", "gemma"}
+_SWIGLU_TYPES = {"llama", "mistral", "qwen2", "qwen3", "mixtral", "gemma", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3"}
 
 
 def _first(config: dict[str, Any], keys: tuple[str, ...]) -> Any:
@@ -77,6 +81,9 @@ def _position_embedding(config: dict[str, Any], model_type: str, activation: str
 def model_from_hf_config(config: dict[str, Any], name: str, source: str = "config.json") -> ModelSpec:
     """Build a ``ModelSpec`` from a Hugging Face config dict."""
     model_type = str(config.get("model_type", "")).lower()
+    unsupported = unsupported_reason(config, model_type)
+    if unsupported:
+        raise PlanError(f"{source}: {unsupported}")
     hidden = int(_require(config, "hidden_size", source))
     heads = int(_require(config, "num_attention_heads", source))
     activation = _activation(config, model_type)
@@ -88,10 +95,17 @@ def model_from_hf_config(config: dict[str, Any], name: str, source: str = "confi
             _require(config, "seq_len", source)
     tied_default = model_type not in {"gpt_neox"}
     position = _position_embedding(config, model_type, activation)
+    num_layers = int(_require(config, "num_layers", source))
+    try:
+        extra = moe_fields(config, model_type, num_layers)
+    except PlanError as exc:
+        raise PlanError(f"{source}: {exc}") from None
+    if not extra.get("kv_lora_rank") and config.get("head_dim") is not None:
+        extra["head_dim"] = int(config["head_dim"])  # Qwen3 and others size heads apart from hidden / heads
     try:
         return ModelSpec(
             name=name,
-            num_layers=int(_require(config, "num_layers", source)),
+            num_layers=num_layers,
             hidden_size=hidden,
             num_attention_heads=heads,
             num_key_value_heads=_kv_heads(config, heads),
@@ -103,6 +117,7 @@ def model_from_hf_config(config: dict[str, Any], name: str, source: str = "confi
             norm="rmsnorm" if activation == "swiglu" else "layernorm",
             position_embedding=position,
             linear_bias=bool(config.get("bias", config.get("attention_bias", activation == "gelu"))),
+            **extra,
         )
     except ValueError as exc:
         if isinstance(exc, PlanError):

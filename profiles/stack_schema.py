@@ -77,6 +77,23 @@ class StackSpec(StrictModel):
     sequence_parallel: bool = True
     context_parallel: bool = False
     expert_parallel: bool = False
+    moe: bool = Field(default=False, description="runs mixture-of-experts layers (router, routed and shared experts)")
+    multi_latent_attention: bool = Field(default=False, description="runs DeepSeek's multi-head latent attention")
+    cp_sequence_multiple: Literal["2cp", "2cp_tp"] = Field(
+        default="2cp",
+        description="with cp > 1 the sequence splits into 2*cp chunks for causal load balance (2cp: seq % (2 cp) == 0, "
+        "Megatron-Core; 2cp_tp: seq % (2 cp tp) == 0, torchtitan's CP with sequence-parallel TP)",
+    )
+    ep_folding: Literal["dp_cp", "fsdp_dp_cp"] = Field(
+        default="dp_cp",
+        description="which ranks expert parallelism is carved out of, experts being TP-sharded like the dense MLP "
+        "(expert TP = tp): dp_cp: ep divides dp*cp (Megatron-Core's parallel folding); fsdp_dp_cp: the same out of "
+        "FSDP's dp_shard*cp, so it needs a sharded data-parallel mesh (zero >= 1, torchtitan)",
+    )
+    ep_needs_sequence_parallel: bool = Field(
+        default=False, description="ep > 1 with tp > 1 requires sequence parallelism (Megatron-Core)"
+    )
+    ep_fp16: bool = Field(default=True, description="expert parallelism runs in fp16 (Megatron-Core: no)")
     kernels: StackKernels = StackKernels()
     overlap: StackOverlap
 

@@ -27,6 +27,7 @@ from launch.emit.common import (
     shell_command,
     strongest_recompute,
 )
+from launch.emit.experts import megatron_model_args, megatron_parallel_args
 from launch.emit.megatron_cuts import Arg, pipeline_args
 from launch.emit.torchrun import torchrun_launcher_args
 from profiles.loader import load_stack
@@ -147,8 +148,9 @@ def megatron_args(plan: Plan, *, steps: int, lr: float, allow_layout: bool = Tru
     zero, zero_warnings = zero_args(cfg)
     shape, shape_warnings = model_args(plan.model, plan.train.seq_len)
     vocab, vocab_warnings = vocab_args(plan.model, cfg.tp)
-    args = parallel_args(cfg, plan.train.global_batch) + cuts + recompute_args(cfg) + zero
-    args += precision_args(plan.train.precision) + shape + vocab
+    expert_context, expert_warnings, forced_sp = megatron_parallel_args(cfg)
+    args = parallel_args(cfg, plan.train.global_batch) + expert_context + cuts + recompute_args(cfg) + zero
+    args += precision_args(plan.train.precision) + shape + megatron_model_args(plan.model) + vocab
     args += [("--mock-data", None), ("--train-iters", str(steps)), ("--lr", f"{lr:g}"), ("--log-interval", "1")]
     emitted = cfg.model_copy(
         update={
@@ -156,9 +158,10 @@ def megatron_args(plan: Plan, *, steps: int, lr: float, allow_layout: bool = Tru
             "zero": min(cfg.zero, 1),
             "stage_layers": emitted_layers,
             "recompute": strongest_recompute(cfg),
+            "sequence_parallel": cfg.sequence_parallel or forced_sp,
         }
     )
-    warnings += cut_warnings + recompute_warning(cfg, "Megatron-LM") + zero_warnings + shape_warnings + vocab_warnings
+    warnings += expert_warnings + cut_warnings + recompute_warning(cfg, "Megatron-LM") + zero_warnings + shape_warnings + vocab_warnings
     warnings += rule_warnings(plan, emitted, "megatron-core", "Megatron-LM")
     return args, warnings
 

@@ -33,6 +33,7 @@ from launch.emit.common import (
     strongest_recompute,
 )
 from launch.emit.csv import CSV_NAME, render_csv
+from launch.emit.experts import torchtitan_moe_model, torchtitan_parallel_entries
 from launch.emit.toml_writer import TomlValue, toml_document
 from profiles.schema import ModelSpec, ParallelConfig, Plan
 
@@ -126,6 +127,8 @@ def recompute_entries(cfg: ParallelConfig) -> tuple[dict[str, TomlValue], list[s
 
 def model_entries(model: ModelSpec) -> tuple[dict[str, TomlValue], list[str]]:
     """torchtitan defines shapes in code (``llama3_args``); name a matching flavor or say what to register."""
+    if model.is_moe:
+        return torchtitan_moe_model(model)
     key = (model.hidden_size, model.num_layers, model.num_attention_heads, model.kv_heads, model.ffn_size, model.vocab_size)
     llama_style = model.activation == "swiglu" and model.norm == "rmsnorm" and model.position_embedding == "rope"
     warnings = []
@@ -159,7 +162,7 @@ def parallelism_entries(ctx: EmitContext) -> tuple[dict[str, TomlValue], list[st
         entries["pipeline_parallel_microbatch_size"] = cfg.mbs
         entries["module_fqns_per_model_part"] = stage_module_names(cfg.stage_layers)
         warnings += schedule_warnings
-    entries["context_parallel_degree"] = 1
+    entries.update(torchtitan_parallel_entries(ctx.plan.model, cfg))
     if cfg.tp > 1 and not cfg.sequence_parallel:
         warnings.append(
             "torchtitan always runs sequence parallel with TP; the plan has it off, so activation memory is lower "

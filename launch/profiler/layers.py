@@ -66,6 +66,9 @@ class ProfileSettings:
 
 def check_settings(model: ModelSpec, settings: ProfileSettings) -> None:
     """Reject what cannot be profiled, with the fix in the message (no torch needed)."""
+    if model.is_moe or model.is_mla:
+        what = "mixture-of-experts" if model.is_moe else "multi-head latent attention"
+        raise PlanError(f"ppplan profile times dense layers only; {model.name} has {what} layers: plan it with the roofline (no --profile)")
     if settings.precision not in PRECISIONS:
         raise PlanError(f"cannot profile precision '{settings.precision}': the runtime runs {' or '.join(PRECISIONS)}")
     for tp in settings.tps:

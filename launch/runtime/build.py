@@ -1,8 +1,9 @@
 """Assemble one rank's share of a plan: stage modules, TP, FSDP, pipeline schedule, optimizer.
 
-Order follows torchtitan: build the stage's pieces (only this rank's layers,
-seeded per piece), set recompute per stage, apply tensor parallelism, then
-data parallelism, then wrap the stages in the pipeline schedule.
+Order follows torchtitan: build the stage's pieces (only this rank's layers and,
+of each MoE layer, its experts; seeded per piece), set recompute per stage, apply
+tensor parallelism, join the expert- and context-parallel groups, then data
+parallelism, then wrap the stages in the pipeline schedule.
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 
 from costmodels.layout import StageLayout, local_stages, loss_pipeline_rank
 from costmodels.rank_grid import RankCoord
+from launch.runtime.cp import ContextParallel
 from launch.runtime.fsdp import apply_data_parallel
 from launch.runtime.layout import grid_of
 from launch.runtime.model import StageModule, build_stage_module, lm_loss
+from launch.runtime.moe import ExpertGroups, ExpertShard, MoEFeedForward, expert_shard_of
 from launch.runtime.optim import build_optimizer
-from launch.runtime.parallel import Groups, build_groups, build_mesh
+from launch.runtime.parallel import Groups, build_expert_mesh, build_groups, build_mesh
 from launch.runtime.pp import build_schedule, build_stages
 from launch.runtime.tp import apply_tensor_parallel
 from profiles.schema import Plan
@@ -50,10 +54,10 @@ class Runtime:
         return self.coord.pp == loss_pipeline_rank(self.plan.config)
 
 
-def _build_module(plan: Plan, layout: StageLayout, seed: int, device: torch.device) -> StageModule:
+def _build_module(plan: Plan, layout: StageLayout, seed: int, device: torch.device, experts: ExpertShard | None) -> StageModule:
     cfg = plan.config
     module = build_stage_module(
-        plan.model, layout.first_layer, layout.num_layers, layout.has_embedding, layout.has_head, seed
+        plan.model, layout.first_layer, layout.num_layers, layout.has_embedding, layout.has_head, seed, experts
     ).to(device)
     for layer in module.layers.values():
         layer.set_recompute(cfg.recompute_of_stage(layout.stage))
@@ -61,26 +65,48 @@ def _build_module(plan: Plan, layout: StageLayout, seed: int, device: torch.devi
     return module
 
 
+def _join_groups(module: StageModule, plan: Plan, coord: RankCoord, mesh: DeviceMesh, expert_mesh: DeviceMesh | None, groups: Groups) -> None:
+    """Hook the MoE layers to the expert-parallel and tensor-parallel groups and the attention and
+    embedding to the context-parallel ring."""
+    cfg = plan.config
+    context = ContextParallel(groups.cp, cfg.cp, coord.cp) if groups.cp is not None else None
+    if module.embedding is not None:
+        module.embedding.context = context
+    for layer in module.layers.values():
+        layer.attention.context = context
+        if isinstance(layer.feed_forward, MoEFeedForward):
+            assert expert_mesh is not None  # made for every MoE model
+            expert_groups = ExpertGroups(
+                ep=expert_mesh["ep"].get_group() if cfg.ep > 1 else None,
+                ep_size=cfg.ep,
+                tp=mesh["tp"].get_group() if cfg.tp > 1 else None,
+            )
+            layer.feed_forward.set_parallel(expert_groups, coord.tp, cfg.tp)
+
+
 def build_runtime(plan: Plan, device: torch.device, seed: int, lr: float, custom_csv: str | None = None) -> Runtime:
     """Build this rank's stages of ``plan`` (collective: every rank calls it)."""
     cfg = plan.config
     rank, world = dist.get_rank(), dist.get_world_size()
-    if world != cfg.tp * cfg.pp * cfg.dp:
+    if world != cfg.world_size:
         raise ValueError(
-            f"the plan needs tp*pp*dp = {cfg.tp * cfg.pp * cfg.dp} ranks but torchrun started {world}: "
+            f"the plan needs tp*cp*pp*dp = {cfg.world_size} ranks but torchrun started {world}: "
             "launch it with ppplan launch, or fix --nnodes/--nproc-per-node"
         )
     coord = grid_of(cfg).coord(rank)
     mesh = build_mesh(cfg, device)
+    expert_mesh = build_expert_mesh(cfg, device) if plan.model.is_moe else None
     groups = build_groups(plan.model, cfg, rank)
     layouts = local_stages(cfg, coord.pp)
+    experts = expert_shard_of(plan.model, cfg.ep, coord.dp * cfg.cp + coord.cp)
     modules: dict[int, StageModule] = {}
     for layout in layouts:
-        module = _build_module(plan, layout, seed, device)
+        module = _build_module(plan, layout, seed, device, experts)
         if cfg.tp > 1:
             apply_tensor_parallel(module, mesh["tp"], cfg.sequence_parallel)
-        if cfg.dp > 1:
-            apply_data_parallel(module, mesh, cfg.zero)
+        _join_groups(module, plan, coord, mesh, expert_mesh, groups)
+        if cfg.dp * cfg.cp > 1:
+            apply_data_parallel(module, mesh, cfg.zero, expert_mesh)
         modules[layout.stage] = module
     stages = build_stages(modules, layouts, cfg.num_stages, device, mesh["pp"].get_group())
     schedule = build_schedule(cfg, stages, lm_loss, custom_csv)

@@ -21,9 +21,14 @@ sharded as well): it never uses more memory than zero 1 is priced at and moves
 the same bytes (reduce-scatter + all-gather = one all-reduce). Under pipeline
 parallelism torch's schedules keep gradients unsharded while microbatches
 accumulate and reduce-scatter them once after the last backward of the step.
-Gradients are averaged over dp (FSDP's default divide factor), so with the
-pipeline's division by the microbatch count the result is the gradient of the
-mean loss over the global batch.
+Gradients are averaged over the data-context ranks, dp x cp (FSDP's default divide
+factor; a context-parallel rank's loss is the mean over its share of the sequence,
+as torchtitan's ``dp_shard_cp``), so with the pipeline's division by the microbatch
+count the result is the gradient of the mean loss over the global batch.
+
+A mixture-of-experts layer adds two FSDP units inside the layer's: the routed experts,
+sharded or replicated over the ranks holding the same experts (the expert mesh's
+``edp`` dims), and the router with the shared experts over the data-context ranks.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import fully_shard
 
 from launch.runtime.model import StageModule
+from launch.runtime.moe import MoEFeedForward
+
+EXPERT_DIMS = {("dp_replicate", "dp_shard"): ("edp_replicate", "edp_shard"), ("dp_shard",): ("edp_shard",)}
 
 
 def zero_policy(zero: int) -> tuple[tuple[str, ...], bool]:
@@ -45,10 +53,19 @@ def zero_policy(zero: int) -> tuple[tuple[str, ...], bool]:
     raise ValueError(f"zero must be 0-3, got {zero}")
 
 
-def apply_data_parallel(stage: StageModule, mesh: DeviceMesh, zero: int) -> None:
-    """Wrap each layer, then the stage, with ``fully_shard`` per ``zero_policy``."""
+def _sub_mesh(mesh: DeviceMesh, dims: tuple[str, ...]) -> DeviceMesh:
+    return mesh[dims] if len(dims) > 1 else mesh[dims[0]]
+
+
+def apply_data_parallel(stage: StageModule, mesh: DeviceMesh, zero: int, expert_mesh: DeviceMesh | None = None) -> None:
+    """Wrap each layer (and an MoE layer's experts and router first), then the stage, with
+    ``fully_shard`` per ``zero_policy``."""
     dims, reshard = zero_policy(zero)
-    dp_mesh = mesh[dims] if len(dims) > 1 else mesh[dims[0]]
+    dp_mesh = _sub_mesh(mesh, dims)
     for layer in stage.layers.values():
+        if isinstance(layer.feed_forward, MoEFeedForward):
+            assert expert_mesh is not None  # build_runtime makes it for an MoE model
+            fully_shard(layer.feed_forward.experts, mesh=_sub_mesh(expert_mesh, EXPERT_DIMS[dims]), reshard_after_forward=reshard)
+            fully_shard(layer.feed_forward, mesh=dp_mesh, reshard_after_forward=reshard)
         fully_shard(layer, mesh=dp_mesh, reshard_after_forward=reshard)
     fully_shard(stage, mesh=dp_mesh, reshard_after_forward=reshard)

@@ -13,12 +13,12 @@ from profiles.schema import ModelSpec, ParallelConfig
 
 
 def grid_of(cfg: ParallelConfig) -> RankGrid:
-    return RankGrid(tp=cfg.tp, pp=cfg.pp, dp=cfg.dp)
+    return RankGrid(tp=cfg.tp, pp=cfg.pp, dp=cfg.dp, cp=cfg.cp)
 
 
 def writes_metrics(coord: RankCoord) -> bool:
-    """Each pipeline rank's first rank (dp = 0, tp = 0) writes its metrics line."""
-    return coord.dp == 0 and coord.tp == 0
+    """Each pipeline rank's first rank (dp = 0, cp = 0, tp = 0) writes its metrics line."""
+    return coord.dp == 0 and coord.cp == 0 and coord.tp == 0
 
 
 def metrics_ranks(cfg: ParallelConfig) -> list[int]:
@@ -29,7 +29,7 @@ def metrics_ranks(cfg: ParallelConfig) -> list[int]:
 
 def tied_embedding_pairs(model: ModelSpec, cfg: ParallelConfig) -> list[tuple[int, int]]:
     """Rank pairs (embedding holder, logits holder) whose tied-weight copies
-    must sum their gradients: one pair per (dp, tp) when the first and last
+    must sum their gradients: one pair per (dp, cp, tp) when the first and last
     virtual stages sit on different pipeline ranks (Megatron-LM's embedding
     group); empty when the embeddings are untied or share a rank."""
     first_rank = stage_to_rank(0, cfg.pp, cfg.v, cfg.schedule)
@@ -38,7 +38,8 @@ def tied_embedding_pairs(model: ModelSpec, cfg: ParallelConfig) -> list[tuple[in
         return []
     grid = grid_of(cfg)
     return [
-        (grid.rank(RankCoord(dp=d, pp=first_rank, tp=t)), grid.rank(RankCoord(dp=d, pp=last_rank, tp=t)))
+        (grid.rank(RankCoord(dp=d, pp=first_rank, tp=t, cp=c)), grid.rank(RankCoord(dp=d, pp=last_rank, tp=t, cp=c)))
         for d in range(cfg.dp)
+        for c in range(cfg.cp)
         for t in range(cfg.tp)
     ]

@@ -8,6 +8,11 @@ One config-driven module covers both families in DESIGN.md:
 
 No dropout anywhere (the runtime variant the cost model prices with a flag).
 
+Mixture-of-experts layers (``spec.num_experts``; the layers from ``first_dense_layers`` on)
+replace the MLP by ``launch.runtime.moe.MoEFeedForward``. Context parallelism hooks in
+through ``ContextParallel`` (``launch.runtime.cp``): set as ``attention.context`` and
+``embedding.context`` it supplies the local tokens' global positions and the ring attention.
+
 A pipeline stage is ``[Embedding] + a contiguous range of TransformerLayer +
 [Head]`` (``StageModule``); the single-process reference is the same pieces with
 the whole layer range (``build_full_model``). Every piece is initialised from
@@ -29,6 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from launch.runtime.cp import ContextParallel
+from launch.runtime.moe import ExpertShard, MoEFeedForward
 from profiles.schema import ModelSpec, RecomputeKind
 
 INIT_STD = 0.02
@@ -52,10 +59,13 @@ def build_norm(spec: ModelSpec) -> nn.Module:
     return nn.LayerNorm(spec.hidden_size, eps=NORM_EPS, bias=bool(spec.linear_bias))
 
 
-def rope_tables(seq_len: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables of rotary embeddings (Su et al. 2021, eq. 34), shape [seq, head_dim/2]."""
+def rope_tables(seq_len: int, head_dim: int, device: torch.device, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables of rotary embeddings (Su et al. 2021, eq. 34), shape [seq, head_dim/2], at
+    ``positions`` (default 0 .. seq_len - 1; a context-parallel rank's own positions)."""
     inv_freq = 1.0 / ROPE_THETA ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    if positions is None:
+        positions = torch.arange(seq_len, device=device)
+    angles = torch.outer(positions.to(torch.float32), inv_freq)
     return angles.cos(), angles.sin()
 
 
@@ -94,6 +104,7 @@ class Attention(nn.Module):
         self.wv = nn.Linear(spec.hidden_size, spec.kv_dim, bias=bias)
         self.wo = nn.Linear(spec.num_attention_heads * spec.head_dim, spec.hidden_size, bias=bias)
         self.selective_recompute = False
+        self.context: ContextParallel | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.wq(x), self.wk(x), self.wv(x)
@@ -102,13 +113,15 @@ class Attention(nn.Module):
         k = k.view(batch, seq, -1, self.head_dim)
         v = v.view(batch, seq, -1, self.head_dim)
         if self.use_rope:
-            cos, sin = rope_tables(seq, self.head_dim, q.device)
+            positions = self.context.positions(seq, q.device) if self.context is not None else None
+            cos, sin = rope_tables(seq, self.head_dim, q.device, positions)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        attend = self.context.attention if self.context is not None else core_attention
         if self.selective_recompute and torch.is_grad_enabled():
-            out = checkpoint(core_attention, q, k, v, use_reentrant=False)
+            out = checkpoint(attend, q, k, v, use_reentrant=False)
         else:
-            out = core_attention(q, k, v)
+            out = attend(q, k, v)
         return self.wo(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
@@ -136,12 +149,12 @@ class TransformerLayer(nn.Module):
     (the core attention only); "full" (the whole layer, keeping only its input).
     """
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, feed_forward: nn.Module | None = None) -> None:
         super().__init__()
         self.attention_norm = build_norm(spec)
         self.attention = Attention(spec)
         self.ffn_norm = build_norm(spec)
-        self.feed_forward = FeedForward(spec)
+        self.feed_forward = feed_forward if feed_forward is not None else FeedForward(spec)
         self.recompute: RecomputeKind = "none"
 
     def set_recompute(self, kind: RecomputeKind) -> None:
@@ -165,11 +178,14 @@ class Embedding(nn.Module):
         super().__init__()
         self.tok = nn.Embedding(spec.vocab_size, spec.hidden_size)
         self.pos = nn.Embedding(spec.seq_len, spec.hidden_size) if spec.position_embedding == "learned" else None
+        self.context: ContextParallel | None = None
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.tok(tokens)
         if self.pos is not None:
-            x = x + self.pos(torch.arange(tokens.shape[1], device=tokens.device))
+            seq = tokens.shape[1]
+            positions = self.context.positions(seq, tokens.device) if self.context is not None else torch.arange(seq, device=tokens.device)
+            x = x + self.pos(positions)
         return x
 
 
@@ -200,6 +216,9 @@ def init_layer(layer: TransformerLayer, spec: ModelSpec, seed: int) -> None:
     for linear in (attn.wq, attn.wk, attn.wv):
         _init_linear(linear, INIT_STD, gen)
     _init_linear(attn.wo, out_std, gen)
+    if isinstance(ffn, MoEFeedForward):
+        ffn.init_weights(gen, seed, spec.num_layers)
+        return
     _init_linear(ffn.w1, INIT_STD, gen)
     if ffn.w3 is not None:
         _init_linear(ffn.w3, INIT_STD, gen)
@@ -221,9 +240,19 @@ def build_embedding(spec: ModelSpec, seed: int = 0) -> Embedding:
     return emb
 
 
-def build_layer(spec: ModelSpec, index: int, seed: int = 0) -> TransformerLayer:
-    """Transformer layer ``index`` (0-based), initialised from ``piece_seed(seed, 1 + index)``."""
-    layer = TransformerLayer(spec)
+def is_moe_layer(spec: ModelSpec, index: int) -> bool:
+    """Layer ``index`` has a mixture-of-experts MLP (every layer from ``first_dense_layers`` on)."""
+    return spec.is_moe and index >= spec.first_dense_layers
+
+
+def build_layer(spec: ModelSpec, index: int, seed: int = 0, experts: ExpertShard | None = None) -> TransformerLayer:
+    """Transformer layer ``index`` (0-based), initialised from ``piece_seed(seed, 1 + index)``; an MoE
+    layer holds the routed experts ``experts`` (default: all of them)."""
+    feed_forward = None
+    if is_moe_layer(spec, index):
+        assert spec.num_experts is not None  # is_moe
+        feed_forward = MoEFeedForward(spec, experts or ExpertShard(0, spec.num_experts))
+    layer = TransformerLayer(spec, feed_forward)
     init_layer(layer, spec, piece_seed(seed, 1 + index))
     return layer
 
@@ -284,10 +313,11 @@ class StageModule(nn.Module):
 
 
 def build_stage_module(
-    spec: ModelSpec, first_layer: int, num_layers: int, with_embedding: bool, with_head: bool, seed: int = 0
+    spec: ModelSpec, first_layer: int, num_layers: int, with_embedding: bool, with_head: bool, seed: int = 0,
+    experts: ExpertShard | None = None,
 ) -> StageModule:
-    """Build only what one stage holds; weights equal the full model's."""
-    layers = {i: build_layer(spec, i, seed) for i in range(first_layer, first_layer + num_layers)}
+    """Build only what one stage holds (of each MoE layer, the routed experts ``experts``); weights equal the full model's."""
+    layers = {i: build_layer(spec, i, seed, experts) for i in range(first_layer, first_layer + num_layers)}
     stage = StageModule(
         build_embedding(spec, seed) if with_embedding else None, layers, build_head(spec, seed) if with_head else None
     )

@@ -19,6 +19,7 @@ from torch.distributed.tensor import Replicate, Shard
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
+    PrepareModuleInputOutput,
     PrepareModuleOutput,
     RowwiseParallel,
     SequenceParallel,
@@ -26,6 +27,7 @@ from torch.distributed.tensor.parallel import (
 )
 
 from launch.runtime.model import StageModule, TransformerLayer
+from launch.runtime.moe import MoEFeedForward
 
 
 def _activation_layout(sequence_parallel: bool) -> Shard | Replicate:
@@ -56,8 +58,23 @@ def layer_plan(sequence_parallel: bool) -> dict[str, object]:
 
 
 def _add_w3(plan: dict[str, object], layer: TransformerLayer) -> dict[str, object]:
+    if isinstance(layer.feed_forward, MoEFeedForward):
+        return _moe_plan(plan)
     if layer.feed_forward.w3 is not None:
         plan = {**plan, "feed_forward.w3": ColwiseParallel()}
+    return plan
+
+
+def _moe_plan(plan: dict[str, object]) -> dict[str, object]:
+    """An MoE layer shards its experts itself (``MoEFeedForward.set_parallel``, expert TP = tp) and
+    computes on local tensors: with sequence parallelism its input is gathered on entry and its
+    (replicated, complete) output scattered back to sequence shards."""
+    plan = {k: v for k, v in plan.items() if not k.startswith("feed_forward")}
+    if "ffn_norm" in plan:  # sequence parallel
+        plan["feed_forward"] = PrepareModuleInputOutput(
+            input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_input=True,
+            output_layouts=(Replicate(),), desired_output_layouts=(Shard(1),), use_local_output=True,
+        )  # fmt: skip
     return plan
 
 

@@ -30,6 +30,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from launch.compare import measurable_peak_memory_gib
 from launch.launcher import check_plan
 from launch.runtime.build import Runtime, build_runtime, sync_tied_gradients
+from launch.runtime.cp import context_slice
 from launch.runtime.data import SyntheticTokens, dp_slice
 from launch.runtime.layout import writes_metrics
 from launch.runtime.metrics import PeakMemory, append_line, metrics_record
@@ -67,13 +68,13 @@ def _maybe_inject_failure(rank: int, step: int) -> None:
 
 
 def _step_loss(rt: Runtime, losses: list[torch.Tensor]) -> float | None:
-    """Mean loss over the global batch: mean over microbatches, then over dp replicas."""
+    """Mean loss over the global batch: mean over microbatches, then over the dp x cp ranks."""
     if not rt.has_loss:
         return None
     local = torch.stack([loss.detach().float() for loss in losses]).mean()
     if rt.groups.dp is not None:
         dist.all_reduce(local, group=rt.groups.dp)
-        local = local / rt.plan.config.dp
+        local = local / (rt.plan.config.dp * rt.plan.config.cp)
     return float(local)
 
 
@@ -82,8 +83,8 @@ def train_step(rt: Runtime, data: SyntheticTokens, step: int) -> float | None:
     gradient sum, AdamW. Returns the global-batch loss on the loss stage."""
     cfg, train = rt.plan.config, rt.plan.train
     inputs, targets = data.global_batch(step, train.global_batch)
-    inputs = dp_slice(inputs, cfg.dp, rt.coord.dp).to(rt.device)
-    targets = dp_slice(targets, cfg.dp, rt.coord.dp).to(rt.device)
+    inputs = context_slice(dp_slice(inputs, cfg.dp, rt.coord.dp), cfg.cp, rt.coord.cp).to(rt.device)
+    targets = context_slice(dp_slice(targets, cfg.dp, rt.coord.dp), cfg.cp, rt.coord.cp).to(rt.device)
     losses: list[torch.Tensor] = []
     args = (inputs,) if rt.has_first_stage else ()
     target = targets if rt.has_loss else None

@@ -120,3 +120,15 @@ def test_mfu_is_model_flops_over_peak() -> None:
     est = estimate(MODEL, gpu_cluster(), TRAIN, config(pp=1, dp=1, m=8), UnitLayers())
     assert est.mfu == pytest.approx(est.model_tflops_per_gpu / 100.0)
     assert est.tokens_per_s == pytest.approx(8 * 128 / est.step_time_s)
+
+
+def test_estimate_reports_total_and_active_parameters() -> None:
+    """Dense (GPT style: tied embedding, learned positions, SC21's 12h² + 13h per layer, final LayerNorm): equal;
+    MoE: total less active is the experts a token does not use."""
+    dense = estimate(MODEL, gpu_cluster(), TRAIN, config(2, 1, 4), UnitLayers())
+    h, v, s = 256, 1024, 128
+    assert dense.params_total == dense.params_active == v * h + s * h + 8 * (12 * h * h + 13 * h) + 2 * h
+    moe = MODEL.model_copy(update={"num_experts": 8, "experts_per_token": 2, "moe_ffn_hidden_size": 512})
+    priced = estimate(moe, gpu_cluster(), TRAIN, config(2, 1, 4), UnitLayers())
+    expert = 2 * h * 512 + 512 + h  # GELU MLP with biases
+    assert priced.params_total - priced.params_active == 8 * 6 * expert  # 6 of 8 experts idle per token, 8 layers

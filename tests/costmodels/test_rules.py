@@ -128,3 +128,87 @@ def test_precision_by_stack() -> None:
     assert precision_violations("bf16", TORCH) == [] and precision_violations("fp32", TORCH) == []
     assert "not run by stack 'ppplan-torch'" in precision_violations("fp16", TORCH)[0]
     assert precision_violations("fp8", MEGATRON) == []
+
+
+# --- expert and context parallelism ------------------------------------------------------------
+
+MOE = load_model("tiny-moe")  # tiny-llama with 8 experts of FFN 512, top-2
+TORCHTITAN = load_stack("torchtitan")
+
+
+def moe_cfg(**update: object) -> ParallelConfig:
+    base = dict(tp=1, pp=1, dp=4, mbs=1, num_microbatches=2, stage_layers=[8], zero=1)
+    base.update(update)
+    return ParallelConfig(**base)
+
+
+def test_legal_expert_and_context_parallel_configurations() -> None:
+    assert config_violations(MOE, TRAIN, 4, moe_cfg(ep=4), TORCH) == []
+    assert config_violations(MOE, TRAIN, 4, moe_cfg(ep=2, cp=2, dp=2, num_microbatches=4), TORCH) == []  # ep folds over cp
+    assert config_violations(LLAMA, TRAIN, 4, moe_cfg(cp=2, dp=2, num_microbatches=4), TORCH) == []
+
+
+@pytest.mark.parametrize(
+    "model, update, fragment",
+    [
+        (LLAMA, {"ep": 2}, "ep=2 needs a mixture-of-experts model"),
+        (MOE.model_copy(update={"num_experts": 6}), {"ep": 4}, "ep=4 does not divide num_experts=6"),
+        (MOE, {"ep": 8, "dp": 4}, "ep=8 does not divide dp*cp = 4*1"),
+        (MOE, {"ep": 2, "dp": 1, "tp": 4, "num_microbatches": 8}, "ep=2 does not divide dp*cp = 1*1"),
+        (LLAMA, {"cp": 3, "dp": 1, "tp": 1, "num_microbatches": 8}, None),  # world 3: only the GPU count and 2cp rules
+    ],
+)
+def test_expert_parallel_rules_name_the_rule(model, update: dict, fragment: str | None) -> None:
+    cfg = moe_cfg(**update)
+    problems = config_violations(model, TRAIN, cfg.world_size, cfg, TORCH)
+    if fragment is None:
+        assert problems == ["cp=3 needs the sequence (128) divisible by 2*cp = 6 (two chunks per rank for causal load balance)"]
+    else:
+        assert any(fragment in p for p in problems), problems
+
+
+def test_cp_needs_two_chunks_per_rank_of_the_sequence() -> None:
+    train = TrainSpec(global_batch=8, seq_len=100, precision="fp32")  # 100 % (2*2) == 0, 100 % (2*4) != 0
+    assert config_violations(LLAMA, train, 4, moe_cfg(cp=2, dp=2, num_microbatches=4), TORCH) == []
+    problems = config_violations(LLAMA, train, 4, moe_cfg(cp=4, dp=1, num_microbatches=8), TORCH)
+    assert problems == ["cp=4 needs the sequence (100) divisible by 2*cp = 8 (two chunks per rank for causal load balance)"]
+
+
+def test_experts_are_tp_sharded_so_tp_must_divide_their_ffn() -> None:
+    odd = MOE.model_copy(update={"moe_ffn_hidden_size": 500})
+    assert tp_violations(odd, 2) == []  # 500 / 2
+    assert any("moe_ffn_hidden_size=500" in p for p in tp_violations(odd, 8))
+
+
+def test_megatron_needs_sequence_parallel_with_expert_and_tensor_parallelism_and_no_fp16() -> None:
+    bf16 = TrainSpec(global_batch=8, seq_len=128, precision="bf16")
+    cfg = moe_cfg(tp=2, dp=2, ep=2, num_microbatches=4, stack="megatron-core")
+    problems = config_violations(MOE, bf16, 4, cfg, MEGATRON)
+    assert problems == ["stack 'megatron-core' needs sequence parallelism with expert and tensor parallelism: add --sequence-parallel"]
+    assert config_violations(MOE, bf16, 4, cfg.model_copy(update={"sequence_parallel": True}), MEGATRON) == []
+    fp16 = TrainSpec(global_batch=8, seq_len=128, precision="fp16")
+    assert "stack 'megatron-core' runs expert parallelism without fp16: use bf16" in config_violations(
+        MOE, fp16, 4, moe_cfg(ep=2, stack="megatron-core"), MEGATRON
+    )
+
+
+def test_torchtitan_carves_experts_out_of_fsdp_and_splits_the_sequence_by_2_cp_tp() -> None:
+    bf16 = TrainSpec(global_batch=8, seq_len=128, precision="bf16")
+    ok = moe_cfg(ep=2, stack="torchtitan")
+    assert config_violations(MOE, bf16, 4, ok, TORCHTITAN) == []
+    assert any("use zero >= 1 with ep > 1" in p for p in config_violations(MOE, bf16, 4, ok.model_copy(update={"zero": 0}), TORCHTITAN))
+    short = TrainSpec(global_batch=8, seq_len=12, precision="bf16")  # 12 % (2*2) == 0 but 12 % (2*2*2) != 0
+    cfg = moe_cfg(cp=2, tp=2, dp=1, num_microbatches=8, stack="torchtitan")
+    assert config_violations(LLAMA, short, 4, cfg, TORCHTITAN) == [
+        "stack 'torchtitan' needs the sequence (12) divisible by 2*cp*tp = 8 with cp > 1"
+    ]
+    assert config_violations(LLAMA, short, 4, cfg.model_copy(update={"stack": "ppplan-torch"}), TORCH) == []
+
+
+def test_stacks_without_moe_or_mla_refuse_those_models() -> None:
+    bf16 = TrainSpec(global_batch=8, seq_len=128, precision="bf16")
+    cfg = moe_cfg(stack="megatron-lm-2021")
+    assert any("stack 'megatron-lm-2021' has no mixture-of-experts layers" in p for p in config_violations(MOE, bf16, 4, cfg, MEGATRON_2021))
+    mla = load_model("deepseek-v3")
+    problems = config_violations(mla, bf16, 4, moe_cfg(), TORCH)
+    assert "stack 'ppplan-torch' has no multi-head latent attention (deepseek-v3 uses it): use another stack" in problems

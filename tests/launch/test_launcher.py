@@ -58,6 +58,9 @@ BAD_PLANS = {
     "fp16 has no runtime": (dict(pp=2, precision="fp16"), "precision 'fp16'"),
     "too few microbatches for 1f1b": (dict(pp=4, global_batch=2), "at least pp=4 microbatches"),
     "custom schedule without its CSV": (dict(pp=2, schedule="custom", schedule_csv=None), "schedule_csv"),
+    "ep not dividing the experts": (dict(model="tiny-moe", dp=3, ep=3, global_batch=3), "ep=3 does not divide num_experts=8"),
+    "ep on a dense model": (dict(dp=2, ep=2), "ep=2 needs a mixture-of-experts model"),
+    "cp not splitting the sequence in 2cp chunks": (dict(model="tiny-llama", cp=3, global_batch=2), "divisible by 2*cp = 6"),
 }
 
 

@@ -398,3 +398,81 @@ def test_unknown_target_is_a_plan_error(build_plan: MakePlan) -> None:
     with pytest.raises(PlanError, match="unknown emit target 'deepspeed'"):
         render(build_plan(), "deepspeed", OUT)
 
+
+
+# --- mixture of experts, MLA, expert and context parallelism (issue 13) -----------------------
+
+
+def _with(plan: Plan, **config: object) -> Plan:
+    return plan.model_copy(update={"config": plan.config.model_copy(update=config)})
+
+
+def _assert_in_megatron_allowlist(args: dict) -> None:
+    allowed = load_allowlist("megatron_args.txt")
+    for flag, value in args.items():
+        assert flag in allowed, flag
+        if allowed[flag] is not None:
+            assert value in allowed[flag], (flag, value)
+
+
+def test_megatron_mixtral_expert_parallel_flags(build_plan: MakePlan) -> None:
+    plan = _with(build_plan("mixtral-8x7b", tp=2, pp=4, dp=8, global_batch=256), ep=8, sequence_parallel=True, stack="megatron-core")
+    rendered = render(plan, "megatron", OUT)
+    args = parse_megatron_args(rendered.files["megatron_args.txt"])
+    _assert_in_megatron_allowlist(args)
+    expected = {"--num-experts": "8", "--moe-router-topk": "2", "--moe-ffn-hidden-size": "14336", "--ffn-hidden-size": "14336",
+                "--expert-model-parallel-size": "8", "--moe-token-dispatcher-type": "alltoall", "--sequence-parallel": True}  # fmt: skip
+    assert {k: args[k] for k in expected} == expected
+    assert not {"--moe-layer-freq", "--moe-shared-expert-intermediate-size", "--context-parallel-size"} & set(args)
+    assert rendered.warnings == []
+
+
+def test_megatron_deepseek_v3_dense_layers_shared_expert_mla_and_cp(build_plan: MakePlan) -> None:
+    plan = _with(build_plan("deepseek-v3", tp=2, pp=8, dp=4, global_batch=64), ep=2, cp=2, dp=2, sequence_parallel=True, stack="megatron-core")
+    args = parse_megatron_args(render(plan, "megatron", OUT).files["megatron_args.txt"])
+    _assert_in_megatron_allowlist(args)
+    assert args["--moe-layer-freq"] == "([0]*3+[1]*58)"  # Megatron's pattern: 3 dense layers then 58 MoE
+    assert args["--moe-shared-expert-intermediate-size"] == "2048"  # one shared expert of 2048
+    assert args["--ffn-hidden-size"] == "18432"  # the dense layers' MLP
+    assert (args["--multi-latent-attention"], args["--q-lora-rank"], args["--kv-lora-rank"]) == (True, "1536", "512")
+    assert (args["--qk-head-dim"], args["--qk-pos-emb-head-dim"], args["--v-head-dim"]) == ("128", "64", "128")
+    assert args["--context-parallel-size"] == "2"
+
+
+def test_megatron_heads_sized_apart_get_kv_channels(build_plan: MakePlan) -> None:
+    args = parse_megatron_args(render(build_plan("qwen3-30b-a3b", tp=4, pp=2, global_batch=8), "megatron", OUT).files["megatron_args.txt"])
+    assert args["--kv-channels"] == "128" and args["--num-experts"] == "128" and args["--moe-router-topk"] == "8"
+
+
+def test_megatron_switches_on_sequence_parallel_with_expert_and_tensor_parallelism(build_plan: MakePlan) -> None:
+    plan = _with(build_plan("tiny-moe", tp=2, dp=2, global_batch=4), ep=2, stack="megatron-core")
+    rendered = render(plan, "megatron", OUT)
+    assert parse_megatron_args(rendered.files["megatron_args.txt"])["--sequence-parallel"] is True
+    assert any("requires sequence parallelism with expert and tensor parallelism" in w for w in rendered.warnings)
+
+
+def test_torchtitan_expert_and_context_degrees(build_plan: MakePlan) -> None:
+    plan = _with(build_plan("deepseek-v3", tp=2, pp=8, dp=4, global_batch=64), ep=4, zero=1, stack="torchtitan")
+    rendered = render(plan, "torchtitan", OUT)
+    doc = parse_torchtitan_toml(rendered.files["torchtitan.toml"])
+    allowed = load_allowlist("torchtitan_keys.txt")
+    assert toml_keys(doc) <= set(allowed)
+    assert doc["model"] == {"name": "deepseek_v3", "flavor": "671B"}
+    par = doc["parallelism"]
+    assert (par["expert_parallel_degree"], par["expert_tensor_parallel_degree"], par["context_parallel_degree"]) == (4, 2, 1)
+    llama = _with(build_plan("tiny-llama", tp=2, dp=2, global_batch=8), cp=2, dp=1, stack="torchtitan")
+    par = torchtitan_doc(llama)["parallelism"]
+    assert par["context_parallel_degree"] == 2 and "expert_parallel_degree" not in par
+
+
+def test_torchtitan_mixtral_names_what_to_register(build_plan: MakePlan) -> None:
+    rendered = render(build_plan("mixtral-8x7b", tp=2, pp=4, dp=2, global_batch=64), "torchtitan", OUT)
+    assert parse_torchtitan_toml(rendered.files["torchtitan.toml"])["model"]["name"] == "qwen3"
+    assert any("register flavor 'mixtral-8x7b'" in w for w in rendered.warnings)
+
+
+def test_slurm_wraps_an_expert_and_context_parallel_plan(build_plan: MakePlan, tmp_path: Path) -> None:
+    plan = _with(build_plan("tiny-moe", "cpu-local", dp=2, global_batch=8, precision="fp32"), ep=2, cp=2)
+    emit(plan, "slurm", tmp_path, on_warning=lambda w: None)
+    flags = parse_torchrun_command((tmp_path / "ppplan.sbatch").read_text())
+    assert flags["--nproc-per-node"] == "4"  # tp * cp * pp * dp = 1 * 2 * 1 * 2

@@ -128,6 +128,7 @@ BAD = {
     "fp8": ["--precision", "fp8"],
     "bad mbs list": ["--mbs", "1,x"],
     "unknown model": ["--model", "tiny-gtp"],
+    "mixture-of-experts model (dense layers only)": ["--model", "tiny-moe"],
 }
 
 

@@ -41,6 +41,8 @@ def make_plan(
     tp: int = 1,
     pp: int = 1,
     dp: int = 1,
+    cp: int = 1,
+    ep: int = 1,
     v: int = 1,
     mbs: int = 1,
     global_batch: int | None = None,
@@ -60,7 +62,7 @@ def make_plan(
         stage_layers = uniform_split(spec.num_layers, stages)
     batch = global_batch if global_batch is not None else mbs * dp * max(pp, 2)
     config = ParallelConfig(
-        tp=tp, pp=pp, dp=dp, v=v, mbs=mbs, num_microbatches=batch // (mbs * dp), schedule=schedule,
+        tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, v=v, mbs=mbs, num_microbatches=batch // (mbs * dp), schedule=schedule,
         recompute=recompute, sequence_parallel=sequence_parallel, zero=zero, stage_layers=stage_layers,
         schedule_csv=(_zb_h2_csv(pp, v, batch // (mbs * dp)) if schedule == "custom" else None)
         if schedule_csv == "auto" else schedule_csv,

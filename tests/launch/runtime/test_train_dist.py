@@ -41,6 +41,8 @@ GROUPS: dict[int, dict[str, Plan]] = {
         ),
         "(1,2,1) zb-h1 via CSV runtime, tiny-llama": make_plan("tiny-llama", pp=2, schedule="zb-h1", global_batch=4),
         "(1,2,1) custom action list in the plan (zb-h2 order)": make_plan(pp=2, schedule="custom", global_batch=4),
+        # the training loop's context split and loss average, experts all-to-all over the context ranks (issue 13)
+        "(1,1,1) cp=2 ep=2, tiny-moe": make_plan("tiny-moe", cp=2, ep=2, global_batch=4),
     },
     4: {
         "(1,4,1) 1f1b cuts [1,3,3,1], tiny-llama": make_plan("tiny-llama", pp=4, stage_layers=[1, 3, 3, 1], global_batch=4),
