@@ -6,7 +6,7 @@ efficiency (``hbm``), the collective efficiency of each network tier and a fixed
 per-step overhead. Everything else in the cost model is a stated fact or formula.
 
 The estimate is affine in the *coordinates* ``x = (1/gemm_max, gemm_half_dim/gemm_max,
-1/hbm, 1/intra, 1/inter, overhead)`` wherever the critical path of the pipeline and
+1/hbm, 1/intra, 1/inter, overhead)`` (``coordinates``) wherever the critical path of the pipeline and
 the overlap terms stay the same: a GEMM takes ``flops/peak · (1/gemm_max +
 (gemm_half_dim/gemm_max)/d)`` (``costmodels.compute``), element-wise work
 ``bytes/bandwidth · 1/hbm``, a collective ``α + bytes/bandwidth · 1/efficiency``
@@ -16,11 +16,15 @@ slope of the piece the row sits on); least squares on log step time (relative er
 is then solved on the linearised rows by Levenberg–Marquardt
 (``planner.trust.calibration``), the rows are linearised again at the new constants,
 and this repeats until the constants stop moving (Gauss–Newton with exact
-re-linearisation). Every reported figure is an exact estimate at the fitted constants,
+re-linearisation, ``gauss_newton``). Every reported figure is an exact estimate at the fitted constants,
 never the linear model.
 
-Held-out: for each source of the family, the same least squares over the family's
-rows from every *other* source (``fit_family``), reusing the final linearisation.
+Each step is checked on the exact estimates and halved until it lowers the exact objective
+(the estimate is piecewise linear: a step across a kink can overshoot).
+
+Held-out: for each source of the family, the same fit over the family's rows from every
+*other* source (``fit_family``), started from the in-sample linearisation of those rows and
+re-linearised at its own constants.
 A family with a single source is not fitted (nothing could hold it out): it keeps its
 a-priori constants.
 """
@@ -66,23 +70,32 @@ CONVERGED_UNIT_STEP = 1e-2
 MIN_SOURCES = 2  # a family is fitted only when a source can be held out against another
 RELATIVE_STEP = 1e-3  # forward-difference step of each coordinate, relative to its value
 ABSOLUTE_STEP = 1e-3  # ... for a coordinate at zero (gemm_half_dim/gemm_max, overhead in seconds)
-INTER_NODE_COORDINATE, OVERHEAD_COORDINATE = 4, 5  # positions in ``coordinates``
 SMALLEST_STEP_FRACTION = 1e-3  # the linear model is floored at this fraction of the exact time (stays positive)
 
 
+def _is_time(name: str) -> bool:
+    """Overheads (seconds) enter the step time linearly; efficiencies divide it."""
+    return name.endswith("_s")
+
+
 def coordinates(terms: dict[str, float]) -> np.ndarray:
-    """The six constants -> the coordinates the estimate is affine in (module docstring)."""
-    gm = terms["gemm_max"]
-    return np.array([1.0 / gm, terms["gemm_half_dim"] / gm, 1.0 / terms["hbm"], 1.0 / terms["intra_node_collective"],
-                     1.0 / terms["inter_node_collective"], terms["step_overhead_s"]])
+    """The constants -> the coordinates the estimate is affine in (module docstring): 1/efficiency,
+    gemm_half_dim/gemm_max, and overheads as they are."""
+    out = []
+    for name in FAMILY_TERMS:
+        if name == "gemm_half_dim":
+            out.append(terms[name] / terms["gemm_max"])
+        else:
+            out.append(terms[name] if _is_time(name) else 1.0 / terms[name])
+    return np.array(out)
 
 
 def constants(x: np.ndarray) -> dict[str, float]:
     """Inverse of ``coordinates``."""
-    gm = 1.0 / float(x[0])
-    return {"gemm_max": gm, "gemm_half_dim": float(x[1]) * gm, "hbm": 1.0 / float(x[2]),
-            "intra_node_collective": 1.0 / float(x[3]), "inter_node_collective": 1.0 / float(x[4]),
-            "step_overhead_s": float(x[5])}
+    values = {name: float(v) for name, v in zip(FAMILY_TERMS, x)}
+    out = {name: v if _is_time(name) else 1.0 / v for name, v in values.items() if name != "gemm_half_dim"}
+    out["gemm_half_dim"] = values["gemm_half_dim"] * out["gemm_max"]
+    return {name: out[name] for name in FAMILY_TERMS}
 
 
 @dataclass(frozen=True)
@@ -100,9 +113,11 @@ class Linearisation:
 def _known_slopes(run: MeasuredRun) -> dict[int, float]:
     """Slopes that need no probe: the per-step overhead is added once to the step time
     (``costmodels.estimate``), and a run inside one node never uses the inter-node tier."""
-    known = {OVERHEAD_COORDINATE: 1.0}
+    known = {}
+    if "step_overhead_s" in FAMILY_TERMS:
+        known[FAMILY_TERMS.index("step_overhead_s")] = 1.0
     if run.gpus <= run.cluster.gpus_per_node:
-        known[INTER_NODE_COORDINATE] = 0.0
+        known[FAMILY_TERMS.index("inter_node_collective")] = 0.0
     return known
 
 
