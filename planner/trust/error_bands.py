@@ -5,12 +5,16 @@ priced row of that family, with their provenance (rows, sources, held-out and in
 MAPE, the constants each held-out source was priced with, the constants that ended on a
 physical bound).
 
-``profiles/calibration/error_bands.yaml``: the held-out MAPE (leave-one-source-out,
-``planner.trust.validation``) of the rows of each (stack, GPU family) and of each family
-over all stacks. ``error_band_pct`` looks a plan up there: its stack on its GPU family when
-that cell has at least ``BAND_MIN_ROWS`` rows, else its GPU family over all stacks (the
-constants are the family's; the stack's own behaviour is then unvalidated), else None (no
-published run on that GPU class, e.g. ``cpu-local``). The CLI applies it to the estimates of
+``profiles/calibration/error_bands.yaml``: the MAPE of the rows of each (stack, GPU family)
+and of each family over all stacks, twice: held-out (leave-one-source-out,
+``planner.trust.validation``), the error of the family's fitted constants on a source they
+never saw; and a priori, the error of the preset constants, which were fitted to nothing, so
+that figure is out of sample too. ``error_band_pct`` picks the one that describes the
+cluster's constants: held-out when they are the family's fitted ones, a priori otherwise
+(the presets as shipped, or constants of the user's own). It looks up the plan's stack on
+its GPU family when that cell has at least ``BAND_MIN_ROWS`` rows, else its GPU family over
+all stacks (the constants are the family's; the stack's own behaviour is then unvalidated),
+else None (no published run on that GPU class, e.g. ``cpu-local``). The CLI applies it to the estimates of
 ``search`` and ``evaluate`` priced by the roofline (a measured profile replaces what the band
 describes, so it gets none). Figures are rounded for the file: no timestamps, so the tables
 change only when the corpus or the cost model does.
@@ -39,9 +43,10 @@ HEADER = ("# Written by `ppplan validate --update` from {corpus} ({rows} priced 
 
 
 class Band(StrictModel):
-    """Held-out MAPE of a group of rows, with how many rows and which sources it rests on."""
+    """Held-out and a-priori MAPE of a group of rows, with how many rows and which sources."""
 
     heldout_mape_pct: float
+    apriori_mape_pct: float
     rows: int
     sources: list[str]
 
@@ -49,11 +54,13 @@ class Band(StrictModel):
 class ErrorBands(StrictModel):
     bands: dict[str, dict[str, Band]]  # stack -> GPU family -> band
     families: dict[str, Band]  # GPU family, all stacks
+    fitted: dict[str, dict[str, float]]  # GPU family -> its fitted constants (fitted families only)
 
 
 def _band(results: list[RowResult]) -> Band:
-    return Band(heldout_mape_pct=round(mape_pct(r.error("heldout") for r in results), 2), rows=len(results),
-                sources=sorted({r.row.source for r in results}))
+    return Band(heldout_mape_pct=round(mape_pct(r.error("heldout") for r in results), 2),
+                apriori_mape_pct=round(mape_pct(r.error("apriori") for r in results), 2),
+                rows=len(results), sources=sorted({r.row.source for r in results}))
 
 
 def bands_of(report: ValidationReport) -> ErrorBands:
@@ -62,6 +69,7 @@ def bands_of(report: ValidationReport) -> ErrorBands:
     return ErrorBands(
         bands={stack: {f: _band(rs) for f, rs in grouped(rows, lambda r: r.family).items()} for stack, rows in by_stack.items()},
         families={f: _band(rs) for f, rs in grouped(report.priced, lambda r: r.family).items()},
+        fitted={f: {k: round(v, 6) for k, v in fit.terms.items()} for f, fit in report.family_fits.items() if fit.rounds},
     )
 
 
@@ -82,16 +90,24 @@ def load_bands(path: Path = CALIBRATION_DIR / ERROR_BANDS_NAME) -> ErrorBands:
     return validate_as(ErrorBands, read_document(path), str(path))
 
 
+def carries_fitted_constants(cluster: ClusterSpec, fitted: dict[str, float] | None) -> bool:
+    """Whether the cluster prices with its family's fitted constants (to the file's rounding)."""
+    if not fitted:
+        return False
+    return all(abs(getattr(cluster.efficiency, k) - v) <= 1e-6 * max(1.0, abs(v)) for k, v in fitted.items())
+
+
 def error_band_pct(stack: str, cluster: ClusterSpec, bands: ErrorBands) -> float | None:
-    """The held-out error that applies to a plan on ``stack`` and ``cluster`` (module docstring)."""
+    """The out-of-sample error that applies to a plan on ``stack`` and ``cluster`` (module docstring)."""
     family = gpu_family(cluster.gpu.name)
     if family is None:
         return None
     cell = bands.bands.get(stack, {}).get(family)
-    if cell is not None and cell.rows >= BAND_MIN_ROWS:
-        return cell.heldout_mape_pct
-    whole = bands.families.get(family)
-    return whole.heldout_mape_pct if whole is not None else None
+    if cell is None or cell.rows < BAND_MIN_ROWS:
+        cell = bands.families.get(family)
+    if cell is None:
+        return None
+    return cell.heldout_mape_pct if carries_fitted_constants(cluster, bands.fitted.get(family)) else cell.apriori_mape_pct
 
 
 def with_error_band(est: Estimate, stack: str, cluster: ClusterSpec, bands: ErrorBands | None = None) -> Estimate:

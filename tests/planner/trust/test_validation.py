@@ -267,6 +267,8 @@ def test_error_bands_are_the_heldout_mape_of_their_rows(validated: dict, doc: di
     cell = bands["bands"]["megatron-core"]["hopper"]
     assert cell["rows"] == len(rows)
     assert cell["heldout_mape_pct"] == pytest.approx(sum(abs(r["error_pct"]) for r in rows) / len(rows), abs=0.01)
+    apriori = [abs(100 * (r["predicted_apriori"] - r["measured"]) / r["measured"]) for r in rows]
+    assert cell["apriori_mape_pct"] == pytest.approx(sum(apriori) / len(apriori), abs=0.01)
 
 
 # -- bad input ------------------------------------------------------------------------------------
