@@ -17,8 +17,6 @@ is caught: an error of the cost model or of ppplan's own code fails loudly.
 from __future__ import annotations
 
 import csv
-import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from pydantic import ValidationError
 
 from costmodels.layout import uniform_split
 from costmodels.rules import structural_violations
+from planner.trust.corpus_fields import RowFields, read_choice, read_metric, read_schedule
 from planner.trust.corpus_rules import (
     CLUSTER_OF_GPU,
     STACK_OF_ROW,
@@ -38,7 +37,7 @@ from planner.trust.corpus_rules import (
 )
 from profiles.errors import PlanError
 from profiles.loader import PUBLIC_RUNS_CSV, load_cluster
-from profiles.schema import SCHEDULE_NAMES, ClusterSpec, ModelSpec, ParallelConfig, TrainSpec
+from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec
 
 DEFAULT_RUNS_CSV = PUBLIC_RUNS_CSV
 REQUIRED_COLUMNS = (
@@ -48,12 +47,7 @@ REQUIRED_COLUMNS = (
     "derived", "notes",
 )
 SHAPE_COLUMNS = ("layers", "hidden", "heads", "seq_len", "n_gpus", "tp", "pp", "dp", "mbs", "global_batch")
-# The metric column's names, as compared (validation.metric_value): tflops_per_gpu splits by the
-# source's FLOP convention (hardware FLOPs when it counts recomputation, model FLOPs otherwise).
-METRICS = ("step_time_s", "tokens_per_s_per_gpu", "tflops_per_gpu", "mfu_pct", "oom")
-HARDWARE_FLOPS_MARKERS = ("hfu-style", "counts recompute", "counts activation-recompute")
 FEWER_END_LAYERS = "first & last stage have one fewer layer"
-NOT_STATED = "not stated"
 
 
 @dataclass(frozen=True)
@@ -99,94 +93,6 @@ class SkippedRow:
     reason: str
 
 
-class _Fields:
-    """A row's text, read field by field; every unreadable or missing field becomes a problem."""
-
-    def __init__(self, row: dict[str, str]) -> None:
-        self.row = row
-        self.problems: list[str] = []
-        self.missing: list[str] = []
-
-    def text(self, key: str) -> str:
-        return (self.row.get(key) or "").strip()
-
-    def integer(self, key: str, required: bool = True) -> int | None:
-        text = self.text(key)
-        if not text:
-            if required:
-                self.missing.append(key)
-            return None
-        if not re.fullmatch(r"\d+", text) or int(text) <= 0:
-            self.problems.append(f"malformed {key} '{text}' (a positive integer)")
-            return None
-        return int(text)
-
-    def number(self, key: str) -> float | None:
-        text = self.text(key)
-        if not text:
-            return None
-        try:
-            value = float(text)
-        except ValueError:
-            self.problems.append(f"malformed {key} '{text}' (a number)")
-            return None
-        if not math.isfinite(value) or value <= 0:
-            self.problems.append(f"malformed {key} '{text}' (a positive finite number)")
-            return None
-        return value
-
-    def reasons(self) -> list[str]:
-        out = list(self.problems)
-        if self.missing:
-            out.append("not stated: " + ", ".join(self.missing))
-        return out
-
-
-def _schedule(f: _Fields, pp: int | None) -> str | None:
-    text = f.text("schedule").lower()
-    if text in ("none", NOT_STATED, "") and pp == 1:
-        return "1f1b"  # no pipeline: the schedule does not exist
-    if text == "none":
-        f.problems.append(f"schedule 'none' with pp={pp}")
-    elif text in (NOT_STATED, ""):
-        f.missing.append("schedule")
-    elif text == "dualpipe":
-        f.problems.append("not modelled yet: DeepSeek's DualPipe is not a ppplan schedule")
-    elif text not in SCHEDULE_NAMES:
-        f.problems.append(f"malformed schedule '{text}' (one of {', '.join(SCHEDULE_NAMES)})")
-    else:
-        return text
-    return None
-
-
-def _choice(f: _Fields, key: str, allowed: tuple[str, ...]) -> str | None:
-    text = f.text(key).lower()
-    if text in ("", NOT_STATED):
-        f.missing.append(key)
-        return None
-    if text not in allowed:
-        f.problems.append(f"malformed {key} '{text}' (one of {', '.join(allowed)})")
-        return None
-    return text
-
-
-def _metric(f: _Fields) -> tuple[str, float | None] | None:
-    kind = _choice(f, "metric", METRICS)
-    if kind is None:
-        return None
-    if kind == "oom":
-        return "oom", None
-    value = f.number("value")
-    if value is None:
-        if not f.text("value"):
-            f.missing.append("value")
-        return None
-    if kind == "tflops_per_gpu":
-        text = (f.text("notes") + " " + f.text("derived")).lower()
-        kind = "hw_tflops_per_gpu" if any(m in text for m in HARDWARE_FLOPS_MARKERS) else "model_tflops_per_gpu"
-    return kind, value
-
-
 @dataclass(frozen=True)
 class _Parsed:
     ints: dict[str, int]
@@ -198,7 +104,7 @@ class _Parsed:
     stack: str
 
 
-def _unmodelled(f: _Fields) -> list[str]:
+def _unmodelled(f: RowFields) -> list[str]:
     """Kinds of run the cost model does not price yet (kept in the corpus, skipped)."""
     out = []
     if f.text("num_experts"):
@@ -211,7 +117,7 @@ def _unmodelled(f: _Fields) -> list[str]:
     return out
 
 
-def _parse(f: _Fields) -> _Parsed | None:
+def _parse(f: RowFields) -> _Parsed | None:
     problems = _unmodelled(f)
     ints = {k: f.integer(k) for k in SHAPE_COLUMNS}
     gpu = f.text("gpu")
@@ -221,10 +127,10 @@ def _parse(f: _Fields) -> _Parsed | None:
     stack = STACK_OF_ROW.get(f.text("stack"))
     if stack is None:
         problems.append(f"no stack preset for '{f.text('stack') or '?'}'")
-    schedule = _schedule(f, ints["pp"])
-    recompute = _choice(f, "recompute", ("none", "selective", "full"))
-    precision = _choice(f, "precision", ("fp32", "fp16", "bf16", "fp8"))
-    metric = _metric(f)
+    schedule = read_schedule(f, ints["pp"])
+    recompute = read_choice(f, "recompute", ("none", "selective", "full"))
+    precision = read_choice(f, "precision", ("fp32", "fp16", "bf16", "fp8"))
+    metric = read_metric(f)
     f.problems = problems + f.problems
     if f.reasons() or None in ints.values() or None in (schedule, recompute, precision, metric, preset, stack):
         return None
@@ -232,7 +138,7 @@ def _parse(f: _Fields) -> _Parsed | None:
                    str(precision), metric, str(preset), str(stack[0]))
 
 
-def _stage_layers(f: _Fields, layers: int, stages: int) -> list[int] | None:
+def _stage_layers(f: RowFields, layers: int, stages: int) -> list[int] | None:
     """Uniform, or ``[k−1, k, …, k, k−1]`` where the source says the end stages hold one layer
     fewer (room for the embedding and the head); None when that split cannot be made."""
     if layers < stages:
@@ -248,7 +154,7 @@ def _stage_layers(f: _Fields, layers: int, stages: int) -> list[int] | None:
     return [per - 1] + [per] * (stages - 2) + [per - 1]
 
 
-def _model(f: _Fields, p: _Parsed, assumptions: list[str]) -> ModelSpec | None:
+def _model(f: RowFields, p: _Parsed, assumptions: list[str]) -> ModelSpec | None:
     kv = f.integer("kv_heads", required=False)
     ffn = f.integer("ffn_hidden")
     vocab = f.integer("vocab", required=False)
@@ -258,7 +164,7 @@ def _model(f: _Fields, p: _Parsed, assumptions: list[str]) -> ModelSpec | None:
             f.missing.append("vocab")
         else:
             assumptions.append(why)
-    activation = _choice(f, "activation", ("gelu", "swiglu"))
+    activation = read_choice(f, "activation", ("gelu", "swiglu"))
     if f.reasons():
         return None
     notes = f.text("notes").lower()
@@ -278,7 +184,7 @@ def _model(f: _Fields, p: _Parsed, assumptions: list[str]) -> ModelSpec | None:
         return None
 
 
-def _config(f: _Fields, p: _Parsed, assumptions: list[str]) -> ParallelConfig | None:
+def _config(f: RowFields, p: _Parsed, assumptions: list[str]) -> ParallelConfig | None:
     source = independent_source(f.text("source_id"))
     v = f.integer("v", required=p.schedule == "interleaved-1f1b") or 1
     dp, mbs, tp = p.ints["dp"], p.ints["mbs"], p.ints["tp"]
@@ -323,7 +229,7 @@ def row_id(source_id: str, line: int) -> str:
 def parse_row(row: dict[str, str], line: int = 2) -> PublishedRow | SkippedRow:
     """One CSV row (``line``: its line in the file) -> a priceable configuration, or every
     reason it cannot be priced."""
-    f = _Fields(row)
+    f = RowFields(row)
     run, source_id = f.text("run"), f.text("source_id")
     ident = row_id(source_id, line)
     source, category = independent_source(source_id), category_of(row)
