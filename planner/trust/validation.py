@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from costmodels.estimate import estimate
 from planner.trust.accuracy import error_pct, grouped, mape_pct, spearman_rho
 from planner.trust.calibration import MeasuredRun, estimate_with
 from planner.trust.corpus_rules import gpu_family
@@ -248,7 +247,7 @@ def validate(path: Path = DEFAULT_RUNS_CSV, fit: bool = True) -> ValidationRepor
     parsed = read_published_runs(path)
     rows = [p for p in parsed if isinstance(p, PublishedRow)]
     skipped = [p for p in parsed if isinstance(p, SkippedRow)]
-    apriori = {row.id: estimate(row.model, row.cluster, row.train, row.config) for row in rows}
+    apriori = {row.id: estimate_with(_as_run(row, 1.0), {}) for row in rows}  # the same pricing path as the fit
     runs = {row.id: _as_run(row, equivalent_step_time_s(row, apriori[row.id])) for row in rows if not row.oom}
     fits: dict[str, FamilyFit] = {}
     if fit:
