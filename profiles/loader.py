@@ -94,6 +94,14 @@ def _is_hf_config(data: Any) -> bool:
     return isinstance(data, dict) and ("model_type" in data or "architectures" in data or "n_embd" in data)
 
 
+def is_hf_config(spec: str) -> bool:
+    """Whether ``--model spec`` names a Hugging Face ``config.json`` (not a preset or our YAML)."""
+    path = Path(spec)
+    if path.suffix != ".json" or not path.is_file():
+        return False
+    return _is_hf_config(read_document(path))
+
+
 def load_model(spec: str) -> ModelSpec:
     """A model preset name, our YAML/JSON, or a Hugging Face config.json."""
     path = _resolve("models", spec)

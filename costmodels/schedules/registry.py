@@ -32,18 +32,25 @@ from typing import Literal
 from costmodels.schedules.actions import Action
 from costmodels.schedules.chimera import chimera_ranks
 from costmodels.schedules.torch_order import (
+    dualpipev_peak_inflight,
     dualpipev_rank,
+    gpipe_peak_inflight,
     gpipe_rank,
+    interleaved_peak_inflight,
     interleaved_rank,
+    looped_bfs_peak_inflight,
     looped_bfs_rank,
+    one_f_one_b_peak_inflight,
     one_f_one_b_rank,
+    zbv_peak_inflight,
     zbv_rank,
 )
-from costmodels.schedules.zero_bubble import zb_h1_rank, zb_h2_rank
+from costmodels.schedules.zero_bubble import zb_h1_peak_inflight, zb_h1_rank, zb_h2_peak_inflight, zb_h2_rank
 
 Placement = Literal["loop", "v"]
 StagesPerRank = Literal["one", "looped", "two", "any"]
 RankLists = Callable[[int, int, int], list[list[Action]]]  # (pp, v, num_microbatches) -> per-rank actions
+PeakInflight = Callable[[int, int, int, int], int]  # (rank, pp, v, num_microbatches) -> microbatch-stages held at the peak
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,10 @@ class ScheduleSpec:
     replicas per rank). ``torch_class`` / ``torch_csv``: how torch (ppplan's runtime,
     torchtitan) runs it; which stacks offer it is each stack's fact
     (``profiles/stacks/*.yaml``). ``generator``: the per-rank action lists (None for
-    ``custom``, whose list the plan carries).
+    ``custom``, whose list the plan carries). ``peak_inflight``: the generated lists' most
+    microbatch-stages alive on a rank (forward done, W not yet), in closed form so that the
+    search can bound memory without building the lists (equality with the simulator's count
+    is tested over a grid of shapes); None where only the lists know (chimera, custom).
     """
 
     name: str
@@ -71,6 +81,7 @@ class ScheduleSpec:
     torch_class: str | None
     torch_csv: bool
     generator: RankLists | None
+    peak_inflight: PeakInflight | None = None
 
     @property
     def torchtitan_name(self) -> str | None:
@@ -86,24 +97,26 @@ SCHEDULES: dict[str, ScheduleSpec] = {
     s.name: s
     for s in (
         ScheduleSpec("gpipe", "loop", "one", False, 0, False, False, "ScheduleGPipe", False,
-                     _per_rank(lambda r, pp, v, m: gpipe_rank(r, pp, m))),
+                     _per_rank(lambda r, pp, v, m: gpipe_rank(r, pp, m)), gpipe_peak_inflight),
         ScheduleSpec("1f1b", "loop", "one", False, 1, False, False, "Schedule1F1B", False,
-                     _per_rank(lambda r, pp, v, m: one_f_one_b_rank(r, pp, m))),
+                     _per_rank(lambda r, pp, v, m: one_f_one_b_rank(r, pp, m)), one_f_one_b_peak_inflight),
         ScheduleSpec("interleaved-1f1b", "loop", "looped", False, 0, True, False,
                      "ScheduleInterleaved1F1B", False,
-                     _per_rank(lambda r, pp, v, m: interleaved_rank(r, pp, v, m, zero_bubble=False))),
+                     _per_rank(lambda r, pp, v, m: interleaved_rank(r, pp, v, m, zero_bubble=False)),
+                     lambda r, pp, v, m: interleaved_peak_inflight(r, pp, v, m, zero_bubble=False)),
         ScheduleSpec("looped-bfs", "loop", "looped", False, 0, False, False, "ScheduleLoopedBFS", False,
-                     _per_rank(looped_bfs_rank)),
+                     _per_rank(looped_bfs_rank), looped_bfs_peak_inflight),
         ScheduleSpec("zb-h1", "loop", "one", True, 0, False, False, None, True,
-                     _per_rank(lambda r, pp, v, m: zb_h1_rank(r, pp, m))),
+                     _per_rank(lambda r, pp, v, m: zb_h1_rank(r, pp, m)), zb_h1_peak_inflight),
         ScheduleSpec("zb-h2", "loop", "one", True, 0, False, False, None, True,
-                     _per_rank(lambda r, pp, v, m: zb_h2_rank(r, pp, m))),
+                     _per_rank(lambda r, pp, v, m: zb_h2_rank(r, pp, m)), zb_h2_peak_inflight),
         ScheduleSpec("interleaved-zb", "loop", "looped", True, 0, True, False, "ScheduleInterleavedZeroBubble", False,
-                     _per_rank(lambda r, pp, v, m: interleaved_rank(r, pp, v, m, zero_bubble=True))),
+                     _per_rank(lambda r, pp, v, m: interleaved_rank(r, pp, v, m, zero_bubble=True)),
+                     lambda r, pp, v, m: interleaved_peak_inflight(r, pp, v, m, zero_bubble=True)),
         ScheduleSpec("zbv", "v", "two", True, 0, False, False, "ScheduleZBVZeroBubble", False,
-                     _per_rank(lambda r, pp, v, m: zbv_rank(r, pp, m))),
+                     _per_rank(lambda r, pp, v, m: zbv_rank(r, pp, m)), zbv_peak_inflight),
         ScheduleSpec("dualpipev", "v", "two", True, 2, False, False, "ScheduleDualPipeV", False,
-                     _per_rank(lambda r, pp, v, m: dualpipev_rank(r, pp, m))),
+                     _per_rank(lambda r, pp, v, m: dualpipev_rank(r, pp, m)), dualpipev_peak_inflight),
         ScheduleSpec("chimera", "loop", "one", False, 0, False, True, None, False,
                      lambda pp, v, m: chimera_ranks(pp, m)),
         ScheduleSpec("custom", "loop", "any", True, 0, False, False, None, True, None),

@@ -27,6 +27,11 @@ def gpipe_rank(rank: int, pp: int, num_microbatches: int) -> list[Action]:
     return [Action(FORWARD, i, rank) for i in range(m)] + [Action(FULL_BACKWARD, i, rank) for i in range(m)]
 
 
+def gpipe_peak_inflight(rank: int, pp: int, v: int, num_microbatches: int) -> int:
+    """GPipe holds every microbatch before its first backward."""
+    return num_microbatches
+
+
 def one_f_one_b_rank(rank: int, pp: int, num_microbatches: int) -> list[Action]:
     """1F1B (Narayanan et al. 2019, PipeDream-Flush): ``pp - rank`` warm-up forwards,
     then alternate one full backward and one forward, then drain the backwards."""
@@ -39,6 +44,11 @@ def one_f_one_b_rank(rank: int, pp: int, num_microbatches: int) -> list[Action]:
     return order
 
 
+def one_f_one_b_peak_inflight(rank: int, pp: int, v: int, num_microbatches: int) -> int:
+    """1F1B's warm-up count: each steady step runs its backward before the next forward."""
+    return min(pp - rank, num_microbatches)
+
+
 def looped_bfs_rank(rank: int, pp: int, v: int, num_microbatches: int) -> list[Action]:
     """Breadth-first looping (Lamy-Poirier 2022): every microbatch through local stage 0,
     then local stage 1, ...; backwards from the last local stage, microbatches in reverse."""
@@ -46,6 +56,11 @@ def looped_bfs_rank(rank: int, pp: int, v: int, num_microbatches: int) -> list[A
     order = [Action(FORWARD, i, s) for s in stages for i in range(num_microbatches)]
     order += [Action(FULL_BACKWARD, i, s) for s in reversed(stages) for i in reversed(range(num_microbatches))]
     return order
+
+
+def looped_bfs_peak_inflight(rank: int, pp: int, v: int, num_microbatches: int) -> int:
+    """Breadth-first: every microbatch of every local stage before the first backward."""
+    return num_microbatches * v
 
 
 def _interleaved_warmup(rank: int, pp: int, v: int, num_microbatches: int, per_round: int, factor: int) -> int:
@@ -93,6 +108,16 @@ def interleaved_rank(rank: int, pp: int, v: int, num_microbatches: int, zero_bub
     return order
 
 
+def interleaved_peak_inflight(rank: int, pp: int, v: int, num_microbatches: int, zero_bubble: bool) -> int:
+    """Microbatch-stages ``interleaved_rank`` holds at its peak: the warm-up forwards, plus the
+    first steady forward (which runs before that step's backward), plus, with ``zero_bubble``,
+    the ``rank`` W passes the rank lags behind its B passes; never more than all M·v forwards."""
+    m = num_microbatches
+    per_round = m // max(1, m // pp)
+    warmup = _interleaved_warmup(rank, pp, v, m, per_round, 1 if zero_bubble else 2)
+    return min(warmup + 1 + (rank if zero_bubble else 0), m * v)
+
+
 def zbv_rank(rank: int, pp: int, num_microbatches: int) -> list[Action]:
     """ZB-V (Qi et al. 2024, Sec. 6; torch ``ScheduleZBVZeroBubble``): two stages per rank in
     V placement, chunk 0 = stage ``rank`` and chunk 1 = stage ``2 pp - 1 - rank``.
@@ -127,6 +152,14 @@ def zbv_rank(rank: int, pp: int, num_microbatches: int) -> list[Action]:
         put(BACKWARD_WEIGHT, s1, "b1")
     _zbv_cooldown(rank, pp, s0, s1, count, put)
     return [a for a in order if a.microbatch < num_microbatches]
+
+
+def zbv_peak_inflight(rank: int, pp: int, v: int, num_microbatches: int) -> int:
+    """ZB-V's peak: ``2 pp`` once the V is full (the paper's 2p M_B, Qi et al. 2024, Sec. 6);
+    with fewer microbatches, the ``M + 1 + rank`` chunk passes alive when the first W runs,
+    and never more than both chunks of every microbatch (2 M)."""
+    m = num_microbatches
+    return min(2 * m, m + 1 + rank, 2 * pp)
 
 
 def _zbv_cooldown(rank: int, pp: int, s0: int, s1: int, count: dict[str, int], put) -> None:
@@ -204,6 +237,11 @@ def dualpipev_rank(rank: int, pp: int, num_microbatches: int) -> list[Action]:
     for _ in range(rank + 1):
         o.weight_if_pending()
     return o.order
+
+
+def dualpipev_peak_inflight(rank: int, pp: int, v: int, num_microbatches: int) -> int:
+    """DualPipeV's peak on every rank: ``2 pp + 1`` chunk passes (the schedule needs M >= 2 pp)."""
+    return 2 * pp + 1
 
 
 def _dualpipev_tail(o: _DualPipeVOrder, rank: int) -> bool:

@@ -63,7 +63,19 @@ def zb_h1_rank(rank: int, pp: int, num_microbatches: int) -> list[Action]:
     return _split_backward_order(rank, num_microbatches, warmup=pp - 1 - rank, w_lag=rank, steady="FBW")
 
 
+def zb_h1_peak_inflight(rank: int, pp: int, v: int, num_microbatches: int) -> int:
+    """ZB-H1 holds ``pp`` microbatches on every rank: the ``pp - 1 - rank`` warm-up forwards plus
+    the ``rank + 1`` forwards whose W has not yet run (1F1B's peak, the paper's p M_B)."""
+    return min(pp, num_microbatches)
+
+
 def zb_h2_rank(rank: int, pp: int, num_microbatches: int) -> list[Action]:
     """ZB-H2 on rank ``rank``: ``2 (pp - rank) - 1`` warm-up forwards, steady B W F,
     W lagging by ``2 rank``."""
     return _split_backward_order(rank, num_microbatches, warmup=2 * (pp - rank) - 1, w_lag=2 * rank, steady="BWF")
+
+
+def zb_h2_peak_inflight(rank: int, pp: int, v: int, num_microbatches: int) -> int:
+    """ZB-H2 holds ``2 pp - 1`` microbatches on every rank: ``2 (pp - rank) - 1`` warm-up forwards
+    plus ``2 rank`` lagging W passes (the paper's (2p - 1) M_B)."""
+    return min(2 * pp - 1, num_microbatches)

@@ -7,8 +7,11 @@ script), ``megatron`` (Megatron-LM ``pretrain_gpt.py`` arguments), ``torchtitan`
 ``render`` is pure (file texts + warnings); ``emit`` creates ``out_dir``, writes
 each file atomically (a temporary file in the same directory, then
 ``os.replace``, so a reader never sees half a file) and reports the warnings:
-where a target cannot express the plan, the closest faithful config is written
-and each difference is a one-line warning, on stderr and in the file's header.
+a plan is written only for the stack it was priced on (``StackSpec.emit``: the
+ppplan runtime's torchrun/SLURM scripts, Megatron-LM arguments or a torchtitan
+job config) and only if it keeps that stack's rules; what the target still
+cannot express about the model is a one-line warning, on stderr and in the
+file's header.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from launch.emit.common import EmitOptions, Rendered, make_context
+from launch.emit.common import EmitOptions, Rendered, check_stack, make_context
 from profiles.errors import PlanError
 from profiles.files import write_atomic
 from profiles.schema import Plan
@@ -49,10 +52,25 @@ def _renderer(target: str) -> Callable:
 def render(plan: Plan, target: str, out_dir: Path, options: EmitOptions | None = None) -> Rendered:
     """The files ``target`` would write into ``out_dir`` for ``plan``, and the warnings (no I/O)."""
     render_fn = _renderer(target)
-    ctx, warnings = make_context(plan, Path(out_dir), options or EmitOptions())
+    options = options or EmitOptions()
+    plan = _with_custom_actions(plan, options)
+    check_stack(plan, target)
+    ctx, warnings = make_context(plan, Path(out_dir), options)
     rendered = render_fn(ctx)
     rendered.warnings = warnings + [w for w in rendered.warnings if w not in warnings]
     return rendered
+
+
+def _with_custom_actions(plan: Plan, options: EmitOptions) -> Plan:
+    """A ``custom`` plan whose action list comes from ``options.custom_schedule_csv`` (checked against
+    its pp, v and M) carries it, so that its stack's rules see a complete plan."""
+    cfg = plan.config
+    if cfg.schedule != "custom" or cfg.schedule_csv is not None or options.custom_schedule_csv is None:
+        return plan
+    from launch.emit.csv import copied_csv
+
+    actions = copied_csv(Path(options.custom_schedule_csv), cfg)
+    return plan.model_copy(update={"config": cfg.model_copy(update={"schedule_csv": actions})})
 
 
 def emit(

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from costmodels.rules import config_violations
 from profiles.errors import PlanError
-from profiles.loader import DEFAULT_STACK, load_stack
+from profiles.loader import load_stack, preset_names
 from profiles.schema import ParallelConfig, Plan, RecomputeKind
+from profiles.stack_schema import StackSpec
 
 DEFAULT_RUNTIME_MODULE = "launch.runtime.train"
 DEFAULT_MASTER_PORT = 29500
@@ -153,32 +154,32 @@ def strongest_recompute(cfg: ParallelConfig) -> RecomputeKind:
     return max(cfg.recompute, key=lambda kind: RECOMPUTE_STRENGTH[kind])
 
 
-def recompute_warning(cfg: ParallelConfig, target_name: str) -> list[str]:
-    """A warning when a per-stage recompute list cannot be expressed by ``target_name``."""
-    if isinstance(cfg.recompute, str) or len(set(cfg.recompute)) == 1:
-        return []
-    chosen = strongest_recompute(cfg)
-    changed = [j for j, kind in enumerate(cfg.recompute) if kind != chosen]
-    return [
-        f"{target_name} applies one recompute kind to every stage; the plan's per-stage recompute "
-        f"{cfg.recompute} became '{chosen}' everywhere, so stages {changed} recompute more than planned "
-        f"(slower steps, less activation memory)"
-    ]
+# What ``ppplan launch --emit`` writes for each kind of stack (``StackSpec.emit``): the ppplan
+# runtime's launchers, Megatron-LM's arguments, torchtitan's job config; the pipeline CSV wherever
+# torch's pipelining runs the schedule.
+STACK_TARGETS: dict[str, tuple[str, ...]] = {
+    "ppplan": ("torchrun", "slurm", "csv"),
+    "megatron": ("megatron",),
+    "torchtitan": ("torchtitan", "csv"),
+}
 
 
-def rule_warnings(plan: Plan, emitted: ParallelConfig, stack: str, target_name: str) -> list[str]:
-    """The runtime rules (``costmodels.rules``) of ``stack`` applied to the config actually emitted."""
-    emitted = emitted.model_copy(update={"stack": stack})
-    problems = config_violations(plan.model, plan.train, emitted.world_size, emitted, load_stack(stack))
-    return [f"{target_name} will refuse the emitted config: {problem}" for problem in problems]
-
-
-def check_torch_rules(plan: Plan) -> None:
-    """Scripts for the ppplan runtime are only written for plans it accepts (as ``ppplan launch`` checks)."""
-    cfg = plan.config.model_copy(update={"stack": DEFAULT_STACK})
-    problems = config_violations(plan.model, plan.train, cfg.world_size, cfg, load_stack(DEFAULT_STACK))
+def check_stack(plan: Plan, target: str) -> StackSpec:
+    """The plan's stack, if it emits ``target`` and the plan keeps that stack's rules (``costmodels.rules``);
+    otherwise a ``PlanError`` naming the ``--stack`` to re-plan with: a job is emitted only for the
+    stack it was priced on, never as some other schedule or layout."""
+    stack = load_stack(plan.config.stack)
+    allowed = STACK_TARGETS[stack.emit]
+    if target not in allowed:
+        others = [name for name in preset_names("stacks") if target in STACK_TARGETS[load_stack(name).emit]]
+        raise PlanError(
+            f"the plan was priced for stack '{stack.name}', which emits {', '.join(allowed)}; to emit {target}, "
+            f"re-plan with --stack {' or --stack '.join(others)}"
+        )
+    problems = config_violations(plan.model, plan.train, plan.config.world_size, plan.config, stack)
     if problems:
-        raise PlanError(f"the ppplan runtime cannot run this plan: {problems[0]}")
+        raise PlanError(f"the plan breaks the rules of its stack '{stack.name}': {problems[0]}")
+    return stack
 
 
 def plan_summary(plan: Plan) -> str:

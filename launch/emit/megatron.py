@@ -1,29 +1,26 @@
-"""Megatron-LM ``pretrain_gpt.py`` arguments for a plan.
+"""Megatron-LM ``pretrain_gpt.py`` arguments for a plan priced on a Megatron stack.
 
-Option names and choices are those of NVIDIA/Megatron-LM
+``megatron-core`` plans get the option names of NVIDIA/Megatron-LM
 ``megatron/training/arguments.py`` at d98e8a6 (2026-08-22), listed with their
-source in ``launch/options/megatron_args.txt`` (the tests check every emitted
-flag against it). What Megatron-LM cannot express is emitted as the closest
-config with a warning, and the planner's Megatron rules
-(``costmodels.rules``, target ``megatron``) are re-checked on what was emitted:
-
-- schedules: Megatron-LM trains with 1F1B (v = 1) or interleaved 1F1B (v > 1)
-  only (``megatron/core/pipeline_parallel/schedules.py``);
-- ZeRO: ``--use-distributed-optimizer`` shards optimizer state (ZeRO-1) only;
-- recompute: one granularity for every stage;
-- position embeddings: no ALiBi.
+source in ``launch/options/megatron_args.txt``; ``megatron-lm-2021`` plans get the
+options of that era (``megatron/arguments.py`` at fc7f4f035a, 2022-09-30),
+listed in ``launch/options/megatron_lm_2022_args.txt`` (the tests check every
+emitted flag against its list). The plan keeps its stack's rules
+(``launch.emit.common.check_stack``): 1F1B or interleaved 1F1B, ZeRO 0 or 1
+(``--use-distributed-optimizer``), one recompute granularity. Every behaviour
+the price assumed is a flag: the stack's overlaps (``StackSpec.overlap``:
+``--overlap-grad-reduce`` and ``--overlap-param-gather`` for megatron-core,
+nothing for 2021-22, which reduced after the backward) and its attention kernel.
+What Megatron-LM cannot express about the model is a warning.
 """
 
 from __future__ import annotations
 
-from costmodels.schedules.registry import schedule_spec
 from launch.emit.common import (
     EmitContext,
     Rendered,
     comment_block,
     header_lines,
-    recompute_warning,
-    rule_warnings,
     shell_command,
     strongest_recompute,
 )
@@ -32,22 +29,11 @@ from launch.emit.megatron_cuts import Arg, pipeline_args
 from launch.emit.torchrun import torchrun_launcher_args
 from profiles.loader import load_stack
 from profiles.schema import ModelSpec, ParallelConfig, Plan
+from profiles.stack_schema import StackSpec
 
 VOCAB_PAD_CANDIDATES = (128, 64, 32, 16, 8, 4, 2, 1)
-
-
-def megatron_schedule(cfg: ParallelConfig) -> tuple[str, list[str]]:
-    """The Megatron-LM schedule closest to the plan's (same v), with a warning when it differs."""
-    target = "1f1b" if cfg.v == 1 else "interleaved-1f1b"
-    if cfg.pp == 1 or cfg.schedule in load_stack("megatron-core").schedules:
-        return cfg.schedule if cfg.pp > 1 else "1f1b", []
-    placement = ""
-    if schedule_spec(cfg.schedule).placement == "v":
-        placement = " and Megatron places virtual stages round-robin (loop), not in a V"
-    return target, [
-        f"Megatron-LM has no '{cfg.schedule}' schedule; emitted {target} with v={cfg.v}{placement}: "
-        "the bubble, step time and in-flight activation memory differ from the plan's"
-    ]
+MEGATRON_2022 = "megatron-lm-2021"  # the stack whose jobs get the 2022 option names
+GPT2_VOCAB = 50257  # GPT-2 BPE (the --vocab-file Megatron-LM of 2021-22 trains GPT with)
 
 
 def parallel_args(cfg: ParallelConfig, global_batch: int) -> list[Arg]:
@@ -73,17 +59,28 @@ def recompute_args(cfg: ParallelConfig) -> list[Arg]:
     return []
 
 
-def zero_args(cfg: ParallelConfig) -> tuple[list[Arg], list[str]]:
-    if cfg.zero == 0:
-        return [], []
-    warnings = []
-    if cfg.zero >= 2:
-        sharded = "gradients and parameters" if cfg.zero == 3 else "gradients"
-        warnings.append(
-            f"Megatron-LM's distributed optimizer shards optimizer state only (ZeRO-1); the plan's zero={cfg.zero} "
-            f"also shards {sharded}, so each rank holds more memory than planned"
-        )
-    return [("--use-distributed-optimizer", None)], warnings
+def zero_args(cfg: ParallelConfig) -> list[Arg]:
+    """ZeRO-1: the distributed optimizer (the stacks' rules allow no other ZeRO stage)."""
+    return [("--use-distributed-optimizer", None)] if cfg.zero >= 1 else []
+
+
+def overlap_args(cfg: ParallelConfig, stack: StackSpec) -> list[Arg]:
+    """The overlaps the price assumed (``StackSpec.overlap``): the gradient reduce in buckets during the
+    backward, the distributed optimizer's parameter all-gather during the forward (Megatron needs the
+    distributed optimizer and --overlap-grad-reduce for it) and TE's TP communication overlap (needs SP)."""
+    args: list[Arg] = []
+    if cfg.dp > 1 and stack.overlap.dp_grad_reduce == "bucketed":
+        args.append(("--overlap-grad-reduce", None))
+        if cfg.zero >= 1 and stack.overlap.param_gather == "overlapped":
+            args.append(("--overlap-param-gather", None))
+    if cfg.tp > 1 and cfg.sequence_parallel and stack.overlap.tp_comm == "overlapped":
+        args.append(("--tp-comm-overlap", None))
+    return args
+
+
+def kernel_args(stack: StackSpec) -> list[Arg]:
+    """The attention kernel the price assumed: Transformer Engine's flash attention, or unfused."""
+    return [("--attention-backend", "flash" if stack.kernels.attention == "flash" else "unfused")]
 
 
 def precision_args(precision: str) -> list[Arg]:
@@ -141,29 +138,68 @@ def model_args(model: ModelSpec, seq_len: int) -> tuple[list[Arg], list[str]]:
 
 
 def megatron_args(plan: Plan, *, steps: int, lr: float, allow_layout: bool = True) -> tuple[list[Arg], list[str]]:
-    """Every ``pretrain_gpt.py`` flag for ``plan`` (in a stable order) and the warnings."""
+    """Every ``pretrain_gpt.py`` flag for ``plan`` on its stack (in a stable order) and the warnings."""
+    stack = load_stack(plan.config.stack)
+    if stack.name == MEGATRON_2022:
+        return megatron_2022_args(plan, steps=steps, lr=lr)
     cfg = plan.config
-    schedule, warnings = megatron_schedule(cfg)
-    cuts, emitted_layers, cut_warnings = pipeline_args(cfg.stage_layers, cfg.pp, cfg.v, allow_layout)
-    zero, zero_warnings = zero_args(cfg)
+    cuts, _, cut_warnings = pipeline_args(cfg.stage_layers, cfg.pp, cfg.v, allow_layout)
     shape, shape_warnings = model_args(plan.model, plan.train.seq_len)
     vocab, vocab_warnings = vocab_args(plan.model, cfg.tp)
-    expert_context, expert_warnings, forced_sp = megatron_parallel_args(cfg)
-    args = parallel_args(cfg, plan.train.global_batch) + expert_context + cuts + recompute_args(cfg) + zero
-    args += precision_args(plan.train.precision) + shape + megatron_model_args(plan.model) + vocab
+    expert_context, expert_warnings, _ = megatron_parallel_args(cfg)
+    args = parallel_args(cfg, plan.train.global_batch) + expert_context + cuts + recompute_args(cfg) + zero_args(cfg)
+    args += overlap_args(cfg, stack) + kernel_args(stack) + precision_args(plan.train.precision) + shape
+    args += megatron_model_args(plan.model) + vocab
     args += [("--mock-data", None), ("--train-iters", str(steps)), ("--lr", f"{lr:g}"), ("--log-interval", "1")]
-    emitted = cfg.model_copy(
-        update={
-            "schedule": schedule,
-            "zero": min(cfg.zero, 1),
-            "stage_layers": emitted_layers,
-            "recompute": strongest_recompute(cfg),
-            "sequence_parallel": cfg.sequence_parallel or forced_sp,
-        }
-    )
-    warnings += expert_warnings + cut_warnings + recompute_warning(cfg, "Megatron-LM") + zero_warnings + shape_warnings + vocab_warnings
-    warnings += rule_warnings(plan, emitted, "megatron-core", "Megatron-LM")
-    return args, warnings
+    return args, expert_warnings + cut_warnings + shape_warnings + vocab_warnings
+
+
+def megatron_2022_args(plan: Plan, *, steps: int, lr: float) -> tuple[list[Arg], list[str]]:
+    """Flags of Megatron-LM as of 2022-09 (the ``megatron-lm-2021`` stack): uniform cuts
+    (``--num-layers-per-virtual-pipeline-stage`` for interleaving), ``--recompute-granularity``,
+    the distributed optimizer (from 2022-06), local DDP reducing after the backward (no overlap
+    flags existed), GPT-2 BPE data files; learned positions, LayerNorm and GELU only."""
+    cfg, model = plan.config, plan.model
+    args = parallel_args(cfg, plan.train.global_batch)
+    if cfg.v > 1:
+        args.append(("--num-layers-per-virtual-pipeline-stage", str(cfg.stage_layers[0])))
+    args += recompute_args(cfg) + zero_args(cfg) + [("--DDP-impl", "local")] + precision_args(plan.train.precision)
+    args += [
+        ("--num-layers", str(model.num_layers)), ("--hidden-size", str(model.hidden_size)),
+        ("--num-attention-heads", str(model.num_attention_heads)), ("--ffn-hidden-size", str(model.ffn_size)),
+        ("--seq-length", str(plan.train.seq_len)), ("--max-position-embeddings", str(max(plan.train.seq_len, model.seq_len))),
+    ]  # fmt: skip
+    vocab, warnings = gpt2_vocab_args(model, cfg.tp)
+    args += vocab + [("--data-path", '"${DATA_PATH}"'), ("--train-iters", str(steps)), ("--lr", f"{lr:g}"), ("--log-interval", "1")]
+    return args, warnings + era_model_warnings(model)
+
+
+def gpt2_vocab_args(model: ModelSpec, tp: int) -> tuple[list[Arg], list[str]]:
+    """GPT-2 BPE files; the vocabulary is padded to a multiple of make-vocab-size-divisible-by x tp:
+    pick the divisor that pads 50257 to the plan's vocabulary, else say what it becomes."""
+    args: list[Arg] = [("--tokenizer-type", "GPT2BPETokenizer"), ("--vocab-file", '"${VOCAB_FILE}"'),
+                       ("--merge-file", '"${MERGE_FILE}"')]
+    for divisor in VOCAB_PAD_CANDIDATES:
+        if -(-GPT2_VOCAB // (divisor * tp)) * divisor * tp == model.vocab_size:
+            return args + ([] if divisor == 128 else [("--make-vocab-size-divisible-by", str(divisor))]), []
+    padded = -(-GPT2_VOCAB // (128 * tp)) * 128 * tp
+    return args, [f"Megatron-LM of 2022 takes its vocabulary from the GPT-2 BPE files ({GPT2_VOCAB} tokens, padded to "
+                  f"{padded}); the plan's vocabulary is {model.vocab_size}, so the embedding and logits differ"]
+
+
+def era_model_warnings(model: ModelSpec) -> list[str]:
+    """What the 2022 GPT model of Megatron-LM cannot build."""
+    missing = [what for what, present in (
+        ("SwiGLU", model.activation == "swiglu"), ("RMSNorm", model.norm == "rmsnorm"),
+        ("rotary or ALiBi positions", model.position_embedding != "learned"),
+        ("grouped-query attention", model.kv_heads != model.num_attention_heads),
+        ("untied embeddings", not model.tie_embeddings), ("linear layers without biases", not model.linear_bias),
+        ("mixture of experts", model.is_moe), ("multi-head latent attention", model.is_mla),
+    ) if present]  # fmt: skip
+    if not missing:
+        return []
+    return [f"Megatron-LM of 2022 builds GPT with GELU, LayerNorm, learned positions, biases and tied embeddings; "
+            f"it has no {', '.join(missing)}: the job trains a different model than the plan priced"]
 
 
 def flat_args(args: list[Arg]) -> list[str]:
@@ -172,17 +208,21 @@ def flat_args(args: list[Arg]) -> list[str]:
 
 def render_megatron(ctx: EmitContext) -> Rendered:
     """``megatron_args.txt`` (one flag per line) and ``megatron.sh`` (torchrun + pretrain_gpt.py with them)."""
+    era = ctx.plan.config.stack == MEGATRON_2022
     steps = ctx.options.steps if ctx.options.steps is not None else 100
     args, warnings = megatron_args(ctx.plan, steps=steps, lr=ctx.options.lr, allow_layout=ctx.options.megatron_layout)
-    head = header_lines(ctx.plan, "Megatron-LM pretrain_gpt.py arguments", warnings)
+    what = "Megatron-LM (main of 2022-09-30, fc7f4f035a) pretrain_gpt.py arguments" if era else "Megatron-LM pretrain_gpt.py arguments"
+    head = header_lines(ctx.plan, what, warnings)
     args_text = comment_block(head) + shell_command(flat_args(args), indent="").replace(" \\\n", "\n")
     launcher = torchrun_launcher_args(ctx.layout, '"${MASTER_ADDR}:${MASTER_PORT}"')
     env = "export CUDA_DEVICE_MAX_CONNECTIONS=1\n" if ctx.plan.config.tp > 1 else ""
     script = (
         "#!/usr/bin/env bash\n"
-        + comment_block(head + ["MEGATRON_LM: a Megatron-LM checkout; run on every node with MASTER_ADDR = node 0"])
+        + comment_block(head + ["MEGATRON_LM: a Megatron-LM checkout; run on every node with MASTER_ADDR = node 0"]
+                        + (["DATA_PATH, VOCAB_FILE, MERGE_FILE: a preprocessed GPT dataset and the GPT-2 BPE files"] if era else []))
         + "set -euo pipefail\n"
         + 'MEGATRON_LM="${MEGATRON_LM:?set MEGATRON_LM to a Megatron-LM checkout}"\n'
+        + ("".join(f'{name}="${{{name}:?set {name}}}"\n' for name in ("DATA_PATH", "VOCAB_FILE", "MERGE_FILE")) if era else "")
         + 'MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"\n'
         + f'MASTER_PORT="${{MASTER_PORT:-{ctx.options.master_port}}}"\n'
         + env

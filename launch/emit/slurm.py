@@ -10,7 +10,7 @@ GPUs those workers use (left out on CPU clusters).
 
 from __future__ import annotations
 
-from launch.emit.common import EmitContext, Rendered, check_torch_rules, comment_block, header_lines, shell_command
+from launch.emit.common import EmitContext, Rendered, comment_block, header_lines, shell_command
 from launch.emit.torchrun import runtime_args, script_files, script_variables, torchrun_launcher_args
 
 
@@ -30,7 +30,6 @@ def sbatch_directives(ctx: EmitContext) -> list[str]:
 
 def render_slurm(ctx: EmitContext) -> Rendered:
     """``ppplan.sbatch`` (submit with ``sbatch``) and the ``plan.json`` it reads."""
-    check_torch_rules(ctx.plan)
     rendered, csv_ref = script_files(ctx)
     layout = ctx.layout
     head = header_lines(ctx.plan, "SLURM batch script for the ppplan runtime", [])

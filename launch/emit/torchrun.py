@@ -15,7 +15,6 @@ from launch.emit.common import (
     EmitContext,
     NodeLayout,
     Rendered,
-    check_torch_rules,
     comment_block,
     dq_escape,
     header_lines,
@@ -80,7 +79,6 @@ def script_variables(ctx: EmitContext, csv_ref: str | None) -> str:
 
 def render_torchrun(ctx: EmitContext) -> Rendered:
     """``torchrun.sh`` (run it on every node with MASTER_ADDR = node 0) and the ``plan.json`` it reads."""
-    check_torch_rules(ctx.plan)
     rendered, csv_ref = script_files(ctx)
     layout = ctx.layout
     head = header_lines(ctx.plan, "torchrun launch script for the ppplan runtime", [])

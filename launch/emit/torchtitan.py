@@ -28,13 +28,12 @@ from launch.emit.common import (
     Rendered,
     comment_block,
     header_lines,
-    recompute_warning,
-    rule_warnings,
     strongest_recompute,
 )
 from launch.emit.csv import CSV_NAME, render_csv
 from launch.emit.experts import torchtitan_moe_model, torchtitan_parallel_entries
 from launch.emit.toml_writer import TomlValue, toml_document
+from profiles.loader import load_stack
 from profiles.schema import ModelSpec, ParallelConfig, Plan
 
 # torchtitan/models/llama3/__init__.py llama3_args at 238fa99:
@@ -57,24 +56,19 @@ def stage_module_names(stage_layers: list[int]) -> list[list[str]]:
     return parts
 
 
-def schedule_entries(cfg: ParallelConfig, csv_path: str) -> tuple[dict[str, TomlValue], list[str]]:
-    """``pipeline_parallel_schedule`` (+ CSV); chimera has no runtime, so it becomes the same-v torch schedule."""
+def schedule_entries(cfg: ParallelConfig, csv_path: str) -> dict[str, TomlValue]:
+    """``pipeline_parallel_schedule`` (+ the CSV for schedules torch runs from an action list)."""
     spec = schedule_spec(cfg.schedule)
     if spec.torch_csv:
         name = "PipelineScheduleSingle" if cfg.v == 1 else "PipelineScheduleMulti"
-        return {"pipeline_parallel_schedule": name, "pipeline_parallel_schedule_csv": csv_path}, []
-    if spec.torchtitan_name:
-        return {"pipeline_parallel_schedule": spec.torchtitan_name}, []
-    closest = "1F1B" if cfg.v == 1 else "Interleaved1F1B"
-    return {"pipeline_parallel_schedule": closest}, [
-        f"torchtitan cannot run schedule '{cfg.schedule}'; emitted {closest} with v={cfg.v}: "
-        "bubble, step time and activation memory differ from the plan's"
-    ]
+        return {"pipeline_parallel_schedule": name, "pipeline_parallel_schedule_csv": csv_path}
+    return {"pipeline_parallel_schedule": spec.torchtitan_name}
 
 
 def data_parallel_entries(cfg: ParallelConfig) -> tuple[dict[str, TomlValue], list[str]]:
-    """ZeRO onto FSDP2: zero 3 = reshard after forward, zero 2 = keep gathered until backward ends,
-    zero 0 = DDP (torchtitan: only without TP/PP), zero 1 has no FSDP2 equivalent."""
+    """ZeRO onto FSDP2 as the torchtitan stack prices it: zero 3 = reshard after forward, zero 1 and 2 =
+    keep the gathered weights until the backward ends (gradients accumulate unsharded across
+    microbatches with PP, as on ppplan's runtime); zero 0 = DDP, which torchtitan runs only without TP/PP."""
     if cfg.dp == 1 or (cfg.zero == 0 and cfg.tp == 1 and cfg.pp == 1):
         return {"data_parallel_replicate_degree": cfg.dp, "data_parallel_shard_degree": 1}, []
     entries: dict[str, TomlValue] = {
@@ -83,12 +77,11 @@ def data_parallel_entries(cfg: ParallelConfig) -> tuple[dict[str, TomlValue], li
         "fsdp_reshard_after_forward": "always" if cfg.zero == 3 else "never",
     }
     warnings = []
-    if cfg.zero < 2:
-        why = "torchtitan runs DDP only without TP/PP" if cfg.zero == 0 else "FSDP2 has no optimizer-only sharding"
+    if cfg.zero == 0:
         warnings.append(
-            f"zero={cfg.zero} is not available in torchtitan ({why}); emitted FSDP with "
-            "fsdp_reshard_after_forward = \"never\" (ZeRO-2: gradients and optimizer state sharded), "
-            "so memory is lower and DP traffic is reduce-scatter + all-gather instead of the planned all-reduce"
+            "torchtitan runs DDP only without TP/PP; emitted FSDP with fsdp_reshard_after_forward = \"never\", "
+            "so optimizer state is sharded (less memory) and DP traffic is reduce-scatter + all-gather instead of "
+            "the planned all-reduce"
         )
     return entries, warnings
 
@@ -116,10 +109,9 @@ def precision_entries(plan: Plan) -> tuple[dict[str, dict[str, TomlValue]], list
 
 def recompute_entries(cfg: ParallelConfig) -> tuple[dict[str, TomlValue], list[str]]:
     kind = strongest_recompute(cfg)
-    warnings = recompute_warning(cfg, "torchtitan")
     if kind != "selective":
-        return {"mode": kind}, warnings
-    return {"mode": "selective", "selective_ac_option": "op"}, warnings + [
+        return {"mode": kind}, []
+    return {"mode": "selective", "selective_ac_option": "op"}, [
         "torchtitan's selective recompute is per-op (saves matmul and attention outputs, recomputes the rest), "
         "not Korthikanti et al.'s attention-core recompute the plan priced: activation memory and recompute time differ"
     ]
@@ -157,12 +149,11 @@ def parallelism_entries(ctx: EmitContext) -> tuple[dict[str, TomlValue], list[st
     entries["enable_async_tensor_parallel"] = False
     entries["pipeline_parallel_degree"] = cfg.pp
     if cfg.pp > 1:
-        schedule, schedule_warnings = schedule_entries(cfg, str(ctx.out_dir.resolve() / CSV_NAME))
-        entries.update(schedule)
+        entries.update(schedule_entries(cfg, str(ctx.out_dir.resolve() / CSV_NAME)))
         entries["pipeline_parallel_microbatch_size"] = cfg.mbs
         entries["module_fqns_per_model_part"] = stage_module_names(cfg.stage_layers)
-        warnings += schedule_warnings
     entries.update(torchtitan_parallel_entries(ctx.plan.model, cfg))
+    entries["disable_loss_parallel"] = not load_stack(cfg.stack).kernels.vocab_parallel_loss
     if cfg.tp > 1 and not cfg.sequence_parallel:
         warnings.append(
             "torchtitan always runs sequence parallel with TP; the plan has it off, so activation memory is lower "
@@ -197,11 +188,7 @@ def torchtitan_tables(ctx: EmitContext) -> tuple[dict[str, dict[str, TomlValue]]
         "compile": {"enable": False},
     }
     tables.update(precision)
-    warnings += parallel_warnings + recompute_warnings + precision_warnings
-    emitted = cfg.model_copy(update={"recompute": strongest_recompute(cfg)})
-    if cfg.pp > 1 and not schedule_spec(cfg.schedule).torch_class and not schedule_spec(cfg.schedule).torch_csv:
-        emitted = emitted.model_copy(update={"schedule": "1f1b" if cfg.v == 1 else "interleaved-1f1b"})
-    return tables, warnings + rule_warnings(plan, emitted, "torchtitan", "torchtitan")
+    return tables, warnings + parallel_warnings + recompute_warnings + precision_warnings
 
 
 def render_torchtitan(ctx: EmitContext) -> Rendered:

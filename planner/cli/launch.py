@@ -24,7 +24,7 @@ from launch.launcher import (
     torchrun_command,
 )
 from planner.cli.app import app, out, warn
-from profiles.errors import PlanError
+from profiles.errors import InfeasibleError, PlanError
 from profiles.loader import load_plan
 from profiles.schema import Plan
 
@@ -43,6 +43,19 @@ def _emit(plan: Plan, target: str, out_dir: Optional[Path], opts: LaunchOptions)
     )
     for path in emit(plan, target, out_dir, options=options, on_warning=warn):
         out.print(str(path), markup=False)
+
+
+def _refuse_unfit(plan: Plan, what: str) -> None:
+    """A plan predicted not to fit is neither run nor emitted (exit 1) unless --force."""
+    est = plan.estimate
+    if est.fits:
+        return
+    worst = max(est.peak_memory_gib)
+    rank = est.peak_memory_gib.index(worst)
+    raise InfeasibleError(
+        f"the plan does not fit: pipeline rank {rank} needs {worst:.3g} GiB of {est.memory_limit_gib:.3g} GiB "
+        f"(over by {worst - est.memory_limit_gib:.3g} GiB); re-plan, or add --force to {what} it anyway"
+    )
 
 
 def _loss_summary(metrics: Path) -> str:
@@ -66,9 +79,12 @@ def launch_cmd(
     emit: Optional[str] = typer.Option(None, help="torchrun|slurm|megatron|torchtitan|csv: write configs instead of running"),
     out_dir: Optional[Path] = typer.Option(None, help="where --emit writes"),
     seed: int = typer.Option(0, hidden=True, help="model-init and data seed"),
+    force: bool = typer.Option(False, "--force", help="launch or emit a plan predicted not to fit in memory"),
 ) -> None:
     """Run a plan with torchrun on the ppplan runtime (or --emit configs for other launchers)."""
     plan = load_plan(plan_path)
+    if not force:
+        _refuse_unfit(plan, "emit" if emit is not None else "launch")
     opts = LaunchOptions(
         steps=steps, metrics=metrics, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr,
         master_port=master_port, schedule_csv=schedule_csv, seed=seed,

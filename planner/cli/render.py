@@ -1,13 +1,49 @@
-"""Rich tables and plan files: how results reach a person or a pipeline."""
+"""Rich tables and plan files: how results reach a person or a pipeline.
+
+Human output rounds to three significant digits (the cost model's held-out error
+is 10-30 %, DESIGN.md ``error_band_pct``); JSON and plan files keep full precision.
+Tables fit the console: low-priority columns are dropped, widest first, until the
+table fits its width (100 columns on a narrow terminal, 120 when piped).
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
 
+from rich import box
 from rich.table import Table
 
 from profiles.schema import Estimate, ParallelConfig, Plan
+
+SI_SUFFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+
+
+def sig3(value: float) -> str:
+    """Three significant digits: 0.871, 58.8, 102k, 1.94M (trailing zeros kept: 72.0)."""
+    if value is None or not math.isfinite(value):
+        return "-" if value is None else str(value)
+    if value == 0:
+        return "0"
+    for factor, suffix in SI_SUFFIXES:
+        if abs(value) >= factor * 0.9995:
+            return sig3(value / factor) + suffix
+    text = f"{value:#.3g}"
+    if "e" in text:
+        return f"{value:.2e}"
+    return text.rstrip(".")
+
+
+def seconds(value_s: float, band_pct: float | None = None) -> str:
+    """``58.8 s``, or ``58.8 s ± 12 %`` with the estimate's held-out error band."""
+    text = f"{sig3(value_s)} s"
+    return text if band_pct is None else f"{text} ± {band_pct:.0f} %"
+
+
+def pct(fraction: float) -> str:
+    return sig3(100 * fraction)
 
 
 def compact_layers(stage_layers: list[int]) -> str:
@@ -24,35 +60,106 @@ def compact_layers(stage_layers: list[int]) -> str:
     return ",".join(parts)
 
 
-def plans_table(rows: list[tuple[ParallelConfig, Estimate]], title: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    for name in ("#", "T", "P", "R", "mbs", "M", "v", "schedule", "recompute", "SP", "ZeRO", "layers/stage",
-                 "step s", "tokens/s", "MFU %", "peak GiB / HBM", "bubble %"):
-        table.add_column(name, justify="right" if name not in {"schedule", "recompute", "layers/stage"} else "left")
-    for i, (cfg, est) in enumerate(rows, start=1):
-        worst = max(est.peak_memory_gib)
-        mem = f"{worst:.1f} / {est.memory_limit_gib:.0f}" + ("" if est.fits else " OOM")
-        table.add_row(
-            str(i), str(cfg.tp), str(cfg.pp), str(cfg.dp), str(cfg.mbs), str(cfg.num_microbatches), str(cfg.v),
-            cfg.schedule, cfg.recompute_label, "y" if cfg.sequence_parallel else "n", str(cfg.zero),
-            compact_layers(cfg.stage_layers), f"{est.step_time_s:.3f}", f"{est.tokens_per_s:,.0f}",
-            f"{100 * est.mfu:.1f}", mem, f"{100 * est.bubble_fraction:.1f}",
-        )
+@dataclass(frozen=True)
+class Column:
+    """A table column: ``drop`` orders which go when the table is too wide (1 first; 0: never)."""
+
+    header: str
+    cell: Callable[[ParallelConfig, Estimate], str]
+    drop: int = 0
+    justify: str = "right"
+
+
+def _memory_cell(cfg: ParallelConfig, est: Estimate) -> str:
+    worst = max(est.peak_memory_gib)
+    return f"{sig3(worst)}/{sig3(est.memory_limit_gib)}" + ("" if est.fits else " OOM")
+
+
+def _step_cell(cfg: ParallelConfig, est: Estimate) -> str:
+    text = sig3(est.step_time_s)
+    return text if est.error_band_pct is None else f"{text} ±{est.error_band_pct:.0f}%"
+
+
+PLAN_COLUMNS: tuple[Column, ...] = (
+    Column("T", lambda c, e: f"{c.tp}{'sp' if c.sequence_parallel else ''}"),
+    Column("P", lambda c, e: str(c.pp)),
+    Column("R", lambda c, e: str(c.dp)),
+    Column("mbs", lambda c, e: str(c.mbs)),
+    Column("M", lambda c, e: str(c.num_microbatches)),
+    Column("v", lambda c, e: str(c.v)),
+    Column("schedule", lambda c, e: c.schedule, justify="left"),
+    Column("recompute", lambda c, e: c.recompute_label, drop=5, justify="left"),
+    Column("ZeRO", lambda c, e: str(c.zero), drop=4),
+    Column("layers/stage", lambda c, e: compact_layers(c.stage_layers), drop=2, justify="left"),
+    Column("step s", _step_cell),
+    Column("tokens/s", lambda c, e: sig3(e.tokens_per_s), drop=1),
+    Column("MFU %", lambda c, e: pct(e.mfu)),
+    Column("GiB/HBM", _memory_cell),
+    Column("bubble %", lambda c, e: pct(e.bubble_fraction), drop=3),
+)
+
+
+def _table_width(headers: list[str], rows: list[list[str]]) -> int:
+    """Width of a ``box.SIMPLE_HEAD`` table without edges: each column's widest cell plus one space
+    either side, and a one-space rule between columns."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    return sum(w + 2 for w in widths) + len(widths) - 1
+
+
+def fitted_table(title: str | None, columns: list[Column], rows: list[tuple[ParallelConfig, Estimate]], width: int,
+                 numbered: bool = True) -> Table:
+    """A table of ``columns`` over ``rows``, dropping droppable columns (highest ``drop`` first) until
+    it fits ``width`` characters."""
+    keep = list(columns)
+    cells = [[col.cell(cfg, est) for col in keep] for cfg, est in rows]
+    extra = len(str(len(rows))) + 3 if numbered else 0
+    while _table_width([c.header for c in keep], cells) + extra > width and any(c.drop for c in keep):
+        worst = min((c for c in keep if c.drop), key=lambda c: c.drop)
+        index = keep.index(worst)
+        keep.pop(index)
+        for row in cells:
+            row.pop(index)
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    if numbered:
+        table.add_column("#", justify="right")
+    for col in keep:
+        table.add_column(col.header, justify=col.justify, no_wrap=True)
+    for i, row in enumerate(cells, start=1):
+        table.add_row(*([str(i)] if numbered else []), *row)
     return table
 
 
-def memory_table(est: Estimate) -> Table:
-    table = Table(title="Peak memory per pipeline rank (GiB)", title_justify="left")
-    keys = list(est.memory_breakdown_gib[0].keys())
+def plans_table(rows: list[tuple[ParallelConfig, Estimate]], title: str | None, width: int = 100) -> Table:
+    return fitted_table(title, list(PLAN_COLUMNS), rows, width)
+
+
+def memory_table(est: Estimate, width: int = 100) -> Table:
+    """Peak GiB per pipeline rank by category; ranks beyond a screenful are summarised by the worst ones."""
+    table = Table(title="Peak memory per pipeline rank (GiB)", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False, show_edge=False)
+    keys = [k for k in est.memory_breakdown_gib[0] if any(parts[k] for parts in est.memory_breakdown_gib)]
+    short = {"runtime_reserved": "reserved", "fragmentation": "frag", "comm_buffers": "buffers",
+             "activations": "activ."}
     table.add_column("rank", justify="right")
     for k in keys:
-        table.add_column(k, justify="right")
+        table.add_column(short.get(k, k), justify="right")
     table.add_column("total", justify="right")
-    table.add_column(f"limit {est.memory_limit_gib:.1f}", justify="right")
-    for r, parts in enumerate(est.memory_breakdown_gib):
-        total = est.peak_memory_gib[r]
-        table.add_row(str(r), *(f"{parts[k]:.2f}" for k in keys), f"{total:.2f}", "ok" if total <= est.memory_limit_gib else "OVER")
+    table.add_column(f"of {sig3(est.memory_limit_gib)}", justify="right")
+    for r in shown_ranks(est.peak_memory_gib):
+        parts, total = est.memory_breakdown_gib[r], est.peak_memory_gib[r]
+        table.add_row(str(r), *(sig3(parts[k]) for k in keys), sig3(total), "ok" if total <= est.memory_limit_gib else "OVER")
     return table
+
+
+MAX_RANK_ROWS = 8
+
+
+def shown_ranks(peaks: list[float]) -> list[int]:
+    """All ranks, or the first, the last and the fullest ones when there are many."""
+    if len(peaks) <= MAX_RANK_ROWS:
+        return list(range(len(peaks)))
+    fullest = sorted(range(len(peaks)), key=lambda r: (-peaks[r], r))[: MAX_RANK_ROWS - 2]
+    return sorted({0, len(peaks) - 1, *fullest})
 
 
 def plan_json(plan: Plan) -> str:

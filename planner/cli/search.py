@@ -15,47 +15,70 @@ from costmodels.layer_costs import LayerTimes
 from costmodels.layout import uniform_split
 from costmodels.profile_times import layer_times_for
 from costmodels.rules import check_config, precision_violations
-from planner.cli.app import app, err, out, warn
-from planner.cli.render import memory_table, plan_json, plans_table
-from planner.search.branch_and_bound import Scored, search
-from planner.search.explain import binding_constraints, rationale
-from planner.search.space import DEFAULT_SCHEDULES
+from planner.cli.app import app, err, note, out, warn
+from planner.cli.render import memory_table, plan_json, plans_table, sig3
+from planner.search.branch_and_bound import Scored, SearchResult, search
+from planner.search.explain import binding_constraints, nearest_alternatives, rationale, waste_warnings
+from planner.search.space import DEFAULT_SCHEDULES, RECOMPUTE_KINDS
 from planner.trust.error_bands import with_error_band
 from profiles.errors import InfeasibleError, PlanError
 from profiles.files import write_atomic
-from profiles.loader import DEFAULT_STACK, load_cluster, load_model, load_stack, read_comm_profile, read_profile
+from profiles.loader import (
+    DEFAULT_STACK,
+    is_hf_config,
+    load_cluster,
+    load_model,
+    load_stack,
+    preset_names,
+    read_comm_profile,
+    read_profile,
+)
 from profiles.schema import SCHEDULE_NAMES, ClusterSpec, Estimate, ModelSpec, ParallelConfig, Plan, TrainSpec
 from profiles.stack_schema import StackSpec
 
-ModelOpt = typer.Option(..., "--model", help="preset name, our YAML/JSON, or a Hugging Face config.json")
-ClusterOpt = typer.Option(..., "--cluster", help="preset name or YAML")
+PRECISIONS: tuple[str, ...] = ("bf16", "fp16", "fp32", "fp8")
+# A Hugging Face config's max_position_embeddings is the longest context the model accepts, not a
+# training length (Llama-3.1: 131072): without --seq-len, 4096 (Llama 2's and 3's pretraining
+# context) or that limit if shorter.
+HF_DEFAULT_SEQ_LEN = 4096
+
+ModelOpt = typer.Option(..., "--model", help="preset name (profiles/models/), our YAML/JSON, or a Hugging Face config.json")
+ClusterOpt = typer.Option(..., "--cluster", help="preset name (profiles/clusters/) or YAML")
 GpusOpt = typer.Option(..., "--gpus", min=1, help="total GPUs")
 BatchOpt = typer.Option(..., "--global-batch", min=1, help="sequences per step")
-SeqOpt = typer.Option(None, "--seq-len", min=1, help="default: the model's seq_len")
-PrecisionOpt = typer.Option(None, "--precision", help="bf16|fp16|fp32|fp8 (default bf16 if the GPU has it, else fp32)")
+SeqOpt = typer.Option(None, "--seq-len", min=1,
+                      help=f"default: the model's seq_len; for a Hugging Face config min({HF_DEFAULT_SEQ_LEN}, max_position_embeddings)")
+PrecisionOpt = typer.Option(None, "--precision", help=f"one of {', '.join(PRECISIONS)} (default bf16 if the GPU has it, else fp32)")
 ProfileOpt = typer.Option(None, "--profile", help="measured layer profile (ppplan profile)")
 CommProfileOpt = typer.Option(None, "--comm-profile", help="measured collectives (ppplan profile-comm)")
 MismatchOpt = typer.Option(False, "--allow-mismatch", help="use a profile taken for another shape or device")
 OutOpt = typer.Option(None, "--out", help="write the plan file here")
-StackOpt = typer.Option(DEFAULT_STACK, "--stack", help="the software stack the plan runs on (profiles/stacks/: "
-                        "ppplan-torch, megatron-core, megatron-lm-2021, torchtitan) or a stack YAML")
+StackOpt = typer.Option(DEFAULT_STACK, "--stack", help=f"the software the plan runs on: one of {', '.join(preset_names('stacks'))} "
+                        "(profiles/stacks/) or a stack YAML")
 JsonOpt = typer.Option(False, "--json", help="one JSON document on stdout")
+RECOMPUTE_HELP = f"one of {', '.join(RECOMPUTE_KINDS)}, or one per stage, comma separated"
 
 
 def resolve_train(
     model: ModelSpec, cluster: ClusterSpec, global_batch: int, seq_len: int | None, precision: str | None,
-    stack: StackSpec | None = None,
+    stack: StackSpec | None = None, hf_config: bool = False,
 ) -> TrainSpec:
-    """Defaults of DESIGN.md: the model's seq_len; bf16 if the cluster lists it, else fp32; a
-    precision the stack does not run is bad input."""
+    """Defaults of DESIGN.md: the model's seq_len (for a Hugging Face config, whose
+    max_position_embeddings is a limit rather than a training length, min(4096, it), stated as an
+    assumption on stderr); bf16 if the cluster lists it, else fp32; a precision the stack does not run
+    is bad input."""
     if precision is None:
         precision = default_precision(cluster)
-    if precision not in {"bf16", "fp16", "fp32", "fp8"}:
-        raise PlanError(f"unknown precision '{precision}': use bf16, fp16, fp32 or fp8")
+    if precision not in PRECISIONS:
+        raise PlanError(f"unknown precision '{precision}': use {', '.join(PRECISIONS)}")
     peak_flops(cluster, precision)  # raises PlanError naming the precisions the GPU has
     problems = precision_violations(precision, stack) if stack else []
     if problems:
         raise PlanError(problems[0])
+    if seq_len is None and hf_config:
+        seq_len = min(HF_DEFAULT_SEQ_LEN, model.seq_len)
+        note(f"assuming --seq-len {seq_len} = min({HF_DEFAULT_SEQ_LEN}, max_position_embeddings {model.seq_len}) "
+             "for a Hugging Face config; pass --seq-len to choose")
     return TrainSpec(global_batch=global_batch, seq_len=seq_len or model.seq_len, precision=precision)
 
 
@@ -75,22 +98,10 @@ def _parse_schedules(text: str | None) -> tuple[str, ...]:
     names = tuple(s.strip() for s in text.split(",") if s.strip())
     for name in names:
         if name not in SCHEDULE_NAMES:
-            raise PlanError(f"unknown schedule '{name}': choose from {', '.join(SCHEDULE_NAMES)}")
+            raise PlanError(f"unknown schedule '{name}': choose from {', '.join(DEFAULT_SCHEDULES)}")
         if name in {"chimera", "custom"}:
             raise PlanError(f"schedule '{name}' is not searched (chimera is simulated only; custom comes from a plan)")
     return names
-
-
-def _banded(est: Estimate, stack: str, cluster: ClusterSpec, profile: Optional[Path]) -> Estimate:
-    """The estimate with the held-out error band of its stack and GPU family (``ppplan validate``);
-    a measured profile replaces the roofline the band describes, so it gets none."""
-    return est if profile is not None else with_error_band(est, stack, cluster)
-
-
-def _plan(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, scored: Scored, lines: list[str],
-          profile: Optional[Path] = None) -> Plan:
-    est = _banded(scored.estimate, scored.config.stack, cluster, profile)
-    return Plan(model=model, cluster=cluster, train=train, config=scored.config, estimate=est, rationale=lines)
 
 
 def _progress():
@@ -98,41 +109,73 @@ def _progress():
                     console=err, transient=True, disable=not err.is_terminal)
 
 
+def _banded(est: Estimate, stack: str, cluster: ClusterSpec, profile: Optional[Path]) -> Estimate:
+    """The estimate with the error band of its stack and GPU family (``ppplan validate``,
+    ``planner.trust.error_bands``); a measured profile replaces the roofline the band describes,
+    so it gets none."""
+    return est if profile is not None else with_error_band(est, stack, cluster)
+
+
+def _plans(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, result: SearchResult,
+           profile: Optional[Path] = None) -> list[Plan]:
+    """The plans of ``--json`` and ``--out``, best first: the best one carries the rationale and its
+    nearest rejected alternatives; each runner-up says how far behind it is. Each estimate carries
+    its error band."""
+    best = result.best[0]
+    alternatives = nearest_alternatives(result.searcher, best)
+    runner_up = result.best[1] if len(result.best) > 1 else None
+    plans = [Plan(model=model, cluster=cluster, train=train, config=best.config,
+                  estimate=_banded(best.estimate, best.config.stack, cluster, profile),
+                  rationale=rationale(best, runner_up, alternatives), alternatives=alternatives)]
+    for rank, scored in enumerate(result.best[1:], start=2):
+        gap = 100 * (scored.estimate.step_time_s / best.estimate.step_time_s - 1)
+        lines = [f"#{rank} of the search: {gap:.2g}% slower than #1"]
+        plans.append(Plan(model=model, cluster=cluster, train=train, config=scored.config,
+                          estimate=_banded(scored.estimate, scored.config.stack, cluster, profile), rationale=lines))
+    return plans
+
+
+def _title(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, gpus: int, stack: StackSpec) -> str:
+    return (f"{model.name} on {gpus} x {cluster.gpu.name}, global batch {train.global_batch}, seq {train.seq_len}, "
+            f"{train.precision}, stack {stack.name}")
+
+
 @app.command("search")
 def search_cmd(
     model: str = ModelOpt, cluster: str = ClusterOpt, gpus: int = GpusOpt, global_batch: int = BatchOpt,
     seq_len: Optional[int] = SeqOpt, precision: Optional[str] = PrecisionOpt,
-    top_k: int = typer.Option(5, "--top-k", min=1), schedules: Optional[str] = typer.Option(None, "--schedules", help="comma list"),
-    allow_cross_node_tp: bool = typer.Option(False, "--allow-cross-node-tp"),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="plans to return"),
+    schedules: Optional[str] = typer.Option(None, "--schedules", help=f"comma list of {', '.join(DEFAULT_SCHEDULES)} "
+                                            "(default: all the stack runs)"),
+    allow_cross_node_tp: bool = typer.Option(False, "--allow-cross-node-tp", help="also try TP groups larger than a node"),
     profile: Optional[Path] = ProfileOpt, comm_profile: Optional[Path] = CommProfileOpt, allow_mismatch: bool = MismatchOpt,
     out_path: Optional[Path] = OutOpt, as_json: bool = JsonOpt, stack: str = StackOpt,
 ) -> None:
-    """Find the fastest plans that fit in memory."""
+    """Find the fastest plans that fit in memory (exact under the simulated price, within 0.5 %)."""
     model_spec, cluster_spec, stack_spec = load_model(model), load_cluster(cluster), load_stack(stack)
-    train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision, stack_spec)
+    train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision, stack_spec, is_hf_config(model))
     names = _parse_schedules(schedules)
     layers = load_layers(profile, comm_profile, model_spec, cluster_spec, train, allow_mismatch)
     with _progress() as bar:
         task = bar.add_task("search", total=None)
         result = search(model_spec, cluster_spec, train, gpus, top_k, names, allow_cross_node_tp, layers,
                         progress=lambda done, total: bar.update(task, completed=done, total=total), stack=stack_spec)
-    searcher = result.searcher
     if not result.best:
         _report_infeasible(result.closest, model_spec, cluster_spec, train, gpus, as_json)
-    runner_up = result.best[1] if len(result.best) > 1 else None
-    plans = [_plan(model_spec, cluster_spec, train, s, rationale(searcher, s, runner_up) if i == 0 else [], profile)
-             for i, s in enumerate(result.best)]
+    plans = _plans(model_spec, cluster_spec, train, result, profile)
+    for warning in waste_warnings(plans[0].config, plans[0].estimate, global_batch):
+        warn(warning)
     if out_path:
         write_atomic(out_path, plan_json(plans[0]))
     if as_json:
-        out.print_json(json.dumps([json.loads(p.model_dump_json()) for p in plans]))
+        out.print_json(json.dumps([json.loads(plan_json(p)) for p in plans]))
         return
-    title = (f"{model_spec.name} on {gpus} x {cluster_spec.gpu.name}, global batch {global_batch}, seq {train.seq_len}, "
-             f"{train.precision}: {result.candidates} candidates, {result.evaluated} priced with cut points, "
-             f"{result.pruned_by_bound} pruned by bound")
-    out.print(plans_table([(p.config, p.estimate) for p in plans], title))
+    title = (f"{_title(model_spec, cluster_spec, train, gpus, stack_spec)}: {result.candidates} candidates, "
+             f"{result.evaluated} simulated, the rest excluded by bounds")
+    out.print(title, markup=False, soft_wrap=False, overflow="fold")
+    out.print(plans_table([(p.config, p.estimate) for p in plans], None, out.width))
     for line in plans[0].rationale:
-        out.print(f"  {line}", markup=False)
+        out.print(f"  {line}", markup=False, overflow="fold")
     if out_path:
         out.print(f"wrote {out_path}", markup=False)
 
@@ -145,14 +188,15 @@ def _report_infeasible(closest: Scored | None, model: ModelSpec, cluster: Cluste
     worst = max(est.peak_memory_gib)
     rank = est.peak_memory_gib.index(worst)
     if as_json:
-        plan = _plan(model, cluster, train, closest, binding_constraints(est))
-        out.print_json(json.dumps([json.loads(plan.model_dump_json())]))
+        plan = Plan(model=model, cluster=cluster, train=train, config=closest.config, estimate=est,
+                    rationale=binding_constraints(est))
+        out.print_json(json.dumps([json.loads(plan_json(plan))]))
     else:
-        out.print(plans_table([(closest.config, est)], "No plan fits; the closest one:"))
+        out.print(plans_table([(closest.config, est)], "No plan fits; the closest one:", out.width))
         out.print(memory_table(est))
     raise InfeasibleError(
-        f"no plan fits in {est.memory_limit_gib:.1f} GiB per GPU; closest: {closest.candidate.label()} "
-        f"needs {worst:.1f} GiB on pipeline rank {rank} (over by {worst - est.memory_limit_gib:.1f} GiB)"
+        f"no plan fits in {sig3(est.memory_limit_gib)} GiB per GPU; closest: {closest.candidate.label()} "
+        f"needs {sig3(worst)} GiB on pipeline rank {rank} (over by {sig3(worst - est.memory_limit_gib)} GiB)"
     )
 
 
@@ -160,7 +204,7 @@ def _parse_recompute(text: str, stages: int) -> str | list[str]:
     kinds = [k.strip() for k in text.split(",")]
     for k in kinds:
         if k not in {"none", "selective", "full"}:
-            raise PlanError(f"unknown recompute '{k}': use none, selective or full (or one per stage, comma separated)")
+            raise PlanError(f"unknown recompute '{k}': use {RECOMPUTE_HELP}")
     if len(kinds) == 1:
         return kinds[0]
     if len(kinds) != stages:
@@ -187,8 +231,10 @@ def evaluate_cmd(
     model: str = ModelOpt, cluster: str = ClusterOpt, gpus: int = GpusOpt, global_batch: int = BatchOpt,
     tp: int = typer.Option(..., "--tp", min=1), pp: int = typer.Option(..., "--pp", min=1),
     mbs: int = typer.Option(..., "--mbs", min=1), v: int = typer.Option(1, "--v", min=1),
-    schedule: str = typer.Option("1f1b", "--schedule"), recompute: str = typer.Option("none", "--recompute"),
-    sequence_parallel: bool = typer.Option(False, "--sequence-parallel"), zero: int = typer.Option(0, "--zero", min=0, max=3),
+    schedule: str = typer.Option("1f1b", "--schedule", help=f"one of {', '.join(SCHEDULE_NAMES)}"),
+    recompute: str = typer.Option("none", "--recompute", help=RECOMPUTE_HELP),
+    sequence_parallel: bool = typer.Option(False, "--sequence-parallel"),
+    zero: int = typer.Option(0, "--zero", min=0, max=3, help="ZeRO stage: 0, 1, 2 or 3"),
     stage_layers: Optional[str] = typer.Option(None, "--stage-layers", help="layers per virtual stage, e.g. 5,6,6,5"),
     seq_len: Optional[int] = SeqOpt, precision: Optional[str] = PrecisionOpt,
     profile: Optional[Path] = ProfileOpt, comm_profile: Optional[Path] = CommProfileOpt, allow_mismatch: bool = MismatchOpt,
@@ -196,7 +242,7 @@ def evaluate_cmd(
 ) -> None:
     """Price one fixed configuration (uniform cut points unless --stage-layers)."""
     model_spec, cluster_spec, stack_spec = load_model(model), load_cluster(cluster), load_stack(stack)
-    train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision, stack_spec)
+    train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision, stack_spec, is_hf_config(model))
     if schedule not in SCHEDULE_NAMES:
         raise PlanError(f"unknown schedule '{schedule}': choose from {', '.join(SCHEDULE_NAMES)}")
     if gpus % (tp * pp):
@@ -219,7 +265,10 @@ def evaluate_cmd(
     if as_json:
         out.print_json(json.dumps({"config": json.loads(cfg.model_dump_json()), "estimate": json.loads(est.model_dump_json())}))
         return
-    out.print(plans_table([(cfg, est)], f"{model_spec.name} on {gpus} x {cluster_spec.gpu.name}"))
+    for warning in waste_warnings(cfg, est, global_batch):
+        warn(warning)
+    out.print(_title(model_spec, cluster_spec, train, gpus, stack_spec), markup=False, overflow="fold")
+    out.print(plans_table([(cfg, est)], None, out.width))
     out.print(memory_table(est))
     for line in plan.rationale:
-        out.print(f"  {line}", markup=False)
+        out.print(f"  {line}", markup=False, overflow="fold")

@@ -30,7 +30,7 @@ from costmodels.schedules.registry import GENERATED_SCHEDULES, SPLIT_BACKWARD_SC
 from costmodels.schedules.torch_csv import format_torch_csv
 from costmodels.simulator import SimulationResult, StageTimes, simulate
 from planner.cli.app import app, err, out
-from planner.cli.render import plan_json
+from planner.cli.render import plan_json, sig3
 from planner.cli.timeline import ascii_timeline, chrome_trace_json, svg_timeline, timeline_title
 from planner.search.custom_schedule import search_custom_schedule
 from profiles.errors import PlanError
@@ -110,8 +110,8 @@ def write_custom_plan(plan_path: Path, out_path: Path) -> str:
     found = search_custom_schedule(times, cfg.pp, cfg.num_microbatches, inflight_caps(plan, times))
     custom_cfg = cfg.model_copy(update={"schedule": "custom", "schedule_csv": format_torch_csv(found.schedule)})
     est = estimate(plan.model, plan.cluster, plan.train, custom_cfg)
-    summary = (f"custom order ({found.method}): pipeline {found.makespan_s:.4f} s vs best shipped "
-               f"{found.baseline_name} {found.baseline_makespan_s:.4f} s ({100 * found.gain:+.2f}%)")
+    summary = (f"custom order ({found.method}): pipeline {found.makespan_s:.3g} s vs best shipped "
+               f"{found.baseline_name} {found.baseline_makespan_s:.3g} s ({100 * found.gain:+.3g}%)")
     new = plan.model_copy(update={"config": custom_cfg, "estimate": est, "rationale": [summary, *plan.rationale]})
     write_atomic(out_path, plan_json(new))
     return summary
@@ -134,7 +134,7 @@ def _rank_table(result: SimulationResult) -> Table:
     for header in ("rank", "busy", "idle", "busy/makespan", "peak in-flight"):
         table.add_column(header, justify="right")
     for rank, (busy, idle, peak) in enumerate(zip(result.busy_s, result.idle_s, result.peak_inflight_microbatches)):
-        table.add_row(str(rank), f"{busy:.6g}", f"{idle:.6g}", f"{busy / result.makespan_s:.3f}", str(peak))
+        table.add_row(str(rank), sig3(busy), sig3(idle), sig3(busy / result.makespan_s), str(peak))
     return table
 
 

@@ -1,34 +1,52 @@
-"""Branch-and-bound search over the space, with optimal stage cut points per candidate.
+"""The search: branch and bound over the space, exact under the simulated price.
 
-1. Every legal candidate gets a cheap lower bound on its step time (perfectly
-   balanced stages, the schedule's unavoidable fill/drain).
-2. Candidates are visited in bound order; each gets per-rank layer caps from its
-   memory limit, then the min–max cut points (``planner.search.cutpoints``, the inner
-   loop), then a closed-form screen (``costmodels.pipeline_approx``).
-3. The visit stops when the next bound cannot beat the ``screen``-th best screen.
-4. The survivors are priced by the event simulator over the exact action list
-   (time and per-rank memory) and ranked by that alone.
-Deterministic: every ordering breaks ties by the candidate's canonical tuple.
+The space is every candidate of ``planner.search.space`` (degrees, mbs, M, v, schedule,
+recompute, SP, ZeRO), each with the cuts ``Searcher.cuts`` gives it: the uniform split
+(what ``ppplan evaluate`` prices) and, where the stack cuts freely, the min–max cut points
+under per-rank memory caps (``planner.search.cutpoints``). The price of a candidate is the
+best exact price of its cuts that fit: ``estimate`` with the event simulator over the
+schedule's action list. ``search`` returns the k best candidates by that price, within
+``TOLERANCE``: the i-th plan returned is never more than 0.5 % slower than the i-th best
+of the space (DESIGN.md, Search).
+
+1. Every candidate gets a time and a memory lower bound that hold for any cut
+   (``planner.search.bounds``); one whose memory bound is over the limit cannot fit.
+2. Candidates are visited in order of their time bound. The visit stops at the first
+   bound that, raised by the tolerance, reaches the k-th best exact price found so far:
+   no candidate after it can enter the top k by more than the tolerance.
+3. A visited candidate's cuts each get their own time and memory bounds (the cut's stage
+   times); a cut is simulated only when those leave it a chance.
+
+Every exact price is checked against the bounds that admitted it; a violation (a cost-model
+change that breaks a bound) is counted in ``SearchResult.bound_violations`` and logged.
+Deterministic: orders break ties by the candidate's canonical tuple.
 """
 
 from __future__ import annotations
 
+import heapq
+import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
-from costmodels.compute import memory_bound_time_s
-from costmodels.estimate import ADAM_STEP_BYTES_PER_PARAM, estimate, memory_limit_gib, rank_memory_if_uniform_gib
+from costmodels.estimate import estimate, memory_limit_gib, rank_memory_if_uniform_gib
 from costmodels.layer_costs import LayerTimes, RooflineTimes
 from costmodels.layout import uniform_split
-from costmodels.memory import stage_params
-from costmodels.pipeline_approx import approximate_inflight, approximate_pipeline, fill_fraction
-from costmodels.rank_grid import stage_to_rank
+from costmodels.pipeline_bound import bound_pipeline, peak_inflight, stages_by_rank
+from planner.search.bounds import Bounds
 from planner.search.cutpoints import split_affine
 from planner.search.space import DEFAULT_SCHEDULES, Candidate, enumerate_candidates
 from profiles.loader import DEFAULT_STACK, load_stack
 from profiles.schema import ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
 from profiles.stack_schema import StackSpec
+
+log = logging.getLogger(__name__)
+
+# DESIGN.md (Search): the returned top-k are the k best of the space within 0.5 %.
+TOLERANCE = 0.005
+# Relative slack when checking an exact price against its bound (float summation order).
+BOUND_CHECK_SLACK = 1e-9
 
 
 @dataclass(frozen=True)
@@ -46,12 +64,12 @@ class Scored:
 class SearchResult:
     best: list[Scored]
     closest: Scored | None
-    searcher: "Searcher | None" = None  # the one that priced these plans (its layer-time caches are warm)
+    searcher: "Searcher | None" = None  # the one that priced these plans (its caches are warm)
     candidates: int = 0
-    evaluated: int = 0
-    pruned_by_bound: int = 0
-    rejected_memory: int = 0
-    rejected: list[tuple[Candidate, str]] = field(default_factory=list)
+    evaluated: int = 0  # cuts priced by the event simulator
+    pruned_by_bound: int = 0  # candidates and cuts never simulated because a bound excluded them
+    rejected_memory: int = 0  # candidates with no cut that fits
+    bound_violations: int = 0  # exact prices below the bound that admitted them (should stay 0)
 
 
 def config_for(cand: Candidate, stage_layers: list[int], stack: str = DEFAULT_STACK) -> ParallelConfig:
@@ -62,12 +80,31 @@ def config_for(cand: Candidate, stage_layers: list[int], stack: str = DEFAULT_ST
     )
 
 
-def inflight_stage_microbatches(schedule: str, pp: int, v: int, num_microbatches: int) -> tuple[float, ...]:
-    """Stage-microbatches alive at each rank's peak (closed forms; the simulator checks the kept plans)."""
-    return tuple(approximate_inflight(schedule, r, pp, v, num_microbatches) for r in range(pp))
+@dataclass(frozen=True)
+class RankMemoryLine:
+    """One kind of rank's GiB, affine in its layers: ``base + per_layer·(layers on the rank) +
+    inflight·(per_stage + per_stage_layer·(layers per stage))`` (what the cut points are capped with)."""
+
+    base: float
+    per_layer: float
+    per_stage: float
+    per_stage_layer: float
+
+    def gib(self, v: int, layers_per_stage: int, inflight: int) -> float:
+        n = layers_per_stage
+        return self.base + self.per_layer * v * n + inflight * (self.per_stage + self.per_stage_layer * n)
+
+
+# (pp, v, schedule, rank) of a small configuration whose ``rank`` is of the kind (embedding, head).
+_PROBES: dict[tuple[bool, bool], tuple[int, int, str, int]] = {
+    (False, False): (3, 1, "1f1b", 1), (True, False): (2, 1, "1f1b", 0),
+    (False, True): (2, 1, "1f1b", 1), (True, True): (2, 2, "zbv", 0),
+}
 
 
 class Searcher:
+    """Prices candidates of one search: their cuts, their exact price, their bounds."""
+
     def __init__(
         self, model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, gpus: int, layers: LayerTimes | None = None,
         stack: StackSpec | None = None,
@@ -76,67 +113,95 @@ class Searcher:
         self.layers = layers or RooflineTimes(model, cluster, train.precision)
         self.limit_gib = memory_limit_gib(cluster)
         self.stack = stack or load_stack()
+        self.bounds = Bounds(model, cluster, train, self.layers)
+        self._lines: dict[tuple, RankMemoryLine] = {}
 
     def config(self, c: Candidate, stage_layers: list[int]) -> ParallelConfig:
         return config_for(c, stage_layers, self.stack.name)
 
-    def work_per_microbatch(self, c: Candidate) -> tuple[float, float, float]:
-        """(per-layer, embedding, head) F+B+W seconds per microbatch."""
-        s = self.train.seq_len
-        layer = self.layers.transformer(c.tp, c.mbs, s, c.sequence_parallel, c.recompute).total_s
-        emb = self.layers.embedding(c.tp, c.mbs, s, c.sequence_parallel).total_s
-        head = self.layers.head(c.tp, c.mbs, s, c.sequence_parallel).total_s
-        return layer, emb, head
+    def _memory_line(self, c: Candidate, kind: tuple[bool, bool]) -> RankMemoryLine:
+        """The estimate's memory of a rank of ``kind``, probed on a small configuration with the
+        candidate's degrees and options (a rank's memory depends on the pipeline only through
+        what the rank holds and whether there is a pipeline), cached per such probe."""
+        pipelined = c.pp > 1
+        key = (c.tp, c.dp, c.mbs, c.num_microbatches, c.recompute, c.sequence_parallel, c.zero, pipelined, kind)
+        line = self._lines.get(key)
+        if line is None:
+            pp, v, schedule, rank = _PROBES[kind] if pipelined else (1, 1, "1f1b", 0)
+            probe = ParallelConfig(
+                stack=self.stack.name, tp=c.tp, pp=pp, dp=c.dp, v=v, mbs=c.mbs, num_microbatches=c.num_microbatches,
+                schedule=schedule, recompute=c.recompute, sequence_parallel=c.sequence_parallel, zero=c.zero,
+                stage_layers=[1] * (pp * v),
+            )
 
-    def lower_bound_s(self, c: Candidate) -> float:
-        """Balanced stages and uniform fill/drain: M·W/P·(1 + (P−1)/(v·M)) plus the optimizer."""
-        layer, emb, head = self.work_per_microbatch(c)
-        total = self.model.num_layers * layer + emb + head
-        fill = fill_fraction(c.schedule, c.pp, c.v, c.num_microbatches)
-        params = stage_params(self.model, math.ceil(self.model.num_layers / c.pp), False, False, c.tp)
-        opt = memory_bound_time_s(self.cluster, params / (c.dp if c.zero else 1) * ADAM_STEP_BYTES_PER_PARAM)
-        return c.num_microbatches * total / c.pp * (1 + fill) + opt + self.cluster.efficiency.step_overhead_s
+            def at(n: int, inflight: int) -> float:
+                return rank_memory_if_uniform_gib(self.model, self.cluster, self.train, probe, rank, n, inflight)
+
+            m10, m20, m11, m21 = at(1, 0), at(2, 0), at(1, 1), at(2, 1)
+            per_layer = (m20 - m10) / v
+            per_stage_layer = (m21 - m20) - (m11 - m10)
+            line = RankMemoryLine(m10 - per_layer * v, per_layer, (m11 - m10) - per_stage_layer, per_stage_layer)
+            self._lines[key] = line
+        return line
 
     def layer_caps(self, c: Candidate) -> list[int] | None:
-        """Most layers each virtual stage may hold so that its rank fits (affine memory in n)."""
-        cfg = self.config(c, uniform_split(self.model.num_layers, c.pp * c.v))
-        inflight = inflight_stage_microbatches(c.schedule, c.pp, c.v, c.num_microbatches)
-        caps_by_rank = []
-        for r in range(c.pp):
-            m1 = rank_memory_if_uniform_gib(self.model, self.cluster, self.train, cfg, r, 1, inflight[r])
-            m2 = rank_memory_if_uniform_gib(self.model, self.cluster, self.train, cfg, r, 2, inflight[r])
-            if m1 > self.limit_gib:
+        """Most layers each virtual stage may hold so that its rank fits (the schedule's in-flight
+        count on that rank, affine memory in the layer count); None when one layer is too many."""
+        stages = c.pp * c.v
+        last = stages - 1
+        counts = peak_inflight(c.schedule, c.pp, c.v, c.num_microbatches)
+        caps = [0] * stages
+        for rank, own in enumerate(stages_by_rank(c.schedule, c.pp, c.v)):
+            line = self._memory_line(c, (0 in own, last in own))
+            one = line.gib(c.v, 1, counts[rank])
+            if one > self.limit_gib:
                 return None
-            slope = m2 - m1
-            caps_by_rank.append(self.model.num_layers if slope <= 0 else 1 + int((self.limit_gib - m1) / slope))
-        return [caps_by_rank[stage_to_rank(j, c.pp, c.v, c.schedule)] for j in range(c.pp * c.v)]
+            slope = line.gib(c.v, 2, counts[rank]) - one
+            cap = self.model.num_layers if slope <= 0 else 1 + int((self.limit_gib - one) / slope)
+            for s in own:
+                caps[s] = cap
+        return caps
 
-    def cut_points(self, c: Candidate) -> list[int] | None:
-        """The min-max cut points under the memory caps; the uniform split where the stack cuts
-        only uniformly (``StackSpec.cut_layouts``), if it fits."""
+    def min_max_cut(self, c: Candidate) -> list[int] | None:
+        """The min–max cut points under the memory caps (``split_affine``), or None."""
         caps = self.layer_caps(c)
         if caps is None:
             return None
-        if self.stack.cut_layouts != "any":
-            uniform = uniform_split(self.model.num_layers, c.pp * c.v)
-            return uniform if all(n <= cap for n, cap in zip(uniform, caps)) else None
-        layer, emb, head = self.work_per_microbatch(c)
-        stages = c.pp * c.v
-        extras = [0.0] * stages
-        extras[0] += emb
-        extras[-1] += head
-        split = split_affine(self.model.num_layers, layer, extras, caps)
+        layer, emb, head = self.bounds.passes(c)
+        extras = [0.0] * len(caps)
+        extras[0] += emb.total_s
+        extras[-1] += head.total_s
+        split = split_affine(self.model.num_layers, layer.total_s, extras, caps)
         return list(split.layers) if split else None
+
+    def cuts(self, c: Candidate) -> list[list[int]]:
+        """The cuts of the space for ``c``: the uniform split, then, where the stack cuts freely
+        (``StackSpec.cut_layouts``), the min–max cut if it differs."""
+        uniform = uniform_split(self.model.num_layers, c.pp * c.v)
+        if self.stack.cut_layouts != "any":
+            return [uniform]
+        balanced = self.min_max_cut(c)
+        return [uniform] if balanced is None or balanced == uniform else [uniform, balanced]
 
     def score(self, c: Candidate, stage_layers: list[int]) -> Scored:
         """Exact: the event simulator over the schedule's action list."""
         cfg = self.config(c, stage_layers)
         return Scored(c, cfg, estimate(self.model, self.cluster, self.train, cfg, self.layers))
 
-    def screen(self, c: Candidate, stage_layers: list[int]) -> Scored:
-        """Closed-form pipeline pricing, for ranking only."""
-        cfg = self.config(c, stage_layers)
-        return Scored(c, cfg, estimate(self.model, self.cluster, self.train, cfg, self.layers, approximate_pipeline))
+    def composed_bound(self, c: Candidate, stage_layers: list[int]) -> Estimate:
+        """The estimate composed over ``bound_pipeline`` instead of the simulator: its step time and
+        per-rank memory are lower bounds of the exact ones (the estimate's terms are monotone in the
+        makespan and in the activation peaks), at the cost of no action list."""
+        return estimate(self.model, self.cluster, self.train, self.config(c, stage_layers), self.layers, bound_pipeline)
+
+    def price(self, c: Candidate) -> Scored | None:
+        """The candidate's exact price: its best cut that fits; if none fits, its cut that needs the
+        least memory (``estimate.fits`` is then false); None if it has no legal cut."""
+        scored = [self.score(c, cut) for cut in self.cuts(c)]
+        fitting = [s for s in scored if s.estimate.fits]
+        if fitting:
+            return min(fitting, key=lambda s: s.key)
+        return min(scored, key=lambda s: (max(s.estimate.peak_memory_gib), s.key)) if scored else None
 
 
 def search(
@@ -150,60 +215,133 @@ def search(
     layers: LayerTimes | None = None,
     progress: Callable[[int, int], None] | None = None,
     stack: StackSpec | None = None,
+    tolerance: float = TOLERANCE,
 ) -> SearchResult:
     """Top-k plans that fit on ``stack`` (default ``ppplan-torch``), best first; ``closest`` is the
-    least-overflowing plan when none fits."""
+    least-overflowing plan when none fits (module docstring)."""
     searcher = Searcher(model, cluster, train, gpus, layers, stack)
     cands = list(enumerate_candidates(model, train, gpus, cluster.gpus_per_node, schedules, allow_cross_node_tp, searcher.stack))
-    bounded = sorted((searcher.lower_bound_s(c), c) for c in cands)
     result = SearchResult(best=[], closest=None, candidates=len(cands), searcher=searcher)
-    keep = screen_size(top_k)
-    screened: list[Scored] = []
-    for i, (bound, cand) in enumerate(bounded):
-        if progress and i % 256 == 0:
-            progress(i, len(bounded))
-        if len(screened) >= keep and bound >= screened[-1].estimate.step_time_s:
-            result.pruned_by_bound = len(bounded) - i
-            break
-        layers_split = searcher.cut_points(cand)
-        if layers_split is None:
+    visit = _Visit(searcher, top_k, tolerance, result)
+    for c in cands:
+        if searcher.bounds.memory_any_cut_gib(c) > searcher.limit_gib:
             result.rejected_memory += 1
-            continue
-        scored = searcher.screen(cand, layers_split)
-        result.evaluated += 1
-        if not scored.estimate.fits:
-            result.rejected_memory += 1
-            continue
-        screened = sorted(screened + [scored], key=lambda s: s.key)[:keep]
-    if progress:
-        progress(len(bounded), len(bounded))
-    exact = [searcher.score(s.candidate, s.config.stage_layers) for s in screened]
-    result.rejected_memory += sum(1 for s in exact if not s.estimate.fits)
-    result.best = sorted((s for s in exact if s.estimate.fits), key=lambda s: s.key)[:top_k]
+        else:
+            visit.queue.append((searcher.bounds.time_any_cut_s(c), CANDIDATE, c, ()))
+    visit.run(progress)
+    result.best = visit.top()
     if not result.best:
         result.closest = closest_plan(searcher, cands)
     return result
 
 
-def screen_size(top_k: int) -> int:
-    """How many screened plans the simulator re-prices: enough that the closed form's
-    error (a few percent against the simulator) rarely changes the top k."""
-    return max(3 * top_k, 12)
+# What a queue entry holds: a candidate before its cuts, a cut with its stage-time bound, a cut
+# with the bound composed by the estimate (ready to simulate).
+CANDIDATE, CUT, COMPOSED = 0, 1, 2
+
+
+class _Visit:
+    """Best-first branch and bound: the queue holds candidates keyed by their any-cut bound and cuts
+    keyed by their own, tighter bounds; the smallest key is refined (a candidate into its cuts, a
+    cut's stage-time bound into the estimate-composed one) or simulated, until it reaches the
+    threshold. A bound is refined only when it is the smallest left, so the costly refinements are
+    spent where the threshold cannot yet exclude them."""
+
+    def __init__(self, searcher: Searcher, top_k: int, tolerance: float, result: SearchResult) -> None:
+        self.searcher, self.top_k, self.tolerance, self.result = searcher, top_k, tolerance, result
+        self.queue: list[tuple[float, int, Candidate, tuple[int, ...]]] = []
+        self.priced: dict[Candidate, Scored] = {}
+        self.memory_bounds: dict[tuple[Candidate, tuple[int, ...]], list[float]] = {}
+
+    def top(self) -> list[Scored]:
+        return sorted(self.priced.values(), key=lambda s: s.key)[: self.top_k]
+
+    def threshold(self) -> float:
+        """Bounds at or above this cannot enter the top k by more than the tolerance."""
+        best = self.top()
+        return best[-1].estimate.step_time_s / (1 + self.tolerance) if len(best) == self.top_k else math.inf
+
+    def run(self, progress: Callable[[int, int], None] | None) -> None:
+        heapq.heapify(self.queue)
+        total, expanded = len(self.queue), 0
+        threshold = math.inf
+        while self.queue:
+            bound, kind, c, cut = heapq.heappop(self.queue)
+            if bound >= threshold:
+                self.result.pruned_by_bound += 1 + len(self.queue)
+                break
+            if kind == CANDIDATE:
+                expanded += 1
+                if progress and expanded % 256 == 0:
+                    progress(expanded, total)
+                self.expand(c, bound)
+            elif kind == CUT:
+                self.compose(c, cut, bound)
+            else:
+                self.simulate(c, list(cut), bound)
+                threshold = self.threshold()
+        if progress:
+            progress(total, total)
+
+    def expand(self, c: Candidate, any_cut_bound: float) -> None:
+        """Queue each cut of ``c`` that its memory bound lets fit, keyed by its stage-time bound."""
+        searcher = self.searcher
+        for cut in searcher.cuts(c):
+            memory_bound = searcher.bounds.memory_of_cut_gib(c, cut)
+            if max(memory_bound) > searcher.limit_gib:
+                self.result.rejected_memory += 1
+                continue
+            key = tuple(cut)
+            self.memory_bounds[(c, key)] = memory_bound
+            time_bound = searcher.bounds.time_of_cut_s(c, cut)
+            heapq.heappush(self.queue, (max(any_cut_bound, time_bound), CUT, c, key))
+
+    def compose(self, c: Candidate, cut: tuple[int, ...], bound: float) -> None:
+        """Re-queue a cut keyed by the estimate-composed bound, unless its memory cannot fit."""
+        composed = self.searcher.composed_bound(c, list(cut))
+        if not composed.fits:
+            self.result.rejected_memory += 1
+            self.memory_bounds.pop((c, cut))
+            return
+        memory = self.memory_bounds[(c, cut)]
+        self.memory_bounds[(c, cut)] = [max(a, b) for a, b in zip(memory, composed.peak_memory_gib)]
+        heapq.heappush(self.queue, (max(bound, composed.step_time_s), COMPOSED, c, cut))
+
+    def simulate(self, c: Candidate, cut: list[int], bound: float) -> None:
+        scored = self.searcher.score(c, cut)
+        self.result.evaluated += 1
+        _check_bounds(scored, bound, self.memory_bounds.pop((c, tuple(cut))), self.result)
+        if not scored.estimate.fits:
+            self.result.rejected_memory += 1
+            return
+        known = self.priced.get(c)
+        if known is None or scored.key < known.key:
+            self.priced[c] = scored
+
+
+def _check_bounds(scored: Scored, time_bound_s: float, memory_bound_gib: list[float], result: SearchResult) -> None:
+    est = scored.estimate
+    low_time = est.step_time_s < time_bound_s * (1 - BOUND_CHECK_SLACK)
+    low_memory = any(m < b * (1 - BOUND_CHECK_SLACK) for m, b in zip(est.peak_memory_gib, memory_bound_gib))
+    if low_time or low_memory:
+        result.bound_violations += 1
+        log.warning("search bound above the exact price for %s (step %.6g s vs bound %.6g s; memory %s vs %s): "
+                    "pruning may have lost plans", scored.candidate.label(), est.step_time_s, time_bound_s,
+                    est.peak_memory_gib, memory_bound_gib)
+
+
+CLOSEST_PRICED = 8  # candidates with the least memory bound that are priced exactly when nothing fits
 
 
 def closest_plan(searcher: Searcher, cands: list[Candidate]) -> Scored | None:
-    """The candidate whose uniform split needs the least memory (what to show when nothing fits)."""
-    def need(c: Candidate) -> tuple[float, Candidate]:
-        n = math.ceil(searcher.model.num_layers / (c.pp * c.v))
-        cfg = searcher.config(c, uniform_split(searcher.model.num_layers, c.pp * c.v))
-        inflight = inflight_stage_microbatches(c.schedule, c.pp, c.v, c.num_microbatches)
-        worst = max(
-            rank_memory_if_uniform_gib(searcher.model, searcher.cluster, searcher.train, cfg, r, n, inflight[r])
-            for r in range(c.pp)
-        )
-        return worst, c
-
+    """When nothing fits: of the candidates whose uniform split has the smallest memory bound,
+    the one whose exact price needs the least memory."""
     if not cands:
         return None
-    _, best = min(need(c) for c in cands)
-    return searcher.score(best, uniform_split(searcher.model.num_layers, best.pp * best.v))
+
+    def need(c: Candidate) -> tuple[float, Candidate]:
+        return max(searcher.bounds.memory_of_cut_gib(c, uniform_split(searcher.model.num_layers, c.pp * c.v))), c
+
+    nearest = sorted(need(c) for c in cands)[:CLOSEST_PRICED]
+    priced = [searcher.score(c, uniform_split(searcher.model.num_layers, c.pp * c.v)) for _, c in nearest]
+    return min(priced, key=lambda s: (max(s.estimate.peak_memory_gib), s.key))

@@ -1,27 +1,31 @@
-"""Why a plan wins: what binds it (memory, bubble, communication) and the nearest
-rejected alternatives, each with the reason it lost or failed.
+"""Why a plan wins: what binds it (memory, bubble, communication), the nearest rejected
+alternatives with the reason each lost or failed, and warnings when the plan wastes the
+machine.
 
-Neighbours are the configurations one step away along one axis (tp, pp, mbs,
-v, schedule, recompute, sequence parallelism, ZeRO), each with its own optimal
-cut points, so the comparison is between plans the search could have chosen.
+Neighbours are the configurations one step away along one axis (tp, pp, mbs, v, schedule,
+recompute, sequence parallelism, ZeRO), each priced like a search candidate (its uniform
+split and its min-max cut, the better one that fits), so the comparison is between plans
+the search could have chosen.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from costmodels.rules import recompute_violations, schedule_violations, tp_violations, zero_violations
-from planner.search.branch_and_bound import Candidate, Scored, Searcher
-from planner.search.space import RECOMPUTE_KINDS, SEARCHED_ZERO
-from profiles.schema import Estimate, ModelSpec, ParallelConfig
+from planner.search.branch_and_bound import TOLERANCE, Candidate, Scored, Searcher
+from planner.search.space import DEFAULT_SCHEDULES, RECOMPUTE_KINDS, SEARCHED_ZERO
+from profiles.schema import Alternative, Estimate, ModelSpec, ParallelConfig
 from profiles.stack_schema import StackSpec
 
+# Thresholds of the waste warnings (issue 11, "plans that waste the machine").
+WASTE_BUBBLE_FRACTION = 0.5  # more than half of the step idle in the pipeline
+WASTE_MFU_SHARE = 1 / 3  # MFU under a third of what the same GPUs reach on the same layers when busy
 
-@dataclass(frozen=True)
-class Alternative:
-    label: str
-    step_time_s: float | None
-    reason: str
+
+def _g3(value: float) -> str:
+    """Three significant digits, trailing zeros kept (67.0, 0.553, 143): the text people read."""
+    return f"{value:#.3g}".rstrip(".") if abs(value) < 1e5 else f"{value:.3g}"
 
 
 def candidate_of(cfg: ParallelConfig) -> Candidate:
@@ -29,16 +33,20 @@ def candidate_of(cfg: ParallelConfig) -> Candidate:
                      cfg.sequence_parallel, cfg.zero, cfg.num_microbatches)
 
 
+def config_label(cfg: ParallelConfig) -> str:
+    return candidate_of(cfg).label()
+
+
 def binding_constraints(est: Estimate) -> list[str]:
-    """Plain statements of what limits this plan."""
+    """Plain statements of what limits this plan (figures to three significant digits)."""
     lines = []
     worst = max(est.peak_memory_gib)
     rank = est.peak_memory_gib.index(worst)
     headroom = 1 - worst / est.memory_limit_gib
     if headroom < 0:
-        lines.append(f"memory: does not fit, rank {rank} needs {worst:.1f} GiB > {est.memory_limit_gib:.1f} GiB")
+        lines.append(f"memory: does not fit, rank {rank} needs {_g3(worst)} GiB > {_g3(est.memory_limit_gib)} GiB")
     elif headroom < 0.10:
-        lines.append(f"memory binds: rank {rank} uses {worst:.1f} of {est.memory_limit_gib:.1f} GiB ({100 * headroom:.0f}% free)")
+        lines.append(f"memory binds: rank {rank} uses {_g3(worst)} of {_g3(est.memory_limit_gib)} GiB ({100 * headroom:.0f}% free)")
     b = est.breakdown
     step = est.step_time_s
     shares = {
@@ -50,10 +58,38 @@ def binding_constraints(est: Estimate) -> list[str]:
     }
     for name, seconds in sorted(shares.items(), key=lambda kv: -kv[1]):
         if seconds / step >= 0.05:
-            lines.append(f"{name}: {seconds:.3f} s ({100 * seconds / step:.0f}% of the step)")
+            lines.append(f"{name}: {_g3(seconds)} s ({100 * seconds / step:.0f}% of the step)")
     if not lines:
         lines.append("compute binds: no overhead above 5% of the step")
     return lines
+
+
+def waste_warnings(cfg: ParallelConfig, est: Estimate, global_batch: int) -> list[str]:
+    """Warnings for a plan that wastes the machine: a batch too small to fill the pipelines, a
+    bubble over half the step, or an MFU under a third of what the GPUs reach when busy."""
+    warnings = []
+    if cfg.pp > 1 and cfg.num_microbatches < cfg.pp:
+        fill = cfg.dp * cfg.mbs * cfg.pp
+        replicas = "the one replica" if cfg.dp == 1 else f"each of the {cfg.dp} data-parallel replicas"
+        warnings.append(
+            f"{_count(global_batch, 'sequence')} per step give {replicas} {_count(cfg.num_microbatches, 'microbatch')} "
+            f"for {cfg.pp} pipeline stages, fewer than a pipeline can use: a global batch of {fill} or more keeps "
+            "them busy (or use fewer GPUs)"
+        )
+    if est.bubble_fraction > WASTE_BUBBLE_FRACTION:
+        warnings.append(f"the pipeline bubble is {_g3(100 * est.bubble_fraction)}% of the step: the GPUs idle more than "
+                        "they compute (more microbatches per replica, or fewer pipeline stages, shrink it)")
+    busy = est.breakdown.compute_s
+    if busy > 0:
+        ceiling = est.mfu * est.step_time_s / busy
+        if est.mfu < WASTE_MFU_SHARE * ceiling:
+            warnings.append(f"MFU {_g3(100 * est.mfu)}% is under a third of the {_g3(100 * ceiling)}% these GPUs reach on "
+                            "this model's layers while computing: most of the step is spent waiting")
+    return warnings
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("ch") else f"{n} {noun}s"
 
 
 def _neighbours(c: Candidate, gpus: int, global_batch: int, model: ModelSpec, stack: StackSpec) -> list[Candidate]:
@@ -100,33 +136,46 @@ def _neighbours(c: Candidate, gpus: int, global_batch: int, model: ModelSpec, st
 
 
 def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6) -> list[Alternative]:
-    """Single-axis neighbours of the winner, priced with their own best cut points."""
+    """Single-axis neighbours of the winner, each priced like a search candidate, nearest first."""
     base = winner.estimate.step_time_s
     alts: list[tuple[float, Alternative]] = []
-    for n in sorted(set(_neighbours(winner.candidate, searcher.gpus, searcher.train.global_batch, searcher.model, searcher.stack))):
+    cands = set(_neighbours(winner.candidate, searcher.gpus, searcher.train.global_batch, searcher.model, searcher.stack))
+    for n in sorted(cands):
         if n.pp * n.v > searcher.model.num_layers or n.pp > searcher.model.num_layers:
             continue
-        split = searcher.cut_points(n)
-        if split is None:
-            alts.append((float("inf"), Alternative(n.label(), None, "does not fit in memory on any cut")))
+        scored = searcher.price(n)
+        if scored is None:
             continue
-        est = searcher.score(n, split).estimate
+        est = scored.estimate
+        delta = 100 * (est.step_time_s / base - 1)
         if not est.fits:
             worst = max(est.peak_memory_gib)
-            alts.append((float("inf"), Alternative(n.label(), est.step_time_s,
-                                                   f"does not fit: {worst:.1f} GiB > {est.memory_limit_gib:.1f} GiB")))
+            reason = f"does not fit: {_g3(worst)} GiB > {_g3(est.memory_limit_gib)} GiB"
+            alts.append((float("inf"), Alternative(config=scored.config, step_time_s=est.step_time_s, delta_pct=delta,
+                                                   reason=reason)))
             continue
-        delta = 100 * (est.step_time_s / base - 1)
-        alts.append((est.step_time_s, Alternative(n.label(), est.step_time_s, _why_slower(winner.estimate, est, delta))))
-    alts.sort(key=lambda t: (t[0], t[1].label))
+        reason = _why_slower(winner.estimate, est, delta, scored.config, searcher)
+        alts.append((est.step_time_s, Alternative(config=scored.config, step_time_s=est.step_time_s, delta_pct=delta,
+                                                  reason=reason)))
+    alts.sort(key=lambda t: (t[0], config_label(t[1].config)))
     return [a for _, a in alts[:limit]]
 
 
-def _why_slower(win: Estimate, other: Estimate, delta_pct: float) -> str:
+def _outside_space(cfg: ParallelConfig, searcher: Searcher) -> str:
+    if cfg.tp > searcher.cluster.gpus_per_node:
+        return "TP across nodes, which search tries only with --allow-cross-node-tp"
+    if cfg.schedule not in DEFAULT_SCHEDULES:
+        return f"schedule '{cfg.schedule}' is not searched by default"
+    return "the plan did not come from search over this space: re-run ppplan search"
+
+
+def _why_slower(win: Estimate, other: Estimate, delta_pct: float, cfg: ParallelConfig, searcher: Searcher) -> str:
     if abs(delta_pct) < 0.05:
         return "ties on step time; the canonical order (smaller degrees, cheaper options first) decides"
     if delta_pct < 0:
-        return f"{-delta_pct:.1f}% faster but not chosen (outside the screened set)"
+        if -delta_pct <= 100 * TOLERANCE:
+            return f"{-delta_pct:.2g}% faster, within the search's {100 * TOLERANCE:.2g}% tolerance"
+        return f"{_g3(-delta_pct)}% faster: {_outside_space(cfg, searcher)}"
     diffs = {
         "bubble": other.breakdown.bubble_s - win.breakdown.bubble_s,
         "TP communication": other.breakdown.tp_comm_s - win.breakdown.tp_comm_s,
@@ -135,14 +184,14 @@ def _why_slower(win: Estimate, other: Estimate, delta_pct: float) -> str:
         "compute efficiency": other.breakdown.compute_s - win.breakdown.compute_s,
     }
     name, seconds = max(diffs.items(), key=lambda kv: kv[1])
-    return f"{delta_pct:.1f}% slower, mostly {name} (+{seconds:.3f} s)"
+    return f"{_g3(delta_pct)}% slower, mostly {name} (+{_g3(seconds)} s)"
 
 
-def rationale(searcher: Searcher, winner: Scored, runner_up: Scored | None) -> list[str]:
+def rationale(winner: Scored, runner_up: Scored | None, alternatives: list[Alternative]) -> list[str]:
     lines = [f"binds: {line}" for line in binding_constraints(winner.estimate)]
     if runner_up is not None:
         gap = 100 * (runner_up.estimate.step_time_s / winner.estimate.step_time_s - 1)
-        lines.append(f"runner-up {runner_up.candidate.label()} is {gap:.1f}% slower")
-    for alt in nearest_alternatives(searcher, winner):
-        lines.append(f"rejected {alt.label}: {alt.reason}")
+        lines.append(f"runner-up {runner_up.candidate.label()} is {gap:.2g}% slower")
+    for alt in alternatives:
+        lines.append(f"rejected {config_label(alt.config)}: {alt.reason}")
     return lines

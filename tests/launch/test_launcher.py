@@ -135,7 +135,7 @@ def test_first_failure_names_the_earliest_rank(tmp_path: Path) -> None:
 def test_emit_goes_through_the_emitters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plan_path = write_plan(make_plan(pp=2), tmp_path / "plan.json")
     out_dir = tmp_path / "out"
-    assert run(["launch", str(plan_path), "--emit", "megatron", "--out-dir", str(out_dir)]) == 0
+    assert run(["launch", str(plan_path), "--emit", "torchrun", "--out-dir", str(out_dir)]) == 0
     written = {Path(line).name for line in capsys.readouterr().out.split()}
     assert written and written == {p.name for p in out_dir.iterdir()}
     assert run(["launch", str(plan_path), "--emit", "slurm"]) == 2

@@ -10,8 +10,9 @@ from costmodels.rules import schedule_violations
 from costmodels.schedules.actions import Action, Schedule, stage_ranks, structure_problems
 from costmodels.schedules.chimera import chimera_rank_of
 from costmodels.schedules.generate import generate_schedule
-from costmodels.schedules.registry import GENERATED_SCHEDULES, SPLIT_BACKWARD_SCHEDULES, shape_violations
+from costmodels.schedules.registry import GENERATED_SCHEDULES, SCHEDULES, SPLIT_BACKWARD_SCHEDULES, shape_violations
 from costmodels.schedules.torch_csv import format_torch_csv, parse_torch_csv
+from costmodels.simulator import schedule_graph
 from profiles.errors import PlanError
 from profiles.loader import load_stack
 
@@ -177,3 +178,29 @@ def test_schedules_compare_by_value_and_hash_once() -> None:
     a = generate_schedule("1f1b", 4, 1, 8)
     b = Schedule(a.name, a.pp, a.v, a.num_microbatches, tuple(tuple(r) for r in a.ranks))
     assert a == b and hash(a) == hash(b)
+
+
+def _inflight_grid() -> list[tuple[str, int, int, int]]:
+    shapes = []
+    for name, spec in SCHEDULES.items():
+        if spec.peak_inflight is None:
+            continue
+        vs = {"one": (1,), "two": (2,), "looped": (2, 3, 4)}[spec.stages_per_rank]
+        for pp in (1, 2, 3, 4, 5, 7, 8, 12):
+            for v in vs:
+                for m in (*range(1, 26), 31, 32, 48, 50):
+                    if (pp == 1 and name not in ("1f1b", "gpipe")) or shape_violations(name, pp, v, m):
+                        continue
+                    shapes.append((name, pp, v, m))
+    return shapes
+
+
+def test_peak_inflight_closed_forms_equal_the_generated_lists() -> None:
+    """The registry's closed forms (what the search bounds memory with) count exactly what the
+    simulator counts on the generated action lists, over a grid of shapes."""
+    grid = _inflight_grid()
+    assert len(grid) > 2500
+    for name, pp, v, m in grid:
+        expected = schedule_graph(generate_schedule(name, pp, v, m)).peak_inflight
+        got = tuple(SCHEDULES[name].peak_inflight(r, pp, v, m) for r in range(pp))
+        assert got == expected, (name, pp, v, m)

@@ -8,6 +8,7 @@ rules (Megatron-LM ``get_num_layers_to_build``, torchtitan's
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -34,16 +35,22 @@ from tests.launch.emit.megatron_argparse import (
 MakePlan = Callable[..., Plan]
 OUT = Path("/nonexistent/out")  # render() never touches the disk
 
-# (plan kwargs) -> a spread of what the emitters must handle
+# (plan kwargs) -> a spread of what the emitters must handle, each on the stack that emits it
+MEGATRON = dict(stack="megatron-core")
+TORCHTITAN = dict(stack="torchtitan")
 PLANS = {
     "uniform": dict(tp=2, pp=2, dp=2, global_batch=8),
     "uneven-first-last": dict(pp=4, stage_layers=[1, 3, 3, 1], global_batch=8),
     "uneven-middle": dict(pp=4, stage_layers=[2, 3, 2, 1], global_batch=8),
     "interleaved": dict(pp=4, v=2, global_batch=8, schedule="interleaved-1f1b"),
-    "zbv": dict(pp=2, v=2, dp=2, global_batch=8, schedule="zbv", zero=3),
+    "zbv": dict(pp=2, v=2, dp=2, global_batch=8, schedule="zbv", zero=2),
     "llama-gqa-fp8": dict(model="tiny-llama", tp=2, pp=2, global_batch=4, precision="fp8", recompute="full", sequence_parallel=True),
-    "mixed-recompute": dict(pp=2, global_batch=4, recompute=["full", "none"], zero=1, dp=2),
+    "zero-1": dict(pp=2, global_batch=4, recompute="full", zero=1, dp=2),
 }
+MEGATRON_PLANS = {name: {**MEGATRON, **PLANS[name]} for name in
+                  ("uniform", "uneven-first-last", "uneven-middle", "interleaved", "llama-gqa-fp8", "zero-1")}
+TORCHTITAN_PLANS = {name: {**TORCHTITAN, **PLANS[name]} for name in
+                    ("uniform", "uneven-middle", "interleaved", "zbv", "llama-gqa-fp8", "zero-1")}
 
 
 def megatron_text(plan: Plan, **options: object) -> str:
@@ -57,20 +64,20 @@ def torchtitan_doc(plan: Plan, **options: object) -> dict:
 # --- option names ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(PLANS))
+@pytest.mark.parametrize("name", sorted(MEGATRON_PLANS))
 def test_megatron_flags_are_in_the_allowlist(build_plan: MakePlan, name: str) -> None:
     allowed = load_allowlist("megatron_args.txt")
-    args = parse_megatron_args(megatron_text(build_plan(**PLANS[name])))
+    args = parse_megatron_args(megatron_text(build_plan(**MEGATRON_PLANS[name])))
     for flag, value in args.items():
         assert flag in allowed, f"{flag} is not a Megatron-LM option in launch/options/megatron_args.txt"
         if allowed[flag] is not None:
             assert value in allowed[flag], f"{flag} {value} not in {allowed[flag]}"
 
 
-@pytest.mark.parametrize("name", sorted(PLANS))
+@pytest.mark.parametrize("name", sorted(TORCHTITAN_PLANS))
 def test_torchtitan_keys_are_in_the_allowlist(build_plan: MakePlan, name: str) -> None:
     allowed = load_allowlist("torchtitan_keys.txt")
-    doc = torchtitan_doc(build_plan(**PLANS[name]))
+    doc = torchtitan_doc(build_plan(**TORCHTITAN_PLANS[name]))
     for key in toml_keys(doc):
         assert key in allowed, f"{key} is not a torchtitan key in launch/options/torchtitan_keys.txt"
         value = doc
@@ -81,7 +88,7 @@ def test_torchtitan_keys_are_in_the_allowlist(build_plan: MakePlan, name: str) -
 
 
 def test_allowlists_name_their_source() -> None:
-    for name in ("megatron_args.txt", "torchtitan_keys.txt"):
+    for name in ("megatron_args.txt", "megatron_lm_2022_args.txt", "torchtitan_keys.txt"):
         header = (OPTIONS_DIR / name).read_text()
         assert "Source:" in header and "commit" in header
 
@@ -91,7 +98,7 @@ def test_allowlists_name_their_source() -> None:
 
 @pytest.mark.parametrize("name", ["uniform", "uneven-first-last", "uneven-middle", "interleaved"])
 def test_megatron_round_trip(build_plan: MakePlan, name: str) -> None:
-    plan = build_plan(**PLANS[name])
+    plan = build_plan(**MEGATRON_PLANS[name])
     rendered = render(plan, "megatron", OUT)
     world = plan.config.tp * plan.config.pp * plan.config.dp
     view = megatron_plan_view(parse_megatron_args(rendered.files["megatron.sh"]), world_size=world)
@@ -105,19 +112,19 @@ def test_megatron_round_trip(build_plan: MakePlan, name: str) -> None:
 
 
 def test_megatron_uneven_first_last_uses_first_last_flags(build_plan: MakePlan) -> None:
-    args = parse_megatron_args(megatron_text(build_plan(**PLANS["uneven-first-last"])))
+    args = parse_megatron_args(megatron_text(build_plan(**MEGATRON_PLANS["uneven-first-last"])))
     assert args["--decoder-first-pipeline-num-layers"] == "1"
     assert args["--decoder-last-pipeline-num-layers"] == "1"
     assert "--pipeline-model-parallel-layout" not in args
 
 
 def test_megatron_uneven_middle_is_exact_with_a_layout(build_plan: MakePlan) -> None:
-    args = parse_megatron_args(megatron_text(build_plan(**PLANS["uneven-middle"])))
+    args = parse_megatron_args(megatron_text(build_plan(**MEGATRON_PLANS["uneven-middle"])))
     assert args["--pipeline-model-parallel-layout"] == "Et*2|t*3|t*2|tL"
 
 
 def test_megatron_uneven_middle_without_layout_warns_and_emits_the_closest_split(build_plan: MakePlan) -> None:
-    plan = build_plan(**PLANS["uneven-middle"])
+    plan = build_plan(**MEGATRON_PLANS["uneven-middle"])
     rendered = render(plan, "megatron", OUT, EmitOptions(megatron_layout=False))
     view = megatron_plan_view(parse_megatron_args(rendered.files["megatron_args.txt"]))
     # [2,3,2,1] is 2 layer moves from both [2,2,2,2] and [1,3,3,1]; the lower max stage wins.
@@ -128,7 +135,8 @@ def test_megatron_uneven_middle_without_layout_warns_and_emits_the_closest_split
 
 def test_megatron_interleaved_uneven_first_last_uses_virtual_stage_count(build_plan: MakePlan) -> None:
     # llama3-8b: 32 layers, pp 4, v 2: rank 0 holds 3+3, middle ranks 4+4, the last rank 5+5.
-    plan = build_plan("llama3-8b", pp=4, v=2, global_batch=8, schedule="interleaved-1f1b", stage_layers=[3, 4, 4, 5] * 2)
+    plan = build_plan("llama3-8b", pp=4, v=2, global_batch=8, schedule="interleaved-1f1b", stage_layers=[3, 4, 4, 5] * 2,
+                      **MEGATRON)
     rendered = render(plan, "megatron", OUT)
     args = parse_megatron_args(rendered.files["megatron_args.txt"])
     assert (args["--decoder-first-pipeline-num-layers"], args["--decoder-last-pipeline-num-layers"]) == ("6", "10")
@@ -141,7 +149,7 @@ def test_megatron_interleaved_uneven_first_last_uses_virtual_stage_count(build_p
 def test_megatron_gpt3_175b_command(build_plan: MakePlan) -> None:
     """SC21 Table 1's 175B row at tp 8, pp 12 with two virtual stages: 96 / (12 * 2) = 4 layers per virtual stage."""
     plan = build_plan("gpt3-175b", tp=8, pp=12, dp=8, v=2, global_batch=1536, schedule="interleaved-1f1b",
-                     recompute="selective", sequence_parallel=True, zero=1)  # fmt: skip
+                     recompute="selective", sequence_parallel=True, zero=1, **MEGATRON)  # fmt: skip
     args = parse_megatron_args(megatron_text(plan))
     expected = {
         "--tensor-model-parallel-size": "8", "--pipeline-model-parallel-size": "12",
@@ -155,7 +163,7 @@ def test_megatron_gpt3_175b_command(build_plan: MakePlan) -> None:
 
 
 def test_megatron_llama_shape_and_precision_flags(build_plan: MakePlan) -> None:
-    args = parse_megatron_args(megatron_text(build_plan(**PLANS["llama-gqa-fp8"])))
+    args = parse_megatron_args(megatron_text(build_plan(**MEGATRON_PLANS["llama-gqa-fp8"])))
     assert args["--group-query-attention"] is True and args["--num-query-groups"] == "4"
     assert args["--swiglu"] is True and args["--normalization"] == "RMSNorm"
     assert args["--position-embedding-type"] == "rope" and args["--disable-bias-linear"] is True
@@ -163,19 +171,65 @@ def test_megatron_llama_shape_and_precision_flags(build_plan: MakePlan) -> None:
     assert (args["--recompute-granularity"], args["--recompute-method"], args["--recompute-num-layers"]) == ("full", "uniform", "1")
 
 
+def test_megatron_warns_about_what_it_cannot_express(build_plan: MakePlan) -> None:
+    rendered = render(build_plan(model="bloom-176b", pp=2, global_batch=2, **MEGATRON), "megatron", OUT)
+    assert any("ALiBi" in w for w in rendered.warnings), rendered.warnings
+
+
+def test_megatron_core_writes_the_overlaps_the_price_assumed(build_plan: MakePlan) -> None:
+    """megatron-core prices DP traffic hidden behind compute (StackSpec.overlap): its job overlaps it."""
+    def flags(**kwargs: object) -> dict:
+        return parse_megatron_args(megatron_text(build_plan(**MEGATRON, **kwargs)))
+
+    zero1 = flags(pp=2, dp=2, global_batch=4, zero=1)
+    assert zero1["--use-distributed-optimizer"] and zero1["--overlap-grad-reduce"] and zero1["--overlap-param-gather"]
+    assert zero1["--attention-backend"] == "flash"
+    zero0 = flags(pp=2, dp=2, global_batch=4)
+    assert zero0["--overlap-grad-reduce"] and "--overlap-param-gather" not in zero0 and "--use-distributed-optimizer" not in zero0
+    alone = flags(pp=2, global_batch=4)
+    assert "--overlap-grad-reduce" not in alone
+
+
+def test_megatron_lm_2021_gets_the_flags_of_its_era(build_plan: MakePlan) -> None:
+    """SC21's 175B row on the megatron-lm-2021 stack: interleaved by layers per virtual stage, the
+    distributed optimizer over local DDP, no overlap flags (it reduced after the backward), GPT-2 BPE
+    files whose 50257 tokens pad to the plan's 51200 at tp 8."""
+    plan = build_plan("gpt3-175b", tp=8, pp=12, dp=8, v=2, global_batch=1536, schedule="interleaved-1f1b",
+                      recompute="selective", sequence_parallel=True, zero=1, stack="megatron-lm-2021")  # fmt: skip
+    rendered = render(plan, "megatron", OUT)
+    args = parse_megatron_args(rendered.files["megatron_args.txt"])
+    allowed = load_allowlist("megatron_lm_2022_args.txt")
+    assert set(args) <= set(allowed), set(args) - set(allowed)
+    assert args["--num-layers-per-virtual-pipeline-stage"] == "4" and args["--DDP-impl"] == "local"
+    assert args["--use-distributed-optimizer"] and args["--recompute-granularity"] == "selective"
+    assert "--overlap-grad-reduce" not in args and args["--tokenizer-type"] == "GPT2BPETokenizer"
+    assert megatron_plan_view(args, world_size=768)["stage_layers"] == [4] * 24
+    assert rendered.warnings == []
+    assert subprocess.run(["bash", "-n"], input=rendered.files["megatron.sh"], text=True).returncode == 0
+
+
+def test_megatron_lm_2021_warns_for_a_llama_model(build_plan: MakePlan) -> None:
+    rendered = render(build_plan("tiny-llama", pp=2, global_batch=2, stack="megatron-lm-2021"), "megatron", OUT)
+    assert any("no SwiGLU, RMSNorm, rotary" in w for w in rendered.warnings), rendered.warnings
+
+
 @pytest.mark.parametrize(
-    ("plan_kwargs", "needle"),
+    ("plan_kwargs", "target", "needle"),
     [
-        (PLANS["zbv"], "no 'zbv' schedule"),
-        (PLANS["zbv"], "ZeRO-1"),
-        (PLANS["mixed-recompute"], "['full', 'none']"),
-        (dict(model="bloom-176b", pp=2, global_batch=2), "ALiBi"),
-        (dict(pp=4, v=2, global_batch=10, schedule="interleaved-1f1b"), "multiple of pp"),
+        (PLANS["uniform"], "megatron", "re-plan with --stack megatron-core or --stack megatron-lm-2021"),
+        (PLANS["uniform"], "torchtitan", "re-plan with --stack torchtitan"),
+        ({**PLANS["uniform"], **MEGATRON}, "torchrun", "re-plan with --stack ppplan-torch"),
+        ({**PLANS["zbv"], **MEGATRON}, "megatron", "schedule 'zbv' is not run by stack 'megatron-core'"),
+        (dict(pp=4, v=2, global_batch=10, schedule="interleaved-1f1b", **MEGATRON), "megatron", "multiple of pp"),
+        (dict(pp=2, global_batch=4, zero=3, dp=2, **MEGATRON), "megatron", "zero=3 is not run"),
+        (dict(pp=2, global_batch=4, recompute=["full", "none"], **MEGATRON), "megatron", "one recompute kind"),
+        (dict(pp=2, global_batch=2, schedule="chimera", **TORCHTITAN), "torchtitan", "simulated only"),
     ],
 )
-def test_megatron_warns_about_what_it_cannot_express(build_plan: MakePlan, plan_kwargs: dict, needle: str) -> None:
-    rendered = render(build_plan(**plan_kwargs), "megatron", OUT)
-    assert any(needle in w for w in rendered.warnings), rendered.warnings
+def test_a_plan_is_emitted_only_for_the_stack_it_was_priced_on(build_plan: MakePlan, plan_kwargs: dict, target: str,
+                                                              needle: str) -> None:
+    with pytest.raises(PlanError, match=re.escape(needle)):
+        render(build_plan(**plan_kwargs), target, OUT)
 
 
 # --- torchtitan round trips -------------------------------------------------------------------
@@ -183,7 +237,7 @@ def test_megatron_warns_about_what_it_cannot_express(build_plan: MakePlan, plan_
 
 @pytest.mark.parametrize("name", ["uniform", "uneven-middle", "interleaved", "zbv"])
 def test_torchtitan_round_trip(build_plan: MakePlan, name: str) -> None:
-    plan = build_plan(**PLANS[name])
+    plan = build_plan(**TORCHTITAN_PLANS[name])
     view = torchtitan_plan_view(torchtitan_doc(plan))
     cfg = plan.config
     assert (view["tp"], view["pp"], view["dp"], view["v"], view["mbs"]) == (cfg.tp, cfg.pp, cfg.dp, cfg.v, cfg.mbs)
@@ -194,17 +248,20 @@ def test_torchtitan_round_trip(build_plan: MakePlan, name: str) -> None:
 
 
 def test_torchtitan_zbv_names_and_modules(build_plan: MakePlan) -> None:
-    doc = torchtitan_doc(build_plan(**PLANS["zbv"]))
+    doc = torchtitan_doc(build_plan(**TORCHTITAN_PLANS["zbv"]))
     par = doc["parallelism"]
     assert par["pipeline_parallel_schedule"] == "ZBVZeroBubble"
-    assert par["fsdp_reshard_after_forward"] == "always"  # zero 3
+    assert par["fsdp_reshard_after_forward"] == "never"  # zero 2
+    assert par["disable_loss_parallel"] is False  # the stack prices vocab-parallel cross-entropy
+    zero3 = torchtitan_doc(build_plan(pp=2, dp=2, global_batch=8, zero=3, **TORCHTITAN))["parallelism"]
+    assert zero3["fsdp_reshard_after_forward"] == "always"
     assert par["module_fqns_per_model_part"][0][:2] == ["tok_embeddings", "layers.0"]
     assert par["module_fqns_per_model_part"][-1][-2:] == ["norm", "output"]
 
 
 def test_torchtitan_custom_schedule_points_at_the_csv(build_plan: MakePlan, tmp_path: Path) -> None:
     actions = "0F0,0F1,0B0,0B1\n1F0,1B0,1F1,1B1\n"
-    plan = build_plan(pp=2, global_batch=2, schedule="custom", schedule_csv=actions)  # the plan carries its order
+    plan = build_plan(pp=2, global_batch=2, schedule="custom", schedule_csv=actions, **TORCHTITAN)  # the plan carries its order
     out = tmp_path / "out"
     paths = emit(plan, "torchtitan", out, on_warning=lambda w: None)
     assert sorted(p.name for p in paths) == ["schedule.csv", "torchtitan.toml"]
@@ -217,7 +274,7 @@ def test_torchtitan_custom_schedule_points_at_the_csv(build_plan: MakePlan, tmp_
 
 def test_custom_schedule_without_its_csv_is_a_clear_error(build_plan: MakePlan, tmp_path: Path) -> None:
     plan = build_plan(pp=2, global_batch=2, schedule="custom")
-    with pytest.raises(PlanError, match="custom_schedule_csv"):
+    with pytest.raises(PlanError, match=re.escape("needs its action list in the plan (config.schedule_csv)")):
         render(plan, "csv", OUT)
     other = tmp_path / "other.csv"
     other.write_text("0F0,0B0\n1F0,1B0\n")  # one microbatch, the plan has two
@@ -240,7 +297,7 @@ def test_csv_target_writes_the_generated_schedule(build_plan: MakePlan, schedule
 
 
 def test_torchtitan_zb_h1_writes_its_csv(build_plan: MakePlan) -> None:
-    rendered = render(build_plan(pp=2, global_batch=4, schedule="zb-h1"), "torchtitan", OUT)
+    rendered = render(build_plan(pp=2, global_batch=4, schedule="zb-h1", **TORCHTITAN), "torchtitan", OUT)
     assert set(rendered.files) == {"torchtitan.toml", "schedule.csv"}
     par = parse_torchtitan_toml(rendered.files["torchtitan.toml"])["parallelism"]
     assert par["pipeline_parallel_schedule_csv"].endswith("schedule.csv")
@@ -250,20 +307,20 @@ def test_torchtitan_zb_h1_writes_its_csv(build_plan: MakePlan) -> None:
     ("plan_kwargs", "needle"),
     [
         (dict(tp=2, pp=2, global_batch=2), "sequence parallel"),
-        (PLANS["mixed-recompute"], "zero=1"),
+        (dict(pp=2, dp=2, global_batch=4, zero=0), "DDP only without TP/PP"),
         (dict(tp=2, pp=2, global_batch=2, sequence_parallel=True), "float32"),
         (dict(pp=2, global_batch=2, recompute="selective"), "per-op"),
-        (dict(pp=2, global_batch=2, schedule="chimera"), "cannot run schedule 'chimera'"),
         (dict(pp=2, global_batch=2), "register flavor 'tiny-gpt'"),
     ],
 )
 def test_torchtitan_warns_about_what_it_cannot_express(build_plan: MakePlan, plan_kwargs: dict, needle: str) -> None:
-    rendered = render(build_plan(**plan_kwargs), "torchtitan", OUT)
+    rendered = render(build_plan(**plan_kwargs, **TORCHTITAN), "torchtitan", OUT)
     assert any(needle in w for w in rendered.warnings), rendered.warnings
 
 
 def test_torchtitan_names_a_shipped_flavor_for_llama3_70b(build_plan: MakePlan) -> None:
-    plan = build_plan("llama3-70b", tp=8, pp=4, dp=2, global_batch=64, recompute="full", sequence_parallel=True, zero=3)
+    plan = build_plan("llama3-70b", tp=8, pp=4, dp=2, global_batch=64, recompute="full", sequence_parallel=True, zero=3,
+                      **TORCHTITAN)
     rendered = render(plan, "torchtitan", OUT)
     doc = parse_torchtitan_toml(rendered.files["torchtitan.toml"])
     assert doc["model"] == {"name": "llama3", "flavor": "70B"}
@@ -319,7 +376,8 @@ def test_slurm_script_counts_and_syntax(build_plan: MakePlan, tmp_path: Path) ->
 
 @pytest.mark.parametrize("target", ["torchrun", "megatron"])
 def test_shell_scripts_parse(build_plan: MakePlan, tmp_path: Path, target: str) -> None:
-    paths = emit(build_plan(**PLANS["uneven-middle"]), target, tmp_path, on_warning=lambda w: None)
+    stack = MEGATRON if target == "megatron" else {}
+    paths = emit(build_plan(**PLANS["uneven-middle"], **stack), target, tmp_path, on_warning=lambda w: None)
     for path in paths:
         if path.suffix == ".sh":
             result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
@@ -354,7 +412,7 @@ def test_emit_writes_atomically_into_a_fresh_out_dir(build_plan: MakePlan, tmp_p
 
     monkeypatch.setattr(emit_pkg.os, "replace", recording_replace)
     out = tmp_path / "a" / "b"
-    paths = emit(build_plan(**PLANS["uniform"]), "megatron", out, on_warning=lambda w: None)
+    paths = emit(build_plan(**MEGATRON_PLANS["uniform"]), "megatron", out, on_warning=lambda w: None)
     assert sorted(os.listdir(out)) == ["megatron.sh", "megatron_args.txt"]  # no temporary files left
     assert {dst for _, dst in replaced} == {str(p) for p in paths}
     assert all(Path(src).parent == out and Path(src).name.startswith(".") for src, _ in replaced)
@@ -381,23 +439,51 @@ def test_read_only_out_dir_is_a_plan_error(build_plan: MakePlan, tmp_path: Path)
 def test_warnings_go_to_logging_by_default(build_plan: MakePlan, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                            caplog: pytest.LogCaptureFixture) -> None:
     """A library reports through ``logging`` (or the caller's callback), never through a console."""
-    emit(build_plan(**PLANS["zbv"]), "megatron", tmp_path)
+    emit(build_plan(model="bloom-176b", pp=2, global_batch=2, **MEGATRON), "megatron", tmp_path)
     assert capsys.readouterr().out == ""
-    assert any("Megatron-LM has no 'zbv' schedule" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert any("no ALiBi" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
 
 
 def test_cli_prints_emit_warnings_as_one_line_each_on_stderr(build_plan: MakePlan, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     plan_path = tmp_path / "plan.json"
-    plan_path.write_text(build_plan(**PLANS["zbv"]).model_dump_json())
+    plan_path.write_text(build_plan(model="bloom-176b", pp=2, global_batch=2, **MEGATRON).model_dump_json())
     assert run(["launch", str(plan_path), "--emit", "megatron", "--out-dir", str(tmp_path / "out")]) == 0
-    assert "warning: Megatron-LM has no 'zbv' schedule" in capsys.readouterr().err
+    assert "warning: Megatron-LM has no ALiBi" in capsys.readouterr().err
+
+
+def test_cli_emit_for_another_stack_exits_2_and_writes_nothing(build_plan: MakePlan, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(build_plan(**PLANS["zbv"]).model_dump_json())
+    out = tmp_path / "out"
+    assert run(["launch", str(plan_path), "--emit", "megatron", "--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "--stack megatron-core" in err[0]
+    assert not out.exists()
 
 
 def test_unknown_target_is_a_plan_error(build_plan: MakePlan) -> None:
     with pytest.raises(PlanError, match="unknown emit target 'deepspeed'"):
         render(build_plan(), "deepspeed", OUT)
 
+
+
+def test_cli_refuses_a_plan_that_does_not_fit_unless_forced(build_plan: MakePlan, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    plan = build_plan(**PLANS["uniform"])
+    over = plan.estimate.model_copy(update={"fits": False, "peak_memory_gib": [79.0, 113.0], "memory_limit_gib": 71.6})
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(plan.model_copy(update={"estimate": over}).model_dump_json())
+    out = tmp_path / "out"
+    assert run(["launch", str(plan_path), "--emit", "torchrun", "--out-dir", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: the plan does not fit: pipeline rank 1 needs 113 GiB of 71.6 GiB (over by 41.4 GiB); "
+                   "re-plan, or add --force to emit it anyway"]
+    assert not out.exists()
+    assert run(["launch", str(plan_path), "--dry-run"]) == 1
+    assert run(["launch", str(plan_path), "--emit", "torchrun", "--out-dir", str(out), "--force"]) == 0
+    assert (out / "torchrun.sh").exists()
 
 
 # --- mixture of experts, MLA, expert and context parallelism (issue 13) -----------------------
@@ -428,7 +514,7 @@ def test_megatron_mixtral_expert_parallel_flags(build_plan: MakePlan) -> None:
 
 
 def test_megatron_deepseek_v3_dense_layers_shared_expert_mla_and_cp(build_plan: MakePlan) -> None:
-    plan = _with(build_plan("deepseek-v3", tp=2, pp=8, dp=4, global_batch=64), ep=2, cp=2, dp=2, sequence_parallel=True, stack="megatron-core")
+    plan = _with(build_plan("deepseek-v3", tp=2, pp=8, dp=2, global_batch=64), ep=2, cp=2, sequence_parallel=True, stack="megatron-core")
     args = parse_megatron_args(render(plan, "megatron", OUT).files["megatron_args.txt"])
     _assert_in_megatron_allowlist(args)
     assert args["--moe-layer-freq"] == "([0]*3+[1]*58)"  # Megatron's pattern: 3 dense layers then 58 MoE
@@ -440,15 +526,18 @@ def test_megatron_deepseek_v3_dense_layers_shared_expert_mla_and_cp(build_plan: 
 
 
 def test_megatron_heads_sized_apart_get_kv_channels(build_plan: MakePlan) -> None:
-    args = parse_megatron_args(render(build_plan("qwen3-30b-a3b", tp=4, pp=2, global_batch=8), "megatron", OUT).files["megatron_args.txt"])
+    plan = build_plan("qwen3-30b-a3b", tp=4, pp=2, global_batch=8, stack="megatron-core")
+    args = parse_megatron_args(render(plan, "megatron", OUT).files["megatron_args.txt"])
     assert args["--kv-channels"] == "128" and args["--num-experts"] == "128" and args["--moe-router-topk"] == "8"
 
 
-def test_megatron_switches_on_sequence_parallel_with_expert_and_tensor_parallelism(build_plan: MakePlan) -> None:
+def test_megatron_needs_sequence_parallel_with_expert_and_tensor_parallelism(build_plan: MakePlan) -> None:
+    """The megatron-core stack's rules require it, so such a plan is never priced, nor emitted switched."""
     plan = _with(build_plan("tiny-moe", tp=2, dp=2, global_batch=4), ep=2, stack="megatron-core")
-    rendered = render(plan, "megatron", OUT)
-    assert parse_megatron_args(rendered.files["megatron_args.txt"])["--sequence-parallel"] is True
-    assert any("requires sequence parallelism with expert and tensor parallelism" in w for w in rendered.warnings)
+    with pytest.raises(PlanError, match="needs sequence parallelism with expert and tensor parallelism"):
+        render(plan, "megatron", OUT)
+    args = parse_megatron_args(megatron_text(_with(plan, sequence_parallel=True)))
+    assert args["--sequence-parallel"] is True and args["--expert-model-parallel-size"] == "2"
 
 
 def test_torchtitan_expert_and_context_degrees(build_plan: MakePlan) -> None:
@@ -460,13 +549,13 @@ def test_torchtitan_expert_and_context_degrees(build_plan: MakePlan) -> None:
     assert doc["model"] == {"name": "deepseek_v3", "flavor": "671B"}
     par = doc["parallelism"]
     assert (par["expert_parallel_degree"], par["expert_tensor_parallel_degree"], par["context_parallel_degree"]) == (4, 2, 1)
-    llama = _with(build_plan("tiny-llama", tp=2, dp=2, global_batch=8), cp=2, dp=1, stack="torchtitan")
+    llama = _with(build_plan("tiny-llama", tp=2, global_batch=8), cp=2, stack="torchtitan")
     par = torchtitan_doc(llama)["parallelism"]
     assert par["context_parallel_degree"] == 2 and "expert_parallel_degree" not in par
 
 
 def test_torchtitan_mixtral_names_what_to_register(build_plan: MakePlan) -> None:
-    rendered = render(build_plan("mixtral-8x7b", tp=2, pp=4, dp=2, global_batch=64), "torchtitan", OUT)
+    rendered = render(build_plan("mixtral-8x7b", tp=2, pp=4, dp=2, global_batch=64, stack="torchtitan"), "torchtitan", OUT)
     assert parse_torchtitan_toml(rendered.files["torchtitan.toml"])["model"]["name"] == "qwen3"
     assert any("register flavor 'mixtral-8x7b'" in w for w in rendered.warnings)
 

@@ -1,9 +1,11 @@
 """Bad input: exit 2 and exactly one ``error:`` line on stderr, no traceback."""
 
 import json
+from pathlib import Path
 
 import pytest
 
+import profiles
 from planner.cli.main import run
 
 BASE = ["--cluster", "dgx-a100-80g", "--global-batch", "64"]
@@ -20,6 +22,9 @@ def _files(tmp_path):
                                                       "vocab_size": 100, "intermediate_size": 128,
                                                       "max_position_embeddings": 64}))
     (tmp_path / "plan.json").write_text("{not json")
+    stack = (Path(profiles.__file__).parent / "stacks" / "megatron-core.yaml").read_text()
+    (tmp_path / "stack-extra.yaml").write_text(stack + "bogus_key: 1\n")
+    (tmp_path / "stack-schedule.yaml").write_text(stack.replace("schedules: [1f1b, interleaved-1f1b]", "schedules: [1f1b, zb-h9]"))
 
 
 CASES = {
@@ -50,6 +55,12 @@ CASES = {
     "malformed plan file": ["explain", "{tmp}/plan.json"],
     "missing plan file": ["explain", "{tmp}/missing.json"],
     "unknown option": ["search", "--model", "gpt3-1.7b", "--gpus", "8", "--frobnicate"] + BASE,
+    "unknown stack": ["search", "--model", "gpt3-1.7b", "--gpus", "8", "--stack", "deepspeed"] + BASE,
+    "stack file with an unknown key": ["search", "--model", "gpt3-1.7b", "--gpus", "8", "--stack", "{tmp}/stack-extra.yaml"] + BASE,
+    "stack file with an unknown schedule": ["search", "--model", "gpt3-1.7b", "--gpus", "8", "--stack",
+                                            "{tmp}/stack-schedule.yaml"] + BASE,
+    "evaluate a schedule the stack does not run": EVAL + ["--tp", "1", "--pp", "2", "--mbs", "1", "--v", "2",
+                                                          "--schedule", "zbv", "--stack", "megatron-core"],
     "out dir missing": ["search", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "2", "--global-batch", "4", "--out", "{tmp}/no/such/dir/p.json"],
 }
 
@@ -64,6 +75,12 @@ def test_bad_input_exits_2_with_one_error_line(name, tmp_path, capsys):
     assert code == 2, (name, captured.err)
     assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
     assert "Traceback" not in captured.err
+
+
+def test_unknown_stack_lists_the_stacks(capsys):
+    assert run(["search", "--model", "gpt3-1.7b", "--gpus", "8", "--stack", "deepspeed"] + BASE) == 2
+    err = capsys.readouterr().err
+    assert all(name in err for name in ("ppplan-torch", "megatron-core", "megatron-lm-2021", "torchtitan"))
 
 
 def test_unknown_preset_suggests_close_names(capsys):

@@ -1,0 +1,153 @@
+"""Lower bounds on a pipeline's simulated makespan: what the search may prune with.
+
+The search returns the k best plans under the exact price (the event simulator
+over the schedule's action list, ``costmodels.simulator``); it may skip a
+candidate only when a true lower bound of that price cannot beat the k-th best
+exact price found so far (DESIGN.md, Search). The bounds here hold for every
+action list the simulator accepts, by its model alone: a rank runs its list in
+order, one action at a time; an F on stage s starts after the F of the same
+microbatch on stage s - 1 plus that boundary's p2p time (none between two stages
+of one rank); a B or full backward on stage s starts after the B/BW of stage
+s + 1 plus p2p (on the last stage, after its own F); a W follows its own B on
+the same rank. Every F of a rank precedes its own B/BW on that rank.
+
+Each bound is a sum of stage times with non-negative coefficients, hence monotone:
+evaluated on times no larger than the estimate's (layers only, no p2p, no ZeRO
+gathers) it still bounds the estimate's makespan, and the step time, which adds
+non-negative terms to the makespan (``costmodels.estimate``), from below.
+
+- ``makespan_lower_bound_s``: for given stage times. Per rank r, whose lowest stage
+  is k: it cannot start before microbatch 0's forward reaches stage k (``head``),
+  then works ``busy_r``; without a split backward, its last full backward still
+  has to travel back to stage 0 (``tail``). With split backward, its last B comes
+  after all its F and B passes and then travels to stage 0, where that
+  microbatch's W still runs. And one microbatch's whole forward-backward chain
+  follows the other M - 1 forwards of stage 0. For 1F1B with uniform stages and
+  no p2p this is exactly (M + P - 1)(F + B + W) (Narayanan et al. 2019), for
+  interleaved 1F1B with M % P == 0 exactly (M + (P - 1)/v)·v(F + B + W) (Narayanan
+  et al. SC21, Sec. 2.2), for ZB-H1 with F = B = W = T exactly (3M + P - 1)·T
+  (Qi et al. ICLR 2024, Sec. 3).
+- ``any_cut_makespan_lower_bound_s``: for every cut of L identical layers into
+  pp·v stages of at least one layer each: the busiest rank's work, the mean over
+  ranks of the per-rank bound (each stage before rank r holds at least one layer),
+  and the critical path.
+- ``bound_pipeline``: a ``PipelineResult`` whose makespan is the bound and whose
+  activation peaks are the closed-form in-flight counts (``peak_inflight``) times
+  the rank's smallest stage; passed to ``estimate`` as its pricer it gives a lower
+  bound of the step time and of each rank's memory, composed by the estimate itself.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+from costmodels.layer_costs import PassTimes
+from costmodels.pipeline import PipelineResult
+from costmodels.rank_grid import stage_to_rank
+from costmodels.schedules.generate import generate_schedule
+from costmodels.schedules.registry import schedule_spec
+from costmodels.simulator import StageTimes, schedule_graph
+
+
+@lru_cache(maxsize=4096)
+def stages_by_rank(schedule: str, pp: int, v: int) -> tuple[tuple[int, ...], ...]:
+    """The virtual stages each pipeline rank holds, ascending (the schedule's placement)."""
+    ranks: list[list[int]] = [[] for _ in range(pp)]
+    for stage in range(pp * v):
+        ranks[stage_to_rank(stage, pp, v, schedule)].append(stage)
+    return tuple(tuple(r) for r in ranks)
+
+
+@lru_cache(maxsize=65536)
+def peak_inflight(schedule: str, pp: int, v: int, num_microbatches: int) -> tuple[int, ...]:
+    """Microbatch-stages each rank holds at its peak: the registry's closed form (equal to the
+    simulator's count on the generated lists, tested over a grid), else counted on the lists."""
+    closed_form = schedule_spec(schedule).peak_inflight
+    if closed_form is not None:
+        return tuple(closed_form(r, pp, v, num_microbatches) for r in range(pp))
+    return schedule_graph(generate_schedule(schedule, pp, v, num_microbatches)).peak_inflight
+
+
+def _prefix(values: list[float]) -> list[float]:
+    """``out[k]`` = sum of ``values[:k]``."""
+    out = [0.0]
+    for x in values:
+        out.append(out[-1] + x)
+    return out
+
+
+def makespan_lower_bound_s(schedule: str, pp: int, v: int, num_microbatches: int, times: StageTimes) -> float:
+    """A lower bound of ``simulate(generate_schedule(schedule, pp, v, M), times).makespan_s`` (module docstring)."""
+    m, stages = num_microbatches, times.num_stages
+    f, b, w = times.forward_s, times.backward_input_s, times.backward_weight_s
+    by_rank = stages_by_rank(schedule, pp, v)
+    owner = [0] * stages
+    for rank, own in enumerate(by_rank):
+        for s in own:
+            owner[s] = rank
+    hop = [times.p2p_s[j] if owner[j] != owner[j + 1] else 0.0 for j in range(stages - 1)]
+    head = _prefix([f[j] + hop[j] for j in range(stages - 1)])  # head[k]: microbatch 0 reaches stage k
+    grad = _prefix([b[j] + hop[j] for j in range(stages - 1)])  # B chain from stage k down to stage 0
+    full = _prefix([b[j] + w[j] + hop[j] for j in range(stages - 1)])  # BW chain from stage k down
+    split = schedule_spec(schedule).split_backward
+    last = stages - 1
+    chain = head[last] + f[last] + b[last] + (grad[last] + w[0] if split else w[last] + full[last])
+    best = (m - 1) * f[0] + chain
+    for own in by_rank:
+        k = own[0]
+        busy = m * sum(f[s] + b[s] + w[s] for s in own)
+        if not split:
+            best = max(best, head[k] + busy + full[k])
+            continue
+        forward_and_input = m * sum(f[s] + b[s] for s in own)
+        drain = grad[k] + w[0] if k > 0 else 0.0
+        best = max(best, head[k] + busy, head[k] + forward_and_input + drain)
+    return best
+
+
+def any_cut_makespan_lower_bound_s(
+    schedule: str, pp: int, v: int, num_microbatches: int, layer: PassTimes, embedding: PassTimes, head: PassTimes,
+    num_layers: int,
+) -> float:
+    """A lower bound of the makespan for every split of ``num_layers`` identical layers (``layer``
+    per microbatch each) into pp·v stages of at least one layer, the embedding on the first
+    stage and ``head`` on the last (module docstring)."""
+    m, layers = num_microbatches, num_layers
+    c, e, h = layer.total_s, embedding.total_s, head.total_s
+    spec = schedule_spec(schedule)
+    total = layers * c + e + h
+    first_rank = e + h + 2 * c if spec.placement == "v" and pp > 1 else e + v * c
+    busiest = max(math.ceil(layers / pp) * c, total / pp, first_rank, h + v * c)
+    if spec.split_backward:
+        waits = [embedding.forward_s + r * layer.forward_s for r in range(1, pp)]
+    else:
+        waits = [e + r * c for r in range(1, pp)]
+    mean_rank = (m * total + sum(waits)) / pp
+    forward_backward = layers * (layer.forward_s + layer.backward_input_s) + embedding.forward_s + embedding.backward_input_s
+    forward_backward += head.forward_s + head.backward_input_s
+    weights = embedding.backward_weight_s + layer.backward_weight_s if spec.split_backward and pp > 1 else (
+        layers * layer.backward_weight_s + embedding.backward_weight_s + head.backward_weight_s)
+    critical = (m - 1) * (embedding.forward_s + layer.forward_s) + forward_backward + weights
+    return max(m * busiest, mean_rank, critical)
+
+
+def bound_pipeline(schedule: str, pp: int, v: int, num_microbatches: int, times: StageTimes) -> PipelineResult:
+    """A pricer for ``estimate`` that simulates nothing: the makespan is ``makespan_lower_bound_s``,
+    busy time is exact, and each rank's activation peak is its closed-form in-flight count times
+    its smallest stage (exact with one stage per rank, a lower bound otherwise)."""
+    m = num_microbatches
+    by_rank = stages_by_rank(schedule, pp, v)
+    makespan = makespan_lower_bound_s(schedule, pp, v, m, times)
+    busy = tuple(m * sum(times.forward_s[s] + times.backward_input_s[s] + times.backward_weight_s[s] for s in own)
+                 for own in by_rank)
+    counts = peak_inflight(schedule, pp, v, m)
+    peaks = tuple(n * min(times.activation_bytes[s] for s in own) for n, own in zip(counts, by_rank))
+    return PipelineResult(
+        makespan_s=makespan,
+        bubble_fraction=sum((makespan - x) / makespan for x in busy) / pp if makespan > 0 else 0.0,
+        busy_s=busy,
+        idle_s=tuple(max(0.0, makespan - x) for x in busy),
+        peak_inflight_microbatches=counts,
+        peak_activation_bytes=peaks,
+    )

@@ -1,0 +1,127 @@
+"""Lower bounds of the simulated makespan (``costmodels.pipeline_bound``): exact where the
+closed forms are (1F1B and interleaved 1F1B with uniform stages, Narayanan et al. SC21 Sec. 2.2;
+ZB-H1 with F = B = W, Qi et al. ICLR 2024), and never above the simulator on random shapes and
+random stage times (with p2p), which is what makes the search's pruning safe."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from costmodels.layer_costs import PassTimes
+from costmodels.pipeline import price_pipeline
+from costmodels.pipeline_bound import any_cut_makespan_lower_bound_s, bound_pipeline, makespan_lower_bound_s, peak_inflight
+from costmodels.schedules.registry import SCHEDULES, shape_violations
+from costmodels.simulator import StageTimes
+
+SEARCHED = ["gpipe", "1f1b", "interleaved-1f1b", "looped-bfs", "zb-h1", "zb-h2", "interleaved-zb", "zbv", "dualpipev"]
+
+
+def uniform(stages: int, f: float, b: float, w: float) -> StageTimes:
+    return StageTimes((f,) * stages, (b,) * stages, (w,) * stages, (1.0,) * stages, (0.0,) * (stages - 1))
+
+
+@pytest.mark.parametrize("pp, m", [(2, 4), (4, 8), (8, 8), (4, 13), (8, 3)])
+def test_1f1b_bound_is_the_exact_makespan(pp: int, m: int) -> None:
+    if m < pp:
+        pytest.skip("1F1B needs M >= pp")
+    times = uniform(pp, 1.0, 1.5, 0.5)
+    assert makespan_lower_bound_s("1f1b", pp, 1, m, times) == pytest.approx((m + pp - 1) * 3.0)
+    assert price_pipeline("1f1b", pp, 1, m, times).makespan_s == pytest.approx((m + pp - 1) * 3.0)
+
+
+@pytest.mark.parametrize("pp, v, m", [(2, 2, 4), (4, 2, 8), (4, 4, 16)])
+def test_interleaved_bound_is_exact_with_full_rounds(pp: int, v: int, m: int) -> None:
+    times = uniform(pp * v, 0.5, 0.75, 0.25)
+    chunk = 1.5
+    expected = (m * v + pp - 1) * chunk
+    assert makespan_lower_bound_s("interleaved-1f1b", pp, v, m, times) == pytest.approx(expected)
+    assert price_pipeline("interleaved-1f1b", pp, v, m, times).makespan_s == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("pp, m", [(4, 8), (8, 16)])
+def test_zb_h1_bound_is_3m_plus_p_minus_1(pp: int, m: int) -> None:
+    times = uniform(pp, 1.0, 1.0, 1.0)
+    assert makespan_lower_bound_s("zb-h1", pp, 1, m, times) == pytest.approx(3 * m + pp - 1)
+
+
+def random_shape(rng: random.Random) -> tuple[str, int, int, int]:
+    while True:
+        name = rng.choice(SEARCHED)
+        pp = rng.choice([1, 2, 3, 4, 5, 8])
+        if pp == 1 and name != "1f1b":
+            continue
+        v = {"one": 1, "two": 2, "looped": rng.choice([2, 3, 4])}[SCHEDULES[name].stages_per_rank]
+        m = rng.choice([1, 2, 3, pp, pp + 1, 2 * pp, 3 * pp + 1, 12])
+        if pp == 1:
+            v = 1
+        if not shape_violations(name, pp, v, m):
+            return name, pp, v, m
+
+
+def random_times(rng: random.Random, stages: int) -> StageTimes:
+    def draw() -> tuple[float, ...]:
+        return tuple(rng.uniform(0.0, 2.0) for _ in range(stages))
+
+    p2p = tuple(rng.choice([0.0, rng.uniform(0.0, 0.5)]) for _ in range(stages - 1))
+    return StageTimes(draw(), draw(), draw(), tuple(rng.uniform(1.0, 5.0) for _ in range(stages)), p2p)
+
+
+def test_bound_never_exceeds_the_simulator_on_random_shapes_and_times() -> None:
+    rng = random.Random(11)
+    tight = 0
+    for _ in range(600):
+        name, pp, v, m = random_shape(rng)
+        times = random_times(rng, pp * v)
+        exact = price_pipeline(name, pp, v, m, times)
+        bound = makespan_lower_bound_s(name, pp, v, m, times)
+        assert bound <= exact.makespan_s * (1 + 1e-12), (name, pp, v, m)
+        tight += bound >= 0.9 * exact.makespan_s
+        priced = bound_pipeline(name, pp, v, m, times)
+        assert priced.busy_s == pytest.approx(exact.busy_s)
+        assert priced.peak_inflight_microbatches == exact.peak_inflight_microbatches
+        for lower, simulated in zip(priced.peak_activation_bytes, exact.peak_activation_bytes):
+            assert lower <= simulated * (1 + 1e-12)
+        if v == 1:
+            assert priced.peak_activation_bytes == pytest.approx(exact.peak_activation_bytes)
+    assert tight > 300  # a bound that is always 0 would pass the line above
+
+
+def layer_times(cut: list[int], layer: PassTimes, emb: PassTimes, head: PassTimes) -> StageTimes:
+    def per_stage(attr: str) -> tuple[float, ...]:
+        out = [n * getattr(layer, attr) for n in cut]
+        out[0] += getattr(emb, attr)
+        out[-1] += getattr(head, attr)
+        return tuple(out)
+
+    stages = len(cut)
+    return StageTimes(per_stage("forward_s"), per_stage("backward_input_s"), per_stage("backward_weight_s"),
+                      (1.0,) * stages, (0.0,) * (stages - 1))
+
+
+def random_cut(rng: random.Random, layers: int, stages: int) -> list[int]:
+    bars = sorted(rng.sample(range(1, layers), stages - 1))
+    edges = [0, *bars, layers]
+    return [edges[i + 1] - edges[i] for i in range(stages)]
+
+
+def test_any_cut_bound_is_below_the_bound_of_every_cut() -> None:
+    rng = random.Random(5)
+    for _ in range(400):
+        name, pp, v, m = random_shape(rng)
+        layers = rng.randint(pp * v, 4 * pp * v + 3)
+        layer = PassTimes(rng.uniform(0.1, 1), rng.uniform(0.1, 2), rng.uniform(0.0, 1))
+        emb = PassTimes(rng.uniform(0, 0.3), 0.0, rng.uniform(0, 0.3))
+        head = PassTimes(rng.uniform(0, 2), rng.uniform(0, 2), rng.uniform(0, 1))
+        any_cut = any_cut_makespan_lower_bound_s(name, pp, v, m, layer, emb, head, layers)
+        cut = random_cut(rng, layers, pp * v)
+        times = layer_times(cut, layer, emb, head)
+        assert any_cut <= makespan_lower_bound_s(name, pp, v, m, times) * (1 + 1e-12), (name, pp, v, m, cut)
+        assert any_cut <= price_pipeline(name, pp, v, m, times).makespan_s * (1 + 1e-12)
+
+
+def test_peak_inflight_reads_the_registry() -> None:
+    assert peak_inflight("1f1b", 4, 1, 8) == (4, 3, 2, 1)
+    assert peak_inflight("zb-h2", 4, 1, 8) == (7, 7, 7, 7)
+    assert peak_inflight("chimera", 4, 1, 4) == price_pipeline("chimera", 4, 1, 4, uniform(4, 1, 1, 1)).peak_inflight_microbatches

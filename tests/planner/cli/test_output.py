@@ -1,0 +1,91 @@
+"""Output a user trusts: plan files and --json agree, alternatives are plan fields, figures are
+rounded for people only, warnings for plans that waste the machine, tables that fit, --version."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from planner.cli.main import run
+from planner.cli.render import plans_table, seconds, sig3
+from planner.search.branch_and_bound import search
+from profiles.loader import load_cluster, load_model
+from profiles.schema import TrainSpec
+
+SMALL = ["search", "--model", "gpt3-1.7b", "--cluster", "dgx-a100-80g", "--gpus", "32", "--global-batch", "512"]
+
+
+def test_sig3_and_error_band() -> None:
+    assert [sig3(x) for x in (0.87094, 58.81, 72.0, 101827.0, 1936876.0, 0.000953, 0.0)] == \
+        ["0.871", "58.8", "72.0", "102k", "1.94M", "0.000953", "0"]
+    assert seconds(58.81, 12.0) == "58.8 s ± 12 %" and seconds(58.81) == "58.8 s"
+
+
+def test_each_json_item_is_what_out_writes_and_carries_its_alternatives(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "plan.json"
+    assert run(SMALL + ["--json", "--out", str(out)]) == 0
+    items = json.loads(capsys.readouterr().out)
+    assert items[0] == json.loads(out.read_text())
+    best = items[0]
+    assert best["alternatives"] and {"config", "step_time_s", "delta_pct", "reason"} <= set(best["alternatives"][0])
+    for alt in best["alternatives"]:
+        if alt["step_time_s"] is not None and "does not fit" not in alt["reason"]:
+            assert alt["delta_pct"] == pytest.approx(100 * (alt["step_time_s"] / best["estimate"]["step_time_s"] - 1))
+            assert alt["delta_pct"] > -0.5  # nothing the search could pick beats it by more than its tolerance
+    # full precision in JSON: not rounded to what people see
+    assert len(repr(best["estimate"]["step_time_s"]).split(".")[1]) > 3
+
+
+def test_waste_warnings_for_a_batch_too_small_for_the_machine(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["search", "--model", "llama3-70b", "--cluster", "dgx-h100", "--gpus", "64", "--global-batch", "1",
+                "--seq-len", "8192", "--top-k", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 1 sequence per step" in err and "pipeline bubble is" in err and "under a third" in err
+
+
+def test_hf_config_seq_len_defaults_to_at_most_4096(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 512, "num_attention_heads": 8, "num_key_value_heads": 4,
+        "num_hidden_layers": 4, "intermediate_size": 1024, "vocab_size": 1000, "max_position_embeddings": 131072}))
+    assert run(["search", "--model", str(config), "--cluster", "dgx-h100", "--gpus", "8", "--global-batch", "8",
+                "--top-k", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)[0]["train"]["seq_len"] == 4096
+    assert "note: assuming --seq-len 4096 = min(4096, max_position_embeddings 131072)" in captured.err
+
+
+@pytest.mark.parametrize("width", [100, 120])
+def test_plans_table_fits_the_width_without_cutting_cells(width: int) -> None:
+    model, cluster = load_model("gpt-1t"), load_cluster("dgx-a100-80g")
+    result = search(model, cluster, TrainSpec(global_batch=3072, seq_len=2048), 3072, top_k=5)
+    rows = [(s.config, s.estimate.model_copy(update={"error_band_pct": 12.0})) for s in result.best]
+    console = Console(width=width, record=True)
+    console.print(plans_table(rows, None, width))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= width
+    assert "…" not in text and "dualpipev" in text and "recompute" in text and "±12%" in text
+
+
+def test_explain_shows_the_exposed_parts_apart_from_overlapped_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "plan.json"
+    assert run(SMALL + ["--out", str(out)]) == 0
+    capsys.readouterr()
+    assert run(["explain", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Time breakdown, busiest pipeline rank:" in text and "= step" in text and "Nearest alternatives" in text
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("ppplan ")
+
+
+def test_help_lists_the_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["evaluate", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for choice in ("interleaved-1f1b", "zb-h2", "dualpipev", "selective", "megatron-core", "torchtitan", "fp8"):
+        assert choice in text, choice

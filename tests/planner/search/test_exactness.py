@@ -1,0 +1,155 @@
+"""The search is exact: its top k are the k best of the whole space under the simulated price
+(within ``TOLERANCE``), checked against an oracle that prices every candidate; and every bound
+it prunes with is below the exact price it stands for.
+
+The oracle enumerates the space as the search defines it (``enumerate_candidates`` and
+``Searcher.cuts``: the uniform split ``evaluate`` prices and the min-max cut) and prices every
+cut with ``Searcher.score`` (``estimate`` over the event simulator); nothing of the search's
+pruning is reused.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pytest
+
+from costmodels.rules import config_violations
+from planner.search.branch_and_bound import TOLERANCE, Searcher, search
+from planner.search.space import DEFAULT_SCHEDULES, enumerate_candidates
+from profiles.loader import load_cluster, load_model, load_stack
+from profiles.schema import ClusterSpec, ModelSpec, TrainSpec
+from profiles.stack_schema import StackSpec
+
+STACKS = ("ppplan-torch", "megatron-core", "megatron-lm-2021", "torchtitan")
+
+
+@dataclass(frozen=True)
+class Problem:
+    model: ModelSpec
+    cluster: ClusterSpec
+    train: TrainSpec
+    gpus: int
+    stack: StackSpec
+    schedules: tuple[str, ...]
+    top_k: int
+
+
+def _model(rng: random.Random) -> ModelSpec:
+    pick = rng.randrange(3)
+    if pick < 2:
+        return load_model(("tiny-gpt", "tiny-llama")[pick])
+    heads = rng.choice([4, 8])
+    return ModelSpec(
+        name="random", num_layers=rng.choice([4, 6, 8, 12]), hidden_size=rng.choice([256, 512, 768]),
+        num_attention_heads=heads, num_key_value_heads=rng.choice([heads, heads // 2]),
+        vocab_size=rng.choice([1024, 8192, 32000]), seq_len=rng.choice([128, 512, 2048]),
+        activation=rng.choice(["gelu", "swiglu"]), tie_embeddings=rng.random() < 0.5,
+    )
+
+
+def _cluster(rng: random.Random) -> ClusterSpec:
+    base = load_cluster(rng.choice(["dgx-h100", "dgx-a100-80g", "cpu-local"]))
+    return base.model_copy(update={"gpus_per_node": rng.choice([2, 4, 8])})
+
+
+def _binding_memory(p: Problem, rng: random.Random) -> Problem:
+    """The problem on a GPU whose memory lies between its candidates' needs (a random quantile of
+    their uniform splits' peaks), so that memory decides which fit."""
+    searcher = Searcher(p.model, p.cluster, p.train, p.gpus, stack=p.stack)
+    cands = list(enumerate_candidates(p.model, p.train, p.gpus, p.cluster.gpus_per_node, p.schedules, stack=p.stack))
+    if not cands:
+        return p
+    needs = sorted(max(searcher.score(c, searcher.cuts(c)[0]).estimate.peak_memory_gib) for c in rng.sample(cands, min(40, len(cands))))
+    need = needs[int(rng.uniform(0.2, 0.9) * (len(needs) - 1))]
+    gpu = p.cluster.gpu.model_copy(update={"memory_gib": need / (1 - p.cluster.memory_safety_margin)})
+    return Problem(p.model, p.cluster.model_copy(update={"gpu": gpu}), p.train, p.gpus, p.stack, p.schedules, p.top_k)
+
+
+def random_problem(seed: int) -> Problem:
+    rng = random.Random(seed)
+    while True:
+        stack = load_stack(rng.choice(STACKS))
+        cluster = _cluster(rng)
+        precisions = [p for p in stack.precisions if p in ("bf16", "fp32") and getattr(cluster.gpu.peak_tflops, p)]
+        if not precisions:
+            continue
+        model = _model(rng)
+        train = TrainSpec(global_batch=rng.choice([1, 2, 3, 4, 6, 8, 12, 16]), seq_len=model.seq_len,
+                          precision=rng.choice(precisions))
+        offered = [s for s in DEFAULT_SCHEDULES if s in stack.schedules]
+        schedules = tuple(offered) if rng.random() < 0.5 else tuple(rng.sample(offered, rng.randint(1, len(offered))))
+        problem = Problem(model, cluster, train, rng.choice([2, 4, 4, 8, 8]), stack, schedules, rng.choice([1, 3, 5]))
+        return _binding_memory(problem, rng)
+
+
+def oracle(p: Problem) -> list[float]:
+    """Exact price of every candidate of the space (its best fitting cut), ascending."""
+    searcher = Searcher(p.model, p.cluster, p.train, p.gpus, stack=p.stack)
+    prices = []
+    for c in enumerate_candidates(p.model, p.train, p.gpus, p.cluster.gpus_per_node, p.schedules, stack=p.stack):
+        fitting = [s.estimate.step_time_s for s in (searcher.score(c, cut) for cut in searcher.cuts(c)) if s.estimate.fits]
+        if fitting:
+            prices.append(min(fitting))
+    return sorted(prices)
+
+
+def test_search_returns_the_k_best_of_the_space_on_random_problems() -> None:
+    checked = pruned = 0
+    for seed in range(48):
+        p = random_problem(seed)
+        expected = oracle(p)
+        result = search(p.model, p.cluster, p.train, p.gpus, p.top_k, p.schedules, stack=p.stack)
+        assert result.bound_violations == 0, seed
+        assert len(result.best) == min(p.top_k, len(expected)), seed
+        for rank, (got, want) in enumerate(zip(result.best, expected)):
+            assert got.estimate.fits
+            assert got.estimate.step_time_s <= want * (1 + TOLERANCE) * (1 + 1e-12), (seed, rank)
+            assert not config_violations(p.model, p.train, p.gpus, got.config, p.stack), (seed, got.config)
+        if expected:
+            checked += 1
+            pruned += result.pruned_by_bound > 0
+    assert checked >= 40  # problems with at least one plan that fits
+    assert pruned >= 10  # ... where the bounds did prune
+
+
+def test_every_bound_is_below_the_exact_price() -> None:
+    """Any-cut, per-cut and composed time bounds <= the simulated step; memory bounds <= the
+    estimate's memory per rank, on random candidates of random problems."""
+    rng = random.Random(3)
+    checked = 0
+    for seed in range(100, 130):
+        p = random_problem(seed)
+        searcher = Searcher(p.model, p.cluster, p.train, p.gpus, stack=p.stack)
+        bounds = searcher.bounds
+        cands = list(enumerate_candidates(p.model, p.train, p.gpus, p.cluster.gpus_per_node, p.schedules, stack=p.stack))
+        for c in rng.sample(cands, min(12, len(cands))):
+            any_time, any_memory = bounds.time_any_cut_s(c), bounds.memory_any_cut_gib(c)
+            for cut in searcher.cuts(c):
+                exact = searcher.score(c, cut).estimate
+                composed = searcher.composed_bound(c, cut)
+                slack = 1 + 1e-9
+                assert any_time <= exact.step_time_s * slack
+                assert bounds.time_of_cut_s(c, cut) <= exact.step_time_s * slack
+                assert composed.step_time_s <= exact.step_time_s * slack
+                assert any_memory <= max(exact.peak_memory_gib) * slack
+                for lower, upper in zip(bounds.memory_of_cut_gib(c, cut), exact.peak_memory_gib):
+                    assert lower <= upper * slack
+                for lower, upper in zip(composed.peak_memory_gib, exact.peak_memory_gib):
+                    assert lower <= upper * slack
+                checked += 1
+    assert checked >= 200
+
+
+@pytest.mark.parametrize("stack_name", STACKS)
+def test_each_pick_is_legal_for_its_stack(stack_name: str) -> None:
+    stack = load_stack(stack_name)
+    model, cluster = load_model("gpt3-1.7b"), load_cluster("dgx-a100-80g")
+    train = TrainSpec(global_batch=512, seq_len=2048, precision="bf16")
+    result = search(model, cluster, train, 32, top_k=5, stack=stack)
+    assert result.best
+    for scored in result.best:
+        assert scored.config.stack == stack_name
+        assert scored.config.schedule in stack.schedules
+        assert not config_violations(model, train, 32, scored.config, stack)
