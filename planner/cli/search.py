@@ -161,7 +161,7 @@ def search_cmd(
         result = search(model_spec, cluster_spec, train, gpus, top_k, names, allow_cross_node_tp, layers,
                         progress=lambda done, total: bar.update(task, completed=done, total=total), stack=stack_spec)
     if not result.best:
-        _report_infeasible(result.closest, model_spec, cluster_spec, train, gpus, as_json)
+        _report_infeasible(result.closest, model_spec, cluster_spec, train, gpus, as_json, profile)
     plans = _plans(model_spec, cluster_spec, train, result, profile)
     for warning in waste_warnings(plans[0].config, plans[0].estimate, global_batch):
         warn(warning)
@@ -181,10 +181,10 @@ def search_cmd(
 
 
 def _report_infeasible(closest: Scored | None, model: ModelSpec, cluster: ClusterSpec, train: TrainSpec,
-                       gpus: int, as_json: bool) -> None:
+                       gpus: int, as_json: bool, profile: Optional[Path] = None) -> None:
     if closest is None:
         raise InfeasibleError(f"no legal configuration of {model.name} on {gpus} GPUs with global batch {train.global_batch}")
-    est = closest.estimate
+    est = _banded(closest.estimate, closest.config.stack, cluster, profile)
     worst = max(est.peak_memory_gib)
     rank = est.peak_memory_gib.index(worst)
     if as_json:
