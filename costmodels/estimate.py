@@ -9,8 +9,8 @@ traffic each rank leaves exposed (``costmodels.data_parallel``), the optimizer s
 per-step overhead complete the step, composed explicitly with a breakdown whose exposed
 parts add up to it (``costmodels.step_time``). Memory is per pipeline rank.
 
-The stack (``StackSpec``) decides kernels, overlaps and overheads; ``stack=None`` prices the
-schema's defaults (``StackKernels()``, ``NEUTRAL_OVERLAP``): callers that plan for a stack pass it.
+The stack (``StackSpec``) decides kernels, overlaps and overheads; every caller names it (there
+is no default: a plan is priced as one stack runs it).
 """
 
 from __future__ import annotations
@@ -58,9 +58,6 @@ PipelinePricer = Callable[[str, int, int, int, StageTimes], PipelineResult]
 # AdamW step traffic per parameter, one fused multi-tensor kernel: read the fp32 weight, gradient,
 # m and v (16 B), write weight, m and v (12 B) and the 2-byte copy the forward uses.
 ADAM_STEP_BYTES_PER_PARAM = 30
-# No stack given: DP gradients reduced in buckets during the last backward (the schema's
-# defaults for everything else: parameter gather overlapped, TP and p2p exposed, no overhead).
-NEUTRAL_OVERLAP = StackOverlap(dp_grad_reduce="bucketed")
 # Buffer counts (each a multiple of one buffer's bytes):
 ZERO3_GATHERED_UNITS = 2  # FSDP2 with resharding: the unit in use and the one prefetched (torch FSDP2 implicit prefetch)
 TRANSIENT_COPIES = 2  # the widest activation (MLP intermediate, or fp32 logits) and its gradient, alive together in backward
@@ -83,10 +80,10 @@ class StagePlan:
         return self.layout.pipeline_rank
 
 
-def activation_variant(cluster: ClusterSpec, train: TrainSpec, kernels: StackKernels | None = None) -> ActivationVariant:
+def activation_variant(cluster: ClusterSpec, train: TrainSpec, kernels: StackKernels) -> ActivationVariant:
     """What the stack's runtime stores on this cluster's device (a "cpu" GPU name means CPU)."""
     device = "cpu" if runs_on_cpu(cluster) else "cuda"
-    return ActivationVariant.for_stack(kernels or StackKernels(), train.precision, device)
+    return ActivationVariant.for_stack(kernels, train.precision, device)
 
 
 def _stage_plan(
@@ -117,20 +114,19 @@ def _stage_plan(
 
 def rank_memory_if_uniform_gib(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
-    rank: int, layers_per_stage: int, inflight_stage_microbatches: float, stack: StackSpec | None = None,
+    rank: int, layers_per_stage: int, inflight_stage_microbatches: float, *, stack: StackSpec,
 ) -> float:
     """Peak GiB of pipeline ``rank`` if each of its stages held ``layers_per_stage`` layers and
     ``inflight_stage_microbatches`` stage-microbatches were alive (affine in the layer count;
     the search derives per-rank layer caps from it)."""
-    variant = activation_variant(cluster, train, stack.kernels if stack else None)
+    variant = activation_variant(cluster, train, stack.kernels)
     plans = [
         _stage_plan(model, train, cfg, None, layout, variant)
         for layout in layouts_of([layers_per_stage] * cfg.num_stages, cfg.pp, cfg.v, cfg.schedule)
         if layout.pipeline_rank == rank
     ]
     peak = inflight_stage_microbatches * max(st.activation_bytes for st in plans)
-    overlap = stack.overlap if stack else NEUTRAL_OVERLAP
-    return sum(_rank_memory_gib(model, cluster, train, cfg, plans, peak, overlap).values())
+    return sum(_rank_memory_gib(model, cluster, train, cfg, plans, peak, stack).values())
 
 
 def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, network: Network) -> tuple[float, ...]:
@@ -203,19 +199,18 @@ def _stage_costs(
 
 def stage_times(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes | None = None,
-    stack: StackSpec | None = None,
+    *, stack: StackSpec,
 ) -> StageTimes:
     """Per-virtual-stage times for the simulator (what ``ppplan simulate plan.json`` runs)."""
     layers = layers or RooflineTimes(model, cluster, train.precision, stack=stack)
-    overlap = stack.overlap if stack else NEUTRAL_OVERLAP
-    return _pipeline_inputs(model, cluster, train, cfg, layers, stack, overlap, network_for(cluster))[2]
+    return _pipeline_inputs(model, cluster, train, cfg, layers, stack, stack.overlap, network_for(cluster))[2]
 
 
 def _pipeline_inputs(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes,
-    stack: StackSpec | None, overlap: StackOverlap, network: Network,
+    stack: StackSpec, overlap: StackOverlap, network: Network,
 ) -> tuple[list[StagePlan], list[PassTimes], StageTimes, list[dict[str, float]]]:
-    variant = activation_variant(cluster, train, stack.kernels if stack else None)
+    variant = activation_variant(cluster, train, stack.kernels)
     plans = [_stage_plan(model, train, cfg, layers, layout, variant) for layout in stage_layouts(cfg)]
     p2p = _p2p_times(model, cluster, train, cfg, network)
     costs, hidden = _stage_costs(cfg, cluster, train, plans, overlap, network, p2p)
@@ -247,7 +242,7 @@ def _largest_unit_params(model: ModelSpec, tp: int, rank_plans: list[StagePlan])
 
 def _rank_memory_gib(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
-    rank_plans: list[StagePlan], activation_peak: float, overlap: StackOverlap,
+    rank_plans: list[StagePlan], activation_peak: float, stack: StackSpec,
 ) -> dict[str, float]:
     """Per-rank memory in GiB by category: static state under ZeRO, activations of the
     microbatches in flight (from the schedule), the largest transient working tensor,
@@ -263,7 +258,7 @@ def _rank_memory_gib(
     if any(st.layout.has_head for st in rank_plans):
         transient = max(transient, TRANSIENT_COPIES * 4 * tokens * model.vocab_size / cfg.tp)
     p2p_buffers = P2P_BUFFERS * p * tokens * model.hidden_size / cfg.tp if cfg.pp > 1 else 0.0
-    bucket = min(params, bucket_params(overlap, cfg.dp))
+    bucket = min(params, bucket_params(stack.overlap, cfg.dp))
     dp_buckets = DP_BUCKETS_IN_FLIGHT * bucket * grad_reduce_bytes_per_param(train.precision) if cfg.dp > 1 else 0.0
     allocated = {
         "weights": static.weights_bytes + gathered,
@@ -351,13 +346,13 @@ def _rank_work(
 
 def estimate(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes | None = None,
-    pricer: PipelinePricer = price_pipeline, stack: StackSpec | None = None,
+    pricer: PipelinePricer = price_pipeline, *, stack: StackSpec,
 ) -> Estimate:
     """Price one configuration on ``stack`` (the rules are checked by the caller: ``costmodels.rules``).
 
     ``pricer`` is the event simulator over the exact action list; the search passes the
     closed-form screen (``costmodels.pipeline_approx``) only to rank candidates."""
-    overlap = stack.overlap if stack else NEUTRAL_OVERLAP
+    overlap = stack.overlap
     layers = layers or RooflineTimes(model, cluster, train.precision, stack=stack)
     network = network_for(cluster)
     plans, costs, times, hidden = _pipeline_inputs(model, cluster, train, cfg, layers, stack, overlap, network)
@@ -372,7 +367,7 @@ def estimate(
     step = compose_step(result, ranks, cfg.num_microbatches, cluster.efficiency.step_overhead_s, timeshared)
     per_rank = [[st for st in plans if st.rank == r] for r in range(cfg.pp)]
     memory = [
-        _rank_memory_gib(model, cluster, train, cfg, per_rank[r], result.peak_activation_bytes[r], overlap)
+        _rank_memory_gib(model, cluster, train, cfg, per_rank[r], result.peak_activation_bytes[r], stack)
         for r in range(cfg.pp)
     ]
     peak = [round(sum(m.values()), 4) for m in memory]

@@ -29,7 +29,7 @@ from costmodels.comm import (
 from costmodels.compute import non_gemm_precision, operators_time_s
 from costmodels.operators import Gemm, LayerOps, LayerShape, embedding_ops, head_ops, transformer_layer_ops
 from profiles.schema import ClusterSpec, ModelSpec
-from profiles.stack_schema import StackKernels, StackSpec
+from profiles.stack_schema import StackSpec
 
 
 @dataclass(frozen=True)
@@ -135,18 +135,17 @@ class RooflineTimes:
     """Analytic layer times from the cluster's peaks, its GPU family's constants and the stack's
     kernels (for one TP group alone on its node: ``tp_group_timeshare``). ``tp_links``
     (intra-node, inter-node) replaces the cluster file's links, e.g. with those ``ppplan
-    profile-comm`` measured. ``stack=None`` prices the schema's default kernels (flash
-    attention, fused element-wise kernels, vocab-parallel loss) with TP communication exposed."""
+    profile-comm`` measured. ``stack`` gives the kernels and whether TP communication overlaps."""
 
     def __init__(
         self, model: ModelSpec, cluster: ClusterSpec, precision: str, tp_links: tuple[Link, Link] | None = None,
-        stack: StackSpec | None = None,
+        *, stack: StackSpec,
     ) -> None:
         self.model = model
         self.cluster = cluster
         self.precision = precision
-        self.kernels = stack.kernels if stack else StackKernels()
-        self.tp_overlapped = stack is not None and stack.overlap.tp_comm == "overlapped"
+        self.kernels = stack.kernels
+        self.tp_overlapped = stack.overlap.tp_comm == "overlapped"
         self.p = bytes_per_element(precision)
         self.network = network_for(cluster, tp_links)
         self._ops_cached = lru_cache(maxsize=None)(self._ops)

@@ -15,7 +15,8 @@ from planner.cli import (
     profile,  # noqa: F401  registers profile, profile-comm
     search,  # noqa: F401  registers search, evaluate
     simulate,  # noqa: F401  registers simulate
-    trust,  # noqa: F401  registers validate, calibrate, regress
+    trust,  # noqa: F401  registers calibrate, regress
+    validate,  # noqa: F401  registers validate
 )
 from planner.cli.app import app
 from profiles.errors import InfeasibleError, PlanError

@@ -47,10 +47,10 @@ class Bounds:
     """Lower bounds for the candidates of one search (model, cluster, train and layer times fixed)."""
 
     def __init__(
-        self, model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, layers: LayerTimes, stack: StackSpec | None = None,
+        self, model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, layers: LayerTimes, stack: StackSpec,
     ) -> None:
         self.model, self.cluster, self.train, self.layers = model, cluster, train, layers
-        self.variant = activation_variant(cluster, train, stack.kernels if stack else None)  # what the stack's kernels keep
+        self.variant = activation_variant(cluster, train, stack.kernels)  # what the stack's kernels keep
         self.limit_gib = memory_limit_gib(cluster)
         self.allocated_factor = 1.0 + cluster.allocator_fragmentation
         self._passes = lru_cache(maxsize=None)(self._passes_uncached)

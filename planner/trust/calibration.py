@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from costmodels.estimate import estimate
+from planner.trust.accuracy import error_pct, mape_pct
 from profiles.loader import load_stack
 from profiles.schema import ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
 
@@ -112,7 +113,7 @@ def _bounds(names: tuple[str, ...], runs: list[MeasuredRun]) -> list[tuple[float
     return out
 
 
-def _levenberg_marquardt(
+def levenberg_marquardt(
     residuals: Callable[[np.ndarray], np.ndarray], u0: np.ndarray, max_iterations: int
 ) -> tuple[np.ndarray, int]:
     """Minimise ||residuals(u)||² over the box [0, 1]^p (steps projected onto the box)."""
@@ -169,7 +170,7 @@ def fit_efficiency(
         return np.concatenate([log_errors(runs, terms_of(u)), prior * (u - u0)])
 
     before = log_errors(runs, start)
-    u, iterations = _levenberg_marquardt(residuals, u0, max_iterations) if names else (u0, 0)
+    u, iterations = levenberg_marquardt(residuals, u0, max_iterations) if names else (u0, 0)
     fitted = terms_of(u)
     after = log_errors(runs, fitted)
     return FitResult(
@@ -205,15 +206,6 @@ def kfold_groups(runs: list[MeasuredRun], folds: int) -> dict[str, str]:
     """Deterministic K-fold assignment: runs sorted by name, dealt round-robin."""
     ordered = sorted(r.run for r in runs)
     return {name: f"fold{i % folds}" for i, name in enumerate(ordered)}
-
-
-def mape_pct(errors_pct: list[float]) -> float:
-    """Mean absolute percentage error of signed per-run errors (in %)."""
-    return float(np.mean(np.abs(errors_pct))) if errors_pct else float("nan")
-
-
-def error_pct(predicted: float, measured: float) -> float:
-    return 100.0 * (predicted - measured) / measured
 
 
 @dataclass(frozen=True)
