@@ -37,8 +37,10 @@ from costmodels.memory import (
     GIB,
     ActivationVariant,
     embedding_activation_bytes,
+    gradients_sharded,
     head_activation_bytes,
     layer_activation_bytes,
+    microbatch_grad_sync,
     stage_params,
     static_memory,
 )
@@ -154,31 +156,52 @@ def action_overhead_s(cluster: ClusterSpec, overlap: StackOverlap) -> float:
     return cluster.efficiency.action_overhead_s + overlap.host_overhead_per_action_s
 
 
+def _microbatch_dp_traffic(
+    cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st: StagePlan, stack: StackSpec, network: Network,
+) -> tuple[float, float]:
+    """Data-parallel seconds inside one microbatch's F and B of a stage: ZeRO-3 gathers the
+    parameters for F and again for B (FSDP2 ``reshard_after_forward``); a stack that syncs
+    gradients every microbatch (``microbatch_grad_sync``: FSDP without PP) gathers them for F
+    under ZeRO-1/2 as well (FSDP2 reshards after each backward) and reduce-scatters the
+    gradients in B (Rajbhandari et al. 2020, Sec. 5; pytorch/torchtitan PR #1710)."""
+    if cfg.dp == 1:
+        return 0.0, 0.0
+    placement = dp_placement(cluster, cfg, st.rank)
+    per_microbatch = microbatch_grad_sync(stack, cfg.pp, cfg.dp, cfg.zero)
+    gather = zero3_gather_s(st.params, bytes_per_element(train.precision), placement, network)
+    in_f = gather if cfg.zero == 3 or per_microbatch else 0.0
+    in_b = gather if cfg.zero == 3 else 0.0
+    if per_microbatch:
+        in_b += collective_s("reduce_scatter", st.params * grad_reduce_bytes_per_param(train.precision), placement, network)
+    return in_f, in_b
+
+
 def _stage_costs(
-    cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, plans: list[StagePlan], overlap: StackOverlap,
+    cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, plans: list[StagePlan], stack: StackSpec,
     network: Network, p2p: tuple[float, ...],
 ) -> tuple[list[PassTimes], list[dict[str, float]]]:
     """Each stage's per-microbatch passes as its actions run them, with what they hide.
 
-    ZeRO-3: the stage's parameters are all-gathered for F and again for B; the gather
-    overlaps that pass's compute (FSDP2 prefetch) where comm overlaps compute, and only the
-    excess shows. Blocking p2p (``overlap.p2p == "exposed"``): F holds the rank for its send
-    to the next stage, B for its send to the previous one. Every action pays the fixed
-    per-action overhead (W only where the schedule splits the backward)."""
+    Data-parallel traffic inside the passes (``_microbatch_dp_traffic``: ZeRO-3 gathers,
+    per-microbatch gradient reduce-scatters) overlaps that pass's compute (FSDP2 prefetch,
+    backward hooks) where comm overlaps compute, and only the excess shows. Blocking p2p
+    (``overlap.p2p == "exposed"``): F holds the rank for its send to the next stage, B for its
+    send to the previous one. Every action pays the fixed per-action overhead (W only where
+    the schedule splits the backward)."""
+    overlap = stack.overlap
     overhead = action_overhead_s(cluster, overlap)
     split = schedule_spec(cfg.schedule).split_backward
-    p = bytes_per_element(train.precision)
     costs, hidden = [], []
     for j, st in enumerate(plans):
         t = st.times
         f, b, w = t.forward_s, t.backward_input_s, t.backward_weight_s
         dp_in_actions, hides = 0.0, {}
-        if cfg.zero == 3 and cfg.dp > 1:
-            gather = zero3_gather_s(st.params, p, dp_placement(cluster, cfg, st.rank), network)
+        comm_f, comm_b = _microbatch_dp_traffic(cfg, cluster, train, st, stack, network)
+        if comm_f or comm_b:
             hide_f, hide_b = (f, b + w) if comm_overlaps_compute(cluster) else (0.0, 0.0)
-            extra_f, extra_b = max(0.0, gather - hide_f), max(0.0, gather - hide_b)
+            extra_f, extra_b = max(0.0, comm_f - hide_f), max(0.0, comm_b - hide_b)
             f, b, dp_in_actions = f + extra_f, b + extra_b, extra_f + extra_b
-            hides["zero3_gather_s"] = 2 * gather - dp_in_actions
+            hides["zero3_gather_s"] = comm_f + comm_b - dp_in_actions
         send_f = p2p[j] if j < len(p2p) else 0.0
         send_b = p2p[j - 1] if j > 0 else 0.0
         pp_in_actions = 0.0
@@ -213,7 +236,7 @@ def _pipeline_inputs(
     variant = activation_variant(cluster, train, stack.kernels)
     plans = [_stage_plan(model, train, cfg, layers, layout, variant) for layout in stage_layouts(cfg)]
     p2p = _p2p_times(model, cluster, train, cfg, network)
-    costs, hidden = _stage_costs(cfg, cluster, train, plans, overlap, network, p2p)
+    costs, hidden = _stage_costs(cfg, cluster, train, plans, stack, network, p2p)
     fwd = [c.forward_s for c in costs]
     bwd_in = [c.backward_input_s for c in costs]
     bwd_w = [c.backward_weight_s for c in costs]
@@ -248,7 +271,8 @@ def _rank_memory_gib(
     microbatches in flight (from the schedule), the largest transient working tensor,
     p2p and DP bucket buffers, allocator fragmentation and the runtime's own reserve."""
     params = sum(st.params for st in rank_plans)
-    static = static_memory(params, train.precision, cfg.dp, cfg.zero, gradients_sharded=False)
+    static = static_memory(params, train.precision, cfg.dp, cfg.zero,
+                           gradients_sharded(stack, cfg.pp, cfg.dp, cfg.zero), stack.grad_accumulation_fp32)
     p = bytes_per_element(train.precision)
     tokens = train.seq_len * cfg.mbs
     # ZeRO-3: the current and the prefetched unsharded block
@@ -317,11 +341,12 @@ def _sum_passes(items: list[PassTimes]) -> PassTimes:
 
 
 def _rank_work(
-    cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, overlap: StackOverlap, network: Network,
+    cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, stack: StackSpec, network: Network,
     plans: list[StagePlan], costs: list[PassTimes], hidden: list[dict[str, float]], result: PipelineResult, rank: int,
 ) -> RankWork:
-    """Pipeline rank ``rank``'s passes, hidden time, DP traffic (over its stages' simulated
-    windows, ``costmodels.data_parallel``) and optimizer step (ZeRO >= 1: its 1/dp shard)."""
+    """Pipeline rank ``rank``'s passes, hidden time, once-per-step DP traffic (over its stages'
+    simulated windows, ``costmodels.data_parallel``; none where the stack syncs every microbatch,
+    which the passes already hold) and optimizer step (ZeRO >= 1: its 1/dp shard)."""
     mine = [j for j, st in enumerate(plans) if st.rank == rank]
     passes = _sum_passes([costs[j] for j in mine])
     hides: dict[str, float] = {}
@@ -330,13 +355,13 @@ def _rank_work(
             hides[key] = hides.get(key, 0.0) + value
     params = sum(plans[j].params for j in mine)
     sync = RankSync()
-    if cfg.dp > 1:
+    if cfg.dp > 1 and not microbatch_grad_sync(stack, cfg.pp, cfg.dp, cfg.zero):
         windows = []
         for j in mine:
             first_forward, last_backward = result.stage_span_s(j, rank)
             windows.append(StageWindow(plans[j].params, first_forward, costs[j].forward_s, last_backward,
                                        costs[j].backward_input_s + costs[j].backward_weight_s))
-        sync = rank_sync(cluster, cfg, overlap, network, rank, windows, result.rank_span_s(rank)[1],
+        sync = rank_sync(cluster, cfg, stack.overlap, network, rank, windows, result.rank_span_s(rank)[1],
                          bytes_per_element(train.precision), grad_reduce_bytes_per_param(train.precision),
                          timing_known=bool(result.stage_last_backward_s))
     shard = cfg.dp if cfg.zero >= 1 else 1
@@ -361,7 +386,7 @@ def estimate(
         result = price_actions(schedule, times)
     else:
         result = pricer(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, times)
-    ranks = [_rank_work(cluster, train, cfg, overlap, network, plans, costs, hidden, result, r) for r in range(cfg.pp)]
+    ranks = [_rank_work(cluster, train, cfg, stack, network, plans, costs, hidden, result, r) for r in range(cfg.pp)]
     tails = [w.optimizer_s + w.sync.grad_reduce_exposed_s + w.sync.param_gather_exposed_s for w in ranks]
     timeshared = timeshared_compute_s(cluster, cfg, result.busy_s, tails)
     step = compose_step(result, ranks, cfg.num_microbatches, cluster.efficiency.step_overhead_s, timeshared)

@@ -145,7 +145,7 @@ class RooflineTimes:
         self.cluster = cluster
         self.precision = precision
         self.kernels = stack.kernels
-        self.tp_overlapped = stack.overlap.tp_comm == "overlapped"
+        self.tp_comm = stack.overlap.tp_comm
         self.p = bytes_per_element(precision)
         self.network = network_for(cluster, tp_links)
         self._ops_cached = lru_cache(maxsize=None)(self._ops)
@@ -185,12 +185,18 @@ class RooflineTimes:
         redo = operators_time_s(c, prec, ops.recompute)
         comm = self._comm(kind, tp, mbs, seq_len, sp, recompute)
         comm_f, comm_b, hidden = comm.forward_s, comm.backward_input_s, 0.0
-        if self.tp_overlapped:
+        if self.tp_comm == "overlapped":
             gemm_f = _gemm_time_s(c, prec, ops.forward)
             gemm_b = _gemm_time_s(c, prec, ops.backward_input + ops.recompute + ops.backward_weight)
             exposed_f, exposed_b = max(0.0, comm_f - gemm_f), max(0.0, comm_b - gemm_b)
             hidden = comm_f + comm_b - exposed_f - exposed_b
             comm_f, comm_b = exposed_f, exposed_b
+        elif self.tp_comm == "backward_overlapped":
+            # the recomputed forward's collectives (full recompute) stay on the critical path
+            recomputed = comm.forward_s if kind == "transformer" and recompute == "full" else 0.0
+            gemm_b = _gemm_time_s(c, prec, ops.backward_input + ops.backward_weight)
+            hidden = min(comm_b - recomputed, gemm_b)
+            comm_b -= hidden
         passes = PassTimes(
             forward_s=forward + comm_f,
             backward_input_s=backward_input + redo + comm_b,

@@ -5,7 +5,8 @@
 Tables (stdout): per source (rows priced and skipped, a-priori, held-out and in-sample
 MAPE), the fitted constants per GPU family, Spearman's rho per sweep, the memory check,
 the worst rows, the skipped rows grouped by reason, and each issue-12 target met or not.
-``--update`` writes ``profiles/calibration/error_bands.yaml`` and ``fitted_constants.yaml``.
+``--update`` writes ``profiles/calibration/error_bands.yaml`` and the fitted constants with their
+provenance into ``profiles/gpu_families.yaml`` (both into ``--tables-dir`` when given).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from rich.table import Table
 
 from planner.cli.app import app, err, out
 from planner.trust.accuracy import grouped
-from planner.trust.error_bands import CALIBRATION_DIR, write_tables
+from planner.trust.error_bands import write_tables
 from planner.trust.published_runs import DEFAULT_RUNS_CSV
 from planner.trust.validation import ValidationReport, target_lines
 from planner.trust.validation import validate as run_validate
@@ -126,15 +127,16 @@ def validate(
     no_fit: bool = typer.Option(False, "--no-fit", help="a-priori constants only (no fit, no held-out figures)"),
     json_out: bool = typer.Option(False, "--json", help="print the validate document (DESIGN.md) on stdout"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write predicted vs measured per source (PNG)"),
-    update: bool = typer.Option(False, "--update", help="write the error-band and fitted-constant tables"),
-    tables_dir: Path = typer.Option(CALIBRATION_DIR, "--tables-dir", help="where --update writes (default: the shipped ones)"),
+    update: bool = typer.Option(False, "--update", help="write the error bands and the GPU families' fitted constants"),
+    tables_dir: Optional[Path] = typer.Option(None, "--tables-dir", help="where --update writes both files (default: "
+                                              "profiles/calibration/error_bands.yaml and profiles/gpu_families.yaml)"),
 ) -> None:
     """Price every published run with a complete configuration and compare with its measurement."""
     if plot is not None:
         check_writable(plot)
     if update and no_fit:
         raise PlanError("--update writes fitted constants and held-out bands: drop --no-fit")
-    if update and not tables_dir.is_dir():
+    if update and tables_dir is not None and not tables_dir.is_dir():
         raise PlanError(f"--tables-dir {tables_dir} is not a directory")
     report = run_validate(runs, fit=not no_fit)
     if not report.priced:

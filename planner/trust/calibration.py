@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -32,6 +33,7 @@ from costmodels.estimate import estimate
 from planner.trust.accuracy import error_pct, mape_pct
 from profiles.loader import load_stack
 from profiles.schema import ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
+from profiles.stack_schema import StackSpec
 
 FIT_TERMS: tuple[str, ...] = (
     "gemm_max",
@@ -68,6 +70,7 @@ class MeasuredRun:
     config: ParallelConfig
     step_time_s: float
     peak_memory_gib: float | None = None
+    stack: StackSpec | None = None  # the stack as the run ran it; None: the preset ``config.stack`` names
 
     @property
     def gpus(self) -> int:
@@ -95,8 +98,17 @@ def with_efficiency(cluster: ClusterSpec, terms: dict[str, float]) -> ClusterSpe
     return cluster.model_copy(update={"efficiency": efficiency})
 
 
+@lru_cache(maxsize=16)
+def _stack(name: str) -> StackSpec:
+    """A stack preset, parsed once (validate and the fits price each run hundreds of times; the
+    YAML parse would dominate)."""
+    return load_stack(name)
+
+
 def estimate_with(run: MeasuredRun, terms: dict[str, float]) -> Estimate:
-    return estimate(run.model, with_efficiency(run.cluster, terms), run.train, run.config, stack=load_stack(run.config.stack))
+    """The run's configuration priced on its own stack with some efficiency terms replaced."""
+    stack = run.stack or _stack(run.config.stack)
+    return estimate(run.model, with_efficiency(run.cluster, terms), run.train, run.config, stack=stack)
 
 
 def log_errors(runs: list[MeasuredRun], terms: dict[str, float]) -> np.ndarray:

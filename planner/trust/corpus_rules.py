@@ -38,18 +38,18 @@ CLUSTER_OF_GPU: dict[str, str] = {
     "GB200": "gb200-nvl72",
 }
 
-# GPU family by architecture: one set of fitted constants each (tensor cores and memory system
-# are the architecture's; H200 is H100's compute with more HBM, GB200 is B200's in an NVL72 rack).
-FAMILY_OF_GPU_PREFIX: tuple[tuple[str, str], ...] = (
-    ("V100", "volta"),
-    ("A100", "ampere"),
-    ("H100", "hopper"),
-    ("H200", "hopper"),
-    ("H800", "hopper"),
-    ("GB200", "blackwell"),
-    ("B200", "blackwell"),
-    ("cpu", "cpu"),
-)
+# (independent source, GPU column) -> the cluster preset of the machine the source names, where it is not
+# the GPU's default preset above.
+CLUSTER_OF_SOURCE_GPU: dict[tuple[str, str], str] = {
+    # BLOOM paper Sec. 3.4.1: Jean Zay, 4 Omni-Path 100 Gbps links per 8-GPU node (not a DGX's 8 HDR cards)
+    ("bigscience", "A100-80GB"): "jean-zay-a100-80g",
+}
+
+
+def cluster_of_row(source: str, gpu: str) -> str | None:
+    """The cluster preset that prices a row's GPU column for its source (None: no preset)."""
+    return CLUSTER_OF_SOURCE_GPU.get((source, gpu), CLUSTER_OF_GPU.get(gpu))
+
 
 # stack column -> (stack preset, the assumption when it is not the row's own stack)
 STACK_OF_ROW: dict[str, tuple[str, str | None]] = {
@@ -61,6 +61,44 @@ STACK_OF_ROW: dict[str, tuple[str, str | None]] = {
     "deepspeed": ("megatron-lm-2021", "GPT-NeoX's DeepSpeed pipeline engine (Megatron-style TP, gradients reduced after "
                   "the backward) priced as the megatron-lm-2021 stack"),
 }
+
+# Sources whose runs are priced on another stack preset than their stack column names, or with other
+# kernels or overlaps than the preset's, because the source's own code shows what ran: (the preset, the
+# preset's fields it replaces ({"kernels": StackKernels fields, "overlap": StackOverlap fields}), the
+# assumption with its evidence).
+STACK_OF_SOURCE: dict[str, tuple[str, dict[str, dict[str, object]], str]] = {
+    "korthikanti22": (
+        "megatron-lm-2021", {"overlap": {"tp_comm": "backward_overlapped"}},
+        "Megatron-LM of the paper's time (2022 main) runs the backward's TP collectives asynchronously beside the "
+        "dgrad and wgrad GEMMs (megatron/mpu/layers.py LinearWithGradAccumulationAndAsyncCommunication: the "
+        "input-gradient all-reduce, or with sequence parallelism the all-gather and reduce-scatter); the stack preset's "
+        "v2.6 and Megatron-DeepSpeed (megatron/mpu/layers.py: a synchronous copy_to_tensor_model_parallel_region) do not",
+    ),
+    "llm-foundry": (
+        "torchtitan", {"kernels": {"flash_generation": "triton"}},
+        "llm-foundry's Composer (PyTorch FSDP, no TP/PP) priced as the torchtitan stack with the Triton flash-attention "
+        "kernel: the benchmark sweep (mosaicml/llm-foundry scripts/train/benchmarking/sweep.sh: mosaicml/examples "
+        "v0.0.4, image pytorch 2.0.1 cu118) runs submit_benchmarks.py with its default attn_impl 'triton'",
+    ),
+    "zero-bubble-iclr24": (
+        "megatron-lm-2021", {},
+        "the zero-bubble fork's legacy Megatron-LM model path priced as the megatron-lm-2021 stack's kernels: its "
+        "example scripts of the paper's time (sail-sg/zero-bubble-pipeline-parallelism examples/pretrain_llama_7b.sh "
+        "@ed85b11c, 2023-11-03, and pretrain_zero_bubble.sh @85f0aabc, 2023-12-13) pass --fp16 without "
+        "--use-flash-attn, so attention is unfused (s^2 scores in HBM), and keep Megatron's default dropout 0.1 "
+        "(set to 0 only for the exact-numeric-match tests)",
+    ),
+}
+
+
+def stack_of_row(source: str, stack_column: str) -> tuple[str, dict[str, dict[str, object]], str | None] | None:
+    """(stack preset, its kernels and overlaps the row's source replaces, the assumption when it is
+    not the row's own stack as it ran) for a row, or None when no preset prices its stack."""
+    preset = STACK_OF_ROW.get(stack_column)
+    if preset is None:
+        return None
+    return STACK_OF_SOURCE.get(source, (preset[0], {}, preset[1]))
+
 
 # What a row's notes say that the cost model does not price, as (regular expression on the
 # lower-cased notes, the assumption it becomes).
@@ -93,14 +131,6 @@ def independent_source(source_id: str) -> str:
         if source_id.startswith(prefix):
             return family
     return source_id
-
-
-def gpu_family(gpu_name: str) -> str | None:
-    """Architecture family of a GPU name (a cluster preset's ``gpu.name`` or the corpus' GPU column)."""
-    for prefix, family in FAMILY_OF_GPU_PREFIX:
-        if gpu_name.startswith(prefix):
-            return family
-    return None
 
 
 def category_of(row: dict[str, str]) -> str:

@@ -1,17 +1,18 @@
-"""The tables ``ppplan validate --update`` ships, and the error band every estimate carries.
+"""What ``ppplan validate --update`` ships, and the error band every estimate carries.
 
-``profiles/calibration/fitted_constants.yaml``: per GPU family, the constants fitted to every
-priced row of that family, with their provenance (rows, sources, held-out and in-sample
-MAPE, the constants each held-out source was priced with, the constants that ended on a
-physical bound).
+``profiles/gpu_families.yaml`` (the one home of the six constants): each fitted GPU family gets
+a ``fit`` block, the constants fitted to every priced row of that family with their provenance
+(rows, sources, held-out, in-sample and a-priori MAPE, constants on a physical bound, the
+command), applied to the family's clusters only where the held-out MAPE beats the a-priori one
+(``fitted_families``). The a-priori ``constants`` and their sources are kept as they are.
 
 ``profiles/calibration/error_bands.yaml``: the MAPE of the rows of each (stack, GPU family)
 and of each family over all stacks, twice: held-out (leave-one-source-out,
 ``planner.trust.validation``), the error of the family's fitted constants on a source they
-never saw; and a priori, the error of the preset constants, which were fitted to nothing, so
+never saw; and a priori, the error of the a-priori constants, which were fitted to nothing, so
 that figure is out of sample too. ``error_band_pct`` picks the one that describes the
 cluster's constants: held-out when they are the family's fitted ones, a priori otherwise
-(the presets as shipped, or constants of the user's own). It looks up the plan's stack on
+(a family whose fit is not applied, or constants of the user's own). It looks up the plan's stack on
 its GPU family when that cell has at least ``BAND_MIN_ROWS`` rows, else its GPU family over
 all stacks (the constants are the family's; the stack's own behaviour is then unvalidated),
 else None (no published run on that GPU class, e.g. ``cpu-local``). The CLI applies it to the estimates of
@@ -28,15 +29,16 @@ from pathlib import Path
 import yaml
 
 from planner.trust.accuracy import grouped, mape_pct
-from planner.trust.corpus_rules import gpu_family
 from planner.trust.validation import RowResult, ValidationReport
 from profiles.files import write_atomic
-from profiles.loader import PUBLIC_RUNS_CSV, read_document, validate_as
+from profiles.gpu_families import FamilyConstants, FamilyFit, GpuFamilies, render_families
+from profiles.loader import GPU_FAMILIES_YAML, PUBLIC_RUNS_CSV, load_gpu_families, read_document, validate_as
 from profiles.schema import ClusterSpec, Estimate, StrictModel
 
 CALIBRATION_DIR = PUBLIC_RUNS_CSV.parent
 ERROR_BANDS_NAME = "error_bands.yaml"
-FITTED_CONSTANTS_NAME = "fitted_constants.yaml"
+GPU_FAMILIES_NAME = GPU_FAMILIES_YAML.name
+UPDATE_COMMAND = "ppplan validate --update"
 BAND_MIN_ROWS = 5
 HEADER = ("# Written by `ppplan validate --update` from {corpus} ({rows} priced rows); do not edit by hand.\n"
           "# Held-out = leave-one-source-out (planner/trust/validation.py, planner/trust/family_fit.py).\n")
@@ -54,7 +56,6 @@ class Band(StrictModel):
 class ErrorBands(StrictModel):
     bands: dict[str, dict[str, Band]]  # stack -> GPU family -> band
     families: dict[str, Band]  # GPU family, all stacks
-    fitted: dict[str, dict[str, float]]  # GPU family -> its fitted constants (fitted families only)
 
 
 def _band(results: list[RowResult]) -> Band:
@@ -69,19 +70,51 @@ def bands_of(report: ValidationReport) -> ErrorBands:
     return ErrorBands(
         bands={stack: {f: _band(rs) for f, rs in grouped(rows, lambda r: r.family).items()} for stack, rows in by_stack.items()},
         families={f: _band(rs) for f, rs in grouped(report.priced, lambda r: r.family).items()},
-        fitted={f: {k: round(v, 6) for k, v in fit.terms.items()} for f, fit in report.family_fits.items() if fit.rounds},
     )
 
 
-def write_tables(report: ValidationReport, corpus: Path, directory: Path = CALIBRATION_DIR) -> list[Path]:
-    """Write both tables into ``directory`` (atomically); returns their paths."""
+def family_fit_block(summary: dict) -> FamilyFit:
+    """A fitted family's ``fit`` block from ``ValidationReport.family_summary``: applied where its
+    held-out MAPE is below the a-priori one on the same rows (fitted constants that would price
+    a source they never saw worse than the a-priori ones are not shipped)."""
+    heldout, apriori = summary["heldout_mape_pct"], summary["apriori_mape_pct"]
+    applied = heldout < apriori
+    reason = (f"held-out MAPE {heldout:.2f} % {'<' if applied else '>='} a-priori {apriori:.2f} % "
+              f"on the same {summary['rows']} rows")
+    return FamilyFit(
+        values=FamilyConstants(**summary["terms"]), applied=applied, applied_reason=reason, rows=summary["rows"],
+        sources=summary["sources"], heldout_mape_pct=heldout, fitted_mape_pct=summary["in_sample_mape_pct"],
+        apriori_mape_pct=apriori, at_bounds=summary["at_bounds"], command=UPDATE_COMMAND,
+    )
+
+
+def fitted_families(report: ValidationReport, families: GpuFamilies) -> GpuFamilies:
+    """``families`` with a ``fit`` block for every family the report fitted (others unchanged:
+    a family with one source, or no rows, keeps what it had)."""
+    summary = report.family_summary()
+    out = []
+    for family in families.families:
+        fitted = summary.get(family.name)
+        if fitted is not None and fitted["fitted"]:
+            family = family.model_copy(update={"fit": family_fit_block(fitted)})
+        out.append(family)
+    return families.model_copy(update={"families": out})
+
+
+def write_tables(report: ValidationReport, corpus: Path, directory: Path | None = None) -> list[Path]:
+    """Write the error bands and the GPU families with their fits (atomically; both or neither):
+    into their shipped places, or both into ``directory``. Returns their paths."""
     header = HEADER.format(corpus=corpus.name, rows=len(report.priced))
-    bands = bands_of(report).model_dump()
-    constants = {"families": report.family_summary()}
-    paths = [Path(directory) / ERROR_BANDS_NAME, Path(directory) / FITTED_CONSTANTS_NAME]
-    texts = [header + yaml.safe_dump(doc, sort_keys=True, width=160) for doc in (bands, constants)]  # both or neither
-    for path, text in zip(paths, texts):
+    bands_text = header + yaml.safe_dump(bands_of(report).model_dump(), sort_keys=True, width=160)
+    families_text = render_families(fitted_families(report, load_gpu_families()))
+    if directory is None:
+        paths = [CALIBRATION_DIR / ERROR_BANDS_NAME, GPU_FAMILIES_YAML]
+    else:
+        paths = [Path(directory) / ERROR_BANDS_NAME, Path(directory) / GPU_FAMILIES_NAME]
+    for path, text in zip(paths, (bands_text, families_text)):
         write_atomic(path, text)
+    if directory is None:
+        load_gpu_families.cache_clear()  # the next cluster loaded gets the constants just written
     return paths
 
 
@@ -97,17 +130,16 @@ def carries_fitted_constants(cluster: ClusterSpec, fitted: dict[str, float] | No
     return all(abs(getattr(cluster.efficiency, k) - v) <= 1e-6 * max(1.0, abs(v)) for k, v in fitted.items())
 
 
-def error_band_pct(stack: str, cluster: ClusterSpec, bands: ErrorBands) -> float | None:
+def error_band_pct(stack: str, cluster: ClusterSpec, bands: ErrorBands, families: GpuFamilies | None = None) -> float | None:
     """The out-of-sample error that applies to a plan on ``stack`` and ``cluster`` (module docstring)."""
-    family = gpu_family(cluster.gpu.name)
-    if family is None:
-        return None
-    cell = bands.bands.get(stack, {}).get(family)
+    family = (families or load_gpu_families()).family_of(cluster.gpu.name)
+    cell = bands.bands.get(stack, {}).get(family.name)
     if cell is None or cell.rows < BAND_MIN_ROWS:
-        cell = bands.families.get(family)
+        cell = bands.families.get(family.name)
     if cell is None:
         return None
-    return cell.heldout_mape_pct if carries_fitted_constants(cluster, bands.fitted.get(family)) else cell.apriori_mape_pct
+    fitted = family.fit.values.model_dump() if family.fit is not None else None
+    return cell.heldout_mape_pct if carries_fitted_constants(cluster, fitted) else cell.apriori_mape_pct
 
 
 def with_error_band(est: Estimate, stack: str, cluster: ClusterSpec, bands: ErrorBands | None = None) -> Estimate:

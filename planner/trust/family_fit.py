@@ -1,9 +1,10 @@
 """The constants of one GPU family, fitted to published runs, and their held-out fits.
 
-Six constants per family (``FAMILY_TERMS``, the cluster's ``Efficiency`` fields):
-the GEMM ceiling and knee (``gemm_max``, ``gemm_half_dim``), the memory-bound
-efficiency (``hbm``), the collective efficiency of each network tier and a fixed
-per-step overhead. Everything else in the cost model is a stated fact or formula.
+Six constants per family (``FAMILY_TERMS``: ``profiles.schema.FAMILY_CONSTANTS``, whose
+a-priori values and fitted values live in ``profiles/gpu_families.yaml``): the GEMM ceiling
+and knee (``gemm_max``, ``gemm_half_dim``), the memory-bound efficiency (``hbm``), the
+collective efficiency of each network tier and a fixed overhead per pipeline action.
+Everything else in the cost model is a stated fact or formula.
 
 The estimate is affine in the *coordinates* ``x = (1/gemm_max, gemm_half_dim/gemm_max,
 1/hbm, 1/intra, 1/inter, overhead)`` (``coordinates``) wherever the critical path of the pipeline and
@@ -37,15 +38,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.trust.calibration import PRIOR_WEIGHT, MeasuredRun, estimate_with, levenberg_marquardt
+from profiles.schema import FAMILY_CONSTANTS
 
-FAMILY_TERMS: tuple[str, ...] = (
-    "gemm_max",
-    "gemm_half_dim",
-    "hbm",
-    "intra_node_collective",
-    "inter_node_collective",
-    "step_overhead_s",
-)
+FAMILY_TERMS: tuple[str, ...] = FAMILY_CONSTANTS
 # Physical range of each constant; a fit that ends on a bound says the cost model lacks structure
 # there (reported with the constants, never widened to absorb it).
 FAMILY_BOUNDS: dict[str, tuple[float, float]] = {
@@ -59,8 +54,12 @@ FAMILY_BOUNDS: dict[str, tuple[float, float]] = {
     # NCCL bus bandwidth over link bandwidth: nccl-tests reach 70-90 % on NVLink and InfiniBand
     "intra_node_collective": (0.3, 1.0),
     "inter_node_collective": (0.3, 1.0),
-    # host-side fixed cost per step (data loader, logging, launch): above a second it is a stall
-    "step_overhead_s": (0.0, 1.0),
+    # fixed host cost per pipeline action (one F, B or W of a microbatch on a stage): a CUDA kernel
+    # launch costs about 5-10 us of host time (NVIDIA CUDA C++ Best Practices Guide, "Asynchronous
+    # and Overlapping Transfers"; launch overhead), a transformer layer's pass launches a few dozen
+    # kernels and a stage holds at most a few dozen layers: about 1,000 launches, 10 ms if none of
+    # them overlapped GPU work. Above that an action would be launch-bound beyond any real stack.
+    "action_overhead_s": (0.0, 0.01),
 }
 MAX_ROUNDS = 4  # exact linearisations per fit; the constants settle in two or three (PL model, exact on its piece)
 BACKTRACKS = 4  # halvings of a step that does not lower the exact objective
@@ -111,11 +110,8 @@ class Linearisation:
 
 
 def _known_slopes(run: MeasuredRun) -> dict[int, float]:
-    """Slopes that need no probe: the per-step overhead is added once to the step time
-    (``costmodels.estimate``), and a run inside one node never uses the inter-node tier."""
+    """Slopes that need no probe: a run inside one node never uses the inter-node tier."""
     known = {}
-    if "step_overhead_s" in FAMILY_TERMS:
-        known[FAMILY_TERMS.index("step_overhead_s")] = 1.0
     if run.gpus <= run.cluster.gpus_per_node:
         known[FAMILY_TERMS.index("inter_node_collective")] = 0.0
     return known

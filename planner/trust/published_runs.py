@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -26,18 +27,19 @@ from costmodels.layout import uniform_split
 from costmodels.rules import structural_violations
 from planner.trust.corpus_fields import RowFields, read_choice, read_metric, read_schedule
 from planner.trust.corpus_rules import (
-    CLUSTER_OF_GPU,
-    STACK_OF_ROW,
     category_of,
+    cluster_of_row,
     default_sequence_parallel,
     default_vocab,
     default_zero,
     independent_source,
     note_assumptions,
+    stack_of_row,
 )
 from profiles.errors import PlanError
-from profiles.loader import PUBLIC_RUNS_CSV, load_cluster
+from profiles.loader import PUBLIC_RUNS_CSV, load_cluster, load_stack
 from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec
+from profiles.stack_schema import StackSpec
 
 DEFAULT_RUNS_CSV = PUBLIC_RUNS_CSV
 REQUIRED_COLUMNS = (
@@ -65,6 +67,7 @@ class PublishedRow:
     sweep: str | None
     category: str
     stack: str
+    stack_spec: StackSpec
     model: ModelSpec
     cluster: ClusterSpec
     train: TrainSpec
@@ -121,10 +124,10 @@ def _parse(f: RowFields) -> _Parsed | None:
     problems = _unmodelled(f)
     ints = {k: f.integer(k) for k in SHAPE_COLUMNS}
     gpu = f.text("gpu")
-    preset = CLUSTER_OF_GPU.get(gpu)
+    preset = cluster_of_row(independent_source(f.text("source_id")), gpu)
     if preset is None:
         problems.append(f"no cluster preset for GPU '{gpu or '?'}'")
-    stack = STACK_OF_ROW.get(f.text("stack"))
+    stack = stack_of_row(independent_source(f.text("source_id")), f.text("stack"))
     if stack is None:
         problems.append(f"no stack preset for '{f.text('stack') or '?'}'")
     schedule = read_schedule(f, ints["pp"])
@@ -221,6 +224,21 @@ def _config(f: RowFields, p: _Parsed, assumptions: list[str]) -> ParallelConfig 
     )
 
 
+@lru_cache(maxsize=16)
+def _preset(name: str) -> StackSpec:
+    return load_stack(name)
+
+
+def row_stack(preset: str, changes: dict[str, dict[str, object]]) -> StackSpec:
+    """The stack preset a row is priced on, with the kernels and overlaps its source ran where they
+    differ (``corpus_rules.STACK_OF_SOURCE``), validated as the schema validates a stack file."""
+    spec = _preset(preset)
+    if not changes:
+        return spec
+    update = {part: getattr(spec, part).model_dump() | fields for part, fields in changes.items()}
+    return StackSpec.model_validate(spec.model_dump() | update)
+
+
 def row_id(source_id: str, line: int) -> str:
     """A row's unique name: run names repeat (a source measured one configuration twice)."""
     return f"{source_id}:{line}"
@@ -241,7 +259,7 @@ def parse_row(row: dict[str, str], line: int = 2) -> PublishedRow | SkippedRow:
     if parsed is None:
         return skipped()
     assumptions: list[str] = []
-    stack_note = STACK_OF_ROW[f.text("stack")][1]
+    _, stack_changes, stack_note = stack_of_row(source, f.text("stack"))
     if stack_note:
         assumptions.append(stack_note)
     assumptions += note_assumptions(f.text("notes"))
@@ -264,7 +282,8 @@ def parse_row(row: dict[str, str], line: int = 2) -> PublishedRow | SkippedRow:
     assumptions.append(f"cluster preset {parsed.cluster_preset} for '{f.text('gpu')}'")
     return PublishedRow(
         id=ident, run=run, source_id=source_id, source=source, sweep=f.text("sweep") or None, category=category,
-        stack=parsed.stack, model=model, cluster=cluster, train=train, config=config, metric=parsed.metric[0],
+        stack=parsed.stack, stack_spec=row_stack(parsed.stack, stack_changes), model=model, cluster=cluster, train=train,
+        config=config, metric=parsed.metric[0],
         measured=parsed.metric[1], measured_peak_memory_gib=peak, assumptions=tuple(assumptions),
     )
 

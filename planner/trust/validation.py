@@ -4,7 +4,8 @@ Each priceable row of the corpus (``planner.trust.published_runs``) is priced at
 exactly its configuration and compared on the metric its source reports. Three
 predictions per row:
 
-- a priori: the cluster presets as shipped, fitted to nothing;
+- a priori: the GPU family's a-priori constants (``profiles/gpu_families.yaml`` ``constants``),
+  fitted to nothing, whatever fit the shipped presets apply;
 - held-out (``mape_pct``): the row's GPU family constants (``planner.trust.family_fit``)
   fitted to the family's rows of every *other* independent source
   (``planner.trust.corpus_rules``), a-priori constants when no other source exists;
@@ -24,9 +25,10 @@ from pathlib import Path
 
 from planner.trust.accuracy import error_pct, grouped, mape_pct, spearman_rho
 from planner.trust.calibration import MeasuredRun, estimate_with
-from planner.trust.corpus_rules import gpu_family
 from planner.trust.family_fit import FAMILY_TERMS, FamilyFit, at_bounds, fit_family
 from planner.trust.published_runs import DEFAULT_RUNS_CSV, PublishedRow, SkippedRow, read_published_runs
+from profiles.gpu_families import GENERIC_FAMILY, GpuFamily
+from profiles.loader import load_gpu_families
 from profiles.schema import Estimate
 
 PREDICTIONS = ("apriori", "heldout", "fitted")
@@ -59,11 +61,16 @@ def equivalent_step_time_s(row: PublishedRow, est: Estimate) -> float:
     return est.step_time_s * metric_value(row.metric, est, row.gpus) / float(row.measured)
 
 
-def family_of(row: PublishedRow) -> str:
-    family = gpu_family(row.cluster.gpu.name)
-    if family is None:
-        raise ValueError(f"cluster {row.cluster.name}: GPU '{row.cluster.gpu.name}' has no family in corpus_rules")
+def gpu_family_of(row: PublishedRow) -> GpuFamily:
+    """The row's GPU family (``profiles/gpu_families.yaml``); a corpus GPU must have its own."""
+    family = load_gpu_families().family_of(row.cluster.gpu.name)
+    if family.name == GENERIC_FAMILY:
+        raise ValueError(f"cluster {row.cluster.name}: GPU '{row.cluster.gpu.name}' has no family in gpu_families.yaml")
     return family
+
+
+def family_of(row: PublishedRow) -> str:
+    return gpu_family_of(row).name
 
 
 @dataclass(frozen=True)
@@ -233,12 +240,13 @@ def _memory_json(r: RowResult) -> dict:
 
 def _as_run(row: PublishedRow, step_time_s: float) -> MeasuredRun:
     return MeasuredRun(row.id, row.source, row.model, row.cluster, row.train, row.config, step_time_s,
-                       row.measured_peak_memory_gib)
+                       row.measured_peak_memory_gib, row.stack_spec)
 
 
-def _prior(rows: list[PublishedRow]) -> dict[str, float]:
-    efficiency = rows[0].cluster.efficiency
-    return {n: float(getattr(efficiency, n)) for n in FAMILY_TERMS}
+def _prior(row: PublishedRow) -> dict[str, float]:
+    """The a-priori constants of the row's GPU family (never a fit the presets may apply)."""
+    constants = gpu_family_of(row).apriori_constants()
+    return {n: float(constants[n]) for n in FAMILY_TERMS}
 
 
 def validate(path: Path = DEFAULT_RUNS_CSV, fit: bool = True) -> ValidationReport:
@@ -247,12 +255,12 @@ def validate(path: Path = DEFAULT_RUNS_CSV, fit: bool = True) -> ValidationRepor
     parsed = read_published_runs(path)
     rows = [p for p in parsed if isinstance(p, PublishedRow)]
     skipped = [p for p in parsed if isinstance(p, SkippedRow)]
-    apriori = {row.id: estimate_with(_as_run(row, 1.0), {}) for row in rows}  # the same pricing path as the fit
+    apriori = {row.id: estimate_with(_as_run(row, 1.0), _prior(row)) for row in rows}  # the same pricing path as the fit
     runs = {row.id: _as_run(row, equivalent_step_time_s(row, apriori[row.id])) for row in rows if not row.oom}
     fits: dict[str, FamilyFit] = {}
     if fit:
         for family, members in grouped([r for r in rows if not r.oom], family_of).items():
-            fits[family] = fit_family(family, [runs[r.id] for r in members], _prior(members))
+            fits[family] = fit_family(family, [runs[r.id] for r in members], _prior(members[0]))
     return ValidationReport([_result(row, apriori[row.id], runs.get(row.id), fits.get(family_of(row))) for row in rows],
                             skipped, fits)
 

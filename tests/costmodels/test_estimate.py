@@ -17,7 +17,8 @@ from costmodels.layer_costs import ZERO_PASS, PassTimes
 from costmodels.memory import GIB, stage_params
 from costmodels.step_time import exposed_sum_s
 from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec
-from profiles.stack_schema import StackKernels, StackOverlap
+from profiles.stack_schema import StackSpec
+from tests.costmodels.neutral_stack import neutral_stack
 
 MODEL = ModelSpec(name="t", num_layers=8, hidden_size=256, num_attention_heads=8, vocab_size=1024, seq_len=128)
 TRAIN = TrainSpec(global_batch=8, seq_len=128, precision="fp32")
@@ -50,12 +51,10 @@ class UnitLayers:
         return ZERO_PASS
 
 
-class Stack:
-    """Just the overlaps of a stack (the stub layers make its kernels irrelevant)."""
-
-    def __init__(self, **overlap) -> None:
-        self.overlap = StackOverlap(**{"dp_grad_reduce": "bucketed", **overlap})
-        self.kernels = StackKernels()
+def Stack(**overlap) -> StackSpec:
+    """A stack with these overlaps (bucketed DP reduce unless given); the stub layers make its
+    kernels irrelevant."""
+    return neutral_stack(**overlap)
 
 
 def config(pp: int, dp: int, m: int, schedule: str = "1f1b", zero: int = 0) -> ParallelConfig:
@@ -264,3 +263,28 @@ def test_estimate_reports_total_and_active_parameters() -> None:
     priced = estimate(moe, gpu_cluster(), TRAIN, config(2, 1, 4), UnitLayers(), stack=Stack())
     expert = 2 * h * 512 + 512 + h  # GELU MLP with biases
     assert priced.params_total - priced.params_active == 8 * 6 * expert  # 6 of 8 experts idle per token, 8 layers
+
+
+def test_fsdp_without_pp_reduce_scatters_every_microbatch_and_keeps_gradients_sharded() -> None:
+    """torchtitan's FSDP2 without PP (``dp_grad_sync: per_microbatch_without_pp``), ZeRO-3, one
+    stage of 8 layers (F = 8 s, B + W = 16 s), M = 2, links slow enough that the traffic shows.
+    Each F all-gathers the fp32 parameters (g); each B gathers them again and reduce-scatters the
+    fp32 gradients (r); only what exceeds the pass's compute shows. No once-per-step reduce is
+    left for the end, and the gradients are kept at 1/dp."""
+    cluster = gpu_cluster(bandwidth_gbs=1e-4, latency_us=0.0)
+    network = network_for(cluster)
+    params = stage_params(MODEL, 8, True, True, 1)
+    g = collective_s("all_gather", params * 4, intra_node(2), network)
+    r = collective_s("reduce_scatter", params * FP32_GRAD_BYTES, intra_node(2), network)
+    assert g > 8.0 and g + r > 16.0
+    train = TrainSpec(global_batch=4, seq_len=128, precision="fp32")
+    cfg = config(pp=1, dp=2, m=2, zero=3)
+    stack = Stack(dp_grad_reduce="after_backward", dp_grad_sync="per_microbatch_without_pp")
+    est = estimate(MODEL, cluster, train, cfg, UnitLayers(), stack=stack)
+    per_microbatch = max(8.0, g) + max(16.0, g + r)
+    assert est.step_time_s == pytest.approx(2 * per_microbatch + optimizer_s(cluster, params / 2))
+    assert est.breakdown.dp_comm_s == pytest.approx(2 * (g - 8.0 + g + r - 16.0))
+    assert est.memory_breakdown_gib[0]["gradients"] == pytest.approx(params * 4 / 2 / GIB, abs=5e-5)
+    # the same plan reducing once per step keeps whole gradients
+    per_step = estimate(MODEL, cluster, train, cfg, UnitLayers(), stack=Stack(dp_grad_reduce="after_backward"))
+    assert per_step.memory_breakdown_gib[0]["gradients"] == pytest.approx(params * 4 / GIB, abs=5e-5)

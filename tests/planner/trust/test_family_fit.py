@@ -13,9 +13,9 @@ from profiles.loader import load_cluster, load_model
 from profiles.schema import ParallelConfig, TrainSpec
 
 PRIOR = {"gemm_max": 0.8, "gemm_half_dim": 96.0, "hbm": 0.8, "intra_node_collective": 0.8,
-         "inter_node_collective": 0.8, "step_overhead_s": 0.0}
+         "inter_node_collective": 0.8, "action_overhead_s": 0.0}
 TRUTH = {"gemm_max": 0.7, "gemm_half_dim": 150.0, "hbm": 0.85, "intra_node_collective": 0.8,
-         "inter_node_collective": 0.8, "step_overhead_s": 0.0}
+         "inter_node_collective": 0.8, "action_overhead_s": 0.0}
 
 
 def _run(name: str, group: str, model: str, mbs: int, seq: int, terms: dict[str, float] | None = None) -> MeasuredRun:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from planner.trust.corpus_rules import gpu_family, independent_source, padded_vocab
+from planner.trust.corpus_rules import independent_source, padded_vocab
 from planner.trust.published_runs import REQUIRED_COLUMNS, PublishedRow, SkippedRow, parse_row
+from profiles.loader import load_gpu_families
 
 ZB_ROW = {c: "" for c in REQUIRED_COLUMNS} | {
     "source_id": "zero-bubble-iclr24", "run": "ZB 1.5B p=8 m=24 1F1B", "sweep": "zb_1.5B", "model_family": "gpt-like",
@@ -90,15 +91,15 @@ def test_tflops_follow_the_source_convention() -> None:
 
 
 def test_stacks_without_a_preset_are_priced_as_the_closest_one_and_say_so() -> None:
-    row = parse_row({**ZB_ROW, "stack": "composer-fsdp", "pp": "1", "dp": "8", "schedule": "none", "notes": "",
-                     "global_batch": "48", "zero": "3"})
+    row = parse_row({**ZB_ROW, "source_id": "a-composer-source", "stack": "composer-fsdp", "pp": "1", "dp": "8",
+                     "schedule": "none", "notes": "", "global_batch": "48", "zero": "3"})
     assert isinstance(row, PublishedRow) and row.config.stack == "torchtitan"
     assert any("Composer" in a for a in row.assumptions)
 
 
 def test_blank_sequence_parallel_and_zero_follow_the_stack() -> None:
-    core = parse_row({**ZB_ROW, "tp": "2", "pp": "1", "dp": "4", "schedule": "none", "notes": "", "global_batch": "48",
-                      "zero": "1"})
+    core = parse_row({**ZB_ROW, "source_id": "nemo-perf-25.09", "tp": "2", "pp": "1", "dp": "4", "schedule": "none",
+                      "notes": "", "global_batch": "48", "zero": "1"})
     assert isinstance(core, PublishedRow) and core.config.sequence_parallel
     old = parse_row({**ZB_ROW, "tp": "2", "pp": "1", "dp": "4", "schedule": "none", "notes": "", "global_batch": "48",
                      "stack": "megatron-lm-2021", "source_id": "bigscience-tr11"})
@@ -118,5 +119,31 @@ def test_independent_sources_and_gpu_families() -> None:
     assert independent_source("nemo-perf-25.09") == independent_source("nemo-longctx") == "nemo-perf"
     assert independent_source("mlperf-v4.1") == "mlperf-training"
     assert independent_source("korthikanti22") == "korthikanti22"
-    assert [gpu_family(g) for g in ("A100-SXM4-80GB", "H200-SXM-141GB", "GB200", "B200-180GB", "V100-SXM2-32GB", "cpu")] == [
-        "ampere", "hopper", "blackwell", "blackwell", "volta", "cpu"]
+    families = load_gpu_families()
+    names = ("A100-SXM4-80GB", "H200-SXM-141GB", "H800", "GB200", "B200-180GB", "V100-SXM2-32GB", "cpu", "MI300X")
+    assert [families.family_of(g).name for g in names] == ["A100", "H100", "H100", "B200", "B200", "V100", "cpu", "generic"]
+
+
+def test_a_source_whose_code_shows_other_kernels_is_priced_with_them() -> None:
+    """The zero-bubble scripts of the paper's time run the legacy Megatron-LM model without
+    --use-flash-attn and with Megatron's default dropout: the megatron-lm-2021 stack's kernels."""
+    row = parse_row(ZB_ROW)
+    assert isinstance(row, PublishedRow)
+    assert row.stack == row.config.stack == "megatron-lm-2021"
+    assert row.stack_spec.kernels.attention == "unfused" and row.stack_spec.kernels.dropout
+    assert any("use-flash-attn" in a for a in row.assumptions)
+
+
+def test_source_overrides_of_kernels_overlaps_and_clusters() -> None:
+    foundry = parse_row({**ZB_ROW, "source_id": "llm-foundry", "stack": "composer-fsdp", "gpu": "H100-SXM", "pp": "1",
+                         "dp": "8", "zero": "3", "mbs": "2", "global_batch": "32", "notes": ""})
+    assert isinstance(foundry, PublishedRow) and foundry.stack == "torchtitan"
+    assert foundry.stack_spec.kernels.flash_generation == "triton" and foundry.stack_spec.overlap.tp_comm == "exposed"
+    korthikanti = parse_row({**ZB_ROW, "source_id": "korthikanti22", "stack": "megatron-lm-2021", "tp": "8", "pp": "1",
+                             "heads": "24", "notes": ""})
+    assert isinstance(korthikanti, PublishedRow)
+    assert korthikanti.stack_spec.overlap.tp_comm == "backward_overlapped" and korthikanti.stack_spec.kernels.attention == "unfused"
+    bloom = parse_row({**ZB_ROW, "source_id": "bigscience-tr11", "stack": "megatron-lm-2021", "zero": "1", "notes": ""})
+    assert isinstance(bloom, PublishedRow) and bloom.cluster.name == "jean-zay-a100-80g"
+    assert (bloom.cluster.nics_per_node, bloom.cluster.nic_bandwidth_gbit_s) == (4, 100)
+    assert parse_row({**ZB_ROW, "source_id": "mlperf-v4.0", "notes": ""}).cluster.name == "dgx-a100-80g"

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from planner.cli.main import run
-from planner.trust.error_bands import CALIBRATION_DIR, ERROR_BANDS_NAME, FITTED_CONSTANTS_NAME
+from planner.trust.error_bands import CALIBRATION_DIR, ERROR_BANDS_NAME, GPU_FAMILIES_NAME
 from planner.trust.validation import (
     TARGET_MEMORY_UNDER_PCT,
     TARGET_OVERALL_MAPE_PCT,
@@ -29,6 +29,7 @@ from planner.trust.validation import (
     TARGET_SOURCE_MIN_ROWS,
     TARGET_SWEEP_RHO,
 )
+from profiles.loader import GPU_FAMILIES_YAML
 
 CORPUS_ROWS = 893
 # independent source -> (priced with a metric, priced for memory only (OOM), skipped)
@@ -193,9 +194,9 @@ def test_the_fit_lowers_the_squared_log_error_it_minimises_on_every_fitted_famil
 
 
 def test_a_family_with_one_source_is_not_fitted_and_priced_a_priori(doc: dict) -> None:
-    volta = doc["fitted_constants"]["volta"]
+    volta = doc["fitted_constants"]["V100"]
     assert not volta["fitted"] and volta["sources"] == ["bigscience"] and volta["terms"] == volta["a_priori"]
-    rows = [r for r in doc["rows"] if r["gpu_family"] == "volta"]
+    rows = [r for r in doc["rows"] if r["gpu_family"] == "V100"]
     assert rows and all(r["predicted"] == r["predicted_apriori"] for r in rows)
     assert all(r["heldout_basis"].startswith("a priori") for r in rows)
 
@@ -253,18 +254,34 @@ def test_plot_is_a_png(validated: dict) -> None:
 
 
 def test_shipped_tables_are_the_ones_validate_writes(validated: dict) -> None:
-    """``profiles/calibration`` holds what ``ppplan validate --update`` writes for this corpus and
-    cost model: regenerate them after a cost-model change."""
-    for name in (ERROR_BANDS_NAME, FITTED_CONSTANTS_NAME):
+    """``profiles/calibration/error_bands.yaml`` and ``profiles/gpu_families.yaml`` hold what
+    ``ppplan validate --update`` writes for this corpus and cost model: regenerate them after a
+    cost-model change."""
+    for name, shipped_path in ((ERROR_BANDS_NAME, CALIBRATION_DIR / ERROR_BANDS_NAME), (GPU_FAMILIES_NAME, GPU_FAMILIES_YAML)):
         written = yaml.safe_load((validated["folder"] / name).read_text())
-        shipped = yaml.safe_load((CALIBRATION_DIR / name).read_text())
+        shipped = yaml.safe_load(shipped_path.read_text())
         assert written == shipped, f"{name} is stale: run `ppplan validate --update`"
+
+
+def test_the_shipped_fits_carry_their_provenance(validated: dict, doc: dict) -> None:
+    """Each fitted family's block in gpu_families.yaml is the fit validate reports: its rows, sources
+    and errors, and applied only where its held-out error beats the a-priori one."""
+    written = yaml.safe_load((validated["folder"] / GPU_FAMILIES_NAME).read_text())
+    blocks = {f["name"]: f.get("fit") for f in written["families"]}
+    for family, summary in doc["fitted_constants"].items():
+        block = blocks[family]
+        if not summary["fitted"]:
+            assert block is None, family
+            continue
+        assert block["values"] == pytest.approx(summary["terms"]) and block["rows"] == summary["rows"]
+        assert block["sources"] == summary["sources"] and block["heldout_mape_pct"] == summary["heldout_mape_pct"]
+        assert block["applied"] == (summary["heldout_mape_pct"] < summary["apriori_mape_pct"]), family
 
 
 def test_error_bands_are_the_heldout_mape_of_their_rows(validated: dict, doc: dict) -> None:
     bands = yaml.safe_load((validated["folder"] / ERROR_BANDS_NAME).read_text())
-    rows = [r for r in doc["rows"] if r["stack"] == "megatron-core" and r["gpu_family"] == "hopper"]
-    cell = bands["bands"]["megatron-core"]["hopper"]
+    rows = [r for r in doc["rows"] if r["stack"] == "megatron-core" and r["gpu_family"] == "H100"]
+    cell = bands["bands"]["megatron-core"]["H100"]
     assert cell["rows"] == len(rows)
     assert cell["heldout_mape_pct"] == pytest.approx(sum(abs(r["error_pct"]) for r in rows) / len(rows), abs=0.01)
     apriori = [abs(100 * (r["predicted_apriori"] - r["measured"]) / r["measured"]) for r in rows]
