@@ -1,7 +1,7 @@
 """Zero-bubble paper Table 5 bubble rates vs our simulator (Qi et al., ICLR 2024).
 
-Rows: ``profiles/calibration/public_runs.csv`` entries whose ``other_metric`` holds
-``bubble_rate(Table5, ...)`` (4 models x 3 microbatch counts x {1F1B, 1F1B-I, ZB-1p, ZB-2p}).
+Rows: ``profiles/calibration/public_runs.csv`` entries whose ``notes`` hold
+``bubble_rate_theoretical=`` and the paper's schedule name (4 models x 3 microbatch counts x {1F1B, 1F1B-I, ZB-1p, ZB-2p}).
 
 Metric: the paper's bubble rate, (cost - m (T_F + T_B + T_W)) / cost with cost the longest
 stage span (first start to last end); with our uneven stages the busiest rank's work plays
@@ -30,17 +30,18 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from costmodels.comm import link_for, p2p_s
+from costmodels.comm import GroupPlacement, collective_s, network_for
 from costmodels.layer_costs import RooflineTimes
 from costmodels.schedules.generate import generate_schedule
 from costmodels.simulator import SimulationResult, StageTimes, simulate
 from planner.search.custom_schedule import search_custom_schedule
-from profiles.loader import PUBLIC_RUNS_CSV, load_cluster
+from profiles.loader import PUBLIC_RUNS_CSV, load_cluster, load_stack
 from profiles.schema import ModelSpec
 
 CSV_PATH = PUBLIC_RUNS_CSV
 ASSUMED_VOCAB = 50257
-RATE = re.compile(r"bubble_rate\(Table5[^)]*\)=([0-9.]+)")
+RATE = re.compile(r"bubble_rate_theoretical=([0-9.]+)")
+PAPER_SCHEDULE = re.compile(r"schedule as named in paper: ([\w-]+)")
 
 
 @dataclass(frozen=True)
@@ -58,17 +59,18 @@ def read_rows(path: Path) -> list[Row]:
     rows = []
     with path.open(newline="") as fh:
         for rec in csv.DictReader(fh):
-            match = RATE.search(rec["other_metric"])
-            if not match:
+            match = RATE.search(rec["notes"])
+            named = PAPER_SCHEDULE.search(rec["notes"])
+            if not match or not named:
                 continue
             model = ModelSpec(
                 name=rec["run"], num_layers=int(rec["layers"]), hidden_size=int(rec["hidden"]),
                 num_attention_heads=int(rec["heads"]), ffn_hidden_size=int(rec["ffn_hidden"]),
                 vocab_size=int(rec["vocab"] or ASSUMED_VOCAB), seq_len=int(rec["seq_len"]), activation="gelu",
             )
-            mbs = int(rec["micro_batch_size"])
+            mbs = int(rec["mbs"])
             rows.append(Row(rec["run"], model, int(rec["pp"]), int(rec["global_batch"]) // mbs, mbs,
-                            rec["schedule"], float(match.group(1))))
+                            named.group(1), float(match.group(1))))
     return rows
 
 
@@ -77,16 +79,19 @@ def stage_times(row: Row, interleaved: bool) -> tuple[StageTimes, int]:
     embedding and the head take one slot each on the first and last rank, which is how the
     paper balances them), so every stage costs ``slots`` layers; 1F1B-I puts one layer per chunk."""
     cluster = load_cluster("dgx-a100-80g")
-    layer = RooflineTimes(row.model, cluster, "bf16").transformer(1, row.mbs, row.model.seq_len, False, "none")
+    # the paper's runs: its Megatron-LM fork, priced as the corpus maps it (megatron-core)
+    layer = RooflineTimes(row.model, cluster, "bf16", stack=load_stack("megatron-core")).transformer(1, row.mbs, row.model.seq_len, False, "none")
     slots = (row.model.num_layers + 2) // row.pp
     v = slots if interleaved else 1
     chunk = layer.scaled(slots // v)
     n = row.pp * v
     num_bytes = 2 * row.model.seq_len * row.mbs * row.model.hidden_size
-    p2p = []
+    p2p, network = [], network_for(cluster)
     for j in range(n - 1):
         a, c = j % row.pp, (j + 1) % row.pp
-        p2p.append(p2p_s(num_bytes, link_for(cluster, a // cluster.gpus_per_node != c // cluster.gpus_per_node)))
+        crosses = a // cluster.gpus_per_node != c // cluster.gpus_per_node  # one sender per GPU (tp = dp = 1)
+        pair = GroupPlacement(size=2, ranks_per_node=1 if crosses else 2, nodes=2 if crosses else 1, node_senders=1)
+        p2p.append(collective_s("p2p", num_bytes, pair, network))
     times = StageTimes((chunk.forward_s,) * n, (chunk.backward_input_s,) * n, (chunk.backward_weight_s,) * n,
                        (1.0,) * n, tuple(p2p))
     return times, v

@@ -15,7 +15,10 @@
   performance/flash-attn/README.md), and its backward at 0.7 of the forward's rate
   (flash-attention's own benchmark: 0.66-0.77 across head dims and masks, e.g. apache/tvm
   tl_doc/flash_perf.md, RTX 4090, head dim 128: 124.6 vs 169.3 TFLOP/s non-causal,
-  99.2 vs 151.2 causal). A GPU family that measured its kernel states ``attention_max``.
+  99.2 vs 151.2 causal). A GPU family that measured its kernel states ``attention_max``. An
+  older flash kernel than the architecture's own (``StackKernels.flash_generation``) runs at
+  the family's measured ``attention_kernel_ratios`` of the native one (Hopper: FA2 does not use
+  warpgroup MMA or TMA, Shah et al. 2024; Ampere: FA2 outruns the Triton kernel, Dao 2023).
 - Memory-bound kernels: bytes read and written over ``hbm`` of the HBM bandwidth.
 """
 
@@ -27,6 +30,10 @@ from profiles.errors import PlanError
 from profiles.schema import ClusterSpec
 
 FP8_GEMM_PRECISION = "fp8"
+# fp8 GEMMs' efficiency (on the fp8 peak) over bf16 GEMMs' (on the bf16 peak): cuBLAS 12.9's FP8 matmuls
+# on Hopper run 1.75x the BF16 baseline for large matmuls (NVIDIA, "Boosting Matrix Multiplication Speed
+# and Flexibility with NVIDIA cuBLAS 12.9", 2025) against a 2x peak ratio: 1.75 / 2.
+FP8_GEMM_EFFICIENCY_OVER_BF16 = 0.875
 FLASH_FORWARD_FRACTION_OF_GEMM = 0.82  # FA2 forward with / without its softmax on A100 (module docstring)
 FLASH_BACKWARD_RATE_RATIO = 0.7  # FA2 backward's FLOP rate over its forward's (module docstring)
 GEMM_OPERAND_BYTES = {"fp8": 1, "bf16": 2, "fp16": 2, "fp32": 4}
@@ -62,10 +69,21 @@ def gemm_bytes(gemm: Gemm, precision: str) -> float:
     return gemm.batch * (operand * (gemm.m * gemm.k + gemm.k * gemm.n) + result * gemm.m * gemm.n)
 
 
+def gemm_precision(precision: str, gemm: Gemm) -> str:
+    """The precision a GEMM runs in: the run's, or the activations' for one kept out of fp8
+    (``Gemm.low_precision``)."""
+    return precision if gemm.low_precision else non_gemm_precision(precision)
+
+
 def gemm_op_time_s(cluster: ClusterSpec, precision: str, gemm: Gemm) -> float:
-    """The slower of the compute roof (efficiency of the smallest dimension) and the memory roof."""
-    compute = gemm.flops / (peak_flops(cluster, precision) * gemm_efficiency(cluster, min(gemm.m, gemm.n, gemm.k)))
-    return max(compute, memory_bound_time_s(cluster, gemm_bytes(gemm, precision)))
+    """The slower of the compute roof (efficiency of the smallest dimension; fp8 GEMMs at
+    ``FP8_GEMM_EFFICIENCY_OVER_BF16`` of it) and the memory roof."""
+    runs_in = gemm_precision(precision, gemm)
+    efficiency = gemm_efficiency(cluster, min(gemm.m, gemm.n, gemm.k))
+    if runs_in == FP8_GEMM_PRECISION:
+        efficiency *= FP8_GEMM_EFFICIENCY_OVER_BF16
+    compute = gemm.flops / (peak_flops(cluster, runs_in) * efficiency)
+    return max(compute, memory_bound_time_s(cluster, gemm_bytes(gemm, runs_in)))
 
 
 def gemm_time_s(cluster: ClusterSpec, precision: str, m: float, n: float, k: float) -> float:
@@ -73,19 +91,21 @@ def gemm_time_s(cluster: ClusterSpec, precision: str, m: float, n: float, k: flo
     return gemm_op_time_s(cluster, precision, Gemm("gemm", m, n, k))
 
 
-def flash_attention_efficiency(cluster: ClusterSpec, backward: bool) -> float:
+def flash_attention_efficiency(cluster: ClusterSpec, backward: bool, generation: str = "native") -> float:
     """Fraction of the (non-GEMM precision) peak a flash attention kernel reaches on the FLOPs
-    it executes: the family's measured ``attention_max``, or ``gemm_max`` times FA2's
-    softmax ratio; the backward at ``FLASH_BACKWARD_RATE_RATIO`` of that."""
+    it executes: the family's measured ``attention_max``, or ``gemm_max`` times FA2's softmax
+    ratio, times the family's ``attention_kernel_ratios`` entry for an older kernel (1 where it
+    states none); the backward at ``FLASH_BACKWARD_RATE_RATIO`` of that."""
     eff = cluster.efficiency
-    forward = eff.attention_max if eff.attention_max is not None else eff.gemm_max * FLASH_FORWARD_FRACTION_OF_GEMM
+    native = eff.attention_max if eff.attention_max is not None else eff.gemm_max * FLASH_FORWARD_FRACTION_OF_GEMM
+    forward = native * eff.attention_kernel_ratios.get(generation, 1.0)
     return forward * (FLASH_BACKWARD_RATE_RATIO if backward else 1.0)
 
 
 def attention_time_s(cluster: ClusterSpec, precision: str, attention: FlashAttention) -> float:
     """A flash attention kernel's executed FLOPs at ``flash_attention_efficiency``."""
     peak = peak_flops(cluster, non_gemm_precision(precision))
-    return attention.flops / (peak * flash_attention_efficiency(cluster, attention.backward))
+    return attention.flops / (peak * flash_attention_efficiency(cluster, attention.backward, attention.generation))
 
 
 def memory_bound_time_s(cluster: ClusterSpec, num_bytes: float) -> float:

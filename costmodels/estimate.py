@@ -9,8 +9,8 @@ traffic each rank leaves exposed (``costmodels.data_parallel``), the optimizer s
 per-step overhead complete the step, composed explicitly with a breakdown whose exposed
 parts add up to it (``costmodels.step_time``). Memory is per pipeline rank.
 
-The stack (``StackSpec``) decides kernels, overlaps and overheads; ``stack=None`` prices the
-schema's defaults (``StackKernels()``, ``NEUTRAL_OVERLAP``): callers that plan for a stack pass it.
+The stack (``StackSpec``) decides kernels, overlaps and overheads; every caller names it (there
+is no default: a plan is priced as one stack runs it).
 """
 
 from __future__ import annotations
@@ -37,8 +37,10 @@ from costmodels.memory import (
     GIB,
     ActivationVariant,
     embedding_activation_bytes,
+    gradients_sharded,
     head_activation_bytes,
     layer_activation_bytes,
+    microbatch_grad_sync,
     stage_params,
     static_memory,
 )
@@ -67,9 +69,6 @@ PipelinePricer = Callable[[str, int, int, int, StageTimes], PipelineResult]
 # AdamW step traffic per parameter, one fused multi-tensor kernel: read the fp32 weight, gradient,
 # m and v (16 B), write weight, m and v (12 B) and the 2-byte copy the forward uses.
 ADAM_STEP_BYTES_PER_PARAM = 30
-# No stack given: DP gradients reduced in buckets during the last backward (the schema's
-# defaults for everything else: parameter gather overlapped, TP and p2p exposed, no overhead).
-NEUTRAL_OVERLAP = StackOverlap(dp_grad_reduce="bucketed")
 # Buffer counts (each a multiple of one buffer's bytes):
 ZERO3_GATHERED_UNITS = 2  # FSDP2 with resharding: the unit in use and the one prefetched (torch FSDP2 implicit prefetch)
 TRANSIENT_COPIES = 2  # the widest activation (MLP intermediate, or fp32 logits) and its gradient, alive together in backward
@@ -92,10 +91,10 @@ class StagePlan:
         return self.layout.pipeline_rank
 
 
-def activation_variant(cluster: ClusterSpec, train: TrainSpec, kernels: StackKernels | None = None) -> ActivationVariant:
+def activation_variant(cluster: ClusterSpec, train: TrainSpec, kernels: StackKernels) -> ActivationVariant:
     """What the stack's runtime stores on this cluster's device (a "cpu" GPU name means CPU)."""
     device = "cpu" if runs_on_cpu(cluster) else "cuda"
-    return ActivationVariant.for_stack(kernels or StackKernels(), train.precision, device)
+    return ActivationVariant.for_stack(kernels, train.precision, device)
 
 
 def _stage_plan(
@@ -126,20 +125,19 @@ def _stage_plan(
 
 def rank_memory_if_uniform_gib(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
-    rank: int, layers_per_stage: int, inflight_stage_microbatches: float, stack: StackSpec | None = None,
+    rank: int, layers_per_stage: int, inflight_stage_microbatches: float, *, stack: StackSpec,
 ) -> float:
     """Peak GiB of pipeline ``rank`` if each of its stages held ``layers_per_stage`` layers and
     ``inflight_stage_microbatches`` stage-microbatches were alive (affine in the layer count;
     the search derives per-rank layer caps from it)."""
-    variant = activation_variant(cluster, train, stack.kernels if stack else None)
+    variant = activation_variant(cluster, train, stack.kernels)
     plans = [
         _stage_plan(model, train, cfg, None, layout, variant)
         for layout in layouts_of([layers_per_stage] * cfg.num_stages, cfg.pp, cfg.v, cfg.schedule)
         if layout.pipeline_rank == rank
     ]
     peak = inflight_stage_microbatches * max(st.activation_bytes for st in plans)
-    overlap = stack.overlap if stack else NEUTRAL_OVERLAP
-    return sum(_rank_memory_gib(model, cluster, train, cfg, plans, peak, overlap, variant).values())
+    return sum(_rank_memory_gib(model, cluster, train, cfg, plans, peak, stack, variant).values())
 
 
 def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, network: Network) -> tuple[float, ...]:
@@ -169,31 +167,53 @@ def action_overhead_s(cluster: ClusterSpec, overlap: StackOverlap, costs: Runtim
     return cluster.efficiency.action_overhead_s + host
 
 
+def _microbatch_dp_traffic(
+    cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st: StagePlan, stack: StackSpec, network: Network,
+) -> tuple[float, float]:
+    """Data-parallel seconds inside one microbatch's F and B of a stage: ZeRO-3 gathers the
+    parameters for F and again for B (FSDP2 ``reshard_after_forward``); a stack that syncs
+    gradients every microbatch (``microbatch_grad_sync``: FSDP without PP) gathers them for F
+    under ZeRO-1/2 as well (FSDP2 reshards after each backward) and reduce-scatters the
+    gradients in B (Rajbhandari et al. 2020, Sec. 5; pytorch/torchtitan PR #1710)."""
+    if cfg.dp == 1:
+        return 0.0, 0.0
+    placement = dp_placement(cluster, cfg, st.rank)
+    per_microbatch = microbatch_grad_sync(stack, cfg.pp, cfg.dp, cfg.zero)
+    gather = zero3_gather_s(st.params, bytes_per_element(train.precision), placement, network)
+    in_f = gather if cfg.zero == 3 or per_microbatch else 0.0
+    in_b = gather if cfg.zero == 3 else 0.0
+    if per_microbatch:
+        in_b += collective_s("reduce_scatter", st.params * grad_reduce_bytes_per_param(train.precision), placement, network)
+    return in_f, in_b
+
+
 def _stage_costs(
-    cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, plans: list[StagePlan], overlap: StackOverlap,
+    cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, plans: list[StagePlan], stack: StackSpec,
     network: Network, p2p: tuple[float, ...], runtime: RuntimeCosts = NO_RUNTIME_COSTS,
 ) -> tuple[list[PassTimes], list[dict[str, float]]]:
     """Each stage's per-microbatch passes as its actions run them, with what they hide.
 
-    ZeRO-3: the stage's parameters are all-gathered for F and again for B; the gather
-    overlaps that pass's compute (FSDP2 prefetch) where comm overlaps compute, and only the
-    excess shows. Blocking p2p (``overlap.p2p == "exposed"``): F holds the rank for its send
-    to the next stage, B for its send to the previous one. Every action pays the fixed
-    per-action overhead (W only where the schedule splits the backward)."""
+    Data-parallel traffic inside the passes (``_microbatch_dp_traffic``: ZeRO-3 gathers,
+    per-microbatch gradient reduce-scatters) overlaps that pass's compute (FSDP2 prefetch,
+    backward hooks) where comm overlaps compute, and only the excess shows. Blocking p2p
+    (``overlap.p2p == "exposed"``): F holds the rank for its send to the next stage, B for its
+    send to the previous one. Every action pays the fixed per-action overhead (W only where
+    the schedule splits the backward), the stack's host cost or the one ``ppplan profile``
+    measured for this machine."""
+    overlap = stack.overlap
     overhead = action_overhead_s(cluster, overlap, runtime)
     split = schedule_spec(cfg.schedule).split_backward
-    p = bytes_per_element(train.precision)
     costs, hidden = [], []
     for j, st in enumerate(plans):
         t = st.times
         f, b, w = t.forward_s, t.backward_input_s, t.backward_weight_s
         dp_in_actions, hides = 0.0, {}
-        if cfg.zero == 3 and cfg.dp > 1:
-            gather = zero3_gather_s(st.params, p, dp_placement(cluster, cfg, st.rank), network)
+        comm_f, comm_b = _microbatch_dp_traffic(cfg, cluster, train, st, stack, network)
+        if comm_f or comm_b:
             hide_f, hide_b = (f, b + w) if comm_overlaps_compute(cluster) else (0.0, 0.0)
-            extra_f, extra_b = max(0.0, gather - hide_f), max(0.0, gather - hide_b)
+            extra_f, extra_b = max(0.0, comm_f - hide_f), max(0.0, comm_b - hide_b)
             f, b, dp_in_actions = f + extra_f, b + extra_b, extra_f + extra_b
-            hides["zero3_gather_s"] = 2 * gather - dp_in_actions
+            hides["zero3_gather_s"] = comm_f + comm_b - dp_in_actions
         send_f = p2p[j] if j < len(p2p) else 0.0
         send_b = p2p[j - 1] if j > 0 else 0.0
         pp_in_actions = 0.0
@@ -214,23 +234,22 @@ def _stage_costs(
 
 def stage_times(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes | None = None,
-    stack: StackSpec | None = None,
+    *, stack: StackSpec,
 ) -> StageTimes:
     """Per-virtual-stage times for the simulator (what ``ppplan simulate plan.json`` runs)."""
     layers = layers or RooflineTimes(model, cluster, train.precision, stack=stack)
-    overlap = stack.overlap if stack else NEUTRAL_OVERLAP
     network = with_measured_links(network_for(cluster), runtime_costs_of(layers, cluster))
-    return _pipeline_inputs(model, cluster, train, cfg, layers, stack, overlap, network)[2]
+    return _pipeline_inputs(model, cluster, train, cfg, layers, stack, stack.overlap, network)[2]
 
 
 def _pipeline_inputs(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes,
-    stack: StackSpec | None, overlap: StackOverlap, network: Network,
+    stack: StackSpec, overlap: StackOverlap, network: Network,
 ) -> tuple[list[StagePlan], list[PassTimes], StageTimes, list[dict[str, float]]]:
-    variant = activation_variant(cluster, train, stack.kernels if stack else None)
+    variant = activation_variant(cluster, train, stack.kernels)
     plans = [_stage_plan(model, train, cfg, layers, layout, variant) for layout in stage_layouts(cfg)]
     p2p = _p2p_times(model, cluster, train, cfg, network)
-    costs, hidden = _stage_costs(cfg, cluster, train, plans, overlap, network, p2p, runtime_costs_of(layers, cluster))
+    costs, hidden = _stage_costs(cfg, cluster, train, plans, stack, network, p2p, runtime_costs_of(layers, cluster))
     fwd = [c.forward_s for c in costs]
     bwd_in = [c.backward_input_s for c in costs]
     bwd_w = [c.backward_weight_s for c in costs]
@@ -259,13 +278,14 @@ def _largest_unit_params(model: ModelSpec, tp: int, rank_plans: list[StagePlan])
 
 def _rank_memory_gib(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
-    rank_plans: list[StagePlan], activation_peak: float, overlap: StackOverlap, variant: ActivationVariant,
+    rank_plans: list[StagePlan], activation_peak: float, stack: StackSpec, variant: ActivationVariant,
 ) -> dict[str, float]:
     """Per-rank memory in GiB by category: static state under ZeRO, activations of the
     microbatches in flight (from the schedule), the largest transient working tensor,
     p2p and DP bucket buffers, allocator fragmentation and the runtime's own reserve."""
     params = sum(st.params for st in rank_plans)
-    static = static_memory(params, train.precision, cfg.dp, cfg.zero, gradients_sharded=False)
+    static = static_memory(params, train.precision, cfg.dp, cfg.zero,
+                           gradients_sharded(stack, cfg.pp, cfg.dp, cfg.zero), stack.grad_accumulation_fp32)
     p = bytes_per_element(train.precision)
     tokens = train.seq_len * cfg.mbs
     # ZeRO-3: the current and the prefetched unsharded block
@@ -275,7 +295,7 @@ def _rank_memory_gib(
     if any(st.layout.has_head for st in rank_plans):
         transient = max(transient, TRANSIENT_COPIES * 4 * tokens * model.vocab_size / cfg.tp)
     p2p_buffers = P2P_BUFFERS * p * tokens * model.hidden_size / cfg.tp if cfg.pp > 1 else 0.0
-    bucket = min(params, bucket_params(overlap, cfg.dp))
+    bucket = min(params, bucket_params(stack.overlap, cfg.dp))
     dp_buckets = DP_BUCKETS_IN_FLIGHT * bucket * grad_reduce_bytes_per_param(train.precision) if cfg.dp > 1 else 0.0
     allocated = {
         "weights": static.weights_bytes + gathered,
@@ -353,12 +373,13 @@ def _sum_passes(items: list[PassTimes]) -> PassTimes:
 
 
 def _rank_work(
-    cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, overlap: StackOverlap, network: Network,
+    cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, stack: StackSpec, network: Network,
     plans: list[StagePlan], costs: list[PassTimes], hidden: list[dict[str, float]], result: PipelineResult, rank: int,
     runtime: RuntimeCosts = NO_RUNTIME_COSTS,
 ) -> RankWork:
-    """Pipeline rank ``rank``'s passes, hidden time, DP traffic (over its stages' simulated
-    windows, ``costmodels.data_parallel``) and optimizer step (ZeRO >= 1: its 1/dp shard)."""
+    """Pipeline rank ``rank``'s passes, hidden time, once-per-step DP traffic (over its stages'
+    simulated windows, ``costmodels.data_parallel``; none where the stack syncs every microbatch,
+    which the passes already hold) and optimizer step (ZeRO >= 1: its 1/dp shard)."""
     mine = [j for j, st in enumerate(plans) if st.rank == rank]
     passes = _sum_passes([costs[j] for j in mine])
     hides: dict[str, float] = {}
@@ -367,18 +388,18 @@ def _rank_work(
             hides[key] = hides.get(key, 0.0) + value
     params = sum(plans[j].params for j in mine)
     sync = RankSync()
-    if cfg.dp > 1:
+    if cfg.dp > 1 and not microbatch_grad_sync(stack, cfg.pp, cfg.dp, cfg.zero):
         windows = []
         for j in mine:
             first_forward, last_backward = result.stage_span_s(j, rank)
             windows.append(StageWindow(plans[j].params, first_forward, costs[j].forward_s, last_backward,
                                        costs[j].backward_input_s + costs[j].backward_weight_s))
-        sync = rank_sync(cluster, cfg, overlap, network, rank, windows, result.rank_span_s(rank)[1],
+        sync = rank_sync(cluster, cfg, stack.overlap, network, rank, windows, result.rank_span_s(rank)[1],
                          bytes_per_element(train.precision), grad_reduce_bytes_per_param(train.precision),
                          timing_known=bool(result.stage_last_backward_s))
-        host = fsdp_host_s(runtime, cfg.dp, sum(plans[j].layout.num_layers for j in mine), len(mine))
-        if host:  # FSDP2's copies and hooks on the cores that compute (CPU ranks), after the backward
-            sync = replace(sync, grad_reduce_s=sync.grad_reduce_s + host, grad_reduce_exposed_s=sync.grad_reduce_exposed_s + host)
+    host = fsdp_host_s(runtime, cfg.dp, sum(plans[j].layout.num_layers for j in mine), len(mine))
+    if host:  # FSDP2's copies and hooks on the cores that compute (CPU ranks), after the backward
+        sync = replace(sync, grad_reduce_s=sync.grad_reduce_s + host, grad_reduce_exposed_s=sync.grad_reduce_exposed_s + host)
     shard = cfg.dp if cfg.zero >= 1 else 1
     optimizer = memory_bound_time_s(cluster, params / shard * ADAM_STEP_BYTES_PER_PARAM)
     return RankWork(passes=passes, hidden=hides, sync=sync, optimizer_s=optimizer)
@@ -386,13 +407,13 @@ def _rank_work(
 
 def estimate(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes | None = None,
-    pricer: PipelinePricer = price_pipeline, stack: StackSpec | None = None,
+    pricer: PipelinePricer = price_pipeline, *, stack: StackSpec,
 ) -> Estimate:
     """Price one configuration on ``stack`` (the rules are checked by the caller: ``costmodels.rules``).
 
     ``pricer`` is the event simulator over the exact action list; the search passes the
     closed-form screen (``costmodels.pipeline_approx``) only to rank candidates."""
-    overlap = stack.overlap if stack else NEUTRAL_OVERLAP
+    overlap = stack.overlap
     layers = layers or RooflineTimes(model, cluster, train.precision, stack=stack)
     runtime = runtime_costs_of(layers, cluster)
     network = with_measured_links(network_for(cluster), runtime)
@@ -402,14 +423,14 @@ def estimate(
         result = price_actions(schedule, times)
     else:
         result = pricer(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, times)
-    ranks = [_rank_work(cluster, train, cfg, overlap, network, plans, costs, hidden, result, r, runtime) for r in range(cfg.pp)]
+    ranks = [_rank_work(cluster, train, cfg, stack, network, plans, costs, hidden, result, r, runtime) for r in range(cfg.pp)]
     tails = [w.optimizer_s + w.sync.grad_reduce_exposed_s + w.sync.param_gather_exposed_s for w in ranks]
     timeshared = timeshared_compute_s(cluster, cfg, result.busy_s, tails)
     step = compose_step(result, ranks, cfg.num_microbatches, cluster.efficiency.step_overhead_s, timeshared)
     per_rank = [[st for st in plans if st.rank == r] for r in range(cfg.pp)]
-    variant = activation_variant(cluster, train, stack.kernels if stack else None)
+    variant = activation_variant(cluster, train, stack.kernels)
     memory = [
-        _rank_memory_gib(model, cluster, train, cfg, per_rank[r], result.peak_activation_bytes[r], overlap, variant)
+        _rank_memory_gib(model, cluster, train, cfg, per_rank[r], result.peak_activation_bytes[r], stack, variant)
         for r in range(cfg.pp)
     ]
     peak = [round(sum(m.values()), 4) for m in memory]

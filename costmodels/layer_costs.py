@@ -29,7 +29,7 @@ from costmodels.comm import (
 from costmodels.compute import non_gemm_precision, operators_time_s
 from costmodels.operators import Gemm, LayerOps, LayerShape, embedding_ops, head_ops, transformer_layer_ops
 from profiles.schema import ClusterSpec, ModelSpec
-from profiles.stack_schema import StackKernels, StackSpec
+from profiles.stack_schema import StackSpec
 
 
 @dataclass(frozen=True)
@@ -135,18 +135,17 @@ class RooflineTimes:
     """Analytic layer times from the cluster's peaks, its GPU family's constants and the stack's
     kernels (for one TP group alone on its node: ``tp_group_timeshare``). ``tp_links``
     (intra-node, inter-node) replaces the cluster file's links, e.g. with those ``ppplan
-    profile-comm`` measured. ``stack=None`` prices the schema's default kernels (flash
-    attention, fused element-wise kernels, vocab-parallel loss) with TP communication exposed."""
+    profile-comm`` measured. ``stack`` gives the kernels and whether TP communication overlaps."""
 
     def __init__(
         self, model: ModelSpec, cluster: ClusterSpec, precision: str, tp_links: tuple[Link, Link] | None = None,
-        stack: StackSpec | None = None,
+        *, stack: StackSpec,
     ) -> None:
         self.model = model
         self.cluster = cluster
         self.precision = precision
-        self.kernels = stack.kernels if stack else StackKernels()
-        self.tp_overlapped = stack is not None and stack.overlap.tp_comm == "overlapped"
+        self.kernels = stack.kernels
+        self.tp_comm = stack.overlap.tp_comm
         self.p = bytes_per_element(precision)
         self.network = network_for(cluster, tp_links)
         self._ops_cached = lru_cache(maxsize=None)(self._ops)
@@ -186,12 +185,18 @@ class RooflineTimes:
         redo = operators_time_s(c, prec, ops.recompute)
         comm = self._comm(kind, tp, mbs, seq_len, sp, recompute)
         comm_f, comm_b, hidden = comm.forward_s, comm.backward_input_s, 0.0
-        if self.tp_overlapped:
+        if self.tp_comm == "overlapped":
             gemm_f = _gemm_time_s(c, prec, ops.forward)
             gemm_b = _gemm_time_s(c, prec, ops.backward_input + ops.recompute + ops.backward_weight)
             exposed_f, exposed_b = max(0.0, comm_f - gemm_f), max(0.0, comm_b - gemm_b)
             hidden = comm_f + comm_b - exposed_f - exposed_b
             comm_f, comm_b = exposed_f, exposed_b
+        elif self.tp_comm == "backward_overlapped":
+            # the recomputed forward's collectives (full recompute) stay on the critical path
+            recomputed = comm.forward_s if kind == "transformer" and recompute == "full" else 0.0
+            gemm_b = _gemm_time_s(c, prec, ops.backward_input + ops.backward_weight)
+            hidden = min(comm_b - recomputed, gemm_b)
+            comm_b -= hidden
         passes = PassTimes(
             forward_s=forward + comm_f,
             backward_input_s=backward_input + redo + comm_b,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from costmodels.flops import parameter_counts
 from profiles.schema import ModelSpec
-from profiles.stack_schema import StackKernels
+from profiles.stack_schema import StackKernels, StackSpec
 
 GIB = 1024**3
 
@@ -145,34 +145,66 @@ class StaticMemory:
     optimizer_bytes: float
 
 
-def state_bytes_per_param(precision: str) -> tuple[int, int, int]:
+def state_bytes_per_param(precision: str, grad_accumulation_fp32: bool = False) -> tuple[int, int, int]:
     """(weights, gradients, optimizer) bytes per parameter for Adam.
 
-    Mixed precision: 2 + 2 + 12 (fp32 master, m, v) = 16 (ZeRO paper Sec. 3.1);
-    fp32: 4 + 4 + 8 (m, v) = 16.
+    Mixed precision: 2 + 2 + 12 (fp32 master, m, v) = 16 (ZeRO paper Sec. 3.1), the gradients
+    in fp32 (4 B) where the stack accumulates them in fp32 for bf16 and fp8 runs
+    (``StackSpec.grad_accumulation_fp32``: Megatron-LM, torchtitan); fp32: 4 + 4 + 8 (m, v) = 16.
     """
     if precision == "fp32":
         return 4, 4, 8
+    if grad_accumulation_fp32 and precision in ("bf16", "fp8"):
+        return 2, 4, 12
     return 2, 2, 12
 
 
 def static_memory(
-    num_params_on_rank: float, precision: str, dp: int, zero: int, gradients_sharded: bool | None = None
+    num_params_on_rank: float, precision: str, dp: int, zero: int, gradients_sharded: bool | None = None,
+    grad_accumulation_fp32: bool = False,
 ) -> StaticMemory:
     """Weights, gradients and optimizer state under ZeRO stage ``zero`` (Rajbhandari et al. 2020, Fig. 1).
 
-    ``gradients_sharded=None`` is the paper's ZeRO-2/3 (gradients divided by dp).
-    ppplan's torch runtime passes ``False``: torch.distributed.pipelining turns
-    FSDP2's gradient sync off until the last microbatch, so gradients accumulate
-    unsharded and are reduce-scattered once per step (launch/runtime/fsdp.py).
+    ``gradients_sharded=None`` is the paper's ZeRO-2/3 (gradients divided by dp); a stack
+    passes its own rule (``gradients_sharded``).
     """
-    w, g, o = state_bytes_per_param(precision)
+    w, g, o = state_bytes_per_param(precision, grad_accumulation_fp32)
     shard_grads = zero >= 2 if gradients_sharded is None else gradients_sharded
     return StaticMemory(
         weights_bytes=num_params_on_rank * w / (dp if zero >= 3 else 1),
         gradients_bytes=num_params_on_rank * g / (dp if shard_grads else 1),
         optimizer_bytes=num_params_on_rank * o / (dp if zero >= 1 else 1),
     )
+
+
+def gradients_sharded(stack: StackSpec, pp: int, dp: int, zero: int) -> bool:
+    """Whether a rank keeps only its 1/dp share of the gradients while microbatches accumulate.
+
+    - No ZeRO, or one data-parallel rank: no.
+    - A stack that reduce-scatters every microbatch without pipeline parallelism
+      (``StackOverlap.dp_grad_sync``, torchtitan's FSDP2 with pp = 1): yes, for every ZeRO stage it
+      shards with (FSDP2 shards gradients whenever it shards over dp).
+    - torch.distributed.pipelining otherwise (ppplan's runtime always; torchtitan with pp > 1):
+      no: the pipeline turns FSDP2's gradient sync off until the last microbatch, so gradients
+      accumulate unsharded and are reduce-scattered once per step (launch/runtime/fsdp.py;
+      pytorch torch/distributed/pipelining/schedules.py ``perform_reduce_grad``).
+    - Megatron: the ZeRO paper's rule, sharded from ZeRO-2 (Megatron-FSDP ``optim_grads``); the
+      distributed optimizer (ZeRO-1) keeps the whole gradient buffer (Rajbhandari et al. 2020).
+    """
+    if zero == 0 or dp == 1:
+        return False
+    if microbatch_grad_sync(stack, pp, dp, zero):
+        return True
+    if stack.pipeline_runtime == "torch":
+        return False
+    return zero >= 2
+
+
+def microbatch_grad_sync(stack: StackSpec, pp: int, dp: int, zero: int) -> bool:
+    """Whether gradients are reduce-scattered after every microbatch's backward (FSDP without
+    pipeline parallelism on a stack that does so, ``StackOverlap.dp_grad_sync``) rather than once
+    per step."""
+    return stack.overlap.dp_grad_sync == "per_microbatch_without_pp" and pp == 1 and dp > 1 and zero >= 1
 
 
 def stage_params(model: ModelSpec, num_layers: int, has_embedding: bool, has_head: bool, tp: int) -> float:

@@ -46,13 +46,20 @@ CAUSAL_EXECUTED_FRACTION = 0.5  # a causal flash kernel skips the blocks above t
 
 @dataclass(frozen=True)
 class Gemm:
-    """A (batched) matrix product: ``batch`` products of (m × k) · (k × n)."""
+    """A (batched) matrix product: ``batch`` products of (m × k) · (k × n). ``low_precision``: it
+    runs in the run's GEMM precision (fp8 under fp8: Transformer Engine and torchao convert the
+    transformer layers' linear layers); False for the attention's batched products and the
+    logits GEMM, which stay in the activation precision (Megatron-Core's ``output_layer`` is a
+    plain ``ColumnParallelLinear``, outside TE's fp8 autocast; torchtitan's float8 and MX
+    converters skip ``output`` by default: "By default we always skip the output layer",
+    torchtitan config ``filter_fqns``)."""
 
     name: str
     m: float
     n: float
     k: float
     batch: float = 1.0
+    low_precision: bool = True
 
     @property
     def flops(self) -> float:
@@ -62,11 +69,12 @@ class Gemm:
 @dataclass(frozen=True)
 class FlashAttention:
     """A fused attention kernel: ``flops`` executed (causal half counted), ``backward`` for its
-    backward kernel."""
+    backward kernel, ``generation`` the stack's flash kernel (``StackKernels.flash_generation``)."""
 
     name: str
     flops: float
     backward: bool = False
+    generation: str = "native"
 
 
 @dataclass(frozen=True)
@@ -124,13 +132,13 @@ class LayerShape:
 # -- building blocks ------------------------------------------------------------------------
 
 
-def linear(name: str, tokens: float, in_features: float, out_features: float) -> LayerOps:
+def linear(name: str, tokens: float, in_features: float, out_features: float, low_precision: bool = True) -> LayerOps:
     """y = x·Wᵀ: F (tokens × in)·(in × out); B the input gradient (tokens × out)·(out × in);
     W the weight gradient (in × tokens)·(tokens × out)."""
     return LayerOps(
-        forward=(Gemm(name, tokens, out_features, in_features),),
-        backward_input=(Gemm(f"{name}.dgrad", tokens, in_features, out_features),),
-        backward_weight=(Gemm(f"{name}.wgrad", in_features, out_features, tokens),),
+        forward=(Gemm(name, tokens, out_features, in_features, low_precision=low_precision),),
+        backward_input=(Gemm(f"{name}.dgrad", tokens, in_features, out_features, low_precision=low_precision),),
+        backward_weight=(Gemm(f"{name}.wgrad", in_features, out_features, tokens, low_precision=low_precision),),
     )
 
 
@@ -181,13 +189,13 @@ def activation(elements: float, p: int, swiglu: bool, fused: bool) -> LayerOps:
                     backward_input=(MemoryBound("act.bwd", backward * p * elements),))
 
 
-def flash_attention(flops_full: float) -> LayerOps:
+def flash_attention(flops_full: float, generation: str = "native") -> LayerOps:
     """A causal flash attention kernel on ``flops_full`` (QKᵀ and AV counted in full, SC21's
     convention): it executes half, and its backward 2.5x that (FlashAttention-2)."""
     executed = flops_full * CAUSAL_EXECUTED_FRACTION
-    core = FlashAttention("attn.core", executed)
-    return LayerOps(forward=(core,), backward_input=(FlashAttention("attn.core.bwd", FLASH_BACKWARD_FLOPS_RATIO * executed, True),),
-                    recompute=(core,))
+    core = FlashAttention("attn.core", executed, generation=generation)
+    backward = FlashAttention("attn.core.bwd", FLASH_BACKWARD_FLOPS_RATIO * executed, True, generation=generation)
+    return LayerOps(forward=(core,), backward_input=(backward,), recompute=(core,))
 
 
 def unfused_attention(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
@@ -201,14 +209,14 @@ def unfused_attention(model: ModelSpec, shape: LayerShape, kernels: StackKernels
     heads = shape.mbs * model.num_attention_heads / shape.tp
     scores = heads * s * s
     softmax_f, softmax_b = (2, 3) if kernels.fused_softmax else (4, 5)
-    forward: list[Operator] = [Gemm("attn.qk", s, s, d, heads), MemoryBound("attn.softmax", softmax_f * p * scores)]
-    backward: list[Operator] = [Gemm("attn.av.dgrad_p", s, s, d, heads), Gemm("attn.av.dgrad_v", s, d, s, heads)]
+    forward: list[Operator] = [Gemm("attn.qk", s, s, d, heads, low_precision=False), MemoryBound("attn.softmax", softmax_f * p * scores)]
+    backward: list[Operator] = [Gemm("attn.av.dgrad_p", s, s, d, heads, low_precision=False), Gemm("attn.av.dgrad_v", s, d, s, heads, low_precision=False)]
     if kernels.dropout:
         forward.append(MemoryBound("attn.dropout", (2 * p + MASK_BYTES) * scores))
         backward.append(MemoryBound("attn.dropout.bwd", (2 * p + MASK_BYTES) * scores))
-    forward.append(Gemm("attn.av", s, d, s, heads))
+    forward.append(Gemm("attn.av", s, d, s, heads, low_precision=False))
     backward += [MemoryBound("attn.softmax.bwd", softmax_b * p * scores),
-                 Gemm("attn.qk.dgrad_q", s, d, s, heads), Gemm("attn.qk.dgrad_k", s, d, s, heads)]
+                 Gemm("attn.qk.dgrad_q", s, d, s, heads, low_precision=False), Gemm("attn.qk.dgrad_k", s, d, s, heads, low_precision=False)]
     return LayerOps(forward=tuple(forward), backward_input=tuple(backward), recompute=tuple(forward))
 
 
@@ -245,7 +253,8 @@ def _attention(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> La
     if model.position_embedding == "rope":
         ops = ops.plus(rotary(t * (q + kv) / tp, p, kernels.fused_rope))
     if kernels.attention == "flash":
-        ops = ops.plus(flash_attention(4.0 * shape.mbs * shape.seq_len * shape.seq_len * q / tp))
+        ops = ops.plus(flash_attention(4.0 * shape.mbs * shape.seq_len * shape.seq_len * q / tp,
+                                       generation=kernels.flash_generation))
     else:
         ops = ops.plus(unfused_attention(model, shape, kernels))
     ops = ops.plus(linear("attn.out", t, q / tp, h))
@@ -291,5 +300,5 @@ def head_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> Laye
     t, h, p, tp = shape.tokens, model.hidden_size, shape.bytes_per_element, shape.tp
     vocab = model.vocab_size
     ops = norm("head.norm", shape.replicated_tokens * h, p, shape.composite_rmsnorm and model.norm == "rmsnorm")
-    ops = ops.plus(linear("head.logits", t, h, vocab / tp))
+    ops = ops.plus(linear("head.logits", t, h, vocab / tp, low_precision=False))
     return ops.plus(cross_entropy(t, vocab / tp if kernels.vocab_parallel_loss else vocab, p, kernels))

@@ -293,7 +293,8 @@ def layer_times_for(
     train: TrainSpec,
     allow_mismatch: bool = False,
     warn: Warn | None = None,
-    stack: StackSpec | None = None,
+    *,
+    stack: StackSpec,
 ) -> LayerTimes:
     """The ``LayerTimes`` for a measured layer profile and/or a measured collective profile
     (either may be None; files are read by ``profiles.loader``).

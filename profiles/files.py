@@ -65,13 +65,18 @@ def check_outputs(*paths: Path | None) -> None:
 
 def write_atomic(path: Path, text: str, mode: int | None = None) -> Path:
     """Write ``text`` to ``path`` atomically (optionally with file ``mode``); returns ``path``."""
+    return write_atomic_bytes(path, text.encode("utf-8"), mode)
+
+
+def write_atomic_bytes(path: Path, data: bytes, mode: int | None = None) -> Path:
+    """Write ``data`` to ``path`` atomically (an image, say); returns ``path``."""
     path = Path(path)
     check_writable(path)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         if mode is not None:

@@ -260,7 +260,9 @@ class Efficiency(StrictModel):
 
     Not fitted: ``attention_max``, the fused (flash) attention forward's fraction of dense peak
     on the FLOPs it executes, is a cited or measured figure (None: derived from ``gemm_max``,
-    ``costmodels.compute.flash_attention_efficiency``); ``step_overhead_s`` a fixed time per
+    ``costmodels.compute.flash_attention_efficiency``), ``attention_kernel_ratios`` the
+    rate of an older flash kernel (``StackKernels.flash_generation``) over the native one's where the
+    family measured both (Hopper: FA2 does not use its warpgroup MMA; missing: the native kernel's rate); ``step_overhead_s`` a fixed time per
     step (0 unless a file sets it).
     """
 
@@ -271,6 +273,7 @@ class Efficiency(StrictModel):
     inter_node_collective: float = Field(default=0.80, gt=0, le=1)
     action_overhead_s: float = Field(default=0.0, ge=0, le=MAX_ACTION_TIME_S, allow_inf_nan=False)
     attention_max: float | None = Field(default=None, gt=0, le=1)
+    attention_kernel_ratios: dict[Literal["fa2", "triton"], float] = Field(default_factory=dict)
     step_overhead_s: float = Field(default=0.0, ge=0, le=MAX_ACTION_TIME_S, allow_inf_nan=False)
 
 

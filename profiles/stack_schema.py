@@ -24,6 +24,15 @@ class StackKernels(StrictModel):
     attention: Literal["flash", "unfused"] = Field(
         default="flash", description="flash: fused attention keeping only the log-sum-exp; unfused: s² scores in HBM"
     )
+    flash_generation: Literal["native", "fa2", "triton"] = Field(
+        default="native",
+        description="native: the flash kernel written for the GPU's architecture (FlashAttention-2 on Ampere; "
+        "FlashAttention-3 or cuDNN fused attention on Hopper and Blackwell: Transformer Engine, torch SDPA's cuDNN "
+        "backend); fa2: FlashAttention-2 on whatever GPU (it does not use Hopper's warpgroup MMA and TMA, Shah et al. "
+        "2024, FlashAttention-3, Sec. 1); triton: the flash-attention repository's Triton kernel (flash_attn_triton), "
+        "which FlashAttention-2 outruns by 1.3-2.5x on A100 (Dao 2023, Sec. 4.1). Each GPU family states the rate of "
+        "the non-native kernels it measured (gpu_families.yaml attention_kernel_ratios)",
+    )
     fused_norm: bool = True
     fused_activation: bool = True
     fused_rope: bool = True
@@ -46,8 +55,22 @@ class StackOverlap(StrictModel):
         default=0, description="buckets grow to at least this many parameters per data-parallel rank "
         "(Megatron-Core: max(40M, 1M x dp x cp))",
     )
+    dp_grad_sync: Literal["per_step", "per_microbatch_without_pp"] = Field(
+        default="per_step",
+        description="per_step: gradients accumulate over the step's microbatches and are reduced once (Megatron's "
+        "no_sync on all but the last microbatch; torch pipelining's REDUCE_GRAD); per_microbatch_without_pp: without "
+        "pipeline parallelism FSDP reduce-scatters every microbatch's backward and keeps gradients sharded "
+        "(torchtitan: pytorch/torchtitan PR #1710 review, 2025-09, and issue #292), with it as per_step",
+    )
     param_gather: Literal["overlapped", "after_step"] = "overlapped"
-    tp_comm: Literal["exposed", "overlapped"] = "exposed"
+    tp_comm: Literal["exposed", "backward_overlapped", "overlapped"] = Field(
+        default="exposed",
+        description="exposed: TP collectives on the critical path; backward_overlapped: the forward's exposed, the "
+        "backward's launched asynchronously beside that pass's GEMMs (Megatron-LM 2022 "
+        "LinearWithGradAccumulationAndAsyncCommunication: the input-gradient all-reduce, or with sequence parallelism "
+        "the all-gather and reduce-scatter, overlap the dgrad and wgrad GEMMs); overlapped: every TP collective "
+        "hidden behind its pass's GEMMs where they are long enough (TE userbuffers, --tp-comm-overlap)",
+    )
     p2p: Literal["exposed", "overlapped"] = "exposed"
     host_overhead_per_action_s: NonNegativeFloat = 0.0
 
@@ -99,6 +122,13 @@ class StackSpec(StrictModel):
         default=False, description="ep > 1 with tp > 1 requires sequence parallelism (Megatron-Core)"
     )
     ep_fp16: bool = Field(default=True, description="expert parallelism runs in fp16 (Megatron-Core: no)")
+    grad_accumulation_fp32: bool = Field(
+        default=False,
+        description="bf16 and fp8 runs accumulate and reduce gradients in fp32 (4 B/param, not 2): Megatron-LM "
+        "('bfloat16 requires gradient accumulation and all-reduce to be done in fp32', megatron/training/arguments.py, "
+        "every version since v2), torchtitan (FSDP2 reduce_dtype float32: sharded gradients of the fp32 sharded "
+        "parameters, and unsharded accumulation in reduce_dtype, pytorch PR #125191)",
+    )
     kernels: StackKernels = StackKernels()
     overlap: StackOverlap
 

@@ -28,7 +28,8 @@ def _command():
         profile,  # noqa: F401  registers profile, profile-comm
         search,  # noqa: F401  registers search, evaluate
         simulate,  # noqa: F401  registers simulate
-        trust,  # noqa: F401  registers validate, calibrate, regress, tune
+        trust,  # noqa: F401  registers calibrate, regress, tune
+        validate,  # noqa: F401  registers validate
     )
     from planner.cli.app import app
 

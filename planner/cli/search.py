@@ -20,6 +20,7 @@ from planner.cli.render import memory_table, plan_json, plans_table, sig3
 from planner.search.branch_and_bound import Scored, SearchResult, search
 from planner.search.explain import binding_constraints, nearest_alternatives, rationale, waste_warnings
 from planner.search.space import DEFAULT_SCHEDULES, RECOMPUTE_KINDS
+from planner.trust.error_bands import with_error_band
 from profiles.errors import InfeasibleError, PlanError
 from profiles.files import check_outputs, write_atomic
 from profiles.limits import MAX_GLOBAL_BATCH, MAX_GPUS, MAX_LAYERS, MAX_SEQ_LEN, MAX_TOP_K
@@ -34,7 +35,7 @@ from profiles.loader import (
     read_profile,
     validate_as,
 )
-from profiles.schema import SCHEDULE_NAMES, ClusterSpec, ModelSpec, ParallelConfig, Plan, TrainSpec
+from profiles.schema import SCHEDULE_NAMES, ClusterSpec, Estimate, ModelSpec, ParallelConfig, Plan, TrainSpec
 from profiles.stack_schema import StackSpec
 
 PRECISIONS: tuple[str, ...] = ("bf16", "fp16", "fp32", "fp8")
@@ -84,7 +85,7 @@ def resolve_train(
 
 
 def load_layers(profile: Optional[Path], comm_profile: Optional[Path], model: ModelSpec, cluster: ClusterSpec,
-                train: TrainSpec, allow_mismatch: bool, stack: StackSpec | None = None) -> LayerTimes | None:
+                train: TrainSpec, allow_mismatch: bool, stack: StackSpec) -> LayerTimes | None:
     """Measured layer times (and/or a measured link) replace the roofline when given."""
     if profile is None and comm_profile is None:
         return None
@@ -110,19 +111,29 @@ def _progress():
                     console=err, transient=True, disable=not err.is_terminal)
 
 
-def _plans(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, result: SearchResult) -> list[Plan]:
+def _banded(est: Estimate, stack: str, cluster: ClusterSpec, profile: Optional[Path]) -> Estimate:
+    """The estimate with the error band of its stack and GPU family (``ppplan validate``,
+    ``planner.trust.error_bands``); a measured profile replaces the roofline the band describes,
+    so it gets none."""
+    return est if profile is not None else with_error_band(est, stack, cluster)
+
+
+def _plans(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, result: SearchResult,
+           profile: Optional[Path] = None) -> list[Plan]:
     """The plans of ``--json`` and ``--out``, best first: the best one carries the rationale and its
-    nearest rejected alternatives; each runner-up says how far behind it is."""
+    nearest rejected alternatives; each runner-up says how far behind it is. Each estimate carries
+    its error band."""
     best = result.best[0]
     alternatives = nearest_alternatives(result.searcher, best)
     runner_up = result.best[1] if len(result.best) > 1 else None
-    plans = [Plan(model=model, cluster=cluster, train=train, config=best.config, estimate=best.estimate,
+    plans = [Plan(model=model, cluster=cluster, train=train, config=best.config,
+                  estimate=_banded(best.estimate, best.config.stack, cluster, profile),
                   rationale=rationale(best, runner_up, alternatives), alternatives=alternatives)]
     for rank, scored in enumerate(result.best[1:], start=2):
         gap = 100 * (scored.estimate.step_time_s / best.estimate.step_time_s - 1)
         lines = [f"#{rank} of the search: {gap:.2g}% slower than #1"]
-        plans.append(Plan(model=model, cluster=cluster, train=train, config=scored.config, estimate=scored.estimate,
-                          rationale=lines))
+        plans.append(Plan(model=model, cluster=cluster, train=train, config=scored.config,
+                          estimate=_banded(scored.estimate, scored.config.stack, cluster, profile), rationale=lines))
     return plans
 
 
@@ -153,8 +164,8 @@ def search_cmd(
         result = search(model_spec, cluster_spec, train, gpus, top_k, names, allow_cross_node_tp, layers,
                         progress=lambda done, total: bar.update(task, completed=done, total=total), stack=stack_spec)
     if not result.best:
-        _report_infeasible(result.closest, model_spec, cluster_spec, train, gpus, as_json)
-    plans = _plans(model_spec, cluster_spec, train, result)
+        _report_infeasible(result.closest, model_spec, cluster_spec, train, gpus, as_json, profile)
+    plans = _plans(model_spec, cluster_spec, train, result, profile)
     for warning in waste_warnings(plans[0].config, plans[0].estimate, global_batch):
         warn(warning)
     if out_path:
@@ -173,10 +184,10 @@ def search_cmd(
 
 
 def _report_infeasible(closest: Scored | None, model: ModelSpec, cluster: ClusterSpec, train: TrainSpec,
-                       gpus: int, as_json: bool) -> None:
+                       gpus: int, as_json: bool, profile: Optional[Path] = None) -> None:
     if closest is None:
         raise InfeasibleError(f"no legal configuration of {model.name} on {gpus} GPUs with global batch {train.global_batch}")
-    est = closest.estimate
+    est = _banded(closest.estimate, closest.config.stack, cluster, profile)
     worst = max(est.peak_memory_gib)
     rank = est.peak_memory_gib.index(worst)
     if as_json:
@@ -250,7 +261,8 @@ def evaluate_cmd(
     ), "the configuration")  # fmt: skip
     check_config(model_spec, train, gpus, cfg, stack_spec)
     layers = load_layers(profile, comm_profile, model_spec, cluster_spec, train, allow_mismatch, stack_spec)
-    est = estimate(model_spec, cluster_spec, train, cfg, layers, stack=stack_spec)
+    est = _banded(estimate(model_spec, cluster_spec, train, cfg, layers, stack=stack_spec),
+                  cfg.stack, cluster_spec, profile)
     plan = Plan(model=model_spec, cluster=cluster_spec, train=train, config=cfg, estimate=est,
                 rationale=binding_constraints(est))
     if out_path:

@@ -1,6 +1,5 @@
-"""``ppplan validate``, ``ppplan calibrate`` and ``ppplan regress``: the trust loop.
+"""``ppplan calibrate`` and ``ppplan regress``: the trust loop (``validate``: ``planner.cli.validate``).
 
-    ppplan validate [--runs public_runs.csv] [--no-fit] [--json]
     ppplan calibrate RUNS... --cluster C [--plan P]... [--out calibrated.yaml] [--terms a,b] [--folds K] [--json]
     ppplan regress [--update] [--suite DIR] [--case PATTERN] [--json]
     ppplan tune --model M --cluster C --gpus N --global-batch B [--top-k 3] [--steps N] [--out P] [--cluster-out Y]
@@ -26,77 +25,18 @@ from planner.cli.app import app, comma_list, err, out, warn
 from planner.cli.launch import progress_line
 from planner.cli.render import plan_json
 from planner.cli.search import BatchOpt, ClusterOpt, GpusOpt, ModelOpt, PrecisionOpt, SeqOpt, StackOpt, resolve_train
-from planner.trust.calibration import FIT_TERMS, TERM_BOUNDS, CalibrationReport, calibrate_runs, error_pct, with_efficiency
+from planner.trust.accuracy import error_pct
+from planner.trust.calibration import FIT_TERMS, TERM_BOUNDS, CalibrationReport, calibrate_runs, with_efficiency
 from planner.trust.calibration_io import cluster_yaml, read_runs
-from planner.trust.published_runs import DEFAULT_RUNS_CSV
 from planner.trust.regress import DEFAULT_SUITE, CaseResult
 from planner.trust.regress import regress as run_regress
 from planner.trust.tune import DEFAULT_STEPS, DEFAULT_TOP_K, TuneOptions, TuneResult
 from planner.trust.tune import tune as run_tune
-from planner.trust.validation import VALIDATION_FIT_TERMS, ValidationReport
-from planner.trust.validation import validate as run_validate
 from profiles.errors import PlanError
 from profiles.files import check_outputs, write_atomic
 from profiles.limits import MAX_STEPS
 from profiles.loader import load_cluster, load_model, load_stack
 from profiles.schema import Plan
-
-
-def _fit_note(report: ValidationReport) -> str:
-    if not report.fit_terms:
-        return "no constants fitted: mape_pct and mape_pct_fitted are both the a-priori figure"
-    fitted = ", ".join(f"{k}={v:.3f}" for k, v in report.fitted_terms.items())
-    return (f"mape_pct is held-out (leave-one-source-out fit of {', '.join(report.fit_terms)}); "
-            f"mape_pct_fitted is in-sample ({fitted} fitted to all rows)")
-
-
-def _print_validation(report: ValidationReport) -> None:
-    rows = Table(title="Published runs: predicted vs measured", title_justify="left")
-    for col in ("run", "source", "metric", "measured", "a priori", "err %", "held-out", "err %", "fitted", "err %"):
-        rows.add_column(col, justify="left" if col in ("run", "source", "metric") else "right")
-    for r in report.results:
-        rows.add_row(
-            r.row.run, r.row.source, r.row.metric, f"{r.row.measured:.4g}",
-            f"{r.apriori:.4g}", f"{r.error('apriori'):+.1f}", f"{r.heldout:.4g}", f"{r.error('heldout'):+.1f}",
-            f"{r.fitted:.4g}", f"{r.error('fitted'):+.1f}",
-        )
-    out.print(rows)
-    summary = Table(title="MAPE % per source", title_justify="left")
-    for col in ("source", "rows", "a priori", "held-out (mape_pct)", "fitted (mape_pct_fitted)"):
-        summary.add_column(col, justify="left" if col == "source" else "right")
-    mapes = {which: report.mape(which) for which in ("apriori", "heldout", "fitted")}
-    for source, value in mapes["heldout"]["per_source"].items():
-        count = sum(1 for r in report.results if r.row.source == source)
-        summary.add_row(source, str(count), f"{mapes['apriori']['per_source'][source]:.1f}",
-                        f"{value:.1f}", f"{mapes['fitted']['per_source'][source]:.1f}")
-    summary.add_row("overall", str(len(report.results)), f"{mapes['apriori']['overall']:.1f}",
-                    f"{mapes['heldout']['overall']:.1f}", f"{mapes['fitted']['overall']:.1f}")
-    out.print(summary)
-    out.print(_fit_note(report), markup=False)
-    if report.skipped:
-        skipped = Table(title=f"Skipped rows ({len(report.skipped)})", title_justify="left")
-        skipped.add_column("run")
-        skipped.add_column("reason")
-        for s in report.skipped:
-            skipped.add_row(s.run, s.reason)
-        out.print(skipped)
-
-
-@app.command()
-def validate(
-    runs: Path = typer.Option(DEFAULT_RUNS_CSV, "--runs", help="published runs CSV (columns: profiles/calibration/README.md)"),
-    no_fit: bool = typer.Option(False, "--no-fit", help="a-priori constants only (no leave-one-source-out fit)"),
-    json_out: bool = typer.Option(False, "--json", help="print the DESIGN.md validate document"),
-) -> None:
-    """Price every published run with a complete configuration and compare with its measurement."""
-    report = run_validate(runs, () if no_fit else VALIDATION_FIT_TERMS)
-    if not report.results:
-        raise PlanError(f"no row of {runs} has a complete configuration to price")
-    if json_out:
-        err.print(f"note: {_fit_note(report)}", markup=False, soft_wrap=True)
-        out.print_json(json.dumps(report.to_json()))
-    else:
-        _print_validation(report)
 
 
 def _terms(text: str) -> tuple[str, ...]:

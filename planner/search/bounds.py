@@ -10,8 +10,7 @@ composes, each taken no larger than the estimate takes it, so they stay below it
   top), run through ``costmodels.pipeline_bound``'s makespan bound; step >= makespan.
   Before a cut is chosen, ``any_cut_makespan_lower_bound_s`` covers every cut.
 - memory: each rank's weights, gradients and optimizer state (``costmodels.memory.
-  static_memory`` with gradients accumulated unsharded across microbatches, as every
-  stack with pipeline parallelism and ZeRO >= 2 here runs them), its activation peak (the schedule's closed-form in-flight count,
+  static_memory`` with the stack's gradient sharding, ``gradients_sharded``), its activation peak (the schedule's closed-form in-flight count,
   ``ScheduleSpec.peak_inflight``, times the rank's smallest stage), the allocator's
   fragmentation share of those bytes (``ClusterSpec.allocator_fragmentation``) and the
   runtime's reserve; the estimate adds transient, communication and ZeRO-3 buffers.
@@ -31,6 +30,7 @@ from costmodels.layer_costs import LayerTimes, PassTimes
 from costmodels.memory import (
     GIB,
     embedding_activation_bytes,
+    gradients_sharded,
     head_activation_bytes,
     layer_activation_bytes,
     stage_params,
@@ -47,10 +47,10 @@ class Bounds:
     """Lower bounds for the candidates of one search (model, cluster, train and layer times fixed)."""
 
     def __init__(
-        self, model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, layers: LayerTimes, stack: StackSpec | None = None,
+        self, model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, layers: LayerTimes, stack: StackSpec,
     ) -> None:
-        self.model, self.cluster, self.train, self.layers = model, cluster, train, layers
-        self.variant = activation_variant(cluster, train, stack.kernels if stack else None)  # what the stack's kernels keep
+        self.model, self.cluster, self.train, self.layers, self.stack = model, cluster, train, layers, stack
+        self.variant = activation_variant(cluster, train, stack.kernels)  # what the stack's kernels keep
         self.limit_gib = memory_limit_gib(cluster)
         self.allocated_factor = 1.0 + cluster.allocator_fragmentation
         self._passes = lru_cache(maxsize=None)(self._passes_uncached)
@@ -72,9 +72,11 @@ class Bounds:
         return (layer_activation_bytes(m, s, mbs, tp, sp, recompute, v), embedding_activation_bytes(m, s, mbs, tp, sp, v),
                 head_activation_bytes(m, s, mbs, tp, sp, v))
 
-    def _static_bytes_uncached(self, layers: int, has_embedding: bool, has_head: bool, tp: int, dp: int, zero: int) -> float:
+    def _static_bytes_uncached(self, layers: int, has_embedding: bool, has_head: bool, tp: int, pp: int, dp: int,
+                               zero: int) -> float:
         params = stage_params(self.model, layers, has_embedding, has_head, tp)
-        state = static_memory(params, self.train.precision, dp, zero, gradients_sharded=False)
+        state = static_memory(params, self.train.precision, dp, zero, gradients_sharded(self.stack, pp, dp, zero),
+                              self.stack.grad_accumulation_fp32)
         return state.weights_bytes + state.gradients_bytes + state.optimizer_bytes
 
     def _gib(self, allocated_bytes: float) -> float:
@@ -90,7 +92,7 @@ class Bounds:
         """The worst rank of ``c`` under any cut needs at least this (a continuous relaxation over cuts:
         with one stage per rank, layers spread so that every rank needs the same; with several, each
         stage holds at least one layer)."""
-        static = self._static_bytes(1, False, False, c.tp, c.dp, c.zero)
+        static = self._static_bytes(1, False, False, c.tp, c.pp, c.dp, c.zero)
         act = self._activations(c.tp, c.mbs, c.sequence_parallel, c.recompute)[0]
         counts = peak_inflight(c.schedule, c.pp, c.v, c.num_microbatches)
         layers = self.model.num_layers
@@ -130,7 +132,7 @@ class Bounds:
         counts = peak_inflight(c.schedule, c.pp, c.v, c.num_microbatches)
         out = []
         for rank, own in enumerate(stages_by_rank(c.schedule, c.pp, c.v)):
-            static = sum(self._static_bytes(stage_layers[s], s == 0, s == last, c.tp, c.dp, c.zero) for s in own)
+            static = sum(self._static_bytes(stage_layers[s], s == 0, s == last, c.tp, c.pp, c.dp, c.zero) for s in own)
             smallest = min(stage_layers[s] * act_layer + (act_emb if s == 0 else 0.0) + (act_head if s == last else 0.0)
                            for s in own)
             out.append(self._gib(static + counts[rank] * smallest))

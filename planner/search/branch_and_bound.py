@@ -135,7 +135,7 @@ class Searcher:
             )
 
             def at(n: int, inflight: int) -> float:
-                return rank_memory_if_uniform_gib(self.model, self.cluster, self.train, probe, rank, n, inflight, self.stack)
+                return rank_memory_if_uniform_gib(self.model, self.cluster, self.train, probe, rank, n, inflight, stack=self.stack)
 
             m10, m20, m11, m21 = at(1, 0), at(2, 0), at(1, 1), at(2, 1)
             per_layer = (m20 - m10) / v

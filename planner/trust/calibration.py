@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
 
 from costmodels.estimate import estimate
+from planner.trust.accuracy import error_pct, mape_pct
 from profiles.loader import load_stack
 from profiles.schema import ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
+from profiles.stack_schema import StackSpec
 
 FIT_TERMS: tuple[str, ...] = (
     "gemm_max",
@@ -67,6 +70,7 @@ class MeasuredRun:
     config: ParallelConfig
     step_time_s: float
     peak_memory_gib: float | None = None
+    stack: StackSpec | None = None  # the stack as the run ran it; None: the preset ``config.stack`` names
 
     @property
     def gpus(self) -> int:
@@ -94,8 +98,17 @@ def with_efficiency(cluster: ClusterSpec, terms: dict[str, float]) -> ClusterSpe
     return cluster.model_copy(update={"efficiency": efficiency})
 
 
+@lru_cache(maxsize=16)
+def _stack(name: str) -> StackSpec:
+    """A stack preset, parsed once (validate and the fits price each run hundreds of times; the
+    YAML parse would dominate)."""
+    return load_stack(name)
+
+
 def estimate_with(run: MeasuredRun, terms: dict[str, float]) -> Estimate:
-    return estimate(run.model, with_efficiency(run.cluster, terms), run.train, run.config, stack=load_stack(run.config.stack))
+    """The run's configuration priced on its own stack with some efficiency terms replaced."""
+    stack = run.stack or _stack(run.config.stack)
+    return estimate(run.model, with_efficiency(run.cluster, terms), run.train, run.config, stack=stack)
 
 
 def log_errors(runs: list[MeasuredRun], terms: dict[str, float]) -> np.ndarray:
@@ -112,7 +125,7 @@ def _bounds(names: tuple[str, ...], runs: list[MeasuredRun]) -> list[tuple[float
     return out
 
 
-def _levenberg_marquardt(
+def levenberg_marquardt(
     residuals: Callable[[np.ndarray], np.ndarray], u0: np.ndarray, max_iterations: int
 ) -> tuple[np.ndarray, int]:
     """Minimise ||residuals(u)||² over the box [0, 1]^p (steps projected onto the box)."""
@@ -169,7 +182,7 @@ def fit_efficiency(
         return np.concatenate([log_errors(runs, terms_of(u)), prior * (u - u0)])
 
     before = log_errors(runs, start)
-    u, iterations = _levenberg_marquardt(residuals, u0, max_iterations) if names else (u0, 0)
+    u, iterations = levenberg_marquardt(residuals, u0, max_iterations) if names else (u0, 0)
     fitted = terms_of(u)
     after = log_errors(runs, fitted)
     return FitResult(
@@ -205,15 +218,6 @@ def kfold_groups(runs: list[MeasuredRun], folds: int) -> dict[str, str]:
     """Deterministic K-fold assignment: runs sorted by name, dealt round-robin."""
     ordered = sorted(r.run for r in runs)
     return {name: f"fold{i % folds}" for i, name in enumerate(ordered)}
-
-
-def mape_pct(errors_pct: list[float]) -> float:
-    """Mean absolute percentage error of signed per-run errors (in %)."""
-    return float(np.mean(np.abs(errors_pct))) if errors_pct else float("nan")
-
-
-def error_pct(predicted: float, measured: float) -> float:
-    return 100.0 * (predicted - measured) / measured
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,21 @@
 """``ppplan validate``: the cost model against published measurements.
 
-Each priceable row of ``public_runs.csv`` (``planner.trust.published_runs``) is priced
-at exactly its configuration and compared on the metric its source reports.
-Three predictions exist per row:
+Each priceable row of the corpus (``planner.trust.published_runs``) is priced at
+exactly its configuration and compared on the metric its source reports. Three
+predictions per row:
 
-- a priori: the cluster presets as shipped (constants documented in
-  ``costmodels/compute.py``, fitted to nothing);
-- held-out (``mape_pct``): ``VALIDATION_FIT_TERMS`` fitted by least squares on
-  log step time to every *other* source, then used on this row
-  (leave-one-source-out, so no row is scored with constants it helped fit);
-- fitted (``mape_pct_fitted``): the same terms fitted to all rows (in-sample).
+- a priori: the GPU family's a-priori constants (``profiles/gpu_families.yaml`` ``constants``),
+  fitted to nothing, whatever fit the shipped presets apply;
+- held-out (``mape_pct``): the row's GPU family constants (``planner.trust.family_fit``)
+  fitted to the family's rows of every *other* independent source
+  (``planner.trust.corpus_rules``), a-priori constants when no other source exists;
+- fitted (``mape_pct_fitted``): the family's constants fitted to all its rows (in sample).
 
-With no fitted terms (``fit_terms=()``) all three are the a-priori figure.
-Every metric compared (tokens/s per GPU, TFLOP/s per GPU, MFU) is inversely
-proportional to step time for a fixed configuration, so each row's measurement
-converts exactly to an equivalent step time, which is what the fit sees.
+Every metric compared (tokens/s per GPU, TFLOP/s per GPU, MFU) is inversely proportional to
+step time for a fixed configuration, so each measurement converts exactly to an equivalent
+step time, which is what the fit sees. Rows that ran out of memory take no part in the fit;
+with the rows that report peak memory they are checked against the predicted memory, which
+no fitted constant touches.
 """
 
 from __future__ import annotations
@@ -22,20 +23,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.trust.calibration import MeasuredRun, cross_validate, error_pct, estimate_with, fit_efficiency, mape_pct
+from planner.trust.accuracy import error_pct, grouped, mape_pct, spearman_rho
+from planner.trust.calibration import MeasuredRun, estimate_with
+from planner.trust.family_fit import FAMILY_TERMS, FamilyFit, at_bounds, fit_family
 from planner.trust.published_runs import DEFAULT_RUNS_CSV, PublishedRow, SkippedRow, read_published_runs
+from profiles.gpu_families import GENERIC_FAMILY, GpuFamily
+from profiles.loader import load_gpu_families
 from profiles.schema import Estimate
 
-# One constant shared by every GPU (its a-priori value is the same for A100 and H100):
-# the large-GEMM fraction of dense peak.
-VALIDATION_FIT_TERMS: tuple[str, ...] = ("gemm_max",)
+PREDICTIONS = ("apriori", "heldout", "fitted")
+# Targets of issue 12 (held-out): overall MAPE, MAPE of every source with enough rows, rho per sweep,
+# memory under-prediction.
+TARGET_OVERALL_MAPE_PCT = 8.0
+TARGET_SOURCE_MAPE_PCT = 12.0
+TARGET_SOURCE_MIN_ROWS = 5
+TARGET_SWEEP_RHO = 0.8
+TARGET_MEMORY_UNDER_PCT = 5.0
+SWEEP_MIN_ROWS = 3
 
 
 def metric_value(metric: str, est: Estimate, gpus: int) -> float:
     """The figure ``metric`` names, from an estimate (MFU in %, as sources print it)."""
     values = {
         "step_time_s": est.step_time_s,
-        "tokens_per_gpu_per_s": est.tokens_per_s / gpus,
+        "tokens_per_s_per_gpu": est.tokens_per_s / gpus,
         "hw_tflops_per_gpu": est.hw_tflops_per_gpu,
         "model_tflops_per_gpu": est.model_tflops_per_gpu,
         "mfu_pct": 100.0 * est.mfu,
@@ -46,96 +57,250 @@ def metric_value(metric: str, est: Estimate, gpus: int) -> float:
 def equivalent_step_time_s(row: PublishedRow, est: Estimate) -> float:
     """The step time at which this configuration would produce the measured figure."""
     if row.metric == "step_time_s":
-        return row.measured
-    gpus = row.config.tp * row.config.pp * row.config.dp
-    return est.step_time_s * metric_value(row.metric, est, gpus) / row.measured
+        return float(row.measured)
+    return est.step_time_s * metric_value(row.metric, est, row.gpus) / float(row.measured)
+
+
+def gpu_family_of(row: PublishedRow) -> GpuFamily:
+    """The row's GPU family (``profiles/gpu_families.yaml``); a corpus GPU must have its own."""
+    family = load_gpu_families().family_of(row.cluster.gpu.name)
+    if family.name == GENERIC_FAMILY:
+        raise ValueError(f"cluster {row.cluster.name}: GPU '{row.cluster.gpu.name}' has no family in gpu_families.yaml")
+    return family
+
+
+def family_of(row: PublishedRow) -> str:
+    return gpu_family_of(row).name
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One prediction of a row: in the row's metric, and as a step time."""
+
+    value: float
+    step_time_s: float
 
 
 @dataclass(frozen=True)
 class RowResult:
+    """One priced row: predictions (None for a row that ran out of memory), the measurement as
+    an equivalent step time, and the predicted memory. ``heldout_basis`` says which constants
+    priced the held-out figure."""
+
     row: PublishedRow
-    apriori: float
-    heldout: float
-    fitted: float
+    family: str
+    apriori: Prediction | None
+    heldout: Prediction | None
+    fitted: Prediction | None
+    measured_step_time_s: float | None
+    heldout_basis: str
+    predicted_peak_memory_gib: float
+    predicted_fits: bool
+
+    def predicted(self, which: str) -> float:
+        prediction = getattr(self, which)
+        if prediction is None:
+            raise ValueError(f"{self.row.id} ({self.row.run}) has no {which} prediction: it ran out of memory")
+        return prediction.value
 
     def error(self, which: str) -> float:
-        return error_pct(getattr(self, which), self.row.measured)
+        return error_pct(self.predicted(which), float(self.row.measured))
+
+    def throughput_per_gpu(self, which: str) -> float:
+        """Tokens/s per GPU of a prediction or (``which="measured"``) of the measurement: the
+        common unit in which rows of a sweep are ranked."""
+        step = self.measured_step_time_s if which == "measured" else getattr(self, which).step_time_s
+        return self.row.train.global_batch * self.row.train.seq_len / float(step) / self.row.gpus
+
+    @property
+    def memory_under_pct(self) -> float | None:
+        """How far the predicted peak falls below the measured one, in % of the measurement
+        (negative: over-predicted); None when the source reports no memory."""
+        measured = self.row.measured_peak_memory_gib
+        if measured is None:
+            return None
+        return 100.0 * (measured - self.predicted_peak_memory_gib) / measured
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Spearman's rho between predicted (held-out) and measured throughput per GPU within one
+    sweep, and where the measured best lands in the predicted order (1 = predicted best)."""
+
+    sweep: str
+    source: str
+    rows: int
+    rho: float | None
+    measured_best_predicted_rank: int
 
 
 @dataclass(frozen=True)
 class ValidationReport:
     results: list[RowResult]
     skipped: list[SkippedRow]
-    fit_terms: tuple[str, ...]
-    fitted_terms: dict[str, float]
-    heldout_terms: dict[str, dict[str, float]]
+    family_fits: dict[str, FamilyFit]
 
-    def mape(self, which: str) -> dict:
-        """{"overall": MAPE over all rows, "per_source": {source: MAPE}} of one prediction."""
-        per_source: dict[str, list[float]] = {}
-        for r in self.results:
-            per_source.setdefault(r.row.source, []).append(r.error(which))
+    @property
+    def priced(self) -> list[RowResult]:
+        """Rows with a measured metric (rows that ran out of memory are only in ``memory``)."""
+        return [r for r in self.results if not r.row.oom]
+
+    def mape(self, which: str, key: str = "source") -> dict:
+        """{"overall": MAPE over all rows, "per_<key>": {group: MAPE}} of one prediction."""
+        groups = grouped(self.priced, lambda r: str(getattr(r.row, key, None) or getattr(r, key)))
         return {
-            "overall": round(mape_pct([r.error(which) for r in self.results]), 3),
-            "per_source": {s: round(mape_pct(errs), 3) for s, errs in sorted(per_source.items())},
+            "overall": round(mape_pct(r.error(which) for r in self.priced), 3),
+            f"per_{key}": {g: round(mape_pct(r.error(which) for r in rs), 3) for g, rs in groups.items()},
         }
 
+    def sweeps(self) -> list[SweepResult]:
+        out = []
+        for sweep, rows in grouped([r for r in self.priced if r.row.sweep], lambda r: str(r.row.sweep)).items():
+            if len(rows) < SWEEP_MIN_ROWS:
+                continue
+            predicted = [r.throughput_per_gpu("heldout") for r in rows]
+            measured = [r.throughput_per_gpu("measured") for r in rows]
+            best = max(range(len(rows)), key=lambda i: measured[i])
+            rank = 1 + sum(1 for p in predicted if p > predicted[best])
+            out.append(SweepResult(sweep, rows[0].row.source, len(rows), spearman_rho(predicted, measured), rank))
+        return out
+
+    def memory(self) -> list[RowResult]:
+        """Rows whose source reports peak memory or an out-of-memory failure."""
+        return [r for r in self.results if r.row.oom or r.row.measured_peak_memory_gib is not None]
+
+    def worst(self, count: int, which: str = "heldout") -> list[RowResult]:
+        return sorted(self.priced, key=lambda r: -abs(r.error(which)))[:count]
+
     def to_json(self) -> dict:
-        """Exactly the DESIGN.md ``validate --json`` document; rows carry the held-out prediction."""
+        """The DESIGN.md ``validate`` document (rows carry the held-out prediction), plus the
+        per-category and per-family MAPE, rho per sweep, the memory check and the fitted constants."""
         return {
             "mape_pct": self.mape("heldout"),
             "mape_pct_fitted": self.mape("fitted"),
-            "rows": [
-                {
-                    "run": r.row.run,
-                    "source": r.row.source,
-                    "metric": r.row.metric,
-                    "predicted": round(r.heldout, 6),
-                    "measured": r.row.measured,
-                    "error_pct": round(r.error("heldout"), 3),
-                    "assumptions": list(r.row.assumptions),
-                }
-                for r in self.results
-            ],
-            "skipped": [{"run": s.run, "reason": s.reason} for s in self.skipped],
+            "mape_pct_apriori": self.mape("apriori"),
+            "mape_pct_per_category": {w: self.mape(w, "category")["per_category"] for w in PREDICTIONS},
+            "rows": [_row_json(r) for r in self.priced],
+            "skipped": [{"run": s.run, "id": s.id, "source": s.source, "category": s.category, "reason": s.reason}
+                        for s in self.skipped],
+            "sweeps": [{"sweep": s.sweep, "source": s.source, "rows": s.rows, "spearman_rho": _round(s.rho),
+                        "measured_best_predicted_rank": s.measured_best_predicted_rank} for s in self.sweeps()],
+            "memory": [_memory_json(r) for r in self.memory()],
+            "fitted_constants": self.family_summary(),
         }
 
+    def family_summary(self) -> dict:
+        """Per GPU family: the in-sample constants and their provenance (rows, sources, held-out,
+        in-sample and a-priori MAPE, the constants each held-out source was priced with, the
+        constants that ended on a physical bound)."""
+        out = {}
+        for family, fit in sorted(self.family_fits.items()):
+            rows = [r for r in self.priced if r.family == family]
+            out[family] = {
+                "terms": {k: round(v, 6) for k, v in fit.terms.items()},
+                "a_priori": {k: round(v, 6) for k, v in fit.prior.items()},
+                "fitted": fit.rounds > 0,
+                "at_bounds": at_bounds(fit.terms) if fit.rounds else [],
+                "rows": len(rows),
+                "sources": sorted({r.row.source for r in rows}),
+                "heldout_mape_pct": round(mape_pct(r.error("heldout") for r in rows), 2),
+                "in_sample_mape_pct": round(mape_pct(r.error("fitted") for r in rows), 2),
+                "apriori_mape_pct": round(mape_pct(r.error("apriori") for r in rows), 2),
+                "heldout_terms": {s: None if t is None else {k: round(v, 6) for k, v in t.items()}
+                                  for s, t in fit.heldout_terms.items()},
+            }
+        return out
 
-def _predict(row: PublishedRow, terms: dict[str, float]) -> float:
-    run = _as_run(row, 1.0)
-    gpus = run.gpus
-    return metric_value(row.metric, estimate_with(run, terms), gpus)
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _row_json(r: RowResult) -> dict:
+    return {
+        "run": r.row.run, "id": r.row.id, "source": r.row.source, "source_id": r.row.source_id,
+        "category": r.row.category, "gpu_family": r.family, "stack": r.row.stack, "sweep": r.row.sweep,
+        "metric": r.row.metric, "predicted": round(r.predicted("heldout"), 6), "measured": r.row.measured,
+        "error_pct": round(r.error("heldout"), 3), "predicted_fitted": round(r.predicted("fitted"), 6),
+        "predicted_apriori": round(r.predicted("apriori"), 6), "heldout_basis": r.heldout_basis,
+        "assumptions": list(r.row.assumptions),
+    }
+
+
+def _memory_json(r: RowResult) -> dict:
+    return {
+        "run": r.row.run, "id": r.row.id, "source": r.row.source, "oom": r.row.oom,
+        "measured_peak_memory_gib": r.row.measured_peak_memory_gib,
+        "predicted_peak_memory_gib": round(r.predicted_peak_memory_gib, 3),
+        "memory_limit_gib": round(r.row.cluster.gpu.memory_gib, 3),
+        "predicted_fits": r.predicted_fits,
+        "under_prediction_pct": _round(r.memory_under_pct, 2),
+    }
 
 
 def _as_run(row: PublishedRow, step_time_s: float) -> MeasuredRun:
-    return MeasuredRun(row.run, row.source, row.model, row.cluster, row.train, row.config, step_time_s)
+    return MeasuredRun(row.id, row.source, row.model, row.cluster, row.train, row.config, step_time_s,
+                       row.measured_peak_memory_gib, row.stack_spec)
 
 
-def validate(path: Path = DEFAULT_RUNS_CSV, fit_terms: tuple[str, ...] = VALIDATION_FIT_TERMS) -> ValidationReport:
-    """Price every row; fit ``fit_terms`` leave-one-source-out and in-sample."""
+def _prior(row: PublishedRow) -> dict[str, float]:
+    """The a-priori constants of the row's GPU family (never a fit the presets may apply)."""
+    constants = gpu_family_of(row).apriori_constants()
+    return {n: float(constants[n]) for n in FAMILY_TERMS}
+
+
+def validate(path: Path = DEFAULT_RUNS_CSV, fit: bool = True) -> ValidationReport:
+    """Price every row; fit each GPU family's constants in sample and leave-one-source-out
+    (``fit=False``: every prediction is the a-priori one)."""
     parsed = read_published_runs(path)
     rows = [p for p in parsed if isinstance(p, PublishedRow)]
     skipped = [p for p in parsed if isinstance(p, SkippedRow)]
-    runs, apriori = [], {}
-    for row in rows:
-        est = estimate_with(_as_run(row, 1.0), {})
-        apriori[row.run] = metric_value(row.metric, est, row.config.tp * row.config.pp * row.config.dp)
-        runs.append(_as_run(row, equivalent_step_time_s(row, est)))
-    fitted_terms: dict[str, float] = {}
-    heldout_terms: dict[str, dict[str, float]] = {r.run: {} for r in runs}
-    if fit_terms and runs:
-        fitted_terms = fit_efficiency(runs, fit_terms).terms
-        heldout_terms, _ = cross_validate(runs, fit_terms, {r.run: r.group for r in runs})
-    results = [
-        RowResult(
-            row=row,
-            apriori=apriori[row.run],
-            heldout=_predict(row, heldout_terms[row.run]) if heldout_terms[row.run] else apriori[row.run],
-            fitted=_predict(row, fitted_terms) if fitted_terms else apriori[row.run],
-        )
-        for row in rows
-    ]
-    per_source_terms = {}
-    for r in runs:
-        per_source_terms.setdefault(r.group, heldout_terms[r.run])
-    return ValidationReport(results, skipped, tuple(fit_terms), fitted_terms, per_source_terms)
+    apriori = {row.id: estimate_with(_as_run(row, 1.0), _prior(row)) for row in rows}  # the same pricing path as the fit
+    runs = {row.id: _as_run(row, equivalent_step_time_s(row, apriori[row.id])) for row in rows if not row.oom}
+    fits: dict[str, FamilyFit] = {}
+    if fit:
+        for family, members in grouped([r for r in rows if not r.oom], family_of).items():
+            fits[family] = fit_family(family, [runs[r.id] for r in members], _prior(members[0]))
+    return ValidationReport([_result(row, apriori[row.id], runs.get(row.id), fits.get(family_of(row))) for row in rows],
+                            skipped, fits)
+
+
+def _prediction(row: PublishedRow, est: Estimate) -> Prediction:
+    return Prediction(metric_value(row.metric, est, row.gpus), est.step_time_s)
+
+
+def _result(row: PublishedRow, apriori: Estimate, run: MeasuredRun | None, fit: FamilyFit | None) -> RowResult:
+    family = family_of(row)
+    memory = max(apriori.peak_memory_gib)
+    if run is None:  # ran out of memory: no metric
+        return RowResult(row, family, None, None, None, None, "", memory, apriori.fits)
+    first = _prediction(row, apriori)
+    if fit is None:
+        return RowResult(row, family, first, first, first, run.step_time_s, "a priori (no fit)", memory, apriori.fits)
+    fitted = _prediction(row, estimate_with(run, fit.terms))
+    heldout_terms = fit.heldout_terms[row.source]
+    if heldout_terms is None:
+        heldout, basis = first, f"a priori: no other source on {family} GPUs"
+    else:
+        heldout, basis = _prediction(row, estimate_with(run, heldout_terms)), f"{family} fit without {row.source}"
+    return RowResult(row, family, first, heldout, fitted, run.step_time_s, basis, memory, apriori.fits)
+
+
+def target_lines(report: ValidationReport) -> list[str]:
+    """Each issue-12 target, met or not, with the measured figure."""
+    mape = report.mape("heldout")
+    lines = [f"overall held-out MAPE {mape['overall']:.1f} % (target <= {TARGET_OVERALL_MAPE_PCT:g} %)"]
+    counts = {s: len(rs) for s, rs in grouped(report.priced, lambda r: r.row.source).items()}
+    over = [f"{s} {v:.1f}" for s, v in mape["per_source"].items()
+            if counts[s] >= TARGET_SOURCE_MIN_ROWS and v > TARGET_SOURCE_MAPE_PCT]
+    lines.append(f"sources with >= {TARGET_SOURCE_MIN_ROWS} rows above {TARGET_SOURCE_MAPE_PCT:g} %: {', '.join(over) or 'none'}")
+    low = [s for s in report.sweeps() if s.rho is not None and s.rho < TARGET_SWEEP_RHO]
+    lines.append(f"sweeps with rho < {TARGET_SWEEP_RHO:g}: {len(low)} of {len(report.sweeps())}")
+    under = [r for r in report.memory() if r.memory_under_pct is not None and r.memory_under_pct > TARGET_MEMORY_UNDER_PCT]
+    lines.append(f"rows with memory under-predicted by more than {TARGET_MEMORY_UNDER_PCT:g} %: {len(under)} of "
+                 f"{sum(1 for r in report.memory() if r.memory_under_pct is not None)}")
+    lines.append(f"out-of-memory rows called feasible: {sum(1 for r in report.memory() if r.row.oom and r.predicted_fits)} of "
+                 f"{sum(1 for r in report.memory() if r.row.oom)}")
+    lines.append(f"rows that ran but are called infeasible: {sum(1 for r in report.priced if not r.predicted_fits)} of "
+                 f"{len(report.priced)} (not a target; a planner would reject these configurations)")
+    return lines

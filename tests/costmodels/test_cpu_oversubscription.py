@@ -11,6 +11,7 @@ import pytest
 from costmodels.estimate import comm_overlaps_compute, estimate, timeshared_compute_s
 from costmodels.layer_costs import ZERO_PASS, PassTimes, RooflineTimes, tp_group_timeshare
 from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec
+from tests.costmodels.neutral_stack import neutral_stack
 
 
 def cluster(cores: float | None, gpus_per_node: int = 8) -> ClusterSpec:
@@ -84,8 +85,8 @@ def test_tp_group_timeshare():
 
 def test_roofline_scales_a_tp_group_larger_than_the_cores():
     train = TrainSpec(global_batch=8, seq_len=128, precision="fp32")
-    alone = RooflineTimes(MODEL, cluster(None), train.precision).transformer(4, 1, 128, False, "none")
-    shared = RooflineTimes(MODEL, cluster(2), train.precision).transformer(4, 1, 128, False, "none")
+    alone = RooflineTimes(MODEL, cluster(None), train.precision, stack=neutral_stack()).transformer(4, 1, 128, False, "none")
+    shared = RooflineTimes(MODEL, cluster(2), train.precision, stack=neutral_stack()).transformer(4, 1, 128, False, "none")
     assert shared.forward_s == pytest.approx(2 * alone.forward_s)
     assert shared.total_s == pytest.approx(2 * alone.total_s)
 
@@ -105,5 +106,5 @@ def test_estimate_takes_the_larger_of_critical_path_and_work_bound(cores, expect
     train = TrainSpec(global_batch=8, seq_len=128, precision="fp32")
     cfg = ParallelConfig(tp=1, pp=4, dp=1, mbs=1, num_microbatches=8, stage_layers=[1, 1, 1, 1])
     model = MODEL.model_copy(update={"num_layers": 4})
-    got = estimate(model, cluster(cores), train, cfg, UnitLayers())
+    got = estimate(model, cluster(cores), train, cfg, UnitLayers(), stack=neutral_stack())
     assert got.step_time_s == pytest.approx(expected_s, rel=1e-6)

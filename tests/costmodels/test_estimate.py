@@ -17,7 +17,8 @@ from costmodels.layer_costs import ZERO_PASS, PassTimes
 from costmodels.memory import GIB, stage_params
 from costmodels.step_time import exposed_sum_s
 from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec
-from profiles.stack_schema import StackOverlap
+from profiles.stack_schema import StackSpec
+from tests.costmodels.neutral_stack import neutral_stack
 
 MODEL = ModelSpec(name="t", num_layers=8, hidden_size=256, num_attention_heads=8, vocab_size=1024, seq_len=128)
 TRAIN = TrainSpec(global_batch=8, seq_len=128, precision="fp32")
@@ -50,12 +51,10 @@ class UnitLayers:
         return ZERO_PASS
 
 
-class Stack:
-    """Just the overlaps of a stack (the stub layers make its kernels irrelevant)."""
-
-    def __init__(self, **overlap) -> None:
-        self.overlap = StackOverlap(**{"dp_grad_reduce": "bucketed", **overlap})
-        self.kernels = None
+def Stack(**overlap) -> StackSpec:
+    """A stack with these overlaps (bucketed DP reduce unless given); the stub layers make its
+    kernels irrelevant."""
+    return neutral_stack(**overlap)
 
 
 def config(pp: int, dp: int, m: int, schedule: str = "1f1b", zero: int = 0) -> ParallelConfig:
@@ -73,7 +72,7 @@ def intra_node(size: int) -> GroupPlacement:
 
 def test_one_stage_is_m_times_the_layer_work_plus_the_optimizer() -> None:
     cluster = gpu_cluster()
-    est = estimate(MODEL, cluster, TRAIN, config(pp=1, dp=1, m=8), UnitLayers())
+    est = estimate(MODEL, cluster, TRAIN, config(pp=1, dp=1, m=8), UnitLayers(), stack=Stack())
     params = stage_params(MODEL, 8, True, True, 1)
     # 8 microbatches x 8 layers x (F + B + W) = 192 s, no bubble, no DP traffic
     assert est.step_time_s == pytest.approx(192.0 + optimizer_s(cluster, params))
@@ -84,7 +83,7 @@ def test_one_stage_is_m_times_the_layer_work_plus_the_optimizer() -> None:
 
 def test_1f1b_pipeline_makespan_and_bubble() -> None:
     cluster = gpu_cluster()
-    est = estimate(MODEL, cluster, TRAIN, config(pp=4, dp=1, m=8), UnitLayers())
+    est = estimate(MODEL, cluster, TRAIN, config(pp=4, dp=1, m=8), UnitLayers(), stack=Stack())
     # 2 layers a stage: F = 2 s, B + W = 4 s; (M + P - 1) * 6 = 66 s; bubble (P - 1)/(M + P - 1) = 3/11
     first_rank_params = stage_params(MODEL, 2, True, False, 1)
     last_rank_params = stage_params(MODEL, 2, False, True, 1)
@@ -98,10 +97,10 @@ def test_1f1b_pipeline_makespan_and_bubble() -> None:
 
 def test_split_backward_moves_the_first_stage_backward_into_w() -> None:
     """torch's first stage has no input gradient to send: its whole backward runs as W."""
-    times = stage_times(MODEL, gpu_cluster(), TRAIN, config(pp=4, dp=1, m=8, schedule="zb-h1"), UnitLayers())
+    times = stage_times(MODEL, gpu_cluster(), TRAIN, config(pp=4, dp=1, m=8, schedule="zb-h1"), UnitLayers(), stack=Stack())
     assert times.backward_input_s == (0.0, 2.0, 2.0, 2.0)
     assert times.backward_weight_s == (4.0, 2.0, 2.0, 2.0)
-    plain = stage_times(MODEL, gpu_cluster(), TRAIN, config(pp=4, dp=1, m=8), UnitLayers())
+    plain = stage_times(MODEL, gpu_cluster(), TRAIN, config(pp=4, dp=1, m=8), UnitLayers(), stack=Stack())
     assert plain.backward_input_s == (2.0, 2.0, 2.0, 2.0)
 
 
@@ -234,7 +233,7 @@ def test_exposed_parts_add_up_to_the_step(schedule: str, dp_grad_reduce: str) ->
 
 def test_memory_per_rank_is_the_sum_of_its_categories_and_fits_against_the_margin() -> None:
     cluster = gpu_cluster(margin=0.25)
-    est = estimate(MODEL, cluster, TRAIN, config(pp=2, dp=1, m=4), UnitLayers())
+    est = estimate(MODEL, cluster, TRAIN, config(pp=2, dp=1, m=4), UnitLayers(), stack=Stack())
     assert memory_limit_gib(cluster) == pytest.approx(12.0)
     assert est.memory_limit_gib == pytest.approx(12.0)
     for peak, parts in zip(est.peak_memory_gib, est.memory_breakdown_gib):
@@ -243,13 +242,13 @@ def test_memory_per_rank_is_the_sum_of_its_categories_and_fits_against_the_margi
     params0 = stage_params(MODEL, 4, True, False, 1)
     assert est.memory_breakdown_gib[0]["optimizer"] == pytest.approx(params0 * 8 / GIB, abs=5e-5)  # the breakdown keeps 4 decimals
     zero1 = estimate(MODEL, cluster, TrainSpec(global_batch=8, seq_len=128, precision="fp32"), config(pp=2, dp=2, m=2, zero=1),
-                     UnitLayers())
+                     UnitLayers(), stack=Stack())
     assert zero1.memory_breakdown_gib[0]["optimizer"] == pytest.approx(params0 * 8 / 2 / GIB, abs=5e-5)
     assert est.fits == (max(est.peak_memory_gib) <= 12.0)
 
 
 def test_mfu_is_model_flops_over_peak() -> None:
-    est = estimate(MODEL, gpu_cluster(), TRAIN, config(pp=1, dp=1, m=8), UnitLayers())
+    est = estimate(MODEL, gpu_cluster(), TRAIN, config(pp=1, dp=1, m=8), UnitLayers(), stack=Stack())
     assert est.mfu == pytest.approx(est.model_tflops_per_gpu / 100.0)
     assert est.tokens_per_s == pytest.approx(8 * 128 / est.step_time_s)
 
@@ -257,10 +256,35 @@ def test_mfu_is_model_flops_over_peak() -> None:
 def test_estimate_reports_total_and_active_parameters() -> None:
     """Dense (GPT style: tied embedding, learned positions, SC21's 12h² + 13h per layer, final LayerNorm): equal;
     MoE: total less active is the experts a token does not use."""
-    dense = estimate(MODEL, gpu_cluster(), TRAIN, config(2, 1, 4), UnitLayers())
+    dense = estimate(MODEL, gpu_cluster(), TRAIN, config(2, 1, 4), UnitLayers(), stack=Stack())
     h, v, s = 256, 1024, 128
     assert dense.params_total == dense.params_active == v * h + s * h + 8 * (12 * h * h + 13 * h) + 2 * h
     moe = MODEL.model_copy(update={"num_experts": 8, "experts_per_token": 2, "moe_ffn_hidden_size": 512})
-    priced = estimate(moe, gpu_cluster(), TRAIN, config(2, 1, 4), UnitLayers())
+    priced = estimate(moe, gpu_cluster(), TRAIN, config(2, 1, 4), UnitLayers(), stack=Stack())
     expert = 2 * h * 512 + 512 + h  # GELU MLP with biases
     assert priced.params_total - priced.params_active == 8 * 6 * expert  # 6 of 8 experts idle per token, 8 layers
+
+
+def test_fsdp_without_pp_reduce_scatters_every_microbatch_and_keeps_gradients_sharded() -> None:
+    """torchtitan's FSDP2 without PP (``dp_grad_sync: per_microbatch_without_pp``), ZeRO-3, one
+    stage of 8 layers (F = 8 s, B + W = 16 s), M = 2, links slow enough that the traffic shows.
+    Each F all-gathers the fp32 parameters (g); each B gathers them again and reduce-scatters the
+    fp32 gradients (r); only what exceeds the pass's compute shows. No once-per-step reduce is
+    left for the end, and the gradients are kept at 1/dp."""
+    cluster = gpu_cluster(bandwidth_gbs=1e-4, latency_us=0.0)
+    network = network_for(cluster)
+    params = stage_params(MODEL, 8, True, True, 1)
+    g = collective_s("all_gather", params * 4, intra_node(2), network)
+    r = collective_s("reduce_scatter", params * FP32_GRAD_BYTES, intra_node(2), network)
+    assert g > 8.0 and g + r > 16.0
+    train = TrainSpec(global_batch=4, seq_len=128, precision="fp32")
+    cfg = config(pp=1, dp=2, m=2, zero=3)
+    stack = Stack(dp_grad_reduce="after_backward", dp_grad_sync="per_microbatch_without_pp")
+    est = estimate(MODEL, cluster, train, cfg, UnitLayers(), stack=stack)
+    per_microbatch = max(8.0, g) + max(16.0, g + r)
+    assert est.step_time_s == pytest.approx(2 * per_microbatch + optimizer_s(cluster, params / 2))
+    assert est.breakdown.dp_comm_s == pytest.approx(2 * (g - 8.0 + g + r - 16.0))
+    assert est.memory_breakdown_gib[0]["gradients"] == pytest.approx(params * 4 / 2 / GIB, abs=5e-5)
+    # the same plan reducing once per step keeps whole gradients
+    per_step = estimate(MODEL, cluster, train, cfg, UnitLayers(), stack=Stack(dp_grad_reduce="after_backward"))
+    assert per_step.memory_breakdown_gib[0]["gradients"] == pytest.approx(params * 4 / GIB, abs=5e-5)

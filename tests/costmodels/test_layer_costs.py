@@ -53,6 +53,23 @@ def test_tp_communication_overlapped_with_the_gemms_shows_only_its_excess() -> N
     assert got.total_s == pytest.approx(exposed.total_s - 2 * comm)
 
 
+def test_backward_overlapped_tp_communication_hides_only_the_backwards_collectives() -> None:
+    """Megatron-LM 2022's async TP communication: F keeps its all-reduces on the critical path; B's
+    run beside the dgrad and wgrad GEMMs (longer here, so all of it hides); under full recompute
+    the recomputed forward's all-reduces inside B stay exposed."""
+    exposed_stack = load_stack("megatron-lm-2021")
+    async_stack = exposed_stack.model_copy(update={"overlap": exposed_stack.overlap.model_copy(update={"tp_comm": "backward_overlapped"})})
+    exposed = RooflineTimes(MODEL, CLUSTER, "bf16", stack=exposed_stack)
+    hidden = RooflineTimes(MODEL, CLUSTER, "bf16", stack=async_stack)
+    for recompute in ("none", "full"):
+        before, got = exposed.transformer(2, 1, 2048, False, recompute), hidden.transformer(2, 1, 2048, False, recompute)
+        comm = before.forward_s - got.forward_s + (before.tp_comm_s - got.tp_comm_s)  # F is unchanged: comm = B's hidden part
+        assert got.forward_s == pytest.approx(before.forward_s)
+        assert got.overlapped_tp_comm_s == pytest.approx(comm)
+        assert got.tp_comm_s == pytest.approx(before.tp_comm_s / (2 if recompute == "none" else 1.5))
+        assert got.backward_input_s == pytest.approx(before.backward_input_s - comm)
+
+
 def test_each_shape_is_priced_once() -> None:
     roof = RooflineTimes(MODEL, CLUSTER, "bf16", stack=load_stack("ppplan-torch"))
     first = roof.transformer(1, 2, 2048, False, "none")

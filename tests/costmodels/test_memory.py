@@ -2,8 +2,15 @@
 
 import pytest
 
-from costmodels.memory import ActivationVariant, layer_activation_bytes, static_memory
-from profiles.loader import load_model
+from costmodels.memory import (
+    ActivationVariant,
+    gradients_sharded,
+    layer_activation_bytes,
+    microbatch_grad_sync,
+    state_bytes_per_param,
+    static_memory,
+)
+from profiles.loader import load_model, load_stack
 
 REF = ActivationVariant.korthikanti()
 
@@ -83,3 +90,29 @@ def test_torch_runtime_accumulates_unsharded_gradients(zero, expected_per_param)
     st = static_memory(1e9, "bf16", dp=8, zero=zero, gradients_sharded=False)
     total = st.weights_bytes + st.gradients_bytes + st.optimizer_bytes
     assert total == pytest.approx(1e9 * expected_per_param)
+
+
+@pytest.mark.parametrize("precision, grads", [("bf16", 4), ("fp8", 4), ("fp16", 2), ("fp32", 4)])
+def test_megatron_accumulates_bf16_and_fp8_gradients_in_fp32(precision, grads):
+    """'bfloat16 requires gradient accumulation and all-reduce to be done in fp32' (Megatron-LM
+    arguments.py): 2 + 4 + 12 = 18 B/param unsharded; fp16 keeps fp16 gradients (16 B)."""
+    st = static_memory(1e9, precision, dp=1, zero=0, grad_accumulation_fp32=True)
+    assert st.gradients_bytes == pytest.approx(1e9 * grads)
+    assert state_bytes_per_param(precision, False)[1] == (4 if precision == "fp32" else 2)
+
+
+@pytest.mark.parametrize("stack, pp, zero, sharded", [
+    ("ppplan-torch", 1, 3, False),  # torch pipelining defers the reduce-scatter, always
+    ("ppplan-torch", 2, 2, False),
+    ("torchtitan", 1, 3, True),  # FSDP2 reduce-scatters every microbatch without PP
+    ("torchtitan", 1, 1, True),  # ... for every ZeRO stage FSDP2 shards with
+    ("torchtitan", 2, 3, False),  # with PP torch's stage defers it: unsharded accumulation
+    ("torchtitan", 1, 0, False),
+    ("megatron-core", 1, 1, False),  # the distributed optimizer keeps the whole gradient buffer
+    ("megatron-core", 1, 2, True),  # ZeRO-2 and beyond: the paper's rule
+])
+def test_gradients_are_sharded_where_the_stack_shards_them(stack, pp, zero, sharded):
+    spec = load_stack(stack)
+    assert gradients_sharded(spec, pp, 8, zero) is sharded
+    assert gradients_sharded(spec, pp, 1, zero) is False  # one data-parallel rank: nothing to shard over
+    assert microbatch_grad_sync(spec, pp, 8, zero) is (stack == "torchtitan" and pp == 1 and zero >= 1)

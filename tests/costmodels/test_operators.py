@@ -174,3 +174,22 @@ def test_every_operator_is_one_of_three_kinds() -> None:
     ops = transformer_layer_ops(LLAMA, shape(recompute="full"), EAGER)
     for op in (*ops.forward, *ops.backward_input, *ops.backward_weight, *ops.recompute):
         assert isinstance(op, (Gemm, FlashAttention, MemoryBound))
+
+
+def test_only_the_layers_linear_gemms_run_in_the_low_precision() -> None:
+    """Under fp8 Transformer Engine and torchao convert the transformer layers' linear layers; the
+    unfused attention's batched products and the logits GEMM stay in the activation precision."""
+    layer = transformer_layer_ops(GPT, shape(), MEGATRON_2021)
+    gemms = [op for passes in (layer.forward, layer.backward_input, layer.backward_weight) for op in passes if isinstance(op, Gemm)]
+    kept = sorted(op.name for op in gemms if not op.low_precision)
+    assert kept == ["attn.av", "attn.av.dgrad_p", "attn.av.dgrad_v", "attn.qk", "attn.qk.dgrad_k", "attn.qk.dgrad_q"]
+    assert all(op.low_precision for op in gemms if op.name.startswith(("attn.qkv", "attn.out", "mlp.")))
+    head = head_ops(GPT, shape(), FUSED)
+    assert [op.low_precision for op in (*head.forward, *head.backward_input, *head.backward_weight) if isinstance(op, Gemm)] == [False] * 3
+
+
+def test_the_stacks_flash_kernel_generation_reaches_the_attention_operators() -> None:
+    for generation in ("native", "fa2", "triton"):
+        ops = transformer_layer_ops(GPT, shape(), StackKernels(flash_generation=generation))
+        cores = [op for op in (*ops.forward, *ops.backward_input) if isinstance(op, FlashAttention)]
+        assert len(cores) == 2 and {op.generation for op in cores} == {generation}

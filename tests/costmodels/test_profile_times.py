@@ -24,13 +24,14 @@ from profiles.profile_schema import (
     model_shape_hash,
 )
 from profiles.schema import ParallelConfig, TrainSpec
+from tests.costmodels.neutral_stack import neutral_stack
 
 
 def load_layer_times(profile_path, comm_path, model, cluster, train, allow_mismatch, warn=None):
     """What ``--profile`` / ``--comm-profile`` do: read the files (profiles.loader), build the times."""
     profile = read_profile(profile_path) if profile_path else None
     comm = read_comm_profile(comm_path) if comm_path else None
-    return layer_times_for(profile, comm, model, cluster, train, allow_mismatch, warn)
+    return layer_times_for(profile, comm, model, cluster, train, allow_mismatch, warn, stack=neutral_stack())
 
 
 CPU = HardwareFingerprint(device_kind="cpu", device_name="cpu", torch_version="2.13.0", cpu_model="test", num_threads=1)
@@ -140,7 +141,7 @@ def test_tp_comm_is_added_where_the_roofline_puts_it(env):
     model, cluster, train = env
     comm = tp_layer_comm_s(2 * 128, model.hidden_size, 4, 2, network_for(cluster))
     t = _times(env).transformer(2, 2, 128, False, "full")
-    roof = RooflineTimes(model, cluster, "fp32").transformer(2, 2, 128, False, "full")
+    roof = RooflineTimes(model, cluster, "fp32", stack=neutral_stack()).transformer(2, 2, 128, False, "full")
     assert t.tp_comm_s == pytest.approx(3 * comm) == pytest.approx(roof.tp_comm_s)
     assert t.forward_s == pytest.approx(1 * MS + comm)
 
@@ -164,9 +165,9 @@ def test_comm_profile_link_replaces_the_cluster_link(env):
     t = _times(env, comm=comm).transformer(2, 1, 128, False, "none")
     expected = tp_layer_comm_s(128, model.hidden_size, 4, 2, network_for(cluster, (Link(0.5e9, 100e-6), link_for(cluster, True))))
     assert t.tp_comm_s == pytest.approx(2 * expected)
-    roof = layer_times_for(None, comm, model, cluster, train)
+    roof = layer_times_for(None, comm, model, cluster, train, stack=neutral_stack())
     assert isinstance(roof, RooflineTimes)
-    base = RooflineTimes(model, cluster, "fp32").transformer(2, 1, 128, False, "none")
+    base = RooflineTimes(model, cluster, "fp32", stack=neutral_stack()).transformer(2, 1, 128, False, "none")
     assert roof.transformer(2, 1, 128, False, "none").tp_comm_s == pytest.approx(2 * expected)
     assert roof.transformer(2, 1, 128, False, "none").total_s - base.total_s == pytest.approx(2 * expected - base.tp_comm_s)
 
@@ -175,7 +176,7 @@ def test_estimate_with_a_profile_is_the_sum_of_measured_passes_on_one_stage(env)
     model, cluster, train = env
     times = _times(env)
     cfg = ParallelConfig(tp=1, pp=1, dp=1, mbs=4, num_microbatches=2, stage_layers=[8])
-    est = estimate(model, cluster, train, cfg, layers=times)
+    est = estimate(model, cluster, train, cfg, layers=times, stack=neutral_stack())
     per_microbatch = 8 * times.transformer(1, 4, 128, False, "none").total_s + times.embedding(1, 4, 128, False).total_s + times.head(1, 4, 128, False).total_s
     assert est.step_time_s - est.breakdown.optimizer_s - est.breakdown.overhead_s == pytest.approx(2 * per_microbatch)
 

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from profiles.errors import PlanError
-from profiles.gpu_families import GENERIC_FAMILY, with_family_constants
+from profiles.gpu_families import (
+    GENERIC_FAMILY,
+    FamilyConstants,
+    FamilyFit,
+    GpuFamily,
+    render_families,
+    with_family_constants,
+)
 from profiles.loader import GPU_FAMILIES_YAML, load_cluster, load_gpu_families, preset_names, read_document
 from profiles.schema import FAMILY_CONSTANTS, ClusterSpec, Efficiency
 
@@ -30,7 +37,7 @@ def _write(tmp_path: Path, text: str, name: str = "c.yaml") -> str:
 def test_every_family_states_six_constants_each_with_a_source() -> None:
     families = load_gpu_families()
     names = {f.name for f in families.families}
-    assert {"A100", "H100", "H200", "B200", "cpu", GENERIC_FAMILY} <= names
+    assert {"V100", "A100", "H100", "B200", "cpu", GENERIC_FAMILY} <= names
     for family in families.families:
         assert set(family.constants.model_dump()) == set(FAMILY_CONSTANTS)
         assert all(family.sources[c] for c in FAMILY_CONSTANTS)
@@ -38,14 +45,42 @@ def test_every_family_states_six_constants_each_with_a_source() -> None:
 
 
 @pytest.mark.parametrize("preset, family", [("dgx-a100-40g", "A100"), ("dgx-a100-80g", "A100"), ("dgx-h100", "H100"),
-                                            ("dgx-h200", "H200"), ("dgx-b200", "B200"), ("cpu-local", "cpu")])
+                                            ("dgx-h200", "H100"), ("dgx-b200", "B200"), ("gb200-nvl72", "B200"),
+                                            ("v100-32g-4gpu", "V100"), ("cpu-local", "cpu")])
 def test_presets_get_their_familys_constants(preset: str, family: str) -> None:
+    """The family's priced constants: its fit's where the fit is applied, else the a-priori ones."""
     cluster = load_cluster(preset)
     fam = load_gpu_families().family_of(cluster.gpu.name)
     assert fam.name == family
+    priced = fam.fit.values if fam.fit is not None and fam.fit.applied else fam.constants
     for name in FAMILY_CONSTANTS:
-        assert getattr(cluster.efficiency, name) == getattr(fam.constants, name)
+        assert getattr(cluster.efficiency, name) == getattr(priced, name)
     assert cluster.efficiency.attention_max == fam.attention_max
+
+
+def _with_fit(family: GpuFamily, applied: bool) -> GpuFamily:
+    values = FamilyConstants(gemm_max=0.61, gemm_half_dim=200.0, hbm=0.9, intra_node_collective=0.7,
+                             inter_node_collective=0.6, action_overhead_s=0.002)
+    fit = FamilyFit(values=values, applied=applied, applied_reason="test", rows=10, sources=["a", "b"],
+                    heldout_mape_pct=5.0, fitted_mape_pct=4.0, apriori_mape_pct=9.0, command="test")
+    return family.model_copy(update={"fit": fit})
+
+
+def test_a_fit_prices_the_familys_clusters_only_where_applied() -> None:
+    a100 = load_gpu_families().family_of("A100")
+    plain = ClusterSpec.model_validate(yaml_cluster())
+    kept = with_family_constants(plain, _with_fit(a100, applied=False))
+    assert kept.efficiency.gemm_max == a100.constants.gemm_max
+    fitted = with_family_constants(plain, _with_fit(a100, applied=True))
+    assert (fitted.efficiency.gemm_max, fitted.efficiency.action_overhead_s) == (0.61, 0.002)
+    assert _with_fit(a100, applied=True).apriori_constants() == a100.constants.model_dump()
+
+
+def test_the_families_file_is_what_render_families_writes() -> None:
+    """``ppplan validate --update`` rewrites the file from the schema: what it writes reads back
+    the same, and the shipped file is in that form (header and layout)."""
+    families = load_gpu_families()
+    assert render_families(families) == GPU_FAMILIES_YAML.read_text()
 
 
 def test_a_cluster_file_of_your_own_gets_the_family_unless_it_sets_its_own(tmp_path: Path) -> None:
@@ -53,11 +88,11 @@ def test_a_cluster_file_of_your_own_gets_the_family_unless_it_sets_its_own(tmp_p
     A100 family's constants and one NIC per GPU at its per-GPU network rate."""
     plain = load_cluster(_write(tmp_path, LEGACY_A100))
     a100 = load_gpu_families().family_of("A100-SXM4-80GB")
-    assert plain.efficiency.gemm_max == a100.constants.gemm_max
+    assert plain.efficiency.gemm_max == a100.priced_constants().gemm_max
     assert plain.node_egress_gbs == 8 * 25 and plain.nics_per_node is None
     own = load_cluster(_write(tmp_path, LEGACY_A100 + "efficiency: {gemm_max: 0.61, step_overhead_s: 0.01}\n", "own.yaml"))
     assert own.efficiency.gemm_max == 0.61 and own.efficiency.step_overhead_s == 0.01
-    assert own.efficiency.hbm == a100.constants.hbm  # the rest from the family
+    assert own.efficiency.hbm == a100.priced_constants().hbm  # the rest from the family
 
 
 def test_old_efficiency_keys_still_load(tmp_path: Path) -> None:
@@ -82,9 +117,9 @@ def test_family_constants_apply_to_the_unset_fields_only() -> None:
     built = ClusterSpec.model_validate({**ClusterSpec.model_validate(yaml_cluster()).model_dump(exclude={"efficiency"}),
                                         "efficiency": {"hbm": 0.5}})
     merged = with_family_constants(built, family)
-    assert merged.efficiency.hbm == 0.5 and merged.efficiency.gemm_max == family.constants.gemm_max
+    assert merged.efficiency.hbm == 0.5 and merged.efficiency.gemm_max == family.priced_constants().gemm_max
     assert with_family_constants(merged, family) == merged  # applying twice changes nothing
-    assert Efficiency().gemm_max == load_gpu_families().family_of("?").constants.gemm_max  # code default = generic
+    assert Efficiency().gemm_max == load_gpu_families().family_of("?").priced_constants().gemm_max  # code default = generic
 
 
 def yaml_cluster() -> dict:
@@ -109,9 +144,13 @@ def test_gpu_presets_state_their_nics(preset: str, nics: int, gbit: float) -> No
 
 
 @pytest.mark.parametrize("edit, message", [
-    (("      action_overhead_s: \"a priori 0", "      not_a_constant: \"a priori 0"), "no source for action_overhead_s"),
-    (("      action_overhead_s: \"a priori 0", "      action_overhead_s: \"a priori 0\"\n      speed: \"x"), "unknown constant"),
-    (("gpu_name_prefixes: [A100]", "gpu_name_prefixes: [A100]\n    colour: red"), "unknown key"),
+    (("    action_overhead_s: a priori 0, as A100", "    not_a_constant: a priori 0, as A100"), "no source for action_overhead_s"),
+    (("    action_overhead_s: a priori 0, as A100", "    action_overhead_s: a priori 0, as A100\n    speed: x"), "unknown constant"),
+    (("  constants: {gemm_max: 0.8,", "  constants: {gemm_max: 1.2,"), "less than or equal to 1"),
+    (("attention_kernel_ratios: {triton: 0.77}", "attention_kernel_ratios: {triton: 1.3}"), "in \\(0, 1\\]"),
+    (("attention_kernel_ratios: {triton: 0.77}", "attention_kernel_ratios: {triton: 0.77, fa2: 0.5}"), "needs its source"),
+    (("attention_kernel_ratios: {triton: 0.77}", "attention_kernel_ratios: {fa3: 0.77}"), "fa3"),
+    (("gpu_name_prefixes: [A100]", "gpu_name_prefixes: [A100]\n  colour: red"), "unknown key"),
     (("- name: generic", "- name: fallback"), "generic"),
 ])
 def test_a_bad_family_file_is_refused(tmp_path: Path, edit: tuple[str, str], message: str) -> None:

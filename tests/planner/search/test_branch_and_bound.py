@@ -6,7 +6,7 @@ from costmodels.estimate import estimate
 from costmodels.layout import uniform_split
 from planner.cli.main import run
 from planner.search.branch_and_bound import search
-from profiles.loader import load_cluster, load_model
+from profiles.loader import load_cluster, load_model, load_stack
 from profiles.schema import ParallelConfig, TrainSpec
 
 
@@ -16,7 +16,7 @@ def test_gpt_1t_best_plan_beats_megatrons_own_config():
     result = search(m, c, train, 3072, top_k=1)
     megatron = ParallelConfig(tp=8, pp=64, dp=6, mbs=1, num_microbatches=512, schedule="1f1b", recompute="full",
                               stage_layers=uniform_split(128, 64))
-    baseline = estimate(m, c, train, megatron)
+    baseline = estimate(m, c, train, megatron, stack=load_stack(megatron.stack))
     assert baseline.fits
     best = result.best[0].estimate
     assert best.fits and best.step_time_s <= baseline.step_time_s

@@ -1,15 +1,12 @@
-"""``ppplan validate`` against the published runs (profiles/calibration/public_runs.csv).
+"""``ppplan validate`` against the published-runs corpus (profiles/calibration/public_runs.csv).
 
-MAPE bounds are the figures measured with the cost model of this commit plus a
-stated margin (+25 % relative, at least +3 points), so a real regression in
-accuracy fails while small cost-model refinements pass. Measured (held-out,
-leave-one-source-out fit of gemm_max):
+The targets are issue 12's, fixed: they are not today's figure plus a margin. Where the cost
+model does not reach one yet, only that assertion is marked ``xfail(strict=True)`` with the
+figure measured at this commit in its reason, so an improvement that reaches the target fails
+the test until the mark is removed. Row counts per source are the corpus as shipped.
 
-    source                                      held-out   fitted   a priori
-    sail-sg/zero-bubble-pipeline-parallelism       6.9       5.7      13.4
-    EleutherAI/gpt-neox                           44.8      43.6      60.6
-    mlcommons/training_results_v3.1               29.9      29.7      27.5
-    overall (44 rows)                             11.4      10.4      16.8
+One run of ``ppplan validate --json --plot … --update --tables-dir …`` (about 95 CPU s) feeds
+every test of the module.
 """
 
 from __future__ import annotations
@@ -17,142 +14,312 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
+from pathlib import Path
 
 import pytest
+import yaml
 
 from planner.cli.main import run
-from planner.trust.published_runs import PublishedRow, SkippedRow, parse_row, source_label
+from planner.trust.error_bands import CALIBRATION_DIR, ERROR_BANDS_NAME, GPU_FAMILIES_NAME
+from planner.trust.validation import (
+    TARGET_MEMORY_UNDER_PCT,
+    TARGET_OVERALL_MAPE_PCT,
+    TARGET_SOURCE_MAPE_PCT,
+    TARGET_SOURCE_MIN_ROWS,
+    TARGET_SWEEP_RHO,
+)
+from profiles.loader import GPU_FAMILIES_YAML
 
-ZB = "sail-sg/zero-bubble-pipeline-parallelism"
-NEOX = "EleutherAI/gpt-neox"
-MLPERF = "mlcommons/training_results_v3.1"
-MEASURED_HELDOUT = {ZB: 8.3, NEOX: 43.7, MLPERF: 30.5}  # ppplan validate --json, 2026-11-23
-MEASURED_OVERALL = 12.6
+CORPUS_ROWS = 893
+# independent source -> (priced with a metric, priced for memory only (OOM), skipped)
+ROWS_PER_SOURCE = {
+    "bigscience": (109, 6, 26),
+    "deepseek-v3-report": (0, 0, 1),
+    "dgxc-benchmarking": (88, 0, 120),
+    "gpt-neox-20b": (1, 0, 0),
+    "korthikanti22": (8, 0, 0),
+    "llama3-paper": (0, 0, 3),
+    "llm-foundry": (216, 0, 0),
+    "megatron-readme-2407": (0, 0, 11),
+    "mist-ae": (0, 0, 2),
+    "mlperf-training": (22, 0, 14),
+    "nemo-perf": (32, 0, 153),
+    "opt-175b": (0, 0, 1),
+    "torchtitan": (2, 0, 30),
+    "zero-bubble-iclr24": (36, 0, 12),
+}
+SOURCES_WITH_TARGET = sorted(s for s, (n, _, _) in ROWS_PER_SOURCE.items() if n >= TARGET_SOURCE_MIN_ROWS)
+# Measured at this commit (held-out MAPE %, Spearman rho, memory under-prediction %), for the xfail reasons.
+MISSED_SOURCE_MAPE = {"bigscience": 13.5, "dgxc-benchmarking": 12.7, "korthikanti22": 13.1, "llm-foundry": 13.5,
+                      "nemo-perf": 17.7, "zero-bubble-iclr24": 12.8}
+SWEEPS = [
+    "bigscience-tr11_h12288_L106_bf16", "bigscience-tr11_h12288_L96_fp16", "bigscience-tr11_h13312_L82_bf16",
+    "bigscience-tr11_h13312_L84_fp16", "bigscience-tr11_h13824_L78_fp16", "bigscience-tr11_h13824_L84_fp16",
+    "bigscience-tr11_h14336_L70_bf16", "bigscience-tr11_h14336_L72_fp16", "bigscience-tr8-104B_V100",
+    "dgxc-1f6d9f4_nemotron4-340b_GB200", "dgxc-35a9aec_gpt3-175b_H100-SXM", "dgxc-35a9aec_nemotron4-15b_H100-SXM",
+    "dgxc-35a9aec_nemotron4-340b_H100-SXM", "dgxc-8f5cbb3_gpt3-175b_H100-SXM", "dgxc-8f5cbb3_nemotron4-15b_H100-SXM",
+    "dgxc-8f5cbb3_nemotron4-340b_H100-SXM", "llm-foundry_mpt-125m_A100-40GB", "llm-foundry_mpt-125m_A100-80GB",
+    "llm-foundry_mpt-13b_A100-40GB", "llm-foundry_mpt-13b_A100-80GB", "llm-foundry_mpt-13b_H100-SXM",
+    "llm-foundry_mpt-1b_A100-40GB", "llm-foundry_mpt-1b_A100-80GB", "llm-foundry_mpt-1b_H100-SXM",
+    "llm-foundry_mpt-1b_H100-SXM_fp8", "llm-foundry_mpt-30b_A100-80GB", "llm-foundry_mpt-30b_H100-SXM",
+    "llm-foundry_mpt-350m_A100-40GB", "llm-foundry_mpt-350m_A100-80GB", "llm-foundry_mpt-3b_A100-40GB",
+    "llm-foundry_mpt-3b_A100-80GB", "llm-foundry_mpt-3b_H100-SXM", "llm-foundry_mpt-3b_H100-SXM_fp8",
+    "llm-foundry_mpt-70b_H100-SXM", "llm-foundry_mpt-760m_A100-40GB", "llm-foundry_mpt-760m_A100-80GB",
+    "llm-foundry_mpt-760m_H100-SXM", "llm-foundry_mpt-7b_A100-40GB", "llm-foundry_mpt-7b_A100-80GB",
+    "llm-foundry_mpt-7b_H100-SXM", "mlperf-v3.0_NVIDIA_CoreWeave_gpt3-175b_H100-SXM",
+    "mlperf-v3.1_NVIDIA_gpt3-175b_H100-SXM", "mlperf-v4.0_NVIDIA_gpt3-175b_H100-SXM", "zb_1.5B", "zb_14.6B",
+    "zb_28.3B", "zb_6.2B",
+]
+MISSED_SWEEP_RHO = {
+    "bigscience-tr11_h12288_L96_fp16": 0.3, "bigscience-tr11_h13312_L82_bf16": 0.3,
+    "bigscience-tr11_h13312_L84_fp16": -0.45, "bigscience-tr11_h13824_L78_fp16": 0.44,
+    "bigscience-tr11_h13824_L84_fp16": 0.0, "bigscience-tr11_h14336_L70_bf16": 0.4,
+    "bigscience-tr11_h14336_L72_fp16": 0.15, "bigscience-tr8-104B_V100": 0.78,
+    "dgxc-35a9aec_gpt3-175b_H100-SXM": 0.58, "dgxc-8f5cbb3_gpt3-175b_H100-SXM": 0.54,
+    "llm-foundry_mpt-13b_A100-40GB": 0.27, "llm-foundry_mpt-13b_H100-SXM": 0.36, "llm-foundry_mpt-1b_H100-SXM": 0.76,
+    "llm-foundry_mpt-30b_H100-SXM": 0.47, "llm-foundry_mpt-70b_H100-SXM": 0.05, "llm-foundry_mpt-7b_H100-SXM": 0.72,
+}
+MEMORY_SOURCES = ["bigscience", "torchtitan", "zero-bubble-iclr24"]
+MISSED_MEMORY = {"bigscience": 44.8}  # worst under-prediction, %
 
 
-def bound(measured: float) -> float:
-    return max(measured * 1.25, measured + 3.0)
+def _xfail_if(missed: dict, key: str, what: str) -> list:
+    if key not in missed:
+        return []
+    return [pytest.mark.xfail(strict=True, reason=f"cost model misses the target: {what} {missed[key]} at this commit")]
 
 
 @pytest.fixture(scope="module")
-def validate_run() -> tuple[dict, str]:
-    """One run of ``ppplan validate --json`` (about 7 s), shared by the checks below."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = run(["validate", "--json"])
-    assert code == 0
-    return json.loads(out.getvalue()), err.getvalue()
+def validated(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One CLI run: the JSON document, stderr, the plot and the tables it wrote."""
+    folder = tmp_path_factory.mktemp("validate")
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = run(["validate", "--json", "--plot", str(folder / "plot.png"), "--update", "--tables-dir", str(folder)])
+    assert code == 0, stderr.getvalue()
+    return {"doc": json.loads(stdout.getvalue()), "err": stderr.getvalue(), "folder": folder}
 
 
-def test_validate_json(validate_run: tuple[dict, str]) -> None:
-    doc, err = validate_run  # stdout is exactly one JSON document
-    assert "held-out" in err  # the note on stderr says which figure is which
-    check_shape_is_design_md(doc)
-    check_mape_is_mean_absolute_error_of_rows(doc)
-    check_rows_priced_and_skipped_with_reasons(doc)
+@pytest.fixture(scope="module")
+def doc(validated: dict) -> dict:
+    return validated["doc"]
 
 
-# Issue 12 (cost-model structure, GPU-family constants): the a-priori MAPE fell from 16.8 % to 9.4 %
-# (zero-bubble 13.4 -> 5.7, MLPerf 28.1 -> 23.2, GPT-NeoX 58.9 -> 44.7) and the in-sample one from
-# 10.5 to 6.4, but validate still fits ONE gemm_max shared by every GPU family and precision, so the
-# zero-bubble A100 rows are held out with 0.53 fitted on the H100 fp8 MLPerf rows and NeoX. Fitting per
-# GPU family is the other half of issue 12 (validate); until then these two bounds are expected to fail.
-HELDOUT_XFAIL = pytest.mark.xfail(
-    strict=True, reason="held-out with one gemm_max across GPU families: zero-bubble 20.4 %, overall 19.7 % (issue 12, validate)")
-
-
-@pytest.mark.parametrize("source", [pytest.param(ZB, marks=HELDOUT_XFAIL), NEOX, MLPERF])
-def test_heldout_mape_per_source_below_measured_plus_margin(validate_run: tuple[dict, str], source: str) -> None:
-    doc, _ = validate_run
-    assert doc["mape_pct"]["per_source"][source] <= bound(MEASURED_HELDOUT[source]), (source, doc["mape_pct"]["per_source"])
-
-
-@HELDOUT_XFAIL
-def test_heldout_mape_overall_below_measured_plus_margin(validate_run: tuple[dict, str]) -> None:
-    doc, _ = validate_run
-    assert doc["mape_pct"]["overall"] <= bound(MEASURED_OVERALL)
-
-
-def check_shape_is_design_md(doc: dict) -> None:
-    assert set(doc) == {"mape_pct", "mape_pct_fitted", "rows", "skipped"}
-    for key in ("mape_pct", "mape_pct_fitted"):
-        assert set(doc[key]) == {"overall", "per_source"}
-        assert set(doc[key]["per_source"]) == {ZB, NEOX, MLPERF}
+def _priced_per_source(doc: dict) -> dict[str, int]:
+    counts: dict[str, int] = {}
     for row in doc["rows"]:
-        assert set(row) == {"run", "source", "metric", "predicted", "measured", "error_pct", "assumptions"}
-        assert isinstance(row["assumptions"], list)
+        counts[row["source"]] = counts.get(row["source"], 0) + 1
+    return counts
+
+
+# -- the corpus ----------------------------------------------------------------------------------
+
+
+def test_every_csv_row_is_priced_or_skipped_with_a_reason(doc: dict) -> None:
+    ooms = [m for m in doc["memory"] if m["oom"]]
+    assert len(doc["rows"]) + len(ooms) + len(doc["skipped"]) == CORPUS_ROWS
+    assert all(s["reason"] for s in doc["skipped"])
+    assert len({r["id"] for r in doc["rows"]} | {s["id"] for s in doc["skipped"]} | {m["id"] for m in ooms}) == CORPUS_ROWS
+
+
+def test_rows_per_source(doc: dict) -> None:
+    priced = _priced_per_source(doc)
+    ooms: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    for m in doc["memory"]:
+        if m["oom"]:
+            ooms[m["source"]] = ooms.get(m["source"], 0) + 1
+    for s in doc["skipped"]:
+        skipped[s["source"]] = skipped.get(s["source"], 0) + 1
+    found = {s: (priced.get(s, 0), ooms.get(s, 0), skipped.get(s, 0)) for s in set(priced) | set(skipped) | set(ooms)}
+    assert found == ROWS_PER_SOURCE
+
+
+def test_corpus_reaches_150_priced_rows_from_8_independent_sources(doc: dict) -> None:
+    priced = _priced_per_source(doc)
+    assert len(doc["rows"]) >= 150
+    assert len(priced) >= 8
+
+
+def test_moe_and_long_context_rows_are_kept_and_skipped_as_not_modelled_yet(doc: dict) -> None:
+    by_category: dict[str, list[dict]] = {}
+    for s in doc["skipped"]:
+        by_category.setdefault(s["category"], []).append(s)
+    assert len(by_category["moe"]) == 130 and len(by_category["long-context"]) == 124
+    assert all("not modelled yet: mixture-of-experts" in s["reason"] for s in by_category["moe"])
+    assert all("not modelled yet: context parallelism" in s["reason"] for s in by_category["long-context"])
+
+
+def test_every_priced_row_lists_its_cluster_preset_and_the_corpus_derivations(doc: dict) -> None:
+    for row in doc["rows"]:
+        assert any(a.startswith("cluster preset ") for a in row["assumptions"]), row["id"]
+    llm_foundry = next(r for r in doc["rows"] if r["source"] == "llm-foundry")
+    assert llm_foundry["stack"] == "torchtitan"
+    assert any("Composer" in a for a in llm_foundry["assumptions"])
+
+
+# -- the document --------------------------------------------------------------------------------
+
+
+def test_document_shape_and_notes(validated: dict, doc: dict) -> None:
+    assert "leave-one-source-out" in validated["err"]
+    for key in ("mape_pct", "mape_pct_fitted", "mape_pct_apriori"):
+        assert set(doc[key]) == {"overall", "per_source"}
+        assert set(doc[key]["per_source"]) == set(_priced_per_source(doc))
+    for row in doc["rows"]:
+        assert {"run", "source", "metric", "predicted", "measured", "error_pct", "assumptions"} <= set(row)
         assert row["error_pct"] == pytest.approx(100 * (row["predicted"] - row["measured"]) / row["measured"], abs=1e-2)
-    for skipped in doc["skipped"]:
-        assert set(skipped) == {"run", "reason"} and skipped["reason"]
-    assert len(doc["rows"]) + len(doc["skipped"]) == 81  # every CSV row is accounted for
 
 
-def check_mape_is_mean_absolute_error_of_rows(doc: dict) -> None:
+def test_mape_is_the_mean_absolute_error_of_the_rows(doc: dict) -> None:
     errors = [abs(r["error_pct"]) for r in doc["rows"]]
     assert doc["mape_pct"]["overall"] == pytest.approx(sum(errors) / len(errors), abs=1e-2)
+    zb = [abs(r["error_pct"]) for r in doc["rows"] if r["source"] == "zero-bubble-iclr24"]
+    assert doc["mape_pct"]["per_source"]["zero-bubble-iclr24"] == pytest.approx(sum(zb) / len(zb), abs=1e-2)
 
 
-def check_rows_priced_and_skipped_with_reasons(doc: dict) -> None:
-    priced = {r["run"]: r for r in doc["rows"]}
-    skipped = {s["run"]: s["reason"] for s in doc["skipped"]}
-    assert priced["GPT-NeoX-20B"]["metric"] == "hw_tflops_per_gpu"  # 117 TFLOP/s with full recompute
-    assert priced["MLPerf v3.1 NVIDIA Eos GPT-3 175B, 64 nodes"]["metric"] == "step_time_s"
-    assert priced["ZB 1.5B p=8 m=24 1F1B"]["metric"] == "tokens_per_gpu_per_s"
-    assert any("51,200" in a for a in priced["ZB 1.5B p=8 m=24 1F1B"]["assumptions"])
-    assert "micro_batch_size" in skipped["Megatron-Core H100 weak scaling GPT-70B"]
-    assert "context parallelism" in skipped["Llama 3 405B long-context stage (128K seq)"]
-    assert "mixture-of-experts" in skipped["DeepSeek-V3 671B MoE pre-training"]
-    assert "L4" in skipped["Mist AE: GPT-1.3B on 2x L4, Megatron-LM best manual config"]
+def test_the_fit_lowers_the_squared_log_error_it_minimises_on_every_fitted_family(doc: dict) -> None:
+    """In sample the fitted constants must do at least as well as the a-priori ones on the fit's
+    own objective (sum of squared log errors; every metric is a power ±1 of the step time)."""
+    for family, summary in doc["fitted_constants"].items():
+        rows = [r for r in doc["rows"] if r["gpu_family"] == family]
+        fitted = sum(math.log(r["predicted_fitted"] / r["measured"]) ** 2 for r in rows)
+        apriori = sum(math.log(r["predicted_apriori"] / r["measured"]) ** 2 for r in rows)
+        if summary["fitted"]:
+            assert fitted <= apriori * (1 + 1e-6), family
+        else:
+            assert fitted == pytest.approx(apriori), family
 
 
-def test_no_fit_reports_the_a_priori_figure_twice(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["validate", "--json", "--no-fit"]) == 0
-    captured = capsys.readouterr()
-    doc = json.loads(captured.out)
-    assert doc["mape_pct"] == doc["mape_pct_fitted"]
-    assert "a-priori" in captured.err
+def test_a_family_with_one_source_is_not_fitted_and_priced_a_priori(doc: dict) -> None:
+    volta = doc["fitted_constants"]["V100"]
+    assert not volta["fitted"] and volta["sources"] == ["bigscience"] and volta["terms"] == volta["a_priori"]
+    rows = [r for r in doc["rows"] if r["gpu_family"] == "V100"]
+    assert rows and all(r["predicted"] == r["predicted_apriori"] for r in rows)
+    assert all(r["heldout_basis"].startswith("a priori") for r in rows)
 
 
-ZB_ROW = {
-    "source": "Qi et al. ICLR 2024 'Zero Bubble Pipeline Parallelism' Tables 3/4/5; sail-sg/zero-bubble-pipeline-parallelism",
-    "run": "zb", "layers": "22", "hidden": "2304", "heads": "24", "ffn_hidden": "9216", "seq_len": "1024",
-    "vocab": "", "gpu": "A100-SXM-80GB (up to 4 nodes, RoCE RDMA)", "n_gpus": "8", "tp": "1", "pp": "8",
-    "dp": "1", "cp": "", "vpp(v)": "1", "micro_batch_size": "6", "global_batch": "144", "schedule": "1F1B",
-    "recompute": "none stated", "measured_tflops_per_gpu": "", "mfu_pct": "",
-    "other_metric": "samples_per_GPU_per_s=11.8; tokens_per_GPU_per_s=12083",
-    "notes": "first & last stage have one fewer layer; vocab not stated",
-}
+def test_held_out_rows_are_priced_without_their_source(doc: dict) -> None:
+    for row in doc["rows"]:
+        if doc["fitted_constants"][row["gpu_family"]]["fitted"]:
+            assert row["heldout_basis"] == f"{row['gpu_family']} fit without {row['source']}"
 
 
-def test_row_with_fewer_layers_on_the_end_stages() -> None:
-    row = parse_row(ZB_ROW)
-    assert isinstance(row, PublishedRow)
-    assert row.config.stage_layers == [2, 3, 3, 3, 3, 3, 3, 2]
-    assert row.config.num_microbatches == 24 and row.cluster.name == "dgx-a100-80g"
-    assert (row.metric, row.measured) == ("tokens_per_gpu_per_s", 12083.0)
+# -- the targets (fixed; xfail where the cost model misses them) ------------------------------------
 
 
-def test_row_missing_the_micro_batch_is_skipped_with_the_field_named() -> None:
-    row = parse_row({**ZB_ROW, "micro_batch_size": "not stated"})
-    assert isinstance(row, SkippedRow) and "micro_batch_size" in row.reason
+@pytest.mark.xfail(strict=True, reason="cost model misses the target: overall held-out MAPE 13.4 % at this commit")
+def test_overall_heldout_mape_within_target(doc: dict) -> None:
+    assert doc["mape_pct"]["overall"] <= TARGET_OVERALL_MAPE_PCT
 
 
-def test_zero_bubble_names_map_to_the_schedule_engine() -> None:
-    row = parse_row({**ZB_ROW, "schedule": "ZB-2p"})
-    assert isinstance(row, PublishedRow) and row.config.schedule == "zb-h2"
+@pytest.mark.parametrize("source", [pytest.param(s, marks=_xfail_if(MISSED_SOURCE_MAPE, s, "held-out MAPE %"))
+                                    for s in SOURCES_WITH_TARGET])
+def test_heldout_mape_of_every_source_with_enough_rows(doc: dict, source: str) -> None:
+    assert doc["mape_pct"]["per_source"][source] <= TARGET_SOURCE_MAPE_PCT
 
 
-def test_source_labels() -> None:
-    assert source_label(ZB_ROW["source"]) == ZB
-    assert source_label("Llama 3 paper arXiv 2407.21783 Table 4") == "Llama 3 paper"
+def test_the_sweeps_are_the_corpus_sweeps(doc: dict) -> None:
+    assert sorted(s["sweep"] for s in doc["sweeps"]) == sorted(SWEEPS)
 
 
-def test_human_table_lists_mape_and_skips(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["validate", "--no-fit"]) == 0
-    text = capsys.readouterr().out
-    assert "MAPE % per source" in text and "Skipped rows" in text and "overall" in text
+@pytest.mark.parametrize("sweep", [pytest.param(s, marks=_xfail_if(MISSED_SWEEP_RHO, s, "Spearman rho")) for s in SWEEPS])
+def test_rank_correlation_within_every_sweep(doc: dict, sweep: str) -> None:
+    found = next(s for s in doc["sweeps"] if s["sweep"] == sweep)
+    assert found["spearman_rho"] is not None and found["spearman_rho"] >= TARGET_SWEEP_RHO
 
 
-def test_missing_runs_file_is_bad_input(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+@pytest.mark.parametrize("source", [pytest.param(s, marks=_xfail_if(MISSED_MEMORY, s, "worst memory under-prediction %"))
+                                    for s in MEMORY_SOURCES])
+def test_memory_is_not_under_predicted(doc: dict, source: str) -> None:
+    under = [m["under_prediction_pct"] for m in doc["memory"] if m["source"] == source and not m["oom"]]
+    assert under and max(under) <= TARGET_MEMORY_UNDER_PCT
+
+
+@pytest.mark.xfail(strict=True, reason="cost model misses the target: 3 of 6 out-of-memory rows called feasible at this commit")
+def test_no_out_of_memory_row_is_called_feasible(doc: dict) -> None:
+    ooms = [m for m in doc["memory"] if m["oom"]]
+    assert len(ooms) == 6
+    assert [m["run"] for m in ooms if m["predicted_fits"]] == []
+
+
+# -- the plot and the shipped tables ----------------------------------------------------------------
+
+
+def test_plot_is_a_png(validated: dict) -> None:
+    data = (validated["folder"] / "plot.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000
+
+
+def test_shipped_tables_are_the_ones_validate_writes(validated: dict) -> None:
+    """``profiles/calibration/error_bands.yaml`` and ``profiles/gpu_families.yaml`` hold what
+    ``ppplan validate --update`` writes for this corpus and cost model: regenerate them after a
+    cost-model change."""
+    for name, shipped_path in ((ERROR_BANDS_NAME, CALIBRATION_DIR / ERROR_BANDS_NAME), (GPU_FAMILIES_NAME, GPU_FAMILIES_YAML)):
+        written = yaml.safe_load((validated["folder"] / name).read_text())
+        shipped = yaml.safe_load(shipped_path.read_text())
+        assert written == shipped, f"{name} is stale: run `ppplan validate --update`"
+
+
+def test_the_shipped_fits_carry_their_provenance(validated: dict, doc: dict) -> None:
+    """Each fitted family's block in gpu_families.yaml is the fit validate reports: its rows, sources
+    and errors, and applied only where its held-out error beats the a-priori one."""
+    written = yaml.safe_load((validated["folder"] / GPU_FAMILIES_NAME).read_text())
+    blocks = {f["name"]: f.get("fit") for f in written["families"]}
+    for family, summary in doc["fitted_constants"].items():
+        block = blocks[family]
+        if not summary["fitted"]:
+            assert block is None, family
+            continue
+        assert block["values"] == pytest.approx(summary["terms"]) and block["rows"] == summary["rows"]
+        assert block["sources"] == summary["sources"] and block["heldout_mape_pct"] == summary["heldout_mape_pct"]
+        assert block["applied"] == (summary["heldout_mape_pct"] < summary["apriori_mape_pct"]), family
+
+
+def test_error_bands_are_the_heldout_mape_of_their_rows(validated: dict, doc: dict) -> None:
+    bands = yaml.safe_load((validated["folder"] / ERROR_BANDS_NAME).read_text())
+    rows = [r for r in doc["rows"] if r["stack"] == "megatron-core" and r["gpu_family"] == "H100"]
+    cell = bands["bands"]["megatron-core"]["H100"]
+    assert cell["rows"] == len(rows)
+    assert cell["heldout_mape_pct"] == pytest.approx(sum(abs(r["error_pct"]) for r in rows) / len(rows), abs=0.01)
+    apriori = [abs(100 * (r["predicted_apriori"] - r["measured"]) / r["measured"]) for r in rows]
+    assert cell["apriori_mape_pct"] == pytest.approx(sum(apriori) / len(apriori), abs=0.01)
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def test_missing_runs_file_is_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert run(["validate", "--runs", str(tmp_path / "nope.csv")]) == 2
-    assert capsys.readouterr().err.startswith("error: file not found")
+    assert "file not found" in _one_error_line(capsys)
+
+
+def test_runs_csv_without_the_corpus_columns_is_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "runs.csv"
+    path.write_text("source,run,layers\nx,y,2\n")
+    assert run(["validate", "--runs", str(path)]) == 2
+    assert "missing columns" in _one_error_line(capsys)
+
+
+def test_runs_csv_that_is_not_text_is_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "runs.csv"
+    path.write_bytes(b"\xff\xfe\x00\x81garbage\x00")
+    assert run(["validate", "--runs", str(path)]) == 2
+    assert "cannot read published runs" in _one_error_line(capsys)
+
+
+def test_plot_into_a_missing_folder_fails_before_any_work(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert run(["validate", "--plot", str(tmp_path / "no" / "plot.png")]) == 2
+    assert "does not exist" in _one_error_line(capsys)
+
+
+def test_update_needs_the_fit(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["validate", "--no-fit", "--update"]) == 2
+    assert "--no-fit" in _one_error_line(capsys)

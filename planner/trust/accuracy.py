@@ -1,0 +1,58 @@
+"""Accuracy statistics of predictions against measurements: signed and absolute percentage
+errors, MAPE by group, Spearman's rank correlation within a sweep."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+
+def error_pct(predicted: float, measured: float) -> float:
+    """Signed error of a prediction, in % of the measurement."""
+    return 100.0 * (predicted - measured) / measured
+
+
+def mape_pct(errors_pct: Iterable[float]) -> float:
+    """Mean absolute percentage error of signed per-row errors (NaN for no rows)."""
+    values = [abs(e) for e in errors_pct]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def grouped(items: Iterable[T], key: Callable[[T], str]) -> dict[str, list[T]]:
+    """Items by ``key``, groups sorted by name."""
+    out: dict[str, list[T]] = {}
+    for item in items:
+        out.setdefault(key(item), []).append(item)
+    return dict(sorted(out.items()))
+
+
+def average_ranks(values: list[float]) -> np.ndarray:
+    """Ranks 1..n, ties sharing the mean of their ranks (what Spearman's rho needs)."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    sorted_values = np.asarray(values)[order]
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and sorted_values[j + 1] == sorted_values[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return ranks
+
+
+def spearman_rho(predicted: list[float], measured: list[float]) -> float | None:
+    """Spearman's rank correlation: Pearson's r of the average ranks (Spearman 1904). None when
+    it is undefined (fewer than three pairs, or either side all tied)."""
+    if len(predicted) != len(measured):
+        raise ValueError("spearman_rho needs pairs")
+    if len(predicted) < 3:
+        return None
+    a, b = average_ranks(predicted), average_ranks(measured)
+    a, b = a - a.mean(), b - b.mean()
+    denominator = math.sqrt(float(a @ a) * float(b @ b))
+    return float(a @ b) / denominator if denominator > 0 else None

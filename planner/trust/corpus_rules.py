@@ -1,0 +1,182 @@
+"""How the published-runs corpus maps onto ppplan: which rows come from one independent
+source, which cluster preset and stack price a row, which GPU family fits its constants,
+and the few assumptions a source supports for a field it leaves out.
+
+Independent sources. The corpus names each publication (``source_id``: one NeMo
+release's table, one MLPerf round, …). Releases of the same table repeat the same
+layouts on the same software family, and every MLPerf GPT-3 / Llama 3.1 submission
+runs NVIDIA's NeMo implementation, so leaving one release out while keeping its
+sibling would leak the answer into the fit. A source here is the *measurement
+campaign*: publications by the same team, with the same software, on the same kind
+of benchmark, are one source (``SOURCE_FAMILIES``); every other ``source_id`` is its
+own source. Held-out error is leave-one-*source*-out in this sense.
+"""
+
+from __future__ import annotations
+
+import re
+
+# (source_id prefix, independent source). Anything else is its own source.
+SOURCE_FAMILIES: tuple[tuple[str, str], ...] = (
+    ("nemo-perf-", "nemo-perf"),  # NVIDIA NeMo / Megatron-Bridge performance summaries, every release
+    ("nemo-longctx", "nemo-perf"),  # the same team's long-sequence table
+    ("dgxc-bench-", "dgxc-benchmarking"),  # NVIDIA DGX Cloud benchmarking recipes, every release
+    ("mlperf-", "mlperf-training"),  # MLCommons Training rounds v3.0-v5.0 (NeMo-based submissions)
+    ("bigscience-", "bigscience"),  # BigScience tr8 and tr11 on Jean Zay (Megatron-DeepSpeed)
+    ("torchtitan-", "torchtitan"),  # pytorch/torchtitan benchmark reports
+)
+
+# GPU column -> cluster preset (profiles/clusters/). Rows with another GPU ("other": Grand Teton
+# 96 GB H100 at 500 W, L4; H800) are skipped with the reason.
+CLUSTER_OF_GPU: dict[str, str] = {
+    "V100-32GB": "v100-32g-4gpu",
+    "A100-40GB": "dgx-a100-40g",
+    "A100-80GB": "dgx-a100-80g",
+    "H100-SXM": "dgx-h100",
+    "H200": "dgx-h200",
+    "B200": "dgx-b200",
+    "GB200": "gb200-nvl72",
+}
+
+# (independent source, GPU column) -> the cluster preset of the machine the source names, where it is not
+# the GPU's default preset above.
+CLUSTER_OF_SOURCE_GPU: dict[tuple[str, str], str] = {
+    # BLOOM paper Sec. 3.4.1: Jean Zay, 4 Omni-Path 100 Gbps links per 8-GPU node (not a DGX's 8 HDR cards)
+    ("bigscience", "A100-80GB"): "jean-zay-a100-80g",
+}
+
+
+def cluster_of_row(source: str, gpu: str) -> str | None:
+    """The cluster preset that prices a row's GPU column for its source (None: no preset)."""
+    return CLUSTER_OF_SOURCE_GPU.get((source, gpu), CLUSTER_OF_GPU.get(gpu))
+
+
+# stack column -> (stack preset, the assumption when it is not the row's own stack)
+STACK_OF_ROW: dict[str, tuple[str, str | None]] = {
+    "megatron-core": ("megatron-core", None),
+    "megatron-lm-2021": ("megatron-lm-2021", None),
+    "torchtitan": ("torchtitan", None),
+    "composer-fsdp": ("torchtitan", "llm-foundry's Composer (PyTorch FSDP, flash attention, no TP/PP) priced as the "
+                      "torchtitan stack, the preset with FSDP and flash attention"),
+    "deepspeed": ("megatron-lm-2021", "GPT-NeoX's DeepSpeed pipeline engine (Megatron-style TP, gradients reduced after "
+                  "the backward) priced as the megatron-lm-2021 stack"),
+}
+
+# Sources whose runs are priced on another stack preset than their stack column names, or with other
+# kernels or overlaps than the preset's, because the source's own code shows what ran: (the preset, the
+# preset's fields it replaces ({"kernels": StackKernels fields, "overlap": StackOverlap fields}), the
+# assumption with its evidence).
+STACK_OF_SOURCE: dict[str, tuple[str, dict[str, dict[str, object]], str]] = {
+    "korthikanti22": (
+        "megatron-lm-2021", {"overlap": {"tp_comm": "backward_overlapped"}},
+        "Megatron-LM of the paper's time (2022 main) runs the backward's TP collectives asynchronously beside the "
+        "dgrad and wgrad GEMMs (megatron/mpu/layers.py LinearWithGradAccumulationAndAsyncCommunication: the "
+        "input-gradient all-reduce, or with sequence parallelism the all-gather and reduce-scatter); the stack preset's "
+        "v2.6 and Megatron-DeepSpeed (megatron/mpu/layers.py: a synchronous copy_to_tensor_model_parallel_region) do not",
+    ),
+    "llm-foundry": (
+        "torchtitan", {"kernels": {"flash_generation": "triton"}},
+        "llm-foundry's Composer (PyTorch FSDP, no TP/PP) priced as the torchtitan stack with the Triton flash-attention "
+        "kernel: the benchmark sweep (mosaicml/llm-foundry scripts/train/benchmarking/sweep.sh: mosaicml/examples "
+        "v0.0.4, image pytorch 2.0.1 cu118) runs submit_benchmarks.py with its default attn_impl 'triton'",
+    ),
+    "zero-bubble-iclr24": (
+        "megatron-lm-2021", {},
+        "the zero-bubble fork's legacy Megatron-LM model path priced as the megatron-lm-2021 stack's kernels: its "
+        "example scripts of the paper's time (sail-sg/zero-bubble-pipeline-parallelism examples/pretrain_llama_7b.sh "
+        "@ed85b11c, 2023-11-03, and pretrain_zero_bubble.sh @85f0aabc, 2023-12-13) pass --fp16 without "
+        "--use-flash-attn, so attention is unfused (s^2 scores in HBM), and keep Megatron's default dropout 0.1 "
+        "(set to 0 only for the exact-numeric-match tests)",
+    ),
+}
+
+
+def stack_of_row(source: str, stack_column: str) -> tuple[str, dict[str, dict[str, object]], str | None] | None:
+    """(stack preset, its kernels and overlaps the row's source replaces, the assumption when it is
+    not the row's own stack as it ran) for a row, or None when no preset prices its stack."""
+    preset = STACK_OF_ROW.get(stack_column)
+    if preset is None:
+        return None
+    return STACK_OF_SOURCE.get(source, (preset[0], {}, preset[1]))
+
+
+# What a row's notes say that the cost model does not price, as (regular expression on the
+# lower-cased notes, the assumption it becomes).
+NOTE_ASSUMPTIONS: tuple[tuple[str, str], ...] = (
+    (r"activation cpu offload \d+ layers", "activation CPU offload (recipe) not modelled: activation memory over-predicted, "
+     "offload traffic not priced"),
+    (r"bnb 8-bit", "bitsandbytes 8-bit Adam states priced as 16 B/param mixed-precision Adam (memory over-predicted)"),
+    (r"tp comm overlap=true|--tp-comm-overlap", "TP communication overlap (--tp-comm-overlap) priced exposed, as the stack "
+     "preset runs it"),
+    (r"partition 'type:transformer\|embedding'", "DeepSpeed's partition giving the embeddings their own pipeline slots "
+     "priced as a uniform split of the transformer layers"),
+    (r"mxfp8|blockwise", "MXFP8 / blockwise FP8 priced as FP8 (same fp8 peak)"),
+    (r"torch\.compile", "torch.compile fusions not modelled (element-wise work priced unfused)"),
+)
+
+GPT2_VOCAB = 50_257  # GPT-2 BPE (Radford et al. 2019), the tokenizer of Megatron-LM's GPT examples
+MEGATRON_VOCAB_DIVISOR = 128  # Megatron-LM --make-vocab-size-divisible-by default (padded to a multiple of 128 x tp)
+GPT2_TOKENIZER_FAMILIES = ("gpt3", "gpt-like")
+
+
+def note_assumptions(notes: str) -> list[str]:
+    """The assumptions a row's notes imply (``NOTE_ASSUMPTIONS``)."""
+    text = notes.lower()
+    return [assumption for pattern, assumption in NOTE_ASSUMPTIONS if re.search(pattern, text)]
+
+
+def independent_source(source_id: str) -> str:
+    """The measurement campaign a ``source_id`` belongs to (see the module docstring)."""
+    for prefix, family in SOURCE_FAMILIES:
+        if source_id.startswith(prefix):
+            return family
+    return source_id
+
+
+def category_of(row: dict[str, str]) -> str:
+    """dense, moe or long-context (cp > 1): the groups whose error is reported apart."""
+    if (row.get("num_experts") or "").strip():
+        return "moe"
+    cp = (row.get("cp") or "").strip()
+    if cp.isdigit() and int(cp) > 1:
+        return "long-context"
+    return "dense"
+
+
+def padded_vocab(vocab: int, tp: int) -> int:
+    """Megatron-LM pads the vocabulary to a multiple of 128·tp (``_vocab_size_with_padding``)."""
+    step = MEGATRON_VOCAB_DIVISOR * tp
+    return -(-vocab // step) * step
+
+
+def default_vocab(model_family: str, tp: int) -> tuple[int | None, str]:
+    """A vocabulary for a GPT-3-style row that does not state one: GPT-2's BPE as Megatron-LM
+    pads it (the Megatron GPT examples and the GPT-3 175B recipes use a ~50k vocabulary)."""
+    if model_family not in GPT2_TOKENIZER_FAMILIES:
+        return None, ""
+    vocab = padded_vocab(GPT2_VOCAB, tp)
+    return vocab, (f"vocab not stated: GPT-2 BPE ({GPT2_VOCAB:,}) padded to a multiple of "
+                   f"{MEGATRON_VOCAB_DIVISOR}·tp = {vocab:,} assumed (Megatron-LM's default)")
+
+
+def default_sequence_parallel(stack: str, tp: int, row_stack: str) -> tuple[bool, str]:
+    """Sequence parallelism where the row leaves it blank: no TP, none; Megatron-Core recipes
+    (NeMo / Megatron-Bridge performance configs) and torchtitan's TP plan turn it on with TP;
+    the 2021-22 Megatron-LM / Megatron-DeepSpeed runs predate it (Korthikanti et al. 2022)."""
+    if tp == 1:
+        return False, ""
+    if stack == "megatron-core":
+        return True, "sequence parallel not stated: on with tp > 1, as the NeMo/Megatron-Bridge performance recipes set it"
+    if stack == "torchtitan" and row_stack == "torchtitan":
+        return True, "sequence parallel not stated: on with tp > 1 (torchtitan's TP plan shards norms over the sequence)"
+    return False, f"sequence parallel not stated: off ({row_stack} runs of this era had none)"
+
+
+def default_zero(source: str, dp: int) -> tuple[int | None, str]:
+    """ZeRO stage where the row leaves it blank: irrelevant without data parallelism; BigScience's
+    Megatron-DeepSpeed runs used ZeRO-1 (tr11 chronicles; assumed for tr8 too)."""
+    if dp == 1:
+        return 0, ""
+    if source == "bigscience":
+        return 1, "ZeRO stage not stated: ZeRO-1 assumed (BigScience's Megatron-DeepSpeed runs shard optimizer states)"
+    return None, ""

@@ -1,0 +1,35 @@
+"""Accuracy statistics (``planner.trust.accuracy``), against hand-computed values."""
+
+from __future__ import annotations
+
+import pytest
+
+from planner.trust.accuracy import average_ranks, error_pct, mape_pct, spearman_rho
+
+
+def test_error_and_mape() -> None:
+    assert error_pct(110.0, 100.0) == pytest.approx(10.0)
+    assert error_pct(90.0, 100.0) == pytest.approx(-10.0)
+    assert mape_pct([10.0, -20.0, 0.0]) == pytest.approx(10.0)
+
+
+def test_ties_share_the_mean_rank() -> None:
+    assert list(average_ranks([3.0, 1.0, 1.0, 2.0])) == [4.0, 1.5, 1.5, 3.0]
+
+
+def test_spearman_without_ties_is_one_minus_six_sum_d2_over_n_n2_minus_1() -> None:
+    # ranks (1,2,3,4) vs (1,3,2,4): sum d^2 = 2, rho = 1 - 6*2/(4*15) = 0.8
+    assert spearman_rho([1.0, 2.0, 3.0, 4.0], [10.0, 30.0, 20.0, 40.0]) == pytest.approx(0.8)
+    assert spearman_rho([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+    assert spearman_rho([1.0, 2.0, 3.0], [1.0, 8.0, 27.0]) == pytest.approx(1.0)  # monotone, not linear
+
+
+def test_spearman_with_ties_is_pearson_of_average_ranks() -> None:
+    # x ranks (1, 2.5, 2.5, 4), y ranks (1, 2, 3, 4): centred (-1.5, 0, 0, 1.5) . (-1.5, -0.5, 0.5, 1.5) = 4.5;
+    # norms sqrt(4.5) and sqrt(5): rho = 4.5 / sqrt(22.5)
+    assert spearman_rho([1.0, 2.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0]) == pytest.approx(4.5 / 22.5 ** 0.5)
+
+
+def test_spearman_is_undefined_for_constants_and_short_lists() -> None:
+    assert spearman_rho([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None
+    assert spearman_rho([1.0, 2.0], [1.0, 2.0]) is None

@@ -1,0 +1,102 @@
+"""The error band every search/evaluate estimate carries (``planner.trust.error_bands``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from planner.cli.main import run
+from planner.trust.calibration import with_efficiency
+from planner.trust.error_bands import Band, ErrorBands, error_band_pct, load_bands
+from profiles.gpu_families import FamilyConstants, FamilyFit
+from profiles.loader import load_cluster, load_gpu_families
+from profiles.profile_schema import HardwareFingerprint
+from tests.costmodels.test_profile_times import _profile
+
+HOPPER_FIT = {"gemm_max": 0.7, "gemm_half_dim": 300.0, "hbm": 0.9, "intra_node_collective": 1.0,
+              "inter_node_collective": 1.0, "action_overhead_s": 0.003}
+BANDS = ErrorBands(
+    bands={"megatron-core": {"H100": Band(heldout_mape_pct=12.5, apriori_mape_pct=15.0, rows=40, sources=["a", "b"]),
+                             "A100": Band(heldout_mape_pct=3.0, apriori_mape_pct=4.0, rows=4, sources=["a"])}},
+    families={"H100": Band(heldout_mape_pct=20.0, apriori_mape_pct=25.0, rows=100, sources=["a", "b"]),
+              "A100": Band(heldout_mape_pct=9.0, apriori_mape_pct=11.0, rows=50, sources=["a", "c"])},
+)
+
+
+def _families_with_hopper_fit(applied: bool = False):
+    """The shipped families, the H100 family carrying HOPPER_FIT (not applied: the presets keep the
+    a-priori constants, so only a cluster that sets them carries them)."""
+    shipped = load_gpu_families()
+    fit = FamilyFit(values=FamilyConstants(**HOPPER_FIT), applied=applied, applied_reason="test", rows=100,
+                    sources=["a", "b"], heldout_mape_pct=20.0, fitted_mape_pct=10.0, apriori_mape_pct=25.0, command="test")
+    families = [f.model_copy(update={"fit": fit if f.name == "H100" else None}) for f in shipped.families]
+    return shipped.model_copy(update={"families": families})
+
+
+FAMILIES = _families_with_hopper_fit()
+
+
+def test_the_stack_and_family_cell_is_used_when_it_has_enough_rows() -> None:
+    fitted = with_efficiency(load_cluster("dgx-h100"), HOPPER_FIT)
+    assert error_band_pct("megatron-core", fitted, BANDS, FAMILIES) == 12.5
+    assert error_band_pct("megatron-core", with_efficiency(load_cluster("dgx-h200"), HOPPER_FIT), BANDS, FAMILIES) == 12.5
+
+
+def test_a_thin_cell_or_an_unvalidated_stack_falls_back_to_the_family() -> None:
+    assert error_band_pct("megatron-core", load_cluster("dgx-a100-80g"), BANDS, FAMILIES) == 11.0  # 4 rows < 5; a priori
+    assert error_band_pct("ppplan-torch", with_efficiency(load_cluster("dgx-h100"), HOPPER_FIT), BANDS, FAMILIES) == 20.0
+
+
+def test_constants_other_than_the_fitted_ones_get_the_a_priori_band() -> None:
+    """The shipped presets (fitted to nothing) and a user's own constants are out of sample for
+    every row: their error is the a-priori one."""
+    assert error_band_pct("megatron-core", load_cluster("dgx-h100"), BANDS, FAMILIES) == 15.0
+    assert error_band_pct("ppplan-torch", load_cluster("dgx-h100"), BANDS, FAMILIES) == 25.0
+    own = with_efficiency(load_cluster("dgx-h100"), {**HOPPER_FIT, "gemm_max": 0.71})
+    assert error_band_pct("megatron-core", own, BANDS, FAMILIES) == 15.0
+
+
+def test_no_band_without_published_runs_on_the_gpu_class() -> None:
+    assert error_band_pct("megatron-core", load_cluster("dgx-b200"), BANDS, FAMILIES) is None
+    assert error_band_pct("ppplan-torch", load_cluster("cpu-local"), BANDS, FAMILIES) is None
+
+
+def _evaluate(capsys: pytest.CaptureFixture[str], *extra: str) -> dict:
+    argv = ["evaluate", "--model", "gpt3-1.7b", "--cluster", "dgx-h100", "--gpus", "8", "--global-batch", "32",
+            "--tp", "1", "--pp", "1", "--mbs", "4", "--json", *extra]
+    assert run(argv) == 0
+    return json.loads(capsys.readouterr().out)["estimate"]
+
+
+def _shipped(stack: str | None, family: str) -> float:
+    """The shipped band of the presets: held-out where the family's shipped fit is applied (the
+    presets then carry its constants), else a priori."""
+    bands = load_bands()
+    cell = bands.families[family] if stack is None else bands.bands[stack][family]
+    fit = load_gpu_families().family_of(family).fit
+    return cell.heldout_mape_pct if fit is not None and fit.applied else cell.apriori_mape_pct
+
+
+def test_evaluate_carries_the_shipped_band(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _evaluate(capsys)["error_band_pct"] == _shipped(None, "H100")  # ppplan-torch: the family's band
+    assert _evaluate(capsys, "--stack", "megatron-core")["error_band_pct"] == _shipped("megatron-core", "H100")
+
+
+def test_search_plans_carry_the_band(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["search", "--model", "gpt3-1.7b", "--cluster", "dgx-h100", "--gpus", "8", "--global-batch", "32",
+            "--top-k", "2", "--json"]
+    assert run(argv) == 0
+    plans = json.loads(capsys.readouterr().out)
+    assert {p["estimate"]["error_band_pct"] for p in plans} == {_shipped(None, "H100")}
+
+
+def test_a_measured_profile_gets_no_band(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    h100 = HardwareFingerprint(device_kind="cuda", device_name="NVIDIA H100 80GB HBM3", torch_version="2.13.0",
+                               cuda_version="12.8", cpu_model="x", num_threads=8)
+    path = tmp_path / "p.json"
+    path.write_text(_profile(hardware=h100, precision="bf16").model_dump_json())
+    argv = ["evaluate", "--model", "tiny-gpt", "--cluster", "dgx-h100", "--gpus", "2", "--global-batch", "8",
+            "--tp", "1", "--pp", "1", "--mbs", "4", "--precision", "bf16", "--profile", str(path), "--json"]
+    assert run(argv) == 0
+    assert json.loads(capsys.readouterr().out)["estimate"]["error_band_pct"] is None

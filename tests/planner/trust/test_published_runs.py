@@ -1,0 +1,149 @@
+"""Rows of the corpus -> priceable configurations or listed skips (``planner.trust.published_runs``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from planner.trust.corpus_rules import independent_source, padded_vocab
+from planner.trust.published_runs import REQUIRED_COLUMNS, PublishedRow, SkippedRow, parse_row
+from profiles.loader import load_gpu_families
+
+ZB_ROW = {c: "" for c in REQUIRED_COLUMNS} | {
+    "source_id": "zero-bubble-iclr24", "run": "ZB 1.5B p=8 m=24 1F1B", "sweep": "zb_1.5B", "model_family": "gpt-like",
+    "layers": "22", "hidden": "2304", "heads": "24", "kv_heads": "24", "ffn_hidden": "9216", "seq_len": "1024",
+    "activation": "gelu", "gpu": "A100-80GB", "n_gpus": "8", "tp": "1", "pp": "8", "dp": "1", "cp": "1", "v": "1",
+    "mbs": "6", "global_batch": "144", "schedule": "1f1b", "recompute": "none", "precision": "fp16",
+    "stack": "megatron-core", "metric": "tokens_per_s_per_gpu", "value": "12083", "peak_memory_gib": "30",
+    "derived": "GBS = mbs * m", "notes": "m=24 microbatches; first & last stage have one fewer layer; vocab not stated",
+}
+
+
+def _skip(**changes: str) -> SkippedRow:
+    row = parse_row({**ZB_ROW, **changes})
+    assert isinstance(row, SkippedRow), row
+    return row
+
+
+def test_a_complete_row_is_priced_with_its_assumptions() -> None:
+    row = parse_row(ZB_ROW, line=7)
+    assert isinstance(row, PublishedRow)
+    assert row.id == "zero-bubble-iclr24:7" and row.source == "zero-bubble-iclr24" and row.category == "dense"
+    assert row.config.stage_layers == [2, 3, 3, 3, 3, 3, 3, 2]  # the end stages hold one layer fewer
+    assert row.config.num_microbatches == 24 and row.config.zero == 0 and row.cluster.name == "dgx-a100-80g"
+    assert (row.metric, row.measured, row.measured_peak_memory_gib) == ("tokens_per_s_per_gpu", 12083.0, 30.0)
+    assert row.model.vocab_size == 50_304  # GPT-2's 50,257 padded to a multiple of 128 (tp = 1)
+    assert any("50,304" in a for a in row.assumptions)
+    assert "corpus: GBS = mbs * m" in row.assumptions
+
+
+def test_megatron_pads_the_vocabulary_to_128_tp() -> None:
+    assert padded_vocab(50_257, 1) == 50_304 and padded_vocab(50_257, 8) == 51_200 and padded_vocab(51_200, 8) == 51_200
+
+
+@pytest.mark.parametrize("field, text, reason", [
+    ("tp", "x", "malformed tp 'x' (a positive integer)"),
+    ("tp", "0", "malformed tp '0' (a positive integer)"),
+    ("value", "fast", "malformed value 'fast' (a number)"),
+    ("value", "nan", "malformed value 'nan' (a positive finite number)"),
+    ("schedule", "pipedream", "malformed schedule 'pipedream'"),
+    ("recompute", "some", "malformed recompute 'some'"),
+    ("sequence_parallel", "maybe", "malformed sequence_parallel 'maybe'"),
+    ("mbs", "", "not stated: mbs"),
+    ("recompute", "not stated", "not stated: recompute"),
+    ("gpu", "other", "no cluster preset for GPU 'other'"),
+    ("stack", "other", "no stack preset for 'other'"),
+    ("schedule", "dualpipe", "not modelled yet: DeepSeek's DualPipe"),
+    ("global_batch", "145", "global batch 145 is not divisible by dp*mbs = 1*6"),
+])
+def test_a_malformed_or_incomplete_row_is_a_listed_skip(field: str, text: str, reason: str) -> None:
+    assert reason in _skip(**{field: text}).reason
+
+
+def test_every_reason_is_listed_once() -> None:
+    skipped = _skip(mbs="", recompute="not stated", gpu="other")
+    assert skipped.reason.count("not stated") == 1
+    assert "mbs" in skipped.reason and "recompute" in skipped.reason and "no cluster preset" in skipped.reason
+
+
+def test_moe_and_context_parallel_rows_are_kept_as_their_category() -> None:
+    moe = _skip(num_experts="8")
+    assert moe.category == "moe" and "not modelled yet: mixture-of-experts layers" in moe.reason
+    long_context = _skip(cp="2", dp="1", n_gpus="16")
+    assert long_context.category == "long-context" and "not modelled yet: context parallelism (cp=2)" in long_context.reason
+
+
+def test_end_stages_without_a_layer_are_skipped_with_the_reason() -> None:
+    # ZB's 1F1B-I: one layer per chunk, the embedding and the head alone on theirs
+    skipped = _skip(schedule="interleaved-1f1b", v="3", mbs="6")
+    assert "22 layers cannot fill pp*v = 24 stages" in skipped.reason
+
+
+def test_out_of_memory_rows_are_priced_for_memory_only() -> None:
+    row = parse_row({**ZB_ROW, "metric": "oom", "value": "1"})
+    assert isinstance(row, PublishedRow) and row.oom and row.measured is None
+
+
+def test_tflops_follow_the_source_convention() -> None:
+    hardware = parse_row({**ZB_ROW, "metric": "tflops_per_gpu", "value": "117", "notes": "117 TFLOP/s (HFU-style)"})
+    model = parse_row({**ZB_ROW, "metric": "tflops_per_gpu", "value": "117", "notes": ""})
+    assert isinstance(hardware, PublishedRow) and hardware.metric == "hw_tflops_per_gpu"
+    assert isinstance(model, PublishedRow) and model.metric == "model_tflops_per_gpu"
+
+
+def test_stacks_without_a_preset_are_priced_as_the_closest_one_and_say_so() -> None:
+    row = parse_row({**ZB_ROW, "source_id": "a-composer-source", "stack": "composer-fsdp", "pp": "1", "dp": "8",
+                     "schedule": "none", "notes": "", "global_batch": "48", "zero": "3"})
+    assert isinstance(row, PublishedRow) and row.config.stack == "torchtitan"
+    assert any("Composer" in a for a in row.assumptions)
+
+
+def test_blank_sequence_parallel_and_zero_follow_the_stack() -> None:
+    core = parse_row({**ZB_ROW, "source_id": "nemo-perf-25.09", "tp": "2", "pp": "1", "dp": "4", "schedule": "none",
+                      "notes": "", "global_batch": "48", "zero": "1"})
+    assert isinstance(core, PublishedRow) and core.config.sequence_parallel
+    old = parse_row({**ZB_ROW, "tp": "2", "pp": "1", "dp": "4", "schedule": "none", "notes": "", "global_batch": "48",
+                     "stack": "megatron-lm-2021", "source_id": "bigscience-tr11"})
+    assert isinstance(old, PublishedRow) and not old.config.sequence_parallel and old.config.zero == 1
+    unknown_zero = _skip(pp="1", dp="8", schedule="none", notes="", global_batch="48")
+    assert "not stated: zero" in unknown_zero.reason
+
+
+def test_notes_the_cost_model_does_not_price_become_assumptions() -> None:
+    row = parse_row({**ZB_ROW, "notes": "activation CPU offload 40 layers (recipe); TP comm overlap=True"})
+    assert isinstance(row, PublishedRow)
+    assert any(a.startswith("activation CPU offload") for a in row.assumptions)
+    assert any(a.startswith("TP communication overlap") for a in row.assumptions)
+
+
+def test_independent_sources_and_gpu_families() -> None:
+    assert independent_source("nemo-perf-25.09") == independent_source("nemo-longctx") == "nemo-perf"
+    assert independent_source("mlperf-v4.1") == "mlperf-training"
+    assert independent_source("korthikanti22") == "korthikanti22"
+    families = load_gpu_families()
+    names = ("A100-SXM4-80GB", "H200-SXM-141GB", "H800", "GB200", "B200-180GB", "V100-SXM2-32GB", "cpu", "MI300X")
+    assert [families.family_of(g).name for g in names] == ["A100", "H100", "H100", "B200", "B200", "V100", "cpu", "generic"]
+
+
+def test_a_source_whose_code_shows_other_kernels_is_priced_with_them() -> None:
+    """The zero-bubble scripts of the paper's time run the legacy Megatron-LM model without
+    --use-flash-attn and with Megatron's default dropout: the megatron-lm-2021 stack's kernels."""
+    row = parse_row(ZB_ROW)
+    assert isinstance(row, PublishedRow)
+    assert row.stack == row.config.stack == "megatron-lm-2021"
+    assert row.stack_spec.kernels.attention == "unfused" and row.stack_spec.kernels.dropout
+    assert any("use-flash-attn" in a for a in row.assumptions)
+
+
+def test_source_overrides_of_kernels_overlaps_and_clusters() -> None:
+    foundry = parse_row({**ZB_ROW, "source_id": "llm-foundry", "stack": "composer-fsdp", "gpu": "H100-SXM", "pp": "1",
+                         "dp": "8", "zero": "3", "mbs": "2", "global_batch": "32", "notes": ""})
+    assert isinstance(foundry, PublishedRow) and foundry.stack == "torchtitan"
+    assert foundry.stack_spec.kernels.flash_generation == "triton" and foundry.stack_spec.overlap.tp_comm == "exposed"
+    korthikanti = parse_row({**ZB_ROW, "source_id": "korthikanti22", "stack": "megatron-lm-2021", "tp": "8", "pp": "1",
+                             "heads": "24", "notes": ""})
+    assert isinstance(korthikanti, PublishedRow)
+    assert korthikanti.stack_spec.overlap.tp_comm == "backward_overlapped" and korthikanti.stack_spec.kernels.attention == "unfused"
+    bloom = parse_row({**ZB_ROW, "source_id": "bigscience-tr11", "stack": "megatron-lm-2021", "zero": "1", "notes": ""})
+    assert isinstance(bloom, PublishedRow) and bloom.cluster.name == "jean-zay-a100-80g"
+    assert (bloom.cluster.nics_per_node, bloom.cluster.nic_bandwidth_gbit_s) == (4, 100)
+    assert parse_row({**ZB_ROW, "source_id": "mlperf-v4.0", "notes": ""}).cluster.name == "dgx-a100-80g"
