@@ -17,9 +17,13 @@ from costmodels.runtime_costs import (
     runtime_costs_of,
 )
 from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec
+from tests.costmodels.neutral_stack import neutral_stack
 
 MODEL = ModelSpec(name="t", num_layers=8, hidden_size=256, num_attention_heads=8, vocab_size=1024, seq_len=128)
 TRAIN = TrainSpec(global_batch=4, seq_len=128, precision="fp32")
+
+
+STACK = neutral_stack()
 
 
 def cluster(device: str) -> ClusterSpec:
@@ -57,10 +61,10 @@ def test_host_overhead_lengthens_a_cpu_pipeline_and_not_a_gpu_one() -> None:
     # 0.1 s per action adds 0.2 s per (F, B) pair: 5 x 12.2 = 61 s
     cfg = config(pp=2)
     costs = RuntimeCosts(host_overhead_per_action_s=0.1)
-    base = estimate(MODEL, cluster("cpu"), TRAIN, cfg, UnitLayers()).step_time_s
+    base = estimate(MODEL, cluster("cpu"), TRAIN, cfg, UnitLayers(), stack=STACK).step_time_s
     assert base == pytest.approx(60.0)
-    assert estimate(MODEL, cluster("cpu"), TRAIN, cfg, UnitLayers(costs)).step_time_s == pytest.approx(61.0)
-    assert estimate(MODEL, cluster("H100"), TRAIN, cfg, UnitLayers(costs)).step_time_s == pytest.approx(60.0)
+    assert estimate(MODEL, cluster("cpu"), TRAIN, cfg, UnitLayers(costs), stack=STACK).step_time_s == pytest.approx(61.0)
+    assert estimate(MODEL, cluster("H100"), TRAIN, cfg, UnitLayers(costs), stack=STACK).step_time_s == pytest.approx(60.0)
     assert runtime_costs_of(UnitLayers(costs), cluster("H100")).host_overhead_per_action_s is None
 
 
@@ -70,8 +74,8 @@ def test_fsdp_host_work_per_unit_and_step() -> None:
     assert fsdp_host_s(costs, dp=2, layers_on_rank=8, stages_on_rank=1) == pytest.approx(0.09)  # 8 layers + the root
     # pp=1 dp=2, M=2: 2 x (8 + 16) = 48 s of layers, free links, +0.09 s of FSDP host work on CPU only
     cfg = config(pp=1, dp=2)
-    assert estimate(MODEL, cluster("cpu"), TRAIN, cfg, UnitLayers(costs)).step_time_s == pytest.approx(48.09)
-    assert estimate(MODEL, cluster("H100"), TRAIN, cfg, UnitLayers(costs)).step_time_s == pytest.approx(48.0)
+    assert estimate(MODEL, cluster("cpu"), TRAIN, cfg, UnitLayers(costs), stack=STACK).step_time_s == pytest.approx(48.09)
+    assert estimate(MODEL, cluster("H100"), TRAIN, cfg, UnitLayers(costs), stack=STACK).step_time_s == pytest.approx(48.0)
 
 
 def test_measured_p2p_link_prices_the_pipeline_transfers() -> None:
@@ -81,19 +85,19 @@ def test_measured_p2p_link_prices_the_pipeline_transfers() -> None:
     # 60 + 5c (its F0, F1, F2, F3 and rank 1's B3 are on the critical path)
     cfg = config(pp=2)
     slow = RuntimeCosts(p2p_link=Link(bandwidth_bytes_per_s=1e6, latency_s=1e-3))
-    base = estimate(MODEL, cluster("cpu"), TRAIN, cfg, UnitLayers()).step_time_s
-    with_p2p = estimate(MODEL, cluster("cpu"), TRAIN, cfg, UnitLayers(slow)).step_time_s
+    base = estimate(MODEL, cluster("cpu"), TRAIN, cfg, UnitLayers(), stack=STACK).step_time_s
+    with_p2p = estimate(MODEL, cluster("cpu"), TRAIN, cfg, UnitLayers(slow), stack=STACK).step_time_s
     assert with_p2p - base == pytest.approx(5 * 0.132072, rel=1e-6)
 
 
 def test_cpu_memory_terms() -> None:
     assert optimizer_temp_bytes(cluster("cpu"), 1e6) == OPTIMIZER_TEMP_BYTES_PER_PARAM * 1e6 == 4e6
     assert optimizer_temp_bytes(cluster("H100"), 1e6) == 0.0
-    cpu = estimate(MODEL, cluster("cpu"), TRAIN, config(pp=1, dp=2, zero=1), UnitLayers()).memory_breakdown_gib[0]
-    gpu = estimate(MODEL, cluster("H100"), TRAIN, config(pp=1, dp=2, zero=1), UnitLayers()).memory_breakdown_gib[0]
+    cpu = estimate(MODEL, cluster("cpu"), TRAIN, config(pp=1, dp=2, zero=1), UnitLayers(), stack=STACK).memory_breakdown_gib[0]
+    gpu = estimate(MODEL, cluster("H100"), TRAIN, config(pp=1, dp=2, zero=1), UnitLayers(), stack=STACK).memory_breakdown_gib[0]
     # the temporary covers the optimizer's own shard (zero 1: params / dp): a quarter of Adam's m + v of that shard
     assert cpu["optimizer_temp"] == pytest.approx(cpu["optimizer"] / 2, rel=1e-3)
     assert "optimizer_temp" not in gpu
     full = ParallelConfig(**{**config(pp=1).model_dump(), "recompute": "full"})
-    assert estimate(MODEL, cluster("cpu"), TRAIN, full, UnitLayers()).memory_breakdown_gib[0]["recompute_working"] > 0
-    assert "recompute_working" not in estimate(MODEL, cluster("H100"), TRAIN, full, UnitLayers()).memory_breakdown_gib[0]
+    assert estimate(MODEL, cluster("cpu"), TRAIN, full, UnitLayers(), stack=STACK).memory_breakdown_gib[0]["recompute_working"] > 0
+    assert "recompute_working" not in estimate(MODEL, cluster("H100"), TRAIN, full, UnitLayers(), stack=STACK).memory_breakdown_gib[0]
