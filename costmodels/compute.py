@@ -63,7 +63,9 @@ def gemm_bytes(gemm: Gemm, precision: str) -> float:
 
 
 def gemm_op_time_s(cluster: ClusterSpec, precision: str, gemm: Gemm) -> float:
-    """The slower of the compute roof (efficiency of the smallest dimension) and the memory roof."""
+    """The slower of the compute roof (efficiency of the smallest dimension) and the memory roof, in
+    the GEMM's own precision when it has one (``Gemm.precision``)."""
+    precision = gemm.precision or precision
     compute = gemm.flops / (peak_flops(cluster, precision) * gemm_efficiency(cluster, min(gemm.m, gemm.n, gemm.k)))
     return max(compute, memory_bound_time_s(cluster, gemm_bytes(gemm, precision)))
 
@@ -94,7 +96,8 @@ def memory_bound_time_s(cluster: ClusterSpec, num_bytes: float) -> float:
 
 
 def operator_time_s(cluster: ClusterSpec, precision: str, op: Operator) -> float:
-    """Seconds of one operator by its kind (see the module docstring)."""
+    """Seconds of one compute operator by its kind (see the module docstring); communication operators
+    (``AllToAll``, ``RingAttention``) need the network and are priced by ``costmodels.layer_costs``."""
     if isinstance(op, Gemm):
         return gemm_op_time_s(cluster, precision, op)
     if isinstance(op, FlashAttention):
