@@ -63,9 +63,7 @@ def gemm_bytes(gemm: Gemm, precision: str) -> float:
 
 
 def gemm_op_time_s(cluster: ClusterSpec, precision: str, gemm: Gemm) -> float:
-    """The slower of the compute roof (efficiency of the smallest dimension) and the memory roof, in
-    the GEMM's own precision when it has one (``Gemm.precision``)."""
-    precision = gemm.precision or precision
+    """The slower of the compute roof (efficiency of the smallest dimension) and the memory roof."""
     compute = gemm.flops / (peak_flops(cluster, precision) * gemm_efficiency(cluster, min(gemm.m, gemm.n, gemm.k)))
     return max(compute, memory_bound_time_s(cluster, gemm_bytes(gemm, precision)))
 

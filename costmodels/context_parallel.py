@@ -20,11 +20,14 @@ How the K/V blocks travel and what is kept is the stack's (``StackKernels.contex
 - ``all_gather`` (torch's ``context_parallel`` with the "allgather" rotater, torchtitan's default):
   the K/V blocks of all ranks are all-gathered while the first (local) step computes, and the
   gradients reduce-scattered beside the first step of the backward; the gathered blocks are kept.
-- ``eager_ring`` (ppplan's runtime, ``launch/runtime/cp.py``): each block is fp32 einsums
-  (QKᵀ, scale, mask on the diagonal, log-sum-exp, exp, ·V) computed in full, merged by their
-  log-sum-exps; every step's shift waits for its exchange (nothing overlaps); autograd keeps
-  each block's scores and probabilities, the merges' inputs and the received K/V blocks (fp32
-  copies of each block's q, k and v in bf16 runs).
+- ``eager_ring`` (ppplan's runtime, ``launch/runtime/cp.py``): each block is einsums on
+  ``.float()`` copies (QKᵀ, scale, mask on the diagonal, log-sum-exp, exp, ·V) computed in full,
+  merged by their log-sum-exps; every step's shift waits for its exchange (nothing overlaps);
+  autograd keeps each block's scores and probabilities, the merges' inputs and the received K/V
+  blocks. In bf16 runs the stage's autocast casts the einsums' operands back to bf16 (einsum is
+  on autocast's lower-precision list; torch.amp docs), so the GEMMs run at the plan's precision
+  and keep bf16 copies of each block's q, k and v; the element-wise passes are counted at 4 bytes
+  per score (fp32, what ``exp`` and the CPU runs use; an upper figure for bf16 scores).
 """
 
 from __future__ import annotations
@@ -92,18 +95,17 @@ def _eager_blocks(model: ModelSpec, shape: LayerShape, blocks: int, diagonal: in
     c, heads = chunk_len(shape), shape.mbs * model.num_attention_heads / shape.tp
     d_qk, d_v = model.score_head_dim, model.value_head_dim
     scores, outputs = heads * c * c, heads * c * d_v
-    fp32 = "fp32"
     if not backward:
-        one = [Gemm("ring.qk", c, c, d_qk, heads, fp32), MemoryBound("ring.softmax", EAGER_SCORE_FORWARD_BYTES * scores),
-               Gemm("ring.av", c, d_v, c, heads, fp32)]
-        if shape.bytes_per_element != FP32_BYTES:  # q.float(), k.float(), v.float() of the block
+        one = [Gemm("ring.qk", c, c, d_qk, heads), MemoryBound("ring.softmax", EAGER_SCORE_FORWARD_BYTES * scores),
+               Gemm("ring.av", c, d_v, c, heads)]
+        if shape.bytes_per_element != FP32_BYTES:  # q.float(), k.float(), v.float() and autocast's casts back
             cast = shape.mbs * c * (model.num_attention_heads * d_qk + kv_heads_local(model, 1) * (d_qk + d_v)) / shape.tp
-            one.append(MemoryBound("ring.cast", (shape.bytes_per_element + FP32_BYTES) * cast))
+            one.append(MemoryBound("ring.cast", 2 * (shape.bytes_per_element + FP32_BYTES) * cast))
         mask, merge = EAGER_MASK_BYTES, EAGER_MERGE_FORWARD_BYTES
     else:
-        one = [Gemm("ring.av.dgrad_p", c, c, d_v, heads, fp32), Gemm("ring.av.dgrad_v", c, d_v, c, heads, fp32),
+        one = [Gemm("ring.av.dgrad_p", c, c, d_v, heads), Gemm("ring.av.dgrad_v", c, d_v, c, heads),
                MemoryBound("ring.softmax.bwd", EAGER_SCORE_BACKWARD_BYTES * scores),
-               Gemm("ring.qk.dgrad_q", c, d_qk, c, heads, fp32), Gemm("ring.qk.dgrad_k", c, d_qk, c, heads, fp32)]
+               Gemm("ring.qk.dgrad_q", c, d_qk, c, heads), Gemm("ring.qk.dgrad_k", c, d_qk, c, heads)]
         mask, merge = EAGER_MASK_BYTES, EAGER_MERGE_BACKWARD_BYTES
     ops = one * blocks
     if diagonal:
@@ -177,9 +179,11 @@ def ring_time_s(ring: RingAttention, first_s: float, other_s: float, exchange: f
 
 
 def eager_ring_activation_bytes(model: ModelSpec, shape: LayerShape) -> float:
-    """What the eager ring keeps per layer (module docstring): per block the fp32 scores and
-    probabilities and its log-sum-exp, the diagonal blocks' masks, each merge's two partial outputs,
-    and the received K/V (fp32 runs: the blocks alias them) or each block's fp32 copies of q, k, v."""
+    """What the eager ring keeps per layer (module docstring): per block its scores and probabilities
+    (8 bytes per score: fp32 both in fp32 runs; bf16 scores, fp32 probabilities and their bf16 copy
+    under autocast) and its log-sum-exp, the diagonal blocks' masks, each merge's two fp32 partial
+    outputs, and the received K/V (fp32 runs: the blocks alias them) or each block's autocast copies
+    of q, k and v."""
     cp, c = shape.cp, chunk_len(shape)
     heads = shape.mbs * model.num_attention_heads / shape.tp
     blocks, merges = 2 * cp + 1, 2 * cp - 1
@@ -189,7 +193,7 @@ def eager_ring_activation_bytes(model: ModelSpec, shape: LayerShape) -> float:
         kept += (cp - 1) * kv_block_bytes(model, shape)
     else:
         width = model.num_attention_heads * model.score_head_dim + kv_heads_local(model, 1) * (model.score_head_dim + model.value_head_dim)
-        kept += blocks * FP32_BYTES * shape.mbs * c * width / shape.tp
+        kept += blocks * shape.bytes_per_element * shape.mbs * c * width / shape.tp
     return kept
 
 

@@ -49,15 +49,13 @@ CAUSAL_EXECUTED_FRACTION = 0.5  # a causal flash kernel skips the blocks above t
 
 @dataclass(frozen=True)
 class Gemm:
-    """A (batched) matrix product: ``batch`` products of (m × k) · (k × n); ``precision`` set when
-    the kernel runs in another precision than the plan's GEMMs (the fp32 einsums of an eager ring)."""
+    """A (batched) matrix product: ``batch`` products of (m × k) · (k × n)."""
 
     name: str
     m: float
     n: float
     k: float
     batch: float = 1.0
-    precision: str | None = None
 
     @property
     def flops(self) -> float:

@@ -1,7 +1,7 @@
 """The search: branch and bound over the space, exact under the simulated price.
 
-The space is every candidate of ``planner.search.space`` (degrees, mbs, M, v, schedule,
-recompute, SP, ZeRO), each with the cuts ``Searcher.cuts`` gives it: the uniform split
+The space is every candidate of ``planner.search.space`` (degrees with cp and ep, mbs, M, v,
+schedule, recompute, SP, ZeRO), each with the cuts ``Searcher.cuts`` gives it: the uniform split
 (what ``ppplan evaluate`` prices) and, where the stack cuts freely, the min–max cut points
 under per-rank memory caps (``planner.search.cutpoints``). The price of a candidate is the
 best exact price of its cuts that fit: ``estimate`` with the event simulator over the
@@ -74,9 +74,9 @@ class SearchResult:
 
 def config_for(cand: Candidate, stage_layers: list[int], stack: str = DEFAULT_STACK) -> ParallelConfig:
     return ParallelConfig(
-        stack=stack, tp=cand.tp, pp=cand.pp, dp=cand.dp, v=cand.v, mbs=cand.mbs, num_microbatches=cand.num_microbatches,
-        schedule=cand.schedule, recompute=cand.recompute, sequence_parallel=cand.sequence_parallel,
-        zero=cand.zero, stage_layers=stage_layers,
+        stack=stack, tp=cand.tp, cp=cand.cp, ep=cand.ep, pp=cand.pp, dp=cand.dp, v=cand.v, mbs=cand.mbs,
+        num_microbatches=cand.num_microbatches, schedule=cand.schedule, recompute=cand.recompute,
+        sequence_parallel=cand.sequence_parallel, zero=cand.zero, stage_layers=stage_layers,
     )
 
 
@@ -124,14 +124,14 @@ class Searcher:
         candidate's degrees and options (a rank's memory depends on the pipeline only through
         what the rank holds and whether there is a pipeline), cached per such probe."""
         pipelined = c.pp > 1
-        key = (c.tp, c.dp, c.mbs, c.num_microbatches, c.recompute, c.sequence_parallel, c.zero, pipelined, kind)
+        key = (c.tp, c.cp, c.ep, c.dp, c.mbs, c.num_microbatches, c.recompute, c.sequence_parallel, c.zero, pipelined, kind)
         line = self._lines.get(key)
         if line is None:
             pp, v, schedule, rank = _PROBES[kind] if pipelined else (1, 1, "1f1b", 0)
             probe = ParallelConfig(
-                stack=self.stack.name, tp=c.tp, pp=pp, dp=c.dp, v=v, mbs=c.mbs, num_microbatches=c.num_microbatches,
-                schedule=schedule, recompute=c.recompute, sequence_parallel=c.sequence_parallel, zero=c.zero,
-                stage_layers=[1] * (pp * v),
+                stack=self.stack.name, tp=c.tp, cp=c.cp, ep=c.ep, pp=pp, dp=c.dp, v=v, mbs=c.mbs,
+                num_microbatches=c.num_microbatches, schedule=schedule, recompute=c.recompute,
+                sequence_parallel=c.sequence_parallel, zero=c.zero, stage_layers=[1] * (pp * v),
             )
 
             def at(n: int, inflight: int) -> float:
@@ -221,7 +221,8 @@ def search(
     """Top-k plans that fit on ``stack`` (default ``ppplan-torch``), best first; ``closest`` is the
     least-overflowing plan when none fits (module docstring)."""
     searcher = Searcher(model, cluster, train, gpus, layers, stack)
-    cands = list(enumerate_candidates(model, train, gpus, cluster.gpus_per_node, schedules, allow_cross_node_tp, searcher.stack))
+    cands = list(enumerate_candidates(model, train, gpus, cluster.gpus_per_node, schedules, allow_cross_node_tp, searcher.stack,
+                                      searcher.layers.context_parallel))
     result = SearchResult(best=[], closest=None, candidates=len(cands), searcher=searcher)
     visit = _Visit(searcher, top_k, tolerance, result)
     for c in cands:

@@ -29,7 +29,7 @@ def _g3(value: float) -> str:
 
 
 def candidate_of(cfg: ParallelConfig) -> Candidate:
-    return Candidate(cfg.tp, cfg.pp, cfg.dp, cfg.mbs, cfg.v, cfg.schedule, cfg.recompute_label,
+    return Candidate(cfg.tp, cfg.cp, cfg.ep, cfg.pp, cfg.dp, cfg.mbs, cfg.v, cfg.schedule, cfg.recompute_label,
                      cfg.sequence_parallel, cfg.zero, cfg.num_microbatches)
 
 
