@@ -180,8 +180,9 @@ def price_operators(cluster: ClusterSpec, precision: str, ops: tuple[Operator, .
             exchange = exchange_s(op, tp, cp, network)
             first, other = operators_time_s(cluster, precision, op.first), operators_time_s(cluster, precision, op.other)
             seconds, exposed = ring_time_s(op, first, other, exchange)
-            transfers = exchange * ((op.steps - 1) if op.exchange in ("p2p", "blocking") else 1)
-            total, cp_s, hidden = total + seconds, cp_s + exposed, hidden + max(0.0, transfers - exposed)
+            transfers = exchange * ((op.steps - 1) if op.exchange == "p2p" else 1)
+            overlapped = 0.0 if op.exchange == "blocking" else max(0.0, transfers - exposed)
+            total, cp_s, hidden = total + seconds, cp_s + exposed, hidden + overlapped
         else:
             total += operator_time_s(cluster, precision, op)
     return PricedPass(total, ep_s, cp_s, hidden)

@@ -34,9 +34,11 @@ from costmodels.estimate import estimate, memory_limit_gib, rank_memory_if_unifo
 from costmodels.layer_costs import LayerTimes, RooflineTimes
 from costmodels.layout import uniform_split
 from costmodels.pipeline_bound import bound_pipeline, peak_inflight, stages_by_rank
+from costmodels.rules import model_support_violations
 from planner.search.bounds import Bounds
 from planner.search.cutpoints import split_affine
 from planner.search.space import DEFAULT_SCHEDULES, Candidate, enumerate_candidates
+from profiles.errors import PlanError
 from profiles.loader import DEFAULT_STACK, load_stack
 from profiles.schema import ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
 from profiles.stack_schema import StackSpec
@@ -219,8 +221,12 @@ def search(
     tolerance: float = TOLERANCE,
 ) -> SearchResult:
     """Top-k plans that fit on ``stack`` (default ``ppplan-torch``), best first; ``closest`` is the
-    least-overflowing plan when none fits (module docstring)."""
+    least-overflowing plan when none fits (module docstring). A model with layers the stack does not
+    run (mixture of experts, multi-head latent attention) is bad input (``PlanError``)."""
     searcher = Searcher(model, cluster, train, gpus, layers, stack)
+    unsupported = model_support_violations(model, searcher.stack)
+    if unsupported:
+        raise PlanError(unsupported[0])
     cands = list(enumerate_candidates(model, train, gpus, cluster.gpus_per_node, schedules, allow_cross_node_tp, searcher.stack,
                                       searcher.layers.context_parallel))
     result = SearchResult(best=[], closest=None, candidates=len(cands), searcher=searcher)
