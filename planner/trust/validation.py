@@ -47,7 +47,7 @@ def equivalent_step_time_s(row: PublishedRow, est: Estimate) -> float:
     """The step time at which this configuration would produce the measured figure."""
     if row.metric == "step_time_s":
         return row.measured
-    gpus = row.config.tp * row.config.pp * row.config.dp
+    gpus = row.config.world_size
     return est.step_time_s * metric_value(row.metric, est, gpus) / row.measured
 
 
@@ -119,7 +119,7 @@ def validate(path: Path = DEFAULT_RUNS_CSV, fit_terms: tuple[str, ...] = VALIDAT
     runs, apriori = [], {}
     for row in rows:
         est = estimate_with(_as_run(row, 1.0), {})
-        apriori[row.run] = metric_value(row.metric, est, row.config.tp * row.config.pp * row.config.dp)
+        apriori[row.run] = metric_value(row.metric, est, row.config.world_size)
         runs.append(_as_run(row, equivalent_step_time_s(row, est)))
     fitted_terms: dict[str, float] = {}
     heldout_terms: dict[str, dict[str, float]] = {r.run: {} for r in runs}

@@ -8,7 +8,7 @@ import pytest
 from costmodels.layout import uniform_split
 from costmodels.rules import config_violations
 from planner.search.branch_and_bound import config_for
-from planner.search.space import CP_MICRO_BATCH, MIN_CP_CHUNK, cp_degrees, ep_degrees, enumerate_candidates
+from planner.search.space import CP_MICRO_BATCH, MIN_CP_CHUNK, cp_degrees, enumerate_candidates, ep_degrees
 from profiles.loader import load_model, load_stack
 from profiles.schema import TrainSpec
 
