@@ -1,7 +1,8 @@
 """End to end on this machine (issue 7, part 4): profile -> evaluate -> launch -> compare.
 
-For each plan of ``PLANS`` (tiny-gpt on ``cpu-local``, the same global batch, world <= 4):
-``ppplan evaluate --profile`` prices it, ``ppplan launch`` runs it ``--reps`` times for
+For each plan of ``PLANS`` (tiny-gpt, and tiny-moe with expert and context parallelism, on
+``cpu-local``, the same global batch, world <= 4): ``ppplan evaluate`` prices it (``--profile``
+for tiny-gpt), ``ppplan launch`` runs it ``--reps`` times for
 ``--steps`` steps, and the table compares predicted and measured step time and peak memory;
 then it prints the predicted and measured rankings. It prints figures and never asserts.
 
@@ -51,7 +52,9 @@ PPPLAN = [str(Path(sys.executable).with_name("ppplan"))]
 
 @dataclass(frozen=True)
 class PlanSpec:
-    """One configuration, as ``ppplan evaluate`` options."""
+    """One configuration, as ``ppplan evaluate`` options. Plans of ``MODEL`` are priced with the
+    measured profile; tiny-moe plans (the profiler refuses mixture-of-experts layers) and plans with
+    cp > 1 (a profile has no ring attention) with the roofline of the cpu-local cluster."""
 
     name: str
     tp: int
@@ -61,15 +64,23 @@ class PlanSpec:
     schedule: str = "1f1b"
     recompute: str = "none"
     zero: int = 0
+    model: str = MODEL
+    cp: int = 1
+    ep: int = 1
 
     @property
     def gpus(self) -> int:
-        return self.tp * self.pp * self.dp
+        return self.tp * self.cp * self.pp * self.dp
+
+    @property
+    def profiled(self) -> bool:
+        return self.model == MODEL and self.cp == 1
 
     def evaluate_args(self) -> list[str]:
         return [
-            "--gpus", str(self.gpus), "--tp", str(self.tp), "--pp", str(self.pp), "--mbs", str(self.mbs),
-            "--schedule", self.schedule, "--recompute", self.recompute, "--zero", str(self.zero),
+            "--model", self.model, "--gpus", str(self.gpus), "--tp", str(self.tp), "--cp", str(self.cp), "--ep", str(self.ep),
+            "--pp", str(self.pp), "--mbs", str(self.mbs), "--schedule", self.schedule, "--recompute", self.recompute,
+            "--zero", str(self.zero),
         ]  # fmt: skip
 
 
@@ -81,6 +92,12 @@ PLANS = [
     PlanSpec("tp1 pp2 dp1 gpipe full-rc", tp=1, pp=2, dp=1, schedule="gpipe", recompute="full"),
     PlanSpec("tp2 pp1 dp2 1f1b", tp=2, pp=1, dp=2),
     PlanSpec("tp4 pp1 dp1 1f1b", tp=4, pp=1, dp=1),
+    # tiny-moe (issue 13): expert and context parallelism as the runtime runs them, against ep = cp = 1
+    PlanSpec("moe dp2", tp=1, pp=1, dp=2, model="tiny-moe"),
+    PlanSpec("moe ep2 dp2", tp=1, pp=1, dp=2, ep=2, model="tiny-moe"),
+    PlanSpec("moe cp2 ep2", tp=1, pp=1, dp=1, cp=2, ep=2, model="tiny-moe"),
+    PlanSpec("moe ep2 pp2 dp2", tp=1, pp=2, dp=2, ep=2, model="tiny-moe"),
+    PlanSpec("moe tp2 cp2", tp=2, pp=1, dp=1, cp=2, model="tiny-moe"),
 ]
 PROFILE_TPS = "1,2,4"
 PROFILE_RECOMPUTE = "none,full"
@@ -151,9 +168,10 @@ def profile(path: Path) -> str:
 
 
 def evaluate(spec: PlanSpec, profile_path: Path, plan_path: Path) -> dict:
+    profile_args = ["--profile", str(profile_path)] if spec.profiled else []
     argv = [
-        *PPPLAN, "evaluate", "--model", MODEL, "--cluster", CLUSTER, "--global-batch", str(GLOBAL_BATCH),
-        *spec.evaluate_args(), "--profile", str(profile_path), "--out", str(plan_path), "--json",
+        *PPPLAN, "evaluate", "--cluster", CLUSTER, "--global-batch", str(GLOBAL_BATCH),
+        *spec.evaluate_args(), *profile_args, "--out", str(plan_path), "--json",
     ]  # fmt: skip
     out = run(argv)
     if out.returncode != 0:
@@ -241,13 +259,14 @@ def main() -> None:
         reps = " ".join(f"{x:.3f}" for x in m.rep_step_s)
         print(f"{spec.name:<28} {est['step_time_s']:>11.3f} {m.step_s:>11.3f} {error_pct(est['step_time_s'], m.step_s):>+7.1f} "
               f"{pred_gib:>13.3f} {meas_gib:>13.3f} {mem_err:>+9.1f} {above_err:>+13.1f} {m.other_cores:>11.2f}  {reps}")
-    ok = [(spec, est, m) for spec, est, _, m in rows if not m.failure]
-    predicted = [s.name for s, e, _ in sorted(ok, key=lambda r: r[1]["step_time_s"])]
-    measured = [s.name for s, _, m in sorted(ok, key=lambda r: r[2].step_s)]
-    print()
-    print("predicted ranking: " + " < ".join(predicted))
-    print("measured ranking:  " + " < ".join(measured))
-    print(f"rankings agree: {'yes' if predicted == measured else 'no'}")
+    for model in dict.fromkeys(spec.model for spec in PLANS):
+        ok = [(spec, est, m) for spec, est, _, m in rows if not m.failure and spec.model == model]
+        predicted = [s.name for s, e, _ in sorted(ok, key=lambda r: r[1]["step_time_s"])]
+        measured = [s.name for s, _, m in sorted(ok, key=lambda r: r[2].step_s)]
+        print()
+        print(f"{model} predicted ranking: " + " < ".join(predicted))
+        print(f"{model} measured ranking:  " + " < ".join(measured))
+        print(f"rankings agree: {'yes' if predicted == measured else 'no'}")
     print(f"load average after: {load[0]:.2f}; bench took {time.perf_counter() - started:.0f} s; files in {work}")
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
