@@ -26,7 +26,7 @@ What is measured, exactly:
   and DTensor overhead are inside F and B), taken right before the runs so it sees the
   same machine load.
 
-Run: python bench/e2e_cpu.py [--steps 4] [--reps 3] [--keep DIR]
+Run: python bench/e2e_cpu.py [--steps 4] [--reps 3] [--keep DIR] [--only tiny-moe]
 """
 
 from __future__ import annotations
@@ -98,6 +98,9 @@ PLANS = [
     PlanSpec("moe cp2 ep2", tp=1, pp=1, dp=1, cp=2, ep=2, model="tiny-moe"),
     PlanSpec("moe ep2 pp2 dp2", tp=1, pp=2, dp=2, ep=2, model="tiny-moe"),
     PlanSpec("moe tp2 cp2", tp=2, pp=1, dp=1, cp=2, model="tiny-moe"),
+    # the dense tiny-llama (tiny-moe's attention and shapes) on the same roofline: the CPU roofline's own error
+    PlanSpec("llama dp2", tp=1, pp=1, dp=2, model="tiny-llama"),
+    PlanSpec("llama cp2", tp=1, pp=1, dp=1, cp=2, model="tiny-llama"),
 ]
 PROFILE_TPS = "1,2,4"
 PROFILE_RECOMPUTE = "none,full"
@@ -220,7 +223,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="steps per launch (the first is warm-up)")
     parser.add_argument("--reps", type=int, default=3, help="launches per plan")
     parser.add_argument("--keep", type=Path, default=None, help="keep plans, profile and metrics here")
+    parser.add_argument("--only", default=None, help="run only the plans whose model or name contains this text")
     args = parser.parse_args()
+    plans = [spec for spec in PLANS if args.only is None or args.only in spec.name or args.only in spec.model]
     os.chdir(Path(__file__).resolve().parents[1])
     work = args.keep or Path(tempfile.mkdtemp(prefix="ppplan-e2e-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -230,9 +235,10 @@ def main() -> None:
     base_gib = baseline_rss_gib()
     print(f"start-of-plan RSS of a rank (torch + gloo): {base_gib:.3f} GiB")
     profile_path = work / "profile.json"
-    print(profile(profile_path))
+    if any(spec.profiled for spec in plans):
+        print(profile(profile_path))
     rows = []
-    for spec in PLANS:
+    for spec in plans:
         plan_path = work / f"{spec.name.replace(' ', '_')}.json"
         est = evaluate(spec, profile_path, plan_path)["estimate"]
         reserved = json.loads(plan_path.read_text())["cluster"]["runtime_reserved_gib"]
@@ -259,7 +265,7 @@ def main() -> None:
         reps = " ".join(f"{x:.3f}" for x in m.rep_step_s)
         print(f"{spec.name:<28} {est['step_time_s']:>11.3f} {m.step_s:>11.3f} {error_pct(est['step_time_s'], m.step_s):>+7.1f} "
               f"{pred_gib:>13.3f} {meas_gib:>13.3f} {mem_err:>+9.1f} {above_err:>+13.1f} {m.other_cores:>11.2f}  {reps}")
-    for model in dict.fromkeys(spec.model for spec in PLANS):
+    for model in dict.fromkeys(spec.model for spec in plans):
         ok = [(spec, est, m) for spec, est, _, m in rows if not m.failure and spec.model == model]
         predicted = [s.name for s, e, _ in sorted(ok, key=lambda r: r[1]["step_time_s"])]
         measured = [s.name for s, _, m in sorted(ok, key=lambda r: r[2].step_s)]
