@@ -1,12 +1,17 @@
-"""Each layer as the list of operators its stack runs, with their FLOPs and bytes (pure data).
+"""The operators a layer is made of, with their FLOPs and bytes (pure data), and the building blocks
+``costmodels.layer_ops`` assembles layers from.
 
-Three kinds of operator, priced by ``costmodels.compute.operator_time_s``:
+Three kinds of compute operator, priced by ``costmodels.compute.operator_time_s``:
 
 - ``Gemm(m, n, k, batch)``: 2·batch·m·n·k FLOPs on the tensor cores (efficiency by shape);
 - ``FlashAttention(flops)``: a fused attention kernel on the FLOPs it executes (a causal
   kernel skips the blocks above the diagonal: half of QKᵀ and AV);
 - ``MemoryBound(bytes)``: element-wise or reduction kernels priced by the bytes they read and
-  write, counted as "accesses" of one tensor (a read or a write of every element).
+  write, counted as "accesses" of one tensor (a read or a write of every element);
+
+and two that move data between ranks, priced with the network by ``costmodels.layer_costs``:
+``AllToAll`` (an expert dispatch or combine) and ``RingAttention`` (context-parallel attention:
+compute operators per step and the K/V transfers beside them).
 
 A layer's operators come in passes (``LayerOps``): forward (F), backward-input (B: input
 gradients, the attention backward, element-wise backward), backward-weight (W: the weight
