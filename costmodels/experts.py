@@ -50,16 +50,19 @@ def ep_group_placement(tp: int, ep: int, gpus_per_node: int) -> GroupPlacement:
     return GroupPlacement(size=ep, ranks_per_node=per_node, nodes=-(-ep // per_node), node_senders=gpus_per_node)
 
 
-def routed_rows(model: ModelSpec, tokens: float, ep: int) -> float:
-    """Assignments the busiest rank's experts compute for ``tokens`` tokens per rank (module docstring)."""
+def routed_rows(model: ModelSpec, tokens: float, ep: int, imbalance: float | None = None) -> float:
+    """Assignments the busiest rank's experts compute for ``tokens`` tokens per rank (module docstring);
+    ``imbalance`` replaces ``EXPERT_LOAD_IMBALANCE`` where a run states its routing (a benchmark that
+    forces balanced routing: 1.0)."""
     k = model.experts_per_token or 0
-    return tokens * k * (EXPERT_LOAD_IMBALANCE if ep > 1 else 1.0)
+    return tokens * k * ((EXPERT_LOAD_IMBALANCE if imbalance is None else imbalance) if ep > 1 else 1.0)
 
 
-def dispatch_rows(model: ModelSpec, tokens: float, tp: int, ep: int, kernels: StackKernels) -> float:
+def dispatch_rows(model: ModelSpec, tokens: float, tp: int, ep: int, kernels: StackKernels,
+                  imbalance: float | None = None) -> float:
     """Rows the busiest rank exchanges in one all-to-all: its routed rows (``tp_replicated``), or their
     ``1/tp`` share (``tp_split``)."""
-    rows = routed_rows(model, tokens, ep)
+    rows = routed_rows(model, tokens, ep, imbalance)
     return rows / tp if kernels.expert_dispatch == "tp_split" else rows
 
 
@@ -69,7 +72,7 @@ def dispatch_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> 
     if shape.ep == 1:
         return LayerOps()
     h, p = model.hidden_size, shape.bytes_per_element
-    payload = dispatch_rows(model, shape.tokens, shape.tp, shape.ep, kernels) * h * p
+    payload = dispatch_rows(model, shape.tokens, shape.tp, shape.ep, kernels, shape.expert_imbalance) * h * p
     forward: tuple = (AllToAll("moe.dispatch", payload), AllToAll("moe.combine", payload))
     if kernels.expert_dispatch == "tp_replicated":
         forward = (AllToAll("moe.counts", COUNT_BYTES * (model.num_experts or 0)), *forward)
@@ -110,7 +113,7 @@ def moe_mlp_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> L
     """The MLP block of a mixture-of-experts layer: norm, router, dispatch, the rank's ``E / ep`` routed
     experts on the rows they receive, combine, the shared experts on every token, residual."""
     t, h, p = shape.tokens, model.hidden_size, shape.bytes_per_element
-    rows = routed_rows(model, t, shape.ep)
+    rows = routed_rows(model, t, shape.ep, shape.expert_imbalance)
     local = (model.num_experts or 0) / shape.ep
     ops = norm("mlp.norm", shape.replicated_tokens * h, p, shape.composite_rmsnorm and model.norm == "rmsnorm")
     ops = ops.plus(_router(model, shape, kernels)).plus(dispatch_ops(model, shape, kernels))
@@ -122,12 +125,12 @@ def moe_mlp_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> L
 
 
 def moe_tp_all_reduce_tokens(model: ModelSpec, tokens: float, tp: int, ep: int, sequence_parallel: bool,
-                             kernels: StackKernels) -> list[float]:
+                             kernels: StackKernels, imbalance: float | None = None) -> list[float]:
     """Rows of h values a mixture-of-experts MLP block all-reduces over tp per pass (an all-gather plus a
     reduce-scatter of the same rows move the same bytes): the routed expert outputs (``routed_rows``),
     the shared experts' output, and with ``tp_replicated`` and sequence parallelism the block's input
     gathered on entry and its output scattered on exit (module docstring)."""
-    rows = [routed_rows(model, tokens, ep)]
+    rows = [routed_rows(model, tokens, ep, imbalance)]
     if model.shared_expert_ffn_hidden_size:
         rows.append(tokens)
     if sequence_parallel and kernels.expert_dispatch == "tp_replicated":

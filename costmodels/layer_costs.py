@@ -113,7 +113,7 @@ def tp_group_timeshare(cluster: ClusterSpec, tp: int) -> float:
 def tp_comm_passes(
     model: ModelSpec, kind: str, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str,
     bytes_per_elem: int, network: Network, vocab_parallel_loss: bool, cp: int = 1, ep: int = 1, moe: bool = False,
-    kernels: StackKernels | None = None,
+    kernels: StackKernels | None = None, expert_imbalance: float | None = None,
 ) -> PassTimes:
     """The tensor-parallel communication of one layer of ``kind``, alone: what ``RooflineTimes``
     puts into F and B, and what a measured profile of sharded shapes lacks (each collective
@@ -133,7 +133,8 @@ def tp_comm_passes(
     tokens, h = seq_len * mbs // cp, model.hidden_size
     if kind == "transformer":
         if moe:
-            rows = [tokens] + moe_tp_all_reduce_tokens(model, tokens, tp, ep, sequence_parallel, kernels or StackKernels())
+            rows = [tokens] + moe_tp_all_reduce_tokens(model, tokens, tp, ep, sequence_parallel, kernels or StackKernels(),
+                                                       expert_imbalance)
             comm = sum(tp_all_reduce_s(r, h, bytes_per_elem, tp, network) for r in rows)
         else:
             comm = tp_layer_comm_s(tokens, h, bytes_per_elem, tp, network)
@@ -197,15 +198,18 @@ class RooflineTimes:
     kernels (for one TP group alone on its node: ``tp_group_timeshare``). ``tp_links``
     (intra-node, inter-node) replaces the cluster file's links, e.g. with those ``ppplan
     profile-comm`` measured. ``stack=None`` prices the schema's default kernels (flash
-    attention, fused element-wise kernels, vocab-parallel loss) with TP communication exposed."""
+    attention, fused element-wise kernels, vocab-parallel loss) with TP communication exposed.
+    ``expert_imbalance`` is the busiest expert-parallel rank's load over the mean where a run states
+    it (default ``costmodels.experts.EXPERT_LOAD_IMBALANCE``)."""
 
     context_parallel = True
 
     def __init__(
         self, model: ModelSpec, cluster: ClusterSpec, precision: str, tp_links: tuple[Link, Link] | None = None,
-        stack: StackSpec | None = None,
+        stack: StackSpec | None = None, expert_imbalance: float | None = None,
     ) -> None:
         self.model = model
+        self.expert_imbalance = expert_imbalance
         self.cluster = cluster
         self.precision = precision
         self.kernels = stack.kernels if stack else StackKernels()
@@ -233,7 +237,7 @@ class RooflineTimes:
     def _ops(self, kind: str, tp: int, mbs: int, seq_len: int, sp: bool, recompute: str, cp: int, ep: int,
              moe: bool) -> LayerOps:
         shape = LayerShape(tp, mbs, seq_len, sp, recompute, self.p, composite_rmsnorm=runs_on_cpu(self.cluster)
-                           and not self.kernels.fused_norm, cp=cp, ep=ep, moe=moe)
+                           and not self.kernels.fused_norm, cp=cp, ep=ep, moe=moe, expert_imbalance=self.expert_imbalance)
         build = {"transformer": transformer_layer_ops, "embedding": embedding_ops, "head": head_ops}[kind]
         return build(self.model, shape, self.kernels)
 
@@ -251,7 +255,7 @@ class RooflineTimes:
         forward, backward_input = self._pass(ops.forward, tp, cp, ep), self._pass(ops.backward_input, tp, cp, ep)
         redo = self._pass(ops.recompute, tp, cp, ep)
         comm = tp_comm_passes(self.model, kind, tp, mbs, seq_len, sp, recompute, self.p, self.network,
-                              self.kernels.vocab_parallel_loss, cp, ep, moe, self.kernels)
+                              self.kernels.vocab_parallel_loss, cp, ep, moe, self.kernels, self.expert_imbalance)
         comm_f, comm_b, hidden = comm.forward_s, comm.backward_input_s, 0.0
         if self.tp_overlapped:
             gemm_f = _gemm_time_s(c, prec, ops.forward)

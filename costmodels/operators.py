@@ -134,7 +134,8 @@ class LayerShape:
 
     ``seq_len`` is the whole sequence; with ``cp`` context-parallel ranks each holds ``seq_len / cp``
     of its positions (``tokens``); ``ep`` expert-parallel ranks share an MoE layer's experts; ``moe``
-    says the layer is a mixture-of-experts layer. ``bytes_per_element``: activations (2 for bf16/fp16 and fp8 runs, 4 for fp32);
+    says the layer is a mixture-of-experts layer; ``expert_imbalance`` the busiest expert-parallel rank's
+    load over the mean (None: ``costmodels.experts.EXPERT_LOAD_IMBALANCE``). ``bytes_per_element``: activations (2 for bf16/fp16 and fp8 runs, 4 for fp32);
     ``composite_rmsnorm``: torch's RMSNorm as the composite x·rsqrt(mean(x²)+eps)·w (off CUDA
     there is no fused kernel; ``costmodels.memory.ActivationVariant`` says the same)."""
 
@@ -148,6 +149,7 @@ class LayerShape:
     cp: int = 1
     ep: int = 1
     moe: bool = False
+    expert_imbalance: float | None = None
 
     @property
     def local_seq_len(self) -> int:

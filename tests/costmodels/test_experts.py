@@ -165,3 +165,18 @@ def test_moe_activation_bytes_by_hand() -> None:
     assert moe_activation_bytes(TINY, 128, 1, 1, 2, 4) == 262_144 + 1_048_576 + 5_120
     # ep = 2: the busiest rank's rows are 1.25x; the weighted copies stay the rank's own 256
     assert moe_activation_bytes(TINY, 128, 1, 2, 2, 4) == (320 + 256) * 512 + 4 * 320 * 1024 + 5_120
+
+
+def test_a_run_that_states_balanced_routing_prices_the_mean_load() -> None:
+    """``expert_imbalance`` 1.0 (a benchmark forcing balanced routing): the ep = 4 rank computes its T·k = 256
+    rows, 128 per local expert, and sends 256 rows per all-to-all."""
+    cluster = load_cluster("dgx-h100")
+    balanced = RooflineTimes(TINY, cluster, "bf16", stack=load_stack("ppplan-torch"), expert_imbalance=1.0)
+    f = gemms(balanced.operators("transformer", 1, 1, 128, False, "none", ep=4, moe=True).forward)
+    assert f["moe.expert.fc1"].m == 128
+    sends = [op.bytes for op in balanced.operators("transformer", 1, 1, 128, False, "none", ep=4, moe=True).forward
+             if isinstance(op, AllToAll) and op.name == "moe.dispatch"]
+    assert sends == [256 * 256 * 2]
+    default = RooflineTimes(TINY, cluster, "bf16", stack=load_stack("ppplan-torch"))
+    assert default.transformer(1, 1, 128, False, "none", ep=4, moe=True).total_s > balanced.transformer(
+        1, 1, 128, False, "none", ep=4, moe=True).total_s
