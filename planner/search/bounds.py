@@ -62,7 +62,9 @@ class LayerPasses:
     @property
     def layer(self) -> PassTimes:
         """The model's most common layer (its MoE layers when it has any): what cut points balance."""
-        return self.moe or self.dense  # type: ignore[return-value]  # a model has at least one kind
+        layer = self.moe if self.moe is not None else self.dense
+        assert layer is not None  # a model has at least one layer
+        return layer
 
     @property
     def fastest(self) -> PassTimes:
