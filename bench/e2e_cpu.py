@@ -48,7 +48,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = "cpu-local"
-MODELS = ("tiny-gpt", "tiny-llama", "tiny-moe")  # tiny-moe only where its preset exists
+MODELS = ("tiny-gpt", "tiny-llama", "tiny-moe")
+ROOFLINE_MODELS = ("tiny-moe",)  # the profiler refuses routed experts: priced by the cpu-local roofline
 RANKS = (2, 4, 8)
 BATCHES = (8, 16)
 PPPLAN = [sys.executable, "-c", "from planner.cli.main import main; main()"]
@@ -75,15 +76,28 @@ class Extra:
     schedule: str = "1f1b"
     recompute: str = "none"
     zero: int = 0
+    cp: int = 1
+    ep: int = 1
 
     @property
     def ranks(self) -> int:
-        return self.tp * self.pp * self.dp
+        return self.tp * self.cp * self.pp * self.dp
+
+    @property
+    def profiled(self) -> bool:
+        """Priced with the measured layer profile (``profiled``), or the cpu-local roofline where a
+        profile cannot price it (ring attention, routed experts)."""
+        return profiled(self.model) and self.cp == 1
 
     def evaluate_args(self) -> list[str]:
         return ["--model", self.model, "--global-batch", str(self.batch), "--gpus", str(self.ranks), "--tp", str(self.tp),
-                "--pp", str(self.pp), "--mbs", str(self.mbs), "--schedule", self.schedule, "--recompute", self.recompute,
-                "--zero", str(self.zero)]  # fmt: skip
+                "--cp", str(self.cp), "--ep", str(self.ep), "--pp", str(self.pp), "--mbs", str(self.mbs),
+                "--schedule", self.schedule, "--recompute", self.recompute, "--zero", str(self.zero)]  # fmt: skip
+
+
+def profiled(model: str) -> bool:
+    """Whether ``ppplan profile`` measures this model (it refuses mixture-of-experts layers)."""
+    return model not in ROOFLINE_MODELS
 
 
 # The plans issue 7's bench left out (run within 25 % of its first plan, priced 20-35 % fast) and
@@ -97,6 +111,14 @@ EXTRA = (
     Extra("tp1 pp1 dp2", "tiny-gpt", 8, tp=1, pp=1, dp=2),
     Extra("tp1 pp1 dp2 zero-3", "tiny-gpt", 8, tp=1, pp=1, dp=2, zero=3),
     Extra("tp1 pp2 dp1 1f1b", "tiny-gpt", 8, tp=1, pp=2, dp=1),
+    # issue 13: expert and context parallelism as the runtime runs them (roofline-priced), against ep = cp = 1,
+    # and the dense tiny-llama (tiny-moe's attention and shapes) with a ring: the CPU roofline's own error
+    Extra("moe dp2", "tiny-moe", 8, tp=1, pp=1, dp=2),
+    Extra("moe ep2 dp2", "tiny-moe", 8, tp=1, pp=1, dp=2, ep=2),
+    Extra("moe cp2 ep2", "tiny-moe", 8, tp=1, pp=1, dp=1, cp=2, ep=2),
+    Extra("moe ep2 pp2 dp2", "tiny-moe", 8, tp=1, pp=2, dp=2, ep=2),
+    Extra("moe tp2 cp2", "tiny-moe", 8, tp=2, pp=1, dp=1, cp=2),
+    Extra("llama cp2", "tiny-llama", 8, tp=1, pp=1, dp=1, cp=2),
 )
 
 
@@ -134,7 +156,7 @@ def model_exists(name: str) -> bool:
 
 def measure_profiles(models: list[str], folder: Path) -> dict[str, Path]:
     """``ppplan profile`` per model and one ``ppplan profile-comm`` (reused when already in ``folder``)."""
-    paths = {m: folder / f"profile-{m}.json" for m in models}
+    paths = {m: folder / f"profile-{m}.json" for m in models if profiled(m)}
     paths["comm"] = folder / "comm.json"
     for name, path in paths.items():
         if path.is_file():
@@ -183,13 +205,15 @@ def error_pct(predicted: float, measured: float) -> float:
 
 def search_plan(model: str, ranks: int, batch: int, profiles: dict[str, Path], out: Path) -> str | None:
     argv = [*PPPLAN, "search", "--model", model, "--cluster", CLUSTER, "--gpus", str(ranks), "--global-batch", str(batch),
-            "--profile", str(profiles[model]), "--comm-profile", str(profiles["comm"]), "--top-k", "1", "--out", str(out)]  # fmt: skip
+            *(["--profile", str(profiles[model])] if profiled(model) else []), "--comm-profile", str(profiles["comm"]),
+            "--top-k", "1", "--out", str(out)]  # fmt: skip
     done = run(argv)
     return None if done.returncode == 0 else (done.stderr.strip().splitlines() or ["?"])[-1]
 
 
 def evaluate_plan(extra: Extra, profiles: dict[str, Path], out: Path) -> str | None:
-    argv = [*PPPLAN, "evaluate", "--cluster", CLUSTER, *extra.evaluate_args(), "--profile", str(profiles[extra.model]),
+    argv = [*PPPLAN, "evaluate", "--cluster", CLUSTER, *extra.evaluate_args(),
+            *(["--profile", str(profiles[extra.model])] if extra.profiled else []),
             "--comm-profile", str(profiles["comm"]), "--out", str(out), "--json"]  # fmt: skip
     done = run(argv)
     return None if done.returncode == 0 else (done.stderr.strip().splitlines() or ["?"])[-1]
@@ -231,7 +255,8 @@ def plan_label(plan: dict) -> str:
     c = plan["config"]
     rc = c["recompute"] if isinstance(c["recompute"], str) else "mixed"
     extras = ("" if rc == "none" else f" {rc}") + (" sp" if c["sequence_parallel"] else "") + (f" z{c['zero']}" if c["zero"] else "")
-    return f"tp{c['tp']} pp{c['pp']} dp{c['dp']} v{c['v']} mbs{c['mbs']} {c['schedule']}{extras}"
+    ring = (f" cp{c['cp']}" if c.get("cp", 1) > 1 else "") + (f" ep{c['ep']}" if c.get("ep", 1) > 1 else "")
+    return f"tp{c['tp']}{ring} pp{c['pp']} dp{c['dp']} v{c['v']} mbs{c['mbs']} {c['schedule']}{extras}"
 
 
 def print_table(rows: list[Row]) -> None:

@@ -34,7 +34,7 @@ from profiles.schema import ClusterSpec
 
 US = 1e-6
 FP32_BYTES = 4
-Collective = Literal["all_reduce", "reduce_scatter", "all_gather", "p2p"]
+Collective = Literal["all_reduce", "reduce_scatter", "all_gather", "all_to_all", "p2p"]
 
 
 @dataclass(frozen=True)
@@ -150,6 +150,8 @@ def collective_s(kind: Collective, num_bytes: float, placement: GroupPlacement, 
         return intra.latency_s + num_bytes / intra.bandwidth_bytes_per_s
     if placement.size <= 1:
         return 0.0
+    if kind == "all_to_all":
+        return all_to_all_s(num_bytes, placement, network)
     local_steps, local_fraction = _ring_steps(kind, placement.ranks_per_node)
     if not placement.crosses_nodes:
         return local_steps * intra.latency_s + local_fraction * num_bytes / intra.bandwidth_bytes_per_s
@@ -158,6 +160,21 @@ def collective_s(kind: Collective, num_bytes: float, placement: GroupPlacement, 
     inter_s = node_fraction * num_bytes / placement.ranks_per_node / inter_node_rate(network, placement)
     latency_s = local_steps * intra.latency_s + node_steps * network.inter.latency_s
     return latency_s + max(intra_s, inter_s)
+
+
+def all_to_all_s(num_bytes: float, placement: GroupPlacement, network: Network) -> float:
+    """An all-to-all over g ranks: each sends ``num_bytes / g`` to every other rank, all at once (NCCL
+    runs it as grouped point-to-point sends to every peer; nccl-tests PERFORMANCE.md: busbw = algbw ·
+    (g−1)/g). With L of the ranks on each node, ``(L−1)/g`` of a rank's buffer moves over NVLink and
+    ``(g−L)/g`` leaves the node through its share of the NICs, both tiers at once: the slower sets the
+    time, plus one latency of each tier crossed."""
+    g, local = placement.size, placement.ranks_per_node
+    intra_s = (local - 1) / g * num_bytes / network.intra.bandwidth_bytes_per_s
+    latency_s = network.intra.latency_s if local > 1 else 0.0
+    if not placement.crosses_nodes:
+        return latency_s + intra_s
+    inter_s = (g - local) / g * num_bytes / inter_node_rate(network, placement)
+    return latency_s + network.inter.latency_s + max(intra_s, inter_s)
 
 
 # -- one tier (measured links, CPU profiles) ---------------------------------------------------
@@ -173,7 +190,15 @@ def ring_s(kind: Collective, num_bytes: float, group_size: int, link: Link) -> f
 # -- tensor-parallel collectives of one layer (Megatron-LM's placement) -------------------------
 
 
-def tp_layer_comm_s(tokens: int, hidden: int, bytes_per_element: int, tp: int, network: Network) -> float:
+def tp_all_reduce_s(rows: float, hidden: int, bytes_per_element: int, tp: int, network: Network) -> float:
+    """One all-reduce of ``rows`` × ``hidden`` activations over the TP group (or, with sequence
+    parallelism, the all-gather and reduce-scatter that move the same bytes; Korthikanti et al. 2022,
+    Sec. 4.2.2)."""
+    placement = contiguous_placement(tp, network.gpus_per_node)
+    return collective_s("all_reduce", rows * hidden * bytes_per_element, placement, network)
+
+
+def tp_layer_comm_s(tokens: float, hidden: int, bytes_per_element: int, tp: int, network: Network) -> float:
     """Tensor-parallel traffic of one transformer layer in one direction (forward or backward).
 
     Megatron's layer needs two all-reduces of the s·b·h activations per pass
@@ -181,8 +206,7 @@ def tp_layer_comm_s(tokens: int, hidden: int, bytes_per_element: int, tp: int, n
     reduce-scatter plus an all-gather of the same total volume
     (Korthikanti et al. 2022, Sec. 4.2.2), so the time is the same.
     """
-    placement = contiguous_placement(tp, network.gpus_per_node)
-    return 2 * collective_s("all_reduce", tokens * hidden * bytes_per_element, placement, network)
+    return 2 * tp_all_reduce_s(tokens, hidden, bytes_per_element, tp, network)
 
 
 def embedding_tp_comm_s(tokens: int, hidden: int, bytes_per_element: int, tp: int, sequence_parallel: bool,

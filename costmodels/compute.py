@@ -114,7 +114,8 @@ def memory_bound_time_s(cluster: ClusterSpec, num_bytes: float) -> float:
 
 
 def operator_time_s(cluster: ClusterSpec, precision: str, op: Operator) -> float:
-    """Seconds of one operator by its kind (see the module docstring)."""
+    """Seconds of one compute operator by its kind (see the module docstring); communication operators
+    (``AllToAll``, ``RingAttention``) need the network and are priced by ``costmodels.layer_costs``."""
     if isinstance(op, Gemm):
         return gemm_op_time_s(cluster, precision, op)
     if isinstance(op, FlashAttention):

@@ -58,20 +58,30 @@ def comm_overlaps_compute(cluster: ClusterSpec) -> bool:
 
 
 def dp_placement(cluster: ClusterSpec, cfg: ParallelConfig, pipeline_rank: int) -> GroupPlacement:
-    """The DP group of (pipeline rank, tp rank 0) on the rank grid; every rank of a node it spans
-    belongs to a DP group of the same stage that reduces at the same time (they share the NICs)."""
-    return _dp_placement(cfg.tp, cfg.pp, cfg.dp, cfg.cp, cluster.gpus_per_node, pipeline_rank)
+    """The group dense gradients are averaged over: the dp x cp ranks of (pipeline rank, tp rank 0)
+    on the rank grid (``RankGrid.data_context_group``: Megatron-Core's data-parallel group with context
+    parallelism, torchtitan's ``dp_shard_cp``, ppplan's runtime alike); every rank of a node it spans
+    belongs to such a group of the same stage that reduces at the same time (they share the NICs)."""
+    return _dp_placement(cfg.tp, cfg.pp, cfg.dp, cfg.cp, cluster.gpus_per_node, pipeline_rank, 1)
+
+
+def edp_placement(cluster: ClusterSpec, cfg: ParallelConfig, pipeline_rank: int) -> GroupPlacement:
+    """The group a routed expert's gradients are averaged over: the ``dp·cp / ep`` ranks holding the
+    same experts (``RankGrid.edp_group``, Megatron-Core's expert-data-parallel group)."""
+    return _dp_placement(cfg.tp, cfg.pp, cfg.dp, cfg.cp, cluster.gpus_per_node, pipeline_rank, cfg.ep)
 
 
 @lru_cache(maxsize=4096)
-def _dp_placement(tp: int, pp: int, dp: int, cp: int, gpus_per_node: int, pipeline_rank: int) -> GroupPlacement:
+def _dp_placement(tp: int, pp: int, dp: int, cp: int, gpus_per_node: int, pipeline_rank: int, ep: int) -> GroupPlacement:
     grid = RankGrid(tp, pp, dp, cp)
-    return placement_of(grid.dp_group(pipeline_rank, 0), gpus_per_node, min(gpus_per_node, tp * cp * dp))
+    group = grid.data_context_group(pipeline_rank, 0) if ep == 1 else grid.edp_group(pipeline_rank, 0, 0, ep)
+    return placement_of(group, gpus_per_node, min(gpus_per_node, tp * cp * dp))
 
 
-def bucket_params(overlap: StackOverlap, dp: int) -> float:
-    """Parameters per DP bucket (Megatron-Core: max(40M, 1M x dp x cp), training.py get_model)."""
-    return float(max(overlap.dp_bucket_params, overlap.dp_bucket_params_per_dp_rank * dp))
+def bucket_params(overlap: StackOverlap, data_ranks: int) -> float:
+    """Parameters per DP bucket (Megatron-Core: max(40M, 1M x dp x cp), training.py get_model);
+    ``data_ranks`` is dp x cp."""
+    return float(max(overlap.dp_bucket_params, overlap.dp_bucket_params_per_dp_rank * data_ranks))
 
 
 def zero3_gather_s(params: float, bytes_per_element: int, placement: GroupPlacement, network: Network) -> float:
@@ -80,17 +90,44 @@ def zero3_gather_s(params: float, bytes_per_element: int, placement: GroupPlacem
     return collective_s("all_gather", params * bytes_per_element, placement, network)
 
 
+def stage_zero3_gather_s(cluster: ClusterSpec, cfg: ParallelConfig, pipeline_rank: int, dense_params: float,
+                         expert_params: float, bytes_per_element: int, network: Network) -> float:
+    """A stage's ZeRO-3 gather: its dense parameters over the dp x cp group, its routed experts over
+    theirs (``edp_placement``; with the dense ones when ep = 1, not at all when their group is one rank)."""
+    if cfg.ep == 1:
+        return zero3_gather_s(dense_params + expert_params, bytes_per_element, dp_placement(cluster, cfg, pipeline_rank), network)
+    gather = zero3_gather_s(dense_params, bytes_per_element, dp_placement(cluster, cfg, pipeline_rank), network)
+    if cfg.dp * cfg.cp > cfg.ep:
+        gather += zero3_gather_s(expert_params, bytes_per_element, edp_placement(cluster, cfg, pipeline_rank), network)
+    return gather
+
+
+def stage_reduce_scatter_s(cluster: ClusterSpec, cfg: ParallelConfig, pipeline_rank: int, dense_params: float,
+                           expert_params: float, bytes_per_param: float, network: Network) -> float:
+    """A stage's gradient reduce-scatter (``bytes_per_param`` each): its dense gradients over the dp x
+    cp group, its routed experts' over theirs (``edp_placement``), as ``stage_zero3_gather_s`` moves
+    the parameters."""
+    if cfg.ep == 1:
+        return collective_s("reduce_scatter", (dense_params + expert_params) * bytes_per_param,
+                            dp_placement(cluster, cfg, pipeline_rank), network)
+    seconds = collective_s("reduce_scatter", dense_params * bytes_per_param, dp_placement(cluster, cfg, pipeline_rank), network)
+    if cfg.dp * cfg.cp > cfg.ep:
+        seconds += collective_s("reduce_scatter", expert_params * bytes_per_param, edp_placement(cluster, cfg, pipeline_rank), network)
+    return seconds
+
+
 @dataclass(frozen=True)
 class StageWindow:
-    """A virtual stage of the rank as the simulation ran it: its parameters (per TP rank), when
-    its first forward starts and how long one forward takes, when its last backward ends and
-    how long that backward (B + W) takes."""
+    """A virtual stage of the rank as the simulation ran it: its parameters (per rank: dense, and
+    routed experts reduced over their own group), when its first forward starts and how long one
+    forward takes, when its last backward ends and how long that backward (B + W) takes."""
 
     params: float
     first_forward_s: float
     forward_s: float
     last_backward_end_s: float
     backward_s: float
+    expert_params: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -141,16 +178,24 @@ def rank_sync(
     (module docstring). Without the stages' simulated times (``timing_known`` false: a pricer
     that bounds the pipeline instead of simulating it) the exposed parts are lower bounds
     (``_exposed_floor``)."""
-    if cfg.dp == 1 or not stages:
+    if cfg.dp * cfg.cp == 1 or not stages:
         return RankSync()
     placement = dp_placement(cluster, cfg, pipeline_rank)
-    bucket = bucket_params(overlap, cfg.dp)
+    experts = edp_placement(cluster, cfg, pipeline_rank) if cfg.ep > 1 and cfg.dp * cfg.cp > cfg.ep else None
+    bucket = bucket_params(overlap, cfg.dp * cfg.cp)
     kind: Collective = "all_reduce" if cfg.zero == 0 else "reduce_scatter"
     hides = comm_overlaps_compute(cluster)
+
+    def moved_s(collective: Collective, st: StageWindow, bytes_per_param: int) -> float:
+        dense = collective_s(collective, _dense_params(st, cfg) * bytes_per_param, placement, network)
+        if experts is None:
+            return dense
+        return dense + collective_s(collective, st.expert_params * bytes_per_param, experts, network)
+
     transfers = []
     for st in stages:
-        total = collective_s(kind, st.params * grad_bytes, placement, network)
-        last = collective_s(kind, min(st.params, bucket) * grad_bytes, placement, network)
+        total = moved_s(kind, st, grad_bytes)
+        last = collective_s(kind, min(_dense_params(st, cfg), bucket) * grad_bytes, placement, network)
         if not hides or overlap.dp_grad_reduce == "after_schedule":
             transfers.append(_Transfer(rank_end_s, rank_end_s, total, total))
         elif overlap.dp_grad_reduce == "after_backward":
@@ -160,8 +205,9 @@ def rank_sync(
             transfers.append(_Transfer(start, st.last_backward_end_s, total, last))
     reduce_s = sum(t.total_s for t in transfers)
     reduce_exposed = max(0.0, _reduce_queue(transfers) - rank_end_s)
-    gathers = [(collective_s("all_gather", st.params * precision_bytes, placement, network),
-                collective_s("all_gather", min(st.params, bucket) * precision_bytes, placement, network)) for st in stages]
+    gathers = [(moved_s("all_gather", st, precision_bytes),
+                collective_s("all_gather", min(_dense_params(st, cfg), bucket) * precision_bytes, placement, network))
+               for st in stages]
     gather_s = sum(total for total, _ in gathers) if cfg.zero in (1, 2) else 0.0
     if not hides or overlap.param_gather == "after_step":
         gather_exposed = gather_s
@@ -172,6 +218,13 @@ def rank_sync(
     if not timing_known and hides and overlap.dp_grad_reduce != "after_schedule":
         reduce_exposed = min(t.last_bucket_s for t in transfers)
     return RankSync(reduce_s, reduce_exposed, gather_s, gather_exposed)
+
+
+def _dense_params(st: StageWindow, cfg: ParallelConfig) -> float:
+    """Parameters reduced over the dp x cp group: the dense ones, and the routed experts too when every
+    rank holds all of them (ep = 1); with ep > 1 the experts go over their own group, or nowhere when
+    each expert-data-parallel group is a single rank."""
+    return st.params + st.expert_params if cfg.ep == 1 else st.params
 
 
 def _gather_floor_s(stages: list[StageWindow], gathers: list[tuple[float, float]], pipeline_rank: int) -> float:

@@ -25,26 +25,29 @@ from costmodels.data_parallel import (
     StageWindow,
     bucket_params,
     comm_overlaps_compute,
-    dp_placement,
     grad_reduce_bytes_per_param,
     rank_sync,
-    zero3_gather_s,
+    stage_reduce_scatter_s,
+    stage_zero3_gather_s,
 )
-from costmodels.flops import hardware_flops_per_iteration, model_flops_per_iteration, parameter_counts
+from costmodels.experts import routed_rows
+from costmodels.flops import hardware_flops_per_iteration, model_flops_per_iteration
 from costmodels.layer_costs import ZERO_PASS, LayerTimes, PassTimes, RooflineTimes, bytes_per_element, runs_on_cpu
 from costmodels.layout import StageLayout, layouts_of, stage_layouts
 from costmodels.memory import (
     GIB,
     ActivationVariant,
+    StageParams,
     embedding_activation_bytes,
     gradients_sharded,
     head_activation_bytes,
     layer_activation_bytes,
+    layer_params,
     microbatch_grad_sync,
-    stage_params,
-    static_memory,
+    split_static_memory,
+    stage_param_split,
 )
-from costmodels.params import model_parameters
+from costmodels.params import model_parameters, moe_layers_in
 from costmodels.pipeline import PipelineResult, price_actions, price_pipeline
 from costmodels.rank_grid import RankCoord, RankGrid
 from costmodels.runtime_costs import (
@@ -78,17 +81,23 @@ DP_BUCKETS_IN_FLIGHT = 2  # one bucket being reduced while the next fills (doubl
 
 @dataclass(frozen=True)
 class StagePlan:
-    """What one virtual stage (``costmodels.layout.StageLayout``, as the runtime builds it) costs."""
+    """What one virtual stage (``costmodels.layout.StageLayout``, as the runtime builds it) costs;
+    ``moe_layers`` of its layers are mixture-of-experts layers."""
 
     layout: StageLayout
     recompute: str
     times: PassTimes
-    params: float
+    params: StageParams
     activation_bytes: float
+    moe_layers: int = 0
 
     @property
     def rank(self) -> int:
         return self.layout.pipeline_rank
+
+    @property
+    def dense_layers(self) -> int:
+        return self.layout.num_layers - self.moe_layers
 
 
 def activation_variant(cluster: ClusterSpec, train: TrainSpec, kernels: StackKernels) -> ActivationVariant:
@@ -99,27 +108,37 @@ def activation_variant(cluster: ClusterSpec, train: TrainSpec, kernels: StackKer
 
 def _stage_plan(
     model: ModelSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes | None, layout: StageLayout,
-    variant: ActivationVariant,
+    variant: ActivationVariant, layer_kind: str | None = None,
 ) -> StagePlan:
-    """The stage's times and memory (its layers, plus the embedding on the first stage and the
-    head on the last); ``layers=None`` skips the times (memory-only callers)."""
-    s, b, tp, sp = train.seq_len, cfg.mbs, cfg.tp, cfg.sequence_parallel
+    """The stage's times and memory (its dense and mixture-of-experts layers, plus the embedding on the
+    first stage and the head on the last); ``layers=None`` skips the times (memory-only callers);
+    ``layer_kind`` ("moe" or "dense") counts every layer as that kind."""
+    s, b, tp, sp, cp, ep = train.seq_len, cfg.mbs, cfg.tp, cfg.sequence_parallel, cfg.cp, cfg.ep
     n, first, last = layout.num_layers, layout.has_embedding, layout.has_head
+    moe_layers = moe_layers_in(model, layout.first_layer, n)
+    if layer_kind is not None:
+        moe_layers = n if layer_kind == "moe" else 0
     kind = cfg.recompute_of_stage(layout.stage)
-    times = layers.transformer(tp, b, s, sp, kind).scaled(n) if layers else ZERO_PASS
-    act = n * layer_activation_bytes(model, s, b, tp, sp, kind, variant)
+    times, act = ZERO_PASS, 0.0
+    for count, moe in ((n - moe_layers, False), (moe_layers, True)):
+        if count:
+            if layers:
+                per_layer = layers.transformer(tp, b, s, sp, kind, cp=cp, ep=ep, moe=moe).scaled(count)
+                times = per_layer if times is ZERO_PASS else times.plus(per_layer)
+            act += count * layer_activation_bytes(model, s, b, tp, sp, kind, variant, cp=cp, ep=ep, moe=moe)
     if first:
-        times = times.plus(layers.embedding(tp, b, s, sp)) if layers else times
-        act += embedding_activation_bytes(model, s, b, tp, sp, variant)
+        times = times.plus(layers.embedding(tp, b, s, sp, cp=cp)) if layers else times
+        act += embedding_activation_bytes(model, s // cp, b, tp, sp, variant)
     if last:
-        times = times.plus(layers.head(tp, b, s, sp)) if layers else times
-        act += head_activation_bytes(model, s, b, tp, sp, variant)
+        times = times.plus(layers.head(tp, b, s, sp, cp=cp)) if layers else times
+        act += head_activation_bytes(model, s // cp, b, tp, sp, variant)
     return StagePlan(
         layout=layout,
         recompute=kind,
         times=times,
-        params=stage_params(model, n, first, last, tp),
+        params=stage_param_split(model, layout.first_layer, n, first, last, tp, ep, layer_kind),
         activation_bytes=act,
+        moe_layers=moe_layers,
     )
 
 
@@ -129,10 +148,12 @@ def rank_memory_if_uniform_gib(
 ) -> float:
     """Peak GiB of pipeline ``rank`` if each of its stages held ``layers_per_stage`` layers and
     ``inflight_stage_microbatches`` stage-microbatches were alive (affine in the layer count;
-    the search derives per-rank layer caps from it)."""
+    the search derives per-rank layer caps from it); a mixture-of-experts model's layers all
+    count as MoE layers."""
     variant = activation_variant(cluster, train, stack.kernels)
+    kind = "moe" if model.is_moe else None  # the model's most common layer, wherever the probe's layers fall
     plans = [
-        _stage_plan(model, train, cfg, None, layout, variant)
+        _stage_plan(model, train, cfg, None, layout, variant, kind)
         for layout in layouts_of([layers_per_stage] * cfg.num_stages, cfg.pp, cfg.v, cfg.schedule)
         if layout.pipeline_rank == rank
     ]
@@ -142,9 +163,10 @@ def rank_memory_if_uniform_gib(
 
 def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, network: Network) -> tuple[float, ...]:
     """Boundary activation transfer between consecutive virtual stages (Megatron's scatter-gather
-    optimisation sends s·b·h/t per TP rank); every rank of a stage on a node sends at once."""
+    optimisation sends s·b·h/t per TP rank, of the rank's s/cp positions); every rank of a stage on a
+    node sends at once."""
     grid = RankGrid(cfg.tp, cfg.pp, cfg.dp, cfg.cp)
-    num_bytes = bytes_per_element(train.precision) * train.seq_len * cfg.mbs * model.hidden_size / cfg.tp
+    num_bytes = bytes_per_element(train.precision) * (train.seq_len // cfg.cp) * cfg.mbs * model.hidden_size / cfg.tp
     senders = min(cluster.gpus_per_node, cfg.tp * cfg.cp * cfg.dp)
     layouts = stage_layouts(cfg)
     times = []
@@ -174,16 +196,21 @@ def _microbatch_dp_traffic(
     parameters for F and again for B (FSDP2 ``reshard_after_forward``); a stack that syncs
     gradients every microbatch (``microbatch_grad_sync``: FSDP without PP) gathers them for F
     under ZeRO-1/2 as well (FSDP2 reshards after each backward) and reduce-scatters the
-    gradients in B (Rajbhandari et al. 2020, Sec. 5; pytorch/torchtitan PR #1710)."""
-    if cfg.dp == 1:
+    gradients in B (Rajbhandari et al. 2020, Sec. 5; pytorch/torchtitan PR #1710). Dense
+    parameters move over the dp x cp group, routed experts over theirs
+    (``costmodels.data_parallel.stage_zero3_gather_s``)."""
+    data_ranks = cfg.dp * cfg.cp
+    if data_ranks == 1:
         return 0.0, 0.0
-    placement = dp_placement(cluster, cfg, st.rank)
-    per_microbatch = microbatch_grad_sync(stack, cfg.pp, cfg.dp, cfg.zero)
-    gather = zero3_gather_s(st.params, bytes_per_element(train.precision), placement, network)
-    in_f = gather if cfg.zero == 3 or per_microbatch else 0.0
-    in_b = gather if cfg.zero == 3 else 0.0
+    per_microbatch = microbatch_grad_sync(stack, cfg.pp, data_ranks, cfg.zero)
+    if cfg.zero < 3 and not per_microbatch:
+        return 0.0, 0.0
+    gather = stage_zero3_gather_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
+                                  bytes_per_element(train.precision), network)
+    in_f, in_b = gather, (gather if cfg.zero == 3 else 0.0)
     if per_microbatch:
-        in_b += collective_s("reduce_scatter", st.params * grad_reduce_bytes_per_param(train.precision), placement, network)
+        in_b += stage_reduce_scatter_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
+                                       grad_reduce_bytes_per_param(train.precision), network)
     return in_f, in_b
 
 
@@ -226,7 +253,8 @@ def _stage_costs(
         costs.append(PassTimes(
             f, b, w, tp_comm_s=t.tp_comm_s, recompute_s=t.recompute_s, dp_comm_s=t.dp_comm_s + dp_in_actions,
             pp_comm_s=t.pp_comm_s + pp_in_actions, overhead_s=t.overhead_s + actions * overhead,
-            overlapped_tp_comm_s=t.overlapped_tp_comm_s,
+            overlapped_tp_comm_s=t.overlapped_tp_comm_s, cp_comm_s=t.cp_comm_s, ep_comm_s=t.ep_comm_s,
+            overlapped_cp_comm_s=t.overlapped_cp_comm_s,
         ))
         hidden.append(hides)
     return costs, hidden
@@ -268,35 +296,50 @@ def _pipeline_inputs(
     return plans, costs, times, hidden
 
 
-def _largest_unit_params(model: ModelSpec, tp: int, rank_plans: list[StagePlan]) -> float:
-    """Largest block FSDP gathers at once: a transformer layer, or the embedding/head matrix."""
-    unit = parameter_counts(model).per_layer / tp
+def _largest_unit_params(model: ModelSpec, cfg: ParallelConfig, rank_plans: list[StagePlan]) -> float:
+    """Largest block FSDP gathers at once: a transformer layer (an MoE layer with its local experts),
+    or the embedding/head matrix."""
+    unit = max(layer_params(model, cfg.tp, cfg.ep, st.moe_layers > 0).total for st in rank_plans)
     if any(st.layout.has_embedding or st.layout.has_head for st in rank_plans):
-        unit = max(unit, model.vocab_size * model.hidden_size / tp)
+        unit = max(unit, model.vocab_size * model.hidden_size / cfg.tp)
     return unit
+
+
+def _widest_per_token(model: ModelSpec, cfg: ParallelConfig, rank_plans: list[StagePlan]) -> float:
+    """The widest FFN intermediate per token of the rank's layers, per TP rank: the dense MLP's, or an
+    MoE layer's routed rows per token (``costmodels.experts.routed_rows``) times the expert FFN."""
+    widest = 0.0
+    if any(st.dense_layers for st in rank_plans):
+        widest = model.ffn_size / cfg.tp
+    if any(st.moe_layers for st in rank_plans):
+        widest = max(widest, routed_rows(model, 1.0, cfg.ep) * (model.moe_ffn_hidden_size or 0) / cfg.tp)
+    return widest
 
 
 def _rank_memory_gib(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
     rank_plans: list[StagePlan], activation_peak: float, stack: StackSpec, variant: ActivationVariant,
 ) -> dict[str, float]:
-    """Per-rank memory in GiB by category: static state under ZeRO, activations of the
-    microbatches in flight (from the schedule), the largest transient working tensor,
-    p2p and DP bucket buffers, allocator fragmentation and the runtime's own reserve."""
-    params = sum(st.params for st in rank_plans)
-    static = static_memory(params, train.precision, cfg.dp, cfg.zero,
-                           gradients_sharded(stack, cfg.pp, cfg.dp, cfg.zero), stack.grad_accumulation_fp32)
+    """Per-rank memory in GiB by category: static state under ZeRO (dense parameters sharded over the
+    dp x cp ranks, routed experts over the dp x cp / ep ranks holding them; gradients as the stack
+    keeps them), activations of the microbatches in flight (from the schedule), the largest transient
+    working tensor, p2p and DP bucket buffers, allocator fragmentation and the runtime's own reserve."""
+    dense = sum(st.params.dense for st in rank_plans)
+    experts = sum(st.params.expert for st in rank_plans)
+    data_ranks = cfg.dp * cfg.cp
+    static = split_static_memory(dense, experts, train.precision, data_ranks, cfg.ep, cfg.zero,
+                                 gradients_sharded(stack, cfg.pp, data_ranks, cfg.zero), stack.grad_accumulation_fp32)
     p = bytes_per_element(train.precision)
-    tokens = train.seq_len * cfg.mbs
+    tokens = train.seq_len // cfg.cp * cfg.mbs
     # ZeRO-3: the current and the prefetched unsharded block
-    gathered = ZERO3_GATHERED_UNITS * _largest_unit_params(model, cfg.tp, rank_plans) * p if cfg.zero == 3 else 0.0
+    gathered = ZERO3_GATHERED_UNITS * _largest_unit_params(model, cfg, rank_plans) * p if cfg.zero == 3 else 0.0
     # transient: the MLP intermediate (or the fp32 logits on the head stage) and its gradient
-    transient = TRANSIENT_COPIES * p * tokens * model.ffn_size / cfg.tp
+    transient = TRANSIENT_COPIES * p * tokens * _widest_per_token(model, cfg, rank_plans)
     if any(st.layout.has_head for st in rank_plans):
         transient = max(transient, TRANSIENT_COPIES * 4 * tokens * model.vocab_size / cfg.tp)
     p2p_buffers = P2P_BUFFERS * p * tokens * model.hidden_size / cfg.tp if cfg.pp > 1 else 0.0
-    bucket = min(params, bucket_params(stack.overlap, cfg.dp))
-    dp_buckets = DP_BUCKETS_IN_FLIGHT * bucket * grad_reduce_bytes_per_param(train.precision) if cfg.dp > 1 else 0.0
+    bucket = min(dense + experts, bucket_params(stack.overlap, cfg.dp * cfg.cp))
+    dp_buckets = DP_BUCKETS_IN_FLIGHT * bucket * grad_reduce_bytes_per_param(train.precision) if cfg.dp * cfg.cp > 1 else 0.0
     allocated = {
         "weights": static.weights_bytes + gathered,
         "gradients": static.gradients_bytes,
@@ -305,7 +348,7 @@ def _rank_memory_gib(
         "transient": transient,
         "comm_buffers": p2p_buffers + dp_buckets,
     }
-    allocated.update(_cpu_heap_terms(model, cluster, train, cfg, rank_plans, params, variant))
+    allocated.update(_cpu_heap_terms(model, cluster, train, cfg, rank_plans, dense + experts, variant))
     allocated["fragmentation"] = sum(allocated.values()) * cluster.allocator_fragmentation
     out = {k: v / GIB for k, v in allocated.items()}
     out["runtime_reserved"] = cluster.runtime_reserved_gib
@@ -319,11 +362,13 @@ def _cpu_heap_terms(
     """What glibc's heap keeps on CPU ranks on top (``costmodels.runtime_costs``): foreach AdamW's
     temporary over the rank's optimizer shard, and full recompute's re-run layer; none on GPUs."""
     terms: dict[str, float] = {}
-    temp = optimizer_temp_bytes(cluster, params / (cfg.dp if cfg.zero >= 1 else 1))
+    temp = optimizer_temp_bytes(cluster, params / (cfg.dp * cfg.cp if cfg.zero >= 1 else 1))
     if temp:
         terms["optimizer_temp"] = temp
     if any(st.recompute == "full" for st in rank_plans):
-        layer = [layer_activation_bytes(model, train.seq_len, cfg.mbs, cfg.tp, cfg.sequence_parallel, k, variant) for k in ("none", "full")]
+        moe = any(st.moe_layers for st in rank_plans)
+        layer = [layer_activation_bytes(model, train.seq_len, cfg.mbs, cfg.tp, cfg.sequence_parallel, k, variant,
+                                        cp=cfg.cp, ep=cfg.ep, moe=moe) for k in ("none", "full")]
         working = recompute_working_bytes(cluster, *layer)
         if working:
             terms["recompute_working"] = working
@@ -379,29 +424,32 @@ def _rank_work(
 ) -> RankWork:
     """Pipeline rank ``rank``'s passes, hidden time, once-per-step DP traffic (over its stages'
     simulated windows, ``costmodels.data_parallel``; none where the stack syncs every microbatch,
-    which the passes already hold) and optimizer step (ZeRO >= 1: its 1/dp shard)."""
+    which the passes already hold) and optimizer step (ZeRO >= 1: its 1/(dp·cp) shard of the
+    dense parameters and 1/(dp·cp/ep) of its experts)."""
     mine = [j for j, st in enumerate(plans) if st.rank == rank]
     passes = _sum_passes([costs[j] for j in mine])
     hides: dict[str, float] = {}
     for j in mine:
         for key, value in hidden[j].items():
             hides[key] = hides.get(key, 0.0) + value
-    params = sum(plans[j].params for j in mine)
+    dense = sum(plans[j].params.dense for j in mine)
+    experts = sum(plans[j].params.expert for j in mine)
     sync = RankSync()
-    if cfg.dp > 1 and not microbatch_grad_sync(stack, cfg.pp, cfg.dp, cfg.zero):
+    if cfg.dp * cfg.cp > 1 and not microbatch_grad_sync(stack, cfg.pp, cfg.dp * cfg.cp, cfg.zero):
         windows = []
         for j in mine:
             first_forward, last_backward = result.stage_span_s(j, rank)
-            windows.append(StageWindow(plans[j].params, first_forward, costs[j].forward_s, last_backward,
-                                       costs[j].backward_input_s + costs[j].backward_weight_s))
+            windows.append(StageWindow(plans[j].params.dense, first_forward, costs[j].forward_s, last_backward,
+                                       costs[j].backward_input_s + costs[j].backward_weight_s, plans[j].params.expert))
         sync = rank_sync(cluster, cfg, stack.overlap, network, rank, windows, result.rank_span_s(rank)[1],
                          bytes_per_element(train.precision), grad_reduce_bytes_per_param(train.precision),
                          timing_known=bool(result.stage_last_backward_s))
-    host = fsdp_host_s(runtime, cfg.dp, sum(plans[j].layout.num_layers for j in mine), len(mine))
+    host = fsdp_host_s(runtime, cfg.dp * cfg.cp, sum(plans[j].layout.num_layers for j in mine), len(mine))
     if host:  # FSDP2's copies and hooks on the cores that compute (CPU ranks), after the backward
         sync = replace(sync, grad_reduce_s=sync.grad_reduce_s + host, grad_reduce_exposed_s=sync.grad_reduce_exposed_s + host)
-    shard = cfg.dp if cfg.zero >= 1 else 1
-    optimizer = memory_bound_time_s(cluster, params / shard * ADAM_STEP_BYTES_PER_PARAM)
+    shard = cfg.dp * cfg.cp if cfg.zero >= 1 else 1
+    expert_shard = max(1, shard // cfg.ep)
+    optimizer = memory_bound_time_s(cluster, (dense / shard + experts / expert_shard) * ADAM_STEP_BYTES_PER_PARAM)
     return RankWork(passes=passes, hidden=hides, sync=sync, optimizer_s=optimizer)
 
 
@@ -434,7 +482,7 @@ def estimate(
         for r in range(cfg.pp)
     ]
     peak = [round(sum(m.values()), 4) for m in memory]
-    gpus = cfg.tp * cfg.pp * cfg.dp
+    gpus = cfg.world_size
     all_layers = [st.recompute for st in plans for _ in range(st.layout.num_layers)]
     model_flops = model_flops_per_iteration(model, train.global_batch, train.seq_len)
     hw_flops = hardware_flops_per_iteration(model, train.global_batch, train.seq_len, all_layers)

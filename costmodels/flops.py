@@ -8,13 +8,19 @@ forward, and full recomputation adds one more forward of the transformer
 layers (not of the logits). For GPT shapes this gives exactly
 ``72·B·s·l·h²·(1 + s/(6h) + V/(12·l·h))`` model FLOPs per iteration and
 ``96·B·s·l·h²·(1 + s/(6h) + V/(16·l·h))`` with full recomputation.
+
+A mixture-of-experts layer counts what one token runs: the router GEMM, its ``experts_per_token``
+routed experts and the shared experts (Megatron-LM's ``num_floating_point_operations`` counts the
+same experts and leaves the router out; FACTS.md section 4.2); the leading dense layers count their
+dense MLP. Multi-head latent attention counts its down- and up-projections and its 192-wide scores
+over 128-wide values.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from costmodels.params import model_parameters
+from costmodels.params import is_moe_layer, model_parameters
 from profiles.schema import ModelSpec
 
 
@@ -30,20 +36,52 @@ class LayerForwardFlops:
         return self.gemm + self.attention
 
 
-def layer_gemm_params(model: ModelSpec) -> int:
-    """Weights of the layer's GEMMs: Q, K, V, output projection and the MLP (GQA and SwiGLU aware;
-    the query and output projections are h x heads·head_dim, which is h x h unless head_dim is set apart)."""
-    h, q, kv, f = model.hidden_size, model.q_dim, model.kv_dim, model.ffn_size
-    mlp_mats = 3 if model.activation == "swiglu" else 2
-    return h * (q + 2 * kv) + q * h + mlp_mats * h * f
+def attention_gemm_params(model: ModelSpec) -> int:
+    """Weights of the attention's GEMMs: Q, K, V and the output projection (GQA aware; the query and
+    output projections are h x heads·head_dim, which is h x h unless head_dim is set apart), or MLA's
+    down- and up-projections and output projection (FACTS.md section 4.2, no norms)."""
+    h = model.hidden_size
+    if model.is_mla:
+        heads, d_q, d_v = model.num_attention_heads, model.score_head_dim, model.value_head_dim
+        r_kv, d_rope, r_q = model.kv_lora_rank or 0, model.qk_rope_head_dim or 0, model.q_lora_rank
+        query = h * r_q + r_q * heads * d_q if r_q is not None else h * heads * d_q
+        return query + h * (r_kv + d_rope) + r_kv * heads * ((model.qk_nope_head_dim or 0) + d_v) + heads * d_v * h
+    q, kv = model.q_dim, model.kv_dim
+    return h * (q + 2 * kv) + q * h
 
 
-def transformer_layer_forward_flops(model: ModelSpec, seq_len: int, mbs: int) -> LayerForwardFlops:
-    """2·tokens·(GEMM weights) for the projections and MLP, plus 4·b·s²·h for QKᵀ and AV (SC21 eq. 1 terms)."""
+def mlp_gemm_params(model: ModelSpec, moe: bool = False) -> int:
+    """Weights one token's MLP GEMMs use: the dense MLP, or (``moe``) the router, its
+    ``experts_per_token`` routed experts and the shared experts (SwiGLU: three matrices, GELU: two)."""
+    h = model.hidden_size
+    mats = 3 if model.activation == "swiglu" else 2
+    if not moe:
+        return mats * h * model.ffn_size
+    routed = (model.experts_per_token or 0) * (model.moe_ffn_hidden_size or 0)
+    return h * (model.num_experts or 0) + mats * h * (routed + (model.shared_expert_ffn_hidden_size or 0))
+
+
+def layer_gemm_params(model: ModelSpec, moe: bool = False) -> int:
+    """Weights of the GEMMs one token passes through in a layer (dense, or a mixture-of-experts layer)."""
+    return attention_gemm_params(model) + mlp_gemm_params(model, moe)
+
+
+def attention_core_forward_flops(model: ModelSpec, seq_len: int, mbs: int) -> float:
+    """QKᵀ and AV over all s² positions (SC21's convention, no causal discount): 4·b·s²·h for
+    multi-head attention (SC21 eq. 1), 2·b·s²·H·(d_qk + d_v) for MLA's 192-wide scores and 128-wide
+    values (FACTS.md section 4.2, here without its causal halving, like the dense count)."""
+    if model.is_mla:
+        heads = model.num_attention_heads
+        return 2.0 * mbs * seq_len * seq_len * heads * (model.score_head_dim + model.value_head_dim)
+    return 4.0 * mbs * seq_len * seq_len * model.hidden_size
+
+
+def transformer_layer_forward_flops(model: ModelSpec, seq_len: int, mbs: int, moe: bool = False) -> LayerForwardFlops:
+    """2·tokens·(GEMM weights) for the projections and the MLP (one token's: the router, top-k routed
+    and the shared experts of an MoE layer), plus the attention core (SC21 eq. 1 terms)."""
     tokens = seq_len * mbs
-    gemm = 2.0 * tokens * layer_gemm_params(model)
-    attention = 4.0 * mbs * seq_len * seq_len * model.hidden_size
-    return LayerForwardFlops(gemm=gemm, attention=attention)
+    gemm = 2.0 * tokens * layer_gemm_params(model, moe)
+    return LayerForwardFlops(gemm=gemm, attention=attention_core_forward_flops(model, seq_len, mbs))
 
 
 def logits_forward_flops(model: ModelSpec, seq_len: int, mbs: int) -> float:
@@ -51,9 +89,9 @@ def logits_forward_flops(model: ModelSpec, seq_len: int, mbs: int) -> float:
     return 2.0 * mbs * seq_len * model.hidden_size * model.vocab_size
 
 
-def recompute_forward_flops(model: ModelSpec, seq_len: int, mbs: int, recompute: str) -> float:
+def recompute_forward_flops(model: ModelSpec, seq_len: int, mbs: int, recompute: str, moe: bool = False) -> float:
     """Extra forward FLOPs per layer per microbatch that recomputation re-executes."""
-    layer = transformer_layer_forward_flops(model, seq_len, mbs)
+    layer = transformer_layer_forward_flops(model, seq_len, mbs, moe)
     if recompute == "full":
         return layer.total
     if recompute == "selective":
@@ -62,16 +100,21 @@ def recompute_forward_flops(model: ModelSpec, seq_len: int, mbs: int, recompute:
 
 
 def model_flops_per_iteration(model: ModelSpec, global_batch: int, seq_len: int) -> float:
-    """Model FLOPs (no recomputation): 3 × forward of every layer and the logits."""
-    layer = transformer_layer_forward_flops(model, seq_len, global_batch).total
-    return 3.0 * (model.num_layers * layer + logits_forward_flops(model, seq_len, global_batch))
+    """Model FLOPs (no recomputation): 3 × forward of every layer (dense and mixture-of-experts) and the logits."""
+    moe_layers = model.num_moe_layers
+    dense = transformer_layer_forward_flops(model, seq_len, global_batch).total
+    layers = (model.num_layers - moe_layers) * dense
+    if moe_layers:
+        layers += moe_layers * transformer_layer_forward_flops(model, seq_len, global_batch, moe=True).total
+    return 3.0 * (layers + logits_forward_flops(model, seq_len, global_batch))
 
 
 def hardware_flops_per_iteration(
     model: ModelSpec, global_batch: int, seq_len: int, recompute_per_layer: list[str]
 ) -> float:
     """Model FLOPs plus what recomputation re-executes, one entry of ``recompute_per_layer`` per layer."""
-    extra = sum(recompute_forward_flops(model, seq_len, global_batch, kind) for kind in recompute_per_layer)
+    extra = sum(recompute_forward_flops(model, seq_len, global_batch, kind, is_moe_layer(model, i))
+                for i, kind in enumerate(recompute_per_layer))
     return model_flops_per_iteration(model, global_batch, seq_len) + extra
 
 

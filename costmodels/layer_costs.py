@@ -19,17 +19,22 @@ from typing import Protocol
 from costmodels.comm import (
     Link,
     Network,
+    collective_s,
     embedding_tp_comm_s,
     logits_gather_s,
     network_for,
     sequence_parallel_gather_s,
+    tp_all_reduce_s,
     tp_layer_comm_s,
     vocab_parallel_loss_comm_s,
 )
-from costmodels.compute import non_gemm_precision, operators_time_s
-from costmodels.operators import Gemm, LayerOps, LayerShape, embedding_ops, head_ops, transformer_layer_ops
+from costmodels.compute import non_gemm_precision, operator_time_s, operators_time_s
+from costmodels.context_parallel import exchange_s, ring_time_s
+from costmodels.experts import ep_group_placement, moe_tp_all_reduce_tokens
+from costmodels.layer_ops import embedding_ops, head_ops, transformer_layer_ops
+from costmodels.operators import AllToAll, Gemm, LayerOps, LayerShape, Operator, RingAttention
 from profiles.schema import ClusterSpec, ModelSpec
-from profiles.stack_schema import StackSpec
+from profiles.stack_schema import StackKernels, StackSpec
 
 
 @dataclass(frozen=True)
@@ -37,8 +42,10 @@ class PassTimes:
     """Seconds per microbatch. The labelled parts say what F + B + W contain besides compute:
     ``tp_comm_s`` exposed TP communication, ``recompute_s`` re-run forward compute,
     ``dp_comm_s`` exposed ZeRO-3 parameter gathers, ``pp_comm_s`` blocking p2p sends,
-    ``overhead_s`` per-action overhead; ``overlapped_tp_comm_s`` is TP communication hidden
-    behind the GEMMs (not in F + B + W)."""
+    ``overhead_s`` per-action overhead, ``cp_comm_s`` the context-parallel ring's transfers beyond its
+    blocks' compute, ``ep_comm_s`` the expert all-to-alls; ``overlapped_tp_comm_s`` is TP
+    communication hidden behind the GEMMs and ``overlapped_cp_comm_s`` ring transfers hidden behind
+    the ring's blocks (neither in F + B + W)."""
 
     forward_s: float
     backward_input_s: float
@@ -49,6 +56,9 @@ class PassTimes:
     pp_comm_s: float = 0.0
     overhead_s: float = 0.0
     overlapped_tp_comm_s: float = 0.0
+    cp_comm_s: float = 0.0
+    ep_comm_s: float = 0.0
+    overlapped_cp_comm_s: float = 0.0
 
     @property
     def total_s(self) -> float:
@@ -65,13 +75,18 @@ ZERO_PASS = PassTimes(0.0, 0.0, 0.0)
 
 
 class LayerTimes(Protocol):
-    """Where per-layer times come from: the roofline or a measured profile."""
+    """Where per-layer times come from: the roofline or a measured profile. ``seq_len`` is the whole
+    sequence, split over ``cp`` context-parallel ranks; ``moe`` asks for a mixture-of-experts layer whose
+    experts are split over ``ep`` ranks. ``context_parallel`` says whether cp > 1 can be priced."""
 
-    def transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str) -> PassTimes: ...
+    context_parallel: bool
 
-    def embedding(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool) -> PassTimes: ...
+    def transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str, cp: int = 1,
+                    ep: int = 1, moe: bool = False) -> PassTimes: ...
 
-    def head(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool) -> PassTimes: ...
+    def embedding(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes: ...
+
+    def head(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes: ...
 
 
 def bytes_per_element(precision: str) -> int:
@@ -97,23 +112,32 @@ def tp_group_timeshare(cluster: ClusterSpec, tp: int) -> float:
 
 def tp_comm_passes(
     model: ModelSpec, kind: str, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str,
-    bytes_per_elem: int, network: Network, vocab_parallel_loss: bool,
+    bytes_per_elem: int, network: Network, vocab_parallel_loss: bool, cp: int = 1, ep: int = 1, moe: bool = False,
+    kernels: StackKernels | None = None, expert_imbalance: float | None = None,
 ) -> PassTimes:
     """The tensor-parallel communication of one layer of ``kind``, alone: what ``RooflineTimes``
     puts into F and B, and what a measured profile of sharded shapes lacks (each collective
-    priced once, ``costmodels.comm``); ``tp_comm_s`` is all of it.
+    priced once, ``costmodels.comm``); ``tp_comm_s`` is all of it. Tokens are the rank's
+    ``seq_len / cp`` positions of ``mbs`` sequences.
 
-    Transformer layer: two all-reduces of s·b·h per pass (``tp_layer_comm_s``), once more
-    in B under full recompute (the re-run forward's). Embedding: the vocab-parallel
-    all-reduce in F. Head: with SP the all-gather of the final-norm output in F and its
-    reduce-scatter in B; the loss's: Megatron's vocab-parallel cross-entropy all-reduces three
-    values per token, a stack without it all-gathers the logits in F.
+    Transformer layer: two all-reduces of s·b·h per pass (``tp_layer_comm_s``); a mixture-of-experts
+    layer all-reduces the attention's s·b·h and the rows its MoE block moves over tp
+    (``costmodels.experts.moe_tp_all_reduce_tokens``); once more in B under full recompute (the
+    re-run forward's). Embedding: the vocab-parallel all-reduce in F. Head: with SP the all-gather
+    of the final-norm output in F and its reduce-scatter in B; the loss's: Megatron's
+    vocab-parallel cross-entropy all-reduces three values per token, a stack without it
+    all-gathers the logits in F.
     """
     if tp <= 1:
         return ZERO_PASS
-    tokens, h = seq_len * mbs, model.hidden_size
+    tokens, h = seq_len * mbs // cp, model.hidden_size
     if kind == "transformer":
-        comm = tp_layer_comm_s(tokens, h, bytes_per_elem, tp, network)
+        if moe:
+            rows = [tokens] + moe_tp_all_reduce_tokens(model, tokens, tp, ep, sequence_parallel, kernels or StackKernels(),
+                                                       expert_imbalance)
+            comm = sum(tp_all_reduce_s(r, h, bytes_per_elem, tp, network) for r in rows)
+        else:
+            comm = tp_layer_comm_s(tokens, h, bytes_per_elem, tp, network)
         extra = comm if recompute == "full" else 0.0
         return PassTimes(comm, comm + extra, 0.0, tp_comm_s=2 * comm + extra)
     if kind == "embedding":
@@ -127,6 +151,44 @@ def tp_comm_passes(
     return PassTimes(gather + loss_comm, gather, 0.0, tp_comm_s=2 * gather + loss_comm)
 
 
+@dataclass(frozen=True)
+class PricedPass:
+    """One pass's operators priced: ``total_s`` (compute and the communication operators' exposed time),
+    the part of it that is expert all-to-all (``ep_comm_s``) and ring transfers beyond the blocks'
+    compute (``cp_comm_s``), and ring transfers hidden behind the blocks (``cp_hidden_s``)."""
+
+    total_s: float = 0.0
+    ep_comm_s: float = 0.0
+    cp_comm_s: float = 0.0
+    cp_hidden_s: float = 0.0
+
+    @property
+    def compute_s(self) -> float:
+        return self.total_s - self.ep_comm_s - self.cp_comm_s
+
+
+def price_operators(cluster: ClusterSpec, precision: str, ops: tuple[Operator, ...], network: Network, tp: int,
+                    cp: int, ep: int) -> PricedPass:
+    """Compute operators by roofline (``costmodels.compute``), ``AllToAll`` over the expert-parallel group
+    (``costmodels.comm.collective_s``), ``RingAttention`` as its blocks and its transfers overlap
+    (``costmodels.context_parallel.ring_time_s``)."""
+    total = ep_s = cp_s = hidden = 0.0
+    for op in ops:
+        if isinstance(op, AllToAll):
+            seconds = collective_s("all_to_all", op.bytes, ep_group_placement(tp, ep, network.gpus_per_node), network)
+            total, ep_s = total + seconds, ep_s + seconds
+        elif isinstance(op, RingAttention):
+            exchange = exchange_s(op, tp, cp, network)
+            first, other = operators_time_s(cluster, precision, op.first), operators_time_s(cluster, precision, op.other)
+            seconds, exposed = ring_time_s(op, first, other, exchange)
+            transfers = exchange * ((op.steps - 1) if op.exchange == "p2p" else 1)
+            overlapped = 0.0 if op.exchange == "blocking" else max(0.0, transfers - exposed)
+            total, cp_s, hidden = total + seconds, cp_s + exposed, hidden + overlapped
+        else:
+            total += operator_time_s(cluster, precision, op)
+    return PricedPass(total, ep_s, cp_s, hidden)
+
+
 def _gemm_time_s(cluster: ClusterSpec, precision: str, ops: tuple) -> float:
     return operators_time_s(cluster, precision, tuple(op for op in ops if isinstance(op, Gemm)))
 
@@ -135,13 +197,18 @@ class RooflineTimes:
     """Analytic layer times from the cluster's peaks, its GPU family's constants and the stack's
     kernels (for one TP group alone on its node: ``tp_group_timeshare``). ``tp_links``
     (intra-node, inter-node) replaces the cluster file's links, e.g. with those ``ppplan
-    profile-comm`` measured. ``stack`` gives the kernels and whether TP communication overlaps."""
+    profile-comm`` measured. ``stack`` gives the kernels and whether TP communication overlaps.
+    ``expert_imbalance`` is the busiest expert-parallel rank's load over the mean where a run states
+    it (default ``costmodels.experts.EXPERT_LOAD_IMBALANCE``)."""
+
+    context_parallel = True
 
     def __init__(
         self, model: ModelSpec, cluster: ClusterSpec, precision: str, tp_links: tuple[Link, Link] | None = None,
-        *, stack: StackSpec,
+        *, stack: StackSpec, expert_imbalance: float | None = None,
     ) -> None:
         self.model = model
+        self.expert_imbalance = expert_imbalance
         self.cluster = cluster
         self.precision = precision
         self.kernels = stack.kernels
@@ -149,41 +216,45 @@ class RooflineTimes:
         self.p = bytes_per_element(precision)
         self.network = network_for(cluster, tp_links)
         self._ops_cached = lru_cache(maxsize=None)(self._ops)
-        self._transformer_cached = lru_cache(maxsize=None)(self._transformer)
-        self._head_cached = lru_cache(maxsize=None)(self._head)
-        self._embedding_cached = lru_cache(maxsize=None)(self._embedding)
+        self._priced_cached = lru_cache(maxsize=None)(self._priced)
 
-    def transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str) -> PassTimes:
-        return self._transformer_cached(tp, mbs, seq_len, sequence_parallel, recompute)
+    def transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str, cp: int = 1,
+                    ep: int = 1, moe: bool = False) -> PassTimes:
+        return self._priced_cached("transformer", tp, mbs, seq_len, sequence_parallel, recompute, cp, ep, moe)
 
-    def embedding(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool) -> PassTimes:
-        return self._embedding_cached(tp, mbs, seq_len, sequence_parallel)
+    def embedding(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes:
+        return self._priced_cached("embedding", tp, mbs, seq_len, sequence_parallel, "none", cp, 1, False)
 
-    def head(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool) -> PassTimes:
-        return self._head_cached(tp, mbs, seq_len, sequence_parallel)
+    def head(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes:
+        return self._priced_cached("head", tp, mbs, seq_len, sequence_parallel, "none", cp, 1, False)
 
-    def operators(self, kind: str, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str = "none") -> LayerOps:
+    def operators(self, kind: str, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str = "none",
+                  cp: int = 1, ep: int = 1, moe: bool = False) -> LayerOps:
         """The operator list of one layer of ``kind`` ("transformer", "embedding", "head")."""
-        return self._ops_cached(kind, tp, mbs, seq_len, sequence_parallel, recompute)
+        return self._ops_cached(kind, tp, mbs, seq_len, sequence_parallel, recompute, cp, ep, moe)
 
-    def _ops(self, kind: str, tp: int, mbs: int, seq_len: int, sp: bool, recompute: str) -> LayerOps:
+    def _ops(self, kind: str, tp: int, mbs: int, seq_len: int, sp: bool, recompute: str, cp: int, ep: int,
+             moe: bool) -> LayerOps:
         shape = LayerShape(tp, mbs, seq_len, sp, recompute, self.p, composite_rmsnorm=runs_on_cpu(self.cluster)
-                           and not self.kernels.fused_norm)
+                           and not self.kernels.fused_norm, cp=cp, ep=ep, moe=moe, expert_imbalance=self.expert_imbalance)
         build = {"transformer": transformer_layer_ops, "embedding": embedding_ops, "head": head_ops}[kind]
         return build(self.model, shape, self.kernels)
 
-    def _comm(self, kind: str, tp: int, mbs: int, seq_len: int, sp: bool, recompute: str = "none") -> PassTimes:
-        return tp_comm_passes(self.model, kind, tp, mbs, seq_len, sp, recompute, self.p, self.network,
-                              self.kernels.vocab_parallel_loss)
+    def _pass(self, ops: tuple[Operator, ...], tp: int, cp: int, ep: int) -> PricedPass:
+        return price_operators(self.cluster, self.precision, ops, self.network, tp, cp, ep)
 
-    def _priced(self, kind: str, tp: int, mbs: int, seq_len: int, sp: bool, recompute: str = "none") -> PassTimes:
+    def _priced(self, kind: str, tp: int, mbs: int, seq_len: int, sp: bool, recompute: str, cp: int, ep: int,
+                moe: bool) -> PassTimes:
         """The layer's operators priced per pass, plus its TP collectives: exposed in F and B, or
-        (stack overlapping TP communication with its GEMMs) only what the pass's GEMMs cannot hide."""
-        ops = self.operators(kind, tp, mbs, seq_len, sp, recompute)
+        (stack overlapping TP communication with its GEMMs) only what the pass's GEMMs cannot hide.
+        A recomputed forward's expert all-to-alls and ring transfers count as EP and CP communication,
+        not as recomputation."""
+        ops = self.operators(kind, tp, mbs, seq_len, sp, recompute, cp, ep, moe)
         c, prec = self.cluster, self.precision
-        forward, backward_input = operators_time_s(c, prec, ops.forward), operators_time_s(c, prec, ops.backward_input)
-        redo = operators_time_s(c, prec, ops.recompute)
-        comm = self._comm(kind, tp, mbs, seq_len, sp, recompute)
+        forward, backward_input = self._pass(ops.forward, tp, cp, ep), self._pass(ops.backward_input, tp, cp, ep)
+        redo = self._pass(ops.recompute, tp, cp, ep)
+        comm = tp_comm_passes(self.model, kind, tp, mbs, seq_len, sp, recompute, self.p, self.network,
+                              self.kernels.vocab_parallel_loss, cp, ep, moe, self.kernels, self.expert_imbalance)
         comm_f, comm_b, hidden = comm.forward_s, comm.backward_input_s, 0.0
         if self.tp_comm == "overlapped":
             gemm_f = _gemm_time_s(c, prec, ops.forward)
@@ -198,20 +269,14 @@ class RooflineTimes:
             hidden = min(comm_b - recomputed, gemm_b)
             comm_b -= hidden
         passes = PassTimes(
-            forward_s=forward + comm_f,
-            backward_input_s=backward_input + redo + comm_b,
+            forward_s=forward.total_s + comm_f,
+            backward_input_s=backward_input.total_s + redo.total_s + comm_b,
             backward_weight_s=operators_time_s(c, prec, ops.backward_weight),
             tp_comm_s=comm_f + comm_b,
-            recompute_s=redo,
+            recompute_s=redo.compute_s,
             overlapped_tp_comm_s=hidden,
+            cp_comm_s=forward.cp_comm_s + backward_input.cp_comm_s + redo.cp_comm_s,
+            ep_comm_s=forward.ep_comm_s + backward_input.ep_comm_s + redo.ep_comm_s,
+            overlapped_cp_comm_s=forward.cp_hidden_s + backward_input.cp_hidden_s + redo.cp_hidden_s,
         )
         return passes.scaled(tp_group_timeshare(self.cluster, tp))
-
-    def _transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str) -> PassTimes:
-        return self._priced("transformer", tp, mbs, seq_len, sequence_parallel, recompute)
-
-    def _embedding(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool) -> PassTimes:
-        return self._priced("embedding", tp, mbs, seq_len, sequence_parallel)
-
-    def _head(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool) -> PassTimes:
-        return self._priced("head", tp, mbs, seq_len, sequence_parallel)

@@ -14,7 +14,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from costmodels.context_parallel import cp_activation_bytes
+from costmodels.experts import moe_activation_bytes
 from costmodels.flops import parameter_counts
+from costmodels.mla import mla_activation_bytes
+from costmodels.operators import LayerShape
+from costmodels.params import (
+    dense_layer_params,
+    mla_tp_replicated_params,
+    moe_layer_params,
+    moe_layers_in,
+    routed_expert_params,
+    router_params,
+)
 from profiles.schema import ModelSpec
 from profiles.stack_schema import StackKernels, StackSpec
 
@@ -40,6 +52,7 @@ class ActivationVariant:
     swiglu_saved_ffn_tensors: int = 4
     rmsnorm_saves_normalized: bool = False
     vocab_parallel_loss: bool = True
+    context_parallel_attention: str = "p2p_ring"
 
     @staticmethod
     def korthikanti() -> "ActivationVariant":
@@ -53,6 +66,7 @@ class ActivationVariant:
             flash_attention=True,
             rmsnorm_saves_normalized=device != "cuda",
             vocab_parallel_loss=False,
+            context_parallel_attention="eager_ring",
         )
 
     @staticmethod
@@ -60,8 +74,9 @@ class ActivationVariant:
         """What a stack's kernels keep (``StackSpec.kernels``): dropout masks when it runs
         dropout, the s² scores of unfused attention or flash's log-sum-exp, SwiGLU's gate and up
         plus its output when fused (3 FFN-wide tensors) or also silu(gate) when eager (4), the
-        composite RMSNorm's normalised input off CUDA without a fused norm, and the loss over
-        vocabulary shards or gathered logits. ppplan-torch's kernels give ``runtime()``."""
+        composite RMSNorm's normalised input off CUDA without a fused norm, the loss over
+        vocabulary shards or gathered logits, and what its context-parallel attention keeps.
+        ppplan-torch's kernels give ``runtime()``."""
         return ActivationVariant(
             bytes_per_element=4 if precision == "fp32" else 2,
             dropout=kernels.dropout,
@@ -69,6 +84,7 @@ class ActivationVariant:
             swiglu_saved_ffn_tensors=3 if kernels.fused_activation else 4,
             rmsnorm_saves_normalized=device != "cuda" and not kernels.fused_norm,
             vocab_parallel_loss=kernels.vocab_parallel_loss,
+            context_parallel_attention=kernels.context_parallel_attention,
         )
 
 
@@ -80,9 +96,18 @@ def layer_activation_bytes(
     sequence_parallel: bool,
     recompute: str,
     variant: ActivationVariant,
+    cp: int = 1,
+    ep: int = 1,
+    moe: bool = False,
 ) -> float:
-    """Bytes one transformer layer keeps for backward, per microbatch, per TP rank."""
-    s, b, h, a = seq_len, mbs, model.hidden_size, model.num_attention_heads
+    """Bytes one transformer layer keeps for backward, per microbatch, per TP rank.
+
+    With ``cp`` context-parallel ranks every term counts the rank's ``seq_len / cp`` positions and the
+    attention core keeps what its ring keeps (``costmodels.context_parallel.cp_activation_bytes``);
+    multi-head latent attention keeps its projections (``costmodels.mla``); a mixture-of-experts layer
+    (``moe``) keeps its MoE block's tensors (``costmodels.experts.moe_activation_bytes``) instead of
+    the dense MLP's."""
+    s, b, h, a = seq_len // cp, mbs, model.hidden_size, model.num_attention_heads
     p = variant.bytes_per_element
     sbh = s * b * h
     replicated_div = tp if sequence_parallel else 1
@@ -94,19 +119,30 @@ def layer_activation_bytes(
     if variant.rmsnorm_saves_normalized and model.norm == "rmsnorm":
         replicated += 2 * p * sbh  # each composite RMSNorm's normalised input
     ffn_tensors = 2 if model.activation == "gelu" else variant.swiglu_saved_ffn_tensors
-    sharded = (
-        p * s * b * (h + model.kv_dim)  # Q and K
-        + p * s * b * model.kv_dim  # V
-        + p * sbh  # attention output = output-projection input
-        + ffn_tensors * p * s * b * model.ffn_size
-    )
+    whole = 0.0  # kept whole on every tp rank whatever the sequence parallelism (MLA's latents)
+    if model.is_mla:
+        attention, whole = mla_activation_bytes(model, s * b, tp, p)
+        attention *= tp
+    else:
+        attention = (
+            p * s * b * (h + model.kv_dim)  # Q and K
+            + p * s * b * model.kv_dim  # V
+            + p * sbh  # attention output = output-projection input
+        )
+    if moe:
+        mlp = tp * moe_activation_bytes(model, s * b, tp, ep, p, ffn_tensors)
+    else:
+        mlp = ffn_tensors * p * s * b * model.ffn_size
     if variant.flash_attention:
         scores = 4.0 * a * s * b  # fp32 log-sum-exp per head and token
     else:
         scores = (p + (mask + p if variant.dropout else 0)) * a * s * s * b  # softmax out, mask, dropout out
     if recompute == "selective" and not variant.flash_attention:
         scores = 0.0
-    return replicated / replicated_div + (sharded + scores) / tp
+    if cp > 1 and recompute != "selective":
+        shape = LayerShape(tp, mbs, seq_len, sequence_parallel, recompute, p, cp=cp)
+        scores = tp * cp_activation_bytes(model, shape, variant.context_parallel_attention)
+    return replicated / replicated_div + whole + (attention + mlp + scores) / tp
 
 
 def head_activation_bytes(
@@ -207,20 +243,82 @@ def microbatch_grad_sync(stack: StackSpec, pp: int, dp: int, zero: int) -> bool:
     return stack.overlap.dp_grad_sync == "per_microbatch_without_pp" and pp == 1 and dp > 1 and zero >= 1
 
 
-def stage_params(model: ModelSpec, num_layers: int, has_embedding: bool, has_head: bool, tp: int) -> float:
-    """Parameters a virtual stage holds per TP rank (vocab-parallel embedding and head).
+def split_static_memory(dense_params: float, expert_params: float, precision: str, data_ranks: int, ep: int,
+                        zero: int, gradients_sharded: bool = False, grad_accumulation_fp32: bool = False) -> StaticMemory:
+    """``static_memory`` of a rank's dense parameters, ZeRO-sharded over its ``data_ranks`` (dp x cp)
+    ranks, plus its routed experts, sharded over the ``data_ranks / ep`` ranks holding the same experts
+    (Megatron-Core's distributed optimizer and FSDP over the expert-data-parallel group; torchtitan's
+    ``efsdp``); ``gradients_sharded`` and ``grad_accumulation_fp32`` are the stack's rules
+    (``gradients_sharded``, ``StackSpec.grad_accumulation_fp32``)."""
+    dense = static_memory(dense_params, precision, data_ranks, zero, gradients_sharded, grad_accumulation_fp32)
+    if not expert_params:
+        return dense
+    experts = static_memory(expert_params, precision, max(1, data_ranks // ep), zero, gradients_sharded,
+                            grad_accumulation_fp32)
+    return StaticMemory(dense.weights_bytes + experts.weights_bytes, dense.gradients_bytes + experts.gradients_bytes,
+                        dense.optimizer_bytes + experts.optimizer_bytes)
 
-    With tied embeddings and more than one pipeline stage the last stage keeps
-    its own copy of the embedding matrix for the logits (Megatron-LM's
-    ``shared_embedding``), so both ends pay for it.
-    """
+
+@dataclass(frozen=True)
+class StageParams:
+    """Parameters a virtual stage holds on one rank: ``dense`` (every rank of its data-parallel x
+    context-parallel group holds the same ones, before ZeRO shards them) and ``expert`` (this rank's
+    routed experts, held alike by the ``dp·cp / ep`` ranks of its expert-data-parallel group)."""
+
+    dense: float
+    expert: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.dense + self.expert
+
+
+def _layer_split(model: ModelSpec, ep: int, moe: bool) -> tuple[float, float, float]:
+    """(tp-split, whole on every tp rank, routed experts before tp) parameters of one layer."""
+    whole = mla_tp_replicated_params(model)
+    if not moe:
+        return dense_layer_params(model) - whole, whole, 0.0
+    router = router_params(model)
+    experts = (model.num_experts or 0) / ep * routed_expert_params(model)
+    return moe_layer_params(model, 0) - router - whole, whole + router, experts
+
+
+def layer_params(model: ModelSpec, tp: int, ep: int, moe: bool) -> StageParams:
+    """One layer's parameters per rank. Dense parts are split over tp (the norms too, a small
+    over-count of the sharding kept from SC21's per-layer formula), but MLA's down-projections and
+    the router are whole on every tp rank (``costmodels.params.mla_tp_replicated_params``,
+    ``router_params``); the routed experts are ``num_experts / ep`` per rank, each split over tp
+    (expert TP = tp, Megatron-Core's default and ppplan's runtime)."""
+    split, whole, experts = _layer_split(model, ep, moe)
+    return StageParams(dense=split / tp + whole, expert=experts / tp)
+
+
+def stage_param_split(model: ModelSpec, first_layer: int, num_layers: int, has_embedding: bool, has_head: bool,
+                      tp: int, ep: int = 1, layer_kind: str | None = None) -> StageParams:
+    """Parameters a virtual stage (layers ``[first_layer, first_layer + num_layers)``) holds per rank:
+    its dense and MoE layers (``layer_params``), the vocab-parallel embedding and head (the last stage
+    of a tied model keeping its own copy of the embedding matrix for the logits, Megatron-LM's
+    ``shared_embedding``). ``layer_kind`` "moe" or "dense" counts every layer as that kind."""
+    moe_layers = moe_layers_in(model, first_layer, num_layers)
+    if layer_kind is not None:
+        moe_layers = num_layers if layer_kind == "moe" else 0
+    dense_layers = num_layers - moe_layers
+    split, whole, _ = _layer_split(model, ep, False)
+    total, kept_whole, experts = dense_layers * split, dense_layers * whole, 0.0
+    if moe_layers:
+        moe_split, moe_whole, moe_experts = _layer_split(model, ep, True)
+        total, kept_whole, experts = total + moe_layers * moe_split, kept_whole + moe_layers * moe_whole, moe_layers * moe_experts
     counts = parameter_counts(model)
-    vocab_matrix = model.vocab_size * model.hidden_size
-    total = num_layers * counts.per_layer
     if has_embedding:
         total += counts.embedding
     if has_head:
         total += counts.final_norm + counts.head
         if model.tie_embeddings and not has_embedding:
-            total += vocab_matrix
-    return total / tp
+            total += model.vocab_size * model.hidden_size
+    return StageParams(dense=total / tp + kept_whole, expert=experts / tp)
+
+
+def stage_params(model: ModelSpec, num_layers: int, has_embedding: bool, has_head: bool, tp: int) -> float:
+    """Parameters a virtual stage holds per TP rank without expert parallelism (``stage_param_split``
+    of its first ``num_layers`` layers, all of them as the model lays them out from layer 0)."""
+    return stage_param_split(model, 0, num_layers, has_embedding, has_head, tp).total

@@ -1,12 +1,17 @@
-"""Each layer as the list of operators its stack runs, with their FLOPs and bytes (pure data).
+"""The operators a layer is made of, with their FLOPs and bytes (pure data), and the building blocks
+``costmodels.layer_ops`` assembles layers from.
 
-Three kinds of operator, priced by ``costmodels.compute.operator_time_s``:
+Three kinds of compute operator, priced by ``costmodels.compute.operator_time_s``:
 
 - ``Gemm(m, n, k, batch)``: 2·batch·m·n·k FLOPs on the tensor cores (efficiency by shape);
 - ``FlashAttention(flops)``: a fused attention kernel on the FLOPs it executes (a causal
   kernel skips the blocks above the diagonal: half of QKᵀ and AV);
 - ``MemoryBound(bytes)``: element-wise or reduction kernels priced by the bytes they read and
-  write, counted as "accesses" of one tensor (a read or a write of every element).
+  write, counted as "accesses" of one tensor (a read or a write of every element);
+
+and two that move data between ranks, priced with the network by ``costmodels.layer_costs``:
+``AllToAll`` (an expert dispatch or combine) and ``RingAttention`` (context-parallel attention:
+compute operators per step and the K/V transfers beside them).
 
 A layer's operators come in passes (``LayerOps``): forward (F), backward-input (B: input
 gradients, the attention backward, element-wise backward), backward-weight (W: the weight
@@ -19,12 +24,15 @@ the probabilities, ``bmm`` with V), fused or eager norms, activations and rotary
 a vocab-parallel or a gathered cross-entropy, fused or not. The access counts per kernel are
 stated where each operator is built.
 
-Extending: a mixture-of-experts layer replaces ``_mlp`` with its router GEMM, the expert GEMMs
-(``Gemm`` with ``batch`` = local experts and ``m`` = tokens routed to each) and its
-permutation copies (``MemoryBound``), and adds its all-to-all next to the TP collectives;
-context parallelism divides ``LayerShape.seq_len`` for the GEMMs and makes the attention
-core a ring of blocks (several ``FlashAttention`` operators) with its p2p apart. Neither needs a
-change to the operator types or to their pricing.
+Mixture-of-experts layers (``costmodels.experts``) replace the MLP by a router GEMM, the expert
+GEMMs (``Gemm`` with ``batch`` = local experts and ``m`` = tokens routed to each), the shared
+experts and the permutation copies, and add the token dispatch and combine as ``AllToAll``
+operators over the expert-parallel group. Multi-head latent attention (``costmodels.mla``)
+replaces the Q/K/V projections by its down- and up-projections. Context parallelism
+(``costmodels.context_parallel``) runs each layer on its rank's ``seq_len / cp`` tokens and makes
+the attention core a ``RingAttention``: per step a block of attention while the next K/V block
+travels. ``AllToAll`` and the ring's transfers are priced with the network
+(``costmodels.layer_costs``); the rest by roofline (``costmodels.compute``).
 """
 
 from __future__ import annotations
@@ -85,7 +93,33 @@ class MemoryBound:
     bytes: float
 
 
-Operator = Union[Gemm, FlashAttention, MemoryBound]
+@dataclass(frozen=True)
+class AllToAll:
+    """Tokens exchanged over the expert-parallel group (dispatch or combine): ``bytes`` is the buffer
+    each rank sends, its own share included (the busiest rank's, ``costmodels.experts``)."""
+
+    name: str
+    bytes: float
+
+
+@dataclass(frozen=True)
+class RingAttention:
+    """Context-parallel attention over ``steps`` steps (``costmodels.context_parallel``): the first
+    step runs ``first`` (the rank's own K/V), every other step ``other`` (one received K/V block),
+    while ``exchange_bytes`` travel as ``exchange`` says: "p2p" (each step's next block sent while the
+    current one computes), "all_gather" (all blocks gathered while the first step computes) or
+    "blocking" (sent between steps, nothing overlapped)."""
+
+    name: str
+    steps: int
+    first: tuple["Operator", ...]
+    other: tuple["Operator", ...]
+    exchange_bytes: float
+    exchange: str
+
+
+Compute = Union[Gemm, FlashAttention, MemoryBound]
+Operator = Union[Gemm, FlashAttention, MemoryBound, AllToAll, RingAttention]
 
 
 @dataclass(frozen=True)
@@ -106,7 +140,10 @@ class LayerOps:
 class LayerShape:
     """What a layer's operators depend on besides the model and the stack's kernels.
 
-    ``bytes_per_element``: activations (2 for bf16/fp16 and fp8 runs, 4 for fp32);
+    ``seq_len`` is the whole sequence; with ``cp`` context-parallel ranks each holds ``seq_len / cp``
+    of its positions (``tokens``); ``ep`` expert-parallel ranks share an MoE layer's experts; ``moe``
+    says the layer is a mixture-of-experts layer; ``expert_imbalance`` the busiest expert-parallel rank's
+    load over the mean (None: ``costmodels.experts.EXPERT_LOAD_IMBALANCE``). ``bytes_per_element``: activations (2 for bf16/fp16 and fp8 runs, 4 for fp32);
     ``composite_rmsnorm``: torch's RMSNorm as the composite x·rsqrt(mean(x²)+eps)·w (off CUDA
     there is no fused kernel; ``costmodels.memory.ActivationVariant`` says the same)."""
 
@@ -117,10 +154,19 @@ class LayerShape:
     recompute: str
     bytes_per_element: int
     composite_rmsnorm: bool = False
+    cp: int = 1
+    ep: int = 1
+    moe: bool = False
+    expert_imbalance: float | None = None
+
+    @property
+    def local_seq_len(self) -> int:
+        """Positions of each sequence on one context-parallel rank: ``seq_len / cp``."""
+        return self.seq_len // self.cp
 
     @property
     def tokens(self) -> int:
-        return self.seq_len * self.mbs
+        return self.local_seq_len * self.mbs
 
     @property
     def replicated_tokens(self) -> float:
@@ -132,13 +178,15 @@ class LayerShape:
 # -- building blocks ------------------------------------------------------------------------
 
 
-def linear(name: str, tokens: float, in_features: float, out_features: float, low_precision: bool = True) -> LayerOps:
+def linear(name: str, tokens: float, in_features: float, out_features: float, batch: float = 1.0,
+           low_precision: bool = True) -> LayerOps:
     """y = x·Wᵀ: F (tokens × in)·(in × out); B the input gradient (tokens × out)·(out × in);
-    W the weight gradient (in × tokens)·(tokens × out)."""
+    W the weight gradient (in × tokens)·(tokens × out); ``batch`` such products side by side
+    (grouped experts, ``tokens`` each)."""
     return LayerOps(
-        forward=(Gemm(name, tokens, out_features, in_features, low_precision=low_precision),),
-        backward_input=(Gemm(f"{name}.dgrad", tokens, in_features, out_features, low_precision=low_precision),),
-        backward_weight=(Gemm(f"{name}.wgrad", in_features, out_features, tokens, low_precision=low_precision),),
+        forward=(Gemm(name, tokens, out_features, in_features, batch, low_precision),),
+        backward_input=(Gemm(f"{name}.dgrad", tokens, in_features, out_features, batch, low_precision),),
+        backward_weight=(Gemm(f"{name}.wgrad", in_features, out_features, tokens, batch, low_precision),),
     )
 
 
@@ -176,7 +224,7 @@ def residual(name: str, elements: float, p: int, dropout: bool, fused: bool) -> 
     return LayerOps(forward=(MemoryBound(name, forward),), backward_input=(MemoryBound(f"{name}.bwd", backward),))
 
 
-def activation(elements: float, p: int, swiglu: bool, fused: bool) -> LayerOps:
+def activation(elements: float, p: int, swiglu: bool, fused: bool, name: str = "act") -> LayerOps:
     """The MLP's activation on the per-rank FFN width. GELU (fused with its bias or not, one
     kernel): F 2 accesses, B 3. SwiGLU fused (Megatron's bias-SwiGLU, TE): F reads gate and
     up and writes one (3), B reads dy, gate and up and writes two (5); eager silu(gate)·up:
@@ -185,8 +233,8 @@ def activation(elements: float, p: int, swiglu: bool, fused: bool) -> LayerOps:
         forward, backward = 2, 3
     else:
         forward, backward = (3, 5) if fused else (5, 8)
-    return LayerOps(forward=(MemoryBound("act", forward * p * elements),),
-                    backward_input=(MemoryBound("act.bwd", backward * p * elements),))
+    return LayerOps(forward=(MemoryBound(name, forward * p * elements),),
+                    backward_input=(MemoryBound(f"{name}.bwd", backward * p * elements),))
 
 
 def flash_attention(flops_full: float, generation: str = "native") -> LayerOps:
@@ -205,7 +253,7 @@ def unfused_attention(model: ModelSpec, shape: LayerShape, kernels: StackKernels
     B 5), dropout on the probabilities (2p + 1 each way, when the stack runs dropout), and
     ``bmm`` with V (s × s)·(s × d). Backward: dP = dO·Vᵀ, dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q
     (Megatron-LM ``megatron/model/transformer.py`` @ v2.6)."""
-    s, d, p = shape.seq_len, model.head_dim, shape.bytes_per_element
+    s, d, p = shape.local_seq_len, model.head_dim, shape.bytes_per_element
     heads = shape.mbs * model.num_attention_heads / shape.tp
     scores = heads * s * s
     softmax_f, softmax_b = (2, 3) if kernels.fused_softmax else (4, 5)
@@ -240,65 +288,3 @@ def cross_entropy(tokens: float, vocab_per_rank: float, p: int, kernels: StackKe
         forward, backward = p + 3 * FP32_BYTES, p + 5 * FP32_BYTES
     return LayerOps(forward=(MemoryBound("loss", forward * logits),),
                     backward_input=(MemoryBound("loss.bwd", backward * logits),))
-
-
-# -- the layers ----------------------------------------------------------------------------
-
-
-def _attention(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
-    t, tp, p = shape.tokens, shape.tp, shape.bytes_per_element
-    h, q, kv = model.hidden_size, model.q_dim, model.kv_dim
-    ops = norm("attn.norm", shape.replicated_tokens * h, p, shape.composite_rmsnorm and model.norm == "rmsnorm")
-    ops = ops.plus(linear("attn.qkv", t, h, (q + 2 * kv) / tp))
-    if model.position_embedding == "rope":
-        ops = ops.plus(rotary(t * (q + kv) / tp, p, kernels.fused_rope))
-    if kernels.attention == "flash":
-        ops = ops.plus(flash_attention(4.0 * shape.mbs * shape.seq_len * shape.seq_len * q / tp,
-                                       generation=kernels.flash_generation))
-    else:
-        ops = ops.plus(unfused_attention(model, shape, kernels))
-    ops = ops.plus(linear("attn.out", t, q / tp, h))
-    return ops.plus(residual("attn.residual", shape.replicated_tokens * h, p, kernels.dropout, kernels.fused_activation))
-
-
-def _mlp(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
-    t, tp, p = shape.tokens, shape.tp, shape.bytes_per_element
-    h, f = model.hidden_size, model.ffn_size
-    swiglu = model.activation == "swiglu"
-    ops = norm("mlp.norm", shape.replicated_tokens * h, p, shape.composite_rmsnorm and model.norm == "rmsnorm")
-    ops = ops.plus(linear("mlp.fc1", t, h, (2 if swiglu else 1) * f / tp))
-    ops = ops.plus(activation(t * f / tp, p, swiglu, kernels.fused_activation))
-    ops = ops.plus(linear("mlp.fc2", t, f / tp, h))
-    return ops.plus(residual("mlp.residual", shape.replicated_tokens * h, p, kernels.dropout, kernels.fused_activation))
-
-
-def transformer_layer_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
-    """One transformer layer (pre-norm: attention block, then MLP block). Recomputation: full
-    re-runs every forward operator inside B; selective re-runs the attention core
-    (Korthikanti et al. 2022, Sec. 5)."""
-    ops = _attention(model, shape, kernels).plus(_mlp(model, shape, kernels))
-    redo = {"full": ops.forward, "selective": ops.recompute}.get(shape.recompute, ())
-    return LayerOps(ops.forward, ops.backward_input, ops.backward_weight, redo)
-
-
-def embedding_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
-    """Token lookup (read the rows, write s·b·h: 2 accesses), learned positions added (3), the
-    embedding dropout (Korthikanti et al. 2022, Sec. 4.3; 2p + 1 each way), and the weight
-    gradient's scatter-add into the table (read the gradient and the rows, write the rows: 3)."""
-    t, h, p = shape.tokens, model.hidden_size, shape.bytes_per_element
-    forward: list[Operator] = [MemoryBound("embed.lookup", 2 * p * t * h)]
-    weight: list[Operator] = [MemoryBound("embed.wgrad", 3 * p * t * h)]
-    if model.position_embedding == "learned":
-        forward.append(MemoryBound("embed.positions", 3 * p * t * h))
-    if kernels.dropout:
-        forward.append(MemoryBound("embed.dropout", (2 * p + MASK_BYTES) * shape.replicated_tokens * h))
-    return LayerOps(forward=tuple(forward), backward_weight=tuple(weight))
-
-
-def head_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
-    """Final norm, the column-parallel logits GEMM over V/t, and the loss (``cross_entropy``)."""
-    t, h, p, tp = shape.tokens, model.hidden_size, shape.bytes_per_element, shape.tp
-    vocab = model.vocab_size
-    ops = norm("head.norm", shape.replicated_tokens * h, p, shape.composite_rmsnorm and model.norm == "rmsnorm")
-    ops = ops.plus(linear("head.logits", t, h, vocab / tp, low_precision=False))
-    return ops.plus(cross_entropy(t, vocab / tp if kernels.vocab_parallel_loss else vocab, p, kernels))

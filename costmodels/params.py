@@ -46,6 +46,19 @@ def mla_attention_params(model: ModelSpec) -> int:
     return query + key_value + heads * d_v * h
 
 
+def mla_tp_replicated_params(model: ModelSpec) -> int:
+    """MLA's down-projections and their latent norms, which every tensor-parallel rank holds whole
+    (Megatron-Core's ``linear_q_down_proj`` / ``linear_kv_down_proj`` are "duplicated" TE linears,
+    torchtitan's ``wq_a`` / ``wkv_a`` are ``NoParallel``; FACTS.md section 4.1): ``h·r_q + r_q`` (with a
+    query rank) ``+ h·(r_kv + d_rope) + r_kv``; 0 for other attention."""
+    if not model.is_mla:
+        return 0
+    h, r_kv, d_rope = model.hidden_size, model.kv_lora_rank, model.qk_rope_head_dim
+    assert r_kv is not None and d_rope is not None  # ModelSpec._check_mla
+    query = h * model.q_lora_rank + model.q_lora_rank if model.q_lora_rank is not None else 0
+    return query + h * (r_kv + d_rope) + r_kv
+
+
 def attention_params(model: ModelSpec) -> int:
     """Q, K, V and output projections (GQA aware, biases when ``linear_bias``), or MLA's."""
     if model.is_mla:
@@ -75,6 +88,28 @@ def moe_layer_params(model: ModelSpec, routed_experts: int) -> int:
     shared = mlp_params(model, model.shared_expert_ffn_hidden_size) if model.shared_expert_ffn_hidden_size else 0
     router = model.hidden_size * model.num_experts
     return attention_params(model) + 2 * norm_params(model) + router + routed_experts * mlp_params(model, model.moe_ffn_hidden_size) + shared
+
+
+def routed_expert_params(model: ModelSpec) -> int:
+    """One routed expert: an MLP of FFN ``moe_ffn_hidden_size`` (0 for a dense model)."""
+    return mlp_params(model, model.moe_ffn_hidden_size) if model.is_moe and model.moe_ffn_hidden_size else 0
+
+
+def router_params(model: ModelSpec) -> int:
+    """The router: a bias-free ``h -> num_experts`` linear (0 for a dense model)."""
+    return model.hidden_size * model.num_experts if model.num_experts else 0
+
+
+def is_moe_layer(model: ModelSpec, index: int) -> bool:
+    """Layer ``index`` (0-based) has a mixture-of-experts MLP: every layer from ``first_dense_layers`` on."""
+    return model.is_moe and index >= model.first_dense_layers
+
+
+def moe_layers_in(model: ModelSpec, first_layer: int, num_layers: int) -> int:
+    """How many of layers ``[first_layer, first_layer + num_layers)`` are mixture-of-experts layers."""
+    if not model.is_moe:
+        return 0
+    return max(0, first_layer + num_layers - max(first_layer, model.first_dense_layers))
 
 
 @dataclass(frozen=True)

@@ -108,15 +108,17 @@ def makespan_lower_bound_s(schedule: str, pp: int, v: int, num_microbatches: int
 
 def any_cut_makespan_lower_bound_s(
     schedule: str, pp: int, v: int, num_microbatches: int, layer: PassTimes, embedding: PassTimes, head: PassTimes,
-    num_layers: int,
+    num_layers: int, all_layers: PassTimes | None = None,
 ) -> float:
     """A lower bound of the makespan for every split of ``num_layers`` identical layers (``layer``
     per microbatch each) into pp·v stages of at least one layer, the embedding on the first
-    stage and ``head`` on the last (module docstring)."""
+    stage and ``head`` on the last (module docstring). Layers of different kinds (a model's leading
+    dense layers before its mixture-of-experts ones): ``layer`` no slower than any of them in F, B
+    and W, and ``all_layers`` the sum over every layer; each term below then still bounds."""
     m, layers = num_microbatches, num_layers
     c, e, h = layer.total_s, embedding.total_s, head.total_s
     spec = schedule_spec(schedule)
-    total = layers * c + e + h
+    total = (all_layers.total_s if all_layers else layers * c) + e + h
     first_rank = e + h + 2 * c if spec.placement == "v" and pp > 1 else e + v * c
     busiest = max(math.ceil(layers / pp) * c, total / pp, first_rank, h + v * c)
     if spec.split_backward:
@@ -124,10 +126,15 @@ def any_cut_makespan_lower_bound_s(
     else:
         waits = [e + r * c for r in range(1, pp)]
     mean_rank = (m * total + sum(waits)) / pp
-    forward_backward = layers * (layer.forward_s + layer.backward_input_s) + embedding.forward_s + embedding.backward_input_s
+    if all_layers:
+        forward_backward = all_layers.forward_s + all_layers.backward_input_s + embedding.forward_s + embedding.backward_input_s
+        layers_weight = all_layers.backward_weight_s
+    else:
+        forward_backward = layers * (layer.forward_s + layer.backward_input_s) + embedding.forward_s + embedding.backward_input_s
+        layers_weight = layers * layer.backward_weight_s
     forward_backward += head.forward_s + head.backward_input_s
     weights = embedding.backward_weight_s + layer.backward_weight_s if spec.split_backward and pp > 1 else (
-        layers * layer.backward_weight_s + embedding.backward_weight_s + head.backward_weight_s)
+        layers_weight + embedding.backward_weight_s + head.backward_weight_s)
     critical = (m - 1) * (embedding.forward_s + layer.forward_s) + forward_backward + weights
     return max(m * busiest, mean_rank, critical)
 

@@ -123,14 +123,22 @@ class ProfiledTimes:
         self._embedding_cached = lru_cache(maxsize=None)(self._embedding)
         self._head_cached = lru_cache(maxsize=None)(self._head)
 
-    def transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str) -> PassTimes:
+    # A profile times whole-sequence dense layers: no ring attention, no experts (the profiler
+    # refuses mixture-of-experts models), so a search with a profile keeps cp = 1.
+    context_parallel = False
+
+    def transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str, cp: int = 1,
+                    ep: int = 1, moe: bool = False) -> PassTimes:
+        if cp > 1 or moe:
+            raise PlanError("a measured profile has no context-parallel or mixture-of-experts layers: "
+                            "price cp > 1 and MoE models without --profile")
         return self._transformer_cached(tp, mbs, seq_len, sequence_parallel, recompute)
 
-    def embedding(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool) -> PassTimes:
-        return self._embedding_cached(tp, mbs, seq_len, sequence_parallel)
+    def embedding(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes:
+        return self._embedding_cached(tp, mbs, seq_len // cp, sequence_parallel)
 
-    def head(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool) -> PassTimes:
-        return self._head_cached(tp, mbs, seq_len, sequence_parallel)
+    def head(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes:
+        return self._head_cached(tp, mbs, seq_len // cp, sequence_parallel)
 
     def note(self, message: str, key: str | None = None) -> None:
         """Warn once per distinct ``key`` (default: the message itself)."""

@@ -20,14 +20,16 @@ smallest exposed reduce of any rank and the lower bounds of the exposed traffic
 (``costmodels.data_parallel.rank_sync``), never more than the simulated step.
 
 The breakdown is the critical rank's (the one whose reduce finishes last):
-compute + recompute + tp_comm + pp_comm + dp_comm + bubble + optimizer + overhead = step
-exactly, where compute is the rank's busy time less what its actions spend on recompute, TP
-communication, ZeRO-3 gathers, blocking p2p and per-action overhead (plus any time-sharing
-surplus), and bubble is its idle time up to its last action's end. Time hidden behind compute
+compute + recompute + tp_comm + cp_comm + ep_comm + pp_comm + dp_comm + bubble + optimizer + overhead
+= step exactly, where compute is the rank's busy time less what its actions spend on recompute, TP
+communication, the context-parallel ring's transfers beyond its blocks, the expert all-to-alls,
+ZeRO-3 gathers, blocking p2p and per-action overhead (plus any time-sharing surplus), and bubble
+is its idle time up to its last action's end. Time hidden behind compute
 is reported apart in ``overlapped`` (seconds per step, only the terms that hide something):
 ``dp_comm_s`` (gradient reduce), ``param_gather_s`` (ZeRO-1/2 gather), ``zero3_gather_s``
-(ZeRO-3 per-microbatch gathers), ``tp_comm_s`` (TP collectives under the GEMMs), ``pp_comm_s``
-(non-blocking p2p sends: their delays on the receivers are in the bubble).
+(ZeRO-3 per-microbatch gathers), ``tp_comm_s`` (TP collectives under the GEMMs), ``cp_comm_s``
+(ring transfers under the ring's blocks), ``pp_comm_s`` (non-blocking p2p sends: their delays on
+the receivers are in the bubble).
 """
 
 from __future__ import annotations
@@ -79,10 +81,12 @@ def compose_step(
     surplus = max(0.0, timeshared_s - core_s)
     mine = ranks[critical].passes.scaled(num_microbatches)
     busy = result.busy_s[critical]
-    labelled = mine.tp_comm_s + mine.recompute_s + mine.dp_comm_s + mine.pp_comm_s + mine.overhead_s
+    labelled = (mine.tp_comm_s + mine.recompute_s + mine.dp_comm_s + mine.pp_comm_s + mine.overhead_s + mine.cp_comm_s
+                + mine.ep_comm_s)
     sync = ranks[critical].sync
     overlapped = {k: num_microbatches * v for k, v in ranks[critical].hidden.items()}
     overlapped["tp_comm_s"] = overlapped.get("tp_comm_s", 0.0) + mine.overlapped_tp_comm_s
+    overlapped["cp_comm_s"] = mine.overlapped_cp_comm_s
     overlapped["dp_comm_s"] = sync.grad_reduce_s - sync.grad_reduce_exposed_s
     overlapped["param_gather_s"] = max(0.0, max(w.sync.param_gather_s for w in ranks) - gather_delay)
     breakdown = Breakdown(
@@ -94,6 +98,8 @@ def compose_step(
         bubble_s=spans[critical][1] - busy,
         optimizer_s=optimizer_s,
         overhead_s=mine.overhead_s + step_overhead_s,
+        cp_comm_s=mine.cp_comm_s,
+        ep_comm_s=mine.ep_comm_s,
         overlapped={k: v for k, v in sorted(overlapped.items()) if v > 0},
     )
     return StepTime(step_s=core_s + surplus + step_overhead_s, critical_rank=critical, breakdown=breakdown)

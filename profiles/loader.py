@@ -109,7 +109,8 @@ def load_model(spec: str) -> ModelSpec:
     path = _resolve("models", spec)
     data = read_document(path)
     if _is_hf_config(data):
-        name = data.get("_name_or_path") or path.parent.name or path.stem
+        # a checkpoint's config.json is named by its directory; a config saved under its own name by that name
+        name = data.get("_name_or_path") or (path.parent.name if path.name == "config.json" else path.stem) or path.stem
         return model_from_hf_config(data, name=str(name), source=str(path))
     return validate_as(ModelSpec, data, str(path))
 

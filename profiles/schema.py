@@ -197,6 +197,20 @@ class ModelSpec(StrictModel):
         return self.kv_heads * self.head_dim
 
     @property
+    def score_head_dim(self) -> int:
+        """Per-head width of queries and keys: ``head_dim``, or MLA's ``qk_nope_head_dim + qk_rope_head_dim``."""
+        if self.kv_lora_rank is not None:
+            return (self.qk_nope_head_dim or 0) + (self.qk_rope_head_dim or 0)
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def value_head_dim(self) -> int:
+        """Per-head width of values (and of the attention output): ``head_dim``, or MLA's ``v_head_dim``."""
+        if self.kv_lora_rank is not None:
+            return self.v_head_dim or 0
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
     def is_moe(self) -> bool:
         return self.num_experts is not None
 

@@ -40,6 +40,22 @@ class StackKernels(StrictModel):
     fused_cross_entropy: bool = False
     vocab_parallel_loss: bool = Field(default=True, description="cross-entropy over vocab shards (Megatron) vs gathered logits")
     dropout: bool = False
+    context_parallel_attention: Literal["p2p_ring", "all_gather", "eager_ring"] = Field(
+        default="p2p_ring",
+        description="how attention runs with cp > 1: p2p_ring: flash blocks, each step's K/V sent to the next rank "
+        "while the current block computes, K/V and dK/dV sent round again in backward (Transformer Engine's "
+        "AttnFuncWithCPAndKVP2P, Megatron-Core --cp-comm-type p2p); all_gather: flash blocks, K/V all-gathered "
+        "while the local block computes and dK/dV reduce-scattered, the gathered blocks kept for backward (torch's "
+        "context_parallel with the allgather rotater, torchtitan's default); eager_ring: fp32 blockwise attention, "
+        "blocking p2p, every block's scores and the received K/V kept for backward (ppplan's launch/runtime/cp.py)",
+    )
+    expert_dispatch: Literal["tp_replicated", "tp_split"] = Field(
+        default="tp_replicated",
+        description="which tokens a tensor-parallel rank sends in the expert all-to-all: tp_replicated: all of its "
+        "data-parallel rank's routed tokens, the same on every tp rank (ppplan's runtime, torchtitan); tp_split: "
+        "its 1/tp sequence-parallel share, all-gathered over tp after the all-to-all (Megatron-Core's alltoall "
+        "dispatcher with expert TP = tp)",
+    )
 
 
 class StackOverlap(StrictModel):

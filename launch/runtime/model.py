@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from costmodels.params import is_moe_layer
 from launch.runtime.cp import ContextParallel
 from launch.runtime.moe import ExpertShard, MoEFeedForward
 from profiles.schema import ModelSpec, RecomputeKind
@@ -238,11 +239,6 @@ def build_embedding(spec: ModelSpec, seed: int = 0) -> Embedding:
         with torch.no_grad():
             nn.init.normal_(emb.pos.weight, 0.0, INIT_STD, generator=_generator(piece_seed(seed, 0) + 1))
     return emb
-
-
-def is_moe_layer(spec: ModelSpec, index: int) -> bool:
-    """Layer ``index`` has a mixture-of-experts MLP (every layer from ``first_dense_layers`` on)."""
-    return spec.is_moe and index >= spec.first_dense_layers
 
 
 def build_layer(spec: ModelSpec, index: int, seed: int = 0, experts: ExpertShard | None = None) -> TransformerLayer:

@@ -46,7 +46,7 @@ def explain_cmd(plan_path: Path = typer.Argument(..., help="plan.json")) -> None
     """Why this plan: what binds, the time breakdown, and the nearest rejected alternatives."""
     plan = load_checked_plan(plan_path)
     est, cfg = plan.estimate, plan.config
-    gpus = cfg.tp * cfg.pp * cfg.dp
+    gpus = cfg.world_size
     for warning in waste_warnings(cfg, est, plan.train.global_batch):
         warn(warning)
     out.print(f"{plan.model.name} on {gpus} x {plan.cluster.gpu.name}, stack {cfg.stack}: step "

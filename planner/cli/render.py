@@ -129,8 +129,16 @@ def fitted_table(title: str | None, columns: list[Column], rows: list[tuple[Para
     return table
 
 
+# Context- and expert-parallel degrees, shown after T when some plan of the table uses them.
+CP_COLUMN = Column("C", lambda c, e: str(c.cp))
+EP_COLUMN = Column("E", lambda c, e: str(c.ep))
+
+
 def plans_table(rows: list[tuple[ParallelConfig, Estimate]], title: str | None, width: int = 100) -> Table:
-    return fitted_table(title, list(PLAN_COLUMNS), rows, width)
+    columns = list(PLAN_COLUMNS)
+    extra = [col for col, used in ((CP_COLUMN, any(c.cp > 1 for c, _ in rows)), (EP_COLUMN, any(c.ep > 1 for c, _ in rows)))
+             if used]
+    return fitted_table(title, columns[:1] + extra + columns[1:], rows, width)
 
 
 def memory_table(est: Estimate, width: int = 100) -> Table:

@@ -234,6 +234,8 @@ def evaluate_cmd(
     model: str = ModelOpt, cluster: str = ClusterOpt, gpus: int = GpusOpt, global_batch: int = BatchOpt,
     tp: int = typer.Option(..., "--tp", min=1, max=MAX_GPUS), pp: int = typer.Option(..., "--pp", min=1, max=MAX_GPUS),
     mbs: int = typer.Option(..., "--mbs", min=1, max=MAX_GLOBAL_BATCH), v: int = typer.Option(1, "--v", min=1, max=MAX_LAYERS),
+    cp: int = typer.Option(1, "--cp", min=1, max=MAX_GPUS, help="context parallel: the sequence split over cp ranks"),
+    ep: int = typer.Option(1, "--ep", min=1, max=MAX_GPUS, help="expert parallel: the experts split over ep of the dp x cp ranks"),
     schedule: str = typer.Option("1f1b", "--schedule", help=f"one of {', '.join(SCHEDULE_NAMES)}"),
     recompute: str = typer.Option("none", "--recompute", help=RECOMPUTE_HELP),
     sequence_parallel: bool = typer.Option(False, "--sequence-parallel"),
@@ -249,13 +251,14 @@ def evaluate_cmd(
     train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision, stack_spec, is_hf_config(model))
     if schedule not in SCHEDULE_NAMES:
         raise PlanError(f"unknown schedule '{schedule}': choose from {', '.join(SCHEDULE_NAMES)}")
-    if gpus % (tp * pp):
-        raise PlanError(f"--gpus {gpus} is not divisible by tp*pp = {tp * pp}: pick degrees whose product divides the GPUs")
-    dp = gpus // (tp * pp)
+    if gpus % (tp * cp * pp):
+        raise PlanError(f"--gpus {gpus} is not divisible by tp*cp*pp = {tp * cp * pp}: pick degrees whose product divides the GPUs")
+    dp = gpus // (tp * cp * pp)
     if global_batch % (dp * mbs):
         raise PlanError(f"global batch {global_batch} is not divisible by dp*mbs = {dp}*{mbs}: change the batch, --mbs or the degrees")
     cfg = validate_as(ParallelConfig, dict(
-        stack=stack_spec.name, tp=tp, pp=pp, dp=dp, v=v, mbs=mbs, num_microbatches=global_batch // (dp * mbs), schedule=schedule,
+        stack=stack_spec.name, tp=tp, cp=cp, ep=ep, pp=pp, dp=dp, v=v, mbs=mbs, num_microbatches=global_batch // (dp * mbs),
+        schedule=schedule,
         recompute=_parse_recompute(recompute, pp * v), sequence_parallel=sequence_parallel, zero=zero,
         stage_layers=_parse_stage_layers(stage_layers, model_spec.num_layers, pp * v),
     ), "the configuration")  # fmt: skip

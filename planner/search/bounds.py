@@ -8,10 +8,14 @@ composes, each taken no larger than the estimate takes it, so they stay below it
 - time: the stage times of the cut's layers plus the embedding and the head from the
   same ``LayerTimes`` the estimate uses (the estimate adds ZeRO-3 gathers and p2p on
   top), run through ``costmodels.pipeline_bound``'s makespan bound; step >= makespan.
-  Before a cut is chosen, ``any_cut_makespan_lower_bound_s`` covers every cut.
+  Before a cut is chosen, ``any_cut_makespan_lower_bound_s`` covers every cut (a model
+  with dense and mixture-of-experts layers: per layer the faster kind's F, B and W, and
+  the exact sum over all layers).
 - memory: each rank's weights, gradients and optimizer state (``costmodels.memory.
-  static_memory`` with the stack's gradient sharding, ``gradients_sharded``), its activation peak (the schedule's closed-form in-flight count,
-  ``ScheduleSpec.peak_inflight``, times the rank's smallest stage), the allocator's
+  static_memory`` with the stack's gradient sharding, ``gradients_sharded``; dense parameters over
+  dp x cp, routed experts over dp x cp / ep), its activation peak (the schedule's closed-form in-flight
+  count, ``ScheduleSpec.peak_inflight``, times the rank's smallest stage; before a cut, per layer
+  the lighter kind), the allocator's
   fragmentation share of those bytes (``ClusterSpec.allocator_fragmentation``) and the
   runtime's reserve; the estimate adds transient, communication and ZeRO-3 buffers.
 
@@ -23,6 +27,7 @@ breaks one is seen, not silently trusted.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 from costmodels.estimate import activation_variant, memory_limit_gib
@@ -33,14 +38,47 @@ from costmodels.memory import (
     gradients_sharded,
     head_activation_bytes,
     layer_activation_bytes,
-    stage_params,
-    static_memory,
+    split_static_memory,
+    stage_param_split,
 )
+from costmodels.params import moe_layers_in
 from costmodels.pipeline_bound import any_cut_makespan_lower_bound_s, makespan_lower_bound_s, peak_inflight, stages_by_rank
 from costmodels.simulator import StageTimes
 from planner.search.space import Candidate
 from profiles.schema import ClusterSpec, ModelSpec, TrainSpec
 from profiles.stack_schema import StackSpec
+
+
+@dataclass(frozen=True)
+class LayerPasses:
+    """Per-microbatch F/B/W seconds of one candidate's layers: ``dense`` and ``moe`` transformer layers
+    (None where the model has no layer of that kind), the embedding and the head."""
+
+    dense: PassTimes | None
+    moe: PassTimes | None
+    embedding: PassTimes
+    head: PassTimes
+
+    @property
+    def layer(self) -> PassTimes:
+        """The model's most common layer (its MoE layers when it has any): what cut points balance."""
+        layer = self.moe if self.moe is not None else self.dense
+        assert layer is not None  # a model has at least one layer
+        return layer
+
+    @property
+    def fastest(self) -> PassTimes:
+        """No slower in F, B and W than any layer of the model."""
+        kinds = [k for k in (self.dense, self.moe) if k is not None]
+        return PassTimes(*(min(getattr(k, f) for k in kinds) for f in ("forward_s", "backward_input_s", "backward_weight_s")))
+
+    def layers(self, num_dense: int, num_moe: int) -> PassTimes:
+        """F/B/W of ``num_dense`` dense and ``num_moe`` MoE layers together."""
+        out = PassTimes(0.0, 0.0, 0.0)
+        for count, kind in ((num_dense, self.dense), (num_moe, self.moe)):
+            if count and kind is not None:
+                out = out.plus(kind.scaled(count))
+        return out
 
 
 class Bounds:
@@ -53,47 +91,72 @@ class Bounds:
         self.variant = activation_variant(cluster, train, stack.kernels)  # what the stack's kernels keep
         self.limit_gib = memory_limit_gib(cluster)
         self.allocated_factor = 1.0 + cluster.allocator_fragmentation
+        self.num_moe = model.num_moe_layers
+        self.num_dense = model.num_layers - self.num_moe
         self._passes = lru_cache(maxsize=None)(self._passes_uncached)
         self._activations = lru_cache(maxsize=None)(self._activations_uncached)
         self._static_bytes = lru_cache(maxsize=None)(self._static_bytes_uncached)
+        self._floor = lru_cache(maxsize=None)(self._floor_uncached)
 
-    # ---- pieces, cached per (tp, mbs, sp, recompute) or per stage shape
-    def _passes_uncached(self, tp: int, mbs: int, sp: bool, recompute: str) -> tuple[PassTimes, PassTimes, PassTimes]:
-        s = self.train.seq_len
-        return (self.layers.transformer(tp, mbs, s, sp, recompute), self.layers.embedding(tp, mbs, s, sp),
-                self.layers.head(tp, mbs, s, sp))
+    # ---- pieces, cached per (tp, mbs, sp, recompute, cp, ep) or per stage shape
+    def _passes_uncached(self, tp: int, mbs: int, sp: bool, recompute: str, cp: int, ep: int) -> LayerPasses:
+        s, times = self.train.seq_len, self.layers
+        dense = times.transformer(tp, mbs, s, sp, recompute, cp=cp, ep=ep, moe=False) if self.num_dense else None
+        moe = times.transformer(tp, mbs, s, sp, recompute, cp=cp, ep=ep, moe=True) if self.num_moe else None
+        return LayerPasses(dense, moe, times.embedding(tp, mbs, s, sp, cp=cp), times.head(tp, mbs, s, sp, cp=cp))
+
+    def layer_passes(self, c: Candidate) -> LayerPasses:
+        return self._passes(c.tp, c.mbs, c.sequence_parallel, c.recompute, c.cp, c.ep)
 
     def passes(self, c: Candidate) -> tuple[PassTimes, PassTimes, PassTimes]:
-        """(transformer layer, embedding, head) F/B/W seconds per microbatch."""
-        return self._passes(c.tp, c.mbs, c.sequence_parallel, c.recompute)
+        """(transformer layer, embedding, head) F/B/W seconds per microbatch (the model's most common layer)."""
+        lp = self.layer_passes(c)
+        return lp.layer, lp.embedding, lp.head
 
-    def _activations_uncached(self, tp: int, mbs: int, sp: bool, recompute: str) -> tuple[float, float, float]:
+    def _activations_uncached(self, tp: int, mbs: int, sp: bool, recompute: str, cp: int,
+                              ep: int) -> tuple[float, float, float, float]:
+        """(dense layer, MoE layer, embedding, head) bytes kept per microbatch."""
         m, s, v = self.model, self.train.seq_len, self.variant
-        return (layer_activation_bytes(m, s, mbs, tp, sp, recompute, v), embedding_activation_bytes(m, s, mbs, tp, sp, v),
-                head_activation_bytes(m, s, mbs, tp, sp, v))
+        dense = layer_activation_bytes(m, s, mbs, tp, sp, recompute, v, cp=cp, ep=ep) if self.num_dense else math.inf
+        moe = layer_activation_bytes(m, s, mbs, tp, sp, recompute, v, cp=cp, ep=ep, moe=True) if self.num_moe else math.inf
+        return (dense, moe, embedding_activation_bytes(m, s // cp, mbs, tp, sp, v), head_activation_bytes(m, s // cp, mbs, tp, sp, v))
 
-    def _static_bytes_uncached(self, layers: int, has_embedding: bool, has_head: bool, tp: int, pp: int, dp: int,
-                               zero: int) -> float:
-        params = stage_params(self.model, layers, has_embedding, has_head, tp)
-        state = static_memory(params, self.train.precision, dp, zero, gradients_sharded(self.stack, pp, dp, zero),
-                              self.stack.grad_accumulation_fp32)
+    def _static_bytes_uncached(self, first_layer: int, layers: int, has_embedding: bool, has_head: bool, tp: int,
+                               pp: int, dp: int, zero: int, cp: int, ep: int, layer_kind: str | None = None) -> float:
+        params = stage_param_split(self.model, first_layer, layers, has_embedding, has_head, tp, ep, layer_kind)
+        state = split_static_memory(params.dense, params.expert, self.train.precision, dp * cp, ep, zero,
+                                    gradients_sharded(self.stack, pp, dp * cp, zero), self.stack.grad_accumulation_fp32)
         return state.weights_bytes + state.gradients_bytes + state.optimizer_bytes
 
     def _gib(self, allocated_bytes: float) -> float:
         return self.allocated_factor * allocated_bytes / GIB + self.cluster.runtime_reserved_gib
 
+    def _layer_floor(self, c: Candidate) -> tuple[float, float]:
+        """(static, activation) bytes per layer no larger than any of the model's layers needs."""
+        return self._floor(c.tp, c.cp, c.ep, c.pp, c.dp, c.mbs, c.sequence_parallel, c.recompute, c.zero)
+
+    def _floor_uncached(self, tp: int, cp: int, ep: int, pp: int, dp: int, mbs: int, sp: bool, recompute: str,
+                        zero: int) -> tuple[float, float]:
+        kinds = [k for k, n in (("dense", self.num_dense), ("moe", self.num_moe)) if n]
+        static = min(self._static_bytes(0, 1, False, False, tp, pp, dp, zero, cp, ep, k) for k in kinds)
+        dense, moe, _, _ = self._activations(tp, mbs, sp, recompute, cp, ep)
+        return static, min(dense, moe)
+
     # ---- before a cut is chosen
     def time_any_cut_s(self, c: Candidate) -> float:
         """Step time of ``c`` under any cut is at least this."""
-        layer, emb, head = self.passes(c)
-        return any_cut_makespan_lower_bound_s(c.schedule, c.pp, c.v, c.num_microbatches, layer, emb, head, self.model.num_layers)
+        lp = self.layer_passes(c)
+        if lp.moe is None or lp.dense is None:
+            return any_cut_makespan_lower_bound_s(c.schedule, c.pp, c.v, c.num_microbatches, lp.layer, lp.embedding,
+                                                  lp.head, self.model.num_layers)
+        return any_cut_makespan_lower_bound_s(c.schedule, c.pp, c.v, c.num_microbatches, lp.fastest, lp.embedding, lp.head,
+                                              self.model.num_layers, lp.layers(self.num_dense, self.num_moe))
 
     def memory_any_cut_gib(self, c: Candidate) -> float:
         """The worst rank of ``c`` under any cut needs at least this (a continuous relaxation over cuts:
         with one stage per rank, layers spread so that every rank needs the same; with several, each
         stage holds at least one layer)."""
-        static = self._static_bytes(1, False, False, c.tp, c.pp, c.dp, c.zero)
-        act = self._activations(c.tp, c.mbs, c.sequence_parallel, c.recompute)[0]
+        static, act = self._layer_floor(c)
         counts = peak_inflight(c.schedule, c.pp, c.v, c.num_microbatches)
         layers = self.model.num_layers
         if c.v == 1:
@@ -105,21 +168,26 @@ class Bounds:
         return self._gib(need)
 
     # ---- for a given cut
+    def _kinds(self, stage_layers: list[int]) -> list[tuple[int, int, int]]:
+        """(first layer, dense layers, MoE layers) of each stage."""
+        out, first = [], 0
+        for n in stage_layers:
+            moe = moe_layers_in(self.model, first, n)
+            out.append((first, n - moe, moe))
+            first += n
+        return out
+
     def stage_times(self, c: Candidate, stage_layers: list[int]) -> StageTimes:
         """Stage times no larger than the estimate's: the layers, the embedding on the first stage
         and the head on the last; no p2p, no ZeRO-3 gathers."""
-        layer, emb, head = self.passes(c)
+        lp = self.layer_passes(c)
         last = len(stage_layers) - 1
-
-        def per_stage(attr: str) -> tuple[float, ...]:
-            out = [n * getattr(layer, attr) for n in stage_layers]
-            out[0] += getattr(emb, attr)
-            out[last] += getattr(head, attr)
-            return tuple(out)
-
+        per_stage = [lp.layers(dense, moe) for _, dense, moe in self._kinds(stage_layers)]
+        per_stage[0] = per_stage[0].plus(lp.embedding)
+        per_stage[last] = per_stage[last].plus(lp.head)
         stages = len(stage_layers)
-        return StageTimes(per_stage("forward_s"), per_stage("backward_input_s"), per_stage("backward_weight_s"),
-                          (0.0,) * stages, (0.0,) * (stages - 1))
+        return StageTimes(tuple(st.forward_s for st in per_stage), tuple(st.backward_input_s for st in per_stage),
+                          tuple(st.backward_weight_s for st in per_stage), (0.0,) * stages, (0.0,) * (stages - 1))
 
     def time_of_cut_s(self, c: Candidate, stage_layers: list[int]) -> float:
         """Step time of ``c`` with ``stage_layers`` is at least this."""
@@ -127,13 +195,19 @@ class Bounds:
 
     def memory_of_cut_gib(self, c: Candidate, stage_layers: list[int]) -> list[float]:
         """Per pipeline rank, at least this many GiB with ``stage_layers``."""
-        act_layer, act_emb, act_head = self._activations(c.tp, c.mbs, c.sequence_parallel, c.recompute)
+        act_dense, act_moe, act_emb, act_head = self._activations(c.tp, c.mbs, c.sequence_parallel, c.recompute, c.cp, c.ep)
         last = len(stage_layers) - 1
+        kinds = self._kinds(stage_layers)
         counts = peak_inflight(c.schedule, c.pp, c.v, c.num_microbatches)
+
+        def stage_act(s: int) -> float:
+            _, dense, moe = kinds[s]
+            act = (dense * act_dense if dense else 0.0) + (moe * act_moe if moe else 0.0)
+            return act + (act_emb if s == 0 else 0.0) + (act_head if s == last else 0.0)
+
         out = []
         for rank, own in enumerate(stages_by_rank(c.schedule, c.pp, c.v)):
-            static = sum(self._static_bytes(stage_layers[s], s == 0, s == last, c.tp, c.pp, c.dp, c.zero) for s in own)
-            smallest = min(stage_layers[s] * act_layer + (act_emb if s == 0 else 0.0) + (act_head if s == last else 0.0)
-                           for s in own)
-            out.append(self._gib(static + counts[rank] * smallest))
+            static = sum(self._static_bytes(kinds[s][0], stage_layers[s], s == 0, s == last, c.tp, c.pp, c.dp, c.zero,
+                                            c.cp, c.ep) for s in own)
+            out.append(self._gib(static + counts[rank] * min(stage_act(s) for s in own)))
         return out

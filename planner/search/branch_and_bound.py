@@ -1,7 +1,7 @@
 """The search: branch and bound over the space, exact under the simulated price.
 
-The space is every candidate of ``planner.search.space`` (degrees, mbs, M, v, schedule,
-recompute, SP, ZeRO), each with the cuts ``Searcher.cuts`` gives it: the uniform split
+The space is every candidate of ``planner.search.space`` (degrees with cp and ep, mbs, M, v,
+schedule, recompute, SP, ZeRO), each with the cuts ``Searcher.cuts`` gives it: the uniform split
 (what ``ppplan evaluate`` prices) and, where the stack cuts freely, the min–max cut points
 under per-rank memory caps (``planner.search.cutpoints``). The price of a candidate is the
 best exact price of its cuts that fit: ``estimate`` with the event simulator over the
@@ -34,9 +34,11 @@ from costmodels.estimate import estimate, memory_limit_gib, rank_memory_if_unifo
 from costmodels.layer_costs import LayerTimes, RooflineTimes
 from costmodels.layout import uniform_split
 from costmodels.pipeline_bound import bound_pipeline, peak_inflight, stages_by_rank
+from costmodels.rules import model_support_violations
 from planner.search.bounds import Bounds
 from planner.search.cutpoints import split_affine
 from planner.search.space import DEFAULT_SCHEDULES, Candidate, enumerate_candidates
+from profiles.errors import PlanError
 from profiles.loader import DEFAULT_STACK, load_stack
 from profiles.schema import ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
 from profiles.stack_schema import StackSpec
@@ -74,9 +76,9 @@ class SearchResult:
 
 def config_for(cand: Candidate, stage_layers: list[int], stack: str = DEFAULT_STACK) -> ParallelConfig:
     return ParallelConfig(
-        stack=stack, tp=cand.tp, pp=cand.pp, dp=cand.dp, v=cand.v, mbs=cand.mbs, num_microbatches=cand.num_microbatches,
-        schedule=cand.schedule, recompute=cand.recompute, sequence_parallel=cand.sequence_parallel,
-        zero=cand.zero, stage_layers=stage_layers,
+        stack=stack, tp=cand.tp, cp=cand.cp, ep=cand.ep, pp=cand.pp, dp=cand.dp, v=cand.v, mbs=cand.mbs,
+        num_microbatches=cand.num_microbatches, schedule=cand.schedule, recompute=cand.recompute,
+        sequence_parallel=cand.sequence_parallel, zero=cand.zero, stage_layers=stage_layers,
     )
 
 
@@ -124,14 +126,14 @@ class Searcher:
         candidate's degrees and options (a rank's memory depends on the pipeline only through
         what the rank holds and whether there is a pipeline), cached per such probe."""
         pipelined = c.pp > 1
-        key = (c.tp, c.dp, c.mbs, c.num_microbatches, c.recompute, c.sequence_parallel, c.zero, pipelined, kind)
+        key = (c.tp, c.cp, c.ep, c.dp, c.mbs, c.num_microbatches, c.recompute, c.sequence_parallel, c.zero, pipelined, kind)
         line = self._lines.get(key)
         if line is None:
             pp, v, schedule, rank = _PROBES[kind] if pipelined else (1, 1, "1f1b", 0)
             probe = ParallelConfig(
-                stack=self.stack.name, tp=c.tp, pp=pp, dp=c.dp, v=v, mbs=c.mbs, num_microbatches=c.num_microbatches,
-                schedule=schedule, recompute=c.recompute, sequence_parallel=c.sequence_parallel, zero=c.zero,
-                stage_layers=[1] * (pp * v),
+                stack=self.stack.name, tp=c.tp, cp=c.cp, ep=c.ep, pp=pp, dp=c.dp, v=v, mbs=c.mbs,
+                num_microbatches=c.num_microbatches, schedule=schedule, recompute=c.recompute,
+                sequence_parallel=c.sequence_parallel, zero=c.zero, stage_layers=[1] * (pp * v),
             )
 
             def at(n: int, inflight: int) -> float:
@@ -219,9 +221,14 @@ def search(
     tolerance: float = TOLERANCE,
 ) -> SearchResult:
     """Top-k plans that fit on ``stack`` (default ``ppplan-torch``), best first; ``closest`` is the
-    least-overflowing plan when none fits (module docstring)."""
+    least-overflowing plan when none fits (module docstring). A model with layers the stack does not
+    run (mixture of experts, multi-head latent attention) is bad input (``PlanError``)."""
     searcher = Searcher(model, cluster, train, gpus, layers, stack)
-    cands = list(enumerate_candidates(model, train, gpus, cluster.gpus_per_node, schedules, allow_cross_node_tp, searcher.stack))
+    unsupported = model_support_violations(model, searcher.stack)
+    if unsupported:
+        raise PlanError(unsupported[0])
+    cands = list(enumerate_candidates(model, train, gpus, cluster.gpus_per_node, schedules, allow_cross_node_tp, searcher.stack,
+                                      searcher.layers.context_parallel))
     result = SearchResult(best=[], closest=None, candidates=len(cands), searcher=searcher)
     visit = _Visit(searcher, top_k, tolerance, result)
     for c in cands:

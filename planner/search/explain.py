@@ -2,7 +2,7 @@
 alternatives with the reason each lost or failed, and warnings when the plan wastes the
 machine.
 
-Neighbours are the configurations one step away along one axis (tp, pp, mbs, v, schedule,
+Neighbours are the configurations one step away along one axis (tp, cp, ep, pp, mbs, v, schedule,
 recompute, sequence parallelism, ZeRO), each priced like a search candidate (its uniform
 split and its min-max cut, the better one that fits), so the comparison is between plans
 the search could have chosen.
@@ -12,12 +12,21 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from costmodels.rules import recompute_violations, schedule_violations, tp_violations, zero_violations
+from costmodels.rules import (
+    expert_context_violations,
+    parallelism_violations,
+    recompute_violations,
+    schedule_violations,
+    tp_violations,
+    zero_violations,
+)
 from planner.search.branch_and_bound import TOLERANCE, Candidate, Scored, Searcher
-from planner.search.space import DEFAULT_SCHEDULES, RECOMPUTE_KINDS, SEARCHED_ZERO
-from profiles.schema import Alternative, Estimate, ModelSpec, ParallelConfig
+from planner.search.space import CP_MICRO_BATCH, DEFAULT_SCHEDULES, MIN_CP_CHUNK, RECOMPUTE_KINDS, SEARCHED_ZERO
+from profiles.schema import Alternative, Estimate, ModelSpec, ParallelConfig, TrainSpec
 from profiles.stack_schema import StackSpec
 
+# A part of the step worth naming in "what binds" (a twentieth of the step).
+BINDING_SHARE = 0.05
 # Thresholds of the waste warnings (issue 11, "plans that waste the machine").
 WASTE_BUBBLE_FRACTION = 0.5  # more than half of the step idle in the pipeline
 WASTE_MFU_SHARE = 1 / 3  # MFU under a third of what the same GPUs reach on the same layers when busy
@@ -29,7 +38,7 @@ def _g3(value: float) -> str:
 
 
 def candidate_of(cfg: ParallelConfig) -> Candidate:
-    return Candidate(cfg.tp, cfg.pp, cfg.dp, cfg.mbs, cfg.v, cfg.schedule, cfg.recompute_label,
+    return Candidate(cfg.tp, cfg.cp, cfg.ep, cfg.pp, cfg.dp, cfg.mbs, cfg.v, cfg.schedule, cfg.recompute_label,
                      cfg.sequence_parallel, cfg.zero, cfg.num_microbatches)
 
 
@@ -55,10 +64,16 @@ def binding_constraints(est: Estimate) -> list[str]:
         "exposed data-parallel communication": b.dp_comm_s,
         "recomputation": b.recompute_s,
         "pipeline p2p": b.pp_comm_s,
+        "expert-parallel all-to-all (token dispatch and combine)": b.ep_comm_s,
+        "context-parallel ring (K/V transfers beyond the blocks' compute)": b.cp_comm_s,
     }
     for name, seconds in sorted(shares.items(), key=lambda kv: -kv[1]):
-        if seconds / step >= 0.05:
+        if seconds / step >= BINDING_SHARE:
             lines.append(f"{name}: {_g3(seconds)} s ({100 * seconds / step:.0f}% of the step)")
+    hidden = b.overlapped.get("cp_comm_s", 0.0)
+    if hidden / step >= BINDING_SHARE:
+        lines.append(f"context-parallel ring: {_g3(hidden)} s of K/V transfers hidden behind the attention blocks"
+                     + ("" if b.cp_comm_s / step >= BINDING_SHARE else ", the ring does not bind"))
     if not lines:
         lines.append("compute binds: no overhead above 5% of the step")
     return lines
@@ -92,17 +107,18 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("ch") else f"{n} {noun}s"
 
 
-def _neighbours(c: Candidate, gpus: int, global_batch: int, model: ModelSpec, stack: StackSpec) -> list[Candidate]:
+def _neighbours(c: Candidate, gpus: int, train: TrainSpec, model: ModelSpec, stack: StackSpec) -> list[Candidate]:
+    global_batch = train.global_batch
     out: list[Candidate] = []
 
-    def with_degrees(tp: int, pp: int) -> None:
-        if gpus % (tp * pp) or tp_violations(model, tp):
+    def with_degrees(tp: int, pp: int, cp: int = c.cp, ep: int = c.ep) -> None:
+        if gpus % (tp * cp * pp) or tp_violations(model, tp):
             return
-        dp = gpus // (tp * pp)
-        if global_batch % (dp * c.mbs):
+        dp = gpus // (tp * cp * pp)
+        if global_batch % (dp * c.mbs) or (dp * cp) % ep or (cp > 1 and c.mbs > 1):
             return
-        out.append(replace(c, tp=tp, pp=pp, dp=dp, num_microbatches=global_batch // (dp * c.mbs),
-                           sequence_parallel=c.sequence_parallel and tp > 1, zero=c.zero if dp > 1 else 0))
+        out.append(replace(c, tp=tp, cp=cp, ep=ep, pp=pp, dp=dp, num_microbatches=global_batch // (dp * c.mbs),
+                           sequence_parallel=c.sequence_parallel and tp > 1, zero=c.zero if dp * cp > 1 else 0))
 
     for tp in (c.tp // 2, c.tp * 2):
         if tp >= 1:
@@ -110,15 +126,22 @@ def _neighbours(c: Candidate, gpus: int, global_batch: int, model: ModelSpec, st
     for pp in (c.pp // 2, c.pp * 2):
         if pp >= 1:
             with_degrees(c.tp, pp)
+    for cp in (c.cp // 2, c.cp * 2):
+        if cp >= 1 and stack.context_parallel:
+            with_degrees(c.tp, c.pp, cp=cp)
+    if model.is_moe and stack.expert_parallel:
+        for ep in (c.ep // 2, c.ep * 2):
+            if ep >= 1 and (model.num_experts or 1) % ep == 0:
+                with_degrees(c.tp, c.pp, ep=ep)
     for mbs in (c.mbs // 2, c.mbs * 2):
-        if mbs >= 1 and global_batch % (c.dp * mbs) == 0:
+        if mbs >= 1 and global_batch % (c.dp * mbs) == 0 and (c.cp == 1 or mbs <= CP_MICRO_BATCH):
             out.append(replace(c, mbs=mbs, num_microbatches=global_batch // (c.dp * mbs)))
     for kind in RECOMPUTE_KINDS:
         if kind != c.recompute:
             out.append(replace(c, recompute=kind))
     if c.tp > 1:
         out.append(replace(c, sequence_parallel=not c.sequence_parallel))
-    if c.dp > 1:
+    if c.dp * c.cp > 1:
         out += [replace(c, zero=z) for z in SEARCHED_ZERO if z != c.zero]
     if c.pp > 1:
         if c.v > 1:
@@ -131,15 +154,23 @@ def _neighbours(c: Candidate, gpus: int, global_batch: int, model: ModelSpec, st
         n for n in out
         if (n.pp == 1 or not schedule_violations(n.schedule, n.pp, n.v, n.num_microbatches, stack))
         and not zero_violations(n.zero, n.pp, n.schedule, stack) and not recompute_violations(n.recompute, n.pp, n.schedule, stack)
-        and not (n.sequence_parallel and not stack.sequence_parallel)
+        and not (n.sequence_parallel and not stack.sequence_parallel) and not _parallel_problems(n, model, train, stack)
     ]
+
+
+def _parallel_problems(c: Candidate, model: ModelSpec, train: TrainSpec, stack: StackSpec) -> list[str]:
+    """The rules a neighbour's cp and ep must keep (``costmodels.rules``)."""
+    cfg = ParallelConfig(stack=stack.name, tp=c.tp, cp=c.cp, ep=c.ep, pp=c.pp, dp=c.dp, mbs=c.mbs,
+                         num_microbatches=c.num_microbatches, zero=c.zero, sequence_parallel=c.sequence_parallel,
+                         stage_layers=[1])
+    return expert_context_violations(model, train, cfg) + parallelism_violations(cfg, stack, train)
 
 
 def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6) -> list[Alternative]:
     """Single-axis neighbours of the winner, each priced like a search candidate, nearest first."""
     base = winner.estimate.step_time_s
     alts: list[tuple[float, Alternative]] = []
-    cands = set(_neighbours(winner.candidate, searcher.gpus, searcher.train.global_batch, searcher.model, searcher.stack))
+    cands = set(_neighbours(winner.candidate, searcher.gpus, searcher.train, searcher.model, searcher.stack))
     for n in sorted(cands):
         if n.pp * n.v > searcher.model.num_layers or n.pp > searcher.model.num_layers:
             continue
@@ -164,6 +195,10 @@ def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6) -> 
 def _outside_space(cfg: ParallelConfig, searcher: Searcher) -> str:
     if cfg.tp > searcher.cluster.gpus_per_node:
         return "TP across nodes, which search tries only with --allow-cross-node-tp"
+    if cfg.cp > 1 and cfg.mbs > CP_MICRO_BATCH:
+        return f"cp > 1 with mbs {cfg.mbs}, which search does not enumerate (context parallelism runs micro-batch 1)"
+    if cfg.cp > 1 and searcher.train.seq_len // (2 * cfg.cp) < MIN_CP_CHUNK:
+        return f"cp={cfg.cp} leaves chunks under {MIN_CP_CHUNK} positions, which search does not enumerate"
     if cfg.schedule not in DEFAULT_SCHEDULES:
         return f"schedule '{cfg.schedule}' is not searched by default"
     return "the plan did not come from search over this space: re-run ppplan search"
@@ -182,6 +217,8 @@ def _why_slower(win: Estimate, other: Estimate, delta_pct: float, cfg: ParallelC
         "DP communication": other.breakdown.dp_comm_s - win.breakdown.dp_comm_s,
         "recomputation": other.breakdown.recompute_s - win.breakdown.recompute_s,
         "compute efficiency": other.breakdown.compute_s - win.breakdown.compute_s,
+        "expert all-to-all": other.breakdown.ep_comm_s - win.breakdown.ep_comm_s,
+        "context-parallel ring": other.breakdown.cp_comm_s - win.breakdown.cp_comm_s,
     }
     name, seconds = max(diffs.items(), key=lambda kv: kv[1])
     return f"{_g3(delta_pct)}% slower, mostly {name} (+{_g3(seconds)} s)"

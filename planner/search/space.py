@@ -1,5 +1,12 @@
-"""The search space: every (tp, pp, dp, mbs, M, v, schedule, recompute, sp, zero)
-the runtime rules accept (``costmodels.rules``), in a canonical order."""
+"""The search space: every (tp, cp, ep, pp, dp, mbs, M, v, schedule, recompute, sp, zero)
+the runtime rules accept (``costmodels.rules``), in a canonical order.
+
+Context parallelism (cp > 1) where the stack runs it, the sequence splits into 2·cp chunks
+(2·cp·tp on torchtitan) of at least ``MIN_CP_CHUNK`` positions, the layer times can price a
+ring (not a measured profile), with micro-batch 1 (``CP_MICRO_BATCH``); expert
+parallelism (ep > 1) for a mixture-of-experts model, ep dividing the experts and the dp x cp ranks
+it is carved out of, with each stack's conditions (Megatron-Core: sequence parallelism with tp > 1,
+no fp16; torchtitan: a sharded data-parallel mesh)."""
 
 from __future__ import annotations
 
@@ -27,6 +34,17 @@ RECOMPUTE_KINDS: tuple[str, ...] = ("none", "selective", "full")
 # (2026-12-02; gpt3-18b's pick sits at mbs 16 because its 16 sequences per replica allow no more).
 MAX_MBS = 16
 MAX_V = 8
+# Context parallelism is for sequences too long to batch: with cp > 1 the space keeps micro-batch 1.
+# Splitting b >= 2 sequences over cp ranks runs the same tokens per rank as cp/2 ranks with b/2
+# sequences and twice the data parallelism, which keeps the same dp x cp gradient group, pipeline
+# and tensor-parallel traffic, with fewer ring steps (Llama 3's 128k stage: CP 16, micro-batch 1,
+# Dubey et al. 2024, Table 4; NeMo's long-context recipes: micro_batch_size 1).
+CP_MICRO_BATCH = 1
+# Each of a rank's two load-balancing chunks (seq / 2cp positions) fills at least one flash-attention
+# query tile: FlashAttention-2 processes queries in blocks of 128 rows (Dao 2023, Sec. 3.3 and its
+# forward kernel's kBlockM = 128 for head dim 128); the roofline prices attention without tile
+# quantization, so chunks shorter than a tile are outside what it prices.
+MIN_CP_CHUNK = 128
 
 
 @dataclass(frozen=True, order=True)
@@ -35,6 +53,8 @@ class Candidate:
     tie-break order (smaller degrees, then cheaper options, first)."""
 
     tp: int
+    cp: int
+    ep: int
     pp: int
     dp: int
     mbs: int
@@ -47,7 +67,9 @@ class Candidate:
 
     def label(self) -> str:
         sp = "+sp" if self.sequence_parallel else ""
-        return (f"tp={self.tp}{sp} pp={self.pp} dp={self.dp} mbs={self.mbs} M={self.num_microbatches} "
+        cp = f" cp={self.cp}" if self.cp > 1 else ""
+        ep = f" ep={self.ep}" if self.ep > 1 else ""
+        return (f"tp={self.tp}{sp}{cp}{ep} pp={self.pp} dp={self.dp} mbs={self.mbs} M={self.num_microbatches} "
                 f"v={self.v} {self.schedule} recompute={self.recompute} zero={self.zero}")
 
 
@@ -74,6 +96,25 @@ def _v_options(schedule: str, pp: int, num_layers: int, stack: StackSpec) -> lis
     return [1]
 
 
+def cp_degrees(train: TrainSpec, ranks: int, tp: int, stack: StackSpec, context_parallel: bool = True) -> list[int]:
+    """Context-parallel degrees dividing ``ranks`` (the GPUs left after tp) whose 2·cp chunks split the
+    sequence (2·cp·tp on a stack that shards them over tp too, ``StackSpec.cp_sequence_multiple``)."""
+    if not stack.context_parallel or not context_parallel:
+        return [1]
+    multiple = 2 * tp if stack.cp_sequence_multiple == "2cp_tp" else 2
+    return [c for c in divisors(ranks)
+            if c == 1 or (train.seq_len % (multiple * c) == 0 and train.seq_len // (2 * c) >= MIN_CP_CHUNK)]
+
+
+def ep_degrees(model: ModelSpec, train: TrainSpec, data_ranks: int, stack: StackSpec) -> list[int]:
+    """Expert-parallel degrees for ``data_ranks`` (dp x cp) ranks: 1, and for a mixture-of-experts model on
+    a stack with expert parallelism every divisor of the experts that divides them (not in fp16 where
+    the stack refuses it)."""
+    if not model.is_moe or not stack.expert_parallel or (train.precision == "fp16" and not stack.ep_fp16):
+        return [1]
+    return [e for e in divisors(model.num_experts or 1) if data_ranks % e == 0]
+
+
 def enumerate_candidates(
     model: ModelSpec,
     train: TrainSpec,
@@ -82,31 +123,61 @@ def enumerate_candidates(
     schedules: tuple[str, ...] = DEFAULT_SCHEDULES,
     allow_cross_node_tp: bool = False,
     stack: StackSpec | None = None,
+    context_parallel: bool = True,
 ) -> Iterator[Candidate]:
-    """All legal candidates under ``stack``'s rules (default: ppplan's runtime, ``ppplan-torch``)."""
+    """All legal candidates under ``stack``'s rules (default: ppplan's runtime, ``ppplan-torch``);
+    ``context_parallel`` false keeps cp = 1 (layer times from a measured profile)."""
     stack = stack or load_stack()
     schedules = tuple(s for s in schedules if s in stack.schedules)
     for tp in tp_degrees(model, gpus, gpus_per_node, allow_cross_node_tp):
-        for pp in divisors(gpus // tp):
-            if pp > model.num_layers:
-                continue
-            dp = gpus // (tp * pp)
-            if train.global_batch % dp:
-                continue
-            for mbs in divisors(train.global_batch // dp):
-                if mbs > MAX_MBS:
-                    break
-                m = train.global_batch // (dp * mbs)
-                if size_violations(pp, m):
-                    continue  # far more microbatches than any plan runs (profiles/limits.py)
-                yield from _pipeline_options(model, tp, pp, dp, mbs, m, schedules, stack)
+        for cp in cp_degrees(train, gpus // tp, tp, stack, context_parallel):
+            for pp in divisors(gpus // (tp * cp)):
+                if pp > model.num_layers:
+                    continue
+                dp = gpus // (tp * cp * pp)
+                if train.global_batch % dp:
+                    continue
+                for ep in ep_degrees(model, train, dp * cp, stack):
+                    for mbs in divisors(train.global_batch // dp):
+                        if mbs > (MAX_MBS if cp == 1 else CP_MICRO_BATCH):
+                            break
+                        m = train.global_batch // (dp * mbs)
+                        if size_violations(pp, m):
+                            continue  # far more microbatches than any plan runs (profiles/limits.py)
+                        yield from _pipeline_options(model, Degrees(tp, cp, ep, pp, dp), mbs, m, schedules, stack)
+
+
+@dataclass(frozen=True)
+class Degrees:
+    tp: int
+    cp: int
+    ep: int
+    pp: int
+    dp: int
+
+
+def _sp_options(d: Degrees, stack: StackSpec) -> tuple[bool, ...]:
+    if d.tp == 1 or not stack.sequence_parallel:
+        return (False,)
+    if d.ep > 1 and stack.ep_needs_sequence_parallel:
+        return (True,)
+    return (False, True)
+
+
+def _zero_options(d: Degrees, stack: StackSpec) -> tuple[int, ...]:
+    if d.dp * d.cp == 1:
+        return (0,)
+    zeros = tuple(z for z in SEARCHED_ZERO if z in stack.zero)
+    if d.ep > 1 and stack.ep_folding == "fsdp_dp_cp" and d.dp > 1:
+        zeros = tuple(z for z in zeros if z >= 1)
+    return zeros
 
 
 def _pipeline_options(
-    model: ModelSpec, tp: int, pp: int, dp: int, mbs: int, m: int, schedules: tuple[str, ...], stack: StackSpec
+    model: ModelSpec, d: Degrees, mbs: int, m: int, schedules: tuple[str, ...], stack: StackSpec
 ) -> Iterator[Candidate]:
-    sp_options = (False, True) if tp > 1 and stack.sequence_parallel else (False,)
-    zero_options = tuple(z for z in SEARCHED_ZERO if z in stack.zero) if dp > 1 else (0,)
+    tp, pp, dp = d.tp, d.pp, d.dp
+    sp_options, zero_options = _sp_options(d, stack), _zero_options(d, stack)
     for schedule in schedules:
         for v in _v_options(schedule, pp, model.num_layers, stack):
             if (pp > 1 and schedule_violations(schedule, pp, v, m, stack)) or size_violations(pp * v, m):
@@ -119,4 +190,4 @@ def _pipeline_options(
                 for sp in sp_options:
                     for zero in zero_options:
                         if not zero_violations(zero, pp, schedule, stack):
-                            yield Candidate(tp, pp, dp, mbs, v, schedule, recompute, sp, zero, m)
+                            yield Candidate(tp, d.cp, d.ep, pp, dp, mbs, v, schedule, recompute, sp, zero, m)

@@ -74,7 +74,7 @@ class MeasuredRun:
 
     @property
     def gpus(self) -> int:
-        return self.config.tp * self.config.pp * self.config.dp
+        return self.config.world_size
 
 
 @dataclass(frozen=True)

@@ -36,13 +36,15 @@ MODEL = ModelSpec(name="t", num_layers=8, hidden_size=256, num_attention_heads=8
 class UnitLayers:
     """Every transformer layer takes F = B = W = 1 s; the embedding and the head are free."""
 
-    def transformer(self, tp, mbs, seq_len, sequence_parallel, recompute):
+    context_parallel = True
+
+    def transformer(self, tp, mbs, seq_len, sequence_parallel, recompute, cp=1, ep=1, moe=False):
         return PassTimes(1.0, 1.0, 1.0)
 
-    def embedding(self, tp, mbs, seq_len, sequence_parallel):
+    def embedding(self, tp, mbs, seq_len, sequence_parallel, cp=1):
         return ZERO_PASS
 
-    def head(self, tp, mbs, seq_len, sequence_parallel):
+    def head(self, tp, mbs, seq_len, sequence_parallel, cp=1):
         return ZERO_PASS
 
 

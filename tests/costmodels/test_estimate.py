@@ -41,13 +41,15 @@ def gpu_cluster(bandwidth_gbs: float = 1e12, latency_us: float = 0.0, margin: fl
 class UnitLayers:
     """F = B = W = 1 s per transformer layer; the embedding and the head cost nothing."""
 
-    def transformer(self, tp, mbs, seq_len, sequence_parallel, recompute):
+    context_parallel = True
+
+    def transformer(self, tp, mbs, seq_len, sequence_parallel, recompute, cp=1, ep=1, moe=False):
         return PassTimes(1.0, 1.0, 1.0)
 
-    def embedding(self, tp, mbs, seq_len, sequence_parallel):
+    def embedding(self, tp, mbs, seq_len, sequence_parallel, cp=1):
         return ZERO_PASS
 
-    def head(self, tp, mbs, seq_len, sequence_parallel):
+    def head(self, tp, mbs, seq_len, sequence_parallel, cp=1):
         return ZERO_PASS
 
 

@@ -1,4 +1,4 @@
-"""``costmodels.operators``: each layer's operator list, FLOPs and bytes derived by hand.
+"""``costmodels.operators`` and ``costmodels.layer_ops``: each layer's operator list, FLOPs and bytes derived by hand.
 
 Shapes: t = s·b tokens, h hidden, f FFN width, a heads, d head dim, p bytes per activation
 element, tp tensor-parallel degree; every count below is per TP rank and per microbatch.
@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import pytest
 
+from costmodels.layer_ops import embedding_ops, head_ops, transformer_layer_ops
 from costmodels.operators import (
     FlashAttention,
     Gemm,
     LayerShape,
     MemoryBound,
     cross_entropy,
-    embedding_ops,
-    head_ops,
-    transformer_layer_ops,
 )
 from profiles.schema import ModelSpec
 from profiles.stack_schema import StackKernels

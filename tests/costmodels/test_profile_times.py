@@ -114,6 +114,18 @@ def test_measured_shapes_return_the_medians(env):
     assert t.tp_comm_s == 0.0 and t.recompute_s == 0.0
 
 
+def test_a_profile_has_no_ring_or_experts(env):
+    """A profile times whole-sequence dense layers: a search with it keeps cp = 1, and asking for a ring
+    or an MoE layer is bad input; the embedding and the head of a cp rank are its s/cp positions."""
+    times = _times(env)
+    assert times.context_parallel is False
+    with pytest.raises(PlanError, match="context-parallel or mixture-of-experts"):
+        times.transformer(1, 4, 256, False, "none", cp=2)
+    with pytest.raises(PlanError):
+        times.transformer(1, 4, 128, False, "none", moe=True)
+    assert times.head(1, 2, 256, False, cp=2) == times.head(1, 2, 128, False)
+
+
 def test_mbs_seq_and_tp_between_measured_points_are_interpolated(env):
     warnings = []
     times = _times(env, warnings)

@@ -1,13 +1,15 @@
 """The MoE feed-forward in one process: routing and combine against a per-token loop, the
-dispatch permutation, expert shards equal to the full layer's, parameter count."""
+dispatch permutation, expert shards equal to the full layer's, parameter count (whole, and per
+expert-parallel rank as the cost model counts it)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from costmodels.memory import stage_param_split
 from costmodels.params import model_parameters
-from launch.runtime.model import build_full_model, build_layer
+from launch.runtime.model import build_full_model, build_layer, build_stage_module
 from launch.runtime.moe import ExpertShard, _source_to_expert_order, expert_shard_of
 from profiles.loader import load_model
 
@@ -47,3 +49,15 @@ def test_an_expert_shard_holds_the_full_layers_experts() -> None:
 
 def test_runtime_parameter_count_is_the_cost_models() -> None:
     assert sum(p.numel() for p in build_full_model(MOE).parameters()) == model_parameters(MOE).total == 27_283_712
+
+
+def test_a_ranks_parameters_under_ep_are_the_cost_models() -> None:
+    """What an expert-parallel rank builds (its stage's layers with ``num_experts / ep`` experts each) is what
+    ``costmodels.memory.stage_param_split`` counts for it: the routed experts apart from the rest."""
+    for ep in (2, 4, 8):
+        shard = ExpertShard.of_rank(MOE.num_experts, ep, 1)
+        module = build_stage_module(MOE, 2, 3, True, False, seed=3, experts=shard)
+        expert = sum(p.numel() for name, p in module.named_parameters() if ".experts." in name)
+        total = sum(p.numel() for p in module.parameters())
+        counted = stage_param_split(MOE, 2, 3, True, False, tp=1, ep=ep)
+        assert (total - expert, expert) == (counted.dense, counted.expert)

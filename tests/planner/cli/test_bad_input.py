@@ -61,6 +61,14 @@ CASES = {
                                             "{tmp}/stack-schedule.yaml"] + BASE,
     "evaluate a schedule the stack does not run": EVAL + ["--tp", "1", "--pp", "2", "--mbs", "1", "--v", "2",
                                                           "--schedule", "zbv", "--stack", "megatron-core"],
+    "ep not dividing the experts": ["evaluate", "--model", "tiny-moe", "--cluster", "cpu-local", "--gpus", "6", "--global-batch", "6",
+                                    "--tp", "1", "--pp", "1", "--mbs", "1", "--ep", "3"],
+    "ep on a dense model": EVAL + ["--tp", "1", "--pp", "2", "--mbs", "1", "--ep", "2"],
+    "cp not splitting the sequence": ["evaluate", "--model", "tiny-llama", "--cluster", "cpu-local", "--gpus", "6",
+                                      "--global-batch", "6", "--tp", "1", "--pp", "1", "--mbs", "1", "--cp", "3"],
+    "gpus not divisible by tp*cp*pp": EVAL + ["--tp", "2", "--pp", "2", "--cp", "3", "--mbs", "1"],
+    "MLA model on a stack without it": ["search", "--model", "deepseek-v3", "--cluster", "dgx-h100", "--gpus", "64",
+                                        "--global-batch", "64", "--seq-len", "4096"],
     "out dir missing": ["search", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "2", "--global-batch", "4", "--out", "{tmp}/no/such/dir/p.json"],
 }
 

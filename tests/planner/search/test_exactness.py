@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from costmodels.rules import config_violations
+from costmodels.rules import config_violations, model_support_violations
 from planner.search.branch_and_bound import TOLERANCE, Searcher, search
 from planner.search.space import DEFAULT_SCHEDULES, enumerate_candidates
 from profiles.loader import load_cluster, load_model, load_stack
@@ -49,6 +49,32 @@ def _model(rng: random.Random) -> ModelSpec:
     )
 
 
+def _moe_model(rng: random.Random) -> ModelSpec:
+    """tiny-moe, or a random mixture-of-experts model (leading dense layers, shared experts, MLA)."""
+    if rng.random() < 0.3:
+        return load_model("tiny-moe")
+    experts = rng.choice([4, 8])
+    mla = rng.random() < 0.3
+    extra = {"q_lora_rank": rng.choice([None, 64]), "kv_lora_rank": 64, "qk_nope_head_dim": 32, "qk_rope_head_dim": 16,
+             "v_head_dim": 32} if mla else {"num_key_value_heads": 4}
+    return ModelSpec(
+        name="random-moe", num_layers=rng.choice([4, 6, 8]), hidden_size=256, num_attention_heads=8,
+        ffn_hidden_size=768, vocab_size=rng.choice([1024, 8192]), seq_len=rng.choice([128, 512, 1024]),
+        activation="swiglu", tie_embeddings=False, num_experts=experts, experts_per_token=rng.choice([1, 2]),
+        moe_ffn_hidden_size=rng.choice([256, 512]), num_shared_experts=rng.choice([0, 0, 1]),
+        first_dense_layers=rng.choice([0, 0, 1]), **extra,
+    )
+
+
+def _long_context_model(rng: random.Random) -> ModelSpec:
+    """A small Llama-style model at a sequence long enough for context parallelism (chunks of >= 128)."""
+    return ModelSpec(
+        name="long", num_layers=rng.choice([4, 8]), hidden_size=rng.choice([256, 512]), num_attention_heads=8,
+        num_key_value_heads=rng.choice([8, 4]), vocab_size=8192, seq_len=rng.choice([1024, 2048, 4096]),
+        activation="swiglu", tie_embeddings=False,
+    )
+
+
 def _cluster(rng: random.Random) -> ClusterSpec:
     base = load_cluster(rng.choice(["dgx-h100", "dgx-a100-80g", "cpu-local"]))
     return base.model_copy(update={"gpus_per_node": rng.choice([2, 4, 8])})
@@ -67,7 +93,9 @@ def _binding_memory(p: Problem, rng: random.Random) -> Problem:
     return Problem(p.model, p.cluster.model_copy(update={"gpu": gpu}), p.train, p.gpus, p.stack, p.schedules, p.top_k)
 
 
-def random_problem(seed: int) -> Problem:
+def random_problem(seed: int, kind: str = "dense") -> Problem:
+    """A random problem: a dense model, a mixture-of-experts one (``kind`` "moe") or a long sequence
+    ("long"), on a random stack that runs it."""
     rng = random.Random(seed)
     while True:
         stack = load_stack(rng.choice(STACKS))
@@ -75,7 +103,9 @@ def random_problem(seed: int) -> Problem:
         precisions = [p for p in stack.precisions if p in ("bf16", "fp32") and getattr(cluster.gpu.peak_tflops, p)]
         if not precisions:
             continue
-        model = _model(rng)
+        model = {"dense": _model, "moe": _moe_model, "long": _long_context_model}[kind](rng)
+        if model_support_violations(model, stack):
+            continue
         train = TrainSpec(global_batch=rng.choice([1, 2, 3, 4, 6, 8, 12, 16]), seq_len=model.seq_len,
                           precision=rng.choice(precisions))
         offered = [s for s in DEFAULT_SCHEDULES if s in stack.schedules]
@@ -96,9 +126,25 @@ def oracle(p: Problem) -> list[float]:
 
 
 def test_search_returns_the_k_best_of_the_space_on_random_problems() -> None:
+    _check_against_oracle([random_problem(seed) for seed in range(48)], min_checked=40, min_pruned=10)
+
+
+def test_search_is_exact_on_mixture_of_experts_and_long_context_problems() -> None:
+    """The same oracle on problems whose space has ep > 1 (MoE models, some with dense leading layers,
+    shared experts or MLA) and cp > 1 (sequences of 1k-4k positions)."""
+    problems = [random_problem(seed, "moe") for seed in range(200, 216)] + [random_problem(seed, "long") for seed in range(300, 316)]
+    assert sum(any(c.ep > 1 for c in _candidates(p)) for p in problems[:16]) >= 8
+    assert sum(any(c.cp > 1 for c in _candidates(p)) for p in problems[16:]) >= 8
+    _check_against_oracle(problems, min_checked=24, min_pruned=6)
+
+
+def _candidates(p: Problem) -> list:
+    return list(enumerate_candidates(p.model, p.train, p.gpus, p.cluster.gpus_per_node, p.schedules, stack=p.stack))
+
+
+def _check_against_oracle(problems: list[Problem], min_checked: int, min_pruned: int) -> None:
     checked = pruned = 0
-    for seed in range(48):
-        p = random_problem(seed)
+    for seed, p in enumerate(problems):
         expected = oracle(p)
         result = search(p.model, p.cluster, p.train, p.gpus, p.top_k, p.schedules, stack=p.stack)
         assert result.bound_violations == 0, seed
@@ -110,8 +156,8 @@ def test_search_returns_the_k_best_of_the_space_on_random_problems() -> None:
         if expected:
             checked += 1
             pruned += result.pruned_by_bound > 0
-    assert checked >= 40  # problems with at least one plan that fits
-    assert pruned >= 10  # ... where the bounds did prune
+    assert checked >= min_checked  # problems with at least one plan that fits
+    assert pruned >= min_pruned  # ... where the bounds did prune
 
 
 def test_every_bound_is_below_the_exact_price() -> None:
@@ -119,8 +165,9 @@ def test_every_bound_is_below_the_exact_price() -> None:
     estimate's memory per rank, on random candidates of random problems."""
     rng = random.Random(3)
     checked = 0
-    for seed in range(100, 130):
-        p = random_problem(seed)
+    problems = [random_problem(seed) for seed in range(100, 130)]
+    problems += [random_problem(seed, "moe") for seed in range(400, 410)] + [random_problem(seed, "long") for seed in range(500, 510)]
+    for p in problems:
         searcher = Searcher(p.model, p.cluster, p.train, p.gpus, stack=p.stack)
         bounds = searcher.bounds
         cands = list(enumerate_candidates(p.model, p.train, p.gpus, p.cluster.gpus_per_node, p.schedules, stack=p.stack))
@@ -139,7 +186,7 @@ def test_every_bound_is_below_the_exact_price() -> None:
                 for lower, upper in zip(composed.peak_memory_gib, exact.peak_memory_gib):
                     assert lower <= upper * slack
                 checked += 1
-    assert checked >= 200
+    assert checked >= 260
 
 
 @pytest.mark.parametrize("stack_name", STACKS)

@@ -1,0 +1,153 @@
+"""Mixture-of-experts layers as their stack runs them: the router, the routed experts on the tokens a
+rank receives, the shared experts, the permutation copies, and the token dispatch and combine over
+the expert-parallel group (operators of ``costmodels.operators``).
+
+Tokens. A rank runs the layer on its ``T = s·b / cp`` tokens, each routed to ``k`` of the ``E``
+experts: ``T·k`` assignments. With ``ep`` expert-parallel ranks each holds ``E / ep`` experts and,
+after the dispatch all-to-all, computes the assignments of all ``ep`` ranks that fall on its
+experts: ``T·k`` on average, ``EXPERT_LOAD_IMBALANCE × T·k`` on the busiest rank, whose work and
+whose all-to-all every rank waits for (the combine synchronises the group). Without expert
+parallelism a rank computes its own ``T·k`` assignments whatever their spread over experts.
+
+Stacks (``StackKernels.expert_dispatch``): ``tp_replicated`` (ppplan's runtime,
+``launch/runtime/moe.py``; torchtitan): every tensor-parallel rank routes and dispatches all of
+its data-parallel rank's tokens, runs its FFN shard of its experts on them, and all-reduces the
+expert outputs over tp; with sequence parallelism the layer's input is gathered on entry and its
+output scattered on exit. ``tp_split`` (Megatron-Core's alltoall dispatcher, expert TP = tp,
+sequence parallelism required): a tp rank routes and dispatches its ``1/tp`` share, all-gathers
+what it receives over tp and reduce-scatters the outputs. The tp collectives are priced with the
+layer's others (``costmodels.layer_costs.tp_comm_passes``).
+"""
+
+from __future__ import annotations
+
+from costmodels.comm import GroupPlacement
+from costmodels.operators import FP32_BYTES, AllToAll, LayerOps, LayerShape, MemoryBound, activation, linear, norm, residual
+from profiles.schema import ModelSpec
+from profiles.stack_schema import StackKernels
+
+# The busiest expert-parallel rank's share of routed tokens over the mean. Routers trained with a
+# load-balancing loss keep experts near, not at, the mean: Switch Transformer runs its experts with a
+# capacity of 1.25x the mean ("capacity factor 1.25", Fedus, Zoph & Shazeer 2022, JMLR, Sec. 2.2 and
+# Table 1, where 1.0-1.25 drop few tokens). Megatron-Core's and ppplan's dropless routers compute every
+# token instead, so the busiest rank computes its excess rather than dropping it: a stated assumption
+# (ppplan's runtime drops no tokens; `ppplan compare` shows what a run measured).
+EXPERT_LOAD_IMBALANCE = 1.25
+COUNT_BYTES = 8  # int64 tokens-per-expert counts exchanged before the dispatch (launch/runtime/moe.py)
+# Element-wise passes over the routed rows (R·h values), forward and again backward: gather into
+# expert order (read + write: 2), scatter back (2), weight by the router probabilities and sum over k
+# (read the rows and write them weighted, 2, then the sum reads them, 1): 7 accesses.
+PERMUTE_ACCESSES = 7
+# ppplan's runtime with ep > 1 also reorders what it receives from source-rank into expert order and
+# back (launch/runtime/moe.py ``_source_to_expert_order``): 2 more gathers.
+SOURCE_ORDER_ACCESSES = 4
+
+
+def ep_group_placement(tp: int, ep: int, gpus_per_node: int) -> GroupPlacement:
+    """An expert-parallel group: ``ep`` consecutive data-context ranks, ``tp`` apart on the rank grid
+    (``costmodels.rank_grid``); every rank of a node dispatches at once (all groups run together)."""
+    per_node = max(1, min(ep, gpus_per_node // tp))
+    return GroupPlacement(size=ep, ranks_per_node=per_node, nodes=-(-ep // per_node), node_senders=gpus_per_node)
+
+
+def routed_rows(model: ModelSpec, tokens: float, ep: int, imbalance: float | None = None) -> float:
+    """Assignments the busiest rank's experts compute for ``tokens`` tokens per rank (module docstring);
+    ``imbalance`` replaces ``EXPERT_LOAD_IMBALANCE`` where a run states its routing (a benchmark that
+    forces balanced routing: 1.0)."""
+    k = model.experts_per_token or 0
+    return tokens * k * ((EXPERT_LOAD_IMBALANCE if imbalance is None else imbalance) if ep > 1 else 1.0)
+
+
+def dispatch_rows(model: ModelSpec, tokens: float, tp: int, ep: int, kernels: StackKernels,
+                  imbalance: float | None = None) -> float:
+    """Rows the busiest rank exchanges in one all-to-all: its routed rows (``tp_replicated``), or their
+    ``1/tp`` share (``tp_split``)."""
+    rows = routed_rows(model, tokens, ep, imbalance)
+    return rows / tp if kernels.expert_dispatch == "tp_split" else rows
+
+
+def dispatch_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
+    """The dispatch and combine all-to-alls (and their gradients in B); ppplan's runtime first
+    exchanges the tokens-per-expert counts (forward only, no autograd)."""
+    if shape.ep == 1:
+        return LayerOps()
+    h, p = model.hidden_size, shape.bytes_per_element
+    payload = dispatch_rows(model, shape.tokens, shape.tp, shape.ep, kernels, shape.expert_imbalance) * h * p
+    forward: tuple = (AllToAll("moe.dispatch", payload), AllToAll("moe.combine", payload))
+    if kernels.expert_dispatch == "tp_replicated":
+        forward = (AllToAll("moe.counts", COUNT_BYTES * (model.num_experts or 0)), *forward)
+    backward = (AllToAll("moe.combine.bwd", payload), AllToAll("moe.dispatch.bwd", payload))
+    return LayerOps(forward=forward, backward_input=backward)
+
+
+def _router(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
+    """The router GEMM (h -> E, on each tp rank's tokens: all of them, or its 1/tp with ``tp_split``) and
+    the fp32 top-k softmax over its logits: cast (p + 4), top-k read (4), F p + 8 bytes per logit; B
+    the softmax and scatter back into the logits' gradient (4 + 4 + p)."""
+    experts, p = model.num_experts or 0, shape.bytes_per_element
+    tokens = shape.tokens / shape.tp if kernels.expert_dispatch == "tp_split" else shape.tokens
+    route = LayerOps(forward=(MemoryBound("moe.route", (p + 2 * FP32_BYTES) * tokens * experts),),
+                     backward_input=(MemoryBound("moe.route.bwd", (p + 2 * FP32_BYTES) * tokens * experts),))
+    return linear("moe.router", tokens, model.hidden_size, experts).plus(route)
+
+
+def _permutation(model: ModelSpec, shape: LayerShape, kernels: StackKernels, rows: float) -> LayerOps:
+    accesses = PERMUTE_ACCESSES
+    if shape.ep > 1 and kernels.expert_dispatch == "tp_replicated":
+        accesses += SOURCE_ORDER_ACCESSES
+    moved = accesses * rows * model.hidden_size * shape.bytes_per_element
+    return LayerOps(forward=(MemoryBound("moe.permute", moved),), backward_input=(MemoryBound("moe.permute.bwd", moved),))
+
+
+def _expert_mlp(name: str, model: ModelSpec, shape: LayerShape, kernels: StackKernels, rows: float, ffn: float,
+                groups: float) -> LayerOps:
+    """``groups`` MLPs of FFN ``ffn / tp`` on ``rows / groups`` rows each (grouped GEMMs)."""
+    h, tp, p = model.hidden_size, shape.tp, shape.bytes_per_element
+    swiglu = model.activation == "swiglu"
+    ops = linear(f"{name}.fc1", rows / groups, h, (2 if swiglu else 1) * ffn / tp, groups)
+    ops = ops.plus(activation(rows * ffn / tp, p, swiglu, kernels.fused_activation, f"{name}.act"))
+    return ops.plus(linear(f"{name}.fc2", rows / groups, ffn / tp, h, groups))
+
+
+def moe_mlp_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
+    """The MLP block of a mixture-of-experts layer: norm, router, dispatch, the rank's ``E / ep`` routed
+    experts on the rows they receive, combine, the shared experts on every token, residual."""
+    t, h, p = shape.tokens, model.hidden_size, shape.bytes_per_element
+    rows = routed_rows(model, t, shape.ep, shape.expert_imbalance)
+    local = (model.num_experts or 0) / shape.ep
+    ops = norm("mlp.norm", shape.replicated_tokens * h, p, shape.composite_rmsnorm and model.norm == "rmsnorm")
+    ops = ops.plus(_router(model, shape, kernels)).plus(dispatch_ops(model, shape, kernels))
+    ops = ops.plus(_permutation(model, shape, kernels, rows))
+    ops = ops.plus(_expert_mlp("moe.expert", model, shape, kernels, rows, model.moe_ffn_hidden_size or 0, local))
+    if model.shared_expert_ffn_hidden_size:
+        ops = ops.plus(_expert_mlp("moe.shared", model, shape, kernels, t, model.shared_expert_ffn_hidden_size, 1))
+    return ops.plus(residual("mlp.residual", shape.replicated_tokens * h, p, kernels.dropout, kernels.fused_activation))
+
+
+def moe_tp_all_reduce_tokens(model: ModelSpec, tokens: float, tp: int, ep: int, sequence_parallel: bool,
+                             kernels: StackKernels, imbalance: float | None = None) -> list[float]:
+    """Rows of h values a mixture-of-experts MLP block all-reduces over tp per pass (an all-gather plus a
+    reduce-scatter of the same rows move the same bytes): the routed expert outputs (``routed_rows``),
+    the shared experts' output, and with ``tp_replicated`` and sequence parallelism the block's input
+    gathered on entry and its output scattered on exit (module docstring)."""
+    rows = [routed_rows(model, tokens, ep, imbalance)]
+    if model.shared_expert_ffn_hidden_size:
+        rows.append(tokens)
+    if sequence_parallel and kernels.expert_dispatch == "tp_replicated":
+        rows.append(tokens)
+    return rows if tp > 1 else []
+
+
+def moe_activation_bytes(model: ModelSpec, tokens: float, tp: int, ep: int, p: int, ffn_tensors: int) -> float:
+    """What an MoE MLP block keeps for backward per tp rank, beyond its input (the dense formula's "MLP
+    input"): the rows the experts receive (``routed_rows``) and their ``ffn_tensors`` FFN-wide tensors per
+    row, the k weighted copies of each own token before the sum (router-weighted outputs), the fp32 top-k
+    probabilities and two int64 index arrays per assignment (the runtime's saved tensors,
+    ``launch/runtime/moe.py``; Megatron's permute / unpermute keep the same rows), and the shared
+    experts' FFN tensors."""
+    h, k = model.hidden_size, model.experts_per_token or 0
+    rows = routed_rows(model, tokens, ep)
+    routed = (rows + tokens * k) * h * p + ffn_tensors * rows * (model.moe_ffn_hidden_size or 0) / tp * p
+    routing = tokens * k * (FP32_BYTES + 2 * 8)
+    shared = ffn_tensors * tokens * (model.shared_expert_ffn_hidden_size or 0) / tp * p
+    return routed + routing + shared

@@ -1,0 +1,182 @@
+"""``costmodels.experts``, the all-to-all collective and the per-rank parameters and FLOPs of
+mixture-of-experts models, derived by hand.
+
+tiny-moe: h = 256, 8 layers, 8 heads (4 kv heads, head dim 32), 8 experts of FFN 512, top-2,
+SwiGLU, vocab 1024, seq 128. T = s·b tokens per rank, k = top-k, E = experts, f = expert FFN.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from costmodels.comm import GroupPlacement, collective_s, network_for
+from costmodels.experts import EXPERT_LOAD_IMBALANCE, ep_group_placement, moe_activation_bytes, routed_rows
+from costmodels.flops import layer_gemm_params, model_flops_per_iteration, transformer_layer_forward_flops
+from costmodels.layer_costs import RooflineTimes
+from costmodels.layer_ops import transformer_layer_ops
+from costmodels.memory import StageParams, layer_params, split_static_memory, stage_param_split
+from costmodels.operators import AllToAll, Gemm, LayerShape
+from costmodels.params import model_parameters
+from profiles.loader import load_cluster, load_model, load_stack
+from profiles.schema import ClusterSpec
+from profiles.stack_schema import StackKernels
+
+GB = 1e9
+TINY = load_model("tiny-moe")
+MIXTRAL = load_model("mixtral-8x7b")
+REPLICATED = StackKernels(expert_dispatch="tp_replicated")
+SPLIT = StackKernels(expert_dispatch="tp_split")
+
+
+def shape(tp: int = 1, ep: int = 1, mbs: int = 1, seq: int = 128, sp: bool = False) -> LayerShape:
+    return LayerShape(tp, mbs, seq, sp, "none", 2, ep=ep, moe=True)
+
+
+def gemms(ops: tuple) -> dict[str, Gemm]:
+    return {op.name: op for op in ops if isinstance(op, Gemm)}
+
+
+def test_tiny_moe_layer_flops_by_hand() -> None:
+    """One tiny-moe MoE layer, T = 128 tokens, tp = ep = 1. Router: 2·T·h·E = 2·128·256·8 = 524,288.
+    Experts: T·k = 256 rows over 8 experts, 32 rows each; fc1 (gate and up) 2·256·256·1024 = 134,217,728;
+    fc2 2·256·512·256 = 67,108,864. Attention projections 2·T·(h·(q + 2kv) + q·h) with q = 256, kv = 128:
+    2·128·(256·512 + 65,536) = 50,331,648. The operators' GEMMs sum to the FLOP count of
+    ``costmodels.flops`` (2·T·(GEMM weights one token uses))."""
+    f = gemms(transformer_layer_ops(TINY, shape(), REPLICATED).forward)
+    assert f["moe.router"].flops == 524_288
+    assert (f["moe.expert.fc1"].m, f["moe.expert.fc1"].batch) == (32, 8)
+    assert f["moe.expert.fc1"].flops == 134_217_728
+    assert f["moe.expert.fc2"].flops == 67_108_864
+    assert f["attn.qkv"].flops + f["attn.out"].flops == 50_331_648
+    total = sum(g.flops for g in f.values())
+    assert total == 524_288 + 134_217_728 + 67_108_864 + 50_331_648
+    assert total == transformer_layer_forward_flops(TINY, 128, 1, moe=True).gemm
+    # the dense layer would run the 704-wide MLP on every token instead
+    assert layer_gemm_params(TINY, moe=True) - layer_gemm_params(TINY) == 256 * 8 + 3 * 256 * (2 * 512 - 704)
+
+
+def test_mixtral_model_flops_are_six_times_active_parameters_without_the_embedding() -> None:
+    """Without attention's s² terms, model FLOPs = 6·tokens·(active parameters less the input
+    embedding table and the norms): 12,879,925,248 − 131,072,000 − 266,240 = 12,748,587,008
+    (FACTS.md section 3.1)."""
+    active = model_parameters(MIXTRAL).active
+    assert active == 12_879_925_248
+    s = 4096
+    attention = 3 * MIXTRAL.num_layers * transformer_layer_forward_flops(MIXTRAL, s, 1, moe=True).attention
+    assert model_flops_per_iteration(MIXTRAL, 1, s) - attention == pytest.approx(6 * s * 12_748_587_008, rel=1e-12)
+
+
+def test_expert_parallel_rows_carry_the_load_imbalance() -> None:
+    """With ep = 4 a rank holds 2 experts and computes the busiest rank's 1.25·T·k rows: 1.25·256 = 320,
+    160 per expert; without ep the rank's own T·k = 256."""
+    assert routed_rows(TINY, 128, 1) == 256
+    assert routed_rows(TINY, 128, 4) == EXPERT_LOAD_IMBALANCE * 256 == 320
+    f = gemms(transformer_layer_ops(TINY, shape(ep=4), REPLICATED).forward)
+    assert (f["moe.expert.fc1"].m, f["moe.expert.fc1"].batch) == (160, 2)
+
+
+def test_dispatch_all_to_all_bytes_per_stack() -> None:
+    """tp = 2, ep = 4, bf16: each tp rank of ppplan's runtime sends its rank's 320 rows × 256 × 2 B =
+    163,840 B per all-to-all (plus the 8 int64 counts); Megatron-Core's tp_split sends half."""
+    ops = transformer_layer_ops(TINY, shape(tp=2, ep=4), REPLICATED)
+    a2a = {op.name: op.bytes for op in ops.forward if isinstance(op, AllToAll)}
+    assert a2a == {"moe.counts": 64, "moe.dispatch": 163_840, "moe.combine": 163_840}
+    assert [op.name for op in ops.backward_input if isinstance(op, AllToAll)] == ["moe.combine.bwd", "moe.dispatch.bwd"]
+    split = transformer_layer_ops(TINY, shape(tp=2, ep=4, sp=True), SPLIT)
+    assert {op.name: op.bytes for op in split.forward if isinstance(op, AllToAll)} == {
+        "moe.dispatch": 81_920, "moe.combine": 81_920}
+    assert not [op for op in transformer_layer_ops(TINY, shape(tp=2), REPLICATED).forward if isinstance(op, AllToAll)]
+
+
+def _cluster() -> ClusterSpec:
+    c = load_cluster("dgx-h100")
+    return c.model_copy(update={"efficiency": c.efficiency.model_copy(update={"intra_node_collective": 1.0,
+                                                                             "inter_node_collective": 1.0})})
+
+
+def test_all_to_all_within_a_node_by_hand() -> None:
+    """ep = 4 ranks tp = 2 apart: 8 GPUs, one node. Each rank sends 3/4 of n over NVLink (450 GB/s,
+    6 us): 6e-6 + 0.75·n / 450e9."""
+    net = network_for(_cluster())
+    placement = ep_group_placement(2, 4, 8)
+    assert placement == GroupPlacement(size=4, ranks_per_node=4, nodes=1, node_senders=8)
+    n = 1e8
+    assert collective_s("all_to_all", n, placement, net) == pytest.approx(6e-6 + 0.75 * n / (450 * GB))
+
+
+def test_all_to_all_across_nodes_shares_the_nics() -> None:
+    """ep = 16, tp = 1 on 8-GPU nodes: 8 ranks per node, 2 nodes. A rank sends 7/16 of n over NVLink and
+    8/16 off the node; its NIC path is min(50 GB/s, 8 NICs × 400 Gb/s / 8 senders = 50 GB/s). The
+    slower tier (0.5·n / 50e9) plus a latency of each tier (6 + 12 us)."""
+    net = network_for(_cluster())
+    placement = ep_group_placement(1, 16, 8)
+    assert (placement.ranks_per_node, placement.nodes) == (8, 2)
+    n = 1e8
+    assert collective_s("all_to_all", n, placement, net) == pytest.approx(18e-6 + max(7 / 16 * n / (450 * GB),
+                                                                                       0.5 * n / (50 * GB)))
+
+
+def test_layer_times_carry_the_all_to_all_as_ep_comm() -> None:
+    """The EP communication of one layer is its four all-to-alls (and the counts' one) at the EP group's
+    placement; it is inside F and B (Megatron's and ppplan's dispatchers wait for it)."""
+    cluster = _cluster()
+    roof = RooflineTimes(TINY, cluster, "bf16", stack=load_stack("ppplan-torch"))
+    with_ep = roof.transformer(1, 1, 128, False, "none", ep=8, moe=True)
+    net = network_for(cluster)
+    placement = ep_group_placement(1, 8, 8)
+    payload = 320 * 256 * 2
+    expected = 4 * collective_s("all_to_all", payload, placement, net) + collective_s("all_to_all", 64, placement, net)
+    assert with_ep.ep_comm_s == pytest.approx(expected)
+    assert roof.transformer(1, 1, 128, False, "none", moe=True).ep_comm_s == 0.0
+
+
+def test_mixtral_parameters_per_rank_under_ep() -> None:
+    """Mixtral-8x7B, tp = 1, ep = 8: a layer's dense part is attention 41,943,040 + norms 8,192 + router
+    32,768 = 41,984,000, its experts one of 176,160,768; with tp = 2 the router stays whole."""
+    assert layer_params(MIXTRAL, 1, 8, True) == StageParams(dense=41_984_000, expert=176_160_768)
+    assert layer_params(MIXTRAL, 2, 8, True) == StageParams(dense=41_951_232 / 2 + 32_768, expert=176_160_768 / 2)
+    assert layer_params(MIXTRAL, 1, 1, True).expert == 8 * 176_160_768
+
+
+def test_memory_under_ep_matches_the_weights_and_optimizer_arithmetic() -> None:
+    """The first of 2 pipeline stages of Mixtral-8x7B, tp 1, ep 8, dp 32, ZeRO-1, bf16: 16 layers and
+    the embedding (131,072,000). Dense 16·41,984,000 + 131,072,000 = 802,816,000; experts 16·176,160,768
+    = 2,818,572,288. Weights and gradients 2 B each of all of them; Adam's 12 B over dp·cp = 32 ranks
+    for the dense part and over dp·cp/ep = 4 ranks for the experts: 301,056,000 + 8,455,716,864 B."""
+    params = stage_param_split(MIXTRAL, 0, 16, True, False, 1, 8)
+    assert params == StageParams(dense=802_816_000, expert=2_818_572_288)
+    state = split_static_memory(params.dense, params.expert, "bf16", 32, 8, 1)
+    assert state.weights_bytes == 2 * 3_621_388_288
+    assert state.gradients_bytes == 2 * 3_621_388_288
+    assert state.optimizer_bytes == pytest.approx(12 * 802_816_000 / 32 + 12 * 2_818_572_288 / 4)
+    # the same plan without ep: every rank keeps all 8 experts, sharded over all 32 ranks
+    whole = split_static_memory(*_split(stage_param_split(MIXTRAL, 0, 16, True, False, 1, 1)), "bf16", 32, 1, 1)
+    assert whole.weights_bytes == 2 * (802_816_000 + 8 * 2_818_572_288)
+
+
+def _split(params: StageParams) -> tuple[float, float]:
+    return params.dense, params.expert
+
+
+def test_moe_activation_bytes_by_hand() -> None:
+    """tiny-moe, T = 128, tp = 1, ep = 1, bf16, eager SwiGLU (4 FFN tensors): the 256 routed rows (h = 256)
+    and the 256 weighted copies: 512·256·2 = 262,144; 4·256·512·2 = 1,048,576; probabilities and two
+    indices per assignment: 256·20 = 5,120."""
+    assert moe_activation_bytes(TINY, 128, 1, 1, 2, 4) == 262_144 + 1_048_576 + 5_120
+    # ep = 2: the busiest rank's rows are 1.25x; the weighted copies stay the rank's own 256
+    assert moe_activation_bytes(TINY, 128, 1, 2, 2, 4) == (320 + 256) * 512 + 4 * 320 * 1024 + 5_120
+
+
+def test_a_run_that_states_balanced_routing_prices_the_mean_load() -> None:
+    """``expert_imbalance`` 1.0 (a benchmark forcing balanced routing): the ep = 4 rank computes its T·k = 256
+    rows, 128 per local expert, and sends 256 rows per all-to-all."""
+    cluster = load_cluster("dgx-h100")
+    balanced = RooflineTimes(TINY, cluster, "bf16", stack=load_stack("ppplan-torch"), expert_imbalance=1.0)
+    f = gemms(balanced.operators("transformer", 1, 1, 128, False, "none", ep=4, moe=True).forward)
+    assert f["moe.expert.fc1"].m == 128
+    sends = [op.bytes for op in balanced.operators("transformer", 1, 1, 128, False, "none", ep=4, moe=True).forward
+             if isinstance(op, AllToAll) and op.name == "moe.dispatch"]
+    assert sends == [256 * 256 * 2]
+    default = RooflineTimes(TINY, cluster, "bf16", stack=load_stack("ppplan-torch"))
+    assert default.transformer(1, 1, 128, False, "none", ep=4, moe=True).total_s > balanced.transformer(
+        1, 1, 128, False, "none", ep=4, moe=True).total_s
