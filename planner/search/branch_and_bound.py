@@ -39,7 +39,7 @@ from planner.search.bounds import Bounds
 from planner.search.cutpoints import split_affine
 from planner.search.space import DEFAULT_SCHEDULES, Candidate, enumerate_candidates
 from profiles.errors import PlanError
-from profiles.loader import DEFAULT_STACK, load_stack
+from profiles.loader import DEFAULT_STACK, load_stack, preset_names
 from profiles.schema import ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
 from profiles.stack_schema import StackSpec
 
@@ -207,6 +207,12 @@ class Searcher:
         return min(scored, key=lambda s: (max(s.estimate.peak_memory_gib), s.key)) if scored else None
 
 
+def _stacks_running(model: ModelSpec) -> str:
+    """'re-plan with --stack A or --stack B': the shipped stacks that run every layer of ``model``."""
+    names = [n for n in preset_names("stacks") if not model_support_violations(model, load_stack(n))]
+    return f"re-plan with {' or '.join(f'--stack {n}' for n in names)}" if names else "no shipped stack runs it"
+
+
 def search(
     model: ModelSpec,
     cluster: ClusterSpec,
@@ -226,7 +232,7 @@ def search(
     searcher = Searcher(model, cluster, train, gpus, layers, stack)
     unsupported = model_support_violations(model, searcher.stack)
     if unsupported:
-        raise PlanError(unsupported[0])
+        raise PlanError(unsupported[0].replace("use another stack", _stacks_running(model)))
     cands = list(enumerate_candidates(model, train, gpus, cluster.gpus_per_node, schedules, allow_cross_node_tp, searcher.stack,
                                       searcher.layers.context_parallel))
     result = SearchResult(best=[], closest=None, candidates=len(cands), searcher=searcher)

@@ -95,11 +95,11 @@ def _run_trial(index: int, plan: Plan, opts: TuneOptions) -> Trial:
     return Trial(index, plan, plan_path, metrics_path, measured_step_time_s(records), peak, None)
 
 
-def _measured_run(trial: Trial) -> MeasuredRun:
+def _measured_run(trial: Trial, stack: StackSpec) -> MeasuredRun:
     plan = trial.plan
     return MeasuredRun(run=f"trial{trial.index}", group=f"trial{trial.index}", model=plan.model, cluster=plan.cluster,
                        train=plan.train, config=plan.config, step_time_s=trial.measured_step_time_s,
-                       peak_memory_gib=trial.measured_peak_memory_gib)  # fmt: skip
+                       peak_memory_gib=trial.measured_peak_memory_gib, stack=stack)  # fmt: skip
 
 
 def tune(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, gpus: int, opts: TuneOptions) -> TuneResult:
@@ -117,7 +117,7 @@ def tune(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, gpus: int, op
     ran = [t for t in trials if t.failure is None]
     if not ran:
         raise InfeasibleError(f"every trial failed; the first: {trials[0].failure}")
-    report = calibrate_runs([_measured_run(t) for t in ran], FIT_TERMS, folds=len(ran))
+    report = calibrate_runs([_measured_run(t, found.searcher.stack) for t in ran], FIT_TERMS, folds=len(ran))
     provenance = {
         "calibrated_by": "ppplan tune",
         "base_cluster": cluster.name,
@@ -127,7 +127,7 @@ def tune(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, gpus: int, op
     calibrated = with_efficiency(cluster, {k: float(f"{v:.6g}") for k, v in report.fit.terms.items()}).model_copy(
         update={"name": f"{cluster.name}-calibrated", "provenance": provenance}
     )
-    repriced = {t.index: estimate(model, calibrated, train, t.plan.config) for t in ran}
+    repriced = {t.index: estimate(model, calibrated, train, t.plan.config, stack=found.searcher.stack) for t in ran}
     trials = [
         t if t.failure else Trial(**{**t.__dict__, "calibrated_step_time_s": repriced[t.index].step_time_s}) for t in trials
     ]

@@ -90,3 +90,10 @@ def test_help_lists_the_choices(capsys: pytest.CaptureFixture[str]) -> None:
     text = " ".join(capsys.readouterr().out.split())
     for choice in ("interleaved-1f1b", "zb-h2", "dualpipev", "selective", "megatron-core", "torchtitan", "fp8"):
         assert choice in text, choice
+
+
+def test_a_model_the_stack_cannot_run_names_the_stacks_that_can(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["search", "--model", "deepseek-v3", "--cluster", "dgx-h100", "--gpus", "2048", "--global-batch", "4096"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("error: stack 'ppplan-torch' has no multi-head latent attention (deepseek-v3 uses it): "
+                           "re-plan with --stack megatron-core or --stack torchtitan")
