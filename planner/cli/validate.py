@@ -23,7 +23,7 @@ from planner.cli.app import app, err, out
 from planner.trust.accuracy import grouped
 from planner.trust.error_bands import write_tables
 from planner.trust.published_runs import DEFAULT_RUNS_CSV
-from planner.trust.validation import ValidationReport, target_lines
+from planner.trust.validation import FIT_CATEGORY, ValidationReport, target_lines
 from planner.trust.validation import validate as run_validate
 from planner.trust.validation_plot import plot_validation
 from profiles.errors import PlanError
@@ -40,7 +40,7 @@ def _fit_note(report: ValidationReport) -> str:
 
 
 def _sources_table(report: ValidationReport) -> Table:
-    table = Table(title="MAPE % per independent source", title_justify="left")
+    table = Table(title=f"MAPE % per independent source ({FIT_CATEGORY} rows: the fit and the targets)", title_justify="left")
     for col in ("source", "priced", "OOM rows", "skipped", "a priori", "held-out", "in-sample"):
         table.add_column(col, justify="left" if col == "source" else "right")
     mapes = {w: report.mape(w) for w in ("apriori", "heldout", "fitted")}
@@ -112,9 +112,23 @@ def _skipped_table(report: ValidationReport) -> Table:
     return table
 
 
+def _categories_table(report: ValidationReport) -> Table:
+    table = Table(title="MAPE % per category (constants fitted on dense rows only)", title_justify="left")
+    for col in ("category", "priced", "skipped", "a priori", "held-out", "in-sample"):
+        table.add_column(col, justify="left" if col == "category" else "right")
+    mapes = {w: report.mape(w, "category")["per_category"] for w in ("apriori", "heldout", "fitted")}
+    skipped = grouped(report.skipped, lambda s: s.category)
+    for category in sorted(set(mapes["heldout"]) | set(skipped)):
+        priced = sum(1 for r in report.priced if r.row.category == category)
+        cells = [f"{mapes[w][category]:.1f}" if priced else "-" for w in ("apriori", "heldout", "fitted")]
+        table.add_row(category, str(priced), str(len(skipped.get(category, []))), *cells)
+    return table
+
+
 def _print_report(report: ValidationReport) -> None:
-    for table in (_sources_table(report), _families_table(report), _sweeps_table(report), _memory_table(report),
-                  _worst_table(report), _skipped_table(report)):
+    dense = report.of_category(FIT_CATEGORY)
+    for table in (_sources_table(dense), _families_table(dense), _sweeps_table(dense), _memory_table(dense),
+                  _categories_table(report), _worst_table(report), _skipped_table(report)):
         out.print(table)
     out.print(_fit_note(report), markup=False)
     for line in target_lines(report):

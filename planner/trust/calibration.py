@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from costmodels.estimate import estimate
+from costmodels.layer_costs import RooflineTimes
 from planner.trust.accuracy import error_pct, mape_pct
 from profiles.loader import load_stack
 from profiles.schema import ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
@@ -71,6 +72,7 @@ class MeasuredRun:
     step_time_s: float
     peak_memory_gib: float | None = None
     stack: StackSpec | None = None  # the stack as the run ran it; None: the preset ``config.stack`` names
+    expert_imbalance: float | None = None  # the routing balance the run states (``costmodels.experts``)
 
     @property
     def gpus(self) -> int:
@@ -108,7 +110,11 @@ def _stack(name: str) -> StackSpec:
 def estimate_with(run: MeasuredRun, terms: dict[str, float]) -> Estimate:
     """The run's configuration priced on its own stack with some efficiency terms replaced."""
     stack = run.stack or _stack(run.config.stack)
-    return estimate(run.model, with_efficiency(run.cluster, terms), run.train, run.config, stack=stack)
+    cluster = with_efficiency(run.cluster, terms)
+    layers = None
+    if run.expert_imbalance is not None:
+        layers = RooflineTimes(run.model, cluster, run.train.precision, stack=stack, expert_imbalance=run.expert_imbalance)
+    return estimate(run.model, cluster, run.train, run.config, layers, stack=stack)
 
 
 def log_errors(runs: list[MeasuredRun], terms: dict[str, float]) -> np.ndarray:

@@ -133,9 +133,13 @@ def independent_source(source_id: str) -> str:
     return source_id
 
 
+# Architectures whose attention or experts the cost model does not have.
+UNSUPPORTED_FAMILIES = {"gpt-oss": "gpt-oss: alternating sliding-window attention, attention sinks and biased experts"}
+
+
 def category_of(row: dict[str, str]) -> str:
-    """dense, moe or long-context (cp > 1): the groups whose error is reported apart."""
-    if (row.get("num_experts") or "").strip():
+    """dense, moe (with or without cp) or long-context (cp > 1): the groups whose error is reported apart."""
+    if (row.get("num_experts") or "").strip() not in ("", "0", "1"):
         return "moe"
     cp = (row.get("cp") or "").strip()
     if cp.isdigit() and int(cp) > 1:

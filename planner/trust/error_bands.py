@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from planner.trust.accuracy import grouped, mape_pct
-from planner.trust.validation import RowResult, ValidationReport
+from planner.trust.validation import FIT_CATEGORY, RowResult, ValidationReport
 from profiles.files import write_atomic
 from profiles.gpu_families import FamilyConstants, FamilyFit, GpuFamilies, render_families
 from profiles.loader import GPU_FAMILIES_YAML, PUBLIC_RUNS_CSV, load_gpu_families, read_document, validate_as
@@ -104,9 +104,10 @@ def fitted_families(report: ValidationReport, families: GpuFamilies) -> GpuFamil
 def write_tables(report: ValidationReport, corpus: Path, directory: Path | None = None) -> list[Path]:
     """Write the error bands and the GPU families with their fits (atomically; both or neither):
     into their shipped places, or both into ``directory``. Returns their paths."""
-    header = HEADER.format(corpus=corpus.name, rows=len(report.priced))
-    bands_text = header + yaml.safe_dump(bands_of(report).model_dump(), sort_keys=True, width=160)
-    families_text = render_families(fitted_families(report, load_gpu_families()))
+    fitted_on = report.of_category(FIT_CATEGORY)  # the rows the constants are fitted on and the bands come from
+    header = HEADER.format(corpus=corpus.name, rows=len(fitted_on.priced))
+    bands_text = header + yaml.safe_dump(bands_of(fitted_on).model_dump(), sort_keys=True, width=160)
+    families_text = render_families(fitted_families(fitted_on, load_gpu_families()))
     if directory is None:
         paths = [CALIBRATION_DIR / ERROR_BANDS_NAME, GPU_FAMILIES_YAML]
     else:

@@ -6,9 +6,10 @@ A row is priced when its source states the configuration the cost model needs
 precision, a metric); a field the source leaves out is filled only by an
 assumption that source supports (``corpus_rules``), listed in the row's
 ``assumptions``. Every other row is a ``SkippedRow`` with all its reasons:
-missing or malformed fields, or what ppplan does not model yet (mixture of
-experts, context parallelism, DualPipe). Rows of kinds another issue will model
-keep their ``category`` so that their error can be reported apart later.
+missing or malformed fields, or what ppplan does not model (DualPipe, gpt-oss's
+attention sinks, expert TP other than tp). Mixture-of-experts and context-parallel rows
+keep their ``category`` (``corpus_rules.category_of``): ``validate`` reports their error
+apart and fits no constant on them.
 
 Parsing errors of a row's own text become skips with the reason; nothing else
 is caught: an error of the cost model or of ppplan's own code fails loudly.
@@ -17,6 +18,7 @@ is caught: an error of the cost model or of ppplan's own code fails loudly.
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +29,7 @@ from costmodels.layout import uniform_split
 from costmodels.rules import structural_violations
 from planner.trust.corpus_fields import RowFields, read_choice, read_metric, read_schedule
 from planner.trust.corpus_rules import (
+    UNSUPPORTED_FAMILIES,
     category_of,
     cluster_of_row,
     default_sequence_parallel,
@@ -37,7 +40,7 @@ from planner.trust.corpus_rules import (
     stack_of_row,
 )
 from profiles.errors import PlanError
-from profiles.loader import PUBLIC_RUNS_CSV, load_cluster, load_stack
+from profiles.loader import PUBLIC_RUNS_CSV, load_cluster, load_model, load_stack
 from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec
 from profiles.stack_schema import StackSpec
 
@@ -50,6 +53,7 @@ REQUIRED_COLUMNS = (
 )
 SHAPE_COLUMNS = ("layers", "hidden", "heads", "seq_len", "n_gpus", "tp", "pp", "dp", "mbs", "global_batch")
 FEWER_END_LAYERS = "first & last stage have one fewer layer"
+MLA_FIELDS = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class PublishedRow:
     measured: float | None
     measured_peak_memory_gib: float | None
     assumptions: tuple[str, ...]
+    expert_imbalance: float | None = None
 
     @property
     def gpus(self) -> int:
@@ -108,13 +113,14 @@ class _Parsed:
 
 
 def _unmodelled(f: RowFields) -> list[str]:
-    """Kinds of run the cost model does not price yet (kept in the corpus, skipped)."""
+    """Kinds of run the cost model does not price (kept in the corpus, skipped)."""
     out = []
-    if f.text("num_experts"):
-        out.append("not modelled yet: mixture-of-experts layers")
-    cp = f.integer("cp", required=False)
-    if cp and cp > 1:
-        out.append(f"not modelled yet: context parallelism (cp={cp})")
+    family = f.text("model_family")
+    if family in UNSUPPORTED_FAMILIES:
+        out.append(UNSUPPORTED_FAMILIES[family])
+    etp, tp = f.integer("etp", required=False), f.integer("tp", required=False)
+    if etp is not None and tp is not None and (f.integer("ep", required=False) or 1) > 1 and etp != tp:
+        out.append(f"expert TP {etp} with tp {tp}: ppplan prices expert TP = tp")
     if "INCONSISTENT" in f.text("notes") + f.text("derived"):
         out.append("the source's degrees are inconsistent (flagged INCONSISTENT in the corpus)")
     return out
@@ -176,15 +182,50 @@ def _model(f: RowFields, p: _Parsed, assumptions: list[str]) -> ModelSpec | None
     if "squared-relu" in notes:
         assumptions.append("squared-ReLU MLP priced as GELU (two FFN GEMMs, one element-wise activation)")
     position = "rope" if "rotary" in notes else None
+    extra = _moe_fields(f, assumptions)
+    head_dim = re.search(r"head_dim (\d+)", f.text("notes"))
+    if head_dim:
+        extra["head_dim"] = int(head_dim.group(1))
+    if f.reasons():
+        return None
     try:
         return ModelSpec(
             name=f.text("run"), num_layers=p.ints["layers"], hidden_size=p.ints["hidden"],
             num_attention_heads=p.ints["heads"], num_key_value_heads=kv, ffn_hidden_size=ffn, vocab_size=vocab,
-            seq_len=p.ints["seq_len"], activation=activation, position_embedding=position,
+            seq_len=p.ints["seq_len"], activation=activation, position_embedding=position, **extra,
         )
     except ValidationError as exc:  # the row's shape is inconsistent (e.g. heads not dividing hidden)
         f.problems.append(f"malformed model shape: {exc.errors()[0]['msg']}")
         return None
+
+
+def _moe_fields(f: RowFields, assumptions: list[str]) -> dict[str, object]:
+    """A mixture-of-experts row's expert fields (``ModelSpec``), and DeepSeek-V3's multi-head latent
+    attention shape from its preset (the corpus has no MLA columns), as an assumption."""
+    if f.text("num_experts") in ("", "0", "1"):
+        return {}
+    fields: dict[str, object] = {
+        "num_experts": f.integer("num_experts"), "experts_per_token": f.integer("experts_per_token"),
+        "moe_ffn_hidden_size": f.integer("moe_ffn_hidden"),
+        "num_shared_experts": _count_or_zero(f, "shared_experts"),
+        "first_dense_layers": _count_or_zero(f, "first_dense_layers"),
+    }
+    if f.text("model_family") == "deepseek-v3":
+        preset = load_model("deepseek-v3")
+        fields.update({k: getattr(preset, k) for k in MLA_FIELDS})
+        assumptions.append("MLA shape of the deepseek-v3 preset (DeepSeek-V3 config.json)")
+    return fields
+
+
+def _count_or_zero(f: RowFields, key: str) -> int:
+    """A count that may be 0 or left out (0)."""
+    return 0 if f.text(key) in ("", "0") else int(f.integer(key) or 0)
+
+
+def expert_imbalance_of(notes: str) -> float | None:
+    """The busiest expert-parallel rank's load over the mean where the source states its routing:
+    "force-balanced" routing gives every rank the mean load (``costmodels.experts``)."""
+    return 1.0 if "force-balanced" in notes else None
 
 
 def _config(f: RowFields, p: _Parsed, assumptions: list[str]) -> ParallelConfig | None:
@@ -218,10 +259,22 @@ def _config(f: RowFields, p: _Parsed, assumptions: list[str]) -> ParallelConfig 
             f.problems.append(f"malformed zero '{zero}' (0-3)")
         return None
     return ParallelConfig(
-        stack=p.stack, tp=tp, pp=p.ints["pp"], dp=dp, v=v, mbs=mbs,
-        num_microbatches=p.ints["global_batch"] // (dp * mbs), schedule=p.schedule, recompute=p.recompute,
+        stack=p.stack, tp=tp, cp=f.integer("cp", required=False) or 1, ep=f.integer("ep", required=False) or 1,
+        pp=p.ints["pp"], dp=dp, v=v, mbs=mbs,
+        num_microbatches=p.ints["global_batch"] // (dp * mbs), schedule=p.schedule,
+        recompute=_recompute(p.recompute, f.text("notes"), assumptions),
         sequence_parallel=sequence_parallel, zero=zero, stage_layers=layers,
     )
+
+
+def _recompute(recompute: str, notes: str, assumptions: list[str]) -> str:
+    """Selective recomputation of element-wise modules only (Megatron-Core's ``--recompute-modules``
+    without ``core_attn``) frees no attention core: priced as no recomputation, said."""
+    modules = re.search(r"recompute modules=([\w+]+)", notes)
+    if recompute == "selective" and modules and "core_attn" not in modules.group(1):
+        assumptions.append(f"recomputed modules {modules.group(1)} (element-wise) priced as no recompute")
+        return "none"
+    return recompute
 
 
 @lru_cache(maxsize=16)
@@ -280,11 +333,15 @@ def parse_row(row: dict[str, str], line: int = 2) -> PublishedRow | SkippedRow:
         f.problems.append(f"cluster preset {parsed.cluster_preset} has no {parsed.precision} peak")
         return skipped()
     assumptions.append(f"cluster preset {parsed.cluster_preset} for '{f.text('gpu')}'")
+    imbalance = expert_imbalance_of(f.text("notes")) if model.is_moe else None
+    if imbalance is not None:
+        assumptions.append("force-balanced routing: the busiest expert-parallel rank carries the mean load")
     return PublishedRow(
         id=ident, run=run, source_id=source_id, source=source, sweep=f.text("sweep") or None, category=category,
         stack=parsed.stack, stack_spec=row_stack(parsed.stack, stack_changes), model=model, cluster=cluster, train=train,
         config=config, metric=parsed.metric[0],
         measured=parsed.metric[1], measured_peak_memory_gib=peak, assumptions=tuple(assumptions),
+        expert_imbalance=imbalance,
     )
 
 

@@ -65,11 +65,25 @@ def test_every_reason_is_listed_once() -> None:
     assert "mbs" in skipped.reason and "recompute" in skipped.reason and "no cluster preset" in skipped.reason
 
 
-def test_moe_and_context_parallel_rows_are_kept_as_their_category() -> None:
-    moe = _skip(num_experts="8")
-    assert moe.category == "moe" and "not modelled yet: mixture-of-experts layers" in moe.reason
-    long_context = _skip(cp="2", dp="1", n_gpus="16")
-    assert long_context.category == "long-context" and "not modelled yet: context parallelism (cp=2)" in long_context.reason
+def test_moe_and_context_parallel_rows_are_priced_as_their_category() -> None:
+    moe = parse_row({**ZB_ROW, "num_experts": "8", "experts_per_token": "2", "moe_ffn_hidden": "4608", "shared_experts": "0",
+                     "first_dense_layers": "0", "ep": "4", "pp": "1", "dp": "8", "n_gpus": "8", "schedule": "1f1b", "mbs": "2",
+                     "zero": "1", "notes": "force-balanced routing; vocab not stated"})
+    assert isinstance(moe, PublishedRow), moe
+    assert moe.category == "moe" and moe.config.ep == 4 and moe.model.num_experts == 8 and moe.model.experts_per_token == 2
+    assert moe.model.moe_ffn_hidden_size == 4608 and moe.model.num_shared_experts == 0
+    assert moe.expert_imbalance == 1.0 and any("force-balanced" in a for a in moe.assumptions)
+    long_context = parse_row({**ZB_ROW, "cp": "2", "dp": "1", "n_gpus": "16"})
+    assert isinstance(long_context, PublishedRow), long_context
+    assert long_context.category == "long-context" and long_context.config.cp == 2
+
+
+def test_moe_rows_the_cost_model_does_not_price_are_listed_skips() -> None:
+    moe = {"num_experts": "8", "experts_per_token": "2", "moe_ffn_hidden": "4608", "ep": "2", "tp": "2", "pp": "1",
+           "dp": "4", "n_gpus": "8", "mbs": "2", "zero": "1"}
+    assert "expert TP 1 with tp 2: ppplan prices expert TP = tp" in _skip(**moe, etp="1").reason
+    assert "gpt-oss: alternating sliding-window attention" in _skip(**moe, model_family="gpt-oss").reason
+    assert "not stated: experts_per_token" in _skip(**{**moe, "experts_per_token": ""}).reason
 
 
 def test_end_stages_without_a_layer_are_skipped_with_the_reason() -> None:
