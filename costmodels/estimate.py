@@ -39,6 +39,7 @@ from costmodels.memory import (
     ActivationVariant,
     StageParams,
     embedding_activation_bytes,
+    end_weight_grad_input_bytes,
     gradients_sharded,
     head_activation_bytes,
     layer_activation_bytes,
@@ -46,6 +47,7 @@ from costmodels.memory import (
     microbatch_grad_sync,
     split_static_memory,
     stage_param_split,
+    weight_grad_input_bytes,
 )
 from costmodels.params import model_parameters, moe_layers_in
 from costmodels.pipeline import PipelineResult, price_actions, price_pipeline
@@ -90,6 +92,7 @@ class StagePlan:
     params: StageParams
     activation_bytes: float
     moe_layers: int = 0
+    retained_bytes: float = 0.0  # held from B to W when W is deferred (``memory.weight_grad_input_bytes``)
 
     @property
     def rank(self) -> int:
@@ -119,13 +122,15 @@ def _stage_plan(
     if layer_kind is not None:
         moe_layers = n if layer_kind == "moe" else 0
     kind = cfg.recompute_of_stage(layout.stage)
-    times, act = ZERO_PASS, 0.0
+    times, act, kept = ZERO_PASS, 0.0, 0.0
     for count, moe in ((n - moe_layers, False), (moe_layers, True)):
         if count:
             if layers:
                 per_layer = layers.transformer(tp, b, s, sp, kind, cp=cp, ep=ep, moe=moe).scaled(count)
                 times = per_layer if times is ZERO_PASS else times.plus(per_layer)
             act += count * layer_activation_bytes(model, s, b, tp, sp, kind, variant, cp=cp, ep=ep, moe=moe)
+            kept += count * weight_grad_input_bytes(model, s, b, tp, sp, variant, cp=cp, ep=ep, moe=moe)
+    kept += end_weight_grad_input_bytes(model, s // cp, b, tp, variant, first, last)
     if first:
         times = times.plus(layers.embedding(tp, b, s, sp, cp=cp)) if layers else times
         act += embedding_activation_bytes(model, s // cp, b, tp, sp, variant)
@@ -139,6 +144,7 @@ def _stage_plan(
         params=stage_param_split(model, layout.first_layer, n, first, last, tp, ep, layer_kind),
         activation_bytes=act,
         moe_layers=moe_layers,
+        retained_bytes=kept,
     )
 
 
@@ -292,8 +298,19 @@ def _pipeline_inputs(
         backward_weight_s=tuple(bwd_w),
         activation_bytes=tuple(st.activation_bytes for st in plans),
         p2p_s=tuple(0.0 for _ in p2p) if overlap.p2p == "exposed" else p2p,
+        retained_bytes=_retained_bytes(cfg, stack, plans),
     )
     return plans, costs, times, hidden
+
+
+def _retained_bytes(cfg: ParallelConfig, stack: StackSpec, plans: list[StagePlan]) -> tuple[float, ...]:
+    """Bytes each stage holds from a microbatch's B to its W (``StageTimes.retained_bytes``): where
+    the schedule splits the backward on torch's pipeline runtime, whose ``stage_backward_input``
+    keeps the weight gradients' inputs; none on the first stage, whose whole backward runs as W
+    (above), nor where B and W run as one."""
+    if not schedule_spec(cfg.schedule).split_backward or stack.pipeline_runtime != "torch":
+        return ()
+    return tuple(0.0 if st.layout.stage == 0 else st.retained_bytes for st in plans)
 
 
 def _largest_unit_params(model: ModelSpec, cfg: ParallelConfig, rank_plans: list[StagePlan]) -> float:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from costmodels.context_parallel import cp_activation_bytes
-from costmodels.experts import moe_activation_bytes
+from costmodels.experts import moe_activation_bytes, routed_rows
 from costmodels.flops import parameter_counts
 from costmodels.mla import mla_activation_bytes
 from costmodels.operators import LayerShape
@@ -143,6 +143,43 @@ def layer_activation_bytes(
         shape = LayerShape(tp, mbs, seq_len, sequence_parallel, recompute, p, cp=cp)
         scores = tp * cp_activation_bytes(model, shape, variant.context_parallel_attention)
     return replicated / replicated_div + whole + (attention + mlp + scores) / tp
+
+
+def weight_grad_input_bytes(
+    model: ModelSpec, seq_len: int, mbs: int, tp: int, sequence_parallel: bool, variant: ActivationVariant,
+    cp: int = 1, ep: int = 1, moe: bool = False,
+) -> float:
+    """Bytes one transformer layer still holds after its input gradients (B) for its weight
+    gradients (W), per microbatch and tp rank, when a split-backward schedule defers W: the
+    gradient of each weight-carrying operator's output (Qi et al. 2024, Zero Bubble, Sec. 2: W
+    needs the output gradients; torch.distributed.pipelining's ``stage_backward_input`` keeps them
+    for ``stage_backward_weight``). Column-parallel outputs are split over tp (QKV, FC1 with its
+    gate); row-parallel outputs (attention out, FC2) and the two norms carry every position's
+    hidden vector (the norms' over tp with sequence parallelism). A mixture-of-experts layer keeps
+    its router's logits, its routed rows' expert FC1 and FC2 outputs (the busiest rank's rows,
+    ``costmodels.experts.routed_rows``) and its shared experts'. MLA is counted with its query and
+    key/value widths (``ModelSpec.q_dim``, ``kv_dim``)."""
+    t = seq_len // cp * mbs
+    h, p = model.hidden_size, variant.bytes_per_element
+    gate = 2 if model.activation == "swiglu" else 1
+    norms = 2 * h * (t / tp if sequence_parallel else t)
+    attention = t * (model.q_dim + 2 * model.kv_dim) / tp + t * h
+    if not moe:
+        return p * (norms + attention + t * gate * model.ffn_size / tp + t * h)
+    rows = routed_rows(model, t, ep)
+    experts = rows * (gate * (model.moe_ffn_hidden_size or 0) / tp + h)
+    shared = t * (gate * (model.shared_expert_ffn_hidden_size or 0) / tp + h) if model.shared_expert_ffn_hidden_size else 0.0
+    return p * (norms + attention + t * (model.num_experts or 0) + experts + shared)
+
+
+def end_weight_grad_input_bytes(model: ModelSpec, seq_len: int, mbs: int, tp: int, variant: ActivationVariant,
+                                embedding: bool, head: bool) -> float:
+    """``weight_grad_input_bytes`` of the embedding (its output gradient, for the table's scatter-add)
+    and of the head (the final norm's output gradient and the logits' gradient over the vocabulary,
+    split over tp where the loss is vocab-parallel)."""
+    t, h, p = seq_len * mbs, model.hidden_size, variant.bytes_per_element
+    vocab = model.vocab_size / tp if variant.vocab_parallel_loss else model.vocab_size
+    return p * ((t * h if embedding else 0.0) + (t * h + t * vocab if head else 0.0))
 
 
 def head_activation_bytes(

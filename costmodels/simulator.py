@@ -57,6 +57,11 @@ class StageTimes:
     from stage j to stage j+1; it has ``len(forward_s) - 1`` entries.
     ``activation_bytes[j]`` is held from a microbatch's F on stage j until its
     W (or its full backward when the schedule does not split B and W).
+    ``retained_bytes[j]`` (empty: none) is held on top from a microbatch's B on stage j
+    until its W: what the weight gradients still need once the input gradients are done
+    (torch.distributed.pipelining's ``stage_backward_input`` keeps the gradients flowing into
+    each parameter's node for ``stage_backward_weight``; Qi et al. 2024, Sec. 2: W needs the
+    output gradients of the layers).
     """
 
     forward_s: tuple[float, ...]
@@ -64,6 +69,13 @@ class StageTimes:
     backward_weight_s: tuple[float, ...]
     activation_bytes: tuple[float, ...]
     p2p_s: tuple[float, ...]
+    retained_bytes: tuple[float, ...] = ()
+
+    def retained(self) -> np.ndarray:
+        """``retained_bytes`` per virtual stage (zeros when none is given)."""
+        if not self.retained_bytes:
+            return np.zeros(len(self.activation_bytes))
+        return np.asarray(self.retained_bytes, dtype=float)
 
     @property
     def num_stages(self) -> int:
@@ -224,6 +236,7 @@ class SimulationResult:
     start_s: np.ndarray
     end_s: np.ndarray
     activation_bytes: tuple[float, ...]
+    retained_bytes: tuple[float, ...] = ()
 
     def rank_timeline(self, rank: int) -> list[tuple[Action, float, float]]:
         """(action, start_s, end_s) for each action of ``rank`` in execution order."""
@@ -235,12 +248,18 @@ class SimulationResult:
 
     def memory_timeline(self, rank: int) -> list[tuple[float, float]]:
         """(time_s, activation bytes held) after each change on ``rank``: a forward adds its
-        stage's bytes at its start, a W or full backward frees them at its end."""
+        stage's bytes at its start, a B its retained bytes at its end, a W or full backward
+        frees both at its end."""
         events: list[tuple[float, int, float]] = []
         for action, start, end in self.rank_timeline(rank):
             size = self.activation_bytes[action.stage]
+            kept = self.retained_bytes[action.stage] if self.retained_bytes else 0.0
             if action.kind == FORWARD:
                 events.append((start, 1, size))
+            elif action.kind == BACKWARD_INPUT and kept:
+                events.append((end, 1, kept))
+            elif action.kind == BACKWARD_WEIGHT:
+                events.append((end, 0, -size - kept))
             elif action.kind in RELEASING_KINDS:
                 events.append((end, 0, -size))
         events.sort()
@@ -267,6 +286,8 @@ def _check_times(schedule: Schedule, times: StageTimes) -> None:
         "backward_weight_s": len(times.backward_weight_s),
         "activation_bytes": len(times.activation_bytes),
     }
+    if times.retained_bytes:
+        lengths["retained_bytes"] = len(times.retained_bytes)
     for name, n in lengths.items():
         if n != stages:
             raise PlanError(f"stage times: {name} has {n} entries but the schedule has {stages} stages (pp*v)")
@@ -297,13 +318,18 @@ def _end_times(graph: ScheduleGraph, duration: np.ndarray, comm: np.ndarray) -> 
     return end
 
 
-def _peak_bytes(graph: ScheduleGraph, activation_bytes: np.ndarray, pp: int) -> tuple[float, ...]:
-    """Per-rank peak of held activation bytes: a running sum over each rank's order."""
+def _peak_bytes(graph: ScheduleGraph, activation_bytes: np.ndarray, retained_bytes: np.ndarray, pp: int) -> tuple[float, ...]:
+    """Per-rank peak of held activation bytes: a running sum over each rank's order (F adds the
+    stage's activations, B its retained bytes, W frees both, a full backward the activations)."""
     nodes = graph.rank_major
     kind = graph.kind_code[nodes]
-    releases = (kind == KIND_CODE[BACKWARD_WEIGHT]) | (kind == KIND_CODE[FULL_BACKWARD])
-    sign = np.where(kind == KIND_CODE[FORWARD], 1.0, np.where(releases, -1.0, 0.0))
-    running = np.cumsum(sign * activation_bytes[graph.stage[nodes]])
+    act, kept = activation_bytes[graph.stage[nodes]], retained_bytes[graph.stage[nodes]]
+    delta = np.select(
+        [kind == KIND_CODE[FORWARD], kind == KIND_CODE[BACKWARD_INPUT], kind == KIND_CODE[BACKWARD_WEIGHT],
+         kind == KIND_CODE[FULL_BACKWARD]],
+        [act, kept, -(act + kept), -act],
+    )
+    running = np.cumsum(delta)
     base = np.concatenate([[0.0], running])[graph.rank_starts]
     peaks = np.maximum.reduceat(running, graph.rank_starts) - base
     return tuple(float(max(0.0, x)) for x in peaks[:pp])
@@ -335,8 +361,9 @@ def simulate(schedule: Schedule, times: StageTimes) -> SimulationResult:
         idle_s=tuple(float(x) for x in idle),
         bubble_fraction=bubble,
         peak_inflight_microbatches=graph.peak_inflight,
-        peak_activation_bytes=_peak_bytes(graph, act, pp),
+        peak_activation_bytes=_peak_bytes(graph, act, times.retained(), pp),
         start_s=start_rm,
         end_s=end_rm,
         activation_bytes=tuple(float(x) for x in act),
+        retained_bytes=tuple(float(x) for x in times.retained_bytes),
     )

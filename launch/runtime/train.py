@@ -94,7 +94,9 @@ def forward_backward(rt: Runtime, data: SyntheticTokens, step: int) -> list[torc
     losses: list[torch.Tensor] = []
     args = (inputs,) if rt.has_first_stage else ()
     target = targets if rt.has_loss else None
-    rt.schedule.step(*args, target=target, losses=losses)
+    # return_outputs=False: the last stage would otherwise keep every microbatch's logits until the
+    # step ends, to merge outputs nobody reads (torch pipelining's output_chunks)
+    rt.schedule.step(*args, target=target, losses=losses, return_outputs=False)
     sync_tied_gradients(rt)
     return losses
 

@@ -1,16 +1,21 @@
-"""Activation memory reproduces Korthikanti et al. 2022 Table 2 exactly; static memory per ZeRO stage."""
+"""Activation memory reproduces Korthikanti et al. 2022 Table 2 exactly; static memory per ZeRO stage;
+what a split backward keeps from B to W."""
 
 import pytest
 
+from costmodels.estimate import stage_times
 from costmodels.memory import (
     ActivationVariant,
+    end_weight_grad_input_bytes,
     gradients_sharded,
     layer_activation_bytes,
     microbatch_grad_sync,
     state_bytes_per_param,
     static_memory,
+    weight_grad_input_bytes,
 )
-from profiles.loader import load_model, load_stack
+from profiles.loader import load_cluster, load_model, load_stack
+from profiles.schema import ParallelConfig, TrainSpec
 
 REF = ActivationVariant.korthikanti()
 
@@ -116,3 +121,31 @@ def test_gradients_are_sharded_where_the_stack_shards_them(stack, pp, zero, shar
     assert gradients_sharded(spec, pp, 8, zero) is sharded
     assert gradients_sharded(spec, pp, 1, zero) is False  # one data-parallel rank: nothing to shard over
     assert microbatch_grad_sync(spec, pp, 8, zero) is (stack == "torchtitan" and pp == 1 and zero >= 1)
+
+
+def test_weight_gradient_inputs_kept_from_b_to_w_by_hand() -> None:
+    """tiny-gpt (h 256, q = kv = 256, FFN 1024, GELU), mbs 8 x seq 128 = 1,024 tokens, fp32 on CPU:
+    two norm outputs 2·256·1024, QKV 1024·768, attention out 1024·256, FC1 1024·1024, FC2 1024·256
+    = 2,883,584 elements, 4 B each = 11 MiB. tp 2 with SP: 262,144 + 393,216 + 262,144 + 524,288 +
+    262,144 = 1,703,936 elements = 6.5 MiB."""
+    model, cpu = load_model("tiny-gpt"), ActivationVariant.runtime("fp32", "cpu")
+    assert weight_grad_input_bytes(model, 128, 8, 1, False, cpu) == 11 * 2**20
+    assert weight_grad_input_bytes(model, 128, 8, 2, True, cpu) == 6.5 * 2**20
+    # the head: final norm output 1024·256 and the full-vocabulary logits 1024·1024 (the runtime's loss)
+    assert end_weight_grad_input_bytes(model, 128, 8, 1, cpu, embedding=False, head=True) == 4 * (1024 * 256 + 1024 * 1024)
+
+
+def test_split_backward_on_torch_keeps_them_except_on_the_first_stage() -> None:
+    """zb-h1 on ppplan-torch: stage 0 runs its whole backward as W (nothing kept between B and W);
+    stages 1 and 2 keep two layers' worth (22 MiB), the last stage the head's on top. 1F1B keeps none."""
+    model, cluster, stack = load_model("tiny-gpt"), load_cluster("cpu-local"), load_stack("ppplan-torch")
+    train = TrainSpec(global_batch=32, seq_len=128, precision="fp32")
+
+    def config(schedule: str) -> ParallelConfig:
+        return ParallelConfig(stack="ppplan-torch", tp=1, pp=4, dp=1, mbs=8, num_microbatches=4, schedule=schedule,
+                              stage_layers=[2, 2, 2, 2])
+
+    kept = stage_times(model, cluster, train, config("zb-h1"), stack=stack).retained_bytes
+    assert kept[:3] == (0.0, 22 * 2**20, 22 * 2**20)
+    assert kept[3] == 22 * 2**20 + 4 * (1024 * 256 + 1024 * 1024)
+    assert stage_times(model, cluster, train, config("1f1b"), stack=stack).retained_bytes == ()

@@ -183,3 +183,17 @@ def test_deadlocking_order_is_rejected() -> None:
 def test_stage_times_of_the_wrong_length_are_rejected() -> None:
     with pytest.raises(PlanError, match="forward_s has 3 entries"):
         price_pipeline("1f1b", 4, 1, 8, uniform(3, 1.0, 1.0))
+
+
+def test_retained_bytes_are_held_from_b_to_w() -> None:
+    """One stage, F0 F1 B0 B1 W0 W1, activations 10 and 3 retained from B to W: the running sum is
+    10, 20, 23, 26, 13, 0, so the peak is 26 (20 without the retained bytes, as a full backward)."""
+    order = (Action("F", 0, 0), Action("F", 1, 0), Action("B", 0, 0), Action("B", 1, 0), Action("W", 0, 0), Action("W", 1, 0))
+    schedule = Schedule("custom", 1, 1, 2, (order,))
+    plain = StageTimes((1.0,), (1.0,), (1.0,), (10.0,), ())
+    kept = StageTimes((1.0,), (1.0,), (1.0,), (10.0,), (), retained_bytes=(3.0,))
+    assert simulate(schedule, plain).peak_activation_bytes == (20.0,)
+    result = simulate(schedule, kept)
+    assert result.peak_activation_bytes == (26.0,)
+    assert max(held for _, held in result.memory_timeline(0)) == 26.0
+    assert result.memory_timeline(0)[-1][1] == 0.0
