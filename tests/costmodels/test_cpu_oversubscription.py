@@ -9,9 +9,10 @@ at full speed; a TP group of more ranks than cores is slowed by tp / C even alon
 import pytest
 
 from costmodels.estimate import comm_overlaps_compute, estimate, timeshared_compute_s
-from costmodels.layer_costs import ZERO_PASS, PassTimes, RooflineTimes, tp_group_timeshare
+from costmodels.layer_costs import RooflineTimes, tp_group_timeshare
 from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec
 from tests.costmodels.neutral_stack import neutral_stack
+from tests.costmodels.unit_layers import UnitLayers
 
 
 def cluster(cores: float | None, gpus_per_node: int = 8) -> ClusterSpec:
@@ -31,21 +32,6 @@ def config(tp: int, pp: int, dp: int, m: int = 8) -> ParallelConfig:
 
 
 MODEL = ModelSpec(name="t", num_layers=8, hidden_size=256, num_attention_heads=8, vocab_size=1024, seq_len=128)
-
-
-class UnitLayers:
-    """Every transformer layer takes F = B = W = 1 s; the embedding and the head are free."""
-
-    context_parallel = True
-
-    def transformer(self, tp, mbs, seq_len, sequence_parallel, recompute, cp=1, ep=1, moe=False):
-        return PassTimes(1.0, 1.0, 1.0)
-
-    def embedding(self, tp, mbs, seq_len, sequence_parallel, cp=1):
-        return ZERO_PASS
-
-    def head(self, tp, mbs, seq_len, sequence_parallel, cp=1):
-        return ZERO_PASS
 
 
 def test_field_is_optional_and_unset_means_no_bound():

@@ -13,12 +13,12 @@ import pytest
 from costmodels.comm import GroupPlacement, collective_s, network_for
 from costmodels.compute import memory_bound_time_s
 from costmodels.estimate import ADAM_STEP_BYTES_PER_PARAM, estimate, memory_limit_gib, stage_times
-from costmodels.layer_costs import ZERO_PASS, PassTimes
 from costmodels.memory import GIB, stage_params
 from costmodels.step_time import exposed_sum_s
 from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec
 from profiles.stack_schema import StackSpec
 from tests.costmodels.neutral_stack import neutral_stack
+from tests.costmodels.unit_layers import UnitLayers
 
 MODEL = ModelSpec(name="t", num_layers=8, hidden_size=256, num_attention_heads=8, vocab_size=1024, seq_len=128)
 TRAIN = TrainSpec(global_batch=8, seq_len=128, precision="fp32")
@@ -36,21 +36,6 @@ def gpu_cluster(bandwidth_gbs: float = 1e12, latency_us: float = 0.0, margin: fl
         memory_safety_margin=margin,
         efficiency=efficiency,
     )
-
-
-class UnitLayers:
-    """F = B = W = 1 s per transformer layer; the embedding and the head cost nothing."""
-
-    context_parallel = True
-
-    def transformer(self, tp, mbs, seq_len, sequence_parallel, recompute, cp=1, ep=1, moe=False):
-        return PassTimes(1.0, 1.0, 1.0)
-
-    def embedding(self, tp, mbs, seq_len, sequence_parallel, cp=1):
-        return ZERO_PASS
-
-    def head(self, tp, mbs, seq_len, sequence_parallel, cp=1):
-        return ZERO_PASS
 
 
 def Stack(**overlap) -> StackSpec:

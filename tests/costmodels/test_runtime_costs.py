@@ -8,7 +8,6 @@ import pytest
 
 from costmodels.comm import Link
 from costmodels.estimate import estimate
-from costmodels.layer_costs import ZERO_PASS, PassTimes
 from costmodels.runtime_costs import (
     OPTIMIZER_TEMP_BYTES_PER_PARAM,
     RuntimeCosts,
@@ -18,6 +17,7 @@ from costmodels.runtime_costs import (
 )
 from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec
 from tests.costmodels.neutral_stack import neutral_stack
+from tests.costmodels.unit_layers import UnitLayers
 
 MODEL = ModelSpec(name="t", num_layers=8, hidden_size=256, num_attention_heads=8, vocab_size=1024, seq_len=128)
 TRAIN = TrainSpec(global_batch=4, seq_len=128, precision="fp32")
@@ -32,22 +32,6 @@ def cluster(device: str) -> ClusterSpec:
         name="t", gpu={"name": device, "memory_gib": 64, "peak_tflops": {"fp32": 0.1}, "hbm_bandwidth_gbs": 1e12},
         gpus_per_node=8, intra_node={"bandwidth_gbs": 1e12, "latency_us": 0}, inter_node={"bandwidth_gbs": 1e12, "latency_us": 0},
     )  # fmt: skip
-
-
-class UnitLayers:
-    """Every layer: F = B = W = 1 s; embedding and head free; carries ``runtime``."""
-
-    def __init__(self, runtime: RuntimeCosts | None = None) -> None:
-        self.runtime = runtime
-
-    def transformer(self, tp, mbs, seq_len, sequence_parallel, recompute, cp=1, ep=1, moe=False):
-        return PassTimes(1.0, 1.0, 1.0)
-
-    def embedding(self, tp, mbs, seq_len, sequence_parallel, cp=1):
-        return ZERO_PASS
-
-    def head(self, tp, mbs, seq_len, sequence_parallel, cp=1):
-        return ZERO_PASS
 
 
 def config(pp: int, dp: int = 1, schedule: str = "1f1b", zero: int = 0) -> ParallelConfig:
