@@ -333,6 +333,20 @@ def _widest_per_token(model: ModelSpec, cfg: ParallelConfig, rank_plans: list[St
     return widest
 
 
+def _zero3_gathered_bytes(model: ModelSpec, cfg: ParallelConfig, stack: StackSpec, rank_plans: list[StagePlan],
+                          bytes_per_param: int) -> float:
+    """Unsharded parameters a ZeRO-3 rank holds at its peak. FSDP2 on its own keeps the unit in use
+    and the prefetched one (``ZERO3_GATHERED_UNITS``). Under torch.distributed.pipelining every
+    backward runs with ``set_reshard_after_backward(False)`` until the step's REDUCE_GRAD action
+    (torch/distributed/pipelining/stage.py), so each unit stays unsharded from its first backward to
+    the step's end: the rank's whole parameters (ppplan's runtime always, torchtitan with pp > 1)."""
+    if cfg.zero != 3:
+        return 0.0
+    if stack.pipeline_runtime == "torch" and not microbatch_grad_sync(stack, cfg.pp, cfg.dp * cfg.cp, cfg.zero):
+        return sum(st.params.total for st in rank_plans) * bytes_per_param
+    return ZERO3_GATHERED_UNITS * _largest_unit_params(model, cfg, rank_plans) * bytes_per_param
+
+
 def _rank_memory_gib(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
     rank_plans: list[StagePlan], activation_peak: float, stack: StackSpec, variant: ActivationVariant,
@@ -348,8 +362,7 @@ def _rank_memory_gib(
                                  gradients_sharded(stack, cfg.pp, data_ranks, cfg.zero), stack.grad_accumulation_fp32)
     p = bytes_per_element(train.precision)
     tokens = train.seq_len // cfg.cp * cfg.mbs
-    # ZeRO-3: the current and the prefetched unsharded block
-    gathered = ZERO3_GATHERED_UNITS * _largest_unit_params(model, cfg, rank_plans) * p if cfg.zero == 3 else 0.0
+    gathered = _zero3_gathered_bytes(model, cfg, stack, rank_plans, p)
     # transient: the MLP intermediate (or the fp32 logits on the head stage) and its gradient
     transient = TRANSIENT_COPIES * p * tokens * _widest_per_token(model, cfg, rank_plans)
     if any(st.layout.has_head for st in rank_plans):

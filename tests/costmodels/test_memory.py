@@ -3,13 +3,16 @@ what a split backward keeps from B to W."""
 
 import pytest
 
-from costmodels.estimate import stage_times
+from costmodels.estimate import estimate, stage_times
 from costmodels.memory import (
+    GIB,
     ActivationVariant,
     end_weight_grad_input_bytes,
     gradients_sharded,
     layer_activation_bytes,
+    layer_params,
     microbatch_grad_sync,
+    stage_param_split,
     state_bytes_per_param,
     static_memory,
     weight_grad_input_bytes,
@@ -149,3 +152,22 @@ def test_split_backward_on_torch_keeps_them_except_on_the_first_stage() -> None:
     assert kept[:3] == (0.0, 22 * 2**20, 22 * 2**20)
     assert kept[3] == 22 * 2**20 + 4 * (1024 * 256 + 1024 * 1024)
     assert stage_times(model, cluster, train, config("1f1b"), stack=stack).retained_bytes == ()
+
+
+def test_zero3_under_torch_pipelining_ends_the_backward_unsharded() -> None:
+    """tiny-gpt, dp 2, ZeRO-3, fp32 on cpu-local. torch pipelining runs every backward with
+    ``set_reshard_after_backward(False)`` until REDUCE_GRAD, so ppplan's runtime holds the sharded
+    fp32 parameters (P/2 x 4 B) and all P unsharded (P x 4 B); torchtitan without PP (FSDP2 syncing
+    every microbatch) holds two unsharded layers on top of its shard (the unit in use, the prefetched one)."""
+    model, cluster = load_model("tiny-gpt"), load_cluster("cpu-local")
+    train = TrainSpec(global_batch=8, seq_len=128, precision="fp32")
+    params = stage_param_split(model, 0, 8, True, True, 1).total
+    layer = layer_params(model, 1, 1, False).total
+
+    def weights_gib(stack: str) -> float:
+        cfg = ParallelConfig(stack=stack, tp=1, pp=1, dp=2, mbs=1, num_microbatches=4, schedule="1f1b", zero=3,
+                             stage_layers=[8])
+        return estimate(model, cluster, train, cfg, stack=load_stack(stack)).memory_breakdown_gib[0]["weights"]
+
+    assert weights_gib("ppplan-torch") == pytest.approx((params * 4 / 2 + params * 4) / GIB, abs=1e-4)  # rounded to 1e-4 GiB
+    assert weights_gib("torchtitan") == pytest.approx((params * 4 / 2 + 2 * layer * 4) / GIB, abs=1e-4)
