@@ -118,8 +118,9 @@ def _unmodelled(f: RowFields) -> list[str]:
     family = f.text("model_family")
     if family in UNSUPPORTED_FAMILIES:
         out.append(UNSUPPORTED_FAMILIES[family])
-    etp, tp = f.integer("etp", required=False), f.integer("tp", required=False)
-    if etp is not None and tp is not None and (f.integer("ep", required=False) or 1) > 1 and etp != tp:
+    # read, not checked: a malformed tp or ep is reported once, where the configuration reads it
+    etp, tp, ep = (f.text(k) for k in ("etp", "tp", "ep"))
+    if etp.isdigit() and tp.isdigit() and ep.isdigit() and int(ep) > 1 and int(etp) != int(tp):
         out.append(f"expert TP {etp} with tp {tp}: ppplan prices expert TP = tp")
     if "INCONSISTENT" in f.text("notes") + f.text("derived"):
         out.append("the source's degrees are inconsistent (flagged INCONSISTENT in the corpus)")

@@ -62,6 +62,7 @@ def test_a_malformed_or_incomplete_row_is_a_listed_skip(field: str, text: str, r
 def test_every_reason_is_listed_once() -> None:
     skipped = _skip(mbs="", recompute="not stated", gpu="other")
     assert skipped.reason.count("not stated") == 1
+    assert _skip(tp="x").reason.count("malformed tp 'x'") == 1
     assert "mbs" in skipped.reason and "recompute" in skipped.reason and "no cluster preset" in skipped.reason
 
 
