@@ -90,30 +90,32 @@ def zero3_gather_s(params: float, bytes_per_element: int, placement: GroupPlacem
     return collective_s("all_gather", params * bytes_per_element, placement, network)
 
 
+def _stage_dp_collective_s(collective: Collective, cluster: ClusterSpec, cfg: ParallelConfig, pipeline_rank: int,
+                           dense_params: float, expert_params: float, bytes_per_param: float, network: Network) -> float:
+    """One collective over a stage's parameters: its dense ones over the dp x cp group, its routed
+    experts over theirs (``edp_placement``; with the dense ones when ep = 1, not at all when their
+    group is one rank)."""
+    dense_group = dp_placement(cluster, cfg, pipeline_rank)
+    if cfg.ep == 1:
+        return collective_s(collective, (dense_params + expert_params) * bytes_per_param, dense_group, network)
+    seconds = collective_s(collective, dense_params * bytes_per_param, dense_group, network)
+    if cfg.dp * cfg.cp > cfg.ep:
+        seconds += collective_s(collective, expert_params * bytes_per_param, edp_placement(cluster, cfg, pipeline_rank), network)
+    return seconds
+
+
 def stage_zero3_gather_s(cluster: ClusterSpec, cfg: ParallelConfig, pipeline_rank: int, dense_params: float,
                          expert_params: float, bytes_per_element: int, network: Network) -> float:
-    """A stage's ZeRO-3 gather: its dense parameters over the dp x cp group, its routed experts over
-    theirs (``edp_placement``; with the dense ones when ep = 1, not at all when their group is one rank)."""
-    if cfg.ep == 1:
-        return zero3_gather_s(dense_params + expert_params, bytes_per_element, dp_placement(cluster, cfg, pipeline_rank), network)
-    gather = zero3_gather_s(dense_params, bytes_per_element, dp_placement(cluster, cfg, pipeline_rank), network)
-    if cfg.dp * cfg.cp > cfg.ep:
-        gather += zero3_gather_s(expert_params, bytes_per_element, edp_placement(cluster, cfg, pipeline_rank), network)
-    return gather
+    """A stage's ZeRO-3 parameter all-gather (``zero3_gather_s``), dense and expert groups apart."""
+    return _stage_dp_collective_s("all_gather", cluster, cfg, pipeline_rank, dense_params, expert_params,
+                                  bytes_per_element, network)
 
 
 def stage_reduce_scatter_s(cluster: ClusterSpec, cfg: ParallelConfig, pipeline_rank: int, dense_params: float,
                            expert_params: float, bytes_per_param: float, network: Network) -> float:
-    """A stage's gradient reduce-scatter (``bytes_per_param`` each): its dense gradients over the dp x
-    cp group, its routed experts' over theirs (``edp_placement``), as ``stage_zero3_gather_s`` moves
-    the parameters."""
-    if cfg.ep == 1:
-        return collective_s("reduce_scatter", (dense_params + expert_params) * bytes_per_param,
-                            dp_placement(cluster, cfg, pipeline_rank), network)
-    seconds = collective_s("reduce_scatter", dense_params * bytes_per_param, dp_placement(cluster, cfg, pipeline_rank), network)
-    if cfg.dp * cfg.cp > cfg.ep:
-        seconds += collective_s("reduce_scatter", expert_params * bytes_per_param, edp_placement(cluster, cfg, pipeline_rank), network)
-    return seconds
+    """A stage's gradient reduce-scatter (``bytes_per_param`` each), dense and expert groups apart."""
+    return _stage_dp_collective_s("reduce_scatter", cluster, cfg, pipeline_rank, dense_params, expert_params,
+                                  bytes_per_param, network)
 
 
 @dataclass(frozen=True)
