@@ -3,7 +3,7 @@
 Once per step a rank reduces its gradients over its DP group (an all-reduce, or a
 reduce-scatter under ZeRO >= 1) and, under ZeRO-1/2, gathers its updated parameters back
 (Rajbhandari et al. 2020, Sec. 5); under ZeRO-3 the parameters are gathered per microbatch
-instead (``zero3_gather_s``). The group is hierarchical over the node boundary
+instead (``stage_zero3_gather_s``). The group is hierarchical over the node boundary
 (``costmodels.comm.collective_s``) and shares its nodes' NICs with the other DP groups of
 the same stage, which reduce at the same time.
 
@@ -84,12 +84,6 @@ def bucket_params(overlap: StackOverlap, data_ranks: int) -> float:
     return float(max(overlap.dp_bucket_params, overlap.dp_bucket_params_per_dp_rank * data_ranks))
 
 
-def zero3_gather_s(params: float, bytes_per_element: int, placement: GroupPlacement, network: Network) -> float:
-    """One all-gather of a stage's ZeRO-3 parameters (per microbatch in F, again in B: FSDP2 with
-    ``reshard_after_forward=True`` frees them after each forward; Rajbhandari et al. 2020, Sec. 5.3)."""
-    return collective_s("all_gather", params * bytes_per_element, placement, network)
-
-
 def _stage_dp_collective_s(collective: Collective, cluster: ClusterSpec, cfg: ParallelConfig, pipeline_rank: int,
                            dense_params: float, expert_params: float, bytes_per_param: float, network: Network) -> float:
     """One collective over a stage's parameters: its dense ones over the dp x cp group, its routed
@@ -106,7 +100,9 @@ def _stage_dp_collective_s(collective: Collective, cluster: ClusterSpec, cfg: Pa
 
 def stage_zero3_gather_s(cluster: ClusterSpec, cfg: ParallelConfig, pipeline_rank: int, dense_params: float,
                          expert_params: float, bytes_per_element: int, network: Network) -> float:
-    """A stage's ZeRO-3 parameter all-gather (``zero3_gather_s``), dense and expert groups apart."""
+    """A stage's ZeRO-3 parameter all-gather, dense and expert groups apart (per microbatch in F, again
+    in B: FSDP2 with ``reshard_after_forward=True`` frees them after each forward; Rajbhandari et al.
+    2020, Sec. 5.3)."""
     return _stage_dp_collective_s("all_gather", cluster, cfg, pipeline_rank, dense_params, expert_params,
                                   bytes_per_element, network)
 
