@@ -145,8 +145,17 @@ def levenberg_marquardt(
             probe[i] += h
             jac[:, i] = (residuals(probe) - r) / h
         normal, gradient = jac.T @ jac, jac.T @ r
+        # A coordinate no residual depends on (e.g. a collective efficiency in runs without that
+        # traffic) is not identified: rounding noise in its column, over the tiny regularisation
+        # below, would otherwise move it (through its own gradient or its coupling to the others).
+        # It stays where it is; the step is solved over the identified coordinates.
+        curvature = np.diag(normal)
+        seen = curvature > 1e-12 * max(float(curvature.max()), 1e-300)
+        normal, gradient = normal[np.ix_(seen, seen)], gradient[seen]
         for _ in range(10):
-            step = -np.linalg.solve(normal + damping * (np.diag(np.diag(normal)) + 1e-9 * np.eye(u.size)), gradient)
+            step = np.zeros(u.size)
+            step[seen] = -np.linalg.solve(normal + damping * (np.diag(np.diag(normal)) + 1e-9 * np.eye(normal.shape[0])),
+                                          gradient)
             trial = np.clip(u + step, 0.0, 1.0)
             r_trial = residuals(trial)
             trial_cost = float(r_trial @ r_trial)
