@@ -5,7 +5,7 @@ the expert-parallel group (operators of ``costmodels.operators``).
 Tokens. A rank runs the layer on its ``T = s·b / cp`` tokens, each routed to ``k`` of the ``E``
 experts: ``T·k`` assignments. With ``ep`` expert-parallel ranks each holds ``E / ep`` experts and,
 after the dispatch all-to-all, computes the assignments of all ``ep`` ranks that fall on its
-experts: ``T·k`` on average, ``EXPERT_LOAD_IMBALANCE × T·k`` on the busiest rank, whose work and
+experts: ``T·k`` on average, ``rank_load_imbalance × T·k`` on the busiest rank, whose work and
 whose all-to-all every rank waits for (the combine synchronises the group). Without expert
 parallelism a rank computes its own ``T·k`` assignments whatever their spread over experts.
 
@@ -21,16 +21,19 @@ layer's others (``costmodels.layer_costs.tp_comm_passes``).
 
 from __future__ import annotations
 
+import functools
+import math
+
 from costmodels.comm import GroupPlacement
 from costmodels.operators import FP32_BYTES, AllToAll, LayerOps, LayerShape, MemoryBound, activation, linear, norm, residual
 from profiles.schema import ModelSpec
 from profiles.stack_schema import StackKernels
 
-# The busiest expert-parallel rank's share of routed tokens over the mean. Routers trained with a
-# load-balancing loss keep experts near, not at, the mean: Switch Transformer runs its experts with a
-# capacity of 1.25x the mean ("capacity factor 1.25", Fedus, Zoph & Shazeer 2022, JMLR, Sec. 2.2 and
-# Table 1, where 1.0-1.25 drop few tokens). Megatron-Core's and ppplan's dropless routers compute every
-# token instead, so the busiest rank computes its excess rather than dropping it: a stated assumption
+# The busiest expert's share of routed tokens over the mean. Routers trained with a load-balancing
+# loss keep experts near, not at, the mean: Switch Transformer runs its experts with a capacity of
+# 1.25x the mean ("capacity factor 1.25", Fedus, Zoph & Shazeer 2022, JMLR, Sec. 2.2 and Table 1,
+# where 1.0-1.25 drop few tokens). Megatron-Core's and ppplan's dropless routers compute every token
+# instead, so the busiest expert computes its excess rather than dropping it: a stated assumption
 # (ppplan's runtime drops no tokens; `ppplan compare` shows what a run measured).
 EXPERT_LOAD_IMBALANCE = 1.25
 COUNT_BYTES = 8  # int64 tokens-per-expert counts exchanged before the dispatch (launch/runtime/moe.py)
@@ -50,12 +53,47 @@ def ep_group_placement(tp: int, ep: int, gpus_per_node: int) -> GroupPlacement:
     return GroupPlacement(size=ep, ranks_per_node=per_node, nodes=-(-ep // per_node), node_senders=gpus_per_node)
 
 
+@functools.lru_cache(maxsize=512)
+def expected_max_standard_normal(n: int) -> float:
+    """E[max of n independent standard normals] = ∫ x·n·φ(x)·Φ(x)^(n-1) dx (order statistics; e.g.
+    David & Nagaraja, "Order Statistics", 3rd ed., Table 3.1: 0.5642 for n = 2, 1.0294 for 4, 1.4236
+    for 8), by the midpoint rule on [-10, 10]."""
+    if n <= 1:
+        return 0.0
+    steps, lo, hi = 4000, -10.0, 10.0
+    dx = (hi - lo) / steps
+    total = 0.0
+    for i in range(steps):
+        x = lo + (i + 0.5) * dx
+        pdf = math.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+        cdf = 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+        total += x * n * pdf * cdf ** (n - 1) * dx
+    return total
+
+
+def rank_load_imbalance(num_experts: int, ep: int, expert_imbalance: float = EXPERT_LOAD_IMBALANCE) -> float:
+    """The busiest of ``ep`` expert-parallel ranks' routed load over the mean, each rank holding
+    ``E / ep`` experts. Expert loads are taken as independent with one spread σ, set so that the
+    expected busiest of the ``E`` experts carries ``expert_imbalance`` (``1 + σ·z(E)``, z the expected
+    maximum of standard normals); a rank sums ``E / ep`` of them, so its load's spread is
+    ``σ / sqrt(E / ep)`` and the busiest rank carries ``1 + σ·sqrt(ep / E)·z(ep)``. At one expert per
+    rank (``ep = E``) that is ``expert_imbalance`` itself; more experts per rank average out: Mixtral's
+    8 experts give 1.05 at ep 2, 1.13 at ep 4, 1.25 at ep 8 (a stated assumption, like the factor)."""
+    if ep <= 1 or num_experts <= 1:
+        return 1.0
+    sigma = (expert_imbalance - 1.0) / expected_max_standard_normal(num_experts)
+    return 1.0 + sigma * math.sqrt(ep / num_experts) * expected_max_standard_normal(ep)
+
+
 def routed_rows(model: ModelSpec, tokens: float, ep: int, imbalance: float | None = None) -> float:
-    """Assignments the busiest rank's experts compute for ``tokens`` tokens per rank (module docstring);
-    ``imbalance`` replaces ``EXPERT_LOAD_IMBALANCE`` where a run states its routing (a benchmark that
-    forces balanced routing: 1.0)."""
+    """Assignments the busiest rank's experts compute for ``tokens`` tokens per rank (module docstring):
+    ``rank_load_imbalance`` of the mean; ``imbalance`` replaces it where a run states its routing (a
+    benchmark that forces balanced routing: 1.0)."""
     k = model.experts_per_token or 0
-    return tokens * k * ((EXPERT_LOAD_IMBALANCE if imbalance is None else imbalance) if ep > 1 else 1.0)
+    if ep <= 1:
+        return tokens * k
+    factor = rank_load_imbalance(model.num_experts or 0, ep) if imbalance is None else imbalance
+    return tokens * k * factor
 
 
 def dispatch_rows(model: ModelSpec, tokens: float, tp: int, ep: int, kernels: StackKernels,

@@ -10,7 +10,14 @@ from __future__ import annotations
 import pytest
 
 from costmodels.comm import GroupPlacement, collective_s, network_for
-from costmodels.experts import EXPERT_LOAD_IMBALANCE, ep_group_placement, moe_activation_bytes, routed_rows
+from costmodels.experts import (
+    EXPERT_LOAD_IMBALANCE,
+    ep_group_placement,
+    expected_max_standard_normal,
+    moe_activation_bytes,
+    rank_load_imbalance,
+    routed_rows,
+)
 from costmodels.flops import layer_gemm_params, model_flops_per_iteration, transformer_layer_forward_flops
 from costmodels.layer_costs import RooflineTimes
 from costmodels.layer_ops import transformer_layer_ops
@@ -66,23 +73,46 @@ def test_mixtral_model_flops_are_six_times_active_parameters_without_the_embeddi
     assert model_flops_per_iteration(MIXTRAL, 1, s) - attention == pytest.approx(6 * s * 12_748_587_008, rel=1e-12)
 
 
+def test_expected_maximum_of_normals_matches_the_order_statistics_table() -> None:
+    """E[max of n standard normals], David & Nagaraja, "Order Statistics" (3rd ed.), Table 3.1 (and
+    Tippett 1925): 0.5642 (n = 2), 1.0294 (4), 1.4236 (8), 1.7660 (16), 2.5076 (100); 0 for one."""
+    table = {1: 0.0, 2: 0.5642, 4: 1.0294, 8: 1.4236, 16: 1.7660, 100: 2.5076}
+    for n, expected in table.items():
+        assert expected_max_standard_normal(n) == pytest.approx(expected, abs=5e-5)
+
+
+def test_rank_load_imbalance_averages_the_experts_a_rank_holds() -> None:
+    """E = 8 experts, the busiest expert at 1.25: σ = 0.25 / z(8). One expert per rank (ep 8) is 1.25;
+    ep 4 (two per rank) 1 + 0.25·sqrt(4/8)·z(4)/z(8) = 1 + 0.25·0.70711·1.0294/1.4236 = 1.12783;
+    ep 2: 1 + 0.25·0.5·0.5642/1.4236 = 1.04954; no expert parallelism 1."""
+    assert rank_load_imbalance(8, 8) == pytest.approx(1.25)
+    assert rank_load_imbalance(8, 4) == pytest.approx(1.12783, abs=1e-4)
+    assert rank_load_imbalance(8, 2) == pytest.approx(1.04954, abs=1e-4)
+    assert rank_load_imbalance(8, 1) == 1.0
+    assert rank_load_imbalance(8, 4, expert_imbalance=1.0) == 1.0
+
+
 def test_expert_parallel_rows_carry_the_load_imbalance() -> None:
-    """With ep = 4 a rank holds 2 experts and computes the busiest rank's 1.25·T·k rows: 1.25·256 = 320,
-    160 per expert; without ep the rank's own T·k = 256."""
+    """With ep = 8 a rank holds 1 expert and computes the busiest rank's 1.25·T·k rows: 1.25·256 = 320;
+    with ep = 4 (2 experts) 1.12783·256 = 288.72 rows, 144.36 per expert; without ep the rank's own
+    T·k = 256."""
     assert routed_rows(TINY, 128, 1) == 256
-    assert routed_rows(TINY, 128, 4) == EXPERT_LOAD_IMBALANCE * 256 == 320
+    assert routed_rows(TINY, 128, 8) == pytest.approx(EXPERT_LOAD_IMBALANCE * 256) == 320
+    assert routed_rows(TINY, 128, 4) == pytest.approx(288.72, abs=0.03)
     f = gemms(transformer_layer_ops(TINY, shape(ep=4), REPLICATED).forward)
-    assert (f["moe.expert.fc1"].m, f["moe.expert.fc1"].batch) == (160, 2)
+    assert f["moe.expert.fc1"].m == pytest.approx(144.36, abs=0.02) and f["moe.expert.fc1"].batch == 2
+    f = gemms(transformer_layer_ops(TINY, shape(ep=8), REPLICATED).forward)
+    assert (f["moe.expert.fc1"].m, f["moe.expert.fc1"].batch) == (pytest.approx(320), 1)
 
 
 def test_dispatch_all_to_all_bytes_per_stack() -> None:
-    """tp = 2, ep = 4, bf16: each tp rank of ppplan's runtime sends its rank's 320 rows × 256 × 2 B =
-    163,840 B per all-to-all (plus the 8 int64 counts); Megatron-Core's tp_split sends half."""
-    ops = transformer_layer_ops(TINY, shape(tp=2, ep=4), REPLICATED)
+    """tp = 2, ep = 8, bf16: each tp rank of ppplan's runtime sends its rank's 320 rows (1.25·T·k) × 256 ×
+    2 B = 163,840 B per all-to-all (plus the 8 int64 counts); Megatron-Core's tp_split sends half."""
+    ops = transformer_layer_ops(TINY, shape(tp=2, ep=8), REPLICATED)
     a2a = {op.name: op.bytes for op in ops.forward if isinstance(op, AllToAll)}
     assert a2a == {"moe.counts": 64, "moe.dispatch": 163_840, "moe.combine": 163_840}
     assert [op.name for op in ops.backward_input if isinstance(op, AllToAll)] == ["moe.combine.bwd", "moe.dispatch.bwd"]
-    split = transformer_layer_ops(TINY, shape(tp=2, ep=4, sp=True), SPLIT)
+    split = transformer_layer_ops(TINY, shape(tp=2, ep=8, sp=True), SPLIT)
     assert {op.name: op.bytes for op in split.forward if isinstance(op, AllToAll)} == {
         "moe.dispatch": 81_920, "moe.combine": 81_920}
     assert not [op for op in transformer_layer_ops(TINY, shape(tp=2), REPLICATED).forward if isinstance(op, AllToAll)]
@@ -163,8 +193,8 @@ def test_moe_activation_bytes_by_hand() -> None:
     and the 256 weighted copies: 512·256·2 = 262,144; 4·256·512·2 = 1,048,576; probabilities and two
     indices per assignment: 256·20 = 5,120."""
     assert moe_activation_bytes(TINY, 128, 1, 1, 2, 4) == 262_144 + 1_048_576 + 5_120
-    # ep = 2: the busiest rank's rows are 1.25x; the weighted copies stay the rank's own 256
-    assert moe_activation_bytes(TINY, 128, 1, 2, 2, 4) == (320 + 256) * 512 + 4 * 320 * 1024 + 5_120
+    # ep = 8: the busiest rank's rows are 1.25x; the weighted copies stay the rank's own 256
+    assert moe_activation_bytes(TINY, 128, 1, 8, 2, 4) == pytest.approx((320 + 256) * 512 + 4 * 320 * 1024 + 5_120)
 
 
 def test_a_run_that_states_balanced_routing_prices_the_mean_load() -> None:

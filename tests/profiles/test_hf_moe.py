@@ -149,3 +149,23 @@ def test_cli_refuses_a_hybrid_config(tmp_path: Path, capsys: pytest.CaptureFixtu
     code = run(["search", "--model", str(path), "--cluster", "dgx-h100", "--gpus", "16", "--global-batch", "64"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "jamba" in err[0]
+
+
+def test_mixtral_config_on_64_h100_gets_expert_parallelism_and_sane_memory(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's check: Mixtral-8x7B's config.json on 64 H100, global batch 256, seq 4096 picks ep > 1,
+    and its peak memory lies between what the rank's bf16 weights and gradients alone take (4 B per
+    parameter: the 32·8·176,160,768 expert parameters over ep·tp·pp ranks, the other 1,605,632,000
+    (46,702,792,704 − 45,097,156,608) over tp·pp) and the usable HBM."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(MIXTRAL_8X7B))
+    code = run(["search", "--model", str(path), "--cluster", "dgx-h100", "--gpus", "64", "--global-batch", "256",
+                "--seq-len", "4096", "--top-k", "1", "--json"])
+    assert code == 0
+    plan = json.loads(capsys.readouterr().out)[0]
+    cfg, est = plan["config"], plan["estimate"]
+    assert cfg["ep"] > 1
+    assert est["params_total"] == 46_702_792_704
+    expert, dense = 32 * 8 * 176_160_768, 46_702_792_704 - 32 * 8 * 176_160_768
+    floor_gib = 4 * (expert / (cfg["ep"] * cfg["tp"] * cfg["pp"]) + dense / (cfg["tp"] * cfg["pp"])) / 2**30
+    assert floor_gib < max(est["peak_memory_gib"]) <= est["memory_limit_gib"]
