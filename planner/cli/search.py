@@ -19,7 +19,7 @@ from planner.cli.app import app, comma_list, err, note, out, warn
 from planner.cli.render import memory_table, plan_json, plans_table, sig3
 from planner.search.branch_and_bound import Scored, SearchResult, search
 from planner.search.explain import binding_constraints, nearest_alternatives, rationale, waste_warnings
-from planner.search.space import DEFAULT_SCHEDULES, RECOMPUTE_KINDS
+from planner.search.space import DEFAULT_SCHEDULES, RECOMPUTE_KINDS, DegreeFilter
 from planner.trust.error_bands import with_error_band
 from profiles.errors import InfeasibleError, PlanError
 from profiles.files import check_outputs, write_atomic
@@ -106,6 +106,21 @@ def _parse_schedules(text: str | None) -> tuple[str, ...]:
     return names
 
 
+def _parse_degrees(**lists: str | None) -> DegreeFilter | None:
+    """``--tp 4,8`` and the like: positive integers up to the GPU cap, or no filter when none is given."""
+    fixed: dict[str, frozenset[int]] = {}
+    for name, text in lists.items():
+        if text is None:
+            continue
+        values = set()
+        for entry in comma_list(text, f"--{name}"):
+            if not entry.isdigit() or not 1 <= int(entry) <= MAX_GPUS:
+                raise PlanError(f"--{name} '{entry}' is not a degree: give integers from 1 to {MAX_GPUS}")
+            values.add(int(entry))
+        fixed[name] = frozenset(values)
+    return DegreeFilter(**fixed) if fixed else None
+
+
 def _progress():
     return Progress(TextColumn("searching"), BarColumn(), TextColumn("{task.completed}/{task.total} candidates"),
                     console=err, transient=True, disable=not err.is_terminal)
@@ -151,10 +166,15 @@ def search_cmd(
                                             "(default: all the stack runs)"),
     allow_cross_node_tp: bool = typer.Option(False, "--allow-cross-node-tp", help="also try TP groups larger than a node"),
     profile: Optional[Path] = ProfileOpt, comm_profile: Optional[Path] = CommProfileOpt, allow_mismatch: bool = MismatchOpt,
+    tp: Optional[str] = typer.Option(None, "--tp", help="comma list: search only these tensor-parallel degrees"),
+    pp: Optional[str] = typer.Option(None, "--pp", help="comma list: only these pipeline degrees"),
+    cp: Optional[str] = typer.Option(None, "--cp", help="comma list: only these context-parallel degrees"),
+    ep: Optional[str] = typer.Option(None, "--ep", help="comma list: only these expert-parallel degrees"),
     out_path: Optional[Path] = OutOpt, as_json: bool = JsonOpt, stack: str = StackOpt,
 ) -> None:
     """Find the fastest plans that fit in memory (exact under the simulated price, within 0.5 %)."""
     check_outputs(out_path)
+    degrees = _parse_degrees(tp=tp, pp=pp, cp=cp, ep=ep)
     model_spec, cluster_spec, stack_spec = load_model(model), load_cluster(cluster), load_stack(stack)
     train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision, stack_spec, is_hf_config(model))
     names = _parse_schedules(schedules)
@@ -162,7 +182,8 @@ def search_cmd(
     with _progress() as bar:
         task = bar.add_task("search", total=None)
         result = search(model_spec, cluster_spec, train, gpus, top_k, names, allow_cross_node_tp, layers,
-                        progress=lambda done, total: bar.update(task, completed=done, total=total), stack=stack_spec)
+                        progress=lambda done, total: bar.update(task, completed=done, total=total), stack=stack_spec,
+                        degrees=degrees)
     if not result.best:
         _report_infeasible(result.closest, model_spec, cluster_spec, train, gpus, as_json, profile)
     plans = _plans(model_spec, cluster_spec, train, result, profile)

@@ -37,7 +37,7 @@ from costmodels.pipeline_bound import bound_pipeline, peak_inflight, stages_by_r
 from costmodels.rules import model_support_violations
 from planner.search.bounds import Bounds
 from planner.search.cutpoints import split_affine
-from planner.search.space import DEFAULT_SCHEDULES, Candidate, enumerate_candidates
+from planner.search.space import DEFAULT_SCHEDULES, Candidate, DegreeFilter, enumerate_candidates
 from profiles.errors import PlanError
 from profiles.loader import DEFAULT_STACK, load_stack, preset_names
 from profiles.schema import ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
@@ -225,16 +225,20 @@ def search(
     progress: Callable[[int, int], None] | None = None,
     stack: StackSpec | None = None,
     tolerance: float = TOLERANCE,
+    degrees: DegreeFilter | None = None,
 ) -> SearchResult:
     """Top-k plans that fit on ``stack`` (default ``ppplan-torch``), best first; ``closest`` is the
     least-overflowing plan when none fits (module docstring). A model with layers the stack does not
-    run (mixture of experts, multi-head latent attention) is bad input (``PlanError``)."""
+    run (mixture of experts, multi-head latent attention) is bad input (``PlanError``), and so are
+    ``degrees`` no legal candidate has (the message lists the legal ones)."""
     searcher = Searcher(model, cluster, train, gpus, layers, stack)
     unsupported = model_support_violations(model, searcher.stack)
     if unsupported:
         raise PlanError(unsupported[0].replace("use another stack", _stacks_running(model)))
     cands = list(enumerate_candidates(model, train, gpus, cluster.gpus_per_node, schedules, allow_cross_node_tp, searcher.stack,
                                       searcher.layers.context_parallel))
+    if degrees is not None:
+        cands = _filtered(cands, degrees)
     result = SearchResult(best=[], closest=None, candidates=len(cands), searcher=searcher)
     visit = _Visit(searcher, top_k, tolerance, result)
     for c in cands:
@@ -247,6 +251,15 @@ def search(
     if not result.best:
         result.closest = closest_plan(searcher, cands)
     return result
+
+
+def _filtered(cands: list[Candidate], degrees: DegreeFilter) -> list[Candidate]:
+    kept = [c for c in cands if degrees.admits(c)]
+    if cands and not kept:
+        legal = "; ".join(f"{name} {', '.join(str(d) for d in sorted({getattr(c, name) for c in cands}))}"
+                          for name, _ in degrees.fixed())
+        raise PlanError(f"no legal configuration has {degrees.describe()}: the legal degrees here are {legal}")
+    return kept
 
 
 # What a queue entry holds: a candidate before its cuts, a cut with its stage-time bound, a cut

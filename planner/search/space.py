@@ -73,6 +73,27 @@ class Candidate:
                 f"v={self.v} {self.schedule} recompute={self.recompute} zero={self.zero}")
 
 
+@dataclass(frozen=True)
+class DegreeFilter:
+    """Degrees a user fixes (``ppplan search --tp 8 --ep 4,8``): each set, when given, keeps the
+    candidates whose degree is in it; the search stays exact within what is left."""
+
+    tp: frozenset[int] | None = None
+    cp: frozenset[int] | None = None
+    ep: frozenset[int] | None = None
+    pp: frozenset[int] | None = None
+
+    def admits(self, c: Candidate) -> bool:
+        return all(allowed is None or getattr(c, name) in allowed for name, allowed in self.fixed())
+
+    def fixed(self) -> list[tuple[str, frozenset[int]]]:
+        return [(name, allowed) for name in ("tp", "cp", "ep", "pp")
+                if (allowed := getattr(self, name)) is not None]
+
+    def describe(self) -> str:
+        return ", ".join(f"{name} in {{{', '.join(map(str, sorted(allowed)))}}}" for name, allowed in self.fixed())
+
+
 def divisors(n: int) -> list[int]:
     """The divisors of ``n`` in increasing order, in O(sqrt(n)) (n is up to 2^30 sequences)."""
     small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
