@@ -53,6 +53,11 @@ class ActivationVariant:
     rmsnorm_saves_normalized: bool = False
     vocab_parallel_loss: bool = True
     context_parallel_attention: str = "p2p_ring"
+    gemm_input_bytes: int | None = None  # what a GEMM's saved input takes per value (None: bytes_per_element)
+
+    @property
+    def saved_gemm_input_bytes(self) -> int:
+        return self.bytes_per_element if self.gemm_input_bytes is None else self.gemm_input_bytes
 
     @staticmethod
     def korthikanti() -> "ActivationVariant":
@@ -75,7 +80,8 @@ class ActivationVariant:
         dropout, the s² scores of unfused attention or flash's log-sum-exp, SwiGLU's gate and up
         plus its output when fused (3 FFN-wide tensors) or also silu(gate) when eager (4), the
         composite RMSNorm's normalised input off CUDA without a fused norm, the loss over
-        vocabulary shards or gathered logits, and what its context-parallel attention keeps.
+        vocabulary shards or gathered logits, what its context-parallel attention keeps, and in
+        fp8 runs the fp8-cast GEMM inputs where the stack keeps those (``fp8_saved_gemm_inputs``).
         ppplan-torch's kernels give ``runtime()``."""
         return ActivationVariant(
             bytes_per_element=4 if precision == "fp32" else 2,
@@ -85,6 +91,7 @@ class ActivationVariant:
             rmsnorm_saves_normalized=device != "cuda" and not kernels.fused_norm,
             vocab_parallel_loss=kernels.vocab_parallel_loss,
             context_parallel_attention=kernels.context_parallel_attention,
+            gemm_input_bytes=1 if precision == "fp8" and kernels.fp8_saved_gemm_inputs else None,
         )
 
 
@@ -114,8 +121,9 @@ def layer_activation_bytes(
     if recompute == "full":
         return p * sbh / replicated_div  # the layer input only
     mask = 1 if variant.dropout else 0
+    g = variant.saved_gemm_input_bytes  # QKV, MLP, output-projection and FC2 inputs: GEMM inputs
     # LayerNorm inputs (2), QKV input, MLP input, two dropout masks: replicated across TP without SP.
-    replicated = 4 * p * sbh + 2 * mask * sbh
+    replicated = 2 * p * sbh + 2 * g * sbh + 2 * mask * sbh
     if variant.rmsnorm_saves_normalized and model.norm == "rmsnorm":
         replicated += 2 * p * sbh  # each composite RMSNorm's normalised input
     ffn_tensors = 2 if model.activation == "gelu" else variant.swiglu_saved_ffn_tensors
@@ -127,12 +135,12 @@ def layer_activation_bytes(
         attention = (
             p * s * b * (h + model.kv_dim)  # Q and K
             + p * s * b * model.kv_dim  # V
-            + p * sbh  # attention output = output-projection input
+            + g * sbh  # attention output = output-projection input
         )
     if moe:
         mlp = tp * moe_activation_bytes(model, s * b, tp, ep, p, ffn_tensors)
-    else:
-        mlp = ffn_tensors * p * s * b * model.ffn_size
+    else:  # the FFN-wide tensors, the last of them the FC2 input
+        mlp = ((ffn_tensors - 1) * p + g) * s * b * model.ffn_size
     if variant.flash_attention:
         scores = 4.0 * a * s * b  # fp32 log-sum-exp per head and token
     else:

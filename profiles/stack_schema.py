@@ -49,6 +49,13 @@ class StackKernels(StrictModel):
         "context_parallel with the allgather rotater, torchtitan's default); eager_ring: fp32 blockwise attention, "
         "blocking p2p, every block's scores and the received K/V kept for backward (ppplan's launch/runtime/cp.py)",
     )
+    fp8_saved_gemm_inputs: bool = Field(
+        default=False,
+        description="in fp8 runs each transformer-layer GEMM keeps its fp8-cast input (1 B per value) for the "
+        "weight gradient instead of the bf16 one: Transformer Engine's Linear, LayerNormLinear and LayerNormMLP save "
+        "the quantized input (transformer_engine/pytorch/module/linear.py, 'saved_inputmat = inputmat' after the "
+        "cast). torchao's Float8Linear (torchtitan) saves the high-precision input and casts again in backward",
+    )
     expert_dispatch: Literal["tp_replicated", "tp_split"] = Field(
         default="tp_replicated",
         description="which tokens a tensor-parallel rank sends in the expert all-to-all: tp_replicated: all of its "

@@ -78,6 +78,28 @@ def test_runtime_variant_fp32_flash_no_dropout_by_hand():
     assert layer_activation_bytes(m, s, b, 1, False, "none", ActivationVariant.runtime("fp32")) == expected
 
 
+def test_fp8_on_transformer_engine_keeps_the_gemm_inputs_in_one_byte():
+    """Llama-3-8B (h 4096, 32 heads, 8 kv heads -> kv_dim 1024, SwiGLU FFN 14336), s 8192, b 1, tp 1, no
+    recompute, on megatron-core's kernels (flash, fused norm and SwiGLU: 3 FFN tensors, no dropout). bf16:
+    norms' inputs, QKV and MLP inputs 4·2·sbh; Q, K 2·s(h + 1024), V 2·s·1024, attention output 2·sbh; gate,
+    up and SwiGLU output 3·2·s·f; lse 4·a·s. fp8 (Transformer Engine keeps the cast input of every GEMM):
+    the QKV, MLP, output-projection and FC2 inputs drop to 1 B: 3·sbh + s·f fewer bytes.
+    torchtitan (torchao keeps the bf16 input) keeps the bf16 figure."""
+    m = load_model("llama3-8b")
+    s, h, f, kv, a = 8192, 4096, 14336, 1024, 32
+    bf16 = 8 * s * h + 2 * s * (h + kv) + 2 * s * kv + 2 * s * h + 6 * s * f + 4 * a * s
+    kernels = load_stack("megatron-core").kernels
+    as_bf16 = ActivationVariant.for_stack(kernels, "bf16")
+    as_fp8 = ActivationVariant.for_stack(kernels, "fp8")
+    assert layer_activation_bytes(m, s, 1, 1, False, "none", as_bf16) == bf16
+    assert layer_activation_bytes(m, s, 1, 1, False, "none", as_fp8) == bf16 - 3 * s * h - s * f
+    titan = ActivationVariant.for_stack(load_stack("torchtitan").kernels, "fp8")
+    assert layer_activation_bytes(m, s, 1, 1, False, "none", titan) == layer_activation_bytes(
+        m, s, 1, 1, False, "none", ActivationVariant.for_stack(load_stack("torchtitan").kernels, "bf16"))
+    # full recompute keeps the layer input, in bf16 either way
+    assert layer_activation_bytes(m, s, 1, 1, False, "full", as_fp8) == 2 * s * h
+
+
 def test_gqa_shrinks_k_and_v():
     m = load_model("tiny-llama")  # 8 heads, 4 kv heads, head_dim 32 -> kv_dim 128
     v = ActivationVariant.runtime("bf16")
