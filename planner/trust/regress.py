@@ -1,7 +1,7 @@
 """``ppplan regress``: golden plans per (model, cluster) guard the search's choices.
 
 Each file in ``profiles/regression/`` names one case (model, cluster, GPUs,
-global batch, sequence length, optional precision and schedules) and its
+global batch, sequence length, optional precision, schedules and stack) and its
 golden result: the chosen configuration, predicted step time, MFU and peak
 memory per pipeline rank, with tolerances. Files are named by configuration
 and hardware, as Megatron-LM names its golden values
@@ -27,11 +27,11 @@ from planner.search.branch_and_bound import search
 from planner.search.space import DEFAULT_SCHEDULES
 from profiles.errors import PlanError
 from profiles.files import write_atomic
-from profiles.loader import REGRESSION_DIR, load_cluster, load_model, read_document, validate_as
+from profiles.loader import DEFAULT_STACK, REGRESSION_DIR, load_cluster, load_model, load_stack, read_document, validate_as
 from profiles.schema import Estimate, ParallelConfig, Precision, StrictModel, TrainSpec
 
 DEFAULT_SUITE = REGRESSION_DIR
-CONFIG_FIELDS = ("tp", "pp", "dp", "v", "mbs", "num_microbatches", "schedule", "recompute",
+CONFIG_FIELDS = ("tp", "cp", "ep", "pp", "dp", "v", "mbs", "num_microbatches", "schedule", "recompute",
                  "sequence_parallel", "zero", "stage_layers")
 
 
@@ -44,6 +44,7 @@ class RegressionCase(StrictModel):
     seq_len: PositiveInt
     precision: Precision = "bf16"
     schedules: list[str] | None = None
+    stack: str | None = None  # None: the default stack (``profiles.loader.DEFAULT_STACK``)
 
 
 class Tolerance(StrictModel):
@@ -94,7 +95,7 @@ def run_case(case: RegressionCase) -> Golden:
     model, cluster = load_model(case.model), load_cluster(case.cluster)
     train = TrainSpec(global_batch=case.global_batch, seq_len=case.seq_len, precision=case.precision)
     schedules = tuple(case.schedules) if case.schedules else DEFAULT_SCHEDULES
-    result = search(model, cluster, train, case.gpus, top_k=1, schedules=schedules)
+    result = search(model, cluster, train, case.gpus, top_k=1, schedules=schedules, stack=load_stack(case.stack or DEFAULT_STACK))
     if not result.best:
         raise PlanError(f"case {case.name}: no feasible plan")
     best = result.best[0]
@@ -141,7 +142,7 @@ def _header(case: RegressionCase) -> str:
     schedules = ", ".join(case.schedules) if case.schedules else "search default"
     return (
         f"# Regression case {case.name}: {case.model} on {case.gpus} {case.cluster} GPUs, global batch "
-        f"{case.global_batch}, seq {case.seq_len}, {case.precision}, schedules: {schedules}.\n"
+        f"{case.global_batch}, seq {case.seq_len}, {case.precision}, stack {case.stack or DEFAULT_STACK}, schedules: {schedules}.\n"
         "# The golden block is generated: regenerate with `ppplan regress --update` after a deliberate\n"
         "# cost-model or search change, and review the diff.\n"
     )
