@@ -51,6 +51,7 @@ from costmodels.memory import (
 )
 from costmodels.params import model_parameters, moe_layers_in
 from costmodels.pipeline import PipelineResult, price_actions, price_pipeline
+from costmodels.processor_sharing import timeshared_makespan_s
 from costmodels.rank_grid import RankCoord, RankGrid
 from costmodels.runtime_costs import (
     NO_RUNTIME_COSTS,
@@ -61,7 +62,8 @@ from costmodels.runtime_costs import (
     runtime_costs_of,
     with_measured_links,
 )
-from costmodels.schedules.generate import schedule_of
+from costmodels.schedules.actions import Schedule
+from costmodels.schedules.generate import generate_schedule, schedule_of
 from costmodels.schedules.registry import schedule_spec
 from costmodels.simulator import StageTimes
 from costmodels.step_time import RankWork, compose_step
@@ -405,34 +407,28 @@ def _cpu_heap_terms(
     return terms
 
 
-def timeshared_compute_s(
-    cluster: ClusterSpec, cfg: ParallelConfig, busy_s: tuple[float, ...], tail_s: list[float]
+def timeshared_step_s(
+    cluster: ClusterSpec, cfg: ParallelConfig, schedule: Schedule, times: StageTimes, tails_s: list[float]
 ) -> float:
-    """Work bound of a node whose ranks time-share fewer cores (0 when every rank has its own device).
+    """The step where a node's ranks time-share fewer cores (0 when every rank has its own device):
+    the pipeline's action lists under processor sharing (``costmodels.processor_sharing``).
 
-    A node runs ``n = min(world, gpus_per_node)`` ranks, but only ``C =
-    concurrent_ranks_per_node`` of them compute at full speed at once (CPU cores; torchrun
-    runs one OMP thread per process, and Linux shares a core fairly among the ranks that
-    want it). Work is conserved, so the node needs at least its ranks' total compute
-    (simulated busy time plus the optimizer step and exposed data-parallel traffic,
-    ``tail_s``, per pipeline rank, in full-speed seconds)
-    divided by ``C``. Layer times are those of one TP group alone on the node (a TP group
-    larger than ``C`` already time-shares: ``RooflineTimes`` and a ``--tp-group`` profile
-    include it), so a TP group's rank counts ``min(tp, C) / tp`` of a core. The pipeline
-    simulation at full speed is the other lower bound; the estimate takes the larger:
-    exact when the node is saturated (more ranks than cores, short bubble) or when it is
-    not (no more ranks than cores), and optimistic in between (processor sharing over the
-    bubble is not simulated).
-    """
+    ``C = concurrent_ranks_per_node`` cores serve a node's ranks (CPU cores; torchrun runs one OMP
+    thread per process, and Linux shares a core fairly among the ranks that want it). Layer
+    times are those of one TP group alone on the node (a TP group larger than ``C`` already
+    time-shares: ``RooflineTimes`` and a ``--tp-group`` profile include it), so a computing
+    pipeline rank wants ``min(tp, C)`` cores in each of the ``dp x cp`` replicas that run the same
+    list at once; a job over several nodes has ``C`` cores on each. ``tails_s`` (optimizer step
+    and exposed data-parallel traffic per pipeline rank, in full-speed seconds) run after each
+    rank's list. When the ranks never want more cores than there are, nothing is shared: 0."""
     cores = cluster.concurrent_ranks_per_node
     if cores is None:
         return 0.0
-    grid = RankGrid(cfg.tp, cfg.pp, cfg.dp, cfg.cp)
-    on_node = range(min(grid.world_size, cluster.gpus_per_node))
-    work_s = sum(busy_s[grid.coord(r).pp] + tail_s[grid.coord(r).pp] for r in on_node)
-    # to the picosecond: plans with the same work (pp4 and pp2 x dp2) tie exactly, whatever the
-    # summation order, and the search's canonical tie-break decides between them
-    return round(work_s * min(cfg.tp, cores) / cfg.tp / cores, 12)
+    on_node = min(cfg.world_size, cluster.gpus_per_node)
+    if on_node * min(cfg.tp, cores) / cfg.tp <= cores:
+        return 0.0
+    total_cores = cores * cfg.world_size / on_node
+    return timeshared_makespan_s(schedule, times, tails_s, total_cores, cfg.dp * cfg.cp * min(cfg.tp, cores))
 
 
 def memory_limit_gib(cluster: ClusterSpec) -> float:
@@ -500,10 +496,15 @@ def estimate(
         schedule = schedule_of("custom", cfg.pp, cfg.v, cfg.num_microbatches, cfg.schedule_csv)
         result = price_actions(schedule, times)
     else:
+        schedule = None
         result = pricer(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, times)
     ranks = [_rank_work(cluster, train, cfg, stack, network, plans, costs, hidden, result, r, runtime) for r in range(cfg.pp)]
     tails = [w.optimizer_s + w.sync.grad_reduce_exposed_s + w.sync.param_gather_exposed_s for w in ranks]
-    timeshared = timeshared_compute_s(cluster, cfg, result.busy_s, tails)
+    if cluster.concurrent_ranks_per_node is None:
+        timeshared = 0.0
+    else:
+        schedule = schedule or generate_schedule(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches)
+        timeshared = timeshared_step_s(cluster, cfg, schedule, times, tails)
     step = compose_step(result, ranks, cfg.num_microbatches, cluster.efficiency.step_overhead_s, timeshared)
     per_rank = [[st for st in plans if st.rank == r] for r in range(cfg.pp)]
     variant = activation_variant(cluster, train, stack.kernels)

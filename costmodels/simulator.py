@@ -270,7 +270,7 @@ class SimulationResult:
         return timeline
 
 
-def _duration_table(times: StageTimes) -> np.ndarray:
+def duration_table(times: StageTimes) -> np.ndarray:
     """Rows F, B, W, BW (= B + W) by virtual stage, in seconds."""
     f = np.asarray(times.forward_s, dtype=float)
     b = np.asarray(times.backward_input_s, dtype=float)
@@ -339,7 +339,7 @@ def simulate(schedule: Schedule, times: StageTimes) -> SimulationResult:
     """Run ``schedule`` with per-stage ``times``; see the module docstring for the model."""
     _check_times(schedule, times)
     graph = schedule_graph(schedule)
-    table = _duration_table(times)
+    table = duration_table(times)
     duration = table[graph.kind_code, graph.stage]
     comm = np.append(np.asarray(times.p2p_s, dtype=float), 0.0)[graph.boundary]
     end = _end_times(graph, duration, comm)[:-1]

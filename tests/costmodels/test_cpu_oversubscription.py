@@ -1,15 +1,20 @@
 """Ranks that time-share a node's cores (``ClusterSpec.concurrent_ranks_per_node``), hand-derived.
 
-A node with C cores runs n ranks: the step cannot be shorter than the node's total work
-over C (``costmodels.estimate.timeshared_compute_s``), nor than the pipeline's critical path
-at full speed; a TP group of more ranks than cores is slowed by tp / C even alone
-(``costmodels.layer_costs.tp_group_timeshare``). GPU clusters (field unset) are unchanged.
+A node with C cores runs n ranks: the pipeline's action lists run under processor sharing
+(``costmodels.processor_sharing``, ``costmodels.estimate.timeshared_step_s``): never shorter than
+the node's total work over C nor than the critical path at full speed, and longer than both where
+the ranks that can run leave cores idle part of the time; a TP group of more ranks than cores is
+slowed by tp / C even alone (``costmodels.layer_costs.tp_group_timeshare``). GPU clusters (field
+unset) are unchanged.
 """
 
 import pytest
 
-from costmodels.estimate import comm_overlaps_compute, estimate, timeshared_compute_s
+from costmodels.estimate import comm_overlaps_compute, estimate, timeshared_step_s
 from costmodels.layer_costs import RooflineTimes, tp_group_timeshare
+from costmodels.processor_sharing import timeshared_makespan_s
+from costmodels.schedules.generate import generate_schedule
+from costmodels.simulator import StageTimes
 from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec
 from tests.costmodels.neutral_stack import neutral_stack
 from tests.costmodels.unit_layers import UnitLayers
@@ -34,33 +39,47 @@ def config(tp: int, pp: int, dp: int, m: int = 8) -> ParallelConfig:
 MODEL = ModelSpec(name="t", num_layers=8, hidden_size=256, num_attention_heads=8, vocab_size=1024, seq_len=128)
 
 
-def test_field_is_optional_and_unset_means_no_bound():
+def unit_times(pp: int, f: float = 1.0, b: float = 1.0, w: float = 1.0) -> StageTimes:
+    return StageTimes((f,) * pp, (b,) * pp, (w,) * pp, (0.0,) * pp, (0.0,) * (pp - 1))
+
+
+def test_field_is_optional_and_unset_means_no_sharing():
     gpu = cluster(None)
     assert gpu.concurrent_ranks_per_node is None
     assert comm_overlaps_compute(gpu)
     assert not comm_overlaps_compute(cluster(2))
-    assert timeshared_compute_s(gpu, config(1, 4, 1), (1.0, 1.0, 1.0, 1.0), [0.0] * 4) == 0.0
+    schedule = generate_schedule("1f1b", 4, 1, 8)
+    assert timeshared_step_s(gpu, config(1, 4, 1), schedule, unit_times(4), [0.0] * 4) == 0.0
+    # 4 ranks on 4 cores: nobody waits for a core
+    assert timeshared_step_s(cluster(4), config(1, 4, 1), schedule, unit_times(4), [0.0] * 4) == 0.0
 
 
-def test_work_bound_pipeline_ranks():
-    # 4 ranks on 2 cores: (0.1 + 0.1 + 0.1 + 0.2 busy + 4 x 0.01 optimizer) / 2 = 0.27 s
-    got = timeshared_compute_s(cluster(2), config(1, 4, 1), (0.1, 0.1, 0.1, 0.2), [0.01] * 4)
-    assert got == pytest.approx(0.27)
+def test_processor_sharing_by_hand():
+    """1F1B, P = 2, M = 2, F = 1 s, B + W = 2 s, on 1.5 cores. Rank 0 runs F0 alone (0-1); F1 on
+    rank 0 and F0 on rank 1 share the cores at 0.75 each (1-2.333); rank 1's BW0 runs alone (to
+    4.333); rank 0's BW0 and rank 1's F1 share (F1 ends at 5.667, BW0 has 1 s of work left); BW0 and
+    rank 1's BW1 share (BW0 ends at 7, BW1 has 1 s left); BW1 alone (to 8); rank 0's BW1 alone (to 10).
+    10 s: more than the critical path at full speed (3·3 = 9 s) and the work over the cores (12/1.5 = 8 s)."""
+    schedule = generate_schedule("1f1b", 2, 1, 2)
+    times = unit_times(2)
+    assert timeshared_makespan_s(schedule, times, [0.0, 0.0], 1.5, 1.0) == pytest.approx(10.0)
+    assert timeshared_makespan_s(schedule, times, [0.0, 0.0], 2.0, 1.0) == pytest.approx(9.0)  # no sharing
+    assert timeshared_makespan_s(schedule, times, [0.0, 0.0], 1.0, 1.0) == pytest.approx(12.0)  # all work, one core
+    # tails run after each rank's list: rank 1's 0.25 s from 8 shares with rank 0's BW1 (0.75 each:
+    # to 8.333, BW1 has 1.75 s left, alone to 10.083), then rank 0's 0.5 s alone: 10.583 s
+    assert timeshared_makespan_s(schedule, times, [0.5, 0.25], 1.5, 1.0) == pytest.approx(10.0 + 7 / 12)
 
 
-def test_work_bound_counts_dp_replicas_and_only_the_ranks_of_one_node():
-    # tp1 pp2 dp2 on 2 cores: ranks (pp0,dp0), (pp0,dp1), (pp1,dp0), (pp1,dp1): (2*0.3 + 2*0.5) / 2 = 0.8
-    assert timeshared_compute_s(cluster(2), config(1, 2, 2), (0.3, 0.5), [0.0, 0.0]) == pytest.approx(0.8)
-    # pp4 dp4 = 16 ranks, 8 per node: node 0 holds pp ranks 0 and 1, four replicas each: (4*1 + 4*2) / 2 = 6
-    assert timeshared_compute_s(cluster(2), config(1, 4, 4), (1.0, 2.0, 3.0, 4.0), [0.0] * 4) == pytest.approx(6.0)
-
-
-def test_a_tp_group_counts_min_tp_cores_so_a_lone_group_is_not_charged_twice():
-    # tp4 alone on 2 cores: its busy time already contains the sharing (tp_group_timeshare);
-    # 4 ranks x 1.0 s x min(4, 2)/4 cores / 2 cores = 1.0 s, the busy time itself
-    assert timeshared_compute_s(cluster(2), config(4, 1, 1), (1.0,), [0.0]) == pytest.approx(1.0)
-    # two TP groups of 2 (tp2 pp2) on 2 cores take turns: 4 x 0.5 x 1 / 2 = 1.0 s
-    assert timeshared_compute_s(cluster(2), config(2, 2, 1), (0.5, 0.5), [0.0, 0.0]) == pytest.approx(1.0)
+def test_replicas_and_tp_groups_want_their_cores():
+    """dp replicas run the same list at once: tp1 pp2 dp2 on 2 cores is pp2 on 1 core (12 s above);
+    a TP group of 2 wants 2 cores: tp2 pp2 on 2 cores is also 12 s; tp4 alone on 2 cores wants
+    min(4, 2) = 2 cores and is never shared (its times already hold the sharing inside the group)."""
+    schedule = generate_schedule("1f1b", 2, 1, 2)
+    times = unit_times(2)
+    assert timeshared_step_s(cluster(2), config(1, 2, 2), schedule, times, [0.0, 0.0]) == pytest.approx(12.0)
+    assert timeshared_step_s(cluster(2), config(2, 2, 1), schedule, times, [0.0, 0.0]) == pytest.approx(12.0)
+    lone = generate_schedule("1f1b", 1, 1, 2)
+    assert timeshared_step_s(cluster(2), config(4, 1, 1), lone, unit_times(1), [0.0]) == 0.0
 
 
 def test_tp_group_timeshare():
@@ -85,12 +104,14 @@ def test_roofline_scales_a_tp_group_larger_than_the_cores():
         # 1F1B, P = 4, M = 8, F = B = W = 1 s per stage (one layer each): critical path
         # (M + P - 1)(F + B + W) = 11 * 3 = 33 s; each rank is busy M * 3 = 24 s.
         (None, 33.0),  # accelerators: the critical path
-        (4, 33.0),  # one core per rank: work bound 4 * 24 / 4 = 24 s < 33 s
-        (2, 48.0),  # two cores: work bound 4 * 24 / 2 = 48 s > 33 s
+        (4, 33.0),  # one core per rank: nothing shared
+        # two cores: the 96 core-seconds of work plus 6 idle core-seconds while fewer than two ranks
+        # can run (warm-up and cool-down), over 2 cores: 51 s (the work bound alone said 48 s)
+        (2, 51.0),
         (1, 96.0),  # one core: 4 * 24 = 96 s
     ],
 )
-def test_estimate_takes_the_larger_of_critical_path_and_work_bound(cores, expected_s):
+def test_estimate_prices_the_shared_cores(cores, expected_s):
     train = TrainSpec(global_batch=8, seq_len=128, precision="fp32")
     cfg = ParallelConfig(tp=1, pp=4, dp=1, mbs=1, num_microbatches=8, stage_layers=[1, 1, 1, 1])
     model = MODEL.model_copy(update={"num_layers": 4})
