@@ -176,7 +176,8 @@ def ring_time_s(ring: RingAttention, first_s: float, other_s: float, exchange: f
         total = compute + (steps - 1) * exchange
     else:
         total = max(first_s, exchange) + (steps - 1) * other_s
-    return total, total - compute
+    extra = total - compute  # exactly 0 when compute hides every transfer: drop the summation residue
+    return total, extra if extra > 1e-12 * total else 0.0
 
 
 def eager_ring_activation_bytes(model: ModelSpec, shape: LayerShape) -> float:
