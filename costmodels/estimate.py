@@ -407,28 +407,46 @@ def _cpu_heap_terms(
     return terms
 
 
+def timeshared_work_bound_s(cluster: ClusterSpec, cfg: ParallelConfig, busy_s: tuple[float, ...], tail_s: list[float]) -> float:
+    """A lower bound of ``timeshared_step_s`` for pricers that bound the pipeline rather than simulate
+    it (``costmodels.pipeline_bound``): work is conserved, so a node needs at least its ranks' total
+    work (busy time plus tails, a TP group's rank counting ``min(tp, C) / tp`` of a core) over its
+    ``C`` cores."""
+    cores = cluster.concurrent_ranks_per_node
+    if cores is None:
+        return 0.0
+    grid = RankGrid(cfg.tp, cfg.pp, cfg.dp, cfg.cp)
+    on_node = range(min(grid.world_size, cluster.gpus_per_node))
+    work_s = sum(busy_s[grid.coord(r).pp] + tail_s[grid.coord(r).pp] for r in on_node)
+    return round(work_s * min(cfg.tp, cores) / cfg.tp / cores, 12)
+
+
 def timeshared_step_s(
     cluster: ClusterSpec, cfg: ParallelConfig, schedule: Schedule, times: StageTimes, tails_s: list[float]
 ) -> float:
     """The step where a node's ranks time-share fewer cores (0 when every rank has its own device):
     the pipeline's action lists under processor sharing (``costmodels.processor_sharing``).
 
-    ``C = concurrent_ranks_per_node`` cores serve a node's ranks (CPU cores; torchrun runs one OMP
-    thread per process, and Linux shares a core fairly among the ranks that want it). Layer
+    ``C = concurrent_ranks_per_node`` cores serve each node's ranks (CPU cores; torchrun runs one
+    OMP thread per process, and Linux shares a core fairly among the ranks that want it). Layer
     times are those of one TP group alone on the node (a TP group larger than ``C`` already
-    time-shares: ``RooflineTimes`` and a ``--tp-group`` profile include it), so a computing
-    pipeline rank wants ``min(tp, C)`` cores in each of the ``dp x cp`` replicas that run the same
-    list at once; a job over several nodes has ``C`` cores on each. ``tails_s`` (optimizer step
-    and exposed data-parallel traffic per pipeline rank, in full-speed seconds) run after each
-    rank's list. When the ranks never want more cores than there are, nothing is shared: 0."""
+    time-shares: ``RooflineTimes`` and a ``--tp-group`` profile include it), so each process of a
+    computing pipeline rank wants ``min(tp, C) / tp`` of a core on its node (the rank grid says
+    which node: ``costmodels.rank_grid``). ``tails_s`` (optimizer step and exposed data-parallel
+    traffic per pipeline rank, in full-speed seconds) run after each rank's list. When no node is
+    ever asked for more cores than it has, nothing is shared: 0."""
     cores = cluster.concurrent_ranks_per_node
     if cores is None:
         return 0.0
-    on_node = min(cfg.world_size, cluster.gpus_per_node)
-    if on_node * min(cfg.tp, cores) / cfg.tp <= cores:
+    grid = RankGrid(cfg.tp, cfg.pp, cfg.dp, cfg.cp)
+    share = min(cfg.tp, cores) / cfg.tp
+    nodes = -(-grid.world_size // cluster.gpus_per_node)
+    load = [[0.0] * cfg.pp for _ in range(nodes)]
+    for rank in range(grid.world_size):
+        load[rank // cluster.gpus_per_node][grid.coord(rank).pp] += share
+    if all(sum(wants) <= cores for wants in load):
         return 0.0
-    total_cores = cores * cfg.world_size / on_node
-    return timeshared_makespan_s(schedule, times, tails_s, total_cores, cfg.dp * cfg.cp * min(cfg.tp, cores))
+    return timeshared_makespan_s(schedule, times, tails_s, cores, load)
 
 
 def memory_limit_gib(cluster: ClusterSpec) -> float:
@@ -502,6 +520,8 @@ def estimate(
     tails = [w.optimizer_s + w.sync.grad_reduce_exposed_s + w.sync.param_gather_exposed_s for w in ranks]
     if cluster.concurrent_ranks_per_node is None:
         timeshared = 0.0
+    elif schedule is None and pricer is not price_pipeline:  # a bounding pricer: the work bound is a lower bound
+        timeshared = timeshared_work_bound_s(cluster, cfg, result.busy_s, tails)
     else:
         schedule = schedule or generate_schedule(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches)
         timeshared = timeshared_step_s(cluster, cfg, schedule, times, tails)

@@ -2,19 +2,21 @@
 ``costmodels.simulator``, run under processor sharing.
 
 On a CPU node every rank is a process and ``C`` cores serve them (``ClusterSpec.concurrent_ranks_per_node``);
-Linux's fair scheduler gives each runnable process an equal share, so while ``n`` ranks compute
-each runs at ``min(1, C / (n·w))`` of full speed, ``w`` the cores one of them would use alone
-(``min(tp, C)`` per TP group, times the data-parallel replicas on the node, which run the same list
-at the same time). A rank that waits for its input (a p2p receive or a collective) is blocked and
-uses no core. Each action keeps its full-speed duration as work; the event loop advances to the
+Linux's fair scheduler gives each runnable process an equal share. A pipeline rank stands for all
+its processes (its TP group's ranks in every data/context-parallel replica, which run the same list
+at the same time); ``load[n][r]`` is how many cores pipeline rank r wants on node n while it
+computes (``min(tp, C) / tp`` per process there). While the ranks of set A compute, node n is asked
+for ``D_n = Σ_{r∈A} load[n][r]`` cores and a computing rank runs at ``min(1, C / D_n)`` of full
+speed on its slowest node. A rank that waits for its input (a p2p receive or a collective) is
+blocked and uses no core. Each action keeps its full-speed duration as work; the event loop advances to the
 next completion or arrival and shares the cores among the ranks computing in between
 (Kleinrock 1967, "Time-shared systems: a theoretical treatment", processor sharing as the limit of
 round-robin with a small quantum). After its last action a rank runs its tail (optimizer step and
 exposed gradient reduce) the same way.
 
-It is exact for the model above when the node is saturated (it then takes the total work over
-``C``) and when it is not (every rank runs at full speed, as the plain simulation), and prices the
-regime in between, where the plain simulation ignores that ranks slow each other down.
+It is never shorter than a node's total work over ``C`` nor than the plain simulation (every rank
+at full speed), and prices the regime in between, where the plain simulation ignores that ranks
+slow each other down.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ EPS_S = 1e-12
 
 
 def timeshared_makespan_s(schedule: Schedule, times: StageTimes, tails_s: list[float], cores: float,
-                          cores_per_rank: float) -> float:
-    """The step's makespan when the pipeline ranks share ``cores`` cores, each rank wanting
-    ``cores_per_rank`` of them (module docstring); ``tails_s[r]`` is rank r's work after its list."""
+                          load: list[list[float]]) -> float:
+    """The step's makespan when the pipeline ranks share ``cores`` cores per node, pipeline rank r
+    wanting ``load[n][r]`` of node n's (module docstring); ``tails_s[r]`` is rank r's work after
+    its list."""
     graph = schedule_graph(schedule)
     n = graph.num_nodes
     duration = duration_table(times)[graph.kind_code, graph.stage].tolist()
@@ -66,12 +69,13 @@ def timeshared_makespan_s(schedule: Schedule, times: StageTimes, tails_s: list[f
                 raise AssertionError("processor sharing: no rank can run (the schedule graph deadlocks)")
             t = arrival
             continue
-        rate = min(1.0, cores / (len(running) * cores_per_rank))
-        finish = min(remaining[r] for r in running) / rate
+        demand = [sum(wants[r] for r in running) for wants in load]
+        rate = {r: min([1.0] + [cores / demand[n] for n, wants in enumerate(load) if wants[r] > 0]) for r in running}
+        finish = min(remaining[r] / rate[r] for r in running)
         step = min(finish, arrival - t)
         t += step
         for r in running:
-            remaining[r] -= rate * step
+            remaining[r] -= rate[r] * step
             if remaining[r] <= EPS_S * max(1.0, t):
                 node = lists[r][position[r]]
                 if node >= 0:

@@ -54,6 +54,9 @@ def test_field_is_optional_and_unset_means_no_sharing():
     assert timeshared_step_s(cluster(4), config(1, 4, 1), schedule, unit_times(4), [0.0] * 4) == 0.0
 
 
+ONE_NODE = [[1.0, 1.0]]  # two pipeline ranks of one process each on one node
+
+
 def test_processor_sharing_by_hand():
     """1F1B, P = 2, M = 2, F = 1 s, B + W = 2 s, on 1.5 cores. Rank 0 runs F0 alone (0-1); F1 on
     rank 0 and F0 on rank 1 share the cores at 0.75 each (1-2.333); rank 1's BW0 runs alone (to
@@ -62,12 +65,24 @@ def test_processor_sharing_by_hand():
     10 s: more than the critical path at full speed (3·3 = 9 s) and the work over the cores (12/1.5 = 8 s)."""
     schedule = generate_schedule("1f1b", 2, 1, 2)
     times = unit_times(2)
-    assert timeshared_makespan_s(schedule, times, [0.0, 0.0], 1.5, 1.0) == pytest.approx(10.0)
-    assert timeshared_makespan_s(schedule, times, [0.0, 0.0], 2.0, 1.0) == pytest.approx(9.0)  # no sharing
-    assert timeshared_makespan_s(schedule, times, [0.0, 0.0], 1.0, 1.0) == pytest.approx(12.0)  # all work, one core
+    assert timeshared_makespan_s(schedule, times, [0.0, 0.0], 1.5, ONE_NODE) == pytest.approx(10.0)
+    assert timeshared_makespan_s(schedule, times, [0.0, 0.0], 2.0, ONE_NODE) == pytest.approx(9.0)  # no sharing
+    assert timeshared_makespan_s(schedule, times, [0.0, 0.0], 1.0, ONE_NODE) == pytest.approx(12.0)  # all work, one core
     # tails run after each rank's list: rank 1's 0.25 s from 8 shares with rank 0's BW1 (0.75 each:
     # to 8.333, BW1 has 1.75 s left, alone to 10.083), then rank 0's 0.5 s alone: 10.583 s
-    assert timeshared_makespan_s(schedule, times, [0.5, 0.25], 1.5, 1.0) == pytest.approx(10.0 + 7 / 12)
+    assert timeshared_makespan_s(schedule, times, [0.5, 0.25], 1.5, ONE_NODE) == pytest.approx(10.0 + 7 / 12)
+
+
+def test_each_node_shares_its_own_cores():
+    """1F1B, P = 2, M = 2 (F 1 s, BW 2 s) with both replicas of stage 0 on node 0 and both of stage 1
+    on node 1, one core per node: a rank never shares its node with the other stage, so every action
+    runs at half speed, the plain simulation's 9 s doubled: 18 s. One replica of each stage per node
+    instead (load 1 and 1 on each): alone a rank runs at full speed, beside the other at half:
+    F0 (0-1), F1 and F0' (to 3), BW0' alone (to 5), BW0 and F1' (F1' ends at 7, BW0 has 1 s left),
+    BW0 and BW1' (BW0 ends at 9, BW1' has 1 s left), BW1' alone (to 10), BW1 alone (to 12)."""
+    schedule = generate_schedule("1f1b", 2, 1, 2)
+    assert timeshared_makespan_s(schedule, unit_times(2), [0.0, 0.0], 1.0, [[2.0, 0.0], [0.0, 2.0]]) == pytest.approx(18.0)
+    assert timeshared_makespan_s(schedule, unit_times(2), [0.0, 0.0], 1.0, [[1.0, 1.0], [1.0, 1.0]]) == pytest.approx(12.0)
 
 
 def test_replicas_and_tp_groups_want_their_cores():
@@ -117,3 +132,16 @@ def test_estimate_prices_the_shared_cores(cores, expected_s):
     model = MODEL.model_copy(update={"num_layers": 4})
     got = estimate(model, cluster(cores), train, cfg, UnitLayers(), stack=neutral_stack())
     assert got.step_time_s == pytest.approx(expected_s, rel=1e-6)
+
+
+def test_a_bounding_pricer_keeps_the_work_bound_below_the_exact_price():
+    """The search's composed bound (``bound_pipeline``, no action list) takes the work bound 4·24/2 =
+    48 s for the case above; the exact price under processor sharing is 51 s, never less."""
+    from costmodels.pipeline_bound import bound_pipeline
+
+    train = TrainSpec(global_batch=8, seq_len=128, precision="fp32")
+    cfg = ParallelConfig(tp=1, pp=4, dp=1, mbs=1, num_microbatches=8, stage_layers=[1, 1, 1, 1])
+    model = MODEL.model_copy(update={"num_layers": 4})
+    bound = estimate(model, cluster(2), train, cfg, UnitLayers(), bound_pipeline, stack=neutral_stack())
+    exact = estimate(model, cluster(2), train, cfg, UnitLayers(), stack=neutral_stack())
+    assert bound.step_time_s == pytest.approx(48.0) and exact.step_time_s == pytest.approx(51.0)
