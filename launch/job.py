@@ -6,7 +6,9 @@
   Stop = SIGCONT + SIGTERM to all of them, then SIGKILL after ``stop_grace_s``.
 - Signals: Ctrl-C (SIGINT), SIGTERM and SIGHUP to ``ppplan launch`` stop the job and
   raise ``JobInterrupted`` (a ``KeyboardInterrupt``; exit code 128 + signal number:
-  130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP). SIGKILL cannot be caught: torchrun then gets its parent-death
+  130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP). The launcher installs its own SIGINT handler too:
+  a job started in the background of a non-interactive shell (scripts, schedulers, CI) inherits
+  SIGINT ignored, and ``kill -INT`` must still stop it. SIGKILL cannot be caught: torchrun then gets its parent-death
   signal, and each rank its own (``launch/runtime/lifecycle.py``).
 - Hangs: a rank whose heartbeat is older than ``hang_timeout_s`` (stopped, or hung
   holding the interpreter) ends the job; peers blocked in a collective also raise
@@ -51,7 +53,7 @@ FAILURE_GRACE_S = 20.0
 # a heartbeat this much older than every other rank's, at the end of a failed job, marks the
 # rank that stopped (ranks beat every HEARTBEAT_S = 1 s)
 STALL_MARGIN_S = 10.0
-HANDLED_SIGNALS = ("SIGTERM", "SIGHUP")
+HANDLED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
 class JobInterrupted(KeyboardInterrupt):
@@ -145,7 +147,8 @@ def stop_job(proc: subprocess.Popen, job_dir: Path, grace_s: float = STOP_GRACE_
 
 
 class _SignalTrap:
-    """SIGTERM and SIGHUP raise ``JobInterrupted`` while the job runs (main thread only)."""
+    """SIGINT, SIGTERM and SIGHUP raise ``JobInterrupted`` while the job runs (main thread only),
+    whatever disposition the launcher inherited (module docstring)."""
 
     def __enter__(self) -> _SignalTrap:
         self.previous: dict[int, object] = {}

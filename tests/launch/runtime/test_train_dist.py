@@ -196,11 +196,19 @@ def _processes_mentioning(text: str) -> list[int]:
     return pids
 
 
-def test_ctrl_c_stops_every_rank(tmp_path: Path) -> None:
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_ctrl_c_stops_every_rank(tmp_path: Path, inherited: str) -> None:
+    """Ctrl-C stops the job, also when the launcher inherits SIGINT ignored (a background job of a
+    non-interactive shell: scripts, schedulers, CI), where `kill -INT` must still stop it."""
     plan_path, metrics = write_plan(make_plan(pp=2, global_batch=4), tmp_path / "plan.json"), tmp_path / "m.jsonl"
     proc = subprocess.Popen([*PPPLAN, "launch", str(plan_path), "--steps", "100000", "--metrics", str(metrics)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=_ignore_sigint if inherited == "ignored" else None)  # fmt: skip
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text().strip()):
