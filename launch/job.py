@@ -17,7 +17,8 @@
   before the launcher stops them itself (torch waits 30 s for a stopped process).
 - First failure (``first_failure``): a rank killed by a signal with no exception of
   its own (SIGKILL, the OOM killer, a segfault) comes first: its peers' errors are the
-  broken connections it left. Then a rank that stopped beating while the others went
+  broken connections it left; a rank killed by SIGTERM comes after any killed otherwise (SIGTERM is
+  how torchrun stops the others). Then a rank that stopped beating while the others went
   on; then the earliest exception record (float timestamps, not torch's whole seconds).
 - Progress: the metrics file is read as the ranks append to it; each completed step
   goes to ``on_step`` (``launch/progress.py``).
@@ -96,7 +97,9 @@ def first_failure(job_dir: Path, stall_margin_s: float = STALL_MARGIN_S) -> str 
     failed = [r["rank"] for r in records] + [e["rank"] for e in exits]
     killed = [e for e in exits if e["exitcode"] < 0 and e["rank"] not in recorded]
     if killed:
-        first = killed[0]
+        # SIGTERM is what torchrun sends the other ranks once one has died: a rank killed by
+        # anything else died first, whichever of them the wrapper saw exit first
+        first = min(killed, key=lambda e: (e["exitcode"] == -signal.SIGTERM, e["rank"]))
         return f"rank {first['rank']} was killed by {first['signal'] or 'a signal'} (exit code {first['exitcode']}){_others(first['rank'], failed)}"
     stalled = stalled_rank(heartbeats(job_dir), stall_margin_s)
     if stalled is not None and (records or exits):

@@ -48,6 +48,15 @@ def test_a_rank_killed_by_a_signal_beats_the_peers_it_broke(tmp_path: Path) -> N
     assert first_failure(tmp_path) == "rank 1 was killed by SIGKILL (exit code -9) (then ranks [0, 2] failed too)"
 
 
+def test_a_rank_killed_otherwise_comes_before_the_ranks_torchrun_terminated(tmp_path: Path) -> None:
+    # rank 1 was SIGKILLed; torchrun then sent SIGTERM to ranks 0, 2 and 3, and its wrapper saw them
+    # exit in rank order: the SIGKILL is the cause (a race this machine hit 1 launch in 6)
+    exits = [{"rank": r, "exitcode": -15, "signal": "SIGTERM"} for r in (0, 2, 3)]
+    exits.insert(1, {"rank": 1, "exitcode": -9, "signal": "SIGKILL"})
+    (tmp_path / EXITS_FILE).write_text(json.dumps(exits))
+    assert first_failure(tmp_path) == "rank 1 was killed by SIGKILL (exit code -9) (then ranks [0, 2, 3] failed too)"
+
+
 def test_a_rank_that_stopped_beating_is_named_before_the_timeouts_it_caused(tmp_path: Path) -> None:
     now = time.time()
     for rank, age in ((0, 0.5), (1, 0.7), (2, 61.0), (3, 0.4)):
