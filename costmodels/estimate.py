@@ -418,6 +418,8 @@ def timeshared_work_bound_s(cluster: ClusterSpec, cfg: ParallelConfig, busy_s: t
     grid = RankGrid(cfg.tp, cfg.pp, cfg.dp, cfg.cp)
     on_node = range(min(grid.world_size, cluster.gpus_per_node))
     work_s = sum(busy_s[grid.coord(r).pp] + tail_s[grid.coord(r).pp] for r in on_node)
+    # to the picosecond: plans with the same work (pp4 and pp2 x dp2) tie exactly, whatever the
+    # summation order, and the search's canonical tie-break decides between them
     return round(work_s * min(cfg.tp, cores) / cfg.tp / cores, 12)
 
 
@@ -446,7 +448,7 @@ def timeshared_step_s(
         load[rank // cluster.gpus_per_node][grid.coord(rank).pp] += share
     if all(sum(wants) <= cores for wants in load):
         return 0.0
-    return timeshared_makespan_s(schedule, times, tails_s, cores, load)
+    return round(timeshared_makespan_s(schedule, times, tails_s, cores, load), 12)  # ties: as the work bound
 
 
 def memory_limit_gib(cluster: ClusterSpec) -> float:
