@@ -84,7 +84,7 @@ class DegreeFilter:
     pp: frozenset[int] | None = None
 
     def admits(self, c: Candidate) -> bool:
-        return all(allowed is None or getattr(c, name) in allowed for name, allowed in self.fixed())
+        return all(getattr(c, name) in allowed for name, allowed in self.fixed())
 
     def fixed(self) -> list[tuple[str, frozenset[int]]]:
         return [(name, allowed) for name in ("tp", "cp", "ep", "pp")
