@@ -17,6 +17,23 @@ def _error(message: str, code: int) -> int:
     return code
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is Ctrl-C, also where the interpreter wrapped it in another error.
+
+    A KeyboardInterrupt raised inside ``__set_name__`` while a class is built (pydantic's
+    model construction) surfaces as ``RuntimeError("Error calling __set_name__ ...")`` with
+    the interrupt as its cause; the chain is followed through ``__cause__`` and ``__context__``.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def _command():
     """The click command of the typer app, with every command registered (imports them)."""
     import typer.main
@@ -36,16 +53,28 @@ def _command():
     return typer.main.get_command(app)
 
 
+def _invoke(command, args: list[str]) -> object:
+    """Parse ``args`` and run the command, letting every exception reach ``run``.
+
+    Not ``command.main``: typer (0.29) turns a KeyboardInterrupt inside a command into a bare
+    return of 130 with nothing printed, which would lose the ``error: interrupted`` line.
+    """
+    with command.make_context("ppplan", args) as ctx:
+        return command.invoke(ctx)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return the exit code (used by ``main`` and the tests)."""
     try:
         from profiles.errors import InfeasibleError, PlanError
 
         command = _command()
-    except KeyboardInterrupt:
-        return _error("interrupted", 130)
+    except BaseException as exc:
+        if _interrupted(exc):
+            return _error("interrupted", 130)
+        raise
     try:
-        result = command.main(args=argv, prog_name="ppplan", standalone_mode=False)
+        result = _invoke(command, list(sys.argv[1:] if argv is None else argv))
     except PlanError as exc:
         return _error(str(exc), 2)
     except InfeasibleError as exc:
@@ -53,11 +82,15 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _error("interrupted", 130)
     except Exception as exc:  # typer's vendored click signals, matched by shape
+        if _interrupted(exc):
+            return _error("interrupted", 130)
         kind = type(exc).__name__
         if kind == "Exit":
             return int(getattr(exc, "exit_code", 0))
         if kind == "Abort":
             return _error("aborted", 130)
+        if kind == "NoArgsIsHelpError":  # ``ppplan`` alone: the help (commands) is already printed
+            return _error("no command given: pick one of the commands listed above", 2)
         if hasattr(exc, "format_message"):
             return _error(exc.format_message(), 2)
         raise
@@ -67,6 +100,8 @@ def run(argv: list[str] | None = None) -> int:
 def main() -> None:
     try:
         code = run(sys.argv[1:])
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        if not _interrupted(exc):
+            raise
         code = _error("interrupted", 130)
     sys.exit(code)

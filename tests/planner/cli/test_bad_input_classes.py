@@ -204,3 +204,34 @@ def test_ctrl_c_while_the_commands_import_is_one_line_and_130() -> None:
             continue
         assert proc.returncode == 130, err
         assert "Traceback" not in err and err.strip().splitlines() == ["error: interrupted"], err
+
+
+def test_ctrl_c_wrapped_by_class_construction_is_one_line_and_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C inside a descriptor's ``__set_name__`` (pydantic builds its models so) reaches the CLI as
+    ``RuntimeError("Error calling __set_name__ ...")`` caused by the interrupt: still 130, one line."""
+    from planner.cli import main as cli_main
+
+    class _Interrupting:
+        def __set_name__(self, owner: type, name: str) -> None:
+            raise KeyboardInterrupt
+
+    def _import_interrupted():
+        return type("Model", (), {"field": _Interrupting()})
+
+    monkeypatch.setattr(cli_main, "_command", _import_interrupted)
+    assert cli_main.run(["search"]) == 130
+    assert capsys.readouterr().err.splitlines() == ["error: interrupted"]
+
+    def _import_broken():
+        raise RuntimeError("a real bug while importing")
+
+    monkeypatch.setattr(cli_main, "_command", _import_broken)
+    with pytest.raises(RuntimeError, match="a real bug"):
+        cli_main.run(["search"])
+
+
+def test_no_command_prints_the_commands_and_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run([]) == 2
+    captured = capsys.readouterr()
+    assert "search" in captured.out and "launch" in captured.out
+    assert captured.err.splitlines() == ["error: no command given: pick one of the commands listed above"]
