@@ -22,7 +22,8 @@ def _interrupted(exc: BaseException) -> bool:
 
     A KeyboardInterrupt raised inside ``__set_name__`` while a class is built (pydantic's
     model construction) surfaces as ``RuntimeError("Error calling __set_name__ ...")`` with
-    the interrupt as its cause; the chain is followed through ``__cause__`` and ``__context__``.
+    the interrupt as its cause; the chain is followed through ``__cause__`` and ``__context__``
+    (not past ``raise ... from None``).
     """
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -30,7 +31,10 @@ def _interrupted(exc: BaseException) -> bool:
         if isinstance(current, KeyboardInterrupt):
             return True
         seen.add(id(current))
-        current = current.__cause__ or current.__context__
+        if current.__cause__ is not None:
+            current = current.__cause__
+        else:  # ``raise ... from None`` says the context is handled (launch's JobInterrupted -> Exit)
+            current = None if current.__suppress_context__ else current.__context__
     return False
 
 
@@ -82,11 +86,11 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _error("interrupted", 130)
     except Exception as exc:  # typer's vendored click signals, matched by shape
+        kind = type(exc).__name__
+        if kind == "Exit":  # a command's own exit code (launch's 128 + signal after it stopped the job)
+            return int(getattr(exc, "exit_code", 0))
         if _interrupted(exc):
             return _error("interrupted", 130)
-        kind = type(exc).__name__
-        if kind == "Exit":
-            return int(getattr(exc, "exit_code", 0))
         if kind == "Abort":
             return _error("aborted", 130)
         if kind == "NoArgsIsHelpError":  # ``ppplan`` alone: the help (commands) is already printed

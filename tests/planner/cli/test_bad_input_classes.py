@@ -235,3 +235,20 @@ def test_no_command_prints_the_commands_and_one_error_line(capsys: pytest.Captur
     captured = capsys.readouterr()
     assert "search" in captured.out and "launch" in captured.out
     assert captured.err.splitlines() == ["error: no command given: pick one of the commands listed above"]
+
+
+def test_a_commands_own_exit_code_after_it_handled_an_interrupt_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``launch`` stops the job on SIGTERM and exits 143 (``raise typer.Exit(143) from None`` inside
+    its handler of the KeyboardInterrupt subclass): that code, not 130."""
+    import typer
+
+    from planner.cli import main as cli_main
+
+    def _stopped_by_sigterm(command, args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise typer.Exit(143) from None
+
+    monkeypatch.setattr(cli_main, "_invoke", _stopped_by_sigterm)
+    assert cli_main.run(["launch"]) == 143
