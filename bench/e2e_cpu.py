@@ -24,6 +24,13 @@ What is measured:
   0.25 cores busy; "other" is what everything but the bench kept busy during the launches
   (/proc/stat less our children's CPU time). The planner prices an otherwise idle machine:
   rows with "other" well above 0 ran slower than their price for that reason.
+- machine drift: the host's speed moves (shared/virtualised: the same stage ran 12.6 ms and
+  15.3 ms two minutes apart), so around each launch the bench times the fixed reference
+  workload ``ppplan profile`` timed with the layers (``launch/profiler/speed_probe.py``, the
+  profile's ``runtime.speed_probe_s``, its clock). ``drift`` = probe now / probe at profiling;
+  the table prints the raw error and the error of the price scaled by the drift ("adj"), which
+  separates the machine's drift from the cost model's error. The targets are judged on the raw
+  error; the price itself is never adjusted. Roofline-priced rows have no profile: no drift.
 - rankings: among the plans of one job (model, ranks, batch) with more than one plan, the
   order by predicted step time against the order by measured step time.
 
@@ -186,6 +193,21 @@ class Row:
     cpu_s_per_step: float = float("nan")
     other: float = 0.0
     failure: str | None = None
+    profiled: bool = True  # priced with the measured layer profile (else the cpu-local roofline)
+    profile_probe_s: float | None = None  # the profile's speed probe (None: roofline-priced or an older profile)
+    probe_s: list[float] = field(default_factory=list)  # the same probe around each launch
+
+    @property
+    def drift(self) -> float | None:
+        """Probe around the launches / probe at profiling (> 1: the machine ran slower than profiled)."""
+        if not self.profile_probe_s or not self.probe_s:
+            return None
+        return statistics.median(self.probe_s) / self.profile_probe_s
+
+    def adjusted_error_pct(self) -> float | None:
+        """The step-time error of the price scaled by the drift (the cost model's own error)."""
+        drift = self.drift
+        return None if drift is None else error_pct(self.predicted_step_s * drift, self.step_s)
 
     @property
     def predicted_step_s(self) -> float:
@@ -219,16 +241,35 @@ def evaluate_plan(extra: Extra, profiles: dict[str, Path], out: Path) -> str | N
     return None if done.returncode == 0 else (done.stderr.strip().splitlines() or ["?"])[-1]
 
 
-def launch(row: Row, work: Path, steps: int, reps: int, cpu: bool) -> None:
+def profile_probe(profile_path: Path | None) -> tuple[float | None, str]:
+    """The profile's speed probe and the clock it was timed with (module docstring)."""
+    if profile_path is None:
+        return None, "wall"
+    profile = json.loads(profile_path.read_text())
+    return (profile.get("runtime") or {}).get("speed_probe_s"), profile.get("timer", "wall")
+
+
+def speed_probe_now(clock: str) -> float:
+    """The reference workload timed in this process now (``launch/profiler/speed_probe.py``)."""
+    from launch.profiler.speed_probe import CLOCKS, probe_s
+
+    return probe_s(CLOCKS[clock])
+
+
+def launch(row: Row, work: Path, steps: int, reps: int, cpu: bool, clock: str) -> None:
     """Launch ``reps`` times (and once for one step, for the CPU seconds); fill ``row``'s measurements."""
     loads = []
     cpu_long = []
     for rep in range(reps):
         metrics = work / f"{row.plan_path.stem}.rep{rep}.jsonl"
         wait_for_quiet()
+        if row.profile_probe_s:
+            row.probe_s.append(speed_probe_now(clock))
         before = cpu_sample()
         done = run([*PPPLAN, "launch", str(row.plan_path), "--steps", str(steps), "--metrics", str(metrics), "--overwrite"])
         after = cpu_sample()
+        if row.profile_probe_s:
+            row.probe_s.append(speed_probe_now(clock))
         loads.append(other_cores(before, after))
         cpu_long.append(after[2] - before[2])
         if done.returncode != 0:
@@ -261,7 +302,7 @@ def plan_label(plan: dict) -> str:
 
 def print_table(rows: list[Row]) -> None:
     header = (f"{'job':<18} {'plan':<42} {'src':<5} {'pred s':>7} {'meas s':>7} {'err %':>7} {'worst-rank mem MiB pred/meas':>29} "
-              f"{'err %':>7} {'CPU s/step':>10} {'other':>6}")  # fmt: skip
+              f"{'err %':>7} {'CPU s/step':>10} {'other':>6} {'drift':>6} {'adj %':>7}")  # fmt: skip
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -274,7 +315,13 @@ def print_table(rows: list[Row]) -> None:
         stage = min(errors, key=errors.get)
         mem = f"{r.predicted_gib(stage) * 1024:.1f}/{r.peak_gib[stage] * 1024:.1f} (rank {stage})"
         print(f"{job:<18} {label:<42} {r.source:<5} {r.predicted_step_s:>7.3f} {r.step_s:>7.3f} {error_pct(r.predicted_step_s, r.step_s):>+7.1f} "
-              f"{mem:>29} {errors[stage]:>+7.1f} {r.cpu_s_per_step:>10.3f} {r.other:>6.2f}")  # fmt: skip
+              f"{mem:>29} {errors[stage]:>+7.1f} {r.cpu_s_per_step:>10.3f} {r.other:>6.2f} {_fmt(r.drift, '6.3f')} "
+              f"{_fmt(r.adjusted_error_pct(), '+7.1f')}")  # fmt: skip
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    width = int(spec.lstrip("+").split(".")[0])
+    return f"{'-':>{width}}" if value is None else format(value, spec)
 
 
 def print_per_rank(rows: list[Row]) -> None:
@@ -303,6 +350,14 @@ def print_summary(rows: list[Row]) -> None:
           f"{'met' if median_step <= STEP_MEDIAN_TARGET_PCT else 'NOT met'}), worst {max(steps):.1f} % "
           f"({plan_label(worst_step.plan)}, {worst_step.job[0]} {worst_step.job[1]}r b{worst_step.job[2]}; target "
           f"{STEP_WORST_TARGET_PCT:.0f}: {'met' if max(steps) <= STEP_WORST_TARGET_PCT else 'NOT met'})")
+    adjusted = [(abs(e), r) for r in ok if (e := r.adjusted_error_pct()) is not None]
+    if adjusted:
+        drifts = [r.drift for _, r in adjusted]
+        raw = [abs(error_pct(r.predicted_step_s, r.step_s)) for _, r in adjusted]
+        print(f"  machine drift (probe at launch / at profiling) over the {len(adjusted)} profile-priced plans: median "
+              f"{statistics.median(drifts):.3f} (range {min(drifts):.3f}-{max(drifts):.3f}); their step time median |error| "
+              f"{statistics.median(raw):.1f} % raw, {statistics.median(e for e, _ in adjusted):.1f} % with the price scaled by the "
+              f"drift (worst {max(e for e, _ in adjusted):.1f} %)")
     print(f"  other users kept {statistics.median(r.other for r in ok):.2f} cores busy (median over plans; the planner prices an idle machine)")
     jobs: dict[tuple, list[Row]] = {}
     for r in ok:
@@ -358,18 +413,21 @@ def main() -> None:
     profile_dir = args.profiles or work
     profile_dir.mkdir(parents=True, exist_ok=True)
     profiles = measure_profiles(models, profile_dir)
+    probes = {m: profile_probe(profiles.get(m)) for m in models}
     rows: list[Row] = []
     for model in models:
         for n in ranks:
             for batch in batches:
                 path = work / f"{model}-{n}r-b{batch}-top1.json"
                 failure = search_plan(model, n, batch, profiles, path)
-                rows.append(Row((model, n, batch), "search top-1", "top-1", path, failure=failure and f"search: {failure}"))
+                rows.append(Row((model, n, batch), "search top-1", "top-1", path, failure=failure and f"search: {failure}",
+                                profiled=profiled(model)))
     for extra in () if args.no_extra else EXTRA:
         if extra.model in models and extra.ranks in ranks and extra.batch in batches:
             path = work / f"{extra.model}-{extra.ranks}r-b{extra.batch}-{extra.name.replace(' ', '_')}.json"
             failure = evaluate_plan(extra, profiles, path)
-            rows.append(Row((extra.model, extra.ranks, extra.batch), extra.name, "extra", path, failure=failure and f"evaluate: {failure}"))
+            rows.append(Row((extra.model, extra.ranks, extra.batch), extra.name, "extra", path, failure=failure and f"evaluate: {failure}",
+                            profiled=extra.profiled))
     for row in rows:
         if not row.failure:
             row.plan = json.loads(row.plan_path.read_text())
@@ -378,7 +436,9 @@ def main() -> None:
         if row.failure:
             continue
         print(f"launching {row.job[0]} {row.job[1]} ranks batch {row.job[2]}: {plan_label(row.plan)} ({row.source})", flush=True)
-        launch(row, work, args.steps, args.reps, not args.no_cpu)
+        probe, clock = probes[row.job[0]]
+        row.profile_probe_s = probe if row.profiled else None
+        launch(row, work, args.steps, args.reps, not args.no_cpu, clock)
     print()
     print_table(rows)
     print_per_rank(rows)

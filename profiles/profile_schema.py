@@ -114,6 +114,12 @@ class RuntimeMeasurement(StrictModel):
         default=0.0, description="host time FSDP2 adds per wrapped layer and optimizer step (copies, hooks), median"
     )
     fsdp_overhead_per_layer_step_iqr_s: NonNegativeFloat = 0.0
+    speed_probe_s: NonNegativeFloat | None = Field(
+        default=None,
+        description="the fixed reference workload (launch/profiler/speed_probe.py) timed with the profile's clock "
+        "before and after the layers (median): how fast the machine ran while it was profiled; a later run "
+        "takes the probe again to tell the machine's drift from the cost model's error",
+    )
 
 
 class ProfileFile(StrictModel):

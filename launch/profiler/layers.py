@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import statistics
 import subprocess
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from typing import Any, Callable
 from costmodels.memory import ActivationVariant, layer_activation_bytes
 from costmodels.rules import tp_violations
 from launch.profiler.runtime import runtime_overheads
+from launch.profiler.speed_probe import probe_samples_s
 from profiles.errors import PlanError
 from profiles.profile_schema import HardwareFingerprint, LayerProfile, ProfileFile, model_shape_hash
 from profiles.schema import ModelSpec
@@ -248,6 +250,7 @@ def profile_model(
     sync = torch.cuda.synchronize if settings.device == "cuda" else (lambda: None)
     clock = time.thread_time if settings.timer == "thread_cpu" else time.perf_counter
     together = interleaves(model, settings)
+    probes = probe_samples_s(clock) if settings.device == "cpu" else []  # the machine's speed now (speed_probe.py)
     results: dict[int, tuple[dict, tuple[int, int, int]]] = {}
     built: dict[int, Any] = {}
     for index, point in enumerate(points):
@@ -274,6 +277,7 @@ def profile_model(
         say("runtime: pipeline action and FSDP overheads")
         mbs, seq = min(settings.mbss), points[0].seq_len
         runtime = runtime_overheads(model, mbs, seq, settings.warmup, settings.repeats, clock)
+        runtime = runtime.model_copy(update={"speed_probe_s": statistics.median(probes + probe_samples_s(clock))})
     hardware = hardware_fingerprint(settings.device)
     entries = [
         _entry(p, settings.precision, results[i][0], results[i][1], settings.repeats, settings.tp_group and p.tp > 1)

@@ -6,6 +6,7 @@ for structure (B = 0 for the embedding, recompute adds to B), never for speed.
 """
 
 import json
+import time
 
 import pytest
 import torch
@@ -48,6 +49,21 @@ def test_progress_is_called_once_per_counted_step(small_profile):
     assert runtime is not None and 0.0 <= runtime.pipeline_action_overhead_s < 0.05  # well under a layer's F+B
     assert 0.0 <= runtime.fsdp_overhead_per_layer_step_s < 0.5
     assert not interleaves(load_model("gpt3-1.7b"), ProfileSettings())  # too big to hold every case at once
+
+
+def test_speed_probe_is_tiny_gpts_layer_timed_with_the_profile(small_profile):
+    """The probe's reference layer has tiny-gpt's shape (hidden 256, 8 heads, FFN 1024, seq 128):
+    its F + unsplit B is the workload of the profile's own transformer tp=1 mbs=1 entry (no
+    assertion on the times themselves: tests never assert on speed)."""
+    from launch.profiler.speed_probe import PROBE_MODEL, probe_samples_s
+
+    tiny = load_model("tiny-gpt")
+    shape = ("hidden_size", "num_attention_heads", "ffn_hidden_size", "seq_len", "activation", "norm")
+    assert all(getattr(PROBE_MODEL, k) == getattr(tiny, k) for k in shape)
+    assert small_profile.runtime.speed_probe_s is not None and small_profile.runtime.speed_probe_s > 0
+    torch.set_num_threads(2)
+    assert len(probe_samples_s(time.thread_time, warmup=1, repeats=3)) == 3
+    assert torch.get_num_threads() == 2  # the probe runs on one thread and gives the caller's setting back
 
 
 def _saved(name: str, tp: int, mbs: int, recompute: str) -> int:
