@@ -435,7 +435,8 @@ def timeshared_work_bound_s(cluster: ClusterSpec, cfg: ParallelConfig, busy_s: t
 
 
 def timeshared_step_s(
-    cluster: ClusterSpec, cfg: ParallelConfig, schedule: Schedule, times: StageTimes, tails_s: list[float]
+    cluster: ClusterSpec, cfg: ParallelConfig, schedule: Schedule, times: StageTimes, tails_s: list[float],
+    efficiency: tuple[tuple[float, float], ...] = (),
 ) -> float:
     """The step where a node's ranks time-share fewer cores (0 when every rank has its own device):
     the pipeline's action lists under processor sharing (``costmodels.processor_sharing``).
@@ -445,14 +446,14 @@ def timeshared_step_s(
     computing pipeline rank wants the cores ``_node_loads`` gives it on each node. ``tails_s``
     (optimizer step and exposed data-parallel traffic per pipeline rank, in full-speed seconds) run
     after each rank's list. When no node is ever asked for more cores than it has, nothing is
-    shared: 0."""
+    shared: 0. ``efficiency``: the measured time-sharing loss (``RuntimeCosts.timeshare_efficiency``)."""
     cores = cluster.concurrent_ranks_per_node
     if cores is None:
         return 0.0
     load = _node_loads(cluster, cfg, cores)
     if all(sum(wants) <= cores for wants in load):
         return 0.0
-    return round(timeshared_makespan_s(schedule, times, tails_s, cores, load), 12)  # ties: as the work bound
+    return round(timeshared_makespan_s(schedule, times, tails_s, cores, load, efficiency), 12)  # ties: as the work bound
 
 
 def memory_limit_gib(cluster: ClusterSpec) -> float:
@@ -530,7 +531,7 @@ def estimate(
         timeshared = timeshared_work_bound_s(cluster, cfg, result.busy_s, tails)
     else:
         schedule = schedule or generate_schedule(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches)
-        timeshared = timeshared_step_s(cluster, cfg, schedule, times, tails)
+        timeshared = timeshared_step_s(cluster, cfg, schedule, times, tails, runtime.timeshare_efficiency)
     step = compose_step(result, ranks, cfg.num_microbatches, cluster.efficiency.step_overhead_s, timeshared)
     per_rank = [[st for st in plans if st.rank == r] for r in range(cfg.pp)]
     variant = activation_variant(cluster, train, stack.kernels)

@@ -17,9 +17,17 @@ exposed gradient reduce) the same way.
 It is never shorter than a node's total work over ``C`` nor than the plain simulation (every rank
 at full speed), and prices the regime in between, where the plain simulation ignores that ranks
 slow each other down.
+
+A real scheduler loses part of the node to switching between processes (the switch and the next
+process's cold caches): with ``efficiency`` points ``(k, e)`` measured by ``ppplan profile``
+(``launch/profiler/timeshare.py``: total throughput of ``k·C`` processes over that of ``C``), a node
+asked for ``D > C`` cores delivers ``C · e(D / C)`` of them, ``e`` linear between the points from
+``e(1) = 1``, never above 1, held at the last point beyond it. With no points it is ideal sharing.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -29,11 +37,28 @@ from costmodels.simulator import StageTimes, duration_table, schedule_graph
 EPS_S = 1e-12
 
 
+def shared_core_efficiency(points: Sequence[tuple[float, float]], oversubscription: float) -> float:
+    """``e(x)``: the fraction of a node's cores that does work when ``x = D / C`` > 1 times as many
+    are asked for (module docstring); 1 at ``x <= 1`` and with no points."""
+    if oversubscription <= 1.0 or not points:
+        return 1.0
+    xs, es = [1.0], [1.0]
+    for k, e in sorted(points):
+        if k > xs[-1]:
+            xs.append(float(k))
+            es.append(min(1.0, float(e)))
+    if oversubscription >= xs[-1]:
+        return es[-1]
+    i = next(j for j in range(1, len(xs)) if xs[j] >= oversubscription)
+    t = (oversubscription - xs[i - 1]) / (xs[i] - xs[i - 1])
+    return es[i - 1] + t * (es[i] - es[i - 1])
+
+
 def timeshared_makespan_s(schedule: Schedule, times: StageTimes, tails_s: list[float], cores: float,
-                          load: list[list[float]]) -> float:
+                          load: list[list[float]], efficiency: Sequence[tuple[float, float]] = ()) -> float:
     """The step's makespan when the pipeline ranks share ``cores`` cores per node, pipeline rank r
     wanting ``load[n][r]`` of node n's (module docstring); ``tails_s[r]`` is rank r's work after
-    its list."""
+    its list; ``efficiency`` the measured time-sharing points (none: ideal sharing)."""
     graph = schedule_graph(schedule)
     n = graph.num_nodes
     duration = duration_table(times)[graph.kind_code, graph.stage].tolist()
@@ -70,7 +95,8 @@ def timeshared_makespan_s(schedule: Schedule, times: StageTimes, tails_s: list[f
             t = arrival
             continue
         demand = [sum(wants[r] for r in running) for wants in load]
-        rate = {r: min([1.0] + [cores / demand[n] for n, wants in enumerate(load) if wants[r] > 0]) for r in running}
+        served = [cores * shared_core_efficiency(efficiency, d / cores) for d in demand]
+        rate = {r: min([1.0] + [served[n] / demand[n] for n, wants in enumerate(load) if wants[r] > 0]) for r in running}
         finish = min(remaining[r] / rate[r] for r in running)
         step = min(finish, arrival - t)
         t += step

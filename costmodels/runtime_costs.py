@@ -20,6 +20,9 @@
   gradients, its hooks), measured by ``ppplan profile`` per layer; the runtime wraps each
   layer and each stage root (``launch/runtime/fsdp.py``). On CPU ranks it runs on the
   cores that compute, once per step, whenever dp > 1.
+- Time-sharing loss: where a node's ranks outnumber its cores, the node delivers less than its
+  cores (switches, cold caches), measured by ``ppplan profile`` (``launch/profiler/timeshare.py``)
+  and applied by ``costmodels.processor_sharing``.
 - The optimizer's step temporary: torch's foreach AdamW (``torch/optim/adam.py``,
   ``_multi_tensor_adam``: ``exp_avg_sq_sqrt = torch._foreach_sqrt(device_exp_avg_sqs)``)
   allocates one fp32 tensor per parameter it updates. On CPU, glibc's heap keeps the
@@ -53,6 +56,7 @@ class RuntimeCosts:
     all_reduce_link: Link | None = None
     reduce_scatter_link: Link | None = None
     all_gather_link: Link | None = None
+    timeshare_efficiency: tuple[tuple[float, float], ...] = ()  # (k, e): ranks time-sharing cores (processor_sharing)
 
 
 NO_RUNTIME_COSTS = RuntimeCosts()
@@ -76,6 +80,7 @@ def measured_runtime_costs(comm: CommProfile | None, runtime: RuntimeMeasurement
         all_reduce_link=_fit_link(comm, "all_reduce"),
         reduce_scatter_link=_fit_link(comm, "reduce_scatter"),
         all_gather_link=_fit_link(comm, "all_gather"),
+        timeshare_efficiency=tuple((p.processes_per_core, p.efficiency) for p in runtime.timeshare_efficiency) if runtime else (),
     )
 
 

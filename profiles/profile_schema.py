@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Literal, get_args
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from profiles.limits import MAX_COMM_BYTES, MAX_GLOBAL_BATCH, MAX_GPUS, MAX_SEQ_LEN
 from profiles.schema import ModelSpec, Precision, RecomputeKind, StrictModel, count
@@ -102,6 +102,13 @@ class LayerProfile(StrictModel):
         return (self.kind, self.tp, self.mbs, self.seq_len, self.recompute, self.precision)
 
 
+class TimeSharePoint(StrictModel):
+    """One point of the time-sharing measurement (``launch/profiler/timeshare.py``)."""
+
+    processes_per_core: PositiveFloat
+    efficiency: PositiveFloat = Field(description="total throughput over that of one process per core")
+
+
 class RuntimeMeasurement(StrictModel):
     """What the runtime adds around the layers, measured by ``ppplan profile``
     (``launch/profiler/runtime.py``; priced by ``costmodels.runtime_costs``)."""
@@ -114,6 +121,11 @@ class RuntimeMeasurement(StrictModel):
         default=0.0, description="host time FSDP2 adds per wrapped layer and optimizer step (copies, hooks), median"
     )
     fsdp_overhead_per_layer_step_iqr_s: NonNegativeFloat = 0.0
+    timeshare_efficiency: list[TimeSharePoint] = Field(
+        default_factory=list,
+        description="the reference workload's throughput with k processes per core over one per core "
+        "(launch/profiler/timeshare.py): what a node loses when more ranks compute than it has cores",
+    )
     speed_probe_s: NonNegativeFloat | None = Field(
         default=None,
         description="the fixed reference workload (launch/profiler/speed_probe.py) timed with the profile's clock "

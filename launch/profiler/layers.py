@@ -32,8 +32,9 @@ from costmodels.memory import ActivationVariant, layer_activation_bytes
 from costmodels.rules import tp_violations
 from launch.profiler.runtime import runtime_overheads
 from launch.profiler.speed_probe import probe_samples_s
+from launch.profiler.timeshare import DEFAULT_DURATION_S, timeshare_efficiency
 from profiles.errors import PlanError
-from profiles.profile_schema import HardwareFingerprint, LayerProfile, ProfileFile, model_shape_hash
+from profiles.profile_schema import HardwareFingerprint, LayerProfile, ProfileFile, TimeSharePoint, model_shape_hash
 from profiles.schema import ModelSpec
 
 PRECISIONS = ("fp32", "bf16")  # what the runtime runs: fp32, or fp32 weights under bf16 autocast
@@ -55,6 +56,7 @@ class ProfileSettings:
     num_threads: int | None = None
     tp_group: bool = False
     cluster: str | None = None
+    timeshare_s: float = DEFAULT_DURATION_S  # per point of the time-sharing measurement (CPU; 0: skip it)
 
     @property
     def threads(self) -> int | None:
@@ -276,8 +278,11 @@ def profile_model(
     if settings.device == "cpu":  # on a GPU the host runs ahead of the kernels: nothing to add (costmodels.runtime_costs)
         say("runtime: pipeline action and FSDP overheads")
         mbs, seq = min(settings.mbss), points[0].seq_len
+        measured = timeshare_efficiency(duration_s=settings.timeshare_s) if settings.timeshare_s > 0 else []
+        sharing = [TimeSharePoint(processes_per_core=k, efficiency=e) for k, e in measured]
         runtime = runtime_overheads(model, mbs, seq, settings.warmup, settings.repeats, clock)
-        runtime = runtime.model_copy(update={"speed_probe_s": statistics.median(probes + probe_samples_s(clock))})
+        speed = statistics.median(probes + probe_samples_s(clock))
+        runtime = runtime.model_copy(update={"speed_probe_s": speed, "timeshare_efficiency": sharing})
     hardware = hardware_fingerprint(settings.device)
     entries = [
         _entry(p, settings.precision, results[i][0], results[i][1], settings.repeats, settings.tp_group and p.tp > 1)

@@ -84,6 +84,10 @@ def profile(
         None, "--threads", min=1, max=MAX_COMM_PROCESSES,
         help="torch intra-op threads [default: 1 on cpu, as each torchrun process runs; torch's on cuda]",
     ),
+    timeshare_s: float = typer.Option(
+        2.5, "--timeshare-s", min=0.0, max=600.0,
+        help="cpu: seconds per point of the time-sharing measurement (2x and 4x as many processes as cores; 0 skips it)",
+    ),
 ) -> None:
     """Time forward, backward-input and backward-weight of each layer kind and size its memory."""
     from launch.profiler import layers as profiler
@@ -99,6 +103,7 @@ def profile(
         recomputes=tuple(comma_list(recompute, "--recompute")),
         precision=precision or _default_precision(device, cluster_spec),
         warmup=warmup, repeats=repeats, num_threads=threads, tp_group=tp_group, cluster=cluster_spec.name if cluster_spec else None,
+        timeshare_s=timeshare_s,
     )
     profiler.check_settings(spec, settings)
     check_writable(out_path)

@@ -12,9 +12,11 @@ import pytest
 
 from costmodels.estimate import comm_overlaps_compute, estimate, timeshared_step_s
 from costmodels.layer_costs import RooflineTimes, tp_group_timeshare
-from costmodels.processor_sharing import timeshared_makespan_s
+from costmodels.processor_sharing import shared_core_efficiency, timeshared_makespan_s
+from costmodels.runtime_costs import measured_runtime_costs
 from costmodels.schedules.generate import generate_schedule
 from costmodels.simulator import StageTimes
+from profiles.profile_schema import RuntimeMeasurement, TimeSharePoint
 from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec
 from tests.costmodels.neutral_stack import neutral_stack
 from tests.costmodels.unit_layers import UnitLayers
@@ -71,6 +73,32 @@ def test_processor_sharing_by_hand():
     # tails run after each rank's list: rank 1's 0.25 s from 8 shares with rank 0's BW1 (0.75 each:
     # to 8.333, BW1 has 1.75 s left, alone to 10.083), then rank 0's 0.5 s alone: 10.583 s
     assert timeshared_makespan_s(schedule, times, [0.5, 0.25], 1.5, ONE_NODE) == pytest.approx(10.0 + 7 / 12)
+
+
+def test_measured_time_sharing_loss_by_hand():
+    """The same 1F1B (P = 2, M = 2, F = 1 s, B + W = 2 s) on one core: ideal sharing takes all the
+    work, 12 s, of which three intervals (F1 with F0, BW0 with F1, BW0 with BW1) have both ranks
+    computing, each 2 s. Where two processes share one core at efficiency 0.8 (the profile's point
+    (2, 0.8)), the core delivers 0.8 in those intervals: each lasts 2.5 s, 13.5 s in all; a rank
+    computing alone runs at full speed."""
+    schedule = generate_schedule("1f1b", 2, 1, 2)
+    times = unit_times(2)
+    assert timeshared_makespan_s(schedule, times, [0.0, 0.0], 1.0, ONE_NODE, ((2.0, 0.8),)) == pytest.approx(13.5)
+    assert timeshared_makespan_s(schedule, times, [0.0, 0.0], 1.0, ONE_NODE, ()) == pytest.approx(12.0)
+    # 2 ranks on 2 cores never oversubscribe: the loss does not apply
+    assert timeshared_makespan_s(schedule, times, [0.0, 0.0], 2.0, ONE_NODE, ((2.0, 0.8),)) == pytest.approx(9.0)
+
+
+def test_shared_core_efficiency_interpolates_the_measured_points():
+    points = ((2.0, 0.9), (4.0, 0.8))
+    assert shared_core_efficiency(points, 1.0) == 1.0 and shared_core_efficiency((), 3.0) == 1.0
+    assert shared_core_efficiency(points, 1.5) == pytest.approx(0.95)  # from e(1) = 1
+    assert shared_core_efficiency(points, 3.0) == pytest.approx(0.85)
+    assert shared_core_efficiency(points, 8.0) == pytest.approx(0.8)  # held beyond the last point
+    assert shared_core_efficiency(((2.0, 1.04),), 2.0) == 1.0  # a noisy gain is not priced as one
+    points_measured = [TimeSharePoint(processes_per_core=k, efficiency=e) for k, e in points]
+    measured = RuntimeMeasurement(pipeline_action_overhead_s=0.0, timeshare_efficiency=points_measured)
+    assert measured_runtime_costs(None, measured).timeshare_efficiency == points
 
 
 def test_each_node_shares_its_own_cores():

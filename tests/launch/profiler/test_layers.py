@@ -20,7 +20,7 @@ from profiles.loader import load_model, read_profile
 from profiles.profile_schema import ProfileFile, model_shape_hash
 
 CPU = ActivationVariant.runtime("fp32", device="cpu")
-FAST = dict(warmup=1, repeats=2)
+FAST = dict(warmup=1, repeats=2, timeshare_s=0.3)
 
 
 @pytest.fixture(autouse=True)
@@ -61,6 +61,9 @@ def test_speed_probe_is_tiny_gpts_layer_timed_with_the_profile(small_profile):
     shape = ("hidden_size", "num_attention_heads", "ffn_hidden_size", "seq_len", "activation", "norm")
     assert all(getattr(PROBE_MODEL, k) == getattr(tiny, k) for k in shape)
     assert small_profile.runtime.speed_probe_s is not None and small_profile.runtime.speed_probe_s > 0
+    # the time-sharing loss at 2x and 4x as many processes as cores (launch/profiler/timeshare.py)
+    assert [p.processes_per_core for p in small_profile.runtime.timeshare_efficiency] == [2.0, 4.0]
+    assert all(p.efficiency > 0 for p in small_profile.runtime.timeshare_efficiency)
     torch.set_num_threads(2)
     assert len(probe_samples_s(time.thread_time, warmup=1, repeats=3)) == 3
     assert torch.get_num_threads() == 2  # the probe runs on one thread and gives the caller's setting back
@@ -133,7 +136,8 @@ def test_profile_file_round_trip(small_profile, tmp_path):
 
 def test_cli_writes_the_profile_and_a_table(tmp_path, capsys):
     out = tmp_path / "p.json"
-    argv = ["profile", "--model", "tiny-llama", "--tp", "1,2", "--mbs", "1", "--recompute", "none", "--repeats", "2", "--warmup", "0", "--out", str(out)]
+    argv = ["profile", "--model", "tiny-llama", "--tp", "1,2", "--mbs", "1", "--recompute", "none", "--repeats", "2", "--warmup", "0",
+            "--timeshare-s", "0", "--out", str(out)]  # fmt: skip
     assert run(argv) == 0
     data = json.loads(out.read_text())
     assert [(e["kind"], e["tp"]) for e in data["layers"]] == [(k, tp) for tp in (1, 2) for k in ("embedding", "transformer", "head")]
