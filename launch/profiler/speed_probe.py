@@ -37,14 +37,20 @@ PROBE_REPEATS = 25
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "thread_cpu": time.thread_time}
 
 
+def probe_case():
+    """The reference layer, built as the profiler builds a case (``launch.profiler.cases``)."""
+    from launch.profiler import cases
+
+    return cases.make_case(PROBE_MODEL, cases.GridPoint(kind="transformer", tp=1, mbs=1, seq_len=PROBE_MODEL.seq_len), "fp32", "cpu")
+
+
 def probe_samples_s(clock: Callable[[], float], warmup: int = PROBE_WARMUP, repeats: int = PROBE_REPEATS) -> list[float]:
     """Seconds of F + unsplit B of the reference layer, one per timed iteration (module docstring)."""
     import torch
 
     from launch.profiler import cases
 
-    point = cases.GridPoint(kind="transformer", tp=1, mbs=1, seq_len=PROBE_MODEL.seq_len)
-    case = cases.make_case(PROBE_MODEL, point, "fp32", "cpu")
+    case = probe_case()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one intra-op thread whatever the caller uses: probes compare
     try:

@@ -44,10 +44,10 @@ def _worker(start: float, duration_s: float, out) -> None:
     import torch
 
     from launch.profiler import cases
-    from launch.profiler.speed_probe import PROBE_MODEL
+    from launch.profiler.speed_probe import probe_case
 
     torch.set_num_threads(1)
-    case = cases.make_case(PROBE_MODEL, cases.GridPoint("transformer", 1, 1, PROBE_MODEL.seq_len), "fp32", "cpu")
+    case = probe_case()
     cases.sample(case, lambda: None, time.perf_counter)  # warm: allocator and kernels
     while time.time() < start:
         time.sleep(0.0005)
