@@ -79,7 +79,7 @@ ADAM_STEP_BYTES_PER_PARAM = 30
 # Buffer counts (each a multiple of one buffer's bytes):
 ZERO3_GATHERED_UNITS = 2  # FSDP2 with resharding: the unit in use and the one prefetched (torch FSDP2 implicit prefetch)
 TRANSIENT_COPIES = 2  # the widest activation (MLP intermediate, or fp32 logits) and its gradient, alive together in backward
-P2P_BUFFERS = 4  # torch PipelineStage: forward receive and send, backward receive and send of the boundary tensor
+P2P_BUFFERS = 4  # Megatron's p2p: forward receive and send, backward receive and send of the boundary tensor
 DP_BUCKETS_IN_FLIGHT = 2  # one bucket being reduced while the next fills (double buffering)
 
 
@@ -349,6 +349,20 @@ def _zero3_gathered_bytes(model: ModelSpec, cfg: ParallelConfig, stack: StackSpe
     return ZERO3_GATHERED_UNITS * _largest_unit_params(model, cfg, rank_plans) * bytes_per_param
 
 
+def p2p_buffer_count(stack: StackSpec, cfg: ParallelConfig, rank_plans: list[StagePlan]) -> int:
+    """Boundary tensors a pipeline rank keeps for p2p. torch.distributed.pipelining's ``PipelineStage``
+    allocates once, and keeps across steps, one receive buffer per microbatch for the activations
+    (every stage but the first) and one for their gradients (every stage but the last)
+    (torch/distributed/pipelining/stage.py: ``_setup_forward_recv_info`` and
+    ``_create_grad_recv_info`` per ``chunk_id``; measured on the runtime: tiny-llama pp4 v2 M8
+    holds 24, 32, 32, 24 such buffers on its ranks); sends go from the tensors themselves.
+    Megatron's p2p allocates per transfer: ``P2P_BUFFERS`` in flight."""
+    if stack.pipeline_runtime != "torch":
+        return P2P_BUFFERS
+    last = cfg.num_stages - 1
+    return sum(cfg.num_microbatches * ((st.layout.stage > 0) + (st.layout.stage < last)) for st in rank_plans)
+
+
 def _rank_memory_gib(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
     rank_plans: list[StagePlan], activation_peak: float, stack: StackSpec, variant: ActivationVariant,
@@ -369,7 +383,7 @@ def _rank_memory_gib(
     transient = TRANSIENT_COPIES * p * tokens * _widest_per_token(model, cfg, rank_plans)
     if any(st.layout.has_head for st in rank_plans):
         transient = max(transient, TRANSIENT_COPIES * 4 * tokens * model.vocab_size / cfg.tp)
-    p2p_buffers = P2P_BUFFERS * p * tokens * model.hidden_size / cfg.tp if cfg.pp > 1 else 0.0
+    p2p_buffers = p2p_buffer_count(stack, cfg, rank_plans) * p * tokens * model.hidden_size / cfg.tp if cfg.pp > 1 else 0.0
     bucket = min(dense + experts, bucket_params(stack.overlap, cfg.dp * cfg.cp))
     dp_buckets = DP_BUCKETS_IN_FLIGHT * bucket * grad_reduce_bytes_per_param(train.precision) if cfg.dp * cfg.cp > 1 else 0.0
     allocated = {

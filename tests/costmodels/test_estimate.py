@@ -275,3 +275,21 @@ def test_fsdp_without_pp_reduce_scatters_every_microbatch_and_keeps_gradients_sh
     # the same plan reducing once per step keeps whole gradients
     per_step = estimate(MODEL, cluster, train, cfg, UnitLayers(), stack=Stack(dp_grad_reduce="after_backward"))
     assert per_step.memory_breakdown_gib[0]["gradients"] == pytest.approx(params * 4 / GIB, abs=5e-5)
+
+
+def test_torch_pipelining_keeps_a_receive_buffer_per_microbatch_and_direction():
+    """``PipelineStage`` allocates one activation receive buffer per microbatch on every stage but the
+    first and one gradient receive buffer per microbatch on every stage but the last. pp4 v2 M8
+    (stages r and r+4 on rank r): rank 0 8·(0+1) + 8·(1+1) = 24, ranks 1 and 2 8·2 + 8·2 = 32,
+    rank 3 8·(1+1) + 8·(1+0) = 24 — what the runtime held, counted after one step of tiny-llama
+    (24, 32, 32, 24). Megatron's per-transfer p2p keeps ``P2P_BUFFERS``."""
+    from types import SimpleNamespace
+
+    from costmodels.estimate import P2P_BUFFERS, p2p_buffer_count
+    from profiles.loader import load_stack
+
+    cfg = ParallelConfig(tp=1, pp=4, dp=1, mbs=2, num_microbatches=8, v=2, schedule="interleaved-1f1b", stage_layers=[1] * 8)
+    ranks = [[SimpleNamespace(layout=SimpleNamespace(stage=s)) for s in (r, r + 4)] for r in range(4)]
+    torch_stack, megatron = load_stack("ppplan-torch"), load_stack("megatron-core")
+    assert [p2p_buffer_count(torch_stack, cfg, plans) for plans in ranks] == [24, 32, 32, 24]
+    assert [p2p_buffer_count(megatron, cfg, plans) for plans in ranks] == [P2P_BUFFERS] * 4
