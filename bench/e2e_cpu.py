@@ -245,8 +245,10 @@ def profile_probe(profile_path: Path | None) -> tuple[float | None, str]:
     """The profile's speed probe and the clock it was timed with (module docstring)."""
     if profile_path is None:
         return None, "wall"
-    profile = json.loads(profile_path.read_text())
-    return (profile.get("runtime") or {}).get("speed_probe_s"), profile.get("timer", "wall")
+    from profiles.loader import read_profile
+
+    profile = read_profile(profile_path)
+    return (profile.runtime.speed_probe_s if profile.runtime else None), profile.timer
 
 
 def speed_probe_now(clock: str) -> float:

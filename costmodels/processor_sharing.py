@@ -27,7 +27,7 @@ asked for ``D > C`` cores delivers ``C · e(D / C)`` of them, ``e`` linear betwe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -37,21 +37,31 @@ from costmodels.simulator import StageTimes, duration_table, schedule_graph
 EPS_S = 1e-12
 
 
-def shared_core_efficiency(points: Sequence[tuple[float, float]], oversubscription: float) -> float:
-    """``e(x)``: the fraction of a node's cores that does work when ``x = D / C`` > 1 times as many
-    are asked for (module docstring); 1 at ``x <= 1`` and with no points."""
-    if oversubscription <= 1.0 or not points:
-        return 1.0
+def efficiency_curve(points: Sequence[tuple[float, float]]) -> Callable[[float], float]:
+    """``e(x)`` of the measured points (module docstring), prepared once for the event loop: 1 at
+    ``x <= 1`` and with no points, linear between the points from ``e(1) = 1``, held past the last."""
     xs, es = [1.0], [1.0]
     for k, e in sorted(points):
         if k > xs[-1]:
             xs.append(float(k))
             es.append(min(1.0, float(e)))
-    if oversubscription >= xs[-1]:
-        return es[-1]
-    i = next(j for j in range(1, len(xs)) if xs[j] >= oversubscription)
-    t = (oversubscription - xs[i - 1]) / (xs[i] - xs[i - 1])
-    return es[i - 1] + t * (es[i] - es[i - 1])
+
+    def curve(oversubscription: float) -> float:
+        if oversubscription <= 1.0 or len(xs) == 1:
+            return 1.0
+        if oversubscription >= xs[-1]:
+            return es[-1]
+        i = next(j for j in range(1, len(xs)) if xs[j] >= oversubscription)
+        t = (oversubscription - xs[i - 1]) / (xs[i] - xs[i - 1])
+        return es[i - 1] + t * (es[i] - es[i - 1])
+
+    return curve
+
+
+def shared_core_efficiency(points: Sequence[tuple[float, float]], oversubscription: float) -> float:
+    """``e(x)``: the fraction of a node's cores that does work when ``x = D / C`` times as many are
+    asked for (``efficiency_curve`` at one point)."""
+    return efficiency_curve(points)(oversubscription)
 
 
 def timeshared_makespan_s(schedule: Schedule, times: StageTimes, tails_s: list[float], cores: float,
@@ -60,6 +70,7 @@ def timeshared_makespan_s(schedule: Schedule, times: StageTimes, tails_s: list[f
     wanting ``load[n][r]`` of node n's (module docstring); ``tails_s[r]`` is rank r's work after
     its list; ``efficiency`` the measured time-sharing points (none: ideal sharing)."""
     graph = schedule_graph(schedule)
+    efficiency_at = efficiency_curve(efficiency)
     n = graph.num_nodes
     duration = duration_table(times)[graph.kind_code, graph.stage].tolist()
     lag = np.append(np.asarray(times.p2p_s, dtype=float), 0.0)[graph.boundary].tolist()
@@ -95,7 +106,7 @@ def timeshared_makespan_s(schedule: Schedule, times: StageTimes, tails_s: list[f
             t = arrival
             continue
         demand = [sum(wants[r] for r in running) for wants in load]
-        served = [cores * shared_core_efficiency(efficiency, d / cores) for d in demand]
+        served = [cores * efficiency_at(d / cores) for d in demand]
         rate = {r: min([1.0] + [served[n] / demand[n] for n, wants in enumerate(load) if wants[r] > 0]) for r in running}
         finish = min(remaining[r] / rate[r] for r in running)
         step = min(finish, arrival - t)
