@@ -56,7 +56,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = "cpu-local"
 MODELS = ("tiny-gpt", "tiny-llama", "tiny-moe")
-ROOFLINE_MODELS = ("tiny-moe",)  # the profiler refuses routed experts: priced by the cpu-local roofline
 RANKS = (2, 4, 8)
 BATCHES = (8, 16)
 PPPLAN = [sys.executable, "-c", "from planner.cli.main import main; main()"]
@@ -92,19 +91,14 @@ class Extra:
 
     @property
     def profiled(self) -> bool:
-        """Priced with the measured layer profile (``profiled``), or the cpu-local roofline where a
-        profile cannot price it (ring attention, routed experts)."""
-        return profiled(self.model) and self.cp == 1
+        """Priced with the measured layer profile, or the cpu-local roofline where a profile cannot
+        price it (ring attention: the profiler times whole-sequence layers)."""
+        return self.cp == 1
 
     def evaluate_args(self) -> list[str]:
         return ["--model", self.model, "--global-batch", str(self.batch), "--gpus", str(self.ranks), "--tp", str(self.tp),
                 "--cp", str(self.cp), "--ep", str(self.ep), "--pp", str(self.pp), "--mbs", str(self.mbs),
                 "--schedule", self.schedule, "--recompute", self.recompute, "--zero", str(self.zero)]  # fmt: skip
-
-
-def profiled(model: str) -> bool:
-    """Whether ``ppplan profile`` measures this model (it refuses mixture-of-experts layers)."""
-    return model not in ROOFLINE_MODELS
 
 
 # The plans issue 7's bench left out (run within 25 % of its first plan, priced 20-35 % fast) and
@@ -118,7 +112,7 @@ EXTRA = (
     Extra("tp1 pp1 dp2", "tiny-gpt", 8, tp=1, pp=1, dp=2),
     Extra("tp1 pp1 dp2 zero-3", "tiny-gpt", 8, tp=1, pp=1, dp=2, zero=3),
     Extra("tp1 pp2 dp1 1f1b", "tiny-gpt", 8, tp=1, pp=2, dp=1),
-    # issue 13: expert and context parallelism as the runtime runs them (roofline-priced), against ep = cp = 1,
+    # issue 13: expert and context parallelism as the runtime runs them (cp > 1 roofline-priced), against ep = cp = 1,
     # and the dense tiny-llama (tiny-moe's attention and shapes) with a ring: the CPU roofline's own error
     Extra("moe dp2", "tiny-moe", 8, tp=1, pp=1, dp=2),
     Extra("moe ep2 dp2", "tiny-moe", 8, tp=1, pp=1, dp=2, ep=2),
@@ -163,7 +157,7 @@ def model_exists(name: str) -> bool:
 
 def measure_profiles(models: list[str], folder: Path) -> dict[str, Path]:
     """``ppplan profile`` per model and one ``ppplan profile-comm`` (reused when already in ``folder``)."""
-    paths = {m: folder / f"profile-{m}.json" for m in models if profiled(m)}
+    paths = {m: folder / f"profile-{m}.json" for m in models}
     paths["comm"] = folder / "comm.json"
     for name, path in paths.items():
         if path.is_file():
@@ -227,7 +221,7 @@ def error_pct(predicted: float, measured: float) -> float:
 
 def search_plan(model: str, ranks: int, batch: int, profiles: dict[str, Path], out: Path) -> str | None:
     argv = [*PPPLAN, "search", "--model", model, "--cluster", CLUSTER, "--gpus", str(ranks), "--global-batch", str(batch),
-            *(["--profile", str(profiles[model])] if profiled(model) else []), "--comm-profile", str(profiles["comm"]),
+            "--profile", str(profiles[model]), "--comm-profile", str(profiles["comm"]),
             "--top-k", "1", "--out", str(out)]  # fmt: skip
     done = run(argv)
     return None if done.returncode == 0 else (done.stderr.strip().splitlines() or ["?"])[-1]
@@ -422,8 +416,7 @@ def main() -> None:
             for batch in batches:
                 path = work / f"{model}-{n}r-b{batch}-top1.json"
                 failure = search_plan(model, n, batch, profiles, path)
-                rows.append(Row((model, n, batch), "search top-1", "top-1", path, failure=failure and f"search: {failure}",
-                                profiled=profiled(model)))
+                rows.append(Row((model, n, batch), "search top-1", "top-1", path, failure=failure and f"search: {failure}"))
     for extra in () if args.no_extra else EXTRA:
         if extra.model in models and extra.ranks in ranks and extra.batch in batches:
             path = work / f"{extra.model}-{extra.ranks}r-b{extra.batch}-{extra.name.replace(' ', '_')}.json"

@@ -234,7 +234,9 @@ def _stage_costs(
     (``overlap.p2p == "exposed"``): F holds the rank for its send to the next stage, B for its
     send to the previous one. Every action pays the fixed per-action overhead (W only where
     the schedule splits the backward), the stack's host cost or the one ``ppplan profile``
-    measured for this machine."""
+    measured for this machine. Where the schedule does not split the backward, B and W run as one
+    autograd call: the measured excess of the split pair over it (``split_backward_extra_s``) is
+    taken off."""
     overlap = stack.overlap
     overhead = action_overhead_s(cluster, overlap, runtime)
     split = schedule_spec(cfg.schedule).split_backward
@@ -256,6 +258,8 @@ def _stage_costs(
             f, b, pp_in_actions = f + send_f, b + send_b, send_f + send_b
         else:
             hides["pp_comm_s"] = send_f + send_b
+        if not split:  # B and W run as one autograd call, which the profile timed as such
+            w = max(0.0, w - t.split_backward_extra_s)
         actions = 3 if split else 2
         f, b, w = f + overhead, b + overhead, w + (overhead if split else 0.0)
         costs.append(PassTimes(

@@ -45,7 +45,10 @@ class PassTimes:
     ``overhead_s`` per-action overhead, ``cp_comm_s`` the context-parallel ring's transfers beyond its
     blocks' compute, ``ep_comm_s`` the expert all-to-alls; ``overlapped_tp_comm_s`` is TP
     communication hidden behind the GEMMs and ``overlapped_cp_comm_s`` ring transfers hidden behind
-    the ring's blocks (neither in F + B + W)."""
+    the ring's blocks (neither in F + B + W). ``split_backward_extra_s`` is how much longer B and W
+    take as torch's zero-bubble stages split them than the backward as one autograd call (a measured
+    profile's ``backward_s``): a schedule without the split runs the one call, so it is taken off W
+    there (``costmodels.estimate``); 0 where nothing measured it."""
 
     forward_s: float
     backward_input_s: float
@@ -59,6 +62,7 @@ class PassTimes:
     cp_comm_s: float = 0.0
     ep_comm_s: float = 0.0
     overlapped_cp_comm_s: float = 0.0
+    split_backward_extra_s: float = 0.0
 
     @property
     def total_s(self) -> float:

@@ -11,6 +11,10 @@ two points with the log-log slope clamped to a physical range (never superlinear
 mbs, never slower with more TP), or with the ideal slope (linear in tokens, 1/tp)
 when only one point exists, and says so once per distinct case.
 
+A mixture-of-experts layer is measured with all its routed experts on one rank; expert
+parallelism adds the busiest rank's excess routed load, the all-to-alls and the reorder of
+received tokens (``ProfiledTimes._moe``).
+
 Tensor-parallel communication is not in a measurement of sharded shapes on one device,
 so it is added from the alpha–beta model exactly where ``RooflineTimes`` puts it, over
 the cluster's link or, when given, the link fitted by ``ppplan profile-comm``. Degrees
@@ -26,10 +30,21 @@ from functools import lru_cache
 from typing import Callable, Iterable
 
 from costmodels.comm import US, Link, bandwidth_bytes_per_s, link_for, network_for
-from costmodels.layer_costs import LayerTimes, PassTimes, RooflineTimes, bytes_per_element, tp_comm_passes
+from costmodels.compute import operators_time_s
+from costmodels.experts import SOURCE_ORDER_ACCESSES, dispatch_ops, rank_load_imbalance, routed_rows
+from costmodels.layer_costs import (
+    LayerTimes,
+    PassTimes,
+    RooflineTimes,
+    bytes_per_element,
+    price_operators,
+    tp_comm_passes,
+)
+from costmodels.operators import LayerShape, MemoryBound
 from costmodels.runtime_costs import measured_runtime_costs
 from profiles.errors import PlanError
 from profiles.profile_schema import (
+    MOE_SHAPE_FIELDS,
     SHAPE_FIELDS,
     CommProfile,
     HardwareFingerprint,
@@ -38,7 +53,7 @@ from profiles.profile_schema import (
     model_shape_hash,
 )
 from profiles.schema import ClusterSpec, ModelSpec, TrainSpec
-from profiles.stack_schema import StackSpec
+from profiles.stack_schema import StackKernels, StackSpec
 
 Warn = Callable[[str], None]
 PASS_FIELDS = ("forward_s", "backward_input_s", "backward_weight_s")
@@ -100,6 +115,7 @@ class ProfiledTimes:
         allow_mismatch: bool = False,
         comm: CommProfile | None = None,
         warn: Warn | None = None,
+        kernels: StackKernels | None = None,
     ) -> None:
         problems = profile_mismatches(profile, model, cluster, train) + comm_mismatches(comm, cluster)
         self._warn = warn or _log_warning
@@ -113,6 +129,7 @@ class ProfiledTimes:
         self.tp_link_inter = comm_link(comm, "inter_node") or link_for(cluster, crosses_nodes=True)
         self.network = network_for(cluster, (self.tp_link_intra, self.tp_link_inter))
         self.p = bytes_per_element(train.precision)
+        self.kernels = kernels or StackKernels()
         self.runtime = measured_runtime_costs(comm, profile.runtime)  # costmodels.runtime_costs
         self._entries: dict[tuple[str, str], list[LayerProfile]] = {}
         self._measured_tps = {e.tp for e in profile.layers}
@@ -120,18 +137,19 @@ class ProfiledTimes:
         for entry in profile.layers:
             self._entries.setdefault((entry.kind, entry.recompute), []).append(entry)
         self._transformer_cached = lru_cache(maxsize=None)(self._transformer)
+        self._moe_cached = lru_cache(maxsize=None)(self._moe)
         self._embedding_cached = lru_cache(maxsize=None)(self._embedding)
         self._head_cached = lru_cache(maxsize=None)(self._head)
 
-    # A profile times whole-sequence dense layers: no ring attention, no experts (the profiler
-    # refuses mixture-of-experts models), so a search with a profile keeps cp = 1.
+    # A profile times whole-sequence layers: no ring attention, so a search with a profile keeps cp = 1.
     context_parallel = False
 
     def transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str, cp: int = 1,
                     ep: int = 1, moe: bool = False) -> PassTimes:
-        if cp > 1 or moe:
-            raise PlanError("a measured profile has no context-parallel or mixture-of-experts layers: "
-                            "price cp > 1 and MoE models without --profile")
+        if cp > 1:
+            raise PlanError("a measured profile has no context-parallel layers: price cp > 1 without --profile")
+        if moe:
+            return self._moe_cached(tp, mbs, seq_len, sequence_parallel, recompute, ep)
         return self._transformer_cached(tp, mbs, seq_len, sequence_parallel, recompute)
 
     def embedding(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes:
@@ -177,24 +195,26 @@ class ProfiledTimes:
         return got.value
 
     def _passes(self, kind: str, recompute: str, tp: int, mbs: int, seq_len: int) -> PassTimes:
-        f, b, w = (self.measured(kind, recompute, tp, mbs, seq_len, field) for field in PASS_FIELDS)
-        return PassTimes(f, b, w)
+        """Measured F, B, W, and how much B + W exceed the measured unsplit backward."""
+        f, b, w, unsplit = (self.measured(kind, recompute, tp, mbs, seq_len, field) for field in (*PASS_FIELDS, "backward_s"))
+        return PassTimes(f, b, w, split_backward_extra_s=max(0.0, b + w - unsplit))
 
-    def _compute(self, tp: int, mbs: int, seq_len: int, recompute: str) -> PassTimes:
-        """Measured transformer-layer F/B/W; ``recompute_s`` is B(recompute) - B(none)."""
-        base = self._passes("transformer", "none", tp, mbs, seq_len)
+    def _compute(self, tp: int, mbs: int, seq_len: int, recompute: str, kind: str = "transformer") -> PassTimes:
+        """Measured F/B/W of a layer of ``kind`` (dense or MoE); ``recompute_s`` is B(recompute) - B(none)."""
+        base = self._passes(kind, "none", tp, mbs, seq_len)
         if recompute == "none":
             return base
-        if ("transformer", recompute) not in self._entries:
+        if (kind, recompute) not in self._entries:
             self.note(f"profile has no recompute '{recompute}' measurements; adding the measured forward to B")
             redo = base.forward_s if recompute == "full" else 0.0
-            return PassTimes(base.forward_s, base.backward_input_s + redo, base.backward_weight_s, 0.0, redo)
-        got = self._passes("transformer", recompute, tp, mbs, seq_len)
+            return PassTimes(base.forward_s, base.backward_input_s + redo, base.backward_weight_s, 0.0, redo,
+                             split_backward_extra_s=base.split_backward_extra_s)
+        got = self._passes(kind, recompute, tp, mbs, seq_len)
         redo = max(0.0, got.backward_input_s - base.backward_input_s)
         weight = got.backward_weight_s
         if recompute == "full":
             # W as the unsplit backward runs it; torch's split W re-runs the forward per parameter group
-            unsplit = self.measured("transformer", "full", tp, mbs, seq_len, "backward_s")
+            unsplit = self.measured(kind, "full", tp, mbs, seq_len, "backward_s")
             weight = max(0.0, unsplit - got.backward_input_s)
             if got.backward_weight_s > 1.5 * weight + got.forward_s:
                 self.note(
@@ -203,23 +223,62 @@ class ProfiledTimes:
                     "zero-bubble schedules with full recompute will run slower than priced",
                     key="split W under full recompute",
                 )
-        return PassTimes(got.forward_s, got.backward_input_s, weight, 0.0, redo)
+        # under full recompute B + W is the unsplit backward already
+        extra = 0.0 if recompute == "full" else got.split_backward_extra_s
+        return PassTimes(got.forward_s, got.backward_input_s, weight, 0.0, redo, split_backward_extra_s=extra)
 
     # -- LayerTimes ---------------------------------------------------------------------
 
-    def _with_comm(self, measured: PassTimes, kind: str, tp: int, mbs: int, seq_len: int, sp: bool, recompute: str) -> PassTimes:
+    def _with_comm(self, measured: PassTimes, kind: str, tp: int, mbs: int, seq_len: int, sp: bool, recompute: str,
+                   ep: int = 1, moe: bool = False) -> PassTimes:
         """Add the modelled TP communication, unless the profile timed this degree in a real TP
         group (then it is inside F and B and only labelled, for the breakdown)."""
         # the profile times ppplan's runtime, whose loss gathers the logits (no vocab-parallel loss)
-        comm = tp_comm_passes(self.model, kind, tp, mbs, seq_len, sp, recompute, self.p, self.network, False)
+        comm = tp_comm_passes(self.model, kind, tp, mbs, seq_len, sp, recompute, self.p, self.network, False,
+                              ep=ep, moe=moe, kernels=self.kernels)
         if tp in self._group_tps or (self._group_tps and tp not in self._measured_tps):
             inside = min(comm.tp_comm_s, measured.forward_s + measured.backward_input_s)
-            return PassTimes(measured.forward_s, measured.backward_input_s, measured.backward_weight_s, inside, measured.recompute_s)
+            return PassTimes(measured.forward_s, measured.backward_input_s, measured.backward_weight_s, inside, measured.recompute_s,
+                             split_backward_extra_s=measured.split_backward_extra_s)
         return measured.plus(comm)
 
     def _transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str) -> PassTimes:
         measured = self._compute(tp, mbs, seq_len, recompute)
         return self._with_comm(measured, "transformer", tp, mbs, seq_len, sequence_parallel, recompute)
+
+    def _moe(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str, ep: int) -> PassTimes:
+        """A mixture-of-experts layer on a rank of an ``ep``-rank expert-parallel group.
+
+        The profile timed the layer with all ``E`` routed experts on one rank (ep = 1): the rank's
+        ``T·k`` assignments over ``E`` experts. With ``ep`` ranks a rank computes the assignments of all
+        ``ep`` ranks that fall on its ``E / ep`` experts: ``T·k`` on average, ``rank_load_imbalance``
+        of that on the busiest rank, which the group waits for (``costmodels.experts``). So the
+        measured layer, plus the measured router-and-experts block ("experts") times the busiest
+        rank's excess load, plus what exists only with ep > 1 and was not measured: the dispatch and
+        combine all-to-alls over the measured links, and the runtime's reorder of what it receives
+        into expert order and back (memory-bound, by the roofline). Under full recompute the
+        backward re-runs the excess and the forward's all-to-alls."""
+        measured = self._compute(tp, mbs, seq_len, recompute, "moe_transformer")
+        factor = rank_load_imbalance(self.model.num_experts or 0, ep)
+        if ep > 1:
+            experts = self._passes("experts", "none", tp, mbs, seq_len).scaled(factor - 1.0)
+            again = experts.forward_s if recompute == "full" else 0.0
+            measured = measured.plus(PassTimes(experts.forward_s, experts.backward_input_s + again,
+                                               experts.backward_weight_s, recompute_s=again,
+                                               split_backward_extra_s=experts.split_backward_extra_s))
+        passes = self._with_comm(measured, "transformer", tp, mbs, seq_len, sequence_parallel, recompute, ep, True)
+        if ep == 1:
+            return passes
+        shape = LayerShape(tp, mbs, seq_len, sequence_parallel, recompute, self.p, ep=ep, moe=True)
+        ops = dispatch_ops(self.model, shape, self.kernels)
+        forward = price_operators(self.cluster, self.train.precision, ops.forward, self.network, tp, 1, ep).ep_comm_s
+        backward = price_operators(self.cluster, self.train.precision, ops.backward_input, self.network, tp, 1, ep).ep_comm_s
+        rows = routed_rows(self.model, shape.tokens, ep)
+        reorder = operators_time_s(self.cluster, self.train.precision, (
+            MemoryBound("moe.source_order", SOURCE_ORDER_ACCESSES * rows * self.model.hidden_size * self.p),))
+        again = forward if recompute == "full" else 0.0
+        extra = PassTimes(forward + reorder, backward + again + reorder, 0.0, ep_comm_s=forward + backward + again)
+        return passes.plus(extra)
 
     def _embedding(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool) -> PassTimes:
         measured = self._passes("embedding", "none", tp, mbs, seq_len)
@@ -247,7 +306,8 @@ def device_matches(hardware: HardwareFingerprint, cluster: ClusterSpec) -> bool:
 
 
 def _shape_difference(a: ModelSpec, b: ModelSpec) -> str:
-    diffs = [f"{k} {getattr(a, k)} vs {getattr(b, k)}" for k in SHAPE_FIELDS if getattr(a, k) != getattr(b, k)]
+    fields = SHAPE_FIELDS + MOE_SHAPE_FIELDS
+    diffs = [f"{k} {getattr(a, k)} vs {getattr(b, k)}" for k in fields if getattr(a, k) != getattr(b, k)]
     return ", ".join(diffs) or "shape hash differs"
 
 
@@ -323,4 +383,4 @@ def layer_times_for(
         roofline = RooflineTimes(model, cluster, train.precision, tp_links=links, stack=stack)
         roofline.runtime = measured_runtime_costs(comm)  # costmodels.runtime_costs
         return roofline
-    return ProfiledTimes(profile, model, cluster, train, allow_mismatch, comm, warn)
+    return ProfiledTimes(profile, model, cluster, train, allow_mismatch, comm, warn, stack.kernels)

@@ -20,7 +20,10 @@ from profiles.schema import ModelSpec, Precision, RecomputeKind, StrictModel, co
 PROFILE_SCHEMA_VERSION = 1
 COMM_PROFILE_SCHEMA_VERSION = 1
 
-LayerKind = Literal["embedding", "transformer", "head"]
+# "transformer": a dense layer; "moe_transformer": a mixture-of-experts layer with all its routed experts
+# on the one rank (ep = 1); "experts": that layer's router and routed experts alone (what expert
+# parallelism's load imbalance scales, ``costmodels.profile_times``).
+LayerKind = Literal["embedding", "transformer", "head", "moe_transformer", "experts"]
 LAYER_KINDS: tuple[str, ...] = get_args(LayerKind)
 Collective = Literal["all_reduce", "reduce_scatter", "all_gather", "p2p"]
 COLLECTIVES: tuple[str, ...] = get_args(Collective)
@@ -40,11 +43,21 @@ SHAPE_FIELDS: tuple[str, ...] = (
     "position_embedding",
     "linear_bias",
 )
+# What a mixture-of-experts layer adds; hashed only for an MoE model, so a dense model's hash is the same
+# as before these fields existed.
+MOE_SHAPE_FIELDS: tuple[str, ...] = (
+    "num_experts",
+    "experts_per_token",
+    "moe_ffn_hidden_size",
+    "shared_expert_ffn_hidden_size",
+)
 
 
 def model_shape_hash(model: ModelSpec) -> str:
-    """First 16 hex digits of the SHA-256 of the shape fields (``SHAPE_FIELDS``) as sorted JSON."""
-    shape = {key: getattr(model, key) for key in SHAPE_FIELDS}
+    """First 16 hex digits of the SHA-256 of the shape fields (``SHAPE_FIELDS``, and ``MOE_SHAPE_FIELDS``
+    for a mixture-of-experts model) as sorted JSON."""
+    fields = SHAPE_FIELDS + (MOE_SHAPE_FIELDS if model.is_moe else ())
+    shape = {key: getattr(model, key) for key in fields}
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,8 +1,9 @@
 """The pieces ``ppplan profile`` measures, and how it times and sizes them (torch).
 
 A case is one layer kind at one (tp, mbs, seq_len, recompute), built from the
-runtime's own code (``launch.runtime.model``) inside a ``StageModule`` the way the
-runtime builds a stage: fp32 weights, ``torch.autocast`` for bf16 plans
+runtime's own code (``launch.runtime.model``; a mixture-of-experts layer with all its routed
+experts, ep = 1, and its router and routed experts alone, ``RoutedExperts``) inside a
+``StageModule`` the way the runtime builds a stage: fp32 weights, ``torch.autocast`` for bf16 plans
 (``launch.runtime.build.AUTOCAST_DTYPES``), recompute set per layer. TP > 1 is either
 the shapes one TP rank holds, on one device (``sharded_stage``), or the runtime's
 DTensor plan over a real TP group (``launch.runtime.tp.apply_tensor_parallel``).
@@ -28,10 +29,12 @@ import torch
 
 from launch.runtime import model as runtime_model
 from launch.runtime.build import AUTOCAST_DTYPES
+from launch.runtime.moe import ExpertGroups, MoEFeedForward
 from profiles.schema import ModelSpec
 
 Clock = Callable[[], float]
 INPUT_SEED = 1234
+LAYER_KINDS_WITH_RECOMPUTE = ("transformer", "moe_transformer")
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class GridPoint:
 
     @property
     def label(self) -> str:
-        extra = f" recompute={self.recompute}" if self.kind == "transformer" else ""
+        extra = f" recompute={self.recompute}" if self.kind in LAYER_KINDS_WITH_RECOMPUTE else ""
         return f"{self.kind} tp={self.tp} mbs={self.mbs} seq={self.seq_len}{extra}"
 
 
@@ -71,13 +74,41 @@ def _sharded_linear(linear: Any, tp: int, split: str) -> Any:
     return new
 
 
+class RoutedExperts(torch.nn.Module):
+    """An MoE layer's router and routed experts alone (no norm, attention, shared experts or residual):
+    the part of the layer whose work follows the routed load (``ppplan profile``'s "experts" kind)."""
+
+    def __init__(self, feed_forward: MoEFeedForward) -> None:
+        super().__init__()
+        feed_forward.shared = None
+        self.feed_forward = feed_forward
+
+    def set_recompute(self, kind: str) -> None:
+        if kind != "none":
+            raise ValueError("the routed experts are profiled without recompute")
+
+    def forward(self, x: Any) -> Any:
+        # a copy, as the layer's residual add makes one: torch's split backward detaches the stage
+        # output in place, which a view (the block's output) refuses
+        return self.feed_forward(x).clone()
+
+
 def build_stage(model: ModelSpec, kind: str) -> Any:
-    """A ``StageModule`` holding only the piece ``kind`` (unsharded)."""
+    """A ``StageModule`` holding only the piece ``kind`` (unsharded): a dense layer is layer 0 (dense
+    models) or the first of ``first_dense_layers``; an MoE layer the first from ``first_dense_layers``
+    on, all its routed experts on this one rank (ep = 1)."""
     if kind == "embedding":
         return runtime_model.StageModule(runtime_model.build_embedding(model), {}, None)
     if kind == "head":
         return runtime_model.StageModule(None, {}, runtime_model.build_head(model))
-    return runtime_model.StageModule(None, {0: runtime_model.build_layer(model, 0)}, None)
+    if kind == "transformer":
+        if model.is_moe and model.first_dense_layers == 0:
+            raise ValueError(f"{model.name} has no dense transformer layer")
+        return runtime_model.StageModule(None, {0: runtime_model.build_layer(model, 0)}, None)
+    layer = runtime_model.build_layer(model, model.first_dense_layers)
+    if kind == "experts":
+        return runtime_model.StageModule(None, {0: RoutedExperts(layer.feed_forward)}, None)
+    return runtime_model.StageModule(None, {0: layer}, None)
 
 
 def shard_in_place(stage: Any, model: ModelSpec, tp: int) -> None:
@@ -87,9 +118,15 @@ def shard_in_place(stage: Any, model: ModelSpec, tp: int) -> None:
         return
     vocab_shard = -(-model.vocab_size // tp)
     for layer in stage.layers.values():
-        attn, ffn = layer.attention, layer.feed_forward
-        attn.wq, attn.wk, attn.wv = (_sharded_linear(m, tp, "out") for m in (attn.wq, attn.wk, attn.wv))
-        attn.wo = _sharded_linear(attn.wo, tp, "in")
+        attn, ffn = getattr(layer, "attention", None), layer.feed_forward
+        if attn is not None:
+            attn.wq, attn.wk, attn.wv = (_sharded_linear(m, tp, "out") for m in (attn.wq, attn.wk, attn.wv))
+            attn.wo = _sharded_linear(attn.wo, tp, "in")
+        if isinstance(ffn, MoEFeedForward):  # expert TP = tp: each expert keeps 1/tp of its FFN rows
+            for experts in (ffn.experts, ffn.shared):
+                if experts is not None:
+                    experts.keep_ffn_rows(0, experts.w1.shape[1] // tp)
+            continue
         ffn.w1 = _sharded_linear(ffn.w1, tp, "out")
         ffn.w3 = _sharded_linear(ffn.w3, tp, "out") if ffn.w3 is not None else None
         ffn.w2 = _sharded_linear(ffn.w2, tp, "in")
@@ -126,7 +163,11 @@ def make_case(
     if tp_mesh is not None:
         from launch.runtime.tp import apply_tensor_parallel
 
-        apply_tensor_parallel(stage, tp_mesh, sequence_parallel=False)
+        if point.kind != "experts":
+            apply_tensor_parallel(stage, tp_mesh, sequence_parallel=False)
+        for layer in stage.layers.values():  # as the runtime joins its MoE layers to the tp group (build.py)
+            if isinstance(layer.feed_forward, MoEFeedForward):
+                layer.feed_forward.set_parallel(ExpertGroups(tp=tp_mesh.get_group()), tp_mesh.get_local_rank(), point.tp)
     stage.autocast_dtype = AUTOCAST_DTYPES.get(precision)
     params = [p for p in stage.parameters() if p.requires_grad]
     for p in params:

@@ -72,9 +72,9 @@ class ProfileSettings:
 
 def check_settings(model: ModelSpec, settings: ProfileSettings) -> None:
     """Reject what cannot be profiled, with the fix in the message (no torch needed)."""
-    if model.is_moe or model.is_mla:
-        what = "mixture-of-experts" if model.is_moe else "multi-head latent attention"
-        raise PlanError(f"ppplan profile times dense layers only; {model.name} has {what} layers: plan it with the roofline (no --profile)")
+    if model.is_mla:
+        raise PlanError(f"ppplan profile times the runtime's layers; {model.name} has multi-head latent attention, "
+                        "which the runtime does not run: plan it with the roofline (no --profile)")
     if settings.precision not in PRECISIONS:
         raise PlanError(f"cannot profile precision '{settings.precision}': the runtime runs {' or '.join(PRECISIONS)}")
     for tp in settings.tps:
@@ -88,8 +88,16 @@ def check_settings(model: ModelSpec, settings: ProfileSettings) -> None:
         raise PlanError("--repeats must be at least 2 and --warmup at least 0")
 
 
+def layer_kinds(model: ModelSpec) -> tuple[str, ...]:
+    """The transformer-layer kinds ``model`` has: dense layers, mixture-of-experts layers, or both."""
+    if not model.is_moe:
+        return ("transformer",)
+    return ("transformer", "moe_transformer") if model.first_dense_layers else ("moe_transformer",)
+
+
 def grid(model: ModelSpec, settings: ProfileSettings) -> list[Any]:
-    """Every measurement: per (tp, seq, mbs) the embedding, the layer with each recompute kind, the head."""
+    """Every measurement: per (tp, seq, mbs) the embedding, each layer kind with each recompute kind
+    (a mixture-of-experts model's routed experts alone too, without recompute), the head."""
     from launch.profiler.cases import GridPoint
 
     points = []
@@ -97,7 +105,10 @@ def grid(model: ModelSpec, settings: ProfileSettings) -> list[Any]:
         for seq in settings.seq_lens or (model.seq_len,):
             for mbs in settings.mbss:
                 points.append(GridPoint("embedding", tp, mbs, seq))
-                points += [GridPoint("transformer", tp, mbs, seq, rc) for rc in settings.recomputes]
+                for kind in layer_kinds(model):
+                    points += [GridPoint(kind, tp, mbs, seq, rc) for rc in settings.recomputes]
+                if model.is_moe:
+                    points.append(GridPoint("experts", tp, mbs, seq))
                 points.append(GridPoint("head", tp, mbs, seq))
     return points
 

@@ -12,8 +12,8 @@ runtime's own pieces (``launch.runtime.model``, ``launch.runtime.fsdp``); median
 - FSDP host overhead per layer and step: the same schedule over a ``FSDP_LAYERS``-layer
   stage wrapped as the runtime wraps it for ZeRO-0 (``apply_data_parallel``: each layer,
   then the stage, on a one-rank (replicate, shard) mesh), less the unwrapped stage, per
-  layer. FSDP2's copy-in/copy-out of parameters and gradients and its hooks run on the
-  host whatever the group size; the collectives themselves are priced by the measured
+  layer (an MoE layer's experts and router wrapped first, on a one-rank expert mesh). FSDP2's
+  copy-in/copy-out of parameters and gradients and its hooks run on the host whatever the group size; the collectives themselves are priced by the measured
   links (``ppplan profile-comm``).
 """
 
@@ -110,14 +110,15 @@ def _fsdp_overhead(model: ModelSpec, mbs: int, seq_len: int, warmup: int, repeat
 
     from launch.runtime.fsdp import apply_data_parallel
     from launch.runtime.model import build_stage_module
-    from launch.runtime.parallel import MESH_DIMS
+    from launch.runtime.parallel import EXPERT_MESH_DIMS, MESH_DIMS
 
     m = FSDP_MICROBATCHES
     inputs, targets = _inputs(model, mbs * m, seq_len)
     plain = _schedule(build_stage_module(model, 0, FSDP_LAYERS, False, False, 0), m)
     wrapped_module = build_stage_module(model, 0, FSDP_LAYERS, False, False, 0)
     mesh = init_device_mesh("cpu", (1, 1, 1, 1), mesh_dim_names=MESH_DIMS)
-    apply_data_parallel(wrapped_module, mesh, zero=0)
+    experts = init_device_mesh("cpu", (1,) * len(EXPERT_MESH_DIMS), mesh_dim_names=EXPERT_MESH_DIMS) if model.is_moe else None
+    apply_data_parallel(wrapped_module, mesh, zero=0, expert_mesh=experts)
     wrapped = _schedule(wrapped_module, m)
     return _paired(
         _timer(lambda: plain.step(inputs, target=targets), clock),

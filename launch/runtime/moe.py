@@ -158,8 +158,16 @@ class GroupedExperts(nn.Module):
         return w1, w3, w2
 
     def forward(self, tokens: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """``tokens`` [sum(counts), h] grouped by expert (``counts[e]`` rows for local expert e)."""
-        w1, w3, w2 = self._weights()
+        """``tokens`` [sum(counts), h] grouped by expert (``counts[e]`` rows for local expert e).
+
+        The 3-D weights are split into per-expert views once (``unbind``): indexing ``w[e]`` per expert
+        instead makes autograd build a zero-filled gradient of the whole 3-D weight for every expert and
+        sum them (``select_backward``), E full-size buffers per weight in each backward; ``unbind``'s
+        backward stacks the E slices once (measured on one CPU thread, 8 experts of 256 x 512, 256
+        tokens: F + backward 25 ms with indexing, 12 ms with unbind)."""
+        weights = self._weights()
+        w1, w2 = weights[0].unbind(0), weights[2].unbind(0)
+        w3 = weights[1].unbind(0) if weights[1] is not None else None
         outputs = []
         for e, chunk in enumerate(tokens.split(counts)):
             hidden = F.silu(chunk @ w1[e].T) * (chunk @ w3[e].T) if w3 is not None else F.gelu(chunk @ w1[e].T)

@@ -8,12 +8,15 @@ import math
 import pytest
 
 from costmodels.comm import Link, link_for, network_for, tp_layer_comm_s
+from costmodels.compute import operators_time_s
 from costmodels.estimate import estimate
-from costmodels.layer_costs import RooflineTimes
+from costmodels.experts import dispatch_ops
+from costmodels.layer_costs import RooflineTimes, price_operators
+from costmodels.operators import LayerShape, MemoryBound
 from costmodels.profile_times import ProfiledTimes, interpolate_loglog, layer_times_for
 from planner.cli.main import run
 from profiles.errors import PlanError
-from profiles.loader import load_cluster, load_model, read_comm_profile, read_profile
+from profiles.loader import load_cluster, load_model, load_stack, read_comm_profile, read_profile
 from profiles.profile_schema import (
     AlphaBetaFit,
     CommProfile,
@@ -114,16 +117,86 @@ def test_measured_shapes_return_the_medians(env):
     assert t.tp_comm_s == 0.0 and t.recompute_s == 0.0
 
 
-def test_a_profile_has_no_ring_or_experts(env):
-    """A profile times whole-sequence dense layers: a search with it keeps cp = 1, and asking for a ring
-    or an MoE layer is bad input; the embedding and the head of a cp rank are its s/cp positions."""
+def test_a_profile_has_no_ring_and_a_dense_profile_no_experts(env):
+    """A profile times whole-sequence layers: a search with it keeps cp = 1, and asking for a ring is bad
+    input; a dense model's profile has no MoE layer to give; the embedding and the head of a cp rank
+    are its s/cp positions."""
     times = _times(env)
     assert times.context_parallel is False
-    with pytest.raises(PlanError, match="context-parallel or mixture-of-experts"):
+    with pytest.raises(PlanError, match="context-parallel"):
         times.transformer(1, 4, 256, False, "none", cp=2)
-    with pytest.raises(PlanError):
+    with pytest.raises(PlanError, match="no moe_transformer measurements"):
         times.transformer(1, 4, 128, False, "none", moe=True)
     assert times.head(1, 2, 256, False, cp=2) == times.head(1, 2, 128, False)
+
+
+def _moe_profile():
+    """tiny-moe (8 experts, top-2, h 256): the MoE layer F 3, B 4, W 5 ms, unsplit backward 7 ms (B + W
+    split take 2 ms more); its router and experts alone F 2, B 2.5, W 3.5, unsplit 5 ms; per 128 tokens."""
+    model = load_model("tiny-moe")
+    layers = []
+    for mbs in (1, 4):
+        layers.append(_entry("embedding", 1, mbs, b=0.0, w=0.2, f=0.1))
+        layers.append(_entry("moe_transformer", 1, mbs, f=3.0, b=4.0, w=5.0, bw=7.0))
+        layers.append(_entry("experts", 1, mbs, f=2.0, b=2.5, w=3.5, bw=5.0))
+        layers.append(_entry("head", 1, mbs, f=0.5, b=0.6, w=0.4))
+    return ProfileFile(model=model, model_shape_hash=model_shape_hash(model), precision="fp32", hardware=CPU,
+                       warmup_iterations=1, layers=layers)
+
+
+def test_an_moe_layer_is_the_measured_layer_plus_the_busiest_ranks_excess_and_the_all_to_alls():
+    """ep = 1: the measured MoE layer. ep = 2 (4 experts per rank): the busiest rank carries
+    1 + σ·sqrt(2/8)·z(2) of the mean, σ = 0.25 / z(8) (z(2) = 0.5642, z(8) = 1.4236: 1.04954), so the
+    measured experts block is added 0.04954 times; the dispatch and combine all-to-alls (and the counts)
+    over the link, and the reorder of received rows, priced as in the roofline."""
+    model, cluster = load_model("tiny-moe"), load_cluster("cpu-local")
+    train = TrainSpec(global_batch=8, seq_len=128, precision="fp32")
+    kernels = load_stack("ppplan-torch").kernels
+    times = ProfiledTimes(_moe_profile(), model, cluster, train, kernels=kernels)
+    one = times.transformer(1, 1, 128, False, "none", ep=1, moe=True)
+    assert (one.forward_s, one.backward_input_s, one.backward_weight_s) == pytest.approx((3 * MS, 4 * MS, 5 * MS))
+    assert one.split_backward_extra_s == pytest.approx(2 * MS) and one.ep_comm_s == 0.0
+    excess = 0.25 / 1.4236 * math.sqrt(2 / 8) * 0.5642
+    assert excess == pytest.approx(0.04954, abs=1e-4)
+    two = times.transformer(1, 1, 128, False, "none", ep=2, moe=True)
+    ops = dispatch_ops(model, LayerShape(1, 1, 128, False, "none", 4, ep=2, moe=True), kernels)
+    network = network_for(cluster)
+    forward_a2a = price_operators(cluster, "fp32", ops.forward, network, 1, 1, 2).ep_comm_s
+    backward_a2a = price_operators(cluster, "fp32", ops.backward_input, network, 1, 1, 2).ep_comm_s
+    assert forward_a2a > 0 and backward_a2a > 0
+    rows = 128 * 2 * (1 + excess)  # the busiest rank's routed rows, reordered with 4 more accesses of 256 fp32 values
+    reorder = operators_time_s(cluster, "fp32", (MemoryBound("reorder", 4 * rows * 256 * 4),))
+    assert two.forward_s == pytest.approx(3 * MS + excess * 2 * MS + forward_a2a + reorder, rel=1e-3)
+    assert two.backward_input_s == pytest.approx(4 * MS + excess * 2.5 * MS + backward_a2a + reorder, rel=1e-3)
+    assert two.backward_weight_s == pytest.approx(5 * MS + excess * 3.5 * MS, rel=1e-3)
+    assert two.ep_comm_s == pytest.approx(forward_a2a + backward_a2a)
+    assert two.split_backward_extra_s == pytest.approx(2 * MS + excess * 1.0 * MS, rel=1e-3)
+    # the roofline prices the same all-to-alls for this layer
+    roof = RooflineTimes(model, cluster, "fp32", stack=load_stack("ppplan-torch"))
+    assert roof.transformer(1, 1, 128, False, "none", ep=2, moe=True).ep_comm_s == pytest.approx(two.ep_comm_s)
+
+
+@pytest.mark.parametrize("schedule, drops", [("1f1b", True), ("zb-h1", False)])
+def test_a_schedule_without_the_split_backward_is_priced_at_the_measured_unsplit_backward(env, schedule, drops):
+    """B 2 + W 1.5 ms split, 2.5 ms as one autograd call (per 128 tokens): 1F1B runs the one call, so it
+    is priced as a profile whose W is 0.5 ms; ZB-H1 runs the split pair, priced as a profile without
+    the difference."""
+    model, cluster, train = env
+
+    def profile(w, bw):
+        layers = [_entry("embedding", 1, 1, b=0.0, w=0.2, f=0.1, bw=0.2), _entry("head", 1, 1, f=0.5, b=0.6, w=0.4, bw=1.0),
+                  _entry("transformer", 1, 1, w=w, bw=bw)]
+        return ProfileFile(model=model, model_shape_hash=model_shape_hash(model), precision="fp32", hardware=CPU,
+                           warmup_iterations=1, layers=layers)
+
+    cfg = ParallelConfig(tp=1, pp=2, dp=1, mbs=1, num_microbatches=4, schedule=schedule, stage_layers=[4, 4])
+
+    def step(prof):
+        return estimate(model, cluster, train, cfg, layers=ProfiledTimes(prof, model, cluster, train), stack=neutral_stack()).step_time_s
+
+    measured = step(profile(1.5, 2.5))
+    assert measured == pytest.approx(step(profile(0.5, 2.5)) if drops else step(profile(1.5, 3.5)), rel=1e-9)
+    assert measured < step(profile(1.5, 3.5)) if drops else measured > step(profile(0.5, 2.5))
 
 
 def test_mbs_seq_and_tp_between_measured_points_are_interpolated(env):

@@ -153,7 +153,7 @@ BAD = {
     "fp8": ["--precision", "fp8"],
     "bad mbs list": ["--mbs", "1,x"],
     "unknown model": ["--model", "tiny-gtp"],
-    "mixture-of-experts model (dense layers only)": ["--model", "tiny-moe"],
+    "multi-head latent attention (the runtime has none)": ["--model", "deepseek-v3"],
 }
 
 
@@ -187,3 +187,41 @@ def test_tp_group_times_the_runtime_dtensor_layers(tmp_path):
         assert e.forward_s > 0 and e.backward_s > 0
     sharded = next(e for e in profile.layers if e.kind == "transformer" and e.tp == 2)
     assert sharded.activation_bytes == _saved("tiny-gpt", 2, 1, "none")  # memory from the sharded shapes
+
+
+@pytest.fixture(scope="module")
+def moe_profile() -> ProfileFile:
+    settings = ProfileSettings(tps=(1, 2), mbss=(1,), recomputes=("none",), **FAST)
+    return profile_model(load_model("tiny-moe"), settings)
+
+
+def test_an_moe_model_is_profiled_as_its_moe_layer_and_its_routed_experts(moe_profile):
+    """tiny-moe (every layer MoE: 8 SwiGLU experts of 512 on h 256, router h -> 8): per tp the embedding,
+    the MoE layer with all 8 experts (no dense layer to time), the router and experts alone, the head;
+    parameter bytes are the analytic counts, the experts' FFN rows split over tp (expert TP = tp)."""
+    model = load_model("tiny-moe")
+    assert [(e.kind, e.tp) for e in moe_profile.layers] == [
+        (k, tp) for tp in (1, 2) for k in ("embedding", "moe_transformer", "experts", "head")]
+    h, experts, ffn = 256, 8, 512
+    router, routed = h * experts, experts * 3 * h * ffn
+    by = {(e.kind, e.tp): e for e in moe_profile.layers}
+    assert by["experts", 1].parameter_bytes == 4 * (router + routed)
+    assert by["experts", 2].parameter_bytes == 4 * (router + routed // 2)
+    attention = h * h + 2 * h * 128 + h * h  # q, k and v of 4 of 8 heads (head dim 32), output
+    assert by["moe_transformer", 1].parameter_bytes == 4 * (router + routed + attention + 2 * h)
+    for e in moe_profile.layers:
+        assert e.forward_s > 0 and e.backward_s > 0
+    # the routed experts are most of an MoE layer's forward (the attention of 128 tokens is small)
+    assert by["experts", 1].forward_s < by["moe_transformer", 1].forward_s
+    assert moe_profile.model_shape_hash == model_shape_hash(model) != model_shape_hash(load_model("tiny-llama"))
+
+
+def test_search_prices_an_moe_model_from_its_profile(moe_profile, tmp_path, capsys):
+    """A tiny-moe profile prices search (cp stays 1: a profile has no ring)."""
+    path = tmp_path / "p.json"
+    path.write_text(moe_profile.model_dump_json())
+    out = tmp_path / "plan.json"
+    assert run(["search", "--model", "tiny-moe", "--cluster", "cpu-local", "--gpus", "2", "--global-batch", "8",
+                "--profile", str(path), "--tp", "1", "--out", str(out)]) == 0
+    plan = json.loads(out.read_text())
+    assert plan["config"]["cp"] == 1 and plan["estimate"]["step_time_s"] > 0
