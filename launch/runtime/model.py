@@ -28,6 +28,7 @@ Public API (the profiler imports these to time single layers):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -310,10 +311,13 @@ class StageModule(nn.Module):
 
 def build_stage_module(
     spec: ModelSpec, first_layer: int, num_layers: int, with_embedding: bool, with_head: bool, seed: int = 0,
-    experts: ExpertShard | None = None,
+    experts: ExpertShard | None = None, prepare_layer: Callable[[TransformerLayer], TransformerLayer] | None = None,
 ) -> StageModule:
-    """Build only what one stage holds (of each MoE layer, the routed experts ``experts``); weights equal the full model's."""
-    layers = {i: build_layer(spec, i, seed, experts) for i in range(first_layer, first_layer + num_layers)}
+    """Build only what one stage holds (of each MoE layer, the routed experts ``experts``); weights equal the full model's.
+    ``prepare_layer`` runs on each layer as soon as it is built (the runtime shards it there, so that at most
+    one layer is ever whole in memory)."""
+    prepare = prepare_layer or (lambda layer: layer)
+    layers = {i: prepare(build_layer(spec, i, seed, experts)) for i in range(first_layer, first_layer + num_layers)}
     stage = StageModule(
         build_embedding(spec, seed) if with_embedding else None, layers, build_head(spec, seed) if with_head else None
     )

@@ -78,11 +78,17 @@ def _moe_plan(plan: dict[str, object]) -> dict[str, object]:
     return plan
 
 
-def apply_tensor_parallel(stage: StageModule, tp_mesh: DeviceMesh, sequence_parallel: bool) -> None:
-    """Shard ``stage`` in place over ``tp_mesh``; re-ties a shared embedding/logits weight."""
+def parallelize_layer(layer: TransformerLayer, tp_mesh: DeviceMesh, sequence_parallel: bool) -> None:
+    """Shard one transformer layer in place over ``tp_mesh`` (``layer_plan``)."""
+    parallelize_module(layer, tp_mesh, _add_w3(layer_plan(sequence_parallel), layer))
+
+
+def apply_tensor_parallel(stage: StageModule, tp_mesh: DeviceMesh, sequence_parallel: bool, layers_done: bool = False) -> None:
+    """Shard ``stage`` in place over ``tp_mesh``; re-ties a shared embedding/logits weight.
+    ``layers_done``: its transformer layers were sharded as they were built (``parallelize_layer``)."""
     between = _activation_layout(sequence_parallel)
-    for layer in stage.layers.values():
-        parallelize_module(layer, tp_mesh, _add_w3(layer_plan(sequence_parallel), layer))
+    for layer in () if layers_done else stage.layers.values():
+        parallelize_layer(layer, tp_mesh, sequence_parallel)
     if stage.embedding is not None:
         plan: dict[str, object] = {"tok": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())}
         parallelize_module(stage.embedding, tp_mesh, plan)

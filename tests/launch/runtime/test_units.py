@@ -122,3 +122,24 @@ def test_reference_loss_starts_near_uniform_and_falls() -> None:
     losses = reference_losses(plan.model, plan.train, steps=4)
     assert abs(losses[0] - math.log(1024)) < 0.2
     assert losses[-1] < losses[0] - 0.3
+
+
+def test_a_stage_shards_each_layer_before_it_builds_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With tp > 1 no two unsharded layers are ever alive together (``build._build_module``): the
+    order of events is build 0, shard 0, build 1, shard 1, ..., then the embedding and head's plan."""
+    from launch.runtime import build, model
+
+    events: list[str] = []
+    real_build_layer = model.build_layer
+
+    def build_layer(spec, index, seed=0, experts=None):
+        events.append(f"build {index}")
+        return real_build_layer(spec, index, seed, experts)
+
+    monkeypatch.setattr(model, "build_layer", build_layer)
+    monkeypatch.setattr(build, "parallelize_layer", lambda layer, mesh, sp: events.append("shard"))
+    monkeypatch.setattr(build, "apply_tensor_parallel", lambda stage, mesh, sp, layers_done=False: events.append(f"ends {layers_done}"))
+    plan = make_plan("tiny-gpt", tp=2, pp=2, dp=1, mbs=1, global_batch=4)
+    layout = local_stages(plan.config, 0)[0]
+    build._build_module(plan, layout, 0, torch.device("cpu"), None, tp_mesh=object())
+    assert events == [e for i in range(layout.num_layers) for e in (f"build {i}", "shard")] + ["ends True"]
