@@ -30,7 +30,7 @@ What is measured:
   profile's ``runtime.speed_probe_s``, its clock). ``drift`` = probe now / probe at profiling;
   the table prints the raw error and the error of the price scaled by the drift ("adj"), which
   separates the machine's drift from the cost model's error. The targets are judged on the raw
-  error; the price itself is never adjusted. Roofline-priced rows have no profile: no drift.
+  error; the price itself is never adjusted. A profile without a probe (an older file): no drift.
 - rankings: among the plans of one job (model, ranks, batch) with more than one plan, the
   order by predicted step time against the order by measured step time.
 
@@ -59,7 +59,7 @@ MODELS = ("tiny-gpt", "tiny-llama", "tiny-moe")
 RANKS = (2, 4, 8)
 BATCHES = (8, 16)
 PPPLAN = [sys.executable, "-c", "from planner.cli.main import main; main()"]
-PROFILE_ARGS = ["--tp", "1,2,4", "--mbs", "1,2,4,8", "--recompute", "none,selective,full", "--tp-group"]
+PROFILE_ARGS = ["--tp", "1,2,4", "--mbs", "1,2,4,8", "--recompute", "none,selective,full", "--tp-group", "--cp", "1,2"]
 COMM_ARGS = ["--nproc", "2", "--max-bytes", "16MiB"]
 QUIET_CORES = 0.25
 QUIET_WAIT_S = 10.0
@@ -89,12 +89,6 @@ class Extra:
     def ranks(self) -> int:
         return self.tp * self.cp * self.pp * self.dp
 
-    @property
-    def profiled(self) -> bool:
-        """Priced with the measured layer profile, or the cpu-local roofline where a profile cannot
-        price it (ring attention: the profiler times whole-sequence layers)."""
-        return self.cp == 1
-
     def evaluate_args(self) -> list[str]:
         return ["--model", self.model, "--global-batch", str(self.batch), "--gpus", str(self.ranks), "--tp", str(self.tp),
                 "--cp", str(self.cp), "--ep", str(self.ep), "--pp", str(self.pp), "--mbs", str(self.mbs),
@@ -112,8 +106,8 @@ EXTRA = (
     Extra("tp1 pp1 dp2", "tiny-gpt", 8, tp=1, pp=1, dp=2),
     Extra("tp1 pp1 dp2 zero-3", "tiny-gpt", 8, tp=1, pp=1, dp=2, zero=3),
     Extra("tp1 pp2 dp1 1f1b", "tiny-gpt", 8, tp=1, pp=2, dp=1),
-    # issue 13: expert and context parallelism as the runtime runs them (cp > 1 roofline-priced), against ep = cp = 1,
-    # and the dense tiny-llama (tiny-moe's attention and shapes) with a ring: the CPU roofline's own error
+    # issue 13: expert and context parallelism as the runtime runs them, against ep = cp = 1, and the dense
+    # tiny-llama (tiny-moe's attention and shapes) with a ring
     Extra("moe dp2", "tiny-moe", 8, tp=1, pp=1, dp=2),
     Extra("moe ep2 dp2", "tiny-moe", 8, tp=1, pp=1, dp=2, ep=2),
     Extra("moe cp2 ep2", "tiny-moe", 8, tp=1, pp=1, dp=1, cp=2, ep=2),
@@ -187,8 +181,7 @@ class Row:
     cpu_s_per_step: float = float("nan")
     other: float = 0.0
     failure: str | None = None
-    profiled: bool = True  # priced with the measured layer profile (else the cpu-local roofline)
-    profile_probe_s: float | None = None  # the profile's speed probe (None: roofline-priced or an older profile)
+    profile_probe_s: float | None = None  # the profile's speed probe (None: an older profile without one)
     probe_s: list[float] = field(default_factory=list)  # the same probe around each launch
 
     @property
@@ -229,7 +222,7 @@ def search_plan(model: str, ranks: int, batch: int, profiles: dict[str, Path], o
 
 def evaluate_plan(extra: Extra, profiles: dict[str, Path], out: Path) -> str | None:
     argv = [*PPPLAN, "evaluate", "--cluster", CLUSTER, *extra.evaluate_args(),
-            *(["--profile", str(profiles[extra.model])] if extra.profiled else []),
+            "--profile", str(profiles[extra.model]),
             "--comm-profile", str(profiles["comm"]), "--out", str(out), "--json"]  # fmt: skip
     done = run(argv)
     return None if done.returncode == 0 else (done.stderr.strip().splitlines() or ["?"])[-1]
@@ -421,8 +414,7 @@ def main() -> None:
         if extra.model in models and extra.ranks in ranks and extra.batch in batches:
             path = work / f"{extra.model}-{extra.ranks}r-b{extra.batch}-{extra.name.replace(' ', '_')}.json"
             failure = evaluate_plan(extra, profiles, path)
-            rows.append(Row((extra.model, extra.ranks, extra.batch), extra.name, "extra", path, failure=failure and f"evaluate: {failure}",
-                            profiled=extra.profiled))
+            rows.append(Row((extra.model, extra.ranks, extra.batch), extra.name, "extra", path, failure=failure and f"evaluate: {failure}"))
     for row in rows:
         if not row.failure:
             row.plan = json.loads(row.plan_path.read_text())
@@ -432,7 +424,7 @@ def main() -> None:
             continue
         print(f"launching {row.job[0]} {row.job[1]} ranks batch {row.job[2]}: {plan_label(row.plan)} ({row.source})", flush=True)
         probe, clock = probes[row.job[0]]
-        row.profile_probe_s = probe if row.profiled else None
+        row.profile_probe_s = probe
         launch(row, work, args.steps, args.reps, not args.no_cpu, clock)
     print()
     print_table(rows)

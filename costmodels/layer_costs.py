@@ -81,9 +81,10 @@ ZERO_PASS = PassTimes(0.0, 0.0, 0.0)
 class LayerTimes(Protocol):
     """Where per-layer times come from: the roofline or a measured profile. ``seq_len`` is the whole
     sequence, split over ``cp`` context-parallel ranks; ``moe`` asks for a mixture-of-experts layer whose
-    experts are split over ``ep`` ranks. ``context_parallel`` says whether cp > 1 can be priced."""
+    experts are split over ``ep`` ranks. ``context_parallel_degrees`` are the cp degrees it can price
+    (None: any)."""
 
-    context_parallel: bool
+    context_parallel_degrees: frozenset[int] | None
 
     def transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str, cp: int = 1,
                     ep: int = 1, moe: bool = False) -> PassTimes: ...
@@ -205,7 +206,7 @@ class RooflineTimes:
     ``expert_imbalance`` is the busiest expert-parallel rank's load over the mean where a run states
     it (default ``costmodels.experts.EXPERT_LOAD_IMBALANCE``)."""
 
-    context_parallel = True
+    context_parallel_degrees: frozenset[int] | None = None
 
     def __init__(
         self, model: ModelSpec, cluster: ClusterSpec, precision: str, tp_links: tuple[Link, Link] | None = None,

@@ -131,26 +131,26 @@ class ProfiledTimes:
         self.p = bytes_per_element(train.precision)
         self.kernels = kernels or StackKernels()
         self.runtime = measured_runtime_costs(comm, profile.runtime)  # costmodels.runtime_costs
-        self._entries: dict[tuple[str, str], list[LayerProfile]] = {}
+        self._entries: dict[tuple[str, str, int], list[LayerProfile]] = {}
         self._measured_tps = {e.tp for e in profile.layers}
         self._group_tps = {e.tp for e in profile.layers if e.tp_comm_included}
         for entry in profile.layers:
-            self._entries.setdefault((entry.kind, entry.recompute), []).append(entry)
+            self._entries.setdefault((entry.kind, entry.recompute, entry.cp), []).append(entry)
+        # the cp degrees whose rings the profile timed (``ppplan profile --cp``): a search keeps to them
+        self.context_parallel_degrees: frozenset[int] = frozenset({1} | {e.cp for e in profile.layers})
         self._transformer_cached = lru_cache(maxsize=None)(self._transformer)
         self._moe_cached = lru_cache(maxsize=None)(self._moe)
         self._embedding_cached = lru_cache(maxsize=None)(self._embedding)
         self._head_cached = lru_cache(maxsize=None)(self._head)
 
-    # A profile times whole-sequence layers: no ring attention, so a search with a profile keeps cp = 1.
-    context_parallel = False
-
     def transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str, cp: int = 1,
                     ep: int = 1, moe: bool = False) -> PassTimes:
-        if cp > 1:
-            raise PlanError("a measured profile has no context-parallel layers: price cp > 1 without --profile")
+        if cp not in self.context_parallel_degrees:
+            raise PlanError(f"the profile timed no ring of cp={cp} (it has cp {_describe(self.context_parallel_degrees)}): "
+                            f"re-run `ppplan profile --cp {cp}`, or price it without --profile")
         if moe:
-            return self._moe_cached(tp, mbs, seq_len, sequence_parallel, recompute, ep)
-        return self._transformer_cached(tp, mbs, seq_len, sequence_parallel, recompute)
+            return self._moe_cached(tp, mbs, seq_len, sequence_parallel, recompute, ep, cp)
+        return self._transformer_cached(tp, mbs, seq_len, sequence_parallel, recompute, cp)
 
     def embedding(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes:
         return self._embedding_cached(tp, mbs, seq_len // cp, sequence_parallel)
@@ -166,11 +166,13 @@ class ProfiledTimes:
 
     # -- measured compute -------------------------------------------------------------
 
-    def measured(self, kind: str, recompute: str, tp: int, mbs: int, seq_len: int, field: str) -> float:
-        """One measured quantity of ``kind`` at (tp, mbs, seq_len), interpolated where not measured."""
-        entries = self._entries.get((kind, recompute))
+    def measured(self, kind: str, recompute: str, tp: int, mbs: int, seq_len: int, field: str, cp: int = 1) -> float:
+        """One measured quantity of ``kind`` at (tp, mbs, seq_len) on a rank of a ring of ``cp``, interpolated
+        where not measured (not across cp: a ring is timed at its own degree)."""
+        entries = self._entries.get((kind, recompute, cp))
         if not entries:
-            raise PlanError(f"profile has no {kind} measurements with recompute '{recompute}'; re-run `ppplan profile`")
+            ring = f" in a ring of cp={cp}" if cp > 1 else ""
+            raise PlanError(f"profile has no {kind} measurements with recompute '{recompute}'{ring}; re-run `ppplan profile`")
         at_tp: dict[int, float] = {}
         outside: dict[str, set[int]] = {}
         for tp_i in sorted({e.tp for e in entries}):
@@ -190,31 +192,33 @@ class ProfiledTimes:
         if got.extrapolated:
             outside["tp"] = set(at_tp)
         asked = {"mbs": mbs, "seq_len": seq_len, "tp": tp}
+        where = f" cp={cp}" if cp > 1 else ""
         for axis, measured in outside.items():
-            self.note(f"profile: {kind} {axis}={asked[axis]} is outside the measured {axis} {_describe(measured)}; extrapolating")
+            self.note(f"profile: {kind}{where} {axis}={asked[axis]} is outside the measured {axis} {_describe(measured)}; extrapolating")
         return got.value
 
-    def _passes(self, kind: str, recompute: str, tp: int, mbs: int, seq_len: int) -> PassTimes:
+    def _passes(self, kind: str, recompute: str, tp: int, mbs: int, seq_len: int, cp: int = 1) -> PassTimes:
         """Measured F, B, W, and how much B + W exceed the measured unsplit backward."""
-        f, b, w, unsplit = (self.measured(kind, recompute, tp, mbs, seq_len, field) for field in (*PASS_FIELDS, "backward_s"))
+        f, b, w, unsplit = (self.measured(kind, recompute, tp, mbs, seq_len, field, cp) for field in (*PASS_FIELDS, "backward_s"))
         return PassTimes(f, b, w, split_backward_extra_s=max(0.0, b + w - unsplit))
 
-    def _compute(self, tp: int, mbs: int, seq_len: int, recompute: str, kind: str = "transformer") -> PassTimes:
-        """Measured F/B/W of a layer of ``kind`` (dense or MoE); ``recompute_s`` is B(recompute) - B(none)."""
-        base = self._passes(kind, "none", tp, mbs, seq_len)
+    def _compute(self, tp: int, mbs: int, seq_len: int, recompute: str, kind: str = "transformer", cp: int = 1) -> PassTimes:
+        """Measured F/B/W of a layer of ``kind`` (dense or MoE) on a rank of a ring of ``cp``; ``recompute_s``
+        is B(recompute) - B(none)."""
+        base = self._passes(kind, "none", tp, mbs, seq_len, cp)
         if recompute == "none":
             return base
-        if (kind, recompute) not in self._entries:
+        if (kind, recompute, cp) not in self._entries:
             self.note(f"profile has no recompute '{recompute}' measurements; adding the measured forward to B")
             redo = base.forward_s if recompute == "full" else 0.0
             return PassTimes(base.forward_s, base.backward_input_s + redo, base.backward_weight_s, 0.0, redo,
                              split_backward_extra_s=base.split_backward_extra_s)
-        got = self._passes(kind, recompute, tp, mbs, seq_len)
+        got = self._passes(kind, recompute, tp, mbs, seq_len, cp)
         redo = max(0.0, got.backward_input_s - base.backward_input_s)
         weight = got.backward_weight_s
         if recompute == "full":
             # W as the unsplit backward runs it; torch's split W re-runs the forward per parameter group
-            unsplit = self.measured(kind, "full", tp, mbs, seq_len, "backward_s")
+            unsplit = self.measured(kind, "full", tp, mbs, seq_len, "backward_s", cp)
             weight = max(0.0, unsplit - got.backward_input_s)
             if got.backward_weight_s > 1.5 * weight + got.forward_s:
                 self.note(
@@ -230,23 +234,23 @@ class ProfiledTimes:
     # -- LayerTimes ---------------------------------------------------------------------
 
     def _with_comm(self, measured: PassTimes, kind: str, tp: int, mbs: int, seq_len: int, sp: bool, recompute: str,
-                   ep: int = 1, moe: bool = False) -> PassTimes:
+                   ep: int = 1, moe: bool = False, cp: int = 1) -> PassTimes:
         """Add the modelled TP communication, unless the profile timed this degree in a real TP
         group (then it is inside F and B and only labelled, for the breakdown)."""
         # the profile times ppplan's runtime, whose loss gathers the logits (no vocab-parallel loss)
         comm = tp_comm_passes(self.model, kind, tp, mbs, seq_len, sp, recompute, self.p, self.network, False,
-                              ep=ep, moe=moe, kernels=self.kernels)
+                              cp=cp, ep=ep, moe=moe, kernels=self.kernels)
         if tp in self._group_tps or (self._group_tps and tp not in self._measured_tps):
             inside = min(comm.tp_comm_s, measured.forward_s + measured.backward_input_s)
             return PassTimes(measured.forward_s, measured.backward_input_s, measured.backward_weight_s, inside, measured.recompute_s,
                              split_backward_extra_s=measured.split_backward_extra_s)
         return measured.plus(comm)
 
-    def _transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str) -> PassTimes:
-        measured = self._compute(tp, mbs, seq_len, recompute)
-        return self._with_comm(measured, "transformer", tp, mbs, seq_len, sequence_parallel, recompute)
+    def _transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str, cp: int = 1) -> PassTimes:
+        measured = self._compute(tp, mbs, seq_len, recompute, "transformer", cp)
+        return self._with_comm(measured, "transformer", tp, mbs, seq_len, sequence_parallel, recompute, cp=cp)
 
-    def _moe(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str, ep: int) -> PassTimes:
+    def _moe(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str, ep: int, cp: int = 1) -> PassTimes:
         """A mixture-of-experts layer on a rank of an ``ep``-rank expert-parallel group.
 
         The profile timed the layer with all ``E`` routed experts on one rank (ep = 1): the rank's
@@ -258,18 +262,18 @@ class ProfiledTimes:
         combine all-to-alls over the measured links, and the runtime's reorder of what it receives
         into expert order and back (memory-bound, by the roofline). Under full recompute the
         backward re-runs the excess and the forward's all-to-alls."""
-        measured = self._compute(tp, mbs, seq_len, recompute, "moe_transformer")
+        measured = self._compute(tp, mbs, seq_len, recompute, "moe_transformer", cp)
         factor = rank_load_imbalance(self.model.num_experts or 0, ep)
-        if ep > 1:
-            experts = self._passes("experts", "none", tp, mbs, seq_len).scaled(factor - 1.0)
+        if ep > 1:  # the experts block has no attention: timed on one rank, at the rank's seq_len / cp positions
+            experts = self._passes("experts", "none", tp, mbs, seq_len // cp).scaled(factor - 1.0)
             again = experts.forward_s if recompute == "full" else 0.0
             measured = measured.plus(PassTimes(experts.forward_s, experts.backward_input_s + again,
                                                experts.backward_weight_s, recompute_s=again,
                                                split_backward_extra_s=experts.split_backward_extra_s))
-        passes = self._with_comm(measured, "transformer", tp, mbs, seq_len, sequence_parallel, recompute, ep, True)
+        passes = self._with_comm(measured, "transformer", tp, mbs, seq_len, sequence_parallel, recompute, ep, True, cp)
         if ep == 1:
             return passes
-        shape = LayerShape(tp, mbs, seq_len, sequence_parallel, recompute, self.p, ep=ep, moe=True)
+        shape = LayerShape(tp, mbs, seq_len, sequence_parallel, recompute, self.p, cp=cp, ep=ep, moe=True)
         ops = dispatch_ops(self.model, shape, self.kernels)
         forward = price_operators(self.cluster, self.train.precision, ops.forward, self.network, tp, 1, ep).ep_comm_s
         backward = price_operators(self.cluster, self.train.precision, ops.backward_input, self.network, tp, 1, ep).ep_comm_s

@@ -109,10 +109,14 @@ class LayerProfile(StrictModel):
     tp_comm_included: bool = Field(
         default=False, description="timed in a real TP group: F and B include the TP collectives and DTensor overhead"
     )
+    cp: count(MAX_GPUS) = Field(
+        default=1, description="context-parallel ranks: > 1 is a layer of one rank of a real ring of cp processes "
+        "(its seq_len / cp positions; seq_len is the whole sequence), the ring's transfers inside F and B",
+    )
 
     @property
-    def key(self) -> tuple[str, int, int, int, str, str]:
-        return (self.kind, self.tp, self.mbs, self.seq_len, self.recompute, self.precision)
+    def key(self) -> tuple[str, int, int, int, str, str, int]:
+        return (self.kind, self.tp, self.mbs, self.seq_len, self.recompute, self.precision, self.cp)
 
 
 class TimeSharePoint(StrictModel):

@@ -44,11 +44,13 @@ class GridPoint:
     mbs: int
     seq_len: int
     recompute: str = "none"
+    cp: int = 1  # > 1: one rank of a ring of cp processes, holding seq_len / cp positions
 
     @property
     def label(self) -> str:
         extra = f" recompute={self.recompute}" if self.kind in LAYER_KINDS_WITH_RECOMPUTE else ""
-        return f"{self.kind} tp={self.tp} mbs={self.mbs} seq={self.seq_len}{extra}"
+        ring = f" cp={self.cp}" if self.cp > 1 else ""
+        return f"{self.kind} tp={self.tp}{ring} mbs={self.mbs} seq={self.seq_len}{extra}"
 
 
 @dataclass
@@ -150,9 +152,11 @@ def _head_loss(stage: Any, tp: int, gather: bool, targets: Any) -> Callable[[Any
 
 
 def make_case(
-    model: ModelSpec, point: GridPoint, precision: str, device: str, tp_mesh: Any = None
+    model: ModelSpec, point: GridPoint, precision: str, device: str, tp_mesh: Any = None, cp_group: Any = None
 ) -> Case:
-    """Build ``point`` on ``device``: sharded shapes on one device, or the runtime's TP plan on ``tp_mesh``."""
+    """Build ``point`` on ``device``: sharded shapes on one device, or the runtime's TP plan on ``tp_mesh``;
+    a ``cp`` point is this process's rank of the runtime's ring over ``cp_group`` (``launch.runtime.cp``),
+    its input the rank's ``seq_len / cp`` positions."""
     spec = model if point.seq_len <= model.seq_len else model.model_copy(update={"seq_len": point.seq_len})
     stage = build_stage(spec, point.kind)
     for layer in stage.layers.values():
@@ -168,12 +172,21 @@ def make_case(
         for layer in stage.layers.values():  # as the runtime joins its MoE layers to the tp group (build.py)
             if isinstance(layer.feed_forward, MoEFeedForward):
                 layer.feed_forward.set_parallel(ExpertGroups(tp=tp_mesh.get_group()), tp_mesh.get_local_rank(), point.tp)
+    if point.cp > 1:
+        import torch.distributed as dist
+
+        from launch.runtime.cp import ContextParallel
+
+        if cp_group is None:
+            raise ValueError(f"{point.label} runs in a ring: it needs its cp group")
+        for layer in stage.layers.values():
+            layer.attention.context = ContextParallel(cp_group, point.cp, dist.get_rank(cp_group))
     stage.autocast_dtype = AUTOCAST_DTYPES.get(precision)
     params = [p for p in stage.parameters() if p.requires_grad]
     for p in params:
         p.grad = torch.zeros_like(p)  # the runtime accumulates into existing gradients
     gen = torch.Generator().manual_seed(INPUT_SEED)
-    shape = (point.mbs, point.seq_len)
+    shape = (point.mbs, point.seq_len // point.cp)
     vocab = model.vocab_size if tp_mesh is not None else -(-model.vocab_size // point.tp)
     tokens = torch.randint(0, vocab, shape, generator=gen).to(device)
     hidden = (torch.randn(*shape, model.hidden_size, generator=gen) * 0.5).to(device)

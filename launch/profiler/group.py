@@ -1,9 +1,11 @@
-"""Time layers in a real tensor-parallel group (``ppplan profile --tp-group``).
+"""Time layers in a real group of processes: a tensor-parallel group (``ppplan profile --tp-group``)
+or a context-parallel ring (``ppplan profile --cp``).
 
-For each TP degree t > 1, t processes (spawned here; gloo on CPU, NCCL on t GPUs)
-build every grid point of that degree with the runtime's DTensor plan
-(``launch.runtime.tp``) and time it after a barrier; rank 0 reports. The times then
-include the TP collectives and the DTensor overhead that sharded shapes on one device
+For each degree t > 1, t processes (spawned here; gloo on CPU, NCCL on t GPUs) build every
+grid point of that degree, with the runtime's DTensor plan (``launch.runtime.tp``) or as one
+rank of the runtime's ring attention (``launch.runtime.cp``), and time it after a barrier;
+rank 0 reports (a ring's point with its memory: it cannot run alone). The times then include
+the collectives, the ring's transfers and the DTensor overhead that sharded shapes on one device
 leave out. Wall clock: waiting for a collective is part of the time.
 """
 
@@ -59,7 +61,7 @@ def _worker(rank: int, tp: int, port: int, model: ModelSpec, points: list, opts:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    from launch.profiler.cases import make_case, time_case
+    from launch.profiler.cases import live_bytes_peak, make_case, saved_activation_bytes, time_case
 
     torch.set_num_threads(opts["threads"] or 1)
     cuda = opts["device"] == "cuda"
@@ -69,11 +71,19 @@ def _worker(rank: int, tp: int, port: int, model: ModelSpec, points: list, opts:
     try:
         mesh = init_device_mesh("cuda" if cuda else "cpu", (tp,))
         sync = torch.cuda.synchronize if cuda else (lambda: None)
+        device = f"cuda:{rank}" if cuda else "cpu"
         for index, point in points:
-            case = make_case(model, point, opts["precision"], f"cuda:{rank}" if cuda else "cpu", tp_mesh=mesh)
+            ring = point.cp > 1
+            case = (make_case(model, point, opts["precision"], device, cp_group=mesh.get_group()) if ring
+                    else make_case(model, point, opts["precision"], device, tp_mesh=mesh))  # fmt: skip
             stats = time_case(case, opts["warmup"], opts["repeats"], sync, time.perf_counter, barrier=dist.barrier)
+            memory = None
+            if ring:  # a ring's layer runs only in its ring: sized here, every rank taking part
+                dist.barrier()
+                params = sum(p.numel() * p.element_size() for p in case.params)
+                memory = (saved_activation_bytes(case), params, live_bytes_peak(case, "cuda" if cuda else "cpu"))
             if rank == 0:
-                queue.put((index, stats))
+                queue.put((index, stats, memory))
         dist.barrier()  # no rank tears gloo down while a peer still has traffic in flight
     finally:
         dist.destroy_process_group()
@@ -98,7 +108,7 @@ def exit_without_finalizing() -> None:
 
 
 def time_in_tp_group(
-    model: ModelSpec, tp: int, points: list, opts: dict[str, Any], done: Callable[[int, Stats], None],
+    model: ModelSpec, tp: int, points: list, opts: dict[str, Any], done: Callable[..., None],
     on_retry: Callable[[str], None] | None = None,
 ) -> None:
     """Time ``points`` (``(index, GridPoint)`` pairs, all of degree ``tp``) in a group of ``tp``
@@ -112,7 +122,7 @@ def time_in_tp_group(
     notes keep it). Any other signal or a Python exception in a worker is not retried."""
     pending = dict(points)
 
-    def record(item: tuple[int, Stats]) -> None:
+    def record(item: tuple) -> None:
         pending.pop(item[0], None)
         done(*item)
 

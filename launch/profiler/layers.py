@@ -57,6 +57,7 @@ class ProfileSettings:
     tp_group: bool = False
     cluster: str | None = None
     timeshare_s: float = DEFAULT_DURATION_S  # per point of the time-sharing measurement (CPU; 0: skip it)
+    cps: tuple[int, ...] = (1,)  # > 1: transformer layers also timed on a rank of a real ring of cp processes (tp 1)
 
     @property
     def threads(self) -> int | None:
@@ -66,8 +67,9 @@ class ProfileSettings:
     @property
     def timer(self) -> str:
         """Thread CPU time on one CPU thread (other processes on a shared machine do not inflate it);
-        wall time otherwise, and in a TP group (waiting for a collective is part of the time)."""
-        return "thread_cpu" if self.device == "cpu" and self.threads == 1 and not self.tp_group else "wall"
+        wall time otherwise, and in a TP group or a ring (waiting for a collective is part of the time)."""
+        grouped = self.tp_group or max(self.cps) > 1
+        return "thread_cpu" if self.device == "cpu" and self.threads == 1 and not grouped else "wall"
 
 
 def check_settings(model: ModelSpec, settings: ProfileSettings) -> None:
@@ -81,6 +83,10 @@ def check_settings(model: ModelSpec, settings: ProfileSettings) -> None:
         problems = tp_violations(model, tp)
         if problems:
             raise PlanError(f"--{problems[0]}")
+    for cp in settings.cps:
+        for seq in settings.seq_lens or (model.seq_len,):
+            if cp > 1 and seq % (2 * cp):
+                raise PlanError(f"--cp {cp}: the ring splits the sequence into 2·cp = {2 * cp} chunks, which {seq} is not a multiple of")
     bad = [r for r in settings.recomputes if r not in RECOMPUTE_KINDS]
     if bad or not settings.recomputes:
         raise PlanError(f"unknown recompute '{bad[0] if bad else ''}': use {'|'.join(RECOMPUTE_KINDS)}")
@@ -110,7 +116,19 @@ def grid(model: ModelSpec, settings: ProfileSettings) -> list[Any]:
                 if model.is_moe:
                     points.append(GridPoint("experts", tp, mbs, seq))
                 points.append(GridPoint("head", tp, mbs, seq))
+    for cp in (c for c in settings.cps if c > 1):
+        for seq in settings.seq_lens or (model.seq_len,):
+            for mbs in settings.mbss:  # rings at tp 1; the per-position pieces at the rank's seq / cp
+                for kind in layer_kinds(model):
+                    points += [GridPoint(kind, 1, mbs, seq, rc, cp) for rc in settings.recomputes]
+                local = ("embedding", "experts", "head") if model.is_moe else ("embedding", "head")
+                points += [GridPoint(kind, tp, mbs, seq // cp) for tp in settings.tps for kind in local]
     return points
+
+
+def timed_in_group(point: Any, settings: ProfileSettings) -> bool:
+    """Whether ``point`` is timed by a group of processes (a TP group, or a ring) rather than here."""
+    return point.cp > 1 or (settings.tp_group and point.tp > 1)
 
 
 def _torch() -> Any:
@@ -198,7 +216,7 @@ def _entry(point: Any, precision: str, stats: dict[str, tuple[float, float]], me
         backward_weight_s=stats["backward_weight"][0], backward_weight_iqr_s=stats["backward_weight"][1],
         backward_s=stats["backward"][0], backward_iqr_s=stats["backward"][1],
         repeats=repeats, activation_bytes=activation, parameter_bytes=parameters,
-        transient_peak_bytes=max(0, peak - activation), tp_comm_included=in_group,
+        transient_peak_bytes=max(0, peak - activation), tp_comm_included=in_group, cp=point.cp,
     )  # fmt: skip
 
 
@@ -218,7 +236,8 @@ def interleaves(model: ModelSpec, settings: ProfileSettings) -> bool:
     if settings.timer != "thread_cpu":
         return False
     variant = ActivationVariant.runtime(settings.precision, device="cpu")
-    total = sum(2 * layer_activation_bytes(model, p.seq_len, p.mbs, p.tp, False, "none", variant) for p in grid(model, settings))
+    total = sum(2 * layer_activation_bytes(model, p.seq_len, p.mbs, p.tp, False, "none", variant)
+                for p in grid(model, settings) if p.cp == 1)
     return total < 2 * 2**30
 
 
@@ -228,7 +247,7 @@ def num_steps(model: ModelSpec, settings: ProfileSettings) -> int:
     runtime = 1 if settings.device == "cpu" else 0  # the runtime's overheads (launch/profiler/runtime.py)
     if interleaves(model, settings):
         return len(points) + settings.warmup + settings.repeats + runtime
-    return len(points) + (sum(p.tp > 1 for p in points) if settings.tp_group else 0) + runtime
+    return len(points) + sum(timed_in_group(p, settings) for p in points) + runtime
 
 
 def _time_round_robin(built: dict[int, Any], settings: ProfileSettings, clock: Any, say: Callable[[str], None]) -> dict[int, dict]:
@@ -267,7 +286,9 @@ def profile_model(
     results: dict[int, tuple[dict, tuple[int, int, int]]] = {}
     built: dict[int, Any] = {}
     for index, point in enumerate(points):
-        in_group = settings.tp_group and point.tp > 1
+        if point.cp > 1:  # built, timed and sized in its ring (_time_groups)
+            continue
+        in_group = timed_in_group(point, settings)
         say(point.label + (" (memory)" if in_group or together else ""))
         case = cases.make_case(model, point, settings.precision, settings.device)
         stats = {} if in_group or together else cases.time_case(case, settings.warmup, settings.repeats, sync, clock)
@@ -283,7 +304,7 @@ def profile_model(
         retries.append(message)
         (on_warning or logging.getLogger(__name__).warning)(message)
 
-    if settings.tp_group:
+    if any(timed_in_group(p, settings) for p in points):
         _time_groups(model, settings, points, results, progress, retried)
     runtime = None
     if settings.device == "cpu":  # on a GPU the host runs ahead of the kernels: nothing to add (costmodels.runtime_costs)
@@ -310,16 +331,19 @@ def _time_groups(
     model: ModelSpec, settings: ProfileSettings, points: list, results: dict, progress: Callable | None,
     on_retry: Callable[[str], None] | None = None,
 ) -> None:
-    """Fill in the times of every tp > 1 point from a real TP group of that degree."""
+    """Fill in the times of every point a group times: tp > 1 (``--tp-group``) from a real TP group of
+    that degree, and every cp > 1 point (times and memory) from a ring of that many processes."""
     from launch.profiler.group import time_in_tp_group
 
     opts = {"device": settings.device, "precision": settings.precision, "warmup": settings.warmup,
             "repeats": settings.repeats, "threads": settings.threads}  # fmt: skip
 
-    def done(index: int, stats: dict) -> None:
-        results[index] = (stats, results[index][1])
+    def done(index: int, stats: dict, memory: tuple[int, int, int] | None = None) -> None:
+        results[index] = (stats, memory if memory is not None else results[index][1])
         if progress:
-            progress(points[index].label + " (TP group)")
+            progress(points[index].label + (" (ring)" if points[index].cp > 1 else " (TP group)"))
 
-    for tp in sorted({p.tp for p in points if p.tp > 1}):
-        time_in_tp_group(model, tp, [(i, p) for i, p in enumerate(points) if p.tp == tp], opts, done, on_retry)
+    grouped = [(i, p) for i, p in enumerate(points) if timed_in_group(p, settings)]
+    for size in sorted({p.cp if p.cp > 1 else p.tp for _, p in grouped}):
+        mine = [(i, p) for i, p in grouped if (p.cp if p.cp > 1 else p.tp) == size]
+        time_in_tp_group(model, size, mine, opts, done, on_retry)

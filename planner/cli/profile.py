@@ -53,11 +53,11 @@ def _progress() -> Progress:
 
 def _summary(profile: ProfileFile) -> Table:
     table = Table(title=f"{profile.model.name} on {profile.hardware.device_name} ({profile.precision})")
-    for column in ("kind", "tp", "mbs", "seq", "recompute", "F ms", "B ms", "W ms", "B+W unsplit ms", "saved MiB"):
+    for column in ("kind", "tp", "cp", "mbs", "seq", "recompute", "F ms", "B ms", "W ms", "B+W unsplit ms", "saved MiB"):
         table.add_column(column, justify="left" if column in ("kind", "recompute") else "right")
     for e in profile.layers:
         table.add_row(
-            e.kind, str(e.tp), str(e.mbs), str(e.seq_len), e.recompute,
+            e.kind, str(e.tp), str(e.cp), str(e.mbs), str(e.seq_len), e.recompute,
             *(f"{x * 1e3:.3f}" for x in (e.forward_s, e.backward_input_s, e.backward_weight_s, e.backward_s)),
             f"{e.activation_bytes / 2**20:.2f}",
         )
@@ -88,6 +88,7 @@ def profile(
         2.5, "--timeshare-s", min=0.0, max=600.0,
         help="cpu: seconds per point of the time-sharing measurement (2x and 4x as many processes as cores; 0 skips it)",
     ),
+    cp: str = typer.Option("1", "--cp", help="context-parallel degrees: > 1 also times the layers on a rank of a real ring of that many processes (tp 1)"),
 ) -> None:
     """Time forward, backward-input and backward-weight of each layer kind and size its memory."""
     from launch.profiler import layers as profiler
@@ -103,11 +104,11 @@ def profile(
         recomputes=tuple(comma_list(recompute, "--recompute")),
         precision=precision or _default_precision(device, cluster_spec),
         warmup=warmup, repeats=repeats, num_threads=threads, tp_group=tp_group, cluster=cluster_spec.name if cluster_spec else None,
-        timeshare_s=timeshare_s,
+        timeshare_s=timeshare_s, cps=parse_ints(cp, "--cp"),
     )
     profiler.check_settings(spec, settings)
     check_writable(out_path)
-    profiler.check_device(device, max(settings.tps) if tp_group else 1)
+    profiler.check_device(device, max(max(settings.tps) if tp_group else 1, max(settings.cps)))
     start = time.perf_counter()
     with _progress() as bar:
         task = bar.add_task("profiling", total=profiler.num_steps(spec, settings))

@@ -236,7 +236,7 @@ def search(
     if unsupported:
         raise PlanError(unsupported[0].replace("use another stack", _stacks_running(model)))
     cands = list(enumerate_candidates(model, train, gpus, cluster.gpus_per_node, schedules, allow_cross_node_tp, searcher.stack,
-                                      searcher.layers.context_parallel))
+                                      searcher.layers.context_parallel_degrees))
     if degrees is not None:
         cands = _filtered(cands, degrees)
     result = SearchResult(best=[], closest=None, candidates=len(cands), searcher=searcher)

@@ -117,14 +117,17 @@ def _v_options(schedule: str, pp: int, num_layers: int, stack: StackSpec) -> lis
     return [1]
 
 
-def cp_degrees(train: TrainSpec, ranks: int, tp: int, stack: StackSpec, context_parallel: bool = True) -> list[int]:
+def cp_degrees(train: TrainSpec, ranks: int, tp: int, stack: StackSpec, priced: frozenset[int] | None = None) -> list[int]:
     """Context-parallel degrees dividing ``ranks`` (the GPUs left after tp) whose 2·cp chunks split the
-    sequence (2·cp·tp on a stack that shards them over tp too, ``StackSpec.cp_sequence_multiple``)."""
-    if not stack.context_parallel or not context_parallel:
+    sequence (2·cp·tp on a stack that shards them over tp too, ``StackSpec.cp_sequence_multiple``), of
+    those the layer times can price (``priced``; None: any, e.g. the roofline; a measured profile:
+    the degrees it timed)."""
+    if not stack.context_parallel:
         return [1]
     multiple = 2 * tp if stack.cp_sequence_multiple == "2cp_tp" else 2
     return [c for c in divisors(ranks)
-            if c == 1 or (train.seq_len % (multiple * c) == 0 and train.seq_len // (2 * c) >= MIN_CP_CHUNK)]
+            if c == 1 or ((priced is None or c in priced)
+                          and train.seq_len % (multiple * c) == 0 and train.seq_len // (2 * c) >= MIN_CP_CHUNK)]
 
 
 def ep_degrees(model: ModelSpec, train: TrainSpec, data_ranks: int, stack: StackSpec) -> list[int]:
@@ -144,14 +147,14 @@ def enumerate_candidates(
     schedules: tuple[str, ...] = DEFAULT_SCHEDULES,
     allow_cross_node_tp: bool = False,
     stack: StackSpec | None = None,
-    context_parallel: bool = True,
+    cp_priced: frozenset[int] | None = None,
 ) -> Iterator[Candidate]:
     """All legal candidates under ``stack``'s rules (default: ppplan's runtime, ``ppplan-torch``);
-    ``context_parallel`` false keeps cp = 1 (layer times from a measured profile)."""
+    ``cp_priced`` keeps cp to the degrees the layer times price (``cp_degrees``)."""
     stack = stack or load_stack()
     schedules = tuple(s for s in schedules if s in stack.schedules)
     for tp in tp_degrees(model, gpus, gpus_per_node, allow_cross_node_tp):
-        for cp in cp_degrees(train, gpus // tp, tp, stack, context_parallel):
+        for cp in cp_degrees(train, gpus // tp, tp, stack, cp_priced):
             for pp in divisors(gpus // (tp * cp)):
                 if pp > model.num_layers:
                     continue

@@ -117,13 +117,13 @@ def test_measured_shapes_return_the_medians(env):
     assert t.tp_comm_s == 0.0 and t.recompute_s == 0.0
 
 
-def test_a_profile_has_no_ring_and_a_dense_profile_no_experts(env):
-    """A profile times whole-sequence layers: a search with it keeps cp = 1, and asking for a ring is bad
-    input; a dense model's profile has no MoE layer to give; the embedding and the head of a cp rank
-    are its s/cp positions."""
+def test_a_profile_without_rings_prices_cp_1_only_and_a_dense_profile_no_experts(env):
+    """A profile without ``--cp`` times whole-sequence layers: a search with it keeps cp = 1, and asking
+    for a ring is bad input; a dense model's profile has no MoE layer to give; the embedding and the
+    head of a cp rank are its s/cp positions."""
     times = _times(env)
-    assert times.context_parallel is False
-    with pytest.raises(PlanError, match="context-parallel"):
+    assert times.context_parallel_degrees == frozenset({1})
+    with pytest.raises(PlanError, match="the profile timed no ring of cp=2 .it has cp 1.: re-run `ppplan profile --cp 2`"):
         times.transformer(1, 4, 256, False, "none", cp=2)
     with pytest.raises(PlanError, match="no moe_transformer measurements"):
         times.transformer(1, 4, 128, False, "none", moe=True)
@@ -334,3 +334,27 @@ def test_cli_mismatched_profile_exits_2_with_one_error_line(tmp_path, capsys):
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "tiny-gpt" in lines[0], err
     assert run(argv + ["--allow-mismatch", "--json"]) == 0
+
+
+def test_a_profile_with_a_ring_prices_that_cp_and_search_keeps_to_it(env):
+    """Rings timed at cp 2 (``ppplan profile --cp 1,2``): cp 2 is priced from those entries (F 3, B 4, W 2 ms
+    per 128 positions of the whole sequence, a rank holding half of them), the embedding and head at the
+    rank's s/2 positions; cp 4 was not timed: bad input naming what was; the search offers cp 1 and 2 of
+    the 1, 2, 4 it would offer without the profile."""
+    model, cluster, train = env
+    profile = _profile()
+    ring = [_entry("transformer", 1, mbs, f=3.0, b=4.0, w=2.0).model_copy(update={"cp": 2}) for mbs in (1, 4)]
+    profile = profile.model_copy(update={"layers": [*profile.layers, *ring]})
+    times = ProfiledTimes(profile, model, cluster, train)
+    assert times.context_parallel_degrees == frozenset({1, 2})
+    got = times.transformer(1, 4, 128, False, "none", cp=2)
+    assert (got.forward_s, got.backward_input_s, got.backward_weight_s) == pytest.approx((12 * MS, 16 * MS, 8 * MS))
+    assert times.head(1, 4, 128, False, cp=2) == times.head(1, 4, 64, False)
+    with pytest.raises(PlanError, match="no ring of cp=4 .it has cp 1,2."):
+        times.transformer(1, 4, 128, False, "none", cp=4)
+    from planner.search.space import enumerate_candidates
+
+    long = TrainSpec(global_batch=8, seq_len=1024, precision="fp32")  # chunks of 1024 / (2·cp) >= 128 up to cp 4
+    stack = load_stack("ppplan-torch")
+    assert {c.cp for c in enumerate_candidates(model, long, 4, 8, stack=stack)} == {1, 2, 4}
+    assert {c.cp for c in enumerate_candidates(model, long, 4, 8, stack=stack, cp_priced=times.context_parallel_degrees)} == {1, 2}

@@ -8,7 +8,7 @@ from costmodels.runtime_costs import RuntimeCosts
 
 
 class UnitLayers:
-    context_parallel = True
+    context_parallel_degrees = None
 
     def __init__(self, runtime: RuntimeCosts | None = None) -> None:
         self.runtime = runtime

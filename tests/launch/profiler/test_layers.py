@@ -225,3 +225,27 @@ def test_search_prices_an_moe_model_from_its_profile(moe_profile, tmp_path, caps
                 "--profile", str(path), "--tp", "1", "--out", str(out)]) == 0
     plan = json.loads(out.read_text())
     assert plan["config"]["cp"] == 1 and plan["estimate"]["step_time_s"] > 0
+
+
+@pytest.mark.dist
+def test_a_ring_is_timed_and_sized_on_a_rank_of_real_ring(tmp_path):
+    """``--cp 1,2``: the transformer layer also on one rank of a ring of 2 gloo processes (the runtime's ring
+    attention), holding 64 of tiny-llama's 128 positions: its saved activations are half the whole layer's
+    within the ring's extra (the key/value blocks received from the other rank), times are wall clock."""
+    settings = ProfileSettings(tps=(1,), mbss=(1,), recomputes=("none",), cps=(1, 2), **FAST)
+    profile = profile_model(load_model("tiny-llama"), settings)
+    assert profile.timer == "wall"
+    assert [(e.kind, e.cp, e.seq_len) for e in profile.layers] == [
+        ("embedding", 1, 128), ("transformer", 1, 128), ("head", 1, 128), ("transformer", 2, 128), ("embedding", 1, 64), ("head", 1, 64)]
+    whole, ring = profile.layers[1], profile.layers[3]
+    assert ring.seq_len == whole.seq_len == 128 and not ring.tp_comm_included
+    assert ring.forward_s > 0 and ring.backward_s > 0 and ring.parameter_bytes == whole.parameter_bytes
+    assert whole.activation_bytes / 2 < ring.activation_bytes < whole.activation_bytes
+
+
+def test_a_ring_that_does_not_split_the_sequence_exits_2(tmp_path, capsys):
+    argv = ["profile", "--model", "tiny-gpt", "--cp", "3", "--out", str(tmp_path / "p.json")]
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --cp 3: the ring splits the sequence into 2·cp = 6 chunks, which 128 is not a multiple of"
+    assert not (tmp_path / "p.json").exists()

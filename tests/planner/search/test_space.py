@@ -36,7 +36,7 @@ def test_every_candidate_keeps_the_stacks_rules(model: str, stack: str, gpus: in
 def test_cp_degrees_by_hand() -> None:
     """seq 1024 on 16 ranks after tp = 2: divisors 1, 2, 4, 8, 16 with chunks 1024/(2cp) >= 128: 1, 2, 4.
     torchtitan also needs 2·cp·tp | seq: seq 1056 with tp = 8 keeps cp 2 (32 | 1056) but not cp 4
-    (64 does not divide 1056), which Megatron-Core keeps (8 | 1056, chunks of 132). A profile: cp 1."""
+    (64 does not divide 1056), which Megatron-Core keeps (8 | 1056, chunks of 132). A profile: the degrees it timed."""
     train = TrainSpec(global_batch=8, seq_len=1024)
     assert cp_degrees(train, 16, 2, load_stack("megatron-core")) == [1, 2, 4]
     assert cp_degrees(train, 16, 2, load_stack("torchtitan")) == [1, 2, 4]
@@ -44,7 +44,8 @@ def test_cp_degrees_by_hand() -> None:
     assert cp_degrees(odd, 16, 8, load_stack("torchtitan")) == [1, 2]
     assert cp_degrees(odd, 16, 8, load_stack("megatron-core")) == [1, 2, 4]
     assert cp_degrees(train, 16, 2, load_stack("megatron-lm-2021")) == [1]
-    assert cp_degrees(train, 16, 2, load_stack("megatron-core"), context_parallel=False) == [1]
+    assert cp_degrees(train, 16, 2, load_stack("megatron-core"), frozenset({1})) == [1]
+    assert cp_degrees(train, 16, 2, load_stack("megatron-core"), frozenset({1, 2})) == [1, 2]
 
 
 def test_ep_degrees_by_hand() -> None:
