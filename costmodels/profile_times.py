@@ -263,9 +263,9 @@ class ProfiledTimes:
         into expert order and back (memory-bound, by the roofline). Under full recompute the
         backward re-runs the excess and the forward's all-to-alls."""
         measured = self._compute(tp, mbs, seq_len, recompute, "moe_transformer", cp)
-        factor = rank_load_imbalance(self.model.num_experts or 0, ep)
         if ep > 1:  # the experts block has no attention: timed on one rank, at the rank's seq_len / cp positions
-            experts = self._passes("experts", "none", tp, mbs, seq_len // cp).scaled(factor - 1.0)
+            excess = rank_load_imbalance(self.model.num_experts or 0, ep) - 1.0
+            experts = self._passes("experts", "none", tp, mbs, seq_len // cp).scaled(excess)
             again = experts.forward_s if recompute == "full" else 0.0
             measured = measured.plus(PassTimes(experts.forward_s, experts.backward_input_s + again,
                                                experts.backward_weight_s, recompute_s=again,

@@ -47,6 +47,11 @@ class GridPoint:
     cp: int = 1  # > 1: one rank of a ring of cp processes, holding seq_len / cp positions
 
     @property
+    def group_size(self) -> int:
+        """Processes that time it together: the ring's cp, else the TP degree (in a TP group)."""
+        return self.cp if self.cp > 1 else self.tp
+
+    @property
     def label(self) -> str:
         extra = f" recompute={self.recompute}" if self.kind in LAYER_KINDS_WITH_RECOMPUTE else ""
         ring = f" cp={self.cp}" if self.cp > 1 else ""
@@ -278,6 +283,12 @@ def saved_activation_bytes(case: Case) -> int:
         out = case.forward(*inputs)
     del out
     return sum(saved.values())
+
+
+def memory_of(case: Case, device: str) -> tuple[int, int, int]:
+    """(saved activation bytes, parameter bytes, live-bytes peak) of ``case`` (in a ring, every rank calls it)."""
+    parameters = sum(p.numel() * p.element_size() for p in case.params)
+    return saved_activation_bytes(case), parameters, live_bytes_peak(case, device)
 
 
 def live_bytes_peak(case: Case, device: str) -> int:

@@ -61,7 +61,7 @@ def _worker(rank: int, tp: int, port: int, model: ModelSpec, points: list, opts:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    from launch.profiler.cases import live_bytes_peak, make_case, saved_activation_bytes, time_case
+    from launch.profiler.cases import make_case, memory_of, time_case
 
     torch.set_num_threads(opts["threads"] or 1)
     cuda = opts["device"] == "cuda"
@@ -80,8 +80,7 @@ def _worker(rank: int, tp: int, port: int, model: ModelSpec, points: list, opts:
             memory = None
             if ring:  # a ring's layer runs only in its ring: sized here, every rank taking part
                 dist.barrier()
-                params = sum(p.numel() * p.element_size() for p in case.params)
-                memory = (saved_activation_bytes(case), params, live_bytes_peak(case, "cuda" if cuda else "cpu"))
+                memory = memory_of(case, "cuda" if cuda else "cpu")
             if rank == 0:
                 queue.put((index, stats, memory))
         dist.barrier()  # no rank tears gloo down while a peer still has traffic in flight

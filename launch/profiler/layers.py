@@ -220,14 +220,6 @@ def _entry(point: Any, precision: str, stats: dict[str, tuple[float, float]], me
     )  # fmt: skip
 
 
-def _memory_of(case: Any, device: str) -> tuple[int, int, int]:
-    from launch.profiler import cases
-
-    activation = cases.saved_activation_bytes(case)
-    parameters = sum(p.numel() * p.element_size() for p in case.params)
-    return activation, parameters, cases.live_bytes_peak(case, device)
-
-
 def interleaves(model: ModelSpec, settings: ProfileSettings) -> bool:
     """Time CPU points round-robin (one iteration of each per round) so that every point samples
     the run's background load alike, when all cases fit in memory at once (< 2 GiB by the cost
@@ -292,7 +284,7 @@ def profile_model(
         say(point.label + (" (memory)" if in_group or together else ""))
         case = cases.make_case(model, point, settings.precision, settings.device)
         stats = {} if in_group or together else cases.time_case(case, settings.warmup, settings.repeats, sync, clock)
-        results[index] = (stats, _memory_of(case, settings.device))
+        results[index] = (stats, cases.memory_of(case, settings.device))
         if together:
             built[index] = case
     if together:
@@ -344,6 +336,5 @@ def _time_groups(
             progress(points[index].label + (" (ring)" if points[index].cp > 1 else " (TP group)"))
 
     grouped = [(i, p) for i, p in enumerate(points) if timed_in_group(p, settings)]
-    for size in sorted({p.cp if p.cp > 1 else p.tp for _, p in grouped}):
-        mine = [(i, p) for i, p in grouped if (p.cp if p.cp > 1 else p.tp) == size]
-        time_in_tp_group(model, size, mine, opts, done, on_retry)
+    for size in sorted({p.group_size for _, p in grouped}):
+        time_in_tp_group(model, size, [(i, p) for i, p in grouped if p.group_size == size], opts, done, on_retry)
