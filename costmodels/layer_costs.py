@@ -12,7 +12,7 @@ operators inside B (Korthikanti et al. 2022, Sec. 5).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from typing import Protocol
 
@@ -73,6 +73,12 @@ class PassTimes:
 
     def plus(self, other: "PassTimes") -> "PassTimes":
         return PassTimes(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def joined_backward(self) -> "PassTimes":
+        """As a schedule without the split backward runs it: W less the split's measured excess, which
+        may be negative for one piece (a sum of pieces is clamped at 0 where it is one stage's W)."""
+        return replace(self, backward_weight_s=self.backward_weight_s - self.split_backward_extra_s,
+                       split_backward_extra_s=0.0)
 
 
 ZERO_PASS = PassTimes(0.0, 0.0, 0.0)

@@ -7,7 +7,8 @@ composes, each taken no larger than the estimate takes it, so they stay below it
 
 - time: the stage times of the cut's layers plus the embedding and the head from the
   same ``LayerTimes`` the estimate uses (the estimate adds ZeRO-3 gathers and p2p on
-  top), run through ``costmodels.pipeline_bound``'s makespan bound; step >= makespan.
+  top; where the schedule does not split the backward, W less the split's measured excess as
+  the estimate takes it, ``PassTimes.joined_backward``), run through ``costmodels.pipeline_bound``'s makespan bound; step >= makespan.
   Before a cut is chosen, ``any_cut_makespan_lower_bound_s`` covers every cut (a model
   with dense and mixture-of-experts layers: per layer the faster kind's F, B and W, and
   the exact sum over all layers).
@@ -43,6 +44,7 @@ from costmodels.memory import (
 )
 from costmodels.params import moe_layers_in
 from costmodels.pipeline_bound import any_cut_makespan_lower_bound_s, makespan_lower_bound_s, peak_inflight, stages_by_rank
+from costmodels.schedules.registry import schedule_spec
 from costmodels.simulator import StageTimes
 from planner.search.space import Candidate
 from profiles.schema import ClusterSpec, ModelSpec, TrainSpec
@@ -99,14 +101,21 @@ class Bounds:
         self._floor = lru_cache(maxsize=None)(self._floor_uncached)
 
     # ---- pieces, cached per (tp, mbs, sp, recompute, cp, ep) or per stage shape
-    def _passes_uncached(self, tp: int, mbs: int, sp: bool, recompute: str, cp: int, ep: int) -> LayerPasses:
+    def _passes_uncached(self, tp: int, mbs: int, sp: bool, recompute: str, cp: int, ep: int,
+                         split_backward: bool) -> LayerPasses:
         s, times = self.train.seq_len, self.layers
         dense = times.transformer(tp, mbs, s, sp, recompute, cp=cp, ep=ep, moe=False) if self.num_dense else None
         moe = times.transformer(tp, mbs, s, sp, recompute, cp=cp, ep=ep, moe=True) if self.num_moe else None
-        return LayerPasses(dense, moe, times.embedding(tp, mbs, s, sp, cp=cp), times.head(tp, mbs, s, sp, cp=cp))
+        passes = LayerPasses(dense, moe, times.embedding(tp, mbs, s, sp, cp=cp), times.head(tp, mbs, s, sp, cp=cp))
+        if split_backward:
+            return passes
+        # the estimate takes the split's measured excess off each stage's W (``estimate._stage_costs``)
+        return LayerPasses(*(p.joined_backward() if p is not None else None
+                             for p in (passes.dense, passes.moe, passes.embedding, passes.head)))
 
     def layer_passes(self, c: Candidate) -> LayerPasses:
-        return self._passes(c.tp, c.mbs, c.sequence_parallel, c.recompute, c.cp, c.ep)
+        return self._passes(c.tp, c.mbs, c.sequence_parallel, c.recompute, c.cp, c.ep,
+                            schedule_spec(c.schedule).split_backward)
 
     def passes(self, c: Candidate) -> tuple[PassTimes, PassTimes, PassTimes]:
         """(transformer layer, embedding, head) F/B/W seconds per microbatch (the model's most common layer)."""
@@ -187,7 +196,7 @@ class Bounds:
         per_stage[last] = per_stage[last].plus(lp.head)
         stages = len(stage_layers)
         return StageTimes(tuple(st.forward_s for st in per_stage), tuple(st.backward_input_s for st in per_stage),
-                          tuple(st.backward_weight_s for st in per_stage), (0.0,) * stages, (0.0,) * (stages - 1))
+                          tuple(max(0.0, st.backward_weight_s) for st in per_stage), (0.0,) * stages, (0.0,) * (stages - 1))
 
     def time_of_cut_s(self, c: Candidate, stage_layers: list[int]) -> float:
         """Step time of ``c`` with ``stage_layers`` is at least this."""

@@ -11,10 +11,11 @@ pruning is reused.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
+from costmodels.layer_costs import LayerTimes, PassTimes, RooflineTimes
 from costmodels.rules import config_violations, model_support_violations
 from planner.search.branch_and_bound import TOLERANCE, Searcher, search
 from planner.search.space import DEFAULT_SCHEDULES, enumerate_candidates
@@ -34,6 +35,40 @@ class Problem:
     stack: StackSpec
     schedules: tuple[str, ...]
     top_k: int
+    layers: LayerTimes | None = None  # None: the roofline
+
+    def searcher(self) -> Searcher:
+        return Searcher(self.model, self.cluster, self.train, self.gpus, self.layers, stack=self.stack)
+
+    def candidates(self) -> list:
+        return list(enumerate_candidates(self.model, self.train, self.gpus, self.cluster.gpus_per_node, self.schedules,
+                                         stack=self.stack))
+
+
+class SplitBackwardTimes:
+    """The roofline's passes as a measured profile gives them (``costmodels.profile_times``): B and W
+    timed as torch's split stages, which run slower than the one autograd call a schedule without the
+    split makes, by a random share per kind of pass (0-60 % of B + W, at times more than W itself:
+    ``split_backward_extra_s``, which the estimate takes off W where the schedule does not split)."""
+
+    def __init__(self, roofline: RooflineTimes, rng: random.Random) -> None:
+        self.roofline = roofline
+        self.context_parallel_degrees = roofline.context_parallel_degrees
+        self.share = {kind: rng.uniform(0.0, 0.6) for kind in ("dense", "moe", "embedding", "head")}
+
+    def _split(self, passes: PassTimes, kind: str) -> PassTimes:
+        f = self.share[kind]
+        return replace(passes, split_backward_extra_s=(passes.backward_input_s + passes.backward_weight_s) * f / (1 + f))
+
+    def transformer(self, tp, mbs, seq_len, sequence_parallel, recompute, cp=1, ep=1, moe=False):
+        passes = self.roofline.transformer(tp, mbs, seq_len, sequence_parallel, recompute, cp=cp, ep=ep, moe=moe)
+        return self._split(passes, "moe" if moe else "dense")
+
+    def embedding(self, tp, mbs, seq_len, sequence_parallel, cp=1):
+        return self._split(self.roofline.embedding(tp, mbs, seq_len, sequence_parallel, cp=cp), "embedding")
+
+    def head(self, tp, mbs, seq_len, sequence_parallel, cp=1):
+        return self._split(self.roofline.head(tp, mbs, seq_len, sequence_parallel, cp=cp), "head")
 
 
 def _model(rng: random.Random) -> ModelSpec:
@@ -83,19 +118,20 @@ def _cluster(rng: random.Random) -> ClusterSpec:
 def _binding_memory(p: Problem, rng: random.Random) -> Problem:
     """The problem on a GPU whose memory lies between its candidates' needs (a random quantile of
     their uniform splits' peaks), so that memory decides which fit."""
-    searcher = Searcher(p.model, p.cluster, p.train, p.gpus, stack=p.stack)
-    cands = list(enumerate_candidates(p.model, p.train, p.gpus, p.cluster.gpus_per_node, p.schedules, stack=p.stack))
+    searcher = p.searcher()
+    cands = p.candidates()
     if not cands:
         return p
     needs = sorted(max(searcher.score(c, searcher.cuts(c)[0]).estimate.peak_memory_gib) for c in rng.sample(cands, min(40, len(cands))))
     need = needs[int(rng.uniform(0.2, 0.9) * (len(needs) - 1))]
     gpu = p.cluster.gpu.model_copy(update={"memory_gib": need / (1 - p.cluster.memory_safety_margin)})
-    return Problem(p.model, p.cluster.model_copy(update={"gpu": gpu}), p.train, p.gpus, p.stack, p.schedules, p.top_k)
+    return replace(p, cluster=p.cluster.model_copy(update={"gpu": gpu}))
 
 
-def random_problem(seed: int, kind: str = "dense") -> Problem:
+def random_problem(seed: int, kind: str = "dense", measured: bool = False) -> Problem:
     """A random problem: a dense model, a mixture-of-experts one (``kind`` "moe") or a long sequence
-    ("long"), on a random stack that runs it."""
+    ("long"), on a random stack that runs it; ``measured``: priced with a profile's split backward
+    (``SplitBackwardTimes``) instead of the roofline."""
     rng = random.Random(seed)
     while True:
         stack = load_stack(rng.choice(STACKS))
@@ -111,14 +147,16 @@ def random_problem(seed: int, kind: str = "dense") -> Problem:
         offered = [s for s in DEFAULT_SCHEDULES if s in stack.schedules]
         schedules = tuple(offered) if rng.random() < 0.5 else tuple(rng.sample(offered, rng.randint(1, len(offered))))
         problem = Problem(model, cluster, train, rng.choice([2, 4, 4, 8, 8]), stack, schedules, rng.choice([1, 3, 5]))
+        if measured:
+            problem = replace(problem, layers=SplitBackwardTimes(RooflineTimes(model, cluster, train.precision, stack=stack), rng))
         return _binding_memory(problem, rng)
 
 
 def oracle(p: Problem) -> list[float]:
     """Exact price of every candidate of the space (its best fitting cut), ascending."""
-    searcher = Searcher(p.model, p.cluster, p.train, p.gpus, stack=p.stack)
+    searcher = p.searcher()
     prices = []
-    for c in enumerate_candidates(p.model, p.train, p.gpus, p.cluster.gpus_per_node, p.schedules, stack=p.stack):
+    for c in p.candidates():
         fitting = [s.estimate.step_time_s for s in (searcher.score(c, cut) for cut in searcher.cuts(c)) if s.estimate.fits]
         if fitting:
             prices.append(min(fitting))
@@ -133,20 +171,26 @@ def test_search_is_exact_on_mixture_of_experts_and_long_context_problems() -> No
     """The same oracle on problems whose space has ep > 1 (MoE models, some with dense leading layers,
     shared experts or MLA) and cp > 1 (sequences of 1k-4k positions)."""
     problems = [random_problem(seed, "moe") for seed in range(200, 216)] + [random_problem(seed, "long") for seed in range(300, 316)]
-    assert sum(any(c.ep > 1 for c in _candidates(p)) for p in problems[:16]) >= 8
-    assert sum(any(c.cp > 1 for c in _candidates(p)) for p in problems[16:]) >= 8
+    assert sum(any(c.ep > 1 for c in p.candidates()) for p in problems[:16]) >= 8
+    assert sum(any(c.cp > 1 for c in p.candidates()) for p in problems[16:]) >= 8
     _check_against_oracle(problems, min_checked=24, min_pruned=6)
 
 
-def _candidates(p: Problem) -> list:
-    return list(enumerate_candidates(p.model, p.train, p.gpus, p.cluster.gpus_per_node, p.schedules, stack=p.stack))
+def test_search_is_exact_with_a_profiles_split_backward() -> None:
+    """The same oracle where the passes carry a measured split-backward excess, which the estimate
+    takes off W for 1F1B, GPipe and interleaved 1F1B: the bounds must take it off too (they did
+    not: tiny-gpt on 8 CPU ranks, batch 16, lost its best plan, GPipe mbs 8, whose cut bound was
+    7 % above its exact price)."""
+    problems = [random_problem(seed, measured=True) for seed in range(600, 624)]
+    problems += [random_problem(seed, "moe", measured=True) for seed in range(700, 708)]
+    _check_against_oracle(problems, min_checked=24, min_pruned=6)
 
 
 def _check_against_oracle(problems: list[Problem], min_checked: int, min_pruned: int) -> None:
     checked = pruned = 0
     for seed, p in enumerate(problems):
         expected = oracle(p)
-        result = search(p.model, p.cluster, p.train, p.gpus, p.top_k, p.schedules, stack=p.stack)
+        result = search(p.model, p.cluster, p.train, p.gpus, p.top_k, p.schedules, layers=p.layers, stack=p.stack)
         assert result.bound_violations == 0, seed
         assert len(result.best) == min(p.top_k, len(expected)), seed
         for rank, (got, want) in enumerate(zip(result.best, expected)):
@@ -167,10 +211,12 @@ def test_every_bound_is_below_the_exact_price() -> None:
     checked = 0
     problems = [random_problem(seed) for seed in range(100, 130)]
     problems += [random_problem(seed, "moe") for seed in range(400, 410)] + [random_problem(seed, "long") for seed in range(500, 510)]
+    problems += [random_problem(seed, measured=True) for seed in range(800, 810)]
+    problems += [random_problem(seed, "moe", measured=True) for seed in range(900, 905)]
     for p in problems:
-        searcher = Searcher(p.model, p.cluster, p.train, p.gpus, stack=p.stack)
+        searcher = p.searcher()
         bounds = searcher.bounds
-        cands = list(enumerate_candidates(p.model, p.train, p.gpus, p.cluster.gpus_per_node, p.schedules, stack=p.stack))
+        cands = p.candidates()
         for c in rng.sample(cands, min(12, len(cands))):
             any_time, any_memory = bounds.time_any_cut_s(c), bounds.memory_any_cut_gib(c)
             for cut in searcher.cuts(c):
@@ -186,7 +232,7 @@ def test_every_bound_is_below_the_exact_price() -> None:
                 for lower, upper in zip(composed.peak_memory_gib, exact.peak_memory_gib):
                     assert lower <= upper * slack
                 checked += 1
-    assert checked >= 260
+    assert checked >= 330
 
 
 @pytest.mark.parametrize("stack_name", STACKS)
