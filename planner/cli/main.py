@@ -8,6 +8,7 @@ nothing heavy at module level for that reason).
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -101,9 +102,22 @@ def run(argv: list[str] | None = None) -> int:
     return int(result) if isinstance(result, int) else 0
 
 
+def _reader_gone() -> int:
+    """stdout's reader closed the pipe (``ppplan search ... | head``): stop quietly with 1, as click
+    and rich do where they see it first (rich's ``Console.on_broken_pipe``), with stdout pointed at
+    /dev/null so that the interpreter's final flush does not raise again (Python docs, "Note on
+    SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 1
+
+
 def main() -> None:
     try:
         code = run(sys.argv[1:])
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = _reader_gone()
     except BaseException as exc:
         if not _interrupted(exc):
             raise

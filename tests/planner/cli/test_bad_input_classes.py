@@ -252,3 +252,25 @@ def test_a_commands_own_exit_code_after_it_handled_an_interrupt_is_kept(monkeypa
 
     monkeypatch.setattr(cli_main, "_invoke", _stopped_by_sigterm)
     assert cli_main.run(["launch"]) == 143
+
+
+# a command whose write finds the reader gone (what click's echo raises when ``| head`` exits first:
+# a pipe buffer's worth of output is needed to see it for real, so the write is made to fail)
+_WRITE_FAILS = ("import sys\nfrom planner.cli import main as cli\n"
+                "def run(argv):\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+                "cli.run = run\ncli.main()\n")
+
+
+@pytest.mark.parametrize("code", [
+    ["-c", "from planner.cli.main import main; main()", "profile-comm", "--help"],  # rich sees it
+    ["-c", _WRITE_FAILS],
+], ids=["rich", "echo"])
+def test_a_reader_that_closes_the_pipe_stops_the_command_quietly(code: list[str]) -> None:
+    """``ppplan profile-comm --help | head -1``: the command ends with 1, as click and rich end it,
+    and nothing on stderr (it printed a BrokenPipeError traceback)."""
+    proc = subprocess.Popen([sys.executable, *code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert err == ""
