@@ -46,6 +46,7 @@ from costmodels.memory import (
     layer_params,
     microbatch_grad_sync,
     split_static_memory,
+    stage_output_bytes,
     stage_param_split,
     weight_grad_input_bytes,
 )
@@ -68,7 +69,7 @@ from costmodels.schedules.registry import schedule_spec
 from costmodels.simulator import StageTimes
 from costmodels.step_time import RankWork, compose_step
 from profiles.schema import ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
-from profiles.stack_schema import StackKernels, StackOverlap, StackSpec
+from profiles.stack_schema import StackOverlap, StackSpec
 
 __all__ = ["comm_overlaps_compute", "estimate", "stage_times", "rank_memory_if_uniform_gib", "memory_limit_gib"]
 
@@ -105,10 +106,10 @@ class StagePlan:
         return self.layout.num_layers - self.moe_layers
 
 
-def activation_variant(cluster: ClusterSpec, train: TrainSpec, kernels: StackKernels) -> ActivationVariant:
+def activation_variant(cluster: ClusterSpec, train: TrainSpec, stack: StackSpec) -> ActivationVariant:
     """What the stack's runtime stores on this cluster's device (a "cpu" GPU name means CPU)."""
     device = "cpu" if runs_on_cpu(cluster) else "cuda"
-    return ActivationVariant.for_stack(kernels, train.precision, device)
+    return ActivationVariant.for_stack(stack.kernels, train.precision, device, stack.pipeline_runtime == "torch")
 
 
 def _stage_plan(
@@ -139,6 +140,7 @@ def _stage_plan(
     if last:
         times = times.plus(layers.head(tp, b, s, sp, cp=cp)) if layers else times
         act += head_activation_bytes(model, s // cp, b, tp, sp, variant)
+    act += stage_output_bytes(model, s // cp, b, tp, sp, variant, last)
     return StagePlan(
         layout=layout,
         recompute=kind,
@@ -158,7 +160,7 @@ def rank_memory_if_uniform_gib(
     ``inflight_stage_microbatches`` stage-microbatches were alive (affine in the layer count;
     the search derives per-rank layer caps from it); a mixture-of-experts model's layers all
     count as MoE layers."""
-    variant = activation_variant(cluster, train, stack.kernels)
+    variant = activation_variant(cluster, train, stack)
     kind = "moe" if model.is_moe else None  # the model's most common layer, wherever the probe's layers fall
     plans = [
         _stage_plan(model, train, cfg, None, layout, variant, kind)
@@ -286,7 +288,7 @@ def _pipeline_inputs(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes,
     stack: StackSpec, overlap: StackOverlap, network: Network,
 ) -> tuple[list[StagePlan], list[PassTimes], StageTimes, list[dict[str, float]]]:
-    variant = activation_variant(cluster, train, stack.kernels)
+    variant = activation_variant(cluster, train, stack)
     plans = [_stage_plan(model, train, cfg, layers, layout, variant) for layout in stage_layouts(cfg)]
     p2p = _p2p_times(model, cluster, train, cfg, network)
     costs, hidden = _stage_costs(cfg, cluster, train, plans, stack, network, p2p, runtime_costs_of(layers, cluster))
@@ -552,7 +554,7 @@ def estimate(
         timeshared = timeshared_step_s(cluster, cfg, schedule, times, tails, runtime.timeshare_efficiency)
     step = compose_step(result, ranks, cfg.num_microbatches, cluster.efficiency.step_overhead_s, timeshared)
     per_rank = [[st for st in plans if st.rank == r] for r in range(cfg.pp)]
-    variant = activation_variant(cluster, train, stack.kernels)
+    variant = activation_variant(cluster, train, stack)
     memory = [
         _rank_memory_gib(model, cluster, train, cfg, per_rank[r], result.peak_activation_bytes[r], stack, variant)
         for r in range(cfg.pp)

@@ -54,6 +54,7 @@ class ActivationVariant:
     vocab_parallel_loss: bool = True
     context_parallel_attention: str = "p2p_ring"
     gemm_input_bytes: int | None = None  # what a GEMM's saved input takes per value (None: bytes_per_element)
+    keeps_stage_output: bool = False  # torch.distributed.pipelining: each stage's output until its backward
 
     @property
     def saved_gemm_input_bytes(self) -> int:
@@ -72,17 +73,20 @@ class ActivationVariant:
             rmsnorm_saves_normalized=device != "cuda",
             vocab_parallel_loss=False,
             context_parallel_attention="eager_ring",
+            keeps_stage_output=True,
         )
 
     @staticmethod
-    def for_stack(kernels: StackKernels, precision: str, device: str = "cuda") -> "ActivationVariant":
+    def for_stack(kernels: StackKernels, precision: str, device: str = "cuda",
+                  keeps_stage_output: bool = False) -> "ActivationVariant":
         """What a stack's kernels keep (``StackSpec.kernels``): dropout masks when it runs
         dropout, the s² scores of unfused attention or flash's log-sum-exp, SwiGLU's gate and up
         plus its output when fused (3 FFN-wide tensors) or also silu(gate) when eager (4), the
         composite RMSNorm's normalised input off CUDA without a fused norm, the loss over
         vocabulary shards or gathered logits, what its context-parallel attention keeps, and in
-        fp8 runs the fp8-cast GEMM inputs where the stack keeps those (``fp8_saved_gemm_inputs``).
-        ppplan-torch's kernels give ``runtime()``."""
+        fp8 runs the fp8-cast GEMM inputs where the stack keeps those (``fp8_saved_gemm_inputs``);
+        ``keeps_stage_output`` where torch.distributed.pipelining runs the schedule
+        (``stage_output_bytes``). ppplan-torch's kernels give ``runtime()``."""
         return ActivationVariant(
             bytes_per_element=4 if precision == "fp32" else 2,
             dropout=kernels.dropout,
@@ -92,6 +96,7 @@ class ActivationVariant:
             vocab_parallel_loss=kernels.vocab_parallel_loss,
             context_parallel_attention=kernels.context_parallel_attention,
             gemm_input_bytes=1 if precision == "fp8" and kernels.fp8_saved_gemm_inputs else None,
+            keeps_stage_output=keeps_stage_output,
         )
 
 
@@ -208,6 +213,27 @@ def head_activation_bytes(
     else:
         logits = 4 * tokens * model.vocab_size
     return norm_in + logits_in + logits
+
+
+def stage_output_bytes(
+    model: ModelSpec, seq_len: int, mbs: int, tp: int, sequence_parallel: bool, variant: ActivationVariant,
+    has_head: bool,
+) -> float:
+    """What a pipeline stage's output holds per microbatch where torch.distributed.pipelining runs it:
+    ``_PipelineStageBase.forward_one_chunk`` keeps the output tuple in ``fwd_cache`` until that
+    microbatch's backward pops it (torch 2.13 ``pipelining/stage.py``), on every stage, a single one
+    included. Nothing else keeps the last stage's logits (the loss keeps its log-softmax,
+    ``head_activation_bytes``): s·b·V values per rank (V/t where the loss runs over vocabulary
+    shards), in the compute dtype (the runtime's loss casts a copy to fp32). Another stage's output
+    is the residual stream, s·b·h (over t under sequence parallelism). 0 where Megatron's engine
+    runs the pipeline (its last stage returns the loss; its sends are counted as p2p buffers)."""
+    if not variant.keeps_stage_output:
+        return 0.0
+    tokens = seq_len * mbs
+    p = variant.bytes_per_element
+    if has_head:
+        return p * tokens * model.vocab_size / (tp if variant.vocab_parallel_loss else 1)
+    return p * tokens * model.hidden_size / (tp if sequence_parallel else 1)
 
 
 def embedding_activation_bytes(model: ModelSpec, seq_len: int, mbs: int, tp: int, sequence_parallel: bool, variant: ActivationVariant) -> float:

@@ -15,8 +15,8 @@ composes, each taken no larger than the estimate takes it, so they stay below it
 - memory: each rank's weights, gradients and optimizer state (``costmodels.memory.
   static_memory`` with the stack's gradient sharding, ``gradients_sharded``; dense parameters over
   dp x cp, routed experts over dp x cp / ep), its activation peak (the schedule's closed-form in-flight
-  count, ``ScheduleSpec.peak_inflight``, times the rank's smallest stage; before a cut, per layer
-  the lighter kind), the allocator's
+  count, ``ScheduleSpec.peak_inflight``, times the rank's smallest stage with the stage's output
+  where torch's pipelining keeps it; before a cut, per layer the lighter kind), the allocator's
   fragmentation share of those bytes (``ClusterSpec.allocator_fragmentation``) and the
   runtime's reserve; the estimate adds transient, communication and ZeRO-3 buffers.
 
@@ -40,6 +40,7 @@ from costmodels.memory import (
     head_activation_bytes,
     layer_activation_bytes,
     split_static_memory,
+    stage_output_bytes,
     stage_param_split,
 )
 from costmodels.params import moe_layers_in
@@ -90,7 +91,7 @@ class Bounds:
         self, model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, layers: LayerTimes, stack: StackSpec,
     ) -> None:
         self.model, self.cluster, self.train, self.layers, self.stack = model, cluster, train, layers, stack
-        self.variant = activation_variant(cluster, train, stack.kernels)  # what the stack's kernels keep
+        self.variant = activation_variant(cluster, train, stack)  # what the stack's kernels keep
         self.limit_gib = memory_limit_gib(cluster)
         self.allocated_factor = 1.0 + cluster.allocator_fragmentation
         self.num_moe = model.num_moe_layers
@@ -209,10 +210,13 @@ class Bounds:
         kinds = self._kinds(stage_layers)
         counts = peak_inflight(c.schedule, c.pp, c.v, c.num_microbatches)
 
+        out_hidden, out_logits = (stage_output_bytes(self.model, self.train.seq_len // c.cp, c.mbs, c.tp, c.sequence_parallel,
+                                                     self.variant, head) for head in (False, True))
+
         def stage_act(s: int) -> float:
             _, dense, moe = kinds[s]
             act = (dense * act_dense if dense else 0.0) + (moe * act_moe if moe else 0.0)
-            return act + (act_emb if s == 0 else 0.0) + (act_head if s == last else 0.0)
+            return act + (act_emb if s == 0 else 0.0) + (act_head + out_logits if s == last else out_hidden)
 
         out = []
         for rank, own in enumerate(stages_by_rank(c.schedule, c.pp, c.v)):
