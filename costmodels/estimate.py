@@ -140,7 +140,9 @@ def _stage_plan(
     if last:
         times = times.plus(layers.head(tp, b, s, sp, cp=cp)) if layers else times
         act += head_activation_bytes(model, s // cp, b, tp, sp, variant)
-    act += stage_output_bytes(model, s // cp, b, tp, sp, variant, last)
+    if cfg.pp > 1:  # without a pipeline the stacks' loops free the logits before the backward (or, for
+        # ppplan-torch's single-stage schedule, cpu-local's fragmentation was measured with them)
+        act += stage_output_bytes(model, s // cp, b, tp, sp, variant, last)
     return StagePlan(
         layout=layout,
         recompute=kind,

@@ -221,8 +221,10 @@ def stage_output_bytes(
 ) -> float:
     """What a pipeline stage's output holds per microbatch where torch.distributed.pipelining runs it:
     ``_PipelineStageBase.forward_one_chunk`` keeps the output tuple in ``fwd_cache`` until that
-    microbatch's backward pops it (torch 2.13 ``pipelining/stage.py``), on every stage, a single one
-    included. Nothing else keeps the last stage's logits (the loss keeps its log-softmax,
+    microbatch's backward pops it (torch 2.13 ``pipelining/stage.py``), on every stage of a pipeline
+    (``estimate`` adds it where pp > 1: without one, torchtitan's and Composer's loops free the
+    logits before the backward, and ppplan's single-stage schedule is inside cpu-local's measured
+    fragmentation; priced at pp 1 it called 22 more published runs infeasible). Nothing else keeps the last stage's logits (the loss keeps its log-softmax,
     ``head_activation_bytes``): s·b·V values per rank (V/t where the loss runs over vocabulary
     shards), in the compute dtype (the runtime's loss casts a copy to fp32). Another stage's output
     is the residual stream, s·b·h (over t under sequence parallelism). 0 where Megatron's engine

@@ -211,7 +211,7 @@ class Bounds:
         counts = peak_inflight(c.schedule, c.pp, c.v, c.num_microbatches)
 
         out_hidden, out_logits = (stage_output_bytes(self.model, self.train.seq_len // c.cp, c.mbs, c.tp, c.sequence_parallel,
-                                                     self.variant, head) for head in (False, True))
+                                                     self.variant, head) if c.pp > 1 else 0.0 for head in (False, True))
 
         def stage_act(s: int) -> float:
             _, dense, moe = kinds[s]

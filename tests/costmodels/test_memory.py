@@ -7,6 +7,7 @@ from costmodels.estimate import estimate, stage_times
 from costmodels.memory import (
     GIB,
     ActivationVariant,
+    embedding_activation_bytes,
     end_weight_grad_input_bytes,
     gradients_sharded,
     head_activation_bytes,
@@ -219,3 +220,9 @@ def test_torch_pipelining_keeps_each_stages_output_until_its_backward() -> None:
     last = 2 * (4 * layer + head_activation_bytes(model, 128, 8, 1, False, cpu) + 4 * 2**20)
     breakdown = estimate(model, cluster, train, cfg, stack=stack).memory_breakdown_gib
     assert breakdown[1]["activations"] == pytest.approx(last / GIB, abs=1e-4)  # rounded to 1e-4 GiB
+    # no pipeline: the loop frees the logits before the backward, one microbatch of 8 layers and the head
+    single = cfg.model_copy(update={"pp": 1, "num_microbatches": 2, "schedule": "1f1b", "stage_layers": [8]})
+    one = estimate(model, cluster, train, single, stack=stack).memory_breakdown_gib[0]["activations"]
+    embedding = embedding_activation_bytes(model, 128, 8, 1, False, cpu)
+    head = head_activation_bytes(model, 128, 8, 1, False, cpu)
+    assert one == pytest.approx((8 * layer + embedding + head) / GIB, abs=1e-4)
