@@ -168,7 +168,37 @@ class ProfiledTimes:
 
     def measured(self, kind: str, recompute: str, tp: int, mbs: int, seq_len: int, field: str, cp: int = 1) -> float:
         """One measured quantity of ``kind`` at (tp, mbs, seq_len) on a rank of a ring of ``cp``, interpolated
-        where not measured (not across cp: a ring is timed at its own degree)."""
+        where not measured (not across cp: a ring is timed at its own degree; at a tp its ring was not
+        timed at, ``_ring_at_tp`` composes it)."""
+        composed = self._ring_at_tp(kind, recompute, tp, mbs, seq_len, field, cp)
+        return composed if composed is not None else self._interpolated(kind, recompute, tp, mbs, seq_len, field, cp)
+
+    def _ring_at_tp(self, kind: str, recompute: str, tp: int, mbs: int, seq_len: int, field: str, cp: int) -> float | None:
+        """A rank of a ring of ``cp`` at a tp whose ring was not timed (``ppplan profile --cp`` times rings at
+        tp 1): the rank's own ``seq_len / cp`` positions at this tp, measured alone, plus the ring's extra
+        as timed at the ring's tp ``t0`` (the ring minus those positions alone at ``t0``) times ``t0 / tp``:
+        the extra is the attention of the rank's queries over the other ranks' key/value blocks and their
+        transfer, and tensor parallelism splits both by heads (Megatron-Core runs CP inside each TP rank's
+        heads; Liu et al. 2023, Ring Attention). Measuring the layers at tp > 1 inside the group puts TP's
+        own per-call cost, which a shorter sequence does not shrink, in the first term; a fixed cost of the
+        ring (p2p latency per block) is divided by ``tp / t0`` with the rest, an optimistic share. None
+        where the ring was timed at this tp, or the profile lacks the positions alone (an older profile:
+        then extrapolated across tp, with the note)."""
+        if cp == 1:
+            return None
+        ring_tps = {e.tp for e in self._entries.get((kind, recompute, cp), [])}
+        local = seq_len // cp
+        alone = {e.tp for e in self._entries.get((kind, recompute, 1), []) if e.seq_len == local}
+        if not ring_tps or tp in ring_tps:
+            return None
+        t0 = min(ring_tps, key=lambda t: (abs(math.log(t / tp)), t))
+        if t0 not in alone or alone == {t0}:  # nothing measured says how the positions alone scale with tp
+            return None
+        extra = (self._interpolated(kind, recompute, t0, mbs, seq_len, field, cp)
+                 - self._interpolated(kind, recompute, t0, mbs, local, field))
+        return self._interpolated(kind, recompute, tp, mbs, local, field) + max(0.0, extra) * t0 / tp
+
+    def _interpolated(self, kind: str, recompute: str, tp: int, mbs: int, seq_len: int, field: str, cp: int = 1) -> float:
         entries = self._entries.get((kind, recompute, cp))
         if not entries:
             ring = f" in a ring of cp={cp}" if cp > 1 else ""

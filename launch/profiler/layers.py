@@ -103,27 +103,37 @@ def layer_kinds(model: ModelSpec) -> tuple[str, ...]:
 
 def grid(model: ModelSpec, settings: ProfileSettings) -> list[Any]:
     """Every measurement: per (tp, seq, mbs) the embedding, each layer kind with each recompute kind
-    (a mixture-of-experts model's routed experts alone too, without recompute), the head."""
+    (a mixture-of-experts model's routed experts alone too, without recompute), the head; per ring of
+    cp > 1 its rank's layers at tp 1 (``--cp``) and all of the above at the rank's seq_len / cp."""
     from launch.profiler.cases import GridPoint
 
     points = []
     for tp in settings.tps:
         for seq in settings.seq_lens or (model.seq_len,):
             for mbs in settings.mbss:
-                points.append(GridPoint("embedding", tp, mbs, seq))
-                for kind in layer_kinds(model):
-                    points += [GridPoint(kind, tp, mbs, seq, rc) for rc in settings.recomputes]
-                if model.is_moe:
-                    points.append(GridPoint("experts", tp, mbs, seq))
-                points.append(GridPoint("head", tp, mbs, seq))
+                points += _pieces(model, settings, tp, mbs, seq)
     for cp in (c for c in settings.cps if c > 1):
         for seq in settings.seq_lens or (model.seq_len,):
-            for mbs in settings.mbss:  # rings at tp 1; the per-position pieces at the rank's seq / cp
+            for mbs in settings.mbss:  # rings at tp 1; every piece also alone at the rank's seq / cp positions
                 for kind in layer_kinds(model):
                     points += [GridPoint(kind, 1, mbs, seq, rc, cp) for rc in settings.recomputes]
-                local = ("embedding", "experts", "head") if model.is_moe else ("embedding", "head")
-                points += [GridPoint(kind, tp, mbs, seq // cp) for tp in settings.tps for kind in local]
-    return points
+                for tp in settings.tps:
+                    points += _pieces(model, settings, tp, mbs, seq // cp)
+    return list(dict.fromkeys(points))  # a rank's seq / cp may be a measured seq_len already
+
+
+def _pieces(model: ModelSpec, settings: ProfileSettings, tp: int, mbs: int, seq: int) -> list[Any]:
+    """The points of one (tp, mbs, seq): the embedding, each layer kind with each recompute kind, the
+    routed experts alone, the head. At a ring rank's seq / cp positions they are its work without the
+    ring (``ProfiledTimes`` prices a ring at a tp it was not timed at from them)."""
+    from launch.profiler.cases import GridPoint
+
+    points = [GridPoint("embedding", tp, mbs, seq)]
+    for kind in layer_kinds(model):
+        points += [GridPoint(kind, tp, mbs, seq, rc) for rc in settings.recomputes]
+    if model.is_moe:
+        points.append(GridPoint("experts", tp, mbs, seq))
+    return [*points, GridPoint("head", tp, mbs, seq)]
 
 
 def timed_in_group(point: Any, settings: ProfileSettings) -> bool:

@@ -336,6 +336,30 @@ def test_cli_mismatched_profile_exits_2_with_one_error_line(tmp_path, capsys):
     assert run(argv + ["--allow-mismatch", "--json"]) == 0
 
 
+def test_a_ring_at_a_tp_it_was_not_timed_at_is_the_ranks_positions_alone_plus_the_rings_extra_split_by_tp(env):
+    """The ring timed at tp 1 (F 3, B 4, W 2 ms per 128 positions: 12, 16, 8 at mbs 4); the rank's 64 positions
+    alone at tp 1 (F 1, B 2, W 1.5 per 128: 2, 4, 3) and, in a TP group, at tp 2 (F 3, B 6, W 1 per 128 and tp:
+    3, 6, 1). At tp 2 cp 2: alone at tp 2 + (ring - alone at tp 1) / 2 = 3 + 10/2, 6 + 12/2, 1 + 5/2 = F 8,
+    B 12, W 3.5 ms (extrapolating the tp-1 ring to tp 2 by 1/tp would say 6, 8, 4). At tp 1 the ring as timed.
+    Without the positions alone at tp 2 it extrapolates across tp, and says so."""
+    model, cluster, train = env
+    ring = [_entry("transformer", 1, mbs, f=3.0, b=4.0, w=2.0).model_copy(update={"cp": 2}) for mbs in (1, 4)]
+    alone = [_entry("transformer", 1, mbs, seq_len=64) for mbs in (1, 4)]
+    alone2 = [_entry("transformer", 2, mbs, seq_len=64, f=3.0, b=6.0, w=1.0, bw=7.0).model_copy(update={"tp_comm_included": True})
+              for mbs in (1, 4)]
+    base = _profile()
+    full = base.model_copy(update={"layers": [*base.layers, *ring, *alone, *alone2]})
+    got = ProfiledTimes(full, model, cluster, train).transformer(2, 4, 128, False, "none", cp=2)
+    assert (got.forward_s, got.backward_input_s, got.backward_weight_s) == pytest.approx((8 * MS, 12 * MS, 3.5 * MS))
+    at_1 = ProfiledTimes(full, model, cluster, train).transformer(1, 4, 128, False, "none", cp=2)
+    assert (at_1.forward_s, at_1.backward_input_s, at_1.backward_weight_s) == pytest.approx((12 * MS, 16 * MS, 8 * MS))
+    warnings: list[str] = []
+    older = base.model_copy(update={"layers": [*base.layers, *ring, *alone]})
+    old = ProfiledTimes(older, model, cluster, train, warn=warnings.append)._compute(2, 4, 128, "none", "transformer", 2)
+    assert (old.forward_s, old.backward_input_s, old.backward_weight_s) == pytest.approx((6 * MS, 8 * MS, 4 * MS))
+    assert any("cp=2 tp=2 is outside the measured tp 1" in w for w in warnings), warnings
+
+
 def test_a_profile_with_a_ring_prices_that_cp_and_search_keeps_to_it(env):
     """Rings timed at cp 2 (``ppplan profile --cp 1,2``): cp 2 is priced from those entries (F 3, B 4, W 2 ms
     per 128 positions of the whole sequence, a rank holding half of them), the embedding and head at the

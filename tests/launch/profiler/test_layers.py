@@ -14,7 +14,7 @@ import torch
 from costmodels.flops import parameter_counts
 from costmodels.memory import ActivationVariant, layer_activation_bytes
 from launch.profiler.cases import GridPoint, make_case, saved_activation_bytes
-from launch.profiler.layers import ProfileSettings, interleaves, num_steps, profile_model
+from launch.profiler.layers import ProfileSettings, grid, interleaves, num_steps, profile_model
 from planner.cli.main import run
 from profiles.loader import load_model, read_profile
 from profiles.profile_schema import ProfileFile, model_shape_hash
@@ -236,11 +236,31 @@ def test_a_ring_is_timed_and_sized_on_a_rank_of_real_ring(tmp_path):
     profile = profile_model(load_model("tiny-llama"), settings)
     assert profile.timer == "wall"
     assert [(e.kind, e.cp, e.seq_len) for e in profile.layers] == [
-        ("embedding", 1, 128), ("transformer", 1, 128), ("head", 1, 128), ("transformer", 2, 128), ("embedding", 1, 64), ("head", 1, 64)]
+        ("embedding", 1, 128), ("transformer", 1, 128), ("head", 1, 128), ("transformer", 2, 128),
+        ("embedding", 1, 64), ("transformer", 1, 64), ("head", 1, 64)]
     whole, ring = profile.layers[1], profile.layers[3]
     assert ring.seq_len == whole.seq_len == 128 and not ring.tp_comm_included
     assert ring.forward_s > 0 and ring.backward_s > 0 and ring.parameter_bytes == whole.parameter_bytes
     assert whole.activation_bytes / 2 < ring.activation_bytes < whole.activation_bytes
+
+
+def test_a_ring_adds_every_piece_alone_at_the_ranks_positions_for_every_tp_once():
+    """``--cp 1,2`` with tp 1, 2 over seq 64 and 128: the rings (tp 1, each recompute) and, at each tp, the
+    rank's seq / 2 positions alone (5 pieces: embedding, the layer with each recompute, experts, head); seq 64
+    was measured already, so each point is in the grid once: 2 tp x 2 seq x 5 + 2 seq x 2 rings + 2 tp x 5 at
+    seq 32."""
+    settings = ProfileSettings(tps=(1, 2), mbss=(1,), recomputes=("none", "full"), cps=(1, 2), seq_lens=(64, 128), **FAST)
+    points = grid(load_model("tiny-moe"), settings)
+    assert len(points) == len(set(points)) == 20 + 4 + 10
+    assert {(p.tp, p.seq_len, p.recompute) for p in points if p.cp == 2} == {
+        (1, seq, rc) for seq in (64, 128) for rc in ("none", "full")}
+    assert {(p.kind, p.tp, p.recompute) for p in points if p.seq_len == 64 and p.cp == 1} == {
+        (kind, tp, rc) for tp in (1, 2) for kind, rc in [("embedding", "none"), ("moe_transformer", "none"),
+                                                          ("moe_transformer", "full"), ("experts", "none"), ("head", "none")]}
+    # without seq 64 in the grid, the ring still brings the rank's positions alone at every tp
+    only = grid(load_model("tiny-moe"), ProfileSettings(tps=(1, 2), mbss=(1,), recomputes=("none",), cps=(1, 2), **FAST))
+    assert {(p.kind, p.tp) for p in only if p.seq_len == 64} == {
+        (kind, tp) for tp in (1, 2) for kind in ("embedding", "moe_transformer", "experts", "head")}
 
 
 def test_a_ring_that_does_not_split_the_sequence_exits_2(tmp_path, capsys):
