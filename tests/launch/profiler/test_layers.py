@@ -6,6 +6,7 @@ for structure (B = 0 for the embedding, recompute adds to B), never for speed.
 """
 
 import json
+import tempfile
 import time
 
 import pytest
@@ -49,6 +50,29 @@ def test_progress_is_called_once_per_counted_step(small_profile):
     assert runtime is not None and 0.0 <= runtime.pipeline_action_overhead_s < 0.05  # well under a layer's F+B
     assert 0.0 <= runtime.fsdp_overhead_per_layer_step_s < 0.5
     assert not interleaves(load_model("gpt3-1.7b"), ProfileSettings())  # too big to hold every case at once
+
+
+def test_the_fsdp_overhead_is_timed_over_whole_training_steps_with_the_optimizer():
+    """FSDP2's parameters are DTensors and AdamW's foreach kernels dispatch through DTensor for each:
+    the measured step is what ``train.py`` runs, schedule then AdamW then ``zero_grad``, so one call
+    moves every weight and leaves no gradient."""
+    import torch.distributed as dist
+
+    from launch.profiler.runtime import _inputs, _training_step
+    from launch.runtime.model import build_stage_module
+
+    model = load_model("tiny-gpt")
+    module = build_stage_module(model, 0, 1, False, False, 0)
+    before = [p.detach().clone() for p in module.parameters()]
+    inputs, targets = _inputs(model, 2, 128)
+    with tempfile.TemporaryDirectory() as tmp:
+        dist.init_process_group("gloo", store=dist.FileStore(f"{tmp}/store", 1), rank=0, world_size=1)
+        try:
+            _training_step(module, 2, inputs, targets)()
+        finally:
+            dist.destroy_process_group()
+    assert all(not torch.equal(b, p) for b, p in zip(before, module.parameters()))
+    assert all(p.grad is None for p in module.parameters())
 
 
 def test_speed_probe_is_tiny_gpts_layer_timed_with_the_profile(small_profile):
