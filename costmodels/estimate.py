@@ -57,7 +57,9 @@ from costmodels.rank_grid import RankCoord, RankGrid
 from costmodels.runtime_costs import (
     NO_RUNTIME_COSTS,
     RuntimeCosts,
+    compute_factor,
     fsdp_host_s,
+    host_overhead_per_action_s,
     optimizer_temp_bytes,
     recompute_working_bytes,
     runtime_costs_of,
@@ -194,11 +196,12 @@ def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: Pa
     return tuple(times)
 
 
-def action_overhead_s(cluster: ClusterSpec, overlap: StackOverlap, costs: RuntimeCosts = NO_RUNTIME_COSTS) -> float:
+def action_overhead_s(cluster: ClusterSpec, overlap: StackOverlap, costs: RuntimeCosts = NO_RUNTIME_COSTS, pp: int = 1) -> float:
     """Fixed seconds per pipeline action: the GPU family's (fitted) plus the stack's host cost, or
-    the host cost ``ppplan profile`` measured for this machine (``costmodels.runtime_costs``)."""
-    host = overlap.host_overhead_per_action_s if costs.host_overhead_per_action_s is None else costs.host_overhead_per_action_s
-    return cluster.efficiency.action_overhead_s + host
+    the host cost ``ppplan profile`` measured for this machine, in a real pipeline where ``pp`` > 1
+    (``costmodels.runtime_costs``)."""
+    measured = host_overhead_per_action_s(costs, pp)
+    return cluster.efficiency.action_overhead_s + (overlap.host_overhead_per_action_s if measured is None else measured)
 
 
 def _microbatch_dp_traffic(
@@ -242,12 +245,15 @@ def _stage_costs(
     autograd call: the measured excess of the split pair over it (``split_backward_extra_s``) is
     taken off."""
     overlap = stack.overlap
-    overhead = action_overhead_s(cluster, overlap, runtime)
+    overhead = action_overhead_s(cluster, overlap, runtime, cfg.pp)
+    factor = compute_factor(runtime, cfg.pp)
     split = schedule_spec(cfg.schedule).split_backward
     costs, hidden = [], []
     for j, st in enumerate(plans):
         t = st.times
-        f, b, w = t.forward_s, t.backward_input_s, t.backward_weight_s
+        f, b, w = factor * t.forward_s, factor * t.backward_input_s, factor * t.backward_weight_s
+        slower = (factor - 1.0) * (t.forward_s + t.backward_input_s + t.backward_weight_s
+                                   - (0.0 if split else min(t.backward_weight_s, t.split_backward_extra_s)))
         dp_in_actions, hides = 0.0, {}
         comm_f, comm_b = _microbatch_dp_traffic(cfg, cluster, train, st, stack, network)
         if comm_f or comm_b:
@@ -263,12 +269,12 @@ def _stage_costs(
         else:
             hides["pp_comm_s"] = send_f + send_b
         if not split:  # B and W run as one autograd call, which the profile timed as such
-            w = max(0.0, w - t.split_backward_extra_s)
+            w = max(0.0, w - factor * t.split_backward_extra_s)
         actions = 3 if split else 2
         f, b, w = f + overhead, b + overhead, w + (overhead if split else 0.0)
         costs.append(PassTimes(
             f, b, w, tp_comm_s=t.tp_comm_s, recompute_s=t.recompute_s, dp_comm_s=t.dp_comm_s + dp_in_actions,
-            pp_comm_s=t.pp_comm_s + pp_in_actions, overhead_s=t.overhead_s + actions * overhead,
+            pp_comm_s=t.pp_comm_s + pp_in_actions, overhead_s=t.overhead_s + actions * overhead + slower,
             overlapped_tp_comm_s=t.overlapped_tp_comm_s, cp_comm_s=t.cp_comm_s, ep_comm_s=t.ep_comm_s,
             overlapped_cp_comm_s=t.overlapped_cp_comm_s,
         ))

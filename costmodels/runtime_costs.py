@@ -13,6 +13,12 @@
   a-priori ``host_overhead_per_action_s`` in ``estimate.action_overhead_s``. Only where the
   host runs the compute (CPU ranks): on a GPU the host issues the next kernels while the
   device runs, and the overhead hides.
+- What a real pipeline adds (pp > 1, CPU ranks), measured by ``ppplan profile`` on two ranks
+  (``launch/profiler/pipelined.py``): the actions run slower than the same calls made alone
+  (``pipelined_compute_factor``: waits between actions leave cold caches, gloo's threads and the
+  peer compete), and the schedule spends host time between actions posting p2p and keeping its
+  books (``host_overhead_per_pipelined_action_s``, replacing the one-rank figure where there is a
+  pipeline). A profile taken before they were measured keeps the one-rank figure and factor 1.
 - Full recomputation's working set: the backward of a fully recomputed layer re-runs its
   forward and holds that layer's whole activation set (what "none" would keep) until its
   backward ends; on CPU the heap keeps those pages, so the set adds to the rank's peak.
@@ -51,6 +57,8 @@ class RuntimeCosts:
     the cluster file's tier link."""
 
     host_overhead_per_action_s: float | None = None  # None: not measured (the stack's figure applies)
+    host_overhead_per_pipelined_action_s: float | None = None  # pp > 1; None: host_overhead_per_action_s applies
+    pipelined_compute_factor: float = 1.0  # pp > 1: the actions' time in a pipeline over the same calls alone
     fsdp_overhead_per_unit_step_s: float = 0.0
     p2p_link: Link | None = None
     all_reduce_link: Link | None = None
@@ -75,6 +83,8 @@ def measured_runtime_costs(comm: CommProfile | None, runtime: RuntimeMeasurement
     """The runtime costs a comm profile and a layer profile's runtime block measured."""
     return RuntimeCosts(
         host_overhead_per_action_s=runtime.pipeline_action_overhead_s if runtime else None,
+        host_overhead_per_pipelined_action_s=runtime.pipelined_action_overhead_s if runtime else None,
+        pipelined_compute_factor=(runtime.pipelined_compute_factor or 1.0) if runtime else 1.0,
         fsdp_overhead_per_unit_step_s=runtime.fsdp_overhead_per_layer_step_s if runtime else 0.0,
         p2p_link=_fit_link(comm, "p2p"),
         all_reduce_link=_fit_link(comm, "all_reduce"),
@@ -89,7 +99,8 @@ def runtime_costs_of(layers: object, cluster: ClusterSpec) -> RuntimeCosts:
     times carry; host overhead only on CPU ranks (module docstring)."""
     costs = getattr(layers, "runtime", None) or NO_RUNTIME_COSTS
     if not runs_on_cpu(cluster):
-        costs = replace(costs, host_overhead_per_action_s=None, fsdp_overhead_per_unit_step_s=0.0)
+        costs = replace(costs, host_overhead_per_action_s=None, host_overhead_per_pipelined_action_s=None,
+                        pipelined_compute_factor=1.0, fsdp_overhead_per_unit_step_s=0.0)
     return costs
 
 
@@ -109,6 +120,20 @@ def optimizer_temp_bytes(cluster: ClusterSpec, optimizer_params: float) -> float
 def recompute_working_bytes(cluster: ClusterSpec, layer_bytes_none: float, layer_bytes_full: float) -> float:
     """Resident bytes of one fully recomputed layer's re-run forward on CPU ranks (module docstring)."""
     return max(0.0, layer_bytes_none - layer_bytes_full) if runs_on_cpu(cluster) else 0.0
+
+
+def host_overhead_per_action_s(costs: RuntimeCosts, pp: int) -> float | None:
+    """The measured host seconds per action: the two-rank pipeline's where there is a pipeline and it
+    was measured, else the one-rank figure; None where neither was measured."""
+    if pp > 1 and costs.host_overhead_per_pipelined_action_s is not None:
+        return costs.host_overhead_per_pipelined_action_s
+    return costs.host_overhead_per_action_s
+
+
+def compute_factor(costs: RuntimeCosts, pp: int) -> float:
+    """How much slower the layers' F, B and W run than measured alone: the two-rank pipeline's factor
+    where there is a pipeline, else 1."""
+    return costs.pipelined_compute_factor if pp > 1 else 1.0
 
 
 def fsdp_host_s(costs: RuntimeCosts, dp: int, layers_on_rank: int, stages_on_rank: int) -> float:

@@ -134,6 +134,17 @@ class RuntimeMeasurement(StrictModel):
         description="host time torch.distributed.pipelining adds to one F or B action (median)"
     )
     pipeline_action_overhead_iqr_s: NonNegativeFloat = 0.0
+    pipelined_action_overhead_s: NonNegativeFloat | None = Field(
+        default=None, description="host time per action a two-rank pipeline spends between its actions (p2p posting, "
+        "bookkeeping), median (launch/profiler/pipelined.py); None in profiles taken before it was measured",
+    )
+    pipelined_action_overhead_iqr_s: NonNegativeFloat = 0.0
+    pipelined_compute_factor: float | None = Field(
+        default=None, ge=1.0, allow_inf_nan=False, le=100.0,
+        description="time of the actions in a two-rank pipeline over the same calls made directly, one rank at a time "
+        "(median, launch/profiler/pipelined.py); None in profiles taken before it was measured",
+    )
+    pipelined_compute_factor_iqr: NonNegativeFloat = 0.0
     fsdp_overhead_per_layer_step_s: NonNegativeFloat = Field(
         default=0.0, description="host time FSDP2 adds per wrapped layer and optimizer step (copies, hooks), median"
     )

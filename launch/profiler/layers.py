@@ -310,7 +310,7 @@ def profile_model(
         _time_groups(model, settings, points, results, progress, retried)
     runtime = None
     if settings.device == "cpu":  # on a GPU the host runs ahead of the kernels: nothing to add (costmodels.runtime_costs)
-        say("runtime: pipeline action and FSDP overheads")
+        say("runtime: pipeline action (one rank, two-rank pipeline) and FSDP overheads")
         mbs, seq = min(settings.mbss), points[0].seq_len
         measured = timeshare_efficiency(duration_s=settings.timeshare_s) if settings.timeshare_s > 0 else []
         sharing = [TimeSharePoint(processes_per_core=k, efficiency=e) for k, e in measured]

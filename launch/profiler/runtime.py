@@ -8,7 +8,9 @@ runtime's own pieces (``launch.runtime.model``, ``launch.runtime.fsdp``); median
   one-layer stage, called directly and through torch.distributed.pipelining's
   ``Schedule1F1B`` over a ``PipelineStage`` (what ``ppplan launch`` runs,
   ``launch/runtime/pp.py``); the difference over the 2·M actions. With one rank there is
-  no p2p: transfers are priced by the p2p link (``ppplan profile-comm``).
+  no p2p: transfers are priced by the p2p link (``ppplan profile-comm``). What a real pipeline
+  of two ranks adds on top (slower actions, host time between them) is measured by
+  ``launch/profiler/pipelined.py``.
 - FSDP host overhead per layer and step: a training step (the same schedule, then the AdamW
   step) of a ``FSDP_LAYERS``-layer stage wrapped as the runtime wraps it for ZeRO-0
   (``apply_data_parallel``: each layer, then the stage, on a one-rank (replicate, shard) mesh),
@@ -25,6 +27,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from launch.profiler.pipelined import pipelined_costs
 from profiles.profile_schema import RuntimeMeasurement
 from profiles.schema import ModelSpec
 
@@ -49,6 +52,7 @@ def runtime_overheads(
     """See the module docstring; must run in a process with no process group yet."""
     import torch.distributed as dist
 
+    pipelined = pipelined_costs(model, mbs, seq_len, warmup, repeats)  # spawns its two ranks: before our group
     with tempfile.TemporaryDirectory(prefix="ppplan-profile-") as tmp:
         dist.init_process_group("gloo", store=dist.FileStore(str(Path(tmp) / "store"), 1), rank=0, world_size=1)
         try:
@@ -59,6 +63,8 @@ def runtime_overheads(
     return RuntimeMeasurement(
         pipeline_action_overhead_s=action[0], pipeline_action_overhead_iqr_s=action[1],
         fsdp_overhead_per_layer_step_s=fsdp[0], fsdp_overhead_per_layer_step_iqr_s=fsdp[1],
+        pipelined_action_overhead_s=pipelined.host_per_action_s, pipelined_action_overhead_iqr_s=pipelined.host_per_action_iqr_s,
+        pipelined_compute_factor=pipelined.compute_factor, pipelined_compute_factor_iqr=pipelined.compute_factor_iqr,
     )  # fmt: skip
 
 

@@ -12,9 +12,11 @@ from costmodels.runtime_costs import (
     OPTIMIZER_TEMP_BYTES_PER_PARAM,
     RuntimeCosts,
     fsdp_host_s,
+    measured_runtime_costs,
     optimizer_temp_bytes,
     runtime_costs_of,
 )
+from profiles.profile_schema import RuntimeMeasurement
 from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec
 from tests.costmodels.neutral_stack import neutral_stack
 from tests.costmodels.unit_layers import UnitLayers
@@ -85,3 +87,27 @@ def test_cpu_memory_terms() -> None:
     full = ParallelConfig(**{**config(pp=1).model_dump(), "recompute": "full"})
     assert estimate(MODEL, cluster("cpu"), TRAIN, full, UnitLayers(), stack=STACK).memory_breakdown_gib[0]["recompute_working"] > 0
     assert "recompute_working" not in estimate(MODEL, cluster("H100"), TRAIN, full, UnitLayers(), stack=STACK).memory_breakdown_gib[0]
+
+
+def test_a_pipeline_pays_the_two_rank_measurement_and_one_stage_the_one_rank_one() -> None:
+    """Measured on two ranks (``launch/profiler/pipelined.py``): actions 1.5x slower than alone and
+    0.3 s of host time each; on one rank 0.1 s per action and nothing slower.
+    1F1B pp=2, M=4, 4 layers a stage: F = 1.5 x 4 + 0.3 = 6.3 s, B(+W) = 1.5 x 8 + 0.3 = 12.3 s ->
+    (M + P - 1)(F + B) = 5 x 18.6 = 93 s (60 s unmeasured, 61 s with the one-rank figure alone).
+    pp=1, M=4, 8 layers: 4 x (8 + 16 + 2 x 0.1) = 96.8 s: no pipeline, no factor."""
+    costs = RuntimeCosts(host_overhead_per_action_s=0.1, host_overhead_per_pipelined_action_s=0.3, pipelined_compute_factor=1.5)
+    est = estimate(MODEL, cluster("cpu"), TRAIN, config(pp=2), UnitLayers(costs), stack=STACK)
+    assert est.step_time_s == pytest.approx(93.0)
+    # the critical rank's own four (F, B) pairs: 2 x 0.3 s of host time and 0.5 x 12 s of slower compute each
+    assert est.breakdown.overhead_s == pytest.approx(4 * (2 * 0.3 + 0.5 * 12.0))
+    assert estimate(MODEL, cluster("cpu"), TRAIN, config(pp=1), UnitLayers(costs), stack=STACK).step_time_s == pytest.approx(96.8)
+    assert estimate(MODEL, cluster("H100"), TRAIN, config(pp=2), UnitLayers(costs), stack=STACK).step_time_s == pytest.approx(60.0)
+
+
+def test_a_profile_taken_before_the_two_rank_measurement_keeps_the_one_rank_figure() -> None:
+    old = measured_runtime_costs(None, RuntimeMeasurement(pipeline_action_overhead_s=0.1))
+    assert old.host_overhead_per_pipelined_action_s is None and old.pipelined_compute_factor == 1.0
+    assert estimate(MODEL, cluster("cpu"), TRAIN, config(pp=2), UnitLayers(old), stack=STACK).step_time_s == pytest.approx(61.0)
+    new = measured_runtime_costs(None, RuntimeMeasurement(pipeline_action_overhead_s=0.1, pipelined_action_overhead_s=0.3,
+                                                          pipelined_compute_factor=1.5))  # fmt: skip
+    assert (new.host_overhead_per_pipelined_action_s, new.pipelined_compute_factor) == (0.3, 1.5)
