@@ -74,7 +74,15 @@ class Interpolated:
 def interpolate_loglog(points: Iterable[tuple[float, float]], x: float, axis: str) -> Interpolated:
     """``y(x)`` from measured ``(x_i, y_i)``: exact, log-log between the bracketing pair
     (linear when a bracketing ``y`` is 0), or extrapolated from the nearest two points
-    with the slope clamped to ``AXIS_SLOPES[axis]``."""
+    with the slope clamped to ``AXIS_SLOPES[axis]``.
+
+    Above the largest measured micro-batch or sequence the slope is at least the ideal one (1):
+    a sublinear measured slope says fixed costs were still being amortized there, and carrying it
+    further assumes a time per sample that keeps falling, which nothing measured. The search then
+    picks plans whose micro-batch nobody timed because their price is the most optimistic:
+    tiny-moe's MoE layer measured 68.1 and 111.4 ms (F+B) at mbs 4 and 8 (slope 0.71) and was
+    extrapolated to 182 ms at mbs 16; timed there it took 267 ms (124.4 at mbs 8 on the same run:
+    slope 1.10), and the picks at mbs 16 ran 46 % slower than priced (``bench/e2e_cpu.py``, 2026-12-03)."""
     pts = sorted(dict(points).items())
     if not pts:
         raise ValueError("no points to interpolate")
@@ -90,6 +98,8 @@ def interpolate_loglog(points: Iterable[tuple[float, float]], x: float, axis: st
         t = math.log(x / x0) / math.log(x1 / x0)
         return Interpolated(math.exp(math.log(y0) + t * math.log(y1 / y0)), False)
     ideal, low, high = AXIS_SLOPES[axis]
+    if not above and ideal > 0:
+        low = max(low, ideal)  # beyond the largest measured mbs / sequence: no cheaper per sample or token
     near = above[:2] if above else below[-2:][::-1]
     x0, y0 = near[0]
     slope = ideal

@@ -99,6 +99,12 @@ def test_extrapolation_uses_the_nearest_slope_clamped_per_axis():
     assert up.extrapolated and up.value == pytest.approx(8.0)
     # a superlinear measured slope (2) is clamped to linear in mbs
     assert interpolate_loglog([(1, 1.0), (2, 4.0)], 4, "mbs").value == pytest.approx(8.0)
+    # above the measured range a sublinear slope (log2(1.5)) is raised to linear: 3 x 4 = 12, not 3 x 1.5^2;
+    # below it the measured slope stands: 2 / 2^0.585 at mbs 1 from mbs 2, 4
+    assert interpolate_loglog([(2, 2.0), (4, 3.0)], 16, "mbs").value == pytest.approx(12.0)
+    assert interpolate_loglog([(2, 2.0), (4, 3.0)], 1, "mbs").value == pytest.approx(2.0 / 1.5)
+    # the same for the sequence: attention only adds to the linear parts
+    assert interpolate_loglog([(64, 2.0), (128, 3.0)], 512, "seq_len").value == pytest.approx(12.0)
     # tp: slope log(6/10)/log 2 from the two nearest points
     slope = math.log(0.6) / math.log(2)
     assert interpolate_loglog([(1, 10.0), (2, 6.0)], 4, "tp").value == pytest.approx(6.0 * 2**slope)
