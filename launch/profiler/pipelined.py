@@ -36,11 +36,11 @@ plans with a pipeline (pp > 1).
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from launch.profiler.runtime import _median_iqr, _mse
 from profiles.schema import ModelSpec
 
 PIPELINE_RANKS = 2
@@ -73,15 +73,6 @@ class PipelinedCosts:
     compute_factor_iqr: float
     host_per_action_s: float
     host_per_action_iqr_s: float
-
-
-def _mse(out, target):
-    return ((out - target) ** 2).mean()
-
-
-def _median_iqr(values: list[float]) -> tuple[float, float]:
-    quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-    return statistics.median(values), quartiles[2] - quartiles[0]
 
 
 def summarize(rounds: list[PipelinedRound]) -> PipelinedCosts:

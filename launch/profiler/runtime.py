@@ -27,7 +27,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from launch.profiler.pipelined import pipelined_costs
 from profiles.profile_schema import RuntimeMeasurement
 from profiles.schema import ModelSpec
 
@@ -51,6 +50,8 @@ def runtime_overheads(
 ) -> RuntimeMeasurement:
     """See the module docstring; must run in a process with no process group yet."""
     import torch.distributed as dist
+
+    from launch.profiler.pipelined import pipelined_costs  # it reuses this module's helpers
 
     pipelined = pipelined_costs(model, mbs, seq_len, warmup, repeats)  # spawns its two ranks: before our group
     with tempfile.TemporaryDirectory(prefix="ppplan-profile-") as tmp:
