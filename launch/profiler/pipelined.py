@@ -36,11 +36,11 @@ plans with a pipeline (pp > 1).
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from launch.profiler.runtime import _median_iqr, _mse
 from profiles.schema import ModelSpec
 
 PIPELINE_RANKS = 2
@@ -75,6 +75,17 @@ class PipelinedCosts:
     host_per_action_iqr_s: float
 
 
+def mse(out, target):
+    """The loss the profiler's stages end in (hidden states against random targets)."""
+    return ((out - target) ** 2).mean()
+
+
+def median_iqr(values: list[float]) -> tuple[float, float]:
+    """Median (at least 0) and inter-quartile range of ``values``."""
+    quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return max(0.0, statistics.median(values)), max(0.0, quartiles[2] - quartiles[0])
+
+
 def summarize(rounds: list[PipelinedRound]) -> PipelinedCosts:
     """Medians (and IQRs) over every rank's rounds; the factor is at least 1, the host time at least 0.
     Every round must have timed each action the schedule runs (F and the whole B of every
@@ -86,8 +97,8 @@ def summarize(rounds: list[PipelinedRound]) -> PipelinedCosts:
         raise RuntimeError(f"the two-rank pipeline timed {wrong or 'no'} actions per step where its schedule runs {expected}: "
                            "torch.distributed.pipelining no longer runs them through the stages' forward_one_chunk / "
                            "backward_one_chunk (launch/profiler/pipelined.py)")
-    factor, factor_iqr = _median_iqr([r.compute_factor for r in rounds])
-    host, host_iqr = _median_iqr([r.host_per_action_s for r in rounds])
+    factor, factor_iqr = median_iqr([r.compute_factor for r in rounds])
+    host, host_iqr = median_iqr([r.host_per_action_s for r in rounds])
     return PipelinedCosts(max(1.0, factor), factor_iqr, max(0.0, host), host_iqr)
 
 
@@ -130,7 +141,7 @@ def _worker(rank: int, port: int, model: ModelSpec, mbs: int, seq_len: int, warm
         layouts = local_stages(cfg, rank)
         modules = {lay.stage: build_stage_module(model, lay.stage, 1, False, False, 0) for lay in layouts}
         stages = build_stages(modules, layouts, cfg.num_stages, torch.device("cpu"), dist.group.WORLD)
-        schedule = build_schedule(cfg, stages, _mse)
+        schedule = build_schedule(cfg, stages, mse)
         in_actions: list[float] = []
         for stage in stages:  # the schedule calls them on each stage object: time them there
             stage.forward_one_chunk = _timed(in_actions, stage.forward_one_chunk)
@@ -149,7 +160,7 @@ def _worker(rank: int, port: int, model: ModelSpec, mbs: int, seq_len: int, warm
                 for x, t in zip(inputs.chunk(MICROBATCHES), targets.chunk(MICROBATCHES)):
                     out = module(x if index == 0 else x.detach().requires_grad_())
                     if index == cfg.num_stages - 1:
-                        (_mse(out, t) / MICROBATCHES).backward()
+                        (mse(out, t) / MICROBATCHES).backward()
                     else:
                         out.backward(t)
             return clock() - start

@@ -22,11 +22,13 @@ runtime's own pieces (``launch.runtime.model``, ``launch.runtime.fsdp``); median
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from launch.profiler.pipelined import median_iqr as _median_iqr
+from launch.profiler.pipelined import mse as _mse
+from launch.profiler.pipelined import pipelined_costs
 from profiles.profile_schema import RuntimeMeasurement
 from profiles.schema import ModelSpec
 
@@ -35,14 +37,6 @@ FSDP_LAYERS = 2
 FSDP_MICROBATCHES = 4
 
 
-def _mse(out, target):
-    return ((out - target) ** 2).mean()
-
-
-
-def _median_iqr(values: list[float]) -> tuple[float, float]:
-    quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-    return max(0.0, statistics.median(values)), max(0.0, quartiles[2] - quartiles[0])
 
 
 def runtime_overheads(
@@ -50,8 +44,6 @@ def runtime_overheads(
 ) -> RuntimeMeasurement:
     """See the module docstring; must run in a process with no process group yet."""
     import torch.distributed as dist
-
-    from launch.profiler.pipelined import pipelined_costs  # it reuses this module's helpers
 
     pipelined = pipelined_costs(model, mbs, seq_len, warmup, repeats)  # spawns its two ranks: before our group
     with tempfile.TemporaryDirectory(prefix="ppplan-profile-") as tmp:
