@@ -34,10 +34,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from planner.trust.calibration import PRIOR_WEIGHT, MeasuredRun, estimate_with, levenberg_marquardt
+from planner.trust.processes import Mapper
 from profiles.schema import FAMILY_CONSTANTS
 
 FAMILY_TERMS: tuple[str, ...] = FAMILY_CONSTANTS
@@ -165,10 +167,14 @@ def fit_linearised(
     measured = np.log([r.step_time_s for r in runs])
     u_prior = box.unit(prior)
     weight = math.sqrt(prior_weight)
+    # every run's Linearisation.at at once
+    base = np.array([lines[r.run].step_time_s for r in runs])
+    x0 = np.array([lines[r.run].x0 for r in runs])
+    slope = np.array([lines[r.run].slope for r in runs])
 
     def residuals(u: np.ndarray) -> np.ndarray:
         x = coordinates(box.terms(u))
-        predicted = np.log([lines[r.run].at(x) for r in runs])
+        predicted = np.log(np.maximum(base + np.einsum("ij,ij->i", slope, x - x0), SMALLEST_STEP_FRACTION * base))
         return np.concatenate([predicted - measured, weight * (u - u_prior)])
 
     u, _ = levenberg_marquardt(residuals, u_prior, LM_ITERATIONS)
@@ -180,19 +186,30 @@ def _log_cost(runs: list[MeasuredRun], step_times_s: dict[str, float]) -> float:
     return float(sum(math.log(step_times_s[r.run] / r.step_time_s) ** 2 for r in runs))
 
 
+def _step_time_s(terms: dict[str, float], run: MeasuredRun) -> float:
+    return estimate_with(run, terms).step_time_s
+
+
+def _relinearise(terms: dict[str, float], run_and_step: tuple[MeasuredRun, float]) -> Linearisation:
+    run, step_time_s = run_and_step
+    return linearise(run, terms, step_time_s)
+
+
 def gauss_newton(
     runs: list[MeasuredRun], prior: dict[str, float], box: _Box, lines: dict[str, Linearisation] | None = None,
-    prior_weight: float = PRIOR_WEIGHT,
+    prior_weight: float = PRIOR_WEIGHT, mapper: Mapper = map,
 ) -> tuple[dict[str, float], dict[str, Linearisation], int]:
     """Fit on linearisations, then check the step on the exact estimates: accepted when it lowers
     the exact objective, else halved (``BACKTRACKS`` times at most; the estimate is piecewise
     linear, so a step across a kink can overshoot). Re-linearise at the accepted constants and
     repeat until a step moves less than ``CONVERGED_UNIT_STEP``. ``lines`` (linearised elsewhere,
     e.g. the in-sample fit for a held-out one) saves the first round. Returns (constants, the
-    last linearisations, exact linearisation rounds)."""
+    last linearisations, exact linearisation rounds). ``mapper`` prices the runs (each
+    independently: in any order, in other processes)."""
+    names = [r.run for r in runs]
     rounds = 0
     if lines is None:
-        lines, rounds = {r.run: linearise(r, prior) for r in runs}, 1
+        lines, rounds = dict(zip(names, mapper(partial(linearise, terms=prior), runs))), 1
     center = constants(next(iter(lines.values())).x0)
     cost = _log_cost(runs, {r.run: lines[r.run].step_time_s for r in runs})
     while True:
@@ -200,7 +217,7 @@ def gauss_newton(
         start = box.unit(center)
         for _ in range(BACKTRACKS + 1):
             candidate = box.terms(target)
-            exact = {r.run: estimate_with(r, candidate).step_time_s for r in runs}
+            exact = dict(zip(names, mapper(partial(_step_time_s, candidate), runs)))
             if _log_cost(runs, exact) <= cost:
                 break
             target = (start + target) / 2.0
@@ -210,7 +227,7 @@ def gauss_newton(
         center, cost = candidate, _log_cost(runs, exact)
         if moved < CONVERGED_UNIT_STEP or rounds >= MAX_ROUNDS:
             return center, lines, rounds
-        lines = {r.run: linearise(r, center, exact[r.run]) for r in runs}
+        lines = dict(zip(names, mapper(partial(_relinearise, center), [(r, exact[r.run]) for r in runs])))
         rounds += 1
 
 
@@ -233,7 +250,9 @@ def at_bounds(terms: dict[str, float]) -> list[str]:
     return [n for n in FAMILY_TERMS if min(abs(terms[n] - b) for b in FAMILY_BOUNDS[n]) < 1e-6 * max(1.0, FAMILY_BOUNDS[n][1])]
 
 
-def fit_family(family: str, runs: list[MeasuredRun], prior: dict[str, float], prior_weight: float = PRIOR_WEIGHT) -> FamilyFit:
+def fit_family(
+    family: str, runs: list[MeasuredRun], prior: dict[str, float], prior_weight: float = PRIOR_WEIGHT, mapper: Mapper = map
+) -> FamilyFit:
     """Fit the family's constants to ``runs`` (grouped by ``MeasuredRun.group``, the source) in
     sample and leave-one-source-out (module docstring). With fewer than ``MIN_SOURCES`` sources
     nothing could check the fit, so the family keeps its a-priori constants.
@@ -245,10 +264,10 @@ def fit_family(family: str, runs: list[MeasuredRun], prior: dict[str, float], pr
     if len(sources) < MIN_SOURCES:
         return FamilyFit(family, dict(prior), dict(prior), {s: None for s in sources}, 0, tuple(r.run for r in runs))
     box = _Box.physical()
-    terms, lines, rounds = gauss_newton(runs, prior, box, prior_weight=prior_weight)
+    terms, lines, rounds = gauss_newton(runs, prior, box, prior_weight=prior_weight, mapper=mapper)
     heldout: dict[str, dict[str, float] | None] = {}
     for source in sources:
         train = [r for r in runs if r.group != source]
-        heldout[source], _, extra = gauss_newton(train, prior, box, {r.run: lines[r.run] for r in train}, prior_weight)
+        heldout[source], _, extra = gauss_newton(train, prior, box, {r.run: lines[r.run] for r in train}, prior_weight, mapper)
         rounds += extra
     return FamilyFit(family, dict(prior), terms, heldout, rounds, tuple(r.run for r in runs))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from pydantic import Field, PositiveInt
 
 from planner.search.branch_and_bound import search
 from planner.search.space import DEFAULT_SCHEDULES
+from planner.trust.processes import process_map, usable_cores
 from profiles.errors import PlanError
 from profiles.files import write_atomic
 from profiles.loader import DEFAULT_STACK, REGRESSION_DIR, load_cluster, load_model, load_stack, read_document, validate_as
@@ -180,4 +182,7 @@ def regress_file(path: Path, update: bool) -> CaseResult:
 
 
 def regress(suite: Path = DEFAULT_SUITE, update: bool = False, pattern: str | None = None) -> list[CaseResult]:
-    return [regress_file(path, update) for path in case_files(suite, pattern)]
+    """Every case of ``suite`` (matching ``pattern``), one search per usable core."""
+    files = case_files(suite, pattern)
+    with process_map(min(usable_cores(), len(files))) as mapper:
+        return list(mapper(partial(regress_file, update=update), files))

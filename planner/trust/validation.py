@@ -26,6 +26,7 @@ from pathlib import Path
 from planner.trust.accuracy import error_pct, grouped, mape_pct, spearman_rho
 from planner.trust.calibration import MeasuredRun, estimate_with
 from planner.trust.family_fit import FAMILY_TERMS, FamilyFit, at_bounds, fit_family
+from planner.trust.processes import process_map, usable_cores
 from planner.trust.published_runs import DEFAULT_RUNS_CSV, PublishedRow, SkippedRow, read_published_runs
 from profiles.gpu_families import GENERIC_FAMILY, GpuFamily
 from profiles.loader import load_gpu_families
@@ -261,9 +262,10 @@ def _prior(row: PublishedRow) -> dict[str, float]:
     return {n: float(constants[n]) for n in FAMILY_TERMS}
 
 
-def validate(path: Path = DEFAULT_RUNS_CSV, fit: bool = True) -> ValidationReport:
+def validate(path: Path = DEFAULT_RUNS_CSV, fit: bool = True, workers: int | None = None) -> ValidationReport:
     """Price every row; fit each GPU family's constants in sample and leave-one-source-out
-    (``fit=False``: every prediction is the a-priori one)."""
+    (``fit=False``: every prediction is the a-priori one) on ``workers`` processes (default: every
+    usable core; the result does not depend on it)."""
     parsed = read_published_runs(path)
     rows = [p for p in parsed if isinstance(p, PublishedRow)]
     skipped = [p for p in parsed if isinstance(p, SkippedRow)]
@@ -271,8 +273,9 @@ def validate(path: Path = DEFAULT_RUNS_CSV, fit: bool = True) -> ValidationRepor
     runs = {row.id: _as_run(row, equivalent_step_time_s(row, apriori[row.id])) for row in rows if not row.oom}
     fits: dict[str, FamilyFit] = {}
     if fit:
-        for family, members in grouped([r for r in rows if not r.oom and r.category == FIT_CATEGORY], family_of).items():
-            fits[family] = fit_family(family, [runs[r.id] for r in members], _prior(members[0]))
+        with process_map(usable_cores() if workers is None else workers) as mapper:
+            for family, members in grouped([r for r in rows if not r.oom and r.category == FIT_CATEGORY], family_of).items():
+                fits[family] = fit_family(family, [runs[r.id] for r in members], _prior(members[0]), mapper=mapper)
     return ValidationReport([_result(row, apriori[row.id], runs.get(row.id), fits.get(family_of(row))) for row in rows],
                             skipped, fits)
 

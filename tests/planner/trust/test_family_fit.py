@@ -9,6 +9,7 @@ import pytest
 from costmodels.layout import uniform_split
 from planner.trust.calibration import MeasuredRun, estimate_with
 from planner.trust.family_fit import FAMILY_BOUNDS, at_bounds, constants, coordinates, fit_family, linearise
+from planner.trust.processes import process_map
 from profiles.loader import load_cluster, load_model
 from profiles.schema import ParallelConfig, TrainSpec
 
@@ -89,3 +90,14 @@ def test_constants_stay_in_their_physical_bounds() -> None:
     assert fit.terms["gemm_max"] == pytest.approx(FAMILY_BOUNDS["gemm_max"][0])
     assert "gemm_max" in at_bounds(fit.terms)
     assert np.isfinite(list(fit.terms.values())).all()
+
+
+def test_a_fit_over_worker_processes_is_the_fit_in_process() -> None:
+    """``validate`` prices the rows of a fit on every core (``planner.trust.processes``): the same
+    constants, to the last bit, as pricing them one after the other."""
+    runs = _synthetic(TRUTH)
+    alone = fit_family("ampere", runs, PRIOR)
+    with process_map(2) as mapper:
+        spread = fit_family("ampere", runs, PRIOR, mapper=mapper)
+    assert spread.terms == alone.terms and spread.heldout_terms == alone.heldout_terms
+    assert spread.rounds == alone.rounds
