@@ -107,7 +107,10 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("ch") else f"{n} {noun}s"
 
 
-def _neighbours(c: Candidate, gpus: int, train: TrainSpec, model: ModelSpec, stack: StackSpec) -> list[Candidate]:
+def _neighbours(c: Candidate, gpus: int, train: TrainSpec, model: ModelSpec, stack: StackSpec,
+                cp_degrees: frozenset[int] | None = None) -> list[Candidate]:
+    """Single-axis neighbours of ``c`` that keep the rules; cp only among ``cp_degrees`` (None: any),
+    the degrees the layer prices know (a profile's timed rings, as search's own space)."""
     global_batch = train.global_batch
     out: list[Candidate] = []
 
@@ -127,7 +130,7 @@ def _neighbours(c: Candidate, gpus: int, train: TrainSpec, model: ModelSpec, sta
         if pp >= 1:
             with_degrees(c.tp, pp)
     for cp in (c.cp // 2, c.cp * 2):
-        if cp >= 1 and stack.context_parallel:
+        if cp >= 1 and stack.context_parallel and (cp_degrees is None or cp in cp_degrees):
             with_degrees(c.tp, c.pp, cp=cp)
     if model.is_moe and stack.expert_parallel:
         for ep in (c.ep // 2, c.ep * 2):
@@ -170,7 +173,8 @@ def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6) -> 
     """Single-axis neighbours of the winner, each priced like a search candidate, nearest first."""
     base = winner.estimate.step_time_s
     alts: list[tuple[float, Alternative]] = []
-    cands = set(_neighbours(winner.candidate, searcher.gpus, searcher.train, searcher.model, searcher.stack))
+    cands = set(_neighbours(winner.candidate, searcher.gpus, searcher.train, searcher.model, searcher.stack,
+                            searcher.layers.context_parallel_degrees))
     for n in sorted(cands):
         if n.pp * n.v > searcher.model.num_layers or n.pp > searcher.model.num_layers:
             continue

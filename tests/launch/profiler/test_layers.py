@@ -253,6 +253,13 @@ def test_search_prices_an_moe_model_from_its_profile(moe_profile, tmp_path, caps
                 "--profile", str(path), "--tp", "1", "--out", str(out)]) == 0
     plan = json.loads(out.read_text())
     assert plan["config"]["cp"] == 1 and plan["estimate"]["step_time_s"] > 0
+    # A winner at mbs 1 (dp 2 over a batch of 2) has a cp-2 neighbour among the explained alternatives:
+    # it stays out (the profile timed no ring), as it stays out of the search (stop 23's CI: exit 2 on it).
+    assert run(["search", "--model", "tiny-moe", "--cluster", "cpu-local", "--gpus", "2", "--global-batch", "2",
+                "--profile", str(path), "--tp", "1", "--pp", "1", "--out", str(out)]) == 0
+    plan = json.loads(out.read_text())
+    assert plan["config"]["mbs"] == 1 and plan["alternatives"]
+    assert all(alt["config"]["cp"] == 1 for alt in plan["alternatives"])
 
 
 @pytest.mark.dist
