@@ -108,7 +108,13 @@ class Linearisation:
     slope: np.ndarray
 
     def at(self, x: np.ndarray) -> float:
-        return max(self.step_time_s + float(self.slope @ (x - self.x0)), SMALLEST_STEP_FRACTION * self.step_time_s)
+        return float(floored_linear_s(self.step_time_s, self.x0, self.slope, x))
+
+
+def floored_linear_s(step_time_s: np.ndarray | float, x0: np.ndarray, slope: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The linear model of step time at ``x``, floored at ``SMALLEST_STEP_FRACTION`` of the exact time
+    (stays positive); one run's arrays or every run's stacked row by row."""
+    return np.maximum(step_time_s + np.einsum("...i,...i->...", slope, x - x0), SMALLEST_STEP_FRACTION * step_time_s)
 
 
 def _known_slopes(run: MeasuredRun) -> dict[int, float]:
@@ -167,14 +173,12 @@ def fit_linearised(
     measured = np.log([r.step_time_s for r in runs])
     u_prior = box.unit(prior)
     weight = math.sqrt(prior_weight)
-    # every run's Linearisation.at at once
     base = np.array([lines[r.run].step_time_s for r in runs])
     x0 = np.array([lines[r.run].x0 for r in runs])
     slope = np.array([lines[r.run].slope for r in runs])
 
     def residuals(u: np.ndarray) -> np.ndarray:
-        x = coordinates(box.terms(u))
-        predicted = np.log(np.maximum(base + np.einsum("ij,ij->i", slope, x - x0), SMALLEST_STEP_FRACTION * base))
+        predicted = np.log(floored_linear_s(base, x0, slope, coordinates(box.terms(u))))
         return np.concatenate([predicted - measured, weight * (u - u_prior)])
 
     u, _ = levenberg_marquardt(residuals, u_prior, LM_ITERATIONS)

@@ -262,10 +262,10 @@ def _prior(row: PublishedRow) -> dict[str, float]:
     return {n: float(constants[n]) for n in FAMILY_TERMS}
 
 
-def validate(path: Path = DEFAULT_RUNS_CSV, fit: bool = True, workers: int | None = None) -> ValidationReport:
+def validate(path: Path = DEFAULT_RUNS_CSV, fit: bool = True) -> ValidationReport:
     """Price every row; fit each GPU family's constants in sample and leave-one-source-out
-    (``fit=False``: every prediction is the a-priori one) on ``workers`` processes (default: every
-    usable core; the result does not depend on it)."""
+    (``fit=False``: every prediction is the a-priori one), on every usable core (the result does not
+    depend on how many)."""
     parsed = read_published_runs(path)
     rows = [p for p in parsed if isinstance(p, PublishedRow)]
     skipped = [p for p in parsed if isinstance(p, SkippedRow)]
@@ -273,7 +273,7 @@ def validate(path: Path = DEFAULT_RUNS_CSV, fit: bool = True, workers: int | Non
     runs = {row.id: _as_run(row, equivalent_step_time_s(row, apriori[row.id])) for row in rows if not row.oom}
     fits: dict[str, FamilyFit] = {}
     if fit:
-        with process_map(usable_cores() if workers is None else workers) as mapper:
+        with process_map(usable_cores()) as mapper:
             for family, members in grouped([r for r in rows if not r.oom and r.category == FIT_CATEGORY], family_of).items():
                 fits[family] = fit_family(family, [runs[r.id] for r in members], _prior(members[0]), mapper=mapper)
     return ValidationReport([_result(row, apriori[row.id], runs.get(row.id), fits.get(family_of(row))) for row in rows],
