@@ -571,7 +571,7 @@ def estimate(
     gpus = cfg.world_size
     all_layers = [st.recompute for st in plans for _ in range(st.layout.num_layers)]
     model_flops = model_flops_per_iteration(model, train.global_batch, train.seq_len)
-    hw_flops = hardware_flops_per_iteration(model, train.global_batch, train.seq_len, all_layers)
+    hw_flops = hardware_flops_per_iteration(model, train.global_batch, train.seq_len, all_layers, stack.kernels.selective_recompute)
     peak_tflops = peak_flops(cluster, train.precision) / 1e12
     model_tflops = model_flops / step.step_s / gpus / 1e12
     hw_tflops = hw_flops / step.step_s / gpus / 1e12

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from costmodels.layer_ops import op_sac_recompute_flops
 from costmodels.params import is_moe_layer, model_parameters
+from costmodels.selective_ac import OP_SAC
 from profiles.schema import ModelSpec
 
 
@@ -89,13 +91,15 @@ def logits_forward_flops(model: ModelSpec, seq_len: int, mbs: int) -> float:
     return 2.0 * mbs * seq_len * model.hidden_size * model.vocab_size
 
 
-def recompute_forward_flops(model: ModelSpec, seq_len: int, mbs: int, recompute: str, moe: bool = False) -> float:
-    """Extra forward FLOPs per layer per microbatch that recomputation re-executes."""
+def recompute_forward_flops(model: ModelSpec, seq_len: int, mbs: int, recompute: str, moe: bool = False,
+                            selective: str = "attention_core") -> float:
+    """Extra forward FLOPs per layer per microbatch that recomputation re-executes; ``selective`` is
+    the stack's kind of selective recompute (``StackKernels.selective_recompute``)."""
     layer = transformer_layer_forward_flops(model, seq_len, mbs, moe)
     if recompute == "full":
         return layer.total
     if recompute == "selective":
-        return layer.attention
+        return op_sac_recompute_flops(model, seq_len, mbs, moe) if selective == OP_SAC else layer.attention
     return 0.0
 
 
@@ -110,10 +114,10 @@ def model_flops_per_iteration(model: ModelSpec, global_batch: int, seq_len: int)
 
 
 def hardware_flops_per_iteration(
-    model: ModelSpec, global_batch: int, seq_len: int, recompute_per_layer: list[str]
+    model: ModelSpec, global_batch: int, seq_len: int, recompute_per_layer: list[str], selective: str = "attention_core"
 ) -> float:
     """Model FLOPs plus what recomputation re-executes, one entry of ``recompute_per_layer`` per layer."""
-    extra = sum(recompute_forward_flops(model, seq_len, global_batch, kind, is_moe_layer(model, i))
+    extra = sum(recompute_forward_flops(model, seq_len, global_batch, kind, is_moe_layer(model, i), selective)
                 for i, kind in enumerate(recompute_per_layer))
     return model_flops_per_iteration(model, global_batch, seq_len) + extra
 

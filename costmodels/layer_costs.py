@@ -33,6 +33,7 @@ from costmodels.context_parallel import exchange_s, ring_time_s
 from costmodels.experts import ep_group_placement, moe_tp_all_reduce_tokens
 from costmodels.layer_ops import embedding_ops, head_ops, transformer_layer_ops
 from costmodels.operators import AllToAll, Gemm, LayerOps, LayerShape, Operator, RingAttention
+from costmodels.selective_ac import recomputed_tp_comm_fraction
 from profiles.schema import ClusterSpec, ModelSpec
 from profiles.stack_schema import StackKernels, StackSpec
 
@@ -134,7 +135,8 @@ def tp_comm_passes(
     Transformer layer: two all-reduces of s·b·h per pass (``tp_layer_comm_s``); a mixture-of-experts
     layer all-reduces the attention's s·b·h and the rows its MoE block moves over tp
     (``costmodels.experts.moe_tp_all_reduce_tokens``); once more in B under full recompute (the
-    re-run forward's). Embedding: the vocab-parallel all-reduce in F. Head: with SP the all-gather
+    re-run forward's), or the part a per-op selective recompute runs again
+    (``costmodels.selective_ac.recomputed_tp_comm_fraction``). Embedding: the vocab-parallel all-reduce in F. Head: with SP the all-gather
     of the final-norm output in F and its reduce-scatter in B; the loss's: Megatron's
     vocab-parallel cross-entropy all-reduces three values per token, a stack without it
     all-gathers the logits in F.
@@ -149,7 +151,7 @@ def tp_comm_passes(
             comm = sum(tp_all_reduce_s(r, h, bytes_per_elem, tp, network) for r in rows)
         else:
             comm = tp_layer_comm_s(tokens, h, bytes_per_elem, tp, network)
-        extra = comm if recompute == "full" else 0.0
+        extra = comm * recomputed_tp_comm_fraction(recompute, (kernels or StackKernels()).selective_recompute, sequence_parallel)
         return PassTimes(comm, comm + extra, 0.0, tp_comm_s=2 * comm + extra)
     if kind == "embedding":
         comm = embedding_tp_comm_s(tokens, h, bytes_per_elem, tp, sequence_parallel, network)
@@ -274,8 +276,9 @@ class RooflineTimes:
             hidden = comm_f + comm_b - exposed_f - exposed_b
             comm_f, comm_b = exposed_f, exposed_b
         elif self.tp_comm == "backward_overlapped":
-            # the recomputed forward's collectives (full recompute) stay on the critical path
-            recomputed = comm.forward_s if kind == "transformer" and recompute == "full" else 0.0
+            # the recomputed forward's collectives stay on the critical path
+            recomputed = comm.forward_s * recomputed_tp_comm_fraction(recompute, self.kernels.selective_recompute, sp) \
+                if kind == "transformer" else 0.0
             gemm_b = _gemm_time_s(c, prec, ops.backward_input + ops.backward_weight)
             hidden = min(comm_b - recomputed, gemm_b)
             comm_b -= hidden

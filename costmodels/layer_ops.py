@@ -15,6 +15,7 @@ from costmodels.experts import moe_mlp_ops
 from costmodels.mla import mla_projection_ops
 from costmodels.operators import (
     MASK_BYTES,
+    Gemm,
     LayerOps,
     LayerShape,
     MemoryBound,
@@ -28,6 +29,7 @@ from costmodels.operators import (
     rotary,
     unfused_attention,
 )
+from costmodels.selective_ac import OP_SAC, op_sac_recompute
 from profiles.schema import ModelSpec
 from profiles.stack_schema import StackKernels
 
@@ -77,9 +79,12 @@ def _mlp(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps
 def transformer_layer_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
     """One transformer layer (pre-norm: attention block, then MLP block). Recomputation: full
     re-runs every forward operator inside B; selective re-runs the attention core
-    (Korthikanti et al. 2022, Sec. 5)."""
+    (Korthikanti et al. 2022, Sec. 5), or with a per-op policy (torchtitan) every operator whose
+    output the policy does not keep (``costmodels.selective_ac``)."""
     ops = _attention(model, shape, kernels).plus(_mlp(model, shape, kernels))
     redo = {"full": ops.forward, "selective": ops.recompute}.get(shape.recompute, ())
+    if shape.recompute == "selective" and kernels.selective_recompute == OP_SAC:
+        redo = op_sac_recompute(ops.forward, model, shape.tp)
     return LayerOps(ops.forward, ops.backward_input, ops.backward_weight, redo)
 
 
@@ -104,3 +109,11 @@ def head_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> Laye
     ops = norm("head.norm", shape.replicated_tokens * h, p, shape.composite_rmsnorm and model.norm == "rmsnorm")
     ops = ops.plus(linear("head.logits", t, h, vocab / tp, low_precision=False))
     return ops.plus(cross_entropy(t, vocab / tp if kernels.vocab_parallel_loss else vocab, p, kernels))
+
+
+def op_sac_recompute_flops(model: ModelSpec, seq_len: int, mbs: int, moe: bool = False) -> float:
+    """FLOPs a per-op selective recompute re-runs per layer and ``mbs`` sequences (no tensor
+    parallelism): its recomputed GEMMs (``costmodels.selective_ac.op_sac_recompute``)."""
+    shape = LayerShape(1, mbs, seq_len, False, "selective", 2, moe=moe)
+    ops = transformer_layer_ops(model, shape, StackKernels(selective_recompute=OP_SAC))
+    return sum(op.flops for op in ops.recompute if isinstance(op, Gemm))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from costmodels.context_parallel import cp_activation_bytes
 from costmodels.experts import moe_activation_bytes, routed_rows
 from costmodels.flops import parameter_counts
+from costmodels.layer_ops import transformer_layer_ops
 from costmodels.mla import mla_activation_bytes
 from costmodels.operators import LayerShape
 from costmodels.params import (
@@ -27,6 +28,7 @@ from costmodels.params import (
     routed_expert_params,
     router_params,
 )
+from costmodels.selective_ac import OP_SAC, op_sac_saved_bytes
 from profiles.schema import ModelSpec
 from profiles.stack_schema import StackKernels, StackSpec
 
@@ -55,6 +57,7 @@ class ActivationVariant:
     context_parallel_attention: str = "p2p_ring"
     gemm_input_bytes: int | None = None  # what a GEMM's saved input takes per value (None: bytes_per_element)
     keeps_stage_output: bool = False  # torch.distributed.pipelining: each stage's output until its backward
+    op_sac_kernels: StackKernels | None = None  # the stack's kernels where "selective" is per-op (torchtitan)
 
     @property
     def saved_gemm_input_bytes(self) -> int:
@@ -86,7 +89,8 @@ class ActivationVariant:
         vocabulary shards or gathered logits, what its context-parallel attention keeps, and in
         fp8 runs the fp8-cast GEMM inputs where the stack keeps those (``fp8_saved_gemm_inputs``);
         ``keeps_stage_output`` where torch.distributed.pipelining runs the schedule
-        (``stage_output_bytes``). ppplan-torch's kernels give ``runtime()``."""
+        (``stage_output_bytes``); its kernels where its selective recompute is per-op
+        (``costmodels.selective_ac``). ppplan-torch's kernels give ``runtime()``."""
         return ActivationVariant(
             bytes_per_element=4 if precision == "fp32" else 2,
             dropout=kernels.dropout,
@@ -97,6 +101,7 @@ class ActivationVariant:
             context_parallel_attention=kernels.context_parallel_attention,
             gemm_input_bytes=1 if precision == "fp8" and kernels.fp8_saved_gemm_inputs else None,
             keeps_stage_output=keeps_stage_output,
+            op_sac_kernels=kernels if kernels.selective_recompute == OP_SAC else None,
         )
 
 
@@ -125,6 +130,8 @@ def layer_activation_bytes(
     replicated_div = tp if sequence_parallel else 1
     if recompute == "full":
         return p * sbh / replicated_div  # the layer input only
+    if recompute == "selective" and variant.op_sac_kernels is not None:
+        return _op_sac_layer_bytes(model, seq_len, mbs, tp, sequence_parallel, variant, cp, ep, moe)
     mask = 1 if variant.dropout else 0
     g = variant.saved_gemm_input_bytes  # QKV, MLP, output-projection and FC2 inputs: GEMM inputs
     # LayerNorm inputs (2), QKV input, MLP input, two dropout masks: replicated across TP without SP.
@@ -156,6 +163,19 @@ def layer_activation_bytes(
         shape = LayerShape(tp, mbs, seq_len, sequence_parallel, recompute, p, cp=cp)
         scores = tp * cp_activation_bytes(model, shape, variant.context_parallel_attention)
     return replicated / replicated_div + whole + (attention + mlp + scores) / tp
+
+
+def _op_sac_layer_bytes(model: ModelSpec, seq_len: int, mbs: int, tp: int, sequence_parallel: bool,
+                        variant: ActivationVariant, cp: int, ep: int, moe: bool) -> float:
+    """``layer_activation_bytes`` under per-op selective recompute: what the policy keeps of the layer's
+    own operator list (``costmodels.selective_ac.op_sac_saved_bytes``), plus a context-parallel ring's
+    kept blocks (its attention calls are saved)."""
+    assert variant.op_sac_kernels is not None
+    shape = LayerShape(tp, mbs, seq_len, sequence_parallel, "selective", variant.bytes_per_element, cp=cp, ep=ep, moe=moe)
+    kept = op_sac_saved_bytes(transformer_layer_ops(model, shape, variant.op_sac_kernels), model, shape)
+    if cp > 1:
+        kept += cp_activation_bytes(model, shape, variant.context_parallel_attention)
+    return kept
 
 
 def weight_grad_input_bytes(

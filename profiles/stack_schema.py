@@ -63,6 +63,14 @@ class StackKernels(StrictModel):
         "its 1/tp sequence-parallel share, all-gathered over tp after the all-to-all (Megatron-Core's alltoall "
         "dispatcher with expert TP = tp)",
     )
+    selective_recompute: Literal["attention_core", "every_other_mm"] = Field(
+        default="attention_core",
+        description="what --recompute selective runs: attention_core: the attention core alone is recomputed "
+        "(Korthikanti et al. 2022, Sec. 5; Megatron's --recompute-granularity selective, ppplan's runtime); "
+        "every_other_mm: torchtitan's per-op selective checkpointing (selective_ac_option = \"op\"): the outputs "
+        "of every other mm, the attention kernels, the TP reduce-scatters and the expert all-to-alls are kept, "
+        "everything else runs again in the backward (costmodels.selective_ac)",
+    )
 
 
 class StackOverlap(StrictModel):

@@ -107,14 +107,13 @@ def precision_entries(plan: Plan) -> tuple[dict[str, dict[str, TomlValue]], list
     return tables, warnings
 
 
-def recompute_entries(cfg: ParallelConfig) -> tuple[dict[str, TomlValue], list[str]]:
+def recompute_entries(cfg: ParallelConfig) -> dict[str, TomlValue]:
     kind = strongest_recompute(cfg)
     if kind != "selective":
-        return {"mode": kind}, []
-    return {"mode": "selective", "selective_ac_option": "op"}, [
-        "torchtitan's selective recompute is per-op (saves matmul and attention outputs, recomputes the rest), "
-        "not Korthikanti et al.'s attention-core recompute the plan priced: activation memory and recompute time differ"
-    ]
+        return {"mode": kind}
+    # the per-op policy the torchtitan stack prices (StackKernels.selective_recompute, costmodels.selective_ac);
+    # only torchtitan-stack plans emit torchtitan (launch.emit.common)
+    return {"mode": "selective", "selective_ac_option": "op"}
 
 
 def model_entries(model: ModelSpec) -> tuple[dict[str, TomlValue], list[str]]:
@@ -167,7 +166,7 @@ def torchtitan_tables(ctx: EmitContext) -> tuple[dict[str, dict[str, TomlValue]]
     plan, cfg = ctx.plan, ctx.cfg
     model, warnings = model_entries(plan.model)
     parallelism, parallel_warnings = parallelism_entries(ctx)
-    recompute, recompute_warnings = recompute_entries(cfg)
+    recompute = recompute_entries(cfg)
     precision, precision_warnings = precision_entries(plan)
     local_batch = cfg.num_microbatches * cfg.mbs if cfg.pp > 1 else cfg.mbs
     steps = ctx.options.steps if ctx.options.steps is not None else 100
@@ -188,7 +187,7 @@ def torchtitan_tables(ctx: EmitContext) -> tuple[dict[str, dict[str, TomlValue]]
         "compile": {"enable": False},
     }
     tables.update(precision)
-    return tables, warnings + parallel_warnings + recompute_warnings + precision_warnings
+    return tables, warnings + parallel_warnings + precision_warnings
 
 
 def render_torchtitan(ctx: EmitContext) -> Rendered:

@@ -309,13 +309,21 @@ def test_torchtitan_zb_h1_writes_its_csv(build_plan: MakePlan) -> None:
         (dict(tp=2, pp=2, global_batch=2), "sequence parallel"),
         (dict(pp=2, dp=2, global_batch=4, zero=0), "DDP only without TP/PP"),
         (dict(tp=2, pp=2, global_batch=2, sequence_parallel=True), "float32"),
-        (dict(pp=2, global_batch=2, recompute="selective"), "per-op"),
         (dict(pp=2, global_batch=2), "register flavor 'tiny-gpt'"),
     ],
 )
 def test_torchtitan_warns_about_what_it_cannot_express(build_plan: MakePlan, plan_kwargs: dict, needle: str) -> None:
     rendered = render(build_plan(**plan_kwargs, **TORCHTITAN), "torchtitan", OUT)
     assert any(needle in w for w in rendered.warnings), rendered.warnings
+
+
+def test_torchtitan_selective_recompute_is_the_per_op_policy_its_stack_prices(build_plan: MakePlan) -> None:
+    """torchtitan runs selective recompute per op, which the torchtitan stack prices
+    (``costmodels.selective_ac``): the TOML asks for it and nothing is said to differ."""
+    rendered = render(build_plan(pp=2, global_batch=2, recompute="selective", **TORCHTITAN), "torchtitan", OUT)
+    doc = parse_torchtitan_toml(rendered.files["torchtitan.toml"])
+    assert doc["activation_checkpoint"] == {"mode": "selective", "selective_ac_option": "op"}
+    assert not any("recompute" in w for w in rendered.warnings), rendered.warnings
 
 
 def test_torchtitan_names_a_shipped_flavor_for_llama3_70b(build_plan: MakePlan) -> None:

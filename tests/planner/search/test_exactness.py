@@ -19,6 +19,7 @@ from costmodels.layer_costs import LayerTimes, PassTimes, RooflineTimes
 from costmodels.rules import config_violations, model_support_violations
 from planner.search.branch_and_bound import TOLERANCE, Searcher, search
 from planner.search.space import DEFAULT_SCHEDULES, enumerate_candidates
+from planner.trust.processes import process_map, usable_cores
 from profiles.loader import load_cluster, load_model, load_stack
 from profiles.schema import ClusterSpec, ModelSpec, TrainSpec
 from profiles.stack_schema import StackSpec
@@ -164,16 +165,17 @@ def oracle(p: Problem) -> list[float]:
 
 
 def test_search_returns_the_k_best_of_the_space_on_random_problems() -> None:
-    _check_against_oracle([random_problem(seed) for seed in range(48)], min_checked=40, min_pruned=10)
+    _check_against_oracle([(seed, "dense", False) for seed in range(48)], min_checked=40, min_pruned=10)
 
 
 def test_search_is_exact_on_mixture_of_experts_and_long_context_problems() -> None:
     """The same oracle on problems whose space has ep > 1 (MoE models, some with dense leading layers,
     shared experts or MLA) and cp > 1 (sequences of 1k-4k positions)."""
-    problems = [random_problem(seed, "moe") for seed in range(200, 216)] + [random_problem(seed, "long") for seed in range(300, 316)]
+    specs = [(seed, "moe", False) for seed in range(200, 216)] + [(seed, "long", False) for seed in range(300, 316)]
+    problems = [random_problem(*spec) for spec in specs]
     assert sum(any(c.ep > 1 for c in p.candidates()) for p in problems[:16]) >= 8
     assert sum(any(c.cp > 1 for c in p.candidates()) for p in problems[16:]) >= 8
-    _check_against_oracle(problems, min_checked=24, min_pruned=6)
+    _check_against_oracle(specs, min_checked=24, min_pruned=6)
 
 
 def test_search_is_exact_with_a_profiles_split_backward() -> None:
@@ -181,27 +183,31 @@ def test_search_is_exact_with_a_profiles_split_backward() -> None:
     takes off W for 1F1B, GPipe and interleaved 1F1B: the bounds must take it off too (they did
     not: tiny-gpt on 8 CPU ranks, batch 16, lost its best plan, GPipe mbs 8, whose cut bound was
     7 % above its exact price)."""
-    problems = [random_problem(seed, measured=True) for seed in range(600, 624)]
-    problems += [random_problem(seed, "moe", measured=True) for seed in range(700, 708)]
-    _check_against_oracle(problems, min_checked=24, min_pruned=6)
+    specs = [(seed, "dense", True) for seed in range(600, 624)] + [(seed, "moe", True) for seed in range(700, 708)]
+    _check_against_oracle(specs, min_checked=24, min_pruned=6)
 
 
-def _check_against_oracle(problems: list[Problem], min_checked: int, min_pruned: int) -> None:
-    checked = pruned = 0
-    for seed, p in enumerate(problems):
-        expected = oracle(p)
-        result = search(p.model, p.cluster, p.train, p.gpus, p.top_k, p.schedules, layers=p.layers, stack=p.stack)
-        assert result.bound_violations == 0, seed
-        assert len(result.best) == min(p.top_k, len(expected)), seed
-        for rank, (got, want) in enumerate(zip(result.best, expected)):
-            assert got.estimate.fits
-            assert got.estimate.step_time_s <= want * (1 + TOLERANCE) * (1 + 1e-12), (seed, rank)
-            assert not config_violations(p.model, p.train, p.gpus, got.config, p.stack), (seed, got.config)
-        if expected:
-            checked += 1
-            pruned += result.pruned_by_bound > 0
-    assert checked >= min_checked  # problems with at least one plan that fits
-    assert pruned >= min_pruned  # ... where the bounds did prune
+def _check_against_oracle(specs: list[tuple[int, str, bool]], min_checked: int, min_pruned: int) -> None:
+    """Each problem (``random_problem``'s seed, kind and measured) checked on its own process: the
+    oracle prices every cut of every candidate, the suite's longest pure-Python work."""
+    with process_map(usable_cores()) as mapper:
+        outcomes = list(mapper(_check_one, specs))
+    assert sum(checked for checked, _ in outcomes) >= min_checked  # problems with at least one plan that fits
+    assert sum(pruned for _, pruned in outcomes) >= min_pruned  # ... where the bounds did prune
+
+
+def _check_one(spec: tuple[int, str, bool]) -> tuple[bool, bool]:
+    """The search's top k against the oracle on one problem: (it has a plan that fits, the bounds pruned)."""
+    p = random_problem(*spec)
+    expected = oracle(p)
+    result = search(p.model, p.cluster, p.train, p.gpus, p.top_k, p.schedules, layers=p.layers, stack=p.stack)
+    assert result.bound_violations == 0, spec
+    assert len(result.best) == min(p.top_k, len(expected)), spec
+    for rank, (got, want) in enumerate(zip(result.best, expected)):
+        assert got.estimate.fits
+        assert got.estimate.step_time_s <= want * (1 + TOLERANCE) * (1 + 1e-12), (spec, rank)
+        assert not config_violations(p.model, p.train, p.gpus, got.config, p.stack), (spec, got.config)
+    return bool(expected), bool(expected) and result.pruned_by_bound > 0
 
 
 def test_every_bound_is_below_the_exact_price() -> None:

@@ -1,0 +1,102 @@
+"""Per-operator selective activation checkpointing, as torchtitan runs ``selective_ac_option = "op"``.
+
+torchtitan wraps each transformer block in a checkpoint whose policy saves the outputs of the ops on
+its save list and recomputes every other op in the backward (``_apply_op_sac`` in
+``torchtitan/distributed/activation_checkpoint.py`` and each model's ``_op_sac_save_list``, pytorch/
+torchtitan v0.2.2): every ``aten.mm`` except every second one (a counter per block: the 2nd, 4th, ...
+mm are recomputed), the scaled-dot-product attention kernels, the tensor-parallel reduce-scatters,
+and for the mixture-of-experts models the expert all-to-alls. Everything else runs again in the
+backward: norms, rotary, the activation function, residual adds, the every-second mm, the grouped
+expert GEMMs (``torch._grouped_mm`` is not on the list) and the sequence-parallel all-gathers
+(``all_gather_into_tensor`` is not either; without sequence parallelism the all-reduces).
+
+A block's linears run in this order (torchtitan's llama3 ``Attention.forward``: ``wq``, ``wk``, ``wv``,
+then ``wo``; ``FeedForward``: ``w2(silu(w1(x)) * w3(x))``, so ``w1``, ``w3``, ``w2``): a dense SwiGLU block
+keeps the outputs of wq, wv, w1 and w2 and recomputes wk, wo and w3. ppplan's operator lists fuse
+q/k/v into one ``attn.qkv`` GEMM and SwiGLU's w1/w3 into one ``fc1`` (``costmodels.layer_ops``);
+``block_linears`` splits them back into the products torchtitan runs.
+
+The other stacks' "selective" is Korthikanti et al. 2022's (Sec. 5): the attention core alone is
+recomputed (``StackKernels.selective_recompute`` says which).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from costmodels.operators import FP32_BYTES, AllToAll, FlashAttention, Gemm, LayerOps, LayerShape, MemoryBound, Operator
+from profiles.schema import ModelSpec
+
+OP_SAC = "every_other_mm"
+
+
+def _split_n(gemm: Gemm, widths: list[float]) -> list[Gemm]:
+    """A fused GEMM as the products it fuses, side by side along its output features."""
+    return [replace(gemm, name=f"{gemm.name}[{i}]", n=w) for i, w in enumerate(widths)]
+
+
+def block_linears(forward: tuple[Operator, ...], model: ModelSpec, tp: int) -> list[Gemm]:
+    """The forward ``aten.mm`` calls of one block in the order torchtitan runs them (module
+    docstring): ppplan's fused ``attn.qkv`` as wq, wk, wv and a SwiGLU ``fc1`` as w1, w3. The layer's
+    linears are its low-precision GEMMs (``Gemm.low_precision``: the attention's batched products
+    and the logits are not); the routed experts' grouped GEMMs (``moe.expert``) are not mm calls."""
+    swiglu = model.activation == "swiglu"
+    out: list[Gemm] = []
+    for op in forward:
+        if not isinstance(op, Gemm) or not op.low_precision or op.name.startswith("moe.expert"):
+            continue
+        if op.name == "attn.qkv":
+            out += _split_n(op, [model.q_dim / tp, model.kv_dim / tp, model.kv_dim / tp])
+        elif op.name.endswith(".fc1") and swiglu:
+            out += _split_n(op, [op.n / 2, op.n / 2])
+        else:
+            out.append(op)
+    return out
+
+
+def _saved_mm(linears: list[Gemm]) -> list[Gemm]:
+    """The mm outputs the policy keeps: the 1st, 3rd, 5th, ... of the block."""
+    return linears[0::2]
+
+
+def op_sac_recompute(forward: tuple[Operator, ...], model: ModelSpec, tp: int) -> tuple[Operator, ...]:
+    """What the backward re-runs of a block's forward: the every-second mm, the grouped expert GEMMs,
+    the unfused attention's products, every memory-bound kernel; not the attention kernels, the
+    saved mm, nor the all-to-alls and context-parallel rings (their outputs are kept)."""
+    linears = block_linears(forward, model, tp)
+    redo: list[Operator] = list(linears[1::2])
+    for op in forward:
+        if isinstance(op, MemoryBound):
+            redo.append(op)
+        elif isinstance(op, Gemm) and (not op.low_precision or op.name.startswith("moe.expert")):
+            redo.append(op)
+        # FlashAttention, AllToAll and RingAttention outputs are saved; the linears are counted above
+    return tuple(redo)
+
+
+def op_sac_saved_bytes(ops: LayerOps, model: ModelSpec, shape: LayerShape) -> float:
+    """Bytes one block keeps per microbatch and tp rank: the checkpoint's input, the kept mm outputs,
+    each attention kernel's output and fp32 log-sum-exp, the two sequence-parallel reduce-scatter
+    outputs (tp > 1 with sequence parallelism) and the expert all-to-alls' outputs. A context-parallel
+    ring's kept blocks are ``costmodels.context_parallel``'s and added by the caller."""
+    p, h, t, tp = shape.bytes_per_element, model.hidden_size, shape.tokens, shape.tp
+    kept = p * shape.replicated_tokens * h  # the block's input
+    kept += sum(p * g.m * g.n * g.batch for g in _saved_mm(block_linears(ops.forward, model, tp)))
+    heads = model.num_attention_heads / tp
+    if any(isinstance(op, FlashAttention) for op in ops.forward):
+        kept += t * heads * (p * model.value_head_dim + FP32_BYTES)
+    if tp > 1 and shape.sequence_parallel:
+        kept += 2 * p * (t / tp) * h
+    kept += sum(op.bytes for op in ops.forward if isinstance(op, AllToAll))
+    return kept
+
+
+def recomputed_tp_comm_fraction(recompute: str, selective_kind: str, sequence_parallel: bool) -> float:
+    """The share of a block's forward TP collectives its backward runs again: all of them under full
+    recompute; under per-op selective recompute the all-gathers (half the sequence-parallel
+    collectives, the reduce-scatters being saved) or, without sequence parallelism, the all-reduces."""
+    if recompute == "full":
+        return 1.0
+    if recompute == "selective" and selective_kind == OP_SAC:
+        return 0.5 if sequence_parallel else 1.0
+    return 0.0
