@@ -38,6 +38,7 @@ from costmodels.memory import (
     GIB,
     ActivationVariant,
     StageParams,
+    StaticMemory,
     embedding_activation_bytes,
     end_weight_grad_input_bytes,
     gradients_sharded,
@@ -45,9 +46,11 @@ from costmodels.memory import (
     layer_activation_bytes,
     layer_params,
     microbatch_grad_sync,
+    optimizer_step_temp_bytes,
     split_static_memory,
     stage_output_bytes,
     stage_param_split,
+    state_bytes_per_param,
     weight_grad_input_bytes,
 )
 from costmodels.params import model_parameters, moe_layers_in
@@ -409,10 +412,26 @@ def _rank_memory_gib(
         "comm_buffers": p2p_buffers + dp_buckets,
     }
     allocated.update(_cpu_heap_terms(model, cluster, train, cfg, rank_plans, dense + experts, variant))
+    step = _optimizer_step_excess_bytes(cluster, train, stack, static, sum(allocated.values()))
+    if step:
+        allocated["optimizer_step"] = step
     allocated["fragmentation"] = sum(allocated.values()) * cluster.allocator_fragmentation
     out = {k: v / GIB for k, v in allocated.items()}
     out["runtime_reserved"] = cluster.runtime_reserved_gib
     return out
+
+
+def _optimizer_step_excess_bytes(cluster: ClusterSpec, train: TrainSpec, stack: StackSpec, static: StaticMemory,
+                                 backward_bytes: float) -> float:
+    """How far the optimizer step's peak rises above the backward's on a GPU: the step holds the static
+    state and its temporaries (``optimizer_step_temp_bytes``) while the activations are freed, and the
+    caching allocator reuses their blocks, so only the excess over the backward's peak counts. CPU ranks
+    count foreach Adam's temporary in full already (``_cpu_heap_terms``)."""
+    if runs_on_cpu(cluster):
+        return 0.0
+    _, _, optimizer_per_param = state_bytes_per_param(train.precision, stack.grad_accumulation_fp32)
+    temp = optimizer_step_temp_bytes(stack, train.precision, static.optimizer_bytes / optimizer_per_param)
+    return max(0.0, static.weights_bytes + static.gradients_bytes + static.optimizer_bytes + temp - backward_bytes)
 
 
 def _cpu_heap_terms(

@@ -288,6 +288,17 @@ def state_bytes_per_param(precision: str, grad_accumulation_fp32: bool = False) 
     return 2, 2, 12
 
 
+STEP_TEMP_BYTES_PER_PARAM = 4  # one fp32 value per updated parameter (a gradient copy, or foreach Adam's sqrt)
+
+
+def optimizer_step_temp_bytes(stack: StackSpec, precision: str, updated_params: float) -> float:
+    """Bytes the optimizer step allocates beside the static state, over the ``updated_params`` the rank
+    updates: the fp32 copy of fp16 gradients where the stack makes one (``StackSpec.fp16_main_grads_copied``)
+    and foreach Adam's fp32 temporary (``StackSpec.optimizer_implementation``)."""
+    copies = int(precision == "fp16" and stack.fp16_main_grads_copied) + int(stack.optimizer_implementation == "foreach")
+    return copies * STEP_TEMP_BYTES_PER_PARAM * updated_params
+
+
 def static_memory(
     num_params_on_rank: float, precision: str, dp: int, zero: int, gradients_sharded: bool | None = None,
     grad_accumulation_fp32: bool = False,

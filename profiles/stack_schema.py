@@ -160,6 +160,19 @@ class StackSpec(StrictModel):
         "every version since v2), torchtitan (FSDP2 reduce_dtype float32: sharded gradients of the fp32 sharded "
         "parameters, and unsharded accumulation in reduce_dtype, pytorch PR #125191)",
     )
+    fp16_main_grads_copied: bool = Field(
+        default=False,
+        description="fp16 runs copy each gradient the rank updates to fp32 at the optimizer step (Megatron-LM's "
+        "Float16OptimizerWithFloat16Params and DistributedOptimizer _copy_model_grads_to_main_grads: "
+        "'main_param.grad = model_param.main_grad.float()', megatron/optimizer/optimizer.py @ v2.6): 4 B per updated "
+        "parameter beside the static state while the step runs (bf16 keeps fp32 main grads already: no copy)",
+    )
+    optimizer_implementation: Literal["fused", "foreach"] = Field(
+        default="fused",
+        description="the Adam kernels: fused (apex or Transformer Engine FusedAdam, torch's fused AdamW: no "
+        "temporaries) or foreach (torch.optim.AdamW's default on CUDA, _multi_tensor_adam: one fp32 "
+        "exp_avg_sq_sqrt per updated parameter during the step)",
+    )
     kernels: StackKernels = StackKernels()
     overlap: StackOverlap
 

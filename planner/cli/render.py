@@ -145,9 +145,10 @@ def memory_table(est: Estimate, width: int = 100) -> Table:
     """Peak GiB per pipeline rank by category; ranks beyond a screenful are summarised by the worst ones."""
     table = Table(title="Peak memory per pipeline rank (GiB)", title_justify="left", box=box.SIMPLE_HEAD,
                   pad_edge=False, show_edge=False)
-    keys = [k for k in est.memory_breakdown_gib[0] if any(parts[k] for parts in est.memory_breakdown_gib)]
+    every = list(dict.fromkeys(k for parts in est.memory_breakdown_gib for k in parts))  # a rank may lack a term
+    keys = [k for k in every if any(parts.get(k, 0.0) for parts in est.memory_breakdown_gib)]
     short = {"runtime_reserved": "reserved", "fragmentation": "frag", "comm_buffers": "buffers",
-             "activations": "activ."}
+             "activations": "activ.", "optimizer_step": "step"}
     table.add_column("rank", justify="right")
     for k in keys:
         table.add_column(short.get(k, k), justify="right")
@@ -155,7 +156,7 @@ def memory_table(est: Estimate, width: int = 100) -> Table:
     table.add_column(f"of {sig3(est.memory_limit_gib)}", justify="right")
     for r in shown_ranks(est.peak_memory_gib):
         parts, total = est.memory_breakdown_gib[r], est.peak_memory_gib[r]
-        table.add_row(str(r), *(sig3(parts[k]) for k in keys), sig3(total), "ok" if total <= est.memory_limit_gib else "OVER")
+        table.add_row(str(r), *(sig3(parts.get(k, 0.0)) for k in keys), sig3(total), "ok" if total <= est.memory_limit_gib else "OVER")
     return table
 
 
