@@ -18,6 +18,7 @@ over 128-wide values.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from costmodels.layer_ops import op_sac_recompute_flops
@@ -117,8 +118,9 @@ def hardware_flops_per_iteration(
     model: ModelSpec, global_batch: int, seq_len: int, recompute_per_layer: list[str], selective: str = "attention_core"
 ) -> float:
     """Model FLOPs plus what recomputation re-executes, one entry of ``recompute_per_layer`` per layer."""
-    extra = sum(recompute_forward_flops(model, seq_len, global_batch, kind, is_moe_layer(model, i), selective)
-                for i, kind in enumerate(recompute_per_layer))
+    layers = Counter((kind, is_moe_layer(model, i)) for i, kind in enumerate(recompute_per_layer))
+    extra = sum(count * recompute_forward_flops(model, seq_len, global_batch, kind, moe, selective)
+                for (kind, moe), count in layers.items())
     return model_flops_per_iteration(model, global_batch, seq_len) + extra
 
 

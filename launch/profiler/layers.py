@@ -58,6 +58,13 @@ class ProfileSettings:
     cluster: str | None = None
     timeshare_s: float = DEFAULT_DURATION_S  # per point of the time-sharing measurement (CPU; 0: skip it)
     cps: tuple[int, ...] = (1,)  # > 1: transformer layers also timed on a rank of a real ring of cp processes (tp 1)
+    runtime_costs: bool = True  # CPU: also time the runtime's own costs (launch/profiler/runtime.py); False: layers only
+
+    @property
+    def times_runtime(self) -> bool:
+        """Whether the profile measures the runtime's own costs: on CPU unless asked not to (on a GPU the
+        host runs ahead of the kernels: nothing to add, costmodels.runtime_costs)."""
+        return self.device == "cpu" and self.runtime_costs
 
     @property
     def threads(self) -> int | None:
@@ -246,7 +253,7 @@ def interleaves(model: ModelSpec, settings: ProfileSettings) -> bool:
 def num_steps(model: ModelSpec, settings: ProfileSettings) -> int:
     """How many times ``profile_model`` calls ``progress``."""
     points = grid(model, settings)
-    runtime = 1 if settings.device == "cpu" else 0  # the runtime's overheads (launch/profiler/runtime.py)
+    runtime = int(settings.times_runtime)  # the runtime's overheads (launch/profiler/runtime.py)
     if interleaves(model, settings):
         return len(points) + settings.warmup + settings.repeats + runtime
     return len(points) + sum(timed_in_group(p, settings) for p in points) + runtime
@@ -309,7 +316,7 @@ def profile_model(
     if any(timed_in_group(p, settings) for p in points):
         _time_groups(model, settings, points, results, progress, retried)
     runtime = None
-    if settings.device == "cpu":  # on a GPU the host runs ahead of the kernels: nothing to add (costmodels.runtime_costs)
+    if settings.times_runtime:
         say("runtime: pipeline action (one rank, two-rank pipeline) and FSDP overheads")
         mbs, seq = min(settings.mbss), points[0].seq_len
         measured = timeshare_efficiency(duration_s=settings.timeshare_s) if settings.timeshare_s > 0 else []

@@ -89,6 +89,11 @@ def profile(
         help="cpu: seconds per point of the time-sharing measurement (2x and 4x as many processes as cores; 0 skips it)",
     ),
     cp: str = typer.Option("1", "--cp", help="context-parallel degrees: > 1 also times the layers on a rank of a real ring of that many processes (tp 1)"),
+    layers_only: bool = typer.Option(
+        False, "--layers-only",
+        help="cpu: time the layers only, not the runtime's own costs (pipeline actions, FSDP, time-sharing); "
+        "search then prices those with the stack's figures",
+    ),
 ) -> None:
     """Time forward, backward-input and backward-weight of each layer kind and size its memory."""
     from launch.profiler import layers as profiler
@@ -104,7 +109,7 @@ def profile(
         recomputes=tuple(comma_list(recompute, "--recompute")),
         precision=precision or _default_precision(device, cluster_spec),
         warmup=warmup, repeats=repeats, num_threads=threads, tp_group=tp_group, cluster=cluster_spec.name if cluster_spec else None,
-        timeshare_s=timeshare_s, cps=parse_ints(cp, "--cp"),
+        timeshare_s=timeshare_s, cps=parse_ints(cp, "--cp"), runtime_costs=not layers_only,
     )
     profiler.check_settings(spec, settings)
     check_writable(out_path)

@@ -22,6 +22,7 @@ from profiles.profile_schema import ProfileFile, model_shape_hash
 
 CPU = ActivationVariant.runtime("fp32", device="cpu")
 FAST = dict(warmup=1, repeats=2, timeshare_s=0.3)
+LAYERS_ONLY = dict(FAST, runtime_costs=False)  # the runtime's own costs are small_profile's to check
 
 
 @pytest.fixture(autouse=True)
@@ -165,9 +166,10 @@ def test_profile_file_round_trip(small_profile, tmp_path):
 def test_cli_writes_the_profile_and_a_table(tmp_path, capsys):
     out = tmp_path / "p.json"
     argv = ["profile", "--model", "tiny-llama", "--tp", "1,2", "--mbs", "1", "--recompute", "none", "--repeats", "2", "--warmup", "0",
-            "--timeshare-s", "0", "--out", str(out)]  # fmt: skip
+            "--layers-only", "--out", str(out)]  # fmt: skip
     assert run(argv) == 0
     data = json.loads(out.read_text())
+    assert data["runtime"] is None  # --layers-only: the runtime's own costs are left to the stack's figures
     assert [(e["kind"], e["tp"]) for e in data["layers"]] == [(k, tp) for tp in (1, 2) for k in ("embedding", "transformer", "head")]
     assert data["precision"] == "fp32" and data["model"]["name"] == "tiny-llama"
     assert "wrote" in capsys.readouterr().out
@@ -207,7 +209,7 @@ def test_bad_input_exits_2_with_one_error_line(name, tmp_path, capsys):
 
 @pytest.mark.dist
 def test_tp_group_times_the_runtime_dtensor_layers(tmp_path):
-    settings = ProfileSettings(tps=(1, 2), mbss=(1,), recomputes=("none",), tp_group=True, **FAST)
+    settings = ProfileSettings(tps=(1, 2), mbss=(1,), recomputes=("none",), tp_group=True, **LAYERS_ONLY)
     profile = profile_model(load_model("tiny-gpt"), settings)
     assert profile.timer == "wall"
     for e in profile.layers:
@@ -219,7 +221,7 @@ def test_tp_group_times_the_runtime_dtensor_layers(tmp_path):
 
 @pytest.fixture(scope="module")
 def moe_profile() -> ProfileFile:
-    settings = ProfileSettings(tps=(1, 2), mbss=(1,), recomputes=("none",), **FAST)
+    settings = ProfileSettings(tps=(1, 2), mbss=(1,), recomputes=("none",), **LAYERS_ONLY)
     return profile_model(load_model("tiny-moe"), settings)
 
 
@@ -267,7 +269,7 @@ def test_a_ring_is_timed_and_sized_on_a_rank_of_real_ring(tmp_path):
     """``--cp 1,2``: the transformer layer also on one rank of a ring of 2 gloo processes (the runtime's ring
     attention), holding 64 of tiny-llama's 128 positions: its saved activations are half the whole layer's
     within the ring's extra (the key/value blocks received from the other rank), times are wall clock."""
-    settings = ProfileSettings(tps=(1,), mbss=(1,), recomputes=("none",), cps=(1, 2), **FAST)
+    settings = ProfileSettings(tps=(1,), mbss=(1,), recomputes=("none",), cps=(1, 2), **LAYERS_ONLY)
     profile = profile_model(load_model("tiny-llama"), settings)
     assert profile.timer == "wall"
     assert [(e.kind, e.cp, e.seq_len) for e in profile.layers] == [

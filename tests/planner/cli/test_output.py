@@ -59,11 +59,16 @@ def test_hf_config_seq_len_defaults_to_at_most_4096(tmp_path: Path, capsys: pyte
     assert "note: assuming --seq-len 4096 = min(4096, max_position_embeddings 131072)" in captured.err
 
 
+@pytest.fixture(scope="module")
+def gpt_1t_top5() -> list:
+    """GPT-1T's top 5 on 3072 A100s (one search for both widths)."""
+    result = search(load_model("gpt-1t"), load_cluster("dgx-a100-80g"), TrainSpec(global_batch=3072, seq_len=2048), 3072, top_k=5)
+    return [(s.config, s.estimate.model_copy(update={"error_band_pct": 12.0})) for s in result.best]
+
+
 @pytest.mark.parametrize("width", [100, 120])
-def test_plans_table_fits_the_width_without_cutting_cells(width: int) -> None:
-    model, cluster = load_model("gpt-1t"), load_cluster("dgx-a100-80g")
-    result = search(model, cluster, TrainSpec(global_batch=3072, seq_len=2048), 3072, top_k=5)
-    rows = [(s.config, s.estimate.model_copy(update={"error_band_pct": 12.0})) for s in result.best]
+def test_plans_table_fits_the_width_without_cutting_cells(width: int, gpt_1t_top5: list) -> None:
+    rows = gpt_1t_top5
     console = Console(width=width, record=True)
     console.print(plans_table(rows, None, width))
     text = console.export_text()
