@@ -218,20 +218,19 @@ def end_weight_grad_input_bytes(model: ModelSpec, seq_len: int, mbs: int, tp: in
 def head_activation_bytes(
     model: ModelSpec, seq_len: int, mbs: int, tp: int, sequence_parallel: bool, variant: ActivationVariant
 ) -> float:
-    """Final norm input, logits input, and what the loss keeps for backward.
-
-    Megatron's vocab-parallel cross-entropy keeps the fp32 softmax and the logits
-    over V/t per rank (``vocab_parallel_loss``); ppplan's torch runtime gathers the
-    logits to the full vocabulary and keeps only the fp32 log-softmax (4·s·b·V per
-    rank, measured with saved-tensor hooks by the profiler)."""
+    """Final norm input, logits input, and what the loss keeps for backward: the fp32 softmax over
+    the rank's V/t logits where the loss is vocab-parallel (Megatron's ``_VocabParallelCrossEntropy``
+    saves ``exp_logits`` of ``logits.float()``, megatron/mpu/cross_entropy.py @ v2.6 and
+    megatron/core/tensor_parallel/cross_entropy.py @ core_v0.14.0), the fp32 log-softmax over all V
+    where the logits are gathered (ppplan's torch runtime: 4·s·b·V per rank, measured with
+    saved-tensor hooks by the profiler). Not the logits themselves: the output layer keeps its input,
+    and the loss's caller drops them before the backward (torchtitan ``del pred``, train.py @ v0.2.2;
+    a local of Megatron's model forward)."""
     tokens = seq_len * mbs
     p = variant.bytes_per_element
     norm_in = p * tokens * model.hidden_size / (tp if sequence_parallel else 1)
     logits_in = p * tokens * model.hidden_size
-    if variant.vocab_parallel_loss:
-        logits = (4 + p) * tokens * model.vocab_size / tp
-    else:
-        logits = 4 * tokens * model.vocab_size
+    logits = 4 * tokens * model.vocab_size / (tp if variant.vocab_parallel_loss else 1)
     return norm_in + logits_in + logits
 
 

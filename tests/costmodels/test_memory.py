@@ -253,3 +253,15 @@ def test_the_optimizer_steps_peak_counts_where_it_rises_above_the_backwards(stac
     assert parts.get("optimizer_step", 0.0) == pytest.approx(expected, abs=2e-4)  # each term rounded to 1e-4 GiB
     if copies and dp == 1:
         assert expected > 1.0  # gpt3-1.7b's 4 B/param copy is well above its few recomputed activations
+
+
+@pytest.mark.parametrize(("stack", "tp", "vocab_shards"), [("megatron-core", 8, 8), ("ppplan-torch", 2, 1)])
+def test_the_head_keeps_the_fp32_softmax_not_the_logits(stack: str, tp: int, vocab_shards: int) -> None:
+    """GPT-3 175B's head, seq 2048, mbs 1, bf16: the final norm's input (over tp with sequence parallelism),
+    the logits GEMM's input, and 4 B per logit of the loss's fp32 softmax (vocab-parallel: the rank's V/t;
+    gathered: all V). The bf16 logits are not kept (the output layer saves its input)."""
+    model = load_model("gpt3-175b")
+    t, h, v = 2048, model.hidden_size, model.vocab_size
+    variant = ActivationVariant.for_stack(load_stack(stack).kernels, "bf16")
+    expected = 2 * t * h / tp + 2 * t * h + 4 * t * v / vocab_shards
+    assert head_activation_bytes(model, 2048, 1, tp, True, variant) == expected
