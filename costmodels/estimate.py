@@ -306,9 +306,12 @@ def _pipeline_inputs(
     fwd = [c.forward_s for c in costs]
     bwd_in = [c.backward_input_s for c in costs]
     bwd_w = [c.backward_weight_s for c in costs]
-    if schedule_spec(cfg.schedule).split_backward:
+    if schedule_spec(cfg.schedule).split_backward and stack.pipeline_runtime == "torch":
         # torch's first stage has no input gradient to send: its B is empty and the whole
-        # backward runs as W (torch.distributed.pipelining, measured by the profiler)
+        # backward runs as W (torch.distributed.pipelining, measured by the profiler). Megatron's
+        # zero-bubble runtime splits at the GEMMs instead: B is the autograd backward with the
+        # weight-gradient GEMMs queued (WeightGradStore, sail-sg/zero-bubble-pipeline-parallelism
+        # megatron/core/zbpp_utils.py), the first stage's included, and W runs the queue.
         bwd_w[0] += bwd_in[0]
         bwd_in[0] = 0.0
     times = StageTimes(

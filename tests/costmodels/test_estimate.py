@@ -15,6 +15,7 @@ from costmodels.compute import memory_bound_time_s
 from costmodels.estimate import ADAM_STEP_BYTES_PER_PARAM, estimate, memory_limit_gib, stage_times
 from costmodels.memory import GIB, stage_params
 from costmodels.step_time import exposed_sum_s
+from profiles.loader import load_cluster, load_model, load_stack
 from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec
 from profiles.stack_schema import StackSpec
 from tests.costmodels.neutral_stack import neutral_stack
@@ -293,3 +294,16 @@ def test_torch_pipelining_keeps_a_receive_buffer_per_microbatch_and_direction():
     torch_stack, megatron = load_stack("ppplan-torch"), load_stack("megatron-core")
     assert [p2p_buffer_count(torch_stack, cfg, plans) for plans in ranks] == [24, 32, 32, 24]
     assert [p2p_buffer_count(megatron, cfg, plans) for plans in ranks] == [P2P_BUFFERS] * 4
+
+
+@pytest.mark.parametrize(("stack", "first_stage_b"), [("ppplan-torch", False), ("megatron-lm-2021", True)])
+def test_the_first_stage_keeps_its_b_where_the_backward_splits_at_the_gemms(stack: str, first_stage_b: bool) -> None:
+    """torch's pipelining runs the first stage's whole backward as W (no input gradient to send); Megatron's
+    zero-bubble runtime queues only the weight-gradient GEMMs, so the first stage's B is its layers'
+    input-gradient backward, like every other stage's (the zero-bubble paper's rows are priced on it)."""
+    model, cluster = load_model("gpt3-1.7b"), load_cluster("dgx-a100-80g")
+    train = TrainSpec(global_batch=4, seq_len=2048, precision="bf16")
+    cfg = ParallelConfig(stack=stack, tp=1, pp=2, dp=1, mbs=1, num_microbatches=4, schedule="zb-h1", stage_layers=[12, 12])
+    times = stage_times(model, cluster, train, cfg, stack=load_stack(stack))
+    assert (times.backward_input_s[0] > 0) is first_stage_b
+    assert times.backward_input_s[1] > 0
