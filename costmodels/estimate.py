@@ -161,12 +161,13 @@ def _stage_plan(
 
 def rank_memory_if_uniform_gib(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
-    rank: int, layers_per_stage: int, inflight_stage_microbatches: float, *, stack: StackSpec,
+    rank: int, layers_per_stage: int, inflight_stage_microbatches: float, *, stack: StackSpec, part: str = "peak",
 ) -> float:
     """Peak GiB of pipeline ``rank`` if each of its stages held ``layers_per_stage`` layers and
-    ``inflight_stage_microbatches`` stage-microbatches were alive (affine in the layer count;
-    the search derives per-rank layer caps from it); a mixture-of-experts model's layers all
-    count as MoE layers."""
+    ``inflight_stage_microbatches`` stage-microbatches were alive; a mixture-of-experts model's layers
+    all count as MoE layers. ``part`` "backward" (affine in the layer count and the in-flight count)
+    and "step" (affine in the layer count; 0 plus the reserve where the step allocates nothing) are the
+    two pieces whose maximum is the peak: the search derives per-rank layer caps from each."""
     variant = activation_variant(cluster, train, stack)
     kind = "moe" if model.is_moe else None  # the model's most common layer, wherever the probe's layers fall
     plans = [
@@ -175,7 +176,7 @@ def rank_memory_if_uniform_gib(
         if layout.pipeline_rank == rank
     ]
     peak = inflight_stage_microbatches * max(st.activation_bytes for st in plans)
-    return sum(_rank_memory_gib(model, cluster, train, cfg, plans, peak, stack, variant).values())
+    return sum(_rank_memory_gib(model, cluster, train, cfg, plans, peak, stack, variant, part).values())
 
 
 def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, network: Network) -> tuple[float, ...]:
@@ -386,11 +387,14 @@ def p2p_buffer_count(stack: StackSpec, cfg: ParallelConfig, rank_plans: list[Sta
 def _rank_memory_gib(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
     rank_plans: list[StagePlan], activation_peak: float, stack: StackSpec, variant: ActivationVariant,
+    part: str = "peak",
 ) -> dict[str, float]:
     """Per-rank memory in GiB by category: static state under ZeRO (dense parameters sharded over the
     dp x cp ranks, routed experts over the dp x cp / ep ranks holding them; gradients as the stack
     keeps them), activations of the microbatches in flight (from the schedule), the largest transient
-    working tensor, p2p and DP bucket buffers, allocator fragmentation and the runtime's own reserve."""
+    working tensor, p2p and DP bucket buffers, the optimizer step's excess over all that
+    (``_optimizer_step_bytes``), allocator fragmentation and the runtime's own reserve. ``part``:
+    "peak" (that), "backward" (without the step's excess) or "step" (the step's peak alone)."""
     dense = sum(st.params.dense for st in rank_plans)
     experts = sum(st.params.expert for st in rank_plans)
     data_ranks = cfg.dp * cfg.cp
@@ -415,26 +419,30 @@ def _rank_memory_gib(
         "comm_buffers": p2p_buffers + dp_buckets,
     }
     allocated.update(_cpu_heap_terms(model, cluster, train, cfg, rank_plans, dense + experts, variant))
-    step = _optimizer_step_excess_bytes(cluster, train, stack, static, sum(allocated.values()))
-    if step:
-        allocated["optimizer_step"] = step
+    step = _optimizer_step_bytes(cluster, train, stack, static)
+    if part == "step":
+        allocated = {"optimizer_step": step}
+    elif part == "peak" and step > sum(allocated.values()):
+        # the step holds the static state and its temporaries while the activations are freed (the caching
+        # allocator reuses their blocks): only its excess over the backward's peak counts
+        allocated["optimizer_step"] = step - sum(allocated.values())
     allocated["fragmentation"] = sum(allocated.values()) * cluster.allocator_fragmentation
     out = {k: v / GIB for k, v in allocated.items()}
     out["runtime_reserved"] = cluster.runtime_reserved_gib
     return out
 
 
-def _optimizer_step_excess_bytes(cluster: ClusterSpec, train: TrainSpec, stack: StackSpec, static: StaticMemory,
-                                 backward_bytes: float) -> float:
-    """How far the optimizer step's peak rises above the backward's on a GPU: the step holds the static
-    state and its temporaries (``optimizer_step_temp_bytes``) while the activations are freed, and the
-    caching allocator reuses their blocks, so only the excess over the backward's peak counts. CPU ranks
-    count foreach Adam's temporary in full already (``_cpu_heap_terms``)."""
+def _optimizer_step_bytes(cluster: ClusterSpec, train: TrainSpec, stack: StackSpec, static: StaticMemory) -> float:
+    """What a GPU rank holds while its optimizer steps: the static state and the step's temporaries
+    (``optimizer_step_temp_bytes``); 0 where the step allocates nothing, and on CPU ranks, which count
+    foreach Adam's temporary in full already (``_cpu_heap_terms``)."""
     if runs_on_cpu(cluster):
         return 0.0
     _, _, optimizer_per_param = state_bytes_per_param(train.precision, stack.grad_accumulation_fp32)
     temp = optimizer_step_temp_bytes(stack, train.precision, static.optimizer_bytes / optimizer_per_param)
-    return max(0.0, static.weights_bytes + static.gradients_bytes + static.optimizer_bytes + temp - backward_bytes)
+    if not temp:
+        return 0.0
+    return static.weights_bytes + static.gradients_bytes + static.optimizer_bytes + temp
 
 
 def _cpu_heap_terms(

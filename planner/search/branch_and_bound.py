@@ -84,17 +84,34 @@ def config_for(cand: Candidate, stage_layers: list[int], stack: str = DEFAULT_ST
 
 @dataclass(frozen=True)
 class RankMemoryLine:
-    """One kind of rank's GiB, affine in its layers: ``base + per_layer·(layers on the rank) +
-    inflight·(per_stage + per_stage_layer·(layers per stage))`` (what the cut points are capped with)."""
+    """One kind of rank's GiB (what the cut points are capped with): the larger of the backward's peak,
+    ``base + per_layer·(layers on the rank) + inflight·(per_stage + per_stage_layer·(layers per stage))``,
+    and the optimizer step's, ``step_base + step_per_layer·(layers on the rank)``; each affine in the
+    layers per stage."""
 
     base: float
     per_layer: float
     per_stage: float
     per_stage_layer: float
+    step_base: float = 0.0
+    step_per_layer: float = 0.0
+
+    def pieces(self, v: int, inflight: int) -> tuple[tuple[float, float], tuple[float, float]]:
+        """(GiB at 0 layers per stage, GiB per layer per stage) of the backward's and the step's peak."""
+        backward = (self.base + inflight * self.per_stage, self.per_layer * v + inflight * self.per_stage_layer)
+        return backward, (self.step_base, self.step_per_layer * v)
 
     def gib(self, v: int, layers_per_stage: int, inflight: int) -> float:
-        n = layers_per_stage
-        return self.base + self.per_layer * v * n + inflight * (self.per_stage + self.per_stage_layer * n)
+        return max(at_zero + slope * layers_per_stage for at_zero, slope in self.pieces(v, inflight))
+
+    def cap(self, v: int, inflight: int, limit_gib: float, most: int) -> int:
+        """Most layers per stage (at most ``most``) under ``limit_gib``; 0 when one is too many."""
+        caps = []
+        for at_zero, slope in self.pieces(v, inflight):
+            if at_zero + slope > limit_gib:
+                return 0
+            caps.append(most if slope <= 0 else min(most, 1 + int((limit_gib - at_zero - slope) / slope)))
+        return min(caps)
 
 
 # (pp, v, schedule, rank) of a small configuration whose ``rank`` is of the kind (embedding, head).
@@ -136,13 +153,17 @@ class Searcher:
                 sequence_parallel=c.sequence_parallel, zero=c.zero, stage_layers=[1] * (pp * v),
             )
 
-            def at(n: int, inflight: int) -> float:
-                return rank_memory_if_uniform_gib(self.model, self.cluster, self.train, probe, rank, n, inflight, stack=self.stack)
+            def at(n: int, inflight: int, part: str = "backward") -> float:
+                return rank_memory_if_uniform_gib(self.model, self.cluster, self.train, probe, rank, n, inflight,
+                                                  stack=self.stack, part=part)
 
             m10, m20, m11, m21 = at(1, 0), at(2, 0), at(1, 1), at(2, 1)
             per_layer = (m20 - m10) / v
             per_stage_layer = (m21 - m20) - (m11 - m10)
-            line = RankMemoryLine(m10 - per_layer * v, per_layer, (m11 - m10) - per_stage_layer, per_stage_layer)
+            s1, s2 = at(1, 0, "step"), at(2, 0, "step")
+            step_per_layer = (s2 - s1) / v
+            line = RankMemoryLine(m10 - per_layer * v, per_layer, (m11 - m10) - per_stage_layer, per_stage_layer,
+                                  s1 - step_per_layer * v, step_per_layer)
             self._lines[key] = line
         return line
 
@@ -155,11 +176,9 @@ class Searcher:
         caps = [0] * stages
         for rank, own in enumerate(stages_by_rank(c.schedule, c.pp, c.v)):
             line = self._memory_line(c, (0 in own, last in own))
-            one = line.gib(c.v, 1, counts[rank])
-            if one > self.limit_gib:
+            cap = line.cap(c.v, counts[rank], self.limit_gib, self.model.num_layers)
+            if cap == 0:
                 return None
-            slope = line.gib(c.v, 2, counts[rank]) - one
-            cap = self.model.num_layers if slope <= 0 else 1 + int((self.limit_gib - one) / slope)
             for s in own:
                 caps[s] = cap
         return caps

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from costmodels.estimate import estimate
 from costmodels.layout import uniform_split
 from planner.cli.main import run
@@ -91,3 +93,37 @@ def test_explain_names_binding_and_alternatives(tmp_path, capsys):
     assert run(["explain", str(plan)]) == 0
     text = capsys.readouterr().out
     assert "What binds" in text and "Nearest alternatives" in text and "slower" in text
+
+
+def test_a_rank_memory_line_caps_layers_under_both_the_backward_and_the_step_peak() -> None:
+    """Hand numbers: the backward's peak 10 + 2 GiB per layer (+ 1 per in-flight microbatch), the step's
+    4 + 5 per layer; under 40 GiB with 2 in flight the backward allows 14 layers, the step 7."""
+    from planner.search.branch_and_bound import RankMemoryLine
+
+    line = RankMemoryLine(base=10.0, per_layer=2.0, per_stage=1.0, per_stage_layer=0.0, step_base=4.0, step_per_layer=5.0)
+    assert line.gib(1, 7, 2) == max(10 + 14 + 2, 4 + 35) == 39
+    assert line.cap(1, 2, 40.0, 96) == 7
+    assert line.cap(1, 2, 8.0, 96) == 0  # one layer is too many for the step
+    assert RankMemoryLine(10.0, 2.0, 1.0, 0.0).cap(1, 2, 40.0, 96) == 14  # no step temporaries: the backward caps
+
+
+@pytest.mark.parametrize("stack", ["megatron-lm-2021", "megatron-core"])
+def test_the_peak_is_the_larger_of_the_backward_and_the_step_that_the_search_caps_with(stack: str) -> None:
+    """gpt3-1.7b in fp16 on 2 A100s (pp 2, full recompute: few activations, the fp32 gradient copy binds)
+    and with no recompute at 8 in flight (the activations bind): every rank's estimated peak is the
+    larger of the two pieces ``rank_memory_if_uniform_gib`` gives the search."""
+    from costmodels.estimate import rank_memory_if_uniform_gib
+
+    model, cluster = load_model("gpt3-1.7b"), load_cluster("dgx-a100-80g")
+    train = TrainSpec(global_batch=8, seq_len=2048, precision="fp16")
+    binds = set()
+    for recompute in ("full", "none"):
+        cfg = ParallelConfig(stack=stack, tp=1, pp=2, dp=1, mbs=1, num_microbatches=8, schedule="1f1b",
+                             recompute=recompute, stage_layers=[12, 12])
+        est = estimate(model, cluster, train, cfg, stack=load_stack(stack))
+        for rank, inflight in ((0, 2), (1, 1)):
+            pieces = [rank_memory_if_uniform_gib(model, cluster, train, cfg, rank, 12, inflight, stack=load_stack(stack), part=part)
+                      for part in ("backward", "step")]
+            assert est.peak_memory_gib[rank] == pytest.approx(max(pieces), abs=1e-3)
+            binds.add(pieces.index(max(pieces)))
+    assert binds == {0, 1}  # each piece binds somewhere
