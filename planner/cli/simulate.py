@@ -95,11 +95,12 @@ def plan_case(plan_path: Path) -> tuple[Schedule, StageTimes]:
 
 def inflight_caps(plan: Plan, times: StageTimes) -> list[int]:
     """Most microbatches each rank may hold so that the plan still fits: the memory the
-    estimate counts outside activations, then whole microbatches of that rank's stage."""
+    estimate counts outside activations (and outside the optimizer step's excess over the backward,
+    which more activations only shrink), then whole microbatches of that rank's stage."""
     frag = 1.0 + plan.cluster.allocator_fragmentation
     caps = []
     for r, parts in enumerate(plan.estimate.memory_breakdown_gib):
-        fixed = sum(parts.values()) - parts["activations"] * frag
+        fixed = sum(parts.values()) - (parts["activations"] + parts.get("optimizer_step", 0.0)) * frag
         per_microbatch = times.activation_bytes[r] / GIB * frag
         room = plan.estimate.memory_limit_gib - fixed
         caps.append(max(1, min(plan.config.num_microbatches, int(room / per_microbatch))))
