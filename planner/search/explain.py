@@ -31,6 +31,14 @@ BINDING_SHARE = 0.05
 WASTE_BUBBLE_FRACTION = 0.5  # more than half of the step idle in the pipeline
 WASTE_MFU_SHARE = 1 / 3  # MFU under a third of what the same GPUs reach on the same layers when busy
 
+# Where the terms that fell add up to more than this share of the largest rise, they are named beside
+# it: the breakdowns are the critical rank's, and two plans' critical ranks can trade compute for
+# bubble (DeepSeek-V3's pp 16 against pp 32: bubble +9.2 s, compute, all-to-all and recomputation
+# -8.9 s together, a 0.8 % step difference).
+OFFSET_SHARE = 0.5
+OFFSET_NAMED_SHARE = 0.05  # a fall under a twentieth of the rise is not named
+OFFSETS_NAMED = 3
+
 
 def _g3(value: float) -> str:
     """Three significant digits, trailing zeros kept (67.0, 0.553, 143): the text people read."""
@@ -225,6 +233,10 @@ def _why_slower(win: Estimate, other: Estimate, delta_pct: float, cfg: ParallelC
         "context-parallel ring": other.breakdown.cp_comm_s - win.breakdown.cp_comm_s,
     }
     name, seconds = max(diffs.items(), key=lambda kv: kv[1])
+    falls = sorted((v, k) for k, v in diffs.items() if v < -OFFSET_NAMED_SHARE * seconds)
+    if -sum(v for v, _ in falls) > OFFSET_SHARE * seconds:  # large moves that nearly cancel: say them all
+        against = ", ".join(f"{k} -{_g3(-v)} s" for v, k in falls[:OFFSETS_NAMED])
+        return f"{_g3(delta_pct)}% slower: {name} +{_g3(seconds)} s against {against}"
     return f"{_g3(delta_pct)}% slower, mostly {name} (+{_g3(seconds)} s)"
 
 

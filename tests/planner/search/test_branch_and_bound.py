@@ -127,3 +127,27 @@ def test_the_peak_is_the_larger_of_the_backward_and_the_step_that_the_search_cap
             assert est.peak_memory_gib[rank] == pytest.approx(max(pieces), abs=1e-3)
             binds.add(pieces.index(max(pieces)))
     assert binds == {0, 1}  # each piece binds somewhere
+
+
+def test_a_slower_neighbour_names_both_terms_when_two_large_moves_nearly_cancel() -> None:
+    """The explained reason compares the two plans' critical ranks: when one term rises by 9 s and others
+    fall by nearly as much (DeepSeek-V3's pp 32 against pp 16), the falls are named too (the three
+    largest; a fall under a twentieth of the rise is not); a single rise keeps the short form."""
+    from planner.search.explain import _why_slower
+
+    model, cluster = load_model("gpt3-1.7b"), load_cluster("dgx-a100-80g")
+    cfg = ParallelConfig(tp=1, pp=1, dp=8, mbs=1, num_microbatches=1, schedule="1f1b", stage_layers=[24])
+    win = estimate(model, cluster, TrainSpec(global_batch=8, seq_len=2048), cfg, stack=load_stack())
+
+    def moved(**deltas: float):
+        parts = {k: getattr(win.breakdown, k) + v for k, v in deltas.items()}
+        return win.model_copy(update={"breakdown": win.breakdown.model_copy(update=parts)})
+
+    both = _why_slower(win, moved(bubble_s=9.11, compute_s=-8.85), 0.82, cfg, None)
+    assert both == "0.820% slower: bubble +9.11 s against compute efficiency -8.85 s"
+    one = _why_slower(win, moved(bubble_s=2.0, compute_s=-0.5), 5.0, cfg, None)
+    assert one == "5.00% slower, mostly bubble (+2.00 s)"
+    spread = _why_slower(win, moved(bubble_s=9.16, compute_s=-4.13, ep_comm_s=-2.71, recompute_s=-1.71, dp_comm_s=-0.34),
+                         0.823, cfg, None)  # DeepSeek-V3's figures: the fall is spread over four terms
+    assert spread == ("0.823% slower: bubble +9.16 s against compute efficiency -4.13 s, expert all-to-all -2.71 s, "
+                      "recomputation -1.71 s")
