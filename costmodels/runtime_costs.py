@@ -45,10 +45,9 @@ from dataclasses import dataclass, replace
 
 from costmodels.comm import US, Link, Network, bandwidth_bytes_per_s
 from costmodels.layer_costs import runs_on_cpu
+from costmodels.memory import STEP_TEMP_BYTES_PER_PARAM
 from profiles.profile_schema import CommProfile, RuntimeMeasurement
 from profiles.schema import ClusterSpec
-
-OPTIMIZER_TEMP_BYTES_PER_PARAM = 4  # one fp32 value per updated parameter (foreach AdamW's sqrt temporary)
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ def with_measured_links(network: Network, costs: RuntimeCosts) -> Network:
 
 def optimizer_temp_bytes(cluster: ClusterSpec, optimizer_params: float) -> float:
     """Resident bytes of the optimizer step's temporary on CPU ranks (module docstring); 0 on GPUs."""
-    return OPTIMIZER_TEMP_BYTES_PER_PARAM * optimizer_params if runs_on_cpu(cluster) else 0.0
+    return STEP_TEMP_BYTES_PER_PARAM * optimizer_params if runs_on_cpu(cluster) else 0.0  # foreach AdamW's sqrt
 
 
 def recompute_working_bytes(cluster: ClusterSpec, layer_bytes_none: float, layer_bytes_full: float) -> float:

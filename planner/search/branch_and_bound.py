@@ -101,9 +101,6 @@ class RankMemoryLine:
         backward = (self.base + inflight * self.per_stage, self.per_layer * v + inflight * self.per_stage_layer)
         return backward, (self.step_base, self.step_per_layer * v)
 
-    def gib(self, v: int, layers_per_stage: int, inflight: int) -> float:
-        return max(at_zero + slope * layers_per_stage for at_zero, slope in self.pieces(v, inflight))
-
     def cap(self, v: int, inflight: int, limit_gib: float, most: int) -> int:
         """Most layers per stage (at most ``most``) under ``limit_gib``; 0 when one is too many."""
         caps = []

@@ -8,8 +8,8 @@ import pytest
 
 from costmodels.comm import Link
 from costmodels.estimate import estimate
+from costmodels.memory import STEP_TEMP_BYTES_PER_PARAM
 from costmodels.runtime_costs import (
-    OPTIMIZER_TEMP_BYTES_PER_PARAM,
     RuntimeCosts,
     fsdp_host_s,
     measured_runtime_costs,
@@ -77,7 +77,7 @@ def test_measured_p2p_link_prices_the_pipeline_transfers() -> None:
 
 
 def test_cpu_memory_terms() -> None:
-    assert optimizer_temp_bytes(cluster("cpu"), 1e6) == OPTIMIZER_TEMP_BYTES_PER_PARAM * 1e6 == 4e6
+    assert optimizer_temp_bytes(cluster("cpu"), 1e6) == STEP_TEMP_BYTES_PER_PARAM * 1e6 == 4e6
     assert optimizer_temp_bytes(cluster("H100"), 1e6) == 0.0
     cpu = estimate(MODEL, cluster("cpu"), TRAIN, config(pp=1, dp=2, zero=1), UnitLayers(), stack=STACK).memory_breakdown_gib[0]
     gpu = estimate(MODEL, cluster("H100"), TRAIN, config(pp=1, dp=2, zero=1), UnitLayers(), stack=STACK).memory_breakdown_gib[0]

@@ -101,7 +101,7 @@ def test_a_rank_memory_line_caps_layers_under_both_the_backward_and_the_step_pea
     from planner.search.branch_and_bound import RankMemoryLine
 
     line = RankMemoryLine(base=10.0, per_layer=2.0, per_stage=1.0, per_stage_layer=0.0, step_base=4.0, step_per_layer=5.0)
-    assert line.gib(1, 7, 2) == max(10 + 14 + 2, 4 + 35) == 39
+    assert max(at_zero + slope * 7 for at_zero, slope in line.pieces(1, 2)) == max(10 + 14 + 2, 4 + 35) == 39
     assert line.cap(1, 2, 40.0, 96) == 7
     assert line.cap(1, 2, 8.0, 96) == 0  # one layer is too many for the step
     assert RankMemoryLine(10.0, 2.0, 1.0, 0.0).cap(1, 2, 40.0, 96) == 14  # no step temporaries: the backward caps
