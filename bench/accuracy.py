@@ -1,8 +1,9 @@
 """Accuracy of the cost model on the published-runs corpus (issue 12).
 
 Prints, from one ``ppplan validate`` run (``planner.trust.validation.validate``):
-per independent source the rows priced and skipped with a-priori, held-out
-(leave-one-source-out) and in-sample MAPE; the fitted constants per GPU family;
+per independent source the rows priced and skipped with a-priori, held-out fit
+(leave-one-source-out), held-out (what the presets' procedure ships for a source it never saw,
+the targets' figure) and in-sample MAPE; the fitted constants per GPU family;
 Spearman's rho within every sweep; the memory check; the worst rows with their
 error; MAPE per category (dense / moe / long-context) and per stack; each target
 met or not. Writes the predicted-vs-measured plot (``--plot``, default
@@ -20,19 +21,19 @@ from pathlib import Path
 
 from planner.trust.accuracy import grouped
 from planner.trust.published_runs import DEFAULT_RUNS_CSV
-from planner.trust.validation import ValidationReport, target_lines, validate
+from planner.trust.validation import PREDICTIONS, ValidationReport, target_lines, validate
 from planner.trust.validation_plot import plot_validation
 
 
 def print_sources(report: ValidationReport) -> None:
-    print(f"{'source':22s} {'priced':>6s} {'skipped':>7s} {'a priori':>9s} {'held-out':>9s} {'in-sample':>9s}")
-    mapes = {w: report.mape(w)["per_source"] for w in ("apriori", "heldout", "fitted")}
+    print(f"{'source':22s} {'priced':>6s} {'skipped':>7s} {'a priori':>9s} {'fit h-o':>9s} {'held-out':>9s} {'in-sample':>9s}")
+    mapes = {w: report.mape(w)["per_source"] for w in PREDICTIONS}
     skipped = grouped(report.skipped, lambda s: s.source)
     for source in sorted(set(mapes["heldout"]) | set(skipped)):
         priced = sum(1 for r in report.priced if r.row.source == source)
-        figures = [f"{mapes[w][source]:9.1f}" if priced else f"{'-':>9s}" for w in ("apriori", "heldout", "fitted")]
+        figures = [f"{mapes[w][source]:9.1f}" if priced else f"{'-':>9s}" for w in PREDICTIONS]
         print(f"{source:22s} {priced:6d} {len(skipped.get(source, [])):7d} {' '.join(figures)}")
-    overall = [f"{report.mape(w)['overall']:9.1f}" for w in ("apriori", "heldout", "fitted")]
+    overall = [f"{report.mape(w)['overall']:9.1f}" for w in PREDICTIONS]
     print(f"{'overall':22s} {len(report.priced):6d} {len(report.skipped):7d} {' '.join(overall)}")
 
 
@@ -40,7 +41,7 @@ def print_families(report: ValidationReport) -> None:
     for family, s in report.family_summary().items():
         terms = ", ".join(f"{k}={v:.4g}" for k, v in s["terms"].items())
         state = f"at bounds: {', '.join(s['at_bounds']) or 'none'}" if s["fitted"] else "not fitted (one source)"
-        print(f"{family:10s} rows={s['rows']:3d} held-out={s['heldout_mape_pct']:.1f}% in-sample={s['in_sample_mape_pct']:.1f}% "
+        print(f"{family:10s} rows={s['rows']:3d} held-out fit={s['heldout_mape_pct']:.1f}% in-sample={s['in_sample_mape_pct']:.1f}% "
               f"{terms}; {state}")
 
 

@@ -2,7 +2,7 @@
 
     ppplan validate [--runs public_runs.csv] [--no-fit] [--json] [--plot out.png] [--update [--tables-dir D]]
 
-Tables (stdout): per source (rows priced and skipped, a-priori, held-out and in-sample
+Tables (stdout): per source (rows priced and skipped, a-priori, held-out fit, held-out and in-sample
 MAPE), the fitted constants per GPU family, Spearman's rho per sweep, the memory check,
 the worst rows, the skipped rows grouped by reason, and each issue-12 target met or not.
 ``--update`` writes ``profiles/calibration/error_bands.yaml`` and the fitted constants with their
@@ -23,7 +23,7 @@ from planner.cli.app import app, err, out
 from planner.trust.accuracy import grouped
 from planner.trust.error_bands import write_tables
 from planner.trust.published_runs import DEFAULT_RUNS_CSV
-from planner.trust.validation import FIT_CATEGORY, ValidationReport, target_lines
+from planner.trust.validation import FIT_CATEGORY, PREDICTIONS, ValidationReport, target_lines
 from planner.trust.validation import validate as run_validate
 from planner.trust.validation_plot import plot_validation
 from profiles.errors import PlanError
@@ -35,24 +35,26 @@ WORST_ROWS = 10
 def _fit_note(report: ValidationReport) -> str:
     if not report.family_fits:
         return "no constants fitted: a-priori, held-out and in-sample figures are the same"
-    return ("held-out = each row priced with its GPU family's constants fitted without its source "
-            "(leave-one-source-out); in-sample = fitted to every row of the family")
+    return ("held-out fit = each row priced with its GPU family's constants fitted without its source "
+            "(leave-one-source-out); held-out = what the presets would ship without that source: that fit "
+            "where it beats the a-priori constants on the family's other sources, else a priori (the "
+            "targets); in-sample = fitted to every row of the family")
 
 
 def _sources_table(report: ValidationReport) -> Table:
     table = Table(title=f"MAPE % per independent source ({FIT_CATEGORY} rows: the fit and the targets)", title_justify="left")
-    for col in ("source", "priced", "OOM rows", "skipped", "a priori", "held-out", "in-sample"):
+    for col in ("source", "priced", "OOM rows", "skipped", "a priori", "held-out fit", "held-out", "in-sample"):
         table.add_column(col, justify="left" if col == "source" else "right")
-    mapes = {w: report.mape(w) for w in ("apriori", "heldout", "fitted")}
+    mapes = {w: report.mape(w) for w in PREDICTIONS}
     skipped = grouped(report.skipped, lambda s: s.source)
     ooms = grouped([r for r in report.results if r.row.oom], lambda r: r.row.source)
     sources = sorted(set(mapes["heldout"]["per_source"]) | set(skipped))
     for source in sources:
         priced = sum(1 for r in report.priced if r.row.source == source)
-        cells = [f"{mapes[w]['per_source'][source]:.1f}" if priced else "-" for w in ("apriori", "heldout", "fitted")]
+        cells = [f"{mapes[w]['per_source'][source]:.1f}" if priced else "-" for w in PREDICTIONS]
         table.add_row(source, str(priced), str(len(ooms.get(source, []))), str(len(skipped.get(source, []))), *cells)
     table.add_row("overall", str(len(report.priced)), str(sum(len(v) for v in ooms.values())), str(len(report.skipped)),
-                  *(f"{mapes[w]['overall']:.1f}" for w in ("apriori", "heldout", "fitted")))
+                  *(f"{mapes[w]['overall']:.1f}" for w in PREDICTIONS))
     return table
 
 
@@ -60,7 +62,7 @@ def _families_table(report: ValidationReport) -> Table:
     table = Table(title="Constants per GPU family (in sample; a priori in brackets)", title_justify="left")
     summary = report.family_summary()
     names = list(next(iter(summary.values()))["terms"]) if summary else []
-    for col in ("family", "rows", *names, "held-out", "in-sample", "at bound"):
+    for col in ("family", "rows", *names, "held-out fit", "in-sample", "at bound"):
         table.add_column(col, justify="left" if col in ("family", "at bound") else "right")
     for family, s in summary.items():
         terms = [f"{s['terms'][n]:.3g} ({s['a_priori'][n]:.3g})" for n in names]
@@ -114,13 +116,13 @@ def _skipped_table(report: ValidationReport) -> Table:
 
 def _categories_table(report: ValidationReport) -> Table:
     table = Table(title="MAPE % per category (constants fitted on dense rows only)", title_justify="left")
-    for col in ("category", "priced", "skipped", "a priori", "held-out", "in-sample"):
+    for col in ("category", "priced", "skipped", "a priori", "held-out fit", "held-out", "in-sample"):
         table.add_column(col, justify="left" if col == "category" else "right")
-    mapes = {w: report.mape(w, "category")["per_category"] for w in ("apriori", "heldout", "fitted")}
+    mapes = {w: report.mape(w, "category")["per_category"] for w in PREDICTIONS}
     skipped = grouped(report.skipped, lambda s: s.category)
     for category in sorted(set(mapes["heldout"]) | set(skipped)):
         priced = sum(1 for r in report.priced if r.row.category == category)
-        cells = [f"{mapes[w][category]:.1f}" if priced else "-" for w in ("apriori", "heldout", "fitted")]
+        cells = [f"{mapes[w][category]:.1f}" if priced else "-" for w in PREDICTIONS]
         table.add_row(category, str(priced), str(len(skipped.get(category, []))), *cells)
     return table
 

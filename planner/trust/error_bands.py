@@ -59,7 +59,7 @@ class ErrorBands(StrictModel):
 
 
 def _band(results: list[RowResult]) -> Band:
-    return Band(heldout_mape_pct=round(mape_pct(r.error("heldout") for r in results), 2),
+    return Band(heldout_mape_pct=round(mape_pct(r.error("heldout_fit") for r in results), 2),
                 apriori_mape_pct=round(mape_pct(r.error("apriori") for r in results), 2),
                 rows=len(results), sources=sorted({r.row.source for r in results}))
 

@@ -59,7 +59,7 @@ DENSE_ROWS_PER_SOURCE = {
 ROWS_PER_CATEGORY = {"dense": (514, 119), "moe": (43, 87), "long-context": (100, 24)}
 SOURCES_WITH_TARGET = sorted(s for s, (n, _, _) in DENSE_ROWS_PER_SOURCE.items() if n >= TARGET_SOURCE_MIN_ROWS)
 # Measured at this commit (held-out MAPE %, Spearman rho, memory under-prediction %), for the xfail reasons.
-MISSED_SOURCE_MAPE = {"llm-foundry": 13.2, "nemo-perf": 16.7, "zero-bubble-iclr24": 13.0}
+MISSED_SOURCE_MAPE = {"nemo-perf": 16.7}
 SWEEPS = [
     "bigscience-tr11_h12288_L106_bf16", "bigscience-tr11_h12288_L96_fp16", "bigscience-tr11_h13312_L82_bf16",
     "bigscience-tr11_h13312_L84_fp16", "bigscience-tr11_h13824_L78_fp16", "bigscience-tr11_h13824_L84_fp16",
@@ -82,7 +82,7 @@ MISSED_SWEEP_RHO = {
     "bigscience-tr11_h12288_L96_fp16": 0.3, "bigscience-tr11_h13312_L82_bf16": 0.3,
     "bigscience-tr11_h13312_L84_fp16": 0.41, "bigscience-tr11_h13824_L78_fp16": 0.48,
     "bigscience-tr11_h13824_L84_fp16": 0.0, "bigscience-tr11_h14336_L70_bf16": 0.7,
-    "bigscience-tr11_h14336_L72_fp16": 0.39, "bigscience-tr8-104B_V100": 0.78,
+    "bigscience-tr11_h14336_L72_fp16": 0.43, "bigscience-tr8-104B_V100": 0.78,
     "dgxc-35a9aec_gpt3-175b_H100-SXM": 0.55, "dgxc-8f5cbb3_gpt3-175b_H100-SXM": 0.59,
     "llm-foundry_mpt-13b_A100-40GB": 0.27, "llm-foundry_mpt-13b_H100-SXM": 0.36, "llm-foundry_mpt-1b_H100-SXM": 0.76,
     "llm-foundry_mpt-30b_H100-SXM": 0.47, "llm-foundry_mpt-70b_H100-SXM": 0.05, "llm-foundry_mpt-7b_H100-SXM": 0.72,
@@ -158,9 +158,15 @@ def test_moe_and_long_context_rows_are_priced_apart_and_never_fitted_on(doc: dic
              for c in ROWS_PER_CATEGORY}
     assert found == ROWS_PER_CATEGORY
     for row in doc["rows"]:
-        if row["category"] != "dense" and doc["fitted_constants"][row["gpu_family"]]["fitted"]:
+        summary = doc["fitted_constants"][row["gpu_family"]]
+        if row["category"] == "dense" or not summary["fitted"]:
+            continue
+        if summary["heldout_mape_pct"] < summary["apriori_mape_pct"]:  # the family's fit ships
             assert row["heldout_basis"] == f"{row['gpu_family']} fit on dense rows (never saw {row['category']} rows)"
             assert row["predicted"] == row["predicted_fitted"]
+        else:
+            assert row["heldout_basis"].startswith(f"a priori: the {row['gpu_family']} fit, held out, prices its dense rows")
+            assert row["predicted"] == row["predicted_apriori"]
     for family, summary in doc["fitted_constants"].items():
         assert summary["rows"] == sum(1 for r in doc["rows"] if r["gpu_family"] == family and r["category"] == "dense")
     per_category = doc["mape_pct_per_category"]["heldout"]
@@ -221,15 +227,34 @@ def test_a_family_with_one_source_is_not_fitted_and_priced_a_priori(doc: dict) -
 
 
 def test_held_out_rows_are_priced_without_their_source(doc: dict) -> None:
-    for row in doc["rows"]:
-        if doc["fitted_constants"][row["gpu_family"]]["fitted"] and row["category"] == "dense":
-            assert row["heldout_basis"] == f"{row['gpu_family']} fit without {row['source']}"
+    """The held-out fit never saw the row's source; the held-out figure is that fit or the a-priori
+    prediction, whichever the family's *other* sources say ships (their held-out-fit MAPE below
+    their a-priori MAPE), recomputed here from the rows."""
+    def mape(rows: list[dict], key: str) -> float:
+        return sum(abs(r[key] / r["measured"] - 1) for r in rows) / len(rows)
+
+    dense = [r for r in doc["rows"] if r["category"] == "dense"]
+    choices = set()
+    for row in dense:
+        family = row["gpu_family"]
+        if not doc["fitted_constants"][family]["fitted"]:
+            continue
+        others = [r for r in dense if r["gpu_family"] == family and r["source"] != row["source"]]
+        ships_fit = mape(others, "predicted_heldout_fit") < mape(others, "predicted_apriori")
+        choices.add(ships_fit)
+        if ships_fit:
+            assert row["heldout_basis"] == f"{family} fit without {row['source']}"
+            assert row["predicted"] == row["predicted_heldout_fit"]
+        else:
+            assert row["heldout_basis"].startswith(f"a priori: the {family} fit, held out, prices its other sources")
+            assert row["predicted"] == row["predicted_apriori"]
+    assert choices == {True, False}  # both arms are exercised by the corpus (A100 ships a priori, H100 its fit)
 
 
 # -- the targets (fixed; xfail where the cost model misses them) ------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="cost model misses the target: overall held-out MAPE 11.6 % at this commit")
+@pytest.mark.xfail(strict=True, reason="cost model misses the target: overall held-out MAPE 9.6 % at this commit")
 def test_overall_heldout_mape_within_target(doc: dict) -> None:
     assert doc["mape_pct"]["overall"] <= TARGET_OVERALL_MAPE_PCT
 
