@@ -65,19 +65,30 @@ def expert_context_violations(model: ModelSpec, train: TrainSpec, cfg: ParallelC
     of the dp x cp ranks (Megatron-Core's parallel folding with expert TP = tp), and the sequence in
     2*cp equal chunks, rank i holding chunks i and 2cp-1-i for causal load balance (Megatron-Core
     validate_args: seq_length % (2 cp) == 0)."""
-    problems: list[str] = []
-    if cfg.ep > 1:
-        if not model.is_moe:
-            problems.append(f"ep={cfg.ep} needs a mixture-of-experts model ({model.name} is dense): use ep=1")
-        elif model.num_experts % cfg.ep:
-            problems.append(f"ep={cfg.ep} does not divide num_experts={model.num_experts}: pick ep from its divisors")
-        if (cfg.dp * cfg.cp) % cfg.ep:
-            problems.append(f"ep={cfg.ep} does not divide dp*cp = {cfg.dp}*{cfg.cp}: expert-parallel ranks are carved out of "
-                            "the data- and context-parallel ranks")  # fmt: skip
-    if cfg.cp > 1 and train.seq_len % (2 * cfg.cp):
-        problems.append(f"cp={cfg.cp} needs the sequence ({train.seq_len}) divisible by 2*cp = {2 * cfg.cp} "
-                        "(two chunks per rank for causal load balance)")  # fmt: skip
-    return problems
+    problems = expert_degree_violations(model, cfg.ep)
+    if cfg.ep > 1 and (cfg.dp * cfg.cp) % cfg.ep:
+        problems.append(f"ep={cfg.ep} does not divide dp*cp = {cfg.dp}*{cfg.cp}: expert-parallel ranks are carved out of "
+                        "the data- and context-parallel ranks")  # fmt: skip
+    return problems + context_degree_violations(train.seq_len, cfg.cp)
+
+
+def expert_degree_violations(model: ModelSpec, ep: int) -> list[str]:
+    """What rules out an expert-parallel degree whatever the other degrees are."""
+    if ep == 1:
+        return []
+    if not model.is_moe:
+        return [f"ep={ep} needs a mixture-of-experts model ({model.name} is dense): use ep=1"]
+    if model.num_experts % ep:
+        return [f"ep={ep} does not divide num_experts={model.num_experts}: pick ep from its divisors"]
+    return []
+
+
+def context_degree_violations(seq_len: int, cp: int) -> list[str]:
+    """What rules out a context-parallel degree whatever the other degrees are."""
+    if cp > 1 and seq_len % (2 * cp):
+        return [f"cp={cp} needs the sequence ({seq_len}) divisible by 2*cp = {2 * cp} "
+                "(two chunks per rank for causal load balance)"]
+    return []
 
 
 def _degree_violations(model: ModelSpec, train: TrainSpec, gpus: int, cfg: ParallelConfig) -> list[str]:

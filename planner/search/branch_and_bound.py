@@ -34,7 +34,12 @@ from costmodels.estimate import estimate, memory_limit_gib, rank_memory_if_unifo
 from costmodels.layer_costs import LayerTimes, RooflineTimes
 from costmodels.layout import uniform_split
 from costmodels.pipeline_bound import bound_pipeline, peak_inflight, stages_by_rank
-from costmodels.rules import model_support_violations
+from costmodels.rules import (
+    context_degree_violations,
+    expert_degree_violations,
+    model_support_violations,
+    tp_violations,
+)
 from planner.search.bounds import Bounds
 from planner.search.cutpoints import split_affine
 from planner.search.space import DEFAULT_SCHEDULES, Candidate, DegreeFilter, enumerate_candidates
@@ -254,7 +259,7 @@ def search(
     cands = list(enumerate_candidates(model, train, gpus, cluster.gpus_per_node, schedules, allow_cross_node_tp, searcher.stack,
                                       searcher.layers.context_parallel_degrees))
     if degrees is not None:
-        cands = _filtered(cands, degrees)
+        cands = _filtered(cands, degrees, pinned_degree_violations(model, train, degrees))
     result = SearchResult(best=[], closest=None, candidates=len(cands), searcher=searcher)
     visit = _Visit(searcher, top_k, tolerance, result)
     for c in cands:
@@ -269,12 +274,21 @@ def search(
     return result
 
 
-def _filtered(cands: list[Candidate], degrees: DegreeFilter) -> list[Candidate]:
+def pinned_degree_violations(model: ModelSpec, train: TrainSpec, degrees: DegreeFilter) -> list[str]:
+    """The rules that rule out a fixed degree on its own (``costmodels.rules``), to say why it has no
+    legal configuration; empty when only the other degrees' combinations rule it out."""
+    checks = {"tp": lambda d: tp_violations(model, d), "cp": lambda d: context_degree_violations(train.seq_len, d),
+              "ep": lambda d: expert_degree_violations(model, d), "pp": lambda d: []}
+    return [p for name, allowed in degrees.fixed() for d in sorted(allowed) for p in checks[name](d)]
+
+
+def _filtered(cands: list[Candidate], degrees: DegreeFilter, why: list[str]) -> list[Candidate]:
     kept = [c for c in cands if degrees.admits(c)]
     if cands and not kept:
         legal = "; ".join(f"{name} {', '.join(str(d) for d in sorted({getattr(c, name) for c in cands}))}"
                           for name, _ in degrees.fixed())
-        raise PlanError(f"no legal configuration has {degrees.describe()}: the legal degrees here are {legal}")
+        reason = f" ({'; '.join(why)})" if why else ""
+        raise PlanError(f"no legal configuration has {degrees.describe()}: the legal degrees here are {legal}{reason}")
     return kept
 
 

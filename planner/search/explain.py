@@ -38,6 +38,7 @@ WASTE_MFU_SHARE = 1 / 3  # MFU under a third of what the same GPUs reach on the 
 OFFSET_SHARE = 0.5
 OFFSET_NAMED_SHARE = 0.05  # a fall under a twentieth of the rise is not named
 OFFSETS_NAMED = 3
+EXPLAINED_SHARE = 0.1  # a largest rise under a tenth of the step-time gap does not explain it
 
 
 def _g3(value: float) -> str:
@@ -231,8 +232,15 @@ def _why_slower(win: Estimate, other: Estimate, delta_pct: float, cfg: ParallelC
         "compute efficiency": other.breakdown.compute_s - win.breakdown.compute_s,
         "expert all-to-all": other.breakdown.ep_comm_s - win.breakdown.ep_comm_s,
         "context-parallel ring": other.breakdown.cp_comm_s - win.breakdown.cp_comm_s,
+        "pipeline p2p": other.breakdown.pp_comm_s - win.breakdown.pp_comm_s,
+        "optimizer step": other.breakdown.optimizer_s - win.breakdown.optimizer_s,
+        "host overhead": other.breakdown.overhead_s - win.breakdown.overhead_s,
     }
     name, seconds = max(diffs.items(), key=lambda kv: kv[1])
+    step_gap_s = other.step_time_s - win.step_time_s
+    if seconds < EXPLAINED_SHARE * step_gap_s:  # no term of the critical rank's breakdown carries the gap
+        return (f"{_g3(delta_pct)}% slower (+{_g3(step_gap_s)} s): no term of the critical rank's breakdown "
+                f"rises by more than {_g3(max(seconds, 0.0))} s; the gap comes from how the ranks' work overlaps")
     falls = sorted((v, k) for k, v in diffs.items() if v < -OFFSET_NAMED_SHARE * seconds)
     if -sum(v for v, _ in falls) > OFFSET_SHARE * seconds:  # large moves that nearly cancel: say them all
         against = ", ".join(f"{k} -{_g3(-v)} s" for v, k in falls[:OFFSETS_NAMED])

@@ -107,13 +107,23 @@ def test_a_model_the_stack_cannot_run_names_the_stacks_that_can(capsys: pytest.C
 def test_fixed_degrees_keep_only_those_plans(capsys: pytest.CaptureFixture[str]) -> None:
     """``--tp/--pp/--cp/--ep`` restrict the space: tiny-moe on 8 CPU ranks with ``--ep 2,4 --pp 2``
     returns only such plans; an expert degree no legal plan has (3 does not divide 8 experts) exits 2
-    naming the legal ones; an entry that is not a degree exits 2."""
+    naming the legal ones and the rule, as does a context degree the sequence does not split into 2*cp
+    chunks; a degree only the other degrees' combinations rule out names no rule; an entry that is
+    not a degree exits 2."""
     base = ["search", "--model", "tiny-moe", "--cluster", "cpu-local", "--gpus", "8", "--global-batch", "16"]
     assert run(base + ["--ep", "2,4", "--pp", "2", "--top-k", "4", "--json"]) == 0
     plans = json.loads(capsys.readouterr().out)
     assert plans and all(p["config"]["ep"] in (2, 4) and p["config"]["pp"] == 2 for p in plans)
     assert run(base + ["--ep", "3"]) == 2
     assert capsys.readouterr().err.strip() == ("error: no legal configuration has ep in {3}: "
-                                               "the legal degrees here are ep 1, 2, 4, 8")
+                                               "the legal degrees here are ep 1, 2, 4, 8 "
+                                               "(ep=3 does not divide num_experts=8: pick ep from its divisors)")
+    assert run(base + ["--cp", "4", "--seq-len", "4100"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: no legal configuration has cp in {4}: the legal degrees here are cp 1, 2 "
+        "(cp=4 needs the sequence (4100) divisible by 2*cp = 8 (two chunks per rank for causal load balance))")
+    assert run(base + ["--pp", "16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no legal configuration has pp in {16}: the legal degrees here are pp ") and "(" not in err
     assert run(base + ["--tp", "2,x"]) == 2
     assert capsys.readouterr().err.strip() == "error: --tp 'x' is not a degree: give integers from 1 to 1048576"

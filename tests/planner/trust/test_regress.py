@@ -30,15 +30,13 @@ def test_suite_covers_the_required_clusters_and_models() -> None:
 
 
 def test_suite_guards_expert_and_context_parallel_picks() -> None:
-    """Issue 13's three plans are goldens: Mixtral-8x7B on 64 H100 (default stack and megatron-core;
-    megatron-core picks ep > 1, the default stack tp2 ep1 pp4 once torch pipelining's per-microbatch
-    receive buffers are priced: ``estimate.p2p_buffer_count``), DeepSeek-V3 on 2048 H100 and
-    Llama-3-70B at 128k on 256 H100 on megatron-core."""
+    """Issue 13's three plans are goldens: Mixtral-8x7B on 64 H100 (default stack and megatron-core,
+    both with ep > 1), DeepSeek-V3 on 2048 H100 and Llama-3-70B at 128k on 256 H100 on megatron-core."""
     docs = {p.stem: load_case_file(p) for p in sorted(DEFAULT_SUITE.glob("*.yaml"))}
     mixtral = {d.case.stack: d for d in docs.values() if d.case.model == "mixtral-8x7b"}
     assert set(mixtral) == {None, "megatron-core"}
     assert mixtral["megatron-core"].golden is not None and mixtral["megatron-core"].golden.config["ep"] > 1
-    assert mixtral[None].golden is not None
+    assert mixtral[None].golden is not None and mixtral[None].golden.config["ep"] > 1
     long_context = docs["llama3-70b_n256_gbs32_seq131072__dgx-h100__megatron-core"]
     assert long_context.golden is not None and long_context.golden.config["cp"] > 1
     deepseek = docs["deepseek-v3_n2048_gbs15360_seq4096__dgx-h100__megatron-core"]
