@@ -106,12 +106,18 @@ NOTE_ASSUMPTIONS: tuple[tuple[str, str], ...] = (
     (r"activation cpu offload \d+ layers", "activation CPU offload (recipe) not modelled: activation memory over-predicted, "
      "offload traffic not priced"),
     (r"bnb 8-bit", "bitsandbytes 8-bit Adam states priced as 16 B/param mixed-precision Adam (memory over-predicted)"),
-    (r"tp comm overlap=true|--tp-comm-overlap", "TP communication overlap (--tp-comm-overlap) priced exposed, as the stack "
-     "preset runs it"),
     (r"partition 'type:transformer\|embedding'", "DeepSpeed's partition giving the embeddings their own pipeline slots "
      "priced as a uniform split of the transformer layers"),
     (r"mxfp8|blockwise", "MXFP8 / blockwise FP8 priced as FP8 (same fp8 peak)"),
     (r"torch\.compile", "torch.compile fusions not modelled (element-wise work priced unfused)"),
+)
+
+# What a row's notes say ran that a stack preset can price but its own emitted job does not run, as (regular
+# expression on the lower-cased notes, the preset's fields it replaces, the assumption it becomes): the row is
+# priced as it ran.
+NOTE_STACK_CHANGES: tuple[tuple[str, dict[str, dict[str, object]], str], ...] = (
+    (r"tp comm overlap=true|--tp-comm-overlap", {"overlap": {"tp_comm": "overlapped"}},
+     "TP communication overlap (--tp-comm-overlap, Transformer Engine userbuffers) priced overlapped, as the row ran"),
 )
 
 GPT2_VOCAB = 50_257  # GPT-2 BPE (Radford et al. 2019), the tokenizer of Megatron-LM's GPT examples
@@ -123,6 +129,17 @@ def note_assumptions(notes: str) -> list[str]:
     """The assumptions a row's notes imply (``NOTE_ASSUMPTIONS``)."""
     text = notes.lower()
     return [assumption for pattern, assumption in NOTE_ASSUMPTIONS if re.search(pattern, text)]
+
+
+def note_stack_changes(notes: str) -> tuple[dict[str, dict[str, object]], list[str]]:
+    """The stack fields a row's notes say ran (``NOTE_STACK_CHANGES``), merged, and their assumptions."""
+    text, changes, assumptions = notes.lower(), {}, []
+    for pattern, fields, assumption in NOTE_STACK_CHANGES:
+        if re.search(pattern, text):
+            for part, values in fields.items():
+                changes[part] = changes.get(part, {}) | values
+            assumptions.append(assumption)
+    return changes, assumptions
 
 
 def independent_source(source_id: str) -> str:

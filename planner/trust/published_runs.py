@@ -37,6 +37,7 @@ from planner.trust.corpus_rules import (
     default_zero,
     independent_source,
     note_assumptions,
+    note_stack_changes,
     stack_of_row,
 )
 from profiles.errors import PlanError
@@ -317,6 +318,10 @@ def parse_row(row: dict[str, str], line: int = 2) -> PublishedRow | SkippedRow:
     if stack_note:
         assumptions.append(stack_note)
     assumptions += note_assumptions(f.text("notes"))
+    noted_changes, noted = note_stack_changes(f.text("notes"))
+    assumptions += noted
+    stack_changes = {part: stack_changes.get(part, {}) | noted_changes.get(part, {})
+                     for part in stack_changes.keys() | noted_changes.keys()}
     if f.text("derived"):
         assumptions.append(f"corpus: {f.text('derived')}")
     model = _model(f, parsed, assumptions)

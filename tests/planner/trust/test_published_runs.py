@@ -127,7 +127,20 @@ def test_notes_the_cost_model_does_not_price_become_assumptions() -> None:
     row = parse_row({**ZB_ROW, "notes": "activation CPU offload 40 layers (recipe); TP comm overlap=True"})
     assert isinstance(row, PublishedRow)
     assert any(a.startswith("activation CPU offload") for a in row.assumptions)
-    assert any(a.startswith("TP communication overlap") for a in row.assumptions)
+
+
+def test_a_row_that_ran_tp_comm_overlap_is_priced_with_it() -> None:
+    """A row whose notes say it ran Transformer Engine's TP communication overlap is priced with the
+    stack's ``overlapped`` TP communication, merged with its source's own changes (the zero-bubble
+    source's unfused attention stays), and says so; without the note it stays the preset's."""
+    row = parse_row({**ZB_ROW, "notes": "TP comm overlap=True (recipe)"})
+    plain = parse_row(ZB_ROW)
+    assert isinstance(row, PublishedRow) and isinstance(plain, PublishedRow)
+    assert row.stack_spec.overlap.tp_comm == "overlapped" and plain.stack_spec.overlap.tp_comm == "exposed"
+    assert row.stack_spec.kernels.attention == plain.stack_spec.kernels.attention == "unfused"
+    assert any(a.startswith("TP communication overlap") and a.endswith("priced overlapped, as the row ran")
+               for a in row.assumptions)
+    assert not any(a.startswith("TP communication overlap") for a in plain.assumptions)
 
 
 def test_independent_sources_and_gpu_families() -> None:
