@@ -116,7 +116,7 @@ NOTE_ASSUMPTIONS: tuple[tuple[str, str], ...] = (
 # expression on the lower-cased notes, the preset's fields it replaces, the assumption it becomes): the row is
 # priced as it ran.
 NOTE_STACK_CHANGES: tuple[tuple[str, dict[str, dict[str, object]], str], ...] = (
-    (r"tp comm overlap=true|--tp-comm-overlap", {"overlap": {"tp_comm": "overlapped"}},
+    (r"tp comm overlap=true|--tp-comm-overlap|ub_tp_comm_overlap: true", {"overlap": {"tp_comm": "overlapped"}},
      "TP communication overlap (--tp-comm-overlap, Transformer Engine userbuffers) priced overlapped, as the row ran"),
 )
 
