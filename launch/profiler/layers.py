@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from costmodels.memory import ActivationVariant, layer_activation_bytes
-from costmodels.rules import tp_violations
+from costmodels.rules import context_degree_violations, tp_violations
 from launch.profiler.runtime import runtime_overheads
 from launch.profiler.speed_probe import probe_samples_s
 from launch.profiler.timeshare import DEFAULT_DURATION_S, timeshare_efficiency
@@ -92,8 +92,9 @@ def check_settings(model: ModelSpec, settings: ProfileSettings) -> None:
             raise PlanError(f"--{problems[0]}")
     for cp in settings.cps:
         for seq in settings.seq_lens or (model.seq_len,):
-            if cp > 1 and seq % (2 * cp):
-                raise PlanError(f"--cp {cp}: the ring splits the sequence into 2·cp = {2 * cp} chunks, which {seq} is not a multiple of")
+            problems = context_degree_violations(seq, cp)
+            if problems:
+                raise PlanError(f"--{problems[0]}")
     bad = [r for r in settings.recomputes if r not in RECOMPUTE_KINDS]
     if bad or not settings.recomputes:
         raise PlanError(f"unknown recompute '{bad[0] if bad else ''}': use {'|'.join(RECOMPUTE_KINDS)}")

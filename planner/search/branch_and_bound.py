@@ -259,7 +259,7 @@ def search(
     cands = list(enumerate_candidates(model, train, gpus, cluster.gpus_per_node, schedules, allow_cross_node_tp, searcher.stack,
                                       searcher.layers.context_parallel_degrees))
     if degrees is not None:
-        cands = _filtered(cands, degrees, pinned_degree_violations(model, train, degrees))
+        cands = _filtered(cands, degrees, model, train)
     result = SearchResult(best=[], closest=None, candidates=len(cands), searcher=searcher)
     visit = _Visit(searcher, top_k, tolerance, result)
     for c in cands:
@@ -282,11 +282,12 @@ def pinned_degree_violations(model: ModelSpec, train: TrainSpec, degrees: Degree
     return [p for name, allowed in degrees.fixed() for d in sorted(allowed) for p in checks[name](d)]
 
 
-def _filtered(cands: list[Candidate], degrees: DegreeFilter, why: list[str]) -> list[Candidate]:
+def _filtered(cands: list[Candidate], degrees: DegreeFilter, model: ModelSpec, train: TrainSpec) -> list[Candidate]:
     kept = [c for c in cands if degrees.admits(c)]
     if cands and not kept:
         legal = "; ".join(f"{name} {', '.join(str(d) for d in sorted({getattr(c, name) for c in cands}))}"
                           for name, _ in degrees.fixed())
+        why = pinned_degree_violations(model, train, degrees)
         reason = f" ({'; '.join(why)})" if why else ""
         raise PlanError(f"no legal configuration has {degrees.describe()}: the legal degrees here are {legal}{reason}")
     return kept

@@ -131,15 +131,20 @@ def note_assumptions(notes: str) -> list[str]:
     return [assumption for pattern, assumption in NOTE_ASSUMPTIONS if re.search(pattern, text)]
 
 
+def merged_stack_changes(*changes: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
+    """Stack-field changes ({"kernels": {...}, "overlap": {...}}) merged part by part, later ones winning."""
+    out: dict[str, dict[str, object]] = {}
+    for change in changes:
+        for part, values in change.items():
+            out[part] = out.get(part, {}) | values
+    return out
+
+
 def note_stack_changes(notes: str) -> tuple[dict[str, dict[str, object]], list[str]]:
     """The stack fields a row's notes say ran (``NOTE_STACK_CHANGES``), merged, and their assumptions."""
-    text, changes, assumptions = notes.lower(), {}, []
-    for pattern, fields, assumption in NOTE_STACK_CHANGES:
-        if re.search(pattern, text):
-            for part, values in fields.items():
-                changes[part] = changes.get(part, {}) | values
-            assumptions.append(assumption)
-    return changes, assumptions
+    text = notes.lower()
+    found = [(fields, assumption) for pattern, fields, assumption in NOTE_STACK_CHANGES if re.search(pattern, text)]
+    return merged_stack_changes(*(fields for fields, _ in found)), [assumption for _, assumption in found]
 
 
 def independent_source(source_id: str) -> str:

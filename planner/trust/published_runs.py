@@ -36,6 +36,7 @@ from planner.trust.corpus_rules import (
     default_vocab,
     default_zero,
     independent_source,
+    merged_stack_changes,
     note_assumptions,
     note_stack_changes,
     stack_of_row,
@@ -320,8 +321,7 @@ def parse_row(row: dict[str, str], line: int = 2) -> PublishedRow | SkippedRow:
     assumptions += note_assumptions(f.text("notes"))
     noted_changes, noted = note_stack_changes(f.text("notes"))
     assumptions += noted
-    stack_changes = {part: stack_changes.get(part, {}) | noted_changes.get(part, {})
-                     for part in stack_changes.keys() | noted_changes.keys()}
+    stack_changes = merged_stack_changes(stack_changes, noted_changes)
     if f.text("derived"):
         assumptions.append(f"corpus: {f.text('derived')}")
     model = _model(f, parsed, assumptions)

@@ -287,7 +287,7 @@ def validate(path: Path = DEFAULT_RUNS_CSV, fit: bool = True) -> ValidationRepor
             for family, members in grouped([r for r in rows if not r.oom and r.category == FIT_CATEGORY], family_of).items():
                 fits[family] = fit_family(family, [runs[r.id] for r in members], _prior(members[0]), mapper=mapper)
     results = [_result(row, apriori[row.id], runs.get(row.id), fits.get(family_of(row))) for row in rows]
-    return ValidationReport(_shipped_heldout(results), skipped, fits)
+    return ValidationReport(_shipped_heldout(results, fits), skipped, fits)
 
 
 def _prediction(row: PublishedRow, est: Estimate) -> Prediction:
@@ -320,32 +320,36 @@ def _fit_beats_apriori(rows: list[RowResult]) -> tuple[bool, float, float]:
     return fit < prior, fit, prior
 
 
-def _shipped_heldout(results: list[RowResult]) -> list[RowResult]:
+def _shipped_heldout(results: list[RowResult], fits: dict[str, FamilyFit]) -> list[RowResult]:
     """Each row's held-out figure as the shipped procedure would give it: a fitted family's
     held-out fit where that fit beats the a-priori constants on the family's other sources
     (the choice ``error_bands.family_fit_block`` makes on all of them, made here without the
     row's own source), else the a-priori prediction. Rows outside ``FIT_CATEGORY`` were never
-    fitted on: the family's fit where it is shipped, else a priori."""
-    dense = [r for r in results if r.row.category == FIT_CATEGORY and r.heldout_fit is not None]
-    by_family = grouped(dense, lambda r: r.family)
+    fitted on: the family's fit where it is shipped, else a priori. The choice is made once per
+    (family, held-out source); ``None`` stands for the rows outside ``FIT_CATEGORY``."""
+    dense = grouped([r for r in results if r.row.category == FIT_CATEGORY and r.heldout_fit is not None],
+                    lambda r: r.family)
+    choices: dict[tuple[str, str | None], str | None] = {}
+
+    def basis_if_apriori(family: str, source: str | None) -> str | None:
+        if (family, source) not in choices:
+            others = [o for o in dense[family] if o.row.source != source]
+            where = f"its other sources ({len(others)} rows)" if source else f"its {FIT_CATEGORY} rows"
+            beats, fit_pct, prior_pct = _fit_beats_apriori(others)
+            choices[family, source] = None if beats else (
+                f"a priori: the {family} fit, held out, prices {where} worse than the a-priori constants "
+                f"({fit_pct:.1f} % against {prior_pct:.1f} %)")
+        return choices[family, source]
+
     out = []
     for r in results:
-        fitted_family = r.heldout_fit is not None and r.heldout_basis.startswith(f"{r.family} fit")
-        if not fitted_family:
-            out.append(r)
+        fit = fits.get(r.family)
+        dense_row = r.row.category == FIT_CATEGORY
+        if r.heldout_fit is None or fit is None or (dense_row and fit.heldout_terms.get(r.row.source) is None):
+            out.append(r)  # ran out of memory, no fit, or no other source: nothing was fitted without this row
             continue
-        if r.row.category == FIT_CATEGORY:
-            others = [o for o in by_family[r.family] if o.row.source != r.row.source]
-            where = f"its other sources ({len(others)} rows)"
-        else:
-            others, where = by_family[r.family], f"its {FIT_CATEGORY} rows"
-        beats, fit_pct, prior_pct = _fit_beats_apriori(others)
-        if beats:
-            out.append(r)
-        else:
-            basis = (f"a priori: the {r.family} fit, held out, prices {where} worse than the a-priori "
-                     f"constants ({fit_pct:.1f} % against {prior_pct:.1f} %)")
-            out.append(replace(r, heldout=r.apriori, heldout_basis=basis))
+        basis = basis_if_apriori(r.family, r.row.source if dense_row else None)
+        out.append(r if basis is None else replace(r, heldout=r.apriori, heldout_basis=basis))
     return out
 
 

@@ -304,5 +304,5 @@ def test_a_ring_that_does_not_split_the_sequence_exits_2(tmp_path, capsys):
     argv = ["profile", "--model", "tiny-gpt", "--cp", "3", "--out", str(tmp_path / "p.json")]
     assert run(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: --cp 3: the ring splits the sequence into 2·cp = 6 chunks, which 128 is not a multiple of"
+    assert err == "error: --cp=3 needs the sequence (128) divisible by 2*cp = 6 (two chunks per rank for causal load balance)"
     assert not (tmp_path / "p.json").exists()
