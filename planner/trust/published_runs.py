@@ -225,10 +225,23 @@ def _count_or_zero(f: RowFields, key: str) -> int:
     return 0 if f.text(key) in ("", "0") else int(f.integer(key) or 0)
 
 
-def expert_imbalance_of(notes: str) -> float | None:
-    """The busiest expert-parallel rank's load over the mean where the source states its routing:
-    "force-balanced" routing gives every rank the mean load (``costmodels.experts``)."""
-    return 1.0 if "force-balanced" in notes else None
+CAPACITY_PADDING = re.compile(r"capacity factor ([0-9]+(?:\.[0-9]+)?) with padding to capacity")
+
+
+def expert_imbalance_of(notes: str) -> tuple[float, str] | None:
+    """The busiest expert-parallel rank's load over the mean where the source states its routing, and the
+    assumption that says so (``costmodels.experts``). "force-balanced" routing gives every rank the mean
+    load. Padding every expert's input to its capacity (Megatron-Core ``moe_pad_expert_input_to_capacity``
+    with ``moe_expert_capacity_factor`` c; Fedus et al. 2021, Switch Transformers, Sec. 2.2) makes every
+    expert process c times the mean, whatever the router chose: tokens over capacity are dropped."""
+    if "force-balanced" in notes:
+        return 1.0, "force-balanced routing: the busiest expert-parallel rank carries the mean load"
+    padded = CAPACITY_PADDING.search(notes.lower())
+    if padded:
+        factor = float(padded.group(1))
+        return factor, (f"expert inputs padded to capacity factor {factor:g}: every expert-parallel rank carries "
+                        f"{factor:g} x the mean load")
+    return None
 
 
 def _config(f: RowFields, p: _Parsed, assumptions: list[str]) -> ParallelConfig | None:
@@ -339,15 +352,15 @@ def parse_row(row: dict[str, str], line: int = 2) -> PublishedRow | SkippedRow:
         f.problems.append(f"cluster preset {parsed.cluster_preset} has no {parsed.precision} peak")
         return skipped()
     assumptions.append(f"cluster preset {parsed.cluster_preset} for '{f.text('gpu')}'")
-    imbalance = expert_imbalance_of(f.text("notes")) if model.is_moe else None
-    if imbalance is not None:
-        assumptions.append("force-balanced routing: the busiest expert-parallel rank carries the mean load")
+    routing = expert_imbalance_of(f.text("notes")) if model.is_moe else None
+    if routing is not None:
+        assumptions.append(routing[1])
     return PublishedRow(
         id=ident, run=run, source_id=source_id, source=source, sweep=f.text("sweep") or None, category=category,
         stack=parsed.stack, stack_spec=row_stack(parsed.stack, stack_changes), model=model, cluster=cluster, train=train,
         config=config, metric=parsed.metric[0],
         measured=parsed.metric[1], measured_peak_memory_gib=peak, assumptions=tuple(assumptions),
-        expert_imbalance=imbalance,
+        expert_imbalance=routing[0] if routing else None,
     )
 
 

@@ -79,6 +79,22 @@ def test_moe_and_context_parallel_rows_are_priced_as_their_category() -> None:
     assert long_context.category == "long-context" and long_context.config.cp == 2
 
 
+def test_experts_padded_to_capacity_carry_the_capacity_factor_times_the_mean_load() -> None:
+    """Megatron-Core's moe_pad_expert_input_to_capacity: every expert processes capacity = c x the mean
+    tokens (overflow dropped, the rest padded), so the busiest expert-parallel rank carries c x the mean."""
+    fields = {**ZB_ROW, "num_experts": "8", "experts_per_token": "2", "moe_ffn_hidden": "4608", "shared_experts": "0",
+              "first_dense_layers": "0", "ep": "4", "pp": "1", "dp": "8", "n_gpus": "8", "schedule": "1f1b", "mbs": "2",
+              "zero": "1"}
+    for notes, factor in (("MoE capacity factor 1.0 with padding to capacity", 1.0),
+                          ("moe capacity factor 1.25 with padding to capacity; tokenizer stated", 1.25)):
+        row = parse_row({**fields, "notes": notes})
+        assert isinstance(row, PublishedRow), row
+        assert row.expert_imbalance == factor
+        assert any(f"padded to capacity factor {factor:g}" in a for a in row.assumptions)
+    unstated = parse_row({**fields, "notes": "capacity factor 1.0 (no padding stated)"})
+    assert isinstance(unstated, PublishedRow) and unstated.expert_imbalance is None
+
+
 def test_moe_rows_the_cost_model_does_not_price_are_listed_skips() -> None:
     moe = {"num_experts": "8", "experts_per_token": "2", "moe_ffn_hidden": "4608", "ep": "2", "tp": "2", "pp": "1",
            "dp": "4", "n_gpus": "8", "mbs": "2", "zero": "1"}
