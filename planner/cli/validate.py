@@ -43,12 +43,12 @@ def _fit_note(report: ValidationReport) -> str:
 
 def _sources_table(report: ValidationReport) -> Table:
     table = Table(title=f"MAPE % per independent source ({FIT_CATEGORY} rows: the fit and the targets)", title_justify="left")
-    for col in ("source", "priced", "OOM rows", "skipped", "a priori", "held-out fit", "held-out", "in-sample"):
+    for col in ("source", "priced", "memory only", "skipped", "a priori", "held-out fit", "held-out", "in-sample"):
         table.add_column(col, justify="left" if col == "source" else "right")
     mapes = {w: report.mape(w) for w in PREDICTIONS}
     skipped = grouped(report.skipped, lambda s: s.source)
-    ooms = grouped([r for r in report.results if r.row.oom], lambda r: r.row.source)
-    sources = sorted(set(mapes["heldout"]["per_source"]) | set(skipped))
+    ooms = grouped([r for r in report.results if not r.row.has_metric], lambda r: r.row.source)  # OOM or no priceable metric
+    sources = sorted(set(mapes["heldout"]["per_source"]) | set(skipped) | set(ooms))
     for source in sources:
         priced = sum(1 for r in report.priced if r.row.source == source)
         cells = [f"{mapes[w]['per_source'][source]:.1f}" if priced else "-" for w in PREDICTIONS]

@@ -26,8 +26,8 @@ SOURCE_FAMILIES: tuple[tuple[str, str], ...] = (
     ("torchtitan-", "torchtitan"),  # pytorch/torchtitan benchmark reports
 )
 
-# GPU column -> cluster preset (profiles/clusters/). Rows with another GPU ("other": Grand Teton
-# 96 GB H100 at 500 W, L4; H800) are skipped with the reason.
+# GPU column -> cluster preset (profiles/clusters/). Rows with another GPU ("other": L4, a machine
+# without a preset; H800) are skipped with the reason, unless their source names the machine below.
 CLUSTER_OF_GPU: dict[str, str] = {
     "V100-32GB": "v100-32g-4gpu",
     "A100-40GB": "dgx-a100-40g",
@@ -43,7 +43,21 @@ CLUSTER_OF_GPU: dict[str, str] = {
 CLUSTER_OF_SOURCE_GPU: dict[tuple[str, str], str] = {
     # BLOOM paper Sec. 3.4.1: Jean Zay, 4 Omni-Path 100 Gbps links per 8-GPU node (not a DGX's 8 HDR cards)
     ("bigscience", "A100-80GB"): "jean-zay-a100-80g",
+    # torchtitan's 2024-12 and 2025-06 reports: Grand Teton hosts, H100 96 GB HBM2e at 500 W (report, "Hardware")
+    ("torchtitan", "other"): "grand-teton-h100-96g",
 }
+
+# Cluster presets whose compute peak the source itself does not know: their rows are priced for memory
+# only (memory does not depend on the clock), with this reason; a row without a memory reading is skipped.
+MEMORY_ONLY_CLUSTERS: dict[str, str] = {
+    "grand-teton-h100-96g": "500 W H100: its peak is 'between SXM and NVL, and we don't know its exact value' "
+    "(torchtitan report, footnote 2): throughput not priced, memory only",
+}
+
+# Notes that say the memory reading is the caching allocator's reserved peak
+# (``torch.cuda.max_memory_reserved``), which holds no CUDA context or NCCL buffers: it is compared with
+# the prediction less the cluster's ``runtime_reserved_gib``.
+ALLOCATOR_MEMORY_NOTE = "caching allocator's max_reserved"
 
 
 def cluster_of_row(source: str, gpu: str) -> str | None:

@@ -29,6 +29,8 @@ from costmodels.layout import uniform_split
 from costmodels.rules import structural_violations
 from planner.trust.corpus_fields import RowFields, read_choice, read_metric, read_schedule
 from planner.trust.corpus_rules import (
+    ALLOCATOR_MEMORY_NOTE,
+    MEMORY_ONLY_CLUSTERS,
     UNSUPPORTED_FAMILIES,
     category_of,
     cluster_of_row,
@@ -63,8 +65,11 @@ class PublishedRow:
     """A priceable row: the exact configuration and what its source measured.
 
     ``metric`` is one of ``step_time_s``, ``tokens_per_s_per_gpu``, ``hw_tflops_per_gpu``,
-    ``model_tflops_per_gpu``, ``mfu_pct`` (``measured`` in that unit) or ``oom`` (the run ran
-    out of memory: ``measured`` is None and only the memory check uses the row)."""
+    ``model_tflops_per_gpu``, ``mfu_pct`` (``measured`` in that unit), ``oom`` (the run ran
+    out of memory) or ``memory`` (its metric cannot be priced, its memory can:
+    ``corpus_rules.MEMORY_ONLY_CLUSTERS``); for the last two ``measured`` is None and only the
+    memory check uses the row. ``memory_is_allocator_reserved``: the memory reading is the caching
+    allocator's reserved peak, compared with the prediction less the cluster's runtime reservation."""
 
     id: str
     run: str
@@ -83,6 +88,7 @@ class PublishedRow:
     measured_peak_memory_gib: float | None
     assumptions: tuple[str, ...]
     expert_imbalance: float | None = None
+    memory_is_allocator_reserved: bool = False
 
     @property
     def gpus(self) -> int:
@@ -91,6 +97,12 @@ class PublishedRow:
     @property
     def oom(self) -> bool:
         return self.metric == "oom"
+
+    @property
+    def has_metric(self) -> bool:
+        """False for rows checked for memory only: out of memory, or a metric the cost model cannot
+        price (``corpus_rules.MEMORY_ONLY_CLUSTERS``)."""
+        return self.measured is not None
 
 
 @dataclass(frozen=True)
@@ -355,12 +367,23 @@ def parse_row(row: dict[str, str], line: int = 2) -> PublishedRow | SkippedRow:
     routing = expert_imbalance_of(f.text("notes")) if model.is_moe else None
     if routing is not None:
         assumptions.append(routing[1])
+    metric, measured = parsed.metric
+    memory_only = MEMORY_ONLY_CLUSTERS.get(parsed.cluster_preset)
+    if memory_only is not None:
+        if peak is None:
+            f.problems.append(f"{memory_only}; the row has no memory reading")
+            return skipped()
+        assumptions.append(memory_only)
+        metric, measured = "memory", None
+    allocator_reserved = ALLOCATOR_MEMORY_NOTE in f.text("notes")
+    if allocator_reserved and peak is not None:
+        assumptions.append("memory is the caching allocator's reserved peak: compared with the prediction less "
+                           f"runtime_reserved_gib ({cluster.runtime_reserved_gib:g} GiB: CUDA context, NCCL)")
     return PublishedRow(
         id=ident, run=run, source_id=source_id, source=source, sweep=f.text("sweep") or None, category=category,
         stack=parsed.stack, stack_spec=row_stack(parsed.stack, stack_changes), model=model, cluster=cluster, train=train,
-        config=config, metric=parsed.metric[0],
-        measured=parsed.metric[1], measured_peak_memory_gib=peak, assumptions=tuple(assumptions),
-        expert_imbalance=routing[0] if routing else None,
+        config=config, metric=metric, measured=measured, measured_peak_memory_gib=peak, assumptions=tuple(assumptions),
+        expert_imbalance=routing[0] if routing else None, memory_is_allocator_reserved=allocator_reserved,
     )
 
 

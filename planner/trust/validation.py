@@ -155,8 +155,8 @@ class ValidationReport:
 
     @property
     def priced(self) -> list[RowResult]:
-        """Rows with a measured metric (rows that ran out of memory are only in ``memory``)."""
-        return [r for r in self.results if not r.row.oom]
+        """Rows with a measured metric (rows checked for memory only are only in ``memory``)."""
+        return [r for r in self.results if r.row.has_metric]
 
     def of_category(self, category: str = FIT_CATEGORY) -> "ValidationReport":
         """The same report over one category's rows (the targets are measured on ``FIT_CATEGORY``)."""
@@ -192,9 +192,10 @@ class ValidationReport:
 
     def to_json(self) -> dict:
         """The DESIGN.md ``validate`` document (rows carry the held-out prediction, every category),
-        plus the per-category and per-family MAPE. ``mape_pct*``, the sweeps and the memory check
-        are over the ``FIT_CATEGORY`` rows (issue 12's targets); the other categories' error is in
-        ``mape_pct_per_category``."""
+        plus the per-category and per-family MAPE. ``mape_pct*`` and the sweeps are over the
+        ``FIT_CATEGORY`` rows (issue 12's targets); the other categories' error is in
+        ``mape_pct_per_category``. ``memory`` lists every category's rows with a memory reading or an
+        out-of-memory failure, each with its category (the memory targets are on ``FIT_CATEGORY``)."""
         fitted_on = self.of_category(FIT_CATEGORY)
         return {
             "mape_pct": fitted_on.mape("heldout"),
@@ -207,7 +208,7 @@ class ValidationReport:
                         for s in self.skipped],
             "sweeps": [{"sweep": s.sweep, "source": s.source, "rows": s.rows, "spearman_rho": _round(s.rho),
                         "measured_best_predicted_rank": s.measured_best_predicted_rank} for s in fitted_on.sweeps()],
-            "memory": [_memory_json(r) for r in fitted_on.memory()],
+            "memory": [_memory_json(r) for r in self.memory()],
             "fitted_constants": self.family_summary(),
         }
 
@@ -252,7 +253,8 @@ def _row_json(r: RowResult) -> dict:
 
 def _memory_json(r: RowResult) -> dict:
     return {
-        "run": r.row.run, "id": r.row.id, "source": r.row.source, "oom": r.row.oom,
+        "run": r.row.run, "id": r.row.id, "source": r.row.source, "category": r.row.category, "oom": r.row.oom,
+        "memory_only": not r.row.has_metric, "allocator_reserved": r.row.memory_is_allocator_reserved,
         "measured_peak_memory_gib": r.row.measured_peak_memory_gib,
         "predicted_peak_memory_gib": round(r.predicted_peak_memory_gib, 3),
         "memory_limit_gib": round(r.row.cluster.gpu.memory_gib, 3),
@@ -280,11 +282,11 @@ def validate(path: Path = DEFAULT_RUNS_CSV, fit: bool = True) -> ValidationRepor
     rows = [p for p in parsed if isinstance(p, PublishedRow)]
     skipped = [p for p in parsed if isinstance(p, SkippedRow)]
     apriori = {row.id: estimate_with(_as_run(row, 1.0), _prior(row)) for row in rows}  # the same pricing path as the fit
-    runs = {row.id: _as_run(row, equivalent_step_time_s(row, apriori[row.id])) for row in rows if not row.oom}
+    runs = {row.id: _as_run(row, equivalent_step_time_s(row, apriori[row.id])) for row in rows if row.has_metric}
     fits: dict[str, FamilyFit] = {}
     if fit:
         with process_map(usable_cores()) as mapper:
-            for family, members in grouped([r for r in rows if not r.oom and r.category == FIT_CATEGORY], family_of).items():
+            for family, members in grouped([r for r in rows if r.has_metric and r.category == FIT_CATEGORY], family_of).items():
                 fits[family] = fit_family(family, [runs[r.id] for r in members], _prior(members[0]), mapper=mapper)
     results = [_result(row, apriori[row.id], runs.get(row.id), fits.get(family_of(row))) for row in rows]
     return ValidationReport(_shipped_heldout(results, fits), skipped, fits)
@@ -294,10 +296,17 @@ def _prediction(row: PublishedRow, est: Estimate) -> Prediction:
     return Prediction(metric_value(row.metric, est, row.gpus), est.step_time_s)
 
 
+def comparable_memory_gib(row: PublishedRow, est: Estimate) -> float:
+    """The predicted peak as the row's source measured it: the busiest rank's, less the runtime's
+    reservation (CUDA context, NCCL) where the source read the caching allocator's reserved peak."""
+    reserved = row.cluster.runtime_reserved_gib if row.memory_is_allocator_reserved else 0.0
+    return max(est.peak_memory_gib) - reserved
+
+
 def _result(row: PublishedRow, apriori: Estimate, run: MeasuredRun | None, fit: FamilyFit | None) -> RowResult:
     family = family_of(row)
-    memory = max(apriori.peak_memory_gib)
-    if run is None:  # ran out of memory: no metric
+    memory = comparable_memory_gib(row, apriori)
+    if run is None:  # checked for memory only: out of memory, or a metric not priced
         return RowResult(row, family, None, None, None, None, None, "", memory, apriori.fits)
     first = _prediction(row, apriori)
     if fit is None:

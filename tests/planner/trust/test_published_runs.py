@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from planner.trust.calibration import estimate_with
 from planner.trust.corpus_rules import independent_source, padded_vocab
 from planner.trust.published_runs import REQUIRED_COLUMNS, PublishedRow, SkippedRow, parse_row
+from planner.trust.validation import _as_run, _prior, comparable_memory_gib
 from profiles.loader import load_gpu_families
 
 ZB_ROW = {c: "" for c in REQUIRED_COLUMNS} | {
@@ -112,6 +114,36 @@ def test_end_stages_without_a_layer_are_skipped_with_the_reason() -> None:
 def test_out_of_memory_rows_are_priced_for_memory_only() -> None:
     row = parse_row({**ZB_ROW, "metric": "oom", "value": "1"})
     assert isinstance(row, PublishedRow) and row.oom and row.measured is None
+
+
+def test_a_machine_whose_peak_its_source_does_not_know_is_priced_for_memory_only() -> None:
+    """torchtitan's Grand Teton H100s run at 500 W: the report does not know their peak (footnote 2), so
+    their throughput is not priced; memory does not depend on the clock. A row without a memory reading
+    has nothing left to check."""
+    titan = {**ZB_ROW, "source_id": "torchtitan-bench-2412", "gpu": "other", "stack": "torchtitan", "pp": "1",
+             "dp": "8", "schedule": "none", "mbs": "2", "global_batch": "16", "zero": "3", "precision": "bf16",
+             "notes": "memory = max over GPUs of the caching allocator's max_reserved (torchtitan train.py)"}
+    row = parse_row(titan)
+    assert isinstance(row, PublishedRow), row
+    assert row.cluster.name == "grand-teton-h100-96g" and row.metric == "memory" and row.measured is None
+    assert not row.has_metric and not row.oom and row.measured_peak_memory_gib == 30.0
+    assert any("500 W H100" in a for a in row.assumptions)
+    assert row.memory_is_allocator_reserved
+    skipped = _skip(**{**titan, "peak_memory_gib": ""})
+    assert "500 W H100" in skipped.reason and "no memory reading" in skipped.reason
+
+
+def test_an_allocator_reading_is_compared_without_the_runtime_reservation() -> None:
+    """The caching allocator's reserved peak holds no CUDA context or NCCL buffers."""
+    plain = parse_row(ZB_ROW)
+    allocator = parse_row({**ZB_ROW, "notes": ZB_ROW["notes"] + "; the caching allocator's max_reserved"})
+    assert isinstance(plain, PublishedRow) and isinstance(allocator, PublishedRow)
+    assert not plain.memory_is_allocator_reserved and allocator.memory_is_allocator_reserved
+    est = estimate_with(_as_run(plain, 1.0), _prior(plain))
+    reserved = plain.cluster.runtime_reserved_gib
+    assert reserved > 0
+    assert comparable_memory_gib(plain, est) == max(est.peak_memory_gib)
+    assert comparable_memory_gib(allocator, est) == pytest.approx(max(est.peak_memory_gib) - reserved)
 
 
 def test_tflops_follow_the_source_convention() -> None:

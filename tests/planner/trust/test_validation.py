@@ -32,7 +32,8 @@ from planner.trust.validation import (
 from profiles.loader import GPU_FAMILIES_YAML
 
 CORPUS_ROWS = 893
-# independent source -> (priced with a metric, priced for memory only (OOM), skipped)
+# independent source -> (priced with a metric, priced for memory only (out of memory, or a metric the cost model
+# cannot price: corpus_rules.MEMORY_ONLY_CLUSTERS), skipped)
 ROWS_PER_SOURCE = {
     "bigscience": (109, 6, 26),
     "deepseek-v3-report": (0, 0, 1),
@@ -46,17 +47,18 @@ ROWS_PER_SOURCE = {
     "mlperf-training": (36, 0, 0),
     "nemo-perf": (85, 0, 100),
     "opt-175b": (0, 0, 1),
-    "torchtitan": (2, 0, 30),
+    "torchtitan": (2, 17, 13),
     "zero-bubble-iclr24": (36, 0, 12),
 }
-# the dense rows of each source (issue 12's targets are on them)
+# the dense rows of each source (issue 12's targets are on them), counted as ROWS_PER_SOURCE
 DENSE_ROWS_PER_SOURCE = {
-    "bigscience": (109, 6, 26), "dgxc-benchmarking": (88, 0, 120), "gpt-neox-20b": (1, 0, 0), "korthikanti22": (8, 0, 0),
-    "llm-foundry": (216, 0, 0), "mlperf-training": (22, 0, 14), "nemo-perf": (32, 0, 153), "torchtitan": (2, 0, 30),
+    "bigscience": (109, 6, 26), "dgxc-benchmarking": (88, 0, 0), "gpt-neox-20b": (1, 0, 0), "korthikanti22": (8, 0, 0),
+    "llama3-paper": (0, 0, 2), "llm-foundry": (216, 0, 0), "megatron-readme-2407": (0, 0, 11), "mist-ae": (0, 0, 2),
+    "mlperf-training": (22, 0, 0), "nemo-perf": (32, 0, 41), "opt-175b": (0, 0, 1), "torchtitan": (2, 11, 13),
     "zero-bubble-iclr24": (36, 0, 12),
 }
 # category -> (priced, skipped): mixture-of-experts (with or without cp) and long-context (cp > 1) rows
-ROWS_PER_CATEGORY = {"dense": (514, 119), "moe": (79, 51), "long-context": (100, 24)}
+ROWS_PER_CATEGORY = {"dense": (514, 108), "moe": (79, 51), "long-context": (100, 18)}
 SOURCES_WITH_TARGET = sorted(s for s, (n, _, _) in DENSE_ROWS_PER_SOURCE.items() if n >= TARGET_SOURCE_MIN_ROWS)
 # Measured at this commit (held-out MAPE %, Spearman rho, memory under-prediction %), for the xfail reasons.
 MISSED_SOURCE_MAPE: dict[str, float] = {}
@@ -87,7 +89,7 @@ MISSED_SWEEP_RHO = {
     "llm-foundry_mpt-30b_H100-SXM": 0.47, "llm-foundry_mpt-70b_H100-SXM": 0.05, "llm-foundry_mpt-7b_H100-SXM": 0.72,
 }
 MEMORY_SOURCES = ["bigscience", "torchtitan", "zero-bubble-iclr24"]
-MISSED_MEMORY = {"bigscience": 44.8}  # worst under-prediction, %
+MISSED_MEMORY = {"bigscience": 44.8, "torchtitan": 28.4}  # worst under-prediction of a dense row, %
 
 
 def _xfail_if(missed: dict, key: str, what: str) -> list:
@@ -125,23 +127,33 @@ def _priced_per_source(doc: dict, category: str | None = None) -> dict[str, int]
 
 
 def test_every_csv_row_is_priced_or_skipped_with_a_reason(doc: dict) -> None:
-    ooms = [m for m in doc["memory"] if m["oom"]]
+    ooms = [m for m in doc["memory"] if m["memory_only"]]
     assert len(doc["rows"]) + len(ooms) + len(doc["skipped"]) == CORPUS_ROWS
     assert all(s["reason"] for s in doc["skipped"])
     assert len({r["id"] for r in doc["rows"]} | {s["id"] for s in doc["skipped"]} | {m["id"] for m in ooms}) == CORPUS_ROWS
 
 
-def test_rows_per_source(doc: dict) -> None:
-    priced = _priced_per_source(doc)
-    ooms: dict[str, int] = {}
+def _rows_per_source(doc: dict, category: str | None = None) -> dict[str, tuple[int, int, int]]:
+    """source -> (priced with a metric, memory only, skipped), over one category or all."""
+    def ours(entry: dict) -> bool:
+        return category is None or entry["category"] == category
+
+    priced = _priced_per_source(doc, category)
+    memory_only: dict[str, int] = {}
     skipped: dict[str, int] = {}
     for m in doc["memory"]:
-        if m["oom"]:
-            ooms[m["source"]] = ooms.get(m["source"], 0) + 1
+        if m["memory_only"] and ours(m):
+            memory_only[m["source"]] = memory_only.get(m["source"], 0) + 1
     for s in doc["skipped"]:
-        skipped[s["source"]] = skipped.get(s["source"], 0) + 1
-    found = {s: (priced.get(s, 0), ooms.get(s, 0), skipped.get(s, 0)) for s in set(priced) | set(skipped) | set(ooms)}
-    assert found == ROWS_PER_SOURCE
+        if ours(s):
+            skipped[s["source"]] = skipped.get(s["source"], 0) + 1
+    return {s: (priced.get(s, 0), memory_only.get(s, 0), skipped.get(s, 0))
+            for s in set(priced) | set(skipped) | set(memory_only)}
+
+
+def test_rows_per_source(doc: dict) -> None:
+    assert _rows_per_source(doc) == ROWS_PER_SOURCE
+    assert _rows_per_source(doc, "dense") == DENSE_ROWS_PER_SOURCE
 
 
 def test_corpus_reaches_150_priced_rows_from_8_independent_sources(doc: dict) -> None:
@@ -277,7 +289,8 @@ def test_rank_correlation_within_every_sweep(doc: dict, sweep: str) -> None:
 @pytest.mark.parametrize("source", [pytest.param(s, marks=_xfail_if(MISSED_MEMORY, s, "worst memory under-prediction %"))
                                     for s in MEMORY_SOURCES])
 def test_memory_is_not_under_predicted(doc: dict, source: str) -> None:
-    under = [m["under_prediction_pct"] for m in doc["memory"] if m["source"] == source and not m["oom"]]
+    under = [m["under_prediction_pct"] for m in doc["memory"]
+             if m["source"] == source and m["category"] == "dense" and not m["oom"]]
     assert under and max(under) <= TARGET_MEMORY_UNDER_PCT
 
 
