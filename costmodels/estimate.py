@@ -50,7 +50,6 @@ from costmodels.memory import (
     split_static_memory,
     stage_output_bytes,
     stage_param_split,
-    state_bytes_per_param,
     weight_grad_input_bytes,
 )
 from costmodels.params import model_parameters, moe_layers_in
@@ -438,8 +437,7 @@ def _optimizer_step_bytes(cluster: ClusterSpec, train: TrainSpec, stack: StackSp
     foreach Adam's temporary in full already (``_cpu_heap_terms``)."""
     if runs_on_cpu(cluster):
         return 0.0
-    _, _, optimizer_per_param = state_bytes_per_param(train.precision, stack.grad_accumulation_fp32)
-    temp = optimizer_step_temp_bytes(stack, train.precision, static.optimizer_bytes / optimizer_per_param)
+    temp = optimizer_step_temp_bytes(stack, train.precision, static.updated_params)
     if not temp:
         return 0.0
     return static.weights_bytes + static.gradients_bytes + static.optimizer_bytes + temp

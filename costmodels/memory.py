@@ -266,11 +266,13 @@ def embedding_activation_bytes(model: ModelSpec, seq_len: int, mbs: int, tp: int
 
 @dataclass(frozen=True)
 class StaticMemory:
-    """Per-rank bytes that do not depend on microbatches in flight."""
+    """Per-rank bytes that do not depend on microbatches in flight, and the parameters whose optimizer
+    state the rank holds and updates (its ZeRO share)."""
 
     weights_bytes: float
     gradients_bytes: float
     optimizer_bytes: float
+    updated_params: float
 
 
 def state_bytes_per_param(precision: str, grad_accumulation_fp32: bool = False) -> tuple[int, int, int]:
@@ -309,10 +311,12 @@ def static_memory(
     """
     w, g, o = state_bytes_per_param(precision, grad_accumulation_fp32)
     shard_grads = zero >= 2 if gradients_sharded is None else gradients_sharded
+    updated = num_params_on_rank / (dp if zero >= 1 else 1)
     return StaticMemory(
         weights_bytes=num_params_on_rank * w / (dp if zero >= 3 else 1),
         gradients_bytes=num_params_on_rank * g / (dp if shard_grads else 1),
-        optimizer_bytes=num_params_on_rank * o / (dp if zero >= 1 else 1),
+        optimizer_bytes=updated * o,
+        updated_params=updated,
     )
 
 
@@ -359,7 +363,7 @@ def split_static_memory(dense_params: float, expert_params: float, precision: st
     experts = static_memory(expert_params, precision, max(1, data_ranks // ep), zero, gradients_sharded,
                             grad_accumulation_fp32)
     return StaticMemory(dense.weights_bytes + experts.weights_bytes, dense.gradients_bytes + experts.gradients_bytes,
-                        dense.optimizer_bytes + experts.optimizer_bytes)
+                        dense.optimizer_bytes + experts.optimizer_bytes, dense.updated_params + experts.updated_params)
 
 
 @dataclass(frozen=True)

@@ -217,6 +217,16 @@ def _outside_space(cfg: ParallelConfig, searcher: Searcher) -> str:
     return "the plan did not come from search over this space: re-run ppplan search"
 
 
+# The step-time terms a slower neighbour is explained by (``Breakdown`` field, the name said), in the order
+# that breaks a tie.
+SLOWER_TERMS: tuple[tuple[str, str], ...] = (
+    ("bubble_s", "bubble"), ("tp_comm_s", "TP communication"), ("dp_comm_s", "DP communication"),
+    ("recompute_s", "recomputation"), ("compute_s", "compute efficiency"), ("ep_comm_s", "expert all-to-all"),
+    ("cp_comm_s", "context-parallel ring"), ("pp_comm_s", "pipeline p2p"), ("optimizer_s", "optimizer step"),
+    ("overhead_s", "host overhead"),
+)
+
+
 def _why_slower(win: Estimate, other: Estimate, delta_pct: float, cfg: ParallelConfig, searcher: Searcher) -> str:
     if abs(delta_pct) < 0.05:
         return "ties on step time; the canonical order (smaller degrees, cheaper options first) decides"
@@ -224,18 +234,7 @@ def _why_slower(win: Estimate, other: Estimate, delta_pct: float, cfg: ParallelC
         if -delta_pct <= 100 * TOLERANCE:
             return f"{-delta_pct:.2g}% faster, within the search's {100 * TOLERANCE:.2g}% tolerance"
         return f"{_g3(-delta_pct)}% faster: {_outside_space(cfg, searcher)}"
-    diffs = {
-        "bubble": other.breakdown.bubble_s - win.breakdown.bubble_s,
-        "TP communication": other.breakdown.tp_comm_s - win.breakdown.tp_comm_s,
-        "DP communication": other.breakdown.dp_comm_s - win.breakdown.dp_comm_s,
-        "recomputation": other.breakdown.recompute_s - win.breakdown.recompute_s,
-        "compute efficiency": other.breakdown.compute_s - win.breakdown.compute_s,
-        "expert all-to-all": other.breakdown.ep_comm_s - win.breakdown.ep_comm_s,
-        "context-parallel ring": other.breakdown.cp_comm_s - win.breakdown.cp_comm_s,
-        "pipeline p2p": other.breakdown.pp_comm_s - win.breakdown.pp_comm_s,
-        "optimizer step": other.breakdown.optimizer_s - win.breakdown.optimizer_s,
-        "host overhead": other.breakdown.overhead_s - win.breakdown.overhead_s,
-    }
+    diffs = {label: getattr(other.breakdown, field) - getattr(win.breakdown, field) for field, label in SLOWER_TERMS}
     name, seconds = max(diffs.items(), key=lambda kv: kv[1])
     step_gap_s = other.step_time_s - win.step_time_s
     if seconds < EXPLAINED_SHARE * step_gap_s:  # no term of the critical rank's breakdown carries the gap
