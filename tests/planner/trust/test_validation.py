@@ -89,7 +89,7 @@ MISSED_SWEEP_RHO = {
     "llm-foundry_mpt-30b_H100-SXM": 0.47, "llm-foundry_mpt-70b_H100-SXM": 0.05, "llm-foundry_mpt-7b_H100-SXM": 0.72,
 }
 MEMORY_SOURCES = ["bigscience", "torchtitan", "zero-bubble-iclr24"]
-MISSED_MEMORY = {"bigscience": 44.8, "torchtitan": 28.4}  # worst under-prediction of a dense row, %
+MISSED_MEMORY = {"bigscience": 44.0, "torchtitan": 28.4}  # worst under-prediction of a dense row, %
 
 
 def _xfail_if(missed: dict, key: str, what: str) -> list:
