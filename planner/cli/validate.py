@@ -47,13 +47,13 @@ def _sources_table(report: ValidationReport) -> Table:
         table.add_column(col, justify="left" if col == "source" else "right")
     mapes = {w: report.mape(w) for w in PREDICTIONS}
     skipped = grouped(report.skipped, lambda s: s.source)
-    ooms = grouped([r for r in report.results if not r.row.has_metric], lambda r: r.row.source)  # OOM or no priceable metric
-    sources = sorted(set(mapes["heldout"]["per_source"]) | set(skipped) | set(ooms))
+    memory_only = grouped([r for r in report.results if not r.row.has_metric], lambda r: r.row.source)
+    sources = sorted(set(mapes["heldout"]["per_source"]) | set(skipped) | set(memory_only))
     for source in sources:
         priced = sum(1 for r in report.priced if r.row.source == source)
         cells = [f"{mapes[w]['per_source'][source]:.1f}" if priced else "-" for w in PREDICTIONS]
-        table.add_row(source, str(priced), str(len(ooms.get(source, []))), str(len(skipped.get(source, []))), *cells)
-    table.add_row("overall", str(len(report.priced)), str(sum(len(v) for v in ooms.values())), str(len(report.skipped)),
+        table.add_row(source, str(priced), str(len(memory_only.get(source, []))), str(len(skipped.get(source, []))), *cells)
+    table.add_row("overall", str(len(report.priced)), str(sum(len(v) for v in memory_only.values())), str(len(report.skipped)),
                   *(f"{mapes[w]['overall']:.1f}" for w in PREDICTIONS))
     return table
 

@@ -127,10 +127,10 @@ def _priced_per_source(doc: dict, category: str | None = None) -> dict[str, int]
 
 
 def test_every_csv_row_is_priced_or_skipped_with_a_reason(doc: dict) -> None:
-    ooms = [m for m in doc["memory"] if m["memory_only"]]
-    assert len(doc["rows"]) + len(ooms) + len(doc["skipped"]) == CORPUS_ROWS
+    memory_only = [m for m in doc["memory"] if m["memory_only"]]
+    assert len(doc["rows"]) + len(memory_only) + len(doc["skipped"]) == CORPUS_ROWS
     assert all(s["reason"] for s in doc["skipped"])
-    assert len({r["id"] for r in doc["rows"]} | {s["id"] for s in doc["skipped"]} | {m["id"] for m in ooms}) == CORPUS_ROWS
+    assert len({r["id"] for r in doc["rows"]} | {s["id"] for s in doc["skipped"]} | {m["id"] for m in memory_only}) == CORPUS_ROWS
 
 
 def _rows_per_source(doc: dict, category: str | None = None) -> dict[str, tuple[int, int, int]]:
