@@ -66,15 +66,24 @@ def dp_placement(cluster: ClusterSpec, cfg: ParallelConfig, pipeline_rank: int) 
 
 
 def edp_placement(cluster: ClusterSpec, cfg: ParallelConfig, pipeline_rank: int) -> GroupPlacement:
-    """The group a routed expert's gradients are averaged over: the ``dp·cp / ep`` ranks holding the
-    same experts (``RankGrid.edp_group``, Megatron-Core's expert-data-parallel group)."""
-    return _dp_placement(cfg.tp, cfg.pp, cfg.dp, cfg.cp, cluster.gpus_per_node, pipeline_rank, cfg.ep)
+    """The group a routed expert's gradients are averaged over: the ``tp·dp·cp / (ep·etp)`` ranks holding
+    the same experts (``RankGrid.edp_group``, Megatron-Core's expert-data-parallel group; dp·cp / ep
+    with expert TP = tp)."""
+    return _dp_placement(cfg.tp, cfg.pp, cfg.dp, cfg.cp, cluster.gpus_per_node, pipeline_rank, cfg.ep, cfg.expert_tp)
+
+
+def experts_reduced_apart(cfg: ParallelConfig) -> bool:
+    """Routed experts' gradients go over their own group, not the dense dp x cp one: with expert
+    parallelism, or with expert TP 1 under tp > 1 (every tp rank then holds whole experts)."""
+    return cfg.ep > 1 or cfg.expert_tp != cfg.tp
 
 
 @lru_cache(maxsize=4096)
-def _dp_placement(tp: int, pp: int, dp: int, cp: int, gpus_per_node: int, pipeline_rank: int, ep: int) -> GroupPlacement:
+def _dp_placement(tp: int, pp: int, dp: int, cp: int, gpus_per_node: int, pipeline_rank: int, ep: int,
+                  etp: int | None = None) -> GroupPlacement:
     grid = RankGrid(tp, pp, dp, cp)
-    group = grid.data_context_group(pipeline_rank, 0) if ep == 1 else grid.edp_group(pipeline_rank, 0, 0, ep)
+    apart = ep > 1 or (etp is not None and etp != tp)
+    group = grid.edp_group(pipeline_rank, 0, 0, ep, etp) if apart else grid.data_context_group(pipeline_rank, 0)
     return placement_of(group, gpus_per_node, min(gpus_per_node, tp * cp * dp))
 
 
@@ -90,10 +99,10 @@ def _stage_dp_collective_s(collective: Collective, cluster: ClusterSpec, cfg: Pa
     experts over theirs (``edp_placement``; with the dense ones when ep = 1, not at all when their
     group is one rank)."""
     dense_group = dp_placement(cluster, cfg, pipeline_rank)
-    if cfg.ep == 1:
+    if not experts_reduced_apart(cfg):
         return collective_s(collective, (dense_params + expert_params) * bytes_per_param, dense_group, network)
     seconds = collective_s(collective, dense_params * bytes_per_param, dense_group, network)
-    if cfg.dp * cfg.cp > cfg.ep:
+    if cfg.expert_data_ranks > 1:
         seconds += collective_s(collective, expert_params * bytes_per_param, edp_placement(cluster, cfg, pipeline_rank), network)
     return seconds
 
@@ -176,10 +185,11 @@ def rank_sync(
     (module docstring). Without the stages' simulated times (``timing_known`` false: a pricer
     that bounds the pipeline instead of simulating it) the exposed parts are lower bounds
     (``_exposed_floor``)."""
-    if cfg.dp * cfg.cp == 1 or not stages:
+    apart = experts_reduced_apart(cfg)
+    if (cfg.dp * cfg.cp == 1 and not (apart and cfg.expert_data_ranks > 1)) or not stages:
         return RankSync()
     placement = dp_placement(cluster, cfg, pipeline_rank)
-    experts = edp_placement(cluster, cfg, pipeline_rank) if cfg.ep > 1 and cfg.dp * cfg.cp > cfg.ep else None
+    experts = edp_placement(cluster, cfg, pipeline_rank) if apart and cfg.expert_data_ranks > 1 else None
     bucket = bucket_params(overlap, cfg.dp * cfg.cp)
     kind: Collective = "all_reduce" if cfg.zero == 0 else "reduce_scatter"
     hides = comm_overlaps_compute(cluster)
@@ -221,8 +231,8 @@ def rank_sync(
 def _dense_params(st: StageWindow, cfg: ParallelConfig) -> float:
     """Parameters reduced over the dp x cp group: the dense ones, and the routed experts too when every
     rank holds all of them (ep = 1); with ep > 1 the experts go over their own group, or nowhere when
-    each expert-data-parallel group is a single rank."""
-    return st.params + st.expert_params if cfg.ep == 1 else st.params
+    each expert-data-parallel group is a single rank (``experts_reduced_apart``)."""
+    return st.params if experts_reduced_apart(cfg) else st.params + st.expert_params
 
 
 def _gather_floor_s(stages: list[StageWindow], gathers: list[tuple[float, float]], pipeline_rank: int) -> float:

@@ -123,7 +123,7 @@ def _stage_plan(
     """The stage's times and memory (its dense and mixture-of-experts layers, plus the embedding on the
     first stage and the head on the last); ``layers=None`` skips the times (memory-only callers);
     ``layer_kind`` ("moe" or "dense") counts every layer as that kind."""
-    s, b, tp, sp, cp, ep = train.seq_len, cfg.mbs, cfg.tp, cfg.sequence_parallel, cfg.cp, cfg.ep
+    s, b, tp, sp, cp, ep, etp = train.seq_len, cfg.mbs, cfg.tp, cfg.sequence_parallel, cfg.cp, cfg.ep, cfg.etp
     n, first, last = layout.num_layers, layout.has_embedding, layout.has_head
     moe_layers = moe_layers_in(model, layout.first_layer, n)
     if layer_kind is not None:
@@ -133,10 +133,10 @@ def _stage_plan(
     for count, moe in ((n - moe_layers, False), (moe_layers, True)):
         if count:
             if layers:
-                per_layer = layers.transformer(tp, b, s, sp, kind, cp=cp, ep=ep, moe=moe).scaled(count)
+                per_layer = layers.transformer(tp, b, s, sp, kind, cp=cp, ep=ep, moe=moe, etp=etp).scaled(count)
                 times = per_layer if times is ZERO_PASS else times.plus(per_layer)
-            act += count * layer_activation_bytes(model, s, b, tp, sp, kind, variant, cp=cp, ep=ep, moe=moe)
-            kept += count * weight_grad_input_bytes(model, s, b, tp, sp, variant, cp=cp, ep=ep, moe=moe)
+            act += count * layer_activation_bytes(model, s, b, tp, sp, kind, variant, cp=cp, ep=ep, moe=moe, etp=etp)
+            kept += count * weight_grad_input_bytes(model, s, b, tp, sp, variant, cp=cp, ep=ep, moe=moe, etp=etp)
     kept += end_weight_grad_input_bytes(model, s // cp, b, tp, variant, first, last)
     if first:
         times = times.plus(layers.embedding(tp, b, s, sp, cp=cp)) if layers else times
@@ -151,7 +151,7 @@ def _stage_plan(
         layout=layout,
         recompute=kind,
         times=times,
-        params=stage_param_split(model, layout.first_layer, n, first, last, tp, ep, layer_kind),
+        params=stage_param_split(model, layout.first_layer, n, first, last, tp, ep, layer_kind, etp),
         activation_bytes=act,
         moe_layers=moe_layers,
         retained_bytes=kept,
@@ -338,7 +338,7 @@ def _retained_bytes(cfg: ParallelConfig, stack: StackSpec, plans: list[StagePlan
 def _largest_unit_params(model: ModelSpec, cfg: ParallelConfig, rank_plans: list[StagePlan]) -> float:
     """Largest block FSDP gathers at once: a transformer layer (an MoE layer with its local experts),
     or the embedding/head matrix."""
-    unit = max(layer_params(model, cfg.tp, cfg.ep, st.moe_layers > 0).total for st in rank_plans)
+    unit = max(layer_params(model, cfg.tp, cfg.ep, st.moe_layers > 0, cfg.etp).total for st in rank_plans)
     if any(st.layout.has_embedding or st.layout.has_head for st in rank_plans):
         unit = max(unit, model.vocab_size * model.hidden_size / cfg.tp)
     return unit
@@ -398,7 +398,8 @@ def _rank_memory_gib(
     experts = sum(st.params.expert for st in rank_plans)
     data_ranks = cfg.dp * cfg.cp
     static = split_static_memory(dense, experts, train.precision, data_ranks, cfg.ep, cfg.zero,
-                                 gradients_sharded(stack, cfg.pp, data_ranks, cfg.zero), stack.grad_accumulation_fp32)
+                                 gradients_sharded(stack, cfg.pp, data_ranks, cfg.zero), stack.grad_accumulation_fp32,
+                                 cfg.expert_data_ranks)
     p = bytes_per_element(train.precision)
     tokens = train.seq_len // cfg.cp * cfg.mbs
     gathered = _zero3_gathered_bytes(model, cfg, stack, rank_plans, p)
@@ -408,7 +409,7 @@ def _rank_memory_gib(
         transient = max(transient, TRANSIENT_COPIES * 4 * tokens * model.vocab_size / cfg.tp)
     p2p_buffers = p2p_buffer_count(stack, cfg, rank_plans) * p * tokens * model.hidden_size / cfg.tp if cfg.pp > 1 else 0.0
     bucket = min(dense + experts, bucket_params(stack.overlap, cfg.dp * cfg.cp))
-    dp_buckets = DP_BUCKETS_IN_FLIGHT * bucket * grad_reduce_bytes_per_param(train.precision) if cfg.dp * cfg.cp > 1 else 0.0
+    dp_buckets = DP_BUCKETS_IN_FLIGHT * bucket * grad_reduce_bytes_per_param(train.precision) if max(cfg.dp * cfg.cp, cfg.expert_data_ranks) > 1 else 0.0
     allocated = {
         "weights": static.weights_bytes + gathered,
         "gradients": static.gradients_bytes,
@@ -456,7 +457,7 @@ def _cpu_heap_terms(
     if any(st.recompute == "full" for st in rank_plans):
         moe = any(st.moe_layers for st in rank_plans)
         layer = [layer_activation_bytes(model, train.seq_len, cfg.mbs, cfg.tp, cfg.sequence_parallel, k, variant,
-                                        cp=cfg.cp, ep=cfg.ep, moe=moe) for k in ("none", "full")]
+                                        cp=cfg.cp, ep=cfg.ep, moe=moe, etp=cfg.etp) for k in ("none", "full")]
         working = recompute_working_bytes(cluster, *layer)
         if working:
             terms["recompute_working"] = working
@@ -532,7 +533,7 @@ def _rank_work(
     """Pipeline rank ``rank``'s passes, hidden time, once-per-step DP traffic (over its stages'
     simulated windows, ``costmodels.data_parallel``; none where the stack syncs every microbatch,
     which the passes already hold) and optimizer step (ZeRO >= 1: its 1/(dp·cp) shard of the
-    dense parameters and 1/(dp·cp/ep) of its experts)."""
+    dense parameters and 1/``expert_data_ranks`` of its experts)."""
     mine = [j for j, st in enumerate(plans) if st.rank == rank]
     passes = _sum_passes([costs[j] for j in mine])
     hides: dict[str, float] = {}
@@ -542,7 +543,7 @@ def _rank_work(
     dense = sum(plans[j].params.dense for j in mine)
     experts = sum(plans[j].params.expert for j in mine)
     sync = RankSync()
-    if cfg.dp * cfg.cp > 1 and not microbatch_grad_sync(stack, cfg.pp, cfg.dp * cfg.cp, cfg.zero):
+    if max(cfg.dp * cfg.cp, cfg.expert_data_ranks) > 1 and not microbatch_grad_sync(stack, cfg.pp, cfg.dp * cfg.cp, cfg.zero):
         windows = []
         for j in mine:
             first_forward, last_backward = result.stage_span_s(j, rank)
@@ -555,7 +556,7 @@ def _rank_work(
     if host:  # FSDP2's copies and hooks on the cores that compute (CPU ranks), after the backward
         sync = replace(sync, grad_reduce_s=sync.grad_reduce_s + host, grad_reduce_exposed_s=sync.grad_reduce_exposed_s + host)
     shard = cfg.dp * cfg.cp if cfg.zero >= 1 else 1
-    expert_shard = max(1, shard // cfg.ep)
+    expert_shard = cfg.expert_data_ranks if cfg.zero >= 1 else 1
     optimizer = memory_bound_time_s(cluster, (dense / shard + experts / expert_shard) * ADAM_STEP_BYTES_PER_PARAM)
     return RankWork(passes=passes, hidden=hides, sync=sync, optimizer_s=optimizer)
 

@@ -17,6 +17,13 @@ output scattered on exit. ``tp_split`` (Megatron-Core's alltoall dispatcher, exp
 sequence parallelism required): a tp rank routes and dispatches its ``1/tp`` share, all-gathers
 what it receives over tp and reduce-scatters the outputs. The tp collectives are priced with the
 layer's others (``costmodels.layer_costs.tp_comm_passes``).
+
+Expert TP 1 under tp > 1 (``etp``; Megatron-Core's MoE parallel folding, ``tp_split`` only): every
+rank holds ``E / ep`` whole experts, the expert-parallel group being ``ep`` consecutive ranks of the
+stage's tp x cp x dp (``costmodels.rank_grid``); a tp rank dispatches its ``1/tp`` share and computes
+the full-width FFN on the ``1/tp`` of the routed rows it receives, with no tp collective on them. The
+FLOPs are those of expert TP = tp; the GEMMs are ``tp`` times taller and narrower, the weights ``tp``
+times larger per rank.
 """
 
 from __future__ import annotations
@@ -47,8 +54,9 @@ SOURCE_ORDER_ACCESSES = 4
 
 
 def ep_group_placement(tp: int, ep: int, gpus_per_node: int) -> GroupPlacement:
-    """An expert-parallel group: ``ep`` consecutive data-context ranks, ``tp`` apart on the rank grid
-    (``costmodels.rank_grid``); every rank of a node dispatches at once (all groups run together)."""
+    """An expert-parallel group: ``ep`` ranks ``tp`` apart on the rank grid (pass the expert TP: tp, or 1
+    under parallel folding, ``RankGrid.ep_group``); every rank of a node dispatches at once (all groups
+    run together)."""
     per_node = max(1, min(ep, gpus_per_node // tp))
     return GroupPlacement(size=ep, ranks_per_node=per_node, nodes=-(-ep // per_node), node_senders=gpus_per_node)
 
@@ -104,6 +112,12 @@ def dispatch_rows(model: ModelSpec, tokens: float, tp: int, ep: int, kernels: St
     return rows / tp if kernels.expert_dispatch == "tp_split" else rows
 
 
+def local_rows(rows: float, shape: LayerShape) -> float:
+    """Of the busiest rank's routed ``rows``, those its experts compute on one tp rank: all of them
+    under expert TP = tp, the ``1/tp`` its tp rank dispatched under expert TP 1 (module docstring)."""
+    return rows * shape.expert_tp / shape.tp
+
+
 def dispatch_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
     """The dispatch and combine all-to-alls (and their gradients in B); ppplan's runtime first
     exchanges the tokens-per-expert counts (forward only, no autograd)."""
@@ -130,6 +144,7 @@ def _router(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> Layer
 
 
 def _permutation(model: ModelSpec, shape: LayerShape, kernels: StackKernels, rows: float) -> LayerOps:
+    rows = local_rows(rows, shape)
     accesses = PERMUTE_ACCESSES
     if shape.ep > 1 and kernels.expert_dispatch == "tp_replicated":
         accesses += SOURCE_ORDER_ACCESSES
@@ -138,9 +153,9 @@ def _permutation(model: ModelSpec, shape: LayerShape, kernels: StackKernels, row
 
 
 def _expert_mlp(name: str, model: ModelSpec, shape: LayerShape, kernels: StackKernels, rows: float, ffn: float,
-                groups: float) -> LayerOps:
+                groups: float, tp: int) -> LayerOps:
     """``groups`` MLPs of FFN ``ffn / tp`` on ``rows / groups`` rows each (grouped GEMMs)."""
-    h, tp, p = model.hidden_size, shape.tp, shape.bytes_per_element
+    h, p = model.hidden_size, shape.bytes_per_element
     swiglu = model.activation == "swiglu"
     ops = linear(f"{name}.fc1", rows / groups, h, (2 if swiglu else 1) * ffn / tp, groups)
     ops = ops.plus(activation(rows * ffn / tp, p, swiglu, kernels.fused_activation, f"{name}.act"))
@@ -156,19 +171,20 @@ def moe_mlp_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> L
     ops = norm("mlp.norm", shape.replicated_tokens * h, p, shape.composite_rmsnorm and model.norm == "rmsnorm")
     ops = ops.plus(_router(model, shape, kernels)).plus(dispatch_ops(model, shape, kernels))
     ops = ops.plus(_permutation(model, shape, kernels, rows))
-    ops = ops.plus(_expert_mlp("moe.expert", model, shape, kernels, rows, model.moe_ffn_hidden_size or 0, local))
+    ops = ops.plus(_expert_mlp("moe.expert", model, shape, kernels, local_rows(rows, shape), model.moe_ffn_hidden_size or 0,
+                               local, shape.expert_tp))
     if model.shared_expert_ffn_hidden_size:
-        ops = ops.plus(_expert_mlp("moe.shared", model, shape, kernels, t, model.shared_expert_ffn_hidden_size, 1))
+        ops = ops.plus(_expert_mlp("moe.shared", model, shape, kernels, t, model.shared_expert_ffn_hidden_size, 1, shape.tp))
     return ops.plus(residual("mlp.residual", shape.replicated_tokens * h, p, kernels.dropout, kernels.fused_activation))
 
 
 def moe_tp_all_reduce_tokens(model: ModelSpec, tokens: float, tp: int, ep: int, sequence_parallel: bool,
-                             kernels: StackKernels, imbalance: float | None = None) -> list[float]:
+                             kernels: StackKernels, imbalance: float | None = None, etp: int | None = None) -> list[float]:
     """Rows of h values a mixture-of-experts MLP block all-reduces over tp per pass (an all-gather plus a
-    reduce-scatter of the same rows move the same bytes): the routed expert outputs (``routed_rows``),
-    the shared experts' output, and with ``tp_replicated`` and sequence parallelism the block's input
-    gathered on entry and its output scattered on exit (module docstring)."""
-    rows = [routed_rows(model, tokens, ep, imbalance)]
+    reduce-scatter of the same rows move the same bytes): the routed expert outputs (``routed_rows``;
+    none with expert TP 1), the shared experts' output, and with ``tp_replicated`` and sequence
+    parallelism the block's input gathered on entry and its output scattered on exit (module docstring)."""
+    rows = [routed_rows(model, tokens, ep, imbalance)] if etp in (None, tp) else []
     if model.shared_expert_ffn_hidden_size:
         rows.append(tokens)
     if sequence_parallel and kernels.expert_dispatch == "tp_replicated":
@@ -176,16 +192,19 @@ def moe_tp_all_reduce_tokens(model: ModelSpec, tokens: float, tp: int, ep: int, 
     return rows if tp > 1 else []
 
 
-def moe_activation_bytes(model: ModelSpec, tokens: float, tp: int, ep: int, p: int, ffn_tensors: int) -> float:
+def moe_activation_bytes(model: ModelSpec, tokens: float, tp: int, ep: int, p: int, ffn_tensors: int,
+                         etp: int | None = None) -> float:
     """What an MoE MLP block keeps for backward per tp rank, beyond its input (the dense formula's "MLP
     input"): the rows the experts receive (``routed_rows``) and their ``ffn_tensors`` FFN-wide tensors per
     row, the k weighted copies of each own token before the sum (router-weighted outputs), the fp32 top-k
     probabilities and two int64 index arrays per assignment (the runtime's saved tensors,
     ``launch/runtime/moe.py``; Megatron's permute / unpermute keep the same rows), and the shared
-    experts' FFN tensors."""
+    experts' FFN tensors. With expert TP 1 a tp rank keeps the ``1/tp`` of the rows and tokens it routed,
+    each row's FFN tensors at full width (the same bytes as expert TP = tp's)."""
     h, k = model.hidden_size, model.experts_per_token or 0
     rows = routed_rows(model, tokens, ep)
-    routed = (rows + tokens * k) * h * p + ffn_tensors * rows * (model.moe_ffn_hidden_size or 0) / tp * p
-    routing = tokens * k * (FP32_BYTES + 2 * 8)
+    share = 1.0 if etp in (None, tp) else etp / tp
+    routed = share * (rows + tokens * k) * h * p + ffn_tensors * rows * (model.moe_ffn_hidden_size or 0) / tp * p
+    routing = share * tokens * k * (FP32_BYTES + 2 * 8)
     shared = ffn_tensors * tokens * (model.shared_expert_ffn_hidden_size or 0) / tp * p
     return routed + routing + shared

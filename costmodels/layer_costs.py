@@ -70,10 +70,10 @@ class PassTimes:
         return self.forward_s + self.backward_input_s + self.backward_weight_s
 
     def scaled(self, n: float) -> "PassTimes":
-        return PassTimes(*(n * getattr(self, f.name) for f in fields(self)))
+        return PassTimes(*(n * getattr(self, name) for name in PASS_FIELDS))
 
     def plus(self, other: "PassTimes") -> "PassTimes":
-        return PassTimes(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        return PassTimes(*(getattr(self, name) + getattr(other, name) for name in PASS_FIELDS))
 
     def joined_backward(self) -> "PassTimes":
         """As a schedule without the split backward runs it: W less the split's measured excess, which
@@ -82,19 +82,22 @@ class PassTimes:
                        split_backward_extra_s=0.0)
 
 
+PASS_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(PassTimes))  # in order (``scaled``, ``plus``)
 ZERO_PASS = PassTimes(0.0, 0.0, 0.0)
 
 
 class LayerTimes(Protocol):
     """Where per-layer times come from: the roofline or a measured profile. ``seq_len`` is the whole
     sequence, split over ``cp`` context-parallel ranks; ``moe`` asks for a mixture-of-experts layer whose
-    experts are split over ``ep`` ranks. ``context_parallel_degrees`` are the cp degrees it can price
-    (None: any)."""
+    experts are split over ``ep`` ranks, each expert over ``etp`` (None: tp). ``context_parallel_degrees``
+    are the cp degrees it can price (None: any); ``expert_tp_folding`` whether it prices expert TP 1
+    under tp > 1."""
 
     context_parallel_degrees: frozenset[int] | None
+    expert_tp_folding: bool
 
     def transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str, cp: int = 1,
-                    ep: int = 1, moe: bool = False) -> PassTimes: ...
+                    ep: int = 1, moe: bool = False, etp: int | None = None) -> PassTimes: ...
 
     def embedding(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes: ...
 
@@ -125,7 +128,7 @@ def tp_group_timeshare(cluster: ClusterSpec, tp: int) -> float:
 def tp_comm_passes(
     model: ModelSpec, kind: str, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str,
     bytes_per_elem: int, network: Network, vocab_parallel_loss: bool, cp: int = 1, ep: int = 1, moe: bool = False,
-    kernels: StackKernels | None = None, expert_imbalance: float | None = None,
+    kernels: StackKernels | None = None, expert_imbalance: float | None = None, etp: int | None = None,
 ) -> PassTimes:
     """The tensor-parallel communication of one layer of ``kind``, alone: what ``RooflineTimes``
     puts into F and B, and what a measured profile of sharded shapes lacks (each collective
@@ -147,7 +150,7 @@ def tp_comm_passes(
     if kind == "transformer":
         if moe:
             rows = [tokens] + moe_tp_all_reduce_tokens(model, tokens, tp, ep, sequence_parallel, kernels or StackKernels(),
-                                                       expert_imbalance)
+                                                       expert_imbalance, etp)
             comm = sum(tp_all_reduce_s(r, h, bytes_per_elem, tp, network) for r in rows)
         else:
             comm = tp_layer_comm_s(tokens, h, bytes_per_elem, tp, network)
@@ -181,14 +184,15 @@ class PricedPass:
 
 
 def price_operators(cluster: ClusterSpec, precision: str, ops: tuple[Operator, ...], network: Network, tp: int,
-                    cp: int, ep: int) -> PricedPass:
+                    cp: int, ep: int, etp: int | None = None) -> PricedPass:
     """Compute operators by roofline (``costmodels.compute``), ``AllToAll`` over the expert-parallel group
     (``costmodels.comm.collective_s``), ``RingAttention`` as its blocks and its transfers overlap
     (``costmodels.context_parallel.ring_time_s``)."""
     total = ep_s = cp_s = hidden = 0.0
     for op in ops:
         if isinstance(op, AllToAll):
-            seconds = collective_s("all_to_all", op.bytes, ep_group_placement(tp, ep, network.gpus_per_node), network)
+            stride = tp if etp is None else etp
+            seconds = collective_s("all_to_all", op.bytes, ep_group_placement(stride, ep, network.gpus_per_node), network)
             total, ep_s = total + seconds, ep_s + seconds
         elif isinstance(op, RingAttention):
             exchange = exchange_s(op, tp, cp, network)
@@ -215,6 +219,7 @@ class RooflineTimes:
     it (default ``costmodels.experts.EXPERT_LOAD_IMBALANCE``)."""
 
     context_parallel_degrees: frozenset[int] | None = None
+    expert_tp_folding = True
 
     def __init__(
         self, model: ModelSpec, cluster: ClusterSpec, precision: str, tp_links: tuple[Link, Link] | None = None,
@@ -232,8 +237,9 @@ class RooflineTimes:
         self._priced_cached = lru_cache(maxsize=None)(self._priced)
 
     def transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str, cp: int = 1,
-                    ep: int = 1, moe: bool = False) -> PassTimes:
-        return self._priced_cached("transformer", tp, mbs, seq_len, sequence_parallel, recompute, cp, ep, moe)
+                    ep: int = 1, moe: bool = False, etp: int | None = None) -> PassTimes:
+        etp = None if etp == tp else etp
+        return self._priced_cached("transformer", tp, mbs, seq_len, sequence_parallel, recompute, cp, ep, moe, etp)
 
     def embedding(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes:
         return self._priced_cached("embedding", tp, mbs, seq_len, sequence_parallel, "none", cp, 1, False)
@@ -242,32 +248,33 @@ class RooflineTimes:
         return self._priced_cached("head", tp, mbs, seq_len, sequence_parallel, "none", cp, 1, False)
 
     def operators(self, kind: str, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str = "none",
-                  cp: int = 1, ep: int = 1, moe: bool = False) -> LayerOps:
+                  cp: int = 1, ep: int = 1, moe: bool = False, etp: int | None = None) -> LayerOps:
         """The operator list of one layer of ``kind`` ("transformer", "embedding", "head")."""
-        return self._ops_cached(kind, tp, mbs, seq_len, sequence_parallel, recompute, cp, ep, moe)
+        return self._ops_cached(kind, tp, mbs, seq_len, sequence_parallel, recompute, cp, ep, moe, etp)
 
     def _ops(self, kind: str, tp: int, mbs: int, seq_len: int, sp: bool, recompute: str, cp: int, ep: int,
-             moe: bool) -> LayerOps:
+             moe: bool, etp: int | None = None) -> LayerOps:
         shape = LayerShape(tp, mbs, seq_len, sp, recompute, self.p, composite_rmsnorm=runs_on_cpu(self.cluster)
-                           and not self.kernels.fused_norm, cp=cp, ep=ep, moe=moe, expert_imbalance=self.expert_imbalance)
+                           and not self.kernels.fused_norm, cp=cp, ep=ep, moe=moe, expert_imbalance=self.expert_imbalance,
+                           etp=etp)
         build = {"transformer": transformer_layer_ops, "embedding": embedding_ops, "head": head_ops}[kind]
         return build(self.model, shape, self.kernels)
 
-    def _pass(self, ops: tuple[Operator, ...], tp: int, cp: int, ep: int) -> PricedPass:
-        return price_operators(self.cluster, self.precision, ops, self.network, tp, cp, ep)
+    def _pass(self, ops: tuple[Operator, ...], tp: int, cp: int, ep: int, etp: int | None = None) -> PricedPass:
+        return price_operators(self.cluster, self.precision, ops, self.network, tp, cp, ep, etp)
 
     def _priced(self, kind: str, tp: int, mbs: int, seq_len: int, sp: bool, recompute: str, cp: int, ep: int,
-                moe: bool) -> PassTimes:
+                moe: bool, etp: int | None = None) -> PassTimes:
         """The layer's operators priced per pass, plus its TP collectives: exposed in F and B, or
         (stack overlapping TP communication with its GEMMs) only what the pass's GEMMs cannot hide.
         A recomputed forward's expert all-to-alls and ring transfers count as EP and CP communication,
         not as recomputation."""
-        ops = self.operators(kind, tp, mbs, seq_len, sp, recompute, cp, ep, moe)
+        ops = self.operators(kind, tp, mbs, seq_len, sp, recompute, cp, ep, moe, etp)
         c, prec = self.cluster, self.precision
-        forward, backward_input = self._pass(ops.forward, tp, cp, ep), self._pass(ops.backward_input, tp, cp, ep)
-        redo = self._pass(ops.recompute, tp, cp, ep)
+        forward, backward_input = self._pass(ops.forward, tp, cp, ep, etp), self._pass(ops.backward_input, tp, cp, ep, etp)
+        redo = self._pass(ops.recompute, tp, cp, ep, etp)
         comm = tp_comm_passes(self.model, kind, tp, mbs, seq_len, sp, recompute, self.p, self.network,
-                              self.kernels.vocab_parallel_loss, cp, ep, moe, self.kernels, self.expert_imbalance)
+                              self.kernels.vocab_parallel_loss, cp, ep, moe, self.kernels, self.expert_imbalance, etp)
         comm_f, comm_b, hidden = comm.forward_s, comm.backward_input_s, 0.0
         if self.tp_comm == "overlapped":
             gemm_f = _gemm_time_s(c, prec, ops.forward)

@@ -12,6 +12,7 @@ sequence parallelism, ``34·s·b·h/t`` with SP and selective recomputation, and
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from costmodels.context_parallel import cp_activation_bytes
@@ -116,8 +117,10 @@ def layer_activation_bytes(
     cp: int = 1,
     ep: int = 1,
     moe: bool = False,
+    etp: int | None = None,
 ) -> float:
-    """Bytes one transformer layer keeps for backward, per microbatch, per TP rank.
+    """Bytes one transformer layer keeps for backward, per microbatch, per TP rank (routed experts split
+    over ``etp`` ranks, tp when None).
 
     With ``cp`` context-parallel ranks every term counts the rank's ``seq_len / cp`` positions and the
     attention core keeps what its ring keeps (``costmodels.context_parallel.cp_activation_bytes``);
@@ -131,7 +134,7 @@ def layer_activation_bytes(
     if recompute == "full":
         return p * sbh / replicated_div  # the layer input only
     if recompute == "selective" and variant.op_sac_kernels is not None:
-        return _op_sac_layer_bytes(model, seq_len, mbs, tp, sequence_parallel, variant, cp, ep, moe)
+        return _op_sac_layer_bytes(model, seq_len, mbs, tp, sequence_parallel, variant, cp, ep, moe, etp)
     mask = 1 if variant.dropout else 0
     g = variant.saved_gemm_input_bytes  # QKV, MLP, output-projection and FC2 inputs: GEMM inputs
     # LayerNorm inputs (2), QKV input, MLP input, two dropout masks: replicated across TP without SP.
@@ -150,7 +153,7 @@ def layer_activation_bytes(
             + g * sbh  # attention output = output-projection input
         )
     if moe:
-        mlp = tp * moe_activation_bytes(model, s * b, tp, ep, p, ffn_tensors)
+        mlp = tp * moe_activation_bytes(model, s * b, tp, ep, p, ffn_tensors, etp)
     else:  # the FFN-wide tensors, the last of them the FC2 input
         mlp = ((ffn_tensors - 1) * p + g) * s * b * model.ffn_size
     if variant.flash_attention:
@@ -166,12 +169,13 @@ def layer_activation_bytes(
 
 
 def _op_sac_layer_bytes(model: ModelSpec, seq_len: int, mbs: int, tp: int, sequence_parallel: bool,
-                        variant: ActivationVariant, cp: int, ep: int, moe: bool) -> float:
+                        variant: ActivationVariant, cp: int, ep: int, moe: bool, etp: int | None = None) -> float:
     """``layer_activation_bytes`` under per-op selective recompute: what the policy keeps of the layer's
     own operator list (``costmodels.selective_ac.op_sac_saved_bytes``), plus a context-parallel ring's
     kept blocks (its attention calls are saved)."""
     assert variant.op_sac_kernels is not None
-    shape = LayerShape(tp, mbs, seq_len, sequence_parallel, "selective", variant.bytes_per_element, cp=cp, ep=ep, moe=moe)
+    shape = LayerShape(tp, mbs, seq_len, sequence_parallel, "selective", variant.bytes_per_element, cp=cp, ep=ep, moe=moe,
+                       etp=etp)
     kept = op_sac_saved_bytes(transformer_layer_ops(model, shape, variant.op_sac_kernels), model, shape)
     if cp > 1:
         kept += cp_activation_bytes(model, shape, variant.context_parallel_attention)
@@ -180,7 +184,7 @@ def _op_sac_layer_bytes(model: ModelSpec, seq_len: int, mbs: int, tp: int, seque
 
 def weight_grad_input_bytes(
     model: ModelSpec, seq_len: int, mbs: int, tp: int, sequence_parallel: bool, variant: ActivationVariant,
-    cp: int = 1, ep: int = 1, moe: bool = False,
+    cp: int = 1, ep: int = 1, moe: bool = False, etp: int | None = None,
 ) -> float:
     """Bytes one transformer layer still holds after its input gradients (B) for its weight
     gradients (W), per microbatch and tp rank, when a split-backward schedule defers W: the
@@ -199,8 +203,9 @@ def weight_grad_input_bytes(
     attention = t * (model.q_dim + 2 * model.kv_dim) / tp + t * h
     if not moe:
         return p * (norms + attention + t * gate * model.ffn_size / tp + t * h)
-    rows = routed_rows(model, t, ep)
-    experts = rows * (gate * (model.moe_ffn_hidden_size or 0) / tp + h)
+    expert_tp = tp if etp is None else etp
+    rows = routed_rows(model, t, ep) * expert_tp / tp  # the rows this tp rank's experts compute
+    experts = rows * (gate * (model.moe_ffn_hidden_size or 0) / expert_tp + h)
     shared = t * (gate * (model.shared_expert_ffn_hidden_size or 0) / tp + h) if model.shared_expert_ffn_hidden_size else 0.0
     return p * (norms + attention + t * (model.num_experts or 0) + experts + shared)
 
@@ -351,16 +356,19 @@ def microbatch_grad_sync(stack: StackSpec, pp: int, dp: int, zero: int) -> bool:
 
 
 def split_static_memory(dense_params: float, expert_params: float, precision: str, data_ranks: int, ep: int,
-                        zero: int, gradients_sharded: bool = False, grad_accumulation_fp32: bool = False) -> StaticMemory:
+                        zero: int, gradients_sharded: bool = False, grad_accumulation_fp32: bool = False,
+                        expert_data_ranks: int | None = None) -> StaticMemory:
     """``static_memory`` of a rank's dense parameters, ZeRO-sharded over its ``data_ranks`` (dp x cp)
     ranks, plus its routed experts, sharded over the ``data_ranks / ep`` ranks holding the same experts
     (Megatron-Core's distributed optimizer and FSDP over the expert-data-parallel group; torchtitan's
     ``efsdp``); ``gradients_sharded`` and ``grad_accumulation_fp32`` are the stack's rules
-    (``gradients_sharded``, ``StackSpec.grad_accumulation_fp32``)."""
+    (``gradients_sharded``, ``StackSpec.grad_accumulation_fp32``). ``expert_data_ranks`` replaces
+    ``data_ranks / ep`` where expert TP 1 folds the tp ranks in (``ParallelConfig.expert_data_ranks``)."""
     dense = static_memory(dense_params, precision, data_ranks, zero, gradients_sharded, grad_accumulation_fp32)
     if not expert_params:
         return dense
-    experts = static_memory(expert_params, precision, max(1, data_ranks // ep), zero, gradients_sharded,
+    edp = max(1, data_ranks // ep) if expert_data_ranks is None else expert_data_ranks
+    experts = static_memory(expert_params, precision, edp, zero, gradients_sharded,
                             grad_accumulation_fp32)
     return StaticMemory(dense.weights_bytes + experts.weights_bytes, dense.gradients_bytes + experts.gradients_bytes,
                         dense.optimizer_bytes + experts.optimizer_bytes, dense.updated_params + experts.updated_params)
@@ -380,6 +388,7 @@ class StageParams:
         return self.dense + self.expert
 
 
+@functools.lru_cache(maxsize=1024)
 def _layer_split(model: ModelSpec, ep: int, moe: bool) -> tuple[float, float, float]:
     """(tp-split, whole on every tp rank, routed experts before tp) parameters of one layer."""
     whole = mla_tp_replicated_params(model)
@@ -390,22 +399,23 @@ def _layer_split(model: ModelSpec, ep: int, moe: bool) -> tuple[float, float, fl
     return moe_layer_params(model, 0) - router - whole, whole + router, experts
 
 
-def layer_params(model: ModelSpec, tp: int, ep: int, moe: bool) -> StageParams:
+def layer_params(model: ModelSpec, tp: int, ep: int, moe: bool, etp: int | None = None) -> StageParams:
     """One layer's parameters per rank. Dense parts are split over tp (the norms too, a small
     over-count of the sharding kept from SC21's per-layer formula), but MLA's down-projections and
     the router are whole on every tp rank (``costmodels.params.mla_tp_replicated_params``,
     ``router_params``); the routed experts are ``num_experts / ep`` per rank, each split over tp
-    (expert TP = tp, Megatron-Core's default and ppplan's runtime)."""
+    (expert TP = tp, Megatron-Core's default and ppplan's runtime) or over ``etp`` ranks."""
     split, whole, experts = _layer_split(model, ep, moe)
-    return StageParams(dense=split / tp + whole, expert=experts / tp)
+    return StageParams(dense=split / tp + whole, expert=experts / (tp if etp is None else etp))
 
 
 def stage_param_split(model: ModelSpec, first_layer: int, num_layers: int, has_embedding: bool, has_head: bool,
-                      tp: int, ep: int = 1, layer_kind: str | None = None) -> StageParams:
+                      tp: int, ep: int = 1, layer_kind: str | None = None, etp: int | None = None) -> StageParams:
     """Parameters a virtual stage (layers ``[first_layer, first_layer + num_layers)``) holds per rank:
     its dense and MoE layers (``layer_params``), the vocab-parallel embedding and head (the last stage
     of a tied model keeping its own copy of the embedding matrix for the logits, Megatron-LM's
-    ``shared_embedding``). ``layer_kind`` "moe" or "dense" counts every layer as that kind."""
+    ``shared_embedding``). ``layer_kind`` "moe" or "dense" counts every layer as that kind; routed experts
+    are split over ``etp`` ranks (tp when None)."""
     moe_layers = moe_layers_in(model, first_layer, num_layers)
     if layer_kind is not None:
         moe_layers = num_layers if layer_kind == "moe" else 0
@@ -422,7 +432,7 @@ def stage_param_split(model: ModelSpec, first_layer: int, num_layers: int, has_e
         total += counts.final_norm + counts.head
         if model.tie_embeddings and not has_embedding:
             total += model.vocab_size * model.hidden_size
-    return StageParams(dense=total / tp + kept_whole, expert=experts / tp)
+    return StageParams(dense=total / tp + kept_whole, expert=experts / (tp if etp is None else etp))
 
 
 def stage_params(model: ModelSpec, num_layers: int, has_embedding: bool, has_head: bool, tp: int) -> float:

@@ -143,7 +143,8 @@ class LayerShape:
     ``seq_len`` is the whole sequence; with ``cp`` context-parallel ranks each holds ``seq_len / cp``
     of its positions (``tokens``); ``ep`` expert-parallel ranks share an MoE layer's experts; ``moe``
     says the layer is a mixture-of-experts layer; ``expert_imbalance`` the busiest expert-parallel rank's
-    load over the mean (None: ``costmodels.experts.EXPERT_LOAD_IMBALANCE``). ``bytes_per_element``: activations (2 for bf16/fp16 and fp8 runs, 4 for fp32);
+    load over the mean (None: ``costmodels.experts.EXPERT_LOAD_IMBALANCE``); ``etp`` the ranks each routed
+    expert is split over (None: tp; 1 under Megatron-Core's parallel folding). ``bytes_per_element``: activations (2 for bf16/fp16 and fp8 runs, 4 for fp32);
     ``composite_rmsnorm``: torch's RMSNorm as the composite x·rsqrt(mean(x²)+eps)·w (off CUDA
     there is no fused kernel; ``costmodels.memory.ActivationVariant`` says the same)."""
 
@@ -158,6 +159,12 @@ class LayerShape:
     ep: int = 1
     moe: bool = False
     expert_imbalance: float | None = None
+    etp: int | None = None
+
+    @property
+    def expert_tp(self) -> int:
+        """Ranks each routed expert is split over: ``etp``, or tp (``ParallelConfig.expert_tp``)."""
+        return self.tp if self.etp is None else self.etp
 
     @property
     def local_seq_len(self) -> int:

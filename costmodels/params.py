@@ -21,6 +21,7 @@ for V3 matches this count less the input embedding, FACTS.md section 3.2).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from profiles.schema import ModelSpec
@@ -142,6 +143,7 @@ class ModelParameters:
         return self.active - self.embedding
 
 
+@functools.lru_cache(maxsize=256)
 def model_parameters(model: ModelSpec) -> ModelParameters:
     """Parameter counts of ``model``: ``first_dense_layers`` dense layers, then MoE layers (all dense if not MoE)."""
     h = model.hidden_size

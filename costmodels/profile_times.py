@@ -153,8 +153,13 @@ class ProfiledTimes:
         self._embedding_cached = lru_cache(maxsize=None)(self._embedding)
         self._head_cached = lru_cache(maxsize=None)(self._head)
 
+    # the profiler times experts as ppplan's runtime splits them, over tp (a search keeps expert TP = tp)
+    expert_tp_folding = False
+
     def transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str, cp: int = 1,
-                    ep: int = 1, moe: bool = False) -> PassTimes:
+                    ep: int = 1, moe: bool = False, etp: int | None = None) -> PassTimes:
+        if etp not in (None, tp):
+            raise PlanError(f"the profile timed experts split over tp={tp}, not etp={etp}: price expert TP 1 without --profile")
         if cp not in self.context_parallel_degrees:
             raise PlanError(f"the profile timed no ring of cp={cp} (it has cp {_describe(self.context_parallel_degrees)}): "
                             f"re-run `ppplan profile --cp {cp}`, or price it without --profile")

@@ -6,7 +6,7 @@ torchtitan's mesh ("pp", "dp", "cp", "tp"): tp varies fastest, then cp, then dp,
 pp, so a TP group is ``tp`` consecutive ranks (inside a node when ``tp`` divides the GPUs
 per node) and pipeline neighbours are ``tp * cp * dp`` ranks apart. Expert parallelism
 folds into the data x context ranks (Megatron-Core's parallel folding with expert TP =
-tp): with ``j = dp * cp_size + cp`` the flattened data-context index, an expert-parallel
+tp; with expert TP 1 into all tp x cp x dp ranks of a stage, ``ep_group``): with ``j = dp * cp_size + cp`` the flattened data-context index, an expert-parallel
 group is ``ep`` consecutive values of ``j`` and the expert-data-parallel group (ranks
 holding the same experts) the values of ``j`` equal modulo ``ep``. The cost model, the
 simulator and the launcher all use these functions; nothing else computes a rank.
@@ -67,13 +67,20 @@ class RankGrid:
         (torchtitan's ``dp_shard_cp`` mesh), ordered by the flattened index ``j = dp * cp_size + cp``."""
         return [self.rank(RankCoord(j // self.cp, pp, tp, j % self.cp)) for j in range(self.dp * self.cp)]
 
-    def ep_group(self, pp: int, tp: int, block: int, ep: int) -> list[int]:
-        """Expert-parallel group ``block`` of size ``ep``: consecutive ranks of ``data_context_group``."""
-        return self.data_context_group(pp, tp)[block * ep : (block + 1) * ep]
+    def ep_group(self, pp: int, tp: int, block: int, ep: int, etp: int | None = None) -> list[int]:
+        """Expert-parallel group ``block`` of size ``ep`` at expert-TP position ``tp``. The ranks of a
+        pipeline stage, tp fastest, are also the expert grid etp x ep x edp (Megatron-Core's
+        ``RankGenerator`` order "tp-ep-dp" with tp = etp): with ``etp`` = tp (the default) these are
+        consecutive ranks of ``data_context_group``; with etp 1, ``ep`` consecutive ranks."""
+        etp = self.tp if etp is None else etp
+        base = pp * self.tp * self.cp * self.dp
+        return [base + (block * ep + e) * etp + tp for e in range(ep)]
 
-    def edp_group(self, pp: int, tp: int, position: int, ep: int) -> list[int]:
+    def edp_group(self, pp: int, tp: int, position: int, ep: int, etp: int | None = None) -> list[int]:
         """The ranks holding the same experts as position ``position`` of each expert-parallel group."""
-        return self.data_context_group(pp, tp)[position::ep]
+        etp = self.tp if etp is None else etp
+        base, ranks = pp * self.tp * self.cp * self.dp, self.tp * self.cp * self.dp
+        return [base + (d * ep + position) * etp + tp for d in range(ranks // (ep * etp))]
 
     def spans_nodes(self, group: list[int], gpus_per_node: int) -> bool:
         """True when a process group crosses a node boundary."""

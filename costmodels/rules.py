@@ -42,10 +42,12 @@ def _stack_schedule_violations(schedule: str, pp: int, v: int, m: int, stack: St
     return problems
 
 
-def tp_violations(model: ModelSpec, tp: int) -> list[str]:
+def tp_violations(model: ModelSpec, tp: int, expert_tp: int | None = None) -> list[str]:
     """Why ``tp`` ranks cannot split the model's heads, kv-heads and FFN evenly (Megatron-LM's
-    column/row-parallel layers shard each of them over the TP group; experts are TP-sharded the
-    same way, expert TP = tp, Megatron-Core's default); empty when they can."""
+    column/row-parallel layers shard each of them over the TP group; the routed experts are split the
+    same way over ``expert_tp`` ranks, tp unless given, Megatron-Core's default; the shared experts
+    always over tp); empty when they can."""
+    expert_tp = tp if expert_tp is None else expert_tp
     problems: list[str] = []
     if model.num_attention_heads % tp:
         problems.append(f"tp={tp} does not divide num_attention_heads={model.num_attention_heads}: pick tp from its divisors")
@@ -54,19 +56,30 @@ def tp_violations(model: ModelSpec, tp: int) -> list[str]:
     if model.ffn_size % tp and model.num_moe_layers < model.num_layers:
         problems.append(f"tp={tp} does not divide ffn_hidden_size={model.ffn_size}")
     if model.is_moe:
-        for name in ("moe_ffn_hidden_size", "shared_expert_ffn_hidden_size"):
-            if getattr(model, name) % tp:
-                problems.append(f"tp={tp} does not divide {name}={getattr(model, name)} (experts are TP-sharded like the dense MLP)")
+        for name, ranks in (("moe_ffn_hidden_size", expert_tp), ("shared_expert_ffn_hidden_size", tp)):
+            if getattr(model, name) % ranks:
+                problems.append(f"tp={ranks} does not divide {name}={getattr(model, name)} (experts are TP-sharded like the dense MLP)")
     return problems
 
 
 def expert_context_violations(model: ModelSpec, train: TrainSpec, cfg: ParallelConfig) -> list[str]:
     """Expert and context parallelism any stack needs: experts split evenly over ep ranks carved out
-    of the dp x cp ranks (Megatron-Core's parallel folding with expert TP = tp), and the sequence in
-    2*cp equal chunks, rank i holding chunks i and 2cp-1-i for causal load balance (Megatron-Core
-    validate_args: seq_length % (2 cp) == 0)."""
+    of the dp x cp ranks with expert TP = tp, or of the tp x cp x dp ranks with expert TP 1
+    (Megatron-Core's parallel folding: ep * etp divides tp * cp * dp, ``megatron/core/parallel_state.py``),
+    and the sequence in 2*cp equal chunks, rank i holding chunks i and 2cp-1-i for causal load balance
+    (Megatron-Core validate_args: seq_length % (2 cp) == 0)."""
     problems = expert_degree_violations(model, cfg.ep)
-    if cfg.ep > 1 and (cfg.dp * cfg.cp) % cfg.ep:
+    if cfg.etp is not None and cfg.etp not in (1, cfg.tp):
+        problems.append(f"etp={cfg.etp}: ppplan prices expert TP = tp or 1 (tp={cfg.tp})")
+    elif cfg.etp is not None and cfg.etp != cfg.tp and not model.is_moe:
+        problems.append(f"etp={cfg.etp} needs a mixture-of-experts model ({model.name} is dense): drop etp")
+    elif cfg.expert_tp != cfg.tp and not cfg.sequence_parallel:
+        problems.append(f"etp=1 under tp={cfg.tp} needs sequence parallelism (each tp rank routes its own 1/tp of the "
+                        "tokens): add --sequence-parallel")  # fmt: skip
+    elif cfg.ep > 1 and cfg.expert_tp != cfg.tp and (cfg.tp * cfg.dp * cfg.cp) % cfg.ep:
+        problems.append(f"ep={cfg.ep} does not divide tp*dp*cp = {cfg.tp}*{cfg.dp}*{cfg.cp}: with etp=1 expert-parallel "
+                        "ranks are carved out of the tensor-, data- and context-parallel ranks")  # fmt: skip
+    elif cfg.ep > 1 and cfg.expert_tp == cfg.tp and (cfg.dp * cfg.cp) % cfg.ep:
         problems.append(f"ep={cfg.ep} does not divide dp*cp = {cfg.dp}*{cfg.cp}: expert-parallel ranks are carved out of "
                         "the data- and context-parallel ranks")  # fmt: skip
     return problems + context_degree_violations(train.seq_len, cfg.cp)
@@ -96,7 +109,7 @@ def _degree_violations(model: ModelSpec, train: TrainSpec, gpus: int, cfg: Paral
     if cfg.world_size != gpus:
         problems.append(f"tp*cp*pp*dp = {cfg.tp}*{cfg.cp}*{cfg.pp}*{cfg.dp} = {cfg.world_size} but there are {gpus} GPUs: "
                         f"pick degrees whose product is {gpus}")
-    problems += tp_violations(model, cfg.tp)
+    problems += tp_violations(model, cfg.tp, cfg.expert_tp)
     if train.global_batch % (cfg.dp * cfg.mbs):
         problems.append(f"global batch {train.global_batch} is not divisible by dp*mbs = {cfg.dp}*{cfg.mbs}: change the batch, dp or mbs")
     elif cfg.num_microbatches != train.global_batch // (cfg.dp * cfg.mbs):
@@ -190,9 +203,12 @@ def _stack_cp_violations(cfg: ParallelConfig, stack: StackSpec, train: TrainSpec
 
 
 def _stack_ep_violations(cfg: ParallelConfig, stack: StackSpec, train: TrainSpec | None) -> list[str]:
-    if cfg.ep == 1 or not stack.expert_parallel:
-        return []
     problems: list[str] = []
+    if cfg.expert_tp != cfg.tp and not stack.expert_tp_folding:
+        problems.append(f"stack '{stack.name}' splits every expert over the tp ranks: use etp = tp ({cfg.tp}), "
+                        "or --stack megatron-core for expert TP 1")  # fmt: skip
+    if cfg.ep == 1 or not stack.expert_parallel:
+        return problems
     if stack.ep_folding == "fsdp_dp_cp" and cfg.zero == 0 and cfg.dp > 1:
         problems.append(f"stack '{stack.name}' carves expert parallelism out of FSDP's dp_shard x cp ranks: "
                         "use zero >= 1 with ep > 1")  # fmt: skip

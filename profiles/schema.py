@@ -363,6 +363,12 @@ class ParallelConfig(StrictModel):
     tp: count(MAX_GPUS)
     cp: count(MAX_GPUS) = Field(default=1, description="context parallel: the sequence split over cp ranks")
     ep: count(MAX_GPUS) = Field(default=1, description="expert parallel: experts split over ep ranks of the dp x cp ranks")
+    etp: count(MAX_GPUS) | None = Field(
+        default=None,
+        description="expert tensor parallel: each routed expert split over etp ranks (None: tp, the default). "
+        "etp 1 under tp > 1 is Megatron-Core's parallel folding: experts whole, ep carved out of the tp x cp x dp "
+        "ranks (--expert-tensor-parallel-size 1)",
+    )
     pp: count(MAX_GPUS)
     dp: count(MAX_GPUS)
     v: count(MAX_LAYERS) = 1
@@ -385,8 +391,19 @@ class ParallelConfig(StrictModel):
 
     @property
     def world_size(self) -> int:
-        """Ranks the configuration runs on: tp · cp · pp · dp (ep folds into dp · cp)."""
+        """Ranks the configuration runs on: tp · cp · pp · dp (ep folds into dp · cp, or tp · dp · cp with etp 1)."""
         return self.tp * self.cp * self.pp * self.dp
+
+    @property
+    def expert_tp(self) -> int:
+        """Ranks each routed expert is split over: ``etp``, or tp when unset."""
+        return self.tp if self.etp is None else self.etp
+
+    @property
+    def expert_data_ranks(self) -> int:
+        """Ranks of a pipeline stage holding the same routed experts (the expert-data-parallel group):
+        tp·cp·dp / (ep·etp), Megatron-Core's ``expert_data_parallel_size``; dp·cp when etp = tp."""
+        return max(1, self.tp * self.cp * self.dp // (self.ep * self.expert_tp))
 
     def recompute_of_stage(self, stage: int) -> RecomputeKind:
         if isinstance(self.recompute, list):

@@ -149,6 +149,12 @@ class StackSpec(StrictModel):
         "(expert TP = tp): dp_cp: ep divides dp*cp (Megatron-Core's parallel folding); fsdp_dp_cp: the same out of "
         "FSDP's dp_shard*cp, so it needs a sharded data-parallel mesh (zero >= 1, torchtitan)",
     )
+    expert_tp_folding: bool = Field(
+        default=False,
+        description="runs routed experts whole (expert TP 1) under tp > 1, ep carved out of the tp*cp*dp ranks so "
+        "that ep divides them (Megatron-Core's MoE parallel folding, --expert-tensor-parallel-size 1, "
+        "megatron/core/parallel_state.py); otherwise expert TP = tp",
+    )
     ep_needs_sequence_parallel: bool = Field(
         default=False, description="ep > 1 with tp > 1 requires sequence parallelism (Megatron-Core)"
     )

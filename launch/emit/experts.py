@@ -10,7 +10,8 @@ the all-to-all dispatcher the plan prices (``--moe-token-dispatcher-type alltoal
 default is allgather), ``--context-parallel-size`` (the default ``--cp-comm-type p2p`` is the
 ring), MLA's ``--multi-latent-attention --q-lora-rank --kv-lora-rank --qk-head-dim
 --qk-pos-emb-head-dim --v-head-dim``, and ``--kv-channels`` for heads sized apart from hidden /
-heads. Expert TP stays at its default (= tp), ppplan's convention. Megatron requires sequence
+heads. Expert TP stays at its default (= tp) unless the plan folds it to 1
+(``--expert-tensor-parallel-size 1``, Megatron-Core's MoE parallel folding). Megatron requires sequence
 parallelism with expert and tensor parallelism (``megatron/core/model_parallel_config.py``).
 
 torchtitan (``torchtitan/config/job_config.py``, ``[parallelism]``): ``context_parallel_degree``,
@@ -77,6 +78,8 @@ def megatron_parallel_args(cfg: ParallelConfig) -> tuple[list[Arg], list[str], b
     args: list[Arg] = []
     if cfg.cp > 1:
         args.append(("--context-parallel-size", str(cfg.cp)))
+    if cfg.expert_tp != cfg.tp:
+        args.append(("--expert-tensor-parallel-size", str(cfg.expert_tp)))
     if cfg.ep == 1:
         return args, [], False
     args += [("--expert-model-parallel-size", str(cfg.ep)), ("--moe-token-dispatcher-type", "alltoall")]
@@ -93,7 +96,7 @@ def torchtitan_parallel_entries(model: ModelSpec, cfg: ParallelConfig) -> dict[s
     entries: dict[str, TomlValue] = {"context_parallel_degree": cfg.cp}
     if model.is_moe:
         entries["expert_parallel_degree"] = cfg.ep
-        entries["expert_tensor_parallel_degree"] = cfg.tp
+        entries["expert_tensor_parallel_degree"] = cfg.expert_tp
     return entries
 
 

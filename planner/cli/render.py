@@ -131,12 +131,13 @@ def fitted_table(title: str | None, columns: list[Column], rows: list[tuple[Para
 
 # Context- and expert-parallel degrees, shown after T when some plan of the table uses them.
 CP_COLUMN = Column("C", lambda c, e: str(c.cp))
-EP_COLUMN = Column("E", lambda c, e: str(c.ep))
+# E reads "8" with expert TP = tp and "8/1" with expert TP 1 (ep / etp, Megatron-Core's parallel folding).
+EP_COLUMN = Column("E", lambda c, e: str(c.ep) if c.expert_tp == c.tp else f"{c.ep}/{c.expert_tp}")
 
 
 def plans_table(rows: list[tuple[ParallelConfig, Estimate]], title: str | None, width: int = 100) -> Table:
     columns = list(PLAN_COLUMNS)
-    extra = [col for col, used in ((CP_COLUMN, any(c.cp > 1 for c, _ in rows)), (EP_COLUMN, any(c.ep > 1 for c, _ in rows)))
+    extra = [col for col, used in ((CP_COLUMN, any(c.cp > 1 for c, _ in rows)), (EP_COLUMN, any(c.ep > 1 or c.expert_tp != c.tp for c, _ in rows)))
              if used]
     return fitted_table(title, columns[:1] + extra + columns[1:], rows, width)
 

@@ -257,6 +257,9 @@ def evaluate_cmd(
     mbs: int = typer.Option(..., "--mbs", min=1, max=MAX_GLOBAL_BATCH), v: int = typer.Option(1, "--v", min=1, max=MAX_LAYERS),
     cp: int = typer.Option(1, "--cp", min=1, max=MAX_GPUS, help="context parallel: the sequence split over cp ranks"),
     ep: int = typer.Option(1, "--ep", min=1, max=MAX_GPUS, help="expert parallel: the experts split over ep of the dp x cp ranks"),
+    etp: Optional[int] = typer.Option(None, "--etp", min=1, max=MAX_GPUS,
+                                      help="expert TP: tp (the default) or 1 (megatron-core's parallel folding: whole "
+                                      "experts, ep out of the tp x dp x cp ranks)"),
     schedule: str = typer.Option("1f1b", "--schedule", help=f"one of {', '.join(SCHEDULE_NAMES)}"),
     recompute: str = typer.Option("none", "--recompute", help=RECOMPUTE_HELP),
     sequence_parallel: bool = typer.Option(False, "--sequence-parallel"),
@@ -278,7 +281,7 @@ def evaluate_cmd(
     if global_batch % (dp * mbs):
         raise PlanError(f"global batch {global_batch} is not divisible by dp*mbs = {dp}*{mbs}: change the batch, --mbs or the degrees")
     cfg = validate_as(ParallelConfig, dict(
-        stack=stack_spec.name, tp=tp, cp=cp, ep=ep, pp=pp, dp=dp, v=v, mbs=mbs, num_microbatches=global_batch // (dp * mbs),
+        stack=stack_spec.name, tp=tp, cp=cp, ep=ep, etp=None if etp == tp else etp, pp=pp, dp=dp, v=v, mbs=mbs, num_microbatches=global_batch // (dp * mbs),
         schedule=schedule,
         recompute=_parse_recompute(recompute, pp * v), sequence_parallel=sequence_parallel, zero=zero,
         stage_layers=_parse_stage_layers(stage_layers, model_spec.num_layers, pp * v),

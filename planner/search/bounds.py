@@ -100,13 +100,14 @@ class Bounds:
         self._activations = lru_cache(maxsize=None)(self._activations_uncached)
         self._static_bytes = lru_cache(maxsize=None)(self._static_bytes_uncached)
         self._floor = lru_cache(maxsize=None)(self._floor_uncached)
+        self._whole_model = lru_cache(maxsize=None)(self._whole_model_uncached)
 
     # ---- pieces, cached per (tp, mbs, sp, recompute, cp, ep) or per stage shape
     def _passes_uncached(self, tp: int, mbs: int, sp: bool, recompute: str, cp: int, ep: int,
-                         split_backward: bool) -> LayerPasses:
+                         split_backward: bool, etp: int) -> LayerPasses:
         s, times = self.train.seq_len, self.layers
         dense = times.transformer(tp, mbs, s, sp, recompute, cp=cp, ep=ep, moe=False) if self.num_dense else None
-        moe = times.transformer(tp, mbs, s, sp, recompute, cp=cp, ep=ep, moe=True) if self.num_moe else None
+        moe = times.transformer(tp, mbs, s, sp, recompute, cp=cp, ep=ep, moe=True, etp=etp) if self.num_moe else None
         passes = LayerPasses(dense, moe, times.embedding(tp, mbs, s, sp, cp=cp), times.head(tp, mbs, s, sp, cp=cp))
         if split_backward:
             return passes
@@ -114,9 +115,16 @@ class Bounds:
         return LayerPasses(*(p.joined_backward() if p is not None else None
                              for p in (passes.dense, passes.moe, passes.embedding, passes.head)))
 
+    def _pass_key(self, c: Candidate) -> tuple:
+        return (c.tp, c.mbs, c.sequence_parallel, c.recompute, c.cp, c.ep, schedule_spec(c.schedule).split_backward, c.etp)
+
     def layer_passes(self, c: Candidate) -> LayerPasses:
-        return self._passes(c.tp, c.mbs, c.sequence_parallel, c.recompute, c.cp, c.ep,
-                            schedule_spec(c.schedule).split_backward)
+        return self._passes(*self._pass_key(c))
+
+    def _whole_model_uncached(self, *key: object) -> tuple[PassTimes, PassTimes]:
+        """(fastest layer, all layers together) of a candidate's layer passes, per ``_pass_key``."""
+        lp = self._passes(*key)
+        return lp.fastest, lp.layers(self.num_dense, self.num_moe)
 
     def passes(self, c: Candidate) -> tuple[PassTimes, PassTimes, PassTimes]:
         """(transformer layer, embedding, head) F/B/W seconds per microbatch (the model's most common layer)."""
@@ -124,18 +132,19 @@ class Bounds:
         return lp.layer, lp.embedding, lp.head
 
     def _activations_uncached(self, tp: int, mbs: int, sp: bool, recompute: str, cp: int,
-                              ep: int) -> tuple[float, float, float, float]:
+                              ep: int, etp: int) -> tuple[float, float, float, float]:
         """(dense layer, MoE layer, embedding, head) bytes kept per microbatch."""
         m, s, v = self.model, self.train.seq_len, self.variant
         dense = layer_activation_bytes(m, s, mbs, tp, sp, recompute, v, cp=cp, ep=ep) if self.num_dense else math.inf
-        moe = layer_activation_bytes(m, s, mbs, tp, sp, recompute, v, cp=cp, ep=ep, moe=True) if self.num_moe else math.inf
+        moe = layer_activation_bytes(m, s, mbs, tp, sp, recompute, v, cp=cp, ep=ep, moe=True, etp=etp) if self.num_moe else math.inf
         return (dense, moe, embedding_activation_bytes(m, s // cp, mbs, tp, sp, v), head_activation_bytes(m, s // cp, mbs, tp, sp, v))
 
     def _static_bytes_uncached(self, first_layer: int, layers: int, has_embedding: bool, has_head: bool, tp: int,
-                               pp: int, dp: int, zero: int, cp: int, ep: int, layer_kind: str | None = None) -> float:
-        params = stage_param_split(self.model, first_layer, layers, has_embedding, has_head, tp, ep, layer_kind)
+                               pp: int, dp: int, zero: int, cp: int, ep: int, etp: int, layer_kind: str | None = None) -> float:
+        params = stage_param_split(self.model, first_layer, layers, has_embedding, has_head, tp, ep, layer_kind, etp)
         state = split_static_memory(params.dense, params.expert, self.train.precision, dp * cp, ep, zero,
-                                    gradients_sharded(self.stack, pp, dp * cp, zero), self.stack.grad_accumulation_fp32)
+                                    gradients_sharded(self.stack, pp, dp * cp, zero), self.stack.grad_accumulation_fp32,
+                                    max(1, tp * cp * dp // (ep * etp)))
         return state.weights_bytes + state.gradients_bytes + state.optimizer_bytes
 
     def _gib(self, allocated_bytes: float) -> float:
@@ -143,13 +152,13 @@ class Bounds:
 
     def _layer_floor(self, c: Candidate) -> tuple[float, float]:
         """(static, activation) bytes per layer no larger than any of the model's layers needs."""
-        return self._floor(c.tp, c.cp, c.ep, c.pp, c.dp, c.mbs, c.sequence_parallel, c.recompute, c.zero)
+        return self._floor(c.tp, c.cp, c.ep, c.pp, c.dp, c.mbs, c.sequence_parallel, c.recompute, c.zero, c.etp)
 
     def _floor_uncached(self, tp: int, cp: int, ep: int, pp: int, dp: int, mbs: int, sp: bool, recompute: str,
-                        zero: int) -> tuple[float, float]:
+                        zero: int, etp: int) -> tuple[float, float]:
         kinds = [k for k, n in (("dense", self.num_dense), ("moe", self.num_moe)) if n]
-        static = min(self._static_bytes(0, 1, False, False, tp, pp, dp, zero, cp, ep, k) for k in kinds)
-        dense, moe, _, _ = self._activations(tp, mbs, sp, recompute, cp, ep)
+        static = min(self._static_bytes(0, 1, False, False, tp, pp, dp, zero, cp, ep, etp, k) for k in kinds)
+        dense, moe, _, _ = self._activations(tp, mbs, sp, recompute, cp, ep, etp)
         return static, min(dense, moe)
 
     # ---- before a cut is chosen
@@ -159,8 +168,9 @@ class Bounds:
         if lp.moe is None or lp.dense is None:
             return any_cut_makespan_lower_bound_s(c.schedule, c.pp, c.v, c.num_microbatches, lp.layer, lp.embedding,
                                                   lp.head, self.model.num_layers)
-        return any_cut_makespan_lower_bound_s(c.schedule, c.pp, c.v, c.num_microbatches, lp.fastest, lp.embedding, lp.head,
-                                              self.model.num_layers, lp.layers(self.num_dense, self.num_moe))
+        fastest, whole = self._whole_model(*self._pass_key(c))
+        return any_cut_makespan_lower_bound_s(c.schedule, c.pp, c.v, c.num_microbatches, fastest, lp.embedding, lp.head,
+                                              self.model.num_layers, whole)
 
     def memory_any_cut_gib(self, c: Candidate) -> float:
         """The worst rank of ``c`` under any cut needs at least this (a continuous relaxation over cuts:
@@ -205,7 +215,8 @@ class Bounds:
 
     def memory_of_cut_gib(self, c: Candidate, stage_layers: list[int]) -> list[float]:
         """Per pipeline rank, at least this many GiB with ``stage_layers``."""
-        act_dense, act_moe, act_emb, act_head = self._activations(c.tp, c.mbs, c.sequence_parallel, c.recompute, c.cp, c.ep)
+        act_dense, act_moe, act_emb, act_head = self._activations(c.tp, c.mbs, c.sequence_parallel, c.recompute, c.cp, c.ep,
+                                                                  c.etp)
         last = len(stage_layers) - 1
         kinds = self._kinds(stage_layers)
         counts = peak_inflight(c.schedule, c.pp, c.v, c.num_microbatches)
@@ -221,6 +232,6 @@ class Bounds:
         out = []
         for rank, own in enumerate(stages_by_rank(c.schedule, c.pp, c.v)):
             static = sum(self._static_bytes(kinds[s][0], stage_layers[s], s == 0, s == last, c.tp, c.pp, c.dp, c.zero,
-                                            c.cp, c.ep) for s in own)
+                                            c.cp, c.ep, c.etp) for s in own)
             out.append(self._gib(static + counts[rank] * min(stage_act(s) for s in own)))
         return out

@@ -81,7 +81,8 @@ class SearchResult:
 
 def config_for(cand: Candidate, stage_layers: list[int], stack: str = DEFAULT_STACK) -> ParallelConfig:
     return ParallelConfig(
-        stack=stack, tp=cand.tp, cp=cand.cp, ep=cand.ep, pp=cand.pp, dp=cand.dp, v=cand.v, mbs=cand.mbs,
+        stack=stack, tp=cand.tp, cp=cand.cp, ep=cand.ep, etp=None if cand.etp == cand.tp else cand.etp, pp=cand.pp,
+        dp=cand.dp, v=cand.v, mbs=cand.mbs,
         num_microbatches=cand.num_microbatches, schedule=cand.schedule, recompute=cand.recompute,
         sequence_parallel=cand.sequence_parallel, zero=cand.zero, stage_layers=stage_layers,
     )
@@ -145,12 +146,13 @@ class Searcher:
         candidate's degrees and options (a rank's memory depends on the pipeline only through
         what the rank holds and whether there is a pipeline), cached per such probe."""
         pipelined = c.pp > 1
-        key = (c.tp, c.cp, c.ep, c.dp, c.mbs, c.num_microbatches, c.recompute, c.sequence_parallel, c.zero, pipelined, kind)
+        key = (c.tp, c.cp, c.ep, c.etp, c.dp, c.mbs, c.num_microbatches, c.recompute, c.sequence_parallel, c.zero, pipelined, kind)
         line = self._lines.get(key)
         if line is None:
             pp, v, schedule, rank = _PROBES[kind] if pipelined else (1, 1, "1f1b", 0)
             probe = ParallelConfig(
-                stack=self.stack.name, tp=c.tp, cp=c.cp, ep=c.ep, pp=pp, dp=c.dp, v=v, mbs=c.mbs,
+                stack=self.stack.name, tp=c.tp, cp=c.cp, ep=c.ep, etp=None if c.etp == c.tp else c.etp, pp=pp, dp=c.dp,
+                v=v, mbs=c.mbs,
                 num_microbatches=c.num_microbatches, schedule=schedule, recompute=c.recompute,
                 sequence_parallel=c.sequence_parallel, zero=c.zero, stage_layers=[1] * (pp * v),
             )
@@ -257,7 +259,7 @@ def search(
     if unsupported:
         raise PlanError(unsupported[0].replace("use another stack", _stacks_running(model)))
     cands = list(enumerate_candidates(model, train, gpus, cluster.gpus_per_node, schedules, allow_cross_node_tp, searcher.stack,
-                                      searcher.layers.context_parallel_degrees))
+                                      searcher.layers.context_parallel_degrees, searcher.layers.expert_tp_folding))
     if degrees is not None:
         cands = _filtered(cands, degrees, model, train)
     result = SearchResult(best=[], closest=None, candidates=len(cands), searcher=searcher)

@@ -47,7 +47,7 @@ def _g3(value: float) -> str:
 
 
 def candidate_of(cfg: ParallelConfig) -> Candidate:
-    return Candidate(cfg.tp, cfg.cp, cfg.ep, cfg.pp, cfg.dp, cfg.mbs, cfg.v, cfg.schedule, cfg.recompute_label,
+    return Candidate(cfg.tp, cfg.cp, cfg.ep, cfg.expert_tp, cfg.pp, cfg.dp, cfg.mbs, cfg.v, cfg.schedule, cfg.recompute_label,
                      cfg.sequence_parallel, cfg.zero, cfg.num_microbatches)
 
 
@@ -117,20 +117,22 @@ def _count(n: int, noun: str) -> str:
 
 
 def _neighbours(c: Candidate, gpus: int, train: TrainSpec, model: ModelSpec, stack: StackSpec,
-                cp_degrees: frozenset[int] | None = None) -> list[Candidate]:
+                cp_degrees: frozenset[int] | None = None, expert_tp_folding: bool = True) -> list[Candidate]:
     """Single-axis neighbours of ``c`` that keep the rules; cp only among ``cp_degrees`` (None: any),
     the degrees the layer prices know (a profile's timed rings, as search's own space)."""
     global_batch = train.global_batch
     out: list[Candidate] = []
 
-    def with_degrees(tp: int, pp: int, cp: int = c.cp, ep: int = c.ep) -> None:
-        if gpus % (tp * cp * pp) or tp_violations(model, tp):
+    def with_degrees(tp: int, pp: int, cp: int = c.cp, ep: int = c.ep, etp: int | None = None) -> None:
+        etp = (tp if c.etp == c.tp else c.etp) if etp is None else etp  # a folded expert TP stays 1
+        if gpus % (tp * cp * pp) or tp_violations(model, tp, etp):
             return
         dp = gpus // (tp * cp * pp)
-        if global_batch % (dp * c.mbs) or (dp * cp) % ep or (cp > 1 and c.mbs > 1):
+        folded_ranks = tp if etp != tp else 1
+        if global_batch % (dp * c.mbs) or (dp * cp * folded_ranks) % ep or (cp > 1 and c.mbs > 1):
             return
-        out.append(replace(c, tp=tp, cp=cp, ep=ep, pp=pp, dp=dp, num_microbatches=global_batch // (dp * c.mbs),
-                           sequence_parallel=c.sequence_parallel and tp > 1, zero=c.zero if dp * cp > 1 else 0))
+        out.append(replace(c, tp=tp, cp=cp, ep=ep, etp=etp, pp=pp, dp=dp, num_microbatches=global_batch // (dp * c.mbs),
+                           sequence_parallel=(c.sequence_parallel or etp != tp) and tp > 1, zero=c.zero if dp * cp > 1 else 0))
 
     for tp in (c.tp // 2, c.tp * 2):
         if tp >= 1:
@@ -145,6 +147,8 @@ def _neighbours(c: Candidate, gpus: int, train: TrainSpec, model: ModelSpec, sta
         for ep in (c.ep // 2, c.ep * 2):
             if ep >= 1 and (model.num_experts or 1) % ep == 0:
                 with_degrees(c.tp, c.pp, ep=ep)
+        if c.tp > 1 and stack.expert_tp_folding and expert_tp_folding:  # expert TP 1 <-> tp (Megatron-Core's parallel folding)
+            with_degrees(c.tp, c.pp, etp=c.tp if c.etp != c.tp else 1)
     for mbs in (c.mbs // 2, c.mbs * 2):
         if mbs >= 1 and global_batch % (c.dp * mbs) == 0 and (c.cp == 1 or mbs <= CP_MICRO_BATCH):
             out.append(replace(c, mbs=mbs, num_microbatches=global_batch // (c.dp * mbs)))
@@ -172,7 +176,8 @@ def _neighbours(c: Candidate, gpus: int, train: TrainSpec, model: ModelSpec, sta
 
 def _parallel_problems(c: Candidate, model: ModelSpec, train: TrainSpec, stack: StackSpec) -> list[str]:
     """The rules a neighbour's cp and ep must keep (``costmodels.rules``)."""
-    cfg = ParallelConfig(stack=stack.name, tp=c.tp, cp=c.cp, ep=c.ep, pp=c.pp, dp=c.dp, mbs=c.mbs,
+    cfg = ParallelConfig(stack=stack.name, tp=c.tp, cp=c.cp, ep=c.ep, etp=None if c.etp == c.tp else c.etp, pp=c.pp,
+                         dp=c.dp, mbs=c.mbs,
                          num_microbatches=c.num_microbatches, zero=c.zero, sequence_parallel=c.sequence_parallel,
                          stage_layers=[1])
     return expert_context_violations(model, train, cfg) + parallelism_violations(cfg, stack, train)
@@ -183,7 +188,7 @@ def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6) -> 
     base = winner.estimate.step_time_s
     alts: list[tuple[float, Alternative]] = []
     cands = set(_neighbours(winner.candidate, searcher.gpus, searcher.train, searcher.model, searcher.stack,
-                            searcher.layers.context_parallel_degrees))
+                            searcher.layers.context_parallel_degrees, searcher.layers.expert_tp_folding))
     for n in sorted(cands):
         if n.pp * n.v > searcher.model.num_layers or n.pp > searcher.model.num_layers:
             continue

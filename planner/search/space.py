@@ -1,4 +1,4 @@
-"""The search space: every (tp, cp, ep, pp, dp, mbs, M, v, schedule, recompute, sp, zero)
+"""The search space: every (tp, cp, ep, etp, pp, dp, mbs, M, v, schedule, recompute, sp, zero)
 the runtime rules accept (``costmodels.rules``), in a canonical order.
 
 Context parallelism (cp > 1) where the stack runs it, the sequence splits into 2·cp chunks
@@ -6,7 +6,9 @@ Context parallelism (cp > 1) where the stack runs it, the sequence splits into 2
 ring (not a measured profile), with micro-batch 1 (``CP_MICRO_BATCH``); expert
 parallelism (ep > 1) for a mixture-of-experts model, ep dividing the experts and the dp x cp ranks
 it is carved out of, with each stack's conditions (Megatron-Core: sequence parallelism with tp > 1,
-no fp16; torchtitan: a sharded data-parallel mesh)."""
+no fp16; torchtitan: a sharded data-parallel mesh); where the stack folds expert TP to 1 (Megatron-Core's
+parallel folding) and the layer times price it (not a measured profile), each MoE candidate with tp > 1
+also as etp 1, ep then dividing the tp x dp x cp ranks."""
 
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ class Candidate:
     tp: int
     cp: int
     ep: int
+    etp: int
     pp: int
     dp: int
     mbs: int
@@ -69,6 +72,7 @@ class Candidate:
         sp = "+sp" if self.sequence_parallel else ""
         cp = f" cp={self.cp}" if self.cp > 1 else ""
         ep = f" ep={self.ep}" if self.ep > 1 else ""
+        ep += f" etp={self.etp}" if self.etp != self.tp else ""
         return (f"tp={self.tp}{sp}{cp}{ep} pp={self.pp} dp={self.dp} mbs={self.mbs} M={self.num_microbatches} "
                 f"v={self.v} {self.schedule} recompute={self.recompute} zero={self.zero}")
 
@@ -131,12 +135,23 @@ def cp_degrees(train: TrainSpec, ranks: int, tp: int, stack: StackSpec, priced: 
 
 
 def ep_degrees(model: ModelSpec, train: TrainSpec, data_ranks: int, stack: StackSpec) -> list[int]:
-    """Expert-parallel degrees for ``data_ranks`` (dp x cp) ranks: 1, and for a mixture-of-experts model on
-    a stack with expert parallelism every divisor of the experts that divides them (not in fp16 where
-    the stack refuses it)."""
+    """Expert-parallel degrees for ``data_ranks`` (dp x cp, or tp x dp x cp with expert TP 1) ranks: 1, and
+    for a mixture-of-experts model on a stack with expert parallelism every divisor of the experts that
+    divides them (not in fp16 where the stack refuses it)."""
     if not model.is_moe or not stack.expert_parallel or (train.precision == "fp16" and not stack.ep_fp16):
         return [1]
     return [e for e in divisors(model.num_experts or 1) if data_ranks % e == 0]
+
+
+def expert_layouts(model: ModelSpec, train: TrainSpec, tp: int, dp: int, cp: int, stack: StackSpec,
+                   folding: bool) -> list[tuple[int, int]]:
+    """(ep, etp) pairs: expert TP = tp with ep out of dp x cp; and where the stack folds expert TP to 1
+    and ``folding`` (the layer times price it), with tp > 1, etp 1 with ep out of tp x dp x cp
+    (``costmodels.rules.expert_context_violations``)."""
+    pairs = [(e, tp) for e in ep_degrees(model, train, dp * cp, stack)]
+    if folding and tp > 1 and model.is_moe and stack.expert_tp_folding and not tp_violations(model, tp, 1):
+        pairs += [(e, 1) for e in ep_degrees(model, train, tp * dp * cp, stack)]
+    return pairs
 
 
 def enumerate_candidates(
@@ -148,9 +163,11 @@ def enumerate_candidates(
     allow_cross_node_tp: bool = False,
     stack: StackSpec | None = None,
     cp_priced: frozenset[int] | None = None,
+    expert_tp_folding: bool = True,
 ) -> Iterator[Candidate]:
     """All legal candidates under ``stack``'s rules (default: ppplan's runtime, ``ppplan-torch``);
-    ``cp_priced`` keeps cp to the degrees the layer times price (``cp_degrees``)."""
+    ``cp_priced`` keeps cp to the degrees the layer times price (``cp_degrees``), ``expert_tp_folding``
+    says whether they price expert TP 1 (``expert_layouts``)."""
     stack = stack or load_stack()
     schedules = tuple(s for s in schedules if s in stack.schedules)
     for tp in tp_degrees(model, gpus, gpus_per_node, allow_cross_node_tp):
@@ -161,14 +178,14 @@ def enumerate_candidates(
                 dp = gpus // (tp * cp * pp)
                 if train.global_batch % dp:
                     continue
-                for ep in ep_degrees(model, train, dp * cp, stack):
+                for ep, etp in expert_layouts(model, train, tp, dp, cp, stack, expert_tp_folding):
                     for mbs in divisors(train.global_batch // dp):
                         if mbs > (MAX_MBS if cp == 1 else CP_MICRO_BATCH):
                             break
                         m = train.global_batch // (dp * mbs)
                         if size_violations(pp, m):
                             continue  # far more microbatches than any plan runs (profiles/limits.py)
-                        yield from _pipeline_options(model, Degrees(tp, cp, ep, pp, dp), mbs, m, schedules, stack)
+                        yield from _pipeline_options(model, Degrees(tp, cp, ep, pp, dp, etp), mbs, m, schedules, stack)
 
 
 @dataclass(frozen=True)
@@ -178,12 +195,13 @@ class Degrees:
     ep: int
     pp: int
     dp: int
+    etp: int
 
 
 def _sp_options(d: Degrees, stack: StackSpec) -> tuple[bool, ...]:
     if d.tp == 1 or not stack.sequence_parallel:
         return (False,)
-    if d.ep > 1 and stack.ep_needs_sequence_parallel:
+    if (d.ep > 1 and stack.ep_needs_sequence_parallel) or d.etp != d.tp:
         return (True,)
     return (False, True)
 
@@ -214,4 +232,4 @@ def _pipeline_options(
                 for sp in sp_options:
                     for zero in zero_options:
                         if not zero_violations(zero, pp, schedule, stack):
-                            yield Candidate(tp, d.cp, d.ep, pp, dp, mbs, v, schedule, recompute, sp, zero, m)
+                            yield Candidate(tp, d.cp, d.ep, d.etp, pp, dp, mbs, v, schedule, recompute, sp, zero, m)

@@ -134,8 +134,8 @@ def _unmodelled(f: RowFields) -> list[str]:
         out.append(UNSUPPORTED_FAMILIES[family])
     # read, not checked: a malformed tp or ep is reported once, where the configuration reads it
     etp, tp, ep = (f.text(k) for k in ("etp", "tp", "ep"))
-    if etp.isdigit() and tp.isdigit() and ep.isdigit() and int(ep) > 1 and int(etp) != int(tp):
-        out.append(f"expert TP {etp} with tp {tp}: ppplan prices expert TP = tp")
+    if etp.isdigit() and tp.isdigit() and ep.isdigit() and int(ep) > 1 and int(etp) not in (1, int(tp)):
+        out.append(f"expert TP {etp} with tp {tp}: ppplan prices expert TP = tp or 1")
     if "INCONSISTENT" in f.text("notes") + f.text("derived"):
         out.append("the source's degrees are inconsistent (flagged INCONSISTENT in the corpus)")
     return out
@@ -286,9 +286,10 @@ def _config(f: RowFields, p: _Parsed, assumptions: list[str]) -> ParallelConfig 
         if zero is not None and zero > 3:
             f.problems.append(f"malformed zero '{zero}' (0-3)")
         return None
+    etp = f.integer("etp", required=False)
     return ParallelConfig(
         stack=p.stack, tp=tp, cp=f.integer("cp", required=False) or 1, ep=f.integer("ep", required=False) or 1,
-        pp=p.ints["pp"], dp=dp, v=v, mbs=mbs,
+        etp=1 if etp == 1 and tp > 1 else None, pp=p.ints["pp"], dp=dp, v=v, mbs=mbs,
         num_microbatches=p.ints["global_batch"] // (dp * mbs), schedule=p.schedule,
         recompute=_recompute(p.recompute, f.text("notes"), assumptions),
         sequence_parallel=sequence_parallel, zero=zero, stage_layers=layers,

@@ -33,7 +33,7 @@ from profiles.loader import DEFAULT_STACK, REGRESSION_DIR, load_cluster, load_mo
 from profiles.schema import Estimate, ParallelConfig, Precision, StrictModel, TrainSpec
 
 DEFAULT_SUITE = REGRESSION_DIR
-CONFIG_FIELDS = ("tp", "cp", "ep", "pp", "dp", "v", "mbs", "num_microbatches", "schedule", "recompute",
+CONFIG_FIELDS = ("tp", "cp", "ep", "etp", "pp", "dp", "v", "mbs", "num_microbatches", "schedule", "recompute",
                  "sequence_parallel", "zero", "stage_layers")
 
 
@@ -107,7 +107,7 @@ def run_case(case: RegressionCase) -> Golden:
 def golden_of(cfg: ParallelConfig, est: Estimate) -> Golden:
     config = cfg.model_dump(mode="json")
     return Golden(
-        config={k: config[k] for k in CONFIG_FIELDS},
+        config={k: config[k] for k in CONFIG_FIELDS if config[k] is not None},  # etp None: expert TP = tp
         step_time_s=round(est.step_time_s, 6),
         mfu=round(est.mfu, 6),
         peak_memory_gib=[round(x, 4) for x in est.peak_memory_gib],

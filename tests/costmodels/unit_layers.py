@@ -9,11 +9,12 @@ from costmodels.runtime_costs import RuntimeCosts
 
 class UnitLayers:
     context_parallel_degrees = None
+    expert_tp_folding = True
 
     def __init__(self, runtime: RuntimeCosts | None = None) -> None:
         self.runtime = runtime
 
-    def transformer(self, tp, mbs, seq_len, sequence_parallel, recompute, cp=1, ep=1, moe=False):
+    def transformer(self, tp, mbs, seq_len, sequence_parallel, recompute, cp=1, ep=1, moe=False, etp=None):
         return PassTimes(1.0, 1.0, 1.0)
 
     def embedding(self, tp, mbs, seq_len, sequence_parallel, cp=1):

@@ -55,14 +55,15 @@ class SplitBackwardTimes:
     def __init__(self, roofline: RooflineTimes, rng: random.Random) -> None:
         self.roofline = roofline
         self.context_parallel_degrees = roofline.context_parallel_degrees
+        self.expert_tp_folding = roofline.expert_tp_folding
         self.share = {kind: rng.uniform(0.0, 0.6) for kind in ("dense", "moe", "embedding", "head")}
 
     def _split(self, passes: PassTimes, kind: str) -> PassTimes:
         f = self.share[kind]
         return replace(passes, split_backward_extra_s=(passes.backward_input_s + passes.backward_weight_s) * f / (1 + f))
 
-    def transformer(self, tp, mbs, seq_len, sequence_parallel, recompute, cp=1, ep=1, moe=False):
-        passes = self.roofline.transformer(tp, mbs, seq_len, sequence_parallel, recompute, cp=cp, ep=ep, moe=moe)
+    def transformer(self, tp, mbs, seq_len, sequence_parallel, recompute, cp=1, ep=1, moe=False, etp=None):
+        passes = self.roofline.transformer(tp, mbs, seq_len, sequence_parallel, recompute, cp=cp, ep=ep, moe=moe, etp=etp)
         return self._split(passes, "moe" if moe else "dense")
 
     def embedding(self, tp, mbs, seq_len, sequence_parallel, cp=1):

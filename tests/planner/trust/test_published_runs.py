@@ -100,9 +100,23 @@ def test_experts_padded_to_capacity_carry_the_capacity_factor_times_the_mean_loa
 def test_moe_rows_the_cost_model_does_not_price_are_listed_skips() -> None:
     moe = {"num_experts": "8", "experts_per_token": "2", "moe_ffn_hidden": "4608", "ep": "2", "tp": "2", "pp": "1",
            "dp": "4", "n_gpus": "8", "mbs": "2", "zero": "1"}
-    assert "expert TP 1 with tp 2: ppplan prices expert TP = tp" in _skip(**moe, etp="1").reason
+    assert "expert TP 2 with tp 4: ppplan prices expert TP = tp or 1" in _skip(**{**moe, "tp": "4", "dp": "2"}, etp="2").reason
     assert "gpt-oss: alternating sliding-window attention" in _skip(**moe, model_family="gpt-oss").reason
     assert "not stated: experts_per_token" in _skip(**{**moe, "experts_per_token": ""}).reason
+
+
+def test_a_row_with_expert_tp_1_under_tp_is_priced_with_the_experts_folded() -> None:
+    """Megatron-Core's parallel folding (NeMo's Qwen3-235B and DeepSeek-V3 rows: TP 2, ETP 1): the row's
+    configuration keeps etp 1, so each expert is whole on its rank and ep divides tp x dp x cp (8 here,
+    where dp x cp = 4 would not admit ep 8)."""
+    fields = {**ZB_ROW, "num_experts": "8", "experts_per_token": "2", "moe_ffn_hidden": "4608", "shared_experts": "0",
+              "first_dense_layers": "0", "tp": "2", "etp": "1", "ep": "8", "pp": "1", "dp": "4", "n_gpus": "8",
+              "schedule": "1f1b", "mbs": "2", "zero": "1", "precision": "bf16", "sequence_parallel": "true"}
+    row = parse_row(fields)
+    assert isinstance(row, PublishedRow), row
+    assert (row.config.etp, row.config.expert_tp, row.config.expert_data_ranks) == (1, 1, 1)
+    same = parse_row({**fields, "etp": "2", "ep": "4"})
+    assert isinstance(same, PublishedRow) and same.config.etp is None and same.config.expert_tp == 2
 
 
 def test_end_stages_without_a_layer_are_skipped_with_the_reason() -> None:
