@@ -170,11 +170,13 @@ def search_cmd(
     pp: Optional[str] = typer.Option(None, "--pp", help="comma list: only these pipeline degrees"),
     cp: Optional[str] = typer.Option(None, "--cp", help="comma list: only these context-parallel degrees"),
     ep: Optional[str] = typer.Option(None, "--ep", help="comma list: only these expert-parallel degrees"),
+    etp: Optional[str] = typer.Option(None, "--etp", help="comma list: only these expert-TP degrees (tp, or 1 on "
+                                      "megatron-core: whole experts)"),
     out_path: Optional[Path] = OutOpt, as_json: bool = JsonOpt, stack: str = StackOpt,
 ) -> None:
     """Find the fastest plans that fit in memory (exact under the simulated price, within 0.5 %)."""
     check_outputs(out_path)
-    degrees = _parse_degrees(tp=tp, pp=pp, cp=cp, ep=ep)
+    degrees = _parse_degrees(tp=tp, pp=pp, cp=cp, ep=ep, etp=etp)
     model_spec, cluster_spec, stack_spec = load_model(model), load_cluster(cluster), load_stack(stack)
     train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision, stack_spec, is_hf_config(model))
     names = _parse_schedules(schedules)

@@ -260,6 +260,8 @@ def search(
         raise PlanError(unsupported[0].replace("use another stack", _stacks_running(model)))
     cands = list(enumerate_candidates(model, train, gpus, cluster.gpus_per_node, schedules, allow_cross_node_tp, searcher.stack,
                                       searcher.layers.context_parallel_degrees, searcher.layers.expert_tp_folding))
+    if degrees is not None and degrees.etp is not None and not model.is_moe:
+        raise PlanError(f"--etp needs a mixture-of-experts model ({model.name} is dense): drop --etp")
     if degrees is not None:
         cands = _filtered(cands, degrees, model, train)
     result = SearchResult(best=[], closest=None, candidates=len(cands), searcher=searcher)
@@ -280,7 +282,7 @@ def pinned_degree_violations(model: ModelSpec, train: TrainSpec, degrees: Degree
     """The rules that rule out a fixed degree on its own (``costmodels.rules``), to say why it has no
     legal configuration; empty when only the other degrees' combinations rule it out."""
     checks = {"tp": lambda d: tp_violations(model, d), "cp": lambda d: context_degree_violations(train.seq_len, d),
-              "ep": lambda d: expert_degree_violations(model, d), "pp": lambda d: []}
+              "ep": lambda d: expert_degree_violations(model, d), "pp": lambda d: [], "etp": lambda d: []}
     return [p for name, allowed in degrees.fixed() for d in sorted(allowed) for p in checks[name](d)]
 
 

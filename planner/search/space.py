@@ -79,19 +79,20 @@ class Candidate:
 
 @dataclass(frozen=True)
 class DegreeFilter:
-    """Degrees a user fixes (``ppplan search --tp 8 --ep 4,8``): each set, when given, keeps the
+    """Degrees a user fixes (``ppplan search --tp 8 --ep 4,8 --etp 1``): each set, when given, keeps the
     candidates whose degree is in it; the search stays exact within what is left."""
 
     tp: frozenset[int] | None = None
     cp: frozenset[int] | None = None
     ep: frozenset[int] | None = None
     pp: frozenset[int] | None = None
+    etp: frozenset[int] | None = None
 
     def admits(self, c: Candidate) -> bool:
         return all(getattr(c, name) in allowed for name, allowed in self.fixed())
 
     def fixed(self) -> list[tuple[str, frozenset[int]]]:
-        return [(name, allowed) for name in ("tp", "cp", "ep", "pp")
+        return [(name, allowed) for name in ("tp", "cp", "ep", "pp", "etp")
                 if (allowed := getattr(self, name)) is not None]
 
     def describe(self) -> str:

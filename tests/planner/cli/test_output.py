@@ -127,3 +127,17 @@ def test_fixed_degrees_keep_only_those_plans(capsys: pytest.CaptureFixture[str])
     assert err.startswith("error: no legal configuration has pp in {16}: the legal degrees here are pp ") and "(" not in err
     assert run(base + ["--tp", "2,x"]) == 2
     assert capsys.readouterr().err.strip() == "error: --tp 'x' is not a degree: give integers from 1 to 1048576"
+
+
+def test_megatron_core_searches_whole_experts_under_tp(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--etp 1 --tp 2`` on megatron-core keeps plans whose experts are whole on each rank (Megatron-Core's
+    parallel folding): their ep divides tp*dp*cp (4 here, with dp*cp = 2 alone admitting at most 2), the
+    plan says etp 1 and sequence parallelism, and the table shows E as ep/etp."""
+    base = ["search", "--model", "tiny-moe", "--cluster", "cpu-local", "--gpus", "4", "--global-batch", "8", "--seq-len", "128",
+            "--stack", "megatron-core", "--precision", "fp32", "--tp", "2", "--etp", "1", "--pp", "1"]
+    assert run(base + ["--top-k", "8", "--json"]) == 0
+    plans = json.loads(capsys.readouterr().out)
+    assert plans and all(p["config"]["etp"] == 1 and p["config"]["sequence_parallel"] for p in plans)
+    assert {p["config"]["ep"] for p in plans} <= {1, 2, 4} and any(p["config"]["ep"] == 4 for p in plans)
+    assert run(base + ["--ep", "4"]) == 0
+    assert " 4/1 " in capsys.readouterr().out
