@@ -279,7 +279,7 @@ def _stage_costs(
             f, b, w, tp_comm_s=t.tp_comm_s, recompute_s=t.recompute_s, dp_comm_s=t.dp_comm_s + dp_in_actions,
             pp_comm_s=t.pp_comm_s + pp_in_actions, overhead_s=t.overhead_s + actions * overhead + slower,
             overlapped_tp_comm_s=t.overlapped_tp_comm_s, cp_comm_s=t.cp_comm_s, ep_comm_s=t.ep_comm_s,
-            overlapped_cp_comm_s=t.overlapped_cp_comm_s,
+            overlapped_cp_comm_s=t.overlapped_cp_comm_s, overlapped_ep_comm_s=t.overlapped_ep_comm_s,
         ))
         hidden.append(hides)
     return costs, hidden

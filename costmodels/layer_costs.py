@@ -44,9 +44,10 @@ class PassTimes:
     ``tp_comm_s`` exposed TP communication, ``recompute_s`` re-run forward compute,
     ``dp_comm_s`` exposed ZeRO-3 parameter gathers, ``pp_comm_s`` blocking p2p sends,
     ``overhead_s`` per-action overhead, ``cp_comm_s`` the context-parallel ring's transfers beyond its
-    blocks' compute, ``ep_comm_s`` the expert all-to-alls; ``overlapped_tp_comm_s`` is TP
-    communication hidden behind the GEMMs and ``overlapped_cp_comm_s`` ring transfers hidden behind
-    the ring's blocks (neither in F + B + W). ``split_backward_extra_s`` is how much longer B and W
+    blocks' compute, ``ep_comm_s`` the expert all-to-alls (exposed); ``overlapped_tp_comm_s`` is TP
+    communication hidden behind the GEMMs, ``overlapped_cp_comm_s`` ring transfers hidden behind
+    the ring's blocks and ``overlapped_ep_comm_s`` all-to-alls hidden under another microbatch's
+    compute (``ep_overlap_hidden_s``; none of them in F + B + W). ``split_backward_extra_s`` is how much longer B and W
     take as torch's zero-bubble stages split them than the backward as one autograd call (a measured
     profile's ``backward_s``): a schedule without the split runs the one call, so it is taken off W
     there (``costmodels.estimate``); 0 where nothing measured it."""
@@ -64,6 +65,7 @@ class PassTimes:
     ep_comm_s: float = 0.0
     overlapped_cp_comm_s: float = 0.0
     split_backward_extra_s: float = 0.0
+    overlapped_ep_comm_s: float = 0.0
 
     @property
     def total_s(self) -> float:
@@ -206,6 +208,20 @@ def price_operators(cluster: ClusterSpec, precision: str, ops: tuple[Operator, .
     return PricedPass(total, ep_s, cp_s, hidden)
 
 
+def ep_overlap_hidden_s(all_to_all_s: tuple[float, float], compute_s: float) -> tuple[float, float]:
+    """All-to-all seconds of a layer's (F, B) hidden when each microbatch's forward runs merged with another's
+    backward and each one's all-to-alls run under the other's compute (Megatron-Core's
+    ``--overlap-moe-expert-parallel-comm``, ``StackOverlap.ep_comm``): the pair takes max(compute, all-to-all),
+    so min(all-to-all, compute) of it is hidden, split between F and B as their all-to-alls are. The
+    merge is a steady-state 1F1B one; warm-up forwards and cool-down backwards, which have no partner, are
+    priced hidden too (an optimistic term, small where microbatches far outnumber stages)."""
+    total = sum(all_to_all_s)
+    if total <= 0.0:
+        return 0.0, 0.0
+    hidden = min(total, compute_s)
+    return hidden * all_to_all_s[0] / total, hidden * all_to_all_s[1] / total
+
+
 def _gemm_time_s(cluster: ClusterSpec, precision: str, ops: tuple) -> float:
     return operators_time_s(cluster, precision, tuple(op for op in ops if isinstance(op, Gemm)))
 
@@ -231,6 +247,7 @@ class RooflineTimes:
         self.precision = precision
         self.kernels = stack.kernels
         self.tp_comm = stack.overlap.tp_comm
+        self.ep_comm = stack.overlap.ep_comm
         self.p = bytes_per_element(precision)
         self.network = network_for(cluster, tp_links)
         self._ops_cached = lru_cache(maxsize=None)(self._ops)
@@ -259,6 +276,13 @@ class RooflineTimes:
                            etp=etp)
         build = {"transformer": transformer_layer_ops, "embedding": embedding_ops, "head": head_ops}[kind]
         return build(self.model, shape, self.kernels)
+
+    def _ep_hidden(self, forward: PricedPass, backward_input: PricedPass, redo: PricedPass, ops: LayerOps) -> tuple[float, float]:
+        """``ep_overlap_hidden_s`` of the layer: its all-to-alls (the recomputed forward's with B's) under its F,
+        B (with recompute) and W compute."""
+        compute = forward.compute_s + backward_input.compute_s + redo.compute_s + operators_time_s(
+            self.cluster, self.precision, ops.backward_weight)
+        return ep_overlap_hidden_s((forward.ep_comm_s, backward_input.ep_comm_s + redo.ep_comm_s), compute)
 
     def _pass(self, ops: tuple[Operator, ...], tp: int, cp: int, ep: int, etp: int | None = None) -> PricedPass:
         return price_operators(self.cluster, self.precision, ops, self.network, tp, cp, ep, etp)
@@ -289,15 +313,18 @@ class RooflineTimes:
             gemm_b = _gemm_time_s(c, prec, ops.backward_input + ops.backward_weight)
             hidden = min(comm_b - recomputed, gemm_b)
             comm_b -= hidden
+        ep_hidden_f, ep_hidden_b = self._ep_hidden(forward, backward_input, redo, ops) if self.ep_comm == "overlapped" \
+            else (0.0, 0.0)
         passes = PassTimes(
-            forward_s=forward.total_s + comm_f,
-            backward_input_s=backward_input.total_s + redo.total_s + comm_b,
+            forward_s=forward.total_s + comm_f - ep_hidden_f,
+            backward_input_s=backward_input.total_s + redo.total_s + comm_b - ep_hidden_b,
             backward_weight_s=operators_time_s(c, prec, ops.backward_weight),
             tp_comm_s=comm_f + comm_b,
             recompute_s=redo.compute_s,
             overlapped_tp_comm_s=hidden,
             cp_comm_s=forward.cp_comm_s + backward_input.cp_comm_s + redo.cp_comm_s,
-            ep_comm_s=forward.ep_comm_s + backward_input.ep_comm_s + redo.ep_comm_s,
+            ep_comm_s=forward.ep_comm_s + backward_input.ep_comm_s + redo.ep_comm_s - ep_hidden_f - ep_hidden_b,
             overlapped_cp_comm_s=forward.cp_hidden_s + backward_input.cp_hidden_s + redo.cp_hidden_s,
+            overlapped_ep_comm_s=ep_hidden_f + ep_hidden_b,
         )
         return passes.scaled(tp_group_timeshare(self.cluster, tp))

@@ -87,6 +87,7 @@ def compose_step(
     overlapped = {k: num_microbatches * v for k, v in ranks[critical].hidden.items()}
     overlapped["tp_comm_s"] = overlapped.get("tp_comm_s", 0.0) + mine.overlapped_tp_comm_s
     overlapped["cp_comm_s"] = mine.overlapped_cp_comm_s
+    overlapped["ep_comm_s"] = mine.overlapped_ep_comm_s
     overlapped["dp_comm_s"] = sync.grad_reduce_s - sync.grad_reduce_exposed_s
     overlapped["param_gather_s"] = max(0.0, max(w.sync.param_gather_s for w in ranks) - gather_delay)
     breakdown = Breakdown(

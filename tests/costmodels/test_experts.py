@@ -19,7 +19,7 @@ from costmodels.experts import (
     routed_rows,
 )
 from costmodels.flops import layer_gemm_params, model_flops_per_iteration, transformer_layer_forward_flops
-from costmodels.layer_costs import RooflineTimes
+from costmodels.layer_costs import RooflineTimes, ep_overlap_hidden_s
 from costmodels.layer_ops import transformer_layer_ops
 from costmodels.memory import StageParams, layer_params, split_static_memory, stage_param_split
 from costmodels.operators import AllToAll, Gemm, LayerShape
@@ -210,3 +210,27 @@ def test_a_run_that_states_balanced_routing_prices_the_mean_load() -> None:
     default = RooflineTimes(TINY, cluster, "bf16", stack=load_stack("ppplan-torch"))
     assert default.transformer(1, 1, 128, False, "none", ep=4, moe=True).total_s > balanced.transformer(
         1, 1, 128, False, "none", ep=4, moe=True).total_s
+
+
+def test_all_to_all_overlap_hides_what_the_other_microbatch_computes() -> None:
+    """``--overlap-moe-expert-parallel-comm``: a forward merged with another microbatch's backward takes
+    max(compute, all-to-all). F's all-to-alls 2 s and B's 4 s under 10 s of compute: all 6 hidden; under
+    3 s: 3 hidden, split 1 : 2 as the all-to-alls are (3 s exposed)."""
+    assert ep_overlap_hidden_s((2.0, 4.0), 10.0) == (2.0, 4.0)
+    assert ep_overlap_hidden_s((2.0, 4.0), 3.0) == (1.0, 2.0)
+    assert ep_overlap_hidden_s((0.0, 0.0), 3.0) == (0.0, 0.0)
+
+
+def test_a_stack_overlapping_the_all_to_all_prices_only_its_excess() -> None:
+    """tiny-moe, tp 1, ep 8 on one H100 node, megatron-core with and without the overlap: the layer's
+    all-to-alls (F 2, B 2) are far shorter than its compute, so the overlapped stack exposes none of them,
+    reports them as overlapped, and its F + B are shorter by exactly what the exposed stack spent on them."""
+    cluster = _cluster()
+    exposed_stack = load_stack("megatron-core")
+    overlapped_stack = exposed_stack.model_copy(update={"overlap": exposed_stack.overlap.model_copy(update={"ep_comm": "overlapped"})})
+    exposed = RooflineTimes(TINY, cluster, "bf16", stack=exposed_stack).transformer(1, 4, 128, False, "none", ep=8, moe=True)
+    hidden = RooflineTimes(TINY, cluster, "bf16", stack=overlapped_stack).transformer(1, 4, 128, False, "none", ep=8, moe=True)
+    assert exposed.ep_comm_s > 0 and exposed.ep_comm_s < exposed.total_s - exposed.ep_comm_s
+    assert hidden.ep_comm_s == pytest.approx(0.0, abs=1e-15)
+    assert hidden.overlapped_ep_comm_s == pytest.approx(exposed.ep_comm_s)
+    assert hidden.forward_s + hidden.backward_input_s == pytest.approx(exposed.forward_s + exposed.backward_input_s - exposed.ep_comm_s)

@@ -205,6 +205,20 @@ def test_a_row_that_ran_tp_comm_overlap_is_priced_with_it() -> None:
     assert not any(a.startswith("TP communication overlap") for a in plain.assumptions)
 
 
+def test_a_row_whose_recipe_overlaps_the_all_to_all_is_priced_with_it() -> None:
+    """Megatron-Bridge's moe_a2a_overlap (Megatron-Core --overlap-moe-expert-parallel-comm): the row's stack
+    hides the expert all-to-alls under another microbatch's compute, and says so; "false" keeps them exposed."""
+    fields = {**ZB_ROW, "num_experts": "8", "experts_per_token": "2", "moe_ffn_hidden": "4608", "shared_experts": "0",
+              "first_dense_layers": "0", "ep": "8", "pp": "1", "dp": "8", "n_gpus": "8", "schedule": "1f1b", "mbs": "2",
+              "zero": "1", "precision": "bf16"}
+    row = parse_row({**fields, "notes": "moe_a2a_overlap: true (recipe)"})
+    plain = parse_row({**fields, "notes": "moe_a2a_overlap: false (recipe)"})
+    assert isinstance(row, PublishedRow) and isinstance(plain, PublishedRow)
+    assert (row.stack_spec.overlap.ep_comm, plain.stack_spec.overlap.ep_comm) == ("overlapped", "exposed")
+    assert any(a.startswith("expert all-to-all overlap") for a in row.assumptions)
+    assert not any(a.startswith("expert all-to-all overlap") for a in plain.assumptions)
+
+
 def test_independent_sources_and_gpu_families() -> None:
     assert independent_source("nemo-perf-25.09") == independent_source("nemo-longctx") == "nemo-perf"
     assert independent_source("mlperf-v4.1") == "mlperf-training"
