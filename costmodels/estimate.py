@@ -70,6 +70,7 @@ from costmodels.runtime_costs import (
 from costmodels.schedules.actions import Schedule
 from costmodels.schedules.generate import generate_schedule, schedule_of
 from costmodels.schedules.registry import schedule_spec
+from costmodels.schedules.torch_order import combined_paired_share
 from costmodels.simulator import StageTimes
 from costmodels.step_time import RankWork, compose_step
 from profiles.schema import ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
@@ -124,6 +125,8 @@ def _stage_plan(
     first stage and the head on the last); ``layers=None`` skips the times (memory-only callers);
     ``layer_kind`` ("moe" or "dense") counts every layer as that kind."""
     s, b, tp, sp, cp, ep, etp = train.seq_len, cfg.mbs, cfg.tp, cfg.sequence_parallel, cfg.cp, cfg.ep, cfg.etp
+    ep_overlap = combined_paired_share(cfg.pp, cfg.v, cfg.num_microbatches) \
+        if schedule_spec(cfg.schedule).overlaps_expert_comm else 0.0
     n, first, last = layout.num_layers, layout.has_embedding, layout.has_head
     moe_layers = moe_layers_in(model, layout.first_layer, n)
     if layer_kind is not None:
@@ -133,7 +136,8 @@ def _stage_plan(
     for count, moe in ((n - moe_layers, False), (moe_layers, True)):
         if count:
             if layers:
-                per_layer = layers.transformer(tp, b, s, sp, kind, cp=cp, ep=ep, moe=moe, etp=etp).scaled(count)
+                per_layer = layers.transformer(tp, b, s, sp, kind, cp=cp, ep=ep, moe=moe, etp=etp,
+                                               ep_overlap=ep_overlap).scaled(count)
                 times = per_layer if times is ZERO_PASS else times.plus(per_layer)
             act += count * layer_activation_bytes(model, s, b, tp, sp, kind, variant, cp=cp, ep=ep, moe=moe, etp=etp)
             kept += count * weight_grad_input_bytes(model, s, b, tp, sp, variant, cp=cp, ep=ep, moe=moe, etp=etp)

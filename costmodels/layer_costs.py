@@ -91,15 +91,17 @@ ZERO_PASS = PassTimes(0.0, 0.0, 0.0)
 class LayerTimes(Protocol):
     """Where per-layer times come from: the roofline or a measured profile. ``seq_len`` is the whole
     sequence, split over ``cp`` context-parallel ranks; ``moe`` asks for a mixture-of-experts layer whose
-    experts are split over ``ep`` ranks, each expert over ``etp`` (None: tp). ``context_parallel_degrees``
-    are the cp degrees it can price (None: any); ``expert_tp_folding`` whether it prices expert TP 1
-    under tp > 1."""
+    experts are split over ``ep`` ranks, each expert over ``etp`` (None: tp); ``ep_overlap``: the share of
+    its passes whose all-to-alls hide under a partner microbatch's compute (a schedule that
+    ``overlaps_expert_comm``: ``costmodels.schedules.torch_order.combined_paired_share``; 0: none).
+    ``context_parallel_degrees`` are the cp degrees it can price (None: any); ``expert_tp_folding``
+    whether it prices Megatron-Core's expert layouts: expert TP 1 under tp > 1 and the combined 1F1B."""
 
     context_parallel_degrees: frozenset[int] | None
     expert_tp_folding: bool
 
     def transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str, cp: int = 1,
-                    ep: int = 1, moe: bool = False, etp: int | None = None) -> PassTimes: ...
+                    ep: int = 1, moe: bool = False, etp: int | None = None, ep_overlap: float = 0.0) -> PassTimes: ...
 
     def embedding(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes: ...
 
@@ -254,9 +256,10 @@ class RooflineTimes:
         self._priced_cached = lru_cache(maxsize=None)(self._priced)
 
     def transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str, cp: int = 1,
-                    ep: int = 1, moe: bool = False, etp: int | None = None) -> PassTimes:
+                    ep: int = 1, moe: bool = False, etp: int | None = None, ep_overlap: float = 0.0) -> PassTimes:
         etp = None if etp == tp else etp
-        return self._priced_cached("transformer", tp, mbs, seq_len, sequence_parallel, recompute, cp, ep, moe, etp)
+        overlap = float(ep_overlap) if moe and ep > 1 else 0.0
+        return self._priced_cached("transformer", tp, mbs, seq_len, sequence_parallel, recompute, cp, ep, moe, etp, overlap)
 
     def embedding(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes:
         return self._priced_cached("embedding", tp, mbs, seq_len, sequence_parallel, "none", cp, 1, False)
@@ -288,7 +291,7 @@ class RooflineTimes:
         return price_operators(self.cluster, self.precision, ops, self.network, tp, cp, ep, etp)
 
     def _priced(self, kind: str, tp: int, mbs: int, seq_len: int, sp: bool, recompute: str, cp: int, ep: int,
-                moe: bool, etp: int | None = None) -> PassTimes:
+                moe: bool, etp: int | None = None, ep_overlap: float = 0.0) -> PassTimes:
         """The layer's operators priced per pass, plus its TP collectives: exposed in F and B, or
         (stack overlapping TP communication with its GEMMs) only what the pass's GEMMs cannot hide.
         A recomputed forward's expert all-to-alls and ring transfers count as EP and CP communication,
@@ -313,8 +316,9 @@ class RooflineTimes:
             gemm_b = _gemm_time_s(c, prec, ops.backward_input + ops.backward_weight)
             hidden = min(comm_b - recomputed, gemm_b)
             comm_b -= hidden
-        ep_hidden_f, ep_hidden_b = self._ep_hidden(forward, backward_input, redo, ops) if self.ep_comm == "overlapped" \
-            else (0.0, 0.0)
+        share = 1.0 if self.ep_comm == "overlapped" else ep_overlap  # passes merged with a partner
+        ep_hidden_f, ep_hidden_b = (share * s for s in self._ep_hidden(forward, backward_input, redo, ops)) \
+            if share > 0 else (0.0, 0.0)
         passes = PassTimes(
             forward_s=forward.total_s + comm_f - ep_hidden_f,
             backward_input_s=backward_input.total_s + redo.total_s + comm_b - ep_hidden_b,

@@ -157,7 +157,9 @@ class ProfiledTimes:
     expert_tp_folding = False
 
     def transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str, cp: int = 1,
-                    ep: int = 1, moe: bool = False, etp: int | None = None) -> PassTimes:
+                    ep: int = 1, moe: bool = False, etp: int | None = None, ep_overlap: float = 0.0) -> PassTimes:
+        if moe and ep > 1 and ep_overlap > 0:
+            raise PlanError("the profile timed no merged forward and backward: price the combined 1F1B without --profile")
         if etp not in (None, tp):
             raise PlanError(f"the profile timed experts split over tp={tp}, not etp={etp}: price expert TP 1 without --profile")
         if cp not in self.context_parallel_degrees:

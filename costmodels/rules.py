@@ -231,6 +231,23 @@ def model_support_violations(model: ModelSpec, stack: StackSpec) -> list[str]:
     return problems
 
 
+def expert_overlap_violations(schedule: str, ep: int, recompute: str | list[str], precision: str) -> list[str]:
+    """What the combined 1F1B (``--overlap-moe-expert-parallel-comm``) needs beyond interleaved 1F1B's shape:
+    expert parallelism, no full recompute, a bf16/fp16 model (fp8 runs one) (Megatron-Core
+    ``transformer_config.py __post_init__`` @23e00ed0)."""
+    if not schedule_spec(schedule).overlaps_expert_comm:
+        return []
+    kinds = set(recompute) if isinstance(recompute, list) else {recompute}
+    problems: list[str] = []
+    if ep == 1:
+        problems.append(f"schedule '{schedule}' overlaps the expert all-to-alls: it needs ep > 1 (use interleaved-1f1b)")
+    if "full" in kinds:
+        problems.append(f"schedule '{schedule}' runs without full recompute: use --recompute selective|none")
+    if precision == "fp32":
+        problems.append(f"schedule '{schedule}' needs a bf16, fp16 or fp8 model: use another --precision or interleaved-1f1b")
+    return problems
+
+
 def size_violations(num_stages: int, num_microbatches: int) -> list[str]:
     """Pipelines too large to simulate (``profiles/limits.py``: the action list grows with
     stages x microbatches)."""
@@ -272,6 +289,7 @@ def config_violations(model: ModelSpec, train: TrainSpec, gpus: int, cfg: Parall
     problems += zero_violations(cfg.zero, cfg.pp, cfg.schedule, stack)
     problems += recompute_violations(cfg.recompute, cfg.pp, cfg.schedule, stack)
     problems += parallelism_violations(cfg, stack, train)
+    problems += expert_overlap_violations(cfg.schedule, cfg.ep, cfg.recompute, train.precision)
     problems += model_support_violations(model, stack)
     problems += precision_violations(train.precision, stack)
     return problems

@@ -54,6 +54,7 @@ ScheduleName = Literal[
     "gpipe",
     "1f1b",
     "interleaved-1f1b",
+    "combined-1f1b",
     "looped-bfs",
     "zb-h1",
     "zb-h2",

@@ -69,6 +69,10 @@ class ScheduleSpec:
     microbatch-stages alive on a rank (forward done, W not yet), in closed form so that the
     search can bound memory without building the lists (equality with the simulator's count
     is tested over a grid of shapes); None where only the lists know (chimera, custom).
+    ``overlaps_expert_comm``: each steady forward runs merged with a backward so that their expert
+    all-to-alls hide under each other's compute (Megatron-Core's combined 1F1B,
+    ``--overlap-moe-expert-parallel-comm``; ``costmodels.layer_costs.ep_overlap_hidden_s``), a schedule
+    only Megatron-Core's engine runs (``megatron_only``: neither torch class nor CSV).
     """
 
     name: str
@@ -82,6 +86,8 @@ class ScheduleSpec:
     torch_csv: bool
     generator: RankLists | None
     peak_inflight: PeakInflight | None = None
+    overlaps_expert_comm: bool = False
+    megatron_only: bool = False
 
     @property
     def torchtitan_name(self) -> str | None:
@@ -104,6 +110,10 @@ SCHEDULES: dict[str, ScheduleSpec] = {
                      "ScheduleInterleaved1F1B", False,
                      _per_rank(lambda r, pp, v, m: interleaved_rank(r, pp, v, m, zero_bubble=False)),
                      lambda r, pp, v, m: interleaved_peak_inflight(r, pp, v, m, zero_bubble=False)),
+        ScheduleSpec("combined-1f1b", "loop", "looped", False, 0, True, False, None, False,
+                     _per_rank(lambda r, pp, v, m: interleaved_rank(r, pp, v, m, zero_bubble=False, extra_warmup=1)),
+                     lambda r, pp, v, m: interleaved_peak_inflight(r, pp, v, m, zero_bubble=False, extra_warmup=1),
+                     overlaps_expert_comm=True, megatron_only=True),
         ScheduleSpec("looped-bfs", "loop", "looped", False, 0, False, False, "ScheduleLoopedBFS", False,
                      _per_rank(looped_bfs_rank), looped_bfs_peak_inflight),
         ScheduleSpec("zb-h1", "loop", "one", True, 0, False, False, None, True,

@@ -69,14 +69,17 @@ def _interleaved_warmup(rank: int, pp: int, v: int, num_microbatches: int, per_r
     return min((v - 1) * per_round + factor * (pp - 1 - rank), num_microbatches * v)
 
 
-def interleaved_rank(rank: int, pp: int, v: int, num_microbatches: int, zero_bubble: bool) -> list[Action]:
+def interleaved_rank(rank: int, pp: int, v: int, num_microbatches: int, zero_bubble: bool,
+                     extra_warmup: int = 0) -> list[Action]:
     """Interleaved 1F1B (Narayanan et al. SC21, Sec. 2.2, torch's flexible rounds) or, with
     ``zero_bubble``, torch's interleaved ZB-1P variant (Qi et al. 2024): B and W split,
     one warm-up forward per hop instead of two, and each rank ``r`` lags its W passes by
-    ``r`` backwards so that they fill the cool-down bubble."""
+    ``r`` backwards so that they fill the cool-down bubble. ``extra_warmup`` more warm-up forwards:
+    Megatron-Core's combined 1F1B runs one, so that every steady forward is independent of the
+    backward it is merged with (``schedules.py get_pp_rank_microbatches`` @23e00ed0)."""
     m = num_microbatches
     per_round = m // max(1, m // pp)
-    warmup = _interleaved_warmup(rank, pp, v, m, per_round, 1 if zero_bubble else 2)
+    warmup = min(_interleaved_warmup(rank, pp, v, m, per_round, 1 if zero_bubble else 2) + extra_warmup, m * v)
     total_forwards = m * v
     backward_kind = BACKWARD_INPUT if zero_bubble else FULL_BACKWARD
     next_mb: dict[tuple[str, int], int] = defaultdict(int)
@@ -108,13 +111,25 @@ def interleaved_rank(rank: int, pp: int, v: int, num_microbatches: int, zero_bub
     return order
 
 
-def interleaved_peak_inflight(rank: int, pp: int, v: int, num_microbatches: int, zero_bubble: bool) -> int:
+def combined_paired_share(pp: int, v: int, num_microbatches: int) -> float:
+    """Share of rank 0's forwards (and as many backwards) that Megatron-Core's combined 1F1B runs merged
+    with a partner: all but its warm-up forwards and as many cool-down backwards, which run alone
+    (``interleaved_rank`` with one extra warm-up forward). Rank 0 warms up longest, so every rank's
+    merged share is at least this."""
+    m = num_microbatches
+    per_round = m // max(1, m // pp)
+    warmup = min(_interleaved_warmup(0, pp, v, m, per_round, 2) + 1, m * v)
+    return (m * v - warmup) / (m * v)
+
+
+def interleaved_peak_inflight(rank: int, pp: int, v: int, num_microbatches: int, zero_bubble: bool,
+                              extra_warmup: int = 0) -> int:
     """Microbatch-stages ``interleaved_rank`` holds at its peak: the warm-up forwards, plus the
     first steady forward (which runs before that step's backward), plus, with ``zero_bubble``,
     the ``rank`` W passes the rank lags behind its B passes; never more than all M·v forwards."""
     m = num_microbatches
     per_round = m // max(1, m // pp)
-    warmup = _interleaved_warmup(rank, pp, v, m, per_round, 1 if zero_bubble else 2)
+    warmup = min(_interleaved_warmup(rank, pp, v, m, per_round, 1 if zero_bubble else 2) + extra_warmup, m * v)
     return min(warmup + 1 + (rank if zero_bubble else 0), m * v)
 
 

@@ -16,6 +16,7 @@ What Megatron-LM cannot express about the model is a warning.
 
 from __future__ import annotations
 
+from costmodels.schedules.registry import schedule_spec
 from launch.emit.common import (
     EmitContext,
     Rendered,
@@ -67,8 +68,11 @@ def zero_args(cfg: ParallelConfig) -> list[Arg]:
 def overlap_args(cfg: ParallelConfig, stack: StackSpec) -> list[Arg]:
     """The overlaps the price assumed (``StackSpec.overlap``): the gradient reduce in buckets during the
     backward, the distributed optimizer's parameter all-gather during the forward (Megatron needs the
-    distributed optimizer and --overlap-grad-reduce for it) and TE's TP communication overlap (needs SP)."""
+    distributed optimizer and --overlap-grad-reduce for it), TE's TP communication overlap (needs SP) and,
+    for the combined 1F1B, the expert all-to-all overlap (``--overlap-moe-expert-parallel-comm``)."""
     args: list[Arg] = []
+    if schedule_spec(cfg.schedule).overlaps_expert_comm:
+        args.append(("--overlap-moe-expert-parallel-comm", None))
     if cfg.dp > 1 and stack.overlap.dp_grad_reduce == "bucketed":
         args.append(("--overlap-grad-reduce", None))
         if cfg.zero >= 1 and stack.overlap.param_gather == "overlapped":
@@ -151,7 +155,17 @@ def megatron_args(plan: Plan, *, steps: int, lr: float, allow_layout: bool = Tru
     args += overlap_args(cfg, stack) + kernel_args(stack) + precision_args(plan.train.precision) + shape
     args += megatron_model_args(plan.model) + vocab
     args += [("--mock-data", None), ("--train-iters", str(steps)), ("--lr", f"{lr:g}"), ("--log-interval", "1")]
-    return args, expert_warnings + cut_warnings + shape_warnings + vocab_warnings
+    return args, expert_warnings + cut_warnings + shape_warnings + vocab_warnings + _connection_warnings(cfg)
+
+
+def _connection_warnings(cfg: ParallelConfig) -> list[str]:
+    """Megatron-Core warns that on Hopper and earlier TP and CP want CUDA_DEVICE_MAX_CONNECTIONS=1 while the
+    expert all-to-all overlap wants more (megatron/training/arguments.py @23e00ed0); the price assumes both."""
+    if not schedule_spec(cfg.schedule).overlaps_expert_comm or (cfg.tp == 1 and cfg.cp == 1):
+        return []
+    return ["the combined 1F1B with tensor or context parallelism: on Hopper and earlier Megatron-Core asks for "
+            "CUDA_DEVICE_MAX_CONNECTIONS=1 for TP/CP overlap but a larger value for the expert all-to-all overlap; "
+            "the price assumes both overlaps at full speed"]
 
 
 def megatron_2022_args(plan: Plan, *, steps: int, lr: float) -> tuple[list[Arg], list[str]]:

@@ -104,10 +104,12 @@ class Bounds:
 
     # ---- pieces, cached per (tp, mbs, sp, recompute, cp, ep) or per stage shape
     def _passes_uncached(self, tp: int, mbs: int, sp: bool, recompute: str, cp: int, ep: int,
-                         split_backward: bool, etp: int) -> LayerPasses:
+                         split_backward: bool, etp: int, ep_overlap: bool = False) -> LayerPasses:
+        """``ep_overlap``: the schedule merges passes, priced as if all were (hiding the most: a lower bound)."""
         s, times = self.train.seq_len, self.layers
         dense = times.transformer(tp, mbs, s, sp, recompute, cp=cp, ep=ep, moe=False) if self.num_dense else None
-        moe = times.transformer(tp, mbs, s, sp, recompute, cp=cp, ep=ep, moe=True, etp=etp) if self.num_moe else None
+        moe = times.transformer(tp, mbs, s, sp, recompute, cp=cp, ep=ep, moe=True, etp=etp,
+                                ep_overlap=1.0 if ep_overlap else 0.0) if self.num_moe else None
         passes = LayerPasses(dense, moe, times.embedding(tp, mbs, s, sp, cp=cp), times.head(tp, mbs, s, sp, cp=cp))
         if split_backward:
             return passes
@@ -116,7 +118,9 @@ class Bounds:
                              for p in (passes.dense, passes.moe, passes.embedding, passes.head)))
 
     def _pass_key(self, c: Candidate) -> tuple:
-        return (c.tp, c.mbs, c.sequence_parallel, c.recompute, c.cp, c.ep, schedule_spec(c.schedule).split_backward, c.etp)
+        spec = schedule_spec(c.schedule)
+        return (c.tp, c.mbs, c.sequence_parallel, c.recompute, c.cp, c.ep, spec.split_backward, c.etp,
+                spec.overlaps_expert_comm)
 
     def layer_passes(self, c: Candidate) -> LayerPasses:
         return self._passes(*self._pass_key(c))

@@ -16,14 +16,22 @@ import math
 from dataclasses import dataclass
 from typing import Iterator
 
-from costmodels.rules import recompute_violations, schedule_violations, size_violations, tp_violations, zero_violations
+from costmodels.rules import (
+    expert_overlap_violations,
+    recompute_violations,
+    schedule_violations,
+    size_violations,
+    tp_violations,
+    zero_violations,
+)
 from costmodels.schedules.registry import schedule_spec
 from profiles.loader import load_stack
 from profiles.schema import ModelSpec, TrainSpec
 from profiles.stack_schema import StackSpec
 
 DEFAULT_SCHEDULES: tuple[str, ...] = (
-    "1f1b", "interleaved-1f1b", "gpipe", "looped-bfs", "zb-h1", "zb-h2", "interleaved-zb", "zbv", "dualpipev",
+    "1f1b", "interleaved-1f1b", "combined-1f1b", "gpipe", "looped-bfs", "zb-h1", "zb-h2", "interleaved-zb", "zbv",
+    "dualpipev",
 )
 # ZeRO-2 is not searched: on the torch runtime gradients accumulate unsharded across
 # microbatches (costmodels.memory.static_memory), so it costs exactly what ZeRO-1 does.
@@ -168,9 +176,10 @@ def enumerate_candidates(
 ) -> Iterator[Candidate]:
     """All legal candidates under ``stack``'s rules (default: ppplan's runtime, ``ppplan-torch``);
     ``cp_priced`` keeps cp to the degrees the layer times price (``cp_degrees``), ``expert_tp_folding``
-    says whether they price expert TP 1 (``expert_layouts``)."""
+    says whether they price expert TP 1 (``expert_layouts``) and the combined 1F1B's merged passes."""
     stack = stack or load_stack()
-    schedules = tuple(s for s in schedules if s in stack.schedules)
+    schedules = tuple(s for s in schedules if s in stack.schedules
+                      and (expert_tp_folding or not schedule_spec(s).overlaps_expert_comm))
     for tp in tp_degrees(model, gpus, gpus_per_node, allow_cross_node_tp):
         for cp in cp_degrees(train, gpus // tp, tp, stack, cp_priced):
             for pp in divisors(gpus // (tp * cp)):
@@ -186,7 +195,8 @@ def enumerate_candidates(
                         m = train.global_batch // (dp * mbs)
                         if size_violations(pp, m):
                             continue  # far more microbatches than any plan runs (profiles/limits.py)
-                        yield from _pipeline_options(model, Degrees(tp, cp, ep, pp, dp, etp), mbs, m, schedules, stack)
+                        yield from _pipeline_options(model, Degrees(tp, cp, ep, pp, dp, etp), mbs, m, schedules, stack,
+                                                     train.precision)
 
 
 @dataclass(frozen=True)
@@ -217,7 +227,7 @@ def _zero_options(d: Degrees, stack: StackSpec) -> tuple[int, ...]:
 
 
 def _pipeline_options(
-    model: ModelSpec, d: Degrees, mbs: int, m: int, schedules: tuple[str, ...], stack: StackSpec
+    model: ModelSpec, d: Degrees, mbs: int, m: int, schedules: tuple[str, ...], stack: StackSpec, precision: str = "bf16",
 ) -> Iterator[Candidate]:
     tp, pp, dp = d.tp, d.pp, d.dp
     sp_options, zero_options = _sp_options(d, stack), _zero_options(d, stack)
@@ -228,7 +238,8 @@ def _pipeline_options(
             if stack.cut_layouts == "uniform" and model.num_layers % (pp * v):
                 continue
             for recompute in RECOMPUTE_KINDS:
-                if recompute_violations(recompute, pp, schedule, stack):
+                if recompute_violations(recompute, pp, schedule, stack) or expert_overlap_violations(
+                        schedule, d.ep, recompute, precision):
                     continue
                 for sp in sp_options:
                     for zero in zero_options:

@@ -19,7 +19,7 @@ from costmodels.layer_ops import transformer_layer_ops
 from costmodels.memory import StageParams, layer_params, split_static_memory
 from costmodels.operators import Gemm, LayerShape
 from costmodels.rank_grid import RankGrid
-from costmodels.rules import config_violations
+from costmodels.rules import config_violations, expert_overlap_violations
 from launch.emit.experts import megatron_parallel_args, torchtitan_parallel_entries
 from planner.search.space import expert_layouts
 from profiles.loader import load_cluster, load_model, load_stack
@@ -141,3 +141,12 @@ def test_emitters_write_the_expert_tp() -> None:
     assert ("--expert-tensor-parallel-size", "1") in args
     assert all(flag != "--expert-tensor-parallel-size" for flag, _ in megatron_parallel_args(_config(2, 8, 4, None))[0])
     assert torchtitan_parallel_entries(TINY, _config(2, 8, 4, None))["expert_tensor_parallel_degree"] == 2
+
+
+def test_the_combined_1f1b_needs_experts_to_overlap_and_no_full_recompute() -> None:
+    """Megatron-Core's --overlap-moe-expert-parallel-comm (transformer_config.py @23e00ed0): ep > 1, no full
+    recompute, a bf16/fp16 model (fp8 runs on one)."""
+    assert expert_overlap_violations("combined-1f1b", 8, "selective", "fp8") == []
+    assert expert_overlap_violations("interleaved-1f1b", 1, "full", "fp32") == []
+    problems = expert_overlap_violations("combined-1f1b", 1, ["none", "full"], "fp32")
+    assert len(problems) == 3 and "needs ep > 1" in problems[0] and "full recompute" in problems[1]

@@ -234,3 +234,20 @@ def test_a_stack_overlapping_the_all_to_all_prices_only_its_excess() -> None:
     assert hidden.ep_comm_s == pytest.approx(0.0, abs=1e-15)
     assert hidden.overlapped_ep_comm_s == pytest.approx(exposed.ep_comm_s)
     assert hidden.forward_s + hidden.backward_input_s == pytest.approx(exposed.forward_s + exposed.backward_input_s - exposed.ep_comm_s)
+
+
+def test_the_combined_1f1b_prices_the_all_to_all_as_the_overlapping_stack_does() -> None:
+    """A schedule that overlaps the expert all-to-alls (combined 1F1B) asks the layer times for them hidden:
+    the same passes as a stack that always overlaps them; a dense layer or ep 1 has nothing to hide."""
+    cluster = _cluster()
+    stack = load_stack("megatron-core")
+    overlapped = stack.model_copy(update={"overlap": stack.overlap.model_copy(update={"ep_comm": "overlapped"})})
+    combined = RooflineTimes(TINY, cluster, "bf16", stack=stack).transformer(2, 4, 128, True, "none", ep=8, moe=True,
+                                                                            ep_overlap=1.0)
+    always = RooflineTimes(TINY, cluster, "bf16", stack=overlapped).transformer(2, 4, 128, True, "none", ep=8, moe=True)
+    assert combined == always and combined.overlapped_ep_comm_s > 0
+    plain = RooflineTimes(TINY, cluster, "bf16", stack=stack)
+    half = plain.transformer(2, 4, 128, True, "none", ep=8, moe=True, ep_overlap=0.5)
+    assert half.overlapped_ep_comm_s == pytest.approx(0.5 * combined.overlapped_ep_comm_s)
+    assert plain.transformer(2, 4, 128, True, "none", ep=1, moe=True, ep_overlap=1.0) == plain.transformer(
+        2, 4, 128, True, "none", ep=1, moe=True)

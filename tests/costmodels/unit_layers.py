@@ -14,7 +14,7 @@ class UnitLayers:
     def __init__(self, runtime: RuntimeCosts | None = None) -> None:
         self.runtime = runtime
 
-    def transformer(self, tp, mbs, seq_len, sequence_parallel, recompute, cp=1, ep=1, moe=False, etp=None):
+    def transformer(self, tp, mbs, seq_len, sequence_parallel, recompute, cp=1, ep=1, moe=False, etp=None, ep_overlap=0.0):
         return PassTimes(1.0, 1.0, 1.0)
 
     def embedding(self, tp, mbs, seq_len, sequence_parallel, cp=1):

@@ -12,11 +12,12 @@ from costmodels.schedules.chimera import chimera_rank_of
 from costmodels.schedules.generate import generate_schedule
 from costmodels.schedules.registry import GENERATED_SCHEDULES, SCHEDULES, SPLIT_BACKWARD_SCHEDULES, shape_violations
 from costmodels.schedules.torch_csv import format_torch_csv, parse_torch_csv
+from costmodels.schedules.torch_order import combined_paired_share
 from costmodels.simulator import schedule_graph
 from profiles.errors import PlanError
 from profiles.loader import load_stack
 
-V_OF = {"interleaved-1f1b": 2, "looped-bfs": 2, "interleaved-zb": 2, "zbv": 2, "dualpipev": 2}
+V_OF = {"interleaved-1f1b": 2, "combined-1f1b": 2, "looped-bfs": 2, "interleaved-zb": 2, "zbv": 2, "dualpipev": 2}
 RUNNABLE = [n for n in GENERATED_SCHEDULES if n != "chimera"]
 
 
@@ -204,3 +205,21 @@ def test_peak_inflight_closed_forms_equal_the_generated_lists() -> None:
         expected = schedule_graph(generate_schedule(name, pp, v, m)).peak_inflight
         got = tuple(SCHEDULES[name].peak_inflight(r, pp, v, m) for r in range(pp))
         assert got == expected, (name, pp, v, m)
+
+
+def test_combined_1f1b_runs_one_more_warm_up_forward_than_interleaved() -> None:
+    """pp 2, v 2, M 4 (rounds of 2): interleaved 1F1B warms rank 0 up with (v-1)*2 + 2*(pp-1-0) = 4 forwards and
+    rank 1 with 2, then alternates F and B; Megatron-Core's combined 1F1B adds one (get_pp_rank_microbatches),
+    so its first backward comes one forward later and its peak holds one more microbatch-stage (6 and 4)."""
+    interleaved, combined = generate_schedule("interleaved-1f1b", 2, 2, 4), generate_schedule("combined-1f1b", 2, 2, 4)
+
+    def leading_forwards(actions: list[Action]) -> int:
+        return next(i for i, a in enumerate(actions) if a.kind != "F")
+
+    assert [leading_forwards(r) for r in interleaved.ranks] == [5, 3]
+    assert [leading_forwards(r) for r in combined.ranks] == [6, 4]
+    assert [sorted(map(str, r)) for r in combined.ranks] == [sorted(map(str, r)) for r in interleaved.ranks]
+    assert [SCHEDULES["combined-1f1b"].peak_inflight(r, 2, 2, 4) for r in range(2)] == [6, 4]
+    # rank 0's 5 warm-up forwards and 5 cool-down backwards run alone: 3 of its 8 forwards are merged
+    assert combined_paired_share(2, 2, 4) == 3 / 8
+    assert combined_paired_share(16, 2, 480) == (960 - (16 + 30 + 1)) / 960  # rounds of 16: 16 + 2*15 + 1 warm up

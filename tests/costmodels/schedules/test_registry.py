@@ -27,11 +27,12 @@ def test_one_entry_per_name_of_the_plan_schema() -> None:
 def test_derived_sets() -> None:
     assert SPLIT_BACKWARD_SCHEDULES == {"zb-h1", "zb-h2", "interleaved-zb", "zbv", "dualpipev"}
     assert V_SCHEDULES == {"zbv", "dualpipev"}
-    assert LOOPED_SCHEDULES == {"interleaved-1f1b", "looped-bfs", "interleaved-zb"}
+    assert LOOPED_SCHEDULES == {"interleaved-1f1b", "combined-1f1b", "looped-bfs", "interleaved-zb"}
     assert SIMULATED_ONLY_SCHEDULES == {"chimera"}
     assert set(GENERATED_SCHEDULES) == set(SCHEDULE_NAMES) - {"custom"}
     torch_run = {n for n, s in SCHEDULES.items() if s.torch_class or s.torch_csv}
-    assert torch_run == set(SCHEDULE_NAMES) - {"chimera"}
+    assert torch_run == set(SCHEDULE_NAMES) - {"chimera", "combined-1f1b"}
+    assert {n for n, s in SCHEDULES.items() if s.megatron_only} == {"combined-1f1b"}
 
 
 @pytest.mark.parametrize("name", [n for n, s in SCHEDULES.items() if s.torch_class])
@@ -49,13 +50,13 @@ def test_stacks_offer_only_schedules_their_pipeline_engine_runs(stack_name: str)
         assert not spec.simulated_only, name
         if stack.pipeline_runtime == "torch":
             assert spec.torch_class or spec.torch_csv, name
-        else:  # Megatron-LM's engine: 1F1B and interleaved 1F1B only
-            assert name in {"1f1b", "interleaved-1f1b"}, name
+        else:  # Megatron-LM's engine: 1F1B, interleaved 1F1B and Megatron-Core's combined 1F1B only
+            assert name in {"1f1b", "interleaved-1f1b", "combined-1f1b"}, name
 
 
 def test_every_runnable_schedule_runs_one_way() -> None:
     for name, spec in SCHEDULES.items():
-        if not spec.simulated_only:
+        if not spec.simulated_only and not spec.megatron_only:
             assert (spec.torch_class is None) == spec.torch_csv, name
 
 

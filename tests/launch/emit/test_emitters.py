@@ -576,3 +576,17 @@ def test_slurm_wraps_an_expert_and_context_parallel_plan(build_plan: MakePlan, t
     emit(plan, "slurm", tmp_path, on_warning=lambda w: None)
     flags = parse_torchrun_command((tmp_path / "ppplan.sbatch").read_text())
     assert flags["--nproc-per-node"] == "4"  # tp * cp * pp * dp = 1 * 2 * 1 * 2
+
+
+def test_megatron_combined_1f1b_writes_the_expert_all_to_all_overlap(build_plan: MakePlan) -> None:
+    """Megatron-Core's combined 1F1B is its interleaved schedule run with --overlap-moe-expert-parallel-comm
+    (core_v0.14, the flag the price's hidden all-to-alls assume) and virtual stages; interleaved 1F1B gets no
+    such flag; the rules refuse it with full recompute."""
+    base = _with(build_plan("mixtral-8x7b", tp=2, pp=4, dp=8, v=2, global_batch=256, schedule="interleaved-1f1b"),
+                 ep=8, sequence_parallel=True, stack="megatron-core")
+    combined = parse_megatron_args(render(_with(base, schedule="combined-1f1b"), "megatron", OUT).files["megatron_args.txt"])
+    _assert_in_megatron_allowlist(combined)
+    assert combined["--overlap-moe-expert-parallel-comm"] is True and combined["--expert-model-parallel-size"] == "8"
+    assert "--overlap-moe-expert-parallel-comm" not in parse_megatron_args(megatron_text(base))
+    with pytest.raises(PlanError, match="runs without full recompute"):
+        render(_with(base, schedule="combined-1f1b", recompute="full"), "megatron", OUT)

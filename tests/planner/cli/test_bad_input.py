@@ -24,7 +24,7 @@ def _files(tmp_path):
     (tmp_path / "plan.json").write_text("{not json")
     stack = (Path(profiles.__file__).parent / "stacks" / "megatron-core.yaml").read_text()
     (tmp_path / "stack-extra.yaml").write_text(stack + "bogus_key: 1\n")
-    (tmp_path / "stack-schedule.yaml").write_text(stack.replace("schedules: [1f1b, interleaved-1f1b]", "schedules: [1f1b, zb-h9]"))
+    (tmp_path / "stack-schedule.yaml").write_text(stack.replace("schedules: [1f1b, interleaved-1f1b, combined-1f1b]", "schedules: [1f1b, zb-h9]"))
 
 
 CASES = {

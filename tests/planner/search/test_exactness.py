@@ -62,8 +62,9 @@ class SplitBackwardTimes:
         f = self.share[kind]
         return replace(passes, split_backward_extra_s=(passes.backward_input_s + passes.backward_weight_s) * f / (1 + f))
 
-    def transformer(self, tp, mbs, seq_len, sequence_parallel, recompute, cp=1, ep=1, moe=False, etp=None):
-        passes = self.roofline.transformer(tp, mbs, seq_len, sequence_parallel, recompute, cp=cp, ep=ep, moe=moe, etp=etp)
+    def transformer(self, tp, mbs, seq_len, sequence_parallel, recompute, cp=1, ep=1, moe=False, etp=None, ep_overlap=0.0):
+        passes = self.roofline.transformer(tp, mbs, seq_len, sequence_parallel, recompute, cp=cp, ep=ep, moe=moe, etp=etp,
+                                           ep_overlap=ep_overlap)
         return self._split(passes, "moe" if moe else "dense")
 
     def embedding(self, tp, mbs, seq_len, sequence_parallel, cp=1):
