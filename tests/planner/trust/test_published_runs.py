@@ -217,6 +217,12 @@ def test_a_row_whose_recipe_overlaps_the_all_to_all_is_priced_with_it() -> None:
     assert (row.stack_spec.overlap.ep_comm, plain.stack_spec.overlap.ep_comm) == ("overlapped", "exposed")
     assert any(a.startswith("expert all-to-all overlap") for a in row.assumptions)
     assert not any(a.startswith("expert all-to-all overlap") for a in plain.assumptions)
+    # with interleaving it ran Megatron-Core's combined 1F1B: priced as that schedule, the stack's overlap kept exposed
+    interleaved = parse_row({**fields, "notes": "moe_a2a_overlap: true (recipe)", "pp": "2", "v": "2", "dp": "4", "ep": "4",
+                             "schedule": "interleaved-1f1b"})
+    assert isinstance(interleaved, PublishedRow), interleaved
+    assert (interleaved.config.schedule, interleaved.stack_spec.overlap.ep_comm) == ("combined-1f1b", "exposed")
+    assert any("combined 1F1B" in a for a in interleaved.assumptions)
 
 
 def test_independent_sources_and_gpu_families() -> None:
