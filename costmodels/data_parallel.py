@@ -78,6 +78,13 @@ def experts_reduced_apart(cfg: ParallelConfig) -> bool:
     return cfg.ep > 1 or cfg.expert_tp != cfg.tp
 
 
+def syncs_gradients(cfg: ParallelConfig) -> bool:
+    """A rank reduces gradients with others: over its dp x cp group, or its experts over their own group
+    (with expert TP 1 that group holds tp ranks even without data parallelism). Where the experts reduce
+    with the dense weights their group is the dp x cp one, so the larger of the two decides."""
+    return max(cfg.dp * cfg.cp, cfg.expert_data_ranks) > 1
+
+
 @lru_cache(maxsize=4096)
 def _dp_placement(tp: int, pp: int, dp: int, cp: int, gpus_per_node: int, pipeline_rank: int, ep: int,
                   etp: int | None = None) -> GroupPlacement:
@@ -185,11 +192,11 @@ def rank_sync(
     (module docstring). Without the stages' simulated times (``timing_known`` false: a pricer
     that bounds the pipeline instead of simulating it) the exposed parts are lower bounds
     (``_exposed_floor``)."""
-    apart = experts_reduced_apart(cfg)
-    if (cfg.dp * cfg.cp == 1 and not (apart and cfg.expert_data_ranks > 1)) or not stages:
+    if not syncs_gradients(cfg) or not stages:
         return RankSync()
     placement = dp_placement(cluster, cfg, pipeline_rank)
-    experts = edp_placement(cluster, cfg, pipeline_rank) if apart and cfg.expert_data_ranks > 1 else None
+    experts = edp_placement(cluster, cfg, pipeline_rank) if experts_reduced_apart(cfg) and cfg.expert_data_ranks > 1 \
+        else None
     bucket = bucket_params(overlap, cfg.dp * cfg.cp)
     kind: Collective = "all_reduce" if cfg.zero == 0 else "reduce_scatter"
     hides = comm_overlaps_compute(cluster)

@@ -29,6 +29,7 @@ from costmodels.data_parallel import (
     rank_sync,
     stage_reduce_scatter_s,
     stage_zero3_gather_s,
+    syncs_gradients,
 )
 from costmodels.experts import routed_rows
 from costmodels.flops import hardware_flops_per_iteration, model_flops_per_iteration
@@ -413,7 +414,7 @@ def _rank_memory_gib(
         transient = max(transient, TRANSIENT_COPIES * 4 * tokens * model.vocab_size / cfg.tp)
     p2p_buffers = p2p_buffer_count(stack, cfg, rank_plans) * p * tokens * model.hidden_size / cfg.tp if cfg.pp > 1 else 0.0
     bucket = min(dense + experts, bucket_params(stack.overlap, cfg.dp * cfg.cp))
-    dp_buckets = DP_BUCKETS_IN_FLIGHT * bucket * grad_reduce_bytes_per_param(train.precision) if max(cfg.dp * cfg.cp, cfg.expert_data_ranks) > 1 else 0.0
+    dp_buckets = DP_BUCKETS_IN_FLIGHT * bucket * grad_reduce_bytes_per_param(train.precision) if syncs_gradients(cfg) else 0.0
     allocated = {
         "weights": static.weights_bytes + gathered,
         "gradients": static.gradients_bytes,
@@ -547,7 +548,7 @@ def _rank_work(
     dense = sum(plans[j].params.dense for j in mine)
     experts = sum(plans[j].params.expert for j in mine)
     sync = RankSync()
-    if max(cfg.dp * cfg.cp, cfg.expert_data_ranks) > 1 and not microbatch_grad_sync(stack, cfg.pp, cfg.dp * cfg.cp, cfg.zero):
+    if syncs_gradients(cfg) and not microbatch_grad_sync(stack, cfg.pp, cfg.dp * cfg.cp, cfg.zero):
         windows = []
         for j in mine:
             first_forward, last_backward = result.stage_span_s(j, rank)

@@ -214,9 +214,8 @@ def ep_overlap_hidden_s(all_to_all_s: tuple[float, float], compute_s: float) -> 
     """All-to-all seconds of a layer's (F, B) hidden when each microbatch's forward runs merged with another's
     backward and each one's all-to-alls run under the other's compute (Megatron-Core's
     ``--overlap-moe-expert-parallel-comm``, ``StackOverlap.ep_comm``): the pair takes max(compute, all-to-all),
-    so min(all-to-all, compute) of it is hidden, split between F and B as their all-to-alls are. The
-    merge is a steady-state 1F1B one; warm-up forwards and cool-down backwards, which have no partner, are
-    priced hidden too (an optimistic term, small where microbatches far outnumber stages)."""
+    so min(all-to-all, compute) of it is hidden, split between F and B as their all-to-alls are. The caller
+    scales it by the share of passes that have a partner (``RooflineTimes.transformer``'s ``ep_overlap``)."""
     total = sum(all_to_all_s)
     if total <= 0.0:
         return 0.0, 0.0

@@ -341,6 +341,12 @@ class ClusterSpec(StrictModel):
         return self.nics_per_node * self.nic_bandwidth_gbit_s / BITS_PER_BYTE
 
 
+def expert_data_ranks(tp: int, cp: int, dp: int, ep: int, expert_tp: int) -> int:
+    """Ranks of a pipeline stage holding the same routed experts (the expert-data-parallel group):
+    tp·cp·dp / (ep·etp), Megatron-Core's ``expert_data_parallel_size``; dp·cp / ep when etp = tp."""
+    return max(1, tp * cp * dp // (ep * expert_tp))
+
+
 class TrainSpec(StrictModel):
     global_batch: count(MAX_GLOBAL_BATCH)
     seq_len: count(MAX_SEQ_LEN)
@@ -402,9 +408,8 @@ class ParallelConfig(StrictModel):
 
     @property
     def expert_data_ranks(self) -> int:
-        """Ranks of a pipeline stage holding the same routed experts (the expert-data-parallel group):
-        tp·cp·dp / (ep·etp), Megatron-Core's ``expert_data_parallel_size``; dp·cp when etp = tp."""
-        return max(1, self.tp * self.cp * self.dp // (self.ep * self.expert_tp))
+        """``expert_data_ranks`` of this configuration."""
+        return expert_data_ranks(self.tp, self.cp, self.dp, self.ep, self.expert_tp)
 
     def recompute_of_stage(self, stage: int) -> RecomputeKind:
         if isinstance(self.recompute, list):

@@ -109,9 +109,9 @@ class StackOverlap(StrictModel):
         "microbatch's forward merged with another's backward so that each one's all-to-alls run under the other's "
         "compute (Megatron-Core --overlap-moe-expert-parallel-comm, core v0.14 'batch-level overlapping to hide "
         "EP-A2A communication'; Megatron-Bridge moe_a2a_overlap): a layer exposes what its all-to-alls exceed its "
-        "passes' compute by. Priced for published rows that ran it; no preset plans with it (Megatron-Core @23e00ed0 "
-        "also needs virtual stages with pp > 1, no full recompute, bf16/fp16, and adds one warm-up forward to the "
-        "interleaved schedule: transformer_config.py __post_init__, schedules.py get_pp_rank_microbatches)",
+        "passes' compute by, on every pass. Published rows that ran it without a pipeline use it; with a pipeline "
+        "the overlap is the schedule combined-1f1b (costmodels.schedules.registry), which only merges the passes "
+        "that have a partner",
     )
     host_overhead_per_action_s: NonNegativeFloat = 0.0
 

@@ -48,7 +48,7 @@ from costmodels.pipeline_bound import any_cut_makespan_lower_bound_s, makespan_l
 from costmodels.schedules.registry import schedule_spec
 from costmodels.simulator import StageTimes
 from planner.search.space import Candidate
-from profiles.schema import ClusterSpec, ModelSpec, TrainSpec
+from profiles.schema import ClusterSpec, ModelSpec, TrainSpec, expert_data_ranks
 from profiles.stack_schema import StackSpec
 
 
@@ -148,7 +148,7 @@ class Bounds:
         params = stage_param_split(self.model, first_layer, layers, has_embedding, has_head, tp, ep, layer_kind, etp)
         state = split_static_memory(params.dense, params.expert, self.train.precision, dp * cp, ep, zero,
                                     gradients_sharded(self.stack, pp, dp * cp, zero), self.stack.grad_accumulation_fp32,
-                                    max(1, tp * cp * dp // (ep * etp)))
+                                    expert_data_ranks(tp, cp, dp, ep, etp))
         return state.weights_bytes + state.gradients_bytes + state.optimizer_bytes
 
     def _gib(self, allocated_bytes: float) -> float:

@@ -81,7 +81,7 @@ class SearchResult:
 
 def config_for(cand: Candidate, stage_layers: list[int], stack: str = DEFAULT_STACK) -> ParallelConfig:
     return ParallelConfig(
-        stack=stack, tp=cand.tp, cp=cand.cp, ep=cand.ep, etp=None if cand.etp == cand.tp else cand.etp, pp=cand.pp,
+        stack=stack, tp=cand.tp, cp=cand.cp, ep=cand.ep, etp=cand.config_etp, pp=cand.pp,
         dp=cand.dp, v=cand.v, mbs=cand.mbs,
         num_microbatches=cand.num_microbatches, schedule=cand.schedule, recompute=cand.recompute,
         sequence_parallel=cand.sequence_parallel, zero=cand.zero, stage_layers=stage_layers,
@@ -151,7 +151,7 @@ class Searcher:
         if line is None:
             pp, v, schedule, rank = _PROBES[kind] if pipelined else (1, 1, "1f1b", 0)
             probe = ParallelConfig(
-                stack=self.stack.name, tp=c.tp, cp=c.cp, ep=c.ep, etp=None if c.etp == c.tp else c.etp, pp=pp, dp=c.dp,
+                stack=self.stack.name, tp=c.tp, cp=c.cp, ep=c.ep, etp=c.config_etp, pp=pp, dp=c.dp,
                 v=v, mbs=c.mbs,
                 num_microbatches=c.num_microbatches, schedule=schedule, recompute=c.recompute,
                 sequence_parallel=c.sequence_parallel, zero=c.zero, stage_layers=[1] * (pp * v),

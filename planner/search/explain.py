@@ -176,7 +176,7 @@ def _neighbours(c: Candidate, gpus: int, train: TrainSpec, model: ModelSpec, sta
 
 def _parallel_problems(c: Candidate, model: ModelSpec, train: TrainSpec, stack: StackSpec) -> list[str]:
     """The rules a neighbour's cp and ep must keep (``costmodels.rules``)."""
-    cfg = ParallelConfig(stack=stack.name, tp=c.tp, cp=c.cp, ep=c.ep, etp=None if c.etp == c.tp else c.etp, pp=c.pp,
+    cfg = ParallelConfig(stack=stack.name, tp=c.tp, cp=c.cp, ep=c.ep, etp=c.config_etp, pp=c.pp,
                          dp=c.dp, mbs=c.mbs,
                          num_microbatches=c.num_microbatches, zero=c.zero, sequence_parallel=c.sequence_parallel,
                          stage_layers=[1])

@@ -76,6 +76,11 @@ class Candidate:
     zero: int
     num_microbatches: int
 
+    @property
+    def config_etp(self) -> int | None:
+        """``ParallelConfig.etp`` of this candidate: None where expert TP = tp."""
+        return None if self.etp == self.tp else self.etp
+
     def label(self) -> str:
         sp = "+sp" if self.sequence_parallel else ""
         cp = f" cp={self.cp}" if self.cp > 1 else ""
@@ -227,7 +232,7 @@ def _zero_options(d: Degrees, stack: StackSpec) -> tuple[int, ...]:
 
 
 def _pipeline_options(
-    model: ModelSpec, d: Degrees, mbs: int, m: int, schedules: tuple[str, ...], stack: StackSpec, precision: str = "bf16",
+    model: ModelSpec, d: Degrees, mbs: int, m: int, schedules: tuple[str, ...], stack: StackSpec, precision: str,
 ) -> Iterator[Candidate]:
     tp, pp, dp = d.tp, d.pp, d.dp
     sp_options, zero_options = _sp_options(d, stack), _zero_options(d, stack)

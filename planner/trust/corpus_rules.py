@@ -133,9 +133,9 @@ NOTE_STACK_CHANGES: tuple[tuple[str, dict[str, dict[str, object]], str], ...] = 
     (r"tp comm overlap=true|--tp-comm-overlap|ub_tp_comm_overlap: true", {"overlap": {"tp_comm": "overlapped"}},
      "TP communication overlap (--tp-comm-overlap, Transformer Engine userbuffers) priced overlapped, as the row ran"),
     (r"moe_a2a_overlap: true|--overlap-moe-expert-parallel-comm", {"overlap": {"ep_comm": "overlapped"}},
-     "expert all-to-all overlap (--overlap-moe-expert-parallel-comm, the recipe's moe_a2a_overlap) priced overlapped, "
-     "as the row ran (the one extra warm-up forward it adds to the interleaved schedule, Megatron-Core "
-     "schedules.py get_pp_rank_microbatches, is not simulated)"),
+     "expert all-to-all overlap (--overlap-moe-expert-parallel-comm, the recipe's moe_a2a_overlap) priced overlapped "
+     "on every pass, as the row ran without a pipeline (Megatron-Core's combined_1f1b_schedule_for_no_pipelining; "
+     "interleaved rows are priced as combined-1f1b instead)"),
 )
 
 GPT2_VOCAB = 50_257  # GPT-2 BPE (Radford et al. 2019), the tokenizer of Megatron-LM's GPT examples
