@@ -115,7 +115,8 @@ class StagePlan:
 def activation_variant(cluster: ClusterSpec, train: TrainSpec, stack: StackSpec) -> ActivationVariant:
     """What the stack's runtime stores on this cluster's device (a "cpu" GPU name means CPU)."""
     device = "cpu" if runs_on_cpu(cluster) else "cuda"
-    return ActivationVariant.for_stack(stack.kernels, train.precision, device, stack.pipeline_runtime == "torch")
+    return ActivationVariant.for_stack(stack.kernels, train.precision, device, stack.pipeline_runtime == "torch",
+                                       stack.single_stage_pipeline)
 
 
 def _stage_plan(
@@ -149,8 +150,8 @@ def _stage_plan(
     if last:
         times = times.plus(layers.head(tp, b, s, sp, cp=cp)) if layers else times
         act += head_activation_bytes(model, s // cp, b, tp, sp, variant)
-    if cfg.pp > 1:  # without a pipeline the stacks' loops free the logits before the backward (or, for
-        # ppplan-torch's single-stage schedule, cpu-local's fragmentation was measured with them)
+    if cfg.pp > 1 or variant.single_stage_pipeline:  # without a pipeline the other stacks' loops free the
+        # logits before the backward
         act += stage_output_bytes(model, s // cp, b, tp, sp, variant, last)
     return StagePlan(
         layout=layout,
@@ -360,6 +361,15 @@ def _widest_per_token(model: ModelSpec, cfg: ParallelConfig, rank_plans: list[St
     return widest
 
 
+def _loss_vocab(model: ModelSpec, cfg: ParallelConfig, variant: ActivationVariant) -> float:
+    """Vocabulary entries per token the loss's fp32 working tensors span on a rank: V/tp where the loss
+    runs over vocabulary shards (``ActivationVariant.vocab_parallel_loss``: Megatron's
+    ``_VocabParallelCrossEntropy``), all V where the logits are gathered first (ppplan's runtime: its
+    backward holds the log-softmax's and the NLL's gradients over the whole vocabulary, measured with
+    the torch profiler's allocation events on tiny-gpt tp 4: 2 x 2 MiB at mbs 4, not 2 x 0.5)."""
+    return model.vocab_size / (cfg.tp if variant.vocab_parallel_loss else 1)
+
+
 def _zero3_gathered_bytes(model: ModelSpec, cfg: ParallelConfig, stack: StackSpec, rank_plans: list[StagePlan],
                           bytes_per_param: int) -> float:
     """Unsharded parameters a ZeRO-3 rank holds at its peak. FSDP2 on its own keeps the unit in use
@@ -411,7 +421,7 @@ def _rank_memory_gib(
     # transient: the MLP intermediate (or the fp32 logits on the head stage) and its gradient
     transient = TRANSIENT_COPIES * p * tokens * _widest_per_token(model, cfg, rank_plans)
     if any(st.layout.has_head for st in rank_plans):
-        transient = max(transient, TRANSIENT_COPIES * 4 * tokens * model.vocab_size / cfg.tp)
+        transient = max(transient, TRANSIENT_COPIES * 4 * tokens * _loss_vocab(model, cfg, variant))
     p2p_buffers = p2p_buffer_count(stack, cfg, rank_plans) * p * tokens * model.hidden_size / cfg.tp if cfg.pp > 1 else 0.0
     bucket = min(dense + experts, bucket_params(stack.overlap, cfg.dp * cfg.cp))
     dp_buckets = DP_BUCKETS_IN_FLIGHT * bucket * grad_reduce_bytes_per_param(train.precision) if syncs_gradients(cfg) else 0.0
@@ -433,8 +443,19 @@ def _rank_memory_gib(
         allocated["optimizer_step"] = step - sum(allocated.values())
     allocated["fragmentation"] = sum(allocated.values()) * cluster.allocator_fragmentation
     out = {k: v / GIB for k, v in allocated.items()}
+    if tp_heap := tp_heap_reserve_gib(cluster, cfg.tp):
+        out["tp_heap"] = tp_heap
     out["runtime_reserved"] = cluster.runtime_reserved_gib
     return out
+
+
+def tp_heap_reserve_gib(cluster: ClusterSpec, tp: int) -> float:
+    """What a rank's allocator keeps resident on top of its fragmentation share where it runs tensor
+    parallelism (``ClusterSpec.tp_heap_reserve_gib``): on cpu-local, glibc's heap under DTensor grows past
+    the live tensors by a near-constant amount whatever the degree (tiny-gpt at mbs 1: 41.6, 41.2 and
+    41.1 MiB above the allocated bytes at tp 2, 4 and 8; bench/cpu_heap.py), which a share of a tp
+    rank's shrinking allocation does not cover."""
+    return cluster.tp_heap_reserve_gib if tp > 1 else 0.0
 
 
 def _optimizer_step_bytes(cluster: ClusterSpec, train: TrainSpec, stack: StackSpec, static: StaticMemory) -> float:

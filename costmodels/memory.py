@@ -58,6 +58,7 @@ class ActivationVariant:
     context_parallel_attention: str = "p2p_ring"
     gemm_input_bytes: int | None = None  # what a GEMM's saved input takes per value (None: bytes_per_element)
     keeps_stage_output: bool = False  # torch.distributed.pipelining: each stage's output until its backward
+    single_stage_pipeline: bool = False  # ... and without pipeline parallelism too (StackSpec.single_stage_pipeline)
     op_sac_kernels: StackKernels | None = None  # the stack's kernels where "selective" is per-op (torchtitan)
 
     @property
@@ -78,11 +79,12 @@ class ActivationVariant:
             vocab_parallel_loss=False,
             context_parallel_attention="eager_ring",
             keeps_stage_output=True,
+            single_stage_pipeline=True,
         )
 
     @staticmethod
     def for_stack(kernels: StackKernels, precision: str, device: str = "cuda",
-                  keeps_stage_output: bool = False) -> "ActivationVariant":
+                  keeps_stage_output: bool = False, single_stage_pipeline: bool = False) -> "ActivationVariant":
         """What a stack's kernels keep (``StackSpec.kernels``): dropout masks when it runs
         dropout, the s² scores of unfused attention or flash's log-sum-exp, SwiGLU's gate and up
         plus its output when fused (3 FFN-wide tensors) or also silu(gate) when eager (4), the
@@ -90,7 +92,7 @@ class ActivationVariant:
         vocabulary shards or gathered logits, what its context-parallel attention keeps, and in
         fp8 runs the fp8-cast GEMM inputs where the stack keeps those (``fp8_saved_gemm_inputs``);
         ``keeps_stage_output`` where torch.distributed.pipelining runs the schedule
-        (``stage_output_bytes``); its kernels where its selective recompute is per-op
+        (``stage_output_bytes``), ``single_stage_pipeline`` where it does so without pipeline parallelism; its kernels where its selective recompute is per-op
         (``costmodels.selective_ac``). ppplan-torch's kernels give ``runtime()``."""
         return ActivationVariant(
             bytes_per_element=4 if precision == "fp32" else 2,
@@ -102,6 +104,7 @@ class ActivationVariant:
             context_parallel_attention=kernels.context_parallel_attention,
             gemm_input_bytes=1 if precision == "fp8" and kernels.fp8_saved_gemm_inputs else None,
             keeps_stage_output=keeps_stage_output,
+            single_stage_pipeline=single_stage_pipeline,
             op_sac_kernels=kernels if kernels.selective_recompute == OP_SAC else None,
         )
 
@@ -246,9 +249,11 @@ def stage_output_bytes(
     """What a pipeline stage's output holds per microbatch where torch.distributed.pipelining runs it:
     ``_PipelineStageBase.forward_one_chunk`` keeps the output tuple in ``fwd_cache`` until that
     microbatch's backward pops it (torch 2.13 ``pipelining/stage.py``), on every stage of a pipeline
-    (``estimate`` adds it where pp > 1: without one, torchtitan's and Composer's loops free the
-    logits before the backward, and ppplan's single-stage schedule is inside cpu-local's measured
-    fragmentation; priced at pp 1 it called 22 more published runs infeasible). Nothing else keeps the last stage's logits (the loss keeps its log-softmax,
+    (``estimate`` adds it where pp > 1, and at pp 1 where the stack runs a one-stage schedule,
+    ``single_stage_pipeline``: ppplan's runtime, whose gathered logits the torch profiler's allocation
+    events show alive through the backward on tiny-gpt tp 4; torchtitan's and Composer's loops free
+    the logits before the backward, and priced at pp 1 they called 22 more published runs
+    infeasible). Nothing else keeps the last stage's logits (the loss keeps its log-softmax,
     ``head_activation_bytes``): s·b·V values per rank (V/t where the loss runs over vocabulary
     shards), in the compute dtype (the runtime's loss casts a copy to fp32). Another stage's output
     is the residual stream, s·b·h (over t under sequence parallelism). 0 where Megatron's engine

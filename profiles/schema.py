@@ -316,6 +316,11 @@ class ClusterSpec(StrictModel):
     allocator_fragmentation: float = Field(
         default=0.08, ge=0, lt=1, description="fraction of allocated bytes lost to the caching allocator"
     )
+    tp_heap_reserve_gib: float = Field(
+        default=0.0, ge=0, le=MAX_MEMORY_GIB, allow_inf_nan=False,
+        description="memory a rank's allocator keeps resident beyond its fragmentation share when it runs tensor "
+        "parallelism (tp > 1), measured: glibc's heap under DTensor on cpu-local (bench/cpu_heap.py); 0 on GPUs",
+    )
     memory_safety_margin: float = Field(
         default=0.0, ge=0, lt=1, description="fraction of HBM the fit check keeps free"
     )

@@ -128,6 +128,13 @@ class StackSpec(StrictModel):
         description="whose pipeline engine runs the schedules: torch.distributed.pipelining or Megatron-LM's"
     )
     schedules: list[ScheduleName]
+    single_stage_pipeline: bool = Field(
+        default=False,
+        description="runs plans without pipeline parallelism through its pipeline schedule too, as one stage "
+        "(ppplan's runtime: torch.distributed.pipelining keeps each microbatch's output, the logits, until its "
+        "backward); otherwise pp = 1 runs the framework's plain forward and backward, which frees the logits first "
+        "(torchtitan's train loop, Megatron's forward_backward_no_pipelining)",
+    )
     interleaved_microbatches: Literal["torch-rounds", "multiple-of-pp"] = Field(
         default="torch-rounds",
         description="torch-rounds: M % max(1, M // pp) == 0 (torch); multiple-of-pp: M % pp == 0 (Megatron-LM)",

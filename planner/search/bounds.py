@@ -17,7 +17,8 @@ composes, each taken no larger than the estimate takes it, so they stay below it
   dp x cp, routed experts over dp x cp / ep), its activation peak (the schedule's closed-form in-flight
   count, ``ScheduleSpec.peak_inflight``, times the rank's smallest stage with the stage's output
   where torch's pipelining keeps it; before a cut, per layer the lighter kind), the allocator's
-  fragmentation share of those bytes (``ClusterSpec.allocator_fragmentation``) and the
+  fragmentation share of those bytes (``ClusterSpec.allocator_fragmentation``), the
+  heap a tp rank keeps on top (``tp_heap_reserve_gib``) and the
   runtime's reserve; the estimate adds transient, communication and ZeRO-3 buffers.
 
 The search checks every exact price it computes against these bounds and counts any
@@ -31,7 +32,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from costmodels.estimate import activation_variant, memory_limit_gib
+from costmodels.estimate import activation_variant, memory_limit_gib, tp_heap_reserve_gib
 from costmodels.layer_costs import LayerTimes, PassTimes
 from costmodels.memory import (
     GIB,
@@ -93,7 +94,6 @@ class Bounds:
         self.model, self.cluster, self.train, self.layers, self.stack = model, cluster, train, layers, stack
         self.variant = activation_variant(cluster, train, stack)  # what the stack's kernels keep
         self.limit_gib = memory_limit_gib(cluster)
-        self.allocated_factor = 1.0 + cluster.allocator_fragmentation
         self.num_moe = model.num_moe_layers
         self.num_dense = model.num_layers - self.num_moe
         self._passes = lru_cache(maxsize=None)(self._passes_uncached)
@@ -151,8 +151,9 @@ class Bounds:
                                     expert_data_ranks(tp, cp, dp, ep, etp))
         return state.weights_bytes + state.gradients_bytes + state.optimizer_bytes
 
-    def _gib(self, allocated_bytes: float) -> float:
-        return self.allocated_factor * allocated_bytes / GIB + self.cluster.runtime_reserved_gib
+    def _gib(self, allocated_bytes: float, tp: int) -> float:
+        return ((1.0 + self.cluster.allocator_fragmentation) * allocated_bytes / GIB + self.cluster.runtime_reserved_gib
+                + tp_heap_reserve_gib(self.cluster, tp))
 
     def _layer_floor(self, c: Candidate) -> tuple[float, float]:
         """(static, activation) bytes per layer no larger than any of the model's layers needs."""
@@ -189,7 +190,7 @@ class Bounds:
             need = (static + act * c.num_microbatches) * layers / c.pp
         else:
             need = max(static * math.ceil(layers / c.pp) + act * min(counts), static * c.v + act * max(counts))
-        return self._gib(need)
+        return self._gib(need, c.tp)
 
     # ---- for a given cut
     def _kinds(self, stage_layers: list[int]) -> list[tuple[int, int, int]]:
@@ -226,7 +227,8 @@ class Bounds:
         counts = peak_inflight(c.schedule, c.pp, c.v, c.num_microbatches)
 
         out_hidden, out_logits = (stage_output_bytes(self.model, self.train.seq_len // c.cp, c.mbs, c.tp, c.sequence_parallel,
-                                                     self.variant, head) if c.pp > 1 else 0.0 for head in (False, True))
+                                                     self.variant, head) if c.pp > 1 or self.variant.single_stage_pipeline else 0.0
+                                 for head in (False, True))
 
         def stage_act(s: int) -> float:
             _, dense, moe = kinds[s]
@@ -237,5 +239,5 @@ class Bounds:
         for rank, own in enumerate(stages_by_rank(c.schedule, c.pp, c.v)):
             static = sum(self._static_bytes(kinds[s][0], stage_layers[s], s == 0, s == last, c.tp, c.pp, c.dp, c.zero,
                                             c.cp, c.ep, c.etp) for s in own)
-            out.append(self._gib(static + counts[rank] * min(stage_act(s) for s in own)))
+            out.append(self._gib(static + counts[rank] * min(stage_act(s) for s in own), c.tp))
         return out

@@ -220,12 +220,22 @@ def test_torch_pipelining_keeps_each_stages_output_until_its_backward() -> None:
     last = 2 * (4 * layer + head_activation_bytes(model, 128, 8, 1, False, cpu) + 4 * 2**20)
     breakdown = estimate(model, cluster, train, cfg, stack=stack).memory_breakdown_gib
     assert breakdown[1]["activations"] == pytest.approx(last / GIB, abs=1e-4)  # rounded to 1e-4 GiB
-    # no pipeline: the loop frees the logits before the backward, one microbatch of 8 layers and the head
+    # no pipeline: ppplan's runtime still runs a one-stage schedule, which keeps the logits (4 MiB) until the
+    # microbatch's backward; torchtitan's loop frees them first: one microbatch of 8 layers and the head
     single = cfg.model_copy(update={"pp": 1, "num_microbatches": 2, "schedule": "1f1b", "stage_layers": [8]})
     one = estimate(model, cluster, train, single, stack=stack).memory_breakdown_gib[0]["activations"]
     embedding = embedding_activation_bytes(model, 128, 8, 1, False, cpu)
     head = head_activation_bytes(model, 128, 8, 1, False, cpu)
-    assert one == pytest.approx((8 * layer + embedding + head) / GIB, abs=1e-4)
+    assert one == pytest.approx((8 * layer + embedding + head + 4 * 2**20) / GIB, abs=1e-4)
+    titan = load_stack("torchtitan")
+    titan_variant = ActivationVariant.for_stack(titan.kernels, "fp32", "cpu", keeps_stage_output=True)
+    assert not titan.single_stage_pipeline and not titan_variant.single_stage_pipeline
+    titan_single = single.model_copy(update={"stack": "torchtitan"})
+    titan_one = estimate(model, cluster, train, titan_single, stack=titan).memory_breakdown_gib[0]["activations"]
+    titan_layer = layer_activation_bytes(model, 128, 8, 1, False, "none", titan_variant)
+    titan_ends = (embedding_activation_bytes(model, 128, 8, 1, False, titan_variant)
+                  + head_activation_bytes(model, 128, 8, 1, False, titan_variant))
+    assert titan_one == pytest.approx((8 * titan_layer + titan_ends) / GIB, abs=1e-4)
 
 
 @pytest.mark.parametrize(("stack", "precision", "zero", "dp", "copies"), [
@@ -265,3 +275,21 @@ def test_the_head_keeps_the_fp32_softmax_not_the_logits(stack: str, tp: int, voc
     variant = ActivationVariant.for_stack(load_stack(stack).kernels, "bf16")
     expected = 2 * t * h / tp + 2 * t * h + 4 * t * v / vocab_shards
     assert head_activation_bytes(model, 2048, 1, tp, True, variant) == expected
+
+
+def test_head_transient_spans_the_vocabulary_the_loss_sees() -> None:
+    """The head stage's transient is the fp32 loss working set and its gradient, 2 x 4 B x tokens x the
+    vocabulary the loss sees on a rank. ppplan's runtime gathers the logits before the loss, so every tp rank
+    holds all V: tiny-gpt tp 4, mbs 4 x seq 128 = 512 tokens, 2 x 4 x 512 x 1,024 B = 4 MiB (the torch
+    profiler's allocation events: NllLossBackward0 and LogSoftmaxBackward0 outputs, 2 MiB each, alive at the
+    rank's peak), not the 1 MiB of V/4. A stack whose loss runs over vocabulary shards (Megatron) holds V/tp."""
+    model, cluster = load_model("tiny-gpt"), load_cluster("cpu-local")
+    train = TrainSpec(global_batch=8, seq_len=128, precision="fp32")
+    cfg = ParallelConfig(stack="ppplan-torch", tp=4, pp=1, dp=1, mbs=4, num_microbatches=2, schedule="1f1b",
+                         stage_layers=[8])
+    torch_rank = estimate(model, cluster, train, cfg, stack=load_stack("ppplan-torch")).memory_breakdown_gib[0]
+    assert torch_rank["transient"] == pytest.approx(2 * 4 * 512 * 1024 / GIB, abs=1e-4)
+    megatron = cfg.model_copy(update={"stack": "megatron-core"})
+    megatron_rank = estimate(model, cluster, train, megatron, stack=load_stack("megatron-core")).memory_breakdown_gib[0]
+    # the widest of the vocabulary shard (1,024 / 4) and the MLP intermediate (1,024 / 4), fp32, and their gradients
+    assert megatron_rank["transient"] == pytest.approx(2 * 4 * 512 * 256 / GIB, abs=1e-4)
