@@ -150,8 +150,7 @@ def _stage_plan(
     if last:
         times = times.plus(layers.head(tp, b, s, sp, cp=cp)) if layers else times
         act += head_activation_bytes(model, s // cp, b, tp, sp, variant)
-    if cfg.pp > 1 or variant.single_stage_pipeline:  # without a pipeline the other stacks' loops free the
-        # logits before the backward
+    if variant.keeps_stage_output_at(cfg.pp):
         act += stage_output_bytes(model, s // cp, b, tp, sp, variant, last)
     return StagePlan(
         layout=layout,

@@ -61,6 +61,12 @@ class ActivationVariant:
     single_stage_pipeline: bool = False  # ... and without pipeline parallelism too (StackSpec.single_stage_pipeline)
     op_sac_kernels: StackKernels | None = None  # the stack's kernels where "selective" is per-op (torchtitan)
 
+    def keeps_stage_output_at(self, pp: int) -> bool:
+        """Whether a stage's output is kept until its backward (``stage_output_bytes``) in a plan of ``pp``
+        pipeline ranks: where torch.distributed.pipelining runs the schedule with a pipeline, and without one
+        where the stack still runs it as one stage (``single_stage_pipeline``)."""
+        return self.keeps_stage_output and (pp > 1 or self.single_stage_pipeline)
+
     @property
     def saved_gemm_input_bytes(self) -> int:
         return self.bytes_per_element if self.gemm_input_bytes is None else self.gemm_input_bytes
@@ -92,8 +98,8 @@ class ActivationVariant:
         vocabulary shards or gathered logits, what its context-parallel attention keeps, and in
         fp8 runs the fp8-cast GEMM inputs where the stack keeps those (``fp8_saved_gemm_inputs``);
         ``keeps_stage_output`` where torch.distributed.pipelining runs the schedule
-        (``stage_output_bytes``), ``single_stage_pipeline`` where it does so without pipeline parallelism; its kernels where its selective recompute is per-op
-        (``costmodels.selective_ac``). ppplan-torch's kernels give ``runtime()``."""
+        (``stage_output_bytes``), ``single_stage_pipeline`` where it does so without pipeline
+        parallelism too; its kernels where its selective recompute is per-op (``costmodels.selective_ac``). ppplan-torch's kernels give ``runtime()``."""
         return ActivationVariant(
             bytes_per_element=4 if precision == "fp32" else 2,
             dropout=kernels.dropout,

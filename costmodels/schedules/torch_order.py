@@ -63,10 +63,20 @@ def looped_bfs_peak_inflight(rank: int, pp: int, v: int, num_microbatches: int) 
     return num_microbatches * v
 
 
-def _interleaved_warmup(rank: int, pp: int, v: int, num_microbatches: int, per_round: int, factor: int) -> int:
-    """Warm-up forwards of the depth-first looped schedules (torch ``_get_warmup_ops``):
-    the last rank runs ``(v - 1) * per_round``; each hop towards rank 0 adds ``factor``."""
-    return min((v - 1) * per_round + factor * (pp - 1 - rank), num_microbatches * v)
+def _round_size(pp: int, num_microbatches: int) -> int:
+    """Microbatches per round of torch's flexible interleaved rounds."""
+    return num_microbatches // max(1, num_microbatches // pp)
+
+
+def _interleaved_warmup(rank: int, pp: int, v: int, num_microbatches: int, zero_bubble: bool,
+                        extra_warmup: int = 0) -> int:
+    """Warm-up forwards of the depth-first looped schedules (torch ``_get_warmup_ops``): the last
+    rank runs ``(v - 1) * per_round``; each hop towards rank 0 adds two (one with ``zero_bubble``);
+    ``extra_warmup`` more (``interleaved_rank``); never more than all M·v forwards."""
+    factor = 1 if zero_bubble else 2
+    total = num_microbatches * v
+    return min(min((v - 1) * _round_size(pp, num_microbatches) + factor * (pp - 1 - rank), total) + extra_warmup,
+               total)
 
 
 def interleaved_rank(rank: int, pp: int, v: int, num_microbatches: int, zero_bubble: bool,
@@ -78,8 +88,8 @@ def interleaved_rank(rank: int, pp: int, v: int, num_microbatches: int, zero_bub
     Megatron-Core's combined 1F1B runs one, so that every steady forward is independent of the
     backward it is merged with (``schedules.py get_pp_rank_microbatches`` @23e00ed0)."""
     m = num_microbatches
-    per_round = m // max(1, m // pp)
-    warmup = min(_interleaved_warmup(rank, pp, v, m, per_round, 1 if zero_bubble else 2) + extra_warmup, m * v)
+    per_round = _round_size(pp, m)
+    warmup = _interleaved_warmup(rank, pp, v, m, zero_bubble, extra_warmup)
     total_forwards = m * v
     backward_kind = BACKWARD_INPUT if zero_bubble else FULL_BACKWARD
     next_mb: dict[tuple[str, int], int] = defaultdict(int)
@@ -116,10 +126,8 @@ def combined_paired_share(pp: int, v: int, num_microbatches: int) -> float:
     with a partner: all but its warm-up forwards and as many cool-down backwards, which run alone
     (``interleaved_rank`` with one extra warm-up forward). Rank 0 warms up longest, so every rank's
     merged share is at least this."""
-    m = num_microbatches
-    per_round = m // max(1, m // pp)
-    warmup = min(_interleaved_warmup(0, pp, v, m, per_round, 2) + 1, m * v)
-    return (m * v - warmup) / (m * v)
+    total = num_microbatches * v
+    return (total - _interleaved_warmup(0, pp, v, num_microbatches, zero_bubble=False, extra_warmup=1)) / total
 
 
 def interleaved_peak_inflight(rank: int, pp: int, v: int, num_microbatches: int, zero_bubble: bool,
@@ -127,10 +135,8 @@ def interleaved_peak_inflight(rank: int, pp: int, v: int, num_microbatches: int,
     """Microbatch-stages ``interleaved_rank`` holds at its peak: the warm-up forwards, plus the
     first steady forward (which runs before that step's backward), plus, with ``zero_bubble``,
     the ``rank`` W passes the rank lags behind its B passes; never more than all M·v forwards."""
-    m = num_microbatches
-    per_round = m // max(1, m // pp)
-    warmup = min(_interleaved_warmup(rank, pp, v, m, per_round, 1 if zero_bubble else 2) + extra_warmup, m * v)
-    return min(warmup + 1 + (rank if zero_bubble else 0), m * v)
+    warmup = _interleaved_warmup(rank, pp, v, num_microbatches, zero_bubble, extra_warmup)
+    return min(warmup + 1 + (rank if zero_bubble else 0), num_microbatches * v)
 
 
 def zbv_rank(rank: int, pp: int, num_microbatches: int) -> list[Action]:

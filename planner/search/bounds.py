@@ -227,7 +227,7 @@ class Bounds:
         counts = peak_inflight(c.schedule, c.pp, c.v, c.num_microbatches)
 
         out_hidden, out_logits = (stage_output_bytes(self.model, self.train.seq_len // c.cp, c.mbs, c.tp, c.sequence_parallel,
-                                                     self.variant, head) if c.pp > 1 or self.variant.single_stage_pipeline else 0.0
+                                                     self.variant, head) if self.variant.keeps_stage_output_at(c.pp) else 0.0
                                  for head in (False, True))
 
         def stage_act(s: int) -> float:
