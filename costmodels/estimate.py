@@ -440,21 +440,37 @@ def _rank_memory_gib(
         # the step holds the static state and its temporaries while the activations are freed (the caching
         # allocator reuses their blocks): only its excess over the backward's peak counts
         allocated["optimizer_step"] = step - sum(allocated.values())
+    allocated_gib = sum(allocated.values()) / GIB
     allocated["fragmentation"] = sum(allocated.values()) * cluster.allocator_fragmentation
     out = {k: v / GIB for k, v in allocated.items()}
-    if tp_heap := tp_heap_reserve_gib(cluster, cfg.tp):
-        out["tp_heap"] = tp_heap
+    if heap := heap_reserve_gib(cluster, cfg.tp, cfg.pp, cfg.dp * cfg.cp, cfg.zero, allocated_gib, cfg.num_microbatches):
+        out["heap_reserve"] = heap
     out["runtime_reserved"] = cluster.runtime_reserved_gib
     return out
 
 
-def tp_heap_reserve_gib(cluster: ClusterSpec, tp: int) -> float:
-    """What a rank's allocator keeps resident on top of its fragmentation share where it runs tensor
-    parallelism (``ClusterSpec.tp_heap_reserve_gib``): on cpu-local, glibc's heap under DTensor grows past
-    the live tensors by a near-constant amount whatever the degree (tiny-gpt at mbs 1: 41.6, 41.2 and
-    41.1 MiB above the allocated bytes at tp 2, 4 and 8; bench/cpu_heap.py), which a share of a tp
-    rank's shrinking allocation does not cover."""
-    return cluster.tp_heap_reserve_gib if tp > 1 else 0.0
+def heap_reserve_kinds(tp: int, pp: int, data_ranks: int, zero: int) -> tuple[str, ...]:
+    """What a rank exchanges with other ranks during its step, as ``HeapReserve`` names it: tensor-parallel
+    collectives (``tp``), pipeline sends kept to the step's end (``pp``), ZeRO-3 gathers (``zero3``)."""
+    kinds = (("tp", tp > 1), ("pp", pp > 1), ("zero3", zero == 3 and data_ranks > 1))
+    return tuple(kind for kind, on in kinds if on)
+
+
+def heap_reserve_gib(cluster: ClusterSpec, tp: int, pp: int, data_ranks: int, zero: int, allocated_gib: float,
+                     microbatches: int) -> float:
+    """What a rank's allocator keeps resident on top of its fragmentation share for what it exchanges with
+    other ranks (``ClusterSpec.heap_reserve``; the largest of its kinds, since one heap holds them all).
+
+    On cpu-local (bench/cpu_heap.py, tiny-gpt fitted, tiny-llama and tiny-moe held out) glibc's heap grows
+    past the live tensors by a near-constant number of bytes on tensor-parallel ranks (tiny-gpt at mbs 1:
+    41.6, 41.2 and 41.1 MiB above the allocated bytes at tp 2, 4 and 8) and on pipeline ranks (most on the
+    head's: 26.6 MiB of live tensors at the peak of a pp 8 1F1B run, 51.4 MiB resident), and under ZeRO 3
+    by more the more microbatches the step runs (tiny-gpt dp 2 mbs 1: 1.4-1.6x the allocated bytes at 4
+    microbatches, 2.1-2.5x at 16; the freed blocks stay in glibc's arenas)."""
+    reserve = cluster.heap_reserve
+    zero3 = reserve.zero3_share_per_microbatch * microbatches * allocated_gib
+    sizes = {"tp": reserve.tp_gib, "pp": reserve.pp_gib, "zero3": zero3}
+    return max((sizes[kind] for kind in heap_reserve_kinds(tp, pp, data_ranks, zero)), default=0.0)
 
 
 def _optimizer_step_bytes(cluster: ClusterSpec, train: TrainSpec, stack: StackSpec, static: StaticMemory) -> float:

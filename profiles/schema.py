@@ -9,7 +9,7 @@ DESIGN.md fields always loads.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union, get_args
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
 
@@ -292,6 +292,21 @@ class Efficiency(StrictModel):
     step_overhead_s: float = Field(default=0.0, ge=0, le=MAX_ACTION_TIME_S, allow_inf_nan=False)
 
 
+class HeapReserve(StrictModel):
+    """What a rank's allocator keeps resident beyond its ``allocator_fragmentation`` share, by what the rank
+    exchanges with other ranks during its step (``costmodels.estimate.heap_reserve_gib``; a rank of several
+    kinds takes the largest). On cpu-local glibc's heap grows past the live tensors on such ranks: by a
+    near-constant number of bytes under DTensor tensor parallelism (``tp_gib``) and on pipeline ranks, whose
+    sends torch.distributed.pipelining keeps to the step's end (``pp_gib``); under FSDP2's per-layer gathers
+    and reduce-scatters (ZeRO 3 over more than one data rank) by a share of the allocated bytes for each
+    microbatch of the step (``zero3_share_per_microbatch``). Measured by bench/cpu_heap.py; 0 on GPUs, whose
+    caching allocator the fragmentation share covers."""
+
+    tp_gib: float = Field(default=0.0, ge=0, le=MAX_MEMORY_GIB)
+    pp_gib: float = Field(default=0.0, ge=0, le=MAX_MEMORY_GIB)
+    zero3_share_per_microbatch: float = Field(default=0.0, ge=0, lt=1)
+
+
 class ClusterSpec(StrictModel):
     """A cluster of identical nodes. Bandwidths are per GPU and one direction (GB/s).
 
@@ -316,10 +331,10 @@ class ClusterSpec(StrictModel):
     allocator_fragmentation: float = Field(
         default=0.08, ge=0, lt=1, description="fraction of allocated bytes lost to the caching allocator"
     )
-    tp_heap_reserve_gib: float = Field(
-        default=0.0, ge=0, le=MAX_MEMORY_GIB, allow_inf_nan=False,
-        description="memory a rank's allocator keeps resident beyond its fragmentation share when it runs tensor "
-        "parallelism (tp > 1), measured: glibc's heap under DTensor on cpu-local (bench/cpu_heap.py); 0 on GPUs",
+    heap_reserve: HeapReserve = Field(
+        default_factory=lambda: HeapReserve(),
+        description="memory a rank's allocator keeps resident beyond its fragmentation share by what the rank "
+        "exchanges with other ranks during its step, measured (bench/cpu_heap.py); 0 on GPUs",
     )
     memory_safety_margin: float = Field(
         default=0.0, ge=0, lt=1, description="fraction of HBM the fit check keeps free"
@@ -331,6 +346,17 @@ class ClusterSpec(StrictModel):
         "has its own accelerator",
     )
     provenance: dict[str, str] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_tp_heap_reserve(cls, data: Any) -> Any:
+        """Files written before the heap reserve had kinds state ``tp_heap_reserve_gib`` (``heap_reserve.tp_gib``)."""
+        if isinstance(data, dict) and "tp_heap_reserve_gib" in data:
+            data = dict(data)
+            if "heap_reserve" in data:
+                raise ValueError("tp_heap_reserve_gib is heap_reserve.tp_gib: give one of them")
+            data["heap_reserve"] = {"tp_gib": data.pop("tp_heap_reserve_gib")}
+        return data
 
     @model_validator(mode="after")
     def _check_nics(self) -> "ClusterSpec":

@@ -18,7 +18,7 @@ composes, each taken no larger than the estimate takes it, so they stay below it
   count, ``ScheduleSpec.peak_inflight``, times the rank's smallest stage with the stage's output
   where torch's pipelining keeps it; before a cut, per layer the lighter kind), the allocator's
   fragmentation share of those bytes (``ClusterSpec.allocator_fragmentation``), the
-  heap a tp rank keeps on top (``tp_heap_reserve_gib``) and the
+  heap a communicating rank keeps on top (``heap_reserve_gib``) and the
   runtime's reserve; the estimate adds transient, communication and ZeRO-3 buffers.
 
 The search checks every exact price it computes against these bounds and counts any
@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from costmodels.estimate import activation_variant, memory_limit_gib, tp_heap_reserve_gib
+from costmodels.estimate import activation_variant, heap_reserve_gib, memory_limit_gib
 from costmodels.layer_costs import LayerTimes, PassTimes
 from costmodels.memory import (
     GIB,
@@ -151,9 +151,10 @@ class Bounds:
                                     expert_data_ranks(tp, cp, dp, ep, etp))
         return state.weights_bytes + state.gradients_bytes + state.optimizer_bytes
 
-    def _gib(self, allocated_bytes: float, tp: int) -> float:
+    def _gib(self, allocated_bytes: float, c: Candidate) -> float:
         return ((1.0 + self.cluster.allocator_fragmentation) * allocated_bytes / GIB + self.cluster.runtime_reserved_gib
-                + tp_heap_reserve_gib(self.cluster, tp))
+                + heap_reserve_gib(self.cluster, c.tp, c.pp, c.dp * c.cp, c.zero, allocated_bytes / GIB,
+                                   c.num_microbatches))
 
     def _layer_floor(self, c: Candidate) -> tuple[float, float]:
         """(static, activation) bytes per layer no larger than any of the model's layers needs."""
@@ -190,7 +191,7 @@ class Bounds:
             need = (static + act * c.num_microbatches) * layers / c.pp
         else:
             need = max(static * math.ceil(layers / c.pp) + act * min(counts), static * c.v + act * max(counts))
-        return self._gib(need, c.tp)
+        return self._gib(need, c)
 
     # ---- for a given cut
     def _kinds(self, stage_layers: list[int]) -> list[tuple[int, int, int]]:
@@ -239,5 +240,5 @@ class Bounds:
         for rank, own in enumerate(stages_by_rank(c.schedule, c.pp, c.v)):
             static = sum(self._static_bytes(kinds[s][0], stage_layers[s], s == 0, s == last, c.tp, c.pp, c.dp, c.zero,
                                             c.cp, c.ep, c.etp) for s in own)
-            out.append(self._gib(static + counts[rank] * min(stage_act(s) for s in own), c.tp))
+            out.append(self._gib(static + counts[rank] * min(stage_act(s) for s in own), c))
         return out
