@@ -11,7 +11,7 @@ more, by a near-constant number of bytes that a share of its (shrinking) allocat
   ends, so small blocks stay pinned between the microbatches' activations (tiny-gpt pp 8 1F1B mbs 2: the
   head's rank holds 26.6 MiB of live tensors at its peak and 51.4 MiB resident);
 - ZeRO 3 (``zero3``): FSDP2's per-layer all-gathers and reduce-scatters, by more the more microbatches
-  a step runs and the larger the rank (tiny-gpt dp 2 mbs 1: 110 MiB live and 224-277 MiB resident at 4
+  a step runs and the larger the rank (tiny-gpt dp 2 mbs 1: 110 MiB live and 223-277 MiB resident at 4
   microbatches, 122 MiB live and 355-432 MiB resident at 16; glibc's arenas hold the rest as free
   blocks: ``mallinfo2``), so it is priced per allocated byte and microbatch.
 

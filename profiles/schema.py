@@ -332,7 +332,7 @@ class ClusterSpec(StrictModel):
         default=0.08, ge=0, lt=1, description="fraction of allocated bytes lost to the caching allocator"
     )
     heap_reserve: HeapReserve = Field(
-        default_factory=lambda: HeapReserve(),
+        default_factory=HeapReserve,
         description="memory a rank's allocator keeps resident beyond its fragmentation share by what the rank "
         "exchanges with other ranks during its step, measured (bench/cpu_heap.py); 0 on GPUs",
     )
