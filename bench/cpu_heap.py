@@ -39,7 +39,9 @@ from pathlib import Path
 
 import yaml
 
-from costmodels.estimate import heap_reserve_kinds
+from costmodels.estimate import heap_reserve_gib, heap_reserve_kinds
+from profiles.loader import load_cluster
+from profiles.schema import ClusterSpec, HeapReserve
 
 ROOT = Path(__file__).resolve().parents[1]
 PPPLAN = [sys.executable, "-c", "from planner.cli.main import main; main()"]
@@ -151,25 +153,26 @@ def measure(model: str, layout: Layout, mbs: int, args: argparse.Namespace, work
             for stage, peak in sorted(peaks.items())]
 
 
-def fitted_reserves(runs: list[RankRun]) -> dict[str, float]:
-    """Per kind, what its ranks need beyond their allocation and fragmentation share: the largest excess in
-    MiB (rounded up) for ``tp`` and ``pp``; for ``zero3`` the largest excess per allocated byte and microbatch
-    (rounded up to 0.001; ``profiles.schema.HeapReserve``)."""
-    reserves: dict[str, float] = {}
+def fitted_reserve(runs: list[RankRun]) -> HeapReserve:
+    """Per kind, what its ranks need beyond their allocation and fragmentation share: the largest excess
+    (rounded up to a MiB) for ``tp`` and ``pp``; for ``zero3`` the largest excess per allocated byte and
+    microbatch (rounded up to 0.001). Kinds no fit run has stay 0."""
+    need: dict[str, float] = defaultdict(float)
     for run in runs:
         for kind in run.layout.kinds:
             if kind == "zero3":
-                need = -(-1000 * run.excess_mib / (run.allocated_mib * run.microbatches) // 1) / 1000
+                value = -(-1000 * run.excess_mib / (run.allocated_mib * run.microbatches) // 1) / 1000
             else:
-                need = -(-run.excess_mib // 1)
-            reserves[kind] = max(reserves.get(kind, 0.0), float(need))
-    return reserves
+                value = -(-run.excess_mib // 1) / 1024
+            need[kind] = max(need[kind], value)
+    return HeapReserve(tp_gib=need["tp"], pp_gib=need["pp"], zero3_share_per_microbatch=need["zero3"])
 
 
-def reserve_mib(run: RankRun, reserves: dict[str, float]) -> float:
-    """The reserve a rank is priced with: the largest of its kinds (``costmodels.estimate.heap_reserve_gib``)."""
-    sizes = {k: v * run.allocated_mib * run.microbatches if k == "zero3" else v for k, v in reserves.items()}
-    return max((sizes.get(k, 0.0) for k in run.layout.kinds), default=0.0)
+def reserve_mib(run: RankRun, cluster: ClusterSpec) -> float:
+    """The reserve the rank is priced with, as the estimate prices it (``costmodels.estimate.heap_reserve_gib``)."""
+    layout = run.layout
+    return 1024 * heap_reserve_gib(cluster, layout.tp, layout.pp, layout.dp, layout.zero, run.allocated_mib / 1024,
+                                   run.microbatches)
 
 
 def main() -> None:
@@ -200,13 +203,14 @@ def main() -> None:
                             print(f"{part:8s} {run.label}: allocated {run.allocated_mib:7.1f} MiB, "
                                   f"x {1 + run.fragmentation:.2f} = {run.priced_without_reserve_mib:7.1f}, measured "
                                   f"{run.measured_mib:7.1f} MiB, excess {run.excess_mib:+6.1f}", flush=True)
-    reserves = fitted_reserves(runs["fit"])
-    print(f"\nheap reserves from {args.fit} (largest excess per kind of rank): "
-          + ", ".join(f"zero3_share_per_microbatch {v:g}" if k == "zero3" else f"{k}_gib {v / 1024:.4f} ({v:g} MiB)"
-                      for k, v in reserves.items()))
+    reserve = fitted_reserve(runs["fit"])
+    fitted = load_cluster("cpu-local").model_copy(update={"heap_reserve": reserve})
+    print(f"\nheap reserve from {args.fit} (largest excess per kind of rank; a kind not fitted stays 0): "
+          f"tp_gib {reserve.tp_gib:.4f} ({reserve.tp_gib * 1024:g} MiB), pp_gib {reserve.pp_gib:.4f} "
+          f"({reserve.pp_gib * 1024:g} MiB), zero3_share_per_microbatch {reserve.zero3_share_per_microbatch:g}")
     worst = None
     for run in runs["held-out"] + [r for r in runs["fit"] if not r.layout.kinds]:
-        priced = run.priced_without_reserve_mib + reserve_mib(run, reserves)
+        priced = run.priced_without_reserve_mib + reserve_mib(run, fitted)
         err = 100.0 * (priced - run.measured_mib) / run.measured_mib
         worst = err if worst is None else min(worst, err)
         part = "held-out" if run in runs["held-out"] else "fit, none"

@@ -440,10 +440,11 @@ def _rank_memory_gib(
         # the step holds the static state and its temporaries while the activations are freed (the caching
         # allocator reuses their blocks): only its excess over the backward's peak counts
         allocated["optimizer_step"] = step - sum(allocated.values())
-    allocated_gib = sum(allocated.values()) / GIB
-    allocated["fragmentation"] = sum(allocated.values()) * cluster.allocator_fragmentation
+    allocated_bytes = sum(allocated.values())
+    allocated["fragmentation"] = allocated_bytes * cluster.allocator_fragmentation
     out = {k: v / GIB for k, v in allocated.items()}
-    if heap := heap_reserve_gib(cluster, cfg.tp, cfg.pp, cfg.dp * cfg.cp, cfg.zero, allocated_gib, cfg.num_microbatches):
+    if heap := heap_reserve_gib(cluster, cfg.tp, cfg.pp, cfg.dp * cfg.cp, cfg.zero, allocated_bytes / GIB,
+                                cfg.num_microbatches):
         out["heap_reserve"] = heap
     out["runtime_reserved"] = cluster.runtime_reserved_gib
     return out
