@@ -36,9 +36,11 @@ def main() -> None:
     parser.add_argument("--verbose", action="store_true", help="every priced row with its assumptions")
     args = parser.parse_args()
     report = validate(args.runs)
-    rows = [r for r in report.priced if r.row.category != FIT_CATEGORY]
+    rows = [r for r in report.held_out if r.row.category != FIT_CATEGORY]
+    in_sample = [r for r in report.stack_fit if r.row.category != FIT_CATEGORY]
     skipped = [s for s in report.skipped if s.category != FIT_CATEGORY]
-    print(f"{len(rows) + len(skipped)} rows with experts or cp > 1 in {args.runs.name}; {len(rows)} priced, {len(skipped)} skipped")
+    print(f"{len(rows) + len(in_sample) + len(skipped)} rows with experts or cp > 1 in {args.runs.name}; {len(rows)} priced "
+          f"held out, {len(in_sample)} priced in sample of a stack constant (below), {len(skipped)} skipped")
     print("error = (predicted - measured) / measured; held-out: the GPU family's constants fitted on dense rows only")
     print("\nby category")
     for category, group in sorted(grouped(rows, lambda r: r.row.category).items()):
@@ -54,6 +56,9 @@ def main() -> None:
     for r in sorted(rows, key=lambda r: -abs(r.error("heldout")))[:10]:
         print(f"  {r.error('heldout'):+7.1f} %  {r.row.category:<12} {r.row.run}  "
               f"({r.row.metric} {r.predicted('heldout'):.4g} vs {r.row.measured:.4g})")
+    print("\nin sample of a stack constant (fitted on them, not in the figures above)")
+    for r in in_sample:
+        print(f"  {r.error('heldout'):+7.1f} %  {r.row.category:<12} {r.row.source_id}: {r.row.run}")
     print("\nskipped, by reason")
     for (category, why), n in Counter((s.category, s.reason) for s in skipped).most_common():
         print(f"  {n:>4}  {category:<12} {why}")

@@ -223,6 +223,30 @@ def ep_overlap_hidden_s(all_to_all_s: tuple[float, float], compute_s: float) -> 
     return hidden * all_to_all_s[0] / total, hidden * all_to_all_s[1] / total
 
 
+def host_operator_count(ops: tuple[Operator, ...]) -> int:
+    """Framework calls the host makes for ``ops``: one per operator (a grouped expert GEMM is one call),
+    a ring's block operators once per step."""
+    count = 0
+    for op in ops:
+        count += len(op.first) + (op.steps - 1) * len(op.other) if isinstance(op, RingAttention) else 1
+    return count
+
+
+def host_bound(passes: PassTimes, ops: LayerOps, host_s_per_operator: float) -> PassTimes:
+    """A layer whose passes cannot start before the host has issued them (a host-device synchronization
+    inside each pass, ``StackOverlap.moe_host_s_per_operator``): the forward takes max(GPU, host) with the
+    host's time its operators x ``host_s_per_operator``, and so does the backward (B with the recomputed
+    forward, and W: one autograd call). The excess is host overhead: ``overhead_s``, inside F and B."""
+    if host_s_per_operator <= 0.0:
+        return passes
+    host_f = host_operator_count(ops.forward) * host_s_per_operator
+    host_b = host_operator_count(ops.backward_input + ops.recompute + ops.backward_weight) * host_s_per_operator
+    extra_f = max(0.0, host_f - passes.forward_s)
+    extra_b = max(0.0, host_b - passes.backward_input_s - passes.backward_weight_s)
+    return replace(passes, forward_s=passes.forward_s + extra_f, backward_input_s=passes.backward_input_s + extra_b,
+                   overhead_s=passes.overhead_s + extra_f + extra_b)
+
+
 def _gemm_time_s(cluster: ClusterSpec, precision: str, ops: tuple) -> float:
     return operators_time_s(cluster, precision, tuple(op for op in ops if isinstance(op, Gemm)))
 
@@ -249,6 +273,7 @@ class RooflineTimes:
         self.kernels = stack.kernels
         self.tp_comm = stack.overlap.tp_comm
         self.ep_comm = stack.overlap.ep_comm
+        self.moe_host_s_per_operator = stack.overlap.moe_host_s_per_operator
         self.p = bytes_per_element(precision)
         self.network = network_for(cluster, tp_links)
         self._ops_cached = lru_cache(maxsize=None)(self._ops)
@@ -330,4 +355,6 @@ class RooflineTimes:
             overlapped_cp_comm_s=forward.cp_hidden_s + backward_input.cp_hidden_s + redo.cp_hidden_s,
             overlapped_ep_comm_s=ep_hidden_f + ep_hidden_b,
         )
+        if moe:
+            passes = host_bound(passes, ops, self.moe_host_s_per_operator)
         return passes.scaled(tp_group_timeshare(self.cluster, tp))

@@ -114,6 +114,22 @@ class StackOverlap(StrictModel):
         "that have a partner",
     )
     host_overhead_per_action_s: NonNegativeFloat = 0.0
+    moe_host_s_per_operator: NonNegativeFloat = Field(
+        default=0.0,
+        description="host (CPU) seconds the framework spends per operator of a mixture-of-experts layer "
+        "(costmodels.operators: one framework call, a grouped expert GEMM counted once), where the layer's token "
+        "dispatch synchronizes host and device: the dropless alltoall dispatcher copies the tokens-per-expert counts "
+        "to the host for the all-to-all's split sizes in every MoE layer's forward (Megatron-Core "
+        "megatron/core/transformer/moe/token_dispatcher.py MoEAlltoAllTokenDispatcher.preprocess), so the host "
+        "cannot run ahead of the GPU and each pass of the layer takes max(GPU time, operators x this) "
+        "(costmodels.layer_costs.host_bound). 0: not priced (the host keeps ahead)",
+    )
+    moe_host_fit_rows: list[str] = Field(
+        default=[],
+        description="the published rows ('source_id: run' of profiles/calibration/public_runs.csv) "
+        "moe_host_s_per_operator was fitted on: `ppplan validate` reports them in sample, apart from the held-out "
+        "figures",
+    )
 
 
 class StackSpec(StrictModel):

@@ -121,7 +121,7 @@ def _categories_table(report: ValidationReport) -> Table:
     mapes = {w: report.mape(w, "category")["per_category"] for w in PREDICTIONS}
     skipped = grouped(report.skipped, lambda s: s.category)
     for category in sorted(set(mapes["heldout"]) | set(skipped)):
-        priced = sum(1 for r in report.priced if r.row.category == category)
+        priced = sum(1 for r in report.held_out if r.row.category == category)
         cells = [f"{mapes[w][category]:.1f}" if priced else "-" for w in PREDICTIONS]
         table.add_row(category, str(priced), str(len(skipped.get(category, []))), *cells)
     return table

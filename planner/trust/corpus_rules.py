@@ -136,6 +136,14 @@ NOTE_STACK_CHANGES: tuple[tuple[str, dict[str, dict[str, object]], str], ...] = 
      "expert all-to-all overlap (--overlap-moe-expert-parallel-comm, the recipe's moe_a2a_overlap) priced overlapped "
      "on every pass, as the row ran without a pipeline (Megatron-Core's combined_1f1b_schedule_for_no_pipelining; "
      "interleaved rows are priced as combined-1f1b instead)"),
+    (r"moe_flex_dispatcher_backend hybridep", {"overlap": {"moe_host_s_per_operator": 0.0}},
+     "flex token dispatcher with the HybridEP backend priced without the alltoall dispatcher's per-layer host "
+     "synchronization (moe_host_s_per_operator 0): not read in code; these rows' throughput shows no host floor "
+     "(DeepEP's normal dispatch does synchronize: it returns the per-expert counts as a host list, and keeps the floor)"),
+    (r"tokendrop|token dropping|padding to capacity", {"overlap": {"moe_host_s_per_operator": 0.0}},
+     "token dropping pads every expert to its capacity (moe_pad_expert_input_to_capacity): the alltoall "
+     "dispatcher's split sizes are static and it does not synchronize the host (token_dispatcher.py preprocess, "
+     "drop_and_pad), so no host floor is priced"),
 )
 
 GPT2_VOCAB = 50_257  # GPT-2 BPE (Radford et al. 2019), the tokenizer of Megatron-LM's GPT examples

@@ -91,6 +91,12 @@ class PublishedRow:
     memory_is_allocator_reserved: bool = False
 
     @property
+    def stack_fit_row(self) -> bool:
+        """A constant of the row's stack was fitted on it (``StackOverlap.moe_host_fit_rows``): in sample,
+        reported apart from the held-out figures."""
+        return f"{self.source_id}: {self.run}" in self.stack_spec.overlap.moe_host_fit_rows
+
+    @property
     def gpus(self) -> int:
         return self.config.world_size
 

@@ -26,7 +26,7 @@ from costmodels.operators import AllToAll, Gemm, LayerShape
 from costmodels.params import model_parameters
 from profiles.loader import load_cluster, load_model, load_stack
 from profiles.schema import ClusterSpec
-from profiles.stack_schema import StackKernels
+from profiles.stack_schema import StackKernels, StackSpec
 
 GB = 1e9
 TINY = load_model("tiny-moe")
@@ -221,12 +221,19 @@ def test_all_to_all_overlap_hides_what_the_other_microbatch_computes() -> None:
     assert ep_overlap_hidden_s((0.0, 0.0), 3.0) == (0.0, 0.0)
 
 
+def _megatron_without_host_floor() -> StackSpec:
+    """megatron-core without its MoE host floor: tiny-moe's layers on an H100 are host-bound under it
+    (tests/costmodels/test_moe_host_floor.py), which would hide the all-to-all arithmetic these tests check."""
+    stack = load_stack("megatron-core")
+    return stack.model_copy(update={"overlap": stack.overlap.model_copy(update={"moe_host_s_per_operator": 0.0})})
+
+
 def test_a_stack_overlapping_the_all_to_all_prices_only_its_excess() -> None:
     """tiny-moe, tp 1, ep 8 on one H100 node, megatron-core with and without the overlap: the layer's
     all-to-alls (F 2, B 2) are far shorter than its compute, so the overlapped stack exposes none of them,
     reports them as overlapped, and its F + B are shorter by exactly what the exposed stack spent on them."""
     cluster = _cluster()
-    exposed_stack = load_stack("megatron-core")
+    exposed_stack = _megatron_without_host_floor()
     overlapped_stack = exposed_stack.model_copy(update={"overlap": exposed_stack.overlap.model_copy(update={"ep_comm": "overlapped"})})
     exposed = RooflineTimes(TINY, cluster, "bf16", stack=exposed_stack).transformer(1, 4, 128, False, "none", ep=8, moe=True)
     hidden = RooflineTimes(TINY, cluster, "bf16", stack=overlapped_stack).transformer(1, 4, 128, False, "none", ep=8, moe=True)
@@ -240,7 +247,7 @@ def test_the_combined_1f1b_prices_the_all_to_all_as_the_overlapping_stack_does()
     """A schedule that overlaps the expert all-to-alls (combined 1F1B) asks the layer times for them hidden:
     the same passes as a stack that always overlaps them; a dense layer or ep 1 has nothing to hide."""
     cluster = _cluster()
-    stack = load_stack("megatron-core")
+    stack = _megatron_without_host_floor()
     overlapped = stack.model_copy(update={"overlap": stack.overlap.model_copy(update={"ep_comm": "overlapped"})})
     combined = RooflineTimes(TINY, cluster, "bf16", stack=stack).transformer(2, 4, 128, True, "none", ep=8, moe=True,
                                                                             ep_overlap=1.0)

@@ -8,7 +8,7 @@ from planner.trust.calibration import estimate_with
 from planner.trust.corpus_rules import independent_source, padded_vocab
 from planner.trust.published_runs import REQUIRED_COLUMNS, PublishedRow, SkippedRow, parse_row
 from planner.trust.validation import _as_run, _prior, comparable_memory_gib
-from profiles.loader import load_gpu_families
+from profiles.loader import load_gpu_families, load_stack
 
 ZB_ROW = {c: "" for c in REQUIRED_COLUMNS} | {
     "source_id": "zero-bubble-iclr24", "run": "ZB 1.5B p=8 m=24 1F1B", "sweep": "zb_1.5B", "model_family": "gpt-like",
@@ -257,3 +257,23 @@ def test_source_overrides_of_kernels_overlaps_and_clusters() -> None:
     assert isinstance(bloom, PublishedRow) and bloom.cluster.name == "jean-zay-a100-80g"
     assert (bloom.cluster.nics_per_node, bloom.cluster.nic_bandwidth_gbit_s) == (4, 100)
     assert parse_row({**ZB_ROW, "source_id": "mlperf-v4.0", "notes": ""}).cluster.name == "dgx-a100-80g"
+
+
+def test_a_row_without_the_alltoall_dispatchers_host_sync_is_priced_without_the_host_floor() -> None:
+    """megatron-core prices a host floor on MoE layers because its dropless alltoall dispatcher synchronizes the
+    host in every layer; a row that ran the HybridEP flex dispatcher, or dropped and padded tokens to capacity
+    (static split sizes, no sync), is priced without it and says so; DeepEP's dispatch keeps it."""
+    fields = {**ZB_ROW, "num_experts": "8", "experts_per_token": "2", "moe_ffn_hidden": "4608", "shared_experts": "0",
+              "first_dense_layers": "0", "ep": "8", "pp": "1", "dp": "8", "n_gpus": "8", "schedule": "1f1b", "mbs": "2",
+              "zero": "1", "precision": "bf16", "stack": "megatron-core", "source_id": "nemo-perf-26.04"}
+    floor = load_stack("megatron-core").overlap.moe_host_s_per_operator
+    assert floor > 0
+    for notes, expected in (("moe_flex_dispatcher_backend hybridep (not modelled)", 0.0),
+                            ("MoE capacity factor 1.25 with padding to capacity", 0.0),
+                            ("table variant: tokendrop", 0.0), ("moe_flex_dispatcher_backend deepep", floor),
+                            ("MoE benchmark: force-balanced routing, dropless", floor)):
+        row = parse_row({**fields, "notes": notes})
+        assert isinstance(row, PublishedRow), row
+        assert row.stack_spec.overlap.moe_host_s_per_operator == expected, notes
+        assert any("host floor" in a or "host synchronization" in a for a in row.assumptions) == (expected == 0.0), notes
+        assert not row.stack_fit_row
