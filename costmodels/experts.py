@@ -193,18 +193,27 @@ def moe_tp_all_reduce_tokens(model: ModelSpec, tokens: float, tp: int, ep: int, 
 
 
 def moe_activation_bytes(model: ModelSpec, tokens: float, tp: int, ep: int, p: int, ffn_tensors: int,
-                         etp: int | None = None) -> float:
+                         etp: int | None = None, gemm_input_bytes: int | None = None,
+                         probs_in_activation: bool = False) -> float:
     """What an MoE MLP block keeps for backward per tp rank, beyond its input (the dense formula's "MLP
-    input"): the rows the experts receive (``routed_rows``) and their ``ffn_tensors`` FFN-wide tensors per
-    row, the k weighted copies of each own token before the sum (router-weighted outputs), the fp32 top-k
-    probabilities and two int64 index arrays per assignment (the runtime's saved tensors,
-    ``launch/runtime/moe.py``; Megatron's permute / unpermute keep the same rows), and the shared
-    experts' FFN tensors. With expert TP 1 a tp rank keeps the ``1/tp`` of the rows and tokens it routed,
-    each row's FFN tensors at full width (the same bytes as expert TP = tp's)."""
+    input"): the rows the experts receive (``routed_rows``, the fc1 input) and their ``ffn_tensors``
+    FFN-wide tensors per row (the last of them the fc2 input), the k weighted copies of each own token
+    before the sum (router-weighted outputs), the fp32 top-k probabilities and two int64 index arrays per
+    assignment (the runtime's saved tensors, ``launch/runtime/moe.py``; Megatron's permute / unpermute
+    keep the same rows), and the shared experts' FFN tensors. ``gemm_input_bytes`` is what a saved GEMM
+    input takes per value (1 where an fp8 run keeps the fp8-cast input, ``StackKernels.fp8_saved_gemm_inputs``;
+    None: ``p``). ``probs_in_activation``: the router probabilities multiply the expert activation's output
+    instead of the expert outputs, so the combine keeps no weighted copies (Megatron-Core's GroupedMLP and
+    TEGroupedMLP, ``activation_func_with_probs``: ``StackKernels.moe_probs_in_activation``). With expert TP 1
+    a tp rank keeps the ``1/tp`` of the rows and tokens it routed, each row's FFN tensors at full width (the
+    same bytes as expert TP = tp's)."""
     h, k = model.hidden_size, model.experts_per_token or 0
+    g = p if gemm_input_bytes is None else gemm_input_bytes
     rows = routed_rows(model, tokens, ep)
     share = 1.0 if etp in (None, tp) else etp / tp
-    routed = share * (rows + tokens * k) * h * p + ffn_tensors * rows * (model.moe_ffn_hidden_size or 0) / tp * p
+    copies = 0.0 if probs_in_activation else tokens * k * h * p
+    per_ffn_value = (ffn_tensors - 1) * p + g  # the FFN-wide tensors, the last one the fc2 input
+    routed = share * (rows * h * g + copies) + per_ffn_value * rows * (model.moe_ffn_hidden_size or 0) / tp
     routing = share * tokens * k * (FP32_BYTES + 2 * 8)
-    shared = ffn_tensors * tokens * (model.shared_expert_ffn_hidden_size or 0) / tp * p
+    shared = per_ffn_value * tokens * (model.shared_expert_ffn_hidden_size or 0) / tp
     return routed + routing + shared

@@ -57,6 +57,7 @@ class ActivationVariant:
     vocab_parallel_loss: bool = True
     context_parallel_attention: str = "p2p_ring"
     gemm_input_bytes: int | None = None  # what a GEMM's saved input takes per value (None: bytes_per_element)
+    moe_probs_in_activation: bool = False  # StackKernels.moe_probs_in_activation (no weighted copies kept)
     keeps_stage_output: bool = False  # torch.distributed.pipelining: each stage's output until its backward
     single_stage_pipeline: bool = False  # ... and without pipeline parallelism too (StackSpec.single_stage_pipeline)
     op_sac_kernels: StackKernels | None = None  # the stack's kernels where "selective" is per-op (torchtitan)
@@ -109,6 +110,7 @@ class ActivationVariant:
             vocab_parallel_loss=kernels.vocab_parallel_loss,
             context_parallel_attention=kernels.context_parallel_attention,
             gemm_input_bytes=1 if precision == "fp8" and kernels.fp8_saved_gemm_inputs else None,
+            moe_probs_in_activation=kernels.moe_probs_in_activation,
             keeps_stage_output=keeps_stage_output,
             single_stage_pipeline=single_stage_pipeline,
             op_sac_kernels=kernels if kernels.selective_recompute == OP_SAC else None,
@@ -162,7 +164,8 @@ def layer_activation_bytes(
             + g * sbh  # attention output = output-projection input
         )
     if moe:
-        mlp = tp * moe_activation_bytes(model, s * b, tp, ep, p, ffn_tensors, etp)
+        mlp = tp * moe_activation_bytes(model, s * b, tp, ep, p, ffn_tensors, etp, variant.gemm_input_bytes,
+                                        variant.moe_probs_in_activation)
     else:  # the FFN-wide tensors, the last of them the FC2 input
         mlp = ((ffn_tensors - 1) * p + g) * s * b * model.ffn_size
     if variant.flash_attention:

@@ -63,6 +63,14 @@ class StackKernels(StrictModel):
         "its 1/tp sequence-parallel share, all-gathered over tp after the all-to-all (Megatron-Core's alltoall "
         "dispatcher with expert TP = tp)",
     )
+    moe_probs_in_activation: bool = Field(
+        default=False,
+        description="the router probabilities multiply the expert activation's output (fc2's input), so the "
+        "combine sums unweighted expert outputs and keeps none of them for backward (Megatron-Core's GroupedMLP "
+        "and TEGroupedMLP: activation_func_with_probs, megatron/core/transformer/moe/experts.py, since core v0.13 "
+        "'moving the probs multiplication from unpermutation to activation function of GroupedMLP'); otherwise the "
+        "combine weights the k expert outputs of each token and keeps them (ppplan's runtime)",
+    )
     selective_recompute: Literal["attention_core", "every_other_mm"] = Field(
         default="attention_core",
         description="what --recompute selective runs: attention_core: the attention core alone is recomputed "

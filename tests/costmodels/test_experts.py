@@ -197,6 +197,19 @@ def test_moe_activation_bytes_by_hand() -> None:
     assert moe_activation_bytes(TINY, 128, 1, 8, 2, 4) == pytest.approx((320 + 256) * 512 + 4 * 320 * 1024 + 5_120)
 
 
+def test_megatron_core_keeps_fp8_expert_inputs_and_no_weighted_copies() -> None:
+    """The same block as Megatron-Core runs it in fp8 (fused SwiGLU: 3 FFN tensors): the 256 routed rows' fc1
+    input at 1 B (256·256 = 65,536), no weighted copies (the probabilities multiply the activation), the
+    FFN tensors 2 at 2 B plus fc2's input at 1 B per value (5·256·512 = 655,360), the routing 5,120."""
+    assert moe_activation_bytes(TINY, 128, 1, 1, 2, 3, gemm_input_bytes=1, probs_in_activation=True) == (
+        65_536 + 655_360 + 5_120)
+    # bf16 with the probabilities in the activation: only the weighted copies (256·256·2) go
+    assert moe_activation_bytes(TINY, 128, 1, 1, 2, 3) - moe_activation_bytes(TINY, 128, 1, 1, 2, 3, probs_in_activation=True) == (
+        131_072)
+    assert load_stack("megatron-core").kernels.moe_probs_in_activation
+    assert not load_stack("ppplan-torch").kernels.moe_probs_in_activation
+
+
 def test_a_run_that_states_balanced_routing_prices_the_mean_load() -> None:
     """``expert_imbalance`` 1.0 (a benchmark forcing balanced routing): the ep = 4 rank computes its T·k = 256
     rows, 128 per local expert, and sends 256 rows per all-to-all."""
