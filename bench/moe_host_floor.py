@@ -20,12 +20,11 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from costmodels.layer_costs import RooflineTimes, host_operator_count
+from costmodels.layer_costs import RooflineTimes, host_operator_counts
 from planner.trust.calibration import estimate_with
 from planner.trust.published_runs import PublishedRow, read_published_runs
 from planner.trust.validation import _as_run, equivalent_step_time_s, gpu_family_of
 from profiles.loader import load_stack
-from profiles.stack_schema import StackSpec
 
 BISECTION_STEPS = 40
 UPPER_S = 2e-3  # 2 ms per operator: above any host-bound row of the corpus
@@ -37,18 +36,14 @@ def _terms(row: PublishedRow) -> dict[str, float]:
     return dict(family.fit.values) if family.fit else family.apriori_constants()
 
 
-def _with_host(stack: StackSpec, seconds: float) -> StackSpec:
-    return stack.model_copy(update={"overlap": stack.overlap.model_copy(update={"moe_host_s_per_operator": seconds})})
-
-
 def operators_per_layer(row: PublishedRow) -> int:
-    """Host operators of one MoE layer's forward and backward (``costmodels.layer_costs.host_operator_count``)."""
+    """Host operators of one MoE layer's forward and backward (``costmodels.layer_costs.host_operator_counts``)."""
     c = row.config
     recompute = c.recompute if isinstance(c.recompute, str) else "none"
     times = RooflineTimes(row.model, row.cluster, row.train.precision, stack=row.stack_spec)
     ops = times.operators("transformer", c.tp, c.mbs, row.train.seq_len, c.sequence_parallel, recompute, c.cp, c.ep,
                           True, c.etp)
-    return host_operator_count(ops.forward) + host_operator_count(ops.backward_input + ops.recompute + ops.backward_weight)
+    return sum(host_operator_counts(ops))
 
 
 def matching_host_s(row: PublishedRow) -> tuple[float | None, float, float, float]:
@@ -59,7 +54,8 @@ def matching_host_s(row: PublishedRow) -> tuple[float | None, float, float, floa
     run = _as_run(row, measured)
 
     def step_s(host_s: float) -> float:
-        return estimate_with(replace(run, stack=_with_host(row.stack_spec, host_s)), terms).step_time_s
+        stack = row.stack_spec.with_changes({"overlap": {"moe_host_s_per_operator": host_s}})
+        return estimate_with(replace(run, stack=stack), terms).step_time_s
 
     shipped = estimate_with(run, terms).step_time_s
     bare = step_s(0.0)

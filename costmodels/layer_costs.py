@@ -232,6 +232,13 @@ def host_operator_count(ops: tuple[Operator, ...]) -> int:
     return count
 
 
+def host_operator_counts(ops: LayerOps) -> tuple[int, int]:
+    """Framework calls of a layer's forward, and of its backward (B with the recomputed forward, and W: one
+    autograd call)."""
+    backward = ops.backward_input + ops.recompute + ops.backward_weight
+    return host_operator_count(ops.forward), host_operator_count(backward)
+
+
 def host_bound(passes: PassTimes, ops: LayerOps, host_s_per_operator: float) -> PassTimes:
     """A layer whose passes cannot start before the host has issued them (a host-device synchronization
     inside each pass, ``StackOverlap.moe_host_s_per_operator``): the forward takes max(GPU, host) with the
@@ -239,8 +246,7 @@ def host_bound(passes: PassTimes, ops: LayerOps, host_s_per_operator: float) -> 
     forward, and W: one autograd call). The excess is host overhead: ``overhead_s``, inside F and B."""
     if host_s_per_operator <= 0.0:
         return passes
-    host_f = host_operator_count(ops.forward) * host_s_per_operator
-    host_b = host_operator_count(ops.backward_input + ops.recompute + ops.backward_weight) * host_s_per_operator
+    host_f, host_b = (count * host_s_per_operator for count in host_operator_counts(ops))
     extra_f = max(0.0, host_f - passes.forward_s)
     extra_b = max(0.0, host_b - passes.backward_input_s - passes.backward_weight_s)
     return replace(passes, forward_s=passes.forward_s + extra_f, backward_input_s=passes.backward_input_s + extra_b,

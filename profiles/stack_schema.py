@@ -223,6 +223,14 @@ class StackSpec(StrictModel):
     kernels: StackKernels = StackKernels()
     overlap: StackOverlap
 
+    def with_changes(self, changes: dict[str, dict[str, object]]) -> "StackSpec":
+        """This stack with some fields of its parts replaced ({"kernels": {...}, "overlap": {...}}), validated
+        as a stack file is."""
+        if not changes:
+            return self
+        update = {part: getattr(self, part).model_dump() | fields for part, fields in changes.items()}
+        return StackSpec.model_validate(self.model_dump() | update)
+
     @model_validator(mode="after")
     def _check(self) -> "StackSpec":
         for field in ("schedules", "recompute", "zero", "precisions"):

@@ -320,11 +320,7 @@ def _preset(name: str) -> StackSpec:
 def row_stack(preset: str, changes: dict[str, dict[str, object]]) -> StackSpec:
     """The stack preset a row is priced on, with the kernels and overlaps its source ran where they
     differ (``corpus_rules.STACK_OF_SOURCE``), validated as the schema validates a stack file."""
-    spec = _preset(preset)
-    if not changes:
-        return spec
-    update = {part: getattr(spec, part).model_dump() | fields for part, fields in changes.items()}
-    return StackSpec.model_validate(spec.model_dump() | update)
+    return _preset(preset).with_changes(changes)
 
 
 def row_id(source_id: str, line: int) -> str:

@@ -237,8 +237,7 @@ def test_all_to_all_overlap_hides_what_the_other_microbatch_computes() -> None:
 def _megatron_without_host_floor() -> StackSpec:
     """megatron-core without its MoE host floor: tiny-moe's layers on an H100 are host-bound under it
     (tests/costmodels/test_moe_host_floor.py), which would hide the all-to-all arithmetic these tests check."""
-    stack = load_stack("megatron-core")
-    return stack.model_copy(update={"overlap": stack.overlap.model_copy(update={"moe_host_s_per_operator": 0.0})})
+    return load_stack("megatron-core").with_changes({"overlap": {"moe_host_s_per_operator": 0.0}})
 
 
 def test_a_stack_overlapping_the_all_to_all_prices_only_its_excess() -> None:
