@@ -46,6 +46,7 @@ from costmodels.memory import (
     head_activation_bytes,
     layer_activation_bytes,
     layer_params,
+    loss_bytes_per_logit,
     microbatch_grad_sync,
     optimizer_step_temp_bytes,
     split_static_memory,
@@ -85,7 +86,7 @@ PipelinePricer = Callable[[str, int, int, int, StageTimes], PipelineResult]
 ADAM_STEP_BYTES_PER_PARAM = 30
 # Buffer counts (each a multiple of one buffer's bytes):
 ZERO3_GATHERED_UNITS = 2  # FSDP2 with resharding: the unit in use and the one prefetched (torch FSDP2 implicit prefetch)
-TRANSIENT_COPIES = 2  # the widest activation (MLP intermediate, or fp32 logits) and its gradient, alive together in backward
+TRANSIENT_COPIES = 2  # the widest activation (the MLP intermediate) and its gradient, alive together in backward
 P2P_BUFFERS = 4  # Megatron's p2p: forward receive and send, backward receive and send of the boundary tensor
 DP_BUCKETS_IN_FLIGHT = 2  # one bucket being reduced while the next fills (double buffering)
 
@@ -361,7 +362,7 @@ def _widest_per_token(model: ModelSpec, cfg: ParallelConfig, rank_plans: list[St
 
 
 def _loss_vocab(model: ModelSpec, cfg: ParallelConfig, variant: ActivationVariant) -> float:
-    """Vocabulary entries per token the loss's fp32 working tensors span on a rank: V/tp where the loss
+    """Vocabulary entries per token the loss's working tensors span on a rank: V/tp where the loss
     runs over vocabulary shards (``ActivationVariant.vocab_parallel_loss``: Megatron's
     ``_VocabParallelCrossEntropy``), all V where the logits are gathered first (ppplan's runtime: its
     backward holds the log-softmax's and the NLL's gradients over the whole vocabulary, measured with
@@ -417,10 +418,10 @@ def _rank_memory_gib(
     p = bytes_per_element(train.precision)
     tokens = train.seq_len // cfg.cp * cfg.mbs
     gathered = _zero3_gathered_bytes(model, cfg, stack, rank_plans, p)
-    # transient: the MLP intermediate (or the fp32 logits on the head stage) and its gradient
+    # transient: the MLP intermediate and its gradient, or on the head stage what the loss holds beside its kept tensor
     transient = TRANSIENT_COPIES * p * tokens * _widest_per_token(model, cfg, rank_plans)
     if any(st.layout.has_head for st in rank_plans):
-        transient = max(transient, TRANSIENT_COPIES * 4 * tokens * _loss_vocab(model, cfg, variant))
+        transient = max(transient, loss_bytes_per_logit(variant)[1] * tokens * _loss_vocab(model, cfg, variant))
     p2p_buffers = p2p_buffer_count(stack, cfg, rank_plans) * p * tokens * model.hidden_size / cfg.tp if cfg.pp > 1 else 0.0
     bucket = min(dense + experts, bucket_params(stack.overlap, cfg.dp * cfg.cp))
     dp_buckets = DP_BUCKETS_IN_FLIGHT * bucket * grad_reduce_bytes_per_param(train.precision) if syncs_gradients(cfg) else 0.0

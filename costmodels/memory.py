@@ -20,7 +20,7 @@ from costmodels.experts import moe_activation_bytes, routed_rows
 from costmodels.flops import parameter_counts
 from costmodels.layer_ops import transformer_layer_ops
 from costmodels.mla import mla_activation_bytes
-from costmodels.operators import LayerShape
+from costmodels.operators import FP32_BYTES, LayerShape
 from costmodels.params import (
     dense_layer_params,
     mla_tp_replicated_params,
@@ -55,6 +55,7 @@ class ActivationVariant:
     swiglu_saved_ffn_tensors: int = 4
     rmsnorm_saves_normalized: bool = False
     vocab_parallel_loss: bool = True
+    loss_kernel: str = "log_softmax"  # loss_kernel_of(StackKernels): fused, inplace_softmax or log_softmax
     context_parallel_attention: str = "p2p_ring"
     gemm_input_bytes: int | None = None  # what a GEMM's saved input takes per value (None: bytes_per_element)
     moe_probs_in_activation: bool = False  # StackKernels.moe_probs_in_activation (no weighted copies kept)
@@ -74,7 +75,7 @@ class ActivationVariant:
 
     @staticmethod
     def korthikanti() -> "ActivationVariant":
-        return ActivationVariant(bytes_per_element=2, dropout=True, flash_attention=False)
+        return ActivationVariant(bytes_per_element=2, dropout=True, flash_attention=False, loss_kernel="inplace_softmax")
 
     @staticmethod
     def runtime(precision: str, device: str = "cuda") -> "ActivationVariant":
@@ -108,6 +109,7 @@ class ActivationVariant:
             swiglu_saved_ffn_tensors=3 if kernels.fused_activation else 4,
             rmsnorm_saves_normalized=device != "cuda" and not kernels.fused_norm,
             vocab_parallel_loss=kernels.vocab_parallel_loss,
+            loss_kernel=loss_kernel_of(kernels),
             context_parallel_attention=kernels.context_parallel_attention,
             gemm_input_bytes=1 if precision == "fp8" and kernels.fp8_saved_gemm_inputs else None,
             moe_probs_in_activation=kernels.moe_probs_in_activation,
@@ -232,22 +234,52 @@ def end_weight_grad_input_bytes(model: ModelSpec, seq_len: int, mbs: int, tp: in
     return p * ((t * h if embedding else 0.0) + (t * h + t * vocab if head else 0.0))
 
 
+def loss_kernel_of(kernels: StackKernels) -> str:
+    """How a stack's loss holds the logits (``loss_bytes_per_logit``): ``fused`` (one kernel over the logits in
+    their dtype, ``StackKernels.fused_cross_entropy``), ``inplace_softmax`` (an fp32 copy overwritten in place,
+    ``StackKernels.cross_entropy_inplace``) or ``log_softmax`` (torch's, new fp32 tensors)."""
+    if kernels.fused_cross_entropy:
+        return "fused"
+    return "inplace_softmax" if kernels.cross_entropy_inplace else "log_softmax"
+
+
+def loss_bytes_per_logit(variant: ActivationVariant) -> tuple[int, int]:
+    """(bytes the loss keeps for the backward, bytes alive beside them at its peak) per logit on a rank.
+
+    - fused (flash-attn's xentropy ``SoftmaxCrossEntropyLossFn``: saves the logits and the log-sum-exp;
+      its backward writes a new gradient, ``inplace_backward`` False by default): p kept, p beside.
+    - inplace_softmax (Megatron's ``VocabParallelCrossEntropy``: ``logits.float()``, then subtract, ``exp(out=)``
+      and ``div_`` in place; the backward scales that softmax in place into the gradient, cast back to the
+      logits' dtype): 4 kept (the fp32 softmax), p beside (the compute-dtype logits in the forward, their
+      gradient in the backward); nothing beside in fp32, where ``.float()`` is the logits themselves.
+    - log_softmax (torch's ``F.cross_entropy(logits.float())``): 4 kept (the log-softmax), 2 x 4 beside (the NLL
+      and log-softmax backward outputs: measured on ppplan's runtime with the torch profiler's allocation events,
+      tiny-gpt tp 4 at mbs 4, two 2 MiB tensors alive at the rank's peak)."""
+    p = variant.bytes_per_element
+    if variant.loss_kernel == "fused":
+        return p, p
+    if variant.loss_kernel == "inplace_softmax":
+        return FP32_BYTES, 0 if p == FP32_BYTES else p
+    return FP32_BYTES, 2 * FP32_BYTES
+
+
 def head_activation_bytes(
     model: ModelSpec, seq_len: int, mbs: int, tp: int, sequence_parallel: bool, variant: ActivationVariant
 ) -> float:
-    """Final norm input, logits input, and what the loss keeps for backward: the fp32 softmax over
-    the rank's V/t logits where the loss is vocab-parallel (Megatron's ``_VocabParallelCrossEntropy``
-    saves ``exp_logits`` of ``logits.float()``, megatron/mpu/cross_entropy.py @ v2.6 and
-    megatron/core/tensor_parallel/cross_entropy.py @ core_v0.14.0), the fp32 log-softmax over all V
-    where the logits are gathered (ppplan's torch runtime: 4·s·b·V per rank, measured with
-    saved-tensor hooks by the profiler). Not the logits themselves: the output layer keeps its input,
+    """Final norm input, logits input, and what the loss keeps for backward (``loss_bytes_per_logit``): the
+    fp32 softmax over the rank's V/t logits where the loss is vocab-parallel (Megatron's
+    ``_VocabParallelCrossEntropy`` saves ``exp_logits`` of ``logits.float()``, megatron/mpu/cross_entropy.py
+    @ v2.6 and megatron/core/tensor_parallel/cross_entropy.py @ core_v0.14.0), the fp32 log-softmax over all
+    V where the logits are gathered (ppplan's torch runtime: 4·s·b·V per rank, measured with saved-tensor
+    hooks by the profiler), the logits in their own dtype where the loss is one fused kernel. Not the
+    logits beside that: the output layer keeps its input,
     and the loss's caller drops them before the backward (torchtitan ``del pred``, train.py @ v0.2.2;
     a local of Megatron's model forward)."""
     tokens = seq_len * mbs
     p = variant.bytes_per_element
     norm_in = p * tokens * model.hidden_size / (tp if sequence_parallel else 1)
     logits_in = p * tokens * model.hidden_size
-    logits = 4 * tokens * model.vocab_size / (tp if variant.vocab_parallel_loss else 1)
+    logits = loss_bytes_per_logit(variant)[0] * tokens * model.vocab_size / (tp if variant.vocab_parallel_loss else 1)
     return norm_in + logits_in + logits
 
 

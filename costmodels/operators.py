@@ -279,7 +279,8 @@ def cross_entropy(tokens: float, vocab_per_rank: float, p: int, kernels: StackKe
     """The loss over ``vocab_per_rank`` logits per token (V/t with a vocab-parallel loss, all V
     when the logits are gathered first).
 
-    Fused (one kernel): F reads the logits (p), B reads them and writes their gradient (2p).
+    Fused (flash-attn's xentropy kernel, csrc/xentropy/xentropy_kernel.cu): F reads the logits twice
+    (max and sum in one pass, the exp-sum in a second: 2p), B reads them and writes their gradient (2p).
     Megatron's vocab-parallel cross-entropy on ``logits.float()`` (Megatron-LM
     ``mpu/cross_entropy.py``): cast (p + 4), max (4), subtract (8), exp (8), sum (4), divide into
     the softmax it keeps (8): p + 36 bytes per logit; B: scale the kept softmax (8) and cast
@@ -288,10 +289,24 @@ def cross_entropy(tokens: float, vocab_per_rank: float, p: int, kernels: StackKe
     (12), the cast back (4 + p): p + 20."""
     logits = tokens * vocab_per_rank
     if kernels.fused_cross_entropy:
-        forward, backward = p, 2 * p
+        forward, backward = 2 * p, 2 * p
     elif kernels.vocab_parallel_loss:
         forward, backward = p + 9 * FP32_BYTES, p + 3 * FP32_BYTES
     else:
         forward, backward = p + 3 * FP32_BYTES, p + 5 * FP32_BYTES
-    return LayerOps(forward=(MemoryBound("loss", forward * logits),),
-                    backward_input=(MemoryBound("loss.bwd", backward * logits),))
+    ops = LayerOps(forward=(MemoryBound("loss", forward * logits),),
+                   backward_input=(MemoryBound("loss.bwd", backward * logits),))
+    if kernels.train_metric_cross_entropies:
+        ops = ops.plus(train_metric_cross_entropies(logits, p, kernels.train_metric_cross_entropies))
+    return ops
+
+
+def train_metric_cross_entropies(logits: float, p: int, count: int) -> LayerOps:
+    """``count`` forward-only cross-entropies over a microbatch's ``logits`` beside the loss: the
+    training metrics a trainer evaluates after each microbatch's backward (Composer's
+    ``Trainer._eval_train_metrics``: llm-foundry's MPT keeps LanguageCrossEntropy and
+    LanguagePerplexity, ``use_train_metrics`` true by default, each ``torch.nn.CrossEntropyLoss`` on the
+    logits). Under the trainer's autocast, cross-entropy runs in fp32: cast (p + 4), log-softmax (8),
+    p + 12 bytes per logit each, as torch's loss forward. No gradient: nothing kept (run after the
+    backward, when the activations are freed, so no memory peak either)."""
+    return LayerOps(forward=(MemoryBound("train_metrics", count * (p + 3 * FP32_BYTES) * logits),))

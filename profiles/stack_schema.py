@@ -37,7 +37,27 @@ class StackKernels(StrictModel):
     fused_activation: bool = True
     fused_rope: bool = True
     fused_softmax: bool = True
-    fused_cross_entropy: bool = False
+    fused_cross_entropy: bool = Field(
+        default=False,
+        description="the loss is one kernel over the logits in their own dtype: it keeps the logits themselves (not an "
+        "fp32 copy) and the log-sum-exp, and writes their gradient once (flash-attn's xentropy CrossEntropyLoss, "
+        "flash_attn/losses/cross_entropy.py, llm-foundry's default loss_fn 'fused_crossentropy')",
+    )
+    train_metric_cross_entropies: int = Field(
+        default=0, ge=0, le=8,
+        description="forward-only cross-entropies over each microbatch's logits beside the loss: training metrics the "
+        "trainer evaluates after every microbatch's backward (Composer with llm-foundry's MPT: LanguageCrossEntropy and "
+        "LanguagePerplexity, 2; costmodels.operators.train_metric_cross_entropies)",
+    )
+    cross_entropy_inplace: bool = Field(
+        default=False,
+        description="the loss overwrites its fp32 copy of the logits with the softmax, which it keeps, and its backward "
+        "overwrites that with the gradient, so beside what it keeps only the compute-dtype logits (forward) or their "
+        "compute-dtype gradient (backward) exist: Megatron's vocab-parallel cross-entropy, fused or not "
+        "(megatron/core/tensor_parallel/cross_entropy.py: in-place subtract, exp(out=), div_, mul_; "
+        "megatron/mpu/cross_entropy.py @ v2.6 the same). Otherwise its fp32 working set and gradient are new tensors "
+        "(torch's log_softmax and NLL backward)",
+    )
     vocab_parallel_loss: bool = Field(default=True, description="cross-entropy over vocab shards (Megatron) vs gathered logits")
     dropout: bool = False
     context_parallel_attention: Literal["p2p_ring", "all_gather", "eager_ring"] = Field(

@@ -89,10 +89,17 @@ STACK_OF_SOURCE: dict[str, tuple[str, dict[str, dict[str, object]], str]] = {
         "v2.6 and Megatron-DeepSpeed (megatron/mpu/layers.py: a synchronous copy_to_tensor_model_parallel_region) do not",
     ),
     "llm-foundry": (
-        "torchtitan", {"kernels": {"flash_generation": "triton"}},
+        "torchtitan", {"kernels": {"flash_generation": "triton", "fused_cross_entropy": True,
+                                   "train_metric_cross_entropies": 2}},
         "llm-foundry's Composer (PyTorch FSDP, no TP/PP) priced as the torchtitan stack with the Triton flash-attention "
         "kernel: the benchmark sweep (mosaicml/llm-foundry scripts/train/benchmarking/sweep.sh: mosaicml/examples "
-        "v0.0.4, image pytorch 2.0.1 cu118) runs submit_benchmarks.py with its default attn_impl 'triton'",
+        "v0.0.4, image pytorch 2.0.1 cu118) runs submit_benchmarks.py with its default attn_impl 'triton'; and with "
+        "flash-attn's fused cross-entropy, which keeps the bf16 logits instead of an fp32 copy: the MPT yamls set no "
+        "loss_fn and ComposerMPTCausalLM defaults to 'fused_crossentropy' (llmfoundry/models/mpt/modeling_mpt.py @ "
+        "5e85bd62d, flash_attn.losses.cross_entropy.CrossEntropyLoss from setup.py's xentropy-cuda-lib v1.0.9); and "
+        "with two training-metric cross-entropies over the logits after every microbatch's backward (the MPT model's "
+        "use_train_metrics defaults to true: LanguageCrossEntropy and LanguagePerplexity, which Composer's "
+        "Trainer._eval_train_metrics updates per microbatch, mosaicml/composer composer/trainer/trainer.py 2023-10)",
     ),
     "zero-bubble-iclr24": (
         "megatron-lm-2021", {},

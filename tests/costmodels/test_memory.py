@@ -13,6 +13,7 @@ from costmodels.memory import (
     head_activation_bytes,
     layer_activation_bytes,
     layer_params,
+    loss_bytes_per_logit,
     microbatch_grad_sync,
     stage_output_bytes,
     stage_param_split,
@@ -291,5 +292,36 @@ def test_head_transient_spans_the_vocabulary_the_loss_sees() -> None:
     assert torch_rank["transient"] == pytest.approx(2 * 4 * 512 * 1024 / GIB, abs=1e-4)
     megatron = cfg.model_copy(update={"stack": "megatron-core"})
     megatron_rank = estimate(model, cluster, train, megatron, stack=load_stack("megatron-core")).memory_breakdown_gib[0]
-    # the widest of the vocabulary shard (1,024 / 4) and the MLP intermediate (1,024 / 4), fp32, and their gradients
+    # fp32: Megatron's loss works in place on the fp32 logits of its V/4 shard (nothing beside them), so the
+    # MLP intermediate (1,024 / 4) and its gradient are the widest
     assert megatron_rank["transient"] == pytest.approx(2 * 4 * 512 * 256 / GIB, abs=1e-4)
+
+
+@pytest.mark.parametrize(("stack", "kernels", "kept", "beside"), [
+    ("megatron-core", {}, 4, 2),  # fp32 softmax in place of its copy; the bf16 logits, then their bf16 gradient
+    ("megatron-lm-2021", {}, 4, 2),
+    ("torchtitan", {}, 4, 8),  # torch's fp32 log-softmax; the NLL and log-softmax backward outputs
+    ("ppplan-torch", {}, 4, 8),
+    ("torchtitan", {"fused_cross_entropy": True}, 2, 2),  # flash-attn xentropy: the bf16 logits, a bf16 gradient
+])
+def test_the_loss_holds_what_its_kernel_keeps_per_logit(stack: str, kernels: dict[str, object], kept: int,
+                                                        beside: int) -> None:
+    spec = load_stack(stack)
+    variant = ActivationVariant.for_stack(spec.kernels.model_copy(update=kernels), "bf16")
+    assert loss_bytes_per_logit(variant) == (kept, beside)
+
+
+def test_composer_fused_loss_prices_mpt_125m_on_a100_40gb_by_hand() -> None:
+    """llm-foundry's MPT-125M, seq 2048, mbs 26, 8 A100-40GB, bf16 (a published run that fit in 40 GB): flash-attn's
+    fused cross-entropy keeps the bf16 logits (2 B) and writes a bf16 gradient (2 B), 53,248 tokens x 50,368 logits
+    x 2 B = 5.0 GiB each, where torch's loss kept 4 B and held 2 x 4 B beside (10 + 20 GiB: 50 GiB, infeasible)."""
+    from planner.trust.published_runs import PublishedRow, read_published_runs
+
+    row = next(r for r in read_published_runs() if isinstance(r, PublishedRow)
+               and r.run == "MPT-125m seq2048 8xa100_40gb mbs26 ga3 bf16")
+    est = estimate(row.model, row.cluster, row.train, row.config, stack=row.stack_spec)
+    logits_gib = 2 * 2048 * 26 * 50368 / GIB
+    head = head_activation_bytes(row.model, 2048, 26, 1, False, ActivationVariant.for_stack(row.stack_spec.kernels, "bf16"))
+    assert head == pytest.approx(2 * 2048 * 26 * 768 * 2 + logits_gib * GIB)
+    assert est.memory_breakdown_gib[0]["transient"] == pytest.approx(logits_gib, abs=1e-4)
+    assert est.fits

@@ -141,7 +141,7 @@ def test_recompute_reruns_the_attention_core_or_the_whole_forward() -> None:
 @pytest.mark.parametrize(
     "kernels, vocab_per_rank, forward_bytes, backward_bytes",
     [
-        (StackKernels(fused_cross_entropy=True), 16000, 2, 4),  # read p; read p, write p
+        (StackKernels(fused_cross_entropy=True), 16000, 4, 4),  # read p twice; read p, write p
         (StackKernels(), 16000, 2 + 36, 2 + 12),  # Megatron vocab-parallel on .float(): p + 36, p + 12
         (StackKernels(vocab_parallel_loss=False), 32000, 2 + 12, 2 + 20),  # gathered logits, torch CE in fp32
     ],
@@ -154,6 +154,20 @@ def test_cross_entropy_bytes(kernels: StackKernels, vocab_per_rank: int, forward
     assert b["loss.bwd"].bytes == pytest.approx(backward_bytes * t * vocab_per_rank)
     assert f["head.logits"].n == 32000 / 2 and f["head.logits"].k == 1024
     assert cross_entropy(t, vocab_per_rank, 2, kernels).forward == ops.forward[-1:]
+
+
+def test_composer_train_metrics_add_two_forward_cross_entropies() -> None:
+    """llm-foundry's MPT on Composer: flash-attn's fused loss (F 2p, B 2p per logit) and, after each microbatch's
+    backward, two training-metric cross-entropies in fp32 under autocast (cast p + 4, log-softmax 8: p + 12 each),
+    forward only: 4 + 2 x 14 = 32 B per logit in F, 4 in B."""
+    t, vocab = 2048, 32000
+    kernels = StackKernels(fused_cross_entropy=True, vocab_parallel_loss=False, train_metric_cross_entropies=2)
+    ops = head_ops(GPT, shape(), kernels)
+    f = by_name(ops.forward)
+    assert f["loss"].bytes == pytest.approx(4 * t * vocab)
+    assert f["train_metrics"].bytes == pytest.approx(2 * (2 + 12) * t * vocab)
+    assert [op.name for op in ops.backward_input if "loss" in op.name or "metrics" in op.name] == ["loss.bwd"]
+    assert by_name(ops.backward_input)["loss.bwd"].bytes == pytest.approx(4 * t * vocab)
 
 
 def test_embedding_lookup_positions_dropout_and_weight_gradient() -> None:

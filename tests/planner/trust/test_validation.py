@@ -61,7 +61,7 @@ DENSE_ROWS_PER_SOURCE = {
 ROWS_PER_CATEGORY = {"dense": (514, 108), "moe": (94, 36), "long-context": (100, 18)}
 SOURCES_WITH_TARGET = sorted(s for s, (n, _, _) in DENSE_ROWS_PER_SOURCE.items() if n >= TARGET_SOURCE_MIN_ROWS)
 # Measured at this commit (held-out MAPE %, Spearman rho, memory under-prediction %), for the xfail reasons.
-MISSED_SOURCE_MAPE: dict[str, float] = {}
+MISSED_SOURCE_MAPE: dict[str, float] = {"nemo-perf": 12.0}
 SWEEPS = [
     "bigscience-tr11_h12288_L106_bf16", "bigscience-tr11_h12288_L96_fp16", "bigscience-tr11_h13312_L82_bf16",
     "bigscience-tr11_h13312_L84_fp16", "bigscience-tr11_h13824_L78_fp16", "bigscience-tr11_h13824_L84_fp16",
@@ -271,7 +271,7 @@ def test_held_out_rows_are_priced_without_their_source(doc: dict) -> None:
 # -- the targets (fixed; xfail where the cost model misses them) ------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="cost model misses the target: overall held-out MAPE 9.2 % at this commit")
+@pytest.mark.xfail(strict=True, reason="cost model misses the target: overall held-out MAPE 9.7 % at this commit")
 def test_overall_heldout_mape_within_target(doc: dict) -> None:
     assert doc["mape_pct"]["overall"] <= TARGET_OVERALL_MAPE_PCT
 
