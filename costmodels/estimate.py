@@ -54,6 +54,7 @@ from costmodels.memory import (
     stage_param_split,
     weight_grad_input_bytes,
 )
+from costmodels.mtp import mtp_activation_bytes, mtp_times
 from costmodels.params import model_parameters, moe_layers_in
 from costmodels.pipeline import PipelineResult, price_actions, price_pipeline
 from costmodels.processor_sharing import timeshared_makespan_s
@@ -125,7 +126,7 @@ def _stage_plan(
     variant: ActivationVariant, layer_kind: str | None = None,
 ) -> StagePlan:
     """The stage's times and memory (its dense and mixture-of-experts layers, plus the embedding on the
-    first stage and the head on the last); ``layers=None`` skips the times (memory-only callers);
+    first stage and the head on the last, with the multi-token prediction modules, ``costmodels.mtp``); ``layers=None`` skips the times (memory-only callers);
     ``layer_kind`` ("moe" or "dense") counts every layer as that kind."""
     s, b, tp, sp, cp, ep, etp = train.seq_len, cfg.mbs, cfg.tp, cfg.sequence_parallel, cfg.cp, cfg.ep, cfg.etp
     ep_overlap = combined_paired_share(cfg.pp, cfg.v, cfg.num_microbatches) \
@@ -151,6 +152,10 @@ def _stage_plan(
     if last:
         times = times.plus(layers.head(tp, b, s, sp, cp=cp)) if layers else times
         act += head_activation_bytes(model, s // cp, b, tp, sp, variant)
+        if model.mtp_layers:
+            if layers:
+                times = times.plus(mtp_times(layers, model, tp, b, s, sp, kind, cp=cp, ep=ep, etp=etp, ep_overlap=ep_overlap))
+            act += mtp_activation_bytes(model, s, b, tp, sp, kind, variant, cp=cp, ep=ep, etp=etp)
     if variant.keeps_stage_output_at(cfg.pp):
         act += stage_output_bytes(model, s // cp, b, tp, sp, variant, last)
     return StagePlan(

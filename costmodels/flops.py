@@ -104,14 +104,25 @@ def recompute_forward_flops(model: ModelSpec, seq_len: int, mbs: int, recompute:
     return 0.0
 
 
+def mtp_forward_flops(model: ModelSpec, seq_len: int, mbs: int) -> float:
+    """One multi-token prediction module's forward: its 2h -> h projection (2·tokens·2h²), its transformer layer
+    (the model's last kind) and its logits (DeepSeek-V3 report Sec. 2.2; Megatron-LM counts them the same way in
+    ``num_floating_point_operations``)."""
+    tokens = seq_len * mbs
+    layer = transformer_layer_forward_flops(model, seq_len, mbs, moe=model.is_moe).total
+    return 2.0 * tokens * 2 * model.hidden_size**2 + layer + logits_forward_flops(model, seq_len, mbs)
+
+
 def model_flops_per_iteration(model: ModelSpec, global_batch: int, seq_len: int) -> float:
-    """Model FLOPs (no recomputation): 3 × forward of every layer (dense and mixture-of-experts) and the logits."""
+    """Model FLOPs (no recomputation): 3 × forward of every layer (dense and mixture-of-experts), the logits and
+    the multi-token prediction modules."""
     moe_layers = model.num_moe_layers
     dense = transformer_layer_forward_flops(model, seq_len, global_batch).total
     layers = (model.num_layers - moe_layers) * dense
     if moe_layers:
         layers += moe_layers * transformer_layer_forward_flops(model, seq_len, global_batch, moe=True).total
-    return 3.0 * (layers + logits_forward_flops(model, seq_len, global_batch))
+    mtp = model.mtp_layers * mtp_forward_flops(model, seq_len, global_batch) if model.mtp_layers else 0.0
+    return 3.0 * (layers + logits_forward_flops(model, seq_len, global_batch) + mtp)
 
 
 def hardware_flops_per_iteration(

@@ -31,7 +31,7 @@ from costmodels.comm import (
 from costmodels.compute import non_gemm_precision, operator_time_s, operators_time_s
 from costmodels.context_parallel import exchange_s, ring_time_s
 from costmodels.experts import ep_group_placement, moe_tp_all_reduce_tokens
-from costmodels.layer_ops import embedding_ops, head_ops, transformer_layer_ops
+from costmodels.layer_ops import embedding_ops, head_ops, mtp_projection_ops, transformer_layer_ops
 from costmodels.operators import AllToAll, Gemm, LayerOps, LayerShape, Operator, RingAttention
 from costmodels.selective_ac import recomputed_tp_comm_fraction
 from profiles.schema import ClusterSpec, ModelSpec
@@ -107,6 +107,8 @@ class LayerTimes(Protocol):
 
     def head(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes: ...
 
+    def mtp_projection(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes: ...
+
 
 def bytes_per_element(precision: str) -> int:
     return 4 if non_gemm_precision(precision) == "fp32" else 2
@@ -143,7 +145,9 @@ def tp_comm_passes(
     layer all-reduces the attention's s·b·h and the rows its MoE block moves over tp
     (``costmodels.experts.moe_tp_all_reduce_tokens``); once more in B under full recompute (the
     re-run forward's), or the part a per-op selective recompute runs again
-    (``costmodels.selective_ac.recomputed_tp_comm_fraction``). Embedding: the vocab-parallel all-reduce in F. Head: with SP the all-gather
+    (``costmodels.selective_ac.recomputed_tp_comm_fraction``). Embedding: the vocab-parallel all-reduce in F. A multi-token
+    prediction module's projection: its lookup's, and the all-gather of its output (Megatron-Core gathers eh_proj's
+    output over tp) with the reduce-scatter in B. Head: with SP the all-gather
     of the final-norm output in F and its reduce-scatter in B; the loss's: Megatron's
     vocab-parallel cross-entropy all-reduces three values per token, a stack without it
     all-gathers the logits in F.
@@ -163,6 +167,10 @@ def tp_comm_passes(
     if kind == "embedding":
         comm = embedding_tp_comm_s(tokens, h, bytes_per_elem, tp, sequence_parallel, network)
         return PassTimes(comm, 0.0, 0.0, tp_comm_s=comm)
+    if kind == "mtp_projection":  # the next token's lookup, and the projection's output gathered over tp (and back in B)
+        lookup = embedding_tp_comm_s(tokens, h, bytes_per_elem, tp, sequence_parallel, network)
+        gather = sequence_parallel_gather_s(tokens, h, bytes_per_elem, tp, network)
+        return PassTimes(lookup + gather, gather, 0.0, tp_comm_s=lookup + 2 * gather)
     gather = sequence_parallel_gather_s(tokens, h, bytes_per_elem, tp, network) if sequence_parallel else 0.0
     if vocab_parallel_loss:
         loss_comm = vocab_parallel_loss_comm_s(tokens, tp, network)
@@ -297,6 +305,9 @@ class RooflineTimes:
     def head(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes:
         return self._priced_cached("head", tp, mbs, seq_len, sequence_parallel, "none", cp, 1, False)
 
+    def mtp_projection(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes:
+        return self._priced_cached("mtp_projection", tp, mbs, seq_len, sequence_parallel, "none", cp, 1, False)
+
     def operators(self, kind: str, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str = "none",
                   cp: int = 1, ep: int = 1, moe: bool = False, etp: int | None = None) -> LayerOps:
         """The operator list of one layer of ``kind`` ("transformer", "embedding", "head")."""
@@ -307,7 +318,8 @@ class RooflineTimes:
         shape = LayerShape(tp, mbs, seq_len, sp, recompute, self.p, composite_rmsnorm=runs_on_cpu(self.cluster)
                            and not self.kernels.fused_norm, cp=cp, ep=ep, moe=moe, expert_imbalance=self.expert_imbalance,
                            etp=etp)
-        build = {"transformer": transformer_layer_ops, "embedding": embedding_ops, "head": head_ops}[kind]
+        build = {"transformer": transformer_layer_ops, "embedding": embedding_ops, "head": head_ops,
+                 "mtp_projection": mtp_projection_ops}[kind]
         return build(self.model, shape, self.kernels)
 
     def _ep_hidden(self, forward: PricedPass, backward_input: PricedPass, redo: PricedPass, ops: LayerOps) -> tuple[float, float]:

@@ -111,6 +111,19 @@ def head_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> Laye
     return ops.plus(cross_entropy(t, vocab / tp if kernels.vocab_parallel_loss else vocab, p, kernels))
 
 
+def mtp_projection_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
+    """A multi-token prediction module's own operators before its transformer layer: the next token's embedding
+    (a lookup), the norms of it and of the hidden state, and the column-parallel 2h -> h projection of their
+    concatenation (Megatron-Core ``MultiTokenPredictionLayer``: enorm, hnorm, eh_proj); its transformer layer and
+    its head are priced as the model's (``costmodels.mtp``)."""
+    t, h, p, tp = shape.tokens, model.hidden_size, shape.bytes_per_element, shape.tp
+    composite = shape.composite_rmsnorm and model.norm == "rmsnorm"
+    ops = embedding_ops(model, shape, kernels)
+    ops = ops.plus(norm("mtp.enorm", shape.replicated_tokens * h, p, composite))
+    ops = ops.plus(norm("mtp.hnorm", shape.replicated_tokens * h, p, composite))
+    return ops.plus(linear("mtp.eh_proj", t, 2 * h, h / tp))
+
+
 def op_sac_recompute_flops(model: ModelSpec, seq_len: int, mbs: int, moe: bool = False) -> float:
     """FLOPs a per-op selective recompute re-runs per layer and ``mbs`` sequences (no tensor
     parallelism): its recomputed GEMMs (``costmodels.selective_ac.op_sac_recompute``)."""

@@ -26,6 +26,7 @@ from costmodels.params import (
     mla_tp_replicated_params,
     moe_layer_params,
     moe_layers_in,
+    mtp_projection_params,
     routed_expert_params,
     router_params,
 )
@@ -460,7 +461,9 @@ def stage_param_split(model: ModelSpec, first_layer: int, num_layers: int, has_e
     """Parameters a virtual stage (layers ``[first_layer, first_layer + num_layers)``) holds per rank:
     its dense and MoE layers (``layer_params``), the vocab-parallel embedding and head (the last stage
     of a tied model keeping its own copy of the embedding matrix for the logits, Megatron-LM's
-    ``shared_embedding``). ``layer_kind`` "moe" or "dense" counts every layer as that kind; routed experts
+    ``shared_embedding``), and on the last stage the multi-token prediction modules: a layer of the model's
+    last kind and ``mtp_projection_params`` each, with a copy of the embedding their next tokens are looked up
+    in (Megatron-Core builds the embedding on the stage that runs MTP). ``layer_kind`` "moe" or "dense" counts every layer as that kind; routed experts
     are split over ``etp`` ranks (tp when None)."""
     moe_layers = moe_layers_in(model, first_layer, num_layers)
     if layer_kind is not None:
@@ -476,8 +479,13 @@ def stage_param_split(model: ModelSpec, first_layer: int, num_layers: int, has_e
         total += counts.embedding
     if has_head:
         total += counts.final_norm + counts.head
-        if model.tie_embeddings and not has_embedding:
+        if (model.tie_embeddings or model.mtp_layers) and not has_embedding:
             total += model.vocab_size * model.hidden_size
+        if model.mtp_layers:
+            mtp_split, mtp_whole, mtp_experts = _layer_split(model, ep, model.is_moe)
+            total += model.mtp_layers * (mtp_split + mtp_projection_params(model))
+            kept_whole += model.mtp_layers * mtp_whole
+            experts += model.mtp_layers * mtp_experts
     return StageParams(dense=total / tp + kept_whole, expert=experts / (tp if etp is None else etp))
 
 

@@ -125,22 +125,44 @@ class ModelParameters:
     moe_layer: int  # with every routed expert; 0 for a dense model
     moe_layer_active: int  # with experts_per_token routed experts
     num_moe_layers: int
+    mtp_module: int = 0  # one multi-token prediction module (mtp_module_params), embedding and head shared
+    mtp_module_active: int = 0
+    num_mtp_modules: int = 0
 
     @property
     def total(self) -> int:
         layers = self.num_dense_layers * self.dense_layer + self.num_moe_layers * self.moe_layer
-        return self.embedding + layers + self.final_norm + self.head
+        return self.embedding + layers + self.final_norm + self.head + self.num_mtp_modules * self.mtp_module
 
     @property
     def active(self) -> int:
         """What one token passes through (module docstring): equal to ``total`` for a dense model."""
         layers = self.num_dense_layers * self.dense_layer + self.num_moe_layers * self.moe_layer_active
-        return self.embedding + layers + self.final_norm + self.head
+        return self.embedding + layers + self.final_norm + self.head + self.num_mtp_modules * self.mtp_module_active
 
     @property
     def active_without_embedding(self) -> int:
         """``active`` less the input embedding table (the convention DeepSeek's activated counts fit)."""
         return self.active - self.embedding
+
+
+def mtp_projection_params(model: ModelSpec) -> int:
+    """A multi-token prediction module apart from its transformer layer: the norms of the hidden state and of
+    the next token's embedding, the 2h -> h projection of their concatenation, and the module's final norm
+    (Megatron-Core ``MultiTokenPredictionLayer``: enorm, hnorm, eh_proj, final_layernorm; DeepSeek-V3 report
+    Sec. 2.2). Its embedding and output head are the model's own (shared)."""
+    h = model.hidden_size
+    return 3 * norm_params(model) + 2 * h * h
+
+
+def mtp_module_params(model: ModelSpec, active: bool = False) -> int:
+    """One multi-token prediction module: ``mtp_projection_params`` and one transformer layer of the model's last
+    kind (an MoE layer in DeepSeek-V3; with ``experts_per_token`` routed experts when ``active``)."""
+    if not model.is_moe:
+        layer = dense_layer_params(model)
+    else:
+        layer = moe_layer_params(model, model.experts_per_token if active else model.num_experts)
+    return mtp_projection_params(model) + layer
 
 
 @functools.lru_cache(maxsize=256)
@@ -158,4 +180,7 @@ def model_parameters(model: ModelSpec) -> ModelParameters:
         moe_layer=moe_layer_params(model, model.num_experts) if moe else 0,
         moe_layer_active=moe_layer_params(model, model.experts_per_token) if moe else 0,
         num_moe_layers=model.num_moe_layers,
+        mtp_module=mtp_module_params(model) if model.mtp_layers else 0,
+        mtp_module_active=mtp_module_params(model, active=True) if model.mtp_layers else 0,
+        num_mtp_modules=model.mtp_layers,
     )

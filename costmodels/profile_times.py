@@ -175,6 +175,10 @@ class ProfiledTimes:
     def head(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes:
         return self._head_cached(tp, mbs, seq_len // cp, sequence_parallel)
 
+    def mtp_projection(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes:
+        raise PlanError("the profile timed no multi-token prediction module (ppplan's runtime has none): "
+                        "price a model with mtp_layers without --profile")
+
     def note(self, message: str, key: str | None = None) -> None:
         """Warn once per distinct ``key`` (default: the message itself)."""
         if (key or message) not in self._said:

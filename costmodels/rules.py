@@ -221,13 +221,17 @@ def _stack_ep_violations(cfg: ParallelConfig, stack: StackSpec, train: TrainSpec
 
 
 def model_support_violations(model: ModelSpec, stack: StackSpec) -> list[str]:
-    """Layers of ``model`` the stack does not run (mixture of experts, multi-head latent attention)."""
+    """Layers of ``model`` the stack does not run (mixture of experts, multi-head latent attention,
+    multi-token prediction)."""
     problems: list[str] = []
     if model.is_moe and not stack.moe:
         problems.append(f"stack '{stack.name}' has no mixture-of-experts layers ({model.name} has {model.num_experts} experts): "
                         "use another stack")  # fmt: skip
     if model.is_mla and not stack.multi_latent_attention:
         problems.append(f"stack '{stack.name}' has no multi-head latent attention ({model.name} uses it): use another stack")
+    if model.mtp_layers and not stack.multi_token_prediction:
+        problems.append(f"stack '{stack.name}' has no multi-token prediction ({model.name} has mtp_layers "
+                        f"{model.mtp_layers}): use --stack megatron-core or set mtp_layers 0")
     return problems
 
 

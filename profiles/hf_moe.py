@@ -14,8 +14,10 @@ Families read (key names and defaults from the transformers configuration classe
   of ``moe_intermediate_size``, ``n_shared_experts`` of the same size, the first
   ``first_k_dense_replace`` layers dense (FFN ``intermediate_size``), MLA attention
   (``q_lora_rank`` (null: no query compression), ``kv_lora_rank``, ``qk_nope_head_dim``,
-  ``qk_rope_head_dim``, ``v_head_dim``). The multi-token-prediction module
-  (``num_nextn_predict_layers``) is not modelled (DeepSeek's 671B excludes it).
+  ``qk_rope_head_dim``, ``v_head_dim``). The multi-token-prediction modules
+  (``num_nextn_predict_layers``) are not read: a config plans the 671B main model (DeepSeek's count), on
+  any stack with MLA; set ``mtp_layers`` in a model file to plan them too (``costmodels.mtp``, megatron-core
+  only).
 
 What ``ModelSpec`` does not hold (a few thousand parameters at most, stated where the
 presets count parameters): the Qwen2-MoE shared-expert gate (d weights per layer), the

@@ -31,6 +31,8 @@ MAX_SEQ_LEN = 2**24
 # Sequences per step: published global batches are <= ~10^5 sequences.
 MAX_GLOBAL_BATCH = 2**30
 MAX_EXPERTS = 2**16
+# multi-token prediction modules: DeepSeek-V3 trains 1; Megatron-Core allows any, a handful is what anyone runs
+MAX_MTP_LAYERS = 16
 # Steps of one `ppplan launch`.
 MAX_STEPS = 10**6
 # Plans returned by one search.

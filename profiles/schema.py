@@ -24,6 +24,7 @@ from profiles.limits import (
     MAX_LAYERS,
     MAX_MEMORY_GIB,
     MAX_MICROBATCHES,
+    MAX_MTP_LAYERS,
     MAX_SEQ_LEN,
     MAX_TFLOPS,
     MAX_VOCAB,
@@ -120,6 +121,12 @@ class ModelSpec(StrictModel):
     qk_nope_head_dim: count(MAX_WIDTH) | None = None
     qk_rope_head_dim: count(MAX_WIDTH) | None = None
     v_head_dim: count(MAX_WIDTH) | None = None
+    mtp_layers: count(MAX_MTP_LAYERS, 0) = Field(
+        default=0,
+        description="multi-token prediction modules (DeepSeek-V3; Megatron-Core --mtp-num-layers): each two norms, a "
+        "2h -> h projection, one transformer layer of the model's last kind and the shared output head with its own "
+        "loss, on the last pipeline stage (costmodels.mtp)",
+    )
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "ModelSpec":

@@ -199,6 +199,9 @@ class StackSpec(StrictModel):
     expert_parallel: bool = False
     moe: bool = Field(default=False, description="runs mixture-of-experts layers (router, routed and shared experts)")
     multi_latent_attention: bool = Field(default=False, description="runs DeepSeek's multi-head latent attention")
+    multi_token_prediction: bool = Field(
+        default=False, description="runs DeepSeek-V3's multi-token prediction modules (ModelSpec.mtp_layers) on the last stage"
+    )
     cp_sequence_multiple: Literal["2cp", "2cp_tp"] = Field(
         default="2cp",
         description="with cp > 1 the sequence splits into 2*cp chunks for causal load balance (2cp: seq % (2 cp) == 0, "

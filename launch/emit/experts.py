@@ -9,10 +9,10 @@ pattern for leading dense layers (``"([0]*3+[1]*58)"``), ``--expert-model-parall
 the all-to-all dispatcher the plan prices (``--moe-token-dispatcher-type alltoall``; Megatron's
 default is allgather), ``--context-parallel-size`` (the default ``--cp-comm-type p2p`` is the
 ring), MLA's ``--multi-latent-attention --q-lora-rank --kv-lora-rank --qk-head-dim
---qk-pos-emb-head-dim --v-head-dim``, and ``--kv-channels`` for heads sized apart from hidden /
-heads. Expert TP stays at its default (= tp) unless the plan folds it to 1
-(``--expert-tensor-parallel-size 1``, Megatron-Core's MoE parallel folding). Megatron requires sequence
-parallelism with expert and tensor parallelism (``megatron/core/model_parallel_config.py``).
+--qk-pos-emb-head-dim --v-head-dim``, ``--mtp-num-layers`` for DeepSeek-V3's multi-token prediction
+modules (``_add_mtp_args``), and ``--kv-channels`` for heads sized apart from hidden / heads. Expert TP
+stays at its default (= tp) unless the plan folds it to 1 (``--expert-tensor-parallel-size 1``,
+Megatron-Core's MoE parallel folding). Megatron requires sequence parallelism with expert and tensor parallelism (``megatron/core/model_parallel_config.py``).
 
 torchtitan (``torchtitan/config/job_config.py``, ``[parallelism]``): ``context_parallel_degree``,
 ``expert_parallel_degree`` and ``expert_tensor_parallel_degree`` = tp (torchtitan allows 1 or tp);
@@ -45,7 +45,8 @@ def moe_layer_pattern(model: ModelSpec) -> str:
 
 
 def megatron_model_args(model: ModelSpec) -> list[Arg]:
-    """MoE, MLA and head-size flags of ``model`` (none for a dense model with hidden / heads heads)."""
+    """MoE, MLA, multi-token prediction and head-size flags of ``model`` (none for a dense model with hidden /
+    heads heads)."""
     args: list[Arg] = []
     if model.is_mla:
         args += [("--multi-latent-attention", None)]
@@ -69,6 +70,8 @@ def megatron_model_args(model: ModelSpec) -> list[Arg]:
             args.append(("--moe-shared-expert-intermediate-size", str(model.shared_expert_ffn_hidden_size)))
         if model.first_dense_layers:
             args.append(("--moe-layer-freq", moe_layer_pattern(model)))
+    if model.mtp_layers:
+        args.append(("--mtp-num-layers", str(model.mtp_layers)))
     return args
 
 

@@ -147,7 +147,7 @@ def megatron_args(plan: Plan, *, steps: int, lr: float, allow_layout: bool = Tru
     if stack.name == MEGATRON_2022:
         return megatron_2022_args(plan, steps=steps, lr=lr)
     cfg = plan.config
-    cuts, _, cut_warnings = pipeline_args(cfg.stage_layers, cfg.pp, cfg.v, allow_layout)
+    cuts, _, cut_warnings = pipeline_args(cfg.stage_layers, cfg.pp, cfg.v, allow_layout, plan.model.mtp_layers)
     shape, shape_warnings = model_args(plan.model, plan.train.seq_len)
     vocab, vocab_warnings = vocab_args(plan.model, cfg.tp)
     expert_context, expert_warnings, _ = megatron_parallel_args(cfg)

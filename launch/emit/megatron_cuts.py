@@ -14,7 +14,7 @@ Sources (NVIDIA/Megatron-LM at d98e8a6, 2026-08-22):
 - ``megatron/core/transformer/pipeline_parallel_layer_layout.py``
   (``--pipeline-model-parallel-layout``, core >= 0.13): stages separated by
   ``|`` in virtual-stage order, ``E`` embedding, ``t`` a transformer layer,
-  ``L`` the loss, ``t*3`` repeats; any cut is expressible.
+  ``m`` a multi-token prediction module, ``L`` the loss, ``t*3`` repeats; any cut is expressible.
 """
 
 from __future__ import annotations
@@ -42,11 +42,13 @@ def first_last_args(split: FirstLast, pp: int, v: int) -> list[Arg]:
     return args
 
 
-def layout_string(stage_layers: list[int]) -> str:
-    """``--pipeline-model-parallel-layout`` for ``stage_layers``: ``Et*3|t*3|...|t*2L``."""
+def layout_string(stage_layers: list[int], mtp_layers: int = 0) -> str:
+    """``--pipeline-model-parallel-layout`` for ``stage_layers``: ``Et*3|t*3|...|t*2L``, with ``m`` for each
+    multi-token prediction module before the loss on the last stage (``Et*4|...|tmL``: Megatron-Core places the
+    modules after every decoder layer, in the last virtual stage of their rank, validate_layer_layout)."""
     stages = [("t" if n == 1 else f"t*{n}") for n in stage_layers]
     stages[0] = "E" + stages[0]
-    stages[-1] = stages[-1] + "L"
+    stages[-1] = stages[-1] + "m" * mtp_layers + "L"
     return "|".join(stages)
 
 
@@ -80,22 +82,24 @@ def _split_with(first: int, last: int, total: int, pp: int, v: int) -> FirstLast
     return FirstLast(first, rest // (pp - 2), last)
 
 
-def pipeline_args(stage_layers: list[int], pp: int, v: int, allow_layout: bool) -> tuple[list[Arg], list[int], list[str]]:
-    """Megatron flags for the plan's cut, the stage layers they produce, and warnings when they differ."""
+def pipeline_args(stage_layers: list[int], pp: int, v: int, allow_layout: bool,
+                  mtp_layers: int = 0) -> tuple[list[Arg], list[int], list[str]]:
+    """Megatron flags for the plan's cut, the stage layers they produce, and warnings when they differ
+    (``mtp_layers`` multi-token prediction modules go on the last stage either way)."""
     if pp == 1:
         return [], list(stage_layers), []
     exact = first_last_of(stage_layers, pp, v)
     if exact is not None:
         return first_last_args(exact, pp, v), list(stage_layers), []
     if allow_layout:
-        return [("--pipeline-model-parallel-layout", layout_string(stage_layers))], list(stage_layers), []
+        return [("--pipeline-model-parallel-layout", layout_string(stage_layers, mtp_layers))], list(stage_layers), []
     closest = closest_first_last(stage_layers, pp, v)
     if closest is None:
         warning = (
             f"no first/last-stage split of Megatron-LM reproduces or approximates stage_layers {stage_layers} "
             "(layer counts do not divide); emitted --pipeline-model-parallel-layout, which needs Megatron-LM core >= 0.13"
         )
-        return [("--pipeline-model-parallel-layout", layout_string(stage_layers))], list(stage_layers), [warning]
+        return [("--pipeline-model-parallel-layout", layout_string(stage_layers, mtp_layers))], list(stage_layers), [warning]
     emitted = stage_layers_of(closest, pp, v)
     warning = (
         f"Megatron-LM's first/last-stage flags give the first and last pipeline rank their own layer counts and "

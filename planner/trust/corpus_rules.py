@@ -239,3 +239,21 @@ def default_zero(source: str, dp: int) -> tuple[int | None, str]:
     if source == "bigscience":
         return 1, "ZeRO stage not stated: ZeRO-1 assumed (BigScience's Megatron-DeepSpeed runs shard optimizer states)"
     return None, ""
+
+
+# DeepSeek-V3 in Megatron-Bridge's recipes (NVIDIA-NeMo/Megatron-Bridge src/megatron/bridge/recipes/deepseek/h100/
+# deepseek_v3.py @067f987df, _get_deepseek_v3_pipeline_layout, which the B200 and GB200 perf recipes call too): the
+# decoder layers of each virtual stage for (pp, v), the embedding on the first and the MTP module and loss on the
+# last; and one MTP module (mtp_num_layers = 1, read by the model bridge from config.json's num_nextn_predict_layers)
+# unless the run is named without it.
+DEEPSEEK_V3_RECIPE_LAYOUTS: dict[tuple[int, int], list[int]] = {
+    (4, 1): [16, 16, 16, 13],
+    (8, 1): [8] * 7 + [5],
+    (4, 2): [8] * 7 + [5],
+    (16, 1): [4] * 15 + [1],
+    (8, 2): [4] * 15 + [1],
+    (4, 4): [4] * 15 + [1],
+}
+DEEPSEEK_V3_RECIPE_SOURCE = "Megatron-Bridge recipes/deepseek/h100/deepseek_v3.py @067f987df"
+DEEPSEEK_V3_RECIPE_MTP_LAYERS = 1
+DEEPSEEK_V3_NO_MTP_RUN = "w/o mtp"

@@ -30,6 +30,10 @@ from costmodels.rules import structural_violations
 from planner.trust.corpus_fields import RowFields, read_choice, read_metric, read_schedule
 from planner.trust.corpus_rules import (
     ALLOCATOR_MEMORY_NOTE,
+    DEEPSEEK_V3_NO_MTP_RUN,
+    DEEPSEEK_V3_RECIPE_LAYOUTS,
+    DEEPSEEK_V3_RECIPE_MTP_LAYERS,
+    DEEPSEEK_V3_RECIPE_SOURCE,
     MEMORY_ONLY_CLUSTERS,
     UNSUPPORTED_FAMILIES,
     category_of,
@@ -235,7 +239,23 @@ def _moe_fields(f: RowFields, assumptions: list[str]) -> dict[str, object]:
         preset = load_model("deepseek-v3")
         fields.update({k: getattr(preset, k) for k in MLA_FIELDS})
         assumptions.append("MLA shape of the deepseek-v3 preset (DeepSeek-V3 config.json)")
+        if f.text("stack") == "megatron-core" and DEEPSEEK_V3_NO_MTP_RUN not in f.text("run").lower():
+            fields["mtp_layers"] = DEEPSEEK_V3_RECIPE_MTP_LAYERS
+            assumptions.append(f"{DEEPSEEK_V3_RECIPE_MTP_LAYERS} multi-token prediction module on the last stage, the "
+                               f"recipes' default ({DEEPSEEK_V3_RECIPE_SOURCE}: mtp_num_layers = 1; the run is not "
+                               "named 'w/o MTP')")
     return fields
+
+
+def _deepseek_v3_layout(f: RowFields, pp: int, v: int, assumptions: list[str]) -> list[int] | None:
+    """The decoder layers per virtual stage of Megatron-Bridge's DeepSeek-V3 recipes for (pp, v), or None."""
+    if f.text("model_family") != "deepseek-v3" or f.text("stack") != "megatron-core":
+        return None
+    layout = DEEPSEEK_V3_RECIPE_LAYOUTS.get((pp, v))
+    if layout is not None:
+        assumptions.append(f"stage layers {layout} of the recipes' pipeline layout for pp {pp} x v {v} "
+                           f"({DEEPSEEK_V3_RECIPE_SOURCE}, _get_deepseek_v3_pipeline_layout)")
+    return layout
 
 
 def _count_or_zero(f: RowFields, key: str) -> int:
@@ -285,7 +305,7 @@ def _config(f: RowFields, p: _Parsed, assumptions: list[str]) -> ParallelConfig 
             f.missing.append("zero")
         elif why:
             assumptions.append(why)
-    layers = _stage_layers(f, p.ints["layers"], p.ints["pp"] * v)
+    layers = _deepseek_v3_layout(f, p.ints["pp"], v, assumptions) or _stage_layers(f, p.ints["layers"], p.ints["pp"] * v)
     if p.ints["global_batch"] % (dp * mbs):
         f.problems.append(f"global batch {p.ints['global_batch']} is not divisible by dp*mbs = {dp}*{mbs}")
     if f.reasons() or layers is None or zero is None or zero > 3:
