@@ -56,6 +56,10 @@ def main() -> None:
     for r in sorted(rows, key=lambda r: -abs(r.error("heldout")))[:10]:
         print(f"  {r.error('heldout'):+7.1f} %  {r.row.category:<12} {r.row.run}  "
               f"({r.row.metric} {r.predicted('heldout'):.4g} vs {r.row.measured:.4g})")
+    print("\npublished runs that ran, called infeasible by the planner (not a target: it would reject them)")
+    ran = [r for r in report.results if r.row.category != FIT_CATEGORY and not r.row.oom]
+    for category, group in sorted(grouped(ran, lambda r: r.row.category).items()):
+        print(f"  {category:<12} {sum(1 for r in group if not r.predicted_fits):>4} of {len(group)}")
     print("\nin sample of a stack constant (fitted on them, not in the figures above)")
     for r in in_sample:
         print(f"  {r.error('heldout'):+7.1f} %  {r.row.category:<12} {r.row.source_id}: {r.row.run}")
