@@ -646,7 +646,9 @@ def estimate(
     ]
     peak = [round(sum(m.values()), 4) for m in memory]
     gpus = cfg.world_size
+    # every layer's recompute kind, then the multi-token prediction modules' layers (the last stage's kind)
     all_layers = [st.recompute for st in plans for _ in range(st.layout.num_layers)]
+    all_layers += [st.recompute for st in plans if st.layout.has_head] * model.mtp_layers
     model_flops = model_flops_per_iteration(model, train.global_batch, train.seq_len)
     hw_flops = hardware_flops_per_iteration(model, train.global_batch, train.seq_len, all_layers, stack.kernels.selective_recompute)
     peak_tflops = peak_flops(cluster, train.precision) / 1e12

@@ -295,9 +295,10 @@ def stage_output_bytes(
     ``single_stage_pipeline``: ppplan's runtime, whose gathered logits the torch profiler's allocation
     events show alive through the backward on tiny-gpt tp 4; torchtitan's and Composer's loops free
     the logits before the backward, and priced at pp 1 they called 22 more published runs
-    infeasible). Nothing else keeps the last stage's logits (the loss keeps its log-softmax,
-    ``head_activation_bytes``): s·b·V values per rank (V/t where the loss runs over vocabulary
-    shards), in the compute dtype (the runtime's loss casts a copy to fp32). Another stage's output
+    infeasible). Nothing else keeps the last stage's logits (the loss keeps its log-softmax or
+    softmax, ``head_activation_bytes``): s·b·V values per rank (V/t where the loss runs over vocabulary
+    shards), in the compute dtype (the runtime's loss casts a copy to fp32); none where the loss is a
+    fused kernel, which keeps that same tensor and is counted there. Another stage's output
     is the residual stream, s·b·h (over t under sequence parallelism). 0 where Megatron's engine
     runs the pipeline (its last stage returns the loss; its sends are counted as p2p buffers)."""
     if not variant.keeps_stage_output:
@@ -305,6 +306,8 @@ def stage_output_bytes(
     tokens = seq_len * mbs
     p = variant.bytes_per_element
     if has_head:
+        if variant.loss_kernel == "fused":
+            return 0.0
         return p * tokens * model.vocab_size / (tp if variant.vocab_parallel_loss else 1)
     return p * tokens * model.hidden_size / (tp if sequence_parallel else 1)
 

@@ -232,13 +232,19 @@ def model_support_violations(model: ModelSpec, stack: StackSpec) -> list[str]:
     if model.mtp_layers and not stack.multi_token_prediction:
         problems.append(f"stack '{stack.name}' has no multi-token prediction ({model.name} has mtp_layers "
                         f"{model.mtp_layers}): use --stack megatron-core or set mtp_layers 0")
+    elif model.mtp_layers and model.position_embedding == "learned":
+        # megatron/training/arguments.py validate_args: MTP only with rope or no position embedding
+        problems.append(f"multi-token prediction runs with rotary or no position embedding, not learned ones "
+                        f"({model.name}): set mtp_layers 0")
     return problems
 
 
-def expert_overlap_violations(schedule: str, ep: int, recompute: str | list[str], precision: str) -> list[str]:
+def expert_overlap_violations(schedule: str, ep: int, recompute: str | list[str], precision: str,
+                              mtp_layers: int = 0) -> list[str]:
     """What the combined 1F1B (``--overlap-moe-expert-parallel-comm``) needs beyond interleaved 1F1B's shape:
-    expert parallelism, no full recompute, a bf16/fp16 model (fp8 runs one) (Megatron-Core
-    ``transformer_config.py __post_init__`` @23e00ed0)."""
+    expert parallelism, no full recompute, a bf16/fp16 model (fp8 runs one), at most one multi-token prediction
+    module (Megatron-Core ``transformer_config.py __post_init__`` @23e00ed0: "MTP layernum only supports 1 when
+    enabling overlap_moe_expert_parallel_comm")."""
     if not schedule_spec(schedule).overlaps_expert_comm:
         return []
     kinds = set(recompute) if isinstance(recompute, list) else {recompute}
@@ -249,6 +255,9 @@ def expert_overlap_violations(schedule: str, ep: int, recompute: str | list[str]
         problems.append(f"schedule '{schedule}' runs without full recompute: use --recompute selective|none")
     if precision == "fp32":
         problems.append(f"schedule '{schedule}' needs a bf16, fp16 or fp8 model: use another --precision or interleaved-1f1b")
+    if mtp_layers > 1:
+        problems.append(f"schedule '{schedule}' runs at most 1 multi-token prediction module (the model has {mtp_layers}): "
+                        "use interleaved-1f1b")
     return problems
 
 
@@ -293,7 +302,7 @@ def config_violations(model: ModelSpec, train: TrainSpec, gpus: int, cfg: Parall
     problems += zero_violations(cfg.zero, cfg.pp, cfg.schedule, stack)
     problems += recompute_violations(cfg.recompute, cfg.pp, cfg.schedule, stack)
     problems += parallelism_violations(cfg, stack, train)
-    problems += expert_overlap_violations(cfg.schedule, cfg.ep, cfg.recompute, train.precision)
+    problems += expert_overlap_violations(cfg.schedule, cfg.ep, cfg.recompute, train.precision, model.mtp_layers)
     problems += model_support_violations(model, stack)
     problems += precision_violations(train.precision, stack)
     return problems

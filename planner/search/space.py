@@ -244,7 +244,7 @@ def _pipeline_options(
                 continue
             for recompute in RECOMPUTE_KINDS:
                 if recompute_violations(recompute, pp, schedule, stack) or expert_overlap_violations(
-                        schedule, d.ep, recompute, precision):
+                        schedule, d.ep, recompute, precision, model.mtp_layers):
                     continue
                 for sp in sp_options:
                     for zero in zero_options:

@@ -325,3 +325,15 @@ def test_composer_fused_loss_prices_mpt_125m_on_a100_40gb_by_hand() -> None:
     assert head == pytest.approx(2 * 2048 * 26 * 768 * 2 + logits_gib * GIB)
     assert est.memory_breakdown_gib[0]["transient"] == pytest.approx(logits_gib, abs=1e-4)
     assert est.fits
+
+
+def test_a_fused_loss_and_the_pipeline_keep_the_same_logits_once() -> None:
+    """Under torch.distributed.pipelining the last stage's output is the logits; a fused loss keeps that same
+    tensor (head_activation_bytes counts it), so the stage output adds nothing on the head stage."""
+    model = load_model("tiny-gpt")
+    kernels = load_stack("torchtitan").kernels.model_copy(update={"fused_cross_entropy": True})
+    variant = ActivationVariant.for_stack(kernels, "bf16", keeps_stage_output=True)
+    assert stage_output_bytes(model, 128, 4, 1, False, variant, True) == 0.0
+    assert stage_output_bytes(model, 128, 4, 1, False, variant, False) == 2 * 128 * 4 * model.hidden_size
+    plain = ActivationVariant.for_stack(load_stack("torchtitan").kernels, "bf16", keeps_stage_output=True)
+    assert stage_output_bytes(model, 128, 4, 1, False, plain, True) == 2 * 128 * 4 * model.vocab_size

@@ -103,3 +103,32 @@ def test_megatron_layout_puts_the_modules_before_the_loss_on_the_last_stage() ->
     assert emitted == [4] * 15 + [1]
     # pp 16: the last rank's count alone differs; Megatron builds the modules on the last stage itself
     assert pipeline_args([4] * 15 + [1], 16, 1, True, 1)[0] == [("--decoder-last-pipeline-num-layers", "1")]
+
+
+def test_megatron_core_refuses_what_its_config_asserts() -> None:
+    """Megatron-Core's checks: the combined 1F1B (--overlap-moe-expert-parallel-comm) with at most one module
+    (transformer_config.py __post_init__), and modules only with rotary or no position embedding (arguments.py)."""
+    from costmodels.rules import expert_overlap_violations
+
+    assert expert_overlap_violations("combined-1f1b", 8, "none", "bf16", 1) == []
+    assert any("multi-token prediction" in p for p in expert_overlap_violations("combined-1f1b", 8, "none", "bf16", 2))
+    assert expert_overlap_violations("interleaved-1f1b", 8, "none", "bf16", 2) == []
+    gpt = ModelSpec.model_validate({**load_model("gpt3-1.7b").model_dump(), "mtp_layers": 1})
+    assert gpt.position_embedding == "learned"
+    assert any("position embedding" in p for p in model_support_violations(gpt, load_stack("megatron-core")))
+    assert model_support_violations(_with_mtp("deepseek-v3"), load_stack("megatron-core")) == []
+
+
+def test_hardware_flops_count_the_module_layers_recompute() -> None:
+    """Under full recompute the module's transformer layer runs its forward again, as the decoder's do: HFU's
+    FLOPs grow by 4 x its forward over MFU's 3 x (one more forward), with MTP as without."""
+    cluster, stack = load_cluster("dgx-b200"), load_stack("megatron-core")
+    train = TrainSpec(global_batch=64, seq_len=4096, precision="bf16")
+    cfg = ParallelConfig(stack="megatron-core", tp=1, pp=16, dp=4, ep=4, etp=1, mbs=1, num_microbatches=16,
+                         schedule="1f1b", recompute="full", stage_layers=[4] * 15 + [1])
+    base, model = load_model("deepseek-v3"), _with_mtp("deepseek-v3")
+    est_base, est = (estimate(m, cluster, train, cfg, stack=stack) for m in (base, model))
+    extra_hw = est.hw_tflops_per_gpu * est.step_time_s - est_base.hw_tflops_per_gpu * est_base.step_time_s
+    extra_model = est.model_tflops_per_gpu * est.step_time_s - est_base.model_tflops_per_gpu * est_base.step_time_s
+    layer = transformer_layer_forward_flops(base, 4096, 64, moe=True).total * 1e-12 / cfg.world_size
+    assert extra_hw - extra_model == pytest.approx(layer, rel=1e-6)
