@@ -43,7 +43,6 @@ from costmodels.memory import (
     embedding_activation_bytes,
     end_weight_grad_input_bytes,
     gradients_sharded,
-    head_activation_bytes,
     layer_activation_bytes,
     layer_params,
     loss_bytes_per_logit,
@@ -54,7 +53,7 @@ from costmodels.memory import (
     stage_param_split,
     weight_grad_input_bytes,
 )
-from costmodels.mtp import mtp_activation_bytes, mtp_times
+from costmodels.mtp import head_with_mtp_activation_bytes, head_with_mtp_times
 from costmodels.params import model_parameters, moe_layers_in
 from costmodels.pipeline import PipelineResult, price_actions, price_pipeline
 from costmodels.processor_sharing import timeshared_makespan_s
@@ -150,12 +149,10 @@ def _stage_plan(
         times = times.plus(layers.embedding(tp, b, s, sp, cp=cp)) if layers else times
         act += embedding_activation_bytes(model, s // cp, b, tp, sp, variant)
     if last:
-        times = times.plus(layers.head(tp, b, s, sp, cp=cp)) if layers else times
-        act += head_activation_bytes(model, s // cp, b, tp, sp, variant)
-        if model.mtp_layers:
-            if layers:
-                times = times.plus(mtp_times(layers, model, tp, b, s, sp, kind, cp=cp, ep=ep, etp=etp, ep_overlap=ep_overlap))
-            act += mtp_activation_bytes(model, s, b, tp, sp, kind, variant, cp=cp, ep=ep, etp=etp)
+        if layers:
+            times = times.plus(head_with_mtp_times(layers, model, tp, b, s, sp, kind, cp=cp, ep=ep, etp=etp,
+                                                   ep_overlap=ep_overlap))
+        act += head_with_mtp_activation_bytes(model, s, b, tp, sp, kind, variant, cp=cp, ep=ep, etp=etp)
     if variant.keeps_stage_output_at(cfg.pp):
         act += stage_output_bytes(model, s // cp, b, tp, sp, variant, last)
     return StagePlan(

@@ -5,7 +5,8 @@ output and the embedding of the next token, projects their concatenation from 2h
 transformer layer of the model's last kind (an MoE layer in DeepSeek-V3), and computes logits and a loss
 through the shared output head. Megatron-Core builds the modules on the pipeline stage that holds the
 loss (``MultiTokenPredictionBlock``; Megatron-Bridge's DeepSeek-V3 layouts put ``mtp`` before ``loss`` on
-the last stage), so they lengthen that stage's every pass. Parameters are in
+the last stage), so they lengthen that stage's every pass: the estimate and the search's bounds price the head's
+stage with them from one place (``head_with_mtp_times``, ``head_with_mtp_activation_bytes``). Parameters are in
 ``costmodels.memory.stage_param_split``, FLOPs in ``costmodels.flops.mtp_forward_flops``.
 """
 
@@ -39,3 +40,26 @@ def mtp_activation_bytes(model: ModelSpec, seq_len: int, mbs: int, tp: int, sequ
     head = head_activation_bytes(model, seq_len // cp, mbs, tp, sequence_parallel, variant)
     return model.mtp_layers * (projection + layer + head)
 
+
+def head_with_mtp_times(layers: LayerTimes, model: ModelSpec, tp: int, mbs: int, seq_len: int, sequence_parallel: bool,
+                        recompute: str, cp: int = 1, ep: int = 1, etp: int | None = None,
+                        ep_overlap: float = 0.0) -> PassTimes:
+    """F, B and W per microbatch of what the last stage runs after its decoder layers: the head with its loss, and
+    the modules riding on it (``mtp_times``; none asked of ``layers`` for a model without them). The estimate
+    and the search's bounds both price the head's stage from this one sum."""
+    head = layers.head(tp, mbs, seq_len, sequence_parallel, cp=cp)
+    if not model.mtp_layers:
+        return head
+    return head.plus(mtp_times(layers, model, tp, mbs, seq_len, sequence_parallel, recompute, cp=cp, ep=ep, etp=etp,
+                               ep_overlap=ep_overlap))
+
+
+def head_with_mtp_activation_bytes(model: ModelSpec, seq_len: int, mbs: int, tp: int, sequence_parallel: bool,
+                                   recompute: str, variant: ActivationVariant, cp: int = 1, ep: int = 1,
+                                   etp: int | None = None) -> float:
+    """What the head (``head_activation_bytes``) and the modules (``mtp_activation_bytes``) keep per microbatch."""
+    head = head_activation_bytes(model, seq_len // cp, mbs, tp, sequence_parallel, variant)
+    if not model.mtp_layers:
+        return head
+    return head + mtp_activation_bytes(model, seq_len, mbs, tp, sequence_parallel, recompute, variant, cp=cp, ep=ep,
+                                       etp=etp)

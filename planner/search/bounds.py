@@ -38,13 +38,12 @@ from costmodels.memory import (
     GIB,
     embedding_activation_bytes,
     gradients_sharded,
-    head_activation_bytes,
     layer_activation_bytes,
     split_static_memory,
     stage_output_bytes,
     stage_param_split,
 )
-from costmodels.mtp import mtp_activation_bytes, mtp_times
+from costmodels.mtp import head_with_mtp_activation_bytes, head_with_mtp_times
 from costmodels.params import moe_layers_in
 from costmodels.pipeline_bound import any_cut_makespan_lower_bound_s, makespan_lower_bound_s, peak_inflight, stages_by_rank
 from costmodels.schedules.registry import schedule_spec
@@ -111,10 +110,8 @@ class Bounds:
         dense = times.transformer(tp, mbs, s, sp, recompute, cp=cp, ep=ep, moe=False) if self.num_dense else None
         moe = times.transformer(tp, mbs, s, sp, recompute, cp=cp, ep=ep, moe=True, etp=etp,
                                 ep_overlap=1.0 if ep_overlap else 0.0) if self.num_moe else None
-        head = times.head(tp, mbs, s, sp, cp=cp)
-        if self.model.mtp_layers:  # the multi-token prediction modules ride on the head's stage (costmodels.mtp)
-            head = head.plus(mtp_times(times, self.model, tp, mbs, s, sp, recompute, cp=cp, ep=ep, etp=etp,
-                                       ep_overlap=1.0 if ep_overlap else 0.0))
+        head = head_with_mtp_times(times, self.model, tp, mbs, s, sp, recompute, cp=cp, ep=ep, etp=etp,
+                                   ep_overlap=1.0 if ep_overlap else 0.0)
         passes = LayerPasses(dense, moe, times.embedding(tp, mbs, s, sp, cp=cp), head)
         if split_backward:
             return passes
@@ -146,9 +143,7 @@ class Bounds:
         m, s, v = self.model, self.train.seq_len, self.variant
         dense = layer_activation_bytes(m, s, mbs, tp, sp, recompute, v, cp=cp, ep=ep) if self.num_dense else math.inf
         moe = layer_activation_bytes(m, s, mbs, tp, sp, recompute, v, cp=cp, ep=ep, moe=True, etp=etp) if self.num_moe else math.inf
-        head = head_activation_bytes(m, s // cp, mbs, tp, sp, v)
-        if m.mtp_layers:
-            head += mtp_activation_bytes(m, s, mbs, tp, sp, recompute, v, cp=cp, ep=ep, etp=etp)
+        head = head_with_mtp_activation_bytes(m, s, mbs, tp, sp, recompute, v, cp=cp, ep=ep, etp=etp)
         return (dense, moe, embedding_activation_bytes(m, s // cp, mbs, tp, sp, v), head)
 
     def _static_bytes_uncached(self, first_layer: int, layers: int, has_embedding: bool, has_head: bool, tp: int,
