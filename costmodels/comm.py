@@ -16,6 +16,13 @@ bandwidth term bounds the time while every step's latency adds; this is why NCCL
 multi-node all-reduce bus bandwidth approaches the node's total NIC rate rather than one
 GPU's (nccl-tests PERFORMANCE.md: busbw = algbw · 2(n−1)/n).
 
+Latency steps: NCCL runs an all-gather or reduce-scatter as one ring through every rank (it has
+no tree for them), g−1 steps of which N−1 cross nodes, each at its tier's latency (NCCL's own
+model, src/graph/tuning.cc: (nsteps − nInterSteps)·intraLat + nInterSteps·interLat): at 512
+ranks the ring's latency alone is milliseconds, why ZeRO-3 at scale pays per gather. An
+all-reduce counts the two-level steps, 2(L−1) + 2(N−1): NCCL picks its tree over the ring where
+the ring's 2(g−1) steps would dominate.
+
 Node egress (``ClusterSpec.node_egress_gbs``: NICs per node × NIC rate) is shared by the
 node's ranks that send across nodes at the same time (``node_senders``): each gets
 min(its own injection rate ``inter_node.bandwidth_gbs``, egress / senders). Collective
@@ -158,6 +165,8 @@ def collective_s(kind: Collective, num_bytes: float, placement: GroupPlacement, 
     node_steps, node_fraction = _ring_steps(kind, placement.nodes)
     intra_s = local_fraction * num_bytes / intra.bandwidth_bytes_per_s
     inter_s = node_fraction * num_bytes / placement.ranks_per_node / inter_node_rate(network, placement)
+    if kind != "all_reduce":  # one ring through every rank: (g-1) steps, (N-1) of them across nodes
+        local_steps = _ring_steps(kind, placement.size)[0] - node_steps
     latency_s = local_steps * intra.latency_s + node_steps * network.inter.latency_s
     return latency_s + max(intra_s, inter_s)
 

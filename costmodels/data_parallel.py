@@ -7,7 +7,10 @@ instead (``stage_zero3_gather_s``). The group is hierarchical over the node boun
 (``costmodels.comm.collective_s``) and shares its nodes' NICs with the other DP groups of
 the same stage, which reduce at the same time.
 
-The collectives of a rank run one after another on one communication stream, beside the
+A stage's traffic moves as several collectives, each paying its ring's latency
+(``collective_pieces``): one per FSDP2 unit (torchtitan and ppplan's runtime wrap every
+transformer block), one per Megatron-Core DDP bucket, one coalesced buffer on Megatron-LM 2021
+and DeepSpeed. The collectives of a rank run one after another on one communication stream, beside the
 compute (``_reduce_queue``, ``_gather_queue``). When each virtual stage's may start is the
 stack's (``StackSpec.overlap``), from the simulated times of the stage's actions:
 
@@ -31,10 +34,12 @@ before the step. On a node whose cores both compute and move the bytes
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 from costmodels.comm import Collective, GroupPlacement, Network, collective_s, placement_of
+from costmodels.layout import StageLayout
 from costmodels.rank_grid import RankGrid
 from profiles.schema import ClusterSpec, ParallelConfig
 from profiles.stack_schema import StackOverlap
@@ -100,34 +105,64 @@ def bucket_params(overlap: StackOverlap, data_ranks: int) -> float:
     return float(max(overlap.dp_bucket_params, overlap.dp_bucket_params_per_dp_rank * data_ranks))
 
 
+def collective_pieces(overlap: StackOverlap, params: float, units: int, data_ranks: int) -> int:
+    """How many collectives carry a stage's ``params`` over its data-parallel group: FSDP2 (torch's
+    REDUCE_GRAD, ``after_backward``) one per ``fully_shard`` unit, ``units`` (torchtitan
+    models/llama3/infra/parallelize.py ``apply_fsdp``: each transformer block, and the stage's root for
+    its embedding or head); Megatron-Core's DDP (``bucketed``) one per bucket of ``bucket_params``
+    (distributed/param_and_grad_buffer.py); Megatron-LM 2021 and DeepSpeed's engine one coalesced
+    buffer (``after_schedule``)."""
+    if overlap.dp_grad_reduce == "after_backward":
+        return max(1, units)
+    if overlap.dp_grad_reduce == "bucketed":
+        return max(1, math.ceil(params / bucket_params(overlap, data_ranks)))
+    return 1
+
+
+def fsdp_units(layout: StageLayout) -> int:
+    """A stage's FSDP2 units: one per transformer block, and the stage's root module when it holds the
+    embedding or the head (torchtitan ``apply_fsdp``; ppplan's runtime wraps the same way)."""
+    return layout.num_layers + (1 if layout.has_embedding or layout.has_head else 0)
+
+
+def pieces_s(collective: Collective, num_bytes: float, pieces: int, placement: GroupPlacement,
+             network: Network) -> float:
+    """``num_bytes`` moved as ``pieces`` equal collectives one after another: every piece pays the ring's
+    latency (``costmodels.comm.collective_s``), the bytes once."""
+    return pieces * collective_s(collective, num_bytes / pieces, placement, network) if num_bytes > 0 else 0.0
+
+
 def _stage_dp_collective_s(collective: Collective, cluster: ClusterSpec, cfg: ParallelConfig, pipeline_rank: int,
-                           dense_params: float, expert_params: float, bytes_per_param: float, network: Network) -> float:
-    """One collective over a stage's parameters: its dense ones over the dp x cp group, its routed
+                           dense_params: float, expert_params: float, bytes_per_param: float, network: Network,
+                           pieces: int = 1) -> float:
+    """A stage's parameters in ``pieces`` collectives: its dense ones over the dp x cp group, its routed
     experts over theirs (``edp_placement``; with the dense ones when ep = 1, not at all when their
     group is one rank)."""
     dense_group = dp_placement(cluster, cfg, pipeline_rank)
     if not experts_reduced_apart(cfg):
-        return collective_s(collective, (dense_params + expert_params) * bytes_per_param, dense_group, network)
-    seconds = collective_s(collective, dense_params * bytes_per_param, dense_group, network)
+        return pieces_s(collective, (dense_params + expert_params) * bytes_per_param, pieces, dense_group, network)
+    seconds = pieces_s(collective, dense_params * bytes_per_param, pieces, dense_group, network)
     if cfg.expert_data_ranks > 1:
-        seconds += collective_s(collective, expert_params * bytes_per_param, edp_placement(cluster, cfg, pipeline_rank), network)
+        seconds += pieces_s(collective, expert_params * bytes_per_param, pieces,
+                            edp_placement(cluster, cfg, pipeline_rank), network)
     return seconds
 
 
 def stage_zero3_gather_s(cluster: ClusterSpec, cfg: ParallelConfig, pipeline_rank: int, dense_params: float,
-                         expert_params: float, bytes_per_element: int, network: Network) -> float:
-    """A stage's ZeRO-3 parameter all-gather, dense and expert groups apart (per microbatch in F, again
-    in B: FSDP2 with ``reshard_after_forward=True`` frees them after each forward; Rajbhandari et al.
-    2020, Sec. 5.3)."""
+                         expert_params: float, bytes_per_element: int, network: Network, pieces: int = 1) -> float:
+    """A stage's ZeRO-3 parameter all-gather in ``pieces`` collectives (``collective_pieces``), dense and
+    expert groups apart (per microbatch in F, again in B: FSDP2 with ``reshard_after_forward=True`` frees
+    them after each forward; Rajbhandari et al. 2020, Sec. 5.3)."""
     return _stage_dp_collective_s("all_gather", cluster, cfg, pipeline_rank, dense_params, expert_params,
-                                  bytes_per_element, network)
+                                  bytes_per_element, network, pieces)
 
 
 def stage_reduce_scatter_s(cluster: ClusterSpec, cfg: ParallelConfig, pipeline_rank: int, dense_params: float,
-                           expert_params: float, bytes_per_param: float, network: Network) -> float:
-    """A stage's gradient reduce-scatter (``bytes_per_param`` each), dense and expert groups apart."""
+                           expert_params: float, bytes_per_param: float, network: Network, pieces: int = 1) -> float:
+    """A stage's gradient reduce-scatter (``bytes_per_param`` each) in ``pieces`` collectives, dense and
+    expert groups apart."""
     return _stage_dp_collective_s("reduce_scatter", cluster, cfg, pipeline_rank, dense_params, expert_params,
-                                  bytes_per_param, network)
+                                  bytes_per_param, network, pieces)
 
 
 @dataclass(frozen=True)
@@ -142,6 +177,7 @@ class StageWindow:
     last_backward_end_s: float
     backward_s: float
     expert_params: float = 0.0
+    units: int = 1  # FSDP2 units: its transformer blocks, and the root with its embedding or head
 
 
 @dataclass(frozen=True)
@@ -197,20 +233,25 @@ def rank_sync(
     placement = dp_placement(cluster, cfg, pipeline_rank)
     experts = edp_placement(cluster, cfg, pipeline_rank) if experts_reduced_apart(cfg) and cfg.expert_data_ranks > 1 \
         else None
-    bucket = bucket_params(overlap, cfg.dp * cfg.cp)
     kind: Collective = "all_reduce" if cfg.zero == 0 else "reduce_scatter"
     hides = comm_overlaps_compute(cluster)
 
+    def pieces(st: StageWindow) -> int:
+        return collective_pieces(overlap, _dense_params(st, cfg), st.units, cfg.dp * cfg.cp)
+
     def moved_s(collective: Collective, st: StageWindow, bytes_per_param: int) -> float:
-        dense = collective_s(collective, _dense_params(st, cfg) * bytes_per_param, placement, network)
+        dense = pieces_s(collective, _dense_params(st, cfg) * bytes_per_param, pieces(st), placement, network)
         if experts is None:
             return dense
-        return dense + collective_s(collective, st.expert_params * bytes_per_param, experts, network)
+        return dense + pieces_s(collective, st.expert_params * bytes_per_param, pieces(st), experts, network)
+
+    def last_piece_s(collective: Collective, st: StageWindow, bytes_per_param: int) -> float:
+        return collective_s(collective, _dense_params(st, cfg) / pieces(st) * bytes_per_param, placement, network)
 
     transfers = []
     for st in stages:
         total = moved_s(kind, st, grad_bytes)
-        last = collective_s(kind, min(_dense_params(st, cfg), bucket) * grad_bytes, placement, network)
+        last = last_piece_s(kind, st, grad_bytes)
         if not hides or overlap.dp_grad_reduce == "after_schedule":
             transfers.append(_Transfer(rank_end_s, rank_end_s, total, total))
         elif overlap.dp_grad_reduce == "after_backward":
@@ -220,8 +261,7 @@ def rank_sync(
             transfers.append(_Transfer(start, st.last_backward_end_s, total, last))
     reduce_s = sum(t.total_s for t in transfers)
     reduce_exposed = max(0.0, _reduce_queue(transfers) - rank_end_s)
-    gathers = [(moved_s("all_gather", st, precision_bytes),
-                collective_s("all_gather", min(_dense_params(st, cfg), bucket) * precision_bytes, placement, network))
+    gathers = [(moved_s("all_gather", st, precision_bytes), last_piece_s("all_gather", st, precision_bytes))
                for st in stages]
     gather_s = sum(total for total, _ in gathers) if cfg.zero in (1, 2) else 0.0
     if not hides or overlap.param_gather == "after_step":

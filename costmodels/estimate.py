@@ -24,7 +24,9 @@ from costmodels.data_parallel import (
     RankSync,
     StageWindow,
     bucket_params,
+    collective_pieces,
     comm_overlaps_compute,
+    fsdp_units,
     grad_reduce_bytes_per_param,
     rank_sync,
     stage_reduce_scatter_s,
@@ -231,12 +233,13 @@ def _microbatch_dp_traffic(
     per_microbatch = microbatch_grad_sync(stack, cfg.pp, data_ranks, cfg.zero)
     if cfg.zero < 3 and not per_microbatch:
         return 0.0, 0.0
+    pieces = collective_pieces(stack.overlap, st.params.dense, fsdp_units(st.layout), data_ranks)
     gather = stage_zero3_gather_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
-                                  bytes_per_element(train.precision), network)
+                                  bytes_per_element(train.precision), network, pieces)
     in_f, in_b = gather, (gather if cfg.zero == 3 else 0.0)
     if per_microbatch:
         in_b += stage_reduce_scatter_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
-                                       grad_reduce_bytes_per_param(train.precision), network)
+                                       grad_reduce_bytes_per_param(train.precision), network, pieces)
     return in_f, in_b
 
 
@@ -593,7 +596,8 @@ def _rank_work(
         for j in mine:
             first_forward, last_backward = result.stage_span_s(j, rank)
             windows.append(StageWindow(plans[j].params.dense, first_forward, costs[j].forward_s, last_backward,
-                                       costs[j].backward_input_s + costs[j].backward_weight_s, plans[j].params.expert))
+                                       costs[j].backward_input_s + costs[j].backward_weight_s, plans[j].params.expert,
+                                       fsdp_units(plans[j].layout)))
         sync = rank_sync(cluster, cfg, stack.overlap, network, rank, windows, result.rank_span_s(rank)[1],
                          bytes_per_element(train.precision), grad_reduce_bytes_per_param(train.precision),
                          timing_known=bool(result.stage_last_backward_s))

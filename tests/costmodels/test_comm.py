@@ -68,11 +68,17 @@ def test_hierarchical_all_reduce_over_eight_nodes() -> None:
 
 
 def test_reduce_scatter_across_nodes() -> None:
+    """32 ranks, 2 on each of 16 nodes: NCCL runs a reduce-scatter as one ring through all 32 ranks, 31 steps of
+    which 15 cross nodes (src/graph/tuning.cc: nsteps = nRanks - 1, nInterSteps = nNodes - 1), so 16 NVLink steps
+    at 8 us and 15 network steps at 15 us; the bytes as the hierarchical split prices them."""
     net = network_for(cluster())
     n = 1e9
     group = GroupPlacement(size=32, ranks_per_node=2, nodes=16, node_senders=8)
-    expected = 1 * 8e-6 + 15 * 15e-6 + max(1 / 2 * n / (300 * GB), 15 / 16 * n / 2 / (25 * GB))
+    expected = 16 * 8e-6 + 15 * 15e-6 + max(1 / 2 * n / (300 * GB), 15 / 16 * n / 2 / (25 * GB))
     assert collective_s("reduce_scatter", n, group, net) == pytest.approx(expected)
+    # the latency grows with every rank the ring visits: 512 ranks on 64 nodes, 448 + 63 steps for a tiny gather
+    wide = GroupPlacement(size=512, ranks_per_node=8, nodes=64, node_senders=8)
+    assert collective_s("all_gather", 8.0, wide, net) == pytest.approx(448 * 8e-6 + 63 * 15e-6, rel=1e-3)
 
 
 def test_node_nics_are_shared_by_the_gpus_that_send() -> None:

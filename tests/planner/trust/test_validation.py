@@ -61,7 +61,7 @@ DENSE_ROWS_PER_SOURCE = {
 ROWS_PER_CATEGORY = {"dense": (514, 108), "moe": (94, 36), "long-context": (100, 18)}
 SOURCES_WITH_TARGET = sorted(s for s, (n, _, _) in DENSE_ROWS_PER_SOURCE.items() if n >= TARGET_SOURCE_MIN_ROWS)
 # Measured at this commit (held-out MAPE %, Spearman rho, memory under-prediction %), for the xfail reasons.
-MISSED_SOURCE_MAPE: dict[str, float] = {"nemo-perf": 12.0}
+MISSED_SOURCE_MAPE: dict[str, float] = {}
 SWEEPS = [
     "bigscience-tr11_h12288_L106_bf16", "bigscience-tr11_h12288_L96_fp16", "bigscience-tr11_h13312_L82_bf16",
     "bigscience-tr11_h13312_L84_fp16", "bigscience-tr11_h13824_L78_fp16", "bigscience-tr11_h13824_L84_fp16",
@@ -85,8 +85,10 @@ MISSED_SWEEP_RHO = {
     "bigscience-tr11_h13312_L84_fp16": 0.41, "bigscience-tr11_h13824_L78_fp16": 0.48,
     "bigscience-tr11_h13824_L84_fp16": 0.0, "bigscience-tr11_h14336_L70_bf16": 0.7,
     "bigscience-tr11_h14336_L72_fp16": 0.43, "bigscience-tr8-104B_V100": 0.78,
-    "llm-foundry_mpt-13b_A100-40GB": 0.27, "llm-foundry_mpt-13b_H100-SXM": 0.36, "llm-foundry_mpt-1b_H100-SXM": 0.76,
+    "llm-foundry_mpt-13b_A100-40GB": 0.27, "llm-foundry_mpt-13b_H100-SXM": 0.36, "llm-foundry_mpt-1b_H100-SXM": 0.78,
     "llm-foundry_mpt-30b_H100-SXM": 0.47, "llm-foundry_mpt-70b_H100-SXM": 0.05, "llm-foundry_mpt-7b_H100-SXM": 0.72,
+    # three rows, two of them measured 0.9207 and 0.9214 s (10,752 and 11,616 GPUs): a tie the prediction breaks
+    "mlperf-v4.0_NVIDIA_gpt3-175b_H100-SXM": 0.5,
 }
 MEMORY_SOURCES = ["bigscience", "torchtitan", "zero-bubble-iclr24"]
 MISSED_MEMORY = {"bigscience": 44.0, "torchtitan": 28.4}  # worst under-prediction of a dense row, %
