@@ -144,10 +144,12 @@ def collective_s(kind: Collective, num_bytes: float, placement: GroupPlacement, 
     """Seconds of one collective of ``num_bytes`` (the buffer each rank holds: the all-reduced
     tensor, the reduce-scatter's input, the all-gather's output, the p2p message).
 
-    Within a node: the ring at the NVLink rate. Across nodes: the intra-node ring over the
-    L local ranks and the inter-node ring over the N nodes on each rank's 1/L shard, the
-    slower tier's bandwidth term bounding the time and every step's latency added (see the
-    module docstring). p2p: α + n/β of the tier it crosses."""
+    Within a node: the ring at the NVLink rate. Across nodes: the bytes as the intra-node ring
+    over the L local ranks and the inter-node ring over the N nodes on each rank's 1/L shard,
+    the slower tier's bandwidth term bounding the time; the latency of every step added, an
+    all-reduce's 2(L−1) + 2(N−1), an all-gather's or reduce-scatter's g−1 of the ring through
+    every rank, N−1 of them across nodes (see the module docstring). p2p: α + n/β of the tier
+    it crosses."""
     if num_bytes <= 0:
         return 0.0
     intra = network.intra_for(kind)

@@ -106,12 +106,12 @@ def bucket_params(overlap: StackOverlap, data_ranks: int) -> float:
 
 
 def collective_pieces(overlap: StackOverlap, params: float, units: int, data_ranks: int) -> int:
-    """How many collectives carry a stage's ``params`` over its data-parallel group: FSDP2 (torch's
-    REDUCE_GRAD, ``after_backward``) one per ``fully_shard`` unit, ``units`` (torchtitan
-    models/llama3/infra/parallelize.py ``apply_fsdp``: each transformer block, and the stage's root for
-    its embedding or head); Megatron-Core's DDP (``bucketed``) one per bucket of ``bucket_params``
-    (distributed/param_and_grad_buffer.py); Megatron-LM 2021 and DeepSpeed's engine one coalesced
-    buffer (``after_schedule``)."""
+    """How many collectives carry ``params`` over a data-parallel group: FSDP2 (torch's REDUCE_GRAD,
+    ``after_backward``) one per ``fully_shard`` unit, ``units``; Megatron-Core's DDP (``bucketed``) one
+    per bucket of ``bucket_params`` (distributed/param_and_grad_buffer.py; expert gradients fill buckets
+    of their own); Megatron-LM 2021 and DeepSpeed's engine one coalesced buffer (``after_schedule``)."""
+    if params <= 0:
+        return 1
     if overlap.dp_grad_reduce == "after_backward":
         return max(1, units)
     if overlap.dp_grad_reduce == "bucketed":
@@ -119,10 +119,33 @@ def collective_pieces(overlap: StackOverlap, params: float, units: int, data_ran
     return 1
 
 
-def fsdp_units(layout: StageLayout) -> int:
-    """A stage's FSDP2 units: one per transformer block, and the stage's root module when it holds the
-    embedding or the head (torchtitan ``apply_fsdp``; ppplan's runtime wraps the same way)."""
-    return layout.num_layers + (1 if layout.has_embedding or layout.has_head else 0)
+@dataclass(frozen=True)
+class StageUnits:
+    """A stage's FSDP2 units (``fsdp_units_of``): ``dense`` for its blocks and the root, ``experts`` for the
+    routed experts of its MoE layers, which ppplan's runtime and torchtitan wrap on their own (the
+    experts' mesh; launch/runtime/fsdp.py, torchtitan ``apply_fsdp``)."""
+
+    dense: int = 1
+    experts: int = 0
+
+
+def fsdp_units_of(layout: StageLayout, moe_layers: int) -> StageUnits:
+    """One unit per transformer block and one for the stage's root when it holds the embedding or the
+    head (ppplan's runtime: ``fully_shard`` per layer, then on the stage; torchtitan wraps the embedding
+    and the norm with the head apart, one piece more at pp = 1, and ppplan's runtime each MoE layer's
+    router and shared experts apart: neither counted); one per MoE layer's experts."""
+    return StageUnits(layout.num_layers + (1 if layout.has_embedding or layout.has_head else 0), moe_layers)
+
+
+def stage_pieces(overlap: StackOverlap, cfg: ParallelConfig, dense_params: float, expert_params: float,
+                 units: StageUnits) -> tuple[int, int]:
+    """(pieces of the dense traffic, pieces of the experts' on their own group): with the experts reduced
+    beside the dense weights (``experts_reduced_apart`` false) one count covers both, their units added."""
+    data_ranks = cfg.dp * cfg.cp
+    if not experts_reduced_apart(cfg):
+        return collective_pieces(overlap, dense_params + expert_params, units.dense + units.experts, data_ranks), 0
+    return (collective_pieces(overlap, dense_params, units.dense, data_ranks),
+            collective_pieces(overlap, expert_params, units.experts, data_ranks))
 
 
 def pieces_s(collective: Collective, num_bytes: float, pieces: int, placement: GroupPlacement,
@@ -134,23 +157,24 @@ def pieces_s(collective: Collective, num_bytes: float, pieces: int, placement: G
 
 def _stage_dp_collective_s(collective: Collective, cluster: ClusterSpec, cfg: ParallelConfig, pipeline_rank: int,
                            dense_params: float, expert_params: float, bytes_per_param: float, network: Network,
-                           pieces: int = 1) -> float:
-    """A stage's parameters in ``pieces`` collectives: its dense ones over the dp x cp group, its routed
-    experts over theirs (``edp_placement``; with the dense ones when ep = 1, not at all when their
-    group is one rank)."""
+                           pieces: tuple[int, int] = (1, 1)) -> float:
+    """A stage's parameters in ``pieces`` collectives (``stage_pieces``): its dense ones over the dp x cp
+    group, its routed experts over theirs (``edp_placement``; with the dense ones when ep = 1, not at all
+    when their group is one rank)."""
     dense_group = dp_placement(cluster, cfg, pipeline_rank)
     if not experts_reduced_apart(cfg):
-        return pieces_s(collective, (dense_params + expert_params) * bytes_per_param, pieces, dense_group, network)
-    seconds = pieces_s(collective, dense_params * bytes_per_param, pieces, dense_group, network)
+        return pieces_s(collective, (dense_params + expert_params) * bytes_per_param, pieces[0], dense_group, network)
+    seconds = pieces_s(collective, dense_params * bytes_per_param, pieces[0], dense_group, network)
     if cfg.expert_data_ranks > 1:
-        seconds += pieces_s(collective, expert_params * bytes_per_param, pieces,
+        seconds += pieces_s(collective, expert_params * bytes_per_param, pieces[1],
                             edp_placement(cluster, cfg, pipeline_rank), network)
     return seconds
 
 
 def stage_zero3_gather_s(cluster: ClusterSpec, cfg: ParallelConfig, pipeline_rank: int, dense_params: float,
-                         expert_params: float, bytes_per_element: int, network: Network, pieces: int = 1) -> float:
-    """A stage's ZeRO-3 parameter all-gather in ``pieces`` collectives (``collective_pieces``), dense and
+                         expert_params: float, bytes_per_element: int, network: Network,
+                         pieces: tuple[int, int] = (1, 1)) -> float:
+    """A stage's ZeRO-3 parameter all-gather in ``pieces`` collectives (``stage_pieces``), dense and
     expert groups apart (per microbatch in F, again in B: FSDP2 with ``reshard_after_forward=True`` frees
     them after each forward; Rajbhandari et al. 2020, Sec. 5.3)."""
     return _stage_dp_collective_s("all_gather", cluster, cfg, pipeline_rank, dense_params, expert_params,
@@ -158,7 +182,8 @@ def stage_zero3_gather_s(cluster: ClusterSpec, cfg: ParallelConfig, pipeline_ran
 
 
 def stage_reduce_scatter_s(cluster: ClusterSpec, cfg: ParallelConfig, pipeline_rank: int, dense_params: float,
-                           expert_params: float, bytes_per_param: float, network: Network, pieces: int = 1) -> float:
+                           expert_params: float, bytes_per_param: float, network: Network,
+                           pieces: tuple[int, int] = (1, 1)) -> float:
     """A stage's gradient reduce-scatter (``bytes_per_param`` each) in ``pieces`` collectives, dense and
     expert groups apart."""
     return _stage_dp_collective_s("reduce_scatter", cluster, cfg, pipeline_rank, dense_params, expert_params,
@@ -177,7 +202,7 @@ class StageWindow:
     last_backward_end_s: float
     backward_s: float
     expert_params: float = 0.0
-    units: int = 1  # FSDP2 units: its transformer blocks, and the root with its embedding or head
+    units: StageUnits = StageUnits()
 
 
 @dataclass(frozen=True)
@@ -236,17 +261,19 @@ def rank_sync(
     kind: Collective = "all_reduce" if cfg.zero == 0 else "reduce_scatter"
     hides = comm_overlaps_compute(cluster)
 
-    def pieces(st: StageWindow) -> int:
-        return collective_pieces(overlap, _dense_params(st, cfg), st.units, cfg.dp * cfg.cp)
+    def pieces(st: StageWindow) -> tuple[int, int]:
+        return stage_pieces(overlap, cfg, st.params, st.expert_params, st.units)
 
     def moved_s(collective: Collective, st: StageWindow, bytes_per_param: int) -> float:
-        dense = pieces_s(collective, _dense_params(st, cfg) * bytes_per_param, pieces(st), placement, network)
+        dense = pieces_s(collective, _dense_params(st, cfg) * bytes_per_param, pieces(st)[0], placement, network)
         if experts is None:
             return dense
-        return dense + pieces_s(collective, st.expert_params * bytes_per_param, pieces(st), experts, network)
+        return dense + pieces_s(collective, st.expert_params * bytes_per_param, pieces(st)[1], experts, network)
 
     def last_piece_s(collective: Collective, st: StageWindow, bytes_per_param: int) -> float:
-        return collective_s(collective, _dense_params(st, cfg) / pieces(st) * bytes_per_param, placement, network)
+        """One dense piece: the bucket that ends the reduce, the unit the gather starts with (equal pieces:
+        the embedding's, larger in truth, is not sized apart)."""
+        return collective_s(collective, _dense_params(st, cfg) / pieces(st)[0] * bytes_per_param, placement, network)
 
     transfers = []
     for st in stages:

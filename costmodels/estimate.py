@@ -24,11 +24,11 @@ from costmodels.data_parallel import (
     RankSync,
     StageWindow,
     bucket_params,
-    collective_pieces,
     comm_overlaps_compute,
-    fsdp_units,
+    fsdp_units_of,
     grad_reduce_bytes_per_param,
     rank_sync,
+    stage_pieces,
     stage_reduce_scatter_s,
     stage_zero3_gather_s,
     syncs_gradients,
@@ -233,7 +233,7 @@ def _microbatch_dp_traffic(
     per_microbatch = microbatch_grad_sync(stack, cfg.pp, data_ranks, cfg.zero)
     if cfg.zero < 3 and not per_microbatch:
         return 0.0, 0.0
-    pieces = collective_pieces(stack.overlap, st.params.dense, fsdp_units(st.layout), data_ranks)
+    pieces = stage_pieces(stack.overlap, cfg, st.params.dense, st.params.expert, fsdp_units_of(st.layout, st.moe_layers))
     gather = stage_zero3_gather_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
                                   bytes_per_element(train.precision), network, pieces)
     in_f, in_b = gather, (gather if cfg.zero == 3 else 0.0)
@@ -597,7 +597,7 @@ def _rank_work(
             first_forward, last_backward = result.stage_span_s(j, rank)
             windows.append(StageWindow(plans[j].params.dense, first_forward, costs[j].forward_s, last_backward,
                                        costs[j].backward_input_s + costs[j].backward_weight_s, plans[j].params.expert,
-                                       fsdp_units(plans[j].layout)))
+                                       fsdp_units_of(plans[j].layout, plans[j].moe_layers)))
         sync = rank_sync(cluster, cfg, stack.overlap, network, rank, windows, result.rank_span_s(rank)[1],
                          bytes_per_element(train.precision), grad_reduce_bytes_per_param(train.precision),
                          timing_known=bool(result.stage_last_backward_s))

@@ -131,8 +131,9 @@ NOTE_ASSUMPTIONS: tuple[tuple[str, str], ...] = (
      "priced as a uniform split of the transformer layers"),
     (r"mxfp8|blockwise", "MXFP8 / blockwise FP8 priced as FP8 (same fp8 peak)"),
     (r"torch\.compile", "torch.compile fusions not modelled (element-wise work priced unfused)"),
-    (r"recompute_modules [a-z_ ,]*\bmlp\b", "Megatron-Core's recompute of the MLP block (recompute_modules mlp) not "
-     "modelled: priced as selective recompute (the attention core), so the step is priced too fast"),
+    (r"recompute_modules [a-z_ ,]*\bmlp\b", "Megatron-Core's recompute_modules (mla_up_proj: MLA's up-projections in "
+     "every layer; mlp: the dense layers' MLP, MoE layers skip it) not modelled: priced as selective recompute (the "
+     "attention core), so the step is priced somewhat too fast"),
 )
 
 # What a row's notes say ran that a stack preset can price but its own emitted job does not run, as (regular

@@ -94,12 +94,12 @@ def test_nemo_deepseek_rows_run_the_recipes_layout_and_module_unless_named_witho
 
 def test_nemo_deepseek_h100_row_runs_what_its_release_script_set() -> None:
     """NeMo 25.09's DeepSeek-V3 on 1024 H100 ran Megatron-Bridge v0.1.0rc4's run_script.py, which for h100 turns on
-    the expert all-to-all overlap (A2A_1F1B) and recomputes the MLP: priced as the combined 1F1B, the MLP recompute
-    listed as not priced."""
+    the expert all-to-all overlap (A2A_1F1B) and recomputes MLA's up-projections and the dense layers' MLP: priced as
+    the combined 1F1B, those recomputes listed as not priced."""
     row = next(r for r in read_published_runs() if isinstance(r, PublishedRow)
                and r.run.startswith("DeepSeekV3 (dropless) DGX-H100 FP8 1024GPU"))
     assert (row.config.pp, row.config.v, row.config.schedule) == (8, 4, "combined-1f1b")
-    assert any(a.startswith("Megatron-Core's recompute of the MLP block") for a in row.assumptions)
+    assert any(a.startswith("Megatron-Core's recompute_modules (mla_up_proj") for a in row.assumptions)
 
 
 def test_megatron_layout_puts_the_modules_before_the_loss_on_the_last_stage() -> None:
