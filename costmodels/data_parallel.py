@@ -256,29 +256,23 @@ def rank_sync(
     if not syncs_gradients(cfg) or not stages:
         return RankSync()
     placement = dp_placement(cluster, cfg, pipeline_rank)
-    experts = edp_placement(cluster, cfg, pipeline_rank) if experts_reduced_apart(cfg) and cfg.expert_data_ranks > 1 \
-        else None
     kind: Collective = "all_reduce" if cfg.zero == 0 else "reduce_scatter"
     hides = comm_overlaps_compute(cluster)
+    pieces = [stage_pieces(overlap, cfg, st.params, st.expert_params, st.units) for st in stages]
 
-    def pieces(st: StageWindow) -> tuple[int, int]:
-        return stage_pieces(overlap, cfg, st.params, st.expert_params, st.units)
+    def moved_s(collective: Collective, st: StageWindow, st_pieces: tuple[int, int], bytes_per_param: int) -> float:
+        return _stage_dp_collective_s(collective, cluster, cfg, pipeline_rank, st.params, st.expert_params,
+                                      bytes_per_param, network, st_pieces)
 
-    def moved_s(collective: Collective, st: StageWindow, bytes_per_param: int) -> float:
-        dense = pieces_s(collective, _dense_params(st, cfg) * bytes_per_param, pieces(st)[0], placement, network)
-        if experts is None:
-            return dense
-        return dense + pieces_s(collective, st.expert_params * bytes_per_param, pieces(st)[1], experts, network)
-
-    def last_piece_s(collective: Collective, st: StageWindow, bytes_per_param: int) -> float:
+    def last_piece_s(collective: Collective, st: StageWindow, st_pieces: tuple[int, int], bytes_per_param: int) -> float:
         """One dense piece: the bucket that ends the reduce, the unit the gather starts with (equal pieces:
         the embedding's, larger in truth, is not sized apart)."""
-        return collective_s(collective, _dense_params(st, cfg) / pieces(st)[0] * bytes_per_param, placement, network)
+        return collective_s(collective, _dense_params(st, cfg) / st_pieces[0] * bytes_per_param, placement, network)
 
     transfers = []
-    for st in stages:
-        total = moved_s(kind, st, grad_bytes)
-        last = last_piece_s(kind, st, grad_bytes)
+    for st, st_pieces in zip(stages, pieces):
+        total = moved_s(kind, st, st_pieces, grad_bytes)
+        last = last_piece_s(kind, st, st_pieces, grad_bytes)
         if not hides or overlap.dp_grad_reduce == "after_schedule":
             transfers.append(_Transfer(rank_end_s, rank_end_s, total, total))
         elif overlap.dp_grad_reduce == "after_backward":
@@ -288,9 +282,11 @@ def rank_sync(
             transfers.append(_Transfer(start, st.last_backward_end_s, total, last))
     reduce_s = sum(t.total_s for t in transfers)
     reduce_exposed = max(0.0, _reduce_queue(transfers) - rank_end_s)
-    gathers = [(moved_s("all_gather", st, precision_bytes), last_piece_s("all_gather", st, precision_bytes))
-               for st in stages]
-    gather_s = sum(total for total, _ in gathers) if cfg.zero in (1, 2) else 0.0
+    # ZeRO-1/2 gather the updated parameters back; ZeRO-0 has nothing to gather, ZeRO-3 gathers per microbatch
+    gathers = [(moved_s("all_gather", st, st_pieces, precision_bytes),
+                last_piece_s("all_gather", st, st_pieces, precision_bytes))
+               for st, st_pieces in zip(stages, pieces)] if cfg.zero in (1, 2) else []
+    gather_s = sum((total for total, _ in gathers), 0.0)
     if not hides or overlap.param_gather == "after_step":
         gather_exposed = gather_s
     elif timing_known:
