@@ -239,15 +239,21 @@ def _entry(point: Any, precision: str, stats: dict[str, tuple[float, float]], me
 
 
 def interleaves(model: ModelSpec, settings: ProfileSettings) -> bool:
-    """Time CPU points round-robin (one iteration of each per round) so that every point samples
-    the run's background load alike, when all cases fit in memory at once (< 2 GiB by the cost
-    model's activation formula, twice for the gradients)."""
+    """Time the CPU points of one process round-robin (one iteration of each per round) so that every
+    point samples the machine's drift and background load alike, when those cases fit in memory at once
+    (< 2 GiB by the cost model's activation formula, twice for the gradients). Points timed in a TP group
+    or a ring are timed there, a group at a time.
 
-    if settings.timer != "thread_cpu":
+    Timed one point after another instead, a shared 2-core VM's speed drifts between points: tiny-gpt's
+    layer measured 12.0, 11.6, 10.3, 10.3 ms per sequence at mbs 1, 2, 4, 8 in one profile and 18.2,
+    14.8, 12.7, 12.5 in the next, and one profile's mbs 2 at two thirds of its mbs 1 made the search
+    pick mbs 2 plans that then ran 16-44 % slower than priced (``bench/e2e_cpu.py``)."""
+
+    if settings.device != "cpu":
         return False
     variant = ActivationVariant.runtime(settings.precision, device="cpu")
     total = sum(2 * layer_activation_bytes(model, p.seq_len, p.mbs, p.tp, False, "none", variant)
-                for p in grid(model, settings) if p.cp == 1)
+                for p in grid(model, settings) if p.cp == 1 and not timed_in_group(p, settings))
     return total < 2 * 2**30
 
 
@@ -255,9 +261,8 @@ def num_steps(model: ModelSpec, settings: ProfileSettings) -> int:
     """How many times ``profile_model`` calls ``progress``."""
     points = grid(model, settings)
     runtime = int(settings.times_runtime)  # the runtime's overheads (launch/profiler/runtime.py)
-    if interleaves(model, settings):
-        return len(points) + settings.warmup + settings.repeats + runtime
-    return len(points) + sum(timed_in_group(p, settings) for p in points) + runtime
+    rounds = settings.warmup + settings.repeats if interleaves(model, settings) else 0
+    return len(points) + rounds + sum(timed_in_group(p, settings) for p in points) + runtime
 
 
 def _time_round_robin(built: dict[int, Any], settings: ProfileSettings, clock: Any, say: Callable[[str], None]) -> dict[int, dict]:
@@ -303,11 +308,11 @@ def profile_model(
         case = cases.make_case(model, point, settings.precision, settings.device)
         stats = {} if in_group or together else cases.time_case(case, settings.warmup, settings.repeats, sync, clock)
         results[index] = (stats, cases.memory_of(case, settings.device))
-        if together:
+        if together and not in_group:
             built[index] = case
     if together:
         timed = _time_round_robin(built, settings, clock, say)
-        results = {i: (timed[i], memory) for i, (_, memory) in results.items()}
+        results = {i: (timed.get(i, stats), memory) for i, (stats, memory) in results.items()}  # group points: timed below
     retries: list[str] = []
 
     def retried(message: str) -> None:

@@ -57,6 +57,14 @@ def test_progress_is_called_once_per_counted_step(small_profile):
     assert not interleaves(load_model("gpt3-1.7b"), ProfileSettings())  # too big to hold every case at once
 
 
+def test_cpu_points_are_timed_round_robin_whatever_the_timer():
+    """A wall-clock profile (a TP group or a ring makes the timer wall) drifts with the machine as much as
+    a thread-CPU one: its one-process points are timed round-robin too; on a GPU they are timed in turn."""
+    grouped = ProfileSettings(tps=(1, 2), mbss=(1, 2), tp_group=True)
+    assert grouped.timer == "wall" and interleaves(load_model("tiny-gpt"), grouped)
+    assert not interleaves(load_model("tiny-gpt"), ProfileSettings(device="cuda"))
+
+
 def test_the_fsdp_overhead_is_timed_over_whole_training_steps_with_the_optimizer():
     """FSDP2's parameters are DTensors and AdamW's foreach kernels dispatch through DTensor for each:
     the measured step is what ``train.py`` runs, schedule then AdamW then ``zero_grad``, so one call
@@ -210,8 +218,12 @@ def test_bad_input_exits_2_with_one_error_line(name, tmp_path, capsys):
 @pytest.mark.dist
 def test_tp_group_times_the_runtime_dtensor_layers(tmp_path):
     settings = ProfileSettings(tps=(1, 2), mbss=(1,), recomputes=("none",), tp_group=True, **LAYERS_ONLY)
-    profile = profile_model(load_model("tiny-gpt"), settings)
+    steps: list[str] = []
+    profile = profile_model(load_model("tiny-gpt"), settings, steps.append)
     assert profile.timer == "wall"
+    # the tp-1 points round-robin in this process, the tp-2 points in their group: 6 points, 3 rounds, 3 group steps
+    assert interleaves(load_model("tiny-gpt"), settings)
+    assert len(steps) == num_steps(load_model("tiny-gpt"), settings) == 6 + 3 + 3
     for e in profile.layers:
         assert e.tp_comm_included == (e.tp == 2)
         assert e.forward_s > 0 and e.backward_s > 0
