@@ -44,6 +44,7 @@ from costmodels.memory import (
     StaticMemory,
     embedding_activation_bytes,
     end_weight_grad_input_bytes,
+    gradients_fp32,
     gradients_sharded,
     layer_activation_bytes,
     layer_params,
@@ -418,7 +419,7 @@ def _rank_memory_gib(
     experts = sum(st.params.expert for st in rank_plans)
     data_ranks = cfg.dp * cfg.cp
     static = split_static_memory(dense, experts, train.precision, data_ranks, cfg.ep, cfg.zero,
-                                 gradients_sharded(stack, cfg.pp, data_ranks, cfg.zero), stack.grad_accumulation_fp32,
+                                 gradients_sharded(stack, cfg.pp, data_ranks, cfg.zero), gradients_fp32(stack, cfg.pp, data_ranks, cfg.zero),
                                  cfg.expert_data_ranks)
     p = bytes_per_element(train.precision)
     tokens = train.seq_len // cfg.cp * cfg.mbs

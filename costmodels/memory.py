@@ -398,6 +398,20 @@ def gradients_sharded(stack: StackSpec, pp: int, dp: int, zero: int) -> bool:
     return zero >= 2
 
 
+def gradients_fp32(stack: StackSpec, pp: int, data_ranks: int, zero: int) -> bool:
+    """Whether a bf16 or fp8 run's gradients take 4 B/param (``state_bytes_per_param``): the stack
+    accumulates them in fp32 (``StackSpec.grad_accumulation_fp32``, Megatron-LM), or FSDP2 accumulates
+    the unsharded gradients in its fp32 reduce dtype while the pipeline keeps the gradient sync off
+    (``StackSpec.fsdp_unsharded_grads_fp32``, torchtitan with pp > 1: FSDP2 upcasts each unsharded
+    gradient to the reduce dtype before accumulating it, ``FSDPParam.to_accumulated_grad_if_needed``).
+    Without the pipeline, FSDP2 reduce-scatters every microbatch and keeps only fp32 shards of its fp32
+    sharded parameters, which the ZeRO paper's 2 + 2 + 12 B/param already counts."""
+    if stack.grad_accumulation_fp32:
+        return True
+    fsdp = zero >= 1 and data_ranks > 1
+    return stack.fsdp_unsharded_grads_fp32 and fsdp and not gradients_sharded(stack, pp, data_ranks, zero)
+
+
 def microbatch_grad_sync(stack: StackSpec, pp: int, dp: int, zero: int) -> bool:
     """Whether gradients are reduce-scattered after every microbatch's backward (FSDP without
     pipeline parallelism on a stack that does so, ``StackOverlap.dp_grad_sync``) rather than once

@@ -230,6 +230,13 @@ class StackSpec(StrictModel):
         "every version since v2), torchtitan (FSDP2 reduce_dtype float32: sharded gradients of the fp32 sharded "
         "parameters, and unsharded accumulation in reduce_dtype, pytorch PR #125191)",
     )
+    fsdp_unsharded_grads_fp32: bool = Field(
+        default=False,
+        description="where the pipeline turns FSDP2's gradient sync off until the last microbatch (pp > 1; "
+        "gradients_sharded false), bf16 and fp8 runs accumulate the unsharded gradients in fp32, the reduce dtype: "
+        "4 B/param, not 2 (torch/distributed/fsdp/_fully_shard/_fsdp_param.py to_accumulated_grad_if_needed, "
+        "pytorch PR #125191; torchtitan's training.mixed_precision_reduce float32)",
+    )
     fp16_main_grads_copied: bool = Field(
         default=False,
         description="fp16 runs copy each gradient the rank updates to fp32 at the optimizer step (Megatron-LM's "

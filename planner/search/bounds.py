@@ -37,6 +37,7 @@ from costmodels.layer_costs import LayerTimes, PassTimes
 from costmodels.memory import (
     GIB,
     embedding_activation_bytes,
+    gradients_fp32,
     gradients_sharded,
     layer_activation_bytes,
     split_static_memory,
@@ -150,7 +151,7 @@ class Bounds:
                                pp: int, dp: int, zero: int, cp: int, ep: int, etp: int, layer_kind: str | None = None) -> float:
         params = stage_param_split(self.model, first_layer, layers, has_embedding, has_head, tp, ep, layer_kind, etp)
         state = split_static_memory(params.dense, params.expert, self.train.precision, dp * cp, ep, zero,
-                                    gradients_sharded(self.stack, pp, dp * cp, zero), self.stack.grad_accumulation_fp32,
+                                    gradients_sharded(self.stack, pp, dp * cp, zero), gradients_fp32(self.stack, pp, dp * cp, zero),
                                     expert_data_ranks(tp, cp, dp, ep, etp))
         return state.weights_bytes + state.gradients_bytes + state.optimizer_bytes
 
