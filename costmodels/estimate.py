@@ -427,7 +427,7 @@ def _rank_memory_gib(
     # transient: the MLP intermediate and its gradient, or on the head stage what the loss holds beside its kept tensor
     transient = TRANSIENT_COPIES * p * tokens * _widest_per_token(model, cfg, rank_plans)
     if any(st.layout.has_head for st in rank_plans):
-        transient = max(transient, loss_bytes_per_logit(variant)[1] * tokens * _loss_vocab(model, cfg, variant))
+        transient = max(transient, loss_bytes_per_logit(variant, cfg.tp)[1] * tokens * _loss_vocab(model, cfg, variant))
     p2p_buffers = p2p_buffer_count(stack, cfg, rank_plans) * p * tokens * model.hidden_size / cfg.tp if cfg.pp > 1 else 0.0
     bucket = min(dense + experts, bucket_params(stack.overlap, cfg.dp * cfg.cp))
     dp_buckets = DP_BUCKETS_IN_FLIGHT * bucket * grad_reduce_bytes_per_param(train.precision) if syncs_gradients(cfg) else 0.0

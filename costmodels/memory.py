@@ -37,6 +37,9 @@ from profiles.stack_schema import StackKernels, StackSpec
 GIB = 1024**3
 
 
+DTENSOR_LOSS_PARALLEL = "dtensor_loss_parallel"  # loss_bytes_per_logit: DTensor's vocab-parallel cross-entropy
+
+
 @dataclass(frozen=True)
 class ActivationVariant:
     """What the runtime actually stores.
@@ -57,6 +60,7 @@ class ActivationVariant:
     rmsnorm_saves_normalized: bool = False
     vocab_parallel_loss: bool = True
     loss_kernel: str = "log_softmax"  # loss_kernel_of(StackKernels): fused, inplace_softmax or log_softmax
+    tp_loss_kernel: str | None = None  # the loss where tp > 1 shards the vocabulary, if not loss_kernel (DTensor's)
     context_parallel_attention: str = "p2p_ring"
     gemm_input_bytes: int | None = None  # what a GEMM's saved input takes per value (None: bytes_per_element)
     moe_probs_in_activation: bool = False  # StackKernels.moe_probs_in_activation (no weighted copies kept)
@@ -111,6 +115,7 @@ class ActivationVariant:
             rmsnorm_saves_normalized=device != "cuda" and not kernels.fused_norm,
             vocab_parallel_loss=kernels.vocab_parallel_loss,
             loss_kernel=loss_kernel_of(kernels),
+            tp_loss_kernel=DTENSOR_LOSS_PARALLEL if decomposed_tp_loss(kernels) else None,
             context_parallel_attention=kernels.context_parallel_attention,
             gemm_input_bytes=1 if precision == "fp8" and kernels.fp8_saved_gemm_inputs else None,
             moe_probs_in_activation=kernels.moe_probs_in_activation,
@@ -244,8 +249,15 @@ def loss_kernel_of(kernels: StackKernels) -> str:
     return "inplace_softmax" if kernels.cross_entropy_inplace else "log_softmax"
 
 
-def loss_bytes_per_logit(variant: ActivationVariant) -> tuple[int, int]:
-    """(bytes the loss keeps for the backward, bytes alive beside them at its peak) per logit on a rank.
+def decomposed_tp_loss(kernels: StackKernels) -> bool:
+    """Whether with tp > 1 the loss is DTensor's vocab-parallel decomposition
+    (``StackKernels.vocab_parallel_loss_decomposed``), not a fused cross-entropy kernel."""
+    return kernels.vocab_parallel_loss and kernels.vocab_parallel_loss_decomposed and not kernels.fused_cross_entropy
+
+
+def loss_bytes_per_logit(variant: ActivationVariant, tp: int = 1) -> tuple[int, int]:
+    """(bytes the loss keeps for the backward, bytes alive beside them at its peak) per logit on a rank of
+    ``tp`` tensor-parallel ranks.
 
     - fused (flash-attn's xentropy ``SoftmaxCrossEntropyLossFn``: saves the logits and the log-sum-exp;
       its backward writes a new gradient, ``inplace_backward`` False by default): p kept, p beside.
@@ -255,12 +267,20 @@ def loss_bytes_per_logit(variant: ActivationVariant) -> tuple[int, int]:
       gradient in the backward); nothing beside in fp32, where ``.float()`` is the logits themselves.
     - log_softmax (torch's ``F.cross_entropy(logits.float())``): 4 kept (the log-softmax), 2 x 4 beside (the NLL
       and log-softmax backward outputs: measured on ppplan's runtime with the torch profiler's allocation events,
-      tiny-gpt tp 4 at mbs 4, two 2 MiB tensors alive at the rank's peak)."""
+      tiny-gpt tp 4 at mbs 4, two 2 MiB tensors alive at the rank's peak).
+    - dtensor_loss_parallel, with tp > 1 (``ActivationVariant.tp_loss_kernel``; DTensor's vocab-parallel
+      decomposition, torch/distributed/tensor/parallel/loss.py): 4 kept (the log-softmax), 3 x 4 beside at the
+      backward's peak, ``(grad_input + torch.exp(x)) * grad_output`` in ``_nll_loss_and_log_softmax_backward``:
+      the zeroed ``grad_input``, the sum and the product alive together (the forward's peak, the compute-dtype
+      logits, their fp32 copy, ``shifted`` and ``exp(shifted)``, is p + 12 with nothing kept yet)."""
     p = variant.bytes_per_element
-    if variant.loss_kernel == "fused":
+    kernel = variant.tp_loss_kernel if tp > 1 and variant.tp_loss_kernel else variant.loss_kernel
+    if kernel == "fused":
         return p, p
-    if variant.loss_kernel == "inplace_softmax":
+    if kernel == "inplace_softmax":
         return FP32_BYTES, 0 if p == FP32_BYTES else p
+    if kernel == DTENSOR_LOSS_PARALLEL:
+        return FP32_BYTES, 3 * FP32_BYTES
     return FP32_BYTES, 2 * FP32_BYTES
 
 
@@ -280,7 +300,7 @@ def head_activation_bytes(
     p = variant.bytes_per_element
     norm_in = p * tokens * model.hidden_size / (tp if sequence_parallel else 1)
     logits_in = p * tokens * model.hidden_size
-    logits = loss_bytes_per_logit(variant)[0] * tokens * model.vocab_size / (tp if variant.vocab_parallel_loss else 1)
+    logits = loss_bytes_per_logit(variant, tp)[0] * tokens * model.vocab_size / (tp if variant.vocab_parallel_loss else 1)
     return norm_in + logits_in + logits
 
 

@@ -59,6 +59,13 @@ class StackKernels(StrictModel):
         "(torch's log_softmax and NLL backward)",
     )
     vocab_parallel_loss: bool = Field(default=True, description="cross-entropy over vocab shards (Megatron) vs gathered logits")
+    vocab_parallel_loss_decomposed: bool = Field(
+        default=False,
+        description="with tp > 1 the vocab-parallel loss is DTensor's decomposition, whose every step writes a new fp32 "
+        "tensor (torch.distributed.tensor.parallel.loss_parallel, torch/distributed/tensor/parallel/loss.py: _log_softmax "
+        "and _nll_loss_and_log_softmax_backward; torchtitan's loss parallel): 4 B/logit kept, 12 beside at the backward's "
+        "peak. With tp 1 the stack runs torch's fused log_softmax",
+    )
     dropout: bool = False
     context_parallel_attention: Literal["p2p_ring", "all_gather", "eager_ring"] = Field(
         default="p2p_ring",

@@ -320,18 +320,36 @@ def test_head_transient_spans_the_vocabulary_the_loss_sees() -> None:
     assert megatron_rank["transient"] == pytest.approx(2 * 4 * 512 * 256 / GIB, abs=1e-4)
 
 
-@pytest.mark.parametrize(("stack", "kernels", "kept", "beside"), [
-    ("megatron-core", {}, 4, 2),  # fp32 softmax in place of its copy; the bf16 logits, then their bf16 gradient
-    ("megatron-lm-2021", {}, 4, 2),
-    ("torchtitan", {}, 4, 8),  # torch's fp32 log-softmax; the NLL and log-softmax backward outputs
-    ("ppplan-torch", {}, 4, 8),
-    ("torchtitan", {"fused_cross_entropy": True}, 2, 2),  # flash-attn xentropy: the bf16 logits, a bf16 gradient
+@pytest.mark.parametrize(("stack", "kernels", "tp", "kept", "beside"), [
+    ("megatron-core", {}, 8, 4, 2),  # fp32 softmax in place of its copy; the bf16 logits, then their bf16 gradient
+    ("megatron-lm-2021", {}, 8, 4, 2),
+    ("torchtitan", {}, 1, 4, 8),  # torch's fp32 log-softmax; the NLL and log-softmax backward outputs
+    ("torchtitan", {}, 8, 4, 12),  # loss parallel: DTensor's grad_input, sum and product, all fp32
+    ("ppplan-torch", {}, 1, 4, 8),
+    ("ppplan-torch", {}, 4, 4, 8),  # gathers the logits: torch's kernel at every tp
+    ("torchtitan", {"fused_cross_entropy": True}, 8, 2, 2),  # flash-attn xentropy: the bf16 logits, a bf16 gradient
 ])
-def test_the_loss_holds_what_its_kernel_keeps_per_logit(stack: str, kernels: dict[str, object], kept: int,
+def test_the_loss_holds_what_its_kernel_keeps_per_logit(stack: str, kernels: dict[str, object], tp: int, kept: int,
                                                         beside: int) -> None:
     spec = load_stack(stack)
     variant = ActivationVariant.for_stack(spec.kernels.model_copy(update=kernels), "bf16")
-    assert loss_bytes_per_logit(variant) == (kept, beside)
+    assert loss_bytes_per_logit(variant, tp) == (kept, beside)
+
+
+def test_torchtitan_loss_parallel_prices_llama3_70b_2d_by_hand() -> None:
+    """torchtitan's Llama 3 70B on 256 H100 (FSDP 32, tp 8, local batch 16 x seq 8,192, full AC): the rank's loss
+    sees 131,072 tokens x 128,256 / 8 = 16,032 logits each and at its backward's peak holds the kept fp32
+    log-softmax and 3 fp32 tensors beside it (DTensor's _nll_loss_and_log_softmax_backward): the transient is
+    12 B x 2.10e9 logits = 23.48 GiB (8 B, 15.66 GiB, under torch's fused kernel). The run's measured peak
+    (71.9 GiB max_reserved) was priced 54.6 GiB and is priced 64.1."""
+    from planner.trust.published_runs import PublishedRow, read_published_runs
+
+    row = next(r for r in read_published_runs() if isinstance(r, PublishedRow)
+               and r.run == "Table 4 llama3-70b 256GPU FSDP32 TP8 PP1 CP1 seq8192 2D FSDP+TP+compile+Float8")
+    est = estimate(row.model, row.cluster, row.train, row.config, stack=row.stack_spec)
+    logits = 16 * 8192 * 128256 / 8
+    assert est.memory_breakdown_gib[0]["transient"] == pytest.approx(12 * logits / GIB, abs=1e-4)
+    assert max(est.peak_memory_gib) == pytest.approx(64.1, abs=0.05)
 
 
 def test_composer_fused_loss_prices_mpt_125m_on_a100_40gb_by_hand() -> None:
