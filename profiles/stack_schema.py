@@ -234,8 +234,8 @@ class StackSpec(StrictModel):
         default=False,
         description="bf16 and fp8 runs accumulate and reduce gradients in fp32 (4 B/param, not 2): Megatron-LM "
         "('bfloat16 requires gradient accumulation and all-reduce to be done in fp32', megatron/training/arguments.py, "
-        "every version since v2), torchtitan (FSDP2 reduce_dtype float32: sharded gradients of the fp32 sharded "
-        "parameters, and unsharded accumulation in reduce_dtype, pytorch PR #125191)",
+        "every version since v2). Not FSDP2's fp32 reduce dtype: its sharded fp32 gradients are the ZeRO paper's "
+        "16 B/param, and its unsharded accumulation under a pipeline is fsdp_unsharded_grads_fp32",
     )
     fsdp_unsharded_grads_fp32: bool = Field(
         default=False,

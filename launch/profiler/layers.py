@@ -244,10 +244,10 @@ def interleaves(model: ModelSpec, settings: ProfileSettings) -> bool:
     (< 2 GiB by the cost model's activation formula, twice for the gradients). Points timed in a TP group
     or a ring are timed there, a group at a time.
 
-    Timed one point after another instead, a shared 2-core VM's speed drifts between points: tiny-gpt's
-    layer measured 12.0, 11.6, 10.3, 10.3 ms per sequence at mbs 1, 2, 4, 8 in one profile and 18.2,
-    14.8, 12.7, 12.5 in the next, and one profile's mbs 2 at two thirds of its mbs 1 made the search
-    pick mbs 2 plans that then ran 16-44 % slower than priced (``bench/e2e_cpu.py``)."""
+    Timed one point after another instead, a shared 2-core VM's drift between points goes into their
+    ratios: three back-to-back profiles of tiny-gpt's layer (tp 1, mbs 1, 2, 4, 8) spread 9-46 % per
+    sequence within one profile (one read 18.2, 14.8, 12.7, 12.5 ms; an older one had mbs 2 at two thirds
+    of mbs 1), three round-robin ones 19-22 %, with mbs 1 always the dearest per sequence."""
 
     if settings.device != "cpu":
         return False
