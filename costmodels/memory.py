@@ -37,9 +37,6 @@ from profiles.stack_schema import StackKernels, StackSpec
 GIB = 1024**3
 
 
-DTENSOR_LOSS_PARALLEL = "dtensor_loss_parallel"  # loss_bytes_per_logit: DTensor's vocab-parallel cross-entropy
-
-
 @dataclass(frozen=True)
 class ActivationVariant:
     """What the runtime actually stores.
@@ -60,7 +57,7 @@ class ActivationVariant:
     rmsnorm_saves_normalized: bool = False
     vocab_parallel_loss: bool = True
     loss_kernel: str = "log_softmax"  # loss_kernel_of(StackKernels): fused, inplace_softmax or log_softmax
-    tp_loss_kernel: str | None = None  # the loss where tp > 1 shards the vocabulary, if not loss_kernel (DTensor's)
+    tp_loss_kernel: str | None = None  # loss_kernel_of(StackKernels, tp > 1) where it differs: dtensor_loss_parallel
     context_parallel_attention: str = "p2p_ring"
     gemm_input_bytes: int | None = None  # what a GEMM's saved input takes per value (None: bytes_per_element)
     moe_probs_in_activation: bool = False  # StackKernels.moe_probs_in_activation (no weighted copies kept)
@@ -115,7 +112,7 @@ class ActivationVariant:
             rmsnorm_saves_normalized=device != "cuda" and not kernels.fused_norm,
             vocab_parallel_loss=kernels.vocab_parallel_loss,
             loss_kernel=loss_kernel_of(kernels),
-            tp_loss_kernel=DTENSOR_LOSS_PARALLEL if decomposed_tp_loss(kernels) else None,
+            tp_loss_kernel=loss_kernel_of(kernels, tp_sharded=True),
             context_parallel_attention=kernels.context_parallel_attention,
             gemm_input_bytes=1 if precision == "fp8" and kernels.fp8_saved_gemm_inputs else None,
             moe_probs_in_activation=kernels.moe_probs_in_activation,
@@ -240,19 +237,17 @@ def end_weight_grad_input_bytes(model: ModelSpec, seq_len: int, mbs: int, tp: in
     return p * ((t * h if embedding else 0.0) + (t * h + t * vocab if head else 0.0))
 
 
-def loss_kernel_of(kernels: StackKernels) -> str:
+def loss_kernel_of(kernels: StackKernels, tp_sharded: bool = False) -> str:
     """How a stack's loss holds the logits (``loss_bytes_per_logit``): ``fused`` (one kernel over the logits in
     their dtype, ``StackKernels.fused_cross_entropy``), ``inplace_softmax`` (an fp32 copy overwritten in place,
-    ``StackKernels.cross_entropy_inplace``) or ``log_softmax`` (torch's, new fp32 tensors)."""
+    ``StackKernels.cross_entropy_inplace``) or ``log_softmax`` (torch's, new fp32 tensors); with the vocabulary
+    sharded over tp > 1 ranks (``tp_sharded``) ``dtensor_loss_parallel`` where the stack runs DTensor's
+    decomposition there (``StackKernels.vocab_parallel_loss_decomposed``)."""
     if kernels.fused_cross_entropy:
         return "fused"
+    if tp_sharded and kernels.vocab_parallel_loss and kernels.vocab_parallel_loss_decomposed:
+        return "dtensor_loss_parallel"
     return "inplace_softmax" if kernels.cross_entropy_inplace else "log_softmax"
-
-
-def decomposed_tp_loss(kernels: StackKernels) -> bool:
-    """Whether with tp > 1 the loss is DTensor's vocab-parallel decomposition
-    (``StackKernels.vocab_parallel_loss_decomposed``), not a fused cross-entropy kernel."""
-    return kernels.vocab_parallel_loss and kernels.vocab_parallel_loss_decomposed and not kernels.fused_cross_entropy
 
 
 def loss_bytes_per_logit(variant: ActivationVariant, tp: int = 1) -> tuple[int, int]:
@@ -279,7 +274,7 @@ def loss_bytes_per_logit(variant: ActivationVariant, tp: int = 1) -> tuple[int, 
         return p, p
     if kernel == "inplace_softmax":
         return FP32_BYTES, 0 if p == FP32_BYTES else p
-    if kernel == DTENSOR_LOSS_PARALLEL:
+    if kernel == "dtensor_loss_parallel":
         return FP32_BYTES, 3 * FP32_BYTES
     return FP32_BYTES, 2 * FP32_BYTES
 
