@@ -206,7 +206,8 @@ def gauss_newton(
     """Fit on linearisations, then check the step on the exact estimates: accepted when it lowers
     the exact objective, else halved (``BACKTRACKS`` times at most; the estimate is piecewise
     linear, so a step across a kink can overshoot). Re-linearise at the accepted constants and
-    repeat until a step moves less than ``CONVERGED_UNIT_STEP``. ``lines`` (linearised elsewhere,
+    repeat until a step moves less than ``CONVERGED_UNIT_STEP``; a step (or what halving left of
+    it) shorter than that is not priced: accepted, it would end the fit within the tolerance. ``lines`` (linearised elsewhere,
     e.g. the in-sample fit for a held-out one) saves the first round. Returns (constants, the
     last linearisations, exact linearisation rounds). ``mapper`` prices the runs (each
     independently: in any order, in other processes)."""
@@ -220,6 +221,8 @@ def gauss_newton(
         target = box.unit(fit_linearised(runs, lines, prior, box, prior_weight))
         start = box.unit(center)
         for _ in range(BACKTRACKS + 1):
+            if float(np.max(np.abs(target - start))) < CONVERGED_UNIT_STEP:
+                return center, lines, rounds  # what is left of the step is within the tolerance: settled
             candidate = box.terms(target)
             exact = dict(zip(names, mapper(partial(_step_time_s, candidate), runs)))
             if _log_cost(runs, exact) <= cost:

@@ -293,15 +293,24 @@ def validate(path: Path = DEFAULT_RUNS_CSV, fit: bool = True) -> ValidationRepor
     parsed = read_published_runs(path)
     rows = [p for p in parsed if isinstance(p, PublishedRow)]
     skipped = [p for p in parsed if isinstance(p, SkippedRow)]
-    apriori = {row.id: estimate_with(_as_run(row, 1.0), _prior(row)) for row in rows}  # the same pricing path as the fit
-    runs = {row.id: _as_run(row, equivalent_step_time_s(row, apriori[row.id])) for row in rows if row.has_metric}
     fits: dict[str, FamilyFit] = {}
-    if fit:
-        with process_map(usable_cores()) as mapper:
+    with process_map(usable_cores()) as mapper:
+        apriori = dict(zip([row.id for row in rows], mapper(_apriori_estimate, rows)))
+        runs = {row.id: _as_run(row, equivalent_step_time_s(row, apriori[row.id])) for row in rows if row.has_metric}
+        if fit:
             for family, members in grouped([r for r in rows if r.has_metric and r.category == FIT_CATEGORY], family_of).items():
                 fits[family] = fit_family(family, [runs[r.id] for r in members], _prior(members[0]), mapper=mapper)
-    results = [_result(row, apriori[row.id], runs.get(row.id), fits.get(family_of(row))) for row in rows]
+        results = list(mapper(_result_of, [(row, apriori[row.id], runs.get(row.id), fits.get(family_of(row))) for row in rows]))
     return ValidationReport(_shipped_heldout(results, fits), skipped, fits)
+
+
+def _apriori_estimate(row: PublishedRow) -> Estimate:
+    """The row priced at its family's a-priori constants, on the same pricing path as the fit."""
+    return estimate_with(_as_run(row, 1.0), _prior(row))
+
+
+def _result_of(job: tuple[PublishedRow, Estimate, MeasuredRun | None, FamilyFit | None]) -> RowResult:
+    return _result(*job)
 
 
 def _prediction(row: PublishedRow, est: Estimate) -> Prediction:

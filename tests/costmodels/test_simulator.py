@@ -17,7 +17,7 @@ import pytest
 from costmodels.pipeline import price_pipeline
 from costmodels.schedules.actions import Action, Schedule
 from costmodels.schedules.generate import generate_schedule
-from costmodels.simulator import SMALL_GRAPH_ACTIONS, StageTimes, simulate
+from costmodels.simulator import LOOP_ACTIONS_PER_LEVEL, StageTimes, schedule_graph, simulate
 from profiles.errors import PlanError
 
 
@@ -149,7 +149,7 @@ def reference_makespan(schedule: Schedule, times: StageTimes) -> float:
     return max(free)
 
 
-@pytest.mark.parametrize(("name", "pp", "v", "m"), [("1f1b", 8, 1, 256), ("interleaved-1f1b", 8, 2, 96), ("zbv", 6, 2, 120),
+@pytest.mark.parametrize(("name", "pp", "v", "m"), [("1f1b", 8, 1, 256), ("1f1b", 48, 1, 64), ("interleaved-1f1b", 8, 2, 96), ("zbv", 6, 2, 120),
                                                     ("dualpipev", 4, 2, 16), ("chimera", 4, 1, 8), ("zb-h2", 5, 1, 11)])
 def test_vectorised_simulator_matches_a_reference(name: str, pp: int, v: int, m: int) -> None:
     stages = pp * v
@@ -158,8 +158,10 @@ def test_vectorised_simulator_matches_a_reference(name: str, pp: int, v: int, m:
                        tuple(0.05 * (j % 3) for j in range(stages - 1)))
     schedule = generate_schedule(name, pp, v, m)
     assert simulate(schedule, times).makespan_s == pytest.approx(reference_makespan(schedule, times), rel=1e-12)
-    if name == "1f1b":
-        assert schedule.num_actions > SMALL_GRAPH_ACTIONS  # the per-level numpy path is exercised
+    if name == "1f1b":  # pp 48 is wide enough for the per-level numpy path, pp 8 runs the Python loop
+        graph = schedule_graph(schedule)
+        wide = graph.num_nodes >= LOOP_ACTIONS_PER_LEVEL * (len(graph.level_bounds) - 1)
+        assert wide == (pp == 48)
 
 
 def test_memory_timeline_peaks_at_the_in_flight_peak() -> None:

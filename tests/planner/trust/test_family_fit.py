@@ -8,7 +8,16 @@ import pytest
 
 from costmodels.layout import uniform_split
 from planner.trust.calibration import MeasuredRun, estimate_with
-from planner.trust.family_fit import FAMILY_BOUNDS, at_bounds, constants, coordinates, fit_family, linearise
+from planner.trust.family_fit import (
+    FAMILY_BOUNDS,
+    _Box,
+    at_bounds,
+    constants,
+    coordinates,
+    fit_family,
+    gauss_newton,
+    linearise,
+)
 from planner.trust.processes import process_map
 from profiles.loader import load_cluster, load_model
 from profiles.schema import ParallelConfig, TrainSpec
@@ -101,3 +110,20 @@ def test_a_fit_over_worker_processes_is_the_fit_in_process() -> None:
         spread = fit_family("ampere", runs, PRIOR, mapper=mapper)
     assert spread.terms == alone.terms and spread.heldout_terms == alone.heldout_terms
     assert spread.rounds == alone.rounds
+
+
+def test_a_step_within_the_tolerance_is_not_priced() -> None:
+    """Started at the constants the runs were made with (no ridge), the linear fit's step is ~0: it is
+    not checked on exact estimates (accepted, it would end the fit within ``CONVERGED_UNIT_STEP``), so
+    the fit costs the linearisation alone, one estimate per run and coordinate."""
+    runs = _synthetic(TRUTH)
+    priced: list[str] = []
+
+    def counting(fn, items):
+        items = list(items)
+        priced.extend(getattr(fn, "func", fn).__name__ for _ in items)
+        return map(fn, items)
+
+    terms, _, rounds = gauss_newton(runs, TRUTH, _Box.physical(), prior_weight=0.0, mapper=counting)
+    assert terms == pytest.approx(TRUTH) and rounds == 1
+    assert priced == ["linearise"] * len(runs)  # no "_step_time_s": no candidate was priced
