@@ -30,6 +30,10 @@ each stage needing its first bucket when its first forward starts and the rest b
 forward's end; ``after_step`` (Megatron-LM 2022 distributed optimizer) gathers everything
 before the step. On a node whose cores both compute and move the bytes
 (``comm_overlaps_compute`` false) nothing hides: all of it is exposed.
+
+What hides is not free: the compute that runs beside a collective runs slower
+(``OVERLAPPED_COMPUTE_SLOWDOWN``), so a hidden second of traffic still costs
+``contention_s`` of it (``overlapped_pass_s`` for the traffic inside a pass).
 """
 
 from __future__ import annotations
@@ -43,6 +47,28 @@ from costmodels.layout import StageLayout
 from costmodels.rank_grid import RankGrid
 from profiles.schema import ClusterSpec, ParallelConfig
 from profiles.stack_schema import StackOverlap
+
+# Compute that runs beside a collective runs slower: NCCL's kernels hold SMs and HBM bandwidth while they move
+# the bytes. Lee et al. 2025 ("Characterizing Compute-Communication Overlap in GPU-Accelerated Distributed Deep
+# Learning: Performance and Power Implications", arXiv 2507.03114, abstract) measured GPT and LLaMA training's
+# compute 18.9 % slower on average (40.0 % at most) when overlapped with its communication than alone, on A100,
+# H100, MI250 and MI210. Stated, not fitted.
+OVERLAPPED_COMPUTE_SLOWDOWN = 0.189
+
+
+def contention_s(hidden_s: float) -> float:
+    """What ``hidden_s`` of collectives under compute still cost the step: for as long as they run, the compute
+    beside them advances at 1 / (1 + sigma) of its speed (``OVERLAPPED_COMPUTE_SLOWDOWN``), so the compute ends
+    ``hidden_s * sigma / (1 + sigma)`` later than alone."""
+    return hidden_s * OVERLAPPED_COMPUTE_SLOWDOWN / (1.0 + OVERLAPPED_COMPUTE_SLOWDOWN)
+
+
+def overlapped_pass_s(compute_s: float, comm_s: float) -> float:
+    """A pass whose ``compute_s`` runs beside ``comm_s`` of collectives that start with it: the compute slowed
+    while they run (``contention_s``), or the collectives themselves where they take longer."""
+    if comm_s <= 0.0:
+        return compute_s
+    return max(comm_s, compute_s + contention_s(comm_s))
 
 
 def grad_reduce_bytes_per_param(precision: str) -> int:
@@ -295,6 +321,9 @@ def rank_sync(
         gather_exposed = _gather_floor_s(stages, gathers, pipeline_rank) if gather_s else 0.0
     if not timing_known and hides and overlap.dp_grad_reduce != "after_schedule":
         reduce_exposed = min(t.last_bucket_s for t in transfers)
+    if hides:  # the hidden part slows the compute beside it (a lower bound stays one: affine, increasing)
+        reduce_exposed += contention_s(reduce_s - reduce_exposed)
+        gather_exposed += contention_s(gather_s - gather_exposed)
     return RankSync(reduce_s, reduce_exposed, gather_s, gather_exposed)
 
 

@@ -27,6 +27,7 @@ from costmodels.data_parallel import (
     comm_overlaps_compute,
     fsdp_units_of,
     grad_reduce_bytes_per_param,
+    overlapped_pass_s,
     rank_sync,
     stage_pieces,
     stage_reduce_scatter_s,
@@ -272,8 +273,10 @@ def _stage_costs(
         dp_in_actions, hides = 0.0, {}
         comm_f, comm_b = _microbatch_dp_traffic(cfg, cluster, train, st, stack, network)
         if comm_f or comm_b:
-            hide_f, hide_b = (f, b + w) if comm_overlaps_compute(cluster) else (0.0, 0.0)
-            extra_f, extra_b = max(0.0, comm_f - hide_f), max(0.0, comm_b - hide_b)
+            if comm_overlaps_compute(cluster):  # under the pass's compute, which it slows
+                extra_f, extra_b = overlapped_pass_s(f, comm_f) - f, overlapped_pass_s(b + w, comm_b) - (b + w)
+            else:
+                extra_f, extra_b = comm_f, comm_b
             f, b, dp_in_actions = f + extra_f, b + extra_b, extra_f + extra_b
             hides["zero3_gather_s"] = comm_f + comm_b - dp_in_actions
         send_f = p2p[j] if j < len(p2p) else 0.0

@@ -12,6 +12,7 @@ import pytest
 
 from costmodels.comm import GroupPlacement, collective_s, network_for
 from costmodels.compute import memory_bound_time_s
+from costmodels.data_parallel import contention_s
 from costmodels.estimate import ADAM_STEP_BYTES_PER_PARAM, estimate, memory_limit_gib, stage_times
 from costmodels.memory import GIB, stage_params
 from costmodels.step_time import exposed_sum_s
@@ -98,7 +99,8 @@ def test_bucketed_reduce_hides_all_but_one_bucket_behind_the_last_backward(bandw
     last microbatch's backward (B + W of 8 layers = 16 s); the last bucket (Megatron's 40M
     parameters: here the whole model, 1 bucket) cannot, so the whole reduce shows when it is
     one bucket, and with 2 buckets of 1/2 each (two all-reduces, each paying the ring's latency) the
-    excess over 16 s or one bucket shows."""
+    excess over 16 s or one bucket shows, and what hides costs its contention (the compute beside it
+    18.9 % slower: ``costmodels.data_parallel.contention_s``)."""
     cluster = gpu_cluster(bandwidth_gbs=bandwidth_gbs, latency_us=5.0)
     network = network_for(cluster)
     params = stage_params(MODEL, 8, True, True, 1)
@@ -113,6 +115,7 @@ def test_bucketed_reduce_hides_all_but_one_bucket_behind_the_last_backward(bandw
     reduce_in_two_s = 2 * last_bucket_s
     assert reduce_in_two_s == pytest.approx(reduce_s + 2 * 5e-6)  # the bytes once, the latency twice
     exposed = min(reduce_in_two_s, max(last_bucket_s, reduce_in_two_s - 16.0))
+    exposed += contention_s(reduce_in_two_s - exposed)  # what hides slows the backward beside it
     assert two_buckets.breakdown.dp_comm_s == pytest.approx(exposed)
     assert two_buckets.step_time_s == pytest.approx(192.0 + exposed + optimizer_s(cluster, params))
     assert two_buckets.breakdown.overlapped.get("dp_comm_s", 0.0) == pytest.approx(reduce_in_two_s - exposed)
@@ -167,7 +170,9 @@ def test_zero1_parameter_gather_after_the_step_or_under_the_first_forward() -> N
     overlapped = estimate(MODEL, cluster, train, config(pp=1, dp=2, m=8, zero=1), UnitLayers(),
                           stack=Stack(dp_grad_reduce="after_backward", param_gather="overlapped"))
     first_s = collective_s("all_gather", params / 9 * 4, intra_node(2), network)
-    assert overlapped.breakdown.dp_comm_s == pytest.approx(reduce_s + max(first_s, gather_s - 8.0))
+    gather_exposed = max(first_s, gather_s - 8.0)
+    gather_exposed += contention_s(gather_s - gather_exposed)  # the first forward runs slower beside the rest
+    assert overlapped.breakdown.dp_comm_s == pytest.approx(reduce_s + gather_exposed)
 
 
 def test_blocking_p2p_holds_the_sender_and_overlapped_p2p_delays_the_receiver() -> None:
@@ -278,6 +283,26 @@ def test_fsdp_without_pp_reduce_scatters_every_microbatch_and_keeps_gradients_sh
     # the same plan reducing once per step keeps whole gradients
     per_step = estimate(MODEL, cluster, train, cfg, UnitLayers(), stack=Stack(dp_grad_reduce="after_backward"))
     assert per_step.memory_breakdown_gib[0]["gradients"] == pytest.approx(params * 4 / GIB, abs=5e-5)
+
+
+def test_fsdp_traffic_under_a_pass_slows_the_compute_beside_it() -> None:
+    """The same plan on a link fast enough that each pass's traffic hides (g < F = 8 s, g + r < B + W = 16 s):
+    each pass costs its compute plus the contention of the traffic under it (18.9 % slower compute for as long
+    as the collectives run, Lee et al. 2025): F = 8 + g·0.189/1.189, B + W = 16 + (g + r)·0.189/1.189."""
+    cluster = gpu_cluster(bandwidth_gbs=1e-2, latency_us=0.0)
+    network = network_for(cluster)
+    params = stage_params(MODEL, 8, True, True, 1)
+    g = collective_s("all_gather", params * 4, intra_node(2), network)
+    r = collective_s("reduce_scatter", params * FP32_GRAD_BYTES, intra_node(2), network)
+    assert 0.5 < g < 8.0 and g + r < 16.0
+    train = TrainSpec(global_batch=4, seq_len=128, precision="fp32")
+    stack = Stack(dp_grad_reduce="after_backward", dp_grad_sync="per_microbatch_without_pp")
+    est = estimate(MODEL, cluster, train, config(pp=1, dp=2, m=2, zero=3), UnitLayers(), stack=stack)
+    slowdown = 0.189 / 1.189
+    per_microbatch = 8.0 + slowdown * g + 16.0 + slowdown * (g + r)
+    assert est.step_time_s == pytest.approx(2 * per_microbatch + optimizer_s(cluster, params / 2))
+    assert est.breakdown.dp_comm_s == pytest.approx(2 * slowdown * (2 * g + r))
+    assert est.breakdown.overlapped["zero3_gather_s"] == pytest.approx(2 * (1 - slowdown) * (2 * g + r))
 
 
 def test_torch_pipelining_keeps_a_receive_buffer_per_microbatch_and_direction():
