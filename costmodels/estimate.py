@@ -423,7 +423,7 @@ def _rank_memory_gib(
     data_ranks = cfg.dp * cfg.cp
     static = split_static_memory(dense, experts, train.precision, data_ranks, cfg.ep, cfg.zero,
                                  gradients_sharded(stack, cfg.pp, data_ranks, cfg.zero), gradients_fp32(stack, cfg.pp, data_ranks, cfg.zero),
-                                 cfg.expert_data_ranks)
+                                 cfg.expert_data_ranks, stack.bf16_grads_kept_beside_fp32)
     p = bytes_per_element(train.precision)
     tokens = train.seq_len // cfg.cp * cfg.mbs
     gathered = _zero3_gathered_bytes(model, cfg, stack, rank_plans, p)

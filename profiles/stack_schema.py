@@ -244,6 +244,15 @@ class StackSpec(StrictModel):
         "4 B/param, not 2 (torch/distributed/fsdp/_fully_shard/_fsdp_param.py to_accumulated_grad_if_needed, "
         "pytorch PR #125191; torchtitan's training.mixed_precision_reduce float32)",
     )
+    bf16_grads_kept_beside_fp32: bool = Field(
+        default=False,
+        description="bf16 runs keep each parameter's bf16 gradient beside its fp32 accumulation (2 B/param more "
+        "than grad_accumulation_fp32's 4): DeepSpeed's BF16_Optimizer (deepspeed/runtime/bf16_optimizer.py) clears "
+        "the bf16 .grad only before the next backward (backward: clear_lp_grads(), loss.backward(), "
+        "update_hp_grads(clear_lp_grads=False)) and accumulates into full-size fp32 buffers "
+        "(fp32_groups_gradients_flat = zeros_like(bf16_groups_flat, float32)); DeepSpeed's engine picks it for bf16 "
+        "with fp32 gradient accumulation at ZeRO 0 or 1 (runtime/engine.py _do_optimizer_sanity_check)",
+    )
     fp16_main_grads_copied: bool = Field(
         default=False,
         description="fp16 runs copy each gradient the rank updates to fp32 at the optimizer step (Megatron-LM's "
@@ -260,12 +269,13 @@ class StackSpec(StrictModel):
     kernels: StackKernels = StackKernels()
     overlap: StackOverlap
 
-    def with_changes(self, changes: dict[str, dict[str, object]]) -> "StackSpec":
-        """This stack with some fields of its parts replaced ({"kernels": {...}, "overlap": {...}}), validated
-        as a stack file is."""
+    def with_changes(self, changes: dict[str, object]) -> "StackSpec":
+        """This stack with some fields of its parts replaced ({"kernels": {...}, "overlap": {...}}), or some of
+        its own fields (a value that is not a dict), validated as a stack file is."""
         if not changes:
             return self
-        update = {part: getattr(self, part).model_dump() | fields for part, fields in changes.items()}
+        update = {part: getattr(self, part).model_dump() | fields if isinstance(fields, dict) else fields
+                  for part, fields in changes.items()}
         return StackSpec.model_validate(self.model_dump() | update)
 
     @model_validator(mode="after")

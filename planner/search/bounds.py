@@ -152,7 +152,7 @@ class Bounds:
         params = stage_param_split(self.model, first_layer, layers, has_embedding, has_head, tp, ep, layer_kind, etp)
         state = split_static_memory(params.dense, params.expert, self.train.precision, dp * cp, ep, zero,
                                     gradients_sharded(self.stack, pp, dp * cp, zero), gradients_fp32(self.stack, pp, dp * cp, zero),
-                                    expert_data_ranks(tp, cp, dp, ep, etp))
+                                    expert_data_ranks(tp, cp, dp, ep, etp), self.stack.bf16_grads_kept_beside_fp32)
         return state.weights_bytes + state.gradients_bytes + state.optimizer_bytes
 
     def _gib(self, allocated_bytes: float, c: Candidate) -> float:

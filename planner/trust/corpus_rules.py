@@ -80,7 +80,15 @@ STACK_OF_ROW: dict[str, tuple[str, str | None]] = {
 # kernels or overlaps than the preset's, because the source's own code shows what ran: (the preset, the
 # preset's fields it replaces ({"kernels": StackKernels fields, "overlap": StackOverlap fields}), the
 # assumption with its evidence).
-STACK_OF_SOURCE: dict[str, tuple[str, dict[str, dict[str, object]], str]] = {
+STACK_OF_SOURCE: dict[str, tuple[str, dict[str, object], str]] = {
+    "bigscience": (
+        "megatron-lm-2021", {"bf16_grads_kept_beside_fp32": True},
+        "BigScience's Megatron-DeepSpeed priced as the megatron-lm-2021 stack; its bf16 runs as DeepSpeed's "
+        "BF16_Optimizer, which DeepSpeed's engine picks for bf16 with fp32 gradient accumulation at ZeRO 0 or 1 "
+        "(deepspeed/runtime/engine.py _do_optimizer_sanity_check) and which keeps every bf16 gradient beside the "
+        "full-size fp32 accumulation until the next backward (runtime/bf16_optimizer.py backward, update_hp_grads "
+        "with clear_lp_grads=False): 6 B of gradients per parameter, not 4",
+    ),
     "korthikanti22": (
         "megatron-lm-2021", {"overlap": {"tp_comm": "backward_overlapped"}},
         "Megatron-LM of the paper's time (2022 main) runs the backward's TP collectives asynchronously beside the "
@@ -112,7 +120,7 @@ STACK_OF_SOURCE: dict[str, tuple[str, dict[str, dict[str, object]], str]] = {
 }
 
 
-def stack_of_row(source: str, stack_column: str) -> tuple[str, dict[str, dict[str, object]], str | None] | None:
+def stack_of_row(source: str, stack_column: str) -> tuple[str, dict[str, object], str | None] | None:
     """(stack preset, its kernels and overlaps the row's source replaces, the assumption when it is
     not the row's own stack as it ran) for a row, or None when no preset prices its stack."""
     preset = STACK_OF_ROW.get(stack_column)
@@ -167,16 +175,18 @@ def note_assumptions(notes: str) -> list[str]:
     return [assumption for pattern, assumption in NOTE_ASSUMPTIONS if re.search(pattern, text)]
 
 
-def merged_stack_changes(*changes: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
-    """Stack-field changes ({"kernels": {...}, "overlap": {...}}) merged part by part, later ones winning."""
-    out: dict[str, dict[str, object]] = {}
+def merged_stack_changes(*changes: dict[str, object]) -> dict[str, object]:
+    """Stack-field changes ({"kernels": {...}, "overlap": {...}}, or a stack field's own value) merged part by
+    part, later ones winning."""
+    out: dict[str, object] = {}
     for change in changes:
         for part, values in change.items():
-            out[part] = out.get(part, {}) | values
+            earlier = out.get(part)
+            out[part] = earlier | values if isinstance(earlier, dict) and isinstance(values, dict) else values
     return out
 
 
-def note_stack_changes(notes: str) -> tuple[dict[str, dict[str, object]], list[str]]:
+def note_stack_changes(notes: str) -> tuple[dict[str, object], list[str]]:
     """The stack fields a row's notes say ran (``NOTE_STACK_CHANGES``), merged, and their assumptions."""
     text = notes.lower()
     found = [(fields, assumption) for pattern, fields, assumption in NOTE_STACK_CHANGES if re.search(pattern, text)]

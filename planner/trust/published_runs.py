@@ -337,7 +337,7 @@ def _preset(name: str) -> StackSpec:
     return load_stack(name)
 
 
-def row_stack(preset: str, changes: dict[str, dict[str, object]]) -> StackSpec:
+def row_stack(preset: str, changes: dict[str, object]) -> StackSpec:
     """The stack preset a row is priced on, with the kernels and overlaps its source ran where they
     differ (``corpus_rules.STACK_OF_SOURCE``), validated as the schema validates a stack file."""
     return _preset(preset).with_changes(changes)

@@ -134,6 +134,9 @@ def test_megatron_accumulates_bf16_and_fp8_gradients_in_fp32(precision, grads):
     st = static_memory(1e9, precision, dp=1, zero=0, grad_accumulation_fp32=True)
     assert st.gradients_bytes == pytest.approx(1e9 * grads)
     assert state_bytes_per_param(precision, False)[1] == (4 if precision == "fp32" else 2)
+    # DeepSpeed's BF16_Optimizer keeps the bf16 gradient beside the fp32 one: bf16 only
+    kept = static_memory(1e9, precision, dp=1, zero=0, grad_accumulation_fp32=True, bf16_grads_kept=True)
+    assert kept.gradients_bytes == pytest.approx(1e9 * (6 if precision == "bf16" else grads))
 
 
 @pytest.mark.parametrize("stack, pp, zero, sharded", [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from costmodels.memory import GIB, stage_params
 from planner.trust.calibration import estimate_with
 from planner.trust.corpus_rules import independent_source, padded_vocab
 from planner.trust.published_runs import REQUIRED_COLUMNS, PublishedRow, SkippedRow, parse_row
@@ -257,6 +258,25 @@ def test_source_overrides_of_kernels_overlaps_and_clusters() -> None:
     assert isinstance(bloom, PublishedRow) and bloom.cluster.name == "jean-zay-a100-80g"
     assert (bloom.cluster.nics_per_node, bloom.cluster.nic_bandwidth_gbit_s) == (4, 100)
     assert parse_row({**ZB_ROW, "source_id": "mlperf-v4.0", "notes": ""}).cluster.name == "dgx-a100-80g"
+
+
+def test_bigscience_bf16_rows_keep_deepspeeds_bf16_gradients_beside_the_fp32_ones() -> None:
+    """DeepSpeed's BF16_Optimizer (bf16, ZeRO-1) keeps each bf16 gradient (2 B) beside its full-size fp32
+    accumulation (4 B): the stage's gradients are 6 B per parameter, unsharded; fp16 rows keep 2 B."""
+    bf16 = parse_row({**ZB_ROW, "source_id": "bigscience-tr11", "stack": "megatron-lm-2021", "precision": "bf16",
+                      "dp": "1", "pp": "8", "notes": ""})
+    assert isinstance(bf16, PublishedRow) and bf16.stack_spec.bf16_grads_kept_beside_fp32
+    assert any("BF16_Optimizer" in a for a in bf16.assumptions)
+    assert not load_stack("megatron-lm-2021").bf16_grads_kept_beside_fp32  # the preset itself is unchanged
+    est = estimate_with(_as_run(bf16, 1.0), _prior(bf16))
+    params = stage_params(bf16.model, 3, False, False, 1)  # a middle stage: 3 layers, tp 1
+    assert est.memory_breakdown_gib[1]["gradients"] == pytest.approx(6 * params / GIB, abs=1e-4)
+    assert est.memory_breakdown_gib[1]["weights"] == pytest.approx(2 * params / GIB, abs=1e-4)
+    fp16 = parse_row({**ZB_ROW, "source_id": "bigscience-tr11", "stack": "megatron-lm-2021", "dp": "1", "pp": "8",
+                      "notes": ""})
+    assert isinstance(fp16, PublishedRow)
+    fp16_est = estimate_with(_as_run(fp16, 1.0), _prior(fp16))
+    assert fp16_est.memory_breakdown_gib[1]["gradients"] == pytest.approx(2 * params / GIB, abs=1e-4)
 
 
 def test_a_row_without_the_alltoall_dispatchers_host_sync_is_priced_without_the_host_floor() -> None:

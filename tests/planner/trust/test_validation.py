@@ -301,7 +301,7 @@ def test_memory_is_not_under_predicted(doc: dict, source: str) -> None:
     assert under and max(under) <= TARGET_MEMORY_UNDER_PCT
 
 
-@pytest.mark.xfail(strict=True, reason="cost model misses the target: 3 of 6 out-of-memory rows called feasible at this commit")
+@pytest.mark.xfail(strict=True, reason="cost model misses the target: 1 of 6 out-of-memory rows called feasible at this commit")
 def test_no_out_of_memory_row_is_called_feasible(doc: dict) -> None:
     ooms = [m for m in doc["memory"] if m["oom"]]
     assert len(ooms) == 6
