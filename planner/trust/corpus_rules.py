@@ -78,8 +78,8 @@ STACK_OF_ROW: dict[str, tuple[str, str | None]] = {
 
 # Sources whose runs are priced on another stack preset than their stack column names, or with other
 # kernels or overlaps than the preset's, because the source's own code shows what ran: (the preset, the
-# preset's fields it replaces ({"kernels": StackKernels fields, "overlap": StackOverlap fields}), the
-# assumption with its evidence).
+# preset's fields it replaces ({"kernels": StackKernels fields, "overlap": StackOverlap fields}, or a StackSpec
+# field with its value), the assumption with its evidence).
 STACK_OF_SOURCE: dict[str, tuple[str, dict[str, object], str]] = {
     "bigscience": (
         "megatron-lm-2021", {"bf16_grads_kept_beside_fp32": True},
