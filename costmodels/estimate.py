@@ -45,14 +45,12 @@ from costmodels.memory import (
     StaticMemory,
     embedding_activation_bytes,
     end_weight_grad_input_bytes,
-    gradients_fp32,
-    gradients_sharded,
     layer_activation_bytes,
     layer_params,
     loss_bytes_per_logit,
     microbatch_grad_sync,
     optimizer_step_temp_bytes,
-    split_static_memory,
+    stack_static_memory,
     stage_output_bytes,
     stage_param_split,
     weight_grad_input_bytes,
@@ -421,9 +419,8 @@ def _rank_memory_gib(
     dense = sum(st.params.dense for st in rank_plans)
     experts = sum(st.params.expert for st in rank_plans)
     data_ranks = cfg.dp * cfg.cp
-    static = split_static_memory(dense, experts, train.precision, data_ranks, cfg.ep, cfg.zero,
-                                 gradients_sharded(stack, cfg.pp, data_ranks, cfg.zero), gradients_fp32(stack, cfg.pp, data_ranks, cfg.zero),
-                                 cfg.expert_data_ranks, stack.bf16_grads_kept_beside_fp32)
+    static = stack_static_memory(stack, dense, experts, train.precision, cfg.pp, data_ranks, cfg.ep, cfg.zero,
+                                 cfg.expert_data_ranks)
     p = bytes_per_element(train.precision)
     tokens = train.seq_len // cfg.cp * cfg.mbs
     gathered = _zero3_gathered_bytes(model, cfg, stack, rank_plans, p)

@@ -457,6 +457,16 @@ def split_static_memory(dense_params: float, expert_params: float, precision: st
                         dense.optimizer_bytes + experts.optimizer_bytes, dense.updated_params + experts.updated_params)
 
 
+def stack_static_memory(stack: StackSpec, dense_params: float, expert_params: float, precision: str, pp: int,
+                        data_ranks: int, ep: int, zero: int, expert_data_ranks: int | None = None) -> StaticMemory:
+    """``split_static_memory`` with the gradients as ``stack`` keeps them (``gradients_sharded``,
+    ``gradients_fp32``, ``StackSpec.bf16_grads_kept_beside_fp32``): the one place the estimate and the
+    search's memory bound take that rule from."""
+    return split_static_memory(dense_params, expert_params, precision, data_ranks, ep, zero,
+                               gradients_sharded(stack, pp, data_ranks, zero), gradients_fp32(stack, pp, data_ranks, zero),
+                               expert_data_ranks, stack.bf16_grads_kept_beside_fp32)
+
+
 @dataclass(frozen=True)
 class StageParams:
     """Parameters a virtual stage holds on one rank: ``dense`` (every rank of its data-parallel x

@@ -13,7 +13,7 @@ composes, each taken no larger than the estimate takes it, so they stay below it
   with dense and mixture-of-experts layers: per layer the faster kind's F, B and W, and
   the exact sum over all layers).
 - memory: each rank's weights, gradients and optimizer state (``costmodels.memory.
-  static_memory`` with the stack's gradient sharding, ``gradients_sharded``; dense parameters over
+  stack_static_memory``: the gradients as the stack keeps them, as the estimate takes them; dense parameters over
   dp x cp, routed experts over dp x cp / ep), its activation peak (the schedule's closed-form in-flight
   count, ``ScheduleSpec.peak_inflight``, times the rank's smallest stage with the stage's output
   where torch's pipelining keeps it; before a cut, per layer the lighter kind), the allocator's
@@ -37,10 +37,8 @@ from costmodels.layer_costs import LayerTimes, PassTimes
 from costmodels.memory import (
     GIB,
     embedding_activation_bytes,
-    gradients_fp32,
-    gradients_sharded,
     layer_activation_bytes,
-    split_static_memory,
+    stack_static_memory,
     stage_output_bytes,
     stage_param_split,
 )
@@ -150,9 +148,8 @@ class Bounds:
     def _static_bytes_uncached(self, first_layer: int, layers: int, has_embedding: bool, has_head: bool, tp: int,
                                pp: int, dp: int, zero: int, cp: int, ep: int, etp: int, layer_kind: str | None = None) -> float:
         params = stage_param_split(self.model, first_layer, layers, has_embedding, has_head, tp, ep, layer_kind, etp)
-        state = split_static_memory(params.dense, params.expert, self.train.precision, dp * cp, ep, zero,
-                                    gradients_sharded(self.stack, pp, dp * cp, zero), gradients_fp32(self.stack, pp, dp * cp, zero),
-                                    expert_data_ranks(tp, cp, dp, ep, etp), self.stack.bf16_grads_kept_beside_fp32)
+        state = stack_static_memory(self.stack, params.dense, params.expert, self.train.precision, pp, dp * cp, ep, zero,
+                                    expert_data_ranks(tp, cp, dp, ep, etp))
         return state.weights_bytes + state.gradients_bytes + state.optimizer_bytes
 
     def _gib(self, allocated_bytes: float, c: Candidate) -> float:
