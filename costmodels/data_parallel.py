@@ -32,8 +32,8 @@ before the step. On a node whose cores both compute and move the bytes
 (``comm_overlaps_compute`` false) nothing hides: all of it is exposed.
 
 What hides is not free: the compute that runs beside a collective runs slower
-(``OVERLAPPED_COMPUTE_SLOWDOWN``), so a hidden second of traffic still costs
-``contention_s`` of it (``overlapped_pass_s`` for the traffic inside a pass).
+(``costmodels.overlap``), so a hidden second of traffic still costs ``contention_s`` of it
+(``overlapped_pass_s`` for the traffic inside a pass).
 """
 
 from __future__ import annotations
@@ -44,31 +44,10 @@ from functools import lru_cache
 
 from costmodels.comm import Collective, GroupPlacement, Network, collective_s, placement_of
 from costmodels.layout import StageLayout
+from costmodels.overlap import comm_overlaps_compute, contention_s
 from costmodels.rank_grid import RankGrid
 from profiles.schema import ClusterSpec, ParallelConfig
 from profiles.stack_schema import StackOverlap
-
-# Compute that runs beside a collective runs slower: NCCL's kernels hold SMs and HBM bandwidth while they move
-# the bytes. Lee et al. 2025 ("Characterizing Compute-Communication Overlap in GPU-Accelerated Distributed Deep
-# Learning: Performance and Power Implications", arXiv 2507.03114, abstract) measured GPT and LLaMA training's
-# compute 18.9 % slower on average (40.0 % at most) when overlapped with its communication than alone, on A100,
-# H100, MI250 and MI210. Stated, not fitted.
-OVERLAPPED_COMPUTE_SLOWDOWN = 0.189
-
-
-def contention_s(hidden_s: float) -> float:
-    """What ``hidden_s`` of collectives under compute still cost the step: for as long as they run, the compute
-    beside them advances at 1 / (1 + sigma) of its speed (``OVERLAPPED_COMPUTE_SLOWDOWN``), so the compute ends
-    ``hidden_s * sigma / (1 + sigma)`` later than alone."""
-    return hidden_s * OVERLAPPED_COMPUTE_SLOWDOWN / (1.0 + OVERLAPPED_COMPUTE_SLOWDOWN)
-
-
-def overlapped_pass_s(compute_s: float, comm_s: float) -> float:
-    """A pass whose ``compute_s`` runs beside ``comm_s`` of collectives that start with it: the compute slowed
-    while they run (``contention_s``), or the collectives themselves where they take longer."""
-    if comm_s <= 0.0:
-        return compute_s
-    return max(comm_s, compute_s + contention_s(comm_s))
 
 
 def grad_reduce_bytes_per_param(precision: str) -> int:
@@ -76,16 +55,6 @@ def grad_reduce_bytes_per_param(precision: str) -> int:
     bf16, megatron/training/arguments.py; FSDP2's ``reduce_dtype`` fp32 in torchtitan), in fp16
     for fp16 runs (Megatron's default without that flag)."""
     return 2 if precision == "fp16" else 4
-
-
-def comm_overlaps_compute(cluster: ClusterSpec) -> bool:
-    """Whether data-parallel traffic can hide behind compute: yes on accelerators (a copy
-    engine / NIC moves the bytes while the SMs compute); no on a CPU node
-    (``concurrent_ranks_per_node`` set), where gloo's loopback copies and reductions run on
-    the same cores as the compute, and FSDP2 reduces synchronously in its post-backward hook
-    (torch.profiler on cpu-local: ``FSDP::post_backward_reduce`` 4-10 ms per layer inside the
-    step, nothing running beside it)."""
-    return cluster.concurrent_ranks_per_node is None
 
 
 def dp_placement(cluster: ClusterSpec, cfg: ParallelConfig, pipeline_rank: int) -> GroupPlacement:

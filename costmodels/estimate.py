@@ -24,10 +24,8 @@ from costmodels.data_parallel import (
     RankSync,
     StageWindow,
     bucket_params,
-    comm_overlaps_compute,
     fsdp_units_of,
     grad_reduce_bytes_per_param,
-    overlapped_pass_s,
     rank_sync,
     stage_pieces,
     stage_reduce_scatter_s,
@@ -56,6 +54,7 @@ from costmodels.memory import (
     weight_grad_input_bytes,
 )
 from costmodels.mtp import head_with_mtp_activation_bytes, head_with_mtp_times
+from costmodels.overlap import comm_overlaps_compute, overlapped_pass_s
 from costmodels.params import model_parameters, moe_layers_in
 from costmodels.pipeline import PipelineResult, price_actions, price_pipeline
 from costmodels.processor_sharing import timeshared_makespan_s

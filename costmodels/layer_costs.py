@@ -33,6 +33,7 @@ from costmodels.context_parallel import exchange_s, ring_time_s
 from costmodels.experts import ep_group_placement, moe_tp_all_reduce_tokens
 from costmodels.layer_ops import embedding_ops, head_ops, mtp_projection_ops, transformer_layer_ops
 from costmodels.operators import AllToAll, Gemm, LayerOps, LayerShape, Operator, RingAttention
+from costmodels.overlap import cluster_contention_s
 from costmodels.selective_ac import recomputed_tp_comm_fraction
 from profiles.schema import ClusterSpec, ModelSpec
 from profiles.stack_schema import StackKernels, StackSpec
@@ -199,7 +200,8 @@ def price_operators(cluster: ClusterSpec, precision: str, ops: tuple[Operator, .
                     cp: int, ep: int, etp: int | None = None) -> PricedPass:
     """Compute operators by roofline (``costmodels.compute``), ``AllToAll`` over the expert-parallel group
     (``costmodels.comm.collective_s``), ``RingAttention`` as its blocks and its transfers overlap
-    (``costmodels.context_parallel.ring_time_s``)."""
+    (``costmodels.context_parallel.ring_time_s``), the blocks slowed beside the transfers they hide
+    (``costmodels.overlap``)."""
     total = ep_s = cp_s = hidden = 0.0
     for op in ops:
         if isinstance(op, AllToAll):
@@ -212,7 +214,8 @@ def price_operators(cluster: ClusterSpec, precision: str, ops: tuple[Operator, .
             seconds, exposed = ring_time_s(op, first, other, exchange)
             transfers = exchange * ((op.steps - 1) if op.exchange == "p2p" else 1)
             overlapped = 0.0 if op.exchange == "blocking" else max(0.0, transfers - exposed)
-            total, cp_s, hidden = total + seconds, cp_s + exposed, hidden + overlapped
+            slowed = cluster_contention_s(cluster, overlapped)  # the blocks run slower beside the transfers
+            total, cp_s, hidden = total + seconds + slowed, cp_s + exposed + slowed, hidden + overlapped - slowed
         else:
             total += operator_time_s(cluster, precision, op)
     return PricedPass(total, ep_s, cp_s, hidden)
@@ -335,7 +338,8 @@ class RooflineTimes:
     def _priced(self, kind: str, tp: int, mbs: int, seq_len: int, sp: bool, recompute: str, cp: int, ep: int,
                 moe: bool, etp: int | None = None, ep_overlap: float = 0.0) -> PassTimes:
         """The layer's operators priced per pass, plus its TP collectives: exposed in F and B, or
-        (stack overlapping TP communication with its GEMMs) only what the pass's GEMMs cannot hide.
+        (stack overlapping TP communication with its GEMMs) what the pass's GEMMs cannot hide and the
+        contention of what they hide (``costmodels.overlap``: the GEMMs run slower beside the collectives).
         A recomputed forward's expert all-to-alls and ring transfers count as EP and CP communication,
         not as recomputation."""
         ops = self.operators(kind, tp, mbs, seq_len, sp, recompute, cp, ep, moe, etp)
@@ -349,29 +353,33 @@ class RooflineTimes:
             gemm_f = _gemm_time_s(c, prec, ops.forward)
             gemm_b = _gemm_time_s(c, prec, ops.backward_input + ops.recompute + ops.backward_weight)
             exposed_f, exposed_b = max(0.0, comm_f - gemm_f), max(0.0, comm_b - gemm_b)
-            hidden = comm_f + comm_b - exposed_f - exposed_b
-            comm_f, comm_b = exposed_f, exposed_b
+            hidden_f, hidden_b = comm_f - exposed_f, comm_b - exposed_b
+            comm_f, comm_b = exposed_f + cluster_contention_s(c, hidden_f), exposed_b + cluster_contention_s(c, hidden_b)
+            hidden = hidden_f + hidden_b - cluster_contention_s(c, hidden_f) - cluster_contention_s(c, hidden_b)
         elif self.tp_comm == "backward_overlapped":
             # the recomputed forward's collectives stay on the critical path
             recomputed = comm.forward_s * recomputed_tp_comm_fraction(recompute, self.kernels.selective_recompute, sp) \
                 if kind == "transformer" else 0.0
             gemm_b = _gemm_time_s(c, prec, ops.backward_input + ops.backward_weight)
-            hidden = min(comm_b - recomputed, gemm_b)
-            comm_b -= hidden
+            hidden_b = min(comm_b - recomputed, gemm_b)
+            comm_b += cluster_contention_s(c, hidden_b) - hidden_b
+            hidden = hidden_b - cluster_contention_s(c, hidden_b)
         share = 1.0 if self.ep_comm == "overlapped" else ep_overlap  # passes merged with a partner
         ep_hidden_f, ep_hidden_b = (share * s for s in self._ep_hidden(forward, backward_input, redo, ops)) \
             if share > 0 else (0.0, 0.0)
+        ep_slowed_f, ep_slowed_b = cluster_contention_s(c, ep_hidden_f), cluster_contention_s(c, ep_hidden_b)
         passes = PassTimes(
-            forward_s=forward.total_s + comm_f - ep_hidden_f,
-            backward_input_s=backward_input.total_s + redo.total_s + comm_b - ep_hidden_b,
+            forward_s=forward.total_s + comm_f - ep_hidden_f + ep_slowed_f,
+            backward_input_s=backward_input.total_s + redo.total_s + comm_b - ep_hidden_b + ep_slowed_b,
             backward_weight_s=operators_time_s(c, prec, ops.backward_weight),
             tp_comm_s=comm_f + comm_b,
             recompute_s=redo.compute_s,
             overlapped_tp_comm_s=hidden,
             cp_comm_s=forward.cp_comm_s + backward_input.cp_comm_s + redo.cp_comm_s,
-            ep_comm_s=forward.ep_comm_s + backward_input.ep_comm_s + redo.ep_comm_s - ep_hidden_f - ep_hidden_b,
+            ep_comm_s=forward.ep_comm_s + backward_input.ep_comm_s + redo.ep_comm_s - ep_hidden_f - ep_hidden_b
+            + ep_slowed_f + ep_slowed_b,
             overlapped_cp_comm_s=forward.cp_hidden_s + backward_input.cp_hidden_s + redo.cp_hidden_s,
-            overlapped_ep_comm_s=ep_hidden_f + ep_hidden_b,
+            overlapped_ep_comm_s=ep_hidden_f + ep_hidden_b - ep_slowed_f - ep_slowed_b,
         )
         if moe:
             passes = host_bound(passes, ops, self.moe_host_s_per_operator)

@@ -30,7 +30,7 @@ is reported apart in ``overlapped`` (seconds per step, only the terms that hide 
 (ZeRO-3 per-microbatch gathers), ``tp_comm_s`` (TP collectives under the GEMMs), ``cp_comm_s``
 (ring transfers under the ring's blocks), ``pp_comm_s`` (non-blocking p2p sends: their delays on
 the receivers are in the bubble). Hidden data-parallel traffic still slows the compute beside it
-(``costmodels.data_parallel.contention_s``): that part counts as exposed ``dp_comm_s`` and is not
+(``costmodels.overlap.contention_s``): that part counts as exposed ``dp_comm_s`` and is not
 in ``overlapped``.
 """
 

@@ -148,8 +148,11 @@ NOTE_ASSUMPTIONS: tuple[tuple[str, str], ...] = (
 # expression on the lower-cased notes, the preset's fields it replaces, the assumption it becomes): the row is
 # priced as it ran.
 NOTE_STACK_CHANGES: tuple[tuple[str, dict[str, dict[str, object]], str], ...] = (
-    (r"tp comm overlap=true|--tp-comm-overlap|ub_tp_comm_overlap: true", {"overlap": {"tp_comm": "overlapped"}},
+    (r"tp comm overlap=true|--tp-comm-overlap|ub_tp_comm_overlap: true|tp_comm_overlap=true", {"overlap": {"tp_comm": "overlapped"}},
      "TP communication overlap (--tp-comm-overlap, Transformer Engine userbuffers) priced overlapped, as the row ran"),
+    (r"overlap_p2p_comm: true", {"overlap": {"p2p": "overlapped"}},
+     "interleaved pipeline p2p overlapped with compute (Megatron-Core overlap_p2p_comm, batch_p2p_comm off) priced "
+     "overlapped, as the row ran: the sends and receives delay the next stage but do not hold the rank"),
     (r"moe_a2a_overlap: true|--overlap-moe-expert-parallel-comm", {"overlap": {"ep_comm": "overlapped"}},
      "expert all-to-all overlap (--overlap-moe-expert-parallel-comm, the recipe's moe_a2a_overlap) priced overlapped "
      "on every pass, as the row ran without a pipeline (Megatron-Core's combined_1f1b_schedule_for_no_pipelining; "

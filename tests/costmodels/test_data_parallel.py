@@ -7,12 +7,9 @@ import pytest
 
 from costmodels.comm import GroupPlacement, collective_s, network_for
 from costmodels.data_parallel import (
-    OVERLAPPED_COMPUTE_SLOWDOWN,
     StageUnits,
     collective_pieces,
-    contention_s,
     fsdp_units_of,
-    overlapped_pass_s,
     pieces_s,
     stage_pieces,
 )
@@ -75,15 +72,3 @@ def test_pieces_pay_the_latency_each_and_the_bytes_once() -> None:
     assert collective_s("reduce_scatter", n / 4, group, network) == pytest.approx(piece)
     assert pieces_s("reduce_scatter", n, 4, group, network) == pytest.approx(4 * piece)
     assert pieces_s("reduce_scatter", 0.0, 4, group, network) == 0.0
-
-
-def test_hidden_traffic_costs_the_compute_it_slows() -> None:
-    """Lee et al. 2025: compute beside a collective runs 18.9 % slower. 1.189 s of traffic under compute delays
-    it by 0.189 s; a pass of 8 s with 2 s under it takes 8 + 2 x 0.189/1.189; traffic longer than the slowed
-    compute (5 s under 1 s) is the pass; at g = 1.189 c both are g; no traffic, no cost."""
-    assert OVERLAPPED_COMPUTE_SLOWDOWN == 0.189
-    assert contention_s(1.189) == pytest.approx(0.189)
-    assert overlapped_pass_s(8.0, 2.0) == pytest.approx(8.0 + 2.0 * 0.189 / 1.189)
-    assert overlapped_pass_s(1.0, 5.0) == 5.0
-    assert overlapped_pass_s(2.0, 2.378) == pytest.approx(2.378)
-    assert overlapped_pass_s(3.0, 0.0) == 3.0

@@ -12,9 +12,9 @@ import pytest
 
 from costmodels.comm import GroupPlacement, collective_s, network_for
 from costmodels.compute import memory_bound_time_s
-from costmodels.data_parallel import contention_s
 from costmodels.estimate import ADAM_STEP_BYTES_PER_PARAM, estimate, memory_limit_gib, stage_times
 from costmodels.memory import GIB, stage_params
+from costmodels.overlap import contention_s
 from costmodels.step_time import exposed_sum_s
 from profiles.loader import load_cluster, load_model, load_stack
 from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec

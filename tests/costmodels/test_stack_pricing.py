@@ -13,11 +13,11 @@ import pytest
 
 from costmodels.comm import GroupPlacement, collective_s, network_for
 from costmodels.compute import gemm_op_time_s, memory_bound_time_s, operator_time_s
-from costmodels.data_parallel import contention_s
 from costmodels.estimate import estimate
 from costmodels.layer_costs import RooflineTimes
 from costmodels.memory import stage_params
 from costmodels.operators import FlashAttention, Gemm
+from costmodels.overlap import contention_s
 from costmodels.step_time import exposed_sum_s
 from profiles.loader import load_model, load_stack, preset_names
 from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec

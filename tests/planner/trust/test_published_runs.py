@@ -206,6 +206,20 @@ def test_a_row_that_ran_tp_comm_overlap_is_priced_with_it() -> None:
     assert not any(a.startswith("TP communication overlap") for a in plain.assumptions)
 
 
+def test_nemo2_recipes_tp_overlap_and_interleaved_p2p_overlap_are_priced_as_they_ran() -> None:
+    """NeMo 2 and Megatron-Bridge recipes say ``tp_comm_overlap=True`` (MegatronCommOverlapCallback, CommOverlapConfig);
+    with interleaving their overlap config also sets ``overlap_p2p_comm``: the row's stack hides TP collectives behind
+    the GEMMs and its pipeline sends no longer hold the rank, each with its assumption."""
+    fields = {**ZB_ROW, "tp": "2", "pp": "2", "v": "2", "dp": "2", "schedule": "interleaved-1f1b", "zero": "1"}
+    row = parse_row({**fields, "notes": "MegatronCommOverlapCallback(tp_comm_overlap=True); overlap_p2p_comm: true (callback)"})
+    plain = parse_row({**fields, "notes": ""})
+    assert isinstance(row, PublishedRow) and isinstance(plain, PublishedRow), (row, plain)
+    assert (row.stack_spec.overlap.tp_comm, row.stack_spec.overlap.p2p) == ("overlapped", "overlapped")
+    assert (plain.stack_spec.overlap.tp_comm, plain.stack_spec.overlap.p2p) == ("exposed", "exposed")
+    assert any(a.startswith("interleaved pipeline p2p overlapped") for a in row.assumptions)
+    assert not any(a.startswith("interleaved pipeline p2p") for a in plain.assumptions)
+
+
 def test_a_row_whose_recipe_overlaps_the_all_to_all_is_priced_with_it() -> None:
     """Megatron-Bridge's moe_a2a_overlap (Megatron-Core --overlap-moe-expert-parallel-comm): the row's stack
     hides the expert all-to-alls under another microbatch's compute, and says so; "false" keeps them exposed."""

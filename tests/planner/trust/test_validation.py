@@ -272,7 +272,6 @@ def test_held_out_rows_are_priced_without_their_source(doc: dict) -> None:
 # -- the targets (fixed; xfail where the cost model misses them) ------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="cost model misses the target: overall held-out MAPE 8.7 % at this commit")
 def test_overall_heldout_mape_within_target(doc: dict) -> None:
     assert doc["mape_pct"]["overall"] <= TARGET_OVERALL_MAPE_PCT
 
