@@ -48,6 +48,7 @@ from costmodels.memory import (
     loss_bytes_per_logit,
     microbatch_grad_sync,
     optimizer_step_temp_bytes,
+    recompute_working_bytes,
     stack_static_memory,
     stage_output_bytes,
     stage_param_split,
@@ -66,7 +67,6 @@ from costmodels.runtime_costs import (
     fsdp_host_s,
     host_overhead_per_action_s,
     optimizer_temp_bytes,
-    recompute_working_bytes,
     runtime_costs_of,
     with_measured_links,
 )
@@ -438,7 +438,8 @@ def _rank_memory_gib(
         "transient": transient,
         "comm_buffers": p2p_buffers + dp_buckets,
     }
-    allocated.update(_cpu_heap_terms(model, cluster, train, cfg, rank_plans, dense + experts, variant))
+    allocated.update(_recompute_working_terms(model, train, cfg, rank_plans, variant))
+    allocated.update(_cpu_heap_terms(cluster, cfg, dense + experts))
     step = _optimizer_step_bytes(cluster, train, stack, static)
     if part == "step":
         allocated = {"optimizer_step": step}
@@ -492,24 +493,25 @@ def _optimizer_step_bytes(cluster: ClusterSpec, train: TrainSpec, stack: StackSp
     return static.weights_bytes + static.gradients_bytes + static.optimizer_bytes + temp
 
 
-def _cpu_heap_terms(
-    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, rank_plans: list[StagePlan],
-    params: float, variant: ActivationVariant,
+def _recompute_working_terms(
+    model: ModelSpec, train: TrainSpec, cfg: ParallelConfig, rank_plans: list[StagePlan], variant: ActivationVariant,
 ) -> dict[str, float]:
+    """Full recompute's re-run layer (``costmodels.memory.recompute_working_bytes``), on every device: the peak of
+    a rank with a fully recomputed stage holds it beside its in-flight checkpoints."""
+    if not any(st.recompute == "full" for st in rank_plans):
+        return {}
+    moe = any(st.moe_layers for st in rank_plans)
+    layer = [layer_activation_bytes(model, train.seq_len, cfg.mbs, cfg.tp, cfg.sequence_parallel, k, variant,
+                                    cp=cfg.cp, ep=cfg.ep, moe=moe, etp=cfg.etp) for k in ("none", "full")]
+    working = recompute_working_bytes(*layer)
+    return {"recompute_working": working} if working else {}
+
+
+def _cpu_heap_terms(cluster: ClusterSpec, cfg: ParallelConfig, params: float) -> dict[str, float]:
     """What glibc's heap keeps on CPU ranks on top (``costmodels.runtime_costs``): foreach AdamW's
-    temporary over the rank's optimizer shard, and full recompute's re-run layer; none on GPUs."""
-    terms: dict[str, float] = {}
+    temporary over the rank's optimizer shard; none on GPUs."""
     temp = optimizer_temp_bytes(cluster, params / (cfg.dp * cfg.cp if cfg.zero >= 1 else 1))
-    if temp:
-        terms["optimizer_temp"] = temp
-    if any(st.recompute == "full" for st in rank_plans):
-        moe = any(st.moe_layers for st in rank_plans)
-        layer = [layer_activation_bytes(model, train.seq_len, cfg.mbs, cfg.tp, cfg.sequence_parallel, k, variant,
-                                        cp=cfg.cp, ep=cfg.ep, moe=moe, etp=cfg.etp) for k in ("none", "full")]
-        working = recompute_working_bytes(cluster, *layer)
-        if working:
-            terms["recompute_working"] = working
-    return terms
+    return {"optimizer_temp": temp} if temp else {}
 
 
 def _node_loads(cluster: ClusterSpec, cfg: ParallelConfig, cores: float) -> list[list[float]]:

@@ -122,6 +122,15 @@ class ActivationVariant:
         )
 
 
+def recompute_working_bytes(layer_bytes_none: float, layer_bytes_full: float) -> float:
+    """What a fully recomputed layer holds beyond its checkpoint while its backward runs: the backward re-runs the
+    layer's forward and keeps that forward's whole activation set (what no recompute would keep) until the layer's
+    backward ends, beside every checkpoint still in flight (Korthikanti et al. 2022, "Reducing Activation
+    Recomputation in Large Transformer Models", Sec. 5: full recomputation stores each layer's input, and one
+    layer's activations are live at a time during the backward)."""
+    return max(0.0, layer_bytes_none - layer_bytes_full)
+
+
 def layer_activation_bytes(
     model: ModelSpec,
     seq_len: int,

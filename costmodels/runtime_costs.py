@@ -19,9 +19,6 @@
   peer compete), and the schedule spends host time between actions posting p2p and keeping its
   books (``host_overhead_per_pipelined_action_s``, replacing the one-rank figure where there is a
   pipeline). A profile taken before they were measured keeps the one-rank figure and factor 1.
-- Full recomputation's working set: the backward of a fully recomputed layer re-runs its
-  forward and holds that layer's whole activation set (what "none" would keep) until its
-  backward ends; on CPU the heap keeps those pages, so the set adds to the rank's peak.
 - FSDP2's host work per wrapped unit and step (copy-in/copy-out of parameters and
   gradients, its hooks), measured by ``ppplan profile`` per layer; the runtime wraps each
   layer and each stage root (``launch/runtime/fsdp.py``). On CPU ranks it runs on the
@@ -114,11 +111,6 @@ def with_measured_links(network: Network, costs: RuntimeCosts) -> Network:
 def optimizer_temp_bytes(cluster: ClusterSpec, optimizer_params: float) -> float:
     """Resident bytes of the optimizer step's temporary on CPU ranks (module docstring); 0 on GPUs."""
     return STEP_TEMP_BYTES_PER_PARAM * optimizer_params if runs_on_cpu(cluster) else 0.0  # foreach AdamW's sqrt
-
-
-def recompute_working_bytes(cluster: ClusterSpec, layer_bytes_none: float, layer_bytes_full: float) -> float:
-    """Resident bytes of one fully recomputed layer's re-run forward on CPU ranks (module docstring)."""
-    return max(0.0, layer_bytes_none - layer_bytes_full) if runs_on_cpu(cluster) else 0.0
 
 
 def host_overhead_per_action_s(costs: RuntimeCosts, pp: int) -> float | None:
