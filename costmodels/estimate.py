@@ -117,8 +117,10 @@ class StagePlan:
 def activation_variant(cluster: ClusterSpec, train: TrainSpec, stack: StackSpec) -> ActivationVariant:
     """What the stack's runtime stores on this cluster's device (a "cpu" GPU name means CPU)."""
     device = "cpu" if runs_on_cpu(cluster) else "cuda"
-    return ActivationVariant.for_stack(stack.kernels, train.precision, device, stack.pipeline_runtime == "torch",
-                                       stack.single_stage_pipeline)
+    engine_keeps = stack.pipeline_runtime != "torch" and stack.pipeline_keeps_stage_outputs
+    return ActivationVariant.for_stack(stack.kernels, train.precision, device,
+                                       stack.pipeline_runtime == "torch" or engine_keeps, stack.single_stage_pipeline,
+                                       last_output_is_loss=engine_keeps)
 
 
 def _stage_plan(

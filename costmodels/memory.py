@@ -62,6 +62,7 @@ class ActivationVariant:
     gemm_input_bytes: int | None = None  # what a GEMM's saved input takes per value (None: bytes_per_element)
     moe_probs_in_activation: bool = False  # StackKernels.moe_probs_in_activation (no weighted copies kept)
     keeps_stage_output: bool = False  # torch.distributed.pipelining: each stage's output until its backward
+    last_output_is_loss: bool = False  # ... but the last stage's is the loss (StackSpec.pipeline_keeps_stage_outputs)
     single_stage_pipeline: bool = False  # ... and without pipeline parallelism too (StackSpec.single_stage_pipeline)
     op_sac_kernels: StackKernels | None = None  # the stack's kernels where "selective" is per-op (torchtitan)
 
@@ -94,16 +95,18 @@ class ActivationVariant:
 
     @staticmethod
     def for_stack(kernels: StackKernels, precision: str, device: str = "cuda",
-                  keeps_stage_output: bool = False, single_stage_pipeline: bool = False) -> "ActivationVariant":
+                  keeps_stage_output: bool = False, single_stage_pipeline: bool = False,
+                  last_output_is_loss: bool = False) -> "ActivationVariant":
         """What a stack's kernels keep (``StackSpec.kernels``): dropout masks when it runs
         dropout, the s² scores of unfused attention or flash's log-sum-exp, SwiGLU's gate and up
         plus its output when fused (3 FFN-wide tensors) or also silu(gate) when eager (4), the
         composite RMSNorm's normalised input off CUDA without a fused norm, the loss over
         vocabulary shards or gathered logits, what its context-parallel attention keeps, and in
         fp8 runs the fp8-cast GEMM inputs where the stack keeps those (``fp8_saved_gemm_inputs``);
-        ``keeps_stage_output`` where torch.distributed.pipelining runs the schedule
-        (``stage_output_bytes``), ``single_stage_pipeline`` where it does so without pipeline
-        parallelism too; its kernels where its selective recompute is per-op (``costmodels.selective_ac``). ppplan-torch's kernels give ``runtime()``."""
+        ``keeps_stage_output`` where torch.distributed.pipelining runs the schedule or the stack's engine keeps
+        the stage outputs (``stage_output_bytes``; ``last_output_is_loss`` for the latter), ``single_stage_pipeline``
+        where torch's runs it without pipeline parallelism too; its kernels where its selective recompute is per-op
+        (``costmodels.selective_ac``). ppplan-torch's kernels give ``runtime()``."""
         return ActivationVariant(
             bytes_per_element=4 if precision == "fp32" else 2,
             dropout=kernels.dropout,
@@ -117,6 +120,7 @@ class ActivationVariant:
             gemm_input_bytes=1 if precision == "fp8" and kernels.fp8_saved_gemm_inputs else None,
             moe_probs_in_activation=kernels.moe_probs_in_activation,
             keeps_stage_output=keeps_stage_output,
+            last_output_is_loss=last_output_is_loss,
             single_stage_pipeline=single_stage_pipeline,
             op_sac_kernels=kernels if kernels.selective_recompute == OP_SAC else None,
         )
@@ -324,8 +328,10 @@ def stage_output_bytes(
     shards), in the compute dtype (the runtime's loss casts a copy to fp32); none where the loss is a
     fused kernel, which keeps that same tensor and is counted there. Another stage's output
     is the residual stream, s·b·h (over t under sequence parallelism). 0 where Megatron's engine
-    runs the pipeline (its last stage returns the loss; its sends are counted as p2p buffers)."""
-    if not variant.keeps_stage_output:
+    runs the pipeline (its last stage returns the loss; its sends are counted as p2p buffers), except where the
+    stack's engine keeps every stage's output until its backward (``StackSpec.pipeline_keeps_stage_outputs``:
+    DeepSpeed's PipelineEngine): the residual stream on every stage but the last, whose output is the loss."""
+    if not variant.keeps_stage_output or (has_head and variant.last_output_is_loss):
         return 0.0
     tokens = seq_len * mbs
     p = variant.bytes_per_element

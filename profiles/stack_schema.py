@@ -244,6 +244,14 @@ class StackSpec(StrictModel):
         "4 B/param, not 2 (torch/distributed/fsdp/_fully_shard/_fsdp_param.py to_accumulated_grad_if_needed, "
         "pytorch PR #125191; torchtitan's training.mixed_precision_reduce float32)",
     )
+    pipeline_keeps_stage_outputs: bool = Field(
+        default=False,
+        description="the pipeline engine keeps each microbatch's stage output (s x b x h, over tp only with sequence "
+        "parallelism) until that microbatch's backward on every stage but the last, whose output is the loss: "
+        "DeepSpeed's PipelineEngine stores it in pipe_buffers['outputs'] in _exec_forward_pass and drops it at the end "
+        "of _exec_backward_pass (deepspeed/runtime/pipe/engine.py); torch.distributed.pipelining keeps every stage's "
+        "output, the last's logits too, without this field (ActivationVariant.keeps_stage_output)",
+    )
     bf16_grads_kept_beside_fp32: bool = Field(
         default=False,
         description="bf16 runs keep each parameter's bf16 gradient beside its fp32 accumulation (2 B/param more "

@@ -82,8 +82,10 @@ STACK_OF_ROW: dict[str, tuple[str, str | None]] = {
 # field with its value), the assumption with its evidence).
 STACK_OF_SOURCE: dict[str, tuple[str, dict[str, object], str]] = {
     "bigscience": (
-        "megatron-lm-2021", {"bf16_grads_kept_beside_fp32": True},
-        "BigScience's Megatron-DeepSpeed priced as the megatron-lm-2021 stack; its bf16 runs as DeepSpeed's "
+        "megatron-lm-2021", {"bf16_grads_kept_beside_fp32": True, "pipeline_keeps_stage_outputs": True},
+        "BigScience's Megatron-DeepSpeed priced as the megatron-lm-2021 stack with DeepSpeed's PipelineEngine, which "
+        "keeps each microbatch's stage output until its backward (pipe_buffers['outputs'], "
+        "deepspeed/runtime/pipe/engine.py _exec_forward_pass, _exec_backward_pass); its bf16 runs as DeepSpeed's "
         "BF16_Optimizer, which DeepSpeed's engine picks for bf16 with fp32 gradient accumulation at ZeRO 0 or 1 "
         "(deepspeed/runtime/engine.py _do_optimizer_sanity_check) and which keeps every bf16 gradient beside the "
         "full-size fp32 accumulation until the next backward (runtime/bf16_optimizer.py backward, update_hp_grads "

@@ -293,6 +293,25 @@ def test_bigscience_bf16_rows_keep_deepspeeds_bf16_gradients_beside_the_fp32_one
     assert fp16_est.memory_breakdown_gib[1]["gradients"] == pytest.approx(2 * params / GIB, abs=1e-4)
 
 
+def test_bigscience_rows_keep_deepspeeds_stage_outputs_until_their_backward() -> None:
+    """DeepSpeed's PipelineEngine keeps each microbatch's stage output (s·b·h fp16, no sequence parallelism) in
+    pipe_buffers['outputs'] until that microbatch's backward, on every stage but the last (whose output is the loss):
+    ZB's 1.5B shape at pp 8, 1F1B, mbs 6, seq 1024 holds 8 - r outputs of 6 x 1,024 x 2,304 x 2 B on rank r, and the
+    head stage none; the same row on the megatron-lm-2021 preset (Megatron's engine) none."""
+    ds = parse_row({**ZB_ROW, "source_id": "bigscience-tr11", "stack": "megatron-lm-2021", "dp": "1", "pp": "8",
+                    "notes": ""})
+    plain = parse_row({**ZB_ROW, "stack": "megatron-lm-2021", "dp": "1", "pp": "8", "notes": ""})
+    assert isinstance(ds, PublishedRow) and isinstance(plain, PublishedRow)
+    assert ds.stack_spec.pipeline_keeps_stage_outputs and not plain.stack_spec.pipeline_keeps_stage_outputs
+    assert any("PipelineEngine" in a for a in ds.assumptions)
+    kept, without = estimate_with(_as_run(ds, 1.0), _prior(ds)), estimate_with(_as_run(plain, 1.0), _prior(plain))
+    output = 6 * 1024 * 2304 * 2
+    for rank in (0, 3):
+        extra = kept.memory_breakdown_gib[rank]["activations"] - without.memory_breakdown_gib[rank]["activations"]
+        assert extra == pytest.approx((8 - rank) * output / GIB, abs=2e-4)  # the breakdown is rounded to 1e-4 GiB
+    assert kept.memory_breakdown_gib[7]["activations"] == pytest.approx(without.memory_breakdown_gib[7]["activations"])
+
+
 def test_a_row_without_the_alltoall_dispatchers_host_sync_is_priced_without_the_host_floor() -> None:
     """megatron-core prices a host floor on MoE layers because its dropless alltoall dispatcher synchronizes the
     host in every layer; a row that ran the HybridEP flex dispatcher, or dropped and padded tokens to capacity
