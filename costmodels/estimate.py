@@ -244,6 +244,29 @@ def _microbatch_dp_traffic(
     return in_f, in_b
 
 
+def _fsdp_copy_s(cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st: StagePlan,
+                 stack: StackSpec) -> tuple[float, float]:
+    """FSDP2's copies on the compute stream inside one microbatch's F and B of a stage
+    (``StackKernels.fsdp_copies``): each gathered parameter copied out of the all-gather buffer (p bytes read
+    and written) for F's gather and, under ZeRO 3, B's; each unsharded gradient copied into the reduce-scatter
+    buffer at the reduce dtype (p + r bytes) where gradients sync every microbatch; priced by bytes
+    (``memory_bound_time_s``). Accelerators only: on CPU ranks ``ppplan profile`` measures FSDP's host work per
+    unit, copies included (``costmodels.runtime_costs.fsdp_host_s``)."""
+    data_ranks = cfg.dp * cfg.cp
+    if not stack.kernels.fsdp_copies or runs_on_cpu(cluster) or data_ranks == 1:
+        return 0.0, 0.0
+    per_microbatch = microbatch_grad_sync(stack, cfg.pp, data_ranks, cfg.zero)
+    if cfg.zero < 3 and not per_microbatch:
+        return 0.0, 0.0
+    params = st.params.dense + st.params.expert
+    p = bytes_per_element(train.precision)
+    gather = memory_bound_time_s(cluster, 2 * p * params)
+    in_f, in_b = gather, (gather if cfg.zero == 3 else 0.0)
+    if per_microbatch:
+        in_b += memory_bound_time_s(cluster, (p + grad_reduce_bytes_per_param(train.precision)) * params)
+    return in_f, in_b
+
+
 def _stage_costs(
     cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, plans: list[StagePlan], stack: StackSpec,
     network: Network, p2p: tuple[float, ...], runtime: RuntimeCosts = NO_RUNTIME_COSTS,
@@ -269,15 +292,16 @@ def _stage_costs(
         f, b, w = factor * t.forward_s, factor * t.backward_input_s, factor * t.backward_weight_s
         slower = (factor - 1.0) * (t.forward_s + t.backward_input_s + t.backward_weight_s
                                    - (0.0 if split else min(t.backward_weight_s, t.split_backward_extra_s)))
-        dp_in_actions, hides = 0.0, {}
+        copy_f, copy_b = _fsdp_copy_s(cfg, cluster, train, st, stack)
+        f, b, dp_in_actions, hides = f + copy_f, b + copy_b, copy_f + copy_b, {}
         comm_f, comm_b = _microbatch_dp_traffic(cfg, cluster, train, st, stack, network)
         if comm_f or comm_b:
             if comm_overlaps_compute(cluster):  # under the pass's compute, which it slows
                 extra_f, extra_b = overlapped_pass_s(f, comm_f) - f, overlapped_pass_s(b + w, comm_b) - (b + w)
             else:
                 extra_f, extra_b = comm_f, comm_b
-            f, b, dp_in_actions = f + extra_f, b + extra_b, extra_f + extra_b
-            hides["zero3_gather_s"] = comm_f + comm_b - dp_in_actions
+            f, b, dp_in_actions = f + extra_f, b + extra_b, dp_in_actions + extra_f + extra_b
+            hides["zero3_gather_s"] = comm_f + comm_b - extra_f - extra_b
         send_f = p2p[j] if j < len(p2p) else 0.0
         send_b = p2p[j - 1] if j > 0 else 0.0
         pp_in_actions = 0.0

@@ -76,6 +76,15 @@ class StackKernels(StrictModel):
         "context_parallel with the allgather rotater, torchtitan's default); eager_ring: fp32 blockwise attention, "
         "blocking p2p, every block's scores and the received K/V kept for backward (ppplan's launch/runtime/cp.py)",
     )
+    fsdp_copies: bool = Field(
+        default=False,
+        description="FSDP2's copies on the compute stream, per microbatch: each gathered parameter copied out of the "
+        "all-gather buffer (read and write, 2 x p bytes per parameter per gather) and each unsharded gradient copied "
+        "into the reduce-scatter buffer at the reduce dtype (p + r bytes) (torch 2.13 "
+        "torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py: foreach_all_gather_copy_out's split_with_sizes_copy "
+        "runs in wait_for_unshard, foreach_reduce's chunk_cat before the reduce-scatter stream waits); FSDP1 gathers "
+        "into the flat parameter itself and casts the gradient on its post-backward stream (false)",
+    )
     fp8_saved_gemm_inputs: bool = Field(
         default=False,
         description="in fp8 runs each transformer-layer GEMM keeps its fp8-cast input (1 B per value) for the "

@@ -100,7 +100,7 @@ STACK_OF_SOURCE: dict[str, tuple[str, dict[str, object], str]] = {
     ),
     "llm-foundry": (
         "torchtitan", {"kernels": {"flash_generation": "triton", "fused_cross_entropy": True,
-                                   "train_metric_cross_entropies": 2}},
+                                   "train_metric_cross_entropies": 2, "fsdp_copies": False}},
         "llm-foundry's Composer (PyTorch FSDP, no TP/PP) priced as the torchtitan stack with the Triton flash-attention "
         "kernel: the benchmark sweep (mosaicml/llm-foundry scripts/train/benchmarking/sweep.sh: mosaicml/examples "
         "v0.0.4, image pytorch 2.0.1 cu118) runs submit_benchmarks.py with its default attn_impl 'triton'; and with "
@@ -109,7 +109,9 @@ STACK_OF_SOURCE: dict[str, tuple[str, dict[str, object], str]] = {
         "5e85bd62d, flash_attn.losses.cross_entropy.CrossEntropyLoss from setup.py's xentropy-cuda-lib v1.0.9); and "
         "with two training-metric cross-entropies over the logits after every microbatch's backward (the MPT model's "
         "use_train_metrics defaults to true: LanguageCrossEntropy and LanguagePerplexity, which Composer's "
-        "Trainer._eval_train_metrics updates per microbatch, mosaicml/composer composer/trainer/trainer.py 2023-10)",
+        "Trainer._eval_train_metrics updates per microbatch, mosaicml/composer composer/trainer/trainer.py 2023-10); "
+        "and with FSDP1's flat parameters (torch 2.1), which gather into the flat parameter itself and cast the "
+        "gradient to the reduce dtype on the post-backward stream: none of FSDP2's copies on the compute stream",
     ),
     "zero-bubble-iclr24": (
         "megatron-lm-2021", {},

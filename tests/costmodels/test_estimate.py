@@ -305,6 +305,31 @@ def test_fsdp_traffic_under_a_pass_slows_the_compute_beside_it() -> None:
     assert est.breakdown.overlapped["zero3_gather_s"] == pytest.approx(2 * (1 - slowdown) * (2 * g + r))
 
 
+def test_fsdp2_copies_its_gathered_parameters_and_gradients_on_the_compute_stream() -> None:
+    """The same plan on a stack that runs FSDP2 (``fsdp_copies``): per microbatch F copies the gathered
+    parameters out of the all-gather buffer (2 x 4 B a parameter, fp32) and B copies them again for its
+    own gather plus the gradients into the reduce-scatter buffer (4 + 4 B): c = bytes / HBM rate, on the
+    compute stream, before the traffic's contention: F = 8 + c_g + g·s, B + W = 16 + c_g + c_r + (g + r)·s."""
+    cluster = gpu_cluster(bandwidth_gbs=1e-2, latency_us=0.0)
+    network = network_for(cluster)
+    params = stage_params(MODEL, 8, True, True, 1)
+    g = collective_s("all_gather", params * 4, intra_node(2), network)
+    r = collective_s("reduce_scatter", params * FP32_GRAD_BYTES, intra_node(2), network)
+    copy_g, copy_r = memory_bound_time_s(cluster, 8 * params), memory_bound_time_s(cluster, 8 * params)
+    train = TrainSpec(global_batch=4, seq_len=128, precision="fp32")
+    plain = Stack(dp_grad_reduce="after_backward", dp_grad_sync="per_microbatch_without_pp")
+    fsdp2 = plain.model_copy(update={"kernels": plain.kernels.model_copy(update={"fsdp_copies": True})})
+    cfg = config(pp=1, dp=2, m=2, zero=3)
+    est = estimate(MODEL, cluster, train, cfg, UnitLayers(), stack=fsdp2)
+    slowdown = 0.189 / 1.189
+    per_microbatch = 8.0 + copy_g + slowdown * g + 16.0 + copy_g + copy_r + slowdown * (g + r)
+    assert est.step_time_s == pytest.approx(2 * per_microbatch + optimizer_s(cluster, params / 2))
+    assert est.breakdown.dp_comm_s == pytest.approx(2 * (2 * copy_g + copy_r + slowdown * (2 * g + r)))
+    # a stack without FSDP2 makes none (nor does a CPU node: the profile's FSDP host cost per unit holds them)
+    assert estimate(MODEL, cluster, train, cfg, UnitLayers(), stack=plain).step_time_s == pytest.approx(
+        est.step_time_s - 2 * (2 * copy_g + copy_r))
+
+
 def test_torch_pipelining_keeps_a_receive_buffer_per_microbatch_and_direction():
     """``PipelineStage`` allocates one activation receive buffer per microbatch on every stage but the
     first and one gradient receive buffer per microbatch on every stage but the last. pp4 v2 M8
