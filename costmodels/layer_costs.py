@@ -354,16 +354,18 @@ class RooflineTimes:
             gemm_b = _gemm_time_s(c, prec, ops.backward_input + ops.recompute + ops.backward_weight)
             exposed_f, exposed_b = max(0.0, comm_f - gemm_f), max(0.0, comm_b - gemm_b)
             hidden_f, hidden_b = comm_f - exposed_f, comm_b - exposed_b
-            comm_f, comm_b = exposed_f + cluster_contention_s(c, hidden_f), exposed_b + cluster_contention_s(c, hidden_b)
-            hidden = hidden_f + hidden_b - cluster_contention_s(c, hidden_f) - cluster_contention_s(c, hidden_b)
+            slowed_f, slowed_b = cluster_contention_s(c, hidden_f), cluster_contention_s(c, hidden_b)
+            comm_f, comm_b = exposed_f + slowed_f, exposed_b + slowed_b
+            hidden = hidden_f + hidden_b - slowed_f - slowed_b
         elif self.tp_comm == "backward_overlapped":
             # the recomputed forward's collectives stay on the critical path
             recomputed = comm.forward_s * recomputed_tp_comm_fraction(recompute, self.kernels.selective_recompute, sp) \
                 if kind == "transformer" else 0.0
             gemm_b = _gemm_time_s(c, prec, ops.backward_input + ops.backward_weight)
             hidden_b = min(comm_b - recomputed, gemm_b)
-            comm_b += cluster_contention_s(c, hidden_b) - hidden_b
-            hidden = hidden_b - cluster_contention_s(c, hidden_b)
+            slowed_b = cluster_contention_s(c, hidden_b)
+            comm_b += slowed_b - hidden_b
+            hidden = hidden_b - slowed_b
         share = 1.0 if self.ep_comm == "overlapped" else ep_overlap  # passes merged with a partner
         ep_hidden_f, ep_hidden_b = (share * s for s in self._ep_hidden(forward, backward_input, redo, ops)) \
             if share > 0 else (0.0, 0.0)
