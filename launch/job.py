@@ -14,7 +14,10 @@
   holding the interpreter) ends the job; peers blocked in a collective also raise
   after the same time (the process-group timeout, ``$PPPLAN_PG_TIMEOUT_S``). Once a
   rank has reported a failure, torchrun gets ``FAILURE_GRACE_S`` to stop the others
-  before the launcher stops them itself (torch waits 30 s for a stopped process).
+  before the launcher stops them itself: longer than torch's own close (SIGTERM, then SIGKILL
+  after 30 s), so that torchrun records how every rank ended (``exits.json``) even when a peer
+  sits in a collective through the SIGTERM; stopped earlier, a rank killed by a signal would
+  lose to the peers that failed on the connection it broke.
 - First failure (``first_failure``): a rank killed by a signal with no exception of
   its own (SIGKILL, the OOM killer, a segfault) comes first: its peers' errors are the
   broken connections it left; a rank killed by SIGTERM comes after any killed otherwise (SIGTERM is
@@ -50,7 +53,7 @@ POLL_S = 0.25
 STOP_GRACE_S = 5.0
 # once a rank has reported a failure, torchrun stops the others itself (SIGTERM, SIGKILL after 30 s)
 # and records how each ended; the launcher steps in only if that takes longer than this
-FAILURE_GRACE_S = 20.0
+FAILURE_GRACE_S = 40.0  # > torch.distributed.elastic SubprocessContext._close(timeout=30) (module docstring)
 # a heartbeat this much older than every other rank's, at the end of a failed job, marks the
 # rank that stopped (ranks beat every HEARTBEAT_S = 1 s)
 STALL_MARGIN_S = 10.0
