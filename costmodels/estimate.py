@@ -218,27 +218,44 @@ def action_overhead_s(cluster: ClusterSpec, overlap: StackOverlap, costs: Runtim
     return cluster.efficiency.action_overhead_s + (overlap.host_overhead_per_action_s if measured is None else measured)
 
 
+@dataclass(frozen=True)
+class MicrobatchDpOps:
+    """The data-parallel operations inside one microbatch's passes of a stage: F gathers the parameters;
+    B gathers them again (``gather_in_b``) and reduce-scatters the gradients (``reduce_in_b``)."""
+
+    gather_in_b: bool
+    reduce_in_b: bool
+
+
+def _microbatch_dp_ops(cfg: ParallelConfig, stack: StackSpec) -> MicrobatchDpOps | None:
+    """What data-parallel work runs inside each microbatch (None: none): ZeRO-3 gathers the parameters for F
+    and again for B (FSDP2 ``reshard_after_forward``); a stack that syncs gradients every microbatch
+    (``microbatch_grad_sync``: FSDP without PP) gathers them for F under ZeRO-1/2 as well (FSDP2 reshards after
+    each backward) and reduce-scatters the gradients in B (Rajbhandari et al. 2020, Sec. 5;
+    pytorch/torchtitan PR #1710)."""
+    data_ranks = cfg.dp * cfg.cp
+    if data_ranks == 1:
+        return None
+    per_microbatch = microbatch_grad_sync(stack, cfg.pp, data_ranks, cfg.zero)
+    if cfg.zero < 3 and not per_microbatch:
+        return None
+    return MicrobatchDpOps(gather_in_b=cfg.zero == 3, reduce_in_b=per_microbatch)
+
+
 def _microbatch_dp_traffic(
     cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st: StagePlan, stack: StackSpec, network: Network,
 ) -> tuple[float, float]:
-    """Data-parallel seconds inside one microbatch's F and B of a stage: ZeRO-3 gathers the
-    parameters for F and again for B (FSDP2 ``reshard_after_forward``); a stack that syncs
-    gradients every microbatch (``microbatch_grad_sync``: FSDP without PP) gathers them for F
-    under ZeRO-1/2 as well (FSDP2 reshards after each backward) and reduce-scatters the
-    gradients in B (Rajbhandari et al. 2020, Sec. 5; pytorch/torchtitan PR #1710). Dense
+    """Data-parallel seconds inside one microbatch's F and B of a stage (``_microbatch_dp_ops``). Dense
     parameters move over the dp x cp group, routed experts over theirs
     (``costmodels.data_parallel.stage_zero3_gather_s``)."""
-    data_ranks = cfg.dp * cfg.cp
-    if data_ranks == 1:
-        return 0.0, 0.0
-    per_microbatch = microbatch_grad_sync(stack, cfg.pp, data_ranks, cfg.zero)
-    if cfg.zero < 3 and not per_microbatch:
+    ops = _microbatch_dp_ops(cfg, stack)
+    if ops is None:
         return 0.0, 0.0
     pieces = stage_pieces(stack.overlap, cfg, st.params.dense, st.params.expert, fsdp_units_of(st.layout, st.moe_layers))
     gather = stage_zero3_gather_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
                                   bytes_per_element(train.precision), network, pieces)
-    in_f, in_b = gather, (gather if cfg.zero == 3 else 0.0)
-    if per_microbatch:
+    in_f, in_b = gather, (gather if ops.gather_in_b else 0.0)
+    if ops.reduce_in_b:
         in_b += stage_reduce_scatter_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
                                        grad_reduce_bytes_per_param(train.precision), network, pieces)
     return in_f, in_b
@@ -247,22 +264,19 @@ def _microbatch_dp_traffic(
 def _fsdp_copy_s(cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st: StagePlan,
                  stack: StackSpec) -> tuple[float, float]:
     """FSDP2's copies on the compute stream inside one microbatch's F and B of a stage
-    (``StackKernels.fsdp_copies``): each gathered parameter copied out of the all-gather buffer (p bytes read
-    and written) for F's gather and, under ZeRO 3, B's; each unsharded gradient copied into the reduce-scatter
-    buffer at the reduce dtype (p + r bytes) where gradients sync every microbatch; priced by bytes
-    (``memory_bound_time_s``). Accelerators only: on CPU ranks ``ppplan profile`` measures FSDP's host work per
-    unit, copies included (``costmodels.runtime_costs.fsdp_host_s``)."""
-    data_ranks = cfg.dp * cfg.cp
-    if not stack.kernels.fsdp_copies or runs_on_cpu(cluster) or data_ranks == 1:
-        return 0.0, 0.0
-    per_microbatch = microbatch_grad_sync(stack, cfg.pp, data_ranks, cfg.zero)
-    if cfg.zero < 3 and not per_microbatch:
+    (``StackKernels.fsdp_copies``), for the operations ``_microbatch_dp_ops`` says run: each gathered parameter
+    copied out of the all-gather buffer (p bytes read and written) per gather; each unsharded gradient copied
+    into the reduce-scatter buffer at the reduce dtype (p + r bytes); priced by bytes (``memory_bound_time_s``).
+    Accelerators only: on CPU ranks ``ppplan profile`` measures FSDP's host work per unit, copies included
+    (``costmodels.runtime_costs.fsdp_host_s``)."""
+    ops = _microbatch_dp_ops(cfg, stack)
+    if ops is None or not stack.kernels.fsdp_copies or runs_on_cpu(cluster):
         return 0.0, 0.0
     params = st.params.dense + st.params.expert
     p = bytes_per_element(train.precision)
     gather = memory_bound_time_s(cluster, 2 * p * params)
-    in_f, in_b = gather, (gather if cfg.zero == 3 else 0.0)
-    if per_microbatch:
+    in_f, in_b = gather, (gather if ops.gather_in_b else 0.0)
+    if ops.reduce_in_b:
         in_b += memory_bound_time_s(cluster, (p + grad_reduce_bytes_per_param(train.precision)) * params)
     return in_f, in_b
 
