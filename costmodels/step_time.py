@@ -29,8 +29,9 @@ is reported apart in ``overlapped`` (seconds per step, only the terms that hide 
 ``dp_comm_s`` (gradient reduce), ``param_gather_s`` (ZeRO-1/2 gather), ``zero3_gather_s``
 (ZeRO-3 per-microbatch gathers), ``tp_comm_s`` (TP collectives under the GEMMs), ``cp_comm_s``
 (ring transfers under the ring's blocks), ``pp_comm_s`` (non-blocking p2p sends: their delays on
-the receivers are in the bubble). Hidden data-parallel traffic still slows the compute beside it
-(``costmodels.overlap.contention_s``): that part counts as exposed ``dp_comm_s`` and is not
+the receivers are in the bubble). Hidden traffic still slows the compute beside it
+(``costmodels.overlap.contention_s``): that part counts as exposed (``dp_comm_s``, and for hidden TP
+collectives, ring transfers and all-to-alls ``tp_comm_s``, ``cp_comm_s``, ``ep_comm_s``) and is not
 in ``overlapped``.
 """
 
