@@ -220,6 +220,21 @@ def test_nemo2_recipes_tp_overlap_and_interleaved_p2p_overlap_are_priced_as_they
     assert not any(a.startswith("interleaved pipeline p2p") for a in plain.assumptions)
 
 
+def test_every_mlperf_row_is_priced_with_the_overlap_its_implementation_ran() -> None:
+    """NVIDIA's MLPerf GPT-3 and Llama 3.1 405B implementations (v3.0-v5.0) run the interleaved schedule with
+    ``overlap_p2p_comm`` on and ``batch_p2p_comm`` off (their run_and_time.sh or conf/custom.yaml defaults, which no
+    config overrides): every shipped MLPerf row says so and is priced so; TP comm overlap as each row's config set it
+    (off in v3.0's, on since)."""
+    from planner.trust.published_runs import read_published_runs
+
+    rows = [r for r in read_published_runs() if isinstance(r, PublishedRow) and r.source_id.startswith("mlperf")]
+    assert len(rows) >= 22, len(rows)
+    assert {r.run for r in rows if (r.config.schedule, r.stack_spec.overlap.p2p) != ("interleaved-1f1b", "overlapped")} == set()
+    assert all(any(a.startswith("interleaved pipeline p2p overlapped") for a in r.assumptions) for r in rows)
+    exposed_tp = {r.run for r in rows if r.stack_spec.overlap.tp_comm == "exposed"}
+    assert exposed_tp == {r.run for r in rows if r.source_id == "mlperf-v3.0"} and len(exposed_tp) == 5, exposed_tp
+
+
 def test_a_row_whose_recipe_overlaps_the_all_to_all_is_priced_with_it() -> None:
     """Megatron-Bridge's moe_a2a_overlap (Megatron-Core --overlap-moe-expert-parallel-comm): the row's stack
     hides the expert all-to-alls under another microbatch's compute, and says so; "false" keeps them exposed."""
