@@ -361,20 +361,23 @@ class StaticMemory:
 
 
 def state_bytes_per_param(precision: str, grad_accumulation_fp32: bool = False,
-                          bf16_grads_kept: bool = False) -> tuple[int, int, int]:
+                          bf16_grads_kept: bool = False, bf16_optimizer_state: bool = False) -> tuple[int, int, int]:
     """(weights, gradients, optimizer) bytes per parameter for Adam.
 
     Mixed precision: 2 + 2 + 12 (fp32 master, m, v) = 16 (ZeRO paper Sec. 3.1), the gradients
     in fp32 (4 B) where the stack accumulates them in fp32 for bf16 and fp8 runs
     (``StackSpec.grad_accumulation_fp32``: Megatron-LM, torchtitan), and the bf16 gradients beside
     them where the stack keeps those too (6 B: ``StackSpec.bf16_grads_kept_beside_fp32``, DeepSpeed's
-    BF16_Optimizer); fp32: 4 + 4 + 8 (m, v) = 16.
+    BF16_Optimizer); the optimizer's 12 B become 6 where the stack keeps Adam's state and parameter copy
+    in bf16 (``StackSpec.optimizer_state_bf16``, Apex's DistributedFusedAdam with dtype bf16); fp32:
+    4 + 4 + 8 (m, v) = 16.
     """
     if precision == "fp32":
         return 4, 4, 8
+    optimizer = 6 if bf16_optimizer_state else 12
     if grad_accumulation_fp32 and precision in ("bf16", "fp8"):
-        return 2, (6 if bf16_grads_kept and precision == "bf16" else 4), 12
-    return 2, 2, 12
+        return 2, (6 if bf16_grads_kept and precision == "bf16" else 4), optimizer
+    return 2, 2, optimizer
 
 
 STEP_TEMP_BYTES_PER_PARAM = 4  # one fp32 value per updated parameter (a gradient copy, or foreach Adam's sqrt)
@@ -390,14 +393,14 @@ def optimizer_step_temp_bytes(stack: StackSpec, precision: str, updated_params: 
 
 def static_memory(
     num_params_on_rank: float, precision: str, dp: int, zero: int, gradients_sharded: bool | None = None,
-    grad_accumulation_fp32: bool = False, bf16_grads_kept: bool = False,
+    grad_accumulation_fp32: bool = False, bf16_grads_kept: bool = False, bf16_optimizer_state: bool = False,
 ) -> StaticMemory:
     """Weights, gradients and optimizer state under ZeRO stage ``zero`` (Rajbhandari et al. 2020, Fig. 1).
 
     ``gradients_sharded=None`` is the paper's ZeRO-2/3 (gradients divided by dp); a stack
     passes its own rule (``gradients_sharded``).
     """
-    w, g, o = state_bytes_per_param(precision, grad_accumulation_fp32, bf16_grads_kept)
+    w, g, o = state_bytes_per_param(precision, grad_accumulation_fp32, bf16_grads_kept, bf16_optimizer_state)
     shard_grads = zero >= 2 if gradients_sharded is None else gradients_sharded
     updated = num_params_on_rank / (dp if zero >= 1 else 1)
     return StaticMemory(
@@ -454,20 +457,22 @@ def microbatch_grad_sync(stack: StackSpec, pp: int, dp: int, zero: int) -> bool:
 
 def split_static_memory(dense_params: float, expert_params: float, precision: str, data_ranks: int, ep: int,
                         zero: int, gradients_sharded: bool = False, grad_accumulation_fp32: bool = False,
-                        expert_data_ranks: int | None = None, bf16_grads_kept: bool = False) -> StaticMemory:
+                        expert_data_ranks: int | None = None, bf16_grads_kept: bool = False,
+                        bf16_optimizer_state: bool = False) -> StaticMemory:
     """``static_memory`` of a rank's dense parameters, ZeRO-sharded over its ``data_ranks`` (dp x cp)
     ranks, plus its routed experts, sharded over the ``data_ranks / ep`` ranks holding the same experts
     (Megatron-Core's distributed optimizer and FSDP over the expert-data-parallel group; torchtitan's
     ``efsdp``); ``gradients_sharded``, ``grad_accumulation_fp32`` and ``bf16_grads_kept`` are the stack's rules
-    (``gradients_sharded``, ``StackSpec.grad_accumulation_fp32``, ``StackSpec.bf16_grads_kept_beside_fp32``). ``expert_data_ranks`` replaces
+    (``gradients_sharded``, ``StackSpec.grad_accumulation_fp32``, ``StackSpec.bf16_grads_kept_beside_fp32``), and
+    ``bf16_optimizer_state`` its ``StackSpec.optimizer_state_bf16``. ``expert_data_ranks`` replaces
     ``data_ranks / ep`` where expert TP 1 folds the tp ranks in (``ParallelConfig.expert_data_ranks``)."""
     dense = static_memory(dense_params, precision, data_ranks, zero, gradients_sharded, grad_accumulation_fp32,
-                          bf16_grads_kept)
+                          bf16_grads_kept, bf16_optimizer_state)
     if not expert_params:
         return dense
     edp = max(1, data_ranks // ep) if expert_data_ranks is None else expert_data_ranks
     experts = static_memory(expert_params, precision, edp, zero, gradients_sharded,
-                            grad_accumulation_fp32, bf16_grads_kept)
+                            grad_accumulation_fp32, bf16_grads_kept, bf16_optimizer_state)
     return StaticMemory(dense.weights_bytes + experts.weights_bytes, dense.gradients_bytes + experts.gradients_bytes,
                         dense.optimizer_bytes + experts.optimizer_bytes, dense.updated_params + experts.updated_params)
 
@@ -479,7 +484,7 @@ def stack_static_memory(stack: StackSpec, dense_params: float, expert_params: fl
     search's memory bound take that rule from."""
     return split_static_memory(dense_params, expert_params, precision, data_ranks, ep, zero,
                                gradients_sharded(stack, pp, data_ranks, zero), gradients_fp32(stack, pp, data_ranks, zero),
-                               expert_data_ranks, stack.bf16_grads_kept_beside_fp32)
+                               expert_data_ranks, stack.bf16_grads_kept_beside_fp32, stack.optimizer_state_bf16)
 
 
 @dataclass(frozen=True)

@@ -270,6 +270,14 @@ class StackSpec(StrictModel):
         "(fp32_groups_gradients_flat = zeros_like(bf16_groups_flat, float32)); DeepSpeed's engine picks it for bf16 "
         "with fp32 gradient accumulation at ZeRO 0 or 1 (runtime/engine.py _do_optimizer_sanity_check)",
     )
+    optimizer_state_bf16: bool = Field(
+        default=False,
+        description="Adam's state in bf16: the stored parameter copy, exp_avg and exp_avg_sq 2 B each, 6 B per updated "
+        "parameter, not the fp32 12: Apex's DistributedFusedAdam with dtype=torch.bfloat16 allocates each state bucket's "
+        "params_shard (store_params, default True), exp_avg_shard and exp_avg_sq_shard in the optimizer dtype "
+        "(apex/contrib/optimizers/distributed_fused_adam.py StateBucket); NeMo 1's optim distributed_fused_adam with "
+        "dtype: bf16 (nemo/core/optim/distributed_adam.py passes it through)",
+    )
     fp16_main_grads_copied: bool = Field(
         default=False,
         description="fp16 runs copy each gradient the rank updates to fp32 at the optimizer step (Megatron-LM's "

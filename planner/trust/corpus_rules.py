@@ -157,6 +157,11 @@ NOTE_STACK_CHANGES: tuple[tuple[str, dict[str, dict[str, object]], str], ...] = 
     (r"overlap_p2p_comm: true", {"overlap": {"p2p": "overlapped"}},
      "interleaved pipeline p2p overlapped with compute (Megatron-Core overlap_p2p_comm, batch_p2p_comm off) priced "
      "overlapped, as the row ran: the sends and receives delay the next stage but do not hold the rank"),
+    (r"distributed_fused_adam with dtype: bf16 and grad_sync_dtype: bf16", {"optimizer_state_bf16": True,
+                                                                            "grad_accumulation_fp32": False},
+     "Adam's state in bf16 and bf16 gradient buffers (NeMo 1's distributed_fused_adam with dtype: bf16 and "
+     "grad_sync_dtype: bf16, Apex's DistributedFusedAdam): 2 B of gradients and 6 B of optimizer state per parameter, "
+     "as the row ran"),
     (r"moe_a2a_overlap: true|--overlap-moe-expert-parallel-comm", {"overlap": {"ep_comm": "overlapped"}},
      "expert all-to-all overlap (--overlap-moe-expert-parallel-comm, the recipe's moe_a2a_overlap) priced overlapped "
      "on every pass, as the row ran without a pipeline (Megatron-Core's combined_1f1b_schedule_for_no_pipelining; "

@@ -151,6 +151,18 @@ def test_megatron_accumulates_bf16_and_fp8_gradients_in_fp32(precision, grads):
     assert kept.gradients_bytes == pytest.approx(1e9 * (6 if precision == "bf16" else grads))
 
 
+@pytest.mark.parametrize("zero, dp", [(0, 1), (1, 2), (1, 8)])
+def test_adam_state_in_bf16_takes_6_bytes_per_updated_parameter(zero, dp):
+    """Apex's DistributedFusedAdam with dtype bf16 keeps its parameter copy, exp_avg and exp_avg_sq in bf16 (2 + 2 + 2)
+    over the parameters the rank updates (its 1/dp share under ZeRO 1), beside bf16 weights and bf16 gradients:
+    at dp 2 that is 2 + 2 + 6/2 = 7 B a parameter, against the fp32 state's 2 + 2 + 12/2 = 10."""
+    st = static_memory(1e9, "bf16", dp=dp, zero=zero, bf16_optimizer_state=True)
+    shard = dp if zero >= 1 else 1
+    assert (st.weights_bytes, st.gradients_bytes, st.optimizer_bytes) == pytest.approx((2e9, 2e9, 6e9 / shard))
+    assert state_bytes_per_param("bf16", True, False, True) == (2, 4, 6)
+    assert state_bytes_per_param("fp32", False, False, True) == (4, 4, 8)  # fp32 runs keep fp32 state
+
+
 @pytest.mark.parametrize("stack, pp, zero, sharded", [
     ("ppplan-torch", 1, 3, False),  # torch pipelining defers the reduce-scatter, always
     ("ppplan-torch", 2, 2, False),

@@ -235,6 +235,24 @@ def test_every_mlperf_row_is_priced_with_the_overlap_its_implementation_ran() ->
     assert exposed_tp == {r.run for r in rows if r.source_id == "mlperf-v3.0"} and len(exposed_tp) == 5, exposed_tp
 
 
+def test_a_row_whose_optimizer_kept_bf16_state_is_priced_with_it() -> None:
+    """NeMo 1's distributed_fused_adam with dtype: bf16 and grad_sync_dtype: bf16 (dgxc's Nemotron-4 340B yaml): the
+    row's stack keeps bf16 gradients (2 B) and 6 B of Adam state per updated parameter instead of Megatron's fp32
+    gradients (4 B) and 12 B; the estimate's static memory follows, by hand from the stage's parameters."""
+    fields = {**ZB_ROW, "tp": "1", "pp": "8", "dp": "2", "n_gpus": "16", "zero": "1", "precision": "bf16"}
+    row = parse_row({**fields, "notes": "optim: distributed_fused_adam with dtype: bf16 and grad_sync_dtype: bf16 (yaml)"})
+    plain = parse_row({**fields, "notes": ""})
+    assert isinstance(row, PublishedRow) and isinstance(plain, PublishedRow), (row, plain)
+    assert (row.stack_spec.optimizer_state_bf16, row.stack_spec.grad_accumulation_fp32) == (True, False)
+    assert (plain.stack_spec.optimizer_state_bf16, plain.stack_spec.grad_accumulation_fp32) == (False, True)
+    assert any(a.startswith("Adam's state in bf16") for a in row.assumptions)
+    est = estimate_with(_as_run(row, 1.0), _prior(row))
+    layers = (row.config.stage_layers or [])[1]
+    params = stage_params(row.model, layers, False, False, 1)  # the second stage: no embedding or head
+    memory = est.memory_breakdown_gib[1]
+    assert (memory["gradients"], memory["optimizer"]) == pytest.approx((2 * params / GIB, 6 * params / 2 / GIB), rel=1e-3)
+
+
 def test_a_row_whose_recipe_overlaps_the_all_to_all_is_priced_with_it() -> None:
     """Megatron-Bridge's moe_a2a_overlap (Megatron-Core --overlap-moe-expert-parallel-comm): the row's stack
     hides the expert all-to-alls under another microbatch's compute, and says so; "false" keeps them exposed."""
