@@ -393,14 +393,15 @@ def optimizer_step_temp_bytes(stack: StackSpec, precision: str, updated_params: 
 
 def static_memory(
     num_params_on_rank: float, precision: str, dp: int, zero: int, gradients_sharded: bool | None = None,
-    grad_accumulation_fp32: bool = False, bf16_grads_kept: bool = False, bf16_optimizer_state: bool = False,
+    state_bytes: tuple[int, int, int] | None = None,
 ) -> StaticMemory:
     """Weights, gradients and optimizer state under ZeRO stage ``zero`` (Rajbhandari et al. 2020, Fig. 1).
 
     ``gradients_sharded=None`` is the paper's ZeRO-2/3 (gradients divided by dp); a stack
-    passes its own rule (``gradients_sharded``).
+    passes its own rule (``gradients_sharded``). ``state_bytes``: the (weights, gradients, optimizer)
+    bytes per parameter as the stack keeps them (``state_bytes_per_param``; None: the paper's for ``precision``).
     """
-    w, g, o = state_bytes_per_param(precision, grad_accumulation_fp32, bf16_grads_kept, bf16_optimizer_state)
+    w, g, o = state_bytes or state_bytes_per_param(precision)
     shard_grads = zero >= 2 if gradients_sharded is None else gradients_sharded
     updated = num_params_on_rank / (dp if zero >= 1 else 1)
     return StaticMemory(
@@ -456,35 +457,33 @@ def microbatch_grad_sync(stack: StackSpec, pp: int, dp: int, zero: int) -> bool:
 
 
 def split_static_memory(dense_params: float, expert_params: float, precision: str, data_ranks: int, ep: int,
-                        zero: int, gradients_sharded: bool = False, grad_accumulation_fp32: bool = False,
-                        expert_data_ranks: int | None = None, bf16_grads_kept: bool = False,
-                        bf16_optimizer_state: bool = False) -> StaticMemory:
+                        zero: int, gradients_sharded: bool = False, expert_data_ranks: int | None = None,
+                        state_bytes: tuple[int, int, int] | None = None) -> StaticMemory:
     """``static_memory`` of a rank's dense parameters, ZeRO-sharded over its ``data_ranks`` (dp x cp)
     ranks, plus its routed experts, sharded over the ``data_ranks / ep`` ranks holding the same experts
     (Megatron-Core's distributed optimizer and FSDP over the expert-data-parallel group; torchtitan's
-    ``efsdp``); ``gradients_sharded``, ``grad_accumulation_fp32`` and ``bf16_grads_kept`` are the stack's rules
-    (``gradients_sharded``, ``StackSpec.grad_accumulation_fp32``, ``StackSpec.bf16_grads_kept_beside_fp32``), and
-    ``bf16_optimizer_state`` its ``StackSpec.optimizer_state_bf16``. ``expert_data_ranks`` replaces
-    ``data_ranks / ep`` where expert TP 1 folds the tp ranks in (``ParallelConfig.expert_data_ranks``)."""
-    dense = static_memory(dense_params, precision, data_ranks, zero, gradients_sharded, grad_accumulation_fp32,
-                          bf16_grads_kept, bf16_optimizer_state)
+    ``efsdp``); ``gradients_sharded`` and ``state_bytes`` are the stack's rules (``stack_static_memory``).
+    ``expert_data_ranks`` replaces ``data_ranks / ep`` where expert TP 1 folds the tp ranks in
+    (``ParallelConfig.expert_data_ranks``)."""
+    dense = static_memory(dense_params, precision, data_ranks, zero, gradients_sharded, state_bytes)
     if not expert_params:
         return dense
     edp = max(1, data_ranks // ep) if expert_data_ranks is None else expert_data_ranks
-    experts = static_memory(expert_params, precision, edp, zero, gradients_sharded,
-                            grad_accumulation_fp32, bf16_grads_kept, bf16_optimizer_state)
+    experts = static_memory(expert_params, precision, edp, zero, gradients_sharded, state_bytes)
     return StaticMemory(dense.weights_bytes + experts.weights_bytes, dense.gradients_bytes + experts.gradients_bytes,
                         dense.optimizer_bytes + experts.optimizer_bytes, dense.updated_params + experts.updated_params)
 
 
 def stack_static_memory(stack: StackSpec, dense_params: float, expert_params: float, precision: str, pp: int,
                         data_ranks: int, ep: int, zero: int, expert_data_ranks: int | None = None) -> StaticMemory:
-    """``split_static_memory`` with the gradients as ``stack`` keeps them (``gradients_sharded``,
-    ``gradients_fp32``, ``StackSpec.bf16_grads_kept_beside_fp32``): the one place the estimate and the
-    search's memory bound take that rule from."""
+    """``split_static_memory`` with the gradients and the optimizer state as ``stack`` keeps them
+    (``gradients_sharded``; ``state_bytes_per_param`` of ``gradients_fp32``, ``StackSpec.bf16_grads_kept_beside_fp32``
+    and ``StackSpec.optimizer_state_bf16``): the one place the estimate and the search's memory bound take that rule
+    from."""
+    state = state_bytes_per_param(precision, gradients_fp32(stack, pp, data_ranks, zero),
+                                  stack.bf16_grads_kept_beside_fp32, stack.optimizer_state_bf16)
     return split_static_memory(dense_params, expert_params, precision, data_ranks, ep, zero,
-                               gradients_sharded(stack, pp, data_ranks, zero), gradients_fp32(stack, pp, data_ranks, zero),
-                               expert_data_ranks, stack.bf16_grads_kept_beside_fp32, stack.optimizer_state_bf16)
+                               gradients_sharded(stack, pp, data_ranks, zero), expert_data_ranks, state)
 
 
 @dataclass(frozen=True)

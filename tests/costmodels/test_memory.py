@@ -143,11 +143,11 @@ def test_torch_runtime_accumulates_unsharded_gradients(zero, expected_per_param)
 def test_megatron_accumulates_bf16_and_fp8_gradients_in_fp32(precision, grads):
     """'bfloat16 requires gradient accumulation and all-reduce to be done in fp32' (Megatron-LM
     arguments.py): 2 + 4 + 12 = 18 B/param unsharded; fp16 keeps fp16 gradients (16 B)."""
-    st = static_memory(1e9, precision, dp=1, zero=0, grad_accumulation_fp32=True)
+    st = static_memory(1e9, precision, dp=1, zero=0, state_bytes=state_bytes_per_param(precision, True))
     assert st.gradients_bytes == pytest.approx(1e9 * grads)
     assert state_bytes_per_param(precision, False)[1] == (4 if precision == "fp32" else 2)
     # DeepSpeed's BF16_Optimizer keeps the bf16 gradient beside the fp32 one: bf16 only
-    kept = static_memory(1e9, precision, dp=1, zero=0, grad_accumulation_fp32=True, bf16_grads_kept=True)
+    kept = static_memory(1e9, precision, dp=1, zero=0, state_bytes=state_bytes_per_param(precision, True, True))
     assert kept.gradients_bytes == pytest.approx(1e9 * (6 if precision == "bf16" else grads))
 
 
@@ -156,7 +156,7 @@ def test_adam_state_in_bf16_takes_6_bytes_per_updated_parameter(zero, dp):
     """Apex's DistributedFusedAdam with dtype bf16 keeps its parameter copy, exp_avg and exp_avg_sq in bf16 (2 + 2 + 2)
     over the parameters the rank updates (its 1/dp share under ZeRO 1), beside bf16 weights and bf16 gradients:
     at dp 2 that is 2 + 2 + 6/2 = 7 B a parameter, against the fp32 state's 2 + 2 + 12/2 = 10."""
-    st = static_memory(1e9, "bf16", dp=dp, zero=zero, bf16_optimizer_state=True)
+    st = static_memory(1e9, "bf16", dp=dp, zero=zero, state_bytes=state_bytes_per_param("bf16", False, False, True))
     shard = dp if zero >= 1 else 1
     assert (st.weights_bytes, st.gradients_bytes, st.optimizer_bytes) == pytest.approx((2e9, 2e9, 6e9 / shard))
     assert state_bytes_per_param("bf16", True, False, True) == (2, 4, 6)
@@ -197,7 +197,8 @@ def test_fsdp_upcasts_the_unsharded_gradients_it_accumulates_under_a_pipeline(st
     12.4 GiB (its measured peak, 82.5 GiB reserved, was priced 59.0 GiB and is priced 72.4)."""
     assert gradients_fp32(load_stack(stack), pp, data_ranks, zero) is fp32
     sharded = gradients_sharded(load_stack(stack), pp, data_ranks, zero)
-    st = static_memory(6.64e9, "bf16", dp=data_ranks, zero=zero, gradients_sharded=sharded, grad_accumulation_fp32=fp32)
+    st = static_memory(6.64e9, "bf16", dp=data_ranks, zero=zero, gradients_sharded=sharded,
+                       state_bytes=state_bytes_per_param("bf16", fp32))
     expected = 6.64e9 * (4 if fp32 else 2) / (data_ranks if sharded else 1)
     assert st.gradients_bytes == pytest.approx(expected)
 
