@@ -193,6 +193,9 @@ def check_comm_settings(settings: CommSettings) -> None:
 def profile_comm(settings: CommSettings, progress: Callable[[int, int, str], None] | None = None) -> CommProfile:
     """Spawn ``nproc`` processes, measure, fit; ``progress(done, total, label)`` after each point."""
     check_comm_settings(settings)
+    from launch.runtime.heap import keep_freed_memory
+
+    keep_freed_memory()  # the spawned ranks allocate as the runtime's do
     from launch.profiler.group import free_port, spawn_and_collect
     from launch.profiler.layers import hardware_fingerprint
 

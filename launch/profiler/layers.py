@@ -33,6 +33,7 @@ from costmodels.rules import context_degree_violations, tp_violations
 from launch.profiler.runtime import runtime_overheads
 from launch.profiler.speed_probe import probe_samples_s
 from launch.profiler.timeshare import DEFAULT_DURATION_S, timeshare_efficiency
+from launch.runtime.heap import keep_freed_memory
 from profiles.errors import PlanError
 from profiles.profile_schema import HardwareFingerprint, LayerProfile, ProfileFile, TimeSharePoint, model_shape_hash
 from profiles.schema import ModelSpec
@@ -289,6 +290,7 @@ def profile_model(
 
     check_settings(model, settings)
     check_device(settings.device, max(settings.tps) if settings.tp_group else 1)
+    keep_freed_memory()  # this process and the groups it spawns allocate as the runtime's ranks do
     torch = _torch()
     if settings.threads:
         torch.set_num_threads(settings.threads)
