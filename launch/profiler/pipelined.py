@@ -15,6 +15,10 @@ thread CPU time per step, medians of 10 rounds; tiny-gpt and tiny-llama alike):
 - the schedule spends host time between the actions: posting each p2p send and receive,
   its bookkeeping (7-9 ms per step of 16 actions on each rank, at mbs 1 and 2 alike).
 
+Part of the first was the kernel faulting freed memory in again at each step (glibc gave it back;
+the direct calls reuse theirs): since the ranks keep it (``launch/runtime/heap.py``, 2026-12-05) the
+factor measured 1.05-1.13 where it was 1.09-1.14 (tiny-gpt 1.14 -> 1.05).
+
 Neither was priced: tiny-llama's interleaved picks ran 17-27 % slower than priced with layer
 times measured minutes before. This module times both with the runtime's own pieces: two
 spawned processes (gloo) each build ``VIRTUAL_STAGES`` one-layer stages of the model
