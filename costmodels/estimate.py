@@ -514,7 +514,9 @@ def heap_reserve_gib(cluster: ClusterSpec, tp: int, pp: int, data_ranks: int, ze
     41.6, 41.2 and 41.1 MiB above the allocated bytes at tp 2, 4 and 8) and on pipeline ranks (most on the
     head's: 26.6 MiB of live tensors at the peak of a pp 8 1F1B run, 51.4 MiB resident), and under ZeRO 3
     by more the more microbatches the step runs (tiny-gpt dp 2 mbs 1: 1.4-1.6x the allocated bytes at 4
-    microbatches, 2.1-2.5x at 16; the freed blocks stay in glibc's arenas)."""
+    microbatches, 2.1-2.5x at 16; the freed blocks stay in glibc's arenas). Those figures are the first fit's,
+    under glibc's trimming; since the ranks keep freed memory (``launch/runtime/heap.py``) the refit's are in
+    ``profiles/clusters/cpu-local.yaml``."""
     reserve = cluster.heap_reserve
     zero3 = reserve.zero3_share_per_microbatch * microbatches * allocated_gib
     sizes = {"tp": reserve.tp_gib, "pp": reserve.pp_gib, "zero3": zero3}
