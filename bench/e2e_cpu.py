@@ -85,6 +85,8 @@ class Extra:
     zero: int = 0
     cp: int = 1
     ep: int = 1
+    v: int = 1
+    stage_layers: str | None = None
 
     @property
     def ranks(self) -> int:
@@ -93,7 +95,8 @@ class Extra:
     def evaluate_args(self) -> list[str]:
         return ["--model", self.model, "--global-batch", str(self.batch), "--gpus", str(self.ranks), "--tp", str(self.tp),
                 "--cp", str(self.cp), "--ep", str(self.ep), "--pp", str(self.pp), "--mbs", str(self.mbs),
-                "--schedule", self.schedule, "--recompute", self.recompute, "--zero", str(self.zero)]  # fmt: skip
+                "--schedule", self.schedule, "--recompute", self.recompute, "--zero", str(self.zero), "--v", str(self.v),
+                *(["--stage-layers", self.stage_layers] if self.stage_layers else [])]  # fmt: skip
 
 
 # The plans issue 7's bench left out (run within 25 % of its first plan, priced 20-35 % fast) and
@@ -115,6 +118,11 @@ EXTRA = (
     Extra("moe ep2 pp2 dp2", "tiny-moe", 8, tp=1, pp=2, dp=2, ep=2),
     Extra("moe tp2 cp2", "tiny-moe", 8, tp=2, pp=1, dp=1, cp=2),
     Extra("llama cp2", "tiny-llama", 8, tp=1, pp=1, dp=1, cp=2),
+    # the 2-rank picks before an end stage could hold the embedding or the head alone (v 4, a layer on every
+    # stage), against the picks that give them stages of their own (v 5: [0, 1, ..., 1, 0])
+    Extra("pp2 v4 interleaved", "tiny-gpt", 8, tp=1, pp=2, dp=1, mbs=4, schedule="interleaved-1f1b", v=4),
+    Extra("pp2 v4 interleaved", "tiny-llama", 8, tp=1, pp=2, dp=1, mbs=4, schedule="interleaved-1f1b", v=4),
+    Extra("pp2 v4 interleaved", "tiny-moe", 8, tp=1, pp=2, dp=1, mbs=4, schedule="interleaved-1f1b", v=4),
 )
 
 

@@ -73,6 +73,73 @@ def uniform_split(num_layers: int, stages: int) -> list[int]:
     return [base + (1 if j < extra else 0) for j in range(stages)]
 
 
+def min_layers_for(stages: int) -> int:
+    """The fewest transformer layers ``stages`` virtual stages can hold: one each, except that the
+    first may hold the embedding alone and the last the head alone."""
+    return max(1, stages - 2)
+
+
+@dataclass(frozen=True)
+class EndSlots:
+    """Megatron-LM's split with the embedding and/or the loss counted as one layer each
+    (``--account-for-embedding-in-pipeline-split``, ``--account-for-loss-in-pipeline-split``,
+    ``megatron/core/transformer/transformer_block.py`` ``get_num_layers_to_build``): every virtual
+    stage holds ``per_stage`` slots, the first gives one to the embedding, the last one to the head."""
+
+    per_stage: int
+    embedding: bool
+    loss: bool
+
+
+def end_slot_split(num_layers: int, stages: int, slots: EndSlots | None = None) -> list[int] | None:
+    """Layers per virtual stage with the embedding and the loss taking one slot each (both when
+    ``slots`` is None); None when the slots do not divide evenly or a stage would hold nothing else."""
+    embedding, loss = (True, True) if slots is None else (slots.embedding, slots.loss)
+    if stages < 2:
+        return None
+    per, rest = divmod(num_layers + embedding + loss, stages)
+    if rest or per < 1:
+        return None
+    layers = [per] * stages
+    layers[0] -= embedding
+    layers[-1] -= loss
+    return layers
+
+
+def end_stage_floors(stages: int) -> list[int]:
+    """The fewest layers each of ``stages`` virtual stages may hold: 0 for the first and the last
+    (the embedding or the head alone), 1 for the others; 1 for a single stage."""
+    if stages < 2:
+        return [1] * stages
+    return [0] + [1] * (stages - 2) + [0]
+
+
+def default_split(num_layers: int, stages: int) -> list[int] | None:
+    """The split ppplan uses when none is given: ``uniform_split`` where every stage gets a layer;
+    with one layer short the last stage holds the head alone (it is the heavier end: logits and
+    loss against an embedding lookup), with two short the embedding and the head each hold a stage
+    alone (``end_slot_split``); None below that."""
+    if num_layers >= stages:
+        return uniform_split(num_layers, stages)
+    if num_layers == stages - 1:
+        return end_slot_split(num_layers, stages, EndSlots(1, embedding=False, loss=True))
+    return end_slot_split(num_layers, stages) if num_layers == stages - 2 else None
+
+
+def end_slots_of(stage_layers: list[int]) -> EndSlots | None:
+    """The ``EndSlots`` that build ``stage_layers`` (at least one end accounted for), or None."""
+    if len(stage_layers) < 2:
+        return None
+    middle = stage_layers[1:-1]
+    per = middle[0] if middle else max(stage_layers[0], stage_layers[-1])
+    if any(n != per for n in middle):
+        return None
+    embedding, loss = stage_layers[0] == per - 1, stage_layers[-1] == per - 1
+    if not (embedding or loss) or stage_layers[0] not in (per, per - 1) or stage_layers[-1] not in (per, per - 1):
+        return None
+    return EndSlots(per, embedding, loss)
+
+
 @dataclass(frozen=True)
 class FirstLast:
     """Layers on the first rank, each middle rank and the last rank (totals over the rank's chunks)."""

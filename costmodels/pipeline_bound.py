@@ -22,15 +22,18 @@ non-negative terms to the makespan (``costmodels.estimate``), from below.
   has to travel back to stage 0 (``tail``). With split backward, its last B comes
   after all its F and B passes and then travels to stage 0, where that
   microbatch's W still runs. And one microbatch's whole forward-backward chain
-  follows the other M - 1 forwards of stage 0. For 1F1B with uniform stages and
+  follows the other M - 1 forwards of any one stage (on its rank, one at a time):
+  of the stage with the slowest forward. For 1F1B with uniform stages and
   no p2p this is exactly (M + P - 1)(F + B + W) (Narayanan et al. 2019), for
   interleaved 1F1B with M % P == 0 exactly (M + (P - 1)/v)·v(F + B + W) (Narayanan
   et al. SC21, Sec. 2.2), for ZB-H1 with F = B = W = T exactly (3M + P - 1)·T
   (Qi et al. ICLR 2024, Sec. 3).
 - ``any_cut_makespan_lower_bound_s``: for every cut of L identical layers into
-  pp·v stages of at least one layer each: the busiest rank's work, the mean over
-  ranks of the per-rank bound (each stage before rank r holds at least one layer),
-  and the critical path.
+  pp·v stages of at least one layer each, except the end stages, which may hold the
+  embedding or the head alone (Megatron-LM's account-for-embedding/loss split): the
+  busiest rank's work, the mean over ranks of the per-rank bound (each stage between
+  the first and rank r holds at least one layer), and the critical path (after the
+  M - 1 other forwards of stage 0, or of stage 1 where stage 0 holds no layer).
 - ``bound_pipeline``: a ``PipelineResult`` whose makespan is the bound and whose
   activation peaks are the closed-form in-flight counts (``peak_inflight``) times
   the rank's smallest stage; passed to ``estimate`` as its pricer it gives a lower
@@ -93,7 +96,7 @@ def makespan_lower_bound_s(schedule: str, pp: int, v: int, num_microbatches: int
     split = schedule_spec(schedule).split_backward
     last = stages - 1
     chain = head[last] + f[last] + b[last] + (grad[last] + w[0] if split else w[last] + full[last])
-    best = (m - 1) * f[0] + chain
+    best = (m - 1) * max(f) + chain  # the last F of the stage with the slowest forward, then its microbatch's chain
     for own in by_rank:
         k = own[0]
         busy = m * sum(f[s] + b[s] + w[s] for s in own)
@@ -111,20 +114,28 @@ def any_cut_makespan_lower_bound_s(
     num_layers: int, all_layers: PassTimes | None = None,
 ) -> float:
     """A lower bound of the makespan for every split of ``num_layers`` identical layers (``layer``
-    per microbatch each) into pp·v stages of at least one layer, the embedding on the first
-    stage and ``head`` on the last (module docstring). Layers of different kinds (a model's leading
-    dense layers before its mixture-of-experts ones): ``layer`` no slower than any of them in F, B
-    and W, and ``all_layers`` the sum over every layer; each term below then still bounds."""
+    per microbatch each) into pp·v stages, the embedding on the first stage and ``head`` on the last,
+    every stage holding at least one layer except the two end stages, which may hold the embedding
+    or the head alone (``costmodels.layout.end_stage_floors``; module docstring). Layers of different
+    kinds (a model's leading dense layers before its mixture-of-experts ones): ``layer`` no slower
+    than any of them in F, B and W, and ``all_layers`` the sum over every layer; each term below then
+    still bounds."""
     m, layers = num_microbatches, num_layers
     c, e, h = layer.total_s, embedding.total_s, head.total_s
     spec = schedule_spec(schedule)
+    stages = pp * v
+    end = 0 if stages > 1 else 1  # layers an end stage holds at least
     total = (all_layers.total_s if all_layers else layers * c) + e + h
-    first_rank = e + h + 2 * c if spec.placement == "v" and pp > 1 else e + v * c
-    busiest = max(math.ceil(layers / pp) * c, total / pp, first_rank, h + v * c)
+    if spec.placement == "v" and pp > 1:  # rank 0 holds both ends, every other rank two middle stages
+        end_ranks = max(e + h + 2 * end * c, 2 * c)
+    else:  # rank 0's stages: the first and v - 1 middle ones; the last rank's: the last and v - 1 middle ones
+        end_ranks = max(e + (v - 1 + end) * c, h + (v - 1 + end) * c)
+    busiest = max(math.ceil(layers / pp) * c, total / pp, end_ranks)
+    # rank r's first forward waits for stages 0..r-1 (stage 0 perhaps the embedding alone), its last backward to get back
     if spec.split_backward:
-        waits = [embedding.forward_s + r * layer.forward_s for r in range(1, pp)]
+        waits = [embedding.forward_s + (r - 1 + end) * layer.forward_s for r in range(1, pp)]
     else:
-        waits = [e + r * c for r in range(1, pp)]
+        waits = [e + (r - 1 + end) * c for r in range(1, pp)]
     mean_rank = (m * total + sum(waits)) / pp
     if all_layers:
         forward_backward = all_layers.forward_s + all_layers.backward_input_s + embedding.forward_s + embedding.backward_input_s
@@ -133,10 +144,19 @@ def any_cut_makespan_lower_bound_s(
         forward_backward = layers * (layer.forward_s + layer.backward_input_s) + embedding.forward_s + embedding.backward_input_s
         layers_weight = layers * layer.backward_weight_s
     forward_backward += head.forward_s + head.backward_input_s
-    weights = embedding.backward_weight_s + layer.backward_weight_s if spec.split_backward and pp > 1 else (
-        layers_weight + embedding.backward_weight_s + head.backward_weight_s)
-    critical = (m - 1) * (embedding.forward_s + layer.forward_s) + forward_backward + weights
-    return max(m * busiest, mean_rank, critical)
+    split = spec.split_backward and pp > 1
+
+    def critical(first_stage_layers: int) -> float:
+        """One microbatch's whole chain after the other M - 1 forwards of stage 0 (with at least
+        ``first_stage_layers``) or, where stage 0 holds the embedding alone, of stage 1 (at least a layer);
+        then, with split backward, stage 0's W."""
+        first_forward = embedding.forward_s + first_stage_layers * layer.forward_s
+        repeated = first_forward if first_stage_layers else max(first_forward, layer.forward_s)
+        weights = (embedding.backward_weight_s + first_stage_layers * layer.backward_weight_s if split
+                   else layers_weight + embedding.backward_weight_s + head.backward_weight_s)
+        return (m - 1) * repeated + forward_backward + weights
+
+    return max(m * busiest, mean_rank, critical(1) if end else min(critical(0), critical(1)))
 
 
 def bound_pipeline(schedule: str, pp: int, v: int, num_microbatches: int, times: StageTimes) -> PipelineResult:

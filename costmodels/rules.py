@@ -12,7 +12,7 @@ how to fix the input.
 
 from __future__ import annotations
 
-from costmodels.layout import first_last_of, uniform_split
+from costmodels.layout import end_slots_of, first_last_of, min_layers_for, uniform_split
 from costmodels.schedules.registry import LOOPED_SCHEDULES, schedule_spec, shape_violations
 from profiles.errors import PlanError
 from profiles.limits import MAX_MICROBATCHES, MAX_STAGE_MICROBATCHES
@@ -122,8 +122,10 @@ def _degree_violations(model: ModelSpec, train: TrainSpec, gpus: int, cfg: Paral
 def _stage_violations(model: ModelSpec, cfg: ParallelConfig) -> list[str]:
     problems: list[str] = []
     stages = cfg.pp * cfg.v
-    if model.num_layers < stages:
-        problems.append(f"{model.num_layers} layers cannot fill pp*v = {stages} stages: lower pp or v")
+    if model.num_layers < min_layers_for(stages):
+        problems.append(f"{model.num_layers} layers cannot fill pp*v = {stages} stages "
+                        f"(at least {min_layers_for(stages)}: one per stage, the end stages may hold only the embedding or the head): "
+                        "lower pp or v")
         return problems
     if len(cfg.stage_layers) != stages:
         problems.append(f"stage_layers has {len(cfg.stage_layers)} entries but pp*v = {stages}")
@@ -174,9 +176,10 @@ def layout_violations(stage_layers: list[int], pp: int, v: int, stack: StackSpec
         return [f"stack '{stack.name}' splits layers uniformly only: stage_layers {stage_layers} are uneven"]
     if stack.cut_layouts == "uniform" and sum(stage_layers) % len(stage_layers):
         return [f"stack '{stack.name}' needs num_layers ({sum(stage_layers)}) divisible by pp*v = {len(stage_layers)}"]
-    if stack.cut_layouts == "first-last" and first_last_of(stage_layers, pp, v) is None:
+    if stack.cut_layouts == "first-last" and first_last_of(stage_layers, pp, v) is None and end_slots_of(stage_layers) is None:
         return [f"stack '{stack.name}' gives the first and last rank their own layer counts and every other rank the "
-                f"same, split equally over its virtual stages: stage_layers {stage_layers} are not of that shape"]
+                f"same, split equally over its virtual stages, or counts the embedding and the loss as a layer each: "
+                f"stage_layers {stage_layers} are of neither shape"]
     return []
 
 

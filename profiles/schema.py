@@ -401,7 +401,10 @@ class ParallelConfig(StrictModel):
     ``j`` in pipeline order (``pp * v`` entries). The embedding always sits on
     virtual stage 0 and the final norm + logits + loss on the last one; which
     rank holds stage ``j`` is given by the schedule's placement
-    (``costmodels.rank_grid.stage_to_rank``).
+    (``costmodels.rank_grid.stage_to_rank``). The first and the last stage may
+    hold no transformer layer (the embedding or the head alone: Megatron-LM's
+    ``--account-for-embedding-in-pipeline-split`` / ``--account-for-loss-in-pipeline-split``
+    with one slot per stage); every other stage holds at least one.
     """
 
     stack: str = Field(default="ppplan-torch", description="the software stack the plan runs on (profiles/stacks/)")
@@ -423,12 +426,23 @@ class ParallelConfig(StrictModel):
     recompute: Recompute = "none"
     sequence_parallel: bool = False
     zero: int = Field(default=0, ge=0, le=3)
-    stage_layers: Annotated[list[count(MAX_LAYERS)], Field(min_length=1, max_length=MAX_LAYERS)]
+    stage_layers: Annotated[list[count(MAX_LAYERS, minimum=0)], Field(min_length=1, max_length=MAX_LAYERS)]
     schedule_csv: str | None = Field(
         default=None,
         description="schedule 'custom' only: the action list in torch's pipeline CSV format, the exact "
         "order the simulator priced and the runtime executes",
     )
+
+    @model_validator(mode="after")
+    def _end_stages_only_may_be_empty(self) -> "ParallelConfig":
+        empty = [j for j, n in enumerate(self.stage_layers) if n == 0]
+        last = len(self.stage_layers) - 1
+        if any(j not in (0, last) for j in empty) or (empty and last == 0):
+            raise ValueError(
+                f"stage_layers {self.stage_layers}: only the first stage (the embedding) and the last (the head) "
+                "may hold no transformer layer, and only where there are at least two stages"
+            )
+        return self
 
     @property
     def num_stages(self) -> int:

@@ -14,12 +14,16 @@ Sources (NVIDIA/Megatron-LM at d98e8a6, 2026-08-22):
 - ``megatron/core/transformer/pipeline_parallel_layer_layout.py``
   (``--pipeline-model-parallel-layout``, core >= 0.13): stages separated by
   ``|`` in virtual-stage order, ``E`` embedding, ``t`` a transformer layer,
-  ``m`` a multi-token prediction module, ``L`` the loss, ``t*3`` repeats; any cut is expressible.
+  ``m`` a multi-token prediction module, ``L`` the loss, ``t*3`` repeats; any cut is expressible
+  (``E|t|...|t|L``: end stages with the embedding or the loss alone).
+- ``--account-for-embedding-in-pipeline-split`` / ``--account-for-loss-in-pipeline-split``
+  (same ``get_num_layers_to_build``): the embedding / the loss counts as one layer, so the first /
+  last virtual stage builds one layer fewer than the others (none when each holds one slot).
 """
 
 from __future__ import annotations
 
-from costmodels.layout import FirstLast, first_last_of, stage_layers_of
+from costmodels.layout import EndSlots, FirstLast, end_slots_of, first_last_of, stage_layers_of
 
 Arg = tuple[str, "str | None"]
 
@@ -42,11 +46,25 @@ def first_last_args(split: FirstLast, pp: int, v: int) -> list[Arg]:
     return args
 
 
+def end_slot_args(slots: EndSlots, v: int) -> list[Arg]:
+    """Flags for the embedding and/or the loss counted as a layer in the split (``costmodels.layout.EndSlots``;
+    ``get_num_layers_to_build`` takes one layer off the first / last virtual stage for each); exclusive of the
+    first/last counts and of the layout string."""
+    args: list[Arg] = []
+    if slots.embedding:
+        args.append(("--account-for-embedding-in-pipeline-split", None))
+    if slots.loss:
+        args.append(("--account-for-loss-in-pipeline-split", None))
+    if v > 1:
+        args.append(("--num-virtual-stages-per-pipeline-rank", str(v)))
+    return args
+
+
 def layout_string(stage_layers: list[int], mtp_layers: int = 0) -> str:
     """``--pipeline-model-parallel-layout`` for ``stage_layers``: ``Et*3|t*3|...|t*2L``, with ``m`` for each
     multi-token prediction module before the loss on the last stage (``Et*4|...|tmL``: Megatron-Core places the
     modules after every decoder layer, in the last virtual stage of their rank, validate_layer_layout)."""
-    stages = [("t" if n == 1 else f"t*{n}") for n in stage_layers]
+    stages = [("" if n == 0 else "t" if n == 1 else f"t*{n}") for n in stage_layers]
     stages[0] = "E" + stages[0]
     stages[-1] = stages[-1] + "m" * mtp_layers + "L"
     return "|".join(stages)
@@ -89,8 +107,11 @@ def pipeline_args(stage_layers: list[int], pp: int, v: int, allow_layout: bool,
     if pp == 1:
         return [], list(stage_layers), []
     exact = first_last_of(stage_layers, pp, v)
-    if exact is not None:
+    if exact is not None and 0 not in (stage_layers[0], stage_layers[-1]):
         return first_last_args(exact, pp, v), list(stage_layers), []
+    slots = end_slots_of(stage_layers)
+    if slots is not None and not mtp_layers:
+        return end_slot_args(slots, v), list(stage_layers), []
     if allow_layout:
         return [("--pipeline-model-parallel-layout", layout_string(stage_layers, mtp_layers))], list(stage_layers), []
     closest = closest_first_last(stage_layers, pp, v)

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from costmodels.compute import default_precision, peak_flops
 from costmodels.estimate import estimate
 from costmodels.layer_costs import LayerTimes
-from costmodels.layout import uniform_split
+from costmodels.layout import default_split, min_layers_for
 from costmodels.profile_times import layer_times_for
 from costmodels.rules import check_config, precision_violations
 from planner.cli.app import app, comma_list, err, note, out, warn
@@ -240,15 +240,18 @@ def _parse_recompute(text: str, stages: int) -> str | list[str]:
 
 def _parse_stage_layers(text: str | None, num_layers: int, stages: int) -> list[int]:
     if not text:
-        if num_layers < stages:
-            raise PlanError(f"{num_layers} layers cannot fill pp*v = {stages} stages: lower --pp or --v")
-        return uniform_split(num_layers, stages)
+        split = default_split(num_layers, stages)
+        if split is None:
+            raise PlanError(f"{num_layers} layers cannot fill pp*v = {stages} stages (at least {min_layers_for(stages)}: "
+                            "the end stages may hold only the embedding or the head): lower --pp or --v")
+        return split
     try:
         layers = [int(x) for x in text.split(",")]
     except ValueError:
         raise PlanError(f"--stage-layers must be comma-separated integers, got '{text}'") from None
-    if any(n < 1 for n in layers):
-        raise PlanError("--stage-layers entries must be >= 1")
+    inner = layers[1:-1]
+    if any(n < 0 for n in layers) or any(n < 1 for n in inner) or (len(layers) == 1 and layers[0] < 1):
+        raise PlanError("--stage-layers entries must be >= 1 (the first and last may be 0: the embedding or the head alone)")
     return layers
 
 
@@ -266,7 +269,7 @@ def evaluate_cmd(
     recompute: str = typer.Option("none", "--recompute", help=RECOMPUTE_HELP),
     sequence_parallel: bool = typer.Option(False, "--sequence-parallel"),
     zero: int = typer.Option(0, "--zero", min=0, max=3, help="ZeRO stage: 0, 1, 2 or 3"),
-    stage_layers: Optional[str] = typer.Option(None, "--stage-layers", help="layers per virtual stage, e.g. 5,6,6,5"),
+    stage_layers: Optional[str] = typer.Option(None, "--stage-layers", help="layers per virtual stage, e.g. 5,6,6,5 (ends may be 0)"),
     seq_len: Optional[int] = SeqOpt, precision: Optional[str] = PrecisionOpt,
     profile: Optional[Path] = ProfileOpt, comm_profile: Optional[Path] = CommProfileOpt, allow_mismatch: bool = MismatchOpt,
     out_path: Optional[Path] = OutOpt, as_json: bool = JsonOpt, stack: str = StackOpt,

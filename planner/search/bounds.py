@@ -182,7 +182,8 @@ class Bounds:
     def memory_any_cut_gib(self, c: Candidate) -> float:
         """The worst rank of ``c`` under any cut needs at least this (a continuous relaxation over cuts:
         with one stage per rank, layers spread so that every rank needs the same; with several, each
-        stage holds at least one layer)."""
+        stage holds at least one layer except the end stages, which may hold the embedding or the
+        head alone)."""
         static, act = self._layer_floor(c)
         counts = peak_inflight(c.schedule, c.pp, c.v, c.num_microbatches)
         layers = self.model.num_layers
@@ -190,8 +191,12 @@ class Bounds:
             need = layers / sum(1.0 / (static + act * n) for n in counts)
         elif c.schedule == "looped-bfs":  # every forward of every local stage before the first backward
             need = (static + act * c.num_microbatches) * layers / c.pp
-        else:
-            need = max(static * math.ceil(layers / c.pp) + act * min(counts), static * c.v + act * max(counts))
+        else:  # the end stages may hold no layer (``end_stage_floors``): a rank holding one keeps a layer fewer,
+            # and its smallest stage's activations (the embedding's or the head's alone) are not counted
+            last = c.pp * c.v - 1
+            per_rank = [static * (c.v - sum(s in (0, last) for s in own)) + (0.0 if 0 in own or last in own else act * n)
+                        for own, n in zip(stages_by_rank(c.schedule, c.pp, c.v), counts)]
+            need = max(static * math.ceil(layers / c.pp), *per_rank)
         return self._gib(need, c)
 
     # ---- for a given cut

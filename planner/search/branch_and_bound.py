@@ -32,7 +32,7 @@ from typing import Callable
 
 from costmodels.estimate import estimate, memory_limit_gib, rank_memory_if_uniform_gib
 from costmodels.layer_costs import LayerTimes, RooflineTimes
-from costmodels.layout import uniform_split
+from costmodels.layout import default_split, end_stage_floors
 from costmodels.pipeline_bound import bound_pipeline, peak_inflight, stages_by_rank
 from costmodels.rules import (
     context_degree_violations,
@@ -196,13 +196,23 @@ class Searcher:
         extras = [0.0] * len(caps)
         extras[0] += emb.total_s
         extras[-1] += head.total_s
-        split = split_affine(self.model.num_layers, layer.total_s, extras, caps)
+        floors = end_stage_floors(len(caps))
+        split = split_affine(self.model.num_layers, layer.total_s, extras, caps, floors)
         return list(split.layers) if split else None
 
+    def default_cut(self, c: Candidate) -> list[int]:
+        """``costmodels.layout.default_split`` of the model over ``c``'s stages (the space only holds
+        candidates with at least ``min_layers_for`` their stages)."""
+        split = default_split(self.model.num_layers, c.pp * c.v)
+        assert split is not None, f"{c.label()}: {self.model.num_layers} layers on {c.pp * c.v} stages"
+        return split
+
     def cuts(self, c: Candidate) -> list[list[int]]:
-        """The cuts of the space for ``c``: the uniform split, then, where the stack cuts freely
-        (``StackSpec.cut_layouts``), the min–max cut if it differs."""
-        uniform = uniform_split(self.model.num_layers, c.pp * c.v)
+        """The cuts of the space for ``c``: the uniform split (``default_split``: an end stage holds the
+        embedding or the head alone where the layers are fewer than the stages), then, where the stack
+        cuts freely (``StackSpec.cut_layouts``), the min–max cut if it differs (whose end stages may hold
+        no layer when the embedding's or the head's time outweighs one)."""
+        uniform = self.default_cut(c)
         if self.stack.cut_layouts != "any":
             return [uniform]
         balanced = self.min_max_cut(c)
@@ -402,8 +412,8 @@ def closest_plan(searcher: Searcher, cands: list[Candidate]) -> Scored | None:
         return None
 
     def need(c: Candidate) -> tuple[float, Candidate]:
-        return max(searcher.bounds.memory_of_cut_gib(c, uniform_split(searcher.model.num_layers, c.pp * c.v))), c
+        return max(searcher.bounds.memory_of_cut_gib(c, searcher.default_cut(c))), c
 
     nearest = sorted(need(c) for c in cands)[:CLOSEST_PRICED]
-    priced = [searcher.score(c, uniform_split(searcher.model.num_layers, c.pp * c.v)) for _, c in nearest]
+    priced = [searcher.score(c, searcher.default_cut(c)) for _, c in nearest]
     return min(priced, key=lambda s: (max(s.estimate.peak_memory_gib), s.key))

@@ -7,7 +7,7 @@ et al. 2019 PipeDream, Sec. 3.1, restricted to a linear chain):
 ``best[j][x] = min_n max(best[j-1][x-n], cost_j(n))``; it accepts any
 monotone per-stage cost table. ``split_affine`` solves the same problem when
 ``cost_j(n) = n·t + extra_j`` (identical transformer layers, embedding and head
-extras on the end stages), which is what the search meets: a parametric search
+extras on the end stages, which may hold no layer: ``costmodels.layout.min_layers_for``), which is what the search meets: a parametric search
 over the bottleneck value with an O(S) feasibility test, exact and about a
 thousand times faster. Tests check that both give the same bottleneck.
 """
@@ -65,24 +65,28 @@ def _caps(bound: float, layer_s: float, extras_s: list[float], max_layers: list[
     return caps
 
 
-def split_affine(num_layers: int, layer_s: float, extras_s: list[float], max_layers: list[int]) -> Split | None:
-    """Exact min–max split when stage j costs ``n·layer_s + extras_s[j]`` and holds at most
-    ``max_layers[j]`` layers (at least one each)."""
+def split_affine(
+    num_layers: int, layer_s: float, extras_s: list[float], max_layers: list[int], min_layers: list[int] | None = None,
+) -> Split | None:
+    """Exact min–max split when stage j costs ``n·layer_s + extras_s[j]`` and holds between
+    ``min_layers[j]`` (default 1 each; 0 lets an end stage hold the embedding or the head alone)
+    and ``max_layers[j]`` layers."""
     stages = len(extras_s)
-    if stages > num_layers or any(m < 1 for m in max_layers) or sum(max_layers) < num_layers:
+    floors = min_layers if min_layers is not None else [1] * stages
+    if sum(floors) > num_layers or any(m < f for m, f in zip(max_layers, floors)) or sum(max_layers) < num_layers:
         return None
-    candidates = sorted({n * layer_s + e for e in set(extras_s) for n in range(1, num_layers + 1)})
+    candidates = sorted({n * layer_s + e for e in set(extras_s) for n in range(min(floors), num_layers + 1)})
 
     def feasible(bound: float) -> bool:
         caps = _caps(bound, layer_s, extras_s, max_layers)
-        return min(caps) >= 1 and sum(caps) >= num_layers
+        return all(c >= f for c, f in zip(caps, floors)) and sum(caps) >= num_layers
 
     lo = _first_true(candidates, feasible)
     if lo >= len(candidates):
         return None
     bound = candidates[lo]
     caps = _caps(bound, layer_s, extras_s, max_layers)
-    layers = _even_within_caps(num_layers, caps)
+    layers = _even_within_caps(num_layers, caps, floors)
     return Split(tuple(layers), max(n * layer_s + e for n, e in zip(layers, extras_s)))
 
 
@@ -97,12 +101,12 @@ def _first_true(candidates: list[float], feasible) -> int:
     return lo
 
 
-def _even_within_caps(num_layers: int, caps: list[int]) -> list[int]:
-    """The most even split with ``1 <= n_j <= caps[j]`` summing to L (water filling; remainder
+def _even_within_caps(num_layers: int, caps: list[int], floors: list[int]) -> list[int]:
+    """The most even split with ``floors[j] <= n_j <= caps[j]`` summing to L (water filling; remainder
     layers go to the middle stages first, which carry no embedding/head extras)."""
     stages = len(caps)
-    layers = [1] * stages
-    left = num_layers - stages
+    layers = list(floors)
+    left = num_layers - sum(floors)
     order = sorted(range(stages), key=lambda j: (j in (0, stages - 1), abs(j - (stages - 1) / 2), j))
     while left > 0:
         level = min(layers[j] for j in range(stages) if layers[j] < caps[j])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from costmodels.layout import min_layers_for
 from costmodels.rules import (
     expert_context_violations,
     parallelism_violations,
@@ -190,7 +191,7 @@ def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6) -> 
     cands = set(_neighbours(winner.candidate, searcher.gpus, searcher.train, searcher.model, searcher.stack,
                             searcher.layers.context_parallel_degrees, searcher.layers.expert_tp_folding))
     for n in sorted(cands):
-        if n.pp * n.v > searcher.model.num_layers or n.pp > searcher.model.num_layers:
+        if min_layers_for(n.pp * n.v) > searcher.model.num_layers:
             continue
         scored = searcher.price(n)
         if scored is None:
@@ -252,8 +253,21 @@ def _why_slower(win: Estimate, other: Estimate, delta_pct: float, cfg: ParallelC
     return f"{_g3(delta_pct)}% slower, mostly {name} (+{_g3(seconds)} s)"
 
 
+def end_stage_line(stage_layers: list[int]) -> str | None:
+    """Says so when an end stage holds the embedding or the head alone (its cut has no layer there)."""
+    alone = [what for what, n in (("the embedding", stage_layers[0]), ("the head", stage_layers[-1])) if n == 0]
+    if len(stage_layers) < 2 or not alone:
+        return None
+    return (f"cut: {' and '.join(alone)} alone on {'their end stages' if len(alone) == 2 else 'its end stage'} "
+            f"(stage_layers {stage_layers[0]}, {stage_layers[1]}, ..., {stage_layers[-1]}; Megatron-LM: "
+            "--account-for-embedding/loss-in-pipeline-split)")
+
+
 def rationale(winner: Scored, runner_up: Scored | None, alternatives: list[Alternative]) -> list[str]:
     lines = [f"binds: {line}" for line in binding_constraints(winner.estimate)]
+    cut = end_stage_line(winner.config.stage_layers)
+    if cut:
+        lines.append(cut)
     if runner_up is not None:
         gap = 100 * (runner_up.estimate.step_time_s / winner.estimate.step_time_s - 1)
         lines.append(f"runner-up {runner_up.candidate.label()} is {gap:.2g}% slower")

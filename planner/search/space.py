@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterator
 
+from costmodels.layout import min_layers_for
 from costmodels.rules import (
     expert_overlap_violations,
     recompute_violations,
@@ -129,9 +130,9 @@ def _v_options(schedule: str, pp: int, num_layers: int, stack: StackSpec) -> lis
         return [1] if schedule == "1f1b" else []
     stages_per_rank = schedule_spec(schedule).stages_per_rank
     if stages_per_rank == "looped":
-        return [v for v in range(2, min(MAX_V, stack.max_virtual_stages) + 1) if pp * v <= num_layers]
+        return [v for v in range(2, min(MAX_V, stack.max_virtual_stages) + 1) if min_layers_for(pp * v) <= num_layers]
     if stages_per_rank == "two":
-        return [2] if 2 * pp <= num_layers else []
+        return [2] if min_layers_for(2 * pp) <= num_layers else []
     return [1]
 
 
@@ -188,7 +189,7 @@ def enumerate_candidates(
     for tp in tp_degrees(model, gpus, gpus_per_node, allow_cross_node_tp):
         for cp in cp_degrees(train, gpus // tp, tp, stack, cp_priced):
             for pp in divisors(gpus // (tp * cp)):
-                if pp > model.num_layers:
+                if min_layers_for(pp) > model.num_layers:
                     continue
                 dp = gpus // (tp * cp * pp)
                 if train.global_batch % dp:

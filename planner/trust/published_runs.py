@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from costmodels.layout import uniform_split
+from costmodels.layout import end_slot_split, uniform_split
 from costmodels.rules import structural_violations
 from planner.trust.corpus_fields import RowFields, read_choice, read_metric, read_schedule
 from planner.trust.corpus_rules import (
@@ -174,18 +174,17 @@ def _parse(f: RowFields) -> _Parsed | None:
 
 def _stage_layers(f: RowFields, layers: int, stages: int) -> list[int] | None:
     """Uniform, or ``[k−1, k, …, k, k−1]`` where the source says the end stages hold one layer
-    fewer (room for the embedding and the head); None when that split cannot be made."""
+    fewer (Megatron-LM's embedding and loss counted as a layer each, ``costmodels.layout.end_slot_split``;
+    with k = 1 the end stages hold the embedding or the head alone); None when that split cannot be made."""
+    if FEWER_END_LAYERS in f.text("notes") and stages > 1:
+        split = end_slot_split(layers, stages)
+        if split is None:
+            f.problems.append(f"'{FEWER_END_LAYERS}' needs layers + 2 divisible by pp*v: {layers} + 2 on {stages} stages")
+        return split
     if layers < stages:
         f.problems.append(f"{layers} layers cannot fill pp*v = {stages} stages")
         return None
-    if FEWER_END_LAYERS not in f.text("notes") or stages == 1:
-        return uniform_split(layers, stages)
-    per, rest = divmod(layers + 2, stages)
-    if rest or per < 2:
-        f.problems.append(f"'{FEWER_END_LAYERS}' needs at least one transformer layer per virtual stage: "
-                          f"{layers} layers on {stages} stages leave the end stages without one")
-        return None
-    return [per - 1] + [per] * (stages - 2) + [per - 1]
+    return uniform_split(layers, stages)
 
 
 def _model(f: RowFields, p: _Parsed, assumptions: list[str]) -> ModelSpec | None:

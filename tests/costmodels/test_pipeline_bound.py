@@ -106,6 +106,17 @@ def random_cut(rng: random.Random, layers: int, stages: int) -> list[int]:
     return [edges[i + 1] - edges[i] for i in range(stages)]
 
 
+def random_cut_with_empty_ends(rng: random.Random, layers: int, stages: int) -> list[int]:
+    """A random cut whose first and/or last stage may hold no layer (the embedding or the head alone)."""
+    while True:
+        empty_first, empty_last = rng.random() < 0.5, rng.random() < 0.5
+        inner = stages - empty_first - empty_last
+        if 1 <= inner <= layers:
+            break
+    cut = random_cut(rng, layers, inner) if inner > 1 else [layers]
+    return [0] * empty_first + cut + [0] * empty_last
+
+
 def test_any_cut_bound_is_below_the_bound_of_every_cut() -> None:
     rng = random.Random(5)
     for _ in range(400):
@@ -125,3 +136,20 @@ def test_peak_inflight_reads_the_registry() -> None:
     assert peak_inflight("1f1b", 4, 1, 8) == (4, 3, 2, 1)
     assert peak_inflight("zb-h2", 4, 1, 8) == (7, 7, 7, 7)
     assert peak_inflight("chimera", 4, 1, 4) == price_pipeline("chimera", 4, 1, 4, uniform(4, 1, 1, 1)).peak_inflight_microbatches
+
+
+def test_any_cut_bound_covers_cuts_whose_end_stages_hold_no_layer() -> None:
+    rng = random.Random(11)
+    for _ in range(600):
+        name, pp, v, m = random_shape(rng)
+        if pp * v < 2:
+            continue
+        layers = rng.randint(max(1, pp * v - 2), 2 * pp * v + 3)
+        layer = PassTimes(rng.uniform(0.1, 1), rng.uniform(0.1, 2), rng.uniform(0.0, 1))
+        emb = PassTimes(rng.uniform(0, 0.3), 0.0, rng.uniform(0, 0.3))
+        head = PassTimes(rng.uniform(0, 2), rng.uniform(0, 2), rng.uniform(0, 1))
+        any_cut = any_cut_makespan_lower_bound_s(name, pp, v, m, layer, emb, head, layers)
+        cut = random_cut_with_empty_ends(rng, layers, pp * v)
+        times = layer_times(cut, layer, emb, head)
+        assert any_cut <= makespan_lower_bound_s(name, pp, v, m, times) * (1 + 1e-12), (name, pp, v, m, cut)
+        assert any_cut <= price_pipeline(name, pp, v, m, times).makespan_s * (1 + 1e-12), (name, pp, v, m, cut)

@@ -76,7 +76,11 @@ def test_each_rule_names_the_problem(gpus: int, update: dict, fragment: str) -> 
 def test_more_stages_than_layers() -> None:
     problems = config_violations(LLAMA, TRAIN, 4, cfg(pp=4, dp=1, v=4, num_microbatches=8, schedule="interleaved-1f1b",
                                                         stage_layers=[1] * 16), TORCH)
-    assert problems[0] == "8 layers cannot fill pp*v = 16 stages: lower pp or v"
+    assert problems[0] == ("8 layers cannot fill pp*v = 16 stages (at least 14: one per stage, the end stages may hold "
+                           "only the embedding or the head): lower pp or v")
+    # 8 layers on 10 stages: the embedding and the head alone on the end stages
+    legal = cfg(pp=2, dp=2, v=5, num_microbatches=8, schedule="interleaved-1f1b", stage_layers=[0] + [1] * 8 + [0])
+    assert not [p for p in config_violations(LLAMA, TRAIN, 4, legal, TORCH) if "layers" in p]
 
 
 def test_schedules_by_stack() -> None:

@@ -106,6 +106,14 @@ def _megatron_stage_layers(args: dict[str, ArgValue], pp: int) -> list[int]:
         per_stage = int(args["--num-layers-per-virtual-pipeline-stage"])
         return [per_stage] * (num_layers // per_stage)
     v = int(args.get("--num-virtual-stages-per-pipeline-rank", 1))
+    embedding = bool(args.get("--account-for-embedding-in-pipeline-split", False))
+    loss = bool(args.get("--account-for-loss-in-pipeline-split", False))
+    if embedding or loss:  # get_num_layers_to_build: the embedding / the loss is a layer of the first / last virtual stage
+        per_stage = (num_layers + embedding + loss) // (pp * v)
+        layers = [per_stage] * (pp * v)
+        layers[0] -= embedding
+        layers[-1] -= loss
+        return layers
     first = args.get("--decoder-first-pipeline-num-layers")
     last = args.get("--decoder-last-pipeline-num-layers")
     rest, ranks_left = num_layers, pp

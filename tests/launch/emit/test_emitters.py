@@ -18,11 +18,13 @@ import pytest
 import profiles.files as files_module
 from launch.emit import EmitOptions, emit, render
 from launch.emit.common import node_layout
+from launch.emit.megatron_cuts import layout_string
 from planner.cli.main import run
 from profiles.errors import PlanError
 from profiles.schema import Plan
 from tests.launch.emit.megatron_argparse import (
     OPTIONS_DIR,
+    layout_stage_layers,
     load_allowlist,
     megatron_plan_view,
     parse_megatron_args,
@@ -46,11 +48,13 @@ PLANS = {
     "zbv": dict(pp=2, v=2, dp=2, global_batch=8, schedule="zbv", zero=2),
     "llama-gqa-fp8": dict(model="tiny-llama", tp=2, pp=2, global_batch=4, precision="fp8", recompute="full", sequence_parallel=True),
     "zero-1": dict(pp=2, global_batch=4, recompute="full", zero=1, dp=2),
+    # the embedding and the head alone on the end stages (tiny-gpt's 8 layers on pp 2 x v 5)
+    "end-slots": dict(pp=2, v=5, global_batch=8, schedule="interleaved-1f1b", stage_layers=[0, 1, 1, 1, 1, 1, 1, 1, 1, 0]),
 }
 MEGATRON_PLANS = {name: {**MEGATRON, **PLANS[name]} for name in
-                  ("uniform", "uneven-first-last", "uneven-middle", "interleaved", "llama-gqa-fp8", "zero-1")}
+                  ("uniform", "uneven-first-last", "uneven-middle", "interleaved", "llama-gqa-fp8", "zero-1", "end-slots")}
 TORCHTITAN_PLANS = {name: {**TORCHTITAN, **PLANS[name]} for name in
-                    ("uniform", "uneven-middle", "interleaved", "zbv", "llama-gqa-fp8", "zero-1")}
+                    ("uniform", "uneven-middle", "interleaved", "zbv", "llama-gqa-fp8", "zero-1", "end-slots")}
 
 
 def megatron_text(plan: Plan, **options: object) -> str:
@@ -96,7 +100,7 @@ def test_allowlists_name_their_source() -> None:
 # --- Megatron-LM round trips ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["uniform", "uneven-first-last", "uneven-middle", "interleaved"])
+@pytest.mark.parametrize("name", ["uniform", "uneven-first-last", "uneven-middle", "interleaved", "end-slots"])
 def test_megatron_round_trip(build_plan: MakePlan, name: str) -> None:
     plan = build_plan(**MEGATRON_PLANS[name])
     rendered = render(plan, "megatron", OUT)
@@ -116,6 +120,19 @@ def test_megatron_uneven_first_last_uses_first_last_flags(build_plan: MakePlan) 
     assert args["--decoder-first-pipeline-num-layers"] == "1"
     assert args["--decoder-last-pipeline-num-layers"] == "1"
     assert "--pipeline-model-parallel-layout" not in args
+
+
+def test_megatron_end_stages_alone_use_the_account_for_flags(build_plan: MakePlan) -> None:
+    # exact without the layout string (core < 0.13 too): the embedding and the loss each take a layer's slot
+    args = parse_megatron_args(megatron_text(build_plan(**MEGATRON_PLANS["end-slots"])))
+    assert args["--account-for-embedding-in-pipeline-split"] and args["--account-for-loss-in-pipeline-split"]
+    assert args["--num-virtual-stages-per-pipeline-rank"] == "5"
+    assert "--pipeline-model-parallel-layout" not in args and "--decoder-first-pipeline-num-layers" not in args
+
+
+def test_megatron_layout_string_writes_an_end_stage_without_layers() -> None:
+    assert layout_string([0, 4, 4, 0]) == "E|t*4|t*4|L"
+    assert layout_stage_layers(layout_string([0, 3, 3, 2])) == [0, 3, 3, 2]
 
 
 def test_megatron_uneven_middle_is_exact_with_a_layout(build_plan: MakePlan) -> None:

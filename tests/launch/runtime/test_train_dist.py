@@ -46,6 +46,14 @@ GROUPS: dict[int, dict[str, Plan]] = {
         ),
         "(1,2,1) zb-h1 via CSV runtime, tiny-llama": make_plan("tiny-llama", pp=2, schedule="zb-h1", global_batch=4),
         "(1,2,1) custom action list in the plan (zb-h2 order)": make_plan(pp=2, schedule="custom", global_batch=4),
+        # the embedding and the head on virtual stages of their own (Megatron-LM's account-for-embedding/loss
+        # split): tied embeddings across ranks, then both ends on rank 0 under the V placement
+        "(1,2,1) interleaved v=5, embedding and head stages hold no layer": make_plan(
+            pp=2, v=5, schedule="interleaved-1f1b", stage_layers=[0, 1, 1, 1, 1, 1, 1, 1, 1, 0], global_batch=4
+        ),
+        "(1,2,1) zbv cuts [0,4,4,0], tiny-llama": make_plan(
+            "tiny-llama", pp=2, v=2, schedule="zbv", stage_layers=[0, 4, 4, 0], global_batch=4
+        ),
         # the training loop's context split and loss average, experts all-to-all over the context ranks (issue 13)
         "(1,1,1) cp=2 ep=2, tiny-moe": make_plan("tiny-moe", cp=2, ep=2, global_batch=4),
     },

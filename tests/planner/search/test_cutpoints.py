@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from costmodels.layout import uniform_split
+from costmodels.layout import end_stage_floors, uniform_split
 from planner.search.cutpoints import split_affine, split_dp
 
 
@@ -52,3 +52,60 @@ def test_memory_caps_bind():
 def test_uniform_split_puts_extra_layers_first():
     assert uniform_split(10, 4) == [3, 3, 2, 2]
     assert uniform_split(96, 8) == [12] * 8
+
+
+def _brute_force_bottleneck(num_layers, layer_s, extras, caps, floors):
+    """The min-max over every composition with floors[j] <= n_j <= caps[j] (small cases)."""
+    best = None
+
+    def walk(j, left, worst):
+        nonlocal best
+        if j == len(extras):
+            if left == 0 and (best is None or worst < best):
+                best = worst
+            return
+        for n in range(floors[j], min(caps[j], left) + 1):
+            walk(j + 1, left - n, max(worst, n * layer_s + extras[j]))
+
+    walk(0, num_layers, 0.0)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_affine_split_with_empty_end_stages_matches_brute_force(seed):
+    rng = random.Random(100 + seed)
+    for _ in range(80):
+        S = rng.randint(2, 6)
+        L = rng.randint(max(1, S - 2), 12)
+        t = rng.uniform(0.2, 3)
+        extras = [rng.uniform(0, 6), *[0.0] * (S - 2), rng.uniform(0, 9)]
+        caps = [rng.randint(0, L)] + [rng.randint(1, L) for _ in range(S - 2)] + [rng.randint(0, L)]
+        floors = end_stage_floors(S)
+        fast = split_affine(L, t, extras, caps, floors)
+        brute = _brute_force_bottleneck(L, t, extras, caps, floors)
+        assert (fast is None) == (brute is None), (L, S, extras, caps)
+        if fast:
+            assert fast.bottleneck_s == pytest.approx(brute)
+            assert sum(fast.layers) == L
+            assert all(f <= n <= c for n, f, c in zip(fast.layers, floors, caps))
+
+
+def test_a_head_heavier_than_a_stage_of_layers_gets_a_stage_of_its_own():
+    # 8 layers of 1 s on 4 stages; the head costs 4 layers' worth: alone on the last stage the
+    # slowest stage takes 4 s, where keeping a layer there makes it 5 s
+    extras = [0.0, 0.0, 0.0, 4.0]
+    assert split_affine(8, 1.0, extras, [8] * 4).bottleneck_s == 5.0
+    split = split_affine(8, 1.0, extras, [8] * 4, end_stage_floors(4))
+    assert split.bottleneck_s == 4.0
+    assert split.layers[3] == 0 and sum(split.layers) == 8
+    # fewer layers than stages: only the empty-ended split exists
+    assert split_affine(6, 1.0, [0.0] * 8, [6] * 8, end_stage_floors(8)).layers == (0, 1, 1, 1, 1, 1, 1, 0)
+
+
+def test_rationale_says_when_an_end_stage_holds_no_layer():
+    from planner.search.explain import end_stage_line
+
+    assert end_stage_line([2, 3, 3, 2]) is None
+    assert end_stage_line([0, 1, 1, 0]) == ("cut: the embedding and the head alone on their end stages (stage_layers 0, 1, ..., 0; "
+                                           "Megatron-LM: --account-for-embedding/loss-in-pipeline-split)")
+    assert end_stage_line([1, 1, 0]).startswith("cut: the head alone on its end stage")

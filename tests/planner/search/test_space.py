@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from costmodels.layout import uniform_split
+from costmodels.layout import default_split
 from costmodels.rules import config_violations
 from planner.search.branch_and_bound import config_for
 from planner.search.space import CP_MICRO_BATCH, MIN_CP_CHUNK, cp_degrees, enumerate_candidates, ep_degrees
@@ -26,7 +26,7 @@ def test_every_candidate_keeps_the_stacks_rules(model: str, stack: str, gpus: in
     cands = list(enumerate_candidates(m, train, gpus, 8, stack=s))
     assert cands
     for c in cands:
-        cfg = config_for(c, uniform_split(m.num_layers, c.pp * c.v), s.name)
+        cfg = config_for(c, default_split(m.num_layers, c.pp * c.v), s.name)
         assert not config_violations(m, train, gpus, cfg, s), c.label()
         assert c.cp == 1 or c.mbs == CP_MICRO_BATCH
     assert any(c.ep > 1 for c in cands) == m.is_moe

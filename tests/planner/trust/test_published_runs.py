@@ -120,10 +120,16 @@ def test_a_row_with_expert_tp_1_under_tp_is_priced_with_the_experts_folded() -> 
     assert isinstance(same, PublishedRow) and same.config.etp is None and same.config.expert_tp == 2
 
 
-def test_end_stages_without_a_layer_are_skipped_with_the_reason() -> None:
-    # ZB's 1F1B-I: one layer per chunk, the embedding and the head alone on theirs
-    skipped = _skip(schedule="interleaved-1f1b", v="3", mbs="6")
+def test_end_stages_may_hold_the_embedding_or_the_head_alone() -> None:
+    # ZB's 1F1B-I: one layer per chunk, the embedding and the head alone on theirs (22 + 2 = 24 slots)
+    row = parse_row({**ZB_ROW, "schedule": "interleaved-1f1b", "v": "3", "mbs": "6"})
+    assert isinstance(row, PublishedRow), row
+    assert row.config.stage_layers == [0] + [1] * 22 + [0]
+    # without the source's word for it, 22 layers do not fill 24 stages; with it, 25 slots do not divide
+    skipped = _skip(schedule="interleaved-1f1b", v="3", mbs="6", notes="m=24 microbatches")
     assert "22 layers cannot fill pp*v = 24 stages" in skipped.reason
+    skipped = _skip(schedule="interleaved-1f1b", v="3", mbs="6", layers="23")
+    assert "needs layers + 2 divisible by pp*v: 23 + 2 on 24 stages" in skipped.reason
 
 
 def test_out_of_memory_rows_are_priced_for_memory_only() -> None:
