@@ -50,6 +50,8 @@ CASES = {
     "1f1b with fewer microbatches than stages": EVAL[:8] + ["--global-batch", "16", "--tp", "1", "--pp", "8", "--mbs", "8"],
     "stage layers not summing": EVAL + ["--tp", "1", "--pp", "2", "--mbs", "1", "--stage-layers", "10,10"],
     "stage layers not integers": EVAL + ["--tp", "1", "--pp", "2", "--mbs", "1", "--stage-layers", "a,b"],
+    "stage without a layer between others": EVAL + ["--tp", "1", "--pp", "2", "--v", "2", "--mbs", "1", "--schedule",
+                                                    "interleaved-1f1b", "--stage-layers", "6,0,6,0"],
     "unknown recompute": EVAL + ["--tp", "1", "--pp", "2", "--mbs", "1", "--recompute", "some"],
     "sequence parallel without tp": EVAL + ["--tp", "1", "--pp", "2", "--mbs", "1", "--sequence-parallel"],
     "malformed plan file": ["explain", "{tmp}/plan.json"],
