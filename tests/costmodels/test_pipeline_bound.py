@@ -117,19 +117,23 @@ def random_cut_with_empty_ends(rng: random.Random, layers: int, stages: int) -> 
     return [0] * empty_first + cut + [0] * empty_last
 
 
+def _check_any_cut_bound(rng: random.Random, name: str, pp: int, v: int, m: int, layers: int, cut_of) -> None:
+    """The any-cut bound stays below the per-cut bound and the simulated makespan of ``cut_of``'s cut."""
+    layer = PassTimes(rng.uniform(0.1, 1), rng.uniform(0.1, 2), rng.uniform(0.0, 1))
+    emb = PassTimes(rng.uniform(0, 0.3), 0.0, rng.uniform(0, 0.3))
+    head = PassTimes(rng.uniform(0, 2), rng.uniform(0, 2), rng.uniform(0, 1))
+    any_cut = any_cut_makespan_lower_bound_s(name, pp, v, m, layer, emb, head, layers)
+    cut = cut_of(rng, layers, pp * v)
+    times = layer_times(cut, layer, emb, head)
+    assert any_cut <= makespan_lower_bound_s(name, pp, v, m, times) * (1 + 1e-12), (name, pp, v, m, cut)
+    assert any_cut <= price_pipeline(name, pp, v, m, times).makespan_s * (1 + 1e-12), (name, pp, v, m, cut)
+
+
 def test_any_cut_bound_is_below_the_bound_of_every_cut() -> None:
     rng = random.Random(5)
     for _ in range(400):
         name, pp, v, m = random_shape(rng)
-        layers = rng.randint(pp * v, 4 * pp * v + 3)
-        layer = PassTimes(rng.uniform(0.1, 1), rng.uniform(0.1, 2), rng.uniform(0.0, 1))
-        emb = PassTimes(rng.uniform(0, 0.3), 0.0, rng.uniform(0, 0.3))
-        head = PassTimes(rng.uniform(0, 2), rng.uniform(0, 2), rng.uniform(0, 1))
-        any_cut = any_cut_makespan_lower_bound_s(name, pp, v, m, layer, emb, head, layers)
-        cut = random_cut(rng, layers, pp * v)
-        times = layer_times(cut, layer, emb, head)
-        assert any_cut <= makespan_lower_bound_s(name, pp, v, m, times) * (1 + 1e-12), (name, pp, v, m, cut)
-        assert any_cut <= price_pipeline(name, pp, v, m, times).makespan_s * (1 + 1e-12)
+        _check_any_cut_bound(rng, name, pp, v, m, rng.randint(pp * v, 4 * pp * v + 3), random_cut)
 
 
 def test_peak_inflight_reads_the_registry() -> None:
@@ -142,14 +146,6 @@ def test_any_cut_bound_covers_cuts_whose_end_stages_hold_no_layer() -> None:
     rng = random.Random(11)
     for _ in range(600):
         name, pp, v, m = random_shape(rng)
-        if pp * v < 2:
-            continue
-        layers = rng.randint(max(1, pp * v - 2), 2 * pp * v + 3)
-        layer = PassTimes(rng.uniform(0.1, 1), rng.uniform(0.1, 2), rng.uniform(0.0, 1))
-        emb = PassTimes(rng.uniform(0, 0.3), 0.0, rng.uniform(0, 0.3))
-        head = PassTimes(rng.uniform(0, 2), rng.uniform(0, 2), rng.uniform(0, 1))
-        any_cut = any_cut_makespan_lower_bound_s(name, pp, v, m, layer, emb, head, layers)
-        cut = random_cut_with_empty_ends(rng, layers, pp * v)
-        times = layer_times(cut, layer, emb, head)
-        assert any_cut <= makespan_lower_bound_s(name, pp, v, m, times) * (1 + 1e-12), (name, pp, v, m, cut)
-        assert any_cut <= price_pipeline(name, pp, v, m, times).makespan_s * (1 + 1e-12), (name, pp, v, m, cut)
+        if pp * v >= 2:
+            layers = rng.randint(max(1, pp * v - 2), 2 * pp * v + 3)
+            _check_any_cut_bound(rng, name, pp, v, m, layers, random_cut_with_empty_ends)
