@@ -139,8 +139,9 @@ NOTE_ASSUMPTIONS: tuple[tuple[str, str], ...] = (
     (r"activation cpu offload \d+ layers", "activation CPU offload (recipe) not modelled: activation memory over-predicted, "
      "offload traffic not priced"),
     (r"bnb 8-bit", "bitsandbytes 8-bit Adam states priced as 16 B/param mixed-precision Adam (memory over-predicted)"),
-    (r"partition 'type:transformer\|embedding'", "DeepSpeed's partition giving the embeddings their own pipeline slots "
-     "priced as a uniform split of the transformer layers"),
+    (r"partition 'type:transformer\|embedding'", "DeepSpeed's partition 'type:transformer|embedding' priced as it "
+     "splits: each copy of the tied embedding weighs as a transformer layer (deepspeed/runtime/pipe/module.py "
+     "_partition_layers: partition_balanced over 0/1 weights), so the first and last stage hold one layer fewer"),
     (r"mxfp8|blockwise", "MXFP8 / blockwise FP8 priced as FP8 (same fp8 peak)"),
     (r"torch\.compile", "torch.compile fusions not modelled (element-wise work priced unfused)"),
     (r"recompute_modules [a-z_ ,]*\bmlp\b", "Megatron-Core's recompute_modules (mla_up_proj: MLA's up-projections in "

@@ -61,6 +61,9 @@ REQUIRED_COLUMNS = (
 )
 SHAPE_COLUMNS = ("layers", "hidden", "heads", "seq_len", "n_gpus", "tp", "pp", "dp", "mbs", "global_batch")
 FEWER_END_LAYERS = "first & last stage have one fewer layer"
+# DeepSpeed's PipelineModule partition over the layers whose class matches (Megatron-DeepSpeed
+# --pp-partition-method): the tied embedding's two copies count as a layer each, as Megatron-LM's account-for split
+EMBEDDING_SLOTS = "pp partition 'type:transformer|embedding'"
 MLA_FIELDS = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 
 
@@ -174,12 +177,14 @@ def _parse(f: RowFields) -> _Parsed | None:
 
 def _stage_layers(f: RowFields, layers: int, stages: int) -> list[int] | None:
     """Uniform, or ``[k−1, k, …, k, k−1]`` where the source says the end stages hold one layer
-    fewer (Megatron-LM's embedding and loss counted as a layer each, ``costmodels.layout.end_slot_split``;
+    fewer or that the embeddings take pipeline slots (Megatron-LM's embedding and loss, DeepSpeed's two
+    embedding copies, counted as a layer each: ``costmodels.layout.end_slot_split``;
     with k = 1 the end stages hold the embedding or the head alone); None when that split cannot be made."""
-    if FEWER_END_LAYERS in f.text("notes") and stages > 1:
+    said = next((phrase for phrase in (FEWER_END_LAYERS, EMBEDDING_SLOTS) if phrase in f.text("notes")), None)
+    if said and stages > 1:
         split = end_slot_split(layers, stages)
         if split is None:
-            f.problems.append(f"'{FEWER_END_LAYERS}' needs layers + 2 divisible by pp*v: {layers} + 2 on {stages} stages")
+            f.problems.append(f"'{said}' needs layers + 2 divisible by pp*v: {layers} + 2 on {stages} stages")
         return split
     if layers < stages:
         f.problems.append(f"{layers} layers cannot fill pp*v = {stages} stages")

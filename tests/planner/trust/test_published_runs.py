@@ -130,6 +130,11 @@ def test_end_stages_may_hold_the_embedding_or_the_head_alone() -> None:
     assert "22 layers cannot fill pp*v = 24 stages" in skipped.reason
     skipped = _skip(schedule="interleaved-1f1b", v="3", mbs="6", layers="23")
     assert "needs layers + 2 divisible by pp*v: 23 + 2 on 24 stages" in skipped.reason
+    # BigScience's Megatron-DeepSpeed: DeepSpeed's 'type:transformer|embedding' partition weighs each embedding copy
+    # as a layer: 22 + 2 units on 8 stages, 3 each
+    deepspeed = parse_row({**ZB_ROW, "notes": "pp partition 'type:transformer|embedding' (embeddings get own pipeline slots)"})
+    assert isinstance(deepspeed, PublishedRow) and deepspeed.config.stage_layers == [2, 3, 3, 3, 3, 3, 3, 2]
+    assert any("_partition_layers" in a for a in deepspeed.assumptions)
 
 
 def test_out_of_memory_rows_are_priced_for_memory_only() -> None:
