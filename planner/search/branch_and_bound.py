@@ -108,12 +108,16 @@ class RankMemoryLine:
         return backward, (self.step_base, self.step_per_layer * v)
 
     def cap(self, v: int, inflight: int, limit_gib: float, most: int) -> int:
-        """Most layers per stage (at most ``most``) under ``limit_gib``; 0 when one is too many."""
+        """Most layers per stage (at most ``most``) under ``limit_gib``; 0 when one is too many (a rank
+        of end stages may still hold the embedding or the head alone), -1 when not even none fits."""
         caps = []
         for at_zero, slope in self.pieces(v, inflight):
-            if at_zero + slope > limit_gib:
-                return 0
-            caps.append(most if slope <= 0 else min(most, 1 + int((limit_gib - at_zero - slope) / slope)))
+            if at_zero > limit_gib:
+                caps.append(-1)
+            elif at_zero + slope > limit_gib:
+                caps.append(0)
+            else:
+                caps.append(most if slope <= 0 else min(most, 1 + int((limit_gib - at_zero - slope) / slope)))
         return min(caps)
 
 
@@ -173,15 +177,17 @@ class Searcher:
 
     def layer_caps(self, c: Candidate) -> list[int] | None:
         """Most layers each virtual stage may hold so that its rank fits (the schedule's in-flight
-        count on that rank, affine memory in the layer count); None when one layer is too many."""
+        count on that rank, affine memory in the layer count); None when a rank cannot hold its least:
+        one layer a stage, or none where all its stages are end stages (``end_stage_floors``)."""
         stages = c.pp * c.v
         last = stages - 1
         counts = peak_inflight(c.schedule, c.pp, c.v, c.num_microbatches)
+        floors = end_stage_floors(stages)
         caps = [0] * stages
         for rank, own in enumerate(stages_by_rank(c.schedule, c.pp, c.v)):
             line = self._memory_line(c, (0 in own, last in own))
             cap = line.cap(c.v, counts[rank], self.limit_gib, self.model.num_layers)
-            if cap == 0:
+            if cap < max(floors[s] for s in own):
                 return None
             for s in own:
                 caps[s] = cap

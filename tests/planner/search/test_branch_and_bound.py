@@ -103,7 +103,8 @@ def test_a_rank_memory_line_caps_layers_under_both_the_backward_and_the_step_pea
     line = RankMemoryLine(base=10.0, per_layer=2.0, per_stage=1.0, per_stage_layer=0.0, step_base=4.0, step_per_layer=5.0)
     assert max(at_zero + slope * 7 for at_zero, slope in line.pieces(1, 2)) == max(10 + 14 + 2, 4 + 35) == 39
     assert line.cap(1, 2, 40.0, 96) == 7
-    assert line.cap(1, 2, 8.0, 96) == 0  # one layer is too many for the step
+    assert line.cap(1, 2, 13.0, 96) == 0  # one layer is too many for the backward (12 + 2 > 13), none fits
+    assert line.cap(1, 2, 8.0, 96) == -1  # not even none: the backward's 12 GiB at no layer
     assert RankMemoryLine(10.0, 2.0, 1.0, 0.0).cap(1, 2, 40.0, 96) == 14  # no step temporaries: the backward caps
 
 
@@ -173,3 +174,25 @@ def test_a_slower_neighbour_is_never_explained_by_rounding_noise() -> None:
     unexplained = _why_slower(win, moved(0.05, bubble_s=0.004, compute_s=-1e-15), 1.5, cfg, None)
     assert unexplained == ("1.50% slower (+0.0500 s): no term of the critical rank's breakdown rises by more than "
                            "0.00400 s; the gap comes from how the ranks' work overlaps")
+
+
+def test_a_rank_of_end_stages_that_fits_no_layer_may_still_hold_the_embedding_or_the_head_alone() -> None:
+    """pp 3: the end ranks' memory lines allow no layer but fit with none (cap 0), the middle rank's ten
+    (capped at the model's 8): the caps keep the candidate, and the min-max cut puts every layer on the middle stage."""
+    from planner.search.branch_and_bound import RankMemoryLine, Searcher
+    from planner.search.space import Candidate
+
+    model, cluster = load_model("tiny-gpt"), load_cluster("cpu-local")
+    searcher = Searcher(model, cluster, TrainSpec(global_batch=8, seq_len=128, precision="fp32"), 3)
+    limit = searcher.limit_gib
+    end = RankMemoryLine(base=limit - 0.5, per_layer=1.0, per_stage=0.0, per_stage_layer=0.0)  # 0 layers fit, 1 does not
+    middle = RankMemoryLine(base=0.0, per_layer=limit / 10.5, per_stage=0.0, per_stage_layer=0.0)  # 10 layers fit
+    searcher._lines = {}
+    searcher._memory_line = lambda c, kind: end if any(kind) else middle  # type: ignore[method-assign]
+    c = Candidate(tp=1, cp=1, ep=1, etp=1, pp=3, dp=1, mbs=1, v=1, schedule="1f1b", recompute="none",
+                  sequence_parallel=False, zero=0, num_microbatches=8)
+    assert searcher.layer_caps(c) == [0, 8, 0]
+    assert searcher.min_max_cut(c) == [0, 8, 0]
+    # a rank holding a middle stage must fit a layer: one layer too many there drops the candidate
+    searcher._memory_line = lambda c, kind: end  # type: ignore[method-assign]
+    assert searcher.layer_caps(c) is None
