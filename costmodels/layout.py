@@ -91,10 +91,9 @@ class EndSlots:
     loss: bool
 
 
-def end_slot_split(num_layers: int, stages: int, slots: EndSlots | None = None) -> list[int] | None:
-    """Layers per virtual stage with the embedding and the loss taking one slot each (both when
-    ``slots`` is None); None when the slots do not divide evenly or a stage would hold nothing else."""
-    embedding, loss = (True, True) if slots is None else (slots.embedding, slots.loss)
+def end_slot_split(num_layers: int, stages: int, *, embedding: bool = True, loss: bool = True) -> list[int] | None:
+    """Layers per virtual stage with the embedding and/or the loss taking one slot each (``EndSlots``);
+    None when the slots do not divide evenly or a stage would hold nothing else."""
     if stages < 2:
         return None
     per, rest = divmod(num_layers + embedding + loss, stages)
@@ -122,7 +121,7 @@ def default_split(num_layers: int, stages: int) -> list[int] | None:
     if num_layers >= stages:
         return uniform_split(num_layers, stages)
     if num_layers == stages - 1:
-        return end_slot_split(num_layers, stages, EndSlots(1, embedding=False, loss=True))
+        return end_slot_split(num_layers, stages, embedding=False)
     return end_slot_split(num_layers, stages) if num_layers == stages - 2 else None
 
 

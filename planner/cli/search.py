@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from costmodels.compute import default_precision, peak_flops
 from costmodels.estimate import estimate
 from costmodels.layer_costs import LayerTimes
-from costmodels.layout import default_split, min_layers_for
+from costmodels.layout import default_split, end_stage_floors, min_layers_for
 from costmodels.profile_times import layer_times_for
 from costmodels.rules import check_config, precision_violations
 from planner.cli.app import app, comma_list, err, note, out, warn
@@ -249,8 +249,7 @@ def _parse_stage_layers(text: str | None, num_layers: int, stages: int) -> list[
         layers = [int(x) for x in text.split(",")]
     except ValueError:
         raise PlanError(f"--stage-layers must be comma-separated integers, got '{text}'") from None
-    inner = layers[1:-1]
-    if any(n < 0 for n in layers) or any(n < 1 for n in inner) or (len(layers) == 1 and layers[0] < 1):
+    if any(n < floor for n, floor in zip(layers, end_stage_floors(len(layers)))):
         raise PlanError("--stage-layers entries must be >= 1 (the first and last may be 0: the embedding or the head alone)")
     return layers
 

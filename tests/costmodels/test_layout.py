@@ -29,7 +29,7 @@ def test_end_slot_split_needs_the_slots_to_divide():
     assert end_slot_split(22, 24) == [0] + [1] * 22 + [0]  # the zero-bubble paper's 1.5B model, 1F1B-I
     assert end_slot_split(23, 24) is None
     assert end_slot_split(8, 1) is None
-    assert end_slot_split(7, 8, EndSlots(1, embedding=False, loss=True)) == [1] * 7 + [0]
+    assert end_slot_split(7, 8, embedding=False) == [1] * 7 + [0]
 
 
 def test_end_slots_of_reads_one_or_both_ends():
