@@ -187,7 +187,6 @@ def test_a_rank_of_end_stages_that_fits_no_layer_may_still_hold_the_embedding_or
     limit = searcher.limit_gib
     end = RankMemoryLine(base=limit - 0.5, per_layer=1.0, per_stage=0.0, per_stage_layer=0.0)  # 0 layers fit, 1 does not
     middle = RankMemoryLine(base=0.0, per_layer=limit / 10.5, per_stage=0.0, per_stage_layer=0.0)  # 10 layers fit
-    searcher._lines = {}
     searcher._memory_line = lambda c, kind: end if any(kind) else middle  # type: ignore[method-assign]
     c = Candidate(tp=1, cp=1, ep=1, etp=1, pp=3, dp=1, mbs=1, v=1, schedule="1f1b", recompute="none",
                   sequence_parallel=False, zero=0, num_microbatches=8)
