@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from costmodels.comm import GroupPlacement, Network, collective_s, network_for
+from costmodels.communicators import nccl_buffers_gib
 from costmodels.compute import memory_bound_time_s, peak_flops
 from costmodels.data_parallel import (
     RankSync,
@@ -453,7 +454,8 @@ def _rank_memory_gib(
     dp x cp ranks, routed experts over the dp x cp / ep ranks holding them; gradients as the stack
     keeps them), activations of the microbatches in flight (from the schedule), the largest transient
     working tensor, p2p and DP bucket buffers, the optimizer step's excess over all that
-    (``_optimizer_step_bytes``), allocator fragmentation and the runtime's own reserve. ``part``:
+    (``_optimizer_step_bytes``), allocator fragmentation, the runtime's own reserve and the buffers of
+    the NCCL communicators the rank uses (``costmodels.communicators``). ``part``:
     "peak" (that), "backward" (without the step's excess) or "step" (the step's peak alone)."""
     dense = sum(st.params.dense for st in rank_plans)
     experts = sum(st.params.expert for st in rank_plans)
@@ -494,6 +496,8 @@ def _rank_memory_gib(
                                 cfg.num_microbatches):
         out["heap_reserve"] = heap
     out["runtime_reserved"] = cluster.runtime_reserved_gib
+    if nccl := nccl_buffers_gib(cluster, model, cfg, rank_plans[0].rank):
+        out["nccl_buffers"] = nccl
     return out
 
 

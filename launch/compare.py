@@ -13,6 +13,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from costmodels.communicators import outside_allocator_gib
 from profiles.errors import PlanError
 from profiles.files import read_metrics_jsonl
 from profiles.schema import Plan
@@ -40,12 +41,15 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def measurable_peak_memory_gib(plan: Plan) -> list[float]:
-    """The plan's per-rank peak as the runtime can measure it: without the memory held
-    before the plan starts (``runtime_reserved_gib``: CUDA context and NCCL buffers outside
-    the caching allocator on GPU; torch and gloo's resident set on CPU), which neither
-    ``max_memory_reserved`` nor the RSS growth the CPU runtime reports includes."""
-    reserved = plan.cluster.runtime_reserved_gib
-    return [max(0.0, peak - reserved) for peak in plan.estimate.peak_memory_gib]
+    """The plan's per-rank peak as the runtime can measure it: without what a rank holds outside
+    the caching allocator (``costmodels.communicators.outside_allocator_gib``: the CUDA context and
+    NCCL's buffers on GPU; torch and gloo's resident set on CPU), which neither
+    ``max_memory_reserved`` nor the RSS growth the CPU runtime reports includes. A rank whose
+    breakdown does not say what its runtime reserves leaves out its cluster's ``runtime_reserved_gib``."""
+    parts = plan.estimate.memory_breakdown_gib
+    reserved = {"runtime_reserved": plan.cluster.runtime_reserved_gib}
+    return [max(0.0, peak - outside_allocator_gib(reserved | (parts[r] if r < len(parts) else {})))
+            for r, peak in enumerate(plan.estimate.peak_memory_gib)]
 
 
 def _error_pct(predicted: float, measured: float) -> float | None:

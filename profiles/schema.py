@@ -333,7 +333,13 @@ class ClusterSpec(StrictModel):
     nic_bandwidth_gbit_s: float | None = Field(default=None, gt=0, le=8 * MAX_BANDWIDTH_GBS, allow_inf_nan=False)
     efficiency: Efficiency = Efficiency()
     runtime_reserved_gib: float = Field(
-        default=1.0, ge=0, le=MAX_MEMORY_GIB, description="HBM held outside the allocator: CUDA context, NCCL buffers"
+        default=1.0, ge=0, le=MAX_MEMORY_GIB,
+        description="HBM a rank holds outside the allocator before its first tensor: the CUDA context and kernels",
+    )
+    nccl_communicator_gib: float | None = Field(
+        default=None, ge=0, le=MAX_MEMORY_GIB, allow_inf_nan=False,
+        description="HBM each NCCL communicator a rank uses holds outside the allocator (its channels' buffers); "
+        "None: costmodels.communicators.NCCL_COMMUNICATOR_GIB on GPUs, 0 for CPU ranks",
     )
     allocator_fragmentation: float = Field(
         default=0.08, ge=0, lt=1, description="fraction of allocated bytes lost to the caching allocator"

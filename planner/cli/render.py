@@ -148,7 +148,7 @@ def memory_table(est: Estimate, width: int = 100) -> Table:
                   pad_edge=False, show_edge=False)
     every = list(dict.fromkeys(k for parts in est.memory_breakdown_gib for k in parts))  # a rank may lack a term
     keys = [k for k in every if any(parts.get(k, 0.0) for parts in est.memory_breakdown_gib)]
-    short = {"runtime_reserved": "reserved", "fragmentation": "frag", "comm_buffers": "buffers",
+    short = {"runtime_reserved": "reserved", "fragmentation": "frag", "comm_buffers": "buffers", "nccl_buffers": "nccl",
              "activations": "activ.", "optimizer_step": "step"}
     table.add_column("rank", justify="right")
     for k in keys:

@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+from costmodels.communicators import communicator_gib, communicators_of_rank
 from costmodels.estimate import activation_variant, heap_reserve_gib, memory_limit_gib
 from costmodels.layer_costs import LayerTimes, PassTimes
 from costmodels.memory import (
@@ -152,10 +153,22 @@ class Bounds:
                                     expert_data_ranks(tp, cp, dp, ep, etp))
         return state.weights_bytes + state.gradients_bytes + state.optimizer_bytes
 
-    def _gib(self, allocated_bytes: float, c: Candidate) -> float:
+    def _gib(self, allocated_bytes: float, c: Candidate, rank: int | None = None) -> float:
+        """GiB of a rank of ``c`` that allocates ``allocated_bytes``: pipeline rank ``rank``, or (None) any
+        of them, whose NCCL buffers are then the fewest any rank holds."""
         return ((1.0 + self.cluster.allocator_fragmentation) * allocated_bytes / GIB + self.cluster.runtime_reserved_gib
                 + heap_reserve_gib(self.cluster, c.tp, c.pp, c.dp * c.cp, c.zero, allocated_bytes / GIB,
-                                   c.num_microbatches))
+                                   c.num_microbatches)
+                + self._nccl_gib(c, rank))
+
+    def _nccl_gib(self, c: Candidate, rank: int | None) -> float:
+        per = communicator_gib(self.cluster)
+        if not per:
+            return 0.0
+        ranks = range(c.pp) if rank is None else (rank,)
+        return per * min(communicators_of_rank(self.model.tie_embeddings, tp=c.tp, cp=c.cp, dp=c.dp, ep=c.ep,
+                                               expert_data=expert_data_ranks(c.tp, c.cp, c.dp, c.ep, c.etp), pp=c.pp,
+                                               v=c.v, schedule=c.schedule, rank=r) for r in ranks)
 
     def _layer_floor(self, c: Candidate) -> tuple[float, float]:
         """(static, activation) bytes per layer no larger than any of the model's layers needs."""
@@ -246,5 +259,5 @@ class Bounds:
         for rank, own in enumerate(stages_by_rank(c.schedule, c.pp, c.v)):
             static = sum(self._static_bytes(kinds[s][0], stage_layers[s], s == 0, s == last, c.tp, c.pp, c.dp, c.zero,
                                             c.cp, c.ep, c.etp) for s in own)
-            out.append(self._gib(static + counts[rank] * min(stage_act(s) for s in own), c))
+            out.append(self._gib(static + counts[rank] * min(stage_act(s) for s in own), c, rank))
         return out

@@ -56,7 +56,7 @@ MEMORY_ONLY_CLUSTERS: dict[str, str] = {
 
 # Notes that say the memory reading is the caching allocator's reserved peak
 # (``torch.cuda.max_memory_reserved``), which holds no CUDA context or NCCL buffers: it is compared with
-# the prediction less the cluster's ``runtime_reserved_gib``.
+# the prediction less what the rank holds outside the allocator (``costmodels.communicators.outside_allocator_gib``).
 ALLOCATOR_MEMORY_NOTE = "caching allocator's max_reserved"
 
 

@@ -76,7 +76,7 @@ class PublishedRow:
     out of memory) or ``memory`` (its metric cannot be priced, its memory can:
     ``corpus_rules.MEMORY_ONLY_CLUSTERS``); for the last two ``measured`` is None and only the
     memory check uses the row. ``memory_is_allocator_reserved``: the memory reading is the caching
-    allocator's reserved peak, compared with the prediction less the cluster's runtime reservation."""
+    allocator's reserved peak, compared with the prediction less what a rank holds outside the allocator."""
 
     id: str
     run: str
@@ -405,8 +405,8 @@ def parse_row(row: dict[str, str], line: int = 2) -> PublishedRow | SkippedRow:
         metric, measured = "memory", None
     allocator_reserved = ALLOCATOR_MEMORY_NOTE in f.text("notes")
     if allocator_reserved and peak is not None:
-        assumptions.append("memory is the caching allocator's reserved peak: compared with the prediction less "
-                           f"runtime_reserved_gib ({cluster.runtime_reserved_gib:g} GiB: CUDA context, NCCL)")
+        assumptions.append("memory is the caching allocator's reserved peak: compared with the prediction less what "
+                           f"a rank holds outside it (the CUDA context, {cluster.runtime_reserved_gib:g} GiB, and NCCL's buffers)")
     return PublishedRow(
         id=ident, run=run, source_id=source_id, source=source, sweep=f.text("sweep") or None, category=category,
         stack=parsed.stack, stack_spec=row_stack(parsed.stack, stack_changes), model=model, cluster=cluster, train=train,

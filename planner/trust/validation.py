@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from costmodels.communicators import outside_allocator_gib
 from planner.trust.accuracy import error_pct, grouped, mape_pct, spearman_rho
 from planner.trust.calibration import MeasuredRun, estimate_with
 from planner.trust.family_fit import FAMILY_TERMS, FamilyFit, at_bounds, fit_family
@@ -318,10 +319,12 @@ def _prediction(row: PublishedRow, est: Estimate) -> Prediction:
 
 
 def comparable_memory_gib(row: PublishedRow, est: Estimate) -> float:
-    """The predicted peak as the row's source measured it: the busiest rank's, less the runtime's
-    reservation (CUDA context, NCCL) where the source read the caching allocator's reserved peak."""
-    reserved = row.cluster.runtime_reserved_gib if row.memory_is_allocator_reserved else 0.0
-    return max(est.peak_memory_gib) - reserved
+    """The predicted peak as the row's source measured it: the busiest rank's, less what a rank holds
+    outside the caching allocator (``outside_allocator_gib``: CUDA context, NCCL buffers) where the
+    source read the allocator's reserved peak."""
+    if not row.memory_is_allocator_reserved:
+        return max(est.peak_memory_gib)
+    return max(peak - outside_allocator_gib(parts) for peak, parts in zip(est.peak_memory_gib, est.memory_breakdown_gib))
 
 
 def _result(row: PublishedRow, apriori: Estimate, run: MeasuredRun | None, fit: FamilyFit | None) -> RowResult:

@@ -73,7 +73,8 @@ def test_plans_table_fits_the_width_without_cutting_cells(width: int, gpt_1t_top
     console.print(plans_table(rows, None, width))
     text = console.export_text()
     assert max(len(line) for line in text.splitlines()) <= width
-    assert "…" not in text and "dualpipev" in text and "recompute" in text and "±12%" in text
+    assert "…" not in text and "recompute" in text and "±12%" in text
+    assert all(f" {cfg.schedule} " in text for cfg, _ in rows)
 
 
 def test_explain_shows_the_exposed_parts_apart_from_overlapped_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
