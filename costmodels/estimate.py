@@ -35,6 +35,7 @@ from costmodels.data_parallel import (
 )
 from costmodels.experts import routed_rows
 from costmodels.flops import hardware_flops_per_iteration, model_flops_per_iteration
+from costmodels.grad_accumulation import grad_accumulation_s
 from costmodels.layer_costs import ZERO_PASS, LayerTimes, PassTimes, RooflineTimes, bytes_per_element, runs_on_cpu
 from costmodels.layout import StageLayout, layouts_of, stage_layouts
 from costmodels.memory import (
@@ -284,7 +285,7 @@ def _fsdp_copy_s(cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st
 
 def _stage_costs(
     cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, plans: list[StagePlan], stack: StackSpec,
-    network: Network, p2p: tuple[float, ...], runtime: RuntimeCosts = NO_RUNTIME_COSTS,
+    network: Network, p2p: tuple[float, ...], runtime: RuntimeCosts = NO_RUNTIME_COSTS, accumulate: bool = True,
 ) -> tuple[list[PassTimes], list[dict[str, float]]]:
     """Each stage's per-microbatch passes as its actions run them, with what they hide.
 
@@ -296,7 +297,8 @@ def _stage_costs(
     the schedule splits the backward), the stack's host cost or the one ``ppplan profile``
     measured for this machine. Where the schedule does not split the backward, B and W run as one
     autograd call: the measured excess of the split pair over it (``split_backward_extra_s``) is
-    taken off."""
+    taken off. W adds the stage's gradients into the step's where ``accumulate`` (the layer times leave
+    it out: ``costmodels.grad_accumulation``)."""
     overlap = stack.overlap
     overhead = action_overhead_s(cluster, overlap, runtime, cfg.pp)
     factor = compute_factor(runtime, cfg.pp)
@@ -305,6 +307,8 @@ def _stage_costs(
     for j, st in enumerate(plans):
         t = st.times
         f, b, w = factor * t.forward_s, factor * t.backward_input_s, factor * t.backward_weight_s
+        if accumulate:
+            w += grad_accumulation_s(cluster, stack, train.precision, cfg, st.params.dense + st.params.expert)
         slower = (factor - 1.0) * (t.forward_s + t.backward_input_s + t.backward_weight_s
                                    - (0.0 if split else min(t.backward_weight_s, t.split_backward_extra_s)))
         copy_f, copy_b = _fsdp_copy_s(cfg, cluster, train, st, stack)
@@ -355,7 +359,8 @@ def _pipeline_inputs(
     variant = activation_variant(cluster, train, stack)
     plans = [_stage_plan(model, train, cfg, layers, layout, variant) for layout in stage_layouts(cfg)]
     p2p = _p2p_times(model, cluster, train, cfg, network)
-    costs, hidden = _stage_costs(cfg, cluster, train, plans, stack, network, p2p, runtime_costs_of(layers, cluster))
+    costs, hidden = _stage_costs(cfg, cluster, train, plans, stack, network, p2p, runtime_costs_of(layers, cluster),
+                                 accumulate=not layers.grad_accumulation_measured)
     fwd = [c.forward_s for c in costs]
     bwd_in = [c.backward_input_s for c in costs]
     bwd_w = [c.backward_weight_s for c in costs]

@@ -96,10 +96,13 @@ class LayerTimes(Protocol):
     its passes whose all-to-alls hide under a partner microbatch's compute (a schedule that
     ``overlaps_expert_comm``: ``costmodels.schedules.torch_order.combined_paired_share``; 0: none).
     ``context_parallel_degrees`` are the cp degrees it can price (None: any); ``expert_tp_folding``
-    whether it prices Megatron-Core's expert layouts: expert TP 1 under tp > 1 and the combined 1F1B."""
+    whether it prices Megatron-Core's expert layouts: expert TP 1 under tp > 1 and the combined 1F1B.
+    ``grad_accumulation_measured``: its W already holds adding the gradients into the step's
+    (``costmodels.grad_accumulation``: a profile's, timed with earlier iterations' gradients in place)."""
 
     context_parallel_degrees: frozenset[int] | None
     expert_tp_folding: bool
+    grad_accumulation_measured: bool
 
     def transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str, cp: int = 1,
                     ep: int = 1, moe: bool = False, etp: int | None = None, ep_overlap: float = 0.0) -> PassTimes: ...
@@ -278,6 +281,7 @@ class RooflineTimes:
 
     context_parallel_degrees: frozenset[int] | None = None
     expert_tp_folding = True
+    grad_accumulation_measured = False
 
     def __init__(
         self, model: ModelSpec, cluster: ClusterSpec, precision: str, tp_links: tuple[Link, Link] | None = None,

@@ -155,6 +155,8 @@ class ProfiledTimes:
 
     # the profiler times experts as ppplan's runtime splits them, over tp (a search keeps expert TP = tp)
     expert_tp_folding = False
+    # the profiler leaves each timed iteration's gradients in .grad: its W holds autograd's accumulation
+    grad_accumulation_measured = True
 
     def transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str, cp: int = 1,
                     ep: int = 1, moe: bool = False, etp: int | None = None, ep_overlap: float = 0.0) -> PassTimes:

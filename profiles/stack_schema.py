@@ -285,6 +285,13 @@ class StackSpec(StrictModel):
         "'main_param.grad = model_param.main_grad.float()', megatron/optimizer/optimizer.py @ v2.6): 4 B per updated "
         "parameter beside the static state while the step runs (bf16 keeps fp32 main grads already: no copy)",
     )
+    grad_accumulation: Literal["fused", "main_grad", "autograd"] = Field(
+        default="autograd",
+        description="how each microbatch's weight gradients join the step's (costmodels.grad_accumulation): fused "
+        "(the weight-gradient GEMM accumulates into the fp32 main grads: Megatron-Core's gradient_accumulation_fusion), "
+        "main_grad (an add into the main-gradient buffer after every microbatch: Megatron-LM v2.6's DDP hook) or "
+        "autograd (torch's AccumulateGrad adds into .grad from the second microbatch on)",
+    )
     optimizer_implementation: Literal["fused", "foreach"] = Field(
         default="fused",
         description="the Adam kernels: fused (apex or Transformer Engine FusedAdam, torch's fused AdamW: no "

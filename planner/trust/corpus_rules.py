@@ -82,14 +82,17 @@ STACK_OF_ROW: dict[str, tuple[str, str | None]] = {
 # field with its value), the assumption with its evidence).
 STACK_OF_SOURCE: dict[str, tuple[str, dict[str, object], str]] = {
     "bigscience": (
-        "megatron-lm-2021", {"bf16_grads_kept_beside_fp32": True, "pipeline_keeps_stage_outputs": True},
+        "megatron-lm-2021", {"bf16_grads_kept_beside_fp32": True, "pipeline_keeps_stage_outputs": True,
+                             "grad_accumulation": "autograd"},
         "BigScience's Megatron-DeepSpeed priced as the megatron-lm-2021 stack with DeepSpeed's PipelineEngine, which "
         "keeps each microbatch's stage output until its backward (pipe_buffers['outputs'], "
         "deepspeed/runtime/pipe/engine.py _exec_forward_pass, _exec_backward_pass); its bf16 runs as DeepSpeed's "
         "BF16_Optimizer, which DeepSpeed's engine picks for bf16 with fp32 gradient accumulation at ZeRO 0 or 1 "
         "(deepspeed/runtime/engine.py _do_optimizer_sanity_check) and which keeps every bf16 gradient beside the "
         "full-size fp32 accumulation until the next backward (runtime/bf16_optimizer.py backward, update_hp_grads "
-        "with clear_lp_grads=False): 6 B of gradients per parameter, not 4",
+        "with clear_lp_grads=False): 6 B of gradients per parameter, not 4; and with DeepSpeed's accumulation, not "
+        "Megatron's main_grad hook: fp16 gradients add up in .grad by autograd until the accumulation boundary "
+        "(runtime/zero/stage_1_and_2.py reduces them there), bf16 ones into the fp32 buffers after each backward",
     ),
     "korthikanti22": (
         "megatron-lm-2021", {"overlap": {"tp_comm": "backward_overlapped"}},
@@ -114,12 +117,14 @@ STACK_OF_SOURCE: dict[str, tuple[str, dict[str, object], str]] = {
         "gradient to the reduce dtype on the post-backward stream: none of FSDP2's copies on the compute stream",
     ),
     "zero-bubble-iclr24": (
-        "megatron-lm-2021", {},
+        "megatron-lm-2021", {"grad_accumulation": "fused"},
         "the zero-bubble fork's legacy Megatron-LM model path priced as the megatron-lm-2021 stack's kernels: its "
         "example scripts of the paper's time (sail-sg/zero-bubble-pipeline-parallelism examples/pretrain_llama_7b.sh "
         "@ed85b11c, 2023-11-03, and pretrain_zero_bubble.sh @85f0aabc, 2023-12-13) pass --fp16 without "
         "--use-flash-attn, so attention is unfused (s^2 scores in HBM), and keep Megatron's default dropout 0.1 "
-        "(set to 0 only for the exact-numeric-match tests)",
+        "(set to 0 only for the exact-numeric-match tests); they do not pass --no-gradient-accumulation-fusion, so the "
+        "fork's 2023 Megatron-LM accumulates weight gradients inside the GEMM, fp16 included (NVIDIA/Megatron-LM "
+        "07916bf245, 2022-09-27, 'Support gradient accumulation fusion in fp16')",
     ),
 }
 

@@ -10,6 +10,7 @@ from costmodels.runtime_costs import RuntimeCosts
 class UnitLayers:
     context_parallel_degrees = None
     expert_tp_folding = True
+    grad_accumulation_measured = True  # W is the whole 1 s
 
     def __init__(self, runtime: RuntimeCosts | None = None) -> None:
         self.runtime = runtime

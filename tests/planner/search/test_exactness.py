@@ -56,6 +56,7 @@ class SplitBackwardTimes:
         self.roofline = roofline
         self.context_parallel_degrees = roofline.context_parallel_degrees
         self.expert_tp_folding = roofline.expert_tp_folding
+        self.grad_accumulation_measured = roofline.grad_accumulation_measured
         self.share = {kind: rng.uniform(0.0, 0.6) for kind in ("dense", "moe", "embedding", "head")}
 
     def _split(self, passes: PassTimes, kind: str) -> PassTimes:

@@ -80,8 +80,9 @@ def test_a_held_out_source_does_not_see_its_own_rows() -> None:
     base, changed = fit_family("ampere", runs, PRIOR), fit_family("ampere", slowed, PRIOR)
     assert changed.heldout_terms["b"]["gemm_max"] < base.heldout_terms["b"]["gemm_max"] - 0.05
     # 'a' is priced with constants fitted to 'b' alone: the same (to the fit's tolerance; the linearisation
-    # point moves with the in-sample fit, and the rows are affine in the coordinates, so it does not matter)
-    assert changed.heldout_terms["a"] == pytest.approx(base.heldout_terms["a"], rel=1e-3)
+    # point moves with the in-sample fit, and the rows are near affine in the coordinates, so it does not matter;
+    # absolute: a per-action overhead fitted to ~0 s moves by microseconds)
+    assert changed.heldout_terms["a"] == pytest.approx(base.heldout_terms["a"], rel=1e-3, abs=1e-5)
 
 
 def test_one_source_is_not_fitted() -> None:
