@@ -22,6 +22,8 @@ its own (``getKeySendRecv``).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from costmodels.layer_costs import runs_on_cpu
 from costmodels.rank_grid import stage_to_rank, stages_of_rank
 from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig
@@ -50,6 +52,7 @@ def communicator_gib(cluster: ClusterSpec) -> float:
     return 0.0 if runs_on_cpu(cluster) else NCCL_COMMUNICATOR_GIB
 
 
+@lru_cache(maxsize=4096)
 def pipeline_peers(pp: int, v: int, schedule: str, rank: int) -> int:
     """Pipeline ranks ``rank`` sends to or receives from: the ranks holding the stages next to its own
     (``costmodels.rank_grid.stage_to_rank``; under interleaving the last rank feeds the first)."""
@@ -59,6 +62,7 @@ def pipeline_peers(pp: int, v: int, schedule: str, rank: int) -> int:
     return len(peers - {rank})
 
 
+@lru_cache(maxsize=65536)
 def communicators_of_rank(tie_embeddings: bool, *, tp: int, cp: int, dp: int, ep: int, expert_data: int, pp: int,
                           v: int, schedule: str, rank: int) -> int:
     """NCCL communicators pipeline rank ``rank`` uses during a step (module docstring); ``expert_data``:

@@ -101,6 +101,8 @@ class Bounds:
         self._static_bytes = lru_cache(maxsize=None)(self._static_bytes_uncached)
         self._floor = lru_cache(maxsize=None)(self._floor_uncached)
         self._whole_model = lru_cache(maxsize=None)(self._whole_model_uncached)
+        self._nccl = lru_cache(maxsize=None)(self._nccl_uncached)
+        self._per_communicator_gib = communicator_gib(cluster)
 
     # ---- pieces, cached per (tp, mbs, sp, recompute, cp, ep) or per stage shape
     def _passes_uncached(self, tp: int, mbs: int, sp: bool, recompute: str, cp: int, ep: int,
@@ -162,13 +164,17 @@ class Bounds:
                 + self._nccl_gib(c, rank))
 
     def _nccl_gib(self, c: Candidate, rank: int | None) -> float:
-        per = communicator_gib(self.cluster)
-        if not per:
+        if not self._per_communicator_gib:
             return 0.0
-        ranks = range(c.pp) if rank is None else (rank,)
-        return per * min(communicators_of_rank(self.model.tie_embeddings, tp=c.tp, cp=c.cp, dp=c.dp, ep=c.ep,
-                                               expert_data=expert_data_ranks(c.tp, c.cp, c.dp, c.ep, c.etp), pp=c.pp,
-                                               v=c.v, schedule=c.schedule, rank=r) for r in ranks)
+        return self._nccl(c.tp, c.cp, c.dp, c.ep, c.etp, c.pp, c.v, c.schedule, rank)
+
+    def _nccl_uncached(self, tp: int, cp: int, dp: int, ep: int, etp: int, pp: int, v: int, schedule: str,
+                       rank: int | None) -> float:
+        ranks = range(pp) if rank is None else (rank,)
+        expert_data = expert_data_ranks(tp, cp, dp, ep, etp)
+        return self._per_communicator_gib * min(
+            communicators_of_rank(self.model.tie_embeddings, tp=tp, cp=cp, dp=dp, ep=ep, expert_data=expert_data, pp=pp,
+                                  v=v, schedule=schedule, rank=r) for r in ranks)
 
     def _layer_floor(self, c: Candidate) -> tuple[float, float]:
         """(static, activation) bytes per layer no larger than any of the model's layers needs."""
