@@ -210,8 +210,12 @@ class Row:
         return self.plan["estimate"]["step_time_s"]
 
     def predicted_gib(self, stage: int) -> float:
-        """Like-for-like with the runtime's figure (``launch.compare.measurable_peak_memory_gib``)."""
-        return max(0.0, self.plan["estimate"]["peak_memory_gib"][stage] - self.plan["cluster"]["runtime_reserved_gib"])
+        """Like-for-like with the runtime's figure (``launch.compare.measurable_peak_memory_gib``): the rank's
+        peak less what it holds outside the allocator (its runtime's reserve; NCCL's buffers, none on CPU)."""
+        estimate = self.plan["estimate"]
+        parts = estimate["memory_breakdown_gib"][stage] if stage < len(estimate["memory_breakdown_gib"]) else {}
+        outside = parts.get("runtime_reserved", self.plan["cluster"]["runtime_reserved_gib"]) + parts.get("nccl_buffers", 0.0)
+        return max(0.0, estimate["peak_memory_gib"][stage] - outside)
 
     def memory_errors(self) -> dict[int, float]:
         return {s: error_pct(self.predicted_gib(s), m) for s, m in self.peak_gib.items() if m > 0}

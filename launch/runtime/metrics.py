@@ -98,7 +98,8 @@ def metrics_record(
     """One metrics line; ``stage`` is the pipeline rank, ``loss`` is None off the loss stage.
 
     ``predicted_peak_memory_gib`` is like-for-like with ``peak_memory_gib``: the plan's peak
-    less ``runtime_reserved_gib`` (``launch.compare.measurable_peak_memory_gib``)."""
+    less what the rank holds outside the allocator, its runtime's reserve and NCCL's buffers
+    (``launch.compare.measurable_peak_memory_gib``)."""
     return {
         "step": step,
         "rank": rank,
