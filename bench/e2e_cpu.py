@@ -51,6 +51,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,13 +210,17 @@ class Row:
     def predicted_step_s(self) -> float:
         return self.plan["estimate"]["step_time_s"]
 
+    @cached_property
+    def _measurable_gib(self) -> list[float]:
+        from launch.compare import measurable_peak_memory_gib
+        from profiles.loader import load_plan
+
+        return measurable_peak_memory_gib(load_plan(self.plan_path))
+
     def predicted_gib(self, stage: int) -> float:
-        """Like-for-like with the runtime's figure (``launch.compare.measurable_peak_memory_gib``): the rank's
-        peak less what it holds outside the allocator (its runtime's reserve; NCCL's buffers, none on CPU)."""
-        estimate = self.plan["estimate"]
-        parts = estimate["memory_breakdown_gib"][stage] if stage < len(estimate["memory_breakdown_gib"]) else {}
-        outside = parts.get("runtime_reserved", self.plan["cluster"]["runtime_reserved_gib"]) + parts.get("nccl_buffers", 0.0)
-        return max(0.0, estimate["peak_memory_gib"][stage] - outside)
+        """Like-for-like with the runtime's figure: the rank's peak less what it holds outside the allocator
+        (``launch.compare.measurable_peak_memory_gib``, the function the runtime's metrics lines use)."""
+        return self._measurable_gib[stage]
 
     def memory_errors(self) -> dict[int, float]:
         return {s: error_pct(self.predicted_gib(s), m) for s, m in self.peak_gib.items() if m > 0}
