@@ -266,6 +266,26 @@ def time_case(
     return summarize(samples[warmup:])
 
 
+def time_round_robin(
+    built: dict[int, Case], warmup: int, repeats: int, sync: Callable[[], None], clock: Clock,
+    barrier: Callable[[], None] = lambda: None, on_round: Callable[[int, int], None] | None = None,
+) -> dict[int, dict[str, tuple[float, float]]]:
+    """``time_case`` of every case in ``built``, one iteration of each per round (``warmup`` untimed
+    rounds, then ``repeats``), so that the machine's drift and background load fall on every case
+    alike instead of on whichever ran during a slow spell (``launch.profiler.layers.interleaves``).
+    ``on_round(round, rounds)`` before each round."""
+    rounds = warmup + repeats
+    samples: dict[int, list[tuple[float, ...]]] = {i: [] for i in built}
+    for round_ in range(rounds):
+        if on_round is not None:
+            on_round(round_ + 1, rounds)
+        for index, case in built.items():
+            row = sample(case, sync, clock, barrier)
+            if round_ >= warmup:
+                samples[index].append(row)
+    return {i: summarize(rows) for i, rows in samples.items()}
+
+
 def saved_activation_bytes(case: Case) -> int:
     """Bytes of the distinct storages autograd saves in one forward, parameters excluded
     (``saved_tensors_hooks``; under autocast this includes the low-precision weight copies)."""

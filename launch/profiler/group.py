@@ -3,8 +3,9 @@ or a context-parallel ring (``ppplan profile --cp``).
 
 For each degree t > 1, t processes (spawned here; gloo on CPU, NCCL on t GPUs) build every
 grid point of that degree, with the runtime's DTensor plan (``launch.runtime.tp``) or as one
-rank of the runtime's ring attention (``launch.runtime.cp``), and time it after a barrier;
-rank 0 reports (a ring's point with its memory: it cannot run alone). The times then include
+rank of the runtime's ring attention (``launch.runtime.cp``), and time it after a barrier
+(round-robin over the group's points, one iteration of each per round, where they fit in memory
+at once: ``launch.profiler.layers.fits_together``); rank 0 reports (a ring's point with its memory: it cannot run alone). The times then include
 the collectives, the ring's transfers and the DTensor overhead that sharded shapes on one device
 leave out. Wall clock: waiting for a collective is part of the time.
 """
@@ -61,7 +62,7 @@ def _worker(rank: int, tp: int, port: int, model: ModelSpec, points: list, opts:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    from launch.profiler.cases import make_case, memory_of, time_case
+    from launch.profiler.cases import make_case, memory_of, time_case, time_round_robin
 
     torch.set_num_threads(opts["threads"] or 1)
     cuda = opts["device"] == "cuda"
@@ -72,17 +73,30 @@ def _worker(rank: int, tp: int, port: int, model: ModelSpec, points: list, opts:
         mesh = init_device_mesh("cuda" if cuda else "cpu", (tp,))
         sync = torch.cuda.synchronize if cuda else (lambda: None)
         device = f"cuda:{rank}" if cuda else "cpu"
-        for index, point in points:
-            ring = point.cp > 1
-            case = (make_case(model, point, opts["precision"], device, cp_group=mesh.get_group()) if ring
-                    else make_case(model, point, opts["precision"], device, tp_mesh=mesh))  # fmt: skip
-            stats = time_case(case, opts["warmup"], opts["repeats"], sync, time.perf_counter, barrier=dist.barrier)
+
+        def build(point: Any) -> Any:
+            if point.cp > 1:
+                return make_case(model, point, opts["precision"], device, cp_group=mesh.get_group())
+            return make_case(model, point, opts["precision"], device, tp_mesh=mesh)
+
+        def report(index: int, point: Any, case: Any, stats: Stats) -> None:
             memory = None
-            if ring:  # a ring's layer runs only in its ring: sized here, every rank taking part
+            if point.cp > 1:  # a ring's layer runs only in its ring: sized here, every rank taking part
                 dist.barrier()
                 memory = memory_of(case, "cuda" if cuda else "cpu")
             if rank == 0:
                 queue.put((index, stats, memory))
+
+        if opts.get("round_robin"):  # every point built at once, one iteration of each per round
+            built = {index: build(point) for index, point in points}
+            timed = time_round_robin(built, opts["warmup"], opts["repeats"], sync, time.perf_counter, barrier=dist.barrier)
+            for index, point in points:
+                report(index, point, built[index], timed[index])
+        else:
+            for index, point in points:
+                case = build(point)
+                report(index, point, case, time_case(case, opts["warmup"], opts["repeats"], sync, time.perf_counter,
+                                                     barrier=dist.barrier))
         dist.barrier()  # no rank tears gloo down while a peer still has traffic in flight
     finally:
         dist.destroy_process_group()

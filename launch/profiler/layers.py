@@ -250,11 +250,17 @@ def interleaves(model: ModelSpec, settings: ProfileSettings) -> bool:
     sequence within one profile (one read 18.2, 14.8, 12.7, 12.5 ms; an older one had mbs 2 at two thirds
     of mbs 1), three round-robin ones 19-22 %, with mbs 1 always the dearest per sequence."""
 
+    return fits_together(model, settings, [p for p in grid(model, settings) if p.cp == 1 and not timed_in_group(p, settings)])
+
+
+def fits_together(model: ModelSpec, settings: ProfileSettings, points: list) -> bool:
+    """Whether ``points`` can be built at once and timed round-robin: on CPU, under 2 GiB of
+    activations by the cost model's formula (twice, for the gradients). A TP group or a ring asks
+    this of its own points (``_time_groups``)."""
     if settings.device != "cpu":
         return False
     variant = ActivationVariant.runtime(settings.precision, device="cpu")
-    total = sum(2 * layer_activation_bytes(model, p.seq_len, p.mbs, p.tp, False, "none", variant)
-                for p in grid(model, settings) if p.cp == 1 and not timed_in_group(p, settings))
+    total = sum(2 * layer_activation_bytes(model, p.seq_len, p.mbs, p.tp, False, "none", variant) for p in points)
     return total < 2 * 2**30
 
 
@@ -269,15 +275,8 @@ def num_steps(model: ModelSpec, settings: ProfileSettings) -> int:
 def _time_round_robin(built: dict[int, Any], settings: ProfileSettings, clock: Any, say: Callable[[str], None]) -> dict[int, dict]:
     from launch.profiler import cases
 
-    rounds = settings.warmup + settings.repeats
-    samples: dict[int, list] = {i: [] for i in built}
-    for round_ in range(rounds):
-        say(f"round {round_ + 1} of {rounds} over {len(built)} points")
-        for index, case in built.items():
-            row = cases.sample(case, lambda: None, clock)
-            if round_ >= settings.warmup:
-                samples[index].append(row)
-    return {i: cases.summarize(rows) for i, rows in samples.items()}
+    return cases.time_round_robin(built, settings.warmup, settings.repeats, lambda: None, clock,
+                                  on_round=lambda r, n: say(f"round {r} of {n} over {len(built)} points"))
 
 
 def profile_model(
@@ -362,4 +361,6 @@ def _time_groups(
 
     grouped = [(i, p) for i, p in enumerate(points) if timed_in_group(p, settings)]
     for size in sorted({p.group_size for _, p in grouped}):
-        time_in_tp_group(model, size, [(i, p) for i, p in grouped if p.group_size == size], opts, done, on_retry)
+        mine = [(i, p) for i, p in grouped if p.group_size == size]
+        together = fits_together(model, settings, [p for _, p in mine])
+        time_in_tp_group(model, size, mine, {**opts, "round_robin": together}, done, on_retry)
