@@ -659,7 +659,9 @@ def _rank_work(
         sync = replace(sync, grad_reduce_s=sync.grad_reduce_s + host, grad_reduce_exposed_s=sync.grad_reduce_exposed_s + host)
     shard = cfg.dp * cfg.cp if cfg.zero >= 1 else 1
     expert_shard = cfg.expert_data_ranks if cfg.zero >= 1 else 1
-    optimizer = memory_bound_time_s(cluster, (dense / shard + experts / expert_shard) * ADAM_STEP_BYTES_PER_PARAM)
+    updated = dense / shard + experts / expert_shard
+    optimizer = (updated * runtime.optimizer_s_per_param if runtime.optimizer_s_per_param is not None
+                 else memory_bound_time_s(cluster, updated * ADAM_STEP_BYTES_PER_PARAM))
     return RankWork(passes=passes, hidden=hides, sync=sync, optimizer_s=optimizer)
 
 

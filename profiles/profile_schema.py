@@ -149,6 +149,10 @@ class RuntimeMeasurement(StrictModel):
         default=0.0, description="host time FSDP2 adds per wrapped layer and optimizer step (copies, hooks), median"
     )
     fsdp_overhead_per_layer_step_iqr_s: NonNegativeFloat = 0.0
+    optimizer_s_per_param: NonNegativeFloat | None = Field(
+        default=None, description="the runtime's AdamW step, seconds per parameter it updates (median); None: priced "
+        "by bytes at the cluster's memory bandwidth",
+    )
     timeshare_efficiency: list[TimeSharePoint] = Field(
         default_factory=list,
         description="the reference workload's throughput with k processes per core over one per core "

@@ -18,6 +18,8 @@ runtime's own pieces (``launch.runtime.model``, ``launch.runtime.fsdp``); median
   copy-in/copy-out of parameters and gradients, its hooks and the optimizer's DTensor dispatch run
   on the host whatever the group size; the collectives themselves are priced by the measured
   links (``ppplan profile-comm``).
+- The optimizer step: the runtime's AdamW over a stage's parameters, seconds per parameter (priced
+  by the parameters each rank updates instead of the cluster file's memory bandwidth).
 """
 
 from __future__ import annotations
@@ -51,11 +53,13 @@ def runtime_overheads(
         try:
             action = _action_overhead(model, mbs, seq_len, warmup, repeats, clock)
             fsdp = _fsdp_overhead(model, mbs, seq_len, warmup, repeats, clock)
+            optimizer = _optimizer_s_per_param(model, warmup, repeats, clock)
         finally:
             dist.destroy_process_group()
     return RuntimeMeasurement(
         pipeline_action_overhead_s=action[0], pipeline_action_overhead_iqr_s=action[1],
         fsdp_overhead_per_layer_step_s=fsdp[0], fsdp_overhead_per_layer_step_iqr_s=fsdp[1],
+        optimizer_s_per_param=optimizer,
         pipelined_action_overhead_s=pipelined.host_per_action_s, pipelined_action_overhead_iqr_s=pipelined.host_per_action_iqr_s,
         pipelined_compute_factor=pipelined.compute_factor, pipelined_compute_factor_iqr=pipelined.compute_factor_iqr,
     )  # fmt: skip
@@ -124,6 +128,27 @@ def _fsdp_overhead(model: ModelSpec, mbs: int, seq_len: int, warmup: int, repeat
         _timer(_training_step(wrapped_module, m, inputs, targets), clock),
         warmup, repeats, FSDP_LAYERS,
     )  # fmt: skip
+
+
+def _optimizer_s_per_param(model: ModelSpec, warmup: int, repeats: int, clock) -> float:
+    """Median seconds of the runtime's AdamW step (``launch.runtime.optim``, torch's foreach kernels) per
+    parameter, on a ``FSDP_LAYERS``-layer stage with gradients in place: on cpu-local tiny-gpt's whole model
+    (6.6 M parameters) stepped in 20 ms, 3.0 ns per parameter, where 30 B per parameter at the cluster file's
+    memory bandwidth priced 12 ms."""
+    import torch
+
+    from launch.runtime.model import build_stage_module
+    from launch.runtime.optim import build_optimizer
+
+    module = build_stage_module(model, 0, FSDP_LAYERS, False, False, 0)
+    params = list(module.parameters())
+    for param in params:
+        param.grad = torch.randn_like(param)
+    optimizer = build_optimizer(params)
+    step = _timer(optimizer.step, clock)
+    for _ in range(max(1, warmup)):
+        step()
+    return _median_iqr([step() for _ in range(repeats)])[0] / sum(p.numel() for p in params)
 
 
 def _training_step(module, microbatches: int, inputs, targets) -> Callable[[], None]:

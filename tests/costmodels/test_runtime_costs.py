@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 
 from costmodels.comm import Link
-from costmodels.estimate import estimate
+from costmodels.compute import memory_bound_time_s
+from costmodels.estimate import ADAM_STEP_BYTES_PER_PARAM, estimate
+from costmodels.flops import parameter_counts
 from costmodels.memory import STEP_TEMP_BYTES_PER_PARAM
 from costmodels.runtime_costs import (
     RuntimeCosts,
@@ -62,6 +64,24 @@ def test_fsdp_host_work_per_unit_and_step() -> None:
     cfg = config(pp=1, dp=2)
     assert estimate(MODEL, cluster("cpu"), TRAIN, cfg, UnitLayers(costs), stack=STACK).step_time_s == pytest.approx(48.09)
     assert estimate(MODEL, cluster("H100"), TRAIN, cfg, UnitLayers(costs), stack=STACK).step_time_s == pytest.approx(48.0)
+
+
+def test_a_measured_optimizer_rate_prices_the_parameters_each_rank_updates() -> None:
+    """The optimizer step at the profile's seconds per parameter, on CPU ranks only (a GPU keeps the
+    bytes at the cluster's bandwidth); ZeRO >= 1 shards it over dp."""
+    params = parameter_counts(MODEL).total(MODEL.num_layers)  # one pipeline rank: the whole model
+    costs = RuntimeCosts(optimizer_s_per_param=1e-6)
+    for zero, shard in ((0, 1), (1, 2)):
+        cfg = config(pp=1, dp=2, zero=zero)
+        cpu = estimate(MODEL, cluster("cpu"), TRAIN, cfg, UnitLayers(costs), stack=STACK).breakdown
+        assert cpu.optimizer_s == pytest.approx(params / shard * 1e-6, rel=1e-9)
+        gpu = estimate(MODEL, cluster("H100"), TRAIN, cfg, UnitLayers(costs), stack=STACK).breakdown
+        assert gpu.optimizer_s == pytest.approx(
+            memory_bound_time_s(cluster("H100"), params / shard * ADAM_STEP_BYTES_PER_PARAM), rel=1e-9)
+    assert runtime_costs_of(UnitLayers(costs), cluster("H100")).optimizer_s_per_param is None
+    measured = RuntimeMeasurement(pipeline_action_overhead_s=0.0, optimizer_s_per_param=3e-9)
+    assert measured_runtime_costs(None, measured).optimizer_s_per_param == 3e-9
+    assert measured_runtime_costs(None, None).optimizer_s_per_param is None
 
 
 def test_measured_p2p_link_prices_the_pipeline_transfers() -> None:
