@@ -249,7 +249,6 @@ def interleaves(model: ModelSpec, settings: ProfileSettings) -> bool:
     ratios: three back-to-back profiles of tiny-gpt's layer (tp 1, mbs 1, 2, 4, 8) spread 9-46 % per
     sequence within one profile (one read 18.2, 14.8, 12.7, 12.5 ms; an older one had mbs 2 at two thirds
     of mbs 1), three round-robin ones 19-22 %, with mbs 1 always the dearest per sequence."""
-
     return fits_together(model, settings, [p for p in grid(model, settings) if p.cp == 1 and not timed_in_group(p, settings)])
 
 
