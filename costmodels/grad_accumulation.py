@@ -27,10 +27,9 @@ from __future__ import annotations
 from costmodels.compute import memory_bound_time_s
 from costmodels.layer_costs import bytes_per_element
 from costmodels.memory import microbatch_grad_sync
+from costmodels.operators import FP32_BYTES
 from profiles.schema import ClusterSpec, ParallelConfig
 from profiles.stack_schema import StackSpec
-
-FP32_BYTES = 4
 
 
 def accumulation_bytes_per_param(stack: StackSpec, precision: str) -> int:

@@ -261,9 +261,8 @@ def summarize(samples: list[tuple[float, ...]]) -> dict[str, tuple[float, float]
 def time_case(
     case: Case, warmup: int, repeats: int, sync: Callable[[], None], clock: Clock, barrier: Callable[[], None] = lambda: None
 ) -> dict[str, tuple[float, float]]:
-    """``summarize`` of ``repeats`` iterations after ``warmup`` untimed ones."""
-    samples = [sample(case, sync, clock, barrier) for _ in range(warmup + repeats)]
-    return summarize(samples[warmup:])
+    """``summarize`` of ``repeats`` iterations after ``warmup`` untimed ones (``time_round_robin`` of one case)."""
+    return time_round_robin({0: case}, warmup, repeats, sync, clock, barrier)[0]
 
 
 def time_round_robin(
