@@ -301,7 +301,7 @@ def _stage_costs(
     it out: ``costmodels.grad_accumulation``)."""
     overlap = stack.overlap
     overhead = action_overhead_s(cluster, overlap, runtime, cfg.pp)
-    factor = compute_factor(runtime, cfg.pp)
+    factor = compute_factor(runtime, cfg.pp, ranks_per_core(cluster, cfg), cfg.mbs)
     split = schedule_spec(cfg.schedule).split_backward
     costs, hidden = [], []
     for j, st in enumerate(plans):
@@ -563,6 +563,15 @@ def _cpu_heap_terms(cluster: ClusterSpec, cfg: ParallelConfig, params: float) ->
     temporary over the rank's optimizer shard; none on GPUs."""
     temp = optimizer_temp_bytes(cluster, params / (cfg.dp * cfg.cp if cfg.zero >= 1 else 1))
     return {"optimizer_temp": temp} if temp else {}
+
+
+def ranks_per_core(cluster: ClusterSpec, cfg: ParallelConfig) -> float:
+    """Processes per core on the fullest node where ranks share a node's cores (``concurrent_ranks_per_node``,
+    CPU nodes); 1 where every rank has its own device."""
+    cores = cluster.concurrent_ranks_per_node
+    if cores is None:
+        return 1.0
+    return min(RankGrid(cfg.tp, cfg.pp, cfg.dp, cfg.cp).world_size, cluster.gpus_per_node) / cores
 
 
 def _node_loads(cluster: ClusterSpec, cfg: ParallelConfig, cores: float) -> list[list[float]]:

@@ -19,6 +19,9 @@
   peer compete), and the schedule spends host time between actions posting p2p and keeping its
   books (``host_overhead_per_pipelined_action_s``, replacing the one-rank figure where there is a
   pipeline). A profile taken before they were measured keeps the one-rank figure and factor 1.
+  Where a node runs more ranks than cores, the actions stretch further in wall time (waking idle
+  ranks, cold caches), measured on pipelines of 2 and 4 ranks per core (``crowded_pipeline``,
+  ``crowded_factor``).
 - FSDP2's host work per wrapped unit and step (copy-in/copy-out of parameters and
   gradients, its hooks), measured by ``ppplan profile`` per layer; the runtime wraps each
   layer and each stage root (``launch/runtime/fsdp.py``). On CPU ranks it runs on the
@@ -41,6 +44,7 @@ carries its measured costs as ``.runtime`` (``costmodels.profile_times``), the r
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from costmodels.comm import US, Link, Network, bandwidth_bytes_per_s
@@ -65,6 +69,7 @@ class RuntimeCosts:
     reduce_scatter_link: Link | None = None
     all_gather_link: Link | None = None
     timeshare_efficiency: tuple[tuple[float, float], ...] = ()  # (k, e): ranks time-sharing cores (processor_sharing)
+    crowded_pipeline: tuple[tuple[float, int, float], ...] = ()  # (ranks per core, mbs, factor): pp > 1, more ranks than cores
 
 
 NO_RUNTIME_COSTS = RuntimeCosts()
@@ -92,6 +97,7 @@ def measured_runtime_costs(comm: CommProfile | None, runtime: RuntimeMeasurement
         reduce_scatter_link=_fit_link(comm, "reduce_scatter"),
         all_gather_link=_fit_link(comm, "all_gather"),
         timeshare_efficiency=tuple((p.processes_per_core, p.efficiency) for p in runtime.timeshare_efficiency) if runtime else (),
+        crowded_pipeline=tuple((p.ranks_per_core, p.mbs, p.compute_factor) for p in runtime.crowded_pipeline) if runtime else (),
     )
 
 
@@ -101,7 +107,8 @@ def runtime_costs_of(layers: object, cluster: ClusterSpec) -> RuntimeCosts:
     costs = getattr(layers, "runtime", None) or NO_RUNTIME_COSTS
     if not runs_on_cpu(cluster):
         costs = replace(costs, host_overhead_per_action_s=None, host_overhead_per_pipelined_action_s=None,
-                        pipelined_compute_factor=1.0, fsdp_overhead_per_unit_step_s=0.0, optimizer_s_per_param=None)
+                        pipelined_compute_factor=1.0, fsdp_overhead_per_unit_step_s=0.0, optimizer_s_per_param=None,
+                        crowded_pipeline=())
     return costs
 
 
@@ -126,10 +133,38 @@ def host_overhead_per_action_s(costs: RuntimeCosts, pp: int) -> float | None:
     return costs.host_overhead_per_action_s
 
 
-def compute_factor(costs: RuntimeCosts, pp: int) -> float:
-    """How much slower the layers' F, B and W run than measured alone: the two-rank pipeline's factor
-    where there is a pipeline, else 1."""
-    return costs.pipelined_compute_factor if pp > 1 else 1.0
+def compute_factor(costs: RuntimeCosts, pp: int, ranks_per_core: float = 1.0, mbs: int = 1) -> float:
+    """How much slower the layers' F, B and W run than measured alone: 1 without a pipeline; the
+    two-rank pipeline's factor where the node has a core per rank; where it runs more ranks than
+    cores, the crowded pipeline's (``crowded_factor``), never below the two-rank one."""
+    if pp <= 1:
+        return 1.0
+    crowded = crowded_factor(costs.crowded_pipeline, costs.pipelined_compute_factor, ranks_per_core, mbs)
+    return max(costs.pipelined_compute_factor, crowded)
+
+
+def crowded_factor(points: tuple[tuple[float, int, float], ...], base: float, ranks_per_core: float, mbs: int) -> float:
+    """The measured factor at ``ranks_per_core`` and ``mbs`` (``launch/profiler/pipelined.py``: one
+    one-layer stage per rank, GPipe, actions timed by the wall clock): at each measured ranks per core,
+    linear in log2(mbs) between the measured microbatch sizes; then linear in ranks per core from
+    ``base`` at one rank per core; both held constant beyond the measured range (never extrapolated)."""
+    if ranks_per_core <= 1.0 or not points:
+        return base
+    by_load: dict[float, list[tuple[float, float]]] = {}
+    for load, size, factor in points:
+        by_load.setdefault(load, []).append((math.log2(size), factor))
+    curve = [(1.0, base)] + [(load, _interpolate(sorted(pairs), math.log2(mbs))) for load, pairs in sorted(by_load.items())]
+    return _interpolate(curve, ranks_per_core)
+
+
+def _interpolate(points: list[tuple[float, float]], x: float) -> float:
+    """Piecewise-linear through sorted ``(x, y)`` points, constant beyond the ends."""
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return points[-1][1]
 
 
 def fsdp_host_s(costs: RuntimeCosts, dp: int, layers_on_rank: int, stages_on_rank: int) -> float:

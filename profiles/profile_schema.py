@@ -126,6 +126,18 @@ class TimeSharePoint(StrictModel):
     efficiency: PositiveFloat = Field(description="total throughput over that of one process per core")
 
 
+class CrowdedPipelinePoint(StrictModel):
+    """A pipeline of more ranks than cores (``launch/profiler/pipelined.py``, ``crowded_factors``)."""
+
+    ranks_per_core: float = Field(gt=1.0, le=MAX_GPUS, allow_inf_nan=False)
+    mbs: count(MAX_GLOBAL_BATCH)
+    compute_factor: float = Field(
+        ge=1.0, le=100.0, allow_inf_nan=False,
+        description="wall time of the actions over the same calls made directly, one rank at a time (median)",
+    )
+    compute_factor_iqr: NonNegativeFloat = 0.0
+
+
 class RuntimeMeasurement(StrictModel):
     """What the runtime adds around the layers, measured by ``ppplan profile``
     (``launch/profiler/runtime.py``; priced by ``costmodels.runtime_costs``)."""
@@ -152,6 +164,11 @@ class RuntimeMeasurement(StrictModel):
     optimizer_s_per_param: NonNegativeFloat | None = Field(
         default=None, description="the runtime's AdamW step, seconds per parameter it updates (median); None: priced "
         "by bytes at the cluster's memory bandwidth",
+    )
+    crowded_pipeline: list[CrowdedPipelinePoint] = Field(
+        default_factory=list,
+        description="the pipelined compute factor where a node runs more ranks than it has cores, per ranks per core "
+        "and microbatch size (launch/profiler/pipelined.py); empty: the two-rank factor applies",
     )
     timeshare_efficiency: list[TimeSharePoint] = Field(
         default_factory=list,

@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from costmodels.memory import ActivationVariant, layer_activation_bytes
 from costmodels.rules import context_degree_violations, tp_violations
+from launch.profiler.pipelined import CROWDED_RANKS_PER_CORE
 from launch.profiler.runtime import runtime_overheads
 from launch.profiler.speed_probe import probe_samples_s
 from launch.profiler.timeshare import DEFAULT_DURATION_S, timeshare_efficiency
@@ -58,6 +59,7 @@ class ProfileSettings:
     tp_group: bool = False
     cluster: str | None = None
     timeshare_s: float = DEFAULT_DURATION_S  # per point of the time-sharing measurement (CPU; 0: skip it)
+    crowded: tuple[int, ...] = CROWDED_RANKS_PER_CORE  # ranks per core of the crowded pipelines (CPU; (): skip them)
     cps: tuple[int, ...] = (1,)  # > 1: transformer layers also timed on a rank of a real ring of cp processes (tp 1)
     runtime_costs: bool = True  # CPU: also time the runtime's own costs (launch/profiler/runtime.py); False: layers only
 
@@ -323,11 +325,12 @@ def profile_model(
         _time_groups(model, settings, points, results, progress, retried)
     runtime = None
     if settings.times_runtime:
-        say("runtime: pipeline action (one rank, two-rank pipeline) and FSDP overheads")
+        say("runtime: pipeline action (one rank, two-rank and crowded pipelines) and FSDP overheads")
         mbs, seq = min(settings.mbss), points[0].seq_len
         measured = timeshare_efficiency(duration_s=settings.timeshare_s) if settings.timeshare_s > 0 else []
         sharing = [TimeSharePoint(processes_per_core=k, efficiency=e) for k, e in measured]
-        runtime = runtime_overheads(model, mbs, seq, settings.warmup, settings.repeats, clock)
+        crowded_mbss = tuple(sorted({min(settings.mbss), max(settings.mbss)}))  # the grid's ends: priced between them
+        runtime = runtime_overheads(model, mbs, seq, settings.warmup, settings.repeats, clock, settings.crowded, crowded_mbss)
         speed = statistics.median(probes + probe_samples_s(clock))
         runtime = runtime.model_copy(update={"speed_probe_s": speed, "timeshare_efficiency": sharing})
     hardware = hardware_fingerprint(settings.device)

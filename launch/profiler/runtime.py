@@ -28,10 +28,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from launch.profiler.pipelined import crowded_factors, pipelined_costs
 from launch.profiler.pipelined import median_iqr as _median_iqr
 from launch.profiler.pipelined import mse as _mse
-from launch.profiler.pipelined import pipelined_costs
-from profiles.profile_schema import RuntimeMeasurement
+from launch.profiler.timeshare import node_cores
+from profiles.profile_schema import CrowdedPipelinePoint, RuntimeMeasurement
 from profiles.schema import ModelSpec
 
 ACTION_MICROBATCHES = 8
@@ -42,12 +43,18 @@ FSDP_MICROBATCHES = 4
 
 
 def runtime_overheads(
-    model: ModelSpec, mbs: int, seq_len: int, warmup: int, repeats: int, clock: Callable[[], float]
+    model: ModelSpec, mbs: int, seq_len: int, warmup: int, repeats: int, clock: Callable[[], float],
+    crowded_ranks_per_core: tuple[int, ...] = (), crowded_mbss: tuple[int, ...] = (),
 ) -> RuntimeMeasurement:
-    """See the module docstring; must run in a process with no process group yet."""
+    """See the module docstring; must run in a process with no process group yet. ``crowded_ranks_per_core``
+    x ``crowded_mbss``: the crowded pipelines to time (``launch.profiler.pipelined.crowded_factors``)."""
     import torch.distributed as dist
 
     pipelined = pipelined_costs(model, mbs, seq_len, warmup, repeats)  # spawns its two ranks: before our group
+    cores = node_cores()
+    crowded = [CrowdedPipelinePoint(ranks_per_core=k, mbs=size, compute_factor=factor, compute_factor_iqr=iqr)
+               for size in crowded_mbss
+               for k, factor, iqr in crowded_factors(model, size, seq_len, warmup, repeats, cores, crowded_ranks_per_core)]
     with tempfile.TemporaryDirectory(prefix="ppplan-profile-") as tmp:
         dist.init_process_group("gloo", store=dist.FileStore(str(Path(tmp) / "store"), 1), rank=0, world_size=1)
         try:
@@ -59,7 +66,7 @@ def runtime_overheads(
     return RuntimeMeasurement(
         pipeline_action_overhead_s=action[0], pipeline_action_overhead_iqr_s=action[1],
         fsdp_overhead_per_layer_step_s=fsdp[0], fsdp_overhead_per_layer_step_iqr_s=fsdp[1],
-        optimizer_s_per_param=optimizer,
+        optimizer_s_per_param=optimizer, crowded_pipeline=crowded,
         pipelined_action_overhead_s=pipelined.host_per_action_s, pipelined_action_overhead_iqr_s=pipelined.host_per_action_iqr_s,
         pipelined_compute_factor=pipelined.compute_factor, pipelined_compute_factor_iqr=pipelined.compute_factor_iqr,
     )  # fmt: skip

@@ -38,6 +38,14 @@ def parse_ints(text: str, option: str) -> tuple[int, ...]:
     return tuple(sorted(set(values)))
 
 
+def _crowded_loads(text: str) -> tuple[int, ...]:
+    """``--crowded``: ranks per core above one (one rank per core is the two-rank pipeline's)."""
+    loads = parse_ints(text, "--crowded")
+    if min(loads) < 2:
+        raise PlanError(f"--crowded takes ranks per core of 2 or more, or 'none', got '{text}'")
+    return loads
+
+
 def _default_precision(device: str, cluster_spec) -> str:
     if cluster_spec is not None:
         return default_precision(cluster_spec)
@@ -88,6 +96,11 @@ def profile(
         2.5, "--timeshare-s", min=0.0, max=600.0,
         help="cpu: seconds per point of the time-sharing measurement (2x and 4x as many processes as cores; 0 skips it)",
     ),
+    crowded: str = typer.Option(
+        "2,4", "--crowded",
+        help="cpu: ranks per core of the crowded pipelines timed (more ranks than cores, at the smallest and largest "
+        "--mbs; 'none' skips them)",
+    ),
     cp: str = typer.Option("1", "--cp", help="context-parallel degrees: > 1 also times the layers on a rank of a real ring of that many processes (tp 1)"),
     layers_only: bool = typer.Option(
         False, "--layers-only",
@@ -110,6 +123,7 @@ def profile(
         precision=precision or _default_precision(device, cluster_spec),
         warmup=warmup, repeats=repeats, num_threads=threads, tp_group=tp_group, cluster=cluster_spec.name if cluster_spec else None,
         timeshare_s=timeshare_s, cps=parse_ints(cp, "--cp"), runtime_costs=not layers_only,
+        crowded=() if crowded.strip().lower() == "none" else _crowded_loads(crowded),
     )
     profiler.check_settings(spec, settings)
     check_writable(out_path)

@@ -8,11 +8,13 @@ import pytest
 
 from costmodels.comm import Link
 from costmodels.compute import memory_bound_time_s
-from costmodels.estimate import ADAM_STEP_BYTES_PER_PARAM, estimate
+from costmodels.estimate import ADAM_STEP_BYTES_PER_PARAM, estimate, ranks_per_core
 from costmodels.flops import parameter_counts
 from costmodels.memory import STEP_TEMP_BYTES_PER_PARAM
 from costmodels.runtime_costs import (
     RuntimeCosts,
+    compute_factor,
+    crowded_factor,
     fsdp_host_s,
     measured_runtime_costs,
     optimizer_temp_bytes,
@@ -133,3 +135,36 @@ def test_a_profile_taken_before_the_two_rank_measurement_keeps_the_one_rank_figu
     new = measured_runtime_costs(None, RuntimeMeasurement(pipeline_action_overhead_s=0.1, pipelined_action_overhead_s=0.3,
                                                           pipelined_compute_factor=1.5))  # fmt: skip
     assert (new.host_overhead_per_pipelined_action_s, new.pipelined_compute_factor) == (0.3, 1.5)
+
+
+CROWDED = ((2.0, 1, 1.2), (2.0, 4, 1.1), (4.0, 1, 1.6))  # (ranks per core, mbs, factor)
+
+
+def test_the_crowded_factor_is_interpolated_in_log_mbs_then_in_ranks_per_core_and_never_extrapolated() -> None:
+    """Base (two-rank pipeline) 1.05 at one rank per core. At 2 per core: mbs 1 -> 1.2, mbs 4 -> 1.1, so
+    mbs 2 (log2 halfway) -> 1.15. At 4 per core only mbs 1 was measured: 1.6 whatever the mbs."""
+    assert crowded_factor(CROWDED, 1.05, 2.0, 2) == pytest.approx(1.15)
+    assert crowded_factor(CROWDED, 1.05, 3.0, 1) == pytest.approx(1.4)  # halfway from 1.2 (2 per core) to 1.6 (4)
+    assert crowded_factor(CROWDED, 1.05, 1.5, 4) == pytest.approx(1.075)  # halfway from 1.05 (1 per core) to 1.1
+    assert crowded_factor(CROWDED, 1.05, 8.0, 8) == pytest.approx(1.6)  # beyond both ends: the last point
+    assert crowded_factor(CROWDED, 1.05, 2.0, 16) == pytest.approx(1.1)
+    assert crowded_factor(CROWDED, 1.05, 1.0, 1) == crowded_factor((), 1.05, 4.0, 1) == 1.05
+    # no pipeline: no factor; a crowded figure below the two-rank one (noise) does not lower it
+    assert compute_factor(RuntimeCosts(pipelined_compute_factor=1.3, crowded_pipeline=CROWDED), 1, 4.0, 1) == 1.0
+    assert compute_factor(RuntimeCosts(pipelined_compute_factor=1.3, crowded_pipeline=CROWDED), 2, 2.0, 4) == 1.3
+    assert compute_factor(RuntimeCosts(pipelined_compute_factor=1.05, crowded_pipeline=CROWDED), 2, 4.0, 1) == 1.6
+
+
+def test_a_crowded_cpu_pipeline_prices_its_actions_at_the_crowded_factor() -> None:
+    """One core (``concurrent_ranks_per_node`` 1) and GPipe pp 2 over one microbatch: two ranks per core,
+    and the stages never compute at once, so nothing is time-shared. F = 4 s and B = 8 s per stage:
+    2 x (4 + 8) = 24 s, at the crowded factor measured at two ranks per core (1.6) 38.4 s;
+    a GPU cluster never applies it (no cores to crowd)."""
+    one_core = ClusterSpec(**{**cluster("cpu").model_dump(), "concurrent_ranks_per_node": 1})
+    train = TrainSpec(global_batch=1, seq_len=128, precision="fp32")
+    cfg = ParallelConfig(tp=1, pp=2, dp=1, mbs=1, num_microbatches=1, schedule="gpipe", stage_layers=[4, 4])
+    assert ranks_per_core(one_core, cfg) == 2.0 and ranks_per_core(cluster("cpu"), cfg) == 1.0
+    costs = RuntimeCosts(crowded_pipeline=((2.0, 1, 1.6),))
+    assert estimate(MODEL, one_core, train, cfg, UnitLayers(), stack=STACK).step_time_s == pytest.approx(24.0)
+    assert estimate(MODEL, one_core, train, cfg, UnitLayers(costs), stack=STACK).step_time_s == pytest.approx(38.4)
+    assert estimate(MODEL, cluster("H100"), train, cfg, UnitLayers(costs), stack=STACK).step_time_s == pytest.approx(24.0)

@@ -21,7 +21,7 @@ from profiles.loader import load_model, read_profile
 from profiles.profile_schema import ProfileFile, model_shape_hash
 
 CPU = ActivationVariant.runtime("fp32", device="cpu")
-FAST = dict(warmup=1, repeats=2, timeshare_s=0.3)
+FAST = dict(warmup=1, repeats=2, timeshare_s=0.3, crowded=(2,))
 LAYERS_ONLY = dict(FAST, runtime_costs=False)  # the runtime's own costs are small_profile's to check
 
 
@@ -46,13 +46,17 @@ def test_progress_is_called_once_per_counted_step(small_profile):
     assert interleaves(load_model("tiny-gpt"), SMALL)  # small CPU grids are timed round-robin
     # 16 grid points, warmup + repeats rounds, and the runtime's pipeline action overhead
     assert len(STEPS) == num_steps(load_model("tiny-gpt"), SMALL) == 16 + 3 + 1
-    assert STEPS[-1] == "runtime: pipeline action (one rank, two-rank pipeline) and FSDP overheads"
+    assert STEPS[-1] == "runtime: pipeline action (one rank, two-rank and crowded pipelines) and FSDP overheads"
     runtime = small_profile.runtime
     assert runtime is not None and 0.0 <= runtime.pipeline_action_overhead_s < 0.05  # well under a layer's F+B
     # timed in a real two-rank pipeline (launch/profiler/pipelined.py): host time between actions and the
     # actions' slowdown, both measured (the profile would hold None without the measurement)
     assert runtime.pipelined_action_overhead_s is not None and 0.0 <= runtime.pipelined_action_overhead_s < 0.05
     assert runtime.pipelined_compute_factor is not None and 1.0 <= runtime.pipelined_compute_factor < 5.0
+    # a pipeline of two ranks per core (launch/profiler/pipelined.py, crowded_factors) at the grid's smallest and
+    # largest mbs, its actions by the wall clock: never faster than the calls made alone
+    assert [(p.ranks_per_core, p.mbs) for p in runtime.crowded_pipeline] == [(2.0, 1), (2.0, 2)]
+    assert all(1.0 <= p.compute_factor < 5.0 for p in runtime.crowded_pipeline)
     assert 0.0 <= runtime.fsdp_overhead_per_layer_step_s < 0.5
     # AdamW reads and writes at least 28 B per fp32 parameter: no CPU core steps it in under 0.1 ns, none in 1 us
     assert runtime.optimizer_s_per_param is not None and 1e-10 < runtime.optimizer_s_per_param < 1e-6

@@ -103,6 +103,7 @@ CLASSES: dict[str, dict[str, list[str]]] = {
         "simulate time": [*SYNTHETIC, "--f-time", "nan"],
     },
     "above its cap": {
+        "profile --crowded below two ranks per core": ["profile", "--model", "tiny-gpt", "--crowded", "1,2", "--out", "p.json"],
         "gpus 2^40": ["search", *SEARCH[1:5], "--gpus", str(2**40), "--global-batch", "8"],
         "global batch 10^18": [*SEARCH[:7], "--global-batch", str(10**18)],
         "layers 10^12 (YAML)": ["search", "--model", "huge_layers.yaml", *SEARCH[3:]],
@@ -144,6 +145,7 @@ CLASSES: dict[str, dict[str, list[str]]] = {
         "--schedules": [*SEARCH, "--schedules", "1f1b,,gpipe"],
         "--stage-layers": [*EVALUATE, "--stage-layers", "4,,4"],
         "profile --tp": ["profile", "--model", "tiny-gpt", "--tp", "1,,2", "--out", "p.json"],
+        "profile --crowded": ["profile", "--model", "tiny-gpt", "--crowded", "2,,4", "--out", "p.json"],
         "calibrate --terms": ["calibrate", "inf.csv", "--cluster", "cpu-local", "--terms", "gemm_max,"],
     },
 }

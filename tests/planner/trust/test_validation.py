@@ -326,7 +326,21 @@ def test_shipped_tables_are_the_ones_validate_writes(validated: dict) -> None:
     for name, shipped_path in ((ERROR_BANDS_NAME, CALIBRATION_DIR / ERROR_BANDS_NAME), (GPU_FAMILIES_NAME, GPU_FAMILIES_YAML)):
         written = yaml.safe_load((validated["folder"] / name).read_text())
         shipped = yaml.safe_load(shipped_path.read_text())
-        assert written == shipped, f"{name} is stale: run `ppplan validate --update`"
+        assert _same_table(written, shipped), f"{name} is stale: run `ppplan validate --update`"
+
+
+def _same_table(written: object, shipped: object) -> bool:
+    """Equal, numbers to 1e-6 relative: a fitted constant's last printed digit depends on the platform's
+    floating point (numpy 2.4.6 here fits B200's gemm_half_dim 901.028343 where the shipped file says
+    901.028344); a table a cost-model change made stale moves far more than that."""
+    if isinstance(written, dict) and isinstance(shipped, dict):
+        return written.keys() == shipped.keys() and all(_same_table(written[k], shipped[k]) for k in written)
+    if isinstance(written, list) and isinstance(shipped, list):
+        return len(written) == len(shipped) and all(_same_table(a, b) for a, b in zip(written, shipped))
+    numbers = (int, float)
+    if isinstance(written, numbers) and isinstance(shipped, numbers) and not isinstance(written, bool):
+        return written == pytest.approx(shipped, rel=1e-6, abs=1e-12)
+    return written == shipped
 
 
 def test_the_shipped_fits_carry_their_provenance(validated: dict, doc: dict) -> None:
