@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from launch.compare import compare, measured_step_time_s, read_metrics
-from launch.launcher import TORCHRUN_MODULE, LaunchOptions, torchrun_command
+from launch.launcher import TORCHRUN_MODULE, LaunchOptions, cpu_thread_env, torchrun_command
 from planner.cli.main import run
 from tests.launch.runtime.runtime_plans import make_plan, write_plan
 
@@ -150,3 +150,14 @@ def test_existing_metrics_file_is_kept_without_overwrite(tmp_path: Path, capsys:
     assert run(["launch", str(plan_path), "--metrics", str(blocker / "m.jsonl")]) == 2  # under a file
     assert "not a writable directory" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "m.jsonl", "plan.json"]
+
+
+def test_cpu_ranks_run_one_thread_as_priced_unless_the_user_says_otherwise() -> None:
+    """torchrun sets OMP_NUM_THREADS=1 only for several processes per node; a one-rank CPU plan would
+    otherwise run torch's intra-op pool over every core while the cost model priced one thread."""
+    plan = make_plan(tp=1, pp=1, dp=1)
+    assert plan.cluster.gpu.name == "cpu"
+    assert cpu_thread_env(plan, {}) == {"OMP_NUM_THREADS": "1"}
+    assert cpu_thread_env(plan, {"OMP_NUM_THREADS": "2"}) == {}  # the user's choice is kept
+    gpu = plan.model_copy(update={"cluster": plan.cluster.model_copy(update={"gpu": plan.cluster.gpu.model_copy(update={"name": "H100"})})})
+    assert cpu_thread_env(gpu, {}) == {}
