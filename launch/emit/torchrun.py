@@ -11,6 +11,7 @@ consecutive ranks and stay inside a node when ``tp`` divides the ranks per node.
 
 from __future__ import annotations
 
+from costmodels.layer_costs import runs_on_cpu
 from launch.emit.common import (
     EmitContext,
     NodeLayout,
@@ -74,6 +75,8 @@ def script_variables(ctx: EmitContext, csv_ref: str | None) -> str:
     ]
     if csv_ref is not None:
         lines.append(f'SCHEDULE_CSV="${{SCHEDULE_CSV:-{dq_escape(str(ctx.out_dir.resolve() / CSV_NAME))}}}"')
+    if runs_on_cpu(ctx.plan.cluster):  # one thread per rank, as priced and as `ppplan launch` runs it (cpu_thread_env)
+        lines.append('export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"')
     return "".join(line + "\n" for line in lines)
 
 

@@ -362,6 +362,10 @@ def test_torchrun_line_has_the_plans_process_counts(build_plan: MakePlan) -> Non
     flags = parse_torchrun_command(script)
     assert (flags["--nnodes"], flags["--nproc-per-node"], flags["--rdzv-backend"]) == ("1", "4", "c10d")
     assert "-m launch.runtime.train" in script and "--steps 3" in script
+    # a CPU rank runs one thread, as priced and as `ppplan launch` runs it; a GPU plan's script leaves it alone
+    assert 'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"' in script.splitlines()
+    gpu = render(build_plan("gpt3-175b", tp=8, pp=4, dp=1, global_batch=8), "torchrun", OUT).files["torchrun.sh"]
+    assert "OMP_NUM_THREADS" not in gpu
 
 
 def test_torchrun_custom_schedule_passes_its_csv(build_plan: MakePlan, tmp_path: Path) -> None:
