@@ -571,7 +571,7 @@ def ranks_per_core(cluster: ClusterSpec, cfg: ParallelConfig) -> float:
     cores = cluster.concurrent_ranks_per_node
     if cores is None:
         return 1.0
-    return min(RankGrid(cfg.tp, cfg.pp, cfg.dp, cfg.cp).world_size, cluster.gpus_per_node) / cores
+    return min(cfg.world_size, cluster.gpus_per_node) / cores
 
 
 def _node_loads(cluster: ClusterSpec, cfg: ParallelConfig, cores: float) -> list[list[float]]:

@@ -47,6 +47,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from costmodels.comm import US, Link, Network, bandwidth_bytes_per_s
 from costmodels.layer_costs import runs_on_cpu
 from costmodels.memory import STEP_TEMP_BYTES_PER_PARAM
@@ -147,24 +149,19 @@ def crowded_factor(points: tuple[tuple[float, int, float], ...], base: float, ra
     """The measured factor at ``ranks_per_core`` and ``mbs`` (``launch/profiler/pipelined.py``: one
     one-layer stage per rank, GPipe, actions timed by the wall clock): at each measured ranks per core,
     linear in log2(mbs) between the measured microbatch sizes; then linear in ranks per core from
-    ``base`` at one rank per core; both held constant beyond the measured range (never extrapolated)."""
+    ``base`` at one rank per core; both held constant beyond the measured range (``np.interp``: never
+    extrapolated)."""
     if ranks_per_core <= 1.0 or not points:
         return base
     by_load: dict[float, list[tuple[float, float]]] = {}
     for load, size, factor in points:
         by_load.setdefault(load, []).append((math.log2(size), factor))
-    curve = [(1.0, base)] + [(load, _interpolate(sorted(pairs), math.log2(mbs))) for load, pairs in sorted(by_load.items())]
-    return _interpolate(curve, ranks_per_core)
-
-
-def _interpolate(points: list[tuple[float, float]], x: float) -> float:
-    """Piecewise-linear through sorted ``(x, y)`` points, constant beyond the ends."""
-    if x <= points[0][0]:
-        return points[0][1]
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if x <= x1:
-            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return points[-1][1]
+    loads, factors = [1.0], [base]
+    for load, pairs in sorted(by_load.items()):
+        sizes, values = zip(*sorted(pairs))
+        loads.append(load)
+        factors.append(float(np.interp(math.log2(mbs), sizes, values)))
+    return float(np.interp(ranks_per_core, loads, factors))
 
 
 def fsdp_host_s(costs: RuntimeCosts, dp: int, layers_on_rank: int, stages_on_rank: int) -> float:
