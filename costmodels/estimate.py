@@ -495,7 +495,7 @@ def _rank_memory_gib(
         # allocator reuses their blocks): only its excess over the backward's peak counts
         allocated["optimizer_step"] = step - sum(allocated.values())
     allocated_bytes = sum(allocated.values())
-    allocated["fragmentation"] = allocated_bytes * cluster.allocator_fragmentation
+    allocated["fragmentation"] = allocated_bytes * allocator_share(cluster, stack)
     out = {k: v / GIB for k, v in allocated.items()}
     if heap := heap_reserve_gib(cluster, cfg.tp, cfg.pp, cfg.dp * cfg.cp, cfg.zero, allocated_bytes / GIB,
                                 cfg.num_microbatches):
@@ -621,6 +621,15 @@ def timeshared_step_s(
     if all(sum(wants) <= cores for wants in load):
         return 0.0
     return round(timeshared_makespan_s(schedule, times, tails_s, cores, load, efficiency), 12)  # ties: as the work bound
+
+
+def allocator_share(cluster: ClusterSpec, stack: StackSpec) -> float:
+    """Share of a rank's allocated bytes its allocator holds beyond them: the stack's fitted
+    ``allocator_fragmentation`` where its ranks are GPUs and it has one (the CUDA caching allocator as the
+    stack drives it), else the cluster's (a CPU rank's heap is glibc's, whatever the stack)."""
+    if stack.allocator_fragmentation is not None and not runs_on_cpu(cluster):
+        return stack.allocator_fragmentation
+    return cluster.allocator_fragmentation
 
 
 def memory_limit_gib(cluster: ClusterSpec) -> float:

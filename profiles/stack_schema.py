@@ -15,7 +15,7 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, model
 
 from profiles.schema import Precision, RecomputeKind, ScheduleName, StrictModel
 
-EmitTarget = Literal["ppplan", "megatron", "torchtitan"]
+EmitTarget = Literal["ppplan", "megatron", "torchtitan", "none"]
 
 
 class StackKernels(StrictModel):
@@ -297,6 +297,19 @@ class StackSpec(StrictModel):
         description="the Adam kernels: fused (apex or Transformer Engine FusedAdam, torch's fused AdamW: no "
         "temporaries) or foreach (torch.optim.AdamW's default on CUDA, _multi_tensor_adam: one fp32 "
         "exp_avg_sq_sqrt per updated parameter during the step)",
+    )
+    allocator_fragmentation: float | None = Field(
+        default=None, ge=0, lt=1, allow_inf_nan=False,
+        description="share of the allocated bytes the CUDA caching allocator keeps reserved beyond them as this stack "
+        "drives it (freed activation blocks that the optimizer step's and the gradient reduce's larger tensors "
+        "cannot reuse; PyTorch before 2.1 has no expandable segments), fitted on the memory its published runs "
+        "read (bench/allocator_share.py); replaces the cluster's allocator_fragmentation on GPU clusters. "
+        "None: the cluster's",
+    )
+    allocator_fit_sources: list[str] = Field(
+        default=[],
+        description="the source_ids of profiles/calibration/public_runs.csv whose memory readings "
+        "allocator_fragmentation was fitted on: `ppplan validate` reports their memory rows in sample",
     )
     kernels: StackKernels = StackKernels()
     overlap: StackOverlap

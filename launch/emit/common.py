@@ -161,6 +161,7 @@ STACK_TARGETS: dict[str, tuple[str, ...]] = {
     "ppplan": ("torchrun", "slurm", "csv"),
     "megatron": ("megatron",),
     "torchtitan": ("torchtitan", "csv"),
+    "none": (),  # a stack ppplan prices but has no launcher for (megatron-deepspeed)
 }
 
 
@@ -173,7 +174,7 @@ def check_stack(plan: Plan, target: str) -> StackSpec:
     if target not in allowed:
         others = [name for name in preset_names("stacks") if target in STACK_TARGETS[load_stack(name).emit]]
         raise PlanError(
-            f"the plan was priced for stack '{stack.name}', which emits {', '.join(allowed)}; to emit {target}, "
+            f"the plan was priced for stack '{stack.name}', which emits {', '.join(allowed) or 'nothing'}; to emit {target}, "
             f"re-plan with --stack {' or --stack '.join(others)}"
         )
     problems = config_violations(plan.model, plan.train, plan.config.world_size, plan.config, stack)

@@ -23,6 +23,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from costmodels.estimate import allocator_share
 from costmodels.memory import GIB
 from costmodels.rules import size_violations
 from costmodels.schedules.actions import Schedule
@@ -97,7 +98,7 @@ def inflight_caps(plan: Plan, times: StageTimes) -> list[int]:
     """Most microbatches each rank may hold so that the plan still fits: the memory the
     estimate counts outside activations (and outside the optimizer step's excess over the backward,
     which more activations only shrink), then whole microbatches of that rank's stage."""
-    frag = 1.0 + plan.cluster.allocator_fragmentation
+    frag = 1.0 + allocator_share(plan.cluster, load_stack(plan.config.stack))
     caps = []
     for r, parts in enumerate(plan.estimate.memory_breakdown_gib):
         fixed = sum(parts.values()) - (parts["activations"] + parts.get("optimizer_step", 0.0)) * frag

@@ -17,7 +17,8 @@ composes, each taken no larger than the estimate takes it, so they stay below it
   dp x cp, routed experts over dp x cp / ep), its activation peak (the schedule's closed-form in-flight
   count, ``ScheduleSpec.peak_inflight``, times the rank's smallest stage with the stage's output
   where torch's pipelining keeps it; before a cut, per layer the lighter kind), the allocator's
-  fragmentation share of those bytes (``ClusterSpec.allocator_fragmentation``), the
+  fragmentation share of those bytes (``costmodels.estimate.allocator_share``: the stack's fitted share on GPUs,
+  else ``ClusterSpec.allocator_fragmentation``), the
   heap a communicating rank keeps on top (``heap_reserve_gib``) and the
   runtime's reserve; the estimate adds transient, communication and ZeRO-3 buffers.
 
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from costmodels.communicators import communicator_gib, communicators_of_rank
-from costmodels.estimate import activation_variant, heap_reserve_gib, memory_limit_gib
+from costmodels.estimate import activation_variant, allocator_share, heap_reserve_gib, memory_limit_gib
 from costmodels.layer_costs import LayerTimes, PassTimes
 from costmodels.memory import (
     GIB,
@@ -158,7 +159,7 @@ class Bounds:
     def _gib(self, allocated_bytes: float, c: Candidate, rank: int | None = None) -> float:
         """GiB of a rank of ``c`` that allocates ``allocated_bytes``: pipeline rank ``rank``, or (None) any
         of them, whose NCCL buffers are then the fewest any rank holds."""
-        return ((1.0 + self.cluster.allocator_fragmentation) * allocated_bytes / GIB + self.cluster.runtime_reserved_gib
+        return ((1.0 + allocator_share(self.cluster, self.stack)) * allocated_bytes / GIB + self.cluster.runtime_reserved_gib
                 + heap_reserve_gib(self.cluster, c.tp, c.pp, c.dp * c.cp, c.zero, allocated_bytes / GIB,
                                    c.num_microbatches)
                 + self._nccl_gib(c, rank))

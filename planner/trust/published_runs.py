@@ -104,6 +104,12 @@ class PublishedRow:
         return f"{self.source_id}: {self.run}" in self.stack_spec.overlap.moe_host_fit_rows
 
     @property
+    def allocator_fit_row(self) -> bool:
+        """The row's memory reading is one its stack's caching-allocator share was fitted on
+        (``StackSpec.allocator_fit_sources``): its memory figure is in sample."""
+        return self.measured_peak_memory_gib is not None and self.source_id in self.stack_spec.allocator_fit_sources
+
+    @property
     def gpus(self) -> int:
         return self.config.world_size
 

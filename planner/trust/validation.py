@@ -273,6 +273,7 @@ def _memory_json(r: RowResult) -> dict:
         "memory_limit_gib": round(r.row.cluster.gpu.memory_gib, 3),
         "predicted_fits": r.predicted_fits,
         "under_prediction_pct": _round(r.memory_under_pct, 2),
+        "allocator_fit_row": r.row.allocator_fit_row,
     }
 
 
@@ -404,6 +405,12 @@ def target_lines(full: ValidationReport) -> list[str]:
     under = [r for r in report.memory() if r.memory_under_pct is not None and r.memory_under_pct > TARGET_MEMORY_UNDER_PCT]
     lines.append(f"rows with memory under-predicted by more than {TARGET_MEMORY_UNDER_PCT:g} %: {len(under)} of "
                  f"{sum(1 for r in report.memory() if r.memory_under_pct is not None)}")
+    fitted = [r for r in report.memory() if r.memory_under_pct is not None and r.row.allocator_fit_row]
+    if fitted:
+        stacks = ", ".join(sorted({r.row.stack_spec.name for r in fitted}))
+        lines.append(f"  in sample of a stack's caching-allocator share ({stacks}): {len(fitted)} of those rows, "
+                     f"{sum(1 for r in under if r.row.allocator_fit_row)} of them under by more than "
+                     f"{TARGET_MEMORY_UNDER_PCT:g} % (held out by sweep: python bench/allocator_share.py)")
     lines.append(f"out-of-memory rows called feasible: {sum(1 for r in report.memory() if r.row.oom and r.predicted_fits)} of "
                  f"{sum(1 for r in report.memory() if r.row.oom)}")
     lines.append(f"rows that ran but are called infeasible: {sum(1 for r in report.priced if not r.predicted_fits)} of "

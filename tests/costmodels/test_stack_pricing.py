@@ -108,11 +108,13 @@ def test_each_preset_composes_its_step_from_its_exposed_parts(stack_name: str, m
     stack = load_stack(stack_name)
     model = load_model(model_name)
     pp = 2
-    schedule = "interleaved-1f1b" if "interleaved-1f1b" in stack.schedules else "1f1b"
-    v = 2
+    interleaved = "interleaved-1f1b" in stack.schedules
+    schedule, v = ("interleaved-1f1b", 2) if interleaved else ("1f1b", 1)  # megatron-deepspeed: 1F1B only
     layers = model.num_layers // (pp * v)
+    recompute = "selective" if "selective" in stack.recompute else "full"
     cfg = ParallelConfig(stack=stack_name, tp=2, pp=pp, dp=4, v=v, mbs=1, num_microbatches=8, schedule=schedule,
-                         zero=1, sequence_parallel=True, recompute="selective", stage_layers=[layers] * (pp * v))
+                         zero=1, sequence_parallel=stack.sequence_parallel, recompute=recompute,
+                         stage_layers=[layers] * (pp * v))
     cluster = a100().model_copy(update={"gpus_per_node": 4})
     train = TrainSpec(global_batch=32, seq_len=2048, precision="bf16")
     est = estimate(model, cluster, train, cfg, stack=stack)

@@ -241,6 +241,10 @@ def test_megatron_lm_2021_warns_for_a_llama_model(build_plan: MakePlan) -> None:
         (dict(pp=2, global_batch=4, zero=3, dp=2, **MEGATRON), "megatron", "zero=3 is not run"),
         (dict(pp=2, global_batch=4, recompute=["full", "none"], **MEGATRON), "megatron", "one recompute kind"),
         (dict(pp=2, global_batch=2, schedule="chimera", **TORCHTITAN), "torchtitan", "simulated only"),
+        # priced only: ppplan writes Megatron-LM's arguments, not DeepSpeed's config
+        (dict(pp=2, global_batch=4, recompute="full", stack="megatron-deepspeed"), "megatron",
+         "stack 'megatron-deepspeed', which emits nothing; to emit megatron, re-plan with --stack megatron-core or "
+         "--stack megatron-lm-2021"),
     ],
 )
 def test_a_plan_is_emitted_only_for_the_stack_it_was_priced_on(build_plan: MakePlan, plan_kwargs: dict, target: str,
