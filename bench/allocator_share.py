@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from planner.trust.allocator_fit import fit_share, leave_one_group_out, stack_readings, under_counts
+from planner.trust.validation import _apriori_estimate
 from profiles.loader import load_cluster, load_stack
 
 UNDER_TARGET_PCT = 5.0  # issue 12: under-prediction of a reported peak at most 5 %
@@ -31,7 +32,7 @@ def main() -> int:
     parser.add_argument("--stack", default="megatron-deepspeed")
     args = parser.parse_args()
     spec = load_stack(args.stack)
-    fit, other = stack_readings(args.stack)
+    fit, other = stack_readings(args.stack, _apriori_estimate)
     apriori = load_cluster(CLUSTER).allocator_fragmentation
     shipped = spec.allocator_fragmentation
     print(f"{args.stack}: fit sources {spec.allocator_fit_sources or 'none'}; {len(fit)} readings, "

@@ -14,14 +14,13 @@ figures and the stack's rows from other sources, which the fit never sees.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from costmodels.communicators import outside_allocator_gib
 from planner.trust.published_runs import PublishedRow, read_published_runs
-from planner.trust.validation import _apriori_estimate
 from profiles.loader import load_stack
 from profiles.schema import Estimate
 
@@ -88,15 +87,37 @@ def under_counts(readings: Iterable[tuple[MemoryReading, float]], threshold_pct:
     return sum(e > threshold_pct for e in errors), len(errors)
 
 
-def stack_readings(stack: str) -> tuple[list[MemoryReading], list[MemoryReading]]:
-    """The corpus's peak-memory readings of runs priced on ``stack`` (out-of-memory rows left out), each at its
-    a-priori estimate: (those of its ``allocator_fit_sources``, those of its other sources)."""
+def row_reading(row: PublishedRow, estimate: Estimate) -> MemoryReading:
+    """A published row's peak-memory reading, grouped by its sweep (or alone), at ``estimate``."""
+    if row.measured_peak_memory_gib is None:
+        raise ValueError(f"{row.id} ({row.run}) reports no peak memory")
+    return reading_of(f"{row.source_id}: {row.run}", row.sweep or row.run, row.measured_peak_memory_gib, estimate,
+                      row.memory_is_allocator_reserved)
+
+
+def heldout_memory_gib(rows: Sequence[PublishedRow], estimates: dict[str, Estimate]) -> dict[str, float]:
+    """Each row an allocator share was fitted on (``PublishedRow.allocator_fit_row``), priced at its stack's share
+    fitted without the row's sweep: {row id: predicted GiB as its source read it}."""
+    out: dict[str, float] = {}
+    by_stack: dict[str, list[PublishedRow]] = {}
+    for row in rows:
+        if row.allocator_fit_row and not row.oom:
+            by_stack.setdefault(row.stack_spec.name, []).append(row)
+    for members in by_stack.values():
+        readings = {row.id: row_reading(row, estimates[row.id]) for row in members}
+        shares = leave_one_group_out(list(readings.values()))
+        for row_id, reading in readings.items():
+            out[row_id] = reading.predicted_gib(shares[reading.group])
+    return out
+
+
+def stack_readings(stack: str, estimate_of: Callable[[PublishedRow], Estimate]) -> tuple[list[MemoryReading], list[MemoryReading]]:
+    """The corpus's peak-memory readings of runs priced on ``stack`` (out-of-memory rows left out), each at
+    ``estimate_of(row)``: (those of its ``allocator_fit_sources``, those of its other sources)."""
     fit_sources = load_stack(stack).allocator_fit_sources
     fit, held_out = [], []
     for row in read_published_runs():
         if not isinstance(row, PublishedRow) or row.stack_spec.name != stack or row.oom or row.measured_peak_memory_gib is None:
             continue
-        reading = reading_of(f"{row.source_id}: {row.run}", row.sweep or row.run, row.measured_peak_memory_gib,
-                             _apriori_estimate(row), row.memory_is_allocator_reserved)
-        (fit if row.source_id in fit_sources else held_out).append(reading)
+        (fit if row.source_id in fit_sources else held_out).append(row_reading(row, estimate_of(row)))
     return fit, held_out

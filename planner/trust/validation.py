@@ -32,6 +32,7 @@ from pathlib import Path
 
 from costmodels.communicators import outside_allocator_gib
 from planner.trust.accuracy import error_pct, grouped, mape_pct, spearman_rho
+from planner.trust.allocator_fit import heldout_memory_gib
 from planner.trust.calibration import MeasuredRun, estimate_with
 from planner.trust.family_fit import FAMILY_TERMS, FamilyFit, at_bounds, fit_family
 from planner.trust.processes import process_map, usable_cores
@@ -97,8 +98,9 @@ class Prediction:
 @dataclass(frozen=True)
 class RowResult:
     """One priced row: predictions (None for a row that ran out of memory), the measurement as
-    an equivalent step time, and the predicted memory. ``heldout_basis`` says which constants
-    priced the held-out figure."""
+    an equivalent step time, and the predicted memory as the source read it (a reading its stack's
+    caching-allocator share was fitted on is priced at the share fitted without its sweep:
+    ``allocator_fit.heldout_memory_gib``). ``heldout_basis`` says which constants priced the held-out figure."""
 
     row: PublishedRow
     family: str
@@ -303,6 +305,8 @@ def validate(path: Path = DEFAULT_RUNS_CSV, fit: bool = True) -> ValidationRepor
             for family, members in grouped([r for r in rows if r.has_metric and r.category == FIT_CATEGORY], family_of).items():
                 fits[family] = fit_family(family, [runs[r.id] for r in members], _prior(members[0]), mapper=mapper)
         results = list(mapper(_result_of, [(row, apriori[row.id], runs.get(row.id), fits.get(family_of(row))) for row in rows]))
+    memory = heldout_memory_gib(rows, apriori)
+    results = [replace(r, predicted_peak_memory_gib=memory[r.row.id]) if r.row.id in memory else r for r in results]
     return ValidationReport(_shipped_heldout(results, fits), skipped, fits)
 
 
@@ -408,9 +412,9 @@ def target_lines(full: ValidationReport) -> list[str]:
     fitted = [r for r in report.memory() if r.memory_under_pct is not None and r.row.allocator_fit_row]
     if fitted:
         stacks = ", ".join(sorted({r.row.stack_spec.name for r in fitted}))
-        lines.append(f"  in sample of a stack's caching-allocator share ({stacks}): {len(fitted)} of those rows, "
+        lines.append(f"  readings a stack's caching-allocator share is fitted on ({stacks}): {len(fitted)} of those rows, "
                      f"{sum(1 for r in under if r.row.allocator_fit_row)} of them under by more than "
-                     f"{TARGET_MEMORY_UNDER_PCT:g} % (held out by sweep: python bench/allocator_share.py)")
+                     f"{TARGET_MEMORY_UNDER_PCT:g} % (each priced at the share fitted without its sweep)")
     lines.append(f"out-of-memory rows called feasible: {sum(1 for r in report.memory() if r.row.oom and r.predicted_fits)} of "
                  f"{sum(1 for r in report.memory() if r.row.oom)}")
     lines.append(f"rows that ran but are called infeasible: {sum(1 for r in report.priced if not r.predicted_fits)} of "

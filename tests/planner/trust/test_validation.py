@@ -94,7 +94,7 @@ MISSED_SWEEP_RHO = {
     "zb_1.5B": 0.79, "zb_6.2B": 0.76,
 }
 MEMORY_SOURCES = ["bigscience", "torchtitan", "zero-bubble-iclr24"]
-MISSED_MEMORY = {"bigscience": 30.8, "torchtitan": 9.3}  # worst under-prediction of a dense row, %
+MISSED_MEMORY = {"bigscience": 30.9, "torchtitan": 9.3}  # worst under-prediction of a dense row, %
 
 
 def _xfail_if(missed: dict, key: str, what: str) -> list:
