@@ -25,6 +25,8 @@ def _files(tmp_path):
     stack = (Path(profiles.__file__).parent / "stacks" / "megatron-core.yaml").read_text()
     (tmp_path / "stack-extra.yaml").write_text(stack + "bogus_key: 1\n")
     (tmp_path / "stack-schedule.yaml").write_text(stack.replace("schedules: [1f1b, interleaved-1f1b, combined-1f1b]", "schedules: [1f1b, zb-h9]"))
+    deepspeed = (Path(profiles.__file__).parent / "stacks" / "megatron-deepspeed.yaml").read_text()
+    (tmp_path / "stack-share.yaml").write_text(deepspeed.replace("allocator_fragmentation: 0.1665", "allocator_fragmentation: 1.5"))
 
 
 CASES = {
@@ -61,6 +63,8 @@ CASES = {
     "stack file with an unknown key": ["search", "--model", "gpt3-1.7b", "--gpus", "8", "--stack", "{tmp}/stack-extra.yaml"] + BASE,
     "stack file with an unknown schedule": ["search", "--model", "gpt3-1.7b", "--gpus", "8", "--stack",
                                             "{tmp}/stack-schedule.yaml"] + BASE,
+    "stack file with an allocator share of 1 or more": ["search", "--model", "gpt3-1.7b", "--gpus", "8", "--stack",
+                                                        "{tmp}/stack-share.yaml"] + BASE,
     "evaluate a schedule the stack does not run": EVAL + ["--tp", "1", "--pp", "2", "--mbs", "1", "--v", "2",
                                                           "--schedule", "zbv", "--stack", "megatron-core"],
     "ep not dividing the experts": ["evaluate", "--model", "tiny-moe", "--cluster", "cpu-local", "--gpus", "6", "--global-batch", "6",
