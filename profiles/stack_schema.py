@@ -309,7 +309,8 @@ class StackSpec(StrictModel):
     allocator_fit_sources: list[str] = Field(
         default=[],
         description="the source_ids of profiles/calibration/public_runs.csv whose memory readings "
-        "allocator_fragmentation was fitted on: `ppplan validate` reports their memory rows in sample",
+        "allocator_fragmentation was fitted on: `ppplan validate` prices each of them at the share fitted without "
+        "its sweep (planner.trust.allocator_fit.heldout_memory_gib)",
     )
     kernels: StackKernels = StackKernels()
     overlap: StackOverlap

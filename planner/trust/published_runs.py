@@ -106,7 +106,7 @@ class PublishedRow:
     @property
     def allocator_fit_row(self) -> bool:
         """The row's memory reading is one its stack's caching-allocator share was fitted on
-        (``StackSpec.allocator_fit_sources``): its memory figure is in sample."""
+        (``StackSpec.allocator_fit_sources``): ``validate`` prices it at the share fitted without its sweep."""
         return self.measured_peak_memory_gib is not None and self.source_id in self.stack_spec.allocator_fit_sources
 
     @property
