@@ -72,8 +72,8 @@ STACK_OF_ROW: dict[str, tuple[str, str | None]] = {
     "torchtitan": ("torchtitan", None),
     "composer-fsdp": ("torchtitan", "llm-foundry's Composer (PyTorch FSDP, flash attention, no TP/PP) priced as the "
                       "torchtitan stack, the preset with FSDP and flash attention"),
-    "deepspeed": ("megatron-lm-2021", "GPT-NeoX's DeepSpeed pipeline engine (Megatron-style TP, gradients reduced after "
-                  "the backward) priced as the megatron-lm-2021 stack"),
+    "deepspeed": ("megatron-deepspeed", "GPT-NeoX's DeepSpeed pipeline engine and ZeRO-1 (Megatron-style TP, gradients "
+                  "reduced after the backward) priced as the megatron-deepspeed stack, the engine BigScience's fork runs"),
 }
 
 # Sources whose runs are priced on another stack preset than their stack column names, or with other
