@@ -37,9 +37,8 @@ def priced_at(rows: list[RowResult], terms: dict[str, float], overhead_s: float)
     for r in rows:
         run = _as_run(r.row, r.measured_step_time_s)
         run = replace(run, stack=run.stack.with_changes({"overlap": {"host_overhead_per_action_s": overhead_s}}))
-        est = estimate_with(run, terms)
-        tokens = r.row.train.global_batch * r.row.train.seq_len / est.step_time_s / r.row.gpus
-        out.append((r, _prediction(r.row, est).value, tokens))
+        priced = replace(r, heldout=_prediction(r.row, estimate_with(run, terms)))
+        out.append((r, priced.heldout.value, priced.throughput_per_gpu("heldout")))
     return out
 
 

@@ -623,6 +623,11 @@ def timeshared_step_s(
     return round(timeshared_makespan_s(schedule, times, tails_s, cores, load, efficiency), 12)  # ties: as the work bound
 
 
+# the parts of a rank's memory breakdown (``_rank_memory_gib``) that no tensor allocates: the allocator's share on
+# top of the allocated bytes, the heap a CPU rank keeps beyond it, and what the rank holds outside the allocator
+NOT_ALLOCATED_PARTS = ("fragmentation", "heap_reserve", "runtime_reserved", "nccl_buffers")
+
+
 def allocator_share(cluster: ClusterSpec, stack: StackSpec) -> float:
     """Share of a rank's allocated bytes its allocator holds beyond them: the stack's fitted
     ``allocator_fragmentation`` where its ranks are GPUs and it has one (the CUDA caching allocator as the

@@ -20,13 +20,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from costmodels.communicators import outside_allocator_gib
+from costmodels.estimate import NOT_ALLOCATED_PARTS
+from planner.trust.accuracy import grouped
 from planner.trust.published_runs import PublishedRow, read_published_runs
 from profiles.loader import load_stack
 from profiles.schema import Estimate
 
 SHARE_GRID_STEP = 0.0005  # the fitted share's resolution
 SHARE_MAX = 0.5  # above any reserved-over-allocated share reported for LLM training (10-30 %)
-NOT_ALLOCATED = ("fragmentation", "heap_reserve", "runtime_reserved", "nccl_buffers")
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,8 @@ def reading_of(label: str, group: str, measured_gib: float, estimate: Estimate, 
     (nothing held outside it where the source read the allocator's own reserved peak)."""
     ranks = []
     for parts in estimate.memory_breakdown_gib:
-        allocated = sum(v for k, v in parts.items() if k not in NOT_ALLOCATED)
-        beside = sum(parts.get(k, 0.0) for k in NOT_ALLOCATED if k != "fragmentation")
+        allocated = sum(v for k, v in parts.items() if k not in NOT_ALLOCATED_PARTS)
+        beside = sum(parts.get(k, 0.0) for k in NOT_ALLOCATED_PARTS if k != "fragmentation")
         if allocator_reserved:
             beside -= outside_allocator_gib(parts)
         ranks.append((allocated, beside))
@@ -99,11 +100,8 @@ def heldout_memory_gib(rows: Sequence[PublishedRow], estimates: dict[str, Estima
     """Each row an allocator share was fitted on (``PublishedRow.allocator_fit_row``), priced at its stack's share
     fitted without the row's sweep: {row id: predicted GiB as its source read it}."""
     out: dict[str, float] = {}
-    by_stack: dict[str, list[PublishedRow]] = {}
-    for row in rows:
-        if row.allocator_fit_row and not row.oom:
-            by_stack.setdefault(row.stack_spec.name, []).append(row)
-    for members in by_stack.values():
+    fitted = [row for row in rows if row.allocator_fit_row and not row.oom]
+    for members in grouped(fitted, lambda row: row.stack_spec.name).values():
         readings = {row.id: row_reading(row, estimates[row.id]) for row in members}
         shares = leave_one_group_out(list(readings.values()))
         for row_id, reading in readings.items():
