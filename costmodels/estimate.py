@@ -77,7 +77,8 @@ from costmodels.schedules.generate import generate_schedule, schedule_of
 from costmodels.schedules.registry import schedule_spec
 from costmodels.schedules.torch_order import combined_paired_share
 from costmodels.simulator import StageTimes
-from costmodels.step_time import RankWork, compose_step
+from costmodels.steady_state import steady_state_period_s, work_bound_period_s
+from costmodels.step_time import RankWork, compose_step, step_gap_s
 from profiles.schema import ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
 from profiles.stack_schema import StackOverlap, StackSpec
 
@@ -716,7 +717,16 @@ def estimate(
     else:
         schedule = schedule or generate_schedule(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches)
         timeshared = timeshared_step_s(cluster, cfg, schedule, times, tails, runtime.timeshare_efficiency)
-    step = compose_step(result, ranks, cfg.num_microbatches, cluster.efficiency.step_overhead_s, timeshared)
+    overhead_s = cluster.efficiency.step_overhead_s
+    period = None
+    if stack.steps_overlap(cfg.schedule, train.precision):  # no barrier between steps: the steady-state period
+        gaps = [step_gap_s(w, overhead_s) for w in ranks]
+        if cfg.schedule != "custom" and pricer is not price_pipeline:  # a bounding pricer: the work bound
+            period = work_bound_period_s(result.busy_s, gaps)
+        else:
+            schedule = schedule or generate_schedule(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches)
+            period = steady_state_period_s(schedule, times, gaps)
+    step = compose_step(result, ranks, cfg.num_microbatches, overhead_s, timeshared, period)
     per_rank = [[st for st in plans if st.rank == r] for r in range(cfg.pp)]
     variant = activation_variant(cluster, train, stack)
     memory = [

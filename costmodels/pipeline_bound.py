@@ -80,11 +80,17 @@ def _prefix(values: list[float]) -> list[float]:
     return out
 
 
-def makespan_lower_bound_s(schedule: str, pp: int, v: int, num_microbatches: int, times: StageTimes) -> float:
-    """A lower bound of ``simulate(generate_schedule(schedule, pp, v, M), times).makespan_s`` (module docstring)."""
+def makespan_lower_bound_s(
+    schedule: str, pp: int, v: int, num_microbatches: int, times: StageTimes, steps_overlap: bool = False,
+) -> float:
+    """A lower bound of ``simulate(generate_schedule(schedule, pp, v, M), times).makespan_s`` (module docstring).
+    ``steps_overlap``: of the period of overlapped steps instead (``costmodels.steady_state``), which only the
+    busiest rank's work bounds."""
     m, stages = num_microbatches, times.num_stages
     f, b, w = times.forward_s, times.backward_input_s, times.backward_weight_s
     by_rank = stages_by_rank(schedule, pp, v)
+    if steps_overlap:
+        return max(m * sum(f[s] + b[s] + w[s] for s in own) for own in by_rank)
     owner = [0] * stages
     for rank, own in enumerate(by_rank):
         for s in own:
@@ -111,7 +117,7 @@ def makespan_lower_bound_s(schedule: str, pp: int, v: int, num_microbatches: int
 
 def any_cut_makespan_lower_bound_s(
     schedule: str, pp: int, v: int, num_microbatches: int, layer: PassTimes, embedding: PassTimes, head: PassTimes,
-    num_layers: int, all_layers: PassTimes | None = None,
+    num_layers: int, all_layers: PassTimes | None = None, steps_overlap: bool = False,
 ) -> float:
     """A lower bound of the makespan for every split of ``num_layers`` identical layers (``layer``
     per microbatch each) into pp·v stages, the embedding on the first stage and ``head`` on the last,
@@ -119,7 +125,8 @@ def any_cut_makespan_lower_bound_s(
     or the head alone (``costmodels.layout.end_stage_floors``; module docstring). Layers of different
     kinds (a model's leading dense layers before its mixture-of-experts ones): ``layer`` no slower
     than any of them in F, B and W, and ``all_layers`` the sum over every layer; each term below then
-    still bounds."""
+    still bounds. ``steps_overlap``: a bound of the period of overlapped steps (``costmodels.steady_state``),
+    the busiest rank's work alone."""
     m, layers = num_microbatches, num_layers
     c, e, h = layer.total_s, embedding.total_s, head.total_s
     spec = schedule_spec(schedule)
@@ -131,6 +138,8 @@ def any_cut_makespan_lower_bound_s(
     else:  # rank 0's stages: the first and v - 1 middle ones; the last rank's: the last and v - 1 middle ones
         end_ranks = max(e + (v - 1 + end) * c, h + (v - 1 + end) * c)
     busiest = max(math.ceil(layers / pp) * c, total / pp, end_ranks)
+    if steps_overlap:  # the period of overlapped steps: only the busiest rank's work bounds it
+        return m * busiest
     # rank r's first forward waits for stages 0..r-1 (stage 0 perhaps the embedding alone), its last backward to get back
     if spec.split_backward:
         waits = [embedding.forward_s + (r - 1 + end) * layer.forward_s for r in range(1, pp)]

@@ -302,24 +302,43 @@ def _check_times(schedule: Schedule, times: StageTimes) -> None:
         raise PlanError("stage times must be finite and non-negative seconds")
 
 
-def _end_times(graph: ScheduleGraph, duration: np.ndarray, comm: np.ndarray) -> np.ndarray:
-    """Earliest end time of every node (longest path), one level at a time."""
+def _end_times(graph: ScheduleGraph, duration: np.ndarray, comm: np.ndarray, release: np.ndarray | None = None) -> np.ndarray:
+    """Earliest end time of every node (longest path), one level at a time. ``release`` (per node, or
+    None: 0) is when the node's rank is free to start its list: no action of it starts earlier."""
     n = graph.num_nodes
     end = np.zeros(n + 1)
     bounds = graph.level_bounds
     if n < LOOP_ACTIONS_PER_LEVEL * (len(bounds) - 1):
         ends, prev, dep = [0.0] * (n + 1), graph.prev_list, graph.dep_list
         dur, lag = duration.tolist(), comm.tolist()
+        floor = release.tolist() if release is not None else [0.0] * n
         for i in range(n):
             a, b = ends[prev[i]], ends[dep[i]] + lag[i]
+            a = a if a > floor[i] else floor[i]
             ends[i] = (a if a > b else b) + dur[i]
         end[:] = ends
         return end
     prev, dep = graph.prev, graph.dep
     for k in range(len(bounds) - 1):
         lo, hi = bounds[k], bounds[k + 1]
-        end[lo:hi] = np.maximum(end[prev[lo:hi]], end[dep[lo:hi]] + comm[lo:hi]) + duration[lo:hi]
+        ready = np.maximum(end[prev[lo:hi]], end[dep[lo:hi]] + comm[lo:hi])
+        if release is not None:
+            ready = np.maximum(ready, release[lo:hi])
+        end[lo:hi] = ready + duration[lo:hi]
     return end
+
+
+def rank_end_times_s(schedule: Schedule, times: StageTimes, release_s: np.ndarray) -> np.ndarray:
+    """Each rank's last end when rank r may start its list only from ``release_s[r]`` on (the same
+    model as ``simulate``, whose ranks are all released at 0): one step's ends given when each rank
+    finished the step before (``costmodels.steady_state``)."""
+    _check_times(schedule, times)
+    graph = schedule_graph(schedule)
+    table = duration_table(times)
+    duration = table[graph.kind_code, graph.stage]
+    comm = np.append(np.asarray(times.p2p_s, dtype=float), 0.0)[graph.boundary]
+    end = _end_times(graph, duration, comm, np.asarray(release_s, dtype=float)[graph.rank])[:-1]
+    return np.maximum.reduceat(end[graph.rank_major], graph.rank_starts)
 
 
 def _peak_bytes(graph: ScheduleGraph, activation_bytes: np.ndarray, retained_bytes: np.ndarray, pp: int) -> tuple[float, ...]:

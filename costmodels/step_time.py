@@ -9,6 +9,11 @@ step and a fixed per-step overhead:
 
     step = max_r(end_r + reduce_exposed_r) + max_r(optimizer_r) + gather_delay + step_overhead
 
+Where the stack post-validates its optimizer step (``StackSpec.optimizer_post_validation``: no
+pipeline-wide synchronisation) consecutive steps overlap and the step is their steady-state period
+(``costmodels.steady_state``), each rank's gap (exposed reduce, optimizer, exposed gather and the
+per-step overhead: ``step_gap_s``) inside it; a bounding pricer gets the work bound max_r(busy_r + gap_r).
+
 ``gather_delay`` = max_r(gather_exposed_r): how long the step's start waits for parameters
 (``costmodels.data_parallel``: a stage's first forward that starts late leaves its gather
 time). Where ranks time-share a node's cores the work bound
@@ -64,23 +69,42 @@ class StepTime:
     breakdown: Breakdown
 
 
+def step_gap_s(work: RankWork, step_overhead_s: float) -> float:
+    """What a rank does between its last action and its next step's first where steps overlap
+    (``costmodels.steady_state``): its exposed reduce, its optimizer step, its exposed parameter
+    gather and the per-step overhead."""
+    return work.sync.grad_reduce_exposed_s + work.optimizer_s + work.sync.param_gather_exposed_s + step_overhead_s
+
+
 def compose_step(
     result: PipelineResult, ranks: list[RankWork], num_microbatches: int, step_overhead_s: float,
-    timeshared_s: float = 0.0,
+    timeshared_s: float = 0.0, period_s: float | None = None,
 ) -> StepTime:
-    """The step time and its breakdown (module docstring)."""
+    """The step time and its breakdown (module docstring). ``period_s``: the step where consecutive
+    steps overlap (``costmodels.steady_state``, gaps from ``step_gap_s``); the critical rank is then
+    the one with the most work and gap, and its bubble what the period leaves it idle."""
     spans = [result.rank_span_s(r) for r in range(len(ranks))]
-    if result.rank_end_s:
-        ready = [end + work.sync.grad_reduce_exposed_s for (_, end), work in zip(spans, ranks)]
-        critical = max(range(len(ranks)), key=lambda r: (ready[r], -r))
+    if period_s is not None:
+        critical = max(range(len(ranks)), key=lambda r: (result.busy_s[r] + step_gap_s(ranks[r], 0.0), -r))
+        gather_delay = ranks[critical].sync.param_gather_exposed_s
+        optimizer_s = ranks[critical].optimizer_s
+        core_s = period_s - step_overhead_s
+        idle_s = core_s - result.busy_s[critical] - ranks[critical].sync.grad_reduce_exposed_s - optimizer_s - gather_delay
+        gathers = ranks[critical].sync.param_gather_s
     else:
-        # a bounding pricer: every rank is taken to end with the makespan (bound), and only the
-        # smallest exposed reduce counts: the rank that really ends last exposes at least that
-        critical = min(range(len(ranks)), key=lambda r: (ranks[r].sync.grad_reduce_exposed_s, r))
-        ready = [result.makespan_s + ranks[critical].sync.grad_reduce_exposed_s] * len(ranks)
-    gather_delay = max(work.sync.param_gather_exposed_s for work in ranks)
-    optimizer_s = max(work.optimizer_s for work in ranks)
-    core_s = ready[critical] + optimizer_s + gather_delay
+        if result.rank_end_s:
+            ready = [end + work.sync.grad_reduce_exposed_s for (_, end), work in zip(spans, ranks)]
+            critical = max(range(len(ranks)), key=lambda r: (ready[r], -r))
+        else:
+            # a bounding pricer: every rank is taken to end with the makespan (bound), and only the
+            # smallest exposed reduce counts: the rank that really ends last exposes at least that
+            critical = min(range(len(ranks)), key=lambda r: (ranks[r].sync.grad_reduce_exposed_s, r))
+            ready = [result.makespan_s + ranks[critical].sync.grad_reduce_exposed_s] * len(ranks)
+        gather_delay = max(work.sync.param_gather_exposed_s for work in ranks)
+        optimizer_s = max(work.optimizer_s for work in ranks)
+        core_s = ready[critical] + optimizer_s + gather_delay
+        idle_s = spans[critical][1] - result.busy_s[critical]
+        gathers = max(w.sync.param_gather_s for w in ranks)
     surplus = max(0.0, timeshared_s - core_s)
     mine = ranks[critical].passes.scaled(num_microbatches)
     busy = result.busy_s[critical]
@@ -92,14 +116,14 @@ def compose_step(
     overlapped["cp_comm_s"] = mine.overlapped_cp_comm_s
     overlapped["ep_comm_s"] = mine.overlapped_ep_comm_s
     overlapped["dp_comm_s"] = sync.grad_reduce_s - sync.grad_reduce_exposed_s
-    overlapped["param_gather_s"] = max(0.0, max(w.sync.param_gather_s for w in ranks) - gather_delay)
+    overlapped["param_gather_s"] = max(0.0, gathers - gather_delay)
     breakdown = Breakdown(
         compute_s=busy - labelled + surplus,
         recompute_s=mine.recompute_s,
         tp_comm_s=mine.tp_comm_s,
         pp_comm_s=mine.pp_comm_s,
         dp_comm_s=mine.dp_comm_s + sync.grad_reduce_exposed_s + gather_delay,
-        bubble_s=spans[critical][1] - busy,
+        bubble_s=idle_s,
         optimizer_s=optimizer_s,
         overhead_s=mine.overhead_s + step_overhead_s,
         cp_comm_s=mine.cp_comm_s,

@@ -176,6 +176,22 @@ class StackOverlap(StrictModel):
     )
 
 
+class OptimizerPostValidation(StrictModel):
+    """Where the stack steps the optimizer without the pipeline-wide synchronisation: the global gradient norm
+    and the inf/NaN check, an all-reduce over every stage in Megatron-LM's clip_grad_norm and found_inf, become
+    a partial reduce passed from stage to stage and validated during the next step's warm-up forwards, which
+    roll the step back if it fails (Qi et al., ICLR 2024, Sec. 4, 'optimizer post-validation';
+    sail-sg/zero-bubble-pipeline-parallelism, arxiv branch f68d3879, megatron/core/pipeline_parallel/
+    zb_schedules.py run_until_post_validation). Each rank then starts the next step once its own work, reduce and
+    optimizer are done, so consecutive steps overlap and a step costs the steady-state period
+    (``costmodels.steady_state``), not the makespan."""
+
+    schedules: list[ScheduleName] = Field(description="the schedules the stack runs this way")
+    precisions: list[Precision] = Field(
+        description="the precisions it is allowed in (the fork asserts fp16: megatron/arguments.py @ f68d3879)"
+    )
+
+
 class StackSpec(StrictModel):
     """One software stack (see the module docstring)."""
 
@@ -184,8 +200,10 @@ class StackSpec(StrictModel):
     version: str = Field(description="the framework version (tag, commit, date) these facts were read from")
     sources: list[str] = []
     emit: EmitTarget = Field(description="what `ppplan launch --emit` writes for it (ppplan: torchrun/SLURM for our runtime)")
-    pipeline_runtime: Literal["torch", "megatron"] = Field(
-        description="whose pipeline engine runs the schedules: torch.distributed.pipelining or Megatron-LM's"
+    pipeline_runtime: Literal["torch", "megatron", "megatron-zero-bubble"] = Field(
+        description="whose pipeline engine runs the schedules: torch.distributed.pipelining, Megatron-LM's, or "
+        "Megatron-LM's with the zero-bubble fork's runtime beside it (sail-sg/zero-bubble-pipeline-parallelism: its "
+        "ZB schedules split the backward at the GEMMs, WeightGradStore; otherwise priced as Megatron-LM's engine)"
     )
     schedules: list[ScheduleName]
     single_stage_pipeline: bool = Field(
@@ -312,6 +330,11 @@ class StackSpec(StrictModel):
         "allocator_fragmentation was fitted on: `ppplan validate` prices each of them at the share fitted without "
         "its sweep (planner.trust.allocator_fit.heldout_memory_gib)",
     )
+    optimizer_post_validation: OptimizerPostValidation | None = Field(
+        default=None,
+        description="the schedules and precisions under which the stack's optimizer step waits for no other pipeline "
+        "stage (OptimizerPostValidation); None: every step ends with a pipeline-wide synchronisation",
+    )
     kernels: StackKernels = StackKernels()
     overlap: StackOverlap
 
@@ -332,4 +355,15 @@ class StackSpec(StrictModel):
         bad = [z for z in self.zero if not 0 <= z <= 3]
         if bad:
             raise ValueError(f"zero {bad[0]} is not a ZeRO stage (0-3)")
+        post = self.optimizer_post_validation
+        if post is not None:
+            for field, runs in (("schedules", self.schedules), ("precisions", self.precisions)):
+                extra = [x for x in getattr(post, field) if x not in runs]
+                if extra:
+                    raise ValueError(f"optimizer_post_validation.{field}: {extra[0]} is not in the stack's {field}")
         return self
+
+    def steps_overlap(self, schedule: str, precision: str) -> bool:
+        """True where consecutive steps overlap: the optimizer step is post-validated (OptimizerPostValidation)."""
+        post = self.optimizer_post_validation
+        return post is not None and schedule in post.schedules and precision in post.precisions

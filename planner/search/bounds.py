@@ -11,7 +11,9 @@ composes, each taken no larger than the estimate takes it, so they stay below it
   the estimate takes it, ``PassTimes.joined_backward``), run through ``costmodels.pipeline_bound``'s makespan bound; step >= makespan.
   Before a cut is chosen, ``any_cut_makespan_lower_bound_s`` covers every cut (a model
   with dense and mixture-of-experts layers: per layer the faster kind's F, B and W, and
-  the exact sum over all layers).
+  the exact sum over all layers). Where the stack overlaps consecutive steps (a post-validated
+  optimizer step, ``costmodels.steady_state``) the step is a period, not a makespan, and only the
+  busiest rank's work bounds it.
 - memory: each rank's weights, gradients and optimizer state (``costmodels.memory.
   stack_static_memory``: the gradients as the stack keeps them, as the estimate takes them; dense parameters over
   dp x cp, routed experts over dp x cp / ep), its activation peak (the schedule's closed-form in-flight
@@ -192,12 +194,18 @@ class Bounds:
     def time_any_cut_s(self, c: Candidate) -> float:
         """Step time of ``c`` under any cut is at least this."""
         lp = self.layer_passes(c)
+        overlap = self.steps_overlap(c)
         if lp.moe is None or lp.dense is None:
             return any_cut_makespan_lower_bound_s(c.schedule, c.pp, c.v, c.num_microbatches, lp.layer, lp.embedding,
-                                                  lp.head, self.model.num_layers)
+                                                  lp.head, self.model.num_layers, steps_overlap=overlap)
         fastest, whole = self._whole_model(*self._pass_key(c))
         return any_cut_makespan_lower_bound_s(c.schedule, c.pp, c.v, c.num_microbatches, fastest, lp.embedding, lp.head,
-                                              self.model.num_layers, whole)
+                                              self.model.num_layers, whole, steps_overlap=overlap)
+
+    def steps_overlap(self, c: Candidate) -> bool:
+        """Whether ``c``'s steps overlap (a post-validated optimizer step): then only the busiest rank's work
+        bounds the step, not the makespan (``costmodels.steady_state``)."""
+        return self.stack.steps_overlap(c.schedule, self.train.precision)
 
     def memory_any_cut_gib(self, c: Candidate) -> float:
         """The worst rank of ``c`` under any cut needs at least this (a continuous relaxation over cuts:
@@ -243,7 +251,8 @@ class Bounds:
 
     def time_of_cut_s(self, c: Candidate, stage_layers: list[int]) -> float:
         """Step time of ``c`` with ``stage_layers`` is at least this."""
-        return makespan_lower_bound_s(c.schedule, c.pp, c.v, c.num_microbatches, self.stage_times(c, stage_layers))
+        return makespan_lower_bound_s(c.schedule, c.pp, c.v, c.num_microbatches, self.stage_times(c, stage_layers),
+                                      self.steps_overlap(c))
 
     def memory_of_cut_gib(self, c: Candidate, stage_layers: list[int]) -> list[float]:
         """Per pipeline rank, at least this many GiB with ``stage_layers``."""

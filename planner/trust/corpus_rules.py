@@ -111,14 +111,14 @@ STACK_OF_SOURCE: dict[str, tuple[str, dict[str, object], str]] = {
         "gradient to the reduce dtype on the post-backward stream: none of FSDP2's copies on the compute stream",
     ),
     "zero-bubble-iclr24": (
-        "megatron-lm-2021", {"grad_accumulation": "fused"},
-        "the zero-bubble fork's legacy Megatron-LM model path priced as the megatron-lm-2021 stack's kernels: its "
-        "example scripts of the paper's time (sail-sg/zero-bubble-pipeline-parallelism examples/pretrain_llama_7b.sh "
-        "@ed85b11c, 2023-11-03, and pretrain_zero_bubble.sh @85f0aabc, 2023-12-13) pass --fp16 without "
-        "--use-flash-attn, so attention is unfused (s^2 scores in HBM), and keep Megatron's default dropout 0.1 "
-        "(set to 0 only for the exact-numeric-match tests); they do not pass --no-gradient-accumulation-fusion, so the "
-        "fork's 2023 Megatron-LM accumulates weight gradients inside the GEMM, fp16 included (NVIDIA/Megatron-LM "
-        "07916bf245, 2022-09-27, 'Support gradient accumulation fusion in fp16')",
+        "zero-bubble-megatron", {},
+        "the paper's fork priced as the zero-bubble-megatron stack (sail-sg/zero-bubble-pipeline-parallelism arxiv "
+        "branch f68d3879): its example script examples/pretrain_zero_bubble.sh passes --fp16 and "
+        "--enable-optimizer-post-validation, which the fork keeps for the zero-bubble schedules alone, so the ZB-1p "
+        "and ZB-2p rows' steps overlap and the 1F1B and 1F1B-I rows' do not; no --use-flash-attn, so attention is "
+        "unfused (s^2 scores in HBM), and Megatron's default dropout 0.1 (set to 0 only for the exact-numeric-match "
+        "tests); no --no-gradient-accumulation-fusion, so the weight-gradient GEMM accumulates into the main grads "
+        "(NVIDIA/Megatron-LM 07916bf245, 2022-09-27, fp16 included)",
     ),
 }
 

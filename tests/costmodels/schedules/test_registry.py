@@ -50,8 +50,10 @@ def test_stacks_offer_only_schedules_their_pipeline_engine_runs(stack_name: str)
         assert not spec.simulated_only, name
         if stack.pipeline_runtime == "torch":
             assert spec.torch_class or spec.torch_csv, name
-        else:  # Megatron-LM's engine: 1F1B, interleaved 1F1B and Megatron-Core's combined 1F1B only
+        elif stack.pipeline_runtime == "megatron":  # 1F1B, interleaved 1F1B and Megatron-Core's combined 1F1B only
             assert name in {"1f1b", "interleaved-1f1b", "combined-1f1b"}, name
+        else:  # the zero-bubble fork: Megatron-LM's two and its ZB-1p/ZB-2p (as ZB-H1/ZB-H2) and ZB-V
+            assert name in {"1f1b", "interleaved-1f1b", "zb-h1", "zb-h2", "zbv"}, name
 
 
 def test_every_runnable_schedule_runs_one_way() -> None:

@@ -156,6 +156,18 @@ def random_problem(seed: int, kind: str = "dense", measured: bool = False) -> Pr
         return _binding_memory(problem, rng)
 
 
+def overlapped_problem(seed: int) -> Problem:
+    """``random_problem``'s dense problem on the zero-bubble fork's stack, its optimizer step post-validated
+    (consecutive steps overlap: ``costmodels.steady_state``) under the zero-bubble schedules in the problem's
+    precision, so that the bounds must hold for a step that is a period rather than a makespan."""
+    p = random_problem(seed)
+    stack = load_stack("zero-bubble-megatron")
+    stack = stack.with_changes({"precisions": [*stack.precisions, p.train.precision],
+                                "optimizer_post_validation": {"precisions": [p.train.precision]}})
+    offered = tuple(s for s in DEFAULT_SCHEDULES if s in stack.schedules)
+    return replace(p, stack=stack, schedules=offered)
+
+
 def oracle(p: Problem) -> list[float]:
     """Exact price of every candidate of the space (its best fitting cut), ascending."""
     searcher = p.searcher()
@@ -190,6 +202,13 @@ def test_search_is_exact_with_a_profiles_split_backward() -> None:
     _check_against_oracle(specs, min_checked=24, min_pruned=6)
 
 
+def test_search_is_exact_where_consecutive_steps_overlap() -> None:
+    """The same oracle on the zero-bubble stack with post-validated ZB-H1, ZB-H2 and ZB-V steps beside its
+    synchronised 1F1B and interleaved 1F1B."""
+    specs = [(seed, "overlapped", False) for seed in range(1000, 1012)]
+    _check_against_oracle(specs, min_checked=10, min_pruned=3)
+
+
 def _check_against_oracle(specs: list[tuple[int, str, bool]], min_checked: int, min_pruned: int) -> None:
     """Each problem (``random_problem``'s seed, kind and measured) checked on its own process: the
     oracle prices every cut of every candidate, the suite's longest pure-Python work."""
@@ -201,7 +220,7 @@ def _check_against_oracle(specs: list[tuple[int, str, bool]], min_checked: int, 
 
 def _check_one(spec: tuple[int, str, bool]) -> tuple[bool, bool]:
     """The search's top k against the oracle on one problem: (it has a plan that fits, the bounds pruned)."""
-    p = random_problem(*spec)
+    p = overlapped_problem(spec[0]) if spec[1] == "overlapped" else random_problem(*spec)
     expected = oracle(p)
     result = search(p.model, p.cluster, p.train, p.gpus, p.top_k, p.schedules, layers=p.layers, stack=p.stack)
     assert result.bound_violations == 0, spec
@@ -222,6 +241,7 @@ def test_every_bound_is_below_the_exact_price() -> None:
     problems += [random_problem(seed, "moe") for seed in range(400, 410)] + [random_problem(seed, "long") for seed in range(500, 510)]
     problems += [random_problem(seed, measured=True) for seed in range(800, 810)]
     problems += [random_problem(seed, "moe", measured=True) for seed in range(900, 905)]
+    problems += [overlapped_problem(seed) for seed in range(1100, 1110)]
     for p in problems:
         searcher = p.searcher()
         bounds = searcher.bounds

@@ -300,12 +300,20 @@ def test_independent_sources_and_gpu_families() -> None:
 
 def test_a_source_whose_code_shows_other_kernels_is_priced_with_them() -> None:
     """The zero-bubble scripts of the paper's time run the legacy Megatron-LM model without
-    --use-flash-attn and with Megatron's default dropout: the megatron-lm-2021 stack's kernels."""
+    --use-flash-attn and with Megatron's default dropout (megatron-lm-2021's kernels), on the paper's fork,
+    which post-validates the optimizer step of its zero-bubble schedules in fp16 alone: the
+    zero-bubble-megatron stack."""
     row = parse_row(ZB_ROW)
     assert isinstance(row, PublishedRow)
-    assert row.stack == row.config.stack == "megatron-lm-2021"
+    assert row.stack == row.config.stack == "zero-bubble-megatron"
     assert row.stack_spec.kernels.attention == "unfused" and row.stack_spec.kernels.dropout
+    assert row.stack_spec.grad_accumulation == "fused"
     assert any("use-flash-attn" in a for a in row.assumptions)
+    assert any("post-validation" in a for a in row.assumptions)
+    steps_overlap = row.stack_spec.steps_overlap
+    assert steps_overlap("zb-h2", "fp16") and steps_overlap("zb-h1", "fp16")
+    assert not steps_overlap("1f1b", "fp16") and not steps_overlap("interleaved-1f1b", "fp16")
+    assert not steps_overlap("zb-h2", "bf16")  # the fork asserts fp16 for post-validation
 
 
 def test_source_overrides_of_kernels_overlaps_and_clusters() -> None:

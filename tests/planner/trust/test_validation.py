@@ -88,10 +88,6 @@ MISSED_SWEEP_RHO = {
     "llm-foundry_mpt-13b_A100-40GB": 0.55, "llm-foundry_mpt-13b_H100-SXM": 0.41,
     # three rows, two of them measured 0.9207 and 0.9214 s (10,752 and 11,616 GPUs): a tie the prediction breaks
     "mlperf-v4.0_NVIDIA_gpt3-175b_H100-SXM": 0.5,
-    # the paper's 1F1B-I rows (priced since an end stage may hold the embedding or the head alone) join these
-    # sweeps: 1.5B's ZB-1p and 1F1B-I measured within 0-2 % of each other, 6.2B's 1F1B-I priced above ZB-2p
-    # (+1.5..+1.9 % against ZB-2p's -3.5..-7.6 %)
-    "zb_1.5B": 0.79, "zb_6.2B": 0.76,
 }
 MEMORY_SOURCES = ["bigscience", "torchtitan", "zero-bubble-iclr24"]
 MISSED_MEMORY = {"bigscience": 30.9, "torchtitan": 9.3}  # worst under-prediction of a dense row, %
