@@ -162,6 +162,15 @@ def _print_human(result: SimulationResult) -> None:
     out.print(_rank_table(result))
 
 
+def _print_overlap_note(plan: Plan, result: SimulationResult) -> None:
+    """Where the plan's stack post-validates its optimizer step, the step the estimate prices is the
+    steady-state period of overlapped steps (``costmodels.steady_state``), not one step's makespan."""
+    if load_stack(plan.config.stack).steps_overlap(plan.config.schedule, plan.train.precision):
+        out.print(f"steps overlap (stack {plan.config.stack} post-validates its optimizer step): the estimate's step is "
+                  f"their steady-state period, {sig3(plan.estimate.step_time_s)} s, not this step's makespan "
+                  f"{sig3(result.makespan_s)} s plus its optimizer", markup=False)
+
+
 @app.command("simulate")
 def simulate_cmd(
     plan: Optional[Path] = typer.Argument(None, help="a plan file from search/evaluate (or give a synthetic case)"),
@@ -205,5 +214,7 @@ def simulate_cmd(
         out.print_json(json.dumps(result_json(result)))
         return
     _print_human(result)
+    if plan is not None:
+        _print_overlap_note(load_checked_plan(plan), result)
     for path in (p for p in (trace, svg) if p is not None):
         out.print(f"wrote {path}", markup=False)

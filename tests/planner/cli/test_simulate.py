@@ -116,6 +116,22 @@ def test_plan_file_is_simulated_with_the_cost_models_stage_times(tmp_path: Path,
     assert [r["peak_inflight_microbatches"] for r in doc["per_rank"]] == list(expected.peak_inflight_microbatches)
 
 
+def test_a_plan_whose_steps_overlap_says_its_step_is_the_period(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """zero-bubble-megatron post-validates ZB-H2's optimizer step in fp16: simulate names the period the estimate
+    prices; the same plan in 1F1B (synchronised) says nothing of it."""
+    lines = {}
+    for schedule in ("zb-h2", "1f1b"):
+        plan = tmp_path / f"{schedule}.json"
+        assert run(["evaluate", "--model", "gpt3-7.5b", "--cluster", "dgx-a100-80g", "--gpus", "16", "--global-batch", "64",
+                    "--precision", "fp16", "--tp", "2", "--pp", "4", "--mbs", "1", "--schedule", schedule, "--stack",
+                    "zero-bubble-megatron", "--out", str(plan), "--json"]) == 0
+        capsys.readouterr()
+        assert run(["simulate", str(plan)]) == 0
+        lines[schedule] = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal's width
+    assert "post-validates its optimizer step): the estimate's step is their steady-state period" in lines["zb-h2"]
+    assert "steps overlap" not in lines["1f1b"]
+
+
 def uneven_ms(forward_ms: tuple[float, ...]) -> StageTimes:
     f = tuple(x * 1e-3 for x in forward_ms)
     return StageTimes(f, tuple(1.1 * x for x in f), tuple(0.9 * x for x in f), (1.0,) * len(f), (0.02e-3,) * (len(f) - 1))
