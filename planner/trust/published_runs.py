@@ -203,7 +203,7 @@ def _model(f: RowFields, p: _Parsed, assumptions: list[str]) -> ModelSpec | None
     ffn = f.integer("ffn_hidden")
     vocab = f.integer("vocab", required=False)
     if vocab is None and not f.problems:
-        vocab, why = default_vocab(f.text("model_family"), p.ints["tp"])
+        vocab, why = default_vocab(f.text("model_family"), p.ints["tp"], f.text("source_id"))
         if vocab is None:
             f.missing.append("vocab")
         else:

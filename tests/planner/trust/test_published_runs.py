@@ -314,6 +314,10 @@ def test_a_source_whose_code_shows_other_kernels_is_priced_with_them() -> None:
     assert steps_overlap("zb-h2", "fp16") and steps_overlap("zb-h1", "fp16")
     assert not steps_overlap("1f1b", "fp16") and not steps_overlap("interleaved-1f1b", "fp16")
     assert not steps_overlap("zb-h2", "bf16")  # the fork asserts fp16 for post-validation
+    # the vocabulary is not stated; GPT-2's is priced, with what the paper's script shows against it
+    assert row.model.vocab_size == 50304 and any("SentencePiece" in a for a in row.assumptions)
+    other = parse_row({**ZB_ROW, "source_id": "korthikanti22", "stack": "megatron-lm-2021", "notes": ""})
+    assert isinstance(other, PublishedRow) and not any("SentencePiece" in a for a in other.assumptions)
 
 
 def test_source_overrides_of_kernels_overlaps_and_clusters() -> None:
