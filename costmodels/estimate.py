@@ -696,7 +696,7 @@ def estimate(
     """Price one configuration on ``stack`` (the rules are checked by the caller: ``costmodels.rules``).
 
     ``pricer`` is the event simulator over the exact action list; the search passes the
-    closed-form screen (``costmodels.pipeline_approx``) only to rank candidates."""
+    bounds (``costmodels.pipeline_bound.bound_pipeline``) to prune candidates."""
     overlap = stack.overlap
     layers = layers or RooflineTimes(model, cluster, train.precision, stack=stack)
     runtime = runtime_costs_of(layers, cluster)
@@ -710,9 +710,10 @@ def estimate(
         result = pricer(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, times)
     ranks = [_rank_work(cluster, train, cfg, stack, network, plans, costs, hidden, result, r, runtime) for r in range(cfg.pp)]
     tails = [w.optimizer_s + w.sync.grad_reduce_exposed_s + w.sync.param_gather_exposed_s for w in ranks]
+    bounding = schedule is None and pricer is not price_pipeline  # a bounding pricer: work bounds stay lower bounds
     if cluster.concurrent_ranks_per_node is None:
         timeshared = 0.0
-    elif schedule is None and pricer is not price_pipeline:  # a bounding pricer: the work bound is a lower bound
+    elif bounding:
         timeshared = timeshared_work_bound_s(cluster, cfg, result.busy_s, tails)
     else:
         schedule = schedule or generate_schedule(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches)
@@ -721,11 +722,10 @@ def estimate(
     period = None
     if stack.steps_overlap(cfg.schedule, train.precision):  # no barrier between steps: the steady-state period
         gaps = [step_gap_s(w, overhead_s) for w in ranks]
-        if cfg.schedule != "custom" and pricer is not price_pipeline:  # a bounding pricer: the work bound
-            period = work_bound_period_s(result.busy_s, gaps)
-        else:
+        period = work_bound_period_s(result.busy_s, gaps)
+        if not bounding:  # never below the work bound, rounding included
             schedule = schedule or generate_schedule(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches)
-            period = steady_state_period_s(schedule, times, gaps)
+            period = max(period, steady_state_period_s(schedule, times, gaps))
     step = compose_step(result, ranks, cfg.num_microbatches, overhead_s, timeshared, period)
     per_rank = [[st for st in plans if st.rank == r] for r in range(cfg.pp)]
     variant = activation_variant(cluster, train, stack)

@@ -14,7 +14,11 @@ the same rank. Every F of a rank precedes its own B/BW on that rank.
 Each bound is a sum of stage times with non-negative coefficients, hence monotone:
 evaluated on times no larger than the estimate's (layers only, no p2p, no ZeRO
 gathers) it still bounds the estimate's makespan, and the step time, which adds
-non-negative terms to the makespan (``costmodels.estimate``), from below.
+non-negative terms to the makespan (``costmodels.estimate``), from below. Where the
+stack overlaps consecutive steps (a post-validated optimizer step) the step is a
+period that may be shorter than one step's makespan (``costmodels.steady_state``):
+with ``steps_overlap`` both bounds return the busiest rank's work alone, which every
+period still holds.
 
 - ``makespan_lower_bound_s``: for given stage times. Per rank r, whose lowest stage
   is k: it cannot start before microbatch 0's forward reaches stage k (``head``),

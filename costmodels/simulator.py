@@ -328,15 +328,20 @@ def _end_times(graph: ScheduleGraph, duration: np.ndarray, comm: np.ndarray, rel
     return end
 
 
+def _node_times(schedule: Schedule, times: StageTimes) -> tuple[ScheduleGraph, np.ndarray, np.ndarray]:
+    """The schedule's graph with each node's duration and the p2p time its dependency pays."""
+    _check_times(schedule, times)
+    graph = schedule_graph(schedule)
+    duration = duration_table(times)[graph.kind_code, graph.stage]
+    comm = np.append(np.asarray(times.p2p_s, dtype=float), 0.0)[graph.boundary]
+    return graph, duration, comm
+
+
 def rank_end_times_s(schedule: Schedule, times: StageTimes, release_s: np.ndarray) -> np.ndarray:
     """Each rank's last end when rank r may start its list only from ``release_s[r]`` on (the same
     model as ``simulate``, whose ranks are all released at 0): one step's ends given when each rank
     finished the step before (``costmodels.steady_state``)."""
-    _check_times(schedule, times)
-    graph = schedule_graph(schedule)
-    table = duration_table(times)
-    duration = table[graph.kind_code, graph.stage]
-    comm = np.append(np.asarray(times.p2p_s, dtype=float), 0.0)[graph.boundary]
+    graph, duration, comm = _node_times(schedule, times)
     end = _end_times(graph, duration, comm, np.asarray(release_s, dtype=float)[graph.rank])[:-1]
     return np.maximum.reduceat(end[graph.rank_major], graph.rank_starts)
 
@@ -360,11 +365,7 @@ def _peak_bytes(graph: ScheduleGraph, activation_bytes: np.ndarray, retained_byt
 
 def simulate(schedule: Schedule, times: StageTimes) -> SimulationResult:
     """Run ``schedule`` with per-stage ``times``; see the module docstring for the model."""
-    _check_times(schedule, times)
-    graph = schedule_graph(schedule)
-    table = duration_table(times)
-    duration = table[graph.kind_code, graph.stage]
-    comm = np.append(np.asarray(times.p2p_s, dtype=float), 0.0)[graph.boundary]
+    graph, duration, comm = _node_times(schedule, times)
     end = _end_times(graph, duration, comm)[:-1]
     start = end - duration
     order = graph.rank_major

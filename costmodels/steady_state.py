@@ -35,20 +35,19 @@ RELATIVE_TOLERANCE = 1e-9
 
 def steady_state_period_s(schedule: Schedule, times: StageTimes, gap_s: Sequence[float]) -> float:
     """Seconds per step in the overlapped regime (module docstring). Steps are simulated until every
-    rank's end grows by the same amount in two consecutive steps; a map whose growth cycles over
-    several steps (a periodic regime of cyclicity above 1) is read as the mean growth over the
-    last half of ``MAX_STEPS`` steps."""
+    rank's end grows by the same amount in one step: the releases of the next step are then the last
+    ones shifted by that amount, and a max-plus linear map shifts its output with its input, so every
+    later step grows by it too. A map whose growth cycles over several steps (a periodic regime of
+    cyclicity above 1) is read as the mean growth over the last half of ``MAX_STEPS`` steps."""
     gap = np.asarray(gap_s, dtype=float)
     if len(gap) != schedule.pp:
         raise ValueError(f"gap_s has {len(gap)} entries, the schedule {schedule.pp} ranks")
     ends = [rank_end_times_s(schedule, times, np.zeros(schedule.pp)) + gap]
-    growth: np.ndarray | None = None
     for _ in range(MAX_STEPS):
         ends.append(rank_end_times_s(schedule, times, ends[-1]) + gap)
         step = ends[-1] - ends[-2]
-        if growth is not None and np.all(np.abs(step - growth) <= RELATIVE_TOLERANCE * max(float(step.max()), 1e-30)):
+        if float(step.max() - step.min()) <= RELATIVE_TOLERANCE * max(float(step.max()), 1e-30):
             return float(step.max())
-        growth = step
     half = MAX_STEPS // 2
     return float(np.max(ends[-1] - ends[-1 - half]) / half)
 

@@ -24,12 +24,15 @@ A pricer that bounds the pipeline rather than simulating it (no per-rank times:
 smallest exposed reduce of any rank and the lower bounds of the exposed traffic
 (``costmodels.data_parallel.rank_sync``), never more than the simulated step.
 
-The breakdown is the critical rank's (the one whose reduce finishes last):
+The breakdown is the critical rank's (the one whose reduce finishes last; where steps overlap, the one
+with the most work and gap, whose bubble is what the period leaves it idle):
 compute + recompute + tp_comm + cp_comm + ep_comm + pp_comm + dp_comm + bubble + optimizer + overhead
 = step exactly, where compute is the rank's busy time less what its actions spend on recompute, TP
 communication, the context-parallel ring's transfers beyond its blocks, the expert all-to-alls,
 ZeRO-3 gathers, blocking p2p and per-action overhead (plus any time-sharing surplus), and bubble
-is its idle time up to its last action's end. Time hidden behind compute
+is its idle time up to its last action's end (where steps overlap: within the period). Ranks that
+time-share a node's cores (CPU clusters) compare their one-step work bound with the period as with the
+makespan. Time hidden behind compute
 is reported apart in ``overlapped`` (seconds per step, only the terms that hide something):
 ``dp_comm_s`` (gradient reduce), ``param_gather_s`` (ZeRO-1/2 gather), ``zero3_gather_s``
 (ZeRO-3 per-microbatch gathers), ``tp_comm_s`` (TP collectives under the GEMMs), ``cp_comm_s``
@@ -88,8 +91,9 @@ def compose_step(
         critical = max(range(len(ranks)), key=lambda r: (result.busy_s[r] + step_gap_s(ranks[r], 0.0), -r))
         gather_delay = ranks[critical].sync.param_gather_exposed_s
         optimizer_s = ranks[critical].optimizer_s
-        core_s = period_s - step_overhead_s
-        idle_s = core_s - result.busy_s[critical] - ranks[critical].sync.grad_reduce_exposed_s - optimizer_s - gather_delay
+        work_s = result.busy_s[critical] + ranks[critical].sync.grad_reduce_exposed_s + optimizer_s + gather_delay
+        idle_s = max(0.0, period_s - step_overhead_s - work_s)  # >= 0 but for rounding: the period is >= the work bound
+        core_s = work_s + idle_s
         gathers = ranks[critical].sync.param_gather_s
     else:
         if result.rank_end_s:

@@ -47,7 +47,8 @@ def explain_cmd(plan_path: Path = typer.Argument(..., help="plan.json")) -> None
     plan = load_checked_plan(plan_path)
     est, cfg = plan.estimate, plan.config
     gpus = cfg.world_size
-    for warning in waste_warnings(cfg, est, plan.train.global_batch):
+    overlap = load_stack(cfg.stack).steps_overlap(cfg.schedule, plan.train.precision)
+    for warning in waste_warnings(cfg, est, plan.train.global_batch, overlap):
         warn(warning)
     out.print(f"{plan.model.name} on {gpus} x {plan.cluster.gpu.name}, stack {cfg.stack}: step "
               f"{seconds(est.step_time_s, est.error_band_pct)}, MFU {100 * est.mfu:.3g}%", markup=False, overflow="fold")

@@ -189,7 +189,8 @@ def search_cmd(
     if not result.best:
         _report_infeasible(result.closest, model_spec, cluster_spec, train, gpus, as_json, profile)
     plans = _plans(model_spec, cluster_spec, train, result, profile)
-    for warning in waste_warnings(plans[0].config, plans[0].estimate, global_batch):
+    best = plans[0].config
+    for warning in waste_warnings(best, plans[0].estimate, global_batch, stack_spec.steps_overlap(best.schedule, train.precision)):
         warn(warning)
     if out_path:
         write_atomic(out_path, plan_json(plans[0]))
@@ -301,7 +302,7 @@ def evaluate_cmd(
     if as_json:
         out.print_json(json.dumps({"config": json.loads(cfg.model_dump_json()), "estimate": json.loads(est.model_dump_json())}))
         return
-    for warning in waste_warnings(cfg, est, global_batch):
+    for warning in waste_warnings(cfg, est, global_batch, stack_spec.steps_overlap(cfg.schedule, train.precision)):
         warn(warning)
     out.print(_title(model_spec, cluster_spec, train, gpus, stack_spec), markup=False, overflow="fold")
     out.print(plans_table([(cfg, est)], None, out.width))

@@ -89,9 +89,11 @@ def binding_constraints(est: Estimate) -> list[str]:
     return lines
 
 
-def waste_warnings(cfg: ParallelConfig, est: Estimate, global_batch: int) -> list[str]:
+def waste_warnings(cfg: ParallelConfig, est: Estimate, global_batch: int, steps_overlap: bool = False) -> list[str]:
     """Warnings for a plan that wastes the machine: a batch too small to fill the pipelines, a
-    bubble over half the step, or an MFU under a third of what the GPUs reach when busy."""
+    bubble over half the step, or an MFU under a third of what the GPUs reach when busy. Where
+    ``steps_overlap`` (a post-validated optimizer step: ``costmodels.steady_state``) the bubble is the
+    critical rank's idle share of the period, not DESIGN's ``bubble_fraction`` over one step's makespan."""
     warnings = []
     if cfg.pp > 1 and cfg.num_microbatches < cfg.pp:
         fill = cfg.dp * cfg.mbs * cfg.pp
@@ -101,8 +103,9 @@ def waste_warnings(cfg: ParallelConfig, est: Estimate, global_batch: int) -> lis
             f"for {cfg.pp} pipeline stages, fewer than a pipeline can use: a global batch of {fill} or more keeps "
             "them busy (or use fewer GPUs)"
         )
-    if est.bubble_fraction > WASTE_BUBBLE_FRACTION:
-        warnings.append(f"the pipeline bubble is {_g3(100 * est.bubble_fraction)}% of the step: the GPUs idle more than "
+    bubble = est.breakdown.bubble_s / est.step_time_s if steps_overlap else est.bubble_fraction
+    if bubble > WASTE_BUBBLE_FRACTION:
+        warnings.append(f"the pipeline bubble is {_g3(100 * bubble)}% of the step: the GPUs idle more than "
                         "they compute (more microbatches per replica, or fewer pipeline stages, shrink it)")
     busy = est.breakdown.compute_s
     if busy > 0:

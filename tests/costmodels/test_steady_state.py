@@ -103,3 +103,17 @@ def test_the_estimate_prices_post_validated_steps_at_their_period() -> None:
     assert overlapped.breakdown.bubble_s >= 0
     assert overlapped.peak_memory_gib == synced.peak_memory_gib
     assert _zb_estimate(True, "1f1b").step_time_s == _zb_estimate(False, "1f1b").step_time_s
+
+
+def test_waste_warning_reads_the_bubble_of_the_period_where_steps_overlap() -> None:
+    """DESIGN's bubble_fraction is over one step's makespan; where steps overlap the step is the period, whose
+    idle share is the breakdown's bubble: the warning reads that one."""
+    from planner.search.explain import WASTE_BUBBLE_FRACTION, waste_warnings
+
+    est = _zb_estimate(True)
+    cfg = ParallelConfig(stack="zero-bubble-megatron", tp=1, pp=4, dp=1, v=1, mbs=1, num_microbatches=8, schedule="zb-h2",
+                         recompute="none", zero=0, stage_layers=[10, 9, 9, 8])
+    wasteful = est.model_copy(update={"bubble_fraction": WASTE_BUBBLE_FRACTION + 0.1})
+    assert est.breakdown.bubble_s / est.step_time_s < WASTE_BUBBLE_FRACTION
+    assert any("bubble" in w for w in waste_warnings(cfg, wasteful, 8))
+    assert not any("bubble" in w for w in waste_warnings(cfg, wasteful, 8, steps_overlap=True))

@@ -162,7 +162,7 @@ def overlapped_problem(seed: int) -> Problem:
     precision, so that the bounds must hold for a step that is a period rather than a makespan."""
     p = random_problem(seed)
     stack = load_stack("zero-bubble-megatron")
-    stack = stack.with_changes({"precisions": [*stack.precisions, p.train.precision],
+    stack = stack.with_changes({"precisions": sorted({*stack.precisions, p.train.precision}),
                                 "optimizer_post_validation": {"precisions": [p.train.precision]}})
     offered = tuple(s for s in DEFAULT_SCHEDULES if s in stack.schedules)
     return replace(p, stack=stack, schedules=offered)
