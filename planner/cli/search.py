@@ -201,10 +201,22 @@ def search_cmd(
              f"{result.evaluated} simulated, the rest excluded by bounds")
     out.print(title, markup=False, soft_wrap=False, overflow="fold")
     out.print(plans_table([(p.config, p.estimate) for p in plans], None, out.width))
+    _print_overlap_footnote(stack_spec, train.precision, [p.config.schedule for p in plans])
     for line in plans[0].rationale:
         out.print(f"  {line}", markup=False, overflow="fold")
     if out_path:
         out.print(f"wrote {out_path}", markup=False)
+
+
+def _print_overlap_footnote(stack: StackSpec, precision: str, schedules: list[str]) -> None:
+    """Under the table: which of its schedules run with overlapped steps on ``stack`` (a post-validated
+    optimizer step: ``costmodels.steady_state``), whose step is the period while ``bubble %`` is DESIGN's
+    one-step ``bubble_fraction``."""
+    overlapped = sorted({s for s in schedules if stack.steps_overlap(s, precision)})
+    if overlapped:
+        out.print(f"  {', '.join(overlapped)} on {stack.name} ({precision}): consecutive steps overlap (post-validated "
+                  "optimizer step), so the step is their steady-state period; bubble % is one step's", markup=False,
+                  overflow="fold")
 
 
 def _report_infeasible(closest: Scored | None, model: ModelSpec, cluster: ClusterSpec, train: TrainSpec,

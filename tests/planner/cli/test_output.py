@@ -142,3 +142,15 @@ def test_megatron_core_searches_whole_experts_under_tp(capsys: pytest.CaptureFix
     assert {p["config"]["ep"] for p in plans} <= {1, 2, 4} and any(p["config"]["ep"] == 4 for p in plans)
     assert run(base + ["--ep", "4"]) == 0
     assert " 4/1 " in capsys.readouterr().out
+
+
+def test_search_table_says_which_schedules_run_overlapped_steps(capsys: pytest.CaptureFixture[str]) -> None:
+    """zero-bubble-megatron post-validates ZB-H1/ZB-H2/ZB-V steps in fp16 alone: under the table in fp16, a line
+    names them (their step is the period, the bubble column one step's); in bf16 no line."""
+    base = ["search", "--model", "gpt3-7.5b", "--cluster", "dgx-a100-80g", "--gpus", "32", "--global-batch", "128",
+            "--stack", "zero-bubble-megatron", "--precision"]
+    assert run(base + ["fp16"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal's width
+    assert "on zero-bubble-megatron (fp16): consecutive steps overlap" in text
+    assert run(base + ["bf16"]) == 0
+    assert "consecutive steps overlap" not in " ".join(capsys.readouterr().out.split())
