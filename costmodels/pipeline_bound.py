@@ -84,6 +84,12 @@ def _prefix(values: list[float]) -> list[float]:
     return out
 
 
+def rank_busy_s(times: StageTimes, by_rank: tuple[tuple[int, ...], ...], num_microbatches: int) -> tuple[float, ...]:
+    """Each rank's compute over the step: its stages' F + B + W for every microbatch (exact: the simulator's busy time)."""
+    f, b, w = times.forward_s, times.backward_input_s, times.backward_weight_s
+    return tuple(num_microbatches * sum(f[s] + b[s] + w[s] for s in own) for own in by_rank)
+
+
 def makespan_lower_bound_s(
     schedule: str, pp: int, v: int, num_microbatches: int, times: StageTimes, steps_overlap: bool = False,
 ) -> float:
@@ -93,8 +99,9 @@ def makespan_lower_bound_s(
     m, stages = num_microbatches, times.num_stages
     f, b, w = times.forward_s, times.backward_input_s, times.backward_weight_s
     by_rank = stages_by_rank(schedule, pp, v)
+    busy_s = rank_busy_s(times, by_rank, m)
     if steps_overlap:
-        return max(m * sum(f[s] + b[s] + w[s] for s in own) for own in by_rank)
+        return max(busy_s)
     owner = [0] * stages
     for rank, own in enumerate(by_rank):
         for s in own:
@@ -107,9 +114,8 @@ def makespan_lower_bound_s(
     last = stages - 1
     chain = head[last] + f[last] + b[last] + (grad[last] + w[0] if split else w[last] + full[last])
     best = (m - 1) * max(f) + chain  # the last F of the stage with the slowest forward, then its microbatch's chain
-    for own in by_rank:
+    for own, busy in zip(by_rank, busy_s):
         k = own[0]
-        busy = m * sum(f[s] + b[s] + w[s] for s in own)
         if not split:
             best = max(best, head[k] + busy + full[k])
             continue
@@ -179,8 +185,7 @@ def bound_pipeline(schedule: str, pp: int, v: int, num_microbatches: int, times:
     m = num_microbatches
     by_rank = stages_by_rank(schedule, pp, v)
     makespan = makespan_lower_bound_s(schedule, pp, v, m, times)
-    busy = tuple(m * sum(times.forward_s[s] + times.backward_input_s[s] + times.backward_weight_s[s] for s in own)
-                 for own in by_rank)
+    busy = rank_busy_s(times, by_rank, m)
     counts = peak_inflight(schedule, pp, v, m)
     peaks = tuple(n * min(times.activation_bytes[s] for s in own) for n, own in zip(counts, by_rank))
     return PipelineResult(

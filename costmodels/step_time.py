@@ -91,7 +91,7 @@ def compose_step(
         critical = max(range(len(ranks)), key=lambda r: (result.busy_s[r] + step_gap_s(ranks[r], 0.0), -r))
         gather_delay = ranks[critical].sync.param_gather_exposed_s
         optimizer_s = ranks[critical].optimizer_s
-        work_s = result.busy_s[critical] + ranks[critical].sync.grad_reduce_exposed_s + optimizer_s + gather_delay
+        work_s = result.busy_s[critical] + step_gap_s(ranks[critical], 0.0)
         idle_s = max(0.0, period_s - step_overhead_s - work_s)  # >= 0 but for rounding: the period is >= the work bound
         core_s = work_s + idle_s
         gathers = ranks[critical].sync.param_gather_s

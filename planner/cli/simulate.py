@@ -84,11 +84,10 @@ def synthetic_case(
     return sched, times
 
 
-def plan_case(plan_path: Path) -> tuple[Schedule, StageTimes]:
+def plan_case(plan: Plan) -> tuple[Schedule, StageTimes]:
     """The plan's schedule and its per-stage times from the cost model."""
     from costmodels.estimate import stage_times
 
-    plan = load_checked_plan(plan_path)
     cfg = plan.config
     times = stage_times(plan.model, plan.cluster, plan.train, cfg, stack=load_stack(cfg.stack))
     return schedule_of(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, cfg.schedule_csv), times
@@ -201,8 +200,9 @@ def simulate_cmd(
         summary = write_custom_plan(plan, custom_out)
         plan = custom_out
         err.print(summary, markup=False)
-    if plan is not None:
-        sched, times = plan_case(plan)
+    checked = load_checked_plan(plan) if plan is not None else None
+    if checked is not None:
+        sched, times = plan_case(checked)
     else:
         sched, times = synthetic_case(schedule, pp, num_microbatches, v, f_time, b_time, w_time, p2p_time)
     result = simulate(sched, times)
@@ -214,7 +214,7 @@ def simulate_cmd(
         out.print_json(json.dumps(result_json(result)))
         return
     _print_human(result)
-    if plan is not None:
-        _print_overlap_note(load_checked_plan(plan), result)
+    if checked is not None:
+        _print_overlap_note(checked, result)
     for path in (p for p in (trace, svg) if p is not None):
         out.print(f"wrote {path}", markup=False)
