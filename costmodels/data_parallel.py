@@ -50,13 +50,6 @@ from profiles.schema import ClusterSpec, ParallelConfig
 from profiles.stack_schema import StackOverlap
 
 
-def grad_reduce_bytes_per_param(precision: str) -> int:
-    """Gradients are reduced in fp32 (Megatron-LM sets ``accumulate_allreduce_grads_in_fp32`` for
-    bf16, megatron/training/arguments.py; FSDP2's ``reduce_dtype`` fp32 in torchtitan), in fp16
-    for fp16 runs (Megatron's default without that flag)."""
-    return 2 if precision == "fp16" else 4
-
-
 def dp_placement(cluster: ClusterSpec, cfg: ParallelConfig, pipeline_rank: int) -> GroupPlacement:
     """The group dense gradients are averaged over: the dp x cp ranks of (pipeline rank, tp rank 0)
     on the rank grid (``RankGrid.data_context_group``: Megatron-Core's data-parallel group with context

@@ -26,7 +26,6 @@ from costmodels.data_parallel import (
     StageWindow,
     bucket_params,
     fsdp_units_of,
-    grad_reduce_bytes_per_param,
     rank_sync,
     stage_pieces,
     stage_reduce_scatter_s,
@@ -260,7 +259,7 @@ def _microbatch_dp_traffic(
     in_f, in_b = gather, (gather if ops.gather_in_b else 0.0)
     if ops.reduce_in_b:
         in_b += stage_reduce_scatter_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
-                                       grad_reduce_bytes_per_param(train.precision), network, pieces)
+                                       stack.grad_reduce_bytes_per_param(train.precision), network, pieces)
     return in_f, in_b
 
 
@@ -280,7 +279,7 @@ def _fsdp_copy_s(cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st
     gather = memory_bound_time_s(cluster, 2 * p * params)
     in_f, in_b = gather, (gather if ops.gather_in_b else 0.0)
     if ops.reduce_in_b:
-        in_b += memory_bound_time_s(cluster, (p + grad_reduce_bytes_per_param(train.precision)) * params)
+        in_b += memory_bound_time_s(cluster, (p + stack.grad_reduce_bytes_per_param(train.precision)) * params)
     return in_f, in_b
 
 
@@ -477,7 +476,7 @@ def _rank_memory_gib(
         transient = max(transient, loss_bytes_per_logit(variant, cfg.tp)[1] * tokens * _loss_vocab(model, cfg, variant))
     p2p_buffers = p2p_buffer_count(stack, cfg, rank_plans) * p * tokens * model.hidden_size / cfg.tp if cfg.pp > 1 else 0.0
     bucket = min(dense + experts, bucket_params(stack.overlap, cfg.dp * cfg.cp))
-    dp_buckets = DP_BUCKETS_IN_FLIGHT * bucket * grad_reduce_bytes_per_param(train.precision) if syncs_gradients(cfg) else 0.0
+    dp_buckets = DP_BUCKETS_IN_FLIGHT * bucket * stack.grad_reduce_bytes_per_param(train.precision) if syncs_gradients(cfg) else 0.0
     allocated = {
         "weights": static.weights_bytes + gathered,
         "gradients": static.gradients_bytes,
@@ -676,7 +675,7 @@ def _rank_work(
                                        costs[j].backward_input_s + costs[j].backward_weight_s, plans[j].params.expert,
                                        fsdp_units_of(plans[j].layout, plans[j].moe_layers)))
         sync = rank_sync(cluster, cfg, stack.overlap, network, rank, windows, result.rank_span_s(rank)[1],
-                         bytes_per_element(train.precision), grad_reduce_bytes_per_param(train.precision),
+                         bytes_per_element(train.precision), stack.grad_reduce_bytes_per_param(train.precision),
                          timing_known=bool(result.stage_last_backward_s))
     host = fsdp_host_s(runtime, cfg.dp * cfg.cp, sum(plans[j].layout.num_layers for j in mine), len(mine))
     if host:  # FSDP2's copies and hooks on the cores that compute (CPU ranks), after the backward

@@ -264,6 +264,16 @@ class StackSpec(StrictModel):
         "every version since v2). Not FSDP2's fp32 reduce dtype: its sharded fp32 gradients are the ZeRO paper's "
         "16 B/param, and its unsharded accumulation under a pipeline is fsdp_unsharded_grads_fp32",
     )
+    grad_reduce_fp32: bool | None = Field(
+        default=None,
+        description="bf16 and fp8 runs reduce gradients across data-parallel ranks in fp32 (4 B/param) or in the "
+        "parameters' dtype (2 B). None: in the dtype they accumulate in (grad_accumulation_fp32): Megatron reduces "
+        "its gradient buffer in place, so grad_reduce_in_fp32 sets both (megatron/core/distributed/"
+        "distributed_data_parallel_config.py; DistributedDataParallel allocates the buffer in fp32 when it is set, "
+        "else in the parameters' dtype), and FSDP2 without a mixed-precision policy reduces the parameters' dtype. "
+        "true: FSDP2's reduce_dtype float32 beside bf16 parameters (torchtitan's training.mixed_precision_reduce; "
+        "Composer's FSDP mixed_precision DEFAULT)",
+    )
     fsdp_unsharded_grads_fp32: bool = Field(
         default=False,
         description="where the pipeline turns FSDP2's gradient sync off until the last microbatch (pp > 1; "
@@ -362,6 +372,16 @@ class StackSpec(StrictModel):
                 if extra:
                     raise ValueError(f"optimizer_post_validation.{field}: {extra[0]} is not in the stack's {field}")
         return self
+
+    def grad_reduce_bytes_per_param(self, precision: str) -> int:
+        """Bytes per parameter a data-parallel gradient reduction moves: the parameters' 2 for fp16 (Megatron's
+        default without accumulate_allreduce_grads_in_fp32), 4 for fp32, and for bf16 and fp8 runs 4 where the
+        stack reduces in fp32 (``grad_reduce_fp32``, else where it accumulates in fp32), 2 where it reduces the
+        bf16 gradients themselves (Megatron-Core with grad_reduce_in_fp32 False)."""
+        if precision in ("fp16", "fp32"):
+            return 2 if precision == "fp16" else 4
+        in_fp32 = self.grad_accumulation_fp32 if self.grad_reduce_fp32 is None else self.grad_reduce_fp32
+        return 4 if in_fp32 else 2
 
     def steps_overlap(self, schedule: str, precision: str) -> bool:
         """True where consecutive steps overlap: the optimizer step is post-validated (OptimizerPostValidation)."""

@@ -123,6 +123,60 @@ STACK_OF_SOURCE: dict[str, tuple[str, dict[str, object], str]] = {
 }
 
 
+# Releases whose recipes reduce gradients in bf16 (Megatron-Core grad_reduce_in_fp32 False, or NeMo 1's
+# distributed_fused_adam / mcore_distributed_optim with grad_sync_dtype: bf16), where the megatron-core preset
+# keeps Megatron-LM's fp32 gradient buffer: (source_id prefix, a regular expression on the lower-cased run name of
+# the rows it leaves out or None, the stack fields they replace, the assumption with its evidence). The gradient
+# buffer and the data-parallel reduction are then 2 B per parameter, not 4 (StackSpec.grad_reduce_bytes_per_param).
+# Adam's state stays fp32 unless a row's notes say otherwise. Releases not listed (NeMo 24.07's launcher configs,
+# the long-sequence tables) keep the preset's fp32 buffer: their configs leave grad_sync_dtype unset or unread.
+BF16_GRADS = {"grad_accumulation_fp32": False}
+NEMO2_PERF_BF16_GRADS = (
+    "gradients reduced in bf16, as NeMo 2's performance scripts run them: pretrain_recipe(performance_mode=True) sets "
+    "recipe.trainer.plugins.grad_reduce_in_fp32 = False, and the plugin overrides the DDP config (NVIDIA/NeMo "
+    "nemo/collections/llm/recipes/*.py pretrain_performance_optimizations, scripts/performance/helpers.py "
+    "@ v2.2.0-v2.4.0; MegatronStrategy.connect update_config_with_dtype_overrides); Adam's state fp32")
+BRIDGE_PERF_BF16_GRADS = (
+    "gradients reduced in bf16, as Megatron-Bridge's performance scripts run them: they set "
+    "mixed_precision.grad_reduce_in_fp32 and ddp.grad_reduce_in_fp32 False (NVIDIA-NeMo/Megatron-Bridge "
+    "scripts/performance @ r0.1.0-v0.6.0); Adam's state fp32 (DeepSeek's recipes keep its moments in bf16: not priced)")
+RELEASE_STACK_CHANGES: tuple[tuple[str, str | None, dict[str, object], str], ...] = (
+    ("mlperf-", None, BF16_GRADS,
+     "gradients reduced in bf16, as every MLPerf GPT-3 and Llama 3.1 405B submission ran them: NeMo 1's "
+     "distributed_fused_adam with grad_sync_dtype: bf16 (training_results_v3.0 NVIDIA/benchmarks/gpt3/"
+     "implementations/pytorch/conf/megatron_gpt_config.yaml; v3.1, v4.0 and v4.1 conf/optim/"
+     "distributed_fused_adam.yaml, Oracle's and smc's logged configs) and Megatron-Core's grad_reduce_in_fp32=False "
+     "(training_results_v5.0 llama31_405b pretrain.py DistributedDataParallelConfig; Nebius's logged config); Adam's "
+     "state fp32"),
+    ("dgxc-bench-35a9aec", None, BF16_GRADS,
+     "gradients reduced in bf16, as the release's configs set: every recipe launches megatron_gpt_pretraining.py on "
+     "the release's yaml, and each sets grad_sync_dtype: bf16 (NVIDIA/dgxc-benchmarking @35a9aec llama3.1/"
+     "llama3.1_{8b,70b,405b}.yaml, nemotron/nemotron4-{15b,340b}-synth.yaml, grok1/grok1_314b.yaml, "
+     "nemo_megatron/gpt3_175b_hydra.yaml); Adam's state fp32 except where the row's notes say bf16"),
+    ("dgxc-bench-8f5cbb3", r"^nemotron4-15b", BF16_GRADS,
+     "gradients reduced in bf16, as the release's NeMo 1 yaml sets grad_sync_dtype: bf16 (NVIDIA/dgxc-benchmarking "
+     "@8f5cbb3: llama3.1, gpt3-175b and nemotron4-340b on distributed_fused_adam, grok1 on mcore_distributed_optim; "
+     "its nemotron4-15b yaml sets none, so those rows keep fp32); Adam's state fp32 except where the row's notes say bf16"),
+    ("dgxc-bench-1f6d9f4", None, BF16_GRADS,
+     "gradients reduced in bf16: the release runs NeMo 2's scripts/performance/llm/pretrain_*.py (branch "
+     "llmb-nemo-r2.3.0) in performance mode, which sets grad_reduce_in_fp32 False (pretrain_grok1_314b.py, "
+     "scripts/performance/utils.py); Adam's state fp32"),
+    ("nemo-perf-25.02", None, BF16_GRADS, NEMO2_PERF_BF16_GRADS),
+    ("nemo-perf-25.04", None, BF16_GRADS, NEMO2_PERF_BF16_GRADS),
+    ("nemo-perf-25.07", None, BF16_GRADS, NEMO2_PERF_BF16_GRADS),
+    ("nemo-perf-25.09", None, BF16_GRADS, BRIDGE_PERF_BF16_GRADS),
+    ("nemo-perf-25.11", None, BF16_GRADS, BRIDGE_PERF_BF16_GRADS),
+    ("nemo-perf-26.", None, BF16_GRADS, BRIDGE_PERF_BF16_GRADS),
+)
+
+
+def release_stack_changes(source_id: str, run: str) -> tuple[dict[str, object], list[str]]:
+    """The stack fields a row's release ran otherwise than its preset (``RELEASE_STACK_CHANGES``), merged, and
+    their assumptions."""
+    found = [(fields, assumption) for prefix, unless, fields, assumption in RELEASE_STACK_CHANGES
+             if source_id.startswith(prefix) and not (unless and re.search(unless, run.lower()))]
+    return merged_stack_changes(*(fields for fields, _ in found)), [assumption for _, assumption in found]
+
 def stack_of_row(source: str, stack_column: str) -> tuple[str, dict[str, object], str | None] | None:
     """(stack preset, its kernels and overlaps the row's source replaces, the assumption when it is
     not the row's own stack as it ran) for a row, or None when no preset prices its stack."""

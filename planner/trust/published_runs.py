@@ -45,6 +45,7 @@ from planner.trust.corpus_rules import (
     merged_stack_changes,
     note_assumptions,
     note_stack_changes,
+    release_stack_changes,
     stack_of_row,
 )
 from profiles.errors import PlanError
@@ -376,11 +377,13 @@ def parse_row(row: dict[str, str], line: int = 2) -> PublishedRow | SkippedRow:
     _, stack_changes, stack_note = stack_of_row(source, f.text("stack"))
     if stack_note:
         assumptions.append(stack_note)
+    release_changes, released = release_stack_changes(source_id, run)
+    assumptions += released
     assumptions += note_assumptions(f.text("notes"))
     noted_changes, noted = note_stack_changes(f.text("notes"))
     parsed, noted_changes, noted = _combined_1f1b(parsed, noted_changes, noted)
     assumptions += noted
-    stack_changes = merged_stack_changes(stack_changes, noted_changes)
+    stack_changes = merged_stack_changes(stack_changes, release_changes, noted_changes)
     if f.text("derived"):
         assumptions.append(f"corpus: {f.text('derived')}")
     model = _model(f, parsed, assumptions)

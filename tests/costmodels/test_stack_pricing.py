@@ -102,6 +102,35 @@ def test_megatron_2021_and_megatron_core_differ_by_unfused_attention_dropout_and
     assert e_old.peak_memory_gib[0] > e_new.peak_memory_gib[0]
 
 
+def test_a_bf16_gradient_buffer_is_reduced_in_bf16() -> None:
+    """Megatron reduces its gradient buffer in place, so grad_reduce_in_fp32 False (the NeMo and Megatron-Bridge
+    perf recipes) halves both: megatron-lm-2021's one all-reduce after the schedule moves the rank's gradients at
+    2 B each, not 4, and the buffer holds 2 B per parameter."""
+    c = a100(nvlink_gbs=2)
+    fp32, bf16 = load_stack("megatron-lm-2021"), load_stack("megatron-lm-2021").with_changes({"grad_accumulation_fp32": False})
+    params = stage_params(GPT, 4, True, True, TP)
+    pair = GroupPlacement(2, 2, 1, 2)
+    e32 = estimate(GPT, c, TRAIN, config("megatron-lm-2021"), stack=fp32)
+    e16 = estimate(GPT, c, TRAIN, config("megatron-lm-2021"), stack=bf16)
+    assert e32.breakdown.dp_comm_s == pytest.approx(collective_s("all_reduce", params * 4, pair, network_for(c)))
+    assert e16.breakdown.dp_comm_s == pytest.approx(collective_s("all_reduce", params * 2, pair, network_for(c)))
+    assert e32.memory_breakdown_gib[0]["gradients"] == pytest.approx(4 * params / 2**30, abs=1e-4)
+    assert e16.memory_breakdown_gib[0]["gradients"] == pytest.approx(2 * params / 2**30, abs=1e-4)
+
+
+@pytest.mark.parametrize("stack_name, reduce_bytes", [
+    ("megatron-core", {"fp32": 4, "bf16": 4, "fp8": 4, "fp16": 2}),  # Megatron-LM's fp32 buffer for bf16 (and fp8)
+    ("megatron-lm-2021", {"fp32": 4, "bf16": 4, "fp8": 4, "fp16": 2}),
+    ("torchtitan", {"fp32": 4, "bf16": 4, "fp8": 4, "fp16": 2}),  # FSDP2 reduce_dtype float32 beside bf16 parameters
+    ("ppplan-torch", {"fp32": 4, "bf16": 4, "fp8": 4, "fp16": 2}),  # autocast over fp32 parameters
+])
+def test_each_preset_reduces_gradients_in_its_own_dtype(stack_name: str, reduce_bytes: dict[str, int]) -> None:
+    stack = load_stack(stack_name)
+    assert {p: stack.grad_reduce_bytes_per_param(p) for p in reduce_bytes} == reduce_bytes
+    bf16_buffer = stack.with_changes({"grad_accumulation_fp32": False})
+    assert bf16_buffer.grad_reduce_bytes_per_param("bf16") == (4 if stack.grad_reduce_fp32 else 2)
+
+
 @pytest.mark.parametrize("stack_name", preset_names("stacks"))
 @pytest.mark.parametrize("model_name", ["gpt3-1.7b", "llama3-8b"])
 def test_each_preset_composes_its_step_from_its_exposed_parts(stack_name: str, model_name: str) -> None:

@@ -269,6 +269,34 @@ def test_a_row_whose_optimizer_kept_bf16_state_is_priced_with_it() -> None:
     assert (memory["gradients"], memory["optimizer"]) == pytest.approx((2 * params / GIB, 6 * params / 2 / GIB), rel=1e-3)
 
 
+@pytest.mark.parametrize("source_id, run, bf16_grads", [
+    ("mlperf-v4.1", "MLPerf v4.1 NVIDIA gpt3 256GPU", True),  # distributed_fused_adam, grad_sync_dtype: bf16
+    ("mlperf-v5.0", "MLPerf v5.0 NVIDIA llama31_405b 512GPU", True),  # DistributedDataParallelConfig(grad_reduce_in_fp32=False)
+    ("dgxc-bench-35a9aec", "nemotron4-15b bf16 16xH100-SXM", True),  # every yaml of the release sets bf16
+    ("dgxc-bench-8f5cbb3", "llama3-70b bf16 64xH100-SXM", True),
+    ("dgxc-bench-8f5cbb3", "nemotron4-15b bf16 16xH100-SXM", False),  # that release's 15B yaml sets no grad_sync_dtype
+    ("nemo-perf-25.04", "LLAMA3-70B DGX-H100 FP8 64GPU", True),  # NeMo 2 performance mode
+    ("nemo-perf-26.04.01", "LLAMA3_70B DGX-GB200 MXFP8 64GPU", True),  # Megatron-Bridge perf scripts
+    ("nemo-perf-24.07", "LLAMA3-70B DGX-H100 FP8 64GPU", False),  # NeMo 24.07 launcher configs: grad_sync_dtype unset
+])
+def test_a_release_that_reduces_gradients_in_bf16_is_priced_with_them(source_id, run, bf16_grads) -> None:
+    """The perf recipes of NeMo 2, Megatron-Bridge, the dgxc releases and MLPerf set grad_reduce_in_fp32 False (or
+    grad_sync_dtype: bf16): the row's stack keeps a bf16 gradient buffer, 2 B per parameter held and reduced, where
+    the megatron-core preset keeps Megatron-LM's fp32 one (4 B); Adam's state stays 12 B."""
+    fields = {**ZB_ROW, "source_id": source_id, "run": run, "tp": "1", "pp": "8", "dp": "2", "n_gpus": "16", "zero": "1",
+              "precision": "bf16", "notes": ""}
+    row = parse_row(fields)
+    assert isinstance(row, PublishedRow), row
+    assert row.stack_spec.grad_accumulation_fp32 is not bf16_grads
+    assert row.stack_spec.grad_reduce_bytes_per_param("bf16") == (2 if bf16_grads else 4)
+    assert any(a.startswith("gradients reduced in bf16") for a in row.assumptions) is bf16_grads
+    est = estimate_with(_as_run(row, 1.0), _prior(row))
+    params = stage_params(row.model, (row.config.stage_layers or [])[1], False, False, 1)
+    memory = est.memory_breakdown_gib[1]
+    assert (memory["gradients"], memory["optimizer"]) == pytest.approx(
+        ((2 if bf16_grads else 4) * params / GIB, 12 * params / 2 / GIB), rel=1e-3)
+
+
 def test_a_row_whose_recipe_overlaps_the_all_to_all_is_priced_with_it() -> None:
     """Megatron-Bridge's moe_a2a_overlap (Megatron-Core --overlap-moe-expert-parallel-comm): the row's stack
     hides the expert all-to-alls under another microbatch's compute, and says so; "false" keeps them exposed."""
