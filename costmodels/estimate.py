@@ -122,7 +122,7 @@ def activation_variant(cluster: ClusterSpec, train: TrainSpec, stack: StackSpec)
     engine_keeps = stack.pipeline_runtime != "torch" and stack.pipeline_keeps_stage_outputs
     return ActivationVariant.for_stack(stack.kernels, train.precision, device,
                                        stack.pipeline_runtime == "torch" or engine_keeps, stack.single_stage_pipeline,
-                                       last_output_is_loss=engine_keeps)
+                                       last_output_is_loss=engine_keeps, autocast_fp32_params=stack.autocast_fp32_params)
 
 
 def _stage_plan(
@@ -160,6 +160,11 @@ def _stage_plan(
         act += head_with_mtp_activation_bytes(model, s, b, tp, sp, kind, variant, cp=cp, ep=ep, etp=etp)
     if variant.keeps_stage_output_at(cfg.pp):
         act += stage_output_bytes(model, s // cp, b, tp, sp, variant, last)
+    if variant.gemm_weight_copy_bytes:  # autocast's bf16 weight casts, saved by the GEMMs (not the embedding lookup;
+        # under full recompute the layers' checkpoints save none, the head's GEMM still does)
+        saving = 0 if kind == "full" else n
+        gemm_weights = stage_param_split(model, layout.first_layer, saving, False, last, tp, ep, layer_kind, etp).total
+        act += variant.gemm_weight_copy_bytes * gemm_weights
     return StagePlan(
         layout=layout,
         recompute=kind,
@@ -255,7 +260,7 @@ def _microbatch_dp_traffic(
         return 0.0, 0.0
     pieces = stage_pieces(stack.overlap, cfg, st.params.dense, st.params.expert, fsdp_units_of(st.layout, st.moe_layers))
     gather = stage_zero3_gather_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
-                                  bytes_per_element(train.precision), network, pieces)
+                                  bytes_per_element(stack.held_precision(train.precision)), network, pieces)
     in_f, in_b = gather, (gather if ops.gather_in_b else 0.0)
     if ops.reduce_in_b:
         in_b += stage_reduce_scatter_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
@@ -275,7 +280,7 @@ def _fsdp_copy_s(cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st
     if ops is None or not stack.kernels.fsdp_copies or runs_on_cpu(cluster):
         return 0.0, 0.0
     params = st.params.dense + st.params.expert
-    p = bytes_per_element(train.precision)
+    p = bytes_per_element(stack.held_precision(train.precision))
     gather = memory_bound_time_s(cluster, 2 * p * params)
     in_f, in_b = gather, (gather if ops.gather_in_b else 0.0)
     if ops.reduce_in_b:
@@ -308,7 +313,8 @@ def _stage_costs(
         t = st.times
         f, b, w = factor * t.forward_s, factor * t.backward_input_s, factor * t.backward_weight_s
         if accumulate:
-            w += grad_accumulation_s(cluster, stack, train.precision, cfg, st.params.dense + st.params.expert)
+            w += grad_accumulation_s(cluster, stack, stack.held_precision(train.precision), cfg,
+                                     st.params.dense + st.params.expert)
         slower = (factor - 1.0) * (t.forward_s + t.backward_input_s + t.backward_weight_s
                                    - (0.0 if split else min(t.backward_weight_s, t.split_backward_extra_s)))
         copy_f, copy_b = _fsdp_copy_s(cfg, cluster, train, st, stack)
@@ -467,14 +473,15 @@ def _rank_memory_gib(
     data_ranks = cfg.dp * cfg.cp
     static = stack_static_memory(stack, dense, experts, train.precision, cfg.pp, data_ranks, cfg.ep, cfg.zero,
                                  cfg.expert_data_ranks)
-    p = bytes_per_element(train.precision)
+    p, held = bytes_per_element(train.precision), bytes_per_element(stack.held_precision(train.precision))
     tokens = train.seq_len // cfg.cp * cfg.mbs
-    gathered = _zero3_gathered_bytes(model, cfg, stack, rank_plans, p)
+    gathered = _zero3_gathered_bytes(model, cfg, stack, rank_plans, held)
     # transient: the MLP intermediate and its gradient, or on the head stage what the loss holds beside its kept tensor
     transient = TRANSIENT_COPIES * p * tokens * _widest_per_token(model, cfg, rank_plans)
     if any(st.layout.has_head for st in rank_plans):
         transient = max(transient, loss_bytes_per_logit(variant, cfg.tp)[1] * tokens * _loss_vocab(model, cfg, variant))
-    p2p_buffers = p2p_buffer_count(stack, cfg, rank_plans) * p * tokens * model.hidden_size / cfg.tp if cfg.pp > 1 else 0.0
+    p2p_buffers = (p2p_buffer_count(stack, cfg, rank_plans) * variant.residual_stream_bytes * tokens * model.hidden_size
+                   / cfg.tp if cfg.pp > 1 else 0.0)
     bucket = min(dense + experts, bucket_params(stack.overlap, cfg.dp * cfg.cp))
     dp_buckets = DP_BUCKETS_IN_FLIGHT * bucket * stack.grad_reduce_bytes_per_param(train.precision) if syncs_gradients(cfg) else 0.0
     allocated = {
@@ -538,7 +545,7 @@ def _optimizer_step_bytes(cluster: ClusterSpec, train: TrainSpec, stack: StackSp
     foreach Adam's temporary in full already (``_cpu_heap_terms``)."""
     if runs_on_cpu(cluster):
         return 0.0
-    temp = optimizer_step_temp_bytes(stack, train.precision, static.updated_params)
+    temp = optimizer_step_temp_bytes(stack, stack.held_precision(train.precision), static.updated_params)
     if not temp:
         return 0.0
     return static.weights_bytes + static.gradients_bytes + static.optimizer_bytes + temp
@@ -675,7 +682,7 @@ def _rank_work(
                                        costs[j].backward_input_s + costs[j].backward_weight_s, plans[j].params.expert,
                                        fsdp_units_of(plans[j].layout, plans[j].moe_layers)))
         sync = rank_sync(cluster, cfg, stack.overlap, network, rank, windows, result.rank_span_s(rank)[1],
-                         bytes_per_element(train.precision), stack.grad_reduce_bytes_per_param(train.precision),
+                         bytes_per_element(stack.held_precision(train.precision)), stack.grad_reduce_bytes_per_param(train.precision),
                          timing_known=bool(result.stage_last_backward_s))
     host = fsdp_host_s(runtime, cfg.dp * cfg.cp, sum(plans[j].layout.num_layers for j in mine), len(mine))
     if host:  # FSDP2's copies and hooks on the cores that compute (CPU ranks), after the backward

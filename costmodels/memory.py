@@ -60,6 +60,8 @@ class ActivationVariant:
     tp_loss_kernel: str | None = None  # loss_kernel_of(StackKernels, tp > 1) where it differs: dtensor_loss_parallel
     context_parallel_attention: str = "p2p_ring"
     gemm_input_bytes: int | None = None  # what a GEMM's saved input takes per value (None: bytes_per_element)
+    gemm_weight_copy_bytes: int = 0  # per GEMM weight value, a copy each microbatch keeps until its backward (autocast)
+    residual_bytes: int | None = None  # the residual stream's values (norm inputs, layer inputs; None: bytes_per_element)
     moe_probs_in_activation: bool = False  # StackKernels.moe_probs_in_activation (no weighted copies kept)
     keeps_stage_output: bool = False  # torch.distributed.pipelining: each stage's output until its backward
     last_output_is_loss: bool = False  # ... but the last stage's is the loss (StackSpec.pipeline_keeps_stage_outputs)
@@ -75,6 +77,10 @@ class ActivationVariant:
     @property
     def saved_gemm_input_bytes(self) -> int:
         return self.bytes_per_element if self.gemm_input_bytes is None else self.gemm_input_bytes
+
+    @property
+    def residual_stream_bytes(self) -> int:
+        return self.bytes_per_element if self.residual_bytes is None else self.residual_bytes
 
     @staticmethod
     def korthikanti() -> "ActivationVariant":
@@ -96,17 +102,21 @@ class ActivationVariant:
     @staticmethod
     def for_stack(kernels: StackKernels, precision: str, device: str = "cuda",
                   keeps_stage_output: bool = False, single_stage_pipeline: bool = False,
-                  last_output_is_loss: bool = False) -> "ActivationVariant":
+                  last_output_is_loss: bool = False, autocast_fp32_params: bool = False) -> "ActivationVariant":
         """What a stack's kernels keep (``StackSpec.kernels``): dropout masks when it runs
         dropout, the s² scores of unfused attention or flash's log-sum-exp, SwiGLU's gate and up
         plus its output when fused (3 FFN-wide tensors) or also silu(gate) when eager (4), the
         composite RMSNorm's normalised input off CUDA without a fused norm, the loss over
         vocabulary shards or gathered logits, what its context-parallel attention keeps, and in
-        fp8 runs the fp8-cast GEMM inputs where the stack keeps those (``fp8_saved_gemm_inputs``);
+        fp8 runs the fp8-cast GEMM inputs where the stack keeps those (``fp8_saved_gemm_inputs``); under autocast over
+        fp32 parameters (``autocast_fp32_params``, 16-bit runs) an fp32 residual stream (fp32 embedding, fp32 + bf16
+        residual adds: the norms' and the layers' inputs, ``residual_bytes``) beside the GEMMs' bf16 outputs and input
+        casts, and a bf16 copy of every GEMM weight per microbatch (``gemm_weight_copy_bytes``);
         ``keeps_stage_output`` where torch.distributed.pipelining runs the schedule or the stack's engine keeps
         the stage outputs (``stage_output_bytes``; ``last_output_is_loss`` for the latter), ``single_stage_pipeline``
         where torch's runs it without pipeline parallelism too; its kernels where its selective recompute is per-op
         (``costmodels.selective_ac``). ppplan-torch's kernels give ``runtime()``."""
+        autocast = autocast_fp32_params and precision in ("bf16", "fp16")
         return ActivationVariant(
             bytes_per_element=4 if precision == "fp32" else 2,
             dropout=kernels.dropout,
@@ -118,6 +128,8 @@ class ActivationVariant:
             tp_loss_kernel=loss_kernel_of(kernels, tp_sharded=True),
             context_parallel_attention=kernels.context_parallel_attention,
             gemm_input_bytes=1 if precision == "fp8" and kernels.fp8_saved_gemm_inputs else None,
+            gemm_weight_copy_bytes=2 if autocast else 0,
+            residual_bytes=4 if autocast else None,
             moe_probs_in_activation=kernels.moe_probs_in_activation,
             keeps_stage_output=keeps_stage_output,
             last_output_is_loss=last_output_is_loss,
@@ -157,17 +169,17 @@ def layer_activation_bytes(
     (``moe``) keeps its MoE block's tensors (``costmodels.experts.moe_activation_bytes``) instead of
     the dense MLP's."""
     s, b, h, a = seq_len // cp, mbs, model.hidden_size, model.num_attention_heads
-    p = variant.bytes_per_element
+    p, r = variant.bytes_per_element, variant.residual_stream_bytes
     sbh = s * b * h
     replicated_div = tp if sequence_parallel else 1
     if recompute == "full":
-        return p * sbh / replicated_div  # the layer input only
+        return r * sbh / replicated_div  # the layer input only
     if recompute == "selective" and variant.op_sac_kernels is not None:
         return _op_sac_layer_bytes(model, seq_len, mbs, tp, sequence_parallel, variant, cp, ep, moe, etp)
     mask = 1 if variant.dropout else 0
     g = variant.saved_gemm_input_bytes  # QKV, MLP, output-projection and FC2 inputs: GEMM inputs
     # LayerNorm inputs (2), QKV input, MLP input, two dropout masks: replicated across TP without SP.
-    replicated = 2 * p * sbh + 2 * g * sbh + 2 * mask * sbh
+    replicated = 2 * r * sbh + 2 * g * sbh + 2 * mask * sbh
     if variant.rmsnorm_saves_normalized and model.norm == "rmsnorm":
         replicated += 2 * p * sbh  # each composite RMSNorm's normalised input
     ffn_tensors = 2 if model.activation == "gelu" else variant.swiglu_saved_ffn_tensors
@@ -306,7 +318,7 @@ def head_activation_bytes(
     a local of Megatron's model forward)."""
     tokens = seq_len * mbs
     p = variant.bytes_per_element
-    norm_in = p * tokens * model.hidden_size / (tp if sequence_parallel else 1)
+    norm_in = variant.residual_stream_bytes * tokens * model.hidden_size / (tp if sequence_parallel else 1)
     logits_in = p * tokens * model.hidden_size
     logits = loss_bytes_per_logit(variant, tp)[0] * tokens * model.vocab_size / (tp if variant.vocab_parallel_loss else 1)
     return norm_in + logits_in + logits
@@ -339,7 +351,7 @@ def stage_output_bytes(
         if variant.loss_kernel == "fused":
             return 0.0
         return p * tokens * model.vocab_size / (tp if variant.vocab_parallel_loss else 1)
-    return p * tokens * model.hidden_size / (tp if sequence_parallel else 1)
+    return variant.residual_stream_bytes * tokens * model.hidden_size / (tp if sequence_parallel else 1)
 
 
 def embedding_activation_bytes(model: ModelSpec, seq_len: int, mbs: int, tp: int, sequence_parallel: bool, variant: ActivationVariant) -> float:
@@ -478,8 +490,9 @@ def stack_static_memory(stack: StackSpec, dense_params: float, expert_params: fl
                         data_ranks: int, ep: int, zero: int, expert_data_ranks: int | None = None) -> StaticMemory:
     """``split_static_memory`` with the gradients and the optimizer state as ``stack`` keeps them
     (``gradients_sharded``; ``state_bytes_per_param`` of ``gradients_fp32``, ``StackSpec.bf16_grads_kept_beside_fp32``
-    and ``StackSpec.optimizer_state_bf16``): the one place the estimate and the search's memory bound take that rule
-    from."""
+    and ``StackSpec.optimizer_state_bf16``, in the precision the stack holds them in, ``StackSpec.held_precision``):
+    the one place the estimate and the search's memory bound take that rule from."""
+    precision = stack.held_precision(precision)
     state = state_bytes_per_param(precision, gradients_fp32(stack, pp, data_ranks, zero),
                                   stack.bf16_grads_kept_beside_fp32, stack.optimizer_state_bf16)
     return split_static_memory(dense_params, expert_params, precision, data_ranks, ep, zero,

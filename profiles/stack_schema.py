@@ -261,8 +261,10 @@ class StackSpec(StrictModel):
         default=False,
         description="bf16 and fp8 runs accumulate and reduce gradients in fp32 (4 B/param, not 2): Megatron-LM "
         "('bfloat16 requires gradient accumulation and all-reduce to be done in fp32', megatron/training/arguments.py, "
-        "every version since v2). Not FSDP2's fp32 reduce dtype: its sharded fp32 gradients are the ZeRO paper's "
-        "16 B/param, and its unsharded accumulation under a pipeline is fsdp_unsharded_grads_fp32",
+        "every version since v2; --grad-reduce-in-bf16, or NeMo's and Megatron-Bridge's grad_reduce_in_fp32 False, "
+        "turns both off). The reduce follows it unless grad_reduce_fp32 says otherwise. Not FSDP2's fp32 reduce dtype: "
+        "its sharded fp32 gradients are the ZeRO paper's 16 B/param, and its unsharded accumulation under a pipeline is "
+        "fsdp_unsharded_grads_fp32",
     )
     grad_reduce_fp32: bool | None = Field(
         default=None,
@@ -273,6 +275,15 @@ class StackSpec(StrictModel):
         "else in the parameters' dtype), and FSDP2 without a mixed-precision policy reduces the parameters' dtype. "
         "true: FSDP2's reduce_dtype float32 beside bf16 parameters (torchtitan's training.mixed_precision_reduce; "
         "Composer's FSDP mixed_precision DEFAULT)",
+    )
+    autocast_fp32_params: bool = Field(
+        default=False,
+        description="bf16 (and fp16) runs are torch.autocast over fp32 parameters: the parameters, gradients and Adam's "
+        "state stay fp32 (4 + 4 + 8 B per parameter), the residual stream and the norms stay fp32 while each GEMM saves "
+        "the bf16 cast of its input, and every GEMM saves autocast's bf16 cast of its weight, a copy per microbatch in "
+        "flight until that microbatch's backward (autocast clears its cast cache when the region exits, the saved "
+        "tensor keeps the copy): ppplan's runtime (launch/runtime/build.py sets StageModule.autocast_dtype; no FSDP2 "
+        "MixedPrecisionPolicy)",
     )
     fsdp_unsharded_grads_fp32: bool = Field(
         default=False,
@@ -311,7 +322,9 @@ class StackSpec(StrictModel):
         description="fp16 runs copy each gradient the rank updates to fp32 at the optimizer step (Megatron-LM's "
         "Float16OptimizerWithFloat16Params and DistributedOptimizer _copy_model_grads_to_main_grads: "
         "'main_param.grad = model_param.main_grad.float()', megatron/optimizer/optimizer.py @ v2.6): 4 B per updated "
-        "parameter beside the static state while the step runs (bf16 keeps fp32 main grads already: no copy)",
+        "parameter beside the static state while the step runs (bf16 with an fp32 gradient buffer keeps fp32 main grads "
+        "already: no copy; with a bf16 buffer, grad_accumulation_fp32 false, Megatron-Core's DistributedOptimizer copies "
+        "too unless its precision-aware optimizer reads the bf16 gradients: not priced)",
     )
     grad_accumulation: Literal["fused", "main_grad", "autograd"] = Field(
         default="autograd",
@@ -372,6 +385,11 @@ class StackSpec(StrictModel):
                 if extra:
                     raise ValueError(f"optimizer_post_validation.{field}: {extra[0]} is not in the stack's {field}")
         return self
+
+    def held_precision(self, precision: str) -> str:
+        """The precision a rank holds its parameters, gradients and optimizer state in: the run's, or fp32 where the
+        stack runs 16-bit precisions as autocast over fp32 parameters (``autocast_fp32_params``)."""
+        return "fp32" if self.autocast_fp32_params and precision in ("bf16", "fp16") else precision
 
     def grad_reduce_bytes_per_param(self, precision: str) -> int:
         """Bytes per parameter a data-parallel gradient reduction moves: the parameters' 2 for fp16 (Megatron's

@@ -177,6 +177,7 @@ def release_stack_changes(source_id: str, run: str) -> tuple[dict[str, object], 
              if source_id.startswith(prefix) and not (unless and re.search(unless, run.lower()))]
     return merged_stack_changes(*(fields for fields, _ in found)), [assumption for _, assumption in found]
 
+
 def stack_of_row(source: str, stack_column: str) -> tuple[str, dict[str, object], str | None] | None:
     """(stack preset, its kernels and overlaps the row's source replaces, the assumption when it is
     not the row's own stack as it ran) for a row, or None when no preset prices its stack."""

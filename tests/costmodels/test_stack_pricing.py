@@ -13,6 +13,7 @@ import pytest
 
 from costmodels.comm import GroupPlacement, collective_s, network_for
 from costmodels.compute import gemm_op_time_s, memory_bound_time_s, operator_time_s
+from costmodels.data_parallel import bucket_params
 from costmodels.estimate import estimate
 from costmodels.layer_costs import RooflineTimes
 from costmodels.memory import stage_params
@@ -116,19 +117,29 @@ def test_a_bf16_gradient_buffer_is_reduced_in_bf16() -> None:
     assert e16.breakdown.dp_comm_s == pytest.approx(collective_s("all_reduce", params * 2, pair, network_for(c)))
     assert e32.memory_breakdown_gib[0]["gradients"] == pytest.approx(4 * params / 2**30, abs=1e-4)
     assert e16.memory_breakdown_gib[0]["gradients"] == pytest.approx(2 * params / 2**30, abs=1e-4)
+    # the two DP buckets in flight (pp 1: no p2p buffers) hold the reduced dtype too
+    bucket = min(params, bucket_params(fp32.overlap, 2))
+    assert e32.memory_breakdown_gib[0]["comm_buffers"] == pytest.approx(2 * bucket * 4 / 2**30, abs=1e-4)
+    assert e16.memory_breakdown_gib[0]["comm_buffers"] == pytest.approx(2 * bucket * 2 / 2**30, abs=1e-4)
 
 
-@pytest.mark.parametrize("stack_name, reduce_bytes", [
-    ("megatron-core", {"fp32": 4, "bf16": 4, "fp8": 4, "fp16": 2}),  # Megatron-LM's fp32 buffer for bf16 (and fp8)
-    ("megatron-lm-2021", {"fp32": 4, "bf16": 4, "fp8": 4, "fp16": 2}),
-    ("torchtitan", {"fp32": 4, "bf16": 4, "fp8": 4, "fp16": 2}),  # FSDP2 reduce_dtype float32 beside bf16 parameters
-    ("ppplan-torch", {"fp32": 4, "bf16": 4, "fp8": 4, "fp16": 2}),  # autocast over fp32 parameters
+@pytest.mark.parametrize("stack_name, bf16_buffer_reduce_bytes", [
+    ("megatron-core", 2),  # Megatron reduces its gradient buffer in place: a bf16 buffer is reduced in bf16
+    ("megatron-lm-2021", 2),
+    ("megatron-deepspeed", 2),
+    ("zero-bubble-megatron", 2),
+    ("torchtitan", 4),  # FSDP2 reduce_dtype float32 beside bf16 parameters, whatever it accumulates in
+    ("ppplan-torch", 4),  # autocast over fp32 parameters: fp32 gradients
 ])
-def test_each_preset_reduces_gradients_in_its_own_dtype(stack_name: str, reduce_bytes: dict[str, int]) -> None:
+def test_each_preset_reduces_gradients_in_its_own_dtype(stack_name: str, bf16_buffer_reduce_bytes: int) -> None:
+    """As shipped every preset reduces bf16 and fp8 runs' gradients in fp32 (Megatron-LM's forced fp32 buffer,
+    FSDP2's fp32 reduce dtype), fp16 runs' in fp16 and fp32 runs' in fp32; with a bf16 gradient buffer only the
+    stacks that reduce the buffer itself move 2 B."""
     stack = load_stack(stack_name)
-    assert {p: stack.grad_reduce_bytes_per_param(p) for p in reduce_bytes} == reduce_bytes
+    assert {p: stack.grad_reduce_bytes_per_param(p) for p in ("fp32", "bf16", "fp8", "fp16")} == {
+        "fp32": 4, "bf16": 4, "fp8": 4, "fp16": 2}
     bf16_buffer = stack.with_changes({"grad_accumulation_fp32": False})
-    assert bf16_buffer.grad_reduce_bytes_per_param("bf16") == (4 if stack.grad_reduce_fp32 else 2)
+    assert bf16_buffer.grad_reduce_bytes_per_param("bf16") == bf16_buffer_reduce_bytes
 
 
 @pytest.mark.parametrize("stack_name", preset_names("stacks"))

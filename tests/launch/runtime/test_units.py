@@ -143,3 +143,41 @@ def test_a_stage_shards_each_layer_before_it_builds_the_next(monkeypatch: pytest
     layout = local_stages(plan.config, 0)[0]
     build._build_module(plan, layout, 0, torch.device("cpu"), None, tp_mesh=object())
     assert events == [e for i in range(layout.num_layers) for e in (f"build {i}", "shard")] + ["ends True"]
+
+
+def test_autocast_keeps_a_bf16_copy_of_every_gemm_weight_per_microbatch() -> None:
+    """ppplan's runtime runs bf16 as torch.autocast over fp32 parameters (launch/runtime/build.py): each
+    microbatch's forward casts every GEMM weight to bf16 and saves the cast for its backward, a copy of its own
+    per microbatch (autocast clears its cache when the region exits). The cost model's ppplan-torch stack prices
+    exactly that: ``gemm_weight_copy_bytes`` (2) per GEMM weight of the stage's layers and head, not the
+    embedding lookup's table, per microbatch in flight (``costmodels.estimate._stage_plan``)."""
+    from costmodels.estimate import activation_variant
+    from costmodels.memory import stage_param_split
+    from profiles.loader import load_cluster, load_model, load_stack
+    from profiles.schema import TrainSpec
+
+    model = load_model("tiny-llama")
+    stage = build_stage_module(model, 0, 2, True, True, seed=3)
+    stage.autocast_dtype = torch.bfloat16
+    params = {p.untyped_storage().data_ptr() for p in stage.parameters()}
+    weight_bytes = {2 * p.numel() for p in stage.parameters() if p.dim() == 2}  # a bf16 cast's storage (16 tokens'
+    copies: dict[int, int] = {}  # activations are far smaller than any weight of tiny-llama)
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()  # the GEMMs save the cast or a transposed view of it
+        if t.dtype == torch.bfloat16 and storage.nbytes() in weight_bytes and storage.data_ptr() not in params:
+            copies[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    outputs = []
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        for _ in range(2):  # two microbatches in flight
+            outputs.append(stage(torch.randint(0, model.vocab_size, (1, 16))))
+    gemm_params = stage_param_split(model, 0, 2, False, True, 1).total  # layers and head, no embedding table
+    norms = sum(p.numel() for name, p in stage.named_parameters() if p.dim() == 1)
+    assert sum(copies.values()) == 2 * 2 * (gemm_params - norms)  # 2 microbatches x 2 B, the norms' scales not cast
+    cluster, stack = load_cluster("dgx-a100-80g"), load_stack("ppplan-torch")
+    variant = activation_variant(cluster, TrainSpec(global_batch=8, seq_len=16, precision="bf16"), stack)
+    assert (variant.gemm_weight_copy_bytes, variant.residual_stream_bytes, variant.bytes_per_element) == (2, 4, 2)
+    fp32 = activation_variant(cluster, TrainSpec(global_batch=8, seq_len=16, precision="fp32"), stack)
+    assert (fp32.gemm_weight_copy_bytes, fp32.residual_stream_bytes, fp32.bytes_per_element) == (0, 4, 4)
