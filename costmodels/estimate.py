@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from costmodels.comm import GroupPlacement, Network, collective_s, network_for
+from costmodels.comm import FP32_BYTES, GroupPlacement, Network, collective_s, network_for
 from costmodels.communicators import nccl_buffers_gib
 from costmodels.compute import memory_bound_time_s, peak_flops
 from costmodels.data_parallel import (
@@ -106,6 +106,7 @@ class StagePlan:
     activation_bytes: float
     moe_layers: int = 0
     retained_bytes: float = 0.0  # held from B to W when W is deferred (``memory.weight_grad_input_bytes``)
+    gemm_params: float = 0.0  # the weights its GEMMs multiply by, per rank: layers and head, not the embedding table
 
     @property
     def rank(self) -> int:
@@ -160,11 +161,12 @@ def _stage_plan(
         act += head_with_mtp_activation_bytes(model, s, b, tp, sp, kind, variant, cp=cp, ep=ep, etp=etp)
     if variant.keeps_stage_output_at(cfg.pp):
         act += stage_output_bytes(model, s // cp, b, tp, sp, variant, last)
+    gemm_params = stage_param_split(model, layout.first_layer, n, False, last, tp, ep, layer_kind, etp).total
     if variant.gemm_weight_copy_bytes:  # autocast's bf16 weight casts, saved by the GEMMs (not the embedding lookup;
         # under full recompute the layers' checkpoints save none, the head's GEMM still does)
-        saving = 0 if kind == "full" else n
-        gemm_weights = stage_param_split(model, layout.first_layer, saving, False, last, tp, ep, layer_kind, etp).total
-        act += variant.gemm_weight_copy_bytes * gemm_weights
+        saved = gemm_params if kind != "full" else stage_param_split(model, layout.first_layer, 0, False, last, tp, ep,
+                                                                      layer_kind, etp).total
+        act += variant.gemm_weight_copy_bytes * saved
     return StagePlan(
         layout=layout,
         recompute=kind,
@@ -173,6 +175,7 @@ def _stage_plan(
         activation_bytes=act,
         moe_layers=moe_layers,
         retained_bytes=kept,
+        gemm_params=gemm_params,
     )
 
 
@@ -288,6 +291,18 @@ def _fsdp_copy_s(cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st
     return in_f, in_b
 
 
+def _autocast_cast_s(cluster: ClusterSpec, train: TrainSpec, stack: StackSpec, st: StagePlan) -> tuple[float, float]:
+    """Autocast's casts per microbatch where the stack runs 16-bit precision as autocast over fp32 parameters
+    (``StackSpec.autocast_fp32_params``): the forward reads every GEMM weight in fp32 and writes its bf16 copy
+    (4 + 2 B), and the backward casts each bf16 weight gradient back to fp32 (2 + 4 B) before autograd accumulates
+    it; by HBM bytes (a full-recompute backward re-casts the weights it re-runs). On the roofline only: a measured
+    profile's passes ran under the same autocast and hold the casts (``_stage_costs``'s ``accumulate``)."""
+    if not stack.autocast_fp32_params or train.precision not in ("bf16", "fp16"):
+        return 0.0, 0.0
+    cast = memory_bound_time_s(cluster, (FP32_BYTES + 2) * st.gemm_params)
+    return cast, cast
+
+
 def _stage_costs(
     cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, plans: list[StagePlan], stack: StackSpec,
     network: Network, p2p: tuple[float, ...], runtime: RuntimeCosts = NO_RUNTIME_COSTS, accumulate: bool = True,
@@ -315,6 +330,8 @@ def _stage_costs(
         if accumulate:
             w += grad_accumulation_s(cluster, stack, stack.held_precision(train.precision), cfg,
                                      st.params.dense + st.params.expert)
+            cast_f, cast_w = _autocast_cast_s(cluster, train, stack, st)
+            f, b, w = f + cast_f, b + (cast_f if st.recompute == "full" else 0.0), w + cast_w
         slower = (factor - 1.0) * (t.forward_s + t.backward_input_s + t.backward_weight_s
                                    - (0.0 if split else min(t.backward_weight_s, t.split_backward_extra_s)))
         copy_f, copy_b = _fsdp_copy_s(cfg, cluster, train, st, stack)

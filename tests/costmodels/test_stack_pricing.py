@@ -14,9 +14,9 @@ import pytest
 from costmodels.comm import GroupPlacement, collective_s, network_for
 from costmodels.compute import gemm_op_time_s, memory_bound_time_s, operator_time_s
 from costmodels.data_parallel import bucket_params
-from costmodels.estimate import estimate
+from costmodels.estimate import _pipeline_inputs, estimate
 from costmodels.layer_costs import RooflineTimes
-from costmodels.memory import stage_params
+from costmodels.memory import stage_param_split, stage_params
 from costmodels.operators import FlashAttention, Gemm
 from costmodels.overlap import contention_s
 from costmodels.step_time import exposed_sum_s
@@ -181,3 +181,22 @@ def test_each_preset_prices_its_own_kernels() -> None:
     torch_head = RooflineTimes(llama, c, "bf16", stack=load_stack("ppplan-torch")).head(2, 1, 2048, False)
     core_head = RooflineTimes(llama, c, "bf16", stack=load_stack("megatron-core")).head(2, 1, 2048, False)
     assert torch_head.tp_comm_s > 10 * core_head.tp_comm_s  # gathering 2048 x 128k logits vs three floats a token
+
+
+def test_autocast_casts_every_gemm_weight_each_microbatch() -> None:
+    """ppplan-torch runs bf16 as autocast over fp32 parameters: each microbatch's forward reads every GEMM weight of
+    the stage (layers and head, not the embedding table) in fp32 and writes its bf16 copy, 6 B per weight by HBM
+    bytes, and its backward casts each bf16 weight gradient back to fp32, 6 B more. The same stack without autocast
+    pays neither; everything else in F is the same."""
+    c = a100()
+    cfg = ParallelConfig(stack="ppplan-torch", tp=1, pp=1, dp=1, mbs=1, num_microbatches=2, stage_layers=[GPT.num_layers])
+    autocast = load_stack("ppplan-torch")
+    plain = autocast.with_changes({"autocast_fp32_params": False})
+    network = network_for(c)
+    roof = RooflineTimes(GPT, c, "bf16", stack=autocast)
+    plans, costs, _, _ = _pipeline_inputs(GPT, c, TRAIN, cfg, roof, autocast, autocast.overlap, network)
+    _, plain_costs, _, _ = _pipeline_inputs(GPT, c, TRAIN, cfg, roof, plain, plain.overlap, network)
+    gemm = stage_param_split(GPT, 0, GPT.num_layers, False, True, 1).total  # the layers and the logits' matrix
+    assert plans[0].gemm_params == pytest.approx(gemm)
+    assert gemm < stage_params(GPT, GPT.num_layers, True, True, 1)  # the position table is looked up, not multiplied
+    assert costs[0].forward_s - plain_costs[0].forward_s == pytest.approx(memory_bound_time_s(c, 6 * gemm))
