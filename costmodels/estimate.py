@@ -199,12 +199,14 @@ def rank_memory_if_uniform_gib(
     return sum(_rank_memory_gib(model, cluster, train, cfg, plans, peak, stack, variant, part).values())
 
 
-def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, network: Network) -> tuple[float, ...]:
+def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, network: Network,
+               residual_bytes: int) -> tuple[float, ...]:
     """Boundary activation transfer between consecutive virtual stages (Megatron's scatter-gather
-    optimisation sends s·b·h/t per TP rank, of the rank's s/cp positions); every rank of a stage on a
-    node sends at once."""
+    optimisation sends s·b·h/t per TP rank, of the rank's s/cp positions), the residual stream at
+    ``residual_bytes`` per value (``ActivationVariant.residual_stream_bytes``: fp32 under autocast over fp32
+    parameters); every rank of a stage on a node sends at once."""
     grid = RankGrid(cfg.tp, cfg.pp, cfg.dp, cfg.cp)
-    num_bytes = bytes_per_element(train.precision) * (train.seq_len // cfg.cp) * cfg.mbs * model.hidden_size / cfg.tp
+    num_bytes = residual_bytes * (train.seq_len // cfg.cp) * cfg.mbs * model.hidden_size / cfg.tp
     senders = min(cluster.gpus_per_node, cfg.tp * cfg.cp * cfg.dp)
     layouts = stage_layouts(cfg)
     times = []
@@ -381,7 +383,7 @@ def _pipeline_inputs(
 ) -> tuple[list[StagePlan], list[PassTimes], StageTimes, list[dict[str, float]]]:
     variant = activation_variant(cluster, train, stack)
     plans = [_stage_plan(model, train, cfg, layers, layout, variant) for layout in stage_layouts(cfg)]
-    p2p = _p2p_times(model, cluster, train, cfg, network)
+    p2p = _p2p_times(model, cluster, train, cfg, network, variant.residual_stream_bytes)
     costs, hidden = _stage_costs(cfg, cluster, train, plans, stack, network, p2p, runtime_costs_of(layers, cluster),
                                  accumulate=not layers.grad_accumulation_measured)
     fwd = [c.forward_s for c in costs]

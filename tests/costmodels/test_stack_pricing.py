@@ -200,3 +200,21 @@ def test_autocast_casts_every_gemm_weight_each_microbatch() -> None:
     assert plans[0].gemm_params == pytest.approx(gemm)
     assert gemm < stage_params(GPT, GPT.num_layers, True, True, 1)  # the position table is looked up, not multiplied
     assert costs[0].forward_s - plain_costs[0].forward_s == pytest.approx(memory_bound_time_s(c, 6 * gemm))
+
+
+def test_autocast_sends_the_fp32_residual_stream_between_stages() -> None:
+    """Under autocast over fp32 parameters a stage's output is the residual stream, fp32 (fp32 input + bf16 layer
+    output): pp 2 inside a node sends s·b·h·4 B per microbatch, where the same stack without autocast sends bf16."""
+    c = a100()
+    cfg = ParallelConfig(stack="ppplan-torch", tp=1, pp=2, dp=1, mbs=1, num_microbatches=4, stage_layers=[2, 2])
+    network = network_for(c)
+    roof = RooflineTimes(GPT, c, "bf16", stack=load_stack("ppplan-torch"))
+    pair = GroupPlacement(size=2, ranks_per_node=2, nodes=1, node_senders=2)
+    autocast = load_stack("ppplan-torch")
+    plain = autocast.with_changes({"autocast_fp32_params": False})
+    assert autocast.overlap.p2p == "exposed"  # torch's blocking sends: F holds the rank for its send
+    plans, costs, _, _ = _pipeline_inputs(GPT, c, TRAIN, cfg, roof, autocast, autocast.overlap, network)
+    _, plain_costs, _, _ = _pipeline_inputs(GPT, c, TRAIN, cfg, roof, plain, plain.overlap, network)
+    send = {b: collective_s("p2p", b * S * H, pair, network) for b in (2, 4)}
+    cast = memory_bound_time_s(c, 6 * plans[0].gemm_params)
+    assert costs[0].forward_s - plain_costs[0].forward_s == pytest.approx(cast + send[4] - send[2])
