@@ -50,6 +50,7 @@ from costmodels.memory import (
     microbatch_grad_sync,
     optimizer_step_temp_bytes,
     recompute_working_bytes,
+    saved_weight_copy_bytes,
     stack_static_memory,
     stage_output_bytes,
     stage_param_split,
@@ -123,7 +124,7 @@ def activation_variant(cluster: ClusterSpec, train: TrainSpec, stack: StackSpec)
     engine_keeps = stack.pipeline_runtime != "torch" and stack.pipeline_keeps_stage_outputs
     return ActivationVariant.for_stack(stack.kernels, train.precision, device,
                                        stack.pipeline_runtime == "torch" or engine_keeps, stack.single_stage_pipeline,
-                                       last_output_is_loss=engine_keeps, autocast_fp32_params=stack.autocast_fp32_params)
+                                       last_output_is_loss=engine_keeps, autocast=stack.autocasts(train.precision))
 
 
 def _stage_plan(
@@ -161,12 +162,7 @@ def _stage_plan(
         act += head_with_mtp_activation_bytes(model, s, b, tp, sp, kind, variant, cp=cp, ep=ep, etp=etp)
     if variant.keeps_stage_output_at(cfg.pp):
         act += stage_output_bytes(model, s // cp, b, tp, sp, variant, last)
-    gemm_params = stage_param_split(model, layout.first_layer, n, False, last, tp, ep, layer_kind, etp).total
-    if variant.gemm_weight_copy_bytes:  # autocast's bf16 weight casts, saved by the GEMMs (not the embedding lookup;
-        # under full recompute the layers' checkpoints save none, the head's GEMM still does)
-        saved = gemm_params if kind != "full" else stage_param_split(model, layout.first_layer, 0, False, last, tp, ep,
-                                                                      layer_kind, etp).total
-        act += variant.gemm_weight_copy_bytes * saved
+    act += saved_weight_copy_bytes(model, variant, layout.first_layer, n, last, tp, ep, kind, layer_kind, etp)
     return StagePlan(
         layout=layout,
         recompute=kind,
@@ -175,7 +171,7 @@ def _stage_plan(
         activation_bytes=act,
         moe_layers=moe_layers,
         retained_bytes=kept,
-        gemm_params=gemm_params,
+        gemm_params=stage_param_split(model, layout.first_layer, n, False, last, tp, ep, layer_kind, etp).total,
     )
 
 
@@ -295,11 +291,11 @@ def _fsdp_copy_s(cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st
 
 def _autocast_cast_s(cluster: ClusterSpec, train: TrainSpec, stack: StackSpec, st: StagePlan) -> tuple[float, float]:
     """Autocast's casts per microbatch where the stack runs 16-bit precision as autocast over fp32 parameters
-    (``StackSpec.autocast_fp32_params``): the forward reads every GEMM weight in fp32 and writes its bf16 copy
+    (``StackSpec.autocasts``): the forward reads every GEMM weight in fp32 and writes its bf16 copy
     (4 + 2 B), and the backward casts each bf16 weight gradient back to fp32 (2 + 4 B) before autograd accumulates
     it; by HBM bytes (a full-recompute backward re-casts the weights it re-runs). On the roofline only: a measured
     profile's passes ran under the same autocast and hold the casts (``_stage_costs``'s ``accumulate``)."""
-    if not stack.autocast_fp32_params or train.precision not in ("bf16", "fp16"):
+    if not stack.autocasts(train.precision):
         return 0.0, 0.0
     cast = memory_bound_time_s(cluster, (FP32_BYTES + 2) * st.gemm_params)
     return cast, cast

@@ -102,21 +102,20 @@ class ActivationVariant:
     @staticmethod
     def for_stack(kernels: StackKernels, precision: str, device: str = "cuda",
                   keeps_stage_output: bool = False, single_stage_pipeline: bool = False,
-                  last_output_is_loss: bool = False, autocast_fp32_params: bool = False) -> "ActivationVariant":
+                  last_output_is_loss: bool = False, autocast: bool = False) -> "ActivationVariant":
         """What a stack's kernels keep (``StackSpec.kernels``): dropout masks when it runs
         dropout, the s² scores of unfused attention or flash's log-sum-exp, SwiGLU's gate and up
         plus its output when fused (3 FFN-wide tensors) or also silu(gate) when eager (4), the
         composite RMSNorm's normalised input off CUDA without a fused norm, the loss over
         vocabulary shards or gathered logits, what its context-parallel attention keeps, and in
         fp8 runs the fp8-cast GEMM inputs where the stack keeps those (``fp8_saved_gemm_inputs``); under autocast over
-        fp32 parameters (``autocast_fp32_params``, 16-bit runs) an fp32 residual stream (fp32 embedding, fp32 + bf16
+        fp32 parameters (``autocast``: ``StackSpec.autocasts``) an fp32 residual stream (fp32 embedding, fp32 + bf16
         residual adds: the norms' and the layers' inputs, ``residual_bytes``) beside the GEMMs' bf16 outputs and input
         casts, and a bf16 copy of every GEMM weight per microbatch (``gemm_weight_copy_bytes``);
         ``keeps_stage_output`` where torch.distributed.pipelining runs the schedule or the stack's engine keeps
         the stage outputs (``stage_output_bytes``; ``last_output_is_loss`` for the latter), ``single_stage_pipeline``
         where torch's runs it without pipeline parallelism too; its kernels where its selective recompute is per-op
         (``costmodels.selective_ac``). ppplan-torch's kernels give ``runtime()``."""
-        autocast = autocast_fp32_params and precision in ("bf16", "fp16")
         return ActivationVariant(
             bytes_per_element=4 if precision == "fp32" else 2,
             dropout=kernels.dropout,
@@ -222,6 +221,20 @@ def _op_sac_layer_bytes(model: ModelSpec, seq_len: int, mbs: int, tp: int, seque
     if cp > 1:
         kept += cp_activation_bytes(model, shape, variant.context_parallel_attention)
     return kept
+
+
+def saved_weight_copy_bytes(model: ModelSpec, variant: ActivationVariant, first_layer: int, num_layers: int,
+                            has_head: bool, tp: int, ep: int, recompute: str, layer_kind: str | None = None,
+                            etp: int | None = None) -> float:
+    """Bytes of the weight casts one microbatch of a stage saves for its backward (``gemm_weight_copy_bytes`` per
+    GEMM weight, autocast over fp32 parameters; 0 otherwise): its ``num_layers`` layers' and, with ``has_head``, the
+    head's, not the embedding table (a lookup); a full-recompute checkpoint saves none of its layers', the head's
+    GEMM still does (``stage_param_split`` without the embedding)."""
+    if not variant.gemm_weight_copy_bytes:
+        return 0.0
+    saving = 0 if recompute == "full" else num_layers
+    return variant.gemm_weight_copy_bytes * stage_param_split(model, first_layer, saving, False, has_head, tp, ep,
+                                                             layer_kind, etp).total
 
 
 def weight_grad_input_bytes(

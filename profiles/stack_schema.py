@@ -388,8 +388,13 @@ class StackSpec(StrictModel):
 
     def held_precision(self, precision: str) -> str:
         """The precision a rank holds its parameters, gradients and optimizer state in: the run's, or fp32 where the
-        stack runs 16-bit precisions as autocast over fp32 parameters (``autocast_fp32_params``)."""
-        return "fp32" if self.autocast_fp32_params and precision in ("bf16", "fp16") else precision
+        stack runs 16-bit precisions as autocast over fp32 parameters (``autocasts``)."""
+        return "fp32" if self.autocasts(precision) else precision
+
+    def autocasts(self, precision: str) -> bool:
+        """True where a ``precision`` run is torch.autocast over fp32 parameters (``autocast_fp32_params``: 16-bit
+        precisions on such a stack)."""
+        return self.autocast_fp32_params and precision in ("bf16", "fp16")
 
     def grad_reduce_bytes_per_param(self, precision: str) -> int:
         """Bytes per parameter a data-parallel gradient reduction moves: the parameters' 2 for fp16 (Megatron's

@@ -42,6 +42,7 @@ from costmodels.memory import (
     GIB,
     embedding_activation_bytes,
     layer_activation_bytes,
+    saved_weight_copy_bytes,
     stack_static_memory,
     stage_output_bytes,
     stage_param_split,
@@ -149,13 +150,10 @@ class Bounds:
         dense = layer_activation_bytes(m, s, mbs, tp, sp, recompute, v, cp=cp, ep=ep) if self.num_dense else math.inf
         moe = layer_activation_bytes(m, s, mbs, tp, sp, recompute, v, cp=cp, ep=ep, moe=True, etp=etp) if self.num_moe else math.inf
         head = head_with_mtp_activation_bytes(m, s, mbs, tp, sp, recompute, v, cp=cp, ep=ep, etp=etp)
-        if v.gemm_weight_copy_bytes:  # autocast's weight copies, as the estimate's ``_stage_plan`` counts them
-            def copies(layers: int, kind: str | None, head_too: bool) -> float:
-                return v.gemm_weight_copy_bytes * stage_param_split(m, 0, layers, False, head_too, tp, ep, kind, etp).total
-            layer_copies = 0 if recompute == "full" else 1  # a checkpointed layer saves no weight copy
-            dense += copies(layer_copies, "dense", False) if self.num_dense else 0.0
-            moe += copies(layer_copies, "moe", False) if self.num_moe else 0.0
-            head += copies(0, None, True)
+        # autocast's weight copies per layer and head, as the estimate's ``_stage_plan`` counts them
+        dense += saved_weight_copy_bytes(m, v, 0, 1, False, tp, ep, recompute, "dense", etp) if self.num_dense else 0.0
+        moe += saved_weight_copy_bytes(m, v, 0, 1, False, tp, ep, recompute, "moe", etp) if self.num_moe else 0.0
+        head += saved_weight_copy_bytes(m, v, 0, 0, True, tp, ep, recompute, None, etp)
         return (dense, moe, embedding_activation_bytes(m, s // cp, mbs, tp, sp, v), head)
 
     def _static_bytes_uncached(self, first_layer: int, layers: int, has_embedding: bool, has_head: bool, tp: int,

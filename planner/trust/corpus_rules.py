@@ -173,9 +173,8 @@ RELEASE_STACK_CHANGES: tuple[tuple[str, str | None, dict[str, object], str], ...
 def release_stack_changes(source_id: str, run: str) -> tuple[dict[str, object], list[str]]:
     """The stack fields a row's release ran otherwise than its preset (``RELEASE_STACK_CHANGES``), merged, and
     their assumptions."""
-    found = [(fields, assumption) for prefix, unless, fields, assumption in RELEASE_STACK_CHANGES
-             if source_id.startswith(prefix) and not (unless and re.search(unless, run.lower()))]
-    return merged_stack_changes(*(fields for fields, _ in found)), [assumption for _, assumption in found]
+    return _merged_rules([(fields, assumption) for prefix, unless, fields, assumption in RELEASE_STACK_CHANGES
+                          if source_id.startswith(prefix) and not (unless and re.search(unless, run.lower()))])
 
 
 def stack_of_row(source: str, stack_column: str) -> tuple[str, dict[str, object], str | None] | None:
@@ -256,7 +255,12 @@ def merged_stack_changes(*changes: dict[str, object]) -> dict[str, object]:
 def note_stack_changes(notes: str) -> tuple[dict[str, object], list[str]]:
     """The stack fields a row's notes say ran (``NOTE_STACK_CHANGES``), merged, and their assumptions."""
     text = notes.lower()
-    found = [(fields, assumption) for pattern, fields, assumption in NOTE_STACK_CHANGES if re.search(pattern, text)]
+    return _merged_rules([(fields, assumption) for pattern, fields, assumption in NOTE_STACK_CHANGES
+                          if re.search(pattern, text)])
+
+
+def _merged_rules(found: list[tuple[dict[str, object], str]]) -> tuple[dict[str, object], list[str]]:
+    """(stack-field changes, assumption) rules that apply to a row: their changes merged, and their assumptions."""
     return merged_stack_changes(*(fields for fields, _ in found)), [assumption for _, assumption in found]
 
 
