@@ -24,10 +24,10 @@ How the K/V blocks travel and what is kept is the stack's (``StackKernels.contex
   ``.float()`` copies (QKᵀ, scale, mask on the diagonal, log-sum-exp, exp, ·V) computed in full,
   merged by their log-sum-exps; every step's shift waits for its exchange (nothing overlaps);
   autograd keeps each block's scores and probabilities, the merges' inputs and the received K/V
-  blocks. In bf16 runs the stage's autocast casts the einsums' operands back to bf16 (einsum is
-  on autocast's lower-precision list; torch.amp docs), so the GEMMs run at the plan's precision
-  and keep bf16 copies of each block's q, k and v; the element-wise passes are counted at 4 bytes
-  per score (fp32, what ``exp`` and the CPU runs use; an upper figure for bf16 scores).
+  blocks. In bf16 runs the two GEMMs take the bf16 q, k and v as they are (the received blocks
+  are kept, as in fp32), their scores are cast up to fp32 for the softmax and the probabilities
+  back to bf16 for ·V (6 B per score each way, forward and backward), and autograd keeps the
+  bf16 probabilities beside the fp32 ones.
 """
 
 from __future__ import annotations
@@ -99,15 +99,14 @@ def _eager_blocks(model: ModelSpec, shape: LayerShape, blocks: int, diagonal: in
     if not backward:
         one = [Gemm("ring.qk", c, c, d_qk, heads, low_precision=False), MemoryBound("ring.softmax", EAGER_SCORE_FORWARD_BYTES * scores),
                Gemm("ring.av", c, d_v, c, heads, low_precision=False)]
-        if shape.bytes_per_element != FP32_BYTES:  # q.float(), k.float(), v.float() and autocast's casts back
-            cast = shape.mbs * c * (model.num_attention_heads * d_qk + kv_heads_local(model, 1) * (d_qk + d_v)) / shape.tp
-            one.append(MemoryBound("ring.cast", 2 * (shape.bytes_per_element + FP32_BYTES) * cast))
         mask, merge = EAGER_MASK_BYTES, EAGER_MERGE_FORWARD_BYTES
     else:
         one = [Gemm("ring.av.dgrad_p", c, c, d_v, heads, low_precision=False), Gemm("ring.av.dgrad_v", c, d_v, c, heads, low_precision=False),
                MemoryBound("ring.softmax.bwd", EAGER_SCORE_BACKWARD_BYTES * scores),
                Gemm("ring.qk.dgrad_q", c, d_qk, c, heads, low_precision=False), Gemm("ring.qk.dgrad_k", c, d_qk, c, heads, low_precision=False)]
         mask, merge = EAGER_MASK_BYTES, EAGER_MERGE_BACKWARD_BYTES
+    if shape.bytes_per_element != FP32_BYTES:  # the scores cast up, the probabilities down (or their gradients)
+        one.append(MemoryBound("ring.cast", 2 * (shape.bytes_per_element + FP32_BYTES) * scores))
     ops = one * blocks
     if diagonal:
         ops.append(MemoryBound("ring.mask", diagonal * mask * scores))
@@ -181,22 +180,17 @@ def ring_time_s(ring: RingAttention, first_s: float, other_s: float, exchange: f
 
 
 def eager_ring_activation_bytes(model: ModelSpec, shape: LayerShape) -> float:
-    """What the eager ring keeps per layer (module docstring): per block its scores and probabilities
-    (8 bytes per score: fp32 both in fp32 runs; bf16 scores, fp32 probabilities and their bf16 copy
-    under autocast) and its log-sum-exp, the diagonal blocks' masks, each merge's two fp32 partial
-    outputs, and the received K/V (fp32 runs: the blocks alias them) or each block's autocast copies
-    of q, k and v."""
+    """What the eager ring keeps per layer (module docstring): per block its fp32 scores and probabilities
+    (8 bytes per score; bf16 runs also the probabilities' bf16 copy, 2 more) and its log-sum-exp, the
+    diagonal blocks' masks, each merge's two fp32 partial outputs, and the received K/V blocks the GEMMs
+    saved."""
     cp, c = shape.cp, chunk_len(shape)
     heads = shape.mbs * model.num_attention_heads / shape.tp
     blocks, merges = 2 * cp + 1, 2 * cp - 1
-    kept = blocks * (2 * FP32_BYTES * heads * c * c + FP32_BYTES * heads * c) + 2 * MASK_BYTES * c * c
+    per_score = 2 * FP32_BYTES + (shape.bytes_per_element if shape.bytes_per_element != FP32_BYTES else 0)
+    kept = blocks * (per_score * heads * c * c + FP32_BYTES * heads * c) + 2 * MASK_BYTES * c * c
     kept += merges * 2 * FP32_BYTES * heads * c * model.value_head_dim
-    if shape.bytes_per_element == FP32_BYTES:
-        kept += (cp - 1) * kv_block_bytes(model, shape)
-    else:
-        width = model.num_attention_heads * model.score_head_dim + kv_heads_local(model, 1) * (model.score_head_dim + model.value_head_dim)
-        kept += blocks * shape.bytes_per_element * shape.mbs * c * width / shape.tp
-    return kept
+    return kept + (cp - 1) * kv_block_bytes(model, shape)
 
 
 def cp_activation_bytes(model: ModelSpec, shape: LayerShape, kernels_kind: str) -> float:

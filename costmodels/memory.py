@@ -467,10 +467,12 @@ def gradients_fp32(stack: StackSpec, pp: int, data_ranks: int, zero: int) -> boo
     (``StackSpec.fsdp_unsharded_grads_fp32``, torchtitan with pp > 1: FSDP2 upcasts each unsharded
     gradient to the reduce dtype before accumulating it, ``FSDPParam.to_accumulated_grad_if_needed``).
     Without the pipeline, FSDP2 reduce-scatters every microbatch and keeps only fp32 shards of its fp32
-    sharded parameters, which the ZeRO paper's 2 + 2 + 12 B/param already counts."""
+    sharded parameters, which the ZeRO paper's 2 + 2 + 12 B/param already counts. FSDP2 wraps the stages where it
+    shards (ZeRO >= 1 over more than one rank), and on a stack that runs bf16 as FSDP2's mixed precision always
+    (``StackSpec.fsdp_mixed_precision_always``, ppplan's runtime: a one-rank mesh, HSDP at ZeRO 0)."""
     if stack.grad_accumulation_fp32:
         return True
-    fsdp = zero >= 1 and data_ranks > 1
+    fsdp = stack.fsdp_mixed_precision_always or (zero >= 1 and data_ranks > 1)
     return stack.fsdp_unsharded_grads_fp32 and fsdp and not gradients_sharded(stack, pp, data_ranks, zero)
 
 

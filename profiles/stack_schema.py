@@ -282,8 +282,15 @@ class StackSpec(StrictModel):
         "state stay fp32 (4 + 4 + 8 B per parameter), the residual stream and the norms stay fp32 while each GEMM saves "
         "the bf16 cast of its input, and every GEMM saves autocast's bf16 cast of its weight, a copy per microbatch in "
         "flight until that microbatch's backward (autocast clears its cast cache when the region exits, the saved "
-        "tensor keeps the copy): ppplan's runtime (launch/runtime/build.py sets StageModule.autocast_dtype; no FSDP2 "
-        "MixedPrecisionPolicy)",
+        "tensor keeps the copy): torchtitan's maybe_enable_amp without FSDP and without TP or PP, and ppplan's runtime "
+        "until 2026-12 (it now runs FSDP2's MixedPrecisionPolicy: fsdp_mixed_precision_always)",
+    )
+    fsdp_mixed_precision_always: bool = Field(
+        default=False,
+        description="bf16 runs wrap every stage in FSDP2 for its MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype="
+        "fp32), on a one-rank mesh where dp x cp = 1 and as HSDP with one shard at ZeRO 0, so the fp32 accumulation of "
+        "the unsharded gradients (fsdp_unsharded_grads_fp32) holds at every dp and ZeRO stage: ppplan's runtime "
+        "(launch/runtime/fsdp.py wraps_in_fsdp). Otherwise FSDP2 wraps only ZeRO >= 1 over more than one rank",
     )
     fsdp_unsharded_grads_fp32: bool = Field(
         default=False,

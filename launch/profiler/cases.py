@@ -3,8 +3,8 @@
 A case is one layer kind at one (tp, mbs, seq_len, recompute), built from the
 runtime's own code (``launch.runtime.model``; a mixture-of-experts layer with all its routed
 experts, ep = 1, and its router and routed experts alone, ``RoutedExperts``) inside a
-``StageModule`` the way the runtime builds a stage: fp32 weights, ``torch.autocast`` for bf16 plans
-(``launch.runtime.build.AUTOCAST_DTYPES``), recompute set per layer. TP > 1 is either
+``StageModule`` the way the runtime builds a stage: fp32 weights, or for bf16 plans the bf16 weights
+FSDP2's mixed precision computes with (``launch.runtime.fsdp.MIXED_PRECISION``), recompute set per layer. TP > 1 is either
 the shapes one TP rank holds, on one device (``sharded_stage``), or the runtime's
 DTensor plan over a real TP group (``launch.runtime.tp.apply_tensor_parallel``).
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from launch.runtime import model as runtime_model
-from launch.runtime.build import AUTOCAST_DTYPES
+from launch.runtime.fsdp import MIXED_PRECISION
 from launch.runtime.moe import ExpertGroups, MoEFeedForward
 from profiles.schema import ModelSpec
 
@@ -186,7 +186,8 @@ def make_case(
             raise ValueError(f"{point.label} runs in a ring: it needs its cp group")
         for layer in stage.layers.values():
             layer.attention.context = ContextParallel(cp_group, point.cp, dist.get_rank(cp_group))
-    stage.autocast_dtype = AUTOCAST_DTYPES.get(precision)
+    dtype = MIXED_PRECISION[precision].param_dtype if precision in MIXED_PRECISION else torch.float32
+    stage = stage.to(dtype)
     params = [p for p in stage.parameters() if p.requires_grad]
     for p in params:
         p.grad = torch.zeros_like(p)  # the runtime accumulates into existing gradients
@@ -194,8 +195,8 @@ def make_case(
     shape = (point.mbs, point.seq_len // point.cp)
     vocab = model.vocab_size if tp_mesh is not None else -(-model.vocab_size // point.tp)
     tokens = torch.randint(0, vocab, shape, generator=gen).to(device)
-    hidden = (torch.randn(*shape, model.hidden_size, generator=gen) * 0.5).to(device)
-    grad = (torch.randn(*shape, model.hidden_size, generator=gen) * 1e-3).to(device)
+    hidden = (torch.randn(*shape, model.hidden_size, generator=gen) * 0.5).to(device, dtype)
+    grad = (torch.randn(*shape, model.hidden_size, generator=gen) * 1e-3).to(device, dtype)
     if point.kind == "embedding":
         return Case(stage, params, [tokens], stage, grad)
     if point.kind == "head":
@@ -287,7 +288,7 @@ def time_round_robin(
 
 def saved_activation_bytes(case: Case) -> int:
     """Bytes of the distinct storages autograd saves in one forward, parameters excluded
-    (``saved_tensors_hooks``; under autocast this includes the low-precision weight copies)."""
+    (``saved_tensors_hooks``)."""
     param_ptrs = {p.untyped_storage().data_ptr() for p in case.params}
     saved: dict[int, int] = {}
 

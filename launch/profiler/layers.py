@@ -39,7 +39,7 @@ from profiles.errors import PlanError
 from profiles.profile_schema import HardwareFingerprint, LayerProfile, ProfileFile, TimeSharePoint, model_shape_hash
 from profiles.schema import ModelSpec
 
-PRECISIONS = ("fp32", "bf16")  # what the runtime runs: fp32, or fp32 weights under bf16 autocast
+PRECISIONS = ("fp32", "bf16")  # what the runtime runs: fp32, or bf16 under FSDP2's mixed precision
 RECOMPUTE_KINDS = ("none", "selective", "full")
 
 

@@ -3,7 +3,7 @@
 Order follows torchtitan: build the stage's pieces (only this rank's layers and,
 of each MoE layer, its experts; seeded per piece), set recompute per stage, apply
 tensor parallelism, join the expert- and context-parallel groups, then data
-parallelism, then wrap the stages in the pipeline schedule.
+parallelism (FSDP2, which also runs bf16 mixed precision), then wrap the stages in the pipeline schedule.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from costmodels.layout import StageLayout, local_stages, loss_pipeline_rank
 from costmodels.rank_grid import RankCoord
 from launch.runtime.checks import apply_build_mutations
 from launch.runtime.cp import ContextParallel
-from launch.runtime.fsdp import apply_data_parallel
+from launch.runtime.fsdp import apply_data_parallel, wraps_in_fsdp
 from launch.runtime.layout import grid_of
 from launch.runtime.model import StageModule, TransformerLayer, build_stage_module, lm_loss
 from launch.runtime.moe import ExpertGroups, ExpertShard, MoEFeedForward, expert_shard_of
@@ -28,8 +28,6 @@ from launch.runtime.parallel import Groups, build_expert_mesh, build_groups, bui
 from launch.runtime.pp import build_schedule, build_stages
 from launch.runtime.tp import apply_tensor_parallel, parallelize_layer
 from profiles.schema import Plan
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16}
 
 
 @dataclass
@@ -77,7 +75,6 @@ def _build_module(plan: Plan, layout: StageLayout, seed: int, device: torch.devi
     ).to(device)
     if tp_mesh is not None:
         apply_tensor_parallel(module, tp_mesh, cfg.sequence_parallel, layers_done=True)
-    module.autocast_dtype = AUTOCAST_DTYPES.get(plan.train.precision)
     return module
 
 
@@ -122,8 +119,8 @@ def build_runtime(
     for layout in layouts:
         module = _build_module(plan, layout, seed, device, experts, mesh["tp"] if cfg.tp > 1 else None)
         _join_groups(module, plan, coord, mesh, expert_mesh, groups)
-        if cfg.dp * cfg.cp > 1:
-            apply_data_parallel(module, mesh, cfg.zero, expert_mesh)
+        if wraps_in_fsdp(cfg.dp * cfg.cp, plan.train.precision):
+            apply_data_parallel(module, mesh, cfg.zero, expert_mesh, plan.train.precision)
         modules[layout.stage] = module
     apply_build_mutations(modules)
     stages = build_stages(modules, layouts, cfg.num_stages, device, mesh["pp"].get_group())

@@ -72,12 +72,15 @@ def _exchange(tensor: torch.Tensor, group: dist.ProcessGroup, step: int) -> torc
 
 
 def _block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One block in fp32: (output [b, kv, g, sq, d], log-sum-exp [b, kv, g, sq]); ``mask`` True = attend."""
-    scores = torch.einsum("bkgqd,bksd->bkgqs", q.float(), k.float()) * scale
+    """One block: (output [b, kv, g, sq, d], log-sum-exp [b, kv, g, sq]), both fp32; ``mask`` True = attend.
+    The two GEMMs run at the inputs' precision (bf16 runs: bf16 scores, the probabilities cast back to bf16
+    for ·V), the softmax, its log-sum-exp and the output in fp32."""
+    scores = torch.einsum("bkgqd,bksd->bkgqs", q, k).float() * scale
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
-    out = torch.einsum("bkgqs,bksd->bkgqd", torch.exp(scores - lse.unsqueeze(-1)), v.float())
+    probs = torch.exp(scores - lse.unsqueeze(-1))
+    out = torch.einsum("bkgqs,bksd->bkgqd", probs.to(v.dtype), v).float()
     return out, lse
 
 

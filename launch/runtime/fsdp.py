@@ -26,6 +26,15 @@ factor; a context-parallel rank's loss is the mean over its share of the sequenc
 as torchtitan's ``dp_shard_cp``), so with the pipeline's division by the microbatch
 count the result is the gradient of the mean loss over the global batch.
 
+bf16 is FSDP2's mixed precision, as torchtitan runs it: ``MixedPrecisionPolicy(param_dtype=bf16,
+reduce_dtype=fp32)``. The sharded parameters stay fp32 (the optimizer's master weights); each unit's
+all-gather casts them to one bf16 unsharded copy that forward and backward use, whatever the number of
+microbatches in flight; gradients come out bf16, FSDP2 accumulates the unsharded ones in fp32 while the
+pipeline keeps the sync off (``FSDPParam.to_accumulated_grad_if_needed``) and reduce-scatters them in fp32.
+So every bf16 stage is wrapped, on a one-rank mesh where dp x cp = 1 (``wraps_in_fsdp``). The
+alternative, ``torch.autocast`` over fp32 parameters (ppplan's runtime until 2026-12), saves a bf16 cast of
+every GEMM weight per microbatch in flight and keeps an fp32 residual stream.
+
 A mixture-of-experts layer adds two FSDP units inside the layer's: the routed experts,
 sharded or replicated over the ranks holding the same experts (the expert mesh's
 ``edp`` dims), and the router with the shared experts over the data-context ranks.
@@ -33,13 +42,23 @@ sharded or replicated over the ranks holding the same experts (the expert mesh's
 
 from __future__ import annotations
 
+import torch
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from launch.runtime.model import StageModule
 from launch.runtime.moe import MoEFeedForward
 
 EXPERT_DIMS = {("dp_replicate", "dp_shard"): ("edp_replicate", "edp_shard"), ("dp_shard",): ("edp_shard",)}
+
+
+MIXED_PRECISION = {"bf16": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)}
+
+
+def wraps_in_fsdp(data_ranks: int, precision: str) -> bool:
+    """Whether the stages are wrapped in ``fully_shard``: over more than one data-context rank, and for
+    every bf16 plan (its mixed precision is FSDP2's; a one-rank mesh at dp x cp = 1)."""
+    return data_ranks > 1 or precision in MIXED_PRECISION
 
 
 def zero_policy(zero: int) -> tuple[tuple[str, ...], bool]:
@@ -57,15 +76,18 @@ def _sub_mesh(mesh: DeviceMesh, dims: tuple[str, ...]) -> DeviceMesh:
     return mesh[dims] if len(dims) > 1 else mesh[dims[0]]
 
 
-def apply_data_parallel(stage: StageModule, mesh: DeviceMesh, zero: int, expert_mesh: DeviceMesh | None = None) -> None:
+def apply_data_parallel(stage: StageModule, mesh: DeviceMesh, zero: int, expert_mesh: DeviceMesh | None = None,
+                        precision: str = "fp32") -> None:
     """Wrap each layer (and an MoE layer's experts and router first), then the stage, with
-    ``fully_shard`` per ``zero_policy``."""
+    ``fully_shard`` per ``zero_policy``, in ``precision``'s mixed precision (``MIXED_PRECISION``)."""
     dims, reshard = zero_policy(zero)
     dp_mesh = _sub_mesh(mesh, dims)
+    policy = MIXED_PRECISION.get(precision, MixedPrecisionPolicy())
     for layer in stage.layers.values():
         if isinstance(layer.feed_forward, MoEFeedForward):
             assert expert_mesh is not None  # build_runtime makes it for an MoE model
-            fully_shard(layer.feed_forward.experts, mesh=_sub_mesh(expert_mesh, EXPERT_DIMS[dims]), reshard_after_forward=reshard)
-            fully_shard(layer.feed_forward, mesh=dp_mesh, reshard_after_forward=reshard)
-        fully_shard(layer, mesh=dp_mesh, reshard_after_forward=reshard)
-    fully_shard(stage, mesh=dp_mesh, reshard_after_forward=reshard)
+            fully_shard(layer.feed_forward.experts, mesh=_sub_mesh(expert_mesh, EXPERT_DIMS[dims]), reshard_after_forward=reshard,
+                        mp_policy=policy)
+            fully_shard(layer.feed_forward, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=policy)
+        fully_shard(layer, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=policy)
+    fully_shard(stage, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=policy)

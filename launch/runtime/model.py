@@ -285,15 +285,8 @@ class StageModule(nn.Module):
         self.layers = nn.ModuleDict({str(i): layer for i, layer in layers.items()})
         self.head = head
         self.tied = False
-        self.autocast_dtype: torch.dtype | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.autocast_dtype is not None:
-            with torch.autocast(x.device.type, dtype=self.autocast_dtype):
-                return self._run(x)
-        return self._run(x)
-
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.embedding is not None:
             x = self.embedding(x)
         for layer in self.layers.values():

@@ -7,6 +7,7 @@ first step's gradients and plain-SGD weights (``launch/runtime/checks.py``).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -18,15 +19,24 @@ from profiles.schema import ModelSpec, TrainSpec
 
 
 def reference_losses(model: ModelSpec, train: TrainSpec, steps: int, seed: int = 0, lr: float = DEFAULT_LR) -> list[float]:
-    """Losses of ``steps`` optimizer steps over the whole global batch in fp32."""
+    """Losses of ``steps`` optimizer steps over the whole global batch in fp32, or for a bf16 ``train`` as FSDP2's
+    mixed precision runs it (``launch/runtime/fsdp.py``): forward and backward on a bf16 copy of the fp32
+    weights, the gradients upcast to fp32 for AdamW over the fp32 weights."""
     net = build_full_model(model, seed)
     optimizer = build_optimizer(net.parameters(), lr)
     data = SyntheticTokens(model.vocab_size, train.seq_len, seed)
     losses: list[float] = []
     for step in range(steps):
         inputs, targets = data.global_batch(step, train.global_batch)
-        loss = lm_loss(net(inputs), targets)
-        loss.backward()
+        if train.precision == "bf16":
+            compute = copy.deepcopy(net).to(torch.bfloat16)  # deepcopy keeps a tied weight tied
+            loss = lm_loss(compute(inputs), targets)
+            loss.backward()
+            for master, low in zip(net.parameters(), compute.parameters(), strict=True):
+                master.grad = low.grad.float()
+        else:
+            loss = lm_loss(net(inputs), targets)
+            loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))

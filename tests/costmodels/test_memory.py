@@ -186,7 +186,8 @@ def test_gradients_are_sharded_where_the_stack_shards_them(stack, pp, zero, shar
     ("torchtitan", 1, 8, 3, False),  # reduce-scattered every microbatch: fp32 shards, the ZeRO paper's 16 B
     ("torchtitan", 2, 1, 3, False),  # no data-parallel rank to shard over: no FSDP
     ("torchtitan", 2, 8, 0, False),  # DDP: gradients in the parameters' bf16
-    ("ppplan-torch", 2, 8, 3, False),  # no mixed-precision policy: the gradients are the parameters' dtype
+    ("ppplan-torch", 2, 8, 3, True),  # FSDP2's mixed precision on every bf16 plan, as torchtitan's ...
+    ("ppplan-torch", 2, 1, 0, True),  # ... on a one-rank mesh and at ZeRO 0 too (fsdp_mixed_precision_always)
     ("megatron-core", 1, 1, 0, True),  # main_grad in fp32, always
 ])
 def test_fsdp_upcasts_the_unsharded_gradients_it_accumulates_under_a_pipeline(stack, pp, data_ranks, zero, fp32):

@@ -16,7 +16,7 @@ from costmodels.compute import gemm_op_time_s, memory_bound_time_s, operator_tim
 from costmodels.data_parallel import bucket_params
 from costmodels.estimate import _pipeline_inputs, estimate
 from costmodels.layer_costs import RooflineTimes
-from costmodels.memory import stage_param_split, stage_params
+from costmodels.memory import stack_static_memory, stage_param_split, stage_params
 from costmodels.operators import FlashAttention, Gemm
 from costmodels.overlap import contention_s
 from costmodels.step_time import exposed_sum_s
@@ -129,7 +129,7 @@ def test_a_bf16_gradient_buffer_is_reduced_in_bf16() -> None:
     ("megatron-deepspeed", 2),
     ("zero-bubble-megatron", 2),
     ("torchtitan", 4),  # FSDP2 reduce_dtype float32 beside bf16 parameters, whatever it accumulates in
-    ("ppplan-torch", 4),  # autocast over fp32 parameters: fp32 gradients
+    ("ppplan-torch", 4),  # FSDP2 mixed precision, reduce_dtype float32, as torchtitan
 ])
 def test_each_preset_reduces_gradients_in_its_own_dtype(stack_name: str, bf16_buffer_reduce_bytes: int) -> None:
     """As shipped every preset reduces bf16 and fp8 runs' gradients in fp32 (Megatron-LM's forced fp32 buffer,
@@ -184,14 +184,15 @@ def test_each_preset_prices_its_own_kernels() -> None:
 
 
 def test_autocast_casts_every_gemm_weight_each_microbatch() -> None:
-    """ppplan-torch runs bf16 as autocast over fp32 parameters: each microbatch's forward reads every GEMM weight of
-    the stage (layers and head, not the embedding table) in fp32 and writes its bf16 copy, 6 B per weight by HBM
-    bytes, and its backward casts each bf16 weight gradient back to fp32, 6 B more. The same stack without autocast
-    pays neither; everything else in F is the same."""
+    """A stack that runs bf16 as autocast over fp32 parameters (ppplan's runtime until 2026-12; torchtitan without
+    FSDP, TP or PP): each microbatch's forward reads every GEMM weight of the stage (layers and head, not the
+    embedding table) in fp32 and writes its bf16 copy, 6 B per weight by HBM bytes, and its backward casts each bf16
+    weight gradient back to fp32, 6 B more. The same stack without autocast (ppplan-torch as shipped, FSDP2's
+    mixed precision) pays neither; everything else in F is the same."""
     c = a100()
     cfg = ParallelConfig(stack="ppplan-torch", tp=1, pp=1, dp=1, mbs=1, num_microbatches=2, stage_layers=[GPT.num_layers])
-    autocast = load_stack("ppplan-torch")
-    plain = autocast.with_changes({"autocast_fp32_params": False})
+    plain = load_stack("ppplan-torch")
+    autocast = plain.with_changes({"autocast_fp32_params": True})
     network = network_for(c)
     roof = RooflineTimes(GPT, c, "bf16", stack=autocast)
     plans, costs, _, _ = _pipeline_inputs(GPT, c, TRAIN, cfg, roof, autocast, autocast.overlap, network)
@@ -210,11 +211,31 @@ def test_autocast_sends_the_fp32_residual_stream_between_stages() -> None:
     network = network_for(c)
     roof = RooflineTimes(GPT, c, "bf16", stack=load_stack("ppplan-torch"))
     pair = GroupPlacement(size=2, ranks_per_node=2, nodes=1, node_senders=2)
-    autocast = load_stack("ppplan-torch")
-    plain = autocast.with_changes({"autocast_fp32_params": False})
+    plain = load_stack("ppplan-torch")
+    autocast = plain.with_changes({"autocast_fp32_params": True})
     assert autocast.overlap.p2p == "exposed"  # torch's blocking sends: F holds the rank for its send
     plans, costs, _, _ = _pipeline_inputs(GPT, c, TRAIN, cfg, roof, autocast, autocast.overlap, network)
     _, plain_costs, _, _ = _pipeline_inputs(GPT, c, TRAIN, cfg, roof, plain, plain.overlap, network)
     send = {b: collective_s("p2p", b * S * H, pair, network) for b in (2, 4)}
     cast = memory_bound_time_s(c, 6 * plans[0].gemm_params)
     assert costs[0].forward_s - plain_costs[0].forward_s == pytest.approx(cast + send[4] - send[2])
+
+
+@pytest.mark.parametrize("stack_name, dp, zero, per_param", [
+    # ppplan's runtime wraps every bf16 stage in FSDP2's mixed precision, at one data rank and ZeRO 0 too: a bf16
+    # unsharded copy (2 B), the unsharded gradients accumulated in fp32 (4 B), fp32 master weights and Adam's m, v
+    ("ppplan-torch", 1, 0, (2, 4, 12)),
+    ("ppplan-torch", 8, 0, (2, 4, 12)),
+    ("ppplan-torch", 8, 1, (2, 4, 12 / 8)),
+    ("ppplan-torch", 8, 3, (2 / 8, 4, 12 / 8)),
+    # torchtitan wraps only where it shards: ZeRO 0 is DDP and one data rank no FSDP, bf16 gradients
+    ("torchtitan", 1, 0, (2, 2, 12)),
+    ("torchtitan", 8, 1, (2, 4, 12 / 8)),
+])
+def test_bf16_state_per_parameter_as_the_stack_wraps_fsdp(stack_name: str, dp: int, zero: int,
+                                                          per_param: tuple[float, float, float]) -> None:
+    """Bytes per parameter of a bf16 run at pp 2 (the pipeline keeps FSDP2's gradient sync off until the last
+    microbatch, so gradients accumulate unsharded), by hand from the FSDP2 wrapping each stack does."""
+    static = stack_static_memory(load_stack(stack_name), 1e9, 0.0, "bf16", 2, dp, 1, zero)
+    held = (static.weights_bytes / 1e9, static.gradients_bytes / 1e9, static.optimizer_bytes / 1e9)
+    assert held == pytest.approx(per_param)

@@ -146,11 +146,12 @@ def test_a_stage_shards_each_layer_before_it_builds_the_next(monkeypatch: pytest
 
 
 def test_autocast_keeps_a_bf16_copy_of_every_gemm_weight_per_microbatch() -> None:
-    """ppplan's runtime runs bf16 as torch.autocast over fp32 parameters (launch/runtime/build.py): each
-    microbatch's forward casts every GEMM weight to bf16 and saves the cast for its backward, a copy of its own
-    per microbatch (autocast clears its cache when the region exits). The cost model's ppplan-torch stack prices
-    exactly that: ``gemm_weight_copy_bytes`` (2) per GEMM weight of the stage's layers and head, not the
-    embedding lookup's table, per microbatch in flight (``costmodels.estimate._stage_plan``)."""
+    """torch.autocast over fp32 parameters (ppplan's runtime until 2026-12; torchtitan without FSDP, TP or PP):
+    each microbatch's forward casts every GEMM weight to bf16 and saves the cast for its backward, a copy of its own
+    per microbatch (autocast clears its cache when the region exits). A stack with ``autocast_fp32_params`` prices
+    exactly that: ``gemm_weight_copy_bytes`` (2) per GEMM weight of the stage's layers and head, not the embedding
+    lookup's table, per microbatch in flight (``costmodels.estimate._stage_plan``); ppplan-torch as shipped, FSDP2's
+    mixed precision, none."""
     from costmodels.estimate import activation_variant
     from costmodels.memory import stage_param_split
     from profiles.loader import load_cluster, load_model, load_stack
@@ -158,7 +159,6 @@ def test_autocast_keeps_a_bf16_copy_of_every_gemm_weight_per_microbatch() -> Non
 
     model = load_model("tiny-llama")
     stage = build_stage_module(model, 0, 2, True, True, seed=3)
-    stage.autocast_dtype = torch.bfloat16
     params = {p.untyped_storage().data_ptr() for p in stage.parameters()}
     weight_bytes = {2 * p.numel() for p in stage.parameters() if p.dim() == 2}  # a bf16 cast's storage (16 tokens'
     copies: dict[int, int] = {}  # activations are far smaller than any weight of tiny-llama)
@@ -172,12 +172,58 @@ def test_autocast_keeps_a_bf16_copy_of_every_gemm_weight_per_microbatch() -> Non
     outputs = []
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         for _ in range(2):  # two microbatches in flight
-            outputs.append(stage(torch.randint(0, model.vocab_size, (1, 16))))
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                outputs.append(stage(torch.randint(0, model.vocab_size, (1, 16))))
     gemm_params = stage_param_split(model, 0, 2, False, True, 1).total  # layers and head, no embedding table
     norms = sum(p.numel() for name, p in stage.named_parameters() if p.dim() == 1)
     assert sum(copies.values()) == 2 * 2 * (gemm_params - norms)  # 2 microbatches x 2 B, the norms' scales not cast
-    cluster, stack = load_cluster("dgx-a100-80g"), load_stack("ppplan-torch")
-    variant = activation_variant(cluster, TrainSpec(global_batch=8, seq_len=16, precision="bf16"), stack)
+    cluster, shipped = load_cluster("dgx-a100-80g"), load_stack("ppplan-torch")
+    train = TrainSpec(global_batch=8, seq_len=16, precision="bf16")
+    variant = activation_variant(cluster, train, shipped.with_changes({"autocast_fp32_params": True}))
     assert (variant.gemm_weight_copy_bytes, variant.residual_stream_bytes, variant.bytes_per_element) == (2, 4, 2)
-    fp32 = activation_variant(cluster, TrainSpec(global_batch=8, seq_len=16, precision="fp32"), stack)
+    variant = activation_variant(cluster, train, shipped)
+    assert (variant.gemm_weight_copy_bytes, variant.residual_stream_bytes, variant.bytes_per_element) == (0, 2, 2)
+    fp32 = activation_variant(cluster, TrainSpec(global_batch=8, seq_len=16, precision="fp32"), shipped)
     assert (fp32.gemm_weight_copy_bytes, fp32.residual_stream_bytes, fp32.bytes_per_element) == (0, 4, 4)
+
+
+def test_fsdp_mixed_precision_keeps_one_bf16_copy_of_the_weights_for_every_microbatch(tmp_path) -> None:
+    """ppplan's runtime runs bf16 as FSDP2's mixed precision (``launch/runtime/fsdp.py``), on a one-rank mesh at
+    dp x cp = 1: the stage's forward computes with bf16 unsharded parameters that every microbatch shares (the
+    GEMMs of two microbatches save the same weight storages, those of the module's unsharded parameters), and
+    after the backward the parameters FSDP2 shards back to, and their gradients, are fp32: the 2 B bf16 copy,
+    4 B fp32 gradients and fp32 master weights the ppplan-torch stack prices (``fsdp_mixed_precision_always``)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from launch.runtime.fsdp import apply_data_parallel, wraps_in_fsdp
+    from profiles.loader import load_model
+
+    assert wraps_in_fsdp(1, "bf16") and not wraps_in_fsdp(1, "fp32") and wraps_in_fsdp(2, "fp32")
+    model = load_model("tiny-llama")
+    stage = build_stage_module(model, 0, 2, True, True, seed=3)
+    shapes = {tuple(p.shape) for p in stage.parameters() if p.dim() == 2}
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1, 1), mesh_dim_names=("dp_replicate", "dp_shard"))
+        apply_data_parallel(stage, mesh, zero=1, precision="bf16")
+        saved: list[set[int]] = []
+        outputs = []
+        for _ in range(2):  # two microbatches in flight
+            weights: set[int] = set()
+
+            def pack(t: torch.Tensor, weights: set[int] = weights) -> torch.Tensor:
+                if t.dtype == torch.bfloat16 and t.dim() == 2 and (tuple(t.shape) in shapes or tuple(t.shape[::-1]) in shapes):
+                    weights.add(t.untyped_storage().data_ptr())
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                outputs.append(stage(torch.randint(0, model.vocab_size, (1, 16))))
+            saved.append(weights)
+        unsharded = {p.untyped_storage().data_ptr() for p in stage.parameters()}
+        assert all(p.dtype == torch.bfloat16 for p in stage.parameters())
+        assert saved[0] and saved[0] == saved[1] and saved[0] <= unsharded
+        sum(lm_loss(out, torch.zeros(1, 16, dtype=torch.long)) for out in outputs).backward()
+        assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in stage.parameters())
+    finally:
+        dist.destroy_process_group()
