@@ -180,17 +180,24 @@ def ring_time_s(ring: RingAttention, first_s: float, other_s: float, exchange: f
 
 
 def eager_ring_activation_bytes(model: ModelSpec, shape: LayerShape) -> float:
-    """What the eager ring keeps per layer (module docstring): per block its fp32 scores and probabilities
-    (8 bytes per score; bf16 runs also the probabilities' bf16 copy, 2 more) and its log-sum-exp, the
-    diagonal blocks' masks, each merge's two fp32 partial outputs, and the received K/V blocks the GEMMs
-    saved."""
+    """What the eager ring keeps per layer (module docstring), as autograd saves it (``launch/runtime/cp.py``;
+    measured with saved-tensor hooks, ``tests/launch/runtime/test_cp.py``): per block its fp32 scores and
+    probabilities (8 bytes per score; bf16 runs also the probabilities' bf16 copy, 2 more) and its log-sum-exp;
+    the diagonal blocks' masks; per merge its two fp32 partial outputs and three log-sum-exp-sized fp32 tensors
+    (the merged log-sum-exp and the two rescaling factors; a query chunk's last merged log-sum-exp is not kept, so
+    this is an upper figure by that much); the rank's own stacked K/V and each received block, which the GEMMs
+    save views of; and under grouped-query attention each block's contiguous copy of its query chunk, which the
+    QKᵀ einsum makes to fold the group into the rows."""
     cp, c = shape.cp, chunk_len(shape)
     heads = shape.mbs * model.num_attention_heads / shape.tp
     blocks, merges = 2 * cp + 1, 2 * cp - 1
-    per_score = 2 * FP32_BYTES + (shape.bytes_per_element if shape.bytes_per_element != FP32_BYTES else 0)
-    kept = blocks * (per_score * heads * c * c + FP32_BYTES * heads * c) + 2 * MASK_BYTES * c * c
-    kept += merges * 2 * FP32_BYTES * heads * c * model.value_head_dim
-    return kept + (cp - 1) * kv_block_bytes(model, shape)
+    low = shape.bytes_per_element if shape.bytes_per_element != FP32_BYTES else 0
+    lse = FP32_BYTES * heads * c
+    kept = blocks * ((2 * FP32_BYTES + low) * heads * c * c + lse) + 2 * MASK_BYTES * c * c
+    kept += merges * (2 * FP32_BYTES * heads * c * model.value_head_dim + 3 * lse)
+    if not model.is_mla and model.kv_heads < model.num_attention_heads:
+        kept += blocks * shape.bytes_per_element * heads * c * model.score_head_dim
+    return kept + cp * kv_block_bytes(model, shape)
 
 
 def cp_activation_bytes(model: ModelSpec, shape: LayerShape, kernels_kind: str) -> float:

@@ -152,10 +152,12 @@ def test_activation_memory_divides_by_cp() -> None:
 def test_eager_ring_memory_by_hand() -> None:
     """tiny-llama (h 256, 8 heads, 4 kv heads, d 32), s = 128, cp = 2, fp32: c = 32, 5 blocks of 8·32²
     scores keeping 8 B each and a log-sum-exp (4·8·32), two masks of 32² bools, 3 merges keeping two
-    8 × 32 × 32 fp32 outputs, and the one received K/V block: 64 positions · 4 kv heads · 64 · 4 B."""
+    8 × 32 × 32 fp32 outputs and three log-sum-exps, the rank's own stacked K/V and the one received block
+    (2 × 64 positions · 4 kv heads · 64 · 4 B), and each block's copy of its 8 × 32 × 32 query chunk (GQA)."""
     tiny = load_model("tiny-llama")
     s2 = LayerShape(1, 1, 128, False, "none", 4, cp=2)
     assert chunk_len(s2) == 32
-    expected = 5 * (8 * 8 * 32 * 32 + 4 * 8 * 32) + 2 * 32 * 32 + 3 * 2 * 4 * 8 * 32 * 32 + 64 * 4 * 64 * 4
+    expected = (5 * (8 * 8 * 32 * 32 + 4 * 8 * 32) + 2 * 32 * 32 + 3 * (2 * 4 * 8 * 32 * 32 + 3 * 4 * 8 * 32)
+                + 2 * 64 * 4 * 64 * 4 + 5 * 4 * 8 * 32 * 32)
     assert eager_ring_activation_bytes(tiny, s2) == expected
     assert cp_activation_bytes(tiny, s2, "eager_ring") == expected
