@@ -45,9 +45,10 @@ class ActivationVariant:
     attention, Megatron's GELU MLP); ``runtime()`` is ppplan's torch runtime
     (no dropout, SDPA/flash attention storing only the log-sum-exp, eager
     SwiGLU storing gate, silu(gate), up and their product). Off CUDA, torch's
-    RMSNorm is the composite x·rsqrt(mean(x²)+eps)·w, whose product with the
-    weight also keeps the normalised input (one more s·b·h per norm, measured
-    by ``ppplan profile``); CUDA runs the fused kernel (input and 1/rms only).
+    RMSNorm is the composite x·rsqrt(mean(x²)+eps)·w in fp32, whose product with the
+    weight also keeps the fp32 normalised input, and in bf16 runs the fp32 upcast of
+    its input (``composite_rmsnorm_extra_bytes``, measured by ``ppplan profile``); CUDA
+    runs the fused kernel (input and 1/rms only).
     """
 
     bytes_per_element: int = 2
@@ -179,8 +180,7 @@ def layer_activation_bytes(
     g = variant.saved_gemm_input_bytes  # QKV, MLP, output-projection and FC2 inputs: GEMM inputs
     # LayerNorm inputs (2), QKV input, MLP input, two dropout masks: replicated across TP without SP.
     replicated = 2 * r * sbh + 2 * g * sbh + 2 * mask * sbh
-    if variant.rmsnorm_saves_normalized and model.norm == "rmsnorm":
-        replicated += 2 * p * sbh  # each composite RMSNorm's normalised input
+    replicated += 2 * composite_rmsnorm_extra_bytes(model, variant) * sbh
     ffn_tensors = 2 if model.activation == "gelu" else variant.swiglu_saved_ffn_tensors
     whole = 0.0  # kept whole on every tp rank whatever the sequence parallelism (MLA's latents)
     if model.is_mla:
@@ -317,6 +317,17 @@ def loss_bytes_per_logit(variant: ActivationVariant, tp: int = 1) -> tuple[int, 
     return FP32_BYTES, 2 * FP32_BYTES
 
 
+def composite_rmsnorm_extra_bytes(model: ModelSpec, variant: ActivationVariant) -> int:
+    """Bytes per value one RMSNorm keeps beyond its input at the residual stream's width, where it is torch's
+    composite (``ActivationVariant.rmsnorm_saves_normalized``: off CUDA, no fused norm): ``rms_norm`` computes in
+    fp32, so autograd saves the fp32 upcast of its input (the input itself in fp32 runs) and the fp32 normalised
+    values the weight multiplies (measured with saved-tensor hooks on torch 2.13's CPU ``nn.RMSNorm``:
+    ``tests/launch/profiler/test_layers.py``). 0 for a fused norm or a LayerNorm."""
+    if not (variant.rmsnorm_saves_normalized and model.norm == "rmsnorm"):
+        return 0
+    return FP32_BYTES - variant.residual_stream_bytes + FP32_BYTES
+
+
 def head_activation_bytes(
     model: ModelSpec, seq_len: int, mbs: int, tp: int, sequence_parallel: bool, variant: ActivationVariant
 ) -> float:
@@ -331,7 +342,8 @@ def head_activation_bytes(
     a local of Megatron's model forward)."""
     tokens = seq_len * mbs
     p = variant.bytes_per_element
-    norm_in = variant.residual_stream_bytes * tokens * model.hidden_size / (tp if sequence_parallel else 1)
+    norm_width = variant.residual_stream_bytes + composite_rmsnorm_extra_bytes(model, variant)
+    norm_in = norm_width * tokens * model.hidden_size / (tp if sequence_parallel else 1)
     logits_in = p * tokens * model.hidden_size
     logits = loss_bytes_per_logit(variant, tp)[0] * tokens * model.vocab_size / (tp if variant.vocab_parallel_loss else 1)
     return norm_in + logits_in + logits

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from costmodels.flops import parameter_counts
-from costmodels.memory import ActivationVariant, layer_activation_bytes
+from costmodels.memory import ActivationVariant, head_activation_bytes, layer_activation_bytes
 from launch.profiler.cases import GridPoint, make_case, saved_activation_bytes
 from launch.profiler.layers import ProfileSettings, grid, interleaves, num_steps, profile_model
 from planner.cli.main import run
@@ -112,19 +112,35 @@ def test_speed_probe_is_tiny_gpts_layer_timed_with_the_profile(small_profile):
     assert torch.get_num_threads() == 2  # the probe runs on one thread and gives the caller's setting back
 
 
-def _saved(name: str, tp: int, mbs: int, recompute: str) -> int:
-    case = make_case(load_model(name), GridPoint("transformer", tp, mbs, 128, recompute), "fp32", "cpu")
+def _saved(name: str, tp: int, mbs: int, recompute: str, precision: str = "fp32", kind: str = "transformer") -> int:
+    case = make_case(load_model(name), GridPoint(kind, tp, mbs, 128, recompute), precision, "cpu")
     return saved_activation_bytes(case)
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt", "tiny-llama"])
 @pytest.mark.parametrize("tp", [1, 2])
 @pytest.mark.parametrize("recompute", ["none", "selective", "full"])
-def test_saved_activations_match_the_runtime_formula_within_10_pct(name, tp, recompute):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_saved_activations_match_the_runtime_formula_within_1_pct(name, tp, recompute, precision):
+    """The layer as the runtime runs it, in fp32 or in bf16 weights (FSDP2's mixed precision computes on
+    them): only the norms' per-token statistics are left out. In bf16, torch's composite RMSNorm on the
+    CPU keeps the fp32 upcast of its input and its fp32 normalised values (``composite_rmsnorm_extra_bytes``;
+    before that was priced, tiny-llama's bf16 layer was 17 % above the formula)."""
     model = load_model(name)
-    measured = _saved(name, tp, 2, recompute)
-    formula = layer_activation_bytes(model, 128, 2, tp, False, recompute, CPU)
-    assert measured == pytest.approx(formula, rel=0.10)
+    measured = _saved(name, tp, 2, recompute, precision)
+    formula = layer_activation_bytes(model, 128, 2, tp, False, recompute, ActivationVariant.runtime(precision, device="cpu"))
+    assert measured == pytest.approx(formula, rel=0.01)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt", "tiny-llama"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_head_saves_the_formula_within_1_pct(name, precision):
+    """The final norm, the logits' input and the fp32 log-softmax over the gathered vocabulary; the composite
+    RMSNorm's fp32 normalised values (and in bf16 its fp32 input) included: tiny-llama's head was 14 % (fp32)
+    and 23 % (bf16) above the formula without them."""
+    measured = _saved(name, 1, 2, "none", precision, kind="head")
+    formula = head_activation_bytes(load_model(name), 128, 2, 1, False, ActivationVariant.runtime(precision, device="cpu"))
+    assert measured == pytest.approx(formula, rel=0.01)
 
 
 def test_gpt_layer_saves_exactly_the_formula_plus_norm_statistics():
