@@ -223,6 +223,20 @@ def _stack_ep_violations(cfg: ParallelConfig, stack: StackSpec, train: TrainSpec
     return problems
 
 
+def data_parallel_violations(precision: str, tp: int, cp: int, pp: int, dp: int, zero: int, stack: StackSpec) -> list[str]:
+    """ZeRO 0 and mixed precision where the stack ties them to FSDP2 (``StackSpec.ddp_one_dimensional``,
+    ``StackSpec.mixed_precision_needs_fsdp``: torchtitan)."""
+    problems: list[str] = []
+    others_parallel = tp > 1 or cp > 1 or pp > 1
+    if stack.ddp_one_dimensional and zero == 0 and dp * cp > 1 and others_parallel:
+        problems.append(f"stack '{stack.name}' runs zero 0 as DDP, only with no tensor, context or pipeline "
+                        "parallelism: use zero >= 1")  # fmt: skip
+    if stack.mixed_precision_needs_fsdp and precision != "fp32" and (tp > 1 or pp > 1) and dp * cp == 1:
+        problems.append(f"stack '{stack.name}' runs {precision} with tensor or pipeline parallelism only under FSDP, "
+                        "over more than one data-context rank (on one it trains in fp32): use dp > 1 or cp > 1")  # fmt: skip
+    return problems
+
+
 def model_support_violations(model: ModelSpec, stack: StackSpec) -> list[str]:
     """Layers of ``model`` the stack does not run (mixture of experts, multi-head latent attention,
     multi-token prediction)."""
@@ -305,6 +319,7 @@ def config_violations(model: ModelSpec, train: TrainSpec, gpus: int, cfg: Parall
     problems += zero_violations(cfg.zero, cfg.pp, cfg.schedule, stack)
     problems += recompute_violations(cfg.recompute, cfg.pp, cfg.schedule, stack)
     problems += parallelism_violations(cfg, stack, train)
+    problems += data_parallel_violations(train.precision, cfg.tp, cfg.cp, cfg.pp, cfg.dp, cfg.zero, stack)
     problems += expert_overlap_violations(cfg.schedule, cfg.ep, cfg.recompute, train.precision, model.mtp_layers)
     problems += model_support_violations(model, stack)
     problems += precision_violations(train.precision, stack)

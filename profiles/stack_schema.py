@@ -257,6 +257,19 @@ class StackSpec(StrictModel):
         default=False, description="ep > 1 with tp > 1 requires sequence parallelism (Megatron-Core)"
     )
     ep_fp16: bool = Field(default=True, description="expert parallelism runs in fp16 (Megatron-Core: no)")
+    ddp_one_dimensional: bool = Field(
+        default=False,
+        description="ZeRO 0 is DDP, which the stack runs only where data parallelism is the only parallelism: with "
+        "tensor, context or pipeline parallelism its data ranks are FSDP2's (torchtitan's llama3 parallelize.py "
+        "raises 'DDP has not supported > 1D parallelism' @ v0.2.2)",
+    )
+    mixed_precision_needs_fsdp: bool = Field(
+        default=False,
+        description="bf16, fp16 and fp8 runs with tensor or pipeline parallelism are mixed precision only under "
+        "FSDP2 (over more than one data-context rank): torchtitan's maybe_enable_amp turns autocast off with TP or "
+        "PP unless FSDP is on, so such a run on one data-context rank trains in fp32 "
+        "(torchtitan/distributed/utils.py @ v0.2.2)",
+    )
     grad_accumulation_fp32: bool = Field(
         default=False,
         description="bf16 and fp8 runs accumulate and reduce gradients in fp32 (4 B/param, not 2): Megatron-LM "

@@ -17,7 +17,7 @@ listed in ``launch/options/torchtitan_keys.txt``. How torchtitan reads them
   sequence (sequence parallel); FSDP2 ``reshard_after_forward`` from
   ``fsdp_reshard_after_forward``; DDP only when nothing else is parallel.
 - ``distributed/utils.py`` ``maybe_enable_amp``: bf16 mixed precision only via
-  FSDP, or autocast without TP/PP.
+  FSDP, or autocast without TP/PP (the stack's rules keep plans to those).
 """
 
 from __future__ import annotations
@@ -65,46 +65,31 @@ def schedule_entries(cfg: ParallelConfig, csv_path: str) -> dict[str, TomlValue]
     return {"pipeline_parallel_schedule": spec.torchtitan_name}
 
 
-def data_parallel_entries(cfg: ParallelConfig) -> tuple[dict[str, TomlValue], list[str]]:
+def data_parallel_entries(cfg: ParallelConfig) -> dict[str, TomlValue]:
     """ZeRO onto FSDP2 as the torchtitan stack prices it: zero 3 = reshard after forward, zero 1 and 2 =
     keep the gathered weights until the backward ends (gradients accumulate unsharded across
-    microbatches with PP, as on ppplan's runtime); zero 0 = DDP, which torchtitan runs only without TP/PP."""
-    if cfg.dp == 1 or (cfg.zero == 0 and cfg.tp == 1 and cfg.pp == 1):
-        return {"data_parallel_replicate_degree": cfg.dp, "data_parallel_shard_degree": 1}, []
-    entries: dict[str, TomlValue] = {
+    microbatches with PP, as on ppplan's runtime); zero 0 = DDP, which the stack's rules allow only with
+    data parallelism alone (``costmodels.rules.data_parallel_violations``)."""
+    if cfg.dp == 1 or cfg.zero == 0:
+        return {"data_parallel_replicate_degree": cfg.dp, "data_parallel_shard_degree": 1}
+    return {
         "data_parallel_replicate_degree": 1,
         "data_parallel_shard_degree": cfg.dp,
         "fsdp_reshard_after_forward": "always" if cfg.zero == 3 else "never",
     }
-    warnings = []
-    if cfg.zero == 0:
-        warnings.append(
-            "torchtitan runs DDP only without TP/PP; emitted FSDP with fsdp_reshard_after_forward = \"never\", "
-            "so optimizer state is sharded (less memory) and DP traffic is reduce-scatter + all-gather instead of "
-            "the planned all-reduce"
-        )
-    return entries, warnings
 
 
-def precision_entries(plan: Plan) -> tuple[dict[str, dict[str, TomlValue]], list[str]]:
-    """``[training]`` dtype keys, and float8 (torchao tensorwise, output layer kept high precision) for fp8."""
-    cfg, precision = plan.config, plan.train.precision
+def precision_entries(plan: Plan) -> dict[str, dict[str, TomlValue]]:
+    """``[training]`` dtype keys, and float8 (torchao tensorwise, output layer kept high precision) for fp8.
+    The stack's rules leave no plan torchtitan would train in another precision: no fp16 (``precisions``), and
+    mixed precision with TP or PP only under FSDP (``costmodels.rules.data_parallel_violations``)."""
+    precision = plan.train.precision
     tables: dict[str, dict[str, TomlValue]] = {"training": {}}
-    warnings = []
-    param = "float32" if precision == "fp32" else "bfloat16"
-    tables["training"]["mixed_precision_param"] = param
-    if precision == "fp16":
-        warnings.append("torchtitan has no fp16 training; emitted bf16 mixed precision (same speed, different numerics)")
+    tables["training"]["mixed_precision_param"] = "float32" if precision == "fp32" else "bfloat16"
     if precision == "fp8":
         tables["model"] = {"converters": ["quantize.linear.float8"]}
         tables["quantize.linear.float8"] = {"recipe_name": "tensorwise", "filter_fqns": ["output"]}
-    fsdp = cfg.dp > 1 and not (cfg.zero == 0 and cfg.tp == 1 and cfg.pp == 1)
-    if param == "bfloat16" and not fsdp and (cfg.tp > 1 or cfg.pp > 1):
-        warnings.append(
-            "torchtitan applies bf16 mixed precision only through FSDP (dp > 1) or without TP/PP; with dp=1 "
-            "it trains this plan in float32: slower and more memory than planned"
-        )
-    return tables, warnings
+    return tables
 
 
 def recompute_entries(cfg: ParallelConfig) -> dict[str, TomlValue]:
@@ -143,7 +128,7 @@ def model_entries(model: ModelSpec) -> tuple[dict[str, TomlValue], list[str]]:
 
 def parallelism_entries(ctx: EmitContext) -> tuple[dict[str, TomlValue], list[str]]:
     cfg = ctx.cfg
-    entries, warnings = data_parallel_entries(cfg)
+    entries, warnings = data_parallel_entries(cfg), []
     entries["tensor_parallel_degree"] = cfg.tp
     entries["enable_async_tensor_parallel"] = False
     entries["pipeline_parallel_degree"] = cfg.pp
@@ -167,7 +152,7 @@ def torchtitan_tables(ctx: EmitContext) -> tuple[dict[str, dict[str, TomlValue]]
     model, warnings = model_entries(plan.model)
     parallelism, parallel_warnings = parallelism_entries(ctx)
     recompute = recompute_entries(cfg)
-    precision, precision_warnings = precision_entries(plan)
+    precision = precision_entries(plan)
     local_batch = cfg.num_microbatches * cfg.mbs if cfg.pp > 1 else cfg.mbs
     steps = ctx.options.steps if ctx.options.steps is not None else 100
     tables: dict[str, dict[str, TomlValue]] = {
@@ -187,7 +172,7 @@ def torchtitan_tables(ctx: EmitContext) -> tuple[dict[str, dict[str, TomlValue]]
         "compile": {"enable": False},
     }
     tables.update(precision)
-    return tables, warnings + parallel_warnings + precision_warnings
+    return tables, warnings + parallel_warnings
 
 
 def render_torchtitan(ctx: EmitContext) -> Rendered:

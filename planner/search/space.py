@@ -18,6 +18,7 @@ from typing import Iterator
 
 from costmodels.layout import min_layers_for
 from costmodels.rules import (
+    data_parallel_violations,
     expert_overlap_violations,
     recompute_violations,
     schedule_violations,
@@ -249,5 +250,6 @@ def _pipeline_options(
                     continue
                 for sp in sp_options:
                     for zero in zero_options:
-                        if not zero_violations(zero, pp, schedule, stack):
+                        if not zero_violations(zero, pp, schedule, stack) and not data_parallel_violations(
+                                precision, tp, d.cp, pp, dp, zero, stack):
                             yield Candidate(tp, d.cp, d.ep, d.etp, pp, dp, mbs, v, schedule, recompute, sp, zero, m)

@@ -216,3 +216,29 @@ def test_stacks_without_moe_or_mla_refuse_those_models() -> None:
     mla = load_model("deepseek-v3")
     problems = config_violations(mla, bf16, 4, moe_cfg(), TORCH)
     assert "stack 'ppplan-torch' has no multi-head latent attention (deepseek-v3 uses it): use another stack" in problems
+
+
+@pytest.mark.parametrize(("update", "precision", "fragment"), [
+    # torchtitan's DDP is one-dimensional: zero 0 with pipeline (or tensor, context) parallelism does not run
+    (dict(zero=0), "bf16", "runs zero 0 as DDP"),
+    (dict(zero=1), "bf16", None),
+    (dict(zero=0, pp=1, stage_layers=[8]), "bf16", None),  # dp alone: DDP runs
+    # mixed precision with TP or PP only under FSDP: one data-context rank trains in fp32
+    (dict(dp=1, num_microbatches=8), "bf16", "trains in fp32"),
+    (dict(dp=1, num_microbatches=8), "fp8", "trains in fp32"),
+    (dict(dp=1, num_microbatches=8), "fp32", None),
+    (dict(dp=1, cp=2, zero=1, num_microbatches=8), "bf16", None),  # FSDP over the context ranks
+])
+def test_torchtitan_ties_ddp_and_mixed_precision_to_fsdp(update: dict, precision: str, fragment: str | None) -> None:
+    """torchtitan v0.2.2: llama3 parallelize.py raises "DDP has not supported > 1D parallelism", and
+    maybe_enable_amp leaves autocast off with TP or PP unless FSDP is on. ppplan's runtime has neither limit."""
+    train = TrainSpec(global_batch=8, seq_len=128, precision=precision)
+    config = cfg(stack="torchtitan", **update)
+    problems = config_violations(LLAMA, train, config.world_size, config, TORCHTITAN)
+    if fragment is None:
+        assert problems == []
+    else:
+        assert any(fragment in p for p in problems), problems
+    if fragment is not None and precision != "fp8":  # ppplan-torch has no fp8
+        mine = config.model_copy(update={"stack": "ppplan-torch"})
+        assert config_violations(LLAMA, train, mine.world_size, mine, TORCH) == []

@@ -39,7 +39,8 @@ OUT = Path("/nonexistent/out")  # render() never touches the disk
 
 # (plan kwargs) -> a spread of what the emitters must handle, each on the stack that emits it
 MEGATRON = dict(stack="megatron-core")
-TORCHTITAN = dict(stack="torchtitan")
+# torchtitan runs bf16 with TP or PP only under FSDP (stack rule): single-data-rank plans here are fp32
+TORCHTITAN = dict(stack="torchtitan", precision="fp32")
 PLANS = {
     "uniform": dict(tp=2, pp=2, dp=2, global_batch=8),
     "uneven-first-last": dict(pp=4, stage_layers=[1, 3, 3, 1], global_batch=8),
@@ -53,7 +54,16 @@ PLANS = {
 }
 MEGATRON_PLANS = {name: {**MEGATRON, **PLANS[name]} for name in
                   ("uniform", "uneven-first-last", "uneven-middle", "interleaved", "llama-gqa-fp8", "zero-1", "end-slots")}
-TORCHTITAN_PLANS = {name: {**TORCHTITAN, **PLANS[name]} for name in
+
+
+def _on_fsdp(plan: dict) -> dict:
+    """``plan`` as torchtitan runs it in its own precision: FSDP over 2 data ranks (ZeRO >= 1), since torchtitan runs
+    DDP only alone and mixed precision with TP or PP only under FSDP (``costmodels.rules.data_parallel_violations``)."""
+    dp = plan.get("dp", 1)
+    return {**plan, "stack": "torchtitan", "zero": max(1, plan.get("zero", 0)), "dp": 2, "global_batch": plan["global_batch"] * 2 // dp}
+
+
+TORCHTITAN_PLANS = {name: _on_fsdp(PLANS[name]) for name in
                     ("uniform", "uneven-middle", "interleaved", "zbv", "llama-gqa-fp8", "zero-1", "end-slots")}
 
 
@@ -327,15 +337,27 @@ def test_torchtitan_zb_h1_writes_its_csv(build_plan: MakePlan) -> None:
 @pytest.mark.parametrize(
     ("plan_kwargs", "needle"),
     [
-        (dict(tp=2, pp=2, global_batch=2), "sequence parallel"),
-        (dict(pp=2, dp=2, global_batch=4, zero=0), "DDP only without TP/PP"),
-        (dict(tp=2, pp=2, global_batch=2, sequence_parallel=True), "float32"),
+        (dict(tp=2, pp=2, dp=2, global_batch=4, zero=1), "sequence parallel"),
         (dict(pp=2, global_batch=2), "register flavor 'tiny-gpt'"),
     ],
 )
 def test_torchtitan_warns_about_what_it_cannot_express(build_plan: MakePlan, plan_kwargs: dict, needle: str) -> None:
     rendered = render(build_plan(**plan_kwargs, **TORCHTITAN), "torchtitan", OUT)
     assert any(needle in w for w in rendered.warnings), rendered.warnings
+
+
+@pytest.mark.parametrize(
+    ("plan_kwargs", "needle"),
+    [
+        (dict(pp=2, dp=2, global_batch=4, zero=0), "runs zero 0 as DDP"),
+        (dict(tp=2, pp=2, global_batch=2, sequence_parallel=True, precision="bf16"), "trains in fp32"),
+    ],
+)
+def test_torchtitan_refuses_plans_it_would_run_otherwise(build_plan: MakePlan, plan_kwargs: dict, needle: str) -> None:
+    """DDP with pipeline parallelism does not run on torchtitan, and bf16 with TP or PP on one data rank trains in
+    fp32: the stack's rules refuse both, so no TOML is written for a plan priced as something else."""
+    with pytest.raises(PlanError, match=needle):
+        render(build_plan(**{**TORCHTITAN, **plan_kwargs}), "torchtitan", OUT)
 
 
 def test_torchtitan_selective_recompute_is_the_per_op_policy_its_stack_prices(build_plan: MakePlan) -> None:
@@ -585,13 +607,13 @@ def test_torchtitan_expert_and_context_degrees(build_plan: MakePlan) -> None:
     assert doc["model"] == {"name": "deepseek_v3", "flavor": "671B"}
     par = doc["parallelism"]
     assert (par["expert_parallel_degree"], par["expert_tensor_parallel_degree"], par["context_parallel_degree"]) == (4, 2, 1)
-    llama = _with(build_plan("tiny-llama", tp=2, global_batch=8), cp=2, stack="torchtitan")
+    llama = _with(build_plan("tiny-llama", tp=2, global_batch=8), cp=2, zero=1, stack="torchtitan")
     par = torchtitan_doc(llama)["parallelism"]
     assert par["context_parallel_degree"] == 2 and "expert_parallel_degree" not in par
 
 
 def test_torchtitan_mixtral_names_what_to_register(build_plan: MakePlan) -> None:
-    rendered = render(build_plan("mixtral-8x7b", tp=2, pp=4, dp=2, global_batch=64, stack="torchtitan"), "torchtitan", OUT)
+    rendered = render(build_plan("mixtral-8x7b", tp=2, pp=4, dp=2, global_batch=64, zero=1, stack="torchtitan"), "torchtitan", OUT)
     assert parse_torchtitan_toml(rendered.files["torchtitan.toml"])["model"]["name"] == "qwen3"
     assert any("register flavor 'mixtral-8x7b'" in w for w in rendered.warnings)
 
