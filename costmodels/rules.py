@@ -188,6 +188,9 @@ def parallelism_violations(cfg: ParallelConfig, stack: StackSpec, train: TrainSp
     problems: list[str] = []
     if cfg.sequence_parallel and not stack.sequence_parallel:
         problems.append(f"stack '{stack.name}' has no sequence parallelism: drop --sequence-parallel")
+    if stack.tp_needs_sequence_parallel and cfg.tp > 1 and not cfg.sequence_parallel:
+        problems.append(f"stack '{stack.name}' runs tensor parallelism with sequence parallelism always: "
+                        "add --sequence-parallel")  # fmt: skip
     if cfg.cp > 1 and not stack.context_parallel:
         problems.append(f"stack '{stack.name}' has no context parallelism: use cp=1 or another stack")
     if cfg.ep > 1 and not stack.expert_parallel:

@@ -257,6 +257,12 @@ class StackSpec(StrictModel):
         default=False, description="ep > 1 with tp > 1 requires sequence parallelism (Megatron-Core)"
     )
     ep_fp16: bool = Field(default=True, description="expert parallelism runs in fp16 (Megatron-Core: no)")
+    tp_needs_sequence_parallel: bool = Field(
+        default=False,
+        description="tensor parallelism always runs with sequence parallelism: the norms are sharded along the "
+        "sequence (torchtitan's llama3 parallelize.py apply_tp puts SequenceParallel on every norm, with no switch, "
+        "@ v0.2.2)",
+    )
     ddp_one_dimensional: bool = Field(
         default=False,
         description="ZeRO 0 is DDP, which the stack runs only where data parallelism is the only parallelism: with "

@@ -126,9 +126,11 @@ def model_entries(model: ModelSpec) -> tuple[dict[str, TomlValue], list[str]]:
     return {"name": "llama3", "flavor": flavor}, warnings
 
 
-def parallelism_entries(ctx: EmitContext) -> tuple[dict[str, TomlValue], list[str]]:
+def parallelism_entries(ctx: EmitContext) -> dict[str, TomlValue]:
+    """``[parallelism]``: every degree as the plan has it (the stack's rules leave nothing torchtitan would run
+    otherwise: sequence parallelism with TP, FSDP wherever more than data parallelism is on)."""
     cfg = ctx.cfg
-    entries, warnings = data_parallel_entries(cfg), []
+    entries = data_parallel_entries(cfg)
     entries["tensor_parallel_degree"] = cfg.tp
     entries["enable_async_tensor_parallel"] = False
     entries["pipeline_parallel_degree"] = cfg.pp
@@ -138,19 +140,14 @@ def parallelism_entries(ctx: EmitContext) -> tuple[dict[str, TomlValue], list[st
         entries["module_fqns_per_model_part"] = stage_module_names(cfg.stage_layers)
     entries.update(torchtitan_parallel_entries(ctx.plan.model, cfg))
     entries["disable_loss_parallel"] = not load_stack(cfg.stack).kernels.vocab_parallel_loss
-    if cfg.tp > 1 and not cfg.sequence_parallel:
-        warnings.append(
-            "torchtitan always runs sequence parallel with TP; the plan has it off, so activation memory is lower "
-            "and TP traffic is reduce-scatter/all-gather instead of all-reduce"
-        )
-    return entries, warnings
+    return entries
 
 
 def torchtitan_tables(ctx: EmitContext) -> tuple[dict[str, dict[str, TomlValue]], list[str]]:
     """All TOML tables, in file order, and the warnings."""
     plan, cfg = ctx.plan, ctx.cfg
     model, warnings = model_entries(plan.model)
-    parallelism, parallel_warnings = parallelism_entries(ctx)
+    parallelism = parallelism_entries(ctx)
     recompute = recompute_entries(cfg)
     precision = precision_entries(plan)
     local_batch = cfg.num_microbatches * cfg.mbs if cfg.pp > 1 else cfg.mbs
@@ -172,7 +169,7 @@ def torchtitan_tables(ctx: EmitContext) -> tuple[dict[str, dict[str, TomlValue]]
         "compile": {"enable": False},
     }
     tables.update(precision)
-    return tables, warnings + parallel_warnings
+    return tables, warnings
 
 
 def render_torchtitan(ctx: EmitContext) -> Rendered:

@@ -219,7 +219,7 @@ class Degrees:
 def _sp_options(d: Degrees, stack: StackSpec) -> tuple[bool, ...]:
     if d.tp == 1 or not stack.sequence_parallel:
         return (False,)
-    if (d.ep > 1 and stack.ep_needs_sequence_parallel) or d.etp != d.tp:
+    if (d.ep > 1 and stack.ep_needs_sequence_parallel) or d.etp != d.tp or stack.tp_needs_sequence_parallel:
         return (True,)
     return (False, True)
 

@@ -202,7 +202,7 @@ def test_torchtitan_carves_experts_out_of_fsdp_and_splits_the_sequence_by_2_cp_t
     assert config_violations(MOE, bf16, 4, ok, TORCHTITAN) == []
     assert any("use zero >= 1 with ep > 1" in p for p in config_violations(MOE, bf16, 4, ok.model_copy(update={"zero": 0}), TORCHTITAN))
     short = TrainSpec(global_batch=8, seq_len=12, precision="bf16")  # 12 % (2*2) == 0 but 12 % (2*2*2) != 0
-    cfg = moe_cfg(cp=2, tp=2, dp=1, num_microbatches=8, stack="torchtitan")
+    cfg = moe_cfg(cp=2, tp=2, dp=1, num_microbatches=8, stack="torchtitan", sequence_parallel=True)
     assert config_violations(LLAMA, short, 4, cfg, TORCHTITAN) == [
         "stack 'torchtitan' needs the sequence (12) divisible by 2*cp*tp = 8 with cp > 1"
     ]
@@ -227,6 +227,8 @@ def test_stacks_without_moe_or_mla_refuse_those_models() -> None:
     (dict(dp=1, num_microbatches=8), "bf16", "trains in fp32"),
     (dict(dp=1, num_microbatches=8), "fp8", "trains in fp32"),
     (dict(dp=1, num_microbatches=8), "fp32", None),
+    (dict(tp=2, zero=1), "bf16", "sequence parallelism always"),  # apply_tp shards the norms along the sequence
+    (dict(tp=2, zero=1, sequence_parallel=True), "bf16", None),
     (dict(dp=1, cp=2, zero=1, num_microbatches=8), "bf16", None),  # FSDP over the context ranks
 ])
 def test_torchtitan_ties_ddp_and_mixed_precision_to_fsdp(update: dict, precision: str, fragment: str | None) -> None:

@@ -58,9 +58,11 @@ MEGATRON_PLANS = {name: {**MEGATRON, **PLANS[name]} for name in
 
 def _on_fsdp(plan: dict) -> dict:
     """``plan`` as torchtitan runs it in its own precision: FSDP over 2 data ranks (ZeRO >= 1), since torchtitan runs
-    DDP only alone and mixed precision with TP or PP only under FSDP (``costmodels.rules.data_parallel_violations``)."""
+    DDP only alone and mixed precision with TP or PP only under FSDP (``costmodels.rules.data_parallel_violations``),
+    and TP with sequence parallelism."""
     dp = plan.get("dp", 1)
-    return {**plan, "stack": "torchtitan", "zero": max(1, plan.get("zero", 0)), "dp": 2, "global_batch": plan["global_batch"] * 2 // dp}
+    return {**plan, "stack": "torchtitan", "zero": max(1, plan.get("zero", 0)), "dp": 2, "global_batch": plan["global_batch"] * 2 // dp,
+            "sequence_parallel": plan.get("tp", 1) > 1}
 
 
 TORCHTITAN_PLANS = {name: _on_fsdp(PLANS[name]) for name in
@@ -337,7 +339,6 @@ def test_torchtitan_zb_h1_writes_its_csv(build_plan: MakePlan) -> None:
 @pytest.mark.parametrize(
     ("plan_kwargs", "needle"),
     [
-        (dict(tp=2, pp=2, dp=2, global_batch=4, zero=1), "sequence parallel"),
         (dict(pp=2, global_batch=2), "register flavor 'tiny-gpt'"),
     ],
 )
@@ -350,12 +351,14 @@ def test_torchtitan_warns_about_what_it_cannot_express(build_plan: MakePlan, pla
     ("plan_kwargs", "needle"),
     [
         (dict(pp=2, dp=2, global_batch=4, zero=0), "runs zero 0 as DDP"),
+        (dict(tp=2, pp=2, dp=2, global_batch=4, zero=1), "sequence parallelism always"),
         (dict(tp=2, pp=2, global_batch=2, sequence_parallel=True, precision="bf16"), "trains in fp32"),
     ],
 )
 def test_torchtitan_refuses_plans_it_would_run_otherwise(build_plan: MakePlan, plan_kwargs: dict, needle: str) -> None:
-    """DDP with pipeline parallelism does not run on torchtitan, and bf16 with TP or PP on one data rank trains in
-    fp32: the stack's rules refuse both, so no TOML is written for a plan priced as something else."""
+    """DDP with pipeline parallelism does not run on torchtitan, TP runs with sequence parallelism always, and bf16
+    with TP or PP on one data rank trains in fp32: the stack's rules refuse all three, so no TOML is written for a
+    plan priced as something else."""
     with pytest.raises(PlanError, match=needle):
         render(build_plan(**{**TORCHTITAN, **plan_kwargs}), "torchtitan", OUT)
 
@@ -599,7 +602,7 @@ def test_megatron_needs_sequence_parallel_with_expert_and_tensor_parallelism(bui
 
 
 def test_torchtitan_expert_and_context_degrees(build_plan: MakePlan) -> None:
-    plan = _with(build_plan("deepseek-v3", tp=2, pp=8, dp=4, global_batch=64), ep=4, zero=1, stack="torchtitan")
+    plan = _with(build_plan("deepseek-v3", tp=2, pp=8, dp=4, global_batch=64, sequence_parallel=True), ep=4, zero=1, stack="torchtitan")
     rendered = render(plan, "torchtitan", OUT)
     doc = parse_torchtitan_toml(rendered.files["torchtitan.toml"])
     allowed = load_allowlist("torchtitan_keys.txt")
@@ -607,13 +610,14 @@ def test_torchtitan_expert_and_context_degrees(build_plan: MakePlan) -> None:
     assert doc["model"] == {"name": "deepseek_v3", "flavor": "671B"}
     par = doc["parallelism"]
     assert (par["expert_parallel_degree"], par["expert_tensor_parallel_degree"], par["context_parallel_degree"]) == (4, 2, 1)
-    llama = _with(build_plan("tiny-llama", tp=2, global_batch=8), cp=2, zero=1, stack="torchtitan")
+    llama = _with(build_plan("tiny-llama", tp=2, global_batch=8, sequence_parallel=True), cp=2, zero=1, stack="torchtitan")
     par = torchtitan_doc(llama)["parallelism"]
     assert par["context_parallel_degree"] == 2 and "expert_parallel_degree" not in par
 
 
 def test_torchtitan_mixtral_names_what_to_register(build_plan: MakePlan) -> None:
-    rendered = render(build_plan("mixtral-8x7b", tp=2, pp=4, dp=2, global_batch=64, zero=1, stack="torchtitan"), "torchtitan", OUT)
+    rendered = render(build_plan("mixtral-8x7b", tp=2, pp=4, dp=2, global_batch=64, zero=1, sequence_parallel=True, stack="torchtitan"),
+                      "torchtitan", OUT)
     assert parse_torchtitan_toml(rendered.files["torchtitan.toml"])["model"]["name"] == "qwen3"
     assert any("register flavor 'mixtral-8x7b'" in w for w in rendered.warnings)
 
