@@ -472,7 +472,7 @@ def gradients_sharded(stack: StackSpec, pp: int, dp: int, zero: int) -> bool:
     return zero >= 2
 
 
-def gradients_fp32(stack: StackSpec, pp: int, data_ranks: int, zero: int) -> bool:
+def gradients_fp32(stack: StackSpec, pp: int, data_ranks: int, zero: int, precision: str) -> bool:
     """Whether a bf16 or fp8 run's gradients take 4 B/param (``state_bytes_per_param``): the stack
     accumulates them in fp32 (``StackSpec.grad_accumulation_fp32``, Megatron-LM), or FSDP2 accumulates
     the unsharded gradients in its fp32 reduce dtype while the pipeline keeps the gradient sync off
@@ -484,7 +484,7 @@ def gradients_fp32(stack: StackSpec, pp: int, data_ranks: int, zero: int) -> boo
     (``StackSpec.fsdp_mixed_precision_always``, ppplan's runtime: a one-rank mesh, HSDP at ZeRO 0)."""
     if stack.grad_accumulation_fp32:
         return True
-    fsdp = stack.fsdp_mixed_precision_always or (zero >= 1 and data_ranks > 1)
+    fsdp = stack.fsdp_wraps_one_rank(precision) or (zero >= 1 and data_ranks > 1)
     return stack.fsdp_unsharded_grads_fp32 and fsdp and not gradients_sharded(stack, pp, data_ranks, zero)
 
 
@@ -519,8 +519,9 @@ def stack_static_memory(stack: StackSpec, dense_params: float, expert_params: fl
     (``gradients_sharded``; ``state_bytes_per_param`` of ``gradients_fp32``, ``StackSpec.bf16_grads_kept_beside_fp32``
     and ``StackSpec.optimizer_state_bf16``, in the precision the stack holds them in, ``StackSpec.held_precision``):
     the one place the estimate and the search's memory bound take that rule from."""
+    fp32_grads = gradients_fp32(stack, pp, data_ranks, zero, precision)
     precision = stack.held_precision(precision)
-    state = state_bytes_per_param(precision, gradients_fp32(stack, pp, data_ranks, zero),
+    state = state_bytes_per_param(precision, fp32_grads,
                                   stack.bf16_grads_kept_beside_fp32, stack.optimizer_state_bf16)
     return split_static_memory(dense_params, expert_params, precision, data_ranks, ep, zero,
                                gradients_sharded(stack, pp, data_ranks, zero), expert_data_ranks, state)

@@ -164,8 +164,9 @@ def crowded_factor(points: tuple[tuple[float, int, float], ...], base: float, ra
     return float(np.interp(ranks_per_core, loads, factors))
 
 
-def fsdp_host_s(costs: RuntimeCosts, dp: int, layers_on_rank: int, stages_on_rank: int) -> float:
-    """FSDP2's host time per step on a rank (module docstring): one unit per layer and per stage root."""
-    if dp <= 1:
+def fsdp_host_s(costs: RuntimeCosts, wrapped: bool, layers_on_rank: int, stages_on_rank: int) -> float:
+    """FSDP2's host time per step on a rank whose stages FSDP2 ``wrapped`` (module docstring): one unit per layer
+    and per stage root."""
+    if not wrapped:
         return 0.0
     return costs.fsdp_overhead_per_unit_step_s * (layers_on_rank + stages_on_rank)

@@ -417,6 +417,11 @@ class StackSpec(StrictModel):
         stack runs 16-bit precisions as autocast over fp32 parameters (``autocasts``)."""
         return "fp32" if self.autocasts(precision) else precision
 
+    def fsdp_wraps_one_rank(self, precision: str) -> bool:
+        """True where a ``precision`` run wraps its stages in FSDP2 even on one data-context rank, for FSDP2's mixed
+        precision (``fsdp_mixed_precision_always``: 16-bit precisions on ppplan's runtime)."""
+        return self.fsdp_mixed_precision_always and precision != "fp32"
+
     def autocasts(self, precision: str) -> bool:
         """True where a ``precision`` run is torch.autocast over fp32 parameters (``autocast_fp32_params``: 16-bit
         precisions on such a stack)."""

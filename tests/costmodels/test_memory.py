@@ -196,7 +196,7 @@ def test_fsdp_upcasts_the_unsharded_gradients_it_accumulates_under_a_pipeline(st
     under a pipeline a rank holds 4 B per unsharded parameter until the last microbatch. torchtitan's Llama
     3.1 405B on 512 H100 (tp 8 pp 8 FSDP 8): stage 0's 6.64 B parameters hold 24.7 GiB of gradients, not
     12.4 GiB (its measured peak, 82.5 GiB reserved, was priced 59.0 GiB and is priced 72.4)."""
-    assert gradients_fp32(load_stack(stack), pp, data_ranks, zero) is fp32
+    assert gradients_fp32(load_stack(stack), pp, data_ranks, zero, "bf16") is fp32
     sharded = gradients_sharded(load_stack(stack), pp, data_ranks, zero)
     st = static_memory(6.64e9, "bf16", dp=data_ranks, zero=zero, gradients_sharded=sharded,
                        state_bytes=state_bytes_per_param("bf16", fp32))

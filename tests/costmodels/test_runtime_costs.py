@@ -60,12 +60,20 @@ def test_host_overhead_lengthens_a_cpu_pipeline_and_not_a_gpu_one() -> None:
 
 def test_fsdp_host_work_per_unit_and_step() -> None:
     costs = RuntimeCosts(fsdp_overhead_per_unit_step_s=0.01)
-    assert fsdp_host_s(costs, dp=1, layers_on_rank=8, stages_on_rank=1) == 0.0
-    assert fsdp_host_s(costs, dp=2, layers_on_rank=8, stages_on_rank=1) == pytest.approx(0.09)  # 8 layers + the root
+    assert fsdp_host_s(costs, wrapped=False, layers_on_rank=8, stages_on_rank=1) == 0.0
+    assert fsdp_host_s(costs, wrapped=True, layers_on_rank=8, stages_on_rank=1) == pytest.approx(0.09)  # 8 layers + the root
     # pp=1 dp=2, M=2: 2 x (8 + 16) = 48 s of layers, free links, +0.09 s of FSDP host work on CPU only
     cfg = config(pp=1, dp=2)
     assert estimate(MODEL, cluster("cpu"), TRAIN, cfg, UnitLayers(costs), stack=STACK).step_time_s == pytest.approx(48.09)
     assert estimate(MODEL, cluster("H100"), TRAIN, cfg, UnitLayers(costs), stack=STACK).step_time_s == pytest.approx(48.0)
+    # one data rank: no FSDP, unless the stack wraps every bf16 plan for FSDP2's mixed precision (ppplan's runtime)
+    one, bf16 = config(pp=1), TrainSpec(global_batch=4, seq_len=128, precision="bf16")
+    base = cluster("cpu").model_dump()
+    cpu = ClusterSpec.model_validate(base | {"gpu": base["gpu"] | {"peak_tflops": {"fp32": 0.1, "bf16": 0.1}}})
+    plain, always = (STACK.with_changes({"fsdp_mixed_precision_always": flag}) for flag in (False, True))
+    assert estimate(MODEL, cpu, bf16, one, UnitLayers(costs), stack=plain).step_time_s == pytest.approx(96.0)
+    assert estimate(MODEL, cpu, bf16, one, UnitLayers(costs), stack=always).step_time_s == pytest.approx(96.09)
+    assert estimate(MODEL, cpu, TRAIN, one, UnitLayers(costs), stack=always).step_time_s == pytest.approx(96.0)
 
 
 def test_a_measured_optimizer_rate_prices_the_parameters_each_rank_updates() -> None:
