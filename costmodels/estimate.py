@@ -487,7 +487,7 @@ def _rank_memory_gib(
     experts = sum(st.params.expert for st in rank_plans)
     data_ranks = cfg.dp * cfg.cp
     static = stack_static_memory(stack, dense, experts, train.precision, cfg.pp, data_ranks, cfg.ep, cfg.zero,
-                                 cfg.expert_data_ranks)
+                                 schedule_spec(cfg.schedule).split_backward, cfg.expert_data_ranks)
     p, held = bytes_per_element(train.precision), bytes_per_element(stack.held_precision(train.precision))
     tokens = train.seq_len // cfg.cp * cfg.mbs
     gathered = _zero3_gathered_bytes(model, cfg, stack, rank_plans, held)

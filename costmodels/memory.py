@@ -488,6 +488,23 @@ def gradients_fp32(stack: StackSpec, pp: int, data_ranks: int, zero: int, precis
     return stack.fsdp_unsharded_grads_fp32 and fsdp and not gradients_sharded(stack, pp, data_ranks, zero)
 
 
+def bf16_grads_beside_fp32(stack: StackSpec, pp: int, data_ranks: int, zero: int, precision: str,
+                           split_backward: bool) -> bool:
+    """Whether a bf16 run also keeps the stage's bf16 weight gradients beside the fp32 ones (6 B per parameter): the
+    stack says so (``StackSpec.bf16_grads_kept_beside_fp32``, DeepSpeed's BF16_Optimizer), or FSDP2 accumulates the
+    unsharded gradients in fp32 (``gradients_fp32`` by ``fsdp_unsharded_grads_fp32``) under a schedule that splits
+    the backward: torch's W pass (``stage_backward_weight``) sets each weight's bf16 ``.grad`` after the unit's
+    post-backward hook has run, and FSDP2 folds it into the fp32 accumulator only at the next microbatch's backward or
+    the step's reduce, so from the first W on the stage holds both (checked on the runtime's FSDP2 units:
+    ``tests/launch/runtime/test_units.py``)."""
+    if precision != "bf16":
+        return False
+    if stack.bf16_grads_kept_beside_fp32:
+        return True
+    return (split_backward and stack.fsdp_unsharded_grads_fp32 and not stack.grad_accumulation_fp32
+            and gradients_fp32(stack, pp, data_ranks, zero, precision))
+
+
 def microbatch_grad_sync(stack: StackSpec, pp: int, dp: int, zero: int) -> bool:
     """Whether gradients are reduce-scattered after every microbatch's backward (FSDP without
     pipeline parallelism on a stack that does so, ``StackOverlap.dp_grad_sync``) rather than once
@@ -514,15 +531,17 @@ def split_static_memory(dense_params: float, expert_params: float, precision: st
 
 
 def stack_static_memory(stack: StackSpec, dense_params: float, expert_params: float, precision: str, pp: int,
-                        data_ranks: int, ep: int, zero: int, expert_data_ranks: int | None = None) -> StaticMemory:
+                        data_ranks: int, ep: int, zero: int, split_backward: bool,
+                        expert_data_ranks: int | None = None) -> StaticMemory:
     """``split_static_memory`` with the gradients and the optimizer state as ``stack`` keeps them
-    (``gradients_sharded``; ``state_bytes_per_param`` of ``gradients_fp32``, ``StackSpec.bf16_grads_kept_beside_fp32``
-    and ``StackSpec.optimizer_state_bf16``, in the precision the stack holds them in, ``StackSpec.held_precision``):
-    the one place the estimate and the search's memory bound take that rule from."""
+    (``gradients_sharded``; ``state_bytes_per_param`` of ``gradients_fp32``, ``bf16_grads_beside_fp32`` under a
+    schedule that does or does not ``split_backward``, and ``StackSpec.optimizer_state_bf16``, in the precision the
+    stack holds them in, ``StackSpec.held_precision``): the one place the estimate and the search's memory bound take
+    that rule from."""
     fp32_grads = gradients_fp32(stack, pp, data_ranks, zero, precision)
+    both = bf16_grads_beside_fp32(stack, pp, data_ranks, zero, precision, split_backward)
     precision = stack.held_precision(precision)
-    state = state_bytes_per_param(precision, fp32_grads,
-                                  stack.bf16_grads_kept_beside_fp32, stack.optimizer_state_bf16)
+    state = state_bytes_per_param(precision, fp32_grads, both, stack.optimizer_state_bf16)
     return split_static_memory(dense_params, expert_params, precision, data_ranks, ep, zero,
                                gradients_sharded(stack, pp, data_ranks, zero), expert_data_ranks, state)
 

@@ -228,15 +228,19 @@ def _stack_ep_violations(cfg: ParallelConfig, stack: StackSpec, train: TrainSpec
 
 def data_parallel_violations(precision: str, tp: int, cp: int, pp: int, dp: int, zero: int, stack: StackSpec) -> list[str]:
     """ZeRO 0 and mixed precision where the stack ties them to FSDP2 (``StackSpec.ddp_one_dimensional``,
-    ``StackSpec.mixed_precision_needs_fsdp``: torchtitan)."""
+    ``StackSpec.mixed_precision_needs_fsdp``: torchtitan, whose FSDP2 is on over dp_shard > 1 or cp > 1)."""
     problems: list[str] = []
-    others_parallel = tp > 1 or cp > 1 or pp > 1
-    if stack.ddp_one_dimensional and zero == 0 and dp * cp > 1 and others_parallel:
-        problems.append(f"stack '{stack.name}' runs zero 0 as DDP, only with no tensor, context or pipeline "
-                        "parallelism: use zero >= 1")  # fmt: skip
-    if stack.mixed_precision_needs_fsdp and precision != "fp32" and (tp > 1 or pp > 1) and dp * cp == 1:
-        problems.append(f"stack '{stack.name}' runs {precision} with tensor or pipeline parallelism only under FSDP, "
-                        "over more than one data-context rank (on one it trains in fp32): use dp > 1 or cp > 1")  # fmt: skip
+    if stack.ddp_one_dimensional and zero == 0 and dp > 1 and (tp > 1 or pp > 1):
+        problems.append(f"stack '{stack.name}' runs zero 0 as DDP, only with no tensor or pipeline parallelism: "
+                        "use zero >= 1")  # fmt: skip
+    if stack.ddp_one_dimensional and zero == 0 and cp > 1:
+        problems.append(f"stack '{stack.name}' shards its data ranks with FSDP over the context ranks (cp > 1), "
+                        "not zero 0: use zero >= 1")  # fmt: skip
+    fsdp = (dp > 1 and zero >= 1) or cp > 1
+    if stack.mixed_precision_needs_fsdp and precision != "fp32" and not fsdp:
+        kind = "trains in fp32" if tp > 1 or pp > 1 else "autocasts over fp32 weights, which this stack does not price"
+        problems.append(f"stack '{stack.name}' runs {precision} as mixed precision only under FSDP (without it, it "
+                        f"{kind}): use zero >= 1 with dp > 1, or cp > 1")  # fmt: skip
     return problems
 
 

@@ -271,10 +271,9 @@ class StackSpec(StrictModel):
     )
     mixed_precision_needs_fsdp: bool = Field(
         default=False,
-        description="bf16, fp16 and fp8 runs with tensor or pipeline parallelism are mixed precision only under "
-        "FSDP2 (over more than one data-context rank): torchtitan's maybe_enable_amp turns autocast off with TP or "
-        "PP unless FSDP is on, so such a run on one data-context rank trains in fp32 "
-        "(torchtitan/distributed/utils.py @ v0.2.2)",
+        description="bf16, fp16 and fp8 runs are the priced mixed precision only under FSDP2 (dp_shard > 1 or cp > 1): "
+        "without it torchtitan's maybe_enable_amp turns autocast off with TP or PP (the run trains in fp32) and runs "
+        "torch.autocast over fp32 weights otherwise (torchtitan/distributed/utils.py @ v0.2.2)",
     )
     grad_accumulation_fp32: bool = Field(
         default=False,
@@ -301,8 +300,9 @@ class StackSpec(StrictModel):
         "state stay fp32 (4 + 4 + 8 B per parameter), the residual stream and the norms stay fp32 while each GEMM saves "
         "the bf16 cast of its input, and every GEMM saves autocast's bf16 cast of its weight, a copy per microbatch in "
         "flight until that microbatch's backward (autocast clears its cast cache when the region exits, the saved "
-        "tensor keeps the copy): torchtitan's maybe_enable_amp without FSDP and without TP or PP, and ppplan's runtime "
-        "until 2026-12 (it now runs FSDP2's MixedPrecisionPolicy: fsdp_mixed_precision_always)",
+        "tensor keeps the copy): ppplan's runtime until 2026-12 (it now runs FSDP2's MixedPrecisionPolicy: "
+        "fsdp_mixed_precision_always); torchtitan runs it without FSDP, TP and PP, which its rules refuse "
+        "(mixed_precision_needs_fsdp)",
     )
     fsdp_mixed_precision_always: bool = Field(
         default=False,
@@ -419,8 +419,8 @@ class StackSpec(StrictModel):
 
     def fsdp_wraps_one_rank(self, precision: str) -> bool:
         """True where a ``precision`` run wraps its stages in FSDP2 even on one data-context rank, for FSDP2's mixed
-        precision (``fsdp_mixed_precision_always``: 16-bit precisions on ppplan's runtime)."""
-        return self.fsdp_mixed_precision_always and precision != "fp32"
+        precision (``fsdp_mixed_precision_always``: bf16 on ppplan's runtime, launch/runtime/fsdp.py MIXED_PRECISION)."""
+        return self.fsdp_mixed_precision_always and precision == "bf16"
 
     def autocasts(self, precision: str) -> bool:
         """True where a ``precision`` run is torch.autocast over fp32 parameters (``autocast_fp32_params``: 16-bit

@@ -119,8 +119,8 @@ def build_runtime(
     for layout in layouts:
         module = _build_module(plan, layout, seed, device, experts, mesh["tp"] if cfg.tp > 1 else None)
         _join_groups(module, plan, coord, mesh, expert_mesh, groups)
-        if wraps_in_fsdp(cfg.dp * cfg.cp, plan.train.precision):
-            apply_data_parallel(module, mesh, cfg.zero, expert_mesh, plan.train.precision)
+        if wraps_in_fsdp(cfg.dp * cfg.cp, plan.train.precision):  # one data rank has nothing to shard: ZeRO 0
+            apply_data_parallel(module, mesh, cfg.zero if cfg.dp * cfg.cp > 1 else 0, expert_mesh, plan.train.precision)
         modules[layout.stage] = module
     apply_build_mutations(modules)
     stages = build_stages(modules, layouts, cfg.num_stages, device, mesh["pp"].get_group())

@@ -157,10 +157,11 @@ class Bounds:
         return (dense, moe, embedding_activation_bytes(m, s // cp, mbs, tp, sp, v), head)
 
     def _static_bytes_uncached(self, first_layer: int, layers: int, has_embedding: bool, has_head: bool, tp: int,
-                               pp: int, dp: int, zero: int, cp: int, ep: int, etp: int, layer_kind: str | None = None) -> float:
+                               pp: int, dp: int, zero: int, cp: int, ep: int, etp: int, split_backward: bool,
+                               layer_kind: str | None = None) -> float:
         params = stage_param_split(self.model, first_layer, layers, has_embedding, has_head, tp, ep, layer_kind, etp)
         state = stack_static_memory(self.stack, params.dense, params.expert, self.train.precision, pp, dp * cp, ep, zero,
-                                    expert_data_ranks(tp, cp, dp, ep, etp))
+                                    split_backward, expert_data_ranks(tp, cp, dp, ep, etp))
         return state.weights_bytes + state.gradients_bytes + state.optimizer_bytes
 
     def _gib(self, allocated_bytes: float, c: Candidate, rank: int | None = None) -> float:
@@ -186,12 +187,13 @@ class Bounds:
 
     def _layer_floor(self, c: Candidate) -> tuple[float, float]:
         """(static, activation) bytes per layer no larger than any of the model's layers needs."""
-        return self._floor(c.tp, c.cp, c.ep, c.pp, c.dp, c.mbs, c.sequence_parallel, c.recompute, c.zero, c.etp)
+        return self._floor(c.tp, c.cp, c.ep, c.pp, c.dp, c.mbs, c.sequence_parallel, c.recompute, c.zero, c.etp,
+                           schedule_spec(c.schedule).split_backward)
 
     def _floor_uncached(self, tp: int, cp: int, ep: int, pp: int, dp: int, mbs: int, sp: bool, recompute: str,
-                        zero: int, etp: int) -> tuple[float, float]:
+                        zero: int, etp: int, split_backward: bool) -> tuple[float, float]:
         kinds = [k for k, n in (("dense", self.num_dense), ("moe", self.num_moe)) if n]
-        static = min(self._static_bytes(0, 1, False, False, tp, pp, dp, zero, cp, ep, etp, k) for k in kinds)
+        static = min(self._static_bytes(0, 1, False, False, tp, pp, dp, zero, cp, ep, etp, split_backward, k) for k in kinds)
         dense, moe, _, _ = self._activations(tp, mbs, sp, recompute, cp, ep, etp)
         return static, min(dense, moe)
 
@@ -279,6 +281,6 @@ class Bounds:
         out = []
         for rank, own in enumerate(stages_by_rank(c.schedule, c.pp, c.v)):
             static = sum(self._static_bytes(kinds[s][0], stage_layers[s], s == 0, s == last, c.tp, c.pp, c.dp, c.zero,
-                                            c.cp, c.ep, c.etp) for s in own)
+                                            c.cp, c.ep, c.etp, schedule_spec(c.schedule).split_backward) for s in own)
             out.append(self._gib(static + counts[rank] * min(stage_act(s) for s in own), c, rank))
         return out

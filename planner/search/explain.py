@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from costmodels.layout import min_layers_for
 from costmodels.rules import (
+    data_parallel_violations,
     expert_context_violations,
     parallelism_violations,
     recompute_violations,
@@ -179,12 +180,13 @@ def _neighbours(c: Candidate, gpus: int, train: TrainSpec, model: ModelSpec, sta
 
 
 def _parallel_problems(c: Candidate, model: ModelSpec, train: TrainSpec, stack: StackSpec) -> list[str]:
-    """The rules a neighbour's cp and ep must keep (``costmodels.rules``)."""
+    """The rules a neighbour's cp, ep, sequence and data parallelism must keep (``costmodels.rules``)."""
     cfg = ParallelConfig(stack=stack.name, tp=c.tp, cp=c.cp, ep=c.ep, etp=c.config_etp, pp=c.pp,
                          dp=c.dp, mbs=c.mbs,
                          num_microbatches=c.num_microbatches, zero=c.zero, sequence_parallel=c.sequence_parallel,
                          stage_layers=[1])
-    return expert_context_violations(model, train, cfg) + parallelism_violations(cfg, stack, train)
+    return (expert_context_violations(model, train, cfg) + parallelism_violations(cfg, stack, train)
+            + data_parallel_violations(train.precision, c.tp, c.cp, c.pp, c.dp, c.zero, stack))
 
 
 def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6) -> list[Alternative]:

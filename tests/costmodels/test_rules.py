@@ -222,7 +222,9 @@ def test_stacks_without_moe_or_mla_refuse_those_models() -> None:
     # torchtitan's DDP is one-dimensional: zero 0 with pipeline (or tensor, context) parallelism does not run
     (dict(zero=0), "bf16", "runs zero 0 as DDP"),
     (dict(zero=1), "bf16", None),
-    (dict(zero=0, pp=1, stage_layers=[8]), "bf16", None),  # dp alone: DDP runs
+    (dict(zero=0, pp=1, stage_layers=[8]), "fp32", None),  # dp alone: DDP runs ...
+    (dict(zero=0, pp=1, stage_layers=[8]), "bf16", "autocasts over fp32 weights"),  # ... autocast, not the priced FSDP2
+    (dict(zero=0, dp=1, cp=2, num_microbatches=8), "fp32", "FSDP over the context ranks"),
     # mixed precision with TP or PP only under FSDP: one data-context rank trains in fp32
     (dict(dp=1, num_microbatches=8), "bf16", "trains in fp32"),
     (dict(dp=1, num_microbatches=8), "fp8", "trains in fp32"),

@@ -221,21 +221,28 @@ def test_autocast_sends_the_fp32_residual_stream_between_stages() -> None:
     assert costs[0].forward_s - plain_costs[0].forward_s == pytest.approx(cast + send[4] - send[2])
 
 
-@pytest.mark.parametrize("stack_name, dp, zero, per_param", [
+@pytest.mark.parametrize("stack_name, dp, zero, split, per_param", [
     # ppplan's runtime wraps every bf16 stage in FSDP2's mixed precision, at one data rank and ZeRO 0 too: a bf16
     # unsharded copy (2 B), the unsharded gradients accumulated in fp32 (4 B), fp32 master weights and Adam's m, v
-    ("ppplan-torch", 1, 0, (2, 4, 12)),
-    ("ppplan-torch", 8, 0, (2, 4, 12)),
-    ("ppplan-torch", 8, 1, (2, 4, 12 / 8)),
-    ("ppplan-torch", 8, 3, (2 / 8, 4, 12 / 8)),
-    # torchtitan wraps only where it shards: ZeRO 0 is DDP and one data rank no FSDP, bf16 gradients
-    ("torchtitan", 1, 0, (2, 2, 12)),
-    ("torchtitan", 8, 1, (2, 4, 12 / 8)),
+    ("ppplan-torch", 1, 0, False, (2, 4, 12)),
+    ("ppplan-torch", 8, 0, False, (2, 4, 12)),
+    ("ppplan-torch", 8, 1, False, (2, 4, 12 / 8)),
+    ("ppplan-torch", 8, 3, False, (2 / 8, 4, 12 / 8)),
+    # a split backward's W sets bf16 .grad after FSDP2's post-backward: kept beside the fp32 accumulator
+    ("ppplan-torch", 1, 0, True, (2, 6, 12)),
+    ("ppplan-torch", 8, 1, True, (2, 6, 12 / 8)),
+    # torchtitan wraps where it shards (its rules refuse bf16 elsewhere: mixed_precision_needs_fsdp)
+    ("torchtitan", 8, 1, False, (2, 4, 12 / 8)),
+    ("torchtitan", 8, 3, False, (2 / 8, 4, 12 / 8)),
+    ("torchtitan", 8, 1, True, (2, 6, 12 / 8)),
+    # Megatron's fp32 main_grad buffer: its W adds into it, no bf16 copy
+    ("megatron-core", 8, 1, True, (2, 4, 12 / 8)),
 ])
-def test_bf16_state_per_parameter_as_the_stack_wraps_fsdp(stack_name: str, dp: int, zero: int,
+def test_bf16_state_per_parameter_as_the_stack_wraps_fsdp(stack_name: str, dp: int, zero: int, split: bool,
                                                           per_param: tuple[float, float, float]) -> None:
     """Bytes per parameter of a bf16 run at pp 2 (the pipeline keeps FSDP2's gradient sync off until the last
-    microbatch, so gradients accumulate unsharded), by hand from the FSDP2 wrapping each stack does."""
-    static = stack_static_memory(load_stack(stack_name), 1e9, 0.0, "bf16", 2, dp, 1, zero)
+    microbatch, so gradients accumulate unsharded), by hand from the FSDP2 wrapping each stack does, under a schedule
+    that does (``split``) or does not split the backward."""
+    static = stack_static_memory(load_stack(stack_name), 1e9, 0.0, "bf16", 2, dp, 1, zero, split)
     held = (static.weights_bytes / 1e9, static.gradients_bytes / 1e9, static.optimizer_bytes / 1e9)
     assert held == pytest.approx(per_param)

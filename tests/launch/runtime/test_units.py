@@ -189,27 +189,41 @@ def test_autocast_keeps_a_bf16_copy_of_every_gemm_weight_per_microbatch() -> Non
 
 def test_fsdp_mixed_precision_keeps_one_bf16_copy_of_the_weights_for_every_microbatch(tmp_path) -> None:
     """ppplan's runtime runs bf16 as FSDP2's mixed precision (``launch/runtime/fsdp.py``), on a one-rank mesh at
-    dp x cp = 1: the stage's forward computes with bf16 unsharded parameters that every microbatch shares (the
-    GEMMs of two microbatches save the same weight storages, those of the module's unsharded parameters), and
-    after the backward the parameters FSDP2 shards back to, and their gradients, are fp32: the 2 B bf16 copy,
-    4 B fp32 gradients and fp32 master weights the ppplan-torch stack prices (``fsdp_mixed_precision_always``)."""
+    dp x cp = 1. Run as torch.distributed.pipelining runs a stage (gradient sync off until the step's reduce) with a
+    split backward (torch's B, then W), three microbatches:
+    - the forward computes with bf16 unsharded parameters that every microbatch shares: the GEMMs of the
+      microbatches save the same weight storages, those of the module's unsharded parameters (2 B per parameter);
+    - each W leaves a bf16 ``.grad`` on the unsharded parameters after FSDP2's post-backward has run, and the next
+      microbatch's backward folds it into an fp32 accumulator: from the first W on the stage holds both (4 + 2 B,
+      ``costmodels.memory.bf16_grads_beside_fp32``); without the fp32 reduce dtype there would be no fp32 one;
+    - the parameters FSDP2 shards back to are fp32 (the master weights)."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.pipelining._backward import stage_backward_input, stage_backward_weight
 
     from launch.runtime.fsdp import apply_data_parallel, wraps_in_fsdp
     from profiles.loader import load_model
 
     assert wraps_in_fsdp(1, "bf16") and not wraps_in_fsdp(1, "fp32") and wraps_in_fsdp(2, "fp32")
     model = load_model("tiny-llama")
-    stage = build_stage_module(model, 0, 2, True, True, seed=3)
+    stage = build_stage_module(model, 0, 2, False, False, seed=3)
     shapes = {tuple(p.shape) for p in stage.parameters() if p.dim() == 2}
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     try:
         mesh = init_device_mesh("cpu", (1, 1), mesh_dim_names=("dp_replicate", "dp_shard"))
         apply_data_parallel(stage, mesh, zero=1, precision="bf16")
+        stage.set_requires_gradient_sync(False)  # as torch's pipeline stage does before every backward but the step's reduce
+        stage.set_reshard_after_backward(False)
+        fsdp_params = [fp for module in stage.modules() if hasattr(module, "_get_fsdp_state")
+                       for group in [module._get_fsdp_state()._fsdp_param_group] if group for fp in group.fsdp_params]
+
+        def held() -> tuple[set, set]:
+            accumulated = {None if fp.unsharded_accumulated_grad is None else fp.unsharded_accumulated_grad.dtype for fp in fsdp_params}
+            return accumulated, {None if fp.unsharded_param.grad is None else fp.unsharded_param.grad.dtype for fp in fsdp_params}
+
         saved: list[set[int]] = []
-        outputs = []
-        for _ in range(2):  # two microbatches in flight
+        for microbatch in range(3):
             weights: set[int] = set()
 
             def pack(t: torch.Tensor, weights: set[int] = weights) -> torch.Tensor:
@@ -217,13 +231,20 @@ def test_fsdp_mixed_precision_keeps_one_bf16_copy_of_the_weights_for_every_micro
                     weights.add(t.untyped_storage().data_ptr())
                 return t
 
+            x = (torch.randn(1, 16, model.hidden_size) * 0.5).to(torch.bfloat16).requires_grad_()
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                outputs.append(stage(torch.randint(0, model.vocab_size, (1, 16))))
+                out = stage(x)
             saved.append(weights)
-        unsharded = {p.untyped_storage().data_ptr() for p in stage.parameters()}
-        assert all(p.dtype == torch.bfloat16 for p in stage.parameters())
-        assert saved[0] and saved[0] == saved[1] and saved[0] <= unsharded
-        sum(lm_loss(out, torch.zeros(1, 16, dtype=torch.long)) for out in outputs).backward()
-        assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in stage.parameters())
+            assert all(p.dtype == torch.bfloat16 for p in stage.parameters())
+            unsharded = {p.untyped_storage().data_ptr() for p in stage.parameters()}
+            _, groups = stage_backward_input([out], [torch.ones_like(out)], [x], stage.parameters())
+            assert held() == ({None if microbatch == 0 else torch.float32}, {None})  # B folded the last W's .grad
+            stage_backward_weight(stage.parameters(), groups)
+            assert held() == ({None if microbatch == 0 else torch.float32}, {torch.bfloat16})  # both, after W
+        assert saved[0] and saved[0] == saved[1] == saved[2] and saved[0] <= unsharded
+        for module in stage.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
+        assert all(p.dtype == torch.float32 for p in stage.parameters())
     finally:
         dist.destroy_process_group()
