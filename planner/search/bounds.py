@@ -278,9 +278,9 @@ class Bounds:
             act = (dense * act_dense if dense else 0.0) + (moe * act_moe if moe else 0.0)
             return act + (act_emb if s == 0 else 0.0) + (act_head + out_logits if s == last else out_hidden)
 
-        out = []
+        out, split = [], schedule_spec(c.schedule).split_backward
         for rank, own in enumerate(stages_by_rank(c.schedule, c.pp, c.v)):
             static = sum(self._static_bytes(kinds[s][0], stage_layers[s], s == 0, s == last, c.tp, c.pp, c.dp, c.zero,
-                                            c.cp, c.ep, c.etp, schedule_spec(c.schedule).split_backward) for s in own)
+                                            c.cp, c.ep, c.etp, split) for s in own)
             out.append(self._gib(static + counts[rank] * min(stage_act(s) for s in own), c, rank))
         return out

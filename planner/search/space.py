@@ -224,20 +224,22 @@ def _sp_options(d: Degrees, stack: StackSpec) -> tuple[bool, ...]:
     return (False, True)
 
 
-def _zero_options(d: Degrees, stack: StackSpec) -> tuple[int, ...]:
-    if d.dp * d.cp == 1:
-        return (0,)
-    zeros = tuple(z for z in SEARCHED_ZERO if z in stack.zero)
+def _zero_options(d: Degrees, stack: StackSpec, precision: str) -> tuple[int, ...]:
+    """The ZeRO stages searched at these degrees: 0 alone on one data-context rank, and none the stack's
+    data-parallel rules refuse (``costmodels.rules.data_parallel_violations``)."""
+    zeros: tuple[int, ...] = (0,) if d.dp * d.cp == 1 else tuple(z for z in SEARCHED_ZERO if z in stack.zero)
     if d.ep > 1 and stack.ep_folding == "fsdp_dp_cp" and d.dp > 1:
         zeros = tuple(z for z in zeros if z >= 1)
-    return zeros
+    return tuple(z for z in zeros if not data_parallel_violations(precision, d.tp, d.cp, d.pp, d.dp, z, stack))
 
 
 def _pipeline_options(
     model: ModelSpec, d: Degrees, mbs: int, m: int, schedules: tuple[str, ...], stack: StackSpec, precision: str,
 ) -> Iterator[Candidate]:
     tp, pp, dp = d.tp, d.pp, d.dp
-    sp_options, zero_options = _sp_options(d, stack), _zero_options(d, stack)
+    sp_options, zero_options = _sp_options(d, stack), _zero_options(d, stack, precision)
+    if not zero_options:
+        return
     for schedule in schedules:
         for v in _v_options(schedule, pp, model.num_layers, stack):
             if (pp > 1 and schedule_violations(schedule, pp, v, m, stack)) or size_violations(pp * v, m):
@@ -250,6 +252,5 @@ def _pipeline_options(
                     continue
                 for sp in sp_options:
                     for zero in zero_options:
-                        if not zero_violations(zero, pp, schedule, stack) and not data_parallel_violations(
-                                precision, tp, d.cp, pp, dp, zero, stack):
+                        if not zero_violations(zero, pp, schedule, stack):
                             yield Candidate(tp, d.cp, d.ep, d.etp, pp, dp, mbs, v, schedule, recompute, sp, zero, m)
