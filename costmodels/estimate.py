@@ -250,23 +250,49 @@ def _microbatch_dp_ops(cfg: ParallelConfig, stack: StackSpec) -> MicrobatchDpOps
     return MicrobatchDpOps(gather_in_b=cfg.zero == 3, reduce_in_b=per_microbatch)
 
 
+@dataclass(frozen=True)
+class MicrobatchDpTraffic:
+    """Data-parallel seconds inside one microbatch's passes of a stage: F's gather, B's gather and B's
+    gradient reduce-scatter."""
+
+    gather_f_s: float = 0.0
+    gather_b_s: float = 0.0
+    reduce_b_s: float = 0.0
+
+
 def _microbatch_dp_traffic(
     cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st: StagePlan, stack: StackSpec, network: Network,
-) -> tuple[float, float]:
+) -> MicrobatchDpTraffic:
     """Data-parallel seconds inside one microbatch's F and B of a stage (``_microbatch_dp_ops``). Dense
     parameters move over the dp x cp group, routed experts over theirs
     (``costmodels.data_parallel.stage_zero3_gather_s``)."""
     ops = _microbatch_dp_ops(cfg, stack)
     if ops is None:
-        return 0.0, 0.0
+        return MicrobatchDpTraffic()
     pieces = stage_pieces(stack.overlap, cfg, st.params.dense, st.params.expert, fsdp_units_of(st.layout, st.moe_layers))
     gather = stage_zero3_gather_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
                                   bytes_per_element(stack.held_precision(train.precision)), network, pieces)
-    in_f, in_b = gather, (gather if ops.gather_in_b else 0.0)
+    reduce = 0.0
     if ops.reduce_in_b:
-        in_b += stage_reduce_scatter_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
-                                       stack.grad_reduce_bytes_per_param(train.precision), network, pieces)
-    return in_f, in_b
+        reduce = stage_reduce_scatter_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
+                                        stack.grad_reduce_bytes_per_param(train.precision), network, pieces)
+    return MicrobatchDpTraffic(gather, gather if ops.gather_in_b else 0.0, reduce)
+
+
+def _dp_traffic_extra_s(cluster: ClusterSpec, stack: StackSpec, f: float, backward: float,
+                        traffic: MicrobatchDpTraffic) -> tuple[float, float]:
+    """What a microbatch's data-parallel traffic adds to its F and to its backward (B + W, ``backward`` seconds of
+    compute). Where comm overlaps compute each collective runs under its pass, which it slows
+    (``costmodels.overlap.overlapped_pass_s``), except the backward's gathers where the stack issues them only
+    after each unit's gradients (``StackOverlap.backward_gather`` after_gradients, FSDP1's BACKWARD_POST): those
+    wait on the critical path. On a CPU node every collective is exposed."""
+    comm_b = traffic.gather_b_s + traffic.reduce_b_s
+    if not comm_overlaps_compute(cluster):
+        return traffic.gather_f_s, comm_b
+    extra_f = overlapped_pass_s(f, traffic.gather_f_s) - f
+    if stack.overlap.backward_gather == "after_gradients":
+        return extra_f, overlapped_pass_s(backward, traffic.reduce_b_s) - backward + traffic.gather_b_s
+    return extra_f, overlapped_pass_s(backward, comm_b) - backward
 
 
 def _fsdp_copy_s(cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st: StagePlan,
@@ -334,14 +360,12 @@ def _stage_costs(
                                    - (0.0 if split else min(t.backward_weight_s, t.split_backward_extra_s)))
         copy_f, copy_b = _fsdp_copy_s(cfg, cluster, train, st, stack)
         f, b, dp_in_actions, hides = f + copy_f, b + copy_b, copy_f + copy_b, {}
-        comm_f, comm_b = _microbatch_dp_traffic(cfg, cluster, train, st, stack, network)
-        if comm_f or comm_b:
-            if comm_overlaps_compute(cluster):  # under the pass's compute, which it slows
-                extra_f, extra_b = overlapped_pass_s(f, comm_f) - f, overlapped_pass_s(b + w, comm_b) - (b + w)
-            else:
-                extra_f, extra_b = comm_f, comm_b
+        traffic = _microbatch_dp_traffic(cfg, cluster, train, st, stack, network)
+        comm = traffic.gather_f_s + traffic.gather_b_s + traffic.reduce_b_s
+        if comm:
+            extra_f, extra_b = _dp_traffic_extra_s(cluster, stack, f, b + w, traffic)
             f, b, dp_in_actions = f + extra_f, b + extra_b, dp_in_actions + extra_f + extra_b
-            hides["zero3_gather_s"] = comm_f + comm_b - extra_f - extra_b
+            hides["zero3_gather_s"] = comm - extra_f - extra_b
         send_f = p2p[j] if j < len(p2p) else 0.0
         send_b = p2p[j - 1] if j > 0 else 0.0
         pp_in_actions = 0.0

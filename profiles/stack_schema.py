@@ -138,6 +138,15 @@ class StackOverlap(StrictModel):
         "(torchtitan: pytorch/torchtitan PR #1710 review, 2025-09, and issue #292), with it as per_step",
     )
     param_gather: Literal["overlapped", "after_step"] = "overlapped"
+    backward_gather: Literal["prefetched", "after_gradients"] = Field(
+        default="prefetched",
+        description="when a ZeRO-3 (FSDP) backward all-gathers the next unit's parameters: prefetched, before the "
+        "current unit's gradient computation, so the gather hides under it (FSDP2's backward prefetch; FSDP1's "
+        "BackwardPrefetch.BACKWARD_PRE); after_gradients, once the current unit's gradients are computed (FSDP1's "
+        "BackwardPrefetch.BACKWARD_POST: 'overlaps the current reduce-scatter and the next gradient computation', "
+        "torch/distributed/fsdp/api.py), so every backward gather waits on the critical path while the "
+        "reduce-scatter still hides",
+    )
     tp_comm: Literal["exposed", "backward_overlapped", "overlapped"] = Field(
         default="exposed",
         description="exposed: TP collectives on the critical path; backward_overlapped: the forward's exposed, the "

@@ -97,7 +97,8 @@ STACK_OF_SOURCE: dict[str, tuple[str, dict[str, object], str]] = {
     ),
     "llm-foundry": (
         "torchtitan", {"kernels": {"flash_generation": "triton", "fused_cross_entropy": True,
-                                   "train_metric_cross_entropies": 2, "fsdp_copies": False}},
+                                   "train_metric_cross_entropies": 2, "fsdp_copies": False},
+                       "overlap": {"backward_gather": "after_gradients"}},
         "llm-foundry's Composer (PyTorch FSDP, no TP/PP) priced as the torchtitan stack with the Triton flash-attention "
         "kernel: the benchmark sweep (mosaicml/llm-foundry scripts/train/benchmarking/sweep.sh: mosaicml/examples "
         "v0.0.4, image pytorch 2.0.1 cu118) runs submit_benchmarks.py with its default attn_impl 'triton'; and with "
@@ -108,7 +109,12 @@ STACK_OF_SOURCE: dict[str, tuple[str, dict[str, object], str]] = {
         "use_train_metrics defaults to true: LanguageCrossEntropy and LanguagePerplexity, which Composer's "
         "Trainer._eval_train_metrics updates per microbatch, mosaicml/composer composer/trainer/trainer.py 2023-10); "
         "and with FSDP1's flat parameters (torch 2.1), which gather into the flat parameter itself and cast the "
-        "gradient to the reduce dtype on the post-backward stream: none of FSDP2's copies on the compute stream",
+        "gradient to the reduce dtype on the post-backward stream: none of FSDP2's copies on the compute stream; and "
+        "with FSDP1's BackwardPrefetch.BACKWARD_POST, Composer's default (composer/trainer/dist_strategy.py "
+        "set_fsdp_default @ v0.13.4 and v0.16.4: backward_prefetch 'BACKWARD_POST'; the MPT yamls and "
+        "submit_benchmarks.py set limit_all_gathers but no prefetch), which gathers the next unit's parameters only "
+        "after the current unit's gradients ('overlaps the current reduce-scatter and the next gradient computation', "
+        "torch/distributed/fsdp/api.py): every backward all-gather is priced on the critical path",
     ),
     "zero-bubble-iclr24": (
         "zero-bubble-megatron", {},

@@ -305,6 +305,35 @@ def test_fsdp_traffic_under_a_pass_slows_the_compute_beside_it() -> None:
     assert est.breakdown.overlapped["zero3_gather_s"] == pytest.approx(2 * (1 - slowdown) * (2 * g + r))
 
 
+def test_fsdp1_backward_post_leaves_every_backward_gather_on_the_critical_path() -> None:
+    """The same plan on a stack that gathers the backward's parameters only after each unit's gradients
+    (``backward_gather: after_gradients``, FSDP1's BACKWARD_POST: "overlaps the current reduce-scatter and the next
+    gradient computation"): F still hides its gather, F = 8 + g·s; B + W waits for its gather and hides only the
+    reduce-scatter, B + W = 16 + r·s + g. The difference from the prefetched plan is g - g·s per microbatch."""
+    cluster = gpu_cluster(bandwidth_gbs=1e-2, latency_us=0.0)
+    network = network_for(cluster)
+    params = stage_params(MODEL, 8, True, True, 1)
+    g = collective_s("all_gather", params * 4, intra_node(2), network)
+    r = collective_s("reduce_scatter", params * FP32_GRAD_BYTES, intra_node(2), network)
+    train = TrainSpec(global_batch=4, seq_len=128, precision="fp32")
+    cfg = config(pp=1, dp=2, m=2, zero=3)
+    post = Stack(dp_grad_reduce="after_backward", dp_grad_sync="per_microbatch_without_pp",
+                 backward_gather="after_gradients")
+    est = estimate(MODEL, cluster, train, cfg, UnitLayers(), stack=post)
+    slowdown = 0.189 / 1.189
+    per_microbatch = 8.0 + slowdown * g + 16.0 + slowdown * r + g
+    assert est.step_time_s == pytest.approx(2 * per_microbatch + optimizer_s(cluster, params / 2))
+    assert est.breakdown.dp_comm_s == pytest.approx(2 * (slowdown * (g + r) + g))
+    assert est.breakdown.overlapped["zero3_gather_s"] == pytest.approx(2 * (1 - slowdown) * (g + r))
+    prefetched = Stack(dp_grad_reduce="after_backward", dp_grad_sync="per_microbatch_without_pp")
+    assert est.step_time_s - estimate(MODEL, cluster, train, cfg, UnitLayers(), stack=prefetched).step_time_s == (
+        pytest.approx(2 * (g - slowdown * g)))
+    # on a CPU node nothing hides either way
+    cpu = load_cluster("cpu-local")
+    assert estimate(MODEL, cpu, train, cfg, UnitLayers(), stack=post).step_time_s == pytest.approx(
+        estimate(MODEL, cpu, train, cfg, UnitLayers(), stack=prefetched).step_time_s)
+
+
 def test_fsdp2_copies_its_gathered_parameters_and_gradients_on_the_compute_stream() -> None:
     """The same plan on a stack that runs FSDP2 (``fsdp_copies``): per microbatch F copies the gathered
     parameters out of the all-gather buffer (2 x 4 B a parameter, fp32) and B copies them again for its
