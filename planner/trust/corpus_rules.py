@@ -230,6 +230,10 @@ NOTE_STACK_CHANGES: tuple[tuple[str, dict[str, dict[str, object]], str], ...] = 
      "flex token dispatcher with the HybridEP backend priced without the alltoall dispatcher's per-layer host "
      "synchronization (moe_host_s_per_operator 0): not read in code; these rows' throughput shows no host floor "
      "(DeepEP's normal dispatch does synchronize: it returns the per-expert counts as a host list, and keeps the floor)"),
+    (r"mp mode=pure", {"grad_reduce_fp32": False},
+     "Composer's FSDP mixed_precision PURE reduces the gradients in the run's precision, bf16: 2 B per parameter "
+     "(composer get_mixed_precision @ v0.13.4 and v0.16.4: PURE sets param_dtype, reduce_dtype and buffer_dtype to "
+     "the precision)"),
     (r"tokendrop|token dropping|padding to capacity", {"overlap": {"moe_host_s_per_operator": 0.0}},
      "token dropping pads every expert to its capacity (moe_pad_expert_input_to_capacity): the alltoall "
      "dispatcher's split sizes are static and it does not synchronize the host (token_dispatcher.py preprocess, "
