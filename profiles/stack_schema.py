@@ -16,6 +16,7 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, model
 from profiles.schema import Precision, RecomputeKind, ScheduleName, StrictModel
 
 EmitTarget = Literal["ppplan", "megatron", "torchtitan", "none"]
+FSDP2_EMIT_TARGETS = ("ppplan", "torchtitan")  # the runtimes whose ZeRO-3 is FSDP2's fully_shard
 
 
 class StackKernels(StrictModel):
@@ -413,6 +414,9 @@ class StackSpec(StrictModel):
         bad = [z for z in self.zero if not 0 <= z <= 3]
         if bad:
             raise ValueError(f"zero {bad[0]} is not a ZeRO stage (0-3)")
+        if self.overlap.backward_gather == "after_gradients" and self.emit in FSDP2_EMIT_TARGETS:
+            raise ValueError(f"overlap.backward_gather after_gradients is FSDP1's BACKWARD_POST, but emit {self.emit} runs "
+                             "FSDP2, which prefetches the backward's gathers: set backward_gather: prefetched, or emit: none")
         post = self.optimizer_post_validation
         if post is not None:
             for field, runs in (("schedules", self.schedules), ("precisions", self.precisions)):

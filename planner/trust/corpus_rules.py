@@ -98,7 +98,7 @@ STACK_OF_SOURCE: dict[str, tuple[str, dict[str, object], str]] = {
     "llm-foundry": (
         "torchtitan", {"kernels": {"flash_generation": "triton", "fused_cross_entropy": True,
                                    "train_metric_cross_entropies": 2, "fsdp_copies": False},
-                       "overlap": {"backward_gather": "after_gradients"}},
+                       "overlap": {"backward_gather": "after_gradients"}, "emit": "none"},
         "llm-foundry's Composer (PyTorch FSDP, no TP/PP) priced as the torchtitan stack with the Triton flash-attention "
         "kernel: the benchmark sweep (mosaicml/llm-foundry scripts/train/benchmarking/sweep.sh: mosaicml/examples "
         "v0.0.4, image pytorch 2.0.1 cu118) runs submit_benchmarks.py with its default attn_impl 'triton'; and with "
