@@ -57,6 +57,7 @@ from costmodels.memory import (
     weight_grad_input_bytes,
 )
 from costmodels.mtp import head_with_mtp_activation_bytes, head_with_mtp_times
+from costmodels.offload import OffloadPlan, exposed_copy_s, peak_resident_layers
 from costmodels.overlap import comm_overlaps_compute, overlapped_pass_s
 from costmodels.params import model_parameters, moe_layers_in
 from costmodels.pipeline import PipelineResult, price_actions, price_pipeline
@@ -107,6 +108,7 @@ class StagePlan:
     activation_bytes: float
     moe_layers: int = 0
     retained_bytes: float = 0.0  # held from B to W when W is deferred (``memory.weight_grad_input_bytes``)
+    offload: OffloadPlan | None = None  # its layers' activations copied to the host (``costmodels.offload``)
     gemm_params: float = 0.0  # the weights its GEMMs multiply by, per rank: layers and head, not the embedding table
 
     @property
@@ -151,6 +153,9 @@ def _stage_plan(
                 times = per_layer if times is ZERO_PASS else times.plus(per_layer)
             act += count * layer_activation_bytes(model, s, b, tp, sp, kind, variant, cp=cp, ep=ep, moe=moe, etp=etp)
             kept += count * weight_grad_input_bytes(model, s, b, tp, sp, variant, cp=cp, ep=ep, moe=moe, etp=etp)
+    offload = _offload_plan(cfg, n, act, times)
+    if offload:  # the offloaded layers leave the GPU but for those in flight (``costmodels.offload``)
+        act -= (n - peak_resident_layers(n, offload.groups)) * offload.layer_bytes
     kept += end_weight_grad_input_bytes(model, s // cp, b, tp, variant, first, last)
     if first:
         times = times.plus(layers.embedding(tp, b, s, sp, cp=cp)) if layers else times
@@ -171,8 +176,20 @@ def _stage_plan(
         activation_bytes=act,
         moe_layers=moe_layers,
         retained_bytes=kept,
+        offload=offload,
         gemm_params=stage_param_split(model, layout.first_layer, n, False, last, tp, ep, layer_kind, etp).total,
     )
+
+
+def _offload_plan(cfg: ParallelConfig, num_layers: int, layers_bytes: float, layers_times: PassTimes) -> OffloadPlan | None:
+    """The stage's activation offload (``ParallelConfig.offload_layers``; one stage: the rules allow it without
+    pipeline parallelism only), its layers taken at their mean bytes and pass times."""
+    if not cfg.offload_layers or not num_layers:
+        return None
+    groups = min(cfg.offload_layers, num_layers)
+    forward = layers_times.forward_s / num_layers
+    backward = (layers_times.backward_input_s + layers_times.backward_weight_s) / num_layers
+    return OffloadPlan(num_layers, groups, layers_bytes / num_layers, forward, backward)
 
 
 def rank_memory_if_uniform_gib(
@@ -360,6 +377,8 @@ def _stage_costs(
                                    - (0.0 if split else min(t.backward_weight_s, t.split_backward_extra_s)))
         copy_f, copy_b = _fsdp_copy_s(cfg, cluster, train, st, stack)
         f, b, dp_in_actions, hides = f + copy_f, b + copy_b, copy_f + copy_b, {}
+        offload_f, offload_b = exposed_copy_s(cluster, st.offload) if st.offload else (0.0, 0.0)
+        f, b = f + offload_f, b + offload_b
         traffic = _microbatch_dp_traffic(cfg, cluster, train, st, stack, network)
         comm = traffic.gather_f_s + traffic.gather_b_s + traffic.reduce_b_s
         if comm:
@@ -379,7 +398,8 @@ def _stage_costs(
         f, b, w = f + overhead, b + overhead, w + (overhead if split else 0.0)
         costs.append(PassTimes(
             f, b, w, tp_comm_s=t.tp_comm_s, recompute_s=t.recompute_s, dp_comm_s=t.dp_comm_s + dp_in_actions,
-            pp_comm_s=t.pp_comm_s + pp_in_actions, overhead_s=t.overhead_s + actions * overhead + slower,
+            pp_comm_s=t.pp_comm_s + pp_in_actions,
+            overhead_s=t.overhead_s + actions * overhead + slower + offload_f + offload_b,
             overlapped_tp_comm_s=t.overlapped_tp_comm_s, cp_comm_s=t.cp_comm_s, ep_comm_s=t.ep_comm_s,
             overlapped_cp_comm_s=t.overlapped_cp_comm_s, overlapped_ep_comm_s=t.overlapped_ep_comm_s,
         ))

@@ -170,6 +170,30 @@ def recompute_violations(recompute: str | list[str], pp: int, schedule: str, sta
     return []
 
 
+def offload_violations(offload_layers: int, num_layers: int, pp: int, recompute: str | list[str],
+                       stack: StackSpec) -> list[str]:
+    """Activation CPU offload the stack cannot run: Megatron-Core's TransformerConfig refuses it with pipeline
+    parallelism, with recomputation and for num_layers layers or more (transformer_config.py __post_init__ @
+    core_v0.14.0: "Currently there is no support for Pipeline parallelism with CPU offloading", "CPU offloading
+    does not work when activation recomputation is enabled", "CPU offloading can be done only for layers less
+    than {num_layers}")."""
+    if not offload_layers:
+        return []
+    if not stack.activation_offload:
+        return [f"stack '{stack.name}' does not offload activations to the host: use --offload-layers 0"]
+    kinds = set(recompute) if isinstance(recompute, list) else {recompute}
+    if pp > 1:
+        return ["activation offload runs without pipeline parallelism only (Megatron-Core): use --pp 1 or "
+                "--offload-layers 0"]
+    if kinds != {"none"}:
+        return ["activation offload runs without recomputation only (Megatron-Core): use --recompute none or "
+                "--offload-layers 0"]
+    if offload_layers >= num_layers:
+        return [f"offload_layers {offload_layers}: at most {num_layers - 1} of the model's {num_layers} layers can be "
+                "offloaded (Megatron-Core)"]
+    return []
+
+
 def layout_violations(stage_layers: list[int], pp: int, v: int, stack: StackSpec) -> list[str]:
     """Cut layouts the stack cannot express (``StackSpec.cut_layouts``)."""
     if stack.cut_layouts == "uniform" and stage_layers != uniform_split(sum(stage_layers), len(stage_layers)):
@@ -325,6 +349,7 @@ def config_violations(model: ModelSpec, train: TrainSpec, gpus: int, cfg: Parall
         problems += layout_violations(cfg.stage_layers, cfg.pp, cfg.v, stack)
     problems += zero_violations(cfg.zero, cfg.pp, cfg.schedule, stack)
     problems += recompute_violations(cfg.recompute, cfg.pp, cfg.schedule, stack)
+    problems += offload_violations(cfg.offload_layers, model.num_layers, cfg.pp, cfg.recompute, stack)
     problems += parallelism_violations(cfg, stack, train)
     problems += data_parallel_violations(train.precision, cfg.tp, cfg.cp, cfg.pp, cfg.dp, cfg.zero, stack)
     problems += expert_overlap_violations(cfg.schedule, cfg.ep, cfg.recompute, train.precision, model.mtp_layers)

@@ -352,6 +352,11 @@ class ClusterSpec(StrictModel):
     memory_safety_margin: float = Field(
         default=0.0, ge=0, lt=1, description="fraction of HBM the fit check keeps free"
     )
+    host_link: LinkSpec | None = Field(
+        default=None,
+        description="each GPU's link to host memory, one direction, for copies to and from pinned memory (activation "
+        "offload, costmodels.offload). None: not stated, so no plan that offloads can be priced on the cluster",
+    )
     concurrent_ranks_per_node: Annotated[PositiveFloat, Field(le=MAX_GPUS)] | None = Field(
         default=None,
         description="ranks of one node that can compute at full speed at the same time (CPU cores, for gloo "
@@ -432,6 +437,12 @@ class ParallelConfig(StrictModel):
     recompute: Recompute = "none"
     sequence_parallel: bool = False
     zero: int = Field(default=0, ge=0, le=3)
+    offload_layers: int = Field(
+        default=0, ge=0, le=MAX_LAYERS,
+        description="activation CPU offload: the saved activations of the first offload_layers transformer layers "
+        "copied to pinned host memory during the forward and back during the backward (Megatron-Core's "
+        "cpu_offloading_num_layers on Transformer Engine's offload handler; StackSpec.activation_offload); 0: none",
+    )
     stage_layers: Annotated[list[count(MAX_LAYERS, minimum=0)], Field(min_length=1, max_length=MAX_LAYERS)]
     schedule_csv: str | None = Field(
         default=None,

@@ -321,6 +321,13 @@ class StackSpec(StrictModel):
         "the unsharded gradients (fsdp_unsharded_grads_fp32) holds at every dp and ZeRO stage: ppplan's runtime "
         "(launch/runtime/fsdp.py wraps_in_fsdp). Otherwise FSDP2 wraps only ZeRO >= 1 over more than one rank",
     )
+    activation_offload: bool = Field(
+        default=False,
+        description="runs activation CPU offload (ParallelConfig.offload_layers): Megatron-Core's cpu_offloading with "
+        "cpu_offloading_num_layers, on Transformer Engine's AsyncDoubleBufferGroupOffloadHandler "
+        "(megatron/core/model_parallel_config.py, transformer_config.py @ core_v0.14.0; transformer_engine/pytorch/"
+        "cpu_offload.py @ v2.5), which refuses pipeline parallelism, recomputation and at least num_layers layers",
+    )
     fsdp_unsharded_grads_fp32: bool = Field(
         default=False,
         description="where the pipeline turns FSDP2's gradient sync off until the last microbatch (pp > 1; "

@@ -49,6 +49,12 @@ def parallel_args(cfg: ParallelConfig, global_batch: int) -> list[Arg]:
     return args
 
 
+def offload_args(cfg: ParallelConfig) -> list[Arg]:
+    """Activation CPU offload of the first ``offload_layers`` layers (``costmodels.offload``): Megatron-Core's
+    ``--cpu-offloading-num-layers``, which turns ``cpu_offloading`` on (activations only: weights off by default)."""
+    return [("--cpu-offloading-num-layers", str(cfg.offload_layers))] if cfg.offload_layers else []
+
+
 def recompute_args(cfg: ParallelConfig) -> list[Arg]:
     """Selective = Korthikanti et al. 2022's attention-core recompute (Megatron's default module);
     full = every layer's input checkpointed, one layer per checkpoint (method uniform, 1 layer)."""
@@ -152,7 +158,7 @@ def megatron_args(plan: Plan, *, steps: int, lr: float, allow_layout: bool = Tru
     vocab, vocab_warnings = vocab_args(plan.model, cfg.tp)
     expert_context, expert_warnings, _ = megatron_parallel_args(cfg)
     args = parallel_args(cfg, plan.train.global_batch) + expert_context + cuts + recompute_args(cfg) + zero_args(cfg)
-    args += overlap_args(cfg, stack) + kernel_args(stack) + precision_args(plan.train.precision) + shape
+    args += offload_args(cfg) + overlap_args(cfg, stack) + kernel_args(stack) + precision_args(plan.train.precision) + shape
     args += megatron_model_args(plan.model) + vocab
     args += [("--mock-data", None), ("--train-iters", str(steps)), ("--lr", f"{lr:g}"), ("--log-interval", "1")]
     return args, expert_warnings + cut_warnings + shape_warnings + vocab_warnings + _connection_warnings(cfg)

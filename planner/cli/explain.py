@@ -70,8 +70,8 @@ def explain_cmd(plan_path: Path = typer.Argument(..., help="plan.json")) -> None
 def _alternatives(plan: Plan) -> list:
     """Neighbours priced now (a plan from evaluate carries none)."""
     cfg = plan.config
-    if cfg.recompute_label == "mixed" or cfg.schedule == "custom":
-        return []
+    if cfg.recompute_label == "mixed" or cfg.schedule == "custom" or cfg.offload_layers:
+        return []  # the search's space has none of these: no neighbours to price them against
     searcher = Searcher(plan.model, plan.cluster, plan.train, cfg.world_size, stack=load_stack(cfg.stack))
     return nearest_alternatives(searcher, Scored(candidate_of(cfg), cfg, plan.estimate), limit=8)
 

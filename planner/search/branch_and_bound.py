@@ -84,7 +84,7 @@ def config_for(cand: Candidate, stage_layers: list[int], stack: str = DEFAULT_ST
         stack=stack, tp=cand.tp, cp=cand.cp, ep=cand.ep, etp=cand.config_etp, pp=cand.pp,
         dp=cand.dp, v=cand.v, mbs=cand.mbs,
         num_microbatches=cand.num_microbatches, schedule=cand.schedule, recompute=cand.recompute,
-        sequence_parallel=cand.sequence_parallel, zero=cand.zero, stage_layers=stage_layers,
+        sequence_parallel=cand.sequence_parallel, zero=cand.zero, offload_layers=cand.offload, stage_layers=stage_layers,
     )
 
 

@@ -50,7 +50,7 @@ def _g3(value: float) -> str:
 
 def candidate_of(cfg: ParallelConfig) -> Candidate:
     return Candidate(cfg.tp, cfg.cp, cfg.ep, cfg.expert_tp, cfg.pp, cfg.dp, cfg.mbs, cfg.v, cfg.schedule, cfg.recompute_label,
-                     cfg.sequence_parallel, cfg.zero, cfg.num_microbatches)
+                     cfg.sequence_parallel, cfg.zero, cfg.num_microbatches, cfg.offload_layers)
 
 
 def config_label(cfg: ParallelConfig) -> str:

@@ -77,6 +77,7 @@ class Candidate:
     sequence_parallel: bool
     zero: int
     num_microbatches: int
+    offload: int = 0  # ParallelConfig.offload_layers: priced by evaluate, never enumerated by the search
 
     @property
     def config_etp(self) -> int | None:
@@ -89,7 +90,8 @@ class Candidate:
         ep = f" ep={self.ep}" if self.ep > 1 else ""
         ep += f" etp={self.etp}" if self.etp != self.tp else ""
         return (f"tp={self.tp}{sp}{cp}{ep} pp={self.pp} dp={self.dp} mbs={self.mbs} M={self.num_microbatches} "
-                f"v={self.v} {self.schedule} recompute={self.recompute} zero={self.zero}")
+                f"v={self.v} {self.schedule} recompute={self.recompute} zero={self.zero}"
+                + (f" offload={self.offload}" if self.offload else ""))
 
 
 @dataclass(frozen=True)

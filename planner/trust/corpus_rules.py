@@ -195,8 +195,6 @@ def stack_of_row(source: str, stack_column: str) -> tuple[str, dict[str, object]
 # What a row's notes say that the cost model does not price, as (regular expression on the
 # lower-cased notes, the assumption it becomes).
 NOTE_ASSUMPTIONS: tuple[tuple[str, str], ...] = (
-    (r"activation cpu offload \d+ layers", "activation CPU offload (recipe) not modelled: activation memory over-predicted, "
-     "offload traffic not priced"),
     (r"bnb 8-bit", "bitsandbytes 8-bit Adam states priced as 16 B/param mixed-precision Adam (memory over-predicted)"),
     (r"partition 'type:transformer\|embedding'", "DeepSpeed's partition 'type:transformer|embedding' priced as it "
      "splits: each copy of the tied embedding weighs as a transformer layer (deepspeed/runtime/pipe/module.py "

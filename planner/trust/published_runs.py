@@ -319,6 +319,9 @@ def _config(f: RowFields, p: _Parsed, assumptions: list[str]) -> ParallelConfig 
     layers = _deepseek_v3_layout(f, p.ints["pp"], v, assumptions) or _stage_layers(f, p.ints["layers"], p.ints["pp"] * v)
     if p.ints["global_batch"] % (dp * mbs):
         f.problems.append(f"global batch {p.ints['global_batch']} is not divisible by dp*mbs = {dp}*{mbs}")
+    offload = _offload_layers(f.text("notes"))
+    if offload and p.ints["pp"] > 1:
+        f.problems.append("activation offload with pipeline parallelism, which Megatron-Core refuses")
     if f.reasons() or layers is None or zero is None or zero > 3:
         if zero is not None and zero > 3:
             f.problems.append(f"malformed zero '{zero}' (0-3)")
@@ -330,7 +333,15 @@ def _config(f: RowFields, p: _Parsed, assumptions: list[str]) -> ParallelConfig 
         num_microbatches=p.ints["global_batch"] // (dp * mbs), schedule=p.schedule,
         recompute=_recompute(p.recompute, f.text("notes"), assumptions),
         sequence_parallel=sequence_parallel, zero=zero, stage_layers=layers,
+        offload_layers=offload,
     )
+
+
+def _offload_layers(notes: str) -> int:
+    """The layers a row's notes say it offloads (``activation CPU offload N layers``: Megatron-Bridge's
+    cpu_offloading_num_layers), priced as it ran (``costmodels.offload``)."""
+    said = re.search(r"activation cpu offload (\d+) layers", notes.lower())
+    return int(said.group(1)) if said else 0
 
 
 def _recompute(recompute: str, notes: str, assumptions: list[str]) -> str:

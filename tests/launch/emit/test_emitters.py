@@ -51,9 +51,12 @@ PLANS = {
     "zero-1": dict(pp=2, global_batch=4, recompute="full", zero=1, dp=2),
     # the embedding and the head alone on the end stages (tiny-gpt's 8 layers on pp 2 x v 5)
     "end-slots": dict(pp=2, v=5, global_batch=8, schedule="interleaved-1f1b", stage_layers=[0, 1, 1, 1, 1, 1, 1, 1, 1, 0]),
+    # activation CPU offload of 4 of tiny-gpt's 8 layers (megatron-core: no pipeline, no recompute)
+    "offload": dict(dp=2, global_batch=4, zero=1, offload_layers=4),
 }
 MEGATRON_PLANS = {name: {**MEGATRON, **PLANS[name]} for name in
-                  ("uniform", "uneven-first-last", "uneven-middle", "interleaved", "llama-gqa-fp8", "zero-1", "end-slots")}
+                  ("uniform", "uneven-first-last", "uneven-middle", "interleaved", "llama-gqa-fp8", "zero-1", "end-slots",
+                   "offload")}
 
 
 def _on_fsdp(plan: dict) -> dict:
@@ -101,6 +104,15 @@ def test_torchtitan_keys_are_in_the_allowlist(build_plan: MakePlan, name: str) -
             value = value[part]
         if allowed[key] is not None:
             assert all(v in allowed[key] for v in (value if isinstance(value, list) else [value])), (key, value)
+
+
+def test_megatron_offloads_the_layers_the_plan_priced(build_plan: MakePlan) -> None:
+    """``--cpu-offloading-num-layers N`` for a plan offloading N layers, nothing without; torchtitan, which does not
+    offload, refuses the plan."""
+    assert parse_megatron_args(megatron_text(build_plan(**MEGATRON_PLANS["offload"])))["--cpu-offloading-num-layers"] == "4"
+    assert "--cpu-offloading-num-layers" not in parse_megatron_args(megatron_text(build_plan(**MEGATRON_PLANS["zero-1"])))
+    with pytest.raises(PlanError, match="does not offload"):
+        torchtitan_doc(build_plan(**{**PLANS["offload"], "stack": "torchtitan"}))
 
 
 def test_allowlists_name_their_source() -> None:

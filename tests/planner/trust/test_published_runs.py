@@ -203,9 +203,12 @@ def test_blank_sequence_parallel_and_zero_follow_the_stack() -> None:
 
 
 def test_notes_the_cost_model_does_not_price_become_assumptions() -> None:
-    row = parse_row({**ZB_ROW, "notes": "activation CPU offload 40 layers (recipe); TP comm overlap=True"})
+    row = parse_row({**ZB_ROW, "notes": "bnb 8-bit Adam; TP comm overlap=True"})
     assert isinstance(row, PublishedRow)
-    assert any(a.startswith("activation CPU offload") for a in row.assumptions)
+    assert any(a.startswith("bitsandbytes 8-bit Adam states") for a in row.assumptions)
+    # offload is priced now, and Megatron-Core runs it without a pipeline only: such a row is a listed skip
+    offload_in_pipeline = parse_row({**ZB_ROW, "notes": "activation CPU offload 40 layers (recipe)"})
+    assert isinstance(offload_in_pipeline, SkippedRow) and "pipeline" in offload_in_pipeline.reason
 
 
 def test_a_row_that_ran_tp_comm_overlap_is_priced_with_it() -> None:
@@ -419,3 +422,16 @@ def test_a_row_without_the_alltoall_dispatchers_host_sync_is_priced_without_the_
         assert row.stack_spec.overlap.moe_host_s_per_operator == expected, notes
         assert any("host floor" in a or "host synchronization" in a for a in row.assumptions) == (expected == 0.0), notes
         assert not row.stack_fit_row
+
+
+def test_a_row_that_offloads_activations_is_priced_offloading_them() -> None:
+    """Notes saying 'activation CPU offload N layers' (Megatron-Bridge's cpu_offloading_num_layers) price the row with
+    ``offload_layers`` N (``costmodels.offload``); a row without them offloads nothing."""
+    row = parse_row({**ZB_ROW, "pp": "1", "dp": "8", "n_gpus": "8", "schedule": "1f1b", "recompute": "none", "zero": "1",
+                     "notes": "Megatron-FSDP; activation CPU offload 20 layers (recipe)"})
+    assert isinstance(row, PublishedRow), row
+    assert row.config.offload_layers == 20
+    plain = parse_row({**ZB_ROW, "pp": "1", "dp": "8", "n_gpus": "8", "schedule": "1f1b", "recompute": "none", "zero": "1",
+                       "notes": "Megatron-FSDP"})
+    assert isinstance(plain, PublishedRow), plain
+    assert plain.config.offload_layers == 0
