@@ -187,8 +187,9 @@ def _offload_plan(cfg: ParallelConfig, num_layers: int, layers_bytes: float, lay
     if not cfg.offload_layers or not num_layers:
         return None
     groups = min(cfg.offload_layers, num_layers)
+    joined = layers_times.joined_backward()  # one autograd call: the schedules a pipeline of one runs
     forward = layers_times.forward_s / num_layers
-    backward = (layers_times.backward_input_s + layers_times.backward_weight_s) / num_layers
+    backward = (joined.backward_input_s + joined.backward_weight_s) / num_layers
     return OffloadPlan(num_layers, groups, layers_bytes / num_layers, forward, backward)
 
 
@@ -344,6 +345,16 @@ def _autocast_cast_s(cluster: ClusterSpec, train: TrainSpec, stack: StackSpec, s
     return cast, cast
 
 
+def _offload_copy_s(cluster: ClusterSpec, st: StagePlan, factor: float) -> tuple[float, float]:
+    """The activation offload copies a microbatch's F and B wait for (``costmodels.offload.exposed_copy_s``), against
+    the layers' compute as the actions run it (``compute_factor``)."""
+    if st.offload is None:
+        return 0.0, 0.0
+    plan = replace(st.offload, layer_forward_s=factor * st.offload.layer_forward_s,
+                   layer_backward_s=factor * st.offload.layer_backward_s)
+    return exposed_copy_s(cluster, plan)
+
+
 def _stage_costs(
     cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, plans: list[StagePlan], stack: StackSpec,
     network: Network, p2p: tuple[float, ...], runtime: RuntimeCosts = NO_RUNTIME_COSTS, accumulate: bool = True,
@@ -377,14 +388,14 @@ def _stage_costs(
                                    - (0.0 if split else min(t.backward_weight_s, t.split_backward_extra_s)))
         copy_f, copy_b = _fsdp_copy_s(cfg, cluster, train, st, stack)
         f, b, dp_in_actions, hides = f + copy_f, b + copy_b, copy_f + copy_b, {}
-        offload_f, offload_b = exposed_copy_s(cluster, st.offload) if st.offload else (0.0, 0.0)
-        f, b = f + offload_f, b + offload_b
         traffic = _microbatch_dp_traffic(cfg, cluster, train, st, stack, network)
         comm = traffic.gather_f_s + traffic.gather_b_s + traffic.reduce_b_s
         if comm:
             extra_f, extra_b = _dp_traffic_extra_s(cluster, stack, f, b + w, traffic)
             f, b, dp_in_actions = f + extra_f, b + extra_b, dp_in_actions + extra_f + extra_b
             hides["zero3_gather_s"] = comm - extra_f - extra_b
+        offload_f, offload_b = _offload_copy_s(cluster, st, factor)
+        f, b = f + offload_f, b + offload_b
         send_f = p2p[j] if j < len(p2p) else 0.0
         send_b = p2p[j - 1] if j > 0 else 0.0
         pp_in_actions = 0.0
@@ -399,7 +410,7 @@ def _stage_costs(
         costs.append(PassTimes(
             f, b, w, tp_comm_s=t.tp_comm_s, recompute_s=t.recompute_s, dp_comm_s=t.dp_comm_s + dp_in_actions,
             pp_comm_s=t.pp_comm_s + pp_in_actions,
-            overhead_s=t.overhead_s + actions * overhead + slower + offload_f + offload_b,
+            overhead_s=t.overhead_s + actions * overhead + slower, offload_s=t.offload_s + offload_f + offload_b,
             overlapped_tp_comm_s=t.overlapped_tp_comm_s, cp_comm_s=t.cp_comm_s, ep_comm_s=t.ep_comm_s,
             overlapped_cp_comm_s=t.overlapped_cp_comm_s, overlapped_ep_comm_s=t.overlapped_ep_comm_s,
         ))

@@ -67,6 +67,7 @@ class PassTimes:
     overlapped_cp_comm_s: float = 0.0
     split_backward_extra_s: float = 0.0
     overlapped_ep_comm_s: float = 0.0
+    offload_s: float = 0.0  # activation offload copies the pass waits for (``costmodels.offload``)
 
     @property
     def total_s(self) -> float:

@@ -15,6 +15,11 @@ offload group per layer:
   its activations as without offload (``peak_resident_layers``).
 - Copies move at the cluster's host link (``ClusterSpec.host_link``); what a copy takes beyond the compute of
   its span is exposed (``exposed_copy_s``).
+
+Approximations: a layer's whole saved activation moves (TE offloads the tensors its modules tag
+``activation_offloading``: the linear layers' inputs, the norms', the attention's q, k, v and output, Megatron's
+SwiGLU input; an untagged one stays), and every layer weighs the stage's mean (a model whose first layers are of
+another kind, dense before mixture-of-experts, is priced at the mean).
 """
 
 from __future__ import annotations

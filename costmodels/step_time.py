@@ -113,7 +113,7 @@ def compose_step(
     mine = ranks[critical].passes.scaled(num_microbatches)
     busy = result.busy_s[critical]
     labelled = (mine.tp_comm_s + mine.recompute_s + mine.dp_comm_s + mine.pp_comm_s + mine.overhead_s + mine.cp_comm_s
-                + mine.ep_comm_s)
+                + mine.ep_comm_s + mine.offload_s)
     sync = ranks[critical].sync
     overlapped = {k: num_microbatches * v for k, v in ranks[critical].hidden.items()}
     overlapped["tp_comm_s"] = overlapped.get("tp_comm_s", 0.0) + mine.overlapped_tp_comm_s
@@ -132,6 +132,7 @@ def compose_step(
         overhead_s=mine.overhead_s + step_overhead_s,
         cp_comm_s=mine.cp_comm_s,
         ep_comm_s=mine.ep_comm_s,
+        offload_s=mine.offload_s,
         overlapped={k: v for k, v in sorted(overlapped.items()) if v > 0},
     )
     return StepTime(step_s=core_s + surplus + step_overhead_s, critical_rank=critical, breakdown=breakdown)
@@ -141,4 +142,4 @@ def exposed_sum_s(breakdown: Breakdown) -> float:
     """The exposed parts of a breakdown, which add up to the step time."""
     b = breakdown
     return (b.compute_s + b.recompute_s + b.tp_comm_s + b.pp_comm_s + b.dp_comm_s + b.bubble_s + b.optimizer_s
-            + b.overhead_s + b.cp_comm_s + b.ep_comm_s)
+            + b.overhead_s + b.cp_comm_s + b.ep_comm_s + b.offload_s)

@@ -507,6 +507,8 @@ class Breakdown(StrictModel):
     overhead_s: float
     cp_comm_s: float = 0.0
     ep_comm_s: float = 0.0
+    offload_s: float = Field(default=0.0, description="activation offload copies beyond the compute of their window "
+                             "(costmodels.offload)")
     overlapped: dict[str, float] = {}
 
 

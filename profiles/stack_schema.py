@@ -17,6 +17,7 @@ from profiles.schema import Precision, RecomputeKind, ScheduleName, StrictModel
 
 EmitTarget = Literal["ppplan", "megatron", "torchtitan", "none"]
 FSDP2_EMIT_TARGETS = ("ppplan", "torchtitan")  # the runtimes whose ZeRO-3 is FSDP2's fully_shard
+OFFLOAD_EMIT_TARGETS = ("megatron", "none")  # the jobs that can offload activations (Megatron-Core's --cpu-offloading-*)
 
 
 class StackKernels(StrictModel):
@@ -421,6 +422,9 @@ class StackSpec(StrictModel):
         bad = [z for z in self.zero if not 0 <= z <= 3]
         if bad:
             raise ValueError(f"zero {bad[0]} is not a ZeRO stage (0-3)")
+        if self.activation_offload and self.emit not in OFFLOAD_EMIT_TARGETS:
+            raise ValueError(f"activation_offload is Megatron-Core's cpu_offloading, but emit {self.emit} runs a job that "
+                             "does not offload: set activation_offload: false, or emit: megatron or none")
         if self.overlap.backward_gather == "after_gradients" and self.emit in FSDP2_EMIT_TARGETS:
             raise ValueError(f"overlap.backward_gather after_gradients is FSDP1's BACKWARD_POST, but emit {self.emit} runs "
                              "FSDP2, which prefetches the backward's gathers: set backward_gather: prefetched, or emit: none")

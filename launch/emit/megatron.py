@@ -28,6 +28,7 @@ from launch.emit.common import (
 from launch.emit.experts import megatron_model_args, megatron_parallel_args
 from launch.emit.megatron_cuts import Arg, pipeline_args
 from launch.emit.torchrun import torchrun_launcher_args
+from profiles.errors import PlanError
 from profiles.loader import load_stack
 from profiles.schema import ModelSpec, ParallelConfig, Plan
 from profiles.stack_schema import StackSpec
@@ -180,6 +181,9 @@ def megatron_2022_args(plan: Plan, *, steps: int, lr: float) -> tuple[list[Arg],
     the distributed optimizer (from 2022-06), local DDP reducing after the backward (no overlap
     flags existed), GPT-2 BPE data files; learned positions, LayerNorm and GELU only."""
     cfg, model = plan.config, plan.model
+    if cfg.offload_layers:
+        raise PlanError("Megatron-LM of 2022 has no activation CPU offload (Megatron-Core's --cpu-offloading-num-layers "
+                        "came in 2025): re-plan with --offload-layers 0 or --stack megatron-core")
     args = parallel_args(cfg, plan.train.global_batch)
     if cfg.v > 1:
         args.append(("--num-layers-per-virtual-pipeline-stage", str(cfg.stage_layers[0])))

@@ -19,7 +19,7 @@ from profiles.schema import Breakdown, Estimate, Plan
 BREAKDOWN_TERMS: dict[str, str] = {
     "compute_s": "compute", "recompute_s": "recompute", "tp_comm_s": "TP comm", "cp_comm_s": "CP comm",
     "ep_comm_s": "EP comm", "pp_comm_s": "PP p2p", "dp_comm_s": "DP comm", "bubble_s": "bubble",
-    "optimizer_s": "optimizer", "overhead_s": "overhead",
+    "optimizer_s": "optimizer", "overhead_s": "overhead", "offload_s": "offload",
 }
 
 

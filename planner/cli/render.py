@@ -88,7 +88,7 @@ PLAN_COLUMNS: tuple[Column, ...] = (
     Column("M", lambda c, e: str(c.num_microbatches)),
     Column("v", lambda c, e: str(c.v)),
     Column("schedule", lambda c, e: c.schedule, justify="left"),
-    Column("recompute", lambda c, e: c.recompute_label + (f" +off{c.offload_layers}" if c.offload_layers else ""),
+    Column("recompute", lambda c, e: c.recompute_label + (f"+o{c.offload_layers}" if c.offload_layers else ""),
            drop=5, justify="left"),
     Column("ZeRO", lambda c, e: str(c.zero), drop=4),
     Column("layers/stage", lambda c, e: compact_layers(c.stage_layers), drop=2, justify="left"),

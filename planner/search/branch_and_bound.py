@@ -149,6 +149,8 @@ class Searcher:
         """The estimate's memory of a rank of ``kind``, probed on a small configuration with the
         candidate's degrees and options (a rank's memory depends on the pipeline only through
         what the rank holds and whether there is a pipeline), cached per such probe."""
+        if c.offload:  # the lines are affine in a stage's layers; an offload's resident layers are not
+            raise ValueError(f"memory lines price no activation offload: {c.label()}")
         pipelined = c.pp > 1
         key = (c.tp, c.cp, c.ep, c.etp, c.dp, c.mbs, c.num_microbatches, c.recompute, c.sequence_parallel, c.zero, pipelined, kind)
         line = self._lines.get(key)

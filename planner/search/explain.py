@@ -77,6 +77,7 @@ def binding_constraints(est: Estimate) -> list[str]:
         "pipeline p2p": b.pp_comm_s,
         "expert-parallel all-to-all (token dispatch and combine)": b.ep_comm_s,
         "context-parallel ring (K/V transfers beyond the blocks' compute)": b.cp_comm_s,
+        "activation offload (host copies beyond their layers' compute)": b.offload_s,
     }
     for name, seconds in sorted(shares.items(), key=lambda kv: -kv[1]):
         if seconds / step >= BINDING_SHARE:
@@ -234,7 +235,7 @@ SLOWER_TERMS: tuple[tuple[str, str], ...] = (
     ("bubble_s", "bubble"), ("tp_comm_s", "TP communication"), ("dp_comm_s", "DP communication"),
     ("recompute_s", "recomputation"), ("compute_s", "compute efficiency"), ("ep_comm_s", "expert all-to-all"),
     ("cp_comm_s", "context-parallel ring"), ("pp_comm_s", "pipeline p2p"), ("optimizer_s", "optimizer step"),
-    ("overhead_s", "host overhead"),
+    ("overhead_s", "host overhead"), ("offload_s", "activation offload copies"),
 )
 
 
