@@ -27,9 +27,6 @@ from costmodels.data_parallel import (
     bucket_params,
     fsdp_units_of,
     rank_sync,
-    stage_pieces,
-    stage_reduce_scatter_s,
-    stage_zero3_gather_s,
     syncs_gradients,
 )
 from costmodels.experts import routed_rows
@@ -56,9 +53,10 @@ from costmodels.memory import (
     stage_param_split,
     weight_grad_input_bytes,
 )
+from costmodels.microbatch_dp import dp_traffic_extra_s, fsdp_copy_s, microbatch_dp_traffic
 from costmodels.mtp import head_with_mtp_activation_bytes, head_with_mtp_times
 from costmodels.offload import OffloadPlan, exposed_copy_s, peak_resident_layers
-from costmodels.overlap import comm_overlaps_compute, overlapped_pass_s
+from costmodels.overlap import comm_overlaps_compute
 from costmodels.params import model_parameters, moe_layers_in
 from costmodels.pipeline import PipelineResult, price_actions, price_pipeline
 from costmodels.processor_sharing import timeshared_makespan_s
@@ -244,95 +242,6 @@ def action_overhead_s(cluster: ClusterSpec, overlap: StackOverlap, costs: Runtim
     return cluster.efficiency.action_overhead_s + (overlap.host_overhead_per_action_s if measured is None else measured)
 
 
-@dataclass(frozen=True)
-class MicrobatchDpOps:
-    """The data-parallel operations inside one microbatch's passes of a stage: F gathers the parameters;
-    B gathers them again (``gather_in_b``) and reduce-scatters the gradients (``reduce_in_b``)."""
-
-    gather_in_b: bool
-    reduce_in_b: bool
-
-
-def _microbatch_dp_ops(cfg: ParallelConfig, stack: StackSpec) -> MicrobatchDpOps | None:
-    """What data-parallel work runs inside each microbatch (None: none): ZeRO-3 gathers the parameters for F
-    and again for B (FSDP2 ``reshard_after_forward``); a stack that syncs gradients every microbatch
-    (``microbatch_grad_sync``: FSDP without PP) gathers them for F under ZeRO-1/2 as well (FSDP2 reshards after
-    each backward) and reduce-scatters the gradients in B (Rajbhandari et al. 2020, Sec. 5;
-    pytorch/torchtitan PR #1710)."""
-    data_ranks = cfg.dp * cfg.cp
-    if data_ranks == 1:
-        return None
-    per_microbatch = microbatch_grad_sync(stack, cfg.pp, data_ranks, cfg.zero)
-    if cfg.zero < 3 and not per_microbatch:
-        return None
-    return MicrobatchDpOps(gather_in_b=cfg.zero == 3, reduce_in_b=per_microbatch)
-
-
-@dataclass(frozen=True)
-class MicrobatchDpTraffic:
-    """Data-parallel seconds inside one microbatch's passes of a stage: F's gather, B's gather and B's
-    gradient reduce-scatter."""
-
-    gather_f_s: float = 0.0
-    gather_b_s: float = 0.0
-    reduce_b_s: float = 0.0
-
-
-def _microbatch_dp_traffic(
-    cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st: StagePlan, stack: StackSpec, network: Network,
-) -> MicrobatchDpTraffic:
-    """Data-parallel seconds inside one microbatch's F and B of a stage (``_microbatch_dp_ops``). Dense
-    parameters move over the dp x cp group, routed experts over theirs
-    (``costmodels.data_parallel.stage_zero3_gather_s``)."""
-    ops = _microbatch_dp_ops(cfg, stack)
-    if ops is None:
-        return MicrobatchDpTraffic()
-    pieces = stage_pieces(stack.overlap, cfg, st.params.dense, st.params.expert, fsdp_units_of(st.layout, st.moe_layers))
-    gather = stage_zero3_gather_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
-                                  bytes_per_element(stack.held_precision(train.precision)), network, pieces)
-    reduce = 0.0
-    if ops.reduce_in_b:
-        reduce = stage_reduce_scatter_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
-                                        stack.grad_reduce_bytes_per_param(train.precision), network, pieces)
-    return MicrobatchDpTraffic(gather, gather if ops.gather_in_b else 0.0, reduce)
-
-
-def _dp_traffic_extra_s(cluster: ClusterSpec, stack: StackSpec, f: float, backward: float,
-                        traffic: MicrobatchDpTraffic) -> tuple[float, float]:
-    """What a microbatch's data-parallel traffic adds to its F and to its backward (B + W, ``backward`` seconds of
-    compute). Where comm overlaps compute each collective runs under its pass, which it slows
-    (``costmodels.overlap.overlapped_pass_s``), except the backward's gathers where the stack issues them only
-    after each unit's gradients (``StackOverlap.backward_gather`` after_gradients, FSDP1's BACKWARD_POST): those
-    wait on the critical path. On a CPU node every collective is exposed."""
-    comm_b = traffic.gather_b_s + traffic.reduce_b_s
-    if not comm_overlaps_compute(cluster):
-        return traffic.gather_f_s, comm_b
-    extra_f = overlapped_pass_s(f, traffic.gather_f_s) - f
-    if stack.overlap.backward_gather == "after_gradients":
-        return extra_f, overlapped_pass_s(backward, traffic.reduce_b_s) - backward + traffic.gather_b_s
-    return extra_f, overlapped_pass_s(backward, comm_b) - backward
-
-
-def _fsdp_copy_s(cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st: StagePlan,
-                 stack: StackSpec) -> tuple[float, float]:
-    """FSDP2's copies on the compute stream inside one microbatch's F and B of a stage
-    (``StackKernels.fsdp_copies``), for the operations ``_microbatch_dp_ops`` says run: each gathered parameter
-    copied out of the all-gather buffer (p bytes read and written) per gather; each unsharded gradient copied
-    into the reduce-scatter buffer at the reduce dtype (p + r bytes); priced by bytes (``memory_bound_time_s``).
-    Accelerators only: on CPU ranks ``ppplan profile`` measures FSDP's host work per unit, copies included
-    (``costmodels.runtime_costs.fsdp_host_s``)."""
-    ops = _microbatch_dp_ops(cfg, stack)
-    if ops is None or not stack.kernels.fsdp_copies or runs_on_cpu(cluster):
-        return 0.0, 0.0
-    params = st.params.dense + st.params.expert
-    p = bytes_per_element(stack.held_precision(train.precision))
-    gather = memory_bound_time_s(cluster, 2 * p * params)
-    in_f, in_b = gather, (gather if ops.gather_in_b else 0.0)
-    if ops.reduce_in_b:
-        in_b += memory_bound_time_s(cluster, (p + stack.grad_reduce_bytes_per_param(train.precision)) * params)
-    return in_f, in_b
-
-
 def _autocast_cast_s(cluster: ClusterSpec, train: TrainSpec, stack: StackSpec, st: StagePlan) -> tuple[float, float]:
     """Autocast's casts per microbatch where the stack runs 16-bit precision as autocast over fp32 parameters
     (``StackSpec.autocasts``): the forward reads every GEMM weight in fp32 and writes its bf16 copy
@@ -361,7 +270,7 @@ def _stage_costs(
 ) -> tuple[list[PassTimes], list[dict[str, float]]]:
     """Each stage's per-microbatch passes as its actions run them, with what they hide.
 
-    Data-parallel traffic inside the passes (``_microbatch_dp_traffic``: ZeRO-3 gathers,
+    Data-parallel traffic inside the passes (``costmodels.microbatch_dp``: ZeRO-3 gathers,
     per-microbatch gradient reduce-scatters) overlaps that pass's compute (FSDP2 prefetch,
     backward hooks) where comm overlaps compute, and only the excess shows. Blocking p2p
     (``overlap.p2p == "exposed"``): F holds the rank for its send to the next stage, B for its
@@ -386,12 +295,12 @@ def _stage_costs(
             f, b, w = f + cast_f, b + (cast_f if st.recompute == "full" else 0.0), w + cast_w
         slower = (factor - 1.0) * (t.forward_s + t.backward_input_s + t.backward_weight_s
                                    - (0.0 if split else min(t.backward_weight_s, t.split_backward_extra_s)))
-        copy_f, copy_b = _fsdp_copy_s(cfg, cluster, train, st, stack)
+        copy_f, copy_b = fsdp_copy_s(cfg, cluster, train, st, stack)
         f, b, dp_in_actions, hides = f + copy_f, b + copy_b, copy_f + copy_b, {}
-        traffic = _microbatch_dp_traffic(cfg, cluster, train, st, stack, network)
+        traffic = microbatch_dp_traffic(cfg, cluster, train, st, stack, network)
         comm = traffic.gather_f_s + traffic.gather_b_s + traffic.reduce_b_s
         if comm:
-            extra_f, extra_b = _dp_traffic_extra_s(cluster, stack, f, b + w, traffic)
+            extra_f, extra_b = dp_traffic_extra_s(cluster, stack, f, b + w, traffic)
             f, b, dp_in_actions = f + extra_f, b + extra_b, dp_in_actions + extra_f + extra_b
             hides["zero3_gather_s"] = comm - extra_f - extra_b
         offload_f, offload_b = _offload_copy_s(cluster, st, factor)

@@ -13,7 +13,8 @@ Runs come from two kinds of file:
   global_batch, seq_len, tp, pp, dp, mbs, step_time_s``; optional: ``precision``
   (default: bf16 if the cluster lists it, else fp32), ``v`` (1), ``schedule``
   (1f1b, or interleaved-1f1b when v > 1), ``recompute`` (none),
-  ``sequence_parallel`` (false), ``zero`` (0), ``stage_layers`` (uniform;
+  ``sequence_parallel`` (false), ``zero`` (0), ``offload_layers`` (0: activation CPU offload, as
+  ``ppplan evaluate --offload-layers``), ``stage_layers`` (uniform;
   layers per virtual stage separated by spaces or ``;``), ``peak_memory_gib``,
   ``gpus`` (checked against tp·pp·dp), ``cluster`` (informational). ``model``
   is a preset name or a path (relative paths are tried next to the CSV).
@@ -92,6 +93,7 @@ def _csv_run(row: dict[str, str], where: str, csv_dir: Path, cluster: ClusterSpe
     try:
         ints = {k: int(_cell(row, k)) for k in ("global_batch", "seq_len", "tp", "pp", "dp", "mbs")}
         v, zero = int(_cell(row, "v", "1")), int(_cell(row, "zero", "0"))
+        offload = int(_cell(row, "offload_layers", "0"))
         step = float(_cell(row, "step_time_s"))
         memory = float(_cell(row, "peak_memory_gib")) if _cell(row, "peak_memory_gib") else None
         layers_text = _cell(row, "stage_layers").replace(";", " ").split()
@@ -110,7 +112,7 @@ def _csv_run(row: dict[str, str], where: str, csv_dir: Path, cluster: ClusterSpe
         schedule=_cell(row, "schedule", "interleaved-1f1b" if v > 1 else "1f1b"),
         recompute=_cell(row, "recompute", "none"),
         sequence_parallel=_cell(row, "sequence_parallel", "false").lower() in TRUE_WORDS,
-        zero=zero, stage_layers=stage_layers or uniform_split(model.num_layers, num_stages),
+        zero=zero, offload_layers=offload, stage_layers=stage_layers or uniform_split(model.num_layers, num_stages),
     )
     train = TrainSpec(global_batch=ints["global_batch"], seq_len=ints["seq_len"],
                       precision=_cell(row, "precision", default_precision(cluster)))

@@ -22,6 +22,7 @@ from costmodels.estimate import estimate
 from costmodels.layout import uniform_split
 from planner.cli.main import run
 from planner.trust.calibration import MeasuredRun, calibrate_runs, estimate_with, fit_efficiency, with_efficiency
+from planner.trust.calibration_io import _csv_run
 from profiles.loader import load_cluster, load_model, load_stack
 from profiles.schema import ParallelConfig, Plan, TrainSpec
 
@@ -150,3 +151,17 @@ def test_csv_row_with_an_illegal_config_names_the_line(tmp_path: Path, capsys: p
     assert run(["calibrate", str(runs_csv), "--cluster", CLUSTER]) == 2
     err = capsys.readouterr().err
     assert f"{runs_csv}:2" in err and "tp=5" in err
+
+
+def test_csv_rows_state_their_activation_offload(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The optional ``offload_layers`` column prices a measured run as ``evaluate --offload-layers`` does: on a cluster
+    without a host link that is the host-link error on the row's line, and a negative count names the line."""
+    header = "run,model,global_batch,seq_len,tp,pp,dp,mbs,step_time_s,offload_layers\n"
+    row = dict(zip(header.strip().split(","), "r,tiny-gpt,8,128,1,1,1,1,0.5,2".split(",")))
+    measured = _csv_run(row, "runs.csv:2", tmp_path, load_cluster("dgx-h100"))
+    assert measured.config.offload_layers == 2
+    runs_csv = tmp_path / "runs.csv"
+    runs_csv.write_text(header + "r,tiny-gpt,8,128,1,1,1,1,0.5,-1\n")
+    assert run(["calibrate", str(runs_csv), "--cluster", CLUSTER]) == 2
+    err = capsys.readouterr().err
+    assert f"{runs_csv}:2" in err and "offload_layers" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,130 @@
+"""Data-parallel work inside one microbatch's passes of a stage, and what it adds to them.
+
+ZeRO-3 gathers a stage's parameters for each microbatch's forward and again for its backward (FSDP's
+``reshard_after_forward``), and a stack that syncs gradients every microbatch (FSDP without a pipeline)
+reduce-scatters them in each backward (``microbatch_dp_ops``, ``microbatch_dp_traffic``). On an accelerator each
+collective hides under its pass and slows the compute beside it, except the backward's gathers of a stack that
+issues them only after each unit's gradients (FSDP1's BACKWARD_POST, ``dp_traffic_extra_s``). FSDP2 also copies
+the gathered parameters and the reduce-scatter inputs on the compute stream (``fsdp_copy_s``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from costmodels.comm import Network
+from costmodels.compute import memory_bound_time_s
+from costmodels.data_parallel import fsdp_units_of, stage_pieces, stage_reduce_scatter_s, stage_zero3_gather_s
+from costmodels.layer_costs import bytes_per_element, runs_on_cpu
+from costmodels.layout import StageLayout
+from costmodels.memory import microbatch_grad_sync
+from costmodels.overlap import comm_overlaps_compute, overlapped_pass_s
+from profiles.schema import ClusterSpec, ParallelConfig, TrainSpec
+from profiles.stack_schema import StackSpec
+
+
+class StageParamsLike(Protocol):
+    dense: float
+    expert: float
+
+
+class DpStage(Protocol):
+    """What this module reads of a stage (``costmodels.estimate.StagePlan`` has it): its pipeline rank, its
+    parameters per rank (dense, routed experts), its layout and its mixture-of-experts layers (the FSDP units)."""
+
+    @property
+    def rank(self) -> int: ...
+
+    params: StageParamsLike
+    layout: StageLayout
+    moe_layers: int
+
+
+@dataclass(frozen=True)
+class MicrobatchDpOps:
+    """The data-parallel operations inside one microbatch's passes of a stage: F gathers the parameters;
+    B gathers them again (``gather_in_b``) and reduce-scatters the gradients (``reduce_in_b``)."""
+
+    gather_in_b: bool
+    reduce_in_b: bool
+
+
+def microbatch_dp_ops(cfg: ParallelConfig, stack: StackSpec) -> MicrobatchDpOps | None:
+    """What data-parallel work runs inside each microbatch (None: none): ZeRO-3 gathers the parameters for F
+    and again for B (FSDP2 ``reshard_after_forward``); a stack that syncs gradients every microbatch
+    (``microbatch_grad_sync``: FSDP without PP) gathers them for F under ZeRO-1/2 as well (FSDP2 reshards after
+    each backward) and reduce-scatters the gradients in B (Rajbhandari et al. 2020, Sec. 5;
+    pytorch/torchtitan PR #1710)."""
+    data_ranks = cfg.dp * cfg.cp
+    if data_ranks == 1:
+        return None
+    per_microbatch = microbatch_grad_sync(stack, cfg.pp, data_ranks, cfg.zero)
+    if cfg.zero < 3 and not per_microbatch:
+        return None
+    return MicrobatchDpOps(gather_in_b=cfg.zero == 3, reduce_in_b=per_microbatch)
+
+
+@dataclass(frozen=True)
+class MicrobatchDpTraffic:
+    """Data-parallel seconds inside one microbatch's passes of a stage: F's gather, B's gather and B's
+    gradient reduce-scatter."""
+
+    gather_f_s: float = 0.0
+    gather_b_s: float = 0.0
+    reduce_b_s: float = 0.0
+
+
+def microbatch_dp_traffic(
+    cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st: DpStage, stack: StackSpec, network: Network,
+) -> MicrobatchDpTraffic:
+    """Data-parallel seconds inside one microbatch's F and B of a stage (``microbatch_dp_ops``). Dense
+    parameters move over the dp x cp group, routed experts over theirs
+    (``costmodels.data_parallel.stage_zero3_gather_s``)."""
+    ops = microbatch_dp_ops(cfg, stack)
+    if ops is None:
+        return MicrobatchDpTraffic()
+    pieces = stage_pieces(stack.overlap, cfg, st.params.dense, st.params.expert, fsdp_units_of(st.layout, st.moe_layers))
+    gather = stage_zero3_gather_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
+                                  bytes_per_element(stack.held_precision(train.precision)), network, pieces)
+    reduce = 0.0
+    if ops.reduce_in_b:
+        reduce = stage_reduce_scatter_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
+                                        stack.grad_reduce_bytes_per_param(train.precision), network, pieces)
+    return MicrobatchDpTraffic(gather, gather if ops.gather_in_b else 0.0, reduce)
+
+
+def dp_traffic_extra_s(cluster: ClusterSpec, stack: StackSpec, f: float, backward: float,
+                        traffic: MicrobatchDpTraffic) -> tuple[float, float]:
+    """What a microbatch's data-parallel traffic adds to its F and to its backward (B + W, ``backward`` seconds of
+    compute). Where comm overlaps compute each collective runs under its pass, which it slows
+    (``costmodels.overlap.overlapped_pass_s``), except the backward's gathers where the stack issues them only
+    after each unit's gradients (``StackOverlap.backward_gather`` after_gradients, FSDP1's BACKWARD_POST): those
+    wait on the critical path. On a CPU node every collective is exposed."""
+    comm_b = traffic.gather_b_s + traffic.reduce_b_s
+    if not comm_overlaps_compute(cluster):
+        return traffic.gather_f_s, comm_b
+    extra_f = overlapped_pass_s(f, traffic.gather_f_s) - f
+    if stack.overlap.backward_gather == "after_gradients":
+        return extra_f, overlapped_pass_s(backward, traffic.reduce_b_s) - backward + traffic.gather_b_s
+    return extra_f, overlapped_pass_s(backward, comm_b) - backward
+
+
+def fsdp_copy_s(cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st: DpStage,
+                 stack: StackSpec) -> tuple[float, float]:
+    """FSDP2's copies on the compute stream inside one microbatch's F and B of a stage
+    (``StackKernels.fsdp_copies``), for the operations ``microbatch_dp_ops`` says run: each gathered parameter
+    copied out of the all-gather buffer (p bytes read and written) per gather; each unsharded gradient copied
+    into the reduce-scatter buffer at the reduce dtype (p + r bytes); priced by bytes (``memory_bound_time_s``).
+    Accelerators only: on CPU ranks ``ppplan profile`` measures FSDP's host work per unit, copies included
+    (``costmodels.runtime_costs.fsdp_host_s``)."""
+    ops = microbatch_dp_ops(cfg, stack)
+    if ops is None or not stack.kernels.fsdp_copies or runs_on_cpu(cluster):
+        return 0.0, 0.0
+    params = st.params.dense + st.params.expert
+    p = bytes_per_element(stack.held_precision(train.precision))
+    gather = memory_bound_time_s(cluster, 2 * p * params)
+    in_f, in_b = gather, (gather if ops.gather_in_b else 0.0)
+    if ops.reduce_in_b:
+        in_b += memory_bound_time_s(cluster, (p + stack.grad_reduce_bytes_per_param(train.precision)) * params)
+    return in_f, in_b
