@@ -298,7 +298,7 @@ def _stage_costs(
         copy_f, copy_b = fsdp_copy_s(cfg, cluster, train, st, stack)
         f, b, dp_in_actions, hides = f + copy_f, b + copy_b, copy_f + copy_b, {}
         traffic = microbatch_dp_traffic(cfg, cluster, train, st, stack, network)
-        comm = traffic.gather_f_s + traffic.gather_b_s + traffic.reduce_b_s
+        comm = traffic.total_s
         if comm:
             extra_f, extra_b = dp_traffic_extra_s(cluster, stack, f, b + w, traffic)
             f, b, dp_in_actions = f + extra_f, b + extra_b, dp_in_actions + extra_f + extra_b

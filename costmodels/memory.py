@@ -501,8 +501,8 @@ def bf16_grads_beside_fp32(stack: StackSpec, pp: int, data_ranks: int, zero: int
         return False
     if stack.bf16_grads_kept_beside_fp32:
         return True
-    return (split_backward and stack.fsdp_unsharded_grads_fp32 and not stack.grad_accumulation_fp32
-            and gradients_fp32(stack, pp, data_ranks, zero, precision))
+    # gradients_fp32 without the stack's own fp32 accumulation is FSDP2's (fsdp_unsharded_grads_fp32)
+    return split_backward and not stack.grad_accumulation_fp32 and gradients_fp32(stack, pp, data_ranks, zero, precision)
 
 
 def microbatch_grad_sync(stack: StackSpec, pp: int, dp: int, zero: int) -> bool:

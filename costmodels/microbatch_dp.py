@@ -74,6 +74,14 @@ class MicrobatchDpTraffic:
     gather_b_s: float = 0.0
     reduce_b_s: float = 0.0
 
+    @property
+    def backward_s(self) -> float:
+        return self.gather_b_s + self.reduce_b_s
+
+    @property
+    def total_s(self) -> float:
+        return self.gather_f_s + self.backward_s
+
 
 def microbatch_dp_traffic(
     cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st: DpStage, stack: StackSpec, network: Network,
@@ -101,13 +109,12 @@ def dp_traffic_extra_s(cluster: ClusterSpec, stack: StackSpec, f: float, backwar
     (``costmodels.overlap.overlapped_pass_s``), except the backward's gathers where the stack issues them only
     after each unit's gradients (``StackOverlap.backward_gather`` after_gradients, FSDP1's BACKWARD_POST): those
     wait on the critical path. On a CPU node every collective is exposed."""
-    comm_b = traffic.gather_b_s + traffic.reduce_b_s
     if not comm_overlaps_compute(cluster):
-        return traffic.gather_f_s, comm_b
+        return traffic.gather_f_s, traffic.backward_s
     extra_f = overlapped_pass_s(f, traffic.gather_f_s) - f
     if stack.overlap.backward_gather == "after_gradients":
         return extra_f, overlapped_pass_s(backward, traffic.reduce_b_s) - backward + traffic.gather_b_s
-    return extra_f, overlapped_pass_s(backward, comm_b) - backward
+    return extra_f, overlapped_pass_s(backward, traffic.backward_s) - backward
 
 
 def fsdp_copy_s(cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st: DpStage,

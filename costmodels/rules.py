@@ -152,9 +152,14 @@ def zero_violations(zero: int, pp: int, schedule: str, stack: StackSpec) -> list
     return []
 
 
+def recompute_kinds(recompute: str | list[str]) -> set[str]:
+    """The recompute kinds a configuration uses: its one kind, or each stage's."""
+    return set(recompute) if isinstance(recompute, list) else {recompute}
+
+
 def recompute_violations(recompute: str | list[str], pp: int, schedule: str, stack: StackSpec) -> list[str]:
     """Recomputation the stack cannot run (or cannot run well) with this schedule."""
-    kinds = set(recompute) if isinstance(recompute, list) else {recompute}
+    kinds = recompute_kinds(recompute)
     missing = sorted(kinds - set(stack.recompute))
     if missing:
         return [f"recompute '{missing[0]}' is not run by stack '{stack.name}' (runs {', '.join(stack.recompute)})"]
@@ -181,11 +186,10 @@ def offload_violations(offload_layers: int, num_layers: int, pp: int, recompute:
         return []
     if not stack.activation_offload:
         return [f"stack '{stack.name}' does not offload activations to the host: use --offload-layers 0"]
-    kinds = set(recompute) if isinstance(recompute, list) else {recompute}
     if pp > 1:
         return ["activation offload runs without pipeline parallelism only (Megatron-Core): use --pp 1 or "
                 "--offload-layers 0"]
-    if kinds != {"none"}:
+    if recompute_kinds(recompute) != {"none"}:
         return ["activation offload runs without recomputation only (Megatron-Core): use --recompute none or "
                 "--offload-layers 0"]
     if offload_layers >= num_layers:
@@ -295,7 +299,7 @@ def expert_overlap_violations(schedule: str, ep: int, recompute: str | list[str]
     enabling overlap_moe_expert_parallel_comm")."""
     if not schedule_spec(schedule).overlaps_expert_comm:
         return []
-    kinds = set(recompute) if isinstance(recompute, list) else {recompute}
+    kinds = recompute_kinds(recompute)
     problems: list[str] = []
     if ep == 1:
         problems.append(f"schedule '{schedule}' overlaps the expert all-to-alls: it needs ep > 1 (use interleaved-1f1b)")
