@@ -663,8 +663,7 @@ def _rank_work(
         sync = rank_sync(cluster, cfg, stack.overlap, network, rank, windows, result.rank_span_s(rank)[1],
                          bytes_per_element(stack.held_precision(train.precision)), stack.grad_reduce_bytes_per_param(train.precision),
                          timing_known=bool(result.stage_last_backward_s))
-    wrapped = cfg.dp * cfg.cp > 1 or stack.fsdp_wraps_one_rank(train.precision)
-    host = fsdp_host_s(runtime, wrapped, sum(plans[j].layout.num_layers for j in mine), len(mine))
+    host = fsdp_host_s(runtime, stack.fsdp_wraps(cfg.dp * cfg.cp, cfg.zero, train.precision), sum(plans[j].layout.num_layers for j in mine), len(mine))
     if host:  # FSDP2's copies and hooks on the cores that compute (CPU ranks), after the backward
         sync = replace(sync, grad_reduce_s=sync.grad_reduce_s + host, grad_reduce_exposed_s=sync.grad_reduce_exposed_s + host)
     shard = cfg.dp * cfg.cp if cfg.zero >= 1 else 1

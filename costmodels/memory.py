@@ -479,13 +479,12 @@ def gradients_fp32(stack: StackSpec, pp: int, data_ranks: int, zero: int, precis
     (``StackSpec.fsdp_unsharded_grads_fp32``, torchtitan with pp > 1: FSDP2 upcasts each unsharded
     gradient to the reduce dtype before accumulating it, ``FSDPParam.to_accumulated_grad_if_needed``).
     Without the pipeline, FSDP2 reduce-scatters every microbatch and keeps only fp32 shards of its fp32
-    sharded parameters, which the ZeRO paper's 2 + 2 + 12 B/param already counts. FSDP2 wraps the stages where it
-    shards (ZeRO >= 1 over more than one rank), and on a stack that runs bf16 as FSDP2's mixed precision always
-    (``StackSpec.fsdp_mixed_precision_always``, ppplan's runtime: a one-rank mesh, HSDP at ZeRO 0)."""
+    sharded parameters, which the ZeRO paper's 2 + 2 + 12 B/param already counts. Where FSDP2 wraps the stages is
+    the stack's rule (``StackSpec.fsdp_wraps``), the one ppplan's runtime builds by."""
     if stack.grad_accumulation_fp32:
         return True
-    fsdp = stack.fsdp_wraps_one_rank(precision) or (zero >= 1 and data_ranks > 1)
-    return stack.fsdp_unsharded_grads_fp32 and fsdp and not gradients_sharded(stack, pp, data_ranks, zero)
+    return (stack.fsdp_unsharded_grads_fp32 and stack.fsdp_wraps(data_ranks, zero, precision)
+            and not gradients_sharded(stack, pp, data_ranks, zero))
 
 
 def bf16_grads_beside_fp32(stack: StackSpec, pp: int, data_ranks: int, zero: int, precision: str,

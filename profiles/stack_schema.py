@@ -320,7 +320,7 @@ class StackSpec(StrictModel):
         description="bf16 runs wrap every stage in FSDP2 for its MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype="
         "fp32), on a one-rank mesh where dp x cp = 1 and as HSDP with one shard at ZeRO 0, so the fp32 accumulation of "
         "the unsharded gradients (fsdp_unsharded_grads_fp32) holds at every dp and ZeRO stage: ppplan's runtime "
-        "(launch/runtime/fsdp.py wraps_in_fsdp). Otherwise FSDP2 wraps only ZeRO >= 1 over more than one rank",
+        "(fsdp_wraps). Otherwise FSDP2 wraps only ZeRO >= 1 over more than one rank",
     )
     activation_offload: bool = Field(
         default=False,
@@ -441,10 +441,21 @@ class StackSpec(StrictModel):
         stack runs 16-bit precisions as autocast over fp32 parameters (``autocasts``)."""
         return "fp32" if self.autocasts(precision) else precision
 
-    def fsdp_wraps_one_rank(self, precision: str) -> bool:
-        """True where a ``precision`` run wraps its stages in FSDP2 even on one data-context rank, for FSDP2's mixed
-        precision (``fsdp_mixed_precision_always``: bf16 on ppplan's runtime, launch/runtime/fsdp.py MIXED_PRECISION)."""
-        return self.fsdp_mixed_precision_always and precision == "bf16"
+    def fsdp_wraps(self, data_ranks: int, zero: int, precision: str) -> bool:
+        """Whether the stack's job wraps its stages in FSDP2 (``fully_shard``) for a run over ``data_ranks``
+        data-context ranks (dp x cp) at ZeRO ``zero``: the one rule the cost model (FSDP2's host time, the fp32
+        accumulation of unsharded gradients) and ppplan's runtime (launch/runtime/build.py) both apply.
+
+        - Where it shards: ZeRO >= 1 over more than one rank (torchtitan's ``dp_shard``; at ZeRO 0 it runs DDP).
+        - ``fsdp_mixed_precision_always`` (ppplan's runtime): also at ZeRO 0 over more than one rank, as HSDP
+          with one shard, and on every bf16 run, on a one-rank mesh where dp x cp = 1, for FSDP2's
+          ``MixedPrecisionPolicy`` (launch/runtime/fsdp.py MIXED_PRECISION).
+
+        Its callers ask only of stacks whose data parallelism is FSDP (the ``fsdp_*`` behaviours); a Megatron stack's
+        ZeRO >= 1 is its distributed optimizer, not FSDP."""
+        if self.fsdp_mixed_precision_always:
+            return data_ranks > 1 or precision == "bf16"
+        return data_ranks > 1 and zero >= 1
 
     def autocasts(self, precision: str) -> bool:
         """True where a ``precision`` run is torch.autocast over fp32 parameters (``autocast_fp32_params``: 16-bit

@@ -19,7 +19,7 @@ from costmodels.layout import StageLayout, local_stages, loss_pipeline_rank
 from costmodels.rank_grid import RankCoord
 from launch.runtime.checks import apply_build_mutations
 from launch.runtime.cp import ContextParallel
-from launch.runtime.fsdp import apply_data_parallel, wraps_in_fsdp
+from launch.runtime.fsdp import apply_data_parallel
 from launch.runtime.layout import grid_of
 from launch.runtime.model import StageModule, TransformerLayer, build_stage_module, lm_loss
 from launch.runtime.moe import ExpertGroups, ExpertShard, MoEFeedForward, expert_shard_of
@@ -27,6 +27,7 @@ from launch.runtime.optim import build_optimizer
 from launch.runtime.parallel import Groups, build_expert_mesh, build_groups, build_mesh
 from launch.runtime.pp import build_schedule, build_stages
 from launch.runtime.tp import apply_tensor_parallel, parallelize_layer
+from profiles.loader import DEFAULT_STACK, load_stack
 from profiles.schema import Plan
 
 
@@ -114,12 +115,13 @@ def build_runtime(
     expert_mesh = build_expert_mesh(cfg, device) if plan.model.is_moe else None
     groups = build_groups(plan.model, cfg, rank)
     layouts = local_stages(cfg, coord.pp)
+    stack = load_stack(DEFAULT_STACK)  # the runtime is ppplan-torch's job, whatever stack the plan was priced on
     experts = expert_shard_of(plan.model, cfg.ep, coord.dp * cfg.cp + coord.cp)
     modules: dict[int, StageModule] = {}
     for layout in layouts:
         module = _build_module(plan, layout, seed, device, experts, mesh["tp"] if cfg.tp > 1 else None)
         _join_groups(module, plan, coord, mesh, expert_mesh, groups)
-        if wraps_in_fsdp(cfg.dp * cfg.cp, plan.train.precision):  # one data rank has nothing to shard: ZeRO 0
+        if stack.fsdp_wraps(cfg.dp * cfg.cp, cfg.zero, plan.train.precision):  # the rule the cost model prices
             apply_data_parallel(module, mesh, cfg.zero if cfg.dp * cfg.cp > 1 else 0, expert_mesh, plan.train.precision)
         modules[layout.stage] = module
     apply_build_mutations(modules)

@@ -31,7 +31,8 @@ reduce_dtype=fp32)``. The sharded parameters stay fp32 (the optimizer's master w
 all-gather casts them to one bf16 unsharded copy that forward and backward use, whatever the number of
 microbatches in flight; gradients come out bf16, FSDP2 accumulates the unsharded ones in fp32 while the
 pipeline keeps the sync off (``FSDPParam.to_accumulated_grad_if_needed``) and reduce-scatters them in fp32.
-So every bf16 stage is wrapped, on a one-rank mesh where dp x cp = 1 (``wraps_in_fsdp``). The
+So every bf16 stage is wrapped, on a one-rank mesh where dp x cp = 1 (ppplan-torch's
+``StackSpec.fsdp_wraps``, the rule the cost model prices too). The
 alternative, ``torch.autocast`` over fp32 parameters (ppplan's runtime until 2026-12), saves a bf16 cast of
 every GEMM weight per microbatch in flight and keeps an fp32 residual stream.
 
@@ -53,12 +54,6 @@ EXPERT_DIMS = {("dp_replicate", "dp_shard"): ("edp_replicate", "edp_shard"), ("d
 
 
 MIXED_PRECISION = {"bf16": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)}
-
-
-def wraps_in_fsdp(data_ranks: int, precision: str) -> bool:
-    """Whether the stages are wrapped in ``fully_shard``: over more than one data-context rank, and for
-    every bf16 plan (its mixed precision is FSDP2's; a one-rank mesh at dp x cp = 1)."""
-    return data_ranks > 1 or precision in MIXED_PRECISION
 
 
 def zero_policy(zero: int) -> tuple[tuple[str, ...], bool]:
