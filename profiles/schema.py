@@ -530,6 +530,10 @@ class Estimate(StrictModel):
     error_band_pct: float | None = Field(
         default=None, description="held-out error of this stack and GPU class from `ppplan validate`, percent"
     )
+    memory_error_band_pct: float | None = Field(
+        default=None, description="95th percentile of how far held-out predicted peaks fell below this stack's "
+        "published memory readings, percent of the reading (`ppplan validate`); None: fewer than 5 readings"
+    )
 
 
 class Alternative(StrictModel):

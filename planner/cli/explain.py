@@ -9,7 +9,7 @@ import typer
 
 from planner.cli.app import app, out, warn
 from planner.cli.plans import load_checked_plan
-from planner.cli.render import memory_table, plans_table, seconds, sig3
+from planner.cli.render import memory_band_line, memory_table, plans_table, seconds, sig3
 from planner.search.branch_and_bound import Scored, Searcher
 from planner.search.explain import binding_constraints, candidate_of, config_label, nearest_alternatives, waste_warnings
 from profiles.loader import load_stack
@@ -60,6 +60,9 @@ def explain_cmd(plan_path: Path = typer.Argument(..., help="plan.json")) -> None
     for line in breakdown_lines(est):
         out.print(line, markup=False)
     out.print(memory_table(est))
+    line = memory_band_line(est, plan.cluster.gpu.memory_gib)
+    if line:
+        out.print(line, markup=False, overflow="fold")
     alternatives = plan.alternatives or _alternatives(plan)
     if alternatives:
         out.print("Nearest alternatives (one axis changed, each with its best cut points):")

@@ -75,6 +75,23 @@ def _memory_cell(cfg: ParallelConfig, est: Estimate) -> str:
     return f"{sig3(worst)}/{sig3(est.memory_limit_gib)}" + ("" if est.fits else " OOM")
 
 
+def memory_band_line(est: Estimate, capacity_gib: float) -> str | None:
+    """The peak's headroom to HBM against the stack's memory error band (``Estimate.memory_error_band_pct``),
+    or None where the stack has no validated memory readings. A reading ``u`` % above the prediction fits
+    while the peak is at most ``(100 - u)`` % of the capacity."""
+    band = est.memory_error_band_pct
+    if band is None:
+        return None
+    headroom = 100.0 * (capacity_gib - max(est.peak_memory_gib)) / capacity_gib
+    verdict = "covers" if headroom >= band else "does NOT cover: the plan may run out of memory"
+    if band > 0:
+        spread = f"95 % of this stack's published peaks were at most {band:.1f} % above the held-out prediction"
+    else:
+        spread = f"95 % of this stack's published peaks were at least {-band:.1f} % below the held-out prediction"
+    return (f"Memory: {spread} (ppplan validate); the peak leaves {headroom:.1f} % of the {sig3(capacity_gib)} GiB "
+            f"free, which {verdict} {max(band, 0.0):.1f} %")
+
+
 def _step_cell(cfg: ParallelConfig, est: Estimate) -> str:
     text = sig3(est.step_time_s)
     return text if est.error_band_pct is None else f"{text} ±{est.error_band_pct:.0f}%"

@@ -22,6 +22,15 @@ def mape_pct(errors_pct: Iterable[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def percentile_nearest_rank(values: Iterable[float], pct: float) -> float:
+    """The ``pct``-th percentile by nearest rank: the ceil(pct/100 * n)-th smallest value (NIST/SEMATECH
+    e-Handbook of Statistical Methods, 7.2.5.2, the nearest-rank definition)."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("percentile of no values")
+    return ordered[max(0, math.ceil(pct / 100.0 * len(ordered)) - 1)]
+
+
 def grouped(items: Iterable[T], key: Callable[[T], str]) -> dict[str, list[T]]:
     """Items by ``key``, groups sorted by name."""
     out: dict[str, list[T]] = {}

@@ -19,6 +19,13 @@ else None (no published run on that GPU class, e.g. ``cpu-local``). The CLI appl
 ``search`` and ``evaluate`` priced by the roofline (a measured profile replaces what the band
 describes, so it gets none). Figures are rounded for the file: no timestamps, so the tables
 change only when the corpus or the cost model does.
+
+The same file's ``memory`` table says the same of peak memory, per stack: how far the held-out
+predicted peak (``RowResult.memory_under_pct``: the reading's caching-allocator share fitted without
+its sweep) fell below each published reading of the stack, as its 95th percentile (nearest rank),
+its worst and the rows under by more than 5 %. ``memory_error_band_pct`` is that 95th percentile
+for a plan's stack (None below ``BAND_MIN_ROWS`` readings: the stack's memory is unvalidated), so
+a reader can hold it against the headroom the cluster's ``memory_safety_margin`` leaves.
 """
 
 from __future__ import annotations
@@ -28,8 +35,8 @@ from pathlib import Path
 
 import yaml
 
-from planner.trust.accuracy import grouped, mape_pct
-from planner.trust.validation import FIT_CATEGORY, RowResult, ValidationReport
+from planner.trust.accuracy import grouped, mape_pct, percentile_nearest_rank
+from planner.trust.validation import FIT_CATEGORY, MEMORY_BAND_PERCENTILE, TARGET_MEMORY_UNDER_PCT, RowResult, ValidationReport
 from profiles.files import write_atomic
 from profiles.gpu_families import FamilyConstants, FamilyFit, GpuFamilies, render_families
 from profiles.loader import GPU_FAMILIES_YAML, PUBLIC_RUNS_CSV, load_gpu_families, read_document, validate_as
@@ -53,9 +60,31 @@ class Band(StrictModel):
     sources: list[str]
 
 
+class MemoryBand(StrictModel):
+    """How far held-out predicted peaks fell below a stack's published memory readings, in % of the
+    reading (negative: over-predicted)."""
+
+    under_p95_pct: float  # MEMORY_BAND_PERCENTILE
+    under_max_pct: float
+    rows_under_5_pct: int
+    rows: int
+    sources: list[str]
+
+
 class ErrorBands(StrictModel):
     bands: dict[str, dict[str, Band]]  # stack -> GPU family -> band
     families: dict[str, Band]  # GPU family, all stacks
+    memory: dict[str, MemoryBand] = {}  # stack -> its memory readings
+
+
+def memory_band(results: list[RowResult]) -> MemoryBand:
+    """The memory band of rows with a peak-memory reading (module docstring)."""
+    under = [r.memory_under_pct for r in results if r.memory_under_pct is not None]
+    if not under:
+        raise ValueError("memory_band needs rows with a memory reading")
+    return MemoryBand(under_p95_pct=round(percentile_nearest_rank(under, MEMORY_BAND_PERCENTILE), 2), under_max_pct=round(max(under), 2),
+                      rows_under_5_pct=sum(1 for u in under if u > TARGET_MEMORY_UNDER_PCT), rows=len(under),
+                      sources=sorted({r.row.source for r in results if r.memory_under_pct is not None}))
 
 
 def _band(results: list[RowResult]) -> Band:
@@ -67,9 +96,11 @@ def _band(results: list[RowResult]) -> Band:
 def bands_of(report: ValidationReport) -> ErrorBands:
     """The error-band table of a validation run."""
     by_stack = grouped(report.priced, lambda r: r.row.stack)
+    readings = [r for r in report.memory() if r.memory_under_pct is not None]
     return ErrorBands(
         bands={stack: {f: _band(rs) for f, rs in grouped(rows, lambda r: r.family).items()} for stack, rows in by_stack.items()},
         families={f: _band(rs) for f, rs in grouped(report.priced, lambda r: r.family).items()},
+        memory={stack: memory_band(rs) for stack, rs in grouped(readings, lambda r: r.row.stack).items()},
     )
 
 
@@ -143,7 +174,15 @@ def error_band_pct(stack: str, cluster: ClusterSpec, bands: ErrorBands, families
     return cell.heldout_mape_pct if carries_fitted_constants(cluster, fitted) else cell.apriori_mape_pct
 
 
+def memory_error_band_pct(stack: str, bands: ErrorBands) -> float | None:
+    """The 95th-percentile under-prediction of ``stack``'s published memory readings, held out
+    (module docstring); None where it has fewer than ``BAND_MIN_ROWS``."""
+    band = bands.memory.get(stack)
+    return None if band is None or band.rows < BAND_MIN_ROWS else band.under_p95_pct
+
+
 def with_error_band(est: Estimate, stack: str, cluster: ClusterSpec, bands: ErrorBands | None = None) -> Estimate:
-    """``est`` carrying the shipped error band of its stack and GPU family."""
-    band = error_band_pct(stack, cluster, bands or load_bands())
-    return est.model_copy(update={"error_band_pct": band})
+    """``est`` carrying the shipped error bands of its stack and GPU family: step time and peak memory."""
+    bands = bands or load_bands()
+    return est.model_copy(update={"error_band_pct": error_band_pct(stack, cluster, bands),
+                                  "memory_error_band_pct": memory_error_band_pct(stack, bands)})

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from costmodels.communicators import outside_allocator_gib
-from planner.trust.accuracy import error_pct, grouped, mape_pct, spearman_rho
+from planner.trust.accuracy import error_pct, grouped, mape_pct, percentile_nearest_rank, spearman_rho
 from planner.trust.allocator_fit import heldout_memory_gib
 from planner.trust.calibration import MeasuredRun, estimate_with
 from planner.trust.family_fit import FAMILY_TERMS, FamilyFit, at_bounds, fit_family
@@ -49,6 +49,7 @@ TARGET_SOURCE_MAPE_PCT = 12.0
 TARGET_SOURCE_MIN_ROWS = 5
 TARGET_SWEEP_RHO = 0.8
 TARGET_MEMORY_UNDER_PCT = 5.0
+MEMORY_BAND_PERCENTILE = 95.0  # the share of a stack's memory readings its memory error band covers
 SWEEP_MIN_ROWS = 3
 # The rows the GPU-family constants are fitted on and issue 12's targets are measured on; the
 # mixture-of-experts and long-context rows are priced with those constants (held out by
@@ -415,6 +416,11 @@ def target_lines(full: ValidationReport) -> list[str]:
         lines.append(f"  readings a stack's caching-allocator share is fitted on ({stacks}): {len(fitted)} of those rows, "
                      f"{sum(1 for r in under if r.row.allocator_fit_row)} of them under by more than "
                      f"{TARGET_MEMORY_UNDER_PCT:g} % (each priced at the share fitted without its sweep)")
+    readings = [r for r in report.memory() if r.memory_under_pct is not None]
+    bands = [f"{stack} {percentile_nearest_rank([r.memory_under_pct for r in rs], MEMORY_BAND_PERCENTILE):+.1f} % "
+             f"({len(rs)} readings)" for stack, rs in sorted(grouped(readings, lambda r: r.row.stack).items())]
+    lines.append(f"  memory error band per stack ({MEMORY_BAND_PERCENTILE:g}th percentile of the under-prediction): "
+                 + "; ".join(bands))
     lines.append(f"out-of-memory rows called feasible: {sum(1 for r in report.memory() if r.row.oom and r.predicted_fits)} of "
                  f"{sum(1 for r in report.memory() if r.row.oom)}")
     lines.append(f"rows that ran but are called infeasible: {sum(1 for r in report.priced if not r.predicted_fits)} of "

@@ -7,11 +7,14 @@ import json
 import pytest
 
 from planner.cli.main import run
+from planner.cli.render import memory_band_line
+from planner.trust.accuracy import percentile_nearest_rank
 from planner.trust.calibration import with_efficiency
-from planner.trust.error_bands import Band, ErrorBands, error_band_pct, load_bands
+from planner.trust.error_bands import Band, ErrorBands, MemoryBand, error_band_pct, load_bands, memory_error_band_pct
 from profiles.gpu_families import FamilyConstants, FamilyFit
 from profiles.loader import load_cluster, load_gpu_families
 from profiles.profile_schema import HardwareFingerprint
+from profiles.schema import Estimate
 from tests.costmodels.test_profile_times import _profile
 
 HOPPER_FIT = {"gemm_max": 0.7, "gemm_half_dim": 300.0, "hbm": 0.9, "intra_node_collective": 1.0,
@@ -100,3 +103,43 @@ def test_a_measured_profile_gets_no_band(capsys: pytest.CaptureFixture[str], tmp
             "--tp", "1", "--pp", "1", "--mbs", "4", "--precision", "bf16", "--profile", str(path), "--json"]
     assert run(argv) == 0
     assert json.loads(capsys.readouterr().out)["estimate"]["error_band_pct"] is None
+
+
+def test_the_nearest_rank_percentile_by_hand() -> None:
+    """ceil(p/100 * n)-th smallest: of 15, 20, 35, 40, 50 the 30th percentile is the 2nd (20), the 40th the 2nd
+    (ceil 2.0), the 95th the 5th (50); of 1..20 the 95th is the 19th."""
+    values = [35.0, 20.0, 50.0, 15.0, 40.0]
+    assert percentile_nearest_rank(values, 30) == 20.0
+    assert percentile_nearest_rank(values, 40) == 20.0
+    assert percentile_nearest_rank(values, 95) == 50.0
+    assert percentile_nearest_rank([float(v) for v in range(1, 21)], 95) == 19.0
+    with pytest.raises(ValueError):
+        percentile_nearest_rank([], 95)
+
+
+def test_a_stack_memory_band_needs_five_readings() -> None:
+    bands = BANDS.model_copy(update={"memory": {
+        "torchtitan": MemoryBand(under_p95_pct=9.3, under_max_pct=11.7, rows_under_5_pct=4, rows=14, sources=["t"]),
+        "megatron-core": MemoryBand(under_p95_pct=3.0, under_max_pct=3.0, rows_under_5_pct=0, rows=4, sources=["m"])}})
+    assert memory_error_band_pct("torchtitan", bands) == 9.3
+    assert memory_error_band_pct("megatron-core", bands) is None  # 4 readings: unvalidated
+    assert memory_error_band_pct("ppplan-torch", bands) is None  # none
+
+
+def test_the_memory_line_holds_the_band_against_the_headroom(capsys: pytest.CaptureFixture[str]) -> None:
+    """A peak of 72 of 80 GiB leaves 10 % free: it covers a 9.3 % band, not a 12 % one; no band, no line."""
+    base = Estimate.model_validate(_evaluate(capsys))
+    at = base.model_copy(update={"peak_memory_gib": [72.0, 60.0], "memory_error_band_pct": 9.3})
+    assert "leaves 10.0 % of the 80.0 GiB free, which covers 9.3 %" in memory_band_line(at, 80.0)
+    over = at.model_copy(update={"memory_error_band_pct": 12.0})
+    assert "does NOT cover" in memory_band_line(over, 80.0)
+    below = at.model_copy(update={"memory_error_band_pct": -4.5})
+    assert "at least 4.5 % below" in memory_band_line(below, 80.0)
+    assert memory_band_line(at.model_copy(update={"memory_error_band_pct": None}), 80.0) is None
+
+
+def test_evaluate_carries_the_stack_memory_band(capsys: pytest.CaptureFixture[str]) -> None:
+    """torchtitan has published memory readings (its reports); ppplan's own stack has none in the corpus."""
+    shipped = load_bands().memory["torchtitan"]
+    assert _evaluate(capsys, "--stack", "torchtitan", "--zero", "3")["memory_error_band_pct"] == shipped.under_p95_pct
+    assert _evaluate(capsys)["memory_error_band_pct"] is None
