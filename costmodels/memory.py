@@ -483,7 +483,7 @@ def gradients_fp32(stack: StackSpec, pp: int, data_ranks: int, zero: int, precis
     the stack's rule (``StackSpec.fsdp_wraps``), the one ppplan's runtime builds by."""
     if stack.grad_accumulation_fp32:
         return True
-    return (stack.fsdp_unsharded_grads_fp32 and stack.fsdp_wraps(data_ranks, zero, precision)
+    return (precision != "fp32" and stack.fsdp_unsharded_grads_fp32 and stack.fsdp_wraps(data_ranks, zero, precision)
             and not gradients_sharded(stack, pp, data_ranks, zero))
 
 

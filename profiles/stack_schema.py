@@ -441,6 +441,13 @@ class StackSpec(StrictModel):
         stack runs 16-bit precisions as autocast over fp32 parameters (``autocasts``)."""
         return "fp32" if self.autocasts(precision) else precision
 
+    @property
+    def runs_fsdp(self) -> bool:
+        """Whether the stack's data parallelism is PyTorch FSDP: its job runs FSDP2 (``FSDP2_EMIT_TARGETS``: ppplan's
+        runtime, torchtitan), or it prices FSDP2's accumulation of unsharded gradients (``fsdp_unsharded_grads_fp32``;
+        the corpus's Composer stack, torchtitan's with emit none)."""
+        return self.emit in FSDP2_EMIT_TARGETS or self.fsdp_unsharded_grads_fp32
+
     def fsdp_wraps(self, data_ranks: int, zero: int, precision: str) -> bool:
         """Whether the stack's job wraps its stages in FSDP2 (``fully_shard``) for a run over ``data_ranks``
         data-context ranks (dp x cp) at ZeRO ``zero``: the one rule the cost model (FSDP2's host time, the fp32
@@ -451,8 +458,10 @@ class StackSpec(StrictModel):
           with one shard, and on every bf16 run, on a one-rank mesh where dp x cp = 1, for FSDP2's
           ``MixedPrecisionPolicy`` (launch/runtime/fsdp.py MIXED_PRECISION).
 
-        Its callers ask only of stacks whose data parallelism is FSDP (the ``fsdp_*`` behaviours); a Megatron stack's
-        ZeRO >= 1 is its distributed optimizer, not FSDP."""
+        - Never where the stack's data parallelism is not PyTorch FSDP (``runs_fsdp``): a Megatron stack's ZeRO >= 1
+          is its distributed optimizer."""
+        if not self.runs_fsdp:
+            return False
         if self.fsdp_mixed_precision_always:
             return data_ranks > 1 or precision == "bf16"
         return data_ranks > 1 and zero >= 1

@@ -76,20 +76,25 @@ def _memory_cell(cfg: ParallelConfig, est: Estimate) -> str:
 
 
 def memory_band_line(est: Estimate, capacity_gib: float) -> str | None:
-    """The peak's headroom to HBM against the stack's memory error band (``Estimate.memory_error_band_pct``),
-    or None where the stack has no validated memory readings. A reading ``u`` % above the prediction fits
-    while the peak is at most ``(100 - u)`` % of the capacity."""
+    """The peak's headroom to HBM against the stack's memory error band (``Estimate.memory_error_band_pct``: in %
+    of the reading, how far 95 % of its published peaks exceeded the held-out prediction at most), or None where
+    the stack has no validated memory readings. A reading ``u`` % above the prediction, in % of the reading, is
+    ``peak / (1 - u/100)``: it fits while the peak is at most ``(100 - u)`` % of the capacity, i.e. while the
+    headroom ``(capacity - peak) / capacity`` is at least ``u`` %."""
     band = est.memory_error_band_pct
     if band is None:
         return None
     headroom = 100.0 * (capacity_gib - max(est.peak_memory_gib)) / capacity_gib
-    verdict = "covers" if headroom >= band else "does NOT cover: the plan may run out of memory"
     if band > 0:
-        spread = f"95 % of this stack's published peaks were at most {band:.1f} % above the held-out prediction"
+        spread = f"95 % of this stack's published peaks were under-predicted by at most {band:.1f} % of the reading"
     else:
-        spread = f"95 % of this stack's published peaks were at least {-band:.1f} % below the held-out prediction"
-    return (f"Memory: {spread} (ppplan validate); the peak leaves {headroom:.1f} % of the {sig3(capacity_gib)} GiB "
-            f"free, which {verdict} {max(band, 0.0):.1f} %")
+        spread = f"95 % of this stack's published peaks were over-predicted by at least {-band:.1f} % of the reading"
+    if headroom < 0:
+        room = f"the peak exceeds the {sig3(capacity_gib)} GiB by {-headroom:.1f} %"
+    else:
+        room = f"the peak leaves {headroom:.1f} % of the {sig3(capacity_gib)} GiB free"
+    verdict = "enough for such an error" if headroom >= band else "NOT enough for such an error: it may run out of memory"
+    return f"Memory: {spread} (ppplan validate); {room}, {verdict} (the fit check's limit is {sig3(est.memory_limit_gib)} GiB)"
 
 
 def _step_cell(cfg: ParallelConfig, est: Estimate) -> str:

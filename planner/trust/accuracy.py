@@ -26,9 +26,9 @@ def percentile_nearest_rank(values: Iterable[float], pct: float) -> float:
     """The ``pct``-th percentile by nearest rank: the ceil(pct/100 * n)-th smallest value (NIST/SEMATECH
     e-Handbook of Statistical Methods, 7.2.5.2, the nearest-rank definition)."""
     ordered = sorted(values)
-    if not ordered:
-        raise ValueError("percentile of no values")
-    return ordered[max(0, math.ceil(pct / 100.0 * len(ordered)) - 1)]
+    if not ordered or not 0 < pct <= 100:
+        raise ValueError(f"percentile {pct} of {len(ordered)} values: needs values and 0 < pct <= 100")
+    return ordered[max(0, math.ceil(pct * len(ordered) / 100) - 1)]
 
 
 def grouped(items: Iterable[T], key: Callable[[T], str]) -> dict[str, list[T]]:

@@ -20,12 +20,13 @@ else None (no published run on that GPU class, e.g. ``cpu-local``). The CLI appl
 describes, so it gets none). Figures are rounded for the file: no timestamps, so the tables
 change only when the corpus or the cost model does.
 
-The same file's ``memory`` table says the same of peak memory, per stack: how far the held-out
-predicted peak (``RowResult.memory_under_pct``: the reading's caching-allocator share fitted without
-its sweep) fell below each published reading of the stack, as its 95th percentile (nearest rank),
-its worst and the rows under by more than 5 %. ``memory_error_band_pct`` is that 95th percentile
-for a plan's stack (None below ``BAND_MIN_ROWS`` readings: the stack's memory is unvalidated), so
-a reader can hold it against the headroom the cluster's ``memory_safety_margin`` leaves.
+The same file's ``memory`` table says the same of peak memory, per stack, over every category's readings
+(``validation.memory_bands``): how far the held-out predicted peak (``RowResult.memory_under_pct``, in % of
+the reading; a reading the stack's caching-allocator share was fitted on is priced at the share fitted
+without its sweep) fell below each published reading of the stack, as its 95th percentile (nearest rank),
+its worst and the readings under by more than 5 %. ``memory_error_band_pct`` is that 95th percentile for a
+plan's stack on a GPU class with published runs (None below ``BAND_MIN_ROWS`` readings: the stack's memory
+is unvalidated), so a reader can hold it against the headroom the cluster's ``memory_safety_margin`` leaves.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from pathlib import Path
 
 import yaml
 
-from planner.trust.accuracy import grouped, mape_pct, percentile_nearest_rank
-from planner.trust.validation import FIT_CATEGORY, MEMORY_BAND_PERCENTILE, TARGET_MEMORY_UNDER_PCT, RowResult, ValidationReport
+from planner.trust.accuracy import grouped, mape_pct
+from planner.trust.validation import FIT_CATEGORY, MemoryBand, RowResult, ValidationReport, memory_bands
 from profiles.files import write_atomic
 from profiles.gpu_families import FamilyConstants, FamilyFit, GpuFamilies, render_families
 from profiles.loader import GPU_FAMILIES_YAML, PUBLIC_RUNS_CSV, load_gpu_families, read_document, validate_as
@@ -60,31 +61,10 @@ class Band(StrictModel):
     sources: list[str]
 
 
-class MemoryBand(StrictModel):
-    """How far held-out predicted peaks fell below a stack's published memory readings, in % of the
-    reading (negative: over-predicted)."""
-
-    under_p95_pct: float  # MEMORY_BAND_PERCENTILE
-    under_max_pct: float
-    rows_under_5_pct: int
-    rows: int
-    sources: list[str]
-
-
 class ErrorBands(StrictModel):
     bands: dict[str, dict[str, Band]]  # stack -> GPU family -> band
     families: dict[str, Band]  # GPU family, all stacks
     memory: dict[str, MemoryBand] = {}  # stack -> its memory readings
-
-
-def memory_band(results: list[RowResult]) -> MemoryBand:
-    """The memory band of rows with a peak-memory reading (module docstring)."""
-    under = [r.memory_under_pct for r in results if r.memory_under_pct is not None]
-    if not under:
-        raise ValueError("memory_band needs rows with a memory reading")
-    return MemoryBand(under_p95_pct=round(percentile_nearest_rank(under, MEMORY_BAND_PERCENTILE), 2), under_max_pct=round(max(under), 2),
-                      rows_under_5_pct=sum(1 for u in under if u > TARGET_MEMORY_UNDER_PCT), rows=len(under),
-                      sources=sorted({r.row.source for r in results if r.memory_under_pct is not None}))
 
 
 def _band(results: list[RowResult]) -> Band:
@@ -94,13 +74,14 @@ def _band(results: list[RowResult]) -> Band:
 
 
 def bands_of(report: ValidationReport) -> ErrorBands:
-    """The error-band table of a validation run."""
-    by_stack = grouped(report.priced, lambda r: r.row.stack)
-    readings = [r for r in report.memory() if r.memory_under_pct is not None]
+    """The error-band table of a validation run: step time over the ``FIT_CATEGORY`` rows the constants are
+    fitted on, peak memory over every category's readings (``validation.memory_bands``)."""
+    fitted_on = report.of_category(FIT_CATEGORY)
+    by_stack = grouped(fitted_on.priced, lambda r: r.row.stack)
     return ErrorBands(
         bands={stack: {f: _band(rs) for f, rs in grouped(rows, lambda r: r.family).items()} for stack, rows in by_stack.items()},
-        families={f: _band(rs) for f, rs in grouped(report.priced, lambda r: r.family).items()},
-        memory={stack: memory_band(rs) for stack, rs in grouped(readings, lambda r: r.row.stack).items()},
+        families={f: _band(rs) for f, rs in grouped(fitted_on.priced, lambda r: r.family).items()},
+        memory=memory_bands(report.memory()),
     )
 
 
@@ -135,9 +116,9 @@ def fitted_families(report: ValidationReport, families: GpuFamilies) -> GpuFamil
 def write_tables(report: ValidationReport, corpus: Path, directory: Path | None = None) -> list[Path]:
     """Write the error bands and the GPU families with their fits (atomically; both or neither):
     into their shipped places, or both into ``directory``. Returns their paths."""
-    fitted_on = report.of_category(FIT_CATEGORY)  # the rows the constants are fitted on and the bands come from
+    fitted_on = report.of_category(FIT_CATEGORY)  # the rows the constants are fitted on and the time bands come from
     header = HEADER.format(corpus=corpus.name, rows=len(fitted_on.priced))
-    bands_text = header + yaml.safe_dump(bands_of(fitted_on).model_dump(), sort_keys=True, width=160)
+    bands_text = header + yaml.safe_dump(bands_of(report).model_dump(), sort_keys=True, width=160)
     families_text = render_families(fitted_families(fitted_on, load_gpu_families()))
     if directory is None:
         paths = [CALIBRATION_DIR / ERROR_BANDS_NAME, GPU_FAMILIES_YAML]
@@ -174,15 +155,19 @@ def error_band_pct(stack: str, cluster: ClusterSpec, bands: ErrorBands, families
     return cell.heldout_mape_pct if carries_fitted_constants(cluster, fitted) else cell.apriori_mape_pct
 
 
-def memory_error_band_pct(stack: str, bands: ErrorBands) -> float | None:
+def memory_error_band_pct(stack: str, cluster: ClusterSpec, bands: ErrorBands, families: GpuFamilies | None = None) -> float | None:
     """The 95th-percentile under-prediction of ``stack``'s published memory readings, held out
-    (module docstring); None where it has fewer than ``BAND_MIN_ROWS``."""
+    (module docstring); None where it has fewer than ``BAND_MIN_ROWS``, or where no published run priced the
+    cluster's GPU class (the readings are GPU caching-allocator peaks: nothing says they hold for a CPU's)."""
     band = bands.memory.get(stack)
-    return None if band is None or band.rows < BAND_MIN_ROWS else band.under_p95_pct
+    family = (families or load_gpu_families()).family_of(cluster.gpu.name)
+    if band is None or band.rows < BAND_MIN_ROWS or family.name not in bands.families:
+        return None
+    return band.under_p95_pct
 
 
 def with_error_band(est: Estimate, stack: str, cluster: ClusterSpec, bands: ErrorBands | None = None) -> Estimate:
     """``est`` carrying the shipped error bands of its stack and GPU family: step time and peak memory."""
     bands = bands or load_bands()
     return est.model_copy(update={"error_band_pct": error_band_pct(stack, cluster, bands),
-                                  "memory_error_band_pct": memory_error_band_pct(stack, bands)})
+                                  "memory_error_band_pct": memory_error_band_pct(stack, cluster, bands)})

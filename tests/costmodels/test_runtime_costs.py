@@ -20,6 +20,7 @@ from costmodels.runtime_costs import (
     optimizer_temp_bytes,
     runtime_costs_of,
 )
+from profiles.loader import load_stack
 from profiles.profile_schema import RuntimeMeasurement
 from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec
 from tests.costmodels.neutral_stack import neutral_stack
@@ -74,6 +75,12 @@ def test_fsdp_host_work_per_unit_and_step() -> None:
     assert estimate(MODEL, cpu, bf16, one, UnitLayers(costs), stack=plain).step_time_s == pytest.approx(96.0)
     assert estimate(MODEL, cpu, bf16, one, UnitLayers(costs), stack=always).step_time_s == pytest.approx(96.09)
     assert estimate(MODEL, cpu, TRAIN, one, UnitLayers(costs), stack=always).step_time_s == pytest.approx(96.0)
+    # FSDP2 wraps only where the stack's data parallelism is FSDP and it shards (StackSpec.fsdp_wraps): torchtitan's
+    # ZeRO 0 is DDP, Megatron's ZeRO 1 is its distributed optimizer; neither pays FSDP2's host work
+    for name, zero, seconds in (("torchtitan", 0, 48.0), ("torchtitan", 1, 48.09), ("megatron-core", 1, 48.0)):
+        cfg = config(pp=1, dp=2, zero=zero)
+        assert estimate(MODEL, cluster("cpu"), TRAIN, cfg, UnitLayers(costs),
+                        stack=load_stack(name)).step_time_s == pytest.approx(seconds)
 
 
 def test_a_measured_optimizer_rate_prices_the_parameters_each_rank_updates() -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from planner.cli.main import run
 from planner.cli.render import memory_band_line
 from planner.trust.accuracy import percentile_nearest_rank
 from planner.trust.calibration import with_efficiency
-from planner.trust.error_bands import Band, ErrorBands, MemoryBand, error_band_pct, load_bands, memory_error_band_pct
+from planner.trust.error_bands import Band, ErrorBands, error_band_pct, load_bands, memory_error_band_pct
+from planner.trust.validation import MemoryBand, memory_bands
 from profiles.gpu_families import FamilyConstants, FamilyFit
 from profiles.loader import load_cluster, load_gpu_families
 from profiles.profile_schema import HardwareFingerprint
@@ -113,33 +116,62 @@ def test_the_nearest_rank_percentile_by_hand() -> None:
     assert percentile_nearest_rank(values, 40) == 20.0
     assert percentile_nearest_rank(values, 95) == 50.0
     assert percentile_nearest_rank([float(v) for v in range(1, 21)], 95) == 19.0
-    with pytest.raises(ValueError):
-        percentile_nearest_rank([], 95)
+    assert percentile_nearest_rank([float(v) for v in range(1, 101)], 7) == 7.0  # 7 * 100 / 100, no float drift
+    for pct, bad in ((95, []), (0, values), (101, values)):
+        with pytest.raises(ValueError):
+            percentile_nearest_rank(bad, pct)
 
 
-def test_a_stack_memory_band_needs_five_readings() -> None:
+def test_the_memory_bands_by_hand() -> None:
+    """Per stack over the rows with a reading: 20 readings under by 1..20 % give a 95th percentile of 19 %, a
+    worst of 20 % and 15 rows under by more than 5 %; a row without a reading, or out of memory, is left out."""
+    def row(stack: str, under: float | None, source: str = "s") -> SimpleNamespace:
+        return SimpleNamespace(memory_under_pct=under, row=SimpleNamespace(stack=stack, source=source))
+    rows = [row("a", float(u), "s1" if u % 2 else "s2") for u in range(1, 21)] + [row("a", None), row("b", -4.5)]
+    bands = memory_bands(rows)
+    assert bands["a"] == MemoryBand(under_p95_pct=19.0, under_max_pct=20.0, rows_under_5_pct=15, rows=20, sources=["s1", "s2"])
+    assert bands["b"] == MemoryBand(under_p95_pct=-4.5, under_max_pct=-4.5, rows_under_5_pct=0, rows=1, sources=["s"])
+
+
+def test_a_stack_memory_band_needs_five_readings_and_a_validated_gpu_class() -> None:
     bands = BANDS.model_copy(update={"memory": {
-        "torchtitan": MemoryBand(under_p95_pct=9.3, under_max_pct=11.7, rows_under_5_pct=4, rows=14, sources=["t"]),
+        "torchtitan": MemoryBand(under_p95_pct=9.3, under_max_pct=11.7, rows_under_5_pct=5, rows=20, sources=["t"]),
         "megatron-core": MemoryBand(under_p95_pct=3.0, under_max_pct=3.0, rows_under_5_pct=0, rows=4, sources=["m"])}})
-    assert memory_error_band_pct("torchtitan", bands) == 9.3
-    assert memory_error_band_pct("megatron-core", bands) is None  # 4 readings: unvalidated
-    assert memory_error_band_pct("ppplan-torch", bands) is None  # none
+    h100 = load_cluster("dgx-h100")
+    assert memory_error_band_pct("torchtitan", h100, bands, FAMILIES) == 9.3
+    assert memory_error_band_pct("megatron-core", h100, bands, FAMILIES) is None  # 4 readings: unvalidated
+    assert memory_error_band_pct("ppplan-torch", h100, bands, FAMILIES) is None  # none
+    assert memory_error_band_pct("torchtitan", load_cluster("cpu-local"), bands, FAMILIES) is None  # GPU readings
+
+
+def test_an_error_bands_file_without_a_memory_table_still_loads(tmp_path) -> None:
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(BANDS.model_dump(exclude={"memory"})))
+    assert load_bands(path).memory == {}
 
 
 def test_the_memory_line_holds_the_band_against_the_headroom(capsys: pytest.CaptureFixture[str]) -> None:
-    """A peak of 72 of 80 GiB leaves 10 % free: it covers a 9.3 % band, not a 12 % one; no band, no line."""
+    """A peak of 72 of 80 GiB leaves 10 % free: enough for a 9.3 % under-prediction, not for 12 %; a peak of 82 GiB
+    exceeds the capacity; no band, no line."""
     base = Estimate.model_validate(_evaluate(capsys))
     at = base.model_copy(update={"peak_memory_gib": [72.0, 60.0], "memory_error_band_pct": 9.3})
-    assert "leaves 10.0 % of the 80.0 GiB free, which covers 9.3 %" in memory_band_line(at, 80.0)
-    over = at.model_copy(update={"memory_error_band_pct": 12.0})
-    assert "does NOT cover" in memory_band_line(over, 80.0)
-    below = at.model_copy(update={"memory_error_band_pct": -4.5})
-    assert "at least 4.5 % below" in memory_band_line(below, 80.0)
+    line = memory_band_line(at, 80.0)
+    assert "under-predicted by at most 9.3 % of the reading" in line and "leaves 10.0 % of the 80.0 GiB free, enough" in line
+    assert "NOT enough" in memory_band_line(at.model_copy(update={"memory_error_band_pct": 12.0}), 80.0)
+    # over-predicted by 4.5 % of the reading: a reading is peak / 1.045, 78.5 GiB for 82 (fits), 80.4 GiB for 84
+    over = at.model_copy(update={"memory_error_band_pct": -4.5})
+    below = memory_band_line(over.model_copy(update={"peak_memory_gib": [82.0]}), 80.0)
+    assert "over-predicted by at least 4.5 %" in below and "exceeds the 80.0 GiB by 2.5 %, enough" in below
+    assert "exceeds the 80.0 GiB by 5.0 %, NOT enough" in memory_band_line(over.model_copy(update={"peak_memory_gib": [84.0]}), 80.0)
     assert memory_band_line(at.model_copy(update={"memory_error_band_pct": None}), 80.0) is None
 
 
-def test_evaluate_carries_the_stack_memory_band(capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_and_search_carry_the_stack_memory_band(capsys: pytest.CaptureFixture[str]) -> None:
     """torchtitan has published memory readings (its reports); ppplan's own stack has none in the corpus."""
-    shipped = load_bands().memory["torchtitan"]
-    assert _evaluate(capsys, "--stack", "torchtitan", "--zero", "3")["memory_error_band_pct"] == shipped.under_p95_pct
+    shipped = load_bands().memory["torchtitan"].under_p95_pct
+    assert _evaluate(capsys, "--stack", "torchtitan", "--zero", "3")["memory_error_band_pct"] == shipped
     assert _evaluate(capsys)["memory_error_band_pct"] is None
+    argv = ["search", "--model", "gpt3-1.7b", "--cluster", "dgx-h100", "--gpus", "8", "--global-batch", "32",
+            "--stack", "torchtitan", "--top-k", "2", "--json"]
+    assert run(argv) == 0
+    assert {p["estimate"]["memory_error_band_pct"] for p in json.loads(capsys.readouterr().out)} == {shipped}
