@@ -45,6 +45,8 @@ CLUSTER_OF_SOURCE_GPU: dict[tuple[str, str], str] = {
     ("bigscience", "A100-80GB"): "jean-zay-a100-80g",
     # torchtitan's 2024-12 and 2025-06 reports: Grand Teton hosts, H100 96 GB HBM2e at 500 W (report, "Hardware")
     ("torchtitan", "other"): "grand-teton-h100-96g",
+    # GPT-NeoX-20B paper Sec. 3: four ConnectX-6 HDR HCAs per 8-GPU node (not a DGX's eight)
+    ("gpt-neox-20b", "A100-40GB"): "eleuther-a100-40g",
 }
 
 # Cluster presets whose compute peak the source itself does not know: their rows are priced for memory

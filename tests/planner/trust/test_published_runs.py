@@ -364,6 +364,9 @@ def test_source_overrides_of_kernels_overlaps_and_clusters() -> None:
     assert isinstance(bloom, PublishedRow) and bloom.cluster.name == "jean-zay-a100-80g"
     assert (bloom.cluster.nics_per_node, bloom.cluster.nic_bandwidth_gbit_s) == (4, 100)
     assert parse_row({**ZB_ROW, "source_id": "mlperf-v4.0", "notes": ""}).cluster.name == "dgx-a100-80g"
+    neox = parse_row({**ZB_ROW, "source_id": "gpt-neox-20b", "gpu": "A100-40GB", "stack": "deepspeed", "notes": ""})
+    assert isinstance(neox, PublishedRow) and neox.cluster.name == "eleuther-a100-40g"  # four HCAs per node
+    assert (neox.cluster.nics_per_node, neox.cluster.nic_bandwidth_gbit_s) == (4, 200)
 
 
 def test_bigscience_bf16_rows_keep_deepspeeds_bf16_gradients_beside_the_fp32_ones() -> None:
