@@ -12,7 +12,7 @@ from profiles.schema import SCHEDULE_NAMES
 NOT_STATED = "not stated"
 # The metric column's names; tflops_per_gpu splits by the source's FLOP convention (hardware FLOPs
 # when it counts recomputation, model FLOPs otherwise).
-METRICS = ("step_time_s", "tokens_per_s_per_gpu", "tflops_per_gpu", "mfu_pct", "oom")
+METRICS = ("step_time_s", "tokens_per_s_per_gpu", "tflops_per_gpu", "mfu_pct", "oom", "memory")
 HARDWARE_FLOPS_MARKERS = ("hfu-style", "counts recompute", "counts activation-recompute")
 
 
@@ -91,12 +91,14 @@ def read_choice(f: RowFields, key: str, allowed: tuple[str, ...]) -> str | None:
 
 
 def read_metric(f: RowFields) -> tuple[str, float | None] | None:
-    """(metric as compared, value); ``oom`` has no value."""
+    """(metric as compared, value); ``oom`` and ``memory`` (a row checked for its memory reading only) have none."""
     kind = read_choice(f, "metric", METRICS)
     if kind is None:
         return None
     if kind == "oom":
         return "oom", None
+    if kind == "memory":  # a memory reading only (peak_memory_gib); its time is not priced
+        return "memory", None
     value = f.number("value")
     if value is None:
         if not f.text("value"):

@@ -60,6 +60,14 @@ MEMORY_ONLY_CLUSTERS: dict[str, str] = {
 # (``torch.cuda.max_memory_reserved``), which holds no CUDA context or NCCL buffers: it is compared with
 # the prediction less what the rank holds outside the allocator (``costmodels.communicators.outside_allocator_gib``).
 ALLOCATOR_MEMORY_NOTE = "caching allocator's max_reserved"
+# Notes that say the reading is the caching allocator's allocated peak of the last rank
+# (``torch.cuda.memory_stats()["allocated_bytes.all.peak"]`` as Megatron-LM logs it, from rank world_size - 1
+# only: the last pipeline stage): compared with the last pipeline rank's prediction less what it holds outside
+# the allocator and less the allocator's cached share (``costmodels.memory`` fragmentation).
+ALLOCATED_LAST_RANK_NOTE = "allocated peak of the last rank"
+# Notes that say the run unties the input embedding from the output layer (Megatron-LM
+# --untie-embeddings-and-output-weights): two vocabulary-sized weights.
+UNTIED_EMBEDDINGS_NOTE = "untied embeddings"
 
 
 def cluster_of_row(source: str, gpu: str) -> str | None:

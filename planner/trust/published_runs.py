@@ -29,6 +29,7 @@ from costmodels.layout import end_slot_split, uniform_split
 from costmodels.rules import structural_violations
 from planner.trust.corpus_fields import RowFields, read_choice, read_metric, read_schedule
 from planner.trust.corpus_rules import (
+    ALLOCATED_LAST_RANK_NOTE,
     ALLOCATOR_MEMORY_NOTE,
     DEEPSEEK_V3_NO_MTP_RUN,
     DEEPSEEK_V3_RECIPE_LAYOUTS,
@@ -36,6 +37,7 @@ from planner.trust.corpus_rules import (
     DEEPSEEK_V3_RECIPE_SOURCE,
     MEMORY_ONLY_CLUSTERS,
     UNSUPPORTED_FAMILIES,
+    UNTIED_EMBEDDINGS_NOTE,
     category_of,
     cluster_of_row,
     default_sequence_parallel,
@@ -75,9 +77,11 @@ class PublishedRow:
     ``metric`` is one of ``step_time_s``, ``tokens_per_s_per_gpu``, ``hw_tflops_per_gpu``,
     ``model_tflops_per_gpu``, ``mfu_pct`` (``measured`` in that unit), ``oom`` (the run ran
     out of memory) or ``memory`` (its metric cannot be priced, its memory can:
-    ``corpus_rules.MEMORY_ONLY_CLUSTERS``); for the last two ``measured`` is None and only the
-    memory check uses the row. ``memory_is_allocator_reserved``: the memory reading is the caching
-    allocator's reserved peak, compared with the prediction less what a rank holds outside the allocator."""
+    ``corpus_rules.MEMORY_ONLY_CLUSTERS``, or a row that gives a memory reading only); for the last two
+    ``measured`` is None and only the memory check uses the row. ``memory_is_allocator_reserved``: the memory
+    reading is the caching allocator's reserved peak, compared with the prediction less what a rank holds
+    outside the allocator; ``memory_is_allocated_last_rank``: it is the allocated peak of the last pipeline
+    rank (``corpus_rules.ALLOCATED_LAST_RANK_NOTE``)."""
 
     id: str
     run: str
@@ -97,6 +101,7 @@ class PublishedRow:
     assumptions: tuple[str, ...]
     expert_imbalance: float | None = None
     memory_is_allocator_reserved: bool = False
+    memory_is_allocated_last_rank: bool = False
 
     @property
     def stack_fit_row(self) -> bool:
@@ -218,6 +223,7 @@ def _model(f: RowFields, p: _Parsed, assumptions: list[str]) -> ModelSpec | None
     if "squared-relu" in notes:
         assumptions.append("squared-ReLU MLP priced as GELU (two FFN GEMMs, one element-wise activation)")
     position = "rope" if "rotary" in notes else None
+    tied = UNTIED_EMBEDDINGS_NOTE not in notes
     extra = _moe_fields(f, assumptions)
     head_dim = re.search(r"head_dim (\d+)", f.text("notes"))
     if head_dim:
@@ -228,7 +234,7 @@ def _model(f: RowFields, p: _Parsed, assumptions: list[str]) -> ModelSpec | None
         return ModelSpec(
             name=f.text("run"), num_layers=p.ints["layers"], hidden_size=p.ints["hidden"],
             num_attention_heads=p.ints["heads"], num_key_value_heads=kv, ffn_hidden_size=ffn, vocab_size=vocab,
-            seq_len=p.ints["seq_len"], activation=activation, position_embedding=position, **extra,
+            seq_len=p.ints["seq_len"], activation=activation, position_embedding=position, tie_embeddings=tied, **extra,
         )
     except ValidationError as exc:  # the row's shape is inconsistent (e.g. heads not dividing hidden)
         f.problems.append(f"malformed model shape: {exc.errors()[0]['msg']}")
@@ -416,6 +422,9 @@ def parse_row(row: dict[str, str], line: int = 2) -> PublishedRow | SkippedRow:
     if routing is not None:
         assumptions.append(routing[1])
     metric, measured = parsed.metric
+    if metric == "memory" and peak is None:
+        f.problems.append("metric memory without a peak_memory_gib reading")
+        return skipped()
     memory_only = MEMORY_ONLY_CLUSTERS.get(parsed.cluster_preset)
     if memory_only is not None:
         if peak is None:
@@ -427,11 +436,16 @@ def parse_row(row: dict[str, str], line: int = 2) -> PublishedRow | SkippedRow:
     if allocator_reserved and peak is not None:
         assumptions.append("memory is the caching allocator's reserved peak: compared with the prediction less what "
                            f"a rank holds outside it (the CUDA context, {cluster.runtime_reserved_gib:g} GiB, and NCCL's buffers)")
+    allocated_last = ALLOCATED_LAST_RANK_NOTE in f.text("notes")
+    if allocated_last and peak is not None:
+        assumptions.append("memory is the caching allocator's allocated peak of the last pipeline rank: compared with that "
+                           "rank's prediction less what it holds outside the allocator and less the allocator's cached share")
     return PublishedRow(
         id=ident, run=run, source_id=source_id, source=source, sweep=f.text("sweep") or None, category=category,
         stack=parsed.stack, stack_spec=row_stack(parsed.stack, stack_changes), model=model, cluster=cluster, train=train,
         config=config, metric=metric, measured=measured, measured_peak_memory_gib=peak, assumptions=tuple(assumptions),
         expert_imbalance=routing[0] if routing else None, memory_is_allocator_reserved=allocator_reserved,
+        memory_is_allocated_last_rank=allocated_last,
     )
 
 

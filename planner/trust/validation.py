@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from costmodels.communicators import outside_allocator_gib
+from costmodels.estimate import NOT_ALLOCATED_PARTS
 from planner.trust.accuracy import error_pct, grouped, mape_pct, percentile_nearest_rank, spearman_rho
 from planner.trust.allocator_fit import heldout_memory_gib
 from planner.trust.calibration import MeasuredRun, estimate_with
@@ -297,6 +298,7 @@ def _memory_json(r: RowResult) -> dict:
     return {
         "run": r.row.run, "id": r.row.id, "source": r.row.source, "category": r.row.category, "oom": r.row.oom,
         "memory_only": not r.row.has_metric, "allocator_reserved": r.row.memory_is_allocator_reserved,
+        "allocated_last_rank": r.row.memory_is_allocated_last_rank,
         "measured_peak_memory_gib": r.row.measured_peak_memory_gib,
         "predicted_peak_memory_gib": round(r.predicted_peak_memory_gib, 3),
         "memory_limit_gib": round(r.row.cluster.gpu.memory_gib, 3),
@@ -353,7 +355,12 @@ def _prediction(row: PublishedRow, est: Estimate) -> Prediction:
 def comparable_memory_gib(row: PublishedRow, est: Estimate) -> float:
     """The predicted peak as the row's source measured it: the busiest rank's, less what a rank holds
     outside the caching allocator (``outside_allocator_gib``: CUDA context, NCCL buffers) where the
-    source read the allocator's reserved peak."""
+    source read the allocator's reserved peak; where it read the allocated peak of the last rank
+    (Megatron-LM's log), the last pipeline rank's, less that and less the allocator's cached share
+    (``costmodels.estimate.NOT_ALLOCATED_PARTS``)."""
+    if row.memory_is_allocated_last_rank:
+        parts = est.memory_breakdown_gib[-1]
+        return est.peak_memory_gib[-1] - sum(parts.get(k, 0.0) for k in NOT_ALLOCATED_PARTS)
     if not row.memory_is_allocator_reserved:
         return max(est.peak_memory_gib)
     return max(peak - outside_allocator_gib(parts) for peak, parts in zip(est.peak_memory_gib, est.memory_breakdown_gib))

@@ -177,6 +177,24 @@ def test_an_allocator_reading_is_compared_without_the_runtime_reservation() -> N
         max(peak - reserved - n for peak, n in zip(est.peak_memory_gib, nccl)))
 
 
+def test_an_allocated_reading_of_the_last_rank_is_compared_with_that_rank_less_what_no_tensor_allocates() -> None:
+    """Megatron-LM logs torch's allocated peak of rank world_size - 1 (the last pipeline stage): the last pipeline
+    rank's predicted peak less the allocator's share, the CUDA context and NCCL's buffers."""
+    notes = "untied embeddings; memory: allocated peak of the last rank"
+    row = parse_row({**ZB_ROW, "metric": "memory", "value": "", "notes": notes})
+    assert isinstance(row, PublishedRow) and row.memory_is_allocated_last_rank and not row.has_metric
+    assert row.metric == "memory" and row.measured is None and not row.model.tie_embeddings
+    est = estimate_with(_as_run(row, 1.0), _prior(row))
+    last = est.memory_breakdown_gib[-1]
+    assert last["fragmentation"] > 0 and last["runtime_reserved"] > 0 and last["nccl_buffers"] > 0
+    expected = est.peak_memory_gib[-1] - last["fragmentation"] - last["runtime_reserved"] - last["nccl_buffers"]
+    assert comparable_memory_gib(row, est) == pytest.approx(expected)
+    assert est.peak_memory_gib[-1] != max(est.peak_memory_gib)  # the last rank, not the busiest
+    # a memory-only row needs its reading
+    skipped = parse_row({**ZB_ROW, "metric": "memory", "value": "", "peak_memory_gib": "", "notes": notes})
+    assert isinstance(skipped, SkippedRow) and "metric memory without a peak_memory_gib reading" in skipped.reason
+
+
 def test_tflops_follow_the_source_convention() -> None:
     hardware = parse_row({**ZB_ROW, "metric": "tflops_per_gpu", "value": "117", "notes": "117 TFLOP/s (HFU-style)"})
     model = parse_row({**ZB_ROW, "metric": "tflops_per_gpu", "value": "117", "notes": ""})

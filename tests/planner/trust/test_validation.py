@@ -31,7 +31,7 @@ from planner.trust.validation import (
 )
 from profiles.loader import GPU_FAMILIES_YAML
 
-CORPUS_ROWS = 893
+CORPUS_ROWS = 899
 # independent source -> (priced with a metric, priced for memory only (out of memory, or a metric the cost model
 # cannot price: corpus_rules.MEMORY_ONLY_CLUSTERS), skipped)
 ROWS_PER_SOURCE = {
@@ -42,6 +42,7 @@ ROWS_PER_SOURCE = {
     "korthikanti22": (8, 0, 0),
     "llama3-paper": (0, 0, 3),
     "llm-foundry": (216, 0, 0),
+    "megatron-lm-tests": (0, 6, 0),
     "megatron-readme-2407": (0, 0, 11),
     "mist-ae": (0, 0, 2),
     "mlperf-training": (36, 0, 0),
@@ -53,7 +54,8 @@ ROWS_PER_SOURCE = {
 # the dense rows of each source (issue 12's targets are on them), counted as ROWS_PER_SOURCE
 DENSE_ROWS_PER_SOURCE = {
     "bigscience": (109, 6, 26), "dgxc-benchmarking": (88, 0, 0), "gpt-neox-20b": (1, 0, 0), "korthikanti22": (8, 0, 0),
-    "llama3-paper": (0, 0, 2), "llm-foundry": (216, 0, 0), "megatron-readme-2407": (0, 0, 11), "mist-ae": (0, 0, 2),
+    "llama3-paper": (0, 0, 2), "llm-foundry": (216, 0, 0), "megatron-lm-tests": (0, 6, 0), "megatron-readme-2407": (0, 0, 11),
+    "mist-ae": (0, 0, 2),
     "mlperf-training": (22, 0, 0), "nemo-perf": (37, 0, 36), "opt-175b": (0, 0, 1), "torchtitan": (2, 12, 12),
     "zero-bubble-iclr24": (48, 0, 0),
 }
@@ -89,8 +91,8 @@ MISSED_SWEEP_RHO = {
     # three rows, two of them measured 0.9207 and 0.9214 s (10,752 and 11,616 GPUs): a tie the prediction breaks
     "mlperf-v4.0_NVIDIA_gpt3-175b_H100-SXM": 0.5,
 }
-MEMORY_SOURCES = ["bigscience", "torchtitan", "zero-bubble-iclr24"]
-MISSED_MEMORY = {"bigscience": 30.9, "torchtitan": 9.3}  # worst under-prediction of a dense row, %
+MEMORY_SOURCES = ["bigscience", "megatron-lm-tests", "torchtitan", "zero-bubble-iclr24"]
+MISSED_MEMORY = {"bigscience": 30.9, "megatron-lm-tests": 9.7, "torchtitan": 9.3}  # worst under-prediction of a dense row, %
 
 
 def _xfail_if(missed: dict, key: str, what: str) -> list:
