@@ -238,6 +238,10 @@ NOTE_STACK_CHANGES: tuple[tuple[str, dict[str, dict[str, object]], str], ...] = 
      "flex token dispatcher with the HybridEP backend priced without the alltoall dispatcher's per-layer host "
      "synchronization (moe_host_s_per_operator 0): not read in code; these rows' throughput shows no host floor "
      "(DeepEP's normal dispatch does synchronize: it returns the per-expert counts as a host list, and keeps the floor)"),
+    (r"hidden_dropout 0\.1", {"kernels": {"dropout": True}},
+     "dropout on, as the row ran: Megatron-Core's TransformerConfig defaults hidden_dropout and attention_dropout to 0.1 "
+     "(megatron/core/transformer/transformer_config.py), which the row's config does not override: the residual "
+     "dropouts keep their masks (Korthikanti et al. 2022, Sec. 4.1)"),
     (r"mp mode=pure", {"grad_reduce_fp32": False},
      "Composer's FSDP mixed_precision PURE reduces the gradients in the run's precision, bf16: 2 B per parameter "
      "(composer get_mixed_precision @ v0.13.4 and v0.16.4: PURE sets param_dtype, reduce_dtype and buffer_dtype to "

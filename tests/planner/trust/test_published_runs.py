@@ -190,6 +190,13 @@ def test_an_allocated_reading_of_the_last_rank_is_compared_with_that_rank_less_w
     expected = est.peak_memory_gib[-1] - last["fragmentation"] - last["runtime_reserved"] - last["nccl_buffers"]
     assert comparable_memory_gib(row, est) == pytest.approx(expected)
     assert est.peak_memory_gib[-1] != max(est.peak_memory_gib)  # the last rank, not the busiest
+    # Megatron-Core's default dropout, which the row ran (TransformerConfig hidden_dropout 0.1), keeps its masks
+    core = {**ZB_ROW, "source_id": "megatron-lm-tests", "metric": "memory", "value": ""}
+    plain, dropout = (parse_row({**core, "notes": notes + extra}) for extra in ("", "; hidden_dropout 0.1"))
+    assert isinstance(plain, PublishedRow) and isinstance(dropout, PublishedRow)
+    assert plain.stack == "megatron-core" and dropout.stack_spec.kernels.dropout and not plain.stack_spec.kernels.dropout
+    kept = [estimate_with(_as_run(r, 1.0), _prior(r)).memory_breakdown_gib[-1]["activations"] for r in (plain, dropout)]
+    assert kept[1] > kept[0]
     # a memory-only row needs its reading
     skipped = parse_row({**ZB_ROW, "metric": "memory", "value": "", "peak_memory_gib": "", "notes": notes})
     assert isinstance(skipped, SkippedRow) and "metric memory without a peak_memory_gib reading" in skipped.reason
