@@ -92,6 +92,8 @@ def row_reading(row: PublishedRow, estimate: Estimate) -> MemoryReading:
     """A published row's peak-memory reading, grouped by its sweep (or alone), at ``estimate``."""
     if row.measured_peak_memory_gib is None:
         raise ValueError(f"{row.id} ({row.run}) reports no peak memory")
+    if row.memory_reading == "allocated_last_rank":  # allocated bytes hold no allocator share to fit or price
+        raise ValueError(f"{row.id} ({row.run}) reads the allocated peak, which no allocator share changes")
     return reading_of(f"{row.source_id}: {row.run}", row.sweep or row.run, row.measured_peak_memory_gib, estimate,
                       row.memory_is_allocator_reserved)
 
@@ -115,7 +117,8 @@ def stack_readings(stack: str, estimate_of: Callable[[PublishedRow], Estimate]) 
     fit_sources = load_stack(stack).allocator_fit_sources
     fit, held_out = [], []
     for row in read_published_runs():
-        if not isinstance(row, PublishedRow) or row.stack_spec.name != stack or row.oom or row.measured_peak_memory_gib is None:
+        if (not isinstance(row, PublishedRow) or row.stack_spec.name != stack or row.oom or row.measured_peak_memory_gib is None
+                or row.memory_reading == "allocated_last_rank"):  # an allocated peak holds no allocator share
             continue
         (fit if row.source_id in fit_sources else held_out).append(row_reading(row, estimate_of(row)))
     return fit, held_out

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError
 
@@ -70,6 +71,11 @@ EMBEDDING_SLOTS = "pp partition 'type:transformer|embedding'"
 MLA_FIELDS = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 
 
+# What a row's memory reading counts: the device's (nvidia-smi), the caching allocator's reserved peak, or its
+# allocated peak of the last pipeline rank (Megatron-LM's log).
+MemoryReadingKind = Literal["device", "allocator_reserved", "allocated_last_rank"]
+
+
 @dataclass(frozen=True)
 class PublishedRow:
     """A priceable row: the exact configuration and what its source measured.
@@ -78,10 +84,10 @@ class PublishedRow:
     ``model_tflops_per_gpu``, ``mfu_pct`` (``measured`` in that unit), ``oom`` (the run ran
     out of memory) or ``memory`` (its metric cannot be priced, its memory can:
     ``corpus_rules.MEMORY_ONLY_CLUSTERS``, or a row that gives a memory reading only); for the last two
-    ``measured`` is None and only the memory check uses the row. ``memory_is_allocator_reserved``: the memory
-    reading is the caching allocator's reserved peak, compared with the prediction less what a rank holds
-    outside the allocator; ``memory_is_allocated_last_rank``: it is the allocated peak of the last pipeline
-    rank (``corpus_rules.ALLOCATED_LAST_RANK_NOTE``)."""
+    ``measured`` is None and only the memory check uses the row. ``memory_reading``: what the memory reading
+    counts (``MemoryReadingKind``): the whole device (nvidia-smi), the caching allocator's reserved peak
+    (``corpus_rules.ALLOCATOR_MEMORY_NOTE``), compared with the prediction less what a rank holds outside the
+    allocator, or the allocated peak of the last pipeline rank (``corpus_rules.ALLOCATED_LAST_RANK_NOTE``)."""
 
     id: str
     run: str
@@ -100,8 +106,11 @@ class PublishedRow:
     measured_peak_memory_gib: float | None
     assumptions: tuple[str, ...]
     expert_imbalance: float | None = None
-    memory_is_allocator_reserved: bool = False
-    memory_is_allocated_last_rank: bool = False
+    memory_reading: MemoryReadingKind = "device"
+
+    @property
+    def memory_is_allocator_reserved(self) -> bool:
+        return self.memory_reading == "allocator_reserved"
 
     @property
     def stack_fit_row(self) -> bool:
@@ -432,21 +441,36 @@ def parse_row(row: dict[str, str], line: int = 2) -> PublishedRow | SkippedRow:
             return skipped()
         assumptions.append(memory_only)
         metric, measured = "memory", None
-    allocator_reserved = ALLOCATOR_MEMORY_NOTE in f.text("notes")
-    if allocator_reserved and peak is not None:
-        assumptions.append("memory is the caching allocator's reserved peak: compared with the prediction less what "
-                           f"a rank holds outside it (the CUDA context, {cluster.runtime_reserved_gib:g} GiB, and NCCL's buffers)")
-    allocated_last = ALLOCATED_LAST_RANK_NOTE in f.text("notes")
-    if allocated_last and peak is not None:
-        assumptions.append("memory is the caching allocator's allocated peak of the last pipeline rank: compared with that "
-                           "rank's prediction less what it holds outside the allocator and less the allocator's cached share")
+    reading = _memory_reading(f, peak, cluster.runtime_reserved_gib, assumptions)
+    if reading is None:
+        return skipped()
     return PublishedRow(
         id=ident, run=run, source_id=source_id, source=source, sweep=f.text("sweep") or None, category=category,
         stack=parsed.stack, stack_spec=row_stack(parsed.stack, stack_changes), model=model, cluster=cluster, train=train,
         config=config, metric=metric, measured=measured, measured_peak_memory_gib=peak, assumptions=tuple(assumptions),
-        expert_imbalance=routing[0] if routing else None, memory_is_allocator_reserved=allocator_reserved,
-        memory_is_allocated_last_rank=allocated_last,
+        expert_imbalance=routing[0] if routing else None, memory_reading=reading,
     )
+
+
+def _memory_reading(f: RowFields, peak: float | None, runtime_reserved_gib: float,
+                    assumptions: list[str]) -> MemoryReadingKind | None:
+    """What the row's memory reading counts, from its notes (``MemoryReadingKind``), said where it is not the
+    device's; None (a problem on ``f``) where the notes name two."""
+    notes = f.text("notes")
+    named = [kind for kind, marker in (("allocator_reserved", ALLOCATOR_MEMORY_NOTE),
+                                       ("allocated_last_rank", ALLOCATED_LAST_RANK_NOTE)) if marker in notes]
+    if len(named) > 1:
+        f.problems.append("notes name two memory readings: the allocator's reserved peak and its allocated peak")
+        return None
+    kind: MemoryReadingKind = named[0] if named else "device"
+    if peak is not None and kind == "allocator_reserved":
+        assumptions.append("memory is the caching allocator's reserved peak: compared with the prediction less what "
+                           f"a rank holds outside it (the CUDA context, {runtime_reserved_gib:g} GiB, and NCCL's buffers)")
+    if peak is not None and kind == "allocated_last_rank":
+        assumptions.append("memory is the caching allocator's allocated peak of the last pipeline rank: compared with that "
+                           "rank's prediction less what no tensor allocates (the allocator's share, the CUDA context, "
+                           "NCCL's buffers)")
+    return kind
 
 
 def _combined_1f1b(parsed: _Parsed, changes: dict[str, dict[str, object]], noted: list[str]

@@ -298,7 +298,7 @@ def _memory_json(r: RowResult) -> dict:
     return {
         "run": r.row.run, "id": r.row.id, "source": r.row.source, "category": r.row.category, "oom": r.row.oom,
         "memory_only": not r.row.has_metric, "allocator_reserved": r.row.memory_is_allocator_reserved,
-        "allocated_last_rank": r.row.memory_is_allocated_last_rank,
+        "allocated_last_rank": r.row.memory_reading == "allocated_last_rank",
         "measured_peak_memory_gib": r.row.measured_peak_memory_gib,
         "predicted_peak_memory_gib": round(r.predicted_peak_memory_gib, 3),
         "memory_limit_gib": round(r.row.cluster.gpu.memory_gib, 3),
@@ -358,7 +358,7 @@ def comparable_memory_gib(row: PublishedRow, est: Estimate) -> float:
     source read the allocator's reserved peak; where it read the allocated peak of the last rank
     (Megatron-LM's log), the last pipeline rank's, less that and less the allocator's cached share
     (``costmodels.estimate.NOT_ALLOCATED_PARTS``)."""
-    if row.memory_is_allocated_last_rank:
+    if row.memory_reading == "allocated_last_rank":
         parts = est.memory_breakdown_gib[-1]
         return est.peak_memory_gib[-1] - sum(parts.get(k, 0.0) for k in NOT_ALLOCATED_PARTS)
     if not row.memory_is_allocator_reserved:

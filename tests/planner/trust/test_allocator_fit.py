@@ -111,3 +111,13 @@ def test_validate_prices_each_fitted_reading_at_the_share_fitted_without_its_swe
     assert others == pytest.approx(0.177)
     for row in (r for r in rows if r.sweep == sweep):
         assert memory[row.id] == pytest.approx(row_reading(row, estimates[row.id]).predicted_gib(others))
+
+
+def test_an_allocated_peak_holds_no_allocator_share() -> None:
+    """Megatron-LM's allocated peaks (``memory_reading`` allocated_last_rank) count no cached bytes: no share is
+    fitted on them or prices them; megatron-core's only readings are those, so it has no allocator reading."""
+    rows = [r for r in read_published_runs() if isinstance(r, PublishedRow) and r.memory_reading == "allocated_last_rank"]
+    assert len(rows) == 6 and {r.stack for r in rows} == {"megatron-core"}
+    with pytest.raises(ValueError, match="allocated peak"):
+        row_reading(rows[0], _apriori_estimate(rows[0]))
+    assert stack_readings("megatron-core", _apriori_estimate) == ([], [])
