@@ -217,7 +217,8 @@ def _op_sac_layer_bytes(model: ModelSpec, seq_len: int, mbs: int, tp: int, seque
     assert variant.op_sac_kernels is not None
     shape = LayerShape(tp, mbs, seq_len, sequence_parallel, "selective", variant.bytes_per_element, cp=cp, ep=ep, moe=moe,
                        etp=etp)
-    kept = op_sac_saved_bytes(transformer_layer_ops(model, shape, variant.op_sac_kernels), model, shape)
+    kernels = variant.op_sac_kernels
+    kept = op_sac_saved_bytes(transformer_layer_ops(model, shape, kernels), model, shape, kernels.compiled_blocks)
     if cp > 1:
         kept += cp_activation_bytes(model, shape, variant.context_parallel_attention)
     return kept

@@ -74,21 +74,50 @@ def op_sac_recompute(forward: tuple[Operator, ...], model: ModelSpec, tp: int) -
     return tuple(redo)
 
 
-def op_sac_saved_bytes(ops: LayerOps, model: ModelSpec, shape: LayerShape) -> float:
+def op_sac_saved_bytes(ops: LayerOps, model: ModelSpec, shape: LayerShape, compiled: bool = False) -> float:
     """Bytes one block keeps per microbatch and tp rank: the checkpoint's input, the kept mm outputs,
     each attention kernel's output and fp32 log-sum-exp, the two sequence-parallel reduce-scatter
     outputs (tp > 1 with sequence parallelism) and the expert all-to-alls' outputs. A context-parallel
-    ring's kept blocks are ``costmodels.context_parallel``'s and added by the caller."""
+    ring's kept blocks are ``costmodels.context_parallel``'s and added by the caller.
+
+    Eager, the policy's cache keeps every output it marks saved. A ``compiled`` dense block
+    (``StackKernels.compiled_blocks``) keeps only those its backward reads (``unread_saved_bytes``)."""
     p, h, t, tp = shape.bytes_per_element, model.hidden_size, shape.tokens, shape.tp
+    linears = block_linears(ops.forward, model, tp)
     kept = p * shape.replicated_tokens * h  # the block's input
-    kept += sum(p * g.m * g.n * g.batch for g in _saved_mm(block_linears(ops.forward, model, tp)))
+    kept += sum(_output_bytes(g, p) for g in _saved_mm(linears))
     heads = model.num_attention_heads / tp
     if any(isinstance(op, FlashAttention) for op in ops.forward):
         kept += t * heads * (p * model.value_head_dim + FP32_BYTES)
     if tp > 1 and shape.sequence_parallel:
         kept += 2 * p * (t / tp) * h
     kept += sum(op.bytes for op in ops.forward if isinstance(op, AllToAll))
+    if compiled and not shape.moe:
+        kept -= unread_saved_bytes(linears, model, shape)
     return kept
+
+
+def _output_bytes(gemm: Gemm, bytes_per_element: int) -> float:
+    return bytes_per_element * gemm.m * gemm.n * gemm.batch
+
+
+def unread_saved_bytes(linears: list[Gemm], model: ModelSpec, shape: LayerShape) -> float:
+    """What the eager policy keeps of a dense block that its backward never reads: the block's output is
+    the residual stream plus the last linear's output (FFN's w2), and an add's backward reads neither,
+    so that output, where the policy keeps it (the 7th mm of a SwiGLU block; a GELU block's fc2 is the
+    6th, recomputed), and under sequence parallelism the reduce-scatter after it are read by nothing.
+    torch.compile's partitioner (AOTAutograd's min-cut, which the policy's MUST_SAVE only bans from
+    recomputing) saves what the backward reads, so a compiled block drops them; torch's eager
+    checkpoint caches every MUST_SAVE output (torch/utils/checkpoint.py ``_CachingTorchDispatchMode``).
+    Measured on CPU, torch 2.13, Llama blocks as torchtitan 9dec370 writes them under its op policy (SDPA's
+    CPU flash kernel on the save list): 7.77 s·b·h bf16 values kept per block eager, 6.78 compiled, where this
+    model says 7.77 and 6.77 (``bench/op_sac_compiled.py``). The tp > 1 term is derived, not measured."""
+    p, h = shape.bytes_per_element, model.hidden_size
+    last = len(linears) - 1
+    unread = _output_bytes(linears[last], p) if last % 2 == 0 else 0.0
+    if shape.tp > 1 and shape.sequence_parallel:
+        unread += p * (shape.tokens / shape.tp) * h
+    return unread
 
 
 def recomputed_tp_comm_fraction(recompute: str, selective_kind: str, sequence_parallel: bool) -> float:

@@ -109,6 +109,14 @@ class StackKernels(StrictModel):
         "'moving the probs multiplication from unpermutation to activation function of GroupedMLP'); otherwise the "
         "combine weights the k expert outputs of each token and keeps them (ppplan's runtime)",
     )
+    compiled_blocks: bool = Field(
+        default=False,
+        description="each transformer block runs under torch.compile (torchtitan's [compile]): with per-op selective "
+        "recompute (every_other_mm) the partitioner keeps only the marked outputs the backward reads, so a dense block "
+        "drops its last linear's output and, under sequence parallelism, the reduce-scatter after it "
+        "(costmodels.selective_ac.unread_saved_bytes); eager, the checkpoint's cache keeps every marked output. "
+        "Nothing else of compile is priced (its element-wise fusions are not)",
+    )
     selective_recompute: Literal["attention_core", "every_other_mm"] = Field(
         default="attention_core",
         description="what --recompute selective runs: attention_core: the attention core alone is recomputed "

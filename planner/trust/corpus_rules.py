@@ -108,7 +108,8 @@ STACK_OF_SOURCE: dict[str, tuple[str, dict[str, object], str]] = {
     "llm-foundry": (
         "torchtitan", {"kernels": {"flash_generation": "triton", "fused_cross_entropy": True,
                                    "train_metric_cross_entropies": 2, "fsdp_copies": False},
-                       "overlap": {"backward_gather": "after_gradients"}, "emit": "none"},
+                       "overlap": {"backward_gather": "after_gradients"}, "emit": "none",
+                       "allocator_fragmentation": None, "allocator_fit_sources": []},
         "llm-foundry's Composer (PyTorch FSDP, no TP/PP) priced as the torchtitan stack with the Triton flash-attention "
         "kernel: the benchmark sweep (mosaicml/llm-foundry scripts/train/benchmarking/sweep.sh: mosaicml/examples "
         "v0.0.4, image pytorch 2.0.1 cu118) runs submit_benchmarks.py with its default attn_impl 'triton'; and with "
@@ -124,7 +125,9 @@ STACK_OF_SOURCE: dict[str, tuple[str, dict[str, object], str]] = {
         "set_fsdp_default @ v0.13.4 and v0.16.4: backward_prefetch 'BACKWARD_POST'; the MPT yamls and "
         "submit_benchmarks.py set limit_all_gathers but no prefetch), which gathers the next unit's parameters only "
         "after the current unit's gradients ('overlaps the current reduce-scatter and the next gradient computation', "
-        "torch/distributed/fsdp/api.py): every backward all-gather is priced on the critical path",
+        "torch/distributed/fsdp/api.py): every backward all-gather is priced on the critical path; and with the "
+        "clusters' a-priori caching-allocator share, not torchtitan's (fitted on torchtitan's own FSDP2 readings; "
+        "llm-foundry publishes no memory)",
     ),
     "zero-bubble-iclr24": (
         "zero-bubble-megatron", {},
@@ -202,6 +205,8 @@ def stack_of_row(source: str, stack_column: str) -> tuple[str, dict[str, object]
     return STACK_OF_SOURCE.get(source, (preset[0], {}, preset[1]))
 
 
+TORCH_COMPILE_NOTE = r"torch\.compile|\+compile\b"  # torchtitan's reports: "FSDP + torch.compile", "3D+compile+Float8"
+
 # What a row's notes say that the cost model does not price, as (regular expression on the
 # lower-cased notes, the assumption it becomes).
 NOTE_ASSUMPTIONS: tuple[tuple[str, str], ...] = (
@@ -210,7 +215,7 @@ NOTE_ASSUMPTIONS: tuple[tuple[str, str], ...] = (
      "splits: each copy of the tied embedding weighs as a transformer layer (deepspeed/runtime/pipe/module.py "
      "_partition_layers: partition_balanced over 0/1 weights), so the first and last stage hold one layer fewer"),
     (r"mxfp8|blockwise", "MXFP8 / blockwise FP8 priced as FP8 (same fp8 peak)"),
-    (r"torch\.compile", "torch.compile fusions not modelled (element-wise work priced unfused)"),
+    (TORCH_COMPILE_NOTE, "torch.compile fusions not modelled (element-wise work priced unfused)"),
     (r"recompute_modules [a-z_ ,]*\bmlp\b", "Megatron-Core's recompute_modules (mla_up_proj: MLA's up-projections in "
      "every layer; mlp: the dense layers' MLP, MoE layers skip it) not modelled: priced as selective recompute (the "
      "attention core), so the step is priced somewhat too fast"),
@@ -238,6 +243,15 @@ NOTE_STACK_CHANGES: tuple[tuple[str, dict[str, dict[str, object]], str], ...] = 
      "flex token dispatcher with the HybridEP backend priced without the alltoall dispatcher's per-layer host "
      "synchronization (moe_host_s_per_operator 0): not read in code; these rows' throughput shows no host floor "
      "(DeepEP's normal dispatch does synchronize: it returns the per-expert counts as a host list, and keeps the floor)"),
+    (TORCH_COMPILE_NOTE, {"kernels": {"compiled_blocks": True}},
+     "transformer blocks under torch.compile, as the row ran: per-op selective recompute keeps only the outputs the "
+     "backward reads (the partitioner's saved set, costmodels.selective_ac.unread_saved_bytes); the emitted torchtitan "
+     "job runs eager"),
+    (r"compiles the loss", {"kernels": {"fused_cross_entropy": True}},
+     "the loss compiled with the model, as the row ran (torchtitan components/loss.py build_cross_entropy_loss under "
+     "training.compile): inductor's cross-entropy keeps the bf16 logits and the log-sum-exp and writes their gradient "
+     "once, in bf16 (measured on CPU, torch 2.13: saved tensors and the generated code's buffers), priced as a fused "
+     "loss kernel"),
     (r"hidden_dropout 0\.1", {"kernels": {"dropout": True}},
      "dropout on, as the row ran: Megatron-Core's TransformerConfig defaults hidden_dropout and attention_dropout to 0.1 "
      "(megatron/core/transformer/transformer_config.py), which the row's config does not override: the residual "

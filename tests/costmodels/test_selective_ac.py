@@ -36,6 +36,36 @@ def test_a_llama_block_keeps_wq_wv_w1_w2_the_attention_output_and_its_input(llam
     assert layer_activation_bytes(llama, S, B, 2, True, "selective", variant) == expected_tp2
 
 
+def test_a_compiled_block_drops_the_outputs_its_backward_never_reads(llama) -> None:
+    """Under torch.compile the partitioner saves what the backward reads: w2's output (the 7th mm, kept by
+    the eager policy) only feeds the residual add, and with sequence parallelism the reduce-scatter after it
+    neither. Measured on CPU (bench/op_sac_compiled.py): 7.77 s·b·h kept per block eager, 6.78 compiled."""
+    h, q, kv, f, heads, d = 4096, 4096, 1024, 14336, 32, 128
+    t = S * B
+    compiled = ActivationVariant.for_stack(TITAN.kernels.model_copy(update={"compiled_blocks": True}), "bf16")
+    expected = 2 * t * (h + q + kv + f) + t * heads * (2 * d + 4)  # the eager set less w2's output
+    assert layer_activation_bytes(llama, S, B, 1, False, "selective", compiled) == expected
+    assert expected / (2 * t * h) == 6.765625  # 1 + 1 + 0.25 + 3.5 + 1 kept values and the log-sum-exp
+    # tp 2 with sequence parallelism: w2's whole partial sums (2·t·h) and one of the two reduce-scatter outputs go
+    expected_tp2 = 2 * (t / 2) * h + 2 * t * (q + kv + f) / 2 + t * heads / 2 * (2 * d + 4) + 2 * (t / 2) * h
+    assert layer_activation_bytes(llama, S, B, 2, True, "selective", compiled) == expected_tp2
+    # full recompute keeps the layer input, compiled or not
+    eager = ActivationVariant.for_stack(TITAN.kernels, "bf16")
+    assert layer_activation_bytes(llama, S, B, 1, False, "full", compiled) == layer_activation_bytes(
+        llama, S, B, 1, False, "full", eager) == 2 * t * h
+
+
+def test_a_compiled_gelu_block_keeps_what_the_eager_policy_keeps() -> None:
+    """A GELU block runs six mm (wq, wk, wv, wo, fc1, fc2): fc2 is the 6th, recomputed by the policy, so
+    nothing kept is unread."""
+    gpt = load_model("gpt3-1.7b")
+    assert gpt.activation == "gelu"
+    compiled = ActivationVariant.for_stack(TITAN.kernels.model_copy(update={"compiled_blocks": True}), "bf16")
+    eager = ActivationVariant.for_stack(TITAN.kernels, "bf16")
+    assert layer_activation_bytes(gpt, 2048, 1, 1, False, "selective", compiled) == layer_activation_bytes(
+        gpt, 2048, 1, 1, False, "selective", eager)
+
+
 def test_attention_core_selective_is_unchanged_for_the_other_stacks(llama) -> None:
     """Megatron keeps Korthikanti's selective set: more than the per-op policy on a SwiGLU block."""
     megatron = ActivationVariant.for_stack(MEGATRON.kernels, "bf16")

@@ -159,6 +159,48 @@ def test_a_machine_whose_peak_its_source_does_not_know_is_priced_for_memory_only
     assert "500 W H100" in skipped.reason and "no memory reading" in skipped.reason
 
 
+LLAMA3_8B_TITAN = {**ZB_ROW, "source_id": "torchtitan-bench-2412", "model_family": "llama3", "layers": "32",
+                   "hidden": "4096", "heads": "32", "kv_heads": "8", "ffn_hidden": "14336", "vocab": "128256",
+                   "seq_len": "8192", "activation": "swiglu", "gpu": "other", "stack": "torchtitan", "pp": "1",
+                   "dp": "8", "v": "", "schedule": "none", "mbs": "2", "global_batch": "16", "recompute": "selective",
+                   "zero": "3", "precision": "bf16", "metric": "memory", "value": "", "peak_memory_gib": "77.0",
+                   "notes": "technique: FSDP; memory = max over GPUs of the caching allocator's max_reserved"}
+
+
+def _breakdown(row: dict[str, str]) -> dict[str, float]:
+    parsed = parse_row(row)
+    assert isinstance(parsed, PublishedRow), parsed
+    return estimate_with(_as_run(parsed, 1.0), _prior(parsed)).memory_breakdown_gib[0]
+
+
+@pytest.mark.parametrize("technique", ["FSDP + torch.compile", "3D+compile+Float8"])
+def test_a_compiled_row_keeps_what_its_backward_reads(technique: str) -> None:
+    """torchtitan's "FSDP + torch.compile": each Llama block's w2 output, which the eager policy keeps and
+    nothing in the backward reads, is not saved: 32 layers x one microbatch x 2 B x s·b·h (8192 x 2 x 4096)
+    = 4 GiB less."""
+    compiled = parse_row({**LLAMA3_8B_TITAN, "notes": f"technique: {technique}"})
+    assert isinstance(compiled, PublishedRow) and compiled.stack_spec.kernels.compiled_blocks
+    assert not parse_row(LLAMA3_8B_TITAN).stack_spec.kernels.compiled_blocks
+    eager = _breakdown(LLAMA3_8B_TITAN)
+    assert eager["activations"] - _breakdown({**LLAMA3_8B_TITAN, "notes": f"technique: {technique}"})["activations"] == \
+        pytest.approx(32 * 2 * 8192 * 2 * 4096 / GIB, abs=2e-4)  # the breakdown rounds to 1e-4 GiB
+
+
+def test_a_row_whose_loss_ran_compiled_is_priced_with_a_fused_loss() -> None:
+    """torchtitan e7c0cae compiles the loss under --training.compile: it keeps the bf16 logits (2 B per logit,
+    not the fp32 log-softmax's 4) and writes one bf16 gradient beside them (not two fp32 tensors): over
+    s·b·V = 16384 x 128256 logits, 2 B less kept and 6 B less beside."""
+    notes = "torch.compile; torchtitan e7c0cae compiles the loss with the model"
+    row = parse_row({**LLAMA3_8B_TITAN, "notes": notes})
+    assert isinstance(row, PublishedRow) and row.stack_spec.kernels.fused_cross_entropy
+    assert not parse_row(LLAMA3_8B_TITAN).stack_spec.kernels.fused_cross_entropy
+    logits = 8192 * 2 * 128256 / GIB
+    eager = _breakdown({**LLAMA3_8B_TITAN, "notes": "torch.compile"})
+    fused = _breakdown({**LLAMA3_8B_TITAN, "notes": notes})
+    assert eager["activations"] - fused["activations"] == pytest.approx(2 * logits, abs=2e-4)  # rounded to 1e-4 GiB
+    assert (eager["transient"], fused["transient"]) == pytest.approx((8 * logits, 2 * logits), abs=1e-4)
+
+
 def test_an_allocator_reading_is_compared_without_the_runtime_reservation() -> None:
     """The caching allocator's reserved peak holds no CUDA context or NCCL buffers: ZB's 1.5B on pp 8 x tp 1
     (dp 1, tied embeddings): 4 communicators on every rank x 688 MB, the default group, the pipeline group and
