@@ -10,6 +10,9 @@ backward: norms, rotary, the activation function, residual adds, the every-secon
 expert GEMMs (``torch._grouped_mm`` is not on the list) and the sequence-parallel all-gathers
 (``all_gather_into_tensor`` is not either; without sequence parallelism the all-reduces).
 
+Under torch.compile (``StackKernels.compiled_blocks``: published runs that compiled; ppplan's jobs run eager) the
+partitioner saves only those of the marked outputs that the backward reads (``unread_saved_bytes``).
+
 A block's linears run in this order (torchtitan's llama3 ``Attention.forward``: ``wq``, ``wk``, ``wv``,
 then ``wo``; ``FeedForward``: ``w2(silu(w1(x)) * w3(x))``, so ``w1``, ``w3``, ``w2``): a dense SwiGLU block
 keeps the outputs of wq, wv, w1 and w2 and recomputes wk, wo and w3. ppplan's operator lists fuse
@@ -110,11 +113,12 @@ def unread_saved_bytes(linears: list[Gemm], model: ModelSpec, shape: LayerShape)
     recomputing) saves what the backward reads, so a compiled block drops them; torch's eager
     checkpoint caches every MUST_SAVE output (torch/utils/checkpoint.py ``_CachingTorchDispatchMode``).
     Measured on CPU, torch 2.13, Llama blocks as torchtitan 9dec370 writes them under its op policy (SDPA's
-    CPU flash kernel on the save list): 7.77 s·b·h bf16 values kept per block eager, 6.78 compiled, where this
-    model says 7.77 and 6.77 (``bench/op_sac_compiled.py``). The tp > 1 term is derived, not measured."""
+    CPU flash kernel on the save list): 7.76-7.77 s·b·h bf16 values kept per block eager, 6.75-6.78
+    compiled, where this model says 7.77 and 6.77 (``bench/op_sac_compiled.py``). The tp > 1 term is
+    derived, not measured. A mixture-of-experts block keeps the eager set (its shared expert's last output
+    is unread too: an over-estimate, not modelled)."""
     p, h = shape.bytes_per_element, model.hidden_size
-    last = len(linears) - 1
-    unread = _output_bytes(linears[last], p) if last % 2 == 0 else 0.0
+    unread = _output_bytes(linears[-1], p) if linears and linears[-1] is _saved_mm(linears)[-1] else 0.0
     if shape.tp > 1 and shape.sequence_parallel:
         unread += p * (shape.tokens / shape.tp) * h
     return unread

@@ -111,11 +111,13 @@ class StackKernels(StrictModel):
     )
     compiled_blocks: bool = Field(
         default=False,
-        description="each transformer block runs under torch.compile (torchtitan's [compile]): with per-op selective "
+        description="each transformer block ran under torch.compile (torchtitan's [compile]): with per-op selective "
         "recompute (every_other_mm) the partitioner keeps only the marked outputs the backward reads, so a dense block "
-        "drops its last linear's output and, under sequence parallelism, the reduce-scatter after it "
-        "(costmodels.selective_ac.unread_saved_bytes); eager, the checkpoint's cache keeps every marked output. "
-        "Nothing else of compile is priced (its element-wise fusions are not)",
+        "drops its last linear's output where the policy keeps it (SwiGLU's w2, the 7th mm) and, under sequence "
+        "parallelism, the reduce-scatter after it (costmodels.selective_ac.unread_saved_bytes); eager, the "
+        "checkpoint's cache keeps every marked output. Nothing else of compile is priced (its element-wise fusions "
+        "are not). Set by published rows that ran compiled; the jobs ppplan emits run eager, so a stack that emits "
+        "ppplan or torchtitan may not set it",
     )
     selective_recompute: Literal["attention_core", "every_other_mm"] = Field(
         default="attention_core",
@@ -436,6 +438,10 @@ class StackSpec(StrictModel):
         if self.overlap.backward_gather == "after_gradients" and self.emit in FSDP2_EMIT_TARGETS:
             raise ValueError(f"overlap.backward_gather after_gradients is FSDP1's BACKWARD_POST, but emit {self.emit} runs "
                              "FSDP2, which prefetches the backward's gathers: set backward_gather: prefetched, or emit: none")
+        if self.emit in FSDP2_EMIT_TARGETS and (self.kernels.compiled_blocks or self.kernels.fused_cross_entropy):
+            raise ValueError(f"emit {self.emit}: the job ppplan writes runs its blocks and its loss eager (torchtitan's with "
+                             "[compile] off, ppplan's runtime uncompiled): set kernels.compiled_blocks and "
+                             "kernels.fused_cross_entropy false, or emit: none")
         post = self.optimizer_post_validation
         if post is not None:
             for field, runs in (("schedules", self.schedules), ("precisions", self.precisions)):

@@ -205,7 +205,8 @@ def stack_of_row(source: str, stack_column: str) -> tuple[str, dict[str, object]
     return STACK_OF_SOURCE.get(source, (preset[0], {}, preset[1]))
 
 
-TORCH_COMPILE_NOTE = r"torch\.compile|\+compile\b"  # torchtitan's reports: "FSDP + torch.compile", "3D+compile+Float8"
+# torchtitan's reports: "FSDP + torch.compile", "3D+compile+Float8" (not "without torch.compile")
+TORCH_COMPILE_NOTE = r"(?<!without )torch\.compile|\+compile\b"
 
 # What a row's notes say that the cost model does not price, as (regular expression on the
 # lower-cased notes, the assumption it becomes).
@@ -243,11 +244,11 @@ NOTE_STACK_CHANGES: tuple[tuple[str, dict[str, dict[str, object]], str], ...] = 
      "flex token dispatcher with the HybridEP backend priced without the alltoall dispatcher's per-layer host "
      "synchronization (moe_host_s_per_operator 0): not read in code; these rows' throughput shows no host floor "
      "(DeepEP's normal dispatch does synchronize: it returns the per-expert counts as a host list, and keeps the floor)"),
-    (TORCH_COMPILE_NOTE, {"kernels": {"compiled_blocks": True}},
+    (TORCH_COMPILE_NOTE, {"kernels": {"compiled_blocks": True}, "emit": "none"},
      "transformer blocks under torch.compile, as the row ran: per-op selective recompute keeps only the outputs the "
      "backward reads (the partitioner's saved set, costmodels.selective_ac.unread_saved_bytes); the emitted torchtitan "
      "job runs eager"),
-    (r"compiles the loss", {"kernels": {"fused_cross_entropy": True}},
+    (r"compiles the loss", {"kernels": {"fused_cross_entropy": True}, "emit": "none"},
      "the loss compiled with the model, as the row ran (torchtitan components/loss.py build_cross_entropy_loss under "
      "training.compile): inductor's cross-entropy keeps the bf16 logits and the log-sum-exp and writes their gradient "
      "once, in bf16 (measured on CPU, torch 2.13: saved tensors and the generated code's buffers), priced as a fused "

@@ -39,7 +39,7 @@ def test_a_llama_block_keeps_wq_wv_w1_w2_the_attention_output_and_its_input(llam
 def test_a_compiled_block_drops_the_outputs_its_backward_never_reads(llama) -> None:
     """Under torch.compile the partitioner saves what the backward reads: w2's output (the 7th mm, kept by
     the eager policy) only feeds the residual add, and with sequence parallelism the reduce-scatter after it
-    neither. Measured on CPU (bench/op_sac_compiled.py): 7.77 s·b·h kept per block eager, 6.78 compiled."""
+    neither. Measured on CPU (bench/op_sac_compiled.py): 7.76-7.77 s·b·h kept per block eager, 6.75-6.78 compiled."""
     h, q, kv, f, heads, d = 4096, 4096, 1024, 14336, 32, 128
     t = S * B
     compiled = ActivationVariant.for_stack(TITAN.kernels.model_copy(update={"compiled_blocks": True}), "bf16")
@@ -49,8 +49,11 @@ def test_a_compiled_block_drops_the_outputs_its_backward_never_reads(llama) -> N
     # tp 2 with sequence parallelism: w2's whole partial sums (2·t·h) and one of the two reduce-scatter outputs go
     expected_tp2 = 2 * (t / 2) * h + 2 * t * (q + kv + f) / 2 + t * heads / 2 * (2 * d + 4) + 2 * (t / 2) * h
     assert layer_activation_bytes(llama, S, B, 2, True, "selective", compiled) == expected_tp2
-    # full recompute keeps the layer input, compiled or not
+    # tp 2 without sequence parallelism: w2's whole partial sums go, nothing else (its all-reduce is not kept)
     eager = ActivationVariant.for_stack(TITAN.kernels, "bf16")
+    assert layer_activation_bytes(llama, S, B, 2, False, "selective", eager) - layer_activation_bytes(
+        llama, S, B, 2, False, "selective", compiled) == 2 * t * h
+    # full recompute keeps the layer input, compiled or not
     assert layer_activation_bytes(llama, S, B, 1, False, "full", compiled) == layer_activation_bytes(
         llama, S, B, 1, False, "full", eager) == 2 * t * h
 
@@ -64,6 +67,20 @@ def test_a_compiled_gelu_block_keeps_what_the_eager_policy_keeps() -> None:
     eager = ActivationVariant.for_stack(TITAN.kernels, "bf16")
     assert layer_activation_bytes(gpt, 2048, 1, 1, False, "selective", compiled) == layer_activation_bytes(
         gpt, 2048, 1, 1, False, "selective", eager)
+
+
+def test_deepseek_v3s_compiled_layers_drop_only_what_is_unread() -> None:
+    """DeepSeek-V3's dense layer runs eight mm (MLA's q down and up, kv down and up, wo; w1, w3, w2): w2 is the
+    8th, recomputed by the policy, so at tp 2 with sequence parallelism only the reduce-scatter after it, (t/2)·h
+    bf16 values, is unread. Its MoE layers keep the eager set."""
+    ds = load_model("deepseek-v3")
+    t, h = 4096 * 1, ds.hidden_size
+    compiled = ActivationVariant.for_stack(TITAN.kernels.model_copy(update={"compiled_blocks": True}), "bf16")
+    eager = ActivationVariant.for_stack(TITAN.kernels, "bf16")
+    def kept(variant: ActivationVariant, moe: bool) -> float:
+        return layer_activation_bytes(ds, 4096, 1, 2, True, "selective", variant, ep=8, moe=moe)
+    assert kept(eager, False) - kept(compiled, False) == 2 * (t / 2) * h
+    assert kept(eager, True) == kept(compiled, True)
 
 
 def test_attention_core_selective_is_unchanged_for_the_other_stacks(llama) -> None:

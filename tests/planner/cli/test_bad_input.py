@@ -29,6 +29,7 @@ def _files(tmp_path):
     (tmp_path / "stack-share.yaml").write_text(deepspeed.replace("allocator_fragmentation: 0.1665", "allocator_fragmentation: 1.5"))
     titan = (Path(profiles.__file__).parent / "stacks" / "torchtitan.yaml").read_text()
     (tmp_path / "stack-titan-offload.yaml").write_text(titan + "activation_offload: true\n")
+    (tmp_path / "stack-titan-compiled.yaml").write_text(titan.replace("kernels:\n", "kernels:\n  compiled_blocks: true\n", 1))
     (tmp_path / "stack-backward-post.yaml").write_text(titan.replace("overlap:\n", "overlap:\n  backward_gather: after_gradients\n", 1))
     zero_bubble = (Path(profiles.__file__).parent / "stacks" / "zero-bubble-megatron.yaml").read_text()
     (tmp_path / "stack-post-validation.yaml").write_text(zero_bubble.replace("  schedules: [zb-h1, zb-h2, zbv]", "  schedules: [zb-h1, dualpipev]"))
@@ -74,6 +75,8 @@ CASES = {
                                                                   "{tmp}/stack-titan-offload.yaml"] + BASE,
     "stack file emitting FSDP2 with FSDP1's backward gathers": ["search", "--model", "gpt3-1.7b", "--gpus", "8", "--stack",
                                                                  "{tmp}/stack-backward-post.yaml"] + BASE,
+    "stack file pricing compiled blocks in a job that runs eager": ["search", "--model", "gpt3-1.7b", "--gpus", "8",
+                                                                   "--stack", "{tmp}/stack-titan-compiled.yaml"] + BASE,
     "stack file post-validating a schedule it does not run": ["search", "--model", "gpt3-1.7b", "--gpus", "8", "--stack",
                                                                "{tmp}/stack-post-validation.yaml"] + BASE,
     "activation offload with a pipeline": EVAL + ["--tp", "1", "--pp", "2", "--mbs", "1", "--stack", "megatron-core",

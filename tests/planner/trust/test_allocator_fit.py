@@ -111,6 +111,9 @@ def test_torchtitan_ships_the_share_fitted_on_its_own_report() -> None:
     assert under_counts(((r, share) for r in fit), UNDER_TARGET_PCT) == (2, 18)
     assert under_counts(((r, 0.08) for r in fit), UNDER_TARGET_PCT) == (9, 18)
     assert max(abs(r.under_pct(share)) for r in held_out) <= UNDER_TARGET_PCT
+    loso = leave_one_group_out(fit)  # each sweep at the share fitted without it, as validate prices them
+    assert (min(loso.values()), max(loso.values())) == pytest.approx((0.112, 0.1255))
+    assert under_counts(((r, loso[r.group]) for r in fit), UNDER_TARGET_PCT) == (2, 18)
 
 
 def test_validate_prices_each_fitted_reading_at_the_share_fitted_without_its_sweep() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from costmodels.memory import GIB, stage_params
 from planner.trust.calibration import estimate_with
 from planner.trust.corpus_rules import independent_source, padded_vocab
-from planner.trust.published_runs import REQUIRED_COLUMNS, PublishedRow, SkippedRow, parse_row
+from planner.trust.published_runs import REQUIRED_COLUMNS, PublishedRow, SkippedRow, parse_row, read_published_runs
 from planner.trust.validation import _as_run, _prior, comparable_memory_gib
 from profiles.loader import load_gpu_families, load_stack
 
@@ -199,6 +201,21 @@ def test_a_row_whose_loss_ran_compiled_is_priced_with_a_fused_loss() -> None:
     fused = _breakdown({**LLAMA3_8B_TITAN, "notes": notes})
     assert eager["activations"] - fused["activations"] == pytest.approx(2 * logits, abs=2e-4)  # rounded to 1e-4 GiB
     assert (eager["transient"], fused["transient"]) == pytest.approx((8 * logits, 2 * logits), abs=1e-4)
+
+
+def test_the_corpus_rows_that_ran_compiled() -> None:
+    """Which priced rows carry torch.compile's saved set and a compiled loss: torchtitan's December 2024 report
+    (16 of its 18 rows: all but Table 1's and Table 3's eager FSDP) and Trainy's two H200 rows; the compiled loss
+    only on Trainy's (torchtitan e7c0cae) beside llm-foundry's flash-attn loss. "without torch.compile" is not
+    compiled."""
+    rows = [r for r in read_published_runs() if isinstance(r, PublishedRow)]
+    compiled = Counter(r.source_id for r in rows if r.stack_spec.kernels.compiled_blocks)
+    assert compiled == {"torchtitan-bench-2412": 16, "torchtitan-trainy-h200": 2}
+    fused = Counter(r.source_id for r in rows if r.stack_spec.kernels.fused_cross_entropy)
+    assert fused == {"torchtitan-trainy-h200": 2} | {s: n for s, n in fused.items() if s.startswith("llm-foundry")}
+    assert sum(n for s, n in fused.items() if s.startswith("llm-foundry")) == 216
+    negated = parse_row({**LLAMA3_8B_TITAN, "notes": "technique: FSDP without torch.compile"})
+    assert isinstance(negated, PublishedRow) and not negated.stack_spec.kernels.compiled_blocks
 
 
 def test_an_allocator_reading_is_compared_without_the_runtime_reservation() -> None:
