@@ -442,8 +442,9 @@ def _rank_memory_gib(
 ) -> dict[str, float]:
     """Per-rank memory in GiB by category: static state under ZeRO (dense parameters sharded over the
     dp x cp ranks, routed experts over the dp x cp / ep ranks holding them; gradients as the stack
-    keeps them), activations of the microbatches in flight (from the schedule), the largest transient
-    working tensor, p2p and DP bucket buffers, the optimizer step's excess over all that
+    keeps them), activations of the microbatches in flight (from the schedule), the larger of the two backward
+    phases' working tensors (a layer's: the MLP intermediate and its gradient, and a fully recomputed layer's re-run
+    set; the head's loss: what it holds beside its kept tensor), p2p and DP bucket buffers, the optimizer step's excess over all that
     (``_optimizer_step_bytes``), allocator fragmentation, the runtime's own reserve and the buffers of
     the NCCL communicators the rank uses (``costmodels.communicators``). ``part``:
     "peak" (that), "backward" (without the step's excess) or "step" (the step's peak alone)."""
@@ -455,10 +456,15 @@ def _rank_memory_gib(
     p, held = bytes_per_element(train.precision), bytes_per_element(stack.held_precision(train.precision))
     tokens = train.seq_len // cfg.cp * cfg.mbs
     gathered = _zero3_gathered_bytes(model, cfg, stack, rank_plans, held)
-    # transient: the MLP intermediate and its gradient, or on the head stage what the loss holds beside its kept tensor
+    # transient: a layer's backward holds the MLP intermediate and its gradient beside a fully recomputed layer's
+    # re-run set; the head stage's loss backward, before any layer's, holds what the loss keeps beside its kept
+    # tensor. One stream runs them one after the other, so the larger phase is the rank's peak.
     transient = TRANSIENT_COPIES * p * tokens * _widest_per_token(model, cfg, rank_plans)
+    working = _recompute_working_terms(model, train, cfg, rank_plans, variant)
     if any(st.layout.has_head for st in rank_plans):
-        transient = max(transient, loss_bytes_per_logit(variant, cfg.tp)[1] * tokens * _loss_vocab(model, cfg, variant))
+        loss = loss_bytes_per_logit(variant, cfg.tp)[1] * tokens * _loss_vocab(model, cfg, variant)
+        if loss > transient + sum(working.values()):
+            transient, working = loss, {}
     p2p_buffers = (p2p_buffer_count(stack, cfg, rank_plans) * variant.residual_stream_bytes * tokens * model.hidden_size
                    / cfg.tp if cfg.pp > 1 else 0.0)
     bucket = min(dense + experts, bucket_params(stack.overlap, cfg.dp * cfg.cp))
@@ -471,7 +477,7 @@ def _rank_memory_gib(
         "transient": transient,
         "comm_buffers": p2p_buffers + dp_buckets,
     }
-    allocated.update(_recompute_working_terms(model, train, cfg, rank_plans, variant))
+    allocated.update(working)
     allocated.update(_cpu_heap_terms(cluster, cfg, dense + experts))
     step = _optimizer_step_bytes(cluster, train, stack, static)
     if part == "step":
