@@ -458,7 +458,10 @@ def _rank_memory_gib(
     gathered = _zero3_gathered_bytes(model, cfg, stack, rank_plans, held)
     # transient: a layer's backward holds the MLP intermediate and its gradient beside a fully recomputed layer's
     # re-run set; the head stage's loss backward, before any layer's, holds what the loss keeps beside its kept
-    # tensor. One stream runs them one after the other, so the larger phase is the rank's peak.
+    # tensor. One stream runs them one after the other, so the larger phase is the rank's peak. The layer phase
+    # is priced with the head's kept tensors still counted in the activations (freed by then in torchtitan,
+    # Megatron and ppplan's runtime; Composer keeps its outputs through the backward), so where the two are
+    # close this can price above both phases, never below.
     transient = TRANSIENT_COPIES * p * tokens * _widest_per_token(model, cfg, rank_plans)
     working = _recompute_working_terms(model, train, cfg, rank_plans, variant)
     if any(st.layout.has_head for st in rank_plans):
@@ -539,8 +542,9 @@ def _optimizer_step_bytes(cluster: ClusterSpec, train: TrainSpec, stack: StackSp
 def _recompute_working_terms(
     model: ModelSpec, train: TrainSpec, cfg: ParallelConfig, rank_plans: list[StagePlan], variant: ActivationVariant,
 ) -> dict[str, float]:
-    """Full recompute's re-run layer (``costmodels.memory.recompute_working_bytes``), on every device: the peak of
-    a rank with a fully recomputed stage holds it beside its in-flight checkpoints."""
+    """Full recompute's re-run layer (``costmodels.memory.recompute_working_bytes``), on every device: a rank with
+    a fully recomputed stage holds it beside its in-flight checkpoints while the layer's backward runs (on the
+    head stage, unless the loss's backward holds more: ``_rank_memory_gib``)."""
     if not any(st.recompute == "full" for st in rank_plans):
         return {}
     moe = any(st.moe_layers for st in rank_plans)

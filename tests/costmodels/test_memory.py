@@ -394,18 +394,26 @@ def test_torchtitan_loss_parallel_prices_llama3_70b_2d_by_hand() -> None:
 
 
 def test_a_layers_backward_phase_wins_where_it_holds_more_than_the_loss() -> None:
-    """Megatron's vocab-parallel loss holds little beside its kept softmax (the compute-dtype gradient over V/t):
-    on GPT-3 175B at tp 8, mbs 1, seq 2048, full recompute, the last stage's layer phase (the MLP intermediate and
-    its gradient, 2 x 2 B x 2048 x 12288 x 4 / 8 = 48 MiB, and the re-run layer) is larger than the loss's
-    (2 B x 2048 x 51200 / 8 = 25 MiB), so the re-run layer is priced, beside the MLP transient."""
-    model = load_model("gpt3-175b")
-    cfg = ParallelConfig(tp=8, pp=8, dp=1, mbs=1, num_microbatches=8, stage_layers=[12] * 8, schedule="1f1b",
-                         recompute="full", sequence_parallel=False, stack="megatron-core")
-    est = estimate(model, load_cluster("dgx-a100-80g"), TrainSpec(global_batch=8, seq_len=2048, precision="bf16"), cfg,
-                   stack=load_stack("megatron-core"))
+    """Megatron's vocab-parallel loss holds its compute-dtype gradient beside the kept softmax: Llama-3 70B at tp 8
+    with sequence parallelism, seq 8192, mbs 1, full recompute, on its last stage: the loss phase holds
+    2 B x 8192 x 128256 / 8 = 250.5 MiB, more than the MLP intermediate and its gradient (2 x 2 B x 8192 x
+    28672 / 8 = 112 MiB) but less than those beside the re-run layer (112 + 252.25 MiB), so the layer phase is
+    priced. (Before 2026-12-06 the loss's 250.5 MiB replaced the MLP term and the re-run layer came on top.)"""
+    model = load_model("llama3-70b")
+    stack = load_stack("megatron-core")
+    cfg = ParallelConfig(tp=8, pp=8, dp=1, mbs=1, num_microbatches=8, stage_layers=[10] * 8, schedule="1f1b",
+                         recompute="full", sequence_parallel=True, stack="megatron-core")
+    train = TrainSpec(global_batch=8, seq_len=8192, precision="bf16")
+    est = estimate(model, load_cluster("dgx-h100"), train, cfg, stack=stack)
     last = est.memory_breakdown_gib[-1]
-    assert last["recompute_working"] > 0
-    assert last["transient"] == pytest.approx(2 * 2 * 2048 * 12288 * 4 / 8 / GIB, abs=1e-4)
+    mib = 2**20 / GIB
+    mlp, loss = 2 * 2 * 8192 * 28672 / 8, 2 * 8192 * 128256 / 8
+    assert (mlp / 2**20, loss / 2**20) == (112.0, 250.5)
+    variant = ActivationVariant.for_stack(stack.kernels, "bf16")
+    rerun = recompute_working_bytes(*(layer_activation_bytes(model, 8192, 1, 8, True, k, variant) for k in ("none", "full")))
+    assert rerun / 2**20 == pytest.approx(252.25)
+    assert last["transient"] == pytest.approx(112.0 * mib, abs=1e-4)
+    assert last["recompute_working"] == pytest.approx(252.25 * mib, abs=1e-4)
 
 
 def test_composer_fused_loss_prices_mpt_125m_on_a100_40gb_by_hand() -> None:
