@@ -92,8 +92,7 @@ def op_sac_saved_bytes(ops: LayerOps, model: ModelSpec, shape: LayerShape, compi
     heads = model.num_attention_heads / tp
     if any(isinstance(op, FlashAttention) for op in ops.forward):
         kept += t * heads * (p * model.value_head_dim + FP32_BYTES)
-    if tp > 1 and shape.sequence_parallel:
-        kept += 2 * p * (t / tp) * h
+    kept += 2 * _reduce_scatter_output_bytes(model, shape)  # after the attention's and the FFN's output linears
     kept += sum(op.bytes for op in ops.forward if isinstance(op, AllToAll))
     if compiled and not shape.moe:
         kept -= unread_saved_bytes(linears, model, shape)
@@ -102,6 +101,14 @@ def op_sac_saved_bytes(ops: LayerOps, model: ModelSpec, shape: LayerShape, compi
 
 def _output_bytes(gemm: Gemm, bytes_per_element: int) -> float:
     return bytes_per_element * gemm.m * gemm.n * gemm.batch
+
+
+def _reduce_scatter_output_bytes(model: ModelSpec, shape: LayerShape) -> float:
+    """One sequence-parallel reduce-scatter's output, the rank's tokens / tp of the residual stream; 0 without
+    sequence parallelism (tp > 1)."""
+    if shape.tp == 1 or not shape.sequence_parallel:
+        return 0.0
+    return shape.bytes_per_element * (shape.tokens / shape.tp) * model.hidden_size
 
 
 def unread_saved_bytes(linears: list[Gemm], model: ModelSpec, shape: LayerShape) -> float:
@@ -117,11 +124,9 @@ def unread_saved_bytes(linears: list[Gemm], model: ModelSpec, shape: LayerShape)
     compiled, where this model says 7.77 and 6.77 (``bench/op_sac_compiled.py``). The tp > 1 term is
     derived, not measured. A mixture-of-experts block keeps the eager set (its shared expert's last output
     is unread too: an over-estimate, not modelled)."""
-    p, h = shape.bytes_per_element, model.hidden_size
-    unread = _output_bytes(linears[-1], p) if linears and linears[-1] is _saved_mm(linears)[-1] else 0.0
-    if shape.tp > 1 and shape.sequence_parallel:
-        unread += p * (shape.tokens / shape.tp) * h
-    return unread
+    kept_last = linears and linears[-1] is _saved_mm(linears)[-1]
+    unread = _output_bytes(linears[-1], shape.bytes_per_element) if kept_last else 0.0
+    return unread + _reduce_scatter_output_bytes(model, shape)  # the one after the last linear
 
 
 def recomputed_tp_comm_fraction(recompute: str, selective_kind: str, sequence_parallel: bool) -> float:
