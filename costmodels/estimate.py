@@ -41,6 +41,8 @@ from costmodels.memory import (
     StaticMemory,
     embedding_activation_bytes,
     end_weight_grad_input_bytes,
+    gradients_held_per_stage,
+    held_gradient_bytes,
     layer_activation_bytes,
     layer_params,
     loss_bytes_per_logit,
@@ -194,12 +196,17 @@ def _offload_plan(cfg: ParallelConfig, num_layers: int, layers_bytes: float, lay
 def rank_memory_if_uniform_gib(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
     rank: int, layers_per_stage: int, inflight_stage_microbatches: float, *, stack: StackSpec, part: str = "peak",
+    held_gradients: bool = True,
 ) -> float:
     """Peak GiB of pipeline ``rank`` if each of its stages held ``layers_per_stage`` layers and
     ``inflight_stage_microbatches`` stage-microbatches were alive; a mixture-of-experts model's layers
     all count as MoE layers. ``part`` "backward" (affine in the layer count and the in-flight count)
     and "step" (affine in the layer count; 0 plus the reserve where the step allocates nothing) are the
-    two pieces whose maximum is the peak: the search derives per-rank layer caps from each."""
+    two pieces whose maximum is the peak: the search derives per-rank layer caps from each.
+    Gradients that live per stage (``costmodels.memory.gradients_held_per_stage``) count whole, as with one
+    stage per rank, where they are alive at the activation peak (``costmodels.pipeline_bound.bound_pipeline``);
+    ``held_gradients`` False counts none of them, a lower bound for ranks of several stages, one of which may
+    free its gradients before the peak."""
     variant = activation_variant(cluster, train, stack)
     kind = "moe" if model.is_moe else None  # the model's most common layer, wherever the probe's layers fall
     plans = [
@@ -208,7 +215,10 @@ def rank_memory_if_uniform_gib(
         if layout.pipeline_rank == rank
     ]
     peak = inflight_stage_microbatches * max(st.activation_bytes for st in plans)
-    return sum(_rank_memory_gib(model, cluster, train, cfg, plans, peak, stack, variant, part).values())
+    held = None
+    if gradients_held_per_stage(stack, cfg.pp, cfg.dp * cfg.cp, cfg.zero, train.precision):
+        held = sum(_stage_held_bytes(train, cfg, stack, st)[0] for st in plans) if held_gradients else 0.0
+    return sum(_rank_memory_gib(model, cluster, train, cfg, plans, peak, stack, variant, part, held).values())
 
 
 def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, network: Network,
@@ -364,8 +374,29 @@ def _pipeline_inputs(
         activation_bytes=tuple(st.activation_bytes for st in plans),
         p2p_s=tuple(0.0 for _ in p2p) if overlap.p2p == "exposed" else p2p,
         retained_bytes=_retained_bytes(cfg, stack, plans),
+        **_held_bytes(train, cfg, stack, plans),
     )
     return plans, costs, times, hidden
+
+
+def _stage_held_bytes(train: TrainSpec, cfg: ParallelConfig, stack: StackSpec, st: StagePlan) -> tuple[float, float]:
+    """(held, kept) gradient bytes of one stage whose gradients live per stage (``costmodels.memory.
+    held_gradient_bytes``)."""
+    data_ranks = cfg.dp * cfg.cp
+    static = stack_static_memory(stack, st.params.dense, st.params.expert, train.precision, cfg.pp, data_ranks, cfg.ep,
+                                 cfg.zero, schedule_spec(cfg.schedule).split_backward, cfg.expert_data_ranks)
+    return held_gradient_bytes(static.gradients_bytes, st.params.dense, st.params.expert, data_ranks, cfg.ep, cfg.zero,
+                               cfg.expert_data_ranks)
+
+
+def _held_bytes(train: TrainSpec, cfg: ParallelConfig, stack: StackSpec, plans: list[StagePlan]) -> dict[str, tuple[float, ...]]:
+    """``StageTimes.held_bytes`` and ``held_kept_bytes`` where each stage's gradients live only from its first
+    weight-gradient pass to its last (``costmodels.memory.gradients_held_per_stage``); none otherwise, where
+    ``_rank_memory_gib`` counts them through the whole step."""
+    if not gradients_held_per_stage(stack, cfg.pp, cfg.dp * cfg.cp, cfg.zero, train.precision):
+        return {}
+    held = [_stage_held_bytes(train, cfg, stack, st) for st in plans]
+    return {"held_bytes": tuple(h for h, _ in held), "held_kept_bytes": tuple(k for _, k in held)}
 
 
 def _retained_bytes(cfg: ParallelConfig, stack: StackSpec, plans: list[StagePlan]) -> tuple[float, ...]:
@@ -438,7 +469,7 @@ def p2p_buffer_count(stack: StackSpec, cfg: ParallelConfig, rank_plans: list[Sta
 def _rank_memory_gib(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
     rank_plans: list[StagePlan], activation_peak: float, stack: StackSpec, variant: ActivationVariant,
-    part: str = "peak",
+    part: str = "peak", held_peak: float | None = None,
 ) -> dict[str, float]:
     """Per-rank memory in GiB by category: static state under ZeRO (dense parameters sharded over the
     dp x cp ranks, routed experts over the dp x cp / ep ranks holding them; gradients as the stack
@@ -447,12 +478,21 @@ def _rank_memory_gib(
     set; the head's loss: what it holds beside its kept tensor), p2p and DP bucket buffers, the optimizer step's excess over all that
     (``_optimizer_step_bytes``), allocator fragmentation, the runtime's own reserve and the buffers of
     the NCCL communicators the rank uses (``costmodels.communicators``). ``part``:
-    "peak" (that), "backward" (without the step's excess) or "step" (the step's peak alone)."""
+    "peak" (that), "backward" (without the step's excess) or "step" (the step's peak alone). Where each
+    stage's gradients live per stage (``costmodels.memory.gradients_held_per_stage``) the gradients are
+    ``held_peak``, what of them the schedule keeps alive at the rank's peak (``PipelineResult.peak_held_bytes``;
+    None: all of them), and the step holds only their reduce-scattered shards."""
     dense = sum(st.params.dense for st in rank_plans)
     experts = sum(st.params.expert for st in rank_plans)
     data_ranks = cfg.dp * cfg.cp
     static = stack_static_memory(stack, dense, experts, train.precision, cfg.pp, data_ranks, cfg.ep, cfg.zero,
                                  schedule_spec(cfg.schedule).split_backward, cfg.expert_data_ranks)
+    step_static = static
+    if gradients_held_per_stage(stack, cfg.pp, data_ranks, cfg.zero, train.precision):
+        kept = sum(_stage_held_bytes(train, cfg, stack, st)[1] for st in rank_plans)
+        step_static = replace(static, gradients_bytes=kept)
+        if held_peak is not None:
+            static = replace(static, gradients_bytes=held_peak)
     p, held = bytes_per_element(train.precision), bytes_per_element(stack.held_precision(train.precision))
     tokens = train.seq_len // cfg.cp * cfg.mbs
     gathered = _zero3_gathered_bytes(model, cfg, stack, rank_plans, held)
@@ -482,7 +522,7 @@ def _rank_memory_gib(
     }
     allocated.update(working)
     allocated.update(_cpu_heap_terms(cluster, cfg, dense + experts))
-    step = _optimizer_step_bytes(cluster, train, stack, static)
+    step = _optimizer_step_bytes(cluster, train, stack, step_static)
     if part == "step":
         allocated = {"optimizer_step": step}
     elif part == "peak" and step > sum(allocated.values()):
@@ -725,7 +765,8 @@ def estimate(
     per_rank = [[st for st in plans if st.rank == r] for r in range(cfg.pp)]
     variant = activation_variant(cluster, train, stack)
     memory = [
-        _rank_memory_gib(model, cluster, train, cfg, per_rank[r], result.peak_activation_bytes[r], stack, variant)
+        _rank_memory_gib(model, cluster, train, cfg, per_rank[r], result.peak_activation_bytes[r], stack, variant,
+                         held_peak=result.peak_held_bytes[r] if result.peak_held_bytes else None)
         for r in range(cfg.pp)
     ]
     peak = [round(sum(m.values()), 4) for m in memory]

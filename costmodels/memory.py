@@ -546,6 +546,34 @@ def stack_static_memory(stack: StackSpec, dense_params: float, expert_params: fl
                                gradients_sharded(stack, pp, data_ranks, zero), expert_data_ranks, state)
 
 
+def gradients_held_per_stage(stack: StackSpec, pp: int, data_ranks: int, zero: int, precision: str) -> bool:
+    """Whether each pipeline stage's gradients live only from the stage's first weight-gradient pass to its
+    last (``StageTimes.held_bytes``) rather than through the whole step: where FSDP2 wraps the stages
+    (``StackSpec.fsdp_wraps``) under torch.distributed.pipelining and does not sync every microbatch. The
+    pipeline keeps the gradient sync off, so the unsharded gradients appear at the stage's first W or full
+    backward (the step before freed them: ``zero_grad(set_to_none=True)``) and its REDUCE_GRAD action,
+    right after its last, reduce-scatters and frees them (torch 2.13 ``pipelining/schedules.py``
+    ``_add_reduce_grad``; ``Schedule1F1B`` and ``ScheduleGPipe`` reduce at the step's end, which with one
+    stage per rank is its last backward too). torchtitan's December 2024 report ran the same rule
+    (``backward_maybe_with_nosync`` ran FSDP's post-backward with the stage's last backward)."""
+    return (stack.pipeline_runtime == "torch" and stack.fsdp_wraps(data_ranks, zero, precision)
+            and not microbatch_grad_sync(stack, pp, data_ranks, zero))
+
+
+def held_gradient_bytes(gradients_bytes: float, dense_params: float, expert_params: float, data_ranks: int,
+                        ep: int, zero: int, expert_data_ranks: int | None = None) -> tuple[float, float]:
+    """(held, kept) bytes of one stage whose gradients live per stage (``gradients_held_per_stage``): its
+    unsharded gradients as the stack keeps them (``gradients_bytes``, from ``stack_static_memory``), and the
+    fp32 shard FSDP2's reduce-scatter leaves on its fp32 sharded parameters until the step ends (the dense
+    parameters' over the dp x cp ranks they are sharded over, at ZeRO >= 1, the routed experts' over their
+    expert-data-parallel ranks; whole at ZeRO 0, where ppplan's runtime runs HSDP with one shard)."""
+    if zero == 0:
+        return gradients_bytes, min(gradients_bytes, FP32_BYTES * (dense_params + expert_params))
+    edp = max(1, data_ranks // ep) if expert_data_ranks is None else expert_data_ranks
+    shard = FP32_BYTES * (dense_params / data_ranks + expert_params / edp)
+    return gradients_bytes, min(gradients_bytes, shard)
+
+
 @dataclass(frozen=True)
 class StageParams:
     """Parameters a virtual stage holds on one rank: ``dense`` (every rank of its data-parallel x

@@ -26,7 +26,9 @@ class PipelineResult:
     ``stage_first_forward_s``/``stage_last_backward_s``, per virtual stage, when its first
     forward starts and its last W (or full backward) ends: its parameters are needed from
     the one and its gradients final at the other. Empty from a pricer that does not know
-    (read as 0 and the makespan: ``rank_span_s``, ``stage_span_s``)."""
+    (read as 0 and the makespan: ``rank_span_s``, ``stage_span_s``). ``peak_held_bytes``, per rank:
+    the held state (``StageTimes.held_bytes``) alive at the peak whose activations are
+    ``peak_activation_bytes``; empty where the stage times hold none."""
 
     makespan_s: float
     bubble_fraction: float
@@ -38,6 +40,7 @@ class PipelineResult:
     rank_end_s: tuple[float, ...] = ()
     stage_first_forward_s: tuple[float, ...] = ()
     stage_last_backward_s: tuple[float, ...] = ()
+    peak_held_bytes: tuple[float, ...] = ()
 
     def rank_span_s(self, rank: int) -> tuple[float, float]:
         """(first start, last end) of ``rank``."""
@@ -104,4 +107,5 @@ def to_pipeline_result(result: SimulationResult) -> PipelineResult:
         rank_end_s=tuple(ends),
         stage_first_forward_s=tuple(float(x) for x in first_forward),
         stage_last_backward_s=tuple(float(x) for x in last_backward),
+        peak_held_bytes=result.peak_held_bytes,
     )

@@ -181,13 +181,21 @@ def any_cut_makespan_lower_bound_s(
 def bound_pipeline(schedule: str, pp: int, v: int, num_microbatches: int, times: StageTimes) -> PipelineResult:
     """A pricer for ``estimate`` that simulates nothing: the makespan is ``makespan_lower_bound_s``,
     busy time is exact, and each rank's activation peak is its closed-form in-flight count times
-    its smallest stage (exact with one stage per rank, a lower bound otherwise)."""
+    its smallest stage (exact with one stage per rank, a lower bound otherwise). Held state
+    (``StageTimes.held_bytes``): with one stage per rank, the stage's whole (its activations only fall
+    from its first W or full backward on, so their peak comes while the held bytes live); with several,
+    only what the largest stage's held bytes exceed that peak by (whichever stage's are alive, the rank
+    holds at least them then), since another stage's may be freed before the activations peak."""
     m = num_microbatches
     by_rank = stages_by_rank(schedule, pp, v)
     makespan = makespan_lower_bound_s(schedule, pp, v, m, times)
     busy = rank_busy_s(times, by_rank, m)
     counts = peak_inflight(schedule, pp, v, m)
     peaks = tuple(n * min(times.activation_bytes[s] for s in own) for n, own in zip(counts, by_rank))
+    held = ()
+    if times.held_bytes:
+        held = tuple(times.held_bytes[own[0]] if len(own) == 1 else max(0.0, max(times.held_bytes[s] for s in own) - peak)
+                     for own, peak in zip(by_rank, peaks))
     return PipelineResult(
         makespan_s=makespan,
         bubble_fraction=sum((makespan - x) / makespan for x in busy) / pp if makespan > 0 else 0.0,
@@ -195,4 +203,5 @@ def bound_pipeline(schedule: str, pp: int, v: int, num_microbatches: int, times:
         idle_s=tuple(max(0.0, makespan - x) for x in busy),
         peak_inflight_microbatches=counts,
         peak_activation_bytes=peaks,
+        peak_held_bytes=held,
     )

@@ -11,7 +11,10 @@ not occupy the compute stream; links have no contention.
 
 Durations per virtual stage: F, B (input gradient), W (weight gradient), and a
 full backward costs B + W. Activations of a microbatch on a stage are held from
-the start of its F to the end of its W (or full backward).
+the start of its F to the end of its W (or full backward). A stage's held state
+(``StageTimes.held_bytes``: FSDP2's unsharded gradients under torch's pipelining)
+lives from the start of the stage's first W (or full backward) to the end of its
+last, when all but its kept share is freed.
 
 Definitions (DESIGN.md): per rank ``busy`` = compute time; ``idle`` = gaps
 between the rank's first action's start and its last action's end (the
@@ -63,6 +66,12 @@ class StageTimes:
     (torch.distributed.pipelining's ``stage_backward_input`` keeps the gradients flowing into
     each parameter's node for ``stage_backward_weight``; Qi et al. 2024, Sec. 2: W needs the
     output gradients of the layers).
+    ``held_bytes[j]`` (empty: none) is allocated once per step, at the start of stage j's first W (or
+    full backward), and held until the end of its last, when all but ``held_kept_bytes[j]`` is freed:
+    the stage's unsharded gradients where FSDP2 wraps it under torch.distributed.pipelining, which keeps
+    the gradient sync off until the REDUCE_GRAD action it lowers right after the stage's last W or full
+    backward (torch 2.13 ``pipelining/schedules.py`` ``_add_reduce_grad``, ``stage.py``
+    ``perform_reduce_grad``), leaving the reduce-scattered shard (``held_kept_bytes``) to the step's end.
     """
 
     forward_s: tuple[float, ...]
@@ -71,16 +80,25 @@ class StageTimes:
     activation_bytes: tuple[float, ...]
     p2p_s: tuple[float, ...]
     retained_bytes: tuple[float, ...] = ()
+    held_bytes: tuple[float, ...] = ()
+    held_kept_bytes: tuple[float, ...] = ()
 
     def retained(self) -> np.ndarray:
         """``retained_bytes`` per virtual stage (zeros when none is given)."""
-        if not self.retained_bytes:
-            return np.zeros(len(self.activation_bytes))
-        return np.asarray(self.retained_bytes, dtype=float)
+        return _per_stage(self.retained_bytes, len(self.activation_bytes))
+
+    def held(self) -> tuple[np.ndarray, np.ndarray]:
+        """(``held_bytes``, ``held_kept_bytes``) per virtual stage (zeros when none is given)."""
+        n = len(self.activation_bytes)
+        return _per_stage(self.held_bytes, n), _per_stage(self.held_kept_bytes, n)
 
     @property
     def num_stages(self) -> int:
         return len(self.forward_s)
+
+
+def _per_stage(values: tuple[float, ...], stages: int) -> np.ndarray:
+    return np.asarray(values, dtype=float) if values else np.zeros(stages)
 
 
 @dataclass(frozen=True)
@@ -241,6 +259,9 @@ class SimulationResult:
     end_s: np.ndarray
     activation_bytes: tuple[float, ...]
     retained_bytes: tuple[float, ...] = ()
+    peak_held_bytes: tuple[float, ...] = ()  # per rank, the held state alive at its memory peak (StageTimes.held_bytes)
+    held_bytes: tuple[float, ...] = ()
+    held_kept_bytes: tuple[float, ...] = ()
 
     def rank_timeline(self, rank: int) -> list[tuple[Action, float, float]]:
         """(action, start_s, end_s) for each action of ``rank`` in execution order."""
@@ -251,13 +272,19 @@ class SimulationResult:
         ]
 
     def memory_timeline(self, rank: int) -> list[tuple[float, float]]:
-        """(time_s, activation bytes held) after each change on ``rank``: a forward adds its
+        """(time_s, activation and held bytes) after each change on ``rank``: a forward adds its
         stage's bytes at its start, a B its retained bytes at its end, a W or full backward
-        frees both at its end."""
+        frees both at its end; a stage's first W or full backward adds its held bytes at its start,
+        its last frees all but the kept share at its end."""
         events: list[tuple[float, int, float]] = []
-        for action, start, end in self.rank_timeline(rank):
+        timeline = self.rank_timeline(rank)
+        first, last = _held_span(timeline)
+        for i, (action, start, end) in enumerate(timeline):
             size = self.activation_bytes[action.stage]
             kept = self.retained_bytes[action.stage] if self.retained_bytes else 0.0
+            held = self.held_bytes[action.stage] if self.held_bytes else 0.0
+            if held and i == first.get(action.stage):
+                events.append((start, 1, held))
             if action.kind == FORWARD:
                 events.append((start, 1, size))
             elif action.kind == BACKWARD_INPUT and kept:
@@ -266,12 +293,25 @@ class SimulationResult:
                 events.append((end, 0, -size - kept))
             elif action.kind in RELEASING_KINDS:
                 events.append((end, 0, -size))
+            if held and i == last.get(action.stage):
+                events.append((end, 0, -(held - self.held_kept_bytes[action.stage])))
         events.sort()
         held, timeline = 0.0, []
         for time_s, _, delta in events:
             held += delta
             timeline.append((time_s, held))
         return timeline
+
+
+def _held_span(timeline: list[tuple[Action, float, float]]) -> tuple[dict[int, int], dict[int, int]]:
+    """Per stage on a rank, the indexes in its list of its first and its last W or full backward."""
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+    for i, (action, _, _) in enumerate(timeline):
+        if action.kind in RELEASING_KINDS:
+            first.setdefault(action.stage, i)
+            last[action.stage] = i
+    return first, last
 
 
 def duration_table(times: StageTimes) -> np.ndarray:
@@ -290,8 +330,13 @@ def _check_times(schedule: Schedule, times: StageTimes) -> None:
         "backward_weight_s": len(times.backward_weight_s),
         "activation_bytes": len(times.activation_bytes),
     }
-    if times.retained_bytes:
-        lengths["retained_bytes"] = len(times.retained_bytes)
+    for name in ("retained_bytes", "held_bytes", "held_kept_bytes"):
+        if getattr(times, name):
+            lengths[name] = len(getattr(times, name))
+    if bool(times.held_bytes) != bool(times.held_kept_bytes):
+        raise PlanError("stage times: held_bytes and held_kept_bytes go together")
+    if any(k > h for h, k in zip(times.held_bytes, times.held_kept_bytes)):
+        raise PlanError("stage times: a stage keeps more than it holds (held_kept_bytes > held_bytes)")
     for name, n in lengths.items():
         if n != stages:
             raise PlanError(f"stage times: {name} has {n} entries but the schedule has {stages} stages (pp*v)")
@@ -363,6 +408,50 @@ def _peak_bytes(graph: ScheduleGraph, activation_bytes: np.ndarray, retained_byt
     return tuple(float(max(0.0, x)) for x in peaks[:pp])
 
 
+def _peak_with_held(graph: ScheduleGraph, activation_bytes: np.ndarray, retained_bytes: np.ndarray,
+                    held_bytes: np.ndarray, held_kept_bytes: np.ndarray, pp: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per rank, (activation bytes, held bytes) at the peak of their sum (``StageTimes.held_bytes``): each
+    action is two events, its start (a forward's activations; the held bytes of its stage's first W or full
+    backward) and its end (as ``_peak_bytes``; the stage's last W or full backward frees all but the kept
+    share). A rank's earliest peak is taken where several tie."""
+    nodes = graph.rank_major
+    kind, stage = graph.kind_code[nodes], graph.stage[nodes]
+    act, kept = activation_bytes[stage], retained_bytes[stage]
+    forward, split_b = kind == KIND_CODE[FORWARD], kind == KIND_CODE[BACKWARD_INPUT]
+    weight, full = kind == KIND_CODE[BACKWARD_WEIGHT], kind == KIND_CODE[FULL_BACKWARD]
+    act_start = np.where(forward, act, 0.0)
+    act_end = np.select([split_b, weight, full], [kept, -(act + kept), -act], 0.0)
+    releasing = np.flatnonzero(weight | full)  # rank-major: a stage's actions are all on one rank, in list order
+    _, first = np.unique(stage[releasing], return_index=True)
+    _, last_reversed = np.unique(stage[releasing][::-1], return_index=True)
+    first_node, last_node = releasing[first], releasing[len(releasing) - 1 - last_reversed]
+    held_start, held_end = np.zeros(len(nodes)), np.zeros(len(nodes))
+    held_start[first_node] = held_bytes[stage[first_node]]
+    held_end[last_node] = -(held_bytes[stage[last_node]] - held_kept_bytes[stage[last_node]])
+    act_events = np.column_stack([act_start, act_end]).ravel()
+    held_events = np.column_stack([held_start, held_end]).ravel()
+    act_run, held_run = np.cumsum(act_events), np.cumsum(held_events)
+    bounds = [*(2 * graph.rank_starts).tolist(), 2 * len(nodes)]
+    acts, helds = [], []
+    for r in range(pp):
+        lo, hi = bounds[r], bounds[r + 1]
+        if hi <= lo:
+            acts.append(0.0)
+            helds.append(0.0)
+            continue
+        act_base = act_run[lo - 1] if lo else 0.0
+        held_base = held_run[lo - 1] if lo else 0.0
+        total = act_run[lo:hi] - act_base + held_run[lo:hi] - held_base
+        i = int(np.argmax(total))
+        if total[i] <= 0:
+            acts.append(0.0)
+            helds.append(0.0)
+            continue
+        acts.append(float(act_run[lo + i] - act_base))
+        helds.append(float(held_run[lo + i] - held_base))
+    return tuple(acts), tuple(helds)
+
+
 def simulate(schedule: Schedule, times: StageTimes) -> SimulationResult:
     """Run ``schedule`` with per-stage ``times``; see the module docstring for the model."""
     graph, duration, comm = _node_times(schedule, times)
@@ -378,6 +467,11 @@ def simulate(schedule: Schedule, times: StageTimes) -> SimulationResult:
     idle = np.maximum(0.0, last_end - first_start - busy)
     bubble = float(np.mean((makespan - busy) / makespan)) if makespan > 0 else 0.0
     act = np.asarray(times.activation_bytes, dtype=float)
+    held, held_kept = times.held()
+    if times.held_bytes:
+        peak_act, peak_held = _peak_with_held(graph, act, times.retained(), held, held_kept, pp)
+    else:
+        peak_act, peak_held = _peak_bytes(graph, act, times.retained(), pp), ()
     return SimulationResult(
         schedule=schedule,
         makespan_s=makespan,
@@ -385,9 +479,12 @@ def simulate(schedule: Schedule, times: StageTimes) -> SimulationResult:
         idle_s=tuple(float(x) for x in idle),
         bubble_fraction=bubble,
         peak_inflight_microbatches=graph.peak_inflight,
-        peak_activation_bytes=_peak_bytes(graph, act, times.retained(), pp),
+        peak_activation_bytes=peak_act,
         start_s=start_rm,
         end_s=end_rm,
         activation_bytes=tuple(float(x) for x in act),
         retained_bytes=tuple(float(x) for x in times.retained_bytes),
+        peak_held_bytes=peak_held,
+        held_bytes=tuple(float(x) for x in times.held_bytes),
+        held_kept_bytes=tuple(float(x) for x in held_kept) if times.held_bytes else (),
     )

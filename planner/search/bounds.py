@@ -41,6 +41,7 @@ from costmodels.layer_costs import LayerTimes, PassTimes
 from costmodels.memory import (
     GIB,
     embedding_activation_bytes,
+    gradients_held_per_stage,
     layer_activation_bytes,
     saved_weight_copy_bytes,
     stack_static_memory,
@@ -158,11 +159,17 @@ class Bounds:
 
     def _static_bytes_uncached(self, first_layer: int, layers: int, has_embedding: bool, has_head: bool, tp: int,
                                pp: int, dp: int, zero: int, cp: int, ep: int, etp: int, split_backward: bool,
-                               layer_kind: str | None = None) -> float:
+                               layer_kind: str | None = None, v: int = 1) -> float:
+        """A stage's weights, gradients and optimizer state; not the gradients where they live per stage
+        (``gradients_held_per_stage``) and the rank holds several stages, one of which may have freed its
+        gradients before the rank's peak (``costmodels.pipeline_bound.bound_pipeline``)."""
         params = stage_param_split(self.model, first_layer, layers, has_embedding, has_head, tp, ep, layer_kind, etp)
         state = stack_static_memory(self.stack, params.dense, params.expert, self.train.precision, pp, dp * cp, ep, zero,
                                     split_backward, expert_data_ranks(tp, cp, dp, ep, etp))
-        return state.weights_bytes + state.gradients_bytes + state.optimizer_bytes
+        gradients = state.gradients_bytes
+        if v > 1 and gradients_held_per_stage(self.stack, pp, dp * cp, zero, self.train.precision):
+            gradients = 0.0
+        return state.weights_bytes + gradients + state.optimizer_bytes
 
     def _gib(self, allocated_bytes: float, c: Candidate, rank: int | None = None) -> float:
         """GiB of a rank of ``c`` that allocates ``allocated_bytes``: pipeline rank ``rank``, or (None) any
@@ -188,12 +195,13 @@ class Bounds:
     def _layer_floor(self, c: Candidate) -> tuple[float, float]:
         """(static, activation) bytes per layer no larger than any of the model's layers needs."""
         return self._floor(c.tp, c.cp, c.ep, c.pp, c.dp, c.mbs, c.sequence_parallel, c.recompute, c.zero, c.etp,
-                           schedule_spec(c.schedule).split_backward)
+                           schedule_spec(c.schedule).split_backward, c.v)
 
     def _floor_uncached(self, tp: int, cp: int, ep: int, pp: int, dp: int, mbs: int, sp: bool, recompute: str,
-                        zero: int, etp: int, split_backward: bool) -> tuple[float, float]:
+                        zero: int, etp: int, split_backward: bool, v: int = 1) -> tuple[float, float]:
         kinds = [k for k, n in (("dense", self.num_dense), ("moe", self.num_moe)) if n]
-        static = min(self._static_bytes(0, 1, False, False, tp, pp, dp, zero, cp, ep, etp, split_backward, k) for k in kinds)
+        static = min(self._static_bytes(0, 1, False, False, tp, pp, dp, zero, cp, ep, etp, split_backward, k, v)
+                     for k in kinds)
         dense, moe, _, _ = self._activations(tp, mbs, sp, recompute, cp, ep, etp)
         return static, min(dense, moe)
 
@@ -281,6 +289,6 @@ class Bounds:
         out, split = [], schedule_spec(c.schedule).split_backward
         for rank, own in enumerate(stages_by_rank(c.schedule, c.pp, c.v)):
             static = sum(self._static_bytes(kinds[s][0], stage_layers[s], s == 0, s == last, c.tp, c.pp, c.dp, c.zero,
-                                            c.cp, c.ep, c.etp, split) for s in own)
+                                            c.cp, c.ep, c.etp, split, None, c.v) for s in own)
             out.append(self._gib(static + counts[rank] * min(stage_act(s) for s in own), c, rank))
         return out

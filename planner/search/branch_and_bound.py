@@ -33,6 +33,7 @@ from typing import Callable
 from costmodels.estimate import estimate, memory_limit_gib, rank_memory_if_uniform_gib
 from costmodels.layer_costs import LayerTimes, RooflineTimes
 from costmodels.layout import default_split, end_stage_floors
+from costmodels.memory import gradients_held_per_stage
 from costmodels.pipeline_bound import bound_pipeline, peak_inflight, stages_by_rank
 from costmodels.rules import (
     context_degree_violations,
@@ -152,7 +153,11 @@ class Searcher:
         if c.offload:  # the lines are affine in a stage's layers; an offload's resident layers are not
             raise ValueError(f"memory lines price no activation offload: {c.label()}")
         pipelined = c.pp > 1
-        key = (c.tp, c.cp, c.ep, c.etp, c.dp, c.mbs, c.num_microbatches, c.recompute, c.sequence_parallel, c.zero, pipelined, kind)
+        # a rank of several stages may free one stage's gradients before its peak where they live per stage: its
+        # line counts none of them (a lower bound), as the bounds do (``Bounds._static_bytes``)
+        held = not (c.v > 1 and gradients_held_per_stage(self.stack, c.pp, c.dp * c.cp, c.zero, self.train.precision))
+        key = (c.tp, c.cp, c.ep, c.etp, c.dp, c.mbs, c.num_microbatches, c.recompute, c.sequence_parallel, c.zero, pipelined,
+               kind, held)
         line = self._lines.get(key)
         if line is None:
             pp, v, schedule, rank = _PROBES[kind] if pipelined else (1, 1, "1f1b", 0)
@@ -165,7 +170,7 @@ class Searcher:
 
             def at(n: int, inflight: int, part: str = "backward") -> float:
                 return rank_memory_if_uniform_gib(self.model, self.cluster, self.train, probe, rank, n, inflight,
-                                                  stack=self.stack, part=part)
+                                                  stack=self.stack, part=part, held_gradients=held)
 
             m10, m20, m11, m21 = at(1, 0), at(2, 0), at(1, 1), at(2, 1)
             per_layer = (m20 - m10) / v

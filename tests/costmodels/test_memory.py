@@ -388,9 +388,9 @@ def test_torchtitan_loss_parallel_prices_llama3_70b_2d_by_hand() -> None:
     allocated = sum(v for k, v in parts.items() if k not in NOT_ALLOCATED_PARTS)
     assert allocated == pytest.approx(63.22 - 4.82, abs=0.01)
     share = row.stack_spec.allocator_fragmentation
-    assert share == 0.1455
+    assert share == 0.1595
     assert max(est.peak_memory_gib) == pytest.approx(allocated * (1 + share) + 1 + 3 * 688 / 1024, abs=0.01)
-    assert comparable_memory_gib(row, est) == pytest.approx(allocated * (1 + share), abs=0.01) == pytest.approx(66.9, abs=0.05)
+    assert comparable_memory_gib(row, est) == pytest.approx(allocated * (1 + share), abs=0.01) == pytest.approx(67.7, abs=0.05)
 
 
 def test_a_layers_backward_phase_wins_where_it_holds_more_than_the_loss() -> None:
@@ -442,3 +442,27 @@ def test_a_fused_loss_and_the_pipeline_keep_the_same_logits_once() -> None:
     assert stage_output_bytes(model, 128, 4, 1, False, variant, False) == 2 * 128 * 4 * model.hidden_size
     plain = ActivationVariant.for_stack(load_stack("torchtitan").kernels, "bf16", keeps_stage_output=True)
     assert stage_output_bytes(model, 128, 4, 1, False, plain, True) == 2 * 128 * 4 * model.vocab_size
+
+
+def test_an_interleaved_torch_pipeline_holds_one_stages_unsharded_gradients_at_its_peak() -> None:
+    """torchtitan's Table 5 (Llama 3.1 405B, FSDP 8 x TP 8 x PP 8, M 8, full AC): FSDP2 accumulates each stage's
+    unsharded gradients in fp32 (4 B x 398,462,976 parameters per layer per tp rank = 1.4844 GiB) from the stage's
+    first backward until REDUCE_GRAD right after its last, which frees them. 1F1B's rank 0 runs one stage (16 layers
+    and the 128,256 x 16,384 / 8 embedding, 0.9785 GiB): its gradients are alive at its activation peak, 24.729
+    GiB. Interleaved (v 2, stages 0 and 8 of 8 layers each on rank 0) runs all 16 forwards, then stage 8's 8
+    backwards, then stage 0's: at the peak (stage 8's first backward, every microbatch in flight) only stage 8's
+    gradients live, 8 x 1.4844 = 11.875 GiB; by stage 0's first backward stage 8's microbatches and gradients are
+    freed. Read: 82.5 (1F1B) and 72.7 GiB (interleaved) max_reserved, 9.8 GiB apart; priced 11.3 apart (until
+    2026-12-06 the interleaved rank held both stages' gradients and was priced 3.4 GiB above 1F1B, 88.5 GiB in all)."""
+    from planner.trust.published_runs import PublishedRow, read_published_runs
+    from planner.trust.validation import comparable_memory_gib
+    rows = {r.config.schedule: r for r in read_published_runs() if isinstance(r, PublishedRow)
+            and r.run.startswith("Table 5 llama3.1-405b 512GPU")}
+    layer = 4 * 398_462_976 / GIB
+    priced = {}
+    for schedule, grads in (("1f1b", 16 * layer + 4 * 128256 * 16384 / 8 / GIB), ("interleaved-1f1b", 8 * layer)):
+        row = rows[schedule]
+        est = estimate(row.model, row.cluster, row.train, row.config, stack=row.stack_spec)
+        assert est.memory_breakdown_gib[0]["gradients"] == pytest.approx(grads, abs=1e-3)
+        priced[schedule] = comparable_memory_gib(row, est)
+    assert priced["1f1b"] - priced["interleaved-1f1b"] == pytest.approx(11.3, abs=0.05)

@@ -199,3 +199,49 @@ def test_retained_bytes_are_held_from_b_to_w() -> None:
     assert result.peak_activation_bytes == (26.0,)
     assert max(held for _, held in result.memory_timeline(0)) == 26.0
     assert result.memory_timeline(0)[-1][1] == 0.0
+
+
+def test_held_bytes_live_from_a_stages_first_weight_pass_to_its_last() -> None:
+    """torch's interleaved 1F1B at pp 2, v 2, M 2: rank 0 runs F0s0 F1s0 F0s2 F1s2 BW0s2 BW1s2 BW0s0 BW1s0.
+    Activations 10, 20, 30, 40 per microbatch on stages 0-3; held bytes 100, 200, 300, 400, of which 1, 2, 3, 4
+    stay after the stage's last full backward. Rank 0's running sum (activations + held): 10, 20, 50, 80, then
+    BW0s2 starts with 80 + 300 = 380 (its peak), ends at 350, BW1s2 ends at 20 + 3 = 23, BW0s0 starts with
+    23 + 100 = 123. Rank 1 (F0s1 F1s1 F0s3 BW0s3 F1s3 BW1s3 BW0s1 BW1s1): 80 + 400 = 480 when BW0s3 starts.
+    Counted through the whole step, the held bytes would add 400 and 600: the peaks would be 480 and 680."""
+    schedule = generate_schedule("interleaved-1f1b", 2, 2, 2)
+    assert [str(a.kind) + str(a.microbatch) + "s" + str(a.stage) for a in schedule.ranks[0]] == [
+        "F0s0", "F1s0", "F0s2", "F1s2", "BW0s2", "BW1s2", "BW0s0", "BW1s0"]
+    times = StageTimes((1.0,) * 4, (1.0,) * 4, (1.0,) * 4, (10.0, 20.0, 30.0, 40.0), (0.0,) * 3,
+                       held_bytes=(100.0, 200.0, 300.0, 400.0), held_kept_bytes=(1.0, 2.0, 3.0, 4.0))
+    result = simulate(schedule, times)
+    assert result.peak_activation_bytes == (80.0, 80.0)
+    assert result.peak_held_bytes == (300.0, 400.0)
+    for rank, peak in enumerate((380.0, 480.0)):
+        timeline = result.memory_timeline(rank)
+        assert max(held for _, held in timeline) == peak
+        assert timeline[-1][1] == (1.0 + 3.0, 2.0 + 4.0)[rank]  # the kept shards, to the step's end
+    assert 123.0 in [held for _, held in result.memory_timeline(0)]
+
+
+@pytest.mark.parametrize("name", ["gpipe", "1f1b", "zb-h1", "zb-h2"])
+def test_with_one_stage_per_rank_the_held_bytes_add_to_the_activation_peak(name: str) -> None:
+    """A rank's activations only fall from its first W or full backward on, so with one stage per rank their
+    peak comes while the stage's held bytes live: the peak is the activation peak plus the held bytes, what the
+    bounds take (``costmodels.pipeline_bound.bound_pipeline``)."""
+    pp, m = 4, 8
+    plain = StageTimes((1.0,) * pp, (1.0,) * pp, (1.0,) * pp, (3.0, 2.0, 2.0, 5.0), (0.0,) * 3, retained_bytes=(0.0, 1.0, 1.0, 1.0))
+    held = StageTimes(plain.forward_s, plain.backward_input_s, plain.backward_weight_s, plain.activation_bytes, plain.p2p_s,
+                      plain.retained_bytes, held_bytes=(50.0, 60.0, 70.0, 80.0), held_kept_bytes=(5.0, 6.0, 7.0, 8.0))
+    schedule = generate_schedule(name, pp, 1, m)
+    before, after = simulate(schedule, plain), simulate(schedule, held)
+    assert after.peak_activation_bytes == before.peak_activation_bytes
+    assert after.peak_held_bytes == held.held_bytes
+
+
+def test_held_bytes_must_come_with_what_stays() -> None:
+    times = StageTimes((1.0,) * 2, (1.0,) * 2, (1.0,) * 2, (1.0,) * 2, (0.0,), held_bytes=(2.0, 2.0))
+    with pytest.raises(PlanError, match="go together"):
+        price_pipeline("1f1b", 2, 1, 2, times)
+    times = StageTimes((1.0,) * 2, (1.0,) * 2, (1.0,) * 2, (1.0,) * 2, (0.0,), held_bytes=(2.0, 2.0), held_kept_bytes=(3.0, 1.0))
+    with pytest.raises(PlanError, match="keeps more than it holds"):
+        price_pipeline("1f1b", 2, 1, 2, times)
