@@ -8,7 +8,7 @@ peak; a rank of several may have freed one stage's before the next one's appear.
 The bench prices and launches one model twice on ``cpu-local`` (pp 2 x dp 2, ZeRO 1, fp32, M 2): 1F1B, one stage
 of 4 layers per rank, and interleaved 1F1B with v 4, four stages of one layer each per rank, whose backwards run
 stage by stage (stage 6's two, then 4's, 2's, 0's). A wide, shallow model (hidden 2048, sequence 16) makes the
-gradients (189 MiB per layer, fp32) outweigh the activations. It prints, per pipeline rank, the predicted and the
+gradients (180 MiB per layer, fp32) outweigh the activations. It prints, per pipeline rank, the predicted and the
 measured peak (the runtime's own figure: peak anonymous RSS growth, ``launch/runtime/metrics.py``; largest over
 the steps) of each plan, and the difference between the two plans, predicted and measured. It prints and never
 asserts; about 5 minutes and 13 GiB of memory on the 2-core VM.

@@ -215,9 +215,9 @@ def rank_memory_if_uniform_gib(
         if layout.pipeline_rank == rank
     ]
     peak = inflight_stage_microbatches * max(st.activation_bytes for st in plans)
-    held = None
-    if gradients_held_per_stage(stack, cfg.pp, cfg.dp * cfg.cp, cfg.zero, train.precision):
-        held = sum(_stage_held_bytes(train, cfg, stack, st)[0] for st in plans) if held_gradients else 0.0
+    held = None  # None: all of the rank's gradients
+    if not held_gradients and gradients_held_per_stage(stack, cfg.pp, cfg.dp * cfg.cp, cfg.zero, train.precision):
+        held = 0.0
     return sum(_rank_memory_gib(model, cluster, train, cfg, plans, peak, stack, variant, part, held).values())
 
 
@@ -442,9 +442,12 @@ def _zero3_gathered_bytes(model: ModelSpec, cfg: ParallelConfig, stack: StackSpe
                           bytes_per_param: int) -> float:
     """Unsharded parameters a ZeRO-3 rank holds at its peak. FSDP2 on its own keeps the unit in use
     and the prefetched one (``ZERO3_GATHERED_UNITS``). Under torch.distributed.pipelining every
-    backward runs with ``set_reshard_after_backward(False)`` until the step's REDUCE_GRAD action
-    (torch/distributed/pipelining/stage.py), so each unit stays unsharded from its first backward to
-    the step's end: the rank's whole parameters (ppplan's runtime always, torchtitan with pp > 1)."""
+    backward runs with ``set_reshard_after_backward(False)`` until the stage's REDUCE_GRAD action, which
+    reshards it (torch/distributed/pipelining/stage.py ``perform_reduce_grad``), so a stage's units stay
+    unsharded from its first backward to its last; counted for the rank's whole parameters (ppplan's runtime
+    always, torchtitan with pp > 1, whose pipelines skip the reshard after forward: unsharded from the first
+    forward). Not per stage, as the gradients are (``costmodels.memory.gradients_held_per_stage``): an upper
+    bound for a rank of several stages that reshards after forward."""
     if cfg.zero != 3:
         return 0.0
     if stack.pipeline_runtime == "torch" and not microbatch_grad_sync(stack, cfg.pp, cfg.dp * cfg.cp, cfg.zero):
@@ -489,7 +492,9 @@ def _rank_memory_gib(
                                  schedule_spec(cfg.schedule).split_backward, cfg.expert_data_ranks)
     step_static = static
     if gradients_held_per_stage(stack, cfg.pp, data_ranks, cfg.zero, train.precision):
-        kept = sum(_stage_held_bytes(train, cfg, stack, st)[1] for st in rank_plans)
+        # the step runs after every stage's REDUCE_GRAD: only the reduce-scattered shards are left
+        kept = held_gradient_bytes(static.gradients_bytes, dense, experts, data_ranks, cfg.ep, cfg.zero,
+                                   cfg.expert_data_ranks)[1]
         step_static = replace(static, gradients_bytes=kept)
         if held_peak is not None:
             static = replace(static, gradients_bytes=held_peak)

@@ -49,12 +49,14 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import numpy as np
+
 from costmodels.layer_costs import PassTimes
 from costmodels.pipeline import PipelineResult
 from costmodels.rank_grid import stage_to_rank
 from costmodels.schedules.generate import generate_schedule
 from costmodels.schedules.registry import schedule_spec
-from costmodels.simulator import StageTimes, schedule_graph
+from costmodels.simulator import StageTimes, peak_with_held, schedule_graph
 
 
 @lru_cache(maxsize=4096)
@@ -178,24 +180,48 @@ def any_cut_makespan_lower_bound_s(
     return max(m * busiest, mean_rank, critical(1) if end else min(critical(0), critical(1)))
 
 
+def held_alive_at_peak(schedule: str, pp: int, v: int, num_microbatches: int) -> bool:
+    """Whether all of a rank's held bytes (``StageTimes.held_bytes``) are alive at a moment its in-flight count is
+    at its peak, on every rank: one stage per rank, or ``ScheduleSpec.held_overlap_rounds`` rounds of microbatches."""
+    rounds = schedule_spec(schedule).held_overlap_rounds
+    return v == 1 or (rounds > 0 and num_microbatches >= rounds * pp)
+
+
+def held_lower_bound(held_bytes: list[float], smallest_activation_bytes: float) -> float:
+    """What a rank of several stages holds at its peak beyond its closed-form activation bound (in-flight count
+    ``n`` times its smallest stage ``a``), of the held bytes of its stages (``StageTimes.held_bytes``), without
+    its action order: when its first W or full backward starts, nothing has been freed yet, at least ``n - 1``
+    stage-microbatches are in flight (``n`` in every schedule of the registry but dualpipev, whose last warm-up
+    forward comes after its first W: ``tests/costmodels/test_pipeline_bound.py``) and that stage's held bytes
+    are allocated, so the peak is at least ``(n - 1) a + min(held)``: ``max(0, min(held) - a)`` above ``n a``."""
+    return max(0.0, min(held_bytes) - smallest_activation_bytes)
+
+
 def bound_pipeline(schedule: str, pp: int, v: int, num_microbatches: int, times: StageTimes) -> PipelineResult:
     """A pricer for ``estimate`` that simulates nothing: the makespan is ``makespan_lower_bound_s``,
     busy time is exact, and each rank's activation peak is its closed-form in-flight count times
-    its smallest stage (exact with one stage per rank, a lower bound otherwise). Held state
-    (``StageTimes.held_bytes``): with one stage per rank, the stage's whole (its activations only fall
-    from its first W or full backward on, so their peak comes while the held bytes live); with several,
-    only what the largest stage's held bytes exceed that peak by (whichever stage's are alive, the rank
-    holds at least them then), since another stage's may be freed before the activations peak."""
+    its smallest stage (exact with one stage per rank but for a split backward's retained bytes, which it
+    leaves out; a lower bound otherwise). Held state
+    (``StageTimes.held_bytes``, alive from a stage's first W or full backward to its last): all of the rank's
+    where they are all alive while its in-flight count peaks (``held_alive_at_peak``: one stage per rank, no
+    activation being freed before that first W or full backward; or enough microbatches); otherwise, from the
+    rank's action order (short there: fewer than a few rounds of microbatches), the held bytes at the peak of its
+    exact running sum (``costmodels.simulator.peak_with_held``) less what that peak's activations fall short of
+    the closed-form bound, never below 0. Either way the sum stays at most the exact peak."""
     m = num_microbatches
     by_rank = stages_by_rank(schedule, pp, v)
     makespan = makespan_lower_bound_s(schedule, pp, v, m, times)
     busy = rank_busy_s(times, by_rank, m)
     counts = peak_inflight(schedule, pp, v, m)
-    peaks = tuple(n * min(times.activation_bytes[s] for s in own) for n, own in zip(counts, by_rank))
+    smallest = [min(times.activation_bytes[s] for s in own) for own in by_rank]
+    peaks = tuple(n * a for n, a in zip(counts, smallest))
     held = ()
-    if times.held_bytes:
-        held = tuple(times.held_bytes[own[0]] if len(own) == 1 else max(0.0, max(times.held_bytes[s] for s in own) - peak)
-                     for own, peak in zip(by_rank, peaks))
+    if times.held_bytes and held_alive_at_peak(schedule, pp, v, m):
+        held = tuple(sum(times.held_bytes[s] for s in own) for own in by_rank)
+    elif times.held_bytes:
+        exact_act, exact_held = peak_with_held(generate_schedule(schedule, pp, v, m),
+                                               np.asarray(times.activation_bytes, dtype=float), times.retained(), *times.held())
+        held = tuple(max(0.0, a + h - peak) for a, h, peak in zip(exact_act, exact_held, peaks))
     return PipelineResult(
         makespan_s=makespan,
         bubble_fraction=sum((makespan - x) / makespan for x in busy) / pp if makespan > 0 else 0.0,

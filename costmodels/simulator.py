@@ -295,7 +295,9 @@ class SimulationResult:
                 events.append((end, 0, -size))
             if held and i == last.get(action.stage):
                 events.append((end, 0, -(held - self.held_kept_bytes[action.stage])))
-        events.sort()
+        # frees before allocations at one time; times within a picosecond are one time (an action's end and the
+        # next one's start can differ in the last bit of their float sums)
+        events.sort(key=lambda event: (round(event[0], 12), event[1]))
         held, timeline = 0.0, []
         for time_s, _, delta in events:
             held += delta
@@ -408,42 +410,47 @@ def _peak_bytes(graph: ScheduleGraph, activation_bytes: np.ndarray, retained_byt
     return tuple(float(max(0.0, x)) for x in peaks[:pp])
 
 
-def _peak_with_held(graph: ScheduleGraph, activation_bytes: np.ndarray, retained_bytes: np.ndarray,
-                    held_bytes: np.ndarray, held_kept_bytes: np.ndarray, pp: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per rank, (activation bytes, held bytes) at the peak of their sum (``StageTimes.held_bytes``): each
-    action is two events, its start (a forward's activations; the held bytes of its stage's first W or full
-    backward) and its end (as ``_peak_bytes``; the stage's last W or full backward frees all but the kept
-    share). A rank's earliest peak is taken where several tie."""
-    nodes = graph.rank_major
-    kind, stage = graph.kind_code[nodes], graph.stage[nodes]
+@lru_cache(maxsize=256)
+def _order_arrays(schedule: Schedule) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rank-major kind codes and stages of a schedule's actions, the first and last W or full backward of each
+    stage (indexes into that order), and where each rank's list starts."""
+    flat = [a for actions in schedule.ranks for a in actions]
+    kind = np.array([KIND_CODE[a.kind] for a in flat], dtype=np.int64)
+    stage = np.array([a.stage for a in flat], dtype=np.int64)
+    releasing = np.flatnonzero((kind == KIND_CODE[BACKWARD_WEIGHT]) | (kind == KIND_CODE[FULL_BACKWARD]))
+    _, first = np.unique(stage[releasing], return_index=True)  # a stage's actions are all on one rank, in list order
+    _, last_reversed = np.unique(stage[releasing][::-1], return_index=True)
+    starts = np.concatenate([[0], np.cumsum([len(r) for r in schedule.ranks])[:-1]]).astype(np.int64)
+    return kind, stage, releasing[first], releasing[len(releasing) - 1 - last_reversed], starts
+
+
+def peak_with_held(schedule: Schedule, activation_bytes: np.ndarray, retained_bytes: np.ndarray,
+                   held_bytes: np.ndarray, held_kept_bytes: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per rank, (activation bytes, held bytes) at the peak of their sum (``StageTimes.held_bytes``), from the
+    ranks' action order alone: each action is two events, its start (a forward's activations; the held bytes
+    of its stage's first W or full backward) and its end (a B's retained bytes; a W frees its activations and
+    retained bytes, a full backward its activations; the stage's last W or full backward all but the kept share
+    of its held bytes). A rank's earliest peak is taken where several tie."""
+    kind, stage, first_node, last_node, rank_starts = _order_arrays(schedule)
+    n = len(kind)
     act, kept = activation_bytes[stage], retained_bytes[stage]
     forward, split_b = kind == KIND_CODE[FORWARD], kind == KIND_CODE[BACKWARD_INPUT]
     weight, full = kind == KIND_CODE[BACKWARD_WEIGHT], kind == KIND_CODE[FULL_BACKWARD]
     act_start = np.where(forward, act, 0.0)
     act_end = np.select([split_b, weight, full], [kept, -(act + kept), -act], 0.0)
-    releasing = np.flatnonzero(weight | full)  # rank-major: a stage's actions are all on one rank, in list order
-    _, first = np.unique(stage[releasing], return_index=True)
-    _, last_reversed = np.unique(stage[releasing][::-1], return_index=True)
-    first_node, last_node = releasing[first], releasing[len(releasing) - 1 - last_reversed]
-    held_start, held_end = np.zeros(len(nodes)), np.zeros(len(nodes))
+    held_start, held_end = np.zeros(n), np.zeros(n)
     held_start[first_node] = held_bytes[stage[first_node]]
     held_end[last_node] = -(held_bytes[stage[last_node]] - held_kept_bytes[stage[last_node]])
-    act_events = np.column_stack([act_start, act_end]).ravel()
-    held_events = np.column_stack([held_start, held_end]).ravel()
-    act_run, held_run = np.cumsum(act_events), np.cumsum(held_events)
-    bounds = [*(2 * graph.rank_starts).tolist(), 2 * len(nodes)]
+    act_run = np.cumsum(np.column_stack([act_start, act_end]).ravel())
+    held_run = np.cumsum(np.column_stack([held_start, held_end]).ravel())
+    bounds = [*(2 * rank_starts).tolist(), 2 * n]
     acts, helds = [], []
-    for r in range(pp):
-        lo, hi = bounds[r], bounds[r + 1]
-        if hi <= lo:
-            acts.append(0.0)
-            helds.append(0.0)
-            continue
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
         act_base = act_run[lo - 1] if lo else 0.0
         held_base = held_run[lo - 1] if lo else 0.0
         total = act_run[lo:hi] - act_base + held_run[lo:hi] - held_base
-        i = int(np.argmax(total))
-        if total[i] <= 0:
+        i = int(np.argmax(total)) if hi > lo else 0
+        if hi <= lo or total[i] <= 0:
             acts.append(0.0)
             helds.append(0.0)
             continue
@@ -469,7 +476,7 @@ def simulate(schedule: Schedule, times: StageTimes) -> SimulationResult:
     act = np.asarray(times.activation_bytes, dtype=float)
     held, held_kept = times.held()
     if times.held_bytes:
-        peak_act, peak_held = _peak_with_held(graph, act, times.retained(), held, held_kept, pp)
+        peak_act, peak_held = peak_with_held(schedule, act, times.retained(), held, held_kept)
     else:
         peak_act, peak_held = _peak_bytes(graph, act, times.retained(), pp), ()
     return SimulationResult(

@@ -73,6 +73,12 @@ class ScheduleSpec:
     all-to-alls hide under each other's compute (Megatron-Core's combined 1F1B,
     ``--overlap-moe-expert-parallel-comm``; ``costmodels.layer_costs.ep_overlap_hidden_s``), a schedule
     only Megatron-Core's engine runs (``megatron_only``: neither torch class nor CSV).
+    ``held_overlap_rounds``: from M >= k·pp on (k > 0), at a moment when a rank's in-flight count is at its peak
+    every stage of the rank has started its W or full backward passes and none has finished them, so whatever a
+    stage holds from its first such pass to its last (``StageTimes.held_bytes``) is all alive at the rank's
+    activation peak (checked on the generated lists over a grid of shapes:
+    ``tests/costmodels/test_pipeline_bound.py``); 0 where no M gives that (looped-bfs ends each stage's backwards
+    before the next starts; a one-stage rank needs none: its activations peak while its held bytes live).
     """
 
     name: str
@@ -88,6 +94,7 @@ class ScheduleSpec:
     peak_inflight: PeakInflight | None = None
     overlaps_expert_comm: bool = False
     megatron_only: bool = False
+    held_overlap_rounds: int = 0
 
     @property
     def torchtitan_name(self) -> str | None:
@@ -109,11 +116,11 @@ SCHEDULES: dict[str, ScheduleSpec] = {
         ScheduleSpec("interleaved-1f1b", "loop", "looped", False, 0, True, False,
                      "ScheduleInterleaved1F1B", False,
                      _per_rank(lambda r, pp, v, m: interleaved_rank(r, pp, v, m, zero_bubble=False)),
-                     lambda r, pp, v, m: interleaved_peak_inflight(r, pp, v, m, zero_bubble=False)),
+                     lambda r, pp, v, m: interleaved_peak_inflight(r, pp, v, m, zero_bubble=False), held_overlap_rounds=2),
         ScheduleSpec("combined-1f1b", "loop", "looped", False, 0, True, False, None, False,
                      _per_rank(lambda r, pp, v, m: interleaved_rank(r, pp, v, m, zero_bubble=False, extra_warmup=1)),
                      lambda r, pp, v, m: interleaved_peak_inflight(r, pp, v, m, zero_bubble=False, extra_warmup=1),
-                     overlaps_expert_comm=True, megatron_only=True),
+                     overlaps_expert_comm=True, megatron_only=True, held_overlap_rounds=2),
         ScheduleSpec("looped-bfs", "loop", "looped", False, 0, False, False, "ScheduleLoopedBFS", False,
                      _per_rank(looped_bfs_rank), looped_bfs_peak_inflight),
         ScheduleSpec("zb-h1", "loop", "one", True, 0, False, False, None, True,
@@ -122,11 +129,12 @@ SCHEDULES: dict[str, ScheduleSpec] = {
                      _per_rank(lambda r, pp, v, m: zb_h2_rank(r, pp, m)), zb_h2_peak_inflight),
         ScheduleSpec("interleaved-zb", "loop", "looped", True, 0, True, False, "ScheduleInterleavedZeroBubble", False,
                      _per_rank(lambda r, pp, v, m: interleaved_rank(r, pp, v, m, zero_bubble=True)),
-                     lambda r, pp, v, m: interleaved_peak_inflight(r, pp, v, m, zero_bubble=True)),
+                     lambda r, pp, v, m: interleaved_peak_inflight(r, pp, v, m, zero_bubble=True), held_overlap_rounds=2),
         ScheduleSpec("zbv", "v", "two", True, 0, False, False, "ScheduleZBVZeroBubble", False,
-                     _per_rank(lambda r, pp, v, m: zbv_rank(r, pp, m)), zbv_peak_inflight),
+                     _per_rank(lambda r, pp, v, m: zbv_rank(r, pp, m)), zbv_peak_inflight, held_overlap_rounds=2),
         ScheduleSpec("dualpipev", "v", "two", True, 2, False, False, "ScheduleDualPipeV", False,
-                     _per_rank(lambda r, pp, v, m: dualpipev_rank(r, pp, m)), dualpipev_peak_inflight),
+                     _per_rank(lambda r, pp, v, m: dualpipev_rank(r, pp, m)), dualpipev_peak_inflight,
+                     held_overlap_rounds=2),
         ScheduleSpec("chimera", "loop", "one", False, 0, False, True, None, False,
                      lambda pp, v, m: chimera_ranks(pp, m)),
         ScheduleSpec("custom", "loop", "any", True, 0, False, False, None, True, None),

@@ -47,8 +47,8 @@ def ascii_timeline(result: SimulationResult, max_width: int = ASCII_MAX_WIDTH) -
 
 
 def chrome_trace(result: SimulationResult) -> dict:
-    """Chrome/Perfetto trace events: one thread per rank, times in microseconds, plus an
-    activation-bytes counter track per rank."""
+    """Chrome/Perfetto trace events: one thread per rank, times in microseconds, plus a counter track per rank
+    of the bytes the simulator holds (activations and, where they live per stage, unsharded gradients)."""
     events: list[dict] = [{"name": "process_name", "ph": "M", "pid": 0, "args": {"name": f"schedule {result.schedule.name}"}}]
     for rank in range(result.schedule.pp):
         events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": rank, "args": {"name": f"rank {rank}"}})
@@ -60,7 +60,7 @@ def chrome_trace(result: SimulationResult) -> dict:
                 "args": {"stage": action.stage, "microbatch": action.microbatch},
             })
         for time_s, held in result.memory_timeline(rank):
-            events.append({"name": f"activations rank {rank}", "ph": "C", "pid": 0, "ts": time_s * 1e6,
+            events.append({"name": f"held bytes rank {rank}", "ph": "C", "pid": 0, "ts": time_s * 1e6,
                            "args": {"bytes": held}})
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 

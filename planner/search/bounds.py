@@ -50,7 +50,14 @@ from costmodels.memory import (
 )
 from costmodels.mtp import head_with_mtp_activation_bytes, head_with_mtp_times
 from costmodels.params import moe_layers_in
-from costmodels.pipeline_bound import any_cut_makespan_lower_bound_s, makespan_lower_bound_s, peak_inflight, stages_by_rank
+from costmodels.pipeline_bound import (
+    any_cut_makespan_lower_bound_s,
+    held_alive_at_peak,
+    held_lower_bound,
+    makespan_lower_bound_s,
+    peak_inflight,
+    stages_by_rank,
+)
 from costmodels.schedules.registry import schedule_spec
 from costmodels.simulator import StageTimes
 from planner.search.space import Candidate
@@ -103,7 +110,7 @@ class Bounds:
         self.num_dense = model.num_layers - self.num_moe
         self._passes = lru_cache(maxsize=None)(self._passes_uncached)
         self._activations = lru_cache(maxsize=None)(self._activations_uncached)
-        self._static_bytes = lru_cache(maxsize=None)(self._static_bytes_uncached)
+        self._state = lru_cache(maxsize=None)(self._state_uncached)
         self._floor = lru_cache(maxsize=None)(self._floor_uncached)
         self._whole_model = lru_cache(maxsize=None)(self._whole_model_uncached)
         self._nccl = lru_cache(maxsize=None)(self._nccl_uncached)
@@ -157,19 +164,30 @@ class Bounds:
         head += saved_weight_copy_bytes(m, v, 0, 0, True, tp, ep, recompute, None, etp)
         return (dense, moe, embedding_activation_bytes(m, s // cp, mbs, tp, sp, v), head)
 
-    def _static_bytes_uncached(self, first_layer: int, layers: int, has_embedding: bool, has_head: bool, tp: int,
-                               pp: int, dp: int, zero: int, cp: int, ep: int, etp: int, split_backward: bool,
-                               layer_kind: str | None = None, v: int = 1) -> float:
-        """A stage's weights, gradients and optimizer state; not the gradients where they live per stage
-        (``gradients_held_per_stage``) and the rank holds several stages, one of which may have freed its
-        gradients before the rank's peak (``costmodels.pipeline_bound.bound_pipeline``)."""
+    def _state_uncached(self, first_layer: int, layers: int, has_embedding: bool, has_head: bool, tp: int, pp: int,
+                        dp: int, zero: int, cp: int, ep: int, etp: int, split_backward: bool,
+                        layer_kind: str | None = None) -> tuple[float, float]:
+        """A stage's (weights and optimizer state, gradients) as the stack keeps them."""
         params = stage_param_split(self.model, first_layer, layers, has_embedding, has_head, tp, ep, layer_kind, etp)
         state = stack_static_memory(self.stack, params.dense, params.expert, self.train.precision, pp, dp * cp, ep, zero,
                                     split_backward, expert_data_ranks(tp, cp, dp, ep, etp))
-        gradients = state.gradients_bytes
-        if v > 1 and gradients_held_per_stage(self.stack, pp, dp * cp, zero, self.train.precision):
-            gradients = 0.0
-        return state.weights_bytes + gradients + state.optimizer_bytes
+        return state.weights_bytes + state.optimizer_bytes, state.gradients_bytes
+
+    def _static_bytes(self, first_layer: int, layers: int, has_embedding: bool, has_head: bool, tp: int, pp: int,
+                      dp: int, zero: int, cp: int, ep: int, etp: int, split_backward: bool,
+                      layer_kind: str | None = None, gradients: bool = True) -> float:
+        """A stage's weights, gradients and optimizer state; not the gradients where ``gradients`` is False
+        (``_gradients_at_peak``)."""
+        rest, grads = self._state(first_layer, layers, has_embedding, has_head, tp, pp, dp, zero, cp, ep, etp,
+                                  split_backward, layer_kind)
+        return rest + grads if gradients else rest
+
+    def _gradients_at_peak(self, c: Candidate) -> bool:
+        """Whether a rank of ``c`` holds all its stages' gradients at its peak: unless they live per stage
+        (``gradients_held_per_stage``) on ranks of several stages whose schedule may free one stage's before
+        another's appear (``costmodels.pipeline_bound.held_alive_at_peak``)."""
+        return (held_alive_at_peak(c.schedule, c.pp, c.v, c.num_microbatches)
+                or not gradients_held_per_stage(self.stack, c.pp, c.dp * c.cp, c.zero, self.train.precision))
 
     def _gib(self, allocated_bytes: float, c: Candidate, rank: int | None = None) -> float:
         """GiB of a rank of ``c`` that allocates ``allocated_bytes``: pipeline rank ``rank``, or (None) any
@@ -195,12 +213,12 @@ class Bounds:
     def _layer_floor(self, c: Candidate) -> tuple[float, float]:
         """(static, activation) bytes per layer no larger than any of the model's layers needs."""
         return self._floor(c.tp, c.cp, c.ep, c.pp, c.dp, c.mbs, c.sequence_parallel, c.recompute, c.zero, c.etp,
-                           schedule_spec(c.schedule).split_backward, c.v)
+                           schedule_spec(c.schedule).split_backward, self._gradients_at_peak(c))
 
     def _floor_uncached(self, tp: int, cp: int, ep: int, pp: int, dp: int, mbs: int, sp: bool, recompute: str,
-                        zero: int, etp: int, split_backward: bool, v: int = 1) -> tuple[float, float]:
+                        zero: int, etp: int, split_backward: bool, gradients: bool = True) -> tuple[float, float]:
         kinds = [k for k, n in (("dense", self.num_dense), ("moe", self.num_moe)) if n]
-        static = min(self._static_bytes(0, 1, False, False, tp, pp, dp, zero, cp, ep, etp, split_backward, k, v)
+        static = min(self._static_bytes(0, 1, False, False, tp, pp, dp, zero, cp, ep, etp, split_backward, k, gradients)
                      for k in kinds)
         dense, moe, _, _ = self._activations(tp, mbs, sp, recompute, cp, ep, etp)
         return static, min(dense, moe)
@@ -287,8 +305,13 @@ class Bounds:
             return act + (act_emb if s == 0 else 0.0) + (act_head + out_logits if s == last else out_hidden)
 
         out, split = [], schedule_spec(c.schedule).split_backward
+        gradients = self._gradients_at_peak(c)
         for rank, own in enumerate(stages_by_rank(c.schedule, c.pp, c.v)):
-            static = sum(self._static_bytes(kinds[s][0], stage_layers[s], s == 0, s == last, c.tp, c.pp, c.dp, c.zero,
-                                            c.cp, c.ep, c.etp, split, None, c.v) for s in own)
-            out.append(self._gib(static + counts[rank] * min(stage_act(s) for s in own), c, rank))
+            shapes = [(kinds[s][0], stage_layers[s], s == 0, s == last, c.tp, c.pp, c.dp, c.zero, c.cp, c.ep, c.etp, split)
+                      for s in own]
+            static = sum(self._static_bytes(*shape, None, gradients) for shape in shapes)
+            smallest = min(stage_act(s) for s in own)
+            if not gradients:  # the gradients alive at the peak, at least (costmodels.pipeline_bound.held_lower_bound)
+                static += held_lower_bound([self._state(*shape)[1] for shape in shapes], smallest)
+            out.append(self._gib(static + counts[rank] * smallest, c, rank))
         return out

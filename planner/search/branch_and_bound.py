@@ -153,8 +153,10 @@ class Searcher:
         if c.offload:  # the lines are affine in a stage's layers; an offload's resident layers are not
             raise ValueError(f"memory lines price no activation offload: {c.label()}")
         pipelined = c.pp > 1
-        # a rank of several stages may free one stage's gradients before its peak where they live per stage: its
-        # line counts none of them (a lower bound), as the bounds do (``Bounds._static_bytes``)
+        # a rank of several stages may free one stage's gradients before its peak where they live per stage: its line
+        # counts none of them (a lower bound: the line also charges every stage-microbatch in flight at the probe's
+        # stage, whose end-stage extras only one of the rank's stages has, so counting them would tighten the caps
+        # below cuts that fit)
         held = not (c.v > 1 and gradients_held_per_stage(self.stack, c.pp, c.dp * c.cp, c.zero, self.train.precision))
         key = (c.tp, c.cp, c.ep, c.etp, c.dp, c.mbs, c.num_microbatches, c.recompute, c.sequence_parallel, c.zero, pipelined,
                kind, held)

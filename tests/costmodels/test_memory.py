@@ -10,8 +10,10 @@ from costmodels.memory import (
     embedding_activation_bytes,
     end_weight_grad_input_bytes,
     gradients_fp32,
+    gradients_held_per_stage,
     gradients_sharded,
     head_activation_bytes,
+    held_gradient_bytes,
     layer_activation_bytes,
     layer_params,
     loss_bytes_per_logit,
@@ -466,3 +468,56 @@ def test_an_interleaved_torch_pipeline_holds_one_stages_unsharded_gradients_at_i
         assert est.memory_breakdown_gib[0]["gradients"] == pytest.approx(grads, abs=1e-3)
         priced[schedule] = comparable_memory_gib(row, est)
     assert priced["1f1b"] - priced["interleaved-1f1b"] == pytest.approx(11.3, abs=0.05)
+
+
+@pytest.mark.parametrize(("stack", "pp", "data_ranks", "zero", "precision", "held"), [
+    ("ppplan-torch", 2, 4, 1, "bf16", True),   # FSDP2 over 4 ranks, torch's pipeline defers the sync
+    ("ppplan-torch", 2, 4, 0, "bf16", True),   # ZeRO 0 is HSDP with one shard on ppplan's runtime
+    ("ppplan-torch", 2, 1, 0, "bf16", True),   # a one-rank FSDP mesh for bf16's mixed precision
+    ("ppplan-torch", 2, 1, 0, "fp32", False),  # fp32 on one rank: no FSDP
+    ("ppplan-torch", 1, 4, 1, "bf16", True),   # the runtime runs a one-stage schedule at pp 1 too
+    ("torchtitan", 2, 8, 1, "bf16", True),
+    ("torchtitan", 1, 8, 1, "bf16", False),    # no pipeline: FSDP2 reduce-scatters every microbatch
+    ("torchtitan", 2, 8, 0, "bf16", False),    # ZeRO 0 is DDP
+    ("megatron-core", 2, 8, 1, "bf16", False),  # the distributed optimizer's buffer lives through the step
+])
+def test_where_gradients_live_per_stage(stack: str, pp: int, data_ranks: int, zero: int, precision: str,
+                                        held: bool) -> None:
+    assert gradients_held_per_stage(load_stack(stack), pp, data_ranks, zero, precision) is held
+
+
+def test_what_a_stage_holds_and_keeps_of_its_gradients() -> None:
+    """FSDP2's fp32 unsharded gradients (4 B per parameter) until REDUCE_GRAD, then the fp32 shard: dense parameters
+    over the dp x cp ranks, routed experts over their expert-data-parallel ranks; whole at ZeRO 0 (HSDP, one shard).
+    6 B held (bf16 beside fp32 under a split backward) still keeps 4 B over the shard."""
+    dense, experts = 1e9, 4e9
+    assert held_gradient_bytes(4 * (dense + experts), dense, experts, 8, 4, 1) == (2e10, 4 * (dense / 8 + experts / 2))
+    assert held_gradient_bytes(4 * (dense + experts), dense, experts, 8, 4, 1, expert_data_ranks=1)[1] == 4 * (dense / 8 + experts)
+    assert held_gradient_bytes(6 * dense, dense, 0.0, 8, 1, 1) == (6e9, 5e8)
+    assert held_gradient_bytes(6 * dense, dense, 0.0, 8, 1, 0) == (6e9, 4e9)
+    assert held_gradient_bytes(4 * dense, dense, 0.0, 8, 1, 0) == (4e9, 4e9)
+
+
+def test_the_optimizer_step_holds_only_the_reduce_scattered_gradients() -> None:
+    """Where gradients live per stage, every stage's REDUCE_GRAD has run before the optimizer steps: it holds the
+    fp32 shards (4 B / dp per parameter), not the unsharded fp32 gradients. Llama-3 8B on ppplan's runtime, pp 2,
+    dp 4, ZeRO 1, bf16, full recompute, seq 2048: rank 0 holds p = 4,015,128,576 parameters (16 layers and the
+    embedding). Its step holds 2p (bf16 weights) + p (the shards) + 3p (Adam over the ZeRO shard) + p (foreach
+    Adam's fp32 temporary over it) = 7p = 26.18 GiB, below the backward's 35.02 GiB (its 4p of unsharded
+    gradients); counted unsharded, the step held 10p = 37.39 GiB and was the rank's peak (44.07 GiB in all, now
+    41.51)."""
+    from costmodels.estimate import NOT_ALLOCATED_PARTS
+    model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100")
+    train = TrainSpec(global_batch=32, seq_len=2048, precision="bf16")
+    cfg = ParallelConfig(tp=1, pp=2, dp=4, mbs=1, num_microbatches=8, schedule="1f1b", zero=1, recompute="full",
+                         stage_layers=[16, 16])
+    est = estimate(model, cluster, train, cfg, stack=load_stack("ppplan-torch"))
+    parts = est.memory_breakdown_gib[0]
+    p = 4_015_128_576
+    assert stage_param_split(model, 0, 16, True, False, 1).total == p
+    assert parts["gradients"] == pytest.approx(4 * p / GIB, abs=1e-4)  # all of them at the backward's peak
+    assert "optimizer_step" not in parts
+    allocated = sum(v for k, v in parts.items() if k not in NOT_ALLOCATED_PARTS)
+    assert allocated == pytest.approx(35.02, abs=0.01)
+    assert 7 * p / GIB < allocated < 10 * p / GIB
+    assert est.peak_memory_gib[0] == pytest.approx(41.51, abs=0.01)
