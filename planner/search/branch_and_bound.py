@@ -27,14 +27,14 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 from costmodels.estimate import estimate, memory_limit_gib, rank_memory_if_uniform_gib
 from costmodels.layer_costs import LayerTimes, RooflineTimes
 from costmodels.layout import default_split, end_stage_floors
 from costmodels.memory import gradients_held_per_stage
-from costmodels.pipeline_bound import bound_pipeline, held_alive_at_peak, peak_inflight, stages_by_rank
+from costmodels.pipeline_bound import bound_pipeline, peak_inflight, stages_by_rank
 from costmodels.rules import (
     context_degree_violations,
     expert_degree_violations,
@@ -153,11 +153,11 @@ class Searcher:
         if c.offload:  # the lines are affine in a stage's layers; an offload's resident layers are not
             raise ValueError(f"memory lines price no activation offload: {c.label()}")
         pipelined = c.pp > 1
-        # where a rank of several stages may free one stage's gradients before its peak (they live per stage and the
-        # schedule runs too few microbatches for their spans to overlap at it), its line counts none of them (a lower
-        # bound), as the bounds do (``Bounds._gradients_at_peak``)
-        held = (held_alive_at_peak(c.schedule, c.pp, c.v, c.num_microbatches)
-                or not gradients_held_per_stage(self.stack, c.pp, c.dp * c.cp, c.zero, self.train.precision))
+        # a rank of several stages may free one stage's gradients before its peak where they live per stage: its line
+        # counts none of them (a lower bound: the line also charges every stage-microbatch in flight at the probe's
+        # stage, whose end-stage extras only one of the rank's stages has, so counting them would tighten the caps
+        # below cuts that fit)
+        held = not (c.v > 1 and gradients_held_per_stage(self.stack, c.pp, c.dp * c.cp, c.zero, self.train.precision))
         key = (c.tp, c.cp, c.ep, c.etp, c.dp, c.mbs, c.num_microbatches, c.recompute, c.sequence_parallel, c.zero, pipelined,
                kind, held)
         line = self._lines.get(key)
@@ -194,14 +194,7 @@ class Searcher:
         floors = end_stage_floors(stages)
         caps = [0] * stages
         for rank, own in enumerate(stages_by_rank(c.schedule, c.pp, c.v)):
-            kind = (0 in own, last in own)
-            line = self._memory_line(c, kind)
-            if c.v > 1 and kind != (False, False):
-                # only one of the rank's stages has the embedding's or the head's per-microbatch activations (the
-                # logits, the loss's kept tensors): every stage-microbatch in flight is charged a middle stage's,
-                # so that the caps stay above the layers a rank can hold
-                middle = self._memory_line(c, (False, False))
-                line = replace(line, per_stage=middle.per_stage, per_stage_layer=middle.per_stage_layer)
+            line = self._memory_line(c, (0 in own, last in own))
             cap = line.cap(c.v, counts[rank], self.limit_gib, self.model.num_layers)
             if cap < max(floors[s] for s in own):
                 return None

@@ -198,23 +198,3 @@ def test_a_rank_of_end_stages_that_fits_no_layer_may_still_hold_the_embedding_or
     # a rank holding a middle stage must fit a layer: one layer too many there drops the candidate
     searcher._memory_line = lambda c, kind: end  # type: ignore[method-assign]
     assert searcher.layer_caps(c) is None
-
-
-def test_a_rank_of_several_stages_is_charged_one_end_stages_extras_only_once_per_stage() -> None:
-    """The memory line of a rank holding the last stage is probed on a rank of that one stage, whose per-microbatch
-    activations include the head's (logits, the loss's kept tensors). A rank of several stages has them on one
-    stage only: its caps charge each stage-microbatch in flight a middle stage's. Llama-3 70B on 512 H200, tp 4 sp,
-    pp 4, v 3, M 32: the rank holding the last stage was capped at 5 layers a stage, yet the cut giving it 6, 6
-    and 5 fits (87.2 of 126 GiB); its cap is now 10, and the candidate's balanced cut is priced."""
-    from planner.search.branch_and_bound import Searcher
-    from planner.search.space import Candidate
-
-    model, cluster = load_model("llama3-70b"), load_cluster("dgx-h200")
-    searcher = Searcher(model, cluster, TrainSpec(global_batch=1024, seq_len=8192, precision="bf16"), 512)
-    c = Candidate(tp=4, cp=1, ep=1, etp=4, pp=4, dp=32, mbs=1, v=3, schedule="interleaved-1f1b", recompute="none",
-                  sequence_parallel=True, zero=1, num_microbatches=32)
-    caps = searcher.layer_caps(c)
-    assert caps is not None and [caps[s] for s in (3, 7, 11)] == [10, 10, 10]
-    fits = searcher.score(c, [7, 7, 7, 6, 7, 7, 7, 6, 7, 7, 7, 5]).estimate
-    assert fits.fits and fits.peak_memory_gib[3] == pytest.approx(87.24, abs=0.01)
-    assert searcher.limit_gib == pytest.approx(126.0)
