@@ -207,7 +207,8 @@ def bound_pipeline(schedule: str, pp: int, v: int, num_microbatches: int, times:
     activation being freed before that first W or full backward; or enough microbatches); otherwise, from the
     rank's action order (short there: fewer than a few rounds of microbatches), the held bytes at the peak of its
     exact running sum (``costmodels.simulator.peak_with_held``) less what that peak's activations fall short of
-    the closed-form bound, never below 0. Either way the sum stays at most the exact peak."""
+    the closed-form bound, never below 0. Either way the sum stays at most the exact peak (chimera aside, which
+    the search never prices: ``stages_by_rank`` leaves out its second direction's stages)."""
     m = num_microbatches
     by_rank = stages_by_rank(schedule, pp, v)
     makespan = makespan_lower_bound_s(schedule, pp, v, m, times)
