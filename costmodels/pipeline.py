@@ -10,13 +10,12 @@ stages, first/last-stage extras and p2p time are all priced there.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
-from costmodels.schedules.actions import FORWARD, RELEASING_KINDS, Schedule
+from costmodels.schedules.actions import BACKWARD_WEIGHT, FORWARD, FULL_BACKWARD, Schedule
 from costmodels.schedules.generate import generate_schedule
-from costmodels.simulator import SimulationResult, StageTimes, simulate
+from costmodels.simulator import KIND_CODE, SimulationResult, StageTimes, action_order, simulate
 
 
 @dataclass(frozen=True)
@@ -74,20 +73,12 @@ def price_actions(schedule: Schedule, times: StageTimes) -> PipelineResult:
     return to_pipeline_result(simulate(schedule, times))
 
 
-@lru_cache(maxsize=256)
-def _action_arrays(schedule: Schedule) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Rank-major (stage, is forward, is releasing) per action, and where each rank's list starts."""
-    flat = [a for actions in schedule.ranks for a in actions]
-    stage = np.array([a.stage for a in flat], dtype=np.int64)
-    forward = np.array([a.kind == FORWARD for a in flat], dtype=bool)
-    releasing = np.array([a.kind in RELEASING_KINDS for a in flat], dtype=bool)
-    starts = np.concatenate([[0], np.cumsum([len(r) for r in schedule.ranks])[:-1]]).astype(np.int64)
-    return stage, forward, releasing, starts
-
-
 def to_pipeline_result(result: SimulationResult) -> PipelineResult:
     """The cost model's view of a simulation."""
-    stage, forward, releasing, first = _action_arrays(result.schedule)
+    order = action_order(result.schedule)
+    stage, first = order.stage, order.rank_starts
+    forward = order.kind == KIND_CODE[FORWARD]
+    releasing = (order.kind == KIND_CODE[BACKWARD_WEIGHT]) | (order.kind == KIND_CODE[FULL_BACKWARD])
     lengths = [len(r) for r in result.schedule.ranks]
     starts = [float(result.start_s[i]) if n else 0.0 for i, n in zip(first, lengths)]
     ends = [float(result.end_s[i + n - 1]) if n else 0.0 for i, n in zip(first, lengths)]
