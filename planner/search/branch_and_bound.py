@@ -3,7 +3,9 @@
 The space is every candidate of ``planner.search.space`` (degrees with cp and ep, mbs, M, v,
 schedule, recompute, SP, ZeRO), each with the cuts ``Searcher.cuts`` gives it: the uniform split
 (what ``ppplan evaluate`` prices) and, where the stack cuts freely, the min–max cut points
-under per-rank memory caps (``planner.search.cutpoints``). The price of a candidate is the
+under per-rank memory caps (``planner.search.cutpoints``), once under caps that charge a
+several-stage rank's end-stage extras on every stage-microbatch in flight and once under caps
+that charge them once (``Searcher.layer_caps``). The price of a candidate is the
 best exact price of its cuts that fit: ``estimate`` with the event simulator over the
 schedule's action list. ``search`` returns the k best candidates by that price, within
 ``TOLERANCE``: the i-th plan returned is never more than 0.5 % slower than the i-th best
@@ -27,7 +29,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from costmodels.estimate import estimate, memory_limit_gib, rank_memory_if_uniform_gib
@@ -184,17 +186,29 @@ class Searcher:
             self._lines[key] = line
         return line
 
-    def layer_caps(self, c: Candidate) -> list[int] | None:
+    def _extras_once(self, c: Candidate, line: RankMemoryLine) -> RankMemoryLine:
+        """``line`` with its end stage's per-microbatch extras (the embedding's or the head's kept tensors beyond a
+        middle stage's) charged once instead of on every stage-microbatch in flight: of a several-stage rank's stages
+        only one has them, and its own in-flight count at the rank's peak is at least one."""
+        middle = self._memory_line(c, (False, False))
+        return replace(line, base=line.base + line.per_stage - middle.per_stage, per_stage=middle.per_stage)
+
+    def layer_caps(self, c: Candidate, extras_once: bool = False) -> list[int] | None:
         """Most layers each virtual stage may hold so that its rank fits (the schedule's in-flight
         count on that rank, affine memory in the layer count); None when a rank cannot hold its least:
-        one layer a stage, or none where all its stages are end stages (``end_stage_floors``)."""
+        one layer a stage, or none where all its stages are end stages (``end_stage_floors``).
+        ``extras_once``: a several-stage rank that holds an end stage is charged that stage's
+        per-microbatch extras once (``_extras_once``), not on every stage-microbatch in flight."""
         stages = c.pp * c.v
         last = stages - 1
         counts = peak_inflight(c.schedule, c.pp, c.v, c.num_microbatches)
         floors = end_stage_floors(stages)
         caps = [0] * stages
         for rank, own in enumerate(stages_by_rank(c.schedule, c.pp, c.v)):
-            line = self._memory_line(c, (0 in own, last in own))
+            kind = (0 in own, last in own)
+            line = self._memory_line(c, kind)
+            if extras_once and len(own) > 1 and kind != (False, False):
+                line = self._extras_once(c, line)
             cap = line.cap(c.v, counts[rank], self.limit_gib, self.model.num_layers)
             if cap < max(floors[s] for s in own):
                 return None
@@ -202,9 +216,10 @@ class Searcher:
                 caps[s] = cap
         return caps
 
-    def min_max_cut(self, c: Candidate) -> list[int] | None:
-        """The min–max cut points under the memory caps (``split_affine``), or None."""
-        caps = self.layer_caps(c)
+    def min_max_cut(self, c: Candidate, caps: list[int] | None = None) -> list[int] | None:
+        """The min–max cut points under the memory caps (``split_affine``; ``caps``: ``layer_caps``'s by default),
+        or None."""
+        caps = self.layer_caps(c) if caps is None else caps
         if caps is None:
             return None
         layer, emb, head = self.bounds.passes(c)
@@ -226,12 +241,24 @@ class Searcher:
         """The cuts of the space for ``c``: the uniform split (``default_split``: an end stage holds the
         embedding or the head alone where the layers are fewer than the stages), then, where the stack
         cuts freely (``StackSpec.cut_layouts``), the min–max cut if it differs (whose end stages may hold
-        no layer when the embedding's or the head's time outweighs one)."""
+        no layer when the embedding's or the head's time outweighs one), and with v > 1 the min–max cut
+        under the caps that charge an end stage's per-microbatch extras once (``layer_caps``), if it differs
+        again. The caps are affine estimates of the rank's memory that may err either way for a rank of
+        several stages: the first can rule out cuts that fit (the extras on every stage-microbatch in
+        flight), the second can admit cuts that do not; each cut is priced exactly, so weighing both
+        loses neither."""
         uniform = self.default_cut(c)
         if self.stack.cut_layouts != "any":
             return [uniform]
-        balanced = self.min_max_cut(c)
-        return [uniform] if balanced is None or balanced == uniform else [uniform, balanced]
+        cuts = [uniform]
+        tight = self.layer_caps(c)
+        caps = [tight] if tight is not None else []
+        if c.v > 1 and (loose := self.layer_caps(c, extras_once=True)) not in (None, tight):
+            caps.append(loose)
+        for balanced in (self.min_max_cut(c, cap) for cap in caps):
+            if balanced is not None and balanced not in cuts:
+                cuts.append(balanced)
+        return cuts
 
     def score(self, c: Candidate, stage_layers: list[int]) -> Scored:
         """Exact: the event simulator over the schedule's action list."""
