@@ -62,21 +62,40 @@ def pipeline_peers(pp: int, v: int, schedule: str, rank: int) -> int:
     return len(peers - {rank})
 
 
-@lru_cache(maxsize=65536)
-def communicators_of_rank(tie_embeddings: bool, *, tp: int, cp: int, dp: int, ep: int, expert_data: int, pp: int,
-                          v: int, schedule: str, rank: int) -> int:
-    """NCCL communicators pipeline rank ``rank`` uses during a step (module docstring); ``expert_data``:
-    the expert-data-parallel ranks (``profiles.schema.expert_data_ranks``)."""
-    if tp * cp * dp * pp == 1:
-        return 0
+def _non_pipeline_communicators(tp: int, cp: int, dp: int, ep: int, expert_data: int) -> int:
+    """The default group and one per parallel dimension of more than one rank (module docstring)."""
     groups = 1 + sum(n > 1 for n in (tp, cp, dp * cp))
     if ep > 1:
         groups += 1 + (expert_data > 1)
-    if pp > 1:
-        first, last = (stage_to_rank(s, pp, v, schedule) for s in (0, pp * v - 1))
-        tied = tie_embeddings and first != last and rank in (first, last)
-        groups += 1 + tied + pipeline_peers(pp, v, schedule, rank)
     return groups
+
+
+@lru_cache(maxsize=65536)
+def pipeline_communicators(tie_embeddings: bool, pp: int, v: int, schedule: str, rank: int) -> int:
+    """Pipeline rank ``rank``'s communicators for the pipeline: its group, the tied embedding's two-rank group where
+    the first and the last stage sit on different ranks and ``rank`` holds one of them, one per peer."""
+    if pp == 1:
+        return 0
+    first, last = (stage_to_rank(s, pp, v, schedule) for s in (0, pp * v - 1))
+    tied = tie_embeddings and first != last and rank in (first, last)
+    return 1 + tied + pipeline_peers(pp, v, schedule, rank)
+
+
+@lru_cache(maxsize=4096)
+def fewest_pipeline_communicators(tie_embeddings: bool, pp: int, v: int, schedule: str) -> int:
+    """The fewest ``pipeline_communicators`` any pipeline rank has."""
+    return min(pipeline_communicators(tie_embeddings, pp, v, schedule, r) for r in range(pp))
+
+
+def communicators_of_rank(tie_embeddings: bool, *, tp: int, cp: int, dp: int, ep: int, expert_data: int, pp: int,
+                          v: int, schedule: str, rank: int | None) -> int:
+    """NCCL communicators pipeline rank ``rank`` uses during a step (module docstring), or (``rank`` None) the fewest
+    any pipeline rank uses; ``expert_data``: the expert-data-parallel ranks (``profiles.schema.expert_data_ranks``)."""
+    if tp * cp * dp * pp == 1:
+        return 0
+    pipeline = (fewest_pipeline_communicators(tie_embeddings, pp, v, schedule) if rank is None
+                else pipeline_communicators(tie_embeddings, pp, v, schedule, rank))
+    return _non_pipeline_communicators(tp, cp, dp, ep, expert_data) + pipeline
 
 
 def nccl_buffers_gib(cluster: ClusterSpec, model: ModelSpec, cfg: ParallelConfig, rank: int) -> float:

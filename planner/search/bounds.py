@@ -204,11 +204,10 @@ class Bounds:
 
     def _nccl_uncached(self, tp: int, cp: int, dp: int, ep: int, etp: int, pp: int, v: int, schedule: str,
                        rank: int | None) -> float:
-        ranks = range(pp) if rank is None else (rank,)
         expert_data = expert_data_ranks(tp, cp, dp, ep, etp)
-        return self._per_communicator_gib * min(
-            communicators_of_rank(self.model.tie_embeddings, tp=tp, cp=cp, dp=dp, ep=ep, expert_data=expert_data, pp=pp,
-                                  v=v, schedule=schedule, rank=r) for r in ranks)
+        return self._per_communicator_gib * communicators_of_rank(
+            self.model.tie_embeddings, tp=tp, cp=cp, dp=dp, ep=ep, expert_data=expert_data, pp=pp, v=v,
+            schedule=schedule, rank=rank)
 
     def _layer_floor(self, c: Candidate) -> tuple[float, float]:
         """(static, activation) bytes per layer no larger than any of the model's layers needs."""
