@@ -527,7 +527,7 @@ def _rank_memory_gib(
     }
     allocated.update(working)
     allocated.update(_cpu_heap_terms(cluster, cfg, dense + experts))
-    step = _optimizer_step_bytes(cluster, train, stack, step_static)
+    step = _optimizer_step_bytes(cluster, train, stack, step_static, cfg.zero)
     if part == "step":
         allocated = {"optimizer_step": step}
     elif part == "peak" and step > sum(allocated.values()):
@@ -572,13 +572,14 @@ def heap_reserve_gib(cluster: ClusterSpec, tp: int, pp: int, data_ranks: int, ze
     return max((sizes[kind] for kind in heap_reserve_kinds(tp, pp, data_ranks, zero)), default=0.0)
 
 
-def _optimizer_step_bytes(cluster: ClusterSpec, train: TrainSpec, stack: StackSpec, static: StaticMemory) -> float:
+def _optimizer_step_bytes(cluster: ClusterSpec, train: TrainSpec, stack: StackSpec, static: StaticMemory,
+                          zero: int) -> float:
     """What a GPU rank holds while its optimizer steps: the static state and the step's temporaries
     (``optimizer_step_temp_bytes``); 0 where the step allocates nothing, and on CPU ranks, which count
     foreach Adam's temporary in full already (``_cpu_heap_terms``)."""
     if runs_on_cpu(cluster):
         return 0.0
-    temp = optimizer_step_temp_bytes(stack, stack.held_precision(train.precision), static.updated_params)
+    temp = optimizer_step_temp_bytes(stack, stack.held_precision(train.precision), static.updated_params, zero)
     if not temp:
         return 0.0
     return static.weights_bytes + static.gradients_bytes + static.optimizer_bytes + temp

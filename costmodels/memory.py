@@ -421,11 +421,14 @@ def state_bytes_per_param(precision: str, grad_accumulation_fp32: bool = False,
 STEP_TEMP_BYTES_PER_PARAM = 4  # one fp32 value per updated parameter (a gradient copy, or foreach Adam's sqrt)
 
 
-def optimizer_step_temp_bytes(stack: StackSpec, precision: str, updated_params: float) -> float:
+def optimizer_step_temp_bytes(stack: StackSpec, precision: str, updated_params: float, zero: int = 0) -> float:
     """Bytes the optimizer step allocates beside the static state, over the ``updated_params`` the rank
-    updates: the fp32 copy of fp16 gradients where the stack makes one (``StackSpec.fp16_main_grads_copied``)
+    updates: the fp32 copy of fp16 gradients where the stack makes one (``StackSpec.fp16_main_grads_copied``), twice at
+    ZeRO stage ``zero`` 0 where the copy is concatenated from per-tensor casts (``StackSpec.fp16_grads_flattened``),
     and foreach Adam's fp32 temporary (``StackSpec.optimizer_implementation``)."""
-    copies = int(precision == "fp16" and stack.fp16_main_grads_copied) + int(stack.optimizer_implementation == "foreach")
+    copied = precision == "fp16" and stack.fp16_main_grads_copied
+    copies = int(copied) * (2 if stack.fp16_grads_flattened and zero == 0 else 1)
+    copies += int(stack.optimizer_implementation == "foreach")
     return copies * STEP_TEMP_BYTES_PER_PARAM * updated_params
 
 

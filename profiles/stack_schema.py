@@ -380,6 +380,15 @@ class StackSpec(StrictModel):
         "already: no copy; with a bf16 buffer, grad_accumulation_fp32 false, Megatron-Core's DistributedOptimizer copies "
         "too unless its precision-aware optimizer reads the bf16 gradients: not priced)",
     )
+    fp16_grads_flattened: bool = Field(
+        default=False,
+        description="at ZeRO 0 the fp16 step's fp32 gradient copy is concatenated from per-tensor casts that live beside "
+        "it until torch.cat returns, so the step holds 8 B per updated parameter, not the copy's 4 "
+        "(``costmodels.memory.optimizer_step_temp_bytes``): DeepSpeed's FP16_Optimizer, its optimizer for fp16 without "
+        "ZeRO (deepspeed/runtime/fp16/fused_optimizer.py step: _flatten_dense_tensors([p.grad.to(fp32) for p in "
+        "group])). Its ZeRO-1/2 optimizer frees the gradients outside the rank's partition first and is not counted "
+        "so (BigScience's tr11 20B reading at dp 1 fits the copy's 4 B)",
+    )
     grad_accumulation: Literal["fused", "main_grad", "autograd"] = Field(
         default="autograd",
         description="how each microbatch's weight gradients join the step's (costmodels.grad_accumulation): fused "

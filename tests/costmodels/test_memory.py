@@ -18,6 +18,7 @@ from costmodels.memory import (
     layer_params,
     loss_bytes_per_logit,
     microbatch_grad_sync,
+    optimizer_step_temp_bytes,
     recompute_working_bytes,
     stage_output_bytes,
     stage_param_split,
@@ -521,3 +522,18 @@ def test_the_optimizer_step_holds_only_the_reduce_scattered_gradients() -> None:
     assert allocated == pytest.approx(35.02, abs=0.01)
     assert 7 * p / GIB < allocated < 10 * p / GIB
     assert est.peak_memory_gib[0] == pytest.approx(41.51, abs=0.01)
+
+
+@pytest.mark.parametrize(("stack", "precision", "zero", "bytes_per_param"), [
+    # DeepSpeed's FP16_Optimizer: per-tensor fp32 casts (4 B) beside the flat fp32 gradient they are cat'ed into (4 B)
+    ("megatron-deepspeed", "fp16", 0, 8),
+    # its ZeRO-1 optimizer: the fp32 copy of the rank's partition only (4 B per updated parameter)
+    ("megatron-deepspeed", "fp16", 1, 4),
+    # BF16_Optimizer keeps fp32 gradients already: no copy
+    ("megatron-deepspeed", "bf16", 0, 0),
+    # Megatron-LM's Float16Optimizer: main_param.grad = main_grad.float(), one fp32 copy
+    ("megatron-lm-2021", "fp16", 0, 4),
+])
+def test_the_fp16_step_copies_gradients_as_the_stacks_optimizer_does(stack: str, precision: str, zero: int,
+                                                                     bytes_per_param: int) -> None:
+    assert optimizer_step_temp_bytes(load_stack(stack), precision, 1e9, zero) == bytes_per_param * 1e9

@@ -26,7 +26,7 @@ def _files(tmp_path):
     (tmp_path / "stack-extra.yaml").write_text(stack + "bogus_key: 1\n")
     (tmp_path / "stack-schedule.yaml").write_text(stack.replace("schedules: [1f1b, interleaved-1f1b, combined-1f1b]", "schedules: [1f1b, zb-h9]"))
     deepspeed = (Path(profiles.__file__).parent / "stacks" / "megatron-deepspeed.yaml").read_text()
-    (tmp_path / "stack-share.yaml").write_text(deepspeed.replace("allocator_fragmentation: 0.167", "allocator_fragmentation: 1.5"))
+    (tmp_path / "stack-share.yaml").write_text(deepspeed.replace("allocator_fragmentation: 0.1655", "allocator_fragmentation: 1.5"))
     titan = (Path(profiles.__file__).parent / "stacks" / "torchtitan.yaml").read_text()
     (tmp_path / "stack-titan-offload.yaml").write_text(titan + "activation_offload: true\n")
     (tmp_path / "stack-titan-compiled.yaml").write_text(titan.replace("kernels:\n", "kernels:\n  compiled_blocks: true\n", 1))
