@@ -78,7 +78,7 @@ class SearchResult:
     candidates: int = 0
     evaluated: int = 0  # cuts priced by the event simulator
     pruned_by_bound: int = 0  # candidates and cuts never simulated because a bound excluded them
-    rejected_memory: int = 0  # candidates with no cut that fits
+    rejected_memory: int = 0  # candidates whose bound cannot fit, and cuts whose bound or exact price does not fit
     bound_violations: int = 0  # exact prices below the bound that admitted them (should stay 0)
 
 
@@ -245,8 +245,9 @@ class Searcher:
         under the caps that charge an end stage's per-microbatch extras once (``layer_caps``), if it differs
         again. The caps are affine estimates of the rank's memory that may err either way for a rank of
         several stages: the first can rule out cuts that fit (the extras on every stage-microbatch in
-        flight), the second can admit cuts that do not; each cut is priced exactly, so weighing both
-        loses neither."""
+        flight), the second can admit cuts that do not (it takes one of an end stage's microbatches in flight,
+        where looped-bfs keeps all of them); each cut is bounded and priced exactly, so the space keeps every
+        fitting cut of either (the returned plans stay within ``TOLERANCE`` of the space's best, as before)."""
         uniform = self.default_cut(c)
         if self.stack.cut_layouts != "any":
             return [uniform]

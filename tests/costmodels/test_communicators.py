@@ -86,8 +86,8 @@ def test_the_estimate_holds_the_buffers_outside_the_allocator() -> None:
 @pytest.mark.parametrize("schedule", ["1f1b", "interleaved-1f1b", "zbv"])
 @pytest.mark.parametrize("pp", [2, 3, 4, 8])
 def test_rank_none_counts_the_fewest_any_pipeline_rank_uses(schedule: str, pp: int) -> None:
-    """What the search's memory bounds charge any rank: tp 2 dp 2 (4 groups besides the pipeline's); 1F1B's end ranks
-    have one peer and the tie (6), its middle ranks two peers (6) or, at pp 2, none (one peer, the tie: 6)."""
+    """What the search's memory bounds charge any rank: tp 2 dp 2 (the default, tensor and data groups: 3) and the
+    pipeline group (4); 1F1B's end ranks add one peer and the tie (6), its middle ranks two peers (6)."""
     v = 1 if schedule == "1f1b" else 2
     counts = [_count(True, tp=2, dp=2, pp=pp, v=v, schedule=schedule, rank=r) for r in range(pp)]
     assert _count(True, tp=2, dp=2, pp=pp, v=v, schedule=schedule, rank=None) == min(counts)

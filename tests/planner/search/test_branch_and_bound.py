@@ -214,8 +214,15 @@ def test_a_rank_of_several_stages_is_also_capped_with_its_end_stage_extras_charg
     c = Candidate(tp=8, cp=1, ep=1, etp=8, pp=12, dp=4, mbs=2, v=2, schedule="dualpipev", recompute="none",
                   sequence_parallel=True, zero=1, num_microbatches=256)
     assert searcher.layer_caps(c) is None
-    loose = searcher.layer_caps(c, extras_once=True)
-    assert loose is not None and loose[0] < loose[1] and loose[-1] < loose[1]  # the end stages' rank still pays once
+    # the line of the rank of both end stages, with the extras charged once: a middle rank's per-microbatch term,
+    # and the end stages' excess over it added to the base once
+    end, middle = searcher._memory_line(c, (True, True)), searcher._memory_line(c, (False, False))
+    once = searcher._extras_once(c, end)
+    assert end.per_stage > middle.per_stage
+    assert once.per_stage == middle.per_stage and once.base == pytest.approx(end.base + end.per_stage - middle.per_stage)
+    assert (once.per_layer, once.per_stage_layer, once.step_base) == (end.per_layer, end.per_stage_layer, end.step_base)
+    # at this commit: 4 layers a stage on the rank of the end stages (its extras once), 6 on the others
+    assert searcher.layer_caps(c, extras_once=True) == [4] + [6] * 22 + [4]
     cuts = searcher.cuts(c)
     assert cuts[0] == searcher.default_cut(c) and len(cuts) == 2
     uniform, balanced = (searcher.score(c, cut).estimate for cut in cuts)
