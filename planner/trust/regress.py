@@ -1,7 +1,7 @@
 """``ppplan regress``: golden plans per (model, cluster) guard the search's choices.
 
 Each file in ``profiles/regression/`` names one case (model, cluster, GPUs,
-global batch, sequence length, optional precision, schedules and stack) and its
+global batch, sequence length, optional precision, schedules, stack and fixed degrees) and its
 golden result: the chosen configuration, predicted step time, MFU and peak
 memory per pipeline rank, with tolerances. Files are named by configuration
 and hardware, as Megatron-LM names its golden values
@@ -19,13 +19,13 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, PositiveInt
 
 from planner.search.branch_and_bound import search
-from planner.search.space import DEFAULT_SCHEDULES
+from planner.search.space import DEFAULT_SCHEDULES, DegreeFilter
 from planner.trust.processes import process_map, usable_cores
 from profiles.errors import PlanError
 from profiles.files import write_atomic
@@ -47,6 +47,14 @@ class RegressionCase(StrictModel):
     precision: Precision = "bf16"
     schedules: list[str] | None = None
     stack: str | None = None  # None: the default stack (``profiles.loader.DEFAULT_STACK``)
+    # degrees the case fixes, as ``ppplan search --ep 2,4,8`` does (``DegreeFilter``): a case that guards a kind of
+    # plan (expert parallel, context parallel) keeps guarding it when another kind wins the open search
+    degrees: dict[Literal["tp", "cp", "ep", "pp", "etp"], list[PositiveInt]] | None = None
+
+    def degree_filter(self) -> DegreeFilter | None:
+        if not self.degrees:
+            return None
+        return DegreeFilter(**{name: frozenset(values) for name, values in self.degrees.items()})
 
 
 class Tolerance(StrictModel):
@@ -97,7 +105,8 @@ def run_case(case: RegressionCase) -> Golden:
     model, cluster = load_model(case.model), load_cluster(case.cluster)
     train = TrainSpec(global_batch=case.global_batch, seq_len=case.seq_len, precision=case.precision)
     schedules = tuple(case.schedules) if case.schedules else DEFAULT_SCHEDULES
-    result = search(model, cluster, train, case.gpus, top_k=1, schedules=schedules, stack=load_stack(case.stack or DEFAULT_STACK))
+    result = search(model, cluster, train, case.gpus, top_k=1, schedules=schedules, stack=load_stack(case.stack or DEFAULT_STACK),
+                    degrees=case.degree_filter())
     if not result.best:
         raise PlanError(f"case {case.name}: no feasible plan")
     best = result.best[0]
@@ -142,9 +151,12 @@ def compare(golden: Golden, current: Golden, tol: Tolerance) -> list[str]:
 
 def _header(case: RegressionCase) -> str:
     schedules = ", ".join(case.schedules) if case.schedules else "search default"
+    fixed = case.degree_filter()
+    degrees = f", degrees: {fixed.describe()}" if fixed else ""
     return (
         f"# Regression case {case.name}: {case.model} on {case.gpus} {case.cluster} GPUs, global batch "
-        f"{case.global_batch}, seq {case.seq_len}, {case.precision}, stack {case.stack or DEFAULT_STACK}, schedules: {schedules}.\n"
+        f"{case.global_batch}, seq {case.seq_len}, {case.precision}, stack {case.stack or DEFAULT_STACK}, schedules: {schedules}"
+        f"{degrees}.\n"
         "# The golden block is generated: regenerate with `ppplan regress --update` after a deliberate\n"
         "# cost-model or search change, and review the diff.\n"
     )

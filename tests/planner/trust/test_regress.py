@@ -107,3 +107,21 @@ def test_unknown_key_in_a_case_file_is_bad_input(tmp_path: Path, capsys: Capsys)
     (tmp_path / "bad.yaml").write_text("case: {name: x, model: gpt3-1.7b, cluster: dgx-h100, gpus: 8, global_batch: 8, seq_len: 8, gpu: 1}\n")
     assert run(["regress", "--suite", str(tmp_path)]) == 2
     assert "unknown key 'case.gpu'" in capsys.readouterr().err
+
+
+def test_a_case_that_fixes_degrees_searches_only_those(tmp_path: Path, capsys: Capsys) -> None:
+    """``degrees`` filters the case's search as ``ppplan search --tp`` does: gpt3-1.7b on 8 H100 with tp fixed at 2
+    gets a golden at tp 2 (its open search's pick is tp 1); a degree name the search does not fix is bad input."""
+    case = "case: {name: tiny, model: gpt3-1.7b, cluster: dgx-h100, gpus: 8, global_batch: 16, seq_len: 1024"
+    path = tmp_path / "tiny.yaml"
+    path.write_text(case + "}\n")
+    assert run(["regress", "--suite", str(tmp_path), "--update"]) == 0
+    assert load_case_file(path).golden.config["tp"] != 2
+    path.write_text(case + ", degrees: {tp: [2]}}\n")
+    assert run(["regress", "--suite", str(tmp_path), "--update"]) == 0
+    assert load_case_file(path).golden.config["tp"] == 2
+    assert "degrees: tp in {2}" in path.read_text().splitlines()[0]
+    capsys.readouterr()
+    path.write_text(case + ", degrees: {dp: [2]}}\n")
+    assert run(["regress", "--suite", str(tmp_path)]) == 2
+    assert "error:" in capsys.readouterr().err
