@@ -527,7 +527,7 @@ def _rank_memory_gib(
     }
     allocated.update(working)
     allocated.update(_cpu_heap_terms(cluster, cfg, dense + experts))
-    step = _optimizer_step_bytes(cluster, train, stack, step_static, cfg.zero)
+    step = _optimizer_step_bytes(cluster, train, stack, step_static, cfg.zero, data_ranks)
     if part == "step":
         allocated = {"optimizer_step": step}
     elif part == "peak" and step > sum(allocated.values()):
@@ -573,7 +573,7 @@ def heap_reserve_gib(cluster: ClusterSpec, tp: int, pp: int, data_ranks: int, ze
 
 
 def _optimizer_step_bytes(cluster: ClusterSpec, train: TrainSpec, stack: StackSpec, static: StaticMemory,
-                          zero: int) -> float:
+                          zero: int, data_ranks: int) -> float:
     """What a GPU rank holds while its optimizer steps: the static state and the step's temporaries
     (``optimizer_step_temp_bytes``); 0 where the step allocates nothing, and on CPU ranks, which count
     foreach Adam's temporary in full already (``_cpu_heap_terms``)."""
@@ -582,7 +582,23 @@ def _optimizer_step_bytes(cluster: ClusterSpec, train: TrainSpec, stack: StackSp
     temp = optimizer_step_temp_bytes(stack, stack.held_precision(train.precision), static.updated_params, zero)
     if not temp:
         return 0.0
-    return static.weights_bytes + static.gradients_bytes + static.optimizer_bytes + temp
+    return _step_weights_bytes(stack, static, train.precision, zero, data_ranks) + static.gradients_bytes \
+        + static.optimizer_bytes + temp
+
+
+def _step_weights_bytes(stack: StackSpec, static: StaticMemory, precision: str, zero: int, data_ranks: int) -> float:
+    """The weights a rank holds while its optimizer steps. Where FSDP2 wraps the stages (``StackSpec.fsdp_wraps``)
+    every unit is resharded before the step: under torch's pipeline by each stage's REDUCE_GRAD (its post-backward
+    with ``set_reshard_after_backward(True)``, torch 2.13 ``pipelining/stage.py``) or the runtime's RESHARD actions,
+    and without it by FSDP2's own post-backward (``reshard_after_backward`` defaults to True). What remains is the
+    sharded parameter: under bf16's mixed precision the fp32 shard, counted among Adam's 12 B in the optimizer
+    state, so none here; in fp32 the 4 B shard, over the data ranks where FSDP2 shards (ZeRO >= 1), whole where it
+    does not. Elsewhere the weights as the static state counts them."""
+    if not stack.fsdp_wraps(data_ranks, zero, precision):
+        return static.weights_bytes
+    if precision != "fp32":
+        return 0.0
+    return static.weights_bytes / data_ranks if zero in (1, 2) else static.weights_bytes
 
 
 def _recompute_working_terms(

@@ -294,18 +294,20 @@ def test_torch_pipelining_keeps_each_stages_output_until_its_backward() -> None:
     assert titan_one == pytest.approx((8 * titan_layer + titan_ends) / GIB, abs=1e-4)
 
 
-@pytest.mark.parametrize(("stack", "precision", "zero", "dp", "copies"), [
-    ("megatron-lm-2021", "fp16", 0, 1, 1),  # the fp32 copy of every fp16 gradient (apex FusedAdam: no temporary)
-    ("megatron-lm-2021", "bf16", 0, 1, 0),  # fp32 main grads already: no copy
-    ("megatron-core", "fp16", 1, 8, 1),  # the distributed optimizer copies its shard's gradients
-    ("ppplan-torch", "bf16", 0, 1, 1),  # torch's foreach AdamW: one fp32 temporary per parameter
-    ("torchtitan", "bf16", 1, 8, 0),  # fused AdamW
+@pytest.mark.parametrize(("stack", "precision", "zero", "dp", "copies", "weights"), [
+    ("megatron-lm-2021", "fp16", 0, 1, 1, True),  # the fp32 copy of every fp16 gradient (apex FusedAdam: no temporary)
+    ("megatron-lm-2021", "bf16", 0, 1, 0, True),  # fp32 main grads already: no copy
+    ("megatron-core", "fp16", 1, 8, 1, True),  # the distributed optimizer copies its shard's gradients
+    # torch's foreach AdamW: one fp32 temporary per parameter; FSDP2 has resharded: no bf16 unsharded copy
+    ("ppplan-torch", "bf16", 0, 1, 1, False),
+    ("torchtitan", "bf16", 1, 8, 0, True),  # fused AdamW
 ])
 def test_the_optimizer_steps_peak_counts_where_it_rises_above_the_backwards(stack: str, precision: str, zero: int, dp: int,
-                                                                           copies: int) -> None:
+                                                                           copies: int, weights: bool) -> None:
     """gpt3-1.7b, one GPU's share, full recompute (few activations): the step holds the static state
     plus 4 B per parameter the rank updates for each copy, while the activations are freed; the
-    estimate adds what that exceeds the backward's peak by (the caching allocator reuses the rest)."""
+    estimate adds what that exceeds the backward's peak by (the caching allocator reuses the rest). Where FSDP2
+    wraps the stage, the static state at the step has no unsharded weights (``_step_weights_bytes``)."""
     model, cluster = load_model("gpt3-1.7b"), load_cluster("dgx-a100-80g")
     train = TrainSpec(global_batch=dp, seq_len=2048, precision=precision)
     cfg = ParallelConfig(stack=stack, tp=1, pp=1, dp=dp, mbs=1, num_microbatches=1, schedule="1f1b", zero=zero,
@@ -313,7 +315,7 @@ def test_the_optimizer_steps_peak_counts_where_it_rises_above_the_backwards(stac
     parts = estimate(model, cluster, train, cfg, stack=load_stack(stack)).memory_breakdown_gib[0]
     params = stage_param_split(model, 0, model.num_layers, True, True, 1).total
     updated = params / (dp if zero >= 1 else 1)
-    static = parts["weights"] + parts["gradients"] + parts["optimizer"]
+    static = (parts["weights"] if weights else 0.0) + parts["gradients"] + parts["optimizer"]
     backward = sum(v for k, v in parts.items() if k not in ("optimizer_step", "fragmentation", "runtime_reserved"))
     expected = max(0.0, static + copies * 4 * updated / GIB - backward)
     assert parts.get("optimizer_step", 0.0) == pytest.approx(expected, abs=2e-4)  # each term rounded to 1e-4 GiB
@@ -537,3 +539,18 @@ def test_the_optimizer_step_holds_only_the_reduce_scattered_gradients() -> None:
 def test_the_fp16_step_copies_gradients_as_the_stacks_optimizer_does(stack: str, precision: str, zero: int,
                                                                      bytes_per_param: int) -> None:
     assert optimizer_step_temp_bytes(load_stack(stack), precision, 1e9, zero) == bytes_per_param * 1e9
+
+
+def test_an_fsdp_rank_steps_without_its_unsharded_weights() -> None:
+    """llama3-8b on 8 H100, ppplan-torch, bf16, dp 8 at ZeRO 0 (HSDP with one shard): FSDP2 reshards every unit
+    before the step, so the step holds the fp32 gradients (4 B/param), Adam's 12 B (fp32 master, m, v) and foreach
+    Adam's fp32 temporary (4 B/param, as many bytes as the gradients), not the bf16 unsharded copy (2 B/param)."""
+    model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100")
+    cfg = ParallelConfig(tp=1, pp=1, dp=8, mbs=1, num_microbatches=8, zero=0, recompute="full", stage_layers=[32])
+    bd = estimate(model, cluster, TrainSpec(global_batch=64, seq_len=4096), cfg,
+                  stack=load_stack("ppplan-torch")).memory_breakdown_gib[0]
+    outside = ("optimizer_step", "fragmentation", "runtime_reserved", "nccl_buffers", "heap_reserve")
+    backward = sum(v for k, v in bd.items() if k not in outside)
+    step = 2 * bd["gradients"] + bd["optimizer"]
+    assert bd["weights"] == pytest.approx(bd["gradients"] / 2, rel=1e-3)  # 2 B against 4 B per parameter
+    assert bd["optimizer_step"] == pytest.approx(step - backward, abs=2e-3)
