@@ -55,7 +55,13 @@ from costmodels.memory import (
     stage_param_split,
     weight_grad_input_bytes,
 )
-from costmodels.microbatch_dp import dp_traffic_extra_s, fsdp_copy_s, microbatch_dp_traffic
+from costmodels.microbatch_dp import (
+    dp_traffic_extra_s,
+    evicted_regathers,
+    fsdp_copy_s,
+    microbatch_dp_traffic,
+    regather_traffic,
+)
 from costmodels.mtp import head_with_mtp_activation_bytes, head_with_mtp_times
 from costmodels.offload import OffloadPlan, exposed_copy_s, peak_resident_layers
 from costmodels.overlap import comm_overlaps_compute
@@ -277,11 +283,13 @@ def _offload_copy_s(cluster: ClusterSpec, st: StagePlan, factor: float) -> tuple
 def _stage_costs(
     cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, plans: list[StagePlan], stack: StackSpec,
     network: Network, p2p: tuple[float, ...], runtime: RuntimeCosts = NO_RUNTIME_COSTS, accumulate: bool = True,
+    regathers: bool = True,
 ) -> tuple[list[PassTimes], list[dict[str, float]]]:
     """Each stage's per-microbatch passes as its actions run them, with what they hide.
 
     Data-parallel traffic inside the passes (``costmodels.microbatch_dp``: ZeRO-3 gathers,
-    per-microbatch gradient reduce-scatters) overlaps that pass's compute (FSDP2 prefetch,
+    per-microbatch gradient reduce-scatters, the gathers again of stages torch's pipeline runtime
+    evicted from a rank of more than three) overlaps that pass's compute (FSDP2 prefetch,
     backward hooks) where comm overlaps compute, and only the excess shows. Blocking p2p
     (``overlap.p2p == "exposed"``): F holds the rank for its send to the next stage, B for its
     send to the previous one. Every action pays the fixed per-action overhead (W only where
@@ -289,11 +297,13 @@ def _stage_costs(
     measured for this machine. Where the schedule does not split the backward, B and W run as one
     autograd call: the measured excess of the split pair over it (``split_backward_extra_s``) is
     taken off. W adds the stage's gradients into the step's where ``accumulate`` (the layer times leave
-    it out: ``costmodels.grad_accumulation``)."""
+    it out: ``costmodels.grad_accumulation``). Without ``regathers`` (a bounding pricer, which generates no
+    action list) the evicted stages' gathers are left out: the times stay lower bounds."""
     overlap = stack.overlap
     overhead = action_overhead_s(cluster, overlap, runtime, cfg.pp)
     factor = compute_factor(runtime, cfg.pp, ranks_per_core(cluster, cfg), cfg.mbs)
     split = schedule_spec(cfg.schedule).split_backward
+    extra_gathers = evicted_regathers(cfg, stack, train.precision) if regathers else ()
     costs, hidden = [], []
     for j, st in enumerate(plans):
         t = st.times
@@ -306,8 +316,12 @@ def _stage_costs(
         slower = (factor - 1.0) * (t.forward_s + t.backward_input_s + t.backward_weight_s
                                    - (0.0 if split else min(t.backward_weight_s, t.split_backward_extra_s)))
         copy_f, copy_b = fsdp_copy_s(cfg, cluster, train, st, stack)
-        f, b, dp_in_actions, hides = f + copy_f, b + copy_b, copy_f + copy_b, {}
         traffic = microbatch_dp_traffic(cfg, cluster, train, st, stack, network)
+        if extra_gathers:  # torch's lowering evicted the stage and gathers it again (costmodels.schedules.fsdp_lowering)
+            regather_s, regather_copy_s = regather_traffic(cfg, cluster, train, st, stack, network,
+                                                           extra_gathers[st.layout.stage])
+            copy_f, traffic = copy_f + regather_copy_s, replace(traffic, gather_f_s=traffic.gather_f_s + regather_s)
+        f, b, dp_in_actions, hides = f + copy_f, b + copy_b, copy_f + copy_b, {}
         comm = traffic.total_s
         if comm:
             extra_f, extra_b = dp_traffic_extra_s(cluster, stack, f, b + w, traffic)
@@ -349,13 +363,13 @@ def stage_times(
 
 def _pipeline_inputs(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes,
-    stack: StackSpec, overlap: StackOverlap, network: Network,
+    stack: StackSpec, overlap: StackOverlap, network: Network, regathers: bool = True,
 ) -> tuple[list[StagePlan], list[PassTimes], StageTimes, list[dict[str, float]]]:
     variant = activation_variant(cluster, train, stack)
     plans = [_stage_plan(model, train, cfg, layers, layout, variant) for layout in stage_layouts(cfg)]
     p2p = _p2p_times(model, cluster, train, cfg, network, variant.residual_stream_bytes)
     costs, hidden = _stage_costs(cfg, cluster, train, plans, stack, network, p2p, runtime_costs_of(layers, cluster),
-                                 accumulate=not layers.grad_accumulation_measured)
+                                 accumulate=not layers.grad_accumulation_measured, regathers=regathers)
     fwd = [c.forward_s for c in costs]
     bwd_in = [c.backward_input_s for c in costs]
     bwd_w = [c.backward_weight_s for c in costs]
@@ -758,7 +772,9 @@ def estimate(
     layers = layers or RooflineTimes(model, cluster, train.precision, stack=stack)
     runtime = runtime_costs_of(layers, cluster)
     network = with_measured_links(network_for(cluster), runtime)
-    plans, costs, times, hidden = _pipeline_inputs(model, cluster, train, cfg, layers, stack, overlap, network)
+    exact = pricer is price_pipeline or cfg.schedule == "custom"  # else a bounding pricer: no action list
+    plans, costs, times, hidden = _pipeline_inputs(model, cluster, train, cfg, layers, stack, overlap, network,
+                                                   regathers=exact)
     if cfg.schedule == "custom":
         schedule = schedule_of("custom", cfg.pp, cfg.v, cfg.num_microbatches, cfg.schedule_csv)
         result = price_actions(schedule, times)

@@ -5,7 +5,9 @@ ZeRO-3 gathers a stage's parameters for each microbatch's forward and again for 
 reduce-scatters them in each backward (``microbatch_dp_ops``, ``microbatch_dp_traffic``). On an accelerator each
 collective hides under its pass and slows the compute beside it, except the backward's gathers of a stack that
 issues them only after each unit's gradients (FSDP1's BACKWARD_POST, ``dp_traffic_extra_s``). FSDP2 also copies
-the gathered parameters and the reduce-scatter inputs on the compute stream (``fsdp_copy_s``).
+the gathered parameters and the reduce-scatter inputs on the compute stream (``fsdp_copy_s``). Under torch's
+pipeline runtime a rank of more than three FSDP-wrapped stages also gathers a stage again each time the lowering
+has evicted it (``costmodels.schedules.fsdp_lowering``; ``regather_traffic``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from costmodels.compute import memory_bound_time_s
 from costmodels.data_parallel import fsdp_units_of, stage_pieces, stage_reduce_scatter_s, stage_zero3_gather_s
 from costmodels.layer_costs import bytes_per_element, runs_on_cpu
 from costmodels.layout import StageLayout
-from costmodels.memory import microbatch_grad_sync
+from costmodels.memory import gradients_held_per_stage, microbatch_grad_sync
 from costmodels.overlap import comm_overlaps_compute, overlapped_pass_s
+from costmodels.schedules.fsdp_lowering import MAX_ACTIVE_STAGES, unshards_per_stage
+from costmodels.schedules.generate import schedule_of
 from profiles.schema import ClusterSpec, ParallelConfig, TrainSpec
 from profiles.stack_schema import StackSpec
 
@@ -135,3 +139,43 @@ def fsdp_copy_s(cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st:
     if ops.reduce_in_b:
         in_b += memory_bound_time_s(cluster, (p + stack.grad_reduce_bytes_per_param(train.precision)) * params)
     return in_f, in_b
+
+
+def evicted_regathers(cfg: ParallelConfig, stack: StackSpec, precision: str) -> tuple[int, ...]:
+    """Per virtual stage, the all-gathers of its parameters a step runs beyond the first, where torch's
+    pipeline runtime evicts FSDP-unsharded stages (``costmodels.schedules.fsdp_lowering``): stages FSDP2 wraps
+    on torch's pipelining without a per-microbatch sync (``costmodels.memory.gradients_held_per_stage``), at
+    ZeRO 0-2, whose units stay unsharded between their actions; at ZeRO 3 every forward and backward gathers
+    already (``microbatch_dp_ops``). Empty where none: at most ``MAX_ACTIVE_STAGES`` stages per rank, or
+    another runtime."""
+    if cfg.v <= MAX_ACTIVE_STAGES or cfg.zero == 3:
+        return ()
+    if not gradients_held_per_stage(stack, cfg.pp, cfg.dp * cfg.cp, cfg.zero, precision):
+        return ()
+    counts = unshards_per_stage(schedule_of(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, cfg.schedule_csv))
+    extra = tuple(max(0, c - 1) for c in counts)
+    return extra if any(extra) else ()
+
+
+def regather_traffic(cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st: DpStage, stack: StackSpec,
+                     network: Network, regathers: int) -> tuple[float, float]:
+    """(all-gather seconds, FSDP2 copy seconds) per microbatch that ``regathers`` extra unshards of a stage add
+    to its forward: each gathers the stage's parameters at the precision the stack computes in, dense over the
+    dp x cp group and routed experts over theirs (``stage_zero3_gather_s``; none at ZeRO 0, where ppplan's
+    runtime shards each replica over one rank), and copies them out of the gather buffer (``fsdp_copy_s``'s
+    2 p bytes per parameter, accelerators only). The runtime issues each asynchronously when the stage enters
+    the look-ahead and waits for it in the stage's next action; spread here over the stage's
+    ``num_microbatches`` forwards, which hide it (``dp_traffic_extra_s``)."""
+    if regathers <= 0:
+        return 0.0, 0.0
+    share = regathers / cfg.num_microbatches
+    p = bytes_per_element(stack.held_precision(train.precision))
+    gather = 0.0
+    if cfg.zero > 0:
+        pieces = stage_pieces(stack.overlap, cfg, st.params.dense, st.params.expert,
+                              fsdp_units_of(st.layout, st.moe_layers))
+        gather = stage_zero3_gather_s(cluster, cfg, st.rank, st.params.dense, st.params.expert, p, network, pieces)
+    copy = 0.0
+    if stack.kernels.fsdp_copies and not runs_on_cpu(cluster):
+        copy = memory_bound_time_s(cluster, 2 * p * (st.params.dense + st.params.expert))
+    return share * gather, share * copy

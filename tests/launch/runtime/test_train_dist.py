@@ -115,8 +115,14 @@ def test_losses_match_single_process_reference(world: int, name: str, group_loss
     assert len(got) == STEPS
     errors = [abs(g - e) / abs(e) for g, e in zip(got, expected)]
     if plan.train.precision == "bf16":
-        fp32 = reference_losses(plan.model, plan.train.model_copy(update={"precision": "fp32"}), STEPS)
-        assert errors[0] < abs(got[0] - fp32[0]) / fp32[0], f"{name}: step 0 is nearer fp32's loss than bf16's"
+        # bf16 ran: the first step's gradients sit bf16's rounding off fp32's, far above the agreement of the fp32
+        # plans (FIRST_STEP_REL_TOL). The losses alone cannot tell: on a CPU with AMX the bf16 GEMMs accumulate in
+        # fp32, and two bf16 runs whose GEMMs split differently (thread count, microbatch shape) differ by as much
+        # as bf16 and fp32 do at step 0 (tiny-gpt: 1.8e-5 against 1.3e-5 of a 6.97 loss)
+        fp32_train = plan.train.model_copy(update={"precision": "fp32"})
+        off_fp32 = relative_errors(load_tensors(group_losses(world)[name][1], "grad"),
+                                   reference_first_step(plan.model, fp32_train).gradients, plan.model.tie_embeddings)
+        assert max(off_fp32.values()) > 100 * FIRST_STEP_REL_TOL, f"{name}: first-step gradients match fp32's"
         assert max(errors) < BF16_REL_TOL, f"{name}: got {got}, reference {expected}"
         return
     assert max(errors) < REL_TOL, f"{name}: got {got}, reference {expected}"

@@ -1,0 +1,79 @@
+"""The UNSHARD and RESHARD actions torch's pipeline runtime adds for FSDP-wrapped stages.
+
+torch 2.13's ``_PipelineScheduleRuntime`` lowers every compute-only action list it runs (its own
+multi-stage schedules and a loaded CSV alike) through ``_add_unshard_reshard``
+(``torch/distributed/pipelining/schedules.py``, ``max_active_stages=3``): before each action it looks
+ahead to the next three distinct stages of the rank's list (the action's own first), reshards every
+unsharded stage not among them and unshards those of them that are not. A stage whose parameters are
+resharded and needed again is unsharded again: FSDP2's ``unshard`` all-gathers its parameters
+(``FSDPModule.unshard(async_op=True)``, waited for by the stage's next action) and ``reshard`` frees the
+unsharded copy. A rank of at most three stages unshards each once per step; interleaved lists of more
+stages per rank evict and gather again as they cycle through them.
+
+This module replays that rule on ppplan's action lists (the ones the runtime loads or whose torch
+class builds the same order: ``costmodels.schedules.torch_order``), without torch: per rank, the
+positions where each stage is unsharded and resharded (``lowered_fsdp_events``), and how many times a
+step unshards each stage (``unshards_per_stage``). ``tests/costmodels/test_fsdp_lowering.py`` checks
+the replay against torch's own function.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from costmodels.schedules.actions import Schedule
+
+# torch/distributed/pipelining/schedules.py, _add_unshard_reshard(max_active_stages=3); the runtime's
+# _prepare_schedule_with_comms calls it with the default.
+MAX_ACTIVE_STAGES = 3
+UNSHARD, RESHARD = 1, -1
+
+
+def _next_distinct_stages(stages: list[int]) -> list[tuple[int, ...]]:
+    """For each position, the next ``MAX_ACTIVE_STAGES`` distinct stages from it on (its own first),
+    in order of first appearance: torch's ``next_stage_indices``, in one backward sweep."""
+    ahead: list[tuple[int, ...]] = [()] * len(stages)
+    following: tuple[int, ...] = ()
+    for i in range(len(stages) - 1, -1, -1):
+        s = stages[i]
+        following = (s, *(t for t in following if t != s))[:MAX_ACTIVE_STAGES]
+        ahead[i] = following
+    return ahead
+
+
+def _rank_events(stages: list[int]) -> tuple[tuple[int, int, int], ...]:
+    """(position, stage, UNSHARD or RESHARD) of one rank's lowered list, in the order torch appends
+    them: before the action at ``position``, evictions first, then fetches in look-ahead order; the
+    stages still unsharded after the last action are resharded at ``len(stages)``."""
+    events: list[tuple[int, int, int]] = []
+    active: list[int] = []  # insertion order, as torch's set iterates small ints
+    for i, wanted in enumerate(_next_distinct_stages(stages)):
+        if i and stages[i] == stages[i - 1]:  # the same look-ahead as the action before: nothing changes
+            continue
+        for s in [s for s in active if s not in wanted]:
+            active.remove(s)
+            events.append((i, s, RESHARD))
+        for s in wanted:
+            if s not in active:
+                active.append(s)
+                events.append((i, s, UNSHARD))
+    events.extend((len(stages), s, RESHARD) for s in active)
+    return tuple(events)
+
+
+def lowered_fsdp_events(schedule: Schedule) -> tuple[tuple[tuple[int, int, int], ...], ...]:
+    """Per pipeline rank, the UNSHARD and RESHARD events torch's lowering adds to its action list
+    (``_rank_events``), positions counted in the rank's compute actions."""
+    return tuple(_rank_events([a.stage for a in actions]) for actions in schedule.ranks)
+
+
+@lru_cache(maxsize=256)
+def unshards_per_stage(schedule: Schedule) -> tuple[int, ...]:
+    """How many times one step unshards (all-gathers) each virtual stage: 1 where a rank holds at most
+    ``MAX_ACTIVE_STAGES`` stages; more where the lowering evicts a stage its rank needs again."""
+    counts = [0] * schedule.num_stages
+    for events in lowered_fsdp_events(schedule):
+        for _, stage, kind in events:
+            if kind == UNSHARD:
+                counts[stage] += 1
+    return tuple(counts)

@@ -1,0 +1,76 @@
+"""The gathers again of stages torch's pipeline runtime evicted (``costmodels.microbatch_dp.evicted_regathers``,
+``regather_traffic``), hand-derived, and where they apply."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from costmodels.comm import network_for
+from costmodels.compute import memory_bound_time_s
+from costmodels.estimate import estimate
+from costmodels.layout import layouts_of
+from costmodels.memory import StageParams
+from costmodels.microbatch_dp import evicted_regathers, regather_traffic
+from profiles.loader import load_model, load_stack
+from profiles.schema import ClusterSpec, ParallelConfig, TrainSpec
+
+CLUSTER = ClusterSpec(
+    name="test", gpu={"name": "TEST", "memory_gib": 80, "peak_tflops": {"bf16": 312}, "hbm_bandwidth_gbs": 2000},
+    gpus_per_node=8, intra_node={"bandwidth_gbs": 300, "latency_us": 8}, inter_node={"bandwidth_gbs": 25, "latency_us": 15},
+    efficiency={"intra_node_collective": 1.0, "inter_node_collective": 1.0},
+)  # fmt: skip
+
+
+def _cfg(**fields: object) -> ParallelConfig:
+    base = {"tp": 1, "pp": 2, "dp": 4, "v": 6, "mbs": 1, "num_microbatches": 16, "schedule": "interleaved-1f1b",
+            "zero": 1, "stage_layers": [2] * 12}
+    return ParallelConfig.model_validate({**base, **fields})
+
+
+def test_ppplan_torch_gathers_an_evicted_stage_again_each_time_its_rank_comes_back_to_it() -> None:
+    """pp 2, v 6, M 16 gathers the stages 10, 10, 10, 9, ... 8 times a step (tests/costmodels/schedules/
+    test_fsdp_lowering.py): 9, 9, 9, 8, ... 7 beyond the first."""
+    torch_stack = load_stack("ppplan-torch")
+    assert evicted_regathers(_cfg(), torch_stack, "bf16") == (9, 9, 9, 8, 8, 8, 8, 8, 8, 7, 7, 7)
+    assert evicted_regathers(_cfg(zero=0), torch_stack, "bf16") == (9, 9, 9, 8, 8, 8, 8, 8, 8, 7, 7, 7)
+    # three stages a rank or fewer: each gathered once; ZeRO 3 gathers every pass already; Megatron does not
+    # reshard between actions
+    assert evicted_regathers(_cfg(v=3, stage_layers=[4] * 6), torch_stack, "bf16") == ()
+    assert evicted_regathers(_cfg(zero=3), torch_stack, "bf16") == ()
+    assert evicted_regathers(_cfg(), load_stack("megatron-core"), "bf16") == ()
+
+
+def test_a_regather_is_the_stages_all_gather_over_its_data_ranks_and_its_copy_out() -> None:
+    """Stage 0 of pp 2 x v 6 (2 layers, the embedding's root: 3 FSDP2 units), 100 M bf16 parameters, dp 4 on one
+    node: each gather is 3 ring all-gathers of a third of 200 MB, 3 NVLink steps of 8 us each and 3/4 of the bytes
+    at 300 GB/s; the copy out of the gather buffer reads and writes the 200 MB. 9 of them spread over 16
+    forwards."""
+    cfg = _cfg()
+    layout = layouts_of(cfg.stage_layers, cfg.pp, cfg.v, cfg.schedule)[0]
+    stage = SimpleNamespace(rank=0, params=StageParams(100e6), layout=layout, moe_layers=0)
+    train = TrainSpec(global_batch=64, seq_len=2048, precision="bf16")
+    gather_s, copy_s = regather_traffic(cfg, CLUSTER, train, stage, load_stack("ppplan-torch"), network_for(CLUSTER), 9)
+    one_gather = 3 * (3 * 8e-6 + 3 / 4 * (200e6 / 3) / 300e9)
+    assert gather_s == pytest.approx(9 / 16 * one_gather)
+    assert copy_s == pytest.approx(9 / 16 * memory_bound_time_s(CLUSTER, 2 * 200e6))
+    # ZeRO 0: ppplan's runtime shards each replica over one rank, so nothing crosses a link; the copy stays
+    gather0, copy0 = regather_traffic(cfg.model_copy(update={"zero": 0}), CLUSTER, train, stage,
+                                      load_stack("ppplan-torch"), network_for(CLUSTER), 9)
+    assert (gather0, copy0) == (0.0, pytest.approx(copy_s))
+
+
+def test_the_estimate_charges_the_regathers_to_the_data_parallel_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tiny-llama's 8 layers on pp 2 x v 4 (interleaved 1F1B, M 8, dp 4, ZeRO 1): the step with the regathers
+    against the same step priced as if every stage stayed unsharded: more data-parallel time, the same compute."""
+    model, train = load_model("tiny-llama"), TrainSpec(global_batch=32, seq_len=128, precision="bf16")
+    cfg = _cfg(v=4, num_microbatches=8, stage_layers=[1] * 8)
+    stack = load_stack("ppplan-torch")
+    assert evicted_regathers(cfg, stack, "bf16")
+    priced = estimate(model, CLUSTER, train, cfg, stack=stack)
+    monkeypatch.setattr("costmodels.estimate.evicted_regathers", lambda *_: ())
+    kept = estimate(model, CLUSTER, train, cfg, stack=stack)
+    assert priced.breakdown.dp_comm_s > kept.breakdown.dp_comm_s
+    assert priced.step_time_s > kept.step_time_s
+    assert priced.breakdown.compute_s == pytest.approx(kept.breakdown.compute_s)
