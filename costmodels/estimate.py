@@ -61,6 +61,7 @@ from costmodels.microbatch_dp import (
     fsdp_copy_s,
     microbatch_dp_traffic,
     regather_traffic,
+    zero3_gathers_per_microbatch,
 )
 from costmodels.mtp import head_with_mtp_activation_bytes, head_with_mtp_times
 from costmodels.offload import OffloadPlan, exposed_copy_s, peak_resident_layers
@@ -297,13 +298,16 @@ def _stage_costs(
     measured for this machine. Where the schedule does not split the backward, B and W run as one
     autograd call: the measured excess of the split pair over it (``split_backward_extra_s``) is
     taken off. W adds the stage's gradients into the step's where ``accumulate`` (the layer times leave
-    it out: ``costmodels.grad_accumulation``). Without ``regathers`` (a bounding pricer, which generates no
-    action list) the evicted stages' gathers are left out: the times stay lower bounds."""
+    it out: ``costmodels.grad_accumulation``). ZeRO-3 gathers under torch's pipelining are counted on the action
+    list (``costmodels.microbatch_dp.zero3_gathers_per_microbatch``). Without ``regathers`` (a bounding pricer,
+    which generates no action list) the evicted stages' gathers are left out and the ZeRO-3 gathers are their
+    lower bound: the times stay lower bounds."""
     overlap = stack.overlap
     overhead = action_overhead_s(cluster, overlap, runtime, cfg.pp)
     factor = compute_factor(runtime, cfg.pp, ranks_per_core(cluster, cfg), cfg.mbs)
     split = schedule_spec(cfg.schedule).split_backward
     extra_gathers = evicted_regathers(cfg, stack, train.precision) if regathers else ()
+    zero3_gathers = zero3_gathers_per_microbatch(cfg, stack, train.precision, exact=regathers)
     costs, hidden = [], []
     for j, st in enumerate(plans):
         t = st.times
@@ -315,8 +319,9 @@ def _stage_costs(
             f, b, w = f + cast_f, b + (cast_f if st.recompute == "full" else 0.0), w + cast_w
         slower = (factor - 1.0) * (t.forward_s + t.backward_input_s + t.backward_weight_s
                                    - (0.0 if split else min(t.backward_weight_s, t.split_backward_extra_s)))
-        copy_f, copy_b = fsdp_copy_s(cfg, cluster, train, st, stack)
-        traffic = microbatch_dp_traffic(cfg, cluster, train, st, stack, network)
+        gathers = zero3_gathers[st.layout.stage] if zero3_gathers else None
+        copy_f, copy_b = fsdp_copy_s(cfg, cluster, train, st, stack, gathers)
+        traffic = microbatch_dp_traffic(cfg, cluster, train, st, stack, network, gathers)
         if extra_gathers:  # torch's lowering evicted the stage and gathers it again (costmodels.schedules.fsdp_lowering)
             regather_s, regather_copy_s = regather_traffic(cfg, cluster, train, st, stack, network,
                                                            extra_gathers[st.layout.stage])
@@ -457,11 +462,12 @@ def _zero3_gathered_bytes(model: ModelSpec, cfg: ParallelConfig, stack: StackSpe
     """Unsharded parameters a ZeRO-3 rank holds at its peak. FSDP2 on its own keeps the unit in use
     and the prefetched one (``ZERO3_GATHERED_UNITS``). Under torch.distributed.pipelining every
     backward runs with ``set_reshard_after_backward(False)`` until the stage's REDUCE_GRAD action, which
-    reshards it (torch/distributed/pipelining/stage.py ``perform_reduce_grad``), so a stage's units stay
-    unsharded from its first backward to its last; counted for the rank's whole parameters (ppplan's runtime
-    always, torchtitan with pp > 1, whose pipelines skip the reshard after forward: unsharded from the first
-    forward). Not per stage, as the gradients are (``costmodels.memory.gradients_held_per_stage``): an upper
-    bound for a rank of several stages that reshards after forward."""
+    reshards it (torch/distributed/pipelining/stage.py ``perform_reduce_grad``), so a stage a backward gathered
+    stays unsharded until a forward of it reshards it (ppplan's runtime, and the torchtitan configs ppplan
+    emits, ``fsdp_reshard_after_forward = "always"``, reshard after each forward at ZeRO 3) or REDUCE_GRAD does
+    (``costmodels.schedules.fsdp_lowering`` counts the gathers that follow). Counted for the rank's whole
+    parameters: a rank of one stage peaks during a backward, which holds them all; an upper bound for a rank of
+    several stages, not per stage as the gradients are (``costmodels.memory.gradients_held_per_stage``)."""
     if cfg.zero != 3:
         return 0.0
     if stack.pipeline_runtime == "torch" and not microbatch_grad_sync(stack, cfg.pp, cfg.dp * cfg.cp, cfg.zero):

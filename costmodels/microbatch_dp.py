@@ -22,7 +22,7 @@ from costmodels.layer_costs import bytes_per_element, runs_on_cpu
 from costmodels.layout import StageLayout
 from costmodels.memory import gradients_held_per_stage, microbatch_grad_sync
 from costmodels.overlap import comm_overlaps_compute, overlapped_pass_s
-from costmodels.schedules.fsdp_lowering import MAX_ACTIVE_STAGES, unshards_per_stage
+from costmodels.schedules.fsdp_lowering import MAX_ACTIVE_STAGES, unshards_per_stage, zero3_gathers_per_stage
 from costmodels.schedules.generate import schedule_of
 from profiles.schema import ClusterSpec, ParallelConfig, TrainSpec
 from profiles.stack_schema import StackSpec
@@ -89,13 +89,16 @@ class MicrobatchDpTraffic:
 
 def microbatch_dp_traffic(
     cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st: DpStage, stack: StackSpec, network: Network,
+    gathers: tuple[float, float] | None = None,
 ) -> MicrobatchDpTraffic:
     """Data-parallel seconds inside one microbatch's F and B of a stage (``microbatch_dp_ops``). Dense
     parameters move over the dp x cp group, routed experts over theirs
-    (``costmodels.data_parallel.stage_zero3_gather_s``)."""
+    (``costmodels.data_parallel.stage_zero3_gather_s``). ``gathers``: the stage's gathers per microbatch in F
+    and in B where they are counted on the action list (``zero3_gathers_per_microbatch``); else one in each."""
     ops = microbatch_dp_ops(cfg, stack)
     if ops is None:
         return MicrobatchDpTraffic()
+    per_f, per_b = gathers or (1.0, 1.0 if ops.gather_in_b else 0.0)
     pieces = stage_pieces(stack.overlap, cfg, st.params.dense, st.params.expert, fsdp_units_of(st.layout, st.moe_layers))
     gather = stage_zero3_gather_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
                                   bytes_per_element(stack.held_precision(train.precision)), network, pieces)
@@ -103,7 +106,7 @@ def microbatch_dp_traffic(
     if ops.reduce_in_b:
         reduce = stage_reduce_scatter_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
                                         stack.grad_reduce_bytes_per_param(train.precision), network, pieces)
-    return MicrobatchDpTraffic(gather, gather if ops.gather_in_b else 0.0, reduce)
+    return MicrobatchDpTraffic(per_f * gather, per_b * gather, reduce)
 
 
 def dp_traffic_extra_s(cluster: ClusterSpec, stack: StackSpec, f: float, backward: float,
@@ -122,20 +125,21 @@ def dp_traffic_extra_s(cluster: ClusterSpec, stack: StackSpec, f: float, backwar
 
 
 def fsdp_copy_s(cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st: DpStage,
-                 stack: StackSpec) -> tuple[float, float]:
+                 stack: StackSpec, gathers: tuple[float, float] | None = None) -> tuple[float, float]:
     """FSDP2's copies on the compute stream inside one microbatch's F and B of a stage
     (``StackKernels.fsdp_copies``), for the operations ``microbatch_dp_ops`` says run: each gathered parameter
     copied out of the all-gather buffer (p bytes read and written) per gather; each unsharded gradient copied
     into the reduce-scatter buffer at the reduce dtype (p + r bytes); priced by bytes (``memory_bound_time_s``).
     Accelerators only: on CPU ranks ``ppplan profile`` measures FSDP's host work per unit, copies included
-    (``costmodels.runtime_costs.fsdp_host_s``)."""
+    (``costmodels.runtime_costs.fsdp_host_s``). ``gathers`` as ``microbatch_dp_traffic`` takes them."""
     ops = microbatch_dp_ops(cfg, stack)
     if ops is None or not stack.kernels.fsdp_copies or runs_on_cpu(cluster):
         return 0.0, 0.0
     params = st.params.dense + st.params.expert
     p = bytes_per_element(stack.held_precision(train.precision))
     gather = memory_bound_time_s(cluster, 2 * p * params)
-    in_f, in_b = gather, (gather if ops.gather_in_b else 0.0)
+    per_f, per_b = gathers or (1.0, 1.0 if ops.gather_in_b else 0.0)
+    in_f, in_b = per_f * gather, per_b * gather
     if ops.reduce_in_b:
         in_b += memory_bound_time_s(cluster, (p + stack.grad_reduce_bytes_per_param(train.precision)) * params)
     return in_f, in_b
@@ -179,3 +183,23 @@ def regather_traffic(cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec
     if stack.kernels.fsdp_copies and not runs_on_cpu(cluster):
         copy = memory_bound_time_s(cluster, 2 * p * (st.params.dense + st.params.expert))
     return share * gather, share * copy
+
+
+def zero3_gathers_per_microbatch(cfg: ParallelConfig, stack: StackSpec, precision: str,
+                                 exact: bool = True) -> tuple[tuple[float, float], ...]:
+    """Per virtual stage, the all-gathers per microbatch its forwards and its backwards wait for, where FSDP2
+    wraps the stages at ZeRO 3 under torch's pipelining (``costmodels.schedules.fsdp_lowering.
+    zero3_gathers_per_stage``: about one per microbatch, not one per pass, since a backward leaves its stage
+    unsharded for the forward after it). Without ``exact`` (a bounding pricer, which generates no action list)
+    a lower bound: each stage's first forward gathers, and the backward after its last forward (which
+    resharded it) gathers, or an UNSHARD before it does. Empty where the pipeline does not decide: ZeRO < 3, no
+    pipeline, another runtime."""
+    if cfg.zero != 3 or cfg.pp == 1:
+        return ()
+    if not gradients_held_per_stage(stack, cfg.pp, cfg.dp * cfg.cp, cfg.zero, precision):
+        return ()
+    m = cfg.num_microbatches
+    if not exact:
+        return ((1.0 / m, 1.0 / m),) * cfg.num_stages
+    counts = zero3_gathers_per_stage(schedule_of(cfg.schedule, cfg.pp, cfg.v, m, cfg.schedule_csv))
+    return tuple((f / m, b / m) for f, b in counts)

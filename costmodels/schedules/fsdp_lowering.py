@@ -10,10 +10,16 @@ resharded and needed again is unsharded again: FSDP2's ``unshard`` all-gathers i
 unsharded copy. A rank of at most three stages unshards each once per step; interleaved lists of more
 stages per rank evict and gather again as they cycle through them.
 
+At ZeRO 3 FSDP2 also gathers on its own: its pre-forward and pre-backward hooks gather a stage whose
+parameters are resharded, and it reshards after each forward (``reshard_after_forward=True``, as ppplan's
+runtime and its torchtitan configs run ZeRO 3), never after a backward (the pipeline stage sets
+``set_reshard_after_backward(False)`` until its REDUCE_GRAD). A W needs no parameters and gathers nothing.
+
 This module replays that rule on ppplan's action lists (the ones the runtime loads or whose torch
 class builds the same order: ``costmodels.schedules.torch_order``), without torch: per rank, the
-positions where each stage is unsharded and resharded (``lowered_fsdp_events``), and how many times a
-step unshards each stage (``unshards_per_stage``). ``tests/costmodels/test_fsdp_lowering.py`` checks
+positions where each stage is unsharded and resharded (``lowered_fsdp_events``), how many times a
+step unshards each stage (``unshards_per_stage``), and at ZeRO 3 how many all-gathers each stage's
+forwards and backwards wait for (``zero3_gathers_per_stage``). ``tests/costmodels/test_fsdp_lowering.py`` checks
 the replay against torch's own function.
 """
 
@@ -21,7 +27,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from costmodels.schedules.actions import Schedule
+from costmodels.schedules.actions import BACKWARD_INPUT, FORWARD, FULL_BACKWARD, Schedule
 
 # torch/distributed/pipelining/schedules.py, _add_unshard_reshard(max_active_stages=3); the runtime's
 # _prepare_schedule_with_comms calls it with the default.
@@ -77,3 +83,46 @@ def unshards_per_stage(schedule: Schedule) -> tuple[int, ...]:
             if kind == UNSHARD:
                 counts[stage] += 1
     return tuple(counts)
+
+
+def _rank_zero3_gathers(actions: tuple, events: tuple[tuple[int, int, int], ...], forward: list[int],
+                        backward: list[int]) -> None:
+    """Add one rank's ZeRO-3 gathers to ``forward`` and ``backward`` (per stage): an UNSHARD of a resharded
+    stage counts for the stage's next action, a forward or backward that finds its stage resharded for
+    itself; a forward reshards after it, a backward keeps the stage unsharded, a RESHARD frees it."""
+    next_kind: list[dict[int, str]] = [{} for _ in range(len(actions) + 1)]
+    ahead: dict[int, str] = {}
+    for i in range(len(actions) - 1, -1, -1):
+        ahead = {**ahead, actions[i].stage: actions[i].kind}
+        next_kind[i] = ahead
+    unsharded: set[int] = set()
+    k = 0
+    for i in range(len(actions) + 1):
+        while k < len(events) and events[k][0] == i:
+            _, stage, kind = events[k]
+            k += 1
+            if kind == RESHARD:
+                unsharded.discard(stage)
+            elif stage not in unsharded:
+                unsharded.add(stage)
+                (forward if next_kind[i][stage] == FORWARD else backward)[stage] += 1
+        if i == len(actions):
+            break
+        action = actions[i]
+        if action.kind in (FORWARD, BACKWARD_INPUT, FULL_BACKWARD) and action.stage not in unsharded:
+            (forward if action.kind == FORWARD else backward)[action.stage] += 1
+            unsharded.add(action.stage)
+        if action.kind == FORWARD:
+            unsharded.discard(action.stage)
+
+
+@lru_cache(maxsize=256)
+def zero3_gathers_per_stage(schedule: Schedule) -> tuple[tuple[int, int], ...]:
+    """Per virtual stage, (all-gathers its forwards wait for, all-gathers its backwards wait for) in one step at
+    ZeRO 3 under torch's pipelining (module docstring): in 1F1B's steady state a forward finds its stage
+    unsharded by the backward before it and the backward gathers, about one gather per microbatch rather than
+    two."""
+    forward, backward = [0] * schedule.num_stages, [0] * schedule.num_stages
+    for actions, events in zip(schedule.ranks, lowered_fsdp_events(schedule)):
+        _rank_zero3_gathers(actions, events, forward, backward)
+    return tuple(zip(forward, backward))

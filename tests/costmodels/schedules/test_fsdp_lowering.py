@@ -11,7 +11,13 @@ from __future__ import annotations
 import pytest
 
 from costmodels.schedules.actions import FORWARD, FULL_BACKWARD, Action, Schedule
-from costmodels.schedules.fsdp_lowering import RESHARD, UNSHARD, lowered_fsdp_events, unshards_per_stage
+from costmodels.schedules.fsdp_lowering import (
+    RESHARD,
+    UNSHARD,
+    lowered_fsdp_events,
+    unshards_per_stage,
+    zero3_gathers_per_stage,
+)
 from costmodels.schedules.generate import generate_schedule
 from costmodels.schedules.registry import GENERATED_SCHEDULES, shape_violations
 from costmodels.schedules.torch_csv import TO_TORCH
@@ -49,6 +55,34 @@ def test_interleaved_ranks_of_many_stages_gather_each_several_times() -> None:
     """pp 2, v 6, M 16 (the mixtral regression case's shape before this was priced): 8 to 10 gathers a stage."""
     counts = unshards_per_stage(generate_schedule("interleaved-1f1b", 2, 6, 16))
     assert counts == (10, 10, 10, 9, 9, 9, 9, 9, 9, 8, 8, 8)
+
+
+def test_zero3_gathers_once_a_microbatch_under_1f1b_not_once_a_pass() -> None:
+    """1F1B, pp 2, M 8. Rank 0 runs F0 F1 B0 F2 B1 ... F7 B6 B7: F0 and F1 find stage 0 resharded (each forward
+    reshards after it) and gather; every backward but the last finds it resharded by the forward before it and
+    gathers (7); F2..F7 run right after a backward, which leaves it unsharded: 2 + 7 = 9 gathers, not 16. Rank 1
+    (F B F B ...): its first forward gathers, then each backward: 1 + 8. GPipe gathers for every forward and for
+    the first backward only: 8 + 1."""
+    assert zero3_gathers_per_stage(generate_schedule("1f1b", 2, 1, 8)) == ((2, 7), (1, 8))
+    assert zero3_gathers_per_stage(generate_schedule("gpipe", 2, 1, 8)) == ((8, 1), (8, 1))
+    # a zero-bubble list: W needs no parameters, so W after a forward of the same stage gathers nothing
+    for f, b in zero3_gathers_per_stage(generate_schedule("interleaved-zb", 2, 2, 8)):
+        assert 1 <= f and f + b <= 2 * 8
+
+
+def test_every_stage_gathers_for_its_first_forward_and_a_backward_after_its_last() -> None:
+    """The bounding pricer's ZeRO-3 lower bound (``microbatch_dp.zero3_gathers_per_microbatch(exact=False)``):
+    one forward and one backward gather a stage at least, and never more than one per pass, on every generated
+    schedule of a grid."""
+    checked = 0
+    for name in GENERATED_SCHEDULES:
+        for pp, v, m in [(2, 1, 4), (2, 2, 8), (4, 1, 8), (4, 2, 8), (2, 4, 8), (4, 5, 16), (8, 1, 8)]:
+            if shape_violations(name, pp, v, m):
+                continue
+            for f, b in zero3_gathers_per_stage(generate_schedule(name, pp, v, m)):
+                assert 1 <= f <= m and 1 <= b <= m, (name, pp, v, m)
+            checked += 1
+    assert checked > 20
 
 
 schedules = pytest.importorskip("torch.distributed.pipelining.schedules")

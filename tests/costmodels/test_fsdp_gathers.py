@@ -1,5 +1,6 @@
-"""The gathers again of stages torch's pipeline runtime evicted (``costmodels.microbatch_dp.evicted_regathers``,
-``regather_traffic``), hand-derived, and where they apply."""
+"""All-gathers of FSDP2-wrapped stages under torch's pipelining, hand-derived, and where they apply: the gathers
+again of stages the runtime evicted (``costmodels.microbatch_dp.evicted_regathers``, ``regather_traffic``) and the
+ZeRO-3 gathers counted on the action list (``zero3_gathers_per_microbatch``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from costmodels.compute import memory_bound_time_s
 from costmodels.estimate import estimate
 from costmodels.layout import layouts_of
 from costmodels.memory import StageParams
-from costmodels.microbatch_dp import evicted_regathers, regather_traffic
+from costmodels.microbatch_dp import evicted_regathers, microbatch_dp_traffic, regather_traffic, zero3_gathers_per_microbatch
 from profiles.loader import load_model, load_stack
 from profiles.schema import ClusterSpec, ParallelConfig, TrainSpec
 
@@ -74,3 +75,25 @@ def test_the_estimate_charges_the_regathers_to_the_data_parallel_time(monkeypatc
     assert priced.breakdown.dp_comm_s > kept.breakdown.dp_comm_s
     assert priced.step_time_s > kept.step_time_s
     assert priced.breakdown.compute_s == pytest.approx(kept.breakdown.compute_s)
+
+
+def test_zero3_under_torchs_pipelining_gathers_as_the_action_list_says() -> None:
+    """1F1B, pp 2, M 8 at ZeRO 3 (tests/costmodels/schedules/test_fsdp_lowering.py: 2 + 7 and 1 + 8 gathers):
+    per microbatch 2/8 in F and 7/8 in B on stage 0, where ZeRO 3 without the list charged one in each; a
+    bounding pricer's lower bound keeps the first forward's and the backward's after the last forward. Stage 0 of 100 M bf16 parameters, dp 4 on one
+    node: its F carries 2/8 of one 3-unit all-gather."""
+    cfg = _cfg(v=1, zero=3, schedule="1f1b", num_microbatches=8, stage_layers=[4, 4])
+    stack = load_stack("ppplan-torch")
+    assert zero3_gathers_per_microbatch(cfg, stack, "bf16") == ((2 / 8, 7 / 8), (1 / 8, 8 / 8))
+    assert zero3_gathers_per_microbatch(cfg, stack, "bf16", exact=False) == ((1 / 8, 1 / 8), (1 / 8, 1 / 8))
+    assert zero3_gathers_per_microbatch(cfg.model_copy(update={"zero": 1}), stack, "bf16") == ()
+    assert zero3_gathers_per_microbatch(cfg, load_stack("megatron-core"), "bf16") == ()
+    layout = layouts_of(cfg.stage_layers, cfg.pp, cfg.v, cfg.schedule)[0]
+    stage = SimpleNamespace(rank=0, params=StageParams(100e6), layout=layout, moe_layers=0)
+    train = TrainSpec(global_batch=32, seq_len=2048, precision="bf16")
+    units = 5  # four blocks and the stage root with the embedding
+    one_gather = units * (3 * 8e-6 + 3 / 4 * (200e6 / units) / 300e9)
+    traffic = microbatch_dp_traffic(cfg, CLUSTER, train, stage, stack, network_for(CLUSTER), (2 / 8, 7 / 8))
+    assert traffic.gather_f_s == pytest.approx(2 / 8 * one_gather)
+    assert traffic.gather_b_s == pytest.approx(7 / 8 * one_gather)
+    assert microbatch_dp_traffic(cfg, CLUSTER, train, stage, stack, network_for(CLUSTER)).gather_b_s == pytest.approx(one_gather)

@@ -1,0 +1,77 @@
+"""The all-gathers FSDP2 issues under torch's pipelining are the ones the estimate counts
+(``costmodels.schedules.fsdp_lowering``): counted on ppplan's runtime (gloo, 4 ranks: pp 2 x dp 2), in one step
+after a warm-up step (``gather_worker``), against the replay of the same action list.
+
+- interleaved 1F1B at v 4, ZeRO 1: the runtime keeps at most three stages of a rank unsharded and gathers an
+  evicted stage again (``unshards_per_stage``);
+- 1F1B at ZeRO 3: a forward reshards after it, a backward keeps its stage unsharded for the forward after it
+  (``zero3_gathers_per_stage``: 2 + 7 and 1 + 8 gathers at M 8, not one per pass).
+Every FSDP unit of a stage (its layers and its root) is gathered as often as the stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from costmodels.schedules.fsdp_lowering import unshards_per_stage, zero3_gathers_per_stage
+from costmodels.schedules.generate import generate_schedule
+from tests.launch.runtime.runtime_plans import make_plan, write_plan
+
+pytestmark = pytest.mark.dist
+
+PLANS = {
+    "interleaved v4 zero 1": make_plan("tiny-llama", pp=2, dp=2, v=4, schedule="interleaved-1f1b", zero=1, global_batch=16),
+    "1f1b zero 3": make_plan("tiny-llama", pp=2, dp=2, zero=3, global_batch=16),
+}
+
+
+@pytest.fixture(scope="module")
+def counted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[int, list[int]]]:
+    """Per plan, per virtual stage, the second step's all-gathers of each of its FSDP units (data rank 0's)."""
+    tmp = tmp_path_factory.mktemp("gathers")
+    args, outs = [], {}
+    for i, (name, plan) in enumerate(PLANS.items()):
+        outs[name] = tmp / f"out{i}"
+        args += ["--plan", str(write_plan(plan, tmp / f"plan{i}.json")), "--out", str(outs[name])]
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", "4",
+            "--max-restarts", "0", "-m", "tests.launch.runtime.gather_worker", *args]  # fmt: skip
+    done = subprocess.run(argv, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = {}
+    for name, out in outs.items():
+        stages: dict[int, list[int]] = {}
+        for path in sorted(Path(out).glob("rank*.json")):
+            for stage, units in json.loads(path.read_text()).items():
+                stages.setdefault(int(stage), units)
+        result[name] = stages
+    return result
+
+
+def _per_stage(units_by_stage: dict[int, list[int]]) -> tuple[int, ...]:
+    """One count per stage, every unit of the stage having been gathered as often."""
+    counts = []
+    for stage in sorted(units_by_stage):
+        units = units_by_stage[stage]
+        assert units and len(set(units)) == 1, f"stage {stage}: its units were gathered {units} times"
+        counts.append(units[0])
+    return tuple(counts)
+
+
+def test_an_interleaved_rank_of_four_stages_gathers_evicted_stages_again(counted) -> None:
+    plan = PLANS["interleaved v4 zero 1"].config
+    expected = unshards_per_stage(generate_schedule(plan.schedule, plan.pp, plan.v, plan.num_microbatches))
+    assert any(c > 1 for c in expected)
+    assert _per_stage(counted["interleaved v4 zero 1"]) == expected
+
+
+def test_zero3_under_1f1b_gathers_once_a_microbatch_and_once_more(counted) -> None:
+    plan = PLANS["1f1b zero 3"].config
+    expected = zero3_gathers_per_stage(generate_schedule(plan.schedule, plan.pp, plan.v, plan.num_microbatches))
+    assert expected == ((2, 7), (1, 8))
+    assert _per_stage(counted["1f1b zero 3"]) == tuple(f + b for f, b in expected)
