@@ -17,34 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL = """name: wide-llama
-num_layers: 8
-hidden_size: 2048
-num_attention_heads: 16
-vocab_size: 1024
-seq_len: 16
-num_key_value_heads: 8
-ffn_hidden_size: 5632
-activation: swiglu
-tie_embeddings: false
-"""
+from wide_llama import ppplan, write_model
+
 MICROBATCHES = 8
 PLANS = [(2, 4), (2, 2), (1, 4), (1, 2)]  # (dp, v)
-
-
-def ppplan(*args: str) -> None:
-    done = subprocess.run([str(Path(sys.executable).with_name("ppplan")), *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if done.returncode:
-        raise SystemExit(f"ppplan {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
 
 
 def step_times(metrics: Path) -> tuple[float, float]:
@@ -66,8 +46,7 @@ def main() -> int:
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="ppplan-regathers-"))
     work.mkdir(parents=True, exist_ok=True)
-    model = work / "wide-llama.yaml"
-    model.write_text(MODEL)
+    model = write_model(work)
     times: dict[tuple[int, int], tuple[float, float]] = {}
     for dp, v in PLANS:
         plan, metrics = work / f"plan_dp{dp}_v{v}.json", work / f"metrics_dp{dp}_v{v}.jsonl"

@@ -20,32 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL = """name: wide-llama
-num_layers: 8
-hidden_size: 2048
-num_attention_heads: 16
-vocab_size: 1024
-seq_len: 16
-num_key_value_heads: 8
-ffn_hidden_size: 5632
-activation: swiglu
-tie_embeddings: false
-"""
+from wide_llama import ppplan, write_model
+
 PLANS = {"1f1b": 1, "interleaved-1f1b": 4}  # schedule: virtual stages per rank
-
-
-def ppplan(*args: str) -> None:
-    done = subprocess.run([str(Path(sys.executable).with_name("ppplan")), *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if done.returncode:
-        raise SystemExit(f"ppplan {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
 
 
 def peaks(metrics: Path) -> dict[int, tuple[float, float]]:
@@ -67,8 +47,7 @@ def main() -> int:
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="ppplan-grad-lifetimes-"))
     work.mkdir(parents=True, exist_ok=True)
-    model = work / "wide-llama.yaml"
-    model.write_text(MODEL)
+    model = write_model(work)
     measured = {}
     for schedule, v in PLANS.items():
         plan, metrics = work / f"plan_{schedule}.json", work / f"metrics_{schedule}.jsonl"

@@ -164,7 +164,8 @@ def stage_zero3_gather_s(cluster: ClusterSpec, cfg: ParallelConfig, pipeline_ran
                          pieces: tuple[int, int] = (1, 1)) -> float:
     """A stage's ZeRO-3 parameter all-gather in ``pieces`` collectives (``stage_pieces``), dense and
     expert groups apart (per microbatch in F, again in B: FSDP2 with ``reshard_after_forward=True`` frees
-    them after each forward; Rajbhandari et al. 2020, Sec. 5.3)."""
+    them after each forward; Rajbhandari et al. 2020, Sec. 5.3; how many a step runs under torch's pipelining:
+    ``costmodels.microbatch_dp.zero3_gathers_per_microbatch``)."""
     return _stage_dp_collective_s("all_gather", cluster, cfg, pipeline_rank, dense_params, expert_params,
                                   bytes_per_element, network, pieces)
 

@@ -323,9 +323,10 @@ def _stage_costs(
         copy_f, copy_b = fsdp_copy_s(cfg, cluster, train, st, stack, gathers)
         traffic = microbatch_dp_traffic(cfg, cluster, train, st, stack, network, gathers)
         if extra_gathers:  # torch's lowering evicted the stage and gathers it again (costmodels.schedules.fsdp_lowering)
-            regather_s, regather_copy_s = regather_traffic(cfg, cluster, train, st, stack, network,
-                                                           extra_gathers[st.layout.stage])
-            copy_f, traffic = copy_f + regather_copy_s, replace(traffic, gather_f_s=traffic.gather_f_s + regather_s)
+            # ZeRO 0-2: no gathers inside the passes but these
+            traffic, regather_copy_s = regather_traffic(cfg, cluster, train, st, stack, network,
+                                                        extra_gathers[st.layout.stage])
+            copy_f += regather_copy_s
         f, b, dp_in_actions, hides = f + copy_f, b + copy_b, copy_f + copy_b, {}
         comm = traffic.total_s
         if comm:

@@ -1,7 +1,8 @@
 """Data-parallel work inside one microbatch's passes of a stage, and what it adds to them.
 
 ZeRO-3 gathers a stage's parameters for each microbatch's forward and again for its backward (FSDP's
-``reshard_after_forward``), and a stack that syncs gradients every microbatch (FSDP without a pipeline)
+``reshard_after_forward``; under torch's pipelining as often as the action list makes FSDP2 gather, about once a
+microbatch: ``zero3_gathers_per_microbatch``), and a stack that syncs gradients every microbatch (FSDP without a pipeline)
 reduce-scatters them in each backward (``microbatch_dp_ops``, ``microbatch_dp_traffic``). On an accelerator each
 collective hides under its pass and slows the compute beside it, except the backward's gathers of a stack that
 issues them only after each unit's gradients (FSDP1's BACKWARD_POST, ``dp_traffic_extra_s``). FSDP2 also copies
@@ -71,12 +72,22 @@ def microbatch_dp_ops(cfg: ParallelConfig, stack: StackSpec) -> MicrobatchDpOps 
 
 @dataclass(frozen=True)
 class MicrobatchDpTraffic:
-    """Data-parallel seconds inside one microbatch's passes of a stage: F's gather, B's gather and B's
-    gradient reduce-scatter."""
+    """Data-parallel work inside one microbatch's passes of a stage: ``gather_s``, one all-gather of the stage's
+    parameters, which ``gathers_per_f`` and ``gathers_per_b`` of its forwards and backwards run on average (1: each
+    of them; 2/8: two of eight), and B's gradient reduce-scatter seconds."""
 
-    gather_f_s: float = 0.0
-    gather_b_s: float = 0.0
+    gather_s: float = 0.0
+    gathers_per_f: float = 0.0
+    gathers_per_b: float = 0.0
     reduce_b_s: float = 0.0
+
+    @property
+    def gather_f_s(self) -> float:
+        return self.gathers_per_f * self.gather_s
+
+    @property
+    def gather_b_s(self) -> float:
+        return self.gathers_per_b * self.gather_s
 
     @property
     def backward_s(self) -> float:
@@ -106,22 +117,36 @@ def microbatch_dp_traffic(
     if ops.reduce_in_b:
         reduce = stage_reduce_scatter_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
                                         stack.grad_reduce_bytes_per_param(train.precision), network, pieces)
-    return MicrobatchDpTraffic(per_f * gather, per_b * gather, reduce)
+    return MicrobatchDpTraffic(gather, per_f, per_b, reduce)
+
+
+def mean_gathering_pass_extra_s(pass_s: float, gather_s: float, gathers_per_pass: float, beside_s: float = 0.0) -> float:
+    """What gathers add to a stage's pass on average (``overlapped_pass_s``), where ``gathers_per_pass`` of its
+    passes each run one whole gather of ``gather_s`` and every pass runs ``beside_s`` of other collectives: a
+    gathering pass is slowed by, or waits for, its whole gather (the warm-up forwards of a pipeline at ZeRO 3),
+    which an average gather per pass would hide. More than one gather per pass: each pass runs that many.
+    Increasing in ``gathers_per_pass`` and ``gather_s``."""
+    plain = overlapped_pass_s(pass_s, beside_s)
+    if gathers_per_pass > 1.0:
+        return overlapped_pass_s(pass_s, gathers_per_pass * gather_s + beside_s) - pass_s
+    gathering = overlapped_pass_s(pass_s, gather_s + beside_s)
+    return gathers_per_pass * gathering + (1.0 - gathers_per_pass) * plain - pass_s
 
 
 def dp_traffic_extra_s(cluster: ClusterSpec, stack: StackSpec, f: float, backward: float,
                         traffic: MicrobatchDpTraffic) -> tuple[float, float]:
     """What a microbatch's data-parallel traffic adds to its F and to its backward (B + W, ``backward`` seconds of
-    compute). Where comm overlaps compute each collective runs under its pass, which it slows
-    (``costmodels.overlap.overlapped_pass_s``), except the backward's gathers where the stack issues them only
-    after each unit's gradients (``StackOverlap.backward_gather`` after_gradients, FSDP1's BACKWARD_POST): those
-    wait on the critical path. On a CPU node every collective is exposed."""
+    compute), on average over the stage's microbatches (``mean_gathering_pass_extra_s``). Where comm overlaps
+    compute each collective runs under its pass, which it slows (``costmodels.overlap.overlapped_pass_s``),
+    except the backward's gathers where the stack issues them only after each unit's gradients
+    (``StackOverlap.backward_gather`` after_gradients, FSDP1's BACKWARD_POST): those wait on the critical path.
+    On a CPU node every collective is exposed."""
     if not comm_overlaps_compute(cluster):
         return traffic.gather_f_s, traffic.backward_s
-    extra_f = overlapped_pass_s(f, traffic.gather_f_s) - f
+    extra_f = mean_gathering_pass_extra_s(f, traffic.gather_s, traffic.gathers_per_f)
     if stack.overlap.backward_gather == "after_gradients":
         return extra_f, overlapped_pass_s(backward, traffic.reduce_b_s) - backward + traffic.gather_b_s
-    return extra_f, overlapped_pass_s(backward, traffic.backward_s) - backward
+    return extra_f, mean_gathering_pass_extra_s(backward, traffic.gather_s, traffic.gathers_per_b, traffic.reduce_b_s)
 
 
 def fsdp_copy_s(cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st: DpStage,
@@ -149,8 +174,8 @@ def evicted_regathers(cfg: ParallelConfig, stack: StackSpec, precision: str) -> 
     """Per virtual stage, the all-gathers of its parameters a step runs beyond the first, where torch's
     pipeline runtime evicts FSDP-unsharded stages (``costmodels.schedules.fsdp_lowering``): stages FSDP2 wraps
     on torch's pipelining without a per-microbatch sync (``costmodels.memory.gradients_held_per_stage``), at
-    ZeRO 0-2, whose units stay unsharded between their actions; at ZeRO 3 every forward and backward gathers
-    already (``microbatch_dp_ops``). Empty where none: at most ``MAX_ACTIVE_STAGES`` stages per rank, or
+    ZeRO 0-2, whose units stay unsharded between their actions; at ZeRO 3 the lowering's gathers are counted
+    with FSDP2's own (``zero3_gathers_per_microbatch``). Empty where none: at most ``MAX_ACTIVE_STAGES`` stages per rank, or
     another runtime."""
     if cfg.v <= MAX_ACTIVE_STAGES or cfg.zero == 3:
         return ()
@@ -162,16 +187,16 @@ def evicted_regathers(cfg: ParallelConfig, stack: StackSpec, precision: str) -> 
 
 
 def regather_traffic(cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st: DpStage, stack: StackSpec,
-                     network: Network, regathers: int) -> tuple[float, float]:
-    """(all-gather seconds, FSDP2 copy seconds) per microbatch that ``regathers`` extra unshards of a stage add
-    to its forward: each gathers the stage's parameters at the precision the stack computes in, dense over the
-    dp x cp group and routed experts over theirs (``stage_zero3_gather_s``; none at ZeRO 0, where ppplan's
-    runtime shards each replica over one rank), and copies them out of the gather buffer (``fsdp_copy_s``'s
-    2 p bytes per parameter, accelerators only). The runtime issues each asynchronously when the stage enters
-    the look-ahead and waits for it in the stage's next action; spread here over the stage's
-    ``num_microbatches`` forwards, which hide it (``dp_traffic_extra_s``)."""
+                     network: Network, regathers: int) -> tuple[MicrobatchDpTraffic, float]:
+    """(the gathers, FSDP2's copy seconds per microbatch) that ``regathers`` extra unshards of a stage add to its
+    forwards: each gathers the stage's parameters at the precision the stack computes in, dense over the dp x cp
+    group and routed experts over theirs (``stage_zero3_gather_s``; none at ZeRO 0, where ppplan's runtime
+    shards each replica over one rank), and copies them out of the gather buffer (``fsdp_copy_s``'s 2 p bytes per
+    parameter, accelerators only). The runtime issues each asynchronously when the stage enters the look-ahead
+    and waits for it in the stage's next action; charged to ``regathers`` of the stage's ``num_microbatches``
+    forwards (``dp_traffic_extra_s``)."""
     if regathers <= 0:
-        return 0.0, 0.0
+        return MicrobatchDpTraffic(), 0.0
     share = regathers / cfg.num_microbatches
     p = bytes_per_element(stack.held_precision(train.precision))
     gather = 0.0
@@ -182,7 +207,7 @@ def regather_traffic(cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec
     copy = 0.0
     if stack.kernels.fsdp_copies and not runs_on_cpu(cluster):
         copy = memory_bound_time_s(cluster, 2 * p * (st.params.dense + st.params.expert))
-    return share * gather, share * copy
+    return MicrobatchDpTraffic(gather, share), share * copy
 
 
 def zero3_gathers_per_microbatch(cfg: ParallelConfig, stack: StackSpec, precision: str,

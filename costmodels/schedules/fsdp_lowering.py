@@ -13,21 +13,25 @@ stages per rank evict and gather again as they cycle through them.
 At ZeRO 3 FSDP2 also gathers on its own: its pre-forward and pre-backward hooks gather a stage whose
 parameters are resharded, and it reshards after each forward (``reshard_after_forward=True``, as ppplan's
 runtime and its torchtitan configs run ZeRO 3), never after a backward (the pipeline stage sets
-``set_reshard_after_backward(False)`` until its REDUCE_GRAD). A W needs no parameters and gathers nothing.
+``set_reshard_after_backward(False)`` until its REDUCE_GRAD). A W runs no FSDP hook and gathers nothing, except
+on stage 0: torch skips its I (it has no input gradient to send) and its W runs the whole backward
+(``stage.py`` ``backward_one_chunk`` / ``backward_weight_one_chunk``), hooks included. (The runtime rules keep
+split backwards away from ZeRO 3 on torch's pipelining; the replay follows torch either way.)
 
 This module replays that rule on ppplan's action lists (the ones the runtime loads or whose torch
 class builds the same order: ``costmodels.schedules.torch_order``), without torch: per rank, the
 positions where each stage is unsharded and resharded (``lowered_fsdp_events``), how many times a
 step unshards each stage (``unshards_per_stage``), and at ZeRO 3 how many all-gathers each stage's
-forwards and backwards wait for (``zero3_gathers_per_stage``). ``tests/costmodels/test_fsdp_lowering.py`` checks
-the replay against torch's own function.
+forwards and backwards wait for (``zero3_gathers_per_stage``). ``tests/costmodels/schedules/test_fsdp_lowering.py``
+checks the replay against torch's own function, ``tests/launch/runtime/test_fsdp_gathers_dist.py`` the counts
+against the runtime's. Counts are per stage index: chimera's two replicas of a stage (no torch runtime) add up.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 
-from costmodels.schedules.actions import BACKWARD_INPUT, FORWARD, FULL_BACKWARD, Schedule
+from costmodels.schedules.actions import BACKWARD_INPUT, BACKWARD_WEIGHT, FORWARD, FULL_BACKWARD, Action, Schedule
 
 # torch/distributed/pipelining/schedules.py, _add_unshard_reshard(max_active_stages=3); the runtime's
 # _prepare_schedule_with_comms calls it with the default.
@@ -85,6 +89,14 @@ def unshards_per_stage(schedule: Schedule) -> tuple[int, ...]:
     return tuple(counts)
 
 
+def _runs_fsdp_hooks(action: Action) -> bool:
+    """Whether the action runs FSDP2's pre-forward or pre-backward hooks: F, B and a full backward do; a W does
+    not, but on stage 0, where torch runs the whole backward as W and skips the I."""
+    if action.stage == 0 and action.kind in (BACKWARD_INPUT, BACKWARD_WEIGHT):
+        return action.kind == BACKWARD_WEIGHT
+    return action.kind in (FORWARD, BACKWARD_INPUT, FULL_BACKWARD)
+
+
 def _rank_zero3_gathers(actions: tuple, events: tuple[tuple[int, int, int], ...], forward: list[int],
                         backward: list[int]) -> None:
     """Add one rank's ZeRO-3 gathers to ``forward`` and ``backward`` (per stage): an UNSHARD of a resharded
@@ -109,7 +121,7 @@ def _rank_zero3_gathers(actions: tuple, events: tuple[tuple[int, int, int], ...]
         if i == len(actions):
             break
         action = actions[i]
-        if action.kind in (FORWARD, BACKWARD_INPUT, FULL_BACKWARD) and action.stage not in unsharded:
+        if _runs_fsdp_hooks(action) and action.stage not in unsharded:
             (forward if action.kind == FORWARD else backward)[action.stage] += 1
             unsharded.add(action.stage)
         if action.kind == FORWARD:

@@ -13,7 +13,14 @@ from costmodels.compute import memory_bound_time_s
 from costmodels.estimate import estimate
 from costmodels.layout import layouts_of
 from costmodels.memory import StageParams
-from costmodels.microbatch_dp import evicted_regathers, microbatch_dp_traffic, regather_traffic, zero3_gathers_per_microbatch
+from costmodels.microbatch_dp import (
+    evicted_regathers,
+    mean_gathering_pass_extra_s,
+    microbatch_dp_traffic,
+    regather_traffic,
+    zero3_gathers_per_microbatch,
+)
+from costmodels.overlap import OVERLAPPED_COMPUTE_SLOWDOWN
 from profiles.loader import load_model, load_stack
 from profiles.schema import ClusterSpec, ParallelConfig, TrainSpec
 
@@ -52,14 +59,16 @@ def test_a_regather_is_the_stages_all_gather_over_its_data_ranks_and_its_copy_ou
     layout = layouts_of(cfg.stage_layers, cfg.pp, cfg.v, cfg.schedule)[0]
     stage = SimpleNamespace(rank=0, params=StageParams(100e6), layout=layout, moe_layers=0)
     train = TrainSpec(global_batch=64, seq_len=2048, precision="bf16")
-    gather_s, copy_s = regather_traffic(cfg, CLUSTER, train, stage, load_stack("ppplan-torch"), network_for(CLUSTER), 9)
+    traffic, copy_s = regather_traffic(cfg, CLUSTER, train, stage, load_stack("ppplan-torch"), network_for(CLUSTER), 9)
     one_gather = 3 * (3 * 8e-6 + 3 / 4 * (200e6 / 3) / 300e9)
-    assert gather_s == pytest.approx(9 / 16 * one_gather)
+    assert traffic.gather_s == pytest.approx(one_gather)
+    assert (traffic.gathers_per_f, traffic.gathers_per_b) == (9 / 16, 0.0)
+    assert traffic.gather_f_s == pytest.approx(9 / 16 * one_gather)
     assert copy_s == pytest.approx(9 / 16 * memory_bound_time_s(CLUSTER, 2 * 200e6))
     # ZeRO 0: ppplan's runtime shards each replica over one rank, so nothing crosses a link; the copy stays
-    gather0, copy0 = regather_traffic(cfg.model_copy(update={"zero": 0}), CLUSTER, train, stage,
-                                      load_stack("ppplan-torch"), network_for(CLUSTER), 9)
-    assert (gather0, copy0) == (0.0, pytest.approx(copy_s))
+    traffic0, copy0 = regather_traffic(cfg.model_copy(update={"zero": 0}), CLUSTER, train, stage,
+                                       load_stack("ppplan-torch"), network_for(CLUSTER), 9)
+    assert (traffic0.gather_f_s, copy0) == (0.0, pytest.approx(copy_s))
 
 
 def test_the_estimate_charges_the_regathers_to_the_data_parallel_time(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,3 +106,17 @@ def test_zero3_under_torchs_pipelining_gathers_as_the_action_list_says() -> None
     assert traffic.gather_f_s == pytest.approx(2 / 8 * one_gather)
     assert traffic.gather_b_s == pytest.approx(7 / 8 * one_gather)
     assert microbatch_dp_traffic(cfg, CLUSTER, train, stage, stack, network_for(CLUSTER)).gather_b_s == pytest.approx(one_gather)
+
+
+def test_a_gathering_pass_pays_its_whole_gather_not_an_average_share() -> None:
+    """Two of eight forwards of 70 ms each run a whole 123 ms gather (the warm-up of llama3-70b's first stage at
+    ZeRO 3 on 32 H100): those two wait 53 ms each for it, the other six run alone, 13.25 ms a forward on average;
+    spread evenly, 2/8 of the gather (31 ms) would hide under every forward and cost only its contention. Below
+    the pass time a gather costs its contention, sigma / (1 + sigma) of it, in the passes that run one."""
+    sigma = OVERLAPPED_COMPUTE_SLOWDOWN
+    assert mean_gathering_pass_extra_s(0.070, 0.123, 2 / 8) == pytest.approx(2 / 8 * (0.123 - 0.070))
+    assert mean_gathering_pass_extra_s(0.070, 0.030, 2 / 8) == pytest.approx(2 / 8 * 0.030 * sigma / (1 + sigma))
+    assert mean_gathering_pass_extra_s(0.070, 0.030, 1.0) == pytest.approx(0.030 * sigma / (1 + sigma))
+    assert mean_gathering_pass_extra_s(0.070, 0.030, 3.0) == pytest.approx(0.090 - 0.070)  # three a pass
+    # the reduce-scatter every backward runs beside them (FSDP without a pipeline) is paid in every pass
+    assert mean_gathering_pass_extra_s(0.070, 0.0, 0.0, 0.100) == pytest.approx(0.100 - 0.070)

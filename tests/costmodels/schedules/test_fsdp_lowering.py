@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from costmodels.schedules.actions import FORWARD, FULL_BACKWARD, Action, Schedule
+from costmodels.schedules.actions import BACKWARD_INPUT, BACKWARD_WEIGHT, FORWARD, FULL_BACKWARD, Action, Schedule
 from costmodels.schedules.fsdp_lowering import (
     RESHARD,
     UNSHARD,
@@ -68,6 +68,18 @@ def test_zero3_gathers_once_a_microbatch_under_1f1b_not_once_a_pass() -> None:
     # a zero-bubble list: W needs no parameters, so W after a forward of the same stage gathers nothing
     for f, b in zero3_gathers_per_stage(generate_schedule("interleaved-zb", 2, 2, 8)):
         assert 1 <= f and f + b <= 2 * 8
+
+
+def test_stage_zero_gathers_in_its_w_which_runs_its_whole_backward() -> None:
+    """One rank, two stages, split backward: F0@0 F0@1 I0@1 I0@0 F1@0 F1@1 W0@1 I1@1 W0@0 I1@0 W1@1 W1@0. Stage 1:
+    F0 gathers, I0 gathers, F1 finds it unsharded (then reshards), I1 gathers: (1, 2). Stage 0: torch skips its
+    I and runs the whole backward as W, so I0 does nothing, F1 finds it resharded and gathers, W0 gathers and
+    keeps it, W1 finds it unsharded: (2, 1)."""
+    order = [(0, FORWARD, 0), (1, FORWARD, 0), (1, BACKWARD_INPUT, 0), (0, BACKWARD_INPUT, 0), (0, FORWARD, 1),
+             (1, FORWARD, 1), (1, BACKWARD_WEIGHT, 0), (1, BACKWARD_INPUT, 1), (0, BACKWARD_WEIGHT, 0),
+             (0, BACKWARD_INPUT, 1), (1, BACKWARD_WEIGHT, 1), (0, BACKWARD_WEIGHT, 1)]
+    schedule = Schedule("custom", 1, 2, 2, (tuple(Action(kind, mb, stage) for stage, kind, mb in order),))
+    assert zero3_gathers_per_stage(schedule) == ((2, 1), (1, 2))
 
 
 def test_every_stage_gathers_for_its_first_forward_and_a_backward_after_its_last() -> None:

@@ -1,24 +1,32 @@
 """Per-rank entry point of the FSDP gather-count test (``torchrun -m tests.launch.runtime.gather_worker``).
 
 For each ``--plan/--out`` pair: build the plan's runtime, run two training steps' forward and backward, and count
-the all-gathers FSDP2 issues in the second (the first also infers the stages' shapes and initialises FSDP lazily).
-A parameter group issues an all-gather when its ``unshard`` leaves a pending result where it found none
-(``FSDPParamGroup.unshard``: already unsharded or already pending is a no-op). Each rank writes, per virtual stage
-it runs, the counts of the stage's FSDP units to ``<out>/rank<R>.json``.
+the all-gathers FSDP2 waits for in the second (the first also infers the stages' shapes and initialises FSDP
+lazily), by the kind of pipeline action that waits: a parameter group's ``wait_for_unshard`` with a gather pending
+(``FSDPParamGroup.unshard`` issues none where the group is unsharded or a gather is pending already). An UNSHARD
+action's gather is waited for by the stage's next compute action, which it is counted for. The action is read
+from the name the multi-stage runtime gives the profiler range around it (``record_function("PP:<stage><kind><mb>")``,
+which also covers its wait for an UNSHARD), and from the stage's compute call itself (``forward_one_chunk``,
+``backward_one_chunk``, ``backward_weight_one_chunk``: the single-stage schedules name no range). Each rank writes, per virtual
+stage it runs, each FSDP unit's counts by kind (F, B, W) to ``<out>/rank<R>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.fsdp._fully_shard._fsdp_param_group import FSDPParamGroup
+from torch.distributed.pipelining import schedules as torch_schedules
+from torch.distributed.pipelining.stage import _PipelineStageBase
 
 from launch.launcher import check_plan
 from launch.runtime.build import build_runtime
@@ -26,28 +34,55 @@ from launch.runtime.parallel import init_distributed
 from profiles.loader import load_plan
 from tests.launch.runtime.grad_worker import step_loss
 
-GATHERS: Counter[int] = Counter()
+GATHERS: Counter[tuple[int, str]] = Counter()
+ACTION = {"kind": "other"}
+ACTION_NAME = re.compile(r"^PP:\d+([FIBW])\d+$")
 
 
-def _counting(unshard: Callable[..., Any]) -> Callable[..., Any]:
-    """``FSDPParamGroup.unshard`` that counts the all-gathers it issues in ``GATHERS``."""
-
-    def unshard_counted(self: FSDPParamGroup, async_op: bool = False) -> Any:
-        pending = self._all_gather_result is not None
-        out = unshard(self, async_op)
-        if not pending and self._all_gather_result is not None:
-            GATHERS[id(self)] += 1
-        return out
-
-    return unshard_counted
+def _action_kind(name: str) -> str:
+    """F, B (an I or a full backward) or W from the profiler range's name; "other" for the rest."""
+    if name.startswith("Forward"):
+        return "F"
+    if name.startswith("Backward"):
+        return "B"
+    match = ACTION_NAME.match(name)
+    return {"F": "F", "I": "B", "B": "B", "W": "W"}[match.group(1)] if match else "other"
 
 
-def stage_counts(modules: dict) -> dict[str, list[int]]:
-    """Per virtual stage this rank runs, the all-gathers of each of its FSDP units, in module order."""
+@contextlib.contextmanager
+def _tagged(name: str) -> Iterator[None]:
+    """torch's ``record_function`` in the schedules' module: remembers which action runs."""
+    ACTION["kind"] = _action_kind(name)
+    yield
+
+
+def _tagging(compute: Callable[..., Any], kind: str) -> Callable[..., Any]:
+    """A stage's compute call that remembers its kind while it runs."""
+
+    def tagged(*args: Any, **kwargs: Any) -> Any:
+        ACTION["kind"] = kind
+        return compute(*args, **kwargs)
+
+    return tagged
+
+
+def _counting(wait_for_unshard: Callable[..., Any]) -> Callable[..., Any]:
+    """``FSDPParamGroup.wait_for_unshard`` that counts, in ``GATHERS``, the gathers it waits for."""
+
+    def wait_counted(self: FSDPParamGroup) -> Any:
+        if self._all_gather_result is not None:
+            GATHERS[id(self), ACTION["kind"]] += 1
+        return wait_for_unshard(self)
+
+    return wait_counted
+
+
+def stage_counts(modules: dict) -> dict[str, list[dict[str, int]]]:
+    """Per virtual stage this rank runs, the gathers each of its FSDP units waited for, by action kind."""
     out = {}
     for stage, module in modules.items():
         groups = [m._get_fsdp_state()._fsdp_param_group for m in module.modules() if isinstance(m, FSDPModule)]
-        out[str(stage)] = [GATHERS[id(g)] for g in groups if g is not None]
+        out[str(stage)] = [{kind: n for (gid, kind), n in GATHERS.items() if gid == id(g)} for g in groups if g is not None]
     return out
 
 
@@ -56,7 +91,10 @@ def main() -> None:
     parser.add_argument("--plan", action="append", required=True)
     parser.add_argument("--out", action="append", required=True)
     args = parser.parse_args()
-    FSDPParamGroup.unshard = _counting(FSDPParamGroup.unshard)
+    FSDPParamGroup.wait_for_unshard = _counting(FSDPParamGroup.wait_for_unshard)
+    torch_schedules.record_function = _tagged
+    for name, kind in (("forward_one_chunk", "F"), ("backward_one_chunk", "B"), ("backward_weight_one_chunk", "W")):
+        setattr(_PipelineStageBase, name, _tagging(getattr(_PipelineStageBase, name), kind))
     device = init_distributed()
     for plan_path, out in zip(args.plan, args.out):
         plan = load_plan(plan_path)

@@ -5,7 +5,8 @@ after a warm-up step (``gather_worker``), against the replay of the same action 
 - interleaved 1F1B at v 4, ZeRO 1: the runtime keeps at most three stages of a rank unsharded and gathers an
   evicted stage again (``unshards_per_stage``);
 - 1F1B at ZeRO 3: a forward reshards after it, a backward keeps its stage unsharded for the forward after it
-  (``zero3_gathers_per_stage``: 2 + 7 and 1 + 8 gathers at M 8, not one per pass).
+  (``zero3_gathers_per_stage``: 2 forwards and 7 backwards of stage 0 gather, 1 and 8 of stage 1, at M 8, not
+  every pass): the split between forwards and backwards too, which the pricing charges to each.
 Every FSDP unit of a stage (its layers and its root) is gathered as often as the stage.
 """
 
@@ -32,8 +33,9 @@ PLANS = {
 
 
 @pytest.fixture(scope="module")
-def counted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[int, list[int]]]:
-    """Per plan, per virtual stage, the second step's all-gathers of each of its FSDP units (data rank 0's)."""
+def counted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[int, list[dict[str, int]]]]:
+    """Per plan, per virtual stage, the second step's all-gathers of each of its FSDP units by the kind of action
+    that waited for them (data rank 0's)."""
     tmp = tmp_path_factory.mktemp("gathers")
     args, outs = [], {}
     for i, (name, plan) in enumerate(PLANS.items()):
@@ -45,7 +47,7 @@ def counted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[int, lis
     assert done.returncode == 0, done.stderr[-4000:]
     result = {}
     for name, out in outs.items():
-        stages: dict[int, list[int]] = {}
+        stages: dict[int, list[dict[str, int]]] = {}
         for path in sorted(Path(out).glob("rank*.json")):
             for stage, units in json.loads(path.read_text()).items():
                 stages.setdefault(int(stage), units)
@@ -53,12 +55,12 @@ def counted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[int, lis
     return result
 
 
-def _per_stage(units_by_stage: dict[int, list[int]]) -> tuple[int, ...]:
-    """One count per stage, every unit of the stage having been gathered as often."""
+def _per_stage(units_by_stage: dict[int, list[dict[str, int]]]) -> tuple[dict[str, int], ...]:
+    """One count by action kind per stage, every unit of the stage having been gathered alike."""
     counts = []
     for stage in sorted(units_by_stage):
         units = units_by_stage[stage]
-        assert units and len(set(units)) == 1, f"stage {stage}: its units were gathered {units} times"
+        assert units and all(u == units[0] for u in units), f"stage {stage}: its units were gathered {units}"
         counts.append(units[0])
     return tuple(counts)
 
@@ -67,11 +69,11 @@ def test_an_interleaved_rank_of_four_stages_gathers_evicted_stages_again(counted
     plan = PLANS["interleaved v4 zero 1"].config
     expected = unshards_per_stage(generate_schedule(plan.schedule, plan.pp, plan.v, plan.num_microbatches))
     assert any(c > 1 for c in expected)
-    assert _per_stage(counted["interleaved v4 zero 1"]) == expected
+    assert tuple(sum(kinds.values()) for kinds in _per_stage(counted["interleaved v4 zero 1"])) == expected
 
 
 def test_zero3_under_1f1b_gathers_once_a_microbatch_and_once_more(counted) -> None:
     plan = PLANS["1f1b zero 3"].config
     expected = zero3_gathers_per_stage(generate_schedule(plan.schedule, plan.pp, plan.v, plan.num_microbatches))
     assert expected == ((2, 7), (1, 8))
-    assert _per_stage(counted["1f1b zero 3"]) == tuple(f + b for f, b in expected)
+    assert _per_stage(counted["1f1b zero 3"]) == tuple({"F": f, "B": b} for f, b in expected)
