@@ -23,6 +23,7 @@ from costmodels.layer_costs import bytes_per_element, runs_on_cpu
 from costmodels.layout import StageLayout
 from costmodels.memory import gradients_held_per_stage, microbatch_grad_sync
 from costmodels.overlap import comm_overlaps_compute, overlapped_pass_s
+from costmodels.schedules.actions import Schedule
 from costmodels.schedules.fsdp_lowering import MAX_ACTIVE_STAGES, unshards_per_stage, zero3_gathers_per_stage
 from costmodels.schedules.generate import schedule_of
 from profiles.schema import ClusterSpec, ParallelConfig, TrainSpec
@@ -110,14 +111,30 @@ def microbatch_dp_traffic(
     if ops is None:
         return MicrobatchDpTraffic()
     per_f, per_b = gathers or (1.0, 1.0 if ops.gather_in_b else 0.0)
-    pieces = stage_pieces(stack.overlap, cfg, st.params.dense, st.params.expert, fsdp_units_of(st.layout, st.moe_layers))
-    gather = stage_zero3_gather_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
-                                  bytes_per_element(stack.held_precision(train.precision)), network, pieces)
     reduce = 0.0
     if ops.reduce_in_b:
         reduce = stage_reduce_scatter_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
-                                        stack.grad_reduce_bytes_per_param(train.precision), network, pieces)
-    return MicrobatchDpTraffic(gather, per_f, per_b, reduce)
+                                        stack.grad_reduce_bytes_per_param(train.precision), network, _pieces(cfg, st, stack))
+    return MicrobatchDpTraffic(_stage_gather_s(cfg, cluster, train, st, stack, network), per_f, per_b, reduce)
+
+
+def _pieces(cfg: ParallelConfig, st: DpStage, stack: StackSpec) -> tuple[int, int]:
+    """The collectives a stage's parameters move in (``stage_pieces``: FSDP2 one per unit)."""
+    return stage_pieces(stack.overlap, cfg, st.params.dense, st.params.expert, fsdp_units_of(st.layout, st.moe_layers))
+
+
+def _stage_gather_s(cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st: DpStage, stack: StackSpec,
+                    network: Network) -> float:
+    """One all-gather of a stage's parameters at the precision the stack computes in, dense over the dp x cp group
+    and routed experts over theirs (``stage_zero3_gather_s``)."""
+    return stage_zero3_gather_s(cluster, cfg, st.rank, st.params.dense, st.params.expert,
+                                bytes_per_element(stack.held_precision(train.precision)), network, _pieces(cfg, st, stack))
+
+
+def _gather_copy_s(cluster: ClusterSpec, train: TrainSpec, st: DpStage, stack: StackSpec) -> float:
+    """FSDP2's copy of one gather's parameters out of the all-gather buffer (p bytes read and written each)."""
+    return memory_bound_time_s(cluster, 2 * bytes_per_element(stack.held_precision(train.precision))
+                               * (st.params.dense + st.params.expert))
 
 
 def mean_gathering_pass_extra_s(pass_s: float, gather_s: float, gathers_per_pass: float, beside_s: float = 0.0) -> float:
@@ -160,13 +177,13 @@ def fsdp_copy_s(cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st:
     ops = microbatch_dp_ops(cfg, stack)
     if ops is None or not stack.kernels.fsdp_copies or runs_on_cpu(cluster):
         return 0.0, 0.0
-    params = st.params.dense + st.params.expert
-    p = bytes_per_element(stack.held_precision(train.precision))
-    gather = memory_bound_time_s(cluster, 2 * p * params)
+    gather = _gather_copy_s(cluster, train, st, stack)
     per_f, per_b = gathers or (1.0, 1.0 if ops.gather_in_b else 0.0)
     in_f, in_b = per_f * gather, per_b * gather
     if ops.reduce_in_b:
-        in_b += memory_bound_time_s(cluster, (p + stack.grad_reduce_bytes_per_param(train.precision)) * params)
+        p = bytes_per_element(stack.held_precision(train.precision))
+        in_b += memory_bound_time_s(cluster, (p + stack.grad_reduce_bytes_per_param(train.precision))
+                                    * (st.params.dense + st.params.expert))
     return in_f, in_b
 
 
@@ -177,11 +194,9 @@ def evicted_regathers(cfg: ParallelConfig, stack: StackSpec, precision: str) -> 
     ZeRO 0-2, whose units stay unsharded between their actions; at ZeRO 3 the lowering's gathers are counted
     with FSDP2's own (``zero3_gathers_per_microbatch``). Empty where none: at most ``MAX_ACTIVE_STAGES`` stages per rank, or
     another runtime."""
-    if cfg.v <= MAX_ACTIVE_STAGES or cfg.zero == 3:
+    if cfg.v <= MAX_ACTIVE_STAGES or cfg.zero == 3 or not _torch_lowers_fsdp(cfg, stack, precision):
         return ()
-    if not gradients_held_per_stage(stack, cfg.pp, cfg.dp * cfg.cp, cfg.zero, precision):
-        return ()
-    counts = unshards_per_stage(schedule_of(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, cfg.schedule_csv))
+    counts = unshards_per_stage(_action_list(cfg))
     extra = tuple(max(0, c - 1) for c in counts)
     return extra if any(extra) else ()
 
@@ -198,15 +213,8 @@ def regather_traffic(cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec
     if regathers <= 0:
         return MicrobatchDpTraffic(), 0.0
     share = regathers / cfg.num_microbatches
-    p = bytes_per_element(stack.held_precision(train.precision))
-    gather = 0.0
-    if cfg.zero > 0:
-        pieces = stage_pieces(stack.overlap, cfg, st.params.dense, st.params.expert,
-                              fsdp_units_of(st.layout, st.moe_layers))
-        gather = stage_zero3_gather_s(cluster, cfg, st.rank, st.params.dense, st.params.expert, p, network, pieces)
-    copy = 0.0
-    if stack.kernels.fsdp_copies and not runs_on_cpu(cluster):
-        copy = memory_bound_time_s(cluster, 2 * p * (st.params.dense + st.params.expert))
+    gather = _stage_gather_s(cfg, cluster, train, st, stack, network) if cfg.zero > 0 else 0.0
+    copy = _gather_copy_s(cluster, train, st, stack) if stack.kernels.fsdp_copies and not runs_on_cpu(cluster) else 0.0
     return MicrobatchDpTraffic(gather, share), share * copy
 
 
@@ -219,12 +227,21 @@ def zero3_gathers_per_microbatch(cfg: ParallelConfig, stack: StackSpec, precisio
     a lower bound: each stage's first forward gathers, and the backward after its last forward (which
     resharded it) gathers, or an UNSHARD before it does. Empty where the pipeline does not decide: ZeRO < 3, no
     pipeline, another runtime."""
-    if cfg.zero != 3 or cfg.pp == 1:
-        return ()
-    if not gradients_held_per_stage(stack, cfg.pp, cfg.dp * cfg.cp, cfg.zero, precision):
+    if cfg.zero != 3 or cfg.pp == 1 or not _torch_lowers_fsdp(cfg, stack, precision):
         return ()
     m = cfg.num_microbatches
     if not exact:
         return ((1.0 / m, 1.0 / m),) * cfg.num_stages
-    counts = zero3_gathers_per_stage(schedule_of(cfg.schedule, cfg.pp, cfg.v, m, cfg.schedule_csv))
+    counts = zero3_gathers_per_stage(_action_list(cfg))
     return tuple((f / m, b / m) for f, b in counts)
+
+
+def _torch_lowers_fsdp(cfg: ParallelConfig, stack: StackSpec, precision: str) -> bool:
+    """Whether torch's pipeline runtime runs the stages FSDP2-wrapped, gathering as its action list says: stages
+    FSDP2 wraps on torch's pipelining without a per-microbatch sync (``gradients_held_per_stage``)."""
+    return gradients_held_per_stage(stack, cfg.pp, cfg.dp * cfg.cp, cfg.zero, precision)
+
+
+def _action_list(cfg: ParallelConfig) -> Schedule:
+    """The action list the configuration runs (generated, or its custom CSV)."""
+    return schedule_of(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, cfg.schedule_csv)

@@ -30,6 +30,7 @@ against the runtime's. Counts are per stage index: chimera's two replicas of a s
 from __future__ import annotations
 
 from functools import lru_cache
+from itertools import islice
 
 from costmodels.schedules.actions import BACKWARD_INPUT, BACKWARD_WEIGHT, FORWARD, FULL_BACKWARD, Action, Schedule
 
@@ -102,11 +103,6 @@ def _rank_zero3_gathers(actions: tuple, events: tuple[tuple[int, int, int], ...]
     """Add one rank's ZeRO-3 gathers to ``forward`` and ``backward`` (per stage): an UNSHARD of a resharded
     stage counts for the stage's next action, a forward or backward that finds its stage resharded for
     itself; a forward reshards after it, a backward keeps the stage unsharded, a RESHARD frees it."""
-    next_kind: list[dict[int, str]] = [{} for _ in range(len(actions) + 1)]
-    ahead: dict[int, str] = {}
-    for i in range(len(actions) - 1, -1, -1):
-        ahead = {**ahead, actions[i].stage: actions[i].kind}
-        next_kind[i] = ahead
     unsharded: set[int] = set()
     k = 0
     for i in range(len(actions) + 1):
@@ -117,7 +113,8 @@ def _rank_zero3_gathers(actions: tuple, events: tuple[tuple[int, int, int], ...]
                 unsharded.discard(stage)
             elif stage not in unsharded:
                 unsharded.add(stage)
-                (forward if next_kind[i][stage] == FORWARD else backward)[stage] += 1
+                next_kind = next(a.kind for a in islice(actions, i, None) if a.stage == stage)  # in the look-ahead
+                (forward if next_kind == FORWARD else backward)[stage] += 1
         if i == len(actions):
             break
         action = actions[i]
