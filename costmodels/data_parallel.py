@@ -17,7 +17,9 @@ stack's (``StackSpec.overlap``), from the simulated times of the stage's actions
 - ``dp_grad_reduce: bucketed`` (Megatron-Core ``--overlap-grad-reduce``): buckets of
   ``max(dp_bucket_params, dp_bucket_params_per_dp_rank * dp)`` parameters leave as the
   stage's last backward produces them (one model chunk after another under interleaving),
-  so the reduce may start when that backward starts and its last bucket when it ends;
+  so the reduce may start when that backward starts and its last bucket when it ends.
+  Megatron-Core turns bucketing off for a rank's model chunks after its first
+  (``dp_later_chunks_one_bucket``): each of those moves as one bucket once its last backward ends;
 - ``dp_grad_reduce: after_backward`` (torch pipelining's REDUCE_GRAD after a stage's last
   backward): when the stage's last backward ends;
 - ``dp_grad_reduce: after_schedule`` (Megatron-LM 2021 ``allreduce_gradients`` after the
@@ -183,7 +185,8 @@ def stage_reduce_scatter_s(cluster: ClusterSpec, cfg: ParallelConfig, pipeline_r
 class StageWindow:
     """A virtual stage of the rank as the simulation ran it: its parameters (per rank: dense, and
     routed experts reduced over their own group), when its first forward starts and how long one
-    forward takes, when its last backward ends and how long that backward (B + W) takes."""
+    forward takes, when its last backward ends and how long that backward (B + W) takes, and its
+    model chunk: its place among the rank's stages, 0 for the rank's first (Megatron's model chunk)."""
 
     params: float
     first_forward_s: float
@@ -192,6 +195,7 @@ class StageWindow:
     backward_s: float
     expert_params: float = 0.0
     units: StageUnits = StageUnits()
+    chunk: int = 0
 
 
 @dataclass(frozen=True)
@@ -247,7 +251,8 @@ def rank_sync(
     placement = dp_placement(cluster, cfg, pipeline_rank)
     kind: Collective = "all_reduce" if cfg.zero == 0 else "reduce_scatter"
     hides = comm_overlaps_compute(cluster)
-    pieces = [stage_pieces(overlap, cfg, st.params, st.expert_params, st.units) for st in stages]
+    pieces = [(1, 1) if one_bucket(overlap, st) else stage_pieces(overlap, cfg, st.params, st.expert_params, st.units)
+              for st in stages]
 
     def moved_s(collective: Collective, st: StageWindow, st_pieces: tuple[int, int], bytes_per_param: int) -> float:
         return _stage_dp_collective_s(collective, cluster, cfg, pipeline_rank, st.params, st.expert_params,
@@ -264,7 +269,7 @@ def rank_sync(
         last = last_piece_s(kind, st, st_pieces, grad_bytes)
         if not hides or overlap.dp_grad_reduce == "after_schedule":
             transfers.append(_Transfer(rank_end_s, rank_end_s, total, total))
-        elif overlap.dp_grad_reduce == "after_backward":
+        elif overlap.dp_grad_reduce == "after_backward" or one_bucket(overlap, st):
             transfers.append(_Transfer(st.last_backward_end_s, st.last_backward_end_s, total, total))
         else:
             start = st.last_backward_end_s - st.backward_s
@@ -288,6 +293,13 @@ def rank_sync(
         reduce_exposed += contention_s(reduce_s - reduce_exposed)
         gather_exposed += contention_s(gather_s - gather_exposed)
     return RankSync(reduce_s, reduce_exposed, gather_s, gather_exposed)
+
+
+def one_bucket(overlap: StackOverlap, st: StageWindow) -> bool:
+    """Whether a bucketed stack reduces and gathers this stage's gradients as one bucket: a rank's later
+    model chunks where the stack turns their bucketing off (``StackOverlap.dp_later_chunks_one_bucket``,
+    Megatron-Core), so their reduce starts when the chunk's last backward ends."""
+    return overlap.dp_grad_reduce == "bucketed" and overlap.dp_later_chunks_one_bucket and st.chunk > 0
 
 
 def _dense_params(st: StageWindow, cfg: ParallelConfig) -> float:

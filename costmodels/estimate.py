@@ -748,11 +748,11 @@ def _rank_work(
     sync = RankSync()
     if syncs_gradients(cfg) and not microbatch_grad_sync(stack, cfg.pp, cfg.dp * cfg.cp, cfg.zero):
         windows = []
-        for j in mine:
+        for chunk, j in enumerate(mine):
             first_forward, last_backward = result.stage_span_s(j, rank)
             windows.append(StageWindow(plans[j].params.dense, first_forward, costs[j].forward_s, last_backward,
                                        costs[j].backward_input_s + costs[j].backward_weight_s, plans[j].params.expert,
-                                       fsdp_units_of(plans[j].layout, plans[j].moe_layers)))
+                                       fsdp_units_of(plans[j].layout, plans[j].moe_layers), chunk))
         sync = rank_sync(cluster, cfg, stack.overlap, network, rank, windows, result.rank_span_s(rank)[1],
                          bytes_per_element(stack.held_precision(train.precision)), stack.grad_reduce_bytes_per_param(train.precision),
                          timing_known=bool(result.stage_last_backward_s))

@@ -142,6 +142,13 @@ class StackOverlap(StrictModel):
         default=0, description="buckets grow to at least this many parameters per data-parallel rank "
         "(Megatron-Core: max(40M, 1M x dp x cp))",
     )
+    dp_later_chunks_one_bucket: bool = Field(
+        default=False,
+        description="bucketed only: a rank's model chunks after its first (interleaved virtual stages) keep their "
+        "gradients in one bucket each, reduced once the chunk's last backward ends and gathered as one piece "
+        "(Megatron-Core's get_model wraps chunk 2 onwards with DDP(disable_bucketing=True): megatron/training/"
+        "training.py, NeMo's McoreDDP alike); false: every chunk in buckets",
+    )
     dp_grad_sync: Literal["per_step", "per_microbatch_without_pp"] = Field(
         default="per_step",
         description="per_step: gradients accumulate over the step's microbatches and are reduced once (Megatron's "

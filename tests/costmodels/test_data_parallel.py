@@ -8,12 +8,15 @@ import pytest
 from costmodels.comm import GroupPlacement, collective_s, network_for
 from costmodels.data_parallel import (
     StageUnits,
+    StageWindow,
     collective_pieces,
     fsdp_units_of,
     pieces_s,
+    rank_sync,
     stage_pieces,
 )
 from costmodels.layout import layouts_of
+from costmodels.overlap import contention_s
 from profiles.loader import load_stack
 from profiles.schema import ClusterSpec, ParallelConfig
 
@@ -72,3 +75,29 @@ def test_pieces_pay_the_latency_each_and_the_bytes_once() -> None:
     assert collective_s("reduce_scatter", n / 4, group, network) == pytest.approx(piece)
     assert pieces_s("reduce_scatter", n, 4, group, network) == pytest.approx(4 * piece)
     assert pieces_s("reduce_scatter", 0.0, 4, group, network) == 0.0
+
+
+def test_megatron_core_reduces_later_model_chunks_as_one_bucket_after_their_last_backward() -> None:
+    """Megatron-Core wraps a rank's model chunks 2 onwards with disable_bucketing: interleaved pp 2 x v 2, dp 16 in
+    one node (NVLink 0.15 GB/s, no latency), ZeRO 0, 100M parameters a chunk in fp32: each all-reduce moves
+    2 x 15/16 x 400 MB in 5 s, in buckets of max(40M, 16M) = 40M, 3 pieces (the last 5/3 s). Chunk 1's last
+    backward ends at 14 s, chunk 0's (the rank's last action, B + W 4 s) at 20 s.
+    One bucket for chunk 1: it starts at 14 s and ends at 19; chunk 0 then runs 19-24: 4 s exposed.
+    Bucketed, chunk 1 could start at 10 s and end by 15 + 2/3 s; chunk 0 runs 16-21 and its last bucket, which
+    may start at 20, ends at 21 + 2/3: 5/3 s exposed. What hides costs its contention either way."""
+    cluster = ClusterSpec(
+        name="test", gpu={"name": "TEST", "memory_gib": 80, "peak_tflops": {"bf16": 312}, "hbm_bandwidth_gbs": 2000},
+        gpus_per_node=16, intra_node={"bandwidth_gbs": 0.15, "latency_us": 0}, inter_node={"bandwidth_gbs": 0.15, "latency_us": 0},
+        efficiency={"intra_node_collective": 1.0, "inter_node_collective": 1.0},
+    )  # fmt: skip
+    cfg = _cfg(pp=2, dp=16, v=2, schedule="interleaved-1f1b", stage_layers=[1, 1, 1, 1], zero=0)
+    chunks = [StageWindow(100e6, 0.0, 1.0, 20.0, 4.0, chunk=0), StageWindow(100e6, 2.0, 1.0, 14.0, 4.0, chunk=1)]
+    core = load_stack("megatron-core").overlap
+    assert core.dp_later_chunks_one_bucket
+    bucketed = core.model_copy(update={"dp_later_chunks_one_bucket": False})
+    network = network_for(cluster)
+    assert collective_s("all_reduce", 400e6, GroupPlacement(16, 16, 1, 16), network) == pytest.approx(5.0)
+    for overlap, exposed in ((core, 4.0), (bucketed, 5 / 3)):
+        sync = rank_sync(cluster, cfg, overlap, network, 0, chunks, 20.0, 2, 4)
+        assert sync.grad_reduce_s == pytest.approx(10.0)
+        assert sync.grad_reduce_exposed_s == pytest.approx(exposed + contention_s(10.0 - exposed))

@@ -84,15 +84,13 @@ SWEEPS = [
 ]
 MISSED_SWEEP_RHO = {
     "bigscience-tr11_h12288_L96_fp16": 0.3, "bigscience-tr11_h13312_L82_bf16": 0.3,
-    "bigscience-tr11_h13312_L84_fp16": 0.41, "bigscience-tr11_h13824_L78_fp16": 0.48,
+    "bigscience-tr11_h13312_L84_fp16": 0.41, "bigscience-tr11_h13824_L78_fp16": 0.5,
     "bigscience-tr11_h13824_L84_fp16": 0.0, "bigscience-tr11_h14336_L70_bf16": 0.7,
-    "bigscience-tr11_h14336_L72_fp16": 0.43, "bigscience-tr8-104B_V100": 0.78,
-    "llm-foundry_mpt-13b_A100-40GB": 0.55, "llm-foundry_mpt-13b_H100-SXM": 0.41,
-    # three rows, two of them measured 0.9207 and 0.9214 s (10,752 and 11,616 GPUs): a tie the prediction breaks
-    "mlperf-v4.0_NVIDIA_gpt3-175b_H100-SXM": 0.5,
+    "bigscience-tr11_h14336_L72_fp16": 0.51, "bigscience-tr8-104B_V100": 0.78,
+    "llm-foundry_mpt-13b_A100-40GB": 0.58, "llm-foundry_mpt-13b_H100-SXM": 0.59,
 }
 MEMORY_SOURCES = ["bigscience", "megatron-lm-tests", "torchtitan", "zero-bubble-iclr24"]
-MISSED_MEMORY = {"bigscience": 30.9, "torchtitan": 9.3}  # worst under-prediction of a dense row, %
+MISSED_MEMORY = {"bigscience": 31.0, "torchtitan": 6.2}  # worst under-prediction of a dense row, %
 
 
 def _xfail_if(missed: dict, key: str, what: str) -> list:
