@@ -41,6 +41,7 @@ from costmodels.memory import (
     StaticMemory,
     embedding_activation_bytes,
     end_weight_grad_input_bytes,
+    evicts_unsharded_stages,
     gradients_held_per_stage,
     held_gradient_bytes,
     layer_activation_bytes,
@@ -53,6 +54,7 @@ from costmodels.memory import (
     stack_static_memory,
     stage_output_bytes,
     stage_param_split,
+    unsharded_weights_share,
     weight_grad_input_bytes,
 )
 from costmodels.microbatch_dp import (
@@ -203,7 +205,7 @@ def _offload_plan(cfg: ParallelConfig, num_layers: int, layers_bytes: float, lay
 def rank_memory_if_uniform_gib(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
     rank: int, layers_per_stage: int, inflight_stage_microbatches: float, *, stack: StackSpec, part: str = "peak",
-    held_gradients: bool = True,
+    held_gradients: bool = True, weights_share: float | None = None,
 ) -> float:
     """Peak GiB of pipeline ``rank`` if each of its stages held ``layers_per_stage`` layers and
     ``inflight_stage_microbatches`` stage-microbatches were alive; a mixture-of-experts model's layers
@@ -213,7 +215,8 @@ def rank_memory_if_uniform_gib(
     Gradients that live per stage (``costmodels.memory.gradients_held_per_stage``) count whole, as with one
     stage per rank, where they are alive at the activation peak (``costmodels.pipeline_bound.bound_pipeline``);
     ``held_gradients`` False counts none of them, a lower bound for ranks of several stages, one of which may
-    free its gradients before the peak."""
+    free its gradients before the peak. ``weights_share`` replaces the share of the rank's unsharded weights it
+    holds at once (``_unsharded_weights_share``)."""
     variant = activation_variant(cluster, train, stack)
     kind = "moe" if model.is_moe else None  # the model's most common layer, wherever the probe's layers fall
     plans = [
@@ -225,7 +228,7 @@ def rank_memory_if_uniform_gib(
     held = None  # None: all of the rank's gradients
     if not held_gradients and gradients_held_per_stage(stack, cfg.pp, cfg.dp * cfg.cp, cfg.zero, train.precision):
         held = 0.0
-    return sum(_rank_memory_gib(model, cluster, train, cfg, plans, peak, stack, variant, part, held).values())
+    return sum(_rank_memory_gib(model, cluster, train, cfg, plans, peak, stack, variant, part, held, weights_share).values())
 
 
 def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, network: Network,
@@ -476,6 +479,17 @@ def _zero3_gathered_bytes(model: ModelSpec, cfg: ParallelConfig, stack: StackSpe
     return ZERO3_GATHERED_UNITS * _largest_unit_params(model, cfg, rank_plans) * bytes_per_param
 
 
+def _unsharded_weights_share(stack: StackSpec, train: TrainSpec, cfg: ParallelConfig, rank_plans: list[StagePlan]) -> float:
+    """The share of a rank's unsharded weights it holds at once: 1, or where torch's runtime evicts unsharded stages
+    (``costmodels.memory.evicts_unsharded_stages``) the largest ``MAX_ACTIVE_STAGES`` stages' share
+    (``unsharded_weights_share``). Only for a mixed-precision run, whose unsharded weights are FSDP2's own copy in
+    the compute precision, freed by the reshard; an fp32 run's weights are priced whole."""
+    if stack.held_precision(train.precision) == "fp32" or not evicts_unsharded_stages(
+            stack, cfg.pp, cfg.v, cfg.dp * cfg.cp, cfg.zero, train.precision):
+        return 1.0
+    return unsharded_weights_share([st.params.total for st in rank_plans])
+
+
 def p2p_buffer_count(stack: StackSpec, cfg: ParallelConfig, rank_plans: list[StagePlan]) -> int:
     """Boundary tensors a pipeline rank keeps for p2p. torch.distributed.pipelining's ``PipelineStage``
     allocates once, and keeps across steps, one receive buffer per microbatch for the activations
@@ -493,7 +507,7 @@ def p2p_buffer_count(stack: StackSpec, cfg: ParallelConfig, rank_plans: list[Sta
 def _rank_memory_gib(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
     rank_plans: list[StagePlan], activation_peak: float, stack: StackSpec, variant: ActivationVariant,
-    part: str = "peak", held_peak: float | None = None,
+    part: str = "peak", held_peak: float | None = None, weights_share: float | None = None,
 ) -> dict[str, float]:
     """Per-rank memory in GiB by category: static state under ZeRO (dense parameters sharded over the
     dp x cp ranks, routed experts over the dp x cp / ep ranks holding them; gradients as the stack
@@ -505,7 +519,9 @@ def _rank_memory_gib(
     "peak" (that), "backward" (without the step's excess) or "step" (the step's peak alone). Where each
     stage's gradients live per stage (``costmodels.memory.gradients_held_per_stage``) the gradients are
     ``held_peak``, what of them the schedule keeps alive at the rank's peak (``PipelineResult.peak_held_bytes``;
-    None: all of them), and the step holds only their reduce-scattered shards."""
+    None: all of them), and the step holds only their reduce-scattered shards. Where torch's runtime evicts
+    unsharded stages (``_unsharded_weights_share``) the weights are the largest stages' it keeps unsharded at once;
+    ``weights_share`` replaces that share (the search's memory lines: the share of equal stages)."""
     dense = sum(st.params.dense for st in rank_plans)
     experts = sum(st.params.expert for st in rank_plans)
     data_ranks = cfg.dp * cfg.cp
@@ -539,7 +555,8 @@ def _rank_memory_gib(
     bucket = min(dense + experts, bucket_params(stack.overlap, cfg.dp * cfg.cp))
     dp_buckets = DP_BUCKETS_IN_FLIGHT * bucket * stack.grad_reduce_bytes_per_param(train.precision) if syncs_gradients(cfg) else 0.0
     allocated = {
-        "weights": static.weights_bytes + gathered,
+        "weights": static.weights_bytes * (weights_share if weights_share is not None
+                                           else _unsharded_weights_share(stack, train, cfg, rank_plans)) + gathered,
         "gradients": static.gradients_bytes,
         "optimizer": static.optimizer_bytes,
         "activations": activation_peak,

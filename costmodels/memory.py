@@ -30,6 +30,7 @@ from costmodels.params import (
     routed_expert_params,
     router_params,
 )
+from costmodels.schedules.fsdp_lowering import MAX_ACTIVE_STAGES
 from costmodels.selective_ac import OP_SAC, op_sac_saved_bytes
 from profiles.schema import ModelSpec
 from profiles.stack_schema import StackKernels, StackSpec
@@ -561,6 +562,27 @@ def gradients_held_per_stage(stack: StackSpec, pp: int, data_ranks: int, zero: i
     (``backward_maybe_with_nosync`` ran FSDP's post-backward with the stage's last backward)."""
     return (stack.pipeline_runtime == "torch" and stack.fsdp_wraps(data_ranks, zero, precision)
             and not microbatch_grad_sync(stack, pp, data_ranks, zero))
+
+
+def evicts_unsharded_stages(stack: StackSpec, pp: int, v: int, data_ranks: int, zero: int, precision: str) -> bool:
+    """Whether torch's pipeline runtime keeps only some of a rank's stages unsharded at a time: stages FSDP2 wraps
+    on torch's pipelining without a per-microbatch sync (``gradients_held_per_stage``), at ZeRO 0-2 (whose units
+    stay unsharded between their actions), on ranks of more than ``MAX_ACTIVE_STAGES`` stages. Its lowering
+    reshards every stage outside the next ``MAX_ACTIVE_STAGES`` distinct stages of the rank's list, and FSDP2's
+    reshard frees the unsharded copy (``costmodels.schedules.fsdp_lowering``)."""
+    return v > MAX_ACTIVE_STAGES and zero < 3 and gradients_held_per_stage(stack, pp, data_ranks, zero, precision)
+
+
+def unsharded_weights_share(stage_params: list[float]) -> float:
+    """The share of a rank's unsharded weights alive at once where the lowering evicts
+    (``evicts_unsharded_stages``): at most ``MAX_ACTIVE_STAGES`` stages at any time, priced as the largest
+    ``MAX_ACTIVE_STAGES`` of ``stage_params`` (the rank's stages' parameters) over their sum, an upper bound of
+    any ``MAX_ACTIVE_STAGES`` of them. It is at least ``MAX_ACTIVE_STAGES / len(stage_params)``, the share the
+    search's memory bounds take (equal stages)."""
+    total = sum(stage_params)
+    if total <= 0 or len(stage_params) <= MAX_ACTIVE_STAGES:
+        return 1.0
+    return sum(sorted(stage_params, reverse=True)[:MAX_ACTIVE_STAGES]) / total
 
 
 def held_gradient_bytes(gradients_bytes: float, dense_params: float, expert_params: float, data_ranks: int,

@@ -16,7 +16,9 @@ composes, each taken no larger than the estimate takes it, so they stay below it
   busiest rank's work bounds it.
 - memory: each rank's weights, gradients and optimizer state (``costmodels.memory.
   stack_static_memory``: the gradients as the stack keeps them, as the estimate takes them; dense parameters over
-  dp x cp, routed experts over dp x cp / ep), its activation peak (the schedule's closed-form in-flight
+  dp x cp, routed experts over dp x cp / ep; where torch's runtime keeps three of a rank's v stages unsharded at a
+  time, 3/v of its weights, ``Bounds.weights_share``, at most the three largest stages' the estimate takes), its
+  activation peak (the schedule's closed-form in-flight
   count, ``ScheduleSpec.peak_inflight``, times the rank's smallest stage with the stage's output
   where torch's pipelining keeps it; before a cut, per layer the lighter kind), the allocator's
   fragmentation share of those bytes (``costmodels.estimate.allocator_share``: the stack's fitted share on GPUs,
@@ -41,6 +43,7 @@ from costmodels.layer_costs import LayerTimes, PassTimes
 from costmodels.memory import (
     GIB,
     embedding_activation_bytes,
+    evicts_unsharded_stages,
     gradients_held_per_stage,
     layer_activation_bytes,
     saved_weight_copy_bytes,
@@ -58,6 +61,7 @@ from costmodels.pipeline_bound import (
     peak_inflight,
     stages_by_rank,
 )
+from costmodels.schedules.fsdp_lowering import MAX_ACTIVE_STAGES
 from costmodels.schedules.registry import schedule_spec
 from costmodels.simulator import StageTimes
 from planner.search.space import Candidate
@@ -166,21 +170,32 @@ class Bounds:
 
     def _state_uncached(self, first_layer: int, layers: int, has_embedding: bool, has_head: bool, tp: int, pp: int,
                         dp: int, zero: int, cp: int, ep: int, etp: int, split_backward: bool,
-                        layer_kind: str | None = None) -> tuple[float, float]:
-        """A stage's (weights and optimizer state, gradients) as the stack keeps them."""
+                        layer_kind: str | None = None, weights_share: float = 1.0) -> tuple[float, float]:
+        """A stage's (weights and optimizer state, gradients) as the stack keeps them, its weights at
+        ``weights_share`` (``_weights_share``)."""
         params = stage_param_split(self.model, first_layer, layers, has_embedding, has_head, tp, ep, layer_kind, etp)
         state = stack_static_memory(self.stack, params.dense, params.expert, self.train.precision, pp, dp * cp, ep, zero,
                                     split_backward, expert_data_ranks(tp, cp, dp, ep, etp))
-        return state.weights_bytes + state.optimizer_bytes, state.gradients_bytes
+        return state.weights_bytes * weights_share + state.optimizer_bytes, state.gradients_bytes
 
     def _static_bytes(self, first_layer: int, layers: int, has_embedding: bool, has_head: bool, tp: int, pp: int,
                       dp: int, zero: int, cp: int, ep: int, etp: int, split_backward: bool,
-                      layer_kind: str | None = None, gradients: bool = True) -> float:
+                      layer_kind: str | None = None, gradients: bool = True, weights_share: float = 1.0) -> float:
         """A stage's weights, gradients and optimizer state; not the gradients where ``gradients`` is False
         (``_gradients_at_peak``)."""
         rest, grads = self._state(first_layer, layers, has_embedding, has_head, tp, pp, dp, zero, cp, ep, etp,
-                                  split_backward, layer_kind)
+                                  split_backward, layer_kind, weights_share)
         return rest + grads if gradients else rest
+
+    def weights_share(self, c: Candidate) -> float:
+        """At most the share of its unsharded weights a rank of ``c`` holds at once: where torch's runtime evicts
+        unsharded stages (``costmodels.memory.evicts_unsharded_stages``, mixed precision) ``MAX_ACTIVE_STAGES`` of
+        its ``v`` stages, which hold at least that share of them whatever the cut (the estimate takes the largest
+        three: ``costmodels.memory.unsharded_weights_share``); else 1."""
+        if c.v <= MAX_ACTIVE_STAGES or self.stack.held_precision(self.train.precision) == "fp32" or not (
+                evicts_unsharded_stages(self.stack, c.pp, c.v, c.dp * c.cp, c.zero, self.train.precision)):
+            return 1.0
+        return MAX_ACTIVE_STAGES / c.v
 
     def _gradients_at_peak(self, c: Candidate) -> bool:
         """Whether a rank of ``c`` holds all its stages' gradients at its peak: unless they live per stage
@@ -212,12 +227,14 @@ class Bounds:
     def _layer_floor(self, c: Candidate) -> tuple[float, float]:
         """(static, activation) bytes per layer no larger than any of the model's layers needs."""
         return self._floor(c.tp, c.cp, c.ep, c.pp, c.dp, c.mbs, c.sequence_parallel, c.recompute, c.zero, c.etp,
-                           schedule_spec(c.schedule).split_backward, self._gradients_at_peak(c))
+                           schedule_spec(c.schedule).split_backward, self._gradients_at_peak(c), self.weights_share(c))
 
     def _floor_uncached(self, tp: int, cp: int, ep: int, pp: int, dp: int, mbs: int, sp: bool, recompute: str,
-                        zero: int, etp: int, split_backward: bool, gradients: bool = True) -> tuple[float, float]:
+                        zero: int, etp: int, split_backward: bool, gradients: bool = True,
+                        weights_share: float = 1.0) -> tuple[float, float]:
         kinds = [k for k, n in (("dense", self.num_dense), ("moe", self.num_moe)) if n]
-        static = min(self._static_bytes(0, 1, False, False, tp, pp, dp, zero, cp, ep, etp, split_backward, k, gradients)
+        static = min(self._static_bytes(0, 1, False, False, tp, pp, dp, zero, cp, ep, etp, split_backward, k, gradients,
+                                        weights_share)
                      for k in kinds)
         dense, moe, _, _ = self._activations(tp, mbs, sp, recompute, cp, ep, etp)
         return static, min(dense, moe)
@@ -304,11 +321,11 @@ class Bounds:
             return act + (act_emb if s == 0 else 0.0) + (act_head + out_logits if s == last else out_hidden)
 
         out, split = [], schedule_spec(c.schedule).split_backward
-        gradients = self._gradients_at_peak(c)
+        gradients, share = self._gradients_at_peak(c), self.weights_share(c)
         for rank, own in enumerate(stages_by_rank(c.schedule, c.pp, c.v)):
             shapes = [(kinds[s][0], stage_layers[s], s == 0, s == last, c.tp, c.pp, c.dp, c.zero, c.cp, c.ep, c.etp, split)
                       for s in own]
-            static = sum(self._static_bytes(*shape, None, gradients) for shape in shapes)
+            static = sum(self._static_bytes(*shape, None, gradients, share) for shape in shapes)
             smallest = min(stage_act(s) for s in own)
             if not gradients:  # the gradients alive at the peak, at least (costmodels.pipeline_bound.held_lower_bound)
                 static += held_lower_bound([self._state(*shape)[1] for shape in shapes], smallest)

@@ -160,8 +160,11 @@ class Searcher:
         # stage, whose end-stage extras only one of the rank's stages has, so counting them would tighten the caps
         # below cuts that fit)
         held = not (c.v > 1 and gradients_held_per_stage(self.stack, c.pp, c.dp * c.cp, c.zero, self.train.precision))
+        # where torch's runtime evicts unsharded stages the probe (v <= 2) takes the share of the candidate's
+        # v equal stages, at most what any cut holds (Bounds.weights_share)
+        share = self.bounds.weights_share(c)
         key = (c.tp, c.cp, c.ep, c.etp, c.dp, c.mbs, c.num_microbatches, c.recompute, c.sequence_parallel, c.zero, pipelined,
-               kind, held)
+               kind, held, share)
         line = self._lines.get(key)
         if line is None:
             pp, v, schedule, rank = _PROBES[kind] if pipelined else (1, 1, "1f1b", 0)
@@ -174,7 +177,8 @@ class Searcher:
 
             def at(n: int, inflight: int, part: str = "backward") -> float:
                 return rank_memory_if_uniform_gib(self.model, self.cluster, self.train, probe, rank, n, inflight,
-                                                  stack=self.stack, part=part, held_gradients=held)
+                                                  stack=self.stack, part=part, held_gradients=held,
+                                                  weights_share=None if share == 1.0 else share)
 
             m10, m20, m11, m21 = at(1, 0), at(2, 0), at(1, 1), at(2, 1)
             per_layer = (m20 - m10) / v

@@ -12,7 +12,7 @@ from costmodels.comm import network_for
 from costmodels.compute import memory_bound_time_s
 from costmodels.estimate import estimate
 from costmodels.layout import layouts_of
-from costmodels.memory import StageParams
+from costmodels.memory import GIB, StageParams, stage_param_split, unsharded_weights_share
 from costmodels.microbatch_dp import (
     evicted_regathers,
     mean_gathering_pass_extra_s,
@@ -25,10 +25,13 @@ from profiles.loader import load_model, load_stack
 from profiles.schema import ClusterSpec, ParallelConfig, TrainSpec
 
 CLUSTER = ClusterSpec(
-    name="test", gpu={"name": "TEST", "memory_gib": 80, "peak_tflops": {"bf16": 312}, "hbm_bandwidth_gbs": 2000},
+    name="test", gpu={"name": "TEST", "memory_gib": 80, "peak_tflops": {"bf16": 312, "fp32": 19.5}, "hbm_bandwidth_gbs": 2000},
     gpus_per_node=8, intra_node={"bandwidth_gbs": 300, "latency_us": 8}, inter_node={"bandwidth_gbs": 25, "latency_us": 15},
     efficiency={"intra_node_collective": 1.0, "inter_node_collective": 1.0},
 )  # fmt: skip
+
+
+ROUNDED_GIB = 5e-5  # the memory breakdown is rounded to 1e-4 GiB
 
 
 def _cfg(**fields: object) -> ParallelConfig:
@@ -120,3 +123,28 @@ def test_a_gathering_pass_pays_its_whole_gather_not_an_average_share() -> None:
     assert mean_gathering_pass_extra_s(0.070, 0.030, 3.0) == pytest.approx(0.090 - 0.070)  # three a pass
     # the reduce-scatter every backward runs beside them (FSDP without a pipeline) is paid in every pass
     assert mean_gathering_pass_extra_s(0.070, 0.0, 0.0, 0.100) == pytest.approx(0.100 - 0.070)
+
+
+def test_an_evicting_rank_holds_its_three_largest_stages_unsharded_at_once() -> None:
+    """tiny-llama's 8 layers on pp 2 x v 4 (interleaved 1F1B, dp 4, ZeRO 1, bf16): rank 0 holds stages 0, 2, 4, 6,
+    stage 0 with the embedding. The lowering keeps 3 of them unsharded at a time and FSDP2's reshard frees the
+    others' bf16 copies: its weights are the three largest stages', 2 B x (3 layers + the embedding), not all four.
+    fp32 (whose weights are priced whole) and Megatron-Core (which does not reshard between actions) keep all four;
+    at v 3 (stages 0, 2, 4 on rank 0: 1 + 1 + 1 layers and the embedding) nothing is evicted."""
+    model, train = load_model("tiny-llama"), TrainSpec(global_batch=32, seq_len=128, precision="bf16")
+    cfg = _cfg(v=4, num_microbatches=8, stage_layers=[1] * 8)
+    layer = stage_param_split(model, 0, 1, False, False, 1).total
+    embedding = stage_param_split(model, 0, 0, True, False, 1).total
+    assert unsharded_weights_share([layer + embedding, layer, layer, layer]) == pytest.approx(
+        (3 * layer + embedding) / (4 * layer + embedding))
+    assert unsharded_weights_share([1.0, 2.0, 3.0]) == 1.0  # three stages or fewer: all of them
+    est = estimate(model, CLUSTER, train, cfg, stack=load_stack("ppplan-torch"))
+    assert est.memory_breakdown_gib[0]["weights"] == pytest.approx(2 * (3 * layer + embedding) / GIB, abs=ROUNDED_GIB)
+    whole = 2 * (4 * layer + embedding) / GIB
+    fp32 = estimate(model, CLUSTER, train.model_copy(update={"precision": "fp32"}), cfg, stack=load_stack("ppplan-torch"))
+    assert fp32.memory_breakdown_gib[0]["weights"] == pytest.approx(2 * whole, abs=ROUNDED_GIB)
+    core = estimate(model, CLUSTER, train, cfg.model_copy(update={"stack": "megatron-core"}), stack=load_stack("megatron-core"))
+    assert core.memory_breakdown_gib[0]["weights"] == pytest.approx(whole, abs=ROUNDED_GIB)
+    kept = estimate(model, CLUSTER, train, _cfg(v=3, num_microbatches=8, stage_layers=[1, 1, 1, 1, 1, 3]),
+                    stack=load_stack("ppplan-torch"))
+    assert kept.memory_breakdown_gib[0]["weights"] == pytest.approx(2 * (3 * layer + embedding) / GIB, abs=ROUNDED_GIB)

@@ -168,6 +168,24 @@ def overlapped_problem(seed: int) -> Problem:
     return replace(p, stack=stack, schedules=offered)
 
 
+def evicting_problem(seed: int) -> Problem:
+    """A dense problem on torch's pipelining in bf16 with room for interleaving over more than three stages per
+    rank, where the runtime keeps only three of a rank's stages unsharded at a time (``costmodels.memory.
+    evicts_unsharded_stages``): the memory bounds must take the weights of three of ``v`` stages, the estimate
+    the three largest. Wide layers over short sequences, so that the weights weigh in a rank's memory."""
+    rng = random.Random(seed)
+    stack = load_stack(rng.choice(["ppplan-torch", "torchtitan"]))
+    cluster = load_cluster(rng.choice(["dgx-h100", "dgx-a100-80g"])).model_copy(update={"gpus_per_node": rng.choice([2, 4, 8])})
+    model = load_model("tiny-llama") if rng.random() < 0.3 else ModelSpec(
+        name="random", num_layers=rng.choice([8, 12, 16]), hidden_size=rng.choice([1024, 2048, 4096]), num_attention_heads=8,
+        num_key_value_heads=rng.choice([8, 4]), vocab_size=rng.choice([1024, 8192, 32000]), seq_len=rng.choice([64, 128]),
+        activation="swiglu", tie_embeddings=rng.random() < 0.5,
+    )
+    train = TrainSpec(global_batch=rng.choice([8, 16, 32]), seq_len=model.seq_len, precision="bf16")
+    offered = tuple(s for s in DEFAULT_SCHEDULES if s in stack.schedules)
+    return _binding_memory(Problem(model, cluster, train, rng.choice([4, 8]), stack, offered, rng.choice([1, 3, 5])), rng)
+
+
 def oracle(p: Problem) -> list[float]:
     """Exact price of every candidate of the space (its best fitting cut), ascending."""
     searcher = p.searcher()
@@ -209,6 +227,15 @@ def test_search_is_exact_where_consecutive_steps_overlap() -> None:
     _check_against_oracle(specs, min_checked=10, min_pruned=3)
 
 
+def test_search_is_exact_where_torchs_runtime_evicts_unsharded_stages() -> None:
+    """The same oracle on ``evicting_problem``s, most of whose spaces hold interleaved candidates of more than three
+    stages per rank."""
+    specs = [(seed, "evicting", False) for seed in range(1300, 1312)]
+    problems = [evicting_problem(seed) for seed, _, _ in specs]
+    assert sum(any(p.searcher().bounds.weights_share(c) < 1 for c in p.candidates()) for p in problems) >= 8
+    _check_against_oracle(specs, min_checked=8, min_pruned=3)
+
+
 def _check_against_oracle(specs: list[tuple[int, str, bool]], min_checked: int, min_pruned: int) -> None:
     """Each problem (``random_problem``'s seed, kind and measured) checked on its own process: the
     oracle prices every cut of every candidate, the suite's longest pure-Python work."""
@@ -220,7 +247,8 @@ def _check_against_oracle(specs: list[tuple[int, str, bool]], min_checked: int, 
 
 def _check_one(spec: tuple[int, str, bool]) -> tuple[bool, bool]:
     """The search's top k against the oracle on one problem: (it has a plan that fits, the bounds pruned)."""
-    p = overlapped_problem(spec[0]) if spec[1] == "overlapped" else random_problem(*spec)
+    special = {"overlapped": overlapped_problem, "evicting": evicting_problem}
+    p = special[spec[1]](spec[0]) if spec[1] in special else random_problem(*spec)
     expected = oracle(p)
     result = search(p.model, p.cluster, p.train, p.gpus, p.top_k, p.schedules, layers=p.layers, stack=p.stack)
     assert result.bound_violations == 0, spec
@@ -242,11 +270,16 @@ def test_every_bound_is_below_the_exact_price() -> None:
     problems += [random_problem(seed, measured=True) for seed in range(800, 810)]
     problems += [random_problem(seed, "moe", measured=True) for seed in range(900, 905)]
     problems += [overlapped_problem(seed) for seed in range(1100, 1110)]
+    problems += [evicting_problem(seed) for seed in range(1200, 1206)]
+    evicting = 0
     for p in problems:
         searcher = p.searcher()
         bounds = searcher.bounds
         cands = p.candidates()
-        for c in rng.sample(cands, min(12, len(cands))):
+        sample = rng.sample(cands, min(12, len(cands)))
+        sample += [c for c in cands if bounds.weights_share(c) < 1][:4]  # ranks the runtime evicts stages on
+        for c in sample:
+            evicting += bounds.weights_share(c) < 1
             any_time, any_memory = bounds.time_any_cut_s(c), bounds.memory_any_cut_gib(c)
             for cut in searcher.cuts(c):
                 exact = searcher.score(c, cut).estimate
@@ -262,6 +295,7 @@ def test_every_bound_is_below_the_exact_price() -> None:
                     assert lower <= upper * slack
                 checked += 1
     assert checked >= 330
+    assert evicting >= 16
 
 
 @pytest.mark.parametrize("stack_name", STACKS)
