@@ -471,7 +471,8 @@ def _zero3_gathered_bytes(model: ModelSpec, cfg: ParallelConfig, stack: StackSpe
     emits, ``fsdp_reshard_after_forward = "always"``, reshard after each forward at ZeRO 3) or REDUCE_GRAD does
     (``costmodels.schedules.fsdp_lowering`` counts the gathers that follow). Counted for the rank's whole
     parameters: a rank of one stage peaks during a backward, which holds them all; an upper bound for a rank of
-    several stages, not per stage as the gradients are (``costmodels.memory.gradients_held_per_stage``)."""
+    several stages, not per stage as the gradients are (``costmodels.memory.gradients_held_per_stage``), which
+    ``_rank_memory_gib`` takes down to the stages the runtime keeps unsharded where it evicts (``_unsharded_weights_share``)."""
     if cfg.zero != 3:
         return 0.0
     if stack.pipeline_runtime == "torch" and not microbatch_grad_sync(stack, cfg.pp, cfg.dp * cfg.cp, cfg.zero):
@@ -520,8 +521,9 @@ def _rank_memory_gib(
     stage's gradients live per stage (``costmodels.memory.gradients_held_per_stage``) the gradients are
     ``held_peak``, what of them the schedule keeps alive at the rank's peak (``PipelineResult.peak_held_bytes``;
     None: all of them), and the step holds only their reduce-scattered shards. Where torch's runtime evicts
-    unsharded stages (``_unsharded_weights_share``) the weights are the largest stages' it keeps unsharded at once;
-    ``weights_share`` replaces that share (the search's memory lines: the share of equal stages)."""
+    unsharded stages (``_unsharded_weights_share``) the unsharded weights, and at ZeRO 3 the gathered ones, are the
+    largest stages' it keeps unsharded at once; ``weights_share`` replaces that share (the search's memory lines:
+    the share of equal stages)."""
     dense = sum(st.params.dense for st in rank_plans)
     experts = sum(st.params.expert for st in rank_plans)
     data_ranks = cfg.dp * cfg.cp
@@ -537,7 +539,9 @@ def _rank_memory_gib(
             static = replace(static, gradients_bytes=held_peak)
     p, held = bytes_per_element(train.precision), bytes_per_element(stack.held_precision(train.precision))
     tokens = train.seq_len // cfg.cp * cfg.mbs
-    gathered = _zero3_gathered_bytes(model, cfg, stack, rank_plans, held)
+    # the unsharded copies alive at once: the weights' below ZeRO 3, the gathered ones at ZeRO 3
+    unsharded = weights_share if weights_share is not None else _unsharded_weights_share(stack, train, cfg, rank_plans)
+    gathered = _zero3_gathered_bytes(model, cfg, stack, rank_plans, held) * unsharded
     # transient: a layer's backward holds the MLP intermediate and its gradient beside a fully recomputed layer's
     # re-run set; the head stage's loss backward, before any layer's, holds what the loss keeps beside its kept
     # tensor. One stream runs them one after the other, so the larger phase is the rank's peak. The layer phase
@@ -555,8 +559,7 @@ def _rank_memory_gib(
     bucket = min(dense + experts, bucket_params(stack.overlap, cfg.dp * cfg.cp))
     dp_buckets = DP_BUCKETS_IN_FLIGHT * bucket * stack.grad_reduce_bytes_per_param(train.precision) if syncs_gradients(cfg) else 0.0
     allocated = {
-        "weights": static.weights_bytes * (weights_share if weights_share is not None
-                                           else _unsharded_weights_share(stack, train, cfg, rank_plans)) + gathered,
+        "weights": static.weights_bytes * (unsharded if cfg.zero < 3 else 1.0) + gathered,
         "gradients": static.gradients_bytes,
         "optimizer": static.optimizer_bytes,
         "activations": activation_peak,

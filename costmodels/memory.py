@@ -566,11 +566,13 @@ def gradients_held_per_stage(stack: StackSpec, pp: int, data_ranks: int, zero: i
 
 def evicts_unsharded_stages(stack: StackSpec, pp: int, v: int, data_ranks: int, zero: int, precision: str) -> bool:
     """Whether torch's pipeline runtime keeps only some of a rank's stages unsharded at a time: stages FSDP2 wraps
-    on torch's pipelining without a per-microbatch sync (``gradients_held_per_stage``), at ZeRO 0-2 (whose units
-    stay unsharded between their actions), on ranks of more than ``MAX_ACTIVE_STAGES`` stages. Its lowering
-    reshards every stage outside the next ``MAX_ACTIVE_STAGES`` distinct stages of the rank's list, and FSDP2's
-    reshard frees the unsharded copy (``costmodels.schedules.fsdp_lowering``)."""
-    return v > MAX_ACTIVE_STAGES and zero < 3 and gradients_held_per_stage(stack, pp, data_ranks, zero, precision)
+    on torch's pipelining without a per-microbatch sync (``gradients_held_per_stage``), on ranks of more than
+    ``MAX_ACTIVE_STAGES`` stages. Its lowering reshards every stage outside the next ``MAX_ACTIVE_STAGES`` distinct
+    stages of the rank's list and unshards those before their actions, and FSDP2's reshard frees the unsharded
+    copy (``costmodels.schedules.fsdp_lowering``): at ZeRO 0-2 the units stay unsharded between their actions, at
+    ZeRO 3 a stage a backward gathered stays so until a forward or the lowering reshards it, and either way only
+    stages of the look-ahead are unsharded."""
+    return v > MAX_ACTIVE_STAGES and gradients_held_per_stage(stack, pp, data_ranks, zero, precision)
 
 
 def unsharded_weights_share(stage_params: list[float]) -> float:

@@ -172,7 +172,7 @@ class Bounds:
                         dp: int, zero: int, cp: int, ep: int, etp: int, split_backward: bool,
                         layer_kind: str | None = None, weights_share: float = 1.0) -> tuple[float, float]:
         """A stage's (weights and optimizer state, gradients) as the stack keeps them, its weights at
-        ``weights_share`` (``_weights_share``)."""
+        ``weights_share`` (``weights_share``)."""
         params = stage_param_split(self.model, first_layer, layers, has_embedding, has_head, tp, ep, layer_kind, etp)
         state = stack_static_memory(self.stack, params.dense, params.expert, self.train.precision, pp, dp * cp, ep, zero,
                                     split_backward, expert_data_ranks(tp, cp, dp, ep, etp))
@@ -187,7 +187,7 @@ class Bounds:
                                   split_backward, layer_kind, weights_share)
         return rest + grads if gradients else rest
 
-    def weights_share(self, c: Candidate) -> float:
+    def unsharded_share(self, c: Candidate) -> float:
         """At most the share of its unsharded weights a rank of ``c`` holds at once: where torch's runtime evicts
         unsharded stages (``costmodels.memory.evicts_unsharded_stages``, mixed precision) ``MAX_ACTIVE_STAGES`` of
         its ``v`` stages, which hold at least that share of them whatever the cut (the estimate takes the largest
@@ -196,6 +196,12 @@ class Bounds:
                 evicts_unsharded_stages(self.stack, c.pp, c.v, c.dp * c.cp, c.zero, self.train.precision)):
             return 1.0
         return MAX_ACTIVE_STAGES / c.v
+
+    def weights_share(self, c: Candidate) -> float:
+        """The share of the static weights (``stack_static_memory``) the bounds take: ``unsharded_share`` below
+        ZeRO 3, where they are the unsharded copy; 1 at ZeRO 3, where they are the shards every stage keeps (the
+        gathered copies are not in the bounds)."""
+        return self.unsharded_share(c) if c.zero < 3 else 1.0
 
     def _gradients_at_peak(self, c: Candidate) -> bool:
         """Whether a rank of ``c`` holds all its stages' gradients at its peak: unless they live per stage

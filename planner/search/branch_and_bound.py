@@ -161,8 +161,8 @@ class Searcher:
         # below cuts that fit)
         held = not (c.v > 1 and gradients_held_per_stage(self.stack, c.pp, c.dp * c.cp, c.zero, self.train.precision))
         # where torch's runtime evicts unsharded stages the probe (v <= 2) takes the share of the candidate's
-        # v equal stages, at most what any cut holds (Bounds.weights_share)
-        share = self.bounds.weights_share(c)
+        # v equal stages, at most what any cut holds (Bounds.unsharded_share)
+        share = self.bounds.unsharded_share(c)
         key = (c.tp, c.cp, c.ep, c.etp, c.dp, c.mbs, c.num_microbatches, c.recompute, c.sequence_parallel, c.zero, pipelined,
                kind, held, share)
         line = self._lines.get(key)

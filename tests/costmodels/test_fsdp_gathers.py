@@ -130,7 +130,8 @@ def test_an_evicting_rank_holds_its_three_largest_stages_unsharded_at_once() -> 
     stage 0 with the embedding. The lowering keeps 3 of them unsharded at a time and FSDP2's reshard frees the
     others' bf16 copies: its weights are the three largest stages', 2 B x (3 layers + the embedding), not all four.
     fp32 (whose weights are priced whole) and Megatron-Core (which does not reshard between actions) keep all four;
-    at v 3 (stages 0, 2, 4 on rank 0: 1 + 1 + 1 layers and the embedding) nothing is evicted."""
+    at ZeRO 3 every stage keeps its shard and three hold their gathered copies; at v 3 (stages 0, 2, 4 on rank 0:
+    1 + 1 + 1 layers and the embedding) nothing is evicted."""
     model, train = load_model("tiny-llama"), TrainSpec(global_batch=32, seq_len=128, precision="bf16")
     cfg = _cfg(v=4, num_microbatches=8, stage_layers=[1] * 8)
     layer = stage_param_split(model, 0, 1, False, False, 1).total
@@ -145,6 +146,11 @@ def test_an_evicting_rank_holds_its_three_largest_stages_unsharded_at_once() -> 
     assert fp32.memory_breakdown_gib[0]["weights"] == pytest.approx(2 * whole, abs=ROUNDED_GIB)
     core = estimate(model, CLUSTER, train, cfg.model_copy(update={"stack": "megatron-core"}), stack=load_stack("megatron-core"))
     assert core.memory_breakdown_gib[0]["weights"] == pytest.approx(whole, abs=ROUNDED_GIB)
+    # ZeRO 3: the shards of all four stages (2 B over dp 4) and the gathered copies of three
+    zero3 = estimate(model, CLUSTER, train, _cfg(v=4, num_microbatches=8, stage_layers=[1] * 8, zero=3),
+                     stack=load_stack("ppplan-torch"))
+    assert zero3.memory_breakdown_gib[0]["weights"] == pytest.approx(
+        (2 * (4 * layer + embedding) / 4 + 2 * (3 * layer + embedding)) / GIB, abs=ROUNDED_GIB)
     kept = estimate(model, CLUSTER, train, _cfg(v=3, num_microbatches=8, stage_layers=[1, 1, 1, 1, 1, 3]),
                     stack=load_stack("ppplan-torch"))
     assert kept.memory_breakdown_gib[0]["weights"] == pytest.approx(2 * (3 * layer + embedding) / GIB, abs=ROUNDED_GIB)

@@ -232,7 +232,7 @@ def test_search_is_exact_where_torchs_runtime_evicts_unsharded_stages() -> None:
     stages per rank."""
     specs = [(seed, "evicting", False) for seed in range(1300, 1312)]
     problems = [evicting_problem(seed) for seed, _, _ in specs]
-    assert sum(any(p.searcher().bounds.weights_share(c) < 1 for c in p.candidates()) for p in problems) >= 8
+    assert sum(any(p.searcher().bounds.unsharded_share(c) < 1 for c in p.candidates()) for p in problems) >= 8
     _check_against_oracle(specs, min_checked=8, min_pruned=3)
 
 
@@ -277,9 +277,9 @@ def test_every_bound_is_below_the_exact_price() -> None:
         bounds = searcher.bounds
         cands = p.candidates()
         sample = rng.sample(cands, min(12, len(cands)))
-        sample += [c for c in cands if bounds.weights_share(c) < 1][:4]  # ranks the runtime evicts stages on
+        sample += [c for c in cands if bounds.unsharded_share(c) < 1][:4]  # ranks the runtime evicts stages on
         for c in sample:
-            evicting += bounds.weights_share(c) < 1
+            evicting += bounds.unsharded_share(c) < 1
             any_time, any_memory = bounds.time_any_cut_s(c), bounds.memory_any_cut_gib(c)
             for cut in searcher.cuts(c):
                 exact = searcher.score(c, cut).estimate
