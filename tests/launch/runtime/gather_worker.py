@@ -8,7 +8,8 @@ action's gather is waited for by the stage's next compute action, which it is co
 from the name the multi-stage runtime gives the profiler range around it (``record_function("PP:<stage><kind><mb>")``,
 which also covers its wait for an UNSHARD), and from the stage's compute call itself (``forward_one_chunk``,
 ``backward_one_chunk``, ``backward_weight_one_chunk``: the single-stage schedules name no range). Each rank writes, per virtual
-stage it runs, each FSDP unit's counts by kind (F, B, W) to ``<out>/rank<R>.json``.
+stage it runs, each FSDP unit's counts by kind (F, B, W) to ``<out>/rank<R>.json``, and the most of its stages
+that held unsharded parameters (a group unsharded, or its gather's output pending) at any of those waits.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from tests.launch.runtime.grad_worker import step_loss
 
 GATHERS: Counter[tuple[int, str]] = Counter()
 ACTION = {"kind": "other"}
+STAGE_GROUPS: dict[int, list[FSDPParamGroup]] = {}  # this rank's virtual stages' FSDP parameter groups
+UNSHARDED = {"stages": 0}  # the most stages of this rank unsharded (or gathering) at any wait of the step
 ACTION_NAME = re.compile(r"^PP:\d+([FIBW])\d+$")
 
 
@@ -72,17 +75,33 @@ def _counting(wait_for_unshard: Callable[..., Any]) -> Callable[..., Any]:
     def wait_counted(self: FSDPParamGroup) -> Any:
         if self._all_gather_result is not None:
             GATHERS[id(self), ACTION["kind"]] += 1
+        UNSHARDED["stages"] = max(UNSHARDED["stages"], unsharded_stages())
         return wait_for_unshard(self)
 
     return wait_counted
 
 
-def stage_counts(modules: dict) -> dict[str, list[dict[str, int]]]:
-    """Per virtual stage this rank runs, the gathers each of its FSDP units waited for, by action kind."""
+def unsharded_stages() -> int:
+    """How many of this rank's stages hold unsharded parameters now: a group unsharded, or its all-gather's output
+    allocated and pending (an UNSHARD action's)."""
+    return sum(any(g.is_unsharded or g._all_gather_result is not None for g in groups) for groups in STAGE_GROUPS.values())
+
+
+def stage_groups(modules: dict) -> dict[int, list[FSDPParamGroup]]:
+    """Per virtual stage this rank runs, its FSDP units' parameter groups."""
     out = {}
     for stage, module in modules.items():
         groups = [m._get_fsdp_state()._fsdp_param_group for m in module.modules() if isinstance(m, FSDPModule)]
-        out[str(stage)] = [{kind: n for (gid, kind), n in GATHERS.items() if gid == id(g)} for g in groups if g is not None]
+        out[stage] = [g for g in groups if g is not None]
+    return out
+
+
+def stage_counts() -> dict[str, object]:
+    """Per virtual stage this rank runs, the gathers each of its FSDP units waited for, by action kind; and the most
+    of its stages unsharded at once (``"unsharded_stages"``)."""
+    out: dict[str, object] = {str(stage): [{kind: n for (gid, kind), n in GATHERS.items() if gid == id(g)} for g in groups]
+                              for stage, groups in STAGE_GROUPS.items()}
+    out["unsharded_stages"] = UNSHARDED["stages"]
     return out
 
 
@@ -101,10 +120,13 @@ def main() -> None:
         check_plan(plan)
         rt = build_runtime(plan, device, 0, lr=1e-3)
         step_loss(rt, 0)
+        STAGE_GROUPS.clear()
+        STAGE_GROUPS.update(stage_groups(rt.modules))
         GATHERS.clear()
+        UNSHARDED["stages"] = 0
         step_loss(rt, 0)
         Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / f"rank{rt.rank}.json").write_text(json.dumps(stage_counts(rt.modules)))
+        (Path(out) / f"rank{rt.rank}.json").write_text(json.dumps(stage_counts()))
         dist.barrier()
     dist.destroy_process_group()
 

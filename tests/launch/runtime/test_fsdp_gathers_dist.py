@@ -2,8 +2,8 @@
 (``costmodels.schedules.fsdp_lowering``): counted on ppplan's runtime (gloo, 4 ranks: pp 2 x dp 2), in one step
 after a warm-up step (``gather_worker``), against the replay of the same action list.
 
-- interleaved 1F1B at v 4, ZeRO 1: the runtime keeps at most three stages of a rank unsharded and gathers an
-  evicted stage again (``unshards_per_stage``);
+- interleaved 1F1B at v 4, ZeRO 1: the runtime keeps at most three stages of a rank unsharded (counted too: the
+  estimate's weights rest on it) and gathers an evicted stage again (``unshards_per_stage``);
 - 1F1B at ZeRO 3: a forward reshards after it, a backward keeps its stage unsharded for the forward after it
   (``zero3_gathers_per_stage``: 2 forwards and 7 backwards of stage 0 gather, 1 and 8 of stage 1, at M 8, not
   every pass): the split between forwards and backwards too, which the pricing charges to each.
@@ -48,11 +48,18 @@ def counted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[int, lis
     result = {}
     for name, out in outs.items():
         stages: dict[int, list[dict[str, int]]] = {}
+        unsharded = []
         for path in sorted(Path(out).glob("rank*.json")):
-            for stage, units in json.loads(path.read_text()).items():
+            counts = json.loads(path.read_text())
+            unsharded.append(counts.pop("unsharded_stages"))
+            for stage, units in counts.items():
                 stages.setdefault(int(stage), units)
         result[name] = stages
+        UNSHARDED_STAGES[name] = unsharded
     return result
+
+
+UNSHARDED_STAGES: dict[str, list[int]] = {}  # per plan, per rank: the most of its stages unsharded at once
 
 
 def _per_stage(units_by_stage: dict[int, list[dict[str, int]]]) -> tuple[dict[str, int], ...]:
@@ -70,6 +77,12 @@ def test_an_interleaved_rank_of_four_stages_gathers_evicted_stages_again(counted
     expected = unshards_per_stage(generate_schedule(plan.schedule, plan.pp, plan.v, plan.num_microbatches))
     assert any(c > 1 for c in expected)
     assert tuple(sum(kinds.values()) for kinds in _per_stage(counted["interleaved v4 zero 1"])) == expected
+
+
+def test_an_interleaved_rank_of_four_stages_holds_three_unsharded_at_most(counted) -> None:
+    """The premise of the estimate's weights at v > 3 (``costmodels.memory.evicts_unsharded_stages``): each of the four
+    ranks holds unsharded parameters of three of its four stages at some wait of the step, never of all four."""
+    assert UNSHARDED_STAGES["interleaved v4 zero 1"] == [3, 3, 3, 3]
 
 
 def test_zero3_under_1f1b_gathers_once_a_microbatch_and_once_more(counted) -> None:
