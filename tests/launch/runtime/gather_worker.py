@@ -38,7 +38,7 @@ from tests.launch.runtime.grad_worker import step_loss
 GATHERS: Counter[tuple[int, str]] = Counter()
 ACTION = {"kind": "other"}
 STAGE_GROUPS: dict[int, list[FSDPParamGroup]] = {}  # this rank's virtual stages' FSDP parameter groups
-UNSHARDED = {"stages": 0}  # the most stages of this rank unsharded (or gathering) at any wait of the step
+UNSHARDED = {"stages": 0, "bytes": 0}  # the most stages of this rank, and bytes, unsharded (or gathering) at any wait
 ACTION_NAME = re.compile(r"^PP:\d+([FIBW])\d+$")
 
 
@@ -76,6 +76,7 @@ def _counting(wait_for_unshard: Callable[..., Any]) -> Callable[..., Any]:
         if self._all_gather_result is not None:
             GATHERS[id(self), ACTION["kind"]] += 1
         UNSHARDED["stages"] = max(UNSHARDED["stages"], unsharded_stages())
+        UNSHARDED["bytes"] = max(UNSHARDED["bytes"], unsharded_bytes())
         return wait_for_unshard(self)
 
     return wait_counted
@@ -85,6 +86,18 @@ def unsharded_stages() -> int:
     """How many of this rank's stages hold unsharded parameters now: a group unsharded, or its all-gather's output
     allocated and pending (an UNSHARD action's)."""
     return sum(any(g.is_unsharded or g._all_gather_result is not None for g in groups) for groups in STAGE_GROUPS.values())
+
+
+def unsharded_bytes() -> int:
+    """Bytes this rank holds in unsharded parameters now: each FSDP parameter's all-gather outputs (its unsharded
+    data, freed by a reshard) and each pending all-gather's flat output."""
+    total = 0
+    for groups in STAGE_GROUPS.values():
+        for g in groups:
+            total += sum(t.untyped_storage().nbytes() for fp in g.fsdp_params for t in fp.all_gather_outputs)
+            if g._all_gather_result is not None:
+                total += g._all_gather_result.all_gather_output.untyped_storage().nbytes()
+    return total
 
 
 def stage_groups(modules: dict) -> dict[int, list[FSDPParamGroup]]:
@@ -102,6 +115,7 @@ def stage_counts() -> dict[str, object]:
     out: dict[str, object] = {str(stage): [{kind: n for (gid, kind), n in GATHERS.items() if gid == id(g)} for g in groups]
                               for stage, groups in STAGE_GROUPS.items()}
     out["unsharded_stages"] = UNSHARDED["stages"]
+    out["unsharded_bytes"] = UNSHARDED["bytes"]
     return out
 
 
@@ -123,7 +137,7 @@ def main() -> None:
         STAGE_GROUPS.clear()
         STAGE_GROUPS.update(stage_groups(rt.modules))
         GATHERS.clear()
-        UNSHARDED["stages"] = 0
+        UNSHARDED.update(stages=0, bytes=0)
         step_loss(rt, 0)
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / f"rank{rt.rank}.json").write_text(json.dumps(stage_counts()))

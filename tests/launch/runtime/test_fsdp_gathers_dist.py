@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from costmodels.layer_costs import bytes_per_element
+from costmodels.layout import layouts_of
+from costmodels.memory import stage_param_split, unsharded_weights_share
 from costmodels.schedules.fsdp_lowering import unshards_per_stage, zero3_gathers_per_stage
 from costmodels.schedules.generate import generate_schedule
 from tests.launch.runtime.runtime_plans import make_plan, write_plan
@@ -51,7 +54,7 @@ def counted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[int, lis
         unsharded = []
         for path in sorted(Path(out).glob("rank*.json")):
             counts = json.loads(path.read_text())
-            unsharded.append(counts.pop("unsharded_stages"))
+            unsharded.append((counts.pop("unsharded_stages"), counts.pop("unsharded_bytes")))
             for stage, units in counts.items():
                 stages.setdefault(int(stage), units)
         result[name] = stages
@@ -81,8 +84,24 @@ def test_an_interleaved_rank_of_four_stages_gathers_evicted_stages_again(counted
 
 def test_an_interleaved_rank_of_four_stages_holds_three_unsharded_at_most(counted) -> None:
     """The premise of the estimate's weights at v > 3 (``costmodels.memory.evicts_unsharded_stages``): each of the four
-    ranks holds unsharded parameters of three of its four stages at some wait of the step, never of all four."""
-    assert UNSHARDED_STAGES["interleaved v4 zero 1"] == [3, 3, 3, 3]
+    ranks holds unsharded parameters of three of its four stages at some wait of the step, never of all four, and
+    at most the bytes of its three largest stages (``unsharded_weights_share``): 9,902,080 and 9,903,104 B on the
+    two pipeline ranks (fp32: the embedding's stage and two layers', the head's and two layers'), where all four
+    stages would be 12,853,248 and 12,854,272. 1F1B (one stage a rank) holds its whole stage."""
+    plan = PLANS["interleaved v4 zero 1"]
+    cfg, model = plan.config, plan.model
+    width = bytes_per_element(plan.train.precision)
+    held = []
+    for rank in range(cfg.pp):
+        params = [stage_param_split(model, sum(cfg.stage_layers[:st.stage]), st.num_layers, st.has_embedding, st.has_head,
+                                    cfg.tp).total
+                  for st in layouts_of(cfg.stage_layers, cfg.pp, cfg.v, cfg.schedule) if st.pipeline_rank == rank]
+        held += [width * unsharded_weights_share(params) * sum(params)] * cfg.dp
+    measured = UNSHARDED_STAGES["interleaved v4 zero 1"]
+    assert [stages for stages, _ in measured] == [3] * cfg.pp * cfg.dp
+    assert sorted(b for _, b in measured) == pytest.approx(sorted(held), rel=1e-6)
+    assert sorted(held) == pytest.approx([9_902_080] * 2 + [9_903_104] * 2)
+    assert [stages for stages, _ in UNSHARDED_STAGES["1f1b zero 3"]] == [1] * 4
 
 
 def test_zero3_under_1f1b_gathers_once_a_microbatch_and_once_more(counted) -> None:
