@@ -189,18 +189,18 @@ class Bounds:
 
     def unsharded_share(self, c: Candidate) -> float:
         """At most the share of its unsharded weights a rank of ``c`` holds at once: where torch's runtime evicts
-        unsharded stages (``costmodels.memory.evicts_unsharded_stages``, mixed precision) ``MAX_ACTIVE_STAGES`` of
+        unsharded stages (``costmodels.memory.evicts_unsharded_stages``) ``MAX_ACTIVE_STAGES`` of
         its ``v`` stages, which hold at least that share of them whatever the cut (the estimate takes the largest
         three: ``costmodels.memory.unsharded_weights_share``); else 1."""
-        if c.v <= MAX_ACTIVE_STAGES or self.stack.held_precision(self.train.precision) == "fp32" or not (
-                evicts_unsharded_stages(self.stack, c.pp, c.v, c.dp * c.cp, c.zero, self.train.precision)):
+        if c.v <= MAX_ACTIVE_STAGES or not evicts_unsharded_stages(self.stack, c.pp, c.v, c.dp * c.cp, c.zero,
+                                                                   self.train.precision):
             return 1.0
         return MAX_ACTIVE_STAGES / c.v
 
     def weights_share(self, c: Candidate) -> float:
         """The share of the static weights (``stack_static_memory``) the bounds take: ``unsharded_share`` below
         ZeRO 3, where they are the unsharded copy; 1 at ZeRO 3, where they are the shards every stage keeps (the
-        gathered copies are not in the bounds)."""
+        gathered copies, and an fp32 run's shards below ZeRO 3, are not in the bounds)."""
         return self.unsharded_share(c) if c.zero < 3 else 1.0
 
     def _gradients_at_peak(self, c: Candidate) -> bool:

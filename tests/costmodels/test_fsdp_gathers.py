@@ -128,8 +128,9 @@ def test_a_gathering_pass_pays_its_whole_gather_not_an_average_share() -> None:
 def test_an_evicting_rank_holds_its_three_largest_stages_unsharded_at_once() -> None:
     """tiny-llama's 8 layers on pp 2 x v 4 (interleaved 1F1B, dp 4, ZeRO 1, bf16): rank 0 holds stages 0, 2, 4, 6,
     stage 0 with the embedding. The lowering keeps 3 of them unsharded at a time and FSDP2's reshard frees the
-    others' bf16 copies: its weights are the three largest stages', 2 B x (3 layers + the embedding), not all four.
-    fp32 (whose weights are priced whole) and Megatron-Core (which does not reshard between actions) keep all four;
+    others' bf16 copies: its weights are the three largest stages', 2 B x (3 layers + the embedding), not all four;
+    in fp32 the same three stages' fp32 copies beside every stage's fp32 shard (``fp32_shard_bytes``). Megatron-Core
+    (which does not reshard between actions) keeps all four;
     at ZeRO 3 every stage keeps its shard and three hold their gathered copies; at v 3 (stages 0, 2, 4 on rank 0:
     1 + 1 + 1 layers and the embedding) nothing is evicted."""
     model, train = load_model("tiny-llama"), TrainSpec(global_batch=32, seq_len=128, precision="bf16")
@@ -142,8 +143,10 @@ def test_an_evicting_rank_holds_its_three_largest_stages_unsharded_at_once() -> 
     est = estimate(model, CLUSTER, train, cfg, stack=load_stack("ppplan-torch"))
     assert est.memory_breakdown_gib[0]["weights"] == pytest.approx(2 * (3 * layer + embedding) / GIB, abs=ROUNDED_GIB)
     whole = 2 * (4 * layer + embedding) / GIB
+    # fp32: the unsharded fp32 copies of three stages and the fp32 shards (a quarter over dp 4) of all four
     fp32 = estimate(model, CLUSTER, train.model_copy(update={"precision": "fp32"}), cfg, stack=load_stack("ppplan-torch"))
-    assert fp32.memory_breakdown_gib[0]["weights"] == pytest.approx(2 * whole, abs=ROUNDED_GIB)
+    assert fp32.memory_breakdown_gib[0]["weights"] == pytest.approx(
+        (4 * (3 * layer + embedding) + 4 * (4 * layer + embedding) / 4) / GIB, abs=ROUNDED_GIB)
     core = estimate(model, CLUSTER, train, cfg.model_copy(update={"stack": "megatron-core"}), stack=load_stack("megatron-core"))
     assert core.memory_breakdown_gib[0]["weights"] == pytest.approx(whole, abs=ROUNDED_GIB)
     # ZeRO 3: the shards of all four stages (2 B over dp 4) and the gathered copies of three
@@ -154,3 +157,25 @@ def test_an_evicting_rank_holds_its_three_largest_stages_unsharded_at_once() -> 
     kept = estimate(model, CLUSTER, train, _cfg(v=3, num_microbatches=8, stage_layers=[1, 1, 1, 1, 1, 3]),
                     stack=load_stack("ppplan-torch"))
     assert kept.memory_breakdown_gib[0]["weights"] == pytest.approx(2 * (3 * layer + embedding) / GIB, abs=ROUNDED_GIB)
+
+
+def test_an_fp32_fsdp_run_keeps_its_shards_beside_its_unsharded_weights() -> None:
+    """FSDP2's sharded parameter is its own storage beside the all-gather outputs (measured on ppplan's runtime,
+    tiny-llama pp 2 x dp 2 fp32: 12,853,248 B of shards at ZeRO 0 and 6,426,624 at ZeRO 1 beside 12,853,248 B
+    unsharded). tiny-llama's 8 layers on one stage, dp 2, fp32: 4 B x P unsharded, plus 4 B x P of shards at ZeRO 0
+    (one shard), 4 B x P / 2 at ZeRO 1; at ZeRO 3 the static weights are the shards; bf16's shard is its master copy,
+    in the optimizer state; Megatron-Core does not run FSDP."""
+    model, train = load_model("tiny-llama"), TrainSpec(global_batch=16, seq_len=128, precision="fp32")
+    params = stage_param_split(model, 0, 8, True, True, 1).total
+    base = {"pp": 1, "dp": 2, "v": 1, "num_microbatches": 8, "schedule": "1f1b", "stage_layers": [8]}
+    torch_stack = load_stack("ppplan-torch")
+    for zero, shards in ((0, 1.0), (1, 0.5)):
+        est = estimate(model, CLUSTER, train, _cfg(**base, zero=zero), stack=torch_stack)
+        assert est.memory_breakdown_gib[0]["weights"] == pytest.approx(4 * params * (1 + shards) / GIB, abs=ROUNDED_GIB)
+    zero3 = estimate(model, CLUSTER, train, _cfg(**base, zero=3), stack=torch_stack)  # the shards and the gathered copy
+    assert zero3.memory_breakdown_gib[0]["weights"] == pytest.approx(4 * params * (1 + 0.5) / GIB, abs=ROUNDED_GIB)
+    bf16 = estimate(model, CLUSTER, train.model_copy(update={"precision": "bf16"}), _cfg(**base, zero=1), stack=torch_stack)
+    assert bf16.memory_breakdown_gib[0]["weights"] == pytest.approx(2 * params / GIB, abs=ROUNDED_GIB)
+    core = estimate(model, CLUSTER, train, _cfg(**base, zero=1).model_copy(update={"stack": "megatron-core"}),
+                    stack=load_stack("megatron-core"))
+    assert core.memory_breakdown_gib[0]["weights"] == pytest.approx(4 * params / GIB, abs=ROUNDED_GIB)

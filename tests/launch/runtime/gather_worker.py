@@ -9,7 +9,8 @@ from the name the multi-stage runtime gives the profiler range around it (``reco
 which also covers its wait for an UNSHARD), and from the stage's compute call itself (``forward_one_chunk``,
 ``backward_one_chunk``, ``backward_weight_one_chunk``: the single-stage schedules name no range). Each rank writes, per virtual
 stage it runs, each FSDP unit's counts by kind (F, B, W) to ``<out>/rank<R>.json``, and the most of its stages
-that held unsharded parameters (a group unsharded, or its gather's output pending) at any of those waits.
+that held unsharded parameters (a group unsharded, or its gather's output pending) at any of those waits, the most
+bytes they held, and the bytes of its FSDP shards (each sharded parameter's local tensor).
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ def stage_counts() -> dict[str, object]:
                               for stage, groups in STAGE_GROUPS.items()}
     out["unsharded_stages"] = UNSHARDED["stages"]
     out["unsharded_bytes"] = UNSHARDED["bytes"]
+    out["sharded_bytes"] = sum(fp.sharded_param._local_tensor.untyped_storage().nbytes()
+                               for groups in STAGE_GROUPS.values() for g in groups for fp in g.fsdp_params)
     return out
 
 

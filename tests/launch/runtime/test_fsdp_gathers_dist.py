@@ -55,6 +55,7 @@ def counted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[int, lis
         for path in sorted(Path(out).glob("rank*.json")):
             counts = json.loads(path.read_text())
             unsharded.append((counts.pop("unsharded_stages"), counts.pop("unsharded_bytes")))
+            SHARDED_BYTES.setdefault(name, []).append(counts.pop("sharded_bytes"))
             for stage, units in counts.items():
                 stages.setdefault(int(stage), units)
         result[name] = stages
@@ -62,7 +63,8 @@ def counted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[int, lis
     return result
 
 
-UNSHARDED_STAGES: dict[str, list[int]] = {}  # per plan, per rank: the most of its stages unsharded at once
+UNSHARDED_STAGES: dict[str, list[tuple[int, int]]] = {}  # per plan, per rank: the most stages and bytes unsharded at once
+SHARDED_BYTES: dict[str, list[int]] = {}  # per plan, per rank: its FSDP shards' bytes
 
 
 def _per_stage(units_by_stage: dict[int, list[dict[str, int]]]) -> tuple[dict[str, int], ...]:
@@ -87,20 +89,24 @@ def test_an_interleaved_rank_of_four_stages_holds_three_unsharded_at_most(counte
     ranks holds unsharded parameters of three of its four stages at some wait of the step, never of all four, and
     at most the bytes of its three largest stages (``unsharded_weights_share``): 9,902,080 and 9,903,104 B on the
     two pipeline ranks (fp32: the embedding's stage and two layers', the head's and two layers'), where all four
-    stages would be 12,853,248 and 12,854,272. 1F1B (one stage a rank) holds its whole stage."""
+    stages would be 12,853,248 and 12,854,272; and beside them the fp32 shards of all four, half of those at dp 2
+    (``costmodels.estimate.fp32_shard_bytes``). 1F1B (one stage a rank) holds its whole stage."""
     plan = PLANS["interleaved v4 zero 1"]
     cfg, model = plan.config, plan.model
     width = bytes_per_element(plan.train.precision)
-    held = []
+    held, shards = [], []
     for rank in range(cfg.pp):
         params = [stage_param_split(model, sum(cfg.stage_layers[:st.stage]), st.num_layers, st.has_embedding, st.has_head,
                                     cfg.tp).total
                   for st in layouts_of(cfg.stage_layers, cfg.pp, cfg.v, cfg.schedule) if st.pipeline_rank == rank]
         held += [width * unsharded_weights_share(params) * sum(params)] * cfg.dp
+        shards += [width * sum(params) / cfg.dp] * cfg.dp
     measured = UNSHARDED_STAGES["interleaved v4 zero 1"]
     assert [stages for stages, _ in measured] == [3] * cfg.pp * cfg.dp
     assert sorted(b for _, b in measured) == pytest.approx(sorted(held), rel=1e-6)
     assert sorted(held) == pytest.approx([9_902_080] * 2 + [9_903_104] * 2)
+    # beside them each rank keeps its fp32 shards, half of all four stages at dp 2 (costmodels.estimate.fp32_shard_bytes)
+    assert sorted(SHARDED_BYTES["interleaved v4 zero 1"]) == pytest.approx(sorted(shards), rel=1e-6)
     assert [stages for stages, _ in UNSHARDED_STAGES["1f1b zero 3"]] == [1] * 4
 
 
