@@ -18,10 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 from pathlib import Path
 
-from wide_llama import ppplan, write_model
+from wide_llama import ppplan, workspace
 
 MICROBATCHES = 8
 PLANS = [(2, 4), (2, 2), (1, 4), (1, 2)]  # (dp, v)
@@ -44,9 +43,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--keep", type=Path, help="keep the plans and metrics here")
     args = parser.parse_args()
-    work = args.keep or Path(tempfile.mkdtemp(prefix="ppplan-regathers-"))
-    work.mkdir(parents=True, exist_ok=True)
-    model = write_model(work)
+    work, model = workspace(args.keep, "ppplan-regathers-")
     times: dict[tuple[int, int], tuple[float, float]] = {}
     for dp, v in PLANS:
         plan, metrics = work / f"plan_dp{dp}_v{v}.json", work / f"metrics_dp{dp}_v{v}.jsonl"

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
-from wide_llama import ppplan, write_model
+from wide_llama import ppplan, workspace
 
 PLANS = {"1f1b": 1, "interleaved-1f1b": 4}  # schedule: virtual stages per rank
 
@@ -45,9 +44,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--keep", type=Path, help="keep the plans and metrics here")
     args = parser.parse_args()
-    work = args.keep or Path(tempfile.mkdtemp(prefix="ppplan-grad-lifetimes-"))
-    work.mkdir(parents=True, exist_ok=True)
-    model = write_model(work)
+    work, model = workspace(args.keep, "ppplan-grad-lifetimes-")
     measured = {}
     for schedule, v in PLANS.items():
         plan, metrics = work / f"plan_{schedule}.json", work / f"metrics_{schedule}.jsonl"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,11 +24,14 @@ tie_embeddings: false
 """
 
 
-def write_model(work: Path) -> Path:
-    """The wide Llama's model file in ``work``."""
+def workspace(keep: Path | None, prefix: str) -> tuple[Path, Path]:
+    """(the bench's working directory, the wide Llama's model file in it): ``keep`` (``--keep``), created if need
+    be, else a new temporary directory named with ``prefix``."""
+    work = keep or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
     path = work / "wide-llama.yaml"
     path.write_text(MODEL)
-    return path
+    return work, path
 
 
 def ppplan(*args: str) -> None:

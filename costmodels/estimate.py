@@ -42,6 +42,7 @@ from costmodels.memory import (
     embedding_activation_bytes,
     end_weight_grad_input_bytes,
     evicts_unsharded_stages,
+    fp32_shard_bytes,
     gradients_held_per_stage,
     held_gradient_bytes,
     layer_activation_bytes,
@@ -484,26 +485,23 @@ def _unsharded_weights_share(stack: StackSpec, train: TrainSpec, cfg: ParallelCo
     """The share of a rank's unsharded weights it holds at once: 1, or where torch's runtime evicts unsharded stages
     (``costmodels.memory.evicts_unsharded_stages``) the largest ``MAX_ACTIVE_STAGES`` stages' share
     (``unsharded_weights_share``). The unsharded weights are FSDP2's all-gather outputs, apart from its shards in
-    every precision (``fp32_shard_bytes``), and the reshard frees them (measured on the runtime:
+    every precision (``_fp32_param_shard_bytes``), and the reshard frees them (measured on the runtime:
     tests/launch/runtime/test_fsdp_gathers_dist.py)."""
     if not evicts_unsharded_stages(stack, cfg.pp, cfg.v, cfg.dp * cfg.cp, cfg.zero, train.precision):
         return 1.0
     return unsharded_weights_share([st.params.total for st in rank_plans])
 
 
-def fp32_shard_bytes(stack: StackSpec, train: TrainSpec, cfg: ParallelConfig, dense: float, experts: float) -> float:
-    """The fp32 shard an FSDP2-wrapped fp32 run keeps beside its unsharded weights below ZeRO 3: the sharded
-    parameter (a DTensor's local tensor) is its own storage, apart from the all-gather outputs that hold the unsharded
-    parameter, whole at ZeRO 0 (ppplan's runtime: HSDP with one shard) and over the data ranks at ZeRO 1-2 (dense
-    over dp x cp, routed experts over their expert-data-parallel ranks). Measured on ppplan's runtime (tiny-llama,
+def _fp32_param_shard_bytes(stack: StackSpec, train: TrainSpec, cfg: ParallelConfig, dense: float, experts: float) -> float:
+    """The fp32 shard an FSDP2-wrapped fp32 run keeps beside its unsharded weights below ZeRO 3
+    (``costmodels.memory.fp32_shard_bytes``): the sharded parameter (a DTensor's local tensor) is its own storage,
+    apart from the all-gather outputs that hold the unsharded parameter. Measured on ppplan's runtime (tiny-llama,
     pp 2 x dp 2, fp32): 12,853,248 B of shards at ZeRO 0 and 6,426,624 at ZeRO 1 beside 12,853,248 B unsharded on
     the first pipeline rank. A mixed-precision run's fp32 shard is its master copy, in the optimizer state (12 B);
     at ZeRO 3 the static weights are the shards already."""
     if train.precision != "fp32" or cfg.zero >= 3 or not stack.fsdp_wraps(cfg.dp * cfg.cp, cfg.zero, train.precision):
         return 0.0
-    if cfg.zero == 0:
-        return FP32_BYTES * (dense + experts)
-    return FP32_BYTES * (dense / (cfg.dp * cfg.cp) + experts / cfg.expert_data_ranks)
+    return fp32_shard_bytes(dense, experts, cfg.dp * cfg.cp, cfg.zero, cfg.expert_data_ranks)
 
 
 def p2p_buffer_count(stack: StackSpec, cfg: ParallelConfig, rank_plans: list[StagePlan]) -> int:
@@ -575,7 +573,7 @@ def _rank_memory_gib(
     dp_buckets = DP_BUCKETS_IN_FLIGHT * bucket * stack.grad_reduce_bytes_per_param(train.precision) if syncs_gradients(cfg) else 0.0
     allocated = {
         "weights": static.weights_bytes * (unsharded if cfg.zero < 3 else 1.0) + gathered
-                   + fp32_shard_bytes(stack, train, cfg, dense, experts),
+                   + _fp32_param_shard_bytes(stack, train, cfg, dense, experts),
         "gradients": static.gradients_bytes,
         "optimizer": static.optimizer_bytes,
         "activations": activation_peak,

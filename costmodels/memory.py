@@ -594,11 +594,18 @@ def held_gradient_bytes(gradients_bytes: float, dense_params: float, expert_para
     fp32 shard FSDP2's reduce-scatter leaves on its fp32 sharded parameters until the step ends (the dense
     parameters' over the dp x cp ranks they are sharded over, at ZeRO >= 1, the routed experts' over their
     expert-data-parallel ranks; whole at ZeRO 0, where ppplan's runtime runs HSDP with one shard)."""
-    if zero == 0:
-        return gradients_bytes, min(gradients_bytes, FP32_BYTES * (dense_params + expert_params))
     edp = max(1, data_ranks // ep) if expert_data_ranks is None else expert_data_ranks
-    shard = FP32_BYTES * (dense_params / data_ranks + expert_params / edp)
-    return gradients_bytes, min(gradients_bytes, shard)
+    return gradients_bytes, min(gradients_bytes, fp32_shard_bytes(dense_params, expert_params, data_ranks, zero, edp))
+
+
+def fp32_shard_bytes(dense_params: float, expert_params: float, data_ranks: int, zero: int,
+                     expert_data_ranks: int) -> float:
+    """Bytes of an fp32 tensor per parameter as FSDP2 shards it in ppplan's runtime: whole at ZeRO 0 (HSDP with one
+    shard), at ZeRO >= 1 the dense parameters' over the ``data_ranks`` (dp x cp) and the routed experts' over their
+    ``expert_data_ranks``."""
+    if zero == 0:
+        return FP32_BYTES * (dense_params + expert_params)
+    return FP32_BYTES * (dense_params / data_ranks + expert_params / expert_data_ranks)
 
 
 @dataclass(frozen=True)

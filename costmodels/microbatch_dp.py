@@ -21,10 +21,10 @@ from costmodels.compute import memory_bound_time_s
 from costmodels.data_parallel import fsdp_units_of, stage_pieces, stage_reduce_scatter_s, stage_zero3_gather_s
 from costmodels.layer_costs import bytes_per_element, runs_on_cpu
 from costmodels.layout import StageLayout
-from costmodels.memory import gradients_held_per_stage, microbatch_grad_sync
+from costmodels.memory import evicts_unsharded_stages, gradients_held_per_stage, microbatch_grad_sync
 from costmodels.overlap import comm_overlaps_compute, overlapped_pass_s
 from costmodels.schedules.actions import Schedule
-from costmodels.schedules.fsdp_lowering import MAX_ACTIVE_STAGES, unshards_per_stage, zero3_gathers_per_stage
+from costmodels.schedules.fsdp_lowering import unshards_per_stage, zero3_gathers_per_stage
 from costmodels.schedules.generate import schedule_of
 from profiles.schema import ClusterSpec, ParallelConfig, TrainSpec
 from profiles.stack_schema import StackSpec
@@ -189,12 +189,11 @@ def fsdp_copy_s(cfg: ParallelConfig, cluster: ClusterSpec, train: TrainSpec, st:
 
 def evicted_regathers(cfg: ParallelConfig, stack: StackSpec, precision: str) -> tuple[int, ...]:
     """Per virtual stage, the all-gathers of its parameters a step runs beyond the first, where torch's
-    pipeline runtime evicts FSDP-unsharded stages (``costmodels.schedules.fsdp_lowering``): stages FSDP2 wraps
-    on torch's pipelining without a per-microbatch sync (``costmodels.memory.gradients_held_per_stage``), at
-    ZeRO 0-2, whose units stay unsharded between their actions; at ZeRO 3 the lowering's gathers are counted
-    with FSDP2's own (``zero3_gathers_per_microbatch``). Empty where none: at most ``MAX_ACTIVE_STAGES`` stages per rank, or
+    pipeline runtime evicts FSDP-unsharded stages (``costmodels.memory.evicts_unsharded_stages``, the rule the
+    memory side takes too), at ZeRO 0-2, whose units stay unsharded between their actions; at ZeRO 3 the lowering's gathers are counted
+    with FSDP2's own (``zero3_gathers_per_microbatch``). Empty where none: at most three stages per rank, or
     another runtime."""
-    if cfg.v <= MAX_ACTIVE_STAGES or cfg.zero == 3 or not _torch_lowers_fsdp(cfg, stack, precision):
+    if cfg.zero == 3 or not evicts_unsharded_stages(stack, cfg.pp, cfg.v, cfg.dp * cfg.cp, cfg.zero, precision):
         return ()
     counts = unshards_per_stage(_action_list(cfg))
     extra = tuple(max(0, c - 1) for c in counts)

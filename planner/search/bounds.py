@@ -192,8 +192,7 @@ class Bounds:
         unsharded stages (``costmodels.memory.evicts_unsharded_stages``) ``MAX_ACTIVE_STAGES`` of
         its ``v`` stages, which hold at least that share of them whatever the cut (the estimate takes the largest
         three: ``costmodels.memory.unsharded_weights_share``); else 1."""
-        if c.v <= MAX_ACTIVE_STAGES or not evicts_unsharded_stages(self.stack, c.pp, c.v, c.dp * c.cp, c.zero,
-                                                                   self.train.precision):
+        if not evicts_unsharded_stages(self.stack, c.pp, c.v, c.dp * c.cp, c.zero, self.train.precision):
             return 1.0
         return MAX_ACTIVE_STAGES / c.v
 

@@ -90,7 +90,7 @@ def test_an_interleaved_rank_of_four_stages_holds_three_unsharded_at_most(counte
     at most the bytes of its three largest stages (``unsharded_weights_share``): 9,902,080 and 9,903,104 B on the
     two pipeline ranks (fp32: the embedding's stage and two layers', the head's and two layers'), where all four
     stages would be 12,853,248 and 12,854,272; and beside them the fp32 shards of all four, half of those at dp 2
-    (``costmodels.estimate.fp32_shard_bytes``). 1F1B (one stage a rank) holds its whole stage."""
+    (``costmodels.memory.fp32_shard_bytes``). 1F1B (one stage a rank) holds its whole stage."""
     plan = PLANS["interleaved v4 zero 1"]
     cfg, model = plan.config, plan.model
     width = bytes_per_element(plan.train.precision)
@@ -105,7 +105,7 @@ def test_an_interleaved_rank_of_four_stages_holds_three_unsharded_at_most(counte
     assert [stages for stages, _ in measured] == [3] * cfg.pp * cfg.dp
     assert sorted(b for _, b in measured) == pytest.approx(sorted(held), rel=1e-6)
     assert sorted(held) == pytest.approx([9_902_080] * 2 + [9_903_104] * 2)
-    # beside them each rank keeps its fp32 shards, half of all four stages at dp 2 (costmodels.estimate.fp32_shard_bytes)
+    # beside them each rank keeps its fp32 shards, half of all four stages at dp 2 (costmodels.memory.fp32_shard_bytes)
     assert sorted(SHARDED_BYTES["interleaved v4 zero 1"]) == pytest.approx(sorted(shards), rel=1e-6)
     assert [stages for stages, _ in UNSHARDED_STAGES["1f1b zero 3"]] == [1] * 4
 
