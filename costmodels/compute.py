@@ -6,7 +6,9 @@
   "Matrix Multiplication Background User's Guide", and the GEMM throughput curves in
   Narayanan et al. SC21, Fig. 8). Never faster than its operands and result moving through
   HBM (the memory roof: a skinny GEMM, like the unfused attention's QKᵀ with k = head dim,
-  is bound by bytes).
+  is bound by bytes). A GEMM whose operands break the tensor cores' 16-byte alignment
+  (``costmodels.operators.tensor_core_aligned``) runs on the CUDA cores: the fp32 peak at
+  ``gemm_max`` (``cuda_core_flops``).
 - Flash attention: a fused kernel whose inner products run on the tensor cores like a GEMM;
   FlashAttention-2 reaches 50-73 % of A100 peak, approaching the efficiency of GEMMs
   (Dao 2023, abstract). Its forward runs at ``gemm_max`` times the ratio of FA2's forward
@@ -75,14 +77,28 @@ def gemm_precision(precision: str, gemm: Gemm) -> str:
     return precision if gemm.low_precision else non_gemm_precision(precision)
 
 
+def cuda_core_flops(cluster: ClusterSpec) -> float:
+    """FLOP/s of a GEMM off the tensor cores (``Gemm.tensor_cores`` False): the GPU's fp32 peak,
+    which is its CUDA cores' FMA rate, at the family's large-GEMM fraction ``gemm_max`` (no
+    tensor-core tile knee)."""
+    if cluster.gpu.peak_tflops.fp32 is None:
+        raise PlanError(f"cluster '{cluster.name}' lists no fp32 peak: a GEMM off the tensor cores (an attention "
+                        f"head dim whose bytes are not a multiple of 16) cannot be priced; add gpu.peak_tflops.fp32")
+    return peak_flops(cluster, "fp32") * cluster.efficiency.gemm_max
+
+
 def gemm_op_time_s(cluster: ClusterSpec, precision: str, gemm: Gemm) -> float:
     """The slower of the compute roof (efficiency of the smallest dimension; fp8 GEMMs at
-    ``FP8_GEMM_EFFICIENCY_OVER_BF16`` of it) and the memory roof."""
+    ``FP8_GEMM_EFFICIENCY_OVER_BF16`` of it; a GEMM off the tensor cores at ``cuda_core_flops``)
+    and the memory roof."""
     runs_in = gemm_precision(precision, gemm)
-    efficiency = gemm_efficiency(cluster, min(gemm.m, gemm.n, gemm.k))
-    if runs_in == FP8_GEMM_PRECISION:
-        efficiency *= FP8_GEMM_EFFICIENCY_OVER_BF16
-    compute = gemm.flops / (peak_flops(cluster, runs_in) * efficiency)
+    if not gemm.tensor_cores:
+        compute = gemm.flops / cuda_core_flops(cluster)
+    else:
+        efficiency = gemm_efficiency(cluster, min(gemm.m, gemm.n, gemm.k))
+        if runs_in == FP8_GEMM_PRECISION:
+            efficiency *= FP8_GEMM_EFFICIENCY_OVER_BF16
+        compute = gemm.flops / (peak_flops(cluster, runs_in) * efficiency)
     return max(compute, memory_bound_time_s(cluster, gemm_bytes(gemm, runs_in)))
 
 

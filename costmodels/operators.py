@@ -44,6 +44,11 @@ from profiles.schema import ModelSpec
 from profiles.stack_schema import StackKernels
 
 MASK_BYTES = 1  # dropout keeps a 1-byte mask per element (Korthikanti et al. 2022, Sec. 4.1)
+# Tensor-core GEMM kernels load their operands 16 bytes at a time: cuBLAS states 16-byte aligned
+# pointers, leading dimensions and batch strides for its tensor-core paths (cuBLAS documentation,
+# "Tensor Core Usage"; "most kernels targeting Tensor Cores require 128b aligned memory accesses",
+# NVIDIA/cutlass issue 75).
+TENSOR_CORE_ALIGNMENT_BYTES = 16
 FP32_BYTES = 4
 # FlashAttention-2's FLOP convention: the backward runs five matrix products to the forward's two
 # (dQ, dK, dV, dP and the recomputed S), 2.5x the forward's FLOPs (Dao 2023, Sec. 3.1.2; the
@@ -60,7 +65,9 @@ class Gemm:
     logits GEMM, which stay in the activation precision (Megatron-Core's ``output_layer`` is a
     plain ``ColumnParallelLinear``, outside TE's fp8 autocast; torchtitan's float8 and MX
     converters skip ``output`` by default: "By default we always skip the output layer",
-    torchtitan config ``filter_fqns``)."""
+    torchtitan config ``filter_fqns``). ``tensor_cores``: False for a product whose operands break
+    the tensor-core kernels' 16-byte alignment (``tensor_core_aligned``), which runs on the CUDA
+    cores (``costmodels.compute.gemm_op_time_s``)."""
 
     name: str
     m: float
@@ -68,6 +75,7 @@ class Gemm:
     k: float
     batch: float = 1.0
     low_precision: bool = True
+    tensor_cores: bool = True
 
     @property
     def flops(self) -> float:
@@ -253,25 +261,44 @@ def flash_attention(flops_full: float, generation: str = "native") -> LayerOps:
     return LayerOps(forward=(core,), backward_input=(backward,), recompute=(core,))
 
 
+def tensor_core_aligned(elements: float, bytes_per_element: int) -> bool:
+    """True when a row of ``elements`` values starts every next row on a 16-byte boundary
+    (``TENSOR_CORE_ALIGNMENT_BYTES``)."""
+    return float(elements).is_integer() and (int(elements) * bytes_per_element) % TENSOR_CORE_ALIGNMENT_BYTES == 0
+
+
 def unfused_attention(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
     """Megatron-LM's 2021 ``CoreAttention``: per (microbatch, head) a ``baddbmm`` QKᵀ (s × d)·(d × s)
     over all s² scores (no causal skip, the 1/√d scale inside it), a scale-mask-softmax over
     the scores (fused ``FusedScaleMaskSoftmax``: F 2 accesses, B 3; eager mask + softmax: F 4,
     B 5), dropout on the probabilities (2p + 1 each way, when the stack runs dropout), and
     ``bmm`` with V (s × s)·(s × d). Backward: dP = dO·Vᵀ, dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q
-    (Megatron-LM ``megatron/model/transformer.py`` @ v2.6)."""
+    (Megatron-LM ``megatron/model/transformer.py`` @ v2.6).
+
+    Each product's batch (one head of one sample) starts ``head_dim`` values after the previous
+    one: the query, key and value are strided views of the [s, b, heads, head_dim] projection
+    output. A head dim whose bytes are not a multiple of 16 (``tensor_core_aligned``: 108, 150
+    or 450 values in fp16) leaves every other batch off the tensor cores' alignment, and the
+    products run on the CUDA cores (``Gemm.tensor_cores``). BigScience measured it: tr11's
+    h13824 at 128 heads (head dim 108) ran 30-40 % slower than at 64 or 96 heads, on every
+    layout it tried (bigscience-workshop/bigscience train/tr11-176B-ml/chronicles-prequel.md,
+    "NHEADs comparison" and "Rebalancing layers"; the text blames the fused softmax, whose
+    kernel conditions do not involve the head dim: ``FusedScaleMaskSoftmax.is_kernel_available``)."""
     s, d, p = shape.local_seq_len, model.head_dim, shape.bytes_per_element
     heads = shape.mbs * model.num_attention_heads / shape.tp
     scores = heads * s * s
     softmax_f, softmax_b = (2, 3) if kernels.fused_softmax else (4, 5)
-    forward: list[Operator] = [Gemm("attn.qk", s, s, d, heads, low_precision=False), MemoryBound("attn.softmax", softmax_f * p * scores)]
-    backward: list[Operator] = [Gemm("attn.av.dgrad_p", s, s, d, heads, low_precision=False), Gemm("attn.av.dgrad_v", s, d, s, heads, low_precision=False)]
+
+    def bmm(name: str, m: float, n: float, k: float) -> Gemm:
+        return Gemm(name, m, n, k, heads, low_precision=False, tensor_cores=tensor_core_aligned(d, p))
+
+    forward: list[Operator] = [bmm("attn.qk", s, s, d), MemoryBound("attn.softmax", softmax_f * p * scores)]
+    backward: list[Operator] = [bmm("attn.av.dgrad_p", s, s, d), bmm("attn.av.dgrad_v", s, d, s)]
     if kernels.dropout:
         forward.append(MemoryBound("attn.dropout", (2 * p + MASK_BYTES) * scores))
         backward.append(MemoryBound("attn.dropout.bwd", (2 * p + MASK_BYTES) * scores))
-    forward.append(Gemm("attn.av", s, d, s, heads, low_precision=False))
-    backward += [MemoryBound("attn.softmax.bwd", softmax_b * p * scores),
-                 Gemm("attn.qk.dgrad_q", s, d, s, heads, low_precision=False), Gemm("attn.qk.dgrad_k", s, d, s, heads, low_precision=False)]
+    forward.append(bmm("attn.av", s, d, s))
+    backward += [MemoryBound("attn.softmax.bwd", softmax_b * p * scores), bmm("attn.qk.dgrad_q", s, d, s), bmm("attn.qk.dgrad_k", s, d, s)]
     return LayerOps(forward=tuple(forward), backward_input=tuple(backward), recompute=tuple(forward))
 
 

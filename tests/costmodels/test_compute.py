@@ -18,16 +18,18 @@ from costmodels.compute import (
     operator_time_s,
 )
 from costmodels.operators import FlashAttention, Gemm, MemoryBound
+from profiles.errors import PlanError
 from profiles.schema import ClusterSpec
 
 PEAK = 312e12
 HBM = 2000e9
 
 
-def gpu(**efficiency) -> ClusterSpec:
+def gpu(fp32_tflops: float | None = None, **efficiency) -> ClusterSpec:
+    peaks = {"bf16": 312, "fp8": 624} | ({"fp32": fp32_tflops} if fp32_tflops else {})
     return ClusterSpec(
         name="test",
-        gpu={"name": "TEST", "memory_gib": 80, "peak_tflops": {"bf16": 312, "fp8": 624}, "hbm_bandwidth_gbs": 2000},
+        gpu={"name": "TEST", "memory_gib": 80, "peak_tflops": peaks, "hbm_bandwidth_gbs": 2000},
         gpus_per_node=8,
         intra_node={"bandwidth_gbs": 300, "latency_us": 8},
         inter_node={"bandwidth_gbs": 25, "latency_us": 15},
@@ -77,6 +79,21 @@ def test_batched_gemm_counts_every_product() -> None:
     compute = gemm.flops / (PEAK * 0.8 * 64 / (64 + 96))
     memory = 8 * 2 * (2048 * 64 * 2 + 2048 * 2048) / (0.8 * HBM)
     assert operator_time_s(gpu(), "bf16", gemm) == pytest.approx(max(compute, memory))
+
+
+def test_a_gemm_off_the_tensor_cores_runs_at_the_fp32_peak_times_the_ceiling() -> None:
+    """Head dim 108 in fp16 (216 B a row, not a multiple of 16): QKᵀ of 8 heads at s = 2048 is
+    2·8·2048²·108 = 7.25 GFLOP; on the CUDA cores at 19.5 TFLOP/s x 0.8 it takes 464.5 us, where
+    the tensor cores at 312 x 0.8 x 108/204 would take 54.9 us. Its bytes (8·2·(2·2048·108 +
+    2048²) = 74.2 MB, 46.4 us) bind neither. A GPU that lists no fp32 peak cannot price it."""
+    gemm = Gemm("attn.qk", 2048, 2048, 108, batch=8, low_precision=False, tensor_cores=False)
+    assert gemm.flops == pytest.approx(7.248e9, rel=1e-3)
+    assert operator_time_s(gpu(fp32_tflops=19.5), "bf16", gemm) == pytest.approx(gemm.flops / (19.5e12 * 0.8))
+    assert operator_time_s(gpu(fp32_tflops=19.5), "bf16", gemm) == pytest.approx(464.5e-6, rel=1e-3)
+    aligned = operator_time_s(gpu(fp32_tflops=19.5), "bf16", Gemm("attn.qk", 2048, 2048, 108, batch=8, low_precision=False))
+    assert aligned == pytest.approx(gemm.flops / (PEAK * 0.8 * 108 / (108 + 96)))
+    with pytest.raises(PlanError, match="lists no fp32 peak"):
+        operator_time_s(gpu(), "bf16", gemm)
 
 
 def test_flash_attention_runs_at_the_gemm_ceiling_times_the_cited_ratio() -> None:

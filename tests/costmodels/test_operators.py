@@ -91,6 +91,27 @@ def test_unfused_attention_materialises_the_scores() -> None:
     assert eager_softmax["attn.softmax"].bytes == pytest.approx(4 * p * scores)
 
 
+@pytest.mark.parametrize(("hidden", "heads", "p", "on_tensor_cores"), [
+    (13824, 128, 2, False),  # head dim 108: 216 B a row (BigScience tr11, 30-40 % slower measured)
+    (14400, 96, 2, False),   # head dim 150: 300 B
+    (13824, 96, 2, True),    # head dim 144: 288 B
+    (13312, 128, 2, True),   # head dim 104: 208 B
+    (13824, 128, 4, True),   # head dim 108 in fp32: 432 B
+])
+def test_unfused_attention_leaves_the_tensor_cores_when_a_head_is_not_16_byte_aligned(
+        hidden: int, heads: int, p: int, on_tensor_cores: bool) -> None:
+    """Megatron's batched products step ``head_dim`` values from one head to the next: every one
+    of the six runs on the tensor cores only when head_dim x p is a multiple of 16 bytes; the
+    layer's linear GEMMs are unaffected."""
+    model = ModelSpec(name="m", num_layers=2, hidden_size=hidden, num_attention_heads=heads, vocab_size=32000, seq_len=2048)
+    ops = transformer_layer_ops(model, shape(tp=8, p=p), MEGATRON_2021)
+    names = {"attn.qk", "attn.av", "attn.av.dgrad_p", "attn.av.dgrad_v", "attn.qk.dgrad_q", "attn.qk.dgrad_k"}
+    bmms = [op for op in ops.forward + ops.backward_input if op.name in names]
+    assert len(bmms) == 6 and {op.tensor_cores for op in bmms} == {on_tensor_cores}
+    linears = [op for op in ops.forward + ops.backward_input + ops.backward_weight if isinstance(op, Gemm) and op.low_precision]
+    assert linears and all(op.tensor_cores for op in linears)
+
+
 def test_element_wise_bytes_of_a_gpt_layer_with_megatron_2021_dropout() -> None:
     """Two LayerNorms (one kernel each: 2 accesses F, 3 B) and two bias-dropout-adds (3p + 1 F,
     3p + 2p + 1 B) on t·h, replicated without SP; bias-GELU on t·4h/tp (2p F, 3p B)."""
