@@ -94,6 +94,10 @@ def files(d: Path):
     (d / "cl_huge_gpn.yaml").write_text(cl.replace("gpus_per_node: 8", f"gpus_per_node: {10**12}"))
     (d / "cl_huge_mem.yaml").write_text(cl.replace("memory_gib: 5", "memory_gib: 1e308"))
     (d / "cl_zero_peak.yaml").write_text(cl.replace("fp32: 0.104", "fp32: 1e-300"))
+    a100 = (ROOT / "profiles" / "clusters" / "dgx-a100-80g.yaml").read_text()
+    (d / "cl_no_fp32.yaml").write_text(a100.replace("{fp32: 19.5, tf32: 156, bf16: 312, fp16: 312}", "{bf16: 312, fp16: 312}"))
+    (d / "head108.yaml").write_text("name: head108\nnum_layers: 4\nhidden_size: 13824\nnum_attention_heads: 128\n"
+                                    "vocab_size: 32000\nseq_len: 2048\n")
     line = {
         "step": 0,
         "rank": 0,
@@ -207,6 +211,8 @@ CLASSES = {
         "cluster gpus_per_node 1e12": ["search", "--model", "tiny-gpt", "--cluster", "cl_huge_gpn.yaml", "--gpus", "2", "--global-batch", "8"],
         "cluster memory 1e308": ["search", "--model", "tiny-gpt", "--cluster", "cl_huge_mem.yaml", "--gpus", "2", "--global-batch", "8"],
         "cluster peak 1e-300": ["search", "--model", "tiny-gpt", "--cluster", "cl_zero_peak.yaml", "--gpus", "2", "--global-batch", "8"],
+        "no fp32 peak, head dim 108 unfused": ["search", "--model", "head108.yaml", "--cluster", "cl_no_fp32.yaml", "--gpus", "8",
+                                               "--global-batch", "8", "--stack", "megatron-lm-2021"],
         "plan pp=M=1e5 simulate": ["simulate", "huge_plan.json"],
         "plan pp=M=1e5 explain": ["explain", "huge_plan.json"],
         "plan M=1e9 simulate": ["simulate", "m1e9_plan.json"],
