@@ -11,7 +11,7 @@ from planner.cli.app import app, out, warn
 from planner.cli.plans import load_checked_plan
 from planner.cli.render import memory_band_line, memory_table, plans_table, seconds, sig3
 from planner.search.branch_and_bound import Scored, Searcher
-from planner.search.explain import binding_constraints, candidate_of, config_label, nearest_alternatives, waste_warnings
+from planner.search.explain import binding_constraints, candidate_of, config_label, kernel_warnings, nearest_alternatives, waste_warnings
 from profiles.loader import load_stack
 from profiles.schema import Breakdown, Estimate, Plan
 
@@ -47,8 +47,9 @@ def explain_cmd(plan_path: Path = typer.Argument(..., help="plan.json")) -> None
     plan = load_checked_plan(plan_path)
     est, cfg = plan.estimate, plan.config
     gpus = cfg.world_size
-    overlap = load_stack(cfg.stack).steps_overlap(cfg.schedule, plan.train.precision)
-    for warning in waste_warnings(cfg, est, plan.train.global_batch, overlap):
+    stack = load_stack(cfg.stack)
+    overlap = stack.steps_overlap(cfg.schedule, plan.train.precision)
+    for warning in waste_warnings(cfg, est, plan.train.global_batch, overlap) + kernel_warnings(plan.model, stack, plan.train.precision):
         warn(warning)
     out.print(f"{plan.model.name} on {gpus} x {plan.cluster.gpu.name}, stack {cfg.stack}: step "
               f"{seconds(est.step_time_s, est.error_band_pct)}, MFU {100 * est.mfu:.3g}%", markup=False, overflow="fold")

@@ -18,7 +18,7 @@ from costmodels.rules import check_config, precision_violations
 from planner.cli.app import app, comma_list, err, note, out, warn
 from planner.cli.render import memory_table, plan_json, plans_table, sig3
 from planner.search.branch_and_bound import Scored, SearchResult, search
-from planner.search.explain import binding_constraints, nearest_alternatives, rationale, waste_warnings
+from planner.search.explain import binding_constraints, kernel_warnings, nearest_alternatives, rationale, waste_warnings
 from planner.search.space import DEFAULT_SCHEDULES, RECOMPUTE_KINDS, DegreeFilter
 from planner.trust.error_bands import with_error_band
 from profiles.errors import InfeasibleError, PlanError
@@ -190,7 +190,8 @@ def search_cmd(
         _report_infeasible(result.closest, model_spec, cluster_spec, train, gpus, as_json, profile)
     plans = _plans(model_spec, cluster_spec, train, result, profile)
     best = plans[0].config
-    for warning in waste_warnings(best, plans[0].estimate, global_batch, stack_spec.steps_overlap(best.schedule, train.precision)):
+    for warning in (waste_warnings(best, plans[0].estimate, global_batch, stack_spec.steps_overlap(best.schedule, train.precision))
+                    + kernel_warnings(model_spec, stack_spec, train.precision)):
         warn(warning)
     if out_path:
         write_atomic(out_path, plan_json(plans[0]))
@@ -316,7 +317,8 @@ def evaluate_cmd(
     if as_json:
         out.print_json(json.dumps({"config": json.loads(cfg.model_dump_json()), "estimate": json.loads(est.model_dump_json())}))
         return
-    for warning in waste_warnings(cfg, est, global_batch, stack_spec.steps_overlap(cfg.schedule, train.precision)):
+    for warning in (waste_warnings(cfg, est, global_batch, stack_spec.steps_overlap(cfg.schedule, train.precision))
+                    + kernel_warnings(model_spec, stack_spec, train.precision)):
         warn(warning)
     out.print(_title(model_spec, cluster_spec, train, gpus, stack_spec), markup=False, overflow="fold")
     out.print(plans_table([(cfg, est)], None, out.width))

@@ -1,6 +1,6 @@
 """Why a plan wins: what binds it (memory, bubble, communication), the nearest rejected
 alternatives with the reason each lost or failed, and warnings when the plan wastes the
-machine.
+machine or its model's shape keeps the stack's kernels off the tensor cores.
 
 Neighbours are the configurations one step away along one axis (tp, cp, ep, pp, mbs, v, schedule,
 recompute, sequence parallelism, ZeRO), each priced like a search candidate (its uniform
@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from costmodels.layer_costs import bytes_per_element
 from costmodels.layout import min_layers_for
+from costmodels.operators import TENSOR_CORE_ALIGNMENT_BYTES, tensor_core_aligned
 from costmodels.rules import (
     data_parallel_violations,
     expert_context_violations,
@@ -116,6 +118,19 @@ def waste_warnings(cfg: ParallelConfig, est: Estimate, global_batch: int, steps_
             warnings.append(f"MFU {_g3(100 * est.mfu)}% is under a third of the {_g3(100 * ceiling)}% these GPUs reach on "
                             "this model's layers while computing: most of the step is spent waiting")
     return warnings
+
+
+def kernel_warnings(model: ModelSpec, stack: StackSpec, precision: str) -> list[str]:
+    """Warnings for a model whose shape keeps its stack's kernels off the tensor cores: unfused
+    attention at a head dim whose bytes are not a multiple of 16 runs its batched GEMMs on the CUDA
+    cores (``costmodels.operators.unfused_attention``; BigScience's tr11 at head dim 108 ran 30-40 %
+    slower than at 144), whatever the parallel layout."""
+    p = bytes_per_element(precision)
+    if stack.kernels.attention != "unfused" or tensor_core_aligned(model.head_dim, p):
+        return []
+    return [f"head dim {model.head_dim} x {p} B is not a multiple of {TENSOR_CORE_ALIGNMENT_BYTES} bytes: {stack.name}'s unfused "
+            "attention runs its batched GEMMs on the CUDA cores (priced at the fp32 peak); a head dim that is a multiple of "
+            f"{TENSOR_CORE_ALIGNMENT_BYTES // p} keeps them on the tensor cores"]
 
 
 def _count(n: int, noun: str) -> str:
