@@ -267,6 +267,13 @@ def tensor_core_aligned(elements: float, bytes_per_element: int) -> bool:
     return float(elements).is_integer() and (int(elements) * bytes_per_element) % TENSOR_CORE_ALIGNMENT_BYTES == 0
 
 
+def unfused_attention_on_tensor_cores(model: ModelSpec, bytes_per_element: int) -> bool:
+    """Whether ``unfused_attention``'s batched products run on the tensor cores: each batch starts
+    ``head_dim`` values after the previous one, so only a 16-byte aligned head dim keeps them there
+    (``tensor_core_aligned``)."""
+    return tensor_core_aligned(model.head_dim, bytes_per_element)
+
+
 def unfused_attention(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
     """Megatron-LM's 2021 ``CoreAttention``: per (microbatch, head) a ``baddbmm`` QKᵀ (s × d)·(d × s)
     over all s² scores (no causal skip, the 1/√d scale inside it), a scale-mask-softmax over
@@ -277,7 +284,7 @@ def unfused_attention(model: ModelSpec, shape: LayerShape, kernels: StackKernels
 
     Each product's batch (one head of one sample) starts ``head_dim`` values after the previous
     one: the query, key and value are strided views of the [s, b, heads, head_dim] projection
-    output. A head dim whose bytes are not a multiple of 16 (``tensor_core_aligned``: 108, 150
+    output. A head dim whose bytes are not a multiple of 16 (``unfused_attention_on_tensor_cores``: 108, 150
     or 450 values in fp16) leaves every other batch off the tensor cores' alignment, and the
     products run on the CUDA cores (``Gemm.tensor_cores``). BigScience measured it: tr11's
     h13824 at 128 heads (head dim 108) ran 30-40 % slower than at 64 or 96 heads, on every
@@ -288,9 +295,10 @@ def unfused_attention(model: ModelSpec, shape: LayerShape, kernels: StackKernels
     heads = shape.mbs * model.num_attention_heads / shape.tp
     scores = heads * s * s
     softmax_f, softmax_b = (2, 3) if kernels.fused_softmax else (4, 5)
+    on_tensor_cores = unfused_attention_on_tensor_cores(model, p)
 
     def bmm(name: str, m: float, n: float, k: float) -> Gemm:
-        return Gemm(name, m, n, k, heads, low_precision=False, tensor_cores=tensor_core_aligned(d, p))
+        return Gemm(name, m, n, k, heads, low_precision=False, tensor_cores=on_tensor_cores)
 
     forward: list[Operator] = [bmm("attn.qk", s, s, d), MemoryBound("attn.softmax", softmax_f * p * scores)]
     backward: list[Operator] = [bmm("attn.av.dgrad_p", s, s, d), bmm("attn.av.dgrad_v", s, d, s)]

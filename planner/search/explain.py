@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from costmodels.layer_costs import bytes_per_element
 from costmodels.layout import min_layers_for
-from costmodels.operators import TENSOR_CORE_ALIGNMENT_BYTES, tensor_core_aligned
+from costmodels.operators import TENSOR_CORE_ALIGNMENT_BYTES, unfused_attention_on_tensor_cores
 from costmodels.rules import (
     data_parallel_violations,
     expert_context_violations,
@@ -123,10 +123,10 @@ def waste_warnings(cfg: ParallelConfig, est: Estimate, global_batch: int, steps_
 def kernel_warnings(model: ModelSpec, stack: StackSpec, precision: str) -> list[str]:
     """Warnings for a model whose shape keeps its stack's kernels off the tensor cores: unfused
     attention at a head dim whose bytes are not a multiple of 16 runs its batched GEMMs on the CUDA
-    cores (``costmodels.operators.unfused_attention``; BigScience's tr11 at head dim 108 ran 30-40 %
-    slower than at 144), whatever the parallel layout."""
+    cores (``costmodels.operators.unfused_attention_on_tensor_cores``, the rule the price takes;
+    BigScience's tr11 at head dim 108 ran 30-40 % slower than at 144), whatever the parallel layout."""
     p = bytes_per_element(precision)
-    if stack.kernels.attention != "unfused" or tensor_core_aligned(model.head_dim, p):
+    if stack.kernels.attention != "unfused" or unfused_attention_on_tensor_cores(model, p):
         return []
     return [f"head dim {model.head_dim} x {p} B is not a multiple of {TENSOR_CORE_ALIGNMENT_BYTES} bytes: {stack.name}'s unfused "
             "attention runs its batched GEMMs on the CUDA cores (priced at the fp32 peak); a head dim that is a multiple of "
