@@ -4,7 +4,9 @@ Prints, from one ``ppplan validate`` run (``planner.trust.validation.validate``)
 per independent source the rows priced and skipped with a-priori, held-out fit
 (leave-one-source-out), held-out (what the presets' procedure ships for a source it never saw,
 the targets' figure) and in-sample MAPE; the fitted constants per GPU family;
-Spearman's rho within every sweep; the memory check; the worst rows with their
+Spearman's rho within every sweep, beside what an exact predictor scores against the
+source's own repeat scatter where the source measured a configuration twice
+(``planner.trust.repeat_noise``); the memory check; the worst rows with their
 error; MAPE per category (dense / moe / long-context) and per stack; each target
 met or not. Writes the predicted-vs-measured plot (``--plot``, default
 ``accuracy.png``). The CPU seconds of the validation are printed (process time:
@@ -48,7 +50,9 @@ def print_families(report: ValidationReport) -> None:
 def print_sweeps(report: ValidationReport) -> None:
     for s in report.sweeps():
         rho = "n/a" if s.rho is None else f"{s.rho:+.2f}"
-        print(f"{s.sweep:50s} rows={s.rows:3d} rho={rho:>5s} measured best ranked {s.measured_best_predicted_rank}")
+        c = s.rho_noise_ceiling
+        exact = "" if c is None else f"; exact predictor: rho {c.expected_rho:.2f}, >= {c.target:g} in {100 * c.share_reaching_target:.0f} %"
+        print(f"{s.sweep:50s} rows={s.rows:3d} rho={rho:>5s} measured best ranked {s.measured_best_predicted_rank}{exact}")
 
 
 def print_memory(report: ValidationReport) -> None:

@@ -286,6 +286,21 @@ def test_the_sweeps_are_the_corpus_sweeps(doc: dict) -> None:
     assert sorted(s["sweep"] for s in doc["sweeps"]) == sorted(SWEEPS)
 
 
+def test_sweeps_of_a_source_with_repeats_carry_what_an_exact_predictor_scores(doc: dict) -> None:
+    # BigScience read ten tr11/tr8 layouts more than once (planner.trust.repeat_noise); no other source did
+    assert list(doc["repeat_noise"]) == ["bigscience"]
+    assert doc["repeat_noise"]["bigscience"]["dof"] == 16
+    for s in doc["sweeps"]:
+        ceiling = s["rho_noise_ceiling"]
+        if s["source"] != "bigscience":
+            assert ceiling is None
+            continue
+        assert 0.0 < ceiling["expected_rho"] <= 1.0 and 0.0 <= ceiling["share_reaching_target"] <= 1.0
+    # the 42-layout 181B sweep spans far more than 3 % per reading: an exact predictor always reaches 0.8 on it
+    big = next(s for s in doc["sweeps"] if s["sweep"] == "bigscience-tr11_h14336_L72_fp16")
+    assert big["rho_noise_ceiling"]["share_reaching_target"] >= 0.99
+
+
 @pytest.mark.parametrize("sweep", [pytest.param(s, marks=_xfail_if(MISSED_SWEEP_RHO, s, "Spearman rho")) for s in SWEEPS])
 def test_rank_correlation_within_every_sweep(doc: dict, sweep: str) -> None:
     found = next(s for s in doc["sweeps"] if s["sweep"] == sweep)
