@@ -89,6 +89,9 @@ MISSED_SWEEP_RHO = {
     "bigscience-tr11_h14336_L72_fp16": 0.51, "bigscience-tr8-104B_V100": 0.78,
     "llm-foundry_mpt-13b_A100-40GB": 0.58, "llm-foundry_mpt-13b_H100-SXM": 0.59,
 }
+# Of those, the share of BigScience's re-measurements on which an exact predictor reaches rho 0.8 is under half
+# (validate's rho_noise_ceiling against the source's 3.3 % repeat scatter): the target is out of reach there.
+NOISE_LIMITED_SWEEPS = {"bigscience-tr11_h14336_L70_bf16": 0.49, "bigscience-tr8-104B_V100": 0.47}
 MEMORY_SOURCES = ["bigscience", "megatron-lm-tests", "torchtitan", "zero-bubble-iclr24"]
 MISSED_MEMORY = {"bigscience": 31.0, "torchtitan": 6.2}  # worst under-prediction of a dense row, %
 
@@ -299,9 +302,17 @@ def test_sweeps_of_a_source_with_repeats_carry_what_an_exact_predictor_scores(do
     # the 42-layout 181B sweep spans far more than 3 % per reading: an exact predictor always reaches 0.8 on it
     big = next(s for s in doc["sweeps"] if s["sweep"] == "bigscience-tr11_h14336_L72_fp16")
     assert big["rho_noise_ceiling"]["share_reaching_target"] >= 0.99
+    for sweep, share in NOISE_LIMITED_SWEEPS.items():
+        found = next(s for s in doc["sweeps"] if s["sweep"] == sweep)
+        assert found["rho_noise_ceiling"]["share_reaching_target"] == pytest.approx(share, abs=0.01)
 
 
-@pytest.mark.parametrize("sweep", [pytest.param(s, marks=_xfail_if(MISSED_SWEEP_RHO, s, "Spearman rho")) for s in SWEEPS])
+def _rho_reason(sweep: str) -> str:
+    share = NOISE_LIMITED_SWEEPS.get(sweep)
+    return "Spearman rho" if share is None else f"(noise-limited: an exact predictor reaches 0.8 in {share:.0%}) Spearman rho"
+
+
+@pytest.mark.parametrize("sweep", [pytest.param(s, marks=_xfail_if(MISSED_SWEEP_RHO, s, _rho_reason(s))) for s in SWEEPS])
 def test_rank_correlation_within_every_sweep(doc: dict, sweep: str) -> None:
     found = next(s for s in doc["sweeps"] if s["sweep"] == sweep)
     assert found["spearman_rho"] is not None and found["spearman_rho"] >= TARGET_SWEEP_RHO
