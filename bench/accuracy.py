@@ -52,7 +52,8 @@ def print_sweeps(report: ValidationReport) -> None:
         rho = "n/a" if s.rho is None else f"{s.rho:+.2f}"
         c = s.rho_noise_ceiling
         exact = "" if c is None else f"; exact predictor: rho {c.expected_rho:.2f}, >= {c.target:g} in {100 * c.share_reaching_target:.0f} %"
-        print(f"{s.sweep:50s} rows={s.rows:3d} rho={rho:>5s} measured best ranked {s.measured_best_predicted_rank}{exact}")
+        print(f"{s.sweep:50s} rows={s.rows:3d} rho={rho:>5s} measured best ranked {s.measured_best_predicted_rank} "
+              f"(the pick loses {s.pick_regret_pct:.1f} %){exact}")
 
 
 def print_memory(report: ValidationReport) -> None:

@@ -1,5 +1,6 @@
 """Accuracy statistics of predictions against measurements: signed and absolute percentage
-errors, MAPE by group, Spearman's rank correlation within a sweep."""
+errors, MAPE by group, Spearman's rank correlation within a sweep and what the predicted-best
+configuration of a sweep loses against the measured best."""
 
 from __future__ import annotations
 
@@ -65,3 +66,15 @@ def spearman_rho(predicted: list[float], measured: list[float]) -> float | None:
     a, b = a - a.mean(), b - b.mean()
     denominator = math.sqrt(float(a @ a) * float(b @ b))
     return float(a @ b) / denominator if denominator > 0 else None
+
+
+def pick_regret_pct(predicted: list[float], measured: list[float]) -> float:
+    """Throughput the predicted-best configuration of a sweep loses against the measured best, in %
+    of the former's: 100 * (max measured / measured of the pick - 1), where the pick is the row of highest
+    predicted throughput (rows tied at it, e.g. one configuration read twice, count by their mean reading).
+    0 when the prediction picks the measured best."""
+    if len(predicted) != len(measured) or not predicted:
+        raise ValueError("pick_regret_pct needs pairs")
+    top = max(predicted)
+    picked = [m for p, m in zip(predicted, measured, strict=True) if p == top]
+    return 100.0 * (max(measured) / (sum(picked) / len(picked)) - 1.0)

@@ -9,8 +9,9 @@ Within a sweep, no predictor can rank configurations closer than that scatter. `
 is the expected Spearman's rho between the sweep's true throughputs and one noisy reading of each,
 which is what an exact predictor would score. The true values are taken as the readings themselves
 (the mean of a repeated configuration's readings): that adds the noise to the spread of the true
-values, so the ceiling comes out high, never low. A sweep whose ceiling is below the target cannot
-be expected to reach it on that source's data, whatever the cost model.
+values, so the ceiling is biased high. A sweep whose ceiling is below the target cannot be expected
+to reach it on that source's data, whatever the cost model. ``RepeatNoise.mape_floor_pct`` is the same
+bound for the MAPE: what an exact predictor scores against one reading of each configuration.
 """
 
 from __future__ import annotations
@@ -42,6 +43,14 @@ class RepeatNoise:
     @property
     def sigma_pct(self) -> float:
         return 100.0 * self.sigma_ln
+
+    @property
+    def mape_floor_pct(self) -> float:
+        """The MAPE an exact predictor scores against one reading each: E|exp(sigma z) - 1| =
+        exp(sigma^2 / 2) (2 Phi(sigma) - 1) for z standard normal (split at z = 0; E[exp(sigma z); z > 0] =
+        exp(sigma^2 / 2) Phi(sigma)); ~ sigma sqrt(2 / pi) for a small sigma."""
+        phi = 0.5 * (1.0 + math.erf(self.sigma_ln / math.sqrt(2.0)))
+        return 100.0 * math.exp(self.sigma_ln ** 2 / 2.0) * (2.0 * phi - 1.0)
 
 
 def configuration_key(row: PublishedRow) -> tuple:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from planner.trust.accuracy import average_ranks, error_pct, mape_pct, spearman_rho
+from planner.trust.accuracy import average_ranks, error_pct, mape_pct, pick_regret_pct, spearman_rho
 
 
 def test_error_and_mape() -> None:
@@ -33,3 +33,13 @@ def test_spearman_with_ties_is_pearson_of_average_ranks() -> None:
 def test_spearman_is_undefined_for_constants_and_short_lists() -> None:
     assert spearman_rho([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None
     assert spearman_rho([1.0, 2.0], [1.0, 2.0]) is None
+
+
+def test_the_pick_regret_is_what_the_predicted_best_loses() -> None:
+    # predicted best is the second row (measured 90); the measured best is 100: 100/90 - 1
+    assert pick_regret_pct([1.0, 3.0, 2.0], [100.0, 90.0, 80.0]) == pytest.approx(100.0 * (100.0 / 90.0 - 1.0))
+    assert pick_regret_pct([3.0, 1.0], [100.0, 90.0]) == 0.0
+    # one configuration read twice (the same prediction): its mean reading, (90 + 110) / 2
+    assert pick_regret_pct([5.0, 5.0, 1.0], [90.0, 110.0, 120.0]) == pytest.approx(20.0)
+    with pytest.raises(ValueError):
+        pick_regret_pct([], [])

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from planner.trust.published_runs import PublishedRow, read_published_runs
-from planner.trust.repeat_noise import pooled_sigma_ln, repeat_groups, repeat_means, repeat_noise_by_source, rho_noise_ceiling
+from planner.trust.repeat_noise import RepeatNoise, pooled_sigma_ln, repeat_groups, repeat_means, repeat_noise_by_source, rho_noise_ceiling
 
 
 def _phi(x: float) -> float:
@@ -71,3 +71,10 @@ def test_the_corpus_repeats_are_bigscience_readings_of_one_layout_on_several_day
     assert list(noise) == ["bigscience"]
     assert (noise["bigscience"].groups, noise["bigscience"].dof) == (10, 16)
     assert noise["bigscience"].sigma_pct == pytest.approx(3.35, abs=0.01)
+
+
+def test_the_mape_floor_of_a_scatter() -> None:
+    # E|exp(sigma z) - 1| = exp(sigma^2/2) (2 Phi(sigma) - 1): sigma = 1 gives exp(0.5) * 0.682689 = 1.12556
+    assert RepeatNoise("s", 1.0, 5, 2).mape_floor_pct == pytest.approx(112.556, abs=0.01)
+    # a small sigma: ~ sigma sqrt(2/pi), BigScience's 3.35 % scatter ~ 2.7 %
+    assert RepeatNoise("s", 0.0335, 16, 10).mape_floor_pct == pytest.approx(3.35 * math.sqrt(2 / math.pi), abs=0.01)
