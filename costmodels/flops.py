@@ -93,12 +93,15 @@ def logits_forward_flops(model: ModelSpec, seq_len: int, mbs: int) -> float:
 
 
 def recompute_forward_flops(model: ModelSpec, seq_len: int, mbs: int, recompute: str, moe: bool = False,
-                            selective: str = "attention_core") -> float:
+                            selective: str = "attention_core", early_stop: bool = False) -> float:
     """Extra forward FLOPs per layer per microbatch that recomputation re-executes; ``selective`` is
-    the stack's kind of selective recompute (``StackKernels.selective_recompute``)."""
+    the stack's kind of selective recompute (``StackKernels.selective_recompute``); ``early_stop``: a dense
+    layer's full recompute ends before its down projection (``costmodels.layer_ops.ends_after_last_save``),
+    2·b·s·f·h FLOPs fewer."""
     layer = transformer_layer_forward_flops(model, seq_len, mbs, moe)
     if recompute == "full":
-        return layer.total
+        skipped = 2.0 * seq_len * mbs * model.ffn_size * model.hidden_size if early_stop and not moe else 0.0
+        return layer.total - skipped
     if recompute == "selective":
         return op_sac_recompute_flops(model, seq_len, mbs, moe) if selective == OP_SAC else layer.attention
     return 0.0
@@ -126,11 +129,13 @@ def model_flops_per_iteration(model: ModelSpec, global_batch: int, seq_len: int)
 
 
 def hardware_flops_per_iteration(
-    model: ModelSpec, global_batch: int, seq_len: int, recompute_per_layer: list[str], selective: str = "attention_core"
+    model: ModelSpec, global_batch: int, seq_len: int, recompute_per_layer: list[str], selective: str = "attention_core",
+    early_stop: bool = False,
 ) -> float:
-    """Model FLOPs plus what recomputation re-executes, one entry of ``recompute_per_layer`` per layer."""
+    """Model FLOPs plus what recomputation re-executes, one entry of ``recompute_per_layer`` per layer
+    (``early_stop``: full recompute under torch's early stop, ``recompute_forward_flops``)."""
     layers = Counter((kind, is_moe_layer(model, i)) for i, kind in enumerate(recompute_per_layer))
-    extra = sum(count * recompute_forward_flops(model, seq_len, global_batch, kind, moe, selective)
+    extra = sum(count * recompute_forward_flops(model, seq_len, global_batch, kind, moe, selective, early_stop)
                 for (kind, moe), count in layers.items())
     return model_flops_per_iteration(model, global_batch, seq_len) + extra
 

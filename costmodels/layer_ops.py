@@ -76,13 +76,37 @@ def _mlp(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps
     return ops.plus(residual("mlp.residual", shape.replicated_tokens * h, p, kernels.dropout, kernels.fused_activation))
 
 
+# What a dense block runs after its last saved tensor is packed (the down projection's input): torch's
+# early-stopped recompute does not run these again (``early_stopped_recompute``).
+EARLY_STOP_TAIL = ("mlp.fc2", "mlp.residual")
+
+
+def ends_after_last_save(kernels: StackKernels, moe: bool) -> bool:
+    """Whether a block's recompute under torch's early stop (``StackKernels.full_recompute_early_stop``) ends
+    before its last GEMM: a dense block without dropout, whose down projection's inputs are the last tensors its
+    forward saves (autograd packs an op's inputs before the op runs) and whose residual add saves nothing. A
+    dropout after the down projection saves its mask, and an MoE block's combine saves the expert outputs, so
+    theirs run to the end."""
+    return kernels.full_recompute_early_stop and not moe and not kernels.dropout
+
+
+def early_stopped_recompute(forward: tuple[Operator, ...], shape: LayerShape, kernels: StackKernels) -> tuple[Operator, ...]:
+    """The forward operators full recompute runs again: all of them, or under torch's early stop
+    (``ends_after_last_save``) all but the down projection and the residual add after it (``EARLY_STOP_TAIL``):
+    torch/utils/checkpoint.py stops the re-run forward once it has packed as many tensors as the forward saved."""
+    if not ends_after_last_save(kernels, shape.moe):
+        return forward
+    return tuple(op for op in forward if op.name not in EARLY_STOP_TAIL)
+
+
 def transformer_layer_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
     """One transformer layer (pre-norm: attention block, then MLP block). Recomputation: full
-    re-runs every forward operator inside B; selective re-runs the attention core
-    (Korthikanti et al. 2022, Sec. 5), or with a per-op policy (torchtitan) every operator whose
-    output the policy does not keep (``costmodels.selective_ac``)."""
+    re-runs every forward operator inside B (but the last GEMM under torch's early stop,
+    ``early_stopped_recompute``); selective re-runs the attention core (Korthikanti et al. 2022,
+    Sec. 5), or with a per-op policy (torchtitan) every operator whose output the policy does not
+    keep (``costmodels.selective_ac``)."""
     ops = _attention(model, shape, kernels).plus(_mlp(model, shape, kernels))
-    redo = {"full": ops.forward, "selective": ops.recompute}.get(shape.recompute, ())
+    redo = {"full": early_stopped_recompute(ops.forward, shape, kernels), "selective": ops.recompute}.get(shape.recompute, ())
     if shape.recompute == "selective" and kernels.selective_recompute == OP_SAC:
         redo = op_sac_recompute(ops.forward, model, shape.tp)
     return LayerOps(ops.forward, ops.backward_input, ops.backward_weight, redo)

@@ -129,11 +129,16 @@ def unread_saved_bytes(linears: list[Gemm], model: ModelSpec, shape: LayerShape)
     return unread + _reduce_scatter_output_bytes(model, shape)  # the one after the last linear
 
 
-def recomputed_tp_comm_fraction(recompute: str, selective_kind: str, sequence_parallel: bool) -> float:
+def recomputed_tp_comm_fraction(recompute: str, selective_kind: str, sequence_parallel: bool,
+                                stops_early: bool = False) -> float:
     """The share of a block's forward TP collectives its backward runs again: all of them under full
-    recompute; under per-op selective recompute the all-gathers (half the sequence-parallel
+    recompute, but the one after the down projection where torch's early stop ends the re-run forward before
+    that GEMM (``stops_early``: ``costmodels.layer_ops.ends_after_last_save``; 1 of 2 all-reduces, 1 of 4
+    sequence-parallel collectives); under per-op selective recompute the all-gathers (half the sequence-parallel
     collectives, the reduce-scatters being saved) or, without sequence parallelism, the all-reduces."""
     if recompute == "full":
+        if stops_early:
+            return 0.75 if sequence_parallel else 0.5
         return 1.0
     if recompute == "selective" and selective_kind == OP_SAC:
         return 0.5 if sequence_parallel else 1.0

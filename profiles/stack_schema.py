@@ -119,6 +119,17 @@ class StackKernels(StrictModel):
         "are not). Set by published rows that ran compiled; the jobs ppplan emits run eager, so a stack that emits "
         "ppplan or torchtitan may not set it",
     )
+    full_recompute_early_stop: bool = Field(
+        default=False,
+        description="full recompute is torch's non-reentrant checkpoint with early stop: the re-run forward stops as "
+        "soon as the block's last saved tensor is packed again, which is the down projection's input, packed before that "
+        "GEMM runs, so a dense block's last GEMM, the collective after it and the residual add do not run again "
+        "(torch/utils/checkpoint.py _recomputation_hook raising _StopRecomputationError, the default since torch 2.1.0: "
+        "'Non-reentrant checkpoint stops recomputation as soon as all needed intermediate activations have been "
+        "recomputed'; costmodels.layer_ops.early_stopped_recompute). ppplan's runtime (launch/runtime/model.py) and "
+        "Composer's FSDP activation checkpointing on torch >= 2.1 run it; Megatron's and DeepSpeed's checkpoints "
+        "re-run the whole block, and torchtitan's FullAC passes early_stop=False (pytorch/torchtitan 25413d2, 2025-08)",
+    )
     selective_recompute: Literal["attention_core", "every_other_mm"] = Field(
         default="attention_core",
         description="what --recompute selective runs: attention_core: the attention core alone is recomputed "

@@ -111,8 +111,9 @@ STACK_OF_SOURCE: dict[str, tuple[str, dict[str, object], str]] = {
                        "overlap": {"backward_gather": "after_gradients"}, "emit": "none",
                        "allocator_fragmentation": None, "allocator_fit_sources": []},
         "llm-foundry's Composer (PyTorch FSDP, no TP/PP) priced as the torchtitan stack with the Triton flash-attention "
-        "kernel: the benchmark sweep (mosaicml/llm-foundry scripts/train/benchmarking/sweep.sh: mosaicml/examples "
-        "v0.0.4, image pytorch 2.0.1 cu118) runs submit_benchmarks.py with its default attn_impl 'triton'; and with "
+        "kernel: the benchmark sweep (mosaicml/llm-foundry scripts/train/benchmarking/sweep.sh: image "
+        "mosaicml/pytorch 1.13.1_cu117 @ 300cc5c58 for the tables of 2023-05, 2.1.0_cu121 @ b2a43a147 for those of "
+        "2023-10 on) runs submit_benchmarks.py with its default attn_impl 'triton'; and with "
         "flash-attn's fused cross-entropy, which keeps the bf16 logits instead of an fp32 copy: the MPT yamls set no "
         "loss_fn and ComposerMPTCausalLM defaults to 'fused_crossentropy' (llmfoundry/models/mpt/modeling_mpt.py @ "
         "5e85bd62d, flash_attn.losses.cross_entropy.CrossEntropyLoss from setup.py's xentropy-cuda-lib v1.0.9); and "
@@ -257,6 +258,15 @@ NOTE_STACK_CHANGES: tuple[tuple[str, dict[str, dict[str, object]], str], ...] = 
      "dropout on, as the row ran: Megatron-Core's TransformerConfig defaults hidden_dropout and attention_dropout to 0.1 "
      "(megatron/core/transformer/transformer_config.py), which the row's config does not override: the residual "
      "dropouts keep their masks (Korthikanti et al. 2022, Sec. 4.1)"),
+    (r"mp mode=default", {"kernels": {"full_recompute_early_stop": True}},
+     "activation checkpointing as torch 2.1 runs it: the MP mode DEFAULT (amp_*) rows are the llm-foundry tables of "
+     "2023-10 and later, whose sweep ran the mosaicml/pytorch 2.1.0_cu121 image (scripts/train/benchmarking/sweep.sh @ "
+     "b2a43a147; the MP mode PURE rows are the 2023-05 tables, image 1.13.1_cu117 @ 300cc5c58); the MPT yamls set "
+     "activation_checkpointing_reentrant: false, so Composer wraps each MPTBlock in torch's non-reentrant checkpoint "
+     "(composer/trainer/dist_strategy.py @ v0.16.4, CheckpointImpl.NO_REENTRANT), which since torch 2.1.0 stops the "
+     "re-run forward once the last saved tensor, the down projection's input, is packed again "
+     "(torch/utils/checkpoint.py: 'Non-reentrant checkpoint stops recomputation as soon as all needed intermediate "
+     "activations have been recomputed'): the down projection does not run again"),
     (r"mp mode=pure", {"grad_reduce_fp32": False},
      "Composer's FSDP mixed_precision PURE reduces the gradients in the run's precision, bf16: 2 B per parameter "
      "(composer get_mixed_precision @ v0.13.4 and v0.16.4: PURE sets param_dtype, reduce_dtype and buffer_dtype to "

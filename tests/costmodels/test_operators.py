@@ -159,6 +159,25 @@ def test_recompute_reruns_the_attention_core_or_the_whole_forward() -> None:
     assert transformer_layer_ops(GPT, shape(), FUSED).recompute == ()
 
 
+def test_early_stopped_full_recompute_ends_before_the_down_projection() -> None:
+    """torch's non-reentrant checkpoint stops once fc2's input is packed: fc2 (2·t·(f/tp)·h FLOPs) and the residual
+    add after it are not run again; everything before them is. A dropout after fc2 (its mask is saved) or an MoE
+    block's combine keeps the whole forward."""
+    early = StackKernels(full_recompute_early_stop=True)
+    for model, f in ((GPT, 4 * 1024), (LLAMA, 2816)):
+        full = transformer_layer_ops(model, shape(recompute="full"), FUSED)
+        stopped = transformer_layer_ops(model, shape(recompute="full"), early)
+        assert [op.name for op in stopped.recompute] == [op.name for op in full.forward][:-2]
+        assert [op.name for op in full.forward][-2:] == ["mlp.fc2", "mlp.residual"]
+        gemm = [sum(op.flops for op in ops if isinstance(op, Gemm)) for ops in (full.recompute, stopped.recompute)]
+        assert gemm[0] - gemm[1] == 2 * 2048 * (f / 2) * 1024
+    with_dropout = StackKernels(full_recompute_early_stop=True, dropout=True)
+    assert transformer_layer_ops(GPT, shape(recompute="full"), with_dropout).recompute == \
+        transformer_layer_ops(GPT, shape(recompute="full"), with_dropout).forward
+    assert transformer_layer_ops(GPT, shape(recompute="selective"), early).recompute == \
+        transformer_layer_ops(GPT, shape(recompute="selective"), FUSED).recompute
+
+
 @pytest.mark.parametrize(
     "kernels, vocab_per_rank, forward_bytes, backward_bytes",
     [

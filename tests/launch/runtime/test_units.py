@@ -15,7 +15,7 @@ from costmodels.layout import local_stages, loss_pipeline_rank, stage_layouts
 from costmodels.rank_grid import RankCoord
 from launch.runtime.data import BRANCHING, SyntheticTokens, dp_slice
 from launch.runtime.layout import grid_of, metrics_ranks, tied_embedding_pairs
-from launch.runtime.model import build_full_model, build_stage_module, lm_loss
+from launch.runtime.model import build_full_model, build_layer, build_stage_module, lm_loss
 from launch.runtime.parallel import dp_split, mesh_ranks
 from launch.runtime.reference import reference_losses
 from tests.launch.runtime.runtime_plans import make_plan
@@ -102,6 +102,34 @@ def test_recompute_keeps_gradients(kind: str) -> None:
         lm_loss(net(tokens[:, :-1]), tokens[:, 1:]).backward()
         grads.append(net.layers["0"].attention.wq.weight.grad)
     torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt"])
+def test_full_recompute_reruns_the_gemms_the_stack_prices(name: str) -> None:
+    """The GEMM FLOPs a layer's backward runs beyond its no-recompute backward under ``full`` are the re-run forward
+    the ppplan-torch stack prices: torch's non-reentrant checkpoint stops before w2 (``full_recompute_early_stop``),
+    so the forward's GEMMs less w2's, counted by torch's FlopCounterMode (aten.mm / addmm; SDPA is not counted on
+    CPU, and the priced attention core is left out alike)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from costmodels.layer_ops import transformer_layer_ops
+    from costmodels.operators import Gemm, LayerShape
+    from profiles.loader import load_stack
+
+    spec = make_plan(name).model
+    batch, seq = 2, 16
+    backward = {}
+    for recompute in ("none", "full"):
+        layer = build_layer(spec, 0)
+        layer.set_recompute(recompute)
+        out = layer(torch.randn(batch, seq, spec.hidden_size, requires_grad=True))
+        with FlopCounterMode(display=False) as counted:
+            out.sum().backward()
+        backward[recompute] = counted.get_total_flops()
+    ops = transformer_layer_ops(spec, LayerShape(1, batch, seq, False, "full", 4), load_stack("ppplan-torch").kernels)
+    priced = sum(op.flops for op in ops.recompute if isinstance(op, Gemm))
+    w2 = 2 * batch * seq * spec.ffn_size * spec.hidden_size
+    assert backward["full"] - backward["none"] == priced == sum(op.flops for op in ops.forward if isinstance(op, Gemm)) - w2
 
 
 def test_data_is_deterministic_and_sliced_by_dp() -> None:

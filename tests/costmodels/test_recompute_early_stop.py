@@ -1,0 +1,67 @@
+"""Full recompute under torch's early stop (``StackKernels.full_recompute_early_stop``): the re-run forward ends
+before a dense block's down projection, so that GEMM, the TP collective after it and the residual add do not run
+again. Hand-derived from the block's operator list; ``tests/launch/runtime/test_units.py`` counts what ppplan's
+runtime executes."""
+
+from __future__ import annotations
+
+import pytest
+
+from costmodels.flops import hardware_flops_per_iteration, recompute_forward_flops, transformer_layer_forward_flops
+from costmodels.layer_costs import RooflineTimes
+from costmodels.operators import Gemm
+from costmodels.selective_ac import recomputed_tp_comm_fraction
+from profiles.loader import load_cluster, load_model, load_stack
+
+S, B = 4096, 2
+PPPLAN = load_stack("ppplan-torch")
+MEGATRON = load_stack("megatron-core")
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return load_model("llama3-8b")
+
+
+def test_the_stacks_that_stop_early_are_the_ones_whose_checkpoint_does() -> None:
+    """ppplan's runtime calls torch.utils.checkpoint with use_reentrant=False (early_stop defaults to True);
+    torchtitan's FullAC passes early_stop=False; Megatron re-runs the whole block with its own checkpoint."""
+    assert PPPLAN.kernels.full_recompute_early_stop
+    assert not load_stack("torchtitan").kernels.full_recompute_early_stop
+    assert not MEGATRON.kernels.full_recompute_early_stop
+
+
+def test_the_recompute_leaves_out_the_down_projection(llama) -> None:
+    """Llama3-8B (h 4096, f 14336), tp 2: the re-run GEMMs are the forward's less fc2, 2·t·(f/2)·h."""
+    t, h, f = S * B, 4096, 14336
+    early = RooflineTimes(llama, load_cluster("dgx-h100"), "bf16", stack=PPPLAN).operators("transformer", 2, B, S, False, "full")
+    whole = RooflineTimes(llama, load_cluster("dgx-h100"), "bf16", stack=MEGATRON).operators("transformer", 2, B, S, False, "full")
+    gemm_flops = [sum(op.flops for op in ops.recompute if isinstance(op, Gemm)) for ops in (whole, early)]
+    assert gemm_flops[0] - gemm_flops[1] == 2 * t * (f / 2) * h
+    assert recompute_forward_flops(llama, S, B, "full", early_stop=True) == pytest.approx(
+        transformer_layer_forward_flops(llama, S, B).total - 2 * t * f * h, rel=1e-12)
+    # an MoE layer's combine saves the expert outputs: nothing is left out
+    assert recompute_forward_flops(llama, S, B, "full", moe=True, early_stop=True) == \
+        recompute_forward_flops(llama, S, B, "full", moe=True)
+
+
+@pytest.mark.parametrize(("sequence_parallel", "rerun"), [(False, 0.5), (True, 0.75)])
+def test_the_backward_reruns_the_collectives_before_the_down_projection(llama, sequence_parallel: bool, rerun: float) -> None:
+    """Without sequence parallelism the block's forward has two all-reduces and the re-run forward stops before the
+    second; with it, the all-gather, reduce-scatter, all-gather of four. The forward's TP traffic is half of a layer's
+    without recompute (``tp_comm_s = 2 x forward``), so the layer's total is none x (1 + rerun / 2)."""
+    assert recomputed_tp_comm_fraction("full", "attention_core", sequence_parallel, stops_early=True) == rerun
+    times = RooflineTimes(llama, load_cluster("dgx-h100"), "bf16", stack=PPPLAN)
+    none = times.transformer(8, 1, S, sequence_parallel, "none")
+    full = times.transformer(8, 1, S, sequence_parallel, "full")
+    assert full.tp_comm_s == pytest.approx(none.tp_comm_s * (1 + rerun / 2), rel=1e-12)
+    whole = RooflineTimes(llama, load_cluster("dgx-h100"), "bf16", stack=MEGATRON).transformer(8, 1, S, sequence_parallel, "full")
+    assert whole.tp_comm_s == pytest.approx(none.tp_comm_s * 1.5, rel=1e-12)
+
+
+def test_hardware_flops_count_what_runs(llama) -> None:
+    """32 full-recompute layers: 32 x 2·b·s·f·h fewer re-run FLOPs under early stop."""
+    layers = ["full"] * llama.num_layers
+    whole = hardware_flops_per_iteration(llama, B, S, layers)
+    early = hardware_flops_per_iteration(llama, B, S, layers, early_stop=True)
+    assert whole - early == pytest.approx(llama.num_layers * 2 * B * S * 14336 * 4096, rel=1e-12)
