@@ -99,6 +99,14 @@ def early_stopped_recompute(forward: tuple[Operator, ...], shape: LayerShape, ke
     return tuple(op for op in forward if op.name not in EARLY_STOP_TAIL)
 
 
+def recomputed_gemm_share(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> float:
+    """The share of a layer's forward GEMM FLOPs its recompute runs again (``shape.recompute``): 1 for full
+    recompute that re-runs the whole block, less under torch's early stop (``early_stopped_recompute``)."""
+    ops = transformer_layer_ops(model, shape, kernels)
+    forward = sum(op.flops for op in ops.forward if isinstance(op, Gemm))
+    return sum(op.flops for op in ops.recompute if isinstance(op, Gemm)) / forward if forward else 0.0
+
+
 def transformer_layer_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
     """One transformer layer (pre-norm: attention block, then MLP block). Recomputation: full
     re-runs every forward operator inside B (but the last GEMM under torch's early stop,

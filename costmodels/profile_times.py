@@ -40,6 +40,7 @@ from costmodels.layer_costs import (
     price_operators,
     tp_comm_passes,
 )
+from costmodels.layer_ops import recomputed_gemm_share
 from costmodels.operators import LayerShape, MemoryBound
 from costmodels.runtime_costs import measured_runtime_costs
 from profiles.errors import PlanError
@@ -255,6 +256,12 @@ class ProfiledTimes:
         f, b, w, unsplit = (self.measured(kind, recompute, tp, mbs, seq_len, field, cp) for field in (*PASS_FIELDS, "backward_s"))
         return PassTimes(f, b, w, split_backward_extra_s=max(0.0, b + w - unsplit))
 
+    def _full_recompute_share(self, kind: str, tp: int, mbs: int, seq_len: int, cp: int) -> float:
+        """The share of a measured forward a full recompute runs again, by the layer's GEMM FLOPs
+        (``costmodels.layer_ops.recomputed_gemm_share``): 1, or less under torch's early stop."""
+        shape = LayerShape(tp, mbs, seq_len, False, "full", self.p, cp=cp, moe=kind != "transformer")
+        return recomputed_gemm_share(self.model, shape, self.kernels)
+
     def _compute(self, tp: int, mbs: int, seq_len: int, recompute: str, kind: str = "transformer", cp: int = 1) -> PassTimes:
         """Measured F/B/W of a layer of ``kind`` (dense or MoE) on a rank of a ring of ``cp``; ``recompute_s``
         is B(recompute) - B(none)."""
@@ -262,8 +269,9 @@ class ProfiledTimes:
         if recompute == "none":
             return base
         if (kind, recompute, cp) not in self._entries:
-            self.note(f"profile has no recompute '{recompute}' measurements; adding the measured forward to B")
-            redo = base.forward_s if recompute == "full" else 0.0
+            redo = base.forward_s * self._full_recompute_share(kind, tp, mbs, seq_len, cp) if recompute == "full" else 0.0
+            self.note(f"profile has no recompute '{recompute}' measurements; adding "
+                      f"{'the measured forward' if redo == base.forward_s else 'what the recompute re-runs of the measured forward'} to B")
             return PassTimes(base.forward_s, base.backward_input_s + redo, base.backward_weight_s, 0.0, redo,
                              split_backward_extra_s=base.split_backward_extra_s)
         got = self._passes(kind, recompute, tp, mbs, seq_len, cp)

@@ -248,6 +248,20 @@ def test_recompute_prices_the_unsplit_backward_and_the_extra_b(env):
     assert sel.recompute_s == pytest.approx(0.5 * MS) and sel.backward_weight_s == pytest.approx(1.5 * MS)
 
 
+def test_without_full_recompute_measurements_the_recompute_is_the_measured_forward_or_what_early_stop_reruns(env):
+    """A profile that timed no full-recompute layers: B gains the measured forward (1 ms), or under torch's early
+    stop (ppplan-torch) the share of it the re-run forward keeps, by GEMM FLOPs: tiny-gpt's fc2 is 4h·h of
+    3h·h + h·h + 4h·h + 4h·h per token, so 2/3 of it."""
+    profile = _profile()
+    profile = profile.model_copy(update={"layers": [e for e in profile.layers if e.recompute != "full"]})
+    warnings: list[str] = []
+    whole = _times(env, warnings, profile=profile).transformer(1, 1, 128, False, "full")
+    assert whole.recompute_s == pytest.approx(1 * MS) and any("the measured forward" in w for w in warnings)
+    early = _times(env, profile=profile, kernels=load_stack("ppplan-torch").kernels).transformer(1, 1, 128, False, "full")
+    assert early.recompute_s == pytest.approx(2 / 3 * MS)
+    assert early.backward_input_s - whole.backward_input_s == pytest.approx(-1 / 3 * MS)
+
+
 def test_comm_profile_link_replaces_the_cluster_link(env):
     model, cluster, train = env
     fit = AlphaBetaFit(latency_us=100.0, bandwidth_gbs=0.5, rms_relative_error=0.0, num_points=4)
