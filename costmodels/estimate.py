@@ -33,7 +33,7 @@ from costmodels.experts import routed_rows
 from costmodels.flops import hardware_flops_per_iteration, model_flops_per_iteration
 from costmodels.grad_accumulation import grad_accumulation_s
 from costmodels.layer_costs import ZERO_PASS, LayerTimes, PassTimes, RooflineTimes, bytes_per_element, runs_on_cpu
-from costmodels.layer_ops import ends_after_last_save
+from costmodels.layer_ops import stops_early
 from costmodels.layout import StageLayout, layouts_of, stage_layouts
 from costmodels.memory import (
     GIB,
@@ -856,7 +856,7 @@ def estimate(
     all_layers += [st.recompute for st in plans if st.layout.has_head] * model.mtp_layers
     model_flops = model_flops_per_iteration(model, train.global_batch, train.seq_len)
     hw_flops = hardware_flops_per_iteration(model, train.global_batch, train.seq_len, all_layers, stack.kernels.selective_recompute,
-                                            early_stop=ends_after_last_save(stack.kernels, moe=False))
+                                            early_stop=stops_early(stack.kernels))
     peak_tflops = peak_flops(cluster, train.precision) / 1e12
     model_tflops = model_flops / step.step_s / gpus / 1e12
     hw_tflops = hw_flops / step.step_s / gpus / 1e12

@@ -95,12 +95,13 @@ def logits_forward_flops(model: ModelSpec, seq_len: int, mbs: int) -> float:
 def recompute_forward_flops(model: ModelSpec, seq_len: int, mbs: int, recompute: str, moe: bool = False,
                             selective: str = "attention_core", early_stop: bool = False) -> float:
     """Extra forward FLOPs per layer per microbatch that recomputation re-executes; ``selective`` is
-    the stack's kind of selective recompute (``StackKernels.selective_recompute``); ``early_stop``: a dense
-    layer's full recompute ends before its down projection (``costmodels.layer_ops.ends_after_last_save``),
-    2·b·s·f·h FLOPs fewer."""
+    the stack's kind of selective recompute (``StackKernels.selective_recompute``); ``early_stop``: full recompute
+    ends before the block's tail (``costmodels.layer_ops.early_stop_tail``), a dense layer's down projection
+    (2·b·s·f·h FLOPs) or an MoE layer's shared experts' one."""
     layer = transformer_layer_forward_flops(model, seq_len, mbs, moe)
     if recompute == "full":
-        skipped = 2.0 * seq_len * mbs * model.ffn_size * model.hidden_size if early_stop and not moe else 0.0
+        ffn = (model.shared_expert_ffn_hidden_size or 0) if moe else model.ffn_size
+        skipped = 2.0 * seq_len * mbs * ffn * model.hidden_size if early_stop else 0.0
         return layer.total - skipped
     if recompute == "selective":
         return op_sac_recompute_flops(model, seq_len, mbs, moe) if selective == OP_SAC else layer.attention

@@ -31,7 +31,7 @@ from costmodels.comm import (
 from costmodels.compute import non_gemm_precision, operator_time_s, operators_time_s
 from costmodels.context_parallel import exchange_s, ring_time_s
 from costmodels.experts import ep_group_placement, moe_tp_all_reduce_tokens
-from costmodels.layer_ops import embedding_ops, ends_after_last_save, head_ops, mtp_projection_ops, transformer_layer_ops
+from costmodels.layer_ops import embedding_ops, head_ops, mtp_projection_ops, stops_early, transformer_layer_ops
 from costmodels.operators import AllToAll, Gemm, LayerOps, LayerShape, Operator, RingAttention
 from costmodels.overlap import cluster_contention_s
 from costmodels.selective_ac import recomputed_tp_comm_fraction
@@ -168,8 +168,8 @@ def tp_comm_passes(
         else:
             comm = tp_layer_comm_s(tokens, h, bytes_per_elem, tp, network)
         k = kernels or StackKernels()
-        stops_early = ends_after_last_save(k, moe)
-        extra = comm * recomputed_tp_comm_fraction(recompute, k.selective_recompute, sequence_parallel, stops_early)
+        extra = comm * recomputed_tp_comm_fraction(recompute, k.selective_recompute, sequence_parallel,
+                                                   stops_early(k) and not moe)
         return PassTimes(comm, comm + extra, 0.0, tp_comm_s=2 * comm + extra)
     if kind == "embedding":
         comm = embedding_tp_comm_s(tokens, h, bytes_per_elem, tp, sequence_parallel, network)
@@ -366,9 +366,9 @@ class RooflineTimes:
             hidden = hidden_f + hidden_b - slowed_f - slowed_b
         elif self.tp_comm == "backward_overlapped":
             # the recomputed forward's collectives stay on the critical path
-            stops_early = ends_after_last_save(self.kernels, moe)
             recomputed = comm.forward_s * recomputed_tp_comm_fraction(recompute, self.kernels.selective_recompute, sp,
-                                                                      stops_early) if kind == "transformer" else 0.0
+                                                                      stops_early(self.kernels) and not moe) \
+                if kind == "transformer" else 0.0
             gemm_b = _gemm_time_s(c, prec, ops.backward_input + ops.backward_weight)
             hidden_b = min(comm_b - recomputed, gemm_b)
             slowed_b = cluster_contention_s(c, hidden_b)

@@ -76,45 +76,44 @@ def _mlp(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps
     return ops.plus(residual("mlp.residual", shape.replicated_tokens * h, p, kernels.dropout, kernels.fused_activation))
 
 
-# What a dense block runs after its last saved tensor is packed (the down projection's input): torch's
-# early-stopped recompute does not run these again (``early_stopped_recompute``).
-EARLY_STOP_TAIL = ("mlp.fc2", "mlp.residual")
+def stops_early(kernels: StackKernels) -> bool:
+    """Whether the stack's full recompute is torch's early-stopped checkpoint (``StackKernels.full_recompute_early_stop``)
+    ending before the block's tail: not with dropout, whose mask after the last GEMM is a saved tensor."""
+    return kernels.full_recompute_early_stop and not kernels.dropout
 
 
-def ends_after_last_save(kernels: StackKernels, moe: bool) -> bool:
-    """Whether a block's recompute under torch's early stop (``StackKernels.full_recompute_early_stop``) ends
-    before its last GEMM: a dense block without dropout, whose down projection's inputs are the last tensors its
-    forward saves (autograd packs an op's inputs before the op runs) and whose residual add saves nothing. A
-    dropout after the down projection saves its mask, and an MoE block's combine saves the expert outputs, so
-    theirs run to the end."""
-    return kernels.full_recompute_early_stop and not moe and not kernels.dropout
+def early_stop_tail(model: ModelSpec, kernels: StackKernels, moe: bool) -> tuple[str, ...]:
+    """The operators a block runs after its forward's last saved tensor is packed, which torch's early-stopped
+    recompute does not run again (autograd packs an op's inputs before the op runs; a residual add saves nothing):
+    a dense block's down projection and residual add; an MoE block's shared experts' down projection (ppplan's
+    runtime adds the shared experts after the weighted combine, ``launch/runtime/moe.py``) and residual add, or
+    without shared experts the residual add alone (the combine's weighting saves the expert outputs)."""
+    if not stops_early(kernels):
+        return ()
+    if not moe:
+        return ("mlp.fc2", "mlp.residual")
+    if model.shared_expert_ffn_hidden_size:
+        return ("moe.shared.fc2", "mlp.residual")
+    return ("mlp.residual",)
 
 
-def early_stopped_recompute(forward: tuple[Operator, ...], shape: LayerShape, kernels: StackKernels) -> tuple[Operator, ...]:
-    """The forward operators full recompute runs again: all of them, or under torch's early stop
-    (``ends_after_last_save``) all but the down projection and the residual add after it (``EARLY_STOP_TAIL``):
-    torch/utils/checkpoint.py stops the re-run forward once it has packed as many tensors as the forward saved."""
-    if not ends_after_last_save(kernels, shape.moe):
-        return forward
-    return tuple(op for op in forward if op.name not in EARLY_STOP_TAIL)
-
-
-def recomputed_gemm_share(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> float:
-    """The share of a layer's forward GEMM FLOPs its recompute runs again (``shape.recompute``): 1 for full
-    recompute that re-runs the whole block, less under torch's early stop (``early_stopped_recompute``)."""
-    ops = transformer_layer_ops(model, shape, kernels)
-    forward = sum(op.flops for op in ops.forward if isinstance(op, Gemm))
-    return sum(op.flops for op in ops.recompute if isinstance(op, Gemm)) / forward if forward else 0.0
+def early_stopped_recompute(forward: tuple[Operator, ...], model: ModelSpec, shape: LayerShape,
+                            kernels: StackKernels) -> tuple[Operator, ...]:
+    """The forward operators full recompute runs again: all of them, or under torch's early stop all but the
+    block's tail (``early_stop_tail``): torch/utils/checkpoint.py stops the re-run forward once it has packed as
+    many tensors as the forward saved."""
+    tail = early_stop_tail(model, kernels, shape.moe)
+    return tuple(op for op in forward if op.name not in tail)
 
 
 def transformer_layer_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> LayerOps:
     """One transformer layer (pre-norm: attention block, then MLP block). Recomputation: full
-    re-runs every forward operator inside B (but the last GEMM under torch's early stop,
+    re-runs every forward operator inside B (but the block's tail under torch's early stop,
     ``early_stopped_recompute``); selective re-runs the attention core (Korthikanti et al. 2022,
     Sec. 5), or with a per-op policy (torchtitan) every operator whose output the policy does not
     keep (``costmodels.selective_ac``)."""
     ops = _attention(model, shape, kernels).plus(_mlp(model, shape, kernels))
-    redo = {"full": early_stopped_recompute(ops.forward, shape, kernels), "selective": ops.recompute}.get(shape.recompute, ())
+    redo = {"full": early_stopped_recompute(ops.forward, model, shape, kernels), "selective": ops.recompute}.get(shape.recompute, ())
     if shape.recompute == "selective" and kernels.selective_recompute == OP_SAC:
         redo = op_sac_recompute(ops.forward, model, shape.tp)
     return LayerOps(ops.forward, ops.backward_input, ops.backward_weight, redo)

@@ -40,7 +40,7 @@ from costmodels.layer_costs import (
     price_operators,
     tp_comm_passes,
 )
-from costmodels.layer_ops import recomputed_gemm_share
+from costmodels.layer_ops import transformer_layer_ops
 from costmodels.operators import LayerShape, MemoryBound
 from costmodels.runtime_costs import measured_runtime_costs
 from profiles.errors import PlanError
@@ -112,6 +112,11 @@ def interpolate_loglog(points: Iterable[tuple[float, float]], x: float, axis: st
 
 def _describe(values: Iterable[int]) -> str:
     return ",".join(str(v) for v in sorted(set(values)))
+
+
+# ``ppplan profile`` times ppplan's own runtime, whose full recompute is torch.utils.checkpoint(use_reentrant=False)
+# with its default early stop (launch/runtime/model.py; profiles/stacks/ppplan-torch.yaml full_recompute_early_stop)
+PROFILED_RUNTIME_STOPS_EARLY = True
 
 
 class ProfiledTimes:
@@ -256,27 +261,35 @@ class ProfiledTimes:
         f, b, w, unsplit = (self.measured(kind, recompute, tp, mbs, seq_len, field, cp) for field in (*PASS_FIELDS, "backward_s"))
         return PassTimes(f, b, w, split_backward_extra_s=max(0.0, b + w - unsplit))
 
-    def _full_recompute_share(self, kind: str, tp: int, mbs: int, seq_len: int, cp: int) -> float:
-        """The share of a measured forward a full recompute runs again, by the layer's GEMM FLOPs
-        (``costmodels.layer_ops.recomputed_gemm_share``): 1, or less under torch's early stop."""
+    def _full_recompute_share(self, kind: str, tp: int, mbs: int, seq_len: int, cp: int, kernels: StackKernels) -> float:
+        """The share of a layer's forward a full recompute runs again with ``kernels``, by the roofline's price of its
+        operators (``costmodels.layer_ops.early_stopped_recompute``): 1, or less where torch's early stop skips the
+        tail."""
         shape = LayerShape(tp, mbs, seq_len, False, "full", self.p, cp=cp, moe=kind != "transformer")
-        return recomputed_gemm_share(self.model, shape, self.kernels)
+        ops = transformer_layer_ops(self.model, shape, kernels)
+        forward, redo = (price_operators(self.cluster, self.train.precision, part, self.network, tp, cp, 1).total_s
+                         for part in (ops.forward, ops.recompute))
+        return redo / forward if forward > 0 else 1.0
 
     def _compute(self, tp: int, mbs: int, seq_len: int, recompute: str, kind: str = "transformer", cp: int = 1) -> PassTimes:
         """Measured F/B/W of a layer of ``kind`` (dense or MoE) on a rank of a ring of ``cp``; ``recompute_s``
-        is B(recompute) - B(none)."""
+        is B(recompute) - B(none). The profile timed ppplan's runtime, whose full recompute stops early
+        (``PROFILED_RUNTIME_STOPS_EARLY``): for a stack that re-runs the whole block the measured re-run is scaled up
+        by the roofline's share of the tail (``_full_recompute_share``); without full-recompute measurements the
+        stack's share of the measured forward is added to B."""
         base = self._passes(kind, "none", tp, mbs, seq_len, cp)
         if recompute == "none":
             return base
+        stack_share = self._full_recompute_share(kind, tp, mbs, seq_len, cp, self.kernels) if recompute == "full" else 1.0
         if (kind, recompute, cp) not in self._entries:
-            redo = base.forward_s * self._full_recompute_share(kind, tp, mbs, seq_len, cp) if recompute == "full" else 0.0
-            self.note(f"profile has no recompute '{recompute}' measurements; adding "
-                      f"{'the measured forward' if redo == base.forward_s else 'what the recompute re-runs of the measured forward'} to B")
+            redo = base.forward_s * stack_share if recompute == "full" else 0.0
+            what = "the measured forward" if stack_share == 1.0 else "the share of the measured forward the stack re-runs"
+            self.note(f"profile has no recompute '{recompute}' measurements; adding {what} to B")
             return PassTimes(base.forward_s, base.backward_input_s + redo, base.backward_weight_s, 0.0, redo,
                              split_backward_extra_s=base.split_backward_extra_s)
         got = self._passes(kind, recompute, tp, mbs, seq_len, cp)
         redo = max(0.0, got.backward_input_s - base.backward_input_s)
-        weight = got.backward_weight_s
+        backward_input, weight = got.backward_input_s, got.backward_weight_s
         if recompute == "full":
             # W as the unsplit backward runs it; torch's split W re-runs the forward per parameter group
             unsplit = self.measured(kind, "full", tp, mbs, seq_len, "backward_s", cp)
@@ -288,9 +301,13 @@ class ProfiledTimes:
                     "zero-bubble schedules with full recompute will run slower than priced",
                     key="split W under full recompute",
                 )
+            runtime = self.kernels.model_copy(update={"full_recompute_early_stop": PROFILED_RUNTIME_STOPS_EARLY, "dropout": False})
+            runtime_share = self._full_recompute_share(kind, tp, mbs, seq_len, cp, runtime)
+            scaled = redo * stack_share / runtime_share
+            backward_input, redo = backward_input + scaled - redo, scaled
         # under full recompute B + W is the unsplit backward already
         extra = 0.0 if recompute == "full" else got.split_backward_extra_s
-        return PassTimes(got.forward_s, got.backward_input_s, weight, 0.0, redo, split_backward_extra_s=extra)
+        return PassTimes(got.forward_s, backward_input, weight, 0.0, redo, split_backward_extra_s=extra)
 
     # -- LayerTimes ---------------------------------------------------------------------
 

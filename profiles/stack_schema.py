@@ -126,9 +126,12 @@ class StackKernels(StrictModel):
         "GEMM runs, so a dense block's last GEMM, the collective after it and the residual add do not run again "
         "(torch/utils/checkpoint.py _recomputation_hook raising _StopRecomputationError, the default since torch 2.1.0: "
         "'Non-reentrant checkpoint stops recomputation as soon as all needed intermediate activations have been "
-        "recomputed'; costmodels.layer_ops.early_stopped_recompute). ppplan's runtime (launch/runtime/model.py) and "
-        "Composer's FSDP activation checkpointing on torch >= 2.1 run it; Megatron's and DeepSpeed's checkpoints "
-        "re-run the whole block, and torchtitan's FullAC passes early_stop=False (pytorch/torchtitan 25413d2, 2025-08)",
+        "recomputed'; costmodels.layer_ops.early_stop_tail, which also gives an MoE block's tail). It holds where the "
+        "block's last ops are aten ops (torch's nn.Linear); a linear that is an autograd Function (Transformer Engine's, "
+        "torchao's float8) saves its inputs after its GEMM has run, and a compiled block is one Function too, so those "
+        "re-run whole. ppplan's runtime (launch/runtime/model.py) and Composer's FSDP activation checkpointing in bf16 "
+        "on torch >= 2.1 run it; Megatron's and DeepSpeed's checkpoints re-run the whole block, and torchtitan's FullAC "
+        "passes early_stop=False (pytorch/torchtitan 25413d2, 2025-08)",
     )
     selective_recompute: Literal["attention_core", "every_other_mm"] = Field(
         default="attention_core",

@@ -258,7 +258,7 @@ NOTE_STACK_CHANGES: tuple[tuple[str, dict[str, dict[str, object]], str], ...] = 
      "dropout on, as the row ran: Megatron-Core's TransformerConfig defaults hidden_dropout and attention_dropout to 0.1 "
      "(megatron/core/transformer/transformer_config.py), which the row's config does not override: the residual "
      "dropouts keep their masks (Korthikanti et al. 2022, Sec. 4.1)"),
-    (r"mp mode=default", {"kernels": {"full_recompute_early_stop": True}},
+    (r"precision=amp_bf16, mp mode=default", {"kernels": {"full_recompute_early_stop": True}},
      "activation checkpointing as torch 2.1 runs it: the MP mode DEFAULT (amp_*) rows are the llm-foundry tables of "
      "2023-10 and later, whose sweep ran the mosaicml/pytorch 2.1.0_cu121 image (scripts/train/benchmarking/sweep.sh @ "
      "b2a43a147; the MP mode PURE rows are the 2023-05 tables, image 1.13.1_cu117 @ 300cc5c58); the MPT yamls set "
@@ -266,7 +266,9 @@ NOTE_STACK_CHANGES: tuple[tuple[str, dict[str, dict[str, object]], str], ...] = 
      "(composer/trainer/dist_strategy.py @ v0.16.4, CheckpointImpl.NO_REENTRANT), which since torch 2.1.0 stops the "
      "re-run forward once the last saved tensor, the down projection's input, is packed again "
      "(torch/utils/checkpoint.py: 'Non-reentrant checkpoint stops recomputation as soon as all needed intermediate "
-     "activations have been recomputed'): the down projection does not run again"),
+     "activations have been recomputed'): in bf16 the down projection (torch's nn.Linear) does not run again; the "
+     "amp_fp8 rows' Transformer Engine linears are autograd Functions that save their inputs after their GEMM has "
+     "run, so theirs re-run whole"),
     (r"mp mode=pure", {"grad_reduce_fp32": False},
      "Composer's FSDP mixed_precision PURE reduces the gradients in the run's precision, bf16: 2 B per parameter "
      "(composer get_mixed_precision @ v0.13.4 and v0.16.4: PURE sets param_dtype, reduce_dtype and buffer_dtype to "

@@ -12,6 +12,7 @@ from costmodels.compute import operators_time_s
 from costmodels.estimate import estimate
 from costmodels.experts import dispatch_ops
 from costmodels.layer_costs import RooflineTimes, price_operators
+from costmodels.layer_ops import transformer_layer_ops
 from costmodels.operators import LayerShape, MemoryBound
 from costmodels.profile_times import ProfiledTimes, interpolate_loglog, layer_times_for
 from planner.cli.main import run
@@ -27,6 +28,7 @@ from profiles.profile_schema import (
     model_shape_hash,
 )
 from profiles.schema import ParallelConfig, TrainSpec
+from profiles.stack_schema import StackKernels
 from tests.costmodels.neutral_stack import neutral_stack
 
 
@@ -239,7 +241,7 @@ def test_tp_comm_is_added_where_the_roofline_puts_it(env):
 
 def test_recompute_prices_the_unsplit_backward_and_the_extra_b(env):
     warnings = []
-    t = _times(env, warnings).transformer(1, 1, 128, False, "full")
+    t = _times(env, warnings, kernels=load_stack("ppplan-torch").kernels).transformer(1, 1, 128, False, "full")
     # B(full) - B(none) = 1 ms recompute; W = unsplit backward 4.5 - B 3.0
     assert t.recompute_s == pytest.approx(1 * MS)
     assert t.backward_weight_s == pytest.approx(1.5 * MS)
@@ -248,18 +250,33 @@ def test_recompute_prices_the_unsplit_backward_and_the_extra_b(env):
     assert sel.recompute_s == pytest.approx(0.5 * MS) and sel.backward_weight_s == pytest.approx(1.5 * MS)
 
 
-def test_without_full_recompute_measurements_the_recompute_is_the_measured_forward_or_what_early_stop_reruns(env):
-    """A profile that timed no full-recompute layers: B gains the measured forward (1 ms), or under torch's early
-    stop (ppplan-torch) the share of it the re-run forward keeps, by GEMM FLOPs: tiny-gpt's fc2 is 4h·h of
-    3h·h + h·h + 4h·h + 4h·h per token, so 2/3 of it."""
+def _tail_share(env, kernels: StackKernels) -> float:
+    """1 - (fc2 + residual add) / forward of a tiny-gpt layer at tp 1, mbs 1, seq 128 in fp32 with ``kernels``, by the
+    roofline's prices: what torch's early-stopped recompute re-runs of the forward."""
+    model, cluster, train = env
+    forward = transformer_layer_ops(model, LayerShape(1, 1, 128, False, "full", 4), kernels).forward
+    price = lambda part: price_operators(cluster, train.precision, part, network_for(cluster), 1, 1, 1).total_s  # noqa: E731
+    return 1.0 - price(tuple(op for op in forward if op.name in ("mlp.fc2", "mlp.residual"))) / price(forward)
+
+
+def test_full_recompute_follows_the_stack_not_the_profiled_runtime(env):
+    """The profile timed ppplan's runtime, whose recompute stops before fc2. A profile without full-recompute
+    measurements adds the measured forward (1 ms) to B for a stack that re-runs the whole block, the early-stopped
+    share of it for ppplan-torch; measured full recompute (1 ms re-run) is scaled up to the whole block for a stack
+    without early stop. tiny-gpt's fc2 is a third of its GEMM FLOPs, so the share lies between 2/3 and 1."""
+    ppplan = load_stack("ppplan-torch").kernels
+    share, runtime_share = _tail_share(env, ppplan), _tail_share(env, StackKernels(full_recompute_early_stop=True))
+    assert 2 / 3 < share < 1 and 2 / 3 < runtime_share < 1
     profile = _profile()
     profile = profile.model_copy(update={"layers": [e for e in profile.layers if e.recompute != "full"]})
     warnings: list[str] = []
     whole = _times(env, warnings, profile=profile).transformer(1, 1, 128, False, "full")
-    assert whole.recompute_s == pytest.approx(1 * MS) and any("the measured forward" in w for w in warnings)
-    early = _times(env, profile=profile, kernels=load_stack("ppplan-torch").kernels).transformer(1, 1, 128, False, "full")
-    assert early.recompute_s == pytest.approx(2 / 3 * MS)
-    assert early.backward_input_s - whole.backward_input_s == pytest.approx(-1 / 3 * MS)
+    assert whole.recompute_s == pytest.approx(1 * MS) and any("adding the measured forward to B" in w for w in warnings)
+    early = _times(env, profile=profile, kernels=ppplan).transformer(1, 1, 128, False, "full")
+    assert early.recompute_s == pytest.approx(share * MS, rel=1e-9)
+    measured_whole = _times(env).transformer(1, 1, 128, False, "full")
+    assert measured_whole.recompute_s == pytest.approx(MS / runtime_share, rel=1e-9)
+    assert measured_whole.backward_weight_s == pytest.approx(1.5 * MS)  # W from the measured unsplit backward
 
 
 def test_comm_profile_link_replaces_the_cluster_link(env):

@@ -9,7 +9,9 @@ import pytest
 
 from costmodels.flops import hardware_flops_per_iteration, recompute_forward_flops, transformer_layer_forward_flops
 from costmodels.layer_costs import RooflineTimes
+from costmodels.layer_ops import early_stop_tail
 from costmodels.operators import Gemm
+from costmodels.profile_times import PROFILED_RUNTIME_STOPS_EARLY
 from costmodels.selective_ac import recomputed_tp_comm_fraction
 from profiles.loader import load_cluster, load_model, load_stack
 
@@ -26,7 +28,7 @@ def llama():
 def test_the_stacks_that_stop_early_are_the_ones_whose_checkpoint_does() -> None:
     """ppplan's runtime calls torch.utils.checkpoint with use_reentrant=False (early_stop defaults to True);
     torchtitan's FullAC passes early_stop=False; Megatron re-runs the whole block with its own checkpoint."""
-    assert PPPLAN.kernels.full_recompute_early_stop
+    assert PPPLAN.kernels.full_recompute_early_stop == PROFILED_RUNTIME_STOPS_EARLY  # profiles time ppplan's runtime
     assert not load_stack("torchtitan").kernels.full_recompute_early_stop
     assert not MEGATRON.kernels.full_recompute_early_stop
 
@@ -40,9 +42,22 @@ def test_the_recompute_leaves_out_the_down_projection(llama) -> None:
     assert gemm_flops[0] - gemm_flops[1] == 2 * t * (f / 2) * h
     assert recompute_forward_flops(llama, S, B, "full", early_stop=True) == pytest.approx(
         transformer_layer_forward_flops(llama, S, B).total - 2 * t * f * h, rel=1e-12)
-    # an MoE layer's combine saves the expert outputs: nothing is left out
+    # an MoE layer without shared experts ends with the weighted combine, which saves the expert outputs
     assert recompute_forward_flops(llama, S, B, "full", moe=True, early_stop=True) == \
         recompute_forward_flops(llama, S, B, "full", moe=True)
+
+
+def test_an_moe_block_with_shared_experts_leaves_out_their_down_projection() -> None:
+    """ppplan's runtime adds the shared experts after the combine: their w2 (2·t·f_shared·h) and the residual add
+    are the tail; without shared experts the residual add alone."""
+    moe = load_model("tiny-moe")
+    shared = moe.model_copy(update={"num_shared_experts": 1, "shared_expert_ffn_hidden_size": 512})
+    assert early_stop_tail(moe, PPPLAN.kernels, moe=True) == ("mlp.residual",)
+    assert early_stop_tail(shared, PPPLAN.kernels, moe=True) == ("moe.shared.fc2", "mlp.residual")
+    assert early_stop_tail(shared, MEGATRON.kernels, moe=True) == ()
+    t, h = 2 * 64, shared.hidden_size
+    assert recompute_forward_flops(shared, 64, 2, "full", moe=True, early_stop=True) == pytest.approx(
+        recompute_forward_flops(shared, 64, 2, "full", moe=True) - 2 * t * 512 * h, rel=1e-12)
 
 
 @pytest.mark.parametrize(("sequence_parallel", "rerun"), [(False, 0.5), (True, 0.75)])

@@ -104,23 +104,27 @@ def test_recompute_keeps_gradients(kind: str) -> None:
     torch.testing.assert_close(grads[0], grads[1])
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt", "tiny-moe"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt", "tiny-moe", "tiny-moe+shared"])
 def test_full_recompute_reruns_the_gemms_the_stack_prices(name: str) -> None:
     """The GEMM FLOPs a layer's backward runs beyond its no-recompute backward under ``full`` are the re-run forward
-    the ppplan-torch stack prices: torch's non-reentrant checkpoint stops before a dense block's w2
-    (``full_recompute_early_stop``), so the forward's GEMMs less w2's; an MoE block's combine saves the expert
-    outputs, so all of them. Counted by torch's FlopCounterMode (aten.mm / addmm; SDPA is not counted on CPU, and the
-    priced attention core is left out alike)."""
+    the ppplan-torch stack prices: torch's non-reentrant checkpoint stops once the forward's last saved tensor is
+    packed again (``full_recompute_early_stop``), before a dense block's w2, or an MoE block's shared experts' w2
+    (they run after the combine); an MoE block without shared experts ends with the weighted combine, which saves
+    the expert outputs, so all of its GEMMs run again. Counted by torch's FlopCounterMode (aten.mm / addmm; SDPA is
+    not counted on CPU, and the priced attention core is left out alike)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from costmodels.layer_ops import transformer_layer_ops
     from costmodels.operators import Gemm, LayerShape
     from profiles.loader import load_stack
 
-    spec = make_plan(name).model
+    spec = make_plan(name.removesuffix("+shared")).model
+    if name.endswith("+shared"):
+        spec = spec.model_copy(update={"num_shared_experts": 1, "shared_expert_ffn_hidden_size": 512})
     batch, seq = 2, 16
     backward = {}
     for recompute in ("none", "full"):
+        torch.manual_seed(0)
         layer = build_layer(spec, 0)
         layer.set_recompute(recompute)
         out = layer(torch.randn(batch, seq, spec.hidden_size, requires_grad=True))
@@ -130,7 +134,8 @@ def test_full_recompute_reruns_the_gemms_the_stack_prices(name: str) -> None:
     moe = spec.is_moe
     ops = transformer_layer_ops(spec, LayerShape(1, batch, seq, False, "full", 4, moe=moe), load_stack("ppplan-torch").kernels)
     priced = sum(op.flops for op in ops.recompute if isinstance(op, Gemm))
-    skipped = 0 if moe else 2 * batch * seq * spec.ffn_size * spec.hidden_size  # w2
+    last_w2 = {"tiny-llama": spec.ffn_size, "tiny-gpt": spec.ffn_size, "tiny-moe": 0, "tiny-moe+shared": 512}[name]
+    skipped = 2 * batch * seq * last_w2 * spec.hidden_size
     assert backward["full"] - backward["none"] == priced == sum(op.flops for op in ops.forward if isinstance(op, Gemm)) - skipped
 
 
