@@ -45,15 +45,18 @@ def layer_plan(sequence_parallel: bool) -> dict[str, object]:
         "feed_forward.w1": ColwiseParallel(),
         "feed_forward.w2": RowwiseParallel(output_layouts=between),
     }
+    # The block's input becomes one replicated DTensor shared by its column-parallel projections, so the backward
+    # sums their input gradients locally and reduces them once (one all-reduce, or with sequence parallelism one
+    # reduce-scatter), as Megatron's fused QKV and fc1 do and costmodels.comm.tp_layer_comm_s prices; converted per
+    # projection, each of q, k, v, w1 (and w3) all-reduced its own gradient.
+    plan.update(
+        {
+            "attention": PrepareModuleInput(input_layouts=(between,), desired_input_layouts=(Replicate(),)),
+            "feed_forward": PrepareModuleInput(input_layouts=(between,), desired_input_layouts=(Replicate(),)),
+        }
+    )
     if sequence_parallel:
-        plan.update(
-            {
-                "attention_norm": SequenceParallel(),
-                "attention": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
-                "ffn_norm": SequenceParallel(),
-                "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
-            }
-        )
+        plan.update({"attention_norm": SequenceParallel(), "ffn_norm": SequenceParallel()})
     return plan
 
 
