@@ -31,7 +31,15 @@ from costmodels.comm import (
 from costmodels.compute import non_gemm_precision, operator_time_s, operators_time_s
 from costmodels.context_parallel import exchange_s, ring_time_s
 from costmodels.experts import ep_group_placement, moe_tp_all_reduce_tokens
-from costmodels.layer_ops import embedding_ops, head_ops, mtp_projection_ops, stops_early, transformer_layer_ops
+from costmodels.layer_ops import (
+    SHARED_EXPERT_FC2,
+    early_stop_tail,
+    embedding_ops,
+    head_ops,
+    mtp_projection_ops,
+    stops_early,
+    transformer_layer_ops,
+)
 from costmodels.operators import AllToAll, Gemm, LayerOps, LayerShape, Operator, RingAttention
 from costmodels.overlap import cluster_contention_s
 from costmodels.selective_ac import recomputed_tp_comm_fraction
@@ -161,15 +169,17 @@ def tp_comm_passes(
         return ZERO_PASS
     tokens, h = seq_len * mbs // cp, model.hidden_size
     if kind == "transformer":
+        k = kernels or StackKernels()
         if moe:
-            rows = [tokens] + moe_tp_all_reduce_tokens(model, tokens, tp, ep, sequence_parallel, kernels or StackKernels(),
-                                                       expert_imbalance, etp)
+            rows = [tokens] + moe_tp_all_reduce_tokens(model, tokens, tp, ep, sequence_parallel, k, expert_imbalance, etp)
             comm = sum(tp_all_reduce_s(r, h, bytes_per_elem, tp, network) for r in rows)
+            # the shared experts' reduction runs after the block's last saved tensor (early_stop_tail)
+            after = tp_all_reduce_s(tokens, h, bytes_per_elem, tp, network) \
+                if recompute == "full" and SHARED_EXPERT_FC2 in early_stop_tail(model, k, moe=True) else 0.0
+            extra = (comm - after) * recomputed_tp_comm_fraction(recompute, k.selective_recompute, sequence_parallel)
         else:
             comm = tp_layer_comm_s(tokens, h, bytes_per_elem, tp, network)
-        k = kernels or StackKernels()
-        extra = comm * recomputed_tp_comm_fraction(recompute, k.selective_recompute, sequence_parallel,
-                                                   stops_early(k) and not moe)
+            extra = comm * recomputed_tp_comm_fraction(recompute, k.selective_recompute, sequence_parallel, stops_early(k))
         return PassTimes(comm, comm + extra, 0.0, tp_comm_s=2 * comm + extra)
     if kind == "embedding":
         comm = embedding_tp_comm_s(tokens, h, bytes_per_elem, tp, sequence_parallel, network)
@@ -366,9 +376,7 @@ class RooflineTimes:
             hidden = hidden_f + hidden_b - slowed_f - slowed_b
         elif self.tp_comm == "backward_overlapped":
             # the recomputed forward's collectives stay on the critical path
-            recomputed = comm.forward_s * recomputed_tp_comm_fraction(recompute, self.kernels.selective_recompute, sp,
-                                                                      stops_early(self.kernels) and not moe) \
-                if kind == "transformer" else 0.0
+            recomputed = comm.backward_input_s - comm.forward_s if kind == "transformer" else 0.0
             gemm_b = _gemm_time_s(c, prec, ops.backward_input + ops.backward_weight)
             hidden_b = min(comm_b - recomputed, gemm_b)
             slowed_b = cluster_contention_s(c, hidden_b)

@@ -82,6 +82,9 @@ def stops_early(kernels: StackKernels) -> bool:
     return kernels.full_recompute_early_stop and not kernels.dropout
 
 
+SHARED_EXPERT_FC2 = "moe.shared.fc2"  # costmodels.experts.moe_mlp_ops names the shared experts' down projection so
+
+
 def early_stop_tail(model: ModelSpec, kernels: StackKernels, moe: bool) -> tuple[str, ...]:
     """The operators a block runs after its forward's last saved tensor is packed, which torch's early-stopped
     recompute does not run again (autograd packs an op's inputs before the op runs; a residual add saves nothing):
@@ -93,7 +96,7 @@ def early_stop_tail(model: ModelSpec, kernels: StackKernels, moe: bool) -> tuple
     if not moe:
         return ("mlp.fc2", "mlp.residual")
     if model.shared_expert_ffn_hidden_size:
-        return ("moe.shared.fc2", "mlp.residual")
+        return (SHARED_EXPERT_FC2, "mlp.residual")
     return ("mlp.residual",)
 
 

@@ -134,8 +134,8 @@ def recomputed_tp_comm_fraction(recompute: str, selective_kind: str, sequence_pa
     """The share of a block's forward TP collectives its backward runs again: all of them under full
     recompute, but in a dense block the one after the down projection where torch's early stop ends the re-run
     forward before that GEMM (``stops_early``: ``costmodels.layer_ops.early_stop_tail``; 1 of 2 all-reduces, 1 of 4
-    sequence-parallel collectives; an MoE block's collectives after its last save, the shared experts' reduction
-    and a sequence-parallel exit, are priced as re-run: not measured); under per-op selective recompute the
+    sequence-parallel collectives; an MoE block's shared experts' reduction, which runs after its last save, is left
+    out by ``costmodels.layer_costs.tp_comm_passes``); under per-op selective recompute the
     all-gathers (half the sequence-parallel
     collectives, the reduce-scatters being saved) or, without sequence parallelism, the all-reduces."""
     if recompute == "full":

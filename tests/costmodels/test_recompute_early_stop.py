@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from costmodels.comm import network_for, tp_all_reduce_s
 from costmodels.flops import hardware_flops_per_iteration, recompute_forward_flops, transformer_layer_forward_flops
 from costmodels.layer_costs import RooflineTimes
 from costmodels.layer_ops import early_stop_tail
@@ -80,3 +81,17 @@ def test_hardware_flops_count_what_runs(llama) -> None:
     whole = hardware_flops_per_iteration(llama, B, S, layers)
     early = hardware_flops_per_iteration(llama, B, S, layers, early_stop=True)
     assert whole - early == pytest.approx(llama.num_layers * 2 * B * S * 14336 * 4096, rel=1e-12)
+
+
+def test_an_moe_block_does_not_rerun_its_shared_experts_reduction() -> None:
+    """tiny-moe with a shared expert at TP 2 (bf16, 4096 tokens): the forward all-reduces the attention's output, the
+    routed experts' and the shared experts' (none's tp_comm_s is twice the forward's); full recompute re-runs them but
+    the shared experts' all-reduce of the block's 4096 x h values, which runs after the last saved tensor. A stack
+    without early stop re-runs all three."""
+    cluster = load_cluster("dgx-h100")
+    shared = load_model("tiny-moe").model_copy(update={"num_shared_experts": 1, "shared_expert_ffn_hidden_size": 512})
+    one = tp_all_reduce_s(S, shared.hidden_size, 2, 2, network_for(cluster))
+    for stack, left_out in ((PPPLAN, one), (MEGATRON, 0.0)):
+        times = RooflineTimes(shared, cluster, "bf16", stack=stack)
+        none, full = (times.transformer(2, 1, S, False, kind, moe=True) for kind in ("none", "full"))
+        assert full.tp_comm_s == pytest.approx(none.tp_comm_s * 1.5 - left_out, rel=1e-12)
