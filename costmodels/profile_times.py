@@ -302,9 +302,9 @@ class ProfiledTimes:
                     key="split W under full recompute",
                 )
             runtime = self.kernels.model_copy(update={"full_recompute_early_stop": PROFILED_RUNTIME_STOPS_EARLY, "dropout": False})
-            runtime_share = self._full_recompute_share(kind, tp, mbs, seq_len, cp, runtime)
-            scaled = redo * stack_share / runtime_share
-            backward_input, redo = backward_input + scaled - redo, scaled
+            if runtime != self.kernels:  # the stack recomputes otherwise than the profiled runtime (ppplan-torch: as it)
+                scaled = redo * stack_share / self._full_recompute_share(kind, tp, mbs, seq_len, cp, runtime)
+                backward_input, redo = backward_input + scaled - redo, scaled
         # under full recompute B + W is the unsplit backward already
         extra = 0.0 if recompute == "full" else got.split_backward_extra_s
         return PassTimes(got.forward_s, backward_input, weight, 0.0, redo, split_backward_extra_s=extra)

@@ -15,10 +15,16 @@ from costmodels.operators import Gemm
 from costmodels.profile_times import PROFILED_RUNTIME_STOPS_EARLY
 from costmodels.selective_ac import recomputed_tp_comm_fraction
 from profiles.loader import load_cluster, load_model, load_stack
+from profiles.schema import ModelSpec
 
 S, B = 4096, 2
 PPPLAN = load_stack("ppplan-torch")
 MEGATRON = load_stack("megatron-core")
+
+
+def _with_a_shared_expert(model: ModelSpec) -> ModelSpec:
+    """``model`` with one shared expert of FFN width 512 (tiny-moe has none)."""
+    return model.model_copy(update={"num_shared_experts": 1, "shared_expert_ffn_hidden_size": 512})
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +58,7 @@ def test_an_moe_block_with_shared_experts_leaves_out_their_down_projection() -> 
     """ppplan's runtime adds the shared experts after the combine: their w2 (2·t·f_shared·h) and the residual add
     are the tail; without shared experts the residual add alone."""
     moe = load_model("tiny-moe")
-    shared = moe.model_copy(update={"num_shared_experts": 1, "shared_expert_ffn_hidden_size": 512})
+    shared = _with_a_shared_expert(moe)
     assert early_stop_tail(moe, PPPLAN.kernels, moe=True) == ("mlp.residual",)
     assert early_stop_tail(shared, PPPLAN.kernels, moe=True) == ("moe.shared.fc2", "mlp.residual")
     assert early_stop_tail(shared, MEGATRON.kernels, moe=True) == ()
@@ -89,7 +95,7 @@ def test_an_moe_block_does_not_rerun_its_shared_experts_reduction() -> None:
     the shared experts' all-reduce of the block's 4096 x h values, which runs after the last saved tensor. A stack
     without early stop re-runs all three."""
     cluster = load_cluster("dgx-h100")
-    shared = load_model("tiny-moe").model_copy(update={"num_shared_experts": 1, "shared_expert_ffn_hidden_size": 512})
+    shared = _with_a_shared_expert(load_model("tiny-moe"))
     one = tp_all_reduce_s(S, shared.hidden_size, 2, 2, network_for(cluster))
     for stack, left_out in ((PPPLAN, one), (MEGATRON, 0.0)):
         times = RooflineTimes(shared, cluster, "bf16", stack=stack)
