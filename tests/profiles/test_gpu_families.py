@@ -178,3 +178,10 @@ def test_every_cluster_preset_loads() -> None:
 def test_bad_network_or_efficiency_values_are_refused(tmp_path: Path, extra: str, message: str) -> None:
     with pytest.raises(PlanError, match=message):
         load_cluster(_write(tmp_path, LEGACY_A100 + extra))
+
+
+@pytest.mark.parametrize(("cluster", "nvidia_smi_mib"), [("dgx-b200", 183_359), ("gb200-nvl72", 189_471)])
+def test_a_blackwell_preset_offers_the_memory_nvidia_smi_reports(cluster: str, nvidia_smi_mib: int) -> None:
+    """The fit check's capacity is what the GPU offers (nvidia-smi's total, in GiB), not the datasheet's GB read as
+    10^9 bytes: 186 GB read that way is 173 GiB, 6.5 % short of the 185.0 GiB a GB200 reports."""
+    assert load_cluster(cluster).gpu.memory_gib == pytest.approx(nvidia_smi_mib / 1024, abs=0.1)
