@@ -168,8 +168,9 @@ FILE_HEADER = """\
 # `constants` are a priori, each with its source in `sources` (end-to-end MFU figures are not used:
 # they already contain the memory-bound work, communication and bubbles the structure prices).
 # `fit` is written by `ppplan validate --update` (planner/trust/family_fit.py): the six fitted to
-# the family's published runs, leave-one-source-out for the held-out error, with the rows, sources
-# and errors; clusters price with the fitted values only where `applied` (see `applied_reason`).
+# the family's published runs under a nearly flat Gaussian prior around the a-priori constants (family_fit.py
+# FAMILY_PRIOR_WEIGHT), leave-one-source-out for the held-out error, with the rows, sources and
+# errors; clusters price with the fitted values only where `applied` (see `applied_reason`).
 # This file is rewritten by `ppplan validate --update`: keep notes in the `note` fields.
 """
 
