@@ -230,8 +230,9 @@ def gauss_newton(
     the exact objective (the rows' squared log errors at exact estimates plus the prior's term,
     ``_objective``), else halved (``BACKTRACKS`` times at most; the estimate is piecewise
     linear, so a step across a kink can overshoot). Re-linearise at the accepted constants and
-    repeat until a step moves less than ``CONVERGED_UNIT_STEP``; a step (or what halving left of
-    it) shorter than that is not priced: accepted, it would end the fit within the tolerance. ``lines`` (linearised elsewhere,
+    repeat until a step moves less than ``CONVERGED_UNIT_STEP``. A first step shorter than that is not
+    priced: accepted (its target is returned), it would end the fit within the tolerance; where halving
+    left less than that, the fit ends at the constants last accepted. ``lines`` (linearised elsewhere,
     e.g. the in-sample fit for a held-out one) saves the first round. Returns (constants, the
     last linearisations, exact linearisation rounds). ``mapper`` prices the runs (each
     independently: in any order, in other processes)."""
