@@ -22,12 +22,15 @@ import yaml
 
 from planner.cli.main import run
 from planner.trust.error_bands import CALIBRATION_DIR, ERROR_BANDS_NAME, GPU_FAMILIES_NAME
+from planner.trust.published_runs import DEFAULT_RUNS_CSV
 from planner.trust.validation import (
     TARGET_MEMORY_UNDER_PCT,
     TARGET_OVERALL_MAPE_PCT,
     TARGET_SOURCE_MAPE_PCT,
     TARGET_SOURCE_MIN_ROWS,
     TARGET_SWEEP_RHO,
+    target_lines,
+    validate,
 )
 from profiles.loader import GPU_FAMILIES_YAML
 
@@ -439,3 +442,27 @@ def test_plot_into_a_missing_folder_fails_before_any_work(capsys: pytest.Capture
 def test_update_needs_the_fit(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["validate", "--no-fit", "--update"]) == 2
     assert "--no-fit" in _one_error_line(capsys)
+
+
+def test_rows_called_infeasible_split_into_above_the_gpu_and_within_the_margin(doc: dict) -> None:
+    """A dense row priced above its GPU's memory is called infeasible whatever the safety margin; the rows that ran
+    but are called infeasible are those and the ones only the margin rejects."""
+    dense = [r for r in doc["rows"] if r["category"] == "dense"]
+    over = [r for r in dense if r["predicted_peak_over_hbm"]]
+    assert over and all(not r["predicted_fits"] for r in over)
+    assert sum(1 for r in dense if not r["predicted_fits"]) > len(over)  # the 10 % margin rejects rows that fit the GPU too
+
+
+def test_the_target_line_counts_both_kinds_of_infeasible_rows(tmp_path: Path) -> None:
+    """Three rows that ran: NeMo's Llama 3 70B on 64 GB200 (priced at 187 GiB of the GPU's 185), an MPT-30B on
+    8 H100 priced at 91 % of its 80 GB (inside the 10 % margin) and an MPT-13B on 128 H100 (priced at 39 %)."""
+    picks = ("LLAMA3_70B DGX-GB200 FP8-CS 64GPU", "MPT-30b seq2048 8xh100_80gb mbs3 ga21 amp_bf16",
+             "MPT-13b seq2048 128xh100_80gb mbs16 ga1 amp_bf16")
+    lines = DEFAULT_RUNS_CSV.read_text().splitlines()
+    chosen = [line for line in lines[1:] if any(f",{p}," in line or f",{p} ," in line for p in picks)]
+    assert len(chosen) == 3
+    (tmp_path / "runs.csv").write_text("\n".join([lines[0], *chosen]) + "\n")
+    report = validate(tmp_path / "runs.csv", fit=False)
+    line = next(t for t in target_lines(report) if t.startswith("rows that ran but are called infeasible"))
+    assert line.startswith("rows that ran but are called infeasible: 2 of 3 ")
+    assert line.endswith(": 1 priced above the GPU's memory, 1 within the fit check's safety margin")
