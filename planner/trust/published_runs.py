@@ -196,6 +196,53 @@ def _parse(f: RowFields) -> _Parsed | None:
                    str(precision), metric, str(preset), str(stack[0]))
 
 
+# A row's notes may state Megatron-Core's pipeline layout (--pipeline-model-parallel-layout, the string the run
+# passed): stages split by '|', each a run of E (embedding), t (transformer layer), m (multi-token prediction), L
+# (loss); "(...)*n" and "t*n" repeat (megatron/core/transformer/pipeline_parallel_layer_layout.py, from_str).
+STATED_LAYOUT = re.compile(r"\blayout ([EtmL|()*0-9]*\|[EtmL|()*0-9]*[EtmL|)])(?![A-Za-z0-9])")
+_LAYOUT_GROUP = re.compile(r"\(([^()]*)\)\*(\d+)")
+_LAYOUT_REPEAT = re.compile(r"([EtmL])\*(\d+)")
+
+
+def layout_stages(layout: str) -> list[str]:
+    """The virtual stages of a Megatron-Core pipeline layout string (``STATED_LAYOUT``), repetitions expanded:
+    ``"Et|(tt|)*2mL"`` is ``["Et", "tt", "tt", "mL"]``. ValueError for a string it cannot read."""
+    text = layout
+    while (group := _LAYOUT_GROUP.search(text)) is not None:
+        text = text[:group.start()] + group.group(1) * int(group.group(2)) + text[group.end():]
+    text = _LAYOUT_REPEAT.sub(lambda m: m.group(1) * int(m.group(2)), text)
+    if not text or set(text) - set("EtmL|"):
+        raise ValueError(f"unreadable pipeline layout '{layout}' (stages of E, t, m, L split by '|')")
+    return text.split("|")
+
+
+def _stated_layout(f: RowFields, layers: int, stages: int, assumptions: list[str]) -> list[int] | None:
+    """The decoder layers per virtual stage the row's notes state as its pipeline layout, or None where they
+    state none. A layout that does not fit the row is a problem of the row: other stage or layer counts, an
+    empty stage between others, or the multi-token prediction module before the last stage (where the cost model
+    places it)."""
+    stated = STATED_LAYOUT.search(f.text("notes"))
+    if stated is None:
+        return None
+    layout = stated.group(1)
+    try:
+        parts = layout_stages(layout)
+    except ValueError as exc:
+        f.problems.append(str(exc))
+        return None
+    split = [part.count("t") for part in parts]
+    if len(split) != stages or sum(split) != layers:
+        f.problems.append(f"pipeline layout '{layout}' has {len(split)} stages of {sum(split)} layers; the row has "
+                          f"pp*v = {stages} stages of {layers} layers")
+        return None
+    if any(not n for n in split[1:-1]) or any("m" in part for part in parts[:-1]):
+        f.problems.append(f"pipeline layout '{layout}': an empty middle stage, or the multi-token prediction module "
+                          "before the last stage, neither of which the cost model places")
+        return None
+    assumptions.append(f"stage layers {split}: the row's stated pipeline layout '{layout}'")
+    return split
+
+
 def _stage_layers(f: RowFields, layers: int, stages: int) -> list[int] | None:
     """Uniform, or ``[k−1, k, …, k, k−1]`` where the source says the end stages hold one layer
     fewer or that the embeddings take pipeline slots (Megatron-LM's embedding and loss, DeepSpeed's two
@@ -331,7 +378,9 @@ def _config(f: RowFields, p: _Parsed, assumptions: list[str]) -> ParallelConfig 
             f.missing.append("zero")
         elif why:
             assumptions.append(why)
-    layers = _deepseek_v3_layout(f, p.ints["pp"], v, assumptions) or _stage_layers(f, p.ints["layers"], p.ints["pp"] * v)
+    layers = (_stated_layout(f, p.ints["layers"], p.ints["pp"] * v, assumptions)
+              or _deepseek_v3_layout(f, p.ints["pp"], v, assumptions)
+              or _stage_layers(f, p.ints["layers"], p.ints["pp"] * v))
     if p.ints["global_batch"] % (dp * mbs):
         f.problems.append(f"global batch {p.ints['global_batch']} is not divisible by dp*mbs = {dp}*{mbs}")
     offload = _offload_layers(f.text("notes"))

@@ -9,7 +9,7 @@ import pytest
 from costmodels.memory import GIB, stage_params
 from planner.trust.calibration import estimate_with
 from planner.trust.corpus_rules import independent_source, padded_vocab
-from planner.trust.published_runs import REQUIRED_COLUMNS, PublishedRow, SkippedRow, parse_row, read_published_runs
+from planner.trust.published_runs import REQUIRED_COLUMNS, PublishedRow, SkippedRow, layout_stages, parse_row, read_published_runs
 from planner.trust.validation import _as_run, _prior, comparable_memory_gib
 from profiles.loader import load_gpu_families, load_stack
 
@@ -527,3 +527,36 @@ def test_a_row_that_offloads_activations_is_priced_offloading_them() -> None:
                        "notes": "Megatron-FSDP"})
     assert isinstance(plain, PublishedRow), plain
     assert plain.config.offload_layers == 0
+
+
+def test_megatron_pipeline_layout_strings_expand_to_their_stages() -> None:
+    """Megatron-Core's --pipeline-model-parallel-layout: '|' splits stages, "(...)*n" and "t*n" repeat."""
+    assert layout_stages("Et|(tt|)*2mL") == ["Et", "tt", "tt", "mL"]
+    assert layout_stages("Et*3|t*4|tL") == ["Ettt", "tttt", "tL"]
+    assert layout_stages("Et||tL") == ["Et", "", "tL"]  # read as written; the row check refuses the empty stage
+    assert [s.count("t") for s in layout_stages("Et|(tt|)*30mL")] == [1] + [2] * 30 + [0]
+    for bad in ("Et|(tx|)*2", "Et|(tt|)", "Et|(tt|*6tL", ""):
+        with pytest.raises(ValueError, match="unreadable pipeline layout"):
+            layout_stages(bad)
+
+
+def test_a_stated_pipeline_layout_sets_the_stage_layers() -> None:
+    """The zero-bubble row (8 stages, 22 layers) stating its layout gets the stages it states."""
+    row = parse_row({**ZB_ROW, "notes": "m=24 microbatches; layout Et*2|(ttt|)*6t*2L; vocab not stated"})
+    assert isinstance(row, PublishedRow)
+    assert row.config.stage_layers == [2, 3, 3, 3, 3, 3, 3, 2]
+    assert any("stated pipeline layout 'Et*2|(ttt|)*6t*2L'" in a for a in row.assumptions)
+    moved = parse_row({**ZB_ROW, "notes": "layout Ettt|(ttt|)*6tL"})
+    assert isinstance(moved, PublishedRow) and moved.config.stage_layers == [3, 3, 3, 3, 3, 3, 3, 1]
+    said = parse_row({**ZB_ROW, "notes": "layout matches the recipe"})  # prose, not a layout string
+    assert isinstance(said, PublishedRow) and said.config.stage_layers == [3, 3, 3, 3, 3, 3, 2, 2]
+
+
+@pytest.mark.parametrize("layout, reason", [
+    ("Et|(ttt|)*6tL", "has 8 stages of 20 layers; the row has pp*v = 8 stages of 22 layers"),
+    ("Ettt|(ttt|)*5|ttttL", "an empty middle stage"),
+    ("Ett|(ttt|)*5tm|ttttL", "the multi-token prediction module before the last stage"),
+    ("Et|(tt|*6tL", "unreadable pipeline layout"),
+])
+def test_a_stated_layout_that_does_not_fit_the_row_is_a_listed_skip(layout: str, reason: str) -> None:
+    assert reason in _skip(notes=f"layout {layout}").reason
