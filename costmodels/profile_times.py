@@ -280,8 +280,8 @@ class ProfiledTimes:
         base = self._passes(kind, "none", tp, mbs, seq_len, cp)
         if recompute == "none":
             return base
-        stack_share = self._full_recompute_share(kind, tp, mbs, seq_len, cp, self.kernels) if recompute == "full" else 1.0
         if (kind, recompute, cp) not in self._entries:
+            stack_share = self._full_recompute_share(kind, tp, mbs, seq_len, cp, self.kernels) if recompute == "full" else 1.0
             redo = base.forward_s * stack_share if recompute == "full" else 0.0
             what = "the measured forward" if stack_share == 1.0 else "the share of the measured forward the stack re-runs"
             self.note(f"profile has no recompute '{recompute}' measurements; adding {what} to B")
@@ -303,6 +303,7 @@ class ProfiledTimes:
                 )
             runtime = self.kernels.model_copy(update={"full_recompute_early_stop": PROFILED_RUNTIME_STOPS_EARLY, "dropout": False})
             if runtime != self.kernels:  # the stack recomputes otherwise than the profiled runtime (ppplan-torch: as it)
+                stack_share = self._full_recompute_share(kind, tp, mbs, seq_len, cp, self.kernels)
                 scaled = redo * stack_share / self._full_recompute_share(kind, tp, mbs, seq_len, cp, runtime)
                 backward_input, redo = backward_input + scaled - redo, scaled
         # under full recompute B + W is the unsplit backward already

@@ -218,9 +218,9 @@ def layout_stages(layout: str) -> list[str]:
 
 def _stated_layout(f: RowFields, layers: int, stages: int, assumptions: list[str]) -> list[int] | None:
     """The decoder layers per virtual stage the row's notes state as its pipeline layout, or None where they
-    state none. A layout that does not fit the row is a problem of the row: other stage or layer counts, an
-    empty stage between others, or the multi-token prediction module before the last stage (where the cost model
-    places it)."""
+    state none. A layout that does not fit the row is a problem of the row: other stage or layer counts, or the
+    multi-token prediction module before the last stage (where the cost model places it); an empty stage between
+    others is ``ParallelConfig``'s own refusal (``_config``)."""
     stated = STATED_LAYOUT.search(f.text("notes"))
     if stated is None:
         return None
@@ -235,9 +235,9 @@ def _stated_layout(f: RowFields, layers: int, stages: int, assumptions: list[str
         f.problems.append(f"pipeline layout '{layout}' has {len(split)} stages of {sum(split)} layers; the row has "
                           f"pp*v = {stages} stages of {layers} layers")
         return None
-    if any(not n for n in split[1:-1]) or any("m" in part for part in parts[:-1]):
-        f.problems.append(f"pipeline layout '{layout}': an empty middle stage, or the multi-token prediction module "
-                          "before the last stage, neither of which the cost model places")
+    if any("m" in part for part in parts[:-1]):
+        f.problems.append(f"pipeline layout '{layout}' puts the multi-token prediction module before the last stage, "
+                          "where the cost model does not place it")
         return None
     assumptions.append(f"stage layers {split}: the row's stated pipeline layout '{layout}'")
     return split
@@ -391,14 +391,18 @@ def _config(f: RowFields, p: _Parsed, assumptions: list[str]) -> ParallelConfig 
             f.problems.append(f"malformed zero '{zero}' (0-3)")
         return None
     etp = f.integer("etp", required=False)
-    return ParallelConfig(
-        stack=p.stack, tp=tp, cp=f.integer("cp", required=False) or 1, ep=f.integer("ep", required=False) or 1,
-        etp=1 if etp == 1 and tp > 1 else None, pp=p.ints["pp"], dp=dp, v=v, mbs=mbs,
-        num_microbatches=p.ints["global_batch"] // (dp * mbs), schedule=p.schedule,
-        recompute=_recompute(p.recompute, f.text("notes"), assumptions),
-        sequence_parallel=sequence_parallel, zero=zero, stage_layers=layers,
-        offload_layers=offload,
-    )
+    try:
+        return ParallelConfig(
+            stack=p.stack, tp=tp, cp=f.integer("cp", required=False) or 1, ep=f.integer("ep", required=False) or 1,
+            etp=1 if etp == 1 and tp > 1 else None, pp=p.ints["pp"], dp=dp, v=v, mbs=mbs,
+            num_microbatches=p.ints["global_batch"] // (dp * mbs), schedule=p.schedule,
+            recompute=_recompute(p.recompute, f.text("notes"), assumptions),
+            sequence_parallel=sequence_parallel, zero=zero, stage_layers=layers,
+            offload_layers=offload,
+        )
+    except ValidationError as exc:  # what ParallelConfig refuses (e.g. a stated layout with an empty middle stage)
+        f.problems.append(f"malformed parallel configuration: {exc.errors()[0]['msg']}")
+        return None
 
 
 def _offload_layers(notes: str) -> int:

@@ -554,8 +554,8 @@ def test_a_stated_pipeline_layout_sets_the_stage_layers() -> None:
 
 @pytest.mark.parametrize("layout, reason", [
     ("Et|(ttt|)*6tL", "has 8 stages of 20 layers; the row has pp*v = 8 stages of 22 layers"),
-    ("Ettt|(ttt|)*5|ttttL", "an empty middle stage"),
-    ("Ett|(ttt|)*5tm|ttttL", "the multi-token prediction module before the last stage"),
+    ("Ettt|(ttt|)*5|ttttL", "stage_layers [3, 3, 3, 3, 3, 3, 0, 4]: only the first stage (the embedding) and the last"),
+    ("Ett|(ttt|)*5tm|ttttL", "puts the multi-token prediction module before the last stage"),
     ("Et|(tt|*6tL", "unreadable pipeline layout"),
 ])
 def test_a_stated_layout_that_does_not_fit_the_row_is_a_listed_skip(layout: str, reason: str) -> None:
