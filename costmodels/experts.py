@@ -11,11 +11,13 @@ parallelism a rank computes its own ``T·k`` assignments whatever their spread o
 
 Stacks (``StackKernels.expert_dispatch``): ``tp_replicated`` (ppplan's runtime,
 ``launch/runtime/moe.py``; torchtitan): every tensor-parallel rank routes and dispatches all of
-its data-parallel rank's tokens, runs its FFN shard of its experts on them, and all-reduces the
-expert outputs over tp; with sequence parallelism the layer's input is gathered on entry and its
-output scattered on exit. ``tp_split`` (Megatron-Core's alltoall dispatcher, expert TP = tp,
-sequence parallelism required): a tp rank routes and dispatches its ``1/tp`` share, all-gathers
-what it receives over tp and reduce-scatters the outputs. The tp collectives are priced with the
+its data-parallel rank's tokens and runs its FFN shard of its experts on them. ppplan's runtime
+all-reduces each expert output over tp, and with sequence parallelism gathers the layer's input on
+entry and splits its complete output back to sequence shards locally; torchtitan
+(``moe_tp_partial_outputs``) keeps the outputs partial and reduce-scatters the block's sum once on
+exit. ``tp_split`` (Megatron-Core's alltoall dispatcher, expert TP = tp, sequence parallelism
+required): a tp rank routes and dispatches its ``1/tp`` share, all-gathers what it receives over tp
+and reduce-scatters the outputs. The tp collectives are priced with the
 layer's others (``costmodels.layer_costs.tp_comm_passes``).
 
 Expert TP 1 under tp > 1 (``etp``; Megatron-Core's MoE parallel folding, ``tp_split`` only): every
@@ -178,18 +180,46 @@ def moe_mlp_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> L
     return ops.plus(residual("mlp.residual", shape.replicated_tokens * h, p, kernels.dropout, kernels.fused_activation))
 
 
-def moe_tp_all_reduce_tokens(model: ModelSpec, tokens: float, tp: int, ep: int, sequence_parallel: bool,
-                             kernels: StackKernels, imbalance: float | None = None, etp: int | None = None) -> list[float]:
-    """Rows of h values a mixture-of-experts MLP block all-reduces over tp per pass (an all-gather plus a
-    reduce-scatter of the same rows move the same bytes): the routed expert outputs (``routed_rows``;
-    none with expert TP 1), the shared experts' output, and with ``tp_replicated`` and sequence
-    parallelism the block's input gathered on entry and its output scattered on exit (module docstring)."""
-    rows = [routed_rows(model, tokens, ep, imbalance)] if etp in (None, tp) else []
+TpCollective = tuple[str, float]  # a tp collective's kind (all_reduce, all_gather, reduce_scatter) and its rows of h
+
+
+def moe_tp_collectives(model: ModelSpec, tokens: float, tp: int, ep: int, sequence_parallel: bool, kernels: StackKernels,
+                       imbalance: float | None = None, etp: int | None = None,
+                       ) -> tuple[tuple[TpCollective, ...], tuple[TpCollective, ...]]:
+    """The tp collectives of a mixture-of-experts MLP block in F and in B, as rows of h (an all-gather's rows are
+    its output's, a reduce-scatter's its input's; an all-gather plus a reduce-scatter of the same rows move what
+    one all-reduce of them moves). The attention's are the dense layer's (``costmodels.layer_costs``).
+
+    - ``tp_split``, and ``tp_replicated`` as ppplan's runtime runs it: the routed expert outputs (``routed_rows``;
+      none with expert TP 1) and the shared experts' output, each reduced where it is computed, in F and their
+      gradients in B. Under sequence parallelism ppplan's runtime also all-gathers the block's input on entry in F
+      and its output's gradient in B: its complete output is split back to sequence shards without a collective
+      (``launch/runtime/tp.py`` ``_moe_plan``, Replicate -> Shard(1)).
+    - ``moe_tp_partial_outputs`` (torchtitan): F all-gathers the input on entry and reduce-scatters the block's
+      partial sum on exit (all-reduces it without sequence parallelism). B all-gathers the output's gradient and
+      all-reduces the gradient of each replicated input a tp-sharded linear reads: the rank's own ``T·k`` routed
+      rows (the routed experts' input, its gradient declared Partial, before the dispatch) and the shared experts'
+      input once per column-parallel projection (w1, and w3 of a SwiGLU) (pytorch/torchtitan @ 2645c02
+      ``distributed/expert_parallel.py`` TensorParallel and ExpertTensorParallel, ``models/llama4/infra/parallelize.py``
+      ``apply_moe_ep_tp``)."""
+    if tp <= 1:
+        return (), ()
+    if kernels.moe_tp_partial_outputs:
+        k, shared_inputs = model.experts_per_token or 0, 0
+        if model.shared_expert_ffn_hidden_size:
+            shared_inputs = 2 if model.activation == "swiglu" else 1
+        exit_reduction: tuple[TpCollective, ...] = (("all_gather", tokens), ("reduce_scatter", tokens)) \
+            if sequence_parallel else (("all_reduce", tokens),)
+        output_gradient: tuple[TpCollective, ...] = (("all_gather", tokens),) if sequence_parallel else ()
+        input_gradients = (("all_reduce", tokens * k),) + (("all_reduce", tokens),) * shared_inputs
+        return exit_reduction, output_gradient + input_gradients
+    reduced: tuple[TpCollective, ...] = (("all_reduce", routed_rows(model, tokens, ep, imbalance)),) \
+        if etp in (None, tp) else ()
     if model.shared_expert_ffn_hidden_size:
-        rows.append(tokens)
+        reduced += (("all_reduce", tokens),)
     if sequence_parallel and kernels.expert_dispatch == "tp_replicated":
-        rows.append(tokens)
-    return rows if tp > 1 else []
+        reduced += (("all_gather", tokens),)
+    return reduced, reduced
 
 
 def moe_activation_bytes(model: ModelSpec, tokens: float, tp: int, ep: int, p: int, ffn_tensors: int,

@@ -20,6 +20,7 @@ from costmodels.comm import (
     Link,
     Network,
     collective_s,
+    contiguous_placement,
     embedding_tp_comm_s,
     logits_gather_s,
     network_for,
@@ -30,7 +31,7 @@ from costmodels.comm import (
 )
 from costmodels.compute import non_gemm_precision, operator_time_s, operators_time_s
 from costmodels.context_parallel import exchange_s, ring_time_s
-from costmodels.experts import ep_group_placement, moe_tp_all_reduce_tokens
+from costmodels.experts import TpCollective, ep_group_placement, moe_tp_collectives
 from costmodels.layer_ops import (
     SHARED_EXPERT_FC2,
     early_stop_tail,
@@ -144,6 +145,33 @@ def tp_group_timeshare(cluster: ClusterSpec, tp: int) -> float:
     return max(1.0, min(tp, cluster.gpus_per_node) / cores)
 
 
+def _tp_collectives_s(collectives: tuple[TpCollective, ...], hidden: int, bytes_per_elem: int, tp: int,
+                      network: Network) -> float:
+    """Seconds of a pass's tp collectives (``costmodels.experts.moe_tp_collectives``: kinds and rows of h)."""
+    placement = contiguous_placement(tp, network.gpus_per_node)
+    return sum(collective_s(kind, rows * hidden * bytes_per_elem, placement, network) for kind, rows in collectives)
+
+
+def _moe_tail_tp_comm_s(model: ModelSpec, tokens: int, tp: int, sequence_parallel: bool, bytes_per_elem: int,
+                        network: Network, kernels: StackKernels) -> float:
+    """The tp collective of an MoE block's forward after its last saved tensor, which torch's early-stopped
+    recompute does not run again (``costmodels.layer_ops.early_stop_tail``): with ``moe_tp_partial_outputs`` the
+    reduction of the block's sum on exit (a reduce-scatter, an all-reduce without sequence parallelism), else the
+    shared experts' all-reduce after their down projection (ppplan's runtime); none where recompute does not stop
+    early. The re-run compute is ``early_stop_tail``'s, in ppplan's block order: a torchtitan MoE block that weights
+    the combine by the router's scores (score_before_experts false) runs its shared experts before that last save,
+    so under its early stop (torchtitan before 25413d2) their down projection is re-run and not counted."""
+    tail = early_stop_tail(model, kernels, moe=True)
+    if not tail:
+        return 0.0
+    h = model.hidden_size
+    if kernels.moe_tp_partial_outputs:
+        if sequence_parallel:  # a reduce-scatter moves what an all-gather of the same rows moves
+            return sequence_parallel_gather_s(tokens, h, bytes_per_elem, tp, network)
+        return tp_all_reduce_s(tokens, h, bytes_per_elem, tp, network)
+    return tp_all_reduce_s(tokens, h, bytes_per_elem, tp, network) if SHARED_EXPERT_FC2 in tail else 0.0
+
+
 def tp_comm_passes(
     model: ModelSpec, kind: str, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str,
     bytes_per_elem: int, network: Network, vocab_parallel_loss: bool, cp: int = 1, ep: int = 1, moe: bool = False,
@@ -155,8 +183,8 @@ def tp_comm_passes(
     ``seq_len / cp`` positions of ``mbs`` sequences.
 
     Transformer layer: two all-reduces of s·b·h per pass (``tp_layer_comm_s``); a mixture-of-experts
-    layer all-reduces the attention's s·b·h and the rows its MoE block moves over tp
-    (``costmodels.experts.moe_tp_all_reduce_tokens``); once more in B under full recompute (the
+    layer all-reduces the attention's s·b·h and runs its MoE block's collectives, F's and B's as its stack runs them
+    (``costmodels.experts.moe_tp_collectives``); F's once more in B under full recompute (the
     re-run forward's), or the part a per-op selective recompute runs again
     (``costmodels.selective_ac.recomputed_tp_comm_fraction``). Embedding: the vocab-parallel all-reduce in F. A multi-token
     prediction module's projection: its lookup's, and the all-gather of its output (Megatron-Core gathers eh_proj's
@@ -171,15 +199,16 @@ def tp_comm_passes(
     if kind == "transformer":
         k = kernels or StackKernels()
         if moe:
-            rows = [tokens] + moe_tp_all_reduce_tokens(model, tokens, tp, ep, sequence_parallel, k, expert_imbalance, etp)
-            comm = sum(tp_all_reduce_s(r, h, bytes_per_elem, tp, network) for r in rows)
-            # the shared experts' reduction runs after the block's last saved tensor (early_stop_tail)
-            after = tp_all_reduce_s(tokens, h, bytes_per_elem, tp, network) \
-                if recompute == "full" and SHARED_EXPERT_FC2 in early_stop_tail(model, k, moe=True) else 0.0
+            forward, backward = moe_tp_collectives(model, tokens, tp, ep, sequence_parallel, k, expert_imbalance, etp)
+            attention = tp_all_reduce_s(tokens, h, bytes_per_elem, tp, network)
+            comm = attention + _tp_collectives_s(forward, h, bytes_per_elem, tp, network)
+            comm_b = attention + _tp_collectives_s(backward, h, bytes_per_elem, tp, network)
+            after = _moe_tail_tp_comm_s(model, tokens, tp, sequence_parallel, bytes_per_elem, network, k) \
+                if recompute == "full" else 0.0
             extra = (comm - after) * recomputed_tp_comm_fraction(recompute, k.selective_recompute, sequence_parallel)
-        else:
-            comm = tp_layer_comm_s(tokens, h, bytes_per_elem, tp, network)
-            extra = comm * recomputed_tp_comm_fraction(recompute, k.selective_recompute, sequence_parallel, stops_early(k))
+            return PassTimes(comm, comm_b + extra, 0.0, tp_comm_s=comm + comm_b + extra)
+        comm = tp_layer_comm_s(tokens, h, bytes_per_elem, tp, network)
+        extra = comm * recomputed_tp_comm_fraction(recompute, k.selective_recompute, sequence_parallel, stops_early(k))
         return PassTimes(comm, comm + extra, 0.0, tp_comm_s=2 * comm + extra)
     if kind == "embedding":
         comm = embedding_tp_comm_s(tokens, h, bytes_per_elem, tp, sequence_parallel, network)
@@ -375,8 +404,10 @@ class RooflineTimes:
             comm_f, comm_b = exposed_f + slowed_f, exposed_b + slowed_b
             hidden = hidden_f + hidden_b - slowed_f - slowed_b
         elif self.tp_comm == "backward_overlapped":
-            # the recomputed forward's collectives stay on the critical path
-            recomputed = comm.backward_input_s - comm.forward_s if kind == "transformer" else 0.0
+            # the recomputed forward's collectives stay on the critical path: B's beyond what B runs without recompute
+            recomputed = comm.backward_input_s - tp_comm_passes(
+                self.model, kind, tp, mbs, seq_len, sp, "none", self.p, self.network, self.kernels.vocab_parallel_loss,
+                cp, ep, moe, self.kernels, self.expert_imbalance, etp).backward_input_s if kind == "transformer" else 0.0
             gemm_b = _gemm_time_s(c, prec, ops.backward_input + ops.backward_weight)
             hidden_b = min(comm_b - recomputed, gemm_b)
             slowed_b = cluster_contention_s(c, hidden_b)

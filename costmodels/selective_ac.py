@@ -134,8 +134,9 @@ def recomputed_tp_comm_fraction(recompute: str, selective_kind: str, sequence_pa
     """The share of a block's forward TP collectives its backward runs again: all of them under full
     recompute, but in a dense block the one after the down projection where torch's early stop ends the re-run
     forward before that GEMM (``stops_early``: ``costmodels.layer_ops.early_stop_tail``; 1 of 2 all-reduces, 1 of 4
-    sequence-parallel collectives; an MoE block's shared experts' reduction, which runs after its last save, is left
-    out by ``costmodels.layer_costs.tp_comm_passes``); under per-op selective recompute the
+    sequence-parallel collectives; the MoE block's collective after its last save, its shared experts' all-reduce or
+    the reduction of its partial outputs on exit, is left out by ``costmodels.layer_costs._moe_tail_tp_comm_s``);
+    under per-op selective recompute the
     all-gathers (half the sequence-parallel
     collectives, the reduce-scatters being saved) or, without sequence parallelism, the all-reduces."""
     if recompute == "full":

@@ -101,6 +101,18 @@ class StackKernels(StrictModel):
         "its 1/tp sequence-parallel share, all-gathered over tp after the all-to-all (Megatron-Core's alltoall "
         "dispatcher with expert TP = tp)",
     )
+    moe_tp_partial_outputs: bool = Field(
+        default=False,
+        description="with tp > 1 and tp_replicated dispatch, the routed and the shared experts' outputs stay partial sums "
+        "over tp and the block reduces them once, at its exit: F all-gathers its input on entry and reduce-scatters its "
+        "output to sequence shards; B all-gathers the output's gradient and all-reduces the gradient of each replicated "
+        "input a tp-sharded linear reads (the routed rows, the shared experts' w1 and w3) (torchtitan @ 2645c02: "
+        "apply_moe_ep_tp's PrepareModuleInputOutput, output Partial -> Shard(1); TensorParallel's "
+        "to_local(grad_placements=(Partial(),)); costmodels.experts.moe_tp_collectives). Otherwise each expert output "
+        "is all-reduced where it is computed, its gradient in B, and with sequence parallelism the block's complete "
+        "output is split back to sequence shards locally (ppplan's runtime, launch/runtime/moe.py and "
+        "launch/runtime/tp.py _moe_plan): one all-gather per pass, the input's in F and the output gradient's in B",
+    )
     moe_probs_in_activation: bool = Field(
         default=False,
         description="the router probabilities multiply the expert activation's output (fc2's input), so the "
@@ -472,6 +484,10 @@ class StackSpec(StrictModel):
             raise ValueError(f"emit {self.emit}: the job ppplan writes runs its blocks and its loss eager (torchtitan's with "
                              "[compile] off, ppplan's runtime uncompiled): set kernels.compiled_blocks and "
                              "kernels.fused_cross_entropy false, or emit: none")
+        if self.kernels.moe_tp_partial_outputs and (self.kernels.expert_dispatch != "tp_replicated" or self.emit == "ppplan"):
+            raise ValueError("kernels.moe_tp_partial_outputs describes a tp_replicated dispatch that reduces the experts' "
+                             "partial outputs once at the block's exit (torchtitan); ppplan's runtime all-reduces each "
+                             "expert output and tp_split reduce-scatters the routed rows: set it false")
         post = self.optimizer_post_validation
         if post is not None:
             for field, runs in (("schedules", self.schedules), ("precisions", self.precisions)):

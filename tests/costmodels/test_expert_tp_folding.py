@@ -13,7 +13,7 @@ import pytest
 
 from costmodels.comm import collective_s, network_for
 from costmodels.data_parallel import edp_placement, experts_reduced_apart
-from costmodels.experts import ep_group_placement, moe_activation_bytes, moe_tp_all_reduce_tokens, routed_rows
+from costmodels.experts import ep_group_placement, moe_activation_bytes, moe_tp_collectives, routed_rows
 from costmodels.layer_costs import RooflineTimes
 from costmodels.layer_ops import transformer_layer_ops
 from costmodels.memory import StageParams, layer_params, split_static_memory
@@ -58,8 +58,9 @@ def test_expert_gemms_are_taller_and_wider_with_the_same_flops() -> None:
 def test_no_tp_collective_on_the_routed_rows() -> None:
     """Expert TP 2 all-gathers the dispatched rows over tp and reduce-scatters the outputs (the rows
     of one all-reduce); expert TP 1 has none (tiny-moe has no shared expert)."""
-    assert moe_tp_all_reduce_tokens(TINY, 128, 2, 4, True, SPLIT) == [pytest.approx(routed_rows(TINY, 128, 4))]
-    assert moe_tp_all_reduce_tokens(TINY, 128, 2, 4, True, SPLIT, etp=1) == []
+    routed = (("all_reduce", pytest.approx(routed_rows(TINY, 128, 4))),)
+    assert moe_tp_collectives(TINY, 128, 2, 4, True, SPLIT) == (routed, routed)
+    assert moe_tp_collectives(TINY, 128, 2, 4, True, SPLIT, etp=1) == ((), ())
 
 
 def test_whole_experts_per_rank_and_their_data_parallel_group() -> None:

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import pytest
 
-from costmodels.comm import GroupPlacement, collective_s, network_for
+from costmodels.comm import GroupPlacement, Link, Network, collective_s, network_for, tp_all_reduce_s
 from costmodels.experts import (
     EXPERT_LOAD_IMBALANCE,
     ep_group_placement,
     expected_max_standard_normal,
     moe_activation_bytes,
+    moe_tp_collectives,
     rank_load_imbalance,
     routed_rows,
 )
 from costmodels.flops import layer_gemm_params, model_flops_per_iteration, transformer_layer_forward_flops
-from costmodels.layer_costs import RooflineTimes, ep_overlap_hidden_s
+from costmodels.layer_costs import RooflineTimes, ep_overlap_hidden_s, tp_comm_passes
 from costmodels.layer_ops import transformer_layer_ops
 from costmodels.memory import StageParams, layer_params, split_static_memory, stage_param_split
 from costmodels.operators import AllToAll, Gemm, LayerShape
@@ -273,3 +274,67 @@ def test_the_combined_1f1b_prices_the_all_to_all_as_the_overlapping_stack_does()
     assert half.overlapped_ep_comm_s == pytest.approx(0.5 * combined.overlapped_ep_comm_s)
     assert plain.transformer(2, 4, 128, True, "none", ep=1, moe=True, ep_overlap=1.0) == plain.transformer(
         2, 4, 128, True, "none", ep=1, moe=True)
+
+
+# -- the tp collectives of an MoE block, per stack (tiny-moe with a SwiGLU shared expert of FFN 512, T = 128, tp 2, ep 1) --
+# ppplan's runtime all-reduces the routed outputs (T·k = 256 rows) and the shared expert's (128) where they are
+# computed, their gradients in B, and under sequence parallelism gathers the block's 128 tokens once per pass (its
+# exit is a local split; tests/launch/runtime/test_tp_comm_dist.py counts them on gloo). torchtitan keeps both outputs
+# partial: F gathers the 128 tokens in and reduce-scatters them out; B gathers the output's gradient and all-reduces
+# the gradients of the routed rows' input (256) and of the shared expert's input under w1 and under w3 (128 each).
+
+SHARED = TINY.model_copy(update={"shared_expert_ffn_hidden_size": 512})
+TITAN = load_stack("torchtitan").kernels
+UNIT = Network(Link(1.0, 0.0), Link(1.0, 0.0), 1.0, gpus_per_node=8)  # zero latency: seconds are bytes
+
+
+@pytest.mark.parametrize("sp", [False, True])
+def test_ppplan_runtime_reduces_each_expert_output_and_gathers_the_block_under_sp(sp: bool) -> None:
+    kernels = load_stack("ppplan-torch").kernels
+    each = (("all_reduce", 256), ("all_reduce", 128)) + ((("all_gather", 128),) if sp else ())
+    assert moe_tp_collectives(SHARED, 128, 2, 1, sp, kernels) == (each, each)
+
+
+def test_torchtitan_reduces_partial_outputs_once_and_each_replicated_inputs_gradient() -> None:
+    assert TITAN.moe_tp_partial_outputs
+    gradients = (("all_reduce", 256), ("all_reduce", 128), ("all_reduce", 128))
+    assert moe_tp_collectives(SHARED, 128, 2, 1, True, TITAN) == (
+        (("all_gather", 128), ("reduce_scatter", 128)), (("all_gather", 128),) + gradients)
+    assert moe_tp_collectives(SHARED, 128, 2, 1, False, TITAN) == ((("all_reduce", 128),), gradients)
+    assert moe_tp_collectives(TINY, 128, 2, 1, True, TITAN)[1] == (("all_gather", 128), ("all_reduce", 256))
+
+
+def test_torchtitans_backward_moves_more_than_its_forward() -> None:
+    """In all-reduce rows (an all-gather or a reduce-scatter moves half an all-reduce's bytes), bf16, per pass:
+    F = 128 (attention) + 128 (block); B = 128 + 64 + 256 + 2·128 = 704 without recompute, and under torchtitan's
+    per-op selective recompute B runs F's all-gathers again, half of F's 256: 832."""
+    row = tp_all_reduce_s(1, SHARED.hidden_size, 2, 2, UNIT)
+    none = tp_comm_passes(SHARED, "transformer", 2, 1, 128, True, "none", 2, UNIT, False, moe=True, kernels=TITAN)
+    assert (none.forward_s / row, none.backward_input_s / row) == (pytest.approx(256), pytest.approx(704))
+    sac = tp_comm_passes(SHARED, "transformer", 2, 1, 128, True, "selective", 2, UNIT, False, moe=True, kernels=TITAN)
+    assert sac.backward_input_s / row == pytest.approx(832)
+
+
+def test_no_tp_collective_of_an_moe_block_without_tp() -> None:
+    assert moe_tp_collectives(SHARED, 128, 1, 1, True, TITAN) == ((), ())
+    assert moe_tp_collectives(SHARED, 128, 1, 1, True, REPLICATED) == ((), ())
+
+
+def test_early_stopped_recompute_skips_the_exit_reduction_of_partial_outputs() -> None:
+    """torchtitan before 25413d2 stopped its full recompute early. The re-run forward then runs the block's gather on
+    entry again but not its reduce-scatter on exit, after the last saved tensor: in all-reduce rows, F = 256 (as
+    above) and B = 704 + (256 - 64) = 896 under sequence parallelism; without it B = 640 (the attention's 128, the
+    routed 256 and the shared expert's 2·128) + (256 - 128) = 768, the block's exit all-reduce not re-run."""
+    row = tp_all_reduce_s(1, SHARED.hidden_size, 2, 2, UNIT)
+    early = TITAN.model_copy(update={"full_recompute_early_stop": True})
+    for sp, backward in ((True, 896), (False, 768)):
+        p = tp_comm_passes(SHARED, "transformer", 2, 1, 128, sp, "full", 2, UNIT, False, moe=True, kernels=early)
+        assert (p.forward_s / row, p.backward_input_s / row) == (pytest.approx(256), pytest.approx(backward))
+
+
+def test_partial_outputs_are_refused_where_no_runtime_runs_them() -> None:
+    """ppplan's runtime reduces each expert output; tp_split reduce-scatters the routed rows."""
+    with pytest.raises(ValueError, match="moe_tp_partial_outputs"):
+        load_stack("torchtitan").with_changes({"kernels": {"expert_dispatch": "tp_split"}})
+    with pytest.raises(ValueError, match="moe_tp_partial_outputs"):
+        load_stack("ppplan-torch").with_changes({"kernels": {"moe_tp_partial_outputs": True}})

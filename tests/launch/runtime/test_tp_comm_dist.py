@@ -1,6 +1,8 @@
 """The tensor-parallel collectives ppplan's runtime issues per layer are the ones the cost model prices
 (``costmodels.layer_costs.tp_comm_passes``): counted on gloo, 2 ranks (``tp_comm_worker``), for tiny-llama (SwiGLU,
-GQA) and tiny-gpt. Every collective of a block moves the same s·b·h values, so counts compare as bytes.
+GQA) and tiny-gpt, where every collective of a block moves the same s·b·h values, so counts compare as bytes; and for
+tiny-moe with and without a shared expert, whose collectives move different rows, compared as bytes; and tiny-moe's
+expert all-to-alls under ep 2 (the sections at the end).
 
 - Without sequence parallelism a block all-reduces twice per pass: after wo and w2 in F, the input gradients of its
   attention and of its MLP in B (its column-parallel projections share one replicated input, ``launch.runtime.tp``).
@@ -19,7 +21,12 @@ from collections import Counter
 
 import pytest
 
+from costmodels.comm import Link, Network, tp_all_reduce_s
+from costmodels.experts import dispatch_ops
+from costmodels.layer_costs import tp_comm_passes
+from costmodels.operators import LayerShape
 from costmodels.selective_ac import recomputed_tp_comm_fraction
+from profiles.loader import load_model, load_stack
 
 pytestmark = pytest.mark.dist
 
@@ -55,3 +62,74 @@ def test_full_recompute_reruns_all_but_the_collective_after_w2(counted: dict, mo
     assert dict(+extra) == RECOMPUTED[layout]
     share = sum(RECOMPUTED[layout].values()) / sum(PER_PASS[layout].values())
     assert share == recomputed_tp_comm_fraction("full", "attention_core", layout == "sp", stops_early=True)
+
+
+# -- mixture-of-experts blocks: the bytes each pass moves are the bytes tp_comm_passes prices -----------------------
+#
+# tiny-moe (top-2 of 8 experts, no shared expert) and the same with one shared expert of FFN 512, tp 2, ep 1,
+# T = 2 x 16 = 32 tokens a rank. In all-reduce-equivalent rows of h (an all-gather or a reduce-scatter of r rows moves
+# half what an all-reduce of r rows moves), per pass: the attention's T; the routed experts' outputs, T·k = 64 rows
+# all-reduced where they are computed, and the shared expert's T; under sequence parallelism the block's input
+# gathered on entry in F and its output's gradient gathered in B (its complete output is split back to sequence
+# shards without a collective), T / 2. Under full recompute B runs F's collectives again but the shared expert's
+# all-reduce, after the block's last saved tensor.
+
+MOE_TOKENS, MOE_TOP_K = 32, 2
+UNIT = Network(Link(1.0, 0.0), Link(1.0, 0.0), 1.0, gpus_per_node=8)  # zero latency: times are bytes
+
+
+def _all_reduce_rows(moved: list[list[object]]) -> float:
+    return sum(rows if op == "all_reduce" else rows / 2 for op, rows in moved)
+
+
+def _priced_rows(model: str, layout: str, recompute: str) -> tuple[float, float]:
+    """tp_comm_passes's F and B for the block, in all-reduce rows (the unit network makes seconds bytes)."""
+    spec = load_model("tiny-moe")
+    if model == "tiny-moe-shared":
+        spec = spec.model_copy(update={"shared_expert_ffn_hidden_size": 512})
+    kernels = load_stack("ppplan-torch").kernels
+    passes = tp_comm_passes(spec, "transformer", 2, 2, 16, layout == "sp", recompute, 1, UNIT, False, moe=True, kernels=kernels)
+    row = tp_all_reduce_s(1, spec.hidden_size, 1, 2, UNIT)
+    return passes.forward_s / row, passes.backward_input_s / row
+
+
+@pytest.mark.parametrize("model", ["tiny-moe", "tiny-moe-shared"])
+@pytest.mark.parametrize("layout", ["nosp", "sp"])
+def test_an_moe_block_moves_the_rows_tp_comm_passes_prices(counted: dict, model: str, layout: str) -> None:
+    shared = MOE_TOKENS if model == "tiny-moe-shared" else 0
+    by_hand = MOE_TOKENS + MOE_TOKENS * MOE_TOP_K + shared + (MOE_TOKENS / 2 if layout == "sp" else 0)
+    none = counted[model][layout]["none"]
+    assert _all_reduce_rows(none["forward_rows"]) == by_hand
+    assert _all_reduce_rows(none["backward_rows"]) == by_hand
+    assert _priced_rows(model, layout, "none") == (pytest.approx(by_hand), pytest.approx(by_hand))
+
+
+@pytest.mark.parametrize("model", ["tiny-moe", "tiny-moe-shared"])
+@pytest.mark.parametrize("layout", ["nosp", "sp"])
+def test_an_moe_block_recomputes_all_but_the_shared_experts_reduction(counted: dict, model: str, layout: str) -> None:
+    none, full = counted[model][layout]["none"], counted[model][layout]["full"]
+    rerun = _all_reduce_rows(full["backward_rows"]) - _all_reduce_rows(none["backward_rows"])
+    shared = MOE_TOKENS if model == "tiny-moe-shared" else 0
+    assert rerun == _all_reduce_rows(none["forward_rows"]) - shared
+    forward, backward = _priced_rows(model, layout, "full")
+    assert backward - forward == pytest.approx(rerun)
+
+
+# -- expert parallelism: the all-to-alls the runtime runs are the ones costmodels.experts.dispatch_ops prices ---------
+#
+# tiny-moe with its 8 experts split over the 2 ranks (ep 2, tp 1), T = 32 tokens a rank, top-2. F exchanges the
+# tokens-per-expert counts (8 each way), dispatches the rank's T·k = 64 routed rows (its own experts' share included:
+# the runtime sends every row through the all-to-all) and combines the outputs back; B runs the two in reverse. The
+# model prices each of the four token exchanges at the busiest rank's received rows (``routed_rows``).
+
+
+def test_an_moe_block_under_ep_runs_the_all_to_alls_dispatch_ops_prices(counted: dict) -> None:
+    exchanges = counted["expert_parallel"]["tiny-moe"]
+    ops = dispatch_ops(load_model("tiny-moe"), LayerShape(1, 2, 16, False, "none", 2, ep=2, moe=True), load_stack("ppplan-torch").kernels)
+    assert [op.name for op in ops.forward] == ["moe.counts", "moe.dispatch", "moe.combine"]
+    assert len(exchanges["forward"]) == 3 and len(exchanges["backward"]) == len(ops.backward_input) == 2
+    counts, dispatch, combine = exchanges["forward"]
+    assert counts == [8, 8]
+    assert dispatch[0] == MOE_TOKENS * MOE_TOP_K
+    assert combine == dispatch[::-1]  # each output returns to the rank that sent the row
+    assert exchanges["backward"] == [dispatch, combine]  # the gradients retrace them

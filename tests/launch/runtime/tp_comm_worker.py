@@ -1,16 +1,23 @@
 """Per-rank entry point of the TP-collective count test (``torchrun -m tests.launch.runtime.tp_comm_worker``).
 
-For tiny-llama and tiny-gpt, with and without sequence parallelism, and without and with full recompute: one
-transformer layer of ppplan's runtime sharded over all ranks (``launch.runtime.tp.parallelize_layer``), its forward
-and its backward each under torch's profiler, counting the functional collectives each pass issues (the
-``_c10d_functional`` ops DTensor redistributes with, waits left out). Rank 0 writes
-``{model: {"sp"|"nosp": {recompute: {"forward"|"backward": {op: count}}}}}`` to ``--out``.
+For tiny-llama, tiny-gpt and tiny-moe (without and with a shared expert), with and without sequence parallelism, and
+without and with full recompute: one transformer layer of ppplan's runtime sharded over all ranks
+(``launch.runtime.tp.parallelize_layer``; an MoE block joins the tp group as ``launch.runtime.build`` joins it), its
+forward and its backward each under torch's profiler, counting the functional collectives each pass issues (the
+``_c10d_functional`` ops DTensor redistributes with, waits left out) and the rows of h each collective moves: a
+functional one's from the profiler's input shapes, the MoE block's own ``dist.all_reduce`` calls (``launch.runtime.moe``)
+recorded as they are made. Rank 0 writes ``{model: {"sp"|"nosp": {recompute: {"forward"|"backward": {op: count},
+"forward_rows"|"backward_rows": [[op, rows], ...]}}}}`` to ``--out``: an all-gather's rows are its output's, a
+reduce-scatter's its input's, an all-reduce's its buffer's. Under ``"expert_parallel"``, tiny-moe with its experts
+split over all ranks (ep = world, tp 1): ``{"forward"|"backward": [[rows sent, rows received], ...]}``, one entry per
+all-to-all (the tokens-per-expert counts exchange first, its rows the experts').
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -20,11 +27,29 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.profiler import ProfilerActivity, profile
 
 from launch.runtime.model import build_layer
+from launch.runtime.moe import ExpertGroups, ExpertShard, MoEFeedForward
 from launch.runtime.tp import parallelize_layer
 from profiles.loader import load_model
+from profiles.schema import ModelSpec
 
 PREFIX = "_c10d_functional::"
 COLLECTIVES = ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor")
+SHARED_EXPERT_FFN = 512  # tiny-moe's expert FFN: the shared-expert variant adds one such always-on MLP
+DIRECT: list[tuple[str, int]] = []  # the MoE block's dist.all_reduce calls, rows of h each
+
+
+def _models() -> dict[str, ModelSpec]:
+    moe = load_model("tiny-moe")
+    shared = moe.model_copy(update={"name": "tiny-moe-shared", "shared_expert_ffn_hidden_size": SHARED_EXPERT_FFN})
+    return {name: load_model(name) for name in ("tiny-llama", "tiny-gpt")} | {"tiny-moe": moe, "tiny-moe-shared": shared}
+
+
+def _record_all_reduce(tensor: torch.Tensor, *args: object, **kwargs: object) -> object:
+    DIRECT.append(("all_reduce", tensor.numel() // tensor.shape[-1]))
+    return _ALL_REDUCE(tensor, *args, **kwargs)
+
+
+_ALL_REDUCE = dist.all_reduce
 
 
 def _collectives(prof: profile) -> dict[str, int]:
@@ -32,31 +57,75 @@ def _collectives(prof: profile) -> dict[str, int]:
     return {name: names[name] for name in COLLECTIVES if names[name]}
 
 
+def _rows(prof: profile, world: int) -> list[list[object]]:
+    """Rows of h each functional collective of a pass moves, then the direct all-reduces made during it."""
+    rows: list[list[object]] = []
+    for e in prof.events():
+        op = e.name.removeprefix(PREFIX)
+        if e.name.startswith(PREFIX) and op in COLLECTIVES:
+            shape = e.input_shapes[0]
+            local = math.prod(shape[:-1])
+            rows.append([op, local * world if op == "all_gather_into_tensor" else local])
+    rows += [list(r) for r in DIRECT]
+    DIRECT.clear()
+    return rows
+
+
+def _all_to_alls(prof: profile) -> list[list[int]]:
+    """[rows sent, rows received] of each all-to-all of a pass (``c10d::alltoall_base_``: output, then input)."""
+    return [[math.prod(e.input_shapes[1][:1]), math.prod(e.input_shapes[0][:1])]
+            for e in prof.events() if e.name == "c10d::alltoall_base_"]  # fmt: skip
+
+
+def _expert_parallel(spec: ModelSpec) -> dict[str, list[list[int]]]:
+    """One MoE layer with its experts split over all ranks (ep = world, tp 1): the all-to-alls of F and B."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    layer = build_layer(spec, 0, experts=ExpertShard.of_rank(spec.num_experts or 0, world, rank))
+    layer.feed_forward.set_parallel(ExpertGroups(ep=dist.group.WORLD, ep_size=world), 0, 1)
+    x = torch.randn(2, 16, spec.hidden_size, requires_grad=True)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as forward:
+        out = layer(x)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as backward:
+        out.sum().backward()
+    return {"forward": _all_to_alls(forward), "backward": _all_to_alls(backward)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     dist.init_process_group("gloo")
+    dist.all_reduce = _record_all_reduce  # the MoE block calls dist.all_reduce by attribute
     world = dist.get_world_size()
     mesh = init_device_mesh("cpu", (world,))
-    result: dict[str, dict[str, dict[str, dict[str, dict[str, int]]]]] = {}
-    for name in ("tiny-llama", "tiny-gpt"):
-        spec = load_model(name)
+    result: dict[str, dict[str, dict[str, dict[str, object]]]] = {}
+    for name, spec in _models().items():
         for sp in (False, True):
             for recompute in ("none", "full"):
                 torch.manual_seed(0)
                 layer = build_layer(spec, 0)
                 layer.set_recompute(recompute)
                 parallelize_layer(layer, mesh, sp)
+                if isinstance(layer.feed_forward, MoEFeedForward):
+                    layer.feed_forward.set_parallel(ExpertGroups(tp=mesh.get_group()), dist.get_rank(), world)
                 x = torch.randn(2, 16 // world if sp else 16, spec.hidden_size, requires_grad=True)
-                with profile(activities=[ProfilerActivity.CPU]) as forward:
+                DIRECT.clear()
+                with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as forward:
                     out = layer(x)
-                with profile(activities=[ProfilerActivity.CPU]) as backward:
+                forward_rows = _rows(forward, world)
+                with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as backward:
                     out.sum().backward()
-                passes = {"forward": _collectives(forward), "backward": _collectives(backward)}
+                passes = {
+                    "forward": _collectives(forward),
+                    "backward": _collectives(backward),
+                    "forward_rows": forward_rows,
+                    "backward_rows": _rows(backward, world),
+                }
                 result.setdefault(name, {}).setdefault("sp" if sp else "nosp", {})[recompute] = passes
+    experts = {"tiny-moe": _expert_parallel(load_model("tiny-moe"))}
     if dist.get_rank() == 0:
-        Path(args.out).write_text(json.dumps(result))
+        Path(args.out).write_text(json.dumps(result | {"expert_parallel": experts}))
     dist.destroy_process_group()
 
 
