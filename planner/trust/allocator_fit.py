@@ -100,14 +100,17 @@ def row_reading(row: PublishedRow, estimate: Estimate) -> MemoryReading:
 
 def heldout_memory_gib(rows: Sequence[PublishedRow], estimates: dict[str, Estimate]) -> dict[str, float]:
     """Each row an allocator share was fitted on (``PublishedRow.allocator_fit_row``), priced at its stack's share
-    fitted without the row's sweep: {row id: predicted GiB as its source read it}."""
+    fitted without the row's sweep: {row id: predicted GiB as its source read it}. A row whose sweep holds all of its
+    stack's readings (a CSV of one sweep) has nothing to be held out against and is left out: it keeps the stack's
+    shipped share."""
     out: dict[str, float] = {}
     fitted = [row for row in rows if row.allocator_fit_row and not row.oom]
     for members in grouped(fitted, lambda row: row.stack_spec.name).values():
         readings = {row.id: row_reading(row, estimates[row.id]) for row in members}
         shares = leave_one_group_out(list(readings.values()))
         for row_id, reading in readings.items():
-            out[row_id] = reading.predicted_gib(shares[reading.group])
+            if reading.group in shares:
+                out[row_id] = reading.predicted_gib(shares[reading.group])
     return out
 
 

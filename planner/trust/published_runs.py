@@ -177,6 +177,8 @@ def _unmodelled(f: RowFields) -> list[str]:
 
 def _parse(f: RowFields) -> _Parsed | None:
     problems = _unmodelled(f)
+    if not f.text("source_id"):  # the held-out fit leaves out a row's source: a row needs one
+        f.missing.append("source_id")
     ints = {k: f.integer(k) for k in SHAPE_COLUMNS}
     gpu = f.text("gpu")
     preset = cluster_of_row(independent_source(f.text("source_id")), gpu)

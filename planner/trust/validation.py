@@ -103,8 +103,9 @@ class Prediction:
 class RowResult:
     """One priced row: predictions (None for a row that ran out of memory), the measurement as
     an equivalent step time, and the predicted memory as the source read it (a reading its stack's
-    caching-allocator share was fitted on is priced at the share fitted without its sweep:
-    ``allocator_fit.heldout_memory_gib``). ``heldout_basis`` says which constants priced the held-out figure."""
+    caching-allocator share was fitted on is priced at the share fitted without its sweep,
+    ``allocator_fit.heldout_memory_gib``, unless the CSV holds no other sweep of its stack: then at the shipped
+    share, in sample). ``heldout_basis`` says which constants priced the held-out figure."""
 
     row: PublishedRow
     family: str
@@ -214,7 +215,7 @@ class ValidationReport:
 
     def mape(self, which: str, key: str = "source") -> dict:
         """{"overall": MAPE over the held-out rows, "per_<key>": {group: MAPE}} of one prediction."""
-        groups = grouped(self.held_out, lambda r: str(getattr(r.row, key, None) or getattr(r, key)))
+        groups = grouped(self.held_out, lambda r: str(getattr(r.row if hasattr(r.row, key) else r, key)))
         return {
             "overall": round(mape_pct(r.error(which) for r in self.held_out), 3),
             f"per_{key}": {g: round(mape_pct(r.error(which) for r in rs), 3) for g, rs in groups.items()},

@@ -139,3 +139,17 @@ def test_an_allocated_peak_holds_no_allocator_share() -> None:
     with pytest.raises(ValueError, match="allocated peak"):
         row_reading(rows[0], _apriori_estimate(rows[0]))
     assert stack_readings("megatron-core", _apriori_estimate) == ([], [])
+
+
+def test_a_sweep_with_no_other_reading_of_its_stack_keeps_the_shipped_share() -> None:
+    """A CSV holding one sweep's readings (a user's own runs): nothing to hold the sweep out against, so its rows
+    are left out of the held-out prices (validate keeps their a-priori peak, at the stack's shipped share) instead
+    of failing; each of two sweeps is priced at the other's share."""
+    rows = [r for r in read_published_runs() if isinstance(r, PublishedRow) and r.allocator_fit_row and not r.oom]
+    one = [r for r in rows if r.sweep == "bigscience-tr11_h14336_L72_fp16"][:2]
+    estimates = {r.id: _apriori_estimate(r) for r in rows}
+    assert heldout_memory_gib(one, estimates) == {}
+    other = next(r for r in rows if r.sweep == "bigscience-tr11_h13824_L78_fp16")
+    two = heldout_memory_gib([one[0], other], estimates)
+    share_of_other = fit_share([row_reading(other, estimates[other.id])])
+    assert two[one[0].id] == pytest.approx(row_reading(one[0], estimates[one[0].id]).predicted_gib(share_of_other))

@@ -54,6 +54,7 @@ def test_megatron_pads_the_vocabulary_to_128_tp() -> None:
     ("recompute", "some", "malformed recompute 'some'"),
     ("sequence_parallel", "maybe", "malformed sequence_parallel 'maybe'"),
     ("mbs", "", "not stated: mbs"),
+    ("source_id", " ", "not stated: source_id"),  # the held-out fit leaves a row's source out: it needs one
     ("recompute", "not stated", "not stated: recompute"),
     ("gpu", "other", "no cluster preset for GPU 'other'"),
     ("stack", "other", "no stack preset for 'other'"),
