@@ -199,7 +199,7 @@ def moe_tp_collectives(model: ModelSpec, tokens: float, tp: int, ep: int, sequen
       partial sum on exit (all-reduces it without sequence parallelism). B all-gathers the output's gradient and
       all-reduces the gradient of each replicated input a tp-sharded linear reads: the rank's own ``T·k`` routed
       rows (the routed experts' input, its gradient declared Partial, before the dispatch) and the shared experts'
-      input once per column-parallel projection (w1, and w3 of a SwiGLU) (pytorch/torchtitan @ 2645c02
+      input once per column-parallel projection (w1, and w3 of a SwiGLU) (pytorch/torchtitan v0.2.2 and 2645c02
       ``distributed/expert_parallel.py`` TensorParallel and ExpertTensorParallel, ``models/llama4/infra/parallelize.py``
       ``apply_moe_ep_tp``)."""
     if tp <= 1:

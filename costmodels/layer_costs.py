@@ -166,9 +166,8 @@ def _moe_tail_tp_comm_s(model: ModelSpec, tokens: int, tp: int, sequence_paralle
         return 0.0
     h = model.hidden_size
     if kernels.moe_tp_partial_outputs:
-        if sequence_parallel:  # a reduce-scatter moves what an all-gather of the same rows moves
-            return sequence_parallel_gather_s(tokens, h, bytes_per_elem, tp, network)
-        return tp_all_reduce_s(tokens, h, bytes_per_elem, tp, network)
+        exit_reduction: TpCollective = ("reduce_scatter", tokens) if sequence_parallel else ("all_reduce", tokens)
+        return _tp_collectives_s((exit_reduction,), h, bytes_per_elem, tp, network)
     return tp_all_reduce_s(tokens, h, bytes_per_elem, tp, network) if SHARED_EXPERT_FC2 in tail else 0.0
 
 

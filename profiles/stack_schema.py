@@ -105,10 +105,12 @@ class StackKernels(StrictModel):
         default=False,
         description="with tp > 1 and tp_replicated dispatch, the routed and the shared experts' outputs stay partial sums "
         "over tp and the block reduces them once, at its exit: F all-gathers its input on entry and reduce-scatters its "
-        "output to sequence shards; B all-gathers the output's gradient and all-reduces the gradient of each replicated "
-        "input a tp-sharded linear reads (the routed rows, the shared experts' w1 and w3) (torchtitan @ 2645c02: "
-        "apply_moe_ep_tp's PrepareModuleInputOutput, output Partial -> Shard(1); TensorParallel's "
-        "to_local(grad_placements=(Partial(),)); costmodels.experts.moe_tp_collectives). Otherwise each expert output "
+        "output to sequence shards (all-reduces it without sequence parallelism); B all-gathers the output's gradient "
+        "(sequence parallelism only) and all-reduces the gradient of each replicated input a tp-sharded linear reads "
+        "(the routed rows, the shared experts' w1 and w3) (torchtitan v0.2.2 and 2645c02: apply_moe_ep_tp's "
+        "PrepareModuleInputOutput, output Partial -> Shard(1); TensorParallel's to_local(grad_placements=(Partial(),)); "
+        "costmodels.experts.moe_tp_collectives; later torchtitan reduces those gradients once at the block's entry, "
+        "which this key does not describe). Otherwise each expert output "
         "is all-reduced where it is computed, its gradient in B, and with sequence parallelism the block's complete "
         "output is split back to sequence shards locally (ppplan's runtime, launch/runtime/moe.py and "
         "launch/runtime/tp.py _moe_plan): one all-gather per pass, the input's in F and the output gradient's in B",

@@ -71,7 +71,8 @@ def _add_w3(plan: dict[str, object], layer: TransformerLayer) -> dict[str, objec
 def _moe_plan(plan: dict[str, object]) -> dict[str, object]:
     """An MoE layer shards its experts itself (``MoEFeedForward.set_parallel``, expert TP = tp) and
     computes on local tensors: with sequence parallelism its input is gathered on entry and its
-    (replicated, complete) output scattered back to sequence shards."""
+    (replicated, complete) output split back to sequence shards locally: Replicate -> Shard(1) runs no
+    collective in F and all-gathers the output's gradient in B (``costmodels.experts.moe_tp_collectives``)."""
     plan = {k: v for k, v in plan.items() if not k.startswith("feed_forward")}
     if "ffn_norm" in plan:  # sequence parallel
         plan["feed_forward"] = PrepareModuleInputOutput(

@@ -119,8 +119,9 @@ def test_an_moe_block_recomputes_all_but_the_shared_experts_reduction(counted: d
 #
 # tiny-moe with its 8 experts split over the 2 ranks (ep 2, tp 1), T = 32 tokens a rank, top-2. F exchanges the
 # tokens-per-expert counts (8 each way), dispatches the rank's T·k = 64 routed rows (its own experts' share included:
-# the runtime sends every row through the all-to-all) and combines the outputs back; B runs the two in reverse. The
-# model prices each of the four token exchanges at the busiest rank's received rows (``routed_rows``).
+# the runtime sends every row through the all-to-all) and combines the outputs back; B runs the two in reverse:
+# the exchanges dispatch_ops lists, in its order (it prices each at the busiest rank's received rows, routed_rows,
+# which one random routing cannot pin).
 
 
 def test_an_moe_block_under_ep_runs_the_all_to_alls_dispatch_ops_prices(counted: dict) -> None:
