@@ -204,14 +204,31 @@ def _parse(f: RowFields) -> _Parsed | None:
 STATED_LAYOUT = re.compile(r"\blayout ([EtmL|()*0-9]*\|[EtmL|()*0-9]*[EtmL|)])(?![A-Za-z0-9])")
 _LAYOUT_GROUP = re.compile(r"\(([^()]*)\)\*(\d+)")
 _LAYOUT_REPEAT = re.compile(r"([EtmL])\*(\d+)")
+LAYOUT_MAX_CHARS = 100_000  # far above any real layout (a stage per layer of a 1,000-layer model): bounds the expansion
+
+
+def _too_long(layout: str) -> ValueError:
+    return ValueError(f"pipeline layout '{layout[:80]}' expands past {LAYOUT_MAX_CHARS:,} characters")
+
+
+def _repeated(layout: str, text: str, match: re.Match[str]) -> str:
+    """``text`` with ``match`` (a group and its count) expanded; ValueError past ``LAYOUT_MAX_CHARS``."""
+    unit, count = match.group(1), int(match.group(2))
+    if len(text) - len(match.group(0)) + len(unit) * count > LAYOUT_MAX_CHARS:
+        raise _too_long(layout)
+    return text[:match.start()] + unit * count + text[match.end():]
 
 
 def layout_stages(layout: str) -> list[str]:
     """The virtual stages of a Megatron-Core pipeline layout string (``STATED_LAYOUT``), repetitions expanded:
-    ``"Et|(tt|)*2mL"`` is ``["Et", "tt", "tt", "mL"]``. ValueError for a string it cannot read."""
+    ``"Et|(tt|)*2mL"`` is ``["Et", "tt", "tt", "mL"]``. ValueError for a string it cannot read, or one whose
+    repetitions expand past ``LAYOUT_MAX_CHARS`` (nested repeats grow exponentially)."""
     text = layout
     while (group := _LAYOUT_GROUP.search(text)) is not None:
-        text = text[:group.start()] + group.group(1) * int(group.group(2)) + text[group.end():]
+        text = _repeated(layout, text, group)
+    repeats = list(_LAYOUT_REPEAT.finditer(text))
+    if len(text) + sum(int(m.group(2)) - len(m.group(0)) for m in repeats) > LAYOUT_MAX_CHARS:
+        raise _too_long(layout)
     text = _LAYOUT_REPEAT.sub(lambda m: m.group(1) * int(m.group(2)), text)
     if not text or set(text) - set("EtmL|"):
         raise ValueError(f"unreadable pipeline layout '{layout}' (stages of E, t, m, L split by '|')")

@@ -558,6 +558,8 @@ def test_a_stated_pipeline_layout_sets_the_stage_layers() -> None:
     ("Ettt|(ttt|)*5|ttttL", "stage_layers [3, 3, 3, 3, 3, 3, 0, 4]: only the first stage (the embedding) and the last"),
     ("Ett|(ttt|)*5tm|ttttL", "puts the multi-token prediction module before the last stage"),
     ("Et|(tt|*6tL", "unreadable pipeline layout"),
+    ("Et|t*99999999999999999999|L", "expands past 100,000 characters"),  # an int past an index: no OverflowError
+    ("E|" + "(" * 200 + "t" + ")*2" * 200 + "|L", "expands past 100,000 characters"),  # 2^200 layers: no memory blow-up
 ])
 def test_a_stated_layout_that_does_not_fit_the_row_is_a_listed_skip(layout: str, reason: str) -> None:
     assert reason in _skip(notes=f"layout {layout}").reason
