@@ -10,12 +10,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
-from profiles.limits import MAX_COMM_BYTES, MAX_GLOBAL_BATCH, MAX_GPUS, MAX_SEQ_LEN
+from profiles.limits import (
+    MAX_ACTION_TIME_S,
+    MAX_BANDWIDTH_GBS,
+    MAX_COMM_BYTES,
+    MAX_GLOBAL_BATCH,
+    MAX_GPUS,
+    MAX_LATENCY_US,
+    MAX_SEQ_LEN,
+    MIN_BANDWIDTH_GBS,
+)
 from profiles.schema import ModelSpec, Precision, RecomputeKind, StrictModel, count
+
+# A measured time: non-negative and at most a day (``profiles.limits.MAX_ACTION_TIME_S``, the cap ``ppplan simulate``
+# puts on an action). A larger figure is no measurement, and a step priced from it would overflow to inf.
+Seconds = Annotated[float, Field(ge=0.0, le=MAX_ACTION_TIME_S, allow_inf_nan=False)]
 
 PROFILE_SCHEMA_VERSION = 1
 COMM_PROFILE_SCHEMA_VERSION = 1
@@ -94,14 +107,14 @@ class LayerProfile(StrictModel):
     seq_len: count(MAX_SEQ_LEN)
     recompute: RecomputeKind = "none"
     precision: Precision
-    forward_s: NonNegativeFloat
-    forward_iqr_s: NonNegativeFloat
-    backward_input_s: NonNegativeFloat
-    backward_input_iqr_s: NonNegativeFloat
-    backward_weight_s: NonNegativeFloat
-    backward_weight_iqr_s: NonNegativeFloat
-    backward_s: NonNegativeFloat = Field(description="B and W in one autograd call, as schedules without a split backward run them")
-    backward_iqr_s: NonNegativeFloat
+    forward_s: Seconds
+    forward_iqr_s: Seconds
+    backward_input_s: Seconds
+    backward_input_iqr_s: Seconds
+    backward_weight_s: Seconds
+    backward_weight_iqr_s: Seconds
+    backward_s: Seconds = Field(description="B and W in one autograd call, as schedules without a split backward run them")
+    backward_iqr_s: Seconds
     repeats: PositiveInt
     activation_bytes: NonNegativeInt
     parameter_bytes: NonNegativeInt
@@ -142,26 +155,26 @@ class RuntimeMeasurement(StrictModel):
     """What the runtime adds around the layers, measured by ``ppplan profile``
     (``launch/profiler/runtime.py``; priced by ``costmodels.runtime_costs``)."""
 
-    pipeline_action_overhead_s: NonNegativeFloat = Field(
+    pipeline_action_overhead_s: Seconds = Field(
         description="host time torch.distributed.pipelining adds to one F or B action (median)"
     )
-    pipeline_action_overhead_iqr_s: NonNegativeFloat = 0.0
-    pipelined_action_overhead_s: NonNegativeFloat | None = Field(
+    pipeline_action_overhead_iqr_s: Seconds = 0.0
+    pipelined_action_overhead_s: Seconds | None = Field(
         default=None, description="host time per action a two-rank pipeline spends between its actions (p2p posting, "
         "bookkeeping), median (launch/profiler/pipelined.py); None in profiles taken before it was measured",
     )
-    pipelined_action_overhead_iqr_s: NonNegativeFloat = 0.0
+    pipelined_action_overhead_iqr_s: Seconds = 0.0
     pipelined_compute_factor: float | None = Field(
         default=None, ge=1.0, allow_inf_nan=False, le=100.0,
         description="time of the actions in a two-rank pipeline over the same calls made directly, one rank at a time "
         "(median, launch/profiler/pipelined.py); None in profiles taken before it was measured",
     )
     pipelined_compute_factor_iqr: NonNegativeFloat = 0.0
-    fsdp_overhead_per_layer_step_s: NonNegativeFloat = Field(
+    fsdp_overhead_per_layer_step_s: Seconds = Field(
         default=0.0, description="host time FSDP2 adds per wrapped layer and optimizer step (copies, hooks), median"
     )
-    fsdp_overhead_per_layer_step_iqr_s: NonNegativeFloat = 0.0
-    optimizer_s_per_param: NonNegativeFloat | None = Field(
+    fsdp_overhead_per_layer_step_iqr_s: Seconds = 0.0
+    optimizer_s_per_param: Seconds | None = Field(
         default=None, description="the runtime's AdamW step, seconds per parameter it updates (median); None: priced "
         "by bytes at the cluster's memory bandwidth",
     )
@@ -175,7 +188,7 @@ class RuntimeMeasurement(StrictModel):
         description="the reference workload's throughput with k processes per core over one per core "
         "(launch/profiler/timeshare.py): what a node loses when more ranks compute than it has cores",
     )
-    speed_probe_s: NonNegativeFloat | None = Field(
+    speed_probe_s: Seconds | None = Field(
         default=None,
         description="the fixed reference workload (launch/profiler/speed_probe.py) timed with the profile's clock "
         "before and after the layers (median): how fast the machine ran while it was profiled; a later run "
@@ -209,16 +222,17 @@ class CollectiveMeasurement(StrictModel):
     collective: Collective
     group_size: count(MAX_GPUS)
     size_bytes: count(MAX_COMM_BYTES)
-    median_s: NonNegativeFloat
-    iqr_s: NonNegativeFloat
+    median_s: Seconds
+    iqr_s: Seconds
     repeats: PositiveInt
 
 
 class AlphaBetaFit(StrictModel):
     """Least-squares alpha–beta fit (relative residuals) of the ring cost formulas."""
 
-    latency_us: NonNegativeFloat
-    bandwidth_gbs: float = Field(gt=0, description="per-rank one-direction bandwidth, 1e9 bytes/s")
+    latency_us: float = Field(ge=0.0, le=MAX_LATENCY_US, allow_inf_nan=False)  # the clusters' caps (profiles.limits)
+    bandwidth_gbs: float = Field(ge=MIN_BANDWIDTH_GBS, le=MAX_BANDWIDTH_GBS, allow_inf_nan=False,
+                                 description="per-rank one-direction bandwidth, 1e9 bytes/s")
     rms_relative_error: NonNegativeFloat
     num_points: PositiveInt
 

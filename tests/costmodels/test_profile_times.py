@@ -6,6 +6,7 @@ Profiles here are written by hand so every expected number can be derived on pap
 import math
 
 import pytest
+from pydantic import ValidationError
 
 from costmodels.comm import Link, link_for, network_for, tp_layer_comm_s
 from costmodels.compute import operators_time_s
@@ -24,6 +25,7 @@ from profiles.profile_schema import (
     HardwareFingerprint,
     LayerProfile,
     ProfileFile,
+    RuntimeMeasurement,
     TierFit,
     model_shape_hash,
 )
@@ -419,3 +421,19 @@ def test_a_profile_with_a_ring_prices_that_cp_and_search_keeps_to_it(env):
     stack = load_stack("ppplan-torch")
     assert {c.cp for c in enumerate_candidates(model, long, 4, 8, stack=stack)} == {1, 2, 4}
     assert {c.cp for c in enumerate_candidates(model, long, 4, 8, stack=stack, cp_priced=times.context_parallel_degrees)} == {1, 2}
+
+
+def test_a_profile_time_past_a_day_or_a_fit_past_the_clusters_caps_is_refused() -> None:
+    """A measured time above a day (profiles.limits.MAX_ACTION_TIME_S) is no measurement: 1e308 s used to pass the
+    schema and overflow the step to inf in the breakdown (a traceback instead of exit 2). A comm fit's bandwidth and
+    latency take the clusters' caps (MIN/MAX_BANDWIDTH_GBS, MAX_LATENCY_US)."""
+    good = _entry("transformer", 1, 1)
+    assert LayerProfile.model_validate(good.model_dump() | {"forward_s": 86400.0}).forward_s == 86400.0
+    with pytest.raises(ValidationError, match="less than or equal to 86400"):
+        LayerProfile.model_validate(good.model_dump() | {"forward_s": 1e308})
+    with pytest.raises(ValidationError, match="less than or equal to 86400"):
+        RuntimeMeasurement(pipeline_action_overhead_s=0.0, optimizer_s_per_param=1e308)
+    with pytest.raises(ValidationError, match="greater than or equal to 0.000001"):
+        AlphaBetaFit(latency_us=1.0, bandwidth_gbs=1e-300, rms_relative_error=0.0, num_points=3)
+    with pytest.raises(ValidationError, match="less than or equal to 1000000"):
+        AlphaBetaFit(latency_us=1e308, bandwidth_gbs=10.0, rms_relative_error=0.0, num_points=3)
