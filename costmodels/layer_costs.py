@@ -162,13 +162,11 @@ def _moe_tail_tp_comm_s(model: ModelSpec, tokens: int, tp: int, sequence_paralle
     the combine by the router's scores (score_before_experts false) runs its shared experts before that last save,
     so under its early stop (torchtitan before 25413d2) their down projection is re-run and not counted."""
     tail = early_stop_tail(model, kernels, moe=True)
-    if not tail:
-        return 0.0
-    h = model.hidden_size
-    if kernels.moe_tp_partial_outputs:
-        exit_reduction: TpCollective = ("reduce_scatter", tokens) if sequence_parallel else ("all_reduce", tokens)
-        return _tp_collectives_s((exit_reduction,), h, bytes_per_elem, tp, network)
-    return tp_all_reduce_s(tokens, h, bytes_per_elem, tp, network) if SHARED_EXPERT_FC2 in tail else 0.0
+    if kernels.moe_tp_partial_outputs and tail:
+        after: tuple[TpCollective, ...] = (("reduce_scatter" if sequence_parallel else "all_reduce", tokens),)
+    else:
+        after = (("all_reduce", tokens),) if SHARED_EXPERT_FC2 in tail else ()
+    return _tp_collectives_s(after, model.hidden_size, bytes_per_elem, tp, network)
 
 
 def tp_comm_passes(

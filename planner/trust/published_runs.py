@@ -207,29 +207,24 @@ _LAYOUT_REPEAT = re.compile(r"([EtmL])\*(\d+)")
 LAYOUT_MAX_CHARS = 100_000  # far above any real layout (a stage per layer of a 1,000-layer model): bounds the expansion
 
 
-def _too_long(layout: str) -> ValueError:
-    return ValueError(f"pipeline layout '{layout[:80]}' expands past {LAYOUT_MAX_CHARS:,} characters")
-
-
-def _repeated(layout: str, text: str, match: re.Match[str]) -> str:
-    """``text`` with ``match`` (a group and its count) expanded; ValueError past ``LAYOUT_MAX_CHARS``."""
-    unit, count = match.group(1), int(match.group(2))
-    if len(text) - len(match.group(0)) + len(unit) * count > LAYOUT_MAX_CHARS:
-        raise _too_long(layout)
-    return text[:match.start()] + unit * count + text[match.end():]
+def _expanded(layout: str, text: str, pattern: re.Pattern[str]) -> str:
+    """``text`` with every match of ``pattern`` (a unit and its count) repeated, in one pass; ValueError where the
+    result would pass ``LAYOUT_MAX_CHARS`` (checked before it is built)."""
+    matches = list(pattern.finditer(text))
+    if len(text) + sum(len(m.group(1)) * int(m.group(2)) - len(m.group(0)) for m in matches) > LAYOUT_MAX_CHARS:
+        raise ValueError(f"pipeline layout '{layout[:80]}' expands past {LAYOUT_MAX_CHARS:,} characters")
+    return pattern.sub(lambda m: m.group(1) * int(m.group(2)), text)
 
 
 def layout_stages(layout: str) -> list[str]:
     """The virtual stages of a Megatron-Core pipeline layout string (``STATED_LAYOUT``), repetitions expanded:
     ``"Et|(tt|)*2mL"`` is ``["Et", "tt", "tt", "mL"]``. ValueError for a string it cannot read, or one whose
-    repetitions expand past ``LAYOUT_MAX_CHARS`` (nested repeats grow exponentially)."""
+    repetitions expand past ``LAYOUT_MAX_CHARS`` (nested repeats grow exponentially). Groups expand innermost
+    first, then the ``t*n`` repeats in one pass (``t*2*3`` stays unreadable)."""
     text = layout
-    while (group := _LAYOUT_GROUP.search(text)) is not None:
-        text = _repeated(layout, text, group)
-    repeats = list(_LAYOUT_REPEAT.finditer(text))
-    if len(text) + sum(int(m.group(2)) - len(m.group(0)) for m in repeats) > LAYOUT_MAX_CHARS:
-        raise _too_long(layout)
-    text = _LAYOUT_REPEAT.sub(lambda m: m.group(1) * int(m.group(2)), text)
+    while _LAYOUT_GROUP.search(text):
+        text = _expanded(layout, text, _LAYOUT_GROUP)
+    text = _expanded(layout, text, _LAYOUT_REPEAT)
     if not text or set(text) - set("EtmL|"):
         raise ValueError(f"unreadable pipeline layout '{layout}' (stages of E, t, m, L split by '|')")
     return text.split("|")
