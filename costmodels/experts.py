@@ -11,11 +11,11 @@ parallelism a rank computes its own ``T·k`` assignments whatever their spread o
 
 Stacks (``StackKernels.expert_dispatch``): ``tp_replicated`` (ppplan's runtime,
 ``launch/runtime/moe.py``; torchtitan): every tensor-parallel rank routes and dispatches all of
-its data-parallel rank's tokens and runs its FFN shard of its experts on them. ppplan's runtime
-all-reduces each expert output over tp, and with sequence parallelism gathers the layer's input on
-entry and splits its complete output back to sequence shards locally; torchtitan
-(``moe_tp_partial_outputs``) keeps the outputs partial and reduce-scatters the block's sum once on
-exit. ``tp_split`` (Megatron-Core's alltoall dispatcher, expert TP = tp, sequence parallelism
+its data-parallel rank's tokens and runs its FFN shard of its experts on them; the expert outputs stay
+partial sums over tp and the block's sum is reduced once on exit (reduce-scattered to sequence shards
+after an all-gather on entry under sequence parallelism). In B ppplan's runtime reduces the experts'
+input gradients once at the entry and all-reduces the router scores' gradient; torchtitan v0.2.2 (``moe_tp_input_grads_per_linear``) all-reduces
+each tp-sharded linear's input gradient. ``tp_split`` (Megatron-Core's alltoall dispatcher, expert TP = tp, sequence parallelism
 required): a tp rank routes and dispatches its ``1/tp`` share, all-gathers what it receives over tp
 and reduce-scatters the outputs. The tp collectives are priced with the
 layer's others (``costmodels.layer_costs.tp_comm_passes``).
@@ -184,42 +184,48 @@ TpCollective = tuple[str, float]  # a tp collective's kind (all_reduce, all_gath
 
 
 def moe_tp_collectives(model: ModelSpec, tokens: float, tp: int, ep: int, sequence_parallel: bool, kernels: StackKernels,
-                       imbalance: float | None = None, etp: int | None = None,
+                       imbalance: float | None = None, etp: int | None = None, *, bytes_per_elem: int,
                        ) -> tuple[tuple[TpCollective, ...], tuple[TpCollective, ...]]:
-    """The tp collectives of a mixture-of-experts MLP block in F and in B, as rows of h (an all-gather's rows are
-    its output's, a reduce-scatter's its input's; an all-gather plus a reduce-scatter of the same rows move what
-    one all-reduce of them moves). The attention's are the dense layer's (``costmodels.layer_costs``).
+    """The tp collectives of a mixture-of-experts MLP block in F and in B, as rows of h at ``bytes_per_elem`` (an
+    all-gather's rows are its output's, a reduce-scatter's its input's; an all-gather plus a reduce-scatter of the
+    same rows move what one all-reduce of them moves). The attention's are the dense layer's
+    (``costmodels.layer_costs``).
 
-    - ``tp_split``, and ``tp_replicated`` as ppplan's runtime runs it: the routed expert outputs (``routed_rows``;
-      none with expert TP 1) and the shared experts' output, each reduced where it is computed, in F and their
-      gradients in B. Under sequence parallelism ppplan's runtime also all-gathers the block's input on entry in F
-      and its output's gradient in B: its complete output is split back to sequence shards without a collective
-      (``launch/runtime/tp.py`` ``_moe_plan``, Replicate -> Shard(1)).
-    - ``moe_tp_partial_outputs`` (torchtitan): F all-gathers the input on entry and reduce-scatters the block's
-      partial sum on exit (all-reduces it without sequence parallelism). B all-gathers the output's gradient and
-      all-reduces the gradient of each replicated input a tp-sharded linear reads: the rank's own ``T·k`` routed
-      rows (the routed experts' input, its gradient declared Partial, before the dispatch) and the shared experts'
-      input once per column-parallel projection (w1, and w3 of a SwiGLU) (pytorch/torchtitan v0.2.2 and 2645c02
-      ``distributed/expert_parallel.py`` TensorParallel and ExpertTensorParallel, ``models/llama4/infra/parallelize.py``
-      ``apply_moe_ep_tp``)."""
+    - ``tp_split`` (Megatron-Core): the routed expert outputs (``routed_rows``; none with expert TP 1) and the
+      shared experts' output, each reduced where it is computed, in F and their gradients in B.
+    - ``tp_replicated``: the routed and shared experts' outputs stay partial sums over tp; F reduces the block's sum
+      once on exit (Shoeybi et al. 2019, Sec. 3, g), reduce-scattered to sequence shards after the input's
+      all-gather on entry under sequence parallelism (Korthikanti et al. 2022, Sec. 4.2). B all-gathers the output's
+      gradient (sequence parallelism), then:
+      - ppplan's runtime (``launch/runtime/moe.py`` ``MoEFeedForward``): all-reduces the T·k router scores' fp32 gradient
+        (each rank's is the output gradient against its partial expert outputs) and reduces the experts' input
+        gradient once at the entry (an all-reduce, Megatron's f, or the entry all-gather's reduce-scatter);
+      - ``moe_tp_input_grads_per_linear`` (torchtitan v0.2.2 and 2645c02, ``distributed/expert_parallel.py``
+        TensorParallel and ExpertTensorParallel, ``models/llama4/infra/parallelize.py`` ``apply_moe_ep_tp``):
+        all-reduces the gradient of each replicated input a tp-sharded linear reads: the rank's own ``T·k`` routed
+        rows (the routed experts' input, its gradient declared Partial, before the dispatch) and the shared
+        experts' input once per column-parallel projection (w1, and w3 of a SwiGLU)."""
     if tp <= 1:
         return (), ()
-    if kernels.moe_tp_partial_outputs:
-        k, shared_inputs = model.experts_per_token or 0, 0
+    if kernels.expert_dispatch == "tp_split":
+        reduced: tuple[TpCollective, ...] = (("all_reduce", routed_rows(model, tokens, ep, imbalance)),) \
+            if etp in (None, tp) else ()
+        if model.shared_expert_ffn_hidden_size:
+            reduced += (("all_reduce", tokens),)
+        return reduced, reduced
+    k = model.experts_per_token or 0
+    exit_reduction: tuple[TpCollective, ...] = (("all_gather", tokens), ("reduce_scatter", tokens)) \
+        if sequence_parallel else (("all_reduce", tokens),)
+    output_gradient: tuple[TpCollective, ...] = (("all_gather", tokens),) if sequence_parallel else ()
+    if kernels.moe_tp_input_grads_per_linear:
+        shared_inputs = 0
         if model.shared_expert_ffn_hidden_size:
             shared_inputs = 2 if model.activation == "swiglu" else 1
-        exit_reduction: tuple[TpCollective, ...] = (("all_gather", tokens), ("reduce_scatter", tokens)) \
-            if sequence_parallel else (("all_reduce", tokens),)
-        output_gradient: tuple[TpCollective, ...] = (("all_gather", tokens),) if sequence_parallel else ()
         input_gradients = (("all_reduce", tokens * k),) + (("all_reduce", tokens),) * shared_inputs
         return exit_reduction, output_gradient + input_gradients
-    reduced: tuple[TpCollective, ...] = (("all_reduce", routed_rows(model, tokens, ep, imbalance)),) \
-        if etp in (None, tp) else ()
-    if model.shared_expert_ffn_hidden_size:
-        reduced += (("all_reduce", tokens),)
-    if sequence_parallel and kernels.expert_dispatch == "tp_replicated":
-        reduced += (("all_gather", tokens),)
-    return reduced, reduced
+    scores = (("all_reduce", tokens * k * FP32_BYTES / (model.hidden_size * bytes_per_elem)),)
+    entry: TpCollective = ("reduce_scatter", tokens) if sequence_parallel else ("all_reduce", tokens)
+    return exit_reduction, output_gradient + scores + (entry,)
 
 
 def moe_activation_bytes(model: ModelSpec, tokens: float, tp: int, ep: int, p: int, ffn_tensors: int,

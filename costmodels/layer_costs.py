@@ -155,14 +155,14 @@ def _tp_collectives_s(collectives: tuple[TpCollective, ...], hidden: int, bytes_
 def _moe_tail_tp_comm_s(model: ModelSpec, tokens: int, tp: int, sequence_parallel: bool, bytes_per_elem: int,
                         network: Network, kernels: StackKernels) -> float:
     """The tp collective of an MoE block's forward after its last saved tensor, which torch's early-stopped
-    recompute does not run again (``costmodels.layer_ops.early_stop_tail``): with ``moe_tp_partial_outputs`` the
-    reduction of the block's sum on exit (a reduce-scatter, an all-reduce without sequence parallelism), else the
-    shared experts' all-reduce after their down projection (ppplan's runtime); none where recompute does not stop
+    recompute does not run again (``costmodels.layer_ops.early_stop_tail``): with ``tp_replicated`` dispatch the
+    reduction of the block's sum on exit (a reduce-scatter, an all-reduce without sequence parallelism); with
+    ``tp_split`` the shared experts' all-reduce after their down projection; none where recompute does not stop
     early. The re-run compute is ``early_stop_tail``'s, in ppplan's block order: a torchtitan MoE block that weights
     the combine by the router's scores (score_before_experts false) runs its shared experts before that last save,
     so under its early stop (torchtitan before 25413d2) their down projection is re-run and not counted."""
     tail = early_stop_tail(model, kernels, moe=True)
-    if kernels.moe_tp_partial_outputs and tail:
+    if kernels.expert_dispatch == "tp_replicated" and tail:
         after: tuple[TpCollective, ...] = (("reduce_scatter" if sequence_parallel else "all_reduce", tokens),)
     else:
         after = (("all_reduce", tokens),) if SHARED_EXPERT_FC2 in tail else ()
@@ -196,7 +196,8 @@ def tp_comm_passes(
     if kind == "transformer":
         k = kernels or StackKernels()
         if moe:
-            forward, backward = moe_tp_collectives(model, tokens, tp, ep, sequence_parallel, k, expert_imbalance, etp)
+            forward, backward = moe_tp_collectives(model, tokens, tp, ep, sequence_parallel, k, expert_imbalance, etp,
+                                                   bytes_per_elem=bytes_per_elem)
             attention = tp_all_reduce_s(tokens, h, bytes_per_elem, tp, network)
             comm = attention + _tp_collectives_s(forward, h, bytes_per_elem, tp, network)
             comm_b = attention + _tp_collectives_s(backward, h, bytes_per_elem, tp, network)

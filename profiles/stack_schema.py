@@ -101,19 +101,17 @@ class StackKernels(StrictModel):
         "its 1/tp sequence-parallel share, all-gathered over tp after the all-to-all (Megatron-Core's alltoall "
         "dispatcher with expert TP = tp)",
     )
-    moe_tp_partial_outputs: bool = Field(
+    moe_tp_input_grads_per_linear: bool = Field(
         default=False,
-        description="with tp > 1 and tp_replicated dispatch, the routed and the shared experts' outputs stay partial sums "
-        "over tp and the block reduces them once, at its exit: F all-gathers its input on entry and reduce-scatters its "
-        "output to sequence shards (all-reduces it without sequence parallelism); B all-gathers the output's gradient "
-        "(sequence parallelism only) and all-reduces the gradient of each replicated input a tp-sharded linear reads "
-        "(the routed rows, the shared experts' w1 and w3) (torchtitan v0.2.2 and 2645c02: apply_moe_ep_tp's "
-        "PrepareModuleInputOutput, output Partial -> Shard(1); TensorParallel's to_local(grad_placements=(Partial(),)); "
-        "costmodels.experts.moe_tp_collectives; later torchtitan reduces those gradients once at the block's entry, "
-        "which this key does not describe). Otherwise each expert output "
-        "is all-reduced where it is computed, its gradient in B, and with sequence parallelism the block's complete "
-        "output is split back to sequence shards locally (ppplan's runtime, launch/runtime/moe.py and "
-        "launch/runtime/tp.py _moe_plan): one all-gather per pass, the input's in F and the output gradient's in B",
+        description="with tp > 1 and tp_replicated dispatch, B all-reduces the gradient of each replicated input a "
+        "tp-sharded linear reads (the routed rows, the shared experts' w1 and w3) (torchtitan v0.2.2 and 2645c02: "
+        "TensorParallel's to_local(grad_placements=(Partial(),)), ColwiseParallel shared experts; "
+        "costmodels.experts.moe_tp_collectives), instead of reducing the block's input gradient once at its entry "
+        "and all-reducing the router scores' gradient (ppplan's runtime, launch/runtime/moe.py; later torchtitan also "
+        "reduces the input gradients once at the entry). "
+        "Either way the experts' outputs stay partial sums over tp and F reduces the block's sum once on exit: an "
+        "all-reduce, or with sequence parallelism an all-gather of the input on entry and a reduce-scatter of the "
+        "output to sequence shards",
     )
     moe_probs_in_activation: bool = Field(
         default=False,
@@ -486,10 +484,12 @@ class StackSpec(StrictModel):
             raise ValueError(f"emit {self.emit}: the job ppplan writes runs its blocks and its loss eager (torchtitan's with "
                              "[compile] off, ppplan's runtime uncompiled): set kernels.compiled_blocks and "
                              "kernels.fused_cross_entropy false, or emit: none")
-        if self.kernels.moe_tp_partial_outputs and (self.kernels.expert_dispatch != "tp_replicated" or self.emit == "ppplan"):
-            raise ValueError("kernels.moe_tp_partial_outputs describes a tp_replicated dispatch that reduces the experts' "
-                             "partial outputs once at the block's exit (torchtitan); ppplan's runtime all-reduces each "
-                             "expert output and tp_split reduce-scatters the routed rows: set it false")
+        if self.kernels.moe_tp_input_grads_per_linear and (self.kernels.expert_dispatch != "tp_replicated"
+                                                           or self.emit == "ppplan"):
+            raise ValueError("kernels.moe_tp_input_grads_per_linear describes a tp_replicated dispatch whose backward "
+                             "all-reduces each tp-sharded linear's input gradient (torchtitan v0.2.2); ppplan's runtime "
+                             "reduces the block's input gradient once at its entry and tp_split reduce-scatters the "
+                             "routed rows: set it false")
         post = self.optimizer_post_validation
         if post is not None:
             for field, runs in (("schedules", self.schedules), ("precisions", self.precisions)):

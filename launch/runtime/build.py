@@ -95,7 +95,7 @@ def _join_groups(module: StageModule, plan: Plan, coord: RankCoord, mesh: Device
                 ep_size=cfg.ep,
                 tp=mesh["tp"].get_group() if cfg.tp > 1 else None,
             )
-            layer.feed_forward.set_parallel(expert_groups, coord.tp, cfg.tp)
+            layer.feed_forward.set_parallel(expert_groups, coord.tp, cfg.tp, cfg.sequence_parallel)
 
 
 def build_runtime(

@@ -16,8 +16,18 @@ token dispatch over the expert-parallel group.
   token dispatcher), both differentiable (``torch.distributed._functional_collectives.all_to_all_single_autograd``).
 - Tensor parallelism (expert TP = tp, Megatron-Core's default): every expert's FFN is split over
   the tp ranks like the dense MLP (rows of w1/w3, columns of w2). Tokens and routing are the
-  same on every tp rank; expert outputs are partial sums, all-reduced over tp before they are
-  weighted (Megatron's f and g operators, Shoeybi et al. 2019, Sec. 3).
+  same on every tp rank; the routed and shared experts' outputs are partial sums over tp, weighted
+  and added as partial sums, and the block's sum is reduced once on exit: one all-reduce, or with
+  sequence parallelism a reduce-scatter back to sequence shards after an all-gather on entry
+  (Megatron's f and g operators, Shoeybi et al. 2019, Sec. 3; Korthikanti et al. 2022, Sec. 4.2).
+  In B the experts' input gradients, partial sums too, are reduced once at the entry; the router
+  runs on the complete tokens, so its input gradient is complete and joins them after that
+  reduction, and its k scores per token get their gradient all-reduced (each rank's is the dot
+  product of the output gradient with its partial expert outputs). Per MoE layer and pass the
+  block moves one all-reduce's worth of its T tokens (an all-gather plus a reduce-scatter under
+  sequence parallelism), plus T·k fp32 scores in B; reducing each expert output where it is
+  computed, as this runtime did before, moved T·k rows, T more with a shared expert, and under
+  sequence parallelism an all-gather of T besides (``costmodels.experts.moe_tp_collectives``).
 
 Gradient scale: an expert's weights see the tokens of all ep ranks, each rank's loss being a
 mean over its own tokens; data parallelism then averages over the ranks holding the same
@@ -34,7 +44,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed._functional_collectives import all_to_all_single_autograd
+from torch.distributed._functional_collectives import all_gather_single, all_to_all_single_autograd, reduce_scatter_single
 from torch.distributed.tensor import DTensor
 
 from profiles.schema import ModelSpec
@@ -101,6 +111,21 @@ class ReduceFromTensorParallel(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad, None
+
+
+class GatheredForRouter(torch.autograd.Function):
+    """The sequence-gathered block input as the router reads it: ``gathered`` (already all-gathered over tp)
+    forward; backward, the router's gradient, complete on every tp rank, cut back to this rank's sequence
+    shard of ``local`` (no collective: a reduce-scatter would count it tp times)."""
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor, gathered: torch.Tensor, tp_rank: int, tp_size: int) -> torch.Tensor:
+        ctx.tp_rank, ctx.tp_size = tp_rank, tp_size
+        return gathered.detach().view_as(gathered)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        return grad.chunk(ctx.tp_size, dim=1)[ctx.tp_rank].contiguous(), None, None, None
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
@@ -220,6 +245,7 @@ class MoEFeedForward(nn.Module):
         shared_ffn = spec.shared_expert_ffn_hidden_size or 0
         self.shared = GroupedExperts(spec, ExpertShard(0, 1), shared_ffn) if shared_ffn else None
         self.groups = ExpertGroups()
+        self.tp_rank, self.tp_size, self.sequence_parallel = 0, 1, False
 
     @torch.no_grad()
     def init_weights(self, gen: torch.Generator, layer_seed: int, num_layers: int) -> None:
@@ -228,10 +254,15 @@ class MoEFeedForward(nn.Module):
         if self.shared is not None:
             self.shared.init_weights(layer_seed, num_layers, -1)
 
-    def set_parallel(self, groups: ExpertGroups, tp_rank: int, tp_size: int) -> None:
+    def set_parallel(self, groups: ExpertGroups, tp_rank: int, tp_size: int, sequence_parallel: bool = False) -> None:
         """Join the expert-parallel and tensor-parallel groups: keep this tp rank's rows of every
-        expert's FFN and scale the routed experts' gradients by 1 / ep (module docstring)."""
+        expert's FFN and scale the routed experts' gradients by 1 / ep (module docstring).
+        ``sequence_parallel``: the block's input and output are this rank's sequence shard (dim 1)."""
         self.groups = groups
+        if groups.tp is not None and dist.get_rank(groups.tp) != tp_rank:  # the entry's gather orders by group rank
+            raise ValueError(f"tp rank {tp_rank} is rank {dist.get_rank(groups.tp)} of its tp group")
+        self.tp_rank, self.tp_size = tp_rank, tp_size
+        self.sequence_parallel = sequence_parallel and groups.tp is not None
         self.experts.grad_scale = 1.0 / groups.ep_size
         if tp_size > 1:
             for experts in (self.experts, self.shared):
@@ -239,17 +270,36 @@ class MoEFeedForward(nn.Module):
                     rows = experts.w1.shape[1] // tp_size
                     experts.keep_ffn_rows(tp_rank * rows, (tp_rank + 1) * rows)
 
-    def _to_tp(self, tensor: torch.Tensor) -> torch.Tensor:
-        return CopyToTensorParallel.apply(tensor, self.groups.tp) if self.groups.tp is not None else tensor
+    def _enter(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the tokens the experts read, the tokens the router reads), [T, h] each, complete on every tp rank.
+        The experts' input gradient is a partial sum over tp, reduced here in B: all-reduced (Megatron's f), or
+        with sequence parallelism reduce-scattered back to sequence shards (the backward of the entry's
+        all-gather). The router's is complete and bypasses that reduction."""
+        h = x.shape[-1]
+        if self.groups.tp is None:
+            return x.reshape(-1, h), x.reshape(-1, h)
+        if not self.sequence_parallel:
+            return CopyToTensorParallel.apply(x, self.groups.tp).reshape(-1, h), x.reshape(-1, h)
+        gathered = all_gather_single(x.contiguous(), 1, self.groups.tp)  # differentiable: B reduce-scatters
+        for_router = GatheredForRouter.apply(x, gathered, self.tp_rank, self.tp_size)
+        return gathered.reshape(-1, h), for_router.reshape(-1, h)
 
-    def _from_tp(self, tensor: torch.Tensor) -> torch.Tensor:
-        return ReduceFromTensorParallel.apply(tensor, self.groups.tp) if self.groups.tp is not None else tensor
+    def _exit(self, out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """The block's output ``out`` [T, h] (a partial sum over tp) reduced once: all-reduced (Megatron's g), or
+        with sequence parallelism reduce-scattered to this rank's sequence shard (``shape``, the block's input)."""
+        if self.groups.tp is None:
+            return out.view(shape)
+        if not self.sequence_parallel:
+            return ReduceFromTensorParallel.apply(out.view(shape), self.groups.tp)
+        full = out.view(shape[0], shape[1] * self.tp_size, shape[2])
+        return reduce_scatter_single(full, "sum", 1, self.groups.tp)  # differentiable: B all-gathers
 
     def _run_experts(self, tokens: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """Expert outputs of ``tokens`` sorted by (global) expert, ``counts`` [E] per expert, over the ep group."""
+        """Expert outputs of ``tokens`` sorted by (global) expert, ``counts`` [E] per expert, over the ep group
+        (partial sums over tp)."""
         ep, per_rank = self.groups.ep_size, self.experts.shard.count
         if ep == 1:
-            return self._from_tp(self.experts(self._to_tp(tokens), counts.tolist()))
+            return self.experts(tokens, counts.tolist())
         received = torch.empty_like(counts)
         dist.all_to_all_single(received, counts, group=self.groups.ep)  # [source rank][local expert]
         send_splits = counts.view(ep, per_rank).sum(1).tolist()
@@ -257,20 +307,22 @@ class MoEFeedForward(nn.Module):
         recv_splits = recv_matrix.sum(1).tolist()
         arrived = all_to_all_single_autograd(tokens.contiguous(), recv_splits, send_splits, self.groups.ep)
         by_expert, back = _source_to_expert_order(recv_matrix, tokens.device)
-        out = self._from_tp(self.experts(self._to_tp(arrived[by_expert]), recv_matrix.sum(0).tolist()))
+        out = self.experts(arrived[by_expert], recv_matrix.sum(0).tolist())
         return all_to_all_single_autograd(out[back].contiguous(), send_splits, recv_splits, self.groups.ep)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = x.reshape(-1, x.shape[-1])
-        weights, chosen = self.router(tokens)
+        tokens, routed_by = self._enter(x)
+        weights, chosen = self.router(routed_by)
+        if self.groups.tp is not None:  # each rank's score gradient sees only its partial expert outputs
+            weights = CopyToTensorParallel.apply(weights, self.groups.tp)
         order, counts = _dispatch_order(chosen, self.num_experts)
         top_k = chosen.shape[1]
         sorted_out = self._run_experts(tokens[order // top_k], counts)
         per_choice = torch.empty_like(sorted_out).index_copy(0, order, sorted_out).view(-1, top_k, tokens.shape[1])
         out = (per_choice * weights.unsqueeze(-1).to(per_choice.dtype)).sum(1)
         if self.shared is not None:
-            out = out + self._from_tp(self.shared(self._to_tp(tokens), [tokens.shape[0]]))
-        return out.view_as(x)
+            out = out + self.shared(tokens, [tokens.shape[0]])
+        return self._exit(out, x.shape)
 
 
 def _source_to_expert_order(recv_matrix: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,6 @@ from torch.distributed.tensor import Replicate, Shard
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
-    PrepareModuleInputOutput,
     PrepareModuleOutput,
     RowwiseParallel,
     SequenceParallel,
@@ -69,16 +68,15 @@ def _add_w3(plan: dict[str, object], layer: TransformerLayer) -> dict[str, objec
 
 
 def _moe_plan(plan: dict[str, object]) -> dict[str, object]:
-    """An MoE layer shards its experts itself (``MoEFeedForward.set_parallel``, expert TP = tp) and
-    computes on local tensors: with sequence parallelism its input is gathered on entry and its
-    (replicated, complete) output split back to sequence shards locally: Replicate -> Shard(1) runs no
-    collective in F and all-gathers the output's gradient in B (``costmodels.experts.moe_tp_collectives``)."""
+    """An MoE layer shards its experts itself (``MoEFeedForward.set_parallel``, expert TP = tp) and computes on
+    local tensors: with sequence parallelism it takes its input as this rank's sequence shard, gathers it on entry
+    and reduce-scatters its partial output back to sequence shards on exit (``MoEFeedForward._enter`` and
+    ``_exit``; ``costmodels.experts.moe_tp_collectives``)."""
     plan = {k: v for k, v in plan.items() if not k.startswith("feed_forward")}
     if "ffn_norm" in plan:  # sequence parallel
-        plan["feed_forward"] = PrepareModuleInputOutput(
-            input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_input=True,
-            output_layouts=(Replicate(),), desired_output_layouts=(Shard(1),), use_local_output=True,
-        )  # fmt: skip
+        plan["feed_forward"] = PrepareModuleInput(
+            input_layouts=(Shard(1),), desired_input_layouts=(Shard(1),), use_local_output=True
+        )
     return plan
 
 

@@ -59,8 +59,8 @@ def test_no_tp_collective_on_the_routed_rows() -> None:
     """Expert TP 2 all-gathers the dispatched rows over tp and reduce-scatters the outputs (the rows
     of one all-reduce); expert TP 1 has none (tiny-moe has no shared expert)."""
     routed = (("all_reduce", pytest.approx(routed_rows(TINY, 128, 4))),)
-    assert moe_tp_collectives(TINY, 128, 2, 4, True, SPLIT) == (routed, routed)
-    assert moe_tp_collectives(TINY, 128, 2, 4, True, SPLIT, etp=1) == ((), ())
+    assert moe_tp_collectives(TINY, 128, 2, 4, True, SPLIT, bytes_per_elem=2) == (routed, routed)
+    assert moe_tp_collectives(TINY, 128, 2, 4, True, SPLIT, etp=1, bytes_per_elem=2) == ((), ())
 
 
 def test_whole_experts_per_rank_and_their_data_parallel_group() -> None:

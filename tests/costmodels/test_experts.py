@@ -277,31 +277,44 @@ def test_the_combined_1f1b_prices_the_all_to_all_as_the_overlapping_stack_does()
 
 
 # -- the tp collectives of an MoE block, per stack (tiny-moe with a SwiGLU shared expert of FFN 512, T = 128, tp 2, ep 1) --
-# ppplan's runtime all-reduces the routed outputs (T·k = 256 rows) and the shared expert's (128) where they are
-# computed, their gradients in B, and under sequence parallelism gathers the block's 128 tokens once per pass (its
-# exit is a local split; tests/launch/runtime/test_tp_comm_dist.py counts them on gloo). torchtitan keeps both outputs
-# partial: F gathers the 128 tokens in and reduce-scatters them out; B gathers the output's gradient and all-reduces
-# the gradients of the routed rows' input (256) and of the shared expert's input under w1 and under w3 (128 each).
+# Both keep the routed (T·k = 256 rows) and shared experts' outputs partial over tp and reduce the block's 128 tokens
+# once in F: an all-reduce, or under sequence parallelism an all-gather on entry and a reduce-scatter on exit. In B,
+# ppplan's runtime gathers the output's gradient (sequence parallelism), all-reduces the 256 router scores' fp32
+# gradient (256 · 4 bytes = 2 bf16 rows of h = 256) and reduces the experts' input gradient once at the entry
+# (tests/launch/runtime/test_tp_comm_dist.py counts them on gloo); torchtitan v0.2.2 all-reduces the gradients of
+# the routed rows' input (256) and of the shared expert's input under w1 and under w3 (128 each).
 
 SHARED = TINY.model_copy(update={"shared_expert_ffn_hidden_size": 512})
 TITAN = load_stack("torchtitan").kernels
 UNIT = Network(Link(1.0, 0.0), Link(1.0, 0.0), 1.0, gpus_per_node=8)  # zero latency: seconds are bytes
 
 
-@pytest.mark.parametrize("sp", [False, True])
-def test_ppplan_runtime_reduces_each_expert_output_and_gathers_the_block_under_sp(sp: bool) -> None:
+def test_ppplan_runtime_reduces_the_block_once_per_pass_and_the_scores_gradient() -> None:
     kernels = load_stack("ppplan-torch").kernels
-    each = (("all_reduce", 256), ("all_reduce", 128)) + ((("all_gather", 128),) if sp else ())
-    assert moe_tp_collectives(SHARED, 128, 2, 1, sp, kernels) == (each, each)
+    assert moe_tp_collectives(SHARED, 128, 2, 1, True, kernels, bytes_per_elem=2) == (
+        (("all_gather", 128), ("reduce_scatter", 128)), (("all_gather", 128), ("all_reduce", 2), ("reduce_scatter", 128)))
+    assert moe_tp_collectives(SHARED, 128, 2, 1, False, kernels, bytes_per_elem=2) == (
+        (("all_reduce", 128),), (("all_reduce", 2), ("all_reduce", 128)))
+    assert moe_tp_collectives(SHARED, 128, 2, 1, False, kernels, bytes_per_elem=4)[1][0] == ("all_reduce", 1)
+
+
+def test_ppplan_runtimes_moe_block_moves_its_tokens_once_per_pass() -> None:
+    """In all-reduce rows, bf16, sequence parallelism, per pass: F = 128 (attention) + 128 (block) = 256 and
+    B = 256 + 2 (scores). Reducing the routed (256) and shared (128) outputs where computed, plus one all-gather
+    (64), moved 128 + 448 = 576 in each pass (the runtime at 0b88543)."""
+    row = tp_all_reduce_s(1, SHARED.hidden_size, 2, 2, UNIT)
+    kernels = load_stack("ppplan-torch").kernels
+    none = tp_comm_passes(SHARED, "transformer", 2, 1, 128, True, "none", 2, UNIT, False, moe=True, kernels=kernels)
+    assert (none.forward_s / row, none.backward_input_s / row) == (pytest.approx(256), pytest.approx(258))
 
 
 def test_torchtitan_reduces_partial_outputs_once_and_each_replicated_inputs_gradient() -> None:
-    assert TITAN.moe_tp_partial_outputs
+    assert TITAN.moe_tp_input_grads_per_linear
     gradients = (("all_reduce", 256), ("all_reduce", 128), ("all_reduce", 128))
-    assert moe_tp_collectives(SHARED, 128, 2, 1, True, TITAN) == (
+    assert moe_tp_collectives(SHARED, 128, 2, 1, True, TITAN, bytes_per_elem=2) == (
         (("all_gather", 128), ("reduce_scatter", 128)), (("all_gather", 128),) + gradients)
-    assert moe_tp_collectives(SHARED, 128, 2, 1, False, TITAN) == ((("all_reduce", 128),), gradients)
-    assert moe_tp_collectives(TINY, 128, 2, 1, True, TITAN)[1] == (("all_gather", 128), ("all_reduce", 256))
+    assert moe_tp_collectives(SHARED, 128, 2, 1, False, TITAN, bytes_per_elem=2) == ((("all_reduce", 128),), gradients)
+    assert moe_tp_collectives(TINY, 128, 2, 1, True, TITAN, bytes_per_elem=2)[1] == (("all_gather", 128), ("all_reduce", 256))
 
 
 def test_torchtitans_backward_moves_more_than_its_forward() -> None:
@@ -316,8 +329,8 @@ def test_torchtitans_backward_moves_more_than_its_forward() -> None:
 
 
 def test_no_tp_collective_of_an_moe_block_without_tp() -> None:
-    assert moe_tp_collectives(SHARED, 128, 1, 1, True, TITAN) == ((), ())
-    assert moe_tp_collectives(SHARED, 128, 1, 1, True, REPLICATED) == ((), ())
+    assert moe_tp_collectives(SHARED, 128, 1, 1, True, TITAN, bytes_per_elem=2) == ((), ())
+    assert moe_tp_collectives(SHARED, 128, 1, 1, True, REPLICATED, bytes_per_elem=2) == ((), ())
 
 
 def test_early_stopped_recompute_skips_the_exit_reduction_of_partial_outputs() -> None:
@@ -332,9 +345,9 @@ def test_early_stopped_recompute_skips_the_exit_reduction_of_partial_outputs() -
         assert (p.forward_s / row, p.backward_input_s / row) == (pytest.approx(256), pytest.approx(backward))
 
 
-def test_partial_outputs_are_refused_where_no_runtime_runs_them() -> None:
-    """ppplan's runtime reduces each expert output; tp_split reduce-scatters the routed rows."""
-    with pytest.raises(ValueError, match="moe_tp_partial_outputs"):
+def test_per_linear_input_gradients_are_refused_where_no_runtime_runs_them() -> None:
+    """ppplan's runtime reduces the block's input gradient once; tp_split reduce-scatters the routed rows."""
+    with pytest.raises(ValueError, match="moe_tp_input_grads_per_linear"):
         load_stack("torchtitan").with_changes({"kernels": {"expert_dispatch": "tp_split"}})
-    with pytest.raises(ValueError, match="moe_tp_partial_outputs"):
-        load_stack("ppplan-torch").with_changes({"kernels": {"moe_tp_partial_outputs": True}})
+    with pytest.raises(ValueError, match="moe_tp_input_grads_per_linear"):
+        load_stack("ppplan-torch").with_changes({"kernels": {"moe_tp_input_grads_per_linear": True}})

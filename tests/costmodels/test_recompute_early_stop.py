@@ -89,15 +89,17 @@ def test_hardware_flops_count_what_runs(llama) -> None:
     assert whole - early == pytest.approx(llama.num_layers * 2 * B * S * 14336 * 4096, rel=1e-12)
 
 
-def test_an_moe_block_does_not_rerun_its_shared_experts_reduction() -> None:
-    """tiny-moe with a shared expert at TP 2 (bf16, 4096 tokens): the forward all-reduces the attention's output, the
-    routed experts' and the shared experts' (none's tp_comm_s is twice the forward's); full recompute re-runs them but
-    the shared experts' all-reduce of the block's 4096 x h values, which runs after the last saved tensor. A stack
-    without early stop re-runs all three."""
+def test_an_moe_block_does_not_rerun_its_exit_reduction() -> None:
+    """tiny-moe with a shared expert at TP 2 (bf16, 4096 tokens). ppplan's runtime all-reduces, in F, the attention's
+    output and the block's partial sum on exit, the latter after the last saved tensor: full recompute re-runs the
+    attention's all-reduce alone, one all-reduce of the block's 4096 x h values. Megatron-Core (tp_split, no early
+    stop) all-reduces the attention's, the routed experts' and the shared experts' outputs in each pass and re-runs
+    all three (none's tp_comm_s is twice the forward's)."""
     cluster = load_cluster("dgx-h100")
     shared = _with_a_shared_expert(load_model("tiny-moe"))
     one = tp_all_reduce_s(S, shared.hidden_size, 2, 2, network_for(cluster))
-    for stack, left_out in ((PPPLAN, one), (MEGATRON, 0.0)):
-        times = RooflineTimes(shared, cluster, "bf16", stack=stack)
-        none, full = (times.transformer(2, 1, S, False, kind, moe=True) for kind in ("none", "full"))
-        assert full.tp_comm_s == pytest.approx(none.tp_comm_s * 1.5 - left_out, rel=1e-12)
+    ppplan, megatron = (RooflineTimes(shared, cluster, "bf16", stack=stack) for stack in (PPPLAN, MEGATRON))
+    none, full = (ppplan.transformer(2, 1, S, False, kind, moe=True) for kind in ("none", "full"))
+    assert full.tp_comm_s - none.tp_comm_s == pytest.approx(one, rel=1e-12)
+    none, full = (megatron.transformer(2, 1, S, False, kind, moe=True) for kind in ("none", "full"))
+    assert full.tp_comm_s == pytest.approx(none.tp_comm_s * 1.5, rel=1e-12)

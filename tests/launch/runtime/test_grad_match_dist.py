@@ -32,6 +32,7 @@ GROUPS: dict[int, dict[str, Plan]] = {
         "ep2 (dp2), tiny-moe": make_plan("tiny-moe", dp=2, ep=2, global_batch=4),
         "cp2, tiny-llama": make_plan("tiny-llama", cp=2, global_batch=4),
         "cp2 x ep2 (experts over the context ranks), tiny-moe": make_plan("tiny-moe", cp=2, ep=2, global_batch=4),
+        "tp2 (expert TP, no sequence parallelism), tiny-moe": make_plan("tiny-moe", tp=2, global_batch=4),
     },
     4: {
         "ep4 (dp4), tiny-moe": make_plan("tiny-moe", dp=4, ep=4, global_batch=4),

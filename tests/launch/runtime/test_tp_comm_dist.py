@@ -68,14 +68,16 @@ def test_full_recompute_reruns_all_but_the_collective_after_w2(counted: dict, mo
 #
 # tiny-moe (top-2 of 8 experts, no shared expert) and the same with one shared expert of FFN 512, tp 2, ep 1,
 # T = 2 x 16 = 32 tokens a rank. In all-reduce-equivalent rows of h (an all-gather or a reduce-scatter of r rows moves
-# half what an all-reduce of r rows moves), per pass: the attention's T; the routed experts' outputs, T·k = 64 rows
-# all-reduced where they are computed, and the shared expert's T; under sequence parallelism the block's input
-# gathered on entry in F and its output's gradient gathered in B (its complete output is split back to sequence
-# shards without a collective), T / 2. Under full recompute B runs F's collectives again but the shared expert's
-# all-reduce, after the block's last saved tensor.
+# half what an all-reduce of r rows moves), per pass: the attention's T, and the MoE block's T, reduced once: F
+# all-reduces the block's partial output on exit (under sequence parallelism, all-gathers its input on entry and
+# reduce-scatters its output); B reduces the experts' input gradient once at the entry (and gathers the output's
+# gradient under sequence parallelism), and all-reduces the router scores' gradient, T·k = 64 fp32 values, 64 / h
+# = 0.25 rows of h = 256 in fp32. The shared expert adds no collective. Under full recompute B runs F's collectives
+# again but the exit reduction, after the block's last saved tensor.
 
-MOE_TOKENS, MOE_TOP_K = 32, 2
+MOE_TOKENS, MOE_TOP_K, MOE_HIDDEN = 32, 2, 256
 UNIT = Network(Link(1.0, 0.0), Link(1.0, 0.0), 1.0, gpus_per_node=8)  # zero latency: times are bytes
+FP32 = 4  # the gloo runs are fp32: a row of h is h · 4 bytes, a score 4 bytes
 
 
 def _all_reduce_rows(moved: list[list[object]]) -> float:
@@ -88,31 +90,42 @@ def _priced_rows(model: str, layout: str, recompute: str) -> tuple[float, float]
     if model == "tiny-moe-shared":
         spec = spec.model_copy(update={"shared_expert_ffn_hidden_size": 512})
     kernels = load_stack("ppplan-torch").kernels
-    passes = tp_comm_passes(spec, "transformer", 2, 2, 16, layout == "sp", recompute, 1, UNIT, False, moe=True, kernels=kernels)
-    row = tp_all_reduce_s(1, spec.hidden_size, 1, 2, UNIT)
+    passes = tp_comm_passes(spec, "transformer", 2, 2, 16, layout == "sp", recompute, FP32, UNIT, False, moe=True,
+                            kernels=kernels)  # fmt: skip
+    row = tp_all_reduce_s(1, spec.hidden_size, FP32, 2, UNIT)
     return passes.forward_s / row, passes.backward_input_s / row
 
 
 @pytest.mark.parametrize("model", ["tiny-moe", "tiny-moe-shared"])
 @pytest.mark.parametrize("layout", ["nosp", "sp"])
 def test_an_moe_block_moves_the_rows_tp_comm_passes_prices(counted: dict, model: str, layout: str) -> None:
-    shared = MOE_TOKENS if model == "tiny-moe-shared" else 0
-    by_hand = MOE_TOKENS + MOE_TOKENS * MOE_TOP_K + shared + (MOE_TOKENS / 2 if layout == "sp" else 0)
+    scores = MOE_TOKENS * MOE_TOP_K / MOE_HIDDEN
+    forward, backward = 2 * MOE_TOKENS, 2 * MOE_TOKENS + scores
     none = counted[model][layout]["none"]
-    assert _all_reduce_rows(none["forward_rows"]) == by_hand
-    assert _all_reduce_rows(none["backward_rows"]) == by_hand
-    assert _priced_rows(model, layout, "none") == (pytest.approx(by_hand), pytest.approx(by_hand))
+    assert _all_reduce_rows(none["forward_rows"]) == forward
+    assert _all_reduce_rows(none["backward_rows"]) == backward
+    assert _priced_rows(model, layout, "none") == (pytest.approx(forward), pytest.approx(backward))
 
 
 @pytest.mark.parametrize("model", ["tiny-moe", "tiny-moe-shared"])
 @pytest.mark.parametrize("layout", ["nosp", "sp"])
-def test_an_moe_block_recomputes_all_but_the_shared_experts_reduction(counted: dict, model: str, layout: str) -> None:
+def test_an_moe_block_recomputes_all_but_its_exit_reduction(counted: dict, model: str, layout: str) -> None:
     none, full = counted[model][layout]["none"], counted[model][layout]["full"]
     rerun = _all_reduce_rows(full["backward_rows"]) - _all_reduce_rows(none["backward_rows"])
-    shared = MOE_TOKENS if model == "tiny-moe-shared" else 0
-    assert rerun == _all_reduce_rows(none["forward_rows"]) - shared
+    exit_reduction = MOE_TOKENS / 2 if layout == "sp" else MOE_TOKENS
+    assert rerun == _all_reduce_rows(none["forward_rows"]) - exit_reduction
     forward, backward = _priced_rows(model, layout, "full")
-    assert backward - forward == pytest.approx(rerun)
+    assert backward - forward == pytest.approx(rerun + MOE_TOKENS * MOE_TOP_K / MOE_HIDDEN)
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt", "tiny-moe", "tiny-moe-shared"])
+@pytest.mark.parametrize("layout", ["nosp", "sp"])
+@pytest.mark.parametrize("recompute", ["none", "full"])
+def test_a_sharded_layer_computes_what_the_unsharded_layer_computes(counted: dict, model: str, layout: str,
+                                                                    recompute: str) -> None:
+    """Output, input gradient and (MoE) router gradient of the tp-2 layer against the same layer on one rank: the
+    MoE block's partial outputs, its once-reduced input gradient and its all-reduced score gradient included."""
+    assert counted[model][layout][recompute]["max_relative_error"] <= 1e-5
 
 
 # -- expert parallelism: the all-to-alls the runtime runs are the ones costmodels.experts.dispatch_ops prices ---------

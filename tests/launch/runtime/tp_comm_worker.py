@@ -4,9 +4,12 @@ For tiny-llama, tiny-gpt and tiny-moe (without and with a shared expert), with a
 without and with full recompute: one transformer layer of ppplan's runtime sharded over all ranks
 (``launch.runtime.tp.parallelize_layer``; an MoE block joins the tp group as ``launch.runtime.build`` joins it), its
 forward and its backward each under torch's profiler, counting the functional collectives each pass issues (the
-``_c10d_functional`` ops DTensor redistributes with, waits left out) and the rows of h each collective moves: a
-functional one's from the profiler's input shapes, the MoE block's own ``dist.all_reduce`` calls (``launch.runtime.moe``)
-recorded as they are made. Rank 0 writes ``{model: {"sp"|"nosp": {recompute: {"forward"|"backward": {op: count},
+``_c10d_functional`` ops DTensor and the MoE block's sequence-parallel entry and exit run, waits left out) and the rows
+of h each collective moves: a functional one's from the profiler's input shapes, the MoE block's own ``dist.all_reduce``
+calls (``launch.runtime.moe``: its exit without sequence parallelism, its input and score gradients) recorded as they
+are made, as values / h (the fp32 scores' T·k values are T·k / h rows). Each case also checks the sharded layer
+against the same layer unsharded on the same input (``"max_relative_error"`` of its output, input gradient and router
+gradient). Rank 0 writes ``{model: {"sp"|"nosp": {recompute: {"forward"|"backward": {op: count},
 "forward_rows"|"backward_rows": [[op, rows], ...]}}}}`` to ``--out``: an all-gather's rows are its output's, a
 reduce-scatter's its input's, an all-reduce's its buffer's. Under ``"expert_parallel"``, tiny-moe with its experts
 split over all ranks (ep = world, tp 1): ``{"forward"|"backward": [[rows sent, rows received], ...]}``, one entry per
@@ -35,7 +38,8 @@ from profiles.schema import ModelSpec
 PREFIX = "_c10d_functional::"
 COLLECTIVES = ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor")
 SHARED_EXPERT_FFN = 512  # tiny-moe's expert FFN: the shared-expert variant adds one such always-on MLP
-DIRECT: list[tuple[str, int]] = []  # the MoE block's dist.all_reduce calls, rows of h each
+DIRECT: list[tuple[str, float]] = []  # the MoE block's dist.all_reduce calls, rows of h each (values / h)
+HIDDEN = [1]  # the hidden size of the layer being counted
 
 
 def _models() -> dict[str, ModelSpec]:
@@ -45,7 +49,7 @@ def _models() -> dict[str, ModelSpec]:
 
 
 def _record_all_reduce(tensor: torch.Tensor, *args: object, **kwargs: object) -> object:
-    DIRECT.append(("all_reduce", tensor.numel() // tensor.shape[-1]))
+    DIRECT.append(("all_reduce", tensor.numel() / HIDDEN[0]))
     return _ALL_REDUCE(tensor, *args, **kwargs)
 
 
@@ -91,6 +95,49 @@ def _expert_parallel(spec: ModelSpec) -> dict[str, list[list[int]]]:
     return {"forward": _all_to_alls(forward), "backward": _all_to_alls(backward)}
 
 
+def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    got, want = got.detach(), want.detach()
+    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-30))
+
+
+def _count_layer(spec: ModelSpec, mesh: object, sp: bool, recompute: str) -> dict[str, object]:
+    """One sharded layer's collectives per pass, and its output, input gradient and router gradient against the
+    same layer unsharded on the same input (``"max_relative_error"``; the loss is the sum of the full output)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    reference = build_layer(spec, 0)
+    layer = build_layer(spec, 0)
+    layer.set_recompute(recompute)
+    parallelize_layer(layer, mesh, sp)
+    if isinstance(layer.feed_forward, MoEFeedForward):
+        layer.feed_forward.set_parallel(ExpertGroups(tp=mesh.get_group()), rank, world, sp)
+    full = torch.randn(2, 16, spec.hidden_size, generator=torch.Generator().manual_seed(0))
+    x = (full.chunk(world, dim=1)[rank] if sp else full).clone().requires_grad_(True)
+    DIRECT.clear()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as forward:
+        out = layer(x)
+    forward_rows = _rows(forward, world)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as backward:
+        out.sum().backward()
+    passes: dict[str, object] = {
+        "forward": _collectives(forward),
+        "backward": _collectives(backward),
+        "forward_rows": forward_rows,
+        "backward_rows": _rows(backward, world),
+    }
+    full.requires_grad_(True)
+    want = reference(full)
+    want.sum().backward()
+    assert full.grad is not None and x.grad is not None
+    errors = [_relative_error(out, want.chunk(world, dim=1)[rank] if sp else want),
+              _relative_error(x.grad, full.grad.chunk(world, dim=1)[rank] if sp else full.grad)]  # fmt: skip
+    if isinstance(layer.feed_forward, MoEFeedForward):
+        gate, want_gate = layer.feed_forward.router.gate.weight.grad, reference.feed_forward.router.gate.weight.grad
+        assert gate is not None and want_gate is not None
+        errors.append(_relative_error(gate, want_gate))
+    passes["max_relative_error"] = max(errors)
+    return passes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -101,27 +148,10 @@ def main() -> None:
     mesh = init_device_mesh("cpu", (world,))
     result: dict[str, dict[str, dict[str, dict[str, object]]]] = {}
     for name, spec in _models().items():
+        HIDDEN[0] = spec.hidden_size
         for sp in (False, True):
             for recompute in ("none", "full"):
-                torch.manual_seed(0)
-                layer = build_layer(spec, 0)
-                layer.set_recompute(recompute)
-                parallelize_layer(layer, mesh, sp)
-                if isinstance(layer.feed_forward, MoEFeedForward):
-                    layer.feed_forward.set_parallel(ExpertGroups(tp=mesh.get_group()), dist.get_rank(), world)
-                x = torch.randn(2, 16 // world if sp else 16, spec.hidden_size, requires_grad=True)
-                DIRECT.clear()
-                with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as forward:
-                    out = layer(x)
-                forward_rows = _rows(forward, world)
-                with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as backward:
-                    out.sum().backward()
-                passes = {
-                    "forward": _collectives(forward),
-                    "backward": _collectives(backward),
-                    "forward_rows": forward_rows,
-                    "backward_rows": _rows(backward, world),
-                }
+                passes = _count_layer(spec, mesh, sp, recompute)
                 result.setdefault(name, {}).setdefault("sp" if sp else "nosp", {})[recompute] = passes
     experts = {"tiny-moe": _expert_parallel(load_model("tiny-moe"))}
     if dist.get_rank() == 0:
