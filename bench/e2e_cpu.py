@@ -88,6 +88,7 @@ class Extra:
     ep: int = 1
     v: int = 1
     stage_layers: str | None = None
+    sequence_parallel: bool = False
 
     @property
     def ranks(self) -> int:
@@ -97,7 +98,8 @@ class Extra:
         return ["--model", self.model, "--global-batch", str(self.batch), "--gpus", str(self.ranks), "--tp", str(self.tp),
                 "--cp", str(self.cp), "--ep", str(self.ep), "--pp", str(self.pp), "--mbs", str(self.mbs),
                 "--schedule", self.schedule, "--recompute", self.recompute, "--zero", str(self.zero), "--v", str(self.v),
-                *(["--stage-layers", self.stage_layers] if self.stage_layers else [])]  # fmt: skip
+                *(["--stage-layers", self.stage_layers] if self.stage_layers else []),
+                *(["--sequence-parallel"] if self.sequence_parallel else [])]  # fmt: skip
 
 
 # The plans issue 7's bench left out (run within 25 % of its first plan, priced 20-35 % fast) and
@@ -118,6 +120,10 @@ EXTRA = (
     Extra("moe cp2 ep2", "tiny-moe", 8, tp=1, pp=1, dp=1, cp=2, ep=2),
     Extra("moe ep2 pp2 dp2", "tiny-moe", 8, tp=1, pp=2, dp=2, ep=2),
     Extra("moe tp2 cp2", "tiny-moe", 8, tp=2, pp=1, dp=1, cp=2),
+    # an MoE block's tp partial sums reduced once on exit, with and without sequence parallelism
+    Extra("moe tp2", "tiny-moe", 8, tp=2, pp=1, dp=1),
+    Extra("moe tp2 sp", "tiny-moe", 8, tp=2, pp=1, dp=1, sequence_parallel=True),
+    Extra("moe tp2 sp dp2", "tiny-moe", 8, tp=2, pp=1, dp=2, sequence_parallel=True),
     Extra("llama cp2", "tiny-llama", 8, tp=1, pp=1, dp=1, cp=2),
     # the 2-rank picks before an end stage could hold the embedding or the head alone (v 4, a layer on every
     # stage), against the picks that give them stages of their own (v 5: [0, 1, ..., 1, 0])
