@@ -320,6 +320,11 @@ class ProfiledTimes:
         comm = tp_comm_passes(self.model, kind, tp, mbs, seq_len, sp, recompute, self.p, self.network, False,
                               cp=cp, ep=ep, moe=moe, kernels=self.kernels)
         if tp in self._group_tps or (self._group_tps and tp not in self._measured_tps):
+            if sp:
+                self.note(f"profile: layers at tp={tp} were timed in a TP group without sequence parallelism, so a "
+                          "sequence-parallel plan is priced with their all-reduces and whole-sequence norms, not its "
+                          "all-gathers, reduce-scatters and sharded norms (on gloo it ran 11-23 % slower than priced: "
+                          "bench/e2e_cpu.py)", key="sequence parallel in a TP group")
             inside = min(comm.tp_comm_s, measured.forward_s + measured.backward_input_s)
             return PassTimes(measured.forward_s, measured.backward_input_s, measured.backward_weight_s, inside, measured.recompute_s,
                              split_backward_extra_s=measured.split_backward_extra_s)

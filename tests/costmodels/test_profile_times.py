@@ -399,6 +399,23 @@ def test_a_ring_at_a_tp_it_was_not_timed_at_is_the_ranks_positions_alone_plus_th
     assert any("cp=2 tp=2 is outside the measured tp 1" in w for w in warnings), warnings
 
 
+def test_a_sequence_parallel_plan_priced_from_layers_timed_in_a_tp_group_says_they_ran_without_it(env):
+    """``ppplan profile --tp-group`` times its tp > 1 layers without sequence parallelism: the price of a
+    sequence-parallel plan is theirs (their collectives inside F and B), and the caveat is said once."""
+    model, cluster, train = env
+    in_group = [_entry("transformer", 2, mbs, f=3.0, b=6.0, w=1.0).model_copy(update={"tp_comm_included": True})
+                for mbs in (1, 4)]
+    base = _profile(tps=(1,))
+    profile = base.model_copy(update={"layers": [*base.layers, *in_group]})
+    warnings: list[str] = []
+    times = ProfiledTimes(profile, model, cluster, train, warn=warnings.append)
+    plain, sp = (times.transformer(2, 4, 128, sequence_parallel, "none") for sequence_parallel in (False, True))
+    assert (sp.forward_s, sp.backward_input_s) == pytest.approx((plain.forward_s, plain.backward_input_s))
+    assert (sp.forward_s, sp.backward_input_s) == pytest.approx((6 * MS, 12 * MS))  # 3 and 6 ms per 128 tokens and tp
+    times.transformer(2, 1, 128, True, "none")
+    assert len([w for w in warnings if "without sequence parallelism" in w]) == 1, warnings
+
+
 def test_a_profile_with_a_ring_prices_that_cp_and_search_keeps_to_it(env):
     """Rings timed at cp 2 (``ppplan profile --cp 1,2``): cp 2 is priced from those entries (F 3, B 4, W 2 ms
     per 128 positions of the whole sequence, a rank holding half of them), the embedding and head at the
