@@ -14,11 +14,12 @@ Stacks (``StackKernels.expert_dispatch``): ``tp_replicated`` (ppplan's runtime,
 its data-parallel rank's tokens and runs its FFN shard of its experts on them; the expert outputs stay
 partial sums over tp and the block's sum is reduced once on exit (reduce-scattered to sequence shards
 after an all-gather on entry under sequence parallelism). In B ppplan's runtime reduces the experts'
-input gradients once at the entry and all-reduces the router scores' gradient; torchtitan v0.2.2 (``moe_tp_input_grads_per_linear``) all-reduces
-each tp-sharded linear's input gradient. ``tp_split`` (Megatron-Core's alltoall dispatcher, expert TP = tp, sequence parallelism
-required): a tp rank routes and dispatches its ``1/tp`` share, all-gathers what it receives over tp
-and reduce-scatters the outputs. The tp collectives are priced with the
-layer's others (``costmodels.layer_costs.tp_comm_passes``).
+input gradients once at the entry and all-reduces the router scores' gradient; torchtitan v0.2.2
+(``moe_tp_input_grads_per_linear``) all-reduces each tp-sharded linear's input gradient. ``tp_split``
+(Megatron-Core's alltoall dispatcher, expert TP = tp, sequence parallelism required): a tp rank routes
+and dispatches its ``1/tp`` share, all-gathers what it receives over tp and reduce-scatters the
+outputs. The tp collectives are priced with the layer's others
+(``costmodels.layer_costs.tp_comm_passes``).
 
 Expert TP 1 under tp > 1 (``etp``; Megatron-Core's MoE parallel folding, ``tp_split`` only): every
 rank holds ``E / ep`` whole experts, the expert-parallel group being ``ep`` consecutive ranks of the
@@ -183,6 +184,13 @@ def moe_mlp_ops(model: ModelSpec, shape: LayerShape, kernels: StackKernels) -> L
 TpCollective = tuple[str, float]  # a tp collective's kind (all_reduce, all_gather, reduce_scatter) and its rows of h
 
 
+def moe_tp_block_reduction(tokens: float, sequence_parallel: bool) -> TpCollective:
+    """A ``tp_replicated`` block's one reduction of its ``tokens`` partial sums over tp, its output's on exit in F and
+    its input gradient's at the entry in B: an all-reduce, or with sequence parallelism a reduce-scatter to sequence
+    shards (``moe_tp_collectives``)."""
+    return ("reduce_scatter", tokens) if sequence_parallel else ("all_reduce", tokens)
+
+
 def moe_tp_collectives(model: ModelSpec, tokens: float, tp: int, ep: int, sequence_parallel: bool, kernels: StackKernels,
                        imbalance: float | None = None, etp: int | None = None, *, bytes_per_elem: int,
                        ) -> tuple[tuple[TpCollective, ...], tuple[TpCollective, ...]]:
@@ -214,18 +222,16 @@ def moe_tp_collectives(model: ModelSpec, tokens: float, tp: int, ep: int, sequen
             reduced += (("all_reduce", tokens),)
         return reduced, reduced
     k = model.experts_per_token or 0
-    exit_reduction: tuple[TpCollective, ...] = (("all_gather", tokens), ("reduce_scatter", tokens)) \
-        if sequence_parallel else (("all_reduce", tokens),)
-    output_gradient: tuple[TpCollective, ...] = (("all_gather", tokens),) if sequence_parallel else ()
+    gather: tuple[TpCollective, ...] = (("all_gather", tokens),) if sequence_parallel else ()  # F's input, B's gradient
+    reduction = moe_tp_block_reduction(tokens, sequence_parallel)
     if kernels.moe_tp_input_grads_per_linear:
         shared_inputs = 0
         if model.shared_expert_ffn_hidden_size:
             shared_inputs = 2 if model.activation == "swiglu" else 1
         input_gradients = (("all_reduce", tokens * k),) + (("all_reduce", tokens),) * shared_inputs
-        return exit_reduction, output_gradient + input_gradients
+        return gather + (reduction,), gather + input_gradients
     scores = (("all_reduce", tokens * k * FP32_BYTES / (model.hidden_size * bytes_per_elem)),)
-    entry: TpCollective = ("reduce_scatter", tokens) if sequence_parallel else ("all_reduce", tokens)
-    return exit_reduction, output_gradient + scores + (entry,)
+    return gather + (reduction,), gather + scores + (reduction,)
 
 
 def moe_activation_bytes(model: ModelSpec, tokens: float, tp: int, ep: int, p: int, ffn_tensors: int,

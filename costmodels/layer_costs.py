@@ -31,7 +31,7 @@ from costmodels.comm import (
 )
 from costmodels.compute import non_gemm_precision, operator_time_s, operators_time_s
 from costmodels.context_parallel import exchange_s, ring_time_s
-from costmodels.experts import TpCollective, ep_group_placement, moe_tp_collectives
+from costmodels.experts import TpCollective, ep_group_placement, moe_tp_block_reduction, moe_tp_collectives
 from costmodels.layer_ops import (
     SHARED_EXPERT_FC2,
     early_stop_tail,
@@ -163,7 +163,7 @@ def _moe_tail_tp_comm_s(model: ModelSpec, tokens: int, tp: int, sequence_paralle
     so under its early stop (torchtitan before 25413d2) their down projection is re-run and not counted."""
     tail = early_stop_tail(model, kernels, moe=True)
     if kernels.expert_dispatch == "tp_replicated" and tail:
-        after: tuple[TpCollective, ...] = (("reduce_scatter" if sequence_parallel else "all_reduce", tokens),)
+        after: tuple[TpCollective, ...] = (moe_tp_block_reduction(tokens, sequence_parallel),)
     else:
         after = (("all_reduce", tokens),) if SHARED_EXPERT_FC2 in tail else ()
     return _tp_collectives_s(after, model.hidden_size, bytes_per_elem, tp, network)
