@@ -65,6 +65,7 @@ class ActivationVariant:
     gemm_weight_copy_bytes: int = 0  # per GEMM weight value, a copy each microbatch keeps until its backward (autocast)
     residual_bytes: int | None = None  # the residual stream's values (norm inputs, layer inputs; None: bytes_per_element)
     moe_probs_in_activation: bool = False  # StackKernels.moe_probs_in_activation (no weighted copies kept)
+    sp_keeps_gathered_inputs: bool = False  # StackKernels.sequence_parallel_keeps_gathered_inputs
     keeps_stage_output: bool = False  # torch.distributed.pipelining: each stage's output until its backward
     last_output_is_loss: bool = False  # ... but the last stage's is the loss (StackSpec.pipeline_keeps_stage_outputs)
     single_stage_pipeline: bool = False  # ... and without pipeline parallelism too (StackSpec.single_stage_pipeline)
@@ -99,6 +100,7 @@ class ActivationVariant:
             context_parallel_attention="eager_ring",
             keeps_stage_output=True,
             single_stage_pipeline=True,
+            sp_keeps_gathered_inputs=True,
         )
 
     @staticmethod
@@ -132,6 +134,7 @@ class ActivationVariant:
             gemm_weight_copy_bytes=2 if autocast else 0,
             residual_bytes=4 if autocast else None,
             moe_probs_in_activation=kernels.moe_probs_in_activation,
+            sp_keeps_gathered_inputs=kernels.sequence_parallel_keeps_gathered_inputs,
             keeps_stage_output=keeps_stage_output,
             last_output_is_loss=last_output_is_loss,
             single_stage_pipeline=single_stage_pipeline,
@@ -168,7 +171,10 @@ def layer_activation_bytes(
     attention core keeps what its ring keeps (``costmodels.context_parallel.cp_activation_bytes``);
     multi-head latent attention keeps its projections (``costmodels.mla``); a mixture-of-experts layer
     (``moe``) keeps its MoE block's tensors (``costmodels.experts.moe_activation_bytes``) instead of
-    the dense MLP's."""
+    the dense MLP's. With sequence parallelism the norms' and residuals' tensors are the rank's ``s / tp``
+    positions (Korthikanti et al. 2022, Eq. 4); the QKV and MLP inputs too where the stack all-gathers them
+    again in the backward (Megatron-LM), every position where it keeps the gathered input
+    (``sp_keeps_gathered_inputs``: DTensor's plan, ppplan's runtime and torchtitan)."""
     s, b, h, a = seq_len // cp, mbs, model.hidden_size, model.num_attention_heads
     p, r = variant.bytes_per_element, variant.residual_stream_bytes
     sbh = s * b * h
@@ -180,8 +186,10 @@ def layer_activation_bytes(
     mask = 1 if variant.dropout else 0
     g = variant.saved_gemm_input_bytes  # QKV, MLP, output-projection and FC2 inputs: GEMM inputs
     # LayerNorm inputs (2), QKV input, MLP input, two dropout masks: replicated across TP without SP.
-    replicated = 2 * r * sbh + 2 * g * sbh + 2 * mask * sbh
+    replicated = 2 * r * sbh + 2 * mask * sbh
     replicated += 2 * composite_rmsnorm_extra_bytes(model, variant) * sbh
+    # the QKV and MLP inputs: with SP, the rank's shard (re-gathered in the backward), or the gathered whole
+    gathered = 2 * g * sbh / (1 if variant.sp_keeps_gathered_inputs else replicated_div)
     ffn_tensors = 2 if model.activation == "gelu" else variant.swiglu_saved_ffn_tensors
     whole = 0.0  # kept whole on every tp rank whatever the sequence parallelism (MLA's latents)
     if model.is_mla:
@@ -207,7 +215,7 @@ def layer_activation_bytes(
     if cp > 1 and recompute != "selective":
         shape = LayerShape(tp, mbs, seq_len, sequence_parallel, recompute, p, cp=cp)
         scores = tp * cp_activation_bytes(model, shape, variant.context_parallel_attention)
-    return replicated / replicated_div + whole + (attention + mlp + scores) / tp
+    return replicated / replicated_div + gathered + whole + (attention + mlp + scores) / tp
 
 
 def _op_sac_layer_bytes(model: ModelSpec, seq_len: int, mbs: int, tp: int, sequence_parallel: bool,

@@ -113,6 +113,14 @@ class StackKernels(StrictModel):
         "all-reduce, or with sequence parallelism an all-gather of the input on entry and a reduce-scatter of the "
         "output to sequence shards",
     )
+    sequence_parallel_keeps_gathered_inputs: bool = Field(
+        default=False,
+        description="with sequence parallelism, the attention's and the MLP's column-parallel GEMMs keep the block's "
+        "all-gathered input (every position, on each tp rank) for their backward, as DTensor's plan does: the block's "
+        "input becomes one replicated DTensor that autograd saves (launch/runtime/tp.py; torchtitan's apply_tp). False: "
+        "they keep the rank's seq / tp shard and all-gather it again in the backward (Megatron-LM, Korthikanti et al. "
+        "2022, Sec. 4.2.2)",
+    )
     moe_probs_in_activation: bool = Field(
         default=False,
         description="the router probabilities multiply the expert activation's output (fc2's input), so the "

@@ -226,11 +226,14 @@ def expert_shard_of(spec: ModelSpec, ep: int, data_context_index: int) -> Expert
     return ExpertShard.of_rank(spec.num_experts, ep, data_context_index % ep)
 
 
-def _dispatch_order(chosen: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-expert assignments sorted by expert (stable): (the order, tokens per expert [E])."""
+def _dispatch_order(chosen: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token-expert assignments sorted by expert (stable): (the order, its inverse permutation, tokens per
+    expert [E])."""
     flat = chosen.reshape(-1)
     order = torch.argsort(flat, stable=True)
-    return order, torch.bincount(flat, minlength=num_experts)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    return order, inverse, torch.bincount(flat, minlength=num_experts)
 
 
 class MoEFeedForward(nn.Module):
@@ -315,10 +318,12 @@ class MoEFeedForward(nn.Module):
         weights, chosen = self.router(routed_by)
         if self.groups.tp is not None:  # each rank's score gradient sees only its partial expert outputs
             weights = CopyToTensorParallel.apply(weights, self.groups.tp)
-        order, counts = _dispatch_order(chosen, self.num_experts)
+        order, inverse, counts = _dispatch_order(chosen, self.num_experts)
         top_k = chosen.shape[1]
         sorted_out = self._run_experts(tokens[order // top_k], counts)
-        per_choice = torch.empty_like(sorted_out).index_copy(0, order, sorted_out).view(-1, top_k, tokens.shape[1])
+        # back to token order by a gather, whose backward keeps only the indices (index_copy's kept its source,
+        # T·k rows of h that costmodels.experts.moe_activation_bytes does not count: measured, ppplan profile)
+        per_choice = sorted_out[inverse].view(-1, top_k, tokens.shape[1])
         out = (per_choice * weights.unsqueeze(-1).to(per_choice.dtype)).sum(1)
         if self.shared is not None:
             out = out + self.shared(tokens, [tokens.shape[0]])
