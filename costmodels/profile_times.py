@@ -18,7 +18,9 @@ received tokens (``ProfiledTimes._moe``).
 Tensor-parallel communication is not in a measurement of sharded shapes on one device,
 so it is added from the alpha–beta model exactly where ``RooflineTimes`` puts it, over
 the cluster's link or, when given, the link fitted by ``ppplan profile-comm``. Degrees
-timed in a real TP group (``ppplan profile --tp-group``) already contain it.
+timed in a real TP group (``ppplan profile --tp-group``) already contain it; a plan with
+sequence parallelism is priced from the layers timed with it there, where they were
+(``sequence_parallel_timed``), else from those timed without it, and says so.
 """
 
 from __future__ import annotations
@@ -147,11 +149,11 @@ class ProfiledTimes:
         self.p = bytes_per_element(train.precision)
         self.kernels = kernels or StackKernels()
         self.runtime = measured_runtime_costs(comm, profile.runtime)  # costmodels.runtime_costs
-        self._entries: dict[tuple[str, str, int], list[LayerProfile]] = {}
+        self._entries: dict[tuple[str, str, int, bool], list[LayerProfile]] = {}
         self._measured_tps = {e.tp for e in profile.layers}
         self._group_tps = {e.tp for e in profile.layers if e.tp_comm_included}
         for entry in profile.layers:
-            self._entries.setdefault((entry.kind, entry.recompute, entry.cp), []).append(entry)
+            self._entries.setdefault((entry.kind, entry.recompute, entry.cp, entry.sequence_parallel), []).append(entry)
         # the cp degrees whose rings the profile timed (``ppplan profile --cp``): a search keeps to them
         self.context_parallel_degrees: frozenset[int] = frozenset({1} | {e.cp for e in profile.layers})
         self._transformer_cached = lru_cache(maxsize=None)(self._transformer)
@@ -178,10 +180,10 @@ class ProfiledTimes:
         return self._transformer_cached(tp, mbs, seq_len, sequence_parallel, recompute, cp)
 
     def embedding(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes:
-        return self._embedding_cached(tp, mbs, seq_len // cp, sequence_parallel)
+        return self._embedding_cached(tp, mbs, seq_len // cp, sequence_parallel, cp)
 
     def head(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes:
-        return self._head_cached(tp, mbs, seq_len // cp, sequence_parallel)
+        return self._head_cached(tp, mbs, seq_len // cp, sequence_parallel, cp)
 
     def mtp_projection(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes:
         raise PlanError("the profile timed no multi-token prediction module (ppplan's runtime has none): "
@@ -195,12 +197,20 @@ class ProfiledTimes:
 
     # -- measured compute -------------------------------------------------------------
 
-    def measured(self, kind: str, recompute: str, tp: int, mbs: int, seq_len: int, field: str, cp: int = 1) -> float:
+    def measured(self, kind: str, recompute: str, tp: int, mbs: int, seq_len: int, field: str, cp: int = 1,
+                 sp: bool = False) -> float:
         """One measured quantity of ``kind`` at (tp, mbs, seq_len) on a rank of a ring of ``cp``, interpolated
         where not measured (not across cp: a ring is timed at its own degree; at a tp its ring was not
-        timed at, ``_ring_at_tp`` composes it)."""
-        composed = self._ring_at_tp(kind, recompute, tp, mbs, seq_len, field, cp)
-        return composed if composed is not None else self._interpolated(kind, recompute, tp, mbs, seq_len, field, cp)
+        timed at, ``_ring_at_tp`` composes it); ``sp``: as timed with sequence parallelism (``sequence_parallel_timed``)."""
+        composed = None if sp else self._ring_at_tp(kind, recompute, tp, mbs, seq_len, field, cp)
+        return composed if composed is not None else self._interpolated(kind, recompute, tp, mbs, seq_len, field, cp, sp)
+
+    def sequence_parallel_timed(self, kind: str, tp: int, sequence_parallel: bool, cp: int = 1) -> bool:
+        """Whether a plan with ``sequence_parallel`` prices ``kind`` at ``tp`` from layers the profile timed with
+        sequence parallelism in a TP group of ``tp`` (``ppplan profile --tp-group``): their all-gathers,
+        reduce-scatters and sharded norms are then inside the measurement. A ring (cp > 1) is timed at tp 1,
+        without it."""
+        return sequence_parallel and cp == 1 and any(e.tp == tp for e in self._entries.get((kind, "none", 1, True), ()))
 
     def _ring_at_tp(self, kind: str, recompute: str, tp: int, mbs: int, seq_len: int, field: str, cp: int) -> float | None:
         """A rank of a ring of ``cp`` at a tp whose ring was not timed (``ppplan profile --cp`` times rings at
@@ -215,9 +225,9 @@ class ProfiledTimes:
         then extrapolated across tp, with the note)."""
         if cp == 1:
             return None
-        ring_tps = {e.tp for e in self._entries.get((kind, recompute, cp), [])}
+        ring_tps = {e.tp for e in self._entries.get((kind, recompute, cp, False), [])}
         local = seq_len // cp
-        alone = {e.tp for e in self._entries.get((kind, recompute, 1), []) if e.seq_len == local}
+        alone = {e.tp for e in self._entries.get((kind, recompute, 1, False), []) if e.seq_len == local}
         if not ring_tps or tp in ring_tps:
             return None
         t0 = min(ring_tps, key=lambda t: (abs(math.log(t / tp)), t))
@@ -227,10 +237,11 @@ class ProfiledTimes:
                  - self._interpolated(kind, recompute, t0, mbs, local, field))
         return self._interpolated(kind, recompute, tp, mbs, local, field) + max(0.0, extra) * t0 / tp
 
-    def _interpolated(self, kind: str, recompute: str, tp: int, mbs: int, seq_len: int, field: str, cp: int = 1) -> float:
-        entries = self._entries.get((kind, recompute, cp))
+    def _interpolated(self, kind: str, recompute: str, tp: int, mbs: int, seq_len: int, field: str, cp: int = 1,
+                      sp: bool = False) -> float:
+        entries = self._entries.get((kind, recompute, cp, sp))
         if not entries:
-            ring = f" in a ring of cp={cp}" if cp > 1 else ""
+            ring = f" in a ring of cp={cp}" if cp > 1 else (" with sequence parallelism" if sp else "")
             raise PlanError(f"profile has no {kind} measurements with recompute '{recompute}'{ring}; re-run `ppplan profile`")
         at_tp: dict[int, float] = {}
         outside: dict[str, set[int]] = {}
@@ -251,14 +262,14 @@ class ProfiledTimes:
         if got.extrapolated:
             outside["tp"] = set(at_tp)
         asked = {"mbs": mbs, "seq_len": seq_len, "tp": tp}
-        where = f" cp={cp}" if cp > 1 else ""
+        where = (f" cp={cp}" if cp > 1 else "") + (" (sequence parallel)" if sp else "")
         for axis, measured in outside.items():
             self.note(f"profile: {kind}{where} {axis}={asked[axis]} is outside the measured {axis} {_describe(measured)}; extrapolating")
         return got.value
 
-    def _passes(self, kind: str, recompute: str, tp: int, mbs: int, seq_len: int, cp: int = 1) -> PassTimes:
+    def _passes(self, kind: str, recompute: str, tp: int, mbs: int, seq_len: int, cp: int = 1, sp: bool = False) -> PassTimes:
         """Measured F, B, W, and how much B + W exceed the measured unsplit backward."""
-        f, b, w, unsplit = (self.measured(kind, recompute, tp, mbs, seq_len, field, cp) for field in (*PASS_FIELDS, "backward_s"))
+        f, b, w, unsplit = (self.measured(kind, recompute, tp, mbs, seq_len, field, cp, sp) for field in (*PASS_FIELDS, "backward_s"))
         return PassTimes(f, b, w, split_backward_extra_s=max(0.0, b + w - unsplit))
 
     def _full_recompute_share(self, kind: str, tp: int, mbs: int, seq_len: int, cp: int, kernels: StackKernels) -> float:
@@ -271,28 +282,29 @@ class ProfiledTimes:
                          for part in (ops.forward, ops.recompute))
         return redo / forward if forward > 0 else 1.0
 
-    def _compute(self, tp: int, mbs: int, seq_len: int, recompute: str, kind: str = "transformer", cp: int = 1) -> PassTimes:
+    def _compute(self, tp: int, mbs: int, seq_len: int, recompute: str, kind: str = "transformer", cp: int = 1,
+                 sp: bool = False) -> PassTimes:
         """Measured F/B/W of a layer of ``kind`` (dense or MoE) on a rank of a ring of ``cp``; ``recompute_s``
         is B(recompute) - B(none). The profile timed ppplan's runtime, whose full recompute stops early
         (``PROFILED_RUNTIME_STOPS_EARLY``): for a stack that re-runs the whole block the measured re-run is scaled up
         by the roofline's share of the tail (``_full_recompute_share``); without full-recompute measurements the
-        stack's share of the measured forward is added to B."""
-        base = self._passes(kind, "none", tp, mbs, seq_len, cp)
+        stack's share of the measured forward is added to B. ``sp``: the layers timed with sequence parallelism."""
+        base = self._passes(kind, "none", tp, mbs, seq_len, cp, sp)
         if recompute == "none":
             return base
-        if (kind, recompute, cp) not in self._entries:
+        if (kind, recompute, cp, sp) not in self._entries:
             stack_share = self._full_recompute_share(kind, tp, mbs, seq_len, cp, self.kernels) if recompute == "full" else 1.0
             redo = base.forward_s * stack_share if recompute == "full" else 0.0
             what = "the measured forward" if stack_share == 1.0 else "the share of the measured forward the stack re-runs"
             self.note(f"profile has no recompute '{recompute}' measurements; adding {what} to B")
             return PassTimes(base.forward_s, base.backward_input_s + redo, base.backward_weight_s, 0.0, redo,
                              split_backward_extra_s=base.split_backward_extra_s)
-        got = self._passes(kind, recompute, tp, mbs, seq_len, cp)
+        got = self._passes(kind, recompute, tp, mbs, seq_len, cp, sp)
         redo = max(0.0, got.backward_input_s - base.backward_input_s)
         backward_input, weight = got.backward_input_s, got.backward_weight_s
         if recompute == "full":
             # W as the unsplit backward runs it; torch's split W re-runs the forward per parameter group
-            unsplit = self.measured(kind, "full", tp, mbs, seq_len, "backward_s", cp)
+            unsplit = self.measured(kind, "full", tp, mbs, seq_len, "backward_s", cp, sp)
             weight = max(0.0, unsplit - got.backward_input_s)
             if got.backward_weight_s > 1.5 * weight + got.forward_s:
                 self.note(
@@ -313,26 +325,29 @@ class ProfiledTimes:
     # -- LayerTimes ---------------------------------------------------------------------
 
     def _with_comm(self, measured: PassTimes, kind: str, tp: int, mbs: int, seq_len: int, sp: bool, recompute: str,
-                   ep: int = 1, moe: bool = False, cp: int = 1) -> PassTimes:
+                   ep: int = 1, moe: bool = False, cp: int = 1, sp_timed: bool = False) -> PassTimes:
         """Add the modelled TP communication, unless the profile timed this degree in a real TP
-        group (then it is inside F and B and only labelled, for the breakdown)."""
+        group (then it is inside F and B and only labelled, for the breakdown); ``sp_timed``: ``measured``
+        was timed with the plan's sequence parallelism (``sequence_parallel_timed``)."""
         # the profile times ppplan's runtime, whose loss gathers the logits (no vocab-parallel loss)
         comm = tp_comm_passes(self.model, kind, tp, mbs, seq_len, sp, recompute, self.p, self.network, False,
                               cp=cp, ep=ep, moe=moe, kernels=self.kernels)
         if tp in self._group_tps or (self._group_tps and tp not in self._measured_tps):
-            if sp:
+            if sp and not sp_timed:
                 self.note(f"profile: layers at tp={tp} were timed in a TP group without sequence parallelism, so a "
                           "sequence-parallel plan is priced with their all-reduces and whole-sequence norms, not its "
                           "all-gathers, reduce-scatters and sharded norms (on gloo it ran 11-23 % slower than priced: "
-                          "bench/e2e_cpu.py)", key="sequence parallel in a TP group")
+                          "bench/e2e_cpu.py); `ppplan profile --tp-group` times them with it too",
+                          key="sequence parallel in a TP group")
             inside = min(comm.tp_comm_s, measured.forward_s + measured.backward_input_s)
             return PassTimes(measured.forward_s, measured.backward_input_s, measured.backward_weight_s, inside, measured.recompute_s,
                              split_backward_extra_s=measured.split_backward_extra_s)
         return measured.plus(comm)
 
     def _transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str, cp: int = 1) -> PassTimes:
-        measured = self._compute(tp, mbs, seq_len, recompute, "transformer", cp)
-        return self._with_comm(measured, "transformer", tp, mbs, seq_len, sequence_parallel, recompute, cp=cp)
+        timed = self.sequence_parallel_timed("transformer", tp, sequence_parallel, cp)
+        measured = self._compute(tp, mbs, seq_len, recompute, "transformer", cp, timed)
+        return self._with_comm(measured, "transformer", tp, mbs, seq_len, sequence_parallel, recompute, cp=cp, sp_timed=timed)
 
     def _moe(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str, ep: int, cp: int = 1) -> PassTimes:
         """A mixture-of-experts layer on a rank of an ``ep``-rank expert-parallel group.
@@ -346,7 +361,8 @@ class ProfiledTimes:
         combine all-to-alls over the measured links, and the runtime's reorder of what it receives
         into expert order and back (memory-bound, by the roofline). Under full recompute the
         backward re-runs the excess and the forward's all-to-alls."""
-        measured = self._compute(tp, mbs, seq_len, recompute, "moe_transformer", cp)
+        timed = self.sequence_parallel_timed("moe_transformer", tp, sequence_parallel, cp)
+        measured = self._compute(tp, mbs, seq_len, recompute, "moe_transformer", cp, timed)
         if ep > 1:  # the experts block has no attention: timed on one rank, at the rank's seq_len / cp positions
             excess = rank_load_imbalance(self.model.num_experts or 0, ep) - 1.0
             experts = self._passes("experts", "none", tp, mbs, seq_len // cp).scaled(excess)
@@ -354,7 +370,7 @@ class ProfiledTimes:
             measured = measured.plus(PassTimes(experts.forward_s, experts.backward_input_s + again,
                                                experts.backward_weight_s, recompute_s=again,
                                                split_backward_extra_s=experts.split_backward_extra_s))
-        passes = self._with_comm(measured, "transformer", tp, mbs, seq_len, sequence_parallel, recompute, ep, True, cp)
+        passes = self._with_comm(measured, "transformer", tp, mbs, seq_len, sequence_parallel, recompute, ep, True, cp, timed)
         if ep == 1:
             return passes
         shape = LayerShape(tp, mbs, seq_len, sequence_parallel, recompute, self.p, cp=cp, ep=ep, moe=True)
@@ -368,13 +384,18 @@ class ProfiledTimes:
         extra = PassTimes(forward + reorder, backward + again + reorder, 0.0, ep_comm_s=forward + backward + again)
         return passes.plus(extra)
 
-    def _embedding(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool) -> PassTimes:
-        measured = self._passes("embedding", "none", tp, mbs, seq_len)
-        return self._with_comm(measured, "embedding", tp, mbs, seq_len, sequence_parallel, "none")
+    def _embedding(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes:
+        return self._edge("embedding", tp, mbs, seq_len, sequence_parallel, cp)
 
-    def _head(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool) -> PassTimes:
-        measured = self._passes("head", "none", tp, mbs, seq_len)
-        return self._with_comm(measured, "head", tp, mbs, seq_len, sequence_parallel, "none")
+    def _head(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int = 1) -> PassTimes:
+        return self._edge("head", tp, mbs, seq_len, sequence_parallel, cp)
+
+    def _edge(self, kind: str, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int) -> PassTimes:
+        """The embedding or the head, no recompute: ``seq_len`` is a ring rank's ``seq_len / cp`` positions,
+        timed alone (``_embedding_cached`` and ``_head_cached`` are called with them)."""
+        timed = self.sequence_parallel_timed(kind, tp, sequence_parallel, cp)
+        measured = self._passes(kind, "none", tp, mbs, seq_len, sp=timed)
+        return self._with_comm(measured, kind, tp, mbs, seq_len, sequence_parallel, "none", sp_timed=timed)
 
     def activation_bytes(self, kind: str, tp: int, mbs: int, seq_len: int, recompute: str = "none") -> float:
         """Measured bytes kept for backward (interpolated like the times)."""

@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Annotated, Literal, get_args
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from profiles.limits import (
     MAX_ACTION_TIME_S,
@@ -127,9 +127,21 @@ class LayerProfile(StrictModel):
         "(its seq_len / cp positions; seq_len is the whole sequence), the ring's transfers inside F and B",
     )
 
+    sequence_parallel: bool = Field(
+        default=False, description="timed in a real TP group with sequence parallelism (Korthikanti et al. 2022): "
+        "the hidden states in and out are seq_len / tp positions, all-gathers and reduce-scatters inside F and B",
+    )
+
+    @model_validator(mode="after")
+    def _sequence_parallel_in_a_tp_group(self) -> "LayerProfile":
+        if self.sequence_parallel and (self.tp == 1 or self.cp > 1 or not self.tp_comm_included or self.kind == "experts"):
+            raise ValueError("sequence_parallel is a layer timed in a real TP group (tp > 1, cp 1, tp_comm_included), "
+                             "not the routed experts alone")
+        return self
+
     @property
-    def key(self) -> tuple[str, int, int, int, str, str, int]:
-        return (self.kind, self.tp, self.mbs, self.seq_len, self.recompute, self.precision, self.cp)
+    def key(self) -> tuple[str, int, int, int, str, str, int, bool]:
+        return (self.kind, self.tp, self.mbs, self.seq_len, self.recompute, self.precision, self.cp, self.sequence_parallel)
 
 
 class TimeSharePoint(StrictModel):

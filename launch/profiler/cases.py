@@ -45,6 +45,7 @@ class GridPoint:
     seq_len: int
     recompute: str = "none"
     cp: int = 1  # > 1: one rank of a ring of cp processes, holding seq_len / cp positions
+    sequence_parallel: bool = False  # tp > 1 in a TP group with Korthikanti et al.'s sequence parallelism
 
     @property
     def group_size(self) -> int:
@@ -52,10 +53,17 @@ class GridPoint:
         return self.cp if self.cp > 1 else self.tp
 
     @property
+    def group_only(self) -> bool:
+        """Whether it exists only in its group (a ring's rank, a sequence-parallel layer): built, timed and sized
+        there, where the other group points are sized from their sharded shapes on one device."""
+        return self.cp > 1 or self.sequence_parallel
+
+    @property
     def label(self) -> str:
         extra = f" recompute={self.recompute}" if self.kind in LAYER_KINDS_WITH_RECOMPUTE else ""
         ring = f" cp={self.cp}" if self.cp > 1 else ""
-        return f"{self.kind} tp={self.tp}{ring} mbs={self.mbs} seq={self.seq_len}{extra}"
+        sp = " sp" if self.sequence_parallel else ""
+        return f"{self.kind} tp={self.tp}{sp}{ring} mbs={self.mbs} seq={self.seq_len}{extra}"
 
 
 @dataclass
@@ -159,9 +167,11 @@ def _head_loss(stage: Any, tp: int, gather: bool, targets: Any) -> Callable[[Any
 def make_case(
     model: ModelSpec, point: GridPoint, precision: str, device: str, tp_mesh: Any = None, cp_group: Any = None
 ) -> Case:
-    """Build ``point`` on ``device``: sharded shapes on one device, or the runtime's TP plan on ``tp_mesh``;
-    a ``cp`` point is this process's rank of the runtime's ring over ``cp_group`` (``launch.runtime.cp``),
-    its input the rank's ``seq_len / cp`` positions."""
+    """Build ``point`` on ``device``: sharded shapes on one device, or the runtime's TP plan on ``tp_mesh`` (with
+    sequence parallelism where the point has it: the hidden states in and out are this rank's ``seq_len / tp``
+    positions, the embedding's tokens and the head's targets the whole sequence); a ``cp`` point is this
+    process's rank of the runtime's ring over ``cp_group`` (``launch.runtime.cp``), its input the rank's
+    ``seq_len / cp`` positions."""
     spec = model if point.seq_len <= model.seq_len else model.model_copy(update={"seq_len": point.seq_len})
     stage = build_stage(spec, point.kind)
     for layer in stage.layers.values():
@@ -173,10 +183,13 @@ def make_case(
         from launch.runtime.tp import apply_tensor_parallel
 
         if point.kind != "experts":
-            apply_tensor_parallel(stage, tp_mesh, sequence_parallel=False)
+            apply_tensor_parallel(stage, tp_mesh, sequence_parallel=point.sequence_parallel)
         for layer in stage.layers.values():  # as the runtime joins its MoE layers to the tp group (build.py)
             if isinstance(layer.feed_forward, MoEFeedForward):
-                layer.feed_forward.set_parallel(ExpertGroups(tp=tp_mesh.get_group()), tp_mesh.get_local_rank(), point.tp)
+                layer.feed_forward.set_parallel(ExpertGroups(tp=tp_mesh.get_group()), tp_mesh.get_local_rank(), point.tp,
+                                                sequence_parallel=point.sequence_parallel)
+    elif point.sequence_parallel:
+        raise ValueError(f"{point.label} runs with sequence parallelism: it needs its TP group")
     if point.cp > 1:
         import torch.distributed as dist
 
@@ -193,10 +206,12 @@ def make_case(
         p.grad = torch.zeros_like(p)  # the runtime accumulates into existing gradients
     gen = torch.Generator().manual_seed(INPUT_SEED)
     shape = (point.mbs, point.seq_len // point.cp)
+    # with sequence parallelism the hidden states between layers are this rank's sequence shard (launch.runtime.tp)
+    local = (point.mbs, shape[1] // point.tp) if point.sequence_parallel else shape
     vocab = model.vocab_size if tp_mesh is not None else -(-model.vocab_size // point.tp)
     tokens = torch.randint(0, vocab, shape, generator=gen).to(device)
-    hidden = (torch.randn(*shape, model.hidden_size, generator=gen) * 0.5).to(device, dtype)
-    grad = (torch.randn(*shape, model.hidden_size, generator=gen) * 1e-3).to(device, dtype)
+    hidden = (torch.randn(*local, model.hidden_size, generator=gen) * 0.5).to(device, dtype)
+    grad = (torch.randn(*local, model.hidden_size, generator=gen) * 1e-3).to(device, dtype)
     if point.kind == "embedding":
         return Case(stage, params, [tokens], stage, grad)
     if point.kind == "head":
@@ -286,16 +301,29 @@ def time_round_robin(
     return {i: summarize(rows) for i, rows in samples.items()}
 
 
+def _storages(t: Any) -> list[Any]:
+    """The storages holding ``t`` on this rank: a tensor subclass that wraps others (a DTensor's local shard,
+    a functional collective's pending result; a sequence-parallel layer's parameters and saved inputs are
+    such wrappers, with no storage of their own) holds its inner tensors' (``__tensor_flatten__``)."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    if not is_traceable_wrapper_subclass(t):
+        return [t.untyped_storage()]
+    names, _ = t.__tensor_flatten__()
+    inner = (getattr(t, name) for name in names)
+    return [storage for x in inner if isinstance(x, torch.Tensor) for storage in _storages(x)]
+
+
 def saved_activation_bytes(case: Case) -> int:
     """Bytes of the distinct storages autograd saves in one forward, parameters excluded
     (``saved_tensors_hooks``)."""
-    param_ptrs = {p.untyped_storage().data_ptr() for p in case.params}
+    param_ptrs = {storage.data_ptr() for p in case.params for storage in _storages(p)}
     saved: dict[int, int] = {}
 
     def pack(t: Any) -> Any:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in param_ptrs:
-            saved[storage.data_ptr()] = storage.nbytes()
+        for storage in _storages(t):
+            if storage.data_ptr() not in param_ptrs:
+                saved[storage.data_ptr()] = storage.nbytes()
         return t
 
     inputs = _fresh_inputs(case)
@@ -307,7 +335,7 @@ def saved_activation_bytes(case: Case) -> int:
 
 def memory_of(case: Case, device: str) -> tuple[int, int, int]:
     """(saved activation bytes, parameter bytes, live-bytes peak) of ``case`` (in a ring, every rank calls it)."""
-    parameters = sum(p.numel() * p.element_size() for p in case.params)
+    parameters = sum(storage.nbytes() for p in case.params for storage in _storages(p))
     return saved_activation_bytes(case), parameters, live_bytes_peak(case, device)
 
 
@@ -335,8 +363,7 @@ def live_bytes_peak(case: Case, device: str) -> int:
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             for t in tree_leaves(out):
-                if isinstance(t, torch.Tensor):
-                    storage = t.untyped_storage()
+                for storage in _storages(t) if isinstance(t, torch.Tensor) else ():
                     key = storage.data_ptr()
                     if key and key not in tracked:
                         tracked.add(key)

@@ -5,10 +5,10 @@ For each degree t > 1, t processes (spawned here; gloo on CPU, NCCL on t GPUs) b
 grid point of that degree, with the runtime's DTensor plan (``launch.runtime.tp``) or as one
 rank of the runtime's ring attention (``launch.runtime.cp``), and time it after a barrier
 (round-robin over the group's points, one iteration of each per round, where they fit in memory
-at once: ``launch.profiler.layers.fits_together``); rank 0 reports (a ring's point with its
-memory: it cannot run alone). The times then include the collectives, the ring's transfers and
-the DTensor overhead that sharded shapes on one device leave out. Wall clock: waiting for a
-collective is part of the time.
+at once: ``launch.profiler.layers.fits_together``); rank 0 reports (with its memory, a ring's
+point and a layer with sequence parallelism: neither can run alone). The times then include the
+collectives, the ring's transfers and the DTensor overhead that sharded shapes on one device leave
+out. Wall clock: waiting for a collective is part of the time.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def _worker(rank: int, tp: int, port: int, model: ModelSpec, points: list, opts:
 
         def report(index: int, point: Any, case: Any, stats: Stats) -> None:
             memory = None
-            if point.cp > 1:  # a ring's layer runs only in its ring: sized here, every rank taking part
+            if point.group_only:  # a ring's or a sequence-parallel layer runs only in its group: sized here, every rank taking part
                 dist.barrier()
                 memory = memory_of(case, "cuda" if cuda else "cpu")
             if rank == 0:

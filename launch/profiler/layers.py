@@ -57,6 +57,7 @@ class ProfileSettings:
     repeats: int = 7
     num_threads: int | None = None
     tp_group: bool = False
+    sequence_parallel: bool = True  # with tp_group: the tp > 1 points also with sequence parallelism
     cluster: str | None = None
     timeshare_s: float = DEFAULT_DURATION_S  # per point of the time-sharing measurement (CPU; 0: skip it)
     crowded: tuple[int, ...] = CROWDED_RANKS_PER_CORE  # ranks per core of the crowded pipelines (CPU; (): skip them)
@@ -114,8 +115,9 @@ def layer_kinds(model: ModelSpec) -> tuple[str, ...]:
 
 def grid(model: ModelSpec, settings: ProfileSettings) -> list[Any]:
     """Every measurement: per (tp, seq, mbs) the embedding, each layer kind with each recompute kind
-    (a mixture-of-experts model's routed experts alone too, without recompute), the head; per ring of
-    cp > 1 its rank's layers at tp 1 (``--cp``) and all of the above at the rank's seq_len / cp."""
+    (a mixture-of-experts model's routed experts alone too, without recompute), the head, and in a TP
+    group (``tp_group``, tp > 1) the embedding, layers and head again with sequence parallelism; per
+    ring of cp > 1 its rank's layers at tp 1 (``--cp``) and all of the above at the rank's seq_len / cp."""
     from launch.profiler.cases import GridPoint
 
     points = []
@@ -123,6 +125,7 @@ def grid(model: ModelSpec, settings: ProfileSettings) -> list[Any]:
         for seq in settings.seq_lens or (model.seq_len,):
             for mbs in settings.mbss:
                 points += _pieces(model, settings, tp, mbs, seq)
+                points += _sequence_parallel_pieces(model, settings, tp, mbs, seq)
     for cp in (c for c in settings.cps if c > 1):
         for seq in settings.seq_lens or (model.seq_len,):
             for mbs in settings.mbss:  # rings at tp 1; every piece also alone at the rank's seq / cp positions
@@ -147,9 +150,26 @@ def _pieces(model: ModelSpec, settings: ProfileSettings, tp: int, mbs: int, seq:
     return [*points, GridPoint("head", tp, mbs, seq)]
 
 
+def _sequence_parallel_pieces(model: ModelSpec, settings: ProfileSettings, tp: int, mbs: int, seq: int) -> list[Any]:
+    """The embedding, each layer kind with each recompute kind, and the head with sequence parallelism, in a TP
+    group of ``tp`` > 1 (``settings.tp_group`` and ``settings.sequence_parallel``): their all-gathers,
+    reduce-scatters and norms on ``seq / tp`` positions, which a plan with sequence parallelism runs and the
+    points without it do not (``bench/e2e_cpu.py`` measured such plans on gloo 11-23 % slower than the points
+    without it priced them). The routed experts alone are not: ``ProfiledTimes`` scales them by the excess
+    load of expert parallelism, which sequence parallelism leaves as it is."""
+    from launch.profiler.cases import GridPoint
+
+    if not (settings.tp_group and settings.sequence_parallel) or tp == 1 or seq % tp:
+        return []
+    points = [GridPoint("embedding", tp, mbs, seq, sequence_parallel=True)]
+    for kind in layer_kinds(model):
+        points += [GridPoint(kind, tp, mbs, seq, rc, sequence_parallel=True) for rc in settings.recomputes]
+    return [*points, GridPoint("head", tp, mbs, seq, sequence_parallel=True)]
+
+
 def timed_in_group(point: Any, settings: ProfileSettings) -> bool:
     """Whether ``point`` is timed by a group of processes (a TP group, or a ring) rather than here."""
-    return point.cp > 1 or (settings.tp_group and point.tp > 1)
+    return point.group_only or (settings.tp_group and point.tp > 1)
 
 
 def _torch() -> Any:
@@ -210,11 +230,15 @@ def approximation_notes(settings: ProfileSettings, threads: int) -> list[str]:
     notes = [
         "B and W split as torch.distributed.pipelining's zero-bubble stages split them; "
         "the embedding has no input gradient, so its whole backward is W",
-        "sequence parallelism is not profiled: SP plans use these times (norms and residuals unsharded)",
     ]
+    if not (settings.tp_group and settings.sequence_parallel):
+        notes.append("sequence parallelism is not profiled: SP plans use these times (norms and residuals unsharded)")
     if settings.tp_group:
         notes.append("tp > 1 timed in a real TP group of processes on this machine with the runtime's DTensor plan: "
                      "F and B include the TP collectives (tp_comm_included); memory from the sharded shapes on one device")
+    if settings.tp_group and settings.sequence_parallel:
+        notes.append("tp > 1 also timed with sequence parallelism (sequence_parallel): all-gathers and reduce-scatters "
+                     "in F and B, norms on seq / tp positions; their memory measured in the group")
     else:
         notes += [
             "tp > 1: the TP-sharded shapes of one rank timed on one device; no TP communication "
@@ -238,6 +262,7 @@ def _entry(point: Any, precision: str, stats: dict[str, tuple[float, float]], me
         backward_s=stats["backward"][0], backward_iqr_s=stats["backward"][1],
         repeats=repeats, activation_bytes=activation, parameter_bytes=parameters,
         transient_peak_bytes=max(0, peak - activation), tp_comm_included=in_group, cp=point.cp,
+        sequence_parallel=point.sequence_parallel,
     )  # fmt: skip
 
 
@@ -251,7 +276,7 @@ def interleaves(model: ModelSpec, settings: ProfileSettings) -> bool:
     ratios: three back-to-back profiles of tiny-gpt's layer (tp 1, mbs 1, 2, 4, 8) spread 9-46 % per
     sequence within one profile (one read 18.2, 14.8, 12.7, 12.5 ms; an older one had mbs 2 at two thirds
     of mbs 1), three round-robin ones 19-22 %, with mbs 1 always the dearest per sequence."""
-    return fits_together(model, settings, [p for p in grid(model, settings) if p.cp == 1 and not timed_in_group(p, settings)])
+    return fits_together(model, settings, [p for p in grid(model, settings) if not timed_in_group(p, settings)])
 
 
 def fits_together(model: ModelSpec, settings: ProfileSettings, points: list) -> bool:
@@ -270,7 +295,8 @@ def num_steps(model: ModelSpec, settings: ProfileSettings) -> int:
     points = grid(model, settings)
     runtime = int(settings.times_runtime)  # the runtime's overheads (launch/profiler/runtime.py)
     rounds = settings.warmup + settings.repeats if interleaves(model, settings) else 0
-    return len(points) + rounds + sum(timed_in_group(p, settings) for p in points) + runtime
+    here = sum(not p.group_only for p in points)  # sized here (group-only points are sized in their group)
+    return here + rounds + sum(timed_in_group(p, settings) for p in points) + runtime
 
 
 def _time_round_robin(built: dict[int, Any], settings: ProfileSettings, clock: Any, say: Callable[[str], None]) -> dict[int, dict]:
@@ -303,7 +329,7 @@ def profile_model(
     results: dict[int, tuple[dict, tuple[int, int, int]]] = {}
     built: dict[int, Any] = {}
     for index, point in enumerate(points):
-        if point.cp > 1:  # built, timed and sized in its ring (_time_groups)
+        if point.group_only:  # built, timed and sized in its ring or TP group (_time_groups)
             continue
         in_group = timed_in_group(point, settings)
         say(point.label + (" (memory)" if in_group or together else ""))
@@ -335,7 +361,7 @@ def profile_model(
         runtime = runtime.model_copy(update={"speed_probe_s": speed, "timeshare_efficiency": sharing})
     hardware = hardware_fingerprint(settings.device)
     entries = [
-        _entry(p, settings.precision, results[i][0], results[i][1], settings.repeats, settings.tp_group and p.tp > 1)
+        _entry(p, settings.precision, results[i][0], results[i][1], settings.repeats, timed_in_group(p, settings) and p.tp > 1)
         for i, p in enumerate(points)
     ]
     return ProfileFile(
@@ -350,7 +376,8 @@ def _time_groups(
     on_retry: Callable[[str], None] | None = None,
 ) -> None:
     """Fill in the times of every point a group times: tp > 1 (``--tp-group``) from a real TP group of
-    that degree, and every cp > 1 point (times and memory) from a ring of that many processes."""
+    that degree (a sequence-parallel point's memory too), and every cp > 1 point (times and memory) from a
+    ring of that many processes."""
     from launch.profiler.group import time_in_tp_group
 
     opts = {"device": settings.device, "precision": settings.precision, "warmup": settings.warmup,

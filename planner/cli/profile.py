@@ -61,11 +61,11 @@ def _progress() -> Progress:
 
 def _summary(profile: ProfileFile) -> Table:
     table = Table(title=f"{profile.model.name} on {profile.hardware.device_name} ({profile.precision})")
-    for column in ("kind", "tp", "cp", "mbs", "seq", "recompute", "F ms", "B ms", "W ms", "B+W unsplit ms", "saved MiB"):
+    for column in ("kind", "tp", "sp", "cp", "mbs", "seq", "recompute", "F ms", "B ms", "W ms", "B+W unsplit ms", "saved MiB"):
         table.add_column(column, justify="left" if column in ("kind", "recompute") else "right")
     for e in profile.layers:
         table.add_row(
-            e.kind, str(e.tp), str(e.cp), str(e.mbs), str(e.seq_len), e.recompute,
+            e.kind, str(e.tp), "yes" if e.sequence_parallel else "", str(e.cp), str(e.mbs), str(e.seq_len), e.recompute,
             *(f"{x * 1e3:.3f}" for x in (e.forward_s, e.backward_input_s, e.backward_weight_s, e.backward_s)),
             f"{e.activation_bytes / 2**20:.2f}",
         )
@@ -87,6 +87,10 @@ def profile(
     repeats: int = typer.Option(7, "--repeats", min=1, max=MAX_PROFILE_REPEATS, help="timed iterations per measurement (median and IQR)"),
     tp_group: bool = typer.Option(
         False, "--tp-group", help="time tp > 1 in a real TP group of processes (the runtime's DTensor plan; includes TP communication)"
+    ),
+    sequence_parallel: bool = typer.Option(
+        True, "--sequence-parallel/--no-sequence-parallel",
+        help="with --tp-group: also time tp > 1 with sequence parallelism, which plans with it are priced from",
     ),
     threads: Optional[int] = typer.Option(
         None, "--threads", min=1, max=MAX_COMM_PROCESSES,
@@ -121,7 +125,8 @@ def profile(
         seq_lens=parse_ints(seq_len, "--seq-len") if seq_len else (),
         recomputes=tuple(comma_list(recompute, "--recompute")),
         precision=precision or _default_precision(device, cluster_spec),
-        warmup=warmup, repeats=repeats, num_threads=threads, tp_group=tp_group, cluster=cluster_spec.name if cluster_spec else None,
+        warmup=warmup, repeats=repeats, num_threads=threads, tp_group=tp_group, sequence_parallel=sequence_parallel,
+        cluster=cluster_spec.name if cluster_spec else None,
         timeshare_s=timeshare_s, cps=parse_ints(cp, "--cp"), runtime_costs=not layers_only,
         crowded=() if crowded.strip().lower() == "none" else _crowded_loads(crowded),
     )

@@ -416,6 +416,57 @@ def test_a_sequence_parallel_plan_priced_from_layers_timed_in_a_tp_group_says_th
     assert len([w for w in warnings if "without sequence parallelism" in w]) == 1, warnings
 
 
+def _in_group(kind, tp, mbs, sp, recompute="none", **times):
+    return _entry(kind, tp, mbs, recompute, **times).model_copy(update={"tp_comm_included": True, "sequence_parallel": sp})
+
+
+def test_a_sequence_parallel_plan_is_priced_from_the_layers_timed_with_it_where_they_were(env):
+    """``ppplan profile --tp-group`` also times tp > 1 with sequence parallelism: a plan with it is priced from
+    those entries (F 4, B 7, W 1 ms per 128 tokens at tp 2, against 3, 6, 1 without it), its embedding and
+    head too; a plan without it from the entries without it; no caveat is said. Under full recompute the
+    re-run is the sequence-parallel B(full) - B(none). At tp 4, timed without sequence parallelism only,
+    the plan falls back to those entries and says so once."""
+    model, cluster, train = env
+    base = _profile(tps=(1,))
+    layers = [*base.layers]
+    for mbs in (1, 4):
+        layers += [_in_group("transformer", 2, mbs, False, f=3.0, b=6.0, w=1.0),
+                   _in_group("transformer", 2, mbs, True, f=4.0, b=7.0, w=1.0),
+                   _in_group("transformer", 2, mbs, True, "full", f=4.0, b=11.0, w=1.0),
+                   _in_group("transformer", 4, mbs, False, f=3.0, b=6.0, w=1.0),
+                   _in_group("embedding", 2, mbs, False, f=0.1, b=0.0, w=0.2),
+                   _in_group("embedding", 2, mbs, True, f=0.3, b=0.0, w=0.2),
+                   _in_group("head", 2, mbs, False, f=0.5, b=0.6, w=0.4),
+                   _in_group("head", 2, mbs, True, f=0.9, b=0.6, w=0.4)]
+    profile = base.model_copy(update={"layers": layers})
+    warnings: list[str] = []
+    as_profiled = StackKernels(full_recompute_early_stop=True, dropout=False)  # the re-run as measured, unscaled
+    times = ProfiledTimes(profile, model, cluster, train, warn=warnings.append, kernels=as_profiled)
+    plain, sp = (times.transformer(2, 4, 128, sequence_parallel, "none") for sequence_parallel in (False, True))
+    assert (plain.forward_s, plain.backward_input_s, plain.backward_weight_s) == pytest.approx((6 * MS, 12 * MS, 2 * MS))
+    assert (sp.forward_s, sp.backward_input_s, sp.backward_weight_s) == pytest.approx((8 * MS, 14 * MS, 2 * MS))
+    assert sp.tp_comm_s > 0  # inside F and B, labelled for the breakdown
+    full = times.transformer(2, 4, 128, True, "full")
+    assert (full.backward_input_s, full.recompute_s) == pytest.approx((22 * MS, 8 * MS))  # 11 ms, re-run 11 - 7
+    assert times.embedding(2, 4, 128, True).forward_s == pytest.approx(0.6 * MS)
+    assert times.embedding(2, 4, 128, False).forward_s == pytest.approx(0.2 * MS)
+    assert times.head(2, 4, 128, True).forward_s == pytest.approx(1.8 * MS)
+    assert not warnings, warnings
+    at_4 = times.transformer(4, 4, 128, True, "none")
+    assert (at_4.forward_s, at_4.backward_input_s) == pytest.approx((3 * MS, 6 * MS))
+    times.transformer(4, 1, 128, True, "none")
+    assert len([w for w in warnings if "without sequence parallelism" in w]) == 1, warnings
+
+
+def test_a_sequence_parallel_entry_is_a_layer_timed_in_a_tp_group():
+    """``sequence_parallel`` is only a layer timed in a real TP group (tp > 1, no ring): anything else is refused."""
+    good = _in_group("transformer", 2, 1, True)
+    assert good.key[-1] is True
+    for update in ({"tp": 1}, {"tp_comm_included": False}, {"cp": 2}, {"kind": "experts"}):
+        with pytest.raises(ValidationError, match="sequence_parallel is a layer timed in a real TP group"):
+            LayerProfile.model_validate(good.model_dump() | update)
+
+
 def test_a_profile_with_a_ring_prices_that_cp_and_search_keeps_to_it(env):
     """Rings timed at cp 2 (``ppplan profile --cp 1,2``): cp 2 is priced from those entries (F 3, B 4, W 2 ms
     per 128 positions of the whole sequence, a rank holding half of them), the embedding and head at the
