@@ -185,7 +185,7 @@ def layer_activation_bytes(
         return _op_sac_layer_bytes(model, seq_len, mbs, tp, sequence_parallel, variant, cp, ep, moe, etp)
     mask = 1 if variant.dropout else 0
     g = variant.saved_gemm_input_bytes  # QKV, MLP, output-projection and FC2 inputs: GEMM inputs
-    # LayerNorm inputs (2), QKV input, MLP input, two dropout masks: replicated across TP without SP.
+    # LayerNorm inputs (2), two dropout masks: replicated across TP without SP, sharded with it.
     replicated = 2 * r * sbh + 2 * mask * sbh
     replicated += 2 * composite_rmsnorm_extra_bytes(model, variant) * sbh
     # the QKV and MLP inputs: with SP, the rank's shard (re-gathered in the backward), or the gathered whole

@@ -205,12 +205,17 @@ class ProfiledTimes:
         composed = None if sp else self._ring_at_tp(kind, recompute, tp, mbs, seq_len, field, cp)
         return composed if composed is not None else self._interpolated(kind, recompute, tp, mbs, seq_len, field, cp, sp)
 
-    def sequence_parallel_timed(self, kind: str, tp: int, sequence_parallel: bool, cp: int = 1) -> bool:
-        """Whether a plan with ``sequence_parallel`` prices ``kind`` at ``tp`` from layers the profile timed with
-        sequence parallelism in a TP group of ``tp`` (``ppplan profile --tp-group``): their all-gathers,
-        reduce-scatters and sharded norms are then inside the measurement. A ring (cp > 1) is timed at tp 1,
-        without it."""
-        return sequence_parallel and cp == 1 and any(e.tp == tp for e in self._entries.get((kind, "none", 1, True), ()))
+    def sequence_parallel_timed(self, kind: str, tp: int, sequence_parallel: bool, recompute: str = "none",
+                                cp: int = 1) -> bool:
+        """Whether a plan with ``sequence_parallel`` prices ``kind`` at ``tp`` under ``recompute`` from layers the
+        profile timed with sequence parallelism in a TP group of ``tp`` (``ppplan profile --tp-group``): their
+        all-gathers, reduce-scatters and sharded norms are then inside the measurement. It needs the layer without
+        recompute and with ``recompute`` timed so at this tp (a merged or edited profile may lack one: then the
+        entries without sequence parallelism, timed at this tp, price it, with the caveat). A ring (cp > 1) is
+        timed at tp 1, without it."""
+        if not sequence_parallel or cp > 1:
+            return False
+        return all(any(e.tp == tp for e in self._entries.get((kind, rc, 1, True), ())) for rc in {"none", recompute})
 
     def _ring_at_tp(self, kind: str, recompute: str, tp: int, mbs: int, seq_len: int, field: str, cp: int) -> float | None:
         """A rank of a ring of ``cp`` at a tp whose ring was not timed (``ppplan profile --cp`` times rings at
@@ -345,7 +350,7 @@ class ProfiledTimes:
         return measured.plus(comm)
 
     def _transformer(self, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, recompute: str, cp: int = 1) -> PassTimes:
-        timed = self.sequence_parallel_timed("transformer", tp, sequence_parallel, cp)
+        timed = self.sequence_parallel_timed("transformer", tp, sequence_parallel, recompute, cp)
         measured = self._compute(tp, mbs, seq_len, recompute, "transformer", cp, timed)
         return self._with_comm(measured, "transformer", tp, mbs, seq_len, sequence_parallel, recompute, cp=cp, sp_timed=timed)
 
@@ -361,7 +366,7 @@ class ProfiledTimes:
         combine all-to-alls over the measured links, and the runtime's reorder of what it receives
         into expert order and back (memory-bound, by the roofline). Under full recompute the
         backward re-runs the excess and the forward's all-to-alls."""
-        timed = self.sequence_parallel_timed("moe_transformer", tp, sequence_parallel, cp)
+        timed = self.sequence_parallel_timed("moe_transformer", tp, sequence_parallel, recompute, cp)
         measured = self._compute(tp, mbs, seq_len, recompute, "moe_transformer", cp, timed)
         if ep > 1:  # the experts block has no attention: timed on one rank, at the rank's seq_len / cp positions
             excess = rank_load_imbalance(self.model.num_experts or 0, ep) - 1.0
@@ -393,13 +398,9 @@ class ProfiledTimes:
     def _edge(self, kind: str, tp: int, mbs: int, seq_len: int, sequence_parallel: bool, cp: int) -> PassTimes:
         """The embedding or the head, no recompute: ``seq_len`` is a ring rank's ``seq_len / cp`` positions,
         timed alone (``_embedding_cached`` and ``_head_cached`` are called with them)."""
-        timed = self.sequence_parallel_timed(kind, tp, sequence_parallel, cp)
+        timed = self.sequence_parallel_timed(kind, tp, sequence_parallel, cp=cp)
         measured = self._passes(kind, "none", tp, mbs, seq_len, sp=timed)
         return self._with_comm(measured, kind, tp, mbs, seq_len, sequence_parallel, "none", sp_timed=timed)
-
-    def activation_bytes(self, kind: str, tp: int, mbs: int, seq_len: int, recompute: str = "none") -> float:
-        """Measured bytes kept for backward (interpolated like the times)."""
-        return self.measured(kind, recompute, tp, mbs, seq_len, "activation_bytes")
 
 
 # -- checks -------------------------------------------------------------------------------

@@ -236,9 +236,9 @@ def approximation_notes(settings: ProfileSettings, threads: int) -> list[str]:
     if settings.tp_group:
         notes.append("tp > 1 timed in a real TP group of processes on this machine with the runtime's DTensor plan: "
                      "F and B include the TP collectives (tp_comm_included); memory from the sharded shapes on one device")
-    if settings.tp_group and settings.sequence_parallel:
-        notes.append("tp > 1 also timed with sequence parallelism (sequence_parallel): all-gathers and reduce-scatters "
-                     "in F and B, norms on seq / tp positions; their memory measured in the group")
+        if settings.sequence_parallel:
+            notes.append("tp > 1 also timed with sequence parallelism (sequence_parallel): all-gathers and reduce-scatters "
+                         "in F and B, norms on seq / tp positions; their memory measured in the group")
     else:
         notes += [
             "tp > 1: the TP-sharded shapes of one rank timed on one device; no TP communication "

@@ -113,6 +113,23 @@ class ReduceFromTensorParallel(torch.autograd.Function):
         return grad, None
 
 
+class PermuteRows(torch.autograd.Function):
+    """``rows[perm]`` for a permutation ``perm`` whose inverse is ``inverse``: the backward is the gather
+    ``grad[inverse]``, keeping that index only. Autograd's own backward of ``rows[perm]`` scatters with
+    accumulation (``index_put_``, which sorts on CUDA), and ``index_copy``'s kept its source rows, T·k rows of
+    h that ``costmodels.experts.moe_activation_bytes`` does not count."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        return rows[perm]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (inverse,) = ctx.saved_tensors
+        return grad[inverse], None, None
+
+
 class GatheredForRouter(torch.autograd.Function):
     """The sequence-gathered block input as the router reads it: ``gathered`` (already all-gathered over tp)
     forward; backward, the router's gradient, complete on every tp rank, cut back to this rank's sequence
@@ -310,8 +327,8 @@ class MoEFeedForward(nn.Module):
         recv_splits = recv_matrix.sum(1).tolist()
         arrived = all_to_all_single_autograd(tokens.contiguous(), recv_splits, send_splits, self.groups.ep)
         by_expert, back = _source_to_expert_order(recv_matrix, tokens.device)
-        out = self.experts(arrived[by_expert], recv_matrix.sum(0).tolist())
-        return all_to_all_single_autograd(out[back].contiguous(), send_splits, recv_splits, self.groups.ep)
+        out = self.experts(PermuteRows.apply(arrived, by_expert, back), recv_matrix.sum(0).tolist())
+        return all_to_all_single_autograd(PermuteRows.apply(out, back, by_expert), send_splits, recv_splits, self.groups.ep)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens, routed_by = self._enter(x)
@@ -321,9 +338,7 @@ class MoEFeedForward(nn.Module):
         order, inverse, counts = _dispatch_order(chosen, self.num_experts)
         top_k = chosen.shape[1]
         sorted_out = self._run_experts(tokens[order // top_k], counts)
-        # back to token order by a gather, whose backward keeps only the indices (index_copy's kept its source,
-        # T·k rows of h that costmodels.experts.moe_activation_bytes does not count: measured, ppplan profile)
-        per_choice = sorted_out[inverse].view(-1, top_k, tokens.shape[1])
+        per_choice = PermuteRows.apply(sorted_out, inverse, order).view(-1, top_k, tokens.shape[1])
         out = (per_choice * weights.unsqueeze(-1).to(per_choice.dtype)).sum(1)
         if self.shared is not None:
             out = out + self.shared(tokens, [tokens.shape[0]])

@@ -400,8 +400,9 @@ def test_a_ring_at_a_tp_it_was_not_timed_at_is_the_ranks_positions_alone_plus_th
 
 
 def test_a_sequence_parallel_plan_priced_from_layers_timed_in_a_tp_group_says_they_ran_without_it(env):
-    """``ppplan profile --tp-group`` times its tp > 1 layers without sequence parallelism: the price of a
-    sequence-parallel plan is theirs (their collectives inside F and B), and the caveat is said once."""
+    """A profile whose tp > 1 layers were timed in a TP group without sequence parallelism (``ppplan profile
+    --tp-group --no-sequence-parallel``, or one taken before it timed both): the price of a sequence-parallel
+    plan is theirs (their collectives inside F and B), and the caveat is said once."""
     model, cluster, train = env
     in_group = [_entry("transformer", 2, mbs, f=3.0, b=6.0, w=1.0).model_copy(update={"tp_comm_included": True})
                 for mbs in (1, 4)]
@@ -456,6 +457,30 @@ def test_a_sequence_parallel_plan_is_priced_from_the_layers_timed_with_it_where_
     assert (at_4.forward_s, at_4.backward_input_s) == pytest.approx((3 * MS, 6 * MS))
     times.transformer(4, 1, 128, True, "none")
     assert len([w for w in warnings if "without sequence parallelism" in w]) == 1, warnings
+
+
+def test_a_sequence_parallel_plan_whose_recompute_was_not_timed_with_it_is_priced_from_the_entries_without_it(env):
+    """A merged profile with the layer timed with sequence parallelism at tp 2 without recompute but its full
+    recompute only without sequence parallelism: a sequence-parallel plan under full recompute is priced from the
+    entries without it at tp 2 (B(full) 9 ms per 128 tokens and tp), with the caveat, not from the recompute
+    guess on the sequence-parallel forward; without recompute from the sequence-parallel entries."""
+    model, cluster, train = env
+    base = _profile(tps=(1,))
+    layers = [*base.layers]
+    for mbs in (1, 4):
+        layers += [_in_group("transformer", 2, mbs, False, f=3.0, b=6.0, w=1.0),
+                   _in_group("transformer", 2, mbs, False, "full", f=3.0, b=9.0, w=1.0),
+                   _in_group("transformer", 2, mbs, True, f=4.0, b=7.0, w=1.0)]
+    warnings: list[str] = []
+    as_profiled = StackKernels(full_recompute_early_stop=True, dropout=False)
+    times = ProfiledTimes(base.model_copy(update={"layers": layers}), model, cluster, train, warn=warnings.append,
+                          kernels=as_profiled)
+    assert times.sequence_parallel_timed("transformer", 2, True)
+    assert not times.sequence_parallel_timed("transformer", 2, True, "full")
+    full = times.transformer(2, 4, 128, True, "full")
+    assert (full.forward_s, full.backward_input_s, full.recompute_s) == pytest.approx((6 * MS, 18 * MS, 6 * MS))
+    assert any("without sequence parallelism" in w for w in warnings) and not any("no recompute" in w for w in warnings)
+    assert times.transformer(2, 4, 128, True, "none").forward_s == pytest.approx(8 * MS)
 
 
 def test_a_sequence_parallel_entry_is_a_layer_timed_in_a_tp_group():

@@ -252,21 +252,24 @@ def test_bad_input_exits_2_with_one_error_line(name, tmp_path, capsys):
 
 @pytest.mark.dist
 def test_tp_group_times_the_runtime_dtensor_layers(tmp_path):
-    settings = ProfileSettings(tps=(1, 2), mbss=(1,), recomputes=("none",), tp_group=True, **LAYERS_ONLY)
+    settings = ProfileSettings(tps=(1, 2), mbss=(1,), recomputes=("none", "full"), tp_group=True, **LAYERS_ONLY)
     steps: list[str] = []
     model = load_model("tiny-gpt")
     profile = profile_model(model, settings, steps.append)
     assert profile.timer == "wall"
     # the tp-1 points round-robin in this process, the tp-2 points in their group, with and without sequence
-    # parallelism: 6 points sized here, 3 rounds, 6 group steps (the 3 sequence-parallel points sized there)
+    # parallelism: 8 points sized here, 3 rounds, 8 group steps (the 4 sequence-parallel points sized there)
     assert interleaves(model, settings)
-    assert len(steps) == num_steps(model, settings) == 6 + 3 + 6
-    assert [(e.kind, e.tp, e.sequence_parallel) for e in profile.layers] == [
-        (kind, tp, sp) for tp, sp in ((1, False), (2, False), (2, True)) for kind in ("embedding", "transformer", "head")]
+    assert len(steps) == num_steps(model, settings) == 8 + 3 + 8
+    pieces = (("embedding", "none"), ("transformer", "none"), ("transformer", "full"), ("head", "none"))
+    assert [(e.kind, e.recompute, e.tp, e.sequence_parallel) for e in profile.layers] == [
+        (kind, rc, tp, sp) for tp, sp in ((1, False), (2, False), (2, True)) for kind, rc in pieces]
     for e in profile.layers:
         assert e.tp_comm_included == (e.tp == 2)
         assert e.forward_s > 0 and e.backward_s > 0
-    layer = {e.sequence_parallel: e for e in profile.layers if e.kind == "transformer" and e.tp == 2}
+    layer = {e.sequence_parallel: e for e in profile.layers if e.kind == "transformer" and e.tp == 2 and e.recompute == "none"}
+    full = next(e for e in profile.layers if e.recompute == "full" and e.sequence_parallel)
+    assert full.activation_bytes == 4 * 64 * 256  # the layer's input only: its 64 of 128 positions, fp32
     assert layer[False].activation_bytes == _saved("tiny-gpt", 2, 1, "none")  # memory from the sharded shapes
     # with sequence parallelism, measured in the group: the norms' tensors on 64 of 128 positions, the attention's
     # and MLP's gathered inputs on all of them (DTensor's plan keeps them), and LayerNorm's statistics on 64
@@ -354,6 +357,33 @@ def test_a_ring_adds_every_piece_alone_at_the_ranks_positions_for_every_tp_once(
     only = grid(load_model("tiny-moe"), ProfileSettings(tps=(1, 2), mbss=(1,), recomputes=("none",), cps=(1, 2), **FAST))
     assert {(p.kind, p.tp) for p in only if p.seq_len == 64} == {
         (kind, tp) for tp in (1, 2) for kind in ("embedding", "moe_transformer", "experts", "head")}
+
+
+def test_a_tp_group_times_sequence_parallelism_too_unless_told_not_and_the_notes_say_which():
+    """``--tp-group``: every tp > 1 piece but the routed experts alone again with sequence parallelism (tp 2 and 4 of
+    tiny-moe: 5 pieces, the layer with 2 recompute kinds, + 4 with sequence parallelism, per tp > 1); a sequence
+    that tp does not split has none. ``--no-sequence-parallel`` and no ``--tp-group``: none, and the notes say that
+    sequence parallelism is not profiled; only a TP group says its collectives are inside the times."""
+    from launch.profiler.layers import approximation_notes
+
+    model = load_model("tiny-moe")
+    base = dict(tps=(1, 2, 4), mbss=(1,), recomputes=("none", "full"), **FAST)
+    with_sp = grid(model, ProfileSettings(tp_group=True, **base))
+    assert [(p.kind, p.tp, p.recompute) for p in with_sp if p.sequence_parallel] == [
+        (kind, tp, rc) for tp in (2, 4) for kind, rc in (("embedding", "none"), ("moe_transformer", "none"),
+                                                          ("moe_transformer", "full"), ("head", "none"))]
+    assert len(with_sp) == 3 * 5 + 2 * 4
+    for settings in (ProfileSettings(tp_group=True, sequence_parallel=False, **base), ProfileSettings(**base)):
+        assert not any(p.sequence_parallel for p in grid(model, settings))
+        notes = approximation_notes(settings, 1)
+        assert any("sequence parallelism is not profiled" in n for n in notes)
+        assert any("real TP group" in n for n in notes) == settings.tp_group
+        assert any("no TP communication" in n for n in notes) != settings.tp_group
+    notes = approximation_notes(ProfileSettings(tp_group=True, **base), 1)
+    assert not any("not profiled" in n or "no TP communication" in n for n in notes)
+    assert any("also timed with sequence parallelism" in n for n in notes)
+    odd = ProfileSettings(tp_group=True, tps=(2,), mbss=(1,), recomputes=("none",), seq_lens=(127,), **FAST)
+    assert not any(p.sequence_parallel for p in grid(load_model("tiny-gpt"), odd))
 
 
 def test_a_ring_that_does_not_split_the_sequence_exits_2(tmp_path, capsys):
