@@ -339,7 +339,8 @@ class ProfiledTimes:
                               cp=cp, ep=ep, moe=moe, kernels=self.kernels)
         if tp in self._group_tps or (self._group_tps and tp not in self._measured_tps):
             if sp and not sp_timed:
-                self.note(f"profile: layers at tp={tp} were timed in a TP group without sequence parallelism, so a "
+                under = f" under recompute '{recompute}'" if recompute != "none" else ""
+                self.note(f"profile: layers at tp={tp}{under} were timed in a TP group without sequence parallelism, so a "
                           "sequence-parallel plan is priced with their all-reduces and whole-sequence norms, not its "
                           "all-gathers, reduce-scatters and sharded norms (on gloo it ran 11-23 % slower than priced: "
                           "bench/e2e_cpu.py); `ppplan profile --tp-group` times them with it too",
