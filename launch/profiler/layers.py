@@ -19,6 +19,7 @@ lazily here, and only in ``profiles.profiler_*`` and ``launch.runtime``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import statistics
@@ -157,14 +158,10 @@ def _sequence_parallel_pieces(model: ModelSpec, settings: ProfileSettings, tp: i
     points without it do not (``bench/e2e_cpu.py`` measured such plans on gloo 11-23 % slower than the points
     without it priced them). The routed experts alone are not: ``ProfiledTimes`` scales them by the excess
     load of expert parallelism, which sequence parallelism leaves as it is."""
-    from launch.profiler.cases import GridPoint
-
     if not (settings.tp_group and settings.sequence_parallel) or tp == 1 or seq % tp:
         return []
-    points = [GridPoint("embedding", tp, mbs, seq, sequence_parallel=True)]
-    for kind in layer_kinds(model):
-        points += [GridPoint(kind, tp, mbs, seq, rc, sequence_parallel=True) for rc in settings.recomputes]
-    return [*points, GridPoint("head", tp, mbs, seq, sequence_parallel=True)]
+    pieces = _pieces(model, settings, tp, mbs, seq)
+    return [dataclasses.replace(p, sequence_parallel=True) for p in pieces if p.kind != "experts"]
 
 
 def timed_in_group(point: Any, settings: ProfileSettings) -> bool:

@@ -248,9 +248,14 @@ def _dispatch_order(chosen: torch.Tensor, num_experts: int) -> tuple[torch.Tenso
     expert [E])."""
     flat = chosen.reshape(-1)
     order = torch.argsort(flat, stable=True)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel(), device=order.device)
-    return order, inverse, torch.bincount(flat, minlength=num_experts)
+    return order, _inverse_permutation(order), torch.bincount(flat, minlength=num_experts)
+
+
+def _inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
+    """``inverse`` with ``inverse[perm[i]] = i`` (``PermuteRows`` gathers by both)."""
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(perm.numel(), device=perm.device)
+    return inverse
 
 
 class MoEFeedForward(nn.Module):
@@ -356,6 +361,4 @@ def _source_to_expert_order(recv_matrix: torch.Tensor, device: torch.device) -> 
         for s in range(ep)
     ]
     by_expert = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long, device=device)
-    back = torch.empty_like(by_expert)
-    back[by_expert] = torch.arange(by_expert.numel(), device=device)
-    return by_expert, back
+    return by_expert, _inverse_permutation(by_expert)
