@@ -271,6 +271,12 @@ CLASSES = {
         "calibrate out bad dir": ["calibrate", "c_nan.csv", "--cluster", "cpu-local", "--out", "nodir/c.yaml"],
         "launch metrics bad dir": ["launch", "good.json", "--metrics", "a_file/m.jsonl"],
     },
+    "sequence-parallel inputs kept as shards": {
+        "sp-regather without sequence parallelism": [*E, "--sp-regather"],
+        "sp-regather on a stack that keeps the inputs": ["evaluate", *MODEL, "--gpus", "2", "--global-batch", "8", "--tp", "2",
+                                                         "--pp", "1", "--mbs", "1", "--sequence-parallel", "--sp-regather",
+                                                         "--stack", "torchtitan"],
+    },
     "empty entries in comma lists": {
         "schedules empty entry": [*S, "--schedules", "1f1b,,gpipe"],
         "stage-layers empty entry": [*E, "--stage-layers", "4,,4"],

@@ -89,6 +89,7 @@ class Extra:
     v: int = 1
     stage_layers: str | None = None
     sequence_parallel: bool = False
+    sp_regather: bool = False
 
     @property
     def ranks(self) -> int:
@@ -99,7 +100,8 @@ class Extra:
                 "--cp", str(self.cp), "--ep", str(self.ep), "--pp", str(self.pp), "--mbs", str(self.mbs),
                 "--schedule", self.schedule, "--recompute", self.recompute, "--zero", str(self.zero), "--v", str(self.v),
                 *(["--stage-layers", self.stage_layers] if self.stage_layers else []),
-                *(["--sequence-parallel"] if self.sequence_parallel else [])]  # fmt: skip
+                *(["--sequence-parallel"] if self.sequence_parallel else []),
+                *(["--sp-regather"] if self.sp_regather else [])]  # fmt: skip
 
 
 # The plans issue 7's bench left out (run within 25 % of its first plan, priced 20-35 % fast) and
@@ -124,6 +126,12 @@ EXTRA = (
     Extra("moe tp2", "tiny-moe", 8, tp=2, pp=1, dp=1),
     Extra("moe tp2 sp", "tiny-moe", 8, tp=2, pp=1, dp=1, sequence_parallel=True),
     Extra("moe tp2 sp dp2", "tiny-moe", 8, tp=2, pp=1, dp=2, sequence_parallel=True),
+    # the same with the blocks' inputs kept as shards and gathered again in B (launch/runtime/regather.py), in one
+    # autograd call and split into B and W (zb-h1)
+    Extra("moe tp2 sp*", "tiny-moe", 8, tp=2, pp=1, dp=1, sequence_parallel=True, sp_regather=True),
+    Extra("moe tp2 sp* pp2 zb-h1", "tiny-moe", 8, tp=2, pp=2, dp=1, schedule="zb-h1", sequence_parallel=True,
+          sp_regather=True),
+    Extra("moe tp2 sp pp2 zb-h1", "tiny-moe", 8, tp=2, pp=2, dp=1, schedule="zb-h1", sequence_parallel=True),
     Extra("llama cp2", "tiny-llama", 8, tp=1, pp=1, dp=1, cp=2),
     # the 2-rank picks before an end stage could hold the embedding or the head alone (v 4, a layer on every
     # stage), against the picks that give them stages of their own (v 5: [0, 1, ..., 1, 0])
@@ -308,7 +316,8 @@ def launch(row: Row, work: Path, steps: int, reps: int, cpu: bool, clock: str) -
 def plan_label(plan: dict) -> str:
     c = plan["config"]
     rc = c["recompute"] if isinstance(c["recompute"], str) else "mixed"
-    extras = ("" if rc == "none" else f" {rc}") + (" sp" if c["sequence_parallel"] else "") + (f" z{c['zero']}" if c["zero"] else "")
+    sp = (" sp*" if c.get("sp_regather") else " sp") if c["sequence_parallel"] else ""
+    extras = ("" if rc == "none" else f" {rc}") + sp + (f" z{c['zero']}" if c["zero"] else "")
     ring = (f" cp{c['cp']}" if c.get("cp", 1) > 1 else "") + (f" ep{c['ep']}" if c.get("ep", 1) > 1 else "")
     return f"tp{c['tp']}{ring} pp{c['pp']} dp{c['dp']} v{c['v']} mbs{c['mbs']} {c['schedule']}{extras}"
 

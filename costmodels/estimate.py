@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from costmodels.comm import FP32_BYTES, GroupPlacement, Network, collective_s, network_for
+from costmodels.comm import FP32_BYTES, GroupPlacement, Network, collective_s, network_for, sequence_parallel_gather_s
 from costmodels.communicators import nccl_buffers_gib
 from costmodels.compute import memory_bound_time_s, peak_flops
 from costmodels.data_parallel import (
@@ -32,7 +32,15 @@ from costmodels.data_parallel import (
 from costmodels.experts import routed_rows
 from costmodels.flops import hardware_flops_per_iteration, model_flops_per_iteration
 from costmodels.grad_accumulation import grad_accumulation_s
-from costmodels.layer_costs import ZERO_PASS, LayerTimes, PassTimes, RooflineTimes, bytes_per_element, runs_on_cpu
+from costmodels.layer_costs import (
+    ZERO_PASS,
+    LayerTimes,
+    PassTimes,
+    RooflineTimes,
+    bytes_per_element,
+    runs_on_cpu,
+    tp_group_timeshare,
+)
 from costmodels.layer_ops import stops_early
 from costmodels.layout import StageLayout, layouts_of, stage_layouts
 from costmodels.memory import (
@@ -131,22 +139,41 @@ class StagePlan:
         return self.layout.num_layers - self.moe_layers
 
 
-def activation_variant(cluster: ClusterSpec, train: TrainSpec, stack: StackSpec) -> ActivationVariant:
-    """What the stack's runtime stores on this cluster's device (a "cpu" GPU name means CPU)."""
+def activation_variant(cluster: ClusterSpec, train: TrainSpec, stack: StackSpec,
+                       cfg: ParallelConfig | None = None) -> ActivationVariant:
+    """What the stack's runtime stores on this cluster's device (a "cpu" GPU name means CPU), for ``cfg`` where
+    given: its sequence-parallel blocks' inputs kept as shards where it asks (``sp_regather``)."""
     device = "cpu" if runs_on_cpu(cluster) else "cuda"
     engine_keeps = stack.pipeline_runtime != "torch" and stack.pipeline_keeps_stage_outputs
-    return ActivationVariant.for_stack(stack.kernels, train.precision, device,
-                                       stack.pipeline_runtime == "torch" or engine_keeps, stack.single_stage_pipeline,
-                                       last_output_is_loss=engine_keeps, autocast=stack.autocasts(train.precision))
+    variant = ActivationVariant.for_stack(stack.kernels, train.precision, device,
+                                          stack.pipeline_runtime == "torch" or engine_keeps, stack.single_stage_pipeline,
+                                          last_output_is_loss=engine_keeps, autocast=stack.autocasts(train.precision))
+    return replace(variant, sp_keeps_gathered_inputs=False) if cfg is not None and cfg.sp_regather else variant
+
+
+def sp_regather_passes(model: ModelSpec, train: TrainSpec, cluster: ClusterSpec, network: Network, tp: int, mbs: int,
+                       cp: int, recompute: str) -> PassTimes:
+    """What one transformer layer's backward adds where a plan keeps its sequence-parallel blocks' inputs as shards
+    (``ParallelConfig.sp_regather``): the attention's and the MLP's (or MoE block's) all-gathers again, in B, and under
+    a split backward once more in W (``split_backward_extra_s``; launch/runtime/regather.py gathers when autograd
+    unpacks the saved input, which B and W each do; Korthikanti et al. 2022, Sec. 4.2.2); none under full recompute,
+    whose re-run forward keeps them gathered."""
+    if recompute == "full":
+        return ZERO_PASS
+    tokens = train.seq_len * mbs // cp
+    gather = 2 * sequence_parallel_gather_s(tokens, model.hidden_size, bytes_per_element(train.precision), tp,
+                                            network) * tp_group_timeshare(cluster, tp)
+    return PassTimes(0.0, gather, gather, tp_comm_s=gather, split_backward_extra_s=gather)
 
 
 def _stage_plan(
     model: ModelSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes | None, layout: StageLayout,
-    variant: ActivationVariant, layer_kind: str | None = None,
+    variant: ActivationVariant, layer_kind: str | None = None, regather: PassTimes = ZERO_PASS,
 ) -> StagePlan:
     """The stage's times and memory (its dense and mixture-of-experts layers, plus the embedding on the
     first stage and the head on the last, with the multi-token prediction modules, ``costmodels.mtp``); ``layers=None`` skips the times (memory-only callers);
-    ``layer_kind`` ("moe" or "dense") counts every layer as that kind."""
+    ``layer_kind`` ("moe" or "dense") counts every layer as that kind; ``regather`` is what each layer's backward adds
+    where the plan keeps its sequence-parallel inputs as shards (``sp_regather_passes``)."""
     s, b, tp, sp, cp, ep, etp = train.seq_len, cfg.mbs, cfg.tp, cfg.sequence_parallel, cfg.cp, cfg.ep, cfg.etp
     ep_overlap = combined_paired_share(cfg.pp, cfg.v, cfg.num_microbatches) \
         if schedule_spec(cfg.schedule).overlaps_expert_comm else 0.0
@@ -160,7 +187,7 @@ def _stage_plan(
         if count:
             if layers:
                 per_layer = layers.transformer(tp, b, s, sp, kind, cp=cp, ep=ep, moe=moe, etp=etp,
-                                               ep_overlap=ep_overlap).scaled(count)
+                                               ep_overlap=ep_overlap).plus(regather).scaled(count)
                 times = per_layer if times is ZERO_PASS else times.plus(per_layer)
             act += count * layer_activation_bytes(model, s, b, tp, sp, kind, variant, cp=cp, ep=ep, moe=moe, etp=etp)
             kept += count * weight_grad_input_bytes(model, s, b, tp, sp, variant, cp=cp, ep=ep, moe=moe, etp=etp)
@@ -219,7 +246,7 @@ def rank_memory_if_uniform_gib(
     ``held_gradients`` False counts none of them, a lower bound for ranks of several stages, one of which may
     free its gradients before the peak. ``weights_share`` replaces the share of the rank's unsharded weights it
     holds at once (``_unsharded_weights_share``)."""
-    variant = activation_variant(cluster, train, stack)
+    variant = activation_variant(cluster, train, stack, cfg)
     kind = "moe" if model.is_moe else None  # the model's most common layer, wherever the probe's layers fall
     plans = [
         _stage_plan(model, train, cfg, None, layout, variant, kind)
@@ -300,7 +327,8 @@ def _stage_costs(
     (``overlap.p2p == "exposed"``): F holds the rank for its send to the next stage, B for its
     send to the previous one. Every action pays the fixed per-action overhead (W only where
     the schedule splits the backward), the stack's host cost or the one ``ppplan profile``
-    measured for this machine. Where the schedule does not split the backward, B and W run as one
+    measured for this machine. Where the schedule does not split the backward (and on the first stage of torch's
+    pipeline, whose whole backward is W), B and W run as one
     autograd call: the measured excess of the split pair over it (``split_backward_extra_s``) is
     taken off. W adds the stage's gradients into the step's where ``accumulate`` (the layer times leave
     it out: ``costmodels.grad_accumulation``). ZeRO-3 gathers under torch's pipelining are counted on the action
@@ -316,6 +344,8 @@ def _stage_costs(
     costs, hidden = [], []
     for j, st in enumerate(plans):
         t = st.times
+        # torch's pipeline runs the first stage's whole backward as W, one autograd call (_pipeline_inputs)
+        joined = not split or (st.layout.stage == 0 and stack.pipeline_runtime == "torch")
         f, b, w = factor * t.forward_s, factor * t.backward_input_s, factor * t.backward_weight_s
         if accumulate:
             w += grad_accumulation_s(cluster, stack, stack.held_precision(train.precision), cfg,
@@ -323,7 +353,7 @@ def _stage_costs(
             cast_f, cast_w = _autocast_cast_s(cluster, train, stack, st)
             f, b, w = f + cast_f, b + (cast_f if st.recompute == "full" else 0.0), w + cast_w
         slower = (factor - 1.0) * (t.forward_s + t.backward_input_s + t.backward_weight_s
-                                   - (0.0 if split else min(t.backward_weight_s, t.split_backward_extra_s)))
+                                   - (min(t.backward_weight_s, t.split_backward_extra_s) if joined else 0.0))
         gathers = zero3_gathers[st.layout.stage] if zero3_gathers else None
         copy_f, copy_b = fsdp_copy_s(cfg, cluster, train, st, stack, gathers)
         traffic = microbatch_dp_traffic(cfg, cluster, train, st, stack, network, gathers)
@@ -347,7 +377,7 @@ def _stage_costs(
             f, b, pp_in_actions = f + send_f, b + send_b, send_f + send_b
         else:
             hides["pp_comm_s"] = send_f + send_b
-        if not split:  # B and W run as one autograd call, which the profile timed as such
+        if joined:  # B and W run as one autograd call, which the profile timed as such
             w = max(0.0, w - factor * t.split_backward_extra_s)
         actions = 3 if split else 2
         f, b, w = f + overhead, b + overhead, w + (overhead if split else 0.0)
@@ -376,8 +406,10 @@ def _pipeline_inputs(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes,
     stack: StackSpec, overlap: StackOverlap, network: Network, regathers: bool = True,
 ) -> tuple[list[StagePlan], list[PassTimes], StageTimes, list[dict[str, float]]]:
-    variant = activation_variant(cluster, train, stack)
-    plans = [_stage_plan(model, train, cfg, layers, layout, variant) for layout in stage_layouts(cfg)]
+    variant = activation_variant(cluster, train, stack, cfg)
+    plans = [_stage_plan(model, train, cfg, layers, layout, variant, regather=sp_regather_passes(
+        model, train, cluster, network, cfg.tp, cfg.mbs, cfg.cp, cfg.recompute_of_stage(layout.stage))
+        if cfg.sp_regather and cfg.sequence_parallel else ZERO_PASS) for layout in stage_layouts(cfg)]
     p2p = _p2p_times(model, cluster, train, cfg, network, variant.residual_stream_bytes)
     costs, hidden = _stage_costs(cfg, cluster, train, plans, stack, network, p2p, runtime_costs_of(layers, cluster),
                                  accumulate=not layers.grad_accumulation_measured, regathers=regathers)
@@ -666,8 +698,9 @@ def _recompute_working_terms(
     if not any(st.recompute == "full" for st in rank_plans):
         return {}
     moe = any(st.moe_layers for st in rank_plans)
-    layer = [layer_activation_bytes(model, train.seq_len, cfg.mbs, cfg.tp, cfg.sequence_parallel, k, variant,
-                                    cp=cfg.cp, ep=cfg.ep, moe=moe, etp=cfg.etp) for k in ("none", "full")]
+    rerun = replace(variant, sp_keeps_gathered_inputs=variant.sp_recompute_keeps_gathered_inputs)
+    layer = [layer_activation_bytes(model, train.seq_len, cfg.mbs, cfg.tp, cfg.sequence_parallel, k, v,
+                                    cp=cfg.cp, ep=cfg.ep, moe=moe, etp=cfg.etp) for k, v in (("none", rerun), ("full", variant))]
     working = recompute_working_bytes(*layer)
     return {"recompute_working": working} if working else {}
 
@@ -843,7 +876,7 @@ def estimate(
             period = max(period, steady_state_period_s(schedule, times, gaps))
     step = compose_step(result, ranks, cfg.num_microbatches, overhead_s, timeshared, period)
     per_rank = [[st for st in plans if st.rank == r] for r in range(cfg.pp)]
-    variant = activation_variant(cluster, train, stack)
+    variant = activation_variant(cluster, train, stack, cfg)
     memory = [
         _rank_memory_gib(model, cluster, train, cfg, per_rank[r], result.peak_activation_bytes[r], stack, variant,
                          held_peak=result.peak_held_bytes[r] if result.peak_held_bytes else None)

@@ -66,6 +66,8 @@ class ActivationVariant:
     residual_bytes: int | None = None  # the residual stream's values (norm inputs, layer inputs; None: bytes_per_element)
     moe_probs_in_activation: bool = False  # StackKernels.moe_probs_in_activation (no weighted copies kept)
     sp_keeps_gathered_inputs: bool = False  # StackKernels.sequence_parallel_keeps_gathered_inputs
+    # ... in the forward a full recompute re-runs, whatever ParallelConfig.sp_regather (which sets the former false)
+    sp_recompute_keeps_gathered_inputs: bool = False
     keeps_stage_output: bool = False  # torch.distributed.pipelining: each stage's output until its backward
     last_output_is_loss: bool = False  # ... but the last stage's is the loss (StackSpec.pipeline_keeps_stage_outputs)
     single_stage_pipeline: bool = False  # ... and without pipeline parallelism too (StackSpec.single_stage_pipeline)
@@ -101,6 +103,7 @@ class ActivationVariant:
             keeps_stage_output=True,
             single_stage_pipeline=True,
             sp_keeps_gathered_inputs=True,
+            sp_recompute_keeps_gathered_inputs=True,
         )
 
     @staticmethod
@@ -135,6 +138,7 @@ class ActivationVariant:
             residual_bytes=4 if autocast else None,
             moe_probs_in_activation=kernels.moe_probs_in_activation,
             sp_keeps_gathered_inputs=kernels.sequence_parallel_keeps_gathered_inputs,
+            sp_recompute_keeps_gathered_inputs=kernels.sequence_parallel_keeps_gathered_inputs,
             keeps_stage_output=keeps_stage_output,
             last_output_is_loss=last_output_is_loss,
             single_stage_pipeline=single_stage_pipeline,

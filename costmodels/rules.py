@@ -116,6 +116,8 @@ def _degree_violations(model: ModelSpec, train: TrainSpec, gpus: int, cfg: Paral
         problems.append(f"num_microbatches {cfg.num_microbatches} != global_batch/(dp*mbs) = {train.global_batch // (cfg.dp * cfg.mbs)}")
     if cfg.sequence_parallel and cfg.tp == 1:
         problems.append("sequence parallel needs tp > 1: drop --sequence-parallel or raise --tp")
+    if cfg.sp_regather and not cfg.sequence_parallel:
+        problems.append("--sp-regather keeps sequence-parallel inputs as shards: add --sequence-parallel or drop --sp-regather")
     return problems
 
 
@@ -216,6 +218,11 @@ def parallelism_violations(cfg: ParallelConfig, stack: StackSpec, train: TrainSp
     problems: list[str] = []
     if cfg.sequence_parallel and not stack.sequence_parallel:
         problems.append(f"stack '{stack.name}' has no sequence parallelism: drop --sequence-parallel")
+    if cfg.sp_regather and not stack.kernels.sequence_parallel_regather_exposed:
+        keeps = stack.kernels.sequence_parallel_keeps_gathered_inputs
+        problems.append(f"stack '{stack.name}' " + ("keeps the gathered sequence-parallel inputs always" if keeps
+                                                    else "keeps the sequence-parallel inputs as shards always")
+                        + ": drop --sp-regather")
     if stack.tp_needs_sequence_parallel and cfg.tp > 1 and not cfg.sequence_parallel:
         problems.append(f"stack '{stack.name}' runs tensor parallelism with sequence parallelism always: "
                         "add --sequence-parallel")  # fmt: skip

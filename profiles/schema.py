@@ -436,6 +436,14 @@ class ParallelConfig(StrictModel):
     schedule: ScheduleName = "1f1b"
     recompute: Recompute = "none"
     sequence_parallel: bool = False
+    sp_regather: bool = Field(
+        default=False,
+        description="with sequence parallelism, the attention's and the MLP's all-gathered inputs are kept for the "
+        "backward as this rank's seq / tp shard and gathered again there, as Megatron-LM does (Korthikanti et al. "
+        "2022, Sec. 4.2.2): 2(1 - 1/tp)·s·b·h values less per layer and microbatch in flight, for one more all-gather "
+        "of each input in the backward (StackKernels.sequence_parallel_regather_exposed; ppplan's runtime: "
+        "launch/runtime/regather.py). False: the gathered inputs are kept (DTensor's plan)",
+    )
     zero: int = Field(default=0, ge=0, le=3)
     offload_layers: int = Field(
         default=0, ge=0, le=MAX_LAYERS,

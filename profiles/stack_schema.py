@@ -119,8 +119,18 @@ class StackKernels(StrictModel):
         "all-gathered input (every position, on each tp rank) for their backward, as DTensor's plan does: the block's "
         "input becomes one replicated DTensor that autograd saves (launch/runtime/tp.py; torchtitan's apply_tp). False: "
         "they keep the rank's seq / tp shard and all-gather it again in the backward (Megatron-LM, Korthikanti et al. "
-        "2022, Sec. 4.2.2). Per-op selective recompute (every_other_mm) keeps neither: its policy does not save the "
-        "all-gather, which the backward re-runs",
+        "2022, Sec. 4.2.2; ppplan's runtime, launch/runtime/regather.py). Per-op selective recompute (every_other_mm) "
+        "keeps neither: its policy does not save the all-gather, which the backward re-runs",
+    )
+    sequence_parallel_regather_exposed: bool = Field(
+        default=False,
+        description="a plan may keep its sequence-parallel blocks' inputs as shards (ParallelConfig.sp_regather) on "
+        "this stack, which keeps them gathered otherwise: they are gathered again in the backward on the critical "
+        "path, once per block in B and again in W where the schedule splits the backward (ppplan's runtime: "
+        "saved-tensor hooks gather when autograd reads the saved input, launch/runtime/regather.py; not under full "
+        "recompute, whose re-run forward keeps the gathered inputs for the one layer it runs). A stack that always "
+        "keeps the shards (sequence_parallel_keeps_gathered_inputs false, Megatron-LM) runs that gather beside the "
+        "input-gradient GEMM (LinearWithGradAccumulationAndAsyncCommunication), priced as hidden",
     )
     moe_probs_in_activation: bool = Field(
         default=False,
@@ -499,6 +509,11 @@ class StackSpec(StrictModel):
                              "all-reduces each tp-sharded linear's input gradient (torchtitan v0.2.2); ppplan's runtime "
                              "reduces the block's input gradient once at its entry and tp_split reduce-scatters the "
                              "routed rows: set it false")
+        k = self.kernels
+        if k.sequence_parallel_regather_exposed and not k.sequence_parallel_keeps_gathered_inputs:
+            raise ValueError("kernels.sequence_parallel_regather_exposed lets a plan keep the shards of the gathered inputs "
+                             "a stack keeps otherwise, but sequence_parallel_keeps_gathered_inputs is false (the stack "
+                             "keeps the shards always): set one of them true, the other false")
         post = self.optimizer_post_validation
         if post is not None:
             for field, runs in (("schedules", self.schedules), ("precisions", self.precisions)):

@@ -191,6 +191,7 @@ def plan_summary(plan: Plan) -> str:
         f"{plan.model.name} on {plan.cluster.name}: tp={c.tp} cp={c.cp} ep={c.ep} pp={c.pp} dp={c.dp} v={c.v} mbs={c.mbs} "
         f"num_microbatches={c.num_microbatches} global_batch={plan.train.global_batch} schedule={c.schedule} "
         f"recompute={recompute} sequence_parallel={c.sequence_parallel} zero={c.zero} "
+        + ("sp_regather=True " if c.sp_regather else "")
         + (f"offload_layers={c.offload_layers} " if c.offload_layers else "")
         + f"precision={plan.train.precision} stage_layers={c.stage_layers}"
     )

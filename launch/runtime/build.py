@@ -68,7 +68,7 @@ def _build_module(plan: Plan, layout: StageLayout, seed: int, device: torch.devi
         layer = layer.to(device)
         layer.set_recompute(cfg.recompute_of_stage(layout.stage))
         if tp_mesh is not None:
-            parallelize_layer(layer, tp_mesh, cfg.sequence_parallel)
+            parallelize_layer(layer, tp_mesh, cfg.sequence_parallel, cfg.sp_regather)
         return layer
 
     module = build_stage_module(

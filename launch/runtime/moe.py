@@ -38,6 +38,8 @@ that the result is the gradient of the mean loss over the dp * cp ranks, as for 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +49,7 @@ from torch import nn
 from torch.distributed._functional_collectives import all_gather_single, all_to_all_single_autograd, reduce_scatter_single
 from torch.distributed.tensor import DTensor
 
+from launch.runtime.regather import RegatherSaved
 from profiles.schema import ModelSpec
 
 INIT_STD = 0.02  # as the dense layers (launch.runtime.model.INIT_STD, GPT-2 initialisation)
@@ -271,6 +274,7 @@ class MoEFeedForward(nn.Module):
         self.shared = GroupedExperts(spec, ExpertShard(0, 1), shared_ffn) if shared_ffn else None
         self.groups = ExpertGroups()
         self.tp_rank, self.tp_size, self.sequence_parallel = 0, 1, False
+        self.regather_input: Callable[[], bool] = lambda: False  # launch.runtime.tp.parallelize_layer
 
     @torch.no_grad()
     def init_weights(self, gen: torch.Generator, layer_seed: int, num_layers: int) -> None:
@@ -337,6 +341,21 @@ class MoEFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens, routed_by = self._enter(x)
+        with self._saving(tokens, x):
+            out = self._block(tokens, routed_by)
+        return self._exit(out, x.shape)
+
+    def _saving(self, tokens: torch.Tensor, x: torch.Tensor) -> AbstractContextManager[object]:
+        """Under sequence parallelism the router and the shared experts save the gathered tokens: kept as this
+        rank's shard ``x`` and gathered again in the backward (``launch.runtime.regather``) while
+        ``regather_input()`` (not under full recompute)."""
+        if self.sequence_parallel and torch.is_grad_enabled() and self.regather_input():
+            assert self.groups.tp is not None  # sequence_parallel
+            return RegatherSaved(tokens, x, self.groups.tp)
+        return nullcontext()
+
+    def _block(self, tokens: torch.Tensor, routed_by: torch.Tensor) -> torch.Tensor:
+        """The block's output [T, h] (a partial sum over tp) of ``tokens`` routed by ``routed_by``."""
         weights, chosen = self.router(routed_by)
         if self.groups.tp is not None:  # each rank's score gradient sees only its partial expert outputs
             weights = CopyToTensorParallel.apply(weights, self.groups.tp)
@@ -347,7 +366,7 @@ class MoEFeedForward(nn.Module):
         out = (per_choice * weights.unsqueeze(-1).to(per_choice.dtype)).sum(1)
         if self.shared is not None:
             out = out + self.shared(tokens, [tokens.shape[0]])
-        return self._exit(out, x.shape)
+        return out
 
 
 def _source_to_expert_order(recv_matrix: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

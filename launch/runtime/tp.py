@@ -10,15 +10,22 @@ sequence shards: activations between layers (and between pipeline stages) are
 ``[batch, seq / tp, hidden]`` local shards; the all-reduces become an
 all-gather before the column-parallel projections and a reduce-scatter after
 the row-parallel ones. Without it, activations are replicated on the tp ranks. The all-gathered
-input of the attention and of the MLP is one replicated DTensor that their projections keep for
-the backward, every position on every tp rank (Megatron keeps the shard and gathers it again):
-``StackKernels.sequence_parallel_keeps_gathered_inputs``, measured by ``ppplan profile --tp-group``.
+input of the attention and of the MLP is one replicated DTensor read by all their projections, which keep
+it for the backward, every position on every tp rank (``StackKernels.sequence_parallel_keeps_gathered_inputs``,
+measured by ``ppplan profile --tp-group``); a plan's ``sp_regather`` keeps this rank's shard instead and
+gathers it again in the backward, as Megatron-LM does (``launch.runtime.regather``), except under full
+recompute, whose checkpoint keeps the layer's input only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
@@ -30,6 +37,7 @@ from torch.distributed.tensor.parallel import (
 
 from launch.runtime.model import StageModule, TransformerLayer
 from launch.runtime.moe import MoEFeedForward
+from launch.runtime.regather import RegatherSaved
 
 
 def _activation_layout(sequence_parallel: bool) -> Shard | Replicate:
@@ -50,7 +58,8 @@ def layer_plan(sequence_parallel: bool) -> dict[str, object]:
     # The block's input becomes one replicated DTensor shared by its column-parallel projections, so the backward
     # sums their input gradients locally and reduces them once (one all-reduce, or with sequence parallelism one
     # reduce-scatter), as Megatron's fused QKV and fc1 do and costmodels.comm.tp_layer_comm_s prices; converted per
-    # projection, each of q, k, v, w1 (and w3) all-reduced its own gradient.
+    # projection, each of q, k, v, w1 (and w3) all-reduced its own gradient. Where a plan keeps the sequence-parallel
+    # inputs as shards the gather is gather_block_input's instead (parallelize_layer).
     plan.update(
         {
             "attention": PrepareModuleInput(input_layouts=(between,), desired_input_layouts=(Replicate(),)),
@@ -60,6 +69,31 @@ def layer_plan(sequence_parallel: bool) -> dict[str, object]:
     if sequence_parallel:
         plan.update({"attention_norm": SequenceParallel(), "ffn_norm": SequenceParallel()})
     return plan
+
+
+def gather_block_input(block: nn.Module, tp_mesh: DeviceMesh, regather: Callable[[], bool]) -> None:
+    """Hooks on ``block`` (a layer's attention or dense MLP, under sequence parallelism): its input, this rank's
+    sequence shard, is all-gathered to one replicated DTensor (the backward reduce-scatters its gradient), and while
+    ``regather()`` its forward runs under ``RegatherSaved``, which keeps the shard for the backward in place of what
+    the projections save and gathers it again there."""
+    group = tp_mesh.get_group()
+    open_: list[RegatherSaved] = []
+
+    def enter(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        shard = args[0] if isinstance(args[0], DTensor) else DTensor.from_local(args[0], tp_mesh, [Shard(1)], run_check=False)
+        whole = shard.redistribute(tp_mesh, [Replicate()])
+        if torch.is_grad_enabled() and regather():
+            saving = RegatherSaved(whole, shard, group)
+            saving.__enter__()
+            open_.append(saving)
+        return (whole, *args[1:])
+
+    def leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if open_:
+            open_.pop().__exit__()
+
+    block.register_forward_pre_hook(enter)
+    block.register_forward_hook(leave, always_call=True)
 
 
 def _add_w3(plan: dict[str, object], layer: TransformerLayer) -> dict[str, object]:
@@ -83,17 +117,37 @@ def _moe_plan(plan: dict[str, object]) -> dict[str, object]:
     return plan
 
 
-def parallelize_layer(layer: TransformerLayer, tp_mesh: DeviceMesh, sequence_parallel: bool) -> None:
-    """Shard one transformer layer in place over ``tp_mesh`` (``layer_plan``)."""
-    parallelize_module(layer, tp_mesh, _add_w3(layer_plan(sequence_parallel), layer))
+def parallelize_layer(layer: TransformerLayer, tp_mesh: DeviceMesh, sequence_parallel: bool, sp_regather: bool = False) -> None:
+    """Shard one transformer layer in place over ``tp_mesh`` (``layer_plan``); with sequence parallelism and
+    ``sp_regather`` (``ParallelConfig.sp_regather``) its blocks keep their gathered inputs as shards for the backward
+    unless the layer is recomputed whole (``gather_block_input``; an MoE block's gather is its own,
+    ``MoEFeedForward.regather_input``)."""
+    regathers = sequence_parallel and sp_regather
+    plan = _add_w3(layer_plan(sequence_parallel), layer)
+    if regathers:
+        plan = {k: v for k, v in plan.items() if k not in ("attention", "feed_forward")} | (
+            {"feed_forward": plan["feed_forward"]} if isinstance(layer.feed_forward, MoEFeedForward) else {})
+    parallelize_module(layer, tp_mesh, plan)
+    if not regathers:
+        return
+
+    def regather() -> bool:
+        return layer.recompute != "full"
+
+    gather_block_input(layer.attention, tp_mesh, regather)
+    if isinstance(layer.feed_forward, MoEFeedForward):
+        layer.feed_forward.regather_input = regather
+    else:
+        gather_block_input(layer.feed_forward, tp_mesh, regather)
 
 
-def apply_tensor_parallel(stage: StageModule, tp_mesh: DeviceMesh, sequence_parallel: bool, layers_done: bool = False) -> None:
+def apply_tensor_parallel(stage: StageModule, tp_mesh: DeviceMesh, sequence_parallel: bool, layers_done: bool = False,
+                          sp_regather: bool = False) -> None:
     """Shard ``stage`` in place over ``tp_mesh``; re-ties a shared embedding/logits weight.
     ``layers_done``: its transformer layers were sharded as they were built (``parallelize_layer``)."""
     between = _activation_layout(sequence_parallel)
     for layer in () if layers_done else stage.layers.values():
-        parallelize_layer(layer, tp_mesh, sequence_parallel)
+        parallelize_layer(layer, tp_mesh, sequence_parallel, sp_regather)
     if stage.embedding is not None:
         plan: dict[str, object] = {"tok": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())}
         parallelize_module(stage.embedding, tp_mesh, plan)

@@ -103,7 +103,7 @@ def _step_cell(cfg: ParallelConfig, est: Estimate) -> str:
 
 
 PLAN_COLUMNS: tuple[Column, ...] = (
-    Column("T", lambda c, e: f"{c.tp}{'sp' if c.sequence_parallel else ''}"),
+    Column("T", lambda c, e: f"{c.tp}{('sp*' if c.sp_regather else 'sp') if c.sequence_parallel else ''}"),
     Column("P", lambda c, e: str(c.pp)),
     Column("R", lambda c, e: str(c.dp)),
     Column("mbs", lambda c, e: str(c.mbs)),
@@ -162,7 +162,11 @@ def plans_table(rows: list[tuple[ParallelConfig, Estimate]], title: str | None, 
     columns = list(PLAN_COLUMNS)
     extra = [col for col, used in ((CP_COLUMN, any(c.cp > 1 for c, _ in rows)), (EP_COLUMN, any(c.ep > 1 or c.expert_tp != c.tp for c, _ in rows)))
              if used]
-    return fitted_table(title, columns[:1] + extra + columns[1:], rows, width)
+    table = fitted_table(title, columns[:1] + extra + columns[1:], rows, width)
+    if any(c.sp_regather for c, _ in rows):
+        table.caption = "sp*: the sequence-parallel inputs kept as shards and gathered again in the backward (--sp-regather)"
+        table.caption_justify = "left"
+    return table
 
 
 def memory_table(est: Estimate, width: int = 100) -> Table:

@@ -281,6 +281,8 @@ def evaluate_cmd(
     schedule: str = typer.Option("1f1b", "--schedule", help=f"one of {', '.join(SCHEDULE_NAMES)}"),
     recompute: str = typer.Option("none", "--recompute", help=RECOMPUTE_HELP),
     sequence_parallel: bool = typer.Option(False, "--sequence-parallel"),
+    sp_regather: bool = typer.Option(False, "--sp-regather", help="keep the sequence-parallel blocks' inputs as shards "
+                                     "and gather them again in the backward (ppplan-torch; Megatron-LM always does)"),
     zero: int = typer.Option(0, "--zero", min=0, max=3, help="ZeRO stage: 0, 1, 2 or 3"),
     offload_layers: int = typer.Option(0, "--offload-layers", min=0, max=MAX_LAYERS,
                                        help="activation CPU offload of the first N layers (megatron-core, pp 1, no recompute)"),
@@ -303,8 +305,9 @@ def evaluate_cmd(
     cfg = validate_as(ParallelConfig, dict(
         stack=stack_spec.name, tp=tp, cp=cp, ep=ep, etp=None if etp == tp else etp, pp=pp, dp=dp, v=v, mbs=mbs, num_microbatches=global_batch // (dp * mbs),
         schedule=schedule,
-        recompute=_parse_recompute(recompute, pp * v), sequence_parallel=sequence_parallel, zero=zero,
-        offload_layers=offload_layers, stage_layers=_parse_stage_layers(stage_layers, model_spec.num_layers, pp * v),
+        recompute=_parse_recompute(recompute, pp * v), sequence_parallel=sequence_parallel, sp_regather=sp_regather,
+        zero=zero, offload_layers=offload_layers,
+        stage_layers=_parse_stage_layers(stage_layers, model_spec.num_layers, pp * v),
     ), "the configuration")  # fmt: skip
     check_config(model_spec, train, gpus, cfg, stack_spec)
     layers = load_layers(profile, comm_profile, model_spec, cluster_spec, train, allow_mismatch, stack_spec)

@@ -34,12 +34,19 @@ breaks one is seen, not silently trusted.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
+from costmodels.comm import network_for
 from costmodels.communicators import communicator_gib, communicators_of_rank
-from costmodels.estimate import activation_variant, allocator_share, heap_reserve_gib, memory_limit_gib
-from costmodels.layer_costs import LayerTimes, PassTimes
+from costmodels.estimate import (
+    activation_variant,
+    allocator_share,
+    heap_reserve_gib,
+    memory_limit_gib,
+    sp_regather_passes,
+)
+from costmodels.layer_costs import ZERO_PASS, LayerTimes, PassTimes
 from costmodels.memory import (
     GIB,
     embedding_activation_bytes,
@@ -61,6 +68,7 @@ from costmodels.pipeline_bound import (
     peak_inflight,
     stages_by_rank,
 )
+from costmodels.runtime_costs import runtime_costs_of, with_measured_links
 from costmodels.schedules.fsdp_lowering import MAX_ACTIVE_STAGES
 from costmodels.schedules.registry import schedule_spec
 from costmodels.simulator import StageTimes
@@ -92,6 +100,13 @@ class LayerPasses:
         kinds = [k for k in (self.dense, self.moe) if k is not None]
         return PassTimes(*(min(getattr(k, f) for k in kinds) for f in ("forward_s", "backward_input_s", "backward_weight_s")))
 
+    def without_split_excess(self) -> "LayerPasses":
+        """Each piece's W no larger than as split or as one autograd call (``PassTimes.joined_backward``)."""
+        def low(p: PassTimes) -> PassTimes:
+            return replace(p, backward_weight_s=p.backward_weight_s - max(0.0, p.split_backward_extra_s))
+        return LayerPasses(*(low(p) if p is not None else None for p in (self.dense, self.moe)),
+                           low(self.embedding), low(self.head))
+
     def layers(self, num_dense: int, num_moe: int) -> PassTimes:
         """F/B/W of ``num_dense`` dense and ``num_moe`` MoE layers together."""
         out = PassTimes(0.0, 0.0, 0.0)
@@ -109,6 +124,9 @@ class Bounds:
     ) -> None:
         self.model, self.cluster, self.train, self.layers, self.stack = model, cluster, train, layers, stack
         self.variant = activation_variant(cluster, train, stack)  # what the stack's kernels keep
+        # ... where a plan keeps its sequence-parallel inputs as shards (ParallelConfig.sp_regather)
+        self.shards_variant = replace(self.variant, sp_keeps_gathered_inputs=False)
+        self.network = with_measured_links(network_for(cluster), runtime_costs_of(layers, cluster))  # the estimate's
         self.limit_gib = memory_limit_gib(cluster)
         self.num_moe = model.num_moe_layers
         self.num_dense = model.num_layers - self.num_moe
@@ -122,12 +140,15 @@ class Bounds:
 
     # ---- pieces, cached per (tp, mbs, sp, recompute, cp, ep) or per stage shape
     def _passes_uncached(self, tp: int, mbs: int, sp: bool, recompute: str, cp: int, ep: int,
-                         split_backward: bool, etp: int, ep_overlap: bool = False) -> LayerPasses:
-        """``ep_overlap``: the schedule merges passes, priced as if all were (hiding the most: a lower bound)."""
+                         split_backward: bool, etp: int, ep_overlap: bool = False, regather: bool = False) -> LayerPasses:
+        """``ep_overlap``: the schedule merges passes, priced as if all were (hiding the most: a lower bound);
+        ``regather``: the plan keeps its sequence-parallel inputs as shards (the estimate's ``sp_regather_passes``)."""
         s, times = self.train.seq_len, self.layers
-        dense = times.transformer(tp, mbs, s, sp, recompute, cp=cp, ep=ep, moe=False) if self.num_dense else None
+        again = sp_regather_passes(self.model, self.train, self.cluster, self.network, tp, mbs, cp, recompute) \
+            if regather and sp else ZERO_PASS
+        dense = times.transformer(tp, mbs, s, sp, recompute, cp=cp, ep=ep, moe=False).plus(again) if self.num_dense else None
         moe = times.transformer(tp, mbs, s, sp, recompute, cp=cp, ep=ep, moe=True, etp=etp,
-                                ep_overlap=1.0 if ep_overlap else 0.0) if self.num_moe else None
+                                ep_overlap=1.0 if ep_overlap else 0.0).plus(again) if self.num_moe else None
         head = head_with_mtp_times(times, self.model, tp, mbs, s, sp, recompute, cp=cp, ep=ep, etp=etp,
                                    ep_overlap=1.0 if ep_overlap else 0.0)
         passes = LayerPasses(dense, moe, times.embedding(tp, mbs, s, sp, cp=cp), head)
@@ -140,7 +161,7 @@ class Bounds:
     def _pass_key(self, c: Candidate) -> tuple:
         spec = schedule_spec(c.schedule)
         return (c.tp, c.mbs, c.sequence_parallel, c.recompute, c.cp, c.ep, spec.split_backward, c.etp,
-                spec.overlaps_expert_comm)
+                spec.overlaps_expert_comm, c.sp_regather)
 
     def layer_passes(self, c: Candidate) -> LayerPasses:
         return self._passes(*self._pass_key(c))
@@ -156,9 +177,10 @@ class Bounds:
         return lp.layer, lp.embedding, lp.head
 
     def _activations_uncached(self, tp: int, mbs: int, sp: bool, recompute: str, cp: int,
-                              ep: int, etp: int) -> tuple[float, float, float, float]:
-        """(dense layer, MoE layer, embedding, head with any multi-token prediction modules) bytes kept per microbatch."""
-        m, s, v = self.model, self.train.seq_len, self.variant
+                              ep: int, etp: int, regather: bool = False) -> tuple[float, float, float, float]:
+        """(dense layer, MoE layer, embedding, head with any multi-token prediction modules) bytes kept per microbatch;
+        ``regather``: the plan keeps its sequence-parallel inputs as shards."""
+        m, s, v = self.model, self.train.seq_len, self.shards_variant if regather else self.variant
         dense = layer_activation_bytes(m, s, mbs, tp, sp, recompute, v, cp=cp, ep=ep) if self.num_dense else math.inf
         moe = layer_activation_bytes(m, s, mbs, tp, sp, recompute, v, cp=cp, ep=ep, moe=True, etp=etp) if self.num_moe else math.inf
         head = head_with_mtp_activation_bytes(m, s, mbs, tp, sp, recompute, v, cp=cp, ep=ep, etp=etp)
@@ -232,27 +254,36 @@ class Bounds:
     def _layer_floor(self, c: Candidate) -> tuple[float, float]:
         """(static, activation) bytes per layer no larger than any of the model's layers needs."""
         return self._floor(c.tp, c.cp, c.ep, c.pp, c.dp, c.mbs, c.sequence_parallel, c.recompute, c.zero, c.etp,
-                           schedule_spec(c.schedule).split_backward, self._gradients_at_peak(c), self.weights_share(c))
+                           schedule_spec(c.schedule).split_backward, self._gradients_at_peak(c), self.weights_share(c),
+                           c.sp_regather)
 
     def _floor_uncached(self, tp: int, cp: int, ep: int, pp: int, dp: int, mbs: int, sp: bool, recompute: str,
                         zero: int, etp: int, split_backward: bool, gradients: bool = True,
-                        weights_share: float = 1.0) -> tuple[float, float]:
+                        weights_share: float = 1.0, regather: bool = False) -> tuple[float, float]:
         kinds = [k for k, n in (("dense", self.num_dense), ("moe", self.num_moe)) if n]
         static = min(self._static_bytes(0, 1, False, False, tp, pp, dp, zero, cp, ep, etp, split_backward, k, gradients,
                                         weights_share)
                      for k in kinds)
-        dense, moe, _, _ = self._activations(tp, mbs, sp, recompute, cp, ep, etp)
+        dense, moe, _, _ = self._activations(tp, mbs, sp, recompute, cp, ep, etp, regather)
         return static, min(dense, moe)
 
     # ---- before a cut is chosen
+    def _first_stage_joined(self, c: Candidate) -> bool:
+        """Whether the estimate runs the first stage's backward as one autograd call under a split-backward schedule
+        (torch's pipeline runs its whole backward as W: ``estimate._stage_costs``)."""
+        return schedule_spec(c.schedule).split_backward and self.stack.pipeline_runtime == "torch"
+
     def time_any_cut_s(self, c: Candidate) -> float:
         """Step time of ``c`` under any cut is at least this."""
         lp = self.layer_passes(c)
+        if self._first_stage_joined(c):  # any layer may be on the first stage: the smaller W of the two
+            lp = lp.without_split_excess()
         overlap = self.steps_overlap(c)
         if lp.moe is None or lp.dense is None:
             return any_cut_makespan_lower_bound_s(c.schedule, c.pp, c.v, c.num_microbatches, lp.layer, lp.embedding,
                                                   lp.head, self.model.num_layers, steps_overlap=overlap)
-        fastest, whole = self._whole_model(*self._pass_key(c))
+        fastest, whole = (lp.fastest, lp.layers(self.num_dense, self.num_moe)) if self._first_stage_joined(c) \
+            else self._whole_model(*self._pass_key(c))
         return any_cut_makespan_lower_bound_s(c.schedule, c.pp, c.v, c.num_microbatches, fastest, lp.embedding, lp.head,
                                               self.model.num_layers, whole, steps_overlap=overlap)
 
@@ -299,6 +330,8 @@ class Bounds:
         per_stage = [lp.layers(dense, moe) for _, dense, moe in self._kinds(stage_layers)]
         per_stage[0] = per_stage[0].plus(lp.embedding)
         per_stage[last] = per_stage[last].plus(lp.head)
+        if self._first_stage_joined(c):
+            per_stage[0] = per_stage[0].joined_backward()
         stages = len(stage_layers)
         return StageTimes(tuple(st.forward_s for st in per_stage), tuple(st.backward_input_s for st in per_stage),
                           tuple(max(0.0, st.backward_weight_s) for st in per_stage), (0.0,) * stages, (0.0,) * (stages - 1))
@@ -311,7 +344,7 @@ class Bounds:
     def memory_of_cut_gib(self, c: Candidate, stage_layers: list[int]) -> list[float]:
         """Per pipeline rank, at least this many GiB with ``stage_layers``."""
         act_dense, act_moe, act_emb, act_head = self._activations(c.tp, c.mbs, c.sequence_parallel, c.recompute, c.cp, c.ep,
-                                                                  c.etp)
+                                                                  c.etp, c.sp_regather)
         last = len(stage_layers) - 1
         kinds = self._kinds(stage_layers)
         counts = peak_inflight(c.schedule, c.pp, c.v, c.num_microbatches)

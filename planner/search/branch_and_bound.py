@@ -87,7 +87,8 @@ def config_for(cand: Candidate, stage_layers: list[int], stack: str = DEFAULT_ST
         stack=stack, tp=cand.tp, cp=cand.cp, ep=cand.ep, etp=cand.config_etp, pp=cand.pp,
         dp=cand.dp, v=cand.v, mbs=cand.mbs,
         num_microbatches=cand.num_microbatches, schedule=cand.schedule, recompute=cand.recompute,
-        sequence_parallel=cand.sequence_parallel, zero=cand.zero, offload_layers=cand.offload, stage_layers=stage_layers,
+        sequence_parallel=cand.sequence_parallel, sp_regather=cand.sp_regather, zero=cand.zero, offload_layers=cand.offload,
+        stage_layers=stage_layers,
     )
 
 
@@ -163,8 +164,8 @@ class Searcher:
         # where torch's runtime evicts unsharded stages the probe (v <= 2) takes the share of the candidate's
         # v equal stages, at most what any cut holds (Bounds.unsharded_share)
         share = self.bounds.unsharded_share(c)
-        key = (c.tp, c.cp, c.ep, c.etp, c.dp, c.mbs, c.num_microbatches, c.recompute, c.sequence_parallel, c.zero, pipelined,
-               kind, held, share)
+        key = (c.tp, c.cp, c.ep, c.etp, c.dp, c.mbs, c.num_microbatches, c.recompute, c.sequence_parallel, c.sp_regather,
+               c.zero, pipelined, kind, held, share)
         line = self._lines.get(key)
         if line is None:
             pp, v, schedule, rank = _PROBES[kind] if pipelined else (1, 1, "1f1b", 0)
@@ -172,7 +173,7 @@ class Searcher:
                 stack=self.stack.name, tp=c.tp, cp=c.cp, ep=c.ep, etp=c.config_etp, pp=pp, dp=c.dp,
                 v=v, mbs=c.mbs,
                 num_microbatches=c.num_microbatches, schedule=schedule, recompute=c.recompute,
-                sequence_parallel=c.sequence_parallel, zero=c.zero, stage_layers=[1] * (pp * v),
+                sequence_parallel=c.sequence_parallel, sp_regather=c.sp_regather, zero=c.zero, stage_layers=[1] * (pp * v),
             )
 
             def at(n: int, inflight: int, part: str = "backward") -> float:

@@ -52,7 +52,7 @@ def _g3(value: float) -> str:
 
 def candidate_of(cfg: ParallelConfig) -> Candidate:
     return Candidate(cfg.tp, cfg.cp, cfg.ep, cfg.expert_tp, cfg.pp, cfg.dp, cfg.mbs, cfg.v, cfg.schedule, cfg.recompute_label,
-                     cfg.sequence_parallel, cfg.zero, cfg.num_microbatches, cfg.offload_layers)
+                     cfg.sequence_parallel, cfg.zero, cfg.num_microbatches, cfg.offload_layers, cfg.sp_regather)
 
 
 def config_label(cfg: ParallelConfig) -> str:
@@ -178,6 +178,10 @@ def _neighbours(c: Candidate, gpus: int, train: TrainSpec, model: ModelSpec, sta
             out.append(replace(c, recompute=kind))
     if c.tp > 1:
         out.append(replace(c, sequence_parallel=not c.sequence_parallel))
+    if c.sequence_parallel and c.recompute != "full" and stack.kernels.sequence_parallel_regather_exposed:
+        out.append(replace(c, sp_regather=not c.sp_regather))
+    # a neighbour without sequence parallelism, or recomputing whole layers, keeps no input shards
+    out = [replace(n, sp_regather=n.sp_regather and n.sequence_parallel and n.recompute != "full") for n in out]
     if c.dp * c.cp > 1:
         out += [replace(c, zero=z) for z in SEARCHED_ZERO if z != c.zero]
     if c.pp > 1:
@@ -200,7 +204,7 @@ def _parallel_problems(c: Candidate, model: ModelSpec, train: TrainSpec, stack: 
     cfg = ParallelConfig(stack=stack.name, tp=c.tp, cp=c.cp, ep=c.ep, etp=c.config_etp, pp=c.pp,
                          dp=c.dp, mbs=c.mbs,
                          num_microbatches=c.num_microbatches, zero=c.zero, sequence_parallel=c.sequence_parallel,
-                         stage_layers=[1])
+                         sp_regather=c.sp_regather, stage_layers=[1])
     return (expert_context_violations(model, train, cfg) + parallelism_violations(cfg, stack, train)
             + data_parallel_violations(train.precision, c.tp, c.cp, c.pp, c.dp, c.zero, stack))
 

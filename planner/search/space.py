@@ -78,6 +78,7 @@ class Candidate:
     zero: int
     num_microbatches: int
     offload: int = 0  # ParallelConfig.offload_layers: priced by evaluate, never enumerated by the search
+    sp_regather: bool = False  # ParallelConfig.sp_regather
 
     @property
     def config_etp(self) -> int | None:
@@ -85,7 +86,7 @@ class Candidate:
         return None if self.etp == self.tp else self.etp
 
     def label(self) -> str:
-        sp = "+sp" if self.sequence_parallel else ""
+        sp = ("+sp(shards)" if self.sp_regather else "+sp") if self.sequence_parallel else ""
         cp = f" cp={self.cp}" if self.cp > 1 else ""
         ep = f" ep={self.ep}" if self.ep > 1 else ""
         ep += f" etp={self.etp}" if self.etp != self.tp else ""
@@ -226,6 +227,15 @@ def _sp_options(d: Degrees, stack: StackSpec) -> tuple[bool, ...]:
     return (False, True)
 
 
+def _sp_regather_options(sp: bool, recompute: str, stack: StackSpec) -> tuple[bool, ...]:
+    """Whether the sequence-parallel inputs are kept gathered (False) or as shards (True), where the stack runs both
+    (``StackKernels.sequence_parallel_regather_exposed``): the shards save memory and cost a gather in the backward, so
+    either may be the faster plan that fits. Full recompute keeps neither (its layer keeps its input only)."""
+    if sp and recompute != "full" and stack.kernels.sequence_parallel_regather_exposed:
+        return (False, True)
+    return (False,)
+
+
 def _zero_options(d: Degrees, stack: StackSpec, precision: str) -> tuple[int, ...]:
     """The ZeRO stages searched at these degrees: 0 alone on one data-context rank, and none the stack's
     data-parallel rules refuse (``costmodels.rules.data_parallel_violations``)."""
@@ -253,6 +263,8 @@ def _pipeline_options(
                         schedule, d.ep, recompute, precision, model.mtp_layers):
                     continue
                 for sp in sp_options:
-                    for zero in zero_options:
-                        if not zero_violations(zero, pp, schedule, stack):
-                            yield Candidate(tp, d.cp, d.ep, d.etp, pp, dp, mbs, v, schedule, recompute, sp, zero, m)
+                    for regather in _sp_regather_options(sp, recompute, stack):
+                        for zero in zero_options:
+                            if not zero_violations(zero, pp, schedule, stack):
+                                yield Candidate(tp, d.cp, d.ep, d.etp, pp, dp, mbs, v, schedule, recompute, sp, zero, m,
+                                                sp_regather=regather)

@@ -34,7 +34,8 @@ from profiles.schema import Estimate, ParallelConfig, Precision, StrictModel, Tr
 
 DEFAULT_SUITE = REGRESSION_DIR
 CONFIG_FIELDS = ("tp", "cp", "ep", "etp", "pp", "dp", "v", "mbs", "num_microbatches", "schedule", "recompute",
-                 "sequence_parallel", "zero", "stage_layers")
+                 "sequence_parallel", "sp_regather", "zero", "stage_layers")
+CONFIG_DEFAULTS = {"sp_regather": False}  # written only where a plan sets it, so that goldens without it stay as they are
 
 
 class RegressionCase(StrictModel):
@@ -116,7 +117,8 @@ def run_case(case: RegressionCase) -> Golden:
 def golden_of(cfg: ParallelConfig, est: Estimate) -> Golden:
     config = cfg.model_dump(mode="json")
     return Golden(
-        config={k: config[k] for k in CONFIG_FIELDS if config[k] is not None},  # etp None: expert TP = tp
+        config={k: config[k] for k in CONFIG_FIELDS  # etp None: expert TP = tp
+                if config[k] is not None and (k not in CONFIG_DEFAULTS or config[k] != CONFIG_DEFAULTS[k])},
         step_time_s=round(est.step_time_s, 6),
         mfu=round(est.mfu, 6),
         peak_memory_gib=[round(x, 4) for x in est.peak_memory_gib],
@@ -130,9 +132,9 @@ def _rel(old: float, new: float) -> float:
 def compare(golden: Golden, current: Golden, tol: Tolerance) -> list[str]:
     """Readable differences: every changed config field, every figure beyond tolerance."""
     diffs = [
-        f"config.{key}: {golden.config.get(key)!r} -> {current.config.get(key)!r}"
+        f"config.{key}: {golden.config.get(key, CONFIG_DEFAULTS.get(key))!r} -> {current.config.get(key, CONFIG_DEFAULTS.get(key))!r}"
         for key in CONFIG_FIELDS
-        if golden.config.get(key) != current.config.get(key)
+        if golden.config.get(key, CONFIG_DEFAULTS.get(key)) != current.config.get(key, CONFIG_DEFAULTS.get(key))
     ]
     figures = (("step_time_s", golden.step_time_s, current.step_time_s, tol.step_time_rel),
                ("mfu", golden.mfu, current.mfu, tol.mfu_rel))

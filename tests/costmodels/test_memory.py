@@ -1,6 +1,8 @@
 """Activation memory reproduces Korthikanti et al. 2022 Table 2 exactly; static memory per ZeRO stage;
 what a split backward keeps from B to W."""
 
+from dataclasses import replace
+
 import pytest
 
 from costmodels.estimate import estimate, stage_times
@@ -75,10 +77,27 @@ def test_sequence_parallel_keeping_the_gathered_inputs_adds_4_sbh_times_1_minus_
 
 
 def test_the_stacks_that_run_dtensors_plan_keep_the_gathered_inputs():
-    assert {name: load_stack(name).kernels.sequence_parallel_keeps_gathered_inputs for name in (
-        "ppplan-torch", "torchtitan", "megatron-core", "megatron-lm-2021")} == {
-        "ppplan-torch": True, "torchtitan": True, "megatron-core": False, "megatron-lm-2021": False}
-    assert ActivationVariant.runtime("bf16").sp_keeps_gathered_inputs
+    """torchtitan and ppplan's runtime run DTensor's plan (the replicated input saved); a ppplan plan may keep the
+    shards instead (sp_regather, gathered again on the critical path); Megatron keeps the shards always."""
+    kernels = {name: load_stack(name).kernels for name in ("ppplan-torch", "torchtitan", "megatron-core", "megatron-lm-2021")}
+    assert {name: (k.sequence_parallel_keeps_gathered_inputs, k.sequence_parallel_regather_exposed)
+            for name, k in kernels.items()} == {
+        "ppplan-torch": (True, True), "torchtitan": (True, False), "megatron-core": (False, False),
+        "megatron-lm-2021": (False, False)}
+    runtime = ActivationVariant.runtime("bf16")
+    assert runtime.sp_keeps_gathered_inputs and runtime.sp_recompute_keeps_gathered_inputs
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_the_runtime_variant_is_what_ppplan_torch_kernels_give(precision, device):
+    """``ActivationVariant.runtime()`` (the profiler's and the runtime's own checks) is the ppplan-torch stack's
+    variant as the estimate builds it (torch's pipeline keeps the stage outputs, even of one stage)."""
+    stack = load_stack("ppplan-torch")
+    from_stack = ActivationVariant.for_stack(stack.kernels, precision, device, keeps_stage_output=True,
+                                             single_stage_pipeline=True)
+    assert from_stack.tp_loss_kernel == from_stack.loss_kernel  # runtime() leaves it None: the same kernel
+    assert ActivationVariant.runtime(precision, device) == replace(from_stack, tp_loss_kernel=None)
 
 
 def test_sequence_parallel_with_selective_recompute_is_34_sbh_over_t(gpt):

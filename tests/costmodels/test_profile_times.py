@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from costmodels.comm import Link, link_for, network_for, tp_layer_comm_s
 from costmodels.compute import operators_time_s
-from costmodels.estimate import estimate
+from costmodels.estimate import estimate, stage_times
 from costmodels.experts import dispatch_ops
 from costmodels.layer_costs import RooflineTimes, price_operators
 from costmodels.layer_ops import transformer_layer_ops
@@ -190,7 +190,7 @@ def test_an_moe_layer_is_the_measured_layer_plus_the_busiest_ranks_excess_and_th
 def test_a_schedule_without_the_split_backward_is_priced_at_the_measured_unsplit_backward(env, schedule, drops):
     """B 2 + W 1.5 ms split, 2.5 ms as one autograd call (per 128 tokens): 1F1B runs the one call, so it
     is priced as a profile whose W is 0.5 ms; ZB-H1 runs the split pair, priced as a profile without
-    the difference."""
+    the difference, but on its first stage, whose whole backward torch's pipeline runs as W, one call."""
     model, cluster, train = env
 
     def profile(w, bw):
@@ -205,8 +205,18 @@ def test_a_schedule_without_the_split_backward_is_priced_at_the_measured_unsplit
         return estimate(model, cluster, train, cfg, layers=ProfiledTimes(prof, model, cluster, train), stack=neutral_stack()).step_time_s
 
     measured = step(profile(1.5, 2.5))
-    assert measured == pytest.approx(step(profile(0.5, 2.5)) if drops else step(profile(1.5, 3.5)), rel=1e-9)
-    assert measured < step(profile(1.5, 3.5)) if drops else measured > step(profile(0.5, 2.5))
+    if drops:
+        assert measured == pytest.approx(step(profile(0.5, 2.5)), rel=1e-9)
+        assert measured < step(profile(1.5, 3.5))
+        return
+
+    def stages(prof):
+        return stage_times(model, cluster, train, cfg, ProfiledTimes(prof, model, cluster, train), stack=neutral_stack())
+
+    got, joined, split = stages(profile(1.5, 2.5)), stages(profile(0.5, 2.5)), stages(profile(1.5, 3.5))
+    assert got.backward_weight_s[0] == pytest.approx(joined.backward_weight_s[0], rel=1e-12)
+    assert got.backward_weight_s[1] == pytest.approx(split.backward_weight_s[1], rel=1e-12)
+    assert joined.backward_weight_s[1] < got.backward_weight_s[1] and got.backward_weight_s[0] < split.backward_weight_s[0]
 
 
 def test_mbs_seq_and_tp_between_measured_points_are_interpolated(env):

@@ -52,6 +52,7 @@ def make_plan(
     zero: int = 0,
     recompute: str | list[str] = "none",
     sequence_parallel: bool = False,
+    sp_regather: bool = False,
     precision: str = "fp32",
     schedule_csv: str | None = "auto",
 ) -> Plan:
@@ -63,7 +64,8 @@ def make_plan(
     batch = global_batch if global_batch is not None else mbs * dp * max(pp, 2)
     config = ParallelConfig(
         tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, v=v, mbs=mbs, num_microbatches=batch // (mbs * dp), schedule=schedule,
-        recompute=recompute, sequence_parallel=sequence_parallel, zero=zero, stage_layers=stage_layers,
+        recompute=recompute, sequence_parallel=sequence_parallel, sp_regather=sp_regather, zero=zero,
+        stage_layers=stage_layers,
         schedule_csv=(_zb_h2_csv(pp, v, batch // (mbs * dp)) if schedule == "custom" else None)
         if schedule_csv == "auto" else schedule_csv,
     )

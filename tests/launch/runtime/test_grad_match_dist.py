@@ -26,13 +26,17 @@ REL_TOL = 1e-4
 
 # world size -> {name: plan}: the five cases of issue 13 (ep2, ep4, cp2, ep2 x pp2, cp2 x tp2) and the
 # combinations the runtime also runs (experts folded over context ranks, expert TP with sequence
-# parallelism and ZeRO-3, split backward, learned positions with tied embeddings under CP).
+# parallelism and ZeRO-3, split backward, learned positions with tied embeddings under CP, a sequence-parallel
+# block's input kept as a shard and gathered again: launch.runtime.regather).
 GROUPS: dict[int, dict[str, Plan]] = {
     2: {
         "ep2 (dp2), tiny-moe": make_plan("tiny-moe", dp=2, ep=2, global_batch=4),
         "cp2, tiny-llama": make_plan("tiny-llama", cp=2, global_batch=4),
         "cp2 x ep2 (experts over the context ranks), tiny-moe": make_plan("tiny-moe", cp=2, ep=2, global_batch=4),
         "tp2 (expert TP, no sequence parallelism), tiny-moe": make_plan("tiny-moe", tp=2, global_batch=4),
+        "tp2, sequence parallel (inputs gathered again in B), selective recompute, tiny-gpt": make_plan(
+            "tiny-gpt", tp=2, sequence_parallel=True, recompute="selective", global_batch=4, sp_regather=True
+        ),
     },
     4: {
         "ep4 (dp4), tiny-moe": make_plan("tiny-moe", dp=4, ep=4, global_batch=4),
@@ -43,6 +47,9 @@ GROUPS: dict[int, dict[str, Plan]] = {
         ),
         "ep2 x pp2 zb-h1 (split backward), zero 1, tiny-moe": make_plan(
             "tiny-moe", pp=2, dp=2, ep=2, schedule="zb-h1", zero=1, global_batch=8
+        ),
+        "tp2 x pp2 zb-h1 (inputs gathered again in B and in W), sequence parallel, tiny-moe": make_plan(
+            "tiny-moe", tp=2, pp=2, sequence_parallel=True, schedule="zb-h1", global_batch=8, sp_regather=True
         ),
         "cp2 x pp2 interleaved v2, selective recompute, tiny-gpt (learned positions, tied)": make_plan(
             "tiny-gpt", cp=2, pp=2, v=2, schedule="interleaved-1f1b", recompute="selective", global_batch=4

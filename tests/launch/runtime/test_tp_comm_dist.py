@@ -18,15 +18,19 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
 from costmodels.comm import Link, Network, tp_all_reduce_s
+from costmodels.estimate import sp_regather_passes
 from costmodels.experts import dispatch_ops
 from costmodels.layer_costs import tp_comm_passes
+from costmodels.memory import ActivationVariant, layer_activation_bytes
 from costmodels.operators import LayerShape
 from costmodels.selective_ac import recomputed_tp_comm_fraction
-from profiles.loader import load_model, load_stack
+from profiles.loader import load_cluster, load_model, load_stack
+from profiles.schema import TrainSpec
 
 pytestmark = pytest.mark.dist
 
@@ -147,3 +151,49 @@ def test_an_moe_block_under_ep_runs_the_all_to_alls_dispatch_ops_prices(counted:
     assert dispatch[0] == MOE_TOKENS * MOE_TOP_K
     assert combine == dispatch[::-1]  # each output returns to the rank that sent the row
     assert exchanges["backward"] == [dispatch, combine]  # the gradients retrace them
+
+
+# -- sequence-parallel inputs kept as shards (ParallelConfig.sp_regather, launch.runtime.regather) -----------------
+#
+# The forward is the sequence-parallel layer's; B gathers the attention's and the MLP's (or MoE block's) inputs once
+# more, two all-gathers of T = 2 x 16 positions, which the estimate prices (costmodels.estimate.sp_regather_passes);
+# the forward keeps each input as its 16-position shard, (1 - 1/tp) of T·h values less per input than the layer
+# that keeps them gathered, as costmodels.memory.layer_activation_bytes counts.
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt", "tiny-moe", "tiny-moe-shared"])
+def test_a_layer_keeping_its_input_shards_gathers_them_again_in_b(counted: dict, model: str) -> None:
+    kept, shards = counted[model]["sp"]["none"], counted[model]["sp_regather"]["none"]
+    assert shards["forward"] == kept["forward"]
+    extra = Counter(shards["backward"])
+    extra.subtract(kept["backward"])
+    assert dict(+extra) == {"all_gather_into_tensor": 2} and not dict(-extra)
+    gathered = _all_reduce_rows(shards["backward_rows"]) - _all_reduce_rows(kept["backward_rows"])
+    assert gathered == MOE_TOKENS  # two all-gathers of T rows, each half an all-reduce's
+    spec = load_model("tiny-moe" if model.startswith("tiny-moe") else model)
+    cluster = load_cluster("dgx-h100")  # one device per rank: no time-sharing factor
+    priced = sp_regather_passes(spec, TrainSpec(global_batch=2, seq_len=16, precision="fp32"), cluster, UNIT, 2, 2, 1, "none")
+    row = tp_all_reduce_s(1, spec.hidden_size, FP32, 2, UNIT)
+    assert priced.backward_input_s / row == pytest.approx(gathered)
+    assert priced.backward_weight_s == priced.split_backward_extra_s == priced.backward_input_s
+    assert shards["max_relative_error"] <= 1e-5
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt", "tiny-moe", "tiny-moe-shared"])
+def test_a_layer_keeping_its_input_shards_saves_what_the_memory_model_takes_off(counted: dict, model: str) -> None:
+    spec = load_model("tiny-moe" if model.startswith("tiny-moe") else model)
+    if model == "tiny-moe-shared":
+        spec = spec.model_copy(update={"shared_expert_ffn_hidden_size": 512})
+    kept, shards = counted[model]["sp"]["none"]["saved_bytes"], counted[model]["sp_regather"]["none"]["saved_bytes"]
+    variant = ActivationVariant.runtime("fp32", "cpu")
+    formula = [layer_activation_bytes(spec, 16, 2, 2, True, "none", v, moe=spec.is_moe)
+               for v in (variant, replace(variant, sp_keeps_gathered_inputs=False))]
+    assert kept - shards == formula[0] - formula[1] == 2 * FP32 * MOE_TOKENS * spec.hidden_size / 2
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt", "tiny-moe", "tiny-moe-shared"])
+def test_a_split_backward_gathers_the_input_shards_again_in_w(counted: dict, model: str) -> None:
+    """torch's B (stage_backward_input) runs every node that saved a block input: the reduce-scatters' gradients (2)
+    and the gathers again (2); its W (stage_backward_weight) runs them again for the weight gradients: 2 more, which
+    ``sp_regather_passes`` prices as the split's excess."""
+    assert counted[model]["sp_regather"]["split"] == {"backward_input": 4, "backward_weight": 2}

@@ -172,7 +172,7 @@ def test_a_stage_shards_each_layer_before_it_builds_the_next(monkeypatch: pytest
         return real_build_layer(spec, index, seed, experts)
 
     monkeypatch.setattr(model, "build_layer", build_layer)
-    monkeypatch.setattr(build, "parallelize_layer", lambda layer, mesh, sp: events.append("shard"))
+    monkeypatch.setattr(build, "parallelize_layer", lambda layer, mesh, sp, sp_regather=False: events.append("shard"))
     monkeypatch.setattr(build, "apply_tensor_parallel", lambda stage, mesh, sp, layers_done=False: events.append(f"ends {layers_done}"))
     plan = make_plan("tiny-gpt", tp=2, pp=2, dp=1, mbs=1, global_batch=4)
     layout = local_stages(plan.config, 0)[0]

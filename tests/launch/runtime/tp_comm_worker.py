@@ -9,7 +9,9 @@ of h each collective moves: a functional one's from the profiler's input shapes,
 calls (``launch.runtime.moe``: its exit without sequence parallelism, its input and score gradients) recorded as they
 are made, as values / h (the fp32 scores' T·k values are T·k / h rows). Each case also checks the sharded layer
 against the same layer unsharded on the same input (``"max_relative_error"`` of its output, input gradient and router
-gradient). Rank 0 writes ``{model: {"sp"|"nosp": {recompute: {"forward"|"backward": {op: count},
+gradient). With sequence parallelism the layer also runs with its inputs kept as shards (``"sp_regather"``, no
+recompute: ``launch.runtime.regather``). Rank 0 writes ``{model: {"sp"|"nosp"|"sp_regather": {recompute:
+{"saved_bytes": bytes, "forward"|"backward": {op: count},
 "forward_rows"|"backward_rows": [[op, rows], ...]}}}}`` to ``--out``: an all-gather's rows are its output's, a
 reduce-scatter's its input's, an all-reduce's its buffer's. Under ``"expert_parallel"``, tiny-moe with its experts
 split over all ranks (ep = world, tp 1): ``{"forward"|"backward": [[rows sent, rows received], ...]}``, one entry per
@@ -27,8 +29,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.pipelining._backward import stage_backward_input, stage_backward_weight
 from torch.profiler import ProfilerActivity, profile
 
+from launch.profiler.cases import _storages
 from launch.runtime.model import build_layer
 from launch.runtime.moe import ExpertGroups, ExpertShard, MoEFeedForward
 from launch.runtime.tp import parallelize_layer
@@ -95,30 +99,60 @@ def _expert_parallel(spec: ModelSpec) -> dict[str, list[list[int]]]:
     return {"forward": _all_to_alls(forward), "backward": _all_to_alls(backward)}
 
 
+def _split_backward_gathers(spec: ModelSpec, mesh: object) -> dict[str, int]:
+    """All-gathers of a sequence-parallel layer keeping its inputs as shards whose backward is split as torch's pipeline
+    splits it: B (``stage_backward_input``), then W (``stage_backward_weight``)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    layer = build_layer(spec, 0)
+    parallelize_layer(layer, mesh, True, sp_regather=True)
+    if isinstance(layer.feed_forward, MoEFeedForward):
+        layer.feed_forward.set_parallel(ExpertGroups(tp=mesh.get_group()), rank, world, True)
+    full = torch.randn(2, 16, spec.hidden_size, generator=torch.Generator().manual_seed(0))
+    x = full.chunk(world, dim=1)[rank].clone().requires_grad_(True)
+    out = layer(x)
+    with profile(activities=[ProfilerActivity.CPU]) as backward_input:
+        _, groups = stage_backward_input([out], [torch.ones_like(out)], [x], layer.parameters())
+    with profile(activities=[ProfilerActivity.CPU]) as backward_weight:
+        stage_backward_weight(layer.parameters(), groups)
+    return {name: _collectives(prof).get("all_gather_into_tensor", 0)
+            for name, prof in (("backward_input", backward_input), ("backward_weight", backward_weight))}
+
+
 def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     got, want = got.detach(), want.detach()
     return float((got - want).abs().max() / want.abs().max().clamp_min(1e-30))
 
 
-def _count_layer(spec: ModelSpec, mesh: object, sp: bool, recompute: str) -> dict[str, object]:
-    """One sharded layer's collectives per pass, and its output, input gradient and router gradient against the
-    same layer unsharded on the same input (``"max_relative_error"``; the loss is the sum of the full output)."""
+def _count_layer(spec: ModelSpec, mesh: object, sp: bool, recompute: str, sp_regather: bool = False) -> dict[str, object]:
+    """One sharded layer's collectives per pass, the bytes its forward saves for the backward (``"saved_bytes"``, the
+    profiler's count: ``launch.profiler.cases.saved_activation_bytes``), and its output, input gradient and router
+    gradient against the same layer unsharded on the same input (``"max_relative_error"``; the loss is the sum of the
+    full output)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     reference = build_layer(spec, 0)
     layer = build_layer(spec, 0)
     layer.set_recompute(recompute)
-    parallelize_layer(layer, mesh, sp)
+    parallelize_layer(layer, mesh, sp, sp_regather)
     if isinstance(layer.feed_forward, MoEFeedForward):
         layer.feed_forward.set_parallel(ExpertGroups(tp=mesh.get_group()), rank, world, sp)
     full = torch.randn(2, 16, spec.hidden_size, generator=torch.Generator().manual_seed(0))
     x = (full.chunk(world, dim=1)[rank] if sp else full).clone().requires_grad_(True)
     DIRECT.clear()
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as forward:
+    params = {storage.data_ptr() for p in layer.parameters() for storage in _storages(p)}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.update((st.data_ptr(), st.nbytes()) for st in _storages(t) if st.data_ptr() not in params)
+        return t
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as forward, \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = layer(x)
     forward_rows = _rows(forward, world)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as backward:
         out.sum().backward()
     passes: dict[str, object] = {
+        "saved_bytes": sum(saved.values()),
         "forward": _collectives(forward),
         "backward": _collectives(backward),
         "forward_rows": forward_rows,
@@ -153,6 +187,8 @@ def main() -> None:
             for recompute in ("none", "full"):
                 passes = _count_layer(spec, mesh, sp, recompute)
                 result.setdefault(name, {}).setdefault("sp" if sp else "nosp", {})[recompute] = passes
+        result[name]["sp_regather"] = {"none": _count_layer(spec, mesh, True, "none", sp_regather=True),
+                                       "split": _split_backward_gathers(spec, mesh)}
     experts = {"tiny-moe": _expert_parallel(load_model("tiny-moe"))}
     if dist.get_rank() == 0:
         Path(args.out).write_text(json.dumps(result | {"expert_parallel": experts}))
