@@ -51,6 +51,9 @@ GROUPS: dict[int, dict[str, Plan]] = {
         "tp2 x pp2 zb-h1 (inputs gathered again in B and in W), sequence parallel, tiny-moe": make_plan(
             "tiny-moe", tp=2, pp=2, sequence_parallel=True, schedule="zb-h1", global_batch=8, sp_regather=True
         ),
+        "tp2 x dp2 zero 3 (FSDP2), inputs kept as shards, sequence parallel, tiny-llama": make_plan(
+            "tiny-llama", tp=2, dp=2, sequence_parallel=True, zero=3, global_batch=4, sp_regather=True
+        ),
         "cp2 x pp2 interleaved v2, selective recompute, tiny-gpt (learned positions, tied)": make_plan(
             "tiny-gpt", cp=2, pp=2, v=2, schedule="interleaved-1f1b", recompute="selective", global_batch=4
         ),
