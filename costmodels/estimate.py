@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from costmodels.comm import FP32_BYTES, GroupPlacement, Network, collective_s, network_for, sequence_parallel_gather_s
+from costmodels.comm import FP32_BYTES, GroupPlacement, Network, collective_s, sequence_parallel_gather_s
 from costmodels.communicators import nccl_buffers_gib
 from costmodels.compute import memory_bound_time_s, peak_flops
 from costmodels.data_parallel import (
@@ -89,8 +89,8 @@ from costmodels.runtime_costs import (
     fsdp_host_s,
     host_overhead_per_action_s,
     optimizer_temp_bytes,
+    pricing_network,
     runtime_costs_of,
-    with_measured_links,
 )
 from costmodels.schedules.actions import Schedule
 from costmodels.schedules.generate import generate_schedule, schedule_of
@@ -148,17 +148,17 @@ def activation_variant(cluster: ClusterSpec, train: TrainSpec, stack: StackSpec,
     variant = ActivationVariant.for_stack(stack.kernels, train.precision, device,
                                           stack.pipeline_runtime == "torch" or engine_keeps, stack.single_stage_pipeline,
                                           last_output_is_loss=engine_keeps, autocast=stack.autocasts(train.precision))
-    return replace(variant, sp_keeps_gathered_inputs=False) if cfg is not None and cfg.sp_regather else variant
+    return variant.with_input_shards() if cfg is not None and cfg.sp_regather else variant
 
 
 def sp_regather_passes(model: ModelSpec, train: TrainSpec, cluster: ClusterSpec, network: Network, tp: int, mbs: int,
-                       cp: int, recompute: str) -> PassTimes:
+                       cp: int, recompute: str, *, sequence_parallel: bool, sp_regather: bool) -> PassTimes:
     """What one transformer layer's backward adds where a plan keeps its sequence-parallel blocks' inputs as shards
-    (``ParallelConfig.sp_regather``): the attention's and the MLP's (or MoE block's) all-gathers again, in B, and under
-    a split backward once more in W (``split_backward_extra_s``; launch/runtime/regather.py gathers when autograd
-    unpacks the saved input, which B and W each do; Korthikanti et al. 2022, Sec. 4.2.2); none under full recompute,
-    whose re-run forward keeps them gathered."""
-    if recompute == "full":
+    (``sequence_parallel`` and ``ParallelConfig.sp_regather``): the attention's and the MLP's (or MoE block's)
+    all-gathers again, in B, and under a split backward once more in W (``split_backward_extra_s``;
+    launch/runtime/regather.py gathers when autograd unpacks the saved input, which B and W each do; Korthikanti et
+    al. 2022, Sec. 4.2.2); none under full recompute, whose re-run forward keeps them gathered, nor elsewhere."""
+    if not (sequence_parallel and sp_regather) or recompute == "full":
         return ZERO_PASS
     tokens = train.seq_len * mbs // cp
     gather = 2 * sequence_parallel_gather_s(tokens, model.hidden_size, bytes_per_element(train.precision), tp,
@@ -398,7 +398,7 @@ def stage_times(
 ) -> StageTimes:
     """Per-virtual-stage times for the simulator (what ``ppplan simulate plan.json`` runs)."""
     layers = layers or RooflineTimes(model, cluster, train.precision, stack=stack)
-    network = with_measured_links(network_for(cluster), runtime_costs_of(layers, cluster))
+    network = pricing_network(cluster, runtime_costs_of(layers, cluster))
     return _pipeline_inputs(model, cluster, train, cfg, layers, stack, stack.overlap, network)[2]
 
 
@@ -408,8 +408,8 @@ def _pipeline_inputs(
 ) -> tuple[list[StagePlan], list[PassTimes], StageTimes, list[dict[str, float]]]:
     variant = activation_variant(cluster, train, stack, cfg)
     plans = [_stage_plan(model, train, cfg, layers, layout, variant, regather=sp_regather_passes(
-        model, train, cluster, network, cfg.tp, cfg.mbs, cfg.cp, cfg.recompute_of_stage(layout.stage))
-        if cfg.sp_regather and cfg.sequence_parallel else ZERO_PASS) for layout in stage_layouts(cfg)]
+        model, train, cluster, network, cfg.tp, cfg.mbs, cfg.cp, cfg.recompute_of_stage(layout.stage),
+        sequence_parallel=cfg.sequence_parallel, sp_regather=cfg.sp_regather)) for layout in stage_layouts(cfg)]
     p2p = _p2p_times(model, cluster, train, cfg, network, variant.residual_stream_bytes)
     costs, hidden = _stage_costs(cfg, cluster, train, plans, stack, network, p2p, runtime_costs_of(layers, cluster),
                                  accumulate=not layers.grad_accumulation_measured, regathers=regathers)
@@ -846,7 +846,7 @@ def estimate(
     overlap = stack.overlap
     layers = layers or RooflineTimes(model, cluster, train.precision, stack=stack)
     runtime = runtime_costs_of(layers, cluster)
-    network = with_measured_links(network_for(cluster), runtime)
+    network = pricing_network(cluster, runtime)
     exact = pricer is price_pipeline or cfg.schedule == "custom"  # else a bounding pricer: no action list
     plans, costs, times, hidden = _pipeline_inputs(model, cluster, train, cfg, layers, stack, overlap, network,
                                                    regathers=exact)

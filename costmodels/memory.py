@@ -13,7 +13,7 @@ sequence parallelism, ``34·s·b·h/t`` with SP and selective recomputation, and
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from costmodels.context_parallel import cp_activation_bytes
 from costmodels.experts import moe_activation_bytes, routed_rows
@@ -72,6 +72,11 @@ class ActivationVariant:
     last_output_is_loss: bool = False  # ... but the last stage's is the loss (StackSpec.pipeline_keeps_stage_outputs)
     single_stage_pipeline: bool = False  # ... and without pipeline parallelism too (StackSpec.single_stage_pipeline)
     op_sac_kernels: StackKernels | None = None  # the stack's kernels where "selective" is per-op (torchtitan)
+
+    def with_input_shards(self) -> "ActivationVariant":
+        """What a plan that keeps its sequence-parallel blocks' inputs as shards stores (``ParallelConfig.sp_regather``;
+        the layer a full recompute re-runs still keeps them gathered, ``sp_recompute_keeps_gathered_inputs``)."""
+        return replace(self, sp_keeps_gathered_inputs=False)
 
     def keeps_stage_output_at(self, pp: int) -> bool:
         """Whether a stage's output is kept until its backward (``stage_output_bytes``) in a plan of ``pp``

@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from costmodels.comm import US, Link, Network, bandwidth_bytes_per_s
+from costmodels.comm import US, Link, Network, bandwidth_bytes_per_s, network_for
 from costmodels.layer_costs import runs_on_cpu
 from costmodels.memory import STEP_TEMP_BYTES_PER_PARAM
 from profiles.profile_schema import CommProfile, RuntimeMeasurement
@@ -112,6 +112,11 @@ def runtime_costs_of(layers: object, cluster: ClusterSpec) -> RuntimeCosts:
                         pipelined_compute_factor=1.0, fsdp_overhead_per_unit_step_s=0.0, optimizer_s_per_param=None,
                         crowded_pipeline=())
     return costs
+
+
+def pricing_network(cluster: ClusterSpec, costs: RuntimeCosts) -> Network:
+    """The network the estimate prices a step's communication on: the cluster's, at the links ``costs`` measured."""
+    return with_measured_links(network_for(cluster), costs)
 
 
 def with_measured_links(network: Network, costs: RuntimeCosts) -> Network:

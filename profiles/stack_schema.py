@@ -119,8 +119,9 @@ class StackKernels(StrictModel):
         "all-gathered input (every position, on each tp rank) for their backward, as DTensor's plan does: the block's "
         "input becomes one replicated DTensor that autograd saves (launch/runtime/tp.py; torchtitan's apply_tp). False: "
         "they keep the rank's seq / tp shard and all-gather it again in the backward (Megatron-LM, Korthikanti et al. "
-        "2022, Sec. 4.2.2; ppplan's runtime, launch/runtime/regather.py). Per-op selective recompute (every_other_mm) "
-        "keeps neither: its policy does not save the all-gather, which the backward re-runs",
+        "2022, Sec. 4.2.2), as ppplan's runtime does where a plan asks (sequence_parallel_regather_exposed). Per-op "
+        "selective recompute (every_other_mm) keeps neither: its policy does not save the all-gather, which the "
+        "backward re-runs",
     )
     sequence_parallel_regather_exposed: bool = Field(
         default=False,

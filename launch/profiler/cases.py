@@ -301,7 +301,7 @@ def time_round_robin(
     return {i: summarize(rows) for i, rows in samples.items()}
 
 
-def _storages(t: Any) -> list[Any]:
+def storages_of(t: Any) -> list[Any]:
     """The storages holding ``t`` on this rank: a tensor subclass that wraps others (a DTensor's local shard,
     a functional collective's pending result; a sequence-parallel layer's parameters and saved inputs are
     such wrappers, with no storage of their own) holds its inner tensors' (``__tensor_flatten__``)."""
@@ -311,17 +311,17 @@ def _storages(t: Any) -> list[Any]:
         return [t.untyped_storage()]
     names, _ = t.__tensor_flatten__()
     inner = (getattr(t, name) for name in names)
-    return [storage for x in inner if isinstance(x, torch.Tensor) for storage in _storages(x)]
+    return [storage for x in inner if isinstance(x, torch.Tensor) for storage in storages_of(x)]
 
 
 def saved_activation_bytes(case: Case) -> int:
     """Bytes of the distinct storages autograd saves in one forward, parameters excluded
     (``saved_tensors_hooks``)."""
-    param_ptrs = {storage.data_ptr() for p in case.params for storage in _storages(p)}
+    param_ptrs = {storage.data_ptr() for p in case.params for storage in storages_of(p)}
     saved: dict[int, int] = {}
 
     def pack(t: Any) -> Any:
-        for storage in _storages(t):
+        for storage in storages_of(t):
             if storage.data_ptr() not in param_ptrs:
                 saved[storage.data_ptr()] = storage.nbytes()
         return t
@@ -335,7 +335,7 @@ def saved_activation_bytes(case: Case) -> int:
 
 def memory_of(case: Case, device: str) -> tuple[int, int, int]:
     """(saved activation bytes, parameter bytes, live-bytes peak) of ``case`` (in a ring, every rank calls it)."""
-    parameters = sum(storage.nbytes() for p in case.params for storage in _storages(p))
+    parameters = sum(storage.nbytes() for p in case.params for storage in storages_of(p))
     return saved_activation_bytes(case), parameters, live_bytes_peak(case, device)
 
 
@@ -363,7 +363,7 @@ def live_bytes_peak(case: Case, device: str) -> int:
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             for t in tree_leaves(out):
-                for storage in _storages(t) if isinstance(t, torch.Tensor) else ():
+                for storage in storages_of(t) if isinstance(t, torch.Tensor) else ():
                     key = storage.data_ptr()
                     if key and key not in tracked:
                         tracked.add(key)

@@ -44,8 +44,9 @@ def _activation_layout(sequence_parallel: bool) -> Shard | Replicate:
     return Shard(1) if sequence_parallel else Replicate()
 
 
-def layer_plan(sequence_parallel: bool) -> dict[str, object]:
-    """The parallel style of each submodule of a ``TransformerLayer``."""
+def layer_plan(sequence_parallel: bool, gather_inputs: bool = True) -> dict[str, object]:
+    """The parallel style of each submodule of a ``TransformerLayer``; ``gather_inputs`` False leaves the attention's
+    and the MLP's input to hooks of their own (``gather_block_input``)."""
     between = _activation_layout(sequence_parallel)
     plan: dict[str, object] = {
         "attention.wq": ColwiseParallel(),
@@ -60,12 +61,13 @@ def layer_plan(sequence_parallel: bool) -> dict[str, object]:
     # reduce-scatter), as Megatron's fused QKV and fc1 do and costmodels.comm.tp_layer_comm_s prices; converted per
     # projection, each of q, k, v, w1 (and w3) all-reduced its own gradient. Where a plan keeps the sequence-parallel
     # inputs as shards the gather is gather_block_input's instead (parallelize_layer).
-    plan.update(
-        {
-            "attention": PrepareModuleInput(input_layouts=(between,), desired_input_layouts=(Replicate(),)),
-            "feed_forward": PrepareModuleInput(input_layouts=(between,), desired_input_layouts=(Replicate(),)),
-        }
-    )
+    if gather_inputs:
+        plan.update(
+            {
+                "attention": PrepareModuleInput(input_layouts=(between,), desired_input_layouts=(Replicate(),)),
+                "feed_forward": PrepareModuleInput(input_layouts=(between,), desired_input_layouts=(Replicate(),)),
+            }
+        )
     if sequence_parallel:
         plan.update({"attention_norm": SequenceParallel(), "ffn_norm": SequenceParallel()})
     return plan
@@ -123,11 +125,7 @@ def parallelize_layer(layer: TransformerLayer, tp_mesh: DeviceMesh, sequence_par
     unless the layer is recomputed whole (``gather_block_input``; an MoE block's gather is its own,
     ``MoEFeedForward.regather_input``)."""
     regathers = sequence_parallel and sp_regather
-    plan = _add_w3(layer_plan(sequence_parallel), layer)
-    if regathers:
-        plan = {k: v for k, v in plan.items() if k not in ("attention", "feed_forward")} | (
-            {"feed_forward": plan["feed_forward"]} if isinstance(layer.feed_forward, MoEFeedForward) else {})
-    parallelize_module(layer, tp_mesh, plan)
+    parallelize_module(layer, tp_mesh, _add_w3(layer_plan(sequence_parallel, gather_inputs=not regathers), layer))
     if not regathers:
         return
 

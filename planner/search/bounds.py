@@ -37,7 +37,6 @@ import math
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from costmodels.comm import network_for
 from costmodels.communicators import communicator_gib, communicators_of_rank
 from costmodels.estimate import (
     activation_variant,
@@ -46,7 +45,7 @@ from costmodels.estimate import (
     memory_limit_gib,
     sp_regather_passes,
 )
-from costmodels.layer_costs import ZERO_PASS, LayerTimes, PassTimes
+from costmodels.layer_costs import LayerTimes, PassTimes
 from costmodels.memory import (
     GIB,
     embedding_activation_bytes,
@@ -68,7 +67,7 @@ from costmodels.pipeline_bound import (
     peak_inflight,
     stages_by_rank,
 )
-from costmodels.runtime_costs import runtime_costs_of, with_measured_links
+from costmodels.runtime_costs import pricing_network, runtime_costs_of
 from costmodels.schedules.fsdp_lowering import MAX_ACTIVE_STAGES
 from costmodels.schedules.registry import schedule_spec
 from costmodels.simulator import StageTimes
@@ -125,8 +124,8 @@ class Bounds:
         self.model, self.cluster, self.train, self.layers, self.stack = model, cluster, train, layers, stack
         self.variant = activation_variant(cluster, train, stack)  # what the stack's kernels keep
         # ... where a plan keeps its sequence-parallel inputs as shards (ParallelConfig.sp_regather)
-        self.shards_variant = replace(self.variant, sp_keeps_gathered_inputs=False)
-        self.network = with_measured_links(network_for(cluster), runtime_costs_of(layers, cluster))  # the estimate's
+        self.shards_variant = self.variant.with_input_shards()
+        self.network = pricing_network(cluster, runtime_costs_of(layers, cluster))  # the estimate's
         self.limit_gib = memory_limit_gib(cluster)
         self.num_moe = model.num_moe_layers
         self.num_dense = model.num_layers - self.num_moe
@@ -144,8 +143,8 @@ class Bounds:
         """``ep_overlap``: the schedule merges passes, priced as if all were (hiding the most: a lower bound);
         ``regather``: the plan keeps its sequence-parallel inputs as shards (the estimate's ``sp_regather_passes``)."""
         s, times = self.train.seq_len, self.layers
-        again = sp_regather_passes(self.model, self.train, self.cluster, self.network, tp, mbs, cp, recompute) \
-            if regather and sp else ZERO_PASS
+        again = sp_regather_passes(self.model, self.train, self.cluster, self.network, tp, mbs, cp, recompute,
+                                   sequence_parallel=sp, sp_regather=regather)
         dense = times.transformer(tp, mbs, s, sp, recompute, cp=cp, ep=ep, moe=False).plus(again) if self.num_dense else None
         moe = times.transformer(tp, mbs, s, sp, recompute, cp=cp, ep=ep, moe=True, etp=etp,
                                 ep_overlap=1.0 if ep_overlap else 0.0).plus(again) if self.num_moe else None

@@ -25,7 +25,14 @@ from costmodels.rules import (
     zero_violations,
 )
 from planner.search.branch_and_bound import TOLERANCE, Candidate, Scored, Searcher
-from planner.search.space import CP_MICRO_BATCH, DEFAULT_SCHEDULES, MIN_CP_CHUNK, RECOMPUTE_KINDS, SEARCHED_ZERO
+from planner.search.space import (
+    CP_MICRO_BATCH,
+    DEFAULT_SCHEDULES,
+    MIN_CP_CHUNK,
+    RECOMPUTE_KINDS,
+    SEARCHED_ZERO,
+    sp_regather_applies,
+)
 from profiles.schema import Alternative, Estimate, ModelSpec, ParallelConfig, TrainSpec
 from profiles.stack_schema import StackSpec
 
@@ -178,10 +185,11 @@ def _neighbours(c: Candidate, gpus: int, train: TrainSpec, model: ModelSpec, sta
             out.append(replace(c, recompute=kind))
     if c.tp > 1:
         out.append(replace(c, sequence_parallel=not c.sequence_parallel))
-    if c.sequence_parallel and c.recompute != "full" and stack.kernels.sequence_parallel_regather_exposed:
+    if sp_regather_applies(c.sequence_parallel, c.recompute, stack):
         out.append(replace(c, sp_regather=not c.sp_regather))
     # a neighbour without sequence parallelism, or recomputing whole layers, keeps no input shards
-    out = [replace(n, sp_regather=n.sp_regather and n.sequence_parallel and n.recompute != "full") for n in out]
+    out = [replace(n, sp_regather=n.sp_regather and sp_regather_applies(n.sequence_parallel, n.recompute, stack))
+           for n in out]
     if c.dp * c.cp > 1:
         out += [replace(c, zero=z) for z in SEARCHED_ZERO if z != c.zero]
     if c.pp > 1:

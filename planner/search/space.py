@@ -227,13 +227,18 @@ def _sp_options(d: Degrees, stack: StackSpec) -> tuple[bool, ...]:
     return (False, True)
 
 
+def sp_regather_applies(sp: bool, recompute: str, stack: StackSpec) -> bool:
+    """Whether keeping the sequence-parallel inputs as shards (``ParallelConfig.sp_regather``) makes a plan of its own:
+    with sequence parallelism, on a stack that runs both (``StackKernels.sequence_parallel_regather_exposed``), and
+    not under full recompute, whose layer keeps its input only either way."""
+    return sp and recompute != "full" and stack.kernels.sequence_parallel_regather_exposed
+
+
 def _sp_regather_options(sp: bool, recompute: str, stack: StackSpec) -> tuple[bool, ...]:
-    """Whether the sequence-parallel inputs are kept gathered (False) or as shards (True), where the stack runs both
-    (``StackKernels.sequence_parallel_regather_exposed``): the shards save memory and cost a gather in the backward, so
-    either may be the faster plan that fits. Full recompute keeps neither (its layer keeps its input only)."""
-    if sp and recompute != "full" and stack.kernels.sequence_parallel_regather_exposed:
-        return (False, True)
-    return (False,)
+    """Whether the sequence-parallel inputs are kept gathered (False) or as shards (True), where both are plans
+    (``sp_regather_applies``): the shards save memory and cost a gather in the backward, so either may be the faster
+    plan that fits."""
+    return (False, True) if sp_regather_applies(sp, recompute, stack) else (False,)
 
 
 def _zero_options(d: Degrees, stack: StackSpec, precision: str) -> tuple[int, ...]:

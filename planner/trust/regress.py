@@ -131,11 +131,11 @@ def _rel(old: float, new: float) -> float:
 
 def compare(golden: Golden, current: Golden, tol: Tolerance) -> list[str]:
     """Readable differences: every changed config field, every figure beyond tolerance."""
-    diffs = [
-        f"config.{key}: {golden.config.get(key, CONFIG_DEFAULTS.get(key))!r} -> {current.config.get(key, CONFIG_DEFAULTS.get(key))!r}"
-        for key in CONFIG_FIELDS
-        if golden.config.get(key, CONFIG_DEFAULTS.get(key)) != current.config.get(key, CONFIG_DEFAULTS.get(key))
-    ]
+    def field(g: Golden, key: str) -> object:
+        return g.config.get(key, CONFIG_DEFAULTS.get(key))
+
+    diffs = [f"config.{key}: {field(golden, key)!r} -> {field(current, key)!r}"
+             for key in CONFIG_FIELDS if field(golden, key) != field(current, key)]
     figures = (("step_time_s", golden.step_time_s, current.step_time_s, tol.step_time_rel),
                ("mfu", golden.mfu, current.mfu, tol.mfu_rel))
     for name, old, new, limit in figures:

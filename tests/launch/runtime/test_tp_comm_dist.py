@@ -172,7 +172,8 @@ def test_a_layer_keeping_its_input_shards_gathers_them_again_in_b(counted: dict,
     assert gathered == MOE_TOKENS  # two all-gathers of T rows, each half an all-reduce's
     spec = load_model("tiny-moe" if model.startswith("tiny-moe") else model)
     cluster = load_cluster("dgx-h100")  # one device per rank: no time-sharing factor
-    priced = sp_regather_passes(spec, TrainSpec(global_batch=2, seq_len=16, precision="fp32"), cluster, UNIT, 2, 2, 1, "none")
+    priced = sp_regather_passes(spec, TrainSpec(global_batch=2, seq_len=16, precision="fp32"), cluster, UNIT, 2, 2, 1, "none",
+                                sequence_parallel=True, sp_regather=True)
     row = tp_all_reduce_s(1, spec.hidden_size, FP32, 2, UNIT)
     assert priced.backward_input_s / row == pytest.approx(gathered)
     assert priced.backward_weight_s == priced.split_backward_extra_s == priced.backward_input_s

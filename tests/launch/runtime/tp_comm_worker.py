@@ -32,7 +32,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.pipelining._backward import stage_backward_input, stage_backward_weight
 from torch.profiler import ProfilerActivity, profile
 
-from launch.profiler.cases import _storages
+from launch.profiler.cases import storages_of
 from launch.runtime.model import build_layer
 from launch.runtime.moe import ExpertGroups, ExpertShard, MoEFeedForward
 from launch.runtime.tp import parallelize_layer
@@ -138,11 +138,11 @@ def _count_layer(spec: ModelSpec, mesh: object, sp: bool, recompute: str, sp_reg
     full = torch.randn(2, 16, spec.hidden_size, generator=torch.Generator().manual_seed(0))
     x = (full.chunk(world, dim=1)[rank] if sp else full).clone().requires_grad_(True)
     DIRECT.clear()
-    params = {storage.data_ptr() for p in layer.parameters() for storage in _storages(p)}
+    params = {storage.data_ptr() for p in layer.parameters() for storage in storages_of(p)}
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        saved.update((st.data_ptr(), st.nbytes()) for st in _storages(t) if st.data_ptr() not in params)
+        saved.update((st.data_ptr(), st.nbytes()) for st in storages_of(t) if st.data_ptr() not in params)
         return t
 
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as forward, \
