@@ -102,7 +102,8 @@ from costmodels.step_time import RankWork, compose_step, step_gap_s
 from profiles.schema import ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
 from profiles.stack_schema import StackOverlap, StackSpec
 
-__all__ = ["comm_overlaps_compute", "estimate", "stage_times", "rank_memory_if_uniform_gib", "memory_limit_gib"]
+__all__ = ["comm_overlaps_compute", "estimate", "stage_times", "rank_memory_if_uniform_gib", "uniform_rank_memory",
+           "memory_limit_gib"]
 
 PipelinePricer = Callable[[str, int, int, int, StageTimes], PipelineResult]
 # AdamW step traffic per parameter, one fused multi-tensor kernel: read the fp32 weight, gradient,
@@ -237,7 +238,19 @@ def rank_memory_if_uniform_gib(
     held_gradients: bool = True, weights_share: float | None = None,
 ) -> float:
     """Peak GiB of pipeline ``rank`` if each of its stages held ``layers_per_stage`` layers and
-    ``inflight_stage_microbatches`` stage-microbatches were alive; a mixture-of-experts model's layers
+    ``inflight_stage_microbatches`` stage-microbatches were alive (``uniform_rank_memory``)."""
+    return uniform_rank_memory(model, cluster, train, cfg, rank, layers_per_stage, stack=stack,
+                               held_gradients=held_gradients, weights_share=weights_share)(inflight_stage_microbatches, part)
+
+
+def uniform_rank_memory(
+    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
+    rank: int, layers_per_stage: int, *, stack: StackSpec, held_gradients: bool = True,
+    weights_share: float | None = None,
+) -> Callable[[float, str], float]:
+    """``(inflight_stage_microbatches, part) -> GiB``: the peak of pipeline ``rank`` if each of its stages held
+    ``layers_per_stage`` layers and that many stage-microbatches were alive, its stages planned once for all
+    such questions (the search asks six per memory line); a mixture-of-experts model's layers
     all count as MoE layers. ``part`` "backward" (affine in the layer count and the in-flight count)
     and "step" (affine in the layer count; 0 plus the reserve where the step allocates nothing) are the
     two pieces whose maximum is the peak: the search derives per-rank layer caps from each.
@@ -253,11 +266,16 @@ def rank_memory_if_uniform_gib(
         for layout in layouts_of([layers_per_stage] * cfg.num_stages, cfg.pp, cfg.v, cfg.schedule)
         if layout.pipeline_rank == rank
     ]
-    peak = inflight_stage_microbatches * max(st.activation_bytes for st in plans)
+    activation = max(st.activation_bytes for st in plans)
     held = None  # None: all of the rank's gradients
     if not held_gradients and gradients_held_per_stage(stack, cfg.pp, cfg.dp * cfg.cp, cfg.zero, train.precision):
         held = 0.0
-    return sum(_rank_memory_gib(model, cluster, train, cfg, plans, peak, stack, variant, part, held, weights_share).values())
+
+    def gib(inflight_stage_microbatches: float, part: str = "peak") -> float:
+        return sum(_rank_memory_gib(model, cluster, train, cfg, plans, inflight_stage_microbatches * activation, stack,
+                                    variant, part, held, weights_share).values())
+
+    return gib
 
 
 def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, network: Network,
@@ -583,6 +601,37 @@ def _rank_memory_gib(
         step_static = replace(static, gradients_bytes=kept)
         if held_peak is not None:
             static = replace(static, gradients_bytes=held_peak)
+    step = _optimizer_step_bytes(cluster, train, stack, step_static, cfg.zero, data_ranks)
+    if part == "step":
+        allocated = {"optimizer_step": step}
+    else:
+        allocated = _allocated_before_step(model, cluster, train, cfg, rank_plans, activation_peak, stack, variant, static,
+                                           weights_share)
+        if part == "peak" and step > sum(allocated.values()):
+            # the step holds the static state and its temporaries while the activations are freed (the caching
+            # allocator reuses their blocks): only its excess over the backward's peak counts
+            allocated["optimizer_step"] = step - sum(allocated.values())
+    allocated_bytes = sum(allocated.values())
+    allocated["fragmentation"] = allocated_bytes * allocator_share(cluster, stack)
+    out = {k: v / GIB for k, v in allocated.items()}
+    if heap := heap_reserve_gib(cluster, cfg.tp, cfg.pp, cfg.dp * cfg.cp, cfg.zero, allocated_bytes / GIB,
+                                cfg.num_microbatches):
+        out["heap_reserve"] = heap
+    out["runtime_reserved"] = cluster.runtime_reserved_gib
+    if nccl := nccl_buffers_gib(cluster, model, cfg, rank_plans[0].rank):
+        out["nccl_buffers"] = nccl
+    return out
+
+
+def _allocated_before_step(
+    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig, rank_plans: list[StagePlan],
+    activation_peak: float, stack: StackSpec, variant: ActivationVariant, static: StaticMemory,
+    weights_share: float | None,
+) -> dict[str, float]:
+    """What a rank has allocated at its backward's peak, by category, in bytes (``_rank_memory_gib``): all but the
+    optimizer step's excess, the allocator's share and what lives outside the allocator."""
+    dense = sum(st.params.dense for st in rank_plans)
+    experts = sum(st.params.expert for st in rank_plans)
     p, held = bytes_per_element(train.precision), bytes_per_element(stack.held_precision(train.precision))
     tokens = train.seq_len // cfg.cp * cfg.mbs
     # the unsharded copies alive at once: the weights' below ZeRO 3, the gathered ones at ZeRO 3
@@ -615,23 +664,7 @@ def _rank_memory_gib(
     }
     allocated.update(working)
     allocated.update(_cpu_heap_terms(cluster, cfg, dense + experts))
-    step = _optimizer_step_bytes(cluster, train, stack, step_static, cfg.zero, data_ranks)
-    if part == "step":
-        allocated = {"optimizer_step": step}
-    elif part == "peak" and step > sum(allocated.values()):
-        # the step holds the static state and its temporaries while the activations are freed (the caching
-        # allocator reuses their blocks): only its excess over the backward's peak counts
-        allocated["optimizer_step"] = step - sum(allocated.values())
-    allocated_bytes = sum(allocated.values())
-    allocated["fragmentation"] = allocated_bytes * allocator_share(cluster, stack)
-    out = {k: v / GIB for k, v in allocated.items()}
-    if heap := heap_reserve_gib(cluster, cfg.tp, cfg.pp, cfg.dp * cfg.cp, cfg.zero, allocated_bytes / GIB,
-                                cfg.num_microbatches):
-        out["heap_reserve"] = heap
-    out["runtime_reserved"] = cluster.runtime_reserved_gib
-    if nccl := nccl_buffers_gib(cluster, model, cfg, rank_plans[0].rank):
-        out["nccl_buffers"] = nccl
-    return out
+    return allocated
 
 
 def heap_reserve_kinds(tp: int, pp: int, data_ranks: int, zero: int) -> tuple[str, ...]:

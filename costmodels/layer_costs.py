@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
+from operator import attrgetter
 from typing import Protocol
 
 from costmodels.comm import (
@@ -83,10 +84,10 @@ class PassTimes:
         return self.forward_s + self.backward_input_s + self.backward_weight_s
 
     def scaled(self, n: float) -> "PassTimes":
-        return PassTimes(*(n * getattr(self, name) for name in PASS_FIELDS))
+        return PassTimes(*[n * value for value in _pass_values(self)])
 
     def plus(self, other: "PassTimes") -> "PassTimes":
-        return PassTimes(*(getattr(self, name) + getattr(other, name) for name in PASS_FIELDS))
+        return PassTimes(*[a + b for a, b in zip(_pass_values(self), _pass_values(other))])
 
     def joined_backward(self) -> "PassTimes":
         """As a schedule without the split backward runs it: W less the split's measured excess, which
@@ -96,6 +97,7 @@ class PassTimes:
 
 
 PASS_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(PassTimes))  # in order (``scaled``, ``plus``)
+_pass_values = attrgetter(*PASS_FIELDS)  # a PassTimes' fields as a tuple, in order
 ZERO_PASS = PassTimes(0.0, 0.0, 0.0)
 
 

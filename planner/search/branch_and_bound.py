@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from costmodels.estimate import estimate, memory_limit_gib, rank_memory_if_uniform_gib
+from costmodels.estimate import estimate, memory_limit_gib, uniform_rank_memory
 from costmodels.layer_costs import LayerTimes, RooflineTimes
 from costmodels.layout import default_split, end_stage_floors
 from costmodels.memory import gradients_held_per_stage
@@ -176,15 +176,13 @@ class Searcher:
                 sequence_parallel=c.sequence_parallel, sp_regather=c.sp_regather, zero=c.zero, stage_layers=[1] * (pp * v),
             )
 
-            def at(n: int, inflight: int, part: str = "backward") -> float:
-                return rank_memory_if_uniform_gib(self.model, self.cluster, self.train, probe, rank, n, inflight,
-                                                  stack=self.stack, part=part, held_gradients=held,
-                                                  weights_share=None if share == 1.0 else share)
-
-            m10, m20, m11, m21 = at(1, 0), at(2, 0), at(1, 1), at(2, 1)
+            one, two = (uniform_rank_memory(self.model, self.cluster, self.train, probe, rank, n, stack=self.stack,
+                                            held_gradients=held, weights_share=None if share == 1.0 else share)
+                        for n in (1, 2))
+            m10, m20, m11, m21 = one(0, "backward"), two(0, "backward"), one(1, "backward"), two(1, "backward")
             per_layer = (m20 - m10) / v
             per_stage_layer = (m21 - m20) - (m11 - m10)
-            s1, s2 = at(1, 0, "step"), at(2, 0, "step")
+            s1, s2 = one(0, "step"), two(0, "step")
             step_per_layer = (s2 - s1) / v
             line = RankMemoryLine(m10 - per_layer * v, per_layer, (m11 - m10) - per_stage_layer, per_stage_layer,
                                   s1 - step_per_layer * v, step_per_layer)
