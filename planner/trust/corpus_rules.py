@@ -218,6 +218,9 @@ NOTE_ASSUMPTIONS: tuple[tuple[str, str], ...] = (
      "_partition_layers: partition_balanced over 0/1 weights), so the first and last stage hold one layer fewer"),
     (r"mxfp8|blockwise", "MXFP8 / blockwise FP8 priced as FP8 (same fp8 peak)"),
     (TORCH_COMPILE_NOTE, "torch.compile fusions not modelled (element-wise work priced unfused)"),
+    (r"fp8_params true|fp8_param_gather true", "FP8 weights (Transformer Engine's fp8_params, fp8_param_gather: the "
+     "weights' working copy in FP8, all-gathered in FP8 by the distributed optimizer) not modelled: the weights held and "
+     "gathered are priced at 2 B per parameter, so their memory and the parameter all-gather are priced high"),
     (r"recompute_modules [a-z_ ,]*\bmlp\b", "Megatron-Core's recompute_modules (mla_up_proj: MLA's up-projections in "
      "every layer; mlp: the dense layers' MLP, MoE layers skip it) not modelled: priced as selective recompute (the "
      "attention core), so the step is priced somewhat too fast"),
