@@ -220,6 +220,27 @@ def _stage_plan(
     )
 
 
+def _stage_plans(
+    model: ModelSpec, train: TrainSpec, cfg: ParallelConfig, layers: LayerTimes, layouts: list[StageLayout],
+    variant: ActivationVariant, regather: Callable[[str], PassTimes],
+) -> list[StagePlan]:
+    """``_stage_plan`` of each of ``layouts`` (``regather``: the layer's re-gather for a recompute kind), planned once
+    per kind of stage: a stage's plan depends on its layout only through its layer count, how many of those are
+    mixture-of-experts layers, whether it holds the embedding or the head, and its recompute (so a uniform cut's
+    middle stages share one)."""
+    planned: dict[tuple[int, int, bool, bool, str], StagePlan] = {}
+    plans = []
+    for layout in layouts:
+        recompute = cfg.recompute_of_stage(layout.stage)
+        key = (layout.num_layers, moe_layers_in(model, layout.first_layer, layout.num_layers), layout.has_embedding,
+               layout.has_head, recompute)
+        plan = planned.get(key)
+        if plan is None:
+            plan = planned[key] = _stage_plan(model, train, cfg, layers, layout, variant, regather=regather(recompute))
+        plans.append(replace(plan, layout=layout))
+    return plans
+
+
 def _offload_plan(cfg: ParallelConfig, num_layers: int, layers_bytes: float, layers_times: PassTimes) -> OffloadPlan | None:
     """The stage's activation offload (``ParallelConfig.offload_layers``; one stage: the rules allow it without
     pipeline parallelism only), its layers taken at their mean bytes and pass times."""
@@ -425,9 +446,12 @@ def _pipeline_inputs(
     stack: StackSpec, overlap: StackOverlap, network: Network, regathers: bool = True,
 ) -> tuple[list[StagePlan], list[PassTimes], StageTimes, list[dict[str, float]]]:
     variant = activation_variant(cluster, train, stack, cfg)
-    plans = [_stage_plan(model, train, cfg, layers, layout, variant, regather=sp_regather_passes(
-        model, train, cluster, network, cfg.tp, cfg.mbs, cfg.cp, cfg.recompute_of_stage(layout.stage),
-        sequence_parallel=cfg.sequence_parallel, sp_regather=cfg.sp_regather)) for layout in stage_layouts(cfg)]
+
+    def regather(recompute: str) -> PassTimes:
+        return sp_regather_passes(model, train, cluster, network, cfg.tp, cfg.mbs, cfg.cp, recompute,
+                                  sequence_parallel=cfg.sequence_parallel, sp_regather=cfg.sp_regather)
+
+    plans = _stage_plans(model, train, cfg, layers, stage_layouts(cfg), variant, regather)
     p2p = _p2p_times(model, cluster, train, cfg, network, variant.residual_stream_bytes)
     costs, hidden = _stage_costs(cfg, cluster, train, plans, stack, network, p2p, runtime_costs_of(layers, cluster),
                                  accumulate=not layers.grad_accumulation_measured, regathers=regathers)
