@@ -34,7 +34,7 @@ breaks one is seen, not silently trusted.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from costmodels.communicators import communicator_gib, communicators_of_rank
@@ -85,6 +85,8 @@ class LayerPasses:
     moe: PassTimes | None
     embedding: PassTimes
     head: PassTimes
+    # ``layers``' sums by (dense, MoE) layer count, this instance's own (the searcher asks for the same counts per cut)
+    _sums: dict[tuple[int, int], PassTimes] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def layer(self) -> PassTimes:
@@ -108,10 +110,13 @@ class LayerPasses:
 
     def layers(self, num_dense: int, num_moe: int) -> PassTimes:
         """F/B/W of ``num_dense`` dense and ``num_moe`` MoE layers together."""
-        out = PassTimes(0.0, 0.0, 0.0)
-        for count, kind in ((num_dense, self.dense), (num_moe, self.moe)):
-            if count and kind is not None:
-                out = out.plus(kind.scaled(count))
+        out = self._sums.get((num_dense, num_moe))
+        if out is None:
+            out = PassTimes(0.0, 0.0, 0.0)
+            for count, kind in ((num_dense, self.dense), (num_moe, self.moe)):
+                if count and kind is not None:
+                    out = out.plus(kind.scaled(count))
+            self._sums[num_dense, num_moe] = out
         return out
 
 
