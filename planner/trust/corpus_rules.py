@@ -240,6 +240,9 @@ NOTE_STACK_CHANGES: tuple[tuple[str, dict[str, dict[str, object]], str], ...] = 
      "Adam's state in bf16 and bf16 gradient buffers (NeMo 1's distributed_fused_adam with dtype: bf16 and "
      "grad_sync_dtype: bf16, Apex's DistributedFusedAdam): 2 B of gradients and 6 B of optimizer state per parameter, "
      "as the row ran"),
+    (r"distributed_fused_adam with grad_sync_dtype: bf16 and fp32 state", {"grad_accumulation_fp32": False},
+     "gradients in bf16 (NeMo 1's distributed_fused_adam with grad_sync_dtype: bf16, Apex's DistributedFusedAdam: its "
+     "contiguous gradient buffer and the reduce in bf16), Adam's state fp32, as the row ran"),
     (r"moe_a2a_overlap: true|--overlap-moe-expert-parallel-comm", {"overlap": {"ep_comm": "overlapped"}},
      "expert all-to-all overlap (--overlap-moe-expert-parallel-comm, the recipe's moe_a2a_overlap) priced overlapped "
      "on every pass, as the row ran without a pipeline (Megatron-Core's combined_1f1b_schedule_for_no_pipelining; "
