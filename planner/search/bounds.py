@@ -138,7 +138,7 @@ class Bounds:
         self._activations = lru_cache(maxsize=None)(self._activations_uncached)
         self._state = lru_cache(maxsize=None)(self._state_uncached)
         self._floor = lru_cache(maxsize=None)(self._floor_uncached)
-        self._whole_model = lru_cache(maxsize=None)(self._whole_model_uncached)
+        self._any_cut_passes = lru_cache(maxsize=None)(self._any_cut_passes_uncached)
         self._nccl = lru_cache(maxsize=None)(self._nccl_uncached)
         self._per_communicator_gib = communicator_gib(cluster)
 
@@ -170,10 +170,12 @@ class Bounds:
     def layer_passes(self, c: Candidate) -> LayerPasses:
         return self._passes(*self._pass_key(c))
 
-    def _whole_model_uncached(self, *key: object) -> tuple[PassTimes, PassTimes]:
-        """(fastest layer, all layers together) of a candidate's layer passes, per ``_pass_key``."""
+    def _any_cut_passes_uncached(self, first_stage_joined: bool, *key: object) -> LayerPasses:
+        """A candidate's layer passes (per ``_pass_key``) as any cut may run them: where the estimate runs the first
+        stage's backward as one autograd call (``_first_stage_joined``), any layer may be on that stage, so each W is
+        the smaller of the two (``LayerPasses.without_split_excess``)."""
         lp = self._passes(*key)
-        return lp.fastest, lp.layers(self.num_dense, self.num_moe)
+        return lp.without_split_excess() if first_stage_joined else lp
 
     def passes(self, c: Candidate) -> tuple[PassTimes, PassTimes, PassTimes]:
         """(transformer layer, embedding, head) F/B/W seconds per microbatch (the model's most common layer)."""
@@ -279,17 +281,14 @@ class Bounds:
 
     def time_any_cut_s(self, c: Candidate) -> float:
         """Step time of ``c`` under any cut is at least this."""
-        lp = self.layer_passes(c)
-        if self._first_stage_joined(c):  # any layer may be on the first stage: the smaller W of the two
-            lp = lp.without_split_excess()
+        lp = self._any_cut_passes(self._first_stage_joined(c), *self._pass_key(c))
         overlap = self.steps_overlap(c)
         if lp.moe is None or lp.dense is None:
             return any_cut_makespan_lower_bound_s(c.schedule, c.pp, c.v, c.num_microbatches, lp.layer, lp.embedding,
                                                   lp.head, self.model.num_layers, steps_overlap=overlap)
-        fastest, whole = (lp.fastest, lp.layers(self.num_dense, self.num_moe)) if self._first_stage_joined(c) \
-            else self._whole_model(*self._pass_key(c))
-        return any_cut_makespan_lower_bound_s(c.schedule, c.pp, c.v, c.num_microbatches, fastest, lp.embedding, lp.head,
-                                              self.model.num_layers, whole, steps_overlap=overlap)
+        return any_cut_makespan_lower_bound_s(c.schedule, c.pp, c.v, c.num_microbatches, lp.fastest, lp.embedding,
+                                              lp.head, self.model.num_layers, lp.layers(self.num_dense, self.num_moe),
+                                              steps_overlap=overlap)
 
     def steps_overlap(self, c: Candidate) -> bool:
         """Whether ``c``'s steps overlap (a post-validated optimizer step): then only the busiest rank's work
