@@ -39,7 +39,7 @@ from pathlib import Path
 
 import yaml
 
-from costmodels.estimate import heap_reserve_gib, heap_reserve_kinds
+from costmodels.rank_memory import heap_reserve_gib, heap_reserve_kinds
 from profiles.loader import load_cluster
 from profiles.schema import ClusterSpec, HeapReserve
 
@@ -169,7 +169,7 @@ def fitted_reserve(runs: list[RankRun]) -> HeapReserve:
 
 
 def reserve_mib(run: RankRun, cluster: ClusterSpec) -> float:
-    """The reserve the rank is priced with, as the estimate prices it (``costmodels.estimate.heap_reserve_gib``)."""
+    """The reserve the rank is priced with, as the estimate prices it (``costmodels.rank_memory.heap_reserve_gib``)."""
     layout = run.layout
     return 1024 * heap_reserve_gib(cluster, layout.tp, layout.pp, layout.dp, layout.zero, run.allocated_mib / 1024,
                                    run.microbatches)

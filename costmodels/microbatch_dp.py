@@ -36,7 +36,7 @@ class StageParamsLike(Protocol):
 
 
 class DpStage(Protocol):
-    """What this module reads of a stage (``costmodels.estimate.StagePlan`` has it): its pipeline rank, its
+    """What this module reads of a stage (``costmodels.stage_plan.StagePlan`` has it): its pipeline rank, its
     parameters per rank (dense, routed experts), its layout and its mixture-of-experts layers (the FSDP units)."""
 
     @property

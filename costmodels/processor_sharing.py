@@ -31,8 +31,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from costmodels.rank_grid import RankGrid
 from costmodels.schedules.actions import Schedule
 from costmodels.simulator import StageTimes, duration_table, schedule_graph
+from profiles.schema import ClusterSpec, ParallelConfig
 
 EPS_S = 1e-12
 
@@ -121,3 +123,61 @@ def timeshared_makespan_s(schedule: Schedule, times: StageTimes, tails_s: list[f
                 position[r] += 1
                 done += 1
     return t
+
+
+def ranks_per_core(cluster: ClusterSpec, cfg: ParallelConfig) -> float:
+    """Processes per core on the fullest node where ranks share a node's cores (``concurrent_ranks_per_node``,
+    CPU nodes); 1 where every rank has its own device."""
+    cores = cluster.concurrent_ranks_per_node
+    if cores is None:
+        return 1.0
+    return min(cfg.world_size, cluster.gpus_per_node) / cores
+
+
+def _node_loads(cluster: ClusterSpec, cfg: ParallelConfig, cores: float) -> list[list[float]]:
+    """``load[n][r]``: cores pipeline rank r wants on node n while it computes, ``min(tp, C) / tp``
+    per process the rank grid puts there (a TP group larger than ``C`` already time-shares:
+    ``RooflineTimes`` and a ``--tp-group`` profile include it, ``costmodels.rank_grid``)."""
+    grid = RankGrid(cfg.tp, cfg.pp, cfg.dp, cfg.cp)
+    share = min(cfg.tp, cores) / cfg.tp
+    load = [[0.0] * cfg.pp for _ in range(-(-grid.world_size // cluster.gpus_per_node))]
+    for rank in range(grid.world_size):
+        load[rank // cluster.gpus_per_node][grid.coord(rank).pp] += share
+    return load
+
+
+def timeshared_work_bound_s(cluster: ClusterSpec, cfg: ParallelConfig, busy_s: tuple[float, ...], tail_s: list[float]) -> float:
+    """A lower bound of ``timeshared_step_s`` for pricers that bound the pipeline rather than simulate
+    it (``costmodels.pipeline_bound``): work is conserved, so the first node needs at least its ranks'
+    total work (busy time plus tails, each weighted by the cores it wants, ``_node_loads``) over its
+    ``C`` cores."""
+    cores = cluster.concurrent_ranks_per_node
+    if cores is None:
+        return 0.0
+    first = _node_loads(cluster, cfg, cores)[0]
+    work_s = sum(wants * (busy + tail) for wants, busy, tail in zip(first, busy_s, tail_s))
+    # to the picosecond: plans with the same work (pp4 and pp2 x dp2) tie exactly, whatever the
+    # summation order, and the search's canonical tie-break decides between them
+    return round(work_s / cores, 12)
+
+
+def timeshared_step_s(
+    cluster: ClusterSpec, cfg: ParallelConfig, schedule: Schedule, times: StageTimes, tails_s: list[float],
+    efficiency: tuple[tuple[float, float], ...] = (),
+) -> float:
+    """The step where a node's ranks time-share fewer cores (0 when every rank has its own device):
+    the pipeline's action lists under processor sharing (``costmodels.processor_sharing``).
+
+    ``C = concurrent_ranks_per_node`` cores serve each node's ranks (CPU cores; torchrun runs one
+    OMP thread per process, and Linux shares a core fairly among the ranks that want it); each
+    computing pipeline rank wants the cores ``_node_loads`` gives it on each node. ``tails_s``
+    (optimizer step and exposed data-parallel traffic per pipeline rank, in full-speed seconds) run
+    after each rank's list. When no node is ever asked for more cores than it has, nothing is
+    shared: 0. ``efficiency``: the measured time-sharing loss (``RuntimeCosts.timeshare_efficiency``)."""
+    cores = cluster.concurrent_ranks_per_node
+    if cores is None:
+        return 0.0
+    load = _node_loads(cluster, cfg, cores)
+    if all(sum(wants) <= cores for wants in load):
+        return 0.0
+    return round(timeshared_makespan_s(schedule, times, tails_s, cores, load, efficiency), 12)  # ties: as the work bound

@@ -17,7 +17,7 @@ per-step overhead: ``step_gap_s``) inside it; a bounding pricer gets the work bo
 ``gather_delay`` = max_r(gather_exposed_r): how long the step's start waits for parameters
 (``costmodels.data_parallel``: a stage's first forward that starts late leaves its gather
 time). Where ranks time-share a node's cores the work bound
-(``costmodels.estimate.timeshared_step_s``: the same action lists under processor sharing) may exceed the pipeline's: the step is the larger.
+(``costmodels.processor_sharing.timeshared_step_s``: the same action lists under processor sharing) may exceed the pipeline's: the step is the larger.
 
 A pricer that bounds the pipeline rather than simulating it (no per-rank times:
 ``costmodels.pipeline_bound``) gets a lower bound of the step: the makespan bound plus the

@@ -301,7 +301,7 @@ class Efficiency(StrictModel):
 
 class HeapReserve(StrictModel):
     """What a rank's allocator keeps resident beyond its ``allocator_fragmentation`` share, by what the rank
-    exchanges with other ranks during its step (``costmodels.estimate.heap_reserve_gib``; a rank of several
+    exchanges with other ranks during its step (``costmodels.rank_memory.heap_reserve_gib``; a rank of several
     kinds takes the largest). On cpu-local glibc's heap grows past the live tensors on such ranks: by a
     near-constant number of bytes under DTensor tensor parallelism (``tp_gib``) and on pipeline ranks, whose
     sends torch.distributed.pipelining keeps to the step's end (``pp_gib``); under FSDP2's per-layer gathers

@@ -23,8 +23,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from costmodels.estimate import allocator_share
 from costmodels.memory import GIB
+from costmodels.rank_memory import allocator_share
 from costmodels.rules import size_violations
 from costmodels.schedules.actions import Schedule
 from costmodels.schedules.generate import generate_schedule, schedule_of

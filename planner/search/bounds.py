@@ -21,7 +21,7 @@ composes, each taken no larger than the estimate takes it, so they stay below it
   activation peak (the schedule's closed-form in-flight
   count, ``ScheduleSpec.peak_inflight``, times the rank's smallest stage with the stage's output
   where torch's pipelining keeps it; before a cut, per layer the lighter kind), the allocator's
-  fragmentation share of those bytes (``costmodels.estimate.allocator_share``: the stack's fitted share on GPUs,
+  fragmentation share of those bytes (``costmodels.rank_memory.allocator_share``: the stack's fitted share on GPUs,
   else ``ClusterSpec.allocator_fragmentation``), the
   heap a communicating rank keeps on top (``heap_reserve_gib``) and the
   runtime's reserve; the estimate adds transient, communication and ZeRO-3 buffers.
@@ -38,13 +38,6 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from costmodels.communicators import communicator_gib, communicators_of_rank
-from costmodels.estimate import (
-    activation_variant,
-    allocator_share,
-    heap_reserve_gib,
-    memory_limit_gib,
-    sp_regather_passes,
-)
 from costmodels.layer_costs import LayerTimes, PassTimes
 from costmodels.memory import (
     GIB,
@@ -67,10 +60,12 @@ from costmodels.pipeline_bound import (
     peak_inflight,
     stages_by_rank,
 )
+from costmodels.rank_memory import allocator_share, heap_reserve_gib, memory_limit_gib
 from costmodels.runtime_costs import pricing_network, runtime_costs_of
 from costmodels.schedules.fsdp_lowering import MAX_ACTIVE_STAGES
 from costmodels.schedules.registry import schedule_spec
 from costmodels.simulator import StageTimes
+from costmodels.stage_plan import activation_variant, sp_regather_passes
 from planner.search.space import Candidate
 from profiles.schema import ClusterSpec, ModelSpec, TrainSpec, expert_data_ranks
 from profiles.stack_schema import StackSpec
@@ -190,7 +185,7 @@ class Bounds:
         dense = layer_activation_bytes(m, s, mbs, tp, sp, recompute, v, cp=cp, ep=ep) if self.num_dense else math.inf
         moe = layer_activation_bytes(m, s, mbs, tp, sp, recompute, v, cp=cp, ep=ep, moe=True, etp=etp) if self.num_moe else math.inf
         head = head_with_mtp_activation_bytes(m, s, mbs, tp, sp, recompute, v, cp=cp, ep=ep, etp=etp)
-        # autocast's weight copies per layer and head, as the estimate's ``_stage_plan`` counts them
+        # autocast's weight copies per layer and head, as ``costmodels.stage_plan.plan_stage`` counts them
         dense += saved_weight_copy_bytes(m, v, 0, 1, False, tp, ep, recompute, "dense", etp) if self.num_dense else 0.0
         moe += saved_weight_copy_bytes(m, v, 0, 1, False, tp, ep, recompute, "moe", etp) if self.num_moe else 0.0
         head += saved_weight_copy_bytes(m, v, 0, 0, True, tp, ep, recompute, None, etp)

@@ -32,11 +32,12 @@ import math
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from costmodels.estimate import estimate, memory_limit_gib, uniform_rank_memory
+from costmodels.estimate import estimate
 from costmodels.layer_costs import LayerTimes, RooflineTimes
 from costmodels.layout import default_split, end_stage_floors
 from costmodels.memory import gradients_held_per_stage
 from costmodels.pipeline_bound import bound_pipeline, peak_inflight, stages_by_rank
+from costmodels.rank_memory import memory_limit_gib, uniform_rank_memory
 from costmodels.rules import (
     context_degree_violations,
     expert_degree_violations,

@@ -1,6 +1,6 @@
 """Fit a stack's caching-allocator share (``StackSpec.allocator_fragmentation``) on published memory readings.
 
-A rank's predicted memory is ``allocated x (1 + share) + outside`` (``costmodels.estimate._memory_breakdown``):
+A rank's predicted memory is ``allocated x (1 + share) + outside`` (``costmodels.rank_memory.rank_memory_gib``):
 ``allocated`` what its tensors hold at the peak, ``outside`` what it holds outside the allocator (CUDA context,
 NCCL buffers) and any heap reserve. A published reading taken with ``nvidia-smi`` sees the allocator's reserved
 segments, which exceed the allocated bytes by what the caching allocator cannot reuse: blocks freed by the
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from costmodels.communicators import outside_allocator_gib
-from costmodels.estimate import NOT_ALLOCATED_PARTS
+from costmodels.rank_memory import NOT_ALLOCATED_PARTS
 from planner.trust.accuracy import grouped
 from planner.trust.published_runs import PublishedRow, read_published_runs
 from profiles.loader import load_stack

@@ -63,7 +63,7 @@ ALLOCATOR_MEMORY_NOTE = "caching allocator's max_reserved"
 # Notes that say the reading is the caching allocator's allocated peak of the last rank
 # (``torch.cuda.memory_stats()["allocated_bytes.all.peak"]`` as Megatron-LM logs it, from rank world_size - 1
 # only: the last pipeline stage): compared with the last pipeline rank's prediction less what no tensor allocates
-# (``costmodels.estimate.NOT_ALLOCATED_PARTS``); no allocator share is fitted on it (``allocator_fit.row_reading``).
+# (``costmodels.rank_memory.NOT_ALLOCATED_PARTS``); no allocator share is fitted on it (``allocator_fit.row_reading``).
 ALLOCATED_LAST_RANK_NOTE = "allocated peak of the last rank"
 # Notes that say the run unties the input embedding from the output layer (Megatron-LM
 # --untie-embeddings-and-output-weights): two vocabulary-sized weights.

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from costmodels.communicators import outside_allocator_gib
-from costmodels.estimate import NOT_ALLOCATED_PARTS
+from costmodels.rank_memory import NOT_ALLOCATED_PARTS
 from planner.trust.accuracy import error_pct, grouped, mape_pct, percentile_nearest_rank, pick_regret_pct, spearman_rho
 from planner.trust.allocator_fit import heldout_memory_gib
 from planner.trust.calibration import MeasuredRun, estimate_with
@@ -389,7 +389,7 @@ def comparable_memory_gib(row: PublishedRow, est: Estimate) -> float:
     outside the caching allocator (``outside_allocator_gib``: CUDA context, NCCL buffers) where the
     source read the allocator's reserved peak; where it read the allocated peak of the last rank
     (Megatron-LM's log), the last pipeline rank's, less that and less the allocator's cached share
-    (``costmodels.estimate.NOT_ALLOCATED_PARTS``)."""
+    (``costmodels.rank_memory.NOT_ALLOCATED_PARTS``)."""
     if row.memory_reading == "allocated_last_rank":
         parts = est.memory_breakdown_gib[-1]
         return est.peak_memory_gib[-1] - sum(parts.get(k, 0.0) for k in NOT_ALLOCATED_PARTS)

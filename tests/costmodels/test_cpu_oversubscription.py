@@ -1,7 +1,7 @@
 """Ranks that time-share a node's cores (``ClusterSpec.concurrent_ranks_per_node``), hand-derived.
 
 A node with C cores runs n ranks: the pipeline's action lists run under processor sharing
-(``costmodels.processor_sharing``, ``costmodels.estimate.timeshared_step_s``): never shorter than
+(``costmodels.processor_sharing``, ``costmodels.processor_sharing.timeshared_step_s``): never shorter than
 the node's total work over C nor than the critical path at full speed, and longer than both where
 the ranks that can run leave cores idle part of the time; a TP group of more ranks than cores is
 slowed by tp / C even alone (``costmodels.layer_costs.tp_group_timeshare``). GPU clusters (field
@@ -10,9 +10,10 @@ unset) are unchanged.
 
 import pytest
 
-from costmodels.estimate import comm_overlaps_compute, estimate, timeshared_step_s
+from costmodels.estimate import estimate
 from costmodels.layer_costs import RooflineTimes, tp_group_timeshare
-from costmodels.processor_sharing import shared_core_efficiency, timeshared_makespan_s
+from costmodels.overlap import comm_overlaps_compute
+from costmodels.processor_sharing import shared_core_efficiency, timeshared_makespan_s, timeshared_step_s
 from costmodels.runtime_costs import measured_runtime_costs
 from costmodels.schedules.generate import generate_schedule
 from costmodels.simulator import StageTimes

@@ -12,9 +12,10 @@ import pytest
 
 from costmodels.comm import GroupPlacement, collective_s, network_for
 from costmodels.compute import memory_bound_time_s
-from costmodels.estimate import ADAM_STEP_BYTES_PER_PARAM, estimate, memory_limit_gib, stage_times
+from costmodels.estimate import ADAM_STEP_BYTES_PER_PARAM, estimate, stage_times
 from costmodels.memory import GIB, stage_params
 from costmodels.overlap import contention_s
+from costmodels.rank_memory import memory_limit_gib
 from costmodels.step_time import exposed_sum_s
 from profiles.loader import load_cluster, load_model, load_stack
 from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec
@@ -367,7 +368,7 @@ def test_torch_pipelining_keeps_a_receive_buffer_per_microbatch_and_direction():
     (24, 32, 32, 24). Megatron's per-transfer p2p keeps ``P2P_BUFFERS``."""
     from types import SimpleNamespace
 
-    from costmodels.estimate import P2P_BUFFERS, p2p_buffer_count
+    from costmodels.rank_memory import P2P_BUFFERS, p2p_buffer_count
     from profiles.loader import load_stack
 
     cfg = ParallelConfig(tp=1, pp=4, dp=1, mbs=2, num_microbatches=8, v=2, schedule="interleaved-1f1b", stage_layers=[1] * 8)

@@ -418,7 +418,7 @@ def test_torchtitan_loss_parallel_prices_llama3_70b_2d_by_hand() -> None:
     after the loss's: the loss's phase is the peak, and the re-run layer is not added to it (it was until
     2026-12-06, 4.82 GiB too much). NCCL's buffers: 3 communicators (the default group, tp, fsdp) x 688 MB =
     2.02 GiB, and the 1 GiB CUDA context, which max_reserved does not hold. Measured: 71.9 GiB max_reserved."""
-    from costmodels.estimate import NOT_ALLOCATED_PARTS
+    from costmodels.rank_memory import NOT_ALLOCATED_PARTS
     from planner.trust.published_runs import PublishedRow, read_published_runs
     from planner.trust.validation import comparable_memory_gib
     row = next(r for r in read_published_runs() if isinstance(r, PublishedRow)
@@ -548,7 +548,7 @@ def test_the_optimizer_step_holds_only_the_reduce_scattered_gradients() -> None:
     Adam's fp32 temporary over it) = 7p = 26.18 GiB, below the backward's 35.02 GiB (its 4p of unsharded
     gradients); counted unsharded, the step held 10p = 37.39 GiB and was the rank's peak (44.07 GiB in all, now
     41.51)."""
-    from costmodels.estimate import NOT_ALLOCATED_PARTS
+    from costmodels.rank_memory import NOT_ALLOCATED_PARTS
     model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100")
     train = TrainSpec(global_batch=32, seq_len=2048, precision="bf16")
     cfg = ParallelConfig(tp=1, pp=2, dp=4, mbs=1, num_microbatches=8, schedule="1f1b", zero=1, recompute="full",

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from costmodels.estimate import activation_variant, estimate
+from costmodels.estimate import estimate
 from costmodels.memory import GIB, layer_activation_bytes
 from costmodels.offload import OffloadPlan, exposed_copy_s, layer_window, peak_resident_layers, window_spans
 from costmodels.rules import config_violations, offload_violations
+from costmodels.stage_plan import activation_variant
 from profiles.errors import PlanError
 from profiles.loader import load_cluster, load_model, load_stack
 from profiles.schema import ClusterSpec, ParallelConfig, TrainSpec

@@ -8,9 +8,10 @@ import pytest
 
 from costmodels.comm import Link
 from costmodels.compute import memory_bound_time_s
-from costmodels.estimate import ADAM_STEP_BYTES_PER_PARAM, estimate, ranks_per_core
+from costmodels.estimate import ADAM_STEP_BYTES_PER_PARAM, estimate
 from costmodels.flops import parameter_counts
 from costmodels.memory import STEP_TEMP_BYTES_PER_PARAM
+from costmodels.processor_sharing import ranks_per_core
 from costmodels.runtime_costs import (
     RuntimeCosts,
     compute_factor,

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from costmodels.estimate import estimate, heap_reserve_kinds
+from costmodels.estimate import estimate
+from costmodels.rank_memory import heap_reserve_kinds
 from profiles.errors import PlanError
 from profiles.loader import load_cluster, load_model, load_stack
 from profiles.schema import ClusterSpec, ParallelConfig, TrainSpec

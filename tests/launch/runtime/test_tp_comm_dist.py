@@ -23,12 +23,12 @@ from dataclasses import replace
 import pytest
 
 from costmodels.comm import Link, Network, tp_all_reduce_s
-from costmodels.estimate import sp_regather_passes
 from costmodels.experts import dispatch_ops
 from costmodels.layer_costs import tp_comm_passes
 from costmodels.memory import ActivationVariant, layer_activation_bytes
 from costmodels.operators import LayerShape
 from costmodels.selective_ac import recomputed_tp_comm_fraction
+from costmodels.stage_plan import sp_regather_passes
 from profiles.loader import load_cluster, load_model, load_stack
 from profiles.schema import TrainSpec
 
@@ -156,7 +156,7 @@ def test_an_moe_block_under_ep_runs_the_all_to_alls_dispatch_ops_prices(counted:
 # -- sequence-parallel inputs kept as shards (ParallelConfig.sp_regather, launch.runtime.regather) -----------------
 #
 # The forward is the sequence-parallel layer's; B gathers the attention's and the MLP's (or MoE block's) inputs once
-# more, two all-gathers of T = 2 x 16 positions, which the estimate prices (costmodels.estimate.sp_regather_passes);
+# more, two all-gathers of T = 2 x 16 positions, which the estimate prices (costmodels.stage_plan.sp_regather_passes);
 # the forward keeps each input as its 16-position shard, (1 - 1/tp) of T·h values less per input than the layer
 # that keeps them gathered, as costmodels.memory.layer_activation_bytes counts.
 

@@ -185,10 +185,10 @@ def test_autocast_keeps_a_bf16_copy_of_every_gemm_weight_per_microbatch() -> Non
     each microbatch's forward casts every GEMM weight to bf16 and saves the cast for its backward, a copy of its own
     per microbatch (autocast clears its cache when the region exits). A stack with ``autocast_fp32_params`` prices
     exactly that: ``gemm_weight_copy_bytes`` (2) per GEMM weight of the stage's layers and head, not the embedding
-    lookup's table, per microbatch in flight (``costmodels.estimate._stage_plan``); ppplan-torch as shipped, FSDP2's
+    lookup's table, per microbatch in flight (``costmodels.stage_plan.plan_stage``); ppplan-torch as shipped, FSDP2's
     mixed precision, none."""
-    from costmodels.estimate import activation_variant
     from costmodels.memory import stage_param_split
+    from costmodels.stage_plan import activation_variant
     from profiles.loader import load_cluster, load_model, load_stack
     from profiles.schema import TrainSpec
 

@@ -116,7 +116,7 @@ def test_the_peak_is_the_larger_of_the_backward_and_the_step_that_the_search_cap
     """gpt3-1.7b in fp16 on 2 A100s (pp 2, full recompute: few activations, the fp32 gradient copy binds)
     and with no recompute at 8 in flight (the activations bind): every rank's estimated peak is the
     larger of the two pieces ``rank_memory_if_uniform_gib`` gives the search."""
-    from costmodels.estimate import rank_memory_if_uniform_gib
+    from costmodels.rank_memory import rank_memory_if_uniform_gib
 
     model, cluster = load_model("gpt3-1.7b"), load_cluster("dgx-a100-80g")
     train = TrainSpec(global_batch=8, seq_len=2048, precision="fp16")

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from costmodels.estimate import allocator_share, estimate
+from costmodels.estimate import estimate
+from costmodels.rank_memory import allocator_share
 from planner.trust.allocator_fit import (
     MemoryReading,
     fit_share,
