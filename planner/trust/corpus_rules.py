@@ -21,7 +21,7 @@ SOURCE_FAMILIES: tuple[tuple[str, str], ...] = (
     ("nemo-perf-", "nemo-perf"),  # NVIDIA NeMo / Megatron-Bridge performance summaries, every release
     ("nemo-longctx", "nemo-perf"),  # the same team's long-sequence table
     ("dgxc-bench-", "dgxc-benchmarking"),  # NVIDIA DGX Cloud benchmarking recipes, every release
-    ("mlperf-", "mlperf-training"),  # MLCommons Training rounds v3.0-v5.0 (NeMo-based submissions)
+    ("mlperf-", "mlperf-training"),  # MLCommons Training rounds v3.0-v5.1 (NeMo-based submissions)
     ("bigscience-", "bigscience"),  # BigScience tr8 and tr11 on Jean Zay (Megatron-DeepSpeed)
     ("torchtitan-", "torchtitan"),  # pytorch/torchtitan benchmark reports
 )
@@ -162,11 +162,13 @@ BRIDGE_PERF_BF16_GRADS = (
     "scripts/performance @ r0.1.0-v0.6.0); Adam's state fp32 (DeepSeek's recipes keep its moments in bf16: not priced)")
 RELEASE_STACK_CHANGES: tuple[tuple[str, str | None, dict[str, object], str], ...] = (
     ("mlperf-", None, BF16_GRADS,
-     "gradients reduced in bf16, as every MLPerf GPT-3 and Llama 3.1 405B submission ran them: NeMo 1's "
+     "gradients reduced in bf16, as every MLPerf GPT-3, Llama 3.1 405B and Llama 3.1 8B submission ran them: NeMo 1's "
      "distributed_fused_adam with grad_sync_dtype: bf16 (training_results_v3.0 NVIDIA/benchmarks/gpt3/"
      "implementations/pytorch/conf/megatron_gpt_config.yaml; v3.1, v4.0 and v4.1 conf/optim/"
      "distributed_fused_adam.yaml, Oracle's and smc's logged configs) and Megatron-Core's grad_reduce_in_fp32=False "
-     "(training_results_v5.0 llama31_405b pretrain.py DistributedDataParallelConfig; Nebius's logged config); Adam's "
+     "(training_results_v5.0 llama31_405b pretrain.py DistributedDataParallelConfig; Nebius's logged config; "
+     "training_results_v5.1 llama31_405b and llama31_8b pretrain.py, hard-coded in DistributedDataParallelConfig and "
+     "MegatronMixedPrecision); Adam's "
      "state fp32"),
     ("dgxc-bench-35a9aec", None, BF16_GRADS,
      "gradients reduced in bf16, as the release's configs set: every recipe launches megatron_gpt_pretraining.py on "
