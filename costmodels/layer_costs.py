@@ -225,6 +225,23 @@ def tp_comm_passes(
     return PassTimes(gather + loss_comm, gather, 0.0, tp_comm_s=2 * gather + loss_comm)
 
 
+def backward_async_share(kind: str, sequence_parallel: bool) -> float:
+    """The share of a layer's backward TP collectives (``tp_comm_passes``, the recomputed forward's aside) that a
+    stack running them asynchronously (``StackOverlap.tp_comm`` ``backward_overlapped``) launches beside the pass's
+    GEMMs: the column-parallel linears' (QKV, FC1, the head's output layer). Their backward all-reduces the input
+    gradient, or with sequence parallelism reduce-scatters it, asynchronously over the weight-gradient GEMM (and
+    re-gathers its saved input over the dgrad GEMM, a gather not counted here): Transformer Engine's
+    ``_Linear.backward`` (transformer_engine/pytorch/module/linear.py @ v1.13 L428-431, L507-514, ``async_op=True``;
+    LayerNormLinear the same; at v2.0-v2.1 an FP8 run's re-gather waits at once to build its transpose,
+    distributed.py ``_all_gather_fp8``, fixed in v2.2) and Megatron-Core's
+    ``LinearWithGradAccumulationAndAsyncCommunication`` (tensor_parallel/layers.py). A row-parallel linear's backward
+    has no collective without sequence parallelism, and with it all-gathers its output gradient synchronously (TE's
+    ``grad_output_preprocess``, module/base.py @ v1.13; Megatron-Core's ``_ReduceScatterToSequenceParallelRegion``
+    backward, tensor_parallel/mappings.py): a transformer layer's backward reduce-scatters and all-gathers s·b·h
+    twice each, so half of it can hide."""
+    return 0.5 if kind == "transformer" and sequence_parallel else 1.0
+
+
 @dataclass(frozen=True)
 class PricedPass:
     """One pass's operators priced: ``total_s`` (compute and the communication operators' exposed time),
@@ -409,7 +426,8 @@ class RooflineTimes:
                 self.model, kind, tp, mbs, seq_len, sp, "none", self.p, self.network, self.kernels.vocab_parallel_loss,
                 cp, ep, moe, self.kernels, self.expert_imbalance, etp).backward_input_s if kind == "transformer" else 0.0
             gemm_b = _gemm_time_s(c, prec, ops.backward_input + ops.backward_weight)
-            hidden_b = min(comm_b - recomputed, gemm_b)
+            hideable = (comm_b - recomputed) * backward_async_share(kind, sp)
+            hidden_b = min(hideable, gemm_b)
             slowed_b = cluster_contention_s(c, hidden_b)
             comm_b += slowed_b - hidden_b
             hidden = hidden_b - slowed_b

@@ -215,10 +215,12 @@ class StackOverlap(StrictModel):
     tp_comm: Literal["exposed", "backward_overlapped", "overlapped"] = Field(
         default="exposed",
         description="exposed: TP collectives on the critical path; backward_overlapped: the forward's exposed, the "
-        "backward's launched asynchronously beside that pass's GEMMs (Megatron-LM 2022 "
-        "LinearWithGradAccumulationAndAsyncCommunication: the input-gradient all-reduce, or with sequence parallelism "
-        "the all-gather and reduce-scatter, overlap the dgrad and wgrad GEMMs); overlapped: every TP collective "
-        "hidden behind its pass's GEMMs where they are long enough (TE userbuffers, --tp-comm-overlap)",
+        "backward's column-parallel collectives launched asynchronously beside that pass's GEMMs (Megatron-LM 2022 "
+        "LinearWithGradAccumulationAndAsyncCommunication, Transformer Engine's Linear without userbuffers: the "
+        "input-gradient all-reduce, or with sequence parallelism its reduce-scatter, overlaps the wgrad GEMM; the "
+        "row-parallel output-gradient all-gather stays synchronous: costmodels.layer_costs.backward_async_share); "
+        "overlapped: every TP collective hidden behind its pass's GEMMs where they are long enough (TE userbuffers, "
+        "--tp-comm-overlap)",
     )
     p2p: Literal["exposed", "overlapped"] = "exposed"
     ep_comm: Literal["exposed", "overlapped"] = Field(
