@@ -360,7 +360,7 @@ class ClusterSpec(StrictModel):
     concurrent_ranks_per_node: Annotated[PositiveFloat, Field(le=MAX_GPUS)] | None = Field(
         default=None,
         description="ranks of one node that can compute at full speed at the same time (CPU cores, for gloo "
-        "ranks running one thread each); more ranks time-share them (costmodels.estimate). None: every rank "
+        "ranks running one thread each); more ranks time-share them (costmodels.processor_sharing.timeshared_step_s). None: every rank "
         "has its own accelerator",
     )
     provenance: dict[str, str] | None = None
