@@ -52,17 +52,6 @@ P2P_BUFFERS = 4  # Megatron's p2p: forward receive and send, backward receive an
 DP_BUCKETS_IN_FLIGHT = 2  # one bucket being reduced while the next fills (double buffering)
 
 
-def rank_memory_if_uniform_gib(
-    model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
-    rank: int, layers_per_stage: int, inflight_stage_microbatches: float, *, stack: StackSpec, part: str = "peak",
-    held_gradients: bool = True, weights_share: float | None = None,
-) -> float:
-    """Peak GiB of pipeline ``rank`` if each of its stages held ``layers_per_stage`` layers and
-    ``inflight_stage_microbatches`` stage-microbatches were alive (``uniform_rank_memory``)."""
-    return uniform_rank_memory(model, cluster, train, cfg, rank, layers_per_stage, stack=stack,
-                               held_gradients=held_gradients, weights_share=weights_share)(inflight_stage_microbatches, part)
-
-
 def uniform_rank_memory(
     model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: ParallelConfig,
     rank: int, layers_per_stage: int, *, stack: StackSpec, held_gradients: bool = True,

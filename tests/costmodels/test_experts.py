@@ -248,7 +248,7 @@ def test_a_stack_overlapping_the_all_to_all_prices_only_its_excess() -> None:
     F + B are shorter by exactly what the exposed stack spent on them less that contention."""
     cluster = _cluster()
     exposed_stack = _megatron_without_host_floor()
-    overlapped_stack = exposed_stack.model_copy(update={"overlap": exposed_stack.overlap.model_copy(update={"ep_comm": "overlapped"})})
+    overlapped_stack = exposed_stack.with_changes({"overlap": {"ep_comm": "overlapped"}})
     exposed = RooflineTimes(TINY, cluster, "bf16", stack=exposed_stack).transformer(1, 4, 128, False, "none", ep=8, moe=True)
     hidden = RooflineTimes(TINY, cluster, "bf16", stack=overlapped_stack).transformer(1, 4, 128, False, "none", ep=8, moe=True)
     assert exposed.ep_comm_s > 0 and exposed.ep_comm_s < exposed.total_s - exposed.ep_comm_s
@@ -264,7 +264,7 @@ def test_the_combined_1f1b_prices_the_all_to_all_as_the_overlapping_stack_does()
     the same passes as a stack that always overlaps them; a dense layer or ep 1 has nothing to hide."""
     cluster = _cluster()
     stack = _megatron_without_host_floor()
-    overlapped = stack.model_copy(update={"overlap": stack.overlap.model_copy(update={"ep_comm": "overlapped"})})
+    overlapped = stack.with_changes({"overlap": {"ep_comm": "overlapped"}})
     combined = RooflineTimes(TINY, cluster, "bf16", stack=stack).transformer(2, 4, 128, True, "none", ep=8, moe=True,
                                                                             ep_overlap=1.0)
     always = RooflineTimes(TINY, cluster, "bf16", stack=overlapped).transformer(2, 4, 128, True, "none", ep=8, moe=True)

@@ -16,8 +16,7 @@ CLUSTER = load_cluster("dgx-a100-80g")
 
 
 def _with_tp_comm(name: str, tp_comm: str):
-    stack = load_stack(name)
-    return stack.model_copy(update={"overlap": stack.overlap.model_copy(update={"tp_comm": tp_comm})})
+    return load_stack(name).with_changes({"overlap": {"tp_comm": tp_comm}})
 
 
 def test_passes_are_the_operator_times_plus_the_tp_collectives() -> None:
@@ -66,7 +65,7 @@ def test_backward_overlapped_tp_communication_hides_only_the_backwards_collectiv
     run beside the dgrad and wgrad GEMMs (longer here, so all of it hides, at the contention of
     c * 0.189 / 1.189); under full recompute the recomputed forward's all-reduces inside B stay exposed."""
     exposed_stack = load_stack("megatron-lm-2021")
-    async_stack = exposed_stack.model_copy(update={"overlap": exposed_stack.overlap.model_copy(update={"tp_comm": "backward_overlapped"})})
+    async_stack = _with_tp_comm("megatron-lm-2021", "backward_overlapped")
     exposed = RooflineTimes(MODEL, CLUSTER, "bf16", stack=exposed_stack)
     hidden = RooflineTimes(MODEL, CLUSTER, "bf16", stack=async_stack)
     comm = tp_layer_comm_s(2048, MODEL.hidden_size, 2, 2, network_for(CLUSTER))

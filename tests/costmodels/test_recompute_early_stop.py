@@ -21,8 +21,7 @@ S, B = 4096, 2
 PPPLAN = load_stack("ppplan-torch")
 # megatron-core with its TP collectives exposed, as ppplan-torch's: the comparison is of what the recompute re-runs
 # (the preset hides part of the backward's: test_layer_costs.test_megatron_core_hides_the_column_parallel_...)
-_CORE = load_stack("megatron-core")
-MEGATRON = _CORE.model_copy(update={"overlap": _CORE.overlap.model_copy(update={"tp_comm": "exposed"})})
+MEGATRON = load_stack("megatron-core").with_changes({"overlap": {"tp_comm": "exposed"}})
 
 
 def _with_a_shared_expert(model: ModelSpec) -> ModelSpec:

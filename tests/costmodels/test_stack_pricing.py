@@ -73,7 +73,7 @@ def test_megatron_2021_and_megatron_core_differ_by_unfused_attention_dropout_and
     old, core = load_stack("megatron-lm-2021"), load_stack("megatron-core")
     # the TP collectives as megatron-lm-2021 runs them (the preset's asynchronous backward ones are
     # tested in test_layer_costs.test_megatron_core_hides_the_column_parallel_backward_collectives_only)
-    new = core.model_copy(update={"overlap": core.overlap.model_copy(update={"tp_comm": old.overlap.tp_comm})})
+    new = core.with_changes({"overlap": {"tp_comm": old.overlap.tp_comm}})
     r_old = RooflineTimes(GPT, c, "bf16", stack=old).transformer(TP, 1, S, False, "none")
     r_new = RooflineTimes(GPT, c, "bf16", stack=new).transformer(TP, 1, S, False, "none")
     assert r_old.total_s - r_new.total_s == pytest.approx(delta_layer, rel=1e-9)

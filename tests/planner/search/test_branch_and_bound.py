@@ -115,8 +115,8 @@ def test_a_rank_memory_line_caps_layers_under_both_the_backward_and_the_step_pea
 def test_the_peak_is_the_larger_of_the_backward_and_the_step_that_the_search_caps_with(stack: str) -> None:
     """gpt3-1.7b in fp16 on 2 A100s (pp 2, full recompute: few activations, the fp32 gradient copy binds)
     and with no recompute at 8 in flight (the activations bind): every rank's estimated peak is the
-    larger of the two pieces ``rank_memory_if_uniform_gib`` gives the search."""
-    from costmodels.rank_memory import rank_memory_if_uniform_gib
+    larger of the two pieces ``uniform_rank_memory`` gives the search."""
+    from costmodels.rank_memory import uniform_rank_memory
 
     model, cluster = load_model("gpt3-1.7b"), load_cluster("dgx-a100-80g")
     train = TrainSpec(global_batch=8, seq_len=2048, precision="fp16")
@@ -126,7 +126,7 @@ def test_the_peak_is_the_larger_of_the_backward_and_the_step_that_the_search_cap
                              recompute=recompute, stage_layers=[12, 12])
         est = estimate(model, cluster, train, cfg, stack=load_stack(stack))
         for rank, inflight in ((0, 2), (1, 1)):
-            pieces = [rank_memory_if_uniform_gib(model, cluster, train, cfg, rank, 12, inflight, stack=load_stack(stack), part=part)
+            pieces = [uniform_rank_memory(model, cluster, train, cfg, rank, 12, stack=load_stack(stack))(inflight, part)
                       for part in ("backward", "step")]
             assert est.peak_memory_gib[rank] == pytest.approx(max(pieces), abs=1e-3)
             binds.add(pieces.index(max(pieces)))
