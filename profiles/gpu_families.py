@@ -160,7 +160,9 @@ FILE_HEADER = """\
 #                          softmax, dropout, residuals, rotary, loss, optimizer; the GEMMs' memory floor)
 #   intra_node_collective  collectives' and p2p's fraction of the NVLink (intra-node) bandwidth
 #   inter_node_collective  their fraction of the network bandwidth (per-GPU NIC path and node egress)
-#   action_overhead_s      fixed seconds per pipeline action (one F, B or W of a microbatch on a stage)
+#   action_overhead_s      fixed seconds per pipeline action (one F, B or W of a microbatch on a stage):
+#                          the host's kernel launches, not paid by a stack that replays CUDA graphs
+#                          (StackOverlap.cuda_graphs)
 # Everything else the cost model uses is a cited constant in its module or derived from these six
 # (e.g. flash attention runs at gemm_max times a cited kernel ratio, costmodels/compute.py), except
 # `attention_max`, which a family may state with a source when it was measured (not fitted).

@@ -234,6 +234,15 @@ class StackOverlap(StrictModel):
         "that have a partner",
     )
     host_overhead_per_action_s: NonNegativeFloat = 0.0
+    cuda_graphs: bool = Field(
+        default=False,
+        description="each transformer layer's passes (or the whole iteration) captured as CUDA graphs and replayed "
+        "(Megatron-Core's enable_cuda_graph / CudaGraphManager, Transformer Engine's make_graphed_callables; NeMo's "
+        "and MLPerf's cuda_graph settings): the host issues one graph launch where it issued every kernel, so the GPU "
+        "family's fixed host cost per pipeline action (GpuFamily action_overhead_s: kernel launches) is not paid. "
+        "The stack's own host_overhead_per_action_s (its scheduler's interpreter) still is. Only with emit none: the "
+        "jobs ppplan writes capture no graphs",
+    )
     moe_host_s_per_operator: NonNegativeFloat = Field(
         default=0.0,
         description="host (CPU) seconds the framework spends per operator of a mixture-of-experts layer "
@@ -502,6 +511,10 @@ class StackSpec(StrictModel):
         if self.overlap.backward_gather == "after_gradients" and self.emit in FSDP2_EMIT_TARGETS:
             raise ValueError(f"overlap.backward_gather after_gradients is FSDP1's BACKWARD_POST, but emit {self.emit} runs "
                              "FSDP2, which prefetches the backward's gathers: set backward_gather: prefetched, or emit: none")
+        if self.overlap.cuda_graphs and self.emit != "none":
+            raise ValueError(f"overlap.cuda_graphs: the job ppplan writes for emit {self.emit} captures no CUDA graphs, so "
+                             "its plans would be priced without the launch overhead they pay: set overlap.cuda_graphs "
+                             "false, or emit: none")
         if self.emit in FSDP2_EMIT_TARGETS and (self.kernels.compiled_blocks or self.kernels.fused_cross_entropy):
             raise ValueError(f"emit {self.emit}: the job ppplan writes runs its blocks and its loss eager (torchtitan's with "
                              "[compile] off, ppplan's runtime uncompiled): set kernels.compiled_blocks and "

@@ -234,6 +234,10 @@ NOTE_ASSUMPTIONS: tuple[tuple[str, str], ...] = (
 NOTE_STACK_CHANGES: tuple[tuple[str, dict[str, dict[str, object]], str], ...] = (
     (r"tp comm overlap=true|--tp-comm-overlap|ub_tp_comm_overlap: true|tp_comm_overlap=true", {"overlap": {"tp_comm": "overlapped"}},
      "TP communication overlap (--tp-comm-overlap, Transformer Engine userbuffers) priced overlapped, as the row ran"),
+    (r"cuda graphs on\b|cuda graphs scope=full_iteration|cuda graph full_iteration", {"overlap": {"cuda_graphs": True},
+                                                                                      "emit": "none"},
+     "CUDA graphs (every layer, or the whole iteration, captured and replayed) priced as the row ran: without the GPU "
+     "family's per-action kernel-launch overhead (StackOverlap.cuda_graphs); the emitted Megatron-LM job captures none"),
     (r"overlap_p2p_comm: true", {"overlap": {"p2p": "overlapped"}},
      "interleaved pipeline p2p overlapped with compute (Megatron-Core overlap_p2p_comm, batch_p2p_comm off) priced "
      "overlapped, as the row ran: the sends and receives delay the next stage but do not hold the rank"),

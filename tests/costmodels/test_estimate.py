@@ -214,6 +214,17 @@ def test_action_overhead_is_paid_per_pipeline_action() -> None:
     assert split.breakdown.overhead_s == pytest.approx(16 * 3e-3)
 
 
+def test_a_stack_replaying_cuda_graphs_pays_only_its_own_host_cost_per_action() -> None:
+    """CUDA graphs replace the kernel launches the GPU family's per-action cost stands for (StackOverlap.cuda_graphs):
+    the same 16 actions as above pay the stack's 2 ms each, not the family's 1 ms."""
+    cluster = gpu_cluster(action_overhead_s=1e-3)
+    stack = Stack(host_overhead_per_action_s=2e-3).with_changes({"overlap": {"cuda_graphs": True}, "emit": "none"})
+    est = estimate(MODEL, cluster, TRAIN, config(pp=1, dp=1, m=8), UnitLayers(), stack=stack)
+    params = stage_params(MODEL, 8, True, True, 1)
+    assert est.breakdown.overhead_s == pytest.approx(16 * 2e-3)
+    assert est.step_time_s == pytest.approx(192.0 + 16 * 2e-3 + optimizer_s(cluster, params))
+
+
 @pytest.mark.parametrize("schedule", ["1f1b", "gpipe", "zb-h1", "zb-h2", "interleaved-1f1b", "zbv"])
 @pytest.mark.parametrize("dp_grad_reduce", ["bucketed", "after_backward", "after_schedule"])
 def test_exposed_parts_add_up_to_the_step(schedule: str, dp_grad_reduce: str) -> None:

@@ -31,6 +31,7 @@ def _files(tmp_path):
     (tmp_path / "stack-titan-offload.yaml").write_text(titan + "activation_offload: true\n")
     (tmp_path / "stack-titan-compiled.yaml").write_text(titan.replace("kernels:\n", "kernels:\n  compiled_blocks: true\n", 1))
     (tmp_path / "stack-backward-post.yaml").write_text(titan.replace("overlap:\n", "overlap:\n  backward_gather: after_gradients\n", 1))
+    (tmp_path / "stack-cuda-graphs.yaml").write_text(stack.replace("  cuda_graphs: false", "  cuda_graphs: true"))
     zero_bubble = (Path(profiles.__file__).parent / "stacks" / "zero-bubble-megatron.yaml").read_text()
     (tmp_path / "stack-post-validation.yaml").write_text(zero_bubble.replace("  schedules: [zb-h1, zb-h2, zbv]", "  schedules: [zb-h1, dualpipev]"))
 
@@ -77,6 +78,8 @@ CASES = {
                                                                  "{tmp}/stack-backward-post.yaml"] + BASE,
     "stack file pricing compiled blocks in a job that runs eager": ["search", "--model", "gpt3-1.7b", "--gpus", "8",
                                                                    "--stack", "{tmp}/stack-titan-compiled.yaml"] + BASE,
+    "stack file pricing CUDA graphs in a job that captures none": ["search", "--model", "gpt3-1.7b", "--gpus", "8",
+                                                                   "--stack", "{tmp}/stack-cuda-graphs.yaml"] + BASE,
     "stack file post-validating a schedule it does not run": ["search", "--model", "gpt3-1.7b", "--gpus", "8", "--stack",
                                                                "{tmp}/stack-post-validation.yaml"] + BASE,
     "activation offload with a pipeline": EVAL + ["--tp", "1", "--pp", "2", "--mbs", "1", "--stack", "megatron-core",

@@ -315,6 +315,22 @@ def test_a_row_that_ran_tp_comm_overlap_is_priced_with_it() -> None:
     assert not any(a.startswith("TP communication overlap") for a in plain.assumptions)
 
 
+def test_a_row_that_ran_cuda_graphs_is_priced_without_the_launch_overhead() -> None:
+    """Notes saying a row replayed CUDA graphs for every layer or the whole iteration ("CUDA graphs on",
+    "cuda graphs scope=full_iteration") price it with ``overlap.cuda_graphs`` (and emit none: the Megatron-LM job
+    ppplan writes captures none); graphs of a few modules only (scope=['attn', ...]) or graphs off leave the preset's."""
+    fields = {**ZB_ROW, "stack": "megatron-core", "source_id": "nemo-perf-25.11", "zero": "1"}
+    graphed = [parse_row({**fields, "notes": n}) for n in
+               ("FP8; CUDA graphs on (config_common_cg.sh)", "cuda graphs scope=full_iteration; model TFLOP/s/GPU=1519")]
+    partial = [parse_row({**fields, "notes": n}) for n in
+               ("cuda graphs scope=['attn', 'moe_router']", "CUDA graphs off (mcore_cuda_graph=false in config)", "")]
+    assert all(isinstance(r, PublishedRow) for r in graphed + partial), graphed + partial
+    assert all(r.stack_spec.overlap.cuda_graphs and r.stack_spec.emit == "none" for r in graphed)
+    assert all(any(a.startswith("CUDA graphs") for a in r.assumptions) for r in graphed)
+    assert not any(r.stack_spec.overlap.cuda_graphs for r in partial)
+    assert not any(a.startswith("CUDA graphs") for r in partial for a in r.assumptions)
+
+
 def test_nemo2_recipes_tp_overlap_and_interleaved_p2p_overlap_are_priced_as_they_ran() -> None:
     """NeMo 2 and Megatron-Bridge recipes say ``tp_comm_overlap=True`` (MegatronCommOverlapCallback, CommOverlapConfig);
     with interleaving their overlap config also sets ``overlap_p2p_comm``: the row's stack hides TP collectives behind
