@@ -240,8 +240,9 @@ class StackOverlap(StrictModel):
         "(Megatron-Core's enable_cuda_graph / CudaGraphManager, Transformer Engine's make_graphed_callables; NeMo's "
         "and MLPerf's cuda_graph settings): the host issues one graph launch where it issued every kernel, so the GPU "
         "family's fixed host cost per pipeline action (GpuFamily action_overhead_s: kernel launches) is not paid. "
-        "The stack's own host_overhead_per_action_s (its scheduler's interpreter) still is. Only with emit none: the "
-        "jobs ppplan writes capture no graphs",
+        "The stack's own host_overhead_per_action_s is still charged (every stack that may set this states 0 for it; "
+        "a whole-iteration graph would not pay it either). Only with emit none: the jobs ppplan writes capture no "
+        "graphs",
     )
     moe_host_s_per_operator: NonNegativeFloat = Field(
         default=0.0,

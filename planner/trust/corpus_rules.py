@@ -228,14 +228,18 @@ NOTE_ASSUMPTIONS: tuple[tuple[str, str], ...] = (
      "attention core), so the step is priced somewhat too fast"),
 )
 
+# Notes saying a row replayed CUDA graphs of every layer or of the whole iteration: "CUDA graphs on" (not "no CUDA
+# graphs on", nor followed by a partial scope such as "scope=['attn', ...]"), or a full_iteration scope however spelt
+# ("cuda graphs scope=full_iteration", Megatron's cuda_graph_scope, "cuda graph full_iteration").
+CUDA_GRAPHS_NOTE = r"(?<!no )cuda graphs on(?![^;)]{0,12}scope=\[)(?=[\s;:,.()]|$)|cuda[ _]graphs?[ _](?:scope=\[?'?)?full_iteration"
+
 # What a row's notes say ran that a stack preset can price but its own emitted job does not run, as (regular
 # expression on the lower-cased notes, the preset's fields it replaces, the assumption it becomes): the row is
 # priced as it ran.
 NOTE_STACK_CHANGES: tuple[tuple[str, dict[str, dict[str, object]], str], ...] = (
     (r"tp comm overlap=true|--tp-comm-overlap|ub_tp_comm_overlap: true|tp_comm_overlap=true", {"overlap": {"tp_comm": "overlapped"}},
      "TP communication overlap (--tp-comm-overlap, Transformer Engine userbuffers) priced overlapped, as the row ran"),
-    (r"cuda graphs on\b|cuda graphs scope=full_iteration|cuda graph full_iteration", {"overlap": {"cuda_graphs": True},
-                                                                                      "emit": "none"},
+    (CUDA_GRAPHS_NOTE, {"overlap": {"cuda_graphs": True}, "emit": "none"},
      "CUDA graphs (every layer, or the whole iteration, captured and replayed) priced as the row ran: without the GPU "
      "family's per-action kernel-launch overhead (StackOverlap.cuda_graphs); the emitted Megatron-LM job captures none"),
     (r"overlap_p2p_comm: true", {"overlap": {"p2p": "overlapped"}},

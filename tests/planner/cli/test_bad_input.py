@@ -120,6 +120,15 @@ def test_bad_input_exits_2_with_one_error_line(name, tmp_path, capsys):
     assert "Traceback" not in captured.err
 
 
+def test_a_stack_file_asking_for_cuda_graphs_names_the_field(tmp_path, capsys):
+    """The jobs ppplan writes capture no CUDA graphs: a stack file that prices them under an emit target is refused
+    for that reason (StackSpec's check), not for another."""
+    _files(tmp_path)
+    assert run(["search", "--model", "gpt3-1.7b", "--gpus", "8", "--stack", str(tmp_path / "stack-cuda-graphs.yaml")] + BASE) == 2
+    err = capsys.readouterr().err
+    assert "overlap.cuda_graphs" in err and "emit megatron" in err
+
+
 def test_unknown_stack_lists_the_stacks(capsys):
     assert run(["search", "--model", "gpt3-1.7b", "--gpus", "8", "--stack", "deepspeed"] + BASE) == 2
     err = capsys.readouterr().err

@@ -321,9 +321,11 @@ def test_a_row_that_ran_cuda_graphs_is_priced_without_the_launch_overhead() -> N
     ppplan writes captures none); graphs of a few modules only (scope=['attn', ...]) or graphs off leave the preset's."""
     fields = {**ZB_ROW, "stack": "megatron-core", "source_id": "nemo-perf-25.11", "zero": "1"}
     graphed = [parse_row({**fields, "notes": n}) for n in
-               ("FP8; CUDA graphs on (config_common_cg.sh)", "cuda graphs scope=full_iteration; model TFLOP/s/GPU=1519")]
+               ("FP8; CUDA graphs on (config_common_cg.sh)", "cuda graphs scope=full_iteration; model TFLOP/s/GPU=1519",
+                "enable_cuda_graph true, cuda_graph_scope=full_iteration", "SP default True; CUDA graphs on")]
     partial = [parse_row({**fields, "notes": n}) for n in
-               ("cuda graphs scope=['attn', 'moe_router']", "CUDA graphs off (mcore_cuda_graph=false in config)", "")]
+               ("cuda graphs scope=['attn', 'moe_router']", "CUDA graphs off (mcore_cuda_graph=false in config)", "",
+                "no CUDA graphs on this run", "CUDA graphs on: scope=['attn']", "cuda graphs one day")]
     assert all(isinstance(r, PublishedRow) for r in graphed + partial), graphed + partial
     assert all(r.stack_spec.overlap.cuda_graphs and r.stack_spec.emit == "none" for r in graphed)
     assert all(any(a.startswith("CUDA graphs") for a in r.assumptions) for r in graphed)
