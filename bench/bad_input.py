@@ -94,6 +94,11 @@ def files(d: Path):
     (d / "cl_huge_gpn.yaml").write_text(cl.replace("gpus_per_node: 8", f"gpus_per_node: {10**12}"))
     (d / "cl_huge_mem.yaml").write_text(cl.replace("memory_gib: 5", "memory_gib: 1e308"))
     (d / "cl_zero_peak.yaml").write_text(cl.replace("fp32: 0.104", "fp32: 1e-300"))
+    (d / "cl_twice.yaml").write_text(cl + "gpus_per_node: 4\n")
+    good_text = (d / "good.json").read_text()
+    (d / "twice_plan.json").write_text(good_text.replace('{"schema_version": ', '{"schema_version": 0, "schema_version": ', 1))
+    stack = (ROOT / "profiles" / "stacks" / "ppplan-torch.yaml").read_text()
+    (d / "stack_twice.yaml").write_text(stack + "emit: ppplan\n")
     a100 = (ROOT / "profiles" / "clusters" / "dgx-a100-80g.yaml").read_text()
     (d / "cl_no_fp32.yaml").write_text(a100.replace("{fp32: 19.5, tf32: 156, bf16: 312, fp16: 312}", "{bf16: 312, fp16: 312}"))
     (d / "head108.yaml").write_text("name: head108\nnum_layers: 4\nhidden_size: 13824\nnum_attention_heads: 128\n"
@@ -276,6 +281,11 @@ CLASSES = {
         "sp-regather on a stack that keeps the inputs": ["evaluate", *MODEL, "--gpus", "2", "--global-batch", "8", "--tp", "2",
                                                          "--pp", "1", "--mbs", "1", "--sequence-parallel", "--sp-regather",
                                                          "--stack", "torchtitan"],
+    },
+    "a key stated twice": {
+        "cluster key twice": ["search", "--model", "tiny-gpt", "--cluster", "cl_twice.yaml", "--gpus", "2", "--global-batch", "8"],
+        "stack key twice": [*S, "--stack", "stack_twice.yaml"],
+        "plan key twice": ["explain", "twice_plan.json"],
     },
     "empty entries in comma lists": {
         "schedules empty entry": [*S, "--schedules", "1f1b,,gpipe"],

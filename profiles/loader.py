@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Hashable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,6 +37,44 @@ DEFAULT_STACK = "ppplan-torch"
 # libyaml's parser where PyYAML was built with it (about 10x faster on the presets), the same safe
 # constructors either way: the published-runs corpus alone loads a cluster file per row.
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class DuplicateKey(yaml.YAMLError):
+    """A mapping that states one key twice (YAML 1.2 and JSON require keys to be unique; PyYAML and
+    ``json`` keep the last value and drop the first without a word)."""
+
+    def __init__(self, key: object, line: int | None) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line = key, line
+
+
+class UniqueKeyLoader(SAFE_LOADER):  # type: ignore[misc, valid-type]
+    """The safe loader, refusing a mapping that states a key twice (merge keys ``<<`` aside: a key
+    stated beside a merge overrides the merged one, as YAML says)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == MERGE_TAG:
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # the safe constructor refuses it next
+            if key in seen:
+                raise DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _unique_json_object(pairs: list[tuple[str, Any]]) -> dict:
+    """``json.loads``' object hook refusing a key stated twice (``DuplicateKey``, no line)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(key, None)
+        out[key] = value
+    return out
 
 
 def preset_names(kind: str) -> list[str]:
@@ -48,10 +87,13 @@ def read_document(path: Path) -> Any:
     text = read_text(path)
     try:
         if path.suffix == ".json":
-            return json.loads(text)
-        return yaml.load(text, Loader=SAFE_LOADER)
+            return json.loads(text, object_pairs_hook=_unique_json_object)
+        return yaml.load(text, Loader=UniqueKeyLoader)
     except RecursionError:
         raise PlanError(f"{path} nests too deeply to be a ppplan file") from None
+    except DuplicateKey as exc:
+        where = f" (line {exc.line})" if exc.line is not None else ""
+        raise PlanError(f"{path}: key '{exc.key}' is stated twice{where}: keep one") from None
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", getattr(exc, "lineno", None))
         where = f" (line {line + 1 if hasattr(exc, 'problem_mark') else line})" if line is not None else ""

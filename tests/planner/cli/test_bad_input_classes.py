@@ -5,8 +5,8 @@ the caps stop it before any work grows with the number).
 Classes: files that are not text; non-finite numbers; numbers above their caps
 (``profiles/limits.py``); bools and floats where counts go; plans of another
 ``schema_version`` or that break the runtime rules, in ``explain`` and ``simulate`` as in
-``launch``; output paths checked before any work; empty entries in comma lists.
-``bench/bad_input.py`` runs the wider list (108 cases) in separate processes.
+``launch``; output paths checked before any work; a key stated twice; empty entries in comma lists.
+``bench/bad_input.py`` runs the wider list (114 cases) in separate processes.
 """
 
 from __future__ import annotations
@@ -75,6 +75,9 @@ def _files(folder: Path) -> None:
     cluster = (Path(__file__).resolve().parents[3] / "profiles" / "clusters" / "cpu-local.yaml").read_text()
     _write(folder, "cl_inf.yaml", cluster.replace("bandwidth_gbs: 1.4", "bandwidth_gbs: .inf"))
     _write(folder, "cl_bool.yaml", cluster.replace("gpus_per_node: 8", "gpus_per_node: true"))
+    _write(folder, "cl_twice.yaml", cluster + "gpus_per_node: 4\n")
+    _write(folder, "twice_plan.json", json.dumps(_plan_doc()).replace('{"schema_version": ', '{"schema_version": 0, "schema_version": ', 1))
+    _write(folder, "twice_layers.yaml", MODEL_YAML.format(layers="8") + "num_layers: 4\n")
     for name, key, value in (("nan", "step_time_s", float("nan")), ("bool", "step", True)):
         _write(folder, f"m_{name}.jsonl", json.dumps({**METRICS_LINE, key: value}) + "\n")
     header = "run,model,global_batch,seq_len,tp,pp,dp,mbs,step_time_s\n"
@@ -141,6 +144,11 @@ CLASSES: dict[str, dict[str, list[str]]] = {
         "calibrate --out": ["calibrate", "inf.csv", "--cluster", "cpu-local", "--out", "nodir/c.yaml"],
         "launch --metrics under a file": ["launch", "plan.json", "--metrics", "a_file/m.jsonl"],
     },
+    "a key stated twice": {
+        "cluster YAML": ["search", "--model", "tiny-gpt", "--cluster", "cl_twice.yaml", *SEARCH[5:]],
+        "model YAML": ["search", "--model", "twice_layers.yaml", *SEARCH[3:]],
+        "plan JSON": ["explain", "twice_plan.json"],
+    },
     "empty entry in a comma list": {
         "--schedules": [*SEARCH, "--schedules", "1f1b,,gpipe"],
         "--stage-layers": [*EVALUATE, "--stage-layers", "4,,4"],
@@ -184,6 +192,8 @@ def test_messages_name_the_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         ("plan version and runtime rules", "schema_version 99 (explain)"): "schema_version 99: this ppplan reads plan files of version 1",
         ("plan version and runtime rules", "tp 3 of 8 heads (simulate)"): "tp=3 does not divide num_attention_heads=8",
         ("output path checked before work", "--trace and --svg on one file"): "given for two outputs",
+        ("a key stated twice", "cluster YAML"): "key 'gpus_per_node' is stated twice",
+        ("a key stated twice", "plan JSON"): "key 'schema_version' is stated twice",
         ("empty entry in a comma list", "--schedules"): "has an empty entry",
     }
     for (cls, name), needle in expected.items():
