@@ -111,11 +111,12 @@ def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: Pa
 def action_overhead_s(cluster: ClusterSpec, overlap: StackOverlap, costs: RuntimeCosts = NO_RUNTIME_COSTS, pp: int = 1) -> float:
     """Fixed seconds per pipeline action: the GPU family's (fitted) plus the stack's host cost, or
     the host cost ``ppplan profile`` measured for this machine, in a real pipeline where ``pp`` > 1
-    (``costmodels.runtime_costs``). A stack that replays CUDA graphs (``StackOverlap.cuda_graphs``) does not
-    pay the family's: it is the host's kernel launches, which a graph replay issues as one."""
+    (``costmodels.runtime_costs``). None where the stack replays the whole step as one CUDA graph
+    (``StackOverlap.cuda_graphs`` full_iteration): the host issues no action."""
+    if overlap.cuda_graphs == "full_iteration":
+        return 0.0
     measured = host_overhead_per_action_s(costs, pp)
-    launches = 0.0 if overlap.cuda_graphs else cluster.efficiency.action_overhead_s
-    return launches + (overlap.host_overhead_per_action_s if measured is None else measured)
+    return cluster.efficiency.action_overhead_s + (overlap.host_overhead_per_action_s if measured is None else measured)
 
 
 def _autocast_cast_s(cluster: ClusterSpec, train: TrainSpec, stack: StackSpec, st: StagePlan) -> tuple[float, float]:

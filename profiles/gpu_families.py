@@ -161,8 +161,8 @@ FILE_HEADER = """\
 #   intra_node_collective  collectives' and p2p's fraction of the NVLink (intra-node) bandwidth
 #   inter_node_collective  their fraction of the network bandwidth (per-GPU NIC path and node egress)
 #   action_overhead_s      fixed seconds per pipeline action (one F, B or W of a microbatch on a stage):
-#                          the host's kernel launches, not paid by a stack that replays CUDA graphs
-#                          (StackOverlap.cuda_graphs)
+#                          the host's work per action, not paid where the whole step is one CUDA graph
+#                          (StackOverlap.cuda_graphs full_iteration)
 # Everything else the cost model uses is a cited constant in its module or derived from these six
 # (e.g. flash attention runs at gemm_max times a cited kernel ratio, costmodels/compute.py), except
 # `attention_max`, which a family may state with a source when it was measured (not fitted).

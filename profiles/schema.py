@@ -276,7 +276,7 @@ class Efficiency(StrictModel):
     the memory-bound kernels' fraction of HBM bandwidth, ``intra_node_collective`` and
     ``inter_node_collective`` the collectives' fraction of the NVLink and network bandwidth,
     ``action_overhead_s`` the fixed cost of one pipeline action (F, B or W of a microbatch on a
-    stage: the host's kernel launches, which a stack replaying CUDA graphs does not pay,
+    stage: the host's work per action, not paid where the whole step is one CUDA graph,
     ``StackOverlap.cuda_graphs``). A cluster file that sets none of them gets its GPU family's values
     (``profiles.loader.load_cluster``); one that sets some keeps those. The defaults here are
     the ``generic`` family's, for clusters built in code.

@@ -234,15 +234,17 @@ class StackOverlap(StrictModel):
         "that have a partner",
     )
     host_overhead_per_action_s: NonNegativeFloat = 0.0
-    cuda_graphs: bool = Field(
-        default=False,
-        description="each transformer layer's passes (or the whole iteration) captured as CUDA graphs and replayed "
-        "(Megatron-Core's enable_cuda_graph / CudaGraphManager, Transformer Engine's make_graphed_callables; NeMo's "
-        "and MLPerf's cuda_graph settings): the host issues one graph launch where it issued every kernel, so the GPU "
-        "family's fixed host cost per pipeline action (GpuFamily action_overhead_s: kernel launches) is not paid. "
-        "The stack's own host_overhead_per_action_s is still charged (every stack that may set this states 0 for it; "
-        "a whole-iteration graph would not pay it either). Only with emit none: the jobs ppplan writes capture no "
-        "graphs",
+    cuda_graphs: Literal["none", "per_layer", "full_iteration"] = Field(
+        default="none",
+        description="CUDA graphs the stack captures and replays. full_iteration: the whole step is one graph "
+        "(Megatron-Core's full_cuda_graph / cuda_graph_scope full_iteration, MLPerf's FULL_CUDA_GRAPH): no pipeline "
+        "action is issued from the host, so neither the GPU family's fixed cost per action (GpuFamily "
+        "action_overhead_s) nor the stack's host_overhead_per_action_s is paid. per_layer: each transformer layer's "
+        "passes are graphs (Megatron-Core's enable_cuda_graph, Transformer Engine's make_graphed_callables, MLPerf's "
+        "LAYER_CUDA_GRAPH), while the schedule, the p2p, the gradient hooks and the embedding and loss still run from "
+        "the host: priced as none (the published rows that ran per-layer graphs price better with the per-action cost "
+        "than without it: profiles/calibration/README.md). Only none with an emit target: the jobs ppplan writes "
+        "capture no graphs",
     )
     moe_host_s_per_operator: NonNegativeFloat = Field(
         default=0.0,
@@ -512,10 +514,9 @@ class StackSpec(StrictModel):
         if self.overlap.backward_gather == "after_gradients" and self.emit in FSDP2_EMIT_TARGETS:
             raise ValueError(f"overlap.backward_gather after_gradients is FSDP1's BACKWARD_POST, but emit {self.emit} runs "
                              "FSDP2, which prefetches the backward's gathers: set backward_gather: prefetched, or emit: none")
-        if self.overlap.cuda_graphs and self.emit != "none":
-            raise ValueError(f"overlap.cuda_graphs: the job ppplan writes for emit {self.emit} captures no CUDA graphs, so "
-                             "its plans would be priced without the launch overhead they pay: set overlap.cuda_graphs "
-                             "false, or emit: none")
+        if self.overlap.cuda_graphs != "none" and self.emit != "none":
+            raise ValueError(f"overlap.cuda_graphs {self.overlap.cuda_graphs}: the job ppplan writes for emit {self.emit} "
+                             "captures no CUDA graphs: set overlap.cuda_graphs none, or emit: none")
         if self.emit in FSDP2_EMIT_TARGETS and (self.kernels.compiled_blocks or self.kernels.fused_cross_entropy):
             raise ValueError(f"emit {self.emit}: the job ppplan writes runs its blocks and its loss eager (torchtitan's with "
                              "[compile] off, ppplan's runtime uncompiled): set kernels.compiled_blocks and "

@@ -228,10 +228,14 @@ NOTE_ASSUMPTIONS: tuple[tuple[str, str], ...] = (
      "attention core), so the step is priced somewhat too fast"),
 )
 
-# Notes saying a row replayed CUDA graphs of every layer or of the whole iteration: "CUDA graphs on" (not "no CUDA
-# graphs on", nor followed by a partial scope such as "scope=['attn', ...]"), or a full_iteration scope however spelt
-# ("cuda graphs scope=full_iteration", Megatron's cuda_graph_scope, "cuda graph full_iteration").
-CUDA_GRAPHS_NOTE = r"(?<!no )cuda graphs on(?![^;)]{0,12}scope=\[)(?=[\s;:,.()]|$)|cuda[ _]graphs?[ _](?:scope=\[?'?)?full_iteration"
+# Notes saying a row replayed the whole step as one CUDA graph: a full_iteration scope however spelt ("cuda graphs
+# scope=full_iteration", Megatron's cuda_graph_scope, "cuda graph full_iteration") or full_cuda_graph set (MLPerf's
+# FULL_CUDA_GRAPH=True, full_cuda_graph=1).
+FULL_ITERATION_GRAPH_NOTE = r"cuda[ _]graphs?[ _](?:scope=\[?'?)?full_iteration|full_cuda_graph ?= ?(?:1|true)"
+# Notes saying a row replayed each layer's passes as CUDA graphs: "CUDA graphs on" (not "no CUDA graphs on", nor
+# followed by a partial scope such as "scope=['attn', ...]"), in notes that name no full-iteration graph.
+PER_LAYER_GRAPH_NOTE = (r"(?s)^(?!.*(?:" + FULL_ITERATION_GRAPH_NOTE + r")).*?(?<!no )cuda graphs on(?![^;)]{0,12}scope=\[)"
+                        r"(?=[\s;:,.()]|$)")
 
 # What a row's notes say ran that a stack preset can price but its own emitted job does not run, as (regular
 # expression on the lower-cased notes, the preset's fields it replaces, the assumption it becomes): the row is
@@ -239,9 +243,13 @@ CUDA_GRAPHS_NOTE = r"(?<!no )cuda graphs on(?![^;)]{0,12}scope=\[)(?=[\s;:,.()]|
 NOTE_STACK_CHANGES: tuple[tuple[str, dict[str, dict[str, object]], str], ...] = (
     (r"tp comm overlap=true|--tp-comm-overlap|ub_tp_comm_overlap: true|tp_comm_overlap=true", {"overlap": {"tp_comm": "overlapped"}},
      "TP communication overlap (--tp-comm-overlap, Transformer Engine userbuffers) priced overlapped, as the row ran"),
-    (CUDA_GRAPHS_NOTE, {"overlap": {"cuda_graphs": True}, "emit": "none"},
-     "CUDA graphs (every layer, or the whole iteration, captured and replayed) priced as the row ran: without the GPU "
-     "family's per-action kernel-launch overhead (StackOverlap.cuda_graphs); the emitted Megatron-LM job captures none"),
+    (FULL_ITERATION_GRAPH_NOTE, {"overlap": {"cuda_graphs": "full_iteration"}, "emit": "none"},
+     "the whole step replayed as one CUDA graph, as the row ran: no per-action host cost (StackOverlap.cuda_graphs "
+     "full_iteration); the emitted Megatron-LM job captures none"),
+    (PER_LAYER_GRAPH_NOTE, {"overlap": {"cuda_graphs": "per_layer"}, "emit": "none"},
+     "each layer's passes replayed as CUDA graphs, as the row ran: the schedule, p2p and gradient hooks still run "
+     "from the host, priced with the per-action cost (StackOverlap.cuda_graphs per_layer); the emitted Megatron-LM "
+     "job captures none"),
     (r"overlap_p2p_comm: true", {"overlap": {"p2p": "overlapped"}},
      "interleaved pipeline p2p overlapped with compute (Megatron-Core overlap_p2p_comm, batch_p2p_comm off) priced "
      "overlapped, as the row ran: the sends and receives delay the next stage but do not hold the rank"),

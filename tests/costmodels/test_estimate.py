@@ -214,15 +214,17 @@ def test_action_overhead_is_paid_per_pipeline_action() -> None:
     assert split.breakdown.overhead_s == pytest.approx(16 * 3e-3)
 
 
-def test_a_stack_replaying_cuda_graphs_pays_only_its_own_host_cost_per_action() -> None:
-    """CUDA graphs replace the kernel launches the GPU family's per-action cost stands for (StackOverlap.cuda_graphs):
-    the same 16 actions as above pay the stack's 2 ms each, not the family's 1 ms."""
+def test_a_step_replayed_as_one_cuda_graph_pays_no_per_action_cost() -> None:
+    """A whole-iteration CUDA graph issues no pipeline action from the host (StackOverlap.cuda_graphs full_iteration):
+    the 16 actions above pay neither the family's 1 ms nor the stack's 2 ms; per-layer graphs leave the schedule on
+    the host and pay both, 48 ms."""
     cluster = gpu_cluster(action_overhead_s=1e-3)
-    stack = Stack(host_overhead_per_action_s=2e-3).with_changes({"overlap": {"cuda_graphs": True}, "emit": "none"})
-    est = estimate(MODEL, cluster, TRAIN, config(pp=1, dp=1, m=8), UnitLayers(), stack=stack)
     params = stage_params(MODEL, 8, True, True, 1)
-    assert est.breakdown.overhead_s == pytest.approx(16 * 2e-3)
-    assert est.step_time_s == pytest.approx(192.0 + 16 * 2e-3 + optimizer_s(cluster, params))
+    for graphs, overhead_s in (("full_iteration", 0.0), ("per_layer", 16 * 3e-3)):
+        stack = Stack(host_overhead_per_action_s=2e-3).with_changes({"overlap": {"cuda_graphs": graphs}, "emit": "none"})
+        est = estimate(MODEL, cluster, TRAIN, config(pp=1, dp=1, m=8), UnitLayers(), stack=stack)
+        assert est.breakdown.overhead_s == pytest.approx(overhead_s), graphs
+        assert est.step_time_s == pytest.approx(192.0 + overhead_s + optimizer_s(cluster, params)), graphs
 
 
 @pytest.mark.parametrize("schedule", ["1f1b", "gpipe", "zb-h1", "zb-h2", "interleaved-1f1b", "zbv"])

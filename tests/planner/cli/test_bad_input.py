@@ -31,7 +31,7 @@ def _files(tmp_path):
     (tmp_path / "stack-titan-offload.yaml").write_text(titan + "activation_offload: true\n")
     (tmp_path / "stack-titan-compiled.yaml").write_text(titan.replace("kernels:\n", "kernels:\n  compiled_blocks: true\n", 1))
     (tmp_path / "stack-backward-post.yaml").write_text(titan.replace("overlap:\n", "overlap:\n  backward_gather: after_gradients\n", 1))
-    (tmp_path / "stack-cuda-graphs.yaml").write_text(stack.replace("  cuda_graphs: false", "  cuda_graphs: true"))
+    (tmp_path / "stack-cuda-graphs.yaml").write_text(stack.replace("  cuda_graphs: none", "  cuda_graphs: full_iteration"))
     (tmp_path / "stack-twice.yaml").write_text(stack.replace("  p2p: exposed\n", "  p2p: exposed\n  p2p: overlapped\n", 1))
     zero_bubble = (Path(profiles.__file__).parent / "stacks" / "zero-bubble-megatron.yaml").read_text()
     (tmp_path / "stack-post-validation.yaml").write_text(zero_bubble.replace("  schedules: [zb-h1, zb-h2, zbv]", "  schedules: [zb-h1, dualpipev]"))

@@ -315,22 +315,34 @@ def test_a_row_that_ran_tp_comm_overlap_is_priced_with_it() -> None:
     assert not any(a.startswith("TP communication overlap") for a in plain.assumptions)
 
 
-def test_a_row_that_ran_cuda_graphs_is_priced_without_the_launch_overhead() -> None:
-    """Notes saying a row replayed CUDA graphs for every layer or the whole iteration ("CUDA graphs on",
-    "cuda graphs scope=full_iteration") price it with ``overlap.cuda_graphs`` (and emit none: the Megatron-LM job
-    ppplan writes captures none); graphs of a few modules only (scope=['attn', ...]) or graphs off leave the preset's."""
+def test_a_row_that_ran_cuda_graphs_is_priced_with_the_graphs_it_ran() -> None:
+    """Notes saying a row replayed the whole step as one graph (a full_iteration scope, full_cuda_graph set) price it
+    with ``cuda_graphs`` full_iteration; "CUDA graphs on" otherwise, per_layer (both with emit none: the Megatron-LM job
+    ppplan writes captures none); graphs of a few modules only (scope=['attn', ...]), graphs off and silence leave
+    the preset's none."""
     fields = {**ZB_ROW, "stack": "megatron-core", "source_id": "nemo-perf-25.11", "zero": "1"}
-    graphed = [parse_row({**fields, "notes": n}) for n in
-               ("FP8; CUDA graphs on (config_common_cg.sh)", "cuda graphs scope=full_iteration; model TFLOP/s/GPU=1519",
-                "enable_cuda_graph true, cuda_graph_scope=full_iteration", "SP default True; CUDA graphs on")]
-    partial = [parse_row({**fields, "notes": n}) for n in
-               ("cuda graphs scope=['attn', 'moe_router']", "CUDA graphs off (mcore_cuda_graph=false in config)", "",
-                "no CUDA graphs on this run", "CUDA graphs on: scope=['attn']", "cuda graphs one day")]
-    assert all(isinstance(r, PublishedRow) for r in graphed + partial), graphed + partial
-    assert all(r.stack_spec.overlap.cuda_graphs and r.stack_spec.emit == "none" for r in graphed)
-    assert all(any(a.startswith("CUDA graphs") for a in r.assumptions) for r in graphed)
-    assert not any(r.stack_spec.overlap.cuda_graphs for r in partial)
-    assert not any(a.startswith("CUDA graphs") for r in partial for a in r.assumptions)
+    expected = {
+        "cuda graphs scope=full_iteration; model TFLOP/s/GPU=1519": "full_iteration",
+        "enable_cuda_graph true, cuda_graph_scope=full_iteration": "full_iteration",
+        "CUDA graphs on (full_cuda_graph=1, mcore_cuda_graph=1 in config_common_cg.sh)": "full_iteration",
+        "CUDA graphs on (config L3 sources config_common_cg.sh, whose L1 sets FULL_CUDA_GRAPH=True)": "full_iteration",
+        "SP default True; CUDA graphs on; seq 2048": "per_layer",
+        "CUDA graphs on (LAYER_CUDA_GRAPH=1)": "per_layer",
+        "cuda graphs scope=['attn', 'moe_router']": "none",
+        "CUDA graphs off (mcore_cuda_graph=false in config)": "none",
+        "no CUDA graphs on this run": "none",
+        "CUDA graphs on: scope=['attn']": "none",
+        "cuda graphs one day": "none",
+        "custom.yaml has no full_cuda_graph key": "none",
+        "": "none",
+    }
+    for notes, graphs in expected.items():
+        row = parse_row({**fields, "notes": notes})
+        assert isinstance(row, PublishedRow), (notes, row)
+        assert row.stack_spec.overlap.cuda_graphs == graphs, notes
+        assert (row.stack_spec.emit == "none") == (graphs != "none"), notes
+        said = [a for a in row.assumptions if "CUDA graph" in a]
+        assert len(said) == (graphs != "none") and all(graphs in a for a in said), (notes, said)
 
 
 def test_nemo2_recipes_tp_overlap_and_interleaved_p2p_overlap_are_priced_as_they_ran() -> None:
