@@ -111,7 +111,7 @@ def _p2p_times(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, cfg: Pa
 def action_overhead_s(cluster: ClusterSpec, overlap: StackOverlap, costs: RuntimeCosts = NO_RUNTIME_COSTS, pp: int = 1) -> float:
     """Fixed seconds per pipeline action: the GPU family's (fitted) plus the stack's host cost, or
     the host cost ``ppplan profile`` measured for this machine, in a real pipeline where ``pp`` > 1
-    (``costmodels.runtime_costs``). None where the stack replays the whole step as one CUDA graph
+    (``costmodels.runtime_costs``). Zero where the stack replays the whole step as one CUDA graph
     (``StackOverlap.cuda_graphs`` full_iteration): the host issues no action."""
     if overlap.cuda_graphs == "full_iteration":
         return 0.0
