@@ -52,6 +52,8 @@ def files(d: Path):
     plan_with("m_lt_pp_plan.json", lambda p: (p["config"].update(num_microbatches=1), p["train"].update(global_batch=1)))
     plan_with("layers_plan.json", lambda p: p["config"].update(stage_layers=[3, 3]))
     plan_with("mem_len_plan.json", lambda p: p["estimate"].__setitem__("peak_memory_gib", []))
+    plan_with("zero_step_plan.json", lambda p: p["estimate"].__setitem__("step_time_s", 0.0))
+    plan_with("short_breakdown_plan.json", lambda p: p["estimate"].__setitem__("memory_breakdown_gib", [{"weights": 1.0}]))
     base_model = "name: m\nnum_layers: {L}\nhidden_size: {H}\nnum_attention_heads: 4\nvocab_size: 100\nseq_len: 32\n"
     for name, L, H in [
         ("float_layers", "8.7", "64"),
@@ -64,6 +66,8 @@ def files(d: Path):
         ("big_hidden", str(2**40), str(2**40)),
     ]:
         (d / f"{name}.yaml").write_text(base_model.replace("{L}", L).replace("{H}", H))
+    (d / "digits_layers.yaml").write_text(base_model.replace("{L}", "9" * 5000).replace("{H}", "64"))
+    (d / "ansi_name.yaml").write_text(base_model.replace("name: m", 'name: "m\\e[31mred"').replace("{L}", "2").replace("{H}", "64"))
     hf = {
         "model_type": "llama",
         "hidden_size": 64,
@@ -286,6 +290,21 @@ CLASSES = {
         "cluster key twice": ["search", "--model", "tiny-gpt", "--cluster", "cl_twice.yaml", "--gpus", "2", "--global-batch", "8"],
         "stack key twice": [*S, "--stack", "stack_twice.yaml"],
         "plan key twice": ["explain", "twice_plan.json"],
+    },
+    "found by fuzzing the CLI (session 50)": {
+        "a number of 5,000 digits in a model": ["search", "--model", "digits_layers.yaml", "--cluster", "cpu-local", "--gpus", "2",
+                                                "--global-batch", "8"],
+        "a degree of 5,000 digits": [*S, "--tp", "9" * 5000],
+        "a model name holding an escape sequence": ["search", "--model", "ansi_name.yaml", "--cluster", "cpu-local", "--gpus", "2",
+                                                    "--global-batch", "8"],
+        "plan with a zero step time explain": ["explain", "zero_step_plan.json"],
+        "plan with a memory breakdown of one rank in two explain": ["explain", "short_breakdown_plan.json"],
+        "an output name ending in a folder separator": [*S, "--out", "newdir/"],
+        "an output that is the model file": ["search", "--model", "float_layers.yaml", "--cluster", "cpu-local", "--gpus", "2",
+                                             "--global-batch", "8", "--out", "float_layers.yaml"],
+        "--out-dir without --emit": ["launch", "good.json", "--dry-run", "--out-dir", "emitted"],
+        "a node rank beyond the nodes": ["launch", "good.json", "--dry-run", "--nnodes", "1", "--node-rank", "3"],
+        "a byte size that is not a number": ["profile-comm", "--max-bytes", "nan", "--out", "c.json"],
     },
     "empty entries in comma lists": {
         "schedules empty entry": [*S, "--schedules", "1f1b,,gpipe"],

@@ -48,7 +48,7 @@ def read_failure_records(job_dir: Path) -> list[dict]:
         for line in lines:
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
+            except ValueError:  # JSONDecodeError or an over-long integer
                 continue
             if isinstance(record, dict) and isinstance(record.get("rank"), int):
                 records.append(record)
@@ -59,7 +59,7 @@ def read_exits(job_dir: Path) -> list[dict]:
     """``[{"rank", "exitcode", "signal"}]`` of ranks that exited non-zero on their own, by rank."""
     try:
         exits = json.loads((job_dir / EXITS_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return []
     return sorted((e for e in exits if isinstance(e, dict) and isinstance(e.get("rank"), int)), key=lambda e: e["rank"])
 

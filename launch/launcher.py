@@ -95,6 +95,8 @@ def _check_custom_csv(plan: Plan, schedule_csv: Path | None) -> None:
 def _rendezvous_args(plan: Plan, opts: LaunchOptions) -> list[str]:
     layout = node_layout(plan.config.world_size, plan.cluster.gpus_per_node, opts.nnodes)
     sizes = ["--nnodes", str(layout.nnodes), "--nproc-per-node", str(layout.nproc_per_node)]
+    if opts.node_rank is not None and not 0 <= opts.node_rank < layout.nnodes:
+        raise PlanError(f"--node-rank {opts.node_rank} outside 0..{layout.nnodes - 1}")
     if layout.nnodes == 1 and opts.master_addr is None and opts.master_port is None:
         return ["--standalone", *sizes]
     if layout.nnodes > 1 and (opts.node_rank is None or opts.master_addr is None):
@@ -103,8 +105,6 @@ def _rendezvous_args(plan: Plan, opts: LaunchOptions) -> list[str]:
             f"(0..{layout.nnodes - 1}) and --master-addr of node 0 (or pass --nnodes)"
         )
     node_rank = opts.node_rank or 0
-    if not 0 <= node_rank < layout.nnodes:
-        raise PlanError(f"--node-rank {node_rank} outside 0..{layout.nnodes - 1}")
     return [
         *sizes,
         "--node-rank", str(node_rank),

@@ -52,7 +52,7 @@ class MetricsTail:
         for line in lines:
             try:
                 record = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except ValueError:  # JSONDecodeError, UnicodeDecodeError, an over-long integer
                 continue
             if isinstance(record, dict):
                 records.append(record)

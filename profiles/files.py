@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
+import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from profiles.errors import PlanError
@@ -36,31 +39,83 @@ def read_text(path: Path, what: str = "") -> str:
     return text.removeprefix("\ufeff")
 
 
+def unreadable_value(exc: ValueError) -> str:
+    """What a parser's ``ValueError`` says about the value it could not convert, in one line: Python reads
+    no integer of more than ``sys.get_int_max_str_digits()`` digits (CVE-2020-10735), and JSON and YAML
+    parsers raise that error unchanged."""
+    if "integer string conversion" in str(exc):
+        return f"a number of more than {sys.get_int_max_str_digits():,} digits: no ppplan value is that long"
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else "a value that cannot be read"
+
+
+TEMP_NAME_CHARS = 64  # of the destination's name in a temporary file's: the whole name plus a suffix may pass NAME_MAX
+
+
+def _temp_prefix(name: str) -> str:
+    return f".{name[:TEMP_NAME_CHARS]}."
+
+
+def _destination(path: Path) -> Path:
+    """Where writing ``path`` lands: a symbolic link's target (the link is kept; a dangling one's target is
+    created), else ``path``."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _is_special(path: Path) -> bool:
+    """An existing output that is not a regular file or a folder (a device such as /dev/null, a FIFO, a
+    socket, /dev/stdout on a pipe): written in place, since renaming a file over it would replace it. Read
+    through any link as given (``/dev/stdout``'s target is no path on a pipe)."""
+    return path.exists() and not path.is_file() and not path.is_dir()
+
+
 def check_writable(path: Path) -> None:
     """Fail early (before minutes of work) when ``path`` cannot be written."""
-    path = Path(path)
+    try:
+        _check_writable(Path(path))
+    except OSError as exc:  # a name the file system refuses (too long, say), met while looking at it
+        raise PlanError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _check_writable(path: Path) -> None:
+    if _is_special(path):
+        if not os.access(path, os.W_OK):
+            raise PlanError(f"cannot write {path}: permission denied")
+        return
+    path = _destination(path)
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise PlanError(f"cannot write {path}: it is a directory; give a file name")
     if not parent.is_dir():
         raise PlanError(f"cannot write {path}: directory {parent} does not exist")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PlanError(f"cannot write {path}: the file is read-only")
+    with tempfile.NamedTemporaryFile(dir=parent, prefix=_temp_prefix(path.name), delete=True):
+        pass
+
+
+def _same_file(a: Path, b: Path) -> bool:
     try:
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", delete=True):
-            pass
-    except OSError as exc:
-        raise PlanError(f"cannot write {path}: {exc.strerror}") from None
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
-def check_outputs(*paths: Path | None) -> None:
-    """Every output path of a command, checked before it does any work: each writable, no two the same."""
+def check_outputs(*paths: Path | None, inputs: Iterable[Path | str | None] = ()) -> None:
+    """Every output path of a command, checked before it does any work: each writable, no two the same,
+    none of them one of the command's ``inputs`` (the files among them: a preset name is no file)."""
     given = [Path(p) for p in paths if p is not None]
+    read = [Path(p) for p in inputs if p is not None and Path(p).is_file()]
     seen: set[Path] = set()
     for path in given:
+        check_writable(path)
         resolved = path.resolve()
         if resolved in seen:
             raise PlanError(f"{path} is given for two outputs: give each output its own file")
         seen.add(resolved)
-        check_writable(path)
+        source = next((r for r in read if _same_file(path, r)), None)
+        if source is not None:
+            also = "" if str(source) == str(path) else f" ({source})"
+            raise PlanError(f"{path} is also an input of this command{also}: write the output to another file")
 
 
 def write_atomic(path: Path, text: str, mode: int | None = None) -> Path:
@@ -68,20 +123,54 @@ def write_atomic(path: Path, text: str, mode: int | None = None) -> Path:
     return write_atomic_bytes(path, text.encode("utf-8"), mode)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (``/proc/self/status``, Linux 4.7+); elsewhere set and
+    restored at once (``os.umask`` has no read-only form)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process's umask."""
+    return 0o666 & ~_umask()
+
+
 def write_atomic_bytes(path: Path, data: bytes, mode: int | None = None) -> Path:
-    """Write ``data`` to ``path`` atomically (an image, say); returns ``path``."""
+    """Write ``data`` to ``path`` atomically (an image, say); returns ``path``.
+
+    As a shell's ``>`` would, but never half-written: a symbolic link's target is replaced (the link
+    stays), an existing file keeps its permission bits (``mode`` overrides them; set-id bits are dropped) but
+    is owned by the writer afterwards (it is a new file renamed over the old), a new one gets the umask's, a
+    read-only one is refused, and a device or FIFO (``/dev/null``, ``/dev/stdout`` on a pipe) is written in
+    place, not replaced."""
     path = Path(path)
     check_writable(path)
+    if _is_special(path):
+        try:
+            with open(path, "wb") as handle:
+                handle.write(data)
+        except OSError as exc:
+            raise PlanError(f"cannot write {path}: {exc.strerror}") from None
+        return path
+    target = _destination(path)
+    keep = mode if mode is not None else stat.S_IMODE(target.stat().st_mode) & 0o777 if target.exists() else _new_file_mode()
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+        parent = target.parent if str(target.parent) else Path(".")
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=_temp_prefix(target.name), suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        os.chmod(tmp, keep)
+        os.replace(tmp, target)
     except OSError as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
@@ -102,10 +191,13 @@ def write_folder_atomic(out_dir: Path, files: dict[str, tuple[str, int]]) -> lis
     if blocked:
         raise PlanError(f"cannot write {out_dir / blocked[0]}: it is a directory; move it or pick another --out-dir")
     staging_parent = out_dir.parent if fresh else out_dir
+    created = [d for d in (staging_parent, *staging_parent.parents) if not d.exists()]  # deepest first
     tmp: Path | None = None
     try:
         staging_parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=staging_parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+        tmp = Path(tempfile.mkdtemp(dir=staging_parent, prefix=_temp_prefix(out_dir.name), suffix=".tmp"))
+        if fresh:  # the folder becomes out_dir: the mode mkdir gives, not mkdtemp's private 0o700
+            os.chmod(tmp, 0o777 & ~_umask())
         for name, (text, mode) in files.items():
             (tmp / name).write_text(text, encoding="utf-8")
             os.chmod(tmp / name, mode)
@@ -116,13 +208,24 @@ def write_folder_atomic(out_dir: Path, files: dict[str, tuple[str, int]]) -> lis
             for name in files:
                 os.replace(tmp / name, out_dir / name)
     except OSError as exc:
+        _remove_staging(tmp)
+        tmp = None
+        for folder in created:  # the parents this call made, deepest first: a failure leaves nothing behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise PlanError(f"cannot write into {out_dir}: {exc.strerror}; pick a writable directory") from None
     finally:
-        if tmp is not None:
-            for leftover in tmp.iterdir():
-                leftover.unlink(missing_ok=True)
-            tmp.rmdir()
+        _remove_staging(tmp)
     return [out_dir / name for name in files]
+
+
+def _remove_staging(tmp: Path | None) -> None:
+    if tmp is not None and tmp.is_dir():
+        for leftover in tmp.iterdir():
+            leftover.unlink(missing_ok=True)
+        tmp.rmdir()
 
 
 def read_metrics_jsonl(path: Path, required_keys: tuple[str, ...]) -> list[dict]:
@@ -135,8 +238,12 @@ def read_metrics_jsonl(path: Path, required_keys: tuple[str, ...]) -> list[dict]
             continue
         try:
             record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
+        except json.JSONDecodeError:
             raise PlanError(f"{path}:{number}: not a JSON line") from None
+        except RecursionError:
+            raise PlanError(f"{path}:{number}: nests too deeply to be a metrics line") from None
+        except ValueError as exc:
+            raise PlanError(f"{path}:{number}: {unreadable_value(exc)}") from None
         missing = [key for key in required_keys if not isinstance(record, dict) or key not in record]
         if missing:
             raise PlanError(f"{path}:{number}: missing key '{missing[0]}' (is this a ppplan launch metrics file?)")

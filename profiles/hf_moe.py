@@ -70,6 +70,8 @@ def unsupported_reason(config: dict[str, Any], model_type: str) -> str | None:
     hybrid = [k for k in HYBRID_KEYS if _present(config, k)]
     hybrid += [k for k in config if k.startswith(HYBRID_PREFIXES) and _present(config, k)]
     layer_types = config.get("layer_types") or config.get("layers_block_type") or []
+    if isinstance(layer_types, str):  # one type named for every layer
+        layer_types = [layer_types]
     odd_layers = sorted({str(t) for t in layer_types} - PLAIN_LAYER_TYPES) if isinstance(layer_types, list) else []
     if odd_layers:
         hybrid.insert(0, f"layer_types {odd_layers}")
@@ -111,7 +113,10 @@ def _qwen_first_dense_layers(config: dict[str, Any], model_type: str, num_layers
     if step != 1:
         raise PlanError(f"{model_type} decoder_sparse_step {step} makes one layer in {step} MoE: "
                         "ppplan models leading dense layers only (first_dense_layers)")  # fmt: skip
-    dense = sorted(_int(i, "mlp_only_layers") for i in config.get("mlp_only_layers") or [])
+    listed = config.get("mlp_only_layers") or []
+    if not isinstance(listed, list):
+        raise PlanError(f"{model_type} mlp_only_layers must be a list of layer indices, got {listed!r}")
+    dense = sorted(_int(i, "mlp_only_layers") for i in listed)
     if dense != list(range(len(dense))) or len(dense) >= num_layers:
         raise PlanError(f"{model_type} mlp_only_layers {dense} are not a run of leading layers: "
                         "ppplan models leading dense layers only (first_dense_layers)")  # fmt: skip

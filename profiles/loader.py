@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from profiles.errors import PlanError
-from profiles.files import read_text
+from profiles.files import read_text, unreadable_value
 from profiles.gpu_families import GpuFamilies, with_family_constants
 from profiles.hf_config import _first_error, model_from_hf_config
 from profiles.profile_schema import COMM_PROFILE_SCHEMA_VERSION, PROFILE_SCHEMA_VERSION, CommProfile, ProfileFile
@@ -98,6 +98,8 @@ def read_document(path: Path) -> Any:
         line = getattr(getattr(exc, "problem_mark", None), "line", getattr(exc, "lineno", None))
         where = f" (line {line + 1 if hasattr(exc, 'problem_mark') else line})" if line is not None else ""
         raise PlanError(f"malformed {path.suffix.lstrip('.') or 'YAML'} in {path}{where}") from None
+    except ValueError as exc:  # a value the parser cannot convert: an integer of more digits than Python reads
+        raise PlanError(f"{path}: {unreadable_value(exc)}") from None
 
 
 def validate_as(cls: type[T], data: Any, source: str) -> T:

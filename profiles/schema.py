@@ -9,10 +9,12 @@ DESIGN.md fields always loads.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, model_validator
 
+from profiles.errors import quoted
 from profiles.limits import (
     MAX_ACTION_TIME_S,
     MAX_BANDWIDTH_GBS,
@@ -68,6 +70,18 @@ ScheduleName = Literal[
 SCHEDULE_NAMES: tuple[str, ...] = get_args(ScheduleName)
 
 
+def _printable(text: str) -> str:
+    """Text ppplan prints from a file (names, a plan's reasons) holds no control character (Unicode category Cc:
+    C0, DEL, C1), so no escape sequence in a file reaches the user's terminal."""
+    if any(unicodedata.category(c) == "Cc" for c in text):
+        raise ValueError(f"{quoted(repr(text))} holds a control character: use printable characters")
+    return text
+
+
+Name = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_printable)]
+Text = Annotated[str, AfterValidator(_printable)]
+
+
 class StrictModel(BaseModel):
     """The base of every file type ppplan reads: frozen; an unknown key, a non-finite number,
     and a bool, float or string where a number of another type goes are errors (strict mode:
@@ -94,7 +108,7 @@ class ModelSpec(StrictModel):
     ``qk_nope_head_dim`` + ``qk_rope_head_dim`` and value dim ``v_head_dim``.
     """
 
-    name: str
+    name: Name
     num_layers: count(MAX_LAYERS)
     hidden_size: count(MAX_WIDTH)
     num_attention_heads: count(MAX_HEADS)
@@ -242,7 +256,7 @@ class PeakTflops(StrictModel):
 
 
 class GpuSpec(StrictModel):
-    name: str
+    name: Name
     memory_gib: Annotated[PositiveFloat, Field(le=MAX_MEMORY_GIB)]
     peak_tflops: PeakTflops
     hbm_bandwidth_gbs: bounded(MIN_BANDWIDTH_GBS, MAX_BANDWIDTH_GBS)
@@ -296,7 +310,7 @@ class Efficiency(StrictModel):
     inter_node_collective: float = Field(default=0.80, gt=0, le=1)
     action_overhead_s: float = Field(default=0.0, ge=0, le=MAX_ACTION_TIME_S, allow_inf_nan=False)
     attention_max: float | None = Field(default=None, gt=0, le=1)
-    attention_kernel_ratios: dict[Literal["fa2", "triton"], float] = Field(default_factory=dict)
+    attention_kernel_ratios: dict[Literal["fa2", "triton"], Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=dict)
     step_overhead_s: float = Field(default=0.0, ge=0, le=MAX_ACTION_TIME_S, allow_inf_nan=False)
 
 
@@ -325,7 +339,7 @@ class ClusterSpec(StrictModel):
     is then ``gpus_per_node x inter_node.bandwidth_gbs``, what files before them meant).
     """
 
-    name: str
+    name: Name
     gpu: GpuSpec
     gpus_per_node: count(MAX_GPUS)
     intra_node: LinkSpec
@@ -419,7 +433,7 @@ class ParallelConfig(StrictModel):
     with one slot per stage); every other stage holds at least one.
     """
 
-    stack: str = Field(default="ppplan-torch", description="the software stack the plan runs on (profiles/stacks/)")
+    stack: Name = Field(default="ppplan-torch", description="the software stack the plan runs on (profiles/stacks/)")
     tp: count(MAX_GPUS)
     cp: count(MAX_GPUS) = Field(default=1, description="context parallel: the sequence split over cp ranks")
     ep: count(MAX_GPUS) = Field(default=1, description="expert parallel: experts split over ep ranks of the dp x cp ranks")
@@ -544,6 +558,23 @@ class Estimate(StrictModel):
         "published memory readings, percent of the reading (`ppplan validate`); None: fewer than 5 readings"
     )
 
+    @model_validator(mode="after")
+    def _check(self) -> "Estimate":
+        """What a plan file's readers divide by and index (``ppplan explain``, ``compare``, ``tune``): a positive
+        step time, no negative rate, a bubble fraction within [0, 1], one memory breakdown per rank listed (or none:
+        a hand-written plan may give only the peaks)."""
+        if self.step_time_s <= 0:
+            raise ValueError(f"step_time_s must be positive, got {self.step_time_s}")
+        for name in ("tokens_per_s", "model_tflops_per_gpu", "hw_tflops_per_gpu", "mfu", "hfu", "memory_limit_gib"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.bubble_fraction <= 1:
+            raise ValueError(f"bubble_fraction must be within [0, 1], got {self.bubble_fraction}")
+        if self.memory_breakdown_gib and len(self.memory_breakdown_gib) != len(self.peak_memory_gib):
+            raise ValueError(f"memory_breakdown_gib lists {len(self.memory_breakdown_gib)} ranks, "
+                             f"peak_memory_gib {len(self.peak_memory_gib)}")
+        return self
+
 
 class Alternative(StrictModel):
     """A rejected plan near the chosen one, and why it lost."""
@@ -551,7 +582,7 @@ class Alternative(StrictModel):
     config: ParallelConfig
     step_time_s: float | None
     delta_pct: float | None
-    reason: str
+    reason: Text
 
 
 class Plan(StrictModel):
@@ -561,7 +592,7 @@ class Plan(StrictModel):
     train: TrainSpec
     config: ParallelConfig
     estimate: Estimate
-    rationale: list[str] = []
+    rationale: list[Text] = []
     alternatives: list[Alternative] = []
 
     @model_validator(mode="after")

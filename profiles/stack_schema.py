@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, model_validator
 
-from profiles.schema import Precision, RecomputeKind, ScheduleName, StrictModel
+from profiles.schema import Name, Precision, RecomputeKind, ScheduleName, StrictModel
 
 EmitTarget = Literal["ppplan", "megatron", "torchtitan", "none"]
 FSDP2_EMIT_TARGETS = ("ppplan", "torchtitan")  # the runtimes whose ZeRO-3 is FSDP2's fully_shard
@@ -283,7 +283,7 @@ class OptimizerPostValidation(StrictModel):
 class StackSpec(StrictModel):
     """One software stack (see the module docstring)."""
 
-    name: str
+    name: Name
     description: str
     version: str = Field(description="the framework version (tag, commit, date) these facts were read from")
     sources: list[str] = []

@@ -25,11 +25,11 @@ from costmodels.schedules.actions import (
     stage_ranks,
 )
 from costmodels.schedules.registry import SIMULATED_ONLY_SCHEDULES
-from profiles.errors import PlanError
+from profiles.errors import PlanError, quoted
 
 TO_TORCH = {FORWARD: "F", BACKWARD_INPUT: "I", BACKWARD_WEIGHT: "W", FULL_BACKWARD: "B"}
 FROM_TORCH = {cell: kind for kind, cell in TO_TORCH.items()}
-CELL = re.compile(r"^(\d+)([FIWB])(\d+)$")
+CELL = re.compile(r"^(\d{1,9})([FIWB])(\d{1,9})$")  # 9 digits: any stage or microbatch, no over-long integer
 OVERLAP = re.compile(r"^\((.*)\)OVERLAP_F_B$")
 
 
@@ -54,7 +54,7 @@ def _parse_cell(cell: str, rank: int, column: int) -> list[Action]:
         match = CELL.match(part.strip())
         if not match:
             raise PlanError(
-                f"pipeline CSV row {rank + 1}, column {column + 1}: '{text}' is not a compute action like 0F0, 1I3, 1W3 or 0B1"
+                f"pipeline CSV row {rank + 1}, column {column + 1}: '{quoted(text)}' is not a compute action like 0F0, 1I3, 1W3 or 0B1"
             )
         stage, kind, microbatch = match.groups()
         actions.append(Action(FROM_TORCH[kind], int(microbatch), int(stage)))

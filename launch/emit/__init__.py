@@ -104,11 +104,12 @@ def emit(
     return paths
 
 
-def check_out_dir(out: Path) -> None:
-    """``--out-dir`` must be a writable directory or creatable (checked before any work)."""
+def check_out_dir(out: Path, option: str = "--out-dir") -> None:
+    """A folder option (``option``: ``--out-dir``, tune's ``--metrics-dir``) must name a writable directory or a
+    creatable one (checked before any work)."""
     if out.exists() and not out.is_dir():
-        raise PlanError(f"--out-dir {out} exists and is not a directory: pick another path")
+        raise PlanError(f"{option} {out} exists and is not a directory: pick another path")
     existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise PlanError(f"--out-dir {out}: {existing} is not a writable directory; pick a writable directory")
+        raise PlanError(f"{option} {out}: {existing} is not a writable directory; pick a writable directory")
 

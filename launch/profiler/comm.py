@@ -16,6 +16,7 @@ Processes on one node measure the ``intra_node`` tier only.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -23,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from profiles.errors import PlanError
+from profiles.errors import PlanError, quoted
 from profiles.profile_schema import COLLECTIVES, AlphaBetaFit, CollectiveMeasurement, CommProfile, TierFit
 
 KIB = 1024
@@ -43,17 +44,23 @@ class CommSettings:
     repeats: int = 5
 
 
+MAX_MESSAGE_BYTES = 1024**4  # 1 TiB: above any GPU's memory, so above any message a collective of it sends
+
+
 def parse_bytes(text: str) -> int:
     """'1048576', '64KiB', '1MiB', '256M', '1G' -> bytes (binary multiples)."""
     units = {"": 1, "k": KIB, "kb": KIB, "kib": KIB, "m": MIB, "mb": MIB, "mib": MIB, "g": 1024 * MIB, "gb": 1024 * MIB, "gib": 1024 * MIB}
+    shown = quoted(text, 24)
     raw = text.strip().lower()
     digits = raw.rstrip("kmgib")
     try:
         value = float(digits) * units[raw[len(digits):]]
     except (ValueError, KeyError):
-        raise PlanError(f"cannot read a byte size from '{text}': use e.g. 1048576, 64KiB, 1MiB") from None
+        raise PlanError(f"cannot read a byte size from '{shown}': use e.g. 1048576, 64KiB, 1MiB") from None
+    if not math.isfinite(value) or value > MAX_MESSAGE_BYTES:
+        raise PlanError(f"byte size '{shown}' is not a size up to 1 TiB: no collective's message on a GPU is larger")
     if value < 1:
-        raise PlanError(f"byte size '{text}' must be at least 1")
+        raise PlanError(f"byte size '{shown}' must be at least 1")
     return int(value)
 
 

@@ -7,8 +7,10 @@ output (CI logs, files) is laid out for 120 columns; a terminal uses its own wid
 
 from __future__ import annotations
 
+import os
 from importlib.metadata import PackageNotFoundError, version
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -36,6 +38,36 @@ def comma_list(text: str, option: str) -> list[str]:
     if not text.strip() or any(not e for e in entries):
         raise PlanError(f"{option} '{text}' has an empty entry: separate values with single commas")
     return entries
+
+
+def output_path(text: str | Path) -> Path:
+    """An output file option's value (``typer.Option(parser=output_path, metavar="<path>")``): a name ending in a path
+    separator names a folder, and ``pathlib`` would drop the separator and write a file of the folder's
+    name, so it is bad input here, where the text is still whole."""
+    text = str(text)  # a default given as a Path
+    if text.endswith(("/", os.sep)) or os.path.basename(text) in (".", ".."):
+        raise typer.BadParameter(f"'{text}' names a folder: give a file name")
+    return Path(text)
+
+
+def small_int(text: str) -> int:
+    """An integer option entry of at most 9 digits (a layer count, a TP degree): longer is a ``ValueError`` here,
+    before ``int`` meets a number of more digits than Python converts."""
+    if len(text.strip().lstrip("+-")) > 9:
+        raise ValueError(f"more than 9 digits: {text[:12]}...")
+    return int(text)
+
+
+def output_dir(text: str | Path) -> Path:
+    """A folder option's value (``--out-dir``): an empty name is no folder (``pathlib`` would read it as '.')."""
+    if not str(text).strip():
+        raise typer.BadParameter("an empty name: give a folder")
+    return Path(text)
+
+
+def output_option(default: Any, flag: str, help: str) -> Any:
+    """A typer option naming a file a command writes (read whole by ``output_path``)."""
+    return typer.Option(default, flag, help=help, parser=output_path, metavar="<path>")
 
 
 def warn(message: str) -> None:

@@ -7,6 +7,7 @@ Nothing here imports torch: the runtime runs in the torchrun workers.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -18,7 +19,7 @@ from launch.compare import compare, comparison_json, read_metrics
 from launch.job import JobInterrupted
 from launch.launcher import LaunchOptions, check_plan, format_command, launch_plan, torchrun_command
 from launch.progress import StepProgress
-from planner.cli.app import app, err, out, warn
+from planner.cli.app import app, err, out, output_dir, output_option, warn
 from planner.cli.plans import load_checked_plan
 from profiles.errors import InfeasibleError, PlanError
 from profiles.loader import load_plan
@@ -39,6 +40,11 @@ def _emit(plan: Plan, target: str, out_dir: Optional[Path], opts: LaunchOptions)
     )
     for path in emit(plan, target, out_dir, options=options, on_warning=warn):
         out.print(str(path), markup=False)
+
+
+def _same_file(output: Path, *inputs: Path | None) -> bool:
+    """Whether ``output`` is one of the existing files ``inputs``."""
+    return any(i is not None and i.is_file() and output.exists() and os.path.samefile(output, i) for i in inputs)
 
 
 def _refuse_unfit(plan: Plan, what: str) -> None:
@@ -76,7 +82,7 @@ def progress_line(p: StepProgress, steps: int) -> str:
 def launch_cmd(
     plan_path: Path = typer.Argument(..., help="plan.json from search or evaluate --out"),
     steps: int = typer.Option(10, min=1, max=10**6, help="optimizer steps to run"),
-    metrics: Path = typer.Option(Path("metrics.jsonl"), help="metrics JSONL (one line per step and pipeline stage)"),
+    metrics: Path = output_option(Path("metrics.jsonl"), "--metrics", help="metrics JSONL (one line per step and pipeline stage)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --metrics file"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the exact torchrun command; run and write nothing"),
     nnodes: Optional[int] = typer.Option(None, min=1, max=2**20, help="nodes (default: as few as hold the plan's GPUs)"),
@@ -85,7 +91,7 @@ def launch_cmd(
     master_port: Optional[int] = typer.Option(None, min=1, max=65535, help="rendezvous port on node 0"),
     schedule_csv: Optional[Path] = typer.Option(None, help="action list (torch pipeline CSV) of a 'custom' plan"),
     emit: Optional[str] = typer.Option(None, help="torchrun|slurm|megatron|torchtitan|csv: write configs instead of running"),
-    out_dir: Optional[Path] = typer.Option(None, help="where --emit writes"),
+    out_dir: Optional[Path] = typer.Option(None, help="where --emit writes", parser=output_dir, metavar="<path>"),
     hang_timeout_s: Optional[float] = typer.Option(
         None, min=1.0, max=86400.0, help="end the job when a rank makes no progress this long (default 60 on gloo, 600 on NCCL)"
     ),
@@ -93,6 +99,10 @@ def launch_cmd(
     force: bool = typer.Option(False, "--force", help="launch or emit a plan predicted not to fit in memory"),
 ) -> None:
     """Run a plan with torchrun on the ppplan runtime (or --emit configs for other launchers)."""
+    if out_dir is not None and emit is None:
+        raise PlanError("--out-dir is where --emit writes its files: add --emit, or drop --out-dir")
+    if emit is None and _same_file(metrics, plan_path, schedule_csv):
+        raise PlanError(f"--metrics {metrics} is an input of this launch: the ranks would overwrite it; pick another file")
     plan = load_plan(plan_path)
     if not force:
         _refuse_unfit(plan, "emit" if emit is not None else "launch")

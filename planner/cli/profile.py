@@ -17,9 +17,9 @@ from rich.table import Table
 
 from costmodels.compute import default_precision
 from costmodels.rules import tp_violations
-from planner.cli.app import app, comma_list, err, out, warn
-from profiles.errors import PlanError
-from profiles.files import check_writable, write_atomic
+from planner.cli.app import app, comma_list, err, out, output_option, small_int, warn
+from profiles.errors import PlanError, quoted
+from profiles.files import check_outputs, check_writable, write_atomic
 from profiles.limits import MAX_COMM_BYTES, MAX_COMM_PROCESSES, MAX_PROFILE_REPEATS
 from profiles.loader import load_cluster, load_model
 from profiles.profile_schema import ProfileFile
@@ -30,11 +30,11 @@ DEFAULT_TPS = (1, 2, 4)
 def parse_ints(text: str, option: str) -> tuple[int, ...]:
     """'1,2,4' -> (1, 2, 4); every value a positive integer."""
     try:
-        values = tuple(int(part) for part in comma_list(text, option))
+        values = tuple(small_int(part) for part in comma_list(text, option))
     except ValueError:
-        raise PlanError(f"{option} takes comma-separated integers, got '{text}'") from None
+        raise PlanError(f"{option} takes comma-separated integers, got '{quoted(text)}'") from None
     if not values or min(values) < 1:
-        raise PlanError(f"{option} takes positive integers, got '{text}'")
+        raise PlanError(f"{option} takes positive integers, got '{quoted(text)}'")
     return tuple(sorted(set(values)))
 
 
@@ -75,7 +75,7 @@ def _summary(profile: ProfileFile) -> Table:
 @app.command()
 def profile(
     model: str = typer.Option(..., "--model", help="preset name, our YAML/JSON, or an HF config.json"),
-    out_path: Path = typer.Option(..., "--out", help="profile file to write (JSON)"),
+    out_path: Path = output_option(..., "--out", help="profile file to write (JSON)"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     tp: Optional[str] = typer.Option(None, "--tp", help="TP degrees to time [default: those of 1,2,4 that divide the model]"),
     mbs: str = typer.Option("1,2,4", "--mbs", help="microbatch sizes"),
@@ -131,7 +131,7 @@ def profile(
         crowded=() if crowded.strip().lower() == "none" else _crowded_loads(crowded),
     )
     profiler.check_settings(spec, settings)
-    check_writable(out_path)
+    check_outputs(out_path, inputs=(model, cluster))
     profiler.check_device(device, max(max(settings.tps) if tp_group else 1, max(settings.cps)))
     start = time.perf_counter()
     with _progress() as bar:
@@ -146,7 +146,7 @@ def profile(
 
 @app.command("profile-comm")
 def profile_comm(
-    out_path: Path = typer.Option(..., "--out", help="comm profile to write (JSON)"),
+    out_path: Path = output_option(..., "--out", help="comm profile to write (JSON)"),
     nproc: int = typer.Option(2, "--nproc", max=MAX_COMM_PROCESSES, help="processes (ranks) in the group"),
     backend: str = typer.Option("gloo", "--backend", help="gloo or nccl"),
     min_bytes: str = typer.Option("1KiB", "--min-bytes", help="smallest message"),

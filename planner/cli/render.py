@@ -27,6 +27,9 @@ def sig3(value: float) -> str:
         return "-" if value is None else str(value)
     if value == 0:
         return "0"
+    largest = SI_SUFFIXES[0][0]
+    if abs(value) >= 1000 * largest * 0.9995:  # beyond the largest suffix: one exponent, not a suffix per factor
+        return f"{value:.2e}"
     for factor, suffix in SI_SUFFIXES:
         if abs(value) >= factor * 0.9995:
             return sig3(value / factor) + suffix
@@ -171,8 +174,9 @@ def plans_table(rows: list[tuple[ParallelConfig, Estimate]], title: str | None, 
 
 def memory_table(est: Estimate, width: int = 100) -> Table:
     """Peak GiB per pipeline rank by category; ranks beyond a screenful are summarised by the worst ones."""
-    table = Table(title="Peak memory per pipeline rank (GiB)", title_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False, show_edge=False)
+    title = "Peak memory per pipeline rank (GiB)"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+                  min_width=len(title))  # a plan with peaks only makes a narrow table: its title stays one line
     every = list(dict.fromkeys(k for parts in est.memory_breakdown_gib for k in parts))  # a rank may lack a term
     keys = [k for k in every if any(parts.get(k, 0.0) for parts in est.memory_breakdown_gib)]
     short = {"runtime_reserved": "reserved", "fragmentation": "frag", "comm_buffers": "buffers", "nccl_buffers": "nccl",
@@ -183,7 +187,8 @@ def memory_table(est: Estimate, width: int = 100) -> Table:
     table.add_column("total", justify="right")
     table.add_column(f"of {sig3(est.memory_limit_gib)}", justify="right")
     for r in shown_ranks(est.peak_memory_gib):
-        parts, total = est.memory_breakdown_gib[r], est.peak_memory_gib[r]
+        parts = est.memory_breakdown_gib[r] if est.memory_breakdown_gib else {}  # a plan may give peaks only
+        total = est.peak_memory_gib[r]
         table.add_row(str(r), *(sig3(parts.get(k, 0.0)) for k in keys), sig3(total), "ok" if total <= est.memory_limit_gib else "OVER")
     return table
 

@@ -15,13 +15,13 @@ from costmodels.layer_costs import LayerTimes
 from costmodels.layout import default_split, end_stage_floors, min_layers_for
 from costmodels.profile_times import layer_times_for
 from costmodels.rules import check_config, precision_violations
-from planner.cli.app import app, comma_list, err, note, out, warn
+from planner.cli.app import app, comma_list, err, note, out, output_option, small_int, warn
 from planner.cli.render import memory_table, plan_json, plans_table, sig3
 from planner.search.branch_and_bound import Scored, SearchResult, search
 from planner.search.explain import binding_constraints, kernel_warnings, nearest_alternatives, rationale, waste_warnings
 from planner.search.space import DEFAULT_SCHEDULES, RECOMPUTE_KINDS, DegreeFilter
 from planner.trust.error_bands import with_error_band
-from profiles.errors import InfeasibleError, PlanError
+from profiles.errors import InfeasibleError, PlanError, quoted
 from profiles.files import check_outputs, write_atomic
 from profiles.limits import MAX_GLOBAL_BATCH, MAX_GPUS, MAX_LAYERS, MAX_SEQ_LEN, MAX_TOP_K
 from profiles.loader import (
@@ -54,7 +54,7 @@ PrecisionOpt = typer.Option(None, "--precision", help=f"one of {', '.join(PRECIS
 ProfileOpt = typer.Option(None, "--profile", help="measured layer profile (ppplan profile)")
 CommProfileOpt = typer.Option(None, "--comm-profile", help="measured collectives (ppplan profile-comm)")
 MismatchOpt = typer.Option(False, "--allow-mismatch", help="use a profile taken for another shape or device")
-OutOpt = typer.Option(None, "--out", help="write the plan file here")
+OutOpt = output_option(None, "--out", help="write the plan file here")
 StackOpt = typer.Option(DEFAULT_STACK, "--stack", help=f"the software the plan runs on: one of {', '.join(preset_names('stacks'))} "
                         "(profiles/stacks/) or a stack YAML")
 JsonOpt = typer.Option(False, "--json", help="one JSON document on stdout")
@@ -95,7 +95,7 @@ def load_layers(profile: Optional[Path], comm_profile: Optional[Path], model: Mo
 
 
 def _parse_schedules(text: str | None) -> tuple[str, ...]:
-    if not text:
+    if text is None:
         return DEFAULT_SCHEDULES
     names = tuple(comma_list(text, "--schedules"))
     for name in names:
@@ -114,8 +114,8 @@ def _parse_degrees(**lists: str | None) -> DegreeFilter | None:
             continue
         values = set()
         for entry in comma_list(text, f"--{name}"):
-            if not entry.isdigit() or not 1 <= int(entry) <= MAX_GPUS:
-                raise PlanError(f"--{name} '{entry}' is not a degree: give integers from 1 to {MAX_GPUS}")
+            if not entry.isdigit() or len(entry) > len(str(MAX_GPUS)) or not 1 <= int(entry) <= MAX_GPUS:
+                raise PlanError(f"--{name} '{quoted(entry, 12)}' is not a degree: give integers from 1 to {MAX_GPUS}")
             values.add(int(entry))
         fixed[name] = frozenset(values)
     return DegreeFilter(**fixed) if fixed else None
@@ -175,7 +175,7 @@ def search_cmd(
     out_path: Optional[Path] = OutOpt, as_json: bool = JsonOpt, stack: str = StackOpt,
 ) -> None:
     """Find the fastest plans that fit in memory (exact under the simulated price, within 0.5 %)."""
-    check_outputs(out_path)
+    check_outputs(out_path, inputs=(model, cluster, stack, profile, comm_profile))
     degrees = _parse_degrees(tp=tp, pp=pp, cp=cp, ep=ep, etp=etp)
     model_spec, cluster_spec, stack_spec = load_model(model), load_cluster(cluster), load_stack(stack)
     train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision, stack_spec, is_hf_config(model))
@@ -223,7 +223,12 @@ def _print_overlap_footnote(stack: StackSpec, precision: str, schedules: list[st
 def _report_infeasible(closest: Scored | None, model: ModelSpec, cluster: ClusterSpec, train: TrainSpec,
                        gpus: int, as_json: bool, profile: Optional[Path] = None) -> None:
     if closest is None:
-        raise InfeasibleError(f"no legal configuration of {model.name} on {gpus} GPUs with global batch {train.global_batch}")
+        if as_json:  # stdout is one JSON document: the list of plans, none here
+            out.print_json("[]")
+        raise InfeasibleError(
+            f"no legal configuration of {model.name} on {gpus} GPUs with global batch {train.global_batch}: tp x cp x pp x dp "
+            f"must make {gpus} with dp x mbs dividing the global batch and each degree within the model's rules "
+            "(heads, sequence, layers); fewer GPUs or a larger global batch")
     est = _banded(closest.estimate, closest.config.stack, cluster, profile)
     worst = max(est.peak_memory_gib)
     rank = est.peak_memory_gib.index(worst)
@@ -260,9 +265,9 @@ def _parse_stage_layers(text: str | None, num_layers: int, stages: int) -> list[
                             "the end stages may hold only the embedding or the head): lower --pp or --v")
         return split
     try:
-        layers = [int(x) for x in text.split(",")]
+        layers = [small_int(x) for x in text.split(",")]
     except ValueError:
-        raise PlanError(f"--stage-layers must be comma-separated integers, got '{text}'") from None
+        raise PlanError(f"--stage-layers must be comma-separated integers, got '{quoted(text)}'") from None
     if any(n < floor for n, floor in zip(layers, end_stage_floors(len(layers)))):
         raise PlanError("--stage-layers entries must be >= 1 (the first and last may be 0: the embedding or the head alone)")
     return layers
@@ -292,7 +297,7 @@ def evaluate_cmd(
     out_path: Optional[Path] = OutOpt, as_json: bool = JsonOpt, stack: str = StackOpt,
 ) -> None:
     """Price one fixed configuration (uniform cut points unless --stage-layers)."""
-    check_outputs(out_path)
+    check_outputs(out_path, inputs=(model, cluster, stack, profile, comm_profile))
     model_spec, cluster_spec, stack_spec = load_model(model), load_cluster(cluster), load_stack(stack)
     train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision, stack_spec, is_hf_config(model))
     if schedule not in SCHEDULE_NAMES:

@@ -31,7 +31,7 @@ from costmodels.schedules.generate import generate_schedule, schedule_of
 from costmodels.schedules.registry import GENERATED_SCHEDULES, SPLIT_BACKWARD_SCHEDULES, V_SCHEDULES
 from costmodels.schedules.torch_csv import format_torch_csv
 from costmodels.simulator import SimulationResult, StageTimes, simulate
-from planner.cli.app import app, err, out
+from planner.cli.app import app, err, out, output_option
 from planner.cli.plans import load_checked_plan
 from planner.cli.render import plan_json, sig3
 from planner.cli.timeline import ascii_timeline, chrome_trace_json, svg_timeline, timeline_title
@@ -181,10 +181,10 @@ def simulate_cmd(
     b_time: Optional[float] = typer.Option(None, "--b-time", help="synthetic: backward seconds (backward-input with --w-time)"),
     w_time: Optional[float] = typer.Option(None, "--w-time", help="synthetic: backward-weight seconds"),
     p2p_time: float = typer.Option(0.0, "--p2p-time", help="synthetic: seconds per stage-to-stage transfer"),
-    trace: Optional[Path] = typer.Option(None, "--trace", help="write a Chrome/Perfetto trace JSON here"),
-    svg: Optional[Path] = typer.Option(None, "--svg", help="write an SVG timeline here"),
+    trace: Optional[Path] = output_option(None, "--trace", help="write a Chrome/Perfetto trace JSON here"),
+    svg: Optional[Path] = output_option(None, "--svg", help="write an SVG timeline here"),
     as_json: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
-    custom_out: Optional[Path] = typer.Option(
+    custom_out: Optional[Path] = output_option(
         None, "--custom-out", help="plan file: search an action order that beats the shipped schedules, write the plan with it"),
 ) -> None:
     """Simulate a pipeline schedule: makespan, bubble and per-rank busy/idle/in-flight."""
@@ -194,6 +194,7 @@ def simulate_cmd(
     if custom_out is not None and plan is None:
         raise PlanError("--custom-out needs a plan file")
     check_outputs(custom_out, trace, svg)
+    check_outputs(trace, svg, inputs=(plan,))  # --custom-out may rewrite the plan in place; a trace may not
     if plan is not None:
         load_checked_plan(plan)  # bad input before any output is written
     if custom_out is not None:

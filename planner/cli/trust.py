@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import sys
 import tempfile
 import time
@@ -21,7 +22,7 @@ from rich.table import Table
 from launch.emit import check_out_dir
 from launch.job import JobInterrupted
 from launch.progress import StepProgress
-from planner.cli.app import app, comma_list, err, out, warn
+from planner.cli.app import app, comma_list, err, out, output_dir, output_option, warn
 from planner.cli.launch import progress_line
 from planner.cli.render import plan_json
 from planner.cli.search import BatchOpt, ClusterOpt, GpusOpt, ModelOpt, PrecisionOpt, SeqOpt, StackOpt, resolve_train
@@ -113,13 +114,13 @@ def calibrate(
     runs: List[Path] = typer.Argument(..., help="metrics JSONL files from `ppplan launch` and/or runs CSV files"),
     cluster: str = typer.Option(..., "--cluster", help="cluster preset or YAML whose efficiency terms are fitted"),
     plan: List[Path] = typer.Option([], "--plan", help="plan.json of the metrics files (one for all, or one each)"),
-    out_path: Optional[Path] = typer.Option(None, "--out", help="write the calibrated cluster YAML here"),
+    out_path: Optional[Path] = output_option(None, "--out", help="write the calibrated cluster YAML here"),
     terms: str = typer.Option(",".join(FIT_TERMS), "--terms", help="efficiency terms to fit, comma-separated"),
     folds: int = typer.Option(5, "--folds", min=2, max=1000, help="K of the K-fold held-out error"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Fit a cluster's efficiency terms to measured step times; report held-out error before/after."""
-    check_outputs(out_path)
+    check_outputs(out_path, inputs=(*runs, *plan))  # the cluster file may be calibrated in place
     base = load_cluster(cluster)
     names = _terms(terms)
     measured, warnings = read_runs(list(runs), list(plan), base)
@@ -224,23 +225,25 @@ def tune(
     schedules: Optional[str] = typer.Option(None, "--schedules", help="comma list"),
     top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", min=1, max=64, help="plans to run"),
     steps: int = typer.Option(DEFAULT_STEPS, "--steps", min=2, max=MAX_STEPS, help="steps per plan (the first is warm-up)"),
-    out_path: Path = typer.Option(Path("tuned.json"), "--out", help="the winning plan, priced with the calibrated cluster"),
-    cluster_out: Optional[Path] = typer.Option(None, "--cluster-out", help="calibrated cluster YAML [default: <cluster>-calibrated.yaml]"),
-    metrics_dir: Optional[Path] = typer.Option(None, "--metrics-dir", help="keep each trial's plan and metrics here"),
+    out_path: Path = output_option(Path("tuned.json"), "--out", help="the winning plan, priced with the calibrated cluster"),
+    cluster_out: Optional[Path] = output_option(None, "--cluster-out", help="calibrated cluster YAML [default: <cluster>-calibrated.yaml]"),
+    metrics_dir: Optional[Path] = typer.Option(None, "--metrics-dir", help="keep each trial's plan and metrics here", parser=output_dir,
+                                               metavar="<path>"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace trial files already in --metrics-dir"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Run the search's top-k plans for a few steps, calibrate from what they measured, re-rank,
     and write the measured-fastest plan and the calibrated cluster."""
     model_spec, cluster_spec, stack_spec = load_model(model), load_cluster(cluster), load_stack(stack)
-    cluster_out = cluster_out or Path(f"{cluster_spec.name}-calibrated.yaml")
-    check_outputs(out_path, cluster_out)
+    # the default names a file in the current folder, whatever the cluster's name holds (a '/', say)
+    cluster_out = cluster_out or Path(re.sub(r"[^\w.-]", "_", cluster_spec.name).lstrip(".") + "-calibrated.yaml")
+    check_outputs(out_path, cluster_out, inputs=(model, cluster, stack))
     train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision, stack_spec)
-    names = tuple(comma_list(schedules, "--schedules")) if schedules else None
+    names = tuple(comma_list(schedules, "--schedules")) if schedules is not None else None
     with tempfile.TemporaryDirectory(prefix="ppplan-tune-") as tmp:
         work = metrics_dir or Path(tmp)
         if metrics_dir is not None:
-            check_out_dir(metrics_dir)
+            check_out_dir(metrics_dir, "--metrics-dir")
             metrics_dir.mkdir(parents=True, exist_ok=True)
 
         def on_trial(index: int, total: int, plan: Plan) -> None:

@@ -19,7 +19,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from planner.cli.app import app, err, out
+from planner.cli.app import app, err, out, output_dir, output_option
 from planner.trust.accuracy import grouped
 from planner.trust.error_bands import write_tables
 from planner.trust.published_runs import DEFAULT_RUNS_CSV
@@ -27,7 +27,7 @@ from planner.trust.validation import FIT_CATEGORY, PREDICTIONS, ValidationReport
 from planner.trust.validation import validate as run_validate
 from planner.trust.validation_plot import plot_validation
 from profiles.errors import PlanError
-from profiles.files import check_writable
+from profiles.files import check_outputs
 
 WORST_ROWS = 10
 
@@ -142,14 +142,13 @@ def validate(
     runs: Path = typer.Option(DEFAULT_RUNS_CSV, "--runs", help="published runs CSV (columns: profiles/calibration/README.md)"),
     no_fit: bool = typer.Option(False, "--no-fit", help="a-priori constants only (no fit, no held-out figures)"),
     json_out: bool = typer.Option(False, "--json", help="print the validate document (DESIGN.md) on stdout"),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="write predicted vs measured per source (PNG)"),
+    plot: Optional[Path] = output_option(None, "--plot", help="write predicted vs measured per source (PNG)"),
     update: bool = typer.Option(False, "--update", help="write the error bands and the GPU families' fitted constants"),
-    tables_dir: Optional[Path] = typer.Option(None, "--tables-dir", help="where --update writes both files (default: "
+    tables_dir: Optional[Path] = typer.Option(None, "--tables-dir", parser=output_dir, metavar="<path>", help="where --update writes both files (default: "
                                               "profiles/calibration/error_bands.yaml and profiles/gpu_families.yaml)"),
 ) -> None:
     """Price every published run with a complete configuration and compare with its measurement."""
-    if plot is not None:
-        check_writable(plot)
+    check_outputs(plot, inputs=(runs,))
     if update and no_fit:
         raise PlanError("--update writes fitted constants and held-out bands: drop --no-fit")
     if update and tables_dir is not None and not tables_dir.is_dir():

@@ -121,7 +121,9 @@ def waste_warnings(cfg: ParallelConfig, est: Estimate, global_batch: int, steps_
     busy = est.breakdown.compute_s
     if busy > 0:
         ceiling = est.mfu * est.step_time_s / busy
-        if est.mfu < WASTE_MFU_SHARE * ceiling:
+        # above 1 the critical rank (the breakdown's) computes less than its share: a stage cut that leaves
+        # it nearly empty, whose idle time says nothing about the GPUs' rate
+        if ceiling <= 1 and est.mfu < WASTE_MFU_SHARE * ceiling:
             warnings.append(f"MFU {_g3(100 * est.mfu)}% is under a third of the {_g3(100 * ceiling)}% these GPUs reach on "
                             "this model's layers while computing: most of the step is spent waiting")
     return warnings

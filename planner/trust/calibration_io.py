@@ -38,7 +38,7 @@ from costmodels.layout import uniform_split
 from costmodels.rules import structural_violations
 from planner.trust.calibration import MeasuredRun
 from profiles.errors import PlanError
-from profiles.files import read_metrics_jsonl, read_text
+from profiles.files import read_metrics_jsonl, read_text, unreadable_value
 from profiles.hf_config import _first_error
 from profiles.loader import load_model, read_document, validate_as
 from profiles.schema import ClusterSpec, ParallelConfig, Plan, TrainSpec
@@ -99,7 +99,7 @@ def _csv_run(row: dict[str, str], where: str, csv_dir: Path, cluster: ClusterSpe
         layers_text = _cell(row, "stage_layers").replace(";", " ").split()
         stage_layers = [int(x) for x in layers_text]
     except ValueError as exc:
-        raise PlanError(f"{where}: {exc}") from None
+        raise PlanError(f"{where}: {unreadable_value(exc)}") from None
     if not math.isfinite(step) or (memory is not None and not math.isfinite(memory)):
         raise PlanError(f"{where}: step_time_s and peak_memory_gib must be finite numbers")
     if memory is not None and memory < 0:
@@ -133,6 +133,8 @@ def csv_runs(path: Path, cluster: ClusterSpec) -> tuple[list[MeasuredRun], list[
     runs, warnings = [], []
     for number, row in enumerate(rows, start=2):
         where = f"{path}:{number}"
+        if row.get(None):  # csv.DictReader's list of the fields beyond the header's columns
+            raise PlanError(f"{where}: {len(row[None])} field(s) beyond the header's columns (an unquoted comma?)")
         try:
             runs.append(_csv_run(row, where, path.parent, cluster))
         except (ValueError, TypeError) as exc:  # pydantic errors are ValueErrors

@@ -34,7 +34,7 @@ class RowFields:
             if required:
                 self.missing.append(key)
             return None
-        if not re.fullmatch(r"\d+", text) or int(text) <= 0:
+        if not re.fullmatch(r"\d{1,18}", text) or int(text) <= 0:  # 18 digits: below 2**63, and below Python's int-string limit
             self.problems.append(f"malformed {key} '{text}' (a positive integer)")
             return None
         return int(text)

@@ -168,7 +168,8 @@ def _unmodelled(f: RowFields) -> list[str]:
         out.append(UNSUPPORTED_FAMILIES[family])
     # read, not checked: a malformed tp or ep is reported once, where the configuration reads it
     etp, tp, ep = (f.text(k) for k in ("etp", "tp", "ep"))
-    if etp.isdigit() and tp.isdigit() and ep.isdigit() and int(ep) > 1 and int(etp) not in (1, int(tp)):
+    degrees = (etp, tp, ep)
+    if all(d.isdigit() and len(d) <= 18 for d in degrees) and int(ep) > 1 and int(etp) not in (1, int(tp)):
         out.append(f"expert TP {etp} with tp {tp}: ppplan prices expert TP = tp or 1")
     if "INCONSISTENT" in f.text("notes") + f.text("derived"):
         out.append("the source's degrees are inconsistent (flagged INCONSISTENT in the corpus)")
@@ -177,6 +178,10 @@ def _unmodelled(f: RowFields) -> list[str]:
 
 def _parse(f: RowFields) -> _Parsed | None:
     problems = _unmodelled(f)
+    extra = f.row.get(None)  # csv.DictReader's list of the fields beyond the header's columns
+    if extra:
+        problems.append(f"{len(extra)} field(s) beyond the header's columns (an unquoted comma?)")
+    f.integer("gpus_per_node", required=False)  # not priced (the cluster preset's), but a malformed one is not a row
     if not f.text("source_id"):  # the held-out fit leaves out a row's source: a row needs one
         f.missing.append("source_id")
     ints = {k: f.integer(k) for k in SHAPE_COLUMNS}

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt
 
 from planner.search.branch_and_bound import search
 from planner.search.space import DEFAULT_SCHEDULES, DegreeFilter
@@ -68,9 +68,9 @@ class Tolerance(StrictModel):
 
 class Golden(StrictModel):
     config: dict[str, Any]
-    step_time_s: float
-    mfu: float
-    peak_memory_gib: list[float]
+    step_time_s: PositiveFloat  # compare() states each change in % of the golden figure
+    mfu: PositiveFloat
+    peak_memory_gib: list[PositiveFloat]
 
 
 class RegressionFile(StrictModel):

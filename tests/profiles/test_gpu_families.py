@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from profiles.errors import PlanError
 from profiles.gpu_families import (
@@ -185,3 +186,10 @@ def test_a_blackwell_preset_offers_the_memory_nvidia_smi_reports(cluster: str, n
     """The fit check's capacity is what the GPU offers (nvidia-smi's total, in GiB), not the datasheet's GB read as
     10^9 bytes: 186 GB read that way is 173 GiB, 6.5 % short of the 185.0 GiB a GB200 reports."""
     assert load_cluster(cluster).gpu.memory_gib == pytest.approx(nvidia_smi_mib / 1024, abs=0.1)
+
+
+@pytest.mark.parametrize("ratio", [0.0, -1.0, 1.5])
+def test_a_cluster_attention_kernel_ratio_outside_0_1_is_refused(ratio: float) -> None:
+    """A ratio of 0 divided the flash kernel's time by zero; a negative one took attention time off the step."""
+    with pytest.raises(ValidationError, match="attention_kernel_ratios.fa2"):
+        Efficiency(attention_kernel_ratios={"fa2": ratio})

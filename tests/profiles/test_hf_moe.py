@@ -88,6 +88,17 @@ def test_leading_mlp_only_layers_become_first_dense_layers(tmp_path: Path) -> No
     assert _load(tmp_path, {**QWEN3_30B_A3B, "mlp_only_layers": [1, 0]}).first_dense_layers == 2
 
 
+def test_mlp_only_layers_not_a_list_is_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match="mlp_only_layers must be a list of layer indices, got 5"):
+        _load(tmp_path, {**QWEN3_30B_A3B, "mlp_only_layers": 5})
+
+
+def test_one_layer_type_named_for_every_layer_is_read(tmp_path: Path) -> None:
+    """``layer_types: "mamba"`` (a string, not a list) names a hybrid model as a list of them would."""
+    with pytest.raises(PlanError, match=r"hybrid or non-standard layers \(layer_types \['mamba'\]"):
+        _load(tmp_path, {**QWEN3_30B_A3B, "layer_types": "mamba"})
+
+
 def test_query_rank_null_means_no_query_compression(tmp_path: Path) -> None:
     assert _load(tmp_path, {**DEEPSEEK_V3, "q_lora_rank": None}).q_lora_rank is None
 

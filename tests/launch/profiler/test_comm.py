@@ -34,6 +34,13 @@ def test_parse_bytes_rejects_garbage():
         parse_bytes("lots")
 
 
+@pytest.mark.parametrize("text", ["nan", "inf", "nanKiB", "2048G", "9" * 5000])
+def test_parse_bytes_refuses_sizes_no_message_has(text):
+    """Were an OverflowError or ValueError traceback (float to int) before session 50."""
+    with pytest.raises(PlanError, match="is not a size up to 1 TiB"):
+        parse_bytes(text)
+
+
 def test_ring_coefficients_are_those_costmodels_prices():
     assert ring_coefficients("all_reduce", 4) == (6.0, 1.5)
     assert ring_coefficients("reduce_scatter", 4) == (3.0, 0.75) == ring_coefficients("all_gather", 4)

@@ -22,6 +22,9 @@ def _files(tmp_path):
                                                       "vocab_size": 100, "intermediate_size": 128,
                                                       "max_position_embeddings": 64}))
     (tmp_path / "plan.json").write_text("{not json")
+    model = "num_layers: 2\nhidden_size: 64\nnum_attention_heads: 4\nvocab_size: 100\nseq_len: 32\n"
+    (tmp_path / "huge.yaml").write_text("name: x\n" + model.replace("num_layers: 2", "num_layers: " + "9" * 5000))
+    (tmp_path / "ansi.yaml").write_text('name: "x\\e[31mred"\n' + model)
     stack = (Path(profiles.__file__).parent / "stacks" / "megatron-core.yaml").read_text()
     (tmp_path / "stack-extra.yaml").write_text(stack + "bogus_key: 1\n")
     (tmp_path / "stack-schedule.yaml").write_text(stack.replace("schedules: [1f1b, interleaved-1f1b, combined-1f1b]", "schedules: [1f1b, zb-h9]"))
@@ -108,6 +111,20 @@ CASES = {
     "MLA model on a stack without it": ["search", "--model", "deepseek-v3", "--cluster", "dgx-h100", "--gpus", "64",
                                         "--global-batch", "64", "--seq-len", "4096"],
     "out dir missing": ["search", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "2", "--global-batch", "4", "--out", "{tmp}/no/such/dir/p.json"],
+    # found by a fuzzing pass (session 50): each was a traceback, or an exit 0 that wrote the wrong thing
+    "an output name ending in a folder separator": ["search", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "2",
+                                                    "--global-batch", "4", "--out", "{tmp}/newdir/"],
+    "an output that is the model file": ["search", "--model", "{tmp}/neg.yaml", "--cluster", "cpu-local", "--gpus", "2",
+                                         "--global-batch", "4", "--out", "{tmp}/neg.yaml"],
+    "an empty schedule list": ["search", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "2", "--global-batch", "4",
+                               "--schedules", ""],
+    "a degree of 5,000 digits": ["search", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "2", "--global-batch", "4",
+                                 "--tp", "9" * 5000],
+    "a number of 5,000 digits in a model file": ["search", "--model", "{tmp}/huge.yaml", "--gpus", "8"] + BASE,
+    "a model name holding an escape sequence": ["search", "--model", "{tmp}/ansi.yaml", "--gpus", "8"] + BASE,
+    "a byte size that is not a number": ["profile-comm", "--max-bytes", "nan", "--out", "{tmp}/comm.json"],
+    "an infinite byte size": ["profile-comm", "--max-bytes", "inf", "--out", "{tmp}/comm.json"],
+    "--out-dir without --emit": ["launch", "{tmp}/plan.json", "--dry-run", "--out-dir", "{tmp}/jobs"],
 }
 
 
@@ -155,3 +172,46 @@ def test_no_partial_plan_file_left_on_failure(tmp_path):
                 "--out", str(out)]) == 1
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def _plan_file(tmp_path: Path) -> Path:
+    path = tmp_path / "plan.json"
+    assert run(["evaluate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "2", "--global-batch", "8",
+                "--tp", "1", "--pp", "2", "--mbs", "1", "--out", str(path)]) == 0
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"step_time_s": 0.0}, "estimate: step_time_s must be positive, got 0.0"),
+    ({"mfu": -0.5}, "estimate: mfu must not be negative"),
+    ({"memory_breakdown_gib": [{"weights": 1.0}]}, "estimate: memory_breakdown_gib lists 1 ranks, peak_memory_gib 2"),
+])
+def test_a_plan_whose_estimate_cannot_be_explained_is_bad_input(tmp_path, capsys, change, message):
+    """``explain`` divides by the step time and indexes the memory breakdown per rank: a plan file that breaks
+    either is refused when read, not met with a ZeroDivisionError or an IndexError."""
+    path = _plan_file(tmp_path)
+    plan = json.loads(path.read_text())
+    plan["estimate"].update(change)
+    path.write_text(json.dumps(plan))
+    capsys.readouterr()
+    assert run(["explain", str(path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_plan_giving_only_the_peaks_is_explained(tmp_path, capsys):
+    """No memory breakdown (a hand-written plan): ``explain`` shows each rank's total, no category (was an IndexError)."""
+    path = _plan_file(tmp_path)
+    plan = json.loads(path.read_text())
+    plan["estimate"]["memory_breakdown_gib"] = []
+    path.write_text(json.dumps(plan))
+    capsys.readouterr()
+    assert run(["explain", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert "Peak memory per pipeline rank (GiB)" in table and "activ." not in table  # totals, no category column
+
+
+def test_a_node_rank_beyond_the_nodes_is_refused_in_a_dry_run(tmp_path, capsys):
+    path = _plan_file(tmp_path)
+    capsys.readouterr()
+    assert run(["launch", str(path), "--dry-run", "--nnodes", "1", "--node-rank", "3"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --node-rank 3 outside 0..0"

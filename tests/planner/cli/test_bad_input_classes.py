@@ -6,7 +6,7 @@ Classes: files that are not text; non-finite numbers; numbers above their caps
 (``profiles/limits.py``); bools and floats where counts go; plans of another
 ``schema_version`` or that break the runtime rules, in ``explain`` and ``simulate`` as in
 ``launch``; output paths checked before any work; a key stated twice; empty entries in comma lists.
-``bench/bad_input.py`` runs the wider list (114 cases) in separate processes.
+``bench/bad_input.py`` runs the wider list (124 cases) in separate processes.
 """
 
 from __future__ import annotations

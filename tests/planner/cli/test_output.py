@@ -22,6 +22,16 @@ def test_sig3_and_error_band() -> None:
     assert [sig3(x) for x in (0.87094, 58.81, 72.0, 101827.0, 1936876.0, 0.000953, 0.0)] == \
         ["0.871", "58.8", "72.0", "102k", "1.94M", "0.000953", "0"]
     assert seconds(58.81, 12.0) == "58.8 s ± 12 %" and seconds(58.81) == "58.8 s"
+    # beyond the largest suffix an exponent, not one suffix per factor of 1,000 ("534GTTTT")
+    assert [sig3(x) for x in (5.34e26, 999.6e12, 999.4e12, -3e20)] == ["5.34e+26", "1.00e+15", "999T", "-3.00e+20"]
+
+
+def test_a_nearly_empty_critical_rank_gets_no_mfu_ceiling_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    """With the first stage holding no layer (``--stage-layers 0,8``) the rank that ends last, whose breakdown the
+    plan reports, computes almost nothing: its "MFU while computing" (over 100 %) is no ceiling to warn against."""
+    assert run(["evaluate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "2", "--global-batch", "8", "--tp", "1",
+                "--pp", "2", "--mbs", "1", "--stage-layers", "0,8"]) == 0
+    assert "under a third" not in capsys.readouterr().err
 
 
 def test_each_json_item_is_what_out_writes_and_carries_its_alternatives(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -174,3 +184,12 @@ def test_a_head_dim_off_the_tensor_cores_warns_on_an_unfused_stack_only(tmp_path
     model.write_text(model.read_text().replace("num_attention_heads: 128", "num_attention_heads: 96"))
     assert run(args + ["--stack", "megatron-lm-2021"]) == 0
     assert "head dim" not in capsys.readouterr().err
+
+
+def test_no_legal_configuration_prints_an_empty_list_under_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """1,000 GPUs for a global batch of 8 on tiny-gpt: no layout exists, so no closest plan either; ``--json`` keeps
+    stdout one JSON document (an empty list of plans) and the reason goes to stderr, exit 1."""
+    assert run(["search", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "1000", "--global-batch", "8", "--json"]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == []
+    assert captured.err.startswith("error: no legal configuration of tiny-gpt on 1000 GPUs with global batch 8: ")

@@ -15,6 +15,7 @@ import planner.trust.regress
 from planner.cli.main import run
 from planner.trust.calibration import with_efficiency
 from planner.trust.regress import DEFAULT_SUITE, load_case_file
+from profiles.errors import PlanError
 from profiles.loader import load_cluster
 
 SMALL_CASE = "gpt3-1.7b_n32_gbs512_seq2048__dgx-a100-80g"
@@ -125,3 +126,14 @@ def test_a_case_that_fixes_degrees_searches_only_those(tmp_path: Path, capsys: C
     path.write_text(case + ", degrees: {dp: [2]}}\n")
     assert run(["regress", "--suite", str(tmp_path)]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_a_golden_figure_of_zero_is_bad_input(tmp_path: Path) -> None:
+    """``compare`` states each change in % of the golden figure: a golden step time, MFU or peak of 0 is refused when
+    the case file is read (was a ZeroDivisionError under ``ppplan regress``)."""
+    source = next(DEFAULT_SUITE.glob("*.yaml"))
+    doc = yaml.safe_load(source.read_text())
+    doc["golden"]["step_time_s"] = 0.0
+    (tmp_path / "case.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(PlanError, match="golden.step_time_s"):
+        load_case_file(tmp_path / "case.yaml")
