@@ -365,27 +365,16 @@ def padded_vocab(vocab: int, tp: int) -> int:
     return -(-vocab // step) * step
 
 
-# Where a source's own code contradicts the GPT-2 default but does not give the size either: what it shows.
-VOCAB_CAVEATS = {
-    "zero-bubble-iclr24": (
-        "; the paper's script tokenizes with its sample dataset's SentencePiece model (examples/pretrain_zero_bubble.sh "
-        "@ f68d3879: --tokenizer-type GPTSentencePieceTokenizer, zb_sample_dataset/tokenizers/tokenizer.model), whose "
-        "size is not published: a 32,000-piece model (LLaMA's, T5's) would put 36 % less work in the head, which on the "
-        "1.5B model's last stage is more than a layer's"
-    ),
-}
-
-
 def default_vocab(model_family: str, tp: int, source_id: str = "") -> tuple[int | None, str]:
     """A vocabulary for a GPT-3-style row that does not state one: GPT-2's BPE as Megatron-LM
-    pads it (the Megatron GPT examples and the GPT-3 175B recipes use a ~50k vocabulary), with what
-    the source shows against it where it does (``VOCAB_CAVEATS``)."""
+    pads it (the Megatron GPT examples and the GPT-3 175B recipes use a ~50k vocabulary). A row whose
+    source shows another tokenizer states its vocabulary and the derivation in ``derived`` instead (the
+    zero-bubble paper's: 32,000, the SentencePiece size its four model sizes need)."""
     if model_family not in GPT2_TOKENIZER_FAMILIES:
         return None, ""
     vocab = padded_vocab(GPT2_VOCAB, tp)
     return vocab, (f"vocab not stated: GPT-2 BPE ({GPT2_VOCAB:,}) padded to a multiple of "
-                   f"{MEGATRON_VOCAB_DIVISOR}·tp = {vocab:,} assumed (Megatron-LM's default)"
-                   + VOCAB_CAVEATS.get(source_id, ""))
+                   f"{MEGATRON_VOCAB_DIVISOR}·tp = {vocab:,} assumed (Megatron-LM's default)")
 
 
 def default_sequence_parallel(stack: str, tp: int, row_stack: str) -> tuple[bool, str]:

@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 
 from costmodels.memory import GIB, stage_params
+from costmodels.params import model_parameters
 from planner.trust.calibration import estimate_with
 from planner.trust.corpus_rules import independent_source, padded_vocab
 from planner.trust.published_runs import REQUIRED_COLUMNS, PublishedRow, SkippedRow, layout_stages, parse_row, read_published_runs
@@ -473,10 +474,21 @@ def test_a_source_whose_code_shows_other_kernels_is_priced_with_them() -> None:
     assert steps_overlap("zb-h2", "fp16") and steps_overlap("zb-h1", "fp16")
     assert not steps_overlap("1f1b", "fp16") and not steps_overlap("interleaved-1f1b", "fp16")
     assert not steps_overlap("zb-h2", "bf16")  # the fork asserts fp16 for post-validation
-    # the vocabulary is not stated; GPT-2's is priced, with what the paper's script shows against it
-    assert row.model.vocab_size == 50304 and any("SentencePiece" in a for a in row.assumptions)
-    other = parse_row({**ZB_ROW, "source_id": "korthikanti22", "stack": "megatron-lm-2021", "notes": ""})
-    assert isinstance(other, PublishedRow) and not any("SentencePiece" in a for a in other.assumptions)
+
+
+
+def test_the_zero_bubble_rows_vocabulary_gives_the_papers_model_sizes() -> None:
+    """The paper states its models' sizes, not their vocabulary, and its script's SentencePiece model is not
+    published. The shipped rows' 32,000 pieces give all four sizes to the paper's 0.1 B (``model_parameters``: tied
+    embeddings, learned positions); GPT-2's 50,304 would give three of them wrong (6.25, 14.74, 28.41 B)."""
+    rows = [r for r in read_published_runs() if isinstance(r, PublishedRow) and r.source == "zero-bubble-iclr24"]
+    models = {float(r.run.split()[1].removesuffix("B")): r.model for r in rows}
+    assert len(rows) == 48 and sorted(models) == [1.5, 6.2, 14.6, 28.3]
+    assert all(r.model.vocab_size == 32_000 and any("32,000-piece" in a for a in r.assumptions) for r in rows)
+    sizes = {b: round(model_parameters(m).total / 1e9, 1) for b, m in models.items()}
+    assert sizes == {1.5: 1.5, 6.2: 6.2, 14.6: 14.6, 28.3: 28.3}
+    gpt2 = {b: round(model_parameters(m.model_copy(update={"vocab_size": 50_304})).total / 1e9, 1) for b, m in models.items()}
+    assert [b for b in sorted(models) if gpt2[b] != b] == [6.2, 14.6, 28.3]
 
 
 def test_source_overrides_of_kernels_overlaps_and_clusters() -> None:
