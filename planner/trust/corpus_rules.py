@@ -68,6 +68,27 @@ ALLOCATED_LAST_RANK_NOTE = "allocated peak of the last rank"
 # Notes that say the run unties the input embedding from the output layer (Megatron-LM
 # --untie-embeddings-and-output-weights): two vocabulary-sized weights.
 UNTIED_EMBEDDINGS_NOTE = "untied embeddings"
+# Model families whose input embedding and output layer are two weights, as their sources' configs define them
+# (a row's notes may say so too, UNTIED_EMBEDDINGS_NOTE); every other family ties them (Megatron-LM's GPT default,
+# share_embeddings_and_output_weights True; BLOOM, MPT, OPT). Until 2026-12-07 every row was priced tied unless
+# its notes said otherwise, against ppplan's own presets of these models.
+UNTIED_FAMILIES: dict[str, str] = {
+    "llama2": "Llama 2 unties its output layer (HF meta-llama/Llama-2-* config.json: tie_word_embeddings false)",
+    "llama3": "Llama 3 unties its output layer (NVIDIA/dgxc-benchmarking 35a9aec llama3.1/llama3.1_8b.yaml L88, "
+              "_70b.yaml L87, _405b.yaml L89: share_embeddings_and_output_weights false; profiles/models/llama3-*.yaml)",
+    "nemotron": "Nemotron-4 unties its output layer (NVIDIA/dgxc-benchmarking 35a9aec nemotron/nemotron4-15b-synth.yaml "
+                "L105, nemotron4-340b-synth.yaml L109: share_embeddings_and_output_weights false)",
+    "grok1": "Grok-1 as DGXC runs it unties its output layer (NVIDIA/dgxc-benchmarking 35a9aec grok1/grok1_314b.yaml L96: "
+             "share_embeddings_and_output_weights false)",
+    "mixtral": "Mixtral unties its output layer (HF mistralai/Mixtral-8x* config.json: tie_word_embeddings false; "
+               "profiles/models/mixtral-*.yaml)",
+    "qwen3-moe": "Qwen3's MoE models untie their output layer (HF Qwen/Qwen3-30B-A3B, Qwen3-235B-A22B config.json: "
+                 "tie_word_embeddings false; profiles/models/qwen3-30b-a3b.yaml)",
+    "deepseek-v3": "DeepSeek-V3 unties its output layer (HF deepseek-ai/DeepSeek-V3 config.json: tie_word_embeddings "
+                   "false; profiles/models/deepseek-v3.yaml)",
+    "gpt-neox": "GPT-NeoX-20B unties its output layer (embed_out beside embed_in; HF EleutherAI/gpt-neox-20b "
+                "config.json: tie_word_embeddings false)",
+}
 
 
 def cluster_of_row(source: str, gpu: str) -> str | None:

@@ -39,6 +39,7 @@ from planner.trust.corpus_rules import (
     MEMORY_ONLY_CLUSTERS,
     UNSUPPORTED_FAMILIES,
     UNTIED_EMBEDDINGS_NOTE,
+    UNTIED_FAMILIES,
     category_of,
     cluster_of_row,
     default_sequence_parallel,
@@ -298,7 +299,10 @@ def _model(f: RowFields, p: _Parsed, assumptions: list[str]) -> ModelSpec | None
     if "squared-relu" in notes:
         assumptions.append("squared-ReLU MLP priced as GELU (two FFN GEMMs, one element-wise activation)")
     position = "rope" if "rotary" in notes else None
-    tied = UNTIED_EMBEDDINGS_NOTE not in notes
+    family = f.text("model_family")
+    tied = UNTIED_EMBEDDINGS_NOTE not in notes and family not in UNTIED_FAMILIES
+    if family in UNTIED_FAMILIES and UNTIED_EMBEDDINGS_NOTE not in notes:
+        assumptions.append(UNTIED_FAMILIES[family])
     extra = _moe_fields(f, assumptions)
     head_dim = re.search(r"head_dim (\d+)", f.text("notes"))
     if head_dim:

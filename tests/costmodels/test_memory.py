@@ -417,7 +417,8 @@ def test_torchtitan_loss_parallel_prices_llama3_70b_2d_by_hand() -> None:
     intermediate with its gradient (2 x 2 B x 131,072 x 28,672 / 8 = 1.75 GiB) are held in a layer's backward,
     after the loss's: the loss's phase is the peak, and the re-run layer is not added to it (it was until
     2026-12-06, 4.82 GiB too much). NCCL's buffers: 3 communicators (the default group, tp, fsdp) x 688 MB =
-    2.02 GiB, and the 1 GiB CUDA context, which max_reserved does not hold. Measured: 71.9 GiB max_reserved."""
+    2.02 GiB, and the 1 GiB CUDA context, which max_reserved does not hold. Llama 3's output layer is its own weight
+    (not tied to the embedding): its shard, 128,256 x 8,192 / 256 x 16 B = 0.06 GiB. Measured: 71.9 GiB max_reserved."""
     from costmodels.rank_memory import NOT_ALLOCATED_PARTS
     from planner.trust.published_runs import PublishedRow, read_published_runs
     from planner.trust.validation import comparable_memory_gib
@@ -430,11 +431,11 @@ def test_torchtitan_loss_parallel_prices_llama3_70b_2d_by_hand() -> None:
     assert "recompute_working" not in parts
     assert parts["nccl_buffers"] == pytest.approx(3 * 688 / 1024, abs=1e-4)
     allocated = sum(v for k, v in parts.items() if k not in NOT_ALLOCATED_PARTS)
-    assert allocated == pytest.approx(63.22 - 4.82, abs=0.01)
+    assert allocated == pytest.approx(63.22 - 4.82 + 128256 * 8192 / 256 * 16 / GIB, abs=0.01)
     share = row.stack_spec.allocator_fragmentation
-    assert share == 0.149
+    assert share == 0.143
     assert max(est.peak_memory_gib) == pytest.approx(allocated * (1 + share) + 1 + 3 * 688 / 1024, abs=0.01)
-    assert comparable_memory_gib(row, est) == pytest.approx(allocated * (1 + share), abs=0.01) == pytest.approx(67.1, abs=0.05)
+    assert comparable_memory_gib(row, est) == pytest.approx(allocated * (1 + share), abs=0.01) == pytest.approx(66.8, abs=0.05)
 
 
 def test_a_layers_backward_phase_wins_where_it_holds_more_than_the_loss() -> None:

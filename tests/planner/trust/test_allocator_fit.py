@@ -103,19 +103,20 @@ def test_megatron_deepspeed_ships_the_share_its_readings_fit() -> None:
 
 
 def test_torchtitan_ships_the_share_fitted_on_its_own_report() -> None:
-    """torchtitan's December 2024 report reads max_reserved: 18 readings fit 0.149, which leaves 1 of them under by
-    more than 5 % in sample (15 at the clusters' 8 %) and 1 with each sweep at the share fitted without it; Trainy's
-    two H200 readings, held out, come within 5 %. (0.1595, 3 and 2 before its sequence-parallel layers kept their
-    gathered inputs, ``StackKernels.sequence_parallel_keeps_gathered_inputs``.)"""
+    """torchtitan's December 2024 report reads max_reserved: 18 readings fit 0.143, which leaves 1 of them under by
+    more than 5 % in sample (13 at the clusters' 8 %) and 1 with each sweep at the share fitted without it; Trainy's
+    two H200 readings, held out, come within 5 %. (0.149 while Llama 3's output layer was priced tied to its
+    embedding; 0.1595, 3 and 2 before its sequence-parallel layers kept their gathered inputs,
+    ``StackKernels.sequence_parallel_keeps_gathered_inputs``.)"""
     fit, held_out = stack_readings("torchtitan", _apriori_estimate)
     assert len(fit) == 18 and len(held_out) == 2
     share = load_stack("torchtitan").allocator_fragmentation
-    assert share == fit_share(fit) == pytest.approx(0.149)
+    assert share == fit_share(fit) == pytest.approx(0.143)
     assert under_counts(((r, share) for r in fit), UNDER_TARGET_PCT) == (1, 18)
-    assert under_counts(((r, 0.08) for r in fit), UNDER_TARGET_PCT) == (15, 18)
+    assert under_counts(((r, 0.08) for r in fit), UNDER_TARGET_PCT) == (13, 18)
     assert max(abs(r.under_pct(share)) for r in held_out) <= UNDER_TARGET_PCT
     loso = leave_one_group_out(fit)  # each sweep at the share fitted without it, as validate prices them
-    assert (min(loso.values()), max(loso.values())) == pytest.approx((0.1425, 0.166))
+    assert (min(loso.values()), max(loso.values())) == pytest.approx((0.1375, 0.1575))
     assert under_counts(((r, loso[r.group]) for r in fit), UNDER_TARGET_PCT) == (1, 18)
 
 
