@@ -78,7 +78,7 @@ def _printable(text: str) -> str:
     return text
 
 
-Name = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_printable)]
+Name = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_printable)]  # 1024: an HF checkpoint's _name_or_path may be a long path
 Text = Annotated[str, AfterValidator(_printable)]
 
 

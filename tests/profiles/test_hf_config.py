@@ -52,3 +52,15 @@ def test_missing_key_names_it(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(PlanError, match="vocab_size"):
         load_model(str(path))
+
+
+def test_a_checkpoint_named_by_a_long_path_loads_and_a_control_character_does_not(tmp_path):
+    """The model's name is the config's ``_name_or_path`` (often a local path): 400 characters load; an escape
+    sequence in it is refused (``profiles.schema.Name``: printable, up to 1,024 characters)."""
+    data = dict(CONFIGS["llama"][0])
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**data, "_name_or_path": "/ckpt/" + "d" * 400}))
+    assert load_model(str(path)).name == "/ckpt/" + "d" * 400
+    path.write_text(json.dumps({**data, "_name_or_path": "ckpt\x1b[2J"}))
+    with pytest.raises(PlanError, match="holds a control character"):
+        load_model(str(path))
