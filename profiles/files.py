@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from profiles.errors import PlanError
+from profiles.errors import PlanError, quoted
 
 
 def read_text(path: Path, what: str = "") -> str:
@@ -263,6 +263,14 @@ METRICS_NUMBER_KEYS = (
 )  # fmt: skip
 
 
+def _finite(value: int | float) -> bool:
+    """A finite number that converts to float (an integer of 400 digits does not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def metrics_value_problem(record: dict) -> str | None:
     """What is wrong with the values of one metrics line (None when nothing is)."""
     for key in METRICS_INT_KEYS:
@@ -273,6 +281,6 @@ def metrics_value_problem(record: dict) -> str | None:
         value = record.get(key)
         if value is None and (key == "loss" or key not in record):
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            return f"'{key}' must be a finite non-negative number, got {value!r}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) or value < 0:
+            return f"'{key}' must be a finite non-negative number, got {quoted(repr(value))}"
     return None

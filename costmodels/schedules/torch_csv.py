@@ -29,7 +29,7 @@ from profiles.errors import PlanError, quoted
 
 TO_TORCH = {FORWARD: "F", BACKWARD_INPUT: "I", BACKWARD_WEIGHT: "W", FULL_BACKWARD: "B"}
 FROM_TORCH = {cell: kind for kind, cell in TO_TORCH.items()}
-CELL = re.compile(r"^(\d{1,9})([FIWB])(\d{1,9})$")  # 9 digits: any stage or microbatch, no over-long integer
+CELL = re.compile(r"^([0-9]{1,9})([FIWB])([0-9]{1,9})$")  # ASCII digits, 9 at most: any stage or microbatch
 OVERLAP = re.compile(r"^\((.*)\)OVERLAP_F_B$")
 
 
@@ -67,7 +67,11 @@ def parse_torch_csv(text: str, name: str = "custom") -> Schedule:
     Empty cells (torch's idle slots) are skipped. Raises ``PlanError`` for a malformed
     cell, a stage on two ranks, or a schedule that misses or repeats a pass.
     """
-    rows = [row for row in csv.reader(io.StringIO(text))]
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # any line ending
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text))]
+    except csv.Error as exc:
+        raise PlanError(f"pipeline CSV is not CSV: {exc}") from None
     while rows and not any(cell.strip() for cell in rows[-1]):
         rows.pop()
     if not rows:

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from costmodels.memory import GIB
 from costmodels.rank_memory import allocator_share
-from costmodels.rules import size_violations
+from costmodels.rules import check_plan, size_violations
 from costmodels.schedules.actions import Schedule
 from costmodels.schedules.generate import generate_schedule, schedule_of
 from costmodels.schedules.registry import GENERATED_SCHEDULES, SPLIT_BACKWARD_SCHEDULES, V_SCHEDULES
@@ -124,6 +124,7 @@ def write_custom_plan(plan_path: Path, out_path: Path) -> str:
     summary = (f"custom order ({found.method}): pipeline {found.makespan_s:.3g} s vs best shipped "
                f"{found.baseline_name} {found.baseline_makespan_s:.3g} s ({100 * found.gain:+.3g}%)")
     new = plan.model_copy(update={"config": custom_cfg, "estimate": est, "rationale": [summary, *plan.rationale]})
+    check_plan(new, stack)  # the stack's rules, before the file is written: a refused plan never replaces one
     write_atomic(out_path, plan_json(new))
     return summary
 

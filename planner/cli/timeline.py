@@ -31,6 +31,8 @@ def ascii_timeline(result: SimulationResult, max_width: int = ASCII_MAX_WIDTH) -
     durations = [e - s for r in range(result.schedule.pp) for _, s, e in result.rank_timeline(r) if e > s]
     label = len(str(result.schedule.num_microbatches - 1)) + 1
     scale = min(max(label, 2) / min(durations), max_width / result.makespan_s)
+    if not math.isfinite(scale * result.makespan_s):  # durations of a few subnormal seconds: no width to draw
+        return None
     width = max(1, round(result.makespan_s * scale))
     lines = []
     for rank in range(result.schedule.pp):
@@ -73,7 +75,7 @@ def _nice_step(span: float, target_ticks: int = 8) -> float:
     """A 1/2/5 x 10^k tick step giving about ``target_ticks`` ticks over ``span``."""
     raw = span / target_ticks
     power = 10 ** math.floor(math.log10(raw))
-    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    return next((m * power for m in (1, 2, 5, 10) if m * power >= raw), raw)  # raw: below 1e-308 the power underflows
 
 
 def _format_time(value_s: float, step_s: float) -> str:
@@ -142,7 +144,7 @@ def _svg_axis(axis: TimeAxis, top: float, height: float) -> list[str]:
     parts = []
     for lo, hi in axis.windows():
         k = math.ceil(lo / step - 1e-9)
-        while k * step <= hi + 1e-12:
+        while k * step <= hi + 1e-9 * step:  # a tolerance relative to the step: at 1e-19 s an absolute one drew 1e7 ticks
             x = axis.x(k * step)
             parts.append(f'<line x1="{x:.1f}" y1="{top:.1f}" x2="{x:.1f}" y2="{top + height:.1f}" stroke="#dddddd"/>')
             parts.append(f'<text x="{x:.1f}" y="{top + height + 16:.1f}" text-anchor="middle" class="tick">'

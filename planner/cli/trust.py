@@ -123,6 +123,10 @@ def calibrate(
     check_outputs(out_path, inputs=(*runs, *plan))  # the cluster file may be calibrated in place
     base = load_cluster(cluster)
     names = _terms(terms)
+    unset = [n for n in names if getattr(base.efficiency, n, None) is None]
+    if unset:
+        raise PlanError(f"--terms {unset[0]}: cluster {base.name} states no {unset[0]} to start the fit from "
+                        "(it is derived from gemm_max); set it in a cluster file, or fit other terms")
     measured, warnings = read_runs(list(runs), list(plan), base)
     report = calibrate_runs(measured, names, folds)
     for message in warnings:  # after every check: bad input is one error line with no warning before it

@@ -311,6 +311,7 @@ def search(
     least-overflowing plan when none fits (module docstring). A model with layers the stack does not
     run (mixture of experts, multi-head latent attention) is bad input (``PlanError``), and so are
     ``degrees`` no legal candidate has (the message lists the legal ones)."""
+    schedules = tuple(dict.fromkeys(schedules))  # a schedule named twice is searched once
     searcher = Searcher(model, cluster, train, gpus, layers, stack)
     unsupported = model_support_violations(model, searcher.stack)
     if unsupported:

@@ -28,10 +28,12 @@ from functools import lru_cache
 from typing import Callable
 
 import numpy as np
+from pydantic import ValidationError
 
 from costmodels.estimate import estimate
 from costmodels.layer_costs import RooflineTimes
 from planner.trust.accuracy import error_pct, mape_pct
+from profiles.errors import PlanError
 from profiles.loader import load_stack
 from profiles.schema import ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
 from profiles.stack_schema import StackSpec
@@ -96,7 +98,12 @@ def with_efficiency(cluster: ClusterSpec, terms: dict[str, float]) -> ClusterSpe
     """``cluster`` with some efficiency terms replaced (validated by pydantic)."""
     if not terms:
         return cluster
-    efficiency = type(cluster.efficiency).model_validate({**cluster.efficiency.model_dump(), **terms})
+    try:
+        efficiency = type(cluster.efficiency).model_validate({**cluster.efficiency.model_dump(), **terms})
+    except ValidationError as exc:  # a fit driven out of a term's range by measurements no GPU makes
+        first = exc.errors()[0]
+        raise PlanError(f"efficiency.{'.'.join(str(p) for p in first['loc'])} {first.get('input')!r}: {first['msg']} "
+                        "(are the measured step times right?)") from None
     return cluster.model_copy(update={"efficiency": efficiency})
 
 

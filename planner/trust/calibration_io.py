@@ -104,6 +104,9 @@ def _csv_run(row: dict[str, str], where: str, csv_dir: Path, cluster: ClusterSpe
         raise PlanError(f"{where}: step_time_s and peak_memory_gib must be finite numbers")
     if memory is not None and memory < 0:
         raise PlanError(f"{where}: peak_memory_gib must not be negative")
+    small = [k for k, n in (*ints.items(), ("v", v)) if n < 1]
+    if small:  # before the microbatch count divides by dp x mbs
+        raise PlanError(f"{where}: {small[0]} must be a positive integer, got {ints.get(small[0], v)}")
     model = _model_for(_cell(row, "model"), csv_dir)
     num_stages = ints["pp"] * v
     cfg = ParallelConfig(

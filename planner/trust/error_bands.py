@@ -38,7 +38,7 @@ import yaml
 
 from planner.trust.accuracy import grouped, mape_pct
 from planner.trust.validation import FIT_CATEGORY, MemoryBand, RowResult, ValidationReport, memory_bands
-from profiles.files import write_atomic
+from profiles.files import check_outputs, write_atomic
 from profiles.gpu_families import FamilyConstants, FamilyFit, GpuFamilies, render_families
 from profiles.loader import GPU_FAMILIES_YAML, PUBLIC_RUNS_CSV, load_gpu_families, read_document, validate_as
 from profiles.schema import ClusterSpec, Estimate, StrictModel
@@ -116,14 +116,15 @@ def fitted_families(report: ValidationReport, families: GpuFamilies) -> GpuFamil
 def write_tables(report: ValidationReport, corpus: Path, directory: Path | None = None) -> list[Path]:
     """Write the error bands and the GPU families with their fits (atomically; both or neither):
     into their shipped places, or both into ``directory``. Returns their paths."""
-    fitted_on = report.of_category(FIT_CATEGORY)  # the rows the constants are fitted on and the time bands come from
-    header = HEADER.format(corpus=corpus.name, rows=len(fitted_on.priced))
-    bands_text = header + yaml.safe_dump(bands_of(report).model_dump(), sort_keys=True, width=160)
-    families_text = render_families(fitted_families(fitted_on, load_gpu_families()))
     if directory is None:
         paths = [CALIBRATION_DIR / ERROR_BANDS_NAME, GPU_FAMILIES_YAML]
     else:
         paths = [Path(directory) / ERROR_BANDS_NAME, Path(directory) / GPU_FAMILIES_NAME]
+    check_outputs(*paths)  # both writable before either is written: both or neither
+    fitted_on = report.of_category(FIT_CATEGORY)  # the rows the constants are fitted on and the time bands come from
+    header = HEADER.format(corpus=corpus.name, rows=len(fitted_on.priced))
+    bands_text = header + yaml.safe_dump(bands_of(report).model_dump(), sort_keys=True, width=160)
+    families_text = render_families(fitted_families(fitted_on, load_gpu_families()))
     for path, text in zip(paths, (bands_text, families_text)):
         write_atomic(path, text)
     if directory is None:

@@ -359,7 +359,7 @@ def _count_or_zero(f: RowFields, key: str) -> int:
     return 0 if f.text(key) in ("", "0") else int(f.integer(key) or 0)
 
 
-CAPACITY_PADDING = re.compile(r"capacity factor ([0-9]+(?:\.[0-9]+)?) with padding to capacity")
+CAPACITY_PADDING = re.compile(r"capacity factor ([0-9]*[1-9][0-9]*(?:\.[0-9]+)?|0\.[0-9]*[1-9][0-9]*) with padding to capacity")  # > 0
 
 
 def expert_imbalance_of(notes: str) -> tuple[float, str] | None:

@@ -88,6 +88,7 @@ class CaseResult:
     golden: Golden | None = None
     current: Golden | None = None
     seconds: float = 0.0
+    rewrite: str | None = None  # the case file's new text under --update, written once every case has run
 
 
 def case_files(suite: Path, pattern: str | None = None) -> list[Path]:
@@ -179,7 +180,10 @@ def load_case_file(path: Path) -> RegressionFile:
 def regress_file(path: Path, update: bool) -> CaseResult:
     doc = load_case_file(path)
     start = time.perf_counter()
-    current = run_case(doc.case)
+    try:
+        current = run_case(doc.case)
+    except PlanError as exc:  # name the case: the suite runs many
+        raise PlanError(f"{path}: {exc}") from None
     seconds = time.perf_counter() - start
     result = CaseResult(doc.case.name, path, "pass", golden=doc.golden, current=current, seconds=seconds)
     if doc.golden is None:
@@ -188,7 +192,7 @@ def regress_file(path: Path, update: bool) -> CaseResult:
         result.diffs = compare(doc.golden, current, doc.tolerance)
     if update and current != doc.golden:
         # rewrite whenever anything moved, within tolerance or not, so goldens stay exact
-        write_atomic(path, file_text(doc.model_copy(update={"golden": current})))
+        result.rewrite = file_text(doc.model_copy(update={"golden": current}))
         result.status = "updated"
     elif result.diffs and not update:
         result.status = "fail"
@@ -199,4 +203,8 @@ def regress(suite: Path = DEFAULT_SUITE, update: bool = False, pattern: str | No
     """Every case of ``suite`` (matching ``pattern``), one search per usable core."""
     files = case_files(suite, pattern)
     with process_map(min(usable_cores(), len(files))) as mapper:
-        return list(mapper(partial(regress_file, update=update), files))
+        results = list(mapper(partial(regress_file, update=update), files))
+    for result in results:  # after every case ran: a case that fails leaves the suite's files as they were
+        if result.rewrite is not None:
+            write_atomic(result.path, result.rewrite)
+    return results

@@ -1,0 +1,103 @@
+"""Inputs at the edges, found by a second fuzzing pass of the CLI (session 50): each was a traceback, a hang,
+or a file written before the command refused its own result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from costmodels.schedules.torch_csv import parse_torch_csv
+from planner.cli.main import run
+from planner.trust.error_bands import write_tables
+from planner.trust.published_runs import expert_imbalance_of
+from planner.trust.regress import DEFAULT_SUITE, regress
+from profiles.errors import PlanError
+from profiles.files import metrics_value_problem
+
+TINY = ["--model", "tiny-gpt", "--cluster", "dgx-h100", "--gpus", "8", "--global-batch", "16"]
+
+
+def test_custom_out_writes_nothing_when_the_stack_refuses_the_custom_order(tmp_path: Path, capsys) -> None:
+    """megatron-core runs no 'custom' schedule: the plan rewritten in place stays byte for byte what it was."""
+    plan = tmp_path / "plan.json"
+    assert run(["evaluate", *TINY, "--tp", "1", "--pp", "4", "--mbs", "1", "--stack", "megatron-core", "--out", str(plan)]) == 0
+    before = plan.read_bytes()
+    capsys.readouterr()
+    assert run(["simulate", str(plan), "--custom-out", str(plan)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "schedule 'custom' is not run by stack 'megatron-core'" in err[0]
+    assert plan.read_bytes() == before
+
+
+def test_regress_update_writes_no_case_when_one_case_fails(tmp_path: Path) -> None:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    source = sorted(DEFAULT_SUITE.glob("*.yaml"))[0]
+    good = yaml.safe_load(source.read_text())
+    good["golden"]["step_time_s"] *= 1.5  # moved: --update would rewrite it
+    (suite / "a_good.yaml").write_text(yaml.safe_dump(good))
+    bad = yaml.safe_load(source.read_text())
+    bad["case"]["degrees"] = {"tp": [3]}
+    (suite / "b_bad.yaml").write_text(yaml.safe_dump(bad))
+    before = (suite / "a_good.yaml").read_text()
+    with pytest.raises(PlanError, match=r"b_bad.yaml: no legal configuration has tp"):
+        regress(suite, update=True)
+    assert (suite / "a_good.yaml").read_text() == before
+
+
+def test_validate_update_writes_both_tables_or_neither(tmp_path: Path) -> None:
+    (tmp_path / "gpu_families.yaml").mkdir()  # in the way of the second file
+    with pytest.raises(PlanError, match="gpu_families.yaml: it is a directory"):
+        write_tables(None, tmp_path / "runs.csv", tmp_path)  # type: ignore[arg-type]  # fails before the report is read
+    assert not (tmp_path / "error_bands.yaml").exists()
+
+
+@pytest.mark.parametrize("seconds", ["1e-19", "1e-310", "5e-324"])
+def test_a_timeline_of_subnormal_seconds_is_drawn_at_once(tmp_path: Path, seconds: str) -> None:
+    """The SVG axis drew one tick per step up to an absolute 1e-12 s tolerance (1e7 ticks at 1e-19 s, a hang); the
+    ASCII timeline scaled to infinity (an OverflowError)."""
+    svg = tmp_path / "t.svg"
+    argv = ["simulate", "--schedule", "1f1b", "--pp", "2", "--num-microbatches", "4", "--f-time", seconds, "--b-time", seconds]
+    assert run([*argv, "--svg", str(svg)]) == 0
+    assert svg.stat().st_size < 100_000
+
+
+def test_a_pipeline_csv_reads_any_line_ending_and_only_ascii_digits() -> None:
+    lf = parse_torch_csv("0F0,0B0\n")
+    assert parse_torch_csv("0F0,0B0\r\n") == lf == parse_torch_csv("0F0,0B0\r")
+    with pytest.raises(PlanError, match="is not a compute action"):
+        parse_torch_csv("\u0660F\u0660,0B0\n")  # Arabic-Indic digits
+
+
+def test_a_metrics_number_beyond_the_float_range_is_a_problem_not_a_crash() -> None:
+    record = {"step": 0, "rank": 0, "stage": 0, "loss": 1.0, "step_time_s": 10**400}
+    assert "'step_time_s' must be a finite non-negative number" in metrics_value_problem(record)
+
+
+def test_calibrate_refuses_a_zero_degree_an_unset_term_and_a_fit_out_of_range(tmp_path: Path, capsys) -> None:
+    header = "run,model,global_batch,seq_len,tp,pp,dp,mbs,step_time_s\n"
+    (tmp_path / "dp0.csv").write_text(header + "r1,tiny-gpt,16,128,2,4,0,1,0.0101\n")
+    assert run(["calibrate", str(tmp_path / "dp0.csv"), "--cluster", "dgx-h100"]) == 2
+    assert "dp0.csv:2: dp must be a positive integer, got 0" in capsys.readouterr().err
+    rows = "".join(f"r{i},tiny-gpt,16,128,1,{pp},{8 // pp},1,{t}\n" for i, (pp, t) in enumerate([(1, 1e300), (2, 2e300), (4, 3e300)]))
+    (tmp_path / "huge.csv").write_text(header + rows)
+    assert run(["calibrate", str(tmp_path / "huge.csv"), "--cluster", "dgx-h100", "--out", str(tmp_path / "c.yaml")]) == 2
+    assert "are the measured step times right?" in capsys.readouterr().err and not (tmp_path / "c.yaml").exists()
+    assert run(["calibrate", str(tmp_path / "huge.csv"), "--cluster", "dgx-h100", "--terms", "attention_max"]) == 2
+    assert "states no attention_max" in capsys.readouterr().err
+
+
+def test_a_schedule_named_twice_is_searched_once(capsys) -> None:
+    assert run(["search", *TINY, "--schedules", "1f1b,1f1b", "--json"]) == 0
+    plans = json.loads(capsys.readouterr().out)
+    assert plans and all(p["config"]["schedule"] == "1f1b" for p in plans)
+
+
+def test_a_capacity_factor_of_zero_is_no_routing_statement() -> None:
+    assert expert_imbalance_of("moe capacity factor 0 with padding to capacity") is None
+    assert expert_imbalance_of("moe capacity factor 0.0 with padding to capacity") is None
+    assert expert_imbalance_of("moe capacity factor 1.25 with padding to capacity")[0] == 1.25
+    assert expert_imbalance_of("moe capacity factor 0.5 with padding to capacity")[0] == 0.5
