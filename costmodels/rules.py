@@ -13,7 +13,9 @@ how to fix the input.
 from __future__ import annotations
 
 from costmodels.layout import end_slots_of, first_last_of, min_layers_for, uniform_split
+from costmodels.schedules.generate import schedule_of
 from costmodels.schedules.registry import LOOPED_SCHEDULES, schedule_spec, shape_violations
+from costmodels.simulator import schedule_graph
 from profiles.errors import PlanError
 from profiles.limits import MAX_MICROBATCHES, MAX_STAGE_MICROBATCHES
 from profiles.schema import ModelSpec, ParallelConfig, Plan, TrainSpec
@@ -385,10 +387,20 @@ def check_config(model: ModelSpec, train: TrainSpec, gpus: int, cfg: ParallelCon
         raise PlanError(problems[0])
 
 
+def check_custom_schedule(cfg: ParallelConfig) -> None:
+    """A custom plan's action list, as a launch or an emitted job would run it: parsed (every pass once, each stage
+    on one rank, pp, v and M as configured) and walked as torch lowers it (a deadlock is refused), as simulate does
+    (``PlanError`` with the first problem; nothing for a generated schedule)."""
+    if cfg.schedule != "custom" or cfg.schedule_csv is None:
+        return
+    schedule_graph(schedule_of("custom", cfg.pp, cfg.v, cfg.num_microbatches, cfg.schedule_csv))
+
+
 def check_plan(plan: Plan, stack: StackSpec) -> None:
     """A plan file against the rules of ``stack``: what ``launch``, ``explain`` and ``simulate``
     all check before they use a plan (``PlanError`` with the first problem)."""
     check_config(plan.model, plan.train, plan.config.world_size, plan.config, stack)
+    check_custom_schedule(plan.config)
     if plan.train.seq_len > plan.model.seq_len and plan.model.position_embedding == "learned":
         raise PlanError(
             f"seq_len {plan.train.seq_len} exceeds the model's {plan.model.seq_len} learned positions: lower --seq-len"

@@ -54,7 +54,7 @@ def _parse_cell(cell: str, rank: int, column: int) -> list[Action]:
         match = CELL.match(part.strip())
         if not match:
             raise PlanError(
-                f"pipeline CSV row {rank + 1}, column {column + 1}: '{quoted(text)}' is not a compute action like 0F0, 1I3, 1W3 or 0B1"
+                f"pipeline CSV row {rank + 1}, column {column + 1}: {quoted(text)!r} is not a compute action like 0F0, 1I3, 1W3 or 0B1"
             )
         stage, kind, microbatch = match.groups()
         actions.append(Action(FROM_TORCH[kind], int(microbatch), int(stage)))

@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from costmodels.rules import check_custom_schedule
 from launch.compare import compare, comparison_json, read_metrics
 from launch.job import JobInterrupted
 from launch.launcher import LaunchOptions, check_plan, format_command, launch_plan, torchrun_command
@@ -31,6 +32,7 @@ def _emit(plan: Plan, target: str, out_dir: Optional[Path], opts: LaunchOptions)
 
     if out_dir is None:
         raise PlanError(f"--emit {target} writes files: add --out-dir DIR")
+    check_custom_schedule(plan.config)  # a job is written only for an action list that runs
     options = EmitOptions(
         nnodes=opts.nnodes,
         steps=opts.steps,

@@ -101,3 +101,24 @@ def test_a_capacity_factor_of_zero_is_no_routing_statement() -> None:
     assert expert_imbalance_of("moe capacity factor 0.0 with padding to capacity") is None
     assert expert_imbalance_of("moe capacity factor 1.25 with padding to capacity")[0] == 1.25
     assert expert_imbalance_of("moe capacity factor 0.5 with padding to capacity")[0] == 0.5
+
+
+@pytest.mark.parametrize("csv_text, message", [
+    ("0F0,0B0,0F1,0B1\n1F0,1F1,1B0,1B1\n", "schedule 'custom' deadlocks"),
+    ("0F0,0F1,0B0,0B1,0B1\n1F0,1B0,1F1,1B1\n", "appears twice"),
+])
+def test_a_custom_plan_that_cannot_run_is_refused_by_every_command(tmp_path: Path, capsys, csv_text: str, message: str) -> None:
+    """``explain``, ``launch --dry-run`` and ``launch --emit`` checked the plan's rules but not its action list:
+    they accepted (and ``--emit`` wrote) a custom order ``simulate`` refuses. ``check_plan`` now walks it."""
+    plan_path = tmp_path / "plan.json"
+    assert run(["evaluate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "2", "--global-batch", "2", "--tp", "1",
+                "--pp", "2", "--mbs", "1", "--out", str(plan_path)]) == 0
+    plan = json.loads(plan_path.read_text())
+    plan["config"].update(schedule="custom", schedule_csv=csv_text)
+    plan_path.write_text(json.dumps(plan))
+    capsys.readouterr()
+    for argv in (["explain", str(plan_path)], ["simulate", str(plan_path)], ["launch", str(plan_path), "--dry-run"],
+                 ["launch", str(plan_path), "--emit", "csv", "--out-dir", str(tmp_path / "job")]):
+        assert run(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert not (tmp_path / "job").exists()
