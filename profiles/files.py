@@ -93,7 +93,8 @@ def _check_writable(path: Path) -> None:
         pass
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (through links); where one does not exist, whether they resolve alike."""
     try:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (yet)
@@ -112,7 +113,7 @@ def check_outputs(*paths: Path | None, inputs: Iterable[Path | str | None] = ())
         if resolved in seen:
             raise PlanError(f"{path} is given for two outputs: give each output its own file")
         seen.add(resolved)
-        source = next((r for r in read if _same_file(path, r)), None)
+        source = next((r for r in read if same_file(path, r)), None)
         if source is not None:
             also = "" if str(source) == str(path) else f" ({source})"
             raise PlanError(f"{path} is also an input of this command{also}: write the output to another file")

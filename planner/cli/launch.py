@@ -7,7 +7,6 @@ Nothing here imports torch: the runtime runs in the torchrun workers.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -23,6 +22,7 @@ from launch.progress import StepProgress
 from planner.cli.app import app, err, out, output_dir, output_option, warn
 from planner.cli.plans import load_checked_plan
 from profiles.errors import InfeasibleError, PlanError
+from profiles.files import same_file
 from profiles.loader import load_plan
 from profiles.schema import Plan
 
@@ -42,11 +42,6 @@ def _emit(plan: Plan, target: str, out_dir: Optional[Path], opts: LaunchOptions)
     )
     for path in emit(plan, target, out_dir, options=options, on_warning=warn):
         out.print(str(path), markup=False)
-
-
-def _same_file(output: Path, *inputs: Path | None) -> bool:
-    """Whether ``output`` is one of the existing files ``inputs``."""
-    return any(i is not None and i.is_file() and output.exists() and os.path.samefile(output, i) for i in inputs)
 
 
 def _refuse_unfit(plan: Plan, what: str) -> None:
@@ -103,7 +98,7 @@ def launch_cmd(
     """Run a plan with torchrun on the ppplan runtime (or --emit configs for other launchers)."""
     if out_dir is not None and emit is None:
         raise PlanError("--out-dir is where --emit writes its files: add --emit, or drop --out-dir")
-    if emit is None and _same_file(metrics, plan_path, schedule_csv):
+    if emit is None and any(i is not None and i.is_file() and same_file(metrics, i) for i in (plan_path, schedule_csv)):
         raise PlanError(f"--metrics {metrics} is an input of this launch: the ranks would overwrite it; pick another file")
     plan = load_plan(plan_path)
     if not force:
