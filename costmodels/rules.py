@@ -58,9 +58,11 @@ def tp_violations(model: ModelSpec, tp: int, expert_tp: int | None = None) -> li
     if model.ffn_size % tp and model.num_moe_layers < model.num_layers:
         problems.append(f"tp={tp} does not divide ffn_hidden_size={model.ffn_size}")
     if model.is_moe:
-        for name, ranks in (("moe_ffn_hidden_size", expert_tp), ("shared_expert_ffn_hidden_size", tp)):
+        routed = "tp" if expert_tp == tp else "etp"  # the degree the user set for the routed experts
+        for name, degree, ranks in (("moe_ffn_hidden_size", routed, expert_tp), ("shared_expert_ffn_hidden_size", "tp", tp)):
             if getattr(model, name) % ranks:
-                problems.append(f"tp={ranks} does not divide {name}={getattr(model, name)} (experts are TP-sharded like the dense MLP)")
+                problems.append(f"{degree}={ranks} does not divide {name}={getattr(model, name)} "
+                                f"(experts are TP-sharded over {degree} ranks like the dense MLP)")
     return problems
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from costmodels.communicators import outside_allocator_gib
 from profiles.errors import PlanError
-from profiles.files import read_metrics_jsonl
+from profiles.files import metrics_stage_problem, read_metrics_jsonl
 from profiles.schema import Plan
 
 REQUIRED_KEYS = ("step", "rank", "stage", "loss", "step_time_s", "peak_memory_gib")
@@ -63,13 +63,12 @@ def measured_step_time_s(times_s: list[float]) -> float:
 
 def compare(records: list[dict], plan: Plan) -> list[StageComparison]:
     """One row per pipeline stage present in ``records``, in stage order."""
+    problem = metrics_stage_problem(records, plan.config.pp)
+    if problem:
+        raise PlanError(f"{problem}: compare with the plan that was launched")
     predicted_memory = measurable_peak_memory_gib(plan)
     rows = []
     for stage in sorted({r["stage"] for r in records}):
-        if not 0 <= stage < plan.config.pp:
-            raise PlanError(
-                f"metrics hold pipeline stage {stage} but the plan has pp={plan.config.pp}: compare with the plan that was launched"
-            )
         lines = sorted((r for r in records if r["stage"] == stage), key=lambda r: r["step"])
         measured_s = measured_step_time_s([r["step_time_s"] for r in lines])
         measured_gib = max(r["peak_memory_gib"] for r in lines)

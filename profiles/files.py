@@ -233,7 +233,8 @@ def read_metrics_jsonl(path: Path, required_keys: tuple[str, ...]) -> list[dict]
     """The JSON lines of a ``ppplan launch`` metrics file, each holding ``required_keys``;
     a missing file, a malformed line or a missing key is a ``PlanError`` naming the line."""
     path = Path(path)
-    records = []
+    records: list[dict] = []
+    seen: dict[tuple, int] = {}
     for number, line in enumerate(read_text(path, "metrics file").splitlines(), start=1):
         if not line.strip():
             continue
@@ -251,10 +252,31 @@ def read_metrics_jsonl(path: Path, required_keys: tuple[str, ...]) -> list[dict]
         problem = metrics_value_problem(record)
         if problem:
             raise PlanError(f"{path}:{number}: {problem}")
+        key = (record.get("rank", record.get("stage")), record.get("step"))
+        if key in seen:  # a log appended twice, or two runs in one file: each step would count twice
+            raise PlanError(f"{path}:{number}: step {key[1]} of rank {key[0]} again (first at line {seen[key]}): "
+                            "give one line per rank and step, from one run")
+        seen[key] = number
         records.append(record)
     if not records:
         raise PlanError(f"{path} holds no metrics lines: run ppplan launch --metrics {path} first")
     return records
+
+
+def extra_fields_problem(row: dict) -> str | None:
+    """What is wrong with a ``csv.DictReader`` row that holds more fields than the header names (the reader
+    keys the surplus ``None``): an unquoted comma in a cell, which shifts every later column. None when nothing is."""
+    extra = row.get(None)
+    return f"{len(extra)} field(s) beyond the header's columns (an unquoted comma?)" if extra else None
+
+
+def metrics_stage_problem(records: list[dict], pp: int) -> str | None:
+    """A pipeline stage the metrics name that a plan of ``pp`` stages does not have (None when every stage
+    is one of the plan's): the metrics come from another plan than the one given."""
+    outside = sorted({r["stage"] for r in records if "stage" in r and not 0 <= r["stage"] < pp})
+    if outside:
+        return f"metrics hold pipeline stage {outside[0]} but the plan has pp={pp}"
+    return None
 
 
 # the metrics line of DESIGN.md: integer fields, and non-negative finite numbers (loss may be null)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from planner.cli.app import app, out, warn
 from planner.cli.plans import load_checked_plan
-from planner.cli.render import memory_band_line, memory_table, plans_table, seconds, sig3
+from planner.cli.render import json_document, memory_band_line, memory_table, plans_table, seconds, sig3
 from planner.search.branch_and_bound import Scored, Searcher
 from planner.search.explain import binding_constraints, candidate_of, config_label, kernel_warnings, nearest_alternatives, waste_warnings
 from profiles.loader import load_stack
@@ -83,4 +82,4 @@ def _alternatives(plan: Plan) -> list:
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of a plan file."""
-    out.print_json(json.dumps(Plan.model_json_schema()))
+    out.print_json(json_document(Plan.model_json_schema()))

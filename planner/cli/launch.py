@@ -6,7 +6,6 @@ Nothing here imports torch: the runtime runs in the torchrun workers.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -21,6 +20,7 @@ from launch.launcher import LaunchOptions, check_plan, format_command, launch_pl
 from launch.progress import StepProgress
 from planner.cli.app import app, err, out, output_dir, output_option, warn
 from planner.cli.plans import load_checked_plan
+from planner.cli.render import json_document
 from profiles.errors import InfeasibleError, PlanError
 from profiles.files import same_file
 from profiles.loader import load_plan
@@ -168,6 +168,6 @@ def compare_cmd(
     plan = load_checked_plan(plan_path)
     rows = compare(read_metrics(metrics_path), plan)
     if as_json:
-        print(json.dumps(comparison_json(rows)))
+        print(json_document(comparison_json(rows)))
         return
     out.print(comparison_table(rows, _compare_title(plan)))

@@ -209,5 +209,19 @@ def plan_json(plan: Plan) -> str:
     return plan.model_dump_json(indent=2) + "\n"
 
 
-def dumps(data: Any) -> str:
-    return json.dumps(data, indent=2, sort_keys=False)
+def finite_json(data: Any) -> Any:
+    """``data`` with every NaN or infinite float replaced by ``None``: RFC 8259 JSON has no NaN or Infinity,
+    and Python's ``json`` writes them as bare tokens other parsers refuse (a MAPE over no rows, an error
+    against a zero reading). ``None`` reads as "no value", as DESIGN.md's documents use it elsewhere."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite_json(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(value) for value in data]
+    return data
+
+
+def json_document(data: Any) -> str:
+    """One standard JSON document (no NaN or Infinity tokens: ``finite_json``) of a command's ``--json`` output."""
+    return json.dumps(finite_json(data), allow_nan=False)

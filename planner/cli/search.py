@@ -16,7 +16,7 @@ from costmodels.layout import default_split, end_stage_floors, min_layers_for
 from costmodels.profile_times import layer_times_for
 from costmodels.rules import check_config, precision_violations
 from planner.cli.app import app, comma_list, err, note, out, output_option, small_int, warn
-from planner.cli.render import memory_table, plan_json, plans_table, sig3
+from planner.cli.render import json_document, memory_table, plan_json, plans_table, sig3
 from planner.search.branch_and_bound import Scored, SearchResult, search
 from planner.search.explain import binding_constraints, kernel_warnings, nearest_alternatives, rationale, waste_warnings
 from planner.search.space import DEFAULT_SCHEDULES, RECOMPUTE_KINDS, DegreeFilter
@@ -196,7 +196,7 @@ def search_cmd(
     if out_path:
         write_atomic(out_path, plan_json(plans[0]))
     if as_json:
-        out.print_json(json.dumps([json.loads(plan_json(p)) for p in plans]))
+        out.print_json(json_document([json.loads(plan_json(p)) for p in plans]))
         return
     title = (f"{_title(model_spec, cluster_spec, train, gpus, stack_spec)}: {result.candidates} candidates, "
              f"{result.evaluated} simulated, the rest excluded by bounds")
@@ -235,7 +235,7 @@ def _report_infeasible(closest: Scored | None, model: ModelSpec, cluster: Cluste
     if as_json:
         plan = Plan(model=model, cluster=cluster, train=train, config=closest.config, estimate=est,
                     rationale=binding_constraints(est))
-        out.print_json(json.dumps([json.loads(plan_json(plan))]))
+        out.print_json(json_document([json.loads(plan_json(plan))]))
     else:
         out.print(plans_table([(closest.config, est)], "No plan fits; the closest one:", out.width))
         out.print(memory_table(est))
@@ -323,7 +323,7 @@ def evaluate_cmd(
     if out_path:
         write_atomic(out_path, plan_json(plan))
     if as_json:
-        out.print_json(json.dumps({"config": json.loads(cfg.model_dump_json()), "estimate": json.loads(est.model_dump_json())}))
+        out.print_json(json_document({"config": json.loads(cfg.model_dump_json()), "estimate": json.loads(est.model_dump_json())}))
         return
     for warning in (waste_warnings(cfg, est, global_batch, stack_spec.steps_overlap(cfg.schedule, train.precision))
                     + kernel_warnings(model_spec, stack_spec, train.precision)):

@@ -15,7 +15,6 @@ schedules that need the split exit 2. ``--json`` prints exactly
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Optional
@@ -33,7 +32,7 @@ from costmodels.schedules.torch_csv import format_torch_csv
 from costmodels.simulator import SimulationResult, StageTimes, simulate
 from planner.cli.app import app, err, out, output_option
 from planner.cli.plans import load_checked_plan
-from planner.cli.render import plan_json, sig3
+from planner.cli.render import json_document, plan_json, sig3
 from planner.cli.timeline import ascii_timeline, chrome_trace_json, svg_timeline, timeline_title
 from planner.search.custom_schedule import search_custom_schedule
 from profiles.errors import PlanError
@@ -213,7 +212,7 @@ def simulate_cmd(
         if path is not None:
             write_atomic(path, text)
     if as_json:
-        out.print_json(json.dumps(result_json(result)))
+        out.print_json(json_document(result_json(result)))
         return
     _print_human(result)
     if checked is not None:

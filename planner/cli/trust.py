@@ -24,7 +24,7 @@ from launch.job import JobInterrupted
 from launch.progress import StepProgress
 from planner.cli.app import app, comma_list, err, out, output_dir, output_option, warn
 from planner.cli.launch import progress_line
-from planner.cli.render import plan_json
+from planner.cli.render import json_document, plan_json
 from planner.cli.search import BatchOpt, ClusterOpt, GpusOpt, ModelOpt, PrecisionOpt, SeqOpt, StackOpt, resolve_train
 from planner.trust.accuracy import error_pct
 from planner.trust.calibration import FIT_TERMS, TERM_BOUNDS, CalibrationReport, calibrate_runs, with_efficiency
@@ -140,7 +140,7 @@ def calibrate(
         load_cluster(str(out_path))  # what we wrote must load back
         err.print(f"wrote {out_path}", markup=False)
     if json_out:
-        out.print_json(json.dumps(_calibration_json(report)))
+        out.print_json(json_document(_calibration_json(report)))
     else:
         _print_calibration(report)
 
@@ -176,7 +176,7 @@ def regress(
     results = run_regress(suite, update, case)
     seconds = time.perf_counter() - start
     if json_out:
-        out.print_json(json.dumps({
+        out.print_json(json_document({
             "passed": all(r.status != "fail" for r in results),
             "seconds": round(seconds, 2),
             "cases": [{"case": r.name, "file": r.path.name, "status": r.status, "diffs": r.diffs,
@@ -268,7 +268,7 @@ def tune(
         write_atomic(out_path, plan_json(result.winner_plan))
         write_atomic(cluster_out, cluster_yaml(result.calibrated_cluster))
     if json_out:
-        out.print_json(json.dumps(_tune_json(result)))
+        out.print_json(json_document(_tune_json(result)))
         return
     out.print(_tune_table(result))
     agree = "yes" if result.calibrated_ranking == result.measured_ranking else "no"

@@ -11,7 +11,6 @@ provenance into ``profiles/gpu_families.yaml`` (both into ``--tables-dir`` when 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -20,6 +19,7 @@ import typer
 from rich.table import Table
 
 from planner.cli.app import app, err, out, output_dir, output_option
+from planner.cli.render import json_document
 from planner.trust.accuracy import grouped
 from planner.trust.error_bands import write_tables
 from planner.trust.published_runs import DEFAULT_RUNS_CSV
@@ -164,6 +164,6 @@ def validate(
             err.print(f"wrote {path}", markup=False)
     if json_out:
         err.print(f"note: {_fit_note(report)}", markup=False, soft_wrap=True)
-        out.print_json(json.dumps(report.to_json()))
+        out.print_json(json_document(report.to_json()))
     else:
         _print_report(report)

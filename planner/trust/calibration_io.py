@@ -38,7 +38,7 @@ from costmodels.layout import uniform_split
 from costmodels.rules import structural_violations
 from planner.trust.calibration import MeasuredRun
 from profiles.errors import PlanError
-from profiles.files import read_metrics_jsonl, read_text, unreadable_value
+from profiles.files import extra_fields_problem, metrics_stage_problem, read_metrics_jsonl, read_text, unreadable_value
 from profiles.hf_config import _first_error
 from profiles.loader import load_model, read_document, validate_as
 from profiles.schema import ClusterSpec, ParallelConfig, Plan, TrainSpec
@@ -65,6 +65,9 @@ def metrics_run(path: Path, plan_path: Path, cluster: ClusterSpec) -> tuple[Meas
     """One launch run: its metrics file and the plan it ran."""
     records = read_metrics_lines(path)
     plan = validate_as(Plan, read_document(plan_path), str(plan_path))
+    problem = metrics_stage_problem(records, plan.config.pp)
+    if problem:
+        raise PlanError(f"{path}: {problem} ({plan_path}): give the plan that was launched")
     warnings = []
     if plan.cluster.name != cluster.name:
         warnings.append(f"{path}: plan was made for cluster '{plan.cluster.name}', fitted as '{cluster.name}'")
@@ -133,11 +136,14 @@ def csv_runs(path: Path, cluster: ClusterSpec) -> tuple[list[MeasuredRun], list[
         rows = list(csv.DictReader(io.StringIO(read_text(path, "runs CSV"), newline="")))
     except csv.Error as exc:
         raise PlanError(f"{path}: not a CSV file ({exc})") from None
+    if not rows:
+        raise PlanError(f"{path}: no runs in it: give a header and one row per run ({', '.join(CSV_REQUIRED)}, ...)")
     runs, warnings = [], []
     for number, row in enumerate(rows, start=2):
         where = f"{path}:{number}"
-        if row.get(None):  # csv.DictReader's list of the fields beyond the header's columns
-            raise PlanError(f"{where}: {len(row[None])} field(s) beyond the header's columns (an unquoted comma?)")
+        problem = extra_fields_problem(row)
+        if problem:
+            raise PlanError(f"{where}: {problem}")
         try:
             runs.append(_csv_run(row, where, path.parent, cluster))
         except (ValueError, TypeError) as exc:  # pydantic errors are ValueErrors

@@ -27,7 +27,7 @@ from typing import Literal
 from pydantic import ValidationError
 
 from costmodels.layout import end_slot_split, uniform_split
-from costmodels.rules import structural_violations
+from costmodels.rules import offload_violations, structural_violations
 from planner.trust.corpus_fields import RowFields, read_choice, read_metric, read_schedule
 from planner.trust.corpus_rules import (
     ALLOCATED_LAST_RANK_NOTE,
@@ -53,6 +53,7 @@ from planner.trust.corpus_rules import (
     stack_of_row,
 )
 from profiles.errors import PlanError
+from profiles.files import extra_fields_problem
 from profiles.loader import PUBLIC_RUNS_CSV, load_cluster, load_model, load_stack
 from profiles.schema import ClusterSpec, ModelSpec, ParallelConfig, TrainSpec
 from profiles.stack_schema import StackSpec
@@ -179,9 +180,9 @@ def _unmodelled(f: RowFields) -> list[str]:
 
 def _parse(f: RowFields) -> _Parsed | None:
     problems = _unmodelled(f)
-    extra = f.row.get(None)  # csv.DictReader's list of the fields beyond the header's columns
+    extra = extra_fields_problem(f.row)
     if extra:
-        problems.append(f"{len(extra)} field(s) beyond the header's columns (an unquoted comma?)")
+        problems.append(extra)
     f.integer("gpus_per_node", required=False)  # not priced (the cluster preset's), but a malformed one is not a row
     if not f.text("source_id"):  # the held-out fit leaves out a row's source: a row needs one
         f.missing.append("source_id")
@@ -359,7 +360,7 @@ def _count_or_zero(f: RowFields, key: str) -> int:
     return 0 if f.text(key) in ("", "0") else int(f.integer(key) or 0)
 
 
-CAPACITY_PADDING = re.compile(r"capacity factor ([0-9]*[1-9][0-9]*(?:\.[0-9]+)?|0\.[0-9]*[1-9][0-9]*) with padding to capacity")  # > 0
+CAPACITY_PADDING = re.compile(r"capacity factor ([0-9]+(?:\.[0-9]+)?) with padding to capacity")
 
 
 def expert_imbalance_of(notes: str) -> tuple[float, str] | None:
@@ -371,8 +372,8 @@ def expert_imbalance_of(notes: str) -> tuple[float, str] | None:
     if "force-balanced" in notes:
         return 1.0, "force-balanced routing: the busiest expert-parallel rank carries the mean load"
     padded = CAPACITY_PADDING.search(notes.lower())
-    if padded:
-        factor = float(padded.group(1))
+    factor = float(padded.group(1)) if padded else 0.0
+    if factor > 0:  # a factor of 0 states no capacity
         return factor, (f"expert inputs padded to capacity factor {factor:g}: every expert-parallel rank carries "
                         f"{factor:g} x the mean load")
     return None
@@ -407,8 +408,6 @@ def _config(f: RowFields, p: _Parsed, assumptions: list[str]) -> ParallelConfig 
     if p.ints["global_batch"] % (dp * mbs):
         f.problems.append(f"global batch {p.ints['global_batch']} is not divisible by dp*mbs = {dp}*{mbs}")
     offload = _offload_layers(f.text("notes"))
-    if offload and p.ints["pp"] > 1:
-        f.problems.append("activation offload with pipeline parallelism, which Megatron-Core refuses")
     if f.reasons() or layers is None or zero is None or zero > 3:
         if zero is not None and zero > 3:
             f.problems.append(f"malformed zero '{zero}' (0-3)")
@@ -494,7 +493,9 @@ def parse_row(row: dict[str, str], line: int = 2) -> PublishedRow | SkippedRow:
     if model is None or config is None or f.reasons():
         return skipped()
     train = TrainSpec(global_batch=parsed.ints["global_batch"], seq_len=parsed.ints["seq_len"], precision=parsed.precision)
-    violations = structural_violations(model, train, parsed.ints["n_gpus"], config)
+    stack_spec = row_stack(parsed.stack, stack_changes)
+    violations = (structural_violations(model, train, parsed.ints["n_gpus"], config)
+                  + offload_violations(config.offload_layers, model.num_layers, config.pp, config.recompute, stack_spec))
     if violations:
         f.problems.append(violations[0])
         return skipped()
@@ -522,7 +523,7 @@ def parse_row(row: dict[str, str], line: int = 2) -> PublishedRow | SkippedRow:
         return skipped()
     return PublishedRow(
         id=ident, run=run, source_id=source_id, source=source, sweep=f.text("sweep") or None, category=category,
-        stack=parsed.stack, stack_spec=row_stack(parsed.stack, stack_changes), model=model, cluster=cluster, train=train,
+        stack=parsed.stack, stack_spec=stack_spec, model=model, cluster=cluster, train=train,
         config=config, metric=metric, measured=measured, measured_peak_memory_gib=peak, assumptions=tuple(assumptions),
         expert_imbalance=routing[0] if routing else None, memory_reading=reading,
     )
@@ -572,11 +573,14 @@ def read_published_runs(path: Path = DEFAULT_RUNS_CSV) -> list[PublishedRow | Sk
         raise PlanError(f"file not found: {path}")
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
+            reader = csv.DictReader(handle)
+            rows, columns = list(reader), reader.fieldnames or []
     except (OSError, csv.Error, UnicodeDecodeError) as exc:
         raise PlanError(f"cannot read published runs from {path}: {exc}") from None
-    missing = [c for c in REQUIRED_COLUMNS if not rows or c not in rows[0]]
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise PlanError(f"{path}: not a published-runs CSV (missing column{'s' if len(missing) > 1 else ''} "
                         f"{', '.join(missing[:5])}); columns: profiles/calibration/README.md")
+    if not rows:
+        raise PlanError(f"{path}: the header and no rows: add the runs to validate against")
     return [parse_row(row, line) for line, row in enumerate(rows, start=2)]

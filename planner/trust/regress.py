@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 
 from planner.search.branch_and_bound import search
 from planner.search.space import DEFAULT_SCHEDULES, DegreeFilter
@@ -51,6 +51,16 @@ class RegressionCase(StrictModel):
     # degrees the case fixes, as ``ppplan search --ep 2,4,8`` does (``DegreeFilter``): a case that guards a kind of
     # plan (expert parallel, context parallel) keeps guarding it when another kind wins the open search
     degrees: dict[Literal["tp", "cp", "ep", "pp", "etp"], list[PositiveInt]] | None = None
+
+    @field_validator("schedules")
+    @classmethod
+    def _searched_schedules(cls, names: list[str] | None) -> list[str] | None:
+        """Names the search runs (``ppplan search --schedules``): a misspelt one would leave the case no
+        plan, and read as "no feasible plan"."""
+        for name in names or []:
+            if name not in DEFAULT_SCHEDULES:
+                raise ValueError(f"unknown schedule '{name}': choose from {', '.join(DEFAULT_SCHEDULES)}")
+        return names
 
     def degree_filter(self) -> DegreeFilter | None:
         if not self.degrees:

@@ -1,5 +1,6 @@
 """Inputs at the edges, found by a second fuzzing pass of the CLI (session 50): each was a traceback, a hang,
-or a file written before the command refused its own result."""
+or a file written before the command refused its own result. The pass's leftovers (non-standard JSON, metrics from
+another plan or logged twice, misleading messages) follow at the end (session 51)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from costmodels.rules import tp_violations
 from costmodels.schedules.torch_csv import parse_torch_csv
 from planner.cli.main import run
+from planner.cli.render import finite_json
 from planner.trust.error_bands import write_tables
 from planner.trust.published_runs import expert_imbalance_of
 from planner.trust.regress import DEFAULT_SUITE, regress
+from planner.trust.validation import DEFAULT_RUNS_CSV
 from profiles.errors import PlanError
 from profiles.files import metrics_value_problem
+from profiles.loader import load_model
 
 TINY = ["--model", "tiny-gpt", "--cluster", "dgx-h100", "--gpus", "8", "--global-batch", "16"]
 
@@ -122,3 +127,80 @@ def test_a_custom_plan_that_cannot_run_is_refused_by_every_command(tmp_path: Pat
         assert run(argv) == 2, argv
         assert message in capsys.readouterr().err, argv
     assert not (tmp_path / "job").exists()
+
+
+# --- left by the second pass, fixed in session 51 -------------------------------------------------------------------
+
+
+def _strict_json(text: str) -> object:
+    """RFC 8259 JSON: a NaN or Infinity token is an error here, as in most parsers other than Python's."""
+    def refuse(token: str) -> None:
+        raise ValueError(f"non-standard JSON token {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_holds_no_nan_or_infinity_tokens(tmp_path: Path, capsys) -> None:
+    """``validate --json`` on a runs CSV with no dense row printed ``"overall": NaN`` (a MAPE over no rows)."""
+    assert finite_json({"a": [1.0, float("nan")], "b": {"c": float("inf"), "d": -float("inf")}, "e": (2, "x")}) == \
+        {"a": [1.0, None], "b": {"c": None, "d": None}, "e": [2, "x"]}
+    header, *rows = DEFAULT_RUNS_CSV.read_text().splitlines()
+    moe_only = tmp_path / "moe.csv"
+    moe_only.write_text("\n".join([header, *[r for r in rows if "Qwen3_30B" in r][:2]]) + "\n")
+    capsys.readouterr()
+    assert run(["validate", "--runs", str(moe_only), "--json"]) == 0
+    document = _strict_json(capsys.readouterr().out)
+    assert document["mape_pct"]["overall"] is None and len(document["rows"]) == 2
+
+
+def _metrics(path: Path, lines: list[dict]) -> Path:
+    base = {"loss": 6.0, "step_time_s": 1.0, "tokens_per_s": 1.0, "peak_memory_gib": 0.1}
+    path.write_text("".join(json.dumps({**base, **line}) + "\n" for line in lines))
+    return path
+
+
+def test_metrics_from_another_plan_or_logged_twice_are_refused(tmp_path: Path, capsys) -> None:
+    """``calibrate`` took stage 9's metrics against a pp = 4 plan (``compare`` refused it), and both counted a
+    step logged twice (a log appended to itself) as two readings."""
+    plan = tmp_path / "plan.json"
+    assert run(["evaluate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "4", "--global-batch", "8", "--tp", "1",
+                "--pp", "4", "--mbs", "1", "--out", str(plan)]) == 0
+    stage9 = _metrics(tmp_path / "stage9.jsonl", [{"step": s, "rank": 9, "stage": 9} for s in range(3)])
+    twice = _metrics(tmp_path / "twice.jsonl", [{"step": s, "rank": 0, "stage": 0} for s in (0, 1, 2, 1)])
+    capsys.readouterr()
+    for argv, message in (
+        (["calibrate", str(stage9), "--plan", str(plan), "--cluster", "cpu-local"], "metrics hold pipeline stage 9 but the plan has pp=4"),
+        (["compare", str(stage9), str(plan)], "metrics hold pipeline stage 9 but the plan has pp=4"),
+        (["calibrate", str(twice), "--plan", str(plan), "--cluster", "cpu-local"], "twice.jsonl:4: step 1 of rank 0 again (first at line 2)"),
+        (["compare", str(twice), str(plan)], "twice.jsonl:4: step 1 of rank 0 again (first at line 2)"),
+    ):
+        assert run(argv) == 2, argv
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and message in err[0], (argv, err)
+
+
+def test_a_regress_case_with_a_misspelt_schedule_names_it(tmp_path: Path) -> None:
+    """It read "no feasible plan": the search had no schedule to run."""
+    case = yaml.safe_load(sorted(DEFAULT_SUITE.glob("*.yaml"))[0].read_text())
+    case["case"]["schedules"] = ["1f1b", "bogus"]
+    (tmp_path / "bogus.yaml").write_text(yaml.safe_dump(case))
+    with pytest.raises(PlanError, match=r"bogus.yaml: case.schedules: unknown schedule 'bogus': choose from 1f1b, "):
+        regress(tmp_path)
+
+
+def test_an_expert_tp_degree_that_does_not_divide_the_experts_is_named_etp() -> None:
+    """``--etp 3`` read "tp=3 does not divide moe_ffn_hidden_size"."""
+    model = load_model("mixtral-8x7b")
+    assert tp_violations(model, 2, expert_tp=3) == [
+        "etp=3 does not divide moe_ffn_hidden_size=14336 (experts are TP-sharded over etp ranks like the dense MLP)"]
+    assert tp_violations(model, 3)[-1].startswith("tp=3 does not divide moe_ffn_hidden_size=14336")
+
+
+def test_a_runs_csv_of_a_header_only_says_it_holds_no_rows(tmp_path: Path, capsys) -> None:
+    """It read "missing columns source_id, run, ..." (validate) and "no runs to calibrate from" (calibrate)."""
+    (tmp_path / "published.csv").write_text(DEFAULT_RUNS_CSV.read_text().splitlines()[0] + "\n")
+    (tmp_path / "runs.csv").write_text("run,model,global_batch,seq_len,tp,pp,dp,mbs,step_time_s\n")
+    capsys.readouterr()
+    assert run(["validate", "--runs", str(tmp_path / "published.csv")]) == 2
+    assert "published.csv: the header and no rows" in capsys.readouterr().err
+    assert run(["calibrate", str(tmp_path / "runs.csv"), "--cluster", "cpu-local"]) == 2
+    assert "runs.csv: no runs in it" in capsys.readouterr().err

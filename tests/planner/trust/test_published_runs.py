@@ -298,7 +298,8 @@ def test_notes_the_cost_model_does_not_price_become_assumptions() -> None:
     assert isinstance(row, PublishedRow)
     assert any(a.startswith("bitsandbytes 8-bit Adam states") for a in row.assumptions)
     # offload is priced now, and Megatron-Core runs it without a pipeline only: such a row is a listed skip
-    offload_in_pipeline = parse_row({**ZB_ROW, "notes": "activation CPU offload 40 layers (recipe)"})
+    offload_in_pipeline = parse_row({**ZB_ROW, "source_id": "nemo-perf-25.09",  # Megatron-Core, which offloads
+                                     "notes": "activation CPU offload 20 layers (recipe)"})
     assert isinstance(offload_in_pipeline, SkippedRow) and "pipeline" in offload_in_pipeline.reason
 
 
@@ -570,14 +571,18 @@ def test_a_row_without_the_alltoall_dispatchers_host_sync_is_priced_without_the_
 def test_a_row_that_offloads_activations_is_priced_offloading_them() -> None:
     """Notes saying 'activation CPU offload N layers' (Megatron-Bridge's cpu_offloading_num_layers) price the row with
     ``offload_layers`` N (``costmodels.offload``); a row without them offloads nothing."""
-    row = parse_row({**ZB_ROW, "pp": "1", "dp": "8", "n_gpus": "8", "schedule": "1f1b", "recompute": "none", "zero": "1",
-                     "notes": "Megatron-FSDP; activation CPU offload 20 layers (recipe)"})
+    bridge = {**ZB_ROW, "source_id": "nemo-perf-25.09", "pp": "1", "dp": "8", "n_gpus": "8", "schedule": "1f1b",
+              "recompute": "none", "zero": "1"}  # Megatron-Bridge's recipes offload, on Megatron-Core
+    row = parse_row({**bridge, "notes": "Megatron-FSDP; activation CPU offload 20 layers (recipe)"})
     assert isinstance(row, PublishedRow), row
     assert row.config.offload_layers == 20
     plain = parse_row({**ZB_ROW, "pp": "1", "dp": "8", "n_gpus": "8", "schedule": "1f1b", "recompute": "none", "zero": "1",
                        "notes": "Megatron-FSDP"})
     assert isinstance(plain, PublishedRow), plain
     assert plain.config.offload_layers == 0
+    # more layers than the model has: a listed skip, by the rule evaluate applies (costmodels.rules.offload_violations)
+    too_many = parse_row({**bridge, "notes": "Megatron-FSDP; activation CPU offload 999 layers (recipe)"})
+    assert isinstance(too_many, SkippedRow) and f"offload_layers 999: at most {int(ZB_ROW['layers']) - 1}" in too_many.reason
 
 
 def test_megatron_pipeline_layout_strings_expand_to_their_stages() -> None:
