@@ -26,10 +26,12 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from costmodels.comm import bandwidth_bytes_per_s
 from costmodels.operators import FlashAttention, Gemm, MemoryBound, Operator
 from profiles.errors import PlanError
-from profiles.schema import ClusterSpec
+from profiles.schema import ClusterSpec, Precision
 
 FP8_GEMM_PRECISION = "fp8"
 # fp8 GEMMs' efficiency (on the fp8 peak) over bf16 GEMMs' (on the bf16 peak): cuBLAS 12.9's FP8 matmuls
@@ -45,7 +47,7 @@ def peak_flops(cluster: ClusterSpec, precision: str) -> float:
     """Dense peak in FLOP/s for ``precision``; fp8 GEMMs use the fp8 peak (Transformer Engine)."""
     value = getattr(cluster.gpu.peak_tflops, precision)
     if value is None:
-        listed = [k for k, v in cluster.gpu.peak_tflops.model_dump().items() if v]
+        listed = [k for k, v in cluster.gpu.peak_tflops.model_dump().items() if v and k in get_args(Precision)]
         raise PlanError(f"cluster '{cluster.name}' has no {precision} peak; use --precision {'|'.join(listed)}")
     return value * 1e12
 

@@ -335,9 +335,18 @@ def size_violations(num_stages: int, num_microbatches: int) -> list[str]:
     return []
 
 
+def position_violations(model: ModelSpec, train: TrainSpec) -> list[str]:
+    """A model with a learned position table (GPT-2, OPT, MPT without ALiBi) has no embedding for positions past
+    its ``seq_len``: the runtime's lookup would index outside the table."""
+    if train.seq_len > model.seq_len and model.position_embedding == "learned":
+        return [f"seq_len {train.seq_len} exceeds the model's {model.seq_len} learned positions: lower --seq-len"]
+    return []
+
+
 def structural_violations(model: ModelSpec, train: TrainSpec, gpus: int, cfg: ParallelConfig) -> list[str]:
-    """The rules of any stack: degrees, batch, stages and the schedule's own shape (registry)."""
-    problems = _degree_violations(model, train, gpus, cfg) + expert_context_violations(model, train, cfg)
+    """The rules of any stack: positions, degrees, batch, stages and the schedule's own shape (registry)."""
+    problems = position_violations(model, train)
+    problems += _degree_violations(model, train, gpus, cfg) + expert_context_violations(model, train, cfg)
     problems += _stage_violations(model, cfg)
     problems += size_violations(cfg.num_stages, cfg.num_microbatches)
     if cfg.pp == 1 and cfg.schedule not in {"1f1b", "gpipe"}:
@@ -403,7 +412,4 @@ def check_plan(plan: Plan, stack: StackSpec) -> None:
     all check before they use a plan (``PlanError`` with the first problem)."""
     check_config(plan.model, plan.train, plan.config.world_size, plan.config, stack)
     check_custom_schedule(plan.config)
-    if plan.train.seq_len > plan.model.seq_len and plan.model.position_embedding == "learned":
-        raise PlanError(
-            f"seq_len {plan.train.seq_len} exceeds the model's {plan.model.seq_len} learned positions: lower --seq-len"
-        )
+

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from costmodels.communicators import outside_allocator_gib
 from profiles.errors import PlanError
-from profiles.files import metrics_stage_problem, read_metrics_jsonl
+from profiles.files import metrics_plan_problem, read_metrics_jsonl
 from profiles.schema import Plan
 
 REQUIRED_KEYS = ("step", "rank", "stage", "loss", "step_time_s", "peak_memory_gib")
@@ -63,7 +63,7 @@ def measured_step_time_s(times_s: list[float]) -> float:
 
 def compare(records: list[dict], plan: Plan) -> list[StageComparison]:
     """One row per pipeline stage present in ``records``, in stage order."""
-    problem = metrics_stage_problem(records, plan.config.pp)
+    problem = metrics_plan_problem(records, plan.config.pp, plan.config.world_size)
     if problem:
         raise PlanError(f"{problem}: compare with the plan that was launched")
     predicted_memory = measurable_peak_memory_gib(plan)

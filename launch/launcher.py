@@ -69,11 +69,18 @@ def check_plan(plan: Plan, schedule_csv: Path | None = None) -> None:
     """The runtime rules of ppplan's own stack (``costmodels.rules``, ``ppplan-torch``);
     ``PlanError`` says how to fix it."""
     if plan.config.stack != DEFAULT_STACK:
+        emit = load_stack(plan.config.stack).emit  # none: ppplan writes no job for it; ppplan: a copy of ppplan-torch
+        way = f"emit it with --emit {emit}, or " if emit not in ("none", "ppplan") else ""
         raise PlanError(
-            f"the plan is for stack '{plan.config.stack}'; ppplan launch runs '{DEFAULT_STACK}' plans: emit it with "
-            f"--emit {load_stack(plan.config.stack).emit}, or re-plan with --stack {DEFAULT_STACK}"
+            f"the plan is for stack '{plan.config.stack}'; ppplan launch runs '{DEFAULT_STACK}' plans: "
+            f"{way}re-plan with --stack {DEFAULT_STACK}"
         )
     check_plan_rules(plan, load_stack(DEFAULT_STACK))
+    check_schedule_csv(plan, schedule_csv)
+
+
+def check_schedule_csv(plan: Plan, schedule_csv: Path | None) -> None:
+    """``--schedule-csv`` gives a 'custom' plan its action list (and only such a plan): it must be this plan's."""
     if schedule_csv is not None and plan.config.schedule != "custom":
         raise PlanError(f"--schedule-csv is for a 'custom' plan; this plan runs '{plan.config.schedule}': drop --schedule-csv")
     if plan.config.schedule == "custom":

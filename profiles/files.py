@@ -270,12 +270,14 @@ def extra_fields_problem(row: dict) -> str | None:
     return f"{len(extra)} field(s) beyond the header's columns (an unquoted comma?)" if extra else None
 
 
-def metrics_stage_problem(records: list[dict], pp: int) -> str | None:
-    """A pipeline stage the metrics name that a plan of ``pp`` stages does not have (None when every stage
-    is one of the plan's): the metrics come from another plan than the one given."""
-    outside = sorted({r["stage"] for r in records if "stage" in r and not 0 <= r["stage"] < pp})
-    if outside:
-        return f"metrics hold pipeline stage {outside[0]} but the plan has pp={pp}"
+def metrics_plan_problem(records: list[dict], pp: int, world_size: int) -> str | None:
+    """A pipeline stage or a rank the metrics name that a plan of ``pp`` stages on ``world_size`` ranks does not
+    have (None when every one is the plan's): the metrics come from another plan than the one given."""
+    for key, count, what in (("stage", pp, "pipeline stage"), ("rank", world_size, "rank")):
+        outside = sorted({r[key] for r in records if key in r and not 0 <= r[key] < count})
+        if outside:
+            size = f"pp={pp}" if key == "stage" else f"{world_size} ranks"
+            return f"metrics hold {what} {outside[0]} but the plan has {size}"
     return None
 
 

@@ -181,7 +181,13 @@ def load_stack(spec: str = DEFAULT_STACK) -> StackSpec:
     path = Path(spec)
     if path.suffix not in {".yaml", ".yml", ".json"} and not (PRESET_DIR / "stacks" / f"{spec}.yaml").is_file():
         raise PlanError(f"unknown stack '{spec}': use one of {', '.join(preset_names('stacks'))} (or a stack YAML file)")
-    return validate_as(StackSpec, read_document(_resolve("stacks", spec)), str(_resolve("stacks", spec)))
+    stack = validate_as(StackSpec, read_document(_resolve("stacks", spec)), str(_resolve("stacks", spec)))
+    preset = PRESET_DIR / "stacks" / f"{stack.name}.yaml"
+    if path.suffix in {".yaml", ".yml", ".json"} and preset.is_file() and stack != load_stack(stack.name):
+        # a plan names its stack, and every later command (explain, simulate, launch) checks it against that preset
+        raise PlanError(f"{spec}: name '{stack.name}' is a shipped stack preset, and this file differs from it: "
+                        "give your stack a name of its own")
+    return stack
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -196,7 +202,7 @@ def read_profile(path: str | Path) -> ProfileFile:
     if isinstance(data, dict) and "measurements" in data and "layers" not in data:
         raise PlanError(f"{path} is a communication profile (ppplan profile-comm); pass it as --comm-profile")
     if isinstance(data, dict) and data.get("schema_version", PROFILE_SCHEMA_VERSION) != PROFILE_SCHEMA_VERSION:
-        raise PlanError(f"{path}: schema_version {data['schema_version']}, this ppplan reads {PROFILE_SCHEMA_VERSION}: re-run ppplan profile")
+        raise PlanError(f"{path}: schema_version {data['schema_version']!r}, this ppplan reads {PROFILE_SCHEMA_VERSION}: re-run ppplan profile")
     profile = validate_as(ProfileFile, data, str(path))
     if not profile.layers:
         raise PlanError(f"{path}: the profile has no layer measurements")
@@ -210,5 +216,5 @@ def read_comm_profile(path: str | Path) -> CommProfile:
     if isinstance(data, dict) and "layers" in data and "measurements" not in data:
         raise PlanError(f"{path} is a layer profile (ppplan profile); pass it as --profile")
     if isinstance(data, dict) and data.get("schema_version", COMM_PROFILE_SCHEMA_VERSION) != COMM_PROFILE_SCHEMA_VERSION:
-        raise PlanError(f"{path}: schema_version {data['schema_version']}, this ppplan reads {COMM_PROFILE_SCHEMA_VERSION}: re-run ppplan profile-comm")
+        raise PlanError(f"{path}: schema_version {data['schema_version']!r}, this ppplan reads {COMM_PROFILE_SCHEMA_VERSION}: re-run ppplan profile-comm")
     return validate_as(CommProfile, data, str(path))

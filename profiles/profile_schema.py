@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Annotated, Literal, get_args
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, model_validator
 
 from profiles.limits import (
     MAX_ACTION_TIME_S,
@@ -147,8 +147,12 @@ class LayerProfile(StrictModel):
 class TimeSharePoint(StrictModel):
     """One point of the time-sharing measurement (``launch/profiler/timeshare.py``)."""
 
-    processes_per_core: PositiveFloat
-    efficiency: PositiveFloat = Field(description="total throughput over that of one process per core")
+    processes_per_core: float = Field(gt=0.0, le=MAX_GPUS, allow_inf_nan=False)
+    efficiency: float = Field(
+        ge=1e-3, le=100.0, allow_inf_nan=False,
+        description="total throughput over that of one process per core; below a thousandth the workload did not run "
+        "(and the times it divides would overflow)",
+    )
 
 
 class CrowdedPipelinePoint(StrictModel):
@@ -224,6 +228,19 @@ class ProfileFile(StrictModel):
     approximation: list[str] = Field(default_factory=list, description="how the measurement differs from what runs")
     layers: list[LayerProfile]
     runtime: RuntimeMeasurement | None = Field(default=None, description="the runtime's own costs around the layers")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ProfileFile":
+        """What a profile is matched on must describe its own measurements: the shape hash is its model block's
+        (``model_shape_hash``), and every layer was timed in the profile's precision."""
+        if self.model_shape_hash != model_shape_hash(self.model):
+            raise ValueError(f"model_shape_hash {self.model_shape_hash} is not the hash of the profile's model block "
+                             f"({model_shape_hash(self.model)}): the file was edited; re-run ppplan profile")
+        other = next((layer for layer in self.layers if layer.precision != self.precision), None)
+        if other is not None:
+            raise ValueError(f"a {other.kind} layer was timed in {other.precision} in a {self.precision} profile: "
+                             "re-run ppplan profile")
+        return self
 
 
 class CollectiveMeasurement(StrictModel):

@@ -565,9 +565,15 @@ class Estimate(StrictModel):
         a hand-written plan may give only the peaks)."""
         if self.step_time_s <= 0:
             raise ValueError(f"step_time_s must be positive, got {self.step_time_s}")
-        for name in ("tokens_per_s", "model_tflops_per_gpu", "hw_tflops_per_gpu", "mfu", "hfu", "memory_limit_gib"):
+        for name in ("tokens_per_s", "model_tflops_per_gpu", "hw_tflops_per_gpu", "mfu", "hfu"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.memory_limit_gib <= 0:  # the share of it each rank needs is a division by it
+            raise ValueError(f"memory_limit_gib must be positive, got {self.memory_limit_gib}")
+        if self.peak_memory_gib and self.fits != (max(self.peak_memory_gib) <= self.memory_limit_gib):
+            raise ValueError(f"fits is {str(self.fits).lower()} but the largest peak, {max(self.peak_memory_gib):g} GiB, is "
+                             f"{'above' if self.fits else 'within'} memory_limit_gib {self.memory_limit_gib:g}: the estimate "
+                             "contradicts itself (re-price the plan with ppplan evaluate)")
         if not 0 <= self.bubble_fraction <= 1:
             raise ValueError(f"bubble_fraction must be within [0, 1], got {self.bubble_fraction}")
         if self.memory_breakdown_gib and len(self.memory_breakdown_gib) != len(self.peak_memory_gib):

@@ -9,11 +9,18 @@ citing the framework version its facts were read from.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, model_validator
+from pydantic import Field, model_validator
 
-from profiles.schema import Name, Precision, RecomputeKind, ScheduleName, StrictModel
+from profiles.limits import MAX_ACTION_TIME_S, MAX_GPUS, MAX_LAYERS
+from profiles.schema import Name, Precision, RecomputeKind, ScheduleName, StrictModel, count
+
+# a bucket of more parameters than any model has (10^13) is one bucket: the cap keeps the figure a float can hold
+MAX_BUCKET_PARAMS = 10**13
+BucketParams = Annotated[int, Field(gt=0, le=MAX_BUCKET_PARAMS)]
+# host seconds per action or operator: at most a day, as an action's time in `ppplan simulate`
+HostSeconds = Annotated[float, Field(ge=0.0, le=MAX_ACTION_TIME_S, allow_inf_nan=False)]
 
 EmitTarget = Literal["ppplan", "megatron", "torchtitan", "none"]
 FSDP2_EMIT_TARGETS = ("ppplan", "torchtitan")  # the runtimes whose ZeRO-3 is FSDP2's fully_shard
@@ -183,9 +190,9 @@ class StackOverlap(StrictModel):
         "bucket exposed; after_backward: each stage's once its backward is done (torch's REDUCE_GRAD); "
         "after_schedule: all of a rank's once its whole schedule is done (Megatron-LM 2021, DeepSpeed)"
     )
-    dp_bucket_params: PositiveInt = 40_000_000
-    dp_bucket_params_per_dp_rank: NonNegativeInt = Field(
-        default=0, description="buckets grow to at least this many parameters per data-parallel rank "
+    dp_bucket_params: BucketParams = 40_000_000
+    dp_bucket_params_per_dp_rank: int = Field(
+        default=0, ge=0, le=MAX_BUCKET_PARAMS, description="buckets grow to at least this many parameters per data-parallel rank "
         "(Megatron-Core: max(40M, 1M x dp x cp))",
     )
     dp_later_chunks_one_bucket: bool = Field(
@@ -233,7 +240,7 @@ class StackOverlap(StrictModel):
         "the overlap is the schedule combined-1f1b (costmodels.schedules.registry), which only merges the passes "
         "that have a partner",
     )
-    host_overhead_per_action_s: NonNegativeFloat = 0.0
+    host_overhead_per_action_s: HostSeconds = 0.0
     cuda_graphs: Literal["none", "per_layer", "full_iteration"] = Field(
         default="none",
         description="CUDA graphs the stack captures and replays. full_iteration: the whole step is one graph "
@@ -246,7 +253,7 @@ class StackOverlap(StrictModel):
         "than without it: profiles/calibration/README.md). Only none with an emit target: the jobs ppplan writes "
         "capture no graphs",
     )
-    moe_host_s_per_operator: NonNegativeFloat = Field(
+    moe_host_s_per_operator: HostSeconds = Field(
         default=0.0,
         description="host (CPU) seconds the framework spends per operator of a mixture-of-experts layer "
         "(costmodels.operators: one framework call, a grouped expert GEMM counted once), where the layer's token "
@@ -305,8 +312,8 @@ class StackSpec(StrictModel):
         default="torch-rounds",
         description="torch-rounds: M % max(1, M // pp) == 0 (torch); multiple-of-pp: M % pp == 0 (Megatron-LM)",
     )
-    interleaved_min_pp: PositiveInt = 2
-    max_virtual_stages: PositiveInt = 8
+    interleaved_min_pp: count(MAX_GPUS) = 2
+    max_virtual_stages: count(MAX_LAYERS) = 8
     cut_layouts: Literal["any", "first-last", "uniform"] = Field(
         default="any",
         description="any: every stage_layers; first-last: first and last rank apart, the middle ranks equal; "

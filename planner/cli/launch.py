@@ -16,7 +16,7 @@ from rich.table import Table
 from costmodels.rules import check_custom_schedule
 from launch.compare import compare, comparison_json, read_metrics
 from launch.job import JobInterrupted
-from launch.launcher import LaunchOptions, check_plan, format_command, launch_plan, torchrun_command
+from launch.launcher import LaunchOptions, check_metrics_path, check_plan, check_schedule_csv, format_command, launch_plan, torchrun_command
 from launch.progress import StepProgress
 from planner.cli.app import app, err, out, output_dir, output_option, warn
 from planner.cli.plans import load_checked_plan
@@ -33,6 +33,7 @@ def _emit(plan: Plan, target: str, out_dir: Optional[Path], opts: LaunchOptions)
     if out_dir is None:
         raise PlanError(f"--emit {target} writes files: add --out-dir DIR")
     check_custom_schedule(plan.config)  # a job is written only for an action list that runs
+    check_schedule_csv(plan, opts.schedule_csv)
     options = EmitOptions(
         nnodes=opts.nnodes,
         steps=opts.steps,
@@ -42,6 +43,16 @@ def _emit(plan: Plan, target: str, out_dir: Optional[Path], opts: LaunchOptions)
     )
     for path in emit(plan, target, out_dir, options=options, on_warning=warn):
         out.print(str(path), markup=False)
+
+
+def _check_emit_options(dry_run: bool, node_rank: int | None, master_addr: str | None) -> None:
+    """Options of a run that an emitted job takes from its own launcher (SLURM, torchrun's rendezvous on each node)
+    are bad input with ``--emit``: it would write the job and ignore them."""
+    if dry_run:
+        raise PlanError("--dry-run prints the command of a run and --emit writes a job's files: pick one")
+    for option, value in (("--node-rank", node_rank), ("--master-addr", master_addr)):
+        if value is not None:
+            raise PlanError(f"{option} is for a run on this node; an emitted job sets it on each node: drop {option}")
 
 
 def _refuse_unfit(plan: Plan, what: str) -> None:
@@ -98,6 +109,8 @@ def launch_cmd(
     """Run a plan with torchrun on the ppplan runtime (or --emit configs for other launchers)."""
     if out_dir is not None and emit is None:
         raise PlanError("--out-dir is where --emit writes its files: add --emit, or drop --out-dir")
+    if emit is not None:
+        _check_emit_options(dry_run, node_rank, master_addr)
     if emit is None and any(i is not None and i.is_file() and same_file(metrics, i) for i in (plan_path, schedule_csv)):
         raise PlanError(f"--metrics {metrics} is an input of this launch: the ranks would overwrite it; pick another file")
     plan = load_plan(plan_path)
@@ -111,9 +124,11 @@ def launch_cmd(
     if emit is not None:
         _emit(plan, emit, out_dir, opts)
         return
-    if dry_run:
+    if dry_run:  # what a run would refuse, a dry run refuses (the devices aside: it may be made on a login node)
         check_plan(plan, schedule_csv)
-        print(format_command(torchrun_command(plan, plan_path, opts)))  # plain: rich would wrap a long command
+        command = torchrun_command(plan, plan_path, opts)
+        check_metrics_path(metrics, overwrite)
+        print(format_command(command))  # plain: rich would wrap a long command
         return
 
     def on_start(argv: list[str]) -> None:

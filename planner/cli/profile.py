@@ -84,7 +84,7 @@ def profile(
     cluster: Optional[str] = typer.Option(None, "--cluster", help="the cluster this profile stands for (recorded; sets the default precision)"),
     recompute: str = typer.Option("none,selective,full", "--recompute", help="recompute kinds to time transformer layers with"),
     warmup: int = typer.Option(2, "--warmup", min=0, max=MAX_PROFILE_REPEATS, help="untimed iterations per measurement"),
-    repeats: int = typer.Option(7, "--repeats", min=1, max=MAX_PROFILE_REPEATS, help="timed iterations per measurement (median and IQR)"),
+    repeats: int = typer.Option(7, "--repeats", min=2, max=MAX_PROFILE_REPEATS, help="timed iterations per measurement (median and IQR)"),
     tp_group: bool = typer.Option(
         False, "--tp-group", help="time tp > 1 in a real TP group of processes (the runtime's DTensor plan; includes TP communication)"
     ),
@@ -119,10 +119,10 @@ def profile(
         raise PlanError(f"unknown device '{device}': use cpu or cuda")
     spec = load_model(model)
     cluster_spec = load_cluster(cluster) if cluster else None
-    tps = parse_ints(tp, "--tp") if tp else tuple(t for t in DEFAULT_TPS if not tp_violations(spec, t))
+    tps = parse_ints(tp, "--tp") if tp is not None else tuple(t for t in DEFAULT_TPS if not tp_violations(spec, t))
     settings = profiler.ProfileSettings(
         device=device, tps=tps, mbss=parse_ints(mbs, "--mbs"),
-        seq_lens=parse_ints(seq_len, "--seq-len") if seq_len else (),
+        seq_lens=parse_ints(seq_len, "--seq-len") if seq_len is not None else (),
         recomputes=tuple(comma_list(recompute, "--recompute")),
         precision=precision or _default_precision(device, cluster_spec),
         warmup=warmup, repeats=repeats, num_threads=threads, tp_group=tp_group, sequence_parallel=sequence_parallel,

@@ -14,7 +14,7 @@ from costmodels.estimate import estimate
 from costmodels.layer_costs import LayerTimes
 from costmodels.layout import default_split, end_stage_floors, min_layers_for
 from costmodels.profile_times import layer_times_for
-from costmodels.rules import check_config, precision_violations
+from costmodels.rules import check_config, position_violations, precision_violations
 from planner.cli.app import app, comma_list, err, note, out, output_option, small_int, warn
 from planner.cli.render import json_document, memory_table, plan_json, plans_table, sig3
 from planner.search.branch_and_bound import Scored, SearchResult, search
@@ -81,7 +81,11 @@ def resolve_train(
         seq_len = min(HF_DEFAULT_SEQ_LEN, model.seq_len)
         note(f"assuming --seq-len {seq_len} = min({HF_DEFAULT_SEQ_LEN}, max_position_embeddings {model.seq_len}) "
              "for a Hugging Face config; pass --seq-len to choose")
-    return TrainSpec(global_batch=global_batch, seq_len=seq_len or model.seq_len, precision=precision)
+    train = TrainSpec(global_batch=global_batch, seq_len=seq_len or model.seq_len, precision=precision)
+    problems = position_violations(model, train)
+    if problems:
+        raise PlanError(problems[0])
+    return train
 
 
 def load_layers(profile: Optional[Path], comm_profile: Optional[Path], model: ModelSpec, cluster: ClusterSpec,
@@ -94,7 +98,7 @@ def load_layers(profile: Optional[Path], comm_profile: Optional[Path], model: Mo
     return layer_times_for(measured, comm, model, cluster, train, allow_mismatch, warn=warn, stack=stack)
 
 
-def _parse_schedules(text: str | None) -> tuple[str, ...]:
+def parse_schedules(text: str | None) -> tuple[str, ...]:
     if text is None:
         return DEFAULT_SCHEDULES
     names = tuple(comma_list(text, "--schedules"))
@@ -179,7 +183,7 @@ def search_cmd(
     degrees = _parse_degrees(tp=tp, pp=pp, cp=cp, ep=ep, etp=etp)
     model_spec, cluster_spec, stack_spec = load_model(model), load_cluster(cluster), load_stack(stack)
     train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision, stack_spec, is_hf_config(model))
-    names = _parse_schedules(schedules)
+    names = parse_schedules(schedules)
     layers = load_layers(profile, comm_profile, model_spec, cluster_spec, train, allow_mismatch, stack_spec)
     with _progress() as bar:
         task = bar.add_task("search", total=None)
@@ -258,7 +262,9 @@ def _parse_recompute(text: str, stages: int) -> str | list[str]:
 
 
 def _parse_stage_layers(text: str | None, num_layers: int, stages: int) -> list[int]:
-    if not text:
+    if text is not None and not text.strip():
+        raise PlanError("--stage-layers '' is empty: give layers per virtual stage (e.g. 5,6,6,5), or drop it for a uniform split")
+    if text is None:
         split = default_split(num_layers, stages)
         if split is None:
             raise PlanError(f"{num_layers} layers cannot fill pp*v = {stages} stages (at least {min_layers_for(stages)}: "

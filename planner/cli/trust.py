@@ -25,7 +25,7 @@ from launch.progress import StepProgress
 from planner.cli.app import app, comma_list, err, out, output_dir, output_option, warn
 from planner.cli.launch import progress_line
 from planner.cli.render import json_document, plan_json
-from planner.cli.search import BatchOpt, ClusterOpt, GpusOpt, ModelOpt, PrecisionOpt, SeqOpt, StackOpt, resolve_train
+from planner.cli.search import BatchOpt, ClusterOpt, GpusOpt, ModelOpt, PrecisionOpt, SeqOpt, StackOpt, parse_schedules, resolve_train
 from planner.trust.accuracy import error_pct
 from planner.trust.calibration import FIT_TERMS, TERM_BOUNDS, CalibrationReport, calibrate_runs, with_efficiency
 from planner.trust.calibration_io import cluster_yaml, read_runs
@@ -243,12 +243,11 @@ def tune(
     cluster_out = cluster_out or Path(re.sub(r"[^\w.-]", "_", cluster_spec.name).lstrip(".") + "-calibrated.yaml")
     check_outputs(out_path, cluster_out, inputs=(model, cluster, stack))
     train = resolve_train(model_spec, cluster_spec, global_batch, seq_len, precision, stack_spec)
-    names = tuple(comma_list(schedules, "--schedules")) if schedules is not None else None
+    names = parse_schedules(schedules) if schedules is not None else None
     with tempfile.TemporaryDirectory(prefix="ppplan-tune-") as tmp:
         work = metrics_dir or Path(tmp)
         if metrics_dir is not None:
-            check_out_dir(metrics_dir, "--metrics-dir")
-            metrics_dir.mkdir(parents=True, exist_ok=True)
+            check_out_dir(metrics_dir, "--metrics-dir")  # made by the tune once every trial's checks passed
 
         def on_trial(index: int, total: int, plan: Plan) -> None:
             c = plan.config

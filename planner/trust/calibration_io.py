@@ -35,13 +35,13 @@ import yaml
 
 from costmodels.compute import default_precision
 from costmodels.layout import uniform_split
-from costmodels.rules import structural_violations
+from costmodels.rules import check_plan, structural_violations
 from planner.trust.calibration import MeasuredRun
 from profiles.errors import PlanError
-from profiles.files import extra_fields_problem, metrics_stage_problem, read_metrics_jsonl, read_text, unreadable_value
+from profiles.files import extra_fields_problem, metrics_plan_problem, read_metrics_jsonl, read_text, unreadable_value
 from profiles.hf_config import _first_error
-from profiles.loader import load_model, read_document, validate_as
-from profiles.schema import ClusterSpec, ParallelConfig, Plan, TrainSpec
+from profiles.loader import load_model, load_plan, load_stack
+from profiles.schema import ClusterSpec, ParallelConfig, TrainSpec
 
 CSV_REQUIRED = ("run", "model", "global_batch", "seq_len", "tp", "pp", "dp", "mbs", "step_time_s")
 TRUE_WORDS = frozenset({"1", "true", "yes", "y"})
@@ -64,17 +64,21 @@ def measured_step_time_s(records: list[dict]) -> float:
 def metrics_run(path: Path, plan_path: Path, cluster: ClusterSpec) -> tuple[MeasuredRun, list[str]]:
     """One launch run: its metrics file and the plan it ran."""
     records = read_metrics_lines(path)
-    plan = validate_as(Plan, read_document(plan_path), str(plan_path))
-    problem = metrics_stage_problem(records, plan.config.pp)
+    plan = load_plan(plan_path)
+    check_plan(plan, load_stack(plan.config.stack))  # the rules compare, explain and launch apply
+    problem = metrics_plan_problem(records, plan.config.pp, plan.config.world_size)
     if problem:
         raise PlanError(f"{path}: {problem} ({plan_path}): give the plan that was launched")
     warnings = []
     if plan.cluster.name != cluster.name:
         warnings.append(f"{path}: plan was made for cluster '{plan.cluster.name}', fitted as '{cluster.name}'")
     memory = [float(r["peak_memory_gib"]) for r in records if r.get("peak_memory_gib") is not None]
+    step_time_s = measured_step_time_s(records)
+    if step_time_s <= 0:
+        raise PlanError(f"{path}: the median step time is {step_time_s:g} s: a step takes time (are these metrics a run's?)")
     run = MeasuredRun(
         run=path.stem, group=path.stem, model=plan.model, cluster=cluster, train=plan.train,
-        config=plan.config, step_time_s=measured_step_time_s(records),
+        config=plan.config, step_time_s=step_time_s,
         peak_memory_gib=max(memory) if memory else None,
     )
     return run, warnings
@@ -156,6 +160,9 @@ def csv_runs(path: Path, cluster: ClusterSpec) -> tuple[list[MeasuredRun], list[
 
 def read_runs(paths: list[Path], plans: list[Path], cluster: ClusterSpec) -> tuple[list[MeasuredRun], list[str]]:
     """Every run in ``paths`` (CSV files, or metrics JSONL files paired with ``plans``)."""
+    folder = next((p for p in paths if p.is_dir()), None)
+    if folder is not None:
+        raise PlanError(f"{folder} is a directory: give the runs CSV or metrics JSONL files in it")
     metrics = [p for p in paths if p.suffix.lower() != ".csv"]
     if metrics and len(plans) not in (1, len(metrics)):
         raise PlanError(f"{len(metrics)} metrics file(s) need one --plan for all or one --plan each (got {len(plans)})")

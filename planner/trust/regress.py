@@ -27,7 +27,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 from planner.search.branch_and_bound import search
 from planner.search.space import DEFAULT_SCHEDULES, DegreeFilter
 from planner.trust.processes import process_map, usable_cores
-from profiles.errors import PlanError
+from profiles.errors import InfeasibleError, PlanError
 from profiles.files import write_atomic
 from profiles.loader import DEFAULT_STACK, REGRESSION_DIR, load_cluster, load_model, load_stack, read_document, validate_as
 from profiles.schema import Estimate, ParallelConfig, Precision, StrictModel, TrainSpec
@@ -82,6 +82,14 @@ class Golden(StrictModel):
     mfu: PositiveFloat
     peak_memory_gib: list[PositiveFloat]
 
+    @field_validator("config")
+    @classmethod
+    def _a_configuration(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """A configuration as ``ParallelConfig`` reads it (a misspelt key or a string degree is a bad case file,
+        not a regression); kept as written, since the comparison is key by key."""
+        ParallelConfig.model_validate(config)
+        return config
+
 
 class RegressionFile(StrictModel):
     case: RegressionCase
@@ -119,8 +127,16 @@ def run_case(case: RegressionCase) -> Golden:
     schedules = tuple(case.schedules) if case.schedules else DEFAULT_SCHEDULES
     result = search(model, cluster, train, case.gpus, top_k=1, schedules=schedules, stack=load_stack(case.stack or DEFAULT_STACK),
                     degrees=case.degree_filter())
-    if not result.best:
-        raise PlanError(f"case {case.name}: no feasible plan")
+    if not result.best:  # well-formed but infeasible (DESIGN.md: exit 1 with the closest plan and why)
+        closest = result.closest
+        if closest is None:
+            raise InfeasibleError(f"case {case.name}: no legal configuration of {model.name} on {case.gpus} GPUs with "
+                                  f"global batch {case.global_batch}")
+        est = closest.estimate
+        worst = max(est.peak_memory_gib)
+        raise InfeasibleError(f"case {case.name}: no plan fits in {est.memory_limit_gib:.3g} GiB per GPU; closest: "
+                              f"{closest.candidate.label()} needs {worst:.3g} GiB on pipeline rank "
+                              f"{est.peak_memory_gib.index(worst)}")
     best = result.best[0]
     return golden_of(best.config, best.estimate)
 
@@ -192,8 +208,8 @@ def regress_file(path: Path, update: bool) -> CaseResult:
     start = time.perf_counter()
     try:
         current = run_case(doc.case)
-    except PlanError as exc:  # name the case: the suite runs many
-        raise PlanError(f"{path}: {exc}") from None
+    except (PlanError, InfeasibleError) as exc:  # name the case: the suite runs many
+        raise type(exc)(f"{path}: {exc}") from None
     seconds = time.perf_counter() - start
     result = CaseResult(doc.case.name, path, "pass", golden=doc.golden, current=current, seconds=seconds)
     if doc.golden is None:

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from costmodels.estimate import estimate
-from launch.launcher import LaunchOptions, launch_plan
+from launch.launcher import LaunchOptions, launch_plan, prepare_launch
 from launch.progress import StepProgress
 from planner.search.branch_and_bound import search
 from planner.trust.calibration import FIT_TERMS, CalibrationReport, MeasuredRun, calibrate_runs, with_efficiency
 from planner.trust.calibration_io import measured_step_time_s, read_metrics_lines
-from profiles.errors import InfeasibleError
+from profiles.errors import InfeasibleError, PlanError
 from profiles.files import write_atomic
 from profiles.schema import ClusterSpec, ModelSpec, Plan, TrainSpec
 from profiles.stack_schema import StackSpec
@@ -83,11 +83,28 @@ class TuneOptions:
     on_step: Callable[[StepProgress], None] | None = None
 
 
-def _run_trial(index: int, plan: Plan, opts: TuneOptions) -> Trial:
+def _trial_files(index: int, opts: TuneOptions) -> tuple[Path, LaunchOptions]:
+    """Where trial ``index`` keeps its plan, and the launch options that write its metrics beside it."""
     plan_path, metrics_path = opts.work_dir / f"trial{index}.json", opts.work_dir / f"trial{index}.jsonl"
+    return plan_path, LaunchOptions(steps=opts.steps, metrics=metrics_path, overwrite=opts.overwrite)
+
+
+def _preflight(plans: list[Plan], opts: TuneOptions) -> None:
+    """Every check a trial's launch makes (the stack, the rules, the devices, the metrics file), and that no trial's
+    plan file would replace one already there without ``overwrite``, for all trials before the first writes or
+    starts anything: a tune that cannot run leaves the folder as it was (``PlanError``, exit 2)."""
+    for index, plan in enumerate(plans):
+        plan_path, launch = _trial_files(index, opts)
+        if plan_path.exists() and not opts.overwrite:
+            raise PlanError(f"{plan_path} exists: pass --overwrite to replace it, or pick another --metrics-dir")
+        prepare_launch(plan, plan_path, launch)
+
+
+def _run_trial(index: int, plan: Plan, opts: TuneOptions) -> Trial:
+    plan_path, launch = _trial_files(index, opts)
+    metrics_path = launch.metrics
     write_atomic(plan_path, plan.model_dump_json(indent=1) + "\n")
-    result = launch_plan(plan, plan_path, LaunchOptions(steps=opts.steps, metrics=metrics_path, overwrite=opts.overwrite),
-                         on_step=opts.on_step)  # fmt: skip
+    result = launch_plan(plan, plan_path, launch, on_step=opts.on_step)
     if result.returncode:
         return Trial(index, plan, plan_path, metrics_path, None, None, result.failure)
     records = read_metrics_lines(metrics_path)
@@ -109,6 +126,8 @@ def tune(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, gpus: int, op
     if not found.best:
         raise InfeasibleError("no plan fits: nothing to tune (ppplan search shows the closest plan and why)")
     plans = [Plan(model=model, cluster=cluster, train=train, config=s.config, estimate=s.estimate) for s in found.best]
+    _preflight(plans, opts)
+    opts.work_dir.mkdir(parents=True, exist_ok=True)
     trials = []
     for index, plan in enumerate(plans):
         if opts.on_trial:

@@ -45,11 +45,11 @@ CPU = HardwareFingerprint(device_kind="cpu", device_name="cpu", torch_version="2
 MS = 1e-3
 
 
-def _entry(kind, tp, mbs, recompute="none", seq_len=128, f=1.0, b=2.0, w=1.5, bw=None, act=1000):
+def _entry(kind, tp, mbs, recompute="none", seq_len=128, f=1.0, b=2.0, w=1.5, bw=None, act=1000, precision="fp32"):
     """Times in ms that scale linearly with tokens and as 1/tp (a perfectly efficient layer)."""
     scale = mbs * seq_len / 128 / tp
     return LayerProfile(
-        kind=kind, tp=tp, mbs=mbs, seq_len=seq_len, recompute=recompute, precision="fp32",
+        kind=kind, tp=tp, mbs=mbs, seq_len=seq_len, recompute=recompute, precision=precision,
         forward_s=f * scale * MS, forward_iqr_s=0.0, backward_input_s=b * scale * MS, backward_input_iqr_s=0.0,
         backward_weight_s=w * scale * MS, backward_weight_iqr_s=0.0,
         backward_s=(bw if bw is not None else b + w) * scale * MS, backward_iqr_s=0.0,
@@ -62,12 +62,12 @@ def _profile(model_name="tiny-gpt", tps=(1, 2), mbss=(1, 4), hardware=CPU, preci
     layers = []
     for tp in tps:
         for mbs in mbss:
-            layers.append(_entry("embedding", tp, mbs, b=0.0, w=0.2, f=0.1))
-            layers.append(_entry("transformer", tp, mbs))
-            layers.append(_entry("transformer", tp, mbs, "selective", b=2.5))
+            layers.append(_entry("embedding", tp, mbs, b=0.0, w=0.2, f=0.1, precision=precision))
+            layers.append(_entry("transformer", tp, mbs, precision=precision))
+            layers.append(_entry("transformer", tp, mbs, "selective", b=2.5, precision=precision))
             # split W re-runs the forward per parameter group; unsplit backward = recompute + B + W
-            layers.append(_entry("transformer", tp, mbs, "full", b=3.0, w=9.0, bw=4.5))
-            layers.append(_entry("head", tp, mbs, f=0.5, b=0.6, w=0.4))
+            layers.append(_entry("transformer", tp, mbs, "full", b=3.0, w=9.0, bw=4.5, precision=precision))
+            layers.append(_entry("head", tp, mbs, f=0.5, b=0.6, w=0.4, precision=precision))
     return ProfileFile(
         model=model, model_shape_hash=model_shape_hash(model), precision=precision, hardware=hardware,
         warmup_iterations=1, layers=layers,

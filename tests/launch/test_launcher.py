@@ -89,7 +89,7 @@ def _metrics_lines(path: Path) -> Path:
     rows = []
     for stage, times in ((0, [0.9, 0.2, 0.4, 0.3]), (1, [1.0, 0.25, 0.5, 0.25])):
         for step, t in enumerate(times):
-            rows.append({"step": step, "rank": 2 * stage, "stage": stage, "loss": 7.0 - step if stage == 1 else None,
+            rows.append({"step": step, "rank": stage, "stage": stage, "loss": 7.0 - step if stage == 1 else None,
                          "step_time_s": t, "tokens_per_s": 1.0, "peak_memory_gib": 0.1 * (stage + 1) + 0.01 * step,
                          "predicted_step_time_s": 0.3, "predicted_peak_memory_gib": 0.25})  # fmt: skip
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

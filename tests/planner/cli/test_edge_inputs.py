@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from costmodels.rules import tp_violations
 from costmodels.schedules.torch_csv import parse_torch_csv
@@ -18,9 +19,11 @@ from planner.trust.error_bands import write_tables
 from planner.trust.published_runs import expert_imbalance_of
 from planner.trust.regress import DEFAULT_SUITE, regress
 from planner.trust.validation import DEFAULT_RUNS_CSV
-from profiles.errors import PlanError
+from profiles.errors import InfeasibleError, PlanError
 from profiles.files import metrics_value_problem
-from profiles.loader import load_model
+from profiles.loader import PRESET_DIR, load_model
+from profiles.profile_schema import TimeSharePoint
+from tests.costmodels.test_profile_times import _profile
 
 TINY = ["--model", "tiny-gpt", "--cluster", "dgx-h100", "--gpus", "8", "--global-batch", "16"]
 
@@ -204,3 +207,170 @@ def test_a_runs_csv_of_a_header_only_says_it_holds_no_rows(tmp_path: Path, capsy
     assert "published.csv: the header and no rows" in capsys.readouterr().err
     assert run(["calibrate", str(tmp_path / "runs.csv"), "--cluster", "cpu-local"]) == 2
     assert "runs.csv: no runs in it" in capsys.readouterr().err
+
+
+# --- a third fuzzing pass (session 51, about 1,800 runs) --------------------------------------------------------------
+
+EVALUATE_TINY = ["--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "4", "--global-batch", "8", "--tp", "1",
+                 "--pp", "2", "--mbs", "1"]
+
+
+def _one_error(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_a_profile_that_contradicts_itself_is_refused(tmp_path: Path, capsys) -> None:
+    """A hand-edited shape hash priced another model's layers as this one's; a layer of another precision was taken as
+    the profile's; a time-share efficiency of 5e-324 divided times into infinity (a ZeroDivisionError)."""
+    with pytest.raises(ValidationError, match="greater than or equal to 0.001"):
+        TimeSharePoint(processes_per_core=2.0, efficiency=5e-324)
+    good = json.loads(_profile().model_dump_json())
+    for change, message in (({"model_shape_hash": "0" * 16}, "is not the hash of the profile's model block"),
+                            ({"precision": "bf16"}, "layer was timed in fp32 in a bf16 profile")):
+        path = tmp_path / "profile.json"
+        path.write_text(json.dumps({**good, **change}))
+        capsys.readouterr()
+        assert run(["evaluate", *EVALUATE_TINY, "--profile", str(path)]) == 2
+        assert message in _one_error(capsys)
+
+
+def test_a_stack_file_number_beyond_its_cap_is_refused(tmp_path: Path, capsys) -> None:
+    """1e308 s of host time per action made the step time infinite, and a 401-digit bucket overflowed a float."""
+    preset = yaml.safe_load((PRESET_DIR / "stacks" / "ppplan-torch.yaml").read_text())
+    for key, value, message in (("host_overhead_per_action_s", 1e308, "less than or equal to 86400"),
+                                ("dp_bucket_params", 10**400, "less than or equal to 10000000000000")):
+        path = tmp_path / "stack.yaml"
+        path.write_text(yaml.safe_dump({**preset, "overlap": {**preset["overlap"], key: value}}))
+        capsys.readouterr()
+        assert run(["evaluate", *EVALUATE_TINY, "--zero", "1", "--stack", str(path)]) == 2
+        assert message in _one_error(capsys)
+
+
+def test_calibrate_checks_a_metrics_run_as_compare_does(tmp_path: Path, capsys) -> None:
+    """calibrate --plan took a plan that breaks the rules (an IndexError on a recompute list of 1 for 2 stages), a
+    median step of 0 s (a ZeroDivisionError) and ranks the plan does not have."""
+    plan = tmp_path / "plan.json"
+    assert run(["evaluate", *EVALUATE_TINY, "--out", str(plan)]) == 0
+    broken = json.loads(plan.read_text())
+    broken["config"]["recompute"] = ["none"]
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    good = _metrics(tmp_path / "m.jsonl", [{"step": s, "rank": 0, "stage": 0} for s in range(3)])
+    zero = _metrics(tmp_path / "zero.jsonl", [{"step": s, "rank": 0, "stage": 0, "step_time_s": 0.0} for s in range(3)])
+    rank10 = _metrics(tmp_path / "rank10.jsonl", [{"step": s, "rank": 10, "stage": 1} for s in range(3)])
+    for metrics, plan_path, message in ((good, tmp_path / "broken.json", "recompute lists 1 stages but pp*v = 2"),
+                                        (zero, plan, "the median step time is 0 s"),
+                                        (rank10, plan, "metrics hold rank 10 but the plan has 4 ranks")):
+        capsys.readouterr()
+        assert run(["calibrate", str(metrics), "--plan", str(plan_path), "--cluster", "cpu-local"]) == 2
+        assert message in _one_error(capsys)
+
+
+def test_a_plan_estimate_that_contradicts_itself_is_refused(tmp_path: Path, capsys) -> None:
+    """A memory limit of 0 was a ZeroDivisionError in explain; fits false with every peak under the limit made launch
+    say "over by -4.01 GiB"."""
+    plan = tmp_path / "plan.json"
+    assert run(["evaluate", *EVALUATE_TINY, "--out", str(plan)]) == 0
+    doc = json.loads(plan.read_text())
+    for change, message in (({"memory_limit_gib": 0.0}, "memory_limit_gib must be positive"),
+                            ({"fits": False}, "fits is false but the largest peak")):
+        path = tmp_path / "edited.json"
+        path.write_text(json.dumps({**doc, "estimate": {**doc["estimate"], **change}}))
+        capsys.readouterr()
+        assert run(["explain", str(path)]) == 2
+        assert message in _one_error(capsys)
+
+
+def test_tune_checks_every_trial_before_it_writes_or_starts_one(tmp_path: Path, capsys) -> None:
+    """tune wrote trial0.json, replacing the user's file, and then found it could not launch."""
+    folder = tmp_path / "trials"
+    folder.mkdir()
+    (folder / "trial0.json").write_text("MY OWN FILE")
+    assert run(["tune", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "2", "--global-batch", "8", "--steps", "2",
+                "--top-k", "1", "--metrics-dir", str(folder), "--out", str(tmp_path / "t.json"),
+                "--cluster-out", str(tmp_path / "c.yaml")]) == 2
+    assert "trial0.json exists: pass --overwrite" in _one_error(capsys)
+    assert (folder / "trial0.json").read_text() == "MY OWN FILE" and not (folder / "trial0.jsonl").exists()
+    assert run(["tune", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "2", "--global-batch", "8",
+                "--schedules", "zigzag"]) == 2
+    assert "unknown schedule 'zigzag'" in _one_error(capsys)
+
+
+def test_a_sequence_beyond_learned_positions_is_refused_where_a_plan_is_made(capsys) -> None:
+    """evaluate and search made (and launch --emit wrote) plans that every other command refused."""
+    for argv in (["evaluate", *EVALUATE_TINY, "--seq-len", "256"],
+                 ["search", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "4", "--global-batch", "8",
+                  "--seq-len", "256"]):
+        capsys.readouterr()
+        assert run(argv) == 2
+        assert "seq_len 256 exceeds the model's 128 learned positions" in _one_error(capsys)
+
+
+def test_launch_refuses_options_its_mode_would_ignore(tmp_path: Path, capsys) -> None:
+    plan = tmp_path / "plan.json"
+    assert run(["evaluate", *EVALUATE_TINY, "--out", str(plan)]) == 0
+    (tmp_path / "old.jsonl").write_text("")
+    (tmp_path / "order.csv").write_text("0F0\n")
+    job = str(tmp_path / "job")
+    for extra, message in ((["--emit", "torchrun", "--out-dir", job, "--dry-run"], "--dry-run prints the command of a run"),
+                           (["--emit", "torchrun", "--out-dir", job, "--node-rank", "5"], "--node-rank is for a run"),
+                           (["--emit", "torchrun", "--out-dir", job, "--schedule-csv", str(tmp_path / "order.csv")],
+                            "--schedule-csv is for a 'custom' plan"),
+                           (["--dry-run", "--metrics", str(tmp_path / "old.jsonl")], "old.jsonl exists: pass --overwrite"),
+                           (["--dry-run", "--metrics", str(tmp_path)], "is a directory")):
+        capsys.readouterr()
+        assert run(["launch", str(plan), *extra]) == 2, extra
+        assert message in _one_error(capsys), extra
+    assert not (tmp_path / "job").exists()
+
+
+def test_an_empty_list_option_is_not_the_default(tmp_path: Path, capsys) -> None:
+    for argv, message in ((["profile", "--model", "tiny-gpt", "--tp", "", "--out", str(tmp_path / "p.json")],
+                           "--tp takes comma-separated integers"),
+                          (["evaluate", *EVALUATE_TINY, "--stage-layers", ""], "--stage-layers '' is empty")):
+        assert run(argv) == 2
+        assert message in _one_error(capsys)
+
+
+def test_regress_reads_the_golden_configuration_and_reports_an_infeasible_case(tmp_path: Path) -> None:
+    case = yaml.safe_load(sorted(DEFAULT_SUITE.glob("*.yaml"))[0].read_text())
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({**case, "golden": {**case["golden"], "config": {
+        **case["golden"]["config"], "tpp": 4}}}))
+    with pytest.raises(PlanError, match=r"a.yaml: unknown key 'golden.config.tpp'"):
+        regress(tmp_path)
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"case": {**case["case"], "cluster": "cpu-local", "precision": "fp32"}}))
+    with pytest.raises(InfeasibleError, match=r"a.yaml: case .*: no plan fits in .* GiB per GPU; closest: tp="):
+        regress(tmp_path, update=True)
+
+
+def test_a_missing_peak_names_only_precisions_ppplan_runs(capsys) -> None:
+    assert run(["search", "--model", "tiny-gpt", "--cluster", "dgx-a100-80g", "--gpus", "8", "--global-batch", "16",
+                "--precision", "fp8"]) == 2
+    assert _one_error(capsys).endswith("has no fp8 peak; use --precision fp32|bf16|fp16")  # the A100's tf32 is not one
+
+
+def test_a_stack_file_may_not_take_a_presets_name(tmp_path: Path, capsys) -> None:
+    """A plan names its stack and later commands check it against that preset: a changed copy named megatron-core
+    made plans the real megatron-core would judge. The preset's own file still loads."""
+    preset = PRESET_DIR / "stacks" / "megatron-core.yaml"
+    (tmp_path / "mine.yaml").write_text(preset.read_text().replace("  p2p: exposed", "  p2p: overlapped"))
+    assert run(["evaluate", *EVALUATE_TINY, "--stack", str(tmp_path / "mine.yaml")]) == 2
+    assert "name 'megatron-core' is a shipped stack preset, and this file differs from it" in _one_error(capsys)
+    assert run(["evaluate", *EVALUATE_TINY, "--stack", str(preset)]) == 0
+
+
+def test_calibrate_names_a_folder_given_as_runs(tmp_path: Path, capsys) -> None:
+    assert run(["calibrate", str(tmp_path), "--cluster", "cpu-local"]) == 2
+    assert f"{tmp_path} is a directory" in _one_error(capsys)
+
+
+def test_launch_names_no_emit_target_a_stack_lacks(tmp_path: Path, capsys) -> None:
+    """megatron-deepspeed plans read "emit it with --emit none"."""
+    plan = tmp_path / "plan.json"
+    assert run(["evaluate", "--model", "tiny-gpt", "--cluster", "dgx-a100-80g", "--gpus", "8", "--global-batch", "16",
+                "--tp", "1", "--pp", "2", "--mbs", "1", "--stack", "megatron-deepspeed", "--out", str(plan)]) == 0
+    capsys.readouterr()
+    assert run(["launch", str(plan), "--dry-run"]) == 2
+    message = _one_error(capsys)
+    assert "--emit" not in message and message.endswith("re-plan with --stack ppplan-torch")
