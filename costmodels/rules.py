@@ -339,7 +339,7 @@ def position_violations(model: ModelSpec, train: TrainSpec) -> list[str]:
     """A model with a learned position table (GPT-2, OPT, MPT without ALiBi) has no embedding for positions past
     its ``seq_len``: the runtime's lookup would index outside the table."""
     if train.seq_len > model.seq_len and model.position_embedding == "learned":
-        return [f"seq_len {train.seq_len} exceeds the model's {model.seq_len} learned positions: lower --seq-len"]
+        return [f"seq_len {train.seq_len} exceeds the model's {model.seq_len} learned positions: lower the sequence length"]
     return []
 
 
@@ -408,8 +408,7 @@ def check_custom_schedule(cfg: ParallelConfig) -> None:
 
 
 def check_plan(plan: Plan, stack: StackSpec) -> None:
-    """A plan file against the rules of ``stack``: what ``launch``, ``explain`` and ``simulate``
-    all check before they use a plan (``PlanError`` with the first problem)."""
+    """A plan file against the rules of ``stack``: what ``launch``, ``explain``, ``simulate``, ``compare`` and
+    ``calibrate`` all check before they use a plan (``PlanError`` with the first problem)."""
     check_config(plan.model, plan.train, plan.config.world_size, plan.config, stack)
     check_custom_schedule(plan.config)
-

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from costmodels.layer_costs import runs_on_cpu
+from costmodels.rules import check_custom_schedule
 from costmodels.rules import check_plan as check_plan_rules
 from costmodels.schedules.torch_csv import parse_torch_csv
 from launch.devices import check_devices
@@ -90,13 +91,15 @@ def check_schedule_csv(plan: Plan, schedule_csv: Path | None) -> None:
 def _check_custom_csv(plan: Plan, schedule_csv: Path | None) -> None:
     if schedule_csv is None:
         return  # the plan carries its action list (config.schedule_csv), checked by the rules
-    schedule = parse_torch_csv(read_text(schedule_csv, "--schedule-csv"))
+    text = read_text(schedule_csv, "--schedule-csv")
+    schedule = parse_torch_csv(text)
     cfg = plan.config
     if (schedule.pp, schedule.v, schedule.num_microbatches) != (cfg.pp, cfg.v, cfg.num_microbatches):
         raise PlanError(
             f"--schedule-csv has pp={schedule.pp} v={schedule.v} M={schedule.num_microbatches} but the plan has "
             f"pp={cfg.pp} v={cfg.v} M={cfg.num_microbatches}: export the CSV of this plan"
         )
+    check_custom_schedule(cfg.model_copy(update={"schedule_csv": text}))  # walked as the plan's own list is
 
 
 def _rendezvous_args(plan: Plan, opts: LaunchOptions) -> list[str]:

@@ -231,7 +231,8 @@ def _remove_staging(tmp: Path | None) -> None:
 
 def read_metrics_jsonl(path: Path, required_keys: tuple[str, ...]) -> list[dict]:
     """The JSON lines of a ``ppplan launch`` metrics file, each holding ``required_keys``;
-    a missing file, a malformed line or a missing key is a ``PlanError`` naming the line."""
+    a missing file, a malformed line, a missing key or a step a rank (else a stage) logged twice is a
+    ``PlanError`` naming the line."""
     path = Path(path)
     records: list[dict] = []
     seen: dict[tuple, int] = {}
@@ -252,9 +253,10 @@ def read_metrics_jsonl(path: Path, required_keys: tuple[str, ...]) -> list[dict]
         problem = metrics_value_problem(record)
         if problem:
             raise PlanError(f"{path}:{number}: {problem}")
-        key = (record.get("rank", record.get("stage")), record.get("step"))
+        who = next((f"{field} {record[field]}" for field in ("rank", "stage") if field in record), "the run")
+        key = (who, record.get("step"))
         if key in seen:  # a log appended twice, or two runs in one file: each step would count twice
-            raise PlanError(f"{path}:{number}: step {key[1]} of rank {key[0]} again (first at line {seen[key]}): "
+            raise PlanError(f"{path}:{number}: step {key[1]} of {who} again (first at line {seen[key]}): "
                             "give one line per rank and step, from one run")
         seen[key] = number
         records.append(record)

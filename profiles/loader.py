@@ -179,11 +179,11 @@ def load_gpu_families(path: Path = GPU_FAMILIES_YAML) -> GpuFamilies:
 def load_stack(spec: str = DEFAULT_STACK) -> StackSpec:
     """A stack preset name (``profiles/stacks/``) or our YAML; an unknown name lists the presets."""
     path = Path(spec)
-    if path.suffix not in {".yaml", ".yml", ".json"} and not (PRESET_DIR / "stacks" / f"{spec}.yaml").is_file():
+    a_file = path.suffix in {".yaml", ".yml", ".json"}
+    if not a_file and spec not in preset_names("stacks"):  # a name, never a path built from it
         raise PlanError(f"unknown stack '{spec}': use one of {', '.join(preset_names('stacks'))} (or a stack YAML file)")
     stack = validate_as(StackSpec, read_document(_resolve("stacks", spec)), str(_resolve("stacks", spec)))
-    preset = PRESET_DIR / "stacks" / f"{stack.name}.yaml"
-    if path.suffix in {".yaml", ".yml", ".json"} and preset.is_file() and stack != load_stack(stack.name):
+    if a_file and stack.name in preset_names("stacks") and stack != load_stack(stack.name):
         # a plan names its stack, and every later command (explain, simulate, launch) checks it against that preset
         raise PlanError(f"{spec}: name '{stack.name}' is a shipped stack preset, and this file differs from it: "
                         "give your stack a name of its own")

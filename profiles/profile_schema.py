@@ -272,7 +272,7 @@ class TierFit(StrictModel):
     tier: Tier
     group_size: PositiveInt
     overall: AlphaBetaFit
-    per_collective: dict[str, AlphaBetaFit]
+    per_collective: dict[Collective, AlphaBetaFit]
 
 
 class CommProfile(StrictModel):
@@ -283,8 +283,17 @@ class CommProfile(StrictModel):
     nproc: PositiveInt
     nnodes: PositiveInt = 1
     hardware: HardwareFingerprint
-    measurements: list[CollectiveMeasurement]
-    tiers: list[TierFit]
+    measurements: list[CollectiveMeasurement] = Field(min_length=1)
+    tiers: list[TierFit] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_fit_per_tier(self) -> "CommProfile":
+        """``tier`` reads the first fit of a name: a second one would be silently ignored."""
+        names = [t.tier for t in self.tiers]
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if twice is not None:
+            raise ValueError(f"tier '{twice}' is fitted twice: a profile has one fit per tier")
+        return self
 
     def tier(self, name: str) -> TierFit | None:
         return next((t for t in self.tiers if t.tier == name), None)

@@ -561,8 +561,9 @@ class Estimate(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> "Estimate":
         """What a plan file's readers divide by and index (``ppplan explain``, ``compare``, ``tune``): a positive
-        step time, no negative rate, a bubble fraction within [0, 1], one memory breakdown per rank listed (or none:
-        a hand-written plan may give only the peaks)."""
+        step time and memory limit, no negative rate, a bubble fraction within [0, 1], one memory breakdown per rank
+        listed (or none: a hand-written plan may give only the peaks), and ``fits`` as the peaks and the limit say
+        (``costmodels.estimate``: the largest peak within the limit)."""
         if self.step_time_s <= 0:
             raise ValueError(f"step_time_s must be positive, got {self.step_time_s}")
         for name in ("tokens_per_s", "model_tflops_per_gpu", "hw_tflops_per_gpu", "mfu", "hfu"):
@@ -586,7 +587,7 @@ class Alternative(StrictModel):
     """A rejected plan near the chosen one, and why it lost."""
 
     config: ParallelConfig
-    step_time_s: float | None
+    step_time_s: PositiveFloat | None
     delta_pct: float | None
     reason: Text
 

@@ -45,14 +45,17 @@ def _emit(plan: Plan, target: str, out_dir: Optional[Path], opts: LaunchOptions)
         out.print(str(path), markup=False)
 
 
-def _check_emit_options(dry_run: bool, node_rank: int | None, master_addr: str | None) -> None:
-    """Options of a run that an emitted job takes from its own launcher (SLURM, torchrun's rendezvous on each node)
-    are bad input with ``--emit``: it would write the job and ignore them."""
+def _check_emit_options(*, dry_run: bool, node_rank: int | None, master_addr: str | None, overwrite: bool,
+                        hang_timeout_s: float | None) -> None:
+    """Options of a run on this node are bad input with ``--emit``, which writes a job and would ignore them: an
+    emitted job takes its node rank and rendezvous from its own launcher (SLURM, torchrun on each node), and
+    ppplan neither watches it (``--hang-timeout-s``) nor writes its metrics file (``--overwrite``)."""
     if dry_run:
         raise PlanError("--dry-run prints the command of a run and --emit writes a job's files: pick one")
-    for option, value in (("--node-rank", node_rank), ("--master-addr", master_addr)):
-        if value is not None:
-            raise PlanError(f"{option} is for a run on this node; an emitted job sets it on each node: drop {option}")
+    for option, given in (("--node-rank", node_rank is not None), ("--master-addr", master_addr is not None),
+                          ("--overwrite", overwrite), ("--hang-timeout-s", hang_timeout_s is not None)):
+        if given:
+            raise PlanError(f"{option} is for a run on this node, not for an emitted job: drop {option}")
 
 
 def _refuse_unfit(plan: Plan, what: str) -> None:
@@ -110,7 +113,8 @@ def launch_cmd(
     if out_dir is not None and emit is None:
         raise PlanError("--out-dir is where --emit writes its files: add --emit, or drop --out-dir")
     if emit is not None:
-        _check_emit_options(dry_run, node_rank, master_addr)
+        _check_emit_options(dry_run=dry_run, node_rank=node_rank, master_addr=master_addr, overwrite=overwrite,
+                            hang_timeout_s=hang_timeout_s)
     if emit is None and any(i is not None and i.is_file() and same_file(metrics, i) for i in (plan_path, schedule_csv)):
         raise PlanError(f"--metrics {metrics} is an input of this launch: the ranks would overwrite it; pick another file")
     plan = load_plan(plan_path)

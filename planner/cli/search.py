@@ -14,12 +14,12 @@ from costmodels.estimate import estimate
 from costmodels.layer_costs import LayerTimes
 from costmodels.layout import default_split, end_stage_floors, min_layers_for
 from costmodels.profile_times import layer_times_for
-from costmodels.rules import check_config, position_violations, precision_violations
+from costmodels.rules import check_config, precision_violations
 from planner.cli.app import app, comma_list, err, note, out, output_option, small_int, warn
 from planner.cli.render import json_document, memory_table, plan_json, plans_table, sig3
 from planner.search.branch_and_bound import Scored, SearchResult, search
 from planner.search.explain import binding_constraints, kernel_warnings, nearest_alternatives, rationale, waste_warnings
-from planner.search.space import DEFAULT_SCHEDULES, RECOMPUTE_KINDS, DegreeFilter
+from planner.search.space import DEFAULT_SCHEDULES, RECOMPUTE_KINDS, DegreeFilter, schedule_name_problems
 from planner.trust.error_bands import with_error_band
 from profiles.errors import InfeasibleError, PlanError, quoted
 from profiles.files import check_outputs, write_atomic
@@ -81,11 +81,7 @@ def resolve_train(
         seq_len = min(HF_DEFAULT_SEQ_LEN, model.seq_len)
         note(f"assuming --seq-len {seq_len} = min({HF_DEFAULT_SEQ_LEN}, max_position_embeddings {model.seq_len}) "
              "for a Hugging Face config; pass --seq-len to choose")
-    train = TrainSpec(global_batch=global_batch, seq_len=seq_len or model.seq_len, precision=precision)
-    problems = position_violations(model, train)
-    if problems:
-        raise PlanError(problems[0])
-    return train
+    return TrainSpec(global_batch=global_batch, seq_len=seq_len or model.seq_len, precision=precision)
 
 
 def load_layers(profile: Optional[Path], comm_profile: Optional[Path], model: ModelSpec, cluster: ClusterSpec,
@@ -102,11 +98,9 @@ def parse_schedules(text: str | None) -> tuple[str, ...]:
     if text is None:
         return DEFAULT_SCHEDULES
     names = tuple(comma_list(text, "--schedules"))
-    for name in names:
-        if name not in SCHEDULE_NAMES:
-            raise PlanError(f"unknown schedule '{name}': choose from {', '.join(DEFAULT_SCHEDULES)}")
-        if name in {"chimera", "custom"}:
-            raise PlanError(f"schedule '{name}' is not searched (chimera is simulated only; custom comes from a plan)")
+    problems = schedule_name_problems(names)
+    if problems:
+        raise PlanError(problems[0])
     return names
 
 

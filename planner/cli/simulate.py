@@ -49,6 +49,18 @@ def _positive(name: str, value: float | None, allow_zero: bool = False) -> float
     return value
 
 
+CONFIG_HINTS = {  # a configuration's way to change M -> a synthetic case's
+    ": raise the global batch or lower mbs/dp": ": raise --num-microbatches",
+    ": raise mbs or dp, or lower the global batch": ": lower --num-microbatches",
+}
+
+
+def _synthetic_hint(message: str) -> str:
+    for config_hint, option in CONFIG_HINTS.items():
+        message = message.replace(config_hint, option)
+    return message
+
+
 def synthetic_case(
     schedule: str | None, pp: int | None, num_microbatches: int | None, v: int | None,
     f_time: float | None, b_time: float | None, w_time: float | None, p2p_time: float,
@@ -74,10 +86,13 @@ def synthetic_case(
     w = _positive("--w-time", w_time, allow_zero=True) if w_time is not None else 0.0
     c = _positive("--p2p-time", p2p_time, allow_zero=True)
     stages_per_rank = v if v is not None else (2 if schedule in V_SCHEDULES else 1)
-    problems = size_violations(pp * stages_per_rank, num_microbatches)
-    if problems:
-        raise PlanError(problems[0])
-    sched = generate_schedule(schedule, pp, stages_per_rank, num_microbatches)
+    try:
+        problems = size_violations(pp * stages_per_rank, num_microbatches)
+        if problems:
+            raise PlanError(problems[0])
+        sched = generate_schedule(schedule, pp, stages_per_rank, num_microbatches)
+    except PlanError as exc:  # the rules' hints name a configuration's knobs; a synthetic case has --num-microbatches
+        raise PlanError(_synthetic_hint(str(exc))) from None
     stages = sched.num_stages
     times = StageTimes((f,) * stages, (b,) * stages, (w,) * stages, (1.0,) * stages, (c,) * (stages - 1))
     return sched, times

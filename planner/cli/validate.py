@@ -151,6 +151,8 @@ def validate(
     check_outputs(plot, inputs=(runs,))
     if update and no_fit:
         raise PlanError("--update writes fitted constants and held-out bands: drop --no-fit")
+    if tables_dir is not None and not update:
+        raise PlanError("--tables-dir is where --update writes its tables: add --update, or drop --tables-dir")
     if update and tables_dir is not None and not tables_dir.is_dir():
         raise PlanError(f"--tables-dir {tables_dir} is not a directory")
     report = run_validate(runs, fit=not no_fit)

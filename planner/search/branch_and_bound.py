@@ -42,11 +42,12 @@ from costmodels.rules import (
     context_degree_violations,
     expert_degree_violations,
     model_support_violations,
+    position_violations,
     tp_violations,
 )
 from planner.search.bounds import Bounds
 from planner.search.cutpoints import split_affine
-from planner.search.space import DEFAULT_SCHEDULES, Candidate, DegreeFilter, enumerate_candidates
+from planner.search.space import DEFAULT_SCHEDULES, Candidate, DegreeFilter, cp_chunk_search_violations, enumerate_candidates
 from profiles.errors import PlanError
 from profiles.loader import DEFAULT_STACK, load_stack, preset_names
 from profiles.schema import ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
@@ -309,9 +310,12 @@ def search(
 ) -> SearchResult:
     """Top-k plans that fit on ``stack`` (default ``ppplan-torch``), best first; ``closest`` is the
     least-overflowing plan when none fits (module docstring). A model with layers the stack does not
-    run (mixture of experts, multi-head latent attention) is bad input (``PlanError``), and so are
-    ``degrees`` no legal candidate has (the message lists the legal ones)."""
+    run (mixture of experts, multi-head latent attention) or a sequence past its learned positions is bad input
+    (``PlanError``), and so are ``degrees`` no legal candidate has (the message lists the legal ones)."""
     schedules = tuple(dict.fromkeys(schedules))  # a schedule named twice is searched once
+    problems = position_violations(model, train)  # no configuration runs a sequence past the position table
+    if problems:
+        raise PlanError(problems[0])
     searcher = Searcher(model, cluster, train, gpus, layers, stack)
     unsupported = model_support_violations(model, searcher.stack)
     if unsupported:
@@ -339,7 +343,8 @@ def search(
 def pinned_degree_violations(model: ModelSpec, train: TrainSpec, degrees: DegreeFilter) -> list[str]:
     """The rules that rule out a fixed degree on its own (``costmodels.rules``), to say why it has no
     legal configuration; empty when only the other degrees' combinations rule it out."""
-    checks = {"tp": lambda d: tp_violations(model, d), "cp": lambda d: context_degree_violations(train.seq_len, d),
+    checks = {"tp": lambda d: tp_violations(model, d),
+              "cp": lambda d: context_degree_violations(train.seq_len, d) + cp_chunk_search_violations(train.seq_len, d),
               "ep": lambda d: expert_degree_violations(model, d), "pp": lambda d: [], "etp": lambda d: []}
     return [p for name, allowed in degrees.fixed() for d in sorted(allowed) for p in checks[name](d)]
 

@@ -28,7 +28,7 @@ from costmodels.rules import (
 )
 from costmodels.schedules.registry import schedule_spec
 from profiles.loader import load_stack
-from profiles.schema import ModelSpec, TrainSpec
+from profiles.schema import SCHEDULE_NAMES, ModelSpec, TrainSpec
 from profiles.stack_schema import StackSpec
 
 DEFAULT_SCHEDULES: tuple[str, ...] = (
@@ -57,6 +57,27 @@ CP_MICRO_BATCH = 1
 # forward kernel's kBlockM = 128 for head dim 128); the roofline prices attention without tile
 # quantization, so chunks shorter than a tile are outside what it prices.
 MIN_CP_CHUNK = 128
+
+
+def schedule_name_problems(names: tuple[str, ...] | list[str]) -> list[str]:
+    """Why ``names`` cannot be searched: an unknown name, or a schedule the search never picks (chimera is simulated
+    only; custom comes from a plan's own action list). Empty when every one can."""
+    problems = []
+    for name in names:
+        if name not in SCHEDULE_NAMES:
+            problems.append(f"unknown schedule '{name}': choose from {', '.join(DEFAULT_SCHEDULES)}")
+        elif name not in DEFAULT_SCHEDULES:
+            problems.append(f"schedule '{name}' is not searched (chimera is simulated only; custom comes from a plan)")
+    return problems
+
+
+def cp_chunk_search_violations(seq_len: int, cp: int) -> list[str]:
+    """Why the search leaves out ``cp`` for this sequence (chunks under ``MIN_CP_CHUNK`` positions): evaluate still
+    prices it."""
+    if cp > 1 and seq_len // (2 * cp) < MIN_CP_CHUNK:
+        return [f"the search splits no sequence into chunks under {MIN_CP_CHUNK} positions (seq_len {seq_len} / 2cp = "
+                f"{seq_len // (2 * cp)}): price cp {cp} with ppplan evaluate"]
+    return []
 
 
 @dataclass(frozen=True, order=True)
@@ -150,7 +171,7 @@ def cp_degrees(train: TrainSpec, ranks: int, tp: int, stack: StackSpec, priced: 
     multiple = 2 * tp if stack.cp_sequence_multiple == "2cp_tp" else 2
     return [c for c in divisors(ranks)
             if c == 1 or ((priced is None or c in priced)
-                          and train.seq_len % (multiple * c) == 0 and train.seq_len // (2 * c) >= MIN_CP_CHUNK)]
+                          and train.seq_len % (multiple * c) == 0 and not cp_chunk_search_violations(train.seq_len, c))]
 
 
 def ep_degrees(model: ModelSpec, train: TrainSpec, data_ranks: int, stack: StackSpec) -> list[int]:

@@ -65,7 +65,10 @@ def metrics_run(path: Path, plan_path: Path, cluster: ClusterSpec) -> tuple[Meas
     """One launch run: its metrics file and the plan it ran."""
     records = read_metrics_lines(path)
     plan = load_plan(plan_path)
-    check_plan(plan, load_stack(plan.config.stack))  # the rules compare, explain and launch apply
+    try:
+        check_plan(plan, load_stack(plan.config.stack))  # the rules compare, explain and launch apply
+    except PlanError as exc:  # several --plan files: say which
+        raise PlanError(f"{plan_path}: {exc}") from None
     problem = metrics_plan_problem(records, plan.config.pp, plan.config.world_size)
     if problem:
         raise PlanError(f"{path}: {problem} ({plan_path}): give the plan that was launched")

@@ -25,7 +25,7 @@ import yaml
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 
 from planner.search.branch_and_bound import search
-from planner.search.space import DEFAULT_SCHEDULES, DegreeFilter
+from planner.search.space import DEFAULT_SCHEDULES, DegreeFilter, schedule_name_problems
 from planner.trust.processes import process_map, usable_cores
 from profiles.errors import InfeasibleError, PlanError
 from profiles.files import write_atomic
@@ -57,9 +57,9 @@ class RegressionCase(StrictModel):
     def _searched_schedules(cls, names: list[str] | None) -> list[str] | None:
         """Names the search runs (``ppplan search --schedules``): a misspelt one would leave the case no
         plan, and read as "no feasible plan"."""
-        for name in names or []:
-            if name not in DEFAULT_SCHEDULES:
-                raise ValueError(f"unknown schedule '{name}': choose from {', '.join(DEFAULT_SCHEDULES)}")
+        problems = schedule_name_problems(names or [])
+        if problems:
+            raise ValueError(problems[0])
         return names
 
     def degree_filter(self) -> DegreeFilter | None:

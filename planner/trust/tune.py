@@ -109,7 +109,10 @@ def _run_trial(index: int, plan: Plan, opts: TuneOptions) -> Trial:
         return Trial(index, plan, plan_path, metrics_path, None, None, result.failure)
     records = read_metrics_lines(metrics_path)
     peak = max(float(r["peak_memory_gib"]) for r in records)
-    return Trial(index, plan, plan_path, metrics_path, measured_step_time_s(records), peak, None)
+    step_time_s = measured_step_time_s(records)
+    if step_time_s <= 0:  # the calibration divides by it
+        return Trial(index, plan, plan_path, metrics_path, None, None, f"median step time {step_time_s:g} s in {metrics_path}")
+    return Trial(index, plan, plan_path, metrics_path, step_time_s, peak, None)
 
 
 def _measured_run(trial: Trial, stack: StackSpec) -> MeasuredRun:

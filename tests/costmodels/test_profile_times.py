@@ -21,6 +21,7 @@ from profiles.errors import PlanError
 from profiles.loader import load_cluster, load_model, load_stack, read_comm_profile, read_profile
 from profiles.profile_schema import (
     AlphaBetaFit,
+    CollectiveMeasurement,
     CommProfile,
     HardwareFingerprint,
     LayerProfile,
@@ -43,6 +44,8 @@ def load_layer_times(profile_path, comm_path, model, cluster, train, allow_misma
 
 CPU = HardwareFingerprint(device_kind="cpu", device_name="cpu", torch_version="2.13.0", cpu_model="test", num_threads=1)
 MS = 1e-3
+# a comm profile holds what it measured (at least one reading) and one fit per tier
+ONE_READING = [CollectiveMeasurement(collective="all_reduce", group_size=2, size_bytes=1024, median_s=1e-4, iqr_s=0.0, repeats=3)]
 
 
 def _entry(kind, tp, mbs, recompute="none", seq_len=128, f=1.0, b=2.0, w=1.5, bw=None, act=1000, precision="fp32"):
@@ -294,7 +297,7 @@ def test_full_recompute_follows_the_stack_not_the_profiled_runtime(env):
 def test_comm_profile_link_replaces_the_cluster_link(env):
     model, cluster, train = env
     fit = AlphaBetaFit(latency_us=100.0, bandwidth_gbs=0.5, rms_relative_error=0.0, num_points=4)
-    comm = CommProfile(backend="gloo", nproc=2, hardware=CPU, measurements=[],
+    comm = CommProfile(backend="gloo", nproc=2, hardware=CPU, measurements=ONE_READING,
                        tiers=[TierFit(tier="intra_node", group_size=2, overall=fit, per_collective={})])
     t = _times(env, comm=comm).transformer(2, 1, 128, False, "none")
     expected = tp_layer_comm_s(128, model.hidden_size, 4, 2, network_for(cluster, (Link(0.5e9, 100e-6), link_for(cluster, True))))
@@ -361,7 +364,9 @@ def test_a_cuda_profile_matches_its_gpu_family(env, tmp_path):
 
 def test_files_of_the_wrong_kind_are_named(env, tmp_path):
     model, cluster, train = env
-    comm = CommProfile(backend="gloo", nproc=2, hardware=CPU, measurements=[], tiers=[])
+    fit = AlphaBetaFit(latency_us=100.0, bandwidth_gbs=0.5, rms_relative_error=0.0, num_points=4)
+    comm = CommProfile(backend="gloo", nproc=2, hardware=CPU, measurements=ONE_READING,
+                       tiers=[TierFit(tier="intra_node", group_size=2, overall=fit, per_collective={})])
     comm_path = _write(tmp_path, comm, "comm.json")
     with pytest.raises(PlanError, match="--comm-profile"):
         load_layer_times(comm_path, None, model, cluster, train, False)

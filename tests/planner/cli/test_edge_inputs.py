@@ -22,8 +22,8 @@ from planner.trust.validation import DEFAULT_RUNS_CSV
 from profiles.errors import InfeasibleError, PlanError
 from profiles.files import metrics_value_problem
 from profiles.loader import PRESET_DIR, load_model
-from profiles.profile_schema import TimeSharePoint
-from tests.costmodels.test_profile_times import _profile
+from profiles.profile_schema import AlphaBetaFit, CommProfile, TierFit, TimeSharePoint
+from tests.costmodels.test_profile_times import CPU, ONE_READING, _profile
 
 TINY = ["--model", "tiny-gpt", "--cluster", "dgx-h100", "--gpus", "8", "--global-batch", "16"]
 
@@ -315,6 +315,7 @@ def test_launch_refuses_options_its_mode_would_ignore(tmp_path: Path, capsys) ->
     job = str(tmp_path / "job")
     for extra, message in ((["--emit", "torchrun", "--out-dir", job, "--dry-run"], "--dry-run prints the command of a run"),
                            (["--emit", "torchrun", "--out-dir", job, "--node-rank", "5"], "--node-rank is for a run"),
+                           (["--emit", "torchrun", "--out-dir", job, "--overwrite"], "--overwrite is for a run"),
                            (["--emit", "torchrun", "--out-dir", job, "--schedule-csv", str(tmp_path / "order.csv")],
                             "--schedule-csv is for a 'custom' plan"),
                            (["--dry-run", "--metrics", str(tmp_path / "old.jsonl")], "old.jsonl exists: pass --overwrite"),
@@ -374,3 +375,53 @@ def test_launch_names_no_emit_target_a_stack_lacks(tmp_path: Path, capsys) -> No
     assert run(["launch", str(plan), "--dry-run"]) == 2
     message = _one_error(capsys)
     assert "--emit" not in message and message.endswith("re-plan with --stack ppplan-torch")
+
+
+def test_messages_name_the_knob_the_command_has(capsys) -> None:
+    """search --cp 2 said only that cp 1 was legal (evaluate prices cp 2); a synthetic simulate said to raise the global
+    batch, which it does not take; validate --tables-dir without --update was ignored."""
+    for argv, message in (
+        (["search", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "4", "--global-batch", "8", "--cp", "2"],
+         "the search splits no sequence into chunks under 128 positions (seq_len 128 / 2cp = 32): price cp 2 with "
+         "ppplan evaluate"),
+        (["simulate", "--schedule", "1f1b", "--pp", "2", "--num-microbatches", "1", "--f-time", "1", "--b-time", "2"],
+         "needs at least pp=2 microbatches (got 1): raise --num-microbatches"),
+        (["validate", "--tables-dir", "."], "--tables-dir is where --update writes its tables"),
+    ):
+        assert run(argv) == 2, argv
+        assert message in _one_error(capsys), argv
+
+
+def test_a_comm_profile_with_nothing_measured_or_a_tier_twice_is_refused() -> None:
+    """A second fit of a tier was silently ignored; a fit of a collective ppplan never measures, or no reading at all,
+    was taken as a profile."""
+    fit = AlphaBetaFit(latency_us=10.0, bandwidth_gbs=1.0, rms_relative_error=0.0, num_points=4)
+    tier = TierFit(tier="intra_node", group_size=2, overall=fit, per_collective={})
+    base = {"backend": "gloo", "nproc": 2, "hardware": CPU, "measurements": ONE_READING, "tiers": [tier]}
+    assert CommProfile(**base).tier("intra_node") == tier
+    for change, message in (({"tiers": [tier, tier]}, "tier 'intra_node' is fitted twice"),
+                            ({"measurements": []}, "at least 1 item"),
+                            ({"tiers": [tier.model_copy(update={"per_collective": {"broadcast": fit}})]}, None)):
+        with pytest.raises(ValidationError, match=message or "broadcast"):
+            CommProfile.model_validate({**base, **change, "tiers": [t.model_dump() for t in change.get("tiers", [tier])]})
+
+
+def test_a_schedule_csv_file_is_walked_as_a_plans_own_list(tmp_path: Path, capsys) -> None:
+    """--schedule-csv replaces a custom plan's action list in the run and in an emitted job: it was checked for pp, v
+    and M only, so a deadlocking file passed launch --dry-run and --emit."""
+    plan_path = tmp_path / "plan.json"
+    assert run(["evaluate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "2", "--global-batch", "2", "--tp", "1",
+                "--pp", "2", "--mbs", "1", "--out", str(plan_path)]) == 0
+    plan = json.loads(plan_path.read_text())
+    plan["config"].update(schedule="custom", schedule_csv="0F0,0F1,0B0,0B1\n1F0,1B0,1F1,1B1\n")
+    plan_path.write_text(json.dumps(plan))
+    (tmp_path / "order.csv").write_text("0F0,0B0,0F1,0B1\n1F0,1F1,1B0,1B1\n")
+    capsys.readouterr()
+    assert run(["launch", str(plan_path), "--dry-run"]) == 0
+    capsys.readouterr()
+    for argv in (["launch", str(plan_path), "--dry-run", "--schedule-csv", str(tmp_path / "order.csv")],
+                 ["launch", str(plan_path), "--emit", "csv", "--out-dir", str(tmp_path / "job"), "--schedule-csv",
+                  str(tmp_path / "order.csv")]):
+        assert run(argv) == 2, argv
+        assert "schedule 'custom' deadlocks" in _one_error(capsys), argv
+    assert not (tmp_path / "job").exists()
