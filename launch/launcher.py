@@ -35,7 +35,7 @@ from launch.job import JobOptions, LaunchResult, run_job
 from launch.progress import ProgressTracker, StepProgress
 from profiles.errors import PlanError
 from profiles.files import read_text
-from profiles.loader import DEFAULT_STACK, load_stack
+from profiles.loader import DEFAULT_STACK, load_stack, plan_stack
 from profiles.schema import Plan
 
 RUNTIME_MODULE = "launch.runtime.train"
@@ -70,7 +70,7 @@ def check_plan(plan: Plan, schedule_csv: Path | None = None) -> None:
     """The runtime rules of ppplan's own stack (``costmodels.rules``, ``ppplan-torch``);
     ``PlanError`` says how to fix it."""
     if plan.config.stack != DEFAULT_STACK:
-        emit = load_stack(plan.config.stack).emit  # none: ppplan writes no job for it; ppplan: a copy of ppplan-torch
+        emit = plan_stack(plan).emit  # none: ppplan writes no job for it; ppplan: a copy of ppplan-torch
         way = f"emit it with --emit {emit}, or " if emit not in ("none", "ppplan") else ""
         raise PlanError(
             f"the plan is for stack '{plan.config.stack}'; ppplan launch runs '{DEFAULT_STACK}' plans: "

@@ -191,8 +191,35 @@ def load_stack(spec: str = DEFAULT_STACK) -> StackSpec:
 
 
 def load_plan(path: str | Path) -> Plan:
-    """A plan file (``ppplan search --out``), or a one-line ``PlanError``."""
-    return validate_as(Plan, read_document(Path(path)), str(path))
+    """A plan file (``ppplan search --out``), or a one-line ``PlanError``; a stack it carries is checked too."""
+    plan = validate_as(Plan, read_document(Path(path)), str(path))
+    if plan.stack_spec is not None:
+        try:
+            plan_stack(plan)
+        except PlanError as exc:
+            raise PlanError(f"{path}: {exc}") from None
+    return plan
+
+
+def plan_stack(plan: Plan) -> StackSpec:
+    """The stack a plan was priced on: the one it carries (``Plan.stack_spec``, a stack file's), else the preset its
+    ``config.stack`` names."""
+    if plan.stack_spec is None:
+        return load_stack(plan.config.stack)
+    stack = validate_as(StackSpec, plan.stack_spec, "stack_spec")
+    if stack.name != plan.config.stack:
+        raise PlanError(f"stack_spec is stack '{stack.name}' but config.stack is '{plan.config.stack}'")
+    if stack.name in preset_names("stacks") and stack != load_stack(stack.name):
+        raise PlanError(f"stack_spec is named '{stack.name}', a shipped stack preset, and differs from it")
+    return stack
+
+
+def carried_stack(stack: StackSpec) -> dict | None:
+    """What a plan carries of the stack it was priced on (``Plan.stack_spec``): nothing for a shipped preset, which
+    its name finds again; a stack file's whole content otherwise."""
+    if stack.name in preset_names("stacks") and stack == load_stack(stack.name):
+        return None
+    return stack.model_dump(mode="json")
 
 
 def read_profile(path: str | Path) -> ProfileFile:

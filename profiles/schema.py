@@ -601,6 +601,12 @@ class Plan(StrictModel):
     estimate: Estimate
     rationale: list[Text] = []
     alternatives: list[Alternative] = []
+    stack_spec: dict[str, Any] | None = Field(
+        default=None, exclude_if=lambda spec: spec is None,
+        description="the stack the plan was priced on, as its file states it (profiles.stack_schema.StackSpec), for a "
+        "stack that is no shipped preset (`--stack mine.yaml`): the plan's readers use it instead of looking the "
+        "name up (profiles.loader.plan_stack); absent for a preset",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "Plan":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from costmodels.rules import config_violations
 from profiles.errors import PlanError
-from profiles.loader import load_stack, preset_names
+from profiles.loader import load_stack, plan_stack, preset_names
 from profiles.schema import ParallelConfig, Plan, RecomputeKind
 from profiles.stack_schema import StackSpec
 
@@ -169,7 +169,7 @@ def check_stack(plan: Plan, target: str) -> StackSpec:
     """The plan's stack, if it emits ``target`` and the plan keeps that stack's rules (``costmodels.rules``);
     otherwise a ``PlanError`` naming the ``--stack`` to re-plan with: a job is emitted only for the
     stack it was priced on, never as some other schedule or layout."""
-    stack = load_stack(plan.config.stack)
+    stack = plan_stack(plan)
     allowed = STACK_TARGETS[stack.emit]
     if target not in allowed:
         others = [name for name in preset_names("stacks") if target in STACK_TARGETS[load_stack(name).emit]]

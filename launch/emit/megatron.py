@@ -29,7 +29,7 @@ from launch.emit.experts import megatron_model_args, megatron_parallel_args
 from launch.emit.megatron_cuts import Arg, pipeline_args
 from launch.emit.torchrun import torchrun_launcher_args
 from profiles.errors import PlanError
-from profiles.loader import load_stack
+from profiles.loader import plan_stack
 from profiles.schema import ModelSpec, ParallelConfig, Plan
 from profiles.stack_schema import StackSpec
 
@@ -150,7 +150,7 @@ def model_args(model: ModelSpec, seq_len: int) -> tuple[list[Arg], list[str]]:
 
 def megatron_args(plan: Plan, *, steps: int, lr: float, allow_layout: bool = True) -> tuple[list[Arg], list[str]]:
     """Every ``pretrain_gpt.py`` flag for ``plan`` on its stack (in a stable order) and the warnings."""
-    stack = load_stack(plan.config.stack)
+    stack = plan_stack(plan)
     if stack.name == MEGATRON_2022:
         return megatron_2022_args(plan, steps=steps, lr=lr)
     cfg = plan.config

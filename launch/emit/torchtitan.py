@@ -33,7 +33,7 @@ from launch.emit.common import (
 from launch.emit.csv import CSV_NAME, render_csv
 from launch.emit.experts import torchtitan_moe_model, torchtitan_parallel_entries
 from launch.emit.toml_writer import TomlValue, toml_document
-from profiles.loader import load_stack
+from profiles.loader import plan_stack
 from profiles.schema import ModelSpec, ParallelConfig, Plan
 
 # torchtitan/models/llama3/__init__.py llama3_args at 238fa99:
@@ -139,7 +139,7 @@ def parallelism_entries(ctx: EmitContext) -> dict[str, TomlValue]:
         entries["pipeline_parallel_microbatch_size"] = cfg.mbs
         entries["module_fqns_per_model_part"] = stage_module_names(cfg.stage_layers)
     entries.update(torchtitan_parallel_entries(ctx.plan.model, cfg))
-    entries["disable_loss_parallel"] = not load_stack(cfg.stack).kernels.vocab_parallel_loss
+    entries["disable_loss_parallel"] = not plan_stack(ctx.plan).kernels.vocab_parallel_loss
     return entries
 
 

@@ -75,9 +75,21 @@ def warn(message: str) -> None:
     err.print(f"warning: {message}", markup=False, soft_wrap=True)
 
 
+_notes: list[str] = []
+
+
 def note(message: str) -> None:
-    """A one-line statement of an assumption on stderr."""
-    err.print(f"note: {message}", markup=False, soft_wrap=True)
+    """A one-line statement of an assumption, printed on stderr once the command has run (``flush_notes``): a
+    command that refuses its input prints its one ``error:`` line alone (DESIGN.md, bad input)."""
+    _notes.append(message)
+
+
+def flush_notes(print_them: bool) -> None:
+    """Print the notes of the command that just ran (``print_them``: it did not refuse its input), then forget them."""
+    if print_them:
+        for message in _notes:
+            err.print(f"note: {message}", markup=False, soft_wrap=True)
+    _notes.clear()
 
 
 def ppplan_version() -> str:

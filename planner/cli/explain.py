@@ -11,7 +11,7 @@ from planner.cli.plans import load_checked_plan
 from planner.cli.render import json_document, memory_band_line, memory_table, plans_table, seconds, sig3
 from planner.search.branch_and_bound import Scored, Searcher
 from planner.search.explain import binding_constraints, candidate_of, config_label, kernel_warnings, nearest_alternatives, waste_warnings
-from profiles.loader import load_stack
+from profiles.loader import plan_stack
 from profiles.schema import Breakdown, Estimate, Plan
 
 # The breakdown's terms in the order a step spends them, and how explain names them.
@@ -46,7 +46,7 @@ def explain_cmd(plan_path: Path = typer.Argument(..., help="plan.json")) -> None
     plan = load_checked_plan(plan_path)
     est, cfg = plan.estimate, plan.config
     gpus = cfg.world_size
-    stack = load_stack(cfg.stack)
+    stack = plan_stack(plan)
     overlap = stack.steps_overlap(cfg.schedule, plan.train.precision)
     for warning in waste_warnings(cfg, est, plan.train.global_batch, overlap) + kernel_warnings(plan.model, stack, plan.train.precision):
         warn(warning)
@@ -75,7 +75,7 @@ def _alternatives(plan: Plan) -> list:
     cfg = plan.config
     if cfg.recompute_label == "mixed" or cfg.schedule == "custom" or cfg.offload_layers:
         return []  # the search's space has none of these: no neighbours to price them against
-    searcher = Searcher(plan.model, plan.cluster, plan.train, cfg.world_size, stack=load_stack(cfg.stack))
+    searcher = Searcher(plan.model, plan.cluster, plan.train, cfg.world_size, stack=plan_stack(plan))
     return nearest_alternatives(searcher, Scored(candidate_of(cfg), cfg, plan.estimate), limit=8)
 
 

@@ -78,11 +78,16 @@ def run(argv: list[str] | None = None) -> int:
         if _interrupted(exc):
             return _error("interrupted", 130)
         raise
+    from planner.cli.app import flush_notes
+
+    ran = False  # the command did not refuse its input: its notes (assumptions) are printed
     try:
         result = _invoke(command, list(sys.argv[1:] if argv is None else argv))
+        ran = True
     except PlanError as exc:
         return _error(str(exc), 2)
     except InfeasibleError as exc:
+        ran = True  # the closest plan was priced under them
         return _error(str(exc), 1)
     except KeyboardInterrupt:
         return _error("interrupted", 130)
@@ -99,6 +104,8 @@ def run(argv: list[str] | None = None) -> int:
         if hasattr(exc, "format_message"):
             return _error(exc.format_message(), 2)
         raise
+    finally:
+        flush_notes(ran)
     return int(result) if isinstance(result, int) else 0
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from costmodels.rules import check_plan
-from profiles.loader import load_plan, load_stack
+from profiles.loader import load_plan, plan_stack
 from profiles.schema import Plan
 
 
 def load_checked_plan(path: Path) -> Plan:
     plan = load_plan(path)
-    check_plan(plan, load_stack(plan.config.stack))
+    check_plan(plan, plan_stack(plan))
     return plan

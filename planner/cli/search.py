@@ -26,6 +26,7 @@ from profiles.files import check_outputs, write_atomic
 from profiles.limits import MAX_GLOBAL_BATCH, MAX_GPUS, MAX_LAYERS, MAX_SEQ_LEN, MAX_TOP_K
 from profiles.loader import (
     DEFAULT_STACK,
+    carried_stack,
     is_hf_config,
     load_cluster,
     load_model,
@@ -139,14 +140,16 @@ def _plans(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, result: Sea
     best = result.best[0]
     alternatives = nearest_alternatives(result.searcher, best)
     runner_up = result.best[1] if len(result.best) > 1 else None
+    carried = carried_stack(result.searcher.stack)
     plans = [Plan(model=model, cluster=cluster, train=train, config=best.config,
                   estimate=_banded(best.estimate, best.config.stack, cluster, profile),
-                  rationale=rationale(best, runner_up, alternatives), alternatives=alternatives)]
+                  rationale=rationale(best, runner_up, alternatives), alternatives=alternatives, stack_spec=carried)]
     for rank, scored in enumerate(result.best[1:], start=2):
         gap = 100 * (scored.estimate.step_time_s / best.estimate.step_time_s - 1)
         lines = [f"#{rank} of the search: {gap:.2g}% slower than #1"]
         plans.append(Plan(model=model, cluster=cluster, train=train, config=scored.config,
-                          estimate=_banded(scored.estimate, scored.config.stack, cluster, profile), rationale=lines))
+                          estimate=_banded(scored.estimate, scored.config.stack, cluster, profile), rationale=lines,
+                          stack_spec=carried))
     return plans
 
 
@@ -185,7 +188,7 @@ def search_cmd(
                         progress=lambda done, total: bar.update(task, completed=done, total=total), stack=stack_spec,
                         degrees=degrees)
     if not result.best:
-        _report_infeasible(result.closest, model_spec, cluster_spec, train, gpus, as_json, profile)
+        _report_infeasible(result.closest, model_spec, cluster_spec, train, gpus, as_json, result.searcher.stack, profile)
     plans = _plans(model_spec, cluster_spec, train, result, profile)
     best = plans[0].config
     for warning in (waste_warnings(best, plans[0].estimate, global_batch, stack_spec.steps_overlap(best.schedule, train.precision))
@@ -219,7 +222,7 @@ def _print_overlap_footnote(stack: StackSpec, precision: str, schedules: list[st
 
 
 def _report_infeasible(closest: Scored | None, model: ModelSpec, cluster: ClusterSpec, train: TrainSpec,
-                       gpus: int, as_json: bool, profile: Optional[Path] = None) -> None:
+                       gpus: int, as_json: bool, stack: StackSpec, profile: Optional[Path] = None) -> None:
     if closest is None:
         if as_json:  # stdout is one JSON document: the list of plans, none here
             out.print_json("[]")
@@ -232,7 +235,7 @@ def _report_infeasible(closest: Scored | None, model: ModelSpec, cluster: Cluste
     rank = est.peak_memory_gib.index(worst)
     if as_json:
         plan = Plan(model=model, cluster=cluster, train=train, config=closest.config, estimate=est,
-                    rationale=binding_constraints(est))
+                    rationale=binding_constraints(est), stack_spec=carried_stack(stack))
         out.print_json(json_document([json.loads(plan_json(plan))]))
     else:
         out.print(plans_table([(closest.config, est)], "No plan fits; the closest one:", out.width))
@@ -319,7 +322,7 @@ def evaluate_cmd(
     est = _banded(estimate(model_spec, cluster_spec, train, cfg, layers, stack=stack_spec),
                   cfg.stack, cluster_spec, profile)
     plan = Plan(model=model_spec, cluster=cluster_spec, train=train, config=cfg, estimate=est,
-                rationale=binding_constraints(est))
+                rationale=binding_constraints(est), stack_spec=carried_stack(stack_spec))
     if out_path:
         write_atomic(out_path, plan_json(plan))
     if as_json:

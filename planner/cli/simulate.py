@@ -38,7 +38,7 @@ from planner.search.custom_schedule import search_custom_schedule
 from profiles.errors import PlanError
 from profiles.files import check_outputs, write_atomic
 from profiles.limits import MAX_ACTION_TIME_S, MAX_GPUS
-from profiles.loader import load_stack
+from profiles.loader import plan_stack
 from profiles.schema import Plan
 
 
@@ -103,7 +103,7 @@ def plan_case(plan: Plan) -> tuple[Schedule, StageTimes]:
     from costmodels.estimate import stage_times
 
     cfg = plan.config
-    times = stage_times(plan.model, plan.cluster, plan.train, cfg, stack=load_stack(cfg.stack))
+    times = stage_times(plan.model, plan.cluster, plan.train, cfg, stack=plan_stack(plan))
     return schedule_of(cfg.schedule, cfg.pp, cfg.v, cfg.num_microbatches, cfg.schedule_csv), times
 
 
@@ -111,7 +111,7 @@ def inflight_caps(plan: Plan, times: StageTimes) -> list[int]:
     """Most microbatches each rank may hold so that the plan still fits: the memory the
     estimate counts outside activations (and outside the optimizer step's excess over the backward,
     which more activations only shrink), then whole microbatches of that rank's stage."""
-    frag = 1.0 + allocator_share(plan.cluster, load_stack(plan.config.stack))
+    frag = 1.0 + allocator_share(plan.cluster, plan_stack(plan))
     caps = []
     for r, parts in enumerate(plan.estimate.memory_breakdown_gib):
         fixed = sum(parts.values()) - (parts["activations"] + parts.get("optimizer_step", 0.0)) * frag
@@ -130,7 +130,7 @@ def write_custom_plan(plan_path: Path, out_path: Path) -> str:
     cfg = plan.config
     if cfg.v != 1:
         raise PlanError(f"custom schedules are searched for one stage per rank; the plan has v={cfg.v}")
-    stack = load_stack(cfg.stack)
+    stack = plan_stack(plan)
     times = stage_times(plan.model, plan.cluster, plan.train, cfg, stack=stack)
     found = search_custom_schedule(times, cfg.pp, cfg.num_microbatches, inflight_caps(plan, times))
     custom_cfg = cfg.model_copy(update={"schedule": "custom", "schedule_csv": format_torch_csv(found.schedule)})
@@ -179,7 +179,7 @@ def _print_human(result: SimulationResult) -> None:
 def _print_overlap_note(plan: Plan, result: SimulationResult) -> None:
     """Where the plan's stack post-validates its optimizer step, the step the estimate prices is the
     steady-state period of overlapped steps (``costmodels.steady_state``), not one step's makespan."""
-    if load_stack(plan.config.stack).steps_overlap(plan.config.schedule, plan.train.precision):
+    if plan_stack(plan).steps_overlap(plan.config.schedule, plan.train.precision):
         out.print(f"steps overlap (stack {plan.config.stack} post-validates its optimizer step): the estimate's step is "
                   f"their steady-state period, {sig3(plan.estimate.step_time_s)} s, not this step's makespan "
                   f"{sig3(result.makespan_s)} s plus its optimizer", markup=False)

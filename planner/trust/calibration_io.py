@@ -40,7 +40,7 @@ from planner.trust.calibration import MeasuredRun
 from profiles.errors import PlanError
 from profiles.files import extra_fields_problem, metrics_plan_problem, read_metrics_jsonl, read_text, unreadable_value
 from profiles.hf_config import _first_error
-from profiles.loader import load_model, load_plan, load_stack
+from profiles.loader import load_model, load_plan, plan_stack
 from profiles.schema import ClusterSpec, ParallelConfig, TrainSpec
 
 CSV_REQUIRED = ("run", "model", "global_batch", "seq_len", "tp", "pp", "dp", "mbs", "step_time_s")
@@ -66,7 +66,7 @@ def metrics_run(path: Path, plan_path: Path, cluster: ClusterSpec) -> tuple[Meas
     records = read_metrics_lines(path)
     plan = load_plan(plan_path)
     try:
-        check_plan(plan, load_stack(plan.config.stack))  # the rules compare, explain and launch apply
+        check_plan(plan, plan_stack(plan))  # the rules compare, explain and launch apply
     except PlanError as exc:  # several --plan files: say which
         raise PlanError(f"{plan_path}: {exc}") from None
     problem = metrics_plan_problem(records, plan.config.pp, plan.config.world_size)

@@ -27,6 +27,7 @@ from planner.trust.calibration import FIT_TERMS, CalibrationReport, MeasuredRun,
 from planner.trust.calibration_io import measured_step_time_s, read_metrics_lines
 from profiles.errors import InfeasibleError, PlanError
 from profiles.files import write_atomic
+from profiles.loader import carried_stack
 from profiles.schema import ClusterSpec, ModelSpec, Plan, TrainSpec
 from profiles.stack_schema import StackSpec
 
@@ -128,7 +129,9 @@ def tune(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, gpus: int, op
     found = search(model, cluster, train, gpus, opts.top_k, stack=opts.stack, **kwargs)
     if not found.best:
         raise InfeasibleError("no plan fits: nothing to tune (ppplan search shows the closest plan and why)")
-    plans = [Plan(model=model, cluster=cluster, train=train, config=s.config, estimate=s.estimate) for s in found.best]
+    carried = carried_stack(found.searcher.stack)
+    plans = [Plan(model=model, cluster=cluster, train=train, config=s.config, estimate=s.estimate, stack_spec=carried)
+             for s in found.best]
     _preflight(plans, opts)
     opts.work_dir.mkdir(parents=True, exist_ok=True)
     trials = []

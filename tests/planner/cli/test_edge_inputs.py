@@ -425,3 +425,29 @@ def test_a_schedule_csv_file_is_walked_as_a_plans_own_list(tmp_path: Path, capsy
         assert run(argv) == 2, argv
         assert "schedule 'custom' deadlocks" in _one_error(capsys), argv
     assert not (tmp_path / "job").exists()
+
+
+def test_a_plan_priced_on_a_stack_file_carries_it(tmp_path: Path, capsys) -> None:
+    """A plan names its stack; one priced on a stack file of its own name was written, and then every reader said
+    "unknown stack 'mycore'". The plan now carries the file's stack (Plan.stack_spec); a preset's plan carries none."""
+    stack = tmp_path / "mycore.yaml"
+    stack.write_text((PRESET_DIR / "stacks" / "megatron-core.yaml").read_text().replace("name: megatron-core", "name: mycore", 1))
+    plan = tmp_path / "plan.json"
+    tiny_h100 = ["--model", "tiny-gpt", "--cluster", "dgx-h100", "--gpus", "8", "--global-batch", "16", "--tp", "1",
+                 "--pp", "2", "--mbs", "1"]
+    assert run(["evaluate", *tiny_h100, "--stack", str(stack), "--out", str(plan)]) == 0
+    doc = json.loads(plan.read_text())
+    assert doc["config"]["stack"] == "mycore" and doc["stack_spec"]["name"] == "mycore"
+    for argv in (["explain", str(plan)], ["simulate", str(plan)],
+                 ["launch", str(plan), "--emit", "megatron", "--out-dir", str(tmp_path / "job")]):
+        assert run(argv) == 0, argv
+    assert (tmp_path / "job" / "megatron_args.txt").is_file()
+    assert run(["evaluate", *tiny_h100, "--out", str(tmp_path / "preset.json")]) == 0
+    assert "stack_spec" not in json.loads((tmp_path / "preset.json").read_text())
+    capsys.readouterr()
+    for change, message in (({"name": "other"}, "stack_spec is stack 'other' but config.stack is 'mycore'"),
+                            ({"pipeline_runtime": "bogus"}, "stack_spec: pipeline_runtime: Input should be")):
+        edited = tmp_path / "edited.json"
+        edited.write_text(json.dumps({**doc, "stack_spec": {**doc["stack_spec"], **change}}))
+        assert run(["explain", str(edited)]) == 2
+        assert message in _one_error(capsys)

@@ -67,6 +67,11 @@ def test_hf_config_seq_len_defaults_to_at_most_4096(tmp_path: Path, capsys: pyte
     captured = capsys.readouterr()
     assert json.loads(captured.out)[0]["train"]["seq_len"] == 4096
     assert "note: assuming --seq-len 4096 = min(4096, max_position_embeddings 131072)" in captured.err
+    # a command that refuses its input prints its error line alone, without the assumptions it made on the way
+    assert run(["search", "--model", str(config), "--cluster", "dgx-h100", "--gpus", "8", "--global-batch", "8",
+                "--tp", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no legal configuration has tp in {3}")
 
 
 @pytest.fixture(scope="module")
