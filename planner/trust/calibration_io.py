@@ -16,8 +16,11 @@ Runs come from two kinds of file:
   ``sequence_parallel`` (false), ``zero`` (0), ``offload_layers`` (0: activation CPU offload, as
   ``ppplan evaluate --offload-layers``), ``stage_layers`` (uniform;
   layers per virtual stage separated by spaces or ``;``), ``peak_memory_gib``,
-  ``gpus`` (checked against tp·pp·dp), ``cluster`` (informational). ``model``
-  is a preset name or a path (relative paths are tried next to the CSV).
+  ``gpus`` (checked against tp·pp·dp), ``cluster`` (informational), ``stack``
+  (the software the run ran on, default ppplan-torch: the row is priced on it and
+  checked against its rules, as ``evaluate --stack`` does). ``model`` and ``stack``
+  are preset names or paths (relative paths are tried next to the CSV). A metrics
+  file's run is priced on its plan's stack (``profiles.loader.plan_stack``).
 
 The calibrated cluster is written as YAML with a ``provenance`` block, through a
 temporary file and an atomic rename.
@@ -35,13 +38,14 @@ import yaml
 
 from costmodels.compute import default_precision
 from costmodels.layout import uniform_split
-from costmodels.rules import check_plan, structural_violations
+from costmodels.rules import check_plan, config_violations
 from planner.trust.calibration import MeasuredRun
 from profiles.errors import PlanError
 from profiles.files import extra_fields_problem, metrics_plan_problem, read_metrics_jsonl, read_text, unreadable_value
 from profiles.hf_config import _first_error
-from profiles.loader import load_model, load_plan, plan_stack
+from profiles.loader import DEFAULT_STACK, load_model, load_plan, load_stack, plan_stack
 from profiles.schema import ClusterSpec, ParallelConfig, TrainSpec
+from profiles.stack_schema import StackSpec
 
 CSV_REQUIRED = ("run", "model", "global_batch", "seq_len", "tp", "pp", "dp", "mbs", "step_time_s")
 TRUE_WORDS = frozenset({"1", "true", "yes", "y"})
@@ -65,8 +69,9 @@ def metrics_run(path: Path, plan_path: Path, cluster: ClusterSpec) -> tuple[Meas
     """One launch run: its metrics file and the plan it ran."""
     records = read_metrics_lines(path)
     plan = load_plan(plan_path)
+    stack = plan_stack(plan)
     try:
-        check_plan(plan, plan_stack(plan))  # the rules compare, explain and launch apply
+        check_plan(plan, stack)  # the rules compare, explain and launch apply
     except PlanError as exc:  # several --plan files: say which
         raise PlanError(f"{plan_path}: {exc}") from None
     problem = metrics_plan_problem(records, plan.config.pp, plan.config.world_size)
@@ -82,7 +87,7 @@ def metrics_run(path: Path, plan_path: Path, cluster: ClusterSpec) -> tuple[Meas
     run = MeasuredRun(
         run=path.stem, group=path.stem, model=plan.model, cluster=cluster, train=plan.train,
         config=plan.config, step_time_s=step_time_s,
-        peak_memory_gib=max(memory) if memory else None,
+        peak_memory_gib=max(memory) if memory else None, stack=stack,
     )
     return run, warnings
 
@@ -94,6 +99,12 @@ def _cell(row: dict[str, str], key: str, default: str = "") -> str:
 def _model_for(spec: str, csv_dir: Path):
     beside = csv_dir / spec
     return load_model(str(beside) if not Path(spec).is_absolute() and beside.exists() else spec)
+
+
+def _stack_for(spec: str, csv_dir: Path) -> StackSpec:
+    """The ``stack`` column: a preset name, or a stack file (relative paths are tried next to the CSV, as models)."""
+    beside = csv_dir / spec
+    return load_stack(str(beside) if not Path(spec).is_absolute() and beside.is_file() else spec)
 
 
 def _csv_run(row: dict[str, str], where: str, csv_dir: Path, cluster: ClusterSpec) -> MeasuredRun:
@@ -118,9 +129,10 @@ def _csv_run(row: dict[str, str], where: str, csv_dir: Path, cluster: ClusterSpe
     if small:  # before the microbatch count divides by dp x mbs
         raise PlanError(f"{where}: {small[0]} must be a positive integer, got {ints.get(small[0], v)}")
     model = _model_for(_cell(row, "model"), csv_dir)
+    stack = _stack_for(_cell(row, "stack", DEFAULT_STACK), csv_dir)
     num_stages = ints["pp"] * v
     cfg = ParallelConfig(
-        tp=ints["tp"], pp=ints["pp"], dp=ints["dp"], v=v, mbs=ints["mbs"],
+        stack=stack.name, tp=ints["tp"], pp=ints["pp"], dp=ints["dp"], v=v, mbs=ints["mbs"],
         num_microbatches=max(1, ints["global_batch"] // (ints["dp"] * ints["mbs"])),
         schedule=_cell(row, "schedule", "interleaved-1f1b" if v > 1 else "1f1b"),
         recompute=_cell(row, "recompute", "none"),
@@ -130,12 +142,12 @@ def _csv_run(row: dict[str, str], where: str, csv_dir: Path, cluster: ClusterSpe
     train = TrainSpec(global_batch=ints["global_batch"], seq_len=ints["seq_len"],
                       precision=_cell(row, "precision", default_precision(cluster)))
     gpus = int(_cell(row, "gpus", str(ints["tp"] * ints["pp"] * ints["dp"])))
-    problems = structural_violations(model, train, gpus, cfg)
+    problems = config_violations(model, train, gpus, cfg, stack)  # the rules of the stack the run ran on
     if problems:
         raise PlanError(f"{where}: {problems[0]}")
     if step <= 0:
         raise PlanError(f"{where}: step_time_s must be positive")
-    return MeasuredRun(_cell(row, "run"), _cell(row, "run"), model, cluster, train, cfg, step, memory)
+    return MeasuredRun(_cell(row, "run"), _cell(row, "run"), model, cluster, train, cfg, step, memory, stack=stack)
 
 
 def csv_runs(path: Path, cluster: ClusterSpec) -> tuple[list[MeasuredRun], list[str]]:
@@ -154,7 +166,8 @@ def csv_runs(path: Path, cluster: ClusterSpec) -> tuple[list[MeasuredRun], list[
         try:
             runs.append(_csv_run(row, where, path.parent, cluster))
         except (ValueError, TypeError) as exc:  # pydantic errors are ValueErrors
-            raise PlanError(exc if isinstance(exc, PlanError) else f"{where}: {_first_error(exc)}") from None
+            message = str(exc) if isinstance(exc, PlanError) else _first_error(exc)
+            raise PlanError(message if message.startswith(where) else f"{where}: {message}") from None
         named = _cell(row, "cluster")
         if named and named != cluster.name:
             warnings.append(f"{where}: run on cluster '{named}', fitted as '{cluster.name}'")

@@ -438,7 +438,9 @@ def test_a_plan_priced_on_a_stack_file_carries_it(tmp_path: Path, capsys) -> Non
     assert run(["evaluate", *tiny_h100, "--stack", str(stack), "--out", str(plan)]) == 0
     doc = json.loads(plan.read_text())
     assert doc["config"]["stack"] == "mycore" and doc["stack_spec"]["name"] == "mycore"
-    for argv in (["explain", str(plan)], ["simulate", str(plan)],
+    metrics = _metrics(tmp_path / "m.jsonl", [{"step": s, "rank": r, "stage": st} for s in range(3) for r, st in ((0, 0), (4, 1))])
+    for argv in (["explain", str(plan)], ["simulate", str(plan)], ["compare", str(metrics), str(plan)],
+                 ["calibrate", str(metrics), "--plan", str(plan), "--cluster", "dgx-h100"],
                  ["launch", str(plan), "--emit", "megatron", "--out-dir", str(tmp_path / "job")]):
         assert run(argv) == 0, argv
     assert (tmp_path / "job" / "megatron_args.txt").is_file()

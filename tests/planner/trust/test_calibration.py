@@ -23,6 +23,7 @@ from costmodels.layout import uniform_split
 from planner.cli.main import run
 from planner.trust.calibration import MeasuredRun, calibrate_runs, estimate_with, fit_efficiency, with_efficiency
 from planner.trust.calibration_io import _csv_run
+from profiles.errors import PlanError
 from profiles.loader import load_cluster, load_model, load_stack
 from profiles.schema import ParallelConfig, Plan, TrainSpec
 
@@ -156,12 +157,15 @@ def test_csv_row_with_an_illegal_config_names_the_line(tmp_path: Path, capsys: p
 def test_csv_rows_state_their_activation_offload(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The optional ``offload_layers`` column prices a measured run as ``evaluate --offload-layers`` does: on a cluster
     without a host link that is the host-link error on the row's line, and a negative count names the line."""
-    header = "run,model,global_batch,seq_len,tp,pp,dp,mbs,step_time_s,offload_layers\n"
-    row = dict(zip(header.strip().split(","), "r,tiny-gpt,8,128,1,1,1,1,0.5,2".split(",")))
+    header = "run,model,global_batch,seq_len,tp,pp,dp,mbs,step_time_s,offload_layers,stack\n"
+    row = dict(zip(header.strip().split(","), "r,tiny-gpt,8,128,1,1,1,1,0.5,2,megatron-core".split(",")))
     measured = _csv_run(row, "runs.csv:2", tmp_path, load_cluster("dgx-h100"))
-    assert measured.config.offload_layers == 2
+    assert measured.config.offload_layers == 2 and measured.stack.name == "megatron-core"
+    # the default stack (ppplan-torch) runs no activation offload: such a row is refused, not priced as if it ran
+    with pytest.raises(PlanError, match="stack 'ppplan-torch' does not offload activations"):
+        _csv_run({**row, "stack": ""}, "runs.csv:2", tmp_path, load_cluster("dgx-h100"))
     runs_csv = tmp_path / "runs.csv"
-    runs_csv.write_text(header + "r,tiny-gpt,8,128,1,1,1,1,0.5,-1\n")
+    runs_csv.write_text(header + "r,tiny-gpt,8,128,1,1,1,1,0.5,-1,megatron-core\n")
     assert run(["calibrate", str(runs_csv), "--cluster", CLUSTER]) == 2
     err = capsys.readouterr().err
     assert f"{runs_csv}:2" in err and "offload_layers" in err and len(err.strip().splitlines()) == 1
