@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from costmodels.layer_costs import runs_on_cpu
-from costmodels.rules import check_custom_schedule
 from costmodels.rules import check_plan as check_plan_rules
 from costmodels.schedules.torch_csv import parse_torch_csv
+from costmodels.simulator import schedule_graph
 from launch.devices import check_devices
 from launch.emit.common import node_layout
 from launch.job import JobOptions, LaunchResult, run_job
@@ -91,15 +91,14 @@ def check_schedule_csv(plan: Plan, schedule_csv: Path | None) -> None:
 def _check_custom_csv(plan: Plan, schedule_csv: Path | None) -> None:
     if schedule_csv is None:
         return  # the plan carries its action list (config.schedule_csv), checked by the rules
-    text = read_text(schedule_csv, "--schedule-csv")
-    schedule = parse_torch_csv(text)
+    schedule = parse_torch_csv(read_text(schedule_csv, "--schedule-csv"))
     cfg = plan.config
     if (schedule.pp, schedule.v, schedule.num_microbatches) != (cfg.pp, cfg.v, cfg.num_microbatches):
         raise PlanError(
             f"--schedule-csv has pp={schedule.pp} v={schedule.v} M={schedule.num_microbatches} but the plan has "
             f"pp={cfg.pp} v={cfg.v} M={cfg.num_microbatches}: export the CSV of this plan"
         )
-    check_custom_schedule(cfg.model_copy(update={"schedule_csv": text}))  # walked as the plan's own list is
+    schedule_graph(schedule)  # walked as torch lowers it, as the plan's own list is (costmodels.rules.check_custom_schedule)
 
 
 def _rendezvous_args(plan: Plan, opts: LaunchOptions) -> list[str]:
@@ -162,11 +161,13 @@ def start_metrics(path: Path) -> None:
         raise PlanError(f"cannot write --metrics {path}: {exc.strerror}; pick a writable path") from None
 
 
-def prepare_launch(plan: Plan, plan_path: Path, opts: LaunchOptions) -> list[str]:
-    """Every check that can fail before a process starts (exit 2), then the torchrun argv."""
+def prepare_launch(plan: Plan, plan_path: Path, opts: LaunchOptions, devices: bool = True) -> list[str]:
+    """Every check that can fail before a process starts (exit 2), then the torchrun argv; ``devices`` False leaves
+    out this machine's devices (``launch --dry-run`` may be made on a login node)."""
     check_plan(plan, opts.schedule_csv)
     argv = torchrun_command(plan, plan_path, opts)
-    check_devices(plan, node_layout(plan.config.world_size, plan.cluster.gpus_per_node, opts.nnodes))
+    if devices:
+        check_devices(plan, node_layout(plan.config.world_size, plan.cluster.gpus_per_node, opts.nnodes))
     check_metrics_path(opts.metrics, opts.overwrite)
     return argv
 

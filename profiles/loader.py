@@ -183,7 +183,7 @@ def load_stack(spec: str = DEFAULT_STACK) -> StackSpec:
     if not a_file and spec not in preset_names("stacks"):  # a name, never a path built from it
         raise PlanError(f"unknown stack '{spec}': use one of {', '.join(preset_names('stacks'))} (or a stack YAML file)")
     stack = validate_as(StackSpec, read_document(_resolve("stacks", spec)), str(_resolve("stacks", spec)))
-    if a_file and stack.name in preset_names("stacks") and stack != load_stack(stack.name):
+    if a_file and _changed_preset(stack):
         # a plan names its stack, and every later command (explain, simulate, launch) checks it against that preset
         raise PlanError(f"{spec}: name '{stack.name}' is a shipped stack preset, and this file differs from it: "
                         "give your stack a name of its own")
@@ -209,15 +209,21 @@ def plan_stack(plan: Plan) -> StackSpec:
     stack = validate_as(StackSpec, plan.stack_spec, "stack_spec")
     if stack.name != plan.config.stack:
         raise PlanError(f"stack_spec is stack '{stack.name}' but config.stack is '{plan.config.stack}'")
-    if stack.name in preset_names("stacks") and stack != load_stack(stack.name):
+    if _changed_preset(stack):
         raise PlanError(f"stack_spec is named '{stack.name}', a shipped stack preset, and differs from it")
     return stack
+
+
+def _changed_preset(stack: StackSpec) -> bool:
+    """Whether ``stack`` takes a shipped preset's name with other contents (a plan names its stack, and its readers
+    would judge it by that preset)."""
+    return stack.name in preset_names("stacks") and stack != load_stack(stack.name)
 
 
 def carried_stack(stack: StackSpec) -> dict | None:
     """What a plan carries of the stack it was priced on (``Plan.stack_spec``): nothing for a shipped preset, which
     its name finds again; a stack file's whole content otherwise."""
-    if stack.name in preset_names("stacks") and stack == load_stack(stack.name):
+    if stack.name in preset_names("stacks") and not _changed_preset(stack):
         return None
     return stack.model_dump(mode="json")
 

@@ -16,7 +16,7 @@ from rich.table import Table
 from costmodels.rules import check_custom_schedule
 from launch.compare import compare, comparison_json, read_metrics
 from launch.job import JobInterrupted
-from launch.launcher import LaunchOptions, check_metrics_path, check_plan, check_schedule_csv, format_command, launch_plan, torchrun_command
+from launch.launcher import LaunchOptions, check_schedule_csv, format_command, launch_plan, prepare_launch
 from launch.progress import StepProgress
 from planner.cli.app import app, err, out, output_dir, output_option, warn
 from planner.cli.plans import load_checked_plan
@@ -129,10 +129,7 @@ def launch_cmd(
         _emit(plan, emit, out_dir, opts)
         return
     if dry_run:  # what a run would refuse, a dry run refuses (the devices aside: it may be made on a login node)
-        check_plan(plan, schedule_csv)
-        command = torchrun_command(plan, plan_path, opts)
-        check_metrics_path(metrics, overwrite)
-        print(format_command(command))  # plain: rich would wrap a long command
+        print(format_command(prepare_launch(plan, plan_path, opts, devices=False)))  # plain: rich would wrap it
         return
 
     def on_start(argv: list[str]) -> None:
