@@ -24,6 +24,15 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "seq_len": ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length"),
 }
 
+# What each family's configuration class defaults its position-table size to when a config.json
+# leaves the key out (transformers' LlamaConfig ... Qwen3MoeConfig: max_position_embeddings; GPT2Config:
+# n_positions). BloomConfig has none: bloom's 2048-token pretraining context.
+_SEQ_LEN_DEFAULTS: dict[str, int] = {
+    "llama": 2048, "mistral": 4096 * 32, "mixtral": 4096 * 32, "qwen2": 32768, "qwen3": 32768,
+    "qwen2_moe": 32768, "qwen3_moe": 32768, "deepseek_v2": 2048, "deepseek_v3": 4096, "gemma": 8192,
+    "gpt_neox": 2048, "gpt2": 1024, "opt": 2048, "falcon": 2048, "bloom": 2048,
+}
+
 _SWIGLU_TYPES = {"llama", "mistral", "qwen2", "qwen3", "mixtral", "gemma", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3"}
 
 
@@ -110,12 +119,8 @@ def model_from_hf_config(config: dict[str, Any], name: str, source: str = "confi
     hidden = _require_count(config, "hidden_size", source)
     heads = _require_count(config, "num_attention_heads", source)
     activation = _activation(config, model_type)
-    seq_len = _first(config, _ALIASES["seq_len"])
-    if seq_len is None:
-        if model_type in {"bloom", "falcon"}:
-            seq_len = 2048  # trained context; ALiBi/RoPE configs carry no position table size
-        else:
-            _require(config, "seq_len", source)
+    if _first(config, _ALIASES["seq_len"]) is None and model_type in _SEQ_LEN_DEFAULTS:
+        seq_len = _SEQ_LEN_DEFAULTS[model_type]
     else:
         seq_len = _require_count(config, "seq_len", source)
     tied_default = model_type not in {"gpt_neox"}

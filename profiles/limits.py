@@ -46,6 +46,9 @@ MIN_BANDWIDTH_GBS, MAX_BANDWIDTH_GBS = 1e-6, 1e12
 MAX_LATENCY_US = 1e6
 # Seconds of one pipeline action in `ppplan simulate` (a day).
 MAX_ACTION_TIME_S = 86400.0
+# The shortest training step a metrics file may report: one kernel launch alone takes several
+# microseconds (a CPU step of ppplan's runtime, milliseconds). 5e-324 s divided a fit into overflows.
+MIN_STEP_TIME_S = 1e-6
 # Timed repetitions and warm-up iterations per profiler measurement.
 MAX_PROFILE_REPEATS = 10**4
 # Processes of one `ppplan profile-comm` (one node) and its largest message (16 GiB).

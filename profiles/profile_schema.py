@@ -29,6 +29,7 @@ from profiles.schema import ModelSpec, Precision, RecomputeKind, StrictModel, co
 # A measured time: non-negative and at most a day (``profiles.limits.MAX_ACTION_TIME_S``, the cap ``ppplan simulate``
 # puts on an action). A larger figure is no measurement, and a step priced from it would overflow to inf.
 Seconds = Annotated[float, Field(ge=0.0, le=MAX_ACTION_TIME_S, allow_inf_nan=False)]
+PositiveSeconds = Annotated[float, Field(gt=0.0, le=MAX_ACTION_TIME_S, allow_inf_nan=False)]
 
 PROFILE_SCHEMA_VERSION = 1
 COMM_PROFILE_SCHEMA_VERSION = 1
@@ -107,15 +108,15 @@ class LayerProfile(StrictModel):
     seq_len: count(MAX_SEQ_LEN)
     recompute: RecomputeKind = "none"
     precision: Precision
-    forward_s: Seconds
+    forward_s: PositiveSeconds = Field(description="every layer kind does work forward: a 0 s reading is no measurement")
     forward_iqr_s: Seconds
     backward_input_s: Seconds
     backward_input_iqr_s: Seconds
     backward_weight_s: Seconds
     backward_weight_iqr_s: Seconds
-    backward_s: Seconds = Field(description="B and W in one autograd call, as schedules without a split backward run them")
+    backward_s: PositiveSeconds = Field(description="B and W in one autograd call, as schedules without a split backward run them")
     backward_iqr_s: Seconds
-    repeats: PositiveInt
+    repeats: int = Field(ge=2, description="timed iterations (ppplan profile --repeats, at least 2: a median and a spread)")
     activation_bytes: NonNegativeInt
     parameter_bytes: NonNegativeInt
     transient_peak_bytes: NonNegativeInt | None = None

@@ -16,8 +16,8 @@ from costmodels.layout import default_split, end_stage_floors, min_layers_for
 from costmodels.profile_times import layer_times_for
 from costmodels.rules import check_config, precision_violations
 from planner.cli.app import app, comma_list, err, note, out, output_option, small_int, warn
-from planner.cli.render import json_document, memory_table, plan_json, plans_table, sig3
-from planner.search.branch_and_bound import Scored, SearchResult, search
+from planner.cli.render import json_document, memory_table, plan_json, plans_table
+from planner.search.branch_and_bound import Scored, SearchResult, infeasible_message, search
 from planner.search.explain import binding_constraints, kernel_warnings, nearest_alternatives, rationale, waste_warnings
 from planner.search.space import DEFAULT_SCHEDULES, RECOMPUTE_KINDS, DegreeFilter, schedule_name_problems
 from planner.trust.error_bands import with_error_band
@@ -226,13 +226,8 @@ def _report_infeasible(closest: Scored | None, model: ModelSpec, cluster: Cluste
     if closest is None:
         if as_json:  # stdout is one JSON document: the list of plans, none here
             out.print_json("[]")
-        raise InfeasibleError(
-            f"no legal configuration of {model.name} on {gpus} GPUs with global batch {train.global_batch}: tp x cp x pp x dp "
-            f"must make {gpus} with dp x mbs dividing the global batch and each degree within the model's rules "
-            "(heads, sequence, layers); fewer GPUs or a larger global batch")
+        raise InfeasibleError(infeasible_message(closest, model, gpus, train.global_batch))
     est = _banded(closest.estimate, closest.config.stack, cluster, profile)
-    worst = max(est.peak_memory_gib)
-    rank = est.peak_memory_gib.index(worst)
     if as_json:
         plan = Plan(model=model, cluster=cluster, train=train, config=closest.config, estimate=est,
                     rationale=binding_constraints(est), stack_spec=carried_stack(stack))
@@ -240,10 +235,7 @@ def _report_infeasible(closest: Scored | None, model: ModelSpec, cluster: Cluste
     else:
         out.print(plans_table([(closest.config, est)], "No plan fits; the closest one:", out.width))
         out.print(memory_table(est))
-    raise InfeasibleError(
-        f"no plan fits in {sig3(est.memory_limit_gib)} GiB per GPU; closest: {closest.candidate.label()} "
-        f"needs {sig3(worst)} GiB on pipeline rank {rank} (over by {sig3(worst - est.memory_limit_gib)} GiB)"
-    )
+    raise InfeasibleError(infeasible_message(closest, model, gpus, train.global_batch))
 
 
 def _parse_recompute(text: str, stages: int) -> str | list[str]:

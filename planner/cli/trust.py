@@ -25,7 +25,7 @@ from launch.progress import StepProgress
 from planner.cli.app import app, comma_list, err, out, output_dir, output_option, warn
 from planner.cli.launch import progress_line
 from planner.cli.render import json_document, plan_json
-from planner.cli.search import BatchOpt, ClusterOpt, GpusOpt, ModelOpt, PrecisionOpt, SeqOpt, StackOpt, parse_schedules, resolve_train
+from planner.cli.search import BatchOpt, ClusterOpt, GpusOpt, ModelOpt, PrecisionOpt, SeqOpt, parse_schedules, resolve_train
 from planner.trust.accuracy import error_pct
 from planner.trust.calibration import FIT_TERMS, TERM_BOUNDS, CalibrationReport, calibrate_runs, with_efficiency
 from planner.trust.calibration_io import cluster_yaml, read_runs
@@ -36,7 +36,7 @@ from planner.trust.tune import tune as run_tune
 from profiles.errors import PlanError
 from profiles.files import check_outputs, write_atomic
 from profiles.limits import MAX_STEPS
-from profiles.loader import load_cluster, load_model, load_stack
+from profiles.loader import DEFAULT_STACK, load_cluster, load_model, load_stack
 from profiles.schema import Plan
 
 
@@ -225,7 +225,8 @@ def _tune_json(result: TuneResult) -> dict:
 @app.command()
 def tune(
     model: str = ModelOpt, cluster: str = ClusterOpt, gpus: int = GpusOpt, global_batch: int = BatchOpt,
-    seq_len: Optional[int] = SeqOpt, precision: Optional[str] = PrecisionOpt, stack: str = StackOpt,
+    seq_len: Optional[int] = SeqOpt, precision: Optional[str] = PrecisionOpt,
+    stack: str = typer.Option(DEFAULT_STACK, "--stack", help=f"{DEFAULT_STACK} only: the trials run on ppplan's runtime"),
     schedules: Optional[str] = typer.Option(None, "--schedules", help="comma list"),
     top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", min=1, max=64, help="plans to run"),
     steps: int = typer.Option(DEFAULT_STEPS, "--steps", min=2, max=MAX_STEPS, help="steps per plan (the first is warm-up)"),

@@ -48,7 +48,7 @@ from costmodels.rules import (
 from planner.search.bounds import Bounds
 from planner.search.cutpoints import split_affine
 from planner.search.space import DEFAULT_SCHEDULES, Candidate, DegreeFilter, cp_chunk_search_violations, enumerate_candidates
-from profiles.errors import PlanError
+from profiles.errors import PlanError, sig3
 from profiles.loader import DEFAULT_STACK, load_stack, preset_names
 from profiles.schema import ClusterSpec, Estimate, ModelSpec, ParallelConfig, TrainSpec
 from profiles.stack_schema import StackSpec
@@ -338,6 +338,20 @@ def search(
     if not result.best:
         result.closest = closest_plan(searcher, cands)
     return result
+
+
+def infeasible_message(closest: Scored | None, model: ModelSpec, gpus: int, global_batch: int) -> str:
+    """Why a search returned no plan (DESIGN.md: an infeasible request exits 1 with the closest plan and why):
+    no legal configuration at all, or the least-overflowing plan (``SearchResult.closest``) and its overflow."""
+    if closest is None:
+        return (f"no legal configuration of {model.name} on {gpus} GPUs with global batch {global_batch}: tp x cp x pp x dp "
+                f"must make {gpus} with dp x mbs dividing the global batch and each degree within the model's rules "
+                "(heads, sequence, layers); fewer GPUs or a larger global batch")
+    est = closest.estimate
+    worst = max(est.peak_memory_gib)
+    return (f"no plan fits in {sig3(est.memory_limit_gib)} GiB per GPU; closest: {closest.candidate.label()} needs "
+            f"{sig3(worst)} GiB on pipeline rank {est.peak_memory_gib.index(worst)} "
+            f"(over by {sig3(worst - est.memory_limit_gib)} GiB)")
 
 
 def pinned_degree_violations(model: ModelSpec, train: TrainSpec, degrees: DegreeFilter) -> list[str]:

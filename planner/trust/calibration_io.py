@@ -31,24 +31,28 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 import statistics
 from pathlib import Path
 
 import yaml
 
-from costmodels.compute import default_precision
+from costmodels.compute import default_precision, peak_flops
 from costmodels.layout import uniform_split
 from costmodels.rules import check_plan, config_violations
 from planner.trust.calibration import MeasuredRun
 from profiles.errors import PlanError
 from profiles.files import extra_fields_problem, metrics_plan_problem, read_metrics_jsonl, read_text, unreadable_value
 from profiles.hf_config import _first_error
+from profiles.limits import MIN_STEP_TIME_S
 from profiles.loader import DEFAULT_STACK, load_model, load_plan, load_stack, plan_stack
 from profiles.schema import ClusterSpec, ParallelConfig, TrainSpec
 from profiles.stack_schema import StackSpec
 
 CSV_REQUIRED = ("run", "model", "global_batch", "seq_len", "tp", "pp", "dp", "mbs", "step_time_s")
 TRUE_WORDS = frozenset({"1", "true", "yes", "y"})
+CSV_COLUMNS = frozenset(CSV_REQUIRED) | {"precision", "v", "schedule", "recompute", "sequence_parallel", "zero",
+                                         "offload_layers", "stage_layers", "peak_memory_gib", "gpus", "cluster", "stack"}
 
 
 def read_metrics_lines(path: Path) -> list[dict]:
@@ -82,8 +86,9 @@ def metrics_run(path: Path, plan_path: Path, cluster: ClusterSpec) -> tuple[Meas
         warnings.append(f"{path}: plan was made for cluster '{plan.cluster.name}', fitted as '{cluster.name}'")
     memory = [float(r["peak_memory_gib"]) for r in records if r.get("peak_memory_gib") is not None]
     step_time_s = measured_step_time_s(records)
-    if step_time_s <= 0:
-        raise PlanError(f"{path}: the median step time is {step_time_s:g} s: a step takes time (are these metrics a run's?)")
+    if step_time_s < MIN_STEP_TIME_S:
+        raise PlanError(f"{path}: the median step time is {step_time_s:g} s, under {MIN_STEP_TIME_S:g} s: "
+                        "a step takes time (are these metrics a run's?)")
     run = MeasuredRun(
         run=path.stem, group=path.stem, model=plan.model, cluster=cluster, train=plan.train,
         config=plan.config, step_time_s=step_time_s,
@@ -105,6 +110,14 @@ def _stack_for(spec: str, csv_dir: Path) -> StackSpec:
     """The ``stack`` column: a preset name, or a stack file (relative paths are tried next to the CSV, as models)."""
     beside = csv_dir / spec
     return load_stack(str(beside) if not Path(spec).is_absolute() and beside.is_file() else spec)
+
+
+def in_columns(message: str) -> str:
+    """A rule's hint as a runs CSV row can follow it: the options it names (``--precision``,
+    ``--sequence-parallel``) become the row's columns (``precision``, ``sequence_parallel``)."""
+    named = re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_") if m.group(1).replace("-", "_") in CSV_COLUMNS
+                   else m.group(0), message)
+    return named if named == message else f"{named} (columns of the row)"
 
 
 def _csv_run(row: dict[str, str], where: str, csv_dir: Path, cluster: ClusterSpec) -> MeasuredRun:
@@ -143,10 +156,14 @@ def _csv_run(row: dict[str, str], where: str, csv_dir: Path, cluster: ClusterSpe
                       precision=_cell(row, "precision", default_precision(cluster)))
     gpus = int(_cell(row, "gpus", str(ints["tp"] * ints["pp"] * ints["dp"])))
     problems = config_violations(model, train, gpus, cfg, stack)  # the rules of the stack the run ran on
+    try:
+        peak_flops(cluster, train.precision)  # raises naming the precisions the cluster's GPU has
+    except PlanError as exc:
+        problems.append(str(exc))
     if problems:
-        raise PlanError(f"{where}: {problems[0]}")
-    if step <= 0:
-        raise PlanError(f"{where}: step_time_s must be positive")
+        raise PlanError(f"{where}: {in_columns(problems[0])}")
+    if step < MIN_STEP_TIME_S:
+        raise PlanError(f"{where}: step_time_s must be at least {MIN_STEP_TIME_S:g} s, got {step:g}")
     return MeasuredRun(_cell(row, "run"), _cell(row, "run"), model, cluster, train, cfg, step, memory, stack=stack)
 
 

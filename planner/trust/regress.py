@@ -24,7 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 
-from planner.search.branch_and_bound import search
+from planner.search.branch_and_bound import infeasible_message, search
 from planner.search.space import DEFAULT_SCHEDULES, DegreeFilter, schedule_name_problems
 from planner.trust.processes import process_map, usable_cores
 from profiles.errors import InfeasibleError, PlanError
@@ -128,15 +128,7 @@ def run_case(case: RegressionCase) -> Golden:
     result = search(model, cluster, train, case.gpus, top_k=1, schedules=schedules, stack=load_stack(case.stack or DEFAULT_STACK),
                     degrees=case.degree_filter())
     if not result.best:  # well-formed but infeasible (DESIGN.md: exit 1 with the closest plan and why)
-        closest = result.closest
-        if closest is None:
-            raise InfeasibleError(f"case {case.name}: no legal configuration of {model.name} on {case.gpus} GPUs with "
-                                  f"global batch {case.global_batch}")
-        est = closest.estimate
-        worst = max(est.peak_memory_gib)
-        raise InfeasibleError(f"case {case.name}: no plan fits in {est.memory_limit_gib:.3g} GiB per GPU; closest: "
-                              f"{closest.candidate.label()} needs {worst:.3g} GiB on pipeline rank "
-                              f"{est.peak_memory_gib.index(worst)}")
+        raise InfeasibleError(f"case {case.name}: {infeasible_message(result.closest, model, case.gpus, case.global_batch)}")
     best = result.best[0]
     return golden_of(best.config, best.estimate)
 

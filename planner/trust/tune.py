@@ -27,7 +27,8 @@ from planner.trust.calibration import FIT_TERMS, CalibrationReport, MeasuredRun,
 from planner.trust.calibration_io import measured_step_time_s, read_metrics_lines
 from profiles.errors import InfeasibleError, PlanError
 from profiles.files import write_atomic
-from profiles.loader import carried_stack
+from profiles.limits import MIN_STEP_TIME_S
+from profiles.loader import DEFAULT_STACK, carried_stack
 from profiles.schema import ClusterSpec, ModelSpec, Plan, TrainSpec
 from profiles.stack_schema import StackSpec
 
@@ -111,7 +112,7 @@ def _run_trial(index: int, plan: Plan, opts: TuneOptions) -> Trial:
     records = read_metrics_lines(metrics_path)
     peak = max(float(r["peak_memory_gib"]) for r in records)
     step_time_s = measured_step_time_s(records)
-    if step_time_s <= 0:  # the calibration divides by it
+    if step_time_s < MIN_STEP_TIME_S:  # the calibration divides by it
         return Trial(index, plan, plan_path, metrics_path, None, None, f"median step time {step_time_s:g} s in {metrics_path}")
     return Trial(index, plan, plan_path, metrics_path, step_time_s, peak, None)
 
@@ -125,6 +126,9 @@ def _measured_run(trial: Trial, stack: StackSpec) -> MeasuredRun:
 
 def tune(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, gpus: int, opts: TuneOptions) -> TuneResult:
     """Search, run the top-k, calibrate, re-rank, pick the measured-fastest (module docstring)."""
+    if opts.stack is not None and opts.stack.name != DEFAULT_STACK:  # before the search, not after it
+        raise PlanError(f"tune runs its trials with ppplan launch, which runs '{DEFAULT_STACK}' plans only: drop "
+                        f"--stack {opts.stack.name} (ppplan search --stack {opts.stack.name} plans for it)")
     kwargs = {"schedules": opts.schedules} if opts.schedules else {}
     found = search(model, cluster, train, gpus, opts.top_k, stack=opts.stack, **kwargs)
     if not found.best:

@@ -54,6 +54,24 @@ def test_missing_key_names_it(tmp_path):
         load_model(str(path))
 
 
+@pytest.mark.parametrize("family, key, table", [("llama", "max_position_embeddings", 2048),
+                                                 ("mistral", "max_position_embeddings", 131072),
+                                                 ("qwen2", "max_position_embeddings", 32768),
+                                                 ("gpt2", "n_positions", 1024)])
+def test_a_config_without_its_position_size_takes_the_family_classes_default(family, key, table, tmp_path):
+    """transformers fills a left-out max_position_embeddings (GPT-2: n_positions) from the family's
+    configuration class (LlamaConfig 2048, MistralConfig 4096 x 32, Qwen2Config 32768, GPT2Config 1024);
+    ppplan reads such a config as Hugging Face does instead of refusing it. A family without a known
+    default still names the keys it needs."""
+    data = {k: v for k, v in CONFIGS[family][0].items() if k != key}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    assert load_model(str(path)).seq_len == table
+    path.write_text(json.dumps({**data, "model_type": "phi"}))
+    with pytest.raises(PlanError, match="max_position_embeddings"):
+        load_model(str(path))
+
+
 def test_a_checkpoint_named_by_a_long_path_loads_and_a_control_character_does_not(tmp_path):
     """The model's name is the config's ``_name_or_path`` (often a local path): 400 characters load; an escape
     sequence in it is refused (``profiles.schema.Name``: printable, up to 1,024 characters)."""

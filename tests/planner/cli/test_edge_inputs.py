@@ -258,9 +258,11 @@ def test_calibrate_checks_a_metrics_run_as_compare_does(tmp_path: Path, capsys) 
     (tmp_path / "broken.json").write_text(json.dumps(broken))
     good = _metrics(tmp_path / "m.jsonl", [{"step": s, "rank": 0, "stage": 0} for s in range(3)])
     zero = _metrics(tmp_path / "zero.jsonl", [{"step": s, "rank": 0, "stage": 0, "step_time_s": 0.0} for s in range(3)])
+    tiny = _metrics(tmp_path / "tiny.jsonl", [{"step": s, "rank": 0, "stage": 0, "step_time_s": 5e-324} for s in range(3)])
     rank10 = _metrics(tmp_path / "rank10.jsonl", [{"step": s, "rank": 10, "stage": 1} for s in range(3)])
     for metrics, plan_path, message in ((good, tmp_path / "broken.json", "recompute lists 1 stages but pp*v = 2"),
-                                        (zero, plan, "the median step time is 0 s"),
+                                        (zero, plan, "the median step time is 0 s, under 1e-06 s"),
+                                        (tiny, plan, "the median step time is 4.94066e-324 s, under 1e-06 s"),
                                         (rank10, plan, "metrics hold rank 10 but the plan has 4 ranks")):
         capsys.readouterr()
         assert run(["calibrate", str(metrics), "--plan", str(plan_path), "--cluster", "cpu-local"]) == 2
@@ -453,3 +455,52 @@ def test_a_plan_priced_on_a_stack_file_carries_it(tmp_path: Path, capsys) -> Non
         edited.write_text(json.dumps({**doc, "stack_spec": {**doc["stack_spec"], **change}}))
         assert run(["explain", str(edited)]) == 2
         assert message in _one_error(capsys)
+
+
+# --- the third pass's leftovers (session 52) --------------------------------------------------------------------------
+
+
+def test_a_profile_of_zero_second_layers_or_one_repeat_is_refused(tmp_path: Path, capsys) -> None:
+    """A profile whose layers all read 0 s priced a step of 266 % MFU; one timed once has no spread (the profiler
+    takes at least 2 repeats). Forward and unsplit backward must be positive; an embedding's B may be 0 s."""
+    good = json.loads(_profile().model_dump_json())
+    for change, message in (({"forward_s": 0.0, "backward_s": 0.0}, "forward_s: Input should be greater than 0"),
+                            ({"repeats": 1}, "repeats: Input should be greater than or equal to 2")):
+        path = tmp_path / "profile.json"
+        path.write_text(json.dumps({**good, "layers": [{**layer, **change} for layer in good["layers"]]}))
+        capsys.readouterr()
+        assert run(["evaluate", *EVALUATE_TINY, "--profile", str(path)]) == 2
+        assert message in _one_error(capsys)
+
+
+def test_a_runs_csv_row_is_told_which_column_to_change(tmp_path: Path, capsys) -> None:
+    """calibrate's CSV rows got the rules' hints in another command's options ("drop --sequence-parallel"), and a
+    precision the cluster has no peak for was refused without the row's line."""
+    header = "run,model,global_batch,seq_len,tp,pp,dp,mbs,step_time_s,precision,sequence_parallel\n"
+    for row, cluster, message in (
+        ("r,tiny-gpt,8,128,1,2,2,1,0.5,fp32,true", "cpu-local",
+         "runs.csv:2: sequence parallel needs tp > 1: drop sequence_parallel or raise tp (columns of the row)"),
+        ("r,tiny-gpt,8,128,1,2,2,1,0.5,fp8,false", "dgx-a100-80g",
+         "runs.csv:2: precision 'fp8' is not run by stack 'ppplan-torch' (runs fp32, bf16): plan with another "
+         "precision or stack (columns of the row)"),
+    ):
+        (tmp_path / "runs.csv").write_text(header + row + "\n")
+        capsys.readouterr()
+        assert run(["calibrate", str(tmp_path / "runs.csv"), "--cluster", cluster]) == 2
+        assert message in _one_error(capsys)
+    (tmp_path / "runs.csv").write_text(header.replace("sequence_parallel", "stack") + "r,tiny-gpt,8,128,1,2,2,1,0.5,fp8,megatron-core\n")
+    assert run(["calibrate", str(tmp_path / "runs.csv"), "--cluster", "dgx-a100-80g"]) == 2
+    assert ("runs.csv:2: cluster 'dgx-a100-80g' has no fp8 peak; use precision fp32|bf16|fp16 (columns of the row)"
+            in _one_error(capsys))
+
+
+def test_tune_refuses_another_stack_before_it_searches(tmp_path: Path, capsys) -> None:
+    """tune --stack megatron-core searched first and then said "ppplan launch runs 'ppplan-torch' plans: emit it with
+    --emit megatron", an option tune does not have. Its trials run on ppplan's runtime: it refuses another stack first."""
+    capsys.readouterr()
+    argv = ["tune", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "2", "--global-batch", "8",
+            "--stack", "megatron-core", "--metrics-dir", str(tmp_path / "trials"), "--out", str(tmp_path / "t.json")]
+    assert run(argv) == 2
+    assert ("tune runs its trials with ppplan launch, which runs 'ppplan-torch' plans only: drop --stack megatron-core"
+            in _one_error(capsys))
+    assert not list(tmp_path.iterdir())
