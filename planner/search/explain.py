@@ -104,8 +104,13 @@ def waste_warnings(cfg: ParallelConfig, est: Estimate, global_batch: int, steps_
     """Warnings for a plan that wastes the machine: a batch too small to fill the pipelines, a
     bubble over half the step, or an MFU under a third of what the GPUs reach when busy. Where
     ``steps_overlap`` (a post-validated optimizer step: ``costmodels.steady_state``) the bubble is the
-    critical rank's idle share of the period, not DESIGN's ``bubble_fraction`` over one step's makespan."""
+    critical rank's idle share of the period, not DESIGN's ``bubble_fraction`` over one step's makespan.
+    An MFU over 100 % is no waste but a price no GPU reaches: measured layer times (``--profile``) faster
+    than the cluster's peak FLOP/s allow, taken on another device or with a broken timer."""
     warnings = []
+    if est.mfu > 1:
+        warnings.append(f"MFU {_g3(100 * est.mfu)}% is above the GPUs' peak: the layer times run faster than the "
+                        "cluster's peak FLOP/s allow (a profile of another device, or a cluster whose peak is too low)")
     if cfg.pp > 1 and cfg.num_microbatches < cfg.pp:
         fill = cfg.dp * cfg.mbs * cfg.pp
         replicas = "the one replica" if cfg.dp == 1 else f"each of the {cfg.dp} data-parallel replicas"

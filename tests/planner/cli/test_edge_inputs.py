@@ -5,6 +5,7 @@ another plan or logged twice, misleading messages) follow at the end (session 51
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -504,3 +505,22 @@ def test_tune_refuses_another_stack_before_it_searches(tmp_path: Path, capsys) -
     assert ("tune runs its trials with ppplan launch, which runs 'ppplan-torch' plans only: drop --stack megatron-core"
             in _one_error(capsys))
     assert not list(tmp_path.iterdir())
+
+
+def test_a_profile_faster_than_the_gpus_peak_is_flagged(tmp_path: Path, capsys) -> None:
+    """A profile whose layers read a thousandth of their time priced MFU far above 100 % without a word (cpu-local's
+    peak is 0.104 TFLOP/s): the price is kept (the profile is the user's measurement) and a warning says no GPU
+    reaches it."""
+    good = json.loads(_profile().model_dump_json())
+    times = ("forward_s", "backward_input_s", "backward_weight_s", "backward_s")
+    fast = [{**layer, **{k: layer[k] * 1e-3 for k in times}} for layer in good["layers"]]
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({**good, "layers": fast, "runtime": None}))
+    capsys.readouterr()
+    argv = ["evaluate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "2", "--global-batch", "8", "--tp", "1",
+            "--pp", "1", "--mbs", "1", "--profile", str(path)]
+    assert run([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["estimate"]["mfu"] > 1
+    assert run(argv) == 0
+    assert re.search(r"warning: MFU \d+% is above the GPUs' peak: the layer times run faster than the cluster's peak "
+                     r"FLOP/s allow", capsys.readouterr().err)
