@@ -133,12 +133,12 @@ def _banded(est: Estimate, stack: str, cluster: ClusterSpec, profile: Optional[P
 
 
 def _plans(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, result: SearchResult,
-           profile: Optional[Path] = None) -> list[Plan]:
+           profile: Optional[Path] = None, degrees: DegreeFilter | None = None) -> list[Plan]:
     """The plans of ``--json`` and ``--out``, best first: the best one carries the rationale and its
     nearest rejected alternatives; each runner-up says how far behind it is. Each estimate carries
     its error band."""
     best = result.best[0]
-    alternatives = nearest_alternatives(result.searcher, best)
+    alternatives = nearest_alternatives(result.searcher, best, degrees=degrees)
     runner_up = result.best[1] if len(result.best) > 1 else None
     carried = carried_stack(result.searcher.stack)
     plans = [Plan(model=model, cluster=cluster, train=train, config=best.config,
@@ -189,7 +189,7 @@ def search_cmd(
                         degrees=degrees)
     if not result.best:
         _report_infeasible(result.closest, model_spec, cluster_spec, train, gpus, as_json, result.searcher.stack, profile)
-    plans = _plans(model_spec, cluster_spec, train, result, profile)
+    plans = _plans(model_spec, cluster_spec, train, result, profile, degrees)
     best = plans[0].config
     for warning in (waste_warnings(best, plans[0].estimate, global_batch, stack_spec.steps_overlap(best.schedule, train.precision))
                     + kernel_warnings(model_spec, stack_spec, train.precision)):

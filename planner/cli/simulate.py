@@ -23,6 +23,7 @@ import typer
 from rich.table import Table
 
 from costmodels.memory import GIB
+from costmodels.processor_sharing import ranks_per_core
 from costmodels.rank_memory import allocator_share
 from costmodels.rules import check_plan, size_violations
 from costmodels.schedules.actions import Schedule
@@ -185,6 +186,17 @@ def _print_overlap_note(plan: Plan, result: SimulationResult) -> None:
                   f"{sig3(result.makespan_s)} s plus its optimizer", markup=False)
 
 
+def _print_timeshare_note(plan: Plan, result: SimulationResult) -> None:
+    """Where ranks share a node's cores (a CPU cluster's ``concurrent_ranks_per_node``), the estimate prices
+    the action lists under processor sharing (``costmodels.processor_sharing``); this simulation gives
+    every rank a core of its own, so its makespan can be far below the plan's step."""
+    shared = ranks_per_core(plan.cluster, plan.config)
+    if shared > 1:
+        out.print(f"ranks share cores ({shared:.3g} processes per core on cluster {plan.cluster.name}): the estimate's "
+                  f"step, {sig3(plan.estimate.step_time_s)} s, prices that sharing; this makespan, "
+                  f"{sig3(result.makespan_s)} s, gives each rank a core of its own", markup=False)
+
+
 @app.command("simulate")
 def simulate_cmd(
     plan: Optional[Path] = typer.Argument(None, help="a plan file from search/evaluate (or give a synthetic case)"),
@@ -232,5 +244,6 @@ def simulate_cmd(
     _print_human(result)
     if checked is not None:
         _print_overlap_note(checked, result)
+        _print_timeshare_note(checked, result)
     for path in (p for p in (trace, svg) if p is not None):
         out.print(f"wrote {path}", markup=False)

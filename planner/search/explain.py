@@ -16,6 +16,7 @@ from costmodels.layer_costs import bytes_per_element
 from costmodels.layout import min_layers_for
 from costmodels.operators import TENSOR_CORE_ALIGNMENT_BYTES, unfused_attention_on_tensor_cores
 from costmodels.rules import (
+    config_violations,
     data_parallel_violations,
     expert_context_violations,
     parallelism_violations,
@@ -31,6 +32,7 @@ from planner.search.space import (
     MIN_CP_CHUNK,
     RECOMPUTE_KINDS,
     SEARCHED_ZERO,
+    DegreeFilter,
     sp_regather_applies,
 )
 from profiles.schema import Alternative, Estimate, ModelSpec, ParallelConfig, TrainSpec
@@ -166,8 +168,11 @@ def _neighbours(c: Candidate, gpus: int, train: TrainSpec, model: ModelSpec, sta
         folded_ranks = tp if etp != tp else 1
         if global_batch % (dp * c.mbs) or (dp * cp * folded_ranks) % ep or (cp > 1 and c.mbs > 1):
             return
+        # one stage has no pipeline schedule: its neighbour at pp 1 runs 1f1b (v 1), as search's pp-1 candidates
+        schedule, v = (c.schedule, c.v) if pp > 1 else ("1f1b", 1)
         out.append(replace(c, tp=tp, cp=cp, ep=ep, etp=etp, pp=pp, dp=dp, num_microbatches=global_batch // (dp * c.mbs),
-                           sequence_parallel=(c.sequence_parallel or etp != tp) and tp > 1, zero=c.zero if dp * cp > 1 else 0))
+                           sequence_parallel=(c.sequence_parallel or etp != tp) and tp > 1, zero=c.zero if dp * cp > 1 else 0,
+                           schedule=schedule, v=v))
 
     for tp in (c.tp // 2, c.tp * 2):
         if tp >= 1:
@@ -224,8 +229,12 @@ def _parallel_problems(c: Candidate, model: ModelSpec, train: TrainSpec, stack: 
             + data_parallel_violations(train.precision, c.tp, c.cp, c.pp, c.dp, c.zero, stack))
 
 
-def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6) -> list[Alternative]:
-    """Single-axis neighbours of the winner, each priced like a search candidate, nearest first."""
+def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6,
+                         degrees: DegreeFilter | None = None) -> list[Alternative]:
+    """Single-axis neighbours of the winner, each priced like a search candidate, nearest first. A neighbour
+    is shown only where the rules let it run (``costmodels.rules.config_violations`` on the priced
+    configuration, cut points included: the one rules module); ``degrees`` are those the search was
+    limited to, which a faster neighbour outside them names."""
     base = winner.estimate.step_time_s
     alts: list[tuple[float, Alternative]] = []
     cands = set(_neighbours(winner.candidate, searcher.gpus, searcher.train, searcher.model, searcher.stack,
@@ -234,7 +243,7 @@ def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6) -> 
         if min_layers_for(n.pp * n.v) > searcher.model.num_layers:
             continue
         scored = searcher.price(n)
-        if scored is None:
+        if scored is None or config_violations(searcher.model, searcher.train, searcher.gpus, scored.config, searcher.stack):
             continue
         est = scored.estimate
         delta = 100 * (est.step_time_s / base - 1)
@@ -244,14 +253,17 @@ def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6) -> 
             alts.append((float("inf"), Alternative(config=scored.config, step_time_s=est.step_time_s, delta_pct=delta,
                                                    reason=reason)))
             continue
-        reason = _why_slower(winner.estimate, est, delta, scored.config, searcher)
+        reason = _why_slower(winner.estimate, est, delta, scored, searcher, degrees)
         alts.append((est.step_time_s, Alternative(config=scored.config, step_time_s=est.step_time_s, delta_pct=delta,
                                                   reason=reason)))
     alts.sort(key=lambda t: (t[0], config_label(t[1].config)))
     return [a for _, a in alts[:limit]]
 
 
-def _outside_space(cfg: ParallelConfig, searcher: Searcher) -> str:
+def _outside_space(scored: Scored, searcher: Searcher, degrees: DegreeFilter | None) -> str:
+    cfg = scored.config
+    if degrees is not None and not degrees.admits(scored.candidate):
+        return f"outside the degrees the search was limited to ({degrees.describe()})"
     if cfg.tp > searcher.cluster.gpus_per_node:
         return "TP across nodes, which search tries only with --allow-cross-node-tp"
     if cfg.cp > 1 and cfg.mbs > CP_MICRO_BATCH:
@@ -273,13 +285,14 @@ SLOWER_TERMS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _why_slower(win: Estimate, other: Estimate, delta_pct: float, cfg: ParallelConfig, searcher: Searcher) -> str:
+def _why_slower(win: Estimate, other: Estimate, delta_pct: float, scored: Scored, searcher: Searcher,
+                degrees: DegreeFilter | None = None) -> str:
     if abs(delta_pct) < 0.05:
         return "ties on step time; the canonical order (smaller degrees, cheaper options first) decides"
     if delta_pct < 0:
         if -delta_pct <= 100 * TOLERANCE:
             return f"{-delta_pct:.2g}% faster, within the search's {100 * TOLERANCE:.2g}% tolerance"
-        return f"{_g3(-delta_pct)}% faster: {_outside_space(cfg, searcher)}"
+        return f"{_g3(-delta_pct)}% faster: {_outside_space(scored, searcher, degrees)}"
     diffs = {label: getattr(other.breakdown, field) - getattr(win.breakdown, field) for field, label in SLOWER_TERMS}
     name, seconds = max(diffs.items(), key=lambda kv: kv[1])
     step_gap_s = other.step_time_s - win.step_time_s

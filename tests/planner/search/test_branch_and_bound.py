@@ -98,6 +98,34 @@ def test_explain_names_binding_and_alternatives(tmp_path, capsys):
     assert "What binds" in text and "Nearest alternatives" in text and "slower" in text
 
 
+def test_every_alternative_keeps_the_rules_and_one_outside_a_degree_filter_says_so(tmp_path, capsys):
+    """The pp neighbour of an interleaved plan at pp 1 kept v 2 and interleaved-1f1b, which evaluate refuses ("pp=1
+    has no pipeline"), and search wrote it into the plan as "faster: the plan did not come from search". Every
+    alternative is now checked by the rules module on its priced configuration, a pp-1 neighbour runs 1f1b, and
+    one excluded by --pp says it was the filter (a consistency fuzz of session 52: 3 of 146 alternatives)."""
+    from costmodels.rules import config_violations
+    from profiles.schema import Plan
+
+    plan = tmp_path / "s.json"
+    assert run(["search", "--model", "tiny-llama", "--cluster", "cpu-local", "--gpus", "2", "--global-batch", "12",
+                "--stack", "megatron-core", "--top-k", "1", "--pp", "2", "--out", str(plan)]) == 0
+    doc = Plan.model_validate_json(plan.read_text())
+    stack = load_stack("megatron-core")
+    assert doc.alternatives and all(
+        not config_violations(doc.model, doc.train, 2, a.config, stack) for a in doc.alternatives)
+    pp1 = [a for a in doc.alternatives if a.config.pp == 1]
+    assert [(a.config.schedule, a.config.v) for a in pp1] == [("1f1b", 1)]
+    assert pp1[0].delta_pct < 0 and pp1[0].reason.endswith("outside the degrees the search was limited to (pp in {2})")
+    capsys.readouterr()
+    evaluated = tmp_path / "e.json"
+    assert run(["evaluate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "2", "--global-batch", "8",
+                "--tp", "1", "--pp", "2", "--mbs", "1", "--v", "2", "--schedule", "interleaved-1f1b", "--out",
+                str(evaluated)]) == 0
+    assert run(["explain", str(evaluated)]) == 0
+    text = capsys.readouterr().out
+    assert "pp=1 dp=2 mbs=1 M=4 v=1 1f1b" in text and "v=2 interleaved-1f1b" in text and "pp=1 dp=2 mbs=1 M=4 v=2" not in text
+
+
 def test_a_rank_memory_line_caps_layers_under_both_the_backward_and_the_step_peak() -> None:
     """Hand numbers: the backward's peak 10 + 2 GiB per layer (+ 1 per in-flight microbatch), the step's
     4 + 5 per layer; under 40 GiB with 2 in flight the backward allows 14 layers, the step 7."""
