@@ -133,12 +133,13 @@ def _banded(est: Estimate, stack: str, cluster: ClusterSpec, profile: Optional[P
 
 
 def _plans(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, result: SearchResult,
-           profile: Optional[Path] = None, degrees: DegreeFilter | None = None) -> list[Plan]:
+           profile: Optional[Path] = None, degrees: DegreeFilter | None = None,
+           schedules: tuple[str, ...] | None = None) -> list[Plan]:
     """The plans of ``--json`` and ``--out``, best first: the best one carries the rationale and its
     nearest rejected alternatives; each runner-up says how far behind it is. Each estimate carries
     its error band."""
     best = result.best[0]
-    alternatives = nearest_alternatives(result.searcher, best, degrees=degrees)
+    alternatives = nearest_alternatives(result.searcher, best, degrees=degrees, schedules=schedules)
     runner_up = result.best[1] if len(result.best) > 1 else None
     carried = carried_stack(result.searcher.stack)
     plans = [Plan(model=model, cluster=cluster, train=train, config=best.config,
@@ -146,7 +147,8 @@ def _plans(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, result: Sea
                   rationale=rationale(best, runner_up, alternatives), alternatives=alternatives, stack_spec=carried)]
     for rank, scored in enumerate(result.best[1:], start=2):
         gap = 100 * (scored.estimate.step_time_s / best.estimate.step_time_s - 1)
-        lines = [f"#{rank} of the search: {gap:.2g}% slower than #1"]
+        lines = [f"#{rank} of the search: {gap:.2g}% slower than #1" if gap >= 0.005 else
+                 f"#{rank} of the search: ties with #1 on step time (the canonical order decides)"]
         plans.append(Plan(model=model, cluster=cluster, train=train, config=scored.config,
                           estimate=_banded(scored.estimate, scored.config.stack, cluster, profile), rationale=lines,
                           stack_spec=carried))
@@ -189,7 +191,7 @@ def search_cmd(
                         degrees=degrees)
     if not result.best:
         _report_infeasible(result.closest, model_spec, cluster_spec, train, gpus, as_json, result.searcher.stack, profile)
-    plans = _plans(model_spec, cluster_spec, train, result, profile, degrees)
+    plans = _plans(model_spec, cluster_spec, train, result, profile, degrees, names if schedules is not None else None)
     best = plans[0].config
     for warning in (waste_warnings(best, plans[0].estimate, global_batch, stack_spec.steps_overlap(best.schedule, train.precision))
                     + kernel_warnings(model_spec, stack_spec, train.precision)):

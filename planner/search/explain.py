@@ -29,6 +29,7 @@ from planner.search.branch_and_bound import TOLERANCE, Candidate, Scored, Search
 from planner.search.space import (
     CP_MICRO_BATCH,
     DEFAULT_SCHEDULES,
+    MAX_MBS,
     MIN_CP_CHUNK,
     RECOMPUTE_KINDS,
     SEARCHED_ZERO,
@@ -229,12 +230,13 @@ def _parallel_problems(c: Candidate, model: ModelSpec, train: TrainSpec, stack: 
             + data_parallel_violations(train.precision, c.tp, c.cp, c.pp, c.dp, c.zero, stack))
 
 
-def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6,
-                         degrees: DegreeFilter | None = None) -> list[Alternative]:
+def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6, degrees: DegreeFilter | None = None,
+                         schedules: tuple[str, ...] | None = None) -> list[Alternative]:
     """Single-axis neighbours of the winner, each priced like a search candidate, nearest first. A neighbour
     is shown only where the rules let it run (``costmodels.rules.config_violations`` on the priced
-    configuration, cut points included: the one rules module); ``degrees`` are those the search was
-    limited to, which a faster neighbour outside them names."""
+    configuration, cut points included: the one rules module); ``degrees`` and ``schedules`` are what the
+    search was limited to (None: no degree limit, the default schedules), which a faster neighbour outside
+    them names."""
     base = winner.estimate.step_time_s
     alts: list[tuple[float, Alternative]] = []
     cands = set(_neighbours(winner.candidate, searcher.gpus, searcher.train, searcher.model, searcher.stack,
@@ -253,26 +255,33 @@ def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6,
             alts.append((float("inf"), Alternative(config=scored.config, step_time_s=est.step_time_s, delta_pct=delta,
                                                    reason=reason)))
             continue
-        reason = _why_slower(winner.estimate, est, delta, scored, searcher, degrees)
+        reason = _why_slower(winner.estimate, est, delta, scored, searcher, degrees, schedules)
         alts.append((est.step_time_s, Alternative(config=scored.config, step_time_s=est.step_time_s, delta_pct=delta,
                                                   reason=reason)))
     alts.sort(key=lambda t: (t[0], config_label(t[1].config)))
     return [a for _, a in alts[:limit]]
 
 
-def _outside_space(scored: Scored, searcher: Searcher, degrees: DegreeFilter | None) -> str:
+def _outside_space(scored: Scored, searcher: Searcher, degrees: DegreeFilter | None,
+                   schedules: tuple[str, ...] | None) -> str | None:
+    """Why search's space (as limited by ``degrees`` and ``schedules``, None: the defaults) does not hold the
+    neighbour ``scored``; None where it does."""
     cfg = scored.config
     if degrees is not None and not degrees.admits(scored.candidate):
         return f"outside the degrees the search was limited to ({degrees.describe()})"
+    if schedules is not None and cfg.schedule not in schedules:
+        return f"schedule '{cfg.schedule}' is outside the schedules searched (--schedules {','.join(schedules)})"
     if cfg.tp > searcher.cluster.gpus_per_node:
         return "TP across nodes, which search tries only with --allow-cross-node-tp"
     if cfg.cp > 1 and cfg.mbs > CP_MICRO_BATCH:
         return f"cp > 1 with mbs {cfg.mbs}, which search does not enumerate (context parallelism runs micro-batch 1)"
     if cfg.cp > 1 and searcher.train.seq_len // (2 * cfg.cp) < MIN_CP_CHUNK:
         return f"cp={cfg.cp} leaves chunks under {MIN_CP_CHUNK} positions, which search does not enumerate"
-    if cfg.schedule not in DEFAULT_SCHEDULES:
+    if cfg.mbs > MAX_MBS:
+        return f"mbs {cfg.mbs} is above the {MAX_MBS} search tries"
+    if schedules is None and cfg.schedule not in DEFAULT_SCHEDULES:
         return f"schedule '{cfg.schedule}' is not searched by default"
-    return "the plan did not come from search over this space: re-run ppplan search"
+    return None
 
 
 # The step-time terms a slower neighbour is explained by (``Breakdown`` field, the name said), in the order
@@ -286,13 +295,17 @@ SLOWER_TERMS: tuple[tuple[str, str], ...] = (
 
 
 def _why_slower(win: Estimate, other: Estimate, delta_pct: float, scored: Scored, searcher: Searcher,
-                degrees: DegreeFilter | None = None) -> str:
+                degrees: DegreeFilter | None = None, schedules: tuple[str, ...] | None = None) -> str:
+    outside = _outside_space(scored, searcher, degrees, schedules) if delta_pct < 0 else None
+    if outside:  # a faster neighbour the search could not return, whatever the margin
+        return f"{_g3(-delta_pct)}% faster: {outside}"
     if abs(delta_pct) < 0.05:
         return "ties on step time; the canonical order (smaller degrees, cheaper options first) decides"
     if delta_pct < 0:
         if -delta_pct <= 100 * TOLERANCE:
             return f"{-delta_pct:.2g}% faster, within the search's {100 * TOLERANCE:.2g}% tolerance"
-        return f"{_g3(-delta_pct)}% faster: {_outside_space(scored, searcher, degrees)}"
+        return (f"{_g3(-delta_pct)}% faster: this plan is not the best of search's space (a runner-up, or a plan "
+                "made by hand): ppplan search returns the best")
     diffs = {label: getattr(other.breakdown, field) - getattr(win.breakdown, field) for field, label in SLOWER_TERMS}
     name, seconds = max(diffs.items(), key=lambda kv: kv[1])
     step_gap_s = other.step_time_s - win.step_time_s

@@ -126,6 +126,32 @@ def test_every_alternative_keeps_the_rules_and_one_outside_a_degree_filter_says_
     assert "pp=1 dp=2 mbs=1 M=4 v=1 1f1b" in text and "v=2 interleaved-1f1b" in text and "pp=1 dp=2 mbs=1 M=4 v=2" not in text
 
 
+def test_a_faster_alternative_names_the_limit_that_kept_it_out_of_the_search(capsys):
+    """A neighbour on a schedule outside --schedules, or at an mbs above the space's 16, said "the plan did not come
+    from search over this space: re-run ppplan search", which re-running cannot change; within the 0.5 % tolerance it
+    said "within the search's tolerance" (a second consistency round of session 52: 12 of 83 --schedules cases)."""
+    def reasons(argv: list[str]) -> dict[tuple, str]:
+        assert run(["search", *argv, "--top-k", "1", "--json"]) == 0
+        alts = json.loads(capsys.readouterr().out)[0]["alternatives"]
+        return {(a["config"]["pp"], a["config"]["schedule"], a["config"]["mbs"]): a["reason"] for a in alts}
+
+    zb = reasons(["--model", "gpt3-1.7b", "--cluster", "dgx-h100", "--gpus", "8", "--global-batch", "32", "--schedules", "zb-h1"])
+    assert zb[(1, "1f1b", 2)].endswith("faster: schedule '1f1b' is outside the schedules searched (--schedules zb-h1)")
+    assert zb[(2, "interleaved-1f1b", 2)].startswith("0.0967% faster: schedule 'interleaved-1f1b' is outside")
+    tiny = reasons(["--model", "tiny-gpt", "--cluster", "dgx-h100", "--gpus", "8", "--global-batch", "24",
+                    "--schedules", "zb-h2,1f1b", "--pp", "8", "--tp", "1,8"])
+    assert tiny[(8, "zb-h2", 24)] == "0.844% faster: mbs 24 is above the 16 search tries"
+    assert not any("did not come from search" in r for r in (*zb.values(), *tiny.values()))
+
+
+def test_runners_up_that_tie_say_so_instead_of_a_negative_gap(capsys):
+    """Plans are ranked by step time rounded to 12 digits: a runner-up read "-1.1e-14% slower than #1"."""
+    assert run(["search", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "2", "--global-batch", "24",
+                "--stack", "megatron-core", "--top-k", "3", "--tp", "1", "--json"]) == 0
+    lines = [plan["rationale"][0] for plan in json.loads(capsys.readouterr().out)[1:]]
+    assert lines == [f"#{k} of the search: ties with #1 on step time (the canonical order decides)" for k in (2, 3)]
+
+
 def test_the_returned_cut_is_refined_past_the_min_max_cut(capsys):
     """tiny-gpt on 12 A100s, zb-h1 over 6 stages: the space's cuts are the uniform [2, 2, 1, 1, 1, 1] and the min-max
     [1, 1, 2, 2, 1, 1] (one slowest stage of two layers either way); the simulator prices [1, 2, 2, 1, 1, 1], one
@@ -143,6 +169,21 @@ def test_the_returned_cut_is_refined_past_the_min_max_cut(capsys):
         steps[cut] = json.loads(capsys.readouterr().out)["estimate"]["step_time_s"]
     assert steps["1,2,2,1,1,1"] == pytest.approx(plan["estimate"]["step_time_s"], rel=1e-9)
     assert steps["1,2,2,1,1,1"] < steps["2,2,1,1,1,1"] * (1 - 0.005)
+
+
+def test_a_refined_runner_up_can_overtake_the_pick(capsys):
+    """gpt3-1.7b on 16 A100-40G over zero-bubble schedules: unrefined, interleaved-zb at pp 2 v 2 ([6, 7, 7, 4]) is the
+    pick and v 4 the runner-up; refined (each move saving over 0.5 %, the scan going on past a kept move), v 4 wins,
+    below the v-2 plan's own price, which no one-layer move improves by 0.5 %."""
+    job = ["--model", "gpt3-1.7b", "--cluster", "dgx-a100-40g", "--gpus", "16", "--global-batch", "32"]
+    assert run(["search", *job, "--top-k", "2", "--schedules", "zbv,zb-h2,interleaved-zb", "--pp", "2,4", "--json"]) == 0
+    plans = json.loads(capsys.readouterr().out)
+    pick = plans[0]["config"]
+    assert (pick["pp"], pick["v"], pick["schedule"]) == (2, 4, "interleaved-zb")
+    assert run(["evaluate", *job, "--tp", "1", "--pp", "2", "--v", "2", "--mbs", "2", "--schedule", "interleaved-zb",
+                "--zero", str(pick["zero"]), "--stage-layers", "6,7,7,4", "--json"]) == 0
+    v2_step_s = json.loads(capsys.readouterr().out)["estimate"]["step_time_s"]
+    assert plans[0]["estimate"]["step_time_s"] < v2_step_s * (1 - 0.005)
 
 
 def test_a_rank_memory_line_caps_layers_under_both_the_backward_and_the_step_peak() -> None:
