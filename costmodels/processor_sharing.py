@@ -146,6 +146,16 @@ def _node_loads(cluster: ClusterSpec, cfg: ParallelConfig, cores: float) -> list
     return load
 
 
+def peak_node_load(cluster: ClusterSpec, cfg: ParallelConfig) -> float | None:
+    """The most cores one node's pipeline ranks want at once (``_node_loads``, every rank computing);
+    None where every rank has its own device. Above ``concurrent_ranks_per_node`` they time-share, and
+    ``timeshared_step_s`` prices it."""
+    cores = cluster.concurrent_ranks_per_node
+    if cores is None:
+        return None
+    return max(sum(wants) for wants in _node_loads(cluster, cfg, cores))
+
+
 def timeshared_work_bound_s(cluster: ClusterSpec, cfg: ParallelConfig, busy_s: tuple[float, ...], tail_s: list[float]) -> float:
     """A lower bound of ``timeshared_step_s`` for pricers that bound the pipeline rather than simulate
     it (``costmodels.pipeline_bound``): work is conserved, so the first node needs at least its ranks'

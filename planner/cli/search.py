@@ -148,7 +148,7 @@ def _plans(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, result: Sea
     for rank, scored in enumerate(result.best[1:], start=2):
         gap = 100 * (scored.estimate.step_time_s / best.estimate.step_time_s - 1)
         lines = [f"#{rank} of the search: {gap:.2g}% slower than #1" if gap >= 0.005 else
-                 f"#{rank} of the search: ties with #1 on step time (the canonical order decides)"]
+                 f"#{rank} of the search: ties with #1 on step time"]
         plans.append(Plan(model=model, cluster=cluster, train=train, config=scored.config,
                           estimate=_banded(scored.estimate, scored.config.stack, cluster, profile), rationale=lines,
                           stack_spec=carried))

@@ -18,11 +18,13 @@ of the space (DESIGN.md, Search).
    no candidate after it can enter the top k by more than the tolerance.
 3. A visited candidate's cuts each get their own time and memory bounds (the cut's stage
    times); a cut is simulated only when those leave it a chance.
-4. Each of the k plans found has its cut refined (``Searcher.refine_cut``), and they are ranked again:
-   one layer moved from one stage to another while a move lowers the exact price by more than the
-   tolerance and still fits (a runner-up refined can overtake the pick: gpt3-1.7b on 16 A100s, 3 %). A
-   refined plan is at least as fast as its unrefined price, so the guarantee above still holds; its
-   cut may lie outside the space (the simulator's price is not the min–max of the stage times).
+4. Each of the k plans found has its cut refined (``Searcher.refine_cut``), and the plans are ranked
+   again: one layer moved from one stage to another while a move lowers the exact price by more than
+   the tolerance and still fits. A refined plan is at least as fast as its unrefined price, so the
+   guarantee above still holds; its cut may lie outside the space (the simulator's price is not the
+   min–max of the stage times). A refined runner-up can overtake the pick (gpt3-1.7b on 16 A100s,
+   2.1 %), so the pick can depend on k, as it could within the tolerance before. Step 4's prices are
+   not checked against bounds nor counted in ``SearchResult.evaluated``; steps 1-3's are.
 
 Every exact price is checked against the bounds that admitted it; a violation (a cost-model
 change that breaks a bound) is counted in ``SearchResult.bound_violations`` and logged.
@@ -68,6 +70,8 @@ TOLERANCE = 0.005
 REFINE_PRICES_PER_STAGE = 8
 REFINE_PRICES_MAX = 48
 REFINE_GAIN = TOLERANCE
+# Moves looked at per plan (each a pair of cut bounds, about 0.3 ms on 96 stages), priced or not.
+REFINE_MOVES_MAX = 1024
 # Relative slack when checking an exact price against its bound (float summation order).
 BOUND_CHECK_SLACK = 1e-9
 
@@ -292,8 +296,9 @@ class Searcher:
     def refine_cut(self, s: Scored, budget: int | None = None) -> Scored:
         """``s`` with a cut at least as fast: one layer moved from one stage to another at a time, a move kept
         where its exact price fits and saves more than ``REFINE_GAIN``; the scan goes on from the move after
-        the one kept and stops once every move has been tried without a gain, or after ``budget`` exact prices
-        (default ``REFINE_PRICES_PER_STAGE`` per stage, at most ``REFINE_PRICES_MAX``).
+        the one kept and stops once every move has been tried without a gain, after ``budget`` exact prices
+        (default ``REFINE_PRICES_PER_STAGE`` per stage, at most ``REFINE_PRICES_MAX``), or after
+        ``REFINE_MOVES_MAX`` moves looked at.
         A move whose cut bounds (``Bounds.time_of_cut_s``, ``memory_of_cut_gib``: true lower bounds) cannot gain
         or cannot fit is not priced. The min-max cut balances the slowest stage, but the event simulator's price
         also depends on where the heavy stages sit (under zb-h1 a heavier early stage fills warm-up slack;
@@ -305,13 +310,14 @@ class Searcher:
         floors = end_stage_floors(len(s.config.stage_layers))
         moves = _one_layer_moves(len(floors))
         budget = min(REFINE_PRICES_PER_STAGE * len(floors), REFINE_PRICES_MAX) if budget is None else budget
-        spent, untried, at = 0, len(moves), 0
-        while untried and spent < budget:
+        spent, looked, untried, at = 0, 0, len(moves), 0
+        while untried and spent < budget and looked < REFINE_MOVES_MAX:
             src, dst = moves[at]
             at, untried = (at + 1) % len(moves), untried - 1
             cut = list(s.config.stage_layers)
             if cut[src] <= floors[src]:
                 continue
+            looked += 1
             cut[src], cut[dst] = cut[src] - 1, cut[dst] + 1
             target_s = s.estimate.step_time_s * (1 - REFINE_GAIN)
             if (self.bounds.time_of_cut_s(s.candidate, cut) >= target_s

@@ -135,7 +135,8 @@ def test_a_plan_whose_steps_overlap_says_its_step_is_the_period(tmp_path: Path, 
 def test_a_plan_of_ranks_sharing_cores_says_its_step_prices_the_sharing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """On cpu-local (2 cores) 4 pipeline ranks share the cores: the estimate prices that (processor sharing), the
     simulation gives each rank a core, so its makespan was far below the plan's step without a word (a consistency
-    fuzz of session 52 found ratios down to 0.15). 2 ranks on 2 cores share nothing and say nothing."""
+    fuzz of session 52 found ratios down to 0.15). 2 ranks on 2 cores share nothing and say nothing, nor do 4 TP ranks,
+    which want the 2 cores between them."""
     lines = {}
     for pp in (2, 4):
         plan = tmp_path / f"pp{pp}.json"
@@ -144,8 +145,15 @@ def test_a_plan_of_ranks_sharing_cores_says_its_step_prices_the_sharing(tmp_path
         capsys.readouterr()
         assert run(["simulate", str(plan)]) == 0
         lines[pp] = " ".join(capsys.readouterr().out.split())
-    assert "ranks share cores (2 processes per core on cluster cpu-local): the estimate's step, " in lines[4]
+    assert "ranks share cores (a node's pipeline ranks want 4 of its 2 cores): the estimate's step, " in lines[4]
     assert "prices that sharing" not in lines[2]
+    # 4 TP ranks want 2 cores in all (a TP group wider than the cores already shares them inside its layer times)
+    plan = tmp_path / "tp4.json"
+    assert run(["evaluate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "4", "--global-batch", "8",
+                "--tp", "4", "--pp", "1", "--mbs", "1", "--out", str(plan), "--json"]) == 0
+    capsys.readouterr()
+    assert run(["simulate", str(plan)]) == 0
+    assert "prices that sharing" not in " ".join(capsys.readouterr().out.split())
 
 
 def uneven_ms(forward_ms: tuple[float, ...]) -> StageTimes:
