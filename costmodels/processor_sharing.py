@@ -146,14 +146,12 @@ def _node_loads(cluster: ClusterSpec, cfg: ParallelConfig, cores: float) -> list
     return load
 
 
-def peak_node_load(cluster: ClusterSpec, cfg: ParallelConfig) -> float | None:
-    """The most cores one node's pipeline ranks want at once (``_node_loads``, every rank computing);
-    None where every rank has its own device. Above ``concurrent_ranks_per_node`` they time-share, and
-    ``timeshared_step_s`` prices it."""
-    cores = cluster.concurrent_ranks_per_node
-    if cores is None:
-        return None
-    return max(sum(wants) for wants in _node_loads(cluster, cfg, cores))
+def peak_node_load(cluster: ClusterSpec, cfg: ParallelConfig) -> float:
+    """The most cores one node's pipeline ranks want at once (``_node_loads``, every rank computing), on a
+    cluster whose ranks share cores (``concurrent_ranks_per_node`` set). Above that count they time-share,
+    and ``timeshared_step_s`` prices it."""
+    assert cluster.concurrent_ranks_per_node is not None, "a cluster of one device per rank shares no cores"
+    return max(sum(wants) for wants in _node_loads(cluster, cfg, cluster.concurrent_ranks_per_node))
 
 
 def timeshared_work_bound_s(cluster: ClusterSpec, cfg: ParallelConfig, busy_s: tuple[float, ...], tail_s: list[float]) -> float:

@@ -190,9 +190,11 @@ def _print_timeshare_note(plan: Plan, result: SimulationResult) -> None:
     """Where ranks share a node's cores (a CPU cluster's ``concurrent_ranks_per_node``), the estimate prices
     the action lists under processor sharing (``costmodels.processor_sharing``); this simulation gives
     every rank a core of its own, so its makespan can be far below the plan's step."""
-    wanted = peak_node_load(plan.cluster, plan.config)
     cores = plan.cluster.concurrent_ranks_per_node
-    if wanted is not None and cores is not None and wanted > cores:  # the condition timeshared_step_s prices
+    if cores is None:
+        return
+    wanted = peak_node_load(plan.cluster, plan.config)
+    if wanted > cores:  # the condition timeshared_step_s prices
         out.print(f"ranks share cores (a node's pipeline ranks want {wanted:.3g} of its {cores:g} cores): the estimate's "
                   f"step, {sig3(plan.estimate.step_time_s)} s, prices that sharing; this makespan, "
                   f"{sig3(result.makespan_s)} s, gives each rank a core of its own", markup=False)

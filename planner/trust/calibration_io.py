@@ -115,8 +115,11 @@ def _stack_for(spec: str, csv_dir: Path) -> StackSpec:
 def in_columns(message: str) -> str:
     """A rule's hint as a runs CSV row can follow it: the options it names (``--precision``,
     ``--sequence-parallel``) become the row's columns (``precision``, ``sequence_parallel``)."""
-    named = re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_") if m.group(1).replace("-", "_") in CSV_COLUMNS
-                   else m.group(0), message)
+    def column(option: re.Match[str]) -> str:
+        name = option.group(1).replace("-", "_")
+        return name if name in CSV_COLUMNS else option.group(0)
+
+    named = re.sub(r"--([a-z][a-z-]*)", column, message)
     return named if named == message else f"{named} (columns of the row)"
 
 
