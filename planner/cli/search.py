@@ -17,7 +17,7 @@ from costmodels.profile_times import layer_times_for
 from costmodels.rules import check_config, precision_violations
 from planner.cli.app import app, comma_list, err, note, out, output_option, small_int, warn
 from planner.cli.render import json_document, memory_table, plan_json, plans_table
-from planner.search.branch_and_bound import Scored, SearchResult, infeasible_message, search
+from planner.search.branch_and_bound import RANKED_AT_LEAST, Scored, SearchResult, infeasible_message, search
 from planner.search.explain import binding_constraints, kernel_warnings, nearest_alternatives, rationale, waste_warnings
 from planner.search.space import DEFAULT_SCHEDULES, RECOMPUTE_KINDS, DegreeFilter, schedule_name_problems
 from planner.trust.error_bands import with_error_band
@@ -134,12 +134,13 @@ def _banded(est: Estimate, stack: str, cluster: ClusterSpec, profile: Optional[P
 
 def _plans(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, result: SearchResult,
            profile: Optional[Path] = None, degrees: DegreeFilter | None = None,
-           schedules: tuple[str, ...] | None = None) -> list[Plan]:
+           schedules: tuple[str, ...] | None = None, cross_node_tp: bool = False) -> list[Plan]:
     """The plans of ``--json`` and ``--out``, best first: the best one carries the rationale and its
     nearest rejected alternatives; each runner-up says how far behind it is. Each estimate carries
     its error band."""
     best = result.best[0]
-    alternatives = nearest_alternatives(result.searcher, best, degrees=degrees, schedules=schedules)
+    alternatives = nearest_alternatives(result.searcher, best, degrees=degrees, schedules=schedules, cross_node_tp=cross_node_tp,
+                                        ranked=result.ranked)
     runner_up = result.best[1] if len(result.best) > 1 else None
     carried = carried_stack(result.searcher.stack)
     plans = [Plan(model=model, cluster=cluster, train=train, config=best.config,
@@ -164,7 +165,7 @@ def _title(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, gpus: int, 
 def search_cmd(
     model: str = ModelOpt, cluster: str = ClusterOpt, gpus: int = GpusOpt, global_batch: int = BatchOpt,
     seq_len: Optional[int] = SeqOpt, precision: Optional[str] = PrecisionOpt,
-    top_k: int = typer.Option(5, "--top-k", min=1, max=MAX_TOP_K, help="plans to return"),
+    top_k: int = typer.Option(RANKED_AT_LEAST, "--top-k", min=1, max=MAX_TOP_K, help="plans to return"),
     schedules: Optional[str] = typer.Option(None, "--schedules", help=f"comma list of {', '.join(DEFAULT_SCHEDULES)} "
                                             "(default: all the stack runs)"),
     allow_cross_node_tp: bool = typer.Option(False, "--allow-cross-node-tp", help="also try TP groups larger than a node"),
@@ -191,7 +192,8 @@ def search_cmd(
                         degrees=degrees)
     if not result.best:
         _report_infeasible(result.closest, model_spec, cluster_spec, train, gpus, as_json, result.searcher.stack, profile)
-    plans = _plans(model_spec, cluster_spec, train, result, profile, degrees, names if schedules is not None else None)
+    plans = _plans(model_spec, cluster_spec, train, result, profile, degrees, names if schedules is not None else None,
+                   allow_cross_node_tp)
     best = plans[0].config
     for warning in (waste_warnings(best, plans[0].estimate, global_batch, stack_spec.steps_overlap(best.schedule, train.precision))
                     + kernel_warnings(model_spec, stack_spec, train.precision)):

@@ -18,13 +18,20 @@ of the space (DESIGN.md, Search).
    no candidate after it can enter the top k by more than the tolerance.
 3. A visited candidate's cuts each get their own time and memory bounds (the cut's stage
    times); a cut is simulated only when those leave it a chance.
-4. Each of the k plans found has its cut refined (``Searcher.refine_cut``), and the plans are ranked
+4. Each of the plans found has its cut refined (``Searcher.refine_cut``), and the plans are ranked
    again: one layer moved from one stage to another while a move lowers the exact price by more than
    the tolerance and still fits. A refined plan is at least as fast as its unrefined price, so the
    guarantee above still holds; its cut may lie outside the space (the simulator's price is not the
    min–max of the stage times). A refined runner-up can overtake the pick (gpt3-1.7b on 16 A100s,
-   2.1 %), so the pick can depend on k, as it could within the tolerance before. Step 4's prices are
-   not checked against bounds nor counted in ``SearchResult.evaluated``; steps 1-3's are.
+   2.1 %). Step 4's prices are not checked against bounds nor counted in ``SearchResult.evaluated``;
+   steps 1-3's are.
+
+Steps 2-4 always rank at least ``RANKED_AT_LEAST`` plans (the CLI's default k), and the first k of them
+are returned: the first k plans of any k up to that are the default search's first k. Without the
+floor, the pick depended on k twice over: a k-1 visit stops at the first plan's price and skips
+plans within the tolerance below it (gpt3-175b on 1024 A100s: tp 8 pp 8 at k 1, tp 4 pp 16, 0.1 %
+faster, at k 5), and only the k plans returned were refined. A larger k ranks more plans, so its pick
+is never slower.
 
 Every exact price is checked against the bounds that admitted it; a violation (a cost-model
 change that breaks a bound) is counted in ``SearchResult.bound_violations`` and logged.
@@ -36,7 +43,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from costmodels.estimate import estimate
@@ -70,6 +77,8 @@ TOLERANCE = 0.005
 REFINE_PRICES_PER_STAGE = 8
 REFINE_PRICES_MAX = 48
 REFINE_GAIN = TOLERANCE
+# Plans the visit ranks and refines, whatever k, and the default k: the first k of any k up to this are the default search's.
+RANKED_AT_LEAST = 5
 # Moves looked at per plan (each a pair of cut bounds, about 0.3 ms on 96 stages), priced or not.
 REFINE_MOVES_MAX = 1024
 # Relative slack when checking an exact price against its bound (float summation order).
@@ -81,6 +90,7 @@ class Scored:
     candidate: Candidate
     config: ParallelConfig
     estimate: Estimate
+    refined_from: "Scored | None" = None  # the plan at the search's own cut, where ``Searcher.refine_cut`` moved it
 
     @property
     def key(self) -> tuple:
@@ -97,6 +107,7 @@ class SearchResult:
     pruned_by_bound: int = 0  # candidates and cuts never simulated because a bound excluded them
     rejected_memory: int = 0  # candidates whose bound cannot fit, and cuts whose bound or exact price does not fit
     bound_violations: int = 0  # exact prices below the bound that admitted them (should stay 0)
+    ranked: list[Scored] = field(default_factory=list)  # every plan ranked and refined, best first (``best`` is its first k)
 
 
 def config_for(cand: Candidate, stage_layers: list[int], stack: str = DEFAULT_STACK) -> ParallelConfig:
@@ -307,6 +318,7 @@ class Searcher:
         (``cut_layouts: any``); every cut keeps ``end_stage_floors``."""
         if self.stack.cut_layouts != "any" or len(s.config.stage_layers) < 2:
             return s
+        start = s
         floors = end_stage_floors(len(s.config.stage_layers))
         moves = _one_layer_moves(len(floors))
         budget = min(REFINE_PRICES_PER_STAGE * len(floors), REFINE_PRICES_MAX) if budget is None else budget
@@ -327,7 +339,7 @@ class Searcher:
             spent += 1
             if tried.estimate.fits and tried.estimate.step_time_s < target_s:
                 s, untried = tried, len(moves)
-        return s
+        return s if s is start else replace(s, refined_from=start)
 
     def price(self, c: Candidate) -> Scored | None:
         """The candidate's exact price: its best cut that fits; if none fits, its cut that needs the
@@ -359,7 +371,7 @@ def search(
     cluster: ClusterSpec,
     train: TrainSpec,
     gpus: int,
-    top_k: int = 5,
+    top_k: int = RANKED_AT_LEAST,
     schedules: tuple[str, ...] = DEFAULT_SCHEDULES,
     allow_cross_node_tp: bool = False,
     layers: LayerTimes | None = None,
@@ -387,14 +399,15 @@ def search(
     if degrees is not None:
         cands = _filtered(cands, degrees, model, train)
     result = SearchResult(best=[], closest=None, candidates=len(cands), searcher=searcher)
-    visit = _Visit(searcher, top_k, tolerance, result)
+    visit = _Visit(searcher, max(top_k, RANKED_AT_LEAST), tolerance, result)
     for c in cands:
         if searcher.bounds.memory_any_cut_gib(c) > searcher.limit_gib:
             result.rejected_memory += 1
         else:
             visit.queue.append((searcher.bounds.time_any_cut_s(c), CANDIDATE, c, ()))
     visit.run(progress)
-    result.best = sorted((searcher.refine_cut(s) for s in visit.top()), key=lambda s: s.key)
+    result.ranked = sorted((searcher.refine_cut(s) for s in visit.top()), key=lambda s: s.key)
+    result.best = result.ranked[:top_k]
     if not result.best:
         result.closest = closest_plan(searcher, cands)
     return result

@@ -212,9 +212,10 @@ def _neighbours(c: Candidate, gpus: int, train: TrainSpec, model: ModelSpec, sta
         else:
             out.append(replace(c, schedule="interleaved-1f1b", v=2))
             out.append(replace(c, schedule="gpipe" if c.schedule != "gpipe" else "1f1b"))
+    # a cheap filter before pricing; ``nearest_alternatives`` checks each priced configuration with ``config_violations``
     return [
         n for n in out
-        if (n.pp == 1 or not schedule_violations(n.schedule, n.pp, n.v, n.num_microbatches, stack))
+        if not schedule_violations(n.schedule, n.pp, n.v, n.num_microbatches, stack)
         and not zero_violations(n.zero, n.pp, n.schedule, stack) and not recompute_violations(n.recompute, n.pp, n.schedule, stack)
         and not (n.sequence_parallel and not stack.sequence_parallel) and not _parallel_problems(n, model, train, stack)
     ]
@@ -231,20 +232,24 @@ def _parallel_problems(c: Candidate, model: ModelSpec, train: TrainSpec, stack: 
 
 
 def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6, degrees: DegreeFilter | None = None,
-                         schedules: tuple[str, ...] | None = None) -> list[Alternative]:
+                         schedules: tuple[str, ...] | None = None, cross_node_tp: bool = False,
+                         ranked: list[Scored] | None = None) -> list[Alternative]:
     """Single-axis neighbours of the winner, each priced like a search candidate, nearest first. A neighbour
     is shown only where the rules let it run (``costmodels.rules.config_violations`` on the priced
     configuration, cut points included: the one rules module); ``degrees`` and ``schedules`` are what the
     search was limited to (None: no degree limit, the default schedules), which a faster neighbour outside
-    them names."""
+    them names; ``cross_node_tp``: the search tried TP groups larger than a node (``--allow-cross-node-tp``).
+    A neighbour among the search's ``ranked`` plans keeps its refined price (``SearchResult.ranked``), as the runners-up
+    show it; any other is priced on the search's own cuts."""
     base = winner.estimate.step_time_s
+    refined = {s.candidate: s for s in ranked or []}
     alts: list[tuple[float, Alternative]] = []
     cands = set(_neighbours(winner.candidate, searcher.gpus, searcher.train, searcher.model, searcher.stack,
                             searcher.layers.context_parallel_degrees, searcher.layers.expert_tp_folding))
     for n in sorted(cands):
         if min_layers_for(n.pp * n.v) > searcher.model.num_layers:
             continue
-        scored = searcher.price(n)
+        scored = refined.get(n) or searcher.price(n)
         if scored is None or config_violations(searcher.model, searcher.train, searcher.gpus, scored.config, searcher.stack):
             continue
         est = scored.estimate
@@ -255,7 +260,7 @@ def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6, deg
             alts.append((float("inf"), Alternative(config=scored.config, step_time_s=est.step_time_s, delta_pct=delta,
                                                    reason=reason)))
             continue
-        reason = _why_slower(winner.estimate, est, delta, scored, searcher, degrees, schedules)
+        reason = _why_slower(winner.estimate, est, delta, scored, searcher, degrees, schedules, cross_node_tp)
         alts.append((est.step_time_s, Alternative(config=scored.config, step_time_s=est.step_time_s, delta_pct=delta,
                                                   reason=reason)))
     alts.sort(key=lambda t: (t[0], config_label(t[1].config)))
@@ -263,7 +268,7 @@ def nearest_alternatives(searcher: Searcher, winner: Scored, limit: int = 6, deg
 
 
 def _outside_space(scored: Scored, searcher: Searcher, degrees: DegreeFilter | None,
-                   schedules: tuple[str, ...] | None) -> str | None:
+                   schedules: tuple[str, ...] | None, cross_node_tp: bool = False) -> str | None:
     """Why search's space (as limited by ``degrees`` and ``schedules``, None: the defaults) does not hold the
     neighbour ``scored``; None where it does."""
     cfg = scored.config
@@ -271,7 +276,7 @@ def _outside_space(scored: Scored, searcher: Searcher, degrees: DegreeFilter | N
         return f"outside the degrees the search was limited to ({degrees.describe()})"
     if schedules is not None and cfg.schedule not in schedules:
         return f"schedule '{cfg.schedule}' is outside the schedules searched (--schedules {','.join(schedules)})"
-    if cfg.tp > searcher.cluster.gpus_per_node:
+    if cfg.tp > searcher.cluster.gpus_per_node and not cross_node_tp:
         return "TP across nodes, which search tries only with --allow-cross-node-tp"
     if cfg.cp > 1 and cfg.mbs > CP_MICRO_BATCH:
         return f"cp > 1 with mbs {cfg.mbs}, which search does not enumerate (context parallelism runs micro-batch 1)"
@@ -295,8 +300,9 @@ SLOWER_TERMS: tuple[tuple[str, str], ...] = (
 
 
 def _why_slower(win: Estimate, other: Estimate, delta_pct: float, scored: Scored, searcher: Searcher,
-                degrees: DegreeFilter | None = None, schedules: tuple[str, ...] | None = None) -> str:
-    outside = _outside_space(scored, searcher, degrees, schedules) if delta_pct < 0 else None
+                degrees: DegreeFilter | None = None, schedules: tuple[str, ...] | None = None,
+                cross_node_tp: bool = False) -> str:
+    outside = _outside_space(scored, searcher, degrees, schedules, cross_node_tp) if delta_pct < 0 else None
     if outside:  # a faster neighbour the search could not return, whatever the margin
         return f"{_g3(-delta_pct)}% faster: {outside}"
     if abs(delta_pct) < 0.05:
@@ -329,11 +335,21 @@ def end_stage_line(stage_layers: list[int]) -> str | None:
             "--account-for-embedding/loss-in-pipeline-split)")
 
 
+def refined_line(unrefined_s: float, refined_s: float) -> str:
+    """Says what refining the pick's cut saved (``Searcher.refine_cut``), and that the alternatives are not refined:
+    part of their gap is the pick's refinement."""
+    return (f"cut refined by one-layer moves from the search's own cut ({_g3(unrefined_s)} s): "
+            f"{_g3(100 * (1 - refined_s / unrefined_s))}% faster; an alternative below that is not a runner-up is priced "
+            "on the search's own cuts, unrefined")
+
+
 def rationale(winner: Scored, runner_up: Scored | None, alternatives: list[Alternative]) -> list[str]:
     lines = [f"binds: {line}" for line in binding_constraints(winner.estimate)]
     cut = end_stage_line(winner.config.stage_layers)
     if cut:
         lines.append(cut)
+    if winner.refined_from is not None:
+        lines.append(refined_line(winner.refined_from.estimate.step_time_s, winner.estimate.step_time_s))
     if runner_up is not None:
         gap = 100 * (runner_up.estimate.step_time_s / winner.estimate.step_time_s - 1)
         lines.append(f"runner-up {runner_up.candidate.label()} is {gap:.2g}% slower")

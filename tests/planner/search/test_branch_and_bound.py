@@ -144,6 +144,20 @@ def test_a_faster_alternative_names_the_limit_that_kept_it_out_of_the_search(cap
     assert not any("did not come from search" in r for r in (*zb.values(), *tiny.values()))
 
 
+def test_a_cross_node_tp_neighbour_names_the_flag_only_where_the_search_ran_without_it() -> None:
+    """A faster tp-16 neighbour on 8-GPU nodes is outside the default space ("--allow-cross-node-tp"), but inside
+    a search run with that flag, which the alternatives used not to be told."""
+    from types import SimpleNamespace
+
+    from planner.search.explain import _outside_space
+
+    cfg = ParallelConfig(tp=16, pp=1, dp=1, mbs=1, num_microbatches=8, schedule="1f1b", stage_layers=[24])
+    scored = SimpleNamespace(config=cfg, candidate=None)
+    searcher = SimpleNamespace(cluster=load_cluster("dgx-h100"), train=TrainSpec(global_batch=8, seq_len=2048))
+    assert _outside_space(scored, searcher, None, None) == "TP across nodes, which search tries only with --allow-cross-node-tp"
+    assert _outside_space(scored, searcher, None, None, cross_node_tp=True) is None
+
+
 def test_runners_up_that_tie_say_so_instead_of_a_negative_gap(capsys):
     """Plans are ranked by step time rounded to 12 digits: a runner-up read "-1.1e-14% slower than #1"."""
     assert run(["search", "--model", "tiny-gpt", "--cluster", "cpu-local", "--gpus", "2", "--global-batch", "24",
@@ -169,21 +183,32 @@ def test_the_returned_cut_is_refined_past_the_min_max_cut(capsys):
         steps[cut] = json.loads(capsys.readouterr().out)["estimate"]["step_time_s"]
     assert steps["1,2,2,1,1,1"] == pytest.approx(plan["estimate"]["step_time_s"], rel=1e-9)
     assert steps["1,2,2,1,1,1"] < steps["2,2,1,1,1,1"] * (1 - 0.005)
+    gain_pct = 100 * (1 - steps["1,2,2,1,1,1"] / steps["2,2,1,1,1,1"])  # 1.9 %: what the rationale says refining saved
+    said = [line for line in plan["rationale"] if line.startswith("cut refined")]
+    assert said == [f"cut refined by one-layer moves from the search's own cut ({steps['2,2,1,1,1,1']:#.3g} s): "
+                    f"{gain_pct:#.3g}% faster; an alternative below that is not a runner-up is priced on the search's own cuts, "
+                    "unrefined"]
 
 
-def test_a_refined_runner_up_can_overtake_the_pick(capsys):
+def test_a_refined_runner_up_can_overtake_the_pick_whatever_k(capsys):
     """gpt3-1.7b on 16 A100-40G over zero-bubble schedules: unrefined, interleaved-zb at pp 2 v 2 ([6, 7, 7, 4]) is the
-    pick and v 4 the runner-up; refined (each move saving over 0.5 %, the scan going on past a kept move), v 4 wins,
-    below the v-2 plan's own price, which no one-layer move improves by 0.5 %."""
+    pick; refined (each move saving over 0.5 %, the scan going on past a kept move), the v-3 runner-up wins, below the
+    v-2 plan's own price, which no one-layer move improves by 0.5 %. The search ranks its default five plans whatever
+    k, so ``--top-k 1`` returns the default search's pick (it used to return v 2, refining only the plan it returned)."""
     job = ["--model", "gpt3-1.7b", "--cluster", "dgx-a100-40g", "--gpus", "16", "--global-batch", "32"]
-    assert run(["search", *job, "--top-k", "2", "--schedules", "zbv,zb-h2,interleaved-zb", "--pp", "2,4", "--json"]) == 0
-    plans = json.loads(capsys.readouterr().out)
-    pick = plans[0]["config"]
-    assert (pick["pp"], pick["v"], pick["schedule"]) == (2, 4, "interleaved-zb")
+    picks = []
+    for k in ("1", "5"):
+        assert run(["search", *job, "--top-k", k, "--schedules", "zbv,zb-h2,interleaved-zb", "--pp", "2,4", "--json"]) == 0
+        plans = json.loads(capsys.readouterr().out)
+        assert len(plans) == int(k)
+        picks.append(plans[0])
+    assert (picks[0]["config"], picks[0]["estimate"]) == (picks[1]["config"], picks[1]["estimate"])
+    pick = picks[0]["config"]
+    assert (pick["pp"], pick["v"], pick["schedule"], pick["stage_layers"]) == (2, 3, "interleaved-zb", [3, 4, 4, 6, 6, 1])
     assert run(["evaluate", *job, "--tp", "1", "--pp", "2", "--v", "2", "--mbs", "2", "--schedule", "interleaved-zb",
                 "--zero", str(pick["zero"]), "--stage-layers", "6,7,7,4", "--json"]) == 0
     v2_step_s = json.loads(capsys.readouterr().out)["estimate"]["step_time_s"]
-    assert plans[0]["estimate"]["step_time_s"] < v2_step_s * (1 - 0.005)
+    assert picks[0]["estimate"]["step_time_s"] < v2_step_s * (1 - 0.005)
 
 
 def test_a_rank_memory_line_caps_layers_under_both_the_backward_and_the_step_peak() -> None:
