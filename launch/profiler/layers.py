@@ -42,6 +42,8 @@ from profiles.schema import ModelSpec
 
 PRECISIONS = ("fp32", "bf16")  # what the runtime runs: fp32, or bf16 under FSDP2's mixed precision
 RECOMPUTE_KINDS = ("none", "selective", "full")
+# The thread CPU clock times a layer only where it resolves this finely (else the profile times wall clock).
+THREAD_CLOCK_MAX_RESOLUTION_S = 1e-6
 
 
 @dataclass(frozen=True)
@@ -78,10 +80,13 @@ class ProfileSettings:
 
     @property
     def timer(self) -> str:
-        """Thread CPU time on one CPU thread (other processes on a shared machine do not inflate it);
-        wall time otherwise, and in a TP group or a ring (waiting for a collective is part of the time)."""
+        """Thread CPU time on one CPU thread (other processes on a shared machine do not inflate it) where the
+        platform's thread clock resolves ``THREAD_CLOCK_MAX_RESOLUTION_S`` (Linux: 1 ns; Windows' ticks 15.6 ms
+        and would time a small layer at 0 s); wall time otherwise, and in a TP group or a ring (waiting for a
+        collective is part of the time)."""
         grouped = self.tp_group or max(self.cps) > 1
-        return "thread_cpu" if self.device == "cpu" and self.threads == 1 and not grouped else "wall"
+        fine = time.get_clock_info("thread_time").resolution <= THREAD_CLOCK_MAX_RESOLUTION_S
+        return "thread_cpu" if self.device == "cpu" and self.threads == 1 and not grouped and fine else "wall"
 
 
 def check_settings(model: ModelSpec, settings: ProfileSettings) -> None:
@@ -250,6 +255,12 @@ def approximation_notes(settings: ProfileSettings, threads: int) -> list[str]:
 
 
 def _entry(point: Any, precision: str, stats: dict[str, tuple[float, float]], memory: tuple[int, int, int], repeats: int, in_group: bool) -> LayerProfile:
+    """One grid point's profile entry; a forward or backward whose median is not above 0 s (a clock coarser
+    than the layer) is refused by name instead of failing the profile's validation."""
+    for name in ("forward", "backward"):
+        if not stats[name][0] > 0:
+            raise PlanError(f"{point.label}: its {name} timed {stats[name][0]:g} s (median of {repeats}): the clock "
+                            "is coarser than the layer; profile larger shapes (--mbs, --seq-len)")
     activation, parameters, peak = memory
     return LayerProfile(
         kind=point.kind, tp=point.tp, mbs=point.mbs, seq_len=point.seq_len, recompute=point.recompute, precision=precision,

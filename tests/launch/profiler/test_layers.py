@@ -6,6 +6,7 @@ for structure (B = 0 for the embedding, recompute adds to B), never for speed.
 """
 
 import json
+import re
 import tempfile
 import time
 
@@ -69,6 +70,26 @@ def test_cpu_points_are_timed_round_robin_whatever_the_timer():
     grouped = ProfileSettings(tps=(1, 2), mbss=(1, 2), tp_group=True)
     assert grouped.timer == "wall" and interleaves(load_model("tiny-gpt"), grouped)
     assert not interleaves(load_model("tiny-gpt"), ProfileSettings(device="cuda"))
+
+
+def test_a_coarse_thread_clock_times_wall_and_a_zero_median_is_refused_by_name(monkeypatch):
+    """Windows' thread clock ticks every 15.6 ms and would time a small layer at 0 s, which the profile's
+    validation refuses with a traceback: there the profile times wall clock, and a median of 0 s from any
+    clock is refused naming the point and the fix."""
+    from types import SimpleNamespace
+
+    from launch.profiler import layers
+    from profiles.errors import PlanError
+
+    assert ProfileSettings().timer == "thread_cpu"  # this Linux machine's thread clock resolves 1 ns
+    coarse = SimpleNamespace(resolution=0.015625, implementation="GetThreadTimes", monotonic=True, adjustable=False)
+    real = time.get_clock_info
+    monkeypatch.setattr(layers.time, "get_clock_info", lambda name: coarse if name == "thread_time" else real(name))
+    assert ProfileSettings().timer == "wall"
+    point = grid(load_model("tiny-gpt"), ProfileSettings(tps=(1,), mbss=(1,)))[0]
+    stats = {k: (0.0 if k == "forward" else 1e-3, 0.0) for k in ("forward", "backward_input", "backward_weight", "backward")}
+    with pytest.raises(PlanError, match=rf"^{re.escape(point.label)}: its forward timed 0 s \(median of 5\): the clock is coarser"):
+        layers._entry(point, "fp32", stats, (1, 1, 1), 5, False)
 
 
 def test_the_fsdp_overhead_is_timed_over_whole_training_steps_with_the_optimizer():
