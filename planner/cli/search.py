@@ -141,7 +141,7 @@ def _plans(model: ModelSpec, cluster: ClusterSpec, train: TrainSpec, result: Sea
     best = result.best[0]
     alternatives = nearest_alternatives(result.searcher, best, degrees=degrees, schedules=schedules, cross_node_tp=cross_node_tp,
                                         ranked=result.ranked)
-    runner_up = result.best[1] if len(result.best) > 1 else None
+    runner_up = result.ranked[1] if len(result.ranked) > 1 else None  # the same line whatever k (RANKED_AT_LEAST)
     carried = carried_stack(result.searcher.stack)
     plans = [Plan(model=model, cluster=cluster, train=train, config=best.config,
                   estimate=_banded(best.estimate, best.config.stack, cluster, profile),

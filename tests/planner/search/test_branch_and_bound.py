@@ -194,7 +194,8 @@ def test_a_refined_runner_up_can_overtake_the_pick_whatever_k(capsys):
     """gpt3-1.7b on 16 A100-40G over zero-bubble schedules: unrefined, interleaved-zb at pp 2 v 2 ([6, 7, 7, 4]) is the
     pick; refined (each move saving over 0.5 %, the scan going on past a kept move), the v-3 runner-up wins, below the
     v-2 plan's own price, which no one-layer move improves by 0.5 %. The search ranks its default five plans whatever
-    k, so ``--top-k 1`` returns the default search's pick (it used to return v 2, refining only the plan it returned)."""
+    k, so ``--top-k 1`` returns the default search's pick (it used to return v 2, refining only the plan it returned),
+    with the same rationale, runner-up line included."""
     job = ["--model", "gpt3-1.7b", "--cluster", "dgx-a100-40g", "--gpus", "16", "--global-batch", "32"]
     picks = []
     for k in ("1", "5"):
@@ -202,7 +203,7 @@ def test_a_refined_runner_up_can_overtake_the_pick_whatever_k(capsys):
         plans = json.loads(capsys.readouterr().out)
         assert len(plans) == int(k)
         picks.append(plans[0])
-    assert (picks[0]["config"], picks[0]["estimate"]) == (picks[1]["config"], picks[1]["estimate"])
+    assert picks[0] == picks[1]  # config, estimate, rationale (its runner-up line too) and alternatives
     pick = picks[0]["config"]
     assert (pick["pp"], pick["v"], pick["schedule"], pick["stage_layers"]) == (2, 3, "interleaved-zb", [3, 5, 5, 5, 5, 1])
     assert run(["evaluate", *job, "--tp", "1", "--pp", "2", "--v", "2", "--mbs", "2", "--schedule", "interleaved-zb",
