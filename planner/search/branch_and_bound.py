@@ -71,7 +71,7 @@ log = logging.getLogger(__name__)
 
 # DESIGN.md (Search): the returned top-k are the k best of the space within 0.5 %.
 TOLERANCE = 0.005
-# A returned plan's cut is refined by one-layer moves (``Searcher.refine_cut``): at most this many exact prices
+# A ranked plan's cut is refined by one-layer moves (``Searcher.refine_cut``): at most this many exact prices
 # per stage of the plan, each move kept only if it lowers the step by more than the search's own tolerance (a move for
 # 0.01 % made cuts like [.., 6, 9, 3, 6, ..] and moved a fifth of a rank's memory for nothing the price can tell).
 REFINE_PRICES_PER_STAGE = 8
@@ -332,9 +332,11 @@ class Searcher:
             target_s = s.estimate.step_time_s * (1 - REFINE_GAIN)
             promising: list[tuple[float, int, list[int]]] = []
             for order, (src, dst) in enumerate(moves):
-                cut = list(s.config.stage_layers)
-                if cut[src] <= floors[src] or bounded >= REFINE_BOUNDS_MAX:
+                if bounded >= REFINE_BOUNDS_MAX:
+                    break
+                if s.config.stage_layers[src] <= floors[src]:
                     continue
+                cut = list(s.config.stage_layers)
                 cut[src], cut[dst] = cut[src] - 1, cut[dst] + 1
                 if tuple(cut) in priced:
                     continue
@@ -365,8 +367,8 @@ class Searcher:
 def _one_layer_moves(stages: int) -> list[tuple[int, int]]:
     """(from, to) pairs of distinct stages, the nearest first (a layer moved across one cut, then across two, ...):
     a move across several cuts is one move, where adjacent ones would pass through a worse cut, and an
-    interleaved rank holds stages pp apart (llama3-8b on 16 H200, interleaved-zb v 2: moves across at most 3
-    cuts stop at 1.098 s; any move, with prices enough, reaches 1.061 s)."""
+    interleaved rank holds stages pp apart (llama3-8b on 16 H200, interleaved-zb v 2, session 52's nearest-first
+    scan: moves across at most 3 cuts stopped at 1.098 s; any move, with prices enough, reached 1.061 s)."""
     pairs = [(i, j) for i in range(stages) for j in range(stages) if i != j]
     return sorted(pairs, key=lambda move: (abs(move[0] - move[1]), move))
 

@@ -192,7 +192,7 @@ def test_the_returned_cut_is_refined_past_the_min_max_cut(capsys):
 
 def test_a_refined_runner_up_can_overtake_the_pick_whatever_k(capsys):
     """gpt3-1.7b on 16 A100-40G over zero-bubble schedules: unrefined, interleaved-zb at pp 2 v 2 ([6, 7, 7, 4]) is the
-    pick; refined (each move saving over 0.5 %, the scan going on past a kept move), the v-3 runner-up wins, below the
+    pick; refined (each move saving over 0.5 %, the lowest time bound priced first), the v-3 runner-up wins, below the
     v-2 plan's own price, which no one-layer move improves by 0.5 %. The search ranks its default five plans whatever
     k, so ``--top-k 1`` returns the default search's pick (it used to return v 2, refining only the plan it returned),
     with the same rationale, runner-up line included."""
